@@ -1,0 +1,14 @@
+//! Types shared by the kernel programs (`sentinel-ebpf`) and the userspace daemon.
+//!
+//! Every type that crosses the kernel boundary is `#[repr(C)]`, `Copy`, has explicit padding
+//! fields and a size assertion next to it, so both sides agree on the layout byte for byte.
+//! Addresses are always stored as 16 bytes: IPv6 as is, IPv4 as an IPv4-mapped IPv6 address
+//! (`::ffff:a.b.c.d`), so one map serves both families and an IPv4 prefix `/n` is the mapped
+//! prefix `/(96 + n)`.
+#![no_std]
+
+pub mod addr;
+pub mod maps;
+
+pub use addr::*;
+pub use maps::*;

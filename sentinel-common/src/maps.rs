@@ -1,0 +1,405 @@
+//! Map names, map keys and values, and verdict reasons: the contract between kernel and userspace.
+
+use core::mem::size_of;
+
+use crate::addr::AddrKey;
+
+/// Map names, used by the kernel programs (`#[map(name = ...)]`) and by userspace to find and pin
+/// them. BPF object names are limited to 15 characters.
+pub mod names {
+    /// LRU per-CPU hash: [`AddrKey`](crate::AddrKey) -> [`SourceStats`](crate::SourceStats).
+    pub const SOURCES: &str = "SN_SOURCES";
+    /// Hash: exact allowlisted addresses -> [`RuleValue`](crate::RuleValue).
+    pub const ALLOW_HASH: &str = "SN_ALLOW_HASH";
+    /// LPM trie: allowlisted prefixes -> [`RuleValue`](crate::RuleValue).
+    pub const ALLOW_LPM: &str = "SN_ALLOW_LPM";
+    /// Hash: exact blocked addresses -> [`RuleValue`](crate::RuleValue).
+    pub const BLOCK_HASH: &str = "SN_BLOCK_HASH";
+    /// LPM trie: blocked prefixes -> [`RuleValue`](crate::RuleValue).
+    pub const BLOCK_LPM: &str = "SN_BLOCK_LPM";
+    /// Hash: exact throttled addresses -> [`ThrottleRule`](crate::ThrottleRule).
+    pub const THROTTLE_HASH: &str = "SN_THR_HASH";
+    /// LPM trie: throttled prefixes -> [`ThrottleRule`](crate::ThrottleRule).
+    pub const THROTTLE_LPM: &str = "SN_THR_LPM";
+    /// LRU hash: [`BucketKey`](crate::BucketKey) -> [`BucketState`](crate::BucketState).
+    pub const BUCKETS: &str = "SN_BUCKETS";
+    /// Hash: [`FlowKey`](crate::FlowKey) -> [`RuleValue`](crate::RuleValue).
+    pub const FLOW_KILL: &str = "SN_FLOW_KILL";
+    /// Per-CPU array indexed by [`Reason`](crate::Reason) -> [`Counter`](crate::Counter).
+    pub const COUNTERS: &str = "SN_COUNTERS";
+    /// Array of one [`Config`](crate::Config).
+    pub const CONFIG: &str = "SN_CONFIG";
+    /// Hash: reason id -> [`ReasonText`](crate::ReasonText). Written and read by userspace only;
+    /// kept in a pinned map so that reasons survive a daemon restart with the entries.
+    pub const REASONS: &str = "SN_REASONS";
+
+    /// Every map of the XDP object, for pinning, status and tests.
+    pub const ALL: &[&str] = &[
+        SOURCES,
+        ALLOW_HASH,
+        ALLOW_LPM,
+        BLOCK_HASH,
+        BLOCK_LPM,
+        THROTTLE_HASH,
+        THROTTLE_LPM,
+        BUCKETS,
+        FLOW_KILL,
+        COUNTERS,
+        CONFIG,
+        REASONS,
+    ];
+}
+
+/// Program names inside the eBPF object.
+pub mod programs {
+    /// The XDP sentinel: count, allowlist, flow kill, blocklist, throttle.
+    pub const XDP_SENTINEL: &str = "sentinel_xdp";
+    /// A bare `XDP_DROP` program, the floor that benchmarks compare against.
+    pub const XDP_DROP: &str = "sentinel_xdp_drop";
+    /// A bare `XDP_PASS` program, for baseline arms that need XDP attached (it disables GSO).
+    pub const XDP_PASS: &str = "sentinel_xdp_pass";
+}
+
+/// Default map sizes; userspace can override each at load time.
+pub mod defaults {
+    /// Tracked sources (LRU: the least recently seen are evicted).
+    pub const SOURCES_MAX: u32 = 262_144;
+    /// Exact entries per address list (block and allow hashes).
+    pub const EXACT_MAX: u32 = 1_100_000;
+    /// Prefix entries per LPM trie.
+    pub const PREFIX_MAX: u32 = 262_144;
+    /// Throttle rules (exact and prefix each).
+    pub const THROTTLE_MAX: u32 = 65_536;
+    /// Token buckets (LRU).
+    pub const BUCKETS_MAX: u32 = 262_144;
+    /// Killed flows.
+    pub const FLOW_KILL_MAX: u32 = 65_536;
+    /// Distinct reason texts.
+    pub const REASONS_MAX: u32 = 65_536;
+}
+
+/// Per-source packet accounting, one value per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    /// Packets seen from this source.
+    pub packets: u64,
+    /// Bytes seen from this source (frame length).
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns()` of the last packet.
+    pub last_seen_ns: u64,
+    /// Packets dropped (any drop reason).
+    pub dropped: u64,
+}
+const _: () = assert!(size_of::<SourceStats>() == 32);
+
+/// Rule flag: count would-drops and pass instead of dropping.
+pub const RULE_FLAG_SHADOW: u32 = 1;
+
+/// Value of an allowlist, blocklist or flow-kill entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleValue {
+    /// `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns`) after which the entry stops applying;
+    /// 0 for never.
+    pub expires_ns: u64,
+    /// Id of the reason text in the reasons map (0: none).
+    pub reason_id: u32,
+    /// `RULE_FLAG_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<RuleValue>() == 16);
+
+/// Value of a throttle entry: a token bucket definition.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThrottleRule {
+    /// Packets per second refilled into the bucket.
+    pub rate_pps: u64,
+    /// Bucket capacity in packets.
+    pub burst: u64,
+    /// Expiry as in [`RuleValue::expires_ns`].
+    pub expires_ns: u64,
+    /// Id of the reason text.
+    pub reason_id: u32,
+    /// `RULE_FLAG_*` bits.
+    pub flags: u32,
+    /// Prefix length (in the 128-bit key space) that sources share a bucket by: 128 gives each
+    /// source its own bucket, 96+24 one bucket per IPv4 /24, 64 one per IPv6 /64.
+    pub aggregate_prefix: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ThrottleRule>() == 40);
+
+/// Key of a token bucket: the source masked to the rule's aggregate prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BucketKey {
+    /// Masked source address.
+    pub addr: AddrKey,
+    /// The aggregate prefix the address was masked to.
+    pub prefix_len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<BucketKey>() == 24);
+
+/// Token scale: one packet's token is this many units, so refills keep nanosecond precision.
+pub const TOKEN_UNIT: u64 = 1_000_000_000;
+
+/// State of a token bucket, kept in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketState {
+    /// Available tokens in `TOKEN_UNIT`s.
+    pub tokens: u64,
+    /// Time of the last refill.
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<BucketState>() == 16);
+
+/// Highest rate a throttle accepts, in packets per second (keeps the refill product below 2^63).
+pub const MAX_RATE_PPS: u64 = 1 << 29;
+/// Largest burst a throttle accepts, in packets (keeps `burst * TOKEN_UNIT` below 2^63).
+pub const MAX_BURST: u64 = 1 << 32;
+/// Refill time after which any bucket is full: `MAX_BURST` packets at 1 pps would take longer,
+/// but a bucket idle this long is treated as full, which keeps `elapsed * rate` below 2^63.
+const REFILL_CAP_NS: u64 = 1 << 34;
+
+/// Refills a bucket for `now_ns` and takes one token when there is one; returns whether the
+/// packet conforms. Shared by the kernel and the userspace tests so both use one arithmetic.
+///
+/// Written without 128-bit or checked multiplication, which the BPF backend cannot lower: the
+/// operands are clamped so every product fits in 63 bits.
+#[inline(always)]
+pub fn bucket_take(state: &mut BucketState, rate_pps: u64, burst: u64, now_ns: u64) -> bool {
+    let rate = if rate_pps > MAX_RATE_PPS {
+        MAX_RATE_PPS
+    } else {
+        rate_pps
+    };
+    let burst = if burst > MAX_BURST { MAX_BURST } else { burst };
+    let cap = burst * TOKEN_UNIT;
+    let elapsed = now_ns.saturating_sub(state.last_ns);
+    let refill = if elapsed > REFILL_CAP_NS {
+        cap
+    } else {
+        elapsed * rate
+    };
+    let mut tokens = state.tokens.saturating_add(refill);
+    if tokens > cap {
+        tokens = cap;
+    }
+    state.last_ns = now_ns;
+    if tokens >= TOKEN_UNIT {
+        state.tokens = tokens - TOKEN_UNIT;
+        true
+    } else {
+        state.tokens = tokens;
+        false
+    }
+}
+
+/// The state of a bucket created by its first packet: full, minus that packet's token.
+#[inline(always)]
+pub fn bucket_new(burst: u64, now_ns: u64) -> BucketState {
+    let burst = if burst > MAX_BURST { MAX_BURST } else { burst };
+    BucketState {
+        tokens: (burst * TOKEN_UNIT).saturating_sub(TOKEN_UNIT),
+        last_ns: now_ns,
+    }
+}
+
+/// A transport 5-tuple for the flow-kill list. Ports are 0 for protocols without ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address.
+    pub src: AddrKey,
+    /// Destination address.
+    pub dst: AddrKey,
+    /// Source port, host byte order.
+    pub src_port: u16,
+    /// Destination port, host byte order.
+    pub dst_port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// Global configuration flag: shadow mode for every rule.
+pub const CONFIG_FLAG_SHADOW: u32 = 1;
+
+/// Global configuration written by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `CONFIG_FLAG_*` bits.
+    pub flags: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Config>() == 8);
+
+/// Packet and byte counter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes (frame length).
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Counter>() == 16);
+
+/// Maximum length of a reason text, in bytes (UTF-8, zero padded).
+pub const REASON_LEN: usize = 64;
+
+/// A reason text as stored in the reasons map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReasonText {
+    /// UTF-8 bytes, zero padded.
+    pub text: [u8; REASON_LEN],
+}
+const _: () = assert!(size_of::<ReasonText>() == REASON_LEN);
+
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $name:ident = $val:expr, $label:expr;)*) => {
+        /// Why the XDP program decided what it did; the index into the counters map.
+        /// Every packet is counted under exactly one of the verdict reasons; the event reasons
+        /// after [`Reason::COUNT_VERDICTS`] count conditions seen in addition.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason { $($(#[$doc])* $name = $val,)* }
+
+        impl Reason {
+            /// Every reason, in index order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$name,)*];
+
+            /// Stable label used in JSON and metrics.
+            pub const fn label(self) -> &'static str {
+                match self { $(Reason::$name => $label,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Passed: no rule matched.
+    Pass = 0, "pass";
+    /// Passed: the source is allowlisted.
+    Allowlisted = 1, "allowlisted";
+    /// Passed: throttled source within its rate.
+    ThrottlePass = 2, "throttle_pass";
+    /// Dropped: the 5-tuple is on the flow-kill list.
+    DropFlowKill = 3, "drop_flow_kill";
+    /// Dropped: the source is blocklisted.
+    DropBlock = 4, "drop_block";
+    /// Dropped: the source is over its throttle rate.
+    DropThrottle = 5, "drop_throttle";
+    /// Passed in shadow mode; would have been dropped by the flow-kill list.
+    ShadowFlowKill = 6, "shadow_flow_kill";
+    /// Passed in shadow mode; would have been dropped by the blocklist.
+    ShadowBlock = 7, "shadow_block";
+    /// Passed in shadow mode; would have been dropped by a throttle.
+    ShadowThrottle = 8, "shadow_throttle";
+    /// Passed: not IPv4 or IPv6 (ARP, LLDP, ...).
+    NonIp = 9, "non_ip";
+    /// Passed: truncated or malformed Ethernet or IP header.
+    Malformed = 10, "malformed";
+    /// Passed: an internal error (map update failure); fail open.
+    InternalError = 11, "internal_error";
+    /// Event: the transport header was truncated (the packet was judged on addresses alone).
+    TruncatedL4 = 12, "truncated_l4";
+    /// Event: a new source could not be inserted into the sources map.
+    SourceInsertFailed = 13, "source_insert_failed";
+}
+
+impl Reason {
+    /// Number of verdict reasons (each packet is counted under exactly one of them).
+    pub const COUNT_VERDICTS: u32 = 12;
+    /// Size of the counters array.
+    pub const COUNT: u32 = 14;
+
+    /// True for reasons whose packets were dropped.
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Reason::DropFlowKill | Reason::DropBlock | Reason::DropThrottle
+        )
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]` with explicit padding and only integer fields, so
+    // every bit pattern is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for SourceStats {}
+    unsafe impl aya::Pod for RuleValue {}
+    unsafe impl aya::Pod for ThrottleRule {}
+    unsafe impl aya::Pod for BucketKey {}
+    unsafe impl aya::Pod for BucketState {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for ReasonText {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_names_fit_the_kernel_limit() {
+        for n in names::ALL {
+            assert!(n.len() <= 15, "{n} is longer than BPF_OBJ_NAME_LEN - 1");
+        }
+    }
+
+    #[test]
+    fn reasons_are_dense_and_labelled() {
+        assert_eq!(Reason::ALL.len() as u32, Reason::COUNT);
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32);
+            assert!(!r.label().is_empty());
+        }
+        assert!(Reason::DropBlock.is_drop());
+        assert!(!Reason::ShadowBlock.is_drop());
+    }
+
+    #[test]
+    fn bucket_admits_burst_then_rate() {
+        // A new bucket is full: its first packet and `burst - 1` more pass at once.
+        let now = 100_000_000_000;
+        let mut s = bucket_new(10, now);
+        let passed = 1
+            + (0..50)
+                .filter(|_| bucket_take(&mut s, 100, 10, now))
+                .count();
+        assert_eq!(passed, 10);
+        // Then 100 pps: over one second at 1 kpps offered, about 100 pass.
+        let mut passed = 0;
+        for i in 1..=1000u64 {
+            if bucket_take(&mut s, 100, 10, now + i * 1_000_000) {
+                passed += 1;
+            }
+        }
+        assert_eq!(passed, 100);
+    }
+
+    #[test]
+    fn bucket_never_overflows() {
+        let mut s = BucketState::default();
+        assert!(bucket_take(&mut s, u64::MAX, u64::MAX, u64::MAX));
+        let mut s = BucketState {
+            tokens: u64::MAX,
+            last_ns: 0,
+        };
+        assert!(bucket_take(&mut s, 1, 1, 5));
+    }
+}

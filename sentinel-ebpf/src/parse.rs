@@ -1,0 +1,223 @@
+//! The packet parsing core shared by the XDP and TC programs: Ethernet (with up to two 802.1Q /
+//! 802.1ad tags), IPv4, IPv6 (skipping extension headers) and the TCP/UDP ports.
+//!
+//! Every read is bounds-checked against `data_end` through [`ptr_at`], which is what the verifier
+//! needs to see. Offsets are kept small and bounded so that variable-offset packet accesses verify.
+
+use core::mem::size_of;
+
+use sentinel_common::{AddrKey, v4_mapped};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPV6_HLEN: usize = 40;
+
+/// IP protocol numbers the parser knows.
+pub const IPPROTO_TCP: u8 = 6;
+/// UDP.
+pub const IPPROTO_UDP: u8 = 17;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// Extension headers followed before giving up (more is treated as "no transport header").
+const MAX_IPV6_EXT: usize = 6;
+/// Bound on the L4 offset, so the verifier can see every later access is in range.
+const MAX_L4_OFFSET: usize = 512;
+
+/// What the parser found in a packet.
+#[derive(Default)]
+pub struct Packet {
+    /// Source address (IPv4 mapped into IPv6).
+    pub src: AddrKey,
+    /// Destination address.
+    pub dst: AddrKey,
+    /// Transport protocol (after IPv6 extension headers).
+    pub proto: u8,
+    /// Source port in host order (0 when there is none).
+    pub src_port: u16,
+    /// Destination port in host order (0 when there is none).
+    pub dst_port: u16,
+    /// Offset of the transport header from `data` (0 when there is none).
+    pub l4_off: usize,
+    /// The transport header should be there but is cut short.
+    pub l4_truncated: bool,
+}
+
+/// Why a packet could not be parsed.
+enum ParseError {
+    /// Not IPv4 or IPv6.
+    NonIp,
+    /// A header is truncated or inconsistent.
+    Malformed,
+}
+
+/// Returns a pointer to a `T` at `off` bytes into the packet when all of it is inside the packet.
+#[inline(always)]
+pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Option<*const T> {
+    let start = data + off;
+    if start + size_of::<T>() > data_end {
+        return None;
+    }
+    Some(start as *const T)
+}
+
+#[inline(always)]
+fn read<T: Copy>(data: usize, data_end: usize, off: usize) -> Option<T> {
+    // SAFETY: `ptr_at` checked that `size_of::<T>()` bytes at `off` are inside the packet; packet
+    // data has no alignment guarantee, hence the unaligned read.
+    ptr_at::<T>(data, data_end, off).map(|p| unsafe { core::ptr::read_unaligned(p) })
+}
+
+#[inline(always)]
+fn read_be16(data: usize, data_end: usize, off: usize) -> Option<u16> {
+    read::<[u8; 2]>(data, data_end, off).map(u16::from_be_bytes)
+}
+
+/// Parses the headers of the frame in `[data, data_end)` into `out`.
+///
+/// Kept out of line (its own BPF stack frame) and with a plain-struct out-parameter: a `Result`
+/// in a BPF function signature produces BTF the kernel rejects.
+#[inline(never)]
+pub fn parse_into(data: usize, data_end: usize, out: &mut Packet) -> u32 {
+    match parse(data, data_end) {
+        Ok(p) => {
+            *out = p;
+            PARSE_OK
+        }
+        Err(ParseError::NonIp) => PARSE_NON_IP,
+        Err(ParseError::Malformed) => PARSE_MALFORMED,
+    }
+}
+
+/// [`parse_into`] found IPv4 or IPv6.
+pub const PARSE_OK: u32 = 0;
+/// [`parse_into`] found neither IPv4 nor IPv6.
+pub const PARSE_NON_IP: u32 = 1;
+/// [`parse_into`] found truncated or inconsistent headers.
+pub const PARSE_MALFORMED: u32 = 2;
+
+#[inline(always)]
+fn parse(data: usize, data_end: usize) -> Result<Packet, ParseError> {
+    let mut ethertype = read_be16(data, data_end, 12).ok_or(ParseError::Malformed)?;
+    let mut l3_off = ETH_HLEN;
+    // Up to two VLAN tags (802.1ad outer, 802.1Q inner).
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = read_be16(data, data_end, l3_off + 2).ok_or(ParseError::Malformed)?;
+        l3_off += 4;
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            ethertype = read_be16(data, data_end, l3_off + 2).ok_or(ParseError::Malformed)?;
+            l3_off += 4;
+        }
+    }
+    match ethertype {
+        ETH_P_IPV4 => parse_ipv4(data, data_end, l3_off),
+        ETH_P_IPV6 => parse_ipv6(data, data_end, l3_off),
+        _ => Err(ParseError::NonIp),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(data: usize, data_end: usize, off: usize) -> Result<Packet, ParseError> {
+    // Bytes 0..10 of the header: version/IHL, ..., fragment offset, TTL, protocol.
+    let head = read::<[u8; 10]>(data, data_end, off).ok_or(ParseError::Malformed)?;
+    if head[0] >> 4 != 4 {
+        return Err(ParseError::Malformed);
+    }
+    let ihl = ((head[0] & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return Err(ParseError::Malformed);
+    }
+    let src = read::<[u8; 4]>(data, data_end, off + 12).ok_or(ParseError::Malformed)?;
+    let dst = read::<[u8; 4]>(data, data_end, off + 16).ok_or(ParseError::Malformed)?;
+    let mut pkt = Packet {
+        src: v4_mapped(src),
+        dst: v4_mapped(dst),
+        proto: head[9],
+        src_port: 0,
+        dst_port: 0,
+        l4_off: 0,
+        l4_truncated: false,
+    };
+    // A non-first fragment carries no transport header.
+    if u16::from_be_bytes([head[6], head[7]]) & 0x1fff == 0 {
+        parse_ports(data, data_end, off + ihl, &mut pkt);
+    }
+    Ok(pkt)
+}
+
+#[inline(always)]
+fn parse_ipv6(data: usize, data_end: usize, off: usize) -> Result<Packet, ParseError> {
+    let head = read::<[u8; 8]>(data, data_end, off).ok_or(ParseError::Malformed)?;
+    if head[0] >> 4 != 6 {
+        return Err(ParseError::Malformed);
+    }
+    let mut pkt = Packet {
+        src: read::<AddrKey>(data, data_end, off + 8).ok_or(ParseError::Malformed)?,
+        dst: read::<AddrKey>(data, data_end, off + 24).ok_or(ParseError::Malformed)?,
+        proto: head[6],
+        src_port: 0,
+        dst_port: 0,
+        l4_off: 0,
+        l4_truncated: false,
+    };
+    let mut l4 = off + IPV6_HLEN;
+    let mut nh = head[6];
+    let mut has_l4 = true;
+    for _ in 0..MAX_IPV6_EXT {
+        let ext_len = match nh {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let e = read::<[u8; 2]>(data, data_end, l4).ok_or(ParseError::Malformed)?;
+                nh = e[0];
+                (e[1] as usize + 1) * 8
+            }
+            IPPROTO_AH => {
+                let e = read::<[u8; 2]>(data, data_end, l4).ok_or(ParseError::Malformed)?;
+                nh = e[0];
+                (e[1] as usize + 2) * 4
+            }
+            IPPROTO_FRAGMENT => {
+                let e = read::<[u8; 4]>(data, data_end, l4).ok_or(ParseError::Malformed)?;
+                nh = e[0];
+                if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
+                    has_l4 = false;
+                }
+                8
+            }
+            _ => break,
+        };
+        l4 += ext_len;
+        if l4 > MAX_L4_OFFSET {
+            return Err(ParseError::Malformed);
+        }
+    }
+    pkt.proto = nh;
+    if has_l4 {
+        parse_ports(data, data_end, l4, &mut pkt);
+    }
+    Ok(pkt)
+}
+
+#[inline(always)]
+fn parse_ports(data: usize, data_end: usize, off: usize, pkt: &mut Packet) {
+    if pkt.proto != IPPROTO_TCP && pkt.proto != IPPROTO_UDP {
+        return;
+    }
+    if off > MAX_L4_OFFSET {
+        pkt.l4_truncated = true;
+        return;
+    }
+    let need = if pkt.proto == IPPROTO_TCP { 20 } else { 8 };
+    match read::<[u8; 4]>(data, data_end, off) {
+        Some(p) if off + need <= data_end - data => {
+            pkt.src_port = u16::from_be_bytes([p[0], p[1]]);
+            pkt.dst_port = u16::from_be_bytes([p[2], p[3]]);
+            pkt.l4_off = off;
+        }
+        _ => pkt.l4_truncated = true,
+    }
+}

@@ -1,0 +1,257 @@
+//! The XDP enforcement program and its maps.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
+    programs::XdpContext,
+};
+use sentinel_common::{
+    AddrKey, BucketKey, BucketState, CONFIG_FLAG_SHADOW, Config, Counter, FlowKey,
+    RULE_FLAG_SHADOW, Reason, ReasonText, RuleValue, SourceStats, ThrottleRule, bucket_new,
+    bucket_take, defaults, mask_prefix,
+};
+
+use crate::parse::{self, Packet};
+
+// Map names are the statics' names; they must equal `sentinel_common::names` (checked by a test
+// on the built object).
+#[map]
+static SN_SOURCES: LruPerCpuHashMap<AddrKey, SourceStats> =
+    LruPerCpuHashMap::with_max_entries(defaults::SOURCES_MAX, 0);
+#[map]
+static SN_ALLOW_HASH: HashMap<AddrKey, RuleValue> =
+    HashMap::with_max_entries(defaults::EXACT_MAX, 0);
+#[map]
+static SN_ALLOW_LPM: LpmTrie<AddrKey, RuleValue> =
+    LpmTrie::with_max_entries(defaults::PREFIX_MAX, 0);
+#[map]
+static SN_BLOCK_HASH: HashMap<AddrKey, RuleValue> =
+    HashMap::with_max_entries(defaults::EXACT_MAX, 0);
+#[map]
+static SN_BLOCK_LPM: LpmTrie<AddrKey, RuleValue> =
+    LpmTrie::with_max_entries(defaults::PREFIX_MAX, 0);
+#[map]
+static SN_THR_HASH: HashMap<AddrKey, ThrottleRule> =
+    HashMap::with_max_entries(defaults::THROTTLE_MAX, 0);
+#[map]
+static SN_THR_LPM: LpmTrie<AddrKey, ThrottleRule> =
+    LpmTrie::with_max_entries(defaults::THROTTLE_MAX, 0);
+#[map]
+static SN_BUCKETS: LruHashMap<BucketKey, BucketState> =
+    LruHashMap::with_max_entries(defaults::BUCKETS_MAX, 0);
+#[map]
+static SN_FLOW_KILL: HashMap<FlowKey, RuleValue> =
+    HashMap::with_max_entries(defaults::FLOW_KILL_MAX, 0);
+#[map]
+static SN_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+#[map]
+static SN_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+/// Read and written by userspace only; declared here so it is created and pinned with the rest.
+#[map]
+static SN_REASONS: HashMap<u32, ReasonText> = HashMap::with_max_entries(defaults::REASONS_MAX, 0);
+
+/// The sentinel. Maps the decision to an action through one fail policy: only the three drop
+/// reasons drop; everything else, errors included, passes.
+#[xdp]
+pub fn sentinel_xdp(ctx: XdpContext) -> u32 {
+    let data = ctx.data();
+    let data_end = ctx.data_end();
+    let len = (data_end - data) as u64;
+    let reason = decide(data, data_end, len);
+    count(reason, len);
+    if reason.is_drop() {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// Drops everything: the floor the benchmarks measure against.
+#[xdp]
+pub fn sentinel_xdp_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+/// Passes everything: the baseline arm for comparisons that need an XDP program attached.
+#[xdp]
+pub fn sentinel_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn decide(data: usize, data_end: usize, len: u64) -> Reason {
+    let mut pkt = Packet::default();
+    match parse::parse_into(data, data_end, &mut pkt) {
+        parse::PARSE_OK => {}
+        parse::PARSE_NON_IP => return Reason::NonIp,
+        _ => return Reason::Malformed,
+    }
+    if pkt.l4_truncated {
+        count(Reason::TruncatedL4, len);
+    }
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let reason = judge(&pkt, now);
+    account_source(&pkt.src, len, now, reason.is_drop());
+    reason
+}
+
+// Kept out of line: a separate BPF function gets its own stack frame, which keeps the entry
+// function under the 512-byte limit (the verifier checks the whole call chain).
+#[inline(never)]
+fn judge(pkt: &Packet, now: u64) -> Reason {
+    if active_rule(&SN_ALLOW_HASH, &SN_ALLOW_LPM, &pkt.src, now).is_some() {
+        return Reason::Allowlisted;
+    }
+    let shadow_all = SN_CONFIG
+        .get(0)
+        .map(|c| c.flags & CONFIG_FLAG_SHADOW != 0)
+        .unwrap_or(false);
+
+    let flow = FlowKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        src_port: pkt.src_port,
+        dst_port: pkt.dst_port,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: the value is only read, and map values of a plain hash stay valid for the program run.
+    if let Some(v) = unsafe { SN_FLOW_KILL.get(&flow) }
+        && live(v.expires_ns, now)
+    {
+        return if shadow_all || v.flags & RULE_FLAG_SHADOW != 0 {
+            Reason::ShadowFlowKill
+        } else {
+            Reason::DropFlowKill
+        };
+    }
+
+    if let Some(flags) = active_rule(&SN_BLOCK_HASH, &SN_BLOCK_LPM, &pkt.src, now) {
+        return if shadow_all || flags & RULE_FLAG_SHADOW != 0 {
+            Reason::ShadowBlock
+        } else {
+            Reason::DropBlock
+        };
+    }
+
+    if let Some(rule) = throttle_rule(&pkt.src, now) {
+        let conform = take_token(&pkt.src, rule, now);
+        return if conform {
+            Reason::ThrottlePass
+        } else if shadow_all || rule.flags & RULE_FLAG_SHADOW != 0 {
+            Reason::ShadowThrottle
+        } else {
+            Reason::DropThrottle
+        };
+    }
+    Reason::Pass
+}
+
+/// An entry applies while `now` is before its expiry (0: never expires). Expiry is judged here,
+/// in the kernel, so an entry stops applying on time even if userspace is not running.
+#[inline(always)]
+fn live(expires_ns: u64, now: u64) -> bool {
+    expires_ns == 0 || now < expires_ns
+}
+
+/// Looks a source up in an exact-address hash, then in a prefix trie; returns the live entry's
+/// flags.
+#[inline(always)]
+fn active_rule(
+    exact: &HashMap<AddrKey, RuleValue>,
+    prefixes: &LpmTrie<AddrKey, RuleValue>,
+    src: &AddrKey,
+    now: u64,
+) -> Option<u32> {
+    // SAFETY: read-only access to a value that stays valid for this program run.
+    if let Some(v) = unsafe { exact.get(src) }
+        && live(v.expires_ns, now)
+    {
+        return Some(v.flags);
+    }
+    match prefixes.get(Key::new(128, *src)) {
+        Some(v) if live(v.expires_ns, now) => Some(v.flags),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn throttle_rule(src: &AddrKey, now: u64) -> Option<&'static ThrottleRule> {
+    // SAFETY: as in `active_rule`.
+    if let Some(r) = unsafe { SN_THR_HASH.get(src) }
+        && live(r.expires_ns, now)
+    {
+        return Some(r);
+    }
+    match SN_THR_LPM.get(Key::new(128, *src)) {
+        Some(r) if live(r.expires_ns, now) => Some(r),
+        _ => None,
+    }
+}
+
+/// Takes a token from the bucket of the source's aggregate; a new aggregate starts full.
+/// Buckets are shared across CPUs without a lock: concurrent packets of one aggregate on two
+/// CPUs can both take the last token, which errs on the side of passing.
+#[inline(always)]
+fn take_token(src: &AddrKey, rule: &ThrottleRule, now: u64) -> bool {
+    let key = BucketKey {
+        addr: mask_prefix(src, rule.aggregate_prefix),
+        prefix_len: rule.aggregate_prefix,
+        _pad: 0,
+    };
+    match SN_BUCKETS.get_ptr_mut(&key) {
+        // SAFETY: the pointer comes from a successful lookup and is valid for this program run.
+        Some(state) => bucket_take(unsafe { &mut *state }, rule.rate_pps, rule.burst, now),
+        None => {
+            if rule.burst == 0 {
+                return false;
+            }
+            if SN_BUCKETS
+                .insert(&key, &bucket_new(rule.burst, now), 0)
+                .is_err()
+            {
+                count(Reason::InternalError, 0);
+            }
+            true
+        }
+    }
+}
+
+#[inline(never)]
+fn account_source(src: &AddrKey, len: u64, now: u64, dropped: bool) {
+    let drop = dropped as u64;
+    match SN_SOURCES.get_ptr_mut(src) {
+        Some(s) => {
+            // SAFETY: per-CPU value from a successful lookup: no other CPU writes it.
+            let s = unsafe { &mut *s };
+            s.packets += 1;
+            s.bytes += len;
+            s.last_seen_ns = now;
+            s.dropped += drop;
+        }
+        None => {
+            let s = SourceStats {
+                packets: 1,
+                bytes: len,
+                last_seen_ns: now,
+                dropped: drop,
+            };
+            if SN_SOURCES.insert(src, &s, 0).is_err() {
+                count(Reason::SourceInsertFailed, len);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn count(reason: Reason, len: u64) {
+    if let Some(c) = SN_COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU array slot; only this CPU writes it.
+        let c = unsafe { &mut *c };
+        c.packets += 1;
+        c.bytes += len;
+    }
+}

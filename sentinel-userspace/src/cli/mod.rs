@@ -1,0 +1,463 @@
+//! The `sentinel` command line: argument definitions and the commands that talk to the daemon.
+
+pub mod output;
+
+use std::{
+    io::BufRead as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    control::{
+        DEFAULT_SOCKET,
+        api::{
+            AddRequest, AddResponse, DelRequest, DelResponse, Entry, ListKind, StatusReport,
+            ThrottleSpec,
+        },
+        client::{Client, ClientError},
+    },
+    daemon::Mode,
+    datapath::DEFAULT_PIN_PATH,
+    verdict::lists,
+};
+
+/// Sentinel: an eBPF/XDP traffic sentinel for API security.
+#[derive(Debug, Parser)]
+#[command(name = "sentinel", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: attach the XDP sentinel to the interfaces and serve the control socket.
+    Run(RunArgs),
+    /// Detach the programs and remove the pins (works without a running daemon).
+    Unload {
+        /// Directory of the pinned maps and links.
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Programs attached, map fill levels and counters per verdict reason.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The busiest sources with packets, bytes, rate and verdict.
+    Top {
+        #[command(flatten)]
+        conn: Conn,
+        /// How many sources to show.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        limit: u64,
+        /// Print one JSON snapshot (rates measured over one second) instead of the live view.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop sources in the kernel.
+    Block {
+        #[command(subcommand)]
+        op: ListOp,
+    },
+    /// Never act on these sources (wins over every other list).
+    Allow {
+        #[command(subcommand)]
+        op: ListOp,
+    },
+    /// Rate-limit sources in the kernel with a token bucket.
+    Throttle {
+        #[command(subcommand)]
+        op: ThrottleOp,
+    },
+}
+
+/// How to reach the daemon.
+#[derive(Debug, Args, Clone)]
+pub struct Conn {
+    /// The daemon's control socket.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+/// `sentinel run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Interfaces to attach to, comma separated.
+    #[arg(long, value_delimiter = ',', required = true, value_parser = parse_iface)]
+    pub iface: Vec<String>,
+    /// Configuration file (TOML).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// `enforce` drops and throttles; `shadow` counts would-drops and passes everything.
+    #[arg(long, value_enum, default_value = "enforce")]
+    pub mode: Mode,
+    /// Control socket to serve.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Directory for the pinned maps and links (on bpffs).
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+}
+
+/// Options shared by `add` on every list.
+#[derive(Debug, Args)]
+pub struct AddOpts {
+    /// Addresses or CIDR prefixes (IPv4 or IPv6).
+    pub targets: Vec<String>,
+    /// Read more targets from a file: one per line, `#` starts a comment.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Remove the entries after this long (e.g. 90s, 10m, 1h).
+    #[arg(long, value_parser = parse_ttl)]
+    pub ttl: Option<Duration>,
+    /// Why (kept with the entry, shown by `list`).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Count would-drops and pass instead of dropping.
+    #[arg(long)]
+    pub shadow: bool,
+}
+
+/// `block` and `allow` operations.
+#[derive(Debug, Subcommand)]
+pub enum ListOp {
+    /// Add addresses or prefixes.
+    Add {
+        #[command(flatten)]
+        opts: AddOpts,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove addresses or prefixes.
+    Del {
+        #[command(flatten)]
+        targets: DelTargets,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List the live entries.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print JSON (one object per line).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `throttle` operations.
+#[derive(Debug, Subcommand)]
+pub enum ThrottleOp {
+    /// Throttle addresses or prefixes.
+    Add {
+        #[command(flatten)]
+        opts: AddOpts,
+        /// Packets per second let through (e.g. 100/s or 100).
+        #[arg(long, value_parser = parse_rate)]
+        rate: u64,
+        /// Packets that may pass at once after a quiet period [default: the rate, one second's worth].
+        #[arg(long)]
+        burst: Option<u64>,
+        /// Share one bucket per prefix of this length (e.g. /24 for IPv4, /64 for IPv6) instead of one per source.
+        #[arg(long, value_parser = parse_aggregate)]
+        aggregate: Option<u8>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove throttles.
+    Del {
+        #[command(flatten)]
+        targets: DelTargets,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List the live throttles.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print JSON (one object per line).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Targets to remove.
+#[derive(Debug, Args)]
+pub struct DelTargets {
+    /// Addresses or CIDR prefixes, as added.
+    pub targets: Vec<String>,
+    /// Read more targets from a file: one per line, `#` starts a comment.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+}
+
+fn parse_iface(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 15 || s.contains('/') || s.contains(char::is_whitespace) {
+        return Err(format!("{s:?} is not a valid interface name"));
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); examples: 90s, 10m, 1h"))?;
+    if d.is_zero() {
+        return Err("a TTL must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let n = s.strip_suffix("/s").unwrap_or(s);
+    match n.parse::<u64>() {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a rate; give packets per second, e.g. 100/s"
+        )),
+    }
+}
+
+fn parse_aggregate(s: &str) -> Result<u8, String> {
+    let n = s.strip_prefix('/').unwrap_or(s);
+    match n.parse::<u8>() {
+        Ok(v) if v <= 128 => Ok(v),
+        _ => Err(format!("{s:?} is not a prefix length; e.g. /24 or /64")),
+    }
+}
+
+/// A failed command: the message and the exit status (1 runtime, 2 bad usage or input).
+#[derive(Debug)]
+pub struct CliError {
+    /// Exit status.
+    pub code: i32,
+    /// One line.
+    pub message: String,
+}
+
+impl CliError {
+    /// Bad input (exit 2).
+    pub fn input(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+    /// Runtime failure (exit 1).
+    pub fn runtime(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Rejected(m) => CliError::input(m),
+            other => CliError::runtime(other.to_string()),
+        }
+    }
+}
+
+/// Reads targets from a list file: one per line, blank lines and `#` comments skipped. A bad
+/// line is reported with its number and nothing is loaded.
+pub fn read_target_file(path: &Path) -> Result<Vec<String>, CliError> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line =
+            line.map_err(|e| CliError::input(format!("{}:{}: {e}", path.display(), i + 1)))?;
+        let t = line.split('#').next().unwrap_or("").trim();
+        if t.is_empty() {
+            continue;
+        }
+        if let Err(e) = t.parse::<crate::verdict::Target>() {
+            return Err(CliError::input(format!(
+                "{}:{}: {e}",
+                path.display(),
+                i + 1
+            )));
+        }
+        out.push(t.to_owned());
+    }
+    Ok(out)
+}
+
+fn gather(targets: &[String], file: Option<&Path>) -> Result<Vec<String>, CliError> {
+    lists::parse_targets(targets).map_err(|e| CliError::input(e.to_string()))?;
+    let mut all = targets.to_vec();
+    if let Some(f) = file {
+        all.extend(read_target_file(f)?);
+    }
+    if all.is_empty() {
+        return Err(CliError::input(
+            "no targets given: name addresses or prefixes, or --file LIST",
+        ));
+    }
+    Ok(all)
+}
+
+fn add_request(opts: &AddOpts, throttle: Option<ThrottleSpec>) -> Result<AddRequest, CliError> {
+    Ok(AddRequest {
+        targets: gather(&opts.targets, opts.file.as_deref())?,
+        ttl_ms: opts.ttl.map(|d| d.as_millis().max(1) as u64),
+        reason: opts.reason.clone(),
+        shadow: opts.shadow,
+        throttle,
+    })
+}
+
+async fn add(conn: &Conn, kind: ListKind, req: AddRequest) -> Result<(), CliError> {
+    let resp: AddResponse = Client::new(&conn.socket)
+        .post(&format!("/v1/lists/{}", kind.as_str()), &req)
+        .await?;
+    println!(
+        "{}: {} entr{} added ({} addresses, {} prefixes) in {:.1} ms",
+        kind.as_str(),
+        resp.added,
+        if resp.added == 1 { "y" } else { "ies" },
+        resp.exact,
+        resp.prefixes,
+        resp.elapsed_ms
+    );
+    Ok(())
+}
+
+async fn del(conn: &Conn, kind: ListKind, t: &DelTargets) -> Result<(), CliError> {
+    let req = DelRequest {
+        targets: gather(&t.targets, t.file.as_deref())?,
+    };
+    let resp: DelResponse = Client::new(&conn.socket)
+        .post(&format!("/v1/lists/{}/delete", kind.as_str()), &req)
+        .await?;
+    println!("{}: {} removed", kind.as_str(), resp.removed);
+    if !resp.not_found.is_empty() {
+        let shown: Vec<_> = resp.not_found.iter().take(10).cloned().collect();
+        return Err(CliError::input(format!(
+            "{} target(s) were not in the {} list: {}{}",
+            resp.not_found.len(),
+            kind.as_str(),
+            shown.join(", "),
+            if resp.not_found.len() > 10 {
+                ", ..."
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(())
+}
+
+async fn list(conn: &Conn, kind: ListKind, json: bool) -> Result<(), CliError> {
+    let entries: Vec<Entry> = Client::new(&conn.socket)
+        .get(&format!("/v1/lists/{}", kind.as_str()))
+        .await?;
+    output::entries(kind, &entries, json);
+    Ok(())
+}
+
+/// Runs a command that talks to the daemon (everything but `run` and `unload`).
+pub async fn client_command(cmd: Command) -> Result<(), CliError> {
+    match cmd {
+        Command::Status { conn, json } => {
+            let s: StatusReport = Client::new(&conn.socket).get("/v1/status").await?;
+            output::status(&s, json);
+            Ok(())
+        }
+        Command::Top { conn, limit, json } => {
+            output::top(&Client::new(&conn.socket), limit, json).await
+        }
+        Command::Block { op } => list_op(ListKind::Block, op).await,
+        Command::Allow { op } => list_op(ListKind::Allow, op).await,
+        Command::Throttle { op } => match op {
+            ThrottleOp::Add {
+                opts,
+                rate,
+                burst,
+                aggregate,
+                conn,
+            } => {
+                let spec = ThrottleSpec {
+                    rate_pps: rate,
+                    burst: burst.unwrap_or(rate),
+                    aggregate,
+                };
+                add(&conn, ListKind::Throttle, add_request(&opts, Some(spec))?).await
+            }
+            ThrottleOp::Del { targets, conn } => del(&conn, ListKind::Throttle, &targets).await,
+            ThrottleOp::List { conn, json } => list(&conn, ListKind::Throttle, json).await,
+        },
+        Command::Run(_) | Command::Unload { .. } => unreachable!("handled by main"),
+    }
+}
+
+async fn list_op(kind: ListKind, op: ListOp) -> Result<(), CliError> {
+    match op {
+        ListOp::Add { opts, conn } => add(&conn, kind, add_request(&opts, None)?).await,
+        ListOp::Del { targets, conn } => del(&conn, kind, &targets).await,
+        ListOp::List { conn, json } => list(&conn, kind, json).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn value_parsers_accept_and_reject() {
+        assert_eq!(parse_rate("100/s"), Ok(100));
+        assert_eq!(parse_rate("7"), Ok(7));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert_eq!(parse_aggregate("/24"), Ok(24));
+        assert!(parse_aggregate("/129").is_err());
+        assert_eq!(parse_ttl("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("soon").is_err());
+        assert!(parse_iface("veth0").is_ok());
+        assert!(parse_iface("a/b").is_err());
+    }
+
+    #[test]
+    fn list_files_skip_comments_and_name_bad_lines() {
+        let dir = std::env::temp_dir().join(format!("sentinel-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.txt");
+        std::fs::write(
+            &good,
+            "# header\n192.0.2.1\n\n198.51.100.0/24 # office\n2001:db8::1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_target_file(&good).unwrap(),
+            vec!["192.0.2.1", "198.51.100.0/24", "2001:db8::1"]
+        );
+        let bad = dir.join("bad.txt");
+        std::fs::write(&bad, "192.0.2.1\n192.0.2.300\n").unwrap();
+        let e = read_target_file(&bad).unwrap_err();
+        assert_eq!(e.code, 2);
+        assert!(e.message.contains("bad.txt:2:"), "{}", e.message);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,230 @@
+//! How the CLI prints: aligned tables for people, JSON (`--json`) for programs, and the live
+//! `top` view.
+
+use std::{collections::HashMap, time::Duration};
+
+use crate::control::{
+    api::{Entry, ListKind, SourceReport, StatusReport, TopReport},
+    client::Client,
+};
+
+use super::CliError;
+
+fn fmt_ttl(s: Option<f64>) -> String {
+    match s {
+        None => "never".into(),
+        Some(s) => humantime::format_duration(Duration::from_secs(s.ceil() as u64)).to_string(),
+    }
+}
+
+/// Prints list entries.
+pub fn entries(kind: ListKind, entries: &[Entry], json: bool) {
+    if json {
+        for e in entries {
+            println!("{}", serde_json::to_string(e).expect("serialisable"));
+        }
+        return;
+    }
+    if entries.is_empty() {
+        println!("{} list is empty", kind.as_str());
+        return;
+    }
+    let tw = entries
+        .iter()
+        .map(|e| e.target.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    match kind {
+        ListKind::Throttle => {
+            println!(
+                "{:<tw$}  {:>10}  {:>8}  {:>9}  {:>12}  {:<6}  REASON",
+                "TARGET", "RATE/S", "BURST", "PER", "EXPIRES IN", "SHADOW"
+            );
+            for e in entries {
+                let t = e.throttle.expect("throttle entries carry a spec");
+                println!(
+                    "{:<tw$}  {:>10}  {:>8}  {:>9}  {:>12}  {:<6}  {}",
+                    e.target,
+                    t.rate_pps,
+                    t.burst,
+                    t.aggregate
+                        .map(|a| format!("/{a}"))
+                        .unwrap_or_else(|| "source".into()),
+                    fmt_ttl(e.ttl_remaining_s),
+                    if e.shadow { "yes" } else { "no" },
+                    e.reason.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        _ => {
+            println!(
+                "{:<tw$}  {:>12}  {:<6}  REASON",
+                "TARGET", "EXPIRES IN", "SHADOW"
+            );
+            for e in entries {
+                println!(
+                    "{:<tw$}  {:>12}  {:<6}  {}",
+                    e.target,
+                    fmt_ttl(e.ttl_remaining_s),
+                    if e.shadow { "yes" } else { "no" },
+                    e.reason.as_deref().unwrap_or("-")
+                );
+            }
+        }
+    }
+    println!(
+        "{} entr{}",
+        entries.len(),
+        if entries.len() == 1 { "y" } else { "ies" }
+    );
+}
+
+/// Prints the status report.
+pub fn status(s: &StatusReport, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(s).expect("serialisable"));
+        return;
+    }
+    println!(
+        "sentinel {}  mode {}  up {}  pins {}",
+        s.version,
+        s.mode,
+        humantime::format_duration(Duration::from_secs(s.uptime_s as u64)),
+        s.pin_path
+    );
+    println!("\nprograms:");
+    if s.programs.is_empty() {
+        println!("  none attached");
+    }
+    for p in &s.programs {
+        println!(
+            "  {:<16} {:<7} {} (prog id {}, link id {})",
+            p.iface, p.mode, p.program, p.program_id, p.link_id
+        );
+    }
+    println!("\nmaps:");
+    for m in &s.maps {
+        let pct = if m.max_entries == 0 {
+            0.0
+        } else {
+            m.entries as f64 * 100.0 / m.max_entries as f64
+        };
+        println!(
+            "  {:<14} {:>9} / {:<9} {:>5.1}%",
+            m.name, m.entries, m.max_entries, pct
+        );
+    }
+    println!("\ncounters:");
+    println!("  {:<18} {:>14} {:>16}", "REASON", "PACKETS", "BYTES");
+    for (k, c) in &s.counters {
+        println!("  {:<18} {:>14} {:>16}", k, c.packets, c.bytes);
+    }
+}
+
+fn with_rates(prev: &TopReport, cur: &mut TopReport) {
+    let dt = cur.at_ns.saturating_sub(prev.at_ns) as f64 / 1e9;
+    if dt <= 0.0 {
+        return;
+    }
+    let before: HashMap<&str, &SourceReport> = prev
+        .sources
+        .iter()
+        .map(|s| (s.src_ip.as_str(), s))
+        .collect();
+    for s in &mut cur.sources {
+        let (p0, b0) = before
+            .get(s.src_ip.as_str())
+            .map(|p| (p.packets, p.bytes))
+            .unwrap_or((0, 0));
+        s.pps = Some(s.packets.saturating_sub(p0) as f64 / dt);
+        s.bps = Some(s.bytes.saturating_sub(b0) as f64 * 8.0 / dt);
+    }
+}
+
+/// `sentinel top`: one JSON snapshot with rates over one second, or a live view.
+pub async fn top(client: &Client, limit: u64, json: bool) -> Result<(), CliError> {
+    // Rates need two snapshots; ask for more than shown so sources entering the top still have a
+    // previous figure.
+    let uri = format!("/v1/top?limit={}", limit.saturating_mul(4).max(100));
+    let mut prev: TopReport = client.get(&uri).await?;
+    if json {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut cur: TopReport = client.get(&uri).await?;
+        with_rates(&prev, &mut cur);
+        cur.sources.truncate(limit as usize);
+        println!("{}", serde_json::to_string(&cur).expect("serialisable"));
+        return Ok(());
+    }
+    live_top(client, &uri, limit as usize, &mut prev).await
+}
+
+async fn live_top(
+    client: &Client,
+    uri: &str,
+    limit: usize,
+    prev: &mut TopReport,
+) -> Result<(), CliError> {
+    use ratatui::{
+        crossterm::event::{self, Event, KeyCode},
+        layout::Constraint,
+        style::{Modifier, Style},
+        widgets::{Block, Row, Table},
+    };
+    let mut terminal = ratatui::init();
+    let result = async {
+        loop {
+            let mut cur: TopReport = client.get(uri).await?;
+            with_rates(prev, &mut cur);
+            let rows: Vec<Row> = cur
+                .sources
+                .iter()
+                .take(limit)
+                .map(|s| {
+                    Row::new(vec![
+                        s.src_ip.clone(),
+                        format!("{:.0}", s.pps.unwrap_or(0.0)),
+                        format!("{:.1}", s.bps.unwrap_or(0.0) / 1e6),
+                        s.packets.to_string(),
+                        s.bytes.to_string(),
+                        s.dropped.to_string(),
+                        s.verdict.clone(),
+                    ])
+                })
+                .collect();
+            let table = Table::new(
+                rows,
+                [
+                    Constraint::Length(40),
+                    Constraint::Length(10),
+                    Constraint::Length(10),
+                    Constraint::Length(14),
+                    Constraint::Length(16),
+                    Constraint::Length(12),
+                    Constraint::Length(9),
+                ],
+            )
+            .header(
+                Row::new(vec![
+                    "SOURCE", "PPS", "MBIT/S", "PACKETS", "BYTES", "DROPPED", "VERDICT",
+                ])
+                .style(Style::default().add_modifier(Modifier::BOLD)),
+            )
+            .block(Block::bordered().title(" sentinel top (q to quit) "));
+            terminal
+                .draw(|f| f.render_widget(table, f.area()))
+                .map_err(|e| CliError::runtime(e.to_string()))?;
+            *prev = cur;
+            if event::poll(Duration::from_secs(1)).map_err(|e| CliError::runtime(e.to_string()))?
+                && let Event::Key(k) =
+                    event::read().map_err(|e| CliError::runtime(e.to_string()))?
+                && matches!(k.code, KeyCode::Char('q') | KeyCode::Esc)
+            {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    ratatui::restore();
+    result
+}

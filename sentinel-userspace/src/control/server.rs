@@ -1,0 +1,307 @@
+//! The daemon's control API: HTTP/JSON on a Unix socket with root-only permissions.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, Path as UrlPath, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use sentinel_common::{Reason, names};
+use serde::Deserialize;
+
+use super::api::{
+    AddRequest, CounterReport, DelRequest, ErrorBody, ListKind, MapFill, SourceReport,
+    StatusReport, TopReport,
+};
+use crate::{
+    clock,
+    datapath::{Maps, loader},
+    verdict::lists::{self, ListError},
+};
+
+/// What the API handlers share.
+pub struct ControlState {
+    /// The kernel maps.
+    pub maps: Mutex<Maps>,
+    /// Pin directory.
+    pub pin_dir: PathBuf,
+    /// Global mode label.
+    pub mode: Mutex<String>,
+    /// When the daemon started.
+    pub started: Instant,
+}
+
+/// An API error: a status and one line.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl From<ListError> for ApiError {
+    fn from(e: ListError) -> Self {
+        let code = if e.is_bad_input() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+type Shared = Arc<ControlState>;
+
+/// Runs blocking map work off the async threads.
+async fn blocking<T: Send + 'static>(
+    state: &Shared,
+    f: impl FnOnce(&ControlState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || f(&state))
+        .await
+        .map_err(internal)?
+}
+
+/// The API routes.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/lists/{kind}", get(list).post(add))
+        .route("/v1/lists/{kind}/delete", post(del))
+        .route("/v1/top", get(top))
+        // Bulk loads of a million entries are tens of megabytes of JSON.
+        .layer(DefaultBodyLimit::max(1 << 30))
+        .with_state(state)
+}
+
+/// Binds the control socket: refuses to steal it from a live daemon, replaces a stale one, and
+/// restricts it to root.
+pub async fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use anyhow::Context as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "another sentinel daemon is serving {}; stop it first or pass --socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn status(State(state): State<Shared>) -> Result<Json<StatusReport>, ApiError> {
+    blocking(&state, |s| {
+        let maps = s.maps.lock().expect("maps lock");
+        let counters = maps.counters().map_err(internal)?;
+        let counters = Reason::ALL
+            .iter()
+            .zip(counters)
+            .map(|(r, c)| {
+                (
+                    r.label().to_owned(),
+                    CounterReport {
+                        packets: c.packets,
+                        bytes: c.bytes,
+                    },
+                )
+            })
+            .collect();
+        Ok(Json(StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            mode: s.mode.lock().expect("mode lock").clone(),
+            pin_path: s.pin_dir.display().to_string(),
+            programs: loader::attachments(&s.pin_dir).map_err(internal)?,
+            maps: map_fills(&maps).map_err(internal)?,
+            counters,
+            uptime_s: s.started.elapsed().as_secs_f64(),
+        }))
+    })
+    .await
+}
+
+fn map_fills(maps: &Maps) -> Result<Vec<MapFill>, crate::datapath::DatapathError> {
+    use aya::maps::IterableMap;
+    use sentinel_common::{AddrKey, BucketKey, BucketState, FlowKey, RuleValue, ThrottleRule};
+    let fill = |name: &str,
+                data: &aya::maps::MapData,
+                entries: usize|
+     -> Result<MapFill, crate::datapath::DatapathError> {
+        let max = data
+            .info()
+            .map_err(|source| crate::datapath::DatapathError::Map {
+                name: name.to_owned(),
+                source,
+            })?
+            .max_entries();
+        Ok(MapFill {
+            name: name.to_owned(),
+            entries,
+            max_entries: max,
+        })
+    };
+    let rv = size_of::<RuleValue>();
+    Ok(vec![
+        fill(
+            names::SOURCES,
+            maps.sources.map(),
+            maps.sources.keys().count(),
+        )?,
+        fill(
+            names::ALLOW_HASH,
+            maps.allow_hash.map(),
+            Maps::count_hash::<AddrKey>(maps.allow_hash.map(), rv)?,
+        )?,
+        fill(
+            names::ALLOW_LPM,
+            maps.allow_lpm.map(),
+            maps.allow_lpm.keys().count(),
+        )?,
+        fill(
+            names::BLOCK_HASH,
+            maps.block_hash.map(),
+            Maps::count_hash::<AddrKey>(maps.block_hash.map(), rv)?,
+        )?,
+        fill(
+            names::BLOCK_LPM,
+            maps.block_lpm.map(),
+            maps.block_lpm.keys().count(),
+        )?,
+        fill(
+            names::THROTTLE_HASH,
+            maps.throttle_hash.map(),
+            Maps::count_hash::<AddrKey>(maps.throttle_hash.map(), size_of::<ThrottleRule>())?,
+        )?,
+        fill(
+            names::THROTTLE_LPM,
+            maps.throttle_lpm.map(),
+            maps.throttle_lpm.keys().count(),
+        )?,
+        fill(
+            names::BUCKETS,
+            maps.buckets.map(),
+            Maps::count_hash::<BucketKey>(maps.buckets.map(), size_of::<BucketState>())?,
+        )?,
+        fill(
+            names::FLOW_KILL,
+            maps.flow_kill.map(),
+            Maps::count_hash::<FlowKey>(maps.flow_kill.map(), rv)?,
+        )?,
+    ])
+}
+
+fn list_kind(kind: &str) -> Result<ListKind, ApiError> {
+    match kind {
+        "block" => Ok(ListKind::Block),
+        "allow" => Ok(ListKind::Allow),
+        "throttle" => Ok(ListKind::Throttle),
+        other => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no list named {other:?} (block, allow, throttle)"),
+        )),
+    }
+}
+
+async fn list(
+    State(state): State<Shared>,
+    UrlPath(kind): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let kind = list_kind(&kind)?;
+    blocking(&state, move |s| {
+        let maps = s.maps.lock().expect("maps lock");
+        Ok(Json(lists::list(&maps, kind)?).into_response())
+    })
+    .await
+}
+
+async fn add(
+    State(state): State<Shared>,
+    UrlPath(kind): UrlPath<String>,
+    Json(req): Json<AddRequest>,
+) -> Result<Response, ApiError> {
+    let kind = list_kind(&kind)?;
+    blocking(&state, move |s| {
+        let mut maps = s.maps.lock().expect("maps lock");
+        let resp = lists::add(&mut maps, kind, &req)?;
+        tracing::info!(list = kind.as_str(), added = resp.added, reason = ?req.reason, "list entries added");
+        Ok(Json(resp).into_response())
+    })
+    .await
+}
+
+async fn del(
+    State(state): State<Shared>,
+    UrlPath(kind): UrlPath<String>,
+    Json(req): Json<DelRequest>,
+) -> Result<Response, ApiError> {
+    let kind = list_kind(&kind)?;
+    blocking(&state, move |s| {
+        let mut maps = s.maps.lock().expect("maps lock");
+        let resp = lists::remove(&mut maps, kind, &req)?;
+        tracing::info!(
+            list = kind.as_str(),
+            removed = resp.removed,
+            "list entries removed"
+        );
+        Ok(Json(resp).into_response())
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct TopQuery {
+    limit: Option<usize>,
+}
+
+async fn top(
+    State(state): State<Shared>,
+    Query(q): Query<TopQuery>,
+) -> Result<Json<TopReport>, ApiError> {
+    let limit = q.limit.unwrap_or(20);
+    blocking(&state, move |s| {
+        let maps = s.maps.lock().expect("maps lock");
+        let now = clock::monotonic_ns();
+        let mut sources = maps.sources().map_err(internal)?;
+        sources.sort_by_key(|s| std::cmp::Reverse(s.1.packets));
+        sources.truncate(limit);
+        let sources = sources
+            .into_iter()
+            .map(|(k, s)| SourceReport {
+                src_ip: lists::source_ip(&k).to_string(),
+                packets: s.packets,
+                bytes: s.bytes,
+                dropped: s.dropped,
+                last_seen_s_ago: now.saturating_sub(s.last_seen_ns) as f64 / 1e9,
+                pps: None,
+                bps: None,
+                verdict: lists::verdict_of(&maps, &k).to_owned(),
+            })
+            .collect();
+        Ok(Json(TopReport {
+            at_ns: now,
+            sources,
+        }))
+    })
+    .await
+}

@@ -1,0 +1,138 @@
+//! `sentinel run`: load and attach the datapath, serve the control socket, sweep expired entries,
+//! and leave enforcement in place on exit (the pins keep programs and maps alive).
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use sentinel_common::{CONFIG_FLAG_SHADOW, Config as KernelConfig};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    control::server::{self, ControlState},
+    datapath::{Datapath, LoadOptions},
+    verdict::lists,
+};
+
+/// Global enforcement mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Drop and throttle.
+    Enforce,
+    /// Count would-drops, pass everything.
+    Shadow,
+}
+
+/// What `sentinel run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Interfaces to attach to.
+    pub ifaces: Vec<String>,
+    /// Configuration.
+    pub config: Config,
+    /// Global mode.
+    pub mode: Mode,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// Pin directory.
+    pub pin_dir: PathBuf,
+}
+
+/// How often expired list entries are reclaimed (the kernel ignores them from their expiry on).
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let load = LoadOptions {
+        pin_dir: opts.pin_dir.clone(),
+        sizes: opts.config.maps.clone(),
+    };
+    let ifaces = opts.ifaces.clone();
+    let mode = opts.mode;
+    // Loading runs the verifier and may take a while: keep it off the async threads.
+    let datapath = tokio::task::spawn_blocking(move || -> anyhow::Result<Datapath> {
+        let mut dp = Datapath::load(&load).context("loading the XDP sentinel")?;
+        let flags = if mode == Mode::Shadow {
+            CONFIG_FLAG_SHADOW
+        } else {
+            0
+        };
+        dp.maps
+            .set_config(KernelConfig { flags, _pad: 0 })
+            .context("writing the global mode")?;
+        for iface in &ifaces {
+            dp.attach(iface)
+                .with_context(|| format!("attaching to {iface}"))?;
+        }
+        Ok(dp)
+    })
+    .await??;
+    // The programs stay attached through their pinned links; only the maps live on here.
+    let maps = datapath.into_maps();
+    let listener = server::bind(&opts.socket).await?;
+    let state = Arc::new(ControlState {
+        maps: Mutex::new(maps),
+        pin_dir: opts.pin_dir.clone(),
+        mode: Mutex::new(match opts.mode {
+            Mode::Enforce => "enforce".into(),
+            Mode::Shadow => "shadow".into(),
+        }),
+        started,
+    });
+    info!(
+        ifaces = ?opts.ifaces,
+        socket = %opts.socket.display(),
+        pins = %opts.pin_dir.display(),
+        "sentinel running"
+    );
+
+    let sweeper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                let s = state.clone();
+                let res = tokio::task::spawn_blocking(move || {
+                    let mut maps = s.maps.lock().expect("maps lock");
+                    lists::sweep_expired(&mut maps)
+                })
+                .await;
+                match res {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => info!(removed = n, "expired entries reclaimed"),
+                    Ok(Err(e)) => warn!(error = %e, "sweeping expired entries"),
+                    Err(e) => warn!(error = %e, "sweeper task"),
+                }
+            }
+        })
+    };
+
+    let app = server::router(state.clone());
+    let socket = opts.socket.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving the control socket")?;
+    sweeper.abort();
+    let _ = std::fs::remove_file(&socket);
+    info!(
+        "sentinel stopped; programs and maps stay pinned and keep enforcing (`sentinel unload` removes them)"
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}

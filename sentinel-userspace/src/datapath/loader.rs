@@ -1,0 +1,429 @@
+//! Loading, pinning, attaching, re-adopting and unloading the XDP sentinel.
+//!
+//! Layout under the pin directory (default `/sys/fs/bpf/sentinel`):
+//! - one pin per map, named as in `sentinel_common::names`;
+//! - `links/xdp-<mode>-<iface>`: the pinned bpf_link of each attachment, which keeps the program
+//!   attached when no daemon runs (after SIGKILL or SIGTERM alike).
+//!
+//! A starting daemon loads the object with every map bound to its pin (reused when it exists), then
+//! for each interface either atomically replaces the program inside the existing pinned link
+//! (`bpf_link_update`: no packet sees a moment without a program) or attaches afresh.
+
+use std::{
+    ffi::CString,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use sentinel_common::{defaults, names, programs};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::{DatapathError, Maps};
+
+/// The kernel object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sentinel"));
+
+/// Returns the embedded eBPF object, or an error when the binary was built without it.
+pub fn object() -> Result<&'static [u8], DatapathError> {
+    if OBJECT.is_empty() {
+        Err(DatapathError::NoObject)
+    } else {
+        Ok(OBJECT)
+    }
+}
+
+/// Sizes of the kernel maps (entries). Bytes per entry are documented in the README.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MapSizes {
+    /// Tracked sources (LRU).
+    pub sources: u32,
+    /// Exact addresses per list (block, allow).
+    pub exact: u32,
+    /// Prefixes per list (block, allow).
+    pub prefixes: u32,
+    /// Throttle rules (exact and prefix each).
+    pub throttles: u32,
+    /// Token buckets (LRU).
+    pub buckets: u32,
+    /// Killed flows.
+    pub flows: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            sources: defaults::SOURCES_MAX,
+            exact: defaults::EXACT_MAX,
+            prefixes: defaults::PREFIX_MAX,
+            throttles: defaults::THROTTLE_MAX,
+            buckets: defaults::BUCKETS_MAX,
+            flows: defaults::FLOW_KILL_MAX,
+        }
+    }
+}
+
+/// How to load the datapath.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Directory of the pins.
+    pub pin_dir: PathBuf,
+    /// Map sizes (used when the maps are created; existing pins keep their size).
+    pub sizes: MapSizes,
+}
+
+/// One interface the sentinel is attached to.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    /// Interface name.
+    pub iface: String,
+    /// `driver` (native XDP) or `skb` (generic XDP).
+    pub mode: String,
+    /// The program attached.
+    pub program: String,
+    /// Kernel id of the program.
+    pub program_id: u32,
+    /// Kernel id of the bpf_link.
+    pub link_id: u32,
+    /// The link pin.
+    pub pin: PathBuf,
+}
+
+/// The loaded XDP object with its maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    /// The maps, bound to their pins.
+    pub maps: Maps,
+    pin_dir: PathBuf,
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(path: &Path) -> io::Result<bool> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a valid NUL-terminated path; `st` is written by the kernel.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Makes sure `pin_dir` lives on a bpffs, mounting one at `/sys/fs/bpf` when none is there, and
+/// creates the directory and its `links/` subdirectory.
+pub fn ensure_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
+    // The nearest existing ancestor decides which filesystem the pins would land on.
+    let mut probe = pin_dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    if !is_bpffs(&probe)? {
+        let root = Path::new("/sys/fs/bpf");
+        if !pin_dir.starts_with(root) {
+            return Err(DatapathError::Io(io::Error::other(format!(
+                "{} is not on a bpf filesystem",
+                pin_dir.display()
+            ))));
+        }
+        info!("mounting bpffs at {}", root.display());
+        let src = CString::new("bpf").expect("no NUL");
+        let dst = CString::new("/sys/fs/bpf").expect("no NUL");
+        // SAFETY: valid NUL-terminated strings; a plain mount without data.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(DatapathError::Io(io::Error::other(format!(
+                "mounting bpffs at /sys/fs/bpf: {}",
+                io::Error::last_os_error()
+            ))));
+        }
+    }
+    fs::create_dir_all(pin_dir.join("links"))?;
+    Ok(())
+}
+
+fn link_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+fn link_pin_name(mode: &str, iface: &str) -> String {
+    format!("xdp-{mode}-{iface}")
+}
+
+/// Parses a link pin name back into `(mode, iface)`.
+fn parse_link_pin_name(name: &str) -> Option<(&str, &str)> {
+    let rest = name.strip_prefix("xdp-")?;
+    let (mode, iface) = rest.split_once('-')?;
+    Some((mode, iface))
+}
+
+fn program_error(
+    what: impl Into<String>,
+) -> impl FnOnce(aya::programs::ProgramError) -> DatapathError {
+    let what = what.into();
+    move |e| DatapathError::Program {
+        what,
+        source: Box::new(e),
+    }
+}
+
+fn link_error<E: std::error::Error + Send + Sync + 'static>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> DatapathError {
+    let what = what.into();
+    move |e| DatapathError::Link {
+        what,
+        source: Box::new(e),
+    }
+}
+
+impl Datapath {
+    /// Loads the object with every map bound to its pin under `opts.pin_dir` (created, or reused
+    /// with its entries when a previous daemon left it), and loads the XDP program.
+    pub fn load(opts: &LoadOptions) -> Result<Self, DatapathError> {
+        ensure_pin_dir(&opts.pin_dir)?;
+        let pins: Vec<(&str, PathBuf)> = names::ALL
+            .iter()
+            .map(|n| (*n, opts.pin_dir.join(n)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let s = &opts.sizes;
+        loader
+            .map_max_entries(names::SOURCES, s.sources)
+            .map_max_entries(names::ALLOW_HASH, s.exact)
+            .map_max_entries(names::BLOCK_HASH, s.exact)
+            .map_max_entries(names::ALLOW_LPM, s.prefixes)
+            .map_max_entries(names::BLOCK_LPM, s.prefixes)
+            .map_max_entries(names::THROTTLE_HASH, s.throttles)
+            .map_max_entries(names::THROTTLE_LPM, s.throttles)
+            .map_max_entries(names::BUCKETS, s.buckets)
+            .map_max_entries(names::FLOW_KILL, s.flows);
+        let mut ebpf = loader
+            .load(object()?)
+            .map_err(|e| DatapathError::Load(Box::new(e)))?;
+        let maps = Maps::take_from(&mut ebpf)?;
+        let prog = xdp_program(&mut ebpf, programs::XDP_SENTINEL)?;
+        prog.load()
+            .map_err(program_error(format!("loading {}", programs::XDP_SENTINEL)))?;
+        Ok(Self {
+            ebpf,
+            maps,
+            pin_dir: opts.pin_dir.clone(),
+        })
+    }
+
+    /// Gives up the object (its program stays attached through the pinned links) and keeps the
+    /// maps.
+    pub fn into_maps(self) -> Maps {
+        self.maps
+    }
+
+    /// The pin directory.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Attaches the sentinel to `iface`: re-adopts a pinned link when one exists (replacing its
+    /// program atomically), else attaches in native mode, falling back to generic mode with a
+    /// warning, and pins the new link.
+    pub fn attach(&mut self, iface: &str) -> Result<Attachment, DatapathError> {
+        let links = link_dir(&self.pin_dir);
+        if let Some((mode, pin)) = find_link_pin(&links, iface)? {
+            match self.adopt(&pin) {
+                Ok(()) => {
+                    info!(iface, mode, "re-adopted pinned XDP link");
+                    return attachment(iface, &mode, &pin);
+                }
+                Err(e) => {
+                    // The interface went away and came back, or the link is defunct: start over.
+                    warn!(iface, error = %e, "pinned XDP link cannot be re-adopted; attaching afresh");
+                    let _ = fs::remove_file(&pin);
+                }
+            }
+        }
+        let prog = xdp_program(&mut self.ebpf, programs::XDP_SENTINEL)?;
+        let (link_id, mode) = match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => (id, "driver"),
+            Err(aya::programs::ProgramError::UnknownInterface { .. }) => {
+                return Err(DatapathError::NoSuchInterface(iface.to_owned()));
+            }
+            Err(e) => {
+                warn!(iface, error = %e, "native XDP attach failed; falling back to generic (skb) mode, which is slower");
+                let id = prog
+                    .attach(iface, XdpMode::Skb)
+                    .map_err(program_error(format!("attaching XDP to {iface}")))?;
+                (id, "skb")
+            }
+        };
+        let link = prog
+            .take_link(link_id)
+            .map_err(program_error("taking the XDP link"))?;
+        let fd_link: FdLink = link.try_into().map_err(link_error(
+            "XDP link is not a bpf_link (kernel too old to pin)",
+        ))?;
+        let pin = links.join(link_pin_name(mode, iface));
+        fd_link
+            .pin(&pin)
+            .map_err(link_error(format!("pinning {}", pin.display())))?;
+        info!(iface, mode, "attached XDP sentinel");
+        attachment(iface, mode, &pin)
+    }
+
+    fn adopt(&mut self, pin: &Path) -> Result<(), DatapathError> {
+        let pinned =
+            PinnedLink::from_pin(pin).map_err(link_error(format!("opening {}", pin.display())))?;
+        let fd_link: FdLink = pinned.into();
+        let xdp_link = XdpLink::try_from(fd_link).map_err(link_error("pinned link is not XDP"))?;
+        let prog = xdp_program(&mut self.ebpf, programs::XDP_SENTINEL)?;
+        let id = prog
+            .attach_to_link(xdp_link)
+            .map_err(program_error("replacing the program of the pinned link"))?;
+        // Drop our handle: the pin keeps the link (and now the new program) in place.
+        drop(prog.take_link(id));
+        Ok(())
+    }
+}
+
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, DatapathError> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| DatapathError::MissingMap(format!("program {name}")))?;
+    prog.try_into()
+        .map_err(program_error(format!("{name} is not an XDP program")))
+}
+
+fn find_link_pin(links: &Path, iface: &str) -> Result<Option<(String, PathBuf)>, DatapathError> {
+    if !links.exists() {
+        return Ok(None);
+    }
+    for entry in fs::read_dir(links)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some((mode, ifc)) = parse_link_pin_name(&name)
+            && ifc == iface
+        {
+            return Ok(Some((mode.to_owned(), entry.path())));
+        }
+    }
+    Ok(None)
+}
+
+fn attachment(iface: &str, mode: &str, pin: &Path) -> Result<Attachment, DatapathError> {
+    let link =
+        PinnedLink::from_pin(pin).map_err(link_error(format!("opening {}", pin.display())))?;
+    let fd_link: FdLink = link.into();
+    let info = fd_link.info().map_err(link_error(format!(
+        "reading link info of {}",
+        pin.display()
+    )))?;
+    Ok(Attachment {
+        iface: iface.to_owned(),
+        mode: mode.to_owned(),
+        program: programs::XDP_SENTINEL.to_owned(),
+        program_id: info.program_id(),
+        link_id: info.id(),
+        pin: pin.to_path_buf(),
+    })
+}
+
+/// Lists the attachments pinned under `pin_dir`.
+pub fn attachments(pin_dir: &Path) -> Result<Vec<Attachment>, DatapathError> {
+    let links = link_dir(pin_dir);
+    let mut out = Vec::new();
+    if !links.exists() {
+        return Ok(out);
+    }
+    for entry in fs::read_dir(&links)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some((mode, iface)) = parse_link_pin_name(&name) {
+            out.push(attachment(iface, mode, &entry.path())?);
+        }
+    }
+    out.sort_by(|a, b| a.iface.cmp(&b.iface));
+    Ok(out)
+}
+
+/// What `unload` removed.
+#[derive(Debug, Default, Serialize)]
+pub struct UnloadReport {
+    /// Interfaces detached.
+    pub detached: Vec<String>,
+    /// Map pins removed.
+    pub maps_removed: usize,
+}
+
+/// Detaches every pinned link and removes every pin under `pin_dir`. Works without a daemon.
+pub fn unload(pin_dir: &Path) -> Result<UnloadReport, DatapathError> {
+    let mut report = UnloadReport::default();
+    if !pin_dir.exists() {
+        return Ok(report);
+    }
+    let links = link_dir(pin_dir);
+    if links.exists() {
+        for entry in fs::read_dir(&links)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pinned = PinnedLink::from_pin(entry.path())
+                .map_err(link_error(format!("opening {}", entry.path().display())))?;
+            // Unpinning drops the last reference: the kernel destroys the link, detaching XDP.
+            let link = pinned.unpin()?;
+            drop(link);
+            if let Some((_, iface)) = parse_link_pin_name(&name) {
+                report.detached.push(iface.to_owned());
+            }
+        }
+        fs::remove_dir(&links)?;
+    }
+    for name in names::ALL {
+        match fs::remove_file(pin_dir.join(name)) {
+            Ok(()) => report.maps_removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match fs::remove_dir(pin_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            warn!(dir = %pin_dir.display(), error = %e, "pin directory not removed (not empty?)");
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pin_names_round_trip() {
+        let n = link_pin_name("driver", "veth-a_1");
+        assert_eq!(parse_link_pin_name(&n), Some(("driver", "veth-a_1")));
+        assert_eq!(parse_link_pin_name("SN_SOURCES"), None);
+    }
+}

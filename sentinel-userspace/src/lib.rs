@@ -1,0 +1,15 @@
+//! Sentinel's userspace: the daemon, the CLI and the stages of the data flow.
+//!
+//! - [`datapath`]: loading, pinning and attaching the kernel programs; typed map access.
+//! - [`verdict`]: the block, allow and throttle lists, written into the kernel maps.
+//! - [`control`]: the daemon's HTTP/JSON API on a Unix socket and its client.
+//! - [`daemon`]: `sentinel run`.
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod datapath;
+pub mod verdict;

@@ -1,0 +1,69 @@
+//! The `sentinel` binary: parses the command line and maps every failure to a one-line error and
+//! an exit status (1: runtime error, 2: bad usage or input).
+
+use clap::Parser as _;
+use sentinel::{
+    cli::{Cli, CliError, Command, client_command},
+    config::Config,
+    daemon::{self, RunOptions},
+    datapath,
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::runtime(format!("starting the runtime: {e}")))
+        .and_then(|rt| rt.block_on(dispatch(cli.command)));
+    if let Err(e) = result {
+        eprintln!("sentinel: {}", e.message);
+        std::process::exit(e.code);
+    }
+}
+
+async fn dispatch(cmd: Command) -> Result<(), CliError> {
+    match cmd {
+        Command::Run(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let config = match &args.config {
+                Some(path) => Config::load(path).map_err(|e| CliError::input(e.to_string()))?,
+                None => Config::default(),
+            };
+            daemon::run(RunOptions {
+                ifaces: args.iface,
+                config,
+                mode: args.mode,
+                socket: args.socket,
+                pin_dir: args.pin_path,
+            })
+            .await
+            .map_err(|e| CliError::runtime(format!("{e:#}")))
+        }
+        Command::Unload { pin_path, json } => {
+            let report =
+                datapath::unload(&pin_path).map_err(|e| CliError::runtime(e.to_string()))?;
+            if json {
+                println!("{}", serde_json::to_string(&report).expect("serialisable"));
+            } else if report.detached.is_empty() && report.maps_removed == 0 {
+                println!("nothing to unload under {}", pin_path.display());
+            } else {
+                println!(
+                    "detached from {} interface(s) [{}], removed {} map pin(s) under {}",
+                    report.detached.len(),
+                    report.detached.join(", "),
+                    report.maps_removed,
+                    pin_path.display()
+                );
+            }
+            Ok(())
+        }
+        other => client_command(other).await,
+    }
+}

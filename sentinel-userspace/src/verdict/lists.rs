@@ -1,0 +1,608 @@
+//! The block, allow and throttle lists: where a verdict is written into the kernel maps.
+//!
+//! Exact addresses go to hash maps (one lookup per packet), real prefixes to LPM tries. Bulk adds
+//! use `BPF_MAP_UPDATE_BATCH`. Every entry carries its expiry in `CLOCK_MONOTONIC` nanoseconds,
+//! which the XDP program compares with `bpf_ktime_get_ns()`, so entries stop applying on time
+//! without userspace; [`sweep_expired`] only reclaims their slots.
+
+use std::{net::IpAddr, time::Instant};
+
+use aya::maps::{IterableMap, MapData, MapError, lpm_trie::Key};
+use sentinel_common::{
+    AddrKey, MAX_BURST, MAX_RATE_PPS, REASON_LEN, RULE_FLAG_SHADOW, ReasonText, RuleValue,
+    ThrottleRule, names,
+};
+
+use super::target::{MapKey, Target, TargetError};
+use crate::{
+    clock,
+    control::api::{
+        AddRequest, AddResponse, DelRequest, DelResponse, Entry, ListKind, ThrottleSpec,
+    },
+    datapath::{DatapathError, Maps, sys},
+};
+
+/// Errors of list operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// A target did not parse.
+    #[error("target #{index}: {source}")]
+    Target {
+        /// 1-based position in the request.
+        index: usize,
+        /// The cause.
+        #[source]
+        source: TargetError,
+    },
+    /// The request is inconsistent.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The list would overflow its map.
+    #[error(
+        "{map} holds {have} of at most {max} entries; adding {adding} more does not fit (raise the size under [maps] in the config)"
+    )]
+    Full {
+        /// The map.
+        map: &'static str,
+        /// Entries there now.
+        have: usize,
+        /// Its capacity.
+        max: u32,
+        /// New entries asked for.
+        adding: usize,
+    },
+    /// A kernel map operation failed.
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+}
+
+impl ListError {
+    /// True when the caller sent something invalid (exit status 2), not a runtime failure.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            ListError::Target { .. } | ListError::BadRequest(_) | ListError::Full { .. }
+        )
+    }
+}
+
+fn map_err(name: &str) -> impl FnOnce(MapError) -> DatapathError + '_ {
+    move |source| DatapathError::Map {
+        name: name.to_owned(),
+        source,
+    }
+}
+
+/// Parses every target of a request, reporting the first bad one by position.
+pub fn parse_targets(targets: &[String]) -> Result<Vec<Target>, ListError> {
+    targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.parse().map_err(|source| ListError::Target {
+                index: i + 1,
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Stable id of a reason text (FNV-1a, never 0, which means "no reason").
+pub fn reason_id(text: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in text.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h.max(1)
+}
+
+fn truncate_reason(text: &str) -> &str {
+    let mut end = text.len().min(REASON_LEN);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn store_reason(maps: &mut Maps, text: Option<&str>) -> Result<u32, ListError> {
+    let Some(text) = text.map(truncate_reason).filter(|t| !t.is_empty()) else {
+        return Ok(0);
+    };
+    let id = reason_id(text);
+    let mut value = ReasonText {
+        text: [0; REASON_LEN],
+    };
+    value.text[..text.len()].copy_from_slice(text.as_bytes());
+    maps.reasons
+        .insert(id, value, 0)
+        .map_err(map_err(names::REASONS))?;
+    Ok(id)
+}
+
+fn reason_text(maps: &Maps, id: u32) -> Option<String> {
+    if id == 0 {
+        return None;
+    }
+    let v = maps.reasons.get(&id, 0).ok()?;
+    let end = v.text.iter().position(|b| *b == 0).unwrap_or(REASON_LEN);
+    Some(String::from_utf8_lossy(&v.text[..end]).into_owned())
+}
+
+fn expiry(ttl_ms: Option<u64>) -> Result<u64, ListError> {
+    match ttl_ms {
+        None => Ok(0),
+        Some(0) => Err(ListError::BadRequest(
+            "a TTL must be longer than zero".into(),
+        )),
+        Some(ms) => Ok(clock::monotonic_ns().saturating_add(ms.saturating_mul(1_000_000))),
+    }
+}
+
+fn remaining_s(expires_ns: u64, now: u64) -> Option<f64> {
+    (expires_ns != 0).then(|| expires_ns.saturating_sub(now) as f64 / 1e9)
+}
+
+fn live(expires_ns: u64, now: u64) -> bool {
+    expires_ns == 0 || now < expires_ns
+}
+
+fn check_throttle(
+    spec: Option<ThrottleSpec>,
+    kind: ListKind,
+) -> Result<Option<ThrottleSpec>, ListError> {
+    match (kind, spec) {
+        (ListKind::Throttle, None) => Err(ListError::BadRequest(
+            "a throttle needs a rate (--rate N/s)".into(),
+        )),
+        (ListKind::Throttle, Some(s)) => {
+            if s.rate_pps == 0 || s.rate_pps > MAX_RATE_PPS {
+                return Err(ListError::BadRequest(format!(
+                    "rate must be between 1 and {MAX_RATE_PPS} packets/s, got {}",
+                    s.rate_pps
+                )));
+            }
+            if s.burst == 0 || s.burst > MAX_BURST {
+                return Err(ListError::BadRequest(format!(
+                    "burst must be between 1 and {MAX_BURST} packets, got {}",
+                    s.burst
+                )));
+            }
+            Ok(Some(s))
+        }
+        (_, Some(_)) => Err(ListError::BadRequest(format!(
+            "rate and burst apply to the throttle list, not to {}",
+            kind.as_str()
+        ))),
+        (_, None) => Ok(None),
+    }
+}
+
+fn capacity(map: &MapData) -> Result<u32, DatapathError> {
+    map.info()
+        .map(|i| i.max_entries())
+        .map_err(|source| DatapathError::Map {
+            name: "info".into(),
+            source,
+        })
+}
+
+/// Adds (or replaces) entries. Either every target is written or, on bad input or lack of room,
+/// none is.
+pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddResponse, ListError> {
+    let targets = parse_targets(&req.targets)?;
+    let throttle = check_throttle(req.throttle, kind)?;
+    if let (Some(_), Some(agg)) = (throttle, req.throttle.and_then(|t| t.aggregate)) {
+        for t in &targets {
+            let max = if t.is_v4() { 32 } else { 128 };
+            if agg > max || (agg as u32) < t.net().prefix_len() as u32 {
+                return Err(ListError::BadRequest(format!(
+                    "aggregate /{agg} does not fit {t}: it must be between the target's prefix length /{} and /{max}",
+                    t.net().prefix_len()
+                )));
+            }
+        }
+    }
+    let expires_ns = expiry(req.ttl_ms)?;
+    let flags = if req.shadow { RULE_FLAG_SHADOW } else { 0 };
+    let (mut exact, mut prefixes): (Vec<AddrKey>, Vec<(u32, AddrKey, &Target)>) =
+        (Vec::new(), Vec::new());
+    let mut exact_targets = Vec::new();
+    for t in &targets {
+        match t.map_key() {
+            MapKey::Exact(k) => {
+                exact.push(k);
+                exact_targets.push(t);
+            }
+            MapKey::Prefix(p, k) => prefixes.push((p, k, t)),
+        }
+    }
+    check_room(maps, kind, &exact, prefixes.len())?;
+    let reason_id = store_reason(maps, req.reason.as_deref())?;
+    let started = Instant::now();
+    match throttle {
+        None => {
+            let value = RuleValue {
+                expires_ns,
+                reason_id,
+                flags,
+            };
+            let (hash, lpm, hname, lname) = match kind {
+                ListKind::Block => (
+                    &mut maps.block_hash,
+                    &mut maps.block_lpm,
+                    names::BLOCK_HASH,
+                    names::BLOCK_LPM,
+                ),
+                _ => (
+                    &mut maps.allow_hash,
+                    &mut maps.allow_lpm,
+                    names::ALLOW_HASH,
+                    names::ALLOW_LPM,
+                ),
+            };
+            let values = vec![value; exact.len()];
+            sys::update_batch(hash.map().fd(), &exact, &values, 65_536).map_err(|e| {
+                DatapathError::Io(std::io::Error::other(format!("{hname}: batch update: {e}")))
+            })?;
+            for (p, k, _) in &prefixes {
+                lpm.insert(&Key::new(*p, *k), value, 0)
+                    .map_err(map_err(lname))?;
+            }
+        }
+        Some(spec) => {
+            let rule_for = |t: &Target| ThrottleRule {
+                rate_pps: spec.rate_pps,
+                burst: spec.burst,
+                expires_ns,
+                reason_id,
+                flags,
+                aggregate_prefix: t.aggregate_prefix(spec.aggregate),
+                _pad: 0,
+            };
+            let values: Vec<ThrottleRule> = exact_targets.iter().map(|t| rule_for(t)).collect();
+            sys::update_batch(maps.throttle_hash.map().fd(), &exact, &values, 65_536).map_err(
+                |e| {
+                    DatapathError::Io(std::io::Error::other(format!(
+                        "{}: batch update: {e}",
+                        names::THROTTLE_HASH
+                    )))
+                },
+            )?;
+            for (p, k, t) in &prefixes {
+                maps.throttle_lpm
+                    .insert(&Key::new(*p, *k), rule_for(t), 0)
+                    .map_err(map_err(names::THROTTLE_LPM))?;
+            }
+        }
+    }
+    Ok(AddResponse {
+        added: targets.len(),
+        exact: exact.len(),
+        prefixes: prefixes.len(),
+        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+fn check_room(
+    maps: &Maps,
+    kind: ListKind,
+    exact: &[AddrKey],
+    n_prefixes: usize,
+) -> Result<(), ListError> {
+    let (hash, hname, hval, lpm_count, lpm_map, lname) = match kind {
+        ListKind::Block => (
+            maps.block_hash.map(),
+            names::BLOCK_HASH,
+            size_of::<RuleValue>(),
+            maps.block_lpm.keys().count(),
+            maps.block_lpm.map(),
+            names::BLOCK_LPM,
+        ),
+        ListKind::Allow => (
+            maps.allow_hash.map(),
+            names::ALLOW_HASH,
+            size_of::<RuleValue>(),
+            maps.allow_lpm.keys().count(),
+            maps.allow_lpm.map(),
+            names::ALLOW_LPM,
+        ),
+        ListKind::Throttle => (
+            maps.throttle_hash.map(),
+            names::THROTTLE_HASH,
+            size_of::<ThrottleRule>(),
+            maps.throttle_lpm.keys().count(),
+            maps.throttle_lpm.map(),
+            names::THROTTLE_LPM,
+        ),
+    };
+    let max = capacity(hash)?;
+    let have = Maps::count_hash::<AddrKey>(hash, hval)?;
+    if have + exact.len() > max as usize {
+        // Replacing existing entries takes no room: count only the new ones.
+        let mut present = std::collections::HashSet::with_capacity(have);
+        sys::lookup_all::<AddrKey>(hash.fd(), hval, |k, _| {
+            present.insert(*k);
+        })
+        .map_err(DatapathError::Io)?;
+        let new = exact.iter().filter(|k| !present.contains(*k)).count();
+        if have + new > max as usize {
+            return Err(ListError::Full {
+                map: hname,
+                have,
+                max,
+                adding: new,
+            });
+        }
+    }
+    let lmax = capacity(lpm_map)?;
+    if lpm_count + n_prefixes > lmax as usize {
+        return Err(ListError::Full {
+            map: lname,
+            have: lpm_count,
+            max: lmax,
+            adding: n_prefixes,
+        });
+    }
+    Ok(())
+}
+
+/// Removes entries; targets not in the list are reported, not treated as errors.
+pub fn remove(maps: &mut Maps, kind: ListKind, req: &DelRequest) -> Result<DelResponse, ListError> {
+    let targets = parse_targets(&req.targets)?;
+    let mut removed = 0;
+    let mut not_found = Vec::new();
+    for t in &targets {
+        let found = match (kind, t.map_key()) {
+            (ListKind::Block, MapKey::Exact(k)) => remove_key(&mut maps.block_hash, &k)?,
+            (ListKind::Allow, MapKey::Exact(k)) => remove_key(&mut maps.allow_hash, &k)?,
+            (ListKind::Throttle, MapKey::Exact(k)) => remove_key(&mut maps.throttle_hash, &k)?,
+            (ListKind::Block, MapKey::Prefix(p, k)) => remove_prefix(&mut maps.block_lpm, p, k)?,
+            (ListKind::Allow, MapKey::Prefix(p, k)) => remove_prefix(&mut maps.allow_lpm, p, k)?,
+            (ListKind::Throttle, MapKey::Prefix(p, k)) => {
+                remove_prefix(&mut maps.throttle_lpm, p, k)?
+            }
+        };
+        if found {
+            removed += 1;
+        } else {
+            not_found.push(t.to_string());
+        }
+    }
+    Ok(DelResponse { removed, not_found })
+}
+
+fn remove_key<V: aya::Pod>(
+    map: &mut aya::maps::HashMap<MapData, AddrKey, V>,
+    key: &AddrKey,
+) -> Result<bool, DatapathError> {
+    match map.get(key, 0) {
+        Ok(_) => {
+            map.remove(key).map_err(map_err("hash"))?;
+            Ok(true)
+        }
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(e) => Err(map_err("hash")(e)),
+    }
+}
+
+fn remove_prefix<V: aya::Pod>(
+    map: &mut aya::maps::LpmTrie<MapData, AddrKey, V>,
+    prefix: u32,
+    key: AddrKey,
+) -> Result<bool, DatapathError> {
+    let key = Key::new(prefix, key);
+    // An LPM lookup returns the longest match, not necessarily this exact prefix: compare.
+    let exists = map
+        .keys()
+        .flatten()
+        .any(|k| k.prefix_len() == prefix && k.data() == key.data());
+    if exists {
+        map.remove(&key).map_err(map_err("lpm"))?;
+    }
+    Ok(exists)
+}
+
+/// Lists the live entries of a list (expired ones still waiting for the sweep are left out).
+pub fn list(maps: &Maps, kind: ListKind) -> Result<Vec<Entry>, ListError> {
+    let now = clock::monotonic_ns();
+    let mut out = Vec::new();
+    match kind {
+        ListKind::Block | ListKind::Allow => {
+            let (hash, lpm) = if kind == ListKind::Block {
+                (&maps.block_hash, &maps.block_lpm)
+            } else {
+                (&maps.allow_hash, &maps.allow_lpm)
+            };
+            let mut rows = Vec::new();
+            sys::lookup_all::<AddrKey>(hash.map().fd(), size_of::<RuleValue>(), |k, v| {
+                // SAFETY: the kernel wrote one `RuleValue` (plain integers) into `v`.
+                let v: RuleValue = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+                rows.push((MapKey::Exact(*k), v));
+            })
+            .map_err(DatapathError::Io)?;
+            for item in lpm.iter() {
+                let (k, v) = item.map_err(map_err("lpm"))?;
+                rows.push((MapKey::Prefix(k.prefix_len(), k.data()), v));
+            }
+            for (k, v) in rows.into_iter().filter(|(_, v)| live(v.expires_ns, now)) {
+                out.push(Entry {
+                    target: Target::from_map_key(k).to_string(),
+                    ttl_remaining_s: remaining_s(v.expires_ns, now),
+                    reason: reason_text(maps, v.reason_id),
+                    shadow: v.flags & RULE_FLAG_SHADOW != 0,
+                    throttle: None,
+                });
+            }
+        }
+        ListKind::Throttle => {
+            let mut rows = Vec::new();
+            sys::lookup_all::<AddrKey>(
+                maps.throttle_hash.map().fd(),
+                size_of::<ThrottleRule>(),
+                |k, v| {
+                    // SAFETY: the kernel wrote one `ThrottleRule` (plain integers) into `v`.
+                    let v: ThrottleRule = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+                    rows.push((MapKey::Exact(*k), v));
+                },
+            )
+            .map_err(DatapathError::Io)?;
+            for item in maps.throttle_lpm.iter() {
+                let (k, v) = item.map_err(map_err("lpm"))?;
+                rows.push((MapKey::Prefix(k.prefix_len(), k.data()), v));
+            }
+            for (k, v) in rows.into_iter().filter(|(_, v)| live(v.expires_ns, now)) {
+                let target = Target::from_map_key(k);
+                let aggregate = (v.aggregate_prefix < 128).then(|| {
+                    if target.is_v4() {
+                        (v.aggregate_prefix - 96) as u8
+                    } else {
+                        v.aggregate_prefix as u8
+                    }
+                });
+                out.push(Entry {
+                    target: target.to_string(),
+                    ttl_remaining_s: remaining_s(v.expires_ns, now),
+                    reason: reason_text(maps, v.reason_id),
+                    shadow: v.flags & RULE_FLAG_SHADOW != 0,
+                    throttle: Some(ThrottleSpec {
+                        rate_pps: v.rate_pps,
+                        burst: v.burst,
+                        aggregate,
+                    }),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.target.cmp(&b.target));
+    Ok(out)
+}
+
+/// Deletes expired entries from every list (the kernel already ignores them). Returns how many.
+pub fn sweep_expired(maps: &mut Maps) -> Result<usize, ListError> {
+    let now = clock::monotonic_ns();
+    let mut n = 0;
+    n += sweep_hash(&mut maps.block_hash, now, |v: &RuleValue| v.expires_ns)?;
+    n += sweep_hash(&mut maps.allow_hash, now, |v: &RuleValue| v.expires_ns)?;
+    n += sweep_hash(&mut maps.throttle_hash, now, |v: &ThrottleRule| {
+        v.expires_ns
+    })?;
+    n += sweep_hash(&mut maps.flow_kill, now, |v: &RuleValue| v.expires_ns)?;
+    n += sweep_lpm(&mut maps.block_lpm, now, |v: &RuleValue| v.expires_ns)?;
+    n += sweep_lpm(&mut maps.allow_lpm, now, |v: &RuleValue| v.expires_ns)?;
+    n += sweep_lpm(&mut maps.throttle_lpm, now, |v: &ThrottleRule| v.expires_ns)?;
+    Ok(n)
+}
+
+fn sweep_hash<K: aya::Pod + Default, V: aya::Pod>(
+    map: &mut aya::maps::HashMap<MapData, K, V>,
+    now: u64,
+    expires: impl Fn(&V) -> u64,
+) -> Result<usize, DatapathError> {
+    let mut dead = Vec::new();
+    sys::lookup_all::<K>(map.map().fd(), size_of::<V>(), |k, v| {
+        // SAFETY: the kernel wrote one `V` (a plain-integer Pod) into `v`.
+        let v: V = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+        if !live(expires(&v), now) {
+            dead.push(*k);
+        }
+    })
+    .map_err(DatapathError::Io)?;
+    for k in &dead {
+        // Already gone (removed concurrently) is fine.
+        let _ = map.remove(k);
+    }
+    Ok(dead.len())
+}
+
+fn sweep_lpm<V: aya::Pod>(
+    map: &mut aya::maps::LpmTrie<MapData, AddrKey, V>,
+    now: u64,
+    expires: impl Fn(&V) -> u64,
+) -> Result<usize, DatapathError> {
+    let dead: Vec<Key<AddrKey>> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| !live(expires(v), now))
+        .map(|(k, _)| k)
+        .collect();
+    for k in &dead {
+        let _ = map.remove(k);
+    }
+    Ok(dead.len())
+}
+
+/// Which list applies to a source right now: `allow`, `block`, `throttle` or `none` (the same
+/// order of precedence as the kernel).
+pub fn verdict_of(maps: &Maps, addr: &AddrKey) -> &'static str {
+    let now = clock::monotonic_ns();
+    let key = Key::new(128, *addr);
+    let hit = |h: Option<u64>, l: Option<u64>| {
+        h.is_some_and(|e| live(e, now)) || l.is_some_and(|e| live(e, now))
+    };
+    if hit(
+        maps.allow_hash.get(addr, 0).ok().map(|v| v.expires_ns),
+        maps.allow_lpm.get(&key, 0).ok().map(|v| v.expires_ns),
+    ) {
+        "allow"
+    } else if hit(
+        maps.block_hash.get(addr, 0).ok().map(|v| v.expires_ns),
+        maps.block_lpm.get(&key, 0).ok().map(|v| v.expires_ns),
+    ) {
+        "block"
+    } else if hit(
+        maps.throttle_hash.get(addr, 0).ok().map(|v| v.expires_ns),
+        maps.throttle_lpm.get(&key, 0).ok().map(|v| v.expires_ns),
+    ) {
+        "throttle"
+    } else {
+        "none"
+    }
+}
+
+/// The address of a source key, for display.
+pub fn source_ip(addr: &AddrKey) -> IpAddr {
+    super::target::addr_of(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_ids_are_stable_and_nonzero() {
+        assert_eq!(reason_id("brute force"), reason_id("brute force"));
+        assert_ne!(reason_id("a"), reason_id("b"));
+        assert_ne!(reason_id(""), 0);
+    }
+
+    #[test]
+    fn reasons_truncate_on_char_boundaries() {
+        let long = "é".repeat(40);
+        let t = truncate_reason(&long);
+        assert!(t.len() <= REASON_LEN);
+        assert!(t.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn throttle_parameters_are_validated() {
+        let ok = ThrottleSpec {
+            rate_pps: 100,
+            burst: 10,
+            aggregate: None,
+        };
+        assert!(check_throttle(Some(ok), ListKind::Throttle).is_ok());
+        assert!(check_throttle(None, ListKind::Throttle).is_err());
+        assert!(check_throttle(Some(ok), ListKind::Block).is_err());
+        let zero = ThrottleSpec { rate_pps: 0, ..ok };
+        assert!(check_throttle(Some(zero), ListKind::Throttle).is_err());
+        let no_burst = ThrottleSpec { burst: 0, ..ok };
+        assert!(check_throttle(Some(no_burst), ListKind::Throttle).is_err());
+    }
+
+    #[test]
+    fn parse_targets_names_the_bad_one() {
+        let err = parse_targets(&["192.0.2.1".into(), "nope".into()]).unwrap_err();
+        assert!(err.to_string().starts_with("target #2:"), "{err}");
+    }
+}

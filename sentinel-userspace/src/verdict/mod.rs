@@ -1,0 +1,6 @@
+//! Verdicts: what Sentinel decided about a source, written into the kernel maps.
+
+pub mod lists;
+pub mod target;
+
+pub use target::Target;
