@@ -240,6 +240,16 @@ impl Datapath {
         self.maps
     }
 
+    /// One of the object's XDP programs (`sentinel_common::programs`), loaded on first use; for
+    /// tests (BPF_PROG_TEST_RUN) and benchmarks (the bare drop and pass floors).
+    pub fn xdp(&mut self, name: &str) -> Result<&mut Xdp, DatapathError> {
+        let prog = xdp_program(&mut self.ebpf, name)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(program_error(format!("loading {name}")))?;
+        }
+        Ok(prog)
+    }
+
     /// The pin directory.
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir

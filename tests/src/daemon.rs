@@ -1,0 +1,171 @@
+//! A `sentinel run` process inside a namespace, with its own socket and pin directory.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{NetNs, sentinel_bin};
+
+/// A running daemon. Dropping it kills the process and unloads its pins, so a failed test leaves
+/// no program attached and no pinned map behind.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// Pin directory.
+    pub pin_path: PathBuf,
+    /// Where stdout and stderr go.
+    pub log: PathBuf,
+    ns_path: String,
+    ifaces: Vec<String>,
+    extra: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts `sentinel run --iface IFACES` in `ns` with a fresh socket and pin directory, and
+    /// waits until the control socket answers.
+    pub fn start(ns: &NetNs, ifaces: &[&str], extra: &[&str]) -> anyhow::Result<Self> {
+        let id = crate::unique_id();
+        let dir = std::env::temp_dir().join(format!("sentinel-test-{id}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut d = Self {
+            child: None,
+            socket: dir.join("sentinel.sock"),
+            pin_path: PathBuf::from(format!("/sys/fs/bpf/sentinel-test-{id}")),
+            log: dir.join("daemon.log"),
+            ns_path: ns.path(),
+            ifaces: ifaces.iter().map(|s| s.to_string()).collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn()?;
+        Ok(d)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns_path))
+            .arg("--")
+            .arg(sentinel_bin())
+            .arg("run")
+            .arg("--iface")
+            .arg(self.ifaces.join(","))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--pin-path")
+            .arg(&self.pin_path)
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawning sentinel run")?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Some(c) = self.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!("daemon exited with {status}: {}", self.log_text());
+            }
+            if self.cli(&["status", "--json"]).map(|o| o.status.success()).unwrap_or(false) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("daemon not ready after 30 s: {}", self.log_text())
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `sentinel ARGS --socket SOCKET` (for commands that talk to the daemon).
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut full: Vec<&str> = args.to_vec();
+        let socket = self.socket.to_string_lossy().into_owned();
+        full.push("--socket");
+        full.push(&socket);
+        Ok(Command::new(sentinel_bin()).args(&full).output()?)
+    }
+
+    /// Like [`Daemon::cli`] but fails unless the command succeeds; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.cli(args)?;
+        if !out.status.success() {
+            bail!(
+                "sentinel {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `sentinel status --json`, parsed.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.cli_ok(&["status", "--json"])?)?)
+    }
+
+    /// Packets counted under a verdict reason label (e.g. `drop_block`).
+    pub fn counter(&self, reason: &str) -> anyhow::Result<u64> {
+        let s = self.status()?;
+        s["counters"][reason]["packets"]
+            .as_u64()
+            .with_context(|| format!("no counter {reason} in status"))
+    }
+
+    /// Kills the daemon with `signal` and waits for it to exit.
+    pub fn kill(&mut self, signal: i32) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(c.id() as i32, signal) };
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the daemon again with the same socket, pins and arguments.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill(libc::SIGKILL)?;
+        self.spawn()
+    }
+
+    /// Starts the daemon again after it was stopped.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        assert!(self.child.is_none(), "daemon still running");
+        self.spawn()
+    }
+
+    /// The pin directory.
+    pub fn pins(&self) -> &Path {
+        &self.pin_path
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.kill(libc::SIGKILL);
+        let _ = Command::new(sentinel_bin())
+            .args(["unload", "--pin-path"])
+            .arg(&self.pin_path)
+            .output();
+        if let Some(dir) = self.socket.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
