@@ -5,6 +5,7 @@
 //! - [`control`]: the daemon's HTTP/JSON API on a Unix socket and its client.
 //! - [`daemon`]: `sentinel run`.
 //! - [`cli`]: the command line.
+//! - [`lab`]: namespaces, veth pairs and bounded traffic for tests, benchmarks and the demo.
 
 pub mod cli;
 pub mod clock;
@@ -12,4 +13,5 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod lab;
 pub mod verdict;

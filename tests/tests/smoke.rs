@@ -1,6 +1,9 @@
 //! Smoke test of the harness itself: a blocked source is dropped over a real veth.
-use std::{net::{IpAddr, SocketAddr}, time::Duration};
 use sentinel_tests::{Daemon, Topology, netns::*, traffic::*};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 #[test]
 fn blocked_source_is_dropped_and_others_pass() {
@@ -13,7 +16,15 @@ fn blocked_source_is_dropped_and_others_pass() {
     let sink = Sink::start(&topo.server, SocketAddr::new(SERVER_V4.into(), 7000)).unwrap();
     let dst = SocketAddr::new(SERVER_V4.into(), 7000);
     send_udp(&topo.client, blocked, dst, 200, 0, Duration::from_secs(5)).unwrap();
-    send_udp(&topo.client, CLIENT_V4.into(), dst, 200, 0, Duration::from_secs(5)).unwrap();
+    send_udp(
+        &topo.client,
+        CLIENT_V4.into(),
+        dst,
+        200,
+        0,
+        Duration::from_secs(5),
+    )
+    .unwrap();
     sink.settle(Duration::from_millis(200), Duration::from_secs(3));
     assert_eq!(sink.from(blocked), 0);
     assert_eq!(sink.from(CLIENT_V4.into()), 200);

@@ -245,7 +245,8 @@ impl Datapath {
     pub fn xdp(&mut self, name: &str) -> Result<&mut Xdp, DatapathError> {
         let prog = xdp_program(&mut self.ebpf, name)?;
         if prog.fd().is_err() {
-            prog.load().map_err(program_error(format!("loading {name}")))?;
+            prog.load()
+                .map_err(program_error(format!("loading {name}")))?;
         }
         Ok(prog)
     }

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{NetNs, sentinel_bin};
+use super::{NetNs, sentinel_bin};
 
 /// A running daemon. Dropping it kills the process and unloads its pins, so a failed test leaves
 /// no program attached and no pinned map behind.
@@ -29,7 +29,7 @@ impl Daemon {
     /// Starts `sentinel run --iface IFACES` in `ns` with a fresh socket and pin directory, and
     /// waits until the control socket answers.
     pub fn start(ns: &NetNs, ifaces: &[&str], extra: &[&str]) -> anyhow::Result<Self> {
-        let id = crate::unique_id();
+        let id = super::unique_id();
         let dir = std::env::temp_dir().join(format!("sentinel-test-{id}"));
         std::fs::create_dir_all(&dir)?;
         let mut d = Self {
@@ -80,7 +80,11 @@ impl Daemon {
             {
                 bail!("daemon exited with {status}: {}", self.log_text());
             }
-            if self.cli(&["status", "--json"]).map(|o| o.status.success()).unwrap_or(false) {
+            if self
+                .cli(&["status", "--json"])
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -62,7 +62,9 @@ impl NetNs {
     /// namespace stays the host's, so bpffs pins are shared).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path())).arg("--").arg(program);
+        c.arg(format!("--net={}", self.path()))
+            .arg("--")
+            .arg(program);
         c
     }
 
@@ -76,7 +78,9 @@ impl NetNs {
             enter(&path)?;
             Ok(f())
         });
-        handle.join().map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
     }
 
     /// Like [`NetNs::run`], but returns the thread handle so the caller can do other work meanwhile.
@@ -138,14 +142,24 @@ pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10
 impl Topology {
     /// Creates the namespaces and the veth pair, addresses them and brings the links up.
     pub fn new() -> anyhow::Result<Self> {
-        let id = crate::unique_id();
+        let id = super::unique_id();
         let client = NetNs::new(&format!("snt-c-{id}"))?;
         let server = NetNs::new(&format!("snt-s-{id}"))?;
         let client_if = format!("sc{id}");
         let server_if = format!("ss{id}");
         ip(&[
-            "link", "add", &client_if, "netns", client.name(), "type", "veth", "peer", "name",
-            &server_if, "netns", server.name(),
+            "link",
+            "add",
+            &client_if,
+            "netns",
+            client.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &server_if,
+            "netns",
+            server.name(),
         ])?;
         let topo = Self {
             client,
@@ -155,12 +169,24 @@ impl Topology {
         };
         topo.server
             .ip(&["addr", "add", "198.18.0.1/24", "dev", &topo.server_if])?;
-        topo.server
-            .ip(&["addr", "add", "2001:db8::1/64", "dev", &topo.server_if, "nodad"])?;
+        topo.server.ip(&[
+            "addr",
+            "add",
+            "2001:db8::1/64",
+            "dev",
+            &topo.server_if,
+            "nodad",
+        ])?;
         topo.client
             .ip(&["addr", "add", "198.18.0.100/24", "dev", &topo.client_if])?;
-        topo.client
-            .ip(&["addr", "add", "2001:db8::100/64", "dev", &topo.client_if, "nodad"])?;
+        topo.client.ip(&[
+            "addr",
+            "add",
+            "2001:db8::100/64",
+            "dev",
+            &topo.client_if,
+            "nodad",
+        ])?;
         topo.server.ip(&["link", "set", &topo.server_if, "up"])?;
         topo.client.ip(&["link", "set", &topo.client_if, "up"])?;
         Ok(topo)

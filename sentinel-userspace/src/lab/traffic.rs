@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::NetNs;
+use super::NetNs;
 
 /// What a sender did.
 #[derive(Debug, Clone, Copy, Default)]
@@ -86,7 +86,11 @@ impl Sink {
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok((_, from)) = sock.recv_from(&mut buf) {
                         total.fetch_add(1, Ordering::Relaxed);
-                        *by_source.lock().expect("lock").entry(from.ip()).or_default() += 1;
+                        *by_source
+                            .lock()
+                            .expect("lock")
+                            .entry(from.ip())
+                            .or_default() += 1;
                     }
                 }
                 Ok(())
