@@ -7,6 +7,7 @@
 //! - [`cli`]: the command line.
 //! - [`lab`]: namespaces, veth pairs and bounded traffic for tests, benchmarks and the demo.
 
+pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod config;
