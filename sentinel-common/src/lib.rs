@@ -8,7 +8,12 @@
 #![no_std]
 
 pub mod addr;
+pub mod capture;
 pub mod maps;
 
 pub use addr::*;
+pub use capture::{
+    CAP_FLAG_EGRESS, CaptureConfig, CaptureCounter, CaptureHeader, DEFAULT_RING_BYTES,
+    DEFAULT_SNAP_LEN, MAX_SNAP_LEN, RECORD_CLASSES,
+};
 pub use maps::*;

@@ -12,6 +12,7 @@
 #![no_main]
 
 mod parse;
+mod tc;
 mod xdp;
 
 #[cfg(not(test))]

@@ -44,6 +44,9 @@ pub struct Packet {
     pub dst_port: u16,
     /// Offset of the transport header from `data` (0 when there is none).
     pub l4_off: usize,
+    /// Offset of the end of the IP packet according to its length field (frames can carry
+    /// link-layer padding past it).
+    pub ip_end: usize,
     /// The transport header should be there but is cut short.
     pub l4_truncated: bool,
 }
@@ -141,6 +144,7 @@ fn parse_ipv4(data: usize, data_end: usize, off: usize) -> Result<Packet, ParseE
         src_port: 0,
         dst_port: 0,
         l4_off: 0,
+        ip_end: off + u16::from_be_bytes([head[2], head[3]]) as usize,
         l4_truncated: false,
     };
     // A non-first fragment carries no transport header.
@@ -163,6 +167,7 @@ fn parse_ipv6(data: usize, data_end: usize, off: usize) -> Result<Packet, ParseE
         src_port: 0,
         dst_port: 0,
         l4_off: 0,
+        ip_end: off + IPV6_HLEN + u16::from_be_bytes([head[4], head[5]]) as usize,
         l4_truncated: false,
     };
     let mut l4 = off + IPV6_HLEN;

@@ -50,8 +50,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(2);
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let load = LoadOptions {
-        pin_dir: opts.pin_dir.clone(),
         sizes: opts.config.maps.clone(),
+        ..LoadOptions::new(&opts.pin_dir)
     };
     let ifaces = opts.ifaces.clone();
     let mode = opts.mode;
@@ -73,8 +73,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Ok(dp)
     })
     .await??;
-    // The programs stay attached through their pinned links; only the maps live on here.
-    let maps = datapath.into_maps();
+    // The XDP program stays attached through its pinned links; the object lives on for TC.
+    let (maps, _object) = datapath.into_parts();
     let listener = server::bind(&opts.socket).await?;
     let state = Arc::new(ControlState {
         maps: Mutex::new(maps),

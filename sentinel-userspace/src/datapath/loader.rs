@@ -17,13 +17,15 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{Array, MapData, RingBuf},
     programs::{
-        Xdp, XdpMode,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc,
         xdp::XdpLink,
     },
 };
-use sentinel_common::{defaults, names, programs};
+use sentinel_common::{CaptureConfig, capture, defaults, names, programs};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -79,6 +81,32 @@ pub struct LoadOptions {
     pub pin_dir: PathBuf,
     /// Map sizes (used when the maps are created; existing pins keep their size).
     pub sizes: MapSizes,
+    /// Capture ring buffer size in bytes (a power of two, at least one page).
+    pub ring_bytes: u32,
+}
+
+impl LoadOptions {
+    /// Options with default sizes.
+    pub fn new(pin_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            pin_dir: pin_dir.into(),
+            sizes: MapSizes::default(),
+            ring_bytes: sentinel_common::DEFAULT_RING_BYTES,
+        }
+    }
+}
+
+/// The TC capture half, handed to the capture stage: its ring buffer, its configuration maps,
+/// and the object that keeps its programs attached (TCX links detach when it is dropped).
+pub struct CaptureHandles {
+    /// Records of captured segments.
+    pub ring: RingBuf<MapData>,
+    /// Ports to capture.
+    pub ports: Array<MapData, u8>,
+    /// Snap length.
+    pub config: Array<MapData, CaptureConfig>,
+    /// Capture counters (per CPU).
+    pub counters: aya::maps::PerCpuArray<MapData, u64>,
 }
 
 /// One interface the sentinel is attached to.
@@ -211,6 +239,7 @@ impl Datapath {
         }
         let s = &opts.sizes;
         loader
+            .map_max_entries(capture::names::RING, opts.ring_bytes)
             .map_max_entries(names::SOURCES, s.sources)
             .map_max_entries(names::ALLOW_HASH, s.exact)
             .map_max_entries(names::BLOCK_HASH, s.exact)
@@ -234,10 +263,65 @@ impl Datapath {
         })
     }
 
-    /// Gives up the object (its program stays attached through the pinned links) and keeps the
-    /// maps.
-    pub fn into_maps(self) -> Maps {
-        self.maps
+    /// Splits into the maps and the object. The XDP program stays attached through its pinned
+    /// links whatever happens to the object; TC programs stay attached while the object lives.
+    pub fn into_parts(self) -> (Maps, Ebpf) {
+        (self.maps, self.ebpf)
+    }
+
+    /// Takes the capture maps out of the object (once) for the capture stage.
+    pub fn take_capture(&mut self) -> Result<CaptureHandles, DatapathError> {
+        fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            ebpf: &mut Ebpf,
+            name: &str,
+        ) -> Result<T, DatapathError> {
+            let map = ebpf
+                .take_map(name)
+                .ok_or_else(|| DatapathError::MissingMap(name.to_owned()))?;
+            map.try_into().map_err(|source| DatapathError::Map {
+                name: name.to_owned(),
+                source,
+            })
+        }
+        Ok(CaptureHandles {
+            ring: take(&mut self.ebpf, capture::names::RING)?,
+            ports: take(&mut self.ebpf, capture::names::PORTS)?,
+            config: take(&mut self.ebpf, capture::names::CONFIG)?,
+            counters: take(&mut self.ebpf, capture::names::COUNTERS)?,
+        })
+    }
+
+    /// Attaches the TC capture programs to ingress and egress of `iface` (TCX links, which
+    /// detach when this object is dropped: capture only runs while a daemon consumes it).
+    pub fn attach_capture(&mut self, iface: &str) -> Result<(), DatapathError> {
+        // Only needed for the legacy netlink path; TCX ignores it. EEXIST is fine.
+        let _ = tc::qdisc_add_clsact(iface);
+        for (name, kind) in [
+            (capture::names::PROG_INGRESS, TcAttachType::Ingress),
+            (capture::names::PROG_EGRESS, TcAttachType::Egress),
+        ] {
+            let prog = self.tc(name)?;
+            prog.attach(iface, kind)
+                .map_err(program_error(format!("attaching {name} to {iface}")))?;
+        }
+        info!(iface, "attached TC capture (ingress, egress)");
+        Ok(())
+    }
+
+    /// One of the object's TC programs, loaded on first use.
+    pub fn tc(&mut self, name: &str) -> Result<&mut SchedClassifier, DatapathError> {
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| DatapathError::MissingMap(format!("program {name}")))?;
+        let prog: &mut SchedClassifier = prog
+            .try_into()
+            .map_err(program_error(format!("{name} is not a TC program")))?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(program_error(format!("loading {name}")))?;
+        }
+        Ok(prog)
     }
 
     /// One of the object's XDP programs (`sentinel_common::programs`), loaded on first use; for

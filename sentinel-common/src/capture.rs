@@ -1,0 +1,139 @@
+//! The capture contract: what the TC programs copy into the ring buffer for each TCP segment on
+//! the HTTP ports, and the maps that configure them.
+
+use core::mem::size_of;
+
+use crate::addr::AddrKey;
+
+/// Map and program names of the capture half.
+pub mod names {
+    /// Ring buffer of [`CaptureHeader`](crate::CaptureHeader) + payload records.
+    pub const RING: &str = "SN_CAPTURE";
+    /// Array of 65536 `u8`: non-zero for the ports to capture (either side of the connection).
+    pub const PORTS: &str = "SN_CAP_PORTS";
+    /// Array of one [`CaptureConfig`](crate::CaptureConfig).
+    pub const CONFIG: &str = "SN_CAP_CONFIG";
+    /// Per-CPU array of `u64` indexed by [`CaptureCounter`](crate::CaptureCounter).
+    pub const COUNTERS: &str = "SN_CAP_COUNTERS";
+    /// TC ingress program.
+    pub const PROG_INGRESS: &str = "sentinel_tc_ingress";
+    /// TC egress program.
+    pub const PROG_EGRESS: &str = "sentinel_tc_egress";
+    /// Reference program for benchmarks: reserve, copy the same bytes, submit; nothing else.
+    pub const PROG_REFERENCE: &str = "sentinel_tc_reference";
+
+    /// Every capture map.
+    pub const ALL: &[&str] = &[RING, PORTS, CONFIG, COUNTERS];
+}
+
+/// Default ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+/// Default snap length: payload bytes copied per segment.
+pub const DEFAULT_SNAP_LEN: u32 = 2048;
+/// Largest snap length the programs support (the biggest record class).
+pub const MAX_SNAP_LEN: u32 = 8192;
+
+/// Payload sizes of the record classes: a record reserves the smallest class that holds the
+/// copied bytes (the ring buffer needs constant reservation sizes).
+pub const RECORD_CLASSES: [usize; 4] = [128, 512, 2048, 8192];
+
+/// Direction flag: the segment was seen on egress (else ingress).
+pub const CAP_FLAG_EGRESS: u8 = 1;
+
+/// Per-segment metadata, followed in the record by `cap_len` payload bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureHeader {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the segment was seen.
+    pub ts_ns: u64,
+    /// Source address (IPv4 mapped).
+    pub src: AddrKey,
+    /// Destination address.
+    pub dst: AddrKey,
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+    /// TCP sequence number.
+    pub seq: u32,
+    /// TCP acknowledgment number.
+    pub ack: u32,
+    /// TCP flags (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
+    pub tcp_flags: u8,
+    /// `CAP_FLAG_*` bits.
+    pub cap_flags: u8,
+    /// Explicit padding.
+    pub _pad: u16,
+    /// Interface index.
+    pub ifindex: u32,
+    /// TCP payload length on the wire.
+    pub wire_len: u32,
+    /// Payload bytes that follow this header in the record.
+    pub cap_len: u32,
+    /// Explicit padding (keeps the size a multiple of 8).
+    pub _pad2: u32,
+}
+const _: () = assert!(size_of::<CaptureHeader>() == 72);
+
+/// Capture configuration written by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// Payload bytes to copy per segment (at most [`MAX_SNAP_LEN`]; 0 disables capture).
+    pub snap_len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<CaptureConfig>() == 8);
+
+/// Capture counters (index into the counters map).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureCounter {
+    /// Segments written to the ring buffer.
+    Captured = 0,
+    /// Segments lost because the ring buffer had no room (reservation failed).
+    RingFull = 1,
+    /// Segments whose payload was longer than the snap length (cut).
+    Truncated = 2,
+    /// Packets on the HTTP ports whose headers could not be parsed.
+    Malformed = 3,
+    /// Payload copies that failed.
+    LoadFailed = 4,
+    /// Payload bytes written to the ring buffer.
+    Bytes = 5,
+}
+
+impl CaptureCounter {
+    /// Every counter in index order.
+    pub const ALL: [CaptureCounter; 6] = [
+        CaptureCounter::Captured,
+        CaptureCounter::RingFull,
+        CaptureCounter::Truncated,
+        CaptureCounter::Malformed,
+        CaptureCounter::LoadFailed,
+        CaptureCounter::Bytes,
+    ];
+    /// Size of the counters array.
+    pub const COUNT: u32 = 6;
+
+    /// Stable label for JSON and metrics.
+    pub const fn label(self) -> &'static str {
+        match self {
+            CaptureCounter::Captured => "captured",
+            CaptureCounter::RingFull => "ring_full",
+            CaptureCounter::Truncated => "truncated",
+            CaptureCounter::Malformed => "malformed",
+            CaptureCounter::LoadFailed => "load_failed",
+            CaptureCounter::Bytes => "bytes",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: `#[repr(C)]`, explicit padding, integer fields only.
+    unsafe impl aya::Pod for CaptureHeader {}
+    unsafe impl aya::Pod for CaptureConfig {}
+}

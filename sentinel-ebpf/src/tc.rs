@@ -1,0 +1,217 @@
+//! The TC capture programs: on ingress and egress, copy the metadata and the payload (up to the
+//! snap length) of TCP segments on the configured HTTP ports into a ring buffer for the
+//! userspace reassembler. Filtering happens here, so only HTTP traffic crosses to userspace; pure
+//! ACKs (no payload, no SYN/FIN/RST) are not copied.
+//!
+//! The programs never change a packet's fate: they always return `TC_ACT_OK`. Failures (ring
+//! full, a copy that fails, unparseable headers) are counted in `SN_CAP_COUNTERS`.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::TC_ACT_OK,
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    macros::{classifier, map},
+    maps::{Array, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use sentinel_common::{
+    CAP_FLAG_EGRESS, CaptureConfig, CaptureCounter, CaptureHeader, DEFAULT_RING_BYTES, MAX_SNAP_LEN,
+};
+
+use crate::parse::{self, IPPROTO_TCP, Packet, ptr_at};
+
+#[map]
+static SN_CAPTURE: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static SN_CAP_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
+#[map]
+static SN_CAP_CONFIG: Array<CaptureConfig> = Array::with_max_entries(1, 0);
+#[map]
+static SN_CAP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CaptureCounter::COUNT, 0);
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+
+/// A ring buffer record of one size class: the header and up to `N` payload bytes.
+#[repr(C)]
+struct Record<const N: usize> {
+    hdr: CaptureHeader,
+    data: [u8; N],
+}
+
+/// Capture on ingress (requests arriving at a protected server).
+#[classifier]
+pub fn sentinel_tc_ingress(ctx: TcContext) -> i32 {
+    capture(&ctx, 0);
+    TC_ACT_OK
+}
+
+/// Capture on egress (responses leaving a protected server).
+#[classifier]
+pub fn sentinel_tc_egress(ctx: TcContext) -> i32 {
+    capture(&ctx, CAP_FLAG_EGRESS);
+    TC_ACT_OK
+}
+
+/// Benchmark reference: reserves, copies and submits the same bytes as the capture programs
+/// would for a plain Ethernet + IPv4 + TCP (no options) frame, and does nothing else.
+#[classifier]
+pub fn sentinel_tc_reference(ctx: TcContext) -> i32 {
+    const OFF: u32 = 14 + 20 + 20;
+    let len = ctx.len();
+    if len > OFF {
+        let snap = snap_len();
+        let n = len - OFF;
+        let n = if n > snap { snap } else { n };
+        let hdr = CaptureHeader::default();
+        emit_class(&ctx, &hdr, OFF, n);
+    }
+    TC_ACT_OK
+}
+
+#[inline(always)]
+fn count(c: CaptureCounter, n: u64) {
+    if let Some(v) = SN_CAP_COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *v += n };
+    }
+}
+
+#[inline(always)]
+fn snap_len() -> u32 {
+    match SN_CAP_CONFIG.get(0) {
+        Some(c) if c.snap_len > MAX_SNAP_LEN => MAX_SNAP_LEN,
+        Some(c) => c.snap_len,
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn port_wanted(port: u16) -> bool {
+    SN_CAP_PORTS.get(port as u32).is_some_and(|v| *v != 0)
+}
+
+#[inline(always)]
+fn capture(ctx: &TcContext, cap_flags: u8) {
+    let mut pkt = Packet::default();
+    if parse::parse_into(ctx.data(), ctx.data_end(), &mut pkt) != parse::PARSE_OK {
+        // Headers may sit outside the linear part of the skb: pull them in once and retry.
+        let linear = (ctx.data_end() - ctx.data()) as u32;
+        let len = ctx.len();
+        if len <= linear {
+            return;
+        }
+        let _ = ctx.pull_data(if len > 256 { 256 } else { len });
+        if parse::parse_into(ctx.data(), ctx.data_end(), &mut pkt) != parse::PARSE_OK {
+            return;
+        }
+    }
+    if pkt.proto != IPPROTO_TCP || pkt.l4_off == 0 {
+        return;
+    }
+    if !port_wanted(pkt.dst_port) && !port_wanted(pkt.src_port) {
+        return;
+    }
+    // The TCP header: the parser checked that 20 bytes are there, but pull_data may have moved
+    // the buffer, so check again against the current bounds.
+    let Some(tcp) = ptr_at::<[u8; 20]>(ctx.data(), ctx.data_end(), pkt.l4_off) else {
+        count(CaptureCounter::Malformed, 1);
+        return;
+    };
+    // SAFETY: `ptr_at` bounds-checked the 20 bytes.
+    let tcp = unsafe { core::ptr::read_unaligned(tcp) };
+    let doff = ((tcp[12] >> 4) as usize) * 4;
+    if doff < 20 {
+        count(CaptureCounter::Malformed, 1);
+        return;
+    }
+    let flags = tcp[13];
+    let payload_off = pkt.l4_off + doff;
+    let skb_len = ctx.len() as usize;
+    // Payload on the wire: by the IP length field (frames may be padded), or by the skb length
+    // for GSO packets whose length field is 0.
+    let end = if pkt.ip_end > payload_off && pkt.ip_end <= skb_len {
+        pkt.ip_end
+    } else {
+        skb_len
+    };
+    let wire_len = end.saturating_sub(payload_off) as u32;
+    if wire_len == 0 && flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+        return;
+    }
+    let snap = snap_len();
+    let cap = if wire_len > snap {
+        count(CaptureCounter::Truncated, 1);
+        snap
+    } else {
+        wire_len
+    };
+    let hdr = CaptureHeader {
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        src: pkt.src,
+        dst: pkt.dst,
+        src_port: pkt.src_port,
+        dst_port: pkt.dst_port,
+        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
+        tcp_flags: flags,
+        cap_flags,
+        _pad: 0,
+        // SAFETY: reading a field of the context the kernel passed in.
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        wire_len,
+        cap_len: 0,
+        _pad2: 0,
+    };
+    emit_class(ctx, &hdr, payload_off as u32, cap);
+}
+
+/// Picks the smallest record class that holds `cap` bytes.
+#[inline(always)]
+fn emit_class(ctx: &TcContext, hdr: &CaptureHeader, off: u32, cap: u32) {
+    if cap <= 128 {
+        emit::<128>(ctx, hdr, off, cap)
+    } else if cap <= 512 {
+        emit::<512>(ctx, hdr, off, cap)
+    } else if cap <= 2048 {
+        emit::<2048>(ctx, hdr, off, cap)
+    } else {
+        emit::<8192>(ctx, hdr, off, cap)
+    }
+}
+
+#[inline(always)]
+fn emit<const N: usize>(ctx: &TcContext, hdr: &CaptureHeader, off: u32, cap: u32) {
+    let Some(mut entry) = SN_CAPTURE.reserve::<Record<N>>(0) else {
+        count(CaptureCounter::RingFull, 1);
+        return;
+    };
+    // Bound the length for the verifier: 0 < len <= N.
+    let len = if cap > N as u32 { N as u32 } else { cap };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` points to a reserved record of `size_of::<Record<N>>()` bytes; the header
+    // is written whole and the copy stays within `data`.
+    unsafe {
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*rec).hdr), *hdr);
+        (*rec).hdr.cap_len = len;
+        if len > 0 {
+            let ret = bpf_skb_load_bytes(
+                ctx.skb.skb as *const c_void,
+                off,
+                core::ptr::addr_of_mut!((*rec).data) as *mut c_void,
+                len,
+            );
+            if ret != 0 {
+                entry.discard(0);
+                count(CaptureCounter::LoadFailed, 1);
+                return;
+            }
+        }
+    }
+    entry.submit(0);
+    count(CaptureCounter::Captured, 1);
+    count(CaptureCounter::Bytes, len as u64);
+}

@@ -1,0 +1,208 @@
+//! The live capture source: drains the TC programs' ring buffer without busy-waiting (epoll via
+//! tokio `AsyncFd`) and decodes each record into a [`Segment`].
+
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use aya::maps::{MapData, RingBuf};
+use bytes::Bytes;
+use sentinel_common::{CaptureHeader, RECORD_CLASSES};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::Segment;
+use crate::verdict::target::addr_of;
+
+/// Why a record could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than the header.
+    #[error("record of {0} bytes is shorter than the {hdr}-byte header", hdr = size_of::<CaptureHeader>())]
+    Short(usize),
+    /// The header claims more payload than the record holds.
+    #[error("record claims {claimed} payload bytes but holds {held}")]
+    Overrun {
+        /// `cap_len` of the header.
+        claimed: u32,
+        /// Bytes after the header.
+        held: usize,
+    },
+    /// More payload than any record class carries.
+    #[error("record claims {0} payload bytes, more than the largest record class")]
+    TooLong(u32),
+}
+
+/// Converts the kernel's `CLOCK_MONOTONIC` stamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    realtime_minus_monotonic_ns: i128,
+}
+
+impl Clock {
+    /// Measures the offset between the realtime and monotonic clocks now.
+    pub fn now() -> Self {
+        let mono = crate::clock::monotonic_ns() as i128;
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        Self {
+            realtime_minus_monotonic_ns: real - mono,
+        }
+    }
+
+    /// A fixed offset (for tests).
+    pub fn with_offset(realtime_minus_monotonic_ns: i128) -> Self {
+        Self {
+            realtime_minus_monotonic_ns,
+        }
+    }
+
+    /// Nanoseconds since the Unix epoch for a monotonic stamp.
+    pub fn to_unix_ns(&self, monotonic_ns: u64) -> u64 {
+        (monotonic_ns as i128 + self.realtime_minus_monotonic_ns).max(0) as u64
+    }
+}
+
+/// Decodes one ring buffer record (header + payload). Checks every length; never trusts the
+/// record's own layout beyond what it holds.
+pub fn decode(record: &[u8], clock: &Clock) -> Result<Segment, DecodeError> {
+    let hlen = size_of::<CaptureHeader>();
+    if record.len() < hlen {
+        return Err(DecodeError::Short(record.len()));
+    }
+    // SAFETY: `record` holds at least `hlen` bytes; `CaptureHeader` is plain integers (valid for
+    // any bit pattern) and the read is unaligned.
+    let hdr: CaptureHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    let max_class = RECORD_CLASSES[RECORD_CLASSES.len() - 1];
+    if hdr.cap_len as usize > max_class {
+        return Err(DecodeError::TooLong(hdr.cap_len));
+    }
+    let held = record.len() - hlen;
+    if hdr.cap_len as usize > held {
+        return Err(DecodeError::Overrun {
+            claimed: hdr.cap_len,
+            held,
+        });
+    }
+    let payload = Bytes::copy_from_slice(&record[hlen..hlen + hdr.cap_len as usize]);
+    Ok(Segment {
+        ts_ns: clock.to_unix_ns(hdr.ts_ns),
+        src: SocketAddr::new(addr_of(&hdr.src), hdr.src_port),
+        dst: SocketAddr::new(addr_of(&hdr.dst), hdr.dst_port),
+        seq: hdr.seq,
+        ack: hdr.ack,
+        flags: hdr.tcp_flags,
+        payload,
+        wire_len: hdr.wire_len.max(hdr.cap_len),
+    })
+}
+
+/// Counters of the ring buffer consumer.
+#[derive(Debug, Default)]
+pub struct RingStats {
+    /// Records decoded into segments.
+    pub records: AtomicU64,
+    /// Records that failed to decode.
+    pub decode_errors: AtomicU64,
+    /// Wake-ups (epoll readiness) that drained the ring.
+    pub wakeups: AtomicU64,
+}
+
+/// Drains the ring buffer forever, handing each segment to `sink`. Sleeps in epoll between
+/// bursts (no busy-waiting). Returns only on an I/O error.
+pub async fn drain(
+    ring: RingBuf<MapData>,
+    clock: Clock,
+    stats: &RingStats,
+    mut sink: impl FnMut(Segment),
+) -> std::io::Result<()> {
+    // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns the ring buffer,
+    // and `as_raw_fd` always returns that same fd.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        stats.wakeups.fetch_add(1, Ordering::Relaxed);
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            match decode(&item, &clock) {
+                Ok(seg) => {
+                    stats.records.fetch_add(1, Ordering::Relaxed);
+                    sink(seg);
+                }
+                Err(e) => {
+                    stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "undecodable capture record");
+                }
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentinel_common::v4_mapped;
+
+    fn record(cap_len: u32, payload: &[u8], extra: usize) -> Vec<u8> {
+        let hdr = CaptureHeader {
+            ts_ns: 1_000,
+            src: v4_mapped([198, 18, 0, 100]),
+            dst: v4_mapped([198, 18, 0, 1]),
+            src_port: 40000,
+            dst_port: 80,
+            seq: 7,
+            ack: 9,
+            tcp_flags: 0x18,
+            cap_flags: 0,
+            _pad: 0,
+            ifindex: 3,
+            wire_len: 100,
+            cap_len,
+            _pad2: 0,
+        };
+        let mut v = vec![0u8; size_of::<CaptureHeader>()];
+        // SAFETY: `v` is exactly one header long.
+        unsafe { std::ptr::write_unaligned(v.as_mut_ptr().cast(), hdr) };
+        v.extend_from_slice(payload);
+        v.resize(v.len() + extra, 0);
+        v
+    }
+
+    #[test]
+    fn decodes_a_record_into_a_segment() {
+        let rec = record(5, b"GET /", 123);
+        let s = decode(&rec, &Clock::with_offset(1_000_000)).unwrap();
+        assert_eq!(s.ts_ns, 1_001_000);
+        assert_eq!(s.src, "198.18.0.100:40000".parse().unwrap());
+        assert_eq!(s.dst, "198.18.0.1:80".parse().unwrap());
+        assert_eq!((s.seq, s.ack, s.flags), (7, 9, 0x18));
+        assert_eq!(&s.payload[..], b"GET /");
+        assert_eq!(s.wire_len, 100);
+        assert!(s.is_truncated());
+    }
+
+    #[test]
+    fn rejects_short_and_lying_records() {
+        assert_eq!(
+            decode(&[0u8; 10], &Clock::with_offset(0)),
+            Err(DecodeError::Short(10))
+        );
+        let rec = record(50, b"abc", 0);
+        assert_eq!(
+            decode(&rec, &Clock::with_offset(0)),
+            Err(DecodeError::Overrun {
+                claimed: 50,
+                held: 3
+            })
+        );
+        let rec = record(100_000, b"", 0);
+        assert_eq!(
+            decode(&rec, &Clock::with_offset(0)),
+            Err(DecodeError::TooLong(100_000))
+        );
+    }
+}
