@@ -81,17 +81,16 @@ fn read_be16(data: usize, data_end: usize, off: usize) -> Option<u16> {
     read::<[u8; 2]>(data, data_end, off).map(u16::from_be_bytes)
 }
 
-/// Parses the headers of the frame in `[data, data_end)` into `out`.
+/// Parses the headers of the frame in `[data, data_end)` into `out`; returns one of the
+/// `PARSE_*` codes.
 ///
-/// Kept out of line (its own BPF stack frame) and with a plain-struct out-parameter: a `Result`
-/// in a BPF function signature produces BTF the kernel rejects.
+/// Kept out of line (its own BPF stack frame) and writing straight into `out`: building `Packet`
+/// values per branch and returning them in a `Result` costs hundreds of bytes of stack, and a
+/// `Result` in a BPF function signature produces BTF the kernel rejects.
 #[inline(never)]
 pub fn parse_into(data: usize, data_end: usize, out: &mut Packet) -> u32 {
-    match parse(data, data_end) {
-        Ok(p) => {
-            *out = p;
-            PARSE_OK
-        }
+    match parse(data, data_end, out) {
+        Ok(()) => PARSE_OK,
         Err(ParseError::NonIp) => PARSE_NON_IP,
         Err(ParseError::Malformed) => PARSE_MALFORMED,
     }
@@ -105,7 +104,7 @@ pub const PARSE_NON_IP: u32 = 1;
 pub const PARSE_MALFORMED: u32 = 2;
 
 #[inline(always)]
-fn parse(data: usize, data_end: usize) -> Result<Packet, ParseError> {
+fn parse(data: usize, data_end: usize, pkt: &mut Packet) -> Result<(), ParseError> {
     let mut ethertype = read_be16(data, data_end, 12).ok_or(ParseError::Malformed)?;
     let mut l3_off = ETH_HLEN;
     // Up to two VLAN tags (802.1ad outer, 802.1Q inner).
@@ -118,14 +117,19 @@ fn parse(data: usize, data_end: usize) -> Result<Packet, ParseError> {
         }
     }
     match ethertype {
-        ETH_P_IPV4 => parse_ipv4(data, data_end, l3_off),
-        ETH_P_IPV6 => parse_ipv6(data, data_end, l3_off),
+        ETH_P_IPV4 => parse_ipv4(data, data_end, l3_off, pkt),
+        ETH_P_IPV6 => parse_ipv6(data, data_end, l3_off, pkt),
         _ => Err(ParseError::NonIp),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(data: usize, data_end: usize, off: usize) -> Result<Packet, ParseError> {
+fn parse_ipv4(
+    data: usize,
+    data_end: usize,
+    off: usize,
+    pkt: &mut Packet,
+) -> Result<(), ParseError> {
     // Bytes 0..10 of the header: version/IHL, ..., fragment offset, TTL, protocol.
     let head = read::<[u8; 10]>(data, data_end, off).ok_or(ParseError::Malformed)?;
     if head[0] >> 4 != 4 {
@@ -137,39 +141,31 @@ fn parse_ipv4(data: usize, data_end: usize, off: usize) -> Result<Packet, ParseE
     }
     let src = read::<[u8; 4]>(data, data_end, off + 12).ok_or(ParseError::Malformed)?;
     let dst = read::<[u8; 4]>(data, data_end, off + 16).ok_or(ParseError::Malformed)?;
-    let mut pkt = Packet {
-        src: v4_mapped(src),
-        dst: v4_mapped(dst),
-        proto: head[9],
-        src_port: 0,
-        dst_port: 0,
-        l4_off: 0,
-        ip_end: off + u16::from_be_bytes([head[2], head[3]]) as usize,
-        l4_truncated: false,
-    };
+    pkt.src = v4_mapped(src);
+    pkt.dst = v4_mapped(dst);
+    pkt.proto = head[9];
+    pkt.ip_end = off + u16::from_be_bytes([head[2], head[3]]) as usize;
     // A non-first fragment carries no transport header.
     if u16::from_be_bytes([head[6], head[7]]) & 0x1fff == 0 {
-        parse_ports(data, data_end, off + ihl, &mut pkt);
+        parse_ports(data, data_end, off + ihl, pkt);
     }
-    Ok(pkt)
+    Ok(())
 }
 
 #[inline(always)]
-fn parse_ipv6(data: usize, data_end: usize, off: usize) -> Result<Packet, ParseError> {
+fn parse_ipv6(
+    data: usize,
+    data_end: usize,
+    off: usize,
+    pkt: &mut Packet,
+) -> Result<(), ParseError> {
     let head = read::<[u8; 8]>(data, data_end, off).ok_or(ParseError::Malformed)?;
     if head[0] >> 4 != 6 {
         return Err(ParseError::Malformed);
     }
-    let mut pkt = Packet {
-        src: read::<AddrKey>(data, data_end, off + 8).ok_or(ParseError::Malformed)?,
-        dst: read::<AddrKey>(data, data_end, off + 24).ok_or(ParseError::Malformed)?,
-        proto: head[6],
-        src_port: 0,
-        dst_port: 0,
-        l4_off: 0,
-        ip_end: off + IPV6_HLEN + u16::from_be_bytes([head[4], head[5]]) as usize,
-        l4_truncated: false,
-    };
+    pkt.src = read::<AddrKey>(data, data_end, off + 8).ok_or(ParseError::Malformed)?;
+    pkt.dst = read::<AddrKey>(data, data_end, off + 24).ok_or(ParseError::Malformed)?;
+    pkt.ip_end = off + IPV6_HLEN + u16::from_be_bytes([head[4], head[5]]) as usize;
     let mut l4 = off + IPV6_HLEN;
     let mut nh = head[6];
     let mut has_l4 = true;
@@ -202,9 +198,9 @@ fn parse_ipv6(data: usize, data_end: usize, off: usize) -> Result<Packet, ParseE
     }
     pkt.proto = nh;
     if has_l4 {
-        parse_ports(data, data_end, l4, &mut pkt);
+        parse_ports(data, data_end, l4, pkt);
     }
-    Ok(pkt)
+    Ok(())
 }
 
 #[inline(always)]
