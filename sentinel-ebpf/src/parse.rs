@@ -27,7 +27,7 @@ const IPPROTO_DSTOPTS: u8 = 60;
 /// Extension headers followed before giving up (more is treated as "no transport header").
 const MAX_IPV6_EXT: usize = 6;
 /// Bound on the L4 offset, so the verifier can see every later access is in range.
-const MAX_L4_OFFSET: usize = 512;
+pub const MAX_L4_OFFSET: usize = 512;
 
 /// What the parser found in a packet.
 #[derive(Default)]

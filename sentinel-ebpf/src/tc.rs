@@ -114,9 +114,15 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
     if !port_wanted(pkt.dst_port) && !port_wanted(pkt.src_port) {
         return;
     }
+    // The offset came back through memory from an out-of-line function: bound it again so the
+    // verifier accepts the pointer arithmetic (the parser never returns more than this).
+    let l4_off = pkt.l4_off;
+    if l4_off > parse::MAX_L4_OFFSET {
+        return;
+    }
     // The TCP header: the parser checked that 20 bytes are there, but pull_data may have moved
     // the buffer, so check again against the current bounds.
-    let Some(tcp) = ptr_at::<[u8; 20]>(ctx.data(), ctx.data_end(), pkt.l4_off) else {
+    let Some(tcp) = ptr_at::<[u8; 20]>(ctx.data(), ctx.data_end(), l4_off) else {
         count(CaptureCounter::Malformed, 1);
         return;
     };
@@ -128,7 +134,7 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
         return;
     }
     let flags = tcp[13];
-    let payload_off = pkt.l4_off + doff;
+    let payload_off = l4_off + doff;
     let skb_len = ctx.len() as usize;
     // Payload on the wire: by the IP length field (frames may be padded), or by the skb length
     // for GSO packets whose length field is 0.
@@ -189,15 +195,19 @@ fn emit<const N: usize>(ctx: &TcContext, hdr: &CaptureHeader, off: u32, cap: u32
         count(CaptureCounter::RingFull, 1);
         return;
     };
-    // Bound the length for the verifier: 0 < len <= N.
-    let len = if cap > N as u32 { N as u32 } else { cap };
+    // Bound the length for the verifier, 0 < len <= N. The volatile read keeps the compiler from
+    // folding these checks into what it already knows (cap <= snap <= N), which the verifier
+    // cannot see through register spills.
+    // SAFETY: reading a local.
+    let len = unsafe { core::ptr::read_volatile(&cap) };
+    let len = if len > N as u32 { N as u32 } else { len };
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` points to a reserved record of `size_of::<Record<N>>()` bytes; the header
     // is written whole and the copy stays within `data`.
     unsafe {
         core::ptr::write_unaligned(core::ptr::addr_of_mut!((*rec).hdr), *hdr);
         (*rec).hdr.cap_len = len;
-        if len > 0 {
+        if len > 0 && len <= N as u32 {
             let ret = bpf_skb_load_bytes(
                 ctx.skb.skb as *const c_void,
                 off,

@@ -13,6 +13,53 @@ use crate::datapath::MapSizes;
 pub struct Config {
     /// Kernel map sizes.
     pub maps: MapSizes,
+    /// HTTP capture.
+    pub capture: CaptureSettings,
+}
+
+/// `[capture]`: what the TC programs copy to userspace.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureSettings {
+    /// TCP ports carrying HTTP (either side of a connection); empty: no capture.
+    pub http_ports: Vec<u16>,
+    /// Payload bytes copied per segment (1..=8192).
+    pub snap_len: u32,
+    /// Ring buffer size in bytes (a power of two, at least 4096).
+    pub ring_bytes: u32,
+}
+
+impl Default for CaptureSettings {
+    fn default() -> Self {
+        Self {
+            http_ports: Vec::new(),
+            snap_len: sentinel_common::DEFAULT_SNAP_LEN,
+            ring_bytes: sentinel_common::DEFAULT_RING_BYTES,
+        }
+    }
+}
+
+impl CaptureSettings {
+    /// Checks the values the kernel depends on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.snap_len == 0 || self.snap_len > sentinel_common::MAX_SNAP_LEN {
+            return Err(format!(
+                "capture.snap_len must be between 1 and {}, got {}",
+                sentinel_common::MAX_SNAP_LEN,
+                self.snap_len
+            ));
+        }
+        if self.ring_bytes < 4096 || !self.ring_bytes.is_power_of_two() {
+            return Err(format!(
+                "capture.ring_bytes must be a power of two of at least 4096, got {}",
+                self.ring_bytes
+            ));
+        }
+        if self.http_ports.contains(&0) {
+            return Err("capture.http_ports cannot contain port 0".into());
+        }
+        Ok(())
+    }
 }
 
 /// Why a configuration could not be used.
@@ -67,6 +114,7 @@ impl Config {
                 return Err(format!("{name} must be at least 1"));
             }
         }
+        cfg.capture.validate()?;
         Ok(cfg)
     }
 }
@@ -78,6 +126,13 @@ mod tests {
     #[test]
     fn empty_config_is_all_defaults() {
         assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn capture_settings_are_read() {
+        let c = Config::parse("[capture]\nhttp_ports = [80, 8080]\nsnap_len = 512\n").unwrap();
+        assert_eq!(c.capture.http_ports, vec![80, 8080]);
+        assert_eq!(c.capture.snap_len, 512);
     }
 
     #[test]
@@ -96,5 +151,11 @@ mod tests {
         assert!(e.contains("line 2"), "{e}");
         let e = Config::parse("[maps]\nflows = 0\n").unwrap_err();
         assert!(e.contains("maps.flows"), "{e}");
+        let e = Config::parse("[capture]\nsnap_len = 100000\n").unwrap_err();
+        assert!(e.contains("capture.snap_len"), "{e}");
+        let e = Config::parse("[capture]\nring_bytes = 5000\n").unwrap_err();
+        assert!(e.contains("power of two"), "{e}");
+        let e = Config::parse("[capture]\nhttp_ports = [80, 70000]\n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
     }
 }

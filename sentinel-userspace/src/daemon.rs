@@ -13,8 +13,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::{
+    capture::{
+        live::CaptureControl,
+        ringbuf::{self, Clock, RingStats},
+    },
     config::Config,
-    control::server::{self, ControlState},
+    control::server::{self, CaptureState, ControlState},
     datapath::{Datapath, LoadOptions},
     verdict::lists,
 };
@@ -43,6 +47,22 @@ pub struct RunOptions {
     pub pin_dir: PathBuf,
 }
 
+/// Where live segments go: for now, they are counted; reassembly and HTTP plug in here.
+struct LivePipeline {
+    segments: u64,
+}
+
+impl LivePipeline {
+    fn new() -> Self {
+        Self { segments: 0 }
+    }
+
+    fn push(&mut self, seg: crate::capture::Segment) {
+        self.segments += 1;
+        tracing::trace!(src = %seg.src, dst = %seg.dst, len = seg.payload.len(), "segment");
+    }
+}
+
 /// How often expired list entries are reclaimed (the kernel ignores them from their expiry on).
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
@@ -51,12 +71,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let load = LoadOptions {
         sizes: opts.config.maps.clone(),
+        ring_bytes: opts.config.capture.ring_bytes,
         ..LoadOptions::new(&opts.pin_dir)
     };
     let ifaces = opts.ifaces.clone();
     let mode = opts.mode;
+    let capture_settings = opts.config.capture.clone();
     // Loading runs the verifier and may take a while: keep it off the async threads.
-    let datapath = tokio::task::spawn_blocking(move || -> anyhow::Result<Datapath> {
+    let (datapath, capture) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut dp = Datapath::load(&load).context("loading the XDP sentinel")?;
         let flags = if mode == Mode::Shadow {
             CONFIG_FLAG_SHADOW
@@ -70,12 +92,53 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             dp.attach(iface)
                 .with_context(|| format!("attaching to {iface}"))?;
         }
-        Ok(dp)
+        let capture = if capture_settings.http_ports.is_empty() {
+            None
+        } else {
+            let handles = dp.take_capture().context("opening the capture maps")?;
+            let mut control = CaptureControl {
+                ports: handles.ports,
+                config: handles.config,
+                counters: handles.counters,
+                settings: capture_settings,
+            };
+            control.apply().context("configuring capture")?;
+            for iface in &ifaces {
+                dp.attach_capture(iface)
+                    .with_context(|| format!("attaching capture to {iface}"))?;
+            }
+            Some((control, handles.ring))
+        };
+        Ok((dp, capture))
     })
     .await??;
     // The XDP program stays attached through its pinned links; the object lives on for TC.
     let (maps, _object) = datapath.into_parts();
     let listener = server::bind(&opts.socket).await?;
+    let (capture_state, ring) = match capture {
+        Some((control, ring)) => (
+            Some(CaptureState {
+                control: Mutex::new(control),
+                ring: Arc::new(RingStats::default()),
+            }),
+            Some(ring),
+        ),
+        None => (None, None),
+    };
+    let drain = match (ring, &capture_state) {
+        (Some(ring), Some(cs)) => {
+            let stats = cs.ring.clone();
+            let mut pipeline = LivePipeline::new();
+            Some(tokio::spawn(async move {
+                if let Err(e) =
+                    ringbuf::drain(ring, Clock::now(), &stats, |seg| pipeline.push(seg)).await
+                {
+                    warn!(error = %e, "capture ring buffer consumer stopped");
+                }
+            }))
+        }
+        _ => None,
+    };
     let state = Arc::new(ControlState {
         maps: Mutex::new(maps),
         pin_dir: opts.pin_dir.clone(),
@@ -84,6 +147,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             Mode::Shadow => "shadow".into(),
         }),
         started,
+        capture: capture_state,
     });
     info!(
         ifaces = ?opts.ifaces,
@@ -121,6 +185,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .await
         .context("serving the control socket")?;
     sweeper.abort();
+    if let Some(d) = drain {
+        d.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     info!(
         "sentinel stopped; programs and maps stay pinned and keep enforcing (`sentinel unload` removes them)"

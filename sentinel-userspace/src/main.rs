@@ -32,10 +32,16 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
                 )
                 .with_writer(std::io::stderr)
                 .init();
-            let config = match &args.config {
+            let mut config = match &args.config {
                 Some(path) => Config::load(path).map_err(|e| CliError::input(e.to_string()))?,
                 None => Config::default(),
             };
+            if !args.http_ports.is_empty() {
+                config.capture.http_ports = args.http_ports.clone();
+            }
+            if let Some(snap) = args.snap_len {
+                config.capture.snap_len = snap;
+            }
             daemon::run(RunOptions {
                 ifaces: args.iface,
                 config,

@@ -109,6 +109,13 @@ pub struct RunArgs {
     /// Directory for the pinned maps and links (on bpffs).
     #[arg(long, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
+    /// Capture HTTP on these TCP ports (either side of a connection), comma separated; overrides
+    /// `[capture] http_ports` of the config.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    pub http_ports: Vec<u16>,
+    /// Payload bytes copied to userspace per TCP segment (1..=8192); overrides `[capture] snap_len`.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    pub snap_len: Option<u32>,
 }
 
 /// Options shared by `add` on every list.

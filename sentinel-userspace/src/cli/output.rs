@@ -115,6 +115,31 @@ pub fn status(s: &StatusReport, json: bool) {
             m.name, m.entries, m.max_entries, pct
         );
     }
+    if let Some(c) = &s.capture {
+        let ports: Vec<String> = c.http_ports.iter().map(u16::to_string).collect();
+        println!(
+            "\ncapture: ports {}  snap {} B",
+            ports.join(","),
+            c.snap_len
+        );
+        let k = |n: &str| c.kernel.get(n).copied().unwrap_or(0);
+        println!(
+            "  kernel: {} segments ({} bytes), {} lost to a full ring buffer, {} truncated, {} malformed, {} copy failures",
+            k("captured"),
+            k("bytes"),
+            k("ring_full"),
+            k("truncated"),
+            k("malformed"),
+            k("load_failed")
+        );
+        let u = |n: &str| c.consumer.get(n).copied().unwrap_or(0);
+        println!(
+            "  consumer: {} records, {} undecodable, {} wake-ups",
+            u("records"),
+            u("decode_errors"),
+            u("wakeups")
+        );
+    }
     println!("\ncounters:");
     println!("  {:<18} {:>14} {:>16}", "REASON", "PACKETS", "BYTES");
     for (k, c) in &s.counters {

@@ -136,6 +136,22 @@ pub struct StatusReport {
     pub counters: std::collections::BTreeMap<String, CounterReport>,
     /// Seconds since the daemon started.
     pub uptime_s: f64,
+    /// HTTP capture, when enabled (`--http-ports`).
+    pub capture: Option<CaptureReport>,
+}
+
+/// The capture half in `sentinel status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaptureReport {
+    /// Captured ports.
+    pub http_ports: Vec<u16>,
+    /// Payload bytes copied per segment.
+    pub snap_len: u32,
+    /// Kernel counters: `captured`, `ring_full` (records lost to a full ring buffer),
+    /// `truncated`, `malformed`, `load_failed`, `bytes`.
+    pub kernel: std::collections::BTreeMap<String, u64>,
+    /// Consumer counters: `records`, `decode_errors`, `wakeups`.
+    pub consumer: std::collections::BTreeMap<String, u64>,
 }
 
 /// One source in `sentinel top`.

@@ -18,10 +18,14 @@ use sentinel_common::{Reason, names};
 use serde::Deserialize;
 
 use super::api::{
-    AddRequest, CounterReport, DelRequest, ErrorBody, ListKind, MapFill, SourceReport,
-    StatusReport, TopReport,
+    AddRequest, CaptureReport, CounterReport, DelRequest, ErrorBody, ListKind, MapFill,
+    SourceReport, StatusReport, TopReport,
 };
 use crate::{
+    capture::{
+        live::{CaptureControl, consumer_counters},
+        ringbuf::RingStats,
+    },
     clock,
     datapath::{Maps, loader},
     verdict::lists::{self, ListError},
@@ -37,6 +41,16 @@ pub struct ControlState {
     pub mode: Mutex<String>,
     /// When the daemon started.
     pub started: Instant,
+    /// Live capture, when enabled.
+    pub capture: Option<CaptureState>,
+}
+
+/// Capture state shared with the API.
+pub struct CaptureState {
+    /// Kernel-side capture maps.
+    pub control: Mutex<CaptureControl>,
+    /// Ring buffer consumer counters.
+    pub ring: Arc<RingStats>,
 }
 
 /// An API error: a status and one line.
@@ -136,9 +150,20 @@ async fn status(State(state): State<Shared>) -> Result<Json<StatusReport>, ApiEr
             maps: map_fills(&maps).map_err(internal)?,
             counters,
             uptime_s: s.started.elapsed().as_secs_f64(),
+            capture: s.capture.as_ref().map(capture_report).transpose()?,
         }))
     })
     .await
+}
+
+fn capture_report(c: &CaptureState) -> Result<CaptureReport, ApiError> {
+    let control = c.control.lock().expect("capture lock");
+    Ok(CaptureReport {
+        http_ports: control.settings.http_ports.clone(),
+        snap_len: control.settings.snap_len,
+        kernel: control.kernel_counters().map_err(internal)?,
+        consumer: consumer_counters(&c.ring),
+    })
 }
 
 fn map_fills(maps: &Maps) -> Result<Vec<MapFill>, crate::datapath::DatapathError> {
