@@ -1,0 +1,262 @@
+//! A demo banking API (HTTP/1.1, JSON) for the root tests, benchmarks and the demo: login,
+//! balance, transfer, accounts, plus endpoints that exercise the capture pipeline (large,
+//! chunked and empty bodies, uploads). It runs inside a network namespace on its own thread.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::NetNs;
+
+/// Users and passwords the demo bank knows.
+pub const USERS: &[(&str, &str)] = &[
+    ("alice", "correct horse"),
+    ("bob", "battery staple"),
+    ("layla", "riyadh-2024"),
+];
+
+#[derive(Default)]
+struct Bank {
+    tokens: HashMap<String, String>,
+    balances: HashMap<String, i64>,
+}
+
+type Shared = Arc<Mutex<Bank>>;
+
+/// A running bank server; stops when dropped.
+pub struct BankServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<anyhow::Result<()>>>>,
+}
+
+impl BankServer {
+    /// Starts the server on `addr` inside `ns`.
+    pub fn start(ns: &NetNs, addr: SocketAddr) -> anyhow::Result<Self> {
+        let bank: Shared = Arc::new(Mutex::new(Bank::default()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let app = router(bank);
+        let thread = ns.spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return Err(e.into());
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await?;
+                Ok(())
+            })
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => anyhow::bail!("bank server on {addr}: {e}"),
+            Err(_) => anyhow::bail!("bank server on {addr} did not start"),
+        }
+        Ok(Self {
+            addr,
+            shutdown: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for BankServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn router(bank: Shared) -> Router {
+    Router::new()
+        .route("/login", post(login))
+        .route("/balance", get(balance))
+        .route("/transfer", post(transfer))
+        .route("/accounts/{id}", get(account))
+        .route("/large", get(large))
+        .route("/chunked", get(chunked))
+        .route("/upload", post(upload))
+        .route("/nocontent", get(|| async { StatusCode::NO_CONTENT }))
+        .with_state(bank)
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+async fn login(State(bank): State<Shared>, body: Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<LoginBody>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "bad request"})),
+        )
+            .into_response();
+    };
+    let ok = USERS
+        .iter()
+        .any(|(u, p)| *u == req.username && *p == req.password);
+    let mut b = bank.lock().expect("bank lock");
+    if ok {
+        let token = format!("tok-{}-{}", req.username, b.tokens.len() + 1);
+        b.tokens.insert(token.clone(), req.username.clone());
+        b.balances.entry(req.username).or_insert(10_000);
+        (StatusCode::OK, Json(json!({"token": token}))).into_response()
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid credentials"})),
+        )
+            .into_response()
+    }
+}
+
+fn user_of(bank: &Shared, headers: &HeaderMap) -> Option<String> {
+    let token = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?;
+    bank.lock().expect("bank lock").tokens.get(token).cloned()
+}
+
+async fn balance(State(bank): State<Shared>, headers: HeaderMap) -> Response {
+    match user_of(&bank, &headers) {
+        Some(u) => {
+            let bal = *bank
+                .lock()
+                .expect("bank lock")
+                .balances
+                .get(&u)
+                .unwrap_or(&0);
+            Json(json!({"user": u, "balance": bal, "currency": "SAR"})).into_response()
+        }
+        None => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "no session"})),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct TransferBody {
+    to: String,
+    amount: i64,
+}
+
+async fn transfer(State(bank): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(user) = user_of(&bank, &headers) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "no session"})),
+        )
+            .into_response();
+    };
+    let Ok(t) = serde_json::from_slice::<TransferBody>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "bad request"})),
+        )
+            .into_response();
+    };
+    let mut b = bank.lock().expect("bank lock");
+    let from = b.balances.entry(user).or_insert(0);
+    if t.amount <= 0 || *from < t.amount {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": "insufficient funds"})),
+        )
+            .into_response();
+    }
+    *from -= t.amount;
+    *b.balances.entry(t.to.clone()).or_insert(0) += t.amount;
+    Json(json!({"status": "ok", "to": t.to, "amount": t.amount})).into_response()
+}
+
+async fn account(Path(id): Path<u64>) -> Response {
+    if id > 1_000_000 {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such account"})),
+        )
+            .into_response();
+    }
+    Json(json!({
+        "id": id,
+        "owner": format!("customer-{id}"),
+        "iban": format!("SA03800000006080{:08}", id % 100_000_000),
+        "balance": (id * 7919) % 100_000,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct SizeQuery {
+    bytes: Option<usize>,
+    chunks: Option<usize>,
+    size: Option<usize>,
+}
+
+/// A body of exactly `bytes` bytes (at most 64 MiB) with Content-Length.
+async fn large(Query(q): Query<SizeQuery>) -> Response {
+    let n = q.bytes.unwrap_or(1 << 20).min(64 << 20);
+    let body: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+    ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
+}
+
+/// `chunks` chunks of `size` bytes, streamed (chunked transfer encoding).
+async fn chunked(Query(q): Query<SizeQuery>) -> Response {
+    let chunks = q.chunks.unwrap_or(4).min(10_000);
+    let size = q.size.unwrap_or(1000).min(1 << 20);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        for i in 0..chunks {
+            let byte = b'0' + (i % 10) as u8;
+            if tx.send(Ok(Bytes::from(vec![byte; size]))).await.is_err() {
+                break;
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .expect("valid response")
+}
+
+/// Accepts a request body of any size and answers with its length.
+async fn upload(body: Bytes) -> Response {
+    Json(json!({"received": body.len()})).into_response()
+}
