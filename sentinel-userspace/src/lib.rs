@@ -14,5 +14,6 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod enrich;
 pub mod lab;
 pub mod verdict;

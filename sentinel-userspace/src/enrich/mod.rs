@@ -1,0 +1,4 @@
+//! Enrichment: what a transaction is about beyond its bytes: who (principal), where (GeoIP) and
+//! which endpoint (template).
+
+pub mod geo;
