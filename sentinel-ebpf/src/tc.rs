@@ -205,7 +205,7 @@ fn emit<const N: usize>(ctx: &TcContext, hdr: &CaptureHeader, off: u32, cap: u32
     // SAFETY: `rec` points to a reserved record of `size_of::<Record<N>>()` bytes; the header
     // is written whole and the copy stays within `data`.
     unsafe {
-        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*rec).hdr), *hdr);
+        (*rec).hdr = *hdr;
         (*rec).hdr.cap_len = len;
         if len > 0 && len <= N as u32 {
             let ret = bpf_skb_load_bytes(
