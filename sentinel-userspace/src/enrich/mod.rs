@@ -2,3 +2,4 @@
 //! which endpoint (template).
 
 pub mod geo;
+pub mod template;

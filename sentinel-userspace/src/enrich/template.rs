@@ -1,0 +1,273 @@
+//! Endpoint templates learned from traffic: `/accounts/10231` -> `/accounts/{id}`.
+//!
+//! Two rules, applied per path segment:
+//! 1. Shape: a segment that looks like an identifier (decimal number, UUID, long hex string,
+//!    long opaque token, e-mail address) is replaced by a typed placeholder at once.
+//! 2. Cardinality: under each template prefix the learner counts the distinct literal values it
+//!    sees at the next position; once more than `max_literals` distinct values have appeared
+//!    there, that position becomes `{param}` (this catches user names, slugs and the like).
+//!
+//! Memory is bounded: at most `max_nodes` trie nodes; past that, unseen literal segments are
+//! folded into `{other}` so a scanner hitting random paths cannot grow the table.
+
+use std::collections::HashMap;
+
+/// Bounds of the learner.
+#[derive(Clone, Copy, Debug)]
+pub struct TemplateLimits {
+    /// Distinct literals at one position before it becomes `{param}`.
+    pub max_literals: usize,
+    /// Trie nodes (distinct template prefixes) kept at most.
+    pub max_nodes: usize,
+    /// Path segments considered (deeper ones are folded into the last).
+    pub max_depth: usize,
+}
+
+impl Default for TemplateLimits {
+    fn default() -> Self {
+        Self {
+            max_literals: 50,
+            max_nodes: 20_000,
+            max_depth: 12,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Node {
+    /// Literal children.
+    children: HashMap<String, usize>,
+    /// Set once the position below this node is a parameter.
+    param: Option<usize>,
+    /// Typed placeholders seen below this node (`{id}`, `{uuid}`, ...).
+    typed: HashMap<&'static str, usize>,
+}
+
+/// The learner: call [`Templates::template`] for every request path.
+pub struct Templates {
+    nodes: Vec<Node>,
+    limits: TemplateLimits,
+    /// Paths whose literals were folded into `{other}` because the node budget was spent.
+    pub folded: u64,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self::new(TemplateLimits::default())
+    }
+}
+
+/// The placeholder for a segment that is an identifier by its shape alone.
+pub fn shape_placeholder(seg: &str) -> Option<&'static str> {
+    let n = seg.len();
+    if n == 0 {
+        return None;
+    }
+    let all = |f: fn(u8) -> bool| seg.bytes().all(f);
+    if all(|b| b.is_ascii_digit()) {
+        return Some("{id}");
+    }
+    if n == 36
+        && seg.bytes().enumerate().all(|(i, b)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        })
+    {
+        return Some("{uuid}");
+    }
+    if n >= 16 && all(|b| b.is_ascii_hexdigit()) {
+        return Some("{hash}");
+    }
+    if seg.contains('@') && seg.contains('.') {
+        return Some("{email}");
+    }
+    // Long opaque tokens: mixed letters and digits, no separators a human would use.
+    let has_digit = seg.bytes().any(|b| b.is_ascii_digit());
+    let has_alpha = seg.bytes().any(|b| b.is_ascii_alphabetic());
+    if n >= 20
+        && has_digit
+        && has_alpha
+        && all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Some("{token}");
+    }
+    None
+}
+
+impl Templates {
+    /// A learner with these bounds.
+    pub fn new(limits: TemplateLimits) -> Self {
+        Self {
+            nodes: vec![Node::default()],
+            limits,
+            folded: 0,
+        }
+    }
+
+    /// Number of template prefixes known.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True before any path was seen.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() == 1
+    }
+
+    fn alloc(&mut self) -> Option<usize> {
+        if self.nodes.len() >= self.limits.max_nodes {
+            return None;
+        }
+        self.nodes.push(Node::default());
+        Some(self.nodes.len() - 1)
+    }
+
+    /// Learns from `path` (without the query) and returns its template.
+    pub fn template(&mut self, path: &str) -> String {
+        let mut out = String::with_capacity(path.len());
+        let mut node = 0usize;
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        if segs.is_empty() {
+            return "/".into();
+        }
+        let mut folded = false;
+        for (depth, seg) in segs.iter().enumerate() {
+            out.push('/');
+            if depth >= self.limits.max_depth {
+                out.push_str("{rest}");
+                break;
+            }
+            if let Some(ph) = shape_placeholder(seg) {
+                out.push_str(ph);
+                let next = match self.nodes[node].typed.get(ph) {
+                    Some(n) => *n,
+                    None => match self.alloc() {
+                        Some(n) => {
+                            self.nodes[node].typed.insert(ph, n);
+                            n
+                        }
+                        None => {
+                            folded = true;
+                            break;
+                        }
+                    },
+                };
+                node = next;
+                continue;
+            }
+            if let Some(p) = self.nodes[node].param {
+                out.push_str("{param}");
+                node = p;
+                continue;
+            }
+            if let Some(n) = self.nodes[node].children.get(*seg) {
+                out.push_str(seg);
+                node = *n;
+                continue;
+            }
+            // A new literal here: too many already means this position is a parameter.
+            if self.nodes[node].children.len() >= self.limits.max_literals {
+                let p = match self.alloc() {
+                    Some(p) => p,
+                    None => {
+                        out.push_str("{other}");
+                        folded = true;
+                        break;
+                    }
+                };
+                self.nodes[node].param = Some(p);
+                // The literals learned so far are now just values of the parameter.
+                self.nodes[node].children.clear();
+                out.push_str("{param}");
+                node = p;
+                continue;
+            }
+            match self.alloc() {
+                Some(n) => {
+                    self.nodes[node].children.insert((*seg).to_owned(), n);
+                    out.push_str(seg);
+                    node = n;
+                }
+                None => {
+                    out.push_str("{other}");
+                    folded = true;
+                    break;
+                }
+            }
+        }
+        if folded {
+            self.folded += 1;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_recognised_by_shape() {
+        let mut t = Templates::default();
+        assert_eq!(t.template("/accounts/10231"), "/accounts/{id}");
+        assert_eq!(
+            t.template("/accounts/7/transactions"),
+            "/accounts/{id}/transactions"
+        );
+        assert_eq!(
+            t.template("/orders/123e4567-e89b-12d3-a456-426614174000"),
+            "/orders/{uuid}"
+        );
+        assert_eq!(t.template("/blobs/0123456789abcdef0123"), "/blobs/{hash}");
+        assert_eq!(t.template("/users/jane.doe@example.com"), "/users/{email}");
+        assert_eq!(t.template("/reset/aZ81kLmn02pQrs7TuvWx9"), "/reset/{token}");
+        assert_eq!(t.template("/"), "/");
+        assert_eq!(t.template("/login"), "/login");
+        assert_eq!(t.template("/login/"), "/login");
+    }
+
+    #[test]
+    fn many_distinct_literals_become_a_parameter() {
+        let mut t = Templates::new(TemplateLimits {
+            max_literals: 5,
+            ..Default::default()
+        });
+        for name in ["ann", "bob", "cid", "dan", "eve"] {
+            assert_eq!(
+                t.template(&format!("/users/{name}/profile")),
+                format!("/users/{name}/profile")
+            );
+        }
+        assert_eq!(t.template("/users/fay/profile"), "/users/{param}/profile");
+        assert_eq!(t.template("/users/ann/profile"), "/users/{param}/profile");
+        // Other positions keep their literals.
+        assert_eq!(t.template("/health"), "/health");
+    }
+
+    #[test]
+    fn memory_is_bounded_against_random_paths() {
+        let mut t = Templates::new(TemplateLimits {
+            max_literals: 1_000_000,
+            max_nodes: 100,
+            max_depth: 12,
+        });
+        for i in 0..10_000 {
+            t.template(&format!("/scan-{i}/x{i}"));
+        }
+        assert!(t.len() <= 100);
+        assert!(t.folded > 0);
+        assert!(t.template("/scan-99999/z").contains("{other}"));
+    }
+
+    #[test]
+    fn depth_is_bounded() {
+        let mut t = Templates::new(TemplateLimits {
+            max_depth: 3,
+            ..Default::default()
+        });
+        assert_eq!(t.template("/a/b/c/d/e"), "/a/b/c/{rest}");
+    }
+}
