@@ -2,4 +2,5 @@
 //! which endpoint (template).
 
 pub mod geo;
+pub mod principal;
 pub mod template;

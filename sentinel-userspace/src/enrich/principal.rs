@@ -1,0 +1,406 @@
+//! Who a request is from: the principal, by the strongest evidence present.
+//!
+//! Order: bearer token (the JWT `sub` when it is a JWT, else a hash of the token), API key
+//! headers, session cookie, login username (JSON or form body of a login endpoint), then the
+//! client address (the source IP, or the `X-Forwarded-For` client when the source is a trusted
+//! proxy). Secrets never appear in clear: tokens, keys and cookies are shown as a stable short
+//! hash (`tok:3f9a1c0e2b7d`).
+
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What kind of evidence identified the principal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalKind {
+    /// JWT subject.
+    Jwt,
+    /// Opaque bearer token (hashed).
+    Token,
+    /// API key header (hashed).
+    ApiKey,
+    /// Session cookie (hashed).
+    Session,
+    /// Username from a login request.
+    User,
+    /// Client address.
+    Ip,
+}
+
+/// A principal: kind and a display id that is safe to log.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Principal {
+    /// Evidence kind.
+    pub kind: PrincipalKind,
+    /// `sub`, username, address, or a short hash of a secret.
+    pub id: String,
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let prefix = match self.kind {
+            PrincipalKind::Jwt => "jwt",
+            PrincipalKind::Token => "tok",
+            PrincipalKind::ApiKey => "key",
+            PrincipalKind::Session => "sess",
+            PrincipalKind::User => "user",
+            PrincipalKind::Ip => "ip",
+        };
+        write!(f, "{prefix}:{}", self.id)
+    }
+}
+
+/// A stable short hash of a secret (first 12 hex digits of SHA-256).
+pub fn short_hash(secret: &str) -> String {
+    let d = Sha256::digest(secret.as_bytes());
+    d.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the extractor needs to know.
+#[derive(Clone, Debug)]
+pub struct PrincipalConfig {
+    /// Headers that carry API keys (lower case).
+    pub api_key_headers: Vec<String>,
+    /// Cookie names that carry sessions.
+    pub session_cookies: Vec<String>,
+    /// Paths (templates or prefixes) of login endpoints.
+    pub login_paths: Vec<String>,
+    /// Body fields that carry the login name.
+    pub username_fields: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for PrincipalConfig {
+    fn default() -> Self {
+        Self {
+            api_key_headers: vec!["x-api-key".into(), "api-key".into(), "x-api-token".into()],
+            session_cookies: vec![
+                "session".into(),
+                "sessionid".into(),
+                "sid".into(),
+                "jsessionid".into(),
+                "phpsessid".into(),
+                "connect.sid".into(),
+            ],
+            login_paths: vec![
+                "/login".into(),
+                "/signin".into(),
+                "/auth/login".into(),
+                "/api/login".into(),
+                "/oauth/token".into(),
+                "/session".into(),
+            ],
+            username_fields: vec![
+                "username".into(),
+                "user".into(),
+                "email".into(),
+                "login".into(),
+            ],
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Claims Sentinel reads from a JWT (never verified: Sentinel observes, it does not authorise).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JwtInfo {
+    /// `alg` of the header.
+    pub alg: String,
+    /// `sub` claim.
+    pub sub: Option<String>,
+    /// `exp` claim (seconds since the epoch).
+    pub exp: Option<i64>,
+}
+
+/// Decodes the header and payload of a compact JWS; `None` when it is not one.
+pub fn parse_jwt(token: &str) -> Option<JwtInfo> {
+    let mut parts = token.split('.');
+    let (h, p) = (parts.next()?, parts.next()?);
+    let _sig = parts.next()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    let dec = |s: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s.trim_end_matches('='))
+            .ok()
+    };
+    let header: serde_json::Value = serde_json::from_slice(&dec(h)?).ok()?;
+    let payload: serde_json::Value = serde_json::from_slice(&dec(p)?).ok()?;
+    Some(JwtInfo {
+        alg: header.get("alg")?.as_str()?.to_owned(),
+        sub: payload.get("sub").and_then(|v| match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }),
+        exp: payload.get("exp").and_then(|v| v.as_i64()),
+    })
+}
+
+/// The request facts the extractor reads.
+pub struct RequestView<'a> {
+    /// Source address of the connection.
+    pub src_ip: IpAddr,
+    /// Path without the query.
+    pub path: &'a str,
+    /// Headers, names in any case.
+    pub headers: &'a [(String, String)],
+    /// Body (possibly capped).
+    pub body: &'a [u8],
+}
+
+impl RequestView<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The client address: the source, or the right-most untrusted `X-Forwarded-For` hop when the
+/// source is a trusted proxy.
+pub fn client_ip(req: &RequestView<'_>, cfg: &PrincipalConfig) -> IpAddr {
+    let trusted = |ip: &IpAddr| cfg.trusted_proxies.iter().any(|n| n.contains(ip));
+    if !trusted(&req.src_ip) {
+        return req.src_ip;
+    }
+    let Some(xff) = req.header("x-forwarded-for") else {
+        return req.src_ip;
+    };
+    // Walk from the nearest hop outwards, skipping our own proxies.
+    for hop in xff.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if trusted(&ip) => continue,
+            Ok(ip) => return ip,
+            Err(_) => break,
+        }
+    }
+    req.src_ip
+}
+
+/// The login username from a JSON or form body, on login endpoints only.
+pub fn login_username(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Option<String> {
+    let path = req.path.trim_end_matches('/');
+    if !cfg.login_paths.iter().any(|p| path.ends_with(p.as_str())) {
+        return None;
+    }
+    let ctype = req.header("content-type").unwrap_or("");
+    if ctype.contains("json") || req.body.first() == Some(&b'{') {
+        let v: serde_json::Value = serde_json::from_slice(req.body).ok()?;
+        for f in &cfg.username_fields {
+            if let Some(s) = v.get(f).and_then(|x| x.as_str()) {
+                return Some(s.to_owned());
+            }
+        }
+        return None;
+    }
+    if ctype.contains("x-www-form-urlencoded") {
+        let body = std::str::from_utf8(req.body).ok()?;
+        for pair in body.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if cfg.username_fields.iter().any(|f| f == k) {
+                return Some(percent_decode(v));
+            }
+        }
+    }
+    None
+}
+
+/// Decodes `%XX` escapes and `+` (form encoding); invalid escapes are kept as they are.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Identifies the principal of a request.
+pub fn principal(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Principal {
+    if let Some(auth) = req.header("authorization") {
+        let mut it = auth.splitn(2, ' ');
+        if let (Some(scheme), Some(tok)) = (it.next(), it.next())
+            && scheme.eq_ignore_ascii_case("bearer")
+        {
+            let tok = tok.trim();
+            if let Some(sub) = parse_jwt(tok).and_then(|j| j.sub) {
+                return Principal {
+                    kind: PrincipalKind::Jwt,
+                    id: sub,
+                };
+            }
+            return Principal {
+                kind: PrincipalKind::Token,
+                id: short_hash(tok),
+            };
+        }
+    }
+    for h in &cfg.api_key_headers {
+        if let Some(k) = req.header(h) {
+            return Principal {
+                kind: PrincipalKind::ApiKey,
+                id: short_hash(k.trim()),
+            };
+        }
+    }
+    if let Some(cookies) = req.header("cookie") {
+        for c in cookies.split(';') {
+            let (k, v) = c.trim().split_once('=').unwrap_or((c.trim(), ""));
+            if !v.is_empty()
+                && cfg
+                    .session_cookies
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(k))
+            {
+                return Principal {
+                    kind: PrincipalKind::Session,
+                    id: short_hash(v),
+                };
+            }
+        }
+    }
+    if let Some(user) = login_username(req, cfg) {
+        return Principal {
+            kind: PrincipalKind::User,
+            id: user,
+        };
+    }
+    Principal {
+        kind: PrincipalKind::Ip,
+        id: client_ip(req, cfg).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn jwt(header: &str, payload: &str) -> String {
+        let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.c2ln", e(header), e(payload))
+    }
+
+    fn view<'a>(path: &'a str, headers: &'a [(String, String)], body: &'a [u8]) -> RequestView<'a> {
+        RequestView {
+            src_ip: "192.0.2.10".parse().unwrap(),
+            path,
+            headers,
+            body,
+        }
+    }
+
+    #[test]
+    fn jwt_subject_wins() {
+        let t = jwt(
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            r#"{"sub":"layla","exp":1900000000}"#,
+        );
+        let hs = h(&[("Authorization", &format!("Bearer {t}"))]);
+        let p = principal(&view("/balance", &hs, b""), &PrincipalConfig::default());
+        assert_eq!(
+            p,
+            Principal {
+                kind: PrincipalKind::Jwt,
+                id: "layla".into()
+            }
+        );
+        let j = parse_jwt(&t).unwrap();
+        assert_eq!((j.alg.as_str(), j.exp), ("HS256", Some(1_900_000_000)));
+        assert!(parse_jwt("not.a.jwt").is_none());
+        assert!(parse_jwt("abc").is_none());
+    }
+
+    #[test]
+    fn opaque_tokens_keys_and_cookies_are_hashed() {
+        let cfg = PrincipalConfig::default();
+        let hs = h(&[("authorization", "Bearer tok-alice-1")]);
+        let p = principal(&view("/balance", &hs, b""), &cfg);
+        assert_eq!(p.kind, PrincipalKind::Token);
+        assert_eq!(p.id.len(), 12);
+        assert!(!p.to_string().contains("alice"));
+        assert_eq!(p, principal(&view("/x", &hs, b""), &cfg), "stable");
+        let hs = h(&[("X-API-Key", "k-123")]);
+        assert_eq!(
+            principal(&view("/", &hs, b""), &cfg).kind,
+            PrincipalKind::ApiKey
+        );
+        let hs = h(&[("Cookie", "theme=dark; sessionid=abc123")]);
+        let p = principal(&view("/", &hs, b""), &cfg);
+        assert_eq!(p.kind, PrincipalKind::Session);
+        assert_eq!(p.id, short_hash("abc123"));
+    }
+
+    #[test]
+    fn login_bodies_name_the_user_only_on_login_endpoints() {
+        let cfg = PrincipalConfig::default();
+        let json = h(&[("Content-Type", "application/json")]);
+        let body = br#"{"username":"alice","password":"x"}"#;
+        assert_eq!(
+            principal(&view("/login", &json, body), &cfg),
+            Principal {
+                kind: PrincipalKind::User,
+                id: "alice".into()
+            }
+        );
+        assert_eq!(
+            principal(&view("/transfer", &json, body), &cfg).kind,
+            PrincipalKind::Ip
+        );
+        let form = h(&[("Content-Type", "application/x-www-form-urlencoded")]);
+        let p = principal(
+            &view("/api/login", &form, b"email=bob%40example.com&password=p"),
+            &cfg,
+        );
+        assert_eq!(p.id, "bob@example.com");
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let mut cfg = PrincipalConfig::default();
+        let hs = h(&[("X-Forwarded-For", "203.0.113.5, 198.51.100.2")]);
+        let v = view("/", &hs, b"");
+        assert_eq!(principal(&v, &cfg).id, "192.0.2.10");
+        cfg.trusted_proxies = vec![
+            "192.0.2.0/24".parse().unwrap(),
+            "198.51.100.2/32".parse().unwrap(),
+        ];
+        assert_eq!(principal(&v, &cfg).id, "203.0.113.5");
+    }
+
+    #[test]
+    fn percent_decoding_is_lenient() {
+        assert_eq!(percent_decode("a+b%20c"), "a b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}
