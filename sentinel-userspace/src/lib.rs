@@ -16,4 +16,5 @@ pub mod daemon;
 pub mod datapath;
 pub mod enrich;
 pub mod lab;
+pub mod models;
 pub mod verdict;

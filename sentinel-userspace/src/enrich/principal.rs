@@ -107,7 +107,7 @@ impl Default for PrincipalConfig {
 }
 
 /// Claims Sentinel reads from a JWT (never verified: Sentinel observes, it does not authorise).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JwtInfo {
     /// `alg` of the header.
     pub alg: String,

@@ -1,0 +1,65 @@
+//! What the models see: one enriched HTTP transaction. Built by the enrichment stage from a
+//! transaction (live or replayed); the models never care where it came from.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::enrich::{
+    geo::GeoInfo,
+    principal::{JwtInfo, Principal},
+};
+
+/// One enriched transaction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    /// Request time, nanoseconds since the Unix epoch (stream time: replay uses capture time).
+    pub ts_ns: u64,
+    /// Client address (after trusted `X-Forwarded-For`).
+    pub client_ip: IpAddr,
+    /// Who.
+    pub principal: Principal,
+    /// Where the client address is, when a GeoIP database knows.
+    pub geo: Option<GeoInfo>,
+    /// HTTP method.
+    pub method: String,
+    /// Raw path (without the query).
+    pub path: String,
+    /// Endpoint template (`/accounts/{id}`): the bounded label models key on.
+    pub endpoint: String,
+    /// Raw query string (without `?`), empty when none.
+    pub query: String,
+    /// Response status (0 when the response was not seen).
+    pub status: u16,
+    /// Request body bytes (after de-chunking).
+    pub req_bytes: u64,
+    /// Response body bytes (after de-chunking).
+    pub resp_bytes: u64,
+    /// Request to response latency in milliseconds.
+    pub latency_ms: f64,
+    /// `User-Agent`.
+    pub user_agent: Option<String>,
+    /// Request headers (name, value), in order.
+    pub req_headers: Vec<(String, String)>,
+    /// Request body, capped.
+    pub req_body: Vec<u8>,
+    /// Response content type.
+    pub resp_content_type: Option<String>,
+    /// Response body (decoded, capped).
+    pub resp_body: Vec<u8>,
+    /// A login attempt, when this request was one.
+    pub login: Option<LoginAttempt>,
+    /// The bearer token's claims, when it is a JWT.
+    pub jwt: Option<JwtInfo>,
+    /// Short hash of the credential (bearer token, API key or session), when one was sent.
+    pub credential: Option<String>,
+}
+
+/// A login attempt and its outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginAttempt {
+    /// Account name tried.
+    pub username: String,
+    /// Whether the server accepted it.
+    pub success: bool,
+}
