@@ -1,6 +1,7 @@
 //! Verdicts: what Sentinel decided about a source, written into the kernel maps.
 
 pub mod lists;
+pub mod policy;
 pub mod target;
 
 pub use target::Target;

@@ -1,0 +1,607 @@
+//! The response policy: which alerts lead to which action, for how long, with escalation on
+//! repeat and shadow mode per rule and globally.
+//!
+//! ```toml
+//! mode = "enforce"            # or "shadow": decide and log, never act
+//!
+//! [escalation]
+//! window = "1h"               # repeats within this window escalate
+//! prefix_v4 = 24              # the "wider prefix" step
+//! prefix_v6 = 64
+//!
+//! [allow]                     # never acted on (alerts are still raised)
+//! addresses = ["192.0.2.0/28"]
+//! principals = ["user:ops-monitor"]
+//!
+//! [[rule]]
+//! kinds = ["brute_force", "credential_stuffing"]
+//! min_severity = "medium"
+//! actions = ["throttle", "block", "block_prefix"]   # 1st, 2nd, 3rd+ offence
+//! rate = "learned"            # or packets per second, e.g. 20
+//! ttl = "15m"
+//! ```
+//!
+//! Rules are tried in order; the first whose kinds and severity match decides. A policy that does
+//! not parse or validate is rejected with the line and the reason, and the running one is kept.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::models::{Action, Alert, AlertKind, Severity};
+
+/// Global mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    /// Act.
+    #[default]
+    Enforce,
+    /// Decide and record, but never act.
+    Shadow,
+}
+
+/// A step of a rule's escalation ladder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Only alert.
+    Alert,
+    /// Throttle the source address.
+    Throttle,
+    /// Block the source address.
+    Block,
+    /// Block the source's wider prefix (escalation.prefix_v4 / prefix_v6).
+    BlockPrefix,
+    /// Kill the offending flow.
+    KillFlow,
+    /// Revoke the principal's token at the identity provider.
+    RevokeToken,
+}
+
+impl Step {
+    /// The alert's `action` field for this step.
+    pub fn action(self) -> Action {
+        match self {
+            Step::Alert => Action::Alert,
+            Step::Throttle => Action::Throttle,
+            Step::Block | Step::BlockPrefix => Action::Block,
+            Step::KillFlow => Action::KillFlow,
+            Step::RevokeToken => Action::RevokeToken,
+        }
+    }
+}
+
+/// Throttle rate of a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Rate {
+    /// The model's learned limit (falls back to `fallback_rate`).
+    Learned(LearnedTag),
+    /// Fixed packets per second.
+    Fixed(u64),
+}
+
+/// The literal `"learned"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LearnedTag {
+    /// Use the model's learned limit.
+    Learned,
+}
+
+fn default_rate() -> Rate {
+    Rate::Learned(LearnedTag::Learned)
+}
+
+fn default_ttl() -> String {
+    "10m".into()
+}
+
+/// One rule as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    kinds: Vec<AlertKind>,
+    #[serde(default = "min_sev_default")]
+    min_severity: Severity,
+    actions: Vec<Step>,
+    #[serde(default = "default_rate")]
+    rate: Rate,
+    #[serde(default = "default_ttl")]
+    ttl: String,
+    #[serde(default)]
+    shadow: bool,
+}
+
+fn min_sev_default() -> Severity {
+    Severity::Low
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEscalation {
+    #[serde(default = "default_window")]
+    window: String,
+    #[serde(default = "default_v4")]
+    prefix_v4: u8,
+    #[serde(default = "default_v6")]
+    prefix_v6: u8,
+}
+
+fn default_window() -> String {
+    "1h".into()
+}
+fn default_v4() -> u8 {
+    24
+}
+fn default_v6() -> u8 {
+    64
+}
+
+impl Default for RawEscalation {
+    fn default() -> Self {
+        Self {
+            window: default_window(),
+            prefix_v4: default_v4(),
+            prefix_v6: default_v6(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    #[serde(default)]
+    addresses: Vec<String>,
+    #[serde(default)]
+    principals: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    mode: PolicyMode,
+    #[serde(default = "fallback_default")]
+    fallback_rate: u64,
+    #[serde(default)]
+    escalation: RawEscalation,
+    #[serde(default)]
+    allow: RawAllow,
+    #[serde(default, rename = "rule")]
+    rules: Vec<RawRule>,
+}
+
+fn fallback_default() -> u64 {
+    20
+}
+
+/// A validated rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    /// Kinds it applies to.
+    pub kinds: Vec<AlertKind>,
+    /// Lowest severity it applies to.
+    pub min_severity: Severity,
+    /// Escalation ladder: the n-th offence in the window takes step n (the last repeats).
+    pub steps: Vec<Step>,
+    /// Throttle rate.
+    pub rate: Rate,
+    /// How long a verdict lasts.
+    pub ttl: Duration,
+    /// Shadow mode for this rule.
+    pub shadow: bool,
+}
+
+/// A validated policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// Global mode.
+    pub mode: PolicyMode,
+    /// Throttle rate when a rule says `learned` but the alert has no learned limit.
+    pub fallback_rate: u64,
+    /// Repeats within this window escalate.
+    pub window: Duration,
+    /// Wider prefix for IPv4.
+    pub prefix_v4: u8,
+    /// Wider prefix for IPv6.
+    pub prefix_v6: u8,
+    /// Never acted on.
+    pub allow_nets: Vec<IpNet>,
+    /// Never acted on (display form, e.g. `user:ops`).
+    pub allow_principals: Vec<String>,
+    /// Rules in order.
+    pub rules: Vec<Rule>,
+}
+
+/// Why a policy was rejected: where and what.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+pub struct PolicyError {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+impl Policy {
+    /// Parses and validates policy text.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            PolicyError {
+                line,
+                message: e.message().to_owned(),
+            }
+        })?;
+        let dur = |s: &str, what: &str| {
+            humantime::parse_duration(s).map_err(|e| PolicyError {
+                line: line_of(text, s),
+                message: format!("{what} {s:?} is not a duration ({e}); examples: 90s, 10m, 1h"),
+            })
+        };
+        let window = dur(&raw.escalation.window, "escalation.window")?;
+        if raw.escalation.prefix_v4 > 32 || raw.escalation.prefix_v6 > 128 {
+            return Err(PolicyError {
+                line: line_of(text, "prefix_v"),
+                message: "escalation prefixes must be at most /32 (IPv4) and /128 (IPv6)".into(),
+            });
+        }
+        let mut allow_nets = Vec::new();
+        for a in &raw.allow.addresses {
+            let t: crate::verdict::Target =
+                a.parse()
+                    .map_err(|e: crate::verdict::target::TargetError| PolicyError {
+                        line: line_of(text, a),
+                        message: format!("allow.addresses: {e}"),
+                    })?;
+            allow_nets.push(t.net());
+        }
+        let mut rules = Vec::new();
+        for (i, r) in raw.rules.iter().enumerate() {
+            let at = || {
+                text.match_indices("[[rule]]")
+                    .nth(i)
+                    .map(|(pos, _)| text[..pos].matches('\n').count() + 1)
+            };
+            if r.kinds.is_empty() {
+                return Err(PolicyError {
+                    line: at(),
+                    message: format!("rule {} has no kinds", i + 1),
+                });
+            }
+            if r.actions.is_empty() {
+                return Err(PolicyError {
+                    line: at(),
+                    message: format!("rule {} has no actions", i + 1),
+                });
+            }
+            if let Rate::Fixed(0) = r.rate {
+                return Err(PolicyError {
+                    line: at(),
+                    message: format!("rule {}: rate must be at least 1 packet/s", i + 1),
+                });
+            }
+            let ttl = dur(&r.ttl, "ttl")?;
+            if ttl.is_zero() {
+                return Err(PolicyError {
+                    line: at(),
+                    message: format!("rule {}: ttl must be longer than zero", i + 1),
+                });
+            }
+            rules.push(Rule {
+                kinds: r.kinds.clone(),
+                min_severity: r.min_severity,
+                steps: r.actions.clone(),
+                rate: r.rate,
+                ttl,
+                shadow: r.shadow,
+            });
+        }
+        Ok(Policy {
+            mode: raw.mode,
+            fallback_rate: raw.fallback_rate.max(1),
+            window,
+            prefix_v4: raw.escalation.prefix_v4,
+            prefix_v6: raw.escalation.prefix_v6,
+            allow_nets,
+            allow_principals: raw.allow.principals,
+            rules,
+        })
+    }
+
+    /// Reads and validates a policy file.
+    pub fn load(path: &std::path::Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            line: None,
+            message: format!("reading {}: {e}", path.display()),
+        })?;
+        Self::parse(&text).map_err(|e| PolicyError {
+            line: e.line,
+            message: format!("{}: {}", path.display(), e.message),
+        })
+    }
+}
+
+/// What to do about one alert.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The step taken.
+    pub step: Step,
+    /// Address or prefix the verdict applies to (none for alert-only and token revocation).
+    pub target: Option<IpNet>,
+    /// Throttle rate (packets/s) for throttle steps.
+    pub rate_pps: Option<u64>,
+    /// How long it lasts.
+    pub ttl: Duration,
+    /// Recorded but not acted on (global or rule shadow mode).
+    pub shadow: bool,
+    /// Which offence this was within the window (1-based).
+    pub offence: usize,
+}
+
+/// Applies a policy to alerts, remembering offences per source for escalation.
+pub struct Decider {
+    policy: Policy,
+    offences: HashMap<IpAddr, VecDeque<u64>>,
+    max_tracked: usize,
+}
+
+impl Decider {
+    /// A decider for `policy`.
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            offences: HashMap::new(),
+            max_tracked: 1_000_000,
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Replaces the policy (offence history is kept).
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    /// True when the alert's address or principal is allowlisted.
+    pub fn allowlisted(&self, alert: &Alert) -> bool {
+        let ip_ok = alert
+            .src_ip
+            .parse::<IpAddr>()
+            .map(|ip| self.policy.allow_nets.iter().any(|n| n.contains(&ip)))
+            .unwrap_or(false);
+        let p_ok = alert
+            .principal
+            .as_ref()
+            .is_some_and(|p| self.policy.allow_principals.iter().any(|a| a == p));
+        ip_ok || p_ok
+    }
+
+    /// Decides what to do about `alert`; `None` when no rule matches or it is allowlisted.
+    pub fn decide(&mut self, alert: &Alert) -> Option<Decision> {
+        if self.allowlisted(alert) {
+            return None;
+        }
+        let rule = self
+            .policy
+            .rules
+            .iter()
+            .find(|r| r.kinds.contains(&alert.kind) && alert.severity >= r.min_severity)?
+            .clone();
+        let ip: Option<IpAddr> = alert.src_ip.parse().ok();
+        let window_ns = self.policy.window.as_nanos() as u64;
+        let offence = match ip {
+            Some(ip) => {
+                if self.offences.len() >= self.max_tracked && !self.offences.contains_key(&ip) {
+                    // Forget the sources whose offences are all outside the window.
+                    let now = alert.ts_ns;
+                    self.offences.retain(|_, q| {
+                        q.back().is_some_and(|t| now.saturating_sub(*t) < window_ns)
+                    });
+                }
+                let q = self.offences.entry(ip).or_default();
+                while q
+                    .front()
+                    .is_some_and(|t| alert.ts_ns.saturating_sub(*t) >= window_ns)
+                {
+                    q.pop_front();
+                }
+                q.push_back(alert.ts_ns);
+                q.len()
+            }
+            None => 1,
+        };
+        let step = rule.steps[(offence - 1).min(rule.steps.len() - 1)];
+        let target = match (step, ip) {
+            (Step::Throttle | Step::Block | Step::KillFlow, Some(ip)) => Some(IpNet::from(ip)),
+            (Step::BlockPrefix, Some(ip)) => {
+                let len = if ip.is_ipv4() {
+                    self.policy.prefix_v4
+                } else {
+                    self.policy.prefix_v6
+                };
+                IpNet::new(ip, len).ok().map(|n| n.trunc())
+            }
+            _ => None,
+        };
+        let rate_pps = (step == Step::Throttle).then(|| match rule.rate {
+            Rate::Fixed(r) => r,
+            Rate::Learned(_) => alert
+                .recommended_rate
+                .map(|r| r.ceil().max(1.0) as u64)
+                .unwrap_or(self.policy.fallback_rate),
+        });
+        Some(Decision {
+            step,
+            target,
+            rate_pps,
+            ttl: rule.ttl,
+            shadow: self.policy.mode == PolicyMode::Shadow || rule.shadow,
+            offence,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"
+mode = "enforce"
+
+[escalation]
+window = "1h"
+prefix_v4 = 24
+
+[allow]
+addresses = ["192.0.2.0/28"]
+principals = ["user:ops"]
+
+[[rule]]
+kinds = ["brute_force", "credential_stuffing"]
+min_severity = "medium"
+actions = ["throttle", "block", "block_prefix"]
+rate = "learned"
+ttl = "15m"
+
+[[rule]]
+kinds = ["sql_injection"]
+actions = ["block"]
+ttl = "1h"
+shadow = true
+"#;
+
+    fn alert(kind: AlertKind, sev: Severity, ip: &str, ts_s: u64) -> Alert {
+        Alert {
+            ts: String::new(),
+            kind,
+            severity: sev,
+            score: 0.9,
+            src_ip: ip.into(),
+            principal: Some("user:layla".into()),
+            endpoint: Some("/login".into()),
+            country: Some("VN".into()),
+            action: Action::Alert,
+            explanation: String::new(),
+            evidence: Default::default(),
+            ts_ns: ts_s * 1_000_000_000,
+            recommended_rate: Some(4.2),
+        }
+    }
+
+    #[test]
+    fn escalates_throttle_block_prefix() {
+        let mut d = Decider::new(Policy::parse(POLICY).unwrap());
+        let a = |t| alert(AlertKind::BruteForce, Severity::High, "203.0.113.9", t);
+        let d1 = d.decide(&a(0)).unwrap();
+        assert_eq!(
+            (d1.step, d1.rate_pps, d1.offence),
+            (Step::Throttle, Some(5), 1)
+        );
+        assert_eq!(d1.target, Some("203.0.113.9/32".parse().unwrap()));
+        assert_eq!(d1.ttl, Duration::from_secs(900));
+        assert_eq!(d.decide(&a(10)).unwrap().step, Step::Block);
+        let d3 = d.decide(&a(20)).unwrap();
+        assert_eq!(d3.step, Step::BlockPrefix);
+        assert_eq!(d3.target, Some("203.0.113.0/24".parse().unwrap()));
+        assert_eq!(
+            d.decide(&a(30)).unwrap().step,
+            Step::BlockPrefix,
+            "last step repeats"
+        );
+        // After the window, it starts over.
+        assert_eq!(d.decide(&a(30 + 3601)).unwrap().step, Step::Throttle);
+    }
+
+    #[test]
+    fn severity_allowlists_and_shadow() {
+        let mut d = Decider::new(Policy::parse(POLICY).unwrap());
+        assert!(
+            d.decide(&alert(
+                AlertKind::BruteForce,
+                Severity::Low,
+                "203.0.113.9",
+                0
+            ))
+            .is_none()
+        );
+        assert!(
+            d.decide(&alert(
+                AlertKind::BruteForce,
+                Severity::High,
+                "192.0.2.5",
+                0
+            ))
+            .is_none()
+        );
+        let mut a = alert(AlertKind::BruteForce, Severity::High, "198.51.100.1", 0);
+        a.principal = Some("user:ops".into());
+        assert!(d.decide(&a).is_none());
+        let s = d
+            .decide(&alert(
+                AlertKind::SqlInjection,
+                Severity::Low,
+                "198.51.100.1",
+                0,
+            ))
+            .unwrap();
+        assert!(s.shadow);
+        assert!(
+            d.decide(&alert(AlertKind::Xss, Severity::High, "198.51.100.1", 0))
+                .is_none()
+        );
+        let mut p = Policy::parse(POLICY).unwrap();
+        p.mode = PolicyMode::Shadow;
+        let mut d = Decider::new(p);
+        assert!(
+            d.decide(&alert(
+                AlertKind::BruteForce,
+                Severity::High,
+                "203.0.113.9",
+                0
+            ))
+            .unwrap()
+            .shadow
+        );
+    }
+
+    #[test]
+    fn bad_policies_name_the_line_and_the_reason() {
+        let e = Policy::parse("mode = \"loud\"\n").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+        let e = Policy::parse("[[rule]]\nkinds = [\"brute_forse\"]\nactions = [\"block\"]\n")
+            .unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(
+            e.message.contains("brute_forse") || e.message.contains("unknown variant"),
+            "{e}"
+        );
+        let e =
+            Policy::parse("[[rule]]\nkinds = [\"xss\"]\nactions = [\"block\"]\nttl = \"soon\"\n")
+                .unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        let e = Policy::parse("\n[[rule]]\nkinds = [\"xss\"]\nactions = []\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = Policy::parse("[allow]\naddresses = [\"10.0.0.300\"]\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = Policy::parse("[[rule]]\nkinds = [\"xss\"]\nactions = [\"block\"]\nrate = 0\n")
+            .unwrap_err();
+        assert!(e.message.contains("rate"), "{e}");
+    }
+}
