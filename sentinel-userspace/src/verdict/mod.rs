@@ -1,5 +1,6 @@
 //! Verdicts: what Sentinel decided about a source, written into the kernel maps.
 
+pub mod enforce;
 pub mod lists;
 pub mod policy;
 pub mod target;

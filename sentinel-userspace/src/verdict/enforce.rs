@@ -1,0 +1,239 @@
+//! Turning decisions into kernel verdicts, and the durable verdict log.
+//!
+//! Every applied decision is written into the kernel maps (with its TTL, which the kernel
+//! enforces by itself, and the shadow flag when the policy or rule is in shadow mode) and
+//! appended to a JSON-lines verdict log. On start, the daemon replays the log: verdicts that have
+//! not expired are written again, so a reboot or an `unload` does not forget them.
+
+use std::{
+    fs::OpenOptions,
+    io::{BufRead as _, Write as _},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    lists::{self, ListError},
+    policy::{Decision, Step},
+};
+use crate::{
+    control::api::{AddRequest, ListKind, ThrottleSpec},
+    datapath::Maps,
+};
+
+/// One applied verdict, as logged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerdictRecord {
+    /// When it was applied (seconds since the epoch).
+    pub applied_at: f64,
+    /// When it expires (seconds since the epoch).
+    pub expires_at: f64,
+    /// Address or prefix.
+    pub target: String,
+    /// `throttle` or `block`.
+    pub list: String,
+    /// Throttle rate, packets per second.
+    pub rate_pps: Option<u64>,
+    /// Recorded in shadow mode (would-drop counting only).
+    pub shadow: bool,
+    /// Why (alert kind and principal).
+    pub reason: String,
+}
+
+fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Writes a decision into the kernel maps. Returns the record to log, or `None` for steps that
+/// do not touch the maps (alert only, token revocation).
+pub fn apply(
+    maps: &mut Maps,
+    decision: &Decision,
+    reason: &str,
+) -> Result<Option<VerdictRecord>, ListError> {
+    let (list, target) = match (decision.step, decision.target) {
+        (Step::Throttle, Some(t)) => (ListKind::Throttle, t),
+        (Step::Block | Step::BlockPrefix | Step::KillFlow, Some(t)) => (ListKind::Block, t),
+        _ => return Ok(None),
+    };
+    write(
+        maps,
+        list,
+        target,
+        decision.rate_pps,
+        decision.ttl,
+        decision.shadow,
+        reason,
+    )?;
+    let now = now_s();
+    Ok(Some(VerdictRecord {
+        applied_at: now,
+        expires_at: now + decision.ttl.as_secs_f64(),
+        target: target.to_string(),
+        list: list.as_str().to_owned(),
+        rate_pps: decision.rate_pps,
+        shadow: decision.shadow,
+        reason: reason.to_owned(),
+    }))
+}
+
+fn write(
+    maps: &mut Maps,
+    list: ListKind,
+    target: IpNet,
+    rate_pps: Option<u64>,
+    ttl: Duration,
+    shadow: bool,
+    reason: &str,
+) -> Result<(), ListError> {
+    let target: crate::verdict::Target = target
+        .to_string()
+        .parse()
+        .map_err(|source| ListError::Target { index: 1, source })?;
+    let throttle = (list == ListKind::Throttle).then(|| {
+        let rate = rate_pps.unwrap_or(1).max(1);
+        ThrottleSpec {
+            rate_pps: rate,
+            // One second's worth: a conforming client never notices, a flood is cut at once.
+            burst: rate,
+            aggregate: None,
+        }
+    });
+    lists::add(
+        maps,
+        list,
+        &AddRequest {
+            targets: vec![target.to_string()],
+            ttl_ms: Some(ttl.as_millis().max(1) as u64),
+            reason: Some(reason.to_owned()),
+            shadow,
+            throttle,
+        },
+    )?;
+    Ok(())
+}
+
+/// The append-only verdict log.
+pub struct VerdictLog {
+    path: PathBuf,
+}
+
+impl VerdictLog {
+    /// A log at `path` (created on first append, with its directory).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record (one JSON line, flushed).
+    pub fn append(&self, rec: &VerdictRecord) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        let mut line = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        f.write_all(&line)?;
+        f.flush()
+    }
+
+    /// Records that are still in force at `now` (seconds since the epoch). Unreadable lines
+    /// (a torn last write) are skipped and counted.
+    pub fn live(&self, now: f64) -> std::io::Result<(Vec<VerdictRecord>, usize)> {
+        let f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) => return Err(e),
+        };
+        let mut live = Vec::new();
+        let mut bad = 0;
+        for line in std::io::BufReader::new(f).lines() {
+            match serde_json::from_str::<VerdictRecord>(&line?) {
+                Ok(r) if r.expires_at > now => live.push(r),
+                Ok(_) => {}
+                Err(_) => bad += 1,
+            }
+        }
+        Ok((live, bad))
+    }
+
+    /// Writes every live verdict back into the maps (remaining TTL only). Returns how many.
+    pub fn restore(
+        &self,
+        maps: &mut Maps,
+    ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        let now = now_s();
+        let (live, _) = self.live(now)?;
+        let mut n = 0;
+        for r in &live {
+            let list = if r.list == "throttle" {
+                ListKind::Throttle
+            } else {
+                ListKind::Block
+            };
+            let target: IpNet = match r.target.parse() {
+                Ok(t) => t,
+                Err(_) => continue,
+            };
+            let ttl = Duration::from_secs_f64((r.expires_at - now).max(0.001));
+            write(maps, list, target, r.rate_pps, ttl, r.shadow, &r.reason)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(target: &str, expires_at: f64) -> VerdictRecord {
+        VerdictRecord {
+            applied_at: 0.0,
+            expires_at,
+            target: target.into(),
+            list: "block".into(),
+            rate_pps: None,
+            shadow: false,
+            reason: "brute_force user:layla".into(),
+        }
+    }
+
+    #[test]
+    fn the_log_keeps_what_has_not_expired_and_survives_torn_lines() {
+        let dir = std::env::temp_dir().join(format!("sentinel-vlog-{}", std::process::id()));
+        let log = VerdictLog::new(dir.join("verdicts.jsonl"));
+        log.append(&rec("203.0.113.9/32", 100.0)).unwrap();
+        log.append(&rec("198.51.100.0/24", 300.0)).unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(log.path())
+            .unwrap()
+            .write_all(b"{\"applied_at\": 1, \"expi")
+            .unwrap();
+        let (live, bad) = log.live(200.0).unwrap();
+        assert_eq!(live, vec![rec("198.51.100.0/24", 300.0)]);
+        assert_eq!(bad, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            VerdictLog::new("/nonexistent/x")
+                .live(0.0)
+                .unwrap()
+                .0
+                .is_empty()
+        );
+    }
+}
