@@ -17,4 +17,5 @@ pub mod datapath;
 pub mod enrich;
 pub mod lab;
 pub mod models;
+pub mod notify;
 pub mod verdict;
