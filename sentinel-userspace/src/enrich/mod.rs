@@ -2,5 +2,6 @@
 //! which endpoint (template).
 
 pub mod geo;
+pub mod pipeline;
 pub mod principal;
 pub mod template;

@@ -39,13 +39,16 @@ pub struct Observation {
     pub latency_ms: f64,
     /// `User-Agent`.
     pub user_agent: Option<String>,
-    /// Request headers (name, value), in order.
+    /// Request headers (name, value), in order. In memory only: they carry credentials.
+    #[serde(skip)]
     pub req_headers: Vec<(String, String)>,
-    /// Request body, capped.
+    /// Request body, capped. In memory only: login bodies carry passwords.
+    #[serde(skip)]
     pub req_body: Vec<u8>,
     /// Response content type.
     pub resp_content_type: Option<String>,
-    /// Response body (decoded, capped).
+    /// Response body (decoded, capped). In memory only.
+    #[serde(skip)]
     pub resp_body: Vec<u8>,
     /// A login attempt, when this request was one.
     pub login: Option<LoginAttempt>,
@@ -53,6 +56,16 @@ pub struct Observation {
     pub jwt: Option<JwtInfo>,
     /// Short hash of the credential (bearer token, API key or session), when one was sent.
     pub credential: Option<String>,
+    /// The raw bearer token, kept in memory only so that a `revoke_token` verdict can name it to
+    /// the identity provider. Never serialised, never logged.
+    #[serde(skip)]
+    pub bearer: Option<String>,
+    /// Client port.
+    pub src_port: u16,
+    /// Server address.
+    pub dst_ip: Option<IpAddr>,
+    /// Server port.
+    pub dst_port: u16,
 }
 
 /// A login attempt and its outcome.

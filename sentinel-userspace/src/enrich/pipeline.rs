@@ -1,0 +1,279 @@
+//! The enrichment stage: from the facts of one HTTP transaction to an [`Observation`] the models
+//! can use (principal, GeoIP, endpoint template, login outcome, JWT claims, credential hash).
+
+use std::net::IpAddr;
+
+use serde::Deserialize;
+
+use super::{
+    geo::GeoDb,
+    principal::{self, PrincipalConfig, RequestView, parse_jwt, short_hash},
+    template::Templates,
+};
+use crate::models::{LoginAttempt, Observation};
+
+/// The facts of one transaction the enricher reads (borrowed from whatever produced it: the live
+/// pipeline or a replay).
+pub struct TransactionFacts<'a> {
+    /// Request time, nanoseconds since the epoch.
+    pub ts_ns: u64,
+    /// Client address and port.
+    pub src: (IpAddr, u16),
+    /// Server address and port.
+    pub dst: (IpAddr, u16),
+    /// Method.
+    pub method: &'a str,
+    /// Path without the query.
+    pub path: &'a str,
+    /// Query without `?`.
+    pub query: &'a str,
+    /// Request headers.
+    pub req_headers: &'a [(String, String)],
+    /// Request body (capped).
+    pub req_body: &'a [u8],
+    /// Request body length.
+    pub req_bytes: u64,
+    /// Response status (0 when none was seen).
+    pub status: u16,
+    /// Response headers.
+    pub resp_headers: &'a [(String, String)],
+    /// Response body (decoded, capped).
+    pub resp_body: &'a [u8],
+    /// Response body length.
+    pub resp_bytes: u64,
+    /// Latency in milliseconds.
+    pub latency_ms: f64,
+}
+
+fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// `[enrich]` settings.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrichSettings {
+    /// Substrings of a 2xx login response body that still mean failure (some APIs answer 200
+    /// with an error document).
+    pub login_failure_markers: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDR).
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for EnrichSettings {
+    fn default() -> Self {
+        Self {
+            login_failure_markers: vec![
+                "invalid credentials".into(),
+                "invalid password".into(),
+                "login failed".into(),
+                "\"success\":false".into(),
+            ],
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Builds observations.
+pub struct Enricher {
+    geo: Option<GeoDb>,
+    templates: Templates,
+    principal: PrincipalConfig,
+    failure_markers: Vec<String>,
+}
+
+impl Enricher {
+    /// An enricher; without a GeoIP database the geo fields stay empty (and geo models idle).
+    pub fn new(geo: Option<GeoDb>, settings: &EnrichSettings) -> Result<Self, String> {
+        let mut principal = PrincipalConfig::default();
+        for p in &settings.trusted_proxies {
+            let t: crate::verdict::Target = p
+                .parse()
+                .map_err(|e| format!("enrich.trusted_proxies: {e}"))?;
+            principal.trusted_proxies.push(t.net());
+        }
+        Ok(Self {
+            geo,
+            templates: Templates::default(),
+            principal,
+            failure_markers: settings
+                .login_failure_markers
+                .iter()
+                .map(|m| m.to_ascii_lowercase())
+                .collect(),
+        })
+    }
+
+    /// True when a GeoIP database is loaded.
+    pub fn has_geo(&self) -> bool {
+        self.geo.is_some()
+    }
+
+    /// Endpoint templates learned so far.
+    pub fn templates(&self) -> &Templates {
+        &self.templates
+    }
+
+    /// Enriches one transaction.
+    pub fn enrich(&mut self, t: &TransactionFacts<'_>) -> Observation {
+        let view = RequestView {
+            src_ip: t.src.0,
+            path: t.path,
+            headers: t.req_headers,
+            body: t.req_body,
+        };
+        let principal = principal::principal(&view, &self.principal);
+        let client_ip = principal::client_ip(&view, &self.principal);
+        let bearer = header(t.req_headers, "authorization").and_then(|a| {
+            let (scheme, tok) = a.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| tok.trim().to_owned())
+        });
+        let jwt = bearer.as_deref().and_then(parse_jwt);
+        let credential = bearer.as_deref().map(short_hash).or_else(|| {
+            matches!(
+                principal.kind,
+                principal::PrincipalKind::ApiKey | principal::PrincipalKind::Session
+            )
+            .then(|| principal.id.clone())
+        });
+        let login =
+            principal::login_username(&view, &self.principal).map(|username| LoginAttempt {
+                username,
+                success: self.login_succeeded(t),
+            });
+        Observation {
+            ts_ns: t.ts_ns,
+            client_ip,
+            geo: self.geo.as_ref().and_then(|g| g.lookup(client_ip)),
+            method: t.method.to_owned(),
+            path: t.path.to_owned(),
+            endpoint: self.templates.template(t.path),
+            query: t.query.to_owned(),
+            status: t.status,
+            req_bytes: t.req_bytes,
+            resp_bytes: t.resp_bytes,
+            latency_ms: t.latency_ms,
+            user_agent: header(t.req_headers, "user-agent").map(str::to_owned),
+            req_headers: t.req_headers.to_vec(),
+            req_body: t.req_body.to_vec(),
+            resp_content_type: header(t.resp_headers, "content-type").map(str::to_owned),
+            resp_body: t.resp_body.to_vec(),
+            login,
+            jwt,
+            credential,
+            bearer,
+            principal,
+            src_port: t.src.1,
+            dst_ip: Some(t.dst.0),
+            dst_port: t.dst.1,
+        }
+    }
+
+    fn login_succeeded(&self, t: &TransactionFacts<'_>) -> bool {
+        if !(200..300).contains(&t.status) {
+            return false;
+        }
+        let body = String::from_utf8_lossy(t.resp_body).to_ascii_lowercase();
+        !self
+            .failure_markers
+            .iter()
+            .any(|m| body.contains(m.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enrich::principal::PrincipalKind;
+
+    fn facts<'a>(
+        path: &'a str,
+        headers: &'a [(String, String)],
+        body: &'a [u8],
+        status: u16,
+        resp: &'a [u8],
+    ) -> TransactionFacts<'a> {
+        TransactionFacts {
+            ts_ns: 1,
+            src: ("203.0.113.7".parse().unwrap(), 40000),
+            dst: ("198.18.0.1".parse().unwrap(), 8080),
+            method: "POST",
+            path,
+            query: "",
+            req_headers: headers,
+            req_body: body,
+            req_bytes: body.len() as u64,
+            status,
+            resp_headers: &[],
+            resp_body: resp,
+            resp_bytes: resp.len() as u64,
+            latency_ms: 1.0,
+        }
+    }
+
+    #[test]
+    fn login_outcomes_follow_status_and_markers() {
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let h = vec![("Content-Type".to_string(), "application/json".to_string())];
+        let body = br#"{"username":"layla","password":"x"}"#;
+        let o = e.enrich(&facts(
+            "/login",
+            &h,
+            body,
+            401,
+            b"{\"error\":\"invalid credentials\"}",
+        ));
+        assert_eq!(
+            o.login,
+            Some(LoginAttempt {
+                username: "layla".into(),
+                success: false
+            })
+        );
+        assert_eq!(o.principal.kind, PrincipalKind::User);
+        let o = e.enrich(&facts("/login", &h, body, 200, b"{\"success\":false}"));
+        assert!(!o.login.unwrap().success);
+        let o = e.enrich(&facts("/login", &h, body, 200, b"{\"token\":\"t\"}"));
+        assert!(o.login.unwrap().success);
+        let o = e.enrich(&facts("/accounts/42", &h, b"", 200, b"{}"));
+        assert!(o.login.is_none());
+        assert_eq!(o.endpoint, "/accounts/{id}");
+    }
+
+    #[test]
+    fn bearer_tokens_are_hashed_but_kept_for_revocation() {
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let h = vec![(
+            "Authorization".to_string(),
+            "Bearer tok-layla-1".to_string(),
+        )];
+        let o = e.enrich(&facts("/balance", &h, b"", 200, b"{}"));
+        assert_eq!(
+            o.credential.as_deref(),
+            Some(short_hash("tok-layla-1").as_str())
+        );
+        assert_eq!(o.bearer.as_deref(), Some("tok-layla-1"));
+        let json = serde_json::to_string(&o).unwrap();
+        assert!(
+            !json.contains("tok-layla-1"),
+            "the raw token must never be serialised"
+        );
+    }
+
+    #[test]
+    fn bad_trusted_proxies_are_rejected() {
+        let s = EnrichSettings {
+            trusted_proxies: vec!["not-a-net".into()],
+            ..Default::default()
+        };
+        let Err(e) = Enricher::new(None, &s) else {
+            panic!("accepted a bad proxy")
+        };
+        assert!(e.contains("trusted_proxies"), "{e}");
+    }
+}
