@@ -1,20 +1,79 @@
 //! The daemon's configuration file (TOML). Every field has a documented default; unknown keys are
 //! rejected so that a typo is an error, not a silently ignored setting.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::datapath::MapSizes;
+use crate::{datapath::MapSizes, enrich::pipeline::EnrichSettings, notify::revoke::RevokeConfig};
 
 /// The whole configuration.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Kernel map sizes.
     pub maps: MapSizes,
     /// HTTP capture.
     pub capture: CaptureSettings,
+    /// Enrichment (login failure markers, trusted proxies).
+    pub enrich: EnrichSettings,
+    /// GeoIP databases.
+    pub geoip: GeoSettings,
+    /// Where alerts go.
+    pub alerts: AlertSettings,
+    /// The response policy and the verdict log.
+    pub verdicts: VerdictSettings,
+    /// Token revocation at the identity provider (none: `revoke_token` verdicts only alert).
+    pub revoke: Option<RevokeConfig>,
+}
+
+/// `[geoip]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeoSettings {
+    /// `.mmdb` files (MaxMind City or DB-IP City Lite layout), searched in order.
+    pub files: Vec<PathBuf>,
+}
+
+/// `[alerts]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSettings {
+    /// JSON-lines alert log.
+    pub log: PathBuf,
+    /// Also print each alert to stdout.
+    pub stdout: bool,
+    /// Webhook receiving each alert as a JSON body (http://).
+    pub webhook: Option<String>,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            log: PathBuf::from("/var/lib/sentinel/alerts.jsonl"),
+            stdout: false,
+            webhook: None,
+        }
+    }
+}
+
+/// `[verdicts]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerdictSettings {
+    /// Policy file (TOML); none: the built-in default policy.
+    pub policy: Option<PathBuf>,
+    /// JSON-lines verdict log, replayed on start.
+    pub log: PathBuf,
+}
+
+impl Default for VerdictSettings {
+    fn default() -> Self {
+        Self {
+            policy: None,
+            log: PathBuf::from("/var/lib/sentinel/verdicts.jsonl"),
+        }
+    }
 }
 
 /// `[capture]`: what the TC programs copy to userspace.
@@ -115,6 +174,13 @@ impl Config {
             }
         }
         cfg.capture.validate()?;
+        if let Some(url) = &cfg.alerts.webhook {
+            crate::notify::http::parse_url(url).map_err(|e| format!("alerts.webhook: {e}"))?;
+        }
+        if let Some(r) = &cfg.revoke {
+            crate::notify::http::parse_url(&r.url).map_err(|e| format!("revoke.url: {e}"))?;
+        }
+        crate::enrich::pipeline::Enricher::new(None, &cfg.enrich)?;
         Ok(cfg)
     }
 }

@@ -20,6 +20,8 @@ use crate::{
     config::Config,
     control::server::{self, CaptureState, ControlState},
     datapath::{Datapath, LoadOptions},
+    notify::alerts::AlertLog,
+    verdict::enforce::VerdictLog,
     verdict::lists,
 };
 
@@ -148,6 +150,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }),
         started,
         capture: capture_state,
+        alert_log: AlertLog::new(&opts.config.alerts.log, opts.config.alerts.stdout),
+        verdict_log: VerdictLog::new(&opts.config.verdicts.log),
     });
     info!(
         ifaces = ?opts.ifaces,

@@ -14,8 +14,8 @@ use crate::{
     control::{
         DEFAULT_SOCKET,
         api::{
-            AddRequest, AddResponse, DelRequest, DelResponse, Entry, ListKind, StatusReport,
-            ThrottleSpec,
+            AddRequest, AddResponse, DelRequest, DelResponse, Entry, ExplainReport, ListKind,
+            StatusReport, ThrottleSpec,
         },
         client::{Client, ClientError},
     },
@@ -80,6 +80,31 @@ pub enum Command {
     Throttle {
         #[command(subcommand)]
         op: ThrottleOp,
+    },
+    /// Show alerts from the daemon's alert log.
+    Alerts {
+        #[command(flatten)]
+        conn: Conn,
+        /// Keep printing new alerts as they arrive.
+        #[arg(long)]
+        follow: bool,
+        /// Only alerts from this long ago on (e.g. 10m, 2h).
+        #[arg(long, value_parser = parse_ttl)]
+        since: Option<Duration>,
+        /// Print JSON lines instead of the human format.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything known about an address or a principal: list entries with their remaining TTL,
+    /// kernel counters (packets dropped), alerts and verdicts.
+    Explain {
+        /// An IP address, or a principal as shown in alerts (e.g. `user:layla`, `jwt:42`).
+        target: String,
+        #[command(flatten)]
+        conn: Conn,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -208,6 +233,18 @@ pub struct DelTargets {
     /// Read more targets from a file: one per line, `#` starts a comment.
     #[arg(long)]
     pub file: Option<PathBuf>,
+}
+
+/// Escapes a path segment for the control API's URLs.
+pub fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn parse_iface(s: &str) -> Result<String, String> {
@@ -388,6 +425,24 @@ pub async fn client_command(cmd: Command) -> Result<(), CliError> {
         }
         Command::Top { conn, limit, json } => {
             output::top(&Client::new(&conn.socket), limit, json).await
+        }
+        Command::Alerts {
+            conn,
+            follow,
+            since,
+            json,
+        } => output::alerts(&Client::new(&conn.socket), follow, since, json).await,
+        Command::Explain { target, conn, json } => {
+            if target.trim().is_empty() || target.contains('/') {
+                return Err(CliError::input(format!(
+                    "{target:?} is not an IP address or a principal (e.g. 192.0.2.7 or user:layla)"
+                )));
+            }
+            let r: ExplainReport = Client::new(&conn.socket)
+                .get(&format!("/v1/explain/{}", url_escape(&target)))
+                .await?;
+            output::explain(&r, json);
+            Ok(())
         }
         Command::Block { op } => list_op(ListKind::Block, op).await,
         Command::Allow { op } => list_op(ListKind::Allow, op).await,

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use crate::control::{
-    api::{Entry, ListKind, SourceReport, StatusReport, TopReport},
+    api::{Entry, ExplainReport, ListKind, SourceReport, StatusReport, TopReport},
     client::Client,
 };
 
@@ -252,4 +252,102 @@ async fn live_top(
     .await;
     ratatui::restore();
     result
+}
+
+fn alert_line(a: &serde_json::Value) -> String {
+    let s = |k: &str| a[k].as_str().unwrap_or("-").to_owned();
+    format!(
+        "{} {:<8} {:<20} {:<16} {:<3} {:<14} {}",
+        s("ts"),
+        s("severity"),
+        s("kind"),
+        s("src_ip"),
+        a["country"].as_str().unwrap_or("--"),
+        s("action"),
+        s("explanation")
+    )
+}
+
+/// `sentinel alerts`.
+pub async fn alerts(
+    client: &Client,
+    follow: bool,
+    since: Option<Duration>,
+    json: bool,
+) -> Result<(), CliError> {
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut since_ts =
+        since.map(|d| crate::models::alert::rfc3339(now_ns.saturating_sub(d.as_nanos() as u64)));
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let uri = match &since_ts {
+            Some(t) => format!("/v1/alerts?since={}", super::url_escape(t)),
+            None => "/v1/alerts".to_owned(),
+        };
+        let batch: Vec<serde_json::Value> = client.get(&uri).await?;
+        for a in &batch {
+            let line = a.to_string();
+            if !seen.insert(line.clone()) {
+                continue;
+            }
+            if json {
+                println!("{line}");
+            } else {
+                println!("{}", alert_line(a));
+            }
+        }
+        if !follow {
+            if batch.is_empty() && !json {
+                eprintln!("no alerts");
+            }
+            return Ok(());
+        }
+        if let Some(last) = batch.last().and_then(|a| a["ts"].as_str()) {
+            since_ts = Some(last.to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `sentinel explain`.
+pub fn explain(r: &ExplainReport, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(r).expect("serialisable"));
+        return;
+    }
+    println!("{}", r.target);
+    if r.entries.is_empty() {
+        println!("  lists: none");
+    }
+    for (list, e) in &r.entries {
+        let extra = e
+            .throttle
+            .map(|t| format!(" at {} pkt/s (burst {})", t.rate_pps, t.burst))
+            .unwrap_or_default();
+        println!(
+            "  {list} {}{extra}, expires in {}{}, reason: {}",
+            e.target,
+            fmt_ttl(e.ttl_remaining_s),
+            if e.shadow { " (shadow)" } else { "" },
+            e.reason.as_deref().unwrap_or("-")
+        );
+    }
+    match &r.source {
+        Some(s) => println!(
+            "  kernel: {} packets, {} bytes, {} dropped, last seen {:.1} s ago, verdict {}",
+            s.packets, s.bytes, s.dropped, s.last_seen_s_ago, s.verdict
+        ),
+        None => println!("  kernel: no packets tracked for it"),
+    }
+    println!("  alerts: {}", r.alerts.len());
+    for a in &r.alerts {
+        println!("    {}", alert_line(a));
+    }
+    println!("  verdicts in force: {}", r.verdicts.len());
+    for v in &r.verdicts {
+        println!("    {v}");
+    }
 }

@@ -190,3 +190,18 @@ pub struct ErrorBody {
     /// One line saying what was wrong.
     pub error: String,
 }
+
+/// `sentinel explain`: everything Sentinel knows about an address or a principal.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExplainReport {
+    /// What was asked about.
+    pub target: String,
+    /// List entries that cover it (address targets only): list name and entry.
+    pub entries: Vec<(String, Entry)>,
+    /// Kernel accounting of the address (packets, bytes, dropped, last seen).
+    pub source: Option<SourceReport>,
+    /// Recent alerts naming it (newest last).
+    pub alerts: Vec<serde_json::Value>,
+    /// Verdicts from the log that are still in force.
+    pub verdicts: Vec<serde_json::Value>,
+}

@@ -18,8 +18,8 @@ use sentinel_common::{Reason, names};
 use serde::Deserialize;
 
 use super::api::{
-    AddRequest, CaptureReport, CounterReport, DelRequest, ErrorBody, ListKind, MapFill,
-    SourceReport, StatusReport, TopReport,
+    AddRequest, CaptureReport, CounterReport, DelRequest, ErrorBody, ExplainReport, ListKind,
+    MapFill, SourceReport, StatusReport, TopReport,
 };
 use crate::{
     capture::{
@@ -28,6 +28,8 @@ use crate::{
     },
     clock,
     datapath::{Maps, loader},
+    notify::alerts::AlertLog,
+    verdict::enforce::VerdictLog,
     verdict::lists::{self, ListError},
 };
 
@@ -43,6 +45,10 @@ pub struct ControlState {
     pub started: Instant,
     /// Live capture, when enabled.
     pub capture: Option<CaptureState>,
+    /// The alert log.
+    pub alert_log: AlertLog,
+    /// The verdict log.
+    pub verdict_log: VerdictLog,
 }
 
 /// Capture state shared with the API.
@@ -97,6 +103,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/lists/{kind}", get(list).post(add))
         .route("/v1/lists/{kind}/delete", post(del))
         .route("/v1/top", get(top))
+        .route("/v1/alerts", get(alerts))
+        .route("/v1/explain/{target}", get(explain))
         // Bulk loads of a million entries are tens of megabytes of JSON.
         .layer(DefaultBodyLimit::max(1 << 30))
         .with_state(state)
@@ -326,6 +334,116 @@ async fn top(
         Ok(Json(TopReport {
             at_ns: now,
             sources,
+        }))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct AlertsQuery {
+    /// Only alerts at or after this RFC 3339 time.
+    since: Option<String>,
+    /// At most this many (the newest).
+    limit: Option<usize>,
+}
+
+async fn alerts(
+    State(state): State<Shared>,
+    Query(q): Query<AlertsQuery>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    blocking(&state, move |s| {
+        let mut all = s.alert_log.read_all().map_err(internal)?;
+        if let Some(since) = &q.since {
+            // RFC 3339 UTC stamps of one fixed format sort as strings.
+            all.retain(|a| a["ts"].as_str().is_some_and(|t| t >= since.as_str()));
+        }
+        let limit = q.limit.unwrap_or(1000);
+        if all.len() > limit {
+            all.drain(..all.len() - limit);
+        }
+        Ok(Json(all))
+    })
+    .await
+}
+
+async fn explain(
+    State(state): State<Shared>,
+    UrlPath(target): UrlPath<String>,
+) -> Result<Json<ExplainReport>, ApiError> {
+    blocking(&state, move |s| {
+        let ip: Option<std::net::IpAddr> = target.parse().ok();
+        let mut entries = Vec::new();
+        let mut source = None;
+        if let Some(ip) = ip {
+            let maps = s.maps.lock().expect("maps lock");
+            for kind in [ListKind::Allow, ListKind::Block, ListKind::Throttle] {
+                for e in lists::list(&maps, kind)? {
+                    let covers = e
+                        .target
+                        .parse::<crate::verdict::Target>()
+                        .is_ok_and(|t| t.net().contains(&ip));
+                    if covers {
+                        entries.push((kind.as_str().to_owned(), e));
+                    }
+                }
+            }
+            let key = match crate::verdict::Target::from(ip).map_key() {
+                crate::verdict::target::MapKey::Exact(k) => k,
+                crate::verdict::target::MapKey::Prefix(_, k) => k,
+            };
+            let now = clock::monotonic_ns();
+            source = maps
+                .sources()
+                .map_err(internal)?
+                .into_iter()
+                .find(|(k, _)| *k == key)
+                .map(|(k, st)| SourceReport {
+                    src_ip: lists::source_ip(&k).to_string(),
+                    packets: st.packets,
+                    bytes: st.bytes,
+                    dropped: st.dropped,
+                    last_seen_s_ago: now.saturating_sub(st.last_seen_ns) as f64 / 1e9,
+                    pps: None,
+                    bps: None,
+                    verdict: lists::verdict_of(&maps, &k).to_owned(),
+                });
+        }
+        let mut alerts: Vec<serde_json::Value> = s
+            .alert_log
+            .read_all()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|a| a["src_ip"] == target.as_str() || a["principal"] == target.as_str())
+            .collect();
+        if alerts.len() > 20 {
+            alerts.drain(..alerts.len() - 20);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let verdicts = s
+            .verdict_log
+            .live(now)
+            .map_err(internal)?
+            .0
+            .into_iter()
+            .filter(|v| {
+                v.reason.contains(target.as_str())
+                    || ip.is_some_and(|ip| {
+                        v.target
+                            .parse::<ipnet::IpNet>()
+                            .is_ok_and(|n| n.contains(&ip))
+                    })
+            })
+            .map(|v| serde_json::to_value(v).expect("serialisable"))
+            .collect();
+        Ok(Json(ExplainReport {
+            target,
+            entries,
+            source,
+            alerts,
+            verdicts,
         }))
     })
     .await

@@ -71,6 +71,18 @@ impl FromStr for Target {
     }
 }
 
+impl From<IpAddr> for Target {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Target(IpNet::from(IpAddr::V4(v4))),
+                None => Target(IpNet::from(ip)),
+            },
+            IpAddr::V4(_) => Target(IpNet::from(ip)),
+        }
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_exact() {
