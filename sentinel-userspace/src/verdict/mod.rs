@@ -3,6 +3,7 @@
 pub mod enforce;
 pub mod lists;
 pub mod policy;
+pub mod responder;
 pub mod target;
 
 pub use target::Target;
