@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod demo;
 pub mod enrich;
 pub mod lab;
 pub mod models;

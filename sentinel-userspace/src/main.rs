@@ -70,6 +70,10 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Demo => tokio::task::spawn_blocking(sentinel::demo::run)
+            .await
+            .map_err(|e| CliError::runtime(e.to_string()))?
+            .map_err(|e| CliError::runtime(format!("{e:#}"))),
         other => client_command(other).await,
     }
 }

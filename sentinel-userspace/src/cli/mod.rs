@@ -95,6 +95,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run Sentinel's main job on an embedded default in network namespaces it creates (root).
+    Demo,
     /// Everything known about an address or a principal: list entries with their remaining TTL,
     /// kernel counters (packets dropped), alerts and verdicts.
     Explain {
@@ -464,7 +466,9 @@ pub async fn client_command(cmd: Command) -> Result<(), CliError> {
             ThrottleOp::Del { targets, conn } => del(&conn, ListKind::Throttle, &targets).await,
             ThrottleOp::List { conn, json } => list(&conn, ListKind::Throttle, json).await,
         },
-        Command::Run(_) | Command::Unload { .. } => unreachable!("handled by main"),
+        Command::Run(_) | Command::Unload { .. } | Command::Demo => {
+            unreachable!("handled by main")
+        }
     }
 }
 

@@ -30,29 +30,38 @@ pub fn send_udp(
     pps: u64,
     max_time: Duration,
 ) -> anyhow::Result<Sent> {
-    ns.run(move || -> anyhow::Result<Sent> {
-        let sock = UdpSocket::bind(SocketAddr::new(src, 0))?;
-        let payload = [0x5au8; 64];
-        let start = Instant::now();
-        let mut sent = 0;
-        while sent < count && start.elapsed() < max_time {
-            if pps > 0 {
-                let due = start + Duration::from_secs_f64(sent as f64 / pps as f64);
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
-            }
-            // ENOBUFS or a refused neighbour are not fatal for a flood: count what went out.
-            if sock.send_to(&payload, dst).is_ok() {
-                sent += 1;
+    ns.run(move || send_paced(src, dst, count, pps, max_time))?
+}
+
+/// Like [`send_udp`], from the calling thread's current network namespace.
+pub fn send_paced(
+    src: IpAddr,
+    dst: SocketAddr,
+    count: u64,
+    pps: u64,
+    max_time: Duration,
+) -> anyhow::Result<Sent> {
+    let sock = UdpSocket::bind(SocketAddr::new(src, 0))?;
+    let payload = [0x5au8; 64];
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < count && start.elapsed() < max_time {
+        if pps > 0 {
+            let due = start + Duration::from_secs_f64(sent as f64 / pps as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
             }
         }
-        Ok(Sent {
-            packets: sent,
-            elapsed: start.elapsed(),
-        })
-    })?
+        // ENOBUFS or a refused neighbour are not fatal for a flood: count what went out.
+        if sock.send_to(&payload, dst).is_ok() {
+            sent += 1;
+        }
+    }
+    Ok(Sent {
+        packets: sent,
+        elapsed: start.elapsed(),
+    })
 }
 
 /// A UDP socket in a namespace counting what it receives per source address, until dropped.
