@@ -64,8 +64,10 @@ pub mod programs {
 pub mod defaults {
     /// Tracked sources (LRU: the least recently seen are evicted).
     pub const SOURCES_MAX: u32 = 262_144;
-    /// Exact entries per address list (block and allow hashes).
+    /// Exact blocked addresses (a million-entry list fits).
     pub const EXACT_MAX: u32 = 1_100_000;
+    /// Exact allowlisted addresses.
+    pub const ALLOW_EXACT_MAX: u32 = 65_536;
     /// Prefix entries per LPM trie.
     pub const PREFIX_MAX: u32 = 262_144;
     /// Throttle rules (exact and prefix each).

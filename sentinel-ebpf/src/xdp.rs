@@ -15,6 +15,10 @@ use sentinel_common::{
 
 use crate::parse::{self, Packet};
 
+/// Hash maps that only userspace writes are allocated per entry (`BPF_F_NO_PREALLOC`): memory
+/// follows the lists' real size instead of their capacity, and lookups cost the same.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
 // Map names are the statics' names; they must equal `sentinel_common::names` (checked by a test
 // on the built object).
 #[map]
@@ -22,19 +26,19 @@ static SN_SOURCES: LruPerCpuHashMap<AddrKey, SourceStats> =
     LruPerCpuHashMap::with_max_entries(defaults::SOURCES_MAX, 0);
 #[map]
 static SN_ALLOW_HASH: HashMap<AddrKey, RuleValue> =
-    HashMap::with_max_entries(defaults::EXACT_MAX, 0);
+    HashMap::with_max_entries(defaults::ALLOW_EXACT_MAX, BPF_F_NO_PREALLOC);
 #[map]
 static SN_ALLOW_LPM: LpmTrie<AddrKey, RuleValue> =
     LpmTrie::with_max_entries(defaults::PREFIX_MAX, 0);
 #[map]
 static SN_BLOCK_HASH: HashMap<AddrKey, RuleValue> =
-    HashMap::with_max_entries(defaults::EXACT_MAX, 0);
+    HashMap::with_max_entries(defaults::EXACT_MAX, BPF_F_NO_PREALLOC);
 #[map]
 static SN_BLOCK_LPM: LpmTrie<AddrKey, RuleValue> =
     LpmTrie::with_max_entries(defaults::PREFIX_MAX, 0);
 #[map]
 static SN_THR_HASH: HashMap<AddrKey, ThrottleRule> =
-    HashMap::with_max_entries(defaults::THROTTLE_MAX, 0);
+    HashMap::with_max_entries(defaults::THROTTLE_MAX, BPF_F_NO_PREALLOC);
 #[map]
 static SN_THR_LPM: LpmTrie<AddrKey, ThrottleRule> =
     LpmTrie::with_max_entries(defaults::THROTTLE_MAX, 0);
@@ -43,14 +47,15 @@ static SN_BUCKETS: LruHashMap<BucketKey, BucketState> =
     LruHashMap::with_max_entries(defaults::BUCKETS_MAX, 0);
 #[map]
 static SN_FLOW_KILL: HashMap<FlowKey, RuleValue> =
-    HashMap::with_max_entries(defaults::FLOW_KILL_MAX, 0);
+    HashMap::with_max_entries(defaults::FLOW_KILL_MAX, BPF_F_NO_PREALLOC);
 #[map]
 static SN_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 #[map]
 static SN_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Read and written by userspace only; declared here so it is created and pinned with the rest.
 #[map]
-static SN_REASONS: HashMap<u32, ReasonText> = HashMap::with_max_entries(defaults::REASONS_MAX, 0);
+static SN_REASONS: HashMap<u32, ReasonText> =
+    HashMap::with_max_entries(defaults::REASONS_MAX, BPF_F_NO_PREALLOC);
 
 /// The sentinel. Maps the decision to an action through one fail policy: only the three drop
 /// reasons drop; everything else, errors included, passes.

@@ -163,7 +163,8 @@ impl Config {
         let m = &cfg.maps;
         for (name, v) in [
             ("maps.sources", m.sources),
-            ("maps.exact", m.exact),
+            ("maps.block_exact", m.block_exact),
+            ("maps.allow_exact", m.allow_exact),
             ("maps.prefixes", m.prefixes),
             ("maps.throttles", m.throttles),
             ("maps.buckets", m.buckets),
@@ -190,6 +191,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_documented_example_is_valid_and_says_the_defaults() {
+        let example = include_str!("../../deploy/sentinel.toml");
+        assert_eq!(Config::parse(example).unwrap(), Config::default());
+        let policy = include_str!("../../deploy/policy.toml");
+        crate::verdict::policy::Policy::parse(policy).unwrap();
+    }
+
+    #[test]
     fn empty_config_is_all_defaults() {
         assert_eq!(Config::parse("").unwrap(), Config::default());
     }
@@ -203,9 +212,9 @@ mod tests {
 
     #[test]
     fn sizes_are_read() {
-        let c = Config::parse("[maps]\nsources = 1024\nexact = 2000000\n").unwrap();
+        let c = Config::parse("[maps]\nsources = 1024\nblock_exact = 2000000\n").unwrap();
         assert_eq!(c.maps.sources, 1024);
-        assert_eq!(c.maps.exact, 2_000_000);
+        assert_eq!(c.maps.block_exact, 2_000_000);
         assert_eq!(c.maps.buckets, MapSizes::default().buckets);
     }
 

@@ -49,8 +49,10 @@ pub fn object() -> Result<&'static [u8], DatapathError> {
 pub struct MapSizes {
     /// Tracked sources (LRU).
     pub sources: u32,
-    /// Exact addresses per list (block, allow).
-    pub exact: u32,
+    /// Exact blocked addresses.
+    pub block_exact: u32,
+    /// Exact allowlisted addresses.
+    pub allow_exact: u32,
     /// Prefixes per list (block, allow).
     pub prefixes: u32,
     /// Throttle rules (exact and prefix each).
@@ -65,7 +67,8 @@ impl Default for MapSizes {
     fn default() -> Self {
         Self {
             sources: defaults::SOURCES_MAX,
-            exact: defaults::EXACT_MAX,
+            block_exact: defaults::EXACT_MAX,
+            allow_exact: defaults::ALLOW_EXACT_MAX,
             prefixes: defaults::PREFIX_MAX,
             throttles: defaults::THROTTLE_MAX,
             buckets: defaults::BUCKETS_MAX,
@@ -241,8 +244,8 @@ impl Datapath {
         loader
             .map_max_entries(capture::names::RING, opts.ring_bytes)
             .map_max_entries(names::SOURCES, s.sources)
-            .map_max_entries(names::ALLOW_HASH, s.exact)
-            .map_max_entries(names::BLOCK_HASH, s.exact)
+            .map_max_entries(names::ALLOW_HASH, s.allow_exact)
+            .map_max_entries(names::BLOCK_HASH, s.block_exact)
             .map_max_entries(names::ALLOW_LPM, s.prefixes)
             .map_max_entries(names::BLOCK_LPM, s.prefixes)
             .map_max_entries(names::THROTTLE_HASH, s.throttles)
