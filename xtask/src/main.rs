@@ -1,18 +1,23 @@
 //! Developer and CI tasks: `cargo xtask setup | test | demo | bench`.
 //!
 //! xtask depends on nothing of Sentinel's own, so it builds on a bare machine before the BPF
-//! toolchain exists; `setup` is what installs that toolchain.
+//! toolchain exists; `setup` is what installs that toolchain. Every command it runs is printed
+//! first, runs in its own process group (Ctrl-C is forwarded to it so it can clean up) and is
+//! bounded in time.
 
+mod run;
 mod setup;
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, ExitCode},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+
+use run::{Outcome, TestCounts, Workspace, is_root};
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Sentinel's developer and CI tasks")]
@@ -23,220 +28,390 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what this machine lacks: apt packages, rust-src for nightly, bpf-linker (LLVM 22).
+    /// Install what this machine lacks: apt packages, rustfmt/clippy, rust-src for nightly,
+    /// bpf-linker built against LLVM 22. Fast and harmless when everything is there.
     Setup,
-    /// Run every test tier: format, clippy, host unit tests, BPF_PROG_TEST_RUN and namespace
-    /// tests (root).
+    /// Run every test tier: setup, format, clippy, host unit tests, then (as root) the
+    /// BPF_PROG_TEST_RUN and network-namespace tests against a freshly built `sentinel`.
     Test {
-        /// Only the host tier (format, clippy, unit tests); no root needed.
+        /// Only the host tier (format, clippy, unit tests, with a placeholder eBPF object):
+        /// no setup, no root.
         #[arg(long)]
         unit: bool,
-        /// Extra arguments for the root test run (e.g. a test name filter).
+        /// Do not run setup first.
+        #[arg(long)]
+        no_setup: bool,
+        /// Extra arguments for the root test run (e.g. a test name filter, --test-threads=1).
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run Sentinel's main job on the embedded default: namespaces, the daemon, clients.
-    Demo,
-    /// Run a benchmark and write its figures into BENCHMARKS.md.
+    /// Build `sentinel` and run `sentinel demo` (root): namespaces, the daemon, three clients.
+    Demo {
+        /// Arguments passed on to `sentinel demo`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run benchmarks (tests/src/bin/bench_NAME*.rs, release build, root); each writes its
+    /// section of BENCHMARKS.md.
     Bench {
-        /// Which benchmark.
-        #[arg(value_enum)]
-        name: Bench,
-        /// A shorter run (fewer rounds).
+        /// Which benchmarks, by name or name prefix (e.g. `datapath`, `capture`); none: all.
+        names: Vec<String>,
+        /// A shorter run (fewer rounds), passed to each benchmark as `--quick`.
         #[arg(long)]
         quick: bool,
     },
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Bench {
-    /// XDP datapath: per-packet cost, drop rate vs nftables and ipset, bulk load.
-    Datapath,
-    /// Capture: TC program cost vs a reserve+copy+submit reference.
-    Capture,
-}
-
-/// The workspace root.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
-
-/// The cargo target directory (respects CARGO_TARGET_DIR).
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
-}
-
-/// Runs a command in the workspace root, failing with its exit status.
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    cmd.current_dir(root());
-    let shown = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("running {shown}"))?;
-    if !status.success() {
-        bail!("{shown} failed with {status}");
-    }
-    Ok(())
-}
-
-fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
+/// Time limits per tier, generous for a fresh 2-core machine; CI allows 90 minutes in all.
+const LIMIT_FMT: Duration = Duration::from_secs(5 * 60);
+const LIMIT_BUILD: Duration = Duration::from_secs(30 * 60);
+const LIMIT_ROOT_TESTS: Duration = Duration::from_secs(45 * 60);
 
 fn require_root(what: &str) -> anyhow::Result<()> {
     if !is_root() {
-        bail!("{what} loads eBPF programs and creates network namespaces: run it as root");
+        bail!(
+            "{what} loads eBPF programs and creates network namespaces: run it as root \
+             (e.g. `sudo -E cargo xtask ...`)"
+        );
     }
     Ok(())
 }
 
-/// Builds the `sentinel` binary (with its eBPF object) and returns its path.
-fn build_sentinel(release: bool) -> anyhow::Result<PathBuf> {
-    let mut c = cargo();
-    c.args(["build", "-p", "sentinel-userspace"]);
+/// Runs a command and fails unless it succeeds.
+fn run_ok(cmd: Command, limit: Duration) -> anyhow::Result<Outcome> {
+    let shown = run::show(&cmd);
+    let outcome = run::run(cmd, Some(limit))?;
+    if !outcome.success() {
+        bail!("{shown}: {}", outcome.failure());
+    }
+    Ok(outcome)
+}
+
+/// Builds `sentinel` (with its eBPF object) and returns its path.
+fn build_sentinel(ws: &Workspace, release: bool) -> anyhow::Result<PathBuf> {
+    let mut c = ws.cargo(&["build", "-p", "sentinel-userspace"]);
     if release {
         c.arg("--release");
     }
-    run(&mut c)?;
-    Ok(target_dir()
-        .join(if release { "release" } else { "debug" })
-        .join("sentinel"))
+    // A placeholder object would build, then fail to load: always build the real one here.
+    c.env_remove("AYA_BUILD_SKIP");
+    run_ok(c, LIMIT_BUILD)?;
+    Ok(ws.bin(if release { "release" } else { "debug" }, "sentinel"))
 }
 
+/// One tier of `cargo xtask test` and how it went.
 struct Tier {
     name: &'static str,
-    result: anyhow::Result<()>,
+    ok: bool,
+    note: String,
+    tests: TestCounts,
     secs: f64,
 }
 
-fn tier(name: &'static str, f: impl FnOnce() -> anyhow::Result<()>) -> Tier {
-    println!("\n==> {name}");
-    let t = Instant::now();
-    let result = f();
-    Tier {
-        name,
-        result,
-        secs: t.elapsed().as_secs_f64(),
+struct Tiers(Vec<Tier>);
+
+impl Tiers {
+    fn header(name: &str) {
+        println!("\n==> {name}");
+    }
+
+    /// Runs a command as a tier.
+    fn command(
+        &mut self,
+        name: &'static str,
+        cmd: Command,
+        limit: Duration,
+    ) -> anyhow::Result<bool> {
+        Self::header(name);
+        let outcome = run::run(cmd, Some(limit))?;
+        let ok = outcome.success();
+        self.0.push(Tier {
+            name,
+            ok,
+            note: if ok { String::new() } else { outcome.failure() },
+            tests: outcome.tests,
+            secs: outcome.elapsed.as_secs_f64(),
+        });
+        Ok(ok)
+    }
+
+    /// Runs a function as a tier.
+    fn step(&mut self, name: &'static str, f: impl FnOnce() -> anyhow::Result<()>) -> bool {
+        Self::header(name);
+        let t = Instant::now();
+        let r = f();
+        let ok = r.is_ok();
+        self.0.push(Tier {
+            name,
+            ok,
+            note: r.err().map(|e| format!("{e:#}")).unwrap_or_default(),
+            tests: TestCounts::default(),
+            secs: t.elapsed().as_secs_f64(),
+        });
+        ok
+    }
+
+    fn fail(&mut self, name: &'static str, note: String) {
+        Self::header(name);
+        println!("{note}");
+        self.0.push(Tier {
+            name,
+            ok: false,
+            note,
+            tests: TestCounts::default(),
+            secs: 0.0,
+        });
+    }
+
+    /// Prints the summary; true when every tier passed.
+    fn summary(&self) -> bool {
+        println!("\n==> summary");
+        let mut total = TestCounts::default();
+        for t in &self.0 {
+            total.merge(t.tests);
+            let tests = if t.tests.suites > 0 {
+                format!(
+                    "{} passed, {} failed, {} ignored",
+                    t.tests.passed, t.tests.failed, t.tests.ignored
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "  {:<4}  {:<8} {:>7.1} s  {tests}{}{}",
+                if t.ok { "ok" } else { "FAIL" },
+                t.name,
+                t.secs,
+                if !tests.is_empty() && !t.note.is_empty() {
+                    "; "
+                } else {
+                    ""
+                },
+                t.note
+            );
+        }
+        let failed_tiers = self.0.iter().filter(|t| !t.ok).count();
+        println!(
+            "tiers: {} passed, {} failed",
+            self.0.len() - failed_tiers,
+            failed_tiers
+        );
+        println!("tests: {} passed, {} failed", total.passed, total.failed);
+        failed_tiers == 0
     }
 }
 
-fn test(unit_only: bool, extra: &[String]) -> anyhow::Result<()> {
-    if !unit_only {
-        require_root("cargo xtask test")?;
+fn test(unit_only: bool, no_setup: bool, extra: &[String]) -> anyhow::Result<()> {
+    let ws = Workspace::locate()?;
+    println!(
+        "workspace {}, target {}{}",
+        ws.root.display(),
+        ws.target.display(),
+        if std::env::var_os("CI").is_some() {
+            " (CI)"
+        } else {
+            ""
+        }
+    );
+    let mut tiers = Tiers(Vec::new());
+    if !unit_only && !no_setup && !tiers.step("setup", setup::setup) {
+        tiers.summary();
+        bail!("setup failed; no test was run");
     }
-    setup::setup()?;
-    let mut tiers = vec![
-        tier("format (cargo fmt --check)", || {
-            run(cargo().args(["fmt", "--all", "--", "--check"]))
-        }),
-        tier("lints (clippy -D warnings)", || {
-            run(cargo()
-                .args([
-                    "clippy",
-                    "--workspace",
-                    "--exclude",
-                    "sentinel-ebpf",
-                    "--all-targets",
-                    "--",
-                    "-D",
-                    "warnings",
-                ])
-                .env("AYA_BUILD_SKIP", "1"))
-        }),
-        tier("host unit tests", || {
-            run(cargo()
-                .args([
-                    "test",
-                    "--workspace",
-                    "--exclude",
-                    "sentinel-ebpf",
-                    "--exclude",
-                    "sentinel-tests",
-                ])
-                .env("AYA_BUILD_SKIP", "1"))
-        }),
-    ];
-    if !unit_only {
-        tiers.push(tier(
-            "kernel tests (BPF_PROG_TEST_RUN, namespaces, real traffic)",
-            || {
-                let bin = build_sentinel(false)?;
-                run(cargo()
-                    .args(["test", "-p", "sentinel-tests"])
-                    .args(extra)
-                    .env("SENTINEL_BIN", bin))
-            },
-        ));
-    }
-    println!("\n==> summary");
-    let mut failed = 0;
-    for t in &tiers {
-        match &t.result {
-            Ok(()) => println!("  ok    {:<60} {:>7.1} s", t.name, t.secs),
-            Err(e) => {
-                failed += 1;
-                println!("  FAIL  {:<60} {:>7.1} s  {e:#}", t.name, t.secs);
+    tiers.command(
+        "fmt",
+        ws.cargo(&["fmt", "--all", "--", "--check"]),
+        LIMIT_FMT,
+    )?;
+    // sentinel-ebpf only builds for bpfel-unknown-none (nightly, build-std): it is not linted
+    // for the host. AYA_BUILD_SKIP gives the userspace crate a placeholder object.
+    let mut clippy = ws.cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "sentinel-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    clippy.env("AYA_BUILD_SKIP", "1");
+    tiers.command("clippy", clippy, LIMIT_BUILD)?;
+    let mut unit = ws.cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "sentinel-ebpf",
+        "--exclude",
+        "sentinel-tests",
+    ]);
+    if unit_only {
+        unit.env("AYA_BUILD_SKIP", "1");
+        tiers.command("unit", unit, LIMIT_BUILD)?;
+    } else {
+        let built = tiers.step("build", || build_sentinel(&ws, false).map(|_| ()));
+        // With the toolchain in place the unit tests see the real eBPF object.
+        unit.env_remove("AYA_BUILD_SKIP");
+        tiers.command("unit", unit, LIMIT_BUILD)?;
+        if !is_root() {
+            tiers.fail(
+                "root",
+                "the root tests (BPF_PROG_TEST_RUN, namespaces, real traffic) need root: run \
+                 `sudo -E cargo xtask test`, or `cargo xtask test --unit` for the host tier only"
+                    .into(),
+            );
+        } else if !built {
+            tiers.fail("root", "not run: the sentinel binary did not build".into());
+        } else {
+            let mut root = ws.cargo(&["test", "-p", "sentinel-tests"]);
+            root.env_remove("AYA_BUILD_SKIP")
+                .env("SENTINEL_BIN", ws.bin("debug", "sentinel"));
+            if !extra.is_empty() {
+                root.arg("--").args(extra);
             }
+            tiers.command("root", root, LIMIT_ROOT_TESTS)?;
         }
     }
-    if failed > 0 {
-        bail!("{failed} tier(s) failed");
+    if !tiers.summary() {
+        bail!("some tiers failed");
     }
     Ok(())
 }
 
-fn demo() -> anyhow::Result<()> {
+fn demo(args: &[String]) -> anyhow::Result<()> {
     require_root("cargo xtask demo")?;
     setup::setup()?;
-    let bin = build_sentinel(false)?;
-    run(Command::new(bin).arg("demo"))
+    let ws = Workspace::locate()?;
+    let bin = build_sentinel(&ws, false)?;
+    let mut c = Command::new(bin);
+    c.arg("demo").args(args).current_dir(&ws.root);
+    run_ok(c, Duration::from_secs(10 * 60))?;
+    Ok(())
 }
 
-fn bench(which: Bench, quick: bool) -> anyhow::Result<()> {
+/// The benchmark binaries: `bench_*.rs` under tests/src/bin, without the `bench_` prefix.
+fn benches(ws: &Workspace) -> anyhow::Result<Vec<String>> {
+    let dir = ws.root.join("tests/src/bin");
+    let mut out: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("bench_")?
+                .strip_suffix(".rs")
+                .map(str::to_owned)
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// True when benchmark `bench` is selected by `name` (`capture` selects `capture_tc`).
+fn selects(name: &str, bench: &str) -> bool {
+    bench == name
+        || bench
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with('_'))
+}
+
+fn bench(names: &[String], quick: bool) -> anyhow::Result<()> {
+    let ws = Workspace::locate()?;
+    let all = benches(&ws)?;
+    let chosen: Vec<&String> = all
+        .iter()
+        .filter(|b| names.is_empty() || names.iter().any(|n| selects(n, b)))
+        .collect();
+    if let Some(n) = names.iter().find(|n| !all.iter().any(|b| selects(n, b))) {
+        bail!("no benchmark named {n:?}; there are: {}", all.join(", "));
+    }
+    if chosen.is_empty() {
+        bail!("no benchmarks under tests/src/bin");
+    }
     require_root("cargo xtask bench")?;
     setup::setup()?;
-    setup::ensure_packages(setup::BENCH_PACKAGES)?;
-    let bin = build_sentinel(true)?;
-    let bins: &[&str] = match which {
-        Bench::Datapath => &["bench_datapath"],
-        Bench::Capture => &["bench_capture_tc"],
-    };
-    for b in bins {
-        let mut c = cargo();
-        c.args(["run", "--release", "-p", "sentinel-tests", "--bin", b, "--"])
-            .env("SENTINEL_BIN", &bin);
+    let sentinel = build_sentinel(&ws, true)?;
+    let mut build = ws.cargo(&["build", "--release", "-p", "sentinel-tests", "--bins"]);
+    build.env_remove("AYA_BUILD_SKIP");
+    run_ok(build, LIMIT_BUILD)?;
+    let mut failed = Vec::new();
+    for b in chosen {
+        println!("\n==> bench {b}");
+        let mut c = Command::new(ws.bin("release", &format!("bench_{b}")));
+        c.current_dir(&ws.root).env("SENTINEL_BIN", &sentinel);
         if quick {
             c.arg("--quick");
         }
-        run(&mut c)?;
+        let outcome = run::run(c, Some(Duration::from_secs(30 * 60)))?;
+        if !outcome.success() {
+            failed.push(format!("{b} ({})", outcome.failure()));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("benchmarks failed: {}", failed.join(", "));
     }
     Ok(())
 }
 
+/// Puts `$CARGO_HOME/bin` on PATH for everything xtask starts, so that a bpf-linker installed
+/// by `setup` is found even where the login shell did not add it.
+fn cargo_bin_on_path() {
+    let Some(bin) = setup::cargo_bin_dir() else {
+        return;
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|p| p == bin) {
+        return;
+    }
+    let joined = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)));
+    if let Ok(joined) = joined {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("PATH", joined) };
+    }
+}
+
 fn main() -> ExitCode {
+    cargo_bin_on_path();
     let cli = Cli::parse();
+    run::install_signal_handlers();
     let result = match cli.task {
         Task::Setup => setup::setup(),
-        Task::Test { unit, args } => test(unit, &args),
-        Task::Demo => demo(),
-        Task::Bench { name, quick } => bench(name, quick),
+        Task::Test {
+            unit,
+            no_setup,
+            args,
+        } => test(unit, no_setup, &args),
+        Task::Demo { args } => demo(&args),
+        Task::Bench { names, quick } => bench(&names, quick),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xtask: {e:#}");
-            ExitCode::FAILURE
+            if run::received_signal().is_some() {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_names_select_by_prefix() {
+        assert!(selects("capture", "capture_tc"));
+        assert!(selects("capture_tc", "capture_tc"));
+        assert!(selects("datapath", "datapath"));
+        assert!(!selects("cap", "capture_tc"));
+        assert!(!selects("datapath", "capture_tc"));
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
     }
 }
