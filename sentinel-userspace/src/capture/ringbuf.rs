@@ -110,8 +110,14 @@ pub struct RingStats {
     pub wakeups: AtomicU64,
 }
 
-/// Drains the ring buffer forever, handing each segment to `sink`. Sleeps in epoll between
-/// bursts (no busy-waiting). Returns only on an I/O error.
+/// How often the consumer drains without a wakeup. The TC programs only wake it when a backlog
+/// builds up (a wakeup per record would cost a context switch per segment), so this bounds how
+/// long a record waits under light traffic.
+pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Drains the ring buffer forever, handing each segment to `sink`: on a wakeup (backlog) and
+/// every [`DRAIN_EVERY`] otherwise; it sleeps in between (no busy-waiting). Returns only on an
+/// I/O error.
 pub async fn drain(
     ring: RingBuf<MapData>,
     clock: Clock,
@@ -122,23 +128,40 @@ pub async fn drain(
     // and `as_raw_fd` always returns that same fd.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)?;
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = fd.readable_mut().await?;
-        stats.wakeups.fetch_add(1, Ordering::Relaxed);
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            match decode(&item, &clock) {
-                Ok(seg) => {
-                    stats.records.fetch_add(1, Ordering::Relaxed);
-                    sink(seg);
-                }
-                Err(e) => {
-                    stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "undecodable capture record");
-                }
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                stats.wakeups.fetch_add(1, Ordering::Relaxed);
+                drain_now(guard.get_inner_mut(), &clock, stats, &mut sink);
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                drain_now(fd.get_mut(), &clock, stats, &mut sink);
             }
         }
-        guard.clear_ready();
+    }
+}
+
+fn drain_now(
+    ring: &mut RingBuf<MapData>,
+    clock: &Clock,
+    stats: &RingStats,
+    sink: &mut impl FnMut(Segment),
+) {
+    while let Some(item) = ring.next() {
+        match decode(&item, clock) {
+            Ok(seg) => {
+                stats.records.fetch_add(1, Ordering::Relaxed);
+                sink(seg);
+            }
+            Err(e) => {
+                stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "undecodable capture record");
+            }
+        }
     }
 }
 

@@ -133,6 +133,11 @@ impl Daemon {
             .with_context(|| format!("no counter {reason} in status"))
     }
 
+    /// The daemon's process id (nsenter execs it, so this is the daemon itself).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Kills the daemon with `signal` and waits for it to exit.
     pub fn kill(&mut self, signal: i32) -> anyhow::Result<()> {
         if let Some(mut c) = self.child.take() {
