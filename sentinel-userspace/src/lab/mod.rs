@@ -8,6 +8,7 @@
 pub mod bank;
 pub mod daemon;
 pub mod netns;
+pub mod pcapgen;
 pub mod traffic;
 
 use std::path::PathBuf;
