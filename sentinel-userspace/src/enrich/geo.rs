@@ -288,18 +288,31 @@ mod tests {
         ]
     }
 
-    fn write(layout: Layout, name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sentinel-geo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(name);
-        std::fs::write(&p, build(&places(), layout).unwrap()).unwrap();
-        p
+    /// A temporary directory removed on drop.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let d = std::env::temp_dir().join(format!("sentinel-geo-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&d).unwrap();
+            Self(d)
+        }
+        fn write(&self, layout: Layout, name: &str, places: &[Place]) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, build(places, layout).unwrap()).unwrap();
+            p
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     #[test]
     fn reads_both_layouts_for_v4_and_v6() {
+        let dir = TempDir::new("layouts");
         for (layout, name) in [(Layout::MaxMind, "mm.mmdb"), (Layout::DbIp, "dbip.mmdb")] {
-            let db = GeoDb::open(&[write(layout, name)]).unwrap();
+            let db = GeoDb::open(&[dir.write(layout, name, &places())]).unwrap();
             let r = db.lookup("192.0.2.77".parse().unwrap()).unwrap();
             assert_eq!(r.country.as_deref(), Some("SA"), "{layout:?}");
             assert_eq!(r.city.as_deref(), Some("Riyadh"));
@@ -312,14 +325,9 @@ mod tests {
 
     #[test]
     fn several_files_are_searched_in_order() {
-        let empty = {
-            let dir = std::env::temp_dir().join(format!("sentinel-geo-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let p = dir.join("empty.mmdb");
-            std::fs::write(&p, build(&[], Layout::DbIp).unwrap()).unwrap();
-            p
-        };
-        let db = GeoDb::open(&[empty, write(Layout::MaxMind, "mm2.mmdb")]).unwrap();
+        let dir = TempDir::new("order");
+        let empty = dir.write(Layout::DbIp, "empty.mmdb", &[]);
+        let db = GeoDb::open(&[empty, dir.write(Layout::MaxMind, "mm2.mmdb", &places())]).unwrap();
         assert_eq!(
             db.lookup("203.0.113.9".parse().unwrap())
                 .unwrap()
@@ -333,9 +341,8 @@ mod tests {
     fn bad_files_are_named_in_the_error() {
         let e = GeoDb::open(&[PathBuf::from("/nonexistent/x.mmdb")]).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/x.mmdb"), "{e}");
-        let dir = std::env::temp_dir().join(format!("sentinel-geo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let junk = dir.join("junk.mmdb");
+        let dir = TempDir::new("junk");
+        let junk = dir.0.join("junk.mmdb");
         std::fs::write(&junk, b"not a database").unwrap();
         assert!(GeoDb::open(&[junk]).is_err());
     }
