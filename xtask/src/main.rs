@@ -237,8 +237,10 @@ fn test(unit_only: bool, no_setup: bool, extra: &[String]) -> anyhow::Result<()>
     ]);
     clippy.env("AYA_BUILD_SKIP", "1");
     tiers.command("clippy", clippy, LIMIT_BUILD)?;
+    // --no-fail-fast: one failing test binary must not hide the results of the others.
     let mut unit = ws.cargo(&[
         "test",
+        "--no-fail-fast",
         "--workspace",
         "--exclude",
         "sentinel-ebpf",
@@ -263,7 +265,7 @@ fn test(unit_only: bool, no_setup: bool, extra: &[String]) -> anyhow::Result<()>
         } else if !built {
             tiers.fail("root", "not run: the sentinel binary did not build".into());
         } else {
-            let mut root = ws.cargo(&["test", "-p", "sentinel-tests"]);
+            let mut root = ws.cargo(&["test", "--no-fail-fast", "-p", "sentinel-tests"]);
             root.env_remove("AYA_BUILD_SKIP")
                 .env("SENTINEL_BIN", ws.bin("debug", "sentinel"));
             if !extra.is_empty() {
