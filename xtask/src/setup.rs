@@ -251,6 +251,17 @@ mod tests {
     }
 
     #[test]
+    fn unknown_packages_count_as_missing() {
+        if output(Command::new("dpkg-query").arg("--version")).is_none() {
+            eprintln!("skipped: no dpkg-query on this machine");
+            return;
+        }
+        // dpkg itself is always installed where dpkg-query runs.
+        let missing = missing_packages(&["dpkg", "sentinel-no-such-package"]).unwrap();
+        assert_eq!(missing, vec!["sentinel-no-such-package".to_owned()]);
+    }
+
+    #[test]
     fn package_list_has_no_duplicates() {
         let mut names: Vec<&str> = APT_PACKAGES.iter().map(|(n, _)| *n).collect();
         names.sort_unstable();
