@@ -234,6 +234,34 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 
 /// Global configuration flag: shadow mode for every rule.
 pub const CONFIG_FLAG_SHADOW: u32 = 1;
+/// The presence flags below are maintained: without this bit (a fresh map, or a writer that
+/// knows nothing of them) the XDP program looks every list up.
+pub const CONFIG_FLAG_PRESENCE: u32 = 1 << 31;
+/// Presence flags: the named map may hold entries. With [`CONFIG_FLAG_PRESENCE`] set, the XDP
+/// program skips the lookup of a map whose flag is clear, so an empty list costs nothing per
+/// packet. Userspace sets a flag before writing the first entry and clears it only after seeing
+/// the map empty.
+pub const HAS_ALLOW_HASH: u32 = 1 << 8;
+/// See [`HAS_ALLOW_HASH`].
+pub const HAS_ALLOW_LPM: u32 = 1 << 9;
+/// See [`HAS_ALLOW_HASH`].
+pub const HAS_BLOCK_HASH: u32 = 1 << 10;
+/// See [`HAS_ALLOW_HASH`].
+pub const HAS_BLOCK_LPM: u32 = 1 << 11;
+/// See [`HAS_ALLOW_HASH`].
+pub const HAS_THROTTLE_HASH: u32 = 1 << 12;
+/// See [`HAS_ALLOW_HASH`].
+pub const HAS_THROTTLE_LPM: u32 = 1 << 13;
+/// See [`HAS_ALLOW_HASH`].
+pub const HAS_FLOW_KILL: u32 = 1 << 14;
+/// Every presence flag.
+pub const HAS_ALL: u32 = HAS_ALLOW_HASH
+    | HAS_ALLOW_LPM
+    | HAS_BLOCK_HASH
+    | HAS_BLOCK_LPM
+    | HAS_THROTTLE_HASH
+    | HAS_THROTTLE_LPM
+    | HAS_FLOW_KILL;
 
 /// Global configuration written by userspace.
 #[repr(C)]

@@ -2,15 +2,16 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use sentinel_common::{
-    AddrKey, BucketKey, BucketState, CONFIG_FLAG_SHADOW, Config, Counter, FlowKey,
-    RULE_FLAG_SHADOW, Reason, ReasonText, RuleValue, SourceStats, ThrottleRule, bucket_new,
-    bucket_take, defaults, mask_prefix,
+    AddrKey, BucketKey, BucketState, CONFIG_FLAG_PRESENCE, CONFIG_FLAG_SHADOW, Config, Counter,
+    FlowKey, HAS_ALL, HAS_ALLOW_HASH, HAS_ALLOW_LPM, HAS_BLOCK_HASH, HAS_BLOCK_LPM, HAS_FLOW_KILL,
+    HAS_THROTTLE_HASH, HAS_THROTTLE_LPM, RULE_FLAG_SHADOW, Reason, ReasonText, RuleValue,
+    SourceStats, ThrottleRule, bucket_new, bucket_take, defaults, mask_prefix,
 };
 
 use crate::parse::{self, Packet};
@@ -96,8 +97,10 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
     if pkt.l4_truncated {
         count(Reason::TruncatedL4, len);
     }
+    // The coarse clock (a tick's resolution, a few ms) serves expiries and last-seen stamps and
+    // costs a load instead of a clock read; token buckets read the precise clock themselves.
     // SAFETY: a helper without arguments or side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let reason = judge(&pkt, now);
     account_source(&pkt.src, len, now, reason.is_drop());
     reason
@@ -105,45 +108,72 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
 
 // Kept out of line: a separate BPF function gets its own stack frame, which keeps the entry
 // function under the 512-byte limit (the verifier checks the whole call chain).
+// Kept out of line: a separate BPF function gets its own stack frame, which keeps the entry
+// function under the 512-byte limit (the verifier checks the whole call chain).
 #[inline(never)]
 fn judge(pkt: &Packet, now: u64) -> Reason {
-    if active_rule(&SN_ALLOW_HASH, &SN_ALLOW_LPM, &pkt.src, now).is_some() {
+    let mut flags = SN_CONFIG.get(0).map(|c| c.flags).unwrap_or(0);
+    // Presence flags only count when userspace maintains them; otherwise look everything up.
+    if flags & CONFIG_FLAG_PRESENCE == 0 {
+        flags |= HAS_ALL;
+    }
+    if active_rule(
+        &SN_ALLOW_HASH,
+        &SN_ALLOW_LPM,
+        flags & HAS_ALLOW_HASH != 0,
+        flags & HAS_ALLOW_LPM != 0,
+        &pkt.src,
+        now,
+    )
+    .is_some()
+    {
         return Reason::Allowlisted;
     }
-    let shadow_all = SN_CONFIG
-        .get(0)
-        .map(|c| c.flags & CONFIG_FLAG_SHADOW != 0)
-        .unwrap_or(false);
+    let shadow_all = flags & CONFIG_FLAG_SHADOW != 0;
 
-    let flow = FlowKey {
-        src: pkt.src,
-        dst: pkt.dst,
-        src_port: pkt.src_port,
-        dst_port: pkt.dst_port,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    };
-    // SAFETY: the value is only read, and map values of a plain hash stay valid for the program run.
-    if let Some(v) = unsafe { SN_FLOW_KILL.get(&flow) }
-        && live(v.expires_ns, now)
-    {
-        return if shadow_all || v.flags & RULE_FLAG_SHADOW != 0 {
-            Reason::ShadowFlowKill
-        } else {
-            Reason::DropFlowKill
+    if flags & HAS_FLOW_KILL != 0 {
+        let flow = FlowKey {
+            src: pkt.src,
+            dst: pkt.dst,
+            src_port: pkt.src_port,
+            dst_port: pkt.dst_port,
+            proto: pkt.proto,
+            _pad: [0; 3],
         };
+        // SAFETY: the value is only read, and map values stay valid for the program run.
+        if let Some(v) = unsafe { SN_FLOW_KILL.get(&flow) }
+            && live(v.expires_ns, now)
+        {
+            return if shadow_all || v.flags & RULE_FLAG_SHADOW != 0 {
+                Reason::ShadowFlowKill
+            } else {
+                Reason::DropFlowKill
+            };
+        }
     }
 
-    if let Some(flags) = active_rule(&SN_BLOCK_HASH, &SN_BLOCK_LPM, &pkt.src, now) {
-        return if shadow_all || flags & RULE_FLAG_SHADOW != 0 {
+    if let Some(rule_flags) = active_rule(
+        &SN_BLOCK_HASH,
+        &SN_BLOCK_LPM,
+        flags & HAS_BLOCK_HASH != 0,
+        flags & HAS_BLOCK_LPM != 0,
+        &pkt.src,
+        now,
+    ) {
+        return if shadow_all || rule_flags & RULE_FLAG_SHADOW != 0 {
             Reason::ShadowBlock
         } else {
             Reason::DropBlock
         };
     }
 
-    if let Some(rule) = throttle_rule(&pkt.src, now) {
-        let conform = take_token(&pkt.src, rule, now);
+    if let Some(rule) = throttle_rule(
+        flags & HAS_THROTTLE_HASH != 0,
+        flags & HAS_THROTTLE_LPM != 0,
+        &pkt.src,
+        now,
+    ) {
+        let conform = take_token(&pkt.src, rule);
         return if conform {
             Reason::ThrottlePass
         } else if shadow_all || rule.flags & RULE_FLAG_SHADOW != 0 {
@@ -168,14 +198,21 @@ fn live(expires_ns: u64, now: u64) -> bool {
 fn active_rule(
     exact: &HashMap<AddrKey, RuleValue>,
     prefixes: &LpmTrie<AddrKey, RuleValue>,
+    has_exact: bool,
+    has_prefixes: bool,
     src: &AddrKey,
     now: u64,
 ) -> Option<u32> {
-    // SAFETY: read-only access to a value that stays valid for this program run.
-    if let Some(v) = unsafe { exact.get(src) }
-        && live(v.expires_ns, now)
-    {
-        return Some(v.flags);
+    if has_exact {
+        // SAFETY: read-only access to a value that stays valid for this program run.
+        if let Some(v) = unsafe { exact.get(src) }
+            && live(v.expires_ns, now)
+        {
+            return Some(v.flags);
+        }
+    }
+    if !has_prefixes {
+        return None;
     }
     match prefixes.get(Key::new(128, *src)) {
         Some(v) if live(v.expires_ns, now) => Some(v.flags),
@@ -184,12 +221,22 @@ fn active_rule(
 }
 
 #[inline(always)]
-fn throttle_rule(src: &AddrKey, now: u64) -> Option<&'static ThrottleRule> {
-    // SAFETY: as in `active_rule`.
-    if let Some(r) = unsafe { SN_THR_HASH.get(src) }
-        && live(r.expires_ns, now)
-    {
-        return Some(r);
+fn throttle_rule(
+    has_exact: bool,
+    has_prefixes: bool,
+    src: &AddrKey,
+    now: u64,
+) -> Option<&'static ThrottleRule> {
+    if has_exact {
+        // SAFETY: as in `active_rule`.
+        if let Some(r) = unsafe { SN_THR_HASH.get(src) }
+            && live(r.expires_ns, now)
+        {
+            return Some(r);
+        }
+    }
+    if !has_prefixes {
+        return None;
     }
     match SN_THR_LPM.get(Key::new(128, *src)) {
         Some(r) if live(r.expires_ns, now) => Some(r),
@@ -201,7 +248,10 @@ fn throttle_rule(src: &AddrKey, now: u64) -> Option<&'static ThrottleRule> {
 /// Buckets are shared across CPUs without a lock: concurrent packets of one aggregate on two
 /// CPUs can both take the last token, which errs on the side of passing.
 #[inline(always)]
-fn take_token(src: &AddrKey, rule: &ThrottleRule, now: u64) -> bool {
+fn take_token(src: &AddrKey, rule: &ThrottleRule) -> bool {
+    // Refills need the precise clock.
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
     let key = BucketKey {
         addr: mask_prefix(src, rule.aggregate_prefix),
         prefix_len: rule.aggregate_prefix,

@@ -8,7 +8,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use sentinel_common::{CONFIG_FLAG_SHADOW, Config as KernelConfig};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -82,14 +81,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Loading runs the verifier and may take a while: keep it off the async threads.
     let (datapath, capture) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut dp = Datapath::load(&load).context("loading the XDP sentinel")?;
-        let flags = if mode == Mode::Shadow {
-            CONFIG_FLAG_SHADOW
-        } else {
-            0
-        };
         dp.maps
-            .set_config(KernelConfig { flags, _pad: 0 })
+            .set_shadow(mode == Mode::Shadow)
             .context("writing the global mode")?;
+        // Re-adopted maps keep their entries: tell the kernel which lists hold some.
+        dp.maps
+            .refresh_presence()
+            .context("reading which lists hold entries")?;
         for iface in &ifaces {
             dp.attach(iface)
                 .with_context(|| format!("attaching to {iface}"))?;

@@ -10,8 +10,10 @@ use aya::{
     },
 };
 use sentinel_common::{
-    AddrKey, BucketKey, BucketState, Config, Counter, FlowKey, Reason, ReasonText, RuleValue,
-    SourceStats, ThrottleRule, names,
+    AddrKey, BucketKey, BucketState, CONFIG_FLAG_PRESENCE, CONFIG_FLAG_SHADOW, Config, Counter,
+    FlowKey, HAS_ALL, HAS_ALLOW_HASH, HAS_ALLOW_LPM, HAS_BLOCK_HASH, HAS_BLOCK_LPM, HAS_FLOW_KILL,
+    HAS_THROTTLE_HASH, HAS_THROTTLE_LPM, Reason, ReasonText, RuleValue, SourceStats, ThrottleRule,
+    names,
 };
 
 use super::{DatapathError, sys};
@@ -164,7 +166,62 @@ impl Maps {
         })
     }
 
-    /// Writes the global configuration.
+    /// Sets or clears global shadow mode, keeping the presence flags.
+    pub fn set_shadow(&mut self, shadow: bool) -> Result<(), DatapathError> {
+        let mut c = self.config()?;
+        c.flags = (c.flags & !CONFIG_FLAG_SHADOW) | if shadow { CONFIG_FLAG_SHADOW } else { 0 };
+        self.set_config(c)
+    }
+
+    /// Marks maps as possibly non-empty before entries are written into them, so the XDP
+    /// program starts looking them up.
+    pub fn mark_present(&mut self, flags: u32) -> Result<(), DatapathError> {
+        let mut c = self.config()?;
+        if c.flags & CONFIG_FLAG_PRESENCE == 0 {
+            // Not maintained yet: start from what the maps hold.
+            c.flags = (c.flags & !HAS_ALL) | self.present()? | CONFIG_FLAG_PRESENCE;
+        }
+        if c.flags & flags != flags || self.config()?.flags != c.flags {
+            c.flags |= flags;
+            self.set_config(c)?;
+        }
+        Ok(())
+    }
+
+    fn present(&self) -> Result<u32, DatapathError> {
+        // An error reading a key counts as "may have entries": never skip a map by mistake.
+        let mut present = 0;
+        for (flag, has) in [
+            (HAS_ALLOW_HASH, self.allow_hash.keys().next().is_some()),
+            (HAS_ALLOW_LPM, self.allow_lpm.keys().next().is_some()),
+            (HAS_BLOCK_HASH, self.block_hash.keys().next().is_some()),
+            (HAS_BLOCK_LPM, self.block_lpm.keys().next().is_some()),
+            (
+                HAS_THROTTLE_HASH,
+                self.throttle_hash.keys().next().is_some(),
+            ),
+            (HAS_THROTTLE_LPM, self.throttle_lpm.keys().next().is_some()),
+            (HAS_FLOW_KILL, self.flow_kill.keys().next().is_some()),
+        ] {
+            if has {
+                present |= flag;
+            }
+        }
+        Ok(present)
+    }
+
+    /// Recomputes every presence flag from the maps' contents (one `get_next_key` per map):
+    /// flags of empty maps are cleared, of non-empty ones set. Returns the flags written.
+    pub fn refresh_presence(&mut self) -> Result<u32, DatapathError> {
+        let present = self.present()?;
+        let mut c = self.config()?;
+        c.flags = (c.flags & !HAS_ALL) | present | CONFIG_FLAG_PRESENCE;
+        self.set_config(c)?;
+        Ok(present)
+    }
+
+    /// Writes the global configuration as given. A value without [`CONFIG_FLAG_PRESENCE`] makes
+    /// the kernel look every list up until the presence flags are maintained again.
     pub fn set_config(&mut self, config: Config) -> Result<(), DatapathError> {
         self.config
             .set(0, config, 0)

@@ -9,7 +9,8 @@ use std::{net::IpAddr, time::Instant};
 
 use aya::maps::{IterableMap, MapData, MapError, lpm_trie::Key};
 use sentinel_common::{
-    AddrKey, MAX_BURST, MAX_RATE_PPS, REASON_LEN, RULE_FLAG_SHADOW, ReasonText, RuleValue,
+    AddrKey, HAS_ALLOW_HASH, HAS_ALLOW_LPM, HAS_BLOCK_HASH, HAS_BLOCK_LPM, HAS_THROTTLE_HASH,
+    HAS_THROTTLE_LPM, MAX_BURST, MAX_RATE_PPS, REASON_LEN, RULE_FLAG_SHADOW, ReasonText, RuleValue,
     ThrottleRule, names,
 };
 
@@ -219,6 +220,20 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
     }
     check_room(maps, kind, &exact, prefixes.len())?;
     let reason_id = store_reason(maps, req.reason.as_deref())?;
+    // Make the kernel look these maps up before the first entry lands in them.
+    let (hash_flag, lpm_flag) = match kind {
+        ListKind::Block => (HAS_BLOCK_HASH, HAS_BLOCK_LPM),
+        ListKind::Allow => (HAS_ALLOW_HASH, HAS_ALLOW_LPM),
+        ListKind::Throttle => (HAS_THROTTLE_HASH, HAS_THROTTLE_LPM),
+    };
+    let mut present = 0;
+    if !exact.is_empty() {
+        present |= hash_flag;
+    }
+    if !prefixes.is_empty() {
+        present |= lpm_flag;
+    }
+    maps.mark_present(present)?;
     let started = Instant::now();
     match throttle {
         None => {
@@ -369,6 +384,7 @@ pub fn remove(maps: &mut Maps, kind: ListKind, req: &DelRequest) -> Result<DelRe
             not_found.push(t.to_string());
         }
     }
+    maps.refresh_presence()?;
     Ok(DelResponse { removed, not_found })
 }
 
@@ -491,6 +507,9 @@ pub fn sweep_expired(maps: &mut Maps) -> Result<usize, ListError> {
     n += sweep_lpm(&mut maps.block_lpm, now, |v: &RuleValue| v.expires_ns)?;
     n += sweep_lpm(&mut maps.allow_lpm, now, |v: &RuleValue| v.expires_ns)?;
     n += sweep_lpm(&mut maps.throttle_lpm, now, |v: &ThrottleRule| v.expires_ns)?;
+    if n > 0 {
+        maps.refresh_presence()?;
+    }
     Ok(n)
 }
 
