@@ -6,6 +6,8 @@
 //! - [`daemon`]: `sentinel run`.
 //! - [`cli`]: the command line.
 //! - [`lab`]: namespaces, veth pairs and bounded traffic for tests, benchmarks and the demo.
+//! - [`reassembly`], [`http`], [`pipeline`]: TCP streams, HTTP/1.x messages and transactions from
+//!   capture segments (live or [`replay`]ed from pcap/pcapng).
 
 pub mod capture;
 pub mod cli;
@@ -16,7 +18,11 @@ pub mod daemon;
 pub mod datapath;
 pub mod demo;
 pub mod enrich;
+pub mod http;
 pub mod lab;
 pub mod models;
 pub mod notify;
+pub mod pipeline;
+pub mod reassembly;
+pub mod replay;
 pub mod verdict;

@@ -70,6 +70,7 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Replay(args) => sentinel::replay::command(&args),
         Command::Demo => tokio::task::spawn_blocking(sentinel::demo::run)
             .await
             .map_err(|e| CliError::runtime(e.to_string()))?

@@ -2,7 +2,10 @@
 //! into TCP [`Segment`]s for reassembly.
 
 pub mod live;
+pub mod pcap;
 pub mod ringbuf;
 pub mod segment;
+pub mod synth;
 
+pub use pcap::{CaptureReader, CaptureStats, PcapError};
 pub use segment::Segment;

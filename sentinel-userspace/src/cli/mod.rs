@@ -97,6 +97,9 @@ pub enum Command {
     },
     /// Run Sentinel's main job on an embedded default in network namespaces it creates (root).
     Demo,
+    /// Run a pcap or pcapng file through the capture pipeline (TCP reassembly, HTTP) without
+    /// privileges; print one JSON object per line.
+    Replay(ReplayArgs),
     /// Everything known about an address or a principal: list entries with their remaining TTL,
     /// kernel counters (packets dropped), alerts and verdicts.
     Explain {
@@ -116,6 +119,62 @@ pub struct Conn {
     /// The daemon's control socket.
     #[arg(long, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+}
+
+/// What `sentinel replay` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Emit {
+    /// One HTTP transaction per line (request, response status, sizes, latency).
+    Transactions,
+}
+
+/// `sentinel replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The capture file: pcap or pcapng, with Ethernet (802.1Q too), Linux cooked (v1, v2) or
+    /// raw IP frames.
+    pub file: PathBuf,
+    /// What to print.
+    #[arg(long, value_enum, default_value = "transactions")]
+    pub emit: Emit,
+    /// Body bytes kept per message (gzip/deflate responses: after decoding); e.g. 64KiB.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    pub body_cap: usize,
+    /// Cut every packet's TCP payload to this many bytes first (what a live snap length would
+    /// leave); the rest counts as lost.
+    #[arg(long, value_parser = parse_size)]
+    pub snap_len: Option<usize>,
+    /// Memory for reassembly and HTTP state of all flows; beyond it the least recently active
+    /// flows are evicted.
+    #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+    pub mem_cap: usize,
+    /// Bytes one flow may buffer before holes in its streams are skipped as gaps.
+    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    pub flow_cap: usize,
+    /// A flow without packets for this long (in capture time) is closed.
+    #[arg(long, default_value = "120s", value_parser = parse_ttl)]
+    pub idle_timeout: Duration,
+    /// At the end, print the counters of every stage to stderr as one JSON object.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+/// Parses a byte size: a number with an optional binary suffix (K, KiB, M, MiB, G, GiB).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{s:?} is not a size; e.g. 65536, 64KiB, 4MiB")),
+    };
+    num.parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size; e.g. 65536, 64KiB, 4MiB"))
 }
 
 /// `sentinel run`.
@@ -466,7 +525,7 @@ pub async fn client_command(cmd: Command) -> Result<(), CliError> {
             ThrottleOp::Del { targets, conn } => del(&conn, ListKind::Throttle, &targets).await,
             ThrottleOp::List { conn, json } => list(&conn, ListKind::Throttle, json).await,
         },
-        Command::Run(_) | Command::Unload { .. } | Command::Demo => {
+        Command::Run(_) | Command::Unload { .. } | Command::Demo | Command::Replay(_) => {
             unreachable!("handled by main")
         }
     }
@@ -503,6 +562,11 @@ mod tests {
         assert!(parse_ttl("soon").is_err());
         assert!(parse_iface("veth0").is_ok());
         assert!(parse_iface("a/b").is_err());
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("4M"), Ok(4 << 20));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
     }
 
     #[test]

@@ -1,0 +1,99 @@
+//! A parsed HTTP/1.x message head, kept as its raw bytes plus offsets (one allocation per head,
+//! headers kept in full, in order, as sent).
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+/// A byte range within [`Head::raw`].
+pub type Span = Range<u32>;
+
+/// A request or response head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// The head's bytes as received (start line, fields, terminating empty line).
+    pub raw: Bytes,
+    /// Request method (empty for responses).
+    pub method: Span,
+    /// Request target (empty for responses).
+    pub target: Span,
+    /// Response reason phrase (empty for requests).
+    pub reason: Span,
+    /// Response status (0 for requests).
+    pub status: u16,
+    /// Minor version: `HTTP/1.0` is 0, `HTTP/1.1` is 1.
+    pub version: u8,
+    /// Header fields (name, value) in order.
+    pub fields: Vec<(Span, Span)>,
+}
+
+fn text<'a>(raw: &'a [u8], s: &Span) -> &'a str {
+    std::str::from_utf8(&raw[s.start as usize..s.end as usize]).unwrap_or("")
+}
+
+impl Head {
+    /// Request method.
+    pub fn method(&self) -> &str {
+        text(&self.raw, &self.method)
+    }
+
+    /// Request target as sent.
+    pub fn target(&self) -> &str {
+        text(&self.raw, &self.target)
+    }
+
+    /// Reason phrase.
+    pub fn reason(&self) -> &str {
+        text(&self.raw, &self.reason)
+    }
+
+    /// Header fields as text (values that are not UTF-8 read as empty).
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fields
+            .iter()
+            .map(|(n, v)| (text(&self.raw, n), text(&self.raw, v)))
+    }
+
+    /// Header fields as raw bytes.
+    pub fn headers_raw(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields.iter().map(|(n, v)| {
+            (
+                &self.raw[n.start as usize..n.end as usize],
+                &self.raw[v.start as usize..v.end as usize],
+            )
+        })
+    }
+
+    /// The first field named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Every value of the fields named `name`.
+    pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Header fields as owned pairs (for consumers that want them).
+    pub fn header_pairs(&self) -> Vec<(String, String)> {
+        self.headers()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// Bytes held.
+    pub fn mem(&self) -> usize {
+        self.raw.len() + self.fields.len() * 16
+    }
+}
+
+/// Offset of `part` (a sub-slice of `base`) within `base`.
+pub(crate) fn span(base: &[u8], part: &[u8]) -> Span {
+    let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+    debug_assert!(start + part.len() <= base.len());
+    start as u32..(start + part.len()) as u32
+}

@@ -1,0 +1,717 @@
+use std::io::Write as _;
+
+use flate2::{Compression, write::GzEncoder};
+use proptest::prelude::*;
+
+use super::*;
+use crate::{
+    capture::{Segment, synth::Conversation},
+    pipeline::{Pipeline, PipelineSettings},
+};
+
+const MS: u64 = 1_000_000;
+const T0: u64 = 1_700_000_000_000 * MS;
+
+fn addrs() -> (std::net::SocketAddr, std::net::SocketAddr) {
+    (
+        "198.18.0.100:40000".parse().unwrap(),
+        "198.18.0.1:8080".parse().unwrap(),
+    )
+}
+
+fn run_with(
+    segs: impl IntoIterator<Item = Segment>,
+    settings: PipelineSettings,
+) -> (Vec<Transaction>, crate::pipeline::PipelineStats) {
+    let mut p = Pipeline::new(settings);
+    let mut out = Vec::new();
+    for s in segs {
+        p.push(s);
+        out.extend(p.drain());
+    }
+    p.finish();
+    out.extend(p.drain());
+    (out, p.stats())
+}
+
+fn run(segs: impl IntoIterator<Item = Segment>) -> Vec<Transaction> {
+    run_with(segs, PipelineSettings::default()).0
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut e = GzEncoder::new(Vec::new(), Compression::default());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+fn json_body(n: usize) -> Vec<u8> {
+    let mut s = String::from("{\"items\":[");
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!(
+            "{{\"id\":{i},\"name\":\"account-{i}\",\"balance\":{}}}",
+            i * 37
+        ));
+    }
+    s.push_str("]}");
+    s.into_bytes()
+}
+
+/// One exchange of the property test, with what the transaction must say.
+#[derive(Clone, Debug)]
+struct Ex {
+    req: Vec<u8>,
+    /// Request body sent after a 100 Continue (100-continue exchanges only).
+    req_late_body: Vec<u8>,
+    interim: Option<Vec<u8>>,
+    resp: Vec<u8>,
+    method: &'static str,
+    path: String,
+    query: &'static str,
+    status: u16,
+    req_bytes: u64,
+    resp_bytes: u64,
+    req_body: Vec<u8>,
+    resp_body: Vec<u8>,
+}
+
+fn exchange(kind: u8, i: usize, last_close: bool) -> Ex {
+    let path = format!("/api/v1/accounts/{i}");
+    let mut ex = Ex {
+        req: Vec::new(),
+        req_late_body: Vec::new(),
+        interim: None,
+        resp: Vec::new(),
+        method: "GET",
+        path: path.clone(),
+        query: "",
+        status: 200,
+        req_bytes: 0,
+        resp_bytes: 0,
+        req_body: Vec::new(),
+        resp_body: Vec::new(),
+    };
+    let body = json_body(3 + i % 4);
+    match kind % 9 {
+        // GET with a query, Content-Length response.
+        0 => {
+            ex.query = "page=2&size=10";
+            ex.req = format!("GET {path}?page=2&size=10 HTTP/1.1\r\nHost: api.example\r\nAuthorization: Bearer t{i}\r\nAccept: application/json\r\n\r\n").into_bytes();
+            ex.resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            ex.resp.extend_from_slice(&body);
+            ex.resp_body = body.clone();
+        }
+        // POST with a JSON body.
+        1 => {
+            let rb = br#"{"username":"layla","password":"hunter2"}"#.to_vec();
+            ex.method = "POST";
+            ex.req = format!("POST {path} HTTP/1.1\r\nHost: api.example\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", rb.len()).into_bytes();
+            ex.req.extend_from_slice(&rb);
+            ex.req_body = rb;
+            ex.status = 401;
+            let e = br#"{"error":"invalid credentials"}"#;
+            ex.resp = format!(
+                "HTTP/1.1 401 Unauthorized\r\nContent-Length: {}\r\n\r\n",
+                e.len()
+            )
+            .into_bytes();
+            ex.resp.extend_from_slice(e);
+            ex.resp_body = e.to_vec();
+        }
+        // Chunked response with a trailer.
+        2 => {
+            ex.req = format!("GET {path} HTTP/1.1\r\nHost: api.example\r\n\r\n").into_bytes();
+            ex.resp =
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+                    .to_vec();
+            for part in body.chunks(17) {
+                ex.resp
+                    .extend_from_slice(format!("{:x};ext=1\r\n", part.len()).as_bytes());
+                ex.resp.extend_from_slice(part);
+                ex.resp.extend_from_slice(b"\r\n");
+            }
+            ex.resp.extend_from_slice(b"0\r\nX-Checksum: abc\r\n\r\n");
+            ex.resp_body = body.clone();
+        }
+        // Chunked request.
+        3 => {
+            ex.method = "PUT";
+            ex.req = format!(
+                "PUT {path} HTTP/1.1\r\nHost: api.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            .into_bytes();
+            for part in body.chunks(40) {
+                ex.req
+                    .extend_from_slice(format!("{:X}\r\n", part.len()).as_bytes());
+                ex.req.extend_from_slice(part);
+                ex.req.extend_from_slice(b"\r\n");
+            }
+            ex.req.extend_from_slice(b"0\r\n\r\n");
+            ex.req_body = body.clone();
+            ex.status = 204;
+            ex.resp = b"HTTP/1.1 204 No Content\r\n\r\n".to_vec();
+        }
+        // Gzip response.
+        4 => {
+            let z = gzip(&body);
+            ex.req = format!(
+                "GET {path} HTTP/1.1\r\nHost: api.example\r\nAccept-Encoding: gzip\r\n\r\n"
+            )
+            .into_bytes();
+            ex.resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+                z.len()
+            )
+            .into_bytes();
+            ex.resp.extend_from_slice(&z);
+            ex.resp_bytes = z.len() as u64;
+            ex.resp_body = body.clone();
+        }
+        // 100-continue.
+        5 => {
+            let rb = body.clone();
+            ex.method = "POST";
+            ex.req = format!("POST {path} HTTP/1.1\r\nHost: api.example\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", rb.len()).into_bytes();
+            ex.req_late_body = rb.clone();
+            ex.req_body = rb;
+            ex.interim = Some(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec());
+            ex.status = 201;
+            ex.resp = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}".to_vec();
+            ex.resp_body = b"{}".to_vec();
+        }
+        // HEAD: a Content-Length but no body.
+        6 => {
+            ex.method = "HEAD";
+            ex.req = format!("HEAD {path} HTTP/1.1\r\nHost: api.example\r\n\r\n").into_bytes();
+            ex.resp = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n".to_vec();
+        }
+        // 304.
+        7 => {
+            ex.req =
+                format!("GET {path} HTTP/1.1\r\nHost: api.example\r\nIf-None-Match: \"x\"\r\n\r\n")
+                    .into_bytes();
+            ex.status = 304;
+            ex.resp = b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n".to_vec();
+        }
+        // DELETE with 204.
+        _ => {
+            ex.method = "DELETE";
+            ex.req = format!("DELETE {path} HTTP/1.1\r\nHost: api.example\r\n\r\n").into_bytes();
+            ex.status = 204;
+            ex.resp = b"HTTP/1.1 204 No Content\r\n\r\n".to_vec();
+        }
+    }
+    if last_close {
+        // Close-delimited response: no length, the server's FIN ends it.
+        ex.method = "GET";
+        ex.status = 200;
+        ex.req = format!("GET {path} HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n\r\n")
+            .into_bytes();
+        ex.req_late_body.clear();
+        ex.req_body.clear();
+        ex.interim = None;
+        ex.query = "";
+        ex.resp = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+        ex.resp.extend_from_slice(&body);
+        ex.resp_body = body.clone();
+        ex.resp_bytes = 0;
+    }
+    ex.req_bytes = (ex.req_body.len()) as u64;
+    if ex.resp_bytes == 0 {
+        ex.resp_bytes = ex.resp_body.len() as u64;
+    }
+    ex
+}
+
+/// A tiny deterministic generator for segmentation and shuffling.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+}
+
+struct Burst {
+    to_server: bool,
+    data: Vec<u8>,
+    ts: u64,
+}
+
+/// The bursts of a connection carrying `exs`, with each exchange's request time and response
+/// time.
+fn bursts(exs: &[Ex], pipelined: bool) -> (Vec<Burst>, Vec<(u64, u64)>) {
+    let mut out = Vec::new();
+    let mut times = Vec::new();
+    if pipelined {
+        let t = T0 + 10 * MS;
+        let mut reqs = Vec::new();
+        let mut resps = Vec::new();
+        for ex in exs {
+            reqs.extend_from_slice(&ex.req);
+            reqs.extend_from_slice(&ex.req_late_body);
+            if let Some(i) = &ex.interim {
+                resps.extend_from_slice(i);
+            }
+            resps.extend_from_slice(&ex.resp);
+            times.push((t, t + MS));
+        }
+        out.push(Burst {
+            to_server: true,
+            data: reqs,
+            ts: t,
+        });
+        out.push(Burst {
+            to_server: false,
+            data: resps,
+            ts: t + MS,
+        });
+    } else {
+        for (i, ex) in exs.iter().enumerate() {
+            let t = T0 + (10 + 2 * i as u64) * MS;
+            out.push(Burst {
+                to_server: true,
+                data: ex.req.clone(),
+                ts: t,
+            });
+            if let Some(interim) = &ex.interim {
+                out.push(Burst {
+                    to_server: false,
+                    data: interim.clone(),
+                    ts: t + 100_000,
+                });
+            }
+            if !ex.req_late_body.is_empty() {
+                out.push(Burst {
+                    to_server: true,
+                    data: ex.req_late_body.clone(),
+                    ts: t + 200_000,
+                });
+            }
+            out.push(Burst {
+                to_server: false,
+                data: ex.resp.clone(),
+                ts: t + 500_000,
+            });
+            times.push((t, t + 500_000));
+        }
+    }
+    (out, times)
+}
+
+/// The segments of the connection: each burst cut at random points, plus random retransmitted
+/// ranges; then (beyond the handshake) shuffled and with duplicates.
+fn segments(
+    bursts: &[Burst],
+    close_by: Option<bool>,
+    seed: u64,
+    shuffle: bool,
+    dups: usize,
+) -> Vec<Segment> {
+    let mut rng = Rng(seed | 1);
+    let (c, s) = addrs();
+    let mut conv = Conversation::open(c, s, T0);
+    let mut extra = Vec::new();
+    for b in bursts {
+        let n = rng.below(6);
+        let cuts: Vec<usize> = (0..n).map(|_| rng.below(b.data.len())).collect();
+        let start = conv.segments.len();
+        conv.send(b.to_server, &b.data, &cuts, b.ts);
+        // A retransmission spanning two neighbouring segments.
+        if conv.segments.len() - start >= 2 && rng.below(2) == 0 {
+            let i = start + rng.below(conv.segments.len() - start - 1);
+            let (a, b2) = (&conv.segments[i], &conv.segments[i + 1]);
+            let mut merged = a.clone();
+            let mut p = a.payload.to_vec();
+            p.extend_from_slice(&b2.payload);
+            merged.wire_len = p.len() as u32;
+            merged.payload = p.into();
+            extra.push(merged);
+        }
+    }
+    let t_end = bursts.last().map_or(T0, |b| b.ts) + MS;
+    if let Some(client_first) = close_by {
+        conv.fin(client_first, t_end);
+        conv.fin(!client_first, t_end);
+    }
+    let mut segs = conv.segments;
+    let mut tail: Vec<Segment> = segs.split_off(3);
+    tail.extend(extra);
+    if shuffle {
+        for i in (1..tail.len()).rev() {
+            let j = rng.below(i + 1);
+            tail.swap(i, j);
+        }
+    }
+    for _ in 0..dups {
+        if tail.is_empty() {
+            break;
+        }
+        let from = rng.below(tail.len());
+        let to = rng.below(tail.len() + 1);
+        let d = tail[from].clone();
+        tail.insert(to, d);
+    }
+    segs.extend(tail);
+    segs
+}
+
+fn check(out: &[Transaction], exs: &[Ex], times: &[(u64, u64)]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        out.len(),
+        exs.len(),
+        "transactions: {:?}",
+        out.iter().map(|t| t.to_json()).collect::<Vec<_>>()
+    );
+    for ((t, ex), (tq, tr)) in out.iter().zip(exs).zip(times) {
+        prop_assert_eq!(t.method(), ex.method);
+        prop_assert_eq!(t.path(), ex.path.as_str());
+        prop_assert_eq!(t.query(), ex.query);
+        prop_assert_eq!(t.host(), Some("api.example"));
+        prop_assert_eq!(t.status(), Some(ex.status), "{}", t.to_json());
+        prop_assert_eq!(t.req_bytes, ex.req_bytes);
+        prop_assert_eq!(t.resp_bytes, ex.resp_bytes, "{}", t.to_json());
+        prop_assert_eq!(&t.req_body, &ex.req_body);
+        prop_assert_eq!(&t.resp_body, &ex.resp_body);
+        prop_assert_eq!(t.ts_ns, *tq);
+        prop_assert_eq!(t.resp_ts_ns, Some(*tr));
+        prop_assert!(t.req_complete && t.resp_complete);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Any segmentation, reordering and duplication of a connection's segments yields the same
+    /// transactions.
+    #[test]
+    fn any_segmentation_reordering_and_duplication_gives_the_same_transactions(
+        kinds in prop::collection::vec(0u8..9, 1..7),
+        pipelined in any::<bool>(),
+        close_delimited in any::<bool>(),
+        client_fin_first in any::<bool>(),
+        seed in any::<u64>(),
+        shuffle in any::<bool>(),
+        dups in 0usize..6,
+    ) {
+        let n = kinds.len();
+        let exs: Vec<Ex> = kinds
+            .iter()
+            // Pipelined clients do not wait for 100 Continue.
+            .map(|k| if pipelined && k % 9 == 5 { 1 } else { *k })
+            .enumerate()
+            .map(|(i, k)| exchange(k, i, close_delimited && i == n - 1))
+            .collect();
+        let (bs, times) = bursts(&exs, pipelined);
+        let segs = segments(&bs, Some(client_fin_first), seed, shuffle, dups);
+        let out = run(segs);
+        check(&out, &exs, &times)?;
+    }
+}
+
+#[test]
+fn every_kind_in_order_and_one_segment_each() {
+    let exs: Vec<Ex> = (0..9).map(|k| exchange(k, k as usize, k == 8)).collect();
+    let (bs, times) = bursts(&exs, false);
+    let segs = segments(&bs, Some(true), 7, false, 0);
+    let out = run(segs);
+    check(&out, &exs, &times).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&out[0].to_json()).unwrap();
+    assert_eq!(j["ts"], "2023-11-14T22:13:20.010000Z");
+    assert_eq!(j["src_ip"], "198.18.0.100");
+    assert_eq!(j["dst_port"], 8080);
+    assert_eq!(j["query"], "page=2&size=10");
+    assert_eq!(j["latency_ms"], 0.5);
+    assert!(j["principal"].is_null());
+    assert_eq!(out[4].resp_decoded, Decoded::Yes);
+    assert_eq!(
+        out[2].resp_trailers.as_ref().unwrap().header("x-checksum"),
+        Some("abc")
+    );
+}
+
+fn conn() -> Conversation {
+    let (c, s) = addrs();
+    Conversation::open(c, s, T0)
+}
+
+#[test]
+fn malformed_requests_resync_on_the_next_request_line() {
+    let mut c = conn();
+    c.send(true, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\x01\x02 nonsense\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n", &[], T0 + MS);
+    c.send(false, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb", &[], T0 + 2 * MS);
+    let (out, st) = run_with(c.segments, PipelineSettings::default());
+    let got: Vec<(&str, Option<u16>)> = out.iter().map(|t| (t.path(), t.status())).collect();
+    // The garbage's 400 pairs with the placeholder of the lost request and is discarded.
+    assert_eq!(got, vec![("/a", Some(200)), ("/b", Some(200))]);
+    assert_eq!(st.http.malformed, 1);
+    assert_eq!(st.http.unpaired_responses, 1);
+}
+
+#[test]
+fn a_gap_inside_a_body_keeps_the_stream_in_sync() {
+    let mut c = conn();
+    c.send(
+        true,
+        b"POST /up HTTP/1.1\r\nContent-Length: 100\r\n\r\n0123456789",
+        &[],
+        T0 + MS,
+    );
+    c.lose(true, 80);
+    c.send(
+        true,
+        b"0123456789GET /next HTTP/1.1\r\n\r\n",
+        &[],
+        T0 + 2 * MS,
+    );
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        &[],
+        T0 + 3 * MS,
+    );
+    let (out, st) = run_with(c.segments, PipelineSettings::default());
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].req_bytes, 100);
+    assert!(!out[0].req_complete);
+    assert_eq!(out[0].req_body, b"0123456789");
+    assert_eq!(out[1].path(), "/next");
+    assert!(out[1].req_complete);
+    assert_eq!(st.reassembly.gaps, 1);
+}
+
+#[test]
+fn a_gap_in_a_head_loses_that_message_only() {
+    let mut c = conn();
+    c.send(true, b"GET /one HTTP/1.1\r\n\r\nGET /tw", &[], T0 + MS);
+    c.lose(true, 20);
+    c.send(true, b"\r\nGET /three HTTP/1.1\r\n\r\n", &[], T0 + 2 * MS);
+    c.send(false, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1HTTP/1.1 201 OK\r\nContent-Length: 1\r\n\r\n2HTTP/1.1 202 OK\r\nContent-Length: 1\r\n\r\n3", &[], T0 + 3 * MS);
+    let (out, st) = run_with(c.segments, PipelineSettings::default());
+    let got: Vec<(&str, Option<u16>)> = out.iter().map(|t| (t.path(), t.status())).collect();
+    assert_eq!(got, vec![("/one", Some(200)), ("/three", Some(202))]);
+    assert_eq!(st.http.lost_messages, 1);
+}
+
+#[test]
+fn responses_wait_for_their_requests() {
+    let mut c = conn();
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+        &[],
+        T0 + 2 * MS,
+    );
+    c.send(true, b"HEAD /h HTTP/1.1\r\n\r\n", &[], T0 + MS);
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        &[],
+        T0 + 3 * MS,
+    );
+    // The HEAD request's response has no body, though it says 5: the next response follows.
+    let mut segs = c.segments.clone();
+    segs.swap(3, 4);
+    c.send(true, b"GET /g HTTP/1.1\r\n\r\n", &[], T0 + 2 * MS);
+    segs.push(c.segments.last().unwrap().clone());
+    let out = run(segs);
+    assert_eq!(out.len(), 2);
+    assert_eq!((out[0].method(), out[0].resp_bytes), ("HEAD", 0));
+    assert_eq!(
+        (out[1].path(), out[1].resp_body.as_slice()),
+        ("/g", &b"ok"[..])
+    );
+}
+
+#[test]
+fn unanswered_requests_are_emitted_when_the_flow_ends() {
+    let mut c = conn();
+    c.send(
+        true,
+        b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        &[],
+        T0 + MS,
+    );
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf",
+        &[],
+        T0 + 2 * MS,
+    );
+    c.rst(false, T0 + 3 * MS);
+    let (out, st) = run_with(c.segments, PipelineSettings::default());
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].status(), Some(200));
+    assert!(!out[0].resp_complete);
+    assert_eq!(out[0].resp_bytes, 4);
+    assert_eq!(out[1].status(), None);
+    assert_eq!(out[1].latency_ms(), None);
+    assert_eq!(st.http.unanswered, 1);
+    let j: serde_json::Value = serde_json::from_str(&out[1].to_json()).unwrap();
+    assert!(j["status"].is_null() && j["latency_ms"].is_null());
+}
+
+#[test]
+fn upgrades_end_http_on_the_connection() {
+    let mut c = conn();
+    c.send(
+        true,
+        b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello",
+        &[],
+        T0 + MS,
+    );
+    c.send(
+        false,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi",
+        &[],
+        T0 + 2 * MS,
+    );
+    let (out, st) = run_with(c.segments, PipelineSettings::default());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].status(), Some(101));
+    assert_eq!(st.http.upgrades, 1);
+    assert_eq!(st.http.malformed, 0);
+}
+
+#[test]
+fn non_http_flows_are_abandoned() {
+    let mut c = conn();
+    let tls: Vec<u8> = (0..200_000u32)
+        .map(|i| (i * 7 % 251) as u8 | 0x80)
+        .collect();
+    c.send_mss(true, &tls, 1448, T0 + MS);
+    let (out, st) = run_with(c.segments, PipelineSettings::default());
+    assert!(out.is_empty());
+    assert_eq!(st.http.abandoned, 1);
+}
+
+#[test]
+fn ambiguous_lengths_are_malformed() {
+    let mut c = conn();
+    c.send(true, b"POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!\r\nGET /b HTTP/1.1\r\n\r\n", &[], T0 + MS);
+    c.send(false, b"HTTP/1.1 400 Bad\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", &[], T0 + 2 * MS);
+    let (out, st) = run_with(c.segments, PipelineSettings::default());
+    assert_eq!(st.http.malformed, 1);
+    assert_eq!(out.iter().map(|t| t.path()).collect::<Vec<_>>(), vec!["/b"]);
+    // Transfer-Encoding wins over Content-Length.
+    let mut c = conn();
+    c.send(true, b"POST /c HTTP/1.1\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", &[], T0 + MS);
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        &[],
+        T0 + 2 * MS,
+    );
+    let out = run(c.segments);
+    assert_eq!(out[0].req_body, b"abc");
+}
+
+#[test]
+fn bodies_are_capped_and_decoding_stops_at_the_cap() {
+    let big = vec![b'a'; 5_000_000];
+    let z = gzip(&big);
+    let mut resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+        z.len()
+    )
+    .into_bytes();
+    resp.extend_from_slice(&z);
+    let mut c = conn();
+    c.send(true, b"GET /bomb HTTP/1.1\r\n\r\n", &[], T0 + MS);
+    c.send_mss(false, &resp, 1448, T0 + 2 * MS);
+    let mut settings = PipelineSettings::default();
+    settings.http.body_cap = 1000;
+    let out = run_with(c.segments, settings).0;
+    assert_eq!(out[0].resp_body.len(), 1000);
+    assert_eq!(out[0].resp_decoded, Decoded::Capped);
+    assert_eq!(out[0].resp_bytes, z.len() as u64);
+    assert!(out[0].resp_complete);
+}
+
+#[test]
+fn deflate_and_broken_gzip() {
+    let mut zl = flate2::write::ZlibEncoder::new(Vec::new(), Compression::default());
+    zl.write_all(b"{\"ok\":true}").unwrap();
+    let zl = zl.finish().unwrap();
+    let mut c = conn();
+    c.send(
+        true,
+        b"GET /d HTTP/1.1\r\n\r\nGET /e HTTP/1.1\r\n\r\n",
+        &[],
+        T0 + MS,
+    );
+    let mut r = format!(
+        "HTTP/1.1 200 OK\r\nContent-Encoding: deflate\r\nContent-Length: {}\r\n\r\n",
+        zl.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(&zl);
+    r.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nnope",
+    );
+    c.send(false, &r, &[], T0 + 2 * MS);
+    let (out, st) = run_with(c.segments, PipelineSettings::default());
+    assert_eq!(out[0].resp_body, b"{\"ok\":true}");
+    assert_eq!(out[1].resp_decoded, Decoded::Failed);
+    assert_eq!(st.http.decode_failures, 1);
+}
+
+#[test]
+fn absolute_targets_give_host_and_path() {
+    let mut c = conn();
+    c.send(
+        true,
+        b"GET http://api.example:8080/v1/x?y=1 HTTP/1.1\r\n\r\n",
+        &[],
+        T0 + MS,
+    );
+    c.send(
+        false,
+        b"HTTP/1.0 200 OK\r\n\r\nbody until close",
+        &[],
+        T0 + 2 * MS,
+    );
+    c.fin(false, T0 + 3 * MS);
+    let out = run(c.segments);
+    assert_eq!(
+        (out[0].host(), out[0].path(), out[0].query()),
+        (Some("api.example:8080"), "/v1/x", "y=1")
+    );
+    assert_eq!(out[0].resp_body, b"body until close");
+}
+
+#[test]
+fn too_many_pending_requests_give_the_oldest_up() {
+    let mut c = conn();
+    let mut reqs = Vec::new();
+    for i in 0..100 {
+        reqs.extend_from_slice(format!("GET /{i} HTTP/1.1\r\n\r\n").as_bytes());
+    }
+    c.send(true, &reqs, &[], T0 + MS);
+    let mut settings = PipelineSettings::default();
+    settings.http.max_pending = 10;
+    let mut p = Pipeline::new(settings);
+    for s in c.segments {
+        p.push(s);
+    }
+    assert_eq!(p.drain().count(), 90);
+    p.finish();
+    assert_eq!(p.drain().count(), 10);
+}

@@ -1,0 +1,159 @@
+//! `sentinel replay`: a pcap or pcapng file through the same pipeline as live capture.
+
+use std::{io::Write as _, path::Path};
+
+use serde::Serialize;
+
+use crate::{
+    capture::{CaptureReader, CaptureStats, PcapError},
+    cli::{CliError, ReplayArgs},
+    http::Transaction,
+    pipeline::{Pipeline, PipelineSettings, PipelineStats},
+};
+
+/// What a replay saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReplaySummary {
+    /// The capture file.
+    pub capture: CaptureStats,
+    /// Reassembly and HTTP.
+    #[serde(flatten)]
+    pub pipeline: PipelineStats,
+}
+
+/// Why a replay stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The file could not be opened or is not a capture.
+    #[error("{0}")]
+    Open(PcapError),
+    /// The file is damaged part way; everything before the damage was replayed.
+    #[error("{source}")]
+    Damaged {
+        /// What was wrong, with its offset.
+        source: PcapError,
+        /// What was replayed before it.
+        summary: Box<ReplaySummary>,
+    },
+    /// The sink failed (e.g. a closed pipe).
+    #[error("writing output: {0}")]
+    Output(std::io::Error),
+}
+
+/// Replays `path`, handing each transaction to `sink` as it completes. On a damaged file, the
+/// flows are closed and their transactions emitted before the error is returned.
+pub fn replay(
+    path: &Path,
+    settings: PipelineSettings,
+    sink: impl FnMut(Transaction) -> std::io::Result<()>,
+) -> Result<ReplaySummary, ReplayError> {
+    replay_with(path, settings, None, sink)
+}
+
+/// [`replay`], cutting every payload to `snap_len` bytes first when given.
+pub fn replay_with(
+    path: &Path,
+    settings: PipelineSettings,
+    snap_len: Option<usize>,
+    mut sink: impl FnMut(Transaction) -> std::io::Result<()>,
+) -> Result<ReplaySummary, ReplayError> {
+    let mut reader = CaptureReader::open(path).map_err(ReplayError::Open)?;
+    let mut pipe = Pipeline::new(settings);
+    let mut damage = None;
+    loop {
+        match reader.next_segment() {
+            Ok(Some(mut seg)) => {
+                if let Some(n) = snap_len
+                    && seg.payload.len() > n
+                {
+                    seg.payload.truncate(n);
+                }
+                pipe.push(seg);
+                if pipe.has_output() {
+                    for t in pipe.drain() {
+                        sink(t).map_err(ReplayError::Output)?;
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                damage = Some(e);
+                break;
+            }
+        }
+    }
+    pipe.finish();
+    for t in pipe.drain() {
+        sink(t).map_err(ReplayError::Output)?;
+    }
+    let summary = ReplaySummary {
+        capture: reader.stats().clone(),
+        pipeline: pipe.stats(),
+    };
+    match damage {
+        Some(source) => Err(ReplayError::Damaged {
+            source,
+            summary: Box::new(summary),
+        }),
+        None => Ok(summary),
+    }
+}
+
+/// The pipeline limits `sentinel replay` was given.
+pub fn settings(args: &ReplayArgs) -> PipelineSettings {
+    let mut s = PipelineSettings::default();
+    s.http.body_cap = args.body_cap;
+    s.reassembly.mem_cap = args.mem_cap;
+    s.reassembly.flow_cap = args.flow_cap;
+    s.reassembly.idle_timeout_ns = args.idle_timeout.as_nanos().min(u64::MAX as u128) as u64;
+    s
+}
+
+/// `sentinel replay`: prints one JSON line per transaction on stdout. A file that cannot be
+/// read, or is damaged part way, is bad input (exit 2), after what it held was printed.
+pub fn command(args: &ReplayArgs) -> Result<(), CliError> {
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, out.lock());
+    let mut line = Vec::with_capacity(512);
+    let path = args.file.display().to_string();
+    let result = replay_with(&args.file, settings(args), args.snap_len, |t| {
+        line.clear();
+        serde_json::to_writer(&mut line, &t.record()).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        out.write_all(&line)
+    });
+    let flushed = out.flush();
+    let summary = match result {
+        Ok(s) => s,
+        Err(ReplayError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            return Ok(());
+        }
+        Err(ReplayError::Output(e)) => {
+            return Err(CliError::runtime(format!("writing output: {e}")));
+        }
+        Err(ReplayError::Open(e)) => {
+            return Err(CliError::input(match e {
+                PcapError::Open { .. } => e.to_string(),
+                other => format!("{path}: {other}"),
+            }));
+        }
+        Err(ReplayError::Damaged { source, summary }) => {
+            if args.stats {
+                eprintln!("{}", serde_json::to_string(&summary).expect("serialisable"));
+            }
+            return Err(CliError::input(format!(
+                "{path}: {source}; the {} transaction(s) before it were printed",
+                summary.pipeline.http.transactions
+            )));
+        }
+    };
+    if let Err(e) = flushed
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(CliError::runtime(format!("writing output: {e}")));
+    }
+    if args.stats {
+        eprintln!("{}", serde_json::to_string(&summary).expect("serialisable"));
+    }
+    Ok(())
+}
