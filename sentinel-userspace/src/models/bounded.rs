@@ -1,0 +1,482 @@
+//! Bounded state for the detectors: a map with a hard capacity and idle expiry, windows and
+//! decaying counters driven by observation timestamps (never the wall clock, so a replay gives the
+//! same alerts every time).
+//!
+//! [`BoundedMap`] keys are 64-bit hashes ([`key_of`]): a principal's name is hashed once per
+//! observation and never stored by the map, which keeps an entry at `size_of::<V>() + 16` bytes in
+//! the slot vector plus about 14 bytes in the index (`u64` key, `u32` slot, one control byte, load
+//! factor 7/8). Collisions are negligible at the sizes involved (1M keys of 64 bits: about
+//! 3e-8 for any pair to collide).
+//!
+//! Eviction when full is approximate LRU by sampling (as Redis does): five slots drawn by a seeded
+//! generator, the least recently touched goes. It is O(1), needs no linked list (16 more bytes per
+//! entry) and is deterministic for a given input.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher},
+};
+
+/// Nanoseconds per second.
+pub const NS: u64 = 1_000_000_000;
+
+/// Seconds (configuration) to nanoseconds.
+pub fn secs(s: f64) -> u64 {
+    (s.max(0.0) * NS as f64) as u64
+}
+
+/// A stable 64-bit hash (SipHash with fixed keys: the same in every run of one build).
+pub fn key_of<T: Hash + ?Sized>(t: &T) -> u64 {
+    let mut h = DefaultHasher::new();
+    t.hash(&mut h);
+    h.finish()
+}
+
+/// A stable hash of two parts (for composite keys such as principal and endpoint).
+pub fn key2<A: Hash + ?Sized, B: Hash + ?Sized>(a: &A, b: &B) -> u64 {
+    let mut h = DefaultHasher::new();
+    a.hash(&mut h);
+    b.hash(&mut h);
+    h.finish()
+}
+
+/// Hasher for keys that already are hashes.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+struct Slot<V> {
+    key: u64,
+    last_ns: u64,
+    value: V,
+}
+
+/// A map from hashed keys to `V` with at most `cap` entries; entries idle for longer than
+/// `idle_ns` are dropped by [`BoundedMap::sweep`].
+pub struct BoundedMap<V> {
+    index: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
+    slots: Vec<Slot<V>>,
+    cap: usize,
+    idle_ns: u64,
+    rng: u64,
+    cursor: usize,
+    /// Entries dropped because the map was full.
+    pub evicted: u64,
+    /// Entries dropped because they were idle.
+    pub expired: u64,
+}
+
+impl<V> BoundedMap<V> {
+    /// A map of at most `cap` (at least 1) entries.
+    pub fn new(cap: usize, idle_ns: u64) -> Self {
+        Self {
+            index: HashMap::default(),
+            slots: Vec::new(),
+            cap: cap.clamp(1, u32::MAX as usize),
+            idle_ns,
+            rng: 0x2545_f491_4f6c_dd1d,
+            cursor: 0,
+            evicted: 0,
+            expired: 0,
+        }
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Capacity.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// The value for `key`, without touching it.
+    pub fn get(&self, key: u64) -> Option<&V> {
+        self.index.get(&key).map(|&i| &self.slots[i as usize].value)
+    }
+
+    /// The value for `key`, mutable, without touching it.
+    pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
+        let i = *self.index.get(&key)?;
+        Some(&mut self.slots[i as usize].value)
+    }
+
+    /// The value for `key`, created by `init` when absent (evicting an old entry when full);
+    /// marks it used at `now_ns`.
+    pub fn entry(&mut self, key: u64, now_ns: u64, init: impl FnOnce() -> V) -> &mut V {
+        let i = match self.index.get(&key) {
+            Some(&i) => i as usize,
+            None => {
+                if self.slots.len() >= self.cap {
+                    self.evict_one();
+                }
+                self.slots.push(Slot {
+                    key,
+                    last_ns: now_ns,
+                    value: init(),
+                });
+                let i = self.slots.len() - 1;
+                self.index.insert(key, i as u32);
+                i
+            }
+        };
+        let s = &mut self.slots[i];
+        s.last_ns = s.last_ns.max(now_ns);
+        &mut s.value
+    }
+
+    fn next_rand(&mut self) -> u64 {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn evict_one(&mut self) {
+        let n = self.slots.len();
+        if n == 0 {
+            return;
+        }
+        let mut victim = (self.next_rand() % n as u64) as usize;
+        for _ in 0..4 {
+            let c = (self.next_rand() % n as u64) as usize;
+            if self.slots[c].last_ns < self.slots[victim].last_ns {
+                victim = c;
+            }
+        }
+        self.remove_at(victim);
+        self.evicted += 1;
+    }
+
+    fn remove_at(&mut self, i: usize) -> V {
+        let s = self.slots.swap_remove(i);
+        self.index.remove(&s.key);
+        if i < self.slots.len() {
+            let moved = self.slots[i].key;
+            self.index.insert(moved, i as u32);
+        }
+        s.value
+    }
+
+    /// Removes `key`.
+    pub fn remove(&mut self, key: u64) -> Option<V> {
+        let i = *self.index.get(&key)?;
+        Some(self.remove_at(i as usize))
+    }
+
+    /// Visits up to `budget` entries from where the last sweep stopped, dropping those idle for
+    /// longer than the idle time; `visit` sees every visited entry that stays (key, value, last
+    /// use). Call it from a periodic tick: the whole map is covered every `len / budget` ticks.
+    pub fn sweep(&mut self, now_ns: u64, budget: usize, mut visit: impl FnMut(u64, &mut V, u64)) {
+        let mut seen = 0;
+        let budget = budget.min(self.slots.len());
+        while seen < budget && !self.slots.is_empty() {
+            if self.cursor >= self.slots.len() {
+                self.cursor = 0;
+            }
+            let i = self.cursor;
+            if now_ns.saturating_sub(self.slots[i].last_ns) > self.idle_ns {
+                // The last slot moves into `i`: look at `i` again next.
+                self.remove_at(i);
+                self.expired += 1;
+            } else {
+                let s = &mut self.slots[i];
+                visit(s.key, &mut s.value, s.last_ns);
+                self.cursor += 1;
+            }
+            seen += 1;
+        }
+    }
+
+    /// Iterates over (key, value).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &V)> {
+        self.slots.iter().map(|s| (s.key, &s.value))
+    }
+
+    /// Bytes held by the map itself (slots and index, at their allocated capacity); values'
+    /// own heap allocations are not included.
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.capacity() * size_of::<Slot<V>>()
+            + self.index.capacity() * (size_of::<(u64, u32)>() + 1)
+    }
+}
+
+/// A sliding-window count over two tumbling buckets: the estimate for "the last `w`" is the
+/// current bucket plus the previous one weighted by how much of it still overlaps the window.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Window {
+    start_ns: u64,
+    cur: u32,
+    prev: u32,
+}
+
+impl Window {
+    fn roll(&mut self, now_ns: u64, w: u64) {
+        if now_ns < self.start_ns + w {
+            return;
+        }
+        let buckets = (now_ns - self.start_ns) / w;
+        self.prev = if buckets == 1 { self.cur } else { 0 };
+        self.cur = 0;
+        self.start_ns += buckets * w;
+    }
+
+    /// Adds `n` at `now_ns`; `w` is the window length.
+    pub fn add(&mut self, now_ns: u64, w: u64, n: u32) {
+        if self.start_ns == 0 {
+            self.start_ns = now_ns;
+        }
+        self.roll(now_ns, w);
+        self.cur = self.cur.saturating_add(n);
+    }
+
+    /// The count over the last `w` at `now_ns`.
+    pub fn count(&self, now_ns: u64, w: u64) -> f64 {
+        let mut c = *self;
+        c.roll(now_ns, w);
+        let into = (now_ns.saturating_sub(c.start_ns) as f64 / w.max(1) as f64).min(1.0);
+        c.cur as f64 + c.prev as f64 * (1.0 - into).max(0.0)
+    }
+
+    /// Where the current bucket started (0 before the first add).
+    pub fn start_ns(&self) -> u64 {
+        self.start_ns
+    }
+}
+
+/// An exponentially decaying sum: every `half_life` the past weighs half as much.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Decay {
+    v: f32,
+    t_ns: u64,
+}
+
+impl Decay {
+    /// The value at `now_ns`.
+    pub fn value(&self, now_ns: u64, half_life_ns: u64) -> f64 {
+        let dt = now_ns.saturating_sub(self.t_ns) as f64;
+        f64::from(self.v) * (-dt / half_life_ns.max(1) as f64 * std::f64::consts::LN_2).exp()
+    }
+
+    /// Adds `x` at `now_ns` and returns the new value.
+    pub fn add(&mut self, now_ns: u64, half_life_ns: u64, x: f64) -> f64 {
+        let v = self.value(now_ns, half_life_ns) + x;
+        self.v = v as f32;
+        self.t_ns = self.t_ns.max(now_ns);
+        v
+    }
+}
+
+/// Exponentially weighted mean and variance.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ewm {
+    /// Mean.
+    pub mean: f32,
+    /// Variance.
+    pub var: f32,
+    /// Samples seen (saturating).
+    pub n: u16,
+}
+
+impl Ewm {
+    /// Adds a sample; the first `1/alpha` samples are averaged plainly so the start is unbiased.
+    pub fn add(&mut self, x: f64, alpha: f64) {
+        self.n = self.n.saturating_add(1);
+        let a = alpha.max(1.0 / f64::from(self.n));
+        let d = x - f64::from(self.mean);
+        let mean = f64::from(self.mean) + a * d;
+        let var = (1.0 - a) * (f64::from(self.var) + a * d * d);
+        self.mean = mean as f32;
+        self.var = var as f32;
+    }
+
+    /// Standard deviation.
+    pub fn std(&self) -> f64 {
+        f64::from(self.var).max(0.0).sqrt()
+    }
+}
+
+/// A small set of 32-bit fingerprints with a fixed number of slots; when full the oldest entry
+/// is replaced (ring order).
+#[derive(Clone, Copy, Debug)]
+pub struct SmallSet<const N: usize> {
+    items: [u32; N],
+    len: u8,
+    next: u8,
+}
+
+impl<const N: usize> Default for SmallSet<N> {
+    fn default() -> Self {
+        Self {
+            items: [0; N],
+            len: 0,
+            next: 0,
+        }
+    }
+}
+
+impl<const N: usize> SmallSet<N> {
+    /// True when present.
+    pub fn contains(&self, x: u32) -> bool {
+        self.items[..self.len as usize].contains(&x)
+    }
+
+    /// Inserts; returns true when it was new.
+    pub fn insert(&mut self, x: u32) -> bool {
+        if self.contains(x) {
+            return false;
+        }
+        if (self.len as usize) < N {
+            self.items[self.len as usize] = x;
+            self.len += 1;
+        } else {
+            self.items[self.next as usize] = x;
+            self.next = ((self.next as usize + 1) % N) as u8;
+        }
+        true
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Distinct-count estimate by linear counting over a 256-bit bitmap: exact-ish up to a few
+/// dozen, within about 10% up to a few hundred, 32 bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Distinct {
+    bits: [u64; 4],
+}
+
+impl Distinct {
+    /// Adds a hashed item; returns true when its bit was new (the item was surely not seen).
+    pub fn insert(&mut self, h: u64) -> bool {
+        // Mix so that hashes differing only in high bits spread.
+        let b = (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 56;
+        let (w, bit) = ((b >> 6) as usize, 1u64 << (b & 63));
+        let new = self.bits[w] & bit == 0;
+        self.bits[w] |= bit;
+        new
+    }
+
+    /// Estimated distinct items.
+    pub fn estimate(&self) -> f64 {
+        let set: u32 = self.bits.iter().map(|w| w.count_ones()).sum();
+        let zero = 256 - set;
+        if zero == 0 {
+            // Saturated: at least this many.
+            return 256.0 * (256f64).ln();
+        }
+        -256.0 * (f64::from(zero) / 256.0).ln()
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.bits = [0; 4];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_map_never_exceeds_its_capacity_and_keeps_recent_entries() {
+        let mut m = BoundedMap::new(100, u64::MAX);
+        for i in 0..10_000u64 {
+            *m.entry(i, i, || 0u32) += 1;
+            // A hot key touched all the time survives.
+            *m.entry(u64::MAX, i, || 0u32) += 1;
+        }
+        assert_eq!(m.len(), 100);
+        assert_eq!(m.evicted, 9_901);
+        assert_eq!(*m.get(u64::MAX).unwrap(), 10_000);
+        // Recent keys are mostly there, old ones mostly gone.
+        let recent = (9_950..10_000).filter(|k| m.get(*k).is_some()).count();
+        let old = (0..5_000).filter(|k| m.get(*k).is_some()).count();
+        assert!(recent > 25 && old < 5, "recent {recent} old {old}");
+        for (k, _) in m.iter() {
+            assert_eq!(
+                *m.index.get(&k).unwrap() as usize,
+                m.iter().position(|(x, _)| x == k).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn idle_entries_are_swept() {
+        let mut m = BoundedMap::new(1000, 10);
+        for i in 0..50u64 {
+            m.entry(i, i, || ());
+        }
+        let mut visited = 0;
+        m.sweep(55, 1000, |_, _, _| visited += 1);
+        // Keys 0..=44 were idle for more than 10.
+        assert_eq!(m.len(), 5);
+        assert_eq!(visited, 5);
+        assert_eq!(m.expired, 45);
+        assert!(m.get(49).is_some() && m.get(3).is_none());
+    }
+
+    #[test]
+    fn windows_slide_and_decays_halve() {
+        let w = 10 * NS;
+        let mut c = Window::default();
+        for i in 0..10 {
+            c.add(NS + i * NS, w, 1);
+        }
+        assert!((c.count(10 * NS, w) - 10.0).abs() < 1e-9);
+        // Half-way into the next bucket half the previous one counts.
+        assert!((c.count(16 * NS, w) - 5.0).abs() < 1e-9);
+        assert_eq!(c.count(40 * NS, w), 0.0);
+        let mut d = Decay::default();
+        d.add(0, NS, 8.0);
+        assert!((d.value(NS, NS) - 4.0).abs() < 1e-4);
+        assert!((d.add(2 * NS, NS, 1.0) - 3.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn small_sets_and_distinct_counts() {
+        let mut s = SmallSet::<3>::default();
+        assert!(s.insert(1) && s.insert(2) && !s.insert(1) && s.insert(3));
+        assert!(s.insert(4));
+        assert!(!s.contains(1) && s.contains(4) && s.len() == 3);
+        let mut d = Distinct::default();
+        for i in 0..100u64 {
+            d.insert(key_of(&i));
+        }
+        let e = d.estimate();
+        assert!((85.0..115.0).contains(&e), "{e}");
+        let mut e1 = Ewm::default();
+        for x in [1.0, 2.0, 3.0] {
+            e1.add(x, 0.01);
+        }
+        assert!((e1.mean - 2.0).abs() < 1e-6, "{}", e1.mean);
+    }
+}

@@ -1,0 +1,177 @@
+//! `[models]`: the detectors' settings. Every field has a default (written beside it); unknown
+//! keys are rejected. Times are seconds (`*_s`), distances kilometres, speeds km/h.
+//!
+//! ```toml
+//! [models]
+//! cooldown_s = 300          # repeats of one alert (kind + subject) suppressed this long
+//! max_principals = 1000000  # state kept per principal is bounded by this (LRU beyond)
+//! idle_s = 1209600          # principals silent for 14 days are forgotten
+//!
+//! [models.geo]
+//! max_speed_kmh = 1000
+//! min_distance_km = 500
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    behavior, credential, engine::ModelsError, enumeration, exposure, geo, injection, rate, token,
+};
+
+/// `[models]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Seconds during which a repeat of an alert (same kind, same subject) is suppressed unless it
+    /// is more severe. Default 300.
+    pub cooldown_s: f64,
+    /// Principals (and sources, accounts, credentials, each in its own map) tracked at most;
+    /// the least recently seen are evicted beyond. Default 1,000,000 (see the README for memory).
+    pub max_principals: usize,
+    /// Seconds of silence after which a principal's state is forgotten. Default 1,209,600 (14 d).
+    pub idle_s: f64,
+    /// Endpoint templates (suffixes) that are logins: a 401 or 403 there is a failed login even
+    /// when no username could be read. Default `/login`, `/signin`, `/auth/login`, `/api/login`,
+    /// `/oauth/token`, `/session`.
+    pub login_endpoints: Vec<String>,
+    /// Behaviour profiles and `behavior_anomaly`.
+    pub behavior: behavior::Config,
+    /// Learned rate limits and `rate_anomaly`.
+    pub rate: rate::Config,
+    /// `brute_force` and `credential_stuffing`.
+    pub credential: credential::Config,
+    /// `new_country` and `impossible_travel`.
+    pub geo: geo::Config,
+    /// `sql_injection`, `xss` and `path_traversal`.
+    pub injection: injection::Config,
+    /// `data_exposure`.
+    pub exposure: exposure::Config,
+    /// `token_reuse` and `jwt_weakness`.
+    pub token: token::Config,
+    /// `enumeration` and `scraping`.
+    pub enumeration: enumeration::Config,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            cooldown_s: 300.0,
+            max_principals: 1_000_000,
+            idle_s: 14.0 * 86_400.0,
+            login_endpoints: [
+                "/login",
+                "/signin",
+                "/auth/login",
+                "/api/login",
+                "/oauth/token",
+                "/session",
+            ]
+            .map(String::from)
+            .to_vec(),
+            behavior: Default::default(),
+            rate: Default::default(),
+            credential: Default::default(),
+            geo: Default::default(),
+            injection: Default::default(),
+            exposure: Default::default(),
+            token: Default::default(),
+            enumeration: Default::default(),
+        }
+    }
+}
+
+/// Collects range checks.
+pub struct Checker {
+    prefix: &'static str,
+    error: Option<ModelsError>,
+}
+
+impl Checker {
+    /// Checks below `[models.<prefix>]` (empty: `[models]` itself).
+    pub fn new(prefix: &'static str) -> Self {
+        Self {
+            prefix,
+            error: None,
+        }
+    }
+
+    /// Records `message` against `field` unless `ok`.
+    pub fn check(&mut self, field: &str, ok: bool, message: &str) -> &mut Self {
+        if !ok && self.error.is_none() {
+            let field = if self.prefix.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{}.{field}", self.prefix)
+            };
+            self.error = Some(ModelsError::Invalid {
+                field,
+                message: message.to_owned(),
+            });
+        }
+        self
+    }
+
+    /// A strictly positive finite number.
+    pub fn positive(&mut self, field: &str, v: f64) -> &mut Self {
+        self.check(field, v.is_finite() && v > 0.0, "must be a positive number")
+    }
+
+    /// A number in `[0, 1]`.
+    pub fn unit(&mut self, field: &str, v: f64) -> &mut Self {
+        self.check(field, (0.0..=1.0).contains(&v), "must be between 0 and 1")
+    }
+
+    /// The first failure.
+    pub fn finish(&mut self) -> Result<(), ModelsError> {
+        self.error.take().map_or(Ok(()), Err)
+    }
+}
+
+impl ModelsConfig {
+    /// Checks every range.
+    pub fn validate(&self) -> Result<(), ModelsError> {
+        Checker::new("")
+            .check(
+                "cooldown_s",
+                self.cooldown_s.is_finite() && self.cooldown_s >= 0.0,
+                "must be zero or more",
+            )
+            .check(
+                "max_principals",
+                self.max_principals > 0,
+                "must be at least 1",
+            )
+            .positive("idle_s", self.idle_s)
+            .finish()?;
+        self.behavior.validate()?;
+        self.rate.validate()?;
+        self.credential.validate()?;
+        self.geo.validate()?;
+        self.injection.validate()?;
+        self.exposure.validate()?;
+        self.token.validate()?;
+        self.enumeration.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_round_trip() {
+        let d = ModelsConfig::default();
+        d.validate().unwrap();
+        let text = toml::to_string(&d).unwrap();
+        let back: ModelsConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, d);
+        let empty: ModelsConfig = toml::from_str("").unwrap();
+        assert_eq!(empty, d);
+    }
+
+    #[test]
+    fn unknown_keys_in_sections_are_errors() {
+        let e = toml::from_str::<ModelsConfig>("[credential]\nbrute_force_scor = 3\n").unwrap_err();
+        assert!(e.to_string().contains("brute_force_scor"), "{e}");
+    }
+}

@@ -1,0 +1,635 @@
+//! Credential attacks from login attempts: `brute_force` (many failures for one account, or from
+//! one source) and `credential_stuffing` (many accounts from one source, or from one client
+//! fingerprint spread over sources, with few successes).
+//!
+//! Failures are weighted by how little they look like an honest mistake, so that an attack is
+//! named within a few attempts while a user mistyping a password a few times is not:
+//! 1 per failure, +1 from a country the account never logged in from, +1 from an automated client
+//! (a user agent of a scripting library or tool, or none), +0.5 within `rapid_interval_s` of the
+//! previous failure on the same key, +0.5 for an account that never logged in successfully.
+//! Weighted sums are kept over a sliding `window_s` per account, per source and per
+//! fingerprint (user-agent family + request header names in order).
+//!
+//! The reference case (a Riyadh account, then 500 attempts in 3 minutes from Hanoi with a script)
+//! scores 3 + 3.5 + 3.5 after three attempts and is raised at the third, about 0.7 s in; a user
+//! with three wrong passwords from home scores 3.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{
+    AlertKind, Severity,
+    bounded::{BoundedMap, NS, SmallSet, Window, key_of, key2, secs},
+    config::Checker,
+    engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, subject},
+    profile::cc,
+};
+
+/// `[models.credential]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// On or off. Default on.
+    pub enabled: bool,
+    /// Sliding window of failures, seconds. Default 600.
+    pub window_s: f64,
+    /// Weighted failures on one account (or from one source on few accounts) that make a brute
+    /// force. Default 8.
+    pub brute_force_score: f64,
+    /// Plain failures needed as well. Default 3.
+    pub min_failures: u32,
+    /// Distinct accounts failing from one source that make credential stuffing. Default 3.
+    pub stuffing_min_accounts: u32,
+    /// Weighted failures from that source needed as well. Default 5.5.
+    pub stuffing_score: f64,
+    /// Stuffing only while the source's logins succeed at most this often. Default 0.2.
+    pub stuffing_max_success_ratio: f64,
+    /// Failures sharing one client fingerprint (over any sources) that make distributed
+    /// stuffing, with at least `stuffing_min_accounts` x 3 accounts and 3 sources. Default 20.
+    pub fingerprint_min_failures: u32,
+    /// Failure ratio of that fingerprint needed as well. Default 0.8.
+    pub fingerprint_min_failure_ratio: f64,
+    /// Two failures closer than this are scripted rather than typed, seconds. Default 2.
+    pub rapid_interval_s: f64,
+    /// User-agent substrings (lower case) of automated clients. Default: common HTTP libraries
+    /// and attack tools.
+    pub automation_agents: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window_s: 600.0,
+            brute_force_score: 8.0,
+            min_failures: 3,
+            stuffing_min_accounts: 3,
+            stuffing_score: 5.5,
+            stuffing_max_success_ratio: 0.2,
+            fingerprint_min_failures: 20,
+            fingerprint_min_failure_ratio: 0.8,
+            rapid_interval_s: 2.0,
+            automation_agents: [
+                "python-requests",
+                "python-urllib",
+                "aiohttp",
+                "httpx",
+                "curl/",
+                "wget/",
+                "go-http-client",
+                "java/",
+                "apache-httpclient",
+                "libwww-perl",
+                "scrapy",
+                "hydra",
+                "sqlmap",
+                "nikto",
+                "zgrab",
+                "masscan",
+                "headlesschrome",
+                "phantomjs",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+impl Config {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), ModelsError> {
+        Checker::new("credential")
+            .positive("window_s", self.window_s)
+            .positive("brute_force_score", self.brute_force_score)
+            .check("min_failures", self.min_failures > 0, "must be at least 1")
+            .check(
+                "stuffing_min_accounts",
+                self.stuffing_min_accounts > 1,
+                "must be at least 2",
+            )
+            .positive("stuffing_score", self.stuffing_score)
+            .unit(
+                "stuffing_max_success_ratio",
+                self.stuffing_max_success_ratio,
+            )
+            .check(
+                "fingerprint_min_failures",
+                self.fingerprint_min_failures > 0,
+                "must be at least 1",
+            )
+            .unit(
+                "fingerprint_min_failure_ratio",
+                self.fingerprint_min_failure_ratio,
+            )
+            .positive("rapid_interval_s", self.rapid_interval_s)
+            .finish()
+    }
+}
+
+/// Weighted counts are kept in tenths in integer windows.
+const SCALE: f64 = 10.0;
+
+#[derive(Clone, Copy, Default)]
+struct AccountState {
+    fails: Window,
+    score: Window,
+    last_fail_ns: u64,
+    first_fail_ns: u64,
+    sources: SmallSet<4>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct SourceState {
+    attempts: Window,
+    fails: Window,
+    successes: Window,
+    score: Window,
+    new_accounts: Window,
+    accounts: SmallSet<8>,
+    last_fail_ns: u64,
+    first_fail_ns: u64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct FingerprintState {
+    attempts: Window,
+    fails: Window,
+    new_accounts: Window,
+    accounts: SmallSet<16>,
+    sources: SmallSet<8>,
+}
+
+/// The detector.
+pub struct CredentialDetector {
+    cfg: Config,
+    window: u64,
+    rapid: u64,
+    accounts: BoundedMap<AccountState>,
+    sources: BoundedMap<SourceState>,
+    fingerprints: BoundedMap<FingerprintState>,
+}
+
+/// A fingerprint of the client software: user-agent family and the request header names in
+/// order (lower case).
+pub fn fingerprint(ctx: &Ctx<'_>) -> u64 {
+    let mut h = u64::from(ctx.ua_family);
+    for (n, _) in &ctx.obs.req_headers {
+        h = key2(&h, &n.to_ascii_lowercase());
+    }
+    h
+}
+
+impl CredentialDetector {
+    /// A detector keeping at most `cap` accounts, sources and fingerprints each.
+    pub fn new(cfg: &Config, cap: usize) -> Self {
+        let window = secs(cfg.window_s);
+        Self {
+            cfg: cfg.clone(),
+            window,
+            rapid: secs(cfg.rapid_interval_s),
+            accounts: BoundedMap::new(cap, 2 * window),
+            sources: BoundedMap::new(cap, 2 * window),
+            fingerprints: BoundedMap::new(cap / 16 + 16, 2 * window),
+        }
+    }
+
+    fn automated(&self, ua: Option<&str>) -> bool {
+        match ua {
+            None => true,
+            Some(ua) => {
+                let ua = ua.to_ascii_lowercase();
+                ua.trim().is_empty() || self.cfg.automation_agents.iter().any(|a| ua.contains(a))
+            }
+        }
+    }
+}
+
+impl Detector for CredentialDetector {
+    fn name(&self) -> &'static str {
+        "credential"
+    }
+
+    fn observe(&mut self, ctx: &Ctx<'_>, out: &mut Vec<Detection>) {
+        if !ctx.is_login {
+            return;
+        }
+        let o = ctx.obs;
+        let now = o.ts_ns;
+        let w = self.window;
+        let username = o.login.as_ref().map(|l| l.username.as_str());
+        let account_key = username.map(key_of);
+        let src_key = subject::source(o.client_ip);
+        let fp = fingerprint(ctx);
+        let automated = self.automated(o.user_agent.as_deref());
+        let country = cc(ctx.country);
+        // The account's profile is the profile of `user:<name>` (logins are keyed so).
+        let known_countries = ctx.profile.map(|p| p.country_list()).unwrap_or_default();
+        let new_country = match (ctx.profile, country) {
+            (Some(p), Some(c)) => p.last_country_ns() > 0 && !p.knows_country(c),
+            _ => false,
+        };
+        let unknown_account = username.is_some() && ctx.profile.is_none();
+
+        let src = self.sources.entry(src_key, now, SourceState::default);
+        src.attempts.add(now, w, 1);
+        let fps = self.fingerprints.entry(fp, now, FingerprintState::default);
+        fps.attempts.add(now, w, 1);
+        fps.sources.insert(src_key as u32);
+
+        if !ctx.login_failed {
+            src.successes.add(now, w, 1);
+            // A success right after a run of failures on this account from this source.
+            if let Some(k) = account_key
+                && let Some(a) = self.accounts.get_mut(k)
+            {
+                let fails = a.fails.count(now, w);
+                if fails >= f64::from(self.cfg.min_failures)
+                    && a.sources.contains(src_key as u32)
+                    && a.score.count(now, w) / SCALE >= self.cfg.brute_force_score
+                {
+                    let alert = ctx.alert(
+                        AlertKind::BruteForce,
+                        Severity::Critical,
+                        1.0,
+                        format!(
+                            "Login for account {} succeeded from {} in {} after {} failed attempts in the last {} s: the password was likely guessed.",
+                            username.unwrap_or("?"),
+                            o.client_ip,
+                            ctx.place(),
+                            fails.round(),
+                            self.cfg.window_s
+                        ),
+                        evidence([
+                            ("failures", json!(fails.round())),
+                            ("window_s", json!(self.cfg.window_s)),
+                            ("succeeded", json!(true)),
+                            ("account_countries", json!(known_countries)),
+                        ]),
+                    );
+                    out.push(Detection {
+                        alert,
+                        subject: subject::named("account", k),
+                    });
+                    *a = AccountState::default();
+                }
+            }
+            return;
+        }
+
+        // A failure: weigh it.
+        let mut weight = 1.0;
+        if new_country {
+            weight += 1.0;
+        }
+        if automated {
+            weight += 1.0;
+        }
+        if unknown_account {
+            weight += 0.5;
+        }
+        let src_rapid = src.last_fail_ns > 0 && now.saturating_sub(src.last_fail_ns) < self.rapid;
+        let src_weight = weight + if src_rapid { 0.5 } else { 0.0 };
+        src.fails.add(now, w, 1);
+        src.score.add(now, w, (src_weight * SCALE) as u32);
+        if src.first_fail_ns == 0 || now.saturating_sub(src.last_fail_ns) > w {
+            src.first_fail_ns = now;
+        }
+        src.last_fail_ns = now;
+        fps.fails.add(now, w, 1);
+        if let Some(k) = account_key {
+            if src.accounts.insert(k as u32) {
+                src.new_accounts.add(now, w, 1);
+            }
+            if fps.accounts.insert(k as u32) {
+                fps.new_accounts.add(now, w, 1);
+            }
+        }
+        let src = *src;
+        let fps = *fps;
+        let ua = o.user_agent.as_deref().unwrap_or("none");
+
+        let mut account_fired = false;
+        if let Some(k) = account_key {
+            let a = self.accounts.entry(k, now, AccountState::default);
+            let rapid = a.last_fail_ns > 0 && now.saturating_sub(a.last_fail_ns) < self.rapid;
+            let aw = weight + if rapid { 0.5 } else { 0.0 };
+            if a.first_fail_ns == 0 || now.saturating_sub(a.last_fail_ns) > w {
+                a.first_fail_ns = now;
+            }
+            a.fails.add(now, w, 1);
+            a.score.add(now, w, (aw * SCALE) as u32);
+            a.last_fail_ns = now;
+            a.sources.insert(src_key as u32);
+            let fails = a.fails.count(now, w);
+            let score = a.score.count(now, w) / SCALE;
+            if fails >= f64::from(self.cfg.min_failures) && score >= self.cfg.brute_force_score {
+                account_fired = true;
+                let span = (now - a.first_fail_ns) as f64 / NS as f64;
+                let mut why = Vec::new();
+                if new_country {
+                    why.push(format!(
+                        "a country the account never logged in from (known: {})",
+                        known_countries.join(", ")
+                    ));
+                }
+                if automated {
+                    why.push(format!("an automated client ({ua})"));
+                }
+                if rapid {
+                    why.push("attempts seconds apart".to_owned());
+                }
+                let context = if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", why.join(", "))
+                };
+                let severity = if fails >= 4.0 * f64::from(self.cfg.min_failures) {
+                    Severity::Critical
+                } else {
+                    Severity::High
+                };
+                let alert = ctx.alert(
+                    AlertKind::BruteForce,
+                    severity,
+                    (score / (2.0 * self.cfg.brute_force_score)).max(0.7),
+                    format!(
+                        "{} failed logins for account {} in {:.1} s, the last from {} in {}{}.",
+                        fails.round(),
+                        username.unwrap_or("?"),
+                        span,
+                        o.client_ip,
+                        ctx.place(),
+                        context
+                    ),
+                    evidence([
+                        ("failures", json!(fails.round())),
+                        ("window_s", json!(self.cfg.window_s)),
+                        ("span_s", json!(r2(span))),
+                        ("weighted_score", json!(r2(score))),
+                        ("threshold", json!(self.cfg.brute_force_score)),
+                        ("new_country", json!(new_country)),
+                        ("account_countries", json!(known_countries)),
+                        ("automated_client", json!(automated)),
+                        ("user_agent", json!(ua)),
+                        ("sources", json!(a.sources.len())),
+                    ]),
+                );
+                out.push(Detection {
+                    alert,
+                    subject: subject::named("account", k),
+                });
+            }
+        }
+
+        let src_fails = src.fails.count(now, w);
+        let src_score = src.score.count(now, w) / SCALE;
+        let distinct = src.new_accounts.count(now, w);
+        let attempts = src.attempts.count(now, w).max(1.0);
+        let success_ratio = src.successes.count(now, w) / attempts;
+        if distinct >= f64::from(self.cfg.stuffing_min_accounts)
+            && src_score >= self.cfg.stuffing_score
+            && success_ratio <= self.cfg.stuffing_max_success_ratio
+        {
+            let span = (now - src.first_fail_ns) as f64 / NS as f64;
+            let alert = ctx.alert(
+                AlertKind::CredentialStuffing,
+                if distinct >= 20.0 {
+                    Severity::Critical
+                } else {
+                    Severity::High
+                },
+                (src_score / (2.0 * self.cfg.stuffing_score)).max(0.7),
+                format!(
+                    "{} different accounts tried from {} in {} within {:.1} s, {} failures and {:.0}% successes ({ua}).",
+                    distinct.round(),
+                    o.client_ip,
+                    ctx.place(),
+                    span,
+                    src_fails.round(),
+                    success_ratio * 100.0
+                ),
+                evidence([
+                    ("accounts", json!(distinct.round())),
+                    ("failures", json!(src_fails.round())),
+                    ("attempts", json!(attempts.round())),
+                    ("success_ratio", json!(r2(success_ratio))),
+                    ("weighted_score", json!(r2(src_score))),
+                    ("threshold", json!(self.cfg.stuffing_score)),
+                    ("min_accounts", json!(self.cfg.stuffing_min_accounts)),
+                    ("window_s", json!(self.cfg.window_s)),
+                    ("user_agent", json!(ua)),
+                ]),
+            );
+            out.push(Detection {
+                alert,
+                subject: src_key,
+            });
+        } else if !account_fired
+            && src_fails >= f64::from(self.cfg.min_failures)
+            && src_score >= self.cfg.brute_force_score
+            && success_ratio <= self.cfg.stuffing_max_success_ratio
+        {
+            let span = (now - src.first_fail_ns) as f64 / NS as f64;
+            let alert = ctx.alert(
+                AlertKind::BruteForce,
+                Severity::High,
+                (src_score / (2.0 * self.cfg.brute_force_score)).max(0.7),
+                format!(
+                    "{} failed logins from {} in {} within {:.1} s on {} account(s) ({ua}).",
+                    src_fails.round(),
+                    o.client_ip,
+                    ctx.place(),
+                    span,
+                    distinct.round().max(1.0)
+                ),
+                evidence([
+                    ("failures", json!(src_fails.round())),
+                    ("accounts", json!(distinct.round())),
+                    ("weighted_score", json!(r2(src_score))),
+                    ("threshold", json!(self.cfg.brute_force_score)),
+                    ("window_s", json!(self.cfg.window_s)),
+                    ("user_agent", json!(ua)),
+                ]),
+            );
+            out.push(Detection {
+                alert,
+                subject: src_key,
+            });
+        }
+
+        // Distributed stuffing: one client fingerprint, many sources and accounts, mostly failing.
+        let fp_fails = fps.fails.count(now, w);
+        let fp_attempts = fps.attempts.count(now, w).max(1.0);
+        let fp_accounts = fps.new_accounts.count(now, w);
+        if fp_fails >= f64::from(self.cfg.fingerprint_min_failures)
+            && fp_fails / fp_attempts >= self.cfg.fingerprint_min_failure_ratio
+            && fp_accounts >= 3.0 * f64::from(self.cfg.stuffing_min_accounts)
+            && fps.sources.len() >= 3
+        {
+            let alert = ctx.alert(
+                AlertKind::CredentialStuffing,
+                Severity::High,
+                0.8,
+                format!(
+                    "{} failed logins on {} accounts from {} or more addresses sharing one client fingerprint ({ua}) in the last {} s.",
+                    fp_fails.round(),
+                    fp_accounts.round(),
+                    fps.sources.len(),
+                    self.cfg.window_s
+                ),
+                evidence([
+                    ("failures", json!(fp_fails.round())),
+                    ("failure_ratio", json!(r2(fp_fails / fp_attempts))),
+                    ("accounts", json!(fp_accounts.round())),
+                    ("sources", json!(fps.sources.len())),
+                    ("fingerprint", json!(format!("{:016x}", fp))),
+                    ("user_agent", json!(ua)),
+                ]),
+            );
+            out.push(Detection {
+                alert,
+                subject: subject::named("fingerprint", fp),
+            });
+        }
+    }
+
+    fn tick(&mut self, now_ns: u64, _out: &mut Vec<Detection>) {
+        self.accounts.sweep(now_ns, 4096, |_, _, _| {});
+        self.sources.sweep(now_ns, 4096, |_, _, _| {});
+        self.fingerprints.sweep(now_ns, 1024, |_, _, _| {});
+    }
+
+    fn tracked(&self) -> usize {
+        self.accounts.len() + self.sources.len() + self.fingerprints.len()
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.accounts.memory_bytes()
+            + self.sources.memory_bytes()
+            + self.fingerprints.memory_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::models::{AlertKind, Engine, ModelsConfig, synth::*};
+
+    fn history(e: &mut Engine, user: &str, ip: &str, days: u64) {
+        for d in 0..days {
+            for h in [8u64, 20] {
+                let t = T0 + d * 86_400 * S + h * 3600 * S;
+                e.observe(&login(
+                    t,
+                    ip,
+                    user,
+                    true,
+                    "BankApp/4.2.1 (iPhone; iOS 18.1)",
+                ));
+                let tok = issued_token(user, t);
+                e.observe(&with_token(obs(t + 2 * S, ip, "/balance"), &tok));
+            }
+        }
+    }
+
+    #[test]
+    fn the_reference_case_is_named_within_a_second_with_the_country() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        history(&mut e, "layla", "192.0.2.44", 5);
+        let start = T0 + 5 * 86_400 * S + 23 * 3600 * S;
+        let mut first = None;
+        let mut kinds = Vec::new();
+        for i in 0..500u64 {
+            let t = start + i * (180 * S / 500);
+            for a in e.observe(&login(
+                t,
+                "203.0.113.10",
+                "layla",
+                false,
+                "python-requests/2.31",
+            )) {
+                first.get_or_insert((t - start, a.clone()));
+                kinds.push(a.kind);
+            }
+        }
+        let (dt, a) = first.expect("alerted");
+        assert!(dt <= S, "first alert after {} ms", dt / 1_000_000);
+        assert_eq!(a.kind, AlertKind::BruteForce);
+        assert_eq!(a.country.as_deref(), Some("VN"));
+        assert!(a.explanation.contains("VN (Hanoi)"), "{}", a.explanation);
+        assert!(a.explanation.contains("known: SA"), "{}", a.explanation);
+        assert_eq!(a.principal.as_deref(), Some("user:layla"));
+        assert!(!kinds.contains(&AlertKind::CredentialStuffing));
+        // De-duplicated: a handful of alerts, not 500.
+        assert!(kinds.len() < 10, "{kinds:?}");
+    }
+
+    #[test]
+    fn honest_mistakes_and_office_nat_are_not_attacks() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let ua = "Mozilla/5.0 (X11; Linux x86_64) Chrome/130.0 Safari/537.36";
+        let mut alerts = Vec::new();
+        for u in 0..40u64 {
+            let user = format!("user{u}");
+            let t = T0 + u * 20 * S;
+            // Two wrong passwords, then the right one, from the shared office address.
+            alerts.extend(e.observe(&login(t, "192.0.2.10", &user, false, ua)));
+            alerts.extend(e.observe(&login(t + 6 * S, "192.0.2.10", &user, false, ua)));
+            alerts.extend(e.observe(&login(t + 14 * S, "192.0.2.10", &user, true, ua)));
+        }
+        assert!(alerts.is_empty(), "{alerts:?}");
+    }
+
+    #[test]
+    fn stuffing_from_one_source_is_caught_within_a_second() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let start = T0;
+        let mut first = None;
+        for i in 0..300u64 {
+            let t = start + i * 400_000_000;
+            let user = format!("victim-{i}");
+            for a in e.observe(&login(t, "198.51.100.20", &user, false, "Mozilla/5.0")) {
+                if a.kind == AlertKind::CredentialStuffing {
+                    first.get_or_insert(t - start);
+                }
+            }
+        }
+        assert!(first.expect("stuffing") <= S);
+    }
+
+    #[test]
+    fn distributed_stuffing_shares_a_fingerprint() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut kinds = Vec::new();
+        for i in 0..200u64 {
+            // A new address every 2 attempts: per-source counts stay low.
+            let ip = format!("198.51.100.{}", 10 + i / 2);
+            let user = format!("someone{i}");
+            let t = T0 + i * 3 * S;
+            kinds.extend(
+                e.observe(&login(t, &ip, &user, false, "okhttp/4.9"))
+                    .into_iter()
+                    .map(|a| (a.kind, a.evidence.contains_key("fingerprint"))),
+            );
+        }
+        assert!(
+            kinds.contains(&(AlertKind::CredentialStuffing, true)),
+            "{kinds:?}"
+        );
+    }
+
+    #[test]
+    fn a_guessed_password_is_critical() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        history(&mut e, "omar", "192.0.2.50", 3);
+        let t = T0 + 4 * 86_400 * S;
+        for i in 0..10 {
+            e.observe(&login(t + i * S, "203.0.113.77", "omar", false, "curl/8.4"));
+        }
+        let a = e.observe(&login(t + 11 * S, "203.0.113.77", "omar", true, "curl/8.4"));
+        assert!(
+            a.iter().any(|a| a.kind == AlertKind::BruteForce
+                && a.severity == crate::models::Severity::Critical),
+            "{a:?}"
+        );
+    }
+}

@@ -1,0 +1,587 @@
+//! The engine: runs every detector over each observation in stream order, keeps the shared
+//! behaviour profiles, links credentials to the accounts that obtained them, and de-duplicates
+//! repeated alerts.
+//!
+//! Use: [`Engine::new`] from the `[models]` section, [`Engine::observe`] for every observation
+//! (in timestamp order; live capture and replay alike), [`Engine::tick`] now and then (every
+//! second of stream time is plenty) so that time-driven state closes and expires without new
+//! traffic. Every window and expiry is measured in observation time, so a replay of the same
+//! file gives the same alerts.
+//!
+//! De-duplication: an alert of the same kind about the same subject (the principal, source,
+//! credential or fingerprint the detector names) within `cooldown_s` is suppressed, unless it is
+//! more severe than the one that went out.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{
+    Action, Alert, AlertKind, Observation, Severity,
+    alert::rfc3339,
+    behavior::BehaviorDetector,
+    bounded::{BoundedMap, key_of, key2, secs},
+    config::ModelsConfig,
+    credential::CredentialDetector,
+    enumeration::EnumerationDetector,
+    exposure::ExposureDetector,
+    geo::GeoDetector,
+    injection::InjectionDetector,
+    profile::{Profile, ProfileSettings, Profiles, WindowSummary, ua_family},
+    rate::RateDetector,
+    token::TokenDetector,
+};
+use crate::enrich::principal::{PrincipalKind, short_hash};
+
+/// Why a models configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelsError {
+    /// A setting is out of range.
+    #[error("models.{field}: {message}")]
+    Invalid {
+        /// The setting (dotted path below `[models]`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// What a detector sees about one observation.
+pub struct Ctx<'a> {
+    /// The observation.
+    pub obs: &'a Observation,
+    /// The principal, display form.
+    pub principal: &'a str,
+    /// Key of the entity whose baseline applies: the account that obtained the credential (when
+    /// a login issuing it was seen), else the principal.
+    pub entity: u64,
+    /// The account the credential belongs to, when linked (`user:layla`).
+    pub account: Option<&'a str>,
+    /// The observation is evidence of the entity's own behaviour (see [`super::profile`]).
+    pub trusted: bool,
+    /// A login request (parsed or on a login endpoint).
+    pub is_login: bool,
+    /// A failed login (the enricher's verdict, or 401/403 on a login endpoint).
+    pub login_failed: bool,
+    /// The entity's profile before this observation.
+    pub profile: Option<&'a Profile>,
+    /// Country of the client address.
+    pub country: Option<&'a str>,
+    /// User-agent family ([`ua_family`]).
+    pub ua_family: u32,
+}
+
+impl Ctx<'_> {
+    /// An alert about this observation (action `alert`; the policy decides later).
+    pub fn alert(
+        &self,
+        kind: AlertKind,
+        severity: Severity,
+        score: f64,
+        explanation: String,
+        mut evidence: BTreeMap<String, Value>,
+    ) -> Alert {
+        if let Some(a) = self.account {
+            evidence.entry("account".into()).or_insert(json!(a));
+        }
+        make_alert(
+            self.obs.ts_ns,
+            kind,
+            severity,
+            score,
+            self.obs.client_ip.to_string(),
+            Some(self.principal.to_owned()),
+            Some(self.obs.endpoint.clone()),
+            self.country.map(str::to_owned),
+            explanation,
+            evidence,
+        )
+    }
+
+    /// Where the client is, for explanations: `VN (Hanoi)`, or `an unknown country`.
+    pub fn place(&self) -> String {
+        match &self.obs.geo {
+            Some(g) => match (&g.country, &g.city) {
+                (Some(c), Some(city)) => format!("{c} ({city})"),
+                (Some(c), None) => c.clone(),
+                _ => "an unknown country".into(),
+            },
+            None => "an unknown country".into(),
+        }
+    }
+}
+
+/// An alert (action `alert`; the policy decides later).
+#[expect(clippy::too_many_arguments, reason = "one field per alert field")]
+pub fn make_alert(
+    ts_ns: u64,
+    kind: AlertKind,
+    severity: Severity,
+    score: f64,
+    src_ip: String,
+    principal: Option<String>,
+    endpoint: Option<String>,
+    country: Option<String>,
+    explanation: String,
+    evidence: BTreeMap<String, Value>,
+) -> Alert {
+    Alert {
+        ts: rfc3339(ts_ns),
+        kind,
+        severity,
+        score: score.clamp(0.0, 1.0),
+        src_ip,
+        principal,
+        endpoint,
+        country,
+        action: Action::Alert,
+        explanation,
+        evidence,
+        ts_ns,
+        recommended_rate: None,
+    }
+}
+
+/// Evidence from name/value pairs.
+pub fn evidence<const N: usize>(pairs: [(&str, Value); N]) -> BTreeMap<String, Value> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// Rounds for evidence (two decimals).
+pub fn r2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// An alert and the subject it is about (for de-duplication).
+#[derive(Clone, Debug)]
+pub struct Detection {
+    /// The alert.
+    pub alert: Alert,
+    /// Hash of what the alert is about (principal, source, credential, fingerprint).
+    pub subject: u64,
+}
+
+/// Subject keys.
+pub mod subject {
+    use std::net::IpAddr;
+
+    use super::key2;
+
+    /// A client address.
+    pub fn source(ip: IpAddr) -> u64 {
+        key2("src", &ip)
+    }
+    /// An entity (principal or linked account) key.
+    pub fn entity(key: u64) -> u64 {
+        key2("ent", &key)
+    }
+    /// Any other named thing (credential hash, fingerprint, endpoint).
+    pub fn named(kind: &str, id: u64) -> u64 {
+        key2(kind, &id)
+    }
+}
+
+/// A streaming detector.
+pub trait Detector: Send {
+    /// Short name (for statistics).
+    fn name(&self) -> &'static str;
+    /// Looks at one observation (stream order) and pushes what it concludes.
+    fn observe(&mut self, ctx: &Ctx<'_>, out: &mut Vec<Detection>);
+    /// A principal's activity window closed (judged against its profile as it was).
+    fn on_window(
+        &mut self,
+        _summary: &WindowSummary,
+        _profile: &Profile,
+        _now_ns: u64,
+        _out: &mut Vec<Detection>,
+    ) {
+    }
+    /// Time passed without observations: expire state, raise time-driven alerts.
+    fn tick(&mut self, _now_ns: u64, _out: &mut Vec<Detection>) {}
+    /// Entries of per-key state held.
+    fn tracked(&self) -> usize;
+    /// Bytes of state held (estimate: allocated map capacity and fixed-size values).
+    fn memory_bytes(&self) -> usize;
+}
+
+/// Per-detector figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct DetectorStats {
+    /// Detector.
+    pub name: &'static str,
+    /// Entries held.
+    pub tracked: usize,
+    /// Bytes held.
+    pub memory_bytes: usize,
+}
+
+/// Engine figures (for `sentinel status` and the benchmark).
+#[derive(Clone, Debug, Serialize)]
+pub struct EngineStats {
+    /// Observations seen.
+    pub observations: u64,
+    /// Alerts emitted per kind.
+    pub alerts: BTreeMap<String, u64>,
+    /// Alerts suppressed as repeats.
+    pub suppressed: u64,
+    /// Profiles held.
+    pub profiles: usize,
+    /// Profiles evicted because the store was full, and because they were idle.
+    pub profile_evictions: (u64, u64),
+    /// Credentials linked to accounts.
+    pub links: usize,
+    /// Detectors.
+    pub detectors: Vec<DetectorStats>,
+    /// Bytes held by the engine in total (estimate).
+    pub memory_bytes: usize,
+}
+
+/// The engine.
+pub struct Engine {
+    cfg: ModelsConfig,
+    profiles: Profiles,
+    links: BoundedMap<Box<str>>,
+    detectors: Vec<Box<dyn Detector>>,
+    recent: BoundedMap<(u64, Severity)>,
+    cooldown_ns: u64,
+    scratch: Vec<Detection>,
+    swept: Vec<(WindowSummary, Profile)>,
+    observations: u64,
+    suppressed: u64,
+    emitted: BTreeMap<AlertKind, u64>,
+    last_tick_ns: u64,
+}
+
+/// JSON fields of a login response that carry the issued credential.
+const TOKEN_FIELDS: [&str; 5] = [
+    "token",
+    "access_token",
+    "id_token",
+    "session_token",
+    "sessionToken",
+];
+
+impl Engine {
+    /// An engine with every enabled detector of `cfg`.
+    pub fn new(cfg: &ModelsConfig) -> Result<Self, ModelsError> {
+        cfg.validate()?;
+        let idle = secs(cfg.idle_s);
+        let cap = cfg.max_principals;
+        let mut detectors: Vec<Box<dyn Detector>> = Vec::new();
+        if cfg.credential.enabled {
+            detectors.push(Box::new(CredentialDetector::new(&cfg.credential, cap)));
+        }
+        if cfg.rate.enabled {
+            detectors.push(Box::new(RateDetector::new(&cfg.rate, cap, idle)));
+        }
+        if cfg.geo.enabled {
+            detectors.push(Box::new(GeoDetector::new(&cfg.geo)));
+        }
+        if cfg.injection.enabled {
+            detectors.push(Box::new(InjectionDetector::new(&cfg.injection)));
+        }
+        if cfg.exposure.enabled {
+            detectors.push(Box::new(ExposureDetector::new(&cfg.exposure)));
+        }
+        if cfg.token.enabled {
+            detectors.push(Box::new(TokenDetector::new(&cfg.token, cap)));
+        }
+        if cfg.enumeration.enabled {
+            detectors.push(Box::new(EnumerationDetector::new(&cfg.enumeration, cap)));
+        }
+        if cfg.behavior.enabled {
+            detectors.push(Box::new(BehaviorDetector::new(&cfg.behavior)));
+        }
+        Ok(Self {
+            profiles: Profiles::new(
+                cap,
+                idle,
+                ProfileSettings {
+                    window_ns: secs(cfg.behavior.window_s),
+                    window_max_requests: cfg.behavior.window_max_requests,
+                    alpha: cfg.behavior.alpha,
+                },
+            ),
+            links: BoundedMap::new(cap, idle),
+            detectors,
+            recent: BoundedMap::new(cap, secs(cfg.cooldown_s).max(1)),
+            cooldown_ns: secs(cfg.cooldown_s),
+            scratch: Vec::new(),
+            swept: Vec::new(),
+            observations: 0,
+            suppressed: 0,
+            emitted: BTreeMap::new(),
+            last_tick_ns: 0,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ModelsConfig {
+        &self.cfg
+    }
+
+    fn is_login_endpoint(&self, endpoint: &str) -> bool {
+        let e = endpoint.trim_end_matches('/');
+        self.cfg
+            .login_endpoints
+            .iter()
+            .any(|l| e.ends_with(l.trim_end_matches('/')))
+    }
+
+    /// Runs every detector over `o` and returns the alerts that are not repeats.
+    pub fn observe(&mut self, o: &Observation) -> Vec<Alert> {
+        let mut out = Vec::new();
+        self.observe_into(o, &mut out);
+        out
+    }
+
+    /// [`Engine::observe`] appending to `out` (no allocation when nothing is raised).
+    pub fn observe_into(&mut self, o: &Observation, out: &mut Vec<Alert>) {
+        self.observations += 1;
+        let principal = o.principal.to_string();
+        let account: Option<Box<str>> = o
+            .credential
+            .as_deref()
+            .and_then(|c| self.links.get(key_of(c)).cloned());
+        let entity = key_of(account.as_deref().unwrap_or(&principal));
+        let is_login = o.login.is_some() || self.is_login_endpoint(&o.endpoint);
+        let refused = matches!(o.status, 401 | 403);
+        let login_failed = is_login && (refused || o.login.as_ref().is_some_and(|l| !l.success));
+        let trusted = match o.principal.kind {
+            PrincipalKind::Ip => !login_failed,
+            PrincipalKind::User => o.login.as_ref().is_some_and(|l| l.success) && !refused,
+            _ => !refused && !login_failed,
+        };
+        let mut dets = std::mem::take(&mut self.scratch);
+        dets.clear();
+        let closed = if trusted {
+            self.profiles.close_if_due(entity, o.ts_ns)
+        } else {
+            None
+        };
+        {
+            let ctx = Ctx {
+                obs: o,
+                principal: &principal,
+                entity,
+                account: account.as_deref(),
+                trusted,
+                is_login,
+                login_failed,
+                profile: self.profiles.get(entity),
+                country: o.geo.as_ref().and_then(|g| g.country.as_deref()),
+                ua_family: ua_family(o.user_agent.as_deref()),
+            };
+            if let (Some(s), Some(p)) = (&closed, ctx.profile) {
+                for d in &mut self.detectors {
+                    d.on_window(s, p, o.ts_ns, &mut dets);
+                }
+            }
+            for d in &mut self.detectors {
+                d.observe(&ctx, &mut dets);
+            }
+        }
+        if trusted {
+            let name = account.as_deref().unwrap_or(&principal).to_owned();
+            self.profiles.absorb(entity, &|| name.clone(), o);
+        }
+        if let Some(l) = &o.login
+            && l.success
+            && !refused
+        {
+            self.link(o, &l.username);
+        }
+        self.emit(&mut dets, out);
+        self.scratch = dets;
+    }
+
+    /// Remembers which account a credential issued by a successful login belongs to.
+    fn link(&mut self, o: &Observation, username: &str) {
+        let body = &o.resp_body;
+        if body.first() != Some(&b'{') || body.len() > 16 * 1024 {
+            return;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return;
+        };
+        for f in TOKEN_FIELDS {
+            if let Some(tok) = v.get(f).and_then(Value::as_str) {
+                let account = format!("user:{username}");
+                *self
+                    .links
+                    .entry(key_of(short_hash(tok).as_str()), o.ts_ns, || "".into()) =
+                    account.into();
+            }
+        }
+    }
+
+    fn emit(&mut self, dets: &mut Vec<Detection>, out: &mut Vec<Alert>) {
+        for d in dets.drain(..) {
+            let key = key2(&d.alert.kind, &d.subject);
+            let now = d.alert.ts_ns;
+            let cooldown = self.cooldown_ns;
+            let fresh = match self.recent.get(key) {
+                Some(&(t, sev)) => now.saturating_sub(t) >= cooldown || d.alert.severity > sev,
+                None => true,
+            };
+            if !fresh {
+                self.suppressed += 1;
+                continue;
+            }
+            *self.recent.entry(key, now, || (now, d.alert.severity)) = (now, d.alert.severity);
+            *self.emitted.entry(d.alert.kind).or_default() += 1;
+            out.push(d.alert);
+        }
+    }
+
+    /// Advances stream time to `now_ns` without an observation: closes activity windows that
+    /// are over (a burst that stopped is still judged), expires idle state, and returns what
+    /// that raised. Cheap to call often: each call visits a bounded slice of the state.
+    pub fn tick(&mut self, now_ns: u64) -> Vec<Alert> {
+        let mut out = Vec::new();
+        if now_ns < self.last_tick_ns {
+            return out;
+        }
+        self.last_tick_ns = now_ns;
+        let mut dets = std::mem::take(&mut self.scratch);
+        dets.clear();
+        let budget = (self.profiles.len() / 64).clamp(256, 65_536);
+        let mut swept = std::mem::take(&mut self.swept);
+        self.profiles.sweep(now_ns, budget, &mut swept);
+        for (s, p) in swept.drain(..) {
+            for d in &mut self.detectors {
+                d.on_window(&s, &p, now_ns, &mut dets);
+            }
+        }
+        self.swept = swept;
+        for d in &mut self.detectors {
+            d.tick(now_ns, &mut dets);
+        }
+        self.links.sweep(now_ns, budget, |_, _, _| {});
+        self.recent.sweep(now_ns, budget, |_, _, _| {});
+        self.emit(&mut dets, &mut out);
+        self.scratch = dets;
+        out
+    }
+
+    /// The profile of a principal (display form, or a linked account such as `user:layla`),
+    /// as JSON for `sentinel explain`.
+    pub fn explain(&self, principal: &str) -> Option<Value> {
+        let p = self.profiles.get(key_of(principal))?;
+        let top: Vec<usize> = {
+            let mut h: Vec<usize> = (0..24).collect();
+            h.sort_by_key(|i| std::cmp::Reverse(p.hours[*i]));
+            h.into_iter().take(3).filter(|i| p.hours[*i] > 0).collect()
+        };
+        Some(json!({
+            "principal": &*p.name,
+            "first_seen": rfc3339(p.first_ns),
+            "last_seen": rfc3339(p.last_ns),
+            "requests": p.requests,
+            "windows": p.windows,
+            "requests_per_window": r2(f64::from(p.rate.mean)),
+            "busiest_hours_utc": top,
+            "countries": p.country_list(),
+            "user_agents": p.uas.len(),
+            "last_ip": p.last_ip.to_string(),
+            "request_bytes": r2(f64::from(p.req_size.mean).exp2() - 1.0),
+            "response_bytes": r2(f64::from(p.resp_size.mean).exp2() - 1.0),
+        }))
+    }
+
+    /// Figures about the engine.
+    pub fn stats(&self) -> EngineStats {
+        let detectors: Vec<DetectorStats> = self
+            .detectors
+            .iter()
+            .map(|d| DetectorStats {
+                name: d.name(),
+                tracked: d.tracked(),
+                memory_bytes: d.memory_bytes(),
+            })
+            .collect();
+        let links_bytes =
+            self.links.memory_bytes() + self.links.iter().map(|(_, a)| a.len()).sum::<usize>();
+        EngineStats {
+            observations: self.observations,
+            alerts: self
+                .emitted
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), *v))
+                .collect(),
+            suppressed: self.suppressed,
+            profiles: self.profiles.len(),
+            profile_evictions: self.profiles.evictions(),
+            links: self.links.len(),
+            memory_bytes: self.profiles.memory_bytes()
+                + links_bytes
+                + self.recent.memory_bytes()
+                + detectors.iter().map(|d| d.memory_bytes).sum::<usize>(),
+            detectors,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::synth::*;
+
+    #[test]
+    fn repeats_are_suppressed_within_the_cooldown_unless_more_severe() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut n = 0;
+        for i in 0..10u64 {
+            let mut o = obs(T0 + i * S, "203.0.113.5", "/search");
+            o.query = "q=1%27%20OR%20%271%27%3D%271".into();
+            n += e
+                .observe(&o)
+                .iter()
+                .filter(|a| a.kind == AlertKind::SqlInjection)
+                .count();
+        }
+        assert_eq!(n, 1, "one alert per source within the cooldown");
+        assert!(e.stats().suppressed >= 9);
+        let mut o = obs(T0 + 400 * S, "203.0.113.5", "/search");
+        o.query = "q=1%27%20OR%20%271%27%3D%271".into();
+        assert_eq!(e.observe(&o).len(), 1, "after the cooldown it alerts again");
+    }
+
+    #[test]
+    fn credentials_are_linked_to_the_account_that_logged_in() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        e.observe(&login(T0, "192.0.2.5", "layla", true, "BankApp/4.2"));
+        let tok = issued_token("layla", T0);
+        e.observe(&with_token(obs(T0 + S, "192.0.2.5", "/balance"), &tok));
+        let x = e.explain("user:layla").expect("profile under the account");
+        assert_eq!(x["requests"], 2);
+        assert_eq!(x["countries"], json!(["SA"]));
+        assert_eq!(e.stats().links, 1);
+    }
+
+    #[test]
+    fn failed_logins_do_not_teach_the_account_profile() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        e.observe(&login(T0, "192.0.2.5", "layla", true, "BankApp/4.2"));
+        for i in 0..20 {
+            e.observe(&login(T0 + i * S, "203.0.113.9", "layla", false, "curl/8"));
+        }
+        let x = e.explain("user:layla").unwrap();
+        assert_eq!(x["countries"], json!(["SA"]));
+        assert_eq!(x["requests"], 1);
+    }
+
+    #[test]
+    fn bad_settings_are_rejected_with_their_name() {
+        let cfg: ModelsConfig = toml::from_str("cooldown_s = -1").unwrap();
+        let Err(e) = Engine::new(&cfg) else {
+            panic!("accepted")
+        };
+        assert!(e.to_string().contains("cooldown_s"), "{e}");
+        assert!(toml::from_str::<ModelsConfig>("coldown_s = 1").is_err());
+        let cfg: ModelsConfig = toml::from_str("[geo]\nmax_speed_kmh = 800\n").unwrap();
+        assert_eq!(cfg.geo.max_speed_kmh, 800.0);
+    }
+}

@@ -1,0 +1,401 @@
+//! Object-id walks and scraping.
+//!
+//! - `enumeration`: one principal on one endpoint template with a numeric `{id}` (or an `id`
+//!   query parameter) touches at least `min_distinct_ids` distinct ids within `window_s`, and
+//!   either walks them in order (a run of `min_run` steps of 1 to `max_step`) or covers their
+//!   range densely (distinct / (max - min + 1) >= `min_density`). A customer opening their own
+//!   accounts touches a handful of unrelated ids; a walker touches many neighbours.
+//! - `scraping`: one principal makes at least `scrape_min_requests` requests within
+//!   `scrape_window_s`, at least `scrape_min_distinct_ratio` of them to distinct resources, with
+//!   no sign of a normal client flow (a login seen for its credential, or one of the
+//!   `flow_endpoints`); with such a flow the request floor is `flow_factor` times higher.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{
+    AlertKind, Severity,
+    bounded::{BoundedMap, Distinct, key_of, key2, secs},
+    config::Checker,
+    engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, subject},
+};
+
+/// `[models.enumeration]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// On or off. Default on.
+    pub enabled: bool,
+    /// Window of an id walk, seconds. Default 120.
+    pub window_s: f64,
+    /// Distinct ids needed. Default 12.
+    pub min_distinct_ids: u32,
+    /// Sequential steps needed (or density). Default 8.
+    pub min_run: u16,
+    /// Largest id step that still counts as sequential. Default 3.
+    pub max_step: u64,
+    /// Share of the id range covered that counts as dense. Default 0.5.
+    pub min_density: f64,
+    /// Scraping window, seconds. Default 60.
+    pub scrape_window_s: f64,
+    /// Requests in that window. Default 40.
+    pub scrape_min_requests: u32,
+    /// Share of distinct resources among them. Default 0.8.
+    pub scrape_min_distinct_ratio: f64,
+    /// Request floor multiplier for principals with a normal client flow. Default 4.
+    pub flow_factor: f64,
+    /// Endpoint templates that belong to a normal client flow. Default `/login`, `/balance`.
+    pub flow_endpoints: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window_s: 120.0,
+            min_distinct_ids: 12,
+            min_run: 8,
+            max_step: 3,
+            min_density: 0.5,
+            scrape_window_s: 60.0,
+            scrape_min_requests: 40,
+            scrape_min_distinct_ratio: 0.8,
+            flow_factor: 4.0,
+            flow_endpoints: vec!["/login".into(), "/balance".into()],
+        }
+    }
+}
+
+impl Config {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), ModelsError> {
+        Checker::new("enumeration")
+            .positive("window_s", self.window_s)
+            .check(
+                "min_distinct_ids",
+                self.min_distinct_ids >= 2,
+                "must be at least 2",
+            )
+            .check("min_run", self.min_run >= 2, "must be at least 2")
+            .check("max_step", self.max_step >= 1, "must be at least 1")
+            .unit("min_density", self.min_density)
+            .positive("scrape_window_s", self.scrape_window_s)
+            .check(
+                "scrape_min_requests",
+                self.scrape_min_requests >= 2,
+                "must be at least 2",
+            )
+            .unit("scrape_min_distinct_ratio", self.scrape_min_distinct_ratio)
+            .check("flow_factor", self.flow_factor >= 1.0, "must be at least 1")
+            .finish()
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Walk {
+    start_ns: u64,
+    ids: Distinct,
+    distinct: u32,
+    last: u64,
+    min: u64,
+    max: u64,
+    run: u16,
+    max_run: u16,
+    errors: u16,
+    requests: u16,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Crawl {
+    start_ns: u64,
+    paths: Distinct,
+    requests: u32,
+    distinct: u32,
+    flow: bool,
+}
+
+/// The detector.
+pub struct EnumerationDetector {
+    cfg: Config,
+    window: u64,
+    scrape_window: u64,
+    walks: BoundedMap<Walk>,
+    crawls: BoundedMap<Crawl>,
+}
+
+/// The numeric object id of a request: the path segment under the template's last `{id}`, or an
+/// `id` query parameter.
+pub fn object_id(path: &str, endpoint: &str, query: &str) -> Option<u64> {
+    let t: Vec<&str> = endpoint.split('/').filter(|s| !s.is_empty()).collect();
+    if let Some(pos) = t.iter().rposition(|s| *s == "{id}") {
+        return path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .nth(pos)
+            .and_then(|s| s.parse().ok());
+    }
+    query.split('&').find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        (k == "id" || k.ends_with("_id")).then(|| v.parse().ok())?
+    })
+}
+
+impl EnumerationDetector {
+    /// A detector following at most `cap` (principal, endpoint) walks and principals.
+    pub fn new(cfg: &Config, cap: usize) -> Self {
+        let window = secs(cfg.window_s);
+        let scrape_window = secs(cfg.scrape_window_s);
+        Self {
+            cfg: cfg.clone(),
+            window,
+            scrape_window,
+            walks: BoundedMap::new(cap, 2 * window),
+            crawls: BoundedMap::new(cap, 2 * scrape_window),
+        }
+    }
+
+    fn walk(&mut self, ctx: &Ctx<'_>, id: u64, out: &mut Vec<Detection>) {
+        let o = ctx.obs;
+        let now = o.ts_ns;
+        let key = key2(&ctx.entity, o.endpoint.as_str());
+        let w = self.walks.entry(key, now, Walk::default);
+        if w.requests == 0 || now >= w.start_ns + self.window {
+            *w = Walk {
+                start_ns: now,
+                min: id,
+                max: id,
+                last: id,
+                ..Walk::default()
+            };
+        }
+        w.requests = w.requests.saturating_add(1);
+        if o.status >= 400 {
+            w.errors = w.errors.saturating_add(1);
+        }
+        if w.ids.insert(key_of(&id)) {
+            w.distinct += 1;
+        }
+        let step = id.abs_diff(w.last);
+        if w.requests > 1 && (1..=self.cfg.max_step).contains(&step) {
+            w.run += 1;
+            w.max_run = w.max_run.max(w.run);
+        } else if w.requests > 1 && step != 0 {
+            w.run = 0;
+        }
+        w.last = id;
+        w.min = w.min.min(id);
+        w.max = w.max.max(id);
+        let span = w.max - w.min + 1;
+        let density = f64::from(w.distinct) / span as f64;
+        if w.distinct < self.cfg.min_distinct_ids
+            || !(w.max_run >= self.cfg.min_run || density >= self.cfg.min_density)
+        {
+            return;
+        }
+        let w = *w;
+        let secs_in = (now - w.start_ns) as f64 / 1e9;
+        let alert = ctx.alert(
+            AlertKind::Enumeration,
+            if w.distinct >= 4 * self.cfg.min_distinct_ids {
+                Severity::High
+            } else {
+                Severity::Medium
+            },
+            (0.6 + f64::from(w.distinct) / 200.0).min(1.0),
+            format!(
+                "{} walked {} distinct ids of {} ({}..{}, {:.0}% of the range, longest sequential run {}) in {:.1} s; {} answers were errors.",
+                ctx.principal,
+                w.distinct,
+                o.endpoint,
+                w.min,
+                w.max,
+                density * 100.0,
+                w.max_run,
+                secs_in,
+                w.errors
+            ),
+            evidence([
+                ("distinct_ids", json!(w.distinct)),
+                ("min_id", json!(w.min)),
+                ("max_id", json!(w.max)),
+                ("density", json!(r2(density))),
+                ("sequential_run", json!(w.max_run)),
+                ("errors", json!(w.errors)),
+                ("window_s", json!(self.cfg.window_s)),
+                ("min_distinct_ids", json!(self.cfg.min_distinct_ids)),
+            ]),
+        );
+        out.push(Detection {
+            alert,
+            subject: subject::entity(ctx.entity),
+        });
+    }
+
+    fn crawl(&mut self, ctx: &Ctx<'_>, out: &mut Vec<Detection>) {
+        let o = ctx.obs;
+        let now = o.ts_ns;
+        let flow = ctx.account.is_some()
+            || (ctx.is_login && !ctx.login_failed)
+            || self.cfg.flow_endpoints.contains(&o.endpoint);
+        let c = self.crawls.entry(ctx.entity, now, Crawl::default);
+        if c.requests == 0 || now >= c.start_ns + self.scrape_window {
+            let keep_flow = c.flow;
+            *c = Crawl {
+                start_ns: now,
+                flow: keep_flow,
+                ..Crawl::default()
+            };
+        }
+        c.flow |= flow;
+        c.requests += 1;
+        if c.paths.insert(key2(o.path.as_str(), o.query.as_str())) {
+            c.distinct += 1;
+        }
+        let floor = if c.flow {
+            f64::from(self.cfg.scrape_min_requests) * self.cfg.flow_factor
+        } else {
+            f64::from(self.cfg.scrape_min_requests)
+        };
+        let ratio = f64::from(c.distinct) / f64::from(c.requests);
+        if f64::from(c.requests) < floor || ratio < self.cfg.scrape_min_distinct_ratio {
+            return;
+        }
+        let c = *c;
+        let secs_in = ((now - c.start_ns) as f64 / 1e9).max(0.001);
+        let alert = ctx.alert(
+            AlertKind::Scraping,
+            if c.flow {
+                Severity::Medium
+            } else {
+                Severity::High
+            },
+            (0.6 + ratio * 0.3).min(1.0),
+            format!(
+                "{} fetched {} distinct resources in {} requests within {:.1} s ({:.1}/s){}.",
+                ctx.principal,
+                c.distinct,
+                c.requests,
+                secs_in,
+                f64::from(c.requests) / secs_in,
+                if c.flow {
+                    ""
+                } else {
+                    " without any normal client flow (no login, no usual pages)"
+                }
+            ),
+            evidence([
+                ("requests", json!(c.requests)),
+                ("distinct", json!(c.distinct)),
+                ("distinct_ratio", json!(r2(ratio))),
+                ("rate_rps", json!(r2(f64::from(c.requests) / secs_in))),
+                ("normal_flow", json!(c.flow)),
+                ("min_requests", json!(floor)),
+                ("window_s", json!(self.cfg.scrape_window_s)),
+            ]),
+        );
+        out.push(Detection {
+            alert,
+            subject: subject::entity(ctx.entity),
+        });
+    }
+}
+
+impl Detector for EnumerationDetector {
+    fn name(&self) -> &'static str {
+        "enumeration"
+    }
+
+    fn observe(&mut self, ctx: &Ctx<'_>, out: &mut Vec<Detection>) {
+        if ctx.login_failed {
+            return;
+        }
+        let o = ctx.obs;
+        if let Some(id) = object_id(&o.path, &o.endpoint, &o.query) {
+            self.walk(ctx, id, out);
+        }
+        self.crawl(ctx, out);
+    }
+
+    fn tick(&mut self, now_ns: u64, _out: &mut Vec<Detection>) {
+        self.walks.sweep(now_ns, 4096, |_, _, _| {});
+        self.crawls.sweep(now_ns, 4096, |_, _, _| {});
+    }
+
+    fn tracked(&self) -> usize {
+        self.walks.len() + self.crawls.len()
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.walks.memory_bytes() + self.crawls.memory_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{Engine, ModelsConfig, synth::*};
+
+    fn account(t: u64, ip: &str, tok: &str, id: u64) -> crate::models::Observation {
+        let mut o = with_token(obs(t, ip, &format!("/accounts/{id}")), tok);
+        o.endpoint = "/accounts/{id}".into();
+        o
+    }
+
+    #[test]
+    fn ids_are_read_from_the_template_position_or_the_query() {
+        assert_eq!(
+            object_id("/accounts/42/tx/7", "/accounts/{id}/tx/{id}", ""),
+            Some(7)
+        );
+        assert_eq!(object_id("/accounts/42", "/accounts/{id}", ""), Some(42));
+        assert_eq!(object_id("/items", "/items", "page=2&id=99"), Some(99));
+        assert_eq!(object_id("/items", "/items", "q=x"), None);
+    }
+
+    #[test]
+    fn a_sequential_walk_is_enumeration_within_a_few_seconds() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut first = None;
+        let mut kinds = Vec::new();
+        for i in 0..300u64 {
+            let t = T0 + i * 200_000_000;
+            for a in e.observe(&account(t, "198.51.100.60", "tok-enum", 200_000 + i)) {
+                if a.kind == AlertKind::Enumeration {
+                    first.get_or_insert(t - T0);
+                }
+                kinds.push(a.kind);
+            }
+        }
+        assert!(first.expect("enumeration") <= 3 * S);
+        assert!(kinds.contains(&AlertKind::Scraping), "{kinds:?}");
+    }
+
+    #[test]
+    fn a_random_dense_walk_is_enumeration_too() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut hit = false;
+        for i in 0..40u64 {
+            let id = 5000 + (i * 37) % 40;
+            for a in e.observe(&account(T0 + i * S, "198.51.100.61", "tok-x", id)) {
+                hit |= a.kind == AlertKind::Enumeration;
+            }
+        }
+        assert!(hit);
+    }
+
+    #[test]
+    fn customers_with_a_few_accounts_and_normal_apps_are_not_flagged() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        for u in 0..50u64 {
+            let tok = format!("tok-{u}");
+            let t = T0 + u * 60 * S;
+            e.observe(&with_token(obs(t, "198.18.0.9", "/balance"), &tok));
+            for k in 0..30u64 {
+                // Own three accounts (sparse ids), reloaded many times.
+                let id = 100_000 + u * 1000 + (k % 3) * 97;
+                let a = e.observe(&account(t + k * S, "198.18.0.9", &tok, id));
+                assert!(a.is_empty(), "{a:?}");
+            }
+        }
+    }
+}

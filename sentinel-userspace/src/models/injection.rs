@@ -1,0 +1,734 @@
+//! Injection in request input: `sql_injection` and `xss` (libinjection, through the
+//! `libinjectionrs` port) and `path_traversal` (own rules).
+//!
+//! Inputs: decoded path segments, decoded query names and values, form and JSON body values
+//! (strings, up to `max_values`), and the headers that carry client input (`Referer`'s query,
+//! `User-Agent`, `Cookie` values, `X-Forwarded-*`). Each value is decoded (`%XX`, `+`, twice when
+//! still encoded) before it is judged.
+//!
+//! Cost: the port takes 2-6 µs per value, more than the whole budget per transaction, so a value
+//! only reaches it when a cheap pre-filter finds characters or words an injection needs (quotes,
+//! comment markers, parentheses, `=`, `<`, SQL keywords), and verdicts on recurring values (user
+//! agents, cookies) are remembered in a small direct-mapped cache.
+//!
+//! Path traversal: a `..` path segment after decoding (including double encoding, `%c0%ae`-style
+//! overlong UTF-8, `%u002e` and backslashes), or a known sensitive file (`/etc/passwd`,
+//! `win.ini`, ...) named in the path or a parameter.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{
+    AlertKind, Severity,
+    bounded::key_of,
+    config::Checker,
+    engine::{Ctx, Detection, Detector, ModelsError, evidence, subject},
+};
+
+/// `[models.injection]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// On or off. Default on.
+    pub enabled: bool,
+    /// Request headers scanned (lower case; a trailing `*` matches a prefix). Default
+    /// `referer`, `user-agent`, `cookie`, `x-forwarded-*`.
+    pub headers: Vec<String>,
+    /// Body bytes parsed at most. Default 65,536.
+    pub max_body_bytes: usize,
+    /// Values judged per request at most. Default 256.
+    pub max_values: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            headers: ["referer", "user-agent", "cookie", "x-forwarded-*"]
+                .map(String::from)
+                .to_vec(),
+            max_body_bytes: 65_536,
+            max_values: 256,
+        }
+    }
+}
+
+impl Config {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), ModelsError> {
+        Checker::new("injection")
+            .check("max_values", self.max_values > 0, "must be at least 1")
+            .finish()
+    }
+}
+
+/// Decodes `%XX` (and `+` as space when `form`); `%uXXXX` too. Invalid escapes stay.
+pub fn decode(s: &str, form: bool) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    while i < b.len() {
+        match b[i] {
+            b'+' if form => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                    out.push(h << 4 | l);
+                    i += 2;
+                } else if (b[i + 1] == b'u' || b[i + 1] == b'U')
+                    && i + 5 < b.len()
+                    && let Ok(cp) = u32::from_str_radix(&s[i + 2..i + 6], 16)
+                {
+                    let ch = char::from_u32(cp).unwrap_or('\u{fffd}');
+                    let mut buf = [0; 4];
+                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                    i += 5;
+                } else {
+                    out.push(b'%');
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn has_escape(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.windows(3)
+        .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
+}
+
+/// Decodes until nothing changes (at most three rounds: double and triple encoding).
+pub fn decode_fully(s: &str, form: bool) -> String {
+    let mut v = decode(s, form);
+    for _ in 0..2 {
+        if !has_escape(&v) {
+            break;
+        }
+        v = decode(&v, false);
+    }
+    v
+}
+
+const SQL_WORDS: [&str; 14] = [
+    "union",
+    "select",
+    " or ",
+    " and ",
+    "sleep",
+    "benchmark",
+    "waitfor",
+    "exec",
+    "drop ",
+    "insert ",
+    "delete ",
+    "update ",
+    "having",
+    "order by",
+];
+
+/// Could this value be SQL injection? (Cheap; false negatives here are libinjection's too.)
+fn sql_candidate(v: &str) -> bool {
+    let b = v.as_bytes();
+    if b.iter()
+        .any(|c| matches!(c, b'\'' | b'"' | b'`' | b';' | b'#' | b'(' | b'=' | b'*'))
+        || v.contains("--")
+    {
+        return true;
+    }
+    if !b.contains(&b' ') {
+        return false;
+    }
+    let l = v.to_ascii_lowercase();
+    SQL_WORDS.iter().any(|w| l.contains(w))
+}
+
+fn xss_candidate(v: &str) -> bool {
+    v.bytes()
+        .any(|c| matches!(c, b'<' | b'>' | b'"' | b'\'' | b'`'))
+}
+
+/// `javascript:` and friends (libinjection judges markup, not bare URLs).
+fn script_url(v: &str) -> bool {
+    let t: String = v
+        .chars()
+        .filter(|c| !c.is_whitespace() && !c.is_control())
+        .take(16)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    t.starts_with("javascript:") || t.starts_with("vbscript:") || t.starts_with("data:text/html")
+}
+
+const SENSITIVE: [&str; 10] = [
+    "/etc/passwd",
+    "/etc/shadow",
+    "/etc/hosts",
+    "/proc/self/",
+    "win.ini",
+    "boot.ini",
+    "/windows/system32",
+    ".htpasswd",
+    "/.ssh/",
+    "/.aws/credentials",
+];
+
+/// Normalises overlong UTF-8 encodings of `.`, `/` and `\` that some servers accept.
+fn fold_overlong(s: &str) -> String {
+    s.replace('\u{fffd}', "")
+        .replace("\u{ff0e}", ".")
+        .replace("\u{2215}", "/")
+        .replace('\\', "/")
+}
+
+/// A path-traversal marker in `raw` (a path or a parameter value), if any.
+pub fn traversal(raw: &str) -> Option<String> {
+    let lower = raw.to_ascii_lowercase();
+    // Overlong UTF-8 dots and slashes decode to invalid UTF-8: look for them raw.
+    for marker in [
+        "%c0%ae",
+        "%c0%af",
+        "%e0%80%ae",
+        "%c1%9c",
+        "%c1%8s",
+        "%25c0%25ae",
+    ] {
+        if lower.contains(marker) {
+            return Some(marker.to_owned());
+        }
+    }
+    let d = fold_overlong(&decode_fully(raw, false));
+    if d.split('/')
+        .any(|seg| seg == ".." || seg == "...." || seg == "..;")
+    {
+        return Some("../".to_owned());
+    }
+    let dl = d.to_ascii_lowercase();
+    SENSITIVE
+        .iter()
+        .find(|f| dl.contains(*f))
+        .map(|f| (*f).to_owned())
+}
+
+/// Where a value came from.
+struct Input {
+    place: String,
+    value: String,
+}
+
+struct Finding {
+    kind: AlertKind,
+    place: String,
+    value: String,
+    detail: String,
+}
+
+/// Remembered verdicts for recurring values: 1 = SQLi, 2 = XSS, 4 = judged.
+struct VerdictCache {
+    slots: Vec<(u64, u8)>,
+}
+
+impl VerdictCache {
+    fn get(&self, h: u64) -> Option<u8> {
+        let s = self.slots[(h as usize) & (self.slots.len() - 1)];
+        (s.0 == h && s.1 & 4 != 0).then_some(s.1)
+    }
+    fn put(&mut self, h: u64, v: u8) {
+        let n = self.slots.len();
+        self.slots[(h as usize) & (n - 1)] = (h, v | 4);
+    }
+}
+
+/// The detector.
+pub struct InjectionDetector {
+    cfg: Config,
+    cache: VerdictCache,
+    /// Values handed to libinjection (for statistics).
+    pub judged: u64,
+}
+
+impl InjectionDetector {
+    /// A detector.
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            cache: VerdictCache {
+                slots: vec![(0, 0); 4096],
+            },
+            judged: 0,
+        }
+    }
+
+    fn header_scanned(&self, name: &str) -> bool {
+        let n = name.to_ascii_lowercase();
+        self.cfg.headers.iter().any(|h| match h.strip_suffix('*') {
+            Some(p) => n.starts_with(p),
+            None => n == *h,
+        })
+    }
+
+    /// libinjection's verdict on one value (bit 1: SQLi, bit 2: XSS).
+    fn judge(&mut self, v: &str) -> (u8, String) {
+        let sql = sql_candidate(v);
+        let xss = xss_candidate(v);
+        let mut verdict = 0u8;
+        if script_url(v) {
+            verdict |= 2;
+        }
+        if !sql && !xss {
+            return (verdict, String::new());
+        }
+        let h = key_of(v);
+        if let Some(c) = self.cache.get(h) {
+            // Cached fingerprints are not kept; name the class only.
+            return (c & 3 | verdict, String::new());
+        }
+        self.judged += 1;
+        let mut fp = String::new();
+        if sql {
+            let r = libinjectionrs::detect_sqli(v.as_bytes());
+            if r.is_injection() {
+                verdict |= 1;
+                fp = r
+                    .fingerprint
+                    .map(|f| f.as_str().to_owned())
+                    .unwrap_or_default();
+            }
+        }
+        if xss && libinjectionrs::detect_xss(v.as_bytes()).is_injection() {
+            verdict |= 2;
+        }
+        self.cache.put(h, verdict);
+        (verdict, fp)
+    }
+
+    fn inputs(&self, ctx: &Ctx<'_>) -> Vec<Input> {
+        let o = ctx.obs;
+        let mut v = Vec::new();
+        for seg in o.path.split('/').filter(|s| !s.is_empty()) {
+            if has_escape(seg)
+                || seg
+                    .bytes()
+                    .any(|c| !c.is_ascii_alphanumeric() && c != b'-' && c != b'_' && c != b'.')
+            {
+                v.push(Input {
+                    place: "path".into(),
+                    value: decode_fully(seg, false),
+                });
+            }
+        }
+        pairs(&o.query, "query", &mut v);
+        let body = &o.req_body[..o.req_body.len().min(self.cfg.max_body_bytes)];
+        if !body.is_empty() {
+            let ctype = o
+                .req_headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+                .map(|(_, v)| v.to_ascii_lowercase())
+                .unwrap_or_default();
+            let first = body.iter().find(|c| !c.is_ascii_whitespace()).copied();
+            if ctype.contains("json") || matches!(first, Some(b'{' | b'[')) {
+                // Only parse when something in the body could be an injection at all.
+                if body_candidate(body)
+                    && let Ok(j) = serde_json::from_slice::<Value>(body)
+                {
+                    json_values(&j, "", &mut v, self.cfg.max_values);
+                }
+            } else if ctype.contains("x-www-form-urlencoded") {
+                pairs(&String::from_utf8_lossy(body), "form", &mut v);
+            }
+        }
+        for (name, value) in &o.req_headers {
+            if !self.header_scanned(name) {
+                continue;
+            }
+            let lname = name.to_ascii_lowercase();
+            match lname.as_str() {
+                "cookie" => {
+                    for c in value.split(';') {
+                        let (k, val) = c.trim().split_once('=').unwrap_or(("", c.trim()));
+                        v.push(Input {
+                            place: format!("cookie {k}"),
+                            value: decode_fully(val, false),
+                        });
+                    }
+                }
+                "referer" => {
+                    if let Some((path, q)) = value.split_once('?') {
+                        pairs(q, "referer query", &mut v);
+                        v.push(Input {
+                            place: "referer".into(),
+                            value: decode_fully(path, false),
+                        });
+                    } else {
+                        v.push(Input {
+                            place: "referer".into(),
+                            value: decode_fully(value, false),
+                        });
+                    }
+                }
+                _ => v.push(Input {
+                    place: format!("header {lname}"),
+                    value: value.clone(),
+                }),
+            }
+        }
+        v.truncate(self.cfg.max_values);
+        v
+    }
+}
+
+/// Could a JSON body hold an injection? (Its structure has quotes, so look for the rest.)
+fn body_candidate(b: &[u8]) -> bool {
+    b.iter().any(|c| {
+        matches!(
+            c,
+            b'\'' | b'<' | b'>' | b';' | b'(' | b'#' | b'\\' | b'`' | b'='
+        )
+    }) || b.windows(2).any(|w| w == b"--" || w == b"/*" || w == b"..")
+        || {
+            let l = String::from_utf8_lossy(b).to_ascii_lowercase();
+            SQL_WORDS.iter().any(|w| l.contains(w))
+        }
+}
+
+fn pairs(q: &str, place: &str, out: &mut Vec<Input>) {
+    if q.is_empty() {
+        return;
+    }
+    for p in q.split('&') {
+        let (k, val) = p.split_once('=').unwrap_or(("", p));
+        let k = decode_fully(k, true);
+        out.push(Input {
+            place: format!("{place} {k}"),
+            value: decode_fully(val, true),
+        });
+    }
+}
+
+fn json_values(j: &Value, path: &str, out: &mut Vec<Input>, max: usize) {
+    if out.len() >= max {
+        return;
+    }
+    match j {
+        Value::String(s) => out.push(Input {
+            place: format!("json {}", if path.is_empty() { "." } else { path }),
+            value: s.clone(),
+        }),
+        Value::Array(a) => {
+            for x in a {
+                json_values(x, path, out, max);
+            }
+        }
+        Value::Object(m) => {
+            for (k, x) in m {
+                json_values(x, k, out, max);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn shorten(v: &str) -> String {
+    if v.chars().count() > 120 {
+        format!("{}...", v.chars().take(120).collect::<String>())
+    } else {
+        v.to_owned()
+    }
+}
+
+impl Detector for InjectionDetector {
+    fn name(&self) -> &'static str {
+        "injection"
+    }
+
+    fn observe(&mut self, ctx: &Ctx<'_>, out: &mut Vec<Detection>) {
+        let o = ctx.obs;
+        let mut findings: Vec<Finding> = Vec::new();
+        let push = |f: Finding, findings: &mut Vec<Finding>| {
+            if !findings.iter().any(|x| x.kind == f.kind) {
+                findings.push(f);
+            }
+        };
+        // Traversal on the path as sent (encoded forms matter) and on parameters.
+        if let Some(m) = traversal(&o.path) {
+            push(
+                Finding {
+                    kind: AlertKind::PathTraversal,
+                    place: "path".into(),
+                    value: o.path.clone(),
+                    detail: m,
+                },
+                &mut findings,
+            );
+        }
+        let fast_clean = o.query.is_empty()
+            && o.req_body.is_empty()
+            && !o
+                .path
+                .bytes()
+                .any(|c| matches!(c, b'%' | b'\'' | b'"' | b'<' | b';' | b'('));
+        let inputs = if fast_clean {
+            // Still judge the headers that carry input.
+            let mut v = self.inputs(ctx);
+            v.retain(|i| i.place != "path");
+            v
+        } else {
+            self.inputs(ctx)
+        };
+        for i in inputs {
+            if (i.place.starts_with("query")
+                || i.place.starts_with("form")
+                || i.place.starts_with("json"))
+                && let Some(m) = traversal(&i.value)
+            {
+                push(
+                    Finding {
+                        kind: AlertKind::PathTraversal,
+                        place: i.place.clone(),
+                        value: i.value.clone(),
+                        detail: m,
+                    },
+                    &mut findings,
+                );
+            }
+            let (verdict, fp) = self.judge(&i.value);
+            if verdict & 1 != 0 {
+                push(
+                    Finding {
+                        kind: AlertKind::SqlInjection,
+                        place: i.place.clone(),
+                        value: i.value.clone(),
+                        detail: fp,
+                    },
+                    &mut findings,
+                );
+            }
+            if verdict & 2 != 0 {
+                push(
+                    Finding {
+                        kind: AlertKind::Xss,
+                        place: i.place,
+                        value: i.value,
+                        detail: String::new(),
+                    },
+                    &mut findings,
+                );
+            }
+        }
+        for f in findings {
+            let what = match f.kind {
+                AlertKind::SqlInjection => "SQL injection",
+                AlertKind::Xss => "Cross-site scripting",
+                _ => "Path traversal",
+            };
+            let answered = if (200..300).contains(&o.status) {
+                format!(
+                    ", and the server answered {} (it may have worked)",
+                    o.status
+                )
+            } else {
+                format!(", answered {}", o.status)
+            };
+            let how = match (f.kind, f.detail.is_empty()) {
+                (AlertKind::SqlInjection, false) => {
+                    format!(" (libinjection fingerprint {})", f.detail)
+                }
+                (AlertKind::PathTraversal, _) => format!(" ({})", f.detail),
+                _ => String::new(),
+            };
+            let alert = ctx.alert(
+                f.kind,
+                if (200..300).contains(&o.status) {
+                    Severity::Critical
+                } else {
+                    Severity::High
+                },
+                0.95,
+                format!(
+                    "{what} in {} of {} {} from {} in {}{how}: {:?}{answered}.",
+                    f.place,
+                    o.method,
+                    o.endpoint,
+                    o.client_ip,
+                    ctx.place(),
+                    shorten(&f.value)
+                ),
+                evidence([
+                    ("input", json!(f.place)),
+                    ("value", json!(shorten(&f.value))),
+                    ("detail", json!(f.detail)),
+                    ("status", json!(o.status)),
+                    ("method", json!(o.method)),
+                    ("user_agent", json!(o.user_agent)),
+                ]),
+            );
+            out.push(Detection {
+                alert,
+                subject: subject::source(o.client_ip),
+            });
+        }
+    }
+
+    fn tracked(&self) -> usize {
+        0
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.cache.slots.len() * 16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{Engine, ModelsConfig, synth::*};
+
+    fn kinds(e: &mut Engine, o: &crate::models::Observation) -> Vec<AlertKind> {
+        e.observe(o).into_iter().map(|a| a.kind).collect()
+    }
+
+    fn get(target: &str, n: u64) -> crate::models::Observation {
+        let (p, q) = target.split_once('?').unwrap_or((target, ""));
+        let mut o = obs(T0 + n * S, "203.0.113.40", p);
+        o.query = q.into();
+        o.status = 404;
+        o
+    }
+
+    #[test]
+    fn the_simulators_payloads_are_caught_at_the_first_request() {
+        let cases = [
+            (
+                "/accounts?id=1%27%20OR%20%271%27%3D%271",
+                AlertKind::SqlInjection,
+            ),
+            (
+                "/accounts?id=1%20UNION%20SELECT%20username,password%20FROM%20users--",
+                AlertKind::SqlInjection,
+            ),
+            (
+                "/search?q=%27%3B%20DROP%20TABLE%20accounts%3B--",
+                AlertKind::SqlInjection,
+            ),
+            ("/items?id=-1+union+select+1,2,3", AlertKind::SqlInjection),
+            (
+                "/search?q=%3Cscript%3Ealert(document.cookie)%3C%2Fscript%3E",
+                AlertKind::Xss,
+            ),
+            (
+                "/profile?name=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E",
+                AlertKind::Xss,
+            ),
+            ("/go?next=javascript:alert(1)", AlertKind::Xss),
+            (
+                "/static/..%2f..%2f..%2fetc%2fpasswd",
+                AlertKind::PathTraversal,
+            ),
+            (
+                "/files?name=../../../../etc/shadow",
+                AlertKind::PathTraversal,
+            ),
+            (
+                "/files?name=%252e%252e%252fboot.ini",
+                AlertKind::PathTraversal,
+            ),
+            (
+                "/static/%c0%ae%c0%ae/%c0%ae%c0%ae/etc/passwd",
+                AlertKind::PathTraversal,
+            ),
+            (
+                "/static/..%5c..%5cwindows%5cwin.ini",
+                AlertKind::PathTraversal,
+            ),
+        ];
+        for (i, (target, want)) in cases.iter().enumerate() {
+            let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+            let k = kinds(&mut e, &get(target, i as u64));
+            assert!(k.contains(want), "{target}: {k:?}");
+        }
+    }
+
+    #[test]
+    fn bodies_and_headers_are_judged() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut o = login(T0, "203.0.113.41", "admin'--", false, "curl/8.4");
+        o.req_body = br#"{"username":"admin' OR 1=1--","password":"x"}"#.to_vec();
+        assert!(kinds(&mut e, &o).contains(&AlertKind::SqlInjection));
+        let mut o = obs(T0, "203.0.113.42", "/comment");
+        o.method = "POST".into();
+        o.req_headers.push((
+            "Content-Type".into(),
+            "application/x-www-form-urlencoded".into(),
+        ));
+        o.req_body = b"text=%3Csvg%2Fonload%3Dalert(1)%3E&x=1".to_vec();
+        assert!(kinds(&mut e, &o).contains(&AlertKind::Xss));
+        let mut o = obs(T0, "203.0.113.43", "/balance");
+        o.req_headers
+            .push(("Referer".into(), "https://x.test/?q=1' OR '1'='1".into()));
+        assert!(kinds(&mut e, &o).contains(&AlertKind::SqlInjection));
+        let mut o = obs(T0, "203.0.113.44", "/balance");
+        o.req_headers.push((
+            "Cookie".into(),
+            "theme=dark; pref=<script>alert(1)</script>".into(),
+        ));
+        assert!(kinds(&mut e, &o).contains(&AlertKind::Xss));
+        let mut o = obs(T0, "203.0.113.45", "/balance");
+        o.req_headers
+            .push(("User-Agent".into(), "Mozilla' AND SLEEP(5)-- ".into()));
+        assert!(kinds(&mut e, &o).contains(&AlertKind::SqlInjection));
+    }
+
+    #[test]
+    fn ordinary_input_is_not_injection() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let benign = [
+            "/search?q=O%27Brien",
+            "/search?q=it%27s+fine&page=2",
+            "/search?q=rock+%26+roll",
+            "/search?q=a+%3C+b",
+            "/files?name=report..final.pdf",
+            "/accounts/100231",
+            "/search?q=(555)+123-4567",
+            "/search?q=C%23+and+F%23",
+            "/docs/v1.2/index.html",
+            "/search?q=select+a+plan&sort=price",
+            "/transfer?memo=rent%20for%20May%3B%20thanks",
+            "/i18n?lang=en-US,en;q=0.9",
+        ];
+        for (i, t) in benign.iter().enumerate() {
+            let mut o = get(t, i as u64);
+            o.client_ip = "198.18.0.9".parse().unwrap();
+            o.status = 200;
+            let k = kinds(&mut e, &o);
+            assert!(k.is_empty(), "{t}: {k:?}");
+        }
+        for ua in [
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36",
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0",
+        ] {
+            let mut o = obs(T0, "198.18.0.9", "/balance");
+            o.req_headers.push(("User-Agent".into(), ua.into()));
+            o.req_headers
+                .push(("Cookie".into(), "sid=abc123; theme=dark".into()));
+            o.req_headers.push((
+                "Referer".into(),
+                "https://bank.test/accounts?id=5&tab=all".into(),
+            ));
+            let k = kinds(&mut e, &o);
+            assert!(k.is_empty(), "{ua}: {k:?}");
+        }
+        let mut o = login(T0, "198.18.0.9", "jane", true, "BankApp/4.2");
+        o.req_body = br#"{"username":"jane","password":"Summer2024!"}"#.to_vec();
+        assert!(kinds(&mut e, &o).is_empty());
+    }
+
+    #[test]
+    fn decoding_handles_double_and_unicode_escapes() {
+        assert_eq!(decode_fully("%252e%252e%252f", false), "../");
+        assert_eq!(decode("%u002e%u002e/", false), "../");
+        assert_eq!(decode("a+b%zz%", true), "a b%zz%");
+    }
+}

@@ -1,0 +1,432 @@
+//! Learned rate limits: `rate_anomaly` when a principal's request rate on an endpoint (or a
+//! source's rate over all endpoints) exceeds what the population and its own history make
+//! plausible.
+//!
+//! Counts are kept per (entity, endpoint template) and per source address in sliding windows of
+//! `window_s`. Each completed window with traffic is a sample: of the endpoint's population
+//! (a log-spaced histogram, from which a high quantile is read) and of the key's own history (a
+//! slowly decaying peak). The limit is
+//! `max(min_limit, population_quantile x population_margin, own_peak x own_margin)`; until an
+//! endpoint has `warmup_samples` samples, `default_limit` stands in for the population term.
+//! Samples above the limit in force are not learned, so an attack does not raise its own bar.
+//!
+//! The limit is what a throttle should allow: alerts carry it as `recommended_rate` in packets per
+//! second (requests per second x `packets_per_request`, because the kernel throttle counts
+//! packets), and as `limit_rps` (requests per second) in the evidence.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{
+    AlertKind, Severity,
+    bounded::{BoundedMap, NS, key_of, key2, secs},
+    config::Checker,
+    engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, subject},
+};
+
+/// `[models.rate]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// On or off. Default on.
+    pub enabled: bool,
+    /// Counting window, seconds. Default 10.
+    pub window_s: f64,
+    /// Requests per window never flagged. Default 20.
+    pub min_limit: f64,
+    /// Population term before an endpoint has enough samples, requests per window. Default 50.
+    pub default_limit: f64,
+    /// Samples an endpoint needs before its own population quantile is used. Default 100.
+    pub warmup_samples: u32,
+    /// Population quantile. Default 0.999.
+    pub population_quantile: f64,
+    /// Multiplier on the population quantile. Default 2.
+    pub population_margin: f64,
+    /// Multiplier on the key's own peak. Default 3.
+    pub own_margin: f64,
+    /// Packets per request when converting the limit into a throttle rate. Default 6 (a request
+    /// and its acknowledgements on a fresh connection: SYN, ACK, request, ACKs, FIN).
+    pub packets_per_request: f64,
+    /// Also watch each source address over all endpoints. Default on.
+    pub per_source: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window_s: 10.0,
+            min_limit: 20.0,
+            default_limit: 50.0,
+            warmup_samples: 100,
+            population_quantile: 0.999,
+            population_margin: 2.0,
+            own_margin: 3.0,
+            packets_per_request: 6.0,
+            per_source: true,
+        }
+    }
+}
+
+impl Config {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), ModelsError> {
+        Checker::new("rate")
+            .positive("window_s", self.window_s)
+            .positive("min_limit", self.min_limit)
+            .positive("default_limit", self.default_limit)
+            .unit("population_quantile", self.population_quantile)
+            .positive("population_margin", self.population_margin)
+            .positive("own_margin", self.own_margin)
+            .positive("packets_per_request", self.packets_per_request)
+            .finish()
+    }
+}
+
+const BUCKETS: usize = 32;
+
+/// Log-spaced histogram of per-window counts (bucket `i` holds counts up to `1.4142^i`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Hist {
+    counts: [u32; BUCKETS],
+    total: u32,
+}
+
+fn bucket_of(x: f64) -> usize {
+    if x <= 1.0 {
+        0
+    } else {
+        ((x.log2() * 2.0).ceil() as usize).min(BUCKETS - 1)
+    }
+}
+
+fn bucket_top(i: usize) -> f64 {
+    (i as f64 / 2.0).exp2()
+}
+
+impl Hist {
+    fn add(&mut self, x: f64) {
+        if self.total >= 1_000_000 {
+            self.counts.iter_mut().for_each(|c| *c /= 2);
+            self.total = self.counts.iter().sum();
+        }
+        self.counts[bucket_of(x)] += 1;
+        self.total += 1;
+    }
+
+    fn quantile(&self, q: f64) -> f64 {
+        let target = (q * f64::from(self.total)).ceil() as u32;
+        let mut acc = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            acc += c;
+            if acc >= target.max(1) {
+                return bucket_top(i);
+            }
+        }
+        bucket_top(BUCKETS - 1)
+    }
+}
+
+/// Counts of one key in the current and previous window, and its own history.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counter {
+    start_ns: u64,
+    cur: u32,
+    prev: u32,
+    /// Decaying peak of completed windows.
+    peak: f32,
+    /// Completed windows with traffic.
+    samples: u16,
+}
+
+impl Counter {
+    /// Adds a request; returns the count of a window that just completed, if any.
+    fn add(&mut self, now: u64, w: u64) -> Option<u32> {
+        let mut done = None;
+        if self.start_ns == 0 {
+            self.start_ns = now;
+        } else if now >= self.start_ns + w {
+            let n = (now - self.start_ns) / w;
+            if self.cur > 0 {
+                done = Some(self.cur);
+            }
+            self.prev = if n == 1 { self.cur } else { 0 };
+            self.cur = 0;
+            self.start_ns += n * w;
+        }
+        self.cur += 1;
+        done
+    }
+
+    fn count(&self, now: u64, w: u64) -> f64 {
+        let into = (now.saturating_sub(self.start_ns) as f64 / w as f64).min(1.0);
+        f64::from(self.cur) + f64::from(self.prev) * (1.0 - into).max(0.0)
+    }
+
+    fn learn(&mut self, n: u32) {
+        self.peak = (self.peak * 0.98).max(n as f32);
+        self.samples = self.samples.saturating_add(1);
+    }
+}
+
+/// The detector.
+pub struct RateDetector {
+    cfg: Config,
+    window: u64,
+    pairs: BoundedMap<Counter>,
+    sources: BoundedMap<Counter>,
+    endpoints: BoundedMap<Hist>,
+}
+
+/// The limit and its parts, requests per window.
+struct Limit {
+    limit: f64,
+    population: f64,
+    own: f64,
+    learned: bool,
+}
+
+impl RateDetector {
+    /// A detector keeping at most `cap` (entity, endpoint) pairs and sources.
+    pub fn new(cfg: &Config, cap: usize, idle_ns: u64) -> Self {
+        let window = secs(cfg.window_s);
+        let idle = idle_ns.min(30 * 86_400 * NS);
+        Self {
+            cfg: cfg.clone(),
+            window,
+            pairs: BoundedMap::new(cap, idle),
+            sources: BoundedMap::new(cap, idle),
+            endpoints: BoundedMap::new(20_000, u64::MAX),
+        }
+    }
+
+    fn limit(&self, hist: Option<&Hist>, c: &Counter) -> Limit {
+        let (population, learned) = match hist {
+            Some(h) if h.total >= self.cfg.warmup_samples => (
+                h.quantile(self.cfg.population_quantile) * self.cfg.population_margin,
+                true,
+            ),
+            _ => (self.cfg.default_limit, false),
+        };
+        let own = if c.samples >= 3 {
+            f64::from(c.peak) * self.cfg.own_margin
+        } else {
+            0.0
+        };
+        Limit {
+            limit: self.cfg.min_limit.max(population).max(own),
+            population,
+            own,
+            learned,
+        }
+    }
+
+    fn judge(
+        &self,
+        ctx: &Ctx<'_>,
+        what: &str,
+        count: f64,
+        l: &Limit,
+        subject: u64,
+        out: &mut Vec<Detection>,
+    ) {
+        if count <= l.limit {
+            return;
+        }
+        let ws = self.cfg.window_s;
+        let rps = count / ws;
+        let limit_rps = l.limit / ws;
+        let ratio = count / l.limit;
+        let mut alert = ctx.alert(
+            AlertKind::RateAnomaly,
+            if ratio >= 10.0 {
+                Severity::High
+            } else {
+                Severity::Medium
+            },
+            (0.5 + ratio.log2() / 8.0).min(1.0),
+            format!(
+                "{what} made {:.0} requests in {ws} s ({:.1}/s), {:.1}x the learned limit of {:.1}/s (population {:.1}/s{}, own peak {:.1}/s).",
+                count,
+                rps,
+                ratio,
+                limit_rps,
+                l.population / ws,
+                if l.learned { "" } else { ", default while learning" },
+                l.own / self.cfg.own_margin / ws,
+            ),
+            evidence([
+                ("requests", json!(count.round())),
+                ("window_s", json!(ws)),
+                ("rate_rps", json!(r2(rps))),
+                ("limit_rps", json!(r2(limit_rps))),
+                ("population_limit_rps", json!(r2(l.population / ws))),
+                ("own_peak_rps", json!(r2(l.own / self.cfg.own_margin / ws))),
+                ("population_learned", json!(l.learned)),
+                ("ratio", json!(r2(ratio))),
+            ]),
+        );
+        alert.recommended_rate = Some(limit_rps * self.cfg.packets_per_request);
+        out.push(Detection { alert, subject });
+    }
+}
+
+impl Detector for RateDetector {
+    fn name(&self) -> &'static str {
+        "rate"
+    }
+
+    fn observe(&mut self, ctx: &Ctx<'_>, out: &mut Vec<Detection>) {
+        let now = ctx.obs.ts_ns;
+        let w = self.window;
+        let ep = key_of(ctx.obs.endpoint.as_str());
+        let pair_key = key2(&ctx.entity, &ep);
+
+        let mut c = *self.pairs.entry(pair_key, now, Counter::default);
+        let done = c.add(now, w);
+        let hist = self.endpoints.get(ep).copied();
+        if let Some(n) = done {
+            let l = self.limit(hist.as_ref(), &c);
+            if f64::from(n) <= l.limit {
+                c.learn(n);
+                self.endpoints
+                    .entry(ep, now, Hist::default)
+                    .add(f64::from(n));
+            }
+        }
+        *self.pairs.entry(pair_key, now, Counter::default) = c;
+        let l = self.limit(hist.as_ref(), &c);
+        let what = format!("{} on {}", ctx.principal, ctx.obs.endpoint);
+        self.judge(
+            ctx,
+            &what,
+            c.count(now, w),
+            &l,
+            subject::entity(ctx.entity),
+            out,
+        );
+
+        if self.cfg.per_source {
+            let sk = subject::source(ctx.obs.client_ip);
+            let all = key_of("*sources");
+            let mut s = *self.sources.entry(sk, now, Counter::default);
+            let hist = self.endpoints.get(all).copied();
+            if let Some(n) = s.add(now, w) {
+                let l = self.limit(hist.as_ref(), &s);
+                if f64::from(n) <= l.limit {
+                    s.learn(n);
+                    self.endpoints
+                        .entry(all, now, Hist::default)
+                        .add(f64::from(n));
+                }
+            }
+            *self.sources.entry(sk, now, Counter::default) = s;
+            let mut l = self.limit(hist.as_ref(), &s);
+            // A source carries many principals (NAT, proxies): never below the per-pair bar.
+            l.limit = l.limit.max(self.cfg.default_limit);
+            let what = format!("Address {}", ctx.obs.client_ip);
+            self.judge(ctx, &what, s.count(now, w), &l, sk, out);
+        }
+    }
+
+    fn tick(&mut self, now_ns: u64, _out: &mut Vec<Detection>) {
+        self.pairs.sweep(now_ns, 4096, |_, _, _| {});
+        self.sources.sweep(now_ns, 4096, |_, _, _| {});
+    }
+
+    fn tracked(&self) -> usize {
+        self.pairs.len() + self.sources.len()
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.pairs.memory_bytes() + self.sources.memory_bytes() + self.endpoints.memory_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{Engine, ModelsConfig, synth::*};
+
+    #[test]
+    fn histograms_give_quantiles() {
+        let mut h = Hist::default();
+        for i in 0..1000 {
+            h.add(f64::from(i % 10 + 1));
+        }
+        assert!(
+            (8.0..=16.0).contains(&h.quantile(0.999)),
+            "{}",
+            h.quantile(0.999)
+        );
+        assert!(h.quantile(0.5) <= 8.0);
+    }
+
+    fn population(e: &mut Engine, users: u64, days: u64) {
+        for d in 0..days {
+            for u in 0..users {
+                let t = T0 + d * 86_400 * S + (8 + u % 12) * 3600 * S + u * 7 * S;
+                let tok = format!("t-{u}");
+                let ip = format!("198.18.{}.{}", u / 200, u % 200 + 2);
+                for k in 0..4 {
+                    e.observe(&with_token(obs(t + k * 3 * S, &ip, "/balance"), &tok));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_flood_is_flagged_within_a_second_with_a_learned_limit() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        population(&mut e, 200, 2);
+        let start = T0 + 3 * 86_400 * S;
+        let mut first = None;
+        for i in 0..1000u64 {
+            let t = start + i * 10_000_000; // 100/s
+            let o = with_token(obs(t, "203.0.113.50", "/balance"), "t-7");
+            for a in e.observe(&o) {
+                if a.kind == AlertKind::RateAnomaly {
+                    first.get_or_insert((t - start, a));
+                }
+            }
+        }
+        let (dt, a) = first.expect("rate anomaly");
+        assert!(dt < S, "after {} ms", dt / 1_000_000);
+        assert_eq!(a.evidence["population_learned"], json!(true));
+        let pps = a.recommended_rate.unwrap();
+        let rps = a.evidence["limit_rps"].as_f64().unwrap();
+        assert!(
+            (pps - rps * 6.0).abs() < 0.1 && (2.0..10.0).contains(&rps),
+            "{rps}"
+        );
+    }
+
+    #[test]
+    fn steady_benign_traffic_is_not_flagged() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut stream = Vec::new();
+        for d in 0..3 {
+            for u in 0..300u64 {
+                let t = T0 + d * 86_400 * S + (7 + u % 14) * 3600 * S + u * 11 * S;
+                let tok = format!("t-{u}");
+                let ip = if u % 5 == 0 {
+                    "192.0.2.10".to_string()
+                } else {
+                    format!("198.18.{}.{}", u / 200, u % 200 + 2)
+                };
+                for k in 0..6 {
+                    // A page load: a few requests in the same second.
+                    let o = with_token(obs(t + k * 200_000_000, &ip, "/accounts/{id}"), &tok);
+                    stream.push(o);
+                }
+            }
+        }
+        stream.sort_by_key(|o| o.ts_ns);
+        let n = stream
+            .iter()
+            .flat_map(|o| e.observe(o))
+            .filter(|a| a.kind == AlertKind::RateAnomaly)
+            .count();
+        assert_eq!(n, 0);
+    }
+}

@@ -1,0 +1,386 @@
+//! Broken authentication: `token_reuse` (one credential used from many networks or countries at
+//! once) and `jwt_weakness` (`alg: none`, or an expired token that the server still accepts).
+//!
+//! Reuse is judged per credential (bearer token, API key or session, by its short hash) over a
+//! sliding `window_s`: at least `max_networks` distinct client networks (/24 for IPv4, /64 for
+//! IPv6, so a phone hopping addresses inside its carrier's pool is one network), at least
+//! `max_countries` distinct countries, or the credential going back and forth between two
+//! countries (A, B, A): two parties using it at the same time.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{
+    AlertKind, Severity,
+    bounded::{BoundedMap, NS, key_of, secs},
+    config::Checker,
+    engine::{Ctx, Detection, Detector, ModelsError, evidence, subject},
+    profile::{cc, cc_str},
+};
+
+/// `[models.token]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// On or off. Default on.
+    pub enabled: bool,
+    /// Sliding window, seconds. Default 600.
+    pub window_s: f64,
+    /// Distinct client networks for one credential within the window. Default 5.
+    pub max_networks: usize,
+    /// Distinct countries for one credential within the window. Default 3.
+    pub max_countries: usize,
+    /// Clock skew allowed on `exp`, seconds. Default 60.
+    pub exp_leeway_s: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window_s: 600.0,
+            max_networks: 5,
+            max_countries: 3,
+            exp_leeway_s: 60.0,
+        }
+    }
+}
+
+impl Config {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), ModelsError> {
+        Checker::new("token")
+            .positive("window_s", self.window_s)
+            .check(
+                "max_networks",
+                (2..=8).contains(&self.max_networks),
+                "must be between 2 and 8",
+            )
+            .check(
+                "max_countries",
+                (2..=4).contains(&self.max_countries),
+                "must be between 2 and 4",
+            )
+            .check(
+                "exp_leeway_s",
+                self.exp_leeway_s >= 0.0,
+                "must be zero or more",
+            )
+            .finish()
+    }
+}
+
+/// Recent networks and countries of one credential (times in whole seconds).
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    nets: [(u32, u32); 8],
+    countries: [([u8; 2], u32); 4],
+    last_country: [u8; 2],
+    /// Times the country changed, and when the run of changes started.
+    switches: u8,
+    switch_start: u32,
+}
+
+fn network(ip: IpAddr) -> u32 {
+    match ip {
+        IpAddr::V4(v) => u32::from(v) >> 8,
+        IpAddr::V6(v) => key_of(&(u128::from(v) >> 64)) as u32,
+    }
+}
+
+impl Usage {
+    fn note<T: Copy + PartialEq>(slots: &mut [(T, u32)], x: T, now: u32, empty: T) {
+        if let Some(s) = slots.iter_mut().find(|s| s.0 == x) {
+            s.1 = now;
+            return;
+        }
+        let oldest = slots
+            .iter_mut()
+            .min_by_key(|s| if s.0 == empty { 0 } else { s.1 })
+            .expect("slots");
+        *oldest = (x, now);
+    }
+
+    fn live<T: Copy + PartialEq>(slots: &[(T, u32)], now: u32, w: u32, empty: T) -> usize {
+        slots
+            .iter()
+            .filter(|s| s.0 != empty && now.saturating_sub(s.1) <= w)
+            .count()
+    }
+}
+
+/// The detector.
+pub struct TokenDetector {
+    cfg: Config,
+    window_s: u32,
+    usage: BoundedMap<Usage>,
+}
+
+impl TokenDetector {
+    /// A detector following at most `cap` credentials.
+    pub fn new(cfg: &Config, cap: usize) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            window_s: cfg.window_s.ceil() as u32,
+            usage: BoundedMap::new(cap, 2 * secs(cfg.window_s)),
+        }
+    }
+
+    fn jwt(&self, ctx: &Ctx<'_>, cred: u64, out: &mut Vec<Detection>) {
+        let o = ctx.obs;
+        let Some(j) = &o.jwt else { return };
+        let ok = (200..300).contains(&o.status);
+        if j.alg.eq_ignore_ascii_case("none") {
+            let alert = ctx.alert(
+                AlertKind::JwtWeakness,
+                if ok {
+                    Severity::Critical
+                } else {
+                    Severity::Medium
+                },
+                if ok { 1.0 } else { 0.7 },
+                format!(
+                    "Unsigned JWT (alg \"{}\") for subject {} sent to {} {} and answered {}{}.",
+                    j.alg,
+                    j.sub.as_deref().unwrap_or("?"),
+                    o.method,
+                    o.endpoint,
+                    o.status,
+                    if ok {
+                        ": the server accepts forged tokens"
+                    } else {
+                        ""
+                    }
+                ),
+                evidence([
+                    ("alg", json!(j.alg)),
+                    ("status", json!(o.status)),
+                    ("accepted", json!(ok)),
+                ]),
+            );
+            out.push(Detection {
+                alert,
+                subject: subject::named("credential", cred),
+            });
+        }
+        if let Some(exp) = j.exp {
+            let now_s = (o.ts_ns / NS) as i64;
+            let late = now_s - exp;
+            if ok && late as f64 > self.cfg.exp_leeway_s {
+                let alert = ctx.alert(
+                    AlertKind::JwtWeakness,
+                    Severity::High,
+                    0.9,
+                    format!(
+                        "A JWT for subject {} that expired {} s ago was accepted ({} on {} {}).",
+                        j.sub.as_deref().unwrap_or("?"),
+                        late,
+                        o.status,
+                        o.method,
+                        o.endpoint
+                    ),
+                    evidence([
+                        ("exp", json!(exp)),
+                        ("expired_s", json!(late)),
+                        ("leeway_s", json!(self.cfg.exp_leeway_s)),
+                        ("status", json!(o.status)),
+                    ]),
+                );
+                out.push(Detection {
+                    alert,
+                    subject: subject::named("credential", cred),
+                });
+            }
+        }
+    }
+}
+
+impl Detector for TokenDetector {
+    fn name(&self) -> &'static str {
+        "token"
+    }
+
+    fn observe(&mut self, ctx: &Ctx<'_>, out: &mut Vec<Detection>) {
+        let o = ctx.obs;
+        let Some(cred) = o.credential.as_deref() else {
+            return;
+        };
+        let key = key_of(cred);
+        self.jwt(ctx, key, out);
+        if matches!(o.status, 401 | 403) {
+            // Refused: whoever sent it did not get in with it.
+            return;
+        }
+        let now = (o.ts_ns / NS) as u32;
+        let w = self.window_s;
+        let u = self.usage.entry(key, o.ts_ns, Usage::default);
+        let net = network(o.client_ip).wrapping_add(1).max(1);
+        Usage::note(&mut u.nets, net, now, 0);
+        let mut switched = false;
+        if let Some(c) = cc(ctx.country) {
+            Usage::note(&mut u.countries, c, now, [0; 2]);
+            if u.last_country != [0; 2] && u.last_country != c {
+                if u.switches == 0 || now.saturating_sub(u.switch_start) > w {
+                    u.switches = 0;
+                    u.switch_start = now;
+                }
+                u.switches += 1;
+                switched = true;
+            }
+            u.last_country = c;
+        }
+        let nets = Usage::live(&u.nets, now, w, 0);
+        let countries: Vec<String> = u
+            .countries
+            .iter()
+            .filter(|s| s.0 != [0; 2] && now.saturating_sub(s.1) <= w)
+            .map(|s| cc_str(s.0))
+            .collect();
+        let back_and_forth = switched && u.switches >= 2;
+        let many_nets = nets >= self.cfg.max_networks;
+        let many_countries = countries.len() >= self.cfg.max_countries;
+        if !(many_nets || many_countries || back_and_forth) {
+            return;
+        }
+        let why = if back_and_forth {
+            format!(
+                "switched countries {} times within {} s ({}), so two parties hold it",
+                u.switches,
+                now - u.switch_start,
+                countries.join(", ")
+            )
+        } else if many_countries {
+            format!(
+                "was used from {} countries ({})",
+                countries.len(),
+                countries.join(", ")
+            )
+        } else {
+            format!("was used from {nets} different networks")
+        };
+        let alert = ctx.alert(
+            AlertKind::TokenReuse,
+            if back_and_forth || many_countries {
+                Severity::High
+            } else {
+                Severity::Medium
+            },
+            if back_and_forth || many_countries {
+                0.9
+            } else {
+                0.7
+            },
+            format!(
+                "The credential of {} {why} in the last {} s; now from {} in {}.",
+                ctx.principal,
+                self.cfg.window_s,
+                o.client_ip,
+                ctx.place()
+            ),
+            evidence([
+                ("networks", json!(nets)),
+                ("countries", json!(countries)),
+                ("country_switches", json!(u.switches)),
+                ("max_networks", json!(self.cfg.max_networks)),
+                ("max_countries", json!(self.cfg.max_countries)),
+                ("window_s", json!(self.cfg.window_s)),
+            ]),
+        );
+        out.push(Detection {
+            alert,
+            subject: subject::named("credential", key),
+        });
+    }
+
+    fn tick(&mut self, now_ns: u64, _out: &mut Vec<Detection>) {
+        self.usage.sweep(now_ns, 4096, |_, _, _| {});
+    }
+
+    fn tracked(&self) -> usize {
+        self.usage.len()
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.usage.memory_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::models::{AlertKind, Engine, ModelsConfig, Severity, synth::*};
+
+    #[test]
+    fn a_token_alternating_between_countries_is_reused() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut kinds = Vec::new();
+        for i in 0..6u64 {
+            let ip = if i % 2 == 0 {
+                "192.0.2.7"
+            } else {
+                "198.51.100.3"
+            };
+            let o = with_token(obs(T0 + i * 20 * S, ip, "/balance"), "stolen-1");
+            kinds.extend(e.observe(&o).into_iter().map(|a| a.kind));
+        }
+        assert!(kinds.contains(&AlertKind::TokenReuse), "{kinds:?}");
+    }
+
+    #[test]
+    fn a_token_from_many_networks_is_reused_but_a_phone_switching_networks_is_not() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut kinds = Vec::new();
+        for i in 0..8u64 {
+            let ip = format!("198.18.{}.7", 10 + i);
+            let o = with_token(obs(T0 + i * 10 * S, &ip, "/balance"), "shared");
+            kinds.extend(e.observe(&o).into_iter().map(|a| a.kind));
+        }
+        assert!(kinds.contains(&AlertKind::TokenReuse));
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        for i in 0..40u64 {
+            // Wi-fi at home and a carrier pool, alternating; same country.
+            let ip = if i % 3 == 0 {
+                "198.18.1.20".to_string()
+            } else {
+                format!("198.18.200.{}", i)
+            };
+            let o = with_token(obs(T0 + i * 30 * S, &ip, "/balance"), "phone");
+            assert!(e.observe(&o).is_empty());
+        }
+    }
+
+    #[test]
+    fn unsigned_and_expired_jwts() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let o = with_jwt(obs(T0, "198.18.0.4", "/balance"), "mallory", "none", None);
+        let a = e.observe(&o);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].kind, AlertKind::JwtWeakness);
+        assert_eq!(a[0].severity, Severity::Critical);
+        let exp = (T0 / S) as i64 - 3600;
+        let o = with_jwt(obs(T0, "198.18.0.5", "/balance"), "bob", "HS256", Some(exp));
+        let a = e.observe(&o);
+        assert!(
+            a[0].explanation.contains("expired 3600 s ago"),
+            "{}",
+            a[0].explanation
+        );
+        // Refused expired tokens are the server doing its job; fresh ones are fine.
+        let mut o = with_jwt(
+            obs(T0, "198.18.0.6", "/balance"),
+            "carl",
+            "HS256",
+            Some(exp),
+        );
+        o.status = 401;
+        assert!(e.observe(&o).is_empty());
+        let o = with_jwt(
+            obs(T0, "198.18.0.7", "/balance"),
+            "dina",
+            "RS256",
+            Some(exp + 7200),
+        );
+        assert!(e.observe(&o).is_empty());
+    }
+}
