@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod addr;
+pub mod bench;
 pub mod capture;
 pub mod maps;
 
