@@ -86,6 +86,9 @@ pub struct CaptureSettings {
     pub snap_len: u32,
     /// Ring buffer size in bytes (a power of two, at least 4096).
     pub ring_bytes: u32,
+    /// Write every HTTP transaction the pipeline builds to this JSON-lines file (the format of
+    /// `sentinel replay --emit transactions`).
+    pub transactions_log: Option<PathBuf>,
 }
 
 impl Default for CaptureSettings {
@@ -94,6 +97,7 @@ impl Default for CaptureSettings {
             http_ports: Vec::new(),
             snap_len: sentinel_common::DEFAULT_SNAP_LEN,
             ring_bytes: sentinel_common::DEFAULT_RING_BYTES,
+            transactions_log: None,
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::{
     control::server::{self, CaptureState, ControlState},
     datapath::{Datapath, LoadOptions},
     notify::alerts::AlertLog,
+    pipeline::{Pipeline, PipelineSettings},
     verdict::enforce::VerdictLog,
     verdict::lists,
 };
@@ -48,19 +49,78 @@ pub struct RunOptions {
     pub pin_dir: PathBuf,
 }
 
-/// Where live segments go: for now, they are counted; reassembly and HTTP plug in here.
+/// The live end of the capture: segments from the ring buffer through reassembly and HTTP into
+/// transactions, which go to the transactions log when one is configured.
 struct LivePipeline {
-    segments: u64,
+    pipeline: Pipeline,
+    log: Option<std::io::BufWriter<std::fs::File>>,
+    stats: Arc<Mutex<serde_json::Value>>,
+    transactions: u64,
+    last_advance_ns: u64,
 }
 
 impl LivePipeline {
-    fn new() -> Self {
-        Self { segments: 0 }
+    fn new(
+        log: Option<&std::path::Path>,
+        stats: Arc<Mutex<serde_json::Value>>,
+    ) -> anyhow::Result<Self> {
+        let log = match log {
+            Some(p) => {
+                if let Some(dir) = p.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("opening the transactions log {}", p.display()))?;
+                Some(std::io::BufWriter::new(f))
+            }
+            None => None,
+        };
+        Ok(Self {
+            pipeline: Pipeline::new(PipelineSettings::default()),
+            log,
+            stats,
+            transactions: 0,
+            last_advance_ns: 0,
+        })
     }
 
-    fn push(&mut self, seg: crate::capture::Segment) {
-        self.segments += 1;
-        tracing::trace!(src = %seg.src, dst = %seg.dst, len = seg.payload.len(), "segment");
+    fn flush_transactions(&mut self) {
+        use std::io::Write as _;
+        for t in self.pipeline.drain() {
+            self.transactions += 1;
+            if let Some(w) = self.log.as_mut()
+                && let Err(e) = writeln!(w, "{}", t.to_json())
+            {
+                warn!(error = %e, "writing the transactions log");
+            }
+        }
+        if let Some(w) = self.log.as_mut() {
+            let _ = w.flush();
+        }
+    }
+}
+
+impl ringbuf::SegmentSink for LivePipeline {
+    fn segment(&mut self, seg: crate::capture::Segment) {
+        self.pipeline.push(seg);
+    }
+
+    fn idle(&mut self, now_unix_ns: u64) {
+        // Idle timeouts and stale holes move with the clock, once a second is plenty.
+        if now_unix_ns.saturating_sub(self.last_advance_ns) >= 1_000_000_000 {
+            self.pipeline.advance(now_unix_ns);
+            self.last_advance_ns = now_unix_ns;
+            let mut st = serde_json::to_value(self.pipeline.stats()).unwrap_or_default();
+            st["transactions"] = serde_json::json!(self.transactions);
+            *self.stats.lock().expect("stats lock") = st;
+        }
+        if self.pipeline.has_output() {
+            self.flush_transactions();
+        }
     }
 }
 
@@ -120,6 +180,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             Some(CaptureState {
                 control: Mutex::new(control),
                 ring: Arc::new(RingStats::default()),
+                pipeline: Arc::new(Mutex::new(serde_json::Value::Null)),
             }),
             Some(ring),
         ),
@@ -128,11 +189,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let drain = match (ring, &capture_state) {
         (Some(ring), Some(cs)) => {
             let stats = cs.ring.clone();
-            let mut pipeline = LivePipeline::new();
+            let mut pipeline = LivePipeline::new(
+                opts.config.capture.transactions_log.as_deref(),
+                cs.pipeline.clone(),
+            )?;
             Some(tokio::spawn(async move {
-                if let Err(e) =
-                    ringbuf::drain(ring, Clock::now(), &stats, |seg| pipeline.push(seg)).await
-                {
+                if let Err(e) = ringbuf::drain(ring, Clock::now(), &stats, &mut pipeline).await {
                     warn!(error = %e, "capture ring buffer consumer stopped");
                 }
             }))

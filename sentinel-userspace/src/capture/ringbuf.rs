@@ -115,6 +115,15 @@ pub struct RingStats {
 /// long a record waits under light traffic.
 pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// Where drained segments go.
+pub trait SegmentSink {
+    /// One decoded segment, in ring order.
+    fn segment(&mut self, seg: Segment);
+    /// Called after every drain pass with the wall-clock time (ns since the epoch): the place
+    /// for time-driven work (idle timeouts) and for flushing what the segments produced.
+    fn idle(&mut self, now_unix_ns: u64);
+}
+
 /// Drains the ring buffer forever, handing each segment to `sink`: on a wakeup (backlog) and
 /// every [`DRAIN_EVERY`] otherwise; it sleeps in between (no busy-waiting). Returns only on an
 /// I/O error.
@@ -122,7 +131,7 @@ pub async fn drain(
     ring: RingBuf<MapData>,
     clock: Clock,
     stats: &RingStats,
-    mut sink: impl FnMut(Segment),
+    sink: &mut impl SegmentSink,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns the ring buffer,
     // and `as_raw_fd` always returns that same fd.
@@ -135,13 +144,14 @@ pub async fn drain(
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
                 stats.wakeups.fetch_add(1, Ordering::Relaxed);
-                drain_now(guard.get_inner_mut(), &clock, stats, &mut sink);
+                drain_now(guard.get_inner_mut(), &clock, stats, sink);
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                drain_now(fd.get_mut(), &clock, stats, &mut sink);
+                drain_now(fd.get_mut(), &clock, stats, sink);
             }
         }
+        sink.idle(clock.to_unix_ns(crate::clock::monotonic_ns()));
     }
 }
 
@@ -149,13 +159,13 @@ fn drain_now(
     ring: &mut RingBuf<MapData>,
     clock: &Clock,
     stats: &RingStats,
-    sink: &mut impl FnMut(Segment),
+    sink: &mut impl SegmentSink,
 ) {
     while let Some(item) = ring.next() {
         match decode(&item, clock) {
             Ok(seg) => {
                 stats.records.fetch_add(1, Ordering::Relaxed);
-                sink(seg);
+                sink.segment(seg);
             }
             Err(e) => {
                 stats.decode_errors.fetch_add(1, Ordering::Relaxed);

@@ -152,6 +152,9 @@ pub struct CaptureReport {
     pub kernel: std::collections::BTreeMap<String, u64>,
     /// Consumer counters: `records`, `decode_errors`, `wakeups`.
     pub consumer: std::collections::BTreeMap<String, u64>,
+    /// Reassembly and HTTP counters and the number of transactions built.
+    #[serde(default)]
+    pub pipeline: serde_json::Value,
 }
 
 /// One source in `sentinel top`.

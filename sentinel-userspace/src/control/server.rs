@@ -57,6 +57,8 @@ pub struct CaptureState {
     pub control: Mutex<CaptureControl>,
     /// Ring buffer consumer counters.
     pub ring: Arc<RingStats>,
+    /// Reassembly and HTTP counters, refreshed every second by the pipeline.
+    pub pipeline: Arc<Mutex<serde_json::Value>>,
 }
 
 /// An API error: a status and one line.
@@ -171,6 +173,7 @@ fn capture_report(c: &CaptureState) -> Result<CaptureReport, ApiError> {
         snap_len: control.settings.snap_len,
         kernel: control.kernel_counters().map_err(internal)?,
         consumer: consumer_counters(&c.ring),
+        pipeline: c.pipeline.lock().expect("pipeline stats lock").clone(),
     })
 }
 

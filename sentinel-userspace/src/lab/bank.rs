@@ -105,7 +105,11 @@ fn router(bank: Shared) -> Router {
         .route("/accounts/{id}", get(account))
         .route("/large", get(large))
         .route("/chunked", get(chunked))
-        .route("/upload", post(upload))
+        // Uploads exercise multi-megabyte requests: lift axum's 2 MB default for this route.
+        .route(
+            "/upload",
+            post(upload).layer(axum::extract::DefaultBodyLimit::max(64 << 20)),
+        )
         .route("/nocontent", get(|| async { StatusCode::NO_CONTENT }))
         .with_state(bank)
 }
