@@ -97,6 +97,23 @@ const _: () = assert!(size_of::<SourceStats>() == 32);
 
 /// Rule flag: count would-drops and pass instead of dropping.
 pub const RULE_FLAG_SHADOW: u32 = 1;
+/// Bits 8..16 of a prefix entry's `flags` hold the entry's own prefix length in the 128-bit key
+/// space (0: not recorded). An LPM lookup returns only the longest matching entry; when that one
+/// has expired, the kernel looks again below this length, so an expired long prefix does not hide
+/// a live shorter one until userspace sweeps it.
+pub const RULE_PREFIX_SHIFT: u32 = 8;
+
+/// The flag bits recording a prefix entry's length (see [`RULE_PREFIX_SHIFT`]).
+#[inline(always)]
+pub const fn rule_prefix_flags(prefix_len: u32) -> u32 {
+    (prefix_len & 0xff) << RULE_PREFIX_SHIFT
+}
+
+/// The prefix length recorded in a rule's flags (0: not recorded).
+#[inline(always)]
+pub const fn rule_prefix_len(flags: u32) -> u32 {
+    (flags >> RULE_PREFIX_SHIFT) & 0xff
+}
 
 /// Value of an allowlist, blocklist or flow-kill entry.
 #[repr(C)]
@@ -420,6 +437,15 @@ mod tests {
             }
         }
         assert_eq!(passed, 100);
+    }
+
+    #[test]
+    fn prefix_lengths_round_trip_through_rule_flags() {
+        for len in [0, 1, 64, 120, 128] {
+            let flags = rule_prefix_flags(len) | RULE_FLAG_SHADOW;
+            assert_eq!(rule_prefix_len(flags), len);
+            assert_eq!(flags & RULE_FLAG_SHADOW, RULE_FLAG_SHADOW);
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use sentinel_common::{
     AddrKey, BucketKey, BucketState, CONFIG_FLAG_PRESENCE, CONFIG_FLAG_SHADOW, Config, Counter,
     FlowKey, HAS_ALL, HAS_ALLOW_HASH, HAS_ALLOW_LPM, HAS_BLOCK_HASH, HAS_BLOCK_LPM, HAS_FLOW_KILL,
     HAS_THROTTLE_HASH, HAS_THROTTLE_LPM, RULE_FLAG_SHADOW, Reason, ReasonText, RuleValue,
-    SourceStats, ThrottleRule, bucket_new, bucket_take, defaults, mask_prefix,
+    SourceStats, ThrottleRule, bucket_new, bucket_take, defaults, mask_prefix, rule_prefix_len,
 };
 
 use crate::parse::{self, Packet};
@@ -214,10 +214,7 @@ fn active_rule(
     if !has_prefixes {
         return None;
     }
-    match prefixes.get(Key::new(128, *src)) {
-        Some(v) if live(v.expires_ns, now) => Some(v.flags),
-        _ => None,
-    }
+    live_prefix(prefixes, src, now).map(|v| v.flags)
 }
 
 #[inline(always)]
@@ -238,10 +235,65 @@ fn throttle_rule(
     if !has_prefixes {
         return None;
     }
-    match SN_THR_LPM.get(Key::new(128, *src)) {
-        Some(r) if live(r.expires_ns, now) => Some(r),
-        _ => None,
+    live_prefix(&SN_THR_LPM, src, now)
+}
+
+/// Expired prefix entries looked past per lookup (nested expired prefixes are rare: userspace
+/// sweeps them every few seconds while it runs).
+const MAX_EXPIRED_PREFIXES: u32 = 4;
+
+/// What [`live_prefix`] needs of a prefix entry.
+trait PrefixRule {
+    fn expires_ns(&self) -> u64;
+    fn flags(&self) -> u32;
+}
+
+impl PrefixRule for RuleValue {
+    #[inline(always)]
+    fn expires_ns(&self) -> u64 {
+        self.expires_ns
     }
+    #[inline(always)]
+    fn flags(&self) -> u32 {
+        self.flags
+    }
+}
+
+impl PrefixRule for ThrottleRule {
+    #[inline(always)]
+    fn expires_ns(&self) -> u64 {
+        self.expires_ns
+    }
+    #[inline(always)]
+    fn flags(&self) -> u32 {
+        self.flags
+    }
+}
+
+/// The longest live prefix entry covering `src`. An LPM lookup returns only the longest match;
+/// when it has expired, look again below its recorded length, so that an expired /24 does not
+/// hide a live /16 around it while no userspace sweeps it away.
+#[inline(always)]
+fn live_prefix<'a, V: PrefixRule>(
+    trie: &'a LpmTrie<AddrKey, V>,
+    src: &AddrKey,
+    now: u64,
+) -> Option<&'a V> {
+    let mut len = 128;
+    let mut i = 0;
+    while i < MAX_EXPIRED_PREFIXES {
+        let v = trie.get(Key::new(len, *src))?;
+        if live(v.expires_ns(), now) {
+            return Some(v);
+        }
+        let own = rule_prefix_len(v.flags());
+        if own == 0 || own > len {
+            return None;
+        }
+        len = own - 1;
+        i += 1;
+    }
+    None
 }
 
 /// Takes a token from the bucket of the source's aggregate; a new aggregate starts full.

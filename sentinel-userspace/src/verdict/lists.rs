@@ -11,7 +11,7 @@ use aya::maps::{IterableMap, MapData, MapError, lpm_trie::Key};
 use sentinel_common::{
     AddrKey, HAS_ALLOW_HASH, HAS_ALLOW_LPM, HAS_BLOCK_HASH, HAS_BLOCK_LPM, HAS_THROTTLE_HASH,
     HAS_THROTTLE_LPM, MAX_BURST, MAX_RATE_PPS, REASON_LEN, RULE_FLAG_SHADOW, ReasonText, RuleValue,
-    ThrottleRule, names,
+    ThrottleRule, names, rule_prefix_flags,
 };
 
 use super::target::{MapKey, Target, TargetError};
@@ -261,6 +261,11 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
                 DatapathError::Io(std::io::Error::other(format!("{hname}: batch update: {e}")))
             })?;
             for (p, k, _) in &prefixes {
+                // The kernel reads the entry's length to look past it once it expires.
+                let value = RuleValue {
+                    flags: flags | rule_prefix_flags(*p),
+                    ..value
+                };
                 lpm.insert(&Key::new(*p, *k), value, 0)
                     .map_err(map_err(lname))?;
             }
@@ -285,8 +290,12 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
                 },
             )?;
             for (p, k, t) in &prefixes {
+                let rule = ThrottleRule {
+                    flags: flags | rule_prefix_flags(*p),
+                    ..rule_for(t)
+                };
                 maps.throttle_lpm
-                    .insert(&Key::new(*p, *k), rule_for(t), 0)
+                    .insert(&Key::new(*p, *k), rule, 0)
                     .map_err(map_err(names::THROTTLE_LPM))?;
             }
         }
