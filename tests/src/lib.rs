@@ -3,5 +3,6 @@
 
 pub mod bench;
 pub mod bench_report;
+pub mod packets;
 
 pub use sentinel::lab::*;

@@ -15,13 +15,21 @@ fn blocked_source_is_dropped_and_others_pass() {
     d.cli_ok(&["block", "add", "198.18.0.11"]).unwrap();
     let sink = Sink::start(&topo.server, SocketAddr::new(SERVER_V4.into(), 7000)).unwrap();
     let dst = SocketAddr::new(SERVER_V4.into(), 7000);
-    send_udp(&topo.client, blocked, dst, 200, 3000, Duration::from_secs(5)).unwrap();
+    send_udp(
+        &topo.client,
+        blocked,
+        dst,
+        200,
+        3000,
+        Duration::from_secs(5),
+    )
+    .unwrap();
     send_udp(
         &topo.client,
         CLIENT_V4.into(),
         dst,
         200,
-        0,
+        3000,
         Duration::from_secs(5),
     )
     .unwrap();

@@ -1,26 +1,89 @@
-//! BPF_PROG_TEST_RUN tier: the XDP sentinel run by the kernel on crafted IPv4 and IPv6 frames,
-//! one test per verdict path, checking the action, the counters and the per-source stats.
+//! BPF_PROG_TEST_RUN tier: the XDP sentinel run by the kernel on crafted frames
+//! (`sentinel_tests::packets`), one test per verdict path, each for IPv4 and IPv6, checking the
+//! action, every reason counter and the per-source stats.
+//!
+//! Each test loads its own copy of the object with its own pins, so tests run in parallel and
+//! start from empty maps and zero counters.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use aya::programs::{TestRun, TestRunOptions};
 use sentinel::{
     clock::monotonic_ns,
-    control::api::{AddRequest, ListKind, ThrottleSpec},
+    control::api::{AddRequest, DelRequest, ListKind, ThrottleSpec},
     datapath::{Datapath, LoadOptions, unload},
-    verdict::{Target, lists},
+    verdict::lists,
 };
 use sentinel_common::{
-    CONFIG_FLAG_SHADOW, Config, FlowKey, RULE_FLAG_SHADOW, Reason, RuleValue, programs, v4_mapped,
+    HAS_ALL, HAS_FLOW_KILL, Reason, RuleValue, SourceStats, ThrottleRule, programs,
 };
+use sentinel_tests::packets::{self, Ext, Frame, Packet, addr_key};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+
+/// The addresses of one family used by the tests.
+struct Family {
+    /// The client.
+    src: &'static str,
+    /// Its neighbour (outside any exact entry on `src`).
+    other: &'static str,
+    /// The server.
+    dst: &'static str,
+    /// A prefix not containing `src`, and an address inside it.
+    prefix: &'static str,
+    in_prefix: &'static str,
+    /// An address just outside `prefix`.
+    outside: &'static str,
+}
+
+const V4: Family = Family {
+    src: "198.18.0.100",
+    other: "198.18.0.101",
+    dst: "198.18.0.1",
+    prefix: "198.18.1.0/24",
+    in_prefix: "198.18.1.77",
+    outside: "198.18.2.1",
+};
+const V6: Family = Family {
+    src: "2001:db8::100",
+    other: "2001:db8::101",
+    dst: "2001:db8::1",
+    prefix: "2001:db8:0:1::/64",
+    in_prefix: "2001:db8:0:1::77",
+    outside: "2001:db8:0:2::1",
+};
+const FAMILIES: [Family; 2] = [V4, V6];
+
+/// A frame with the headers that make parsing work harder: two VLAN tags and IPv4 options, or
+/// one VLAN tag and hop-by-hop, destination options and a first-fragment header.
+fn hard(p: Packet) -> Packet {
+    if p.src.is_ipv4() {
+        p.vlan(100).vlan(200).ipv4_options(8)
+    } else {
+        p.vlan(100)
+            .ext(Ext::HopByHop)
+            .ext(Ext::DestOpts { units: 2 })
+            .ext(Ext::Fragment {
+                offset: 0,
+                more: true,
+            })
+    }
+}
 
 /// A loaded datapath with unique pins, unloaded on drop (also when a test fails).
 struct Lab {
     dp: Datapath,
     pins: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = unload(&self.pins);
+    }
 }
 
 impl Lab {
@@ -34,46 +97,101 @@ impl Lab {
         Self { dp, pins }
     }
 
-    fn run(&mut self, frame: &[u8]) -> u32 {
-        let prog = self.dp.xdp(programs::XDP_SENTINEL).expect("program");
+    /// Runs `program` once on `frame`; returns the XDP action.
+    fn run_program(&mut self, program: &str, frame: &[u8]) -> u32 {
+        let prog = self.dp.xdp(program).expect("program");
         prog.test_run(TestRunOptions {
             data_in: Some(frame),
+            repeat: 1,
             ..Default::default()
         })
         .expect("BPF_PROG_TEST_RUN")
         .return_value
     }
 
-    fn counter(&self, r: Reason) -> u64 {
-        self.dp.maps.counters().unwrap()[r as usize].packets
+    fn run(&mut self, frame: &[u8]) -> u32 {
+        self.run_program(programs::XDP_SENTINEL, frame)
     }
 
-    fn add(
-        &mut self,
-        list: ListKind,
-        targets: &[&str],
-        shadow: bool,
-        throttle: Option<ThrottleSpec>,
-    ) {
-        lists::add(
-            &mut self.dp.maps,
-            list,
-            &AddRequest {
-                targets: targets.iter().map(|s| s.to_string()).collect(),
-                ttl_ms: None,
-                reason: Some("test".into()),
-                shadow,
-                throttle,
-            },
-        )
-        .expect("add");
+    fn send(&mut self, p: &Packet) -> u32 {
+        self.run(&p.build().bytes)
     }
 
-    fn source(&self, ip: &str) -> Option<sentinel_common::SourceStats> {
-        let key = match Target::from(ip.parse::<IpAddr>().unwrap()).map_key() {
-            sentinel::verdict::target::MapKey::Exact(k) => k,
-            sentinel::verdict::target::MapKey::Prefix(_, k) => k,
+    /// Asserts every reason counter: the listed ones have these packet counts, all others 0.
+    fn expect_counts(&self, expected: &[(Reason, u64)]) {
+        let got = self.dp.maps.counters().expect("counters");
+        let want: Vec<(&str, u64)> = Reason::ALL
+            .iter()
+            .map(|r| {
+                let n = expected
+                    .iter()
+                    .filter(|(e, _)| e == r)
+                    .map(|(_, n)| *n)
+                    .sum();
+                (r.label(), n)
+            })
+            .collect();
+        let have: Vec<(&str, u64)> = Reason::ALL
+            .iter()
+            .map(|r| (r.label(), got[*r as usize].packets))
+            .collect();
+        assert_eq!(have, want, "reason counters");
+    }
+
+    fn counter_bytes(&self, r: Reason) -> u64 {
+        self.dp.maps.counters().expect("counters")[r as usize].bytes
+    }
+
+    fn add(&mut self, kind: ListKind, targets: &[&str], req: AddRequest) {
+        let req = AddRequest {
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+            ..req
         };
+        lists::add(&mut self.dp.maps, kind, &req).expect("add");
+    }
+
+    fn block(&mut self, targets: &[&str]) {
+        self.add(ListKind::Block, targets, AddRequest::default());
+    }
+
+    fn allow(&mut self, targets: &[&str]) {
+        self.add(ListKind::Allow, targets, AddRequest::default());
+    }
+
+    fn throttle(&mut self, targets: &[&str], rate_pps: u64, burst: u64, aggregate: Option<u8>) {
+        let throttle = Some(ThrottleSpec {
+            rate_pps,
+            burst,
+            aggregate,
+        });
+        self.add(
+            ListKind::Throttle,
+            targets,
+            AddRequest {
+                throttle,
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Puts the flow of `p` on the flow-kill list directly (no userspace API writes it yet).
+    fn kill_flow(&mut self, p: &Packet, expires_ns: u64, flags: u32) {
+        let v = RuleValue {
+            expires_ns,
+            reason_id: 0,
+            flags,
+        };
+        self.dp.maps.mark_present(HAS_FLOW_KILL).unwrap();
+        self.dp.maps.flow_kill.insert(p.flow_key(), v, 0).unwrap();
+    }
+
+    fn set_global_shadow(&mut self, on: bool) {
+        self.dp.maps.set_shadow(on).unwrap();
+    }
+
+    /// Per-source stats of `ip` (summed over CPUs); zero when never seen.
+    fn source(&self, ip: &str) -> SourceStats {
+        let key = addr_key(ip.parse().unwrap());
         self.dp
             .maps
             .sources()
@@ -81,403 +199,665 @@ impl Lab {
             .into_iter()
             .find(|(k, _)| *k == key)
             .map(|(_, s)| s)
+            .unwrap_or_default()
+    }
+
+    /// Asserts packets, bytes and drops of a source.
+    fn expect_source(&self, ip: &str, frames: &[&Frame], dropped: u64) {
+        let s = self.source(ip);
+        let bytes: u64 = frames.iter().map(|f| f.len()).sum();
+        assert_eq!(
+            (s.packets, s.bytes, s.dropped),
+            (frames.len() as u64, bytes, dropped),
+            "stats of {ip}"
+        );
     }
 }
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = unload(&self.pins);
-    }
-}
-
-/// Frame builder: Ethernet (optionally 802.1Q-tagged), IPv4 or IPv6 (optionally with
-/// hop-by-hop and fragment extension headers), UDP or TCP.
-#[derive(Clone)]
-struct Frame {
-    src: IpAddr,
-    dst: IpAddr,
-    proto: u8,
-    sport: u16,
-    dport: u16,
-    vlan: bool,
-    v6_ext: bool,
-    payload: usize,
-}
-
-impl Frame {
-    fn udp(src: &str, dst: &str) -> Self {
-        Self {
-            src: src.parse().unwrap(),
-            dst: dst.parse().unwrap(),
-            proto: 17,
-            sport: 40000,
-            dport: 7000,
-            vlan: false,
-            v6_ext: false,
-            payload: 32,
-        }
-    }
-    fn tcp(mut self) -> Self {
-        self.proto = 6;
-        self
-    }
-    fn vlan(mut self) -> Self {
-        self.vlan = true;
-        self
-    }
-    fn v6_ext(mut self) -> Self {
-        self.v6_ext = true;
-        self
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
-        if self.vlan {
-            f.extend_from_slice(&[0x81, 0x00, 0x00, 0x64]);
-        }
-        let l4_len = if self.proto == 6 { 20 } else { 8 } + self.payload;
-        let mut l4 = Vec::new();
-        l4.extend_from_slice(&self.sport.to_be_bytes());
-        l4.extend_from_slice(&self.dport.to_be_bytes());
-        if self.proto == 6 {
-            l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
-        } else {
-            l4.extend_from_slice(&(l4_len as u16).to_be_bytes());
-            l4.extend_from_slice(&[0, 0]);
-        }
-        l4.resize(l4_len, 0xab);
-        match (self.src, self.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                f.extend_from_slice(&[0x08, 0x00]);
-                let tot = (20 + l4_len) as u16;
-                f.extend_from_slice(&[
-                    0x45,
-                    0,
-                    (tot >> 8) as u8,
-                    tot as u8,
-                    0,
-                    0,
-                    0x40,
-                    0,
-                    64,
-                    self.proto,
-                    0,
-                    0,
-                ]);
-                f.extend_from_slice(&s.octets());
-                f.extend_from_slice(&d.octets());
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                f.extend_from_slice(&[0x86, 0xdd]);
-                let ext_len = if self.v6_ext { 16 } else { 0 };
-                let plen = (ext_len + l4_len) as u16;
-                let nh = if self.v6_ext { 0 } else { self.proto };
-                f.extend_from_slice(&[0x60, 0, 0, 0, (plen >> 8) as u8, plen as u8, nh, 64]);
-                f.extend_from_slice(&s.octets());
-                f.extend_from_slice(&d.octets());
-                if self.v6_ext {
-                    // Hop-by-hop (8 bytes, PadN) then a first fragment (offset 0, M=1).
-                    f.extend_from_slice(&[44, 0, 1, 4, 0, 0, 0, 0]);
-                    f.extend_from_slice(&[self.proto, 0, 0, 1, 0, 0, 0, 7]);
-                }
-            }
-            _ => panic!("mixed families"),
-        }
-        f.extend_from_slice(&l4);
-        f
-    }
-}
-
-const V4: &str = "198.18.0.100";
-const V4_DST: &str = "198.18.0.1";
-const V6: &str = "2001:db8::100";
-const V6_DST: &str = "2001:db8::1";
 
 #[test]
 fn unlisted_sources_pass_and_are_counted_per_source() {
     let mut lab = Lab::new();
-    for f in [
-        Frame::udp(V4, V4_DST),
-        Frame::udp(V4, V4_DST).tcp().vlan(),
-        Frame::udp(V6, V6_DST),
-        Frame::udp(V6, V6_DST).tcp().v6_ext(),
-    ] {
-        assert_eq!(lab.run(&f.bytes()), XDP_PASS);
+    let mut total_bytes = 0;
+    for f in &FAMILIES {
+        let frames: Vec<Frame> = [
+            Packet::udp(f.src, f.dst),
+            Packet::tcp(f.src, f.dst).vlan(7),
+            hard(Packet::tcp(f.src, f.dst)),
+            hard(Packet::udp(f.src, f.dst)).payload(900),
+            // A protocol without ports.
+            Packet::udp(f.src, f.dst).proto(packets::ICMPV6),
+        ]
+        .iter()
+        .map(Packet::build)
+        .collect();
+        for fr in &frames {
+            assert_eq!(lab.run(&fr.bytes), XDP_PASS);
+        }
+        let refs: Vec<&Frame> = frames.iter().collect();
+        lab.expect_source(f.src, &refs, 0);
+        let s = lab.source(f.src);
+        assert!(s.last_seen_ns > 0 && s.last_seen_ns <= monotonic_ns());
+        total_bytes += frames.iter().map(Frame::len).sum::<u64>();
     }
-    assert_eq!(lab.counter(Reason::Pass), 4);
-    let s = lab.source(V4).expect("v4 source tracked");
-    assert_eq!((s.packets, s.dropped), (2, 0));
-    assert_eq!(
-        s.bytes,
-        (Frame::udp(V4, V4_DST).bytes().len() + Frame::udp(V4, V4_DST).tcp().vlan().bytes().len())
-            as u64
-    );
-    assert!(s.last_seen_ns > 0 && s.last_seen_ns <= monotonic_ns());
-    assert_eq!(lab.source(V6).expect("v6 source tracked").packets, 2);
+    lab.expect_counts(&[(Reason::Pass, 10)]);
+    assert_eq!(lab.counter_bytes(Reason::Pass), total_bytes);
+}
+
+#[test]
+fn later_fragments_are_judged_on_addresses() {
+    let mut lab = Lab::new();
+    for f in &FAMILIES {
+        lab.block(&[f.src]);
+        let v4_frag = Packet::udp(f.src, f.dst).ipv4_fragment(185);
+        let v6_frag = Packet::udp(f.src, f.dst).ext(Ext::Fragment {
+            offset: 185,
+            more: false,
+        });
+        let frag = if f.src.contains(':') {
+            v6_frag
+        } else {
+            v4_frag
+        };
+        assert_eq!(lab.send(&frag), XDP_DROP);
+        let other = Packet {
+            src: f.other.parse().unwrap(),
+            ..frag
+        };
+        assert_eq!(lab.send(&other), XDP_PASS);
+    }
+    // A later fragment has no ports, but nothing about it is truncated.
+    lab.expect_counts(&[(Reason::DropBlock, 2), (Reason::Pass, 2)]);
 }
 
 #[test]
 fn blocked_addresses_and_prefixes_drop_v4_and_v6() {
     let mut lab = Lab::new();
-    lab.add(ListKind::Block, &[V4, "2001:db8:0:1::/64"], false, None);
-    assert_eq!(lab.run(&Frame::udp(V4, V4_DST).bytes()), XDP_DROP);
-    assert_eq!(
-        lab.run(&Frame::udp(V4, V4_DST).tcp().vlan().bytes()),
-        XDP_DROP
-    );
-    assert_eq!(
-        lab.run(&Frame::udp("2001:db8:0:1::77", V6_DST).bytes()),
-        XDP_DROP
-    );
-    assert_eq!(
-        lab.run(
-            &Frame::udp("2001:db8:0:1::78", V6_DST)
-                .tcp()
-                .v6_ext()
-                .bytes()
-        ),
-        XDP_DROP
-    );
-    assert_eq!(
-        lab.run(&Frame::udp(V6, V6_DST).bytes()),
-        XDP_PASS,
-        "outside the /64"
-    );
-    assert_eq!(lab.counter(Reason::DropBlock), 4);
-    assert_eq!(lab.counter(Reason::Pass), 1);
-    assert_eq!(lab.source(V4).unwrap().dropped, 2);
+    for f in &FAMILIES {
+        let resp = lists::add(
+            &mut lab.dp.maps,
+            ListKind::Block,
+            &AddRequest {
+                targets: vec![f.src.into(), f.prefix.into()],
+                reason: Some("test".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((resp.added, resp.exact, resp.prefixes), (2, 1, 1));
+
+        let exact = [
+            Packet::udp(f.src, f.dst).build(),
+            hard(Packet::tcp(f.src, f.dst)).build(),
+        ];
+        for fr in &exact {
+            assert_eq!(lab.run(&fr.bytes), XDP_DROP, "exact entry");
+        }
+        lab.expect_source(f.src, &[&exact[0], &exact[1]], 2);
+        assert_eq!(
+            lab.send(&Packet::udp(f.in_prefix, f.dst)),
+            XDP_DROP,
+            "inside {}",
+            f.prefix
+        );
+        assert_eq!(
+            lab.send(&hard(Packet::tcp(f.in_prefix, f.dst))),
+            XDP_DROP,
+            "inside {}",
+            f.prefix
+        );
+        assert_eq!(lab.send(&Packet::udp(f.other, f.dst)), XDP_PASS);
+        assert_eq!(lab.send(&Packet::udp(f.outside, f.dst)), XDP_PASS);
+        assert_eq!(lab.source(f.other).dropped, 0);
+        assert_eq!(lab.source(f.in_prefix).dropped, 2);
+    }
+    lab.expect_counts(&[(Reason::DropBlock, 8), (Reason::Pass, 4)]);
+
+    // Removing the entries through the list API lets the sources through again.
+    for f in &FAMILIES {
+        let del = DelRequest {
+            targets: vec![f.src.into(), f.prefix.into()],
+        };
+        let resp = lists::remove(&mut lab.dp.maps, ListKind::Block, &del).unwrap();
+        assert_eq!(resp.removed, 2);
+        assert_eq!(lab.send(&Packet::udp(f.src, f.dst)), XDP_PASS);
+        assert_eq!(lab.send(&Packet::udp(f.in_prefix, f.dst)), XDP_PASS);
+    }
+    lab.expect_counts(&[(Reason::DropBlock, 8), (Reason::Pass, 8)]);
+    // Emptied lists are skipped by the kernel; a new entry applies from its first packet on.
+    for f in &FAMILIES {
+        lab.block(&[f.prefix]);
+        assert_eq!(lab.send(&Packet::udp(f.in_prefix, f.dst)), XDP_DROP);
+        lab.block(&[f.src]);
+        assert_eq!(lab.send(&Packet::udp(f.src, f.dst)), XDP_DROP);
+    }
+    lab.expect_counts(&[(Reason::DropBlock, 12), (Reason::Pass, 8)]);
 }
 
 #[test]
-fn the_allowlist_wins_inside_a_blocked_prefix() {
+fn the_allowlist_wins_over_blocks_flow_kills_and_throttles() {
     let mut lab = Lab::new();
-    lab.add(
-        ListKind::Block,
-        &["198.18.0.0/24", "2001:db8::/48"],
-        false,
-        None,
-    );
-    lab.add(ListKind::Allow, &[V4, "2001:db8::100/128"], false, None);
-    lab.add(
-        ListKind::Throttle,
-        &[V4],
-        false,
-        Some(ThrottleSpec {
-            rate_pps: 1,
-            burst: 1,
-            aggregate: None,
-        }),
-    );
-    for _ in 0..3 {
-        assert_eq!(lab.run(&Frame::udp(V4, V4_DST).bytes()), XDP_PASS);
-        assert_eq!(lab.run(&Frame::udp(V6, V6_DST).bytes()), XDP_PASS);
+    // An allowlisted address inside a blocked prefix, and an allowlisted prefix around a
+    // blocked address.
+    lab.block(&[
+        "198.18.0.0/24",
+        "2001:db8::/64",
+        "198.18.5.3",
+        "2001:db8:5::3",
+    ]);
+    lab.allow(&[V4.src, V6.src, "198.18.5.0/28", "2001:db8:5::/120"]);
+    for f in &FAMILIES {
+        let flow = Packet::tcp(f.src, f.dst);
+        lab.kill_flow(&flow, 0, 0);
+        lab.throttle(&[f.src], 1, 1, None);
+        for _ in 0..3 {
+            assert_eq!(lab.send(&Packet::udp(f.src, f.dst)), XDP_PASS);
+        }
+        assert_eq!(
+            lab.send(&flow),
+            XDP_PASS,
+            "killed flow of an allowed source"
+        );
+        assert_eq!(lab.send(&hard(flow.clone())), XDP_PASS);
+        assert_eq!(
+            lab.send(&Packet::udp(f.other, f.dst)),
+            XDP_DROP,
+            "rest of the prefix"
+        );
+        assert_eq!(lab.source(f.src).dropped, 0);
     }
-    assert_eq!(
-        lab.run(&Frame::udp("198.18.0.101", V4_DST).bytes()),
-        XDP_DROP
-    );
-    assert_eq!(lab.counter(Reason::Allowlisted), 6);
-    assert_eq!(lab.counter(Reason::DropBlock), 1);
+    for ip in ["198.18.5.3", "2001:db8:5::3"] {
+        let dst = if ip.contains(':') { V6.dst } else { V4.dst };
+        assert_eq!(lab.send(&Packet::udp(ip, dst)), XDP_PASS);
+    }
+    lab.expect_counts(&[(Reason::Allowlisted, 12), (Reason::DropBlock, 2)]);
 }
 
 #[test]
 fn killed_flows_drop_only_their_five_tuple() {
     let mut lab = Lab::new();
-    let key = FlowKey {
-        src: v4_mapped([198, 18, 0, 100]),
-        dst: v4_mapped([198, 18, 0, 1]),
-        src_port: 40000,
-        dst_port: 7000,
-        proto: 6,
-        _pad: [0; 3],
-    };
-    lab.dp
-        .maps
-        .flow_kill
-        .insert(
-            key,
-            RuleValue {
-                expires_ns: 0,
-                reason_id: 0,
-                flags: 0,
-            },
-            0,
-        )
-        .unwrap();
-    assert_eq!(lab.run(&Frame::udp(V4, V4_DST).tcp().bytes()), XDP_DROP);
-    assert_eq!(
-        lab.run(&Frame::udp(V4, V4_DST).bytes()),
-        XDP_PASS,
-        "UDP is another flow"
-    );
-    let mut other_port = Frame::udp(V4, V4_DST).tcp();
-    other_port.sport = 40001;
-    assert_eq!(lab.run(&other_port.bytes()), XDP_PASS);
-    assert_eq!(lab.counter(Reason::DropFlowKill), 1);
+    for f in &FAMILIES {
+        let flow = Packet::tcp(f.src, f.dst).ports(40000, 443);
+        lab.kill_flow(&flow, 0, 0);
+        assert_eq!(lab.send(&flow), XDP_DROP);
+        assert_eq!(
+            lab.send(&hard(flow.clone())),
+            XDP_DROP,
+            "found past VLAN tags and extension headers"
+        );
+        for (what, p) in [
+            ("UDP is another flow", flow.clone().proto(packets::UDP)),
+            ("another source port", flow.clone().ports(40001, 443)),
+            ("another destination port", flow.clone().ports(40000, 444)),
+            (
+                "the reverse direction",
+                Packet::tcp(f.dst, f.src).ports(443, 40000),
+            ),
+            (
+                "another source",
+                Packet::tcp(f.other, f.dst).ports(40000, 443),
+            ),
+        ] {
+            assert_eq!(lab.send(&p), XDP_PASS, "{what}");
+        }
+        // A killed UDP flow too.
+        let udp = Packet::udp(f.src, f.dst).ports(5353, 53);
+        lab.kill_flow(&udp, 0, 0);
+        assert_eq!(lab.send(&udp), XDP_DROP);
+        assert_eq!(lab.source(f.src).dropped, 3);
+    }
+    lab.expect_counts(&[(Reason::DropFlowKill, 6), (Reason::Pass, 10)]);
 }
 
 #[test]
-fn throttles_pass_the_burst_then_drop_per_source_or_per_aggregate() {
+fn a_throttle_passes_its_burst_then_drops_each_source_on_its_own() {
     let mut lab = Lab::new();
-    // Per source: rate so low that no token comes back during the test.
-    lab.add(
-        ListKind::Throttle,
-        &["198.18.0.0/24"],
-        false,
-        Some(ThrottleSpec {
-            rate_pps: 1,
-            burst: 3,
-            aggregate: None,
-        }),
-    );
-    let verdicts: Vec<u32> = (0..5)
-        .map(|_| lab.run(&Frame::udp(V4, V4_DST).bytes()))
+    // Rate so low that no token comes back during the test.
+    for f in &FAMILIES {
+        lab.throttle(&[f.src], 1, 3, None);
+        lab.throttle(&[f.prefix], 1, 2, None);
+        let src: Vec<u32> = (0..5)
+            .map(|_| lab.send(&Packet::udp(f.src, f.dst)))
+            .collect();
+        assert_eq!(src, [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP]);
+        assert_eq!(lab.source(f.src).dropped, 2);
+        // Two sources of a per-source prefix throttle each have their own bucket.
+        let in_prefix_2 = f.in_prefix.replace("77", "78");
+        for ip in [f.in_prefix, in_prefix_2.as_str()] {
+            let got: Vec<u32> = (0..3)
+                .map(|_| lab.send(&hard(Packet::udp(ip, f.dst))))
+                .collect();
+            assert_eq!(got, [XDP_PASS, XDP_PASS, XDP_DROP], "{ip}");
+        }
+        assert_eq!(
+            lab.send(&Packet::udp(f.other, f.dst)),
+            XDP_PASS,
+            "unthrottled"
+        );
+    }
+    lab.expect_counts(&[
+        (Reason::ThrottlePass, 2 * (3 + 2 + 2)),
+        (Reason::DropThrottle, 2 * (2 + 1 + 1)),
+        (Reason::Pass, 2),
+    ]);
+}
+
+#[test]
+fn an_aggregate_throttle_shares_one_bucket_per_prefix() {
+    let mut lab = Lab::new();
+    // v4: /24 buckets inside a throttled /16; v6: /64 buckets inside a throttled /48.
+    lab.throttle(&["198.18.0.0/16"], 1, 3, Some(24));
+    lab.throttle(&["2001:db8::/48"], 1, 3, Some(64));
+    for (a, b, other_bucket, dst) in [
+        ("198.18.7.1", "198.18.7.200", "198.18.8.1", V4.dst),
+        ("2001:db8::a", "2001:db8::ffff:b", "2001:db8:0:1::a", V6.dst),
+    ] {
+        let got: Vec<u32> = [a, b, a, b, a]
+            .iter()
+            .map(|ip| lab.send(&Packet::udp(ip, dst)))
+            .collect();
+        assert_eq!(got, [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP]);
+        assert_eq!(lab.source(a).dropped, 1);
+        assert_eq!(lab.source(b).dropped, 1);
+        assert_eq!(lab.send(&Packet::udp(other_bucket, dst)), XDP_PASS);
+    }
+    lab.expect_counts(&[(Reason::ThrottlePass, 2 * 4), (Reason::DropThrottle, 2 * 2)]);
+}
+
+#[test]
+fn a_throttle_refills_at_its_rate() {
+    let mut lab = Lab::new();
+    // 2 packets/s, burst 1: a token comes back every 500 ms.
+    for f in &FAMILIES {
+        lab.throttle(&[f.src], 2, 1, None);
+    }
+    let t = Instant::now();
+    let first: Vec<u32> = FAMILIES
+        .iter()
+        .flat_map(|f| [Packet::udp(f.src, f.dst), Packet::udp(f.src, f.dst)])
+        .map(|p| lab.send(&p))
         .collect();
-    assert_eq!(verdicts, [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP]);
-    // Another source in the same prefix has its own bucket.
-    assert_eq!(
-        lab.run(&Frame::udp("198.18.0.101", V4_DST).bytes()),
-        XDP_PASS
-    );
-    // Aggregate /64 for IPv6: two sources of one /64 share one bucket.
-    lab.add(
-        ListKind::Throttle,
-        &["2001:db8::/48"],
-        false,
-        Some(ThrottleSpec {
-            rate_pps: 1,
-            burst: 2,
-            aggregate: Some(64),
-        }),
-    );
-    let a = lab.run(&Frame::udp("2001:db8::a", V6_DST).bytes());
-    let b = lab.run(&Frame::udp("2001:db8::b", V6_DST).bytes());
-    let c = lab.run(&Frame::udp("2001:db8::c", V6_DST).bytes());
-    let other_64 = lab.run(&Frame::udp("2001:db8:0:1::a", V6_DST).bytes());
-    assert_eq!(
-        [a, b, c, other_64],
-        [XDP_PASS, XDP_PASS, XDP_DROP, XDP_PASS]
-    );
-    assert_eq!(lab.counter(Reason::ThrottlePass), 3 + 1 + 2 + 1);
-    assert_eq!(lab.counter(Reason::DropThrottle), 2 + 1);
+    // Only meaningful if the machine did not stall for a token's time between the two.
+    if t.elapsed() < Duration::from_millis(400) {
+        assert_eq!(first, [XDP_PASS, XDP_DROP, XDP_PASS, XDP_DROP]);
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    for f in &FAMILIES {
+        assert_eq!(lab.send(&Packet::udp(f.src, f.dst)), XDP_PASS, "refilled");
+    }
 }
 
 #[test]
-fn shadow_entries_and_global_shadow_count_would_drops_and_pass() {
+fn shadow_entries_count_would_drops_and_pass() {
     let mut lab = Lab::new();
-    lab.add(ListKind::Block, &[V4], true, None);
-    assert_eq!(lab.run(&Frame::udp(V4, V4_DST).bytes()), XDP_PASS);
-    assert_eq!(lab.counter(Reason::ShadowBlock), 1);
-    lab.add(ListKind::Block, &[V6], false, None);
-    assert_eq!(lab.run(&Frame::udp(V6, V6_DST).bytes()), XDP_DROP);
-    lab.dp
-        .maps
-        .set_config(Config {
-            flags: CONFIG_FLAG_SHADOW,
-            _pad: 0,
-        })
-        .unwrap();
-    assert_eq!(
-        lab.run(&Frame::udp(V6, V6_DST).bytes()),
-        XDP_PASS,
-        "global shadow"
-    );
-    lab.add(
-        ListKind::Throttle,
-        &["198.18.0.7"],
-        false,
-        Some(ThrottleSpec {
-            rate_pps: 1,
-            burst: 1,
-            aggregate: None,
-        }),
-    );
-    assert_eq!(lab.run(&Frame::udp("198.18.0.7", V4_DST).bytes()), XDP_PASS);
-    assert_eq!(lab.run(&Frame::udp("198.18.0.7", V4_DST).bytes()), XDP_PASS);
-    assert_eq!(lab.counter(Reason::ShadowBlock), 2);
-    assert_eq!(lab.counter(Reason::ShadowThrottle), 1);
-    assert_eq!(lab.counter(Reason::DropBlock), 1);
-    assert_eq!(lab.counter(Reason::DropThrottle), 0);
-    let flags = lab
-        .dp
-        .maps
-        .block_hash
-        .get(&v4_mapped([198, 18, 0, 100]), 0)
-        .unwrap()
-        .flags;
-    assert_eq!(flags & RULE_FLAG_SHADOW, RULE_FLAG_SHADOW);
+    let shadow = || AddRequest {
+        shadow: true,
+        ..Default::default()
+    };
+    for f in &FAMILIES {
+        lab.add(ListKind::Block, &[f.src, f.prefix], shadow());
+        lab.add(
+            ListKind::Throttle,
+            &[f.other],
+            AddRequest {
+                throttle: Some(ThrottleSpec {
+                    rate_pps: 1,
+                    burst: 1,
+                    aggregate: None,
+                }),
+                ..shadow()
+            },
+        );
+        let flow = Packet::tcp(f.outside, f.dst);
+        lab.kill_flow(&flow, 0, sentinel_common::RULE_FLAG_SHADOW);
+        assert_eq!(lab.send(&Packet::udp(f.src, f.dst)), XDP_PASS);
+        assert_eq!(lab.send(&Packet::udp(f.in_prefix, f.dst)), XDP_PASS);
+        assert_eq!(
+            lab.send(&Packet::udp(f.other, f.dst)),
+            XDP_PASS,
+            "within the burst"
+        );
+        assert_eq!(
+            lab.send(&Packet::udp(f.other, f.dst)),
+            XDP_PASS,
+            "over the rate"
+        );
+        assert_eq!(lab.send(&flow), XDP_PASS);
+        for ip in [f.src, f.in_prefix, f.other, f.outside] {
+            assert_eq!(lab.source(ip).dropped, 0, "{ip}");
+        }
+    }
+    let listed = lists::list(&lab.dp.maps, ListKind::Block).unwrap();
+    assert!(listed.iter().all(|e| e.shadow), "{listed:?}");
+    lab.expect_counts(&[
+        (Reason::ShadowBlock, 4),
+        (Reason::ThrottlePass, 2),
+        (Reason::ShadowThrottle, 2),
+        (Reason::ShadowFlowKill, 2),
+    ]);
+}
+
+#[test]
+fn global_shadow_counts_would_drops_and_passes_until_turned_off() {
+    let mut lab = Lab::new();
+    for f in &FAMILIES {
+        lab.block(&[f.src]);
+        lab.throttle(&[f.other], 1, 1, None);
+        lab.kill_flow(&Packet::tcp(f.outside, f.dst), 0, 0);
+    }
+    lab.set_global_shadow(true);
+    for f in &FAMILIES {
+        assert_eq!(lab.send(&Packet::udp(f.src, f.dst)), XDP_PASS);
+        assert_eq!(lab.send(&Packet::udp(f.other, f.dst)), XDP_PASS);
+        assert_eq!(lab.send(&Packet::udp(f.other, f.dst)), XDP_PASS);
+        assert_eq!(lab.send(&Packet::tcp(f.outside, f.dst)), XDP_PASS);
+        assert_eq!(lab.source(f.src).dropped, 0);
+    }
+    lab.expect_counts(&[
+        (Reason::ShadowBlock, 2),
+        (Reason::ThrottlePass, 2),
+        (Reason::ShadowThrottle, 2),
+        (Reason::ShadowFlowKill, 2),
+    ]);
+    lab.set_global_shadow(false);
+    for f in &FAMILIES {
+        assert_eq!(lab.send(&Packet::udp(f.src, f.dst)), XDP_DROP);
+        assert_eq!(lab.send(&Packet::udp(f.other, f.dst)), XDP_DROP);
+        assert_eq!(lab.send(&Packet::tcp(f.outside, f.dst)), XDP_DROP);
+    }
+    lab.expect_counts(&[
+        (Reason::ShadowBlock, 2),
+        (Reason::ThrottlePass, 2),
+        (Reason::ShadowThrottle, 2),
+        (Reason::ShadowFlowKill, 2),
+        (Reason::DropBlock, 2),
+        (Reason::DropThrottle, 2),
+        (Reason::DropFlowKill, 2),
+    ]);
+}
+
+fn rule(expires_ns: u64) -> RuleValue {
+    RuleValue {
+        expires_ns,
+        reason_id: 0,
+        flags: 0,
+    }
+}
+
+fn throttle_rule(expires_ns: u64) -> ThrottleRule {
+    ThrottleRule {
+        rate_pps: 1,
+        burst: 1,
+        expires_ns,
+        aggregate_prefix: 128,
+        ..Default::default()
+    }
 }
 
 #[test]
 fn expired_entries_stop_applying_without_userspace() {
+    use aya::maps::lpm_trie::Key;
     let mut lab = Lab::new();
-    // Expiry is judged on the kernel's coarse clock (one tick, up to 4 ms here, behind): an
-    // entry that expired 20 ms ago is gone.
-    let past = RuleValue {
-        expires_ns: monotonic_ns() - 20_000_000,
-        reason_id: 0,
-        flags: 0,
-    };
-    lab.dp
-        .maps
-        .block_hash
-        .insert(v4_mapped([198, 18, 0, 100]), past, 0)
-        .unwrap();
-    assert_eq!(lab.run(&Frame::udp(V4, V4_DST).bytes()), XDP_PASS);
-    let future = RuleValue {
-        expires_ns: monotonic_ns() + 60_000_000_000,
-        reason_id: 0,
-        flags: 0,
-    };
-    lab.dp
-        .maps
-        .block_hash
-        .insert(v4_mapped([198, 18, 0, 100]), future, 0)
-        .unwrap();
-    assert_eq!(lab.run(&Frame::udp(V4, V4_DST).bytes()), XDP_DROP);
-    // A TTL from the list API expires the same way.
-    lab.add(ListKind::Block, &[V6], false, None);
-    lists::add(
-        &mut lab.dp.maps,
-        ListKind::Block,
-        &AddRequest {
-            targets: vec![V6.into()],
-            ttl_ms: Some(50),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(lab.run(&Frame::udp(V6, V6_DST).bytes()), XDP_DROP);
-    std::thread::sleep(std::time::Duration::from_millis(80));
-    assert_eq!(lab.run(&Frame::udp(V6, V6_DST).bytes()), XDP_PASS);
-    assert_eq!(lists::sweep_expired(&mut lab.dp.maps).unwrap(), 1);
+    // Well in the past: the kernel may judge expiry with a clock that lags by a tick.
+    let past = monotonic_ns() - 1_000_000_000;
+    let m = &mut lab.dp.maps;
+    // Written behind the list API's back: tell the kernel the maps hold entries.
+    m.mark_present(HAS_ALL).unwrap();
+    for f in &FAMILIES {
+        let src = addr_key(f.src.parse().unwrap());
+        let in_prefix = addr_key(f.in_prefix.parse().unwrap());
+        let other = addr_key(f.other.parse().unwrap());
+        let outside = addr_key(f.outside.parse().unwrap());
+        // Expired block (exact and prefix), throttle (exact and prefix) and flow kill.
+        m.block_hash.insert(src, rule(past), 0).unwrap();
+        m.block_lpm
+            .insert(&Key::new(128, in_prefix), rule(past), 0)
+            .unwrap();
+        m.throttle_hash
+            .insert(other, throttle_rule(past), 0)
+            .unwrap();
+        m.throttle_lpm
+            .insert(&Key::new(120, outside), throttle_rule(past), 0)
+            .unwrap();
+    }
+    for f in &FAMILIES {
+        lab.kill_flow(&Packet::tcp(f.src, f.dst), past, 0);
+    }
+    for f in &FAMILIES {
+        for ip in [f.src, f.in_prefix, f.other, f.other, f.outside, f.outside] {
+            assert_eq!(lab.send(&Packet::udp(ip, f.dst)), XDP_PASS, "{ip}");
+        }
+        assert_eq!(lab.send(&Packet::tcp(f.src, f.dst)), XDP_PASS);
+    }
+    lab.expect_counts(&[(Reason::Pass, 14)]);
+
+    // Expired allow entries (exact and prefix) no longer shield a blocked source.
+    let m = &mut lab.dp.maps;
+    // Written behind the list API's back: tell the kernel the maps hold entries.
+    m.mark_present(HAS_ALL).unwrap();
+    for f in &FAMILIES {
+        let src = addr_key(f.src.parse().unwrap());
+        let in_prefix = addr_key(f.in_prefix.parse().unwrap());
+        m.allow_hash.insert(src, rule(past), 0).unwrap();
+        m.allow_lpm
+            .insert(&Key::new(128, in_prefix), rule(past), 0)
+            .unwrap();
+        m.block_hash.insert(src, rule(0), 0).unwrap();
+        m.block_hash.insert(in_prefix, rule(0), 0).unwrap();
+    }
+    for f in &FAMILIES {
+        assert_eq!(lab.send(&Packet::udp(f.src, f.dst)), XDP_DROP);
+        assert_eq!(lab.send(&Packet::udp(f.in_prefix, f.dst)), XDP_DROP);
+    }
+    lab.expect_counts(&[(Reason::Pass, 14), (Reason::DropBlock, 4)]);
+
+    // The sweep reclaims exactly the expired entries: per family one block prefix (the exact
+    // ones were replaced by live entries), two throttles, one flow and two allows.
+    assert_eq!(lists::sweep_expired(&mut lab.dp.maps).unwrap(), 2 * 6);
 }
 
 #[test]
-fn non_ip_malformed_and_truncated_frames_pass_and_are_counted() {
+fn a_ttl_from_the_list_api_expires_in_the_kernel() {
     let mut lab = Lab::new();
-    lab.add(ListKind::Block, &[V4], false, None);
-    // ARP.
-    let mut arp = vec![0xff; 6];
-    arp.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x08, 0x06]);
-    arp.resize(42, 0);
-    assert_eq!(lab.run(&arp), XDP_PASS);
-    assert_eq!(lab.counter(Reason::NonIp), 1);
-    // (The kernel refuses test frames shorter than an Ethernet header.) Ethernet only with an
-    // IPv4 type; IPv4 header cut short; bad IHL; IPv6 cut short.
-    let full = Frame::udp(V4, V4_DST).bytes();
-    assert_eq!(lab.run(&full[..14]), XDP_PASS);
-    assert_eq!(lab.run(&full[..20]), XDP_PASS);
-    let mut bad_ihl = full.clone();
-    bad_ihl[14] = 0x42;
-    assert_eq!(lab.run(&bad_ihl), XDP_PASS);
-    let v6 = Frame::udp(V6, V6_DST).bytes();
-    assert_eq!(lab.run(&v6[..30]), XDP_PASS);
-    assert_eq!(lab.counter(Reason::Malformed), 4);
-    // Transport header cut short: judged on addresses (blocked source drops), counted.
-    let tcp = Frame::udp(V4, V4_DST).tcp().bytes();
-    assert_eq!(lab.run(&tcp[..14 + 20 + 10]), XDP_DROP);
-    assert_eq!(lab.counter(Reason::TruncatedL4), 1);
+    let ttl = |ms| AddRequest {
+        ttl_ms: Some(ms),
+        ..Default::default()
+    };
+    for f in &FAMILIES {
+        lab.add(ListKind::Block, &[f.src, f.prefix], ttl(1000));
+        lab.add(ListKind::Block, &[f.other], ttl(60_000));
+    }
+    for f in &FAMILIES {
+        for ip in [f.src, f.in_prefix, f.other] {
+            assert_eq!(lab.send(&Packet::udp(ip, f.dst)), XDP_DROP, "{ip}");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    for f in &FAMILIES {
+        assert_eq!(lab.send(&Packet::udp(f.src, f.dst)), XDP_PASS);
+        assert_eq!(lab.send(&Packet::udp(f.in_prefix, f.dst)), XDP_PASS);
+        assert_eq!(
+            lab.send(&Packet::udp(f.other, f.dst)),
+            XDP_DROP,
+            "still live"
+        );
+    }
+    let listed: Vec<String> = lists::list(&lab.dp.maps, ListKind::Block)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.target)
+        .collect();
+    assert_eq!(
+        listed,
+        [V4.other, V6.other],
+        "expired entries are not listed"
+    );
+    assert_eq!(lists::sweep_expired(&mut lab.dp.maps).unwrap(), 4);
+    lab.expect_counts(&[(Reason::DropBlock, 8), (Reason::Pass, 4)]);
+}
+
+#[test]
+fn an_expired_prefix_does_not_hide_a_live_shorter_one() {
+    let mut lab = Lab::new();
+    let ttl = AddRequest {
+        ttl_ms: Some(200),
+        ..Default::default()
+    };
+    // For every list that uses prefixes, a permanent short prefix with short-lived longer ones
+    // inside (for the blocklist two levels: /24 and /28 in a /17, /64 and /96 in a /48).
+    let (v4_in, v6_in) = ("198.18.9.7", "2001:db8:0:9::7");
+    lab.block(&["198.18.0.0/17", "2001:db8::/48"]);
+    lab.add(
+        ListKind::Block,
+        &[
+            "198.18.9.0/24",
+            "198.18.9.0/28",
+            "2001:db8:0:9::/64",
+            "2001:db8:0:9::/96",
+        ],
+        ttl.clone(),
+    );
+    lab.allow(&["198.19.0.0/16", "2001:db8:1::/48"]);
+    lab.add(
+        ListKind::Allow,
+        &["198.19.9.0/24", "2001:db8:1:9::/64"],
+        ttl.clone(),
+    );
+    lab.block(&["198.19.9.7", "2001:db8:1:9::7"]);
+    lab.throttle(&["198.18.128.0/17", "2001:db8:2::/48"], 1, 1, None);
+    lab.add(
+        ListKind::Throttle,
+        &["198.18.200.0/24", "2001:db8:2:9::/64"],
+        AddRequest {
+            throttle: Some(ThrottleSpec {
+                rate_pps: 1000,
+                burst: 1000,
+                aggregate: None,
+            }),
+            ..ttl
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    for (ip, dst) in [(v4_in, V4.dst), (v6_in, V6.dst)] {
+        assert_eq!(
+            lab.send(&Packet::udp(ip, dst)),
+            XDP_DROP,
+            "{ip}: the /17 still blocks"
+        );
+    }
+    for (ip, dst) in [("198.19.9.7", V4.dst), ("2001:db8:1:9::7", V6.dst)] {
+        assert_eq!(
+            lab.send(&Packet::udp(ip, dst)),
+            XDP_PASS,
+            "{ip}: the /16 still allows"
+        );
+    }
+    for (ip, dst) in [("198.18.200.7", V4.dst), ("2001:db8:2:9::7", V6.dst)] {
+        let got = [
+            lab.send(&Packet::udp(ip, dst)),
+            lab.send(&Packet::udp(ip, dst)),
+        ];
+        assert_eq!(
+            got,
+            [XDP_PASS, XDP_DROP],
+            "{ip}: the long-lived throttle applies"
+        );
+    }
+    lab.expect_counts(&[
+        (Reason::DropBlock, 2),
+        (Reason::Allowlisted, 2),
+        (Reason::ThrottlePass, 2),
+        (Reason::DropThrottle, 2),
+    ]);
+}
+
+#[test]
+fn non_ip_frames_pass_and_are_counted() {
+    let mut lab = Lab::new();
+    for f in [
+        packets::arp(&[]),
+        packets::arp(&[5]),
+        packets::ethertype(0x88cc, 46),
+    ] {
+        assert_eq!(lab.run(&f), XDP_PASS);
+    }
+    lab.expect_counts(&[(Reason::NonIp, 3)]);
+    assert!(
+        lab.dp.maps.sources().unwrap().is_empty(),
+        "no source accounted"
+    );
+}
+
+#[test]
+fn malformed_headers_pass_and_are_counted_even_from_blocked_sources() {
+    let mut lab = Lab::new();
+    lab.block(&[V4.src, V6.src]);
+    let v4 = Packet::udp(V4.src, V4.dst).build();
+    let v6 = Packet::udp(V6.src, V6.dst).build();
+    let tagged = Packet::udp(V4.src, V4.dst).vlan(9).build();
+    let mut bad_version = v4.bytes.clone();
+    bad_version[v4.l3] = 0x65;
+    let mut bad_ihl = v4.bytes.clone();
+    bad_ihl[v4.l3] = 0x44;
+    let mut v6_bad_version = v6.bytes.clone();
+    v6_bad_version[v6.l3] = 0x40;
+    let ext = Packet::udp(V6.src, V6.dst).ext(Ext::HopByHop).build();
+    // A hop-by-hop header claiming 2 KiB: the transport header would be beyond the parser's
+    // bound.
+    let mut huge_ext = ext.bytes.clone();
+    huge_ext[ext.l3 + 40 + 1] = 255;
+    // (The kernel refuses test frames shorter than an Ethernet header.)
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("Ethernet header only", v4.cut(14)),
+        ("VLAN tag cut short", tagged.cut(16)),
+        ("IPv4 header cut short", v4.cut(v4.l3 + 10)),
+        ("IPv4 without its addresses", v4.cut(v4.l3 + 16)),
+        ("IPv4 version 6", bad_version),
+        ("IPv4 IHL below 5", bad_ihl),
+        ("IPv6 header cut short", v6.cut(v6.l3 + 30)),
+        ("IPv6 version 4", v6_bad_version),
+        ("IPv6 extension header cut short", ext.cut(ext.l3 + 41)),
+        ("IPv6 extension chain past the bound", huge_ext),
+    ];
+    for (what, frame) in &cases {
+        assert_eq!(lab.run(frame), XDP_PASS, "{what}");
+    }
+    lab.expect_counts(&[(Reason::Malformed, cases.len() as u64)]);
+}
+
+#[test]
+fn truncated_transport_headers_are_counted_and_judged_on_addresses() {
+    let mut lab = Lab::new();
+    for f in &FAMILIES {
+        lab.block(&[f.src]);
+        for (src, want) in [(f.src, XDP_DROP), (f.other, XDP_PASS)] {
+            let tcp = hard(Packet::tcp(src, f.dst)).build();
+            let udp = Packet::udp(src, f.dst).build();
+            for (what, frame) in [
+                ("TCP cut inside its header", tcp.cut(tcp.l4 + 10)),
+                ("TCP with no header at all", tcp.cut(tcp.l4)),
+                ("UDP cut inside its header", udp.cut(udp.l4 + 4)),
+            ] {
+                assert_eq!(lab.run(&frame), want, "{what} from {src}");
+            }
+        }
+        assert_eq!(lab.source(f.src).dropped, 3);
+    }
+    lab.expect_counts(&[
+        (Reason::DropBlock, 6),
+        (Reason::Pass, 6),
+        (Reason::TruncatedL4, 12),
+    ]);
+}
+
+#[test]
+fn the_bare_floor_programs_drop_and_pass_everything() {
+    let mut lab = Lab::new();
+    for f in &FAMILIES {
+        let frame = Packet::udp(f.src, f.dst).build().bytes;
+        assert_eq!(lab.run_program(programs::XDP_DROP, &frame), XDP_DROP);
+        assert_eq!(lab.run_program(programs::XDP_PASS, &frame), XDP_PASS);
+    }
+    lab.expect_counts(&[]);
 }
 
 #[test]
