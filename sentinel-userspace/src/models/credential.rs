@@ -14,12 +14,14 @@
 //! scores 3 + 3.5 + 3.5 after three attempts and is raised at the third, about 0.7 s in; a user
 //! with three wrong passwords from home scores 3.
 
+use std::hash::Hasher;
+
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
     AlertKind, Severity,
-    bounded::{BoundedMap, NS, SmallSet, Window, key_of, key2, secs},
+    bounded::{BoundedMap, FastHasher, NS, SmallSet, Window, key_of, secs},
     config::Checker,
     engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, subject},
     profile::cc,
@@ -172,11 +174,15 @@ pub struct CredentialDetector {
 /// A fingerprint of the client software: user-agent family and the request header names in
 /// order (lower case).
 pub fn fingerprint(ctx: &Ctx<'_>) -> u64 {
-    let mut h = u64::from(ctx.ua_family);
+    let mut h = FastHasher::default();
+    h.write_u64(u64::from(ctx.ua_family));
     for (n, _) in &ctx.obs.req_headers {
-        h = key2(&h, &n.to_ascii_lowercase());
+        for b in n.bytes() {
+            h.write_u8(b.to_ascii_lowercase());
+        }
+        h.write_u8(b':');
     }
-    h
+    h.finish()
 }
 
 impl CredentialDetector {
@@ -230,14 +236,16 @@ impl Detector for CredentialDetector {
         };
         let unknown_account = username.is_some() && ctx.profile.is_none();
 
-        let src = self.sources.entry(src_key, now, SourceState::default);
-        src.attempts.add(now, w, 1);
-        let fps = self.fingerprints.entry(fp, now, FingerprintState::default);
-        fps.attempts.add(now, w, 1);
-        fps.sources.insert(src_key as u32);
-
         if !ctx.login_failed {
-            src.successes.add(now, w, 1);
+            // Sources and fingerprints get state with their first failure: successes before
+            // that say nothing, and a million clean logins cost nothing here.
+            if let Some(src) = self.sources.get_mut(src_key) {
+                src.attempts.add(now, w, 1);
+                src.successes.add(now, w, 1);
+            }
+            if let Some(fps) = self.fingerprints.get_mut(fp) {
+                fps.attempts.add(now, w, 1);
+            }
             // A success right after a run of failures on this account from this source.
             if let Some(k) = account_key
                 && let Some(a) = self.accounts.get_mut(k)
@@ -275,6 +283,12 @@ impl Detector for CredentialDetector {
             }
             return;
         }
+
+        let src = self.sources.entry(src_key, now, SourceState::default);
+        src.attempts.add(now, w, 1);
+        let fps = self.fingerprints.entry(fp, now, FingerprintState::default);
+        fps.attempts.add(now, w, 1);
+        fps.sources.insert(src_key as u32);
 
         // A failure: weigh it.
         let mut weight = 1.0;

@@ -180,38 +180,67 @@ const SECRET_PREFIXES: [(&str, usize, &str); 11] = [
     ("sk_live_", 20, "Stripe live secret key"),
 ];
 
-/// Scans one body.
-pub fn scan(body: &[u8], cfg: &Config) -> Findings {
+fn starts_with_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.len() >= needle.len() && hay[..needle.len()].eq_ignore_ascii_case(needle)
+}
+
+/// Scans one body. One pass over the bytes finds where secrets could start and how long the
+/// digit and upper-case runs are; the checksum work runs only where something can be found.
+pub fn scan(b: &[u8], cfg: &Config) -> Findings {
     let mut f = Findings::default();
-    let text = String::from_utf8_lossy(body);
-    let b = text.as_bytes();
-    if text.contains("PRIVATE KEY-----") {
-        f.secrets.push("PEM private key".into());
-    }
-    for (prefix, min, what) in SECRET_PREFIXES {
-        let mut from = 0;
-        while let Some(i) = text[from..].find(prefix) {
-            let start = from + i;
-            let body_start = start + prefix.len();
-            let n = b[body_start..]
-                .iter()
-                .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_' || **c == b'-')
-                .count();
-            let before_ok = start == 0 || !is_word(b[start - 1]);
-            if before_ok && n >= min {
-                f.secrets.push(what.into());
-                break;
+    let (mut digits, mut max_digits) = (0usize, 0usize);
+    let (mut upper, mut max_upper) = (0usize, 0usize);
+    let mut at = false;
+    for (i, &c) in b.iter().enumerate() {
+        if c.is_ascii_digit() {
+            digits += 1;
+            max_digits = max_digits.max(digits);
+        } else if c != b' ' && c != b'-' {
+            digits = 0;
+        }
+        if c.is_ascii_uppercase() || c.is_ascii_digit() {
+            upper += 1;
+            max_upper = max_upper.max(upper);
+        } else {
+            upper = 0;
+        }
+        match c {
+            b'@' => at = true,
+            b'-' if b[i..].starts_with(b"-----BEGIN ") => {
+                let head = &b[i..(i + 60).min(b.len())];
+                if head.windows(11).any(|w| w == b"PRIVATE KEY") {
+                    f.secrets.push("PEM private key".into());
+                }
             }
-            from = body_start;
+            b'A' | b'g' | b'x' | b's' => {
+                if i > 0 && is_word(b[i - 1]) {
+                    continue;
+                }
+                for (prefix, min, what) in SECRET_PREFIXES {
+                    if b[i..].starts_with(prefix.as_bytes()) {
+                        let n = b[i + prefix.len()..]
+                            .iter()
+                            .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_' || **c == b'-')
+                            .count();
+                        if n >= min && !f.secrets.iter().any(|s| s == what) {
+                            f.secrets.push(what.into());
+                        }
+                    }
+                }
+            }
+            b'"' => secret_field(b, i, cfg, &mut f),
+            _ => {}
         }
     }
-    secret_fields(&text, cfg, &mut f);
+    if max_digits < 9 && max_upper < 15 && !at {
+        return f;
+    }
     // Tokens: digit runs (cards, ids), IBAN-shaped words, e-mail addresses.
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
         let boundary = i == 0 || !is_word(b[i - 1]);
-        if c.is_ascii_digit() && boundary {
+        if c.is_ascii_digit() && boundary && max_digits >= 9 {
             let (end, digits, raw_dashes) = digit_run(b, i);
             let after_ok = end >= b.len() || !is_word(b[end]);
             if after_ok {
@@ -220,7 +249,7 @@ pub fn scan(body: &[u8], cfg: &Config) -> Findings {
             i = end.max(i + 1);
             continue;
         }
-        if c.is_ascii_uppercase() && boundary {
+        if c.is_ascii_uppercase() && boundary && max_upper >= 15 {
             let end = i + b[i..]
                 .iter()
                 .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
@@ -228,7 +257,6 @@ pub fn scan(body: &[u8], cfg: &Config) -> Findings {
             if (end >= b.len() || !is_word(b[end])) && iban_valid(&b[i..end]) {
                 f.ibans.insert(key_of(&b[i..end]));
             }
-            // Fall through to e-mail handling for the same start.
         }
         if c == b'@' {
             let local = b[..i]
@@ -248,6 +276,41 @@ pub fn scan(body: &[u8], cfg: &Config) -> Findings {
         i += 1;
     }
     f
+}
+
+/// A JSON field named like a secret opening at the quote `q`, holding a long unmasked value.
+fn secret_field(b: &[u8], q: usize, cfg: &Config, f: &mut Findings) {
+    let rest = &b[q + 1..];
+    for name in &cfg.secret_fields {
+        let n = name.as_bytes();
+        if !(starts_with_ci(rest, n) && rest.get(n.len()) == Some(&b'"')) {
+            continue;
+        }
+        let mut j = n.len() + 1;
+        while rest.get(j).is_some_and(|c| c.is_ascii_whitespace()) {
+            j += 1;
+        }
+        if rest.get(j) != Some(&b':') {
+            return;
+        }
+        j += 1;
+        while rest.get(j).is_some_and(|c| c.is_ascii_whitespace()) {
+            j += 1;
+        }
+        if rest.get(j) != Some(&b'"') {
+            return;
+        }
+        let val: &[u8] = &rest[j + 1..];
+        let val = &val[..val.iter().position(|c| *c == b'"').unwrap_or(val.len())];
+        let masked = val.contains(&b'*') || val.iter().all(|c| Some(c) == val.first());
+        if val.len() >= cfg.secret_min_len && !masked {
+            let what = format!("field \"{name}\"");
+            if !f.secrets.contains(&what) {
+                f.secrets.push(what);
+            }
+        }
+        return;
+    }
 }
 
 /// Digits from `i`, allowing single spaces or dashes between digits.
@@ -301,34 +364,6 @@ fn classify_digits(d: &[u8], raw: &[u8], seps: Vec<usize>, f: &mut Findings) {
     // Saudi national (1...) or resident (2...) id: 10 digits with a Luhn check digit.
     if d.len() == 10 && seps.is_empty() && matches!(d[0], b'1' | b'2') && luhn(d) {
         f.national_ids.insert(key_of(d));
-    }
-}
-
-fn secret_fields(text: &str, cfg: &Config, f: &mut Findings) {
-    if !text.contains('"') {
-        return;
-    }
-    let lower = text.to_ascii_lowercase();
-    for name in &cfg.secret_fields {
-        let pat = format!("\"{name}\"");
-        let mut from = 0;
-        while let Some(i) = lower[from..].find(&pat) {
-            let after = from + i + pat.len();
-            let rest = text[after..].trim_start();
-            if let Some(rest) = rest.strip_prefix(':') {
-                let rest = rest.trim_start();
-                if let Some(v) = rest.strip_prefix('"') {
-                    let val: String = v.chars().take_while(|c| *c != '"').collect();
-                    let masked = val.contains('*')
-                        || val.chars().all(|c| c == val.chars().next().unwrap_or('x'));
-                    if val.len() >= cfg.secret_min_len && !masked {
-                        f.secrets.push(format!("field \"{name}\""));
-                        break;
-                    }
-                }
-            }
-            from = after;
-        }
     }
 }
 

@@ -15,6 +15,8 @@
 //! overlong UTF-8, `%u002e` and backslashes), or a known sensitive file (`/etc/passwd`,
 //! `win.ini`, ...) named in the path or a parameter.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -212,9 +214,23 @@ pub fn traversal(raw: &str) -> Option<String> {
 }
 
 /// Where a value came from.
-struct Input {
-    place: String,
-    value: String,
+struct Input<'a> {
+    place: Cow<'a, str>,
+    value: Cow<'a, str>,
+}
+
+/// [`decode_fully`] without a copy when there is nothing to decode.
+fn decoded(s: &str, form: bool) -> Cow<'_, str> {
+    if s.contains('%') || (form && s.contains('+')) {
+        Cow::Owned(decode_fully(s, form))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// Worth judging at all.
+fn candidate(v: &str) -> bool {
+    sql_candidate(v) || xss_candidate(v) || script_url(v) || v.contains("..") || v.contains('%')
 }
 
 struct Finding {
@@ -261,10 +277,10 @@ impl InjectionDetector {
     }
 
     fn header_scanned(&self, name: &str) -> bool {
-        let n = name.to_ascii_lowercase();
+        let n = name.as_bytes();
         self.cfg.headers.iter().any(|h| match h.strip_suffix('*') {
-            Some(p) => n.starts_with(p),
-            None => n == *h,
+            Some(p) => n.len() >= p.len() && n[..p.len()].eq_ignore_ascii_case(p.as_bytes()),
+            None => name.eq_ignore_ascii_case(h),
         })
     }
 
@@ -303,19 +319,17 @@ impl InjectionDetector {
         (verdict, fp)
     }
 
-    fn inputs(&self, ctx: &Ctx<'_>) -> Vec<Input> {
+    fn inputs<'a>(&self, ctx: &Ctx<'a>, with_path: bool) -> Vec<Input<'a>> {
         let o = ctx.obs;
         let mut v = Vec::new();
-        for seg in o.path.split('/').filter(|s| !s.is_empty()) {
-            if has_escape(seg)
-                || seg
-                    .bytes()
-                    .any(|c| !c.is_ascii_alphanumeric() && c != b'-' && c != b'_' && c != b'.')
-            {
-                v.push(Input {
-                    place: "path".into(),
-                    value: decode_fully(seg, false),
-                });
+        if with_path {
+            for seg in o.path.split('/').filter(|s| !s.is_empty()) {
+                if candidate(seg) {
+                    v.push(Input {
+                        place: "path".into(),
+                        value: decoded(seg, false),
+                    });
+                }
             }
         }
         pairs(&o.query, "query", &mut v);
@@ -336,42 +350,53 @@ impl InjectionDetector {
                     json_values(&j, "", &mut v, self.cfg.max_values);
                 }
             } else if ctype.contains("x-www-form-urlencoded") {
-                pairs(&String::from_utf8_lossy(body), "form", &mut v);
+                let text = String::from_utf8_lossy(body).into_owned();
+                let mut owned = Vec::new();
+                pairs(&text, "form", &mut owned);
+                v.extend(owned.into_iter().map(|i| Input {
+                    place: Cow::Owned(i.place.into_owned()),
+                    value: Cow::Owned(i.value.into_owned()),
+                }));
             }
         }
         for (name, value) in &o.req_headers {
-            if !self.header_scanned(name) {
+            if !self.header_scanned(name) || !candidate(value) {
                 continue;
             }
-            let lname = name.to_ascii_lowercase();
-            match lname.as_str() {
-                "cookie" => {
-                    for c in value.split(';') {
-                        let (k, val) = c.trim().split_once('=').unwrap_or(("", c.trim()));
+            if name.eq_ignore_ascii_case("cookie") {
+                for c in value.split(';') {
+                    let (k, val) = c.trim().split_once('=').unwrap_or(("", c.trim()));
+                    if candidate(val) {
                         v.push(Input {
-                            place: format!("cookie {k}"),
-                            value: decode_fully(val, false),
+                            place: format!("cookie {k}").into(),
+                            value: decoded(val, false),
                         });
                     }
                 }
-                "referer" => {
-                    if let Some((path, q)) = value.split_once('?') {
+            } else if name.eq_ignore_ascii_case("referer") {
+                match value.split_once('?') {
+                    Some((path, q)) => {
                         pairs(q, "referer query", &mut v);
                         v.push(Input {
                             place: "referer".into(),
-                            value: decode_fully(path, false),
-                        });
-                    } else {
-                        v.push(Input {
-                            place: "referer".into(),
-                            value: decode_fully(value, false),
+                            value: decoded(path, false),
                         });
                     }
+                    None => v.push(Input {
+                        place: "referer".into(),
+                        value: decoded(value, false),
+                    }),
                 }
-                _ => v.push(Input {
-                    place: format!("header {lname}"),
-                    value: value.clone(),
-                }),
+            } else if name.eq_ignore_ascii_case("user-agent") {
+                v.push(Input {
+                    place: "header user-agent".into(),
+                    value: Cow::Borrowed(value),
+                });
+            } else {
+                v.push(Input {
+                    place: format!("header {}", name.to_ascii_lowercase()).into(),
+                    value: Cow::Borrowed(value),
+                });
             }
         }
         v.truncate(self.cfg.max_values);
@@ -393,28 +418,32 @@ fn body_candidate(b: &[u8]) -> bool {
         }
 }
 
-fn pairs(q: &str, place: &str, out: &mut Vec<Input>) {
+fn pairs<'a>(q: &'a str, place: &str, out: &mut Vec<Input<'a>>) {
     if q.is_empty() {
         return;
     }
     for p in q.split('&') {
         let (k, val) = p.split_once('=').unwrap_or(("", p));
-        let k = decode_fully(k, true);
+        let plus_spaced = || val.contains('+') && candidate(&val.replace('+', " "));
+        if !candidate(val) && !candidate(k) && !plus_spaced() {
+            continue;
+        }
+        let k = decoded(k, true);
         out.push(Input {
-            place: format!("{place} {k}"),
-            value: decode_fully(val, true),
+            place: format!("{place} {k}").into(),
+            value: decoded(val, true),
         });
     }
 }
 
-fn json_values(j: &Value, path: &str, out: &mut Vec<Input>, max: usize) {
+fn json_values(j: &Value, path: &str, out: &mut Vec<Input<'_>>, max: usize) {
     if out.len() >= max {
         return;
     }
     match j {
         Value::String(s) => out.push(Input {
-            place: format!("json {}", if path.is_empty() { "." } else { path }),
-            value: s.clone(),
+            place: format!("json {}", if path.is_empty() { "." } else { path }).into(),
+            value: Cow::Owned(s.clone()),
         }),
         Value::Array(a) => {
             for x in a {
@@ -469,14 +498,7 @@ impl Detector for InjectionDetector {
                 .path
                 .bytes()
                 .any(|c| matches!(c, b'%' | b'\'' | b'"' | b'<' | b';' | b'('));
-        let inputs = if fast_clean {
-            // Still judge the headers that carry input.
-            let mut v = self.inputs(ctx);
-            v.retain(|i| i.place != "path");
-            v
-        } else {
-            self.inputs(ctx)
-        };
+        let inputs = self.inputs(ctx, !fast_clean);
         for i in inputs {
             if (i.place.starts_with("query")
                 || i.place.starts_with("form")
@@ -486,8 +508,8 @@ impl Detector for InjectionDetector {
                 push(
                     Finding {
                         kind: AlertKind::PathTraversal,
-                        place: i.place.clone(),
-                        value: i.value.clone(),
+                        place: i.place.to_string(),
+                        value: i.value.to_string(),
                         detail: m,
                     },
                     &mut findings,
@@ -498,8 +520,8 @@ impl Detector for InjectionDetector {
                 push(
                     Finding {
                         kind: AlertKind::SqlInjection,
-                        place: i.place.clone(),
-                        value: i.value.clone(),
+                        place: i.place.to_string(),
+                        value: i.value.to_string(),
                         detail: fp,
                     },
                     &mut findings,
@@ -509,8 +531,8 @@ impl Detector for InjectionDetector {
                 push(
                     Finding {
                         kind: AlertKind::Xss,
-                        place: i.place,
-                        value: i.value,
+                        place: i.place.into_owned(),
+                        value: i.value.into_owned(),
                         detail: String::new(),
                     },
                     &mut findings,

@@ -18,10 +18,10 @@
 //! A closed window becomes a [`WindowSummary`]: features relative to the principal's baseline,
 //! each in `[0, 1]`, which the behaviour model scores.
 
-use std::net::IpAddr;
+use std::{hash::Hasher, net::IpAddr};
 
 use super::{
-    bounded::{BoundedMap, Ewm, SmallSet, key_of},
+    bounded::{BoundedMap, Ewm, FastHasher, SmallSet, key_of},
     observation::Observation,
 };
 
@@ -60,11 +60,13 @@ pub struct ProfileSettings {
 /// app update (`Chrome/130.0` -> `Chrome/131.0`) is not a new device.
 pub fn ua_family(ua: Option<&str>) -> u32 {
     let Some(ua) = ua else { return 0 };
-    let fam: String = ua
-        .chars()
-        .filter(|c| !c.is_ascii_digit() && *c != '.' && *c != '_')
-        .collect();
-    key_of(fam.as_str()) as u32 | 1
+    let mut h = FastHasher::default();
+    for b in ua.bytes() {
+        if !b.is_ascii_digit() && b != b'.' && b != b'_' {
+            h.write_u8(b);
+        }
+    }
+    h.finish() as u32 | 1
 }
 
 /// Two-letter country code as bytes.

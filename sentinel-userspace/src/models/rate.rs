@@ -224,7 +224,7 @@ impl RateDetector {
     fn judge(
         &self,
         ctx: &Ctx<'_>,
-        what: &str,
+        what: &dyn Fn() -> String,
         count: f64,
         l: &Limit,
         subject: u64,
@@ -246,7 +246,8 @@ impl RateDetector {
             },
             (0.5 + ratio.log2() / 8.0).min(1.0),
             format!(
-                "{what} made {:.0} requests in {ws} s ({:.1}/s), {:.1}x the learned limit of {:.1}/s (population {:.1}/s{}, own peak {:.1}/s).",
+                "{} made {:.0} requests in {ws} s ({:.1}/s), {:.1}x the learned limit of {:.1}/s (population {:.1}/s{}, own peak {:.1}/s).",
+                what(),
                 count,
                 rps,
                 ratio,
@@ -296,7 +297,7 @@ impl Detector for RateDetector {
         }
         *self.pairs.entry(pair_key, now, Counter::default) = c;
         let l = self.limit(hist.as_ref(), &c);
-        let what = format!("{} on {}", ctx.principal, ctx.obs.endpoint);
+        let what = || format!("{} on {}", ctx.principal, ctx.obs.endpoint);
         self.judge(
             ctx,
             &what,
@@ -324,7 +325,7 @@ impl Detector for RateDetector {
             let mut l = self.limit(hist.as_ref(), &s);
             // A source carries many principals (NAT, proxies): never below the per-pair bar.
             l.limit = l.limit.max(self.cfg.default_limit);
-            let what = format!("Address {}", ctx.obs.client_ip);
+            let what = || format!("Address {}", ctx.obs.client_ip);
             self.judge(ctx, &what, s.count(now, w), &l, sk, out);
         }
     }
