@@ -165,6 +165,20 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
 /// payload's wire length comes from the IP header, so a frame the capture cut short (snap
 /// length) yields a segment whose `wire_len` exceeds its payload.
 pub fn decode_frame(link: Link, frame: &[u8], ts_ns: u64) -> Result<Segment, Skip> {
+    let (mut seg, payload) = decode_inner(link, frame, ts_ns)?;
+    seg.payload = Bytes::copy_from_slice(payload);
+    Ok(seg)
+}
+
+/// [`decode_frame`] for a frame in a shared buffer: the payload is a slice of it, not a copy.
+pub fn decode_frame_shared(link: Link, frame: &Bytes, ts_ns: u64) -> Result<Segment, Skip> {
+    let (mut seg, payload) = decode_inner(link, frame, ts_ns)?;
+    seg.payload = frame.slice_ref(payload);
+    Ok(seg)
+}
+
+/// The segment (with an empty payload) and its payload within `frame`.
+fn decode_inner(link: Link, frame: &[u8], ts_ns: u64) -> Result<(Segment, &[u8]), Skip> {
     let (ethertype, l3) = match link {
         Link::Ethernet => {
             let mut et = be16(frame, 12).ok_or(Skip::Malformed)?;
@@ -196,7 +210,7 @@ pub fn decode_frame(link: Link, frame: &[u8], ts_ns: u64) -> Result<Segment, Ski
     }
 }
 
-fn ipv4(ip: &[u8], ts_ns: u64) -> Result<Segment, Skip> {
+fn ipv4(ip: &[u8], ts_ns: u64) -> Result<(Segment, &[u8]), Skip> {
     if ip.len() < 20 {
         return Err(Skip::Malformed);
     }
@@ -219,7 +233,7 @@ fn ipv4(ip: &[u8], ts_ns: u64) -> Result<Segment, Skip> {
     tcp(&ip[ihl..held], total - ihl, src, dst, ts_ns)
 }
 
-fn ipv6(ip: &[u8], ts_ns: u64) -> Result<Segment, Skip> {
+fn ipv6(ip: &[u8], ts_ns: u64) -> Result<(Segment, &[u8]), Skip> {
     if ip.len() < 40 {
         return Err(Skip::Malformed);
     }
@@ -276,7 +290,13 @@ fn ipv6(ip: &[u8], ts_ns: u64) -> Result<Segment, Skip> {
 
 /// `seg` is the captured part of the TCP segment, `wire` its length on the wire (from the IP
 /// header).
-fn tcp(seg: &[u8], wire: usize, src: IpAddr, dst: IpAddr, ts_ns: u64) -> Result<Segment, Skip> {
+fn tcp(
+    seg: &[u8],
+    wire: usize,
+    src: IpAddr,
+    dst: IpAddr,
+    ts_ns: u64,
+) -> Result<(Segment, &[u8]), Skip> {
     if seg.len() < 20 {
         return Err(Skip::Malformed);
     }
@@ -285,22 +305,26 @@ fn tcp(seg: &[u8], wire: usize, src: IpAddr, dst: IpAddr, ts_ns: u64) -> Result<
         return Err(Skip::Malformed);
     }
     let payload = &seg[doff..];
-    Ok(Segment {
-        ts_ns,
-        src: SocketAddr::new(src, be16(seg, 0).ok_or(Skip::Malformed)?),
-        dst: SocketAddr::new(dst, be16(seg, 2).ok_or(Skip::Malformed)?),
-        seq: be32(seg, 4).ok_or(Skip::Malformed)?,
-        ack: be32(seg, 8).ok_or(Skip::Malformed)?,
-        flags: seg[13],
-        payload: Bytes::copy_from_slice(payload),
-        wire_len: (wire - doff) as u32,
-    })
+    Ok((
+        Segment {
+            ts_ns,
+            src: SocketAddr::new(src, be16(seg, 0).ok_or(Skip::Malformed)?),
+            dst: SocketAddr::new(dst, be16(seg, 2).ok_or(Skip::Malformed)?),
+            seq: be32(seg, 4).ok_or(Skip::Malformed)?,
+            ack: be32(seg, 8).ok_or(Skip::Malformed)?,
+            flags: seg[13],
+            payload: Bytes::new(),
+            wire_len: (wire - doff) as u32,
+        },
+        payload,
+    ))
 }
 
-/// A byte source with a bounded window and the file offset of its first byte.
+/// A byte source with a bounded window and the file offset of its first byte. The window is a
+/// shared buffer, so segments can hold slices of it instead of copies.
 struct Window<R> {
     src: R,
-    buf: Vec<u8>,
+    buf: Bytes,
     start: usize,
     /// File offset of `buf[0]`.
     base: u64,
@@ -311,7 +335,7 @@ impl<R: Read> Window<R> {
     fn new(src: R) -> Self {
         Self {
             src,
-            buf: Vec::with_capacity(READ_CHUNK),
+            buf: Bytes::new(),
             start: 0,
             base: 0,
             eof: false,
@@ -330,38 +354,34 @@ impl<R: Read> Window<R> {
         self.start += n;
     }
 
-    /// Reads more; false at the end of the file.
+    /// Reads more; false at the end of the file. What is left of the window moves to a new
+    /// buffer (segments still holding slices of the old one keep it alive).
     fn fill(&mut self) -> Result<bool, PcapError> {
         if self.eof {
             return Ok(false);
         }
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.base += self.start as u64;
-            self.start = 0;
-        }
-        let have = self.buf.len();
-        self.buf.resize(have + READ_CHUNK, 0);
-        let mut got = 0;
-        while got < READ_CHUNK {
-            match self.src.read(&mut self.buf[have + got..]) {
-                Ok(0) => {
+        let left = &self.buf[self.start..];
+        let mut v = Vec::with_capacity(left.len() + READ_CHUNK);
+        v.extend_from_slice(left);
+        self.base += self.start as u64;
+        let have = v.len();
+        // `read_to_end` reads into the spare capacity without zeroing it first.
+        let r = (&mut self.src).take(READ_CHUNK as u64).read_to_end(&mut v);
+        let got = v.len() - have;
+        self.buf = Bytes::from(v);
+        self.start = 0;
+        match r {
+            Ok(_) => {
+                if got < READ_CHUNK {
                     self.eof = true;
-                    break;
                 }
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    self.buf.truncate(have + got);
-                    return Err(PcapError::Io {
-                        offset: self.base + self.buf.len() as u64,
-                        source,
-                    });
-                }
+                Ok(got > 0)
             }
+            Err(source) => Err(PcapError::Io {
+                offset: self.base + self.buf.len() as u64,
+                source,
+            }),
         }
-        self.buf.truncate(have + got);
-        Ok(got > 0)
     }
 
     /// Makes sure at least `n` bytes are available; false when the file ends first.
@@ -652,7 +672,11 @@ impl<R: Read> CaptureReader<R> {
                         Some((Some(link), ts, data)) => {
                             self.stats.packets += 1;
                             self.stats.packet_bytes += data.len() as u64;
-                            let seg = decode_frame(link, &data, ts);
+                            let frame = match &data {
+                                std::borrow::Cow::Borrowed(b) => self.win.buf.slice_ref(b),
+                                std::borrow::Cow::Owned(v) => Bytes::copy_from_slice(v),
+                            };
+                            let seg = decode_frame_shared(link, &frame, ts);
                             drop(data);
                             self.win.consume(len);
                             match self.count(seg) {
@@ -666,10 +690,10 @@ impl<R: Read> CaptureReader<R> {
             // pcap: the frame sits just behind the window's start (consumed above).
             if let Some((link, ts, incl)) = frame {
                 let end = self.win.start;
-                let data = &self.win.buf[end - incl..end];
+                let data = self.win.buf.slice(end - incl..end);
                 self.stats.packets += 1;
                 self.stats.packet_bytes += incl as u64;
-                let seg = decode_frame(link, data, ts);
+                let seg = decode_frame_shared(link, &data, ts);
                 if let Some(s) = self.count(seg) {
                     return Ok(Some(s));
                 }

@@ -112,6 +112,13 @@ impl Conversation {
         self.send(to_server, data, &cuts, ts_ns);
     }
 
+    /// A pure acknowledgment from one side.
+    pub fn ack(&mut self, from_client: bool, ts_ns: u64) {
+        let (src, dst, seq, ack) = self.dir(from_client);
+        self.segments
+            .push(seg(ts_ns, src, dst, seq, ack, flags::ACK, &[]));
+    }
+
     /// A FIN from one side.
     pub fn fin(&mut self, from_client: bool, ts_ns: u64) {
         let (src, dst, seq, ack) = self.dir(from_client);

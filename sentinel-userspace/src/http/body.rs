@@ -163,6 +163,12 @@ impl Body {
         }
     }
 
+    /// Makes room for a body of `len` bytes (as far as it is kept).
+    pub fn reserve(&mut self, len: u64) {
+        let room = (self.raw.cap as u64).min(len) as usize;
+        self.raw.kept.reserve_exact(room);
+    }
+
     /// Appends body bytes.
     pub fn push(&mut self, b: &[u8]) {
         if self.gap_bytes == 0 {

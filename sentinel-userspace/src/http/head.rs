@@ -66,16 +66,23 @@ impl Head {
 
     /// The first field named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.fields
+            .iter()
+            .find(|(n, _)| {
+                self.raw[n.start as usize..n.end as usize].eq_ignore_ascii_case(name.as_bytes())
+            })
+            .map(|(_, v)| text(&self.raw, v))
     }
 
-    /// Every value of the fields named `name`.
+    /// Every value of the fields named `name` (compared as bytes: no UTF-8 check of the names,
+    /// only of the values returned).
     pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.fields
+            .iter()
+            .filter(move |(n, _)| {
+                self.raw[n.start as usize..n.end as usize].eq_ignore_ascii_case(name.as_bytes())
+            })
+            .map(|(_, v)| text(&self.raw, v))
     }
 
     /// Header fields as owned pairs (for consumers that want them).

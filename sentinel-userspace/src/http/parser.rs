@@ -225,9 +225,29 @@ impl Parser {
     }
 
     /// Appends in-order bytes captured at `ts`.
-    pub fn push(&mut self, ts: u64, data: &[u8]) {
+    pub fn push(&mut self, ts: u64, mut data: &[u8]) {
         if self.is_dead() || self.eof {
             return;
+        }
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+            if self.gaps.is_empty() {
+                // Fast path: body bytes with nothing buffered before them go straight to the
+                // body, without a copy into the buffer.
+                let n = self.take_body(data);
+                if n > 0 {
+                    self.tail += n as u64;
+                    self.abs += n as u64;
+                    self.marks.clear();
+                    self.marks.push_back((self.abs, ts));
+                    self.last_ts = ts;
+                    data = &data[n..];
+                    if data.is_empty() {
+                        return;
+                    }
+                }
+            }
         }
         let at = self.tail;
         self.tail += data.len() as u64;
@@ -240,6 +260,29 @@ impl Parser {
         }
         self.buf.extend_from_slice(data);
         self.last_ts = ts;
+    }
+
+    /// Feeds body bytes from the front of `data` to the body in progress; returns how many.
+    fn take_body(&mut self, data: &[u8]) -> usize {
+        let n = match self.state {
+            State::Length(left) | State::ChunkData(left) => left.min(data.len() as u64) as usize,
+            State::UntilClose => data.len(),
+            _ => 0,
+        };
+        if n == 0 {
+            return 0;
+        }
+        if let Some(b) = self.body.as_mut() {
+            b.push(&data[..n]);
+        }
+        self.state = match self.state {
+            State::Length(left) => State::Length(left - n as u64),
+            State::ChunkData(left) if left == n as u64 => State::ChunkEnd,
+            State::ChunkData(left) => State::ChunkData(left - n as u64),
+            State::UntilClose => State::UntilClose,
+            _ => unreachable!("only body states take bytes"),
+        };
+        n
     }
 
     /// Records `len` missing bytes at the current end of the stream.
@@ -672,7 +715,11 @@ impl Parser {
                     } else {
                         Coding::Identity
                     };
-                    self.body = Some(Body::new(self.settings.body_cap, coding));
+                    let mut body = Body::new(self.settings.body_cap, coding);
+                    if let Framing::Length(n) = framing {
+                        body.reserve(n);
+                    }
+                    self.body = Some(body);
                     self.state = match framing {
                         Framing::None => State::Length(0),
                         Framing::Length(n) => State::Length(n),

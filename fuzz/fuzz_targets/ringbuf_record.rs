@@ -1,0 +1,12 @@
+//! Arbitrary bytes as a TC ring buffer record.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sentinel::capture::ringbuf::{Clock, decode};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(seg) = decode(data, &Clock::with_offset(0)) {
+        assert!(seg.payload.len() <= data.len());
+        assert!(seg.wire_len as usize >= seg.payload.len());
+    }
+});
