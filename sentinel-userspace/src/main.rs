@@ -11,7 +11,22 @@ use sentinel::{
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout as clap prints them, exit 0.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // Usage errors: one line that says what was wrong, exit 2.
+        Err(e) => {
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("bad usage")
+                .trim_start_matches("error: ");
+            eprintln!("sentinel: {first} (see sentinel --help)");
+            std::process::exit(2);
+        }
+    };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
