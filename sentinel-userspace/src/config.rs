@@ -25,6 +25,8 @@ pub struct Config {
     pub verdicts: VerdictSettings,
     /// Token revocation at the identity provider (none: `revoke_token` verdicts only alert).
     pub revoke: Option<RevokeConfig>,
+    /// The detection models.
+    pub models: crate::models::ModelsConfig,
 }
 
 /// `[geoip]`.
@@ -186,6 +188,7 @@ impl Config {
             crate::notify::http::parse_url(&r.url).map_err(|e| format!("revoke.url: {e}"))?;
         }
         crate::enrich::pipeline::Enricher::new(None, &cfg.enrich)?;
+        cfg.models.validate().map_err(|e| e.to_string())?;
         Ok(cfg)
     }
 }

@@ -9,6 +9,7 @@
 //! - [`reassembly`], [`http`], [`pipeline`]: TCP streams, HTTP/1.x messages and transactions from
 //!   capture segments (live or [`replay`]ed from pcap/pcapng).
 
+pub mod analyze;
 pub mod capture;
 pub mod cli;
 pub mod clock;

@@ -5,8 +5,11 @@ use std::{io::Write as _, path::Path};
 use serde::Serialize;
 
 use crate::{
+    analyze::Analyzer,
     capture::{CaptureReader, CaptureStats, PcapError},
-    cli::{CliError, ReplayArgs},
+    cli::{CliError, Emit, ReplayArgs},
+    config::Config,
+    enrich::principal::PrincipalKind,
     http::Transaction,
     pipeline::{Pipeline, PipelineSettings, PipelineStats},
 };
@@ -109,19 +112,66 @@ pub fn settings(args: &ReplayArgs) -> PipelineSettings {
     s
 }
 
-/// `sentinel replay`: prints one JSON line per transaction on stdout. A file that cannot be
+/// The analyzer `sentinel replay` runs: the config's `[enrich]`, `[geoip]` and `[models]`, and
+/// the `--geoip-db` files after the config's. A bad config or database is bad input.
+pub fn analyzer(args: &ReplayArgs) -> Result<Analyzer, CliError> {
+    let cfg = match &args.config {
+        Some(p) => Config::load(p).map_err(|e| CliError::input(e.to_string()))?,
+        None => Config::default(),
+    };
+    let mut geoip = cfg.geoip.files.clone();
+    geoip.extend(args.geoip_db.iter().cloned());
+    Analyzer::new(&cfg.enrich, &cfg.models, &geoip).map_err(|e| CliError::input(e.to_string()))
+}
+
+/// `sentinel replay`: prints one JSON line per transaction (`--emit transactions`, with the
+/// principal enrichment found) or per alert (`--emit alerts`) on stdout. A file that cannot be
 /// read, or is damaged part way, is bad input (exit 2), after what it held was printed.
 pub fn command(args: &ReplayArgs) -> Result<(), CliError> {
+    let mut analyzer = analyzer(args)?;
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, out.lock());
     let mut line = Vec::with_capacity(512);
+    let mut alerts = Vec::new();
+    let mut last_ts = 0u64;
     let path = args.file.display().to_string();
-    let result = replay_with(&args.file, settings(args), args.snap_len, |t| {
-        line.clear();
-        serde_json::to_writer(&mut line, &t.record()).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        out.write_all(&line)
+    let mut write_alerts = |alerts: &mut Vec<crate::models::Alert>,
+                            out: &mut dyn std::io::Write|
+     -> std::io::Result<()> {
+        for a in alerts.drain(..) {
+            line.clear();
+            serde_json::to_writer(&mut line, &a).map_err(std::io::Error::other)?;
+            line.push(b'\n');
+            out.write_all(&line)?;
+        }
+        Ok(())
+    };
+    let emit = args.emit;
+    let mut result = replay_with(&args.file, settings(args), args.snap_len, |mut t| {
+        last_ts = last_ts.max(t.ts_ns);
+        match emit {
+            Emit::Transactions => {
+                let obs = analyzer.observation(&t);
+                // The address alone is not an identity: it is in src_ip already.
+                t.principal =
+                    (obs.principal.kind != PrincipalKind::Ip).then(|| obs.principal.to_string());
+                let mut line = Vec::with_capacity(512);
+                serde_json::to_writer(&mut line, &t.record()).map_err(std::io::Error::other)?;
+                line.push(b'\n');
+                out.write_all(&line)
+            }
+            Emit::Alerts => {
+                analyzer.transaction(&mut t, &mut alerts);
+                write_alerts(&mut alerts, &mut out)
+            }
+        }
     });
+    if emit == Emit::Alerts && !matches!(result, Err(ReplayError::Output(_))) {
+        analyzer.finish(last_ts, &mut alerts);
+        if let Err(e) = write_alerts(&mut alerts, &mut out) {
+            result = Err(ReplayError::Output(e));
+        }
+    }
     let flushed = out.flush();
     let summary = match result {
         Ok(s) => s,
@@ -153,7 +203,12 @@ pub fn command(args: &ReplayArgs) -> Result<(), CliError> {
         return Err(CliError::runtime(format!("writing output: {e}")));
     }
     if args.stats {
-        eprintln!("{}", serde_json::to_string(&summary).expect("serialisable"));
+        let mut stats = serde_json::to_value(&summary).expect("serialisable");
+        if emit == Emit::Alerts {
+            stats["analysis"] = serde_json::to_value(analyzer.stats()).expect("serialisable");
+            stats["models"] = serde_json::to_value(analyzer.engine_stats()).expect("serialisable");
+        }
+        eprintln!("{stats}");
     }
     Ok(())
 }

@@ -126,6 +126,8 @@ pub struct Conn {
 pub enum Emit {
     /// One HTTP transaction per line (request, response status, sizes, latency).
     Transactions,
+    /// One alert per line, from the enrichment and detection models run over the transactions.
+    Alerts,
 }
 
 /// `sentinel replay`.
@@ -137,6 +139,13 @@ pub struct ReplayArgs {
     /// What to print.
     #[arg(long, value_enum, default_value = "transactions")]
     pub emit: Emit,
+    /// GeoIP database (`.mmdb`, MaxMind City or DB-IP City Lite layout); may be repeated, searched
+    /// in order; adds to `[geoip] files` of the config. Without one the geo models stay idle.
+    #[arg(long = "geoip-db", value_name = "FILE")]
+    pub geoip_db: Vec<PathBuf>,
+    /// Configuration file (TOML): its `[enrich]`, `[geoip]` and `[models]` sections apply.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Body bytes kept per message (gzip/deflate responses: after decoding); e.g. 64KiB.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     pub body_cap: usize,

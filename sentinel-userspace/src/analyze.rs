@@ -1,0 +1,177 @@
+//! Stages 4 and 5 of the data flow glued together: an HTTP [`Transaction`] (from live capture or
+//! a replayed file, the analyzer cannot tell) is enriched into an [`Observation`] and run through
+//! every detection model; what comes out are [`Alert`]s, with action `alert` (the response
+//! policy in `verdict` decides what to do about them).
+//!
+//! Stream time is the transactions' own capture time: the models are ticked once per second of
+//! it, so a replay of the same file gives the same alerts however fast it runs, and the live
+//! daemon calls [`Analyzer::tick`] with the wall clock when traffic is quiet.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::{
+    enrich::{
+        geo::GeoDb,
+        pipeline::{EnrichSettings, Enricher, TransactionFacts},
+    },
+    http::Transaction,
+    models::{Alert, Engine, EngineStats, ModelsConfig, Observation},
+};
+
+/// Stream time between two engine ticks.
+const TICK_NS: u64 = 1_000_000_000;
+
+/// What the analyzer was given and how it went.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AnalyzerStats {
+    /// Transactions analysed.
+    pub transactions: u64,
+    /// Alerts raised (after de-duplication).
+    pub alerts: u64,
+    /// GeoIP files loaded (empty: the geo models are off).
+    pub geoip_files: Vec<String>,
+    /// Why geo models are off, when they are.
+    pub geo_off_reason: Option<String>,
+    /// Endpoint templates learned.
+    pub templates: usize,
+}
+
+/// Enrichment and models over a stream of transactions.
+pub struct Analyzer {
+    enricher: Enricher,
+    engine: Engine,
+    next_tick_ns: u64,
+    stats: AnalyzerStats,
+}
+
+/// Why an analyzer cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzerError {
+    /// A GeoIP file could not be opened or read.
+    #[error("{0}")]
+    Geo(String),
+    /// The `[enrich]` or `[models]` settings are invalid.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Analyzer {
+    /// An analyzer with the given settings. `geoip` lists `.mmdb` files (searched in order);
+    /// none, and the geo models stay idle and [`AnalyzerStats::geo_off_reason`] says so.
+    pub fn new(
+        enrich: &EnrichSettings,
+        models: &ModelsConfig,
+        geoip: &[PathBuf],
+    ) -> Result<Self, AnalyzerError> {
+        let (geo, geo_off_reason) = if geoip.is_empty() {
+            (None, Some("no GeoIP database configured".to_owned()))
+        } else {
+            let db = GeoDb::open(geoip).map_err(|e| AnalyzerError::Geo(e.to_string()))?;
+            (Some(db), None)
+        };
+        let geoip_files = geo
+            .as_ref()
+            .map(|g| g.files().iter().map(|p| p.display().to_string()).collect())
+            .unwrap_or_default();
+        let enricher = Enricher::new(geo, enrich).map_err(AnalyzerError::Config)?;
+        let engine = Engine::new(models).map_err(|e| AnalyzerError::Config(e.to_string()))?;
+        Ok(Self {
+            enricher,
+            engine,
+            next_tick_ns: 0,
+            stats: AnalyzerStats {
+                geoip_files,
+                geo_off_reason,
+                ..AnalyzerStats::default()
+            },
+        })
+    }
+
+    /// Enriches one transaction (sets its principal) and runs the models; alerts are appended
+    /// to `out`.
+    pub fn transaction(&mut self, t: &mut Transaction, out: &mut Vec<Alert>) {
+        let obs = self.observation(t);
+        t.principal = Some(obs.principal.to_string());
+        self.observe(&obs, out);
+    }
+
+    /// The observation the models would see for `t`.
+    pub fn observation(&mut self, t: &Transaction) -> Observation {
+        let req_headers = t.request.header_pairs();
+        let resp_headers = t
+            .response
+            .as_ref()
+            .map(|r| r.header_pairs())
+            .unwrap_or_default();
+        let facts = TransactionFacts {
+            ts_ns: t.ts_ns,
+            src: (t.client.ip(), t.client.port()),
+            dst: (t.server.ip(), t.server.port()),
+            method: t.method(),
+            path: t.path(),
+            query: t.query(),
+            req_headers: &req_headers,
+            req_body: &t.req_body,
+            req_bytes: t.req_bytes,
+            status: t.status().unwrap_or(0),
+            resp_headers: &resp_headers,
+            resp_body: &t.resp_body,
+            resp_bytes: t.resp_bytes,
+            latency_ms: t.latency_ms().unwrap_or(0.0),
+        };
+        self.enricher.enrich(&facts)
+    }
+
+    /// Runs the models over one observation (ticking them first when a second of stream time
+    /// has passed); alerts are appended to `out`.
+    pub fn observe(&mut self, obs: &Observation, out: &mut Vec<Alert>) {
+        self.stats.transactions += 1;
+        self.tick(obs.ts_ns, out);
+        let before = out.len();
+        self.engine.observe_into(obs, out);
+        self.stats.alerts += (out.len() - before) as u64;
+    }
+
+    /// Advances stream time to `now_ns` without traffic: windows that are over are judged and
+    /// idle state expires. Does nothing until a second has passed since the last tick.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Alert>) {
+        if now_ns < self.next_tick_ns {
+            return;
+        }
+        self.next_tick_ns = now_ns.saturating_add(TICK_NS);
+        let alerts = self.engine.tick(now_ns);
+        self.stats.alerts += alerts.len() as u64;
+        out.extend(alerts);
+    }
+
+    /// The end of the stream: the windows still open are judged as of `now_ns`.
+    pub fn finish(&mut self, now_ns: u64, out: &mut Vec<Alert>) {
+        self.next_tick_ns = 0;
+        self.tick(now_ns, out);
+    }
+
+    /// Figures for `status` and `--stats`.
+    pub fn stats(&self) -> AnalyzerStats {
+        AnalyzerStats {
+            templates: self.enricher.templates().len(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// The models' own figures.
+    pub fn engine_stats(&self) -> EngineStats {
+        self.engine.stats()
+    }
+
+    /// A principal's profile as JSON, for `sentinel explain`.
+    pub fn explain(&self, principal: &str) -> Option<serde_json::Value> {
+        self.engine.explain(principal)
+    }
+
+    /// True when GeoIP is loaded.
+    pub fn has_geo(&self) -> bool {
+        self.enricher.has_geo()
+    }
+}
