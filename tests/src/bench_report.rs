@@ -58,8 +58,9 @@ pub fn provenance() -> String {
         "commit {commit}{}, kernel {}, {} CPUs ({cpu}), measured {}",
         if dirty { " (with local changes)" } else { "" },
         sh("uname", &["-r"]),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
+        // The machine's CPUs, not this process's affinity (benchmarks pin themselves).
+        std::fs::read_to_string("/proc/cpuinfo")
+            .map(|s| s.lines().filter(|l| l.starts_with("processor")).count())
             .unwrap_or(0),
         sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
     )

@@ -296,7 +296,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::remove_dir_all(&dir).ok();
     let table = result?;
     println!("{table}");
-    sentinel_tests::bench_report::write_section("capture", &table)?;
+    sentinel_tests::bench_report::write_section("capture-replay", &table)?;
     Ok(())
 }
 
