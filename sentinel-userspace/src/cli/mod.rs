@@ -97,8 +97,8 @@ pub enum Command {
     },
     /// Run Sentinel's main job on an embedded default in network namespaces it creates (root).
     Demo,
-    /// Run a pcap or pcapng file through the capture pipeline (TCP reassembly, HTTP) without
-    /// privileges; print one JSON object per line.
+    /// Run a pcap or pcapng file through the capture pipeline (TCP reassembly, HTTP) and, with
+    /// `--emit alerts`, the detection models, without privileges; print one JSON object per line.
     Replay(ReplayArgs),
     /// Everything known about an address or a principal: list entries with their remaining TTL,
     /// kernel counters (packets dropped), alerts and verdicts.
