@@ -16,7 +16,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use sentinel_common::{
-    CAP_FLAG_EGRESS, CaptureConfig, CaptureCounter, CaptureHeader, DEFAULT_RING_BYTES, MAX_SNAP_LEN,
+    CAP_FLAG_EGRESS, CaptureConfig, CaptureCounter, CaptureHeader, DEFAULT_RING_BYTES,
+    MAX_SNAP_LEN, v4_mapped,
 };
 
 use crate::parse::{self, IPPROTO_TCP, Packet, ptr_at};
@@ -105,7 +106,9 @@ fn port_wanted(port: u16) -> bool {
 #[inline(always)]
 fn capture(ctx: &TcContext, cap_flags: u8) {
     let mut pkt = Packet::default();
-    if parse::parse_into(ctx.data(), ctx.data_end(), &mut pkt) != parse::PARSE_OK {
+    if !parse_v4_tcp(ctx.data(), ctx.data_end(), &mut pkt)
+        && parse::parse_into(ctx.data(), ctx.data_end(), &mut pkt) != parse::PARSE_OK
+    {
         // Headers may sit outside the linear part of the skb: pull them in once and retry.
         let linear = (ctx.data_end() - ctx.data()) as u32;
         let len = ctx.len();
@@ -182,6 +185,37 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
         _pad2: 0,
     };
     emit_class(ctx, &hdr, payload_off as u32, cap, true);
+}
+
+/// The common case without a function call: Ethernet, IPv4 without options, TCP, not a
+/// fragment, all 54 header bytes in the linear part. Fills `pkt` as [`parse::parse_into`] would;
+/// false for anything else (the full parser then runs).
+#[inline(always)]
+fn parse_v4_tcp(data: usize, data_end: usize, pkt: &mut Packet) -> bool {
+    const L4: usize = 14 + 20;
+    let Some(h) = ptr_at::<[u8; L4 + 20]>(data, data_end, 0) else {
+        return false;
+    };
+    let h = h as *const u8;
+    // SAFETY: `ptr_at` checked that the 54 bytes are inside the packet.
+    unsafe {
+        let at = |i: usize| *h.add(i);
+        // EtherType IPv4, version 4 with a 20-byte header, protocol TCP, fragment offset 0.
+        if at(12) != 0x08 || at(13) != 0x00 || at(14) != 0x45 || at(23) != IPPROTO_TCP {
+            return false;
+        }
+        if at(20) & 0x1f != 0 || at(21) != 0 {
+            return false;
+        }
+        pkt.src = v4_mapped([at(26), at(27), at(28), at(29)]);
+        pkt.dst = v4_mapped([at(30), at(31), at(32), at(33)]);
+        pkt.proto = IPPROTO_TCP;
+        pkt.ip_end = 14 + u16::from_be_bytes([at(16), at(17)]) as usize;
+        pkt.src_port = u16::from_be_bytes([at(L4), at(L4 + 1)]);
+        pkt.dst_port = u16::from_be_bytes([at(L4 + 2), at(L4 + 3)]);
+        pkt.l4_off = L4;
+    }
+    true
 }
 
 /// Picks the smallest record class that holds `cap` bytes.
