@@ -21,6 +21,7 @@ use sentinel::{
     lab::{Daemon, Topology, bank::BankServer, netns::SERVER_V4},
 };
 use sentinel_common::programs;
+use sentinel_tests::bench::median;
 
 struct WrkResult {
     rps: f64,
@@ -72,11 +73,6 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let after = &stat[stat.rfind(')').context("stat format")? + 2..];
     let f: Vec<&str> = after.split_whitespace().collect();
     Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() -> anyhow::Result<()> {
@@ -144,12 +140,12 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let (br, bp, sr, sp) = (
-        median(&mut base_rps),
-        median(&mut base_p99),
-        median(&mut sen_rps),
-        median(&mut sen_p99),
+        median(&base_rps),
+        median(&base_p99),
+        median(&sen_rps),
+        median(&sen_p99),
     );
-    let cpu = median(&mut cpu_share);
+    let cpu = median(&cpu_share);
     let table = format!(
         "### Live capture overhead on a protected server (wrk, {conns} connections, {secs} s x {rounds} rounds per arm, interleaved)\n\n\
          | arm | requests/s (median) | p99 latency (median) |\n|---|---|---|\n\

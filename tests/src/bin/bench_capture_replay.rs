@@ -19,6 +19,7 @@ use sentinel::{
     lab::sim::Rng,
     pipeline::{Pipeline, PipelineSettings},
 };
+use sentinel_tests::bench::median;
 
 const MS: u64 = 1_000_000;
 const MSS: usize = 1448;
@@ -261,11 +262,6 @@ fn tshark(w: &Workload) -> Option<(Duration, u64)> {
     Some((el, lines))
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn pin_to_one_cpu() -> Option<usize> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read and write it.
     unsafe {
@@ -335,11 +331,7 @@ fn bench(
         }
         wall_s.push(WALL.with(|c| c.get()).as_secs_f64());
     }
-    let (p, h, pw) = (
-        median(&mut pipe_s),
-        median(&mut parse_s),
-        median(&mut wall_s),
-    );
+    let (p, h, pw) = (median(&pipe_s), median(&parse_s), median(&wall_s));
     let tshark = tshark(&w);
     let mut t = String::new();
     t.push_str("### Replay throughput (whole userspace pipeline, one core)\n\n");
