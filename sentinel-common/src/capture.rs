@@ -81,10 +81,32 @@ const _: () = assert!(size_of::<CaptureHeader>() == 72);
 pub struct CaptureConfig {
     /// Payload bytes to copy per segment (at most [`MAX_SNAP_LEN`]; 0 disables capture).
     pub snap_len: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// The consumer is woken each time one CPU's captured payload crosses a multiple of
+    /// `1 << wakeup_shift` bytes (see [`wakeup_shift`]); 0: the kernel's default, 2^17.
+    pub wakeup_shift: u32,
 }
 const _: () = assert!(size_of::<CaptureConfig>() == 8);
+
+/// The wakeup threshold for a ring of `ring_bytes` filled by `cpus` CPUs: a quarter of the ring
+/// shared among the CPUs (so the ring cannot fill up before a wakeup), as a power of two between
+/// 2^12 and 2^24. Each wakeup is an irq_work (a self-IPI, costly in a VM), so the fewer the
+/// better; between wakeups the consumer's periodic drain picks records up.
+pub const fn wakeup_shift(ring_bytes: u32, cpus: u32) -> u32 {
+    let cpus = if cpus == 0 { 1 } else { cpus };
+    let per_cpu = ring_bytes / 4 / cpus;
+    let shift = if per_cpu == 0 {
+        0
+    } else {
+        31 - per_cpu.leading_zeros()
+    };
+    if shift < 12 {
+        12
+    } else if shift > 24 {
+        24
+    } else {
+        shift
+    }
+}
 
 /// Capture counters (index into the counters map).
 #[repr(u32)]
@@ -136,4 +158,20 @@ mod pod {
     // SAFETY: `#[repr(C)]`, explicit padding, integer fields only.
     unsafe impl aya::Pod for CaptureHeader {}
     unsafe impl aya::Pod for CaptureConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wakeups_come_at_a_quarter_of_the_ring_shared_by_the_cpus() {
+        // 16 MiB over 2 CPUs: every 2 MiB per CPU.
+        assert_eq!(wakeup_shift(16 << 20, 2), 21);
+        // Not a power of two per CPU: rounded down, so the ring never fills first.
+        assert_eq!(wakeup_shift(16 << 20, 3), 20);
+        assert_eq!(wakeup_shift(4096, 64), 12);
+        assert_eq!(wakeup_shift(u32::MAX, 1), 24);
+        assert_eq!(wakeup_shift(1 << 20, 0), 18);
+    }
 }

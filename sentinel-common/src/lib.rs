@@ -15,6 +15,6 @@ pub mod maps;
 pub use addr::*;
 pub use capture::{
     CAP_FLAG_EGRESS, CaptureConfig, CaptureCounter, CaptureHeader, DEFAULT_RING_BYTES,
-    DEFAULT_SNAP_LEN, MAX_SNAP_LEN, RECORD_CLASSES,
+    DEFAULT_SNAP_LEN, MAX_SNAP_LEN, RECORD_CLASSES, wakeup_shift,
 };
 pub use maps::*;

@@ -31,12 +31,11 @@ static SN_CAP_CONFIG: Array<CaptureConfig> = Array::with_max_entries(1, 0);
 #[map]
 static SN_CAP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CaptureCounter::COUNT, 0);
 
-/// Wake the consumer once per 2^17 bytes (128 KiB) of payload, or 2^10 records, written by one
-/// CPU; in between, the consumer's periodic drain (every few milliseconds) picks records up. A
-/// wakeup per record (the ring buffer's default) costs an irq_work and a context switch per
-/// segment, which under load is most of the capture's cost.
-const WAKEUP_BYTES_SHIFT: u32 = 17;
-const WAKEUP_RECORDS_SHIFT: u32 = 10;
+/// Wake the consumer once per 2^17 bytes (128 KiB) of payload written by one CPU when userspace
+/// did not say (`CaptureConfig::wakeup_shift`). A wakeup per record (the ring buffer's default)
+/// costs an irq_work and a context switch per segment, which under load is most of the capture's
+/// cost.
+const DEFAULT_WAKEUP_SHIFT: u32 = 17;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
@@ -72,11 +71,11 @@ pub fn sentinel_tc_reference(ctx: TcContext) -> i32 {
     const OFF: u32 = 14 + 20 + 20;
     let len = ctx.len();
     if len > OFF {
-        let snap = snap_len();
+        let snap = capture_config().0;
         let n = len - OFF;
         let n = if n > snap { snap } else { n };
         let hdr = CaptureHeader::default();
-        emit_class(&ctx, &hdr, OFF, n, false);
+        emit_class(&ctx, &hdr, OFF, n, 0);
     }
     TC_ACT_OK
 }
@@ -89,12 +88,24 @@ fn count(c: CaptureCounter, n: u64) {
     }
 }
 
+/// The snap length and the wakeup shift (0 when capture is not configured).
 #[inline(always)]
-fn snap_len() -> u32 {
+fn capture_config() -> (u32, u32) {
     match SN_CAP_CONFIG.get(0) {
-        Some(c) if c.snap_len > MAX_SNAP_LEN => MAX_SNAP_LEN,
-        Some(c) => c.snap_len,
-        None => 0,
+        Some(c) => {
+            let snap = if c.snap_len > MAX_SNAP_LEN {
+                MAX_SNAP_LEN
+            } else {
+                c.snap_len
+            };
+            let shift = if c.wakeup_shift == 0 || c.wakeup_shift > 40 {
+                DEFAULT_WAKEUP_SHIFT
+            } else {
+                c.wakeup_shift
+            };
+            (snap, shift)
+        }
+        None => (0, DEFAULT_WAKEUP_SHIFT),
     }
 }
 
@@ -159,7 +170,7 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
     if wire_len == 0 && flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
         return;
     }
-    let snap = snap_len();
+    let (snap, shift) = capture_config();
     let cap = if wire_len > snap {
         count(CaptureCounter::Truncated, 1);
         snap
@@ -184,7 +195,7 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
         cap_len: 0,
         _pad2: 0,
     };
-    emit_class(ctx, &hdr, payload_off as u32, cap, true);
+    emit_class(ctx, &hdr, payload_off as u32, cap, shift);
 }
 
 /// The common case without a function call: Ethernet, IPv4 without options, TCP, not a
@@ -220,26 +231,21 @@ fn parse_v4_tcp(data: usize, data_end: usize, pkt: &mut Packet) -> bool {
 
 /// Picks the smallest record class that holds `cap` bytes.
 #[inline(always)]
-fn emit_class(ctx: &TcContext, hdr: &CaptureHeader, off: u32, cap: u32, batch_wakeups: bool) {
+/// `shift`: the wakeup shift, or 0 for a plain submit (the benchmark reference).
+fn emit_class(ctx: &TcContext, hdr: &CaptureHeader, off: u32, cap: u32, shift: u32) {
     if cap <= 128 {
-        emit::<128>(ctx, hdr, off, cap, batch_wakeups)
+        emit::<128>(ctx, hdr, off, cap, shift)
     } else if cap <= 512 {
-        emit::<512>(ctx, hdr, off, cap, batch_wakeups)
+        emit::<512>(ctx, hdr, off, cap, shift)
     } else if cap <= 2048 {
-        emit::<2048>(ctx, hdr, off, cap, batch_wakeups)
+        emit::<2048>(ctx, hdr, off, cap, shift)
     } else {
-        emit::<8192>(ctx, hdr, off, cap, batch_wakeups)
+        emit::<8192>(ctx, hdr, off, cap, shift)
     }
 }
 
 #[inline(always)]
-fn emit<const N: usize>(
-    ctx: &TcContext,
-    hdr: &CaptureHeader,
-    off: u32,
-    cap: u32,
-    batch_wakeups: bool,
-) {
+fn emit<const N: usize>(ctx: &TcContext, hdr: &CaptureHeader, off: u32, cap: u32, shift: u32) {
     let Some(mut entry) = SN_CAPTURE.reserve::<Record<N>>(0) else {
         count(CaptureCounter::RingFull, 1);
         return;
@@ -270,33 +276,24 @@ fn emit<const N: usize>(
             }
         }
     }
-    if !batch_wakeups {
+    if shift == 0 {
         // The benchmark reference: a plain submit, nothing else.
         entry.submit(0);
         return;
     }
-    // Wake the consumer when this CPU's output crosses a multiple of WAKEUP_BYTES of payload or
-    // WAKEUP_RECORDS records; otherwise the consumer's periodic drain picks the records up.
-    // The per-CPU counters are updated here anyway, so this costs no helper call (asking the
-    // ring for its backlog, BPF_RB_AVAIL_DATA, cost a tenth of the program).
+    // Wake the consumer when this CPU's captured payload crosses a multiple of 2^wakeup_shift
+    // bytes (userspace sets it from the ring size); otherwise the consumer's periodic drain
+    // picks the records up. The per-CPU counters are updated here anyway, so this costs no
+    // helper call, and each wakeup (an irq_work) is rare.
     let mut wake = BPF_RB_NO_WAKEUP;
-    if let Some(c) = SN_CAP_COUNTERS.get_ptr_mut(CaptureCounter::Captured as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it.
-        unsafe {
-            let old = *c;
-            *c = old + 1;
-            if (old ^ (old + 1)) >> WAKEUP_RECORDS_SHIFT != 0 {
-                wake = BPF_RB_FORCE_WAKEUP;
-            }
-        }
-    }
+    count(CaptureCounter::Captured, 1);
     if let Some(b) = SN_CAP_COUNTERS.get_ptr_mut(CaptureCounter::Bytes as u32) {
-        // SAFETY: as above.
+        // SAFETY: per-CPU slot, only this CPU writes it.
         unsafe {
             let old = *b;
             let new = old + len as u64;
             *b = new;
-            if (old >> WAKEUP_BYTES_SHIFT) != (new >> WAKEUP_BYTES_SHIFT) {
+            if (old >> shift) != (new >> shift) {
                 wake = BPF_RB_FORCE_WAKEUP;
             }
         }

@@ -41,7 +41,10 @@ impl CaptureControl {
                 0,
                 CaptureConfig {
                     snap_len: self.settings.snap_len,
-                    _pad: 0,
+                    wakeup_shift: sentinel_common::wakeup_shift(
+                        self.settings.ring_bytes,
+                        aya::util::nr_cpus().map_or(1, |n| n as u32),
+                    ),
                 },
                 0,
             )

@@ -64,7 +64,10 @@ fn run(pin: &str, rounds: usize) -> anyhow::Result<String> {
         0,
         CaptureConfig {
             snap_len: 2048,
-            _pad: 0,
+            wakeup_shift: sentinel_common::wakeup_shift(
+                sentinel_common::DEFAULT_RING_BYTES,
+                aya::util::nr_cpus().map_or(1, |n| n as u32),
+            ),
         },
         0,
     )?;
