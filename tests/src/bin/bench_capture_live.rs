@@ -21,7 +21,7 @@ use sentinel::{
     lab::{Daemon, Topology, bank::BankServer, netns::SERVER_V4},
 };
 use sentinel_common::programs;
-use sentinel_tests::bench::median;
+use sentinel_tests::bench::{median, median_ratio};
 
 struct WrkResult {
     rps: f64,
@@ -86,15 +86,16 @@ fn main() -> anyhow::Result<()> {
     let url = format!("http://{server}/accounts/42");
 
     let (mut base_rps, mut base_p99, mut sen_rps, mut sen_p99) = (vec![], vec![], vec![], vec![]);
+    let (mut xdp_rps, mut xdp_p99) = (vec![], vec![]);
     let mut cpu_share = Vec::new();
     let mut ring_full = 0u64;
     let mut captured = 0u64;
     for round in 0..rounds {
-        for arm in if round % 2 == 0 {
-            ["base", "sentinel"]
-        } else {
-            ["sentinel", "base"]
-        } {
+        // Three arms, the order rotating per round: the baseline, the sentinel's XDP program
+        // alone (the daemon without capture), and the whole capture path.
+        let arms = ["base", "xdp", "sentinel"];
+        for k in 0..arms.len() {
+            let arm = arms[(round + k) % arms.len()];
             if arm == "base" {
                 // A pass-only XDP program, attached from inside the server namespace.
                 let pin = format!(
@@ -115,6 +116,13 @@ fn main() -> anyhow::Result<()> {
                 let r = r?;
                 base_rps.push(r.rps);
                 base_p99.push(r.p99_ms);
+            } else if arm == "xdp" {
+                let daemon = Daemon::start(&topo.server, &[&topo.server_if], &[])?;
+                let r = wrk(&topo, &url, secs, conns);
+                drop(daemon);
+                let r = r?;
+                xdp_rps.push(r.rps);
+                xdp_p99.push(r.p99_ms);
             } else {
                 let daemon =
                     Daemon::start(&topo.server, &[&topo.server_if], &["--http-ports", "8080"])?;
@@ -145,18 +153,23 @@ fn main() -> anyhow::Result<()> {
         median(&sen_rps),
         median(&sen_p99),
     );
+    let (xr, xp) = (median(&xdp_rps), median(&xdp_p99));
     let cpu = median(&cpu_share);
     let table = format!(
         "### Live capture overhead on a protected server (wrk, {conns} connections, {secs} s x {rounds} rounds per arm, interleaved)\n\n\
          | arm | requests/s (median) | p99 latency (median) |\n|---|---|---|\n\
          | pass-only XDP (baseline) | {br:.0} | {bp:.2} ms |\n\
+         | sentinel XDP alone (daemon without capture) | {xr:.0} | {xp:.2} ms |\n\
          | sentinel: XDP + TC capture + pipeline | {sr:.0} | {sp:.2} ms |\n\
-         | ratio | {:.3} (target >= 0.95) | {:.3} (target <= 1.05) |\n\n\
+         | ratio, XDP alone / baseline (paired rounds) | {:.3} | {:.3} |\n\
+         | ratio, whole / baseline (paired rounds) | {:.3} (target >= 0.95) | {:.3} (target <= 1.05) |\n\n\
          Highest rate wrk drove over veth here: {:.0} requests/s. During the sentinel arm: {captured} segments captured, \
          {ring_full} lost to a full ring buffer (target 0), daemon CPU {:.0}% of one core (median; target < 100%).\n",
-        sr / br,
-        sp / bp,
-        br.max(sr),
+        median_ratio(&xdp_rps, &base_rps),
+        median_ratio(&xdp_p99, &base_p99),
+        median_ratio(&sen_rps, &base_rps),
+        median_ratio(&sen_p99, &base_p99),
+        br.max(sr).max(xr),
         cpu * 100.0
     );
     println!("{table}");
