@@ -63,6 +63,8 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
                 mode: args.mode,
                 socket: args.socket,
                 pin_dir: args.pin_path,
+                config_path: args.config.clone(),
+                geoip: args.geoip_db.clone(),
             })
             .await
             .map_err(|e| CliError::runtime(format!("{e:#}")))
