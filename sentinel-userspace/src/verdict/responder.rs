@@ -62,6 +62,9 @@ impl AlertEvent {
 /// counted) rather than queued without bound.
 const MAX_INFLIGHT: usize = 256;
 
+/// Revoked tokens remembered at most.
+const MAX_REMEMBERED: usize = 100_000;
+
 /// What the responder did, for `sentinel status` and the metrics.
 #[derive(Debug, Default)]
 pub struct ResponseStats {
@@ -182,6 +185,9 @@ pub struct Responder {
     revoke: Option<RevokeConfig>,
     tasks: JoinSet<()>,
     stats: Arc<ResponseStats>,
+    /// Hashes of the tokens already sent for revocation (a repeat alert does not send them
+    /// again); forgotten wholesale beyond [`MAX_REMEMBERED`].
+    revoked: std::collections::HashSet<String>,
     /// Alerts handled.
     pub handled: u64,
 }
@@ -210,6 +216,7 @@ impl Responder {
             revoke,
             tasks: JoinSet::new(),
             stats,
+            revoked: std::collections::HashSet::new(),
             handled: 0,
         }
     }
@@ -379,6 +386,16 @@ impl Responder {
             }
             (Some(cfg), false) => cfg.clone(),
         };
+        if self.revoked.len() + tokens.len() > MAX_REMEMBERED {
+            self.revoked.clear();
+        }
+        let tokens: Vec<String> = tokens
+            .into_iter()
+            .filter(|t| self.revoked.insert(crate::enrich::principal::short_hash(t)))
+            .collect();
+        if tokens.is_empty() {
+            return;
+        }
         let sinks = self.sinks.clone();
         let stats = self.stats.clone();
         let alert = alert.clone();
