@@ -156,7 +156,8 @@ impl Worker {
     }
 
     fn run(mut self, rx: Receiver<Transaction>) {
-        let mut last_snapshot = Instant::now() - Duration::from_secs(10);
+        self.snapshot();
+        let mut last_snapshot = Instant::now();
         loop {
             match rx.recv_timeout(QUIET) {
                 Ok(t) => {
