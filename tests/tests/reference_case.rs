@@ -5,8 +5,12 @@
 
 use sentinel::lab::reference::{self, Report, Settings};
 
+/// The two runs take turns: each loads the 2 cores with a daemon, a bank and an attack.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(shadow: bool) -> Report {
     sentinel_tests::require_root();
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let r = reference::run(&Settings {
         shadow,
         ..Settings::default()
