@@ -21,11 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::{
-    Daemon, NetNs, Topology,
-    bank::{Access, BankServer},
-    netns::SERVER_V4,
-};
+use super::{Daemon, NetNs, Topology, bank::BankServer, netns::SERVER_V4};
 use crate::enrich::geo::testdb::{Layout, Place, build};
 
 /// The bank's port.
@@ -367,7 +363,7 @@ async fn benign_session(sess: Session, out: Arc<Mutex<Benign>>) {
 
 /// The attack: `attempts` logins on layla's account from the attacker, started at `rate` per
 /// second, each with its own connection and a 1.5 s timeout. Returns (started, answered).
-async fn attack(attempts: u32, rate: u32) -> (u32, u32) {
+pub async fn attack(attempts: u32, rate: u32) -> (u32, u32) {
     let server = SocketAddr::new(SERVER_V4.into(), PORT);
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -460,91 +456,168 @@ ttl = "1h"
     )
 }
 
+/// The stage of a run: namespaces with every client address, the GeoIP database, the policy
+/// and the daemon's configuration in a scratch directory, the recording receiver and the bank
+/// (with its access log). Fields drop in order: the servers, then the namespaces, then the
+/// directory.
+pub struct Scene {
+    receiver: Receiver,
+    /// The bank.
+    pub bank: BankServer,
+    /// The namespaces.
+    pub topo: Topology,
+    dir: TempDir,
+    /// The daemon's configuration file.
+    pub config_path: PathBuf,
+    /// The daemon's verdict log.
+    pub verdicts_path: PathBuf,
+    /// The daemon's alert log.
+    pub alerts_path: PathBuf,
+    /// The bank's access log (Common Log Format).
+    pub access_log: PathBuf,
+    benign: Vec<Ipv4Addr>,
+}
+
+impl Scene {
+    /// Sets the stage (no daemon yet).
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let topo = Topology::new().context("creating namespaces (iproute2)")?;
+        let benign: Vec<Ipv4Addr> = (0..settings.benign_clients)
+            .map(|i| Ipv4Addr::new(198, 18, 0, 11 + i))
+            .collect();
+        for a in benign.iter().chain([&RIYADH, &ATTACKER]) {
+            topo.add_client_addr((*a).into())?;
+        }
+        for net in ["192.0.2.0/24", "203.0.113.0/24"] {
+            topo.server
+                .ip(&["route", "add", net, "dev", &topo.server_if])?;
+        }
+        let dir =
+            TempDir(std::env::temp_dir().join(format!("sentinel-ref-{}", super::unique_id())));
+        std::fs::create_dir_all(&dir.0)?;
+        let geo = dir.0.join("geo.mmdb");
+        std::fs::write(
+            &geo,
+            build(
+                &[
+                    Place {
+                        net: "192.0.2.0/24".parse()?,
+                        country: "SA",
+                        city: "Riyadh",
+                        lat: 24.7136,
+                        lon: 46.6753,
+                    },
+                    Place {
+                        net: "203.0.113.0/24".parse()?,
+                        country: "VN",
+                        city: "Hanoi",
+                        lat: 21.0278,
+                        lon: 105.8342,
+                    },
+                ],
+                Layout::MaxMind,
+            )?,
+        )?;
+        let policy_path = dir.0.join("policy.toml");
+        std::fs::write(&policy_path, policy(settings.shadow))?;
+        let alerts_path = dir.0.join("alerts.jsonl");
+        let verdicts_path = dir.0.join("verdicts.jsonl");
+        let config = format!(
+            r#"[capture]
+    http_ports = [{PORT}]
+
+    [geoip]
+    files = ["{geo}"]
+
+    [alerts]
+    log = "{alerts}"
+    webhook = "http://{RECEIVER}/alerts"
+
+    [verdicts]
+    policy = "{policy}"
+    log = "{verdicts}"
+
+    [revoke]
+    url = "http://{RECEIVER}/revoke"
+    style = "rfc7009"
+    client_id = "sentinel"
+
+    [metrics]
+    listen = "{METRICS}"
+    "#,
+            geo = geo.display(),
+            alerts = alerts_path.display(),
+            policy = policy_path.display(),
+            verdicts = verdicts_path.display(),
+        );
+        let config_path = dir.0.join("sentinel.toml");
+        std::fs::write(&config_path, config)?;
+
+        let receiver = Receiver::start(&topo.server)?;
+        let access_log = dir.0.join("access.log");
+        let bank = BankServer::start_logged(
+            &topo.server,
+            SocketAddr::new(SERVER_V4.into(), PORT),
+            Some(access_log.clone()),
+        )?;
+        Ok(Self {
+            receiver,
+            bank,
+            topo,
+            dir,
+            config_path,
+            verdicts_path,
+            alerts_path,
+            access_log,
+            benign,
+        })
+    }
+
+    /// The scratch directory (removed with the scene).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir.0
+    }
+
+    /// Starts the daemon on the server side with the scene's configuration.
+    pub fn daemon(&self) -> anyhow::Result<Daemon> {
+        let config_arg = self.config_path.display().to_string();
+        Daemon::start(
+            &self.topo.server,
+            &[self.topo.server_if.as_str()],
+            &["--config", &config_arg],
+        )
+    }
+
+    /// Seconds after `t0` at which the attacker's login attempts reached the bank.
+    pub fn attack_arrivals(&self, t0: SystemTime) -> Vec<f64> {
+        self.bank
+            .accesses()
+            .iter()
+            .filter(|a| a.client == IpAddr::V4(ATTACKER) && a.path == "/login")
+            .map(|a| secs_between(t0, a.at))
+            .collect()
+    }
+
+    /// Verdicts on the attacker in the daemon's verdict log.
+    pub fn attacker_verdicts(&self) -> Vec<Value> {
+        read_jsonl(&self.verdicts_path)
+            .into_iter()
+            .filter(|v| {
+                v["target"]
+                    .as_str()
+                    .and_then(|t| t.parse::<ipnet::IpNet>().ok())
+                    .is_some_and(|n| n.contains(&IpAddr::V4(ATTACKER)))
+            })
+            .collect()
+    }
+}
+
 /// Runs the reference case once.
 pub fn run(settings: &Settings) -> anyhow::Result<Report> {
-    let topo = Topology::new().context("creating namespaces (iproute2)")?;
-    let benign: Vec<Ipv4Addr> = (0..settings.benign_clients)
-        .map(|i| Ipv4Addr::new(198, 18, 0, 11 + i))
-        .collect();
-    for a in benign.iter().chain([&RIYADH, &ATTACKER]) {
-        topo.add_client_addr((*a).into())?;
-    }
-    for net in ["192.0.2.0/24", "203.0.113.0/24"] {
-        topo.server
-            .ip(&["route", "add", net, "dev", &topo.server_if])?;
-    }
-    let dir = TempDir(std::env::temp_dir().join(format!("sentinel-ref-{}", super::unique_id())));
-    std::fs::create_dir_all(&dir.0)?;
-    let geo = dir.0.join("geo.mmdb");
-    std::fs::write(
-        &geo,
-        build(
-            &[
-                Place {
-                    net: "192.0.2.0/24".parse()?,
-                    country: "SA",
-                    city: "Riyadh",
-                    lat: 24.7136,
-                    lon: 46.6753,
-                },
-                Place {
-                    net: "203.0.113.0/24".parse()?,
-                    country: "VN",
-                    city: "Hanoi",
-                    lat: 21.0278,
-                    lon: 105.8342,
-                },
-            ],
-            Layout::MaxMind,
-        )?,
-    )?;
-    let policy_path = dir.0.join("policy.toml");
-    std::fs::write(&policy_path, policy(settings.shadow))?;
-    let alerts_path = dir.0.join("alerts.jsonl");
-    let verdicts_path = dir.0.join("verdicts.jsonl");
-    let config = format!(
-        r#"[capture]
-http_ports = [{PORT}]
-
-[geoip]
-files = ["{geo}"]
-
-[alerts]
-log = "{alerts}"
-webhook = "http://{RECEIVER}/alerts"
-
-[verdicts]
-policy = "{policy}"
-log = "{verdicts}"
-
-[revoke]
-url = "http://{RECEIVER}/revoke"
-style = "rfc7009"
-client_id = "sentinel"
-
-[metrics]
-listen = "{METRICS}"
-"#,
-        geo = geo.display(),
-        alerts = alerts_path.display(),
-        policy = policy_path.display(),
-        verdicts = verdicts_path.display(),
-    );
-    let config_path = dir.0.join("sentinel.toml");
-    std::fs::write(&config_path, config)?;
-
-    let receiver = Receiver::start(&topo.server)?;
-    let bank = BankServer::start_logged(
-        &topo.server,
-        SocketAddr::new(SERVER_V4.into(), PORT),
-        Some(dir.0.join("access.log")),
-    )?;
-    let config_arg = config_path.display().to_string();
-    let daemon = Daemon::start(
-        &topo.server,
-        &[topo.server_if.as_str()],
-        &["--config", &config_arg],
-    )?;
+    let scene = Scene::new(settings)?;
+    let daemon = scene.daemon()?;
+    let topo = &scene.topo;
+    let benign = scene.benign.clone();
 
     // The client side: benign sessions from before the attack until after it, the Riyadh
     // user's history, then the attack.
@@ -613,12 +686,7 @@ listen = "{METRICS}"
     // Let the last responses through the pipeline.
     std::thread::sleep(Duration::from_millis(700));
 
-    let accesses: Vec<Access> = bank.accesses();
-    let attack_offsets: Vec<f64> = accesses
-        .iter()
-        .filter(|a| a.client == IpAddr::V4(ATTACKER) && a.path == "/login")
-        .map(|a| secs_between(t0, a.at))
-        .collect();
+    let attack_offsets = scene.attack_arrivals(t0);
     let mut arrivals_per_s = Vec::new();
     for t in &attack_offsets {
         let s = t.max(0.0) as usize;
@@ -653,24 +721,16 @@ listen = "{METRICS}"
         .map_err(|e| anyhow::anyhow!("scraping {METRICS}/metrics: {e}"))?;
 
     let attacker = ATTACKER.to_string();
-    let verdicts: Vec<Value> = read_jsonl(&verdicts_path)
-        .into_iter()
-        .filter(|v| {
-            v["target"]
-                .as_str()
-                .and_then(|t| t.parse::<ipnet::IpNet>().ok())
-                .is_some_and(|n| n.contains(&IpAddr::V4(ATTACKER)))
-        })
-        .collect();
+    let verdicts = scene.attacker_verdicts();
     let first_verdict_s = verdicts
         .first()
         .and_then(|v| v["applied_at"].as_f64())
         .map(|at| at - unix_s(t0));
     let throttle_pps = verdicts.first().and_then(|v| v["rate_pps"].as_u64());
-    let (attacker_alerts, other_alerts): (Vec<Value>, Vec<Value>) = read_jsonl(&alerts_path)
+    let (attacker_alerts, other_alerts): (Vec<Value>, Vec<Value>) = read_jsonl(&scene.alerts_path)
         .into_iter()
         .partition(|a| a["src_ip"] == attacker.as_str());
-    let received = receiver.received();
+    let received = scene.receiver.received();
     let revocations: Vec<&Received> = received.iter().filter(|r| r.path == "/revoke").collect();
     let revoked = revocations
         .iter()
@@ -681,8 +741,7 @@ listen = "{METRICS}"
     let first_revocation_s = revocations.first().map(|r| secs_between(t0, r.at));
     let benign = std::mem::take(&mut *out.lock().expect("lock"));
     drop(daemon);
-    drop(bank);
-    drop(receiver);
+    drop(scene);
     Ok(Report {
         shadow: settings.shadow,
         attempts_sent: sent,
