@@ -392,14 +392,51 @@ pub async fn attack(attempts: u32, rate: u32) -> (u32, u32) {
     (attempts, answered)
 }
 
-fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
+/// From the client namespace: layla logs in once from Riyadh (her history), then the attack.
+/// Returns when the attack started (just before its first connection), attempts started and
+/// attempts answered.
+pub fn history_then_attack(
+    client: &NetNs,
+    attempts: u32,
+    rate: u32,
+) -> anyhow::Result<(SystemTime, u32, u32)> {
+    client.run(move || -> anyhow::Result<(SystemTime, u32, u32)> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let server = SocketAddr::new(SERVER_V4.into(), PORT);
+            let body = br#"{"username":"layla","password":"riyadh-2024"}"#;
+            let r = http(
+                RIYADH.into(),
+                server,
+                &login_head(APP_UA),
+                body,
+                Duration::from_secs(3),
+            )
+            .await;
+            if !matches!(r, Ok((200, _))) {
+                bail!("layla's login from Riyadh failed: {r:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let t0 = SystemTime::now();
+            let (sent, answered) = attack(attempts, rate).await;
+            Ok((t0, sent, answered))
+        })
+    })?
+}
+
+/// Seconds from `a` to `b` (negative when `b` is earlier).
+pub fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
     match b.duration_since(a) {
         Ok(d) => d.as_secs_f64(),
         Err(e) => -e.duration().as_secs_f64(),
     }
 }
 
-fn unix_s(t: SystemTime) -> f64 {
+/// Seconds since the Unix epoch.
+pub fn unix_s(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
