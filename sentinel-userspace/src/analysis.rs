@@ -50,7 +50,12 @@ pub struct AnalysisShared {
     pub last_lag_s: Mutex<f64>,
     /// Model state as JSON (analyzer and engine figures), refreshed every second.
     pub snapshot: Mutex<serde_json::Value>,
+    /// Profile requests for `sentinel explain`, answered by the analysis thread.
+    explain: Mutex<Option<std::sync::mpsc::Sender<ExplainRequest>>>,
 }
+
+/// A principal's profile asked of the analysis thread, and where to answer.
+type ExplainRequest = (String, std::sync::mpsc::Sender<Option<serde_json::Value>>);
 
 impl Default for AnalysisShared {
     fn default() -> Self {
@@ -64,11 +69,26 @@ impl Default for AnalysisShared {
             ]),
             last_lag_s: Mutex::new(0.0),
             snapshot: Mutex::new(serde_json::Value::Null),
+            explain: Mutex::new(None),
         }
     }
 }
 
 impl AnalysisShared {
+    /// The learned profile of `principal` (display form, e.g. `user:layla` or
+    /// `ip:203.0.113.7`), asked of the analysis thread; none when it has none or does not
+    /// answer within `wait`.
+    pub fn profile(&self, principal: &str, wait: Duration) -> Option<serde_json::Value> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.explain
+            .lock()
+            .expect("explain lock")
+            .as_ref()?
+            .send((principal.to_owned(), tx))
+            .ok()?;
+        rx.recv_timeout(wait).ok().flatten()
+    }
+
     /// The status report: the model state plus the queue's figures.
     pub fn report(&self) -> serde_json::Value {
         let mut v = self.snapshot.lock().expect("snapshot lock").clone();
@@ -122,13 +142,15 @@ pub fn spawn(
     shared: Arc<AnalysisShared>,
 ) -> std::io::Result<(AnalysisQueue, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+    let (etx, erx) = std::sync::mpsc::channel();
+    *shared.explain.lock().expect("explain lock") = Some(etx);
     let queue = AnalysisQueue {
         tx,
         shared: shared.clone(),
     };
     let handle = std::thread::Builder::new()
         .name("sentinel-analysis".into())
-        .spawn(move || Worker::new(analyzer, alerts, shared).run(rx))?;
+        .spawn(move || Worker::new(analyzer, alerts, shared).run(rx, erx))?;
     Ok((queue, handle))
 }
 
@@ -155,10 +177,13 @@ impl Worker {
         }
     }
 
-    fn run(mut self, rx: Receiver<Transaction>) {
+    fn run(mut self, rx: Receiver<Transaction>, explain: Receiver<ExplainRequest>) {
         self.snapshot();
         let mut last_snapshot = Instant::now();
         loop {
+            while let Ok((principal, answer)) = explain.try_recv() {
+                let _ = answer.send(self.analyzer.explain(&principal));
+            }
             match rx.recv_timeout(QUIET) {
                 Ok(t) => {
                     if !self.transaction(t) {

@@ -157,6 +157,19 @@ fn load_policy(config: &Config) -> anyhow::Result<(Policy, String)> {
     }
 }
 
+/// Checks what the user gave before anything is loaded: the policy file parses and validates,
+/// and the GeoIP databases open (only read when capture feeds the models). The error says which
+/// file, line and reason.
+pub fn preflight(config: &Config, geoip: &[PathBuf]) -> Result<(), String> {
+    load_policy(config).map_err(|e| format!("{e:#}"))?;
+    if !config.capture.http_ports.is_empty() {
+        let mut files = config.geoip.files.clone();
+        files.extend(geoip.iter().cloned());
+        Analyzer::new(&config.enrich, &config.models, &files).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 fn policy_info(policy: &Policy, source: &str) -> serde_json::Value {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

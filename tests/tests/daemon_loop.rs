@@ -170,3 +170,39 @@ fn sighup_reloads_the_policy_restart_restores_verdicts_and_metrics_answer() {
     let blocked = d.cli_ok(&["block", "list", "--json"]).unwrap();
     assert!(blocked.contains("203.0.113.77"), "{blocked}");
 }
+
+#[test]
+fn an_invalid_policy_or_geoip_db_stops_the_start_with_the_reason() {
+    let dir = std::env::temp_dir().join(format!("sentinel-pre-{}", sentinel_tests::unique_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy_path = dir.join("policy.toml");
+    std::fs::write(&policy_path, "mode = \"enforce\"\n\n[[rule]]\nkinds = [\"xss\"]\nactions = [\"block\"]\nttl = \"soon\"\n").unwrap();
+    let config = dir.join("sentinel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[capture]\nhttp_ports = [8080]\n[verdicts]\npolicy = \"{}\"\n",
+            policy_path.display()
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(sentinel::lab::sentinel_bin())
+            .args(["run", "--iface", "lo", "--config"])
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("line 6") && err.contains("soon"), "{err}");
+    std::fs::write(&policy_path, policy(false)).unwrap();
+    let missing = dir.join("missing.mmdb");
+    let out = run(&["--geoip-db", &missing.display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("missing.mmdb"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

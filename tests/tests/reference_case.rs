@@ -59,6 +59,15 @@ fn common(r: &Report) {
             .contains("sentinel_packets_total{reason=\"pass\"}")
     );
     assert!(r.metrics.contains("sentinel_pipeline_lag_seconds_bucket"));
+    // `sentinel explain user:layla`: her learned profile (Riyadh) and the alerts about her.
+    let x = &r.explain_layla;
+    assert_eq!(x["profile"]["countries"], serde_json::json!(["SA"]), "{x}");
+    assert!(
+        x["alerts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["kind"] == "brute_force")),
+        "{x}"
+    );
 }
 
 #[test]

@@ -413,4 +413,22 @@ pub fn explain(r: &ExplainReport, json: bool) {
     for v in &r.verdicts {
         println!("    {v}");
     }
+    match &r.profile {
+        Some(p) => {
+            let countries: Vec<&str> = p["countries"]
+                .as_array()
+                .map(|c| c.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            println!(
+                "  profile: {} requests since {}, {} per window, countries [{}], busiest hours (UTC) {}, last from {}",
+                p["requests"],
+                p["first_seen"].as_str().unwrap_or("?"),
+                p["requests_per_window"],
+                countries.join(", "),
+                p["busiest_hours_utc"],
+                p["last_ip"].as_str().unwrap_or("?")
+            );
+        }
+        None => println!("  profile: none learned"),
+    }
 }

@@ -217,4 +217,7 @@ pub struct ExplainReport {
     pub alerts: Vec<serde_json::Value>,
     /// Verdicts from the log that are still in force.
     pub verdicts: Vec<serde_json::Value>,
+    /// The behaviour the models learned for it (a principal, or an address as `ip:ADDR`).
+    #[serde(default)]
+    pub profile: Option<serde_json::Value>,
 }

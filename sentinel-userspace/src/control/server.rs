@@ -451,12 +451,18 @@ async fn explain(
             })
             .map(|v| serde_json::to_value(v).expect("serialisable"))
             .collect();
+        let profile = s.analysis.as_ref().and_then(|a| {
+            let wait = std::time::Duration::from_secs(1);
+            a.profile(&target, wait)
+                .or_else(|| ip.and_then(|ip| a.profile(&format!("ip:{ip}"), wait)))
+        });
         Ok(Json(ExplainReport {
             target,
             entries,
             source,
             alerts,
             verdicts,
+            profile,
         }))
     })
     .await

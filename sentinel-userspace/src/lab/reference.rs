@@ -108,6 +108,8 @@ pub struct Report {
     pub analysis: Value,
     /// The Prometheus scrape.
     pub metrics: String,
+    /// `sentinel explain user:layla --json` after the attack.
+    pub explain_layla: Value,
 }
 
 impl Report {
@@ -733,6 +735,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         arrivals_per_s[s] += 1;
     }
     let status = daemon.status()?;
+    let explain_layla: Value =
+        serde_json::from_str(&daemon.cli_ok(&["explain", "user:layla", "--json"])?)?;
     let metrics = topo
         .server
         .run(|| -> Result<String, String> {
@@ -801,6 +805,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         counters: status["counters"].clone(),
         analysis: status["analysis"].clone(),
         metrics,
+        explain_layla,
     })
 }
 
