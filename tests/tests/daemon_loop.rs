@@ -101,6 +101,17 @@ fn sighup_reloads_the_policy_restart_restores_verdicts_and_metrics_answer() {
 
     let status = d.status().unwrap();
     assert_eq!(status["analysis"]["geo"]["on"], true, "{status}");
+    let text = d.cli_ok(&["status"]).unwrap();
+    eprintln!("{text}");
+    for needle in [
+        "models:",
+        "geo: on",
+        "principals tracked",
+        "alerts: none",
+        "policy: ",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
     assert_eq!(status["policy"]["mode"], "enforce", "{status}");
     assert_eq!(status["policy"]["rules"], 2, "{status}");
 
