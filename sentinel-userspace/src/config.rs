@@ -27,6 +27,16 @@ pub struct Config {
     pub revoke: Option<RevokeConfig>,
     /// The detection models.
     pub models: crate::models::ModelsConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsSettings,
+}
+
+/// `[metrics]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Address serving `GET /metrics` (e.g. `127.0.0.1:9464`); none: no metrics endpoint.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[geoip]`.
@@ -203,6 +213,14 @@ mod tests {
         assert_eq!(Config::parse(example).unwrap(), Config::default());
         let policy = include_str!("../../deploy/policy.toml");
         crate::verdict::policy::Policy::parse(policy).unwrap();
+    }
+
+    #[test]
+    fn metrics_listen_is_read() {
+        let c = Config::parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let e = Config::parse("[metrics]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
     }
 
     #[test]

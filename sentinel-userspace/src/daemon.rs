@@ -12,6 +12,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::{
+    analysis::{self, AnalysisQueue, AnalysisShared},
+    analyze::Analyzer,
     capture::{
         live::CaptureControl,
         ringbuf::{self, Clock, RingStats},
@@ -23,6 +25,10 @@ use crate::{
     pipeline::{Pipeline, PipelineSettings},
     verdict::enforce::VerdictLog,
     verdict::lists,
+    verdict::{
+        policy::{Decider, Policy, PolicyMode},
+        responder::{DEFAULT_POLICY, Responder},
+    },
 };
 
 /// Global enforcement mode.
@@ -47,6 +53,10 @@ pub struct RunOptions {
     pub socket: PathBuf,
     /// Pin directory.
     pub pin_dir: PathBuf,
+    /// The configuration file, re-read on SIGHUP for the policy (none: the built-in policy).
+    pub config_path: Option<PathBuf>,
+    /// GeoIP databases given on the command line (searched after the config's).
+    pub geoip: Vec<PathBuf>,
 }
 
 /// The live end of the capture: segments from the ring buffer through reassembly and HTTP into
@@ -57,12 +67,14 @@ struct LivePipeline {
     stats: Arc<Mutex<serde_json::Value>>,
     transactions: u64,
     last_advance_ns: u64,
+    analysis: Option<AnalysisQueue>,
 }
 
 impl LivePipeline {
     fn new(
         log: Option<&std::path::Path>,
         stats: Arc<Mutex<serde_json::Value>>,
+        analysis: Option<AnalysisQueue>,
     ) -> anyhow::Result<Self> {
         let log = match log {
             Some(p) => {
@@ -85,6 +97,7 @@ impl LivePipeline {
             stats,
             transactions: 0,
             last_advance_ns: 0,
+            analysis,
         })
     }
 
@@ -96,6 +109,9 @@ impl LivePipeline {
                 && let Err(e) = writeln!(w, "{}", t.to_json())
             {
                 warn!(error = %e, "writing the transactions log");
+            }
+            if let Some(q) = &self.analysis {
+                q.push(t);
             }
         }
         if let Some(w) = self.log.as_mut() {
@@ -127,9 +143,66 @@ impl ringbuf::SegmentSink for LivePipeline {
 /// How often expired list entries are reclaimed (the kernel ignores them from their expiry on).
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
+/// The policy a configuration names (its `[verdicts] policy` file), or the built-in one.
+fn load_policy(config: &Config) -> anyhow::Result<(Policy, String)> {
+    match &config.verdicts.policy {
+        Some(p) => Ok((
+            Policy::load(p).map_err(|e| anyhow::anyhow!("invalid policy: {e}"))?,
+            p.display().to_string(),
+        )),
+        None => Ok((
+            Policy::parse(DEFAULT_POLICY).expect("the built-in policy is valid"),
+            "built-in default".to_owned(),
+        )),
+    }
+}
+
+/// Checks what the user gave before anything is loaded: the policy file parses and validates,
+/// and the GeoIP databases open (only read when capture feeds the models). The error says which
+/// file, line and reason.
+pub fn preflight(config: &Config, geoip: &[PathBuf]) -> Result<(), String> {
+    load_policy(config).map_err(|e| format!("{e:#}"))?;
+    if !config.capture.http_ports.is_empty() {
+        let mut files = config.geoip.files.clone();
+        files.extend(geoip.iter().cloned());
+        Analyzer::new(&config.enrich, &config.models, &files).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn policy_info(policy: &Policy, source: &str) -> serde_json::Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    serde_json::json!({
+        "source": source,
+        "mode": match policy.mode {
+            PolicyMode::Enforce => "enforce",
+            PolicyMode::Shadow => "shadow",
+        },
+        "rules": policy.rules.len(),
+        "loaded_at": crate::models::alert::rfc3339(now),
+        "last_error": null,
+    })
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Everything that can be wrong with the input is checked before the kernel is touched.
+    let (policy, policy_source) = load_policy(&opts.config)?;
+    let capture_on = !opts.config.capture.http_ports.is_empty();
+    let analyzer = if capture_on {
+        let mut geoip = opts.config.geoip.files.clone();
+        geoip.extend(opts.geoip.iter().cloned());
+        Some(
+            Analyzer::new(&opts.config.enrich, &opts.config.models, &geoip)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        )
+    } else {
+        None
+    };
     let load = LoadOptions {
         sizes: opts.config.maps.clone(),
         ring_bytes: opts.config.capture.ring_bytes,
@@ -138,43 +211,74 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let ifaces = opts.ifaces.clone();
     let mode = opts.mode;
     let capture_settings = opts.config.capture.clone();
+    let verdict_log_path = opts.config.verdicts.log.clone();
     // Loading runs the verifier and may take a while: keep it off the async threads.
-    let (datapath, capture) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let mut dp = Datapath::load(&load).context("loading the XDP sentinel")?;
-        dp.maps
-            .set_shadow(mode == Mode::Shadow)
-            .context("writing the global mode")?;
-        // Re-adopted maps keep their entries: tell the kernel which lists hold some.
-        dp.maps
-            .refresh_presence()
-            .context("reading which lists hold entries")?;
-        for iface in &ifaces {
-            dp.attach(iface)
-                .with_context(|| format!("attaching to {iface}"))?;
-        }
-        let capture = if capture_settings.http_ports.is_empty() {
-            None
-        } else {
-            let handles = dp.take_capture().context("opening the capture maps")?;
-            let mut control = CaptureControl {
-                ports: handles.ports,
-                config: handles.config,
-                counters: handles.counters,
-                settings: capture_settings,
-            };
-            control.apply().context("configuring capture")?;
+    let (datapath, capture, restored) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut dp = Datapath::load(&load).context("loading the XDP sentinel")?;
+            dp.maps
+                .set_shadow(mode == Mode::Shadow)
+                .context("writing the global mode")?;
+            // Re-adopted maps keep their entries: tell the kernel which lists hold some.
+            dp.maps
+                .refresh_presence()
+                .context("reading which lists hold entries")?;
+            // Verdicts from before a restart (or a reboot, or an unload) are written again with
+            // what remains of their TTL.
+            let restored = VerdictLog::new(&verdict_log_path)
+                .restore(&mut dp.maps)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "restoring verdicts from {}: {e}",
+                        verdict_log_path.display()
+                    )
+                })?;
             for iface in &ifaces {
-                dp.attach_capture(iface)
-                    .with_context(|| format!("attaching capture to {iface}"))?;
+                dp.attach(iface)
+                    .with_context(|| format!("attaching to {iface}"))?;
             }
-            Some((control, handles.ring))
-        };
-        Ok((dp, capture))
-    })
-    .await??;
+            let capture = if capture_settings.http_ports.is_empty() {
+                None
+            } else {
+                let handles = dp.take_capture().context("opening the capture maps")?;
+                let mut control = CaptureControl {
+                    ports: handles.ports,
+                    config: handles.config,
+                    counters: handles.counters,
+                    settings: capture_settings,
+                };
+                control.apply().context("configuring capture")?;
+                for iface in &ifaces {
+                    dp.attach_capture(iface)
+                        .with_context(|| format!("attaching capture to {iface}"))?;
+                }
+                Some((control, handles.ring))
+            };
+            Ok((dp, capture, restored))
+        })
+        .await??;
+    if restored > 0 {
+        info!(restored, "verdicts restored from the verdict log");
+    }
     // The XDP program stays attached through its pinned links; the object lives on for TC.
     let (maps, _object) = datapath.into_parts();
+    let maps = Arc::new(Mutex::new(maps));
     let listener = server::bind(&opts.socket).await?;
+
+    // The response loop: alerts in, verdicts and notifications out.
+    let responder = Responder::new(
+        Decider::new(policy.clone()),
+        maps.clone(),
+        VerdictLog::new(&opts.config.verdicts.log),
+        AlertLog::new(&opts.config.alerts.log, opts.config.alerts.stdout),
+        opts.config.alerts.webhook.clone(),
+        opts.config.revoke.clone(),
+    );
+    let response_stats = responder.stats();
+    let (alert_tx, alert_rx) = tokio::sync::mpsc::channel(1024);
+    let (policy_tx, policy_rx) = tokio::sync::mpsc::channel(4);
+    let responder_task = tokio::spawn(responder.run(alert_rx, policy_rx));
+
     let (capture_state, ring) = match capture {
         Some((control, ring)) => (
             Some(CaptureState {
@@ -186,12 +290,27 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         ),
         None => (None, None),
     };
+    let analysis_shared = analyzer
+        .as_ref()
+        .map(|_| Arc::new(AnalysisShared::default()));
+    let mut analysis_thread = None;
+    let queue = match (analyzer, &analysis_shared) {
+        (Some(analyzer), Some(shared)) => {
+            let (q, h) = analysis::spawn(analyzer, alert_tx.clone(), shared.clone())
+                .context("starting the analysis thread")?;
+            analysis_thread = Some(h);
+            Some(q)
+        }
+        _ => None,
+    };
+    drop(alert_tx);
     let drain = match (ring, &capture_state) {
         (Some(ring), Some(cs)) => {
             let stats = cs.ring.clone();
             let mut pipeline = LivePipeline::new(
                 opts.config.capture.transactions_log.as_deref(),
                 cs.pipeline.clone(),
+                queue,
             )?;
             Some(tokio::spawn(async move {
                 if let Err(e) = ringbuf::drain(ring, Clock::now(), &stats, &mut pipeline).await {
@@ -201,8 +320,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let policy_state = Arc::new(Mutex::new(policy_info(&policy, &policy_source)));
     let state = Arc::new(ControlState {
-        maps: Mutex::new(maps),
+        maps,
         pin_dir: opts.pin_dir.clone(),
         mode: Mutex::new(match opts.mode {
             Mode::Enforce => "enforce".into(),
@@ -212,13 +332,58 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         capture: capture_state,
         alert_log: AlertLog::new(&opts.config.alerts.log, opts.config.alerts.stdout),
         verdict_log: VerdictLog::new(&opts.config.verdicts.log),
+        analysis: analysis_shared,
+        response: Some(response_stats),
+        policy: policy_state.clone(),
     });
+    let metrics = match opts.config.metrics.listen {
+        Some(addr) => {
+            let task = crate::metrics::serve(addr, state.clone()).await?;
+            info!(%addr, "serving Prometheus metrics on /metrics");
+            Some(task)
+        }
+        None => None,
+    };
     info!(
         ifaces = ?opts.ifaces,
         socket = %opts.socket.display(),
         pins = %opts.pin_dir.display(),
+        policy = %policy_source,
+        models = state.analysis.is_some(),
         "sentinel running"
     );
+
+    let reloader = {
+        let config_path = opts.config_path.clone();
+        let fallback = opts.config.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                warn!("no SIGHUP handler: policy reloads are off");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let loaded = match &config_path {
+                    Some(p) => Config::load(p).map_err(|e| anyhow::anyhow!("{e}")),
+                    None => Ok(fallback.clone()),
+                }
+                .and_then(|c| load_policy(&c));
+                match loaded {
+                    Ok((p, source)) => {
+                        info!(source = %source, rules = p.rules.len(), "SIGHUP: policy reloaded");
+                        *policy_state.lock().expect("policy lock") = policy_info(&p, &source);
+                        if policy_tx.send(p).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "SIGHUP: reload rejected, the running policy stays");
+                        policy_state.lock().expect("policy lock")["last_error"] =
+                            serde_json::json!(format!("{e:#}"));
+                    }
+                }
+            }
+        })
+    };
 
     let sweeper = {
         let state = state.clone();
@@ -249,9 +414,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .await
         .context("serving the control socket")?;
     sweeper.abort();
-    if let Some(d) = drain {
-        d.abort();
+    reloader.abort();
+    if let Some(m) = metrics {
+        m.abort();
     }
+    if let Some(d) = drain {
+        // Dropping the consumer drops the analysis queue's sender: the analysis thread ends,
+        // then the responder finishes what it holds.
+        d.abort();
+        let _ = d.await;
+    }
+    if let Some(h) = analysis_thread {
+        let _ = tokio::task::spawn_blocking(move || h.join()).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), responder_task).await;
     let _ = std::fs::remove_file(&socket);
     info!(
         "sentinel stopped; programs and maps stay pinned and keep enforcing (`sentinel unload` removes them)"

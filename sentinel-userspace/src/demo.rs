@@ -7,8 +7,8 @@
 //! each client sent and what reached the server, the kernel's counters and the per-source view,
 //! checks each against what Sentinel promises, and fails when one does not hold.
 //!
-//! The demo is a list of [`STEPS`] over one [`Lab`]; later stages (HTTP capture, detection) add
-//! steps. Everything is removed on return, on error, on a failed check and on Ctrl-C/SIGTERM
+//! The demo is a list of [`STEPS`] over one [`Lab`]; the last one runs the reference case of
+//! DESIGN.md ([`crate::lab::reference`]) on the demo bank in namespaces of its own. Everything is removed on return, on error, on a failed check and on Ctrl-C/SIGTERM
 //! (the lab's guards drop: daemon killed and its pins unloaded, namespaces deleted).
 
 use std::{
@@ -218,7 +218,101 @@ pub const STEPS: &[Step] = &[
         title: "per source, as the kernel counted it (sentinel top --json)",
         run: sources,
     },
+    Step {
+        title: "the reference case: 500 logins on a Riyadh user's account from Vietnam",
+        run: reference_case,
+    },
 ];
+
+/// The reference case of DESIGN.md on the demo bank (its own namespaces and daemon, with HTTP
+/// capture, the models and the response policy).
+fn reference_case(lab: &mut Lab) -> anyhow::Result<()> {
+    use crate::lab::reference::{self, ATTACKER, RIYADH, Settings};
+    let settings = Settings::default();
+    println!(
+        "  the demo bank on 198.18.0.1:{}, {} benign clients, layla logging in from {RIYADH} (Riyadh),",
+        reference::PORT,
+        settings.benign_clients
+    );
+    println!(
+        "  then {} login attempts on her account from {ATTACKER} (Vietnam) at {}/s with a script.",
+        settings.attempts, settings.attack_rate
+    );
+    println!(
+        "  policy: brute_force -> throttle at the learned rate (20 packets/s when none), block on repeat, revoke the account's sessions\n"
+    );
+    let r = reference::run(&settings)?;
+    let per_s: Vec<String> = r.arrivals_per_s.iter().map(usize::to_string).collect();
+    println!(
+        "  attempts reaching the bank per second since the attack started: [{}] ({} of {})",
+        per_s.join(", "),
+        r.attempts_at_server,
+        r.attempts_sent
+    );
+    for v in &r.verdicts {
+        println!(
+            "  verdict: {} {} {} (reason {})",
+            v["list"].as_str().unwrap_or("?"),
+            v["target"].as_str().unwrap_or("?"),
+            v["rate_pps"]
+                .as_u64()
+                .map(|p| format!("at {p} packets/s"))
+                .unwrap_or_default(),
+            v["reason"].as_str().unwrap_or("?")
+        );
+    }
+    if let Some(a) = r.brute_force_alert() {
+        println!(
+            "  alert: {} {} from {} ({}) -> {}",
+            a["severity"].as_str().unwrap_or("?"),
+            a["kind"].as_str().unwrap_or("?"),
+            a["src_ip"].as_str().unwrap_or("?"),
+            a["country"].as_str().unwrap_or("?"),
+            a["action"].as_str().unwrap_or("?")
+        );
+        println!("    {}", a["explanation"].as_str().unwrap_or(""));
+    }
+    let first = r.first_verdict_s.unwrap_or(f64::INFINITY);
+    lab.check(
+        first < 1.0,
+        format!(
+            "the attacker is throttled in the kernel {:.0} ms after the attack started (< 1 s)",
+            first * 1e3
+        ),
+    );
+    lab.check(
+        r.attempts_at_server < 100,
+        format!(
+            "{} of {} attempts reached the bank",
+            r.attempts_at_server, r.attempts_sent
+        ),
+    );
+    let alert_ok = r.brute_force_alert().is_some_and(|a| {
+        a["country"] == "VN"
+            && a["action"] == "throttle"
+            && a["explanation"].as_str().is_some_and(|e| !e.is_empty())
+    });
+    lab.check(
+        alert_ok,
+        "the alert says brute_force, VN, throttle, and why".into(),
+    );
+    let revoked = r.revoked.iter().any(|t| r.riyadh_tokens.contains(t));
+    lab.check(
+        revoked,
+        format!(
+            "the identity provider got the revocation of layla's sessions {:.0} ms after the attack started",
+            r.first_revocation_s.unwrap_or(f64::NAN) * 1e3
+        ),
+    );
+    lab.check(
+        r.benign_errors == 0,
+        format!(
+            "{} benign requests, {} errors",
+            r.benign_requests, r.benign_errors
+        ),
+    );
+    Ok(())
+}
 
 fn rules(lab: &mut Lab) -> anyhow::Result<()> {
     lab.sentinel(&[

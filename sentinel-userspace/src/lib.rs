@@ -9,6 +9,7 @@
 //! - [`reassembly`], [`http`], [`pipeline`]: TCP streams, HTTP/1.x messages and transactions from
 //!   capture segments (live or [`replay`]ed from pcap/pcapng).
 
+pub mod analysis;
 pub mod analyze;
 pub mod capture;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod demo;
 pub mod enrich;
 pub mod http;
 pub mod lab;
+pub mod metrics;
 pub mod models;
 pub mod notify;
 pub mod pipeline;

@@ -45,14 +45,18 @@ fn alert(kind: AlertKind, ip: &str, ts_s: u64) -> Alert {
     }
 }
 
-fn setup(
-    policy: &str,
-) -> (
+type Setup = (
     Pins,
     Responder,
     Arc<Mutex<sentinel::datapath::Maps>>,
     PathBuf,
-) {
+);
+
+fn setup(policy: &str) -> Setup {
+    setup_with(policy, None)
+}
+
+fn setup_with(policy: &str, revoke: Option<sentinel::notify::revoke::RevokeConfig>) -> Setup {
     sentinel_tests::require_root();
     let id = sentinel_tests::unique_id();
     let pins = Pins(PathBuf::from(format!(
@@ -69,7 +73,7 @@ fn setup(
         VerdictLog::new(dir.join("verdicts.jsonl")),
         AlertLog::new(dir.join("alerts.jsonl"), false),
         None,
-        None,
+        revoke,
     );
     (pins, r, maps, dir)
 }
@@ -79,7 +83,8 @@ async fn brute_force_is_throttled_then_blocked_and_logged() {
     let (_pins, mut r, maps, dir) = setup(DEFAULT_POLICY);
     r.handle(AlertEvent {
         alert: alert(AlertKind::BruteForce, "203.0.113.9", 100),
-        bearer: None,
+        tokens: Vec::new(),
+        flow: None,
     })
     .await;
     {
@@ -94,7 +99,8 @@ async fn brute_force_is_throttled_then_blocked_and_logged() {
     }
     r.handle(AlertEvent {
         alert: alert(AlertKind::BruteForce, "203.0.113.9", 110),
-        bearer: None,
+        tokens: Vec::new(),
+        flow: None,
     })
     .await;
     let blocked = lists::list(&maps.lock().unwrap(), ListKind::Block).unwrap();
@@ -118,7 +124,8 @@ async fn shadow_mode_writes_flagged_entries_and_says_what_it_would_have_done() {
     let (_pins, mut r, maps, dir) = setup(&shadow);
     r.handle(AlertEvent {
         alert: alert(AlertKind::BruteForce, "203.0.113.10", 100),
-        bearer: None,
+        tokens: Vec::new(),
+        flow: None,
     })
     .await;
     let t = lists::list(&maps.lock().unwrap(), ListKind::Throttle).unwrap();
@@ -137,25 +144,167 @@ async fn revocation_without_an_endpoint_is_an_alert_too() {
     let (_pins, mut r, _maps, dir) = setup(DEFAULT_POLICY);
     r.handle(AlertEvent {
         alert: alert(AlertKind::ImpossibleTravel, "203.0.113.11", 100),
-        bearer: Some("tok-layla-1".into()),
+        tokens: vec!["tok-layla-1".into()],
+        flow: None,
     })
     .await;
     let alerts = AlertLog::new(dir.join("alerts.jsonl"), false)
         .read_all()
         .unwrap();
     assert_eq!(alerts.len(), 2, "{alerts:?}");
-    assert_eq!(alerts[0]["evidence"]["revocation_failed"], true);
+    assert_eq!(alerts[0]["action"], "revoke_token");
+    assert_eq!(alerts[1]["evidence"]["revocation_failed"], true);
     assert!(
-        alerts[0]["explanation"]
+        alerts[1]["explanation"]
             .as_str()
             .unwrap()
             .contains("no [revoke] endpoint")
     );
-    assert_eq!(alerts[1]["action"], "revoke_token");
     let text = std::fs::read_to_string(dir.join("alerts.jsonl")).unwrap();
     assert!(
         !text.contains("tok-layla-1"),
         "raw tokens never reach the log"
     );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A loopback receiver that answers 200 and hands each request body over.
+async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for _ in 0..16 {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = Vec::new();
+            let mut tmp = [0u8; 4096];
+            // Read the head and the Content-Length body.
+            loop {
+                let n = s.read(&mut tmp).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&tmp[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        let _ = tx.send(body.to_owned());
+                        break;
+                    }
+                }
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    (format!("http://{addr}/revoke"), rx)
+}
+
+#[tokio::test]
+async fn brute_force_throttles_kills_the_flow_and_revokes_the_sessions() {
+    use sentinel::{
+        notify::revoke::{RevokeConfig, RevokeStyle, parse_form},
+        verdict::lists::Flow,
+    };
+    sentinel_tests::require_root();
+    let (url, mut bodies) = receiver().await;
+    let policy = DEFAULT_POLICY.replace(
+        "ttl = \"15m\"",
+        "ttl = \"15m\"\nalso = [\"kill_flow\", \"revoke_token\"]",
+    );
+    let (pins, mut r, maps, dir) = setup_with(
+        &policy,
+        Some(RevokeConfig {
+            url,
+            style: RevokeStyle::Rfc7009,
+            client_id: Some("sentinel".into()),
+            client_secret: None,
+        }),
+    );
+    let flow = Flow {
+        src: "203.0.113.66:40001".parse().unwrap(),
+        dst: "198.18.0.1:8080".parse().unwrap(),
+        proto: 6,
+    };
+    r.handle(AlertEvent {
+        alert: alert(AlertKind::BruteForce, "203.0.113.66", 100),
+        tokens: vec!["tok-layla-1".into()],
+        flow: Some(flow),
+    })
+    .await;
+    r.flush().await;
+    let body = bodies.recv().await.expect("a revocation request");
+    let form = parse_form(&body);
+    assert!(
+        form.contains(&("token".into(), "tok-layla-1".into())),
+        "{form:?}"
+    );
+    {
+        let m = maps.lock().unwrap();
+        assert_eq!(lists::list(&m, ListKind::Throttle).unwrap().len(), 1);
+        let killed: Vec<_> = m.flow_kill.keys().filter_map(Result::ok).collect();
+        assert_eq!(killed, vec![flow.key()]);
+    }
+    let stats = r.stats().report();
+    assert_eq!(stats["tokens_revoked"], 1, "{stats}");
+    // The verdict log restores the throttle and the killed flow into fresh maps.
+    drop(r);
+    drop(maps);
+    drop(pins);
+    let id = sentinel_tests::unique_id();
+    let pins2 = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/sentinel-test-resp2-{id}"
+    )));
+    let dp = Datapath::load(&LoadOptions::new(&pins2.0)).expect("load");
+    let (mut maps, _obj) = dp.into_parts();
+    let n = VerdictLog::new(dir.join("verdicts.jsonl"))
+        .restore(&mut maps)
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(lists::list(&maps, ListKind::Throttle).unwrap().len(), 1);
+    assert_eq!(maps.flow_kill.keys().count(), 1);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_kernel_allowlist_is_never_acted_on() {
+    let (_pins, mut r, maps, dir) = setup(DEFAULT_POLICY);
+    lists::add(
+        &mut maps.lock().unwrap(),
+        ListKind::Allow,
+        &sentinel::control::api::AddRequest {
+            targets: vec!["203.0.113.0/24".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    r.handle(AlertEvent::new(alert(
+        AlertKind::BruteForce,
+        "203.0.113.12",
+        100,
+    )))
+    .await;
+    assert!(
+        lists::list(&maps.lock().unwrap(), ListKind::Throttle)
+            .unwrap()
+            .is_empty()
+    );
+    let alerts = AlertLog::new(dir.join("alerts.jsonl"), false)
+        .read_all()
+        .unwrap();
+    assert_eq!(alerts[0]["action"], "alert");
+    assert_eq!(alerts[0]["evidence"]["allowlisted"], true);
     std::fs::remove_dir_all(dir).unwrap();
 }

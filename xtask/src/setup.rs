@@ -34,6 +34,14 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "benchmark peer: iptables raw + ipset"),
     ("tshark", "benchmark peer: tshark -Y http"),
     ("wrk", "HTTP load generator for the capture benchmarks"),
+    (
+        "fail2ban",
+        "benchmark peer: log-based ban loop (bench verdict)",
+    ),
+    (
+        "python3-pyinotify",
+        "fail2ban's pyinotify backend (bench verdict)",
+    ),
 ];
 
 /// The LLVM that bpf-linker must be built against (see shared TOOLCHAIN.md).

@@ -211,6 +211,10 @@ pub struct RunArgs {
     /// Payload bytes copied to userspace per TCP segment (1..=8192); overrides `[capture] snap_len`.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=8192))]
     pub snap_len: Option<u32>,
+    /// GeoIP database (.mmdb, MaxMind City or DB-IP City Lite layout); repeat for several,
+    /// searched after the config's `[geoip] files`.
+    #[arg(long = "geoip-db", value_name = "FILE")]
+    pub geoip_db: Vec<PathBuf>,
 }
 
 /// Options shared by `add` on every list.

@@ -140,6 +140,69 @@ pub fn status(s: &StatusReport, json: bool) {
             u("wakeups")
         );
     }
+    if let Some(a) = &s.analysis {
+        println!("\nmodels:");
+        let geo = &a["geo"];
+        if geo["on"].as_bool() == Some(true) {
+            let files: Vec<&str> = geo["files"]
+                .as_array()
+                .map(|f| f.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            println!("  geo: on ({})", files.join(", "));
+        } else {
+            println!(
+                "  geo: off ({})",
+                geo["reason"].as_str().unwrap_or("no GeoIP database")
+            );
+        }
+        println!(
+            "  {} transactions analysed, {} principals tracked, {} sessions known, {} endpoint templates",
+            a["transactions"].as_u64().unwrap_or(0),
+            a["principals"].as_u64().unwrap_or(0),
+            a["sessions_tracked"].as_u64().unwrap_or(0),
+            a["templates"].as_u64().unwrap_or(0)
+        );
+        let q = &a["queue"];
+        println!(
+            "  queue: {} dropped of {} queued, last lag {:.1} ms",
+            q["dropped"].as_u64().unwrap_or(0),
+            q["queued"].as_u64().unwrap_or(0),
+            q["last_lag_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if let Some(r) = &s.response {
+        let kinds: Vec<String> = r["alerts"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
+            .unwrap_or_default();
+        println!(
+            "  alerts: {}",
+            if kinds.is_empty() {
+                "none".to_owned()
+            } else {
+                kinds.join(", ")
+            }
+        );
+        println!(
+            "  response: {} verdicts, {} tokens revoked, {} revocations failed, {} allowlisted",
+            r["verdicts"].as_u64().unwrap_or(0),
+            r["tokens_revoked"].as_u64().unwrap_or(0),
+            r["revocations_failed"].as_u64().unwrap_or(0),
+            r["allowlisted"].as_u64().unwrap_or(0)
+        );
+    }
+    if let Some(p) = &s.policy {
+        println!(
+            "  policy: {} ({} rules, {}){}",
+            p["source"].as_str().unwrap_or("?"),
+            p["rules"].as_u64().unwrap_or(0),
+            p["mode"].as_str().unwrap_or("?"),
+            p["last_error"]
+                .as_str()
+                .map(|e| format!("; last reload rejected: {e}"))
+                .unwrap_or_default()
+        );
+    }
     println!("\ncounters:");
     println!("  {:<18} {:>14} {:>16}", "REASON", "PACKETS", "BYTES");
     for (k, c) in &s.counters {
@@ -349,5 +412,23 @@ pub fn explain(r: &ExplainReport, json: bool) {
     println!("  verdicts in force: {}", r.verdicts.len());
     for v in &r.verdicts {
         println!("    {v}");
+    }
+    match &r.profile {
+        Some(p) => {
+            let countries: Vec<&str> = p["countries"]
+                .as_array()
+                .map(|c| c.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            println!(
+                "  profile: {} requests since {}, {} per window, countries [{}], busiest hours (UTC) {}, last from {}",
+                p["requests"],
+                p["first_seen"].as_str().unwrap_or("?"),
+                p["requests_per_window"],
+                countries.join(", "),
+                p["busiest_hours_utc"],
+                p["last_ip"].as_str().unwrap_or("?")
+            );
+        }
+        None => println!("  profile: none learned"),
     }
 }

@@ -138,6 +138,16 @@ pub struct StatusReport {
     pub uptime_s: f64,
     /// HTTP capture, when enabled (`--http-ports`).
     pub capture: Option<CaptureReport>,
+    /// Model state (geo on or off and why, principals tracked, alerts per kind) and the
+    /// analysis queue, when capture feeds the models.
+    #[serde(default)]
+    pub analysis: Option<serde_json::Value>,
+    /// What the responder did: alerts per kind and action, verdicts, revocations.
+    #[serde(default)]
+    pub response: Option<serde_json::Value>,
+    /// The response policy in force and the last reload's outcome.
+    #[serde(default)]
+    pub policy: Option<serde_json::Value>,
 }
 
 /// The capture half in `sentinel status`.
@@ -207,4 +217,7 @@ pub struct ExplainReport {
     pub alerts: Vec<serde_json::Value>,
     /// Verdicts from the log that are still in force.
     pub verdicts: Vec<serde_json::Value>,
+    /// The behaviour the models learned for it (a principal, or an address as `ip:ADDR`).
+    #[serde(default)]
+    pub profile: Option<serde_json::Value>,
 }

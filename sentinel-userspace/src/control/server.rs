@@ -35,8 +35,8 @@ use crate::{
 
 /// What the API handlers share.
 pub struct ControlState {
-    /// The kernel maps.
-    pub maps: Mutex<Maps>,
+    /// The kernel maps (shared with the responder).
+    pub maps: Arc<Mutex<Maps>>,
     /// Pin directory.
     pub pin_dir: PathBuf,
     /// Global mode label.
@@ -49,6 +49,12 @@ pub struct ControlState {
     pub alert_log: AlertLog,
     /// The verdict log.
     pub verdict_log: VerdictLog,
+    /// The analysis stage, when capture feeds it.
+    pub analysis: Option<Arc<crate::analysis::AnalysisShared>>,
+    /// The responder's counters.
+    pub response: Option<Arc<crate::verdict::responder::ResponseStats>>,
+    /// The policy in force: where it came from, when it was loaded, the last reload's outcome.
+    pub policy: Arc<Mutex<serde_json::Value>>,
 }
 
 /// Capture state shared with the API.
@@ -161,6 +167,9 @@ async fn status(State(state): State<Shared>) -> Result<Json<StatusReport>, ApiEr
             counters,
             uptime_s: s.started.elapsed().as_secs_f64(),
             capture: s.capture.as_ref().map(capture_report).transpose()?,
+            analysis: s.analysis.as_ref().map(|a| a.report()),
+            response: s.response.as_ref().map(|r| r.report()),
+            policy: Some(s.policy.lock().expect("policy lock").clone()),
         }))
     })
     .await
@@ -177,7 +186,8 @@ fn capture_report(c: &CaptureState) -> Result<CaptureReport, ApiError> {
     })
 }
 
-fn map_fills(maps: &Maps) -> Result<Vec<MapFill>, crate::datapath::DatapathError> {
+/// Entries and capacity of every map.
+pub fn map_fills(maps: &Maps) -> Result<Vec<MapFill>, crate::datapath::DatapathError> {
     use aya::maps::IterableMap;
     use sentinel_common::{AddrKey, BucketKey, BucketState, FlowKey, RuleValue, ThrottleRule};
     let fill = |name: &str,
@@ -441,12 +451,18 @@ async fn explain(
             })
             .map(|v| serde_json::to_value(v).expect("serialisable"))
             .collect();
+        let profile = s.analysis.as_ref().and_then(|a| {
+            let wait = std::time::Duration::from_secs(1);
+            a.profile(&target, wait)
+                .or_else(|| ip.and_then(|ip| a.profile(&format!("ip:{ip}"), wait)))
+        });
         Ok(Json(ExplainReport {
             target,
             entries,
             source,
             alerts,
             verdicts,
+            profile,
         }))
     })
     .await

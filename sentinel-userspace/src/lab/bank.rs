@@ -1,19 +1,26 @@
 //! A demo banking API (HTTP/1.1, JSON) for the root tests, benchmarks and the demo: login,
 //! balance, transfer, accounts, plus endpoints that exercise the capture pipeline (large,
 //! chunked and empty bodies, uploads). It runs inside a network namespace on its own thread.
+//!
+//! Every request is recorded (arrival time, client address, method, path, status) in memory,
+//! and optionally appended to an access log file in the Common Log Format, which log-based
+//! tools such as fail2ban read.
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    io::Write as _,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use axum::{
     Json, Router,
     body::{Body, Bytes},
-    extract::{Path, Query, State},
+    extract::{ConnectInfo, Path, Query, Request, State},
     http::{HeaderMap, StatusCode, header},
+    middleware::Next,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -27,6 +34,9 @@ pub const USERS: &[(&str, &str)] = &[
     ("alice", "correct horse"),
     ("bob", "battery staple"),
     ("layla", "riyadh-2024"),
+    ("omar", "desert rose"),
+    ("sara", "palm grove"),
+    ("yusuf", "red sea"),
 ];
 
 #[derive(Default)]
@@ -37,10 +47,88 @@ struct Bank {
 
 type Shared = Arc<Mutex<Bank>>;
 
+/// One request as the server saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// When the request reached the handler.
+    pub at: SystemTime,
+    /// Client address.
+    pub client: IpAddr,
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Response status.
+    pub status: u16,
+}
+
+/// Requests recorded at most in memory.
+const MAX_ACCESSES: usize = 1_000_000;
+
+#[derive(Clone, Default)]
+struct AccessLog {
+    entries: Arc<Mutex<Vec<Access>>>,
+    file: Option<Arc<Mutex<std::fs::File>>>,
+}
+
+/// Common Log Format time: `28/Nov/2026:19:50:00 +0000`.
+fn clf_time(at: SystemTime) -> String {
+    let ns = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // 2026-11-28T19:50:00.123Z
+    let iso = crate::models::alert::rfc3339(ns);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month: usize = iso[5..7].parse().unwrap_or(1);
+    format!(
+        "{}/{}/{}:{} +0000",
+        &iso[8..10],
+        MONTHS[month.clamp(1, 12) - 1],
+        &iso[0..4],
+        &iso[11..19]
+    )
+}
+
+async fn access_log(
+    State(log): State<AccessLog>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let at = SystemTime::now();
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    if let Some(f) = &log.file {
+        let line = format!(
+            "{} - - [{}] \"{method} {path} HTTP/1.1\" {status} -\n",
+            client.ip(),
+            clf_time(at)
+        );
+        let _ = f.lock().expect("log lock").write_all(line.as_bytes());
+    }
+    let mut e = log.entries.lock().expect("log lock");
+    if e.len() < MAX_ACCESSES {
+        e.push(Access {
+            at,
+            client: client.ip(),
+            method,
+            path,
+            status,
+        });
+    }
+    resp
+}
+
 /// A running bank server; stops when dropped.
 pub struct BankServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    log: AccessLog,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<anyhow::Result<()>>>>,
 }
@@ -48,10 +136,36 @@ pub struct BankServer {
 impl BankServer {
     /// Starts the server on `addr` inside `ns`.
     pub fn start(ns: &NetNs, addr: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_logged(ns, addr, None)
+    }
+
+    /// Starts the server on `addr` inside `ns`, appending every request to `access_log` (Common
+    /// Log Format) when given.
+    pub fn start_logged(
+        ns: &NetNs,
+        addr: SocketAddr,
+        access_log_file: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         let bank: Shared = Arc::new(Mutex::new(Bank::default()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let app = router(bank);
+        let log = AccessLog {
+            entries: Arc::default(),
+            file: match access_log_file {
+                Some(p) => Some(Arc::new(Mutex::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&p)
+                        .map_err(|e| anyhow::anyhow!("opening {}: {e}", p.display()))?,
+                ))),
+                None => None,
+            },
+        };
+        let app = router(bank).layer(axum::middleware::from_fn_with_state(
+            log.clone(),
+            access_log,
+        ));
         let thread = ns.spawn(move || -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -65,11 +179,14 @@ impl BankServer {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    })
-                    .await?;
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .await?;
                 Ok(())
             })
         });
@@ -80,9 +197,17 @@ impl BankServer {
         }
         Ok(Self {
             addr,
+            log,
             shutdown: Some(stop_tx),
             thread: Some(thread),
         })
+    }
+}
+
+impl BankServer {
+    /// Every request so far, in arrival order.
+    pub fn accesses(&self) -> Vec<Access> {
+        self.log.entries.lock().expect("log lock").clone()
     }
 }
 
@@ -263,4 +388,13 @@ async fn chunked(Query(q): Query<SizeQuery>) -> Response {
 /// Accepts a request body of any size and answers with its length.
 async fn upload(body: Bytes) -> Response {
     Json(json!({"received": body.len()})).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clf_time_is_common_log_format() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_867_200);
+        assert_eq!(super::clf_time(t), "28/Nov/2026:12:00:00 +0000");
+    }
 }

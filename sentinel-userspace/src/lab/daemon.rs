@@ -27,11 +27,36 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `sentinel run --iface IFACES` in `ns` with a fresh socket and pin directory, and
-    /// waits until the control socket answers.
+    /// waits until the control socket answers. Without `--config` in `extra`, the daemon gets a
+    /// configuration that keeps its alert and verdict logs in its own directory (a test must
+    /// neither replay nor append to the logs of the host's installation, or of another test's
+    /// daemon) and a response policy without rules: alerts are raised, nothing is acted on, so
+    /// a load generator (wrk in the capture benchmark) is not throttled as the flood it is.
+    /// Tests and benchmarks that want verdicts give their own `--config`.
     pub fn start(ns: &NetNs, ifaces: &[&str], extra: &[&str]) -> anyhow::Result<Self> {
         let id = super::unique_id();
         let dir = std::env::temp_dir().join(format!("sentinel-test-{id}"));
         std::fs::create_dir_all(&dir)?;
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.iter().any(|a| a == "--config") {
+            let config = dir.join("sentinel.toml");
+            let policy = dir.join("policy.toml");
+            std::fs::write(
+                &policy,
+                "# Alerts only: no rule acts.\nmode = \"enforce\"\n",
+            )?;
+            std::fs::write(
+                &config,
+                format!(
+                    "[alerts]\nlog = {:?}\n[verdicts]\npolicy = {:?}\nlog = {:?}\n",
+                    dir.join("alerts.jsonl"),
+                    policy,
+                    dir.join("verdicts.jsonl")
+                ),
+            )?;
+            extra.push("--config".into());
+            extra.push(config.display().to_string());
+        }
         let mut d = Self {
             child: None,
             socket: dir.join("sentinel.sock"),
@@ -39,7 +64,7 @@ impl Daemon {
             log: dir.join("daemon.log"),
             ns_path: ns.path(),
             ifaces: ifaces.iter().map(|s| s.to_string()).collect(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra,
         };
         d.spawn()?;
         Ok(d)

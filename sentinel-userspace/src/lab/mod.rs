@@ -9,6 +9,7 @@ pub mod bank;
 pub mod daemon;
 pub mod netns;
 pub mod pcapgen;
+pub mod reference;
 pub mod sim;
 pub mod traffic;
 

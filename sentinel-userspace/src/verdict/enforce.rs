@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    lists::{self, ListError},
+    lists::{self, Flow, ListError},
     policy::{Decision, Step},
 };
 use crate::{
@@ -33,7 +33,7 @@ pub struct VerdictRecord {
     pub expires_at: f64,
     /// Address or prefix.
     pub target: String,
-    /// `throttle` or `block`.
+    /// `throttle`, `block` or `flow_kill`.
     pub list: String,
     /// Throttle rate, packets per second.
     pub rate_pps: Option<u64>,
@@ -41,6 +41,9 @@ pub struct VerdictRecord {
     pub shadow: bool,
     /// Why (alert kind and principal).
     pub reason: String,
+    /// The killed flow (`flow_kill` records only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<Flow>,
 }
 
 fn now_s() -> f64 {
@@ -50,38 +53,71 @@ fn now_s() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Writes a decision into the kernel maps. Returns the record to log, or `None` for steps that
-/// do not touch the maps (alert only, token revocation).
+/// Writes a decision into the kernel maps: the step's address verdict (throttle, block, wider
+/// prefix) and, when the decision kills the flow and the flow is known, the 5-tuple. Returns the
+/// records to log (none for alert-only and token revocation).
 pub fn apply(
     maps: &mut Maps,
     decision: &Decision,
     reason: &str,
-) -> Result<Option<VerdictRecord>, ListError> {
-    let (list, target) = match (decision.step, decision.target) {
-        (Step::Throttle, Some(t)) => (ListKind::Throttle, t),
-        (Step::Block | Step::BlockPrefix | Step::KillFlow, Some(t)) => (ListKind::Block, t),
-        _ => return Ok(None),
-    };
-    write(
-        maps,
-        list,
-        target,
-        decision.rate_pps,
-        decision.ttl,
-        decision.shadow,
-        reason,
-    )?;
+    flow: Option<&Flow>,
+) -> Result<Vec<VerdictRecord>, ListError> {
     let now = now_s();
-    Ok(Some(VerdictRecord {
+    let mut out = Vec::new();
+    let record = |list: &str, target: String, rate_pps, flow: Option<Flow>| VerdictRecord {
         applied_at: now,
         expires_at: now + decision.ttl.as_secs_f64(),
-        target: target.to_string(),
-        list: list.as_str().to_owned(),
-        rate_pps: decision.rate_pps,
+        target,
+        list: list.to_owned(),
+        rate_pps,
         shadow: decision.shadow,
         reason: reason.to_owned(),
-    }))
+        flow,
+    };
+    let list = match decision.step {
+        Step::Throttle => Some(ListKind::Throttle),
+        Step::Block | Step::BlockPrefix => Some(ListKind::Block),
+        _ => None,
+    };
+    if let (Some(list), Some(target)) = (list, decision.target) {
+        write(
+            maps,
+            list,
+            target,
+            decision.rate_pps,
+            decision.ttl,
+            decision.shadow,
+            reason,
+        )?;
+        out.push(record(
+            list.as_str(),
+            target.to_string(),
+            decision.rate_pps,
+            None,
+        ));
+    }
+    if decision.kills_flow()
+        && let Some(flow) = flow
+    {
+        lists::kill_flow(
+            maps,
+            flow,
+            decision.ttl.as_millis().max(1) as u64,
+            Some(reason),
+            decision.shadow,
+        )?;
+        out.push(record(
+            FLOW_KILL,
+            flow.src.ip().to_string(),
+            None,
+            Some(*flow),
+        ));
+    }
+    Ok(out)
 }
+
+/// The verdict log's list name of killed flows.
+pub const FLOW_KILL: &str = "flow_kill";
 
 fn write(
     maps: &mut Maps,
@@ -179,6 +215,18 @@ impl VerdictLog {
         let (live, _) = self.live(now)?;
         let mut n = 0;
         for r in &live {
+            let ttl = Duration::from_secs_f64((r.expires_at - now).max(0.001));
+            if let Some(flow) = &r.flow {
+                lists::kill_flow(
+                    maps,
+                    flow,
+                    ttl.as_millis().max(1) as u64,
+                    Some(&r.reason),
+                    r.shadow,
+                )?;
+                n += 1;
+                continue;
+            }
             let list = if r.list == "throttle" {
                 ListKind::Throttle
             } else {
@@ -188,11 +236,27 @@ impl VerdictLog {
                 Ok(t) => t,
                 Err(_) => continue,
             };
-            let ttl = Duration::from_secs_f64((r.expires_at - now).max(0.001));
             write(maps, list, target, r.rate_pps, ttl, r.shadow, &r.reason)?;
             n += 1;
         }
+        self.compact(&live)?;
         Ok(n)
+    }
+
+    /// Rewrites the log with only `live` records (atomically: a new file renamed over it), so
+    /// that it does not grow without end across restarts.
+    fn compact(&self, live: &[VerdictRecord]) -> std::io::Result<()> {
+        if !self.path.exists() {
+            return Ok(());
+        }
+        let tmp = self.path.with_extension("jsonl.tmp");
+        let mut text = Vec::new();
+        for r in live {
+            serde_json::to_writer(&mut text, r).map_err(std::io::Error::other)?;
+            text.push(b'\n');
+        }
+        std::fs::write(&tmp, &text)?;
+        std::fs::rename(&tmp, &self.path)
     }
 }
 
@@ -209,6 +273,7 @@ mod tests {
             rate_pps: None,
             shadow: false,
             reason: "brute_force user:layla".into(),
+            flow: None,
         }
     }
 

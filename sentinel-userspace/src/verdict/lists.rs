@@ -9,9 +9,9 @@ use std::{net::IpAddr, time::Instant};
 
 use aya::maps::{IterableMap, MapData, MapError, lpm_trie::Key};
 use sentinel_common::{
-    AddrKey, HAS_ALLOW_HASH, HAS_ALLOW_LPM, HAS_BLOCK_HASH, HAS_BLOCK_LPM, HAS_THROTTLE_HASH,
-    HAS_THROTTLE_LPM, MAX_BURST, MAX_RATE_PPS, REASON_LEN, RULE_FLAG_SHADOW, ReasonText, RuleValue,
-    ThrottleRule, names, rule_prefix_flags,
+    AddrKey, FlowKey, HAS_ALLOW_HASH, HAS_ALLOW_LPM, HAS_BLOCK_HASH, HAS_BLOCK_LPM, HAS_FLOW_KILL,
+    HAS_THROTTLE_HASH, HAS_THROTTLE_LPM, MAX_BURST, MAX_RATE_PPS, REASON_LEN, RULE_FLAG_SHADOW,
+    ReasonText, RuleValue, ThrottleRule, names, rule_prefix_flags,
 };
 
 use super::target::{MapKey, Target, TargetError};
@@ -501,6 +501,68 @@ pub fn list(maps: &Maps, kind: ListKind) -> Result<Vec<Entry>, ListError> {
     }
     out.sort_by(|a, b| a.target.cmp(&b.target));
     Ok(out)
+}
+
+/// A TCP or UDP flow as the XDP program sees it arriving: client to server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Flow {
+    /// Client (source) address and port.
+    pub src: std::net::SocketAddr,
+    /// Server (destination) address and port.
+    pub dst: std::net::SocketAddr,
+    /// IP protocol (6 TCP, 17 UDP).
+    pub proto: u8,
+}
+
+impl Flow {
+    /// The flow-kill map key.
+    pub fn key(&self) -> FlowKey {
+        let addr = |ip: IpAddr| match Target::from(ip).map_key() {
+            MapKey::Exact(k) | MapKey::Prefix(_, k) => k,
+        };
+        FlowKey {
+            src: addr(self.src.ip()),
+            dst: addr(self.dst.ip()),
+            src_port: self.src.port(),
+            dst_port: self.dst.port(),
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+impl std::fmt::Display for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = match self.proto {
+            6 => "tcp",
+            17 => "udp",
+            _ => "ip",
+        };
+        write!(f, "{proto} {} -> {}", self.src, self.dst)
+    }
+}
+
+/// Puts a flow on the kill list: the XDP program drops its packets (or, with `shadow`, counts
+/// them as would-drops) until `ttl_ms` has passed.
+pub fn kill_flow(
+    maps: &mut Maps,
+    flow: &Flow,
+    ttl_ms: u64,
+    reason: Option<&str>,
+    shadow: bool,
+) -> Result<(), ListError> {
+    let expires_ns = expiry(Some(ttl_ms))?;
+    let reason_id = store_reason(maps, reason)?;
+    maps.mark_present(HAS_FLOW_KILL)?;
+    let value = RuleValue {
+        expires_ns,
+        reason_id,
+        flags: if shadow { RULE_FLAG_SHADOW } else { 0 },
+    };
+    maps.flow_kill
+        .insert(flow.key(), value, 0)
+        .map_err(map_err(names::FLOW_KILL))?;
+    Ok(())
 }
 
 /// Deletes expired entries from every list (the kernel already ignores them). Returns how many.

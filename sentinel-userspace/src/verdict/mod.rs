@@ -4,6 +4,7 @@ pub mod enforce;
 pub mod lists;
 pub mod policy;
 pub mod responder;
+pub mod sessions;
 pub mod target;
 
 pub use target::Target;

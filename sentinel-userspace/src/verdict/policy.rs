@@ -19,6 +19,7 @@
 //! actions = ["throttle", "block", "block_prefix"]   # 1st, 2nd, 3rd+ offence
 //! rate = "learned"            # or packets per second, e.g. 20
 //! ttl = "15m"
+//! also = ["revoke_token"]     # taken with every step (kill_flow, revoke_token)
 //! ```
 //!
 //! Rules are tried in order; the first whose kinds and severity match decides. A policy that does
@@ -117,6 +118,8 @@ struct RawRule {
     ttl: String,
     #[serde(default)]
     shadow: bool,
+    #[serde(default)]
+    also: Vec<Step>,
 }
 
 fn min_sev_default() -> Severity {
@@ -197,6 +200,8 @@ pub struct Rule {
     pub ttl: Duration,
     /// Shadow mode for this rule.
     pub shadow: bool,
+    /// Actions taken alongside every step of the ladder (`kill_flow`, `revoke_token`).
+    pub also: Vec<Step>,
 }
 
 /// A validated policy.
@@ -301,6 +306,25 @@ impl Policy {
                     message: format!("rule {}: ttl must be longer than zero", i + 1),
                 });
             }
+            if let Some(bad) = r
+                .also
+                .iter()
+                .find(|s| !matches!(s, Step::KillFlow | Step::RevokeToken))
+            {
+                return Err(PolicyError {
+                    line: at().map(|start| {
+                        text.lines()
+                            .skip(start - 1)
+                            .position(|l| l.trim_start().starts_with("also"))
+                            .map_or(start, |i| start + i)
+                    }),
+                    message: format!(
+                        "rule {}: also = [{:?}] is not allowed: `also` takes kill_flow and revoke_token (the ladder in `actions` decides the kernel verdict)",
+                        i + 1,
+                        bad.action()
+                    ),
+                });
+            }
             rules.push(Rule {
                 kinds: r.kinds.clone(),
                 min_severity: r.min_severity,
@@ -308,6 +332,7 @@ impl Policy {
                 rate: r.rate,
                 ttl,
                 shadow: r.shadow,
+                also: r.also.clone(),
             });
         }
         Ok(Policy {
@@ -350,6 +375,20 @@ pub struct Decision {
     pub shadow: bool,
     /// Which offence this was within the window (1-based).
     pub offence: usize,
+    /// Actions taken alongside the step (`kill_flow`, `revoke_token`).
+    pub also: Vec<Step>,
+}
+
+impl Decision {
+    /// True when the decision kills the offending flow (as its step or alongside it).
+    pub fn kills_flow(&self) -> bool {
+        self.step == Step::KillFlow || self.also.contains(&Step::KillFlow)
+    }
+
+    /// True when the decision revokes the principal's token (as its step or alongside it).
+    pub fn revokes_token(&self) -> bool {
+        self.step == Step::RevokeToken || self.also.contains(&Step::RevokeToken)
+    }
 }
 
 /// Applies a policy to alerts, remembering offences per source for escalation.
@@ -454,6 +493,7 @@ impl Decider {
             ttl: rule.ttl,
             shadow: self.policy.mode == PolicyMode::Shadow || rule.shadow,
             offence,
+            also: rule.also,
         })
     }
 }
@@ -530,6 +570,35 @@ shadow = true
     }
 
     #[test]
+    fn also_actions_go_with_every_step() {
+        let p = POLICY.replace(
+            "ttl = \"15m\"",
+            "ttl = \"15m\"\nalso = [\"revoke_token\", \"kill_flow\"]",
+        );
+        let mut d = Decider::new(Policy::parse(&p).unwrap());
+        let d1 = d
+            .decide(&alert(
+                AlertKind::BruteForce,
+                Severity::High,
+                "203.0.113.9",
+                0,
+            ))
+            .unwrap();
+        assert_eq!(d1.step, Step::Throttle);
+        assert!(d1.revokes_token() && d1.kills_flow());
+        let d2 = d
+            .decide(&alert(
+                AlertKind::BruteForce,
+                Severity::High,
+                "203.0.113.9",
+                1,
+            ))
+            .unwrap();
+        assert_eq!(d2.step, Step::Block);
+        assert!(d2.revokes_token());
+    }
+
+    #[test]
     fn severity_allowlists_and_shadow() {
         let mut d = Decider::new(Policy::parse(POLICY).unwrap());
         assert!(
@@ -603,5 +672,11 @@ shadow = true
         let e = Policy::parse("[[rule]]\nkinds = [\"xss\"]\nactions = [\"block\"]\nrate = 0\n")
             .unwrap_err();
         assert!(e.message.contains("rate"), "{e}");
+        let e = Policy::parse(
+            "# also\n[[rule]]\nkinds = [\"xss\"]\nactions = [\"block\"]\nalso = [\"block\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("also"), "{e}");
     }
 }

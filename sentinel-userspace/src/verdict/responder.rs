@@ -1,19 +1,33 @@
 //! The response loop: every alert goes through the policy; decisions become kernel verdicts
-//! (throttle, block, wider prefix), token revocations at the identity provider, and the alert
-//! itself is written to the alert log and sent to the webhook with the action taken.
+//! (throttle, block, wider prefix, killed flow), token revocations at the identity provider, and
+//! the alert itself is written to the alert log and sent to the webhook with the action taken.
+//!
+//! The kernel write and the alert log happen in [`Responder::handle`]; everything that talks to
+//! another host (the webhook, the identity provider) runs in background tasks with retries, so
+//! a slow receiver never delays the next verdict. [`Responder::flush`] waits for them.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
-use tokio::sync::mpsc;
+use serde::Serialize;
+use tokio::{sync::mpsc, task::JoinSet};
 use tracing::{info, warn};
 
 use super::{
     enforce::{self, VerdictLog},
-    policy::{Decider, Step},
+    lists::{self, Flow},
+    policy::{Decider, Policy},
+    target::{MapKey, Target},
 };
 use crate::{
     datapath::Maps,
-    models::{Action, Alert, Severity},
+    models::{Action, Alert, AlertKind, Severity},
     notify::{
         alerts::{AlertLog, send_webhook},
         http::RetryPolicy,
@@ -21,24 +35,159 @@ use crate::{
     },
 };
 
-/// An alert and, for revocation, the raw bearer token of the request that raised it (kept in
-/// memory only).
+/// An alert, with what the response may need from the request that raised it (kept in memory
+/// only): the session tokens its subject holds, and the flow it came on.
+#[derive(Clone, Debug)]
 pub struct AlertEvent {
     /// The alert.
     pub alert: Alert,
-    /// The bearer token, when the request carried one.
-    pub bearer: Option<String>,
+    /// Tokens the alert's principal (or the account it names) holds, for `revoke_token`.
+    pub tokens: Vec<String>,
+    /// The client-to-server flow of the request that raised it, for `kill_flow`.
+    pub flow: Option<Flow>,
 }
 
-/// Where the responder sends things.
+impl AlertEvent {
+    /// An event with nothing but the alert.
+    pub fn new(alert: Alert) -> Self {
+        Self {
+            alert,
+            tokens: Vec::new(),
+            flow: None,
+        }
+    }
+}
+
+/// Background notifications in flight at most; beyond, webhook deliveries are dropped (and
+/// counted) rather than queued without bound.
+const MAX_INFLIGHT: usize = 256;
+
+/// Revoked tokens remembered at most.
+const MAX_REMEMBERED: usize = 100_000;
+
+/// What the responder did, for `sentinel status` and the metrics.
+#[derive(Debug, Default)]
+pub struct ResponseStats {
+    /// Alerts handled, per kind and action taken.
+    pub alerts: Mutex<std::collections::HashMap<(AlertKind, Action), u64>>,
+    /// Kernel verdicts written (shadow ones included).
+    pub verdicts: AtomicU64,
+    /// Kernel writes that failed.
+    pub verdict_errors: AtomicU64,
+    /// Alerts not acted on because their address or principal is allowlisted.
+    pub allowlisted: AtomicU64,
+    /// Tokens revoked at the identity provider.
+    pub revoked: AtomicU64,
+    /// Revocations that failed (each one is an alert too).
+    pub revoke_failed: AtomicU64,
+    /// Webhook deliveries that failed after their retries.
+    pub webhook_failed: AtomicU64,
+    /// Notifications dropped because too many were in flight.
+    pub notify_dropped: AtomicU64,
+    /// Milliseconds from the capture of the request that raised the last verdict to the
+    /// verdict in the kernel.
+    pub last_verdict_ms: Mutex<Option<f64>>,
+}
+
+impl ResponseStats {
+    fn count(&self, kind: AlertKind, action: Action) {
+        *self
+            .alerts
+            .lock()
+            .expect("stats lock")
+            .entry((kind, action))
+            .or_default() += 1;
+    }
+
+    /// Alerts per kind (every action).
+    pub fn per_kind(&self) -> BTreeMap<AlertKind, u64> {
+        let mut out = BTreeMap::new();
+        for ((k, _), n) in self.alerts.lock().expect("stats lock").iter() {
+            *out.entry(*k).or_default() += n;
+        }
+        out
+    }
+
+    /// A JSON summary.
+    pub fn report(&self) -> serde_json::Value {
+        #[derive(Serialize)]
+        struct Report {
+            alerts: BTreeMap<String, u64>,
+            actions: BTreeMap<String, u64>,
+            verdicts: u64,
+            verdict_errors: u64,
+            allowlisted: u64,
+            tokens_revoked: u64,
+            revocations_failed: u64,
+            webhook_failed: u64,
+            notifications_dropped: u64,
+            last_verdict_ms: Option<f64>,
+        }
+        let mut actions = BTreeMap::new();
+        for ((_, a), n) in self.alerts.lock().expect("stats lock").iter() {
+            let name = serde_json::to_value(a)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            *actions.entry(name).or_default() += n;
+        }
+        let r = Report {
+            alerts: self
+                .per_kind()
+                .into_iter()
+                .map(|(k, n)| (k.as_str().to_owned(), n))
+                .collect(),
+            actions,
+            verdicts: self.verdicts.load(Ordering::Relaxed),
+            verdict_errors: self.verdict_errors.load(Ordering::Relaxed),
+            allowlisted: self.allowlisted.load(Ordering::Relaxed),
+            tokens_revoked: self.revoked.load(Ordering::Relaxed),
+            revocations_failed: self.revoke_failed.load(Ordering::Relaxed),
+            webhook_failed: self.webhook_failed.load(Ordering::Relaxed),
+            notifications_dropped: self.notify_dropped.load(Ordering::Relaxed),
+            last_verdict_ms: *self.last_verdict_ms.lock().expect("stats lock"),
+        };
+        serde_json::to_value(r).expect("serialisable")
+    }
+}
+
+/// Where alerts go once decided: the log (and stdout), the webhook.
+struct Sinks {
+    alert_log: AlertLog,
+    webhook: Option<String>,
+    retry: RetryPolicy,
+    stats: Arc<ResponseStats>,
+}
+
+impl Sinks {
+    fn write(&self, alert: &Alert) {
+        if let Err(e) = self.alert_log.write(alert) {
+            warn!(error = %e, "writing the alert log");
+        }
+    }
+
+    async fn deliver(&self, alert: &Alert) {
+        if let Some(url) = &self.webhook
+            && let Err(e) = send_webhook(url, alert, self.retry).await
+        {
+            self.stats.webhook_failed.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, "alert webhook");
+        }
+    }
+}
+
+/// Decides, enforces and notifies.
 pub struct Responder {
     decider: Decider,
     maps: Arc<Mutex<Maps>>,
     verdict_log: VerdictLog,
-    alert_log: AlertLog,
-    webhook: Option<String>,
+    sinks: Arc<Sinks>,
     revoke: Option<RevokeConfig>,
-    retry: RetryPolicy,
+    tasks: JoinSet<()>,
+    stats: Arc<ResponseStats>,
+    /// Hashes of the tokens already sent for revocation (a repeat alert does not send them
+    /// again); forgotten wholesale beyond [`MAX_REMEMBERED`].
+    revoked: std::collections::HashSet<String>,
     /// Alerts handled.
     pub handled: u64,
 }
@@ -53,16 +202,36 @@ impl Responder {
         webhook: Option<String>,
         revoke: Option<RevokeConfig>,
     ) -> Self {
+        let stats = Arc::new(ResponseStats::default());
         Self {
             decider,
             maps,
             verdict_log,
-            alert_log,
-            webhook,
+            sinks: Arc::new(Sinks {
+                alert_log,
+                webhook,
+                retry: RetryPolicy::default(),
+                stats: stats.clone(),
+            }),
             revoke,
-            retry: RetryPolicy::default(),
+            tasks: JoinSet::new(),
+            stats,
+            revoked: std::collections::HashSet::new(),
             handled: 0,
         }
+    }
+
+    /// Uses `retry` for webhooks and revocations (tests shorten it).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        if let Some(s) = Arc::get_mut(&mut self.sinks) {
+            s.retry = retry;
+        }
+        self
+    }
+
+    /// The counters this responder keeps.
+    pub fn stats(&self) -> Arc<ResponseStats> {
+        self.stats.clone()
     }
 
     /// Replaces the policy (SIGHUP).
@@ -70,12 +239,38 @@ impl Responder {
         &mut self.decider
     }
 
-    /// Handles one alert: decide, enforce, revoke, record and notify. Failures to act are
-    /// logged and raised as alerts themselves; they never stop the loop.
+    /// True when the kernel's allowlist covers `ip` (the operator's `sentinel allow add`).
+    fn kernel_allowlisted(&self, ip: IpAddr) -> bool {
+        let key = match Target::from(ip).map_key() {
+            MapKey::Exact(k) | MapKey::Prefix(_, k) => k,
+        };
+        let maps = self.maps.lock().expect("maps lock");
+        lists::verdict_of(&maps, &key) == "allow"
+    }
+
+    /// Handles one alert: decide, enforce, record, and start the notifications. Failures to act
+    /// are logged and raised as alerts themselves; they never stop the loop.
     pub async fn handle(&mut self, ev: AlertEvent) {
-        let AlertEvent { mut alert, bearer } = ev;
+        while self.tasks.try_join_next().is_some() {}
+        let AlertEvent {
+            mut alert,
+            tokens,
+            flow,
+        } = ev;
         self.handled += 1;
-        let decision = self.decider.decide(&alert);
+        let ip: Option<IpAddr> = alert.src_ip.parse().ok();
+        let allowed =
+            self.decider.allowlisted(&alert) || ip.is_some_and(|ip| self.kernel_allowlisted(ip));
+        let decision = if allowed {
+            self.stats.allowlisted.fetch_add(1, Ordering::Relaxed);
+            alert
+                .evidence
+                .insert("allowlisted".into(), serde_json::json!(true));
+            None
+        } else {
+            self.decider.decide(&alert)
+        };
+        let mut revoke_tokens = None;
         if let Some(d) = &decision {
             alert.action = if d.shadow {
                 Action::Alert
@@ -95,6 +290,25 @@ impl Responder {
                     .evidence
                     .insert("throttle_pps".into(), serde_json::json!(r));
             }
+            if let Some(t) = d.target {
+                alert
+                    .evidence
+                    .insert("verdict_target".into(), serde_json::json!(t.to_string()));
+            }
+            let also: Vec<Action> = d.also.iter().map(|s| s.action()).collect();
+            if !also.is_empty() {
+                alert.evidence.insert(
+                    if d.shadow { "shadow_also" } else { "also" }.into(),
+                    serde_json::json!(also),
+                );
+            }
+            if d.kills_flow()
+                && let Some(f) = &flow
+            {
+                alert
+                    .evidence
+                    .insert("flow".into(), serde_json::json!(f.to_string()));
+            }
             let reason = format!(
                 "{} {}",
                 alert.kind,
@@ -103,72 +317,154 @@ impl Responder {
             // Shadow decisions are still written, flagged: the kernel counts would-drops.
             let applied = {
                 let mut maps = self.maps.lock().expect("maps lock");
-                enforce::apply(&mut maps, d, &reason)
+                enforce::apply(&mut maps, d, &reason, flow.as_ref())
             };
             match applied {
-                Ok(Some(rec)) => {
-                    info!(target = %rec.target, list = %rec.list, shadow = rec.shadow, "verdict applied");
-                    if let Err(e) = self.verdict_log.append(&rec) {
-                        warn!(error = %e, "writing the verdict log");
+                Ok(records) => {
+                    if !records.is_empty() && alert.ts_ns > 0 {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_nanos() as u64)
+                            .unwrap_or(0);
+                        let ms = now.saturating_sub(alert.ts_ns) as f64 / 1e6;
+                        *self.stats.last_verdict_ms.lock().expect("stats lock") = Some(ms);
+                    }
+                    for rec in records {
+                        self.stats.verdicts.fetch_add(1, Ordering::Relaxed);
+                        info!(target = %rec.target, list = %rec.list, rate_pps = ?rec.rate_pps, shadow = rec.shadow, reason = %rec.reason, "verdict applied");
+                        if let Err(e) = self.verdict_log.append(&rec) {
+                            warn!(error = %e, "writing the verdict log");
+                        }
                     }
                 }
-                Ok(None) => {}
-                Err(e) => warn!(error = %e, "applying a verdict"),
+                Err(e) => {
+                    self.stats.verdict_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, "applying a verdict");
+                }
             }
-            if d.step == Step::RevokeToken && !d.shadow {
-                self.revoke_token(&alert, bearer.as_deref()).await;
+            if d.revokes_token() && !d.shadow {
+                revoke_tokens = Some(tokens);
             }
         }
-        self.emit(&alert).await;
+        self.stats.count(alert.kind, alert.action);
+        self.sinks.write(&alert);
+        if let Some(tokens) = revoke_tokens {
+            self.revoke_tokens(&alert, tokens);
+        }
+        self.notify(alert);
     }
 
-    async fn revoke_token(&mut self, alert: &Alert, bearer: Option<&str>) {
+    fn notify(&mut self, alert: Alert) {
+        if self.sinks.webhook.is_none() {
+            return;
+        }
+        if self.tasks.len() >= MAX_INFLIGHT {
+            self.stats.notify_dropped.fetch_add(1, Ordering::Relaxed);
+            warn!(kind = %alert.kind, "too many notifications in flight: webhook delivery dropped");
+            return;
+        }
+        let sinks = self.sinks.clone();
+        self.tasks.spawn(async move { sinks.deliver(&alert).await });
+    }
+
+    fn revoke_tokens(&mut self, alert: &Alert, tokens: Vec<String>) {
         let principal = alert.principal.clone().unwrap_or_default();
-        let failure = match (&self.revoke, bearer) {
-            (None, _) => Some("no [revoke] endpoint is configured".to_owned()),
-            (Some(_), None) => Some("the request carried no bearer token".to_owned()),
-            (Some(cfg), Some(tok)) => {
-                match revoke(cfg, tok, &principal, alert.kind.as_str(), self.retry).await {
+        let cfg = match (&self.revoke, tokens.is_empty()) {
+            (None, _) => {
+                let a = revocation_failed(alert, &principal, "no [revoke] endpoint is configured");
+                self.failed_revocation(a);
+                return;
+            }
+            (Some(_), true) => {
+                let a = revocation_failed(
+                    alert,
+                    &principal,
+                    "no session token of it was seen (no bearer token, no login issuing one)",
+                );
+                self.failed_revocation(a);
+                return;
+            }
+            (Some(cfg), false) => cfg.clone(),
+        };
+        if self.revoked.len() + tokens.len() > MAX_REMEMBERED {
+            self.revoked.clear();
+        }
+        let tokens: Vec<String> = tokens
+            .into_iter()
+            .filter(|t| self.revoked.insert(crate::enrich::principal::short_hash(t)))
+            .collect();
+        if tokens.is_empty() {
+            return;
+        }
+        let sinks = self.sinks.clone();
+        let stats = self.stats.clone();
+        let alert = alert.clone();
+        self.tasks.spawn(async move {
+            for tok in tokens {
+                match revoke(&cfg, &tok, &principal, alert.kind.as_str(), sinks.retry).await {
                     Ok(status) => {
+                        stats.revoked.fetch_add(1, Ordering::Relaxed);
                         info!(principal, status, "token revoked at the identity provider");
-                        None
                     }
-                    Err(e) => Some(e.to_string()),
+                    Err(e) => {
+                        stats.revoke_failed.fetch_add(1, Ordering::Relaxed);
+                        let a = revocation_failed(&alert, &principal, &e.to_string());
+                        stats.count(a.kind, a.action);
+                        sinks.write(&a);
+                        sinks.deliver(&a).await;
+                    }
                 }
             }
-        };
-        if let Some(why) = failure {
-            warn!(principal, reason = %why, "token revocation failed");
-            let mut a = alert.clone();
-            a.severity = Severity::High;
-            a.action = Action::Alert;
-            a.explanation = format!(
-                "Revoking the token of {principal} after {} failed: {why}.",
-                alert.kind
-            );
-            a.evidence
-                .insert("revocation_failed".into(), serde_json::json!(true));
-            self.emit(&a).await;
-        }
+        });
     }
 
-    async fn emit(&self, alert: &Alert) {
-        if let Err(e) = self.alert_log.write(alert) {
-            warn!(error = %e, "writing the alert log");
-        }
-        if let Some(url) = &self.webhook
-            && let Err(e) = send_webhook(url, alert, self.retry).await
-        {
-            warn!(error = %e, "alert webhook");
-        }
+    fn failed_revocation(&mut self, a: Alert) {
+        self.stats.revoke_failed.fetch_add(1, Ordering::Relaxed);
+        self.stats.count(a.kind, a.action);
+        self.sinks.write(&a);
+        self.notify(a);
     }
 
-    /// Runs until the channel closes.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<AlertEvent>) {
-        while let Some(ev) = rx.recv().await {
-            self.handle(ev).await;
-        }
+    /// Waits for every notification and revocation in flight.
+    pub async fn flush(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
     }
+
+    /// Runs until the alert channel closes, taking new policies from `policies` between alerts.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<AlertEvent>,
+        mut policies: mpsc::Receiver<Policy>,
+    ) {
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => self.handle(ev).await,
+                    None => break,
+                },
+                Some(p) = policies.recv() => {
+                    info!(rules = p.rules.len(), mode = ?p.mode, "policy replaced");
+                    self.decider.set_policy(p);
+                }
+            }
+        }
+        self.flush().await;
+    }
+}
+
+/// The alert saying that revoking `principal`'s token after `alert` failed, and why.
+fn revocation_failed(alert: &Alert, principal: &str, why: &str) -> Alert {
+    warn!(principal, reason = %why, "token revocation failed");
+    let mut a = alert.clone();
+    a.severity = Severity::High;
+    a.action = Action::Alert;
+    a.explanation = format!(
+        "Revoking the token of {principal} after {} failed: {why}.",
+        alert.kind
+    );
+    a.evidence
+        .insert("revocation_failed".into(), serde_json::json!(true));
+    a
 }
 
 /// The policy used when none is configured: throttle credential attacks and abuse at the

@@ -1,0 +1,275 @@
+//! The daemon's analysis stage: HTTP transactions from the live capture pipeline through the
+//! [`Analyzer`] (enrichment and every model) on a thread of its own, and the alerts out to the
+//! responder.
+//!
+//! The ring buffer consumer hands transactions over a bounded channel and never waits: when
+//! the analysis falls behind, transactions are dropped and counted, so the capture keeps
+//! draining the kernel's ring buffer. When traffic is quiet the models are ticked with the wall
+//! clock, so windows close and idle state expires without new transactions.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError},
+    },
+    time::{Duration, Instant},
+};
+
+use prometheus_client::metrics::histogram::Histogram;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::{
+    analyze::Analyzer,
+    http::Transaction,
+    models::Alert,
+    verdict::{lists::Flow, responder::AlertEvent, sessions::SessionBook},
+};
+
+/// Transactions waiting for analysis at most.
+pub const QUEUE: usize = 8192;
+
+/// How long the analysis waits for a transaction before ticking the models with the clock.
+const QUIET: Duration = Duration::from_millis(250);
+
+/// Counters shared with the capture side, the control API and the metrics.
+#[derive(Debug)]
+pub struct AnalysisShared {
+    /// Transactions handed to the analysis.
+    pub queued: AtomicU64,
+    /// Transactions dropped because the analysis queue was full.
+    pub dropped: AtomicU64,
+    /// Transactions analysed.
+    pub analysed: AtomicU64,
+    /// Alerts raised.
+    pub alerts: AtomicU64,
+    /// Seconds from a response's capture to its analysis.
+    pub lag: Histogram,
+    /// The last lag, seconds.
+    pub last_lag_s: Mutex<f64>,
+    /// Model state as JSON (analyzer and engine figures), refreshed every second.
+    pub snapshot: Mutex<serde_json::Value>,
+    /// Profile requests for `sentinel explain`, answered by the analysis thread.
+    explain: Mutex<Option<std::sync::mpsc::Sender<ExplainRequest>>>,
+}
+
+/// A principal's profile asked of the analysis thread, and where to answer.
+type ExplainRequest = (String, std::sync::mpsc::Sender<Option<serde_json::Value>>);
+
+impl Default for AnalysisShared {
+    fn default() -> Self {
+        Self {
+            queued: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            analysed: AtomicU64::new(0),
+            alerts: AtomicU64::new(0),
+            lag: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            last_lag_s: Mutex::new(0.0),
+            snapshot: Mutex::new(serde_json::Value::Null),
+            explain: Mutex::new(None),
+        }
+    }
+}
+
+impl AnalysisShared {
+    /// The learned profile of `principal` (display form, e.g. `user:layla` or
+    /// `ip:203.0.113.7`), asked of the analysis thread; none when it has none or does not
+    /// answer within `wait`.
+    pub fn profile(&self, principal: &str, wait: Duration) -> Option<serde_json::Value> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.explain
+            .lock()
+            .expect("explain lock")
+            .as_ref()?
+            .send((principal.to_owned(), tx))
+            .ok()?;
+        rx.recv_timeout(wait).ok().flatten()
+    }
+
+    /// The status report: the model state plus the queue's figures.
+    pub fn report(&self) -> serde_json::Value {
+        let mut v = self.snapshot.lock().expect("snapshot lock").clone();
+        if !v.is_object() {
+            v = json!({});
+        }
+        v["queue"] = json!({
+            "capacity": QUEUE,
+            "queued": self.queued.load(Ordering::Relaxed),
+            "dropped": self.dropped.load(Ordering::Relaxed),
+            "analysed": self.analysed.load(Ordering::Relaxed),
+            "last_lag_ms": *self.last_lag_s.lock().expect("lag lock") * 1e3,
+        });
+        v
+    }
+}
+
+/// The capture side's end of the analysis queue.
+#[derive(Clone)]
+pub struct AnalysisQueue {
+    tx: SyncSender<Transaction>,
+    shared: Arc<AnalysisShared>,
+}
+
+impl AnalysisQueue {
+    /// Hands a transaction over without waiting; a full queue drops it (counted).
+    pub fn push(&self, t: Transaction) {
+        match self.tx.try_send(t) {
+            Ok(()) => {
+                self.shared.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn now_unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts the analysis thread. Alerts go to `alerts` (waiting when the responder is behind:
+/// alerts are never dropped, transactions are).
+pub fn spawn(
+    analyzer: Analyzer,
+    alerts: mpsc::Sender<AlertEvent>,
+    shared: Arc<AnalysisShared>,
+) -> std::io::Result<(AnalysisQueue, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+    let (etx, erx) = std::sync::mpsc::channel();
+    *shared.explain.lock().expect("explain lock") = Some(etx);
+    let queue = AnalysisQueue {
+        tx,
+        shared: shared.clone(),
+    };
+    let handle = std::thread::Builder::new()
+        .name("sentinel-analysis".into())
+        .spawn(move || Worker::new(analyzer, alerts, shared).run(rx, erx))?;
+    Ok((queue, handle))
+}
+
+struct Worker {
+    analyzer: Analyzer,
+    book: SessionBook,
+    alerts: mpsc::Sender<AlertEvent>,
+    shared: Arc<AnalysisShared>,
+    scratch: Vec<Alert>,
+}
+
+impl Worker {
+    fn new(
+        analyzer: Analyzer,
+        alerts: mpsc::Sender<AlertEvent>,
+        shared: Arc<AnalysisShared>,
+    ) -> Self {
+        Self {
+            analyzer,
+            book: SessionBook::new(100_000),
+            alerts,
+            shared,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Transaction>, explain: Receiver<ExplainRequest>) {
+        self.snapshot();
+        let mut last_snapshot = Instant::now();
+        loop {
+            while let Ok((principal, answer)) = explain.try_recv() {
+                let _ = answer.send(self.analyzer.explain(&principal));
+            }
+            match rx.recv_timeout(QUIET) {
+                Ok(t) => {
+                    if !self.transaction(t) {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let mut out = std::mem::take(&mut self.scratch);
+                    self.analyzer.tick(now_unix_ns(), &mut out);
+                    let ok = self.send(&mut out, None);
+                    self.scratch = out;
+                    if !ok {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if last_snapshot.elapsed() >= Duration::from_secs(1) {
+                last_snapshot = Instant::now();
+                self.snapshot();
+            }
+        }
+    }
+
+    /// Analyses one transaction; false when the responder is gone.
+    fn transaction(&mut self, t: Transaction) -> bool {
+        let done_ns = t
+            .ts_ns
+            .saturating_add((t.latency_ms().unwrap_or(0.0) * 1e6) as u64);
+        let obs = self.analyzer.observation(&t);
+        self.book.observe(&obs);
+        let mut out = std::mem::take(&mut self.scratch);
+        // Alerts of a tick are about no request in particular; those of the observation are
+        // about this one (its flow, its tokens).
+        self.analyzer.tick(obs.ts_ns, &mut out);
+        let mut ok = self.send(&mut out, None);
+        self.analyzer.observe(&obs, &mut out);
+        let flow = Flow {
+            src: t.client,
+            dst: t.server,
+            proto: 6,
+        };
+        ok &= self.send(&mut out, Some(flow));
+        self.scratch = out;
+        self.shared.analysed.fetch_add(1, Ordering::Relaxed);
+        let lag = now_unix_ns().saturating_sub(done_ns) as f64 / 1e9;
+        self.shared.lag.observe(lag);
+        *self.shared.last_lag_s.lock().expect("lag lock") = lag;
+        ok
+    }
+
+    fn send(&mut self, out: &mut Vec<Alert>, flow: Option<Flow>) -> bool {
+        for alert in out.drain(..) {
+            self.shared.alerts.fetch_add(1, Ordering::Relaxed);
+            let tokens = self.book.tokens_for(&alert);
+            let ev = AlertEvent {
+                alert,
+                tokens,
+                flow,
+            };
+            if self.alerts.blocking_send(ev).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn snapshot(&self) {
+        let a = self.analyzer.stats();
+        let e = self.analyzer.engine_stats();
+        let geo = if self.analyzer.has_geo() {
+            json!({"on": true, "files": a.geoip_files})
+        } else {
+            json!({"on": false, "reason": a.geo_off_reason})
+        };
+        let v = json!({
+            "geo": geo,
+            "transactions": a.transactions,
+            "alerts": e.alerts,
+            "suppressed": e.suppressed,
+            "principals": e.profiles,
+            "linked_credentials": e.links,
+            "sessions_tracked": self.book.len(),
+            "templates": a.templates,
+            "memory_bytes": e.memory_bytes,
+        });
+        *self.shared.snapshot.lock().expect("snapshot lock") = v;
+    }
+}
