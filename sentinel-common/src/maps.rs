@@ -80,7 +80,8 @@ pub mod defaults {
     pub const REASONS_MAX: u32 = 65_536;
 }
 
-/// Per-source packet accounting, one value per CPU.
+/// Per-source packet accounting, one value per CPU, with the kernel's cached verdict for the
+/// source.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceStats {
@@ -88,12 +89,52 @@ pub struct SourceStats {
     pub packets: u64,
     /// Bytes seen from this source (frame length).
     pub bytes: u64,
-    /// `bpf_ktime_get_ns()` of the last packet.
+    /// `bpf_ktime_get_coarse_ns()` of the last packet.
     pub last_seen_ns: u64,
     /// Packets dropped (any drop reason).
     pub dropped: u64,
+    /// What the source's last list lookups found (kernel-private; userspace ignores it).
+    pub cache: VerdictCache,
 }
-const _: () = assert!(size_of::<SourceStats>() == 32);
+const _: () = assert!(size_of::<SourceStats>() == 64);
+
+/// [`VerdictCache::kind`]: nothing cached (a fresh entry); look the lists up.
+pub const CACHE_NONE: u8 = 0;
+/// [`VerdictCache::kind`]: no live allow, block or throttle entry covers the source.
+pub const CACHE_PASS: u8 = 1;
+/// [`VerdictCache::kind`]: a live allow entry covers the source.
+pub const CACHE_ALLOW: u8 = 2;
+/// [`VerdictCache::kind`]: a live block entry covers the source.
+pub const CACHE_BLOCK: u8 = 3;
+/// [`VerdictCache::kind`]: a live throttle entry covers the source (its bucket parameters are
+/// cached; the bucket itself stays in `SN_BUCKETS`, shared by every CPU).
+pub const CACHE_THROTTLE: u8 = 4;
+
+/// The outcome of a source's allow, block and throttle lookups, cached in its per-CPU
+/// [`SourceStats`] so that a known source costs one map lookup per packet instead of one per
+/// list. It stays valid while the lists are unchanged ([`Config::generation`], which userspace
+/// bumps after every list write) and the matched entry has not expired (`until_ns`); flow kills
+/// are not cached (they depend on the 5-tuple). Entries only ever stop matching by expiring or
+/// being written, so those two checks are all a cached verdict needs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictCache {
+    /// [`Config::generation`] the lookups ran under.
+    pub generation: u32,
+    /// `CACHE_*`.
+    pub kind: u8,
+    /// Throttle: the aggregate prefix length of the bucket.
+    pub aggregate_prefix: u8,
+    /// The matched entry's `RULE_FLAG_*` bits (the prefix-length bits dropped).
+    pub rule_flags: u16,
+    /// Expiry of the matched entry (0: never): the cached verdict is valid before it.
+    pub until_ns: u64,
+    /// Throttle: refill rate.
+    pub rate_pps: u64,
+    /// Throttle: bucket capacity.
+    pub burst: u64,
+}
+const _: () = assert!(size_of::<VerdictCache>() == 32);
 
 /// Rule flag: count would-drops and pass instead of dropping.
 pub const RULE_FLAG_SHADOW: u32 = 1;
@@ -286,8 +327,10 @@ pub const HAS_ALL: u32 = HAS_ALLOW_HASH
 pub struct Config {
     /// `CONFIG_FLAG_*` bits.
     pub flags: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Bumped by userspace after every write to the allow, block or throttle lists: verdicts the
+    /// kernel cached per source ([`VerdictCache`]) under another generation are looked up again.
+    /// (This word was explicit padding, always 0, before the cache existed.)
+    pub generation: u32,
 }
 const _: () = assert!(size_of::<Config>() == 8);
 
@@ -387,6 +430,7 @@ mod pod {
     // SAFETY: all of these are `#[repr(C)]` with explicit padding and only integer fields, so
     // every bit pattern is valid and there are no uninitialised bytes.
     unsafe impl aya::Pod for SourceStats {}
+    unsafe impl aya::Pod for VerdictCache {}
     unsafe impl aya::Pod for RuleValue {}
     unsafe impl aya::Pod for ThrottleRule {}
     unsafe impl aya::Pod for BucketKey {}

@@ -8,10 +8,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sentinel_common::{
-    AddrKey, BucketKey, BucketState, CONFIG_FLAG_PRESENCE, CONFIG_FLAG_SHADOW, Config, Counter,
-    FlowKey, HAS_ALL, HAS_ALLOW_HASH, HAS_ALLOW_LPM, HAS_BLOCK_HASH, HAS_BLOCK_LPM, HAS_FLOW_KILL,
-    HAS_THROTTLE_HASH, HAS_THROTTLE_LPM, RULE_FLAG_SHADOW, Reason, ReasonText, RuleValue,
-    SourceStats, ThrottleRule, bucket_new, bucket_take, defaults, mask_prefix, rule_prefix_len,
+    AddrKey, BucketKey, BucketState, CACHE_ALLOW, CACHE_BLOCK, CACHE_NONE, CACHE_PASS,
+    CACHE_THROTTLE, CONFIG_FLAG_PRESENCE, CONFIG_FLAG_SHADOW, Config, Counter, FlowKey, HAS_ALL,
+    HAS_ALLOW_HASH, HAS_ALLOW_LPM, HAS_BLOCK_HASH, HAS_BLOCK_LPM, HAS_FLOW_KILL, HAS_THROTTLE_HASH,
+    HAS_THROTTLE_LPM, RULE_FLAG_SHADOW, Reason, ReasonText, RuleValue, SourceStats, ThrottleRule,
+    VerdictCache, bucket_new, bucket_take, defaults, rule_prefix_len,
 };
 
 use crate::parse::{self, Packet};
@@ -89,7 +90,7 @@ pub fn sentinel_xdp_pass(_ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn decide(data: usize, data_end: usize, len: u64) -> Reason {
     let mut pkt = Packet::default();
-    match parse::parse_into(data, data_end, &mut pkt) {
+    match parse::parse_inline(data, data_end, &mut pkt) {
         parse::PARSE_OK => {}
         parse::PARSE_NON_IP => return Reason::NonIp,
         _ => return Reason::Malformed,
@@ -101,40 +102,75 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
     // costs a load instead of a clock read; token buckets read the precise clock themselves.
     // SAFETY: a helper without arguments or side effects.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let reason = judge(&pkt, now);
-    account_source(&pkt.src, len, now, reason.is_drop());
-    reason
-}
-
-// Kept out of line: a separate BPF function gets its own stack frame, which keeps the entry
-// function under the 512-byte limit (the verifier checks the whole call chain).
-// Kept out of line: a separate BPF function gets its own stack frame, which keeps the entry
-// function under the 512-byte limit (the verifier checks the whole call chain).
-#[inline(never)]
-fn judge(pkt: &Packet, now: u64) -> Reason {
-    let mut flags = SN_CONFIG.get(0).map(|c| c.flags).unwrap_or(0);
+    let (mut flags, generation) = SN_CONFIG
+        .get(0)
+        .map(|c| (c.flags, c.generation))
+        .unwrap_or((0, 0));
     // Presence flags only count when userspace maintains them; otherwise look everything up.
     if flags & CONFIG_FLAG_PRESENCE == 0 {
         flags |= HAS_ALL;
     }
-    if active_rule(
-        &SN_ALLOW_HASH,
-        &SN_ALLOW_LPM,
-        flags & HAS_ALLOW_HASH != 0,
-        flags & HAS_ALLOW_LPM != 0,
-        &pkt.src,
-        now,
-    )
-    .is_some()
-    {
+    // A copy, so that the packet's fields can stay in registers (a helper needs the key in memory).
+    let src_words = pkt.src;
+    let src = parse::key(&src_words);
+    // One lookup per packet for a known source: its counters and its cached list verdict live
+    // in the same per-CPU entry; the lists are only looked up when that verdict is stale.
+    match SN_SOURCES.get_ptr_mut(src) {
+        Some(s) => {
+            // SAFETY: per-CPU value from a successful lookup: no other CPU writes it, and it
+            // stays valid for this program run.
+            let s = unsafe { &mut *s };
+            if !cache_valid(&s.cache, generation, now) {
+                lookup_lists(src, flags, generation, now, &mut s.cache);
+            }
+            let reason = apply(&pkt, &s.cache, flags, now);
+            s.packets += 1;
+            s.bytes += len;
+            s.last_seen_ns = now;
+            s.dropped += reason.is_drop() as u64;
+            reason
+        }
+        None => {
+            let mut s = SourceStats {
+                packets: 1,
+                bytes: len,
+                last_seen_ns: now,
+                dropped: 0,
+                cache: VerdictCache::default(),
+            };
+            lookup_lists(src, flags, generation, now, &mut s.cache);
+            let reason = apply(&pkt, &s.cache, flags, now);
+            s.dropped = reason.is_drop() as u64;
+            if SN_SOURCES.insert(src, &s, 0).is_err() {
+                count(Reason::SourceInsertFailed, len);
+            }
+            reason
+        }
+    }
+}
+
+/// A cached verdict holds while the lists are as they were when it was looked up and the entry
+/// it found has not expired. Nothing else can change it: entries never come back to life by
+/// themselves, and every write bumps the generation.
+#[inline(always)]
+fn cache_valid(c: &VerdictCache, generation: u32, now: u64) -> bool {
+    c.kind != CACHE_NONE && c.generation == generation && live(c.until_ns, now)
+}
+
+/// The verdict for a packet from a cached (or just looked up) source verdict: allowlist (always
+/// wins) -> flow kill (per 5-tuple, never cached) -> blocklist -> throttle -> pass.
+#[inline(always)]
+fn apply(pkt: &Packet, c: &VerdictCache, flags: u32, now: u64) -> Reason {
+    let kind = c.kind;
+    if kind == CACHE_ALLOW {
         return Reason::Allowlisted;
     }
     let shadow_all = flags & CONFIG_FLAG_SHADOW != 0;
-
     if flags & HAS_FLOW_KILL != 0 {
+        // Only consulted while the flow-kill map may hold entries.
         let flow = FlowKey {
-            src: pkt.src,
-            dst: pkt.dst,
+            src: *parse::key(&pkt.src),
+            dst: *parse::key(&pkt.dst),
             src_port: pkt.src_port,
             dst_port: pkt.dst_port,
             proto: pkt.proto,
@@ -151,38 +187,92 @@ fn judge(pkt: &Packet, now: u64) -> Reason {
             };
         }
     }
-
-    if let Some(rule_flags) = active_rule(
-        &SN_BLOCK_HASH,
-        &SN_BLOCK_LPM,
-        flags & HAS_BLOCK_HASH != 0,
-        flags & HAS_BLOCK_LPM != 0,
-        &pkt.src,
-        now,
-    ) {
-        return if shadow_all || rule_flags & RULE_FLAG_SHADOW != 0 {
+    let shadow = shadow_all || c.rule_flags as u32 & RULE_FLAG_SHADOW != 0;
+    if kind == CACHE_BLOCK {
+        return if shadow {
             Reason::ShadowBlock
         } else {
             Reason::DropBlock
         };
     }
-
-    if let Some(rule) = throttle_rule(
-        flags & HAS_THROTTLE_HASH != 0,
-        flags & HAS_THROTTLE_LPM != 0,
-        &pkt.src,
-        now,
-    ) {
-        let conform = take_token(&pkt.src, rule);
-        return if conform {
+    if kind == CACHE_THROTTLE {
+        return if take_token(&pkt.src, c) {
             Reason::ThrottlePass
-        } else if shadow_all || rule.flags & RULE_FLAG_SHADOW != 0 {
+        } else if shadow {
             Reason::ShadowThrottle
         } else {
             Reason::DropThrottle
         };
     }
     Reason::Pass
+}
+
+/// Looks the source up in the allow, block and throttle lists and records what applies, and
+/// until when, in `out`.
+///
+/// Kept out of line: a separate BPF function gets its own stack frame, which keeps the entry
+/// function under the 512-byte limit (the verifier checks the whole call chain), and it only
+/// runs for a source's first packet on a CPU and after list changes.
+#[inline(never)]
+fn lookup_lists(src: &AddrKey, flags: u32, generation: u32, now: u64, out: &mut VerdictCache) {
+    out.generation = generation;
+    out.aggregate_prefix = 0;
+    out.rate_pps = 0;
+    out.burst = 0;
+    if let Some((rule_flags, until)) = active_rule(
+        &SN_ALLOW_HASH,
+        &SN_ALLOW_LPM,
+        flags & HAS_ALLOW_HASH != 0,
+        flags & HAS_ALLOW_LPM != 0,
+        src,
+        now,
+    ) {
+        out.kind = CACHE_ALLOW;
+        out.rule_flags = cache_flags(rule_flags);
+        out.until_ns = until;
+        return;
+    }
+    if let Some((rule_flags, until)) = active_rule(
+        &SN_BLOCK_HASH,
+        &SN_BLOCK_LPM,
+        flags & HAS_BLOCK_HASH != 0,
+        flags & HAS_BLOCK_LPM != 0,
+        src,
+        now,
+    ) {
+        out.kind = CACHE_BLOCK;
+        out.rule_flags = cache_flags(rule_flags);
+        out.until_ns = until;
+        return;
+    }
+    if let Some(rule) = throttle_rule(
+        flags & HAS_THROTTLE_HASH != 0,
+        flags & HAS_THROTTLE_LPM != 0,
+        src,
+        now,
+    ) {
+        out.kind = CACHE_THROTTLE;
+        out.rule_flags = cache_flags(rule.flags);
+        out.until_ns = rule.expires_ns;
+        out.aggregate_prefix = if rule.aggregate_prefix > 128 {
+            128
+        } else {
+            rule.aggregate_prefix as u8
+        };
+        out.rate_pps = rule.rate_pps;
+        out.burst = rule.burst;
+        return;
+    }
+    out.kind = CACHE_PASS;
+    out.rule_flags = 0;
+    out.until_ns = 0;
+}
+
+/// The rule flags a cached verdict keeps (the low byte: the prefix-length bits are only needed
+/// during the lookup).
+#[inline(always)]
+fn cache_flags(rule_flags: u32) -> u16 {
+    (rule_flags & 0xff) as u16
 }
 
 /// An entry applies while `now` is before its expiry (0: never expires). Expiry is judged here,
@@ -193,7 +283,7 @@ fn live(expires_ns: u64, now: u64) -> bool {
 }
 
 /// Looks a source up in an exact-address hash, then in a prefix trie; returns the live entry's
-/// flags.
+/// flags and expiry.
 #[inline(always)]
 fn active_rule(
     exact: &HashMap<AddrKey, RuleValue>,
@@ -202,19 +292,19 @@ fn active_rule(
     has_prefixes: bool,
     src: &AddrKey,
     now: u64,
-) -> Option<u32> {
+) -> Option<(u32, u64)> {
     if has_exact {
         // SAFETY: read-only access to a value that stays valid for this program run.
         if let Some(v) = unsafe { exact.get(src) }
             && live(v.expires_ns, now)
         {
-            return Some(v.flags);
+            return Some((v.flags, v.expires_ns));
         }
     }
     if !has_prefixes {
         return None;
     }
-    live_prefix(prefixes, src, now).map(|v| v.flags)
+    live_prefix(prefixes, src, now).map(|v| (v.flags, v.expires_ns))
 }
 
 #[inline(always)]
@@ -300,24 +390,30 @@ fn live_prefix<'a, V: PrefixRule>(
 /// Buckets are shared across CPUs without a lock: concurrent packets of one aggregate on two
 /// CPUs can both take the last token, which errs on the side of passing.
 #[inline(always)]
-fn take_token(src: &AddrKey, rule: &ThrottleRule) -> bool {
+fn take_token(src: &[u64; 2], c: &VerdictCache) -> bool {
     // Refills need the precise clock.
     // SAFETY: a helper without arguments or side effects.
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = BucketKey {
-        addr: mask_prefix(src, rule.aggregate_prefix),
-        prefix_len: rule.aggregate_prefix,
-        _pad: 0,
-    };
-    match SN_BUCKETS.get_ptr_mut(&key) {
+    let prefix = c.aggregate_prefix as u32;
+    // A `BucketKey` built with word stores: the masked address, then `prefix_len` and the zero
+    // padding as one little-endian word.
+    let words: [u64; 3] = [
+        mask_word(src[0], prefix),
+        mask_word(src[1], prefix.saturating_sub(64)),
+        prefix as u64,
+    ];
+    // SAFETY: `BucketKey` is 24 bytes of plain integers laid out as above, with an alignment
+    // (4) that the words' (8) satisfies.
+    let key = unsafe { &*(&words as *const [u64; 3]).cast::<BucketKey>() };
+    match SN_BUCKETS.get_ptr_mut(key) {
         // SAFETY: the pointer comes from a successful lookup and is valid for this program run.
-        Some(state) => bucket_take(unsafe { &mut *state }, rule.rate_pps, rule.burst, now),
+        Some(state) => bucket_take(unsafe { &mut *state }, c.rate_pps, c.burst, now),
         None => {
-            if rule.burst == 0 {
+            if c.burst == 0 {
                 return false;
             }
             if SN_BUCKETS
-                .insert(&key, &bucket_new(rule.burst, now), 0)
+                .insert(key, &bucket_new(c.burst, now), 0)
                 .is_err()
             {
                 count(Reason::InternalError, 0);
@@ -327,29 +423,16 @@ fn take_token(src: &AddrKey, rule: &ThrottleRule) -> bool {
     }
 }
 
-#[inline(never)]
-fn account_source(src: &AddrKey, len: u64, now: u64, dropped: bool) {
-    let drop = dropped as u64;
-    match SN_SOURCES.get_ptr_mut(src) {
-        Some(s) => {
-            // SAFETY: per-CPU value from a successful lookup: no other CPU writes it.
-            let s = unsafe { &mut *s };
-            s.packets += 1;
-            s.bytes += len;
-            s.last_seen_ns = now;
-            s.dropped += drop;
-        }
-        None => {
-            let s = SourceStats {
-                packets: 1,
-                bytes: len,
-                last_seen_ns: now,
-                dropped: drop,
-            };
-            if SN_SOURCES.insert(src, &s, 0).is_err() {
-                count(Reason::SourceInsertFailed, len);
-            }
-        }
+/// Keeps the first `bits` bits (in network order) of a key word read in native (little-endian)
+/// order.
+#[inline(always)]
+fn mask_word(word: u64, bits: u32) -> u64 {
+    if bits >= 64 {
+        word
+    } else if bits == 0 {
+        0
+    } else {
+        word & (u64::MAX << (64 - bits)).to_be()
     }
 }
 
