@@ -11,8 +11,9 @@ use sentinel_common::{
     AddrKey, BucketKey, BucketState, CACHE_ALLOW, CACHE_BLOCK, CACHE_NONE, CACHE_PASS,
     CACHE_THROTTLE, CONFIG_FLAG_PRESENCE, CONFIG_FLAG_SHADOW, Config, Counter, FlowKey, HAS_ALL,
     HAS_ALLOW_HASH, HAS_ALLOW_LPM, HAS_BLOCK_HASH, HAS_BLOCK_LPM, HAS_FLOW_KILL, HAS_THROTTLE_HASH,
-    HAS_THROTTLE_LPM, RULE_FLAG_SHADOW, Reason, ReasonText, RuleValue, SourceStats, ThrottleRule,
-    VerdictCache, bucket_new, bucket_take, defaults, rule_prefix_len,
+    HAS_THROTTLE_LPM, MAX_RATE_PPS, RULE_FLAG_SHADOW, Reason, ReasonText, RuleValue,
+    STASH_UNIT_SHIFT, STASH_WINDOW, SourceStats, ThrottleRule, VerdictCache, bucket_new,
+    bucket_take_n, defaults, rule_prefix_len, stash_size,
 };
 
 use crate::parse::{self, Packet};
@@ -123,7 +124,7 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
             if !cache_valid(&s.cache, generation, now) {
                 lookup_lists(src, flags, generation, now, &mut s.cache);
             }
-            let reason = apply(&pkt, &s.cache, flags, now);
+            let reason = apply(&pkt, &mut s.cache, flags, now);
             s.packets += 1;
             s.bytes += len;
             s.last_seen_ns = now;
@@ -139,7 +140,7 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
                 cache: VerdictCache::default(),
             };
             lookup_lists(src, flags, generation, now, &mut s.cache);
-            let reason = apply(&pkt, &s.cache, flags, now);
+            let reason = apply(&pkt, &mut s.cache, flags, now);
             s.dropped = reason.is_drop() as u64;
             if SN_SOURCES.insert(src, &s, 0).is_err() {
                 count(Reason::SourceInsertFailed, len);
@@ -160,7 +161,7 @@ fn cache_valid(c: &VerdictCache, generation: u32, now: u64) -> bool {
 /// The verdict for a packet from a cached (or just looked up) source verdict: allowlist (always
 /// wins) -> flow kill (per 5-tuple, never cached) -> blocklist -> throttle -> pass.
 #[inline(always)]
-fn apply(pkt: &Packet, c: &VerdictCache, flags: u32, now: u64) -> Reason {
+fn apply(pkt: &Packet, c: &mut VerdictCache, flags: u32, now: u64) -> Reason {
     let kind = c.kind;
     if kind == CACHE_ALLOW {
         return Reason::Allowlisted;
@@ -196,7 +197,7 @@ fn apply(pkt: &Packet, c: &VerdictCache, flags: u32, now: u64) -> Reason {
         };
     }
     if kind == CACHE_THROTTLE {
-        return if take_token(&pkt.src, c) {
+        return if take_token(&pkt.src, c, now) {
             Reason::ThrottlePass
         } else if shadow {
             Reason::ShadowThrottle
@@ -219,6 +220,9 @@ fn lookup_lists(src: &AddrKey, flags: u32, generation: u32, now: u64, out: &mut 
     out.aggregate_prefix = 0;
     out.rate_pps = 0;
     out.burst = 0;
+    // Tokens drawn under the previous verdict are dropped with it.
+    out.stash = 0;
+    out.stash_deadline = 0;
     if let Some((rule_flags, until)) = active_rule(
         &SN_ALLOW_HASH,
         &SN_ALLOW_LPM,
@@ -259,8 +263,17 @@ fn lookup_lists(src: &AddrKey, flags: u32, generation: u32, now: u64, out: &mut 
         } else {
             rule.aggregate_prefix as u8
         };
-        out.rate_pps = rule.rate_pps;
-        out.burst = rule.burst;
+        // Both fit: rates are at most MAX_RATE_PPS; a burst of exactly MAX_BURST loses one.
+        out.rate_pps = if rule.rate_pps > MAX_RATE_PPS {
+            MAX_RATE_PPS as u32
+        } else {
+            rule.rate_pps as u32
+        };
+        out.burst = if rule.burst > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            rule.burst as u32
+        };
         return;
     }
     out.kind = CACHE_PASS;
@@ -389,11 +402,28 @@ fn live_prefix<'a, V: PrefixRule>(
 /// Takes a token from the bucket of the source's aggregate; a new aggregate starts full.
 /// Buckets are shared across CPUs without a lock: concurrent packets of one aggregate on two
 /// CPUs can both take the last token, which errs on the side of passing.
+///
+/// A source sending fast (its previous refill was within [`STASH_WINDOW`]) draws a few tokens
+/// ahead of use into this CPU's stash ([`stash_size`]) and spends them without the bucket lookup
+/// or the precise clock; `now` is the coarse clock.
 #[inline(always)]
-fn take_token(src: &[u64; 2], c: &VerdictCache) -> bool {
+fn take_token(src: &[u64; 2], c: &mut VerdictCache, now: u64) -> bool {
+    let unit = (now >> STASH_UNIT_SHIFT) as u32;
+    if c.stash > 0 && unit <= c.stash_deadline {
+        c.stash -= 1;
+        return true;
+    }
+    let hot = c.stash_deadline != 0 && unit <= c.stash_deadline;
+    c.stash = 0;
+    c.stash_deadline = unit.wrapping_add(STASH_WINDOW);
+    let extra = if hot {
+        stash_size(c.aggregate_prefix, c.burst as u64)
+    } else {
+        0
+    };
     // Refills need the precise clock.
     // SAFETY: a helper without arguments or side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let precise = unsafe { bpf_ktime_get_ns() };
     let prefix = c.aggregate_prefix as u32;
     // A `BucketKey` built with word stores: the masked address, then `prefix_len` and the zero
     // padding as one little-endian word.
@@ -405,15 +435,22 @@ fn take_token(src: &[u64; 2], c: &VerdictCache) -> bool {
     // SAFETY: `BucketKey` is 24 bytes of plain integers laid out as above, with an alignment
     // (4) that the words' (8) satisfies.
     let key = unsafe { &*(&words as *const [u64; 3]).cast::<BucketKey>() };
+    let (rate, burst) = (c.rate_pps as u64, c.burst as u64);
     match SN_BUCKETS.get_ptr_mut(key) {
-        // SAFETY: the pointer comes from a successful lookup and is valid for this program run.
-        Some(state) => bucket_take(unsafe { &mut *state }, c.rate_pps, c.burst, now),
+        Some(state) => {
+            // SAFETY: the pointer comes from a successful lookup and is valid for this run.
+            let taken = bucket_take_n(unsafe { &mut *state }, rate, burst, precise, extra);
+            if taken > 1 {
+                c.stash = (taken - 1) as u16;
+            }
+            taken > 0
+        }
         None => {
-            if c.burst == 0 {
+            if burst == 0 {
                 return false;
             }
             if SN_BUCKETS
-                .insert(key, &bucket_new(c.burst, now), 0)
+                .insert(key, &bucket_new(burst, precise), 0)
                 .is_err()
             {
                 count(Reason::InternalError, 0);

@@ -971,3 +971,24 @@ fn pins_of_another_layout_are_migrated_or_refused() {
     unload(&pins).unwrap();
     assert!(!pins.exists(), "unload removes the old pins too");
 }
+
+#[test]
+fn a_hot_throttled_source_draws_tokens_in_batches_but_never_more_than_its_bucket() {
+    // A burst of 100 lets a fast source draw tokens ahead of use on its CPU; one test run of
+    // 150 repeats stays on one CPU and within the stash window: exactly the burst passes.
+    let mut lab = Lab::new();
+    for f in &FAMILIES {
+        lab.throttle(&[f.src], 1, 100, None);
+    }
+    for f in &FAMILIES {
+        let frame = Packet::udp(f.src, f.dst).build();
+        let prog = lab.dp.xdp(programs::XDP_SENTINEL).expect("program");
+        prog.test_run(TestRunOptions {
+            data_in: Some(&frame.bytes),
+            repeat: 150,
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    }
+    lab.expect_counts(&[(Reason::ThrottlePass, 200), (Reason::DropThrottle, 100)]);
+}
