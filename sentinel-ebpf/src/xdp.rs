@@ -169,16 +169,22 @@ fn apply(pkt: &Packet, c: &mut VerdictCache, flags: u32, now: u64) -> Reason {
     let shadow_all = flags & CONFIG_FLAG_SHADOW != 0;
     if flags & HAS_FLOW_KILL != 0 {
         // Only consulted while the flow-kill map may hold entries.
-        let flow = FlowKey {
-            src: *parse::key(&pkt.src),
-            dst: *parse::key(&pkt.dst),
-            src_port: pkt.src_port,
-            dst_port: pkt.dst_port,
-            proto: pkt.proto,
-            _pad: [0; 3],
-        };
+        // A `FlowKey` built with word stores (a struct literal with byte arrays compiles to
+        // `memset`/`memcpy` calls): both addresses, then the ports, protocol and zero padding as
+        // one little-endian word.
+        let words: [u64; 5] = [
+            pkt.src[0],
+            pkt.src[1],
+            pkt.dst[0],
+            pkt.dst[1],
+            pkt.src_port as u64 | (pkt.dst_port as u64) << 16 | (pkt.proto as u64) << 32,
+        ];
+        // SAFETY: `FlowKey` is 40 bytes of plain integers laid out as above (`src`, `dst`,
+        // `src_port`, `dst_port`, `proto`, 3 bytes of padding), with an alignment (2) that the
+        // words' (8) satisfies.
+        let flow = unsafe { &*(&words as *const [u64; 5]).cast::<FlowKey>() };
         // SAFETY: the value is only read, and map values stay valid for the program run.
-        if let Some(v) = unsafe { SN_FLOW_KILL.get(&flow) }
+        if let Some(v) = unsafe { SN_FLOW_KILL.get(flow) }
             && live(v.expires_ns, now)
         {
             return if shadow_all || v.flags & RULE_FLAG_SHADOW != 0 {
@@ -459,6 +465,17 @@ fn take_token(src: &[u64; 2], c: &mut VerdictCache, now: u64) -> bool {
         }
     }
 }
+
+// The word layouts `apply` and `take_token` build keys with.
+const _: () = assert!(
+    core::mem::offset_of!(FlowKey, dst) == 16
+        && core::mem::offset_of!(FlowKey, src_port) == 32
+        && core::mem::offset_of!(FlowKey, dst_port) == 34
+        && core::mem::offset_of!(FlowKey, proto) == 36
+        && core::mem::size_of::<FlowKey>() == 40
+        && core::mem::offset_of!(BucketKey, prefix_len) == 16
+        && core::mem::size_of::<BucketKey>() == 24
+);
 
 /// Keeps the first `bits` bits (in network order) of a key word read in native (little-endian)
 /// order.
