@@ -33,6 +33,10 @@ pub mod names {
     /// kept in a pinned map so that reasons survive a daemon restart with the entries.
     pub const REASONS: &str = "SN_REASONS";
 
+    /// Per-CPU array of one [`ClockCache`](crate::ClockCache): kernel-private, not pinned (a
+    /// new program starts with an empty one), so not in [`ALL`].
+    pub const CLOCK: &str = "SN_CLOCK";
+
     /// Every map of the XDP object, for pinning, status and tests.
     pub const ALL: &[&str] = &[
         SOURCES,
@@ -349,6 +353,19 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// The XDP program's per-CPU copy of the coarse clock for the current jiffy: reading `jiffies`
+/// is inlined by the verifier, a clock helper call is not (about 13 ns per packet here), so the
+/// program calls `bpf_ktime_get_coarse_ns` once per tick per CPU and reuses the value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockCache {
+    /// `bpf_jiffies64()` when `coarse_ns` was read.
+    pub jiffies: u64,
+    /// `bpf_ktime_get_coarse_ns()` read during that jiffy (0: never read).
+    pub coarse_ns: u64,
+}
+const _: () = assert!(size_of::<ClockCache>() == 16);
 
 /// Global configuration flag: shadow mode for every rule.
 pub const CONFIG_FLAG_SHADOW: u32 = 1;
