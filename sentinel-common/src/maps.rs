@@ -33,6 +33,10 @@ pub mod names {
     /// kept in a pinned map so that reasons survive a daemon restart with the entries.
     pub const REASONS: &str = "SN_REASONS";
 
+    /// Per-CPU array of one [`ClockCache`](crate::ClockCache): kernel-private, not pinned (a
+    /// new program starts with an empty one), so not in [`ALL`].
+    pub const CLOCK: &str = "SN_CLOCK";
+
     /// Every map of the XDP object, for pinning, status and tests.
     pub const ALL: &[&str] = &[
         SOURCES,
@@ -80,7 +84,8 @@ pub mod defaults {
     pub const REASONS_MAX: u32 = 65_536;
 }
 
-/// Per-source packet accounting, one value per CPU.
+/// Per-source packet accounting, one value per CPU, with the kernel's cached verdict for the
+/// source.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceStats {
@@ -88,12 +93,59 @@ pub struct SourceStats {
     pub packets: u64,
     /// Bytes seen from this source (frame length).
     pub bytes: u64,
-    /// `bpf_ktime_get_ns()` of the last packet.
+    /// `bpf_ktime_get_coarse_ns()` of the last packet.
     pub last_seen_ns: u64,
     /// Packets dropped (any drop reason).
     pub dropped: u64,
+    /// What the source's last list lookups found (kernel-private; userspace ignores it).
+    pub cache: VerdictCache,
 }
-const _: () = assert!(size_of::<SourceStats>() == 32);
+const _: () = assert!(size_of::<SourceStats>() == 64);
+
+/// [`VerdictCache::kind`]: nothing cached (a fresh entry); look the lists up.
+pub const CACHE_NONE: u8 = 0;
+/// [`VerdictCache::kind`]: no live allow, block or throttle entry covers the source.
+pub const CACHE_PASS: u8 = 1;
+/// [`VerdictCache::kind`]: a live allow entry covers the source.
+pub const CACHE_ALLOW: u8 = 2;
+/// [`VerdictCache::kind`]: a live block entry covers the source.
+pub const CACHE_BLOCK: u8 = 3;
+/// [`VerdictCache::kind`]: a live throttle entry covers the source (its bucket parameters are
+/// cached; the bucket itself stays in `SN_BUCKETS`, shared by every CPU).
+pub const CACHE_THROTTLE: u8 = 4;
+
+/// The outcome of a source's allow, block and throttle lookups, cached in its per-CPU
+/// [`SourceStats`] so that a known source costs one map lookup per packet instead of one per
+/// list. It stays valid while the lists are unchanged ([`Config::generation`], which userspace
+/// bumps after every list write) and the matched entry has not expired (`until_ns`); flow kills
+/// are not cached (they depend on the 5-tuple). Entries only ever stop matching by expiring or
+/// being written, so those two checks are all a cached verdict needs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictCache {
+    /// [`Config::generation`] the lookups ran under.
+    pub generation: u32,
+    /// `CACHE_*`.
+    pub kind: u8,
+    /// Throttle: the aggregate prefix length of the bucket.
+    pub aggregate_prefix: u8,
+    /// The matched entry's `RULE_FLAG_*` bits (the prefix-length bits dropped).
+    pub rule_flags: u16,
+    /// Expiry of the matched entry (0: never): the cached verdict is valid before it.
+    pub until_ns: u64,
+    /// Throttle: refill rate (at most [`MAX_RATE_PPS`], which fits).
+    pub rate_pps: u32,
+    /// Throttle: bucket capacity (clamped to `u32::MAX`, one packet short of [`MAX_BURST`]).
+    pub burst: u32,
+    /// Throttle: tokens this CPU drew from the shared bucket ahead of use (see [`stash_size`]).
+    pub stash: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+    /// Throttle: the stash may be spent until this time, in units of [`STASH_UNIT_SHIFT`]
+    /// (coarse clock nanoseconds shifted right); 0 before the first refill.
+    pub stash_deadline: u32,
+}
+const _: () = assert!(size_of::<VerdictCache>() == 32);
 
 /// Rule flag: count would-drops and pass instead of dropping.
 pub const RULE_FLAG_SHADOW: u32 = 1;
@@ -220,6 +272,59 @@ pub fn bucket_take(state: &mut BucketState, rate_pps: u64, burst: u64, now_ns: u
     }
 }
 
+/// The clock unit of [`VerdictCache::stash_deadline`]: 2^20 ns, about a millisecond.
+pub const STASH_UNIT_SHIFT: u32 = 20;
+/// How long a CPU may hold tokens it drew ahead of use, in stash units (1-2 ms, plus the coarse
+/// clock's tick). Unspent tokens are dropped after it (never passed later).
+pub const STASH_WINDOW: u32 = 2;
+/// Most tokens a CPU draws ahead of use.
+pub const STASH_MAX: u64 = 8;
+
+/// Tokens a CPU may draw ahead of use from a source's own bucket, besides the one for the
+/// packet at hand: batching the shared bucket's lookup over a few packets is what keeps a hot
+/// throttled source's per-packet cost near an unthrottled one's.
+///
+/// Every token passed is drawn from the shared bucket, so a source never gets more than the
+/// bucket allows; drawn tokens are spent at most [`STASH_WINDOW`] later or dropped, so a CPU
+/// can under-admit by at most this many packets per pause of its source. Only buckets of one
+/// source (`aggregate_prefix` 128) with a burst of at least 16 batch: stranded tokens are then
+/// few next to the burst, and the sources of an aggregate do not strand tokens of one another.
+#[inline(always)]
+pub const fn stash_size(aggregate_prefix: u8, burst: u64) -> u64 {
+    if aggregate_prefix != 128 {
+        return 0;
+    }
+    let k = burst / 8;
+    if k < 2 {
+        0
+    } else if k > STASH_MAX {
+        STASH_MAX
+    } else {
+        k
+    }
+}
+
+/// [`bucket_take`] taking up to `1 + extra` tokens at once: returns how many it took (0: the
+/// packet does not conform).
+#[inline(always)]
+pub fn bucket_take_n(
+    state: &mut BucketState,
+    rate_pps: u64,
+    burst: u64,
+    now_ns: u64,
+    extra: u64,
+) -> u64 {
+    if !bucket_take(state, rate_pps, burst, now_ns) {
+        return 0;
+    }
+    let mut n = state.tokens / TOKEN_UNIT;
+    if n > extra {
+        n = extra;
+    }
+    state.tokens -= n * TOKEN_UNIT;
+    1 + n
+}
+
 /// The state of a bucket created by its first packet: full, minus that packet's token.
 #[inline(always)]
 pub fn bucket_new(burst: u64, now_ns: u64) -> BucketState {
@@ -248,6 +353,19 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// The XDP program's per-CPU copy of the coarse clock for the current jiffy: reading `jiffies`
+/// is inlined by the verifier, a clock helper call is not (about 13 ns per packet here), so the
+/// program calls `bpf_ktime_get_coarse_ns` once per tick per CPU and reuses the value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockCache {
+    /// `bpf_jiffies64()` when `coarse_ns` was read.
+    pub jiffies: u64,
+    /// `bpf_ktime_get_coarse_ns()` read during that jiffy (0: never read).
+    pub coarse_ns: u64,
+}
+const _: () = assert!(size_of::<ClockCache>() == 16);
 
 /// Global configuration flag: shadow mode for every rule.
 pub const CONFIG_FLAG_SHADOW: u32 = 1;
@@ -286,8 +404,10 @@ pub const HAS_ALL: u32 = HAS_ALLOW_HASH
 pub struct Config {
     /// `CONFIG_FLAG_*` bits.
     pub flags: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Bumped by userspace after every write to the allow, block or throttle lists: verdicts the
+    /// kernel cached per source ([`VerdictCache`]) under another generation are looked up again.
+    /// (This word was explicit padding, always 0, before the cache existed.)
+    pub generation: u32,
 }
 const _: () = assert!(size_of::<Config>() == 8);
 
@@ -387,6 +507,7 @@ mod pod {
     // SAFETY: all of these are `#[repr(C)]` with explicit padding and only integer fields, so
     // every bit pattern is valid and there are no uninitialised bytes.
     unsafe impl aya::Pod for SourceStats {}
+    unsafe impl aya::Pod for VerdictCache {}
     unsafe impl aya::Pod for RuleValue {}
     unsafe impl aya::Pod for ThrottleRule {}
     unsafe impl aya::Pod for BucketKey {}
@@ -437,6 +558,22 @@ mod tests {
             }
         }
         assert_eq!(passed, 100);
+    }
+
+    #[test]
+    fn batched_takes_never_exceed_the_bucket() {
+        let now = 100_000_000_000;
+        let mut s = bucket_new(20, now);
+        let mut passed = 1;
+        for _ in 0..10 {
+            passed += bucket_take_n(&mut s, 1, 20, now, 8);
+        }
+        assert_eq!(passed, 20, "the burst, in batches");
+        assert_eq!(bucket_take_n(&mut s, 1, 20, now, 8), 0);
+        assert_eq!(stash_size(128, 20), 2);
+        assert_eq!(stash_size(128, 1 << 20), STASH_MAX);
+        assert_eq!(stash_size(128, 15), 0);
+        assert_eq!(stash_size(120, 1 << 20), 0, "aggregates never batch");
     }
 
     #[test]

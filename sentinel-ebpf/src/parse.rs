@@ -6,7 +6,7 @@
 
 use core::mem::size_of;
 
-use sentinel_common::{AddrKey, v4_mapped};
+use sentinel_common::AddrKey;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -30,12 +30,16 @@ const MAX_IPV6_EXT: usize = 6;
 pub const MAX_L4_OFFSET: usize = 512;
 
 /// What the parser found in a packet.
+///
+/// Addresses are held as two native-endian words of the 16-byte key (see [`key`]): built and
+/// copied with word moves, where `[u8; 16]` fields cost byte loops (`memset`/`memcpy` calls with
+/// this toolchain).
 #[derive(Default)]
 pub struct Packet {
-    /// Source address (IPv4 mapped into IPv6).
-    pub src: AddrKey,
-    /// Destination address.
-    pub dst: AddrKey,
+    /// Source address (IPv4 mapped into IPv6), as key words.
+    pub src: [u64; 2],
+    /// Destination address, as key words.
+    pub dst: [u64; 2],
     /// Transport protocol (after IPv6 extension headers).
     pub proto: u8,
     /// Source port in host order (0 when there is none).
@@ -49,6 +53,25 @@ pub struct Packet {
     pub ip_end: usize,
     /// The transport header should be there but is cut short.
     pub l4_truncated: bool,
+}
+
+/// The map key held in two words.
+#[inline(always)]
+pub fn key(words: &[u64; 2]) -> &AddrKey {
+    // SAFETY: `[u64; 2]` and `AddrKey` (`[u8; 16]`) have the same size, every bit pattern is valid
+    // for both, and the byte array's alignment (1) is satisfied by any address.
+    unsafe { &*(words as *const [u64; 2]).cast::<AddrKey>() }
+}
+
+/// The key words of an IPv4 address (network-order octets as read from the packet): the
+/// IPv4-mapped `::ffff:a.b.c.d`.
+#[inline(always)]
+fn v4_words(octets: [u8; 4]) -> [u64; 2] {
+    [
+        0,
+        ((u32::from_ne_bytes(octets) as u64) << 32)
+            | u64::from_ne_bytes([0, 0, 0xff, 0xff, 0, 0, 0, 0]),
+    ]
 }
 
 /// Why a packet could not be parsed.
@@ -89,6 +112,14 @@ fn read_be16(data: usize, data_end: usize, off: usize) -> Option<u16> {
 /// `Result` in a BPF function signature produces BTF the kernel rejects.
 #[inline(never)]
 pub fn parse_into(data: usize, data_end: usize, out: &mut Packet) -> u32 {
+    parse_inline(data, data_end, out)
+}
+
+/// [`parse_into`] inlined into the caller: with the `Packet` a local of the caller, its fields
+/// stay in registers. The XDP program uses this; its stack stays small as the list lookups run
+/// in a function of their own.
+#[inline(always)]
+pub fn parse_inline(data: usize, data_end: usize, out: &mut Packet) -> u32 {
     match parse(data, data_end, out) {
         Ok(()) => PARSE_OK,
         Err(ParseError::NonIp) => PARSE_NON_IP,
@@ -141,8 +172,8 @@ fn parse_ipv4(
     }
     let src = read::<[u8; 4]>(data, data_end, off + 12).ok_or(ParseError::Malformed)?;
     let dst = read::<[u8; 4]>(data, data_end, off + 16).ok_or(ParseError::Malformed)?;
-    pkt.src = v4_mapped(src);
-    pkt.dst = v4_mapped(dst);
+    pkt.src = v4_words(src);
+    pkt.dst = v4_words(dst);
     pkt.proto = head[9];
     pkt.ip_end = off + u16::from_be_bytes([head[2], head[3]]) as usize;
     // A non-first fragment carries no transport header.
@@ -163,8 +194,23 @@ fn parse_ipv6(
     if head[0] >> 4 != 6 {
         return Err(ParseError::Malformed);
     }
-    pkt.src = read::<AddrKey>(data, data_end, off + 8).ok_or(ParseError::Malformed)?;
-    pkt.dst = read::<AddrKey>(data, data_end, off + 24).ok_or(ParseError::Malformed)?;
+    // Bytes 8..40 of the header, both addresses. Read as words: a 16-byte array read is a
+    // `memmove` call with this toolchain.
+    if ptr_at::<[u8; 32]>(data, data_end, off + 8).is_none() {
+        return Err(ParseError::Malformed);
+    }
+    let a = data + off + 8;
+    // SAFETY: the 32 bytes at `a` are inside the packet (checked above); unaligned reads.
+    unsafe {
+        pkt.src = [
+            core::ptr::read_unaligned(a as *const u64),
+            core::ptr::read_unaligned((a + 8) as *const u64),
+        ];
+        pkt.dst = [
+            core::ptr::read_unaligned((a + 16) as *const u64),
+            core::ptr::read_unaligned((a + 24) as *const u64),
+        ];
+    }
     pkt.ip_end = off + IPV6_HLEN + u16::from_be_bytes([head[4], head[5]]) as usize;
     let mut l4 = off + IPV6_HLEN;
     let mut nh = head[6];

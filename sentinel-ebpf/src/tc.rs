@@ -180,8 +180,8 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
     let hdr = CaptureHeader {
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        src: pkt.src,
-        dst: pkt.dst,
+        src: *parse::key(&pkt.src),
+        dst: *parse::key(&pkt.dst),
         src_port: pkt.src_port,
         dst_port: pkt.dst_port,
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),

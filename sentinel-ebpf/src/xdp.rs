@@ -2,16 +2,18 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use sentinel_common::{
-    AddrKey, BucketKey, BucketState, CONFIG_FLAG_PRESENCE, CONFIG_FLAG_SHADOW, Config, Counter,
-    FlowKey, HAS_ALL, HAS_ALLOW_HASH, HAS_ALLOW_LPM, HAS_BLOCK_HASH, HAS_BLOCK_LPM, HAS_FLOW_KILL,
-    HAS_THROTTLE_HASH, HAS_THROTTLE_LPM, RULE_FLAG_SHADOW, Reason, ReasonText, RuleValue,
-    SourceStats, ThrottleRule, bucket_new, bucket_take, defaults, mask_prefix, rule_prefix_len,
+    AddrKey, BucketKey, BucketState, CACHE_ALLOW, CACHE_BLOCK, CACHE_NONE, CACHE_PASS,
+    CACHE_THROTTLE, CONFIG_FLAG_PRESENCE, CONFIG_FLAG_SHADOW, ClockCache, Config, Counter, FlowKey,
+    HAS_ALL, HAS_ALLOW_HASH, HAS_ALLOW_LPM, HAS_BLOCK_HASH, HAS_BLOCK_LPM, HAS_FLOW_KILL,
+    HAS_THROTTLE_HASH, HAS_THROTTLE_LPM, MAX_RATE_PPS, RULE_FLAG_SHADOW, Reason, ReasonText,
+    RuleValue, STASH_UNIT_SHIFT, STASH_WINDOW, SourceStats, ThrottleRule, VerdictCache, bucket_new,
+    bucket_take_n, defaults, rule_prefix_len, stash_size,
 };
 
 use crate::parse::{self, Packet};
@@ -49,6 +51,9 @@ static SN_BUCKETS: LruHashMap<BucketKey, BucketState> =
 #[map]
 static SN_FLOW_KILL: HashMap<FlowKey, RuleValue> =
     HashMap::with_max_entries(defaults::FLOW_KILL_MAX, BPF_F_NO_PREALLOC);
+/// Not pinned: see [`coarse_now`].
+#[map]
+static SN_CLOCK: PerCpuArray<ClockCache> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SN_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 #[map]
@@ -89,7 +94,7 @@ pub fn sentinel_xdp_pass(_ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn decide(data: usize, data_end: usize, len: u64) -> Reason {
     let mut pkt = Packet::default();
-    match parse::parse_into(data, data_end, &mut pkt) {
+    match parse::parse_inline(data, data_end, &mut pkt) {
         parse::PARSE_OK => {}
         parse::PARSE_NON_IP => return Reason::NonIp,
         _ => return Reason::Malformed,
@@ -97,51 +102,116 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
     if pkt.l4_truncated {
         count(Reason::TruncatedL4, len);
     }
-    // The coarse clock (a tick's resolution, a few ms) serves expiries and last-seen stamps and
-    // costs a load instead of a clock read; token buckets read the precise clock themselves.
-    // SAFETY: a helper without arguments or side effects.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let reason = judge(&pkt, now);
-    account_source(&pkt.src, len, now, reason.is_drop());
-    reason
-}
-
-// Kept out of line: a separate BPF function gets its own stack frame, which keeps the entry
-// function under the 512-byte limit (the verifier checks the whole call chain).
-// Kept out of line: a separate BPF function gets its own stack frame, which keeps the entry
-// function under the 512-byte limit (the verifier checks the whole call chain).
-#[inline(never)]
-fn judge(pkt: &Packet, now: u64) -> Reason {
-    let mut flags = SN_CONFIG.get(0).map(|c| c.flags).unwrap_or(0);
+    // The coarse clock (a tick's resolution, a few ms) serves expiries and last-seen stamps;
+    // token buckets read the precise clock themselves.
+    let now = coarse_now();
+    let (mut flags, generation) = SN_CONFIG
+        .get(0)
+        .map(|c| (c.flags, c.generation))
+        .unwrap_or((0, 0));
     // Presence flags only count when userspace maintains them; otherwise look everything up.
     if flags & CONFIG_FLAG_PRESENCE == 0 {
         flags |= HAS_ALL;
     }
-    if active_rule(
-        &SN_ALLOW_HASH,
-        &SN_ALLOW_LPM,
-        flags & HAS_ALLOW_HASH != 0,
-        flags & HAS_ALLOW_LPM != 0,
-        &pkt.src,
-        now,
-    )
-    .is_some()
-    {
+    // A copy, so that the packet's fields can stay in registers (a helper needs the key in memory).
+    let src_words = pkt.src;
+    let src = parse::key(&src_words);
+    // One lookup per packet for a known source: its counters and its cached list verdict live
+    // in the same per-CPU entry; the lists are only looked up when that verdict is stale.
+    match SN_SOURCES.get_ptr_mut(src) {
+        Some(s) => {
+            // SAFETY: per-CPU value from a successful lookup: no other CPU writes it, and it
+            // stays valid for this program run.
+            let s = unsafe { &mut *s };
+            if !cache_valid(&s.cache, generation, now) {
+                lookup_lists(src, flags, generation, now, &mut s.cache);
+            }
+            let reason = apply(&pkt, &mut s.cache, flags, now);
+            s.packets += 1;
+            s.bytes += len;
+            s.last_seen_ns = now;
+            s.dropped += reason.is_drop() as u64;
+            reason
+        }
+        None => {
+            let mut s = SourceStats {
+                packets: 1,
+                bytes: len,
+                last_seen_ns: now,
+                dropped: 0,
+                cache: VerdictCache::default(),
+            };
+            lookup_lists(src, flags, generation, now, &mut s.cache);
+            let reason = apply(&pkt, &mut s.cache, flags, now);
+            s.dropped = reason.is_drop() as u64;
+            if SN_SOURCES.insert(src, &s, 0).is_err() {
+                count(Reason::SourceInsertFailed, len);
+            }
+            reason
+        }
+    }
+}
+
+/// `bpf_ktime_get_coarse_ns()`, read at most once per jiffy per CPU: the verifier inlines
+/// `bpf_jiffies64` (a load) and the per-CPU array lookup, while a clock helper call costs about
+/// 13 ns per packet here. The coarse clock only moves at ticks, when `jiffies` moves too, so the
+/// value reused within a jiffy is the one a call would return (or, if the two are read across
+/// the tick's update, one tick older: expiries already allow for a clock that lags by a tick).
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: helpers without arguments or side effects.
+    let jiffies = unsafe { bpf_jiffies64() };
+    match SN_CLOCK.get_ptr_mut(0) {
+        Some(c) => {
+            // SAFETY: per-CPU slot; only this CPU writes it, valid for this program run.
+            let c = unsafe { &mut *c };
+            if c.jiffies != jiffies || c.coarse_ns == 0 {
+                c.jiffies = jiffies;
+                // SAFETY: as above.
+                c.coarse_ns = unsafe { bpf_ktime_get_coarse_ns() };
+            }
+            c.coarse_ns
+        }
+        // SAFETY: as above.
+        None => unsafe { bpf_ktime_get_coarse_ns() },
+    }
+}
+
+/// A cached verdict holds while the lists are as they were when it was looked up and the entry
+/// it found has not expired. Nothing else can change it: entries never come back to life by
+/// themselves, and every write bumps the generation.
+#[inline(always)]
+fn cache_valid(c: &VerdictCache, generation: u32, now: u64) -> bool {
+    c.kind != CACHE_NONE && c.generation == generation && live(c.until_ns, now)
+}
+
+/// The verdict for a packet from a cached (or just looked up) source verdict: allowlist (always
+/// wins) -> flow kill (per 5-tuple, never cached) -> blocklist -> throttle -> pass.
+#[inline(always)]
+fn apply(pkt: &Packet, c: &mut VerdictCache, flags: u32, now: u64) -> Reason {
+    let kind = c.kind;
+    if kind == CACHE_ALLOW {
         return Reason::Allowlisted;
     }
     let shadow_all = flags & CONFIG_FLAG_SHADOW != 0;
-
     if flags & HAS_FLOW_KILL != 0 {
-        let flow = FlowKey {
-            src: pkt.src,
-            dst: pkt.dst,
-            src_port: pkt.src_port,
-            dst_port: pkt.dst_port,
-            proto: pkt.proto,
-            _pad: [0; 3],
-        };
+        // Only consulted while the flow-kill map may hold entries.
+        // A `FlowKey` built with word stores (a struct literal with byte arrays compiles to
+        // `memset`/`memcpy` calls): both addresses, then the ports, protocol and zero padding as
+        // one little-endian word.
+        let words: [u64; 5] = [
+            pkt.src[0],
+            pkt.src[1],
+            pkt.dst[0],
+            pkt.dst[1],
+            pkt.src_port as u64 | (pkt.dst_port as u64) << 16 | (pkt.proto as u64) << 32,
+        ];
+        // SAFETY: `FlowKey` is 40 bytes of plain integers laid out as above (`src`, `dst`,
+        // `src_port`, `dst_port`, `proto`, 3 bytes of padding), with an alignment (2) that the
+        // words' (8) satisfies.
+        let flow = unsafe { &*(&words as *const [u64; 5]).cast::<FlowKey>() };
         // SAFETY: the value is only read, and map values stay valid for the program run.
-        if let Some(v) = unsafe { SN_FLOW_KILL.get(&flow) }
+        if let Some(v) = unsafe { SN_FLOW_KILL.get(flow) }
             && live(v.expires_ns, now)
         {
             return if shadow_all || v.flags & RULE_FLAG_SHADOW != 0 {
@@ -151,38 +221,104 @@ fn judge(pkt: &Packet, now: u64) -> Reason {
             };
         }
     }
-
-    if let Some(rule_flags) = active_rule(
-        &SN_BLOCK_HASH,
-        &SN_BLOCK_LPM,
-        flags & HAS_BLOCK_HASH != 0,
-        flags & HAS_BLOCK_LPM != 0,
-        &pkt.src,
-        now,
-    ) {
-        return if shadow_all || rule_flags & RULE_FLAG_SHADOW != 0 {
+    let shadow = shadow_all || c.rule_flags as u32 & RULE_FLAG_SHADOW != 0;
+    if kind == CACHE_BLOCK {
+        return if shadow {
             Reason::ShadowBlock
         } else {
             Reason::DropBlock
         };
     }
-
-    if let Some(rule) = throttle_rule(
-        flags & HAS_THROTTLE_HASH != 0,
-        flags & HAS_THROTTLE_LPM != 0,
-        &pkt.src,
-        now,
-    ) {
-        let conform = take_token(&pkt.src, rule);
-        return if conform {
+    if kind == CACHE_THROTTLE {
+        return if take_token(&pkt.src, c, now) {
             Reason::ThrottlePass
-        } else if shadow_all || rule.flags & RULE_FLAG_SHADOW != 0 {
+        } else if shadow {
             Reason::ShadowThrottle
         } else {
             Reason::DropThrottle
         };
     }
     Reason::Pass
+}
+
+/// Looks the source up in the allow, block and throttle lists and records what applies, and
+/// until when, in `out`.
+///
+/// Kept out of line: a separate BPF function gets its own stack frame, which keeps the entry
+/// function under the 512-byte limit (the verifier checks the whole call chain), and it only
+/// runs for a source's first packet on a CPU and after list changes.
+#[inline(never)]
+fn lookup_lists(src: &AddrKey, flags: u32, generation: u32, now: u64, out: &mut VerdictCache) {
+    out.generation = generation;
+    out.aggregate_prefix = 0;
+    out.rate_pps = 0;
+    out.burst = 0;
+    // Tokens drawn under the previous verdict are dropped with it.
+    out.stash = 0;
+    out.stash_deadline = 0;
+    if let Some((rule_flags, until)) = active_rule(
+        &SN_ALLOW_HASH,
+        &SN_ALLOW_LPM,
+        flags & HAS_ALLOW_HASH != 0,
+        flags & HAS_ALLOW_LPM != 0,
+        src,
+        now,
+    ) {
+        out.kind = CACHE_ALLOW;
+        out.rule_flags = cache_flags(rule_flags);
+        out.until_ns = until;
+        return;
+    }
+    if let Some((rule_flags, until)) = active_rule(
+        &SN_BLOCK_HASH,
+        &SN_BLOCK_LPM,
+        flags & HAS_BLOCK_HASH != 0,
+        flags & HAS_BLOCK_LPM != 0,
+        src,
+        now,
+    ) {
+        out.kind = CACHE_BLOCK;
+        out.rule_flags = cache_flags(rule_flags);
+        out.until_ns = until;
+        return;
+    }
+    if let Some(rule) = throttle_rule(
+        flags & HAS_THROTTLE_HASH != 0,
+        flags & HAS_THROTTLE_LPM != 0,
+        src,
+        now,
+    ) {
+        out.kind = CACHE_THROTTLE;
+        out.rule_flags = cache_flags(rule.flags);
+        out.until_ns = rule.expires_ns;
+        out.aggregate_prefix = if rule.aggregate_prefix > 128 {
+            128
+        } else {
+            rule.aggregate_prefix as u8
+        };
+        // Both fit: rates are at most MAX_RATE_PPS; a burst of exactly MAX_BURST loses one.
+        out.rate_pps = if rule.rate_pps > MAX_RATE_PPS {
+            MAX_RATE_PPS as u32
+        } else {
+            rule.rate_pps as u32
+        };
+        out.burst = if rule.burst > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            rule.burst as u32
+        };
+        return;
+    }
+    out.kind = CACHE_PASS;
+    out.rule_flags = 0;
+    out.until_ns = 0;
+}
+
+/// The rule flags a cached verdict keeps (the low byte: the prefix-length bits are only needed
+/// during the lookup).
+#[inline(always)]
+fn cache_flags(rule_flags: u32) -> u16 {
+    (rule_flags & 0xff) as u16
 }
 
 /// An entry applies while `now` is before its expiry (0: never expires). Expiry is judged here,
@@ -193,7 +329,7 @@ fn live(expires_ns: u64, now: u64) -> bool {
 }
 
 /// Looks a source up in an exact-address hash, then in a prefix trie; returns the live entry's
-/// flags.
+/// flags and expiry.
 #[inline(always)]
 fn active_rule(
     exact: &HashMap<AddrKey, RuleValue>,
@@ -202,19 +338,19 @@ fn active_rule(
     has_prefixes: bool,
     src: &AddrKey,
     now: u64,
-) -> Option<u32> {
+) -> Option<(u32, u64)> {
     if has_exact {
         // SAFETY: read-only access to a value that stays valid for this program run.
         if let Some(v) = unsafe { exact.get(src) }
             && live(v.expires_ns, now)
         {
-            return Some(v.flags);
+            return Some((v.flags, v.expires_ns));
         }
     }
     if !has_prefixes {
         return None;
     }
-    live_prefix(prefixes, src, now).map(|v| v.flags)
+    live_prefix(prefixes, src, now).map(|v| (v.flags, v.expires_ns))
 }
 
 #[inline(always)]
@@ -299,25 +435,55 @@ fn live_prefix<'a, V: PrefixRule>(
 /// Takes a token from the bucket of the source's aggregate; a new aggregate starts full.
 /// Buckets are shared across CPUs without a lock: concurrent packets of one aggregate on two
 /// CPUs can both take the last token, which errs on the side of passing.
+///
+/// A source sending fast (its previous refill was within [`STASH_WINDOW`]) draws a few tokens
+/// ahead of use into this CPU's stash ([`stash_size`]) and spends them without the bucket lookup
+/// or the precise clock; `now` is the coarse clock.
 #[inline(always)]
-fn take_token(src: &AddrKey, rule: &ThrottleRule) -> bool {
+fn take_token(src: &[u64; 2], c: &mut VerdictCache, now: u64) -> bool {
+    let unit = (now >> STASH_UNIT_SHIFT) as u32;
+    if c.stash > 0 && unit <= c.stash_deadline {
+        c.stash -= 1;
+        return true;
+    }
+    let hot = c.stash_deadline != 0 && unit <= c.stash_deadline;
+    c.stash = 0;
+    c.stash_deadline = unit.wrapping_add(STASH_WINDOW);
+    let extra = if hot {
+        stash_size(c.aggregate_prefix, c.burst as u64)
+    } else {
+        0
+    };
     // Refills need the precise clock.
     // SAFETY: a helper without arguments or side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let key = BucketKey {
-        addr: mask_prefix(src, rule.aggregate_prefix),
-        prefix_len: rule.aggregate_prefix,
-        _pad: 0,
-    };
-    match SN_BUCKETS.get_ptr_mut(&key) {
-        // SAFETY: the pointer comes from a successful lookup and is valid for this program run.
-        Some(state) => bucket_take(unsafe { &mut *state }, rule.rate_pps, rule.burst, now),
+    let precise = unsafe { bpf_ktime_get_ns() };
+    let prefix = c.aggregate_prefix as u32;
+    // A `BucketKey` built with word stores: the masked address, then `prefix_len` and the zero
+    // padding as one little-endian word.
+    let words: [u64; 3] = [
+        mask_word(src[0], prefix),
+        mask_word(src[1], prefix.saturating_sub(64)),
+        prefix as u64,
+    ];
+    // SAFETY: `BucketKey` is 24 bytes of plain integers laid out as above, with an alignment
+    // (4) that the words' (8) satisfies.
+    let key = unsafe { &*(&words as *const [u64; 3]).cast::<BucketKey>() };
+    let (rate, burst) = (c.rate_pps as u64, c.burst as u64);
+    match SN_BUCKETS.get_ptr_mut(key) {
+        Some(state) => {
+            // SAFETY: the pointer comes from a successful lookup and is valid for this run.
+            let taken = bucket_take_n(unsafe { &mut *state }, rate, burst, precise, extra);
+            if taken > 1 {
+                c.stash = (taken - 1) as u16;
+            }
+            taken > 0
+        }
         None => {
-            if rule.burst == 0 {
+            if burst == 0 {
                 return false;
             }
             if SN_BUCKETS
-                .insert(&key, &bucket_new(rule.burst, now), 0)
+                .insert(key, &bucket_new(burst, precise), 0)
                 .is_err()
             {
                 count(Reason::InternalError, 0);
@@ -327,29 +493,27 @@ fn take_token(src: &AddrKey, rule: &ThrottleRule) -> bool {
     }
 }
 
-#[inline(never)]
-fn account_source(src: &AddrKey, len: u64, now: u64, dropped: bool) {
-    let drop = dropped as u64;
-    match SN_SOURCES.get_ptr_mut(src) {
-        Some(s) => {
-            // SAFETY: per-CPU value from a successful lookup: no other CPU writes it.
-            let s = unsafe { &mut *s };
-            s.packets += 1;
-            s.bytes += len;
-            s.last_seen_ns = now;
-            s.dropped += drop;
-        }
-        None => {
-            let s = SourceStats {
-                packets: 1,
-                bytes: len,
-                last_seen_ns: now,
-                dropped: drop,
-            };
-            if SN_SOURCES.insert(src, &s, 0).is_err() {
-                count(Reason::SourceInsertFailed, len);
-            }
-        }
+// The word layouts `apply` and `take_token` build keys with.
+const _: () = assert!(
+    core::mem::offset_of!(FlowKey, dst) == 16
+        && core::mem::offset_of!(FlowKey, src_port) == 32
+        && core::mem::offset_of!(FlowKey, dst_port) == 34
+        && core::mem::offset_of!(FlowKey, proto) == 36
+        && core::mem::size_of::<FlowKey>() == 40
+        && core::mem::offset_of!(BucketKey, prefix_len) == 16
+        && core::mem::size_of::<BucketKey>() == 24
+);
+
+/// Keeps the first `bits` bits (in network order) of a key word read in native (little-endian)
+/// order.
+#[inline(always)]
+fn mask_word(word: u64, bits: u32) -> u64 {
+    if bits >= 64 {
+        word
+    } else if bits == 0 {
+        0
+    } else {
+        word & (u64::MAX << (64 - bits)).to_be()
     }
 }
 

@@ -873,3 +873,122 @@ fn the_object_contains_every_map_name() {
         );
     }
 }
+
+#[test]
+fn cached_verdicts_follow_every_list_change() {
+    // The kernel caches each source's list verdict in its per-source entry; every write through
+    // the list API must reach sources it has already judged.
+    let mut lab = Lab::new();
+    let del = |lab: &mut Lab, kind, targets: &[&str]| {
+        let req = DelRequest {
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+        };
+        lists::remove(&mut lab.dp.maps, kind, &req).expect("remove");
+    };
+    for f in &FAMILIES {
+        let p = Packet::udp(f.src, f.dst);
+        assert_eq!(lab.send(&p), XDP_PASS, "unlisted");
+        lab.block(&[f.src]);
+        assert_eq!(lab.send(&p), XDP_DROP, "blocked after being judged");
+        lab.allow(&[f.src]);
+        assert_eq!(lab.send(&p), XDP_PASS, "allowed over the block");
+        del(&mut lab, ListKind::Allow, &[f.src]);
+        assert_eq!(lab.send(&p), XDP_DROP, "allow removed");
+        del(&mut lab, ListKind::Block, &[f.src]);
+        assert_eq!(lab.send(&p), XDP_PASS, "block removed");
+        lab.throttle(&[f.src], 1, 1, None);
+        assert_eq!(lab.send(&p), XDP_PASS, "the bucket's one token");
+        assert_eq!(lab.send(&p), XDP_DROP, "over the rate");
+        del(&mut lab, ListKind::Throttle, &[f.src]);
+        assert_eq!(lab.send(&p), XDP_PASS, "throttle removed");
+        let q = Packet::udp(f.in_prefix, f.dst);
+        assert_eq!(lab.send(&q), XDP_PASS, "unlisted");
+        lab.block(&[f.prefix]);
+        assert_eq!(lab.send(&q), XDP_DROP, "prefix blocked after being judged");
+    }
+    lab.expect_counts(&[
+        (Reason::Pass, 8),
+        (Reason::DropBlock, 6),
+        (Reason::Allowlisted, 2),
+        (Reason::ThrottlePass, 2),
+        (Reason::DropThrottle, 2),
+    ]);
+}
+
+#[test]
+fn pins_of_another_layout_are_migrated_or_refused() {
+    use aya::maps::MapInfo;
+    use sentinel::datapath::{DatapathError, loader::ensure_pin_dir};
+    use sentinel_common::names;
+
+    sentinel_tests::require_root();
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/sentinel-test-ptr-{}",
+        sentinel_tests::unique_id()
+    ));
+    struct Cleanup<'a>(&'a std::path::Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = unload(self.0);
+        }
+    }
+    let _cleanup = Cleanup(&pins);
+    let create = |name: &str, kind: &str, key: &str, value: &str| {
+        ensure_pin_dir(&pins).unwrap();
+        let path = pins.join(name);
+        let st = std::process::Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(&path)
+            .args(["type", kind, "key", key, "value", value, "entries", "64"])
+            .args(["name", name])
+            .status()
+            .expect("bpftool (cargo xtask setup installs it)");
+        assert!(st.success(), "bpftool map create {name}");
+    };
+
+    // Per-source stats before the verdict cache: 32-byte values. Replaced.
+    create(names::SOURCES, "lru_percpu_hash", "16", "32");
+    let dp = Datapath::load(&LoadOptions::new(&pins)).expect("an old SN_SOURCES is migrated");
+    let info = MapInfo::from_pin(pins.join(names::SOURCES)).unwrap();
+    assert_eq!(info.value_size() as usize, size_of::<SourceStats>());
+    drop(dp);
+    unload(&pins).unwrap();
+
+    // A map holding entries of another layout is refused with an error naming it.
+    create(names::CONFIG, "array", "4", "16");
+    let err = Datapath::load(&LoadOptions::new(&pins))
+        .err()
+        .expect("an incompatible SN_CONFIG is refused");
+    assert!(
+        matches!(err, DatapathError::IncompatiblePin { .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(names::CONFIG) && msg.contains("sentinel unload"),
+        "{msg}"
+    );
+    unload(&pins).unwrap();
+    assert!(!pins.exists(), "unload removes the old pins too");
+}
+
+#[test]
+fn a_hot_throttled_source_draws_tokens_in_batches_but_never_more_than_its_bucket() {
+    // A burst of 100 lets a fast source draw tokens ahead of use on its CPU; one test run of
+    // 150 repeats stays on one CPU and within the stash window: exactly the burst passes.
+    let mut lab = Lab::new();
+    for f in &FAMILIES {
+        lab.throttle(&[f.src], 1, 100, None);
+    }
+    for f in &FAMILIES {
+        let frame = Packet::udp(f.src, f.dst).build();
+        let prog = lab.dp.xdp(programs::XDP_SENTINEL).expect("program");
+        prog.test_run(TestRunOptions {
+            data_in: Some(&frame.bytes),
+            repeat: 150,
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    }
+    lab.expect_counts(&[(Reason::ThrottlePass, 200), (Reason::DropThrottle, 100)]);
+}

@@ -227,11 +227,106 @@ fn link_error<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
+/// Key and value sizes of every pinned map of this version.
+fn map_layouts() -> [(&'static str, usize, usize); 12] {
+    use std::mem::size_of;
+
+    use sentinel_common::{
+        AddrKey, BucketKey, BucketState, Config, Counter, FlowKey, ReasonText, RuleValue,
+        SourceStats, ThrottleRule,
+    };
+    // LPM trie keys carry a 4-byte prefix length before the address.
+    let lpm = 4 + size_of::<AddrKey>();
+    [
+        (
+            names::SOURCES,
+            size_of::<AddrKey>(),
+            size_of::<SourceStats>(),
+        ),
+        (
+            names::ALLOW_HASH,
+            size_of::<AddrKey>(),
+            size_of::<RuleValue>(),
+        ),
+        (names::ALLOW_LPM, lpm, size_of::<RuleValue>()),
+        (
+            names::BLOCK_HASH,
+            size_of::<AddrKey>(),
+            size_of::<RuleValue>(),
+        ),
+        (names::BLOCK_LPM, lpm, size_of::<RuleValue>()),
+        (
+            names::THROTTLE_HASH,
+            size_of::<AddrKey>(),
+            size_of::<ThrottleRule>(),
+        ),
+        (names::THROTTLE_LPM, lpm, size_of::<ThrottleRule>()),
+        (
+            names::BUCKETS,
+            size_of::<BucketKey>(),
+            size_of::<BucketState>(),
+        ),
+        (
+            names::FLOW_KILL,
+            size_of::<FlowKey>(),
+            size_of::<RuleValue>(),
+        ),
+        (names::COUNTERS, size_of::<u32>(), size_of::<Counter>()),
+        (names::CONFIG, size_of::<u32>(), size_of::<Config>()),
+        (names::REASONS, size_of::<u32>(), size_of::<ReasonText>()),
+    ]
+}
+
+/// Checks the maps a previous daemon pinned under `pin_dir` against this version's layouts
+/// before the loader reuses them (it would reuse any map of the right name, and the verifier
+/// would then reject the program with an obscure error).
+///
+/// `SN_SOURCES` holds only statistics and the kernel's verdict cache, so an old layout (32-byte
+/// values before the cache) is migrated by replacing it: the pin is removed and the load creates
+/// a new map; the program still attached keeps the old map until the new program replaces it,
+/// so enforcement never stops. Every other map holds list entries or counters that must not be
+/// lost: a mismatch there is an error that names the pin.
+pub fn check_pins(pin_dir: &Path) -> Result<(), DatapathError> {
+    for (name, key, value) in map_layouts() {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info =
+            aya::maps::MapInfo::from_pin(&path).map_err(|source| DatapathError::OpenPin {
+                path: path.clone(),
+                source,
+            })?;
+        let (k, v) = (info.key_size() as usize, info.value_size() as usize);
+        if (k, v) == (key, value) {
+            continue;
+        }
+        if name == names::SOURCES {
+            warn!(
+                pin = %path.display(),
+                old_value = v,
+                new_value = value,
+                "per-source map left by an older version: replacing it (per-source counters restart)"
+            );
+            fs::remove_file(&path)?;
+            continue;
+        }
+        return Err(DatapathError::IncompatiblePin {
+            path,
+            found: format!("{k}-byte keys and {v}-byte values"),
+            expected: format!("{key} and {value}"),
+        });
+    }
+    Ok(())
+}
+
 impl Datapath {
     /// Loads the object with every map bound to its pin under `opts.pin_dir` (created, or reused
-    /// with its entries when a previous daemon left it), and loads the XDP program.
+    /// with its entries when a previous daemon left it, see [`check_pins`]), and loads the XDP
+    /// program.
     pub fn load(opts: &LoadOptions) -> Result<Self, DatapathError> {
         ensure_pin_dir(&opts.pin_dir)?;
+        check_pins(&opts.pin_dir)?;
         let pins: Vec<(&str, PathBuf)> = names::ALL
             .iter()
             .map(|n| (*n, opts.pin_dir.join(n)))

@@ -174,18 +174,28 @@ impl Maps {
     }
 
     /// Marks maps as possibly non-empty before entries are written into them, so the XDP
-    /// program starts looking them up.
+    /// program starts looking them up. Also bumps the list generation (see
+    /// [`Maps::bump_generation`]), which is enough for a writer that sends no packet between
+    /// this call and its writes (tests); writers racing live traffic bump again after writing.
     pub fn mark_present(&mut self, flags: u32) -> Result<(), DatapathError> {
         let mut c = self.config()?;
         if c.flags & CONFIG_FLAG_PRESENCE == 0 {
             // Not maintained yet: start from what the maps hold.
             c.flags = (c.flags & !HAS_ALL) | self.present()? | CONFIG_FLAG_PRESENCE;
         }
-        if c.flags & flags != flags || self.config()?.flags != c.flags {
-            c.flags |= flags;
-            self.set_config(c)?;
-        }
-        Ok(())
+        c.flags |= flags;
+        c.generation = c.generation.wrapping_add(1);
+        self.set_config(c)
+    }
+
+    /// Tells the kernel that the allow, block or throttle lists changed: every verdict it cached
+    /// per source is looked up again on the source's next packet. Call it after writing entries
+    /// (adding, replacing or deleting them); until then packets from sources seen before may
+    /// still get the verdict from before the write.
+    pub fn bump_generation(&mut self) -> Result<(), DatapathError> {
+        let mut c = self.config()?;
+        c.generation = c.generation.wrapping_add(1);
+        self.set_config(c)
     }
 
     fn present(&self) -> Result<u32, DatapathError> {
@@ -211,11 +221,13 @@ impl Maps {
     }
 
     /// Recomputes every presence flag from the maps' contents (one `get_next_key` per map):
-    /// flags of empty maps are cleared, of non-empty ones set. Returns the flags written.
+    /// flags of empty maps are cleared, of non-empty ones set, and bumps the list generation
+    /// (callers run it after deleting entries). Returns the flags written.
     pub fn refresh_presence(&mut self) -> Result<u32, DatapathError> {
         let present = self.present()?;
         let mut c = self.config()?;
         c.flags = (c.flags & !HAS_ALL) | present | CONFIG_FLAG_PRESENCE;
+        c.generation = c.generation.wrapping_add(1);
         self.set_config(c)?;
         Ok(present)
     }

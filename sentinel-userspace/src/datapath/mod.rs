@@ -55,6 +55,18 @@ pub enum DatapathError {
         #[source]
         source: aya::maps::MapError,
     },
+    /// A map pinned by another version of Sentinel has a layout this version cannot use.
+    #[error(
+        "pinned map {path} has {found} (this version needs {expected}); it was left by another version of sentinel: `sentinel unload` removes it (and its entries)"
+    )]
+    IncompatiblePin {
+        /// The pin.
+        path: PathBuf,
+        /// Its key and value sizes.
+        found: String,
+        /// The key and value sizes this version uses.
+        expected: String,
+    },
     /// A map operation failed.
     #[error("map {name}: {source}")]
     Map {

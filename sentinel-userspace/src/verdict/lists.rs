@@ -300,6 +300,8 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
             }
         }
     }
+    // Sources whose verdict the kernel cached while the entries were written look again.
+    maps.bump_generation()?;
     Ok(AddResponse {
         added: targets.len(),
         exact: exact.len(),

@@ -160,7 +160,7 @@ pub fn table(empty: &[MapMem], filled: &[MapMem], cpus: usize) -> String {
     ));
     t.push_str(&format!(
         "\n**Per tracked source: {per_source:.0} bytes** (`{}`: LRU per-CPU hash, preallocated, \
-         32 B of stats per CPU); a throttled source adds a token bucket ({per_bucket:.0} B in \
+         64 B per CPU: 32 of stats and 32 of cached verdict); a throttled source adds a token bucket ({per_bucket:.0} B in \
          `{}`).\n",
         names::SOURCES,
         names::BUCKETS,
