@@ -66,7 +66,7 @@ pub fn key(words: &[u64; 2]) -> &AddrKey {
 /// The key words of an IPv4 address (network-order octets as read from the packet): the
 /// IPv4-mapped `::ffff:a.b.c.d`.
 #[inline(always)]
-fn v4_words(octets: [u8; 4]) -> [u64; 2] {
+pub fn v4_words(octets: [u8; 4]) -> [u64; 2] {
     [
         0,
         ((u32::from_ne_bytes(octets) as u64) << 32)

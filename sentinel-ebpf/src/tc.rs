@@ -16,8 +16,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use sentinel_common::{
-    CAP_FLAG_EGRESS, CaptureConfig, CaptureCounter, CaptureHeader, DEFAULT_RING_BYTES,
-    MAX_SNAP_LEN, v4_mapped,
+    CAP_FLAG_EGRESS, CaptureConfig, CaptureCounter, CaptureHeader, DEFAULT_RING_BYTES, MAX_SNAP_LEN,
 };
 
 use crate::parse::{self, IPPROTO_TCP, Packet, ptr_at};
@@ -218,8 +217,8 @@ fn parse_v4_tcp(data: usize, data_end: usize, pkt: &mut Packet) -> bool {
         if at(20) & 0x1f != 0 || at(21) != 0 {
             return false;
         }
-        pkt.src = v4_mapped([at(26), at(27), at(28), at(29)]);
-        pkt.dst = v4_mapped([at(30), at(31), at(32), at(33)]);
+        pkt.src = parse::v4_words([at(26), at(27), at(28), at(29)]);
+        pkt.dst = parse::v4_words([at(30), at(31), at(32), at(33)]);
         pkt.proto = IPPROTO_TCP;
         pkt.ip_end = 14 + u16::from_be_bytes([at(16), at(17)]) as usize;
         pkt.src_port = u16::from_be_bytes([at(L4), at(L4 + 1)]);
