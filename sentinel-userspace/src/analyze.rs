@@ -22,6 +22,8 @@ use crate::{
 
 /// Stream time between two engine ticks.
 const TICK_NS: u64 = 1_000_000_000;
+/// Ticks at most run over a jump in stream time (see [`Analyzer::tick`]).
+const CATCH_UP_TICKS: u64 = 60;
 
 /// What the analyzer was given and how it went.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -136,11 +138,28 @@ impl Analyzer {
 
     /// Advances stream time to `now_ns` without traffic: windows that are over are judged and
     /// idle state expires. Does nothing until a second has passed since the last tick.
+    ///
+    /// When stream time jumps (quiet traffic in a capture), the models are first ticked at up
+    /// to [`CATCH_UP_TICKS`] times spread over the gap, so that a window which fell due in it
+    /// is judged, and stamped, close to when a live daemon (ticked by the wall clock) would
+    /// have judged it, not at the next request.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Alert>) {
         if now_ns < self.next_tick_ns {
             return;
         }
+        if self.next_tick_ns > 0 && now_ns > self.next_tick_ns + TICK_NS {
+            let step = ((now_ns - self.next_tick_ns) / CATCH_UP_TICKS).max(TICK_NS);
+            let mut t = self.next_tick_ns;
+            while t < now_ns {
+                self.engine_tick(t, out);
+                t += step;
+            }
+        }
         self.next_tick_ns = now_ns.saturating_add(TICK_NS);
+        self.engine_tick(now_ns, out);
+    }
+
+    fn engine_tick(&mut self, now_ns: u64, out: &mut Vec<Alert>) {
         let alerts = self.engine.tick(now_ns);
         self.stats.alerts += alerts.len() as u64;
         out.extend(alerts);

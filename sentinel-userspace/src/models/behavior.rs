@@ -210,7 +210,13 @@ impl Detector for BehaviorDetector {
         let raise =
             self.hst.ready() && score >= self.cfg.threshold && moved.len() >= self.cfg.min_moved;
         if !raise {
-            self.hst.update(&s.features);
+            // The trees learn what the population's windows look like from windows that moved
+            // fewer than `min_moved` features: drift in any one feature (a new app version for
+            // everyone) is learned, but attacks that stayed under the threshold do not teach the
+            // trees that attacks are normal.
+            if moved.len() < self.cfg.min_moved {
+                self.hst.update(&s.features);
+            }
             return;
         }
         let mut parts: Vec<String> = moved.iter().map(|(i, _)| self.describe(s, *i)).collect();

@@ -4,9 +4,11 @@
 //!
 //! Failures are weighted by how little they look like an honest mistake, so that an attack is
 //! named within a few attempts while a user mistyping a password a few times is not:
-//! 1 per failure, +1 from a country the account never logged in from, +1 from an automated client
-//! (a user agent of a scripting library or tool, or none), +0.5 within `rapid_interval_s` of the
-//! previous failure on the same key, +0.5 for an account that never logged in successfully.
+//! 1 per failure, +1 from a country the account never logged in from (+0.5 only when the client
+//! is of a kind, user-agent family, the account has used: likely its owner abroad), +1 from an
+//! automated client (a user agent of a scripting library or tool, or none), +0.5 within
+//! `rapid_interval_s` of the previous failure on the same key, +0.5 for an account that never
+//! logged in successfully.
 //! Weighted sums are kept over a sliding `window_s` per account, per source and per
 //! fingerprint (user-agent family + request header names in order).
 //!
@@ -36,7 +38,9 @@ pub struct Config {
     /// Sliding window of failures, seconds. Default 600.
     pub window_s: f64,
     /// Weighted failures on one account (or from one source on few accounts) that make a brute
-    /// force. Default 8.
+    /// force. Default 7: three rapid failures from a country the account never used with a
+    /// client it never used (2 + 2.5 + 2.5), while its owner abroad on their own device retyping
+    /// four times (4 x 1.5) or anyone failing at home (1 each) is not.
     pub brute_force_score: f64,
     /// Plain failures needed as well. Default 3.
     pub min_failures: u32,
@@ -63,7 +67,7 @@ impl Default for Config {
         Self {
             enabled: true,
             window_s: 600.0,
-            brute_force_score: 8.0,
+            brute_force_score: 7.0,
             min_failures: 3,
             stuffing_min_accounts: 3,
             stuffing_score: 5.5,
@@ -234,6 +238,10 @@ impl Detector for CredentialDetector {
             (Some(p), Some(c)) => p.last_country_ns() > 0 && !p.knows_country(c),
             _ => false,
         };
+        // The account's own kind of client abroad is more likely its owner travelling.
+        let known_device = ctx
+            .profile
+            .is_some_and(|p| ctx.ua_family != 0 && p.uas.contains(ctx.ua_family));
         let unknown_account = username.is_some() && ctx.profile.is_none();
 
         if !ctx.login_failed {
@@ -293,7 +301,7 @@ impl Detector for CredentialDetector {
         // A failure: weigh it.
         let mut weight = 1.0;
         if new_country {
-            weight += 1.0;
+            weight += if known_device { 0.5 } else { 1.0 };
         }
         if automated {
             weight += 1.0;

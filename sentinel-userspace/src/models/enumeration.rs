@@ -38,7 +38,7 @@ pub struct Config {
     pub min_density: f64,
     /// Scraping window, seconds. Default 60.
     pub scrape_window_s: f64,
-    /// Requests in that window. Default 40.
+    /// Requests in that window. Default 25.
     pub scrape_min_requests: u32,
     /// Share of distinct resources among them. Default 0.8.
     pub scrape_min_distinct_ratio: f64,
@@ -58,7 +58,7 @@ impl Default for Config {
             max_step: 3,
             min_density: 0.5,
             scrape_window_s: 60.0,
-            scrape_min_requests: 40,
+            scrape_min_requests: 25,
             scrape_min_distinct_ratio: 0.8,
             flow_factor: 4.0,
             flow_endpoints: vec!["/login".into(), "/balance".into()],
@@ -248,9 +248,10 @@ impl EnumerationDetector {
         }
         c.flow |= flow;
         c.requests += 1;
-        if c.paths.insert(key2(o.path.as_str(), o.query.as_str())) {
-            c.distinct += 1;
-        }
+        // Linear counting corrects the bitmap's collisions (counting new bits would lose about
+        // one resource in twenty by 25, enough to sink the ratio under the threshold).
+        c.paths.insert(key2(o.path.as_str(), o.query.as_str()));
+        c.distinct = (c.paths.estimate().round() as u32).min(c.requests);
         let floor = if c.flow {
             f64::from(self.cfg.scrape_min_requests) * self.cfg.flow_factor
         } else {

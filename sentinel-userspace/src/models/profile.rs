@@ -137,7 +137,7 @@ pub struct Profile {
     pub endpoint_counts: [u16; 8],
     /// User-agent families.
     pub uas: SmallSet<4>,
-    /// Countries.
+    /// Countries: the first one seen, then the three most recent others.
     pub countries: [[u8; 2]; 4],
     /// When each country was last seen.
     pub country_last_ns: [u64; 4],
@@ -242,10 +242,14 @@ impl Profile {
         let i = match self.countries.iter().position(|x| *x == c) {
             Some(i) => i,
             None => {
+                // The first country (the account's home: slot 0 fills first) stays; the others
+                // hold the most recent ones, so a burst of foreign requests cannot push home out
+                // and make the owner's next request look like a new country.
                 let (i, _) = self
                     .country_last_ns
                     .iter()
                     .enumerate()
+                    .skip(usize::from(self.country_last_ns[0] != 0))
                     .min_by_key(|(_, t)| **t)
                     .expect("four slots");
                 self.countries[i] = c;

@@ -49,6 +49,10 @@ pub struct Config {
     pub packets_per_request: f64,
     /// Also watch each source address over all endpoints. Default on.
     pub per_source: bool,
+    /// A burst is raised at once, without waiting for the window to fill: more requests within
+    /// one second than this many times the learned per-second limit (and than `min_limit`).
+    /// Default 5.
+    pub burst_factor: f64,
 }
 
 impl Default for Config {
@@ -64,6 +68,7 @@ impl Default for Config {
             own_margin: 3.0,
             packets_per_request: 6.0,
             per_source: true,
+            burst_factor: 5.0,
         }
     }
 }
@@ -75,6 +80,7 @@ impl Config {
             .positive("window_s", self.window_s)
             .positive("min_limit", self.min_limit)
             .positive("default_limit", self.default_limit)
+            .positive("burst_factor", self.burst_factor)
             .unit("population_quantile", self.population_quantile)
             .positive("population_margin", self.population_margin)
             .positive("own_margin", self.own_margin)
@@ -137,6 +143,9 @@ struct Counter {
     peak: f32,
     /// Completed windows with traffic.
     samples: u16,
+    /// Requests in the current second (for bursts) and when it started.
+    sec_cur: u32,
+    sec_start_ns: u64,
 }
 
 impl Counter {
@@ -155,6 +164,11 @@ impl Counter {
             self.start_ns += n * w;
         }
         self.cur += 1;
+        if now >= self.sec_start_ns + NS {
+            self.sec_start_ns = now;
+            self.sec_cur = 0;
+        }
+        self.sec_cur += 1;
         done
     }
 
@@ -225,18 +239,26 @@ impl RateDetector {
         &self,
         ctx: &Ctx<'_>,
         what: &dyn Fn() -> String,
-        count: f64,
+        (count, burst): (f64, u32),
         l: &Limit,
         subject: u64,
         out: &mut Vec<Detection>,
     ) {
-        if count <= l.limit {
+        let ws = self.cfg.window_s;
+        let limit_rps = l.limit / ws;
+        let burst = f64::from(burst);
+        let bursting = burst > self.cfg.min_limit && burst > self.cfg.burst_factor * limit_rps;
+        if count <= l.limit && !bursting {
             return;
         }
-        let ws = self.cfg.window_s;
-        let rps = count / ws;
-        let limit_rps = l.limit / ws;
-        let ratio = count / l.limit;
+        // A burst is judged on its own second; a full window on the window.
+        let (count, span) = if count <= l.limit {
+            (burst, 1.0)
+        } else {
+            (count, ws)
+        };
+        let rps = count / span;
+        let ratio = rps / limit_rps;
         let mut alert = ctx.alert(
             AlertKind::RateAnomaly,
             if ratio >= 10.0 {
@@ -246,7 +268,7 @@ impl RateDetector {
             },
             (0.5 + ratio.log2() / 8.0).min(1.0),
             format!(
-                "{} made {:.0} requests in {ws} s ({:.1}/s), {:.1}x the learned limit of {:.1}/s (population {:.1}/s{}, own peak {:.1}/s).",
+                "{} made {:.0} requests in {span} s ({:.1}/s), {:.1}x the learned limit of {:.1}/s (population {:.1}/s{}, own peak {:.1}/s).",
                 what(),
                 count,
                 rps,
@@ -258,7 +280,7 @@ impl RateDetector {
             ),
             evidence([
                 ("requests", json!(count.round())),
-                ("window_s", json!(ws)),
+                ("window_s", json!(span)),
                 ("rate_rps", json!(r2(rps))),
                 ("limit_rps", json!(r2(limit_rps))),
                 ("population_limit_rps", json!(r2(l.population / ws))),
@@ -301,7 +323,7 @@ impl Detector for RateDetector {
         self.judge(
             ctx,
             &what,
-            c.count(now, w),
+            (c.count(now, w), c.sec_cur),
             &l,
             subject::entity(ctx.entity),
             out,
@@ -326,7 +348,7 @@ impl Detector for RateDetector {
             // A source carries many principals (NAT, proxies): never below the per-pair bar.
             l.limit = l.limit.max(self.cfg.default_limit);
             let what = || format!("Address {}", ctx.obs.client_ip);
-            self.judge(ctx, &what, s.count(now, w), &l, sk, out);
+            self.judge(ctx, &what, (s.count(now, w), s.sec_cur), &l, sk, out);
         }
     }
 
