@@ -1,4 +1,4 @@
-//! Developer and CI tasks: `cargo xtask setup | test | demo | bench`.
+//! Developer and CI tasks: `cargo xtask setup | test | demo | bench | eval`.
 //!
 //! xtask depends on nothing of Sentinel's own, so it builds on a bare machine before the BPF
 //! toolchain exists; `setup` is what installs that toolchain. Every command it runs is printed
@@ -59,6 +59,20 @@ enum Task {
         /// A shorter run (fewer rounds), passed to each benchmark as `--quick`.
         #[arg(long)]
         quick: bool,
+    },
+    /// Evaluate the detection models on simulated, labelled traffic (tests/src/bin/eval.rs):
+    /// simulate, replay through `sentinel replay --emit alerts`, score against the truth, print
+    /// a table per alert kind and write it into BENCHMARKS.md. No root needed.
+    Eval {
+        /// Seeds to run (repeatable); default 1, 2 and 3 (1 with --quick).
+        #[arg(long = "seed")]
+        seeds: Vec<u64>,
+        /// A smaller world (400 users, 10 scenarios per kind); BENCHMARKS.md is not written.
+        #[arg(long)]
+        quick: bool,
+        /// Do not write BENCHMARKS.md.
+        #[arg(long)]
+        no_write: bool,
     },
 }
 
@@ -354,6 +368,39 @@ fn bench(names: &[String], quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn eval(seeds: &[u64], quick: bool, no_write: bool) -> anyhow::Result<()> {
+    let ws = Workspace::locate()?;
+    setup::setup()?;
+    let sentinel = build_sentinel(&ws, true)?;
+    let mut build = ws.cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "sentinel-tests",
+        "--bin",
+        "eval",
+    ]);
+    // The same environment as the sentinel build above, or cargo rebuilds it with a placeholder.
+    build.env_remove("AYA_BUILD_SKIP");
+    run_ok(build, LIMIT_BUILD)?;
+    let mut c = Command::new(ws.bin("release", "eval"));
+    c.current_dir(&ws.root).env("SENTINEL_BIN", &sentinel);
+    for s in seeds {
+        c.args(["--seed", &s.to_string()]);
+    }
+    if quick {
+        c.arg("--quick");
+    }
+    if no_write {
+        c.arg("--no-write");
+    }
+    let outcome = run::run(c, Some(Duration::from_secs(60 * 60)))?;
+    if !outcome.success() {
+        bail!("eval failed ({})", outcome.failure());
+    }
+    Ok(())
+}
+
 /// Puts `$CARGO_HOME/bin` on PATH for everything xtask starts, so that a bpf-linker installed
 /// by `setup` is found even where the login shell did not add it.
 fn cargo_bin_on_path() {
@@ -384,6 +431,11 @@ fn main() -> ExitCode {
         } => test(unit, no_setup, &args),
         Task::Demo { args } => demo(&args),
         Task::Bench { names, quick } => bench(&names, quick),
+        Task::Eval {
+            seeds,
+            quick,
+            no_write,
+        } => eval(&seeds, quick, no_write),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,8 +5,10 @@
 //! (and with them their veths), daemons (killed, then their pins unloaded) and pin directories.
 //! Addresses come only from 198.18.0.0/15 and 2001:db8::/32; namespaces have no default route.
 
+pub mod attacks;
 pub mod bank;
 pub mod daemon;
+pub mod eval;
 pub mod netns;
 pub mod pcapgen;
 pub mod reference;

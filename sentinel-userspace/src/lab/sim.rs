@@ -1,20 +1,28 @@
-//! The evaluation simulator: a population of benign users of the demo banking API and attack
-//! scenarios of every kind, as HTTP exchanges on the wire plus the ground truth, reproducible
-//! from a seed.
+//! The evaluation simulator, part one: the world and its benign population. A seed gives the
+//! same world every time: the HTTP exchanges on the wire (written as pcap by
+//! [`super::pcapgen`]), the ground truth, and the GeoIP rows ([`places`]) for a test database
+//! built with `enrich::geo::testdb`.
 //!
-//! Benign users have a home city, a device (mobile app or web browser), one or two daily
-//! sessions at their own hours (login, balance, own accounts, sometimes a transfer), make honest
-//! mistakes (a wrong password now and then), travel at plausible speeds, and some share an office
-//! NAT address. Attackers come from their own networks. Attack scenarios so far: brute force
-//! (the reference case first), credential stuffing, SQL injection, XSS, path traversal and
-//! enumeration; the other kinds are still to be written. Every address is from the documentation
-//! and benchmarking ranges, and a GeoIP database over them is built with `enrich::geo::testdb`.
+//! Benign users of the demo banking API have a home city, a device (a mobile app or a web
+//! browser, each with its own version), one or two daily sessions at their own hours (login,
+//! balance, their own account, transactions, sometimes a transfer, a statement or their cards),
+//! make honest mistakes (a wrong password now and then, a forgotten one a few times in a row, an
+//! expired token that the server refuses), travel at plausible speeds (a day in transit, the
+//! same phone on arrival), switch between home and mobile networks, and some share an office NAT
+//! address or use IPv6. A few are business users with long sessions. Anonymous visitors read the
+//! public pages. Attack scenarios of every kind are written by [`super::attacks`].
+//!
+//! Every address is from the documentation and benchmarking ranges: cities own /24s of
+//! 198.18.0.0/16 and /48s of 2001:db8::/32, attackers' cities own /24s of 198.19.0.0/16 and /48s
+//! of 2001:db8::/32 too; the office NAT is 192.0.2.10 (Riyadh), the reference case's attacker is
+//! in 203.0.113.0/24 (Hanoi).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use base64::Engine as _;
 use serde::Serialize;
 
-use super::pcapgen::Exchange;
+use super::{attacks, pcapgen::Exchange};
 use crate::{enrich::geo::testdb::Place, models::AlertKind};
 
 /// A deterministic PRNG (SplitMix64): the same seed gives the same world.
@@ -38,6 +46,10 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         if n == 0 { 0 } else { self.next_u64() % n }
     }
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi.saturating_sub(lo) + 1)
+    }
     /// Uniform in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
@@ -45,6 +57,10 @@ impl Rng {
     /// True with probability `p`.
     pub fn chance(&mut self, p: f64) -> bool {
         self.unit() < p
+    }
+    /// One element of a non-empty slice.
+    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
     }
 }
 
@@ -61,145 +77,153 @@ pub struct City {
     pub lon: f64,
 }
 
-/// Home cities of the benign population: each owns 16 /24s of 198.18.0.0/15.
+const fn city(name: &'static str, country: &'static str, lat: f64, lon: f64) -> City {
+    City {
+        name,
+        country,
+        lat,
+        lon,
+    }
+}
+
+/// Home cities of the benign population: city `c` owns the /24s 198.18.(16c..16c+16).0 and
+/// 2001:db8:c::/48.
 pub const CITIES: &[City] = &[
-    City {
-        name: "Riyadh",
-        country: "SA",
-        lat: 24.7136,
-        lon: 46.6753,
-    },
-    City {
-        name: "Jeddah",
-        country: "SA",
-        lat: 21.4858,
-        lon: 39.1925,
-    },
-    City {
-        name: "Dammam",
-        country: "SA",
-        lat: 26.4207,
-        lon: 50.0888,
-    },
-    City {
-        name: "Dubai",
-        country: "AE",
-        lat: 25.2048,
-        lon: 55.2708,
-    },
-    City {
-        name: "Cairo",
-        country: "EG",
-        lat: 30.0444,
-        lon: 31.2357,
-    },
-    City {
-        name: "London",
-        country: "GB",
-        lat: 51.5074,
-        lon: -0.1278,
-    },
-    City {
-        name: "Paris",
-        country: "FR",
-        lat: 48.8566,
-        lon: 2.3522,
-    },
-    City {
-        name: "Berlin",
-        country: "DE",
-        lat: 52.52,
-        lon: 13.405,
-    },
-    City {
-        name: "New York",
-        country: "US",
-        lat: 40.7128,
-        lon: -74.006,
-    },
-    City {
-        name: "Mumbai",
-        country: "IN",
-        lat: 19.076,
-        lon: 72.8777,
-    },
-    City {
-        name: "Singapore",
-        country: "SG",
-        lat: 1.3521,
-        lon: 103.8198,
-    },
-    City {
-        name: "Tokyo",
-        country: "JP",
-        lat: 35.6762,
-        lon: 139.6503,
-    },
+    city("Riyadh", "SA", 24.7136, 46.6753),
+    city("Jeddah", "SA", 21.4858, 39.1925),
+    city("Dammam", "SA", 26.4207, 50.0888),
+    city("Dubai", "AE", 25.2048, 55.2708),
+    city("Cairo", "EG", 30.0444, 31.2357),
+    city("London", "GB", 51.5074, -0.1278),
+    city("Paris", "FR", 48.8566, 2.3522),
+    city("Berlin", "DE", 52.52, 13.405),
+    city("New York", "US", 40.7128, -74.006),
+    city("Mumbai", "IN", 19.076, 72.8777),
+    city("Singapore", "SG", 1.3521, 103.8198),
+    city("Tokyo", "JP", 35.6762, 139.6503),
 ];
 
-/// Attackers' networks: Hanoi (203.0.113.0/24, the reference case), Lagos (198.51.100.0/24).
-pub const HANOI: City = City {
-    name: "Hanoi",
-    country: "VN",
-    lat: 21.0278,
-    lon: 105.8342,
-};
+/// Attackers' cities: city `a` owns the /24s 198.19.(16a..16a+16).0 and 2001:db8:1:a::/64s...
+/// (2001:db8:100+a::/48). Hanoi also owns 203.0.113.0/24 and Lagos 198.51.100.0/24.
+pub const ATTACKER_CITIES: &[City] = &[
+    city("Hanoi", "VN", 21.0278, 105.8342),
+    city("Lagos", "NG", 6.5244, 3.3792),
+    city("Moscow", "RU", 55.7558, 37.6173),
+    city("Sao Paulo", "BR", -23.5505, -46.6333),
+    city("Jakarta", "ID", -6.2088, 106.8456),
+    city("Bogota", "CO", 4.711, -74.0721),
+];
+
+/// Hanoi, the reference case's attacker.
+pub const HANOI: City = ATTACKER_CITIES[0];
 /// Lagos.
-pub const LAGOS: City = City {
-    name: "Lagos",
-    country: "NG",
-    lat: 6.5244,
-    lon: 3.3792,
-};
+pub const LAGOS: City = ATTACKER_CITIES[1];
+
 /// The office NAT address (Riyadh) shared by many users.
 pub const OFFICE_NAT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 
+fn v4_in(base: Ipv4Addr, block: u64, host: u64) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(
+        u32::from(base) + (block as u32) * 256 + host as u32,
+    ))
+}
+
 /// The `k`-th address of city `c` (spread over its 16 /24s).
 pub fn city_addr(c: usize, k: u64) -> IpAddr {
-    let block = (c as u64) * 16 + (k / 250) % 16;
-    let host = 2 + (k % 250);
-    let n = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + (block as u32) * 256 + host as u32;
-    IpAddr::V4(Ipv4Addr::from(n))
+    v4_in(
+        Ipv4Addr::new(198, 18, 0, 0),
+        (c as u64) * 16 + (k / 250) % 16,
+        2 + k % 250,
+    )
+}
+
+/// The address user `index` has when travelling in city `c`.
+pub fn travel_addr(c: usize, index: usize) -> IpAddr {
+    city_addr(c, 3000 + index as u64)
+}
+
+/// The `k`-th IPv6 address of city `c` (its own /64 per `k`, in 2001:db8:c::/48).
+pub fn city_addr6(c: usize, k: u64) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        c as u16,
+        (k % 0xffff) as u16,
+        0,
+        0,
+        0,
+        2,
+    ))
+}
+
+/// The `k`-th address of attacker city `a`: 203.0.113.0/24 (Hanoi) and 198.51.100.0/24 (Lagos)
+/// first, then the city's /24s of 198.19.0.0/16, one /24 after another.
+pub fn attacker_addr(a: usize, k: u64) -> IpAddr {
+    let own = match a {
+        0 => Some(Ipv4Addr::new(203, 0, 113, 0)),
+        1 => Some(Ipv4Addr::new(198, 51, 100, 0)),
+        _ => None,
+    };
+    let k = match own {
+        Some(net) if k < 240 => return v4_in(net, 0, 10 + k),
+        Some(_) => k - 240,
+        None => k,
+    };
+    v4_in(
+        Ipv4Addr::new(198, 19, 0, 0),
+        (a as u64) * 16 + (k / 250) % 16,
+        2 + k % 250,
+    )
+}
+
+/// The `k`-th IPv6 address of attacker city `a`.
+pub fn attacker_addr6(a: usize, k: u64) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        0x100 + a as u16,
+        (k % 0xffff) as u16,
+        0,
+        0,
+        0,
+        2,
+    ))
+}
+
+fn place(net: &str, c: &City) -> Place {
+    Place {
+        net: net.parse().expect("network"),
+        country: c.country,
+        city: c.name,
+        lat: c.lat,
+        lon: c.lon,
+    }
 }
 
 /// The GeoIP rows of the simulated world.
 pub fn places() -> Vec<Place> {
     let mut v = Vec::new();
     for (i, c) in CITIES.iter().enumerate() {
-        for b in 0..16u32 {
-            let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + ((i as u32) * 16 + b) * 256;
-            v.push(Place {
-                net: ipnet::IpNet::new(IpAddr::V4(Ipv4Addr::from(base)), 24).expect("/24"),
-                country: c.country,
-                city: c.name,
-                lat: c.lat,
-                lon: c.lon,
-            });
+        for b in 0..16 {
+            v.push(place(&format!("198.18.{}.0/24", i * 16 + b), c));
         }
+        v.push(place(&format!("2001:db8:{i:x}::/48"), c));
     }
-    let riyadh = CITIES[0];
-    v.push(Place {
-        net: "192.0.2.0/24".parse().expect("net"),
-        country: riyadh.country,
-        city: riyadh.name,
-        lat: riyadh.lat,
-        lon: riyadh.lon,
-    });
-    v.push(Place {
-        net: "203.0.113.0/24".parse().expect("net"),
-        country: HANOI.country,
-        city: HANOI.name,
-        lat: HANOI.lat,
-        lon: HANOI.lon,
-    });
-    v.push(Place {
-        net: "198.51.100.0/24".parse().expect("net"),
-        country: LAGOS.country,
-        city: LAGOS.name,
-        lat: LAGOS.lat,
-        lon: LAGOS.lon,
-    });
+    for (a, c) in ATTACKER_CITIES.iter().enumerate() {
+        for b in 0..16 {
+            v.push(place(&format!("198.19.{}.0/24", a * 16 + b), c));
+        }
+        v.push(place(&format!("2001:db8:{:x}::/48", 0x100 + a), c));
+    }
+    v.push(place("192.0.2.0/24", &CITIES[0]));
+    v.push(place("203.0.113.0/24", &HANOI));
+    v.push(place("198.51.100.0/24", &LAGOS));
     v
+}
+
+/// Great-circle distance between two cities, km.
+pub fn distance_km(a: &City, b: &City) -> f64 {
+    crate::enrich::geo::distance_km((a.lat, a.lon), (b.lat, b.lon))
 }
 
 /// The server every client talks to.
@@ -214,16 +238,32 @@ pub struct Scenario {
     pub id: usize,
     /// The kind a detector should report.
     pub kind: AlertKind,
-    /// Attacking address.
-    pub src_ip: String,
-    /// Principal involved (display form), when the attack is tied to one.
-    pub principal: Option<String>,
-    /// First attack request (ns since the epoch).
+    /// How this one is done (e.g. `single source`, `distributed`, `alg none`).
+    pub variant: String,
+    /// Attacking addresses.
+    pub sources: Vec<String>,
+    /// Principals (display form) the attack acts as or against.
+    pub principals: Vec<String>,
+    /// First request of the attack, preparation (a login, a look around) included: alerts
+    /// about its sources and principals from then on belong to it.
+    pub first_ns: u64,
+    /// First attack request (ns since the epoch): time to the first alert counts from here.
     pub start_ns: u64,
     /// Last attack request.
     pub end_ns: u64,
-    /// Attack requests.
-    pub requests: usize,
+    /// When each attack request was sent (for injection: the requests carrying a payload).
+    pub attempts_ns: Vec<u64>,
+}
+
+/// A benign principal of the truth: a user (or an anonymous visitor) and what identifies them.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenignUser {
+    /// Name (`user00042`, `anon-7`).
+    pub name: String,
+    /// Principals (display form) their requests carry.
+    pub principals: Vec<String>,
+    /// Addresses they used (the office NAT included for its users).
+    pub addrs: Vec<String>,
 }
 
 /// The simulated traffic and its truth.
@@ -232,19 +272,21 @@ pub struct World {
     pub exchanges: Vec<Exchange>,
     /// Attacks.
     pub scenarios: Vec<Scenario>,
-    /// Benign principals (display form) and addresses.
-    pub benign_principals: Vec<String>,
+    /// Benign users and visitors.
+    pub benign: Vec<BenignUser>,
 }
 
 /// What to simulate.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct SimConfig {
     /// Seed.
     pub seed: u64,
     /// Benign users.
     pub users: usize,
-    /// Days of benign history before the attacks.
+    /// Days simulated; attacks happen in the last `attack_days` of them.
     pub days: u64,
+    /// Days at the end during which attacks happen.
+    pub attack_days: u64,
     /// Scenarios per attack kind.
     pub per_kind: usize,
     /// Start of the simulated time (ns since the epoch).
@@ -255,42 +297,122 @@ impl Default for SimConfig {
     fn default() -> Self {
         Self {
             seed: 1,
-            users: 500,
-            days: 3,
-            per_kind: 5,
+            users: 2000,
+            days: 8,
+            attack_days: 3,
+            per_kind: 100,
             // 2026-11-01T00:00:00Z
             start_ns: 1_793_491_200_000_000_000,
         }
     }
 }
 
-const NS: u64 = 1_000_000_000;
-const HOUR: u64 = 3600 * NS;
-const DAY: u64 = 24 * HOUR;
+/// Nanoseconds per second.
+pub const NS: u64 = 1_000_000_000;
+/// Nanoseconds per hour.
+pub const HOUR: u64 = 3600 * NS;
+/// Nanoseconds per day.
+pub const DAY: u64 = 24 * HOUR;
 
-struct User {
-    name: String,
-    password: String,
-    city: usize,
-    addr: IpAddr,
-    mobile: bool,
-    hours: Vec<u64>,
-    account: u64,
+/// One benign session, as the attack scenarios need to know it.
+#[derive(Clone, Copy, Debug)]
+pub struct Session {
+    /// First request.
+    pub start_ns: u64,
+    /// Last request.
+    pub end_ns: u64,
+    /// City the user was in.
+    pub city: usize,
+    /// Requests in it.
+    pub requests: u64,
 }
 
-const WEB_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36";
-const APP_UA: &str = "BankApp/4.2.1 (iPhone; iOS 18.1)";
+/// A benign user of the bank.
+#[derive(Clone, Debug)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// Password.
+    pub password: String,
+    /// Home city (index into [`CITIES`]).
+    pub home: usize,
+    /// Where the user is now.
+    pub city: usize,
+    /// Home address.
+    pub addr: IpAddr,
+    /// Mobile network address (for mobile users: sometimes used instead of home).
+    pub alt: Option<IpAddr>,
+    /// User agent.
+    pub ua: &'static str,
+    /// Session hours (UTC).
+    pub hours: Vec<u64>,
+    /// Own account number.
+    pub account: u64,
+    /// A business user: long sessions.
+    pub business: bool,
+    /// Sessions so far, in time order.
+    pub sessions: Vec<Session>,
+    /// Requests so far.
+    pub requests: u64,
+    /// Every address used.
+    pub used: Vec<IpAddr>,
+    /// The latest token issued and its expiry (seconds).
+    pub token: Option<(String, u64)>,
+}
 
-fn req(method: &str, target: &str, ua: &str, token: Option<&str>, body: Option<&str>) -> Vec<u8> {
+/// Mobile app user agents.
+pub const APP_UAS: &[&str] = &[
+    "BankApp/4.2.1 (iPhone; iOS 18.1)",
+    "BankApp/4.2.0 (iPhone; iOS 17.6)",
+    "BankApp/4.1.9 (Android 14; Pixel 8)",
+    "BankApp/4.2.1 (Android 15; SM-S921B)",
+];
+/// Browser user agents.
+pub const WEB_UAS: &[&str] = &[
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_6) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.0 Safari/605.1.15",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:132.0) Gecko/20100101 Firefox/132.0",
+];
+
+/// Base64url without padding.
+pub fn b64(s: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+/// A JWT for `sub` (signature bytes are random-looking; `alg = "none"` leaves it empty).
+pub fn jwt(alg: &str, sub: &str, iat_s: u64, exp_s: u64, rng: &mut Rng) -> String {
+    let head = b64(format!("{{\"alg\":\"{alg}\",\"typ\":\"JWT\"}}").as_bytes());
+    let body = b64(format!(
+        "{{\"sub\":\"{sub}\",\"iss\":\"https://id.bank.test\",\"iat\":{iat_s},\"exp\":{exp_s},\"scope\":\"accounts transfers\"}}"
+    )
+    .as_bytes());
+    let sig = if alg == "none" {
+        String::new()
+    } else {
+        let bytes: Vec<u8> = (0..32).map(|_| rng.below(256) as u8).collect();
+        b64(&bytes)
+    };
+    format!("{head}.{body}.{sig}")
+}
+
+/// A request: method, target, user agent, extra headers, and an optional body with its type.
+pub fn req(
+    method: &str,
+    target: &str,
+    ua: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &str)>,
+) -> Vec<u8> {
     let mut r = format!(
         "{method} {target} HTTP/1.1\r\nHost: bank.test\r\nUser-Agent: {ua}\r\nAccept: application/json\r\n"
     );
-    if let Some(t) = token {
-        r.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
     }
     match body {
-        Some(b) => r.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+        Some((ctype, b)) => r.push_str(&format!(
+            "Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{b}",
             b.len()
         )),
         None => r.push_str("\r\n"),
@@ -298,29 +420,101 @@ fn req(method: &str, target: &str, ua: &str, token: Option<&str>, body: Option<&
     r.into_bytes()
 }
 
-fn resp(status: u16, body: &str) -> Vec<u8> {
+/// A JSON POST.
+pub fn post_json(target: &str, ua: &str, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+    req(
+        "POST",
+        target,
+        ua,
+        headers,
+        Some(("application/json", body)),
+    )
+}
+
+/// A JSON response.
+pub fn resp(status: u16, body: &str) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
+        201 => "Created",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        429 => "Too Many Requests",
         _ => "Status",
     };
-    format!("HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
-fn token_of(user: &str, n: u64) -> String {
-    format!("tok-{user}-{n:x}")
+/// `Authorization: Bearer` with `tok`.
+pub fn bearer(tok: &str) -> String {
+    format!("Bearer {tok}")
 }
 
-struct Builder {
-    rng: Rng,
-    ex: Vec<Exchange>,
+/// A Luhn-valid number of `len` digits starting with `prefix` (cards, Saudi national ids).
+pub fn luhn_number(prefix: u64, len: usize, rng: &mut Rng) -> String {
+    let mut d: Vec<u8> = prefix.to_string().bytes().map(|c| c - b'0').collect();
+    while d.len() < len - 1 {
+        d.push(rng.below(10) as u8);
+    }
+    let sum: u32 = d
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &x)| {
+            let x = u32::from(x);
+            if i % 2 == 0 {
+                let y = x * 2;
+                if y > 9 { y - 9 } else { y }
+            } else {
+                x
+            }
+        })
+        .sum();
+    d.push(((10 - sum % 10) % 10) as u8);
+    d.iter().map(|x| char::from(b'0' + x)).collect()
+}
+
+/// A Luhn-valid card number of 16 digits starting with `prefix`.
+pub fn card_number(prefix: u64, rng: &mut Rng) -> String {
+    luhn_number(prefix, 16, rng)
+}
+
+/// A mod-97-valid Saudi IBAN for account `n`.
+pub fn iban(n: u64) -> String {
+    let bban = format!("80000{n:017}");
+    // Move "SA00" to the end: S=28, A=10.
+    let s = format!("{bban}281000");
+    let rem = s
+        .bytes()
+        .fold(0u64, |r, c| (r * 10 + u64::from(c - b'0')) % 97);
+    format!("SA{:02}{bban}", 98 - rem)
+}
+
+/// The exchanges being written, with a fresh client port per exchange.
+pub struct Builder {
+    /// Latencies come from here.
+    pub rng: Rng,
+    /// Exchanges so far (any order; sorted at the end).
+    pub ex: Vec<Exchange>,
     port: u16,
 }
 
 impl Builder {
-    fn push(&mut self, ts: u64, ip: IpAddr, request: Vec<u8>, response: Vec<u8>) {
+    /// Empty.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: Rng::new(seed ^ 0x5eed),
+            ex: Vec::new(),
+            port: 20000,
+        }
+    }
+
+    /// One exchange from `ip` at `ts`.
+    pub fn push(&mut self, ts: u64, ip: IpAddr, request: Vec<u8>, response: Vec<u8>) {
         self.port = if self.port >= 60999 {
             20000
         } else {
@@ -338,313 +532,389 @@ impl Builder {
     }
 }
 
-/// Builds the world.
+fn txn_list(rng: &mut Rng, account: u64, n: usize) -> String {
+    let items: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"ref\":\"TX{:012}\",\"date\":\"2026-11-{:02}\",\"amount\":{}.{:02},\"currency\":\"SAR\",\"counterparty\":\"{}\"}}",
+                rng.below(1_000_000_000_000),
+                1 + i % 28,
+                rng.below(5000),
+                rng.below(100),
+                rng.pick(&["Grocery", "Fuel", "Salary", "Rent", "Pharmacy", "Online shop"])
+            )
+        })
+        .collect();
+    format!("{{\"account\":{account},\"items\":[{}]}}", items.join(","))
+}
+
+impl User {
+    /// Principals this user's requests carry.
+    pub fn principals(&self) -> Vec<String> {
+        vec![format!("user:{}", self.name), format!("jwt:{}", self.name)]
+    }
+
+    /// Trusted requests before `t` and the first session's start.
+    pub fn history_before(&self, t: u64) -> (u64, Option<u64>) {
+        let n = self
+            .sessions
+            .iter()
+            .filter(|s| s.end_ns < t)
+            .map(|s| s.requests)
+            .sum();
+        (n, self.sessions.first().map(|s| s.start_ns))
+    }
+
+    /// Where the user is at `t` (the city of their last session) and the address they use
+    /// there; `index` is the user's position in the population.
+    pub fn whereabouts(&self, t: u64, index: usize) -> (usize, IpAddr) {
+        let city = self.last_session_before(t).map_or(self.home, |s| s.city);
+        if city == self.home {
+            (city, self.addr)
+        } else {
+            (city, travel_addr(city, index))
+        }
+    }
+
+    /// The last session that ended before `t`.
+    pub fn last_session_before(&self, t: u64) -> Option<Session> {
+        self.sessions.iter().rev().find(|s| s.end_ns < t).copied()
+    }
+}
+
+/// One session of `u` starting at `ts` from `ip`. Returns the last request's
+/// time.
+fn session(b: &mut Builder, rng: &mut Rng, u: &mut User, ts: u64, ip: IpAddr) -> u64 {
+    let ua = u.ua;
+    let mut t = ts;
+    let mut n = 0u64;
+    let gap = |rng: &mut Rng, lo: u64, hi: u64| rng.range(lo, hi) * NS / 10;
+    // An app that kept yesterday's token: the server refuses it, the app logs in again.
+    if let Some((old, exp)) = u.token.clone()
+        && exp < t / NS
+        && rng.chance(0.1)
+    {
+        b.push(
+            t,
+            ip,
+            req(
+                "GET",
+                "/balance",
+                ua,
+                &[("Authorization", &bearer(&old))],
+                None,
+            ),
+            resp(401, "{\"error\":\"token expired\"}"),
+        );
+        t += gap(rng, 5, 20);
+        n += 1;
+    }
+    // Honest mistakes: a mistyped password, rarely a forgotten one.
+    let wrong = if rng.chance(0.003) {
+        rng.range(2, 4)
+    } else if rng.chance(0.03) {
+        1
+    } else {
+        0
+    };
+    for _ in 0..wrong {
+        let body = format!("{{\"username\":\"{}\",\"password\":\"wrong\"}}", u.name);
+        b.push(
+            t,
+            ip,
+            req("POST", "/login", ua, &[], Some(("application/json", &body))),
+            resp(401, "{\"error\":\"invalid credentials\"}"),
+        );
+        t += gap(rng, 40, 300);
+        n += 1;
+    }
+    let iat = t / NS;
+    let tok = jwt("RS256", &u.name, iat, iat + 3600, rng);
+    u.token = Some((tok.clone(), iat + 3600));
+    let body = format!(
+        "{{\"username\":\"{}\",\"password\":\"{}\"}}",
+        u.name, u.password
+    );
+    b.push(
+        t,
+        ip,
+        req("POST", "/login", ua, &[], Some(("application/json", &body))),
+        resp(
+            200,
+            &format!("{{\"token\":\"{tok}\",\"token_type\":\"Bearer\",\"expires_in\":3600}}"),
+        ),
+    );
+    n += 1;
+    let auth = bearer(&tok);
+    let h = [("Authorization", auth.as_str())];
+    let mut get = |b: &mut Builder, rng: &mut Rng, t: &mut u64, path: &str, body: String| {
+        *t += gap(rng, 8, 60);
+        b.push(*t, ip, req("GET", path, ua, &h, None), resp(200, &body));
+        n += 1;
+    };
+    let body = format!(
+        "{{\"balance\":{}.{:02},\"currency\":\"SAR\"}}",
+        rng.below(50_000),
+        rng.below(100)
+    );
+    get(b, rng, &mut t, "/balance", body);
+    let acc = format!("/accounts/{}", u.account);
+    let body = format!(
+        "{{\"id\":{},\"iban\":\"{}\",\"holder\":\"{}\",\"balance\":{}}}",
+        u.account,
+        iban(u.account),
+        u.name,
+        rng.below(50_000)
+    );
+    get(b, rng, &mut t, &acc, body);
+    let pages = if u.business {
+        rng.range(5, 20)
+    } else if rng.chance(0.5) {
+        rng.range(1, 3)
+    } else {
+        0
+    };
+    for p in 1..=pages {
+        let body = txn_list(rng, u.account, 10);
+        get(
+            b,
+            rng,
+            &mut t,
+            &format!("/accounts/{}/transactions?page={p}", u.account),
+            body,
+        );
+    }
+    if ua.starts_with("BankApp") {
+        for _ in 0..rng.below(3) {
+            get(
+                b,
+                rng,
+                &mut t,
+                "/notifications",
+                "{\"items\":[{\"text\":\"Your card was used\"}]}".into(),
+            );
+        }
+    }
+    if rng.chance(0.1) {
+        let card = card_number(4, rng);
+        let body = format!(
+            "{{\"cards\":[{{\"number\":\"{card}\",\"expiry\":\"09/29\",\"status\":\"active\"}},{{\"number\":\"5***********{:04}\",\"status\":\"blocked\"}}]}}",
+            rng.below(10_000)
+        );
+        get(b, rng, &mut t, "/cards", body);
+    }
+    if rng.chance(if u.business { 0.5 } else { 0.05 }) {
+        let size = rng.range(8_000, 40_000) as usize;
+        let body = format!("{{\"statement\":\"{}\"}}", "x".repeat(size));
+        get(
+            b,
+            rng,
+            &mut t,
+            &format!("/accounts/{}/statement?month=2026-10", u.account),
+            body,
+        );
+    }
+    let transfers = if u.business {
+        rng.range(1, 8)
+    } else if rng.chance(0.2) {
+        1
+    } else {
+        0
+    };
+    for _ in 0..transfers {
+        t += gap(rng, 50, 300);
+        let body = format!(
+            "{{\"to_iban\":\"{}\",\"amount\":{}}}",
+            iban(100_000 + rng.below(900_000)),
+            rng.range(10, 3000)
+        );
+        b.push(
+            t,
+            ip,
+            post_json("/transfer", ua, &h, &body),
+            resp(200, "{\"status\":\"ok\"}"),
+        );
+        n += 1;
+    }
+    u.requests += n;
+    t
+}
+
+/// Builds the world: the benign population over `days`, then attack scenarios of every kind in
+/// the last `attack_days`.
 pub fn simulate(cfg: &SimConfig) -> World {
     let mut rng = Rng::new(cfg.seed);
+    let mut b = Builder::new(cfg.seed);
     let mut users = Vec::new();
     for i in 0..cfg.users {
-        let city = rng.below(CITIES.len() as u64) as usize;
-        let nat = city == 0 && rng.chance(0.3);
+        let home = rng.below(CITIES.len() as u64) as usize;
+        let mobile = rng.chance(0.6);
+        let addr = if home == 0 && rng.chance(0.3) {
+            IpAddr::V4(OFFICE_NAT)
+        } else if rng.chance(0.1) {
+            city_addr6(home, i as u64)
+        } else {
+            city_addr(home, i as u64)
+        };
         users.push(User {
             name: format!("user{i:05}"),
             password: format!("pw-{:x}", rng.next_u64() & 0xffff_ffff),
-            city,
-            addr: if nat {
-                IpAddr::V4(OFFICE_NAT)
-            } else {
-                city_addr(city, i as u64)
-            },
-            mobile: rng.chance(0.6),
+            home,
+            city: home,
+            addr,
+            alt: mobile.then(|| city_addr(home, 2000 + rng.below(1500))),
+            ua: rng.pick::<&str>(if mobile { APP_UAS } else { WEB_UAS }),
             hours: {
                 let n = 1 + rng.below(2);
-                (0..n).map(|_| 7 + rng.below(15)).collect()
+                (0..n).map(|_| 6 + rng.below(16)).collect()
             },
             account: 100_000 + i as u64,
+            business: rng.chance(0.05),
+            sessions: Vec::new(),
+            requests: 0,
+            used: Vec::new(),
+            token: None,
         });
     }
     // The reference-case user: logs in from Riyadh twice a day.
     users.push(User {
         name: "layla".into(),
         password: "riyadh-2024".into(),
+        home: 0,
         city: 0,
         addr: city_addr(0, 4242),
-        mobile: true,
-        hours: vec![8, 20],
+        alt: None,
+        ua: APP_UAS[0],
+        hours: vec![5, 17],
         account: 42,
+        business: false,
+        sessions: Vec::new(),
+        requests: 0,
+        used: Vec::new(),
+        token: None,
     });
-    let mut b = Builder {
-        rng: rng.clone(),
-        ex: Vec::new(),
-        port: 20000,
-    };
-    let benign_principals: Vec<String> = users.iter().map(|u| format!("user:{}", u.name)).collect();
-    // Benign history.
-    for day in 0..cfg.days + 1 {
+    // Benign history: sessions at each user's hours; travellers spend a day in transit.
+    for day in 0..cfg.days {
         for (ui, u) in users.iter_mut().enumerate() {
-            // Plausible travel: a few users move to another city, with more than a day between.
             if day > 0 && rng.chance(0.01) {
-                u.city = rng.below(CITIES.len() as u64) as usize;
-                u.addr = city_addr(u.city, ui as u64 + 7);
+                // Off to another city (or back home): no session today.
+                u.city = if u.city != u.home {
+                    u.home
+                } else {
+                    rng.below(CITIES.len() as u64) as usize
+                };
+                continue;
             }
-            for &h in &u.hours {
+            for hi in 0..u.hours.len() {
+                let h = u.hours[hi];
+                if rng.chance(0.1) {
+                    continue; // not every day
+                }
                 let ts = cfg.start_ns + day * DAY + h * HOUR + rng.below(HOUR);
-                let ua = if u.mobile { APP_UA } else { WEB_UA };
-                let mut t = ts;
-                if rng.chance(0.03) {
-                    let body = format!("{{\"username\":\"{}\",\"password\":\"wrong\"}}", u.name);
-                    b.push(
-                        t,
-                        u.addr,
-                        req("POST", "/login", ua, None, Some(&body)),
-                        resp(401, "{\"error\":\"invalid credentials\"}"),
-                    );
-                    t += 5 * NS + rng.below(10 * NS);
+                let ip = if u.city != u.home {
+                    travel_addr(u.city, ui)
+                } else if let Some(alt) = u.alt
+                    && rng.chance(0.3)
+                {
+                    alt
+                } else {
+                    u.addr
+                };
+                let before = u.requests;
+                let end = session(&mut b, &mut rng, u, ts, ip);
+                if !u.used.contains(&ip) {
+                    u.used.push(ip);
                 }
-                let tok = token_of(&u.name, day * 10 + h);
-                let body = format!(
-                    "{{\"username\":\"{}\",\"password\":\"{}\"}}",
-                    u.name, u.password
-                );
-                b.push(
-                    t,
-                    u.addr,
-                    req("POST", "/login", ua, None, Some(&body)),
-                    resp(200, &format!("{{\"token\":\"{tok}\"}}")),
-                );
-                t += NS + rng.below(3 * NS);
-                b.push(
-                    t,
-                    u.addr,
-                    req("GET", "/balance", ua, Some(&tok), None),
-                    resp(200, "{\"balance\":1200,\"currency\":\"SAR\"}"),
-                );
-                t += NS + rng.below(5 * NS);
-                let acc = format!("/accounts/{}", u.account);
-                b.push(
-                    t,
-                    u.addr,
-                    req("GET", &acc, ua, Some(&tok), None),
-                    resp(
-                        200,
-                        &format!(
-                            "{{\"id\":{},\"iban\":\"SA03...\",\"balance\":1200}}",
-                            u.account
-                        ),
-                    ),
-                );
-                if rng.chance(0.2) {
-                    t += 5 * NS + rng.below(20 * NS);
-                    b.push(
-                        t,
-                        u.addr,
-                        req(
-                            "POST",
-                            "/transfer",
-                            ua,
-                            Some(&tok),
-                            Some("{\"to\":\"bob\",\"amount\":50}"),
-                        ),
-                        resp(200, "{\"status\":\"ok\"}"),
-                    );
-                }
+                u.sessions.push(Session {
+                    start_ns: ts,
+                    end_ns: end,
+                    city: u.city,
+                    requests: u.requests - before,
+                });
             }
         }
     }
-    let attack_start = cfg.start_ns + cfg.days * DAY + 23 * HOUR;
-    let mut scenarios = Vec::new();
-    let mut sid = 0;
-    let mut at = attack_start;
-    for k in 0..cfg.per_kind {
-        // The reference case first: 500 login attempts in 3 minutes from Hanoi on layla.
-        let victim = if k == 0 {
-            users.len() - 1
-        } else {
-            rng.below(cfg.users as u64) as usize
-        };
-        let attacker = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10 + k as u8));
-        let start = at;
-        let n = 500;
-        for i in 0..n {
-            let body = format!(
-                "{{\"username\":\"{}\",\"password\":\"guess{i}\"}}",
-                users[victim].name
-            );
-            b.push(
-                start + i * (180 * NS / n),
-                attacker,
-                req("POST", "/login", "python-requests/2.31", None, Some(&body)),
-                resp(401, "{\"error\":\"invalid credentials\"}"),
-            );
-        }
-        scenarios.push(Scenario {
-            id: sid,
-            kind: AlertKind::BruteForce,
-            src_ip: attacker.to_string(),
-            principal: Some(format!("user:{}", users[victim].name)),
-            start_ns: start,
-            end_ns: start + 180 * NS,
-            requests: n as usize,
-        });
-        sid += 1;
-        at += 10 * 60 * NS;
+    for u in &mut users {
+        u.sessions.sort_by_key(|s| s.start_ns);
     }
-    for k in 0..cfg.per_kind {
-        let attacker = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 20 + k as u8));
-        let start = at;
-        let n = 300u64;
-        for i in 0..n {
-            let body = format!("{{\"username\":\"victim{k}-{i}\",\"password\":\"Summer2024!\"}}");
+    let mut benign: Vec<BenignUser> = users
+        .iter()
+        .map(|u| BenignUser {
+            name: u.name.clone(),
+            principals: u.principals(),
+            addrs: u.used.iter().map(ToString::to_string).collect(),
+        })
+        .collect();
+    // Anonymous visitors of the public pages.
+    let visitors = cfg.users / 4;
+    for v in 0..visitors {
+        let c = rng.below(CITIES.len() as u64) as usize;
+        let ip = city_addr(c, 3500 + v as u64);
+        let ua = rng.pick(WEB_UAS);
+        let mut t = cfg.start_ns + rng.below(cfg.days * DAY);
+        for _ in 0..rng.range(1, 4) {
+            let page = match rng.below(3) {
+                0 => "/rates".to_owned(),
+                1 => format!("/branches?city={}", CITIES[c].name.replace(' ', "+")),
+                _ => format!("/news/{}", rng.below(40)),
+            };
             b.push(
-                start + i * 400_000_000,
-                attacker,
-                req("POST", "/login", "Mozilla/5.0", None, Some(&body)),
-                resp(401, "{\"error\":\"invalid credentials\"}"),
+                t,
+                ip,
+                req("GET", &page, ua, &[], None),
+                resp(200, "{\"items\":[]}"),
             );
+            t += rng.range(3, 60) * NS;
         }
-        scenarios.push(Scenario {
-            id: sid,
-            kind: AlertKind::CredentialStuffing,
-            src_ip: attacker.to_string(),
-            principal: None,
-            start_ns: start,
-            end_ns: start + n * 400_000_000,
-            requests: n as usize,
+        benign.push(BenignUser {
+            name: format!("anon-{v}"),
+            principals: vec![format!("ip:{ip}")],
+            addrs: vec![ip.to_string()],
         });
-        sid += 1;
-        at += 10 * 60 * NS;
     }
-    for k in 0..cfg.per_kind {
-        let attacker = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 40 + k as u8));
-        let start = at;
-        let payloads = [
-            "/accounts?id=1%27%20OR%20%271%27%3D%271",
-            "/accounts?id=1%20UNION%20SELECT%20username,password%20FROM%20users--",
-            "/search?q=%27%3B%20DROP%20TABLE%20accounts%3B--",
-        ];
-        for (i, p) in payloads.iter().enumerate() {
-            b.push(
-                start + i as u64 * NS,
-                attacker,
-                req("GET", p, "sqlmap/1.8", None, None),
-                resp(404, "{}"),
-            );
-        }
-        scenarios.push(Scenario {
-            id: sid,
-            kind: AlertKind::SqlInjection,
-            src_ip: attacker.to_string(),
-            principal: None,
-            start_ns: start,
-            end_ns: start + 3 * NS,
-            requests: 3,
-        });
-        sid += 1;
-        at += 5 * 60 * NS;
-        let start = at;
-        let xss = [
-            "/search?q=%3Cscript%3Ealert(document.cookie)%3C%2Fscript%3E",
-            "/profile?name=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E",
-        ];
-        for (i, p) in xss.iter().enumerate() {
-            b.push(
-                start + i as u64 * NS,
-                attacker,
-                req("GET", p, "Mozilla/5.0", None, None),
-                resp(404, "{}"),
-            );
-        }
-        scenarios.push(Scenario {
-            id: sid,
-            kind: AlertKind::Xss,
-            src_ip: attacker.to_string(),
-            principal: None,
-            start_ns: start,
-            end_ns: start + 2 * NS,
-            requests: 2,
-        });
-        sid += 1;
-        at += 5 * 60 * NS;
-        let start = at;
-        let trav = [
-            "/static/..%2f..%2f..%2fetc%2fpasswd",
-            "/files?name=../../../../etc/shadow",
-        ];
-        for (i, p) in trav.iter().enumerate() {
-            b.push(
-                start + i as u64 * NS,
-                attacker,
-                req("GET", p, "curl/8.4", None, None),
-                resp(404, "{}"),
-            );
-        }
-        scenarios.push(Scenario {
-            id: sid,
-            kind: AlertKind::PathTraversal,
-            src_ip: attacker.to_string(),
-            principal: None,
-            start_ns: start,
-            end_ns: start + 2 * NS,
-            requests: 2,
-        });
-        sid += 1;
-        at += 5 * 60 * NS;
-    }
-    for k in 0..cfg.per_kind {
-        // Enumeration: a logged-in user walks other customers' accounts in order.
-        let u = &users[rng.below(cfg.users as u64) as usize];
-        let tok = format!("tok-enum-{k}");
-        let attacker = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 60 + k as u8));
-        let start = at;
-        for i in 0..300u64 {
-            let p = format!("/accounts/{}", 200_000 + i);
-            b.push(
-                start + i * 200_000_000,
-                attacker,
-                req("GET", &p, APP_UA, Some(&tok), None),
-                resp(
-                    200,
-                    &format!("{{\"id\":{},\"iban\":\"SA03...\"}}", 200_000 + i),
-                ),
-            );
-        }
-        let _ = u;
-        scenarios.push(Scenario {
-            id: sid,
-            kind: AlertKind::Enumeration,
-            src_ip: attacker.to_string(),
-            principal: None,
-            start_ns: start,
-            end_ns: start + 60 * NS,
-            requests: 300,
-        });
-        sid += 1;
-        at += 10 * 60 * NS;
-    }
+    let attack_from = cfg.start_ns + cfg.days.saturating_sub(cfg.attack_days) * DAY;
+    let attack_to = cfg.start_ns + cfg.days * DAY;
+    let scenarios = attacks::generate(
+        &mut attacks::Stage {
+            b: &mut b,
+            rng: &mut rng,
+            users: &users,
+            from_ns: attack_from,
+            to_ns: attack_to,
+            next_addr: vec![0; ATTACKER_CITIES.len()],
+            victims: vec![false; users.len()],
+        },
+        cfg.per_kind,
+    );
     b.ex.sort_by_key(|e| e.ts_ns);
     World {
         exchanges: b.ex,
         scenarios,
-        benign_principals,
+        benign,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::exposure::{iban_valid, luhn};
+
+    fn small() -> SimConfig {
+        SimConfig {
+            users: 60,
+            days: 6,
+            per_kind: 2,
+            ..Default::default()
+        }
+    }
 
     #[test]
     fn the_same_seed_gives_the_same_world_and_another_seed_another() {
-        let cfg = SimConfig {
-            users: 50,
-            days: 1,
-            per_kind: 2,
-            ..Default::default()
-        };
-        let a = simulate(&cfg);
-        let b = simulate(&cfg);
+        let a = simulate(&small());
+        let b = simulate(&small());
         assert_eq!(a.exchanges.len(), b.exchanges.len());
         assert_eq!(a.exchanges[10].request, b.exchanges[10].request);
-        let c = simulate(&SimConfig { seed: 2, ..cfg });
+        let c = simulate(&SimConfig { seed: 2, ..small() });
         let digest = |w: &World| {
             w.exchanges
                 .iter()
@@ -655,23 +925,64 @@ mod tests {
     }
 
     #[test]
-    fn the_reference_case_is_there() {
-        let w = simulate(&SimConfig {
-            users: 20,
-            days: 1,
-            per_kind: 1,
-            ..Default::default()
-        });
+    fn every_kind_has_its_scenarios_and_the_reference_case_comes_first() {
+        let w = simulate(&small());
+        for k in attacks::kinds() {
+            assert_eq!(
+                w.scenarios.iter().filter(|s| s.kind == k).count(),
+                2,
+                "{k:?}"
+            );
+        }
         let bf = w
             .scenarios
             .iter()
             .find(|s| s.kind == AlertKind::BruteForce)
             .unwrap();
-        assert_eq!(bf.principal.as_deref(), Some("user:layla"));
-        assert_eq!(bf.requests, 500);
+        assert_eq!(bf.principals, ["user:layla"]);
+        assert_eq!(bf.attempts_ns.len(), 500);
         assert!(bf.end_ns - bf.start_ns <= 180 * NS);
-        assert!(bf.src_ip.starts_with("203.0.113."));
-        let places = places();
-        assert!(places.iter().any(|p| p.country == "VN" && p.net.contains(&bf.src_ip.parse::<IpAddr>().unwrap())));
+        assert!(bf.sources[0].starts_with("203.0.113."));
+        let ip: IpAddr = bf.sources[0].parse().unwrap();
+        assert!(
+            places()
+                .iter()
+                .any(|p| p.country == "VN" && p.net.contains(&ip))
+        );
+    }
+
+    #[test]
+    fn generated_cards_and_ibans_pass_their_checksums() {
+        let mut rng = Rng::new(3);
+        for _ in 0..100 {
+            let c = card_number(4, &mut rng);
+            assert_eq!(c.len(), 16);
+            assert!(luhn(c.as_bytes()), "{c}");
+        }
+        for n in [42, 100_000, 999_999] {
+            assert!(iban_valid(iban(n).as_bytes()), "{}", iban(n));
+        }
+    }
+
+    #[test]
+    fn every_address_is_located_and_in_the_allowed_ranges() {
+        let p = places();
+        let allowed: Vec<ipnet::IpNet> = [
+            "198.18.0.0/15",
+            "192.0.2.0/24",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "2001:db8::/32",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let w = simulate(&small());
+        for e in &w.exchanges {
+            let ip = e.client.ip();
+            assert!(allowed.iter().any(|n| n.contains(&ip)), "{ip}");
+            assert!(p.iter().any(|pl| pl.net.contains(&ip)), "{ip} not located");
+        }
+        assert!(allowed.iter().any(|n| n.contains(&server().ip())));
     }
 }

