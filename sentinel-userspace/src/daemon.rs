@@ -157,10 +157,21 @@ fn load_policy(config: &Config) -> anyhow::Result<(Policy, String)> {
     }
 }
 
-/// Checks what the user gave before anything is loaded: the policy file parses and validates,
-/// and the GeoIP databases open (only read when capture feeds the models). The error says which
-/// file, line and reason.
-pub fn preflight(config: &Config, geoip: &[PathBuf]) -> Result<(), String> {
+/// Checks what the user gave before anything is loaded: every interface exists (a misspelt one
+/// would otherwise fail only after the maps were created and pinned), the policy file parses and
+/// validates, and the GeoIP databases open (only read when capture feeds the models). The error
+/// says which interface, or which file, line and reason.
+pub fn preflight(ifaces: &[String], config: &Config, geoip: &[PathBuf]) -> Result<(), String> {
+    for iface in ifaces {
+        let name = std::ffi::CString::new(iface.as_str())
+            .map_err(|_| format!("{iface:?} is not a valid interface name"))?;
+        // SAFETY: a valid NUL-terminated string; if_nametoindex only reads it.
+        if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+            return Err(format!(
+                "interface {iface} does not exist (in this network namespace)"
+            ));
+        }
+    }
     load_policy(config).map_err(|e| format!("{e:#}"))?;
     if !config.capture.http_ports.is_empty() {
         let mut files = config.geoip.files.clone();
@@ -441,5 +452,21 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received"),
         _ = int.recv() => info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preflight_names_a_missing_interface_before_anything_is_loaded() {
+        let config = Config::default();
+        assert_eq!(preflight(&["lo".into()], &config, &[]), Ok(()));
+        let err = preflight(&["lo".into(), "snt-nosuch0".into()], &config, &[]).unwrap_err();
+        assert!(
+            err.contains("snt-nosuch0") && err.contains("does not exist"),
+            "{err}"
+        );
     }
 }

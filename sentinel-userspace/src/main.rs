@@ -57,7 +57,7 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             if let Some(snap) = args.snap_len {
                 config.capture.snap_len = snap;
             }
-            daemon::preflight(&config, &args.geoip_db).map_err(CliError::input)?;
+            daemon::preflight(&args.iface, &config, &args.geoip_db).map_err(CliError::input)?;
             daemon::run(RunOptions {
                 ifaces: args.iface,
                 config,
