@@ -267,6 +267,7 @@ impl Worker {
             "principals": e.profiles,
             "linked_credentials": e.links,
             "sessions_tracked": self.book.len(),
+            "sessions_bytes": self.book.bytes(),
             "templates": a.templates,
             "memory_bytes": e.memory_bytes,
         });
