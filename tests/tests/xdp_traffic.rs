@@ -11,7 +11,7 @@ use std::{
 
 use sentinel_common::{bucket_new, bucket_take};
 use sentinel_tests::{
-    Daemon, Topology,
+    Daemon, TempDir, Topology,
     netns::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
     traffic::{Sink, send_paced, send_udp},
 };
@@ -20,9 +20,10 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// Fields drop in order: the daemon is killed and unloaded before its namespaces go.
 struct Setup {
-    topo: Topology,
     daemon: Daemon,
+    topo: Topology,
 }
 
 fn setup(extra_clients: &[&str]) -> Setup {
@@ -32,7 +33,7 @@ fn setup(extra_clients: &[&str]) -> Setup {
         topo.add_client_addr(ip(c)).unwrap();
     }
     let daemon = Daemon::start(&topo.server, &[&topo.server_if], &[]).unwrap();
-    Setup { topo, daemon }
+    Setup { daemon, topo }
 }
 
 /// An IPv4 and an IPv6 UDP sink on one port of the server.
@@ -394,8 +395,7 @@ fn map_entries(d: &Daemon, name: &str) -> u64 {
 fn bulk_lists_load_and_a_bad_line_loads_nothing() {
     let s = setup(&[]);
     warm_neighbours(&s);
-    let dir = std::env::temp_dir().join(format!("sentinel-bulk-{}", sentinel_tests::unique_id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("sentinel-bulk").unwrap();
     let good = dir.join("good.txt");
     let mut text = String::from("# generated\n");
     for i in 0..60_000u32 {
@@ -438,7 +438,6 @@ fn bulk_lists_load_and_a_bad_line_loads_nothing() {
         100_000,
         "nothing of the bad file was loaded"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
