@@ -231,7 +231,7 @@ pub struct AddOpts {
     /// Why (kept with the entry, shown by `list`).
     #[arg(long)]
     pub reason: Option<String>,
-    /// Count would-drops and pass instead of dropping.
+    /// Count would-drops and pass instead of dropping (block and throttle only).
     #[arg(long)]
     pub shadow: bool,
 }
@@ -441,6 +441,7 @@ fn add_request(opts: &AddOpts, throttle: Option<ThrottleSpec>) -> Result<AddRequ
 }
 
 async fn add(conn: &Conn, kind: ListKind, req: AddRequest) -> Result<(), CliError> {
+    lists::check_options(kind, &req).map_err(|e| CliError::input(e.to_string()))?;
     let resp: AddResponse = Client::new(&conn.socket)
         .post(&format!("/v1/lists/{}", kind.as_str()), &req)
         .await?;

@@ -148,6 +148,19 @@ fn live(expires_ns: u64, now: u64) -> bool {
     expires_ns == 0 || now < expires_ns
 }
 
+/// Checks an add request's options against its list before anything is written (the CLI runs
+/// it too, so bad options are bad input with or without a daemon): a throttle needs a valid rate
+/// and burst and only a throttle takes them; `shadow` applies to the lists that drop.
+pub fn check_options(kind: ListKind, req: &AddRequest) -> Result<Option<ThrottleSpec>, ListError> {
+    if kind == ListKind::Allow && req.shadow {
+        return Err(ListError::BadRequest(
+            "--shadow applies to block and throttle entries; an allow entry never drops anything"
+                .into(),
+        ));
+    }
+    check_throttle(req.throttle, kind)
+}
+
 fn check_throttle(
     spec: Option<ThrottleSpec>,
     kind: ListKind,
@@ -192,7 +205,7 @@ fn capacity(map: &MapData) -> Result<u32, DatapathError> {
 /// none is.
 pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddResponse, ListError> {
     let targets = parse_targets(&req.targets)?;
-    let throttle = check_throttle(req.throttle, kind)?;
+    let throttle = check_options(kind, req)?;
     if let (Some(_), Some(agg)) = (throttle, req.throttle.and_then(|t| t.aggregate)) {
         for t in &targets {
             let max = if t.is_v4() { 32 } else { 128 };
@@ -690,6 +703,12 @@ mod tests {
         assert!(check_throttle(Some(zero), ListKind::Throttle).is_err());
         let no_burst = ThrottleSpec { burst: 0, ..ok };
         assert!(check_throttle(Some(no_burst), ListKind::Throttle).is_err());
+        let shadow = AddRequest {
+            shadow: true,
+            ..Default::default()
+        };
+        assert!(check_options(ListKind::Allow, &shadow).is_err());
+        assert!(check_options(ListKind::Block, &shadow).is_ok());
     }
 
     #[test]
