@@ -365,16 +365,16 @@ async fn alerts(
     Query(q): Query<AlertsQuery>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     blocking(&state, move |s| {
-        let mut all = s.alert_log.read_all().map_err(internal)?;
-        if let Some(since) = &q.since {
-            // RFC 3339 UTC stamps of one fixed format sort as strings.
-            all.retain(|a| a["ts"].as_str().is_some_and(|t| t >= since.as_str()));
-        }
         let limit = q.limit.unwrap_or(1000);
-        if all.len() > limit {
-            all.drain(..all.len() - limit);
-        }
-        Ok(Json(all))
+        let since = q.since.as_deref();
+        // RFC 3339 UTC stamps of one fixed format sort as strings.
+        let recent = s
+            .alert_log
+            .last(limit, |a| {
+                since.is_none_or(|since| a["ts"].as_str().is_some_and(|t| t >= since))
+            })
+            .map_err(internal)?;
+        Ok(Json(recent))
     })
     .await
 }
@@ -421,16 +421,12 @@ async fn explain(
                     verdict: lists::verdict_of(&maps, &k).to_owned(),
                 });
         }
-        let mut alerts: Vec<serde_json::Value> = s
+        let alerts = s
             .alert_log
-            .read_all()
-            .map_err(internal)?
-            .into_iter()
-            .filter(|a| a["src_ip"] == target.as_str() || a["principal"] == target.as_str())
-            .collect();
-        if alerts.len() > 20 {
-            alerts.drain(..alerts.len() - 20);
-        }
+            .last(20, |a| {
+                a["src_ip"] == target.as_str() || a["principal"] == target.as_str()
+            })
+            .map_err(internal)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
