@@ -55,8 +55,6 @@ pub struct RunOptions {
     pub pin_dir: PathBuf,
     /// The configuration file, re-read on SIGHUP for the policy (none: the built-in policy).
     pub config_path: Option<PathBuf>,
-    /// GeoIP databases given on the command line (searched after the config's).
-    pub geoip: Vec<PathBuf>,
 }
 
 /// The live end of the capture: segments from the ring buffer through reassembly and HTTP into
@@ -157,11 +155,23 @@ fn load_policy(config: &Config) -> anyhow::Result<(Policy, String)> {
     }
 }
 
+/// What [`preflight`] checked and loaded, handed to [`run`] so that nothing is read twice.
+pub struct Prepared {
+    policy: Policy,
+    policy_source: String,
+    /// The enrichment and models, when capture feeds them.
+    analyzer: Option<Analyzer>,
+}
+
 /// Checks what the user gave before anything is loaded: every interface exists (a misspelt one
 /// would otherwise fail only after the maps were created and pinned), the policy file parses and
 /// validates, and the GeoIP databases open (only read when capture feeds the models). The error
 /// says which interface, or which file, line and reason.
-pub fn preflight(ifaces: &[String], config: &Config, geoip: &[PathBuf]) -> Result<(), String> {
+pub fn preflight(
+    ifaces: &[String],
+    config: &Config,
+    geoip: &[PathBuf],
+) -> Result<Prepared, String> {
     for iface in ifaces {
         let name = std::ffi::CString::new(iface.as_str())
             .map_err(|_| format!("{iface:?} is not a valid interface name"))?;
@@ -172,13 +182,19 @@ pub fn preflight(ifaces: &[String], config: &Config, geoip: &[PathBuf]) -> Resul
             ));
         }
     }
-    load_policy(config).map_err(|e| format!("{e:#}"))?;
-    if !config.capture.http_ports.is_empty() {
+    let (policy, policy_source) = load_policy(config).map_err(|e| format!("{e:#}"))?;
+    let analyzer = if config.capture.http_ports.is_empty() {
+        None
+    } else {
         let mut files = config.geoip.files.clone();
         files.extend(geoip.iter().cloned());
-        Analyzer::new(&config.enrich, &config.models, &files).map_err(|e| e.to_string())?;
-    }
-    Ok(())
+        Some(Analyzer::new(&config.enrich, &config.models, &files).map_err(|e| e.to_string())?)
+    };
+    Ok(Prepared {
+        policy,
+        policy_source,
+        analyzer,
+    })
 }
 
 fn policy_info(policy: &Policy, source: &str) -> serde_json::Value {
@@ -198,22 +214,16 @@ fn policy_info(policy: &Policy, source: &str) -> serde_json::Value {
     })
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT, with what [`preflight`] checked and loaded from the
+/// same options (everything that can be wrong with the input is found before the kernel is
+/// touched).
+pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     let started = Instant::now();
-    // Everything that can be wrong with the input is checked before the kernel is touched.
-    let (policy, policy_source) = load_policy(&opts.config)?;
-    let capture_on = !opts.config.capture.http_ports.is_empty();
-    let analyzer = if capture_on {
-        let mut geoip = opts.config.geoip.files.clone();
-        geoip.extend(opts.geoip.iter().cloned());
-        Some(
-            Analyzer::new(&opts.config.enrich, &opts.config.models, &geoip)
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        )
-    } else {
-        None
-    };
+    let Prepared {
+        policy,
+        policy_source,
+        analyzer,
+    } = prepared;
     let load = LoadOptions {
         sizes: opts.config.maps.clone(),
         ring_bytes: opts.config.capture.ring_bytes,
@@ -462,8 +472,10 @@ mod tests {
     #[test]
     fn preflight_names_a_missing_interface_before_anything_is_loaded() {
         let config = Config::default();
-        assert_eq!(preflight(&["lo".into()], &config, &[]), Ok(()));
-        let err = preflight(&["lo".into(), "snt-nosuch0".into()], &config, &[]).unwrap_err();
+        assert!(preflight(&["lo".into()], &config, &[]).is_ok());
+        let Err(err) = preflight(&["lo".into(), "snt-nosuch0".into()], &config, &[]) else {
+            panic!("a missing interface passed");
+        };
         assert!(
             err.contains("snt-nosuch0") && err.contains("does not exist"),
             "{err}"
