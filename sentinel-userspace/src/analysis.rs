@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     analyze::Analyzer,
+    clock::unix_ns,
     http::Transaction,
     models::Alert,
     verdict::{lists::Flow, responder::AlertEvent, sessions::SessionBook},
@@ -127,13 +128,6 @@ impl AnalysisQueue {
     }
 }
 
-fn now_unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
 /// Starts the analysis thread. Alerts go to `alerts` (waiting when the responder is behind:
 /// alerts are never dropped, transactions are).
 pub fn spawn(
@@ -192,7 +186,7 @@ impl Worker {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let mut out = std::mem::take(&mut self.scratch);
-                    self.analyzer.tick(now_unix_ns(), &mut out);
+                    self.analyzer.tick(unix_ns(), &mut out);
                     let ok = self.send(&mut out, None);
                     self.scratch = out;
                     if !ok {
@@ -229,7 +223,7 @@ impl Worker {
         ok &= self.send(&mut out, Some(flow));
         self.scratch = out;
         self.shared.analysed.fetch_add(1, Ordering::Relaxed);
-        let lag = now_unix_ns().saturating_sub(done_ns) as f64 / 1e9;
+        let lag = unix_ns().saturating_sub(done_ns) as f64 / 1e9;
         self.shared.lag.observe(lag);
         *self.shared.last_lag_s.lock().expect("lag lock") = lag;
         ok

@@ -198,10 +198,6 @@ pub fn preflight(
 }
 
 fn policy_info(policy: &Policy, source: &str) -> serde_json::Value {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
     serde_json::json!({
         "source": source,
         "mode": match policy.mode {
@@ -209,7 +205,7 @@ fn policy_info(policy: &Policy, source: &str) -> serde_json::Value {
             PolicyMode::Shadow => "shadow",
         },
         "rules": policy.rules.len(),
-        "loaded_at": crate::models::alert::rfc3339(now),
+        "loaded_at": crate::models::alert::rfc3339(crate::clock::unix_ns()),
         "last_error": null,
     })
 }
