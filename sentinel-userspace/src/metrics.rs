@@ -35,7 +35,7 @@ use sentinel_common::Reason;
 
 use crate::{
     capture::live::consumer_counters,
-    control::server::{ControlState, map_fills},
+    control::server::{ControlState, map_fills_of},
     models::{Action, AlertKind},
 };
 
@@ -85,9 +85,18 @@ fn action_name(a: Action) -> String {
 impl Collector for DaemonCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
+        use sentinel_common::names;
+        let lists: [(&str, &[&str]); 4] = [
+            ("block", &[names::BLOCK_HASH, names::BLOCK_LPM]),
+            ("throttle", &[names::THROTTLE_HASH, names::THROTTLE_LPM]),
+            ("flow_kill", &[names::FLOW_KILL]),
+            ("allow", &[names::ALLOW_HASH, names::ALLOW_LPM]),
+        ];
         let (kernel, fills) = {
+            // Only the verdict maps are counted: the responder waits for this lock.
             let maps = s.maps.lock().expect("maps lock");
-            (maps.counters().ok(), map_fills(&maps).ok())
+            let wanted = |n: &str| lists.iter().any(|(_, maps)| maps.contains(&n));
+            (maps.counters().ok(), map_fills_of(&maps, wanted).ok())
         };
         if let Some(c) = kernel {
             let pairs: Vec<_> = Reason::ALL.iter().zip(c).collect();
@@ -120,18 +129,9 @@ impl Collector for DaemonCollector {
                     .map(|f| f.entries as i64)
                     .sum()
             };
-            use sentinel_common::names;
-            for (list, n) in [
-                ("block", count(&[names::BLOCK_HASH, names::BLOCK_LPM])),
-                (
-                    "throttle",
-                    count(&[names::THROTTLE_HASH, names::THROTTLE_LPM]),
-                ),
-                ("flow_kill", count(&[names::FLOW_KILL])),
-                ("allow", count(&[names::ALLOW_HASH, names::ALLOW_LPM])),
-            ] {
+            for (list, names) in lists {
                 let labels = [("list", list)];
-                ConstGauge::new(n).encode(m.encode_family(&labels)?)?;
+                ConstGauge::new(count(names)).encode(m.encode_family(&labels)?)?;
             }
         }
         let (ring_lost, decode_errors) = match &s.capture {

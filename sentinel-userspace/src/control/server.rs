@@ -188,12 +188,27 @@ fn capture_report(c: &CaptureState) -> Result<CaptureReport, ApiError> {
 
 /// Entries and capacity of every map.
 pub fn map_fills(maps: &Maps) -> Result<Vec<MapFill>, crate::datapath::DatapathError> {
+    map_fills_of(maps, |_| true)
+}
+
+/// Entries and capacity of the maps whose names `want` accepts. Counting walks a map's entries,
+/// so a caller that holds the maps lock counts only what it shows (the metrics skip the sources
+/// and buckets, a few hundred thousand entries each).
+pub fn map_fills_of(
+    maps: &Maps,
+    want: impl Fn(&str) -> bool,
+) -> Result<Vec<MapFill>, crate::datapath::DatapathError> {
     use aya::maps::IterableMap;
     use sentinel_common::{AddrKey, BucketKey, BucketState, FlowKey, RuleValue, ThrottleRule};
-    let fill = |name: &str,
-                data: &aya::maps::MapData,
-                entries: usize|
-     -> Result<MapFill, crate::datapath::DatapathError> {
+    type Count<'a> = &'a dyn Fn() -> Result<usize, crate::datapath::DatapathError>;
+    let mut out = Vec::new();
+    let mut fill = |name: &str,
+                    data: &aya::maps::MapData,
+                    count: Count<'_>|
+     -> Result<(), crate::datapath::DatapathError> {
+        if !want(name) {
+            return Ok(());
+        }
         let max = data
             .info()
             .map_err(|source| crate::datapath::DatapathError::Map {
@@ -201,60 +216,42 @@ pub fn map_fills(maps: &Maps) -> Result<Vec<MapFill>, crate::datapath::DatapathE
                 source,
             })?
             .max_entries();
-        Ok(MapFill {
+        out.push(MapFill {
             name: name.to_owned(),
-            entries,
+            entries: count()?,
             max_entries: max,
-        })
+        });
+        Ok(())
     };
     let rv = size_of::<RuleValue>();
-    Ok(vec![
-        fill(
-            names::SOURCES,
-            maps.sources.map(),
-            maps.sources.keys().count(),
-        )?,
-        fill(
-            names::ALLOW_HASH,
-            maps.allow_hash.map(),
-            Maps::count_hash::<AddrKey>(maps.allow_hash.map(), rv)?,
-        )?,
-        fill(
-            names::ALLOW_LPM,
-            maps.allow_lpm.map(),
-            maps.allow_lpm.keys().count(),
-        )?,
-        fill(
-            names::BLOCK_HASH,
-            maps.block_hash.map(),
-            Maps::count_hash::<AddrKey>(maps.block_hash.map(), rv)?,
-        )?,
-        fill(
-            names::BLOCK_LPM,
-            maps.block_lpm.map(),
-            maps.block_lpm.keys().count(),
-        )?,
-        fill(
-            names::THROTTLE_HASH,
-            maps.throttle_hash.map(),
-            Maps::count_hash::<AddrKey>(maps.throttle_hash.map(), size_of::<ThrottleRule>())?,
-        )?,
-        fill(
-            names::THROTTLE_LPM,
-            maps.throttle_lpm.map(),
-            maps.throttle_lpm.keys().count(),
-        )?,
-        fill(
-            names::BUCKETS,
-            maps.buckets.map(),
-            Maps::count_hash::<BucketKey>(maps.buckets.map(), size_of::<BucketState>())?,
-        )?,
-        fill(
-            names::FLOW_KILL,
-            maps.flow_kill.map(),
-            Maps::count_hash::<FlowKey>(maps.flow_kill.map(), rv)?,
-        )?,
-    ])
+    fill(names::SOURCES, maps.sources.map(), &|| {
+        Ok(maps.sources.keys().count())
+    })?;
+    fill(names::ALLOW_HASH, maps.allow_hash.map(), &|| {
+        Maps::count_hash::<AddrKey>(maps.allow_hash.map(), rv)
+    })?;
+    fill(names::ALLOW_LPM, maps.allow_lpm.map(), &|| {
+        Ok(maps.allow_lpm.keys().count())
+    })?;
+    fill(names::BLOCK_HASH, maps.block_hash.map(), &|| {
+        Maps::count_hash::<AddrKey>(maps.block_hash.map(), rv)
+    })?;
+    fill(names::BLOCK_LPM, maps.block_lpm.map(), &|| {
+        Ok(maps.block_lpm.keys().count())
+    })?;
+    fill(names::THROTTLE_HASH, maps.throttle_hash.map(), &|| {
+        Maps::count_hash::<AddrKey>(maps.throttle_hash.map(), size_of::<ThrottleRule>())
+    })?;
+    fill(names::THROTTLE_LPM, maps.throttle_lpm.map(), &|| {
+        Ok(maps.throttle_lpm.keys().count())
+    })?;
+    fill(names::BUCKETS, maps.buckets.map(), &|| {
+        Maps::count_hash::<BucketKey>(maps.buckets.map(), size_of::<BucketState>())
+    })?;
+    fill(names::FLOW_KILL, maps.flow_kill.map(), &|| {
+        Maps::count_hash::<FlowKey>(maps.flow_kill.map(), rv)
+    })?;
+    Ok(out)
 }
 
 fn list_kind(kind: &str) -> Result<ListKind, ApiError> {
