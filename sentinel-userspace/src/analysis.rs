@@ -10,7 +10,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError},
     },
     time::{Duration, Instant},
@@ -45,6 +45,9 @@ pub struct AnalysisShared {
     pub analysed: AtomicU64,
     /// Alerts raised.
     pub alerts: AtomicU64,
+    /// The analysis thread has ended (a panic while the daemon runs: nothing is analysed any
+    /// more, every transaction is dropped).
+    pub stopped: AtomicBool,
     /// Seconds from a response's capture to its analysis.
     pub lag: Histogram,
     /// The last lag, seconds.
@@ -65,6 +68,7 @@ impl Default for AnalysisShared {
             dropped: AtomicU64::new(0),
             analysed: AtomicU64::new(0),
             alerts: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
             lag: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
@@ -102,6 +106,7 @@ impl AnalysisShared {
             "dropped": self.dropped.load(Ordering::Relaxed),
             "analysed": self.analysed.load(Ordering::Relaxed),
             "last_lag_ms": *self.last_lag_s.lock().expect("lag lock") * 1e3,
+            "stopped": self.stopped.load(Ordering::Relaxed),
         });
         v
     }
@@ -115,13 +120,14 @@ pub struct AnalysisQueue {
 }
 
 impl AnalysisQueue {
-    /// Hands a transaction over without waiting; a full queue drops it (counted).
+    /// Hands a transaction over without waiting; a full queue drops it (counted), and so does a
+    /// stopped analysis thread (see [`AnalysisShared::stopped`]).
     pub fn push(&self, t: Transaction) {
         match self.tx.try_send(t) {
             Ok(()) => {
                 self.shared.queued.fetch_add(1, Ordering::Relaxed);
             }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -144,7 +150,23 @@ pub fn spawn(
     };
     let handle = std::thread::Builder::new()
         .name("sentinel-analysis".into())
-        .spawn(move || Worker::new(analyzer, alerts, shared).run(rx, erx))?;
+        .spawn(move || {
+            // Marks the thread stopped however it ends, and says so when a panic ends it while
+            // the daemon runs on.
+            struct Stopped(Arc<AnalysisShared>);
+            impl Drop for Stopped {
+                fn drop(&mut self) {
+                    self.0.stopped.store(true, Ordering::Relaxed);
+                    if std::thread::panicking() {
+                        tracing::error!(
+                            "the analysis thread panicked: transactions are dropped and no alert is raised until sentinel run is restarted"
+                        );
+                    }
+                }
+            }
+            let _stopped = Stopped(shared.clone());
+            Worker::new(analyzer, alerts, shared).run(rx, erx)
+        })?;
     Ok((queue, handle))
 }
 
@@ -266,5 +288,24 @@ impl Worker {
             "memory_bytes": e.memory_bytes,
         });
         *self.shared.snapshot.lock().expect("snapshot lock") = v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_tells_when_the_analysis_thread_has_ended() {
+        let config = crate::config::Config::default();
+        let analyzer = Analyzer::new(&config.enrich, &config.models, &[]).unwrap();
+        let (alerts, _rx) = mpsc::channel(1);
+        let shared = Arc::new(AnalysisShared::default());
+        let (queue, handle) = spawn(analyzer, alerts, shared.clone()).unwrap();
+        assert_eq!(shared.report()["queue"]["stopped"], false);
+        // The thread ends once the capture side's sender is gone.
+        drop(queue);
+        handle.join().unwrap();
+        assert_eq!(shared.report()["queue"]["stopped"], true);
     }
 }
