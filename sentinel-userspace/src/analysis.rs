@@ -43,8 +43,6 @@ pub struct AnalysisShared {
     pub dropped: AtomicU64,
     /// Transactions analysed.
     pub analysed: AtomicU64,
-    /// Alerts raised.
-    pub alerts: AtomicU64,
     /// The analysis thread has ended (a panic while the daemon runs: nothing is analysed any
     /// more, every transaction is dropped).
     pub stopped: AtomicBool,
@@ -67,7 +65,6 @@ impl Default for AnalysisShared {
             queued: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             analysed: AtomicU64::new(0),
-            alerts: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             lag: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -253,7 +250,6 @@ impl Worker {
 
     fn send(&mut self, out: &mut Vec<Alert>, flow: Option<Flow>) -> bool {
         for alert in out.drain(..) {
-            self.shared.alerts.fetch_add(1, Ordering::Relaxed);
             let tokens = self.book.tokens_for(&alert);
             let ev = AlertEvent {
                 alert,
