@@ -138,6 +138,15 @@ impl ringbuf::SegmentSink for LivePipeline {
     }
 }
 
+/// The control socket's file, removed when the daemon stops or fails to start.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// How often expired list entries are reclaimed (the kernel ignores them from their expiry on).
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
@@ -225,6 +234,11 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
         ring_bytes: opts.config.capture.ring_bytes,
         ..LoadOptions::new(&opts.pin_dir)
     };
+    // The control socket first: a second daemon given the same socket must find the first one
+    // before it re-adopts (and reconfigures) the maps and programs that one runs. Removed on
+    // every way out of here.
+    let listener = server::bind(&opts.socket).await?;
+    let _socket_file = SocketFile(opts.socket.clone());
     let ifaces = opts.ifaces.clone();
     let mode = opts.mode;
     let capture_settings = opts.config.capture.clone();
@@ -280,7 +294,6 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     // The XDP program stays attached through its pinned links; the object lives on for TC.
     let (maps, _object) = datapath.into_parts();
     let maps = Arc::new(Mutex::new(maps));
-    let listener = server::bind(&opts.socket).await?;
 
     // The response loop: alerts in, verdicts and notifications out.
     let responder = Responder::new(
@@ -425,7 +438,6 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     };
 
     let app = server::router(state.clone());
-    let socket = opts.socket.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -445,7 +457,6 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(move || h.join()).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), responder_task).await;
-    let _ = std::fs::remove_file(&socket);
     info!(
         "sentinel stopped; programs and maps stay pinned and keep enforcing (`sentinel unload` removes them)"
     );

@@ -13,6 +13,7 @@ use sentinel_common::{bucket_new, bucket_take};
 use sentinel_tests::{
     Daemon, TempDir, Topology,
     netns::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
+    output_within, sentinel_bin,
     traffic::{Sink, send_paced, send_udp},
 };
 
@@ -363,7 +364,7 @@ fn sigterm_leaves_enforcement_and_unload_removes_it() {
         0,
         "still enforced after a clean stop"
     );
-    let out = std::process::Command::new(sentinel_tests::sentinel_bin())
+    let out = std::process::Command::new(sentinel_bin())
         .args(["unload", "--pin-path"])
         .arg(&s.daemon.pin_path)
         .output()
@@ -483,7 +484,7 @@ fn bad_input_exits_2_and_an_absent_daemon_exits_1() {
         let out = s.daemon.cli_ok(&[list, "list", "--json"]).unwrap();
         assert_eq!(out.trim(), "", "{list} list (one JSON object per entry)");
     }
-    let out = std::process::Command::new(sentinel_tests::sentinel_bin())
+    let out = std::process::Command::new(sentinel_bin())
         .args(["status", "--socket", "/nonexistent/sentinel.sock"])
         .output()
         .unwrap();
@@ -491,4 +492,45 @@ fn bad_input_exits_2_and_an_absent_daemon_exits_1() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach the sentinel daemon"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_is_refused_before_it_touches_the_kernel() {
+    let s = setup(&["198.18.0.70"]);
+    warm_neighbours(&s);
+    s.daemon.cli_ok(&["block", "add", "198.18.0.70"]).unwrap();
+    let program = |d: &Daemon| d.status().unwrap()["programs"][0]["program_id"].clone();
+    let before = program(&s.daemon);
+    // Same socket and pins, and shadow mode: had it loaded, it would have replaced the running
+    // daemon's program and turned its enforcement into counting.
+    let out = output_within(
+        s.topo
+            .server
+            .command(sentinel_bin())
+            .args(["run", "--iface", &s.topo.server_if, "--mode", "shadow"])
+            .arg("--socket")
+            .arg(&s.daemon.socket)
+            .arg("--pin-path")
+            .arg(&s.daemon.pin_path),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("another sentinel daemon"), "{err}");
+    assert!(
+        s.daemon.socket.exists(),
+        "the running daemon's socket stays"
+    );
+    assert_eq!(
+        program(&s.daemon),
+        before,
+        "the running program was replaced"
+    );
+    let sinks = Sinks::start(&s, 7008);
+    assert_eq!(
+        sinks.delivered(&s, ip("198.18.0.70"), 100),
+        0,
+        "still enforced, not shadow"
+    );
 }
