@@ -171,12 +171,25 @@ impl Daemon {
         self.child.as_ref().map(|c| c.id())
     }
 
-    /// Kills the daemon with `signal` and waits for it to exit.
+    /// Kills the daemon with `signal` and waits for it to exit; one that has not exited after
+    /// 30 s is killed with SIGKILL and the call fails (a shutdown that hangs fails the test
+    /// instead of hanging it).
     pub fn kill(&mut self, signal: i32) -> anyhow::Result<()> {
         if let Some(mut c) = self.child.take() {
             // SAFETY: signalling our own child by pid.
             unsafe { libc::kill(c.id() as i32, signal) };
-            c.wait()?;
+            let start = Instant::now();
+            while c.try_wait()?.is_none() {
+                if start.elapsed() > Duration::from_secs(30) {
+                    let _ = c.kill();
+                    c.wait()?;
+                    bail!(
+                        "daemon still running 30 s after signal {signal}; killed: {}",
+                        self.log_text()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         Ok(())
     }

@@ -445,7 +445,9 @@ fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
 
 /// The most arrivals within any one-second window starting at or after `from` (seconds).
 fn max_per_second(offsets: &[f64], from: f64) -> usize {
-    let v: Vec<f64> = offsets.iter().copied().filter(|t| *t >= from).collect();
+    // Handlers log concurrently: arrival stamps may be slightly out of order.
+    let mut v: Vec<f64> = offsets.iter().copied().filter(|t| *t >= from).collect();
+    v.sort_by(f64::total_cmp);
     let mut best = 0;
     let mut j = 0;
     for i in 0..v.len() {
@@ -807,6 +809,7 @@ mod tests {
         assert_eq!(max_per_second(&[], 1.0), 0);
         assert_eq!(max_per_second(&[0.1, 0.2, 1.1, 1.5, 1.9, 3.0], 1.0), 3);
         assert_eq!(max_per_second(&[0.1, 0.2, 0.3], 1.0), 0);
+        assert_eq!(max_per_second(&[1.5, 3.0, 1.1, 1.9], 1.0), 3);
     }
 
     #[test]
