@@ -66,6 +66,10 @@ struct LivePipeline {
     transactions: u64,
     last_advance_ns: u64,
     analysis: Option<AnalysisQueue>,
+    /// The transactions log fails to be written (said once per streak).
+    log_failing: bool,
+    /// Failed writes to the log (each loses one transaction's line, or a buffer of them).
+    log_errors: u64,
 }
 
 impl LivePipeline {
@@ -96,24 +100,46 @@ impl LivePipeline {
             transactions: 0,
             last_advance_ns: 0,
             analysis,
+            log_failing: false,
+            log_errors: 0,
         })
     }
 
     fn flush_transactions(&mut self) {
         use std::io::Write as _;
+        let mut failed = None;
         for t in self.pipeline.drain() {
             self.transactions += 1;
             if let Some(w) = self.log.as_mut()
                 && let Err(e) = writeln!(w, "{}", t.to_json())
             {
-                warn!(error = %e, "writing the transactions log");
+                self.log_errors += 1;
+                failed = Some(e);
             }
             if let Some(q) = &self.analysis {
                 q.push(t);
             }
         }
-        if let Some(w) = self.log.as_mut() {
-            let _ = w.flush();
+        if let Some(w) = self.log.as_mut()
+            && let Err(e) = w.flush()
+        {
+            self.log_errors += 1;
+            failed = Some(e);
+        }
+        // Said once per failing streak (a full disk fails every write), and when it recovers.
+        match failed {
+            Some(e) if !self.log_failing => {
+                self.log_failing = true;
+                warn!(error = %e, "writing the transactions log failed; transactions still go to the analysis");
+            }
+            None if self.log_failing => {
+                self.log_failing = false;
+                info!(
+                    errors = self.log_errors,
+                    "the transactions log is written again"
+                );
+            }
+            _ => {}
         }
     }
 }
@@ -130,6 +156,7 @@ impl ringbuf::SegmentSink for LivePipeline {
             self.last_advance_ns = now_unix_ns;
             let mut st = serde_json::to_value(self.pipeline.stats()).unwrap_or_default();
             st["transactions"] = serde_json::json!(self.transactions);
+            st["transactions_log_errors"] = serde_json::json!(self.log_errors);
             *self.stats.lock().expect("stats lock") = st;
         }
         if self.pipeline.has_output() {
