@@ -140,6 +140,33 @@ fn an_allowlisted_address_inside_a_blocked_prefix_passes() {
     }
     assert!(s.daemon.counter("allowlisted").unwrap() >= 400);
     assert!(s.daemon.counter("drop_block").unwrap() >= 400);
+    // `explain` names the entries that cover the address, and only those.
+    let x: serde_json::Value = serde_json::from_str(
+        &s.daemon
+            .cli_ok(&["explain", "198.18.0.20", "--json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let mut covering: Vec<(String, String)> = x["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e[0].as_str().unwrap().into(),
+                e[1]["target"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    covering.sort();
+    assert_eq!(
+        covering,
+        [
+            ("allow".to_owned(), "198.18.0.20".to_owned()),
+            ("block".to_owned(), "198.18.0.0/24".to_owned())
+        ],
+        "{x}"
+    );
 }
 
 /// Sends `count` datagrams from `src` paced at `pps` inside the client namespace; returns the

@@ -387,14 +387,8 @@ async fn explain(
         if let Some(ip) = ip {
             let maps = s.maps.lock().expect("maps lock");
             for kind in [ListKind::Allow, ListKind::Block, ListKind::Throttle] {
-                for e in lists::list(&maps, kind)? {
-                    let covers = e
-                        .target
-                        .parse::<crate::verdict::Target>()
-                        .is_ok_and(|t| t.net().contains(&ip));
-                    if covers {
-                        entries.push((kind.as_str().to_owned(), e));
-                    }
+                for e in lists::list_covering(&maps, kind, ip)? {
+                    entries.push((kind.as_str().to_owned(), e));
                 }
             }
             let key = match crate::verdict::Target::from(ip).map_key() {

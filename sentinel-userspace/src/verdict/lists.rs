@@ -445,6 +445,20 @@ fn remove_prefix<V: aya::Pod>(
 
 /// Lists the live entries of a list (expired ones still waiting for the sweep are left out).
 pub fn list(maps: &Maps, kind: ListKind) -> Result<Vec<Entry>, ListError> {
+    list_where(maps, kind, |_| true)
+}
+
+/// The live entries of a list that cover `ip` (what `explain` shows): only those are decoded
+/// and kept, so memory stays small however long the list is.
+pub fn list_covering(maps: &Maps, kind: ListKind, ip: IpAddr) -> Result<Vec<Entry>, ListError> {
+    list_where(maps, kind, |k| Target::from_map_key(*k).net().contains(&ip))
+}
+
+fn list_where(
+    maps: &Maps,
+    kind: ListKind,
+    keep: impl Fn(&MapKey) -> bool,
+) -> Result<Vec<Entry>, ListError> {
     let now = clock::monotonic_ns();
     let mut out = Vec::new();
     match kind {
@@ -458,12 +472,17 @@ pub fn list(maps: &Maps, kind: ListKind) -> Result<Vec<Entry>, ListError> {
             sys::lookup_all::<AddrKey>(hash.map().fd(), size_of::<RuleValue>(), |k, v| {
                 // SAFETY: the kernel wrote one `RuleValue` (plain integers) into `v`.
                 let v: RuleValue = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
-                rows.push((MapKey::Exact(*k), v));
+                if keep(&MapKey::Exact(*k)) {
+                    rows.push((MapKey::Exact(*k), v));
+                }
             })
             .map_err(DatapathError::Io)?;
             for item in lpm.iter() {
                 let (k, v) = item.map_err(map_err("lpm"))?;
-                rows.push((MapKey::Prefix(k.prefix_len(), k.data()), v));
+                let k = MapKey::Prefix(k.prefix_len(), k.data());
+                if keep(&k) {
+                    rows.push((k, v));
+                }
             }
             for (k, v) in rows.into_iter().filter(|(_, v)| live(v.expires_ns, now)) {
                 out.push(Entry {
@@ -483,13 +502,18 @@ pub fn list(maps: &Maps, kind: ListKind) -> Result<Vec<Entry>, ListError> {
                 |k, v| {
                     // SAFETY: the kernel wrote one `ThrottleRule` (plain integers) into `v`.
                     let v: ThrottleRule = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
-                    rows.push((MapKey::Exact(*k), v));
+                    if keep(&MapKey::Exact(*k)) {
+                        rows.push((MapKey::Exact(*k), v));
+                    }
                 },
             )
             .map_err(DatapathError::Io)?;
             for item in maps.throttle_lpm.iter() {
                 let (k, v) = item.map_err(map_err("lpm"))?;
-                rows.push((MapKey::Prefix(k.prefix_len(), k.data()), v));
+                let k = MapKey::Prefix(k.prefix_len(), k.data());
+                if keep(&k) {
+                    rows.push((k, v));
+                }
             }
             for (k, v) in rows.into_iter().filter(|(_, v)| live(v.expires_ns, now)) {
                 let target = Target::from_map_key(k);
