@@ -266,10 +266,19 @@ async fn brute_force_throttles_kills_the_flow_and_revokes_the_sessions() {
     )));
     let dp = Datapath::load(&LoadOptions::new(&pins2.0)).expect("load");
     let (mut maps, _obj) = dp.into_parts();
-    let n = VerdictLog::new(dir.join("verdicts.jsonl"))
-        .restore(&mut maps)
-        .unwrap();
+    // A torn last write: left out of the compacted log, kept beside it.
+    let log_path = dir.join("verdicts.jsonl");
+    let mut text = std::fs::read_to_string(&log_path).unwrap();
+    text.push_str("{\"applied_at\": 1, \"expi");
+    std::fs::write(&log_path, &text).unwrap();
+    let n = VerdictLog::new(&log_path).restore(&mut maps).unwrap();
     assert_eq!(n, 2);
+    let kept = std::fs::read_to_string(dir.join("verdicts.jsonl.unreadable")).unwrap();
+    assert_eq!(kept, text, "the log as it was");
+    assert_eq!(
+        std::fs::read_to_string(&log_path).unwrap().lines().count(),
+        2
+    );
     assert_eq!(lists::list(&maps, ListKind::Throttle).unwrap().len(), 1);
     assert_eq!(maps.flow_kill.keys().count(), 1);
 }
