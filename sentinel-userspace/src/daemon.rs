@@ -261,11 +261,15 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
         ring_bytes: opts.config.capture.ring_bytes,
         ..LoadOptions::new(&opts.pin_dir)
     };
-    // The control socket first: a second daemon given the same socket must find the first one
-    // before it re-adopts (and reconfigures) the maps and programs that one runs. Removed on
-    // every way out of here.
+    // The control socket (and the metrics address) first: a second daemon given the same socket
+    // must find the first one before it re-adopts (and reconfigures) the maps and programs that
+    // one runs. The socket file is removed on every way out of here.
     let listener = server::bind(&opts.socket).await?;
     let _socket_file = SocketFile(opts.socket.clone());
+    let metrics_listener = match opts.config.metrics.listen {
+        Some(addr) => Some((crate::metrics::bind(addr).await?, addr)),
+        None => None,
+    };
     let ifaces = opts.ifaces.clone();
     let mode = opts.mode;
     let capture_settings = opts.config.capture.clone();
@@ -393,14 +397,10 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
         response: Some(response_stats),
         policy: policy_state.clone(),
     });
-    let metrics = match opts.config.metrics.listen {
-        Some(addr) => {
-            let task = crate::metrics::serve(addr, state.clone()).await?;
-            info!(%addr, "serving Prometheus metrics on /metrics");
-            Some(task)
-        }
-        None => None,
-    };
+    let metrics = metrics_listener.map(|(listener, addr)| {
+        info!(%addr, "serving Prometheus metrics on /metrics");
+        crate::metrics::serve(listener, state.clone())
+    });
     info!(
         ifaces = ?opts.ifaces,
         socket = %opts.socket.display(),

@@ -257,21 +257,26 @@ async fn metrics(State(reg): State<Arc<Registry>>) -> impl IntoResponse {
     }
 }
 
-/// Binds `addr` and serves `/metrics` until the task is dropped.
-pub async fn serve(
-    addr: SocketAddr,
-    state: Arc<ControlState>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr)
+/// Binds the metrics listener (before the daemon loads anything: an address in use stops the
+/// start with nothing changed).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding the metrics listener {addr}"))?;
+        .with_context(|| format!("binding the metrics listener {addr}"))
+}
+
+/// Serves `/metrics` on `listener` until the task is aborted.
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ControlState>,
+) -> tokio::task::JoinHandle<()> {
     let reg = Arc::new(registry(state));
     let app = Router::new()
         .route("/metrics", axum::routing::get(metrics))
         .with_state(reg);
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "metrics server stopped");
         }
-    }))
+    })
 }
