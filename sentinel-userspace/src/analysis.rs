@@ -10,7 +10,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError},
     },
     time::{Duration, Instant},
@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     analyze::Analyzer,
+    clock::unix_ns,
     http::Transaction,
     models::Alert,
     verdict::{lists::Flow, responder::AlertEvent, sessions::SessionBook},
@@ -42,8 +43,9 @@ pub struct AnalysisShared {
     pub dropped: AtomicU64,
     /// Transactions analysed.
     pub analysed: AtomicU64,
-    /// Alerts raised.
-    pub alerts: AtomicU64,
+    /// The analysis thread has ended (a panic while the daemon runs: nothing is analysed any
+    /// more, every transaction is dropped).
+    pub stopped: AtomicBool,
     /// Seconds from a response's capture to its analysis.
     pub lag: Histogram,
     /// The last lag, seconds.
@@ -63,7 +65,7 @@ impl Default for AnalysisShared {
             queued: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             analysed: AtomicU64::new(0),
-            alerts: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
             lag: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
@@ -101,6 +103,7 @@ impl AnalysisShared {
             "dropped": self.dropped.load(Ordering::Relaxed),
             "analysed": self.analysed.load(Ordering::Relaxed),
             "last_lag_ms": *self.last_lag_s.lock().expect("lag lock") * 1e3,
+            "stopped": self.stopped.load(Ordering::Relaxed),
         });
         v
     }
@@ -114,24 +117,18 @@ pub struct AnalysisQueue {
 }
 
 impl AnalysisQueue {
-    /// Hands a transaction over without waiting; a full queue drops it (counted).
+    /// Hands a transaction over without waiting; a full queue drops it (counted), and so does a
+    /// stopped analysis thread (see [`AnalysisShared::stopped`]).
     pub fn push(&self, t: Transaction) {
         match self.tx.try_send(t) {
             Ok(()) => {
                 self.shared.queued.fetch_add(1, Ordering::Relaxed);
             }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
-}
-
-fn now_unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// Starts the analysis thread. Alerts go to `alerts` (waiting when the responder is behind:
@@ -150,7 +147,23 @@ pub fn spawn(
     };
     let handle = std::thread::Builder::new()
         .name("sentinel-analysis".into())
-        .spawn(move || Worker::new(analyzer, alerts, shared).run(rx, erx))?;
+        .spawn(move || {
+            // Marks the thread stopped however it ends, and says so when a panic ends it while
+            // the daemon runs on.
+            struct Stopped(Arc<AnalysisShared>);
+            impl Drop for Stopped {
+                fn drop(&mut self) {
+                    self.0.stopped.store(true, Ordering::Relaxed);
+                    if std::thread::panicking() {
+                        tracing::error!(
+                            "the analysis thread panicked: transactions are dropped and no alert is raised until sentinel run is restarted"
+                        );
+                    }
+                }
+            }
+            let _stopped = Stopped(shared.clone());
+            Worker::new(analyzer, alerts, shared).run(rx, erx)
+        })?;
     Ok((queue, handle))
 }
 
@@ -192,7 +205,7 @@ impl Worker {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let mut out = std::mem::take(&mut self.scratch);
-                    self.analyzer.tick(now_unix_ns(), &mut out);
+                    self.analyzer.tick(unix_ns(), &mut out);
                     let ok = self.send(&mut out, None);
                     self.scratch = out;
                     if !ok {
@@ -229,7 +242,7 @@ impl Worker {
         ok &= self.send(&mut out, Some(flow));
         self.scratch = out;
         self.shared.analysed.fetch_add(1, Ordering::Relaxed);
-        let lag = now_unix_ns().saturating_sub(done_ns) as f64 / 1e9;
+        let lag = unix_ns().saturating_sub(done_ns) as f64 / 1e9;
         self.shared.lag.observe(lag);
         *self.shared.last_lag_s.lock().expect("lag lock") = lag;
         ok
@@ -237,7 +250,6 @@ impl Worker {
 
     fn send(&mut self, out: &mut Vec<Alert>, flow: Option<Flow>) -> bool {
         for alert in out.drain(..) {
-            self.shared.alerts.fetch_add(1, Ordering::Relaxed);
             let tokens = self.book.tokens_for(&alert);
             let ev = AlertEvent {
                 alert,
@@ -267,9 +279,29 @@ impl Worker {
             "principals": e.profiles,
             "linked_credentials": e.links,
             "sessions_tracked": self.book.len(),
+            "sessions_bytes": self.book.bytes(),
             "templates": a.templates,
             "memory_bytes": e.memory_bytes,
         });
         *self.shared.snapshot.lock().expect("snapshot lock") = v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_tells_when_the_analysis_thread_has_ended() {
+        let config = crate::config::Config::default();
+        let analyzer = Analyzer::new(&config.enrich, &config.models, &[]).unwrap();
+        let (alerts, _rx) = mpsc::channel(1);
+        let shared = Arc::new(AnalysisShared::default());
+        let (queue, handle) = spawn(analyzer, alerts, shared.clone()).unwrap();
+        assert_eq!(shared.report()["queue"]["stopped"], false);
+        // The thread ends once the capture side's sender is gone.
+        drop(queue);
+        handle.join().unwrap();
+        assert_eq!(shared.report()["queue"]["stopped"], true);
     }
 }

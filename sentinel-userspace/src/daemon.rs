@@ -55,8 +55,6 @@ pub struct RunOptions {
     pub pin_dir: PathBuf,
     /// The configuration file, re-read on SIGHUP for the policy (none: the built-in policy).
     pub config_path: Option<PathBuf>,
-    /// GeoIP databases given on the command line (searched after the config's).
-    pub geoip: Vec<PathBuf>,
 }
 
 /// The live end of the capture: segments from the ring buffer through reassembly and HTTP into
@@ -68,6 +66,10 @@ struct LivePipeline {
     transactions: u64,
     last_advance_ns: u64,
     analysis: Option<AnalysisQueue>,
+    /// The transactions log fails to be written (said once per streak).
+    log_failing: bool,
+    /// Failed writes to the log (each loses one transaction's line, or a buffer of them).
+    log_errors: u64,
 }
 
 impl LivePipeline {
@@ -98,24 +100,46 @@ impl LivePipeline {
             transactions: 0,
             last_advance_ns: 0,
             analysis,
+            log_failing: false,
+            log_errors: 0,
         })
     }
 
     fn flush_transactions(&mut self) {
         use std::io::Write as _;
+        let mut failed = None;
         for t in self.pipeline.drain() {
             self.transactions += 1;
             if let Some(w) = self.log.as_mut()
                 && let Err(e) = writeln!(w, "{}", t.to_json())
             {
-                warn!(error = %e, "writing the transactions log");
+                self.log_errors += 1;
+                failed = Some(e);
             }
             if let Some(q) = &self.analysis {
                 q.push(t);
             }
         }
-        if let Some(w) = self.log.as_mut() {
-            let _ = w.flush();
+        if let Some(w) = self.log.as_mut()
+            && let Err(e) = w.flush()
+        {
+            self.log_errors += 1;
+            failed = Some(e);
+        }
+        // Said once per failing streak (a full disk fails every write), and when it recovers.
+        match failed {
+            Some(e) if !self.log_failing => {
+                self.log_failing = true;
+                warn!(error = %e, "writing the transactions log failed; transactions still go to the analysis");
+            }
+            None if self.log_failing => {
+                self.log_failing = false;
+                info!(
+                    errors = self.log_errors,
+                    "the transactions log is written again"
+                );
+            }
+            _ => {}
         }
     }
 }
@@ -132,11 +156,21 @@ impl ringbuf::SegmentSink for LivePipeline {
             self.last_advance_ns = now_unix_ns;
             let mut st = serde_json::to_value(self.pipeline.stats()).unwrap_or_default();
             st["transactions"] = serde_json::json!(self.transactions);
+            st["transactions_log_errors"] = serde_json::json!(self.log_errors);
             *self.stats.lock().expect("stats lock") = st;
         }
         if self.pipeline.has_output() {
             self.flush_transactions();
         }
+    }
+}
+
+/// The control socket's file, removed when the daemon stops or fails to start.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -157,24 +191,49 @@ fn load_policy(config: &Config) -> anyhow::Result<(Policy, String)> {
     }
 }
 
-/// Checks what the user gave before anything is loaded: the policy file parses and validates,
-/// and the GeoIP databases open (only read when capture feeds the models). The error says which
-/// file, line and reason.
-pub fn preflight(config: &Config, geoip: &[PathBuf]) -> Result<(), String> {
-    load_policy(config).map_err(|e| format!("{e:#}"))?;
-    if !config.capture.http_ports.is_empty() {
+/// What [`preflight`] checked and loaded, handed to [`run`] so that nothing is read twice.
+pub struct Prepared {
+    policy: Policy,
+    policy_source: String,
+    /// The enrichment and models, when capture feeds them.
+    analyzer: Option<Analyzer>,
+}
+
+/// Checks what the user gave before anything is loaded: every interface exists (a misspelt one
+/// would otherwise fail only after the maps were created and pinned), the policy file parses and
+/// validates, and the GeoIP databases open (only read when capture feeds the models). The error
+/// says which interface, or which file, line and reason.
+pub fn preflight(
+    ifaces: &[String],
+    config: &Config,
+    geoip: &[PathBuf],
+) -> Result<Prepared, String> {
+    for iface in ifaces {
+        let name = std::ffi::CString::new(iface.as_str())
+            .map_err(|_| format!("{iface:?} is not a valid interface name"))?;
+        // SAFETY: a valid NUL-terminated string; if_nametoindex only reads it.
+        if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+            return Err(format!(
+                "interface {iface} does not exist (in this network namespace)"
+            ));
+        }
+    }
+    let (policy, policy_source) = load_policy(config).map_err(|e| format!("{e:#}"))?;
+    let analyzer = if config.capture.http_ports.is_empty() {
+        None
+    } else {
         let mut files = config.geoip.files.clone();
         files.extend(geoip.iter().cloned());
-        Analyzer::new(&config.enrich, &config.models, &files).map_err(|e| e.to_string())?;
-    }
-    Ok(())
+        Some(Analyzer::new(&config.enrich, &config.models, &files).map_err(|e| e.to_string())?)
+    };
+    Ok(Prepared {
+        policy,
+        policy_source,
+        analyzer,
+    })
 }
 
 fn policy_info(policy: &Policy, source: &str) -> serde_json::Value {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
     serde_json::json!({
         "source": source,
         "mode": match policy.mode {
@@ -182,31 +241,34 @@ fn policy_info(policy: &Policy, source: &str) -> serde_json::Value {
             PolicyMode::Shadow => "shadow",
         },
         "rules": policy.rules.len(),
-        "loaded_at": crate::models::alert::rfc3339(now),
+        "loaded_at": crate::models::alert::rfc3339(crate::clock::unix_ns()),
         "last_error": null,
     })
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT, with what [`preflight`] checked and loaded from the
+/// same options (everything that can be wrong with the input is found before the kernel is
+/// touched).
+pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     let started = Instant::now();
-    // Everything that can be wrong with the input is checked before the kernel is touched.
-    let (policy, policy_source) = load_policy(&opts.config)?;
-    let capture_on = !opts.config.capture.http_ports.is_empty();
-    let analyzer = if capture_on {
-        let mut geoip = opts.config.geoip.files.clone();
-        geoip.extend(opts.geoip.iter().cloned());
-        Some(
-            Analyzer::new(&opts.config.enrich, &opts.config.models, &geoip)
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        )
-    } else {
-        None
-    };
+    let Prepared {
+        policy,
+        policy_source,
+        analyzer,
+    } = prepared;
     let load = LoadOptions {
         sizes: opts.config.maps.clone(),
         ring_bytes: opts.config.capture.ring_bytes,
         ..LoadOptions::new(&opts.pin_dir)
+    };
+    // The control socket (and the metrics address) first: a second daemon given the same socket
+    // must find the first one before it re-adopts (and reconfigures) the maps and programs that
+    // one runs. The socket file is removed on every way out of here.
+    let listener = server::bind(&opts.socket).await?;
+    let _socket_file = SocketFile(opts.socket.clone());
+    let metrics_listener = match opts.config.metrics.listen {
+        Some(addr) => Some((crate::metrics::bind(addr).await?, addr)),
+        None => None,
     };
     let ifaces = opts.ifaces.clone();
     let mode = opts.mode;
@@ -263,7 +325,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // The XDP program stays attached through its pinned links; the object lives on for TC.
     let (maps, _object) = datapath.into_parts();
     let maps = Arc::new(Mutex::new(maps));
-    let listener = server::bind(&opts.socket).await?;
 
     // The response loop: alerts in, verdicts and notifications out.
     let responder = Responder::new(
@@ -336,14 +397,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         response: Some(response_stats),
         policy: policy_state.clone(),
     });
-    let metrics = match opts.config.metrics.listen {
-        Some(addr) => {
-            let task = crate::metrics::serve(addr, state.clone()).await?;
-            info!(%addr, "serving Prometheus metrics on /metrics");
-            Some(task)
-        }
-        None => None,
-    };
+    let metrics = metrics_listener.map(|(listener, addr)| {
+        info!(%addr, "serving Prometheus metrics on /metrics");
+        crate::metrics::serve(listener, state.clone())
+    });
     info!(
         ifaces = ?opts.ifaces,
         socket = %opts.socket.display(),
@@ -408,7 +465,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
 
     let app = server::router(state.clone());
-    let socket = opts.socket.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -428,7 +484,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(move || h.join()).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), responder_task).await;
-    let _ = std::fs::remove_file(&socket);
     info!(
         "sentinel stopped; programs and maps stay pinned and keep enforcing (`sentinel unload` removes them)"
     );
@@ -441,5 +496,23 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received"),
         _ = int.recv() => info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preflight_names_a_missing_interface_before_anything_is_loaded() {
+        let config = Config::default();
+        assert!(preflight(&["lo".into()], &config, &[]).is_ok());
+        let Err(err) = preflight(&["lo".into(), "snt-nosuch0".into()], &config, &[]) else {
+            panic!("a missing interface passed");
+        };
+        assert!(
+            err.contains("snt-nosuch0") && err.contains("does not exist"),
+            "{err}"
+        );
     }
 }

@@ -57,16 +57,19 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             if let Some(snap) = args.snap_len {
                 config.capture.snap_len = snap;
             }
-            daemon::preflight(&config, &args.geoip_db).map_err(CliError::input)?;
-            daemon::run(RunOptions {
-                ifaces: args.iface,
-                config,
-                mode: args.mode,
-                socket: args.socket,
-                pin_dir: args.pin_path,
-                config_path: args.config.clone(),
-                geoip: args.geoip_db.clone(),
-            })
+            let prepared =
+                daemon::preflight(&args.iface, &config, &args.geoip_db).map_err(CliError::input)?;
+            daemon::run(
+                RunOptions {
+                    ifaces: args.iface,
+                    config,
+                    mode: args.mode,
+                    socket: args.socket,
+                    pin_dir: args.pin_path,
+                    config_path: args.config.clone(),
+                },
+                prepared,
+            )
             .await
             .map_err(|e| CliError::runtime(format!("{e:#}")))
         }

@@ -35,7 +35,7 @@ use sentinel_common::Reason;
 
 use crate::{
     capture::live::consumer_counters,
-    control::server::{ControlState, map_fills},
+    control::server::{ControlState, map_fills_of},
     models::{Action, AlertKind},
 };
 
@@ -85,9 +85,18 @@ fn action_name(a: Action) -> String {
 impl Collector for DaemonCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
+        use sentinel_common::names;
+        let lists: [(&str, &[&str]); 4] = [
+            ("block", &[names::BLOCK_HASH, names::BLOCK_LPM]),
+            ("throttle", &[names::THROTTLE_HASH, names::THROTTLE_LPM]),
+            ("flow_kill", &[names::FLOW_KILL]),
+            ("allow", &[names::ALLOW_HASH, names::ALLOW_LPM]),
+        ];
         let (kernel, fills) = {
+            // Only the verdict maps are counted: the responder waits for this lock.
             let maps = s.maps.lock().expect("maps lock");
-            (maps.counters().ok(), map_fills(&maps).ok())
+            let wanted = |n: &str| lists.iter().any(|(_, maps)| maps.contains(&n));
+            (maps.counters().ok(), map_fills_of(&maps, wanted).ok())
         };
         if let Some(c) = kernel {
             let pairs: Vec<_> = Reason::ALL.iter().zip(c).collect();
@@ -120,18 +129,9 @@ impl Collector for DaemonCollector {
                     .map(|f| f.entries as i64)
                     .sum()
             };
-            use sentinel_common::names;
-            for (list, n) in [
-                ("block", count(&[names::BLOCK_HASH, names::BLOCK_LPM])),
-                (
-                    "throttle",
-                    count(&[names::THROTTLE_HASH, names::THROTTLE_LPM]),
-                ),
-                ("flow_kill", count(&[names::FLOW_KILL])),
-                ("allow", count(&[names::ALLOW_HASH, names::ALLOW_LPM])),
-            ] {
+            for (list, names) in lists {
                 let labels = [("list", list)];
-                ConstGauge::new(n).encode(m.encode_family(&labels)?)?;
+                ConstGauge::new(count(names)).encode(m.encode_family(&labels)?)?;
             }
         }
         let (ring_lost, decode_errors) = match &s.capture {
@@ -257,21 +257,26 @@ async fn metrics(State(reg): State<Arc<Registry>>) -> impl IntoResponse {
     }
 }
 
-/// Binds `addr` and serves `/metrics` until the task is dropped.
-pub async fn serve(
-    addr: SocketAddr,
-    state: Arc<ControlState>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr)
+/// Binds the metrics listener (before the daemon loads anything: an address in use stops the
+/// start with nothing changed).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding the metrics listener {addr}"))?;
+        .with_context(|| format!("binding the metrics listener {addr}"))
+}
+
+/// Serves `/metrics` on `listener` until the task is aborted.
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ControlState>,
+) -> tokio::task::JoinHandle<()> {
     let reg = Arc::new(registry(state));
     let app = Router::new()
         .route("/metrics", axum::routing::get(metrics))
         .with_state(reg);
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "metrics server stopped");
         }
-    }))
+    })
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use sentinel_tests::{
-    Daemon, Topology,
+    Daemon, TempDir, Topology,
     bank::BankServer,
     netns::{CLIENT_V4, SERVER_V4},
 };
@@ -244,9 +244,7 @@ fn daemon_transactions_match_what_the_client_saw() {
         .unwrap();
     let server = SocketAddr::new(SERVER_V4.into(), 8080);
     let _bank = BankServer::start(&topo.server, server).unwrap();
-    let dir =
-        std::env::temp_dir().join(format!("sentinel-capture-{}", sentinel_tests::unique_id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("sentinel-capture").unwrap();
     let log = dir.join("transactions.jsonl");
     let cfg = dir.join("sentinel.toml");
     std::fs::write(
@@ -291,6 +289,4 @@ fn daemon_transactions_match_what_the_client_saw() {
     }
     let st = daemon.status().unwrap();
     assert_eq!(st["capture"]["kernel"]["ring_full"], 0);
-    drop(daemon);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

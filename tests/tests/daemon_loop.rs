@@ -11,7 +11,7 @@ use sentinel::{
     enrich::geo::testdb::{Layout, Place, build},
     lab::reference::{METRICS, http, policy},
 };
-use sentinel_tests::{Daemon, Topology};
+use sentinel_tests::{Daemon, TempDir, Topology, output_within};
 
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -28,15 +28,7 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 fn sighup_reloads_the_policy_restart_restores_verdicts_and_metrics_answer() {
     sentinel_tests::require_root();
     let topo = Topology::new().unwrap();
-    let dir = std::env::temp_dir().join(format!("sentinel-loop-{}", sentinel_tests::unique_id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    struct Rm(std::path::PathBuf);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _rm = Rm(dir.clone());
+    let dir = TempDir::new("sentinel-loop").unwrap();
     let geo = dir.join("geo.mmdb");
     std::fs::write(
         &geo,
@@ -184,8 +176,7 @@ fn sighup_reloads_the_policy_restart_restores_verdicts_and_metrics_answer() {
 
 #[test]
 fn an_invalid_policy_or_geoip_db_stops_the_start_with_the_reason() {
-    let dir = std::env::temp_dir().join(format!("sentinel-pre-{}", sentinel_tests::unique_id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("sentinel-pre").unwrap();
     let policy_path = dir.join("policy.toml");
     std::fs::write(&policy_path, "mode = \"enforce\"\n\n[[rule]]\nkinds = [\"xss\"]\nactions = [\"block\"]\nttl = \"soon\"\n").unwrap();
     let config = dir.join("sentinel.toml");
@@ -197,13 +188,22 @@ fn an_invalid_policy_or_geoip_db_stops_the_start_with_the_reason() {
         ),
     )
     .unwrap();
+    // Should the check regress and the daemon start, it must neither pin under the host's
+    // /sys/fs/bpf/sentinel, nor serve the host's socket, nor run on: its pin path is not on
+    // bpffs (the load fails at once, nothing pinned) and it is killed after 30 s.
     let run = |extra: &[&str]| {
-        std::process::Command::new(sentinel::lab::sentinel_bin())
-            .args(["run", "--iface", "lo", "--config"])
-            .arg(&config)
-            .args(extra)
-            .output()
-            .unwrap()
+        output_within(
+            std::process::Command::new(sentinel::lab::sentinel_bin())
+                .args(["run", "--iface", "lo", "--config"])
+                .arg(&config)
+                .arg("--pin-path")
+                .arg(dir.join("pins"))
+                .arg("--socket")
+                .arg(dir.join("sentinel.sock"))
+                .args(extra),
+            Duration::from_secs(30),
+        )
+        .unwrap()
     };
     let out = run(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -215,5 +215,4 @@ fn an_invalid_policy_or_geoip_db_stops_the_start_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("missing.mmdb"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,6 +10,7 @@ use std::{
 use sentinel::{
     control::api::ListKind,
     datapath::{Datapath, LoadOptions, unload},
+    lab::TempDir,
     models::{Action, Alert, AlertKind, Severity},
     notify::alerts::AlertLog,
     verdict::{
@@ -49,7 +50,7 @@ type Setup = (
     Pins,
     Responder,
     Arc<Mutex<sentinel::datapath::Maps>>,
-    PathBuf,
+    TempDir,
 );
 
 fn setup(policy: &str) -> Setup {
@@ -65,8 +66,7 @@ fn setup_with(policy: &str, revoke: Option<sentinel::notify::revoke::RevokeConfi
     let dp = Datapath::load(&LoadOptions::new(&pins.0)).expect("load");
     let (maps, _obj) = dp.into_parts();
     let maps = Arc::new(Mutex::new(maps));
-    let dir = std::env::temp_dir().join(format!("sentinel-resp-{id}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("sentinel-resp").unwrap();
     let r = Responder::new(
         Decider::new(Policy::parse(policy).unwrap()),
         maps.clone(),
@@ -115,7 +115,6 @@ async fn brute_force_is_throttled_then_blocked_and_logged() {
         .live(0.0)
         .unwrap();
     assert_eq!(live.len(), 2);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test]
@@ -136,7 +135,6 @@ async fn shadow_mode_writes_flagged_entries_and_says_what_it_would_have_done() {
         .unwrap();
     assert_eq!(alerts[0]["action"], "alert");
     assert_eq!(alerts[0]["evidence"]["shadow_action"], "throttle");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test]
@@ -165,7 +163,6 @@ async fn revocation_without_an_endpoint_is_an_alert_too() {
         !text.contains("tok-layla-1"),
         "raw tokens never reach the log"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A loopback receiver that answers 200 and hands each request body over.
@@ -269,13 +266,21 @@ async fn brute_force_throttles_kills_the_flow_and_revokes_the_sessions() {
     )));
     let dp = Datapath::load(&LoadOptions::new(&pins2.0)).expect("load");
     let (mut maps, _obj) = dp.into_parts();
-    let n = VerdictLog::new(dir.join("verdicts.jsonl"))
-        .restore(&mut maps)
-        .unwrap();
+    // A torn last write: left out of the compacted log, kept beside it.
+    let log_path = dir.join("verdicts.jsonl");
+    let mut text = std::fs::read_to_string(&log_path).unwrap();
+    text.push_str("{\"applied_at\": 1, \"expi");
+    std::fs::write(&log_path, &text).unwrap();
+    let n = VerdictLog::new(&log_path).restore(&mut maps).unwrap();
     assert_eq!(n, 2);
+    let kept = std::fs::read_to_string(dir.join("verdicts.jsonl.unreadable")).unwrap();
+    assert_eq!(kept, text, "the log as it was");
+    assert_eq!(
+        std::fs::read_to_string(&log_path).unwrap().lines().count(),
+        2
+    );
     assert_eq!(lists::list(&maps, ListKind::Throttle).unwrap().len(), 1);
     assert_eq!(maps.flow_kill.keys().count(), 1);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test]
@@ -306,5 +311,4 @@ async fn the_kernel_allowlist_is_never_acted_on() {
         .unwrap();
     assert_eq!(alerts[0]["action"], "alert");
     assert_eq!(alerts[0]["evidence"]["allowlisted"], true);
-    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -11,8 +11,9 @@ use std::{
 
 use sentinel_common::{bucket_new, bucket_take};
 use sentinel_tests::{
-    Daemon, Topology,
+    Daemon, TempDir, Topology,
     netns::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
+    output_within, sentinel_bin,
     traffic::{Sink, send_paced, send_udp},
 };
 
@@ -20,9 +21,10 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// Fields drop in order: the daemon is killed and unloaded before its namespaces go.
 struct Setup {
-    topo: Topology,
     daemon: Daemon,
+    topo: Topology,
 }
 
 fn setup(extra_clients: &[&str]) -> Setup {
@@ -32,7 +34,7 @@ fn setup(extra_clients: &[&str]) -> Setup {
         topo.add_client_addr(ip(c)).unwrap();
     }
     let daemon = Daemon::start(&topo.server, &[&topo.server_if], &[]).unwrap();
-    Setup { topo, daemon }
+    Setup { daemon, topo }
 }
 
 /// An IPv4 and an IPv6 UDP sink on one port of the server.
@@ -138,6 +140,33 @@ fn an_allowlisted_address_inside_a_blocked_prefix_passes() {
     }
     assert!(s.daemon.counter("allowlisted").unwrap() >= 400);
     assert!(s.daemon.counter("drop_block").unwrap() >= 400);
+    // `explain` names the entries that cover the address, and only those.
+    let x: serde_json::Value = serde_json::from_str(
+        &s.daemon
+            .cli_ok(&["explain", "198.18.0.20", "--json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let mut covering: Vec<(String, String)> = x["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e[0].as_str().unwrap().into(),
+                e[1]["target"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    covering.sort();
+    assert_eq!(
+        covering,
+        [
+            ("allow".to_owned(), "198.18.0.20".to_owned()),
+            ("block".to_owned(), "198.18.0.0/24".to_owned())
+        ],
+        "{x}"
+    );
 }
 
 /// Sends `count` datagrams from `src` paced at `pps` inside the client namespace; returns the
@@ -362,7 +391,7 @@ fn sigterm_leaves_enforcement_and_unload_removes_it() {
         0,
         "still enforced after a clean stop"
     );
-    let out = std::process::Command::new(sentinel_tests::sentinel_bin())
+    let out = std::process::Command::new(sentinel_bin())
         .args(["unload", "--pin-path"])
         .arg(&s.daemon.pin_path)
         .output()
@@ -394,8 +423,7 @@ fn map_entries(d: &Daemon, name: &str) -> u64 {
 fn bulk_lists_load_and_a_bad_line_loads_nothing() {
     let s = setup(&[]);
     warm_neighbours(&s);
-    let dir = std::env::temp_dir().join(format!("sentinel-bulk-{}", sentinel_tests::unique_id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("sentinel-bulk").unwrap();
     let good = dir.join("good.txt");
     let mut text = String::from("# generated\n");
     for i in 0..60_000u32 {
@@ -438,7 +466,6 @@ fn bulk_lists_load_and_a_bad_line_loads_nothing() {
         100_000,
         "nothing of the bad file was loaded"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -484,7 +511,7 @@ fn bad_input_exits_2_and_an_absent_daemon_exits_1() {
         let out = s.daemon.cli_ok(&[list, "list", "--json"]).unwrap();
         assert_eq!(out.trim(), "", "{list} list (one JSON object per entry)");
     }
-    let out = std::process::Command::new(sentinel_tests::sentinel_bin())
+    let out = std::process::Command::new(sentinel_bin())
         .args(["status", "--socket", "/nonexistent/sentinel.sock"])
         .output()
         .unwrap();
@@ -492,4 +519,45 @@ fn bad_input_exits_2_and_an_absent_daemon_exits_1() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach the sentinel daemon"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_is_refused_before_it_touches_the_kernel() {
+    let s = setup(&["198.18.0.70"]);
+    warm_neighbours(&s);
+    s.daemon.cli_ok(&["block", "add", "198.18.0.70"]).unwrap();
+    let program = |d: &Daemon| d.status().unwrap()["programs"][0]["program_id"].clone();
+    let before = program(&s.daemon);
+    // Same socket and pins, and shadow mode: had it loaded, it would have replaced the running
+    // daemon's program and turned its enforcement into counting.
+    let out = output_within(
+        s.topo
+            .server
+            .command(sentinel_bin())
+            .args(["run", "--iface", &s.topo.server_if, "--mode", "shadow"])
+            .arg("--socket")
+            .arg(&s.daemon.socket)
+            .arg("--pin-path")
+            .arg(&s.daemon.pin_path),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("another sentinel daemon"), "{err}");
+    assert!(
+        s.daemon.socket.exists(),
+        "the running daemon's socket stays"
+    );
+    assert_eq!(
+        program(&s.daemon),
+        before,
+        "the running program was replaced"
+    );
+    let sinks = Sinks::start(&s, 7008);
+    assert_eq!(
+        sinks.delivered(&s, ip("198.18.0.70"), 100),
+        0,
+        "still enforced, not shadow"
+    );
 }

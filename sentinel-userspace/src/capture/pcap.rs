@@ -44,6 +44,9 @@ pub enum PcapError {
         /// Why.
         source: std::io::Error,
     },
+    /// The file is empty.
+    #[error("empty file: no pcap or pcapng header")]
+    Empty,
     /// Neither a pcap nor a pcapng file.
     #[error("not a pcap or pcapng file (magic {magic:#010x})")]
     NotACapture {
@@ -482,6 +485,9 @@ impl<R: Read> CaptureReader<R> {
     pub fn new(src: R) -> Result<Self, PcapError> {
         let mut win = Window::new(src);
         if !win.need(4)? {
+            if win.avail().is_empty() {
+                return Err(PcapError::Empty);
+            }
             return Err(PcapError::NotACapture {
                 magic: be32(&[win.avail(), &[0; 4]].concat(), 0).unwrap_or(0),
             });
@@ -983,6 +989,10 @@ mod tests {
         assert!(matches!(
             CaptureReader::new(&b"\xd4\xc3"[..]),
             Err(PcapError::NotACapture { .. })
+        ));
+        assert!(matches!(
+            CaptureReader::new(&b""[..]),
+            Err(PcapError::Empty)
         ));
         let mut other_link = write_pcap(Vec::new(), Link::Ethernet, &[], false).unwrap();
         if other_link[0] == 0xa1 {

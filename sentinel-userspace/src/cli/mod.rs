@@ -47,7 +47,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Programs attached, map fill levels and counters per verdict reason.
+    /// Programs attached, map fill levels, counters per verdict reason, capture and ring buffer
+    /// loss, model state, alerts per kind and the policy in force.
     Status {
         #[command(flatten)]
         conn: Conn,
@@ -88,8 +89,8 @@ pub enum Command {
         /// Keep printing new alerts as they arrive.
         #[arg(long)]
         follow: bool,
-        /// Only alerts from this long ago on (e.g. 10m, 2h).
-        #[arg(long, value_parser = parse_ttl)]
+        /// Only alerts from this long ago on (e.g. 10m, 2h; 0s: only new ones).
+        #[arg(long, value_parser = parse_since)]
         since: Option<Duration>,
         /// Print JSON lines instead of the human format.
         #[arg(long)]
@@ -231,7 +232,7 @@ pub struct AddOpts {
     /// Why (kept with the entry, shown by `list`).
     #[arg(long)]
     pub reason: Option<String>,
-    /// Count would-drops and pass instead of dropping.
+    /// Count would-drops and pass instead of dropping (block and throttle only).
     #[arg(long)]
     pub shadow: bool,
 }
@@ -338,6 +339,11 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_since(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); examples: 90s, 10m, 1h"))
+}
+
 fn parse_rate(s: &str) -> Result<u64, String> {
     let n = s.strip_suffix("/s").unwrap_or(s);
     match n.parse::<u64>() {
@@ -423,9 +429,13 @@ fn gather(targets: &[String], file: Option<&Path>) -> Result<Vec<String>, CliErr
         all.extend(read_target_file(f)?);
     }
     if all.is_empty() {
-        return Err(CliError::input(
-            "no targets given: name addresses or prefixes, or --file LIST",
-        ));
+        return Err(CliError::input(match file {
+            Some(f) => format!(
+                "{}: no targets in it (only blank lines and comments)",
+                f.display()
+            ),
+            None => "no targets given: name addresses or prefixes, or --file LIST".to_owned(),
+        }));
     }
     Ok(all)
 }
@@ -441,6 +451,7 @@ fn add_request(opts: &AddOpts, throttle: Option<ThrottleSpec>) -> Result<AddRequ
 }
 
 async fn add(conn: &Conn, kind: ListKind, req: AddRequest) -> Result<(), CliError> {
+    lists::check_options(kind, &req).map_err(|e| CliError::input(e.to_string()))?;
     let resp: AddResponse = Client::new(&conn.socket)
         .post(&format!("/v1/lists/{}", kind.as_str()), &req)
         .await?;
@@ -569,6 +580,9 @@ mod tests {
         assert!(parse_rate("0/s").is_err());
         assert!(parse_rate("fast").is_err());
         assert_eq!(parse_aggregate("/24"), Ok(24));
+        assert_eq!(parse_since("0s"), Ok(Duration::ZERO));
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_since("soon").is_err());
         assert!(parse_aggregate("/129").is_err());
         assert_eq!(parse_ttl("10m"), Ok(Duration::from_secs(600)));
         assert!(parse_ttl("0s").is_err());

@@ -163,6 +163,11 @@ pub fn status(s: &StatusReport, json: bool) {
             a["templates"].as_u64().unwrap_or(0)
         );
         let q = &a["queue"];
+        if q["stopped"].as_bool() == Some(true) {
+            println!(
+                "  ANALYSIS STOPPED: transactions are dropped, no alert is raised (see the daemon's log)"
+            );
+        }
         println!(
             "  queue: {} dropped of {} queued, last lag {:.1} ms",
             q["dropped"].as_u64().unwrap_or(0),

@@ -188,12 +188,27 @@ fn capture_report(c: &CaptureState) -> Result<CaptureReport, ApiError> {
 
 /// Entries and capacity of every map.
 pub fn map_fills(maps: &Maps) -> Result<Vec<MapFill>, crate::datapath::DatapathError> {
+    map_fills_of(maps, |_| true)
+}
+
+/// Entries and capacity of the maps whose names `want` accepts. Counting walks a map's entries,
+/// so a caller that holds the maps lock counts only what it shows (the metrics skip the sources
+/// and buckets, a few hundred thousand entries each).
+pub fn map_fills_of(
+    maps: &Maps,
+    want: impl Fn(&str) -> bool,
+) -> Result<Vec<MapFill>, crate::datapath::DatapathError> {
     use aya::maps::IterableMap;
     use sentinel_common::{AddrKey, BucketKey, BucketState, FlowKey, RuleValue, ThrottleRule};
-    let fill = |name: &str,
-                data: &aya::maps::MapData,
-                entries: usize|
-     -> Result<MapFill, crate::datapath::DatapathError> {
+    type Count<'a> = &'a dyn Fn() -> Result<usize, crate::datapath::DatapathError>;
+    let mut out = Vec::new();
+    let mut fill = |name: &str,
+                    data: &aya::maps::MapData,
+                    count: Count<'_>|
+     -> Result<(), crate::datapath::DatapathError> {
+        if !want(name) {
+            return Ok(());
+        }
         let max = data
             .info()
             .map_err(|source| crate::datapath::DatapathError::Map {
@@ -201,60 +216,42 @@ pub fn map_fills(maps: &Maps) -> Result<Vec<MapFill>, crate::datapath::DatapathE
                 source,
             })?
             .max_entries();
-        Ok(MapFill {
+        out.push(MapFill {
             name: name.to_owned(),
-            entries,
+            entries: count()?,
             max_entries: max,
-        })
+        });
+        Ok(())
     };
     let rv = size_of::<RuleValue>();
-    Ok(vec![
-        fill(
-            names::SOURCES,
-            maps.sources.map(),
-            maps.sources.keys().count(),
-        )?,
-        fill(
-            names::ALLOW_HASH,
-            maps.allow_hash.map(),
-            Maps::count_hash::<AddrKey>(maps.allow_hash.map(), rv)?,
-        )?,
-        fill(
-            names::ALLOW_LPM,
-            maps.allow_lpm.map(),
-            maps.allow_lpm.keys().count(),
-        )?,
-        fill(
-            names::BLOCK_HASH,
-            maps.block_hash.map(),
-            Maps::count_hash::<AddrKey>(maps.block_hash.map(), rv)?,
-        )?,
-        fill(
-            names::BLOCK_LPM,
-            maps.block_lpm.map(),
-            maps.block_lpm.keys().count(),
-        )?,
-        fill(
-            names::THROTTLE_HASH,
-            maps.throttle_hash.map(),
-            Maps::count_hash::<AddrKey>(maps.throttle_hash.map(), size_of::<ThrottleRule>())?,
-        )?,
-        fill(
-            names::THROTTLE_LPM,
-            maps.throttle_lpm.map(),
-            maps.throttle_lpm.keys().count(),
-        )?,
-        fill(
-            names::BUCKETS,
-            maps.buckets.map(),
-            Maps::count_hash::<BucketKey>(maps.buckets.map(), size_of::<BucketState>())?,
-        )?,
-        fill(
-            names::FLOW_KILL,
-            maps.flow_kill.map(),
-            Maps::count_hash::<FlowKey>(maps.flow_kill.map(), rv)?,
-        )?,
-    ])
+    fill(names::SOURCES, maps.sources.map(), &|| {
+        Ok(maps.sources.keys().count())
+    })?;
+    fill(names::ALLOW_HASH, maps.allow_hash.map(), &|| {
+        Maps::count_hash::<AddrKey>(maps.allow_hash.map(), rv)
+    })?;
+    fill(names::ALLOW_LPM, maps.allow_lpm.map(), &|| {
+        Ok(maps.allow_lpm.keys().count())
+    })?;
+    fill(names::BLOCK_HASH, maps.block_hash.map(), &|| {
+        Maps::count_hash::<AddrKey>(maps.block_hash.map(), rv)
+    })?;
+    fill(names::BLOCK_LPM, maps.block_lpm.map(), &|| {
+        Ok(maps.block_lpm.keys().count())
+    })?;
+    fill(names::THROTTLE_HASH, maps.throttle_hash.map(), &|| {
+        Maps::count_hash::<AddrKey>(maps.throttle_hash.map(), size_of::<ThrottleRule>())
+    })?;
+    fill(names::THROTTLE_LPM, maps.throttle_lpm.map(), &|| {
+        Ok(maps.throttle_lpm.keys().count())
+    })?;
+    fill(names::BUCKETS, maps.buckets.map(), &|| {
+        Maps::count_hash::<BucketKey>(maps.buckets.map(), size_of::<BucketState>())
+    })?;
+    fill(names::FLOW_KILL, maps.flow_kill.map(), &|| {
+        Maps::count_hash::<FlowKey>(maps.flow_kill.map(), rv)
+    })?;
+    Ok(out)
 }
 
 fn list_kind(kind: &str) -> Result<ListKind, ApiError> {
@@ -365,16 +362,16 @@ async fn alerts(
     Query(q): Query<AlertsQuery>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     blocking(&state, move |s| {
-        let mut all = s.alert_log.read_all().map_err(internal)?;
-        if let Some(since) = &q.since {
-            // RFC 3339 UTC stamps of one fixed format sort as strings.
-            all.retain(|a| a["ts"].as_str().is_some_and(|t| t >= since.as_str()));
-        }
         let limit = q.limit.unwrap_or(1000);
-        if all.len() > limit {
-            all.drain(..all.len() - limit);
-        }
-        Ok(Json(all))
+        let since = q.since.as_deref();
+        // RFC 3339 UTC stamps of one fixed format sort as strings.
+        let recent = s
+            .alert_log
+            .last(limit, |a| {
+                since.is_none_or(|since| a["ts"].as_str().is_some_and(|t| t >= since))
+            })
+            .map_err(internal)?;
+        Ok(Json(recent))
     })
     .await
 }
@@ -390,14 +387,8 @@ async fn explain(
         if let Some(ip) = ip {
             let maps = s.maps.lock().expect("maps lock");
             for kind in [ListKind::Allow, ListKind::Block, ListKind::Throttle] {
-                for e in lists::list(&maps, kind)? {
-                    let covers = e
-                        .target
-                        .parse::<crate::verdict::Target>()
-                        .is_ok_and(|t| t.net().contains(&ip));
-                    if covers {
-                        entries.push((kind.as_str().to_owned(), e));
-                    }
+                for e in lists::list_covering(&maps, kind, ip)? {
+                    entries.push((kind.as_str().to_owned(), e));
                 }
             }
             let key = match crate::verdict::Target::from(ip).map_key() {
@@ -421,16 +412,12 @@ async fn explain(
                     verdict: lists::verdict_of(&maps, &k).to_owned(),
                 });
         }
-        let mut alerts: Vec<serde_json::Value> = s
+        let alerts = s
             .alert_log
-            .read_all()
-            .map_err(internal)?
-            .into_iter()
-            .filter(|a| a["src_ip"] == target.as_str() || a["principal"] == target.as_str())
-            .collect();
-        if alerts.len() > 20 {
-            alerts.drain(..alerts.len() - 20);
-        }
+            .last(20, |a| {
+                a["src_ip"] == target.as_str() || a["principal"] == target.as_str()
+            })
+            .map_err(internal)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())

@@ -8,7 +8,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{NetNs, sentinel_bin};
+use super::{NetNs, TempDir, output_within, sentinel_bin};
+
+/// How long a CLI command may take before the test fails (a bulk add of 100 000 entries takes
+/// a few seconds).
+const CLI_LIMIT: Duration = Duration::from_secs(120);
 
 /// A running daemon. Dropping it kills the process and unloads its pins, so a failed test leaves
 /// no program attached and no pinned map behind.
@@ -23,6 +27,8 @@ pub struct Daemon {
     ns_path: String,
     ifaces: Vec<String>,
     extra: Vec<String>,
+    /// Socket, logs and configuration; dropped after the daemon is killed and unloaded.
+    _dir: TempDir,
 }
 
 impl Daemon {
@@ -35,8 +41,8 @@ impl Daemon {
     /// Tests and benchmarks that want verdicts give their own `--config`.
     pub fn start(ns: &NetNs, ifaces: &[&str], extra: &[&str]) -> anyhow::Result<Self> {
         let id = super::unique_id();
-        let dir = std::env::temp_dir().join(format!("sentinel-test-{id}"));
-        std::fs::create_dir_all(&dir)?;
+        // Removed on every error path from here on.
+        let dir = TempDir::new("sentinel-test")?;
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         if !extra.iter().any(|a| a == "--config") {
             let config = dir.join("sentinel.toml");
@@ -65,6 +71,7 @@ impl Daemon {
             ns_path: ns.path(),
             ifaces: ifaces.iter().map(|s| s.to_string()).collect(),
             extra,
+            _dir: dir,
         };
         d.spawn()?;
         Ok(d)
@@ -122,13 +129,14 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Runs `sentinel ARGS --socket SOCKET` (for commands that talk to the daemon).
+    /// Runs `sentinel ARGS --socket SOCKET` (for commands that talk to the daemon); fails when
+    /// it takes longer than two minutes (a hung daemon).
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
         let mut full: Vec<&str> = args.to_vec();
         let socket = self.socket.to_string_lossy().into_owned();
         full.push("--socket");
         full.push(&socket);
-        Ok(Command::new(sentinel_bin()).args(&full).output()?)
+        output_within(Command::new(sentinel_bin()).args(&full), CLI_LIMIT)
     }
 
     /// Like [`Daemon::cli`] but fails unless the command succeeds; returns stdout.
@@ -163,12 +171,25 @@ impl Daemon {
         self.child.as_ref().map(|c| c.id())
     }
 
-    /// Kills the daemon with `signal` and waits for it to exit.
+    /// Kills the daemon with `signal` and waits for it to exit; one that has not exited after
+    /// 30 s is killed with SIGKILL and the call fails (a shutdown that hangs fails the test
+    /// instead of hanging it).
     pub fn kill(&mut self, signal: i32) -> anyhow::Result<()> {
         if let Some(mut c) = self.child.take() {
             // SAFETY: signalling our own child by pid.
             unsafe { libc::kill(c.id() as i32, signal) };
-            c.wait()?;
+            let start = Instant::now();
+            while c.try_wait()?.is_none() {
+                if start.elapsed() > Duration::from_secs(30) {
+                    let _ = c.kill();
+                    c.wait()?;
+                    bail!(
+                        "daemon still running 30 s after signal {signal}; killed: {}",
+                        self.log_text()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         Ok(())
     }
@@ -194,12 +215,12 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.kill(libc::SIGKILL);
-        let _ = Command::new(sentinel_bin())
-            .args(["unload", "--pin-path"])
-            .arg(&self.pin_path)
-            .output();
-        if let Some(dir) = self.socket.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        let _ = output_within(
+            Command::new(sentinel_bin())
+                .args(["unload", "--pin-path"])
+                .arg(&self.pin_path),
+            Duration::from_secs(30),
+        );
+        // `_dir` (socket, logs, configuration) goes with the fields.
     }
 }

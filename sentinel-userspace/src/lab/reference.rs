@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::{Daemon, NetNs, Topology, bank::BankServer, netns::SERVER_V4};
+use super::{Daemon, NetNs, TempDir, Topology, bank::BankServer, netns::SERVER_V4};
 use crate::enrich::geo::testdb::{Layout, Place, build};
 
 /// The bank's port.
@@ -206,15 +206,6 @@ impl Drop for Receiver {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -454,7 +445,9 @@ fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
 
 /// The most arrivals within any one-second window starting at or after `from` (seconds).
 fn max_per_second(offsets: &[f64], from: f64) -> usize {
-    let v: Vec<f64> = offsets.iter().copied().filter(|t| *t >= from).collect();
+    // Handlers log concurrently: arrival stamps may be slightly out of order.
+    let mut v: Vec<f64> = offsets.iter().copied().filter(|t| *t >= from).collect();
+    v.sort_by(f64::total_cmp);
     let mut best = 0;
     let mut j = 0;
     for i in 0..v.len() {
@@ -531,10 +524,8 @@ impl Scene {
             topo.server
                 .ip(&["route", "add", net, "dev", &topo.server_if])?;
         }
-        let dir =
-            TempDir(std::env::temp_dir().join(format!("sentinel-ref-{}", super::unique_id())));
-        std::fs::create_dir_all(&dir.0)?;
-        let geo = dir.0.join("geo.mmdb");
+        let dir = TempDir::new("sentinel-ref")?;
+        let geo = dir.join("geo.mmdb");
         std::fs::write(
             &geo,
             build(
@@ -557,10 +548,10 @@ impl Scene {
                 Layout::MaxMind,
             )?,
         )?;
-        let policy_path = dir.0.join("policy.toml");
+        let policy_path = dir.join("policy.toml");
         std::fs::write(&policy_path, policy(settings.shadow))?;
-        let alerts_path = dir.0.join("alerts.jsonl");
-        let verdicts_path = dir.0.join("verdicts.jsonl");
+        let alerts_path = dir.join("alerts.jsonl");
+        let verdicts_path = dir.join("verdicts.jsonl");
         let config = format!(
             r#"[capture]
     http_ports = [{PORT}]
@@ -589,11 +580,11 @@ impl Scene {
             policy = policy_path.display(),
             verdicts = verdicts_path.display(),
         );
-        let config_path = dir.0.join("sentinel.toml");
+        let config_path = dir.join("sentinel.toml");
         std::fs::write(&config_path, config)?;
 
         let receiver = Receiver::start(&topo.server)?;
-        let access_log = dir.0.join("access.log");
+        let access_log = dir.join("access.log");
         let bank = BankServer::start_logged(
             &topo.server,
             SocketAddr::new(SERVER_V4.into(), PORT),
@@ -614,7 +605,7 @@ impl Scene {
 
     /// The scratch directory (removed with the scene).
     pub fn dir(&self) -> &std::path::Path {
-        &self.dir.0
+        self.dir.path()
     }
 
     /// Starts the daemon on the server side with the scene's configuration.
@@ -818,6 +809,7 @@ mod tests {
         assert_eq!(max_per_second(&[], 1.0), 0);
         assert_eq!(max_per_second(&[0.1, 0.2, 1.1, 1.5, 1.9, 3.0], 1.0), 3);
         assert_eq!(max_per_second(&[0.1, 0.2, 0.3], 1.0), 0);
+        assert_eq!(max_per_second(&[1.5, 3.0, 1.1, 1.9], 1.0), 3);
     }
 
     #[test]

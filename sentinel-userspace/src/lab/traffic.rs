@@ -108,7 +108,11 @@ impl Sink {
         match ready_rx.recv_timeout(Duration::from_secs(5)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => anyhow::bail!("binding sink {addr}: {e}"),
-            Err(_) => anyhow::bail!("sink {addr} did not start"),
+            Err(_) => {
+                // Should it bind late, it must not count forever in the namespace.
+                stop.store(true, Ordering::Relaxed);
+                anyhow::bail!("sink {addr} did not start")
+            }
         }
         Ok(Self {
             stop,

@@ -212,7 +212,7 @@ impl VerdictLog {
         maps: &mut Maps,
     ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
         let now = now_s();
-        let (live, _) = self.live(now)?;
+        let (live, unreadable) = self.live(now)?;
         let mut n = 0;
         for r in &live {
             let ttl = Duration::from_secs_f64((r.expires_at - now).max(0.001));
@@ -238,6 +238,17 @@ impl VerdictLog {
             };
             write(maps, list, target, r.rate_pps, ttl, r.shadow, &r.reason)?;
             n += 1;
+        }
+        if unreadable > 0 {
+            // The compaction below leaves them out: keep the file as it was beside it.
+            let kept = self.path.with_extension("jsonl.unreadable");
+            std::fs::copy(&self.path, &kept)?;
+            tracing::warn!(
+                unreadable,
+                log = %self.path.display(),
+                kept = %kept.display(),
+                "verdict log lines that do not parse are left out of the compacted log; the log as it was is kept"
+            );
         }
         self.compact(&live)?;
         Ok(n)

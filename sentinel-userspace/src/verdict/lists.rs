@@ -148,6 +148,19 @@ fn live(expires_ns: u64, now: u64) -> bool {
     expires_ns == 0 || now < expires_ns
 }
 
+/// Checks an add request's options against its list before anything is written (the CLI runs
+/// it too, so bad options are bad input with or without a daemon): a throttle needs a valid rate
+/// and burst and only a throttle takes them; `shadow` applies to the lists that drop.
+pub fn check_options(kind: ListKind, req: &AddRequest) -> Result<Option<ThrottleSpec>, ListError> {
+    if kind == ListKind::Allow && req.shadow {
+        return Err(ListError::BadRequest(
+            "--shadow applies to block and throttle entries; an allow entry never drops anything"
+                .into(),
+        ));
+    }
+    check_throttle(req.throttle, kind)
+}
+
 fn check_throttle(
     spec: Option<ThrottleSpec>,
     kind: ListKind,
@@ -192,7 +205,7 @@ fn capacity(map: &MapData) -> Result<u32, DatapathError> {
 /// none is.
 pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddResponse, ListError> {
     let targets = parse_targets(&req.targets)?;
-    let throttle = check_throttle(req.throttle, kind)?;
+    let throttle = check_options(kind, req)?;
     if let (Some(_), Some(agg)) = (throttle, req.throttle.and_then(|t| t.aggregate)) {
         for t in &targets {
             let max = if t.is_v4() { 32 } else { 128 };
@@ -432,6 +445,20 @@ fn remove_prefix<V: aya::Pod>(
 
 /// Lists the live entries of a list (expired ones still waiting for the sweep are left out).
 pub fn list(maps: &Maps, kind: ListKind) -> Result<Vec<Entry>, ListError> {
+    list_where(maps, kind, |_| true)
+}
+
+/// The live entries of a list that cover `ip` (what `explain` shows): only those are decoded
+/// and kept, so memory stays small however long the list is.
+pub fn list_covering(maps: &Maps, kind: ListKind, ip: IpAddr) -> Result<Vec<Entry>, ListError> {
+    list_where(maps, kind, |k| Target::from_map_key(*k).net().contains(&ip))
+}
+
+fn list_where(
+    maps: &Maps,
+    kind: ListKind,
+    keep: impl Fn(&MapKey) -> bool,
+) -> Result<Vec<Entry>, ListError> {
     let now = clock::monotonic_ns();
     let mut out = Vec::new();
     match kind {
@@ -445,12 +472,17 @@ pub fn list(maps: &Maps, kind: ListKind) -> Result<Vec<Entry>, ListError> {
             sys::lookup_all::<AddrKey>(hash.map().fd(), size_of::<RuleValue>(), |k, v| {
                 // SAFETY: the kernel wrote one `RuleValue` (plain integers) into `v`.
                 let v: RuleValue = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
-                rows.push((MapKey::Exact(*k), v));
+                if keep(&MapKey::Exact(*k)) {
+                    rows.push((MapKey::Exact(*k), v));
+                }
             })
             .map_err(DatapathError::Io)?;
             for item in lpm.iter() {
                 let (k, v) = item.map_err(map_err("lpm"))?;
-                rows.push((MapKey::Prefix(k.prefix_len(), k.data()), v));
+                let k = MapKey::Prefix(k.prefix_len(), k.data());
+                if keep(&k) {
+                    rows.push((k, v));
+                }
             }
             for (k, v) in rows.into_iter().filter(|(_, v)| live(v.expires_ns, now)) {
                 out.push(Entry {
@@ -470,13 +502,18 @@ pub fn list(maps: &Maps, kind: ListKind) -> Result<Vec<Entry>, ListError> {
                 |k, v| {
                     // SAFETY: the kernel wrote one `ThrottleRule` (plain integers) into `v`.
                     let v: ThrottleRule = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
-                    rows.push((MapKey::Exact(*k), v));
+                    if keep(&MapKey::Exact(*k)) {
+                        rows.push((MapKey::Exact(*k), v));
+                    }
                 },
             )
             .map_err(DatapathError::Io)?;
             for item in maps.throttle_lpm.iter() {
                 let (k, v) = item.map_err(map_err("lpm"))?;
-                rows.push((MapKey::Prefix(k.prefix_len(), k.data()), v));
+                let k = MapKey::Prefix(k.prefix_len(), k.data());
+                if keep(&k) {
+                    rows.push((k, v));
+                }
             }
             for (k, v) in rows.into_iter().filter(|(_, v)| live(v.expires_ns, now)) {
                 let target = Target::from_map_key(k);
@@ -690,6 +727,12 @@ mod tests {
         assert!(check_throttle(Some(zero), ListKind::Throttle).is_err());
         let no_burst = ThrottleSpec { burst: 0, ..ok };
         assert!(check_throttle(Some(no_burst), ListKind::Throttle).is_err());
+        let shadow = AddRequest {
+            shadow: true,
+            ..Default::default()
+        };
+        assert!(check_options(ListKind::Allow, &shadow).is_err());
+        assert!(check_options(ListKind::Block, &shadow).is_ok());
     }
 
     #[test]

@@ -227,8 +227,14 @@ pub struct Policy {
 
 /// Why a policy was rejected: where and what.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+#[error(
+    "{}{}{message}",
+    .file.as_ref().map(|f| format!("{f}: ")).unwrap_or_default(),
+    .line.map(|l| format!("line {l}: ")).unwrap_or_default()
+)]
 pub struct PolicyError {
+    /// The policy file, when read from one.
+    pub file: Option<String>,
     /// 1-based line, when known.
     pub line: Option<usize>,
     /// What is wrong.
@@ -247,12 +253,14 @@ impl Policy {
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             PolicyError {
+                file: None,
                 line,
                 message: e.message().to_owned(),
             }
         })?;
         let dur = |s: &str, what: &str| {
             humantime::parse_duration(s).map_err(|e| PolicyError {
+                file: None,
                 line: line_of(text, s),
                 message: format!("{what} {s:?} is not a duration ({e}); examples: 90s, 10m, 1h"),
             })
@@ -260,6 +268,7 @@ impl Policy {
         let window = dur(&raw.escalation.window, "escalation.window")?;
         if raw.escalation.prefix_v4 > 32 || raw.escalation.prefix_v6 > 128 {
             return Err(PolicyError {
+                file: None,
                 line: line_of(text, "prefix_v"),
                 message: "escalation prefixes must be at most /32 (IPv4) and /128 (IPv6)".into(),
             });
@@ -269,6 +278,7 @@ impl Policy {
             let t: crate::verdict::Target =
                 a.parse()
                     .map_err(|e: crate::verdict::target::TargetError| PolicyError {
+                        file: None,
                         line: line_of(text, a),
                         message: format!("allow.addresses: {e}"),
                     })?;
@@ -283,18 +293,21 @@ impl Policy {
             };
             if r.kinds.is_empty() {
                 return Err(PolicyError {
+                    file: None,
                     line: at(),
                     message: format!("rule {} has no kinds", i + 1),
                 });
             }
             if r.actions.is_empty() {
                 return Err(PolicyError {
+                    file: None,
                     line: at(),
                     message: format!("rule {} has no actions", i + 1),
                 });
             }
             if let Rate::Fixed(0) = r.rate {
                 return Err(PolicyError {
+                    file: None,
                     line: at(),
                     message: format!("rule {}: rate must be at least 1 packet/s", i + 1),
                 });
@@ -302,6 +315,7 @@ impl Policy {
             let ttl = dur(&r.ttl, "ttl")?;
             if ttl.is_zero() {
                 return Err(PolicyError {
+                    file: None,
                     line: at(),
                     message: format!("rule {}: ttl must be longer than zero", i + 1),
                 });
@@ -312,6 +326,7 @@ impl Policy {
                 .find(|s| !matches!(s, Step::KillFlow | Step::RevokeToken))
             {
                 return Err(PolicyError {
+                    file: None,
                     line: at().map(|start| {
                         text.lines()
                             .skip(start - 1)
@@ -349,14 +364,13 @@ impl Policy {
 
     /// Reads and validates a policy file.
     pub fn load(path: &std::path::Path) -> Result<Self, PolicyError> {
+        let file = Some(path.display().to_string());
         let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            file: file.clone(),
             line: None,
-            message: format!("reading {}: {e}", path.display()),
+            message: format!("cannot read it: {e}"),
         })?;
-        Self::parse(&text).map_err(|e| PolicyError {
-            line: e.line,
-            message: format!("{}: {}", path.display(), e.message),
-        })
+        Self::parse(&text).map_err(|e| PolicyError { file, ..e })
     }
 }
 

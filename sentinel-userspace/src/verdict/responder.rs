@@ -322,11 +322,7 @@ impl Responder {
             match applied {
                 Ok(records) => {
                     if !records.is_empty() && alert.ts_ns > 0 {
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_nanos() as u64)
-                            .unwrap_or(0);
-                        let ms = now.saturating_sub(alert.ts_ns) as f64 / 1e6;
+                        let ms = crate::clock::unix_ns().saturating_sub(alert.ts_ns) as f64 / 1e6;
                         *self.stats.last_verdict_ms.lock().expect("stats lock") = Some(ms);
                     }
                     for rec in records {

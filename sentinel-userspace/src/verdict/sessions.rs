@@ -13,6 +13,17 @@ use crate::models::{Alert, Observation};
 /// Tokens remembered per principal.
 const PER_PRINCIPAL: usize = 4;
 
+/// Longer tokens are not remembered: no identity provider issues them, and a client could
+/// otherwise make each entry cost what its request headers may hold.
+const MAX_TOKEN: usize = 8 * 1024;
+
+/// Bytes the book may hold (keys and tokens, plus a per-entry overhead), whatever the principals
+/// and tokens clients send: 100 000 principals of four 8 KiB tokens would be 3 GiB.
+pub const MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// What an entry costs besides its key and tokens (map slot, `Held`, string headers).
+const ENTRY_OVERHEAD: usize = 96;
+
 /// JSON fields of a login response that carry the issued credential.
 const TOKEN_FIELDS: [&str; 4] = ["token", "access_token", "session_token", "sessionToken"];
 
@@ -22,19 +33,40 @@ struct Held {
     last_ns: u64,
 }
 
-/// Tokens per principal, at most `cap` principals (the least recently seen are forgotten).
+impl Held {
+    fn cost(&self, principal: &str) -> usize {
+        ENTRY_OVERHEAD + principal.len() + self.tokens.iter().map(String::len).sum::<usize>()
+    }
+}
+
+/// Tokens per principal, at most `cap` principals and `max_bytes` bytes (the least recently
+/// seen are forgotten).
 pub struct SessionBook {
     held: HashMap<String, Held>,
     cap: usize,
+    max_bytes: usize,
+    bytes: usize,
 }
 
 impl SessionBook {
-    /// A book of at most `cap` principals.
+    /// A book of at most `cap` principals and [`MAX_BYTES`].
     pub fn new(cap: usize) -> Self {
+        Self::with_budget(cap, MAX_BYTES)
+    }
+
+    /// A book of at most `cap` principals and `max_bytes` bytes.
+    pub fn with_budget(cap: usize, max_bytes: usize) -> Self {
         Self {
             held: HashMap::new(),
             cap: cap.max(1),
+            max_bytes,
+            bytes: 0,
         }
+    }
+
+    /// Bytes held (keys, tokens and a per-entry overhead).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Principals tracked.
@@ -47,24 +79,42 @@ impl SessionBook {
         self.held.is_empty()
     }
 
+    /// Forgets the older half in one pass: amortised O(1) per insert.
+    fn forget_older_half(&mut self) {
+        let mut ages: Vec<u64> = self.held.values().map(|h| h.last_ns).collect();
+        let mid = ages.len() / 2;
+        let (_, cut, _) = ages.select_nth_unstable(mid);
+        let cut = *cut;
+        self.held.retain(|_, h| h.last_ns > cut);
+        self.bytes = self.held.iter().map(|(p, h)| h.cost(p)).sum();
+    }
+
     fn record(&mut self, principal: &str, token: &str, now_ns: u64) {
-        if !self.held.contains_key(principal) && self.held.len() >= self.cap {
-            // Forget the older half in one pass: amortised O(1) per insert.
-            let mut ages: Vec<u64> = self.held.values().map(|h| h.last_ns).collect();
-            let mid = ages.len() / 2;
-            let (_, cut, _) = ages.select_nth_unstable(mid);
-            let cut = *cut;
-            self.held.retain(|_, h| h.last_ns > cut);
+        if token.is_empty() || token.len() > MAX_TOKEN {
+            return;
+        }
+        let new = !self.held.contains_key(principal);
+        if new && self.held.len() >= self.cap {
+            self.forget_older_half();
         }
         let h = self.held.entry(principal.to_owned()).or_default();
+        if new {
+            self.bytes += ENTRY_OVERHEAD + principal.len();
+        }
         h.last_ns = h.last_ns.max(now_ns);
         if h.tokens.iter().any(|t| t == token) {
             return;
         }
-        if h.tokens.len() >= PER_PRINCIPAL {
-            h.tokens.pop_front();
+        if h.tokens.len() >= PER_PRINCIPAL
+            && let Some(old) = h.tokens.pop_front()
+        {
+            self.bytes -= old.len();
         }
         h.tokens.push_back(token.to_owned());
+        self.bytes += token.len();
+        while self.bytes > self.max_bytes && self.held.len() > 1 {
+            self.forget_older_half();
+        }
     }
 
     /// Learns from one observation.
@@ -230,5 +280,25 @@ mod tests {
             b.observe(&o);
         }
         assert_eq!(b.tokens_for(&alert("user:x", None)).len(), PER_PRINCIPAL);
+    }
+
+    #[test]
+    fn the_book_is_bounded_in_bytes_whatever_the_tokens() {
+        let mut b = SessionBook::with_budget(1_000_000, 64 * 1024);
+        for i in 0..2000u64 {
+            let mut o = obs(user(&format!("u{i}")), i);
+            o.bearer = Some(format!("{i:0>2000}"));
+            b.observe(&o);
+            assert!(b.bytes() <= 64 * 1024, "{} bytes after {i}", b.bytes());
+        }
+        let newest = obs(user("u1999"), 0).principal.to_string();
+        assert_eq!(b.tokens_for(&alert(&newest, None)).len(), 1);
+        let expected: usize = b.held.iter().map(|(p, h)| h.cost(p)).sum();
+        assert_eq!(b.bytes(), expected, "the running count matches");
+        // A token longer than any identity provider issues is not remembered.
+        let mut o = obs(user("huge"), 5000);
+        o.bearer = Some("x".repeat(MAX_TOKEN + 1));
+        b.observe(&o);
+        assert!(b.tokens_for(&alert("user:huge", None)).is_empty());
     }
 }
