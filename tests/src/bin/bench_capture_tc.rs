@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aya::programs::{TestRun, TestRunOptions};
 use sentinel::datapath::{Datapath, LoadOptions, unload};
-use sentinel_common::{CaptureConfig, capture::names};
+use sentinel_common::capture::names;
 use sentinel_tests::bench::{median, median_ratio};
 
 const PORT: u16 = 8080;
@@ -43,14 +43,6 @@ fn frame(payload: usize) -> Vec<u8> {
     f
 }
 
-/// A `struct __sk_buff` for BPF_PROG_TEST_RUN's `ctx_in` with only `tstamp` set (offset 152,
-/// size 192 as of Linux 5.16; the kernel rejects other non-zero fields it does not take).
-fn skb_ctx_with_tstamp(ts: u64) -> Vec<u8> {
-    let mut ctx = vec![0u8; 192];
-    ctx[152..160].copy_from_slice(&ts.to_ne_bytes());
-    ctx
-}
-
 fn main() -> anyhow::Result<()> {
     sentinel_tests::require_root();
     let quick = std::env::args().any(|a| a == "--quick");
@@ -67,18 +59,7 @@ fn main() -> anyhow::Result<()> {
 fn run(pin: &str, rounds: usize) -> anyhow::Result<String> {
     let mut dp = Datapath::load(&LoadOptions::new(pin))?;
     let mut cap = dp.take_capture()?;
-    cap.ports.set(PORT as u32, 1u8, 0)?;
-    cap.config.set(
-        0,
-        CaptureConfig {
-            snap_len: 2048,
-            wakeup_shift: sentinel_common::wakeup_shift(
-                sentinel_common::DEFAULT_RING_BYTES,
-                aya::util::nr_cpus().map_or(1, |n| n as u32),
-            ),
-        },
-        0,
-    )?;
+    sentinel_tests::tc::capture_port(&mut cap, PORT)?;
     // Load both programs up front.
     dp.tc(names::PROG_INGRESS)?;
     dp.tc(names::PROG_REFERENCE)?;
@@ -86,7 +67,7 @@ fn run(pin: &str, rounds: usize) -> anyhow::Result<String> {
     // as on ingress from a NIC without RX timestamps) and on one that carries a timestamp
     // (TCP's departure time on egress and across a veth; BPF_PROG_TEST_RUN can only give it
     // the realtime clock, which takes the same path but for the clock's flag).
-    let stamped = skb_ctx_with_tstamp(1_795_000_000_000_000_000);
+    let stamped = sentinel_tests::tc::skb_ctx_with_tstamp(1_795_000_000_000_000_000);
     let mut rows = Vec::new();
     for payload in [64usize, 512, 1500] {
         let pkt = frame(payload);
