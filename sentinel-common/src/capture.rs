@@ -39,12 +39,17 @@ pub const RECORD_CLASSES: [usize; 4] = [128, 512, 2048, 8192];
 
 /// Direction flag: the segment was seen on egress (else ingress).
 pub const CAP_FLAG_EGRESS: u8 = 1;
+/// `ts_ns` is `CLOCK_REALTIME` (ns since the Unix epoch), not `CLOCK_MONOTONIC`: it is the
+/// skb's receive timestamp, which the kernel takes in that clock when RX timestamps are on.
+pub const CAP_FLAG_TS_REALTIME: u8 = 2;
 
 /// Per-segment metadata, followed in the record by `cap_len` payload bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CaptureHeader {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the segment was seen.
+    /// When the segment was seen, in `CLOCK_MONOTONIC` ns (or `CLOCK_REALTIME` with
+    /// [`CAP_FLAG_TS_REALTIME`]): the skb's own timestamp when it carries one (TCP's departure
+    /// time on egress and over veth, the RX timestamp when enabled), else `bpf_ktime_get_ns()`.
     pub ts_ns: u64,
     /// Source address (IPv4 mapped).
     pub src: AddrKey,

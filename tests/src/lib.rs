@@ -4,5 +4,6 @@
 pub mod bench;
 pub mod bench_report;
 pub mod packets;
+pub mod tc;
 
 pub use sentinel::lab::*;

@@ -8,7 +8,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use bytes::Bytes;
-use sentinel_common::{CaptureHeader, RECORD_CLASSES};
+use sentinel_common::{CAP_FLAG_TS_REALTIME, CaptureHeader, RECORD_CLASSES};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::Segment;
@@ -87,8 +87,13 @@ pub fn decode(record: &[u8], clock: &Clock) -> Result<Segment, DecodeError> {
         });
     }
     let payload = Bytes::copy_from_slice(&record[hlen..hlen + hdr.cap_len as usize]);
+    let ts_ns = if hdr.cap_flags & CAP_FLAG_TS_REALTIME != 0 {
+        hdr.ts_ns
+    } else {
+        clock.to_unix_ns(hdr.ts_ns)
+    };
     Ok(Segment {
-        ts_ns: clock.to_unix_ns(hdr.ts_ns),
+        ts_ns,
         src: SocketAddr::new(addr_of(&hdr.src), hdr.src_port),
         dst: SocketAddr::new(addr_of(&hdr.dst), hdr.dst_port),
         seq: hdr.seq,
@@ -216,6 +221,15 @@ mod tests {
         assert_eq!(&s.payload[..], b"GET /");
         assert_eq!(s.wire_len, 100);
         assert!(s.is_truncated());
+    }
+
+    #[test]
+    fn realtime_stamps_are_taken_as_they_are() {
+        let mut rec = record(5, b"GET /", 0);
+        // `cap_flags` is the byte after `tcp_flags` (offset 53).
+        rec[53] = CAP_FLAG_TS_REALTIME;
+        let s = decode(&rec, &Clock::with_offset(1_000_000)).unwrap();
+        assert_eq!(s.ts_ns, 1_000);
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //!
 //! Reported: requests/s and p99 latency per arm (medians of rounds) and their ratios, ring
 //! buffer loss and the daemon's CPU use during the sentinel arm.
+//!
+//! `SENTINEL_BENCH_ARM=base|xdp|sentinel` runs only that arm and writes nothing to
+//! BENCHMARKS.md: a steady load to profile (e.g. `perf record -p` on the daemon).
 
 use std::{
     net::SocketAddr,
@@ -21,11 +24,26 @@ use sentinel::{
     lab::{Daemon, Topology, bank::BankServer, netns::SERVER_V4},
 };
 use sentinel_common::programs;
-use sentinel_tests::bench::{median, median_ratio};
+use sentinel_tests::bench::{median, median_ratio, ratio_range};
 
 struct WrkResult {
     rps: f64,
     p99_ms: f64,
+    /// CPU time of the server (this process), wrk and the daemon (if any) per request, µs.
+    cpu_us_per_req: f64,
+}
+
+/// CPU time (user + system) of this process and of its reaped children, µs.
+fn rusage_us() -> (f64, f64) {
+    let get = |who| {
+        // SAFETY: `ru` is a plain C struct that getrusage fills in.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: valid `who` and a pointer to a live rusage.
+        unsafe { libc::getrusage(who, &mut ru) };
+        let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+        us(ru.ru_utime) + us(ru.ru_stime)
+    };
+    (get(libc::RUSAGE_SELF), get(libc::RUSAGE_CHILDREN))
 }
 
 fn parse_latency(s: &str) -> Option<f64> {
@@ -40,7 +58,19 @@ fn parse_latency(s: &str) -> Option<f64> {
     })
 }
 
-fn wrk(topo: &Topology, url: &str, secs: u64, conns: u32) -> anyhow::Result<WrkResult> {
+/// Runs wrk and accounts the CPU time of everything serving it: this process (the bank server's
+/// threads; the main thread only waits), wrk (a child, reaped by `output`) and the daemon
+/// `daemon` (by its /proc ticks). The packet path's softirq work is charged to whichever of them
+/// was running.
+fn wrk(
+    topo: &Topology,
+    url: &str,
+    secs: u64,
+    conns: u32,
+    daemon: Option<u32>,
+) -> anyhow::Result<WrkResult> {
+    let (self0, children0) = rusage_us();
+    let daemon0 = daemon.map(cpu_ticks).transpose()?;
     let out = Command::new("ip")
         .args(["netns", "exec", topo.client.name(), "wrk", "-t2"])
         .arg(format!("-c{conns}"))
@@ -65,7 +95,26 @@ fn wrk(topo: &Topology, url: &str, secs: u64, conns: u32) -> anyhow::Result<WrkR
         .find_map(|l| l.trim().strip_prefix("99%"))
         .and_then(parse_latency)
         .with_context(|| format!("no 99% latency in wrk output: {text}"))?;
-    Ok(WrkResult { rps, p99_ms })
+    let (self1, children1) = rusage_us();
+    let daemon_us = match (daemon, daemon0) {
+        (Some(pid), Some(t0)) => {
+            // SAFETY: sysconf has no preconditions.
+            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+            (cpu_ticks(pid)? - t0) as f64 * 1e6 / hz
+        }
+        _ => 0.0,
+    };
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| l.split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .with_context(|| format!("no request count in wrk output: {text}"))?;
+    let cpu_us = (self1 - self0) + (children1 - children0) + daemon_us;
+    Ok(WrkResult {
+        rps,
+        p99_ms,
+        cpu_us_per_req: cpu_us / requests.max(1.0),
+    })
 }
 
 fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
@@ -75,10 +124,26 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
 }
 
+/// The median of the paired ratios `a / b` with their range, for the table.
+fn ratio(a: &[f64], b: &[f64]) -> String {
+    let (lo, hi) = ratio_range(a, b);
+    format!("{:.3} ({lo:.2}-{hi:.2})", median_ratio(a, b))
+}
+
+/// Share of one core `pid` used since `t0`, when it had used `c0` ticks.
+fn cpu_since(pid: u32, c0: u64, t0: Instant) -> anyhow::Result<f64> {
+    let ticks = cpu_ticks(pid)? - c0;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks as f64 / hz / t0.elapsed().as_secs_f64())
+}
+
 fn main() -> anyhow::Result<()> {
     sentinel_tests::require_root();
     let quick = std::env::args().any(|a| a == "--quick");
-    let (rounds, secs) = if quick { (2, 3) } else { (5, 6) };
+    // Many short rounds rather than a few long ones: on a shared 2-core machine the other load
+    // changes within seconds, and only arms run back to back pair well.
+    let (rounds, secs) = if quick { (2, 3) } else { (12, 3) };
     let conns = 32;
     let topo = Topology::new()?;
     let server = SocketAddr::new(SERVER_V4.into(), 8080);
@@ -87,7 +152,8 @@ fn main() -> anyhow::Result<()> {
 
     let (mut base_rps, mut base_p99, mut sen_rps, mut sen_p99) = (vec![], vec![], vec![], vec![]);
     let (mut xdp_rps, mut xdp_p99) = (vec![], vec![]);
-    let mut cpu_share = Vec::new();
+    let (mut base_cost, mut xdp_cost, mut sen_cost) = (vec![], vec![], vec![]);
+    let (mut cpu_share, mut xdp_cpu) = (Vec::new(), Vec::new());
     let mut ring_full = 0u64;
     let mut captured = 0u64;
     for round in 0..rounds {
@@ -96,6 +162,9 @@ fn main() -> anyhow::Result<()> {
         let arms = ["base", "xdp", "sentinel"];
         for k in 0..arms.len() {
             let arm = arms[(round + k) % arms.len()];
+            if std::env::var("SENTINEL_BENCH_ARM").is_ok_and(|a| a != arm) {
+                continue;
+            }
             if arm == "base" {
                 // A pass-only XDP program, attached from inside the server namespace.
                 let pin = format!(
@@ -110,31 +179,31 @@ fn main() -> anyhow::Result<()> {
                     prog.attach(&iface, XdpMode::Driver)?;
                     Ok(dp)
                 })??;
-                let r = wrk(&topo, &url, secs, conns);
+                let r = wrk(&topo, &url, secs, conns, None);
                 drop(attached);
                 let _ = unload(std::path::Path::new(&pin));
                 let r = r?;
                 base_rps.push(r.rps);
                 base_p99.push(r.p99_ms);
+                base_cost.push(r.cpu_us_per_req);
             } else if arm == "xdp" {
                 let daemon = Daemon::start(&topo.server, &[&topo.server_if], &[])?;
-                let r = wrk(&topo, &url, secs, conns);
+                let pid = daemon.pid().context("daemon pid")?;
+                let (t0, c0) = (Instant::now(), cpu_ticks(pid)?);
+                let r = wrk(&topo, &url, secs, conns, Some(pid));
+                xdp_cpu.push(cpu_since(pid, c0, t0)?);
                 drop(daemon);
                 let r = r?;
                 xdp_rps.push(r.rps);
                 xdp_p99.push(r.p99_ms);
+                xdp_cost.push(r.cpu_us_per_req);
             } else {
                 let daemon =
                     Daemon::start(&topo.server, &[&topo.server_if], &["--http-ports", "8080"])?;
                 let pid = daemon.pid().context("daemon pid")?;
-                let t0 = Instant::now();
-                let c0 = cpu_ticks(pid)?;
-                let r = wrk(&topo, &url, secs, conns)?;
-                let ticks = cpu_ticks(pid)? - c0;
-                let wall = t0.elapsed().as_secs_f64();
-                // SAFETY: sysconf has no preconditions.
-                let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-                cpu_share.push(ticks as f64 / hz / wall);
+                let (t0, c0) = (Instant::now(), cpu_ticks(pid)?);
+                let r = wrk(&topo, &url, secs, conns, Some(pid))?;
+                cpu_share.push(cpu_since(pid, c0, t0)?);
                 let st = daemon.status()?;
                 ring_full += st["capture"]["kernel"]["ring_full"].as_u64().unwrap_or(0);
                 if std::env::var_os("SENTINEL_BENCH_DEBUG").is_some() {
@@ -143,6 +212,7 @@ fn main() -> anyhow::Result<()> {
                 captured += st["capture"]["kernel"]["captured"].as_u64().unwrap_or(0);
                 sen_rps.push(r.rps);
                 sen_p99.push(r.p99_ms);
+                sen_cost.push(r.cpu_us_per_req);
             }
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -154,25 +224,36 @@ fn main() -> anyhow::Result<()> {
         median(&sen_p99),
     );
     let (xr, xp) = (median(&xdp_rps), median(&xdp_p99));
+    let (bc, xc, sc) = (median(&base_cost), median(&xdp_cost), median(&sen_cost));
     let cpu = median(&cpu_share);
+    let cpu_xdp = median(&xdp_cpu);
     let table = format!(
         "### Live capture overhead on a protected server (wrk, {conns} connections, {secs} s x {rounds} rounds per arm, interleaved)\n\n\
-         | arm | requests/s (median) | p99 latency (median) |\n|---|---|---|\n\
-         | pass-only XDP (baseline) | {br:.0} | {bp:.2} ms |\n\
-         | sentinel XDP alone (daemon without capture) | {xr:.0} | {xp:.2} ms |\n\
-         | sentinel: XDP + TC capture + pipeline | {sr:.0} | {sp:.2} ms |\n\
-         | ratio, XDP alone / baseline (paired rounds) | {:.3} | {:.3} |\n\
-         | ratio, whole / baseline (paired rounds) | {:.3} (target >= 0.95) | {:.3} (target <= 1.05) |\n\n\
+         | arm | requests/s (median) | p99 latency (median) | CPU per request (median) |\n|---|---|---|---|\n\
+         | pass-only XDP (baseline) | {br:.0} | {bp:.2} ms | {bc:.1} us |\n\
+         | sentinel XDP alone (daemon without capture) | {xr:.0} | {xp:.2} ms | {xc:.1} us |\n\
+         | sentinel: XDP + TC capture + pipeline | {sr:.0} | {sp:.2} ms | {sc:.1} us |\n\
+         | ratio, XDP alone / baseline (paired rounds) | {} | {} | {} |\n\
+         | ratio, whole / baseline (paired rounds) | {} (target >= 0.95) | {} (target <= 1.05) | {} |\n\n\
+         Ratios: median of the per-round ratios, with their range over the rounds. CPU per request: user + system \
+         time of the server, wrk and the daemon (softirq work is charged to whichever ran) over the requests wrk \
+         completed; its ratio, baseline / arm, is the request rate the arm would keep on a machine that only \
+         these processes share, which other load on the machine does not move the way it moves requests/s. \
          Highest rate wrk drove over veth here: {:.0} requests/s. During the sentinel arm: {captured} segments captured, \
-         {ring_full} lost to a full ring buffer (target 0), daemon CPU {:.0}% of one core (median; target < 100%).\n",
-        median_ratio(&xdp_rps, &base_rps),
-        median_ratio(&xdp_p99, &base_p99),
-        median_ratio(&sen_rps, &base_rps),
-        median_ratio(&sen_p99, &base_p99),
+         {ring_full} lost to a full ring buffer (target 0), daemon CPU {:.0}% of one core (median; target < 100%; {:.0}% in the XDP-alone arm).\n",
+        ratio(&xdp_rps, &base_rps),
+        ratio(&xdp_p99, &base_p99),
+        ratio(&base_cost, &xdp_cost),
+        ratio(&sen_rps, &base_rps),
+        ratio(&sen_p99, &base_p99),
+        ratio(&base_cost, &sen_cost),
         br.max(sr).max(xr),
-        cpu * 100.0
+        cpu * 100.0,
+        cpu_xdp * 100.0
     );
     println!("{table}");
-    sentinel_tests::bench_report::write_section("capture-live", &table)?;
+    if std::env::var_os("SENTINEL_BENCH_ARM").is_none() {
+        sentinel_tests::bench_report::write_section("capture-live", &table)?;
+    }
     Ok(())
 }

@@ -1,0 +1,82 @@
+//! BPF_PROG_TEST_RUN tier for the TC capture programs: where a record's timestamp comes from.
+//! An skb that carries a timestamp gives it (flagged when it is the realtime clock, the only
+//! one BPF_PROG_TEST_RUN can set); one without gets the monotonic clock at the time of the run.
+
+use aya::programs::{TestRun, TestRunOptions};
+use sentinel::{
+    clock::monotonic_ns,
+    datapath::{Datapath, LoadOptions, unload},
+};
+use sentinel_common::{CAP_FLAG_EGRESS, CAP_FLAG_TS_REALTIME, CaptureHeader, capture::names};
+use sentinel_tests::{
+    packets::Packet,
+    tc::{capture_port, skb_ctx_with_tstamp},
+};
+
+const PORT: u16 = 8080;
+
+/// Runs `prog` once on a 100-byte request segment and returns the record's header.
+fn run_once(pin: &str, prog: &str, ctx_in: Option<&[u8]>) -> anyhow::Result<CaptureHeader> {
+    let mut dp = Datapath::load(&LoadOptions::new(pin))?;
+    let mut cap = dp.take_capture()?;
+    capture_port(&mut cap, PORT)?;
+    let frame = Packet::tcp("198.18.0.100", "198.18.0.1")
+        .ports(40000, PORT)
+        .payload(100)
+        .build();
+    let r = dp.tc(prog)?.test_run(TestRunOptions {
+        data_in: Some(&frame.bytes),
+        ctx_in,
+        ..Default::default()
+    })?;
+    anyhow::ensure!(
+        r.return_value == 0,
+        "TC_ACT_OK expected, got {}",
+        r.return_value
+    );
+    let rec = cap
+        .ring
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no record"))?;
+    anyhow::ensure!(rec.len() >= size_of::<CaptureHeader>(), "short record");
+    // SAFETY: at least one header's bytes; plain integers; unaligned read.
+    let hdr: CaptureHeader = unsafe { std::ptr::read_unaligned(rec.as_ptr().cast()) };
+    anyhow::ensure!(
+        hdr.cap_len == 100 && hdr.dst_port == PORT,
+        "record: {hdr:?}"
+    );
+    Ok(hdr)
+}
+
+fn with_pin<T>(tag: &str, f: impl FnOnce(&str) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let pin = format!("/sys/fs/bpf/sentinel-test-tc-{tag}-{}", std::process::id());
+    let r = f(&pin);
+    let _ = unload(std::path::Path::new(&pin));
+    r
+}
+
+#[test]
+fn a_segment_without_an_skb_timestamp_gets_the_monotonic_clock() -> anyhow::Result<()> {
+    sentinel_tests::require_root();
+    let before = monotonic_ns();
+    let hdr = with_pin("clock", |pin| run_once(pin, names::PROG_INGRESS, None))?;
+    let after = monotonic_ns();
+    assert!(
+        (before..=after).contains(&hdr.ts_ns),
+        "{} not in {before}..={after}",
+        hdr.ts_ns
+    );
+    assert_eq!(hdr.cap_flags, 0);
+    Ok(())
+}
+
+#[test]
+fn a_segment_with_an_skb_timestamp_keeps_it_and_its_clock() -> anyhow::Result<()> {
+    sentinel_tests::require_root();
+    let ts = 1_795_000_000_123_456_789u64;
+    let ctx = skb_ctx_with_tstamp(ts);
+    let hdr = with_pin("stamp", |pin| run_once(pin, names::PROG_EGRESS, Some(&ctx)))?;
+    assert_eq!(hdr.ts_ns, ts);
+    assert_eq!(hdr.cap_flags, CAP_FLAG_EGRESS | CAP_FLAG_TS_REALTIME);
+    Ok(())
+}
