@@ -267,56 +267,60 @@ pub fn flagged_share(s: &Score) -> f64 {
     s.flagged.len() as f64 / s.benign.max(1) as f64
 }
 
-/// A Markdown table of several runs (one column group per seed).
+/// A Markdown table of several runs: scenarios detected per seed, then the time (or attempts)
+/// to the first alert over every seed's detected scenarios.
 pub fn table(runs: &[(u64, Score)]) -> String {
-    let mut o = String::new();
-    o.push_str("| kind | target (first alert) |");
+    let mut o = String::from("| kind |");
     for (seed, _) in runs {
-        o.push_str(&format!(
-            " seed {seed}: detected | first alert (median / max) |"
-        ));
+        o.push_str(&format!(" seed {seed} |"));
     }
-    o.push_str(" met |\n|---|---|");
-    for _ in runs {
-        o.push_str("---:|---:|");
-    }
-    o.push_str("---|\n");
+    o.push_str(" first alert, median / max (all seeds) | target | met |\n|---|");
+    o.push_str(&"---:|".repeat(runs.len()));
+    o.push_str("---:|---|---|\n");
     for kind in kinds() {
         let target = if VOLUMETRIC.contains(&kind) {
-            "<= 1 s"
+            ">= 99%, <= 1 s"
         } else if INJECTION.contains(&kind) {
-            "<= 5 attempts"
+            ">= 99%, <= 5 attempts"
         } else {
-            "-"
+            ">= 99%"
         };
-        o.push_str(&format!("| {} | {target} |", kind.as_str()));
+        o.push_str(&format!("| {} |", kind.as_str()));
         let mut met = true;
+        let (mut delays, mut attempts) = (Vec::new(), Vec::new());
         for (_, s) in runs {
             let k = &s.kinds[&kind];
             met &= kind_met(kind, k);
-            let first = if INJECTION.contains(&kind) {
-                let a: Vec<f64> = k.attempts.iter().map(|&n| n as f64).collect();
-                med_max(&a).map_or("-".into(), |(m, x)| format!("{m:.0} / {x:.0} attempts"))
-            } else {
-                med_max(&k.delays_s).map_or("-".into(), |(m, x)| format!("{m:.2} / {x:.2} s"))
-            };
-            o.push_str(&format!(" {}/{} | {first} |", k.detected, k.scenarios));
+            delays.extend_from_slice(&k.delays_s);
+            attempts.extend(k.attempts.iter().map(|&n| n as f64));
+            o.push_str(&format!(" {}/{} |", k.detected, k.scenarios));
         }
-        o.push_str(if met { " yes |\n" } else { " **no** |\n" });
+        let first = if INJECTION.contains(&kind) {
+            med_max(&attempts).map_or("-".into(), |(m, x)| format!("{m:.0} / {x:.0} attempts"))
+        } else {
+            med_max(&delays).map_or("-".into(), |(m, x)| format!("{m:.2} / {x:.2} s"))
+        };
+        o.push_str(&format!(
+            " {first} | {target} | {} |\n",
+            if met { "yes" } else { "**no**" }
+        ));
     }
-    o.push_str("| benign principals flagged | <= 0.1% |");
+    o.push_str("| benign principals flagged |");
     let mut met = true;
     for (_, s) in runs {
         let share = flagged_share(s);
         met &= share <= 0.001;
         o.push_str(&format!(
-            " {}/{} | {:.3}% |",
+            " {}/{} ({:.2}%) |",
             s.flagged.len(),
             s.benign,
             share * 100.0
         ));
     }
-    o.push_str(if met { " yes |\n" } else { " **no** |\n" });
+    o.push_str(&format!(
+        " - | <= 0.1% | {} |\n",
+        if met { "yes" } else { "**no**" }
+    ));
     o
 }
 
@@ -464,10 +468,13 @@ mod tests {
         assert_eq!(s.stray, 1, "the early scraping alert");
         let md = table(&[(1, s)]);
         assert!(
-            md.contains("| brute_force | <= 1 s | 1/1 | 2.00 / 2.00 s | **no** |"),
+            md.contains("| brute_force | 1/1 | 2.00 / 2.00 s | >= 99%, <= 1 s | **no** |"),
             "{md}"
         );
-        assert!(md.contains("1/1 | 100.000% | **no** |"), "{md}");
+        assert!(
+            md.contains("| 1/1 (100.00%) | - | <= 0.1% | **no** |"),
+            "{md}"
+        );
     }
 }
 

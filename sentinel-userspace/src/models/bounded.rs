@@ -412,6 +412,19 @@ impl<const N: usize> SmallSet<N> {
         true
     }
 
+    /// [`SmallSet::insert`], except that the first entry ever inserted is never replaced: a
+    /// profile's first client stays known however many others come after it (an attacker's
+    /// clients must not push the owner's own out).
+    pub fn insert_keep_first(&mut self, x: u32) -> bool {
+        if N < 2 || (self.len as usize) < N || self.contains(x) {
+            return self.insert(x);
+        }
+        let i = 1 + self.next as usize % (N - 1);
+        self.items[i] = x;
+        self.next = ((self.next as usize + 1) % (N - 1)) as u8;
+        true
+    }
+
     /// Entries held.
     pub fn len(&self) -> usize {
         self.len as usize
@@ -461,6 +474,22 @@ impl Distinct {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_entry_can_be_kept() {
+        let mut s = SmallSet::<4>::default();
+        for x in 1..=10 {
+            s.insert_keep_first(x);
+        }
+        assert!(s.contains(1), "the first stays");
+        assert!((8..=10).all(|x| s.contains(x)), "then the most recent");
+        assert_eq!(s.len(), 4);
+        let mut r = SmallSet::<4>::default();
+        for x in 1..=10 {
+            r.insert(x);
+        }
+        assert!(!r.contains(1), "plain insert is a ring");
+    }
 
     #[test]
     fn keys_of_similar_strings_differ() {

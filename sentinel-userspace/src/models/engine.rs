@@ -70,9 +70,25 @@ pub struct Ctx<'a> {
     pub country: Option<&'a str>,
     /// User-agent family ([`ua_family`]).
     pub ua_family: u32,
+    /// Alerts raised lately (kind and subject -> when, severity), for [`Ctx::is_repeat`].
+    pub recent: &'a BoundedMap<(u64, Severity)>,
+    /// How long a repeat is suppressed.
+    pub cooldown_ns: u64,
 }
 
 impl Ctx<'_> {
+    /// True when an alert of `kind` about `subject` at `severity` would be dropped as a repeat.
+    /// Detectors that keep firing through a sustained attack check this before building one:
+    /// formatting an explanation for every request of a flood only to drop it was most of the
+    /// analysis time under load.
+    pub fn is_repeat(&self, kind: AlertKind, subject: u64, severity: Severity) -> bool {
+        self.recent
+            .get(key2(&kind, &subject))
+            .is_some_and(|&(t, sev)| {
+                self.obs.ts_ns.saturating_sub(t) < self.cooldown_ns && severity <= sev
+            })
+    }
+
     /// An alert about this observation (action `alert`; the policy decides later).
     pub fn alert(
         &self,
@@ -373,6 +389,8 @@ impl Engine {
                 profile: self.profiles.get(entity),
                 country: o.geo.as_ref().and_then(|g| g.country.as_deref()),
                 ua_family: ua_family(o.user_agent.as_deref()),
+                recent: &self.recent,
+                cooldown_ns: self.cooldown_ns,
             };
             if let (Some(s), Some(p)) = (&closed, ctx.profile) {
                 for d in &mut self.detectors {

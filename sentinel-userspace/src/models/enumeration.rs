@@ -194,13 +194,21 @@ impl EnumerationDetector {
         }
         let w = *w;
         let secs_in = (now - w.start_ns) as f64 / 1e9;
+        let severity = if w.distinct >= 4 * self.cfg.min_distinct_ids {
+            Severity::High
+        } else {
+            Severity::Medium
+        };
+        if ctx.is_repeat(
+            AlertKind::Enumeration,
+            subject::entity(ctx.entity),
+            severity,
+        ) {
+            return;
+        }
         let alert = ctx.alert(
             AlertKind::Enumeration,
-            if w.distinct >= 4 * self.cfg.min_distinct_ids {
-                Severity::High
-            } else {
-                Severity::Medium
-            },
+            severity,
             (0.6 + f64::from(w.distinct) / 200.0).min(1.0),
             format!(
                 "{} walked {} distinct ids of {} ({}..{}, {:.0}% of the range, longest sequential run {}) in {:.1} s; {} answers were errors.",
@@ -263,13 +271,17 @@ impl EnumerationDetector {
         }
         let c = *c;
         let secs_in = ((now - c.start_ns) as f64 / 1e9).max(0.001);
+        let severity = if c.flow {
+            Severity::Medium
+        } else {
+            Severity::High
+        };
+        if ctx.is_repeat(AlertKind::Scraping, subject::entity(ctx.entity), severity) {
+            return;
+        }
         let alert = ctx.alert(
             AlertKind::Scraping,
-            if c.flow {
-                Severity::Medium
-            } else {
-                Severity::High
-            },
+            severity,
             (0.6 + ratio * 0.3).min(1.0),
             format!(
                 "{} fetched {} distinct resources in {} requests within {:.1} s ({:.1}/s){}.",

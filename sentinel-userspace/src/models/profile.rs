@@ -135,7 +135,7 @@ pub struct Profile {
     pub endpoints: [u32; 8],
     /// Counts of `endpoints`.
     pub endpoint_counts: [u16; 8],
-    /// User-agent families.
+    /// User-agent families: the first one seen, then the three most recent others.
     pub uas: SmallSet<4>,
     /// Countries: the first one seen, then the three most recent others.
     pub countries: [[u8; 2]; 4],
@@ -419,7 +419,7 @@ impl Profiles {
             p.loc_country = country.unwrap_or([0; 2]);
         }
         if ua != 0 {
-            p.uas.insert(ua);
+            p.uas.insert_keep_first(ua);
         }
         p.req_size.add(rq, s.alpha);
         p.resp_size.add(rs, s.alpha);

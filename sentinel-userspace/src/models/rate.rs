@@ -259,13 +259,17 @@ impl RateDetector {
         };
         let rps = count / span;
         let ratio = rps / limit_rps;
+        let severity = if ratio >= 10.0 {
+            Severity::High
+        } else {
+            Severity::Medium
+        };
+        if ctx.is_repeat(AlertKind::RateAnomaly, subject, severity) {
+            return;
+        }
         let mut alert = ctx.alert(
             AlertKind::RateAnomaly,
-            if ratio >= 10.0 {
-                Severity::High
-            } else {
-                Severity::Medium
-            },
+            severity,
             (0.5 + ratio.log2() / 8.0).min(1.0),
             format!(
                 "{} made {:.0} requests in {span} s ({:.1}/s), {:.1}x the learned limit of {:.1}/s (population {:.1}/s{}, own peak {:.1}/s).",
