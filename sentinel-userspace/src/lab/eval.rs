@@ -497,6 +497,21 @@ mod world_tests {
         let dir = tempfile::tempdir().unwrap();
         let alerts = analyze(&world, dir.path()).unwrap();
         let s = score(&world.scenarios, &world.benign, &alerts);
+        // The reference case: layla's account, 500 attempts in 3 minutes from Hanoi.
+        let rc = &world.scenarios[0];
+        assert_eq!(rc.variant, "reference case");
+        let first = alerts
+            .iter()
+            .filter(|a| a.kind == AlertKind::BruteForce && a.src_ip == rc.sources[0])
+            .min_by_key(|a| a.ts_ns)
+            .expect("the reference case is raised");
+        assert!(first.ts_ns - rc.start_ns <= NS, "{first:?}");
+        assert_eq!(first.principal.as_deref(), Some("user:layla"));
+        assert!(
+            first.explanation.contains("VN (Hanoi)") && first.explanation.contains("known: SA"),
+            "{}",
+            first.explanation
+        );
         let runs = [(cfg.seed, s)];
         println!("{}\n{}", table(&runs), details(&runs));
         for (kind, k) in &runs[0].1.kinds {
