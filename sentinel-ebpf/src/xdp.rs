@@ -143,6 +143,15 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
             };
             lookup_lists(src, flags, generation, now, &mut s.cache);
             let reason = apply(&pkt, &mut s.cache, flags, now);
+            // A source that the blocklist drops gets no entry: its packets are counted under
+            // `drop_block` in the per-CPU `SN_COUNTERS` only. A flood of random blocked sources
+            // would otherwise insert (and evict) an LRU entry per packet, which costs more than
+            // the rest of the packet's work on cold caches, and would push the passing sources,
+            // whose counts the models need, out of the table. Sources already tracked when
+            // their block starts keep being counted in their entry.
+            if reason == Reason::DropBlock {
+                return reason;
+            }
             s.dropped = reason.is_drop() as u64;
             if SN_SOURCES.insert(src, &s, 0).is_err() {
                 count(Reason::SourceInsertFailed, len);
