@@ -36,6 +36,9 @@ pub mod names {
     /// Per-CPU array of one [`ClockCache`](crate::ClockCache): kernel-private, not pinned (a
     /// new program starts with an empty one), so not in [`ALL`].
     pub const CLOCK: &str = "SN_CLOCK";
+    /// Per-CPU array of [`BLOCKED_SLOTS`](crate::BLOCKED_SLOTS)
+    /// [`BlockedSlot`](crate::BlockedSlot)s: kernel-private, not pinned, not in [`ALL`].
+    pub const BLOCKED: &str = "SN_BLOCKED";
 
     /// Every map of the XDP object, for pinning, status and tests.
     pub const ALL: &[&str] = &[
@@ -366,6 +369,24 @@ pub struct ClockCache {
     pub coarse_ns: u64,
 }
 const _: () = assert!(size_of::<ClockCache>() == 16);
+
+/// Slots per CPU of [`names::BLOCKED`] (a power of two): 48 bytes each, so the table stays in a
+/// core's L2 cache.
+pub const BLOCKED_SLOTS: u32 = 4096;
+
+/// A slot of the XDP program's per-CPU, direct-mapped cache of blocked sources that have no
+/// `SN_SOURCES` entry: a hot blocked source is judged from it without the list lookups, and a
+/// flood of random blocked sources overwrites slots instead of inserting and evicting LRU
+/// entries. Kernel-private.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockedSlot {
+    /// The source's key as two native words (see [`AddrKey`]).
+    pub key: [u64; 2],
+    /// The cached block verdict (valid as in `SN_SOURCES`: same generation, not expired).
+    pub cache: VerdictCache,
+}
+const _: () = assert!(size_of::<BlockedSlot>() == 48);
 
 /// Global configuration flag: shadow mode for every rule.
 pub const CONFIG_FLAG_SHADOW: u32 = 1;

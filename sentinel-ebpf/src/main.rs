@@ -2,7 +2,8 @@
 //!
 //! - `sentinel_xdp`: per packet, parse, then allowlist (always wins) -> flow kill (5-tuple) ->
 //!   blocklist (exact hash, then LPM trie) -> throttle (token bucket per source or per aggregate
-//!   prefix) -> pass; count the packet under exactly one verdict reason and per source.
+//!   prefix) -> pass; count the packet under exactly one verdict reason and per source (except
+//!   sources the blocklist drops on first sight: see `decide`).
 //! - `sentinel_xdp_drop` / `sentinel_xdp_pass`: bare programs used as benchmark floors and as
 //!   the pass-only arm of overhead comparisons.
 //! - `sentinel_bench_gen` / `sentinel_bench_ref`: the datapath benchmark's traffic generator

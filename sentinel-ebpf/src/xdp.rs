@@ -8,12 +8,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sentinel_common::{
-    AddrKey, BucketKey, BucketState, CACHE_ALLOW, CACHE_BLOCK, CACHE_NONE, CACHE_PASS,
-    CACHE_THROTTLE, CONFIG_FLAG_PRESENCE, CONFIG_FLAG_SHADOW, ClockCache, Config, Counter, FlowKey,
-    HAS_ALL, HAS_ALLOW_HASH, HAS_ALLOW_LPM, HAS_BLOCK_HASH, HAS_BLOCK_LPM, HAS_FLOW_KILL,
-    HAS_THROTTLE_HASH, HAS_THROTTLE_LPM, MAX_RATE_PPS, RULE_FLAG_SHADOW, Reason, ReasonText,
-    RuleValue, STASH_UNIT_SHIFT, STASH_WINDOW, SourceStats, ThrottleRule, VerdictCache, bucket_new,
-    bucket_take_n, defaults, rule_prefix_len, stash_size,
+    AddrKey, BLOCKED_SLOTS, BlockedSlot, BucketKey, BucketState, CACHE_ALLOW, CACHE_BLOCK,
+    CACHE_NONE, CACHE_PASS, CACHE_THROTTLE, CONFIG_FLAG_PRESENCE, CONFIG_FLAG_SHADOW, ClockCache,
+    Config, Counter, FlowKey, HAS_ALL, HAS_ALLOW_HASH, HAS_ALLOW_LPM, HAS_BLOCK_HASH,
+    HAS_BLOCK_LPM, HAS_FLOW_KILL, HAS_THROTTLE_HASH, HAS_THROTTLE_LPM, MAX_RATE_PPS,
+    RULE_FLAG_SHADOW, Reason, ReasonText, RuleValue, STASH_UNIT_SHIFT, STASH_WINDOW, SourceStats,
+    ThrottleRule, VerdictCache, bucket_new, bucket_take_n, defaults, rule_prefix_len, stash_size,
 };
 
 use crate::parse::{self, Packet};
@@ -54,6 +54,9 @@ static SN_FLOW_KILL: HashMap<FlowKey, RuleValue> =
 /// Not pinned: see [`coarse_now`].
 #[map]
 static SN_CLOCK: PerCpuArray<ClockCache> = PerCpuArray::with_max_entries(1, 0);
+/// Not pinned (a new program starts with empty slots): see [`blocked_slot`].
+#[map]
+static SN_BLOCKED: PerCpuArray<BlockedSlot> = PerCpuArray::with_max_entries(BLOCKED_SLOTS, 0);
 #[map]
 static SN_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 #[map]
@@ -134,6 +137,15 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
             reason
         }
         None => {
+            // An untracked blocked source seen lately on this CPU (see below).
+            let slot = blocked_slot(&src_words);
+            if let Some(b) = slot {
+                // SAFETY: per-CPU slot; only this CPU writes it, valid for this program run.
+                let b = unsafe { &mut *b };
+                if b.key == src_words && cache_valid(&b.cache, generation, now) {
+                    return apply(&pkt, &mut b.cache, flags, now);
+                }
+            }
             let mut s = SourceStats {
                 packets: 1,
                 bytes: len,
@@ -143,6 +155,23 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
             };
             lookup_lists(src, flags, generation, now, &mut s.cache);
             let reason = apply(&pkt, &mut s.cache, flags, now);
+            // A source that the blocklist drops gets no entry: its packets are counted under
+            // `drop_block` in the per-CPU `SN_COUNTERS` only. A flood of random blocked sources
+            // would otherwise insert (and evict) an LRU entry per packet, which costs more than
+            // the rest of the packet's work on cold caches, and would push the passing sources,
+            // whose counts the models need, out of the table. Sources already tracked when
+            // their block starts keep being counted in their entry. The verdict goes to the
+            // source's slot in `SN_BLOCKED` instead, so that a hot blocked source skips the list
+            // lookups.
+            if reason == Reason::DropBlock {
+                if let Some(b) = slot {
+                    // SAFETY: as above.
+                    let b = unsafe { &mut *b };
+                    b.key = src_words;
+                    b.cache = s.cache;
+                }
+                return reason;
+            }
             s.dropped = reason.is_drop() as u64;
             if SN_SOURCES.insert(src, &s, 0).is_err() {
                 count(Reason::SourceInsertFailed, len);
@@ -150,6 +179,16 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
             reason
         }
     }
+}
+
+/// The source's slot in the per-CPU, direct-mapped cache of untracked blocked sources: the
+/// top bits of a multiplicative hash of its key words. A slot holds the last blocked source that
+/// hashed there; a flood of random sources just overwrites slots (no eviction work), and the
+/// table (192 KiB per CPU) stays in the L2 cache.
+#[inline(always)]
+fn blocked_slot(src: &[u64; 2]) -> Option<*mut BlockedSlot> {
+    let h = (src[0] ^ src[1].rotate_left(31)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    SN_BLOCKED.get_ptr_mut((h >> (64 - BLOCKED_SLOTS.trailing_zeros())) as u32)
 }
 
 /// `bpf_ktime_get_coarse_ns()`, read at most once per jiffy per CPU: the verifier inlines

@@ -150,6 +150,13 @@ impl Lab {
         lists::add(&mut self.dp.maps, kind, &req).expect("add");
     }
 
+    fn remove(&mut self, kind: ListKind, targets: &[&str]) {
+        let req = DelRequest {
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+        };
+        lists::remove(&mut self.dp.maps, kind, &req).expect("remove");
+    }
+
     fn block(&mut self, targets: &[&str]) {
         self.add(ListKind::Block, targets, AddRequest::default());
     }
@@ -292,7 +299,9 @@ fn blocked_addresses_and_prefixes_drop_v4_and_v6() {
         for fr in &exact {
             assert_eq!(lab.run(&fr.bytes), XDP_DROP, "exact entry");
         }
-        lab.expect_source(f.src, &[&exact[0], &exact[1]], 2);
+        // A source the blocklist drops on its first packet gets no per-source entry: its
+        // drops are counted under `drop_block` only (see `decide`).
+        lab.expect_source(f.src, &[], 0);
         assert_eq!(
             lab.send(&Packet::udp(f.in_prefix, f.dst)),
             XDP_DROP,
@@ -308,7 +317,7 @@ fn blocked_addresses_and_prefixes_drop_v4_and_v6() {
         assert_eq!(lab.send(&Packet::udp(f.other, f.dst)), XDP_PASS);
         assert_eq!(lab.send(&Packet::udp(f.outside, f.dst)), XDP_PASS);
         assert_eq!(lab.source(f.other).dropped, 0);
-        assert_eq!(lab.source(f.in_prefix).dropped, 2);
+        assert_eq!(lab.source(f.in_prefix).packets, 0);
     }
     lab.expect_counts(&[(Reason::DropBlock, 8), (Reason::Pass, 4)]);
 
@@ -840,7 +849,11 @@ fn truncated_transport_headers_are_counted_and_judged_on_addresses() {
                 assert_eq!(lab.run(&frame), want, "{what} from {src}");
             }
         }
-        assert_eq!(lab.source(f.src).dropped, 3);
+        assert_eq!(
+            lab.source(f.src).packets,
+            0,
+            "blocked: counted under drop_block only"
+        );
     }
     lab.expect_counts(&[
         (Reason::DropBlock, 6),
@@ -879,27 +892,23 @@ fn cached_verdicts_follow_every_list_change() {
     // The kernel caches each source's list verdict in its per-source entry; every write through
     // the list API must reach sources it has already judged.
     let mut lab = Lab::new();
-    let del = |lab: &mut Lab, kind, targets: &[&str]| {
-        let req = DelRequest {
-            targets: targets.iter().map(|s| s.to_string()).collect(),
-        };
-        lists::remove(&mut lab.dp.maps, kind, &req).expect("remove");
-    };
     for f in &FAMILIES {
         let p = Packet::udp(f.src, f.dst);
         assert_eq!(lab.send(&p), XDP_PASS, "unlisted");
         lab.block(&[f.src]);
         assert_eq!(lab.send(&p), XDP_DROP, "blocked after being judged");
+        // A source tracked before its block keeps being counted in its entry.
+        assert_eq!(lab.source(f.src).dropped, 1);
         lab.allow(&[f.src]);
         assert_eq!(lab.send(&p), XDP_PASS, "allowed over the block");
-        del(&mut lab, ListKind::Allow, &[f.src]);
+        lab.remove(ListKind::Allow, &[f.src]);
         assert_eq!(lab.send(&p), XDP_DROP, "allow removed");
-        del(&mut lab, ListKind::Block, &[f.src]);
+        lab.remove(ListKind::Block, &[f.src]);
         assert_eq!(lab.send(&p), XDP_PASS, "block removed");
         lab.throttle(&[f.src], 1, 1, None);
         assert_eq!(lab.send(&p), XDP_PASS, "the bucket's one token");
         assert_eq!(lab.send(&p), XDP_DROP, "over the rate");
-        del(&mut lab, ListKind::Throttle, &[f.src]);
+        lab.remove(ListKind::Throttle, &[f.src]);
         assert_eq!(lab.send(&p), XDP_PASS, "throttle removed");
         let q = Packet::udp(f.in_prefix, f.dst);
         assert_eq!(lab.send(&q), XDP_PASS, "unlisted");
@@ -912,6 +921,36 @@ fn cached_verdicts_follow_every_list_change() {
         (Reason::Allowlisted, 2),
         (Reason::ThrottlePass, 2),
         (Reason::DropThrottle, 2),
+    ]);
+}
+
+#[test]
+fn untracked_blocked_sources_follow_list_changes_and_shadow() {
+    // A source blocked from its first packet gets no per-source entry and is judged from its
+    // per-CPU `SN_BLOCKED` slot afterwards: list writes and the global shadow flag must reach it.
+    let mut lab = Lab::new();
+    for f in &FAMILIES {
+        let p = Packet::udp(f.src, f.dst);
+        lab.block(&[f.src]);
+        assert_eq!(lab.send(&p), XDP_DROP, "first packet");
+        assert_eq!(lab.send(&p), XDP_DROP, "from the slot");
+        assert_eq!(lab.source(f.src).packets, 0, "untracked");
+        lab.set_global_shadow(true);
+        assert_eq!(lab.send(&p), XDP_PASS, "global shadow");
+        lab.set_global_shadow(false);
+        assert_eq!(lab.send(&p), XDP_DROP, "shadow off");
+        lab.allow(&[f.src]);
+        assert_eq!(lab.send(&p), XDP_PASS, "allowed over the block");
+        lab.remove(ListKind::Allow, &[f.src]);
+        assert_eq!(lab.send(&p), XDP_DROP, "allow removed");
+        lab.remove(ListKind::Block, &[f.src]);
+        assert_eq!(lab.send(&p), XDP_PASS, "block removed");
+    }
+    lab.expect_counts(&[
+        (Reason::DropBlock, 8),
+        (Reason::ShadowBlock, 2),
+        (Reason::Allowlisted, 2),
+        (Reason::Pass, 2),
     ]);
 }
 
