@@ -12,7 +12,7 @@
 //! credential or fingerprint the detector names) within `cooldown_s` is suppressed, unless it is
 //! more severe than the one that went out.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -257,7 +257,10 @@ pub struct EngineStats {
 pub struct Engine {
     cfg: ModelsConfig,
     profiles: Profiles,
-    links: BoundedMap<Box<str>>,
+    /// Credential -> the account that obtained it (shared: read for every observation).
+    links: BoundedMap<Arc<str>>,
+    /// Scratch for the principal's display form.
+    principal_buf: String,
     detectors: Vec<Box<dyn Detector>>,
     recent: BoundedMap<(u64, Severity)>,
     cooldown_ns: u64,
@@ -320,6 +323,7 @@ impl Engine {
                 },
             ),
             links: BoundedMap::new(cap, idle),
+            principal_buf: String::new(),
             detectors,
             recent: BoundedMap::new(cap, secs(cfg.cooldown_s).max(1)),
             cooldown_ns: secs(cfg.cooldown_s),
@@ -356,8 +360,11 @@ impl Engine {
     /// [`Engine::observe`] appending to `out` (no allocation when nothing is raised).
     pub fn observe_into(&mut self, o: &Observation, out: &mut Vec<Alert>) {
         self.observations += 1;
-        let principal = o.principal.to_string();
-        let account: Option<Box<str>> = o
+        // The principal's display form, written into a buffer kept between calls.
+        let mut principal = std::mem::take(&mut self.principal_buf);
+        principal.clear();
+        let _ = write!(principal, "{}", o.principal);
+        let account: Option<Arc<str>> = o
             .credential
             .as_deref()
             .and_then(|c| self.links.get(key_of(c)).cloned());
@@ -402,8 +409,8 @@ impl Engine {
             }
         }
         if trusted {
-            let name = account.as_deref().unwrap_or(&principal).to_owned();
-            self.profiles.absorb(entity, &|| name.clone(), o);
+            let name = account.as_deref().unwrap_or(&principal);
+            self.profiles.absorb(entity, &|| name.to_owned(), o);
         }
         if let Some(l) = &o.login
             && l.success
@@ -413,6 +420,7 @@ impl Engine {
         }
         self.emit(&mut dets, out);
         self.scratch = dets;
+        self.principal_buf = principal;
     }
 
     /// Remembers which account a credential issued by a successful login belongs to.
