@@ -64,7 +64,7 @@ enum Task {
     /// simulate, replay through `sentinel replay --emit alerts`, score against the truth, print
     /// a table per alert kind and write it into BENCHMARKS.md. No root needed.
     Eval {
-        /// Seeds to run (repeatable); default 1 to 5 (1 with --quick).
+        /// Seeds to run (repeatable); default 1 to 5, 11 and 12 (1 with --quick).
         #[arg(long = "seed")]
         seeds: Vec<u64>,
         /// A smaller world (400 users, 10 scenarios per kind); BENCHMARKS.md is not written.

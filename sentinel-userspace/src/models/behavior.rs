@@ -13,8 +13,9 @@
 //! constant memory (25 trees of 2^9 nodes: about 0.5 MiB in all, nothing per principal), about a
 //! microsecond per window, and it follows drift by swapping its reference window. A window is
 //! raised when the trees isolate it (`threshold`) *and* at least `min_moved` features (other than
-//! country, which the geo models report) moved by `moved_level` or more, so that one odd feature
-//! (a new phone, a late night) is never enough on its own. The alert names the moved features,
+//! country, which the geo models report, and the absolute endpoint spread, which a usual session
+//! already fills half of) moved by `moved_level` or more, so that one odd feature (a new phone, a
+//! late night) is never enough on its own. The alert names the moved features,
 //! their values and the baselines.
 
 use serde::{Deserialize, Serialize};
@@ -26,7 +27,7 @@ use super::{
     config::Checker,
     engine::{Ctx, Detection, Detector, ModelsError, evidence, make_alert, r2, subject},
     hst::HalfSpaceTrees,
-    profile::{COUNTRY_FEATURE, DIMS, FEATURES, Profile, WindowSummary, cc_str},
+    profile::{COUNTRY_FEATURE, DIMS, FEATURES, Profile, SPREAD_FEATURE, WindowSummary, cc_str},
 };
 
 /// `[models.behavior]`.
@@ -55,7 +56,7 @@ pub struct Config {
     pub reference_windows: u32,
     /// Reference mass below which a region counts as empty. Default 3.
     pub size_limit: u32,
-    /// Isolation score from which a window is anomalous. Default 0.55.
+    /// Isolation score from which a window is anomalous. Default 0.5.
     pub threshold: f64,
     /// Features that must have moved. Default 2.
     pub min_moved: usize,
@@ -79,7 +80,7 @@ impl Default for Config {
             height: 9,
             reference_windows: 256,
             size_limit: 3,
-            threshold: 0.55,
+            threshold: 0.5,
             min_moved: 2,
             moved_level: 0.5,
             seed: 1,
@@ -155,7 +156,9 @@ impl BehaviorDetector {
             .features
             .iter()
             .enumerate()
-            .filter(|(i, v)| *i != COUNTRY_FEATURE && **v >= self.cfg.moved_level)
+            .filter(|(i, v)| {
+                *i != COUNTRY_FEATURE && *i != SPREAD_FEATURE && **v >= self.cfg.moved_level
+            })
             .map(|(i, v)| (i, *v))
             .collect();
         (self.hst.score(&s.features), moved)

@@ -44,6 +44,9 @@ pub const DIMS: usize = FEATURES.len();
 /// Index of the country feature (geography is reported by the geo models; behaviour counts it
 /// as context, not as a moved feature).
 pub const COUNTRY_FEATURE: usize = 6;
+/// Index of the distinct-endpoints feature: an absolute spread (a usual session already visits
+/// four endpoints), context for the trees, never a moved feature on its own.
+pub const SPREAD_FEATURE: usize = 8;
 
 /// Settings of the profile store (part of `[models.behavior]`).
 #[derive(Clone, Copy, Debug)]
