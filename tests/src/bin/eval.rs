@@ -65,7 +65,7 @@ fn args() -> anyhow::Result<Args> {
         a.seeds = if a.quick {
             vec![1]
         } else {
-            vec![1, 2, 3, 4, 5]
+            vec![1, 2, 3, 4, 5, 11, 12]
         };
     }
     if a.quick {
