@@ -70,10 +70,55 @@ pub struct Ctx<'a> {
     pub country: Option<&'a str>,
     /// User-agent family ([`ua_family`]).
     pub ua_family: u32,
-    /// Alerts raised lately (kind and subject -> when, severity), for [`Ctx::is_repeat`].
-    pub recent: &'a BoundedMap<(u64, Severity)>,
-    /// How long a repeat is suppressed.
-    pub cooldown_ns: u64,
+    /// Alerts raised lately, for [`Ctx::is_repeat`].
+    pub recent: &'a Recent,
+}
+
+/// Alerts raised lately (kind and subject -> when, severity): the one rule that suppresses
+/// repeats, applied by the engine to what detectors raise and by detectors, through
+/// [`Ctx::is_repeat`], before they build an alert at all.
+pub struct Recent {
+    map: BoundedMap<(u64, Severity)>,
+    cooldown_ns: u64,
+    /// Repeats dropped, by the engine or before they were built.
+    suppressed: std::cell::Cell<u64>,
+}
+
+impl Recent {
+    fn new(cap: usize, cooldown_ns: u64) -> Self {
+        Self {
+            map: BoundedMap::new(cap, cooldown_ns.max(1)),
+            cooldown_ns,
+            suppressed: std::cell::Cell::new(0),
+        }
+    }
+
+    /// True (and counted) when an alert of `kind` about `subject` at `severity` at `now_ns` is
+    /// a repeat: one as severe or more went out less than the cooldown ago.
+    pub fn is_repeat(
+        &self,
+        kind: AlertKind,
+        subject: u64,
+        severity: Severity,
+        now_ns: u64,
+    ) -> bool {
+        let repeat = self
+            .map
+            .get(key2(&kind, &subject))
+            .is_some_and(|&(t, sev)| {
+                now_ns.saturating_sub(t) < self.cooldown_ns && severity <= sev
+            });
+        if repeat {
+            self.suppressed.set(self.suppressed.get() + 1);
+        }
+        repeat
+    }
+
+    fn note(&mut self, kind: AlertKind, subject: u64, severity: Severity, now_ns: u64) {
+        *self
+            .map
+            .entry(key2(&kind, &subject), now_ns, || (now_ns, severity)) = (now_ns, severity);
+    }
 }
 
 impl Ctx<'_> {
@@ -83,10 +128,7 @@ impl Ctx<'_> {
     /// analysis time under load.
     pub fn is_repeat(&self, kind: AlertKind, subject: u64, severity: Severity) -> bool {
         self.recent
-            .get(key2(&kind, &subject))
-            .is_some_and(|&(t, sev)| {
-                self.obs.ts_ns.saturating_sub(t) < self.cooldown_ns && severity <= sev
-            })
+            .is_repeat(kind, subject, severity, self.obs.ts_ns)
     }
 
     /// An alert about this observation (action `alert`; the policy decides later).
@@ -262,12 +304,10 @@ pub struct Engine {
     /// Scratch for the principal's display form.
     principal_buf: String,
     detectors: Vec<Box<dyn Detector>>,
-    recent: BoundedMap<(u64, Severity)>,
-    cooldown_ns: u64,
+    recent: Recent,
     scratch: Vec<Detection>,
     swept: Vec<(WindowSummary, Profile)>,
     observations: u64,
-    suppressed: u64,
     emitted: BTreeMap<AlertKind, u64>,
     last_tick_ns: u64,
 }
@@ -325,12 +365,10 @@ impl Engine {
             links: BoundedMap::new(cap, idle),
             principal_buf: String::new(),
             detectors,
-            recent: BoundedMap::new(cap, secs(cfg.cooldown_s).max(1)),
-            cooldown_ns: secs(cfg.cooldown_s),
+            recent: Recent::new(cap, secs(cfg.cooldown_s)),
             scratch: Vec::new(),
             swept: Vec::new(),
             observations: 0,
-            suppressed: 0,
             emitted: BTreeMap::new(),
             last_tick_ns: 0,
             cfg: cfg.clone(),
@@ -397,7 +435,6 @@ impl Engine {
                 country: o.geo.as_ref().and_then(|g| g.country.as_deref()),
                 ua_family: ua_family(o.user_agent.as_deref()),
                 recent: &self.recent,
-                cooldown_ns: self.cooldown_ns,
             };
             if let (Some(s), Some(p)) = (&closed, ctx.profile) {
                 for d in &mut self.detectors {
@@ -445,18 +482,11 @@ impl Engine {
 
     fn emit(&mut self, dets: &mut Vec<Detection>, out: &mut Vec<Alert>) {
         for d in dets.drain(..) {
-            let key = key2(&d.alert.kind, &d.subject);
-            let now = d.alert.ts_ns;
-            let cooldown = self.cooldown_ns;
-            let fresh = match self.recent.get(key) {
-                Some(&(t, sev)) => now.saturating_sub(t) >= cooldown || d.alert.severity > sev,
-                None => true,
-            };
-            if !fresh {
-                self.suppressed += 1;
+            let (kind, severity, now) = (d.alert.kind, d.alert.severity, d.alert.ts_ns);
+            if self.recent.is_repeat(kind, d.subject, severity, now) {
                 continue;
             }
-            *self.recent.entry(key, now, || (now, d.alert.severity)) = (now, d.alert.severity);
+            self.recent.note(kind, d.subject, severity, now);
             *self.emitted.entry(d.alert.kind).or_default() += 1;
             out.push(d.alert);
         }
@@ -486,7 +516,7 @@ impl Engine {
             d.tick(now_ns, &mut dets);
         }
         self.links.sweep(now_ns, budget, |_, _, _| {});
-        self.recent.sweep(now_ns, budget, |_, _, _| {});
+        self.recent.map.sweep(now_ns, budget, |_, _, _| {});
         self.emit(&mut dets, &mut out);
         self.scratch = dets;
         out
@@ -537,13 +567,13 @@ impl Engine {
                 .iter()
                 .map(|(k, v)| (k.as_str().to_owned(), *v))
                 .collect(),
-            suppressed: self.suppressed,
+            suppressed: self.recent.suppressed.get(),
             profiles: self.profiles.len(),
             profile_evictions: self.profiles.evictions(),
             links: self.links.len(),
             memory_bytes: self.profiles.memory_bytes()
                 + links_bytes
-                + self.recent.memory_bytes()
+                + self.recent.map.memory_bytes()
                 + detectors.iter().map(|d| d.memory_bytes).sum::<usize>(),
             detectors,
         }
