@@ -331,8 +331,7 @@ fn parse_iface(s: &str) -> Result<String, String> {
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration ({e}); examples: 90s, 10m, 1h"))?;
+    let d = parse_since(s)?;
     if d.is_zero() {
         return Err("a TTL must be longer than zero".into());
     }

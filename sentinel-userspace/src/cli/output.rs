@@ -343,10 +343,7 @@ pub async fn alerts(
     since: Option<Duration>,
     json: bool,
 ) -> Result<(), CliError> {
-    let now_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let now_ns = crate::clock::unix_ns();
     let mut since_ts =
         since.map(|d| crate::models::alert::rfc3339(now_ns.saturating_sub(d.as_nanos() as u64)));
     let mut seen = std::collections::HashSet::new();

@@ -418,10 +418,7 @@ async fn explain(
                 a["src_ip"] == target.as_str() || a["principal"] == target.as_str()
             })
             .map_err(internal)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        let now = clock::unix_ns() as f64 / 1e9;
         let verdicts = s
             .verdict_log
             .live(now)

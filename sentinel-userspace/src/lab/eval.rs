@@ -494,7 +494,7 @@ mod world_tests {
             ..SimConfig::default()
         };
         let world = simulate(&cfg);
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::lab::TempDir::new("sentinel-eval-test").unwrap();
         let alerts = analyze(&world, dir.path()).unwrap();
         let s = score(&world.scenarios, &world.benign, &alerts);
         // The reference case: layla's account, 500 attempts in 3 minutes from Hanoi.

@@ -9,7 +9,7 @@ use std::{
     fs::OpenOptions,
     io::{BufRead as _, Write as _},
     path::{Path, PathBuf},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use ipnet::IpNet;
@@ -47,10 +47,7 @@ pub struct VerdictRecord {
 }
 
 fn now_s() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    crate::clock::unix_ns() as f64 / 1e9
 }
 
 /// Writes a decision into the kernel maps: the step's address verdict (throttle, block, wider
