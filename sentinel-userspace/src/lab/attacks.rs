@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use super::sim::{
     APP_UAS, ATTACKER_CITIES, Builder, CITIES, DAY, HOUR, NS, Rng, Scenario, User, WEB_UAS,
     attacker_addr, attacker_addr6, bearer, card_number, city_addr, distance_km, iban, jwt,
-    luhn_number, post_json, req, resp,
+    luhn_number, post_json, req, resp, slots,
 };
 use crate::models::AlertKind;
 
@@ -40,6 +40,19 @@ pub const INJECTION: [AlertKind; 3] = [
     AlertKind::PathTraversal,
 ];
 
+/// Draws before a scenario gives up looking for a victim, a time or a place that fits.
+const MAX_TRIES: usize = 10_000;
+
+/// Every scenario on an account needs a victim of its own with enough history: a population too
+/// small for `per_kind` runs out of them.
+fn exhausted(users: usize) -> ! {
+    panic!(
+        "the simulator found no unused, established victim in {MAX_TRIES} draws among {users} \
+         users: give more users or fewer scenarios per kind (each account attack takes a victim \
+         of its own)"
+    )
+}
+
 /// Automated clients' user agents.
 const TOOL_UAS: &[&str] = &[
     "python-requests/2.31.0",
@@ -63,6 +76,8 @@ pub struct Stage<'a> {
     pub to_ns: u64,
     /// Next unused address per attacker city.
     pub next_addr: Vec<u64>,
+    /// Next unused attacker slot ([`slots::ATTACK`]) per benign city.
+    pub next_local: Vec<u64>,
     /// Users already chosen as victims of an account attack (each scenario gets its own, so
     /// that one attack does not teach a profile what the next one should stand out from).
     pub victims: Vec<bool>,
@@ -139,6 +154,13 @@ impl Stage<'_> {
         }
     }
 
+    /// A fresh attacker address inside benign city `c`.
+    fn local_attacker(&mut self, c: usize) -> IpAddr {
+        let k = self.next_local[c];
+        self.next_local[c] += 1;
+        city_addr(c, slots::ATTACK, k)
+    }
+
     /// A fresh address of a random attacker city.
     fn any_attacker(&mut self) -> IpAddr {
         let a = self.rng.below(ATTACKER_CITIES.len() as u64) as usize;
@@ -169,23 +191,25 @@ impl Stage<'_> {
 
     /// A user no other scenario has as a victim (marked as one now).
     fn fresh_user(&mut self) -> usize {
-        loop {
+        for _ in 0..MAX_TRIES {
             let i = self.rng.below(self.users.len() as u64 - 1) as usize;
             if !self.victims[i] {
                 self.victims[i] = true;
                 return i;
             }
         }
+        exhausted(self.users.len())
     }
 
     /// A time and an established victim, retrying times until one is found.
     fn time_and_victim(&mut self, min_requests: u64, min_age: u64) -> (u64, usize) {
-        loop {
+        for _ in 0..MAX_TRIES {
             let t = self.when();
             if let Some(v) = self.victim(t, min_requests, min_age) {
                 return (t, v);
             }
         }
+        exhausted(self.users.len())
     }
 
     /// `1/rate` seconds with ±30% jitter, in ns.
@@ -323,7 +347,7 @@ fn credential_stuffing(st: &mut Stage<'_>, k: usize) -> Scenario {
     a.done()
 }
 
-fn rate_anomaly(st: &mut Stage<'_>, k: usize) -> Scenario {
+fn rate_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
     let (t0, v) = st.time_and_victim(10, DAY);
     let u = &st.users[v];
     let same_host = st.rng.chance(0.5);
@@ -339,7 +363,7 @@ fn rate_anomaly(st: &mut Stage<'_>, k: usize) -> Scenario {
     let ip = if same_host {
         here
     } else {
-        city_addr(city, 3700 + k as u64)
+        st.local_attacker(city)
     };
     let path = if st.rng.chance(0.5) {
         "/balance".to_owned()
@@ -433,7 +457,7 @@ fn takeover(
 
 fn impossible_travel(st: &mut Stage<'_>, _k: usize) -> Scenario {
     let mut a = Attack::new(AlertKind::ImpossibleTravel, "stolen password");
-    loop {
+    for _ in 0..MAX_TRIES {
         let (t, v) = st.time_and_victim(12, DAY + DAY / 2);
         let Some(last) = st.users[v].last_session_before(t) else {
             continue;
@@ -458,7 +482,7 @@ fn impossible_travel(st: &mut Stage<'_>, _k: usize) -> Scenario {
         let ip = if att {
             st.attacker(c)
         } else {
-            city_addr(c, 3800 + st.rng.below(200))
+            st.local_attacker(c)
         };
         let ua = if st.rng.chance(0.5) {
             st.users[v].ua
@@ -469,10 +493,11 @@ fn impossible_travel(st: &mut Stage<'_>, _k: usize) -> Scenario {
         takeover(st, &mut a, v, ip, ua, t0, extra);
         return a.done();
     }
+    exhausted(st.users.len())
 }
 
 fn new_country(st: &mut Stage<'_>, _k: usize) -> Scenario {
-    loop {
+    for _ in 0..MAX_TRIES {
         let (t, v) = st.time_and_victim(12, DAY + DAY / 2);
         let Some(last) = st.users[v].last_session_before(t) else {
             continue;
@@ -510,22 +535,25 @@ fn new_country(st: &mut Stage<'_>, _k: usize) -> Scenario {
         takeover(st, &mut a, v, ip, ua, t0, extra);
         return a.done();
     }
+    exhausted(st.users.len())
 }
 
 fn behavior_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
-    let mut a = Attack::new(AlertKind::BehaviorAnomaly, "session hijack");
+    let mut a = Attack::new(
+        AlertKind::BehaviorAnomaly,
+        "session hijack on the owner's network",
+    );
     let (t, v) = st.time_and_victim(30, 2 * DAY);
     let u = &st.users[v];
     // At night, from the owner's own network (no geography to give it away).
     let t0 = t - t % DAY + st.rng.range(1, 3) * HOUR + st.rng.below(HOUR);
     let t0 = if t0 < st.from_ns { t0 + DAY } else { t0 };
-    let (name, account, ip) = (u.name.clone(), u.account, u.whereabouts(t0, v).1);
+    let (account, ip) = (u.account, u.whereabouts(t0, v).1);
     let ua = if u.ua.starts_with("BankApp") {
         *st.rng.pick(&[WEB_UAS[1], TOOL_UAS[1], TOOL_UAS[0]])
     } else {
         *st.rng.pick(&[APP_UAS[2], TOOL_UAS[1], TOOL_UAS[0]])
     };
-    let _ = name;
     let tok = login_as(st, &mut a, v, ip, ua, t0);
     let auth = bearer(&tok);
     let h = [("Authorization", auth.as_str())];

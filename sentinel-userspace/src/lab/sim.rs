@@ -128,18 +128,37 @@ fn v4_in(base: Ipv4Addr, block: u64, host: u64) -> IpAddr {
     ))
 }
 
-/// The `k`-th address of city `c` (spread over its 16 /24s).
-pub fn city_addr(c: usize, k: u64) -> IpAddr {
+/// Who holds the host slots of a city's IPv4 space (16 /24s of 250 hosts: 4000 slots), in
+/// disjoint ranges, so that no benign client shares an address with another by accident or with
+/// an attacker (the office NAT is shared on purpose): the slot where each role's range starts
+/// and how many it has.
+pub mod slots {
+    /// Users living in the city, in order (home networks).
+    pub const HOME: (u64, u64) = (0, 1000);
+    /// Their mobile networks.
+    pub const MOBILE: (u64, u64) = (1000, 1000);
+    /// Users of other cities travelling there (by user index).
+    pub const TRAVEL: (u64, u64) = (2000, 1000);
+    /// Anonymous readers of the public pages.
+    pub const VISITOR: (u64, u64) = (3000, 500);
+    /// Attackers inside the city (a script on the owner's city network, a stolen password used
+    /// from another benign city).
+    pub const ATTACK: (u64, u64) = (3500, 500);
+}
+
+/// The `k`-th slot of `role` (one of [`slots`]) in city `c`; `k` wraps within the role's range.
+pub fn city_addr(c: usize, role: (u64, u64), k: u64) -> IpAddr {
+    let slot = role.0 + k % role.1;
     v4_in(
         Ipv4Addr::new(198, 18, 0, 0),
-        (c as u64) * 16 + (k / 250) % 16,
-        2 + k % 250,
+        (c as u64) * 16 + slot / 250,
+        2 + slot % 250,
     )
 }
 
 /// The address user `index` has when travelling in city `c`.
 pub fn travel_addr(c: usize, index: usize) -> IpAddr {
-    city_addr(c, 3000 + index as u64)
+    city_addr(c, slots::TRAVEL, index as u64)
 }
 
 /// The `k`-th IPv6 address of city `c` (its own /64 per `k`, in 2001:db8:c::/48).
@@ -746,15 +765,17 @@ pub fn simulate(cfg: &SimConfig) -> World {
     let mut rng = Rng::new(cfg.seed);
     let mut b = Builder::new(cfg.seed);
     let mut users = Vec::new();
+    let mut living = [0u64; CITIES.len()];
     for i in 0..cfg.users {
         let home = rng.below(CITIES.len() as u64) as usize;
         let mobile = rng.chance(0.6);
+        living[home] += 1;
         let addr = if home == 0 && rng.chance(0.3) {
             IpAddr::V4(OFFICE_NAT)
         } else if rng.chance(0.1) {
             city_addr6(home, i as u64)
         } else {
-            city_addr(home, i as u64)
+            city_addr(home, slots::HOME, living[home])
         };
         users.push(User {
             name: format!("user{i:05}"),
@@ -762,7 +783,7 @@ pub fn simulate(cfg: &SimConfig) -> World {
             home,
             city: home,
             addr,
-            alt: mobile.then(|| city_addr(home, 2000 + rng.below(1500))),
+            alt: mobile.then(|| city_addr(home, slots::MOBILE, rng.below(slots::MOBILE.1))),
             ua: rng.pick::<&str>(if mobile { APP_UAS } else { WEB_UAS }),
             hours: {
                 let n = 1 + rng.below(2);
@@ -782,7 +803,8 @@ pub fn simulate(cfg: &SimConfig) -> World {
         password: "riyadh-2024".into(),
         home: 0,
         city: 0,
-        addr: city_addr(0, 4242),
+        // The home network's slot 0, which no other Riyadh user gets (they count from 1).
+        addr: city_addr(0, slots::HOME, 0),
         alt: None,
         ua: APP_UAS[0],
         hours: vec![5, 17],
@@ -849,7 +871,7 @@ pub fn simulate(cfg: &SimConfig) -> World {
     let visitors = cfg.users / 4;
     for v in 0..visitors {
         let c = rng.below(CITIES.len() as u64) as usize;
-        let ip = city_addr(c, 3500 + v as u64);
+        let ip = city_addr(c, slots::VISITOR, v as u64);
         let ua = rng.pick(WEB_UAS);
         let mut t = cfg.start_ns + rng.below(cfg.days * DAY);
         for _ in 0..rng.range(1, 4) {
@@ -882,6 +904,7 @@ pub fn simulate(cfg: &SimConfig) -> World {
             from_ns: attack_from,
             to_ns: attack_to,
             next_addr: vec![0; ATTACKER_CITIES.len()],
+            next_local: vec![0; CITIES.len()],
             victims: vec![false; users.len()],
         },
         cfg.per_kind,
@@ -949,6 +972,46 @@ mod tests {
                 .iter()
                 .any(|p| p.country == "VN" && p.net.contains(&ip))
         );
+    }
+
+    #[test]
+    fn attackers_never_share_an_address_with_a_benign_client() {
+        let w = simulate(&SimConfig {
+            users: 400,
+            per_kind: 10,
+            ..Default::default()
+        });
+        let benign: std::collections::HashSet<&str> = w
+            .benign
+            .iter()
+            .flat_map(|u| u.addrs.iter().map(String::as_str))
+            .collect();
+        for s in &w.scenarios {
+            // The attacks run from the owner's own network on purpose (a script on their
+            // machine, a hijacked session at home) are the ones from a benign address.
+            if s.variant.contains("owner's") {
+                continue;
+            }
+            for src in &s.sources {
+                assert!(!benign.contains(src.as_str()), "{:?} {src}", s.kind);
+            }
+        }
+    }
+
+    #[test]
+    fn a_population_too_small_for_its_scenarios_is_a_clear_error() {
+        let r = std::panic::catch_unwind(|| {
+            simulate(&SimConfig {
+                users: 20,
+                per_kind: 10,
+                ..Default::default()
+            })
+        });
+        let Err(e) = r else {
+            panic!("20 users cannot give 10 scenarios of each kind a victim");
+        };
+        let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("give more users"), "{msg}");
     }
 
     #[test]
