@@ -122,6 +122,12 @@ pub struct BoundedMap<V> {
     idle_ns: u64,
     rng: u64,
     cursor: usize,
+    /// A sweep covers the whole map once per this much stream time (see [`BoundedMap::sweep`]).
+    sweep_period_ns: u64,
+    /// When the last sweep ran (0: never).
+    last_sweep_ns: u64,
+    /// Entries a sweep may still visit (fractions carried from one tick to the next).
+    sweep_credit: f64,
     /// Entries dropped because the map was full.
     pub evicted: u64,
     /// Entries dropped because they were idle.
@@ -129,7 +135,8 @@ pub struct BoundedMap<V> {
 }
 
 impl<V> BoundedMap<V> {
-    /// A map of at most `cap` (at least 1) entries.
+    /// A map of at most `cap` (at least 1) entries. Sweeps cover it once per `idle_ns / 64`
+    /// (between 1 s and 10 min), so an idle entry goes at most that late.
     pub fn new(cap: usize, idle_ns: u64) -> Self {
         Self {
             index: HashMap::default(),
@@ -138,6 +145,9 @@ impl<V> BoundedMap<V> {
             idle_ns,
             rng: 0x2545_f491_4f6c_dd1d,
             cursor: 0,
+            sweep_period_ns: (idle_ns / 64).clamp(NS, 600 * NS),
+            last_sweep_ns: 0,
+            sweep_credit: 0.0,
             evicted: 0,
             expired: 0,
         }
@@ -240,12 +250,31 @@ impl<V> BoundedMap<V> {
         Some(self.remove_at(i as usize))
     }
 
-    /// Visits up to `budget` entries from where the last sweep stopped, dropping those idle for
-    /// longer than the idle time; `visit` sees every visited entry that stays (key, value, last
-    /// use). Call it from a periodic tick: the whole map is covered every `len / budget` ticks.
+    /// Sets how much stream time a full pass of [`BoundedMap::sweep`] is spread over (at least
+    /// 1 ns): what a sweep's `visit` looks for is found at most this late.
+    pub fn set_sweep_period(&mut self, period_ns: u64) {
+        self.sweep_period_ns = period_ns.max(1);
+    }
+
+    /// Visits entries from where the last sweep stopped, dropping those idle for longer than
+    /// the idle time; `visit` sees every visited entry that stays (key, value, last use). Call
+    /// it from a periodic tick: the visits are paced by stream time, so that the whole map is
+    /// covered once per sweep period (see [`BoundedMap::set_sweep_period`]) however often it is
+    /// called, and never more than `budget` entries per call. The first call covers the map.
     pub fn sweep(&mut self, now_ns: u64, budget: usize, mut visit: impl FnMut(u64, &mut V, u64)) {
+        let len = self.slots.len() as f64;
+        let share = if self.last_sweep_ns == 0 {
+            1.0
+        } else {
+            now_ns.saturating_sub(self.last_sweep_ns) as f64 / self.sweep_period_ns as f64
+        };
+        if now_ns > self.last_sweep_ns {
+            self.last_sweep_ns = now_ns;
+        }
+        self.sweep_credit = (self.sweep_credit + share * len).min(len.max(1.0));
+        let budget = budget.min(self.slots.len()).min(self.sweep_credit as usize);
+        self.sweep_credit -= budget as f64;
         let mut seen = 0;
-        let budget = budget.min(self.slots.len());
         while seen < budget && !self.slots.is_empty() {
             if self.cursor >= self.slots.len() {
                 self.cursor = 0;
@@ -537,6 +566,32 @@ mod tests {
         assert_eq!(visited, 5);
         assert_eq!(m.expired, 45);
         assert!(m.get(49).is_some() && m.get(3).is_none());
+    }
+
+    #[test]
+    fn sweeps_are_paced_by_stream_time() {
+        let mut m = BoundedMap::new(1000, 1_000 * NS);
+        m.set_sweep_period(100 * NS);
+        for i in 0..100u64 {
+            m.entry(i, NS, || ());
+        }
+        let mut visited = 0;
+        m.sweep(2 * NS, 1000, |_, _, _| visited += 1);
+        assert_eq!(visited, 100, "the first sweep covers the map");
+        // One second of a 100 s period: a hundredth of the map per call, however often called.
+        visited = 0;
+        for _ in 0..10 {
+            m.sweep(3 * NS, 1000, |_, _, _| visited += 1);
+        }
+        assert_eq!(visited, 1);
+        for t in 4..103u64 {
+            m.sweep(t * NS, 1000, |_, _, _| visited += 1);
+        }
+        assert_eq!(visited, 100, "a whole pass per period");
+        // The budget caps a call after a long quiet spell, and idle entries still go.
+        visited = 0;
+        m.sweep(5_000 * NS, 30, |_, _, _| visited += 1);
+        assert_eq!((visited, m.len()), (0, 70));
     }
 
     #[test]

@@ -86,8 +86,11 @@ pub struct Recent {
 
 impl Recent {
     fn new(cap: usize, cooldown_ns: u64) -> Self {
+        let mut map = BoundedMap::new(cap, cooldown_ns.max(1));
+        // Only memory depends on forgetting old alerts: a cooldown late is soon enough.
+        map.set_sweep_period(cooldown_ns);
         Self {
-            map: BoundedMap::new(cap, cooldown_ns.max(1)),
+            map,
             cooldown_ns,
             suppressed: std::cell::Cell::new(0),
         }
@@ -312,6 +315,10 @@ pub struct Engine {
     last_tick_ns: u64,
 }
 
+/// Most entries one tick visits in one map (a tick after a long quiet spell, or in a map of a
+/// million entries, does not stall the stream).
+pub const SWEEP_BUDGET: usize = 65_536;
+
 /// JSON fields of a login response that carry the issued credential.
 const TOKEN_FIELDS: [&str; 5] = [
     "token",
@@ -494,7 +501,9 @@ impl Engine {
 
     /// Advances stream time to `now_ns` without an observation: closes activity windows that
     /// are over (a burst that stopped is still judged), expires idle state, and returns what
-    /// that raised. Cheap to call often: each call visits a bounded slice of the state.
+    /// that raised. Cheap to call often: the maps' sweeps are paced by stream time (each covers
+    /// its map once per sweep period, see [`BoundedMap::sweep`]), and one call visits at most
+    /// [`SWEEP_BUDGET`] entries of a map.
     pub fn tick(&mut self, now_ns: u64) -> Vec<Alert> {
         let mut out = Vec::new();
         if now_ns < self.last_tick_ns {
@@ -503,7 +512,7 @@ impl Engine {
         self.last_tick_ns = now_ns;
         let mut dets = std::mem::take(&mut self.scratch);
         dets.clear();
-        let budget = (self.profiles.len() / 64).clamp(256, 65_536);
+        let budget = SWEEP_BUDGET;
         let mut swept = std::mem::take(&mut self.swept);
         self.profiles.sweep(now_ns, budget, &mut swept);
         for (s, p) in swept.drain(..) {

@@ -305,12 +305,13 @@ fn log_size(b: u64) -> f64 {
 }
 
 impl Profiles {
-    /// A store of at most `cap` profiles, each dropped after `idle_ns` without traffic.
+    /// A store of at most `cap` profiles, each dropped after `idle_ns` without traffic. A window
+    /// of a principal gone quiet is closed by [`Profiles::sweep`] at most a tenth of the window
+    /// length late (30 s of the default 300).
     pub fn new(cap: usize, idle_ns: u64, settings: ProfileSettings) -> Self {
-        Self {
-            map: BoundedMap::new(cap, idle_ns),
-            settings,
-        }
+        let mut map = BoundedMap::new(cap, idle_ns);
+        map.set_sweep_period(settings.window_ns / 10);
+        Self { map, settings }
     }
 
     /// The profile of `key`.
