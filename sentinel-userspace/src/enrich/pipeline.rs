@@ -125,16 +125,11 @@ impl Enricher {
             headers: t.req_headers,
             body: t.req_body,
         };
-        let principal = principal::principal(&view, &self.principal);
+        let bearer = principal::bearer(&view);
+        let jwt = bearer.and_then(parse_jwt);
+        let principal = principal::identify(&view, &self.principal, jwt.as_ref());
         let client_ip = principal::client_ip(&view, &self.principal);
-        let bearer = header(t.req_headers, "authorization").and_then(|a| {
-            let (scheme, tok) = a.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| tok.trim().to_owned())
-        });
-        let jwt = bearer.as_deref().and_then(parse_jwt);
-        let credential = bearer.as_deref().map(short_hash).or_else(|| {
+        let credential = bearer.map(short_hash).or_else(|| {
             matches!(
                 principal.kind,
                 principal::PrincipalKind::ApiKey | principal::PrincipalKind::Session
@@ -166,7 +161,7 @@ impl Enricher {
             login,
             jwt,
             credential,
-            bearer,
+            bearer: bearer.map(str::to_owned),
             principal,
             src_port: t.src.1,
             dst_ip: Some(t.dst.0),

@@ -56,8 +56,14 @@ impl std::fmt::Display for Principal {
 
 /// A stable short hash of a secret (first 12 hex digits of SHA-256).
 pub fn short_hash(secret: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = Sha256::digest(secret.as_bytes());
-    d.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    let mut s = String::with_capacity(12);
+    for b in &d[..6] {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    s
 }
 
 /// What the extractor needs to know.
@@ -117,7 +123,11 @@ pub struct JwtInfo {
     pub exp: Option<i64>,
 }
 
-/// Decodes the header and payload of a compact JWS; `None` when it is not one.
+/// Decodes the header and payload of a compact JWS; `None` when it is not one (or its header
+/// has no string `alg`). Only `alg`, `sub` and `exp` are read, without building the documents:
+/// every request with a bearer token comes through here. A repeated member counts by its last
+/// occurrence; a `sub` that is neither a string nor a number, or an `exp` that is not an
+/// integer, reads as absent.
 pub fn parse_jwt(token: &str) -> Option<JwtInfo> {
     let mut parts = token.split('.');
     let (h, p) = (parts.next()?, parts.next()?);
@@ -130,17 +140,119 @@ pub fn parse_jwt(token: &str) -> Option<JwtInfo> {
             .decode(s.trim_end_matches('='))
             .ok()
     };
-    let header: serde_json::Value = serde_json::from_slice(&dec(h)?).ok()?;
-    let payload: serde_json::Value = serde_json::from_slice(&dec(p)?).ok()?;
+    let header: Members = serde_json::from_slice(&dec(h)?).ok()?;
+    // A payload that is JSON but not an object has no claims (and is still a JWT).
+    let p = dec(p)?;
+    let payload: Members = serde_json::from_slice(&p).ok().or_else(|| {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&p)
+            .ok()
+            .map(|_| Members::default())
+    })?;
+    let alg = match header.alg {
+        Some(Claim::Str(a)) => a,
+        _ => return None,
+    };
     Some(JwtInfo {
-        alg: header.get("alg")?.as_str()?.to_owned(),
-        sub: payload.get("sub").and_then(|v| match v {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Number(n) => Some(n.to_string()),
+        alg,
+        sub: match payload.sub {
+            Some(Claim::Str(s)) => Some(s),
+            Some(Claim::Num(n)) => Some(n.to_string()),
             _ => None,
-        }),
-        exp: payload.get("exp").and_then(|v| v.as_i64()),
+        },
+        exp: match payload.exp {
+            Some(Claim::Num(n)) => n.as_i64(),
+            _ => None,
+        },
     })
+}
+
+/// The members of a JWT header or payload that matter, read from a JSON object.
+#[derive(Default)]
+struct Members {
+    alg: Option<Claim>,
+    sub: Option<Claim>,
+    exp: Option<Claim>,
+}
+
+/// One member's value: a string, a number, or anything else (skipped without being built).
+enum Claim {
+    Str(String),
+    Num(serde_json::Number),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Members, A::Error> {
+                let mut out = Members::default();
+                while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let slot = match &*k {
+                        "alg" => &mut out.alg,
+                        "sub" => &mut out.sub,
+                        "exp" => &mut out.exp,
+                        _ => {
+                            m.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(m.next_value()?);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Claim {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Claim;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Claim, E> {
+                Ok(Claim::Str(v.to_owned()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Claim, E> {
+                Ok(Claim::Num(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Claim, E> {
+                Ok(Claim::Num(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Claim, E> {
+                Ok(serde_json::Number::from_f64(v).map_or(Claim::Other, Claim::Num))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Claim, E> {
+                Ok(Claim::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Claim, E> {
+                Ok(Claim::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Claim, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Claim::Other)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Claim, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Claim::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The request facts the extractor reads.
@@ -155,8 +267,8 @@ pub struct RequestView<'a> {
     pub body: &'a [u8],
 }
 
-impl RequestView<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
+impl<'a> RequestView<'a> {
+    fn header(&self, name: &str) -> Option<&'a str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -238,25 +350,32 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The bearer token of a request (`Authorization: Bearer TOKEN`), trimmed.
+pub fn bearer<'a>(req: &RequestView<'a>) -> Option<&'a str> {
+    let (scheme, tok) = req.header("authorization")?.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| tok.trim())
+}
+
 /// Identifies the principal of a request.
 pub fn principal(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Principal {
-    if let Some(auth) = req.header("authorization") {
-        let mut it = auth.splitn(2, ' ');
-        if let (Some(scheme), Some(tok)) = (it.next(), it.next())
-            && scheme.eq_ignore_ascii_case("bearer")
-        {
-            let tok = tok.trim();
-            if let Some(sub) = parse_jwt(tok).and_then(|j| j.sub) {
-                return Principal {
-                    kind: PrincipalKind::Jwt,
-                    id: sub,
-                };
-            }
+    let jwt = bearer(req).and_then(parse_jwt);
+    identify(req, cfg, jwt.as_ref())
+}
+
+/// [`principal`] with the request's bearer token already decoded (`jwt`: [`parse_jwt`] of
+/// [`bearer`], so that a token is decoded once per request).
+pub fn identify(req: &RequestView<'_>, cfg: &PrincipalConfig, jwt: Option<&JwtInfo>) -> Principal {
+    if let Some(tok) = bearer(req) {
+        if let Some(sub) = jwt.and_then(|j| j.sub.clone()) {
             return Principal {
-                kind: PrincipalKind::Token,
-                id: short_hash(tok),
+                kind: PrincipalKind::Jwt,
+                id: sub,
             };
         }
+        return Principal {
+            kind: PrincipalKind::Token,
+            id: short_hash(tok),
+        };
     }
     for h in &cfg.api_key_headers {
         if let Some(k) = req.header(h) {
@@ -337,6 +456,33 @@ mod tests {
         let j = parse_jwt(&t).unwrap();
         assert_eq!((j.alg.as_str(), j.exp), ("HS256", Some(1_900_000_000)));
         assert!(parse_jwt("not.a.jwt").is_none());
+        // Numbers as subjects, the last of repeated members, odd types read as absent.
+        let j = parse_jwt(&jwt(
+            r#"{"alg":"none","kid":{"a":[1,2]}}"#,
+            r#"{"sub":12,"sub":1234567890123,"exp":1.5,"roles":["a",{"b":null}]}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            (j.alg.as_str(), j.sub.as_deref(), j.exp),
+            ("none", Some("1234567890123"), None)
+        );
+        let j = parse_jwt(&jwt(r#"{"alg":"HS256"}"#, r#"{"sub":["x"],"exp":"soon"}"#)).unwrap();
+        assert_eq!((j.sub, j.exp), (None, None));
+        assert!(
+            parse_jwt(&jwt(r#"{"alg":7}"#, r#"{}"#)).is_none(),
+            "alg must be text"
+        );
+        assert_eq!(
+            parse_jwt(&jwt(r#"{"alg":"HS256"}"#, r#"[1]"#)).map(|j| j.sub),
+            Some(None),
+            "a payload that is not an object has no claims"
+        );
+        assert!(parse_jwt(&jwt(r#"{"alg":"HS256"}"#, r#"{"sub""#)).is_none());
+        assert_eq!(
+            short_hash("abc123"),
+            "6ca13d52ca70",
+            "first 12 hex digits of SHA-256"
+        );
         assert!(parse_jwt("abc").is_none());
     }
 
