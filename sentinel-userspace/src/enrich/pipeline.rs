@@ -6,11 +6,11 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use super::{
-    geo::GeoDb,
+    geo::{GeoDb, GeoInfo},
     principal::{self, PrincipalConfig, RequestView, parse_jwt, short_hash},
     template::Templates,
 };
-use crate::models::{LoginAttempt, Observation};
+use crate::models::{LoginAttempt, Observation, bounded::key_of};
 
 /// The facts of one transaction the enricher reads (borrowed from whatever produced it: the live
 /// pipeline or a replay).
@@ -77,9 +77,15 @@ impl Default for EnrichSettings {
     }
 }
 
+/// Slots of the enricher's GeoIP answer cache (direct-mapped by address; a power of two).
+const GEO_CACHE_SLOTS: usize = 4096;
+
 /// Builds observations.
 pub struct Enricher {
     geo: Option<GeoDb>,
+    /// Recent GeoIP answers by address: a client sends many requests, and a database lookup
+    /// (tree walk and record decode) costs more than the rest of the enrichment together.
+    geo_cache: Vec<Option<(IpAddr, Option<GeoInfo>)>>,
     templates: Templates,
     principal: PrincipalConfig,
     failure_markers: Vec<String>,
@@ -97,6 +103,7 @@ impl Enricher {
         }
         Ok(Self {
             geo,
+            geo_cache: Vec::new(),
             templates: Templates::default(),
             principal,
             failure_markers: settings
@@ -115,6 +122,23 @@ impl Enricher {
     /// Endpoint templates learned so far.
     pub fn templates(&self) -> &Templates {
         &self.templates
+    }
+
+    /// The GeoIP answer for `ip`, from the cache or the database.
+    fn locate(&mut self, ip: IpAddr) -> Option<GeoInfo> {
+        let db = self.geo.as_ref()?;
+        if self.geo_cache.is_empty() {
+            self.geo_cache.resize(GEO_CACHE_SLOTS, None);
+        }
+        let slot = &mut self.geo_cache[key_of(&ip) as usize % GEO_CACHE_SLOTS];
+        match slot {
+            Some((cached, info)) if *cached == ip => info.clone(),
+            _ => {
+                let info = db.lookup(ip);
+                *slot = Some((ip, info.clone()));
+                info
+            }
+        }
     }
 
     /// Enriches one transaction.
@@ -144,7 +168,7 @@ impl Enricher {
         Observation {
             ts_ns: t.ts_ns,
             client_ip,
-            geo: self.geo.as_ref().and_then(|g| g.lookup(client_ip)),
+            geo: self.locate(client_ip),
             method: t.method.to_owned(),
             path: t.path.to_owned(),
             endpoint: self.templates.template(t.path),
@@ -208,6 +232,35 @@ mod tests {
             resp_body: resp,
             resp_bytes: resp.len() as u64,
             latency_ms: 1.0,
+        }
+    }
+
+    #[test]
+    fn geoip_answers_are_the_databases_through_the_cache() {
+        use crate::enrich::geo::testdb::{Layout, Place, build};
+        let dir = crate::lab::TempDir::new("sentinel-geo-cache").unwrap();
+        let places: Vec<Place> = (0..64u32)
+            .map(|i| Place {
+                net: format!("198.18.{i}.0/24").parse().unwrap(),
+                country: ["SA", "VN", "DE", "BR"][i as usize % 4],
+                city: ["Riyadh", "Hanoi", "Berlin", "Recife"][i as usize % 4],
+                lat: f64::from(i),
+                lon: -f64::from(i),
+            })
+            .collect();
+        let path = dir.join("geo.mmdb");
+        std::fs::write(&path, build(&places, Layout::MaxMind).unwrap()).unwrap();
+        let db = || GeoDb::open(std::slice::from_ref(&path)).unwrap();
+        let (direct, mut e) = (
+            db(),
+            Enricher::new(Some(db()), &EnrichSettings::default()).unwrap(),
+        );
+        // More addresses than slots, twice over, and some outside the database.
+        for round in 0..2 {
+            for i in 0..(2 * GEO_CACHE_SLOTS as u32 + 300) {
+                let ip = IpAddr::from([198, 18 + (i >> 14) as u8, (i >> 6) as u8 % 70, i as u8]);
+                assert_eq!(e.locate(ip), direct.lookup(ip), "{ip} round {round}");
+            }
         }
     }
 
