@@ -101,12 +101,6 @@ impl Analyzer {
 
     /// The observation the models would see for `t`.
     pub fn observation(&mut self, t: &Transaction) -> Observation {
-        let req_headers = t.request.header_pairs();
-        let resp_headers = t
-            .response
-            .as_ref()
-            .map(|r| r.header_pairs())
-            .unwrap_or_default();
         let facts = TransactionFacts {
             ts_ns: t.ts_ns,
             src: (t.client.ip(), t.client.port()),
@@ -114,16 +108,16 @@ impl Analyzer {
             method: t.method(),
             path: t.path(),
             query: t.query(),
-            req_headers: &req_headers,
+            req_headers: t.request.header_pairs(),
             req_body: &t.req_body,
             req_bytes: t.req_bytes,
             status: t.status().unwrap_or(0),
-            resp_headers: &resp_headers,
+            resp_content_type: t.response.as_ref().and_then(|r| r.header("content-type")),
             resp_body: &t.resp_body,
             resp_bytes: t.resp_bytes,
             latency_ms: t.latency_ms().unwrap_or(0.0),
         };
-        self.enricher.enrich(&facts)
+        self.enricher.enrich(facts)
     }
 
     /// Runs the models over one observation (ticking them first when a second of stream time

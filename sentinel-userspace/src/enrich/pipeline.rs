@@ -7,13 +7,13 @@ use serde::Deserialize;
 
 use super::{
     geo::{GeoDb, GeoInfo},
-    principal::{self, PrincipalConfig, RequestView, parse_jwt, short_hash},
+    principal::{self, JwtInfo, PrincipalConfig, RequestView, parse_jwt, short_hash},
     template::Templates,
 };
 use crate::models::{LoginAttempt, Observation, bounded::key_of};
 
 /// The facts of one transaction the enricher reads (borrowed from whatever produced it: the live
-/// pipeline or a replay).
+/// pipeline or a replay), but for the request headers, which move into the observation.
 pub struct TransactionFacts<'a> {
     /// Request time, nanoseconds since the epoch.
     pub ts_ns: u64,
@@ -28,15 +28,15 @@ pub struct TransactionFacts<'a> {
     /// Query without `?`.
     pub query: &'a str,
     /// Request headers.
-    pub req_headers: &'a [(String, String)],
+    pub req_headers: Vec<(String, String)>,
     /// Request body (capped).
     pub req_body: &'a [u8],
     /// Request body length.
     pub req_bytes: u64,
     /// Response status (0 when none was seen).
     pub status: u16,
-    /// Response headers.
-    pub resp_headers: &'a [(String, String)],
+    /// The response's `Content-Type`.
+    pub resp_content_type: Option<&'a str>,
     /// Response body (decoded, capped).
     pub resp_body: &'a [u8],
     /// Response body length.
@@ -80,8 +80,16 @@ impl Default for EnrichSettings {
 /// Slots of the enricher's GeoIP answer cache (direct-mapped by address; a power of two).
 const GEO_CACHE_SLOTS: usize = 4096;
 
+/// Slots of the enricher's bearer-token cache (direct-mapped by token; a power of two).
+const TOKEN_CACHE_SLOTS: usize = 4096;
+
+/// A cached bearer token: the token, its JWT claims, its short hash.
+type TokenSlot = Option<(Box<str>, Option<JwtInfo>, String)>;
+
 /// Builds observations.
 pub struct Enricher {
+    /// Recently seen bearer tokens, decoded ([`Enricher::decode_bearer`]).
+    token_cache: Vec<TokenSlot>,
     geo: Option<GeoDb>,
     /// Recent GeoIP answers by address: a client sends many requests, and a database lookup
     /// (tree walk and record decode) costs more than the rest of the enrichment together.
@@ -104,6 +112,7 @@ impl Enricher {
         Ok(Self {
             geo,
             geo_cache: Vec::new(),
+            token_cache: Vec::new(),
             templates: Templates::default(),
             principal,
             failure_markers: settings
@@ -142,18 +151,24 @@ impl Enricher {
     }
 
     /// Enriches one transaction.
-    pub fn enrich(&mut self, t: &TransactionFacts<'_>) -> Observation {
+    pub fn enrich(&mut self, t: TransactionFacts<'_>) -> Observation {
         let view = RequestView {
             src_ip: t.src.0,
             path: t.path,
-            headers: t.req_headers,
+            headers: &t.req_headers,
             body: t.req_body,
         };
         let bearer = principal::bearer(&view);
-        let jwt = bearer.and_then(parse_jwt);
+        let (jwt, bearer_hash) = match bearer {
+            Some(tok) => {
+                let (jwt, hash) = self.decode_bearer(tok);
+                (jwt, Some(hash))
+            }
+            None => (None, None),
+        };
         let principal = principal::identify(&view, &self.principal, jwt.as_ref());
         let client_ip = principal::client_ip(&view, &self.principal);
-        let credential = bearer.map(short_hash).or_else(|| {
+        let credential = bearer_hash.or_else(|| {
             matches!(
                 principal.kind,
                 principal::PrincipalKind::ApiKey | principal::PrincipalKind::Session
@@ -163,8 +178,10 @@ impl Enricher {
         let login =
             principal::login_username(&view, &self.principal).map(|username| LoginAttempt {
                 username,
-                success: self.login_succeeded(t),
+                success: self.login_succeeded(&t),
             });
+        let user_agent = header(&t.req_headers, "user-agent").map(str::to_owned);
+        let bearer = bearer.map(str::to_owned);
         Observation {
             ts_ns: t.ts_ns,
             client_ip,
@@ -177,19 +194,37 @@ impl Enricher {
             req_bytes: t.req_bytes,
             resp_bytes: t.resp_bytes,
             latency_ms: t.latency_ms,
-            user_agent: header(t.req_headers, "user-agent").map(str::to_owned),
-            req_headers: t.req_headers.to_vec(),
+            user_agent,
+            req_headers: t.req_headers,
             req_body: t.req_body.to_vec(),
-            resp_content_type: header(t.resp_headers, "content-type").map(str::to_owned),
+            resp_content_type: t.resp_content_type.map(str::to_owned),
             resp_body: t.resp_body.to_vec(),
             login,
             jwt,
             credential,
-            bearer: bearer.map(str::to_owned),
+            bearer,
             principal,
             src_port: t.src.1,
             dst_ip: Some(t.dst.0),
             dst_port: t.dst.1,
+        }
+    }
+
+    /// A bearer token's JWT claims (when it is a JWT) and its short hash, from the cache or
+    /// computed: a client repeats its token on every request, and decoding it (base64, JSON)
+    /// and hashing it (SHA-256) cost more than the rest of the enrichment.
+    fn decode_bearer(&mut self, tok: &str) -> (Option<JwtInfo>, String) {
+        if self.token_cache.is_empty() {
+            self.token_cache.resize(TOKEN_CACHE_SLOTS, None);
+        }
+        let slot = &mut self.token_cache[key_of(tok) as usize % TOKEN_CACHE_SLOTS];
+        match slot {
+            Some((cached, jwt, hash)) if **cached == *tok => (jwt.clone(), hash.clone()),
+            _ => {
+                let (jwt, hash) = (parse_jwt(tok), short_hash(tok));
+                *slot = Some((tok.into(), jwt.clone(), hash.clone()));
+                (jwt, hash)
+            }
         }
     }
 
@@ -224,11 +259,11 @@ mod tests {
             method: "POST",
             path,
             query: "",
-            req_headers: headers,
+            req_headers: headers.to_vec(),
             req_body: body,
             req_bytes: body.len() as u64,
             status,
-            resp_headers: &[],
+            resp_content_type: None,
             resp_body: resp,
             resp_bytes: resp.len() as u64,
             latency_ms: 1.0,
@@ -269,7 +304,7 @@ mod tests {
         let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
         let h = vec![("Content-Type".to_string(), "application/json".to_string())];
         let body = br#"{"username":"layla","password":"x"}"#;
-        let o = e.enrich(&facts(
+        let o = e.enrich(facts(
             "/login",
             &h,
             body,
@@ -284,11 +319,11 @@ mod tests {
             })
         );
         assert_eq!(o.principal.kind, PrincipalKind::User);
-        let o = e.enrich(&facts("/login", &h, body, 200, b"{\"success\":false}"));
+        let o = e.enrich(facts("/login", &h, body, 200, b"{\"success\":false}"));
         assert!(!o.login.unwrap().success);
-        let o = e.enrich(&facts("/login", &h, body, 200, b"{\"token\":\"t\"}"));
+        let o = e.enrich(facts("/login", &h, body, 200, b"{\"token\":\"t\"}"));
         assert!(o.login.unwrap().success);
-        let o = e.enrich(&facts("/accounts/42", &h, b"", 200, b"{}"));
+        let o = e.enrich(facts("/accounts/42", &h, b"", 200, b"{}"));
         assert!(o.login.is_none());
         assert_eq!(o.endpoint, "/accounts/{id}");
     }
@@ -300,7 +335,7 @@ mod tests {
             "Authorization".to_string(),
             "Bearer tok-layla-1".to_string(),
         )];
-        let o = e.enrich(&facts("/balance", &h, b"", 200, b"{}"));
+        let o = e.enrich(facts("/balance", &h, b"", 200, b"{}"));
         assert_eq!(
             o.credential.as_deref(),
             Some(short_hash("tok-layla-1").as_str())
@@ -311,6 +346,36 @@ mod tests {
             !json.contains("tok-layla-1"),
             "the raw token must never be serialised"
         );
+    }
+
+    #[test]
+    fn cached_tokens_decode_as_fresh_ones() {
+        use base64::Engine as _;
+        let b64 = |s: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        // More tokens than slots, twice over: JWTs of many subjects and opaque tokens.
+        for round in 0..2 {
+            for i in 0..(TOKEN_CACHE_SLOTS + 500) {
+                let tok = if i % 3 == 0 {
+                    format!("opaque-{i}")
+                } else {
+                    format!(
+                        "{}.{}.sig",
+                        b64(r#"{"alg":"HS256"}"#.into()),
+                        b64(format!(r#"{{"sub":"u{i}","exp":{}}}"#, 1_900_000_000 + i))
+                    )
+                };
+                let h = vec![("Authorization".to_string(), format!("Bearer {tok}"))];
+                let o = e.enrich(facts("/balance", &h, b"", 200, b"{}"));
+                assert_eq!(o.jwt, parse_jwt(&tok), "{tok} round {round}");
+                assert_eq!(o.credential, Some(short_hash(&tok)));
+                let want = match &o.jwt {
+                    Some(j) => (PrincipalKind::Jwt, j.sub.clone().unwrap()),
+                    None => (PrincipalKind::Token, short_hash(&tok)),
+                };
+                assert_eq!((o.principal.kind, o.principal.id), want);
+            }
+        }
     }
 
     #[test]
