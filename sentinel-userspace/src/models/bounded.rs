@@ -3,19 +3,20 @@
 //! same alerts every time).
 //!
 //! [`BoundedMap`] keys are 64-bit hashes ([`key_of`]): a principal's name is hashed once per
-//! observation and never stored by the map, which keeps an entry at `size_of::<V>() + 16` bytes in
-//! the slot vector plus about 14 bytes in the index (`u64` key, `u32` slot, one control byte, load
-//! factor 7/8). Collisions are negligible at the sizes involved (1M keys of 64 bits: about
-//! 3e-8 for any pair to collide).
+//! observation and never stored by the map. An entry is a slot of `size_of::<V>() + 12` bytes
+//! (the key and the last use in whole seconds, rounded up to 8 bytes) in a dense vector, plus a
+//! `u32` slot number and a control byte in the index (`hashbrown`'s `HashTable`, at most 7/8
+//! full, its bucket count a power of two: 5.7 to 11.4 bytes per entry). Values of alignment 4
+//! whose size is 4 more than a multiple of 8 waste nothing. Collisions are negligible at the
+//! sizes involved (1M keys of 64 bits: about 3e-8 for any pair to collide).
 //!
 //! Eviction when full is approximate LRU by sampling (as Redis does): five slots drawn by a seeded
 //! generator, the least recently touched goes. It is O(1), needs no linked list (16 more bytes per
 //! entry) and is deterministic for a given input.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasherDefault, Hash, Hasher},
-};
+use std::hash::{Hash, Hasher};
+
+use hashbrown::HashTable;
 
 /// Nanoseconds per second.
 pub const NS: u64 = 1_000_000_000;
@@ -89,34 +90,46 @@ pub fn key2<A: Hash + ?Sized, B: Hash + ?Sized>(a: &A, b: &B) -> u64 {
     h.finish()
 }
 
-/// Hasher for keys that already are hashes.
-#[derive(Default)]
-pub struct IdHasher(u64);
+/// Milliseconds of an observation timestamp in 32 bits, wrapping every 49.7 days: compact
+/// enough for per-key state that only compares times less than [`STALE_NS`] apart ([`ms_since`]).
+/// State idle for longer must be restarted: [`BoundedMap::entry_idle`] tells.
+pub fn ms32(ts_ns: u64) -> u32 {
+    (ts_ns / 1_000_000) as u32
+}
 
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
+/// A duration in milliseconds for [`ms32`] times (at least 1, at most a day).
+pub fn ms_len(ns: u64) -> u32 {
+    (ns / 1_000_000).clamp(1, 86_400_000) as u32
+}
+
+/// Milliseconds from `then` to `now` ([`ms32`] times), or `None` when `then` is later (an
+/// observation out of order).
+pub fn ms_since(now: u32, then: u32) -> Option<u32> {
+    let d = now.wrapping_sub(then);
+    (d < 1 << 31).then_some(d)
+}
+
+/// Idle time after which [`ms32`] times kept in a value can no longer be trusted: 24 days.
+pub const STALE_NS: u64 = 24 * 86_400 * NS;
+
+/// Whole seconds, rounded up: the last use of a slot (never earlier than the truth, so an entry
+/// expires at most a second late, never early).
+fn secs_up(ns: u64) -> u32 {
+    ns.div_ceil(NS).min(u64::from(u32::MAX)) as u32
 }
 
 struct Slot<V> {
     key: u64,
-    last_ns: u64,
+    /// Last use, seconds ([`secs_up`]).
+    last_s: u32,
     value: V,
 }
 
 /// A map from hashed keys to `V` with at most `cap` entries; entries idle for longer than
 /// `idle_ns` are dropped by [`BoundedMap::sweep`].
 pub struct BoundedMap<V> {
-    index: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
+    /// Slot numbers, found by the key in their slot.
+    index: HashTable<u32>,
     slots: Vec<Slot<V>>,
     cap: usize,
     idle_ns: u64,
@@ -139,7 +152,7 @@ impl<V> BoundedMap<V> {
     /// (between 1 s and 10 min), so an idle entry goes at most that late.
     pub fn new(cap: usize, idle_ns: u64) -> Self {
         Self {
-            index: HashMap::default(),
+            index: HashTable::new(),
             slots: Vec::new(),
             cap: cap.clamp(1, u32::MAX as usize),
             idle_ns,
@@ -168,22 +181,36 @@ impl<V> BoundedMap<V> {
         self.cap
     }
 
+    fn find(&self, key: u64) -> Option<usize> {
+        let slots = &self.slots;
+        self.index
+            .find(key, |&i| slots[i as usize].key == key)
+            .map(|&i| i as usize)
+    }
+
     /// The value for `key`, without touching it.
     pub fn get(&self, key: u64) -> Option<&V> {
-        self.index.get(&key).map(|&i| &self.slots[i as usize].value)
+        self.find(key).map(|i| &self.slots[i].value)
     }
 
     /// The value for `key`, mutable, without touching it.
     pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
-        let i = *self.index.get(&key)?;
-        Some(&mut self.slots[i as usize].value)
+        let i = self.find(key)?;
+        Some(&mut self.slots[i].value)
     }
 
     /// The value for `key`, created by `init` when absent (evicting an old entry when full);
     /// marks it used at `now_ns`.
     pub fn entry(&mut self, key: u64, now_ns: u64, init: impl FnOnce() -> V) -> &mut V {
-        let i = match self.index.get(&key) {
-            Some(&i) => i as usize,
+        self.entry_idle(key, now_ns, init).0
+    }
+
+    /// [`BoundedMap::entry`], and how long the entry had been idle (0 when new; up to a second
+    /// less than the truth).
+    pub fn entry_idle(&mut self, key: u64, now_ns: u64, init: impl FnOnce() -> V) -> (&mut V, u64) {
+        let now_s = secs_up(now_ns);
+        let i = match self.find(key) {
+            Some(i) => i,
             None => {
                 if self.slots.len() >= self.cap {
                     self.evict_one();
@@ -197,17 +224,20 @@ impl<V> BoundedMap<V> {
                 }
                 self.slots.push(Slot {
                     key,
-                    last_ns: now_ns,
+                    last_s: now_s,
                     value: init(),
                 });
                 let i = self.slots.len() - 1;
-                self.index.insert(key, i as u32);
+                let slots = &self.slots;
+                self.index
+                    .insert_unique(key, i as u32, |&j| slots[j as usize].key);
                 i
             }
         };
         let s = &mut self.slots[i];
-        s.last_ns = s.last_ns.max(now_ns);
-        &mut s.value
+        let idle = now_ns.saturating_sub(u64::from(s.last_s) * NS);
+        s.last_s = s.last_s.max(now_s);
+        (&mut s.value, idle)
     }
 
     fn next_rand(&mut self) -> u64 {
@@ -226,7 +256,7 @@ impl<V> BoundedMap<V> {
         let mut victim = (self.next_rand() % n as u64) as usize;
         for _ in 0..4 {
             let c = (self.next_rand() % n as u64) as usize;
-            if self.slots[c].last_ns < self.slots[victim].last_ns {
+            if self.slots[c].last_s < self.slots[victim].last_s {
                 victim = c;
             }
         }
@@ -234,20 +264,33 @@ impl<V> BoundedMap<V> {
         self.evicted += 1;
     }
 
+    /// Points the index entry of `key` that holds slot `from` at slot `to`, or drops it.
+    fn reindex(&mut self, key: u64, from: usize, to: Option<usize>) {
+        if let Ok(mut e) = self.index.find_entry(key, |&j| j as usize == from) {
+            match to {
+                Some(to) => *e.get_mut() = to as u32,
+                None => {
+                    e.remove();
+                }
+            }
+        }
+    }
+
     fn remove_at(&mut self, i: usize) -> V {
+        let last = self.slots.len() - 1;
         let s = self.slots.swap_remove(i);
-        self.index.remove(&s.key);
-        if i < self.slots.len() {
+        self.reindex(s.key, i, None);
+        if i < last {
             let moved = self.slots[i].key;
-            self.index.insert(moved, i as u32);
+            self.reindex(moved, last, Some(i));
         }
         s.value
     }
 
     /// Removes `key`.
     pub fn remove(&mut self, key: u64) -> Option<V> {
-        let i = *self.index.get(&key)?;
-        Some(self.remove_at(i as usize))
+        let i = self.find(key)?;
+        Some(self.remove_at(i))
     }
 
     /// Sets how much stream time a full pass of [`BoundedMap::sweep`] is spread over (at least
@@ -257,7 +300,8 @@ impl<V> BoundedMap<V> {
     }
 
     /// Visits entries from where the last sweep stopped, dropping those idle for longer than
-    /// the idle time; `visit` sees every visited entry that stays (key, value, last use). Call
+    /// the idle time; `visit` sees every visited entry that stays (key, value, last use, whole
+    /// seconds in nanoseconds). Call
     /// it from a periodic tick: the visits are paced by stream time, so that the whole map is
     /// covered once per sweep period (see [`BoundedMap::set_sweep_period`]) however often it is
     /// called, and never more than `budget` entries per call. The first call covers the map.
@@ -280,13 +324,14 @@ impl<V> BoundedMap<V> {
                 self.cursor = 0;
             }
             let i = self.cursor;
-            if now_ns.saturating_sub(self.slots[i].last_ns) > self.idle_ns {
+            let last_ns = u64::from(self.slots[i].last_s) * NS;
+            if now_ns.saturating_sub(last_ns) > self.idle_ns {
                 // The last slot moves into `i`: look at `i` again next.
                 self.remove_at(i);
                 self.expired += 1;
             } else {
                 let s = &mut self.slots[i];
-                visit(s.key, &mut s.value, s.last_ns);
+                visit(s.key, &mut s.value, last_ns);
                 self.cursor += 1;
             }
             seen += 1;
@@ -298,11 +343,13 @@ impl<V> BoundedMap<V> {
         self.slots.iter().map(|s| (s.key, &s.value))
     }
 
-    /// Bytes held by the map itself (slots and index, at their allocated capacity); values'
-    /// own heap allocations are not included.
+    /// Bytes of one slot (a value, its key and last use).
+    pub const SLOT_BYTES: usize = size_of::<Slot<V>>();
+
+    /// Bytes held by the map itself (slots at their allocated capacity and the index's
+    /// allocation); values' own heap allocations are not included.
     pub fn memory_bytes(&self) -> usize {
-        self.slots.capacity() * size_of::<Slot<V>>()
-            + self.index.capacity() * (size_of::<(u64, u32)>() + 1)
+        self.slots.capacity() * Self::SLOT_BYTES + self.index.allocation_size()
     }
 }
 
@@ -466,10 +513,10 @@ impl<const N: usize> SmallSet<N> {
 }
 
 /// Distinct-count estimate by linear counting over a 256-bit bitmap: exact-ish up to a few
-/// dozen, within about 10% up to a few hundred, 32 bytes.
+/// dozen, within about 10% up to a few hundred, 32 bytes (of alignment 4).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Distinct {
-    bits: [u64; 4],
+    bits: [u32; 8],
 }
 
 impl Distinct {
@@ -477,16 +524,20 @@ impl Distinct {
     pub fn insert(&mut self, h: u64) -> bool {
         // Mix so that hashes differing only in high bits spread.
         let b = (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 56;
-        let (w, bit) = ((b >> 6) as usize, 1u64 << (b & 63));
+        let (w, bit) = ((b >> 5) as usize, 1u32 << (b & 31));
         let new = self.bits[w] & bit == 0;
         self.bits[w] |= bit;
         new
     }
 
+    /// Bits set: the items inserted, less those that fell on a bit already set.
+    pub fn bits_set(&self) -> u32 {
+        self.bits.iter().map(|w| w.count_ones()).sum()
+    }
+
     /// Estimated distinct items.
     pub fn estimate(&self) -> f64 {
-        let set: u32 = self.bits.iter().map(|w| w.count_ones()).sum();
-        let zero = 256 - set;
+        let zero = 256 - self.bits_set();
         if zero == 0 {
             // Saturated: at least this many.
             return 256.0 * (256f64).ln();
@@ -496,7 +547,7 @@ impl Distinct {
 
     /// Forgets everything.
     pub fn clear(&mut self) {
-        self.bits = [0; 4];
+        self.bits = [0; 8];
     }
 }
 
@@ -534,9 +585,9 @@ mod tests {
     fn the_map_never_exceeds_its_capacity_and_keeps_recent_entries() {
         let mut m = BoundedMap::new(100, u64::MAX);
         for i in 0..10_000u64 {
-            *m.entry(i, i, || 0u32) += 1;
+            *m.entry(i, i * NS, || 0u32) += 1;
             // A hot key touched all the time survives.
-            *m.entry(u64::MAX, i, || 0u32) += 1;
+            *m.entry(u64::MAX, i * NS, || 0u32) += 1;
         }
         assert_eq!(m.len(), 100);
         assert_eq!(m.evicted, 9_901);
@@ -547,20 +598,45 @@ mod tests {
         assert!(recent > 25 && old < 5, "recent {recent} old {old}");
         for (k, _) in m.iter() {
             assert_eq!(
-                *m.index.get(&k).unwrap() as usize,
+                m.find(k).unwrap(),
                 m.iter().position(|(x, _)| x == k).unwrap()
             );
         }
+        // Removing entries keeps every other one findable at its slot.
+        let held: Vec<u64> = m
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|&k| k != u64::MAX)
+            .collect();
+        for (n, k) in held.iter().enumerate() {
+            assert!(m.remove(*k).is_some() && m.get(*k).is_none());
+            assert!(held[n + 1..].iter().all(|&k| m.get(k).is_some()));
+        }
+        assert_eq!(m.len(), 1);
+        assert_eq!(*m.get(u64::MAX).unwrap(), 10_000);
+    }
+
+    // A 4-aligned value of 20 bytes fills its slot: 8 bytes of key, 4 of last use.
+    const _: () = assert!(BoundedMap::<[u32; 5]>::SLOT_BYTES == 32);
+
+    #[test]
+    fn entries_tell_how_long_they_were_idle() {
+        let mut m = BoundedMap::new(10, u64::MAX);
+        assert_eq!(m.entry_idle(1, 5 * NS + 1, || 0u8).1, 0);
+        // The last use is kept in whole seconds, rounded up.
+        assert_eq!(m.entry_idle(1, 9 * NS, || 0u8).1, 3 * NS);
+        assert_eq!(m.entry_idle(1, 9 * NS, || 0u8).1, 0);
+        assert!(ms_since(5, u32::MAX - 4) == Some(10) && ms_since(5, 6).is_none());
     }
 
     #[test]
     fn idle_entries_are_swept() {
-        let mut m = BoundedMap::new(1000, 10);
+        let mut m = BoundedMap::new(1000, 10 * NS);
         for i in 0..50u64 {
-            m.entry(i, i, || ());
+            m.entry(i, i * NS, || ());
         }
         let mut visited = 0;
-        m.sweep(55, 1000, |_, _, _| visited += 1);
+        m.sweep(55 * NS, 1000, |_, _, _| visited += 1);
         // Keys 0..=44 were idle for more than 10.
         assert_eq!(m.len(), 5);
         assert_eq!(visited, 5);

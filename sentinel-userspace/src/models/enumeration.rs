@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::{
     AlertKind, Severity,
-    bounded::{BoundedMap, Distinct, key_of, key2, secs},
+    bounded::{BoundedMap, Distinct, STALE_NS, key_of, key2, ms_len, ms_since, ms32, secs},
     config::Checker,
     engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, subject},
 };
@@ -26,7 +26,7 @@ use super::{
 pub struct Config {
     /// On or off. Default on.
     pub enabled: bool,
-    /// Window of an id walk, seconds. Default 120.
+    /// Window of an id walk, seconds (at most a day). Default 120.
     pub window_s: f64,
     /// Distinct ids needed. Default 12.
     pub min_distinct_ids: u32,
@@ -36,7 +36,7 @@ pub struct Config {
     pub max_step: u64,
     /// Share of the id range covered that counts as dense. Default 0.5.
     pub min_density: f64,
-    /// Scraping window, seconds. Default 60.
+    /// Scraping window, seconds (at most a day). Default 60.
     pub scrape_window_s: f64,
     /// Requests in that window. Default 25.
     pub scrape_min_requests: u32,
@@ -72,6 +72,11 @@ impl Config {
         Checker::new("enumeration")
             .positive("window_s", self.window_s)
             .check(
+                "window_s",
+                self.window_s <= 86_400.0,
+                "must be at most 86400 (a day)",
+            )
+            .check(
                 "min_distinct_ids",
                 self.min_distinct_ids >= 2,
                 "must be at least 2",
@@ -80,6 +85,11 @@ impl Config {
             .check("max_step", self.max_step >= 1, "must be at least 1")
             .unit("min_density", self.min_density)
             .positive("scrape_window_s", self.scrape_window_s)
+            .check(
+                "scrape_window_s",
+                self.scrape_window_s <= 86_400.0,
+                "must be at most 86400 (a day)",
+            )
             .check(
                 "scrape_min_requests",
                 self.scrape_min_requests >= 2,
@@ -91,11 +101,15 @@ impl Config {
     }
 }
 
-#[derive(Clone, Copy, Default)]
+/// One principal's id walk on one endpoint (68 bytes; the ids are 4-aligned so that the map's
+/// slot wastes nothing).
+#[derive(Clone, Copy)]
+#[repr(C, packed(4))]
 struct Walk {
-    start_ns: u64,
+    /// First request of the walk ([`ms32`]).
+    start: u32,
+    /// The ids seen: distinct ids are the bits set (an id on a bit already set counts once).
     ids: Distinct,
-    distinct: u32,
     last: u64,
     min: u64,
     max: u64,
@@ -105,20 +119,64 @@ struct Walk {
     requests: u16,
 }
 
-#[derive(Clone, Copy, Default)]
+const _: () = assert!(size_of::<Walk>() == 68);
+
+impl Walk {
+    fn new(now: u32, id: u64) -> Self {
+        Self {
+            start: now,
+            ids: Distinct::default(),
+            last: id,
+            min: id,
+            max: id,
+            run: 0,
+            max_run: 0,
+            errors: 0,
+            requests: 0,
+        }
+    }
+}
+
+/// One principal's requests in the scraping window (44 bytes).
+#[derive(Clone, Copy)]
 struct Crawl {
-    start_ns: u64,
+    /// First request of the window ([`ms32`]).
+    start: u32,
     paths: Distinct,
     requests: u32,
-    distinct: u32,
     flow: bool,
+}
+
+const _: () = assert!(size_of::<Crawl>() == 44);
+
+impl Crawl {
+    fn new(now: u32, flow: bool) -> Self {
+        Self {
+            start: now,
+            paths: Distinct::default(),
+            requests: 0,
+            flow,
+        }
+    }
+}
+
+/// True when a window that started at `start` is over at `now` (or the key was idle so long
+/// that its times are no longer comparable).
+fn over(now: u32, start: u32, window: u32, idle_ns: u64) -> bool {
+    idle_ns >= STALE_NS || ms_since(now, start).is_some_and(|a| a >= window)
+}
+
+/// Seconds from `start` to `now` ([`ms32`] times).
+fn secs_from(now: u32, start: u32) -> f64 {
+    f64::from(ms_since(now, start).unwrap_or(0)) / 1e3
 }
 
 /// The detector.
 pub struct EnumerationDetector {
     cfg: Config,
-    window: u64,
-    scrape_window: u64,
+    /// Windows, milliseconds.
+    window: u32,
+    scrape_window: u32,
     walks: BoundedMap<Walk>,
     crawls: BoundedMap<Crawl>,
 }
@@ -143,38 +201,29 @@ pub fn object_id(path: &str, endpoint: &str, query: &str) -> Option<u64> {
 impl EnumerationDetector {
     /// A detector following at most `cap` (principal, endpoint) walks and principals.
     pub fn new(cfg: &Config, cap: usize) -> Self {
-        let window = secs(cfg.window_s);
-        let scrape_window = secs(cfg.scrape_window_s);
         Self {
             cfg: cfg.clone(),
-            window,
-            scrape_window,
-            walks: BoundedMap::new(cap, 2 * window),
-            crawls: BoundedMap::new(cap, 2 * scrape_window),
+            window: ms_len(secs(cfg.window_s)),
+            scrape_window: ms_len(secs(cfg.scrape_window_s)),
+            walks: BoundedMap::new(cap, 2 * secs(cfg.window_s)),
+            crawls: BoundedMap::new(cap, 2 * secs(cfg.scrape_window_s)),
         }
     }
 
     fn walk(&mut self, ctx: &Ctx<'_>, id: u64, out: &mut Vec<Detection>) {
         let o = ctx.obs;
-        let now = o.ts_ns;
+        let now = ms32(o.ts_ns);
         let key = key2(&ctx.entity, o.endpoint.as_str());
-        let w = self.walks.entry(key, now, Walk::default);
-        if w.requests == 0 || now >= w.start_ns + self.window {
-            *w = Walk {
-                start_ns: now,
-                min: id,
-                max: id,
-                last: id,
-                ..Walk::default()
-            };
+        let (w, idle) = self.walks.entry_idle(key, o.ts_ns, || Walk::new(now, id));
+        if w.requests == 0 || over(now, w.start, self.window, idle) {
+            *w = Walk::new(now, id);
         }
         w.requests = w.requests.saturating_add(1);
         if o.status >= 400 {
             w.errors = w.errors.saturating_add(1);
         }
-        if w.ids.insert(key_of(&id)) {
-            w.distinct += 1;
-        }
+        w.ids.insert(key_of(&id));
+        let distinct = w.ids.bits_set();
         let step = id.abs_diff(w.last);
         if w.requests > 1 && (1..=self.cfg.max_step).contains(&step) {
             w.run += 1;
@@ -186,15 +235,16 @@ impl EnumerationDetector {
         w.min = w.min.min(id);
         w.max = w.max.max(id);
         let span = w.max - w.min + 1;
-        let density = f64::from(w.distinct) / span as f64;
-        if w.distinct < self.cfg.min_distinct_ids
+        let density = f64::from(distinct) / span as f64;
+        if distinct < self.cfg.min_distinct_ids
             || !(w.max_run >= self.cfg.min_run || density >= self.cfg.min_density)
         {
             return;
         }
-        let w = *w;
-        let secs_in = (now - w.start_ns) as f64 / 1e9;
-        let severity = if w.distinct >= 4 * self.cfg.min_distinct_ids {
+        // Copied out of the packed walk.
+        let (start, min, max, max_run, errors) = (w.start, w.min, w.max, w.max_run, w.errors);
+        let secs_in = secs_from(now, start);
+        let severity = if distinct >= 4 * self.cfg.min_distinct_ids {
             Severity::High
         } else {
             Severity::Medium
@@ -209,26 +259,26 @@ impl EnumerationDetector {
         let alert = ctx.alert(
             AlertKind::Enumeration,
             severity,
-            (0.6 + f64::from(w.distinct) / 200.0).min(1.0),
+            (0.6 + f64::from(distinct) / 200.0).min(1.0),
             format!(
                 "{} walked {} distinct ids of {} ({}..{}, {:.0}% of the range, longest sequential run {}) in {:.1} s; {} answers were errors.",
                 ctx.principal,
-                w.distinct,
+                distinct,
                 o.endpoint,
-                w.min,
-                w.max,
+                min,
+                max,
                 density * 100.0,
-                w.max_run,
+                max_run,
                 secs_in,
-                w.errors
+                errors
             ),
             evidence([
-                ("distinct_ids", json!(w.distinct)),
-                ("min_id", json!(w.min)),
-                ("max_id", json!(w.max)),
+                ("distinct_ids", json!(distinct)),
+                ("min_id", json!(min)),
+                ("max_id", json!(max)),
                 ("density", json!(r2(density))),
-                ("sequential_run", json!(w.max_run)),
-                ("errors", json!(w.errors)),
+                ("sequential_run", json!(max_run)),
+                ("errors", json!(errors)),
                 ("window_s", json!(self.cfg.window_s)),
                 ("min_distinct_ids", json!(self.cfg.min_distinct_ids)),
             ]),
@@ -241,36 +291,33 @@ impl EnumerationDetector {
 
     fn crawl(&mut self, ctx: &Ctx<'_>, out: &mut Vec<Detection>) {
         let o = ctx.obs;
-        let now = o.ts_ns;
+        let now = ms32(o.ts_ns);
         let flow = ctx.account.is_some()
             || (ctx.is_login && !ctx.login_failed)
             || self.cfg.flow_endpoints.contains(&o.endpoint);
-        let c = self.crawls.entry(ctx.entity, now, Crawl::default);
-        if c.requests == 0 || now >= c.start_ns + self.scrape_window {
-            let keep_flow = c.flow;
-            *c = Crawl {
-                start_ns: now,
-                flow: keep_flow,
-                ..Crawl::default()
-            };
+        let (c, idle) = self
+            .crawls
+            .entry_idle(ctx.entity, o.ts_ns, || Crawl::new(now, false));
+        if c.requests == 0 || over(now, c.start, self.scrape_window, idle) {
+            *c = Crawl::new(now, c.flow);
         }
         c.flow |= flow;
-        c.requests += 1;
+        c.requests = c.requests.saturating_add(1);
         // Linear counting corrects the bitmap's collisions (counting new bits would lose about
         // one resource in twenty by 25, enough to sink the ratio under the threshold).
         c.paths.insert(key2(o.path.as_str(), o.query.as_str()));
-        c.distinct = (c.paths.estimate().round() as u32).min(c.requests);
+        let distinct = (c.paths.estimate().round() as u32).min(c.requests);
         let floor = if c.flow {
             f64::from(self.cfg.scrape_min_requests) * self.cfg.flow_factor
         } else {
             f64::from(self.cfg.scrape_min_requests)
         };
-        let ratio = f64::from(c.distinct) / f64::from(c.requests);
+        let ratio = f64::from(distinct) / f64::from(c.requests);
         if f64::from(c.requests) < floor || ratio < self.cfg.scrape_min_distinct_ratio {
             return;
         }
         let c = *c;
-        let secs_in = ((now - c.start_ns) as f64 / 1e9).max(0.001);
+        let secs_in = secs_from(now, c.start).max(0.001);
         let severity = if c.flow {
             Severity::Medium
         } else {
@@ -286,7 +333,7 @@ impl EnumerationDetector {
             format!(
                 "{} fetched {} distinct resources in {} requests within {:.1} s ({:.1}/s){}.",
                 ctx.principal,
-                c.distinct,
+                distinct,
                 c.requests,
                 secs_in,
                 f64::from(c.requests) / secs_in,
@@ -298,7 +345,7 @@ impl EnumerationDetector {
             ),
             evidence([
                 ("requests", json!(c.requests)),
-                ("distinct", json!(c.distinct)),
+                ("distinct", json!(distinct)),
                 ("distinct_ratio", json!(r2(ratio))),
                 ("rate_rps", json!(r2(f64::from(c.requests) / secs_in))),
                 ("normal_flow", json!(c.flow)),
@@ -347,6 +394,9 @@ impl Detector for EnumerationDetector {
 mod tests {
     use super::*;
     use crate::models::{Engine, ModelsConfig, synth::*};
+
+    const _: () = assert!(BoundedMap::<Walk>::SLOT_BYTES == 80);
+    const _: () = assert!(BoundedMap::<Crawl>::SLOT_BYTES == 56);
 
     fn account(t: u64, ip: &str, tok: &str, id: u64) -> crate::models::Observation {
         let mut o = with_token(obs(t, ip, &format!("/accounts/{id}")), tok);

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::{
     AlertKind, Severity,
-    bounded::{BoundedMap, NS, key_of, key2, secs},
+    bounded::{BoundedMap, NS, STALE_NS, key_of, key2, ms_len, ms_since, ms32, secs},
     config::Checker,
     engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, subject},
 };
@@ -30,7 +30,7 @@ use super::{
 pub struct Config {
     /// On or off. Default on.
     pub enabled: bool,
-    /// Counting window, seconds. Default 10.
+    /// Counting window, seconds (at most a day). Default 10.
     pub window_s: f64,
     /// Requests per window never flagged. Default 20.
     pub min_limit: f64,
@@ -78,6 +78,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), ModelsError> {
         Checker::new("rate")
             .positive("window_s", self.window_s)
+            .check(
+                "window_s",
+                self.window_s <= 86_400.0,
+                "must be at most 86400 (a day)",
+            )
             .positive("min_limit", self.min_limit)
             .positive("default_limit", self.default_limit)
             .positive("burst_factor", self.burst_factor)
@@ -133,47 +138,74 @@ impl Hist {
     }
 }
 
-/// Counts of one key in the current and previous window, and its own history.
-#[derive(Clone, Copy, Debug, Default)]
+/// Counts of one key in the current and previous window, and its own history (24 bytes: times
+/// are [`ms32`] milliseconds).
+#[derive(Clone, Copy, Debug)]
 struct Counter {
-    start_ns: u64,
+    /// Start of the current window.
+    start: u32,
+    /// Start of the current second (for bursts).
+    sec_start: u32,
     cur: u32,
     prev: u32,
     /// Decaying peak of completed windows.
     peak: f32,
-    /// Completed windows with traffic.
+    /// Requests in the current second (saturating: a burst needs more than `burst_factor` times
+    /// the limit per second, far below 65,535 for any limit learned from the histogram).
+    sec_cur: u16,
+    /// Completed windows with traffic (saturating; only "3 or more" matters).
     samples: u16,
-    /// Requests in the current second (for bursts) and when it started.
-    sec_cur: u32,
-    sec_start_ns: u64,
 }
 
+const _: () = assert!(size_of::<Counter>() == 24);
+
 impl Counter {
-    /// Adds a request; returns the count of a window that just completed, if any.
-    fn add(&mut self, now: u64, w: u64) -> Option<u32> {
+    fn new(now: u32) -> Self {
+        Self {
+            start: now,
+            sec_start: now,
+            cur: 0,
+            prev: 0,
+            peak: 0.0,
+            sec_cur: 0,
+            samples: 0,
+        }
+    }
+
+    /// Adds a request at `now` (`stale`: the key was idle for [`STALE_NS`] or more, so its
+    /// times are no longer comparable); returns the count of a window that just completed, if
+    /// any.
+    fn add(&mut self, now: u32, w: u32, stale: bool) -> Option<u32> {
         let mut done = None;
-        if self.start_ns == 0 {
-            self.start_ns = now;
-        } else if now >= self.start_ns + w {
-            let n = (now - self.start_ns) / w;
+        let age = if stale {
+            Some(u32::MAX)
+        } else {
+            ms_since(now, self.start)
+        };
+        if let Some(age) = age.filter(|&a| a >= w) {
+            let n = age / w;
             if self.cur > 0 {
                 done = Some(self.cur);
             }
             self.prev = if n == 1 { self.cur } else { 0 };
             self.cur = 0;
-            self.start_ns += n * w;
+            self.start = if stale {
+                now
+            } else {
+                self.start.wrapping_add(n * w)
+            };
         }
-        self.cur += 1;
-        if now >= self.sec_start_ns + NS {
-            self.sec_start_ns = now;
+        self.cur = self.cur.saturating_add(1);
+        if stale || ms_since(now, self.sec_start).is_some_and(|d| d >= 1000) {
+            self.sec_start = now;
             self.sec_cur = 0;
         }
-        self.sec_cur += 1;
+        self.sec_cur = self.sec_cur.saturating_add(1);
         done
     }
 
-    fn count(&self, now: u64, w: u64) -> f64 {
-        let into = (now.saturating_sub(self.start_ns) as f64 / w as f64).min(1.0);
+    fn count(&self, now: u32, w: u32) -> f64 {
+        let into = (f64::from(ms_since(now, self.start).unwrap_or(0)) / f64::from(w)).min(1.0);
         f64::from(self.cur) + f64::from(self.prev) * (1.0 - into).max(0.0)
     }
 
@@ -186,7 +218,8 @@ impl Counter {
 /// The detector.
 pub struct RateDetector {
     cfg: Config,
-    window: u64,
+    /// Window, milliseconds.
+    window: u32,
     pairs: BoundedMap<Counter>,
     sources: BoundedMap<Counter>,
     endpoints: BoundedMap<Hist>,
@@ -203,7 +236,7 @@ struct Limit {
 impl RateDetector {
     /// A detector keeping at most `cap` (entity, endpoint) pairs and sources.
     pub fn new(cfg: &Config, cap: usize, idle_ns: u64) -> Self {
-        let window = secs(cfg.window_s);
+        let window = ms_len(secs(cfg.window_s));
         let idle = idle_ns.min(30 * 86_400 * NS);
         Self {
             cfg: cfg.clone(),
@@ -304,30 +337,32 @@ impl Detector for RateDetector {
     }
 
     fn observe(&mut self, ctx: &Ctx<'_>, out: &mut Vec<Detection>) {
-        let now = ctx.obs.ts_ns;
+        let ts = ctx.obs.ts_ns;
+        let now = ms32(ts);
         let w = self.window;
         let ep = key_of(ctx.obs.endpoint.as_str());
         let pair_key = key2(&ctx.entity, &ep);
 
-        let mut c = *self.pairs.entry(pair_key, now, Counter::default);
-        let done = c.add(now, w);
+        let (c, idle) = self.pairs.entry_idle(pair_key, ts, || Counter::new(now));
+        let mut c = *c;
+        let done = c.add(now, w, idle >= STALE_NS);
         let hist = self.endpoints.get(ep).copied();
         if let Some(n) = done {
             let l = self.limit(hist.as_ref(), &c);
             if f64::from(n) <= l.limit {
                 c.learn(n);
                 self.endpoints
-                    .entry(ep, now, Hist::default)
+                    .entry(ep, ts, Hist::default)
                     .add(f64::from(n));
             }
         }
-        *self.pairs.entry(pair_key, now, Counter::default) = c;
+        *self.pairs.entry(pair_key, ts, || Counter::new(now)) = c;
         let l = self.limit(hist.as_ref(), &c);
         let what = || format!("{} on {}", ctx.principal, ctx.obs.endpoint);
         self.judge(
             ctx,
             &what,
-            (c.count(now, w), c.sec_cur),
+            (c.count(now, w), u32::from(c.sec_cur)),
             &l,
             subject::entity(ctx.entity),
             out,
@@ -336,23 +371,31 @@ impl Detector for RateDetector {
         if self.cfg.per_source {
             let sk = subject::source(ctx.obs.client_ip);
             let all = key_of("*sources");
-            let mut s = *self.sources.entry(sk, now, Counter::default);
+            let (s, idle) = self.sources.entry_idle(sk, ts, || Counter::new(now));
+            let mut s = *s;
             let hist = self.endpoints.get(all).copied();
-            if let Some(n) = s.add(now, w) {
+            if let Some(n) = s.add(now, w, idle >= STALE_NS) {
                 let l = self.limit(hist.as_ref(), &s);
                 if f64::from(n) <= l.limit {
                     s.learn(n);
                     self.endpoints
-                        .entry(all, now, Hist::default)
+                        .entry(all, ts, Hist::default)
                         .add(f64::from(n));
                 }
             }
-            *self.sources.entry(sk, now, Counter::default) = s;
+            *self.sources.entry(sk, ts, || Counter::new(now)) = s;
             let mut l = self.limit(hist.as_ref(), &s);
             // A source carries many principals (NAT, proxies): never below the per-pair bar.
             l.limit = l.limit.max(self.cfg.default_limit);
             let what = || format!("Address {}", ctx.obs.client_ip);
-            self.judge(ctx, &what, (s.count(now, w), s.sec_cur), &l, sk, out);
+            self.judge(
+                ctx,
+                &what,
+                (s.count(now, w), u32::from(s.sec_cur)),
+                &l,
+                sk,
+                out,
+            );
         }
     }
 
@@ -374,6 +417,30 @@ impl Detector for RateDetector {
 mod tests {
     use super::*;
     use crate::models::{Engine, ModelsConfig, synth::*};
+
+    const _: () = assert!(BoundedMap::<Counter>::SLOT_BYTES == 40);
+
+    #[test]
+    fn counters_roll_across_the_wrap_of_their_millisecond_times() {
+        let w = 10_000;
+        let t0 = u32::MAX - 4_000;
+        let mut c = Counter::new(t0);
+        for i in 0..5 {
+            assert_eq!(c.add(t0.wrapping_add(i * 1_000), w, false), None);
+        }
+        assert_eq!(c.sec_cur, 1);
+        // 12 s later, past the wrap: the window of 5 completed and 2 s of the next went by.
+        let now = t0.wrapping_add(12_000);
+        assert_eq!(c.add(now, w, false), Some(5));
+        assert_eq!((c.cur, c.prev, c.start), (1, 5, t0.wrapping_add(w)));
+        assert!((c.count(now, w) - (1.0 + 5.0 * 0.8)).abs() < 1e-9);
+        // An observation out of order does not roll anything.
+        assert_eq!(c.add(now - 500, w, false), None);
+        assert_eq!(c.sec_cur, 2);
+        // After a long idle the times restart; the window in progress is reported.
+        assert_eq!(c.add(7, w, true), Some(2));
+        assert_eq!((c.cur, c.prev, c.start, c.sec_cur), (1, 0, 7, 1));
+    }
 
     #[test]
     fn histograms_give_quantiles() {

@@ -26,7 +26,7 @@ use super::{
 pub struct Config {
     /// On or off. Default on.
     pub enabled: bool,
-    /// Sliding window, seconds. Default 600.
+    /// Sliding window, seconds (at most 43200, 12 hours). Default 600.
     pub window_s: f64,
     /// Distinct client networks for one credential within the window. Default 5.
     pub max_networks: usize,
@@ -54,6 +54,11 @@ impl Config {
         Checker::new("token")
             .positive("window_s", self.window_s)
             .check(
+                "window_s",
+                self.window_s <= 43_200.0,
+                "must be at most 43200 (12 hours)",
+            )
+            .check(
                 "max_networks",
                 (2..=8).contains(&self.max_networks),
                 "must be between 2 and 8",
@@ -72,16 +77,23 @@ impl Config {
     }
 }
 
-/// Recent networks and countries of one credential (times in whole seconds).
-#[derive(Clone, Copy, Default)]
+/// Recent networks and countries of one credential (76 bytes). Times are whole seconds after
+/// `base`, in 16 bits; the base moves forward when they would no longer fit.
+#[derive(Clone, Copy)]
 struct Usage {
-    nets: [(u32, u32); 8],
-    countries: [([u8; 2], u32); 4],
+    base: u32,
+    nets: [u32; 8],
+    net_t: [u16; 8],
+    countries: [[u8; 2]; 4],
+    country_t: [u16; 4],
     last_country: [u8; 2],
-    /// Times the country changed, and when the run of changes started.
+    /// When the run of country changes started.
+    switch_start: u16,
+    /// Times the country changed.
     switches: u8,
-    switch_start: u32,
 }
+
+const _: () = assert!(size_of::<Usage>() == 76);
 
 fn network(ip: IpAddr) -> u32 {
     match ip {
@@ -91,23 +103,70 @@ fn network(ip: IpAddr) -> u32 {
 }
 
 impl Usage {
-    fn note<T: Copy + PartialEq>(slots: &mut [(T, u32)], x: T, now: u32, empty: T) {
-        if let Some(s) = slots.iter_mut().find(|s| s.0 == x) {
-            s.1 = now;
-            return;
+    fn new(now: u32) -> Self {
+        Self {
+            base: now,
+            nets: [0; 8],
+            net_t: [0; 8],
+            countries: [[0; 2]; 4],
+            country_t: [0; 4],
+            last_country: [0; 2],
+            switch_start: 0,
+            switches: 0,
         }
-        let oldest = slots
-            .iter_mut()
-            .min_by_key(|s| if s.0 == empty { 0 } else { s.1 })
-            .expect("slots");
-        *oldest = (x, now);
     }
 
-    fn live<T: Copy + PartialEq>(slots: &[(T, u32)], now: u32, w: u32, empty: T) -> usize {
-        slots
+    /// `now` (seconds) as a time of this usage. When it no longer fits, the base moves to
+    /// `w + 1` seconds before `now`; earlier times stop at the new base, which is more than the
+    /// window `w` ago: what had expired stays expired, the rest keeps its exact age.
+    fn at(&mut self, now: u32, w: u32) -> u16 {
+        let d = now.saturating_sub(self.base);
+        if let Ok(t) = u16::try_from(d) {
+            return t;
+        }
+        let shift = d - (w + 1);
+        for t in self
+            .net_t
+            .iter_mut()
+            .chain(self.country_t.iter_mut())
+            .chain(std::iter::once(&mut self.switch_start))
+        {
+            *t = u32::from(*t).saturating_sub(shift) as u16;
+        }
+        self.base += shift;
+        (w + 1) as u16
+    }
+
+    fn note<T: Copy + PartialEq>(items: &mut [T], times: &mut [u16], x: T, now: u16, empty: T) {
+        let i = items.iter().position(|s| *s == x).unwrap_or_else(|| {
+            // An empty slot, else the oldest.
+            (0..items.len())
+                .min_by_key(|&i| {
+                    if items[i] == empty {
+                        0
+                    } else {
+                        u32::from(times[i]) + 1
+                    }
+                })
+                .expect("slots")
+        });
+        items[i] = x;
+        times[i] = now;
+    }
+
+    /// The slots of `items` used within `w` of `now`.
+    fn live<T: Copy + PartialEq>(
+        items: &[T],
+        times: &[u16],
+        now: u16,
+        w: u32,
+        empty: T,
+    ) -> impl Iterator<Item = T> {
+        items
             .iter()
-            .filter(|s| s.0 != empty && now.saturating_sub(s.1) <= w)
-            .count()
+            .zip(times)
+            .filter(move |(x, t)| **x != empty && u32::from(now.saturating_sub(**t)) <= w)
+            .map(|(x, _)| *x)
     }
 }
 
@@ -213,42 +272,39 @@ impl Detector for TokenDetector {
             // Refused: whoever sent it did not get in with it.
             return;
         }
-        let now = (o.ts_ns / NS) as u32;
         let w = self.window_s;
-        let u = self.usage.entry(key, o.ts_ns, Usage::default);
+        let now_s = (o.ts_ns / NS) as u32;
+        let u = self.usage.entry(key, o.ts_ns, || Usage::new(now_s));
+        let now = u.at(now_s, w);
         let net = network(o.client_ip).wrapping_add(1).max(1);
-        Usage::note(&mut u.nets, net, now, 0);
+        Usage::note(&mut u.nets, &mut u.net_t, net, now, 0);
         let mut switched = false;
         if let Some(c) = cc(ctx.country) {
-            Usage::note(&mut u.countries, c, now, [0; 2]);
+            Usage::note(&mut u.countries, &mut u.country_t, c, now, [0; 2]);
             if u.last_country != [0; 2] && u.last_country != c {
-                if u.switches == 0 || now.saturating_sub(u.switch_start) > w {
+                if u.switches == 0 || u32::from(now.saturating_sub(u.switch_start)) > w {
                     u.switches = 0;
                     u.switch_start = now;
                 }
-                u.switches += 1;
+                u.switches = u.switches.saturating_add(1);
                 switched = true;
             }
             u.last_country = c;
         }
-        let nets = Usage::live(&u.nets, now, w, 0);
-        let countries: Vec<String> = u
-            .countries
-            .iter()
-            .filter(|s| s.0 != [0; 2] && now.saturating_sub(s.1) <= w)
-            .map(|s| cc_str(s.0))
-            .collect();
+        let nets = Usage::live(&u.nets, &u.net_t, now, w, 0).count();
+        let live_countries = || Usage::live(&u.countries, &u.country_t, now, w, [0; 2]);
         let back_and_forth = switched && u.switches >= 2;
         let many_nets = nets >= self.cfg.max_networks;
-        let many_countries = countries.len() >= self.cfg.max_countries;
+        let many_countries = live_countries().count() >= self.cfg.max_countries;
         if !(many_nets || many_countries || back_and_forth) {
             return;
         }
+        let countries: Vec<String> = live_countries().map(cc_str).collect();
         let why = if back_and_forth {
             format!(
                 "switched countries {} times within {} s ({}), so two parties hold it",
                 u.switches,
-                now - u.switch_start,
+                now.saturating_sub(u.switch_start),
                 countries.join(", ")
             )
         } else if many_countries {
@@ -309,7 +365,33 @@ impl Detector for TokenDetector {
 
 #[cfg(test)]
 mod tests {
+    use super::{BoundedMap, Usage};
     use crate::models::{AlertKind, Engine, ModelsConfig, Severity, synth::*};
+
+    const _: () = assert!(BoundedMap::<Usage>::SLOT_BYTES == 88);
+
+    #[test]
+    fn usage_times_keep_their_age_when_the_base_moves() {
+        let w = 600;
+        let mut u = Usage::new(0);
+        let t = u.at(100, w);
+        Usage::note(&mut u.nets, &mut u.net_t, 1, t, 0);
+        let t = u.at(65_500, w);
+        Usage::note(&mut u.nets, &mut u.net_t, 2, t, 0);
+        // 65,900 s after the base no longer fits in 16 bits: the base moves.
+        let now = u.at(65_900, w);
+        assert_eq!(u.base, 65_900 - 601);
+        let live: Vec<u32> = Usage::live(&u.nets, &u.net_t, now, w, 0).collect();
+        assert_eq!(
+            live,
+            [2],
+            "the net of 400 s ago is live, the one of 65,800 s ago is not"
+        );
+        assert_eq!(now - u.net_t[1], 400);
+        // A new net takes an empty slot first, even one at time 0 of the base.
+        Usage::note(&mut u.nets, &mut u.net_t, 3, now, 0);
+        assert_eq!(u.nets[..3], [1, 2, 3]);
+    }
 
     #[test]
     fn a_token_alternating_between_countries_is_reused() {
