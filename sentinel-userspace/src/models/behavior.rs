@@ -12,11 +12,17 @@
 //! The model is Half-Space Trees ([`super::hst`]) over those points, population-wide: streaming,
 //! constant memory (25 trees of 2^9 nodes: about 0.5 MiB in all, nothing per principal), about a
 //! microsecond per window, and it follows drift by swapping its reference window. A window is
-//! raised when the trees isolate it (`threshold`) *and* at least `min_moved` features (other than
-//! country, which the geo models report, and the absolute endpoint spread, which a usual session
-//! already fills half of) moved by `moved_level` or more, so that one odd feature (a new phone, a
-//! late night) is never enough on its own. The alert names the moved features,
-//! their values and the baselines.
+//! raised when at least `min_moved` features (other than country, which the geo models report,
+//! and the absolute endpoint spread, which a usual session already fills half of) moved by
+//! `moved_level` or more, so that one odd feature (a new phone, a late night) is never enough on
+//! its own, *and* the trees isolate it: `threshold` for `min_moved` features, proportionally less
+//! for more (`threshold x min_moved / moved`). The two are evidence of one thing: the trees'
+//! isolation depth is about how many of the window's moved dimensions a tree splits on before
+//! its reference mass runs out, so with nine dimensions and nine levels a window that moved three
+//! features (a new client at a rare hour on endpoints it never used: a hijacked session) scores
+//! around 0.5 and would be raised or not by the reference window of the hour; the more features
+//! moved against the principal's own baseline, the less population rarity is needed to confirm
+//! it. The alert names the moved features, their values and the baselines.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -56,7 +62,8 @@ pub struct Config {
     pub reference_windows: u32,
     /// Reference mass below which a region counts as empty. Default 3.
     pub size_limit: u32,
-    /// Isolation score from which a window is anomalous. Default 0.5.
+    /// Isolation score from which a window that moved `min_moved` features is anomalous; a
+    /// window that moved more needs `threshold x min_moved / moved`. Default 0.5.
     pub threshold: f64,
     /// Features that must have moved. Default 2.
     pub min_moved: usize,
@@ -164,6 +171,17 @@ impl BehaviorDetector {
         (self.hst.score(&s.features), moved)
     }
 
+    /// The isolation asked of a window that moved `moved` features: `threshold` at `min_moved`,
+    /// and proportionally less for each feature more (a window that moved twice as many features
+    /// needs half the isolation).
+    pub fn threshold(&self, moved: usize) -> f64 {
+        if self.cfg.min_moved == 0 || moved <= self.cfg.min_moved {
+            self.cfg.threshold
+        } else {
+            self.cfg.threshold * self.cfg.min_moved as f64 / moved as f64
+        }
+    }
+
     fn describe(&self, s: &WindowSummary, i: usize) -> String {
         let f = s.features[i];
         match FEATURES[i] {
@@ -210,8 +228,8 @@ impl Detector for BehaviorDetector {
         }
         self.scored += 1;
         let (score, moved) = self.judge(s);
-        let raise =
-            self.hst.ready() && score >= self.cfg.threshold && moved.len() >= self.cfg.min_moved;
+        let threshold = self.threshold(moved.len());
+        let raise = self.hst.ready() && score >= threshold && moved.len() >= self.cfg.min_moved;
         if !raise {
             // The trees learn what the population's windows look like from windows that moved
             // fewer than `min_moved` features: drift in any one feature (a new app version for
@@ -228,7 +246,7 @@ impl Detector for BehaviorDetector {
         }
         let mut ev = evidence([
             ("isolation_score", json!(r2(score))),
-            ("threshold", json!(self.cfg.threshold)),
+            ("threshold", json!(r2(threshold))),
             ("window_start", json!(super::alert::rfc3339(s.start_ns))),
             ("requests", json!(s.count)),
             ("baseline_requests_per_window", json!(r2(s.baseline_count))),
@@ -384,6 +402,82 @@ mod tests {
         alerts
     }
 
+    /// An engine that learned 8 days of 600 users, and the midnight after.
+    fn established(seed: u64) -> (Engine, u64) {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let stream = population(seed, 600, 8);
+        let end = stream.last().unwrap().ts_ns;
+        run(&mut e, &stream);
+        (e, (end / (86_400 * S) + 1) * 86_400 * S)
+    }
+
+    /// A request with u7's JWT from u7's address.
+    fn u7(t: u64, ep: &str, credential: &str, ua: &str, resp_bytes: u64) -> Observation {
+        let mut o = with_jwt(obs(t, "198.18.0.9", ep), "u7", "RS256", None);
+        o.credential = Some(credential.into());
+        o.user_agent = Some(ua.into());
+        o.resp_bytes = resp_bytes;
+        o
+    }
+
+    /// The first behaviour anomaly of `session`, its window closed by ticks from `close_at` on
+    /// (a tick sweeps the profiles a budget at a time).
+    fn anomaly(e: &mut Engine, session: impl Iterator<Item = Observation>, close_at: u64) -> Alert {
+        let mut alerts = Vec::new();
+        for o in session {
+            alerts.extend(e.observe(&o));
+        }
+        for k in 0..100 {
+            alerts.extend(e.tick(close_at + k * 10 * S));
+        }
+        alerts
+            .into_iter()
+            .find(|a| a.kind == AlertKind::BehaviorAnomaly)
+            .expect("behavior anomaly")
+    }
+
+    #[test]
+    fn more_moved_features_need_less_isolation() {
+        use super::{BehaviorDetector, Config};
+        let d = BehaviorDetector::new(&Config::default());
+        // 0.5 for two moved features, a third less for three, half for four.
+        assert_eq!(d.threshold(0), 0.5);
+        assert_eq!(d.threshold(2), 0.5);
+        assert!((d.threshold(3) - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(d.threshold(4), 0.25);
+        let d = BehaviorDetector::new(&Config {
+            min_moved: 0,
+            ..Config::default()
+        });
+        assert_eq!(d.threshold(5), 0.5);
+    }
+
+    #[test]
+    fn a_hijacked_session_on_the_owners_network_is_anomalous() {
+        // u7's token used from its own address at 02:00 by another kind of client, at an
+        // unhurried pace, on account-changing endpoints it never used: no geography; a new
+        // client, a rare hour, new endpoints and a few times its usual requests.
+        let (mut e, midnight) = established(4);
+        let t0 = midnight + 2 * 3600 * S;
+        let session = (0..22u64).map(|i| {
+            let ep = ["/beneficiaries", "/transfer", "/profile/contact"][i as usize % 3];
+            u7(
+                t0 + i * 9 * S,
+                ep,
+                "tok-hijacked",
+                "curl/8.4.0",
+                200 + i * 10,
+            )
+        });
+        let a = anomaly(&mut e, session, t0 + 400 * S);
+        assert!(
+            a.evidence["moved"].as_array().unwrap().len() >= 3,
+            "{:?}",
+            a.evidence
+        );
+        assert!(a.evidence["isolation_score"].as_f64() >= a.evidence["threshold"].as_f64());
+    }
+
     #[test]
     fn routine_variation_is_not_anomalous() {
         for seed in [1, 2] {
@@ -402,30 +496,18 @@ mod tests {
 
     #[test]
     fn a_taken_over_account_is_anomalous_and_explained() {
-        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
-        let stream = population(3, 600, 8);
-        let end = stream.last().unwrap().ts_ns;
-        run(&mut e, &stream);
+        let (mut e, midnight) = established(3);
         // u7 at 03:00 the next day: a script pulling exports and user lists, fast.
-        let t0 = (end / (86_400 * S) + 1) * 86_400 * S + 3 * 3600 * S;
-        let mut alerts = Vec::new();
-        for i in 0..40u64 {
+        let t0 = midnight + 3 * 3600 * S;
+        let session = (0..40u64).map(|i| {
             let ep = if i % 2 == 0 {
                 "/admin/users"
             } else {
                 "/export/{id}"
             };
-            let mut o = with_jwt(obs(t0 + i * S, "198.18.0.9", ep), "u7", "RS256", None);
-            o.credential = Some("tok-stolen".into());
-            o.user_agent = Some("python-requests/2.31".into());
-            o.resp_bytes = 50_000;
-            alerts.extend(e.observe(&o));
-        }
-        alerts.extend(e.tick(t0 + 3600 * S));
-        let a = alerts
-            .iter()
-            .find(|a| a.kind == AlertKind::BehaviorAnomaly)
-            .expect("behavior anomaly");
+            u7(t0 + i * S, ep, "tok-stolen", "python-requests/2.31", 50_000)
+        });
+        let a = anomaly(&mut e, session, t0 + 3600 * S);
         assert_eq!(a.principal.as_deref(), Some("jwt:u7"));
         for word in [
             "requests where it usually makes",

@@ -9,6 +9,11 @@
 //! automated client (a user agent of a scripting library or tool, or none), +0.5 within
 //! `rapid_interval_s` of the previous failure on the same key, +0.5 for an account that never
 //! logged in successfully.
+//! The owner-abroad discount holds only at a human pace: a user agent is a claim anyone can copy,
+//! and nobody retypes a password within `rapid_interval_s`. A failure on the account from a new
+//! country that comes that fast weighs in full, and the discount its run of failures was given
+//! so far is taken back, so a guessing script that copies the account's kind of client is named
+//! at the same third attempt as one that does not (1.5 + 2.5 + 0.5 taken back + 2.5 = 7).
 //! Weighted sums are kept over a sliding `window_s` per account, per source and per
 //! fingerprint (user-agent family + request header names in order).
 //!
@@ -135,10 +140,16 @@ impl Config {
 /// Weighted counts are kept in tenths in integer windows.
 const SCALE: f64 = 10.0;
 
+/// The discount on a failure from a new country with a kind of client the account has used.
+const DOUBT: f64 = 0.5;
+
 #[derive(Clone, Copy, Default)]
 struct AccountState {
     fails: Window,
     score: Window,
+    /// Tenths discounted from its failures for the account's own kind of client abroad, taken
+    /// back at the first failure from a new country at a scripted pace.
+    doubt: Window,
     last_fail_ns: u64,
     first_fail_ns: u64,
     sources: SmallSet<4>,
@@ -298,10 +309,11 @@ impl Detector for CredentialDetector {
         fps.attempts.add(now, w, 1);
         fps.sources.insert(src_key as u32);
 
-        // A failure: weigh it.
+        // A failure: weigh it (the account's own kind of client abroad is discounted below, at
+        // the account, where its pace is known).
         let mut weight = 1.0;
         if new_country {
-            weight += if known_device { 0.5 } else { 1.0 };
+            weight += 1.0;
         }
         if automated {
             weight += 1.0;
@@ -310,7 +322,12 @@ impl Detector for CredentialDetector {
             weight += 0.5;
         }
         let src_rapid = src.last_fail_ns > 0 && now.saturating_sub(src.last_fail_ns) < self.rapid;
-        let src_weight = weight + if src_rapid { 0.5 } else { 0.0 };
+        let src_weight = weight + if src_rapid { 0.5 } else { 0.0 }
+            - if new_country && known_device && !src_rapid {
+                DOUBT
+            } else {
+                0.0
+            };
         src.fails.add(now, w, 1);
         src.score.add(now, w, (src_weight * SCALE) as u32);
         if src.first_fail_ns == 0 || now.saturating_sub(src.last_fail_ns) > w {
@@ -334,12 +351,23 @@ impl Detector for CredentialDetector {
         if let Some(k) = account_key {
             let a = self.accounts.entry(k, now, AccountState::default);
             let rapid = a.last_fail_ns > 0 && now.saturating_sub(a.last_fail_ns) < self.rapid;
-            let aw = weight + if rapid { 0.5 } else { 0.0 };
+            let mut aw = weight + if rapid { 0.5 } else { 0.0 };
             if a.first_fail_ns == 0 || now.saturating_sub(a.last_fail_ns) > w {
                 a.first_fail_ns = now;
+                a.doubt = Window::default();
+            }
+            // The account's own kind of client from a new country: its owner abroad, as long as
+            // the attempts come at a human pace.
+            let scripted_lookalike = new_country && known_device && rapid;
+            if new_country && known_device && !rapid {
+                aw -= DOUBT;
+                a.doubt.add(now, w, (DOUBT * SCALE) as u32);
+            } else if scripted_lookalike {
+                aw += a.doubt.count(now, w).round() / SCALE;
+                a.doubt = Window::default();
             }
             a.fails.add(now, w, 1);
-            a.score.add(now, w, (aw * SCALE) as u32);
+            a.score.add(now, w, (aw * SCALE).round() as u32);
             a.last_fail_ns = now;
             a.sources.insert(src_key as u32);
             let fails = a.fails.count(now, w);
@@ -357,7 +385,12 @@ impl Detector for CredentialDetector {
                 if automated {
                     why.push(format!("an automated client ({ua})"));
                 }
-                if rapid {
+                if scripted_lookalike {
+                    why.push(
+                        "the account's own kind of client but attempts faster than anyone types"
+                            .to_owned(),
+                    );
+                } else if rapid {
                     why.push("attempts seconds apart".to_owned());
                 }
                 let context = if why.is_empty() {
@@ -392,6 +425,7 @@ impl Detector for CredentialDetector {
                         ("new_country", json!(new_country)),
                         ("account_countries", json!(known_countries)),
                         ("automated_client", json!(automated)),
+                        ("known_client", json!(known_device)),
                         ("user_agent", json!(ua)),
                         ("sources", json!(a.sources.len())),
                     ]),
@@ -583,6 +617,67 @@ mod tests {
         assert!(!kinds.contains(&AlertKind::CredentialStuffing));
         // De-duplicated: a handful of alerts, not 500.
         assert!(kinds.len() < 10, "{kinds:?}");
+    }
+
+    /// Attempts on `user` from Hanoi with `ua`, `gap` apart: the first alert's attempt number.
+    fn first_alert(e: &mut Engine, user: &str, ua: &str, gap: u64, n: u64) -> Option<u64> {
+        let start = T0 + 5 * 86_400 * S + 23 * 3600 * S;
+        (0..n).find(|i| {
+            e.observe(&login(start + i * gap, "203.0.113.10", user, false, ua))
+                .iter()
+                .any(|a| a.kind == AlertKind::BruteForce)
+        })
+    }
+
+    #[test]
+    fn a_script_copying_the_accounts_client_is_named_at_the_third_attempt() {
+        // The account logs in with the app from Riyadh; the script sends the same app's user
+        // agent from Hanoi, three attempts a second.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        history(&mut e, "layla", "192.0.2.44", 5);
+        let ua = "BankApp/4.2.7 (iPhone; iOS 18.2)";
+        assert_eq!(first_alert(&mut e, "layla", ua, S / 3, 50), Some(2));
+        // The evidence says why the known client did not help.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        history(&mut e, "layla", "192.0.2.44", 5);
+        let start = T0 + 5 * 86_400 * S + 23 * 3600 * S;
+        let a = (0..3)
+            .flat_map(|i| {
+                e.observe(&login(
+                    start + i * S / 3,
+                    "203.0.113.10",
+                    "layla",
+                    false,
+                    ua,
+                ))
+            })
+            .find(|a| a.kind == AlertKind::BruteForce)
+            .expect("alert");
+        assert_eq!(a.evidence["known_client"], true);
+        assert!(
+            a.explanation.contains("faster than anyone types"),
+            "{}",
+            a.explanation
+        );
+    }
+
+    #[test]
+    fn the_owner_abroad_retyping_on_their_own_device_is_not_an_attack() {
+        // Four wrong passwords from Hanoi with the account's own app, typed 10 s apart: 4 x 1.5.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        history(&mut e, "layla", "192.0.2.44", 5);
+        let ua = "BankApp/4.2.7 (iPhone; iOS 18.2)";
+        assert_eq!(first_alert(&mut e, "layla", ua, 10 * S, 4), None);
+        // A double-submitted form among them (two requests a few ms apart) takes the discount
+        // back once, not more: 1.5 + 3 + 1.5 = 6 after three failures.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        history(&mut e, "layla", "192.0.2.44", 5);
+        let start = T0 + 5 * 86_400 * S + 23 * 3600 * S;
+        let mut alerts = Vec::new();
+        for t in [0, 5_000_000, 10 * S] {
+            alerts.extend(e.observe(&login(start + t, "203.0.113.10", "layla", false, ua)));
+        }
+        assert!(alerts.is_empty(), "{alerts:?}");
     }
 
     #[test]
