@@ -62,6 +62,10 @@ const TOOL_UAS: &[&str] = &[
     "okhttp/4.9.2",
 ];
 
+/// What makes a victim established: at least this many requests, this age (ns) of its first
+/// session, and this many sessions.
+type Established = (u64, u64, usize);
+
 /// Where attacks are written.
 pub struct Stage<'a> {
     /// Exchanges.
@@ -175,13 +179,21 @@ impl Stage<'_> {
                 .below((self.to_ns - self.from_ns).saturating_sub(HOUR))
     }
 
-    /// A victim established at `t`: at least `min_requests` requests and a first session at
-    /// least `min_age` before.
-    fn victim(&mut self, t: u64, min_requests: u64, min_age: u64) -> Option<usize> {
+    /// A victim established at `t`: at least `min.0` requests in at least `min.2` sessions,
+    /// the first at least `min.1` before.
+    fn victim(
+        &mut self,
+        t: u64,
+        (min_requests, min_age, min_sessions): Established,
+    ) -> Option<usize> {
         for _ in 0..200 {
             let i = self.rng.below(self.users.len() as u64 - 1) as usize;
-            let (n, first) = self.users[i].history_before(t);
-            if !self.victims[i] && n >= min_requests && first.is_some_and(|f| f + min_age < t) {
+            let (n, sessions, first) = self.users[i].history_before(t);
+            if !self.victims[i]
+                && n >= min_requests
+                && sessions >= min_sessions
+                && first.is_some_and(|f| f + min_age < t)
+            {
                 self.victims[i] = true;
                 return Some(i);
             }
@@ -202,10 +214,10 @@ impl Stage<'_> {
     }
 
     /// A time and an established victim, retrying times until one is found.
-    fn time_and_victim(&mut self, min_requests: u64, min_age: u64) -> (u64, usize) {
+    fn time_and_victim(&mut self, min: Established) -> (u64, usize) {
         for _ in 0..MAX_TRIES {
             let t = self.when();
-            if let Some(v) = self.victim(t, min_requests, min_age) {
+            if let Some(v) = self.victim(t, min) {
                 return (t, v);
             }
         }
@@ -348,7 +360,7 @@ fn credential_stuffing(st: &mut Stage<'_>, k: usize) -> Scenario {
 }
 
 fn rate_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
-    let (t0, v) = st.time_and_victim(10, DAY);
+    let (t0, v) = st.time_and_victim((10, DAY, 1));
     let u = &st.users[v];
     let same_host = st.rng.chance(0.5);
     let mut a = Attack::new(
@@ -458,7 +470,7 @@ fn takeover(
 fn impossible_travel(st: &mut Stage<'_>, _k: usize) -> Scenario {
     let mut a = Attack::new(AlertKind::ImpossibleTravel, "stolen password");
     for _ in 0..MAX_TRIES {
-        let (t, v) = st.time_and_victim(12, DAY + DAY / 2);
+        let (t, v) = st.time_and_victim((12, DAY + DAY / 2, 1));
         let Some(last) = st.users[v].last_session_before(t) else {
             continue;
         };
@@ -498,7 +510,7 @@ fn impossible_travel(st: &mut Stage<'_>, _k: usize) -> Scenario {
 
 fn new_country(st: &mut Stage<'_>, _k: usize) -> Scenario {
     for _ in 0..MAX_TRIES {
-        let (t, v) = st.time_and_victim(12, DAY + DAY / 2);
+        let (t, v) = st.time_and_victim((12, DAY + DAY / 2, 1));
         let Some(last) = st.users[v].last_session_before(t) else {
             continue;
         };
@@ -543,7 +555,11 @@ fn behavior_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
         AlertKind::BehaviorAnomaly,
         "session hijack on the owner's network",
     );
-    let (t, v) = st.time_and_victim(30, 2 * DAY);
+    // The behaviour model judges a principal once it has a baseline (`warmup_windows` activity
+    // windows, 4 by default): a hijack of an account with fewer sessions is not this kind's to
+    // find, so the victim has at least that many sessions behind it.
+    let warmup = crate::models::behavior::Config::default().warmup_windows as usize;
+    let (t, v) = st.time_and_victim((30, 2 * DAY, warmup));
     let u = &st.users[v];
     // At night, from the owner's own network (no geography to give it away).
     let t0 = t - t % DAY + st.rng.range(1, 3) * HOUR + st.rng.below(HOUR);
@@ -733,7 +749,7 @@ fn data_exposure(st: &mut Stage<'_>, _k: usize) -> Scenario {
     ];
     let variant = *st.rng.pick(&variants);
     let mut a = Attack::new(AlertKind::DataExposure, variant);
-    let (t0, v) = st.time_and_victim(5, DAY);
+    let (t0, v) = st.time_and_victim((5, DAY, 1));
     let u = &st.users[v];
     let (name, account) = (u.name.clone(), u.account);
     let ip = st.any_attacker();
@@ -831,7 +847,7 @@ fn token_reuse(st: &mut Stage<'_>, _k: usize) -> Scenario {
             "many networks"
         },
     );
-    let (t0, v) = st.time_and_victim(5, DAY);
+    let (t0, v) = st.time_and_victim((5, DAY, 1));
     let u = &st.users[v];
     let account = u.account;
     // The owner logs in as usual; the token it gets leaks.
@@ -891,7 +907,7 @@ fn jwt_weakness(st: &mut Stage<'_>, _k: usize) -> Scenario {
             "expired token accepted"
         },
     );
-    let (t0, v) = st.time_and_victim(5, DAY);
+    let (t0, v) = st.time_and_victim((5, DAY, 1));
     let name = st.users[v].name.clone();
     let ip = st.any_attacker();
     let now = t0 / NS;

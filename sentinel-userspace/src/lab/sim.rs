@@ -573,15 +573,11 @@ impl User {
         vec![format!("user:{}", self.name), format!("jwt:{}", self.name)]
     }
 
-    /// Trusted requests before `t` and the first session's start.
-    pub fn history_before(&self, t: u64) -> (u64, Option<u64>) {
-        let n = self
-            .sessions
-            .iter()
-            .filter(|s| s.end_ns < t)
-            .map(|s| s.requests)
-            .sum();
-        (n, self.sessions.first().map(|s| s.start_ns))
+    /// Trusted requests and sessions before `t`, and the first session's start.
+    pub fn history_before(&self, t: u64) -> (u64, usize, Option<u64>) {
+        let before = self.sessions.iter().filter(|s| s.end_ns < t);
+        let (n, sessions) = before.fold((0, 0), |(n, k), s| (n + s.requests, k + 1));
+        (n, sessions, self.sessions.first().map(|s| s.start_ns))
     }
 
     /// Where the user is at `t` (the city of their last session) and the address they use
