@@ -159,16 +159,19 @@ impl BehaviorDetector {
 
     /// The score of a window and the features that moved (index, value).
     pub fn judge(&self, s: &WindowSummary) -> (f64, Vec<(usize, f64)>) {
-        let moved = s
-            .features
+        (self.hst.score(&s.features), self.moved(s))
+    }
+
+    /// The features of `s` that moved (at least `moved_level`), but for geography and spread.
+    fn moved(&self, s: &WindowSummary) -> Vec<(usize, f64)> {
+        s.features
             .iter()
             .enumerate()
             .filter(|(i, v)| {
                 *i != COUNTRY_FEATURE && *i != SPREAD_FEATURE && **v >= self.cfg.moved_level
             })
             .map(|(i, v)| (i, *v))
-            .collect();
-        (self.hst.score(&s.features), moved)
+            .collect()
     }
 
     /// The isolation asked of a window that moved `moved` features: `threshold` at `min_moved`,
@@ -227,17 +230,18 @@ impl Detector for BehaviorDetector {
             return;
         }
         self.scored += 1;
-        let (score, moved) = self.judge(s);
+        // The trees learn what the population's windows look like from windows that moved
+        // fewer than `min_moved` features: drift in any one feature (a new app version for
+        // everyone) is learned, but attacks that stayed under the threshold do not teach the
+        // trees that attacks are normal. (Such a window is never raised.)
+        let moved = self.moved(s);
+        let ready = self.hst.ready();
+        let score = self
+            .hst
+            .score_and_learn(&s.features, moved.len() < self.cfg.min_moved);
         let threshold = self.threshold(moved.len());
-        let raise = self.hst.ready() && score >= threshold && moved.len() >= self.cfg.min_moved;
+        let raise = ready && score >= threshold && moved.len() >= self.cfg.min_moved;
         if !raise {
-            // The trees learn what the population's windows look like from windows that moved
-            // fewer than `min_moved` features: drift in any one feature (a new app version for
-            // everyone) is learned, but attacks that stayed under the threshold do not teach the
-            // trees that attacks are normal.
-            if moved.len() < self.cfg.min_moved {
-                self.hst.update(&s.features);
-            }
             return;
         }
         let mut parts: Vec<String> = moved.iter().map(|(i, _)| self.describe(s, *i)).collect();

@@ -140,11 +140,22 @@ impl HalfSpaceTrees {
         total / self.trees.len() as f64
     }
 
-    /// Adds `x` to the window being filled (swapping windows when it is full).
-    pub fn update(&mut self, x: &[f64]) {
+    /// [`HalfSpaceTrees::score`] of `x`, then, when `learn`, [`HalfSpaceTrees::update`] with
+    /// it: the same result in one walk down each tree instead of two.
+    pub fn score_and_learn(&mut self, x: &[f64], learn: bool) -> f64 {
+        if !learn {
+            return self.score(x);
+        }
         let internal = (1usize << self.height) - 1;
+        let ready = self.ready;
+        let mut total = 0.0;
         for t in &mut self.trees {
             let mut node = 0usize;
+            let mut depth = 0usize;
+            // As in `score`: the depth of the last node on the path that still holds enough
+            // reference mass (the walk goes on to the leaf for the window being filled).
+            let mut kept = (t.r[0] >= self.size_limit).then_some(0);
+            let mut holding = kept.is_some();
             loop {
                 t.l[node] = t.l[node].saturating_add(1);
                 if node >= internal {
@@ -157,8 +168,33 @@ impl HalfSpaceTrees {
                 } else {
                     2 * node + 2
                 };
+                depth += 1;
+                if holding {
+                    if t.r[node] < self.size_limit {
+                        holding = false;
+                    } else {
+                        kept = Some(depth);
+                    }
+                }
             }
+            total += 1.0 - kept.unwrap_or(0) as f64 / self.height as f64;
         }
+        let score = if ready {
+            total / self.trees.len() as f64
+        } else {
+            0.0
+        };
+        self.end_point();
+        score
+    }
+
+    /// Adds `x` to the window being filled (swapping windows when it is full).
+    pub fn update(&mut self, x: &[f64]) {
+        self.score_and_learn(x, true);
+    }
+
+    /// Counts a point into the window being filled, swapping windows when it is full.
+    fn end_point(&mut self) {
         self.filled += 1;
         if self.filled >= self.window {
             for t in &mut self.trees {
@@ -229,6 +265,43 @@ mod tests {
         assert!(inlier < 0.35, "inlier {inlier}");
         assert!(outlier > 0.7, "outlier {outlier}");
         assert!(outlier > inlier + 0.4);
+    }
+
+    #[test]
+    fn scoring_and_learning_in_one_walk_is_scoring_then_learning() {
+        let (mut a, mut b) = (
+            HalfSpaceTrees::new(5, 10, 7, 64, 3, 9),
+            HalfSpaceTrees::new(5, 10, 7, 64, 3, 9),
+        );
+        let mut rng = Rng(3);
+        for i in 0..1000 {
+            let x: Vec<f64> = (0..5)
+                .map(|q| {
+                    if i % 7 == 0 {
+                        rng.unit()
+                    } else {
+                        0.2 + 0.05 * rng.unit() * q as f64
+                    }
+                })
+                .collect();
+            let learn = i % 3 != 0;
+            let s = a.score(&x);
+            if learn {
+                a.update(&x);
+            }
+            assert_eq!(b.score_and_learn(&x, learn), s, "point {i}");
+        }
+        assert!(a.ready() && b.ready());
+        // Every point learned since the last swap went down one path: the root and the leaf
+        // level each hold them all.
+        let leaves = (1usize << 7) - 1;
+        for (ta, tb) in a.trees.iter().zip(&b.trees) {
+            assert_eq!((&ta.r, &ta.l), (&tb.r, &tb.l));
+            assert_eq!(tb.l[0], b.filled);
+            assert_eq!(tb.l[leaves..].iter().sum::<u32>(), b.filled);
+            assert_eq!(tb.r[0], 64, "a whole reference window");
+        }
+        assert!(b.filled > 0);
     }
 
     #[test]
