@@ -747,6 +747,84 @@ mod tests {
         assert!(kinds(&mut e, &o).is_empty());
     }
 
+    /// Cost of the injection and exposure detectors on `bench detect`'s kind of traffic
+    /// (printed, not asserted): `cargo test --release -p sentinel-userspace --lib
+    /// injection_and_exposure_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn injection_and_exposure_cost() {
+        let uas = [
+            "BankApp/4.2.1 (iPhone; iOS 18.1)",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36",
+            "BankApp/5.0 (Android 15; Pixel 9)",
+        ];
+        let n = 50_000u64;
+        let traffic: Vec<_> = (0..n)
+            .map(|i| {
+                let u = (i * 7919) % 5000;
+                let ip = format!("198.18.{}.{}", u / 250, u % 250 + 2);
+                let ua = uas[(u % 3) as usize];
+                match i % 100 {
+                    0..=3 => login(T0 + i * S, &ip, &format!("user{u}"), i % 20 != 0, ua),
+                    4 => get("/search?q=1%27%20OR%20%271%27%3D%271", i),
+                    k => {
+                        let path = match k % 4 {
+                            0 => "/balance".to_string(),
+                            1 => format!("/accounts/{}", 100_000 + u),
+                            2 => "/transactions".to_string(),
+                            _ => "/transfer".to_string(),
+                        };
+                        let mut o =
+                            with_token(obs(T0 + i * S, &ip, &path), &format!("tok-user{u}"));
+                        o.req_headers[1].1 = ua.into();
+                        if k % 4 == 3 {
+                            o.method = "POST".into();
+                            o.req_headers
+                                .push(("Content-Type".into(), "application/json".into()));
+                            o.req_body = br#"{"to":"bob","amount":50}"#.to_vec();
+                        }
+                        o
+                    }
+                }
+            })
+            .collect();
+        let only = |injection: bool, exposure: bool| {
+            let mut c = ModelsConfig::default();
+            c.behavior.enabled = false;
+            c.rate.enabled = false;
+            c.credential.enabled = false;
+            c.geo.enabled = false;
+            c.token.enabled = false;
+            c.enumeration.enabled = false;
+            c.injection.enabled = injection;
+            c.exposure.enabled = exposure;
+            Engine::new(&c).unwrap()
+        };
+        let time = |e: &mut Engine| {
+            for o in &traffic {
+                e.observe(o);
+            }
+            let mut best = f64::MAX;
+            for _ in 0..7 {
+                let t = std::time::Instant::now();
+                let mut out = Vec::new();
+                for o in &traffic {
+                    e.observe_into(o, &mut out);
+                }
+                best = best.min(t.elapsed().as_secs_f64() * 1e9 / n as f64);
+            }
+            best
+        };
+        let none = time(&mut only(false, false));
+        let inj = time(&mut only(true, false));
+        let exp = time(&mut only(false, true));
+        println!(
+            "per transaction: engine alone {none:.0} ns, injection {:.0} ns, exposure {:.0} ns",
+            inj - none,
+            exp - none
+        );
+    }
+
     #[test]
     fn decoding_handles_double_and_unicode_escapes() {
         assert_eq!(decode_fully("%252e%252e%252f", false), "../");
