@@ -13,8 +13,9 @@
 //!   `log2(bytes)`, after `size_warmup` responses): at least `size_min_bytes`, `size_ratio` times
 //!   the usual size and `size_sigmas` deviations above it.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::LazyLock};
 
+use memchr::memmem::Finder;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -23,6 +24,7 @@ use super::{
     bounded::{BoundedMap, Ewm, key_of},
     config::Checker,
     engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, subject},
+    injection::contains_ci,
 };
 
 /// `[models.exposure]`.
@@ -180,58 +182,107 @@ const SECRET_PREFIXES: [(&str, usize, &str); 11] = [
     ("sk_live_", 20, "Stripe live secret key"),
 ];
 
-fn starts_with_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.len() >= needle.len() && hay[..needle.len()].eq_ignore_ascii_case(needle)
+/// Byte classes of the pass in [`scan`]: a digit (continues both runs); a space or dash (keeps
+/// the digit run); an upper-case letter (continues the upper-case run); `@`; a letter or digit;
+/// the first letter of a secret prefix.
+const DIGIT: u8 = 1;
+const KEEP_DIGITS: u8 = 2;
+const UPPER_OR_DIGIT: u8 = 4;
+const AT: u8 = 8;
+const WORD: u8 = 16;
+/// `WORD << 1`: [`scan`] shifts the previous byte's `WORD` onto it.
+const PREFIX: u8 = 32;
+
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = b'0';
+    while c <= b'9' {
+        t[c as usize] = DIGIT | KEEP_DIGITS | UPPER_OR_DIGIT;
+        c += 1;
+    }
+    c = b'A';
+    while c <= b'Z' {
+        t[c as usize] = UPPER_OR_DIGIT;
+        c += 1;
+    }
+    c = 0;
+    while c < 128 {
+        if c.is_ascii_alphanumeric() {
+            t[c as usize] |= WORD;
+        }
+        c += 1;
+    }
+    t[b' ' as usize] = KEEP_DIGITS;
+    t[b'-' as usize] = KEEP_DIGITS;
+    t[b'@' as usize] = AT;
+    let mut p = 0;
+    while p < SECRET_PREFIXES.len() {
+        t[SECRET_PREFIXES[p].0.as_bytes()[0] as usize] |= PREFIX;
+        p += 1;
+    }
+    t
+};
+
+static PEM: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"-----BEGIN "));
+
+/// Scans one body with `cfg`'s secret field names.
+pub fn scan(b: &[u8], cfg: &Config) -> Findings {
+    scan_with(b, cfg, &NameFilter::new(&cfg.secret_fields))
 }
 
-/// Scans one body. One pass over the bytes finds where secrets could start and how long the
-/// digit and upper-case runs are; the checksum work runs only where something can be found.
-pub fn scan(b: &[u8], cfg: &Config) -> Findings {
+/// Scans one body. A table-driven pass measures the digit runs (spaces and dashes allowed) and
+/// upper-case-or-digit runs and notes any `@` and any secret prefix's first letter starting a
+/// word; only then are the prefixes compared there. A memmem finder finds PEM headers, and only
+/// quotes followed by a secret field name's first byte are looked at. The checksum work runs
+/// only where something can be found.
+fn scan_with(b: &[u8], cfg: &Config, names: &NameFilter) -> Findings {
     let mut f = Findings::default();
-    let (mut digits, mut max_digits) = (0usize, 0usize);
-    let (mut upper, mut max_upper) = (0usize, 0usize);
-    let mut at = false;
-    for (i, &c) in b.iter().enumerate() {
-        if c.is_ascii_digit() {
-            digits += 1;
-            max_digits = max_digits.max(digits);
-        } else if c != b' ' && c != b'-' {
-            digits = 0;
-        }
-        if c.is_ascii_uppercase() || c.is_ascii_digit() {
-            upper += 1;
-            max_upper = max_upper.max(upper);
-        } else {
-            upper = 0;
-        }
-        match c {
-            b'@' => at = true,
-            b'-' if b[i..].starts_with(b"-----BEGIN ") => {
-                let head = &b[i..(i + 60).min(b.len())];
-                if head.windows(11).any(|w| w == b"PRIVATE KEY") {
-                    f.secrets.push("PEM private key".into());
-                }
+    let (mut digits, mut max_digits) = (0u32, 0u32);
+    let (mut upper, mut max_upper) = (0u32, 0u32);
+    let (mut seen, mut after) = (0u8, 0u8);
+    // Secrets, by where they start, so that they are listed in the order of the body.
+    let mut secrets: Vec<(usize, String)> = Vec::new();
+    for &c in b {
+        // Without branches or calls (the counts stay in registers): JSON alternates digits and
+        // letters too often to predict.
+        let k = CLASS[c as usize];
+        let bit = |class: u8| u32::from(k & class != 0);
+        digits = (digits + bit(DIGIT)) & bit(KEEP_DIGITS).wrapping_neg();
+        upper = (upper + bit(UPPER_OR_DIGIT)) & bit(UPPER_OR_DIGIT).wrapping_neg();
+        max_digits = max_digits.max(digits);
+        max_upper = max_upper.max(upper);
+        // A prefix's first letter counts only where no letter or digit comes before it.
+        seen |= k & !((after & WORD) << 1);
+        after = k;
+    }
+    if seen & PREFIX != 0 {
+        let mut after_word = false;
+        for (i, &c) in b.iter().enumerate() {
+            let k = CLASS[c as usize];
+            if k & PREFIX != 0 && !after_word {
+                secret_prefix(b, i, &mut secrets);
             }
-            b'A' | b'g' | b'x' | b's' => {
-                if i > 0 && is_word(b[i - 1]) {
-                    continue;
-                }
-                for (prefix, min, what) in SECRET_PREFIXES {
-                    if b[i..].starts_with(prefix.as_bytes()) {
-                        let n = b[i + prefix.len()..]
-                            .iter()
-                            .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_' || **c == b'-')
-                            .count();
-                        if n >= min && !f.secrets.iter().any(|s| s == what) {
-                            f.secrets.push(what.into());
-                        }
-                    }
-                }
-            }
-            b'"' => secret_field(b, i, cfg, &mut f),
-            _ => {}
+            after_word = k & WORD != 0;
         }
     }
+    let at = seen & AT != 0;
+    for i in PEM.find_iter(b) {
+        let head = &b[i..(i + 60).min(b.len())];
+        if head.windows(11).any(|w| w == b"PRIVATE KEY") {
+            // Each PEM block is listed.
+            secrets.push((i, "PEM private key".into()));
+        }
+    }
+    for q in memchr::memchr_iter(b'"', b) {
+        if let Some(what) = names.secret_field(b, q, cfg)
+            && !secrets.iter().any(|(_, s)| *s == what)
+        {
+            secrets.push((q, what));
+        }
+    }
+    secrets.sort_by_key(|(i, _)| *i);
+    f.secrets = secrets.into_iter().map(|(_, s)| s).collect();
+    let (max_digits, max_upper) = (max_digits as usize, max_upper as usize);
     if max_digits < 9 && max_upper < 15 && !at {
         return f;
     }
@@ -278,38 +329,85 @@ pub fn scan(b: &[u8], cfg: &Config) -> Findings {
     f
 }
 
-/// A JSON field named like a secret opening at the quote `q`, holding a long unmasked value.
-fn secret_field(b: &[u8], q: usize, cfg: &Config, f: &mut Findings) {
-    let rest = &b[q + 1..];
-    for name in &cfg.secret_fields {
-        let n = name.as_bytes();
-        if !(starts_with_ci(rest, n) && rest.get(n.len()) == Some(&b'"')) {
-            continue;
+/// A secret prefix (at a word boundary) at `i`, followed by enough token characters.
+fn secret_prefix(b: &[u8], i: usize, secrets: &mut Vec<(usize, String)>) {
+    for (prefix, min, what) in SECRET_PREFIXES {
+        if b[i..].starts_with(prefix.as_bytes()) {
+            let n = b[i + prefix.len()..]
+                .iter()
+                .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_' || **c == b'-')
+                .count();
+            if n >= min && !secrets.iter().any(|(_, s)| s == what) {
+                secrets.push((i, what.into()));
+            }
         }
-        let mut j = n.len() + 1;
+    }
+}
+
+/// What the secret field names can be told by at a glance: their first bytes (in either ASCII
+/// case) and lengths (all lengths from 64 up), so that most quotes are passed over without
+/// comparing names.
+struct NameFilter {
+    firsts: [bool; 256],
+    lengths: u64,
+    longest: usize,
+}
+
+impl NameFilter {
+    fn new(names: &[String]) -> Self {
+        let mut f = Self {
+            firsts: [false; 256],
+            lengths: 0,
+            longest: 0,
+        };
+        for n in names {
+            match n.bytes().next() {
+                Some(c) => {
+                    f.firsts[c.to_ascii_lowercase() as usize] = true;
+                    f.firsts[c.to_ascii_uppercase() as usize] = true;
+                }
+                // An empty name matches `""`: any byte may follow the quote.
+                None => f.firsts = [true; 256],
+            }
+            f.lengths |= if n.len() < 64 { 1 << n.len() } else { u64::MAX };
+            f.longest = f.longest.max(n.len());
+        }
+        f
+    }
+
+    /// A JSON field named like a secret (a whole name between quotes, in any ASCII case) opening
+    /// at the quote `q`, holding a long unmasked value: what to list.
+    fn secret_field(&self, b: &[u8], q: usize, cfg: &Config) -> Option<String> {
+        let rest = &b[q + 1..];
+        if !rest.first().is_some_and(|c| self.firsts[*c as usize]) {
+            return None;
+        }
+        let len = memchr::memchr(b'"', &rest[..rest.len().min(self.longest + 1)])?;
+        if self.lengths & 1 << len.min(63) == 0 {
+            return None;
+        }
+        let name = cfg
+            .secret_fields
+            .iter()
+            .find(|n| n.as_bytes().eq_ignore_ascii_case(&rest[..len]))?;
+        let mut j = len + 1;
         while rest.get(j).is_some_and(|c| c.is_ascii_whitespace()) {
             j += 1;
         }
         if rest.get(j) != Some(&b':') {
-            return;
+            return None;
         }
         j += 1;
         while rest.get(j).is_some_and(|c| c.is_ascii_whitespace()) {
             j += 1;
         }
         if rest.get(j) != Some(&b'"') {
-            return;
+            return None;
         }
         let val: &[u8] = &rest[j + 1..];
         let val = &val[..val.iter().position(|c| *c == b'"').unwrap_or(val.len())];
         let masked = val.contains(&b'*') || val.iter().all(|c| Some(c) == val.first());
-        if val.len() >= cfg.secret_min_len && !masked {
-            let what = format!("field \"{name}\"");
-            if !f.secrets.contains(&what) {
-                f.secrets.push(what);
-            }
-        }
-        return;
+        (val.len() >= cfg.secret_min_len && !masked).then(|| format!("field \"{name}\""))
     }
 }
 
@@ -368,29 +466,26 @@ fn classify_digits(d: &[u8], raw: &[u8], seps: Vec<usize>, f: &mut Findings) {
 }
 
 fn textual(ctype: Option<&str>) -> bool {
-    match ctype {
-        None => true,
-        Some(c) => {
-            let c = c.to_ascii_lowercase();
-            [
-                "json",
-                "text",
-                "xml",
-                "html",
-                "csv",
-                "javascript",
-                "yaml",
-                "x-www-form",
-            ]
-            .iter()
-            .any(|t| c.contains(t))
-        }
-    }
+    ctype.is_none_or(|c| {
+        [
+            "json",
+            "text",
+            "xml",
+            "html",
+            "csv",
+            "javascript",
+            "yaml",
+            "x-www-form",
+        ]
+        .iter()
+        .any(|t| contains_ci(c.as_bytes(), t.as_bytes()))
+    })
 }
 
 /// The detector.
 pub struct ExposureDetector {
     cfg: Config,
+    names: NameFilter,
     sizes: BoundedMap<Ewm>,
 }
 
@@ -399,6 +494,7 @@ impl ExposureDetector {
     pub fn new(cfg: &Config) -> Self {
         Self {
             cfg: cfg.clone(),
+            names: NameFilter::new(&cfg.secret_fields),
             sizes: BoundedMap::new(20_000, u64::MAX),
         }
     }
@@ -418,7 +514,7 @@ impl Detector for ExposureDetector {
         let mut ev = evidence([]);
         let mut severity = Severity::High;
         if !o.resp_body.is_empty() && textual(o.resp_content_type.as_deref()) {
-            let f = scan(&o.resp_body, &self.cfg);
+            let f = scan_with(&o.resp_body, &self.cfg, &self.names);
             if !f.secrets.is_empty() {
                 severity = Severity::Critical;
                 what.push(f.secrets.join(", "));
@@ -570,6 +666,50 @@ mod tests {
         let e4 = &mut Engine::new(&ModelsConfig::default()).unwrap();
         let noise = r#"{"ts":1793491200000,"ssn":"000-12-3456","x":"666-12-3456","password":"********","phone":"+966 11 234 5678","n":"1111111111","secret":"short"}"#;
         assert!(body(e4, noise).is_empty(), "{:?}", body(e4, noise));
+    }
+
+    #[test]
+    fn the_scan_finds_secrets_wherever_they_stand_and_lists_them_in_order() {
+        let cfg = Config::default();
+        let f = scan(
+            br#"{"API_Key" :  "9f8e7d6c5b4a39281706","k":"x AKIAIOSFODNN7EXAMPLE","pem":"-----BEGIN EC PRIVATE KEY-----"}"#,
+            &cfg,
+        );
+        assert_eq!(
+            f.secrets,
+            ["field \"api_key\"", "AWS access key id", "PEM private key"]
+        );
+        // Prefixes count at a word boundary only; a PEM header right after a token's dash counts.
+        let f = scan(
+            b"xAKIAIOSFODNN7EXAMPLE xoxb------BEGIN RSA PRIVATE KEY",
+            &cfg,
+        );
+        assert_eq!(f.secrets, ["PEM private key"]);
+        let f = scan(
+            b"token=github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz sk_live_0123456789abcdefghij",
+            &cfg,
+        );
+        assert_eq!(
+            f.secrets,
+            ["GitHub fine-grained token", "Stripe live secret key"]
+        );
+        // Look-alike names and values: longer or shorter names, masked or short values.
+        let f = scan(
+            br#"{"secrets":"abcdefghijklmnop","passwd":"************","password":"short","apikey_hint":"abcdefghijklmnop","passwor":"abcdefghijklmnop"}"#,
+            &cfg,
+        );
+        assert!(f.secrets.is_empty(), "{:?}", f.secrets);
+        // A configured name in any case, however long.
+        let long = "x".repeat(80);
+        let cfg = Config {
+            secret_fields: vec![long.clone()],
+            ..Config::default()
+        };
+        let body = format!(r#"{{"{}":"abcdefghijklmnop"}}"#, long.to_uppercase());
+        assert_eq!(
+            scan(body.as_bytes(), &cfg).secrets,
+            [format!("field \"{long}\"")]
+        );
     }
 
     #[test]
