@@ -318,14 +318,10 @@ fn fold_overlong(s: &str) -> String {
 /// without `%` decodes to itself, and one without `\` and non-ASCII characters folds to itself.
 pub fn traversal(raw: &str) -> Option<&'static str> {
     let shape = Shape::of(raw);
-    if shape.has(PERCENT) {
-        // In list order, as the detail names the first.
-        if let Some(m) = OVERLONG
-            .iter()
-            .find(|m| contains_ci(raw.as_bytes(), m.as_bytes()))
-        {
-            return Some(m);
-        }
+    if shape.has(PERCENT)
+        && let Some(m) = overlong(raw)
+    {
+        return Some(m);
     }
     let d = if shape.has(PERCENT) {
         Cow::Owned(decode_fully(raw, false))
@@ -350,6 +346,15 @@ pub fn traversal(raw: &str) -> Option<&'static str> {
     SENSITIVE
         .iter()
         .find(|f| contains_ci(d.as_bytes(), f.as_bytes()))
+        .copied()
+}
+
+/// An overlong UTF-8 dot or slash (`%c0%ae`) in `raw`, still encoded: decoding turns it into
+/// invalid UTF-8, so it is looked for before (the first in list order, as the detail names it).
+fn overlong(raw: &str) -> Option<&'static str> {
+    OVERLONG
+        .iter()
+        .find(|m| contains_ci(raw.as_bytes(), m.as_bytes()))
         .copied()
 }
 
@@ -697,6 +702,32 @@ impl Detector for InjectionDetector {
                 .bytes()
                 .any(|c| matches!(c, b'%' | b'\'' | b'"' | b'<' | b';' | b'('));
         let body = if fast_clean { Body::None } else { self.body(o) };
+        // Parameters are judged decoded, which loses overlong encodings: look at them raw.
+        let raw_params = [
+            ("query", o.query.as_str()),
+            (
+                "form",
+                match &body {
+                    Body::Form(text) => text.as_ref(),
+                    _ => "",
+                },
+            ),
+        ];
+        for (place, raw) in raw_params {
+            if raw.contains('%')
+                && let Some(m) = overlong(raw)
+            {
+                push(
+                    Finding {
+                        kind: AlertKind::PathTraversal,
+                        place: place.into(),
+                        value: raw.to_owned(),
+                        detail: m.to_owned(),
+                    },
+                    &mut findings,
+                );
+            }
+        }
         let inputs = self.inputs(o, &body, !fast_clean);
         for i in inputs {
             if i.place.parameter()
@@ -861,6 +892,10 @@ mod tests {
                 "/static/..%5c..%5cwindows%5cwin.ini",
                 AlertKind::PathTraversal,
             ),
+            (
+                "/files?name=%c0%ae%c0%ae/%c0%ae%c0%ae/x.txt",
+                AlertKind::PathTraversal,
+            ),
         ];
         for (i, (target, want)) in cases.iter().enumerate() {
             let mut e = Engine::new(&ModelsConfig::default()).unwrap();
@@ -883,6 +918,9 @@ mod tests {
         ));
         o.req_body = b"text=%3Csvg%2Fonload%3Dalert(1)%3E&x=1".to_vec();
         assert!(kinds(&mut e, &o).contains(&AlertKind::Xss));
+        o.client_ip = "203.0.113.46".parse().unwrap();
+        o.req_body = b"file=%C0%AE%C0%AE%C0%AF%C0%AE%C0%AE%C0%AFnotes".to_vec();
+        assert!(kinds(&mut e, &o).contains(&AlertKind::PathTraversal));
         let mut o = obs(T0, "203.0.113.43", "/balance");
         o.req_headers
             .push(("Referer".into(), "https://x.test/?q=1' OR '1'='1".into()));
