@@ -18,7 +18,7 @@ pub mod load;
 pub mod memory;
 pub mod netfilter;
 
-use std::{fs::File, os::fd::AsRawFd, process::Command};
+use std::{fs::File, os::fd::AsRawFd, process::Command, time::Duration};
 
 use anyhow::{Context as _, bail};
 use sentinel::lab::NetNs;
@@ -48,6 +48,36 @@ pub fn ratio_range(a: &[f64], b: &[f64]) -> (f64, f64) {
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
             (lo.min(r), hi.max(r))
         })
+}
+
+/// CPU time of this thread: the arms are timed by it, so other work on the machine (two cores,
+/// shared) does not count against either.
+pub fn cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Pins the calling thread to the last CPU it may run on; returns that CPU, or None when it
+/// could not.
+pub fn pin_to_one_cpu() -> Option<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .rev()
+            .find(|&c| libc::CPU_ISSET(c, &set))?;
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        (libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one) == 0).then_some(cpu)
+    }
 }
 
 /// The calling thread inside a network namespace until dropped, then back where it was.

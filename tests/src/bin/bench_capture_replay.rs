@@ -19,7 +19,7 @@ use sentinel::{
     lab::sim::Rng,
     pipeline::{Pipeline, PipelineSettings},
 };
-use sentinel_tests::bench::median;
+use sentinel_tests::bench::{cpu_time, median, pin_to_one_cpu};
 
 const MS: u64 = 1_000_000;
 const MSS: usize = 1448;
@@ -186,18 +186,6 @@ thread_local! {
     static WALL: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
 }
 
-/// CPU time of this thread: the arms are timed by it, so other work on the machine (two cores,
-/// shared) does not count against either.
-fn cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for the call to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// The whole pipeline over the file: returns (CPU time, transactions).
 fn run_pipeline(w: &Workload) -> anyhow::Result<(Duration, u64)> {
     let (start, wall) = (cpu_time(), Instant::now());
@@ -260,22 +248,6 @@ fn tshark(w: &Workload) -> Option<(Duration, u64)> {
     }
     let lines = out.stdout.iter().filter(|b| **b == b'\n').count() as u64;
     Some((el, lines))
-}
-
-fn pin_to_one_cpu() -> Option<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read and write it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return None;
-        }
-        let cpu = (0..libc::CPU_SETSIZE as usize)
-            .rev()
-            .find(|&c| libc::CPU_ISSET(c, &set))?;
-        let mut one: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut one);
-        (libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one) == 0).then_some(cpu)
-    }
 }
 
 fn gbps(bytes: u64, secs: f64) -> f64 {
