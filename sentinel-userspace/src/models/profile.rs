@@ -18,7 +18,7 @@
 //! A closed window becomes a [`WindowSummary`]: features relative to the principal's baseline,
 //! each in `[0, 1]`, which the behaviour model scores.
 
-use std::{hash::Hasher, net::IpAddr};
+use std::{cmp::Reverse, collections::BinaryHeap, hash::Hasher, net::IpAddr};
 
 use super::{
     bounded::{BoundedMap, Ewm, FastHasher, SmallSet, key_of},
@@ -294,6 +294,12 @@ pub struct WindowSummary {
 pub struct Profiles {
     map: BoundedMap<Profile>,
     settings: ProfileSettings,
+    /// When each open window falls due (due time, profile key), earliest first: a window of a
+    /// principal gone quiet is closed by [`Profiles::sweep`] from here, without visiting the
+    /// profiles whose windows are not due. An entry whose window was closed otherwise (by the
+    /// principal's next request, by its request count, or with the profile) is dropped when it
+    /// comes up, so the queue holds at most the windows opened in the last window length.
+    due: BinaryHeap<Reverse<(u64, u64)>>,
 }
 
 fn hour_of(ts_ns: u64) -> usize {
@@ -305,13 +311,13 @@ fn log_size(b: u64) -> f64 {
 }
 
 impl Profiles {
-    /// A store of at most `cap` profiles, each dropped after `idle_ns` without traffic. A window
-    /// of a principal gone quiet is closed by [`Profiles::sweep`] at most a tenth of the window
-    /// length late (30 s of the default 300).
+    /// A store of at most `cap` profiles, each dropped after `idle_ns` without traffic.
     pub fn new(cap: usize, idle_ns: u64, settings: ProfileSettings) -> Self {
-        let mut map = BoundedMap::new(cap, idle_ns);
-        map.set_sweep_period(settings.window_ns / 10);
-        Self { map, settings }
+        Self {
+            map: BoundedMap::new(cap, idle_ns),
+            settings,
+            due: BinaryHeap::new(),
+        }
     }
 
     /// The profile of `key`.
@@ -331,7 +337,9 @@ impl Profiles {
 
     /// Bytes held (map, profiles and names).
     pub fn memory_bytes(&self) -> usize {
-        self.map.memory_bytes() + self.map.iter().map(|(_, p)| p.name.len()).sum::<usize>()
+        self.map.memory_bytes()
+            + self.map.iter().map(|(_, p)| p.name.len()).sum::<usize>()
+            + self.due.capacity() * size_of::<Reverse<(u64, u64)>>()
     }
 
     /// Evictions (full, idle).
@@ -350,16 +358,24 @@ impl Profiles {
         due.then(|| close(key, p, s.alpha))
     }
 
-    /// Closes windows that are over without a new observation (`budget` profiles visited per
-    /// call), and forgets idle profiles.
+    /// Closes the windows that fell due by `now_ns` without a new observation (in due order),
+    /// and forgets idle profiles (at most `budget` visited per call, paced by stream time).
     pub fn sweep(&mut self, now_ns: u64, budget: usize, out: &mut Vec<(WindowSummary, Profile)>) {
         let s = self.settings;
-        self.map.sweep(now_ns, budget, |key, p, _| {
-            if p.win.count > 0 && now_ns >= p.win.start_ns + s.window_ns {
+        while let Some(&Reverse((due, key))) = self.due.peek() {
+            if due > now_ns {
+                break;
+            }
+            self.due.pop();
+            if let Some(p) = self.map.get_mut(key)
+                && p.win.count > 0
+                && now_ns >= p.win.start_ns + s.window_ns
+            {
                 let snapshot = p.clone();
                 out.push((close(key, p, s.alpha), snapshot));
             }
-        });
+        }
+        self.map.sweep(now_ns, budget, |_, _, _| {});
     }
 
     /// Teaches the principal's profile one trusted observation.
@@ -380,6 +396,8 @@ impl Profiles {
                 start_ns: now,
                 ..WindowAcc::default()
             };
+            self.due
+                .push(Reverse((now.saturating_add(s.window_ns), key)));
         }
         let established = p.requests > 1;
         let mut w = p.win;
@@ -511,6 +529,48 @@ mod tests {
             window_max_requests: 30,
             alpha: 0.1,
         }
+    }
+
+    #[test]
+    fn quiet_windows_close_when_due_once() {
+        const S: u64 = 1_000_000_000;
+        let mut ps = Profiles::new(10, u64::MAX, settings());
+        let name = || "user:layla".to_string();
+        let mut out = Vec::new();
+        // Key 1 goes quiet after two requests; key 2 keeps going and its window is closed by
+        // its own next request; key 3 fills its window by count (30) and opens another.
+        ps.absorb(1, &name, &obs(10 * S, "192.0.2.5", "/balance"));
+        ps.absorb(1, &name, &obs(20 * S, "192.0.2.5", "/balance"));
+        ps.absorb(2, &name, &obs(15 * S, "192.0.2.6", "/balance"));
+        for i in 0..31 {
+            let t = 12 * S + i * S / 10;
+            if let Some(s) = ps.close_if_due(3, t) {
+                assert_eq!(s.count, 30);
+            }
+            ps.absorb(3, &name, &obs(t, "192.0.2.7", "/balance"));
+        }
+        assert!(
+            ps.close_if_due(2, 400 * S).is_some(),
+            "closed by its next request"
+        );
+        ps.absorb(2, &name, &obs(400 * S, "192.0.2.6", "/balance"));
+        ps.sweep(309 * S, usize::MAX, &mut out);
+        assert!(out.is_empty(), "nothing due before 310 s");
+        ps.sweep(312 * S, usize::MAX, &mut out);
+        let closed: Vec<(u32, u16)> = out.iter().map(|(s, p)| (p.requests, s.count)).collect();
+        // Key 1 (due at 310) and key 3's second window (one request, due at 315) are not
+        // both due yet: only key 1 is.
+        assert_eq!(closed, [(2, 2)]);
+        out.clear();
+        ps.sweep(700 * S, usize::MAX, &mut out);
+        let closed: Vec<(u32, u16)> = out.iter().map(|(s, p)| (p.requests, s.count)).collect();
+        // Both due by 700 and closed once each, in due order: key 2's window opened at 400
+        // (through its first window's entry, which comes up first, at 315 with key 2 < 3),
+        // then key 3's second window; the entries left close nothing.
+        assert_eq!(closed, [(2, 1), (31, 1)]);
+        out.clear();
+        ps.sweep(2_000 * S, usize::MAX, &mut out);
+        assert!(out.is_empty() && ps.due.is_empty());
     }
 
     #[test]
