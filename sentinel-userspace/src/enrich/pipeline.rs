@@ -77,23 +77,51 @@ impl Default for EnrichSettings {
     }
 }
 
-/// Slots of the enricher's GeoIP answer cache (direct-mapped by address; a power of two).
-const GEO_CACHE_SLOTS: usize = 4096;
+/// Slots of each of the enricher's caches (a power of two).
+const CACHE_SLOTS: usize = 4096;
 
-/// Slots of the enricher's bearer-token cache (direct-mapped by token; a power of two).
-const TOKEN_CACHE_SLOTS: usize = 4096;
+/// A direct-mapped cache: a key's hash picks its one slot, which holds the last key that fell
+/// there and its value. O(1), no eviction bookkeeping, bounded at [`CACHE_SLOTS`] entries.
+struct DirectCache<K, V> {
+    slots: Vec<Option<(K, V)>>,
+}
 
-/// A cached bearer token: the token, its JWT claims, its short hash.
-type TokenSlot = Option<(Box<str>, Option<JwtInfo>, String)>;
+impl<K: Clone, V: Clone> DirectCache<K, V> {
+    fn new() -> Self {
+        Self { slots: Vec::new() }
+    }
+
+    /// The value cached for `key` (compared whole), or `make`'s, cached.
+    fn get<Q>(&mut self, key: &Q, make: impl FnOnce() -> V) -> V
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + PartialEq + ToOwned<Owned = K> + ?Sized,
+    {
+        if self.slots.is_empty() {
+            self.slots.resize(CACHE_SLOTS, None);
+        }
+        let slot = &mut self.slots[key_of(key) as usize % CACHE_SLOTS];
+        match slot {
+            Some((cached, v)) if cached.borrow() == key => v.clone(),
+            _ => {
+                let v = make();
+                *slot = Some((key.to_owned(), v.clone()));
+                v
+            }
+        }
+    }
+}
 
 /// Builds observations.
 pub struct Enricher {
-    /// Recently seen bearer tokens, decoded ([`Enricher::decode_bearer`]).
-    token_cache: Vec<TokenSlot>,
+    /// Recently seen bearer tokens, decoded: their JWT claims and short hash (a client repeats
+    /// its token on every request, and decoding it and hashing it cost more than the rest of
+    /// the enrichment).
+    tokens: DirectCache<String, (Option<JwtInfo>, String)>,
     geo: Option<GeoDb>,
     /// Recent GeoIP answers by address: a client sends many requests, and a database lookup
     /// (tree walk and record decode) costs more than the rest of the enrichment together.
-    geo_cache: Vec<Option<(IpAddr, Option<GeoInfo>)>>,
+    geo_cache: DirectCache<IpAddr, Option<GeoInfo>>,
     templates: Templates,
     principal: PrincipalConfig,
     failure_markers: Vec<String>,
@@ -111,8 +139,8 @@ impl Enricher {
         }
         Ok(Self {
             geo,
-            geo_cache: Vec::new(),
-            token_cache: Vec::new(),
+            geo_cache: DirectCache::new(),
+            tokens: DirectCache::new(),
             templates: Templates::default(),
             principal,
             failure_markers: settings
@@ -136,18 +164,7 @@ impl Enricher {
     /// The GeoIP answer for `ip`, from the cache or the database.
     fn locate(&mut self, ip: IpAddr) -> Option<GeoInfo> {
         let db = self.geo.as_ref()?;
-        if self.geo_cache.is_empty() {
-            self.geo_cache.resize(GEO_CACHE_SLOTS, None);
-        }
-        let slot = &mut self.geo_cache[key_of(&ip) as usize % GEO_CACHE_SLOTS];
-        match slot {
-            Some((cached, info)) if *cached == ip => info.clone(),
-            _ => {
-                let info = db.lookup(ip);
-                *slot = Some((ip, info.clone()));
-                info
-            }
-        }
+        self.geo_cache.get(&ip, || db.lookup(ip))
     }
 
     /// Enriches one transaction.
@@ -161,7 +178,7 @@ impl Enricher {
         let bearer = principal::bearer(&view);
         let (jwt, bearer_hash) = match bearer {
             Some(tok) => {
-                let (jwt, hash) = self.decode_bearer(tok);
+                let (jwt, hash) = self.tokens.get(tok, || (parse_jwt(tok), short_hash(tok)));
                 (jwt, Some(hash))
             }
             None => (None, None),
@@ -207,24 +224,6 @@ impl Enricher {
             src_port: t.src.1,
             dst_ip: Some(t.dst.0),
             dst_port: t.dst.1,
-        }
-    }
-
-    /// A bearer token's JWT claims (when it is a JWT) and its short hash, from the cache or
-    /// computed: a client repeats its token on every request, and decoding it (base64, JSON)
-    /// and hashing it (SHA-256) cost more than the rest of the enrichment.
-    fn decode_bearer(&mut self, tok: &str) -> (Option<JwtInfo>, String) {
-        if self.token_cache.is_empty() {
-            self.token_cache.resize(TOKEN_CACHE_SLOTS, None);
-        }
-        let slot = &mut self.token_cache[key_of(tok) as usize % TOKEN_CACHE_SLOTS];
-        match slot {
-            Some((cached, jwt, hash)) if **cached == *tok => (jwt.clone(), hash.clone()),
-            _ => {
-                let (jwt, hash) = (parse_jwt(tok), short_hash(tok));
-                *slot = Some((tok.into(), jwt.clone(), hash.clone()));
-                (jwt, hash)
-            }
         }
     }
 
@@ -292,7 +291,7 @@ mod tests {
         );
         // More addresses than slots, twice over, and some outside the database.
         for round in 0..2 {
-            for i in 0..(2 * GEO_CACHE_SLOTS as u32 + 300) {
+            for i in 0..(2 * CACHE_SLOTS as u32 + 300) {
                 let ip = IpAddr::from([198, 18 + (i >> 14) as u8, (i >> 6) as u8 % 70, i as u8]);
                 assert_eq!(e.locate(ip), direct.lookup(ip), "{ip} round {round}");
             }
@@ -355,7 +354,7 @@ mod tests {
         let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
         // More tokens than slots, twice over: JWTs of many subjects and opaque tokens.
         for round in 0..2 {
-            for i in 0..(TOKEN_CACHE_SLOTS + 500) {
+            for i in 0..(CACHE_SLOTS + 500) {
                 let tok = if i % 3 == 0 {
                     format!("opaque-{i}")
                 } else {

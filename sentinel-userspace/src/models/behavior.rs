@@ -157,11 +157,6 @@ impl BehaviorDetector {
         }
     }
 
-    /// The score of a window and the features that moved (index, value).
-    pub fn judge(&self, s: &WindowSummary) -> (f64, Vec<(usize, f64)>) {
-        (self.hst.score(&s.features), self.moved(s))
-    }
-
     /// The features of `s` that moved (at least `moved_level`), but for geography and spread.
     fn moved(&self, s: &WindowSummary) -> Vec<(usize, f64)> {
         s.features

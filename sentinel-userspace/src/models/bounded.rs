@@ -299,13 +299,12 @@ impl<V> BoundedMap<V> {
         self.sweep_period_ns = period_ns.max(1);
     }
 
-    /// Visits entries from where the last sweep stopped, dropping those idle for longer than
-    /// the idle time; `visit` sees every visited entry that stays (key, value, last use, whole
-    /// seconds in nanoseconds). Call
-    /// it from a periodic tick: the visits are paced by stream time, so that the whole map is
-    /// covered once per sweep period (see [`BoundedMap::set_sweep_period`]) however often it is
-    /// called, and never more than `budget` entries per call. The first call covers the map.
-    pub fn sweep(&mut self, now_ns: u64, budget: usize, mut visit: impl FnMut(u64, &mut V, u64)) {
+    /// Drops the entries idle for longer than the idle time, looking at them from where the
+    /// last sweep stopped; returns how many stayed of those looked at. Call it from a periodic
+    /// tick: the visits are paced by stream time, so that the whole map is covered once per
+    /// sweep period (see [`BoundedMap::set_sweep_period`]) however often it is called, and
+    /// never more than `budget` entries per call. The first call covers the map.
+    pub fn sweep(&mut self, now_ns: u64, budget: usize) -> usize {
         let len = self.slots.len() as f64;
         let share = if self.last_sweep_ns == 0 {
             1.0
@@ -318,7 +317,7 @@ impl<V> BoundedMap<V> {
         self.sweep_credit = (self.sweep_credit + share * len).min(len.max(1.0));
         let budget = budget.min(self.slots.len()).min(self.sweep_credit as usize);
         self.sweep_credit -= budget as f64;
-        let mut seen = 0;
+        let (mut seen, mut stayed) = (0, 0);
         while seen < budget && !self.slots.is_empty() {
             if self.cursor >= self.slots.len() {
                 self.cursor = 0;
@@ -330,12 +329,12 @@ impl<V> BoundedMap<V> {
                 self.remove_at(i);
                 self.expired += 1;
             } else {
-                let s = &mut self.slots[i];
-                visit(s.key, &mut s.value, last_ns);
                 self.cursor += 1;
+                stayed += 1;
             }
             seen += 1;
         }
+        stayed
     }
 
     /// Iterates over (key, value).
@@ -635,8 +634,7 @@ mod tests {
         for i in 0..50u64 {
             m.entry(i, i * NS, || ());
         }
-        let mut visited = 0;
-        m.sweep(55 * NS, 1000, |_, _, _| visited += 1);
+        let visited = m.sweep(55 * NS, 1000);
         // Keys 0..=44 were idle for more than 10.
         assert_eq!(m.len(), 5);
         assert_eq!(visited, 5);
@@ -651,23 +649,14 @@ mod tests {
         for i in 0..100u64 {
             m.entry(i, NS, || ());
         }
-        let mut visited = 0;
-        m.sweep(2 * NS, 1000, |_, _, _| visited += 1);
-        assert_eq!(visited, 100, "the first sweep covers the map");
+        assert_eq!(m.sweep(2 * NS, 1000), 100, "the first sweep covers the map");
         // One second of a 100 s period: a hundredth of the map per call, however often called.
-        visited = 0;
-        for _ in 0..10 {
-            m.sweep(3 * NS, 1000, |_, _, _| visited += 1);
-        }
+        let visited: usize = (0..10).map(|_| m.sweep(3 * NS, 1000)).sum();
         assert_eq!(visited, 1);
-        for t in 4..103u64 {
-            m.sweep(t * NS, 1000, |_, _, _| visited += 1);
-        }
-        assert_eq!(visited, 100, "a whole pass per period");
+        let visited: usize = (4..103u64).map(|t| m.sweep(t * NS, 1000)).sum();
+        assert_eq!(visited + 1, 100, "a whole pass per period");
         // The budget caps a call after a long quiet spell, and idle entries still go.
-        visited = 0;
-        m.sweep(5_000 * NS, 30, |_, _, _| visited += 1);
-        assert_eq!((visited, m.len()), (0, 70));
+        assert_eq!((m.sweep(5_000 * NS, 30), m.len()), (0, 70));
     }
 
     #[test]

@@ -550,9 +550,9 @@ impl Detector for CredentialDetector {
     }
 
     fn tick(&mut self, now_ns: u64, _out: &mut Vec<Detection>) {
-        self.accounts.sweep(now_ns, 4096, |_, _, _| {});
-        self.sources.sweep(now_ns, 4096, |_, _, _| {});
-        self.fingerprints.sweep(now_ns, 1024, |_, _, _| {});
+        self.accounts.sweep(now_ns, 4096);
+        self.sources.sweep(now_ns, 4096);
+        self.fingerprints.sweep(now_ns, 1024);
     }
 
     fn tracked(&self) -> usize {

@@ -524,8 +524,8 @@ impl Engine {
         for d in &mut self.detectors {
             d.tick(now_ns, &mut dets);
         }
-        self.links.sweep(now_ns, budget, |_, _, _| {});
-        self.recent.map.sweep(now_ns, budget, |_, _, _| {});
+        self.links.sweep(now_ns, budget);
+        self.recent.map.sweep(now_ns, budget);
         self.emit(&mut dets, &mut out);
         self.scratch = dets;
         out

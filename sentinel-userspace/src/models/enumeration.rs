@@ -377,8 +377,8 @@ impl Detector for EnumerationDetector {
     }
 
     fn tick(&mut self, now_ns: u64, _out: &mut Vec<Detection>) {
-        self.walks.sweep(now_ns, 4096, |_, _, _| {});
-        self.crawls.sweep(now_ns, 4096, |_, _, _| {});
+        self.walks.sweep(now_ns, 4096);
+        self.crawls.sweep(now_ns, 4096);
     }
 
     fn tracked(&self) -> usize {

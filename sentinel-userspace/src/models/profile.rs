@@ -375,7 +375,7 @@ impl Profiles {
                 out.push((close(key, p, s.alpha), snapshot));
             }
         }
-        self.map.sweep(now_ns, budget, |_, _, _| {});
+        self.map.sweep(now_ns, budget);
     }
 
     /// Teaches the principal's profile one trusted observation.

@@ -400,8 +400,8 @@ impl Detector for RateDetector {
     }
 
     fn tick(&mut self, now_ns: u64, _out: &mut Vec<Detection>) {
-        self.pairs.sweep(now_ns, 4096, |_, _, _| {});
-        self.sources.sweep(now_ns, 4096, |_, _, _| {});
+        self.pairs.sweep(now_ns, 4096);
+        self.sources.sweep(now_ns, 4096);
     }
 
     fn tracked(&self) -> usize {

@@ -351,7 +351,7 @@ impl Detector for TokenDetector {
     }
 
     fn tick(&mut self, now_ns: u64, _out: &mut Vec<Detection>) {
-        self.usage.sweep(now_ns, 4096, |_, _, _| {});
+        self.usage.sweep(now_ns, 4096);
     }
 
     fn tracked(&self) -> usize {
