@@ -11,8 +11,8 @@
 use std::net::IpAddr;
 
 use super::sim::{
-    APP_UAS, ATTACKER_CITIES, Builder, CITIES, DAY, HOUR, NS, Rng, Scenario, User, WEB_UAS,
-    attacker_addr, attacker_addr6, bearer, card_number, city_addr, distance_km, iban, jwt,
+    APP_UAS, ATTACKER_CITIES, Builder, CITIES, DAY, HOUR, NS, OWN_NET_ADDRS, Rng, Scenario, User,
+    WEB_UAS, attacker_addr, attacker_addr6, bearer, card_number, city_addr, distance_km, iban, jwt,
     luhn_number, post_json, req, resp, slots,
 };
 use crate::models::AlertKind;
@@ -866,10 +866,10 @@ fn token_reuse(st: &mut Stage<'_>, _k: usize) -> Scenario {
             } else {
                 one_city
             };
-            // A /24 each: skip ahead a network.
-            st.next_addr[c] += 250;
-            let k = st.next_addr[c];
-            st.next_addr[c] += 1;
+            // A /24 each: consecutive attacker addresses are in different networks, past
+            // Hanoi's and Lagos's own single /24s.
+            let k = st.next_addr[c].max(OWN_NET_ADDRS);
+            st.next_addr[c] = k + 1;
             attacker_addr(c, k)
         })
         .collect();

@@ -97,6 +97,32 @@ impl Drop for TempDir {
     }
 }
 
+/// A bpffs pin directory for a test's programs and maps, `/sys/fs/bpf/sentinel-test-TAG-ID`,
+/// unloaded on drop (also when the test panics).
+#[derive(Debug)]
+pub struct TempPins(PathBuf);
+
+impl TempPins {
+    /// A pin directory unique to this process and call (not created: loading creates it).
+    pub fn new(tag: &str) -> Self {
+        Self(PathBuf::from(format!(
+            "/sys/fs/bpf/sentinel-test-{tag}-{}",
+            unique_id()
+        )))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempPins {
+    fn drop(&mut self) {
+        let _ = crate::datapath::unload(&self.0);
+    }
+}
+
 /// Runs `cmd` to completion like [`Command::output`], but kills it (and fails) when it takes
 /// longer than `limit`: a hung daemon or CLI fails the test, whose guards then clean up, instead
 /// of hanging it.

@@ -103,8 +103,12 @@ pub const CITIES: &[City] = &[
     city("Tokyo", "JP", 35.6762, 139.6503),
 ];
 
-/// Attackers' cities: city `a` owns the /24s 198.19.(16a..16a+16).0 and 2001:db8:1:a::/64s...
-/// (2001:db8:100+a::/48). Hanoi also owns 203.0.113.0/24 and Lagos 198.51.100.0/24.
+/// /24s of 198.19.0.0/16 each attacker city owns: 10,000 addresses, so that no two scenarios
+/// of a seed share an attacker address (six cities use 240 of the 256 /24s).
+pub const ATTACKER_BLOCKS: u64 = 40;
+
+/// Attackers' cities: city `a` owns the /24s 198.19.(40a..40a+40).0 ([`ATTACKER_BLOCKS`]) and
+/// 2001:db8:100+a::/48. Hanoi also owns 203.0.113.0/24 and Lagos 198.51.100.0/24.
 pub const ATTACKER_CITIES: &[City] = &[
     city("Hanoi", "VN", 21.0278, 105.8342),
     city("Lagos", "NG", 6.5244, 3.3792),
@@ -175,8 +179,12 @@ pub fn city_addr6(c: usize, k: u64) -> IpAddr {
     ))
 }
 
+/// Addresses Hanoi and Lagos use in their own /24 (203.0.113.0/24, 198.51.100.0/24) before
+/// those of 198.19.0.0/16.
+pub const OWN_NET_ADDRS: u64 = 240;
+
 /// The `k`-th address of attacker city `a`: 203.0.113.0/24 (Hanoi) and 198.51.100.0/24 (Lagos)
-/// first, then the city's /24s of 198.19.0.0/16, one /24 after another.
+/// first, then the city's /24s of 198.19.0.0/16, each next address in the next /24.
 pub fn attacker_addr(a: usize, k: u64) -> IpAddr {
     let own = match a {
         0 => Some(Ipv4Addr::new(203, 0, 113, 0)),
@@ -184,14 +192,20 @@ pub fn attacker_addr(a: usize, k: u64) -> IpAddr {
         _ => None,
     };
     let k = match own {
-        Some(net) if k < 240 => return v4_in(net, 0, 10 + k),
-        Some(_) => k - 240,
+        Some(net) if k < OWN_NET_ADDRS => return v4_in(net, 0, 10 + k),
+        Some(_) => k - OWN_NET_ADDRS,
         None => k,
     };
+    assert!(
+        k < ATTACKER_BLOCKS * 250,
+        "attacker city {} ran out of addresses: give the scenarios fewer sources",
+        ATTACKER_CITIES[a].name
+    );
+    // Consecutive addresses fall in different /24s: a scenario's sources are different networks.
     v4_in(
         Ipv4Addr::new(198, 19, 0, 0),
-        (a as u64) * 16 + (k / 250) % 16,
-        2 + k % 250,
+        (a as u64) * ATTACKER_BLOCKS + k % ATTACKER_BLOCKS,
+        2 + k / ATTACKER_BLOCKS,
     )
 }
 
@@ -229,8 +243,11 @@ pub fn places() -> Vec<Place> {
         v.push(place(&format!("2001:db8:{i:x}::/48"), c));
     }
     for (a, c) in ATTACKER_CITIES.iter().enumerate() {
-        for b in 0..16 {
-            v.push(place(&format!("198.19.{}.0/24", a * 16 + b), c));
+        for b in 0..ATTACKER_BLOCKS as usize {
+            v.push(place(
+                &format!("198.19.{}.0/24", a * ATTACKER_BLOCKS as usize + b),
+                c,
+            ));
         }
         v.push(place(&format!("2001:db8:{:x}::/48", 0x100 + a), c));
     }
@@ -992,6 +1009,26 @@ mod tests {
                 assert!(!benign.contains(src.as_str()), "{:?} {src}", s.kind);
             }
         }
+    }
+
+    #[test]
+    fn no_two_scenarios_share_an_attacker_address() {
+        // A full seed: the scoring credits an alert to the scenarios that used its address.
+        let w = simulate(&SimConfig::default());
+        let mut owner = std::collections::HashMap::new();
+        for s in &w.scenarios {
+            if s.variant.contains("owner's address") || s.variant.contains("owner's network") {
+                continue;
+            }
+            for src in &s.sources {
+                if let Some(other) = owner.insert(src.clone(), s.id)
+                    && other != s.id
+                {
+                    panic!("{src}: scenarios {other} and {} ({:?})", s.id, s.kind);
+                }
+            }
+        }
+        assert!(owner.len() > 1_000, "{} addresses", owner.len());
     }
 
     #[test]
