@@ -2,15 +2,12 @@
 //! throttle/block entries (flagged shadow in shadow mode), logged verdicts and logged alerts;
 //! failed revocations are alerts too.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use sentinel::{
     control::api::ListKind,
-    datapath::{Datapath, LoadOptions, unload},
-    lab::TempDir,
+    datapath::{Datapath, LoadOptions},
+    lab::{TempDir, TempPins as Pins},
     models::{Action, Alert, AlertKind, Severity},
     notify::alerts::AlertLog,
     verdict::{
@@ -20,13 +17,6 @@ use sentinel::{
         responder::{AlertEvent, DEFAULT_POLICY, Responder},
     },
 };
-
-struct Pins(PathBuf);
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = unload(&self.0);
-    }
-}
 
 fn alert(kind: AlertKind, ip: &str, ts_s: u64) -> Alert {
     Alert {
@@ -59,11 +49,8 @@ fn setup(policy: &str) -> Setup {
 
 fn setup_with(policy: &str, revoke: Option<sentinel::notify::revoke::RevokeConfig>) -> Setup {
     sentinel_tests::require_root();
-    let id = sentinel_tests::unique_id();
-    let pins = Pins(PathBuf::from(format!(
-        "/sys/fs/bpf/sentinel-test-resp-{id}"
-    )));
-    let dp = Datapath::load(&LoadOptions::new(&pins.0)).expect("load");
+    let pins = Pins::new("resp");
+    let dp = Datapath::load(&LoadOptions::new(pins.path())).expect("load");
     let (maps, _obj) = dp.into_parts();
     let maps = Arc::new(Mutex::new(maps));
     let dir = TempDir::new("sentinel-resp").unwrap();
@@ -260,11 +247,8 @@ async fn brute_force_throttles_kills_the_flow_and_revokes_the_sessions() {
     drop(r);
     drop(maps);
     drop(pins);
-    let id = sentinel_tests::unique_id();
-    let pins2 = Pins(PathBuf::from(format!(
-        "/sys/fs/bpf/sentinel-test-resp2-{id}"
-    )));
-    let dp = Datapath::load(&LoadOptions::new(&pins2.0)).expect("load");
+    let pins2 = Pins::new("resp2");
+    let dp = Datapath::load(&LoadOptions::new(pins2.path())).expect("load");
     let (mut maps, _obj) = dp.into_parts();
     // A torn last write: left out of the compacted log, kept beside it.
     let log_path = dir.join("verdicts.jsonl");

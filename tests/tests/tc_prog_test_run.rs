@@ -5,7 +5,7 @@
 use aya::programs::{TestRun, TestRunOptions};
 use sentinel::{
     clock::monotonic_ns,
-    datapath::{Datapath, LoadOptions, unload},
+    datapath::{Datapath, LoadOptions},
 };
 use sentinel_common::{CAP_FLAG_EGRESS, CAP_FLAG_TS_REALTIME, CaptureHeader, capture::names};
 use sentinel_tests::{
@@ -48,11 +48,10 @@ fn run_once(pin: &str, prog: &str, ctx_in: Option<&[u8]>) -> anyhow::Result<Capt
     Ok(hdr)
 }
 
+/// Runs `f` with a pin directory of its own, unloaded afterwards (also when `f` panics).
 fn with_pin<T>(tag: &str, f: impl FnOnce(&str) -> anyhow::Result<T>) -> anyhow::Result<T> {
-    let pin = format!("/sys/fs/bpf/sentinel-test-tc-{tag}-{}", std::process::id());
-    let r = f(&pin);
-    let _ = unload(std::path::Path::new(&pin));
-    r
+    let pins = sentinel::lab::TempPins::new(&format!("tc-{tag}"));
+    f(&pins.path().to_string_lossy())
 }
 
 #[test]

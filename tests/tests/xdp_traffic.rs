@@ -528,6 +528,10 @@ fn a_second_daemon_on_the_same_socket_is_refused_before_it_touches_the_kernel() 
     s.daemon.cli_ok(&["block", "add", "198.18.0.70"]).unwrap();
     let program = |d: &Daemon| d.status().unwrap()["programs"][0]["program_id"].clone();
     let before = program(&s.daemon);
+    assert!(
+        before.is_u64(),
+        "status names the running program: {before}"
+    );
     // Same socket and pins, and shadow mode: had it loaded, it would have replaced the running
     // daemon's program and turned its enforcement into counting.
     let out = output_within(

@@ -226,8 +226,7 @@ mod tests {
     #[test]
     fn realtime_stamps_are_taken_as_they_are() {
         let mut rec = record(5, b"GET /", 0);
-        // `cap_flags` is the byte after `tcp_flags` (offset 53).
-        rec[53] = CAP_FLAG_TS_REALTIME;
+        rec[core::mem::offset_of!(CaptureHeader, cap_flags)] = CAP_FLAG_TS_REALTIME;
         let s = decode(&rec, &Clock::with_offset(1_000_000)).unwrap();
         assert_eq!(s.ts_ns, 1_000);
     }

@@ -237,9 +237,11 @@ impl VerdictLog {
             n += 1;
         }
         if unreadable > 0 {
-            // The compaction below leaves them out: keep the file as it was beside it.
+            // The compaction below leaves them out: keep the file as it was beside it, after
+            // what earlier restarts kept there.
             let kept = self.path.with_extension("jsonl.unreadable");
-            std::fs::copy(&self.path, &kept)?;
+            let mut to = OpenOptions::new().create(true).append(true).open(&kept)?;
+            std::io::copy(&mut std::fs::File::open(&self.path)?, &mut to)?;
             tracing::warn!(
                 unreadable,
                 log = %self.path.display(),

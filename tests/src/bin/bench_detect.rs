@@ -230,9 +230,9 @@ fn stream_shape(c: &Capture) -> anyhow::Result<(f64, u64)> {
 /// Arm (e), to split the analysis: the capture pipeline and enrichment alone (the observation
 /// the models would see, `Analyzer::observation`), no models. Returns CPU seconds.
 fn arm_enrich(c: &Capture) -> anyhow::Result<f64> {
-    let start = cpu_time();
     let cfg = Config::default();
     let mut an = Analyzer::new(&cfg.enrich, &cfg.models, std::slice::from_ref(&c.geo))?;
+    let start = cpu_time();
     replay(&c.pcap, PipelineSettings::default(), |t| {
         std::hint::black_box(an.observation(&t));
         Ok(())
@@ -243,9 +243,9 @@ fn arm_enrich(c: &Capture) -> anyhow::Result<f64> {
 /// Arm (b): the whole replay, as `sentinel replay --emit alerts --geoip-db` runs it (default
 /// configuration), without printing. Returns (CPU seconds, transactions, alerts).
 fn arm_replay(c: &Capture) -> anyhow::Result<(f64, u64, usize)> {
-    let start = cpu_time();
     let cfg = Config::default();
     let mut an = Analyzer::new(&cfg.enrich, &cfg.models, std::slice::from_ref(&c.geo))?;
+    let start = cpu_time();
     let mut alerts = Vec::new();
     let mut n = 0u64;
     let mut raised = 0usize;
@@ -346,13 +346,11 @@ fn replay_section(quick: bool, cpu: Option<usize>) -> anyhow::Result<String> {
     let nf = n as f64;
     let (pa, pe, pb) = (a / nf, e / nf, b / nf);
     let analysis = pb - pa;
-    let ratio = analysis / pa;
-    let paired: Vec<f64> = a_s.iter().zip(&b_s).map(|(a, b)| (b - a) / a).collect();
-    let (lo, hi) = paired
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), r| {
-            (l.min(*r), h.max(*r))
-        });
+    // The analysis over the pipeline, per paired round (whole / pipeline - 1), as the other
+    // benches' ratios: median and range.
+    let ratio = sentinel_tests::bench::median_ratio(&b_s, &a_s) - 1.0;
+    let (lo, hi) = sentinel_tests::bench::ratio_range(&b_s, &a_s);
+    let (lo, hi) = (lo - 1.0, hi - 1.0);
     let rate = nf / b;
     Ok(format!(
         "### Detection in the replay (the issue's targets)\n\n\
@@ -404,11 +402,6 @@ fn replay_section(quick: bool, cpu: Option<usize>) -> anyhow::Result<String> {
         n,
         gaps as f64 * 100.0 / nf,
     ))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn rss_bytes() -> u64 {
@@ -466,8 +459,8 @@ fn main() -> anyhow::Result<()> {
             1e-3 / (p / chunk as f64)
         );
     }
-    let d = median(&mut detect);
-    let p = median(&mut peer);
+    let d = sentinel_tests::bench::median(&detect);
+    let p = sentinel_tests::bench::median(&peer);
     let stats = engine.stats();
 
     // Memory: distinct principals, each a login and a request with its token.
