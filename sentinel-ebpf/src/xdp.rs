@@ -137,23 +137,13 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
             reason
         }
         None => {
-            // An untracked blocked source seen lately on this CPU (see below); only while the
-            // blocklist may hold entries.
-            let slot = if flags & (HAS_BLOCK_HASH | HAS_BLOCK_LPM) != 0 {
-                blocked_slot(&src_words)
-            } else {
-                None
-            };
+            // An untracked blocked source seen lately on this CPU (see below).
+            let slot = blocked_slot(&src_words);
             if let Some(b) = slot {
                 // SAFETY: per-CPU slot; only this CPU writes it, valid for this program run.
                 let b = unsafe { &mut *b };
                 if b.key == src_words && cache_valid(&b.cache, generation, now) {
-                    let reason = apply(&pkt, &mut b.cache, flags, now);
-                    // Anything but the block's drop (a flow kill's verdict first) goes the
-                    // tracked way below, as it would without the slot.
-                    if reason == Reason::DropBlock {
-                        return reason;
-                    }
+                    return apply(&pkt, &mut b.cache, flags, now);
                 }
             }
             let mut s = SourceStats {
