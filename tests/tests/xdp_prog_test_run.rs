@@ -74,27 +74,19 @@ fn hard(p: Packet) -> Packet {
     }
 }
 
-/// A loaded datapath with unique pins, unloaded on drop (also when a test fails).
+/// A loaded datapath with unique pins, unloaded on drop (also when a test fails, and when the
+/// load itself fails after pinning maps).
 struct Lab {
     dp: Datapath,
-    pins: PathBuf,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = unload(&self.pins);
-    }
+    _pins: sentinel::lab::TempPins,
 }
 
 impl Lab {
     fn new() -> Self {
         sentinel_tests::require_root();
-        let pins = PathBuf::from(format!(
-            "/sys/fs/bpf/sentinel-test-ptr-{}",
-            sentinel_tests::unique_id()
-        ));
-        let dp = Datapath::load(&LoadOptions::new(&pins)).expect("load the XDP object");
-        Self { dp, pins }
+        let pins = sentinel::lab::TempPins::new("ptr");
+        let dp = Datapath::load(&LoadOptions::new(pins.path())).expect("load the XDP object");
+        Self { dp, _pins: pins }
     }
 
     /// Runs `program` once on `frame`; returns the XDP action.
