@@ -1,0 +1,572 @@
+//! What a response body holds: secrets, and the personal data whose count matters (card
+//! numbers, IBANs, national ids, e-mail addresses).
+//!
+//! Two passes. The first looks at 32-byte chunks by bit masks ([`marks`]): whether a digit run
+//! long enough for an id or card, an upper-case run long enough for an IBAN, or an `@` is there
+//! at all, and where a secret prefix starts a word (only there are the prefixes compared). A
+//! memmem finder finds PEM headers, and only quotes followed by a secret field name's first byte
+//! are looked at. The second pass, only when the first saw something to look for, reads the
+//! tokens, skipping chunks without a digit, upper-case letter or `@`, and runs the checksums.
+
+use std::{collections::HashSet, sync::LazyLock};
+
+use memchr::memmem::Finder;
+
+use super::{
+    Config,
+    marks::{self, CHUNK, PREFIX_FIRSTS},
+};
+use crate::models::bounded::key_of;
+
+/// Luhn check over ASCII digits.
+pub fn luhn(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, d) in digits.iter().rev().enumerate() {
+        let mut v = u32::from(d - b'0');
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    sum.is_multiple_of(10)
+}
+
+/// ISO 13616 check: move the first four characters to the end, letters to numbers, mod 97 = 1.
+pub fn iban_valid(s: &[u8]) -> bool {
+    if !(15..=34).contains(&s.len())
+        || !s[..2].iter().all(u8::is_ascii_uppercase)
+        || !s[2..4].iter().all(u8::is_ascii_digit)
+        || !s
+            .iter()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+    {
+        return false;
+    }
+    let mut rem = 0u32;
+    for &c in s[4..].iter().chain(&s[..4]) {
+        if c.is_ascii_digit() {
+            rem = (rem * 10 + u32::from(c - b'0')) % 97;
+        } else {
+            let v = u32::from(c - b'A') + 10;
+            rem = (rem * 100 + v) % 97;
+        }
+    }
+    rem == 1
+}
+
+fn ssn_valid(area: u32, group: u32, serial: u32) -> bool {
+    area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
+}
+
+/// What one body holds.
+#[derive(Debug, Default, PartialEq)]
+pub struct Findings {
+    /// Distinct card numbers.
+    pub cards: HashSet<u64>,
+    /// Distinct IBANs.
+    pub ibans: HashSet<u64>,
+    /// Distinct national identifiers.
+    pub national_ids: HashSet<u64>,
+    /// Distinct e-mail addresses.
+    pub emails: HashSet<u64>,
+    /// Secrets found (what, not the value).
+    pub secrets: Vec<String>,
+}
+
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric()
+}
+
+const SECRET_PREFIXES: [(&str, usize, &str); 11] = [
+    ("AKIA", 16, "AWS access key id"),
+    ("ASIA", 16, "AWS temporary access key id"),
+    ("ghp_", 36, "GitHub token"),
+    ("gho_", 36, "GitHub OAuth token"),
+    ("ghs_", 36, "GitHub app token"),
+    ("ghu_", 36, "GitHub user token"),
+    ("ghr_", 36, "GitHub refresh token"),
+    ("github_pat_", 40, "GitHub fine-grained token"),
+    ("xoxb-", 20, "Slack bot token"),
+    ("xoxp-", 20, "Slack user token"),
+    ("sk_live_", 20, "Stripe live secret key"),
+];
+
+const _: () = {
+    let mut p = 0;
+    while p < SECRET_PREFIXES.len() {
+        let c = SECRET_PREFIXES[p].0.as_bytes()[0];
+        let mut q = 0;
+        while q < PREFIX_FIRSTS.len() && PREFIX_FIRSTS[q] != c {
+            q += 1;
+        }
+        assert!(
+            q < PREFIX_FIRSTS.len(),
+            "a secret prefix's first letter is not in PREFIX_FIRSTS"
+        );
+        p += 1;
+    }
+};
+
+static PEM: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"-----BEGIN "));
+
+/// Secrets found, by where they start, so that they are listed in the order of the body.
+type Secrets = Vec<(usize, String)>;
+
+/// Whether the second pass has anything to look for: a run of digits (single spaces or dashes
+/// between them) long enough for a national id or card, a run of upper-case letters and digits
+/// long enough for an IBAN, an `@`.
+#[derive(Debug, Default)]
+struct Gates {
+    digits: bool,
+    upper: bool,
+    at: bool,
+}
+
+/// Digits a national id or card number has at least.
+const MIN_DIGITS: u32 = 9;
+/// Characters an IBAN has at least.
+const MIN_IBAN: u32 = 15;
+
+/// The first pass, by chunks: the gates, and the secrets that start with a prefix.
+fn first_pass(b: &[u8], secrets: &mut Secrets) -> Gates {
+    let mut gates = Gates::default();
+    let (mut digits, mut upper) = (0, 0);
+    for i in (0..b.len()).step_by(CHUNK) {
+        let m = marks::marks_at(b, i);
+        gates.digits |= marks::long_run(m.digits, &mut digits, MIN_DIGITS);
+        gates.upper |= marks::long_run(m.upper, &mut upper, MIN_IBAN);
+        gates.at |= m.at != 0;
+        let mut starts = m.prefix;
+        while starts != 0 {
+            secret_prefix(b, i + starts.trailing_zeros() as usize, secrets);
+            starts &= starts - 1;
+        }
+    }
+    gates
+}
+
+/// [`first_pass`] a byte at a time, as the scan used to: digits counted over runs of digits,
+/// spaces and dashes (a looser gate, which must find the same).
+#[cfg(test)]
+fn first_pass_bytewise(b: &[u8], secrets: &mut Secrets) -> Gates {
+    let mut gates = Gates::default();
+    let (mut digits, mut upper) = (0, 0);
+    for (i, &c) in b.iter().enumerate() {
+        digits = match c {
+            b'0'..=b'9' => digits + 1,
+            b' ' | b'-' => digits,
+            _ => 0,
+        };
+        upper = if c.is_ascii_uppercase() || c.is_ascii_digit() {
+            upper + 1
+        } else {
+            0
+        };
+        gates.digits |= digits >= MIN_DIGITS;
+        gates.upper |= upper >= MIN_IBAN;
+        gates.at |= c == b'@';
+        if SECRET_PREFIXES.iter().any(|p| p.0.as_bytes()[0] == c) && (i == 0 || !is_word(b[i - 1]))
+        {
+            secret_prefix(b, i, secrets);
+        }
+    }
+    gates
+}
+
+/// Scans one body with `cfg`'s secret field names.
+pub fn scan(b: &[u8], cfg: &Config) -> Findings {
+    scan_with(b, cfg, &NameFilter::new(&cfg.secret_fields))
+}
+
+/// Scans one body.
+pub(super) fn scan_with(b: &[u8], cfg: &Config, names: &NameFilter) -> Findings {
+    let mut secrets = Secrets::new();
+    let gates = first_pass(b, &mut secrets);
+    second_pass::<true>(b, cfg, names, gates, secrets)
+}
+
+/// [`scan`] looking at every byte in both passes: the oracle of the tests, and what the chunks
+/// save is measured against it.
+#[cfg(test)]
+pub(crate) fn scan_bytewise(b: &[u8], cfg: &Config) -> Findings {
+    let mut secrets = Secrets::new();
+    let gates = first_pass_bytewise(b, &mut secrets);
+    second_pass::<false>(b, cfg, &NameFilter::new(&cfg.secret_fields), gates, secrets)
+}
+
+/// PEM blocks and secret fields, then the tokens the gates let through, skipping plain chunks
+/// with `SKIP`.
+fn second_pass<const SKIP: bool>(
+    b: &[u8],
+    cfg: &Config,
+    names: &NameFilter,
+    gates: Gates,
+    mut secrets: Secrets,
+) -> Findings {
+    let mut f = Findings::default();
+    for i in PEM.find_iter(b) {
+        let head = &b[i..(i + 60).min(b.len())];
+        if head.windows(11).any(|w| w == b"PRIVATE KEY") {
+            // Each PEM block is listed.
+            secrets.push((i, "PEM private key".into()));
+        }
+    }
+    for q in memchr::memchr_iter(b'"', b) {
+        if let Some(what) = names.secret_field(b, q, cfg)
+            && !secrets.iter().any(|(_, s)| *s == what)
+        {
+            secrets.push((q, what));
+        }
+    }
+    secrets.sort_by_key(|(i, _)| *i);
+    f.secrets = secrets.into_iter().map(|(_, s)| s).collect();
+    if !(gates.digits || gates.upper || gates.at) {
+        return f;
+    }
+    // Tokens: digit runs (cards, ids), IBAN-shaped words, e-mail addresses. Where the next chunk
+    // may be skipped: a chunk that is not plain is looked at whole.
+    let (mut i, mut judge_at) = (0, 0);
+    while i < b.len() {
+        if SKIP && i >= judge_at {
+            judge_at = i + CHUNK;
+            if let Some(chunk) = b.get(i..judge_at)
+                && marks::plain(chunk.try_into().expect("CHUNK bytes"))
+            {
+                i = judge_at;
+                continue;
+            }
+        }
+        let c = b[i];
+        let boundary = i == 0 || !is_word(b[i - 1]);
+        if c.is_ascii_digit() && boundary && gates.digits {
+            let (end, run) = digit_run(b, i);
+            let after_ok = end >= b.len() || !is_word(b[end]);
+            if after_ok {
+                classify_digits(&run, &b[i..end], &mut f);
+            }
+            i = end.max(i + 1);
+            continue;
+        }
+        if c.is_ascii_uppercase() && boundary && gates.upper {
+            let end = i + b[i..]
+                .iter()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+                .count();
+            if (end >= b.len() || !is_word(b[end])) && iban_valid(&b[i..end]) {
+                f.ibans.insert(key_of(&b[i..end]));
+            }
+        }
+        if c == b'@' {
+            let local = b[..i]
+                .iter()
+                .rev()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'+' | b'-'))
+                .count();
+            let domain = b[i + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-'))
+                .count();
+            let d = &b[i + 1..i + 1 + domain];
+            if local > 0 && d.contains(&b'.') && !d.ends_with(b".") {
+                f.emails.insert(key_of(&b[i - local..i + 1 + domain]));
+            }
+        }
+        i += 1;
+    }
+    f
+}
+
+/// A secret prefix (at a word boundary) at `i`, followed by enough token characters.
+fn secret_prefix(b: &[u8], i: usize, secrets: &mut Secrets) {
+    for (prefix, min, what) in SECRET_PREFIXES {
+        if b[i..].starts_with(prefix.as_bytes()) {
+            let n = b[i + prefix.len()..]
+                .iter()
+                .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_' || **c == b'-')
+                .count();
+            if n >= min && !secrets.iter().any(|(_, s)| s == what) {
+                secrets.push((i, what.into()));
+            }
+        }
+    }
+}
+
+/// What the secret field names can be told by at a glance: their first bytes (in either ASCII
+/// case) and lengths (all lengths from 64 up), so that most quotes are passed over without
+/// comparing names.
+pub(super) struct NameFilter {
+    firsts: [bool; 256],
+    lengths: u64,
+    longest: usize,
+}
+
+impl NameFilter {
+    pub(super) fn new(names: &[String]) -> Self {
+        let mut f = Self {
+            firsts: [false; 256],
+            lengths: 0,
+            longest: 0,
+        };
+        for n in names {
+            match n.bytes().next() {
+                Some(c) => {
+                    f.firsts[c.to_ascii_lowercase() as usize] = true;
+                    f.firsts[c.to_ascii_uppercase() as usize] = true;
+                }
+                // An empty name matches `""`: any byte may follow the quote.
+                None => f.firsts = [true; 256],
+            }
+            f.lengths |= if n.len() < 64 { 1 << n.len() } else { u64::MAX };
+            f.longest = f.longest.max(n.len());
+        }
+        f
+    }
+
+    /// A JSON field named like a secret (a whole name between quotes, in any ASCII case) opening
+    /// at the quote `q`, holding a long unmasked value: what to list.
+    fn secret_field(&self, b: &[u8], q: usize, cfg: &Config) -> Option<String> {
+        let rest = &b[q + 1..];
+        if !rest.first().is_some_and(|c| self.firsts[*c as usize]) {
+            return None;
+        }
+        let len = memchr::memchr(b'"', &rest[..rest.len().min(self.longest + 1)])?;
+        if self.lengths & 1 << len.min(63) == 0 {
+            return None;
+        }
+        let name = cfg
+            .secret_fields
+            .iter()
+            .find(|n| n.as_bytes().eq_ignore_ascii_case(&rest[..len]))?;
+        let mut j = len + 1;
+        while rest.get(j).is_some_and(|c| c.is_ascii_whitespace()) {
+            j += 1;
+        }
+        if rest.get(j) != Some(&b':') {
+            return None;
+        }
+        j += 1;
+        while rest.get(j).is_some_and(|c| c.is_ascii_whitespace()) {
+            j += 1;
+        }
+        if rest.get(j) != Some(&b'"') {
+            return None;
+        }
+        let val: &[u8] = &rest[j + 1..];
+        let val = &val[..val.iter().position(|c| *c == b'"').unwrap_or(val.len())];
+        let masked = val.contains(&b'*') || val.iter().all(|c| Some(c) == val.first());
+        (val.len() >= cfg.secret_min_len && !masked).then(|| format!("field \"{name}\""))
+    }
+}
+
+/// At most this many digits are gathered from a run: more than any card number.
+const MAX_RUN: usize = 21;
+
+/// A run of digits from [`digit_run`]: the digits, and the digit counts before each separator.
+struct DigitRun {
+    digits: [u8; MAX_RUN],
+    len: usize,
+    seps: [u8; MAX_RUN],
+    nseps: usize,
+}
+
+impl DigitRun {
+    fn digits(&self) -> &[u8] {
+        &self.digits[..self.len]
+    }
+
+    fn seps(&self) -> &[u8] {
+        &self.seps[..self.nseps]
+    }
+}
+
+/// Digits from `i`, allowing single spaces or dashes between digits, and where the run ends.
+fn digit_run(b: &[u8], start: usize) -> (usize, DigitRun) {
+    let mut run = DigitRun {
+        digits: [0; MAX_RUN],
+        len: 0,
+        seps: [0; MAX_RUN],
+        nseps: 0,
+    };
+    let mut i = start;
+    while i < b.len() && run.len < MAX_RUN {
+        if b[i].is_ascii_digit() {
+            run.digits[run.len] = b[i];
+            run.len += 1;
+            i += 1;
+        } else if matches!(b[i], b' ' | b'-') && i + 1 < b.len() && b[i + 1].is_ascii_digit() {
+            run.seps[run.nseps] = run.len as u8;
+            run.nseps += 1;
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    (i, run)
+}
+
+fn classify_digits(run: &DigitRun, raw: &[u8], f: &mut Findings) {
+    let (d, seps) = (run.digits(), run.seps());
+    if d.len() < 9 {
+        return;
+    }
+    let all_same = d.iter().all(|x| *x == d[0]);
+    if all_same {
+        return;
+    }
+    // US SSN: exactly ddd-dd-dddd.
+    if d.len() == 9 && seps == [3, 5] && raw[3] == b'-' && raw[6] == b'-' {
+        let n = |s: &[u8]| {
+            std::str::from_utf8(s)
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+        };
+        if let (Some(a), Some(g), Some(s)) = (n(&d[..3]), n(&d[3..5]), n(&d[5..]))
+            && ssn_valid(a, g, s)
+        {
+            f.national_ids.insert(key_of(d));
+        }
+        return;
+    }
+    if (13..=19).contains(&d.len()) && (b'2'..=b'6').contains(&d[0]) && luhn(d) {
+        // Separators only in card-like groups (4s, or Amex 4-6-5).
+        let grouped = seps.is_empty()
+            || seps.iter().all(|s| s % 4 == 0)
+            || (d.len() == 15 && seps == [4, 10]);
+        if grouped {
+            f.cards.insert(key_of(d));
+        }
+        return;
+    }
+    // Saudi national (1...) or resident (2...) id: 10 digits with a Luhn check digit.
+    if d.len() == 10 && seps.is_empty() && matches!(d[0], b'1' | b'2') && luhn(d) {
+        f.national_ids.insert(key_of(d));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums() {
+        assert!(luhn(b"4111111111111111"));
+        assert!(!luhn(b"4111111111111112"));
+        assert!(iban_valid(b"GB82WEST12345698765432"));
+        assert!(iban_valid(b"SA0380000000608010167519"));
+        assert!(!iban_valid(b"SA0380000000608010167518"));
+        assert!(
+            luhn(b"1000000008"),
+            "a Saudi-shaped id with a valid check digit"
+        );
+    }
+
+    #[test]
+    fn the_scan_finds_secrets_wherever_they_stand_and_lists_them_in_order() {
+        let cfg = Config::default();
+        let f = scan(
+            br#"{"API_Key" :  "9f8e7d6c5b4a39281706","k":"x AKIAIOSFODNN7EXAMPLE","pem":"-----BEGIN EC PRIVATE KEY-----"}"#,
+            &cfg,
+        );
+        assert_eq!(
+            f.secrets,
+            ["field \"api_key\"", "AWS access key id", "PEM private key"]
+        );
+        // Prefixes count at a word boundary only; a PEM header right after a token's dash counts.
+        let f = scan(
+            b"xAKIAIOSFODNN7EXAMPLE xoxb------BEGIN RSA PRIVATE KEY",
+            &cfg,
+        );
+        assert_eq!(f.secrets, ["PEM private key"]);
+        let f = scan(
+            b"token=github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz sk_live_0123456789abcdefghij",
+            &cfg,
+        );
+        assert_eq!(
+            f.secrets,
+            ["GitHub fine-grained token", "Stripe live secret key"]
+        );
+        // Look-alike names and values: longer or shorter names, masked or short values.
+        let f = scan(
+            br#"{"secrets":"abcdefghijklmnop","passwd":"************","password":"short","apikey_hint":"abcdefghijklmnop","passwor":"abcdefghijklmnop"}"#,
+            &cfg,
+        );
+        assert!(f.secrets.is_empty(), "{:?}", f.secrets);
+        // A configured name in any case, however long.
+        let long = "x".repeat(80);
+        let cfg = Config {
+            secret_fields: vec![long.clone()],
+            ..Config::default()
+        };
+        let body = format!(r#"{{"{}":"abcdefghijklmnop"}}"#, long.to_uppercase());
+        assert_eq!(
+            scan(body.as_bytes(), &cfg).secrets,
+            [format!("field \"{long}\"")]
+        );
+    }
+
+    #[test]
+    fn tokens_are_found_at_every_place_against_the_chunks() {
+        let cfg = Config::default();
+        for at in 0..2 * CHUNK + 2 {
+            for (token, what) in [
+                ("AKIAIOSFODNN7EXAMPLE", "secret"),
+                ("ghp_0123456789abcdefghijklmnopqrstuvwxyz", "secret"),
+                ("DE89370400440532013000", "iban"),
+                ("4111 1111 1111 1111", "card"),
+                ("123-45-6789", "id"),
+                ("ann@example.com", "email"),
+            ] {
+                let body = format!("{}{token} x", " ".repeat(at));
+                let f = scan(body.as_bytes(), &cfg);
+                let found = match what {
+                    "secret" => f.secrets.len(),
+                    "iban" => f.ibans.len(),
+                    "card" => f.cards.len(),
+                    "id" => f.national_ids.len(),
+                    _ => f.emails.len(),
+                };
+                assert_eq!(found, 1, "{token} at {at}: {f:?}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+        /// The chunked scan finds what looking at every byte finds, wherever the tokens fall
+        /// against the chunks: tokens between runs of filler (lower-case text, separators) so
+        /// that some chunks hold nothing and some do.
+        #[test]
+        fn chunks_find_what_every_byte_finds(
+            parts in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["x", "s", "q", " ", "-", " -", "\u{e9}", "7 "]),
+                    0usize..48,
+                    proptest::sample::select(vec![
+                        "", "a", "s", "g", "@", ".", "\"", ":", "_", "0", "7", "12", "Z",
+                        "4111111111111111", "4111 1111 1111 1111", "4111-1111-1111-1111",
+                        "123-45-6789", "1000000008", "DE89370400440532013000",
+                        "SA0380000000608010167519", "AKIAIOSFODNN7EXAMPLE", "ghp_", "sk_live_",
+                        "xoxb-", "0123456789abcdefghijklmnopqrstuvwxyz",
+                        "\"password\":\"hunter2hunter2\"", "-----BEGIN RSA PRIVATE KEY-----",
+                        "ann@example.com", "@example.org",
+                    ]),
+                ),
+                0..40,
+            ),
+        ) {
+            let body: String = parts
+                .iter()
+                .map(|(filler, n, token)| filler.repeat(*n) + token)
+                .collect();
+            let cfg = Config::default();
+            proptest::prop_assert_eq!(
+                scan(body.as_bytes(), &cfg),
+                scan_bytewise(body.as_bytes(), &cfg),
+                "{}", body
+            );
+        }
+    }
+}
