@@ -124,13 +124,6 @@ pub struct Score {
     pub false_alerts: Vec<usize>,
 }
 
-fn matches(s: &Scenario, a: &Seen) -> bool {
-    s.sources.contains(&a.src_ip)
-        || a.principal
-            .as_ref()
-            .is_some_and(|p| s.principals.iter().any(|x| x == p))
-}
-
 /// Scores `alerts` against the truth.
 pub fn score(scenarios: &[Scenario], benign: &[BenignUser], alerts: &[Seen]) -> Score {
     let mut out = Score {
@@ -154,6 +147,8 @@ pub fn score(scenarios: &[Scenario], benign: &[BenignUser], alerts: &[Seen]) -> 
     let mut first: HashMap<usize, &Seen> = HashMap::new();
     let mut explained = vec![false; alerts.len()];
     for (i, a) in alerts.iter().enumerate() {
+        // The scenarios the alert names: by its source and by its principal (so every one of
+        // them names it, as a detection must).
         let cands = by_src.get(a.src_ip.as_str()).into_iter().flatten().chain(
             a.principal
                 .as_deref()
@@ -171,7 +166,6 @@ pub fn score(scenarios: &[Scenario], benign: &[BenignUser], alerts: &[Seen]) -> 
             if a.kind == s.kind
                 && a.ts_ns + NS >= s.start_ns
                 && a.ts_ns <= s.end_ns + DETECT_GRACE_NS
-                && matches(s, a)
             {
                 let e = first.entry(s.id).or_insert(a);
                 if a.ts_ns < e.ts_ns {
