@@ -87,6 +87,28 @@ pub struct Stage<'a> {
     pub victims: Vec<bool>,
 }
 
+/// Who sends a scenario's authenticated requests: an address, a user agent and the
+/// `Authorization` value of a bearer token.
+#[derive(Clone, Copy)]
+struct TokenHolder<'a> {
+    ip: IpAddr,
+    ua: &'a str,
+    auth: &'a str,
+}
+
+/// How a request counts in its scenario.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// An attack attempt: its address is one of the sources, its time one of the attempts.
+    Attempt,
+    /// The attacker's, beside the attempts (a look around, a login before a flood): its
+    /// address is one of the sources.
+    Aside,
+    /// The victim's own, that the attack starts from (the login whose token leaks): on the
+    /// scenario's time line, neither a source nor an attempt.
+    Owner,
+}
+
 /// A scenario being written: its exchanges go out as they are made.
 struct Attack {
     kind: AlertKind,
@@ -109,7 +131,7 @@ impl Attack {
         }
     }
 
-    /// Sends one attack request (counted as an attempt when `attempt`).
+    /// Sends one request of the scenario, counted as `part` says.
     fn send(
         &mut self,
         b: &mut Builder,
@@ -117,16 +139,30 @@ impl Attack {
         ip: IpAddr,
         request: Vec<u8>,
         response: Vec<u8>,
-        attempt: bool,
+        part: Part,
     ) {
-        if !self.sources.contains(&ip) {
+        if part != Part::Owner && !self.sources.contains(&ip) {
             self.sources.push(ip);
         }
         self.first_ns = self.first_ns.min(t);
-        if attempt {
+        if part == Part::Attempt {
             self.attempts_ns.push(t);
         }
         b.push(t, ip, request, response);
+    }
+
+    /// Sends one attack request counted as an attempt: a GET of `path` by `who`, with its
+    /// token.
+    fn get(
+        &mut self,
+        b: &mut Builder,
+        t: u64,
+        who: TokenHolder<'_>,
+        path: &str,
+        response: Vec<u8>,
+    ) {
+        let r = req("GET", path, who.ua, &[("Authorization", who.auth)], None);
+        self.send(b, t, who.ip, r, response, Part::Attempt);
     }
 
     fn done(self) -> Scenario {
@@ -282,7 +318,7 @@ fn brute_force(st: &mut Stage<'_>, k: usize) -> Scenario {
     for i in 0..n {
         let (ct, body) = login_body(form, &name, &format!("guess{i}"));
         let r = req("POST", "/login", ua, &[], Some((ct, &body)));
-        a.send(st.b, t, ip, r, failed(), true);
+        a.send(st.b, t, ip, r, failed(), Part::Attempt);
         t += if k == 0 {
             180 * NS / 500
         } else {
@@ -353,7 +389,7 @@ fn credential_stuffing(st: &mut Stage<'_>, k: usize) -> Scenario {
         } else {
             failed()
         };
-        a.send(st.b, t, ip, r, response, true);
+        a.send(st.b, t, ip, r, response, Part::Attempt);
         t += st.interval(rate);
     }
     a.done()
@@ -387,31 +423,37 @@ fn rate_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
     } else {
         *st.rng.pick(TOOL_UAS)
     };
-    let tok = login_as(st, &mut a, v, ip, ua, t0);
-    a.attempts_ns.clear();
+    let tok = login_as(st, &mut a, v, ip, ua, t0, Part::Aside);
     let auth = bearer(&tok);
+    let who = TokenHolder {
+        ip,
+        ua,
+        auth: &auth,
+    };
     let rate = 30.0 + st.rng.unit() * 120.0;
     let secs = st.rng.range(10, 40) as f64;
     let n = (rate * secs) as u64;
     let mut t = t0 + st.rng.range(1, 5) * NS;
     for _ in 0..n {
-        let r = req("GET", &path, ua, &[("Authorization", &auth)], None);
-        a.send(
-            st.b,
-            t,
-            ip,
-            r,
-            resp(200, "{\"balance\":1200.00,\"currency\":\"SAR\"}"),
-            true,
-        );
+        let ok = resp(200, "{\"balance\":1200.00,\"currency\":\"SAR\"}");
+        a.get(st.b, t, who, &path, ok);
         t += st.interval(rate);
     }
     a.done()
 }
 
-/// A successful login as user `v` from `ip` at `t` (an attack request); returns the token the
-/// server issued, which the engine links to the account.
-fn login_as(st: &mut Stage<'_>, a: &mut Attack, v: usize, ip: IpAddr, ua: &str, t: u64) -> String {
+/// A successful login as user `v` from `ip` at `t`, counted as `by` says; returns the token the
+/// server issued, which the engine links to the account (whose principals the scenario
+/// involves).
+fn login_as(
+    st: &mut Stage<'_>,
+    a: &mut Attack,
+    v: usize,
+    ip: IpAddr,
+    ua: &str,
+    t: u64,
+    by: Part,
+) -> String {
     let u = &st.users[v];
     let (name, password) = (u.name.clone(), u.password.clone());
     for p in [format!("user:{name}"), format!("jwt:{name}")] {
@@ -421,19 +463,13 @@ fn login_as(st: &mut Stage<'_>, a: &mut Attack, v: usize, ip: IpAddr, ua: &str, 
     }
     let tok = jwt("RS256", &name, t / NS, t / NS + 3600, st.rng);
     let (ct, body) = login_body(false, &name, &password);
-    a.send(
-        st.b,
-        t,
-        ip,
-        req("POST", "/login", ua, &[], Some((ct, &body))),
-        resp(200, &format!("{{\"token\":\"{tok}\"}}")),
-        true,
-    );
+    let request = req("POST", "/login", ua, &[], Some((ct, &body)));
+    let response = resp(200, &format!("{{\"token\":\"{tok}\"}}"));
+    a.send(st.b, t, ip, request, response, by);
     tok
 }
 
 /// A stolen-credential session: login with the victim's password, then their pages.
-#[allow(clippy::too_many_arguments)]
 fn takeover(
     st: &mut Stage<'_>,
     a: &mut Attack,
@@ -444,8 +480,13 @@ fn takeover(
     extra: usize,
 ) -> u64 {
     let account = st.users[v].account;
-    let tok = login_as(st, a, v, ip, ua, t0);
+    let tok = login_as(st, a, v, ip, ua, t0, Part::Attempt);
     let auth = bearer(&tok);
+    let who = TokenHolder {
+        ip,
+        ua,
+        auth: &auth,
+    };
     let mut t = t0;
     let pages = [
         "/balance".to_owned(),
@@ -455,14 +496,7 @@ fn takeover(
     for i in 0..2 + extra {
         t += st.rng.range(2, 20) * NS;
         let p = &pages[i % pages.len()];
-        a.send(
-            st.b,
-            t,
-            ip,
-            req("GET", p, ua, &[("Authorization", &auth)], None),
-            resp(200, "{\"balance\":1200.00}"),
-            true,
-        );
+        a.get(st.b, t, who, p, resp(200, "{\"balance\":1200.00}"));
     }
     t
 }
@@ -570,7 +604,7 @@ fn behavior_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
     } else {
         *st.rng.pick(&[APP_UAS[2], TOOL_UAS[1], TOOL_UAS[0]])
     };
-    let tok = login_as(st, &mut a, v, ip, ua, t0);
+    let tok = login_as(st, &mut a, v, ip, ua, t0, Part::Attempt);
     let auth = bearer(&tok);
     let h = [("Authorization", auth.as_str())];
     let mut t = t0;
@@ -620,7 +654,7 @@ fn behavior_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
                 resp(403, "{\"error\":\"forbidden\"}"),
             ),
         };
-        a.send(st.b, t, ip, r, p, true);
+        a.send(st.b, t, ip, r, p, Part::Attempt);
     }
     a.done()
 }
@@ -689,7 +723,7 @@ fn injection(st: &mut Stage<'_>, kind: AlertKind) -> Scenario {
             ip,
             req("GET", p, ua, &[], None),
             resp(200, "{}"),
-            false,
+            Part::Aside,
         );
         t += st.rng.range(1, 5) * NS;
     }
@@ -731,7 +765,7 @@ fn injection(st: &mut Stage<'_>, kind: AlertKind) -> Scenario {
                 None,
             ),
         };
-        a.send(st.b, t, ip, r, resp(404, "{}"), true);
+        a.send(st.b, t, ip, r, resp(404, "{}"), Part::Attempt);
         t += st.rng.range(200, 3000) * NS / 1000;
     }
     a.done()
@@ -756,7 +790,6 @@ fn data_exposure(st: &mut Stage<'_>, _k: usize) -> Scenario {
     let tok = jwt("RS256", &name, t0 / NS, t0 / NS + 3600, st.rng);
     a.principals.push(format!("jwt:{name}"));
     let auth = bearer(&tok);
-    let h = [("Authorization", auth.as_str())];
     let many = st.rng.range(20, 100) as usize;
     let (path, body) = match variant {
         "cards" => {
@@ -826,14 +859,12 @@ fn data_exposure(st: &mut Stage<'_>, _k: usize) -> Scenario {
             )
         }
     };
-    a.send(
-        st.b,
-        t0,
+    let who = TokenHolder {
         ip,
-        req("GET", &path, TOOL_UAS[1], &h, None),
-        resp(200, &body),
-        true,
-    );
+        ua: TOOL_UAS[1],
+        auth: &auth,
+    };
+    a.get(st.b, t0, who, &path, resp(200, &body));
     a.done()
 }
 
@@ -853,9 +884,7 @@ fn token_reuse(st: &mut Stage<'_>, _k: usize) -> Scenario {
     // The owner logs in as usual; the token it gets leaks.
     let (home, ua) = (u.whereabouts(t0, v).1, u.ua);
     let issued = t0 - st.rng.range(60, 600) * NS;
-    let tok = login_as(st, &mut a, v, home, ua, issued);
-    a.attempts_ns.clear();
-    a.sources.clear();
+    let tok = login_as(st, &mut a, v, home, ua, issued, Part::Owner);
     let auth = bearer(&tok);
     let n_sources = st.rng.range(6, 12);
     let one_city = st.rng.below(ATTACKER_CITIES.len() as u64) as usize;
@@ -884,14 +913,12 @@ fn token_reuse(st: &mut Stage<'_>, _k: usize) -> Scenario {
                 format!("/accounts/{account}")
             };
             let ua = *st.rng.pick(WEB_UAS);
-            a.send(
-                st.b,
-                t,
-                *ip,
-                req("GET", &p, ua, &[("Authorization", &auth)], None),
-                resp(200, "{\"balance\":1200.00}"),
-                true,
-            );
+            let who = TokenHolder {
+                ip: *ip,
+                ua,
+                auth: &auth,
+            };
+            a.get(st.b, t, who, &p, resp(200, "{\"balance\":1200.00}"));
         }
     }
     a.done()
@@ -919,22 +946,14 @@ fn jwt_weakness(st: &mut Stage<'_>, _k: usize) -> Scenario {
     };
     a.principals.push(format!("jwt:{name}"));
     let auth = bearer(&tok);
+    let who = TokenHolder {
+        ip,
+        ua: TOOL_UAS[1],
+        auth: &auth,
+    };
     let mut t = t0;
     for _ in 0..st.rng.range(1, 5) {
-        a.send(
-            st.b,
-            t,
-            ip,
-            req(
-                "GET",
-                "/balance",
-                TOOL_UAS[1],
-                &[("Authorization", &auth)],
-                None,
-            ),
-            resp(200, "{\"balance\":1200.00}"),
-            true,
-        );
+        a.get(st.b, t, who, "/balance", resp(200, "{\"balance\":1200.00}"));
         t += st.rng.range(1, 10) * NS;
     }
     a.done()
@@ -957,6 +976,11 @@ fn enumeration(st: &mut Stage<'_>, k: usize) -> Scenario {
         resp(200, &format!("{{\"token\":\"{tok}\"}}")),
     );
     let auth = bearer(&tok);
+    let who = TokenHolder {
+        ip,
+        ua,
+        auth: &auth,
+    };
     let rate = 15.0 + st.rng.unit() * 45.0;
     let step = if st.rng.chance(0.7) {
         1
@@ -978,19 +1002,13 @@ fn enumeration(st: &mut Stage<'_>, k: usize) -> Scenario {
         } else {
             "{\"error\":\"forbidden\"}".into()
         };
-        a.send(
+        let status = if ok { 200 } else { 403 };
+        a.get(
             st.b,
             t,
-            ip,
-            req(
-                "GET",
-                &format!("/accounts/{id}"),
-                ua,
-                &[("Authorization", &auth)],
-                None,
-            ),
-            resp(if ok { 200 } else { 403 }, &body),
-            true,
+            who,
+            &format!("/accounts/{id}"),
+            resp(status, &body),
         );
         t += st.interval(rate);
     }
@@ -1026,7 +1044,7 @@ fn scraping(st: &mut Stage<'_>, _k: usize) -> Scenario {
             ip,
             req("GET", &p, ua, &[], None),
             resp(200, &format!("{{\"page\":\"{}\"}}", "p".repeat(500))),
-            true,
+            Part::Attempt,
         );
         t += st.interval(rate);
     }
