@@ -11,9 +11,9 @@
 use std::net::IpAddr;
 
 use super::sim::{
-    APP_UAS, ATTACKER_CITIES, Builder, CITIES, DAY, HOUR, NS, OWN_NET_ADDRS, Rng, Scenario, User,
-    WEB_UAS, attacker_addr, attacker_addr6, bearer, card_number, city_addr, distance_km, iban, jwt,
-    luhn_number, post_json, req, resp, slots,
+    APP_UAS, ATTACKER_CITIES, Builder, CITIES, DAY, HOUR, NS, OWN_NET_ADDRS, Rng, Scenario,
+    Session, User, WEB_UAS, attacker_addr, attacker_addr6, bearer, card_number, city_addr,
+    distance_km, iban, jwt, luhn_number, post_json, req, resp, slots,
 };
 use crate::models::AlertKind;
 
@@ -215,23 +215,27 @@ impl Stage<'_> {
                 .below((self.to_ns - self.from_ns).saturating_sub(HOUR))
     }
 
-    /// A victim established at `t`: at least `min.0` requests in at least `min.2` sessions,
-    /// the first at least `min.1` before.
-    fn victim(
+    /// An unused victim established at `t` (at least `min.0` requests in at least `min.2`
+    /// sessions, the first at least `min.1` before) that `fits` gives a plan for, with the
+    /// plan; only that victim is marked as used.
+    fn victim<T>(
         &mut self,
         t: u64,
         (min_requests, min_age, min_sessions): Established,
-    ) -> Option<usize> {
+        fits: &mut impl FnMut(&mut Self, u64, usize) -> Option<T>,
+    ) -> Option<(usize, T)> {
         for _ in 0..200 {
             let i = self.rng.below(self.users.len() as u64 - 1) as usize;
             let (n, sessions, first) = self.users[i].history_before(t);
-            if !self.victims[i]
-                && n >= min_requests
+            let established = n >= min_requests
                 && sessions >= min_sessions
-                && first.is_some_and(|f| f + min_age < t)
-            {
+                && first.is_some_and(|f| f + min_age < t);
+            if self.victims[i] || !established {
+                continue;
+            }
+            if let Some(plan) = fits(self, t, i) {
                 self.victims[i] = true;
-                return Some(i);
+                return Some((i, plan));
             }
         }
         None
@@ -249,15 +253,27 @@ impl Stage<'_> {
         exhausted(self.users.len())
     }
 
-    /// A time and an established victim, retrying times until one is found.
-    fn time_and_victim(&mut self, min: Established) -> (u64, usize) {
+    /// A time, and an established victim at that time that `fits(stage, time, victim)` gives
+    /// a plan for (`None`: the victim does not fit, and stays unused), with the plan; times
+    /// are drawn again until one is found.
+    fn time_and_victim<T>(
+        &mut self,
+        min: Established,
+        mut fits: impl FnMut(&mut Self, u64, usize) -> Option<T>,
+    ) -> (u64, usize, T) {
         for _ in 0..MAX_TRIES {
             let t = self.when();
-            if let Some(v) = self.victim(t, min) {
-                return (t, v);
+            if let Some((v, plan)) = self.victim(t, min, &mut fits) {
+                return (t, v, plan);
             }
         }
         exhausted(self.users.len())
+    }
+
+    /// A time and an established victim at that time.
+    fn established(&mut self, min: Established) -> (u64, usize) {
+        let (t, v, ()) = self.time_and_victim(min, |_, _, _| Some(()));
+        (t, v)
     }
 
     /// `1/rate` seconds with ±30% jitter, in ns.
@@ -396,7 +412,7 @@ fn credential_stuffing(st: &mut Stage<'_>, k: usize) -> Scenario {
 }
 
 fn rate_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
-    let (t0, v) = st.time_and_victim((10, DAY, 1));
+    let (t0, v) = st.established((10, DAY, 1));
     let u = &st.users[v];
     let same_host = st.rng.chance(0.5);
     let mut a = Attack::new(
@@ -501,73 +517,95 @@ fn takeover(
     t
 }
 
+/// Where a takeover comes from: a city's index, in [`ATTACKER_CITIES`] when `true`, else in
+/// [`CITIES`].
+type Origin = (usize, bool);
+
+/// A stolen-password session ([`takeover`]) on an established victim, at a time and from a
+/// place that `plan(stage, victim, last)` gives after the owner's last session before a drawn
+/// time (`None`: the victim does not fit), with a user agent that `ua(stage, owner's)` picks.
+fn remote_takeover(
+    st: &mut Stage<'_>,
+    mut a: Attack,
+    mut plan: impl FnMut(&mut Stage<'_>, usize, Session) -> Option<(u64, Origin)>,
+    ua: impl FnOnce(&mut Stage<'_>, &'static str) -> &'static str,
+) -> Scenario {
+    let (_, v, (t0, (c, attacker_city))) =
+        st.time_and_victim((12, DAY + DAY / 2, 1), |st, t, v| {
+            let last = st.users[v].last_session_before(t)?;
+            plan(st, v, last)
+        });
+    let ip = if attacker_city {
+        st.attacker(c)
+    } else {
+        st.local_attacker(c)
+    };
+    let ua = ua(st, st.users[v].ua);
+    let extra = st.rng.below(3) as usize;
+    takeover(st, &mut a, v, ip, ua, t0, extra);
+    a.done()
+}
+
 fn impossible_travel(st: &mut Stage<'_>, _k: usize) -> Scenario {
-    let mut a = Attack::new(AlertKind::ImpossibleTravel, "stolen password");
-    for _ in 0..MAX_TRIES {
-        let (t, v) = st.time_and_victim((12, DAY + DAY / 2, 1));
-        let Some(last) = st.users[v].last_session_before(t) else {
-            continue;
-        };
-        let t0 = last.end_ns + st.rng.range(5, 90) * 60 * NS;
-        let hours = (t0 - last.end_ns) as f64 / HOUR as f64;
-        let here = &CITIES[last.city];
-        // Somewhere far enough that getting there is impossible: at least 2x the speed limit.
-        let far: Vec<(usize, bool)> = (0..CITIES.len())
-            .map(|c| (c, false))
-            .chain((0..ATTACKER_CITIES.len()).map(|c| (c, true)))
-            .filter(|&(c, att)| {
-                let there = if att { &ATTACKER_CITIES[c] } else { &CITIES[c] };
-                let d = distance_km(here, there);
-                d >= 1500.0 && d / hours >= 2000.0
-            })
-            .collect();
-        if far.is_empty() {
-            continue;
-        }
-        let (c, att) = *st.rng.pick(&far);
-        let ip = if att {
-            st.attacker(c)
-        } else {
-            st.local_attacker(c)
-        };
-        let ua = if st.rng.chance(0.5) {
-            st.users[v].ua
-        } else {
-            *st.rng.pick(WEB_UAS)
-        };
-        let extra = st.rng.below(3) as usize;
-        takeover(st, &mut a, v, ip, ua, t0, extra);
-        return a.done();
-    }
-    exhausted(st.users.len())
+    let a = Attack::new(AlertKind::ImpossibleTravel, "stolen password");
+    remote_takeover(
+        st,
+        a,
+        |st, _, last| {
+            let t0 = last.end_ns + st.rng.range(5, 90) * 60 * NS;
+            let hours = (t0 - last.end_ns) as f64 / HOUR as f64;
+            let here = &CITIES[last.city];
+            // Somewhere far enough that getting there is impossible: at least 2x the speed
+            // limit.
+            let far: Vec<Origin> = (0..CITIES.len())
+                .map(|c| (c, false))
+                .chain((0..ATTACKER_CITIES.len()).map(|c| (c, true)))
+                .filter(|&(c, att)| {
+                    let there = if att { &ATTACKER_CITIES[c] } else { &CITIES[c] };
+                    let d = distance_km(here, there);
+                    d >= 1500.0 && d / hours >= 2000.0
+                })
+                .collect();
+            if far.is_empty() {
+                return None;
+            }
+            Some((t0, *st.rng.pick(&far)))
+        },
+        |st, own| {
+            if st.rng.chance(0.5) {
+                own
+            } else {
+                *st.rng.pick(WEB_UAS)
+            }
+        },
+    )
 }
 
 fn new_country(st: &mut Stage<'_>, _k: usize) -> Scenario {
-    for _ in 0..MAX_TRIES {
-        let (t, v) = st.time_and_victim((12, DAY + DAY / 2, 1));
-        let Some(last) = st.users[v].last_session_before(t) else {
-            continue;
-        };
-        // Long enough after the owner's last request that the trip is possible, and before
-        // their next session.
-        let t0 = last.end_ns + st.rng.range(8, 20) * HOUR;
-        if t0 + HOUR > st.to_ns
-            || st.users[v]
-                .sessions
-                .iter()
-                .any(|s| s.start_ns > last.end_ns && s.start_ns <= t0 + HOUR)
-        {
-            continue;
-        }
-        let a_city = st.rng.below(ATTACKER_CITIES.len() as u64) as usize;
-        let hours = (t0 - last.end_ns) as f64 / HOUR as f64;
-        if distance_km(&CITIES[last.city], &ATTACKER_CITIES[a_city]) / hours > 900.0 {
-            continue;
-        }
-        let mut a = Attack::new(AlertKind::NewCountry, "new device");
-        let ip = st.attacker(a_city);
-        let own = st.users[v].ua;
-        let ua = loop {
+    let a = Attack::new(AlertKind::NewCountry, "new device");
+    remote_takeover(
+        st,
+        a,
+        |st, v, last| {
+            // Long enough after the owner's last request that the trip is possible, and
+            // before their next session.
+            let t0 = last.end_ns + st.rng.range(8, 20) * HOUR;
+            if t0 + HOUR > st.to_ns
+                || st.users[v]
+                    .sessions
+                    .iter()
+                    .any(|s| s.start_ns > last.end_ns && s.start_ns <= t0 + HOUR)
+            {
+                return None;
+            }
+            let a_city = st.rng.below(ATTACKER_CITIES.len() as u64) as usize;
+            let hours = (t0 - last.end_ns) as f64 / HOUR as f64;
+            if distance_km(&CITIES[last.city], &ATTACKER_CITIES[a_city]) / hours > 900.0 {
+                return None;
+            }
+            Some((t0, (a_city, true)))
+        },
+        |st, own| loop {
             let u = if st.rng.chance(0.5) {
                 *st.rng.pick(WEB_UAS)
             } else {
@@ -576,12 +614,8 @@ fn new_country(st: &mut Stage<'_>, _k: usize) -> Scenario {
             if u != own && !(u.starts_with("Mozilla") && own.starts_with("Mozilla")) {
                 break u;
             }
-        };
-        let extra = st.rng.below(3) as usize;
-        takeover(st, &mut a, v, ip, ua, t0, extra);
-        return a.done();
-    }
-    exhausted(st.users.len())
+        },
+    )
 }
 
 fn behavior_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
@@ -593,7 +627,7 @@ fn behavior_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
     // windows, 4 by default): a hijack of an account with fewer sessions is not this kind's to
     // find, so the victim has at least that many sessions behind it.
     let warmup = crate::models::behavior::Config::default().warmup_windows as usize;
-    let (t, v) = st.time_and_victim((30, 2 * DAY, warmup));
+    let (t, v) = st.established((30, 2 * DAY, warmup));
     let u = &st.users[v];
     // At night, from the owner's own network (no geography to give it away).
     let t0 = t - t % DAY + st.rng.range(1, 3) * HOUR + st.rng.below(HOUR);
@@ -783,7 +817,7 @@ fn data_exposure(st: &mut Stage<'_>, _k: usize) -> Scenario {
     ];
     let variant = *st.rng.pick(&variants);
     let mut a = Attack::new(AlertKind::DataExposure, variant);
-    let (t0, v) = st.time_and_victim((5, DAY, 1));
+    let (t0, v) = st.established((5, DAY, 1));
     let u = &st.users[v];
     let (name, account) = (u.name.clone(), u.account);
     let ip = st.any_attacker();
@@ -878,7 +912,7 @@ fn token_reuse(st: &mut Stage<'_>, _k: usize) -> Scenario {
             "many networks"
         },
     );
-    let (t0, v) = st.time_and_victim((5, DAY, 1));
+    let (t0, v) = st.established((5, DAY, 1));
     let u = &st.users[v];
     let account = u.account;
     // The owner logs in as usual; the token it gets leaks.
@@ -934,7 +968,7 @@ fn jwt_weakness(st: &mut Stage<'_>, _k: usize) -> Scenario {
             "expired token accepted"
         },
     );
-    let (t0, v) = st.time_and_victim((5, DAY, 1));
+    let (t0, v) = st.established((5, DAY, 1));
     let name = st.users[v].name.clone();
     let ip = st.any_attacker();
     let now = t0 / NS;
