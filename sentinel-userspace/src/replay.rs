@@ -11,6 +11,7 @@ use crate::{
     config::Config,
     enrich::principal::PrincipalKind,
     http::Transaction,
+    models::Alert,
     pipeline::{Pipeline, PipelineSettings, PipelineStats},
 };
 
@@ -124,6 +125,35 @@ pub fn analyzer(args: &ReplayArgs) -> Result<Analyzer, CliError> {
     Analyzer::new(&cfg.enrich, &cfg.models, &geoip).map_err(|e| CliError::input(e.to_string()))
 }
 
+/// Replays `path` through `analyzer`, as `sentinel replay --emit alerts` does: each transaction
+/// is enriched and run through the models, and `sink` is handed the alerts it raised (often
+/// none); at the end, also after a damaged file, the windows still open are judged as of the
+/// last transaction's time and `sink` is handed those. The summary and errors are
+/// [`replay_with`]'s; a failing sink ends the replay with [`ReplayError::Output`].
+pub fn alerts(
+    path: &Path,
+    settings: PipelineSettings,
+    snap_len: Option<usize>,
+    analyzer: &mut Analyzer,
+    mut sink: impl FnMut(&[Alert]) -> std::io::Result<()>,
+) -> Result<ReplaySummary, ReplayError> {
+    let mut raised = Vec::new();
+    let mut last_ts = 0u64;
+    let result = replay_with(path, settings, snap_len, |mut t| {
+        last_ts = last_ts.max(t.ts_ns);
+        analyzer.transaction(&mut t, &mut raised);
+        let r = sink(&raised);
+        raised.clear();
+        r
+    });
+    if matches!(result, Err(ReplayError::Output(_))) {
+        return result;
+    }
+    analyzer.finish(last_ts, &mut raised);
+    sink(&raised).map_err(ReplayError::Output)?;
+    result
+}
+
 /// `sentinel replay`: prints one JSON line per transaction (`--emit transactions`, with the
 /// principal enrichment found) or per alert (`--emit alerts`) on stdout. A file that cannot be
 /// read, or is damaged part way, is bad input (exit 2), after what it held was printed.
@@ -132,46 +162,35 @@ pub fn command(args: &ReplayArgs) -> Result<(), CliError> {
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, out.lock());
     let mut line = Vec::with_capacity(512);
-    let mut alerts = Vec::new();
-    let mut last_ts = 0u64;
     let path = args.file.display().to_string();
-    let mut write_alerts = |alerts: &mut Vec<crate::models::Alert>,
-                            out: &mut dyn std::io::Write|
-     -> std::io::Result<()> {
-        for a in alerts.drain(..) {
-            line.clear();
-            serde_json::to_writer(&mut line, &a).map_err(std::io::Error::other)?;
-            line.push(b'\n');
-            out.write_all(&line)?;
-        }
-        Ok(())
-    };
     let emit = args.emit;
-    let mut result = replay_with(&args.file, settings(args), args.snap_len, |mut t| {
-        last_ts = last_ts.max(t.ts_ns);
-        match emit {
-            Emit::Transactions => {
-                let obs = analyzer.observation(&t);
-                // The address alone is not an identity: it is in src_ip already.
-                t.principal =
-                    (obs.principal.kind != PrincipalKind::Ip).then(|| obs.principal.to_string());
-                let mut line = Vec::with_capacity(512);
-                serde_json::to_writer(&mut line, &t.record()).map_err(std::io::Error::other)?;
-                line.push(b'\n');
-                out.write_all(&line)
-            }
-            Emit::Alerts => {
-                analyzer.transaction(&mut t, &mut alerts);
-                write_alerts(&mut alerts, &mut out)
-            }
-        }
-    });
-    if emit == Emit::Alerts && !matches!(result, Err(ReplayError::Output(_))) {
-        analyzer.finish(last_ts, &mut alerts);
-        if let Err(e) = write_alerts(&mut alerts, &mut out) {
-            result = Err(ReplayError::Output(e));
-        }
-    }
+    let result = match emit {
+        Emit::Transactions => replay_with(&args.file, settings(args), args.snap_len, |mut t| {
+            let obs = analyzer.observation(&t);
+            // The address alone is not an identity: it is in src_ip already.
+            t.principal =
+                (obs.principal.kind != PrincipalKind::Ip).then(|| obs.principal.to_string());
+            line.clear();
+            serde_json::to_writer(&mut line, &t.record()).map_err(std::io::Error::other)?;
+            line.push(b'\n');
+            out.write_all(&line)
+        }),
+        Emit::Alerts => alerts(
+            &args.file,
+            settings(args),
+            args.snap_len,
+            &mut analyzer,
+            |raised| {
+                for a in raised {
+                    line.clear();
+                    serde_json::to_writer(&mut line, a).map_err(std::io::Error::other)?;
+                    line.push(b'\n');
+                    out.write_all(&line)?;
+                }
+                Ok(())
+            },
+        ),
+    };
     let flushed = out.flush();
     let summary = match result {
         Ok(s) => s,

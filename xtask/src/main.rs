@@ -9,7 +9,7 @@ mod run;
 mod setup;
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, ExitCode},
     time::{Duration, Instant},
 };
@@ -111,6 +111,27 @@ fn build_sentinel(ws: &Workspace, release: bool) -> anyhow::Result<PathBuf> {
     c.env_remove("AYA_BUILD_SKIP");
     run_ok(c, LIMIT_BUILD)?;
     Ok(ws.bin(if release { "release" } else { "debug" }, "sentinel"))
+}
+
+/// For `bench` and `eval`: runs setup, builds the release `sentinel` (see [`build_sentinel`])
+/// and the `sentinel-tests` binaries that `select` names (cargo's `--bins` or `--bin NAME`),
+/// and returns the path of `sentinel`.
+fn build_release_tools(ws: &Workspace, select: &[&str]) -> anyhow::Result<PathBuf> {
+    setup::setup()?;
+    let sentinel = build_sentinel(ws, true)?;
+    let mut build = ws.cargo(&["build", "--release", "-p", "sentinel-tests"]);
+    build.args(select);
+    // The same environment as the sentinel build above, or cargo rebuilds it with a placeholder.
+    build.env_remove("AYA_BUILD_SKIP");
+    run_ok(build, LIMIT_BUILD)?;
+    Ok(sentinel)
+}
+
+/// A release `sentinel-tests` binary to run from the workspace root, told where `sentinel` is.
+fn release_tool(ws: &Workspace, sentinel: &Path, name: &str) -> Command {
+    let mut c = Command::new(ws.bin("release", name));
+    c.current_dir(&ws.root).env("SENTINEL_BIN", sentinel);
+    c
 }
 
 /// One tier of `cargo xtask test` and how it went.
@@ -344,16 +365,11 @@ fn bench(names: &[String], quick: bool) -> anyhow::Result<()> {
         bail!("no benchmarks under tests/src/bin");
     }
     require_root("cargo xtask bench")?;
-    setup::setup()?;
-    let sentinel = build_sentinel(&ws, true)?;
-    let mut build = ws.cargo(&["build", "--release", "-p", "sentinel-tests", "--bins"]);
-    build.env_remove("AYA_BUILD_SKIP");
-    run_ok(build, LIMIT_BUILD)?;
+    let sentinel = build_release_tools(&ws, &["--bins"])?;
     let mut failed = Vec::new();
     for b in chosen {
         println!("\n==> bench {b}");
-        let mut c = Command::new(ws.bin("release", &format!("bench_{b}")));
-        c.current_dir(&ws.root).env("SENTINEL_BIN", &sentinel);
+        let mut c = release_tool(&ws, &sentinel, &format!("bench_{b}"));
         if quick {
             c.arg("--quick");
         }
@@ -370,21 +386,8 @@ fn bench(names: &[String], quick: bool) -> anyhow::Result<()> {
 
 fn eval(seeds: &[u64], quick: bool, no_write: bool) -> anyhow::Result<()> {
     let ws = Workspace::locate()?;
-    setup::setup()?;
-    let sentinel = build_sentinel(&ws, true)?;
-    let mut build = ws.cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "sentinel-tests",
-        "--bin",
-        "eval",
-    ]);
-    // The same environment as the sentinel build above, or cargo rebuilds it with a placeholder.
-    build.env_remove("AYA_BUILD_SKIP");
-    run_ok(build, LIMIT_BUILD)?;
-    let mut c = Command::new(ws.bin("release", "eval"));
-    c.current_dir(&ws.root).env("SENTINEL_BIN", &sentinel);
+    let sentinel = build_release_tools(&ws, &["--bin", "eval"])?;
+    let mut c = release_tool(&ws, &sentinel, "eval");
     for s in seeds {
         c.args(["--seed", &s.to_string()]);
     }

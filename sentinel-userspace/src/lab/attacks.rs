@@ -11,9 +11,9 @@
 use std::net::IpAddr;
 
 use super::sim::{
-    APP_UAS, ATTACKER_CITIES, Builder, CITIES, DAY, HOUR, NS, OWN_NET_ADDRS, Rng, Scenario, User,
-    WEB_UAS, attacker_addr, attacker_addr6, bearer, card_number, city_addr, distance_km, iban, jwt,
-    luhn_number, post_json, req, resp, slots,
+    APP_UAS, ATTACKER_CITIES, Builder, CITIES, DAY, HOUR, NS, OWN_NET_ADDRS, Rng, Scenario,
+    Session, User, WEB_UAS, attacker_addr, attacker_addr6, bearer, card_number, city_addr,
+    distance_km, iban, jwt, luhn_number, post_json, req, resp, slots,
 };
 use crate::models::AlertKind;
 
@@ -87,6 +87,28 @@ pub struct Stage<'a> {
     pub victims: Vec<bool>,
 }
 
+/// Who sends a scenario's authenticated requests: an address, a user agent and the
+/// `Authorization` value of a bearer token.
+#[derive(Clone, Copy)]
+struct TokenHolder<'a> {
+    ip: IpAddr,
+    ua: &'a str,
+    auth: &'a str,
+}
+
+/// How a request counts in its scenario.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// An attack attempt: its address is one of the sources, its time one of the attempts.
+    Attempt,
+    /// The attacker's, beside the attempts (a look around, a login before a flood): its
+    /// address is one of the sources.
+    Aside,
+    /// The victim's own, that the attack starts from (the login whose token leaks): on the
+    /// scenario's time line, neither a source nor an attempt.
+    Owner,
+}
+
 /// A scenario being written: its exchanges go out as they are made.
 struct Attack {
     kind: AlertKind,
@@ -109,7 +131,7 @@ impl Attack {
         }
     }
 
-    /// Sends one attack request (counted as an attempt when `attempt`).
+    /// Sends one request of the scenario, counted as `part` says.
     fn send(
         &mut self,
         b: &mut Builder,
@@ -117,16 +139,30 @@ impl Attack {
         ip: IpAddr,
         request: Vec<u8>,
         response: Vec<u8>,
-        attempt: bool,
+        part: Part,
     ) {
-        if !self.sources.contains(&ip) {
+        if part != Part::Owner && !self.sources.contains(&ip) {
             self.sources.push(ip);
         }
         self.first_ns = self.first_ns.min(t);
-        if attempt {
+        if part == Part::Attempt {
             self.attempts_ns.push(t);
         }
         b.push(t, ip, request, response);
+    }
+
+    /// Sends one attack request counted as an attempt: a GET of `path` by `who`, with its
+    /// token.
+    fn get(
+        &mut self,
+        b: &mut Builder,
+        t: u64,
+        who: TokenHolder<'_>,
+        path: &str,
+        response: Vec<u8>,
+    ) {
+        let r = req("GET", path, who.ua, &[("Authorization", who.auth)], None);
+        self.send(b, t, who.ip, r, response, Part::Attempt);
     }
 
     fn done(self) -> Scenario {
@@ -179,23 +215,27 @@ impl Stage<'_> {
                 .below((self.to_ns - self.from_ns).saturating_sub(HOUR))
     }
 
-    /// A victim established at `t`: at least `min.0` requests in at least `min.2` sessions,
-    /// the first at least `min.1` before.
-    fn victim(
+    /// An unused victim established at `t` (at least `min.0` requests in at least `min.2`
+    /// sessions, the first at least `min.1` before) that `fits` gives a plan for, with the
+    /// plan; only that victim is marked as used.
+    fn victim<T>(
         &mut self,
         t: u64,
         (min_requests, min_age, min_sessions): Established,
-    ) -> Option<usize> {
+        fits: &mut impl FnMut(&mut Self, u64, usize) -> Option<T>,
+    ) -> Option<(usize, T)> {
         for _ in 0..200 {
             let i = self.rng.below(self.users.len() as u64 - 1) as usize;
             let (n, sessions, first) = self.users[i].history_before(t);
-            if !self.victims[i]
-                && n >= min_requests
+            let established = n >= min_requests
                 && sessions >= min_sessions
-                && first.is_some_and(|f| f + min_age < t)
-            {
+                && first.is_some_and(|f| f + min_age < t);
+            if self.victims[i] || !established {
+                continue;
+            }
+            if let Some(plan) = fits(self, t, i) {
                 self.victims[i] = true;
-                return Some(i);
+                return Some((i, plan));
             }
         }
         None
@@ -213,15 +253,27 @@ impl Stage<'_> {
         exhausted(self.users.len())
     }
 
-    /// A time and an established victim, retrying times until one is found.
-    fn time_and_victim(&mut self, min: Established) -> (u64, usize) {
+    /// A time, and an established victim at that time that `fits(stage, time, victim)` gives
+    /// a plan for (`None`: the victim does not fit, and stays unused), with the plan; times
+    /// are drawn again until one is found.
+    fn time_and_victim<T>(
+        &mut self,
+        min: Established,
+        mut fits: impl FnMut(&mut Self, u64, usize) -> Option<T>,
+    ) -> (u64, usize, T) {
         for _ in 0..MAX_TRIES {
             let t = self.when();
-            if let Some(v) = self.victim(t, min) {
-                return (t, v);
+            if let Some((v, plan)) = self.victim(t, min, &mut fits) {
+                return (t, v, plan);
             }
         }
         exhausted(self.users.len())
+    }
+
+    /// A time and an established victim at that time.
+    fn established(&mut self, min: Established) -> (u64, usize) {
+        let (t, v, ()) = self.time_and_victim(min, |_, _, _| Some(()));
+        (t, v)
     }
 
     /// `1/rate` seconds with ±30% jitter, in ns.
@@ -282,7 +334,7 @@ fn brute_force(st: &mut Stage<'_>, k: usize) -> Scenario {
     for i in 0..n {
         let (ct, body) = login_body(form, &name, &format!("guess{i}"));
         let r = req("POST", "/login", ua, &[], Some((ct, &body)));
-        a.send(st.b, t, ip, r, failed(), true);
+        a.send(st.b, t, ip, r, failed(), Part::Attempt);
         t += if k == 0 {
             180 * NS / 500
         } else {
@@ -353,14 +405,14 @@ fn credential_stuffing(st: &mut Stage<'_>, k: usize) -> Scenario {
         } else {
             failed()
         };
-        a.send(st.b, t, ip, r, response, true);
+        a.send(st.b, t, ip, r, response, Part::Attempt);
         t += st.interval(rate);
     }
     a.done()
 }
 
 fn rate_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
-    let (t0, v) = st.time_and_victim((10, DAY, 1));
+    let (t0, v) = st.established((10, DAY, 1));
     let u = &st.users[v];
     let same_host = st.rng.chance(0.5);
     let mut a = Attack::new(
@@ -387,31 +439,37 @@ fn rate_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
     } else {
         *st.rng.pick(TOOL_UAS)
     };
-    let tok = login_as(st, &mut a, v, ip, ua, t0);
-    a.attempts_ns.clear();
+    let tok = login_as(st, &mut a, v, ip, ua, t0, Part::Aside);
     let auth = bearer(&tok);
+    let who = TokenHolder {
+        ip,
+        ua,
+        auth: &auth,
+    };
     let rate = 30.0 + st.rng.unit() * 120.0;
     let secs = st.rng.range(10, 40) as f64;
     let n = (rate * secs) as u64;
     let mut t = t0 + st.rng.range(1, 5) * NS;
     for _ in 0..n {
-        let r = req("GET", &path, ua, &[("Authorization", &auth)], None);
-        a.send(
-            st.b,
-            t,
-            ip,
-            r,
-            resp(200, "{\"balance\":1200.00,\"currency\":\"SAR\"}"),
-            true,
-        );
+        let ok = resp(200, "{\"balance\":1200.00,\"currency\":\"SAR\"}");
+        a.get(st.b, t, who, &path, ok);
         t += st.interval(rate);
     }
     a.done()
 }
 
-/// A successful login as user `v` from `ip` at `t` (an attack request); returns the token the
-/// server issued, which the engine links to the account.
-fn login_as(st: &mut Stage<'_>, a: &mut Attack, v: usize, ip: IpAddr, ua: &str, t: u64) -> String {
+/// A successful login as user `v` from `ip` at `t`, counted as `by` says; returns the token the
+/// server issued, which the engine links to the account (whose principals the scenario
+/// involves).
+fn login_as(
+    st: &mut Stage<'_>,
+    a: &mut Attack,
+    v: usize,
+    ip: IpAddr,
+    ua: &str,
+    t: u64,
+    by: Part,
+) -> String {
     let u = &st.users[v];
     let (name, password) = (u.name.clone(), u.password.clone());
     for p in [format!("user:{name}"), format!("jwt:{name}")] {
@@ -421,19 +479,13 @@ fn login_as(st: &mut Stage<'_>, a: &mut Attack, v: usize, ip: IpAddr, ua: &str, 
     }
     let tok = jwt("RS256", &name, t / NS, t / NS + 3600, st.rng);
     let (ct, body) = login_body(false, &name, &password);
-    a.send(
-        st.b,
-        t,
-        ip,
-        req("POST", "/login", ua, &[], Some((ct, &body))),
-        resp(200, &format!("{{\"token\":\"{tok}\"}}")),
-        true,
-    );
+    let request = req("POST", "/login", ua, &[], Some((ct, &body)));
+    let response = resp(200, &format!("{{\"token\":\"{tok}\"}}"));
+    a.send(st.b, t, ip, request, response, by);
     tok
 }
 
 /// A stolen-credential session: login with the victim's password, then their pages.
-#[allow(clippy::too_many_arguments)]
 fn takeover(
     st: &mut Stage<'_>,
     a: &mut Attack,
@@ -444,8 +496,13 @@ fn takeover(
     extra: usize,
 ) -> u64 {
     let account = st.users[v].account;
-    let tok = login_as(st, a, v, ip, ua, t0);
+    let tok = login_as(st, a, v, ip, ua, t0, Part::Attempt);
     let auth = bearer(&tok);
+    let who = TokenHolder {
+        ip,
+        ua,
+        auth: &auth,
+    };
     let mut t = t0;
     let pages = [
         "/balance".to_owned(),
@@ -455,85 +512,100 @@ fn takeover(
     for i in 0..2 + extra {
         t += st.rng.range(2, 20) * NS;
         let p = &pages[i % pages.len()];
-        a.send(
-            st.b,
-            t,
-            ip,
-            req("GET", p, ua, &[("Authorization", &auth)], None),
-            resp(200, "{\"balance\":1200.00}"),
-            true,
-        );
+        a.get(st.b, t, who, p, resp(200, "{\"balance\":1200.00}"));
     }
     t
 }
 
+/// Where a takeover comes from: a city's index, in [`ATTACKER_CITIES`] when `true`, else in
+/// [`CITIES`].
+type Origin = (usize, bool);
+
+/// A stolen-password session ([`takeover`]) on an established victim, at a time and from a
+/// place that `plan(stage, victim, last)` gives after the owner's last session before a drawn
+/// time (`None`: the victim does not fit), with a user agent that `ua(stage, owner's)` picks.
+fn remote_takeover(
+    st: &mut Stage<'_>,
+    mut a: Attack,
+    mut plan: impl FnMut(&mut Stage<'_>, usize, Session) -> Option<(u64, Origin)>,
+    ua: impl FnOnce(&mut Stage<'_>, &'static str) -> &'static str,
+) -> Scenario {
+    let (_, v, (t0, (c, attacker_city))) =
+        st.time_and_victim((12, DAY + DAY / 2, 1), |st, t, v| {
+            let last = st.users[v].last_session_before(t)?;
+            plan(st, v, last)
+        });
+    let ip = if attacker_city {
+        st.attacker(c)
+    } else {
+        st.local_attacker(c)
+    };
+    let ua = ua(st, st.users[v].ua);
+    let extra = st.rng.below(3) as usize;
+    takeover(st, &mut a, v, ip, ua, t0, extra);
+    a.done()
+}
+
 fn impossible_travel(st: &mut Stage<'_>, _k: usize) -> Scenario {
-    let mut a = Attack::new(AlertKind::ImpossibleTravel, "stolen password");
-    for _ in 0..MAX_TRIES {
-        let (t, v) = st.time_and_victim((12, DAY + DAY / 2, 1));
-        let Some(last) = st.users[v].last_session_before(t) else {
-            continue;
-        };
-        let t0 = last.end_ns + st.rng.range(5, 90) * 60 * NS;
-        let hours = (t0 - last.end_ns) as f64 / HOUR as f64;
-        let here = &CITIES[last.city];
-        // Somewhere far enough that getting there is impossible: at least 2x the speed limit.
-        let far: Vec<(usize, bool)> = (0..CITIES.len())
-            .map(|c| (c, false))
-            .chain((0..ATTACKER_CITIES.len()).map(|c| (c, true)))
-            .filter(|&(c, att)| {
-                let there = if att { &ATTACKER_CITIES[c] } else { &CITIES[c] };
-                let d = distance_km(here, there);
-                d >= 1500.0 && d / hours >= 2000.0
-            })
-            .collect();
-        if far.is_empty() {
-            continue;
-        }
-        let (c, att) = *st.rng.pick(&far);
-        let ip = if att {
-            st.attacker(c)
-        } else {
-            st.local_attacker(c)
-        };
-        let ua = if st.rng.chance(0.5) {
-            st.users[v].ua
-        } else {
-            *st.rng.pick(WEB_UAS)
-        };
-        let extra = st.rng.below(3) as usize;
-        takeover(st, &mut a, v, ip, ua, t0, extra);
-        return a.done();
-    }
-    exhausted(st.users.len())
+    let a = Attack::new(AlertKind::ImpossibleTravel, "stolen password");
+    remote_takeover(
+        st,
+        a,
+        |st, _, last| {
+            let t0 = last.end_ns + st.rng.range(5, 90) * 60 * NS;
+            let hours = (t0 - last.end_ns) as f64 / HOUR as f64;
+            let here = &CITIES[last.city];
+            // Somewhere far enough that getting there is impossible: at least 2x the speed
+            // limit.
+            let far: Vec<Origin> = (0..CITIES.len())
+                .map(|c| (c, false))
+                .chain((0..ATTACKER_CITIES.len()).map(|c| (c, true)))
+                .filter(|&(c, att)| {
+                    let there = if att { &ATTACKER_CITIES[c] } else { &CITIES[c] };
+                    let d = distance_km(here, there);
+                    d >= 1500.0 && d / hours >= 2000.0
+                })
+                .collect();
+            if far.is_empty() {
+                return None;
+            }
+            Some((t0, *st.rng.pick(&far)))
+        },
+        |st, own| {
+            if st.rng.chance(0.5) {
+                own
+            } else {
+                *st.rng.pick(WEB_UAS)
+            }
+        },
+    )
 }
 
 fn new_country(st: &mut Stage<'_>, _k: usize) -> Scenario {
-    for _ in 0..MAX_TRIES {
-        let (t, v) = st.time_and_victim((12, DAY + DAY / 2, 1));
-        let Some(last) = st.users[v].last_session_before(t) else {
-            continue;
-        };
-        // Long enough after the owner's last request that the trip is possible, and before
-        // their next session.
-        let t0 = last.end_ns + st.rng.range(8, 20) * HOUR;
-        if t0 + HOUR > st.to_ns
-            || st.users[v]
-                .sessions
-                .iter()
-                .any(|s| s.start_ns > last.end_ns && s.start_ns <= t0 + HOUR)
-        {
-            continue;
-        }
-        let a_city = st.rng.below(ATTACKER_CITIES.len() as u64) as usize;
-        let hours = (t0 - last.end_ns) as f64 / HOUR as f64;
-        if distance_km(&CITIES[last.city], &ATTACKER_CITIES[a_city]) / hours > 900.0 {
-            continue;
-        }
-        let mut a = Attack::new(AlertKind::NewCountry, "new device");
-        let ip = st.attacker(a_city);
-        let own = st.users[v].ua;
-        let ua = loop {
+    let a = Attack::new(AlertKind::NewCountry, "new device");
+    remote_takeover(
+        st,
+        a,
+        |st, v, last| {
+            // Long enough after the owner's last request that the trip is possible, and
+            // before their next session.
+            let t0 = last.end_ns + st.rng.range(8, 20) * HOUR;
+            if t0 + HOUR > st.to_ns
+                || st.users[v]
+                    .sessions
+                    .iter()
+                    .any(|s| s.start_ns > last.end_ns && s.start_ns <= t0 + HOUR)
+            {
+                return None;
+            }
+            let a_city = st.rng.below(ATTACKER_CITIES.len() as u64) as usize;
+            let hours = (t0 - last.end_ns) as f64 / HOUR as f64;
+            if distance_km(&CITIES[last.city], &ATTACKER_CITIES[a_city]) / hours > 900.0 {
+                return None;
+            }
+            Some((t0, (a_city, true)))
+        },
+        |st, own| loop {
             let u = if st.rng.chance(0.5) {
                 *st.rng.pick(WEB_UAS)
             } else {
@@ -542,12 +614,8 @@ fn new_country(st: &mut Stage<'_>, _k: usize) -> Scenario {
             if u != own && !(u.starts_with("Mozilla") && own.starts_with("Mozilla")) {
                 break u;
             }
-        };
-        let extra = st.rng.below(3) as usize;
-        takeover(st, &mut a, v, ip, ua, t0, extra);
-        return a.done();
-    }
-    exhausted(st.users.len())
+        },
+    )
 }
 
 fn behavior_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
@@ -559,7 +627,7 @@ fn behavior_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
     // windows, 4 by default): a hijack of an account with fewer sessions is not this kind's to
     // find, so the victim has at least that many sessions behind it.
     let warmup = crate::models::behavior::Config::default().warmup_windows as usize;
-    let (t, v) = st.time_and_victim((30, 2 * DAY, warmup));
+    let (t, v) = st.established((30, 2 * DAY, warmup));
     let u = &st.users[v];
     // At night, from the owner's own network (no geography to give it away).
     let t0 = t - t % DAY + st.rng.range(1, 3) * HOUR + st.rng.below(HOUR);
@@ -570,7 +638,7 @@ fn behavior_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
     } else {
         *st.rng.pick(&[APP_UAS[2], TOOL_UAS[1], TOOL_UAS[0]])
     };
-    let tok = login_as(st, &mut a, v, ip, ua, t0);
+    let tok = login_as(st, &mut a, v, ip, ua, t0, Part::Attempt);
     let auth = bearer(&tok);
     let h = [("Authorization", auth.as_str())];
     let mut t = t0;
@@ -620,7 +688,7 @@ fn behavior_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
                 resp(403, "{\"error\":\"forbidden\"}"),
             ),
         };
-        a.send(st.b, t, ip, r, p, true);
+        a.send(st.b, t, ip, r, p, Part::Attempt);
     }
     a.done()
 }
@@ -689,7 +757,7 @@ fn injection(st: &mut Stage<'_>, kind: AlertKind) -> Scenario {
             ip,
             req("GET", p, ua, &[], None),
             resp(200, "{}"),
-            false,
+            Part::Aside,
         );
         t += st.rng.range(1, 5) * NS;
     }
@@ -731,7 +799,7 @@ fn injection(st: &mut Stage<'_>, kind: AlertKind) -> Scenario {
                 None,
             ),
         };
-        a.send(st.b, t, ip, r, resp(404, "{}"), true);
+        a.send(st.b, t, ip, r, resp(404, "{}"), Part::Attempt);
         t += st.rng.range(200, 3000) * NS / 1000;
     }
     a.done()
@@ -749,14 +817,13 @@ fn data_exposure(st: &mut Stage<'_>, _k: usize) -> Scenario {
     ];
     let variant = *st.rng.pick(&variants);
     let mut a = Attack::new(AlertKind::DataExposure, variant);
-    let (t0, v) = st.time_and_victim((5, DAY, 1));
+    let (t0, v) = st.established((5, DAY, 1));
     let u = &st.users[v];
     let (name, account) = (u.name.clone(), u.account);
     let ip = st.any_attacker();
     let tok = jwt("RS256", &name, t0 / NS, t0 / NS + 3600, st.rng);
     a.principals.push(format!("jwt:{name}"));
     let auth = bearer(&tok);
-    let h = [("Authorization", auth.as_str())];
     let many = st.rng.range(20, 100) as usize;
     let (path, body) = match variant {
         "cards" => {
@@ -826,14 +893,12 @@ fn data_exposure(st: &mut Stage<'_>, _k: usize) -> Scenario {
             )
         }
     };
-    a.send(
-        st.b,
-        t0,
+    let who = TokenHolder {
         ip,
-        req("GET", &path, TOOL_UAS[1], &h, None),
-        resp(200, &body),
-        true,
-    );
+        ua: TOOL_UAS[1],
+        auth: &auth,
+    };
+    a.get(st.b, t0, who, &path, resp(200, &body));
     a.done()
 }
 
@@ -847,15 +912,13 @@ fn token_reuse(st: &mut Stage<'_>, _k: usize) -> Scenario {
             "many networks"
         },
     );
-    let (t0, v) = st.time_and_victim((5, DAY, 1));
+    let (t0, v) = st.established((5, DAY, 1));
     let u = &st.users[v];
     let account = u.account;
     // The owner logs in as usual; the token it gets leaks.
     let (home, ua) = (u.whereabouts(t0, v).1, u.ua);
     let issued = t0 - st.rng.range(60, 600) * NS;
-    let tok = login_as(st, &mut a, v, home, ua, issued);
-    a.attempts_ns.clear();
-    a.sources.clear();
+    let tok = login_as(st, &mut a, v, home, ua, issued, Part::Owner);
     let auth = bearer(&tok);
     let n_sources = st.rng.range(6, 12);
     let one_city = st.rng.below(ATTACKER_CITIES.len() as u64) as usize;
@@ -884,14 +947,12 @@ fn token_reuse(st: &mut Stage<'_>, _k: usize) -> Scenario {
                 format!("/accounts/{account}")
             };
             let ua = *st.rng.pick(WEB_UAS);
-            a.send(
-                st.b,
-                t,
-                *ip,
-                req("GET", &p, ua, &[("Authorization", &auth)], None),
-                resp(200, "{\"balance\":1200.00}"),
-                true,
-            );
+            let who = TokenHolder {
+                ip: *ip,
+                ua,
+                auth: &auth,
+            };
+            a.get(st.b, t, who, &p, resp(200, "{\"balance\":1200.00}"));
         }
     }
     a.done()
@@ -907,7 +968,7 @@ fn jwt_weakness(st: &mut Stage<'_>, _k: usize) -> Scenario {
             "expired token accepted"
         },
     );
-    let (t0, v) = st.time_and_victim((5, DAY, 1));
+    let (t0, v) = st.established((5, DAY, 1));
     let name = st.users[v].name.clone();
     let ip = st.any_attacker();
     let now = t0 / NS;
@@ -919,22 +980,14 @@ fn jwt_weakness(st: &mut Stage<'_>, _k: usize) -> Scenario {
     };
     a.principals.push(format!("jwt:{name}"));
     let auth = bearer(&tok);
+    let who = TokenHolder {
+        ip,
+        ua: TOOL_UAS[1],
+        auth: &auth,
+    };
     let mut t = t0;
     for _ in 0..st.rng.range(1, 5) {
-        a.send(
-            st.b,
-            t,
-            ip,
-            req(
-                "GET",
-                "/balance",
-                TOOL_UAS[1],
-                &[("Authorization", &auth)],
-                None,
-            ),
-            resp(200, "{\"balance\":1200.00}"),
-            true,
-        );
+        a.get(st.b, t, who, "/balance", resp(200, "{\"balance\":1200.00}"));
         t += st.rng.range(1, 10) * NS;
     }
     a.done()
@@ -957,6 +1010,11 @@ fn enumeration(st: &mut Stage<'_>, k: usize) -> Scenario {
         resp(200, &format!("{{\"token\":\"{tok}\"}}")),
     );
     let auth = bearer(&tok);
+    let who = TokenHolder {
+        ip,
+        ua,
+        auth: &auth,
+    };
     let rate = 15.0 + st.rng.unit() * 45.0;
     let step = if st.rng.chance(0.7) {
         1
@@ -978,19 +1036,13 @@ fn enumeration(st: &mut Stage<'_>, k: usize) -> Scenario {
         } else {
             "{\"error\":\"forbidden\"}".into()
         };
-        a.send(
+        let status = if ok { 200 } else { 403 };
+        a.get(
             st.b,
             t,
-            ip,
-            req(
-                "GET",
-                &format!("/accounts/{id}"),
-                ua,
-                &[("Authorization", &auth)],
-                None,
-            ),
-            resp(if ok { 200 } else { 403 }, &body),
-            true,
+            who,
+            &format!("/accounts/{id}"),
+            resp(status, &body),
         );
         t += st.interval(rate);
     }
@@ -1026,7 +1078,7 @@ fn scraping(st: &mut Stage<'_>, _k: usize) -> Scenario {
             ip,
             req("GET", &p, ua, &[], None),
             resp(200, &format!("{{\"page\":\"{}\"}}", "p".repeat(500))),
-            true,
+            Part::Attempt,
         );
         t += st.interval(rate);
     }

@@ -11,7 +11,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,7 @@ use crate::{
     enrich::geo::testdb::{self, Layout},
     models::{Alert, AlertKind},
     pipeline::PipelineSettings,
-    replay::replay,
+    replay,
 };
 
 /// An alert detects its scenario until this long after the attack's last request.
@@ -124,13 +124,6 @@ pub struct Score {
     pub false_alerts: Vec<usize>,
 }
 
-fn matches(s: &Scenario, a: &Seen) -> bool {
-    s.sources.contains(&a.src_ip)
-        || a.principal
-            .as_ref()
-            .is_some_and(|p| s.principals.iter().any(|x| x == p))
-}
-
 /// Scores `alerts` against the truth.
 pub fn score(scenarios: &[Scenario], benign: &[BenignUser], alerts: &[Seen]) -> Score {
     let mut out = Score {
@@ -154,6 +147,8 @@ pub fn score(scenarios: &[Scenario], benign: &[BenignUser], alerts: &[Seen]) -> 
     let mut first: HashMap<usize, &Seen> = HashMap::new();
     let mut explained = vec![false; alerts.len()];
     for (i, a) in alerts.iter().enumerate() {
+        // The scenarios the alert names: by its source and by its principal (so every one of
+        // them names it, as a detection must).
         let cands = by_src.get(a.src_ip.as_str()).into_iter().flatten().chain(
             a.principal
                 .as_deref()
@@ -171,7 +166,6 @@ pub fn score(scenarios: &[Scenario], benign: &[BenignUser], alerts: &[Seen]) -> 
             if a.kind == s.kind
                 && a.ts_ns + NS >= s.start_ns
                 && a.ts_ns <= s.end_ns + DETECT_GRACE_NS
-                && matches(s, a)
             {
                 let e = first.entry(s.id).or_insert(a);
                 if a.ts_ns < e.ts_ns {
@@ -357,7 +351,7 @@ pub fn details(runs: &[(u64, Score)]) -> String {
 }
 
 /// Writes the world's capture to `path`.
-pub fn write_pcap(world: &World, path: &Path) -> anyhow::Result<()> {
+fn write_pcap(world: &World, path: &Path) -> anyhow::Result<()> {
     let f = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut g = PcapGen::new(f)?;
     for e in &world.exchanges {
@@ -369,24 +363,42 @@ pub fn write_pcap(world: &World, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the world through the same pipeline and models as `sentinel replay --emit alerts`, in
-/// this process: its capture and a GeoIP database of [`places`] are written into `dir`.
-pub fn analyze(world: &World, dir: &Path) -> anyhow::Result<Vec<Seen>> {
+/// Where [`write_world`] put a world's files.
+#[derive(Clone, Debug)]
+pub struct WorldFiles {
+    /// The capture, `traffic.pcap`.
+    pub pcap: PathBuf,
+    /// A GeoIP database of [`places`] (MaxMind layout), `geo.mmdb`.
+    pub geo: PathBuf,
+}
+
+/// Writes the world's capture and the GeoIP database that places its addresses into `dir`.
+pub fn write_world(world: &World, dir: &Path) -> anyhow::Result<WorldFiles> {
     let pcap = dir.join("traffic.pcap");
     write_pcap(world, &pcap)?;
     let geo = dir.join("geo.mmdb");
     std::fs::write(&geo, testdb::build(&places(), Layout::MaxMind)?)?;
+    Ok(WorldFiles { pcap, geo })
+}
+
+/// Runs the world through the same pipeline and models as `sentinel replay --emit alerts`, in
+/// this process: its files ([`write_world`]) are written into `dir`.
+pub fn analyze(world: &World, dir: &Path) -> anyhow::Result<Vec<Seen>> {
+    let files = write_world(world, dir)?;
     let cfg = crate::config::Config::default();
-    let mut an = Analyzer::new(&cfg.enrich, &cfg.models, &[geo])?;
-    let mut alerts = Vec::new();
-    let mut last = 0;
-    replay(&pcap, PipelineSettings::default(), |mut t| {
-        last = last.max(t.ts_ns);
-        an.transaction(&mut t, &mut alerts);
-        Ok(())
-    })?;
-    an.finish(last, &mut alerts);
-    Ok(alerts.iter().map(Seen::from).collect())
+    let mut an = Analyzer::new(&cfg.enrich, &cfg.models, &[files.geo])?;
+    let mut seen = Vec::new();
+    replay::alerts(
+        &files.pcap,
+        PipelineSettings::default(),
+        None,
+        &mut an,
+        |raised| {
+            seen.extend(raised.iter().map(Seen::from));
+            Ok(())
+        },
+    )?;
+    Ok(seen)
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@
 //! - (a) the capture pipeline alone: pcap -> reassembly -> HTTP -> transactions
 //!   (`sentinel::replay::replay` with a sink that drops them);
 //! - (b) the whole replay: the same plus `sentinel::analyze::Analyzer` (enrichment, every model,
-//!   ticks in stream time), as `sentinel replay --emit alerts --geoip-db` runs it, without
-//!   printing.
+//!   ticks in stream time), through `sentinel::replay::alerts`, the driver `sentinel replay
+//!   --emit alerts --geoip-db` runs, with a sink that counts the alerts instead of printing them.
 //!
 //! A third arm, (e), runs the pipeline and enrichment without the models, to split the analysis.
 //!
@@ -38,14 +38,13 @@ use anyhow::{Context as _, ensure};
 use sentinel::{
     analyze::Analyzer,
     config::Config,
-    enrich::geo::testdb::{Layout, build},
     lab::{
         TempDir,
-        eval::write_pcap,
-        sim::{Rng, SimConfig, places, simulate},
+        eval::{WorldFiles, write_world},
+        sim::{Rng, SimConfig, simulate},
     },
     pipeline::PipelineSettings,
-    replay::replay,
+    replay::{self, replay},
 };
 use sentinel_tests::bench::{cpu_time, pin_to_one_cpu};
 
@@ -182,10 +181,7 @@ fn capture(dir: &Path, quick: bool) -> anyhow::Result<Capture> {
         ..SimConfig::default()
     };
     let world = simulate(&cfg);
-    let pcap = dir.join("traffic.pcap");
-    write_pcap(&world, &pcap)?;
-    let geo = dir.join("geo.mmdb");
-    std::fs::write(&geo, build(&places(), Layout::MaxMind)?)?;
+    let WorldFiles { pcap, geo } = write_world(&world, dir)?;
     Ok(Capture {
         bytes: std::fs::metadata(&pcap)?.len(),
         pcap,
@@ -241,28 +237,26 @@ fn arm_enrich(c: &Capture) -> anyhow::Result<f64> {
 }
 
 /// Arm (b): the whole replay, as `sentinel replay --emit alerts --geoip-db` runs it (default
-/// configuration), without printing. Returns (CPU seconds, transactions, alerts).
+/// configuration, `replay::alerts`), without printing. The analyzer is built before the timed
+/// region. Returns (CPU seconds, transactions, alerts).
 fn arm_replay(c: &Capture) -> anyhow::Result<(f64, u64, usize)> {
     let cfg = Config::default();
     let mut an = Analyzer::new(&cfg.enrich, &cfg.models, std::slice::from_ref(&c.geo))?;
     let start = cpu_time();
-    let mut alerts = Vec::new();
-    let mut n = 0u64;
     let mut raised = 0usize;
-    let mut last = 0u64;
-    replay(&c.pcap, PipelineSettings::default(), |mut t| {
-        n += 1;
-        last = last.max(t.ts_ns);
-        an.transaction(&mut t, &mut alerts);
-        raised += alerts.len();
-        std::hint::black_box(&alerts);
-        alerts.clear();
-        Ok(())
-    })?;
-    an.finish(last, &mut alerts);
-    raised += alerts.len();
-    std::hint::black_box(&alerts);
-    Ok(((cpu_time() - start).as_secs_f64(), n, raised))
+    replay::alerts(
+        &c.pcap,
+        PipelineSettings::default(),
+        None,
+        &mut an,
+        |alerts| {
+            raised += alerts.len();
+            std::hint::black_box(alerts);
+            Ok(())
+        },
+    )?;
+    let cpu = (cpu_time() - start).as_secs_f64();
+    Ok((cpu, an.stats().transactions, raised))
 }
 
 /// Alerts printed by the release binary on the same file.

@@ -20,10 +20,9 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use sentinel::enrich::geo::testdb::{Layout, build};
 use sentinel::lab::{
-    eval::{Score, Seen, Truth, details, flagged_share, kind_met, score, table, write_pcap},
-    sim::{SimConfig, places, simulate},
+    eval::{Score, Seen, Truth, details, flagged_share, kind_met, score, table, write_world},
+    sim::{SimConfig, simulate},
 };
 use sentinel_tests::bench_report::{workspace_root, write_section};
 
@@ -91,16 +90,13 @@ fn run_seed(a: &Args, seed: u64, sentinel: &PathBuf) -> anyhow::Result<(SimConfi
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let t = Instant::now();
     let world = simulate(&cfg);
-    let pcap = dir.join("traffic.pcap");
-    write_pcap(&world, &pcap)?;
+    let files = write_world(&world, &dir)?;
     let truth = Truth {
         config: &cfg,
         scenarios: &world.scenarios,
         benign: &world.benign,
     };
     std::fs::write(dir.join("truth.json"), serde_json::to_vec_pretty(&truth)?)?;
-    let geo = dir.join("geo.mmdb");
-    std::fs::write(&geo, build(&places(), Layout::MaxMind)?)?;
     println!(
         "seed {seed}: {} exchanges, {} scenarios, {} benign principals, written in {:.1} s to {}",
         world.exchanges.len(),
@@ -114,9 +110,9 @@ fn run_seed(a: &Args, seed: u64, sentinel: &PathBuf) -> anyhow::Result<(SimConfi
     let out = std::fs::File::create(&alerts_path)?;
     let status = Command::new(sentinel)
         .arg("replay")
-        .arg(&pcap)
+        .arg(&files.pcap)
         .args(["--emit", "alerts", "--geoip-db"])
-        .arg(&geo)
+        .arg(&files.geo)
         .stdout(Stdio::from(out))
         .status()
         .with_context(|| format!("running {}", sentinel.display()))?;
