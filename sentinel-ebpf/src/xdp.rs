@@ -1,6 +1,6 @@
 //! The XDP enforcement program and its maps.
 
-use core::ptr::NonNull;
+use core::{mem::MaybeUninit, ptr::NonNull};
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -98,8 +98,9 @@ pub fn sentinel_xdp_pass(_ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn decide(data: usize, data_end: usize, len: u64) -> Reason {
-    let mut pkt = Packet::default();
-    match parse::parse_inline(data, data_end, &mut pkt) {
+    let mut pkt = MaybeUninit::uninit();
+    let pkt = Packet::zeroed_in(&mut pkt);
+    match parse::parse_inline(data, data_end, pkt) {
         parse::PARSE_OK => {}
         parse::PARSE_NON_IP => return Reason::NonIp,
         _ => return Reason::Malformed,
@@ -131,7 +132,7 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
             if !cache_valid(&s.cache, generation, now) {
                 lookup_lists(src, flags, generation, now, &mut s.cache);
             }
-            let reason = apply(&pkt, &mut s.cache, flags, now);
+            let reason = apply(pkt, &mut s.cache, flags, now);
             s.packets += 1;
             s.bytes += len;
             s.last_seen_ns = now;
@@ -158,7 +159,7 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
                 // SAFETY: per-CPU slot; only this CPU writes it, valid for this program run.
                 let b = unsafe { &mut *b.as_ptr() };
                 if b.key == src_words && cache_valid(&b.cache, generation, now) {
-                    let reason = apply(&pkt, &mut b.cache, flags, now);
+                    let reason = apply(pkt, &mut b.cache, flags, now);
                     if reason == Reason::DropBlock {
                         return reason;
                     }
@@ -172,7 +173,7 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
                 Some(reason) => reason,
                 None => {
                     lookup_lists(src, flags, generation, now, &mut s.cache);
-                    let reason = apply(&pkt, &mut s.cache, flags, now);
+                    let reason = apply(pkt, &mut s.cache, flags, now);
                     // A source that the blocklist drops gets no entry: its packets are counted
                     // under `drop_block` in the per-CPU `SN_COUNTERS` only. A flood of random
                     // blocked sources would otherwise insert (and evict) an LRU entry per
