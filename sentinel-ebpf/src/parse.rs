@@ -4,7 +4,7 @@
 //! Every read is bounds-checked against `data_end` through [`ptr_at`], which is what the verifier
 //! needs to see. Offsets are kept small and bounded so that variable-offset packet accesses verify.
 
-use core::mem::size_of;
+use core::mem::{MaybeUninit, size_of};
 
 use sentinel_common::AddrKey;
 
@@ -33,8 +33,7 @@ pub const MAX_L4_OFFSET: usize = 512;
 ///
 /// Addresses are held as two native-endian words of the 16-byte key (see [`key`]): built and
 /// copied with word moves, where `[u8; 16]` fields cost byte loops (`memset`/`memcpy` calls with
-/// this toolchain).
-#[derive(Default)]
+/// this toolchain). Made with [`Packet::zeroed_in`].
 pub struct Packet {
     /// Source address (IPv4 mapped into IPv6), as key words.
     pub src: [u64; 2],
@@ -53,6 +52,46 @@ pub struct Packet {
     pub ip_end: usize,
     /// The transport header should be there but is cut short.
     pub l4_truncated: bool,
+}
+
+impl Packet {
+    /// Every field zero (no ports, no transport header), written into `out` with word stores:
+    /// the one way the XDP and TC programs start a packet. `Packet` has no `Default` on purpose:
+    /// where a packet lives in memory (one an out-of-line function fills, as TC's slow path
+    /// does), the compiler turns an all-zero struct literal into a `memset` call, a byte loop
+    /// with this toolchain that costs more than the parse. In the XDP program's inline parse,
+    /// where a default value stayed in registers, the seven stores cost the same within the
+    /// noise of `cargo xtask bench datapath`'s cost part, and the program is smaller.
+    #[inline(always)]
+    pub fn zeroed_in(out: &mut MaybeUninit<Packet>) -> &mut Packet {
+        const WORDS: usize = size_of::<Packet>() / 8;
+        const { assert!(size_of::<Packet>() % 8 == 0) };
+        // SAFETY: `out` is valid for writes of a `Packet` and 8-byte aligned (`Packet` holds
+        // `u64`s); all-zero bytes are a valid `Packet` (zero integers, `false`).
+        unsafe {
+            store_words(out.as_mut_ptr().cast::<[u64; WORDS]>(), &[0; WORDS]);
+            out.assume_init_mut()
+        }
+    }
+}
+
+/// Copies `*src` to `*dst` one 8-byte word at a time, with stores that the compiler may neither
+/// merge nor turn into a `memset`/`memcpy` call (both are byte loops with this toolchain): a
+/// value that is mostly zeros, or a whole struct copied at once, becomes a call otherwise.
+///
+/// # Safety
+/// `dst` is valid for writes of a `T`; `T` is plain data without implicit padding (its bytes
+/// read as words).
+#[inline(always)]
+pub unsafe fn store_words<T: Copy>(dst: *mut T, src: &T) {
+    const { assert!(size_of::<T>() % 8 == 0 && core::mem::align_of::<T>() >= 8) };
+    let from = (src as *const T).cast::<u64>();
+    let to = dst.cast::<u64>();
+    for i in 0..size_of::<T>() / 8 {
+        // SAFETY: both are `size_of::<T>()` bytes and 8-byte aligned (`T`'s alignment, asserted
+        // above), and every byte of a `T` is initialised (the caller's promise).
+        unsafe { core::ptr::write_volatile(to.add(i), *from.add(i)) };
+    }
 }
 
 /// The map key held in two words.
@@ -115,9 +154,9 @@ pub fn parse_into(data: usize, data_end: usize, out: &mut Packet) -> u32 {
     parse_inline(data, data_end, out)
 }
 
-/// [`parse_into`] inlined into the caller: with the `Packet` a local of the caller, its fields
-/// stay in registers. The XDP program uses this; its stack stays small as the list lookups run
-/// in a function of their own.
+/// [`parse_into`] inlined into the caller: no call, and the caller's code can use the fields it
+/// just wrote without reloading them. The XDP program uses this; its stack stays small as the
+/// list lookups run in a function of their own.
 #[inline(always)]
 pub fn parse_inline(data: usize, data_end: usize, out: &mut Packet) -> u32 {
     match parse(data, data_end, out) {

@@ -6,10 +6,7 @@
 //! The programs never change a packet's fate: they always return `TC_ACT_OK`. Failures (ring
 //! full, a copy that fails, unparseable headers) are counted in `SN_CAP_COUNTERS`.
 
-use core::{
-    ffi::c_void,
-    mem::{MaybeUninit, size_of},
-};
+use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
@@ -128,9 +125,8 @@ fn port_wanted(port: u16) -> bool {
 
 #[inline(always)]
 fn capture(ctx: &TcContext, cap_flags: u8) {
-    // Not `Packet::default()`: zeroing the 56 bytes is a `memset` call (a byte loop) with this
-    // toolchain, a fifth of the program's cost on small segments. The fast path writes every
-    // field; only the slow path zeroes.
+    // Uninitialised: the fast path writes every field, so only the slow path zeroes it first
+    // (`Packet::zeroed_in`).
     let mut pkt = MaybeUninit::<Packet>::uninit();
     if !parse_v4_tcp(ctx.data(), ctx.data_end(), pkt.as_mut_ptr()) && !parse_slow(ctx, &mut pkt) {
         return;
@@ -236,7 +232,7 @@ fn timestamp(ctx: &TcContext) -> (u64, u8) {
 /// linear part of the skb once when they are not there. False when there is nothing to capture.
 #[inline(always)]
 fn parse_slow(ctx: &TcContext, out: &mut MaybeUninit<Packet>) -> bool {
-    let pkt = out.write(Packet::default());
+    let pkt = Packet::zeroed_in(out);
     if parse::parse_into(ctx.data(), ctx.data_end(), pkt) == parse::PARSE_OK {
         return true;
     }
@@ -316,18 +312,9 @@ fn emit<const N: usize>(ctx: &TcContext, hdr: &CaptureHeader, off: u32, cap: u32
     // SAFETY: `rec` points to a reserved record of `size_of::<Record<N>>()` bytes; the header
     // is written whole and the copy stays within `data`.
     unsafe {
-        if shift == 0 {
-            // The reference: its header is mostly zeros, which the compiler would store with a
-            // `memset` call (a byte loop with this toolchain) and make the reference slower
-            // than a hand-written one. Volatile word stores cannot be merged into one.
-            let src = (hdr as *const CaptureHeader).cast::<u64>();
-            let dst = rec.cast::<u64>();
-            for i in 0..size_of::<CaptureHeader>() / 8 {
-                core::ptr::write_volatile(dst.add(i), *src.add(i));
-            }
-        } else {
-            (*rec).hdr = *hdr;
-        }
+        // Word stores: the reference's header is mostly zeros, which a plain assignment would
+        // store with a `memset` call and make the reference slower than a hand-written one.
+        parse::store_words(core::ptr::addr_of_mut!((*rec).hdr), hdr);
         (*rec).hdr.cap_len = len;
         if len > 0 && len <= N as u32 {
             let ret = bpf_skb_load_bytes(

@@ -1,5 +1,7 @@
 //! The XDP enforcement program and its maps.
 
+use core::{mem::MaybeUninit, ptr::NonNull};
+
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
@@ -96,8 +98,9 @@ pub fn sentinel_xdp_pass(_ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn decide(data: usize, data_end: usize, len: u64) -> Reason {
-    let mut pkt = Packet::default();
-    match parse::parse_inline(data, data_end, &mut pkt) {
+    let mut pkt = MaybeUninit::uninit();
+    let pkt = Packet::zeroed_in(&mut pkt);
+    match parse::parse_inline(data, data_end, pkt) {
         parse::PARSE_OK => {}
         parse::PARSE_NON_IP => return Reason::NonIp,
         _ => return Reason::Malformed,
@@ -129,7 +132,7 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
             if !cache_valid(&s.cache, generation, now) {
                 lookup_lists(src, flags, generation, now, &mut s.cache);
             }
-            let reason = apply(&pkt, &mut s.cache, flags, now);
+            let reason = apply(pkt, &mut s.cache, flags, now);
             s.packets += 1;
             s.bytes += len;
             s.last_seen_ns = now;
@@ -137,15 +140,13 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
             reason
         }
         None => {
-            // An untracked blocked source seen lately on this CPU (see below).
-            let slot = blocked_slot(&src_words);
-            if let Some(b) = slot {
-                // SAFETY: per-CPU slot; only this CPU writes it, valid for this program run.
-                let b = unsafe { &mut *b };
-                if b.key == src_words && cache_valid(&b.cache, generation, now) {
-                    return apply(&pkt, &mut b.cache, flags, now);
-                }
-            }
+            // An untracked blocked source seen lately on this CPU (see below); only looked up
+            // while the blocklist may hold entries (no blocked source can have a slot then).
+            let slot = if flags & (HAS_BLOCK_HASH | HAS_BLOCK_LPM) != 0 {
+                blocked_slot(&src_words)
+            } else {
+                None
+            };
             let mut s = SourceStats {
                 packets: 1,
                 bytes: len,
@@ -153,25 +154,46 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
                 dropped: 0,
                 cache: VerdictCache::default(),
             };
-            lookup_lists(src, flags, generation, now, &mut s.cache);
-            let reason = apply(&pkt, &mut s.cache, flags, now);
-            // A source that the blocklist drops gets no entry: its packets are counted under
-            // `drop_block` in the per-CPU `SN_COUNTERS` only. A flood of random blocked sources
-            // would otherwise insert (and evict) an LRU entry per packet, which costs more than
-            // the rest of the packet's work on cold caches, and would push the passing sources,
-            // whose counts the models need, out of the table. Sources already tracked when
-            // their block starts keep being counted in their entry. The verdict goes to the
-            // source's slot in `SN_BLOCKED` instead, so that a hot blocked source skips the list
-            // lookups.
-            if reason == Reason::DropBlock {
-                if let Some(b) = slot {
-                    // SAFETY: as above.
-                    let b = unsafe { &mut *b };
-                    b.key = src_words;
-                    b.cache = s.cache;
+            let mut judged = None;
+            if let Some(b) = slot {
+                // SAFETY: per-CPU slot; only this CPU writes it, valid for this program run.
+                let b = unsafe { &mut *b.as_ptr() };
+                if b.key == src_words && cache_valid(&b.cache, generation, now) {
+                    let reason = apply(pkt, &mut b.cache, flags, now);
+                    if reason == Reason::DropBlock {
+                        return reason;
+                    }
+                    // Anything else (a flow kill, checked before the block; shadow mode) is
+                    // counted in a per-source entry, as it would be without the slot.
+                    s.cache = b.cache;
+                    judged = Some(reason);
                 }
-                return reason;
             }
+            let reason = match judged {
+                Some(reason) => reason,
+                None => {
+                    lookup_lists(src, flags, generation, now, &mut s.cache);
+                    let reason = apply(pkt, &mut s.cache, flags, now);
+                    // A source that the blocklist drops gets no entry: its packets are counted
+                    // under `drop_block` in the per-CPU `SN_COUNTERS` only. A flood of random
+                    // blocked sources would otherwise insert (and evict) an LRU entry per
+                    // packet, which costs more than the rest of the packet's work on cold
+                    // caches, and would push the passing sources, whose counts the models need,
+                    // out of the table. Sources already tracked when their block starts keep
+                    // being counted in their entry. The verdict goes to the source's slot in
+                    // `SN_BLOCKED` instead, so that a hot blocked source skips the list lookups.
+                    if reason == Reason::DropBlock {
+                        if let Some(b) = slot {
+                            // SAFETY: as above.
+                            let b = unsafe { &mut *b.as_ptr() };
+                            b.key = src_words;
+                            b.cache = s.cache;
+                        }
+                        return reason;
+                    }
+                    reason
+                }
+            };
             s.dropped = reason.is_drop() as u64;
             if SN_SOURCES.insert(src, &s, 0).is_err() {
                 count(Reason::SourceInsertFailed, len);
@@ -185,10 +207,17 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
 /// top bits of a multiplicative hash of its key words. A slot holds the last blocked source that
 /// hashed there; a flood of random sources just overwrites slots (no eviction work), and the
 /// table (192 KiB per CPU) stays in the L2 cache.
+///
+/// A `NonNull`, not the map's `Option<*mut _>`: that option is a (tag, pointer) pair whose
+/// pointer is undefined when it is `None`, and LLVM may spill that undefined register on a path
+/// where no lookup ran; the verifier rejects reading an uninitialised register ("R5 !read_ok").
+/// `Option<NonNull<_>>` is one register, null for `None`, defined on every path.
 #[inline(always)]
-fn blocked_slot(src: &[u64; 2]) -> Option<*mut BlockedSlot> {
+fn blocked_slot(src: &[u64; 2]) -> Option<NonNull<BlockedSlot>> {
     let h = (src[0] ^ src[1].rotate_left(31)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    SN_BLOCKED.get_ptr_mut((h >> (64 - BLOCKED_SLOTS.trailing_zeros())) as u32)
+    SN_BLOCKED
+        .get_ptr_mut((h >> (64 - BLOCKED_SLOTS.trailing_zeros())) as u32)
+        .and_then(NonNull::new)
 }
 
 /// `bpf_ktime_get_coarse_ns()`, read at most once per jiffy per CPU: the verifier inlines

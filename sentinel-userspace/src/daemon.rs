@@ -16,7 +16,7 @@ use crate::{
     analyze::Analyzer,
     capture::{
         live::CaptureControl,
-        ringbuf::{self, Clock, RingStats},
+        ringbuf::{self, RingStats},
     },
     config::Config,
     control::server::{self, CaptureState, ControlState},
@@ -374,7 +374,7 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
                 queue,
             )?;
             Some(tokio::spawn(async move {
-                if let Err(e) = ringbuf::drain(ring, Clock::now(), &stats, &mut pipeline).await {
+                if let Err(e) = ringbuf::drain(ring, &stats, &mut pipeline).await {
                     warn!(error = %e, "capture ring buffer consumer stopped");
                 }
             }))

@@ -9,7 +9,7 @@ use sentinel::{
 };
 use sentinel_common::{CAP_FLAG_EGRESS, CAP_FLAG_TS_REALTIME, CaptureHeader, capture::names};
 use sentinel_tests::{
-    packets::Packet,
+    packets::{Ext, Packet, addr_key},
     tc::{capture_port, skb_ctx_with_tstamp},
 };
 
@@ -17,13 +17,21 @@ const PORT: u16 = 8080;
 
 /// Runs `prog` once on a 100-byte request segment and returns the record's header.
 fn run_once(pin: &str, prog: &str, ctx_in: Option<&[u8]>) -> anyhow::Result<CaptureHeader> {
+    let p = Packet::tcp("198.18.0.100", "198.18.0.1").ports(40000, PORT);
+    run_frame(pin, prog, &p, ctx_in)
+}
+
+/// Runs `prog` once on `p` with a 100-byte payload and returns the record's header.
+fn run_frame(
+    pin: &str,
+    prog: &str,
+    p: &Packet,
+    ctx_in: Option<&[u8]>,
+) -> anyhow::Result<CaptureHeader> {
     let mut dp = Datapath::load(&LoadOptions::new(pin))?;
     let mut cap = dp.take_capture()?;
     capture_port(&mut cap, PORT)?;
-    let frame = Packet::tcp("198.18.0.100", "198.18.0.1")
-        .ports(40000, PORT)
-        .payload(100)
-        .build();
+    let frame = p.clone().payload(100).build();
     let r = dp.tc(prog)?.test_run(TestRunOptions {
         data_in: Some(&frame.bytes),
         ctx_in,
@@ -77,5 +85,39 @@ fn a_segment_with_an_skb_timestamp_keeps_it_and_its_clock() -> anyhow::Result<()
     let hdr = with_pin("stamp", |pin| run_once(pin, names::PROG_EGRESS, Some(&ctx)))?;
     assert_eq!(hdr.ts_ns, ts);
     assert_eq!(hdr.cap_flags, CAP_FLAG_EGRESS | CAP_FLAG_TS_REALTIME);
+    Ok(())
+}
+
+#[test]
+fn segments_the_fast_path_leaves_to_the_full_parser_are_captured() -> anyhow::Result<()> {
+    // The fast path takes only untagged IPv4 without options; everything else goes through the
+    // full parser on a zeroed packet.
+    sentinel_tests::require_root();
+    for (what, src, p) in [
+        (
+            "IPv6",
+            "2001:db8::100",
+            Packet::tcp("2001:db8::100", "2001:db8::1"),
+        ),
+        (
+            "IPv6 with extension headers",
+            "2001:db8::100",
+            Packet::tcp("2001:db8::100", "2001:db8::1")
+                .ext(Ext::HopByHop)
+                .ext(Ext::DestOpts { units: 2 }),
+        ),
+        (
+            "VLAN-tagged IPv4 with options",
+            "198.18.0.100",
+            Packet::tcp("198.18.0.100", "198.18.0.1")
+                .vlan(100)
+                .ipv4_options(8),
+        ),
+    ] {
+        let p = p.ports(40000, PORT);
+        let hdr = with_pin("slow", |pin| run_frame(pin, names::PROG_INGRESS, &p, None))?;
+        assert_eq!(hdr.src, addr_key(src.parse()?), "{what}");
+        assert_eq!((hdr.src_port, hdr.wire_len), (40000, 100), "{what}");
+    }
     Ok(())
 }

@@ -18,7 +18,8 @@ use sentinel::{
     verdict::lists,
 };
 use sentinel_common::{
-    HAS_ALL, HAS_FLOW_KILL, Reason, RuleValue, SourceStats, ThrottleRule, programs,
+    HAS_ALL, HAS_FLOW_KILL, RULE_FLAG_SHADOW, Reason, RuleValue, SourceStats, ThrottleRule,
+    programs,
 };
 use sentinel_tests::packets::{self, Ext, Frame, Packet, addr_key};
 
@@ -509,7 +510,7 @@ fn shadow_entries_count_would_drops_and_pass() {
             },
         );
         let flow = Packet::tcp(f.outside, f.dst);
-        lab.kill_flow(&flow, 0, sentinel_common::RULE_FLAG_SHADOW);
+        lab.kill_flow(&flow, 0, RULE_FLAG_SHADOW);
         assert_eq!(lab.send(&Packet::udp(f.src, f.dst)), XDP_PASS);
         assert_eq!(lab.send(&Packet::udp(f.in_prefix, f.dst)), XDP_PASS);
         assert_eq!(
@@ -943,6 +944,45 @@ fn untracked_blocked_sources_follow_list_changes_and_shadow() {
         (Reason::ShadowBlock, 2),
         (Reason::Allowlisted, 2),
         (Reason::Pass, 2),
+    ]);
+}
+
+#[test]
+fn untracked_blocked_sources_are_tracked_for_any_verdict_but_the_blocks_drop() {
+    // Only the block's drop keeps a source out of `SN_SOURCES`; a packet its `SN_BLOCKED` slot
+    // judges otherwise (a flow kill, checked before the block; shadow mode) is counted in a
+    // per-source entry, as it would be without the slot.
+    let mut lab = Lab::new();
+    for f in &FAMILIES {
+        // Kill flows first: marking the flow-kill map present invalidates cached verdicts.
+        let shadow_kill = Packet::tcp(f.src, f.dst).ports(40000, 443);
+        let kill = Packet::tcp(f.other, f.dst).ports(40000, 443);
+        lab.kill_flow(&shadow_kill, 0, RULE_FLAG_SHADOW);
+        lab.kill_flow(&kill, 0, 0);
+        lab.block(&[f.src, f.other, f.in_prefix]);
+        for ip in [f.src, f.other, f.in_prefix] {
+            let p = Packet::udp(ip, f.dst);
+            assert_eq!(lab.send(&p), XDP_DROP, "first packet");
+            assert_eq!(lab.send(&p), XDP_DROP, "from the slot");
+            assert_eq!(lab.source(ip).packets, 0, "untracked");
+        }
+        let shadow_frame = shadow_kill.build();
+        assert_eq!(lab.run(&shadow_frame.bytes), XDP_PASS, "shadow flow kill");
+        lab.expect_source(f.src, &[&shadow_frame], 0);
+        let kill_frame = kill.build();
+        assert_eq!(lab.run(&kill_frame.bytes), XDP_DROP, "flow kill");
+        lab.expect_source(f.other, &[&kill_frame], 1);
+        lab.set_global_shadow(true);
+        let p = Packet::udp(f.in_prefix, f.dst).build();
+        assert_eq!(lab.run(&p.bytes), XDP_PASS, "global shadow");
+        lab.expect_source(f.in_prefix, &[&p], 0);
+        lab.set_global_shadow(false);
+    }
+    lab.expect_counts(&[
+        (Reason::DropBlock, 12),
+        (Reason::ShadowFlowKill, 2),
+        (Reason::DropFlowKill, 2),
+        (Reason::ShadowBlock, 2),
     ]);
 }
 

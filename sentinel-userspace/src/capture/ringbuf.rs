@@ -34,21 +34,42 @@ pub enum DecodeError {
 }
 
 /// Converts the kernel's `CLOCK_MONOTONIC` stamps to wall-clock time.
+///
+/// Records carry stamps of either clock: `CLOCK_REALTIME` RX stamps on ingress (when something
+/// on the host enabled receive timestamps, as NTP daemons do) and `CLOCK_MONOTONIC` ones (TCP's
+/// departure time on egress, the clock read by the TC program). A latency is the difference of
+/// a request's stamp and its response's, often one of each, so the offset between the clocks
+/// must be the one in force when the stamps were taken: [`drain`] measures it again before
+/// every pass (a few milliseconds apart), and a step of the realtime clock (`settimeofday`, an
+/// NTP step) reaches the converted stamps on the next pass. Only exchanges in flight across the
+/// step (or records left in the ring across it) get a latency off by the step.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     realtime_minus_monotonic_ns: i128,
 }
 
 impl Clock {
-    /// Measures the offset between the realtime and monotonic clocks now.
+    /// Measures the offset between the realtime and monotonic clocks now: the realtime clock
+    /// read between two monotonic reads, against their midpoint; of a few tries, the one whose
+    /// monotonic reads lie closest (a try preempted between its reads would be off by the
+    /// preemption).
     pub fn now() -> Self {
-        let mono = crate::clock::monotonic_ns() as i128;
-        let real = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
+        let mut best: Option<(u64, i128)> = None;
+        for _ in 0..3 {
+            let before = crate::clock::monotonic_ns();
+            let real = crate::clock::unix_ns() as i128;
+            let after = crate::clock::monotonic_ns();
+            let gap = after.saturating_sub(before);
+            let offset = real - (before as i128 + after as i128) / 2;
+            if best.is_none_or(|(g, _)| gap < g) {
+                best = Some((gap, offset));
+            }
+            if gap < 20_000 {
+                break;
+            }
+        }
         Self {
-            realtime_minus_monotonic_ns: real - mono,
+            realtime_minus_monotonic_ns: best.map_or(0, |(_, offset)| offset),
         }
     }
 
@@ -63,7 +84,16 @@ impl Clock {
     pub fn to_unix_ns(&self, monotonic_ns: u64) -> u64 {
         (monotonic_ns as i128 + self.realtime_minus_monotonic_ns).max(0) as u64
     }
+
+    /// How far the realtime clock moved against the monotonic one since `earlier` was measured:
+    /// a step (or a leap second); a few microseconds of measurement noise otherwise.
+    pub fn step_since(&self, earlier: &Clock) -> i128 {
+        self.realtime_minus_monotonic_ns - earlier.realtime_minus_monotonic_ns
+    }
 }
+
+/// A change of the clocks' offset between two passes above this is reported as a step.
+const STEP_REPORT_NS: i128 = 10_000_000;
 
 /// Decodes one ring buffer record (header + payload). Checks every length; never trusts the
 /// record's own layout beyond what it holds.
@@ -130,11 +160,11 @@ pub trait SegmentSink {
 }
 
 /// Drains the ring buffer forever, handing each segment to `sink`: on a wakeup (backlog) and
-/// every [`DRAIN_EVERY`] otherwise; it sleeps in between (no busy-waiting). Returns only on an
-/// I/O error.
+/// every [`DRAIN_EVERY`] otherwise; it sleeps in between (no busy-waiting). Each pass converts
+/// monotonic stamps with the clocks' offset measured just before it (see [`Clock`]). Returns
+/// only on an I/O error.
 pub async fn drain(
     ring: RingBuf<MapData>,
-    clock: Clock,
     stats: &RingStats,
     sink: &mut impl SegmentSink,
 ) -> std::io::Result<()> {
@@ -144,20 +174,37 @@ pub async fn drain(
         .map_err(|e| e.into_parts().1)?;
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clock = Clock::now();
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
                 stats.wakeups.fetch_add(1, Ordering::Relaxed);
+                clock = remeasure(&clock);
                 drain_now(guard.get_inner_mut(), &clock, stats, sink);
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                clock = remeasure(&clock);
                 drain_now(fd.get_mut(), &clock, stats, sink);
             }
         }
         sink.idle(clock.to_unix_ns(crate::clock::monotonic_ns()));
     }
+}
+
+/// The clocks' offset now; says so when the realtime clock stepped since `previous`.
+fn remeasure(previous: &Clock) -> Clock {
+    let clock = Clock::now();
+    let step = clock.step_since(previous);
+    if step.abs() > STEP_REPORT_NS {
+        tracing::info!(
+            step_ms = (step / 1_000_000) as i64,
+            "the realtime clock stepped: capture stamps follow it from now on; latencies of \
+             exchanges in flight across the step are off by it"
+        );
+    }
+    clock
 }
 
 fn drain_now(
@@ -221,6 +268,18 @@ mod tests {
         assert_eq!(&s.payload[..], b"GET /");
         assert_eq!(s.wire_len, 100);
         assert!(s.is_truncated());
+    }
+
+    #[test]
+    fn a_remeasured_clock_follows_a_realtime_step_and_reports_it() {
+        let before = Clock::with_offset(1_000_000);
+        let after = Clock::with_offset(1_000_000 + 3_600_000_000_000);
+        assert_eq!(after.step_since(&before), 3_600_000_000_000);
+        // A realtime stamp taken after the step and a monotonic one converted after it agree.
+        assert_eq!(after.to_unix_ns(500), 500 + 1_000_000 + 3_600_000_000_000);
+        // Two measurements without a step differ by measurement noise only.
+        let (a, b) = (Clock::now(), Clock::now());
+        assert!(b.step_since(&a).abs() < STEP_REPORT_NS, "{a:?} {b:?}");
     }
 
     #[test]
