@@ -3,7 +3,7 @@
 
 use clap::Parser as _;
 use sentinel::{
-    cli::{Cli, CliError, Command, client_command},
+    cli::{self, Cli, CliError, Command, client_command},
     config::Config,
     daemon::{self, RunOptions},
     datapath,
@@ -17,13 +17,8 @@ fn main() {
         Err(e) if !e.use_stderr() => e.exit(),
         // Usage errors: one line that says what was wrong, exit 2.
         Err(e) => {
-            let text = e.to_string();
-            let first = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("bad usage")
-                .trim_start_matches("error: ");
-            eprintln!("sentinel: {first} (see sentinel --help)");
+            let args: Vec<String> = std::env::args().collect();
+            eprintln!("{}", cli::usage_error(&e, &args));
             std::process::exit(2);
         }
     };

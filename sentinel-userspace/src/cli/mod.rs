@@ -33,6 +33,63 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// A usage error from the argument parser as one line: what was wrong, with the names clap lists
+/// on the lines after its first (missing arguments, valid values), or the subcommands a command
+/// needs, and which `--help` to see.
+pub fn usage_error<S: AsRef<str>>(e: &clap::Error, args: &[S]) -> String {
+    use clap::{CommandFactory as _, error::ErrorKind};
+    let text = e.render().to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    // The subcommands named on the command line, as far as they go.
+    let mut command = vec!["sentinel"];
+    let mut cmd = Cli::command();
+    for a in args.iter().skip(1).map(AsRef::as_ref) {
+        match cmd.find_subcommand(a) {
+            Some(sub) => {
+                command.push(a);
+                cmd = sub.clone();
+            }
+            None if a.starts_with('-') => continue,
+            None => break,
+        }
+    }
+    let command = command.join(" ");
+    // The indented lines right after `lines[i]`, trimmed.
+    let listed = |i: usize| -> Vec<&str> {
+        lines[i + 1..]
+            .iter()
+            .take_while(|l| l.starts_with(' ') && !l.trim().is_empty())
+            .map(|l| l.trim())
+            .collect()
+    };
+    let what = match e.kind() {
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            let names: Vec<&str> = lines
+                .iter()
+                .position(|l| l.trim_end() == "Commands:")
+                .map(&listed)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|n| *n != "help")
+                .collect();
+            let last = command.rsplit(' ').next().unwrap_or_default();
+            format!("'{last}' needs a subcommand: {}", names.join(", "))
+        }
+        _ => match lines.iter().position(|l| !l.trim().is_empty()) {
+            Some(i) => {
+                let first = lines[i].trim_start_matches("error: ");
+                match listed(i)[..] {
+                    [] => first.to_string(),
+                    ref more => format!("{first} {}", more.join(", ")),
+                }
+            }
+            None => "bad usage".into(),
+        },
+    };
+    format!("sentinel: {what} (see {command} --help)")
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -566,6 +623,34 @@ async fn list_op(kind: ListKind, op: ListOp) -> Result<(), CliError> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn usage_errors_are_one_line_that_names_what_is_missing() {
+        let err = |args: &[&str]| {
+            let e = Cli::try_parse_from(args).expect_err("a usage error");
+            usage_error(&e, args)
+        };
+        let e = err(&["sentinel", "replay"]);
+        assert!(e.contains("<FILE>"), "{e}");
+        assert!(e.ends_with("(see sentinel replay --help)"), "{e}");
+        let e = err(&["sentinel", "block"]);
+        assert!(e.contains("'block' needs a subcommand: add, del"), "{e}");
+        let e = err(&["sentinel", "throttle", "add", "192.0.2.1"]);
+        assert!(e.contains("--rate <RATE>"), "{e}");
+        assert!(e.ends_with("(see sentinel throttle add --help)"), "{e}");
+        let e = err(&["sentinel", "replay", "x.pcap", "--emit", "nothing"]);
+        assert!(e.contains("'nothing'") && e.contains("alerts"), "{e}");
+        assert!(e.ends_with("(see sentinel replay --help)"), "{e}");
+        for args in [
+            &["sentinel", "replay"][..],
+            &["sentinel", "block"],
+            &["sentinel", "frob"],
+        ] {
+            let e = err(args);
+            assert_eq!(e.lines().count(), 1, "{e}");
+            assert!(e.starts_with("sentinel: "), "{e}");
+        }
+    }
 
     #[test]
     fn cli_definition_is_consistent() {
