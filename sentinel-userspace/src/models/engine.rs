@@ -417,10 +417,14 @@ impl Engine {
         let is_login = o.login.is_some() || self.is_login_endpoint(&o.endpoint);
         let refused = matches!(o.status, 401 | 403);
         let login_failed = is_login && (refused || o.login.as_ref().is_some_and(|l| !l.success));
+        // A 401 says the server did not take the credential as its holder's (forged, expired,
+        // revoked): nothing about the holder. A 403 took it and refused the action: the
+        // holder's own doing, so a hijacker probing what the account may not do shows in its
+        // window's error ratio.
         let trusted = match o.principal.kind {
             PrincipalKind::Ip => !login_failed,
             PrincipalKind::User => o.login.as_ref().is_some_and(|l| l.success) && !refused,
-            _ => !refused && !login_failed,
+            _ => o.status != 401 && !login_failed,
         };
         let mut dets = std::mem::take(&mut self.scratch);
         dets.clear();
@@ -612,6 +616,27 @@ mod tests {
         let mut o = obs(T0 + 400 * S, "203.0.113.5", "/search");
         o.query = "q=1%27%20OR%20%271%27%3D%271".into();
         assert_eq!(e.observe(&o).len(), 1, "after the cooldown it alerts again");
+    }
+
+    #[test]
+    fn a_credential_refused_as_unknown_teaches_nothing_but_a_forbidden_action_counts() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let at = |i: u64, status: u16| {
+            let mut o = with_token(obs(T0 + i * S, "192.0.2.5", "/accounts/7/limits"), "tok-a");
+            o.status = status;
+            o
+        };
+        e.observe(&at(0, 200));
+        let key = key_of(e.principal_buf.as_str());
+        let seen = |e: &Engine| {
+            let p = e.profiles.get(key).expect("a profile");
+            (p.requests, p.win.count, p.win.errors)
+        };
+        assert_eq!(seen(&e), (1, 1, 0));
+        e.observe(&at(1, 401));
+        assert_eq!(seen(&e), (1, 1, 0), "a 401 is not the holder's doing");
+        e.observe(&at(2, 403));
+        assert_eq!(seen(&e), (2, 2, 1), "a 403 is, and shows as an error");
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! [`BoundedMap`] (16 + 14 bytes of map overhead per entry).
 //!
 //! Only *trusted* observations teach a profile: requests carrying the principal's credential
-//! that the server did not refuse, successful logins, and everything from an address-only
-//! principal. A burst of failed logins naming an account says nothing about the account's owner,
+//! that the server took as its holder's (anything but a 401; a 403 refuses the action, not the
+//! credential), successful logins, and everything from an address-only principal. A burst of failed logins naming an account says nothing about the account's owner,
 //! so it must not move the owner's baseline (it is the credential detector's business).
 //!
 //! Activity windows: a window opens with the first request after a quiet period and closes
