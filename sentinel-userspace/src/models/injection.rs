@@ -1315,6 +1315,16 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .join(",");
+        // The demo bank's account document (`lab::bank`), what the live bench's server returns.
+        let accounts: Vec<String> = (0..2_000u64)
+            .map(|id| {
+                format!(
+                    r#"{{"balance":{},"iban":"SA03800000006080{:08}","id":{id},"owner":"customer-{id}"}}"#,
+                    (id * 7919) % 100_000,
+                    id
+                )
+            })
+            .collect();
         let cfg = super::super::exposure::Config::default();
         for (what, bodies) in [
             (
@@ -1325,6 +1335,10 @@ mod tests {
                     .collect::<Vec<_>>(),
             ),
             ("pages", vec![page.as_bytes(); 2_000]),
+            (
+                "account documents",
+                accounts.iter().map(|a| a.as_bytes()).collect(),
+            ),
             ("statements", vec![statement.as_bytes(); 200]),
             ("transaction lists", vec![txns.as_bytes(); 2_000]),
         ] {

@@ -1,6 +1,6 @@
-//! The exposure scan's first look at a body, 32 bytes at a time: bit masks of the bytes it looks
-//! for, by vector compares (SSE2, part of every x86-64; elsewhere a byte at a time), and the runs
-//! those masks make across chunks. A byte-wise pass over JSON cost about 4 ns a byte here.
+//! Where the exposure scan reads a body, 32 bytes at a time: bit masks of the bytes where
+//! something it looks for starts, by vector compares (SSE2, part of every x86-64; elsewhere a
+//! byte at a time). A byte-wise pass over JSON cost about 4 ns a byte here.
 
 /// Bytes judged at once; bit `j` of a mask stands for byte `j` of the chunk.
 pub(super) const CHUNK: usize = 32;
@@ -8,16 +8,17 @@ pub(super) const CHUNK: usize = 32;
 /// First letters of the secret prefixes ([`super::scan`] checks that each prefix's is here).
 pub(super) const PREFIX_FIRSTS: [u8; 4] = [b'A', b'g', b'x', b's'];
 
-/// What a chunk holds, as bit masks.
+/// Where things start in a chunk, as bit masks. A byte starts a word when no ASCII letter or
+/// digit comes right before it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Marks {
-    /// Digits, and spaces or dashes right after a digit: where a card number or id can run.
-    pub digits: u32,
-    /// Upper-case letters and digits: where an IBAN can run.
-    pub upper: u32,
+    /// Digits starting a word: where a card number or id can start.
+    pub digit_starts: u32,
+    /// Upper-case letters starting a word: where an IBAN can start.
+    pub upper_starts: u32,
     /// `@`.
     pub at: u32,
-    /// A secret prefix's first letter with no ASCII letter or digit right before it.
+    /// A secret prefix's first letter starting a word.
     pub prefix: u32,
 }
 
@@ -63,56 +64,19 @@ pub(super) fn marks_bytewise(chunk: &[u8; CHUNK], prev: &[u8; CHUNK]) -> Marks {
     let mut m = Marks::default();
     for (j, (&c, &p)) in chunk.iter().zip(prev).enumerate() {
         let bit = |on: bool| u32::from(on) << j;
-        m.digits |= bit(c.is_ascii_digit() || (matches!(c, b' ' | b'-') && p.is_ascii_digit()));
-        m.upper |= bit(c.is_ascii_uppercase() || c.is_ascii_digit());
+        let starts = !p.is_ascii_alphanumeric();
+        m.digit_starts |= bit(c.is_ascii_digit() && starts);
+        m.upper_starts |= bit(c.is_ascii_uppercase() && starts);
         m.at |= bit(c == b'@');
-        m.prefix |= bit(PREFIX_FIRSTS.contains(&c) && !p.is_ascii_alphanumeric());
+        m.prefix |= bit(PREFIX_FIRSTS.contains(&c) && starts);
     }
     m
-}
-
-/// Whether `chunk` holds no digit, upper-case letter or `@`: nothing a token starts at.
-#[inline(always)]
-pub(super) fn plain(chunk: &[u8; CHUNK]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        sse2::plain(chunk)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        plain_bytewise(chunk)
-    }
-}
-
-/// [`plain`] a byte at a time.
-#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
-pub(super) fn plain_bytewise(chunk: &[u8; CHUNK]) -> bool {
-    !chunk
-        .iter()
-        .any(|c| c.is_ascii_digit() || c.is_ascii_uppercase() || *c == b'@')
-}
-
-/// Whether the set bits of `m` hold a run of `need` (9 to 16) counting the `carry` set bits
-/// that came right before bit 0; `carry` becomes the run that reaches the last bit.
-#[inline(always)]
-pub(super) fn long_run(m: u32, carry: &mut u32, need: u32) -> bool {
-    debug_assert!((9..=16).contains(&need));
-    let from_carry = *carry + (!m).trailing_zeros() >= need;
-    *carry = match m {
-        u32::MAX => carry.saturating_add(32),
-        _ => (!m).leading_zeros(),
-    };
-    // Bit j of `eight` is set when bits j..j + 8 all are.
-    let two = m & (m >> 1);
-    let four = two & (two >> 2);
-    let eight = four & (four >> 4);
-    from_carry || eight & (eight >> (need - 8)) != 0
 }
 
 #[cfg(target_arch = "x86_64")]
 mod sse2 {
     use std::arch::x86_64::{
-        __m128i, _mm_and_si128, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8,
+        __m128i, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8,
         _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_sub_epi8,
     };
 
@@ -151,11 +115,6 @@ mod sse2 {
         unsafe { _mm_or_si128(a, b) }
     }
 
-    #[inline(always)]
-    fn and(a: __m128i, b: __m128i) -> __m128i {
-        unsafe { _mm_and_si128(a, b) }
-    }
-
     /// `a` and not `b`.
     #[inline(always)]
     fn and_not(a: __m128i, b: __m128i) -> __m128i {
@@ -167,36 +126,20 @@ mod sse2 {
         unsafe { _mm_movemask_epi8(v) as u32 }
     }
 
-    #[inline(always)]
-    fn upper_or_digit(v: __m128i) -> __m128i {
-        or(within(v, b'0', 9), within(v, b'A', 25))
-    }
-
     pub(super) fn marks(chunk: &[u8; CHUNK], prev: &[u8; CHUNK]) -> Marks {
         let mut m = Marks::default();
         for (half, (c, p)) in halves(chunk).into_iter().zip(halves(prev)).enumerate() {
             let shift = 16 * half;
-            let p_digit = within(p, b'0', 9);
-            let p_word = or(
-                p_digit,
-                within(or(p, unsafe { _mm_set1_epi8(0x20) }), b'a', 25),
-            );
-            let separator = or(eq(c, b' '), eq(c, b'-'));
+            let lower = or(p, unsafe { _mm_set1_epi8(0x20) });
+            let p_word = or(within(p, b'0', 9), within(lower, b'a', 25));
             let [a, g, x, s] = PREFIX_FIRSTS;
             let first = or(or(eq(c, a), eq(c, g)), or(eq(c, x), eq(c, s)));
-            let digits = or(within(c, b'0', 9), and(separator, p_digit));
-            m.digits |= bits(digits) << shift;
-            m.upper |= bits(upper_or_digit(c)) << shift;
+            m.digit_starts |= bits(and_not(within(c, b'0', 9), p_word)) << shift;
+            m.upper_starts |= bits(and_not(within(c, b'A', 25), p_word)) << shift;
             m.at |= bits(eq(c, b'@')) << shift;
             m.prefix |= bits(and_not(first, p_word)) << shift;
         }
         m
-    }
-
-    pub(super) fn plain(chunk: &[u8; CHUNK]) -> bool {
-        let [lo, hi] = halves(chunk);
-        let marked = |v| or(upper_or_digit(v), eq(v, b'@'));
-        bits(or(marked(lo), marked(hi))) == 0
     }
 }
 
@@ -205,18 +148,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    /// The longest run of set bits over a sequence of masks, counted bit by bit.
-    fn longest(masks: &[u32]) -> u32 {
-        let (mut run, mut best) = (0, 0);
-        for m in masks {
-            for j in 0..32 {
-                run = if m >> j & 1 == 1 { run + 1 } else { 0 };
-                best = best.max(run);
-            }
-        }
-        best
-    }
 
     proptest! {
         #[test]
@@ -229,20 +160,6 @@ mod tests {
             )),
         ) {
             prop_assert_eq!(marks(&chunk, &prev), marks_bytewise(&chunk, &prev));
-            prop_assert_eq!(plain(&chunk), plain_bytewise(&chunk));
-        }
-
-        #[test]
-        fn long_runs_are_found_across_chunks(
-            masks in proptest::collection::vec(
-                prop_oneof![Just(u32::MAX), Just(0u32), any::<u32>(), (0u32..32).prop_map(|s| u32::MAX << s), (0u32..32).prop_map(|s| u32::MAX >> s)],
-                1..6,
-            ),
-            need in 9u32..=16,
-        ) {
-            let mut carry = 0;
-            let found = masks.iter().fold(false, |found, m| long_run(*m, &mut carry, need) | found);
-            prop_assert_eq!(found, longest(&masks) >= need, "{:x?}", masks);
         }
     }
 
@@ -255,12 +172,9 @@ mod tests {
             1 | 1 << 5,
             "the body's first byte starts a word, as does `x` after a space"
         );
+        assert_eq!(m.upper_starts, 1);
         assert_eq!(m.at, 1 << 6);
-        assert_eq!(
-            m.digits,
-            0b1_1111_1111 << 9,
-            "digits and the dash after one"
-        );
+        assert_eq!(m.digit_starts, 1 << 9 | 1 << 14, "after a space and a dash");
         // A chunk that starts inside a word.
         let long = [b"x".repeat(40).as_slice(), b"sk".as_slice()].concat();
         assert_eq!(marks_at(&long, 33).prefix, 0);

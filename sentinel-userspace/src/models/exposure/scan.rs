@@ -1,12 +1,11 @@
 //! What a response body holds: secrets, and the personal data whose count matters (card
 //! numbers, IBANs, national ids, e-mail addresses).
 //!
-//! Two passes. The first looks at 32-byte chunks by bit masks ([`marks`]): whether a digit run
-//! long enough for an id or card, an upper-case run long enough for an IBAN, or an `@` is there
-//! at all, and where a secret prefix starts a word (only there are the prefixes compared). A
-//! memmem finder finds PEM headers, and only quotes followed by a secret field name's first byte
-//! are looked at. The second pass, only when the first saw something to look for, reads the
-//! tokens, skipping chunks without a digit, upper-case letter or `@`, and runs the checksums.
+//! The body is looked at in 32-byte chunks by bit masks ([`marks`]) of where something starts:
+//! a secret prefix's first letter, a digit or upper-case letter starting a word, an `@`. Only
+//! there are the prefixes compared and the tokens read (the digit run of a card or id, an
+//! IBAN-shaped word, an e-mail address), with their checksums. A memmem finder finds PEM
+//! headers, and only quotes followed by a secret field name's first byte are looked at.
 
 use std::{collections::HashSet, sync::LazyLock};
 
@@ -115,45 +114,59 @@ static PEM: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"-----BEGI
 /// Secrets found, by where they start, so that they are listed in the order of the body.
 type Secrets = Vec<(usize, String)>;
 
-/// Whether the second pass has anything to look for: a run of digits (single spaces or dashes
-/// between them) long enough for a national id or card, a run of upper-case letters and digits
-/// long enough for an IBAN, an `@`.
-#[derive(Debug, Default)]
+/// Scans one body with `cfg`'s secret field names.
+pub fn scan(b: &[u8], cfg: &Config) -> Findings {
+    scan_with(b, cfg, &NameFilter::new(&cfg.secret_fields))
+}
+
+/// Scans one body: by chunks, only where a token or secret prefix starts.
+pub(super) fn scan_with(b: &[u8], cfg: &Config, names: &NameFilter) -> Findings {
+    let (mut f, mut secrets) = (Findings::default(), Secrets::new());
+    // A digit run read from a start covers the starts after its separators.
+    let mut next = 0;
+    for i in (0..b.len()).step_by(CHUNK) {
+        let m = marks::marks_at(b, i);
+        let mut prefixes = m.prefix;
+        while prefixes != 0 {
+            secret_prefix(b, i + prefixes.trailing_zeros() as usize, &mut secrets);
+            prefixes &= prefixes - 1;
+        }
+        let mut starts = m.digit_starts | m.upper_starts | m.at;
+        while starts != 0 {
+            let j = i + starts.trailing_zeros() as usize;
+            starts &= starts - 1;
+            if j >= next {
+                next = token_at(b, j, &ALL, &mut f);
+            }
+        }
+    }
+    fields_and_keys(b, cfg, names, secrets, &mut f);
+    f
+}
+
+/// Which tokens [`token_at`] reads.
+#[derive(Debug)]
 struct Gates {
     digits: bool,
     upper: bool,
-    at: bool,
 }
 
-/// Digits a national id or card number has at least.
-const MIN_DIGITS: u32 = 9;
-/// Characters an IBAN has at least.
-const MIN_IBAN: u32 = 15;
+const ALL: Gates = Gates {
+    digits: true,
+    upper: true,
+};
 
-/// The first pass, by chunks: the gates, and the secrets that start with a prefix.
-fn first_pass(b: &[u8], secrets: &mut Secrets) -> Gates {
-    let mut gates = Gates::default();
-    let (mut digits, mut upper) = (0, 0);
-    for i in (0..b.len()).step_by(CHUNK) {
-        let m = marks::marks_at(b, i);
-        gates.digits |= marks::long_run(m.digits, &mut digits, MIN_DIGITS);
-        gates.upper |= marks::long_run(m.upper, &mut upper, MIN_IBAN);
-        gates.at |= m.at != 0;
-        let mut starts = m.prefix;
-        while starts != 0 {
-            secret_prefix(b, i + starts.trailing_zeros() as usize, secrets);
-            starts &= starts - 1;
-        }
-    }
-    gates
-}
-
-/// [`first_pass`] a byte at a time, as the scan used to: digits counted over runs of digits,
-/// spaces and dashes (a looser gate, which must find the same).
+/// [`scan`] a byte at a time, as it used to be (a pass that gates the token reading on runs
+/// long enough for an id, card or IBAN, then every byte): the oracle of the tests, and what the
+/// chunks save is measured against it.
 #[cfg(test)]
-fn first_pass_bytewise(b: &[u8], secrets: &mut Secrets) -> Gates {
-    let mut gates = Gates::default();
-    let (mut digits, mut upper) = (0, 0);
+pub(crate) fn scan_bytewise(b: &[u8], cfg: &Config) -> Findings {
+    let (mut f, mut secrets) = (Findings::default(), Secrets::new());
+    let (mut digits, mut upper, mut at) = (0, 0, false);
+    let mut gates = Gates {
+        digits: false,
+        upper: false,
+    };
     for (i, &c) in b.iter().enumerate() {
         digits = match c {
             b'0'..=b'9' => digits + 1,
@@ -165,48 +178,77 @@ fn first_pass_bytewise(b: &[u8], secrets: &mut Secrets) -> Gates {
         } else {
             0
         };
-        gates.digits |= digits >= MIN_DIGITS;
-        gates.upper |= upper >= MIN_IBAN;
-        gates.at |= c == b'@';
+        gates.digits |= digits >= 9;
+        gates.upper |= upper >= 15;
+        at |= c == b'@';
         if SECRET_PREFIXES.iter().any(|p| p.0.as_bytes()[0] == c) && (i == 0 || !is_word(b[i - 1]))
         {
-            secret_prefix(b, i, secrets);
+            secret_prefix(b, i, &mut secrets);
         }
     }
-    gates
+    if gates.digits || gates.upper || at {
+        let mut i = 0;
+        while i < b.len() {
+            i = token_at(b, i, &gates, &mut f);
+        }
+    }
+    fields_and_keys(
+        b,
+        cfg,
+        &NameFilter::new(&cfg.secret_fields),
+        secrets,
+        &mut f,
+    );
+    f
 }
 
-/// Scans one body with `cfg`'s secret field names.
-pub fn scan(b: &[u8], cfg: &Config) -> Findings {
-    scan_with(b, cfg, &NameFilter::new(&cfg.secret_fields))
+/// The token at `i`, if one starts there (the digit run of a card or id, an IBAN-shaped word,
+/// an e-mail address around an `@`), into `f`; where to look next.
+fn token_at(b: &[u8], i: usize, gates: &Gates, f: &mut Findings) -> usize {
+    let c = b[i];
+    let boundary = i == 0 || !is_word(b[i - 1]);
+    if c.is_ascii_digit() && boundary && gates.digits {
+        let (end, run) = digit_run(b, i);
+        if end >= b.len() || !is_word(b[end]) {
+            classify_digits(&run, &b[i..end], f);
+        }
+        return end.max(i + 1);
+    }
+    if c.is_ascii_uppercase() && boundary && gates.upper {
+        let end = i + b[i..]
+            .iter()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            .count();
+        if (end >= b.len() || !is_word(b[end])) && iban_valid(&b[i..end]) {
+            f.ibans.insert(key_of(&b[i..end]));
+        }
+    }
+    if c == b'@' {
+        let local = b[..i]
+            .iter()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'+' | b'-'))
+            .count();
+        let domain = b[i + 1..]
+            .iter()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-'))
+            .count();
+        let d = &b[i + 1..i + 1 + domain];
+        if local > 0 && d.contains(&b'.') && !d.ends_with(b".") {
+            f.emails.insert(key_of(&b[i - local..i + 1 + domain]));
+        }
+    }
+    i + 1
 }
 
-/// Scans one body.
-pub(super) fn scan_with(b: &[u8], cfg: &Config, names: &NameFilter) -> Findings {
-    let mut secrets = Secrets::new();
-    let gates = first_pass(b, &mut secrets);
-    second_pass::<true>(b, cfg, names, gates, secrets)
-}
-
-/// [`scan`] looking at every byte in both passes: the oracle of the tests, and what the chunks
-/// save is measured against it.
-#[cfg(test)]
-pub(crate) fn scan_bytewise(b: &[u8], cfg: &Config) -> Findings {
-    let mut secrets = Secrets::new();
-    let gates = first_pass_bytewise(b, &mut secrets);
-    second_pass::<false>(b, cfg, &NameFilter::new(&cfg.secret_fields), gates, secrets)
-}
-
-/// PEM blocks and secret fields, then the tokens the gates let through, skipping plain chunks
-/// with `SKIP`.
-fn second_pass<const SKIP: bool>(
+/// PEM private keys and JSON fields named like a secret, then the secrets in body order.
+fn fields_and_keys(
     b: &[u8],
     cfg: &Config,
     names: &NameFilter,
-    gates: Gates,
     mut secrets: Secrets,
-) -> Findings {
-    let mut f = Findings::default();
+    f: &mut Findings,
+) {
     for i in PEM.find_iter(b) {
         let head = &b[i..(i + 60).min(b.len())];
         if head.windows(11).any(|w| w == b"PRIVATE KEY") {
@@ -223,60 +265,6 @@ fn second_pass<const SKIP: bool>(
     }
     secrets.sort_by_key(|(i, _)| *i);
     f.secrets = secrets.into_iter().map(|(_, s)| s).collect();
-    if !(gates.digits || gates.upper || gates.at) {
-        return f;
-    }
-    // Tokens: digit runs (cards, ids), IBAN-shaped words, e-mail addresses. Where the next chunk
-    // may be skipped: a chunk that is not plain is looked at whole.
-    let (mut i, mut judge_at) = (0, 0);
-    while i < b.len() {
-        if SKIP && i >= judge_at {
-            judge_at = i + CHUNK;
-            if let Some(chunk) = b.get(i..judge_at)
-                && marks::plain(chunk.try_into().expect("CHUNK bytes"))
-            {
-                i = judge_at;
-                continue;
-            }
-        }
-        let c = b[i];
-        let boundary = i == 0 || !is_word(b[i - 1]);
-        if c.is_ascii_digit() && boundary && gates.digits {
-            let (end, run) = digit_run(b, i);
-            let after_ok = end >= b.len() || !is_word(b[end]);
-            if after_ok {
-                classify_digits(&run, &b[i..end], &mut f);
-            }
-            i = end.max(i + 1);
-            continue;
-        }
-        if c.is_ascii_uppercase() && boundary && gates.upper {
-            let end = i + b[i..]
-                .iter()
-                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
-                .count();
-            if (end >= b.len() || !is_word(b[end])) && iban_valid(&b[i..end]) {
-                f.ibans.insert(key_of(&b[i..end]));
-            }
-        }
-        if c == b'@' {
-            let local = b[..i]
-                .iter()
-                .rev()
-                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'+' | b'-'))
-                .count();
-            let domain = b[i + 1..]
-                .iter()
-                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-'))
-                .count();
-            let d = &b[i + 1..i + 1 + domain];
-            if local > 0 && d.contains(&b'.') && !d.ends_with(b".") {
-                f.emails.insert(key_of(&b[i - local..i + 1 + domain]));
-            }
-        }
-        i += 1;
-    }
-    f
 }
 
 /// A secret prefix (at a word boundary) at `i`, followed by enough token characters.
