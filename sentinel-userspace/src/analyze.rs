@@ -95,7 +95,7 @@ impl Analyzer {
     /// to `out`.
     pub fn transaction(&mut self, t: &mut Transaction, out: &mut Vec<Alert>) {
         let obs = self.observation(t);
-        t.principal = Some(obs.principal.to_string());
+        t.principal = Some(obs.principal.name());
         self.observe(&obs, out);
     }
 

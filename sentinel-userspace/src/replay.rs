@@ -168,8 +168,7 @@ pub fn command(args: &ReplayArgs) -> Result<(), CliError> {
         Emit::Transactions => replay_with(&args.file, settings(args), args.snap_len, |mut t| {
             let obs = analyzer.observation(&t);
             // The address alone is not an identity: it is in src_ip already.
-            t.principal =
-                (obs.principal.kind != PrincipalKind::Ip).then(|| obs.principal.to_string());
+            t.principal = (obs.principal.kind != PrincipalKind::Ip).then(|| obs.principal.name());
             line.clear();
             serde_json::to_writer(&mut line, &t.record()).map_err(std::io::Error::other)?;
             line.push(b'\n');

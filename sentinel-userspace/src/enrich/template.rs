@@ -10,7 +10,13 @@
 //! Memory is bounded: at most `max_nodes` trie nodes; past that, unseen literal segments are
 //! folded into `{other}` so a scanner hitting random paths cannot grow the table.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, hash::BuildHasherDefault};
+
+use crate::reassembly::FxHasher;
+
+/// A node's map: at most `max_literals` entries, so a fast hash open to collision flooding costs
+/// bounded time only.
+type NodeMap<K> = HashMap<K, usize, BuildHasherDefault<FxHasher>>;
 
 /// Bounds of the learner.
 #[derive(Clone, Copy, Debug)]
@@ -36,11 +42,11 @@ impl Default for TemplateLimits {
 #[derive(Default)]
 struct Node {
     /// Literal children.
-    children: HashMap<String, usize>,
+    children: NodeMap<String>,
     /// Set once the position below this node is a parameter.
     param: Option<usize>,
     /// Typed placeholders seen below this node (`{id}`, `{uuid}`, ...).
-    typed: HashMap<&'static str, usize>,
+    typed: NodeMap<&'static str>,
 }
 
 /// The learner: call [`Templates::template`] for every request path.
@@ -129,12 +135,12 @@ impl Templates {
     pub fn template(&mut self, path: &str) -> String {
         let mut out = String::with_capacity(path.len());
         let mut node = 0usize;
-        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        if segs.is_empty() {
+        let mut segs = path.split('/').filter(|s| !s.is_empty()).peekable();
+        if segs.peek().is_none() {
             return "/".into();
         }
         let mut folded = false;
-        for (depth, seg) in segs.iter().enumerate() {
+        for (depth, seg) in segs.enumerate() {
             out.push('/');
             if depth >= self.limits.max_depth {
                 out.push_str("{rest}");
@@ -163,7 +169,7 @@ impl Templates {
                 node = p;
                 continue;
             }
-            if let Some(n) = self.nodes[node].children.get(*seg) {
+            if let Some(n) = self.nodes[node].children.get(seg) {
                 out.push_str(seg);
                 node = *n;
                 continue;
@@ -187,7 +193,7 @@ impl Templates {
             }
             match self.alloc() {
                 Some(n) => {
-                    self.nodes[node].children.insert((*seg).to_owned(), n);
+                    self.nodes[node].children.insert(seg.to_owned(), n);
                     out.push_str(seg);
                     node = n;
                 }

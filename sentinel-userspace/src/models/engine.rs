@@ -12,7 +12,7 @@
 //! credential or fingerprint the detector names) within `cooldown_s` is suppressed, unless it is
 //! more severe than the one that went out.
 
-use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -407,8 +407,7 @@ impl Engine {
         self.observations += 1;
         // The principal's display form, written into a buffer kept between calls.
         let mut principal = std::mem::take(&mut self.principal_buf);
-        principal.clear();
-        let _ = write!(principal, "{}", o.principal);
+        o.principal.write_into(&mut principal);
         let account: Option<Arc<str>> = o
             .credential
             .as_deref()

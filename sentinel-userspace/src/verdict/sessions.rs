@@ -120,7 +120,7 @@ impl SessionBook {
     /// Learns from one observation.
     pub fn observe(&mut self, obs: &Observation) {
         if let Some(b) = &obs.bearer {
-            self.record(&obs.principal.to_string(), b, obs.ts_ns);
+            self.record(&obs.principal.name(), b, obs.ts_ns);
         }
         let Some(login) = &obs.login else { return };
         if !login.success || !(200..300).contains(&obs.status) {
