@@ -7,18 +7,20 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use maxminddb::Reader;
 use serde::{Deserialize, Serialize};
 
-/// Where an address is.
+/// Where an address is. The names are shared (`Arc<str>`): the enricher hands a cached answer
+/// to every request from the address.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GeoInfo {
     /// ISO 3166-1 alpha-2 country code.
-    pub country: Option<String>,
+    pub country: Option<Arc<str>>,
     /// City name (English).
-    pub city: Option<String>,
+    pub city: Option<Arc<str>>,
     /// Latitude in degrees.
     pub latitude: Option<f64>,
     /// Longitude in degrees.
@@ -92,8 +94,12 @@ impl From<Record> for GeoInfo {
             None => None,
         };
         GeoInfo {
-            country: r.country.and_then(|c| c.iso_code).or(r.country_code),
-            city,
+            country: r
+                .country
+                .and_then(|c| c.iso_code)
+                .or(r.country_code)
+                .map(Arc::from),
+            city: city.map(Arc::from),
             latitude: r.location.as_ref().and_then(|l| l.latitude).or(r.latitude),
             longitude: r
                 .location

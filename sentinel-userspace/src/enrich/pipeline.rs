@@ -369,7 +369,7 @@ mod tests {
                 assert_eq!(o.jwt, parse_jwt(&tok), "{tok} round {round}");
                 assert_eq!(o.credential, Some(short_hash(&tok)));
                 let want = match &o.jwt {
-                    Some(j) => (PrincipalKind::Jwt, j.sub.clone().unwrap()),
+                    Some(j) => (PrincipalKind::Jwt, j.sub.as_deref().unwrap().to_string()),
                     None => (PrincipalKind::Token, short_hash(&tok)),
                 };
                 assert_eq!((o.principal.kind, o.principal.id), want);

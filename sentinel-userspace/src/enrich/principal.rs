@@ -6,7 +6,7 @@
 //! proxy). Secrets never appear in clear: tokens, keys and cookies are shown as a stable short
 //! hash (`tok:3f9a1c0e2b7d`).
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use base64::Engine as _;
 use ipnet::IpNet;
@@ -160,10 +160,11 @@ impl Default for PrincipalConfig {
 /// Claims Sentinel reads from a JWT (never verified: Sentinel observes, it does not authorise).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JwtInfo {
-    /// `alg` of the header.
-    pub alg: String,
+    /// `alg` of the header (shared, like `sub`: the enricher hands a cached decode to every
+    /// request carrying the token).
+    pub alg: Arc<str>,
     /// `sub` claim.
-    pub sub: Option<String>,
+    pub sub: Option<Arc<str>>,
     /// `exp` claim (seconds since the epoch).
     pub exp: Option<i64>,
 }
@@ -198,10 +199,10 @@ pub fn parse_jwt(token: &str) -> Option<JwtInfo> {
         _ => return None,
     };
     Some(JwtInfo {
-        alg,
+        alg: alg.into(),
         sub: match payload.sub {
-            Some(Claim::Str(s)) => Some(s),
-            Some(Claim::Num(n)) => Some(n.to_string()),
+            Some(Claim::Str(s)) => Some(s.into()),
+            Some(Claim::Num(n)) => Some(n.to_string().into()),
             _ => None,
         },
         exp: match payload.exp {
@@ -414,7 +415,7 @@ pub fn identify(req: &RequestView<'_>, cfg: &PrincipalConfig, jwt: Option<&JwtIn
         if let Some(sub) = jwt.and_then(|j| j.sub.clone()) {
             return Principal {
                 kind: PrincipalKind::Jwt,
-                id: sub,
+                id: sub.to_string(),
             };
         }
         return Principal {
@@ -524,7 +525,7 @@ mod tests {
             }
         );
         let j = parse_jwt(&t).unwrap();
-        assert_eq!((j.alg.as_str(), j.exp), ("HS256", Some(1_900_000_000)));
+        assert_eq!((&*j.alg, j.exp), ("HS256", Some(1_900_000_000)));
         assert!(parse_jwt("not.a.jwt").is_none());
         // Numbers as subjects, the last of repeated members, odd types read as absent.
         let j = parse_jwt(&jwt(
@@ -533,7 +534,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            (j.alg.as_str(), j.sub.as_deref(), j.exp),
+            (&*j.alg, j.sub.as_deref(), j.exp),
             ("none", Some("1234567890123"), None)
         );
         let j = parse_jwt(&jwt(r#"{"alg":"HS256"}"#, r#"{"sub":["x"],"exp":"soon"}"#)).unwrap();

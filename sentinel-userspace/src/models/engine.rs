@@ -165,7 +165,7 @@ impl Ctx<'_> {
         match &self.obs.geo {
             Some(g) => match (&g.country, &g.city) {
                 (Some(c), Some(city)) => format!("{c} ({city})"),
-                (Some(c), None) => c.clone(),
+                (Some(c), None) => c.to_string(),
                 _ => "an unknown country".into(),
             },
             None => "an unknown country".into(),
