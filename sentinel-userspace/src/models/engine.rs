@@ -432,6 +432,7 @@ impl Engine {
         } else {
             None
         };
+        let ua = ua_family(o.user_agent.as_deref());
         {
             let ctx = Ctx {
                 obs: o,
@@ -443,7 +444,7 @@ impl Engine {
                 login_failed,
                 profile: self.profiles.get(entity),
                 country: o.geo.as_ref().and_then(|g| g.country.as_deref()),
-                ua_family: ua_family(o.user_agent.as_deref()),
+                ua_family: ua,
                 recent: &self.recent,
             };
             if let (Some(s), Some(p)) = (&closed, ctx.profile) {
@@ -457,7 +458,7 @@ impl Engine {
         }
         if trusted {
             let name = account.as_deref().unwrap_or(&principal);
-            self.profiles.absorb(entity, &|| name.to_owned(), o);
+            self.profiles.absorb(entity, &|| name.to_owned(), o, ua);
         }
         if let Some(l) = &o.login
             && l.success

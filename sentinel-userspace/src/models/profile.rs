@@ -378,8 +378,9 @@ impl Profiles {
         self.map.sweep(now_ns, budget);
     }
 
-    /// Teaches the principal's profile one trusted observation.
-    pub fn absorb(&mut self, key: u64, name: &dyn Fn() -> String, o: &Observation) {
+    /// Teaches the principal's profile one trusted observation, whose user-agent family
+    /// ([`ua_family`]) the caller has already worked out.
+    pub fn absorb(&mut self, key: u64, name: &dyn Fn() -> String, o: &Observation, ua: u32) {
         let now = o.ts_ns;
         let s = self.settings;
         let p = self
@@ -423,7 +424,6 @@ impl Profiles {
         w.resp_dev += z(&p.resp_size, rs) as f32;
         w.req_log += rq as f32;
         w.resp_log += rs as f32;
-        let ua = ua_family(o.user_agent.as_deref());
         if established && ua != 0 && !p.uas.contains(ua) {
             w.new_ua = true;
         }
@@ -539,21 +539,21 @@ mod tests {
         let mut out = Vec::new();
         // Key 1 goes quiet after two requests; key 2 keeps going and its window is closed by
         // its own next request; key 3 fills its window by count (30) and opens another.
-        ps.absorb(1, &name, &obs(10 * S, "192.0.2.5", "/balance"));
-        ps.absorb(1, &name, &obs(20 * S, "192.0.2.5", "/balance"));
-        ps.absorb(2, &name, &obs(15 * S, "192.0.2.6", "/balance"));
+        ps.absorb(1, &name, &obs(10 * S, "192.0.2.5", "/balance"), 0);
+        ps.absorb(1, &name, &obs(20 * S, "192.0.2.5", "/balance"), 0);
+        ps.absorb(2, &name, &obs(15 * S, "192.0.2.6", "/balance"), 0);
         for i in 0..31 {
             let t = 12 * S + i * S / 10;
             if let Some(s) = ps.close_if_due(3, t) {
                 assert_eq!(s.count, 30);
             }
-            ps.absorb(3, &name, &obs(t, "192.0.2.7", "/balance"));
+            ps.absorb(3, &name, &obs(t, "192.0.2.7", "/balance"), 0);
         }
         assert!(
             ps.close_if_due(2, 400 * S).is_some(),
             "closed by its next request"
         );
-        ps.absorb(2, &name, &obs(400 * S, "192.0.2.6", "/balance"));
+        ps.absorb(2, &name, &obs(400 * S, "192.0.2.6", "/balance"), 0);
         ps.sweep(309 * S, usize::MAX, &mut out);
         assert!(out.is_empty(), "nothing due before 310 s");
         ps.sweep(312 * S, usize::MAX, &mut out);
@@ -584,7 +584,8 @@ mod tests {
             for k in 0..4 {
                 t = day * (d + 1) + 8 * 3600 * 1_000_000_000 + k * 2_000_000_000;
                 assert!(ps.close_if_due(key, t).is_none() || k == 0);
-                ps.absorb(key, &name, &obs(t, "192.0.2.5", "/balance"));
+                let o = obs(t, "192.0.2.5", "/balance");
+                ps.absorb(key, &name, &o, ua_family(o.user_agent.as_deref()));
             }
         }
         let p = ps.get(key).unwrap();
@@ -599,7 +600,7 @@ mod tests {
             let mut o = obs(t0 + i * 100_000_000, "203.0.113.9", &format!("/export/{i}"));
             o.endpoint = "/export/{id}".into();
             o.user_agent = Some("python-requests/2.31".into());
-            ps.absorb(key, &name, &o);
+            ps.absorb(key, &name, &o, ua_family(o.user_agent.as_deref()));
         }
         let s = ps
             .close_if_due(key, t0 + 4_000_000_000)
