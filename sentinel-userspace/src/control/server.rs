@@ -416,7 +416,7 @@ async fn explain(
                 a["src_ip"] == target.as_str() || a["principal"] == target.as_str()
             })
             .map_err(internal)?;
-        let now = clock::unix_ns() as f64 / 1e9;
+        let now = clock::unix_s();
         let verdicts = s
             .verdict_log
             .live(now)
