@@ -1,6 +1,8 @@
 //! Time bases: `CLOCK_MONOTONIC` is what `bpf_ktime_get_ns()` reads, so kernel expiries and
 //! last-seen stamps are compared against it.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 /// `CLOCK_MONOTONIC` in nanoseconds.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -15,8 +17,22 @@ pub fn monotonic_ns() -> u64 {
 /// The wall clock in nanoseconds since the Unix epoch (0 for a clock set before it): the time
 /// base of transactions and alerts.
 pub fn unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    unix_ns_at(SystemTime::now())
+}
+
+/// The wall clock in seconds since the Unix epoch: the time base of verdicts.
+pub fn unix_s() -> f64 {
+    unix_s_at(SystemTime::now())
+}
+
+/// `at` in nanoseconds since the Unix epoch (0 for a time before it).
+pub fn unix_ns_at(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
+}
+
+/// `at` in seconds since the Unix epoch (0 for a time before it).
+pub fn unix_s_at(at: SystemTime) -> f64 {
+    unix_ns_at(at) as f64 / 1e9
 }

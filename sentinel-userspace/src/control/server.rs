@@ -201,13 +201,40 @@ pub fn map_fills_of(
     use aya::maps::IterableMap;
     use sentinel_common::{AddrKey, BucketKey, BucketState, FlowKey, RuleValue, ThrottleRule};
     type Count<'a> = &'a dyn Fn() -> Result<usize, crate::datapath::DatapathError>;
+    let rv = size_of::<RuleValue>();
+    let table: [(&str, &aya::maps::MapData, Count<'_>); 9] = [
+        (names::SOURCES, maps.sources.map(), &|| {
+            Ok(maps.sources.keys().count())
+        }),
+        (names::ALLOW_HASH, maps.allow_hash.map(), &|| {
+            Maps::count_hash::<AddrKey>(maps.allow_hash.map(), rv)
+        }),
+        (names::ALLOW_LPM, maps.allow_lpm.map(), &|| {
+            Ok(maps.allow_lpm.keys().count())
+        }),
+        (names::BLOCK_HASH, maps.block_hash.map(), &|| {
+            Maps::count_hash::<AddrKey>(maps.block_hash.map(), rv)
+        }),
+        (names::BLOCK_LPM, maps.block_lpm.map(), &|| {
+            Ok(maps.block_lpm.keys().count())
+        }),
+        (names::THROTTLE_HASH, maps.throttle_hash.map(), &|| {
+            Maps::count_hash::<AddrKey>(maps.throttle_hash.map(), size_of::<ThrottleRule>())
+        }),
+        (names::THROTTLE_LPM, maps.throttle_lpm.map(), &|| {
+            Ok(maps.throttle_lpm.keys().count())
+        }),
+        (names::BUCKETS, maps.buckets.map(), &|| {
+            Maps::count_hash::<BucketKey>(maps.buckets.map(), size_of::<BucketState>())
+        }),
+        (names::FLOW_KILL, maps.flow_kill.map(), &|| {
+            Maps::count_hash::<FlowKey>(maps.flow_kill.map(), rv)
+        }),
+    ];
     let mut out = Vec::new();
-    let mut fill = |name: &str,
-                    data: &aya::maps::MapData,
-                    count: Count<'_>|
-     -> Result<(), crate::datapath::DatapathError> {
+    for (name, data, count) in table {
         if !want(name) {
-            return Ok(());
+            continue;
         }
         let max = data
             .info()
@@ -221,36 +248,7 @@ pub fn map_fills_of(
             entries: count()?,
             max_entries: max,
         });
-        Ok(())
-    };
-    let rv = size_of::<RuleValue>();
-    fill(names::SOURCES, maps.sources.map(), &|| {
-        Ok(maps.sources.keys().count())
-    })?;
-    fill(names::ALLOW_HASH, maps.allow_hash.map(), &|| {
-        Maps::count_hash::<AddrKey>(maps.allow_hash.map(), rv)
-    })?;
-    fill(names::ALLOW_LPM, maps.allow_lpm.map(), &|| {
-        Ok(maps.allow_lpm.keys().count())
-    })?;
-    fill(names::BLOCK_HASH, maps.block_hash.map(), &|| {
-        Maps::count_hash::<AddrKey>(maps.block_hash.map(), rv)
-    })?;
-    fill(names::BLOCK_LPM, maps.block_lpm.map(), &|| {
-        Ok(maps.block_lpm.keys().count())
-    })?;
-    fill(names::THROTTLE_HASH, maps.throttle_hash.map(), &|| {
-        Maps::count_hash::<AddrKey>(maps.throttle_hash.map(), size_of::<ThrottleRule>())
-    })?;
-    fill(names::THROTTLE_LPM, maps.throttle_lpm.map(), &|| {
-        Ok(maps.throttle_lpm.keys().count())
-    })?;
-    fill(names::BUCKETS, maps.buckets.map(), &|| {
-        Maps::count_hash::<BucketKey>(maps.buckets.map(), size_of::<BucketState>())
-    })?;
-    fill(names::FLOW_KILL, maps.flow_kill.map(), &|| {
-        Maps::count_hash::<FlowKey>(maps.flow_kill.map(), rv)
-    })?;
+    }
     Ok(out)
 }
 
@@ -418,7 +416,7 @@ async fn explain(
                 a["src_ip"] == target.as_str() || a["principal"] == target.as_str()
             })
             .map_err(internal)?;
-        let now = clock::unix_ns() as f64 / 1e9;
+        let now = clock::unix_s();
         let verdicts = s
             .verdict_log
             .live(now)

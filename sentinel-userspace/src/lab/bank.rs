@@ -73,10 +73,7 @@ struct AccessLog {
 
 /// Common Log Format time: `28/Nov/2026:19:50:00 +0000`.
 fn clf_time(at: SystemTime) -> String {
-    let ns = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let ns = crate::clock::unix_ns_at(at);
     // 2026-11-28T19:50:00.123Z
     let iso = crate::models::alert::rfc3339(ns);
     const MONTHS: [&str; 12] = [

@@ -428,13 +428,6 @@ pub fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_s(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -757,7 +750,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     let first_verdict_s = verdicts
         .first()
         .and_then(|v| v["applied_at"].as_f64())
-        .map(|at| at - unix_s(t0));
+        .map(|at| at - crate::clock::unix_s_at(t0));
     let throttle_pps = verdicts.first().and_then(|v| v["rate_pps"].as_u64());
     let (attacker_alerts, other_alerts): (Vec<Value>, Vec<Value>) = read_jsonl(&scene.alerts_path)
         .into_iter()

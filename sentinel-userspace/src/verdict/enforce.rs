@@ -46,10 +46,6 @@ pub struct VerdictRecord {
     pub flow: Option<Flow>,
 }
 
-fn now_s() -> f64 {
-    crate::clock::unix_ns() as f64 / 1e9
-}
-
 /// Writes a decision into the kernel maps: the step's address verdict (throttle, block, wider
 /// prefix) and, when the decision kills the flow and the flow is known, the 5-tuple. Returns the
 /// records to log (none for alert-only and token revocation).
@@ -59,7 +55,7 @@ pub fn apply(
     reason: &str,
     flow: Option<&Flow>,
 ) -> Result<Vec<VerdictRecord>, ListError> {
-    let now = now_s();
+    let now = crate::clock::unix_s();
     let mut out = Vec::new();
     let record = |list: &str, target: String, rate_pps, flow: Option<Flow>| VerdictRecord {
         applied_at: now,
@@ -208,7 +204,7 @@ impl VerdictLog {
         &self,
         maps: &mut Maps,
     ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
-        let now = now_s();
+        let now = crate::clock::unix_s();
         let (live, unreadable) = self.live(now)?;
         let mut n = 0;
         for r in &live {

@@ -241,6 +241,17 @@ pub struct PolicyError {
     pub message: String,
 }
 
+impl PolicyError {
+    /// An error in policy text not (yet) tied to a file.
+    fn in_text(line: Option<usize>, message: impl Into<String>) -> Self {
+        Self {
+            file: None,
+            line,
+            message: message.into(),
+        }
+    }
+}
+
 fn line_of(text: &str, needle: &str) -> Option<usize> {
     text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
 }
@@ -252,35 +263,29 @@ impl Policy {
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            PolicyError {
-                file: None,
-                line,
-                message: e.message().to_owned(),
-            }
+            PolicyError::in_text(line, e.message())
         })?;
         let dur = |s: &str, what: &str| {
-            humantime::parse_duration(s).map_err(|e| PolicyError {
-                file: None,
-                line: line_of(text, s),
-                message: format!("{what} {s:?} is not a duration ({e}); examples: 90s, 10m, 1h"),
+            humantime::parse_duration(s).map_err(|e| {
+                PolicyError::in_text(
+                    line_of(text, s),
+                    format!("{what} {s:?} is not a duration ({e}); examples: 90s, 10m, 1h"),
+                )
             })
         };
         let window = dur(&raw.escalation.window, "escalation.window")?;
         if raw.escalation.prefix_v4 > 32 || raw.escalation.prefix_v6 > 128 {
-            return Err(PolicyError {
-                file: None,
-                line: line_of(text, "prefix_v"),
-                message: "escalation prefixes must be at most /32 (IPv4) and /128 (IPv6)".into(),
-            });
+            return Err(PolicyError::in_text(
+                line_of(text, "prefix_v"),
+                "escalation prefixes must be at most /32 (IPv4) and /128 (IPv6)",
+            ));
         }
         let mut allow_nets = Vec::new();
         for a in &raw.allow.addresses {
             let t: crate::verdict::Target =
                 a.parse()
-                    .map_err(|e: crate::verdict::target::TargetError| PolicyError {
-                        file: None,
-                        line: line_of(text, a),
-                        message: format!("allow.addresses: {e}"),
+                    .map_err(|e: crate::verdict::target::TargetError| {
+                        PolicyError::in_text(line_of(text, a), format!("allow.addresses: {e}"))
                     })?;
             allow_nets.push(t.net());
         }
@@ -292,53 +297,48 @@ impl Policy {
                     .map(|(pos, _)| text[..pos].matches('\n').count() + 1)
             };
             if r.kinds.is_empty() {
-                return Err(PolicyError {
-                    file: None,
-                    line: at(),
-                    message: format!("rule {} has no kinds", i + 1),
-                });
+                return Err(PolicyError::in_text(
+                    at(),
+                    format!("rule {} has no kinds", i + 1),
+                ));
             }
             if r.actions.is_empty() {
-                return Err(PolicyError {
-                    file: None,
-                    line: at(),
-                    message: format!("rule {} has no actions", i + 1),
-                });
+                return Err(PolicyError::in_text(
+                    at(),
+                    format!("rule {} has no actions", i + 1),
+                ));
             }
             if let Rate::Fixed(0) = r.rate {
-                return Err(PolicyError {
-                    file: None,
-                    line: at(),
-                    message: format!("rule {}: rate must be at least 1 packet/s", i + 1),
-                });
+                return Err(PolicyError::in_text(
+                    at(),
+                    format!("rule {}: rate must be at least 1 packet/s", i + 1),
+                ));
             }
             let ttl = dur(&r.ttl, "ttl")?;
             if ttl.is_zero() {
-                return Err(PolicyError {
-                    file: None,
-                    line: at(),
-                    message: format!("rule {}: ttl must be longer than zero", i + 1),
-                });
+                return Err(PolicyError::in_text(
+                    at(),
+                    format!("rule {}: ttl must be longer than zero", i + 1),
+                ));
             }
             if let Some(bad) = r
                 .also
                 .iter()
                 .find(|s| !matches!(s, Step::KillFlow | Step::RevokeToken))
             {
-                return Err(PolicyError {
-                    file: None,
-                    line: at().map(|start| {
+                return Err(PolicyError::in_text(
+                    at().map(|start| {
                         text.lines()
                             .skip(start - 1)
                             .position(|l| l.trim_start().starts_with("also"))
                             .map_or(start, |i| start + i)
                     }),
-                    message: format!(
+                    format!(
                         "rule {}: also = [{:?}] is not allowed: `also` takes kill_flow and revoke_token (the ladder in `actions` decides the kernel verdict)",
                         i + 1,
                         bad.action()
                     ),
-                });
+                ));
             }
             rules.push(Rule {
                 kinds: r.kinds.clone(),

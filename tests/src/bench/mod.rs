@@ -62,22 +62,17 @@ pub fn cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// Pins the calling thread to the last CPU it may run on; returns that CPU, or None when it
-/// could not.
+/// Pins the calling thread to the last CPU it may run on, for the rest of its life; returns that
+/// CPU, or None when it could not.
 pub fn pin_to_one_cpu() -> Option<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read and write it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return None;
-        }
-        let cpu = (0..libc::CPU_SETSIZE as usize)
-            .rev()
-            .find(|&c| libc::CPU_ISSET(c, &set))?;
-        let mut one: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut one);
-        (libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one) == 0).then_some(cpu)
-    }
+    let allowed = affinity().ok()?;
+    // SAFETY: CPU_ISSET only reads inside the set.
+    let cpu = (0..libc::CPU_SETSIZE as usize)
+        .rev()
+        .find(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })?;
+    // Never dropped: the previous affinity does not come back.
+    std::mem::forget(PinnedCpu::new(cpu).ok()?);
+    Some(cpu)
 }
 
 /// The calling thread inside a network namespace until dropped, then back where it was.
@@ -145,20 +140,30 @@ pub struct PinnedCpu {
 impl PinnedCpu {
     /// Pins the calling thread to `cpu`.
     pub fn new(cpu: usize) -> anyhow::Result<Self> {
-        // SAFETY: zeroed cpu_set_t values are valid; CPU_SET writes inside the set;
-        // sched_{get,set}affinity(0) affect the calling thread only.
+        let previous = affinity()?;
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it;
+        // sched_setaffinity(0) affects the calling thread only.
         unsafe {
-            let mut previous: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut previous) != 0 {
-                bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
-            }
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(cpu, &mut set);
             if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
                 bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
             }
-            Ok(Self { previous })
         }
+        Ok(Self { previous })
+    }
+}
+
+/// The calling thread's CPU affinity mask.
+fn affinity() -> anyhow::Result<libc::cpu_set_t> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity(0) writes inside it
+    // and reads the calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+        }
+        Ok(set)
     }
 }
 

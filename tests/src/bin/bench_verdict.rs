@@ -22,8 +22,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use sentinel::lab::reference::{
-    ATTACKER, PORT, Scene, Settings, history_then_attack, secs_between, unix_s,
+use sentinel::{
+    clock::unix_s_at,
+    lab::reference::{ATTACKER, PORT, Scene, Settings, history_then_attack, secs_between},
 };
 use sentinel_tests::bench::median;
 
@@ -201,7 +202,7 @@ fn sentinel_round(arm: &mut Arm) -> anyhow::Result<()> {
         .first()
         .and_then(|v| v["applied_at"].as_f64())
     {
-        Some(at) => arm.verdict_s.push(at - unix_s(t0)),
+        Some(at) => arm.verdict_s.push(at - unix_s_at(t0)),
         None => arm.missed += 1,
     }
     drop(daemon);
