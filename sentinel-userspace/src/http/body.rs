@@ -120,7 +120,9 @@ pub enum Decoded {
 #[derive(Debug)]
 pub struct Body {
     raw: Capped,
-    decoder: Option<Decoder>,
+    /// Boxed: a decoder holds about 250 bytes of inflate state, and bodies without a coding
+    /// (nearly all) move through the parser's events by value.
+    decoder: Option<Box<Decoder>>,
     decoded: Option<Vec<u8>>,
     decode_state: Decoded,
     cap: usize,
@@ -144,8 +146,8 @@ impl Body {
             total: 0,
         };
         let decoder = match coding {
-            Coding::Gzip => Some(Decoder::Gzip(GzDecoder::new(out()))),
-            Coding::Deflate => Some(Decoder::Deflate(ZlibDecoder::new(out()))),
+            Coding::Gzip => Some(Box::new(Decoder::Gzip(GzDecoder::new(out())))),
+            Coding::Deflate => Some(Box::new(Decoder::Deflate(ZlibDecoder::new(out())))),
             _ => None,
         };
         Self {

@@ -32,10 +32,6 @@ pub struct ReqCtx {
 
 /// A parser event.
 #[derive(Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one event per message, moved once; boxing would cost an allocation each"
-)]
 pub enum Event {
     /// A message head; `ts` is the capture time of its first byte.
     Head {
@@ -94,10 +90,6 @@ enum State {
     Dead,
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "returned by value once per parse step, never stored"
-)]
 enum Parsed {
     /// Consumed this many bytes; maybe an event.
     Progress(usize, Option<Event>),

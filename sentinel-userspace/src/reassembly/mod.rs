@@ -302,7 +302,9 @@ fn looks_like_request(p: &[u8]) -> bool {
 
 /// Per-flow TCP reassembly feeding a [`StreamHandler`].
 pub struct Reassembler<H: StreamHandler> {
-    flows: HashMap<FlowKey, Flow<H::Conn>, BuildHasherDefault<FxHasher>>,
+    /// Boxed: a flow with its HTTP parsers is about 1.4 KB, which the table would otherwise
+    /// move on every insert, removal and growth.
+    flows: HashMap<FlowKey, Box<Flow<H::Conn>>, BuildHasherDefault<FxHasher>>,
     handler: H,
     settings: Settings,
     stats: ReassemblyStats,
@@ -474,14 +476,14 @@ impl<H: StreamHandler> Reassembler<H> {
         self.mem += FLOW_OVERHEAD;
         self.flows.insert(
             k,
-            Flow {
+            Box::new(Flow {
                 info,
                 halves: [Half::default(), Half::default()],
                 conn: Some(conn),
                 last_ts: seg.ts_ns,
                 mem: FLOW_OVERHEAD,
                 closed_at: None,
-            },
+            }),
         );
     }
 
