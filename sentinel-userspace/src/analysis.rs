@@ -33,6 +33,8 @@ pub const QUEUE: usize = 8192;
 
 /// How long the analysis waits for a transaction before ticking the models with the clock.
 const QUIET: Duration = Duration::from_millis(250);
+/// Transactions analysed between two looks at the clock, the explain requests and the snapshot.
+const BATCH: usize = 64;
 
 /// Counters shared with the capture side, the control API and the metrics.
 #[derive(Debug)]
@@ -173,6 +175,8 @@ struct Worker {
     alerts: mpsc::Sender<AlertEvent>,
     shared: Arc<AnalysisShared>,
     scratch: Vec<Alert>,
+    /// When each transaction of the batch in hand was complete on the wire.
+    done: Vec<u64>,
 }
 
 impl Worker {
@@ -187,6 +191,7 @@ impl Worker {
             alerts,
             shared,
             scratch: Vec::new(),
+            done: Vec::with_capacity(BATCH),
         }
     }
 
@@ -198,10 +203,22 @@ impl Worker {
                 let _ = answer.send(self.analyzer.explain(&principal));
             }
             match rx.recv_timeout(QUIET) {
-                Ok(t) => {
-                    if !self.transaction(t) {
-                        return;
+                // What else is queued is taken without waiting, up to a batch, and the clock is
+                // read once for the batch.
+                Ok(first) => {
+                    let mut next = Some(first);
+                    let mut done = std::mem::take(&mut self.done);
+                    while let Some(t) = next.take() {
+                        done.push(self.transaction_done_ns(&t));
+                        if !self.transaction(t) {
+                            return;
+                        }
+                        if done.len() < BATCH {
+                            next = rx.try_recv().ok();
+                        }
                     }
+                    self.lag(&mut done);
+                    self.done = done;
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let mut out = std::mem::take(&mut self.scratch);
@@ -221,11 +238,26 @@ impl Worker {
         }
     }
 
+    /// When `t` was complete on the wire.
+    fn transaction_done_ns(&self, t: &Transaction) -> u64 {
+        t.ts_ns
+            .saturating_add((t.latency_ms().unwrap_or(0.0) * 1e6) as u64)
+    }
+
+    /// The pipeline lag of a batch's transactions (completed on the wire at `done`, emptied),
+    /// as of now, the batch analysed.
+    fn lag(&mut self, done: &mut Vec<u64>) {
+        let now = unix_ns();
+        let mut lag = 0.0;
+        for d in done.drain(..) {
+            lag = now.saturating_sub(d) as f64 / 1e9;
+            self.shared.lag.observe(lag);
+        }
+        *self.shared.last_lag_s.lock().expect("lag lock") = lag;
+    }
+
     /// Analyses one transaction; false when the responder is gone.
     fn transaction(&mut self, t: Transaction) -> bool {
-        let done_ns = t
-            .ts_ns
-            .saturating_add((t.latency_ms().unwrap_or(0.0) * 1e6) as u64);
         let obs = self.analyzer.observation(&t);
         self.book.observe(&obs);
         let mut out = std::mem::take(&mut self.scratch);
@@ -242,9 +274,6 @@ impl Worker {
         ok &= self.send(&mut out, Some(flow));
         self.scratch = out;
         self.shared.analysed.fetch_add(1, Ordering::Relaxed);
-        let lag = unix_ns().saturating_sub(done_ns) as f64 / 1e9;
-        self.shared.lag.observe(lag);
-        *self.shared.last_lag_s.lock().expect("lag lock") = lag;
         ok
     }
 
