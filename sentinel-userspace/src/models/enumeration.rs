@@ -184,8 +184,13 @@ pub struct EnumerationDetector {
 /// The numeric object id of a request: the path segment under the template's last `{id}`, or an
 /// `id` query parameter.
 pub fn object_id(path: &str, endpoint: &str, query: &str) -> Option<u64> {
-    let t: Vec<&str> = endpoint.split('/').filter(|s| !s.is_empty()).collect();
-    if let Some(pos) = t.iter().rposition(|s| *s == "{id}") {
+    let last_id = endpoint
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .enumerate()
+        .filter(|(_, s)| *s == "{id}")
+        .last();
+    if let Some((pos, _)) = last_id {
         return path
             .split('/')
             .filter(|s| !s.is_empty())
