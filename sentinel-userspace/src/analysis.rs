@@ -169,6 +169,12 @@ pub fn spawn(
     Ok((queue, handle))
 }
 
+/// When `t` was complete on the wire.
+fn done_ns(t: &Transaction) -> u64 {
+    t.ts_ns
+        .saturating_add((t.latency_ms().unwrap_or(0.0) * 1e6) as u64)
+}
+
 struct Worker {
     analyzer: Analyzer,
     book: SessionBook,
@@ -209,7 +215,7 @@ impl Worker {
                     let mut next = Some(first);
                     let mut done = std::mem::take(&mut self.done);
                     while let Some(t) = next.take() {
-                        done.push(self.transaction_done_ns(&t));
+                        done.push(done_ns(&t));
                         if !self.transaction(t) {
                             return;
                         }
@@ -236,12 +242,6 @@ impl Worker {
                 self.snapshot();
             }
         }
-    }
-
-    /// When `t` was complete on the wire.
-    fn transaction_done_ns(&self, t: &Transaction) -> u64 {
-        t.ts_ns
-            .saturating_add((t.latency_ms().unwrap_or(0.0) * 1e6) as u64)
     }
 
     /// The pipeline lag of a batch's transactions (completed on the wire at `done`, emptied),

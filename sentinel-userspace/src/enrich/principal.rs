@@ -412,10 +412,10 @@ pub fn principal(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Principal {
 /// [`bearer`], so that a token is decoded once per request).
 pub fn identify(req: &RequestView<'_>, cfg: &PrincipalConfig, jwt: Option<&JwtInfo>) -> Principal {
     if let Some(tok) = bearer(req) {
-        if let Some(sub) = jwt.and_then(|j| j.sub.clone()) {
+        if let Some(sub) = jwt.and_then(|j| j.sub.as_deref()) {
             return Principal {
                 kind: PrincipalKind::Jwt,
-                id: sub.to_string(),
+                id: sub.to_owned(),
             };
         }
         return Principal {

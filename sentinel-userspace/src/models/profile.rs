@@ -6,12 +6,14 @@
 //! `log2(1 + bytes)`), user-agent families (4 most recent), countries (4 most recent), last
 //! location, error ratio and the window being filled. Everything is fixed-size: the profile is
 //! [`Profile::BYTES`] bytes plus the display name (about 40 bytes on the heap), and it lives in a
-//! [`BoundedMap`] (16 + 14 bytes of map overhead per entry).
+//! [`BoundedMap`] (12 bytes of key and last use per slot, and 5.7 to 11.4 bytes of index per
+//! entry).
 //!
-//! Only *trusted* observations teach a profile: requests carrying the principal's credential
-//! that the server took as its holder's (anything but a 401; a 403 refuses the action, not the
-//! credential), successful logins, and everything from an address-only principal. A burst of failed logins naming an account says nothing about the account's owner,
-//! so it must not move the owner's baseline (it is the credential detector's business).
+//! Only *trusted* observations teach a profile: requests carrying the principal's credential that
+//! the server took as its holder's (anything but a 401; a 403 refuses the action, not the
+//! credential), successful logins, and everything from an address-only principal. A burst of failed
+//! logins naming an account says nothing about the account's owner, so it must not move the owner's
+//! baseline (it is the credential detector's business).
 //!
 //! Activity windows: a window opens with the first request after a quiet period and closes
 //! `window` later, or after `window_max_requests` requests (so a fast burst is judged at once).

@@ -136,7 +136,7 @@ pub(super) fn scan_with(b: &[u8], cfg: &Config, names: &NameFilter) -> Findings 
             let j = i + starts.trailing_zeros() as usize;
             starts &= starts - 1;
             if j >= next {
-                next = token_at(b, j, &ALL, &mut f);
+                next = token_at(b, j, &mut f);
             }
         }
     }
@@ -144,29 +144,13 @@ pub(super) fn scan_with(b: &[u8], cfg: &Config, names: &NameFilter) -> Findings 
     f
 }
 
-/// Which tokens [`token_at`] reads.
-#[derive(Debug)]
-struct Gates {
-    digits: bool,
-    upper: bool,
-}
-
-const ALL: Gates = Gates {
-    digits: true,
-    upper: true,
-};
-
-/// [`scan`] a byte at a time, as it used to be (a pass that gates the token reading on runs
-/// long enough for an id, card or IBAN, then every byte): the oracle of the tests, and what the
-/// chunks save is measured against it.
+/// [`scan`] a byte at a time, as it used to be (a pass that looks for runs long enough for an
+/// id, card or IBAN, or an `@`, then, if there is one, a token read tried at every byte): the
+/// oracle of the tests, and what the chunks save is measured against it.
 #[cfg(test)]
 pub(crate) fn scan_bytewise(b: &[u8], cfg: &Config) -> Findings {
     let (mut f, mut secrets) = (Findings::default(), Secrets::new());
-    let (mut digits, mut upper, mut at) = (0, 0, false);
-    let mut gates = Gates {
-        digits: false,
-        upper: false,
-    };
+    let (mut digits, mut upper, mut worth_reading) = (0, 0, false);
     for (i, &c) in b.iter().enumerate() {
         digits = match c {
             b'0'..=b'9' => digits + 1,
@@ -178,18 +162,16 @@ pub(crate) fn scan_bytewise(b: &[u8], cfg: &Config) -> Findings {
         } else {
             0
         };
-        gates.digits |= digits >= 9;
-        gates.upper |= upper >= 15;
-        at |= c == b'@';
+        worth_reading |= digits >= 9 || upper >= 15 || c == b'@';
         if SECRET_PREFIXES.iter().any(|p| p.0.as_bytes()[0] == c) && (i == 0 || !is_word(b[i - 1]))
         {
             secret_prefix(b, i, &mut secrets);
         }
     }
-    if gates.digits || gates.upper || at {
+    if worth_reading {
         let mut i = 0;
         while i < b.len() {
-            i = token_at(b, i, &gates, &mut f);
+            i = token_at(b, i, &mut f);
         }
     }
     fields_and_keys(
@@ -204,17 +186,17 @@ pub(crate) fn scan_bytewise(b: &[u8], cfg: &Config) -> Findings {
 
 /// The token at `i`, if one starts there (the digit run of a card or id, an IBAN-shaped word,
 /// an e-mail address around an `@`), into `f`; where to look next.
-fn token_at(b: &[u8], i: usize, gates: &Gates, f: &mut Findings) -> usize {
+fn token_at(b: &[u8], i: usize, f: &mut Findings) -> usize {
     let c = b[i];
     let boundary = i == 0 || !is_word(b[i - 1]);
-    if c.is_ascii_digit() && boundary && gates.digits {
+    if c.is_ascii_digit() && boundary {
         let (end, run) = digit_run(b, i);
         if end >= b.len() || !is_word(b[end]) {
             classify_digits(&run, &b[i..end], f);
         }
         return end.max(i + 1);
     }
-    if c.is_ascii_uppercase() && boundary && gates.upper {
+    if c.is_ascii_uppercase() && boundary {
         let end = i + b[i..]
             .iter()
             .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
