@@ -74,6 +74,28 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The limit for a counter `c` of keys whose population is `hist`.
+    fn limit(&self, hist: Option<&Hist>, c: &Counter) -> Limit {
+        let (population, learned) = match hist {
+            Some(h) if h.total >= self.warmup_samples => (
+                h.quantile(self.population_quantile) * self.population_margin,
+                true,
+            ),
+            _ => (self.default_limit, false),
+        };
+        let own = if c.samples >= 3 {
+            f64::from(c.peak) * self.own_margin
+        } else {
+            0.0
+        };
+        Limit {
+            limit: self.min_limit.max(population).max(own),
+            population,
+            own,
+            learned,
+        }
+    }
+
     /// Range checks.
     pub fn validate(&self) -> Result<(), ModelsError> {
         Checker::new("rate")
@@ -215,6 +237,30 @@ impl Counter {
     }
 }
 
+/// Counts one request of `key` in `counters` (its population's histogram under `hist_key` in
+/// `hists`): a window that closed under the limit teaches the key's peak and the population.
+/// The counter as it now stands, and its limit.
+fn count(
+    counters: &mut BoundedMap<Counter>,
+    hists: &mut BoundedMap<Hist>,
+    cfg: &Config,
+    (key, hist_key): (u64, u64),
+    ts: u64,
+    w: u32,
+) -> (Counter, Limit) {
+    let now = ms32(ts);
+    let (c, idle) = counters.entry_idle(key, ts, || Counter::new(now));
+    let done = c.add(now, w, idle >= STALE_NS);
+    let hist = hists.get(hist_key).copied();
+    if let Some(n) = done
+        && f64::from(n) <= cfg.limit(hist.as_ref(), c).limit
+    {
+        c.learn(n);
+        hists.entry(hist_key, ts, Hist::default).add(f64::from(n));
+    }
+    (*c, cfg.limit(hist.as_ref(), c))
+}
+
 /// The detector.
 pub struct RateDetector {
     cfg: Config,
@@ -244,27 +290,6 @@ impl RateDetector {
             pairs: BoundedMap::new(cap, idle),
             sources: BoundedMap::new(cap, idle),
             endpoints: BoundedMap::new(20_000, u64::MAX),
-        }
-    }
-
-    fn limit(&self, hist: Option<&Hist>, c: &Counter) -> Limit {
-        let (population, learned) = match hist {
-            Some(h) if h.total >= self.cfg.warmup_samples => (
-                h.quantile(self.cfg.population_quantile) * self.cfg.population_margin,
-                true,
-            ),
-            _ => (self.cfg.default_limit, false),
-        };
-        let own = if c.samples >= 3 {
-            f64::from(c.peak) * self.cfg.own_margin
-        } else {
-            0.0
-        };
-        Limit {
-            limit: self.cfg.min_limit.max(population).max(own),
-            population,
-            own,
-            learned,
         }
     }
 
@@ -343,21 +368,14 @@ impl Detector for RateDetector {
         let ep = key_of(ctx.obs.endpoint.as_str());
         let pair_key = key2(&ctx.entity, &ep);
 
-        let (c, idle) = self.pairs.entry_idle(pair_key, ts, || Counter::new(now));
-        let mut c = *c;
-        let done = c.add(now, w, idle >= STALE_NS);
-        let hist = self.endpoints.get(ep).copied();
-        if let Some(n) = done {
-            let l = self.limit(hist.as_ref(), &c);
-            if f64::from(n) <= l.limit {
-                c.learn(n);
-                self.endpoints
-                    .entry(ep, ts, Hist::default)
-                    .add(f64::from(n));
-            }
-        }
-        *self.pairs.entry(pair_key, ts, || Counter::new(now)) = c;
-        let l = self.limit(hist.as_ref(), &c);
+        let (c, l) = count(
+            &mut self.pairs,
+            &mut self.endpoints,
+            &self.cfg,
+            (pair_key, ep),
+            ts,
+            w,
+        );
         let what = || format!("{} on {}", ctx.principal, ctx.obs.endpoint);
         self.judge(
             ctx,
@@ -370,21 +388,14 @@ impl Detector for RateDetector {
 
         if self.cfg.per_source {
             let sk = subject::source(ctx.obs.client_ip);
-            let all = key_of("*sources");
-            let (s, idle) = self.sources.entry_idle(sk, ts, || Counter::new(now));
-            let mut s = *s;
-            let hist = self.endpoints.get(all).copied();
-            if let Some(n) = s.add(now, w, idle >= STALE_NS) {
-                let l = self.limit(hist.as_ref(), &s);
-                if f64::from(n) <= l.limit {
-                    s.learn(n);
-                    self.endpoints
-                        .entry(all, ts, Hist::default)
-                        .add(f64::from(n));
-                }
-            }
-            *self.sources.entry(sk, ts, || Counter::new(now)) = s;
-            let mut l = self.limit(hist.as_ref(), &s);
+            let (s, mut l) = count(
+                &mut self.sources,
+                &mut self.endpoints,
+                &self.cfg,
+                (sk, key_of("*sources")),
+                ts,
+                w,
+            );
             // A source carries many principals (NAT, proxies): never below the per-pair bar.
             l.limit = l.limit.max(self.cfg.default_limit);
             let what = || format!("Address {}", ctx.obs.client_ip);
