@@ -17,7 +17,7 @@ fn main() {
         Err(e) if !e.use_stderr() => e.exit(),
         // Usage errors: one line that says what was wrong, exit 2.
         Err(e) => {
-            let args: Vec<String> = std::env::args().collect();
+            let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
             eprintln!("{}", cli::usage_error(&e, &args));
             std::process::exit(2);
         }

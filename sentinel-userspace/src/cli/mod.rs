@@ -36,17 +36,18 @@ pub struct Cli {
 /// A usage error from the argument parser as one line: what was wrong, with the names clap lists
 /// on the lines after its first (missing arguments, valid values), or the subcommands a command
 /// needs, and which `--help` to see.
-pub fn usage_error<S: AsRef<str>>(e: &clap::Error, args: &[S]) -> String {
+pub fn usage_error<S: AsRef<std::ffi::OsStr>>(e: &clap::Error, args: &[S]) -> String {
     use clap::{CommandFactory as _, error::ErrorKind};
     let text = e.render().to_string();
     let lines: Vec<&str> = text.lines().collect();
-    // The subcommands named on the command line, as far as they go.
-    let mut command = vec!["sentinel"];
+    // The subcommands named on the command line, as far as they go (clap's value errors do not
+    // say which command they belong to).
+    let mut command = vec!["sentinel".to_owned()];
     let mut cmd = Cli::command();
-    for a in args.iter().skip(1).map(AsRef::as_ref) {
-        match cmd.find_subcommand(a) {
+    for a in args.iter().skip(1).map(|a| a.as_ref().to_string_lossy()) {
+        match cmd.find_subcommand(a.as_ref()) {
             Some(sub) => {
-                command.push(a);
+                command.push(a.into_owned());
                 cmd = sub.clone();
             }
             None if a.starts_with('-') => continue,
@@ -64,17 +65,16 @@ pub fn usage_error<S: AsRef<str>>(e: &clap::Error, args: &[S]) -> String {
     };
     let what = match e.kind() {
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
-            let names: Vec<&str> = lines
-                .iter()
-                .position(|l| l.trim_end() == "Commands:")
-                .map(&listed)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|l| l.split_whitespace().next())
+            let names: Vec<&str> = cmd
+                .get_subcommands()
+                .map(|c| c.get_name())
                 .filter(|n| *n != "help")
                 .collect();
-            let last = command.rsplit(' ').next().unwrap_or_default();
-            format!("'{last}' needs a subcommand: {}", names.join(", "))
+            format!(
+                "'{}' needs a subcommand: {}",
+                cmd.get_name(),
+                names.join(", ")
+            )
         }
         _ => match lines.iter().position(|l| !l.trim().is_empty()) {
             Some(i) => {
@@ -630,6 +630,15 @@ mod tests {
             let e = Cli::try_parse_from(args).expect_err("a usage error");
             usage_error(&e, args)
         };
+        // An argument that is not UTF-8 is shown lossily, not a panic.
+        use std::os::unix::ffi::OsStrExt as _;
+        let odd = [
+            std::ffi::OsStr::new("sentinel"),
+            std::ffi::OsStr::new("frob"),
+            std::ffi::OsStr::from_bytes(b"\xff"),
+        ];
+        let e = Cli::try_parse_from(odd).expect_err("a usage error");
+        assert!(usage_error(&e, &odd).contains("'frob'"));
         let e = err(&["sentinel", "replay"]);
         assert!(e.contains("<FILE>"), "{e}");
         assert!(e.ends_with("(see sentinel replay --help)"), "{e}");
