@@ -265,6 +265,14 @@ async fn brute_force_throttles_kills_the_flow_and_revokes_the_sessions() {
     );
     assert_eq!(lists::list(&maps, ListKind::Throttle).unwrap().len(), 1);
     assert_eq!(maps.flow_kill.keys().count(), 1);
+    // A second restart after another torn write keeps that log too, after the first, each
+    // starting on a line of its own.
+    let mut text2 = std::fs::read_to_string(&log_path).unwrap();
+    text2.push_str("{\"applied_at\": 2");
+    std::fs::write(&log_path, &text2).unwrap();
+    assert_eq!(VerdictLog::new(&log_path).restore(&mut maps).unwrap(), 2);
+    let kept = std::fs::read_to_string(dir.join("verdicts.jsonl.unreadable")).unwrap();
+    assert_eq!(kept, format!("{text}\n{text2}"), "both logs as they were");
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 
 use std::{
     fs::OpenOptions,
-    io::{BufRead as _, Write as _},
+    io::{BufRead as _, Read as _, Seek as _, SeekFrom, Write as _},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -236,7 +236,20 @@ impl VerdictLog {
             // The compaction below leaves them out: keep the file as it was beside it, after
             // what earlier restarts kept there.
             let kept = self.path.with_extension("jsonl.unreadable");
-            let mut to = OpenOptions::new().create(true).append(true).open(&kept)?;
+            let mut to = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(&kept)?;
+            // A torn last write ends without a newline: the copy starts on a line of its own.
+            if to.metadata()?.len() > 0 {
+                let mut last = [0u8];
+                to.seek(SeekFrom::End(-1))?;
+                to.read_exact(&mut last)?;
+                if last[0] != b'\n' {
+                    to.write_all(b"\n")?;
+                }
+            }
             std::io::copy(&mut std::fs::File::open(&self.path)?, &mut to)?;
             tracing::warn!(
                 unreadable,
