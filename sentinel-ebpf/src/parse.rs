@@ -56,9 +56,10 @@ pub struct Packet {
 
 impl Packet {
     /// Every field zero (no ports, no transport header), written into `out` with word stores:
-    /// the one way the XDP and TC programs start a packet. `Packet` has no `Default` on purpose:
-    /// where a packet lives in memory (one an out-of-line function fills, as TC's slow path
-    /// does), the compiler turns an all-zero struct literal into a `memset` call, a byte loop
+    /// how the XDP program and TC's slow path start a packet (TC's IPv4 fast path fills every
+    /// field itself). `Packet` has no `Default` on purpose: where a packet lives in memory (one
+    /// an out-of-line function fills, as TC's slow path does), the compiler turns an all-zero
+    /// struct literal into a `memset` call, a byte loop
     /// with this toolchain that costs more than the parse. In the XDP program's inline parse,
     /// where a default value stayed in registers, the seven stores cost the same within the
     /// noise of `cargo xtask bench datapath`'s cost part, and the program is smaller.

@@ -49,10 +49,7 @@ fn sighup_reloads_the_policy_restart_restores_verdicts_and_metrics_answer() {
     std::fs::write(&policy_path, policy(false)).unwrap();
     let verdicts = dir.join("verdicts.jsonl");
     // A verdict from "before the restart", still in force for ten minutes.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let now = sentinel::clock::unix_s();
     std::fs::write(
         &verdicts,
         format!(

@@ -5,10 +5,7 @@
 //! Each test loads its own copy of the object with its own pins, so tests run in parallel and
 //! start from empty maps and zero counters.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use aya::programs::{TestRun, TestRunOptions};
 use sentinel::{
@@ -993,17 +990,8 @@ fn pins_of_another_layout_are_migrated_or_refused() {
     use sentinel_common::names;
 
     sentinel_tests::require_root();
-    let pins = PathBuf::from(format!(
-        "/sys/fs/bpf/sentinel-test-ptr-{}",
-        sentinel_tests::unique_id()
-    ));
-    struct Cleanup<'a>(&'a std::path::Path);
-    impl Drop for Cleanup<'_> {
-        fn drop(&mut self) {
-            let _ = unload(self.0);
-        }
-    }
-    let _cleanup = Cleanup(&pins);
+    let guard = sentinel::lab::TempPins::new("ptr");
+    let pins = guard.path().to_path_buf();
     let create = |name: &str, kind: &str, key: &str, value: &str| {
         ensure_pin_dir(&pins).unwrap();
         let path = pins.join(name);

@@ -271,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn a_remeasured_clock_follows_a_realtime_step_and_reports_it() {
+    fn a_clock_measured_after_a_realtime_step_converts_by_the_new_offset_and_tells_the_step() {
         let before = Clock::with_offset(1_000_000);
         let after = Clock::with_offset(1_000_000 + 3_600_000_000_000);
         assert_eq!(after.step_since(&before), 3_600_000_000_000);
