@@ -5,9 +5,11 @@
 //! reassembly) and IPv6 (extension headers skipped). Everything that is not TCP is counted and
 //! skipped.
 //!
-//! The reader streams the file through a bounded buffer and knows the byte offset of every
-//! record, so a truncated or corrupt file fails with the offset of the first bad record, after
-//! every record before it has been returned.
+//! A regular file is mapped into memory, and segments are slices of the mapping (no copy of the
+//! file's bytes); any other source (a pipe, a reader in the tests) streams through a bounded
+//! buffer. Either way the reader knows the byte offset of every record, so a truncated or corrupt
+//! file fails with the offset of the first bad record, after every record before it has been
+//! returned.
 
 use std::{
     fmt,
@@ -345,6 +347,17 @@ impl<R: Read> Window<R> {
         }
     }
 
+    /// A window over the whole source, already in memory: nothing is read from `src`.
+    fn whole(src: R, all: Bytes) -> Self {
+        Self {
+            src,
+            buf: all,
+            start: 0,
+            base: 0,
+            eof: true,
+        }
+    }
+
     fn offset(&self) -> u64 {
         self.base + self.start as u64
     }
@@ -470,11 +483,24 @@ impl CaptureReader<std::fs::File> {
             path: path.display().to_string(),
             source,
         })?;
-        if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        let meta = f.metadata().map_err(|source| PcapError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if meta.is_dir() {
             return Err(PcapError::Open {
                 path: path.display().to_string(),
                 source: std::io::Error::other("is a directory"),
             });
+        }
+        if meta.is_file() && meta.len() > 0 {
+            // SAFETY: the mapping is read-only and private; a file truncated by another process
+            // while it is replayed would fault (SIGBUS), as with any mapped file. Capture writers
+            // append, they do not truncate. A file that cannot be mapped is read instead.
+            if let Ok(map) = unsafe { memmap2::Mmap::map(&f) } {
+                let _ = map.advise(memmap2::Advice::Sequential);
+                return Self::with_window(Window::whole(f, Bytes::from_owner(map)));
+            }
         }
         Self::new(f)
     }
@@ -483,7 +509,10 @@ impl CaptureReader<std::fs::File> {
 impl<R: Read> CaptureReader<R> {
     /// Reads the file header; fails on anything that is not a pcap or pcapng file.
     pub fn new(src: R) -> Result<Self, PcapError> {
-        let mut win = Window::new(src);
+        Self::with_window(Window::new(src))
+    }
+
+    fn with_window(mut win: Window<R>) -> Result<Self, PcapError> {
         if !win.need(4)? {
             if win.avail().is_empty() {
                 return Err(PcapError::Empty);
@@ -936,6 +965,39 @@ mod tests {
             match err {
                 Some(PcapError::Truncated { offset }) => assert_eq!(offset as usize, fifth),
                 other => panic!("ng={ng}: {other:?}"),
+            }
+        }
+    }
+
+    /// A file opened by path is mapped, not streamed: the same segments, the same stats and the
+    /// same truncation error at the same offset.
+    #[test]
+    fn a_mapped_file_reads_as_the_stream_does() {
+        let dir = crate::lab::TempDir::new("sentinel-pcap-map").unwrap();
+        let segs = conversation(true);
+        for ng in [false, true] {
+            let bytes = if ng {
+                write_pcapng(Vec::new(), Link::LinuxSll2, &segs, false).unwrap()
+            } else {
+                write_pcap(Vec::new(), Link::Ethernet, &segs, true).unwrap()
+            };
+            for cut in [bytes.len(), bytes.len() - 7] {
+                let path = dir.path().join(format!("c-{ng}-{cut}.pcap"));
+                std::fs::write(&path, &bytes[..cut]).unwrap();
+                let mut r = CaptureReader::open(&path).unwrap();
+                let mut got = Vec::new();
+                let err = loop {
+                    match r.next_segment() {
+                        Ok(Some(s)) => got.push(s),
+                        Ok(None) => break None,
+                        Err(e) => break Some(e),
+                    }
+                };
+                let (want, want_err, want_st) = read_all(&bytes[..cut]);
+                assert_eq!(got, want, "ng={ng} cut={cut}");
+                assert_eq!(format!("{err:?}"), format!("{want_err:?}"));
+                assert_eq!(r.stats().tcp_segments, want_st.tcp_segments);
+                assert_eq!(want_err.is_some(), cut < bytes.len());
             }
         }
     }
