@@ -867,7 +867,10 @@ mod tests {
     }
 
     fn read_all(bytes: &[u8]) -> (Vec<Segment>, Option<PcapError>, CaptureStats) {
-        let mut r = CaptureReader::new(bytes).unwrap();
+        drain(CaptureReader::new(bytes).unwrap())
+    }
+
+    fn drain<R: Read>(mut r: CaptureReader<R>) -> (Vec<Segment>, Option<PcapError>, CaptureStats) {
         let mut out = Vec::new();
         let err = loop {
             match r.next_segment() {
@@ -984,19 +987,11 @@ mod tests {
             for cut in [bytes.len(), bytes.len() - 7] {
                 let path = dir.path().join(format!("c-{ng}-{cut}.pcap"));
                 std::fs::write(&path, &bytes[..cut]).unwrap();
-                let mut r = CaptureReader::open(&path).unwrap();
-                let mut got = Vec::new();
-                let err = loop {
-                    match r.next_segment() {
-                        Ok(Some(s)) => got.push(s),
-                        Ok(None) => break None,
-                        Err(e) => break Some(e),
-                    }
-                };
+                let (got, err, st) = drain(CaptureReader::open(&path).unwrap());
                 let (want, want_err, want_st) = read_all(&bytes[..cut]);
                 assert_eq!(got, want, "ng={ng} cut={cut}");
                 assert_eq!(format!("{err:?}"), format!("{want_err:?}"));
-                assert_eq!(r.stats().tcp_segments, want_st.tcp_segments);
+                assert_eq!(st.tcp_segments, want_st.tcp_segments);
                 assert_eq!(want_err.is_some(), cut < bytes.len());
             }
         }
