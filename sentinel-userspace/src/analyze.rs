@@ -95,12 +95,13 @@ impl Analyzer {
     /// to `out`.
     pub fn transaction(&mut self, t: &mut Transaction, out: &mut Vec<Alert>) {
         let obs = self.observation(t);
-        t.principal = Some(obs.principal.name());
+        let name = obs.principal.name();
         self.observe(&obs, out);
+        t.principal = Some(name);
     }
 
     /// The observation the models would see for `t`.
-    pub fn observation(&mut self, t: &Transaction) -> Observation {
+    pub fn observation<'t>(&mut self, t: &'t Transaction) -> Observation<'t> {
         let facts = TransactionFacts {
             ts_ns: t.ts_ns,
             src: (t.client.ip(), t.client.port()),
@@ -108,7 +109,11 @@ impl Analyzer {
             method: t.method(),
             path: t.path(),
             query: t.query(),
-            req_headers: t.request.header_pairs(),
+            req_headers: t
+                .request
+                .headers()
+                .map(|(n, v)| (n.into(), v.into()))
+                .collect(),
             req_body: &t.req_body,
             req_bytes: t.req_bytes,
             status: t.status().unwrap_or(0),

@@ -1,7 +1,7 @@
 //! The enrichment stage: from the facts of one HTTP transaction to an [`Observation`] the models
 //! can use (principal, GeoIP, endpoint template, login outcome, JWT claims, credential hash).
 
-use std::net::IpAddr;
+use std::{borrow::Cow, net::IpAddr};
 
 use serde::Deserialize;
 
@@ -10,10 +10,10 @@ use super::{
     principal::{self, JwtInfo, PrincipalConfig, RequestView, parse_jwt, short_hash},
     template::Templates,
 };
-use crate::models::{LoginAttempt, Observation, bounded::key_of};
+use crate::models::{Header, LoginAttempt, Observation, bounded::key_of};
 
-/// The facts of one transaction the enricher reads (borrowed from whatever produced it: the live
-/// pipeline or a replay), but for the request headers, which move into the observation.
+/// The facts of one transaction the enricher reads, borrowed from whatever produced it (the live
+/// pipeline or a replay); the observation borrows them in turn.
 pub struct TransactionFacts<'a> {
     /// Request time, nanoseconds since the epoch.
     pub ts_ns: u64,
@@ -28,7 +28,7 @@ pub struct TransactionFacts<'a> {
     /// Query without `?`.
     pub query: &'a str,
     /// Request headers.
-    pub req_headers: Vec<(String, String)>,
+    pub req_headers: Vec<Header<'a>>,
     /// Request body (capped).
     pub req_body: &'a [u8],
     /// Request body length.
@@ -45,11 +45,11 @@ pub struct TransactionFacts<'a> {
     pub latency_ms: f64,
 }
 
-fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+fn header<'a>(headers: &[Header<'a>], name: &str) -> Option<Cow<'a, str>> {
     headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| v.clone())
 }
 
 /// `[enrich]` settings.
@@ -168,7 +168,7 @@ impl Enricher {
     }
 
     /// Enriches one transaction.
-    pub fn enrich(&mut self, t: TransactionFacts<'_>) -> Observation {
+    pub fn enrich<'a>(&mut self, t: TransactionFacts<'a>) -> Observation<'a> {
         let view = RequestView {
             src_ip: t.src.0,
             path: t.path,
@@ -197,25 +197,25 @@ impl Enricher {
                 username,
                 success: self.login_succeeded(&t),
             });
-        let user_agent = header(&t.req_headers, "user-agent").map(str::to_owned);
+        let user_agent = header(&t.req_headers, "user-agent");
         let bearer = bearer.map(str::to_owned);
         Observation {
             ts_ns: t.ts_ns,
             client_ip,
             geo: self.locate(client_ip),
-            method: t.method.to_owned(),
-            path: t.path.to_owned(),
+            method: t.method.into(),
+            path: t.path.into(),
             endpoint: self.templates.template(t.path),
-            query: t.query.to_owned(),
+            query: t.query.into(),
             status: t.status,
             req_bytes: t.req_bytes,
             resp_bytes: t.resp_bytes,
             latency_ms: t.latency_ms,
             user_agent,
             req_headers: t.req_headers,
-            req_body: t.req_body.to_vec(),
-            resp_content_type: t.resp_content_type.map(str::to_owned),
-            resp_body: t.resp_body.to_vec(),
+            req_body: t.req_body.into(),
+            resp_content_type: t.resp_content_type.map(Cow::Borrowed),
+            resp_body: t.resp_body.into(),
             login,
             jwt,
             credential,
@@ -258,7 +258,10 @@ mod tests {
             method: "POST",
             path,
             query: "",
-            req_headers: headers.to_vec(),
+            req_headers: headers
+                .iter()
+                .map(|(n, v)| (n.as_str().into(), v.as_str().into()))
+                .collect(),
             req_body: body,
             req_bytes: body.len() as u64,
             status,

@@ -8,6 +8,7 @@
 
 use std::{net::IpAddr, sync::Arc};
 
+use crate::models::Header;
 use base64::Engine as _;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -308,7 +309,7 @@ pub struct RequestView<'a> {
     /// Path without the query.
     pub path: &'a str,
     /// Headers, names in any case.
-    pub headers: &'a [(String, String)],
+    pub headers: &'a [Header<'a>],
     /// Body (possibly capped).
     pub body: &'a [u8],
 }
@@ -318,7 +319,7 @@ impl<'a> RequestView<'a> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| &**v)
     }
 }
 
@@ -463,10 +464,10 @@ pub fn identify(req: &RequestView<'_>, cfg: &PrincipalConfig, jwt: Option<&JwtIn
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    fn h(pairs: &[(&str, &str)]) -> Vec<Header<'static>> {
         pairs
             .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .map(|(a, b)| (a.to_string().into(), b.to_string().into()))
             .collect()
     }
 
@@ -475,7 +476,7 @@ mod tests {
         format!("{}.{}.c2ln", e(header), e(payload))
     }
 
-    fn view<'a>(path: &'a str, headers: &'a [(String, String)], body: &'a [u8]) -> RequestView<'a> {
+    fn view<'a>(path: &'a str, headers: &'a [Header<'a>], body: &'a [u8]) -> RequestView<'a> {
         RequestView {
             src_ip: "192.0.2.10".parse().unwrap(),
             path,

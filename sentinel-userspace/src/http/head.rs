@@ -85,13 +85,6 @@ impl Head {
             .map(|(_, v)| text(&self.raw, v))
     }
 
-    /// Header fields as owned pairs (for consumers that want them).
-    pub fn header_pairs(&self) -> Vec<(String, String)> {
-        self.headers()
-            .map(|(n, v)| (n.to_owned(), v.to_owned()))
-            .collect()
-    }
-
     /// Bytes held.
     pub fn mem(&self) -> usize {
         self.raw.len() + self.fields.len() * 16

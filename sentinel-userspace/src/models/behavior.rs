@@ -349,7 +349,7 @@ mod tests {
     ];
 
     /// Benign users with daily routines and honest variation, for `days` days.
-    fn population(seed: u64, users: u64, days: u64) -> Vec<Observation> {
+    fn population(seed: u64, users: u64, days: u64) -> Vec<Observation<'static>> {
         let mut r = Rng(seed);
         let mut out = Vec::new();
         for u in 0..users {
@@ -411,17 +411,21 @@ mod tests {
     }
 
     /// A request with u7's JWT from u7's address.
-    fn u7(t: u64, ep: &str, credential: &str, ua: &str, resp_bytes: u64) -> Observation {
+    fn u7(t: u64, ep: &str, credential: &str, ua: &str, resp_bytes: u64) -> Observation<'static> {
         let mut o = with_jwt(obs(t, "198.18.0.9", ep), "u7", "RS256", None);
         o.credential = Some(credential.into());
-        o.user_agent = Some(ua.into());
+        o.user_agent = Some(ua.to_owned().into());
         o.resp_bytes = resp_bytes;
         o
     }
 
     /// The first behaviour anomaly of `session`, its window closed by ticks from `close_at` on
     /// (a tick sweeps the profiles a budget at a time).
-    fn anomaly(e: &mut Engine, session: impl Iterator<Item = Observation>, close_at: u64) -> Alert {
+    fn anomaly(
+        e: &mut Engine,
+        session: impl Iterator<Item = Observation<'static>>,
+        close_at: u64,
+    ) -> Alert {
         let mut alerts = Vec::new();
         for o in session {
             alerts.extend(e.observe(&o));

@@ -50,7 +50,7 @@ pub enum ModelsError {
 /// What a detector sees about one observation.
 pub struct Ctx<'a> {
     /// The observation.
-    pub obs: &'a Observation,
+    pub obs: &'a Observation<'a>,
     /// The principal, display form.
     pub principal: &'a str,
     /// Key of the entity whose baseline applies: the account that obtained the credential (when

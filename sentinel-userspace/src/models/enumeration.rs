@@ -310,7 +310,7 @@ impl EnumerationDetector {
         c.requests = c.requests.saturating_add(1);
         // Linear counting corrects the bitmap's collisions (counting new bits would lose about
         // one resource in twenty by 25, enough to sink the ratio under the threshold).
-        c.paths.insert(key2(o.path.as_str(), o.query.as_str()));
+        c.paths.insert(key2(&o.path, &o.query));
         let distinct = (c.paths.estimate().round() as u32).min(c.requests);
         let floor = if c.flow {
             f64::from(self.cfg.scrape_min_requests) * self.cfg.flow_factor
@@ -403,7 +403,7 @@ mod tests {
     const _: () = assert!(BoundedMap::<Walk>::SLOT_BYTES == 80);
     const _: () = assert!(BoundedMap::<Crawl>::SLOT_BYTES == 56);
 
-    fn account(t: u64, ip: &str, tok: &str, id: u64) -> crate::models::Observation {
+    fn account(t: u64, ip: &str, tok: &str, id: u64) -> crate::models::Observation<'static> {
         let mut o = with_token(obs(t, ip, &format!("/accounts/{id}")), tok);
         o.endpoint = "/accounts/{id}".into();
         o

@@ -253,7 +253,7 @@ mod tests {
 
     fn body(e: &mut Engine, b: &str) -> Vec<crate::models::Alert> {
         let mut o = obs(T0, "198.18.0.5", "/export");
-        o.resp_body = b.as_bytes().to_vec();
+        o.resp_body = b.as_bytes().to_vec().into();
         o.resp_bytes = b.len() as u64;
         e.observe(&o)
     }

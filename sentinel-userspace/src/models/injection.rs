@@ -689,7 +689,7 @@ impl Detector for InjectionDetector {
                 Finding {
                     kind: AlertKind::PathTraversal,
                     place: "path".into(),
-                    value: o.path.clone(),
+                    value: o.path.to_string(),
                     detail: m.to_owned(),
                 },
                 &mut findings,
@@ -704,7 +704,7 @@ impl Detector for InjectionDetector {
         let body = if fast_clean { Body::None } else { self.body(o) };
         // Parameters are judged decoded, which loses overlong encodings: look at them raw.
         let raw_params = [
-            ("query", o.query.as_str()),
+            ("query", &*o.query),
             (
                 "form",
                 match &body {
@@ -839,7 +839,7 @@ mod tests {
         e.observe(o).into_iter().map(|a| a.kind).collect()
     }
 
-    fn get(target: &str, n: u64) -> Observation {
+    fn get(target: &str, n: u64) -> Observation<'_> {
         let (p, q) = target.split_once('?').unwrap_or((target, ""));
         let mut o = obs(T0 + n * S, "203.0.113.40", p);
         o.query = q.into();
@@ -908,7 +908,7 @@ mod tests {
     fn bodies_and_headers_are_judged() {
         let mut e = Engine::new(&ModelsConfig::default()).unwrap();
         let mut o = login(T0, "203.0.113.41", "admin'--", false, "curl/8.4");
-        o.req_body = br#"{"username":"admin' OR 1=1--","password":"x"}"#.to_vec();
+        o.req_body = br#"{"username":"admin' OR 1=1--","password":"x"}"#.to_vec().into();
         assert!(kinds(&mut e, &o).contains(&AlertKind::SqlInjection));
         let mut o = obs(T0, "203.0.113.42", "/comment");
         o.method = "POST".into();
@@ -916,10 +916,12 @@ mod tests {
             "Content-Type".into(),
             "application/x-www-form-urlencoded".into(),
         ));
-        o.req_body = b"text=%3Csvg%2Fonload%3Dalert(1)%3E&x=1".to_vec();
+        o.req_body = b"text=%3Csvg%2Fonload%3Dalert(1)%3E&x=1".to_vec().into();
         assert!(kinds(&mut e, &o).contains(&AlertKind::Xss));
         o.client_ip = "203.0.113.46".parse().unwrap();
-        o.req_body = b"file=%C0%AE%C0%AE%C0%AF%C0%AE%C0%AE%C0%AFnotes".to_vec();
+        o.req_body = b"file=%C0%AE%C0%AE%C0%AF%C0%AE%C0%AE%C0%AFnotes"
+            .to_vec()
+            .into();
         assert!(kinds(&mut e, &o).contains(&AlertKind::PathTraversal));
         let mut o = obs(T0, "203.0.113.43", "/balance");
         o.req_headers
@@ -978,7 +980,7 @@ mod tests {
             assert!(k.is_empty(), "{ua}: {k:?}");
         }
         let mut o = login(T0, "198.18.0.9", "jane", true, "BankApp/4.2");
-        o.req_body = br#"{"username":"jane","password":"Summer2024!"}"#.to_vec();
+        o.req_body = br#"{"username":"jane","password":"Summer2024!"}"#.to_vec().into();
         assert!(kinds(&mut e, &o).is_empty());
     }
 
@@ -1211,7 +1213,7 @@ mod tests {
             if !body.is_empty() {
                 o.method = "POST".into();
                 o.req_headers.push(("Content-Type".into(), ctype.into()));
-                o.req_body = body.as_bytes().to_vec();
+                o.req_body = body.as_bytes().to_vec().into();
             }
             let a = e.observe(&o);
             let hit = a.iter().find(|a| a.kind == kind);
@@ -1256,7 +1258,7 @@ mod tests {
                             o.method = "POST".into();
                             o.req_headers
                                 .push(("Content-Type".into(), "application/json".into()));
-                            o.req_body = br#"{"to":"bob","amount":50}"#.to_vec();
+                            o.req_body = br#"{"to":"bob","amount":50}"#.to_vec().into();
                         }
                         o
                     }
@@ -1329,10 +1331,7 @@ mod tests {
         for (what, bodies) in [
             (
                 "responses",
-                traffic
-                    .iter()
-                    .map(|o| o.resp_body.as_slice())
-                    .collect::<Vec<_>>(),
+                traffic.iter().map(|o| &*o.resp_body).collect::<Vec<_>>(),
             ),
             ("pages", vec![page.as_bytes(); 2_000]),
             (

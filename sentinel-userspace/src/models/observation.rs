@@ -1,7 +1,7 @@
 //! What the models see: one enriched HTTP transaction. Built by the enrichment stage from a
 //! transaction (live or replayed); the models never care where it came from.
 
-use std::net::IpAddr;
+use std::{borrow::Cow, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -10,9 +10,13 @@ use crate::enrich::{
     principal::{JwtInfo, Principal},
 };
 
-/// One enriched transaction.
+/// A request header field (name, value), borrowed from the transaction or owned.
+pub type Header<'a> = (Cow<'a, str>, Cow<'a, str>);
+
+/// One enriched transaction. Its request and response parts borrow from the transaction it was
+/// built from (`'a`); the models take what they keep as owned keys, never the observation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Observation {
+pub struct Observation<'a> {
     /// Request time, nanoseconds since the Unix epoch (stream time: replay uses capture time).
     pub ts_ns: u64,
     /// Client address (after trusted `X-Forwarded-For`).
@@ -22,13 +26,13 @@ pub struct Observation {
     /// Where the client address is, when a GeoIP database knows.
     pub geo: Option<GeoInfo>,
     /// HTTP method.
-    pub method: String,
+    pub method: Cow<'a, str>,
     /// Raw path (without the query).
-    pub path: String,
+    pub path: Cow<'a, str>,
     /// Endpoint template (`/accounts/{id}`): the bounded label models key on.
     pub endpoint: String,
     /// Raw query string (without `?`), empty when none.
-    pub query: String,
+    pub query: Cow<'a, str>,
     /// Response status (0 when the response was not seen).
     pub status: u16,
     /// Request body bytes (after de-chunking).
@@ -38,18 +42,18 @@ pub struct Observation {
     /// Request to response latency in milliseconds.
     pub latency_ms: f64,
     /// `User-Agent`.
-    pub user_agent: Option<String>,
+    pub user_agent: Option<Cow<'a, str>>,
     /// Request headers (name, value), in order. In memory only: they carry credentials.
     #[serde(skip)]
-    pub req_headers: Vec<(String, String)>,
+    pub req_headers: Vec<Header<'a>>,
     /// Request body, capped. In memory only: login bodies carry passwords.
     #[serde(skip)]
-    pub req_body: Vec<u8>,
+    pub req_body: Cow<'a, [u8]>,
     /// Response content type.
-    pub resp_content_type: Option<String>,
+    pub resp_content_type: Option<Cow<'a, str>>,
     /// Response body (decoded, capped). In memory only.
     #[serde(skip)]
-    pub resp_body: Vec<u8>,
+    pub resp_body: Cow<'a, [u8]>,
     /// A login attempt, when this request was one.
     pub login: Option<LoginAttempt>,
     /// The bearer token's claims, when it is a JWT.

@@ -41,7 +41,7 @@ pub fn geo_of(ip: IpAddr) -> Option<GeoInfo> {
 
 /// A `GET path` from `ip` at `ts_ns`, answered 200 with a small JSON body; the principal is the
 /// address and the endpoint is the path (set `endpoint` for templates).
-pub fn obs(ts_ns: u64, ip: &str, path: &str) -> Observation {
+pub fn obs(ts_ns: u64, ip: &str, path: &str) -> Observation<'static> {
     let client_ip: IpAddr = ip.parse().expect("address");
     Observation {
         ts_ns,
@@ -52,9 +52,9 @@ pub fn obs(ts_ns: u64, ip: &str, path: &str) -> Observation {
         },
         geo: geo_of(client_ip),
         method: "GET".into(),
-        path: path.into(),
+        path: path.to_owned().into(),
         endpoint: path.into(),
-        query: String::new(),
+        query: "".into(),
         status: 200,
         req_bytes: 0,
         resp_bytes: 40,
@@ -68,9 +68,9 @@ pub fn obs(ts_ns: u64, ip: &str, path: &str) -> Observation {
             ),
             ("Accept".into(), "application/json".into()),
         ],
-        req_body: Vec::new(),
+        req_body: Default::default(),
         resp_content_type: Some("application/json".into()),
-        resp_body: br#"{"balance":1200,"currency":"SAR"}"#.to_vec(),
+        resp_body: br#"{"balance":1200,"currency":"SAR"}"#[..].into(),
         login: None,
         jwt: None,
         credential: None,
@@ -82,7 +82,7 @@ pub fn obs(ts_ns: u64, ip: &str, path: &str) -> Observation {
 }
 
 /// The same request made with bearer token `token` (an opaque token: principal `tok:<hash>`).
-pub fn with_token(mut o: Observation, token: &str) -> Observation {
+pub fn with_token<'a>(mut o: Observation<'a>, token: &str) -> Observation<'a> {
     let h = short_hash(token);
     o.principal = Principal {
         kind: PrincipalKind::Token,
@@ -91,12 +91,17 @@ pub fn with_token(mut o: Observation, token: &str) -> Observation {
     o.credential = Some(h);
     o.bearer = Some(token.into());
     o.req_headers
-        .push(("Authorization".into(), format!("Bearer {token}")));
+        .push(("Authorization".into(), format!("Bearer {token}").into()));
     o
 }
 
 /// The same request made as JWT subject `sub` with claims `alg` and `exp`.
-pub fn with_jwt(mut o: Observation, sub: &str, alg: &str, exp: Option<i64>) -> Observation {
+pub fn with_jwt<'a>(
+    mut o: Observation<'a>,
+    sub: &str,
+    alg: &str,
+    exp: Option<i64>,
+) -> Observation<'a> {
     let raw = format!("jwt-{sub}-{alg}-{exp:?}");
     o = with_token(o, &raw);
     o.principal = Principal {
@@ -112,26 +117,30 @@ pub fn with_jwt(mut o: Observation, sub: &str, alg: &str, exp: Option<i64>) -> O
 }
 
 /// A login attempt for `user` from `ip`: 200 with a token when `ok`, else 401.
-pub fn login(ts_ns: u64, ip: &str, user: &str, ok: bool, ua: &str) -> Observation {
+pub fn login(ts_ns: u64, ip: &str, user: &str, ok: bool, ua: &str) -> Observation<'static> {
     let mut o = obs(ts_ns, ip, "/login");
     o.method = "POST".into();
     o.principal = Principal {
         kind: PrincipalKind::User,
         id: user.into(),
     };
-    o.user_agent = Some(ua.into());
+    o.user_agent = Some(ua.to_owned().into());
     o.req_headers = vec![
         ("Host".into(), "bank.test".into()),
-        ("User-Agent".into(), ua.into()),
+        ("User-Agent".into(), ua.to_owned().into()),
         ("Content-Type".into(), "application/json".into()),
     ];
-    o.req_body = format!(r#"{{"username":"{user}","password":"pw"}}"#).into_bytes();
+    o.req_body = format!(r#"{{"username":"{user}","password":"pw"}}"#)
+        .into_bytes()
+        .into();
     o.req_bytes = o.req_body.len() as u64;
     o.status = if ok { 200 } else { 401 };
     o.resp_body = if ok {
-        format!(r#"{{"token":"tok-{user}-{ts_ns:x}"}}"#).into_bytes()
+        format!(r#"{{"token":"tok-{user}-{ts_ns:x}"}}"#)
+            .into_bytes()
+            .into()
     } else {
-        br#"{"error":"invalid credentials"}"#.to_vec()
+        br#"{"error":"invalid credentials"}"#[..].into()
     };
     o.resp_bytes = o.resp_body.len() as u64;
     o.login = Some(LoginAttempt {

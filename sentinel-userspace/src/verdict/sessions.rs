@@ -167,7 +167,7 @@ mod tests {
         models::{Action, AlertKind, LoginAttempt, Severity},
     };
 
-    fn obs(principal: Principal, ts_ns: u64) -> Observation {
+    fn obs(principal: Principal, ts_ns: u64) -> Observation<'static> {
         Observation {
             ts_ns,
             client_ip: "192.0.2.10".parse().unwrap(),
@@ -176,16 +176,16 @@ mod tests {
             method: "POST".into(),
             path: "/login".into(),
             endpoint: "/login".into(),
-            query: String::new(),
+            query: "".into(),
             status: 200,
             req_bytes: 0,
             resp_bytes: 0,
             latency_ms: 0.0,
             user_agent: None,
             req_headers: Vec::new(),
-            req_body: Vec::new(),
+            req_body: Default::default(),
             resp_content_type: None,
-            resp_body: Vec::new(),
+            resp_body: Default::default(),
             login: None,
             jwt: None,
             credential: None,
@@ -233,7 +233,7 @@ mod tests {
             username: "layla".into(),
             success: true,
         });
-        login.resp_body = br#"{"token":"tok-layla-1"}"#.to_vec();
+        login.resp_body = br#"{"token":"tok-layla-1"}"#.to_vec().into();
         b.observe(&login);
         let tok = Principal {
             kind: PrincipalKind::Token,
@@ -258,7 +258,7 @@ mod tests {
             success: false,
         });
         failed.status = 401;
-        failed.resp_body = br#"{"token":"nope"}"#.to_vec();
+        failed.resp_body = br#"{"token":"nope"}"#.to_vec().into();
         b.observe(&failed);
         assert!(b.tokens_for(&alert("user:bob", None)).is_empty());
     }

@@ -60,7 +60,7 @@ const UAS: [&str; 3] = [
 ];
 
 /// `n` observations from `users` principals over `span_s` seconds, in time order.
-fn stream(n: usize, users: u64, span_s: u64) -> Vec<Observation> {
+fn stream(n: usize, users: u64, span_s: u64) -> Vec<Observation<'static>> {
     let mut r = Rng::new(7);
     let mut v = Vec::with_capacity(n);
     for i in 0..n as u64 {
@@ -107,7 +107,7 @@ fn stream(n: usize, users: u64, span_s: u64) -> Vec<Observation> {
                     o.method = "POST".into();
                     o.req_headers
                         .push(("Content-Type".into(), "application/json".into()));
-                    o.req_body = br#"{"to":"bob","amount":50}"#.to_vec();
+                    o.req_body = br#"{"to":"bob","amount":50}"#[..].into();
                     o.req_bytes = o.req_body.len() as u64;
                 }
                 o
