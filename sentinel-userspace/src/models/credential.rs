@@ -270,9 +270,11 @@ impl Detector for CredentialDetector {
                 && let Some(a) = self.accounts.get_mut(k)
             {
                 let fails = a.fails.count(now, w);
+                let subject = subject::named("account", k);
                 if fails >= f64::from(self.cfg.min_failures)
                     && a.sources.contains(src_key as u32)
                     && a.score.count(now, w) / SCALE >= self.cfg.brute_force_score
+                    && !ctx.is_repeat(AlertKind::BruteForce, subject, Severity::Critical)
                 {
                     let alert = ctx.alert(
                         AlertKind::BruteForce,
@@ -293,10 +295,7 @@ impl Detector for CredentialDetector {
                             ("account_countries", json!(known_countries)),
                         ]),
                     );
-                    out.push(Detection {
-                        alert,
-                        subject: subject::named("account", k),
-                    });
+                    out.push(Detection { alert, subject });
                     *a = AccountState::default();
                 }
             }
@@ -372,8 +371,16 @@ impl Detector for CredentialDetector {
             a.sources.insert(src_key as u32);
             let fails = a.fails.count(now, w);
             let score = a.score.count(now, w) / SCALE;
+            let severity = if fails >= 4.0 * f64::from(self.cfg.min_failures) {
+                Severity::Critical
+            } else {
+                Severity::High
+            };
+            let subject = subject::named("account", k);
             if fails >= f64::from(self.cfg.min_failures) && score >= self.cfg.brute_force_score {
                 account_fired = true;
+            }
+            if account_fired && !ctx.is_repeat(AlertKind::BruteForce, subject, severity) {
                 let span = (now - a.first_fail_ns) as f64 / NS as f64;
                 let mut why = Vec::new();
                 if new_country {
@@ -397,11 +404,6 @@ impl Detector for CredentialDetector {
                     String::new()
                 } else {
                     format!(", {}", why.join(", "))
-                };
-                let severity = if fails >= 4.0 * f64::from(self.cfg.min_failures) {
-                    Severity::Critical
-                } else {
-                    Severity::High
                 };
                 let alert = ctx.alert(
                     AlertKind::BruteForce,
@@ -430,10 +432,7 @@ impl Detector for CredentialDetector {
                         ("sources", json!(a.sources.len())),
                     ]),
                 );
-                out.push(Detection {
-                    alert,
-                    subject: subject::named("account", k),
-                });
+                out.push(Detection { alert, subject });
             }
         }
 
@@ -442,18 +441,19 @@ impl Detector for CredentialDetector {
         let distinct = src.new_accounts.count(now, w);
         let attempts = src.attempts.count(now, w).max(1.0);
         let success_ratio = src.successes.count(now, w) / attempts;
-        if distinct >= f64::from(self.cfg.stuffing_min_accounts)
+        let stuffing_severity = if distinct >= 20.0 {
+            Severity::Critical
+        } else {
+            Severity::High
+        };
+        let stuffing = distinct >= f64::from(self.cfg.stuffing_min_accounts)
             && src_score >= self.cfg.stuffing_score
-            && success_ratio <= self.cfg.stuffing_max_success_ratio
-        {
+            && success_ratio <= self.cfg.stuffing_max_success_ratio;
+        if stuffing && !ctx.is_repeat(AlertKind::CredentialStuffing, src_key, stuffing_severity) {
             let span = (now - src.first_fail_ns) as f64 / NS as f64;
             let alert = ctx.alert(
                 AlertKind::CredentialStuffing,
-                if distinct >= 20.0 {
-                    Severity::Critical
-                } else {
-                    Severity::High
-                },
+                stuffing_severity,
                 (src_score / (2.0 * self.cfg.stuffing_score)).max(0.7),
                 format!(
                     "{} different accounts tried from {} in {} within {:.1} s, {} failures and {:.0}% successes ({ua}).",
@@ -480,10 +480,12 @@ impl Detector for CredentialDetector {
                 alert,
                 subject: src_key,
             });
-        } else if !account_fired
+        } else if !stuffing
+            && !account_fired
             && src_fails >= f64::from(self.cfg.min_failures)
             && src_score >= self.cfg.brute_force_score
             && success_ratio <= self.cfg.stuffing_max_success_ratio
+            && !ctx.is_repeat(AlertKind::BruteForce, src_key, Severity::High)
         {
             let span = (now - src.first_fail_ns) as f64 / NS as f64;
             let alert = ctx.alert(
@@ -521,6 +523,11 @@ impl Detector for CredentialDetector {
             && fp_fails / fp_attempts >= self.cfg.fingerprint_min_failure_ratio
             && fp_accounts >= 3.0 * f64::from(self.cfg.stuffing_min_accounts)
             && fps.sources.len() >= 3
+            && !ctx.is_repeat(
+                AlertKind::CredentialStuffing,
+                subject::named("fingerprint", fp),
+                Severity::High,
+            )
         {
             let alert = ctx.alert(
                 AlertKind::CredentialStuffing,
