@@ -25,6 +25,16 @@ const TICK_NS: u64 = 1_000_000_000;
 /// Ticks at most run over a jump in stream time (see [`Analyzer::tick`]).
 const CATCH_UP_TICKS: u64 = 60;
 
+/// When to tick, catching up over a jump in stream time from `start` (when the next tick was
+/// due) to `now_ns`, for a window that fell due at `due`: the end of the step it falls in, the
+/// gap being cut into at most [`CATCH_UP_TICKS`] steps of at least [`TICK_NS`]. `None` when
+/// that is not before `now_ns` (the tick at `now_ns` judges it).
+fn catch_up_at(start: u64, now_ns: u64, due: u64) -> Option<u64> {
+    let step = (now_ns.saturating_sub(start) / CATCH_UP_TICKS).max(TICK_NS);
+    let t = start + due.saturating_sub(start).div_ceil(step) * step;
+    (t < now_ns).then_some(t)
+}
+
 /// What the analyzer was given and how it went.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AnalyzerStats {
@@ -138,20 +148,28 @@ impl Analyzer {
     /// Advances stream time to `now_ns` without traffic: windows that are over are judged and
     /// idle state expires. Does nothing until a second has passed since the last tick.
     ///
-    /// When stream time jumps (quiet traffic in a capture), the models are first ticked at up
-    /// to [`CATCH_UP_TICKS`] times spread over the gap, so that a window which fell due in it
-    /// is judged, and stamped, close to when a live daemon (ticked by the wall clock) would
-    /// have judged it, not at the next request.
+    /// When stream time jumps (quiet traffic in a capture), the gap is divided into up to
+    /// [`CATCH_UP_TICKS`] steps (a second each when it is short enough), and the models are
+    /// first ticked at the end of each step in which an activity window fell due, so that the
+    /// window is judged, and stamped, close to when a live daemon (ticked by the wall clock)
+    /// would have judged it, not at the next request. Steps in which nothing falls due are
+    /// skipped: what else a tick does is paced by stream time and catches up by itself.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Alert>) {
         if now_ns < self.next_tick_ns {
             return;
         }
         if self.next_tick_ns > 0 && now_ns > self.next_tick_ns + TICK_NS {
-            let step = ((now_ns - self.next_tick_ns) / CATCH_UP_TICKS).max(TICK_NS);
-            let mut t = self.next_tick_ns;
-            while t < now_ns {
+            let start = self.next_tick_ns;
+            // A tick closes every window due by its time, so each one is at a later step.
+            for _ in 0..CATCH_UP_TICKS {
+                let Some(t) = self
+                    .engine
+                    .next_due_ns()
+                    .and_then(|due| catch_up_at(start, now_ns, due))
+                else {
+                    break;
+                };
                 self.engine_tick(t, out);
-                t += step;
             }
         }
         self.next_tick_ns = now_ns.saturating_add(TICK_NS);
@@ -191,5 +209,45 @@ impl Analyzer {
     /// True when GeoIP is loaded.
     pub fn has_geo(&self) -> bool {
         self.enricher.has_geo()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = TICK_NS;
+
+    #[test]
+    fn a_window_due_in_a_gap_is_judged_at_the_end_of_its_step() {
+        let start = 1_000 * S;
+        // A short gap: one-second steps, as a live daemon ticks.
+        assert_eq!(
+            catch_up_at(start, start + 30 * S, start + 4 * S + 300),
+            Some(start + 5 * S)
+        );
+        assert_eq!(
+            catch_up_at(start, start + 30 * S, start + 4 * S),
+            Some(start + 4 * S)
+        );
+        // Due before the gap began: at its start.
+        assert_eq!(
+            catch_up_at(start, start + 30 * S, start - S / 2),
+            Some(start)
+        );
+        // In the last step: the tick at `now_ns` judges it.
+        assert_eq!(catch_up_at(start, start + 30 * S, start + 29 * S + 1), None);
+        assert_eq!(catch_up_at(start, start + 30 * S, start + 40 * S), None);
+        // A two-hour gap: 60 steps of two minutes.
+        let now = start + 7_200 * S;
+        assert_eq!(
+            catch_up_at(start, now, start + 61 * S),
+            Some(start + 120 * S)
+        );
+        assert_eq!(catch_up_at(start, now, start + 7_081 * S), None);
+        assert_eq!(
+            catch_up_at(start, now, start + 7_079 * S),
+            Some(start + 7_080 * S)
+        );
     }
 }

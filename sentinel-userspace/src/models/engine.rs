@@ -535,6 +535,13 @@ impl Engine {
         out
     }
 
+    /// When the next activity window falls due, if one is open: the only work of a tick that
+    /// must happen at its time (the rest, expiring idle state, is paced by stream time and
+    /// catches up by itself).
+    pub fn next_due_ns(&self) -> Option<u64> {
+        self.profiles.next_due_ns()
+    }
+
     /// The profile of a principal (display form, or a linked account such as `user:layla`),
     /// as JSON for `sentinel explain`.
     pub fn explain(&self, principal: &str) -> Option<Value> {

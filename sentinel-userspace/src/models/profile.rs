@@ -360,6 +360,12 @@ impl Profiles {
         due.then(|| close(key, p, s.alpha))
     }
 
+    /// When the earliest open window falls due (or a closed one would have: the queue is
+    /// lazy), if any.
+    pub fn next_due_ns(&self) -> Option<u64> {
+        self.due.peek().map(|&Reverse((due, _))| due)
+    }
+
     /// Closes the windows that fell due by `now_ns` without a new observation (in due order),
     /// and forgets idle profiles (at most `budget` visited per call, paced by stream time).
     pub fn sweep(&mut self, now_ns: u64, budget: usize, out: &mut Vec<(WindowSummary, Profile)>) {

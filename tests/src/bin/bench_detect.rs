@@ -369,8 +369,9 @@ fn replay_section(quick: bool, cpu: Option<usize>) -> anyhow::Result<String> {
          per transaction), a third interleaved arm, to split the analysis; the split is of \
          medians, indicative. The capture is sparse in stream time ({:.2} transactions per \
          second over {:.1} days; {} of the {} transactions, {:.0}%, come more than a second \
-         after the one before, and each of those ticks every model, several times over a \
-         longer gap), so ticks weigh more per transaction here than in a dense capture.\n\n",
+         after the one before, and each of those ticks every model, again at each second of \
+         the gap in which an activity window fell due), so ticks weigh more per transaction \
+         here than in a dense capture.\n\n",
         c.users,
         c.days,
         c.scenarios,
