@@ -715,3 +715,43 @@ fn too_many_pending_requests_give_the_oldest_up() {
     p.finish();
     assert_eq!(p.drain().count(), 10);
 }
+
+#[test]
+fn head_text_reads_utf8_fields_and_empties_only_the_fields_that_are_not() {
+    let mut c = conn();
+    c.send(
+        true,
+        "GET /caf\u{e9} HTTP/1.1\r\nHost: x\r\nX-Name: J\u{fc}rgen\r\n\r\n".as_bytes(),
+        &[],
+        T0 + MS,
+    );
+    c.send(
+        true,
+        b"GET /b HTTP/1.1\r\nHost: y\r\nX-Name: J\xfcrgen\r\nUser-Agent: ok\r\n\r\n",
+        &[],
+        T0 + 2 * MS,
+    );
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        &[],
+        T0 + 3 * MS,
+    );
+    let out = run(c.segments);
+    let fields = |t: &Transaction| -> Vec<(String, String)> {
+        t.request
+            .headers()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect()
+    };
+    // A head that is UTF-8 as a whole, multi-byte characters included.
+    assert_eq!(out[0].path(), "/caf\u{e9}");
+    assert_eq!(out[0].request.header("x-name"), Some("J\u{fc}rgen"));
+    // One field that is not: it reads as empty, the rest of the head as sent.
+    assert_eq!(out[1].path(), "/b");
+    assert_eq!(
+        fields(&out[1]),
+        [("Host", "y"), ("X-Name", ""), ("User-Agent", "ok")]
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+    );
+}
