@@ -447,6 +447,10 @@ fn every_kind_in_order_and_one_segment_each() {
     );
 }
 
+/// Two empty 200 responses, back to back.
+const TWO_EMPTY_OKS: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
 fn conn() -> Conversation {
     let (c, s) = addrs();
     Conversation::open(c, s, T0)
@@ -481,12 +485,7 @@ fn a_gap_inside_a_body_keeps_the_stream_in_sync() {
         &[],
         T0 + 2 * MS,
     );
-    c.send(
-        false,
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-        &[],
-        T0 + 3 * MS,
-    );
+    c.send(false, TWO_EMPTY_OKS, &[], T0 + 3 * MS);
     let (out, st) = run_with(c.segments, PipelineSettings::default());
     assert_eq!(out.len(), 2);
     assert_eq!(out[0].req_bytes, 100);
@@ -731,12 +730,7 @@ fn head_text_reads_utf8_fields_and_empties_only_the_fields_that_are_not() {
         &[],
         T0 + 2 * MS,
     );
-    c.send(
-        false,
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-        &[],
-        T0 + 3 * MS,
-    );
+    c.send(false, TWO_EMPTY_OKS, &[], T0 + 3 * MS);
     let out = run(c.segments);
     let fields = |t: &Transaction| -> Vec<(String, String)> {
         t.request
