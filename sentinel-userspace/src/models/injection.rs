@@ -608,16 +608,18 @@ impl InjectionDetector {
     }
 }
 
-/// Could a JSON body hold an injection? (Its structure has quotes, so look for the rest.)
+/// Could a JSON body hold an injection or a traversal? (Its structure has quotes, so look for
+/// the rest: percent escapes, which JSON strings are judged with, included.)
 fn body_candidate(b: &[u8]) -> bool {
     b.iter().any(|c| {
         matches!(
             c,
-            b'\'' | b'<' | b'>' | b';' | b'(' | b'#' | b'\\' | b'`' | b'='
+            b'\'' | b'<' | b'>' | b';' | b'(' | b'#' | b'\\' | b'`' | b'=' | b'%'
         )
     }) || b.windows(2).any(|w| w == b"--" || w == b"/*" || w == b"..")
         // On the bytes: an invalid UTF-8 sequence never makes or breaks an ASCII word.
         || SQL_WORDS_CI.is_match(b)
+        || SENSITIVE_CI.is_match(b)
 }
 
 fn pairs<'a>(q: &'a str, place: Place, out: &mut Vec<Input<'a>>) {
@@ -923,6 +925,28 @@ mod tests {
             .to_vec()
             .into();
         assert!(kinds(&mut e, &o).contains(&AlertKind::PathTraversal));
+        // The same overlong dots in a JSON string, which is judged as sent (not decoded).
+        let mut o = obs(T0, "203.0.113.47", "/files");
+        o.method = "POST".into();
+        o.req_headers
+            .push(("Content-Type".into(), "application/json".into()));
+        for (i, body) in [
+            &br#"{"file":"%C0%AE%C0%AE%C0%AF%C0%AE%C0%AE%C0%AFnotes"}"#[..],
+            br#"{"doc":{"path":"%2e%2e%2f%2e%2e%2fsecrets"}}"#,
+            br#"{"attachments":["/etc/passwd"]}"#,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            o.client_ip = format!("203.0.113.{}", 50 + i).parse().unwrap();
+            o.req_body = body.into();
+            let k = kinds(&mut e, &o);
+            assert!(
+                k.contains(&AlertKind::PathTraversal),
+                "{}: {k:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
         let mut o = obs(T0, "203.0.113.43", "/balance");
         o.req_headers
             .push(("Referer".into(), "https://x.test/?q=1' OR '1'='1".into()));
@@ -982,6 +1006,14 @@ mod tests {
         let mut o = login(T0, "198.18.0.9", "jane", true, "BankApp/4.2");
         o.req_body = br#"{"username":"jane","password":"Summer2024!"}"#.to_vec().into();
         assert!(kinds(&mut e, &o).is_empty());
+        // Percent signs and paths in JSON strings, judged now that they make a body a candidate.
+        let mut o = obs(T0, "198.18.0.9", "/transfer");
+        o.method = "POST".into();
+        o.req_headers
+            .push(("Content-Type".into(), "application/json".into()));
+        o.req_body = br#"{"memo":"rent, 50% paid","link":"https://x.test/a%20b/c.pdf","dir":"/home/jane/docs"}"#[..].into();
+        let k = kinds(&mut e, &o);
+        assert!(k.is_empty(), "{k:?}");
     }
 
     /// The pre-filters' answers are what the lower-case-and-search code they replaced gave
