@@ -155,28 +155,29 @@ pub(super) fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
 /// Which characters the pre-filters look for occur in a value: one pass over its bytes, no
 /// allocation. The checks below ask it first and look closer only when it allows a match.
 #[derive(Clone, Copy)]
-struct Shape(u8);
+struct Shape(u16);
 
 /// `'` `"` `` ` `` `;` `#` `(` `=` `*`: could be SQL.
-const SQL: u8 = 1;
+const SQL: u16 = 1;
 /// `<` `>` `"` `'` `` ` ``: could be markup.
-const XSS: u8 = 2;
-const PERCENT: u8 = 4;
-const DASH: u8 = 8;
-const DOT: u8 = 16;
-const COLON: u8 = 32;
-const SPACE: u8 = 64;
+const XSS: u16 = 2;
+const PERCENT: u16 = 4;
+const DASH: u16 = 8;
+const DOT: u16 = 16;
+const COLON: u16 = 32;
+const SPACE: u16 = 64;
 /// `\` or any non-ASCII byte: [`fold_overlong`] may change the value.
-const FOLD: u8 = 128;
+const FOLD: u16 = 128;
+const SLASH: u16 = 256;
 
-static CLASS: [u8; 256] = {
-    let mut t = [0u8; 256];
+static CLASS: [u16; 256] = {
+    let mut t = [0u16; 256];
     let mut i = 0x80;
     while i < 256 {
         t[i] = FOLD;
         i += 1;
     }
-    let classes: [(&[u8], u8); 9] = [
+    let classes: [(&[u8], u16); 10] = [
         (b"'\"`", SQL | XSS),
         (b";#(=*", SQL),
         (b"<>", XSS),
@@ -186,6 +187,7 @@ static CLASS: [u8; 256] = {
         (b":", COLON),
         (b" ", SPACE),
         (b"\\", FOLD),
+        (b"/", SLASH),
     ];
     let mut k = 0;
     while k < classes.len() {
@@ -205,7 +207,7 @@ impl Shape {
         Self(v.bytes().fold(0, |a, c| a | CLASS[c as usize]))
     }
 
-    fn has(self, class: u8) -> bool {
+    fn has(self, class: u16) -> bool {
         self.0 & class != 0
     }
 
@@ -231,6 +233,8 @@ impl Shape {
             || self.sql(v)
             || self.script_url(v)
             || (self.has(DOT) && v.contains(".."))
+            // A sensitive file named outright (each name has a `/` or a `.`).
+            || (self.has(SLASH | DOT) && SENSITIVE_CI.is_match(v))
     }
 }
 
@@ -898,6 +902,9 @@ mod tests {
                 "/files?name=%c0%ae%c0%ae/%c0%ae%c0%ae/x.txt",
                 AlertKind::PathTraversal,
             ),
+            // A sensitive file named outright, without any traversal or encoding.
+            ("/download?file=/etc/passwd", AlertKind::PathTraversal),
+            ("/download?f=C:/boot.ini&x=1", AlertKind::PathTraversal),
         ];
         for (i, (target, want)) in cases.iter().enumerate() {
             let mut e = Engine::new(&ModelsConfig::default()).unwrap();
@@ -1068,6 +1075,10 @@ mod tests {
                 || script_url(v)
                 || v.contains("..")
                 || v.contains('%')
+                || {
+                    let l = v.to_ascii_lowercase();
+                    SENSITIVE.iter().any(|f| l.contains(f))
+                }
         }
     }
 
@@ -1164,6 +1175,8 @@ mod tests {
         assert!(plus_as_space(&long, candidate));
         assert!(body_candidate(br#"{"q":"1 UnIoN SeLeCt 2"}"#));
         assert!(!body_candidate(br#"{"to":"bob","amount":50}"#));
+        assert!(body_candidate(br#"{"f":"/ETC/passwd"}"#));
+        assert!(body_candidate(br#"{"f":"%2e%2e%2f"}"#));
     }
 
     #[test]
