@@ -76,6 +76,20 @@ impl Packet {
     }
 }
 
+/// `v` written into `out` with word stores (see [`store_words`]): a struct literal with zero
+/// fields built on the stack otherwise becomes a `memset` call, a byte loop.
+///
+/// # Safety
+/// As [`store_words`]: `T` is plain data without implicit padding.
+#[inline(always)]
+pub unsafe fn init_words<'a, T: Copy>(out: &'a mut MaybeUninit<T>, v: &T) -> &'a mut T {
+    // SAFETY: `out` is valid for writes of a `T`; the rest is the caller's promise.
+    unsafe {
+        store_words(out.as_mut_ptr(), v);
+        out.assume_init_mut()
+    }
+}
+
 /// Copies `*src` to `*dst` one 8-byte word at a time, with stores that the compiler may neither
 /// merge nor turn into a `memset`/`memcpy` call (both are byte loops with this toolchain): a
 /// value that is mostly zeros, or a whole struct copied at once, becomes a call otherwise.

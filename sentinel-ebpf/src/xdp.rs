@@ -147,12 +147,20 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
             } else {
                 None
             };
-            let mut s = SourceStats {
-                packets: 1,
-                bytes: len,
-                last_seen_ns: now,
-                dropped: 0,
-                cache: VerdictCache::default(),
+            let mut s = MaybeUninit::uninit();
+            // SAFETY: `SourceStats` is `repr(C)` words and a `VerdictCache` with explicit
+            // padding: no implicit padding.
+            let s = unsafe {
+                parse::init_words(
+                    &mut s,
+                    &SourceStats {
+                        packets: 1,
+                        bytes: len,
+                        last_seen_ns: now,
+                        dropped: 0,
+                        cache: VerdictCache::default(),
+                    },
+                )
             };
             let mut judged = None;
             if let Some(b) = slot {
@@ -165,7 +173,8 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
                     }
                     // Anything else (a flow kill, checked before the block; shadow mode) is
                     // counted in a per-source entry, as it would be without the slot.
-                    s.cache = b.cache;
+                    // SAFETY: a `VerdictCache` (explicit padding).
+                    unsafe { parse::store_words(&mut s.cache, &b.cache) };
                     judged = Some(reason);
                 }
             }
@@ -186,8 +195,11 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
                         if let Some(b) = slot {
                             // SAFETY: as above.
                             let b = unsafe { &mut *b.as_ptr() };
-                            b.key = src_words;
-                            b.cache = s.cache;
+                            // SAFETY: two words, and a `VerdictCache` (explicit padding).
+                            unsafe {
+                                parse::store_words(&mut b.key, &src_words);
+                                parse::store_words(&mut b.cache, &s.cache);
+                            }
                         }
                         return reason;
                     }
@@ -195,7 +207,7 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
                 }
             };
             s.dropped = reason.is_drop() as u64;
-            if SN_SOURCES.insert(src, &s, 0).is_err() {
+            if SN_SOURCES.insert(src, s, 0).is_err() {
                 count(Reason::SourceInsertFailed, len);
             }
             reason
