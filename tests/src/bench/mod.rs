@@ -70,8 +70,7 @@ pub fn pin_to_one_cpu() -> Option<usize> {
     let cpu = (0..libc::CPU_SETSIZE as usize)
         .rev()
         .find(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })?;
-    // Never dropped: the previous affinity does not come back.
-    std::mem::forget(PinnedCpu::new(cpu).ok()?);
+    set_affinity(cpu).ok()?;
     Some(cpu)
 }
 
@@ -141,17 +140,23 @@ impl PinnedCpu {
     /// Pins the calling thread to `cpu`.
     pub fn new(cpu: usize) -> anyhow::Result<Self> {
         let previous = affinity()?;
-        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it;
-        // sched_setaffinity(0) affects the calling thread only.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-                bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
-            }
-        }
+        set_affinity(cpu).map_err(|e| anyhow::anyhow!("sched_setaffinity: {e}"))?;
         Ok(Self { previous })
     }
+}
+
+/// Sets the calling thread's CPU affinity to `cpu` alone.
+fn set_affinity(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it;
+    // sched_setaffinity(0) affects the calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// The calling thread's CPU affinity mask.

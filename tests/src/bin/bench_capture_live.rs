@@ -20,8 +20,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::programs::XdpMode;
 use sentinel::{
-    datapath::{Datapath, LoadOptions, unload},
-    lab::{Daemon, Topology, bank::BankServer, netns::SERVER_V4},
+    datapath::{Datapath, LoadOptions},
+    lab::{Daemon, TempPins, Topology, bank::BankServer, netns::SERVER_V4},
 };
 use sentinel_common::programs;
 use sentinel_tests::bench::{median, median_ratio, ratio_range};
@@ -166,23 +166,19 @@ fn main() -> anyhow::Result<()> {
                 continue;
             }
             if arm == "base" {
-                // A pass-only XDP program, attached from inside the server namespace.
-                let pin = format!(
-                    "/sys/fs/bpf/sentinel-bench-live-{}-{round}",
-                    std::process::id()
-                );
+                // A pass-only XDP program, attached from inside the server namespace. Both
+                // guards drop at the end of the arm, also on an error or a panic: `_attached`
+                // first (detaching the program), then `pins` (unloading the pins).
+                let pins = TempPins::new("bench-live");
                 let iface = topo.server_if.clone();
-                let pin2 = pin.clone();
-                let attached = topo.server.run(move || -> anyhow::Result<Datapath> {
-                    let mut dp = Datapath::load(&LoadOptions::new(&pin2))?;
+                let pin = pins.path().to_owned();
+                let _attached = topo.server.run(move || -> anyhow::Result<Datapath> {
+                    let mut dp = Datapath::load(&LoadOptions::new(pin))?;
                     let prog = dp.xdp(programs::XDP_PASS)?;
                     prog.attach(&iface, XdpMode::Driver)?;
                     Ok(dp)
                 })??;
-                let r = wrk(&topo, &url, secs, conns, None);
-                drop(attached);
-                let _ = unload(std::path::Path::new(&pin));
-                let r = r?;
+                let r = wrk(&topo, &url, secs, conns, None)?;
                 base_rps.push(r.rps);
                 base_p99.push(r.p99_ms);
                 base_cost.push(r.cpu_us_per_req);

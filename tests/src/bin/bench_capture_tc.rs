@@ -5,10 +5,13 @@
 //! The ring buffer is drained between batches so that every run really reserves and copies
 //! (a full ring would make both programs cheaper and the comparison meaningless).
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use aya::programs::{TestRun, TestRunOptions};
-use sentinel::datapath::{Datapath, LoadOptions, unload};
+use sentinel::{
+    datapath::{Datapath, LoadOptions},
+    lab::TempPins,
+};
 use sentinel_common::capture::names;
 use sentinel_tests::bench::{median, median_ratio};
 
@@ -47,16 +50,16 @@ fn main() -> anyhow::Result<()> {
     sentinel_tests::require_root();
     let quick = std::env::args().any(|a| a == "--quick");
     let rounds = if quick { 5 } else { 15 };
-    let pin = format!("/sys/fs/bpf/sentinel-bench-tc-{}", std::process::id());
-    let result = run(&pin, rounds);
-    let _ = unload(std::path::Path::new(&pin));
-    let table = result?;
+    // Unloaded on drop, also on an error or a panic.
+    let pins = TempPins::new("bench-tc");
+    let table = run(pins.path(), rounds)?;
+    drop(pins);
     println!("{table}");
     sentinel_tests::bench_report::write_section("capture-tc", &table)?;
     Ok(())
 }
 
-fn run(pin: &str, rounds: usize) -> anyhow::Result<String> {
+fn run(pin: &Path, rounds: usize) -> anyhow::Result<String> {
     let mut dp = Datapath::load(&LoadOptions::new(pin))?;
     let mut cap = dp.take_capture()?;
     sentinel_tests::tc::capture_port(&mut cap, PORT)?;

@@ -38,6 +38,7 @@ use anyhow::{Context as _, ensure};
 use sentinel::{
     analyze::Analyzer,
     config::Config,
+    http::Transaction,
     lab::{
         TempDir,
         eval::{WorldFiles, write_world},
@@ -193,12 +194,14 @@ fn capture(dir: &Path, quick: bool) -> anyhow::Result<Capture> {
     })
 }
 
-/// Arm (a): the capture pipeline alone. Returns (CPU seconds, transactions).
-fn arm_pipeline(c: &Capture) -> anyhow::Result<(f64, u64)> {
+/// Arm (a): the capture pipeline alone, showing each transaction to `each` (a no-op in the timed
+/// rounds). Returns (CPU seconds, transactions).
+fn arm_pipeline(c: &Capture, mut each: impl FnMut(&Transaction)) -> anyhow::Result<(f64, u64)> {
     let start = cpu_time();
     let mut n = 0u64;
     let mut check = 0u64;
     replay(&c.pcap, PipelineSettings::default(), |t| {
+        each(&t);
         n += 1;
         check = check.wrapping_add(t.status().unwrap_or(0) as u64 + t.resp_bytes);
         std::hint::black_box(&t);
@@ -206,21 +209,6 @@ fn arm_pipeline(c: &Capture) -> anyhow::Result<(f64, u64)> {
     })?;
     std::hint::black_box(check);
     Ok(((cpu_time() - start).as_secs_f64(), n))
-}
-
-/// The capture's density in stream time (untimed): (span in seconds, transactions that came more
-/// than a second after the latest before them: each of those ticks the models).
-fn stream_shape(c: &Capture) -> anyhow::Result<(f64, u64)> {
-    let (mut first, mut last, mut gaps) = (u64::MAX, 0u64, 0u64);
-    replay(&c.pcap, PipelineSettings::default(), |t| {
-        first = first.min(t.ts_ns);
-        if last > 0 && t.ts_ns > last + 1_000_000_000 {
-            gaps += 1;
-        }
-        last = last.max(t.ts_ns);
-        Ok(())
-    })?;
-    Ok((last.saturating_sub(first) as f64 / 1e9, gaps))
 }
 
 /// Arm (e), to split the analysis: the capture pipeline and enrichment alone (the observation
@@ -306,17 +294,27 @@ fn replay_section(quick: bool, cpu: Option<usize>) -> anyhow::Result<String> {
         cli, alerts,
         "`sentinel replay --emit alerts --geoip-db` printed {cli} alerts, the in-process arm raised {alerts}"
     );
-    let (_, na) = arm_pipeline(&c)?;
+    // The untimed pass of arm (a) also takes the capture's density in stream time: its span, and
+    // the transactions that came more than a second after the latest before them (each of those
+    // ticks the models).
+    let (mut first, mut last, mut gaps) = (u64::MAX, 0u64, 0u64);
+    let (_, na) = arm_pipeline(&c, |t| {
+        first = first.min(t.ts_ns);
+        if last > 0 && t.ts_ns > last + 1_000_000_000 {
+            gaps += 1;
+        }
+        last = last.max(t.ts_ns);
+    })?;
     assert_eq!(n, na, "both arms see the same transactions");
     eprintln!("sanity: {n} transactions, {alerts} alerts, same as `sentinel replay`");
-    let (span_s, gaps) = stream_shape(&c)?;
+    let span_s = last.saturating_sub(first) as f64 / 1e9;
     let (mut a_s, mut e_s, mut b_s) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
         // Rotate which arm goes first.
         let (mut a, mut e, mut b) = (0.0, 0.0, 0.0);
         for k in 0..3 {
             match (r + k) % 3 {
-                0 => a = arm_pipeline(&c)?.0,
+                0 => a = arm_pipeline(&c, |_| {})?.0,
                 1 => e = arm_enrich(&c)?,
                 _ => b = arm_replay(&c)?.0,
             }
