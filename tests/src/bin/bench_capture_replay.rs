@@ -258,10 +258,9 @@ fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let (conns, per_conn, rounds) = if quick { (400, 25, 5) } else { (2000, 30, 9) };
     let cpu = pin_to_one_cpu();
-    let dir = std::env::temp_dir().join(format!("sentinel-bench-replay-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = bench(&dir, conns, per_conn, rounds, cpu);
-    std::fs::remove_dir_all(&dir).ok();
+    let dir = sentinel::lab::TempDir::new("sentinel-bench-replay")?;
+    let result = bench(dir.path(), conns, per_conn, rounds, cpu);
+    drop(dir);
     let table = result?;
     println!("{table}");
     sentinel_tests::bench_report::write_section("capture-replay", &table)?;

@@ -3,12 +3,12 @@
 //!
 //! Usage: `bench_datapath [--quick] [--only cost,memory,droprate,load]` (root).
 
-use std::{net::IpAddr, path::PathBuf, time::Instant};
+use std::{net::IpAddr, time::Instant};
 
 use anyhow::Context as _;
 use sentinel::{
     datapath::{Datapath, LoadOptions, sys, unload},
-    lab::Topology,
+    lab::{TempDir, TempPins, Topology},
 };
 use sentinel_tests::{
     bench::{
@@ -67,13 +67,11 @@ fn iptables_backend() -> String {
 fn main() -> anyhow::Result<()> {
     sentinel_tests::require_root();
     let opts = parse_args()?;
-    let id = std::process::id();
-    let pin = PathBuf::from(format!("/sys/fs/bpf/sentinel-bench-dp-{id}"));
-    let work = std::env::temp_dir().join(format!("sentinel-bench-dp-{id}"));
-    std::fs::create_dir_all(&work)?;
-    let result = run(&opts, &pin, &work);
-    let _ = unload(&pin);
-    let _ = std::fs::remove_dir_all(&work);
+    // Both removed on drop, also when a phase fails or panics.
+    let pins = TempPins::new("bench-dp");
+    let work = TempDir::new("sentinel-bench-dp")?;
+    let result = run(&opts, pins.path(), work.path());
+    drop((work, pins));
     let body = result?;
     println!("\n{body}");
     if opts.only.is_none() {
