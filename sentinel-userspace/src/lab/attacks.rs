@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 
 use super::sim::{
-    APP_UAS, ATTACKER_CITIES, Builder, CITIES, DAY, HOUR, NS, OWN_NET_ADDRS, Rng, Scenario,
+    APP_UAS, ATTACKER_CITIES, Builder, CITIES, City, DAY, HOUR, NS, OWN_NET_ADDRS, Rng, Scenario,
     Session, User, WEB_UAS, attacker_addr, attacker_addr6, bearer, card_number, city_addr,
     distance_km, iban, jwt, luhn_number, post_json, req, resp, slots,
 };
@@ -533,9 +533,41 @@ fn takeover(
     t
 }
 
-/// Where a takeover comes from: a city's index, in [`ATTACKER_CITIES`] when `true`, else in
-/// [`CITIES`].
-type Origin = (usize, bool);
+/// Where a takeover comes from: an attacker city or a benign one.
+#[derive(Clone, Copy)]
+struct Origin {
+    /// The city's index, in [`ATTACKER_CITIES`] if `attacker_city`, else in [`CITIES`].
+    city: usize,
+    /// Whether `city` is one of [`ATTACKER_CITIES`].
+    attacker_city: bool,
+}
+
+impl Origin {
+    /// Attacker city `city`.
+    fn attacker(city: usize) -> Self {
+        Self {
+            city,
+            attacker_city: true,
+        }
+    }
+
+    /// Benign city `city`.
+    fn benign(city: usize) -> Self {
+        Self {
+            city,
+            attacker_city: false,
+        }
+    }
+
+    /// The city itself.
+    fn place(self) -> &'static City {
+        if self.attacker_city {
+            &ATTACKER_CITIES[self.city]
+        } else {
+            &CITIES[self.city]
+        }
+    }
+}
 
 /// A stolen-password session ([`takeover`]) on an established victim, at a time and from a
 /// place that `plan(stage, victim, last)` gives after the owner's last session before a drawn
@@ -546,7 +578,7 @@ fn remote_takeover(
     mut plan: impl FnMut(&mut Stage<'_>, usize, Session) -> Option<(u64, Origin)>,
     ua: impl FnOnce(&mut Stage<'_>, &'static str) -> &'static str,
 ) -> Scenario {
-    let (_, v, (t0, (c, attacker_city))) = st.time_and_victim(
+    let (_, v, (t0, from)) = st.time_and_victim(
         Established {
             requests: 12,
             age_ns: DAY + DAY / 2,
@@ -557,10 +589,10 @@ fn remote_takeover(
             plan(st, v, last)
         },
     );
-    let ip = if attacker_city {
-        st.attacker(c)
+    let ip = if from.attacker_city {
+        st.attacker(from.city)
     } else {
-        st.local_attacker(c)
+        st.local_attacker(from.city)
     };
     let ua = ua(st, st.users[v].ua);
     let extra = st.rng.below(3) as usize;
@@ -580,11 +612,10 @@ fn impossible_travel(st: &mut Stage<'_>, _k: usize) -> Scenario {
             // Somewhere far enough that getting there is impossible: at least 2x the speed
             // limit.
             let far: Vec<Origin> = (0..CITIES.len())
-                .map(|c| (c, false))
-                .chain((0..ATTACKER_CITIES.len()).map(|c| (c, true)))
-                .filter(|&(c, att)| {
-                    let there = if att { &ATTACKER_CITIES[c] } else { &CITIES[c] };
-                    let d = distance_km(here, there);
+                .map(Origin::benign)
+                .chain((0..ATTACKER_CITIES.len()).map(Origin::attacker))
+                .filter(|o| {
+                    let d = distance_km(here, o.place());
                     d >= 1500.0 && d / hours >= 2000.0
                 })
                 .collect();
@@ -625,7 +656,7 @@ fn new_country(st: &mut Stage<'_>, _k: usize) -> Scenario {
             if distance_km(&CITIES[last.city], &ATTACKER_CITIES[a_city]) / hours > 900.0 {
                 return None;
             }
-            Some((t0, (a_city, true)))
+            Some((t0, Origin::attacker(a_city)))
         },
         |st, own| loop {
             let u = if st.rng.chance(0.5) {
