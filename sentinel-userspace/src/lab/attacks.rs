@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 
 use super::sim::{
-    APP_UAS, ATTACKER_CITIES, Builder, CITIES, DAY, HOUR, NS, OWN_NET_ADDRS, Rng, Scenario,
+    APP_UAS, ATTACKER_CITIES, Builder, CITIES, City, DAY, HOUR, NS, OWN_NET_ADDRS, Rng, Scenario,
     Session, User, WEB_UAS, attacker_addr, attacker_addr6, bearer, card_number, city_addr,
     distance_km, iban, jwt, luhn_number, post_json, req, resp, slots,
 };
@@ -62,9 +62,26 @@ const TOOL_UAS: &[&str] = &[
     "okhttp/4.9.2",
 ];
 
-/// What makes a victim established: at least this many requests, this age (ns) of its first
-/// session, and this many sessions.
-type Established = (u64, u64, usize);
+/// What makes a victim established at a time: the history it has by then.
+#[derive(Clone, Copy)]
+struct Established {
+    /// Trusted requests in sessions that ended before the time, at least.
+    requests: u64,
+    /// How long before the time its first session started, at least (ns).
+    age_ns: u64,
+    /// Sessions that ended before the time, at least.
+    sessions: usize,
+}
+
+impl Established {
+    /// Whether `u` has this much history at `t`.
+    fn holds(self, u: &User, t: u64) -> bool {
+        let (requests, sessions, first) = u.history_before(t);
+        requests >= self.requests
+            && sessions >= self.sessions
+            && first.is_some_and(|f| f + self.age_ns < t)
+    }
+}
 
 /// Where attacks are written.
 pub struct Stage<'a> {
@@ -215,22 +232,17 @@ impl Stage<'_> {
                 .below((self.to_ns - self.from_ns).saturating_sub(HOUR))
     }
 
-    /// An unused victim established at `t` (at least `min.0` requests in at least `min.2`
-    /// sessions, the first at least `min.1` before) that `fits` gives a plan for, with the
-    /// plan; only that victim is marked as used.
+    /// An unused victim established at `t` (`min` holds) that `fits` gives a plan for, with
+    /// the plan; only that victim is marked as used.
     fn victim<T>(
         &mut self,
         t: u64,
-        (min_requests, min_age, min_sessions): Established,
+        min: Established,
         fits: &mut impl FnMut(&mut Self, u64, usize) -> Option<T>,
     ) -> Option<(usize, T)> {
         for _ in 0..200 {
             let i = self.rng.below(self.users.len() as u64 - 1) as usize;
-            let (n, sessions, first) = self.users[i].history_before(t);
-            let established = n >= min_requests
-                && sessions >= min_sessions
-                && first.is_some_and(|f| f + min_age < t);
-            if self.victims[i] || !established {
+            if self.victims[i] || !min.holds(&self.users[i], t) {
                 continue;
             }
             if let Some(plan) = fits(self, t, i) {
@@ -412,7 +424,11 @@ fn credential_stuffing(st: &mut Stage<'_>, k: usize) -> Scenario {
 }
 
 fn rate_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
-    let (t0, v) = st.established((10, DAY, 1));
+    let (t0, v) = st.established(Established {
+        requests: 10,
+        age_ns: DAY,
+        sessions: 1,
+    });
     let u = &st.users[v];
     let same_host = st.rng.chance(0.5);
     let mut a = Attack::new(
@@ -517,9 +533,41 @@ fn takeover(
     t
 }
 
-/// Where a takeover comes from: a city's index, in [`ATTACKER_CITIES`] when `true`, else in
-/// [`CITIES`].
-type Origin = (usize, bool);
+/// Where a takeover comes from: an attacker city or a benign one.
+#[derive(Clone, Copy)]
+struct Origin {
+    /// The city's index, in [`ATTACKER_CITIES`] if `attacker_city`, else in [`CITIES`].
+    city: usize,
+    /// Whether `city` is one of [`ATTACKER_CITIES`].
+    attacker_city: bool,
+}
+
+impl Origin {
+    /// Attacker city `city`.
+    fn attacker(city: usize) -> Self {
+        Self {
+            city,
+            attacker_city: true,
+        }
+    }
+
+    /// Benign city `city`.
+    fn benign(city: usize) -> Self {
+        Self {
+            city,
+            attacker_city: false,
+        }
+    }
+
+    /// The city itself.
+    fn place(self) -> &'static City {
+        if self.attacker_city {
+            &ATTACKER_CITIES[self.city]
+        } else {
+            &CITIES[self.city]
+        }
+    }
+}
 
 /// A stolen-password session ([`takeover`]) on an established victim, at a time and from a
 /// place that `plan(stage, victim, last)` gives after the owner's last session before a drawn
@@ -530,15 +578,21 @@ fn remote_takeover(
     mut plan: impl FnMut(&mut Stage<'_>, usize, Session) -> Option<(u64, Origin)>,
     ua: impl FnOnce(&mut Stage<'_>, &'static str) -> &'static str,
 ) -> Scenario {
-    let (_, v, (t0, (c, attacker_city))) =
-        st.time_and_victim((12, DAY + DAY / 2, 1), |st, t, v| {
+    let (_, v, (t0, from)) = st.time_and_victim(
+        Established {
+            requests: 12,
+            age_ns: DAY + DAY / 2,
+            sessions: 1,
+        },
+        |st, t, v| {
             let last = st.users[v].last_session_before(t)?;
             plan(st, v, last)
-        });
-    let ip = if attacker_city {
-        st.attacker(c)
+        },
+    );
+    let ip = if from.attacker_city {
+        st.attacker(from.city)
     } else {
-        st.local_attacker(c)
+        st.local_attacker(from.city)
     };
     let ua = ua(st, st.users[v].ua);
     let extra = st.rng.below(3) as usize;
@@ -558,11 +612,10 @@ fn impossible_travel(st: &mut Stage<'_>, _k: usize) -> Scenario {
             // Somewhere far enough that getting there is impossible: at least 2x the speed
             // limit.
             let far: Vec<Origin> = (0..CITIES.len())
-                .map(|c| (c, false))
-                .chain((0..ATTACKER_CITIES.len()).map(|c| (c, true)))
-                .filter(|&(c, att)| {
-                    let there = if att { &ATTACKER_CITIES[c] } else { &CITIES[c] };
-                    let d = distance_km(here, there);
+                .map(Origin::benign)
+                .chain((0..ATTACKER_CITIES.len()).map(Origin::attacker))
+                .filter(|o| {
+                    let d = distance_km(here, o.place());
                     d >= 1500.0 && d / hours >= 2000.0
                 })
                 .collect();
@@ -603,7 +656,7 @@ fn new_country(st: &mut Stage<'_>, _k: usize) -> Scenario {
             if distance_km(&CITIES[last.city], &ATTACKER_CITIES[a_city]) / hours > 900.0 {
                 return None;
             }
-            Some((t0, (a_city, true)))
+            Some((t0, Origin::attacker(a_city)))
         },
         |st, own| loop {
             let u = if st.rng.chance(0.5) {
@@ -627,7 +680,11 @@ fn behavior_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
     // windows, 4 by default): a hijack of an account with fewer sessions is not this kind's to
     // find, so the victim has at least that many sessions behind it.
     let warmup = crate::models::behavior::Config::default().warmup_windows as usize;
-    let (t, v) = st.established((30, 2 * DAY, warmup));
+    let (t, v) = st.established(Established {
+        requests: 30,
+        age_ns: 2 * DAY,
+        sessions: warmup,
+    });
     let u = &st.users[v];
     // At night, from the owner's own network (no geography to give it away).
     let t0 = t - t % DAY + st.rng.range(1, 3) * HOUR + st.rng.below(HOUR);
@@ -817,7 +874,11 @@ fn data_exposure(st: &mut Stage<'_>, _k: usize) -> Scenario {
     ];
     let variant = *st.rng.pick(&variants);
     let mut a = Attack::new(AlertKind::DataExposure, variant);
-    let (t0, v) = st.established((5, DAY, 1));
+    let (t0, v) = st.established(Established {
+        requests: 5,
+        age_ns: DAY,
+        sessions: 1,
+    });
     let u = &st.users[v];
     let (name, account) = (u.name.clone(), u.account);
     let ip = st.any_attacker();
@@ -912,7 +973,11 @@ fn token_reuse(st: &mut Stage<'_>, _k: usize) -> Scenario {
             "many networks"
         },
     );
-    let (t0, v) = st.established((5, DAY, 1));
+    let (t0, v) = st.established(Established {
+        requests: 5,
+        age_ns: DAY,
+        sessions: 1,
+    });
     let u = &st.users[v];
     let account = u.account;
     // The owner logs in as usual; the token it gets leaks.
@@ -968,7 +1033,11 @@ fn jwt_weakness(st: &mut Stage<'_>, _k: usize) -> Scenario {
             "expired token accepted"
         },
     );
-    let (t0, v) = st.established((5, DAY, 1));
+    let (t0, v) = st.established(Established {
+        requests: 5,
+        age_ns: DAY,
+        sessions: 1,
+    });
     let name = st.users[v].name.clone();
     let ip = st.any_attacker();
     let now = t0 / NS;
