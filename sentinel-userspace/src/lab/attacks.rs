@@ -679,16 +679,21 @@ fn behavior_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
     // The behaviour model judges a principal once it has a baseline (`warmup_windows` activity
     // windows, 4 by default): a hijack of an account with fewer sessions is not this kind's to
     // find, so the victim has at least that many sessions behind it.
+    // That history is counted at the hijack, in the night of the drawn day (before the day's
+    // sessions that the drawn time may follow).
     let warmup = crate::models::behavior::Config::default().warmup_windows as usize;
-    let (t, v) = st.established(Established {
+    let min = Established {
         requests: 30,
         age_ns: 2 * DAY,
         sessions: warmup,
+    };
+    let (_, v, t0) = st.time_and_victim(min, |st, t, v| {
+        // At night, from the owner's own network (no geography to give it away).
+        let t0 = t - t % DAY + st.rng.range(1, 3) * HOUR + st.rng.below(HOUR);
+        let t0 = if t0 < st.from_ns { t0 + DAY } else { t0 };
+        min.holds(&st.users[v], t0).then_some(t0)
     });
     let u = &st.users[v];
-    // At night, from the owner's own network (no geography to give it away).
-    let t0 = t - t % DAY + st.rng.range(1, 3) * HOUR + st.rng.below(HOUR);
-    let t0 = if t0 < st.from_ns { t0 + DAY } else { t0 };
     let (account, ip) = (u.account, u.whereabouts(t0, v).1);
     let ua = if u.ua.starts_with("BankApp") {
         *st.rng.pick(&[WEB_UAS[1], TOOL_UAS[1], TOOL_UAS[0]])

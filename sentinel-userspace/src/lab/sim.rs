@@ -775,6 +775,11 @@ fn session(b: &mut Builder, rng: &mut Rng, u: &mut User, ts: u64, ip: IpAddr) ->
 /// Builds the world: the benign population over `days`, then attack scenarios of every kind in
 /// the last `attack_days`.
 pub fn simulate(cfg: &SimConfig) -> World {
+    simulate_with_users(cfg).0
+}
+
+/// [`simulate`], with the benign users as generated (their sessions, for the tests).
+fn simulate_with_users(cfg: &SimConfig) -> (World, Vec<User>) {
     let mut rng = Rng::new(cfg.seed);
     let mut b = Builder::new(cfg.seed);
     let mut users = Vec::new();
@@ -923,11 +928,12 @@ pub fn simulate(cfg: &SimConfig) -> World {
         cfg.per_kind,
     );
     b.ex.sort_by_key(|e| e.ts_ns);
-    World {
+    let world = World {
         exchanges: b.ex,
         scenarios,
         benign,
-    }
+    };
+    (world, users)
 }
 
 #[cfg(test)]
@@ -985,6 +991,36 @@ mod tests {
                 .iter()
                 .any(|p| p.country == "VN" && p.net.contains(&ip))
         );
+    }
+
+    #[test]
+    fn behaviour_anomaly_victims_have_the_models_warm_up_behind_them_at_the_hijack() {
+        // A short history (attacks from the third day on), so that an account without the
+        // warm-up is easy to draw: without the check at the hijack, seed 1 draws one.
+        let warmup = crate::models::behavior::Config::default().warmup_windows as usize;
+        for seed in 1..=3 {
+            let (w, users) = simulate_with_users(&SimConfig {
+                seed,
+                users: 400,
+                days: 4,
+                attack_days: 2,
+                per_kind: 10,
+                ..Default::default()
+            });
+            let hijacks = w
+                .scenarios
+                .iter()
+                .filter(|s| s.kind == AlertKind::BehaviorAnomaly);
+            assert_eq!(hijacks.clone().count(), 10);
+            for s in hijacks {
+                let u = users
+                    .iter()
+                    .find(|u| s.principals.contains(&format!("user:{}", u.name)))
+                    .unwrap_or_else(|| panic!("no victim among {:?}", s.principals));
+                let (_, sessions, _) = u.history_before(s.first_ns);
+                assert!(sessions >= warmup, "seed {seed}, {}: {sessions}", u.name);
+            }
+        }
     }
 
     #[test]
