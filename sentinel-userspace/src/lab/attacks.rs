@@ -510,7 +510,7 @@ fn takeover(
     ua: &str,
     t0: u64,
     extra: usize,
-) -> u64 {
+) {
     let account = st.users[v].account;
     let tok = login_as(st, a, v, ip, ua, t0, Part::Attempt);
     let auth = bearer(&tok);
@@ -530,7 +530,6 @@ fn takeover(
         let p = &pages[i % pages.len()];
         a.get(st.b, t, who, p, resp(200, "{\"balance\":1200.00}"));
     }
-    t
 }
 
 /// Where a takeover comes from: an attacker city or a benign one.
@@ -798,7 +797,8 @@ fn injection(st: &mut Stage<'_>, kind: AlertKind) -> Scenario {
     let payloads = match kind {
         AlertKind::SqlInjection => SQLI,
         AlertKind::Xss => XSS,
-        _ => TRAVERSAL,
+        AlertKind::PathTraversal => TRAVERSAL,
+        other => unreachable!("{other:?} is not an injection kind"),
     };
     let places: &[&str] = match kind {
         AlertKind::PathTraversal => &["query", "path", "json"],
@@ -1159,7 +1159,7 @@ fn scraping(st: &mut Stage<'_>, _k: usize) -> Scenario {
     a.done()
 }
 
-/// `per_kind` scenarios of every kind in [`KINDS`], numbered in order.
+/// `per_kind` scenarios of every kind in [`kinds`], numbered in order.
 pub fn generate(st: &mut Stage<'_>, per_kind: usize) -> Vec<Scenario> {
     let mut out = Vec::new();
     for kind in kinds() {
@@ -1176,7 +1176,10 @@ pub fn generate(st: &mut Stage<'_>, per_kind: usize) -> Vec<Scenario> {
                 AlertKind::JwtWeakness => jwt_weakness(st, k),
                 AlertKind::Enumeration => enumeration(st, k),
                 AlertKind::Scraping => scraping(st, k),
-                other => injection(st, other),
+                AlertKind::SqlInjection | AlertKind::Xss | AlertKind::PathTraversal => {
+                    injection(st, kind)
+                }
+                AlertKind::SpoofedFlood => unreachable!("kinds() lists HTTP kinds only"),
             };
             s.id = out.len();
             out.push(s);
