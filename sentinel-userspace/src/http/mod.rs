@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
-use self::parser::{Event, Parser, ParserCounts, ReqCtx, Side};
+use self::parser::{Event, Parser, ParserCounts, ReqCtx, Side, Spare};
 pub use self::{
     body::{Body, Decoded},
     head::Head,
@@ -150,10 +150,11 @@ pub struct HttpConn {
 }
 
 impl HttpConn {
-    fn new(settings: HttpSettings) -> Self {
+    fn new(settings: HttpSettings, spares: &mut Vec<Spare>) -> Self {
+        let mut spare = || spares.pop().unwrap_or_default();
         Self {
-            req: Parser::new(Side::Request, settings),
-            resp: Parser::new(Side::Response, settings),
+            req: Parser::with_spare(Side::Request, settings, spare()),
+            resp: Parser::with_spare(Side::Response, settings, spare()),
             pending: VecDeque::new(),
             answered: 0,
             dead: false,
@@ -167,7 +168,12 @@ pub struct HttpHandler {
     stats: HttpStats,
     /// Transactions completed and not yet taken.
     pub out: Vec<Transaction>,
+    /// Parser buffers of ended connections, for new ones (at most [`MAX_SPARES`]).
+    spares: Vec<Spare>,
 }
+
+/// Spare parser buffers kept (each at most [`Spare::MAX_BYTES`]): 1 MiB at most.
+const MAX_SPARES: usize = 64;
 
 impl HttpHandler {
     /// A handler with these limits.
@@ -176,6 +182,7 @@ impl HttpHandler {
             settings,
             stats: HttpStats::default(),
             out: Vec::new(),
+            spares: Vec::new(),
         }
     }
 
@@ -401,7 +408,7 @@ impl StreamHandler for HttpHandler {
 
     fn open(&mut self, _flow: &FlowInfo, _ts_ns: u64) -> HttpConn {
         self.stats.connections += 1;
-        HttpConn::new(self.settings)
+        HttpConn::new(self.settings, &mut self.spares)
     }
 
     fn data(&mut self, c: &mut HttpConn, flow: &FlowInfo, dir: Dir, ts_ns: u64, data: &[u8]) {
@@ -449,6 +456,14 @@ impl StreamHandler for HttpHandler {
                 p.req = Some((Vec::new(), 0, false));
             }
             self.emit(p, flow);
+        }
+        for spare in [c.req.into_spare(), c.resp.into_spare()]
+            .into_iter()
+            .flatten()
+        {
+            if self.spares.len() < MAX_SPARES {
+                self.spares.push(spare);
+            }
         }
     }
 

@@ -55,6 +55,20 @@ pub enum Event {
     Abandoned,
 }
 
+/// The buffers of a parser whose connection ended, kept for a new connection's parser: most
+/// connections are short, and each new parser would allocate its byte buffer and time marks
+/// again.
+#[derive(Debug, Default)]
+pub struct Spare {
+    buf: Vec<u8>,
+    marks: VecDeque<(u64, u64)>,
+}
+
+impl Spare {
+    /// A byte buffer larger than this is freed rather than kept.
+    pub const MAX_BYTES: usize = 16 << 10;
+}
+
 /// Why a direction was given up or resynchronised; the connection counts them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ParserCounts {
@@ -158,14 +172,19 @@ fn looks_like_response(p: &[u8]) -> Option<bool> {
 impl Parser {
     /// A parser for one side.
     pub fn new(side: Side, settings: HttpSettings) -> Self {
+        Self::with_spare(side, settings, Spare::default())
+    }
+
+    /// A parser that starts with the (empty) buffers of one that ended.
+    pub fn with_spare(side: Side, settings: HttpSettings, spare: Spare) -> Self {
         Self {
             side,
             state: State::Idle,
-            buf: Vec::new(),
+            buf: spare.buf,
             start: 0,
             abs: 0,
             tail: 0,
-            marks: VecDeque::new(),
+            marks: spare.marks,
             gaps: VecDeque::new(),
             eof: false,
             eof_done: false,
@@ -178,6 +197,20 @@ impl Parser {
             counts: ParserCounts::default(),
             settings,
         }
+    }
+
+    /// The parser's buffers, emptied, for the next connection's parser (see [`Spare`]); `None`
+    /// when the byte buffer grew beyond [`Spare::MAX_BYTES`].
+    pub fn into_spare(mut self) -> Option<Spare> {
+        if self.buf.capacity() > Spare::MAX_BYTES {
+            return None;
+        }
+        self.buf.clear();
+        self.marks.clear();
+        Some(Spare {
+            buf: self.buf,
+            marks: self.marks,
+        })
     }
 
     /// Bytes held.

@@ -749,3 +749,49 @@ fn head_text_reads_utf8_fields_and_empties_only_the_fields_that_are_not() {
             .map(|(n, v)| (n.to_owned(), v.to_owned()))
     );
 }
+
+/// A connection that ends with bytes still buffered leaves its parser buffers to the next
+/// connection's parsers, emptied: the next connection reads as if it were the first.
+#[test]
+fn a_new_connection_reuses_an_ended_ones_buffers_without_its_bytes() {
+    let (c, s) = addrs();
+    let mut first = Conversation::open(c, s, T0);
+    first.send(
+        true,
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /half HTTP/1.1\r\nHo",
+        &[],
+        T0 + MS,
+    );
+    first.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab",
+        &[],
+        T0 + 2 * MS,
+    );
+    first.rst(true, T0 + 3 * MS);
+    let mut next = Conversation::open("198.18.0.100:40001".parse().unwrap(), s, T0 + 4 * MS);
+    next.send(
+        true,
+        b"GET /b HTTP/1.1\r\nHost: y\r\n\r\n",
+        &[],
+        T0 + 5 * MS,
+    );
+    next.send(false, b"HTTP/1.1 204 No Content\r\n\r\n", &[], T0 + 6 * MS);
+    next.fin(true, T0 + 7 * MS);
+    next.fin(false, T0 + 7 * MS);
+    let (out, _) = run_with(
+        first.segments.into_iter().chain(next.segments),
+        PipelineSettings::default(),
+    );
+    let b: Vec<&Transaction> = out.iter().filter(|t| t.path() == "/b").collect();
+    assert_eq!(
+        b.len(),
+        1,
+        "{:?}",
+        out.iter().map(|t| t.path()).collect::<Vec<_>>()
+    );
+    assert_eq!(b[0].status(), Some(204));
+    assert_eq!(b[0].request.header("host"), Some("y"));
+    assert!(b[0].resp_body.is_empty() && b[0].resp_complete);
+    assert!(out.iter().all(|t| t.path() != "/half"));
+}
