@@ -315,19 +315,14 @@ fn failed() -> Vec<u8> {
 
 fn brute_force(st: &mut Stage<'_>, k: usize) -> Scenario {
     let mut a = Attack::new(AlertKind::BruteForce, "one account");
+    // `rate`: attempts per second, with jitter; `None` for the reference case's even pace.
     let (victim, ip, n, rate, ua, form) = if k == 0 {
-        // The reference case: 500 attempts in 3 minutes from Hanoi on layla.
+        // The reference case: 500 attempts in 3 minutes from Hanoi (its own /24, IPv4: not
+        // `attacker`, which may pick IPv6) on layla, the population's last user.
         let ip = attacker_addr(0, st.next_addr[0]);
         st.next_addr[0] += 1;
         a.variant = "reference case".into();
-        (
-            st.users.len() - 1,
-            ip,
-            500,
-            500.0 / 180.0,
-            TOOL_UAS[0],
-            false,
-        )
+        (st.users.len() - 1, ip, 500, None, TOOL_UAS[0], false)
     } else {
         let v = st.fresh_user();
         let ip = st.any_attacker();
@@ -338,7 +333,7 @@ fn brute_force(st: &mut Stage<'_>, k: usize) -> Scenario {
             *st.rng.pick(WEB_UAS)
         };
         let form = st.rng.chance(0.3);
-        (v, ip, st.rng.range(50, 400), rate, ua, form)
+        (v, ip, st.rng.range(50, 400), Some(rate), ua, form)
     };
     let name = st.users[victim].name.clone();
     a.principals.push(format!("user:{name}"));
@@ -347,10 +342,9 @@ fn brute_force(st: &mut Stage<'_>, k: usize) -> Scenario {
         let (ct, body) = login_body(form, &name, &format!("guess{i}"));
         let r = req("POST", "/login", ua, &[], Some((ct, &body)));
         a.send(st.b, t, ip, r, failed(), Part::Attempt);
-        t += if k == 0 {
-            180 * NS / 500
-        } else {
-            st.interval(rate)
+        t += match rate {
+            None => 180 * NS / 500,
+            Some(rate) => st.interval(rate),
         };
     }
     a.done()
@@ -484,7 +478,7 @@ fn login_as(
     ip: IpAddr,
     ua: &str,
     t: u64,
-    by: Part,
+    part: Part,
 ) -> String {
     let u = &st.users[v];
     let (name, password) = (u.name.clone(), u.password.clone());
@@ -497,7 +491,7 @@ fn login_as(
     let (ct, body) = login_body(false, &name, &password);
     let request = req("POST", "/login", ua, &[], Some((ct, &body)));
     let response = resp(200, &format!("{{\"token\":\"{tok}\"}}"));
-    a.send(st.b, t, ip, request, response, by);
+    a.send(st.b, t, ip, request, response, part);
     tok
 }
 
