@@ -1070,12 +1070,15 @@ fn enumeration(st: &mut Stage<'_>, k: usize) -> Scenario {
     let t0 = st.when();
     let tok = jwt("RS256", &mule, t0 / NS, t0 / NS + 3600, st.rng);
     let ua = *st.rng.pick(&[APP_UAS[0], TOOL_UAS[0], WEB_UAS[2]]);
+    // The mule's own login: the scenario's, beside the attempts.
     let (ct, body) = login_body(false, &mule, "mule-pass");
-    st.b.push(
+    a.send(
+        st.b,
         t0,
         ip,
         req("POST", "/login", ua, &[], Some((ct, &body))),
         resp(200, &format!("{{\"token\":\"{tok}\"}}")),
+        Part::Aside,
     );
     let auth = bearer(&tok);
     let who = TokenHolder {
