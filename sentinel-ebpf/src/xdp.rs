@@ -139,80 +139,91 @@ fn decide(data: usize, data_end: usize, len: u64) -> Reason {
             s.dropped += reason.is_drop() as u64;
             reason
         }
-        None => {
-            // An untracked blocked source seen lately on this CPU (see below); only looked up
-            // while the blocklist may hold entries (no blocked source can have a slot then).
-            let slot = if flags & (HAS_BLOCK_HASH | HAS_BLOCK_LPM) != 0 {
-                blocked_slot(&src_words)
-            } else {
-                None
-            };
-            let mut s = MaybeUninit::uninit();
-            // SAFETY: `SourceStats` is `repr(C)` words and a `VerdictCache` with explicit
-            // padding: no implicit padding.
-            let s = unsafe {
-                parse::init_words(
-                    &mut s,
-                    &SourceStats {
-                        packets: 1,
-                        bytes: len,
-                        last_seen_ns: now,
-                        dropped: 0,
-                        cache: VerdictCache::default(),
-                    },
-                )
-            };
-            let mut judged = None;
-            if let Some(b) = slot {
-                // SAFETY: per-CPU slot; only this CPU writes it, valid for this program run.
-                let b = unsafe { &mut *b.as_ptr() };
-                if b.key == src_words && cache_valid(&b.cache, generation, now) {
-                    let reason = apply(pkt, &mut b.cache, flags, now);
-                    if reason == Reason::DropBlock {
-                        return reason;
-                    }
-                    // Anything else (a flow kill, checked before the block; shadow mode) is
-                    // counted in a per-source entry, as it would be without the slot.
-                    // SAFETY: a `VerdictCache` (explicit padding).
-                    unsafe { parse::store_words(&mut s.cache, &b.cache) };
-                    judged = Some(reason);
-                }
+        None => untracked(pkt, &src_words, flags, generation, now, len),
+    }
+}
+
+/// A source without an entry on this CPU: judged from its blocked-source slot when that holds
+/// its verdict, else by looking the lists up; it then gets an entry, unless the blocklist drops
+/// it.
+///
+/// A source that the blocklist drops gets no entry: its packets are counted under `drop_block`
+/// in the per-CPU `SN_COUNTERS` only. A flood of random blocked sources would otherwise insert
+/// (and evict) an LRU entry per packet, which costs more than the rest of the packet's work on
+/// cold caches, and would push the passing sources, whose counts the models need, out of the
+/// table. Sources already tracked when their block starts keep being counted in their entry.
+/// The verdict goes to the source's slot in `SN_BLOCKED` instead, so that a hot blocked source
+/// skips the list lookups.
+#[inline(always)]
+fn untracked(
+    pkt: &Packet,
+    src_words: &[u64; 2],
+    flags: u32,
+    generation: u32,
+    now: u64,
+    len: u64,
+) -> Reason {
+    let src = parse::key(src_words);
+    // Only looked up while the blocklist may hold entries (no blocked source can have a slot
+    // then).
+    let slot = if flags & (HAS_BLOCK_HASH | HAS_BLOCK_LPM) != 0 {
+        blocked_slot(src_words)
+    } else {
+        None
+    };
+    let mut s = MaybeUninit::uninit();
+    // SAFETY: `SourceStats` is `repr(C)` words and a `VerdictCache` with explicit padding: no
+    // implicit padding.
+    let s = unsafe {
+        parse::init_words(
+            &mut s,
+            &SourceStats {
+                packets: 1,
+                bytes: len,
+                last_seen_ns: now,
+                dropped: 0,
+                cache: VerdictCache::default(),
+            },
+        )
+    };
+    // SAFETY: per-CPU slot; only this CPU writes it, valid for this program run.
+    let cached = slot
+        .map(|b| unsafe { &mut *b.as_ptr() })
+        .filter(|b| b.key == *src_words && cache_valid(&b.cache, generation, now));
+    let reason = match cached {
+        Some(b) => {
+            let reason = apply(pkt, &mut b.cache, flags, now);
+            if reason == Reason::DropBlock {
+                return reason;
             }
-            let reason = match judged {
-                Some(reason) => reason,
-                None => {
-                    lookup_lists(src, flags, generation, now, &mut s.cache);
-                    let reason = apply(pkt, &mut s.cache, flags, now);
-                    // A source that the blocklist drops gets no entry: its packets are counted
-                    // under `drop_block` in the per-CPU `SN_COUNTERS` only. A flood of random
-                    // blocked sources would otherwise insert (and evict) an LRU entry per
-                    // packet, which costs more than the rest of the packet's work on cold
-                    // caches, and would push the passing sources, whose counts the models need,
-                    // out of the table. Sources already tracked when their block starts keep
-                    // being counted in their entry. The verdict goes to the source's slot in
-                    // `SN_BLOCKED` instead, so that a hot blocked source skips the list lookups.
-                    if reason == Reason::DropBlock {
-                        if let Some(b) = slot {
-                            // SAFETY: as above.
-                            let b = unsafe { &mut *b.as_ptr() };
-                            // SAFETY: two words, and a `VerdictCache` (explicit padding).
-                            unsafe {
-                                parse::store_words(&mut b.key, &src_words);
-                                parse::store_words(&mut b.cache, &s.cache);
-                            }
-                        }
-                        return reason;
+            // Anything else (a flow kill, checked before the block; shadow mode) is counted in
+            // a per-source entry, as it would be without the slot.
+            // SAFETY: a `VerdictCache` (explicit padding).
+            unsafe { parse::store_words(&mut s.cache, &b.cache) };
+            reason
+        }
+        None => {
+            lookup_lists(src, flags, generation, now, &mut s.cache);
+            let reason = apply(pkt, &mut s.cache, flags, now);
+            if reason == Reason::DropBlock {
+                if let Some(b) = slot {
+                    // SAFETY: as above; two words, and a `VerdictCache` (explicit padding).
+                    unsafe {
+                        let b = &mut *b.as_ptr();
+                        parse::store_words(&mut b.key, src_words);
+                        parse::store_words(&mut b.cache, &s.cache);
                     }
-                    reason
                 }
-            };
-            s.dropped = reason.is_drop() as u64;
-            if SN_SOURCES.insert(src, s, 0).is_err() {
-                count(Reason::SourceInsertFailed, len);
+                return reason;
             }
             reason
         }
+    };
+    s.dropped = reason.is_drop() as u64;
+    if SN_SOURCES.insert(src, s, 0).is_err() {
+        count(Reason::SourceInsertFailed, len);
     }
+    reason
 }
 
 /// The source's slot in the per-CPU, direct-mapped cache of untracked blocked sources: the
