@@ -43,13 +43,17 @@ pub const INJECTION: [AlertKind; 3] = [
 /// Draws before a scenario gives up looking for a victim, a time or a place that fits.
 const MAX_TRIES: usize = 10_000;
 
+/// Victims drawn for one attack time before another time is drawn (`time_and_victim`): a
+/// time at which few users are established or fit gives way to another soon.
+const VICTIM_DRAWS: usize = 200;
+
 /// Every scenario on an account needs a victim of its own with enough history: a population too
 /// small for `per_kind` runs out of them.
 fn exhausted(users: usize) -> ! {
     panic!(
-        "the simulator found no unused, established victim in {MAX_TRIES} draws among {users} \
-         users: give more users or fewer scenarios per kind (each account attack takes a victim \
-         of its own)"
+        "the simulator found no unused, established victim that fits its scenario in \
+         {MAX_TRIES} draws among {users} users: give more users or fewer scenarios per kind \
+         (each account attack takes a victim of its own)"
     )
 }
 
@@ -240,7 +244,7 @@ impl Stage<'_> {
         min: Established,
         fits: &mut impl FnMut(&mut Self, u64, usize) -> Option<T>,
     ) -> Option<(usize, T)> {
-        for _ in 0..200 {
+        for _ in 0..VICTIM_DRAWS {
             let i = self.rng.below(self.users.len() as u64 - 1) as usize;
             if self.victims[i] || !min.holds(&self.users[i], t) {
                 continue;
