@@ -10,7 +10,7 @@ use super::{
     principal::{self, JwtInfo, PrincipalConfig, RequestView, parse_jwt, short_hash},
     template::Templates,
 };
-use crate::models::{Header, LoginAttempt, Observation, bounded::key_of};
+use crate::models::{Header, LoginAttempt, Observation, bounded::key_of, header};
 
 /// The facts of one transaction the enricher reads, borrowed from whatever produced it (the live
 /// pipeline or a replay); the observation borrows them in turn.
@@ -43,13 +43,6 @@ pub struct TransactionFacts<'a> {
     pub resp_bytes: u64,
     /// Latency in milliseconds.
     pub latency_ms: f64,
-}
-
-fn header<'a>(headers: &[Header<'a>], name: &str) -> Option<Cow<'a, str>> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.clone())
 }
 
 /// `[enrich]` settings.
@@ -197,7 +190,7 @@ impl Enricher {
                 username,
                 success: self.login_succeeded(&t),
             });
-        let user_agent = header(&t.req_headers, "user-agent");
+        let user_agent = header(&t.req_headers, "user-agent").cloned();
         let bearer = bearer.map(str::to_owned);
         Observation {
             ts_ns: t.ts_ns,

@@ -8,11 +8,12 @@
 
 use std::{net::IpAddr, sync::Arc};
 
-use crate::models::Header;
 use base64::Engine as _;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::models::Header;
 
 /// What kind of evidence identified the principal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -316,10 +317,7 @@ pub struct RequestView<'a> {
 
 impl<'a> RequestView<'a> {
     fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| &**v)
+        crate::models::header(self.headers, name).map(|v| &**v)
     }
 }
 

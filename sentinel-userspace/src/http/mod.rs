@@ -172,7 +172,7 @@ pub struct HttpHandler {
     spares: Vec<Spare>,
 }
 
-/// Spare parser buffers kept (each at most [`Spare::MAX_BYTES`]): 1 MiB at most.
+/// Spare parser buffers kept (each at most [`Spare::MAX_BYTES`]): 256 KiB at most.
 const MAX_SPARES: usize = 64;
 
 impl HttpHandler {

@@ -65,8 +65,10 @@ pub struct Spare {
 }
 
 impl Spare {
-    /// A byte buffer larger than this is freed rather than kept.
-    pub const MAX_BYTES: usize = 16 << 10;
+    /// A byte buffer larger than this is freed rather than kept: a flow's memory counts its
+    /// buffers' capacity (against the per-flow and global caps), so a new flow should not start
+    /// out holding much.
+    pub const MAX_BYTES: usize = 4 << 10;
 }
 
 /// Why a direction was given up or resynchronised; the connection counts them.

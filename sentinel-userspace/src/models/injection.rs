@@ -529,11 +529,8 @@ impl InjectionDetector {
         if body.is_empty() {
             return Body::None;
         }
-        let ctype = o
-            .req_headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
-            .map_or(&b""[..], |(_, v)| v.as_bytes());
+        let ctype =
+            super::header(&o.req_headers, "content-type").map_or(&b""[..], |v| v.as_bytes());
         let first = body.iter().find(|c| !c.is_ascii_whitespace()).copied();
         if contains_ci(ctype, b"json") || matches!(first, Some(b'{' | b'[')) {
             match body_candidate(body).then(|| serde_json::from_slice::<Value>(body)) {

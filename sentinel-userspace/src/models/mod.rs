@@ -36,4 +36,4 @@ pub mod token;
 pub use alert::{Action, Alert, AlertKind, Severity};
 pub use config::ModelsConfig;
 pub use engine::{Detection, Detector, Engine, EngineStats, ModelsError};
-pub use observation::{Header, LoginAttempt, Observation};
+pub use observation::{Header, LoginAttempt, Observation, header};

@@ -13,6 +13,14 @@ use crate::enrich::{
 /// A request header field (name, value), borrowed from the transaction or owned.
 pub type Header<'a> = (Cow<'a, str>, Cow<'a, str>);
 
+/// The value of the first field of `headers` named `name` (in any ASCII case).
+pub fn header<'h, 'a>(headers: &'h [Header<'a>], name: &str) -> Option<&'h Cow<'a, str>> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
 /// One enriched transaction. Its request and response parts borrow from the transaction it was
 /// built from (`'a`); the models take what they keep as owned keys, never the observation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
