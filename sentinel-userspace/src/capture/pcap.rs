@@ -866,6 +866,15 @@ mod tests {
         conv.segments
     }
 
+    /// `segs` written as a pcapng file when `ng`, else as a pcap file.
+    fn file(ng: bool, link: Link, segs: &[Segment], vlan: bool) -> Vec<u8> {
+        if ng {
+            write_pcapng(Vec::new(), link, segs, vlan).unwrap()
+        } else {
+            write_pcap(Vec::new(), link, segs, vlan).unwrap()
+        }
+    }
+
     fn read_all(bytes: &[u8]) -> (Vec<Segment>, Option<PcapError>, CaptureStats) {
         drain(CaptureReader::new(bytes).unwrap())
     }
@@ -946,11 +955,7 @@ mod tests {
     fn a_truncated_file_keeps_what_came_before_and_names_the_offset() {
         let segs = conversation(false);
         for ng in [false, true] {
-            let bytes = if ng {
-                write_pcapng(Vec::new(), Link::Ethernet, &segs, false).unwrap()
-            } else {
-                write_pcap(Vec::new(), Link::Ethernet, &segs, false).unwrap()
-            };
+            let bytes = file(ng, Link::Ethernet, &segs, false);
             // Cut inside the fifth record.
             let (full, _, _) = read_all(&bytes);
             assert_eq!(full.len(), segs.len());
@@ -979,11 +984,13 @@ mod tests {
         let dir = crate::lab::TempDir::new("sentinel-pcap-map").unwrap();
         let segs = conversation(true);
         for ng in [false, true] {
-            let bytes = if ng {
-                write_pcapng(Vec::new(), Link::LinuxSll2, &segs, false).unwrap()
+            // Another link type for each format: cooked v2 in pcapng, tagged Ethernet in pcap.
+            let (link, vlan) = if ng {
+                (Link::LinuxSll2, false)
             } else {
-                write_pcap(Vec::new(), Link::Ethernet, &segs, true).unwrap()
+                (Link::Ethernet, true)
             };
+            let bytes = file(ng, link, &segs, vlan);
             for cut in [bytes.len(), bytes.len() - 7] {
                 let path = dir.path().join(format!("c-{ng}-{cut}.pcap"));
                 std::fs::write(&path, &bytes[..cut]).unwrap();

@@ -77,6 +77,13 @@ struct Established {
     sessions: usize,
 }
 
+/// A user with some history: a day old, five requests, one session.
+const KNOWN: Established = Established {
+    requests: 5,
+    age_ns: DAY,
+    sessions: 1,
+};
+
 impl Established {
     /// Whether `u` has this much history at `t`.
     fn holds(self, u: &User, t: u64) -> bool {
@@ -877,11 +884,7 @@ fn data_exposure(st: &mut Stage<'_>, _k: usize) -> Scenario {
     ];
     let variant = *st.rng.pick(&variants);
     let mut a = Attack::new(AlertKind::DataExposure, variant);
-    let (t0, v) = st.established(Established {
-        requests: 5,
-        age_ns: DAY,
-        sessions: 1,
-    });
+    let (t0, v) = st.established(KNOWN);
     let u = &st.users[v];
     let (name, account) = (u.name.clone(), u.account);
     let ip = st.any_attacker();
@@ -976,11 +979,7 @@ fn token_reuse(st: &mut Stage<'_>, _k: usize) -> Scenario {
             "many networks"
         },
     );
-    let (t0, v) = st.established(Established {
-        requests: 5,
-        age_ns: DAY,
-        sessions: 1,
-    });
+    let (t0, v) = st.established(KNOWN);
     let u = &st.users[v];
     let account = u.account;
     // The owner logs in as usual; the token it gets leaks.
@@ -1036,11 +1035,7 @@ fn jwt_weakness(st: &mut Stage<'_>, _k: usize) -> Scenario {
             "expired token accepted"
         },
     );
-    let (t0, v) = st.established(Established {
-        requests: 5,
-        age_ns: DAY,
-        sessions: 1,
-    });
+    let (t0, v) = st.established(KNOWN);
     let name = st.users[v].name.clone();
     let ip = st.any_attacker();
     let now = t0 / NS;
