@@ -143,6 +143,7 @@ struct Attack {
     variant: String,
     sources: Vec<IpAddr>,
     principals: Vec<String>,
+    tried: Vec<String>,
     first_ns: u64,
     attempts_ns: Vec<u64>,
 }
@@ -154,6 +155,7 @@ impl Attack {
             variant: variant.to_owned(),
             sources: Vec::new(),
             principals: Vec::new(),
+            tried: Vec::new(),
             first_ns: u64::MAX,
             attempts_ns: Vec::new(),
         }
@@ -202,6 +204,7 @@ impl Attack {
             variant: self.variant,
             sources: self.sources.iter().map(ToString::to_string).collect(),
             principals: self.principals,
+            tried: self.tried,
             first_ns: self.first_ns.min(start),
             start_ns: start,
             end_ns: end,
@@ -401,9 +404,14 @@ fn credential_stuffing(st: &mut Stage<'_>, k: usize) -> Scenario {
             a.principals.push(format!("user:{}", st.users[v].name));
             st.users[v].name.clone()
         } else if real {
-            st.users[st.rng.below(st.users.len() as u64) as usize]
+            let name = st.users[st.rng.below(st.users.len() as u64) as usize]
                 .name
-                .clone()
+                .clone();
+            let p = format!("user:{name}");
+            if !a.tried.contains(&p) {
+                a.tried.push(p);
+            }
+            name
         } else {
             format!("leak{k}-{i}@mail.test")
         };

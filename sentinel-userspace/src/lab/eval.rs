@@ -33,6 +33,10 @@ use crate::{
 pub const DETECT_GRACE_NS: u64 = 600 * NS;
 /// Alerts about an attack's sources and principals belong to it until this long after its end.
 pub const ATTRIBUTION_NS: u64 = 24 * 3600 * NS;
+/// Alerts about the accounts an attack only tried ([`Scenario::tried`]) belong to it until this
+/// long after its end: the credential detector's window (its default), over which an account's
+/// failures count.
+pub const TRIED_ATTRIBUTION_NS: u64 = 600 * NS;
 
 /// Alert times are capture times (microseconds in pcap, milliseconds in the alert's `ts`): an
 /// attempt counts as seen by an alert up to this much after it.
@@ -136,6 +140,7 @@ pub fn score(scenarios: &[Scenario], benign: &[BenignUser], alerts: &[Seen]) -> 
     }
     let mut by_src: HashMap<&str, Vec<&Scenario>> = HashMap::new();
     let mut by_principal: HashMap<&str, Vec<&Scenario>> = HashMap::new();
+    let mut by_tried: HashMap<&str, Vec<&Scenario>> = HashMap::new();
     for s in scenarios {
         for x in &s.sources {
             by_src.entry(x.as_str()).or_default().push(s);
@@ -143,10 +148,22 @@ pub fn score(scenarios: &[Scenario], benign: &[BenignUser], alerts: &[Seen]) -> 
         for p in &s.principals {
             by_principal.entry(p.as_str()).or_default().push(s);
         }
+        for p in &s.tried {
+            by_tried.entry(p.as_str()).or_default().push(s);
+        }
     }
     let mut first: HashMap<usize, &Seen> = HashMap::new();
     let mut explained = vec![false; alerts.len()];
     for (i, a) in alerts.iter().enumerate() {
+        // An account the attack tried: the alert is the attack's while the account's failures
+        // from it still count.
+        explained[i] = a
+            .principal
+            .as_deref()
+            .and_then(|p| by_tried.get(p))
+            .into_iter()
+            .flatten()
+            .any(|s| a.ts_ns + NS >= s.first_ns && a.ts_ns <= s.end_ns + TRIED_ATTRIBUTION_NS);
         // The scenarios the alert names: by its source and by its principal (so every one of
         // them names it, as a detection must).
         let cands = by_src.get(a.src_ip.as_str()).into_iter().flatten().chain(
@@ -412,6 +429,7 @@ mod tests {
             variant: "t".into(),
             sources: vec![src.into()],
             principals: vec!["user:v".into()],
+            tried: vec!["user:tried".into()],
             first_ns: start,
             start_ns: start,
             end_ns: start + 10 * NS,
@@ -438,11 +456,18 @@ mod tests {
             scen(1, AlertKind::SqlInjection, "203.0.113.2", t),
             scen(2, AlertKind::Scraping, "203.0.113.3", t),
         ];
-        let benign = vec![BenignUser {
-            name: "u1".into(),
-            principals: vec!["jwt:u1".into()],
-            addrs: vec!["198.18.0.2".into()],
-        }];
+        let benign = vec![
+            BenignUser {
+                name: "u1".into(),
+                principals: vec!["jwt:u1".into()],
+                addrs: vec!["198.18.0.2".into()],
+            },
+            BenignUser {
+                name: "tried".into(),
+                principals: vec!["user:tried".into()],
+                addrs: vec!["198.18.0.3".into()],
+            },
+        ];
         let alerts = vec![
             // Wrong kind first, then the right one 2 s in.
             seen(AlertKind::RateAnomaly, "203.0.113.1", None, t + NS / 2),
@@ -458,6 +483,20 @@ mod tests {
             seen(AlertKind::Scraping, "203.0.113.3", None, t - 5 * NS),
             // A benign user flagged twice, once by address.
             seen(AlertKind::BehaviorAnomaly, "198.18.0.7", Some("jwt:u1"), t),
+            // An account the brute force only tried: its alert while the failures count is the
+            // attack's; long after, it flags its owner.
+            seen(
+                AlertKind::BruteForce,
+                "198.18.0.3",
+                Some("user:tried"),
+                t + 10 * NS + TRIED_ATTRIBUTION_NS,
+            ),
+            seen(
+                AlertKind::NewCountry,
+                "198.18.0.3",
+                Some("user:tried"),
+                t + 11 * NS + TRIED_ATTRIBUTION_NS,
+            ),
             seen(
                 AlertKind::RateAnomaly,
                 "198.18.0.2",
@@ -477,6 +516,7 @@ mod tests {
             s.flagged["u1"],
             [AlertKind::BehaviorAnomaly, AlertKind::RateAnomaly]
         );
+        assert_eq!(s.flagged["tried"], [AlertKind::NewCountry]);
         assert_eq!(s.stray, 1, "the early scraping alert");
         let md = table(&[(1, s)]);
         assert!(
@@ -484,7 +524,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| 1/1 (100.00%) | - | <= 0.1% | **no** |"),
+            md.contains("| 2/2 (100.00%) | - | <= 0.1% | **no** |"),
             "{md}"
         );
     }

@@ -280,6 +280,11 @@ pub struct Scenario {
     pub sources: Vec<String>,
     /// Principals (display form) the attack acts as or against.
     pub principals: Vec<String>,
+    /// Accounts (display form) the attack only tried and failed on, such as the real user
+    /// names in a stuffing list: alerts about them while it runs, and up to the window a
+    /// detector keeps its failures after, belong to it, but they are not its principals (their
+    /// owners' own traffic later is theirs).
+    pub tried: Vec<String>,
     /// First request of the attack, preparation (a login, a look around) included: alerts
     /// about its sources and principals from then on belong to it.
     pub first_ns: u64,

@@ -258,15 +258,23 @@ impl Detector for CredentialDetector {
         if !ctx.login_failed {
             // Sources and fingerprints get state with their first failure: successes before
             // that say nothing, and a million clean logins cost nothing here.
+            let mut src_score = 0.0;
             if let Some(src) = self.sources.get_mut(src_key) {
                 src.attempts.add(now, w, 1);
                 src.successes.add(now, w, 1);
+                src_score = src.score.count(now, w) / SCALE;
             }
             if let Some(fps) = self.fingerprints.get_mut(fp) {
                 fps.attempts.add(now, w, 1);
             }
+            // The owner's own client at home, whose source failed no more than a person
+            // mistyping does: a run of failures from elsewhere (stuffing that tried the name)
+            // followed by the owner's typo and login is not a guessed password.
+            let owner_like = known_device && !new_country && !automated;
+            let source_guessed = !owner_like || src_score >= self.cfg.brute_force_score;
             // A success right after a run of failures on this account from this source.
-            if let Some(k) = account_key
+            if source_guessed
+                && let Some(k) = account_key
                 && let Some(a) = self.accounts.get_mut(k)
             {
                 let fails = a.fails.count(now, w);
@@ -738,6 +746,43 @@ mod tests {
         assert!(
             kinds.contains(&(AlertKind::CredentialStuffing, true)),
             "{kinds:?}"
+        );
+    }
+
+    #[test]
+    fn the_owner_logging_in_after_others_tried_the_account_is_not_a_guess() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        history(&mut e, "omar", "192.0.2.50", 3);
+        let t = T0 + 4 * 86_400 * S;
+        let mut alerts = Vec::new();
+        // Stuffing from two foreign tools tries the name, then the owner mistypes once at home
+        // on their own phone and gets in.
+        alerts.extend(e.observe(&login(
+            t,
+            "203.0.113.7",
+            "omar",
+            false,
+            "python-requests/2.31",
+        )));
+        alerts.extend(e.observe(&login(
+            t + 190 * S,
+            "198.51.100.9",
+            "omar",
+            false,
+            "curl/8.4",
+        )));
+        let own = "BankApp/4.2.1 (iPhone; iOS 18.1)";
+        alerts.extend(e.observe(&login(t + 430 * S, "192.0.2.50", "omar", false, own)));
+        let success = e.observe(&login(t + 448 * S, "192.0.2.50", "omar", true, own));
+        // The account was under attack: that is said (the failures' alert) ...
+        assert!(
+            alerts.iter().any(|a| a.kind == AlertKind::BruteForce),
+            "{alerts:?}"
+        );
+        // ... but the owner's login is not taken for a guessed password.
+        assert!(
+            !success.iter().any(|a| a.kind == AlertKind::BruteForce),
+            "{success:?}"
         );
     }
 
