@@ -12,8 +12,8 @@ use std::net::IpAddr;
 
 use super::sim::{
     APP_UAS, ATTACKER_CITIES, Builder, CITIES, City, DAY, HOUR, NS, OWN_NET_ADDRS, Rng, Scenario,
-    Session, User, WEB_UAS, attacker_addr, attacker_addr6, bearer, card_number, city_addr,
-    distance_km, iban, jwt, luhn_number, post_json, req, resp, slots,
+    Session, User, WEB_UAS, Whereabouts, attacker_addr, attacker_addr6, bearer, card_number,
+    city_addr, distance_km, iban, jwt, luhn_number, post_json, req, resp, slots,
 };
 use crate::models::AlertKind;
 
@@ -58,13 +58,12 @@ fn exhausted(users: usize) -> ! {
 }
 
 /// Automated clients' user agents.
-const TOOL_UAS: &[&str] = &[
-    "python-requests/2.31.0",
-    "curl/8.4.0",
-    "Go-http-client/1.1",
-    "hydra",
-    "okhttp/4.9.2",
-];
+const TOOL_UAS: &[&str] = &[PYTHON_REQUESTS, CURL, GO_HTTP, "hydra", OKHTTP];
+const PYTHON_REQUESTS: &str = "python-requests/2.31.0";
+const CURL: &str = "curl/8.4.0";
+const GO_HTTP: &str = "Go-http-client/1.1";
+/// The Android HTTP library: an app's as often as a script's (not an automation agent).
+const OKHTTP: &str = "okhttp/4.9.2";
 
 /// What makes a victim established at a time: the history it has by then.
 #[derive(Clone, Copy)]
@@ -87,11 +86,21 @@ const KNOWN: Established = Established {
 impl Established {
     /// Whether `u` has this much history at `t`.
     fn holds(self, u: &User, t: u64) -> bool {
-        let (requests, sessions, first) = u.history_before(t);
-        requests >= self.requests
-            && sessions >= self.sessions
-            && first.is_some_and(|f| f + self.age_ns < t)
+        let h = u.history_before(t);
+        h.requests >= self.requests
+            && h.sessions >= self.sessions
+            && h.first_ns.is_some_and(|f| f + self.age_ns < t)
     }
+}
+
+/// An attack time and a victim drawn for it ([`Stage::time_and_victim`]).
+struct Drawn<T> {
+    /// The time drawn.
+    t: u64,
+    /// The victim (index into the users).
+    victim: usize,
+    /// What the victim's fit gave for that time.
+    plan: T,
 }
 
 /// Where attacks are written.
@@ -286,11 +295,11 @@ impl Stage<'_> {
         &mut self,
         min: Established,
         mut fits: impl FnMut(&mut Self, u64, usize) -> Option<T>,
-    ) -> (u64, usize, T) {
+    ) -> Drawn<T> {
         for _ in 0..MAX_TRIES {
             let t = self.when();
-            if let Some((v, plan)) = self.victim(t, min, &mut fits) {
-                return (t, v, plan);
+            if let Some((victim, plan)) = self.victim(t, min, &mut fits) {
+                return Drawn { t, victim, plan };
             }
         }
         exhausted(self.users.len())
@@ -298,8 +307,8 @@ impl Stage<'_> {
 
     /// A time and an established victim at that time.
     fn established(&mut self, min: Established) -> (u64, usize) {
-        let (t, v, ()) = self.time_and_victim(min, |_, _, _| Some(()));
-        (t, v)
+        let d = self.time_and_victim(min, |_, _, _| Some(()));
+        (d.t, d.victim)
     }
 
     /// `1/rate` seconds with ±30% jitter, in ns.
@@ -336,7 +345,7 @@ fn brute_force(st: &mut Stage<'_>, k: usize) -> Scenario {
         let ip = attacker_addr(0, st.next_addr[0]);
         st.next_addr[0] += 1;
         a.variant = "reference case".into();
-        (st.users.len() - 1, ip, 500, None, TOOL_UAS[0], false)
+        (st.users.len() - 1, ip, 500, None, PYTHON_REQUESTS, false)
     } else {
         let v = st.fresh_user();
         let ip = st.any_attacker();
@@ -382,9 +391,9 @@ fn credential_stuffing(st: &mut Stage<'_>, k: usize) -> Scenario {
         vec![st.any_attacker()]
     };
     let ua = if distributed {
-        "okhttp/4.9.2"
+        OKHTTP
     } else {
-        *st.rng.pick(&[TOOL_UAS[0], TOOL_UAS[2], WEB_UAS[0]])
+        *st.rng.pick(&[PYTHON_REQUESTS, GO_HTTP, WEB_UAS[0]])
     };
     let rate = if distributed {
         20.0 + st.rng.unit() * 30.0
@@ -452,7 +461,7 @@ fn rate_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
             "owner's city"
         },
     );
-    let (city, here) = u.whereabouts(t0, v);
+    let Whereabouts { city, addr: here } = u.whereabouts(t0, v);
     let ip = if same_host {
         here
     } else {
@@ -590,7 +599,11 @@ fn remote_takeover(
     mut plan: impl FnMut(&mut Stage<'_>, usize, Session) -> Option<(u64, Origin)>,
     ua: impl FnOnce(&mut Stage<'_>, &'static str) -> &'static str,
 ) -> Scenario {
-    let (_, v, (t0, from)) = st.time_and_victim(
+    let Drawn {
+        victim: v,
+        plan: (t0, from),
+        ..
+    } = st.time_and_victim(
         Established {
             requests: 12,
             age_ns: DAY + DAY / 2,
@@ -699,18 +712,22 @@ fn behavior_anomaly(st: &mut Stage<'_>, _k: usize) -> Scenario {
         age_ns: 2 * DAY,
         sessions: warmup,
     };
-    let (_, v, t0) = st.time_and_victim(min, |st, t, v| {
+    let Drawn {
+        victim: v,
+        plan: t0,
+        ..
+    } = st.time_and_victim(min, |st, t, v| {
         // At night, from the owner's own network (no geography to give it away).
         let t0 = t - t % DAY + st.rng.range(1, 3) * HOUR + st.rng.below(HOUR);
         let t0 = if t0 < st.from_ns { t0 + DAY } else { t0 };
         min.holds(&st.users[v], t0).then_some(t0)
     });
     let u = &st.users[v];
-    let (account, ip) = (u.account, u.whereabouts(t0, v).1);
+    let (account, ip) = (u.account, u.whereabouts(t0, v).addr);
     let ua = if u.ua.starts_with("BankApp") {
-        *st.rng.pick(&[WEB_UAS[1], TOOL_UAS[1], TOOL_UAS[0]])
+        *st.rng.pick(&[WEB_UAS[1], CURL, PYTHON_REQUESTS])
     } else {
-        *st.rng.pick(&[APP_UAS[2], TOOL_UAS[1], TOOL_UAS[0]])
+        *st.rng.pick(&[APP_UAS[2], CURL, PYTHON_REQUESTS])
     };
     let tok = login_as(st, &mut a, v, ip, ua, t0, Part::Attempt);
     let auth = bearer(&tok);
@@ -822,7 +839,7 @@ fn injection(st: &mut Stage<'_>, kind: AlertKind) -> Scenario {
     let ip = st.any_attacker();
     let ua = *st
         .rng
-        .pick(&[WEB_UAS[0], TOOL_UAS[1], "sqlmap/1.8.4#stable"]);
+        .pick(&[WEB_UAS[0], CURL, "sqlmap/1.8.4#stable"]);
     let mut t = st.when();
     // A look around first.
     for p in ["/rates", "/news/3"].iter().take(st.rng.below(3) as usize) {
@@ -970,7 +987,7 @@ fn data_exposure(st: &mut Stage<'_>, _k: usize) -> Scenario {
     };
     let who = TokenHolder {
         ip,
-        ua: TOOL_UAS[1],
+        ua: CURL,
         auth: &auth,
     };
     a.get(st.b, t0, who, &path, resp(200, &body));
@@ -991,7 +1008,7 @@ fn token_reuse(st: &mut Stage<'_>, _k: usize) -> Scenario {
     let u = &st.users[v];
     let account = u.account;
     // The owner logs in as usual; the token it gets leaks.
-    let (home, ua) = (u.whereabouts(t0, v).1, u.ua);
+    let (home, ua) = (u.whereabouts(t0, v).addr, u.ua);
     let issued = t0 - st.rng.range(60, 600) * NS;
     let tok = login_as(st, &mut a, v, home, ua, issued, Part::Owner);
     let auth = bearer(&tok);
@@ -1057,7 +1074,7 @@ fn jwt_weakness(st: &mut Stage<'_>, _k: usize) -> Scenario {
     let auth = bearer(&tok);
     let who = TokenHolder {
         ip,
-        ua: TOOL_UAS[1],
+        ua: CURL,
         auth: &auth,
     };
     let mut t = t0;
@@ -1076,7 +1093,7 @@ fn enumeration(st: &mut Stage<'_>, k: usize) -> Scenario {
     a.principals.push(format!("jwt:{mule}"));
     let t0 = st.when();
     let tok = jwt("RS256", &mule, t0 / NS, t0 / NS + 3600, st.rng);
-    let ua = *st.rng.pick(&[APP_UAS[0], TOOL_UAS[0], WEB_UAS[2]]);
+    let ua = *st.rng.pick(&[APP_UAS[0], PYTHON_REQUESTS, WEB_UAS[2]]);
     // The mule's own login: the scenario's, beside the attempts.
     let (ct, body) = login_body(false, &mule, "mule-pass");
     a.send(
@@ -1139,7 +1156,7 @@ fn scraping(st: &mut Stage<'_>, _k: usize) -> Scenario {
     a.principals.push(format!("ip:{ip}"));
     let ua = *st
         .rng
-        .pick(&["Scrapy/2.11 (+https://scrapy.org)", WEB_UAS[0], TOOL_UAS[2]]);
+        .pick(&["Scrapy/2.11 (+https://scrapy.org)", WEB_UAS[0], GO_HTTP]);
     let rate = 30.0 + st.rng.unit() * 70.0;
     let n = st.rng.range(100, 300);
     let mut t = st.when();

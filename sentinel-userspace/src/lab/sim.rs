@@ -589,28 +589,53 @@ fn txn_list(rng: &mut Rng, account: u64, n: usize) -> String {
     format!("{{\"account\":{account},\"items\":[{}]}}", items.join(","))
 }
 
+/// A user's history before some time ([`User::history_before`]).
+#[derive(Clone, Copy, Debug)]
+pub struct History {
+    /// Trusted requests in sessions that ended before the time.
+    pub requests: u64,
+    /// Sessions that ended before the time.
+    pub sessions: usize,
+    /// When the user's first session started (`None`: they have none).
+    pub first_ns: Option<u64>,
+}
+
+/// Where a user is at some time ([`User::whereabouts`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Whereabouts {
+    /// The city (index into [`CITIES`]).
+    pub city: usize,
+    /// The address they use there.
+    pub addr: IpAddr,
+}
+
 impl User {
     /// Principals this user's requests carry.
     pub fn principals(&self) -> Vec<String> {
         vec![format!("user:{}", self.name), format!("jwt:{}", self.name)]
     }
 
-    /// Trusted requests and sessions before `t`, and the first session's start.
-    pub fn history_before(&self, t: u64) -> (u64, usize, Option<u64>) {
+    /// What the user did before `t`.
+    pub fn history_before(&self, t: u64) -> History {
         let before = self.sessions.iter().filter(|s| s.end_ns < t);
-        let (n, sessions) = before.fold((0, 0), |(n, k), s| (n + s.requests, k + 1));
-        (n, sessions, self.sessions.first().map(|s| s.start_ns))
+        let (requests, sessions) = before.fold((0, 0), |(n, k), s| (n + s.requests, k + 1));
+        History {
+            requests,
+            sessions,
+            first_ns: self.sessions.first().map(|s| s.start_ns),
+        }
     }
 
     /// Where the user is at `t` (the city of their last session) and the address they use
     /// there; `index` is the user's position in the population.
-    pub fn whereabouts(&self, t: u64, index: usize) -> (usize, IpAddr) {
+    pub fn whereabouts(&self, t: u64, index: usize) -> Whereabouts {
         let city = self.last_session_before(t).map_or(self.home, |s| s.city);
-        if city == self.home {
-            (city, self.addr)
+        let addr = if city == self.home {
+            self.addr
         } else {
-            (city, travel_addr(city, index))
-        }
+            travel_addr(city, index)
+        };
+        Whereabouts { city, addr }
     }
 
     /// The last session that ended before `t`.
@@ -1022,7 +1047,7 @@ mod tests {
                     .iter()
                     .find(|u| s.principals.contains(&format!("user:{}", u.name)))
                     .unwrap_or_else(|| panic!("no victim among {:?}", s.principals));
-                let (_, sessions, _) = u.history_before(s.first_ns);
+                let sessions = u.history_before(s.first_ns).sessions;
                 assert!(sessions >= warmup, "seed {seed}, {}: {sessions}", u.name);
             }
         }
