@@ -661,6 +661,98 @@ mod tests {
         }
     }
 
+    /// The `sentinel run` that a deployment file starts, parsed as the binary would.
+    fn run_args(argv: Vec<String>, file: &str) -> RunArgs {
+        match Cli::try_parse_from(&argv) {
+            Ok(Cli {
+                command: Command::Run(r),
+            }) => r,
+            Ok(other) => panic!("{file}: {argv:?} is not sentinel run: {other:?}"),
+            Err(e) => panic!("{file}: {argv:?}: {}", usage_error(&e, &argv)),
+        }
+    }
+
+    /// A JSON list on the line of `key` (the flow style the manifest and Dockerfile use).
+    fn json_list(text: &str, key: &str) -> Vec<String> {
+        let line = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key}"));
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{key} {line}: {e}"))
+    }
+
+    #[test]
+    fn the_deployment_files_start_a_valid_daemon() {
+        use crate::config::Config;
+        let manifest = include_str!("../../../deploy/kubernetes/daemonset.yaml");
+        // The ConfigMap's configuration: the block under `sentinel.toml: |`, unindented.
+        let mut lines = manifest
+            .lines()
+            .skip_while(|l| l.trim() != "sentinel.toml: |");
+        lines.next().expect("a sentinel.toml key in the ConfigMap");
+        let block: Vec<&str> = lines.take_while(|l| l.starts_with("    ")).collect();
+        let toml: String = block.iter().map(|l| format!("{}\n", &l[4..])).collect();
+        let cfg = Config::parse(&toml).unwrap_or_else(|e| panic!("the ConfigMap: {e}"));
+        assert!(
+            !cfg.capture.http_ports.is_empty(),
+            "the DaemonSet captures HTTP"
+        );
+        // Its metrics port is the one the pod declares, probes and has scraped.
+        let port = cfg
+            .metrics
+            .listen
+            .expect("metrics on in the DaemonSet")
+            .port();
+        for want in [
+            format!("containerPort: {port}"),
+            format!("prometheus.io/port: \"{port}\""),
+        ] {
+            assert!(manifest.contains(&want), "the manifest lacks {want}");
+        }
+        assert_eq!(manifest.matches("port: metrics}").count(), 2, "two probes");
+        // The container's arguments, with the environment substituted as the kubelet does.
+        let iface = manifest
+            .lines()
+            .skip_while(|l| l.trim() != "- name: SENTINEL_IFACE")
+            .nth(1)
+            .and_then(|l| l.trim().strip_prefix("value: "))
+            .expect("SENTINEL_IFACE's value");
+        let mut argv = vec!["sentinel".to_owned()];
+        argv.extend(
+            json_list(manifest, "args:")
+                .into_iter()
+                .map(|a| a.replace("$(SENTINEL_IFACE)", iface)),
+        );
+        let run = run_args(argv, "daemonset.yaml");
+        assert_eq!(run.iface, [iface]);
+        // The ConfigMap is mounted where the arguments look for it.
+        let config = run.config.expect("--config");
+        assert!(
+            manifest.contains(&format!(
+                "{{name: config, mountPath: {}}}",
+                config.parent().unwrap().display()
+            )),
+            "{config:?} is not where the ConfigMap is mounted"
+        );
+        assert_eq!(config.file_name().unwrap(), "sentinel.toml");
+
+        // The image's default command, and the systemd unit's.
+        let dockerfile = include_str!("../../../deploy/Dockerfile");
+        let mut argv = vec!["sentinel".to_owned()];
+        argv.extend(json_list(dockerfile, "CMD"));
+        run_args(argv, "Dockerfile");
+        let unit = include_str!("../../../deploy/sentinel.service");
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("ExecStart");
+        let run = run_args(
+            exec.split_whitespace().map(str::to_owned).collect(),
+            "sentinel.service",
+        );
+        assert!(!run.http_ports.is_empty());
+    }
+
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();

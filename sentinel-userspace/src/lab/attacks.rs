@@ -837,9 +837,7 @@ fn injection(st: &mut Stage<'_>, kind: AlertKind) -> Scenario {
     let place = *st.rng.pick(places);
     let mut a = Attack::new(kind, &format!("payload in {place}"));
     let ip = st.any_attacker();
-    let ua = *st
-        .rng
-        .pick(&[WEB_UAS[0], CURL, "sqlmap/1.8.4#stable"]);
+    let ua = *st.rng.pick(&[WEB_UAS[0], CURL, "sqlmap/1.8.4#stable"]);
     let mut t = st.when();
     // A look around first.
     for p in ["/rates", "/news/3"].iter().take(st.rng.below(3) as usize) {
