@@ -30,7 +30,7 @@ use super::{
     AlertKind, Severity,
     bounded::{BoundedMap, FastHasher, NS, SmallSet, Window, key_of, secs},
     config::Checker,
-    engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, subject},
+    engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, span_text, subject},
     profile::cc,
 };
 
@@ -406,7 +406,10 @@ impl Detector for CredentialDetector {
                             .to_owned(),
                     );
                 } else if rapid {
-                    why.push("attempts seconds apart".to_owned());
+                    why.push(format!(
+                        "attempts less than {} apart",
+                        span_text(self.cfg.rapid_interval_s)
+                    ));
                 }
                 let context = if why.is_empty() {
                     String::new()
@@ -418,10 +421,10 @@ impl Detector for CredentialDetector {
                     severity,
                     (score / (2.0 * self.cfg.brute_force_score)).max(0.7),
                     format!(
-                        "{} failed logins for account {} in {:.1} s, the last from {} in {}{}.",
+                        "{} failed logins for account {} in {}, the last from {} in {}{}.",
                         fails.round(),
                         username.unwrap_or("?"),
-                        span,
+                        span_text(span),
                         o.client_ip,
                         ctx.place(),
                         context
@@ -464,11 +467,11 @@ impl Detector for CredentialDetector {
                 stuffing_severity,
                 (src_score / (2.0 * self.cfg.stuffing_score)).max(0.7),
                 format!(
-                    "{} different accounts tried from {} in {} within {:.1} s, {} failures and {:.0}% successes ({ua}).",
+                    "{} different accounts tried from {} in {} within {}, {} failures and {:.0}% successes ({ua}).",
                     distinct.round(),
                     o.client_ip,
                     ctx.place(),
-                    span,
+                    span_text(span),
                     src_fails.round(),
                     success_ratio * 100.0
                 ),
@@ -501,11 +504,11 @@ impl Detector for CredentialDetector {
                 Severity::High,
                 (src_score / (2.0 * self.cfg.brute_force_score)).max(0.7),
                 format!(
-                    "{} failed logins from {} in {} within {:.1} s on {} account(s) ({ua}).",
+                    "{} failed logins from {} in {} within {} on {} account(s) ({ua}).",
                     src_fails.round(),
                     o.client_ip,
                     ctx.place(),
-                    span,
+                    span_text(span),
                     distinct.round().max(1.0)
                 ),
                 evidence([

@@ -214,6 +214,16 @@ pub fn r2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+/// A time span in seconds as an explanation says it: milliseconds under a second (a script's
+/// attempts are 10 ms apart, and "0.0 s" says nothing), else seconds with one decimal.
+pub fn span_text(secs: f64) -> String {
+    if secs < 1.0 {
+        format!("{:.0} ms", secs * 1000.0)
+    } else {
+        format!("{secs:.1} s")
+    }
+}
+
 /// An alert and the subject it is about (for de-duplication).
 #[derive(Clone, Debug)]
 pub struct Detection {
@@ -603,6 +613,14 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_read_in_milliseconds_under_a_second() {
+        assert_eq!(span_text(0.0243), "24 ms");
+        assert_eq!(span_text(0.0), "0 ms");
+        assert_eq!(span_text(2.0), "2.0 s");
+        assert_eq!(span_text(430.14), "430.1 s");
+    }
     use crate::models::synth::*;
 
     #[test]

@@ -17,7 +17,7 @@ use super::{
     AlertKind, Severity,
     bounded::{BoundedMap, Distinct, STALE_NS, key_of, key2, ms_len, ms_since, ms32, secs},
     config::Checker,
-    engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, subject},
+    engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, span_text, subject},
 };
 
 /// `[models.enumeration]`.
@@ -266,7 +266,7 @@ impl EnumerationDetector {
             severity,
             (0.6 + f64::from(distinct) / 200.0).min(1.0),
             format!(
-                "{} walked {} distinct ids of {} ({}..{}, {:.0}% of the range, longest sequential run {}) in {:.1} s; {} answers were errors.",
+                "{} walked {} distinct ids of {} ({}..{}, {:.0}% of the range, longest sequential run {}) in {}; {} answers were errors.",
                 ctx.principal,
                 distinct,
                 o.endpoint,
@@ -274,7 +274,7 @@ impl EnumerationDetector {
                 max,
                 density * 100.0,
                 max_run,
-                secs_in,
+                span_text(secs_in),
                 errors
             ),
             evidence([
@@ -336,11 +336,11 @@ impl EnumerationDetector {
             severity,
             (0.6 + ratio * 0.3).min(1.0),
             format!(
-                "{} fetched {} distinct resources in {} requests within {:.1} s ({:.1}/s){}.",
+                "{} fetched {} distinct resources in {} requests within {} ({:.1}/s){}.",
                 ctx.principal,
                 distinct,
                 c.requests,
-                secs_in,
+                span_text(secs_in),
                 f64::from(c.requests) / secs_in,
                 if c.flow {
                     ""
