@@ -214,13 +214,16 @@ pub fn r2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// A time span in seconds as an explanation says it: milliseconds under a second (a script's
-/// attempts are 10 ms apart, and "0.0 s" says nothing), else seconds with one decimal.
+/// A time span in seconds as an explanation says it, in the unit a person would use:
+/// milliseconds under a second (a script's attempts are 10 ms apart, and "0.0 s" says nothing),
+/// seconds under two minutes, then minutes, hours and days.
 pub fn span_text(secs: f64) -> String {
-    if secs < 1.0 {
-        format!("{:.0} ms", secs * 1000.0)
-    } else {
-        format!("{secs:.1} s")
+    match secs {
+        s if s < 1.0 => format!("{:.0} ms", s * 1000.0),
+        s if s < 120.0 => format!("{s:.1} s"),
+        s if s < 7200.0 => format!("{:.1} min", s / 60.0),
+        s if s < 172_800.0 => format!("{:.1} h", s / 3600.0),
+        s => format!("{:.1} days", s / 86_400.0),
     }
 }
 
@@ -615,11 +618,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spans_read_in_milliseconds_under_a_second() {
+    fn spans_read_in_the_unit_a_person_would_use() {
         assert_eq!(span_text(0.0243), "24 ms");
         assert_eq!(span_text(0.0), "0 ms");
         assert_eq!(span_text(2.0), "2.0 s");
-        assert_eq!(span_text(430.14), "430.1 s");
+        assert_eq!(span_text(119.94), "119.9 s");
+        assert_eq!(span_text(430.14), "7.2 min");
+        assert_eq!(span_text(3600.0), "60.0 min");
+        assert_eq!(span_text(86_400.0), "24.0 h");
+        assert_eq!(span_text(3.0 * 86_400.0), "3.0 days");
     }
     use crate::models::synth::*;
 

@@ -248,6 +248,11 @@ impl EnumerationDetector {
         }
         // Copied out of the packed walk.
         let (start, min, max, max_run, errors) = (w.start, w.min, w.max, w.max_run, w.errors);
+        // The bits set are a floor (ids that share a bit count once, about five of 50): the
+        // decisions above keep to it, the alert says the estimate, which cannot exceed the
+        // ids in the range.
+        let shown = (w.ids.estimate().round() as u64).clamp(u64::from(distinct), span);
+        let shown_density = shown as f64 / span as f64;
         let secs_in = secs_from(now, start);
         let severity = if distinct >= 4 * self.cfg.min_distinct_ids {
             Severity::High
@@ -266,22 +271,22 @@ impl EnumerationDetector {
             severity,
             (0.6 + f64::from(distinct) / 200.0).min(1.0),
             format!(
-                "{} walked {} distinct ids of {} ({}..{}, {:.0}% of the range, longest sequential run {}) in {}; {} answers were errors.",
+                "{} walked about {} distinct ids of {} ({}..{}, {:.0}% of the range, the longest in-order run {} requests) in {}; {} answers were errors.",
                 ctx.principal,
-                distinct,
+                shown,
                 o.endpoint,
                 min,
                 max,
-                density * 100.0,
-                max_run,
+                shown_density * 100.0,
+                u32::from(max_run) + 1,
                 span_text(secs_in),
                 errors
             ),
             evidence([
-                ("distinct_ids", json!(distinct)),
+                ("distinct_ids", json!(shown)),
                 ("min_id", json!(min)),
                 ("max_id", json!(max)),
-                ("density", json!(r2(density))),
+                ("density", json!(r2(shown_density))),
                 ("sequential_run", json!(max_run)),
                 ("errors", json!(errors)),
                 ("window_s", json!(self.cfg.window_s)),
@@ -436,6 +441,34 @@ mod tests {
         }
         assert!(first.expect("enumeration") <= 3 * S);
         assert!(kinds.contains(&AlertKind::Scraping), "{kinds:?}");
+    }
+
+    #[test]
+    fn the_ids_an_alert_counts_fit_the_range_it_names() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut seen = 0;
+        for i in 0..60u64 {
+            let t = T0 + i * 20_000_000;
+            for a in e.observe(&account(t, "198.51.100.62", "tok-walk", 300_000 + i)) {
+                if a.kind != AlertKind::Enumeration {
+                    continue;
+                }
+                seen += 1;
+                let n = |k: &str| a.evidence[k].as_u64().unwrap();
+                // Every id of the range was walked, in order.
+                let span = n("max_id") - n("min_id") + 1;
+                assert_eq!(span, i + 1);
+                assert!(n("distinct_ids") <= span, "{a:?}");
+                // The bits set alone said 48 of 50 here (two pairs of ids share a bit).
+                assert!(n("distinct_ids") + 1 >= span, "{a:?}");
+                assert_eq!(n("sequential_run"), i, "steps between the {span} ids");
+                assert!(
+                    a.explanation
+                        .contains(&format!("in-order run {span} requests"))
+                );
+            }
+        }
+        assert!(seen >= 2, "a medium and a high alert");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::{
     AlertKind, Severity,
     bounded::{BoundedMap, NS, key_of, secs},
     config::Checker,
-    engine::{Ctx, Detection, Detector, ModelsError, evidence, subject},
+    engine::{Ctx, Detection, Detector, ModelsError, evidence, span_text, subject},
     profile::{cc, cc_str},
 };
 
@@ -233,9 +233,9 @@ impl TokenDetector {
                     Severity::High,
                     0.9,
                     format!(
-                        "A JWT for subject {} that expired {} s ago was accepted ({} on {} {}).",
+                        "A JWT for subject {} that expired {} ago was accepted ({} on {} {}).",
                         j.sub.as_deref().unwrap_or("?"),
-                        late,
+                        span_text(late as f64),
                         o.status,
                         o.method,
                         o.endpoint
@@ -444,7 +444,7 @@ mod tests {
         let o = with_jwt(obs(T0, "198.18.0.5", "/balance"), "bob", "HS256", Some(exp));
         let a = e.observe(&o);
         assert!(
-            a[0].explanation.contains("expired 3600 s ago"),
+            a[0].explanation.contains("expired 60.0 min ago"),
             "{}",
             a[0].explanation
         );
