@@ -330,7 +330,7 @@ impl RateDetector {
             severity,
             (0.5 + ratio.log2() / 8.0).min(1.0),
             format!(
-                "{} made {:.0} requests in {span} s ({:.1}/s), {:.1}x the learned limit of {:.1}/s (population {:.1}/s{}, own peak {:.1}/s).",
+                "{} made {:.0} requests in {span} s ({:.1}/s), {:.1}x the learned limit of {:.1}/s (population {:.1}/s{}, {}).",
                 what(),
                 count,
                 rps,
@@ -338,7 +338,11 @@ impl RateDetector {
                 limit_rps,
                 l.population / ws,
                 if l.learned { "" } else { ", default while learning" },
-                l.own / self.cfg.own_margin / ws,
+                if l.own > 0.0 {
+                    format!("own peak {:.1}/s", l.own / self.cfg.own_margin / ws)
+                } else {
+                    "no history of its own".to_owned()
+                },
             ),
             evidence([
                 ("requests", json!(count.round())),
@@ -498,6 +502,13 @@ mod tests {
         let (dt, a) = first.expect("rate anomaly");
         assert!(dt < S, "after {} ms", dt / 1_000_000);
         assert_eq!(a.evidence["population_learned"], json!(true));
+        // A token never seen before: no peak of its own to quote.
+        assert_eq!(a.evidence["own_peak_rps"], json!(0.0));
+        assert!(
+            a.explanation.ends_with("no history of its own)."),
+            "{}",
+            a.explanation
+        );
         let pps = a.recommended_rate.unwrap();
         let rps = a.evidence["limit_rps"].as_f64().unwrap();
         assert!(
