@@ -176,7 +176,20 @@ impl Enricher {
             }
             None => (None, None),
         };
-        let principal = principal::identify(&view, &self.principal, jwt.as_ref());
+        let username = principal::login_username(&view, &self.principal);
+        let decoded = principal::Decoded {
+            bearer: bearer_hash.as_deref().map(|h| (jwt.as_ref(), h)),
+            login: username.as_deref(),
+        };
+        // API keys and session cookies repeat as tokens do: their hashes come from the cache
+        // too (decoded as a JWT as well, so that a secret seen first here and later as a
+        // bearer token is cached as the token would be).
+        let tokens = &mut self.tokens;
+        let principal = principal::identify(&view, &self.principal, &decoded, |secret| {
+            tokens
+                .get(secret, || (parse_jwt(secret), short_hash(secret)))
+                .1
+        });
         let client_ip = principal::client_ip(&view, &self.principal);
         let credential = bearer_hash.or_else(|| {
             matches!(
@@ -185,11 +198,10 @@ impl Enricher {
             )
             .then(|| principal.id.clone())
         });
-        let login =
-            principal::login_username(&view, &self.principal).map(|username| LoginAttempt {
-                username,
-                success: self.login_succeeded(&t),
-            });
+        let login = username.map(|username| LoginAttempt {
+            username,
+            success: self.login_succeeded(&t),
+        });
         let user_agent = header(&t.req_headers, "user-agent").cloned();
         let bearer = bearer.map(str::to_owned);
         Observation {
@@ -371,6 +383,51 @@ mod tests {
                 assert_eq!((o.principal.kind, o.principal.id), want);
             }
         }
+    }
+
+    #[test]
+    fn api_keys_and_session_cookies_are_named_by_their_hash_through_the_cache() {
+        use base64::Engine as _;
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        for round in 0..2 {
+            for i in 0..(CACHE_SLOTS + 500) {
+                let (h, kind, secret) = if i % 2 == 0 {
+                    let k = format!("key-{i}");
+                    (("X-Api-Key", k.clone()), PrincipalKind::ApiKey, k)
+                } else {
+                    let v = format!("s{i}");
+                    (
+                        ("Cookie", format!("theme=dark; SID={v}")),
+                        PrincipalKind::Session,
+                        v,
+                    )
+                };
+                let h = vec![(h.0.to_string(), h.1)];
+                let o = e.enrich(facts("/balance", &h, b"", 200, b"{}"));
+                assert_eq!(o.principal.kind, kind, "round {round}");
+                assert_eq!(o.principal.id, short_hash(&secret), "round {round}");
+                assert_eq!(o.credential, Some(short_hash(&secret)));
+            }
+        }
+        // A JWT seen first as an API key, then as a bearer token: the cache decoded it.
+        let jwt = format!(
+            "{}.{}.sig",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"sub":"nadia"}"#)
+        );
+        let key = vec![("X-Api-Key".to_string(), jwt.clone())];
+        assert_eq!(
+            e.enrich(facts("/balance", &key, b"", 200, b"{}"))
+                .principal
+                .kind,
+            PrincipalKind::ApiKey
+        );
+        let bearer = vec![("Authorization".to_string(), format!("Bearer {jwt}"))];
+        let o = e.enrich(facts("/balance", &bearer, b"", 200, b"{}"));
+        assert_eq!(
+            (o.principal.kind, o.principal.id.as_str()),
+            (PrincipalKind::Jwt, "nadia")
+        );
     }
 
     #[test]

@@ -403,14 +403,35 @@ pub fn bearer<'a>(req: &RequestView<'a>) -> Option<&'a str> {
 
 /// Identifies the principal of a request.
 pub fn principal(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Principal {
-    let jwt = bearer(req).and_then(parse_jwt);
-    identify(req, cfg, jwt.as_ref())
+    let tok = bearer(req);
+    let jwt = tok.and_then(parse_jwt);
+    let hash = tok.map(short_hash);
+    let login = login_username(req, cfg);
+    let decoded = Decoded {
+        bearer: hash.as_deref().map(|h| (jwt.as_ref(), h)),
+        login: login.as_deref(),
+    };
+    identify(req, cfg, &decoded, short_hash)
 }
 
-/// [`principal`] with the request's bearer token already decoded (`jwt`: [`parse_jwt`] of
-/// [`bearer`], so that a token is decoded once per request).
-pub fn identify(req: &RequestView<'_>, cfg: &PrincipalConfig, jwt: Option<&JwtInfo>) -> Principal {
-    if let Some(tok) = bearer(req) {
+/// What a request's credentials decoded to, worked out once per request by the caller of
+/// [`identify`] (the enricher keeps them in a cache, and needs them itself).
+pub struct Decoded<'a> {
+    /// The bearer token's claims when it is a JWT ([`parse_jwt`]), and its [`short_hash`].
+    pub bearer: Option<(Option<&'a JwtInfo>, &'a str)>,
+    /// The user name of a login request ([`login_username`]).
+    pub login: Option<&'a str>,
+}
+
+/// [`principal`] with the request's bearer token and login decoded already, and `hash` giving
+/// the [`short_hash`] of an API key or session cookie.
+pub fn identify(
+    req: &RequestView<'_>,
+    cfg: &PrincipalConfig,
+    decoded: &Decoded<'_>,
+    mut hash: impl FnMut(&str) -> String,
+) -> Principal {
+    if let Some((jwt, token_hash)) = decoded.bearer {
         if let Some(sub) = jwt.and_then(|j| j.sub.as_deref()) {
             return Principal {
                 kind: PrincipalKind::Jwt,
@@ -419,14 +440,14 @@ pub fn identify(req: &RequestView<'_>, cfg: &PrincipalConfig, jwt: Option<&JwtIn
         }
         return Principal {
             kind: PrincipalKind::Token,
-            id: short_hash(tok),
+            id: token_hash.to_owned(),
         };
     }
     for h in &cfg.api_key_headers {
         if let Some(k) = req.header(h) {
             return Principal {
                 kind: PrincipalKind::ApiKey,
-                id: short_hash(k.trim()),
+                id: hash(k.trim()),
             };
         }
     }
@@ -441,15 +462,15 @@ pub fn identify(req: &RequestView<'_>, cfg: &PrincipalConfig, jwt: Option<&JwtIn
             {
                 return Principal {
                     kind: PrincipalKind::Session,
-                    id: short_hash(v),
+                    id: hash(v),
                 };
             }
         }
     }
-    if let Some(user) = login_username(req, cfg) {
+    if let Some(user) = decoded.login {
         return Principal {
             kind: PrincipalKind::User,
-            id: user,
+            id: user.to_owned(),
         };
     }
     Principal {
