@@ -11,9 +11,9 @@
 use std::net::IpAddr;
 
 use super::sim::{
-    APP_UAS, ATTACKER_CITIES, Builder, CITIES, City, DAY, HOUR, NS, OWN_NET_ADDRS, Rng, Scenario,
-    Session, User, WEB_UAS, Whereabouts, attacker_addr, attacker_addr6, bearer, card_number,
-    city_addr, distance_km, iban, jwt, luhn_number, post_json, req, resp, slots,
+    APP_UAS, ATTACKER_CITIES, Builder, CITIES, City, DAY, HOUR, NS, Rng, Scenario, Session, User,
+    WEB_UAS, Whereabouts, attacker_addr, attacker_addr6, bearer, card_number, city_addr,
+    distance_km, first_in_separate_nets, iban, jwt, luhn_number, post_json, req, resp, slots,
 };
 use crate::models::AlertKind;
 
@@ -1021,7 +1021,7 @@ fn token_reuse(st: &mut Stage<'_>, _k: usize) -> Scenario {
             };
             // A /24 each: consecutive attacker addresses are in different networks, past
             // Hanoi's and Lagos's own single /24s.
-            let k = st.next_addr[c].max(OWN_NET_ADDRS);
+            let k = st.next_addr[c].max(first_in_separate_nets(c));
             st.next_addr[c] = k + 1;
             attacker_addr(c, k)
         })

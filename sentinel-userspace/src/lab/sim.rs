@@ -183,15 +183,30 @@ pub fn city_addr6(c: usize, k: u64) -> IpAddr {
 /// those of 198.19.0.0/16.
 pub const OWN_NET_ADDRS: u64 = 240;
 
-/// The `k`-th address of attacker city `a`: 203.0.113.0/24 (Hanoi) and 198.51.100.0/24 (Lagos)
-/// first, then the city's /24s of 198.19.0.0/16, each next address in the next /24.
-pub fn attacker_addr(a: usize, k: u64) -> IpAddr {
-    let own = match a {
+/// The /24 of its own that attacker city `a` uses first: 203.0.113.0/24 (Hanoi) and
+/// 198.51.100.0/24 (Lagos); the others have none.
+fn own_net(a: usize) -> Option<Ipv4Addr> {
+    match a {
         0 => Some(Ipv4Addr::new(203, 0, 113, 0)),
         1 => Some(Ipv4Addr::new(198, 51, 100, 0)),
         _ => None,
-    };
-    let k = match own {
+    }
+}
+
+/// The first `k` from which [`attacker_addr`] of city `a` gives each next address in another
+/// /24: past the city's own /24, if it has one.
+pub fn first_in_separate_nets(a: usize) -> u64 {
+    if own_net(a).is_some() {
+        OWN_NET_ADDRS
+    } else {
+        0
+    }
+}
+
+/// The `k`-th address of attacker city `a`: 203.0.113.0/24 (Hanoi) and 198.51.100.0/24 (Lagos)
+/// first, then the city's /24s of 198.19.0.0/16, each next address in the next /24.
+pub fn attacker_addr(a: usize, k: u64) -> IpAddr {
+    let k = match own_net(a) {
         Some(net) if k < OWN_NET_ADDRS => return v4_in(net, 0, 10 + k),
         Some(_) => k - OWN_NET_ADDRS,
         None => k,
@@ -1049,6 +1064,29 @@ mod tests {
                     .unwrap_or_else(|| panic!("no victim among {:?}", s.principals));
                 let sessions = u.history_before(s.first_ns).sessions;
                 assert!(sessions >= warmup, "seed {seed}, {}: {sessions}", u.name);
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_past_the_own_net_are_each_in_another_network() {
+        let net = |ip: IpAddr| match ip {
+            IpAddr::V4(v) => u32::from(v) >> 8,
+            IpAddr::V6(_) => unreachable!(),
+        };
+        for (a, city) in ATTACKER_CITIES.iter().enumerate() {
+            let first = first_in_separate_nets(a);
+            assert_eq!(first > 0, own_net(a).is_some(), "{}", city.name);
+            let nets: Vec<u32> = (first..first + 20)
+                .map(|k| net(attacker_addr(a, k)))
+                .collect();
+            let mut distinct = nets.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), nets.len(), "{}", city.name);
+            if first > 0 {
+                // Before it, the city's own /24.
+                assert!((0..first).all(|k| net(attacker_addr(a, k)) == net(attacker_addr(a, 0))));
             }
         }
     }
