@@ -487,25 +487,78 @@ impl<const N: usize> SmallSet<N> {
         true
     }
 
-    /// [`SmallSet::insert`], except that the first entry ever inserted is never replaced: a
-    /// profile's first client stays known however many others come after it (an attacker's
-    /// clients must not push the owner's own out).
-    pub fn insert_keep_first(&mut self, x: u32) -> bool {
-        if N < 2 || (self.len as usize) < N || self.contains(x) {
-            return self.insert(x);
-        }
-        let i = 1 + self.next as usize % (N - 1);
-        self.items[i] = x;
-        self.next = ((self.next as usize + 1) % (N - 1)) as u8;
-        true
-    }
-
     /// Entries held.
     pub fn len(&self) -> usize {
         self.len as usize
     }
 
     /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The values a profile knows of one kind (its countries, its clients), at most `N`: the first
+/// one ever seen, which stays (the account's home, its owner's own client: however many others
+/// an attacker brings, the owner's next request is not taken for something new), and the most
+/// recently seen others; a value not held replaces the least recently seen of those.
+#[derive(Clone, Copy, Debug)]
+pub struct Familiar<T, const N: usize> {
+    items: [T; N],
+    /// When each was last seen, seconds since the epoch.
+    last_s: [u32; N],
+    len: u8,
+}
+
+impl<T: Copy + Default, const N: usize> Default for Familiar<T, N> {
+    fn default() -> Self {
+        Self {
+            items: [T::default(); N],
+            last_s: [0; N],
+            len: 0,
+        }
+    }
+}
+
+impl<T: Copy + PartialEq, const N: usize> Familiar<T, N> {
+    /// True when `x` is known.
+    pub fn contains(&self, x: T) -> bool {
+        self.items[..self.len as usize].contains(&x)
+    }
+
+    /// `x` seen at `now_ns`: remembered, or its last sighting moved to now.
+    pub fn see(&mut self, x: T, now_ns: u64) {
+        let now = (now_ns / NS) as u32;
+        let held = self.len as usize;
+        let i = match self.items[..held].iter().position(|y| *y == x) {
+            Some(i) => i,
+            None if held < N => {
+                self.len += 1;
+                held
+            }
+            // Slot 0 holds the first value ever seen and is never replaced.
+            None => (1..N).min_by_key(|&i| self.last_s[i]).unwrap_or(0),
+        };
+        self.items[i] = x;
+        self.last_s[i] = now;
+    }
+
+    /// The values, the first ever seen first.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        self.items[..self.len as usize].iter().copied()
+    }
+
+    /// When any of them was last seen (ns since the epoch, to the second; 0: none yet).
+    pub fn last_seen_ns(&self) -> u64 {
+        u64::from(self.last_s.iter().copied().max().unwrap_or(0)) * NS
+    }
+
+    /// Values held.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// True when none is held.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -555,14 +608,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_first_entry_can_be_kept() {
-        let mut s = SmallSet::<4>::default();
-        for x in 1..=10 {
-            s.insert_keep_first(x);
+    fn the_first_value_stays_and_the_least_recently_seen_other_goes() {
+        let mut f = Familiar::<u32, 4>::default();
+        assert!(f.is_empty() && f.last_seen_ns() == 0);
+        for (x, t) in [(1, 10), (2, 11), (3, 12), (4, 13)] {
+            f.see(x, t * NS);
         }
-        assert!(s.contains(1), "the first stays");
-        assert!((8..=10).all(|x| s.contains(x)), "then the most recent");
-        assert_eq!(s.len(), 4);
+        // 2 is seen again: 3 is now the least recently seen of the others.
+        f.see(2, 20 * NS);
+        f.see(5, 21 * NS);
+        assert_eq!(f.iter().collect::<Vec<_>>(), [1, 2, 5, 4]);
+        // However many new ones come, the first stays: the others are the most recent.
+        for x in 6..=20 {
+            f.see(x, (30 + u64::from(x)) * NS);
+        }
+        assert_eq!(f.iter().collect::<Vec<_>>()[0], 1);
+        assert!((18..=20).all(|x| f.contains(x)), "{f:?}");
+        assert_eq!(f.len(), 4);
+        assert_eq!(f.last_seen_ns(), 50 * NS);
+        // A plain ring set forgets the first.
         let mut r = SmallSet::<4>::default();
         for x in 1..=10 {
             r.insert(x);

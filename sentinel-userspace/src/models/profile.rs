@@ -23,7 +23,7 @@
 use std::{cmp::Reverse, collections::BinaryHeap, hash::Hasher, net::IpAddr};
 
 use super::{
-    bounded::{BoundedMap, Ewm, FastHasher, SmallSet, key_of},
+    bounded::{BoundedMap, Ewm, Familiar, FastHasher, key_of},
     observation::Observation,
 };
 
@@ -140,12 +140,10 @@ pub struct Profile {
     pub endpoints: [u32; 8],
     /// Counts of `endpoints`.
     pub endpoint_counts: [u16; 8],
-    /// User-agent families: the first one seen, then the three most recent others.
-    pub uas: SmallSet<4>,
-    /// Countries: the first one seen, then the three most recent others.
-    pub countries: [[u8; 2]; 4],
-    /// When each country was last seen.
-    pub country_last_ns: [u64; 4],
+    /// User-agent families: the first one seen, then the three most recently seen others.
+    pub uas: Familiar<u32, 4>,
+    /// Countries: the first one seen, then the three most recently seen others.
+    pub countries: Familiar<[u8; 2], 4>,
     /// Last coordinates (lat, lon) and when; `loc_ns == 0`: none.
     pub loc: (f32, f32),
     /// When `loc` was seen.
@@ -180,9 +178,8 @@ impl Profile {
             hours: [0; 24],
             endpoints: [0; 8],
             endpoint_counts: [0; 8],
-            uas: SmallSet::default(),
-            countries: [[0; 2]; 4],
-            country_last_ns: [0; 4],
+            uas: Familiar::default(),
+            countries: Familiar::default(),
             loc: (0.0, 0.0),
             loc_ns: 0,
             loc_country: [0; 2],
@@ -196,21 +193,17 @@ impl Profile {
 
     /// True when the profile knows `country`.
     pub fn knows_country(&self, c: [u8; 2]) -> bool {
-        self.countries.contains(&c)
+        self.countries.contains(c)
     }
 
     /// Known countries (for explanations).
     pub fn country_list(&self) -> Vec<String> {
-        self.countries
-            .iter()
-            .filter(|c| c[0] != 0)
-            .map(|c| cc_str(*c))
-            .collect()
+        self.countries.iter().map(cc_str).collect()
     }
 
-    /// When the profile last saw any country it knows (0: never).
+    /// When the profile last saw any country it knows (0: never; to the second).
     pub fn last_country_ns(&self) -> u64 {
-        self.country_last_ns.iter().copied().max().unwrap_or(0)
+        self.countries.last_seen_ns()
     }
 
     /// True when the endpoint hash is in the profile's mix.
@@ -241,27 +234,6 @@ impl Profile {
             .expect("eight slots");
         self.endpoints[i] = ep;
         self.endpoint_counts[i] = self.endpoint_counts[i].saturating_add(n);
-    }
-
-    fn add_country(&mut self, c: [u8; 2], now_ns: u64) {
-        let i = match self.countries.iter().position(|x| *x == c) {
-            Some(i) => i,
-            None => {
-                // The first country (the account's home: slot 0 fills first) stays; the others
-                // hold the most recent ones, so a burst of foreign requests cannot push home out
-                // and make the owner's next request look like a new country.
-                let (i, _) = self
-                    .country_last_ns
-                    .iter()
-                    .enumerate()
-                    .skip(usize::from(self.country_last_ns[0] != 0))
-                    .min_by_key(|(_, t)| **t)
-                    .expect("four slots");
-                self.countries[i] = c;
-                i
-            }
-        };
-        self.country_last_ns[i] = now_ns;
     }
 }
 
@@ -440,7 +412,7 @@ impl Profiles {
             if established && !p.knows_country(c) && p.last_country_ns() > 0 {
                 w.new_country = true;
             }
-            p.add_country(c, now);
+            p.countries.see(c, now);
         }
         p.win = w;
         if let Some((lat, lon)) = o.geo.as_ref().and_then(|g| g.coordinates()) {
@@ -449,7 +421,7 @@ impl Profiles {
             p.loc_country = country.unwrap_or([0; 2]);
         }
         if ua != 0 {
-            p.uas.insert_keep_first(ua);
+            p.uas.see(ua, now);
         }
         p.req_size.add(rq, s.alpha);
         p.resp_size.add(rs, s.alpha);
