@@ -177,18 +177,25 @@ impl Drop for SocketFile {
 /// How often expired list entries are reclaimed (the kernel ignores them from their expiry on).
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
-/// The policy a configuration names (its `[verdicts] policy` file), or the built-in one.
-fn load_policy(config: &Config) -> anyhow::Result<(Policy, String)> {
-    match &config.verdicts.policy {
-        Some(p) => Ok((
+/// The policy a configuration names (its `[verdicts] policy` file), or the built-in one; in
+/// shadow mode (`sentinel run --mode shadow`) the policy is in shadow mode whatever its file
+/// says: verdicts are written flagged shadow and no token is revoked.
+fn load_policy(config: &Config, mode: Mode) -> anyhow::Result<(Policy, String)> {
+    let (mut policy, mut source) = match &config.verdicts.policy {
+        Some(p) => (
             Policy::load(p).map_err(|e| anyhow::anyhow!("invalid policy: {e}"))?,
             p.display().to_string(),
-        )),
-        None => Ok((
+        ),
+        None => (
             Policy::parse(DEFAULT_POLICY).expect("the built-in policy is valid"),
             "built-in default".to_owned(),
-        )),
+        ),
+    };
+    if mode == Mode::Shadow && policy.mode != PolicyMode::Shadow {
+        policy.mode = PolicyMode::Shadow;
+        source.push_str(", in shadow mode (sentinel run --mode shadow)");
     }
+    Ok((policy, source))
 }
 
 /// What [`preflight`] checked and loaded, handed to [`run`] so that nothing is read twice.
@@ -206,6 +213,7 @@ pub struct Prepared {
 pub fn preflight(
     ifaces: &[String],
     config: &Config,
+    mode: Mode,
     geoip: &[PathBuf],
 ) -> Result<Prepared, String> {
     for iface in ifaces {
@@ -218,7 +226,7 @@ pub fn preflight(
             ));
         }
     }
-    let (policy, policy_source) = load_policy(config).map_err(|e| format!("{e:#}"))?;
+    let (policy, policy_source) = load_policy(config, mode).map_err(|e| format!("{e:#}"))?;
     let analyzer = if config.capture.http_ports.is_empty() {
         None
     } else {
@@ -423,7 +431,7 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
                     Some(p) => Config::load(p).map_err(|e| anyhow::anyhow!("{e}")),
                     None => Ok(fallback.clone()),
                 }
-                .and_then(|c| load_policy(&c));
+                .and_then(|c| load_policy(&c, mode));
                 match loaded {
                     Ok((p, source)) => {
                         info!(source = %source, rules = p.rules.len(), "SIGHUP: policy reloaded");
@@ -506,13 +514,49 @@ mod tests {
     #[test]
     fn preflight_names_a_missing_interface_before_anything_is_loaded() {
         let config = Config::default();
-        assert!(preflight(&["lo".into()], &config, &[]).is_ok());
-        let Err(err) = preflight(&["lo".into(), "snt-nosuch0".into()], &config, &[]) else {
+        assert!(preflight(&["lo".into()], &config, Mode::Enforce, &[]).is_ok());
+        let Err(err) = preflight(
+            &["lo".into(), "snt-nosuch0".into()],
+            &config,
+            Mode::Enforce,
+            &[],
+        ) else {
             panic!("a missing interface passed");
         };
         assert!(
             err.contains("snt-nosuch0") && err.contains("does not exist"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn shadow_mode_puts_the_policy_in_shadow_whatever_its_file_says() {
+        let config = Config::default();
+        let (p, source) = load_policy(&config, Mode::Shadow).unwrap();
+        assert_eq!(p.mode, PolicyMode::Shadow);
+        assert!(source.contains("--mode shadow"), "{source}");
+        let (p, _) = load_policy(&config, Mode::Enforce).unwrap();
+        assert_eq!(p.mode, PolicyMode::Enforce);
+        // So the decisions it makes are shadow ones: nothing is acted on, nothing revoked.
+        let mut d = Decider::new(load_policy(&config, Mode::Shadow).unwrap().0);
+        let a = crate::models::Alert {
+            ts: String::new(),
+            kind: crate::models::AlertKind::BruteForce,
+            severity: crate::models::Severity::Critical,
+            score: 1.0,
+            src_ip: "203.0.113.9".into(),
+            principal: Some("user:layla".into()),
+            endpoint: Some("/login".into()),
+            country: Some("VN".into()),
+            action: crate::models::Action::Alert,
+            explanation: String::new(),
+            evidence: Default::default(),
+            ts_ns: 1_000_000_000,
+            recommended_rate: None,
+        };
+        let decision = d
+            .decide(&a)
+            .expect("the built-in policy acts on a brute force");
+        assert!(decision.shadow);
     }
 }

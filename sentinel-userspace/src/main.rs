@@ -52,8 +52,8 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             if let Some(snap) = args.snap_len {
                 config.capture.snap_len = snap;
             }
-            let prepared =
-                daemon::preflight(&args.iface, &config, &args.geoip_db).map_err(CliError::input)?;
+            let prepared = daemon::preflight(&args.iface, &config, args.mode, &args.geoip_db)
+                .map_err(CliError::input)?;
             daemon::run(
                 RunOptions {
                     ifaces: args.iface,
