@@ -44,7 +44,12 @@ impl AlertLog {
         f.write_all(line.as_bytes())?;
         f.write_all(b"\n")?;
         if self.echo {
-            println!("{line}");
+            // The log file has the alert: a closed or full stdout (a pipe whose reader went
+            // away) must not stop the responder, as println!'s panic would.
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+                tracing::debug!(error = %e, "alert not echoed to stdout");
+            }
         }
         Ok(())
     }

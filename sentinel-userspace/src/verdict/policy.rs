@@ -274,11 +274,21 @@ impl Policy {
             })
         };
         let window = dur(&raw.escalation.window, "escalation.window")?;
-        if raw.escalation.prefix_v4 > 32 || raw.escalation.prefix_v6 > 128 {
-            return Err(PolicyError::in_text(
-                line_of(text, "prefix_v"),
-                "escalation prefixes must be at most /32 (IPv4) and /128 (IPv6)",
-            ));
+        // A block_prefix of a /0 would drop every source the allowlist does not name.
+        for (field, len, range) in [
+            ("prefix_v4", raw.escalation.prefix_v4, 8..=32),
+            ("prefix_v6", raw.escalation.prefix_v6, 16..=128),
+        ] {
+            if !range.contains(&len) {
+                return Err(PolicyError::in_text(
+                    line_of(text, field),
+                    format!(
+                        "escalation.{field} = {len}: must be /{} to /{}",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+            }
         }
         let mut allow_nets = Vec::new();
         for a in &raw.allow.addresses {
@@ -666,6 +676,20 @@ shadow = true
 
     #[test]
     fn bad_policies_name_the_line_and_the_reason() {
+        for (text, want) in [
+            (
+                "[escalation]\nprefix_v4 = 0\n",
+                "prefix_v4 = 0: must be /8 to /32",
+            ),
+            ("[escalation]\nprefix_v4 = 33\n", "prefix_v4 = 33"),
+            (
+                "[escalation]\nprefix_v6 = 2\n",
+                "prefix_v6 = 2: must be /16 to /128",
+            ),
+        ] {
+            let e = Policy::parse(text).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("line 2"), "{e}");
+        }
         let e = Policy::parse("mode = \"loud\"\n").unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
         let e = Policy::parse("[[rule]]\nkinds = [\"brute_forse\"]\nactions = [\"block\"]\n")

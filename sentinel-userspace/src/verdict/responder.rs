@@ -185,9 +185,8 @@ pub struct Responder {
     revoke: Option<RevokeConfig>,
     tasks: JoinSet<()>,
     stats: Arc<ResponseStats>,
-    /// Hashes of the tokens already sent for revocation (a repeat alert does not send them
-    /// again); forgotten wholesale beyond [`MAX_REMEMBERED`].
-    revoked: std::collections::HashSet<String>,
+    /// The tokens revoked or being revoked.
+    revoked: Revoked,
     /// Alerts handled.
     pub handled: u64,
 }
@@ -216,7 +215,7 @@ impl Responder {
             revoke,
             tasks: JoinSet::new(),
             stats,
-            revoked: std::collections::HashSet::new(),
+            revoked: Revoked::default(),
             handled: 0,
         }
     }
@@ -336,6 +335,16 @@ impl Responder {
                 Err(e) => {
                     self.stats.verdict_errors.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, "applying a verdict");
+                    // The alert says what was done: nothing, and why.
+                    if !d.shadow {
+                        alert
+                            .evidence
+                            .insert("failed_action".into(), serde_json::json!(alert.action));
+                        alert.action = Action::Alert;
+                    }
+                    alert
+                        .evidence
+                        .insert("verdict_error".into(), serde_json::json!(e.to_string()));
                 }
             }
             if d.revokes_token() && !d.shadow {
@@ -382,27 +391,23 @@ impl Responder {
             }
             (Some(cfg), false) => cfg.clone(),
         };
-        if self.revoked.len() + tokens.len() > MAX_REMEMBERED {
-            self.revoked.clear();
-        }
-        let tokens: Vec<String> = tokens
-            .into_iter()
-            .filter(|t| self.revoked.insert(crate::enrich::principal::short_hash(t)))
-            .collect();
+        let tokens = self.revoked.claim(tokens);
         if tokens.is_empty() {
             return;
         }
         let sinks = self.sinks.clone();
         let stats = self.stats.clone();
+        let revoked = self.revoked.clone();
         let alert = alert.clone();
         self.tasks.spawn(async move {
-            for tok in tokens {
+            for (hash, tok) in tokens {
                 match revoke(&cfg, &tok, &principal, alert.kind.as_str(), sinks.retry).await {
                     Ok(status) => {
                         stats.revoked.fetch_add(1, Ordering::Relaxed);
                         info!(principal, status, "token revoked at the identity provider");
                     }
                     Err(e) => {
+                        revoked.release(&hash);
                         stats.revoke_failed.fetch_add(1, Ordering::Relaxed);
                         let a = revocation_failed(&alert, &principal, &e.to_string());
                         stats.count(a.kind, a.action);
@@ -449,9 +454,41 @@ impl Responder {
 }
 
 /// The alert saying that revoking `principal`'s token after `alert` failed, and why.
+/// The tokens (by hash) whose revocation is under way or done: a repeat alert does not send
+/// them again, a failed one is released so that the next alert tries again. Shared between the
+/// responder and its revocation tasks; forgotten wholesale beyond [`MAX_REMEMBERED`].
+#[derive(Clone, Default)]
+struct Revoked(Arc<Mutex<std::collections::HashSet<String>>>);
+
+impl Revoked {
+    /// The tokens of `tokens` not claimed yet, with their hashes, claimed now.
+    fn claim(&self, tokens: Vec<String>) -> Vec<(String, String)> {
+        let mut held = self.0.lock().expect("revoked lock");
+        if held.len() + tokens.len() > MAX_REMEMBERED {
+            held.clear();
+        }
+        tokens
+            .into_iter()
+            .map(|t| (crate::enrich::principal::short_hash(&t), t))
+            .filter(|(h, _)| held.insert(h.clone()))
+            .collect()
+    }
+
+    /// Gives a claim up (its revocation failed).
+    fn release(&self, hash: &str) {
+        self.0.lock().expect("revoked lock").remove(hash);
+    }
+}
+
 fn revocation_failed(alert: &Alert, principal: &str, why: &str) -> Alert {
     warn!(principal, reason = %why, "token revocation failed");
     let mut a = alert.clone();
+    // Stamped when it is known (retries take seconds): `sentinel alerts --follow` asks for
+    // what came after the last alert it showed.
+    a.ts_ns = crate::clock::unix_ns();
+    a.ts = crate::models::alert::rfc3339(a.ts_ns);
+    a.evidence
+        .insert("alert_ts".into(), serde_json::json!(alert.ts));
     a.severity = Severity::High;
     a.action = Action::Alert;
     a.explanation = format!(
@@ -498,6 +535,22 @@ ttl = "1h"
 mod tests {
     use super::*;
     use crate::{models::AlertKind, verdict::policy::Policy};
+
+    #[test]
+    fn a_failed_revocation_is_tried_again_and_a_done_one_not() {
+        let r = Revoked::default();
+        let toks = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let first = r.claim(toks(&["tok-a", "tok-b"]));
+        assert_eq!(first.len(), 2);
+        // A repeat alert while they are under way, or after they were revoked: nothing.
+        assert!(r.claim(toks(&["tok-a", "tok-b"])).is_empty());
+        // tok-a's revocation failed: the next alert sends it again, and only it.
+        r.release(&first[0].0);
+        let again = r.claim(toks(&["tok-a", "tok-b"]));
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].1, "tok-a");
+        assert_eq!(again[0].0, crate::enrich::principal::short_hash("tok-a"));
+    }
 
     #[test]
     fn the_default_policy_is_valid_and_covers_the_volumetric_kinds() {
