@@ -29,7 +29,7 @@ use crate::{
     clock,
     datapath::{Maps, loader},
     notify::alerts::AlertLog,
-    verdict::enforce::VerdictLog,
+    verdict::enforce::{VerdictLog, VerdictRecord},
     verdict::lists::{self, ListError},
 };
 
@@ -305,6 +305,19 @@ async fn del(
             removed = resp.removed,
             "list entries removed"
         );
+        // Verdicts the daemon wrote are restored at its next start from its log: the log says
+        // they were removed, so that an operator's unblock holds across a restart.
+        if kind != ListKind::Allow {
+            let now = clock::unix_s();
+            for t in &req.targets {
+                if let Err(e) = s
+                    .verdict_log
+                    .append(&VerdictRecord::removal(kind, t, now))
+                {
+                    tracing::warn!(error = %e, target = %t, "writing a removal to the verdict log: the verdict may come back at the next start");
+                }
+            }
+        }
         Ok(Json(resp).into_response())
     })
     .await

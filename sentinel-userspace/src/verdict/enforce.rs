@@ -44,6 +44,38 @@ pub struct VerdictRecord {
     /// The killed flow (`flow_kill` records only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<Flow>,
+    /// An operator removed `target` from `list` (`sentinel block del`) at `applied_at`: the
+    /// records of it before this one are not restored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
+}
+
+impl VerdictRecord {
+    /// The record of an operator's removal of `target` from `list` at `now` (seconds).
+    pub fn removal(list: ListKind, target: &str, now: f64) -> Self {
+        Self {
+            applied_at: now,
+            expires_at: now,
+            target: target.to_owned(),
+            list: list.as_str().to_owned(),
+            rate_pps: None,
+            shadow: false,
+            reason: "removed by the operator".into(),
+            flow: None,
+            removed: true,
+        }
+    }
+}
+
+/// A target as the kernel keys it (`203.0.113.9` and `203.0.113.9/32` are one), for matching a
+/// removal with the records it cancels.
+fn same_target(a: &str, b: &str) -> bool {
+    let norm = |t: &str| {
+        t.parse::<crate::verdict::Target>()
+            .map(|t| t.net().trunc().to_string())
+            .unwrap_or_else(|_| t.to_owned())
+    };
+    a == b || norm(a) == norm(b)
 }
 
 /// Writes a decision into the kernel maps: the step's address verdict (throttle, block, wider
@@ -66,6 +98,7 @@ pub fn apply(
         shadow: decision.shadow,
         reason: reason.to_owned(),
         flow,
+        removed: false,
     };
     let list = match decision.step {
         Step::Throttle => Some(ListKind::Throttle),
@@ -191,6 +224,11 @@ impl VerdictLog {
         let mut bad = 0;
         for line in std::io::BufReader::new(f).lines() {
             match serde_json::from_str::<VerdictRecord>(&line?) {
+                Ok(r) if r.removed => {
+                    live.retain(|x: &VerdictRecord| {
+                        !(x.list == r.list && same_target(&x.target, &r.target))
+                    });
+                }
                 Ok(r) if r.expires_at > now => live.push(r),
                 Ok(_) => {}
                 Err(_) => bad += 1,
@@ -209,28 +247,37 @@ impl VerdictLog {
         let mut n = 0;
         for r in &live {
             let ttl = Duration::from_secs_f64((r.expires_at - now).max(0.001));
-            if let Some(flow) = &r.flow {
+            let written = if let Some(flow) = &r.flow {
                 lists::kill_flow(
                     maps,
                     flow,
                     ttl.as_millis().max(1) as u64,
                     Some(&r.reason),
                     r.shadow,
-                )?;
-                n += 1;
-                continue;
-            }
-            let list = if r.list == "throttle" {
-                ListKind::Throttle
+                )
             } else {
-                ListKind::Block
+                let list = if r.list == "throttle" {
+                    ListKind::Throttle
+                } else {
+                    ListKind::Block
+                };
+                let target: IpNet = match r.target.parse() {
+                    Ok(t) => t,
+                    Err(_) => continue,
+                };
+                write(maps, list, target, r.rate_pps, ttl, r.shadow, &r.reason)
             };
-            let target: IpNet = match r.target.parse() {
-                Ok(t) => t,
-                Err(_) => continue,
-            };
-            write(maps, list, target, r.rate_pps, ttl, r.shadow, &r.reason)?;
-            n += 1;
+            // One verdict that cannot be written again (a map full since) costs that verdict,
+            // not the daemon's start.
+            match written {
+                Ok(()) => n += 1,
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    target = %r.target,
+                    list = %r.list,
+                    "a verdict of the log could not be restored"
+                ),
+            }
         }
         if unreadable > 0 {
             // The compaction below leaves them out: keep the file as it was beside it, after
@@ -293,7 +340,37 @@ mod tests {
             shadow: false,
             reason: "brute_force user:layla".into(),
             flow: None,
+            removed: false,
         }
+    }
+
+    #[test]
+    fn an_operators_removal_cancels_the_records_before_it() {
+        let dir = crate::lab::TempDir::new("sentinel-vlog-del").unwrap();
+        let log = VerdictLog::new(dir.join("verdicts.jsonl"));
+        log.append(&rec("203.0.113.9/32", 500.0)).unwrap();
+        log.append(&rec("198.51.100.0/24", 500.0)).unwrap();
+        // `sentinel block del 203.0.113.9` (as typed: without the /32).
+        log.append(&VerdictRecord::removal(
+            ListKind::Block,
+            "203.0.113.9",
+            150.0,
+        ))
+        .unwrap();
+        // A throttle of the same address is another list: it stays.
+        let mut throttle = rec("203.0.113.9/32", 500.0);
+        throttle.list = "throttle".into();
+        log.append(&throttle).unwrap();
+        let (live, _) = log.live(200.0).unwrap();
+        assert_eq!(live, vec![rec("198.51.100.0/24", 500.0), throttle.clone()]);
+        // A verdict after the removal is in force again.
+        log.append(&rec("203.0.113.9/32", 600.0)).unwrap();
+        let (live, _) = log.live(200.0).unwrap();
+        assert_eq!(live.len(), 3);
+        assert_eq!(live[2], rec("203.0.113.9/32", 600.0));
+        // The removal record reads back (the field is written only when true).
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert_eq!(text.matches("\"removed\":true").count(), 1, "{text}");
     }
 
     #[test]
