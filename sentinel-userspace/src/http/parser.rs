@@ -138,6 +138,8 @@ pub struct Parser {
     resync_here: bool,
     /// Parsing waits (a request asked to leave HTTP; its response decides).
     paused: bool,
+    /// A gap ended a message and ran on into the next one: its loss is told next.
+    lost_next: bool,
     last_ts: u64,
     /// Counters.
     pub counts: ParserCounts,
@@ -195,6 +197,7 @@ impl Parser {
             skipped_in_resync: 0,
             resync_here: true,
             paused: false,
+            lost_next: false,
             last_ts: 0,
             counts: ParserCounts::default(),
             settings,
@@ -351,6 +354,9 @@ impl Parser {
     /// The next event, if the bytes so far allow one. `ctx` describes the request the next
     /// response answers (`None`: not known yet; responses wait for it).
     pub fn next_event(&mut self, ctx: Option<ReqCtx>) -> Option<Event> {
+        if std::mem::take(&mut self.lost_next) {
+            return Some(Event::Lost);
+        }
         loop {
             if self.is_dead() || (self.paused && matches!(self.state, State::Idle)) {
                 return None;
@@ -376,11 +382,10 @@ impl Parser {
                         && at == self.abs + limit as u64
                     {
                         // Everything before the gap is in; the rest of it is unusable.
-                        let partial = limit > 0;
                         self.consume(limit);
                         self.gaps.pop_front();
                         self.abs += len;
-                        if let Some(ev) = self.apply_gap(len, partial) {
+                        if let Some(ev) = self.apply_gap(len) {
                             return Some(ev);
                         }
                         continue;
@@ -411,16 +416,17 @@ impl Parser {
         }
     }
 
-    fn apply_gap(&mut self, len: u64, partial: bool) -> Option<Event> {
+    fn apply_gap(&mut self, len: u64) -> Option<Event> {
         match self.state {
             State::Length(left) | State::ChunkData(left) if len <= left => {
                 if let Some(b) = self.body.as_mut() {
                     b.skip(len);
                 }
-                self.state = if matches!(self.state, State::Length(_)) {
-                    State::Length(left - len)
-                } else {
-                    State::ChunkData(left - len)
+                self.state = match self.state {
+                    State::Length(_) => State::Length(left - len),
+                    // The chunk's data ends with the gap: its CRLF comes next.
+                    _ if len == left => State::ChunkEnd,
+                    _ => State::ChunkData(left - len),
                 };
                 if matches!(self.state, State::Length(0)) {
                     self.counts.gapped += 1;
@@ -435,18 +441,24 @@ impl Parser {
                 None
             }
             State::Idle => {
+                // Between messages (or within a head): the gap holds the start of at least one
+                // message, lost, whether or not some of its bytes came before it (a ring that
+                // drops one segment holding one whole response is the common case).
                 self.state = State::Resync;
                 self.skipped_in_resync = 0;
                 self.resync_here = true;
                 self.counts.gapped += 1;
-                partial.then_some(Event::Lost)
+                Some(Event::Lost)
             }
             State::Resync | State::Dead => None,
             _ => {
                 // Inside a body but the gap runs past it: the message ends here, incomplete.
+                // Past a Content-Length body's end the next message starts, so its start is
+                // lost too (the end of a chunked body's framing may be all the gap held).
                 if let Some(b) = self.body.as_mut() {
                     b.skip(0);
                 }
+                self.lost_next = matches!(self.state, State::Length(left) if len > left);
                 self.counts.gapped += 1;
                 let ev = self.done();
                 self.state = State::Resync;

@@ -795,3 +795,171 @@ fn a_new_connection_reuses_an_ended_ones_buffers_without_its_bytes() {
     assert!(b[0].resp_body.is_empty() && b[0].resp_complete);
     assert!(out.iter().all(|t| t.path() != "/half"));
 }
+
+/// Paths and statuses of transactions, in order.
+fn paired(ts: &[Transaction]) -> Vec<(String, Option<u16>)> {
+    ts.iter()
+        .map(|t| (t.path().to_string(), t.status()))
+        .collect()
+}
+
+fn pipelined_gets(c: &mut Conversation, paths: &[&str]) {
+    let reqs: String = paths
+        .iter()
+        .map(|p| format!("GET {p} HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .collect();
+    c.send(true, reqs.as_bytes(), &[], T0 + MS);
+}
+
+#[test]
+fn a_whole_response_lost_between_messages_keeps_the_pairing() {
+    let (cl, sv) = addrs();
+    let mut c = Conversation::open(cl, sv, T0);
+    pipelined_gets(&mut c, &["/1", "/2", "/3"]);
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na",
+        &[],
+        T0 + 2 * MS,
+    );
+    // The ring lost the one segment that held the second response whole.
+    c.lose(
+        false,
+        b"HTTP/1.1 201 OK\r\nContent-Length: 1\r\n\r\nb".len() as u32,
+    );
+    c.send(
+        false,
+        b"HTTP/1.1 202 OK\r\nContent-Length: 1\r\n\r\nc",
+        &[],
+        T0 + 3 * MS,
+    );
+    c.ack(true, T0 + 2_000 * MS);
+    assert_eq!(
+        paired(&run(c.segments)),
+        [
+            ("/1".into(), Some(200)),
+            ("/2".into(), None),
+            ("/3".into(), Some(202))
+        ]
+    );
+}
+
+#[test]
+fn a_gap_from_a_body_into_the_next_response_keeps_the_pairing() {
+    let (cl, sv) = addrs();
+    let mut c = Conversation::open(cl, sv, T0);
+    pipelined_gets(&mut c, &["/1", "/2", "/3"]);
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234",
+        &[],
+        T0 + 2 * MS,
+    );
+    // Lost: the rest of the first body and all of the second response.
+    c.lose(
+        false,
+        5 + b"HTTP/1.1 201 OK\r\nContent-Length: 1\r\n\r\nb".len() as u32,
+    );
+    c.send(
+        false,
+        b"HTTP/1.1 202 OK\r\nContent-Length: 1\r\n\r\nc",
+        &[],
+        T0 + 3 * MS,
+    );
+    c.ack(true, T0 + 2_000 * MS);
+    assert_eq!(
+        paired(&run(c.segments)),
+        [
+            ("/1".into(), Some(200)),
+            ("/2".into(), None),
+            ("/3".into(), Some(202))
+        ]
+    );
+}
+
+#[test]
+fn a_gap_ending_with_a_chunks_data_does_not_stall_the_stream() {
+    let (cl, sv) = addrs();
+    let mut c = Conversation::open(cl, sv, T0);
+    pipelined_gets(&mut c, &["/c", "/d"]);
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n",
+        &[],
+        T0 + 2 * MS,
+    );
+    c.send(false, &[b'x'; 4096], &[], T0 + 2 * MS);
+    // The snap length cut this segment: the chunk's last 2048 bytes are a gap.
+    c.segments.last_mut().unwrap().payload.truncate(2048);
+    c.send(
+        false,
+        b"\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        &[],
+        T0 + 3 * MS,
+    );
+    c.ack(true, T0 + 5_000 * MS);
+    // Both exchanges come out while the connection is still open.
+    let mut p = Pipeline::new(PipelineSettings::default());
+    let mut out = Vec::new();
+    for s in c.segments {
+        p.push(s);
+        out.extend(p.drain());
+    }
+    assert_eq!(
+        paired(&out),
+        [("/c".into(), Some(200)), ("/d".into(), Some(200))]
+    );
+}
+
+#[test]
+fn a_keep_alive_connection_speaking_after_its_idle_close_is_seen() {
+    let (cl, sv) = addrs();
+    let mut c = Conversation::open(cl, sv, T0);
+    c.send(true, b"GET /a HTTP/1.1\r\n\r\n", &[], T0 + MS);
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        &[],
+        T0 + 2 * MS,
+    );
+    // Past the idle timeout (120 s): the flow was closed as idle, the client had kept it.
+    let later = T0 + 121_000 * MS;
+    c.send(true, b"GET /b HTTP/1.1\r\n\r\n", &[], later);
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        &[],
+        later + MS,
+    );
+    let got = paired(&run(c.segments));
+    assert!(got.contains(&("/b".into(), Some(200))), "{got:?}");
+}
+
+#[test]
+fn a_second_hole_waits_its_own_time_before_it_is_a_gap() {
+    let (cl, sv) = addrs();
+    let mut c = Conversation::open(cl, sv, T0);
+    c.send(true, b"GET /1 HTTP/1.1\r\n\r\n", &[], T0 + MS);
+    let base = c.segments.len();
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n0123456789abcdefghij";
+    c.send(false, resp, &[10, 20, 30, 40], T0 + MS);
+    let parts: Vec<Segment> = c.segments.split_off(base);
+    let at = |i: usize, ms: u64| {
+        let mut s = parts[i].clone();
+        s.ts_ns = T0 + ms * MS;
+        s
+    };
+    // Hole 1 (bytes 0..10) opens at 10 ms and fills at 900 ms; hole 2 (20..30) opens at
+    // 800 ms and fills at 1100 ms: 300 ms, well within the gap timeout.
+    let mut segs = c.segments.clone();
+    segs.extend([
+        at(1, 10),
+        at(3, 800),
+        at(0, 900),
+        at(4, 1_050),
+        at(2, 1_100),
+    ]);
+    let (out, stats) = run_with(segs, PipelineSettings::default());
+    assert_eq!(stats.reassembly.gaps, 0);
+    assert_eq!(paired(&out), [("/1".into(), Some(200))]);
+}

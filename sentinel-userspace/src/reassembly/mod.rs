@@ -628,8 +628,13 @@ impl<H: StreamHandler> Reassembler<H> {
         self.mem -= flow.mem;
         flow.mem = FLOW_OVERHEAD;
         self.mem += flow.mem;
-        if matches!(reason, CloseReason::Evicted | CloseReason::End) {
-            // No tombstone: memory pressure or the end of the input.
+        if matches!(
+            reason,
+            CloseReason::Evicted | CloseReason::End | CloseReason::Idle
+        ) {
+            // No tombstone: memory pressure, the end of the input, or a flow idle so long that
+            // nothing late is to come (a keep-alive connection that speaks again after its idle
+            // close is taken up as a new flow).
             self.mem -= flow.mem;
             self.flows.remove(&k);
         }
@@ -832,6 +837,11 @@ fn drain<H: StreamHandler>(
             continue;
         }
         deliver(half, trim_front(seg, (-rel) as u32), st, h, conn, info, dir);
+    }
+    // What is still held waits for a new hole: its wait starts with the first of it, not with
+    // the hole just filled.
+    if let Some(first) = half.held.first() {
+        half.held_since = first.ts;
     }
 }
 
