@@ -811,31 +811,37 @@ fn pipelined_gets(c: &mut Conversation, paths: &[&str]) {
     c.send(true, reqs.as_bytes(), &[], T0 + MS);
 }
 
-#[test]
-fn a_whole_response_lost_between_messages_keeps_the_pairing() {
+/// Three pipelined GETs; the first response's head and `first_body` arrive, then `lost` bytes
+/// go missing (what is left of the first body and the whole second response), then the third
+/// response: the pairing of the transactions that come out.
+fn pairing_across_a_loss(first: &[u8], lost: u32) -> Vec<(String, Option<u16>)> {
     let (cl, sv) = addrs();
     let mut c = Conversation::open(cl, sv, T0);
     pipelined_gets(&mut c, &["/1", "/2", "/3"]);
-    c.send(
-        false,
-        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na",
-        &[],
-        T0 + 2 * MS,
-    );
-    // The ring lost the one segment that held the second response whole.
-    c.lose(
-        false,
-        b"HTTP/1.1 201 OK\r\nContent-Length: 1\r\n\r\nb".len() as u32,
-    );
+    c.send(false, first, &[], T0 + 2 * MS);
+    c.lose(false, lost);
     c.send(
         false,
         b"HTTP/1.1 202 OK\r\nContent-Length: 1\r\n\r\nc",
         &[],
         T0 + 3 * MS,
     );
+    // Time passes: the hole becomes a gap.
     c.ack(true, T0 + 2_000 * MS);
+    paired(&run(c.segments))
+}
+
+const SECOND: &[u8] = b"HTTP/1.1 201 OK\r\nContent-Length: 1\r\n\r\nb";
+
+#[test]
+fn a_whole_response_lost_between_messages_keeps_the_pairing() {
+    // The ring lost the one segment that held the second response whole.
+    let got = pairing_across_a_loss(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na",
+        SECOND.len() as u32,
+    );
     assert_eq!(
-        paired(&run(c.segments)),
+        got,
         [
             ("/1".into(), Some(200)),
             ("/2".into(), None),
@@ -846,29 +852,13 @@ fn a_whole_response_lost_between_messages_keeps_the_pairing() {
 
 #[test]
 fn a_gap_from_a_body_into_the_next_response_keeps_the_pairing() {
-    let (cl, sv) = addrs();
-    let mut c = Conversation::open(cl, sv, T0);
-    pipelined_gets(&mut c, &["/1", "/2", "/3"]);
-    c.send(
-        false,
+    // Lost: the last 5 bytes of the first body and all of the second response.
+    let got = pairing_across_a_loss(
         b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234",
-        &[],
-        T0 + 2 * MS,
+        5 + SECOND.len() as u32,
     );
-    // Lost: the rest of the first body and all of the second response.
-    c.lose(
-        false,
-        5 + b"HTTP/1.1 201 OK\r\nContent-Length: 1\r\n\r\nb".len() as u32,
-    );
-    c.send(
-        false,
-        b"HTTP/1.1 202 OK\r\nContent-Length: 1\r\n\r\nc",
-        &[],
-        T0 + 3 * MS,
-    );
-    c.ack(true, T0 + 2_000 * MS);
     assert_eq!(
-        paired(&run(c.segments)),
+        got,
         [
             ("/1".into(), Some(200)),
             ("/2".into(), None),
