@@ -953,3 +953,52 @@ fn a_second_hole_waits_its_own_time_before_it_is_a_gap() {
     assert_eq!(stats.reassembly.gaps, 0);
     assert_eq!(paired(&out), [("/1".into(), Some(200))]);
 }
+
+#[test]
+fn a_forged_rst_out_of_sequence_does_not_blind_the_flow() {
+    use crate::capture::{segment::flags, synth::seg};
+    let (cl, sv) = addrs();
+    let mut c = Conversation::open(cl, sv, T0);
+    c.send(true, b"GET /a HTTP/1.1\r\n\r\n", &[], T0 + MS);
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        &[],
+        T0 + 2 * MS,
+    );
+    // The client sends an RST 1 MiB past its next byte: the server's kernel ignores it, and
+    // the injection that follows on the same connection must still be seen.
+    let next = c.segments.iter().rfind(|s| s.src == cl).unwrap().seq + 19;
+    c.segments.push(seg(
+        T0 + 3 * MS,
+        cl,
+        sv,
+        next.wrapping_add(1 << 20),
+        0,
+        flags::RST,
+        &[],
+    ));
+    c.send(
+        true,
+        b"GET /b?id=1%27%20OR%201=1 HTTP/1.1\r\n\r\n",
+        &[],
+        T0 + 4 * MS,
+    );
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        &[],
+        T0 + 5 * MS,
+    );
+    // An RST at the next byte does close it.
+    let next = next + b"GET /b?id=1%27%20OR%201=1 HTTP/1.1\r\n\r\n".len() as u32;
+    c.segments
+        .push(seg(T0 + 6 * MS, cl, sv, next, 0, flags::RST, &[]));
+    let (out, stats) = run_with(c.segments, PipelineSettings::default());
+    assert_eq!(
+        paired(&out),
+        [("/a".into(), Some(200)), ("/b".into(), Some(200))]
+    );
+    assert_eq!(stats.reassembly.rst_ignored, 1);
+    assert_eq!(stats.reassembly.closed_rst, 1);
+}

@@ -138,6 +138,9 @@ pub struct ReassemblyStats {
     pub closed_fin: u64,
     /// Flows closed by RST.
     pub closed_rst: u64,
+    /// RSTs whose sequence number was not the sender's next byte (ignored, as the peer's
+    /// kernel ignores them: a forged or stale RST must not blind the flow).
+    pub rst_ignored: u64,
     /// Flows closed for being idle.
     pub closed_idle: u64,
     /// Flows evicted by the memory or flow cap.
@@ -420,7 +423,13 @@ impl<H: StreamHandler> Reassembler<H> {
         if seg.is_truncated() {
             st.truncated_segments += 1;
         }
-        let rst = seg.has(flags::RST);
+        let rst = seg.has(flags::RST) && {
+            let ok = rst_in_sequence(&flow.halves[dir as usize], seg.seq);
+            if !ok {
+                st.rst_ignored += 1;
+            }
+            ok
+        };
         {
             let half = &mut flow.halves[dir as usize];
             if seg.has(flags::FIN) && half.fin_seq.is_none() {
@@ -897,6 +906,20 @@ fn skip_gap<H: StreamHandler>(
     if !half.held.is_empty() {
         half.held_since = half.held.first().map(|x| x.ts).unwrap_or(half.held_since);
     }
+}
+
+/// Whether an RST with sequence number `seq` ends the sender's side (`half`): at the next byte
+/// expected from it (or the one after its FIN), or at the end of what it sent that is held past
+/// a hole (the ring lost some of it), or when its sequence numbers are not known yet. A
+/// receiving kernel acts only on an RST at its next expected byte (RFC 5961), so anything else
+/// (a forged RST far out of the window) would close a flow the server keeps.
+fn rst_in_sequence(half: &Half, seq: u32) -> bool {
+    !half.synced
+        || (0..=1).contains(&diff(seq, half.next))
+        || half
+            .held
+            .iter()
+            .any(|h| (0..=1).contains(&diff(seq, h.seq.wrapping_add(h.wire))))
 }
 
 fn check_fin<H: StreamHandler>(
