@@ -901,8 +901,8 @@ fn a_gap_ending_with_a_chunks_data_does_not_stall_the_stream() {
     );
 }
 
-#[test]
-fn a_keep_alive_connection_speaking_after_its_idle_close_is_seen() {
+/// A connection with one exchange: GET /a, 200.
+fn answered_get_a() -> Conversation {
     let (cl, sv) = addrs();
     let mut c = Conversation::open(cl, sv, T0);
     c.send(true, b"GET /a HTTP/1.1\r\n\r\n", &[], T0 + MS);
@@ -912,6 +912,12 @@ fn a_keep_alive_connection_speaking_after_its_idle_close_is_seen() {
         &[],
         T0 + 2 * MS,
     );
+    c
+}
+
+#[test]
+fn a_keep_alive_connection_speaking_after_its_idle_close_is_seen() {
+    let mut c = answered_get_a();
     // Past the idle timeout (120 s): the flow was closed as idle, the client had kept it.
     let later = T0 + 121_000 * MS;
     c.send(true, b"GET /b HTTP/1.1\r\n\r\n", &[], later);
@@ -958,14 +964,7 @@ fn a_second_hole_waits_its_own_time_before_it_is_a_gap() {
 fn a_forged_rst_out_of_sequence_does_not_blind_the_flow() {
     use crate::capture::{segment::flags, synth::seg};
     let (cl, sv) = addrs();
-    let mut c = Conversation::open(cl, sv, T0);
-    c.send(true, b"GET /a HTTP/1.1\r\n\r\n", &[], T0 + MS);
-    c.send(
-        false,
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-        &[],
-        T0 + 2 * MS,
-    );
+    let mut c = answered_get_a();
     // The client sends an RST 1 MiB past its next byte: the server's kernel ignores it, and
     // the injection that follows on the same connection must still be seen.
     let next = c.segments.iter().rfind(|s| s.src == cl).unwrap().seq + 19;
