@@ -1051,3 +1051,59 @@ fn a_hot_throttled_source_draws_tokens_in_batches_but_never_more_than_its_bucket
     }
     lab.expect_counts(&[(Reason::ThrottlePass, 200), (Reason::DropThrottle, 100)]);
 }
+
+#[test]
+fn a_full_reasons_map_drops_unused_reasons_and_the_verdict_keeps_its_own() {
+    use sentinel_common::{REASON_LEN, ReasonText, defaults::REASONS_MAX};
+    let mut lab = Lab::new();
+    // One blocked address whose reason is in use, then the map filled with reasons that no
+    // entry names any more (the entries they labelled expired and were swept).
+    lab.add(
+        ListKind::Block,
+        &["192.0.2.77"],
+        AddRequest {
+            reason: Some("brute_force user:kept".into()),
+            ..Default::default()
+        },
+    );
+    let m = &mut lab.dp.maps;
+    let mut stale = 0u32;
+    for id in 1..u32::MAX {
+        let text = ReasonText {
+            text: [b'x'; REASON_LEN],
+        };
+        if m.reasons.insert(id, text, 0).is_err() {
+            break;
+        }
+        stale += 1;
+    }
+    assert!(
+        m.reasons.keys().count() as u32 >= REASONS_MAX,
+        "filled ({stale} stale)"
+    );
+    // A new verdict with a new reason: written, with its reason, and the one in use kept.
+    lab.add(
+        ListKind::Block,
+        &["198.51.100.77"],
+        AddRequest {
+            reason: Some("credential_stuffing 198.51.100.77".into()),
+            ..Default::default()
+        },
+    );
+    let listed = lists::list(&lab.dp.maps, ListKind::Block).unwrap();
+    let reason_of = |t: &str| {
+        listed
+            .iter()
+            .find(|e| e.target == t)
+            .and_then(|e| e.reason.clone())
+    };
+    assert_eq!(
+        reason_of("198.51.100.77").as_deref(),
+        Some("credential_stuffing 198.51.100.77")
+    );
+    assert_eq!(
+        reason_of("192.0.2.77").as_deref(),
+        Some("brute_force user:kept")
+    );
+    assert_eq!(lab.dp.maps.reasons.keys().count(), 2, "the stale ones went");
+}

@@ -115,10 +115,71 @@ fn store_reason(maps: &mut Maps, text: Option<&str>) -> Result<u32, ListError> {
         text: [0; REASON_LEN],
     };
     value.text[..text.len()].copy_from_slice(text.as_bytes());
-    maps.reasons
-        .insert(id, value, 0)
-        .map_err(map_err(names::REASONS))?;
-    Ok(id)
+    if maps.reasons.insert(id, value, 0).is_ok() {
+        return Ok(id);
+    }
+    // Full (nothing deletes a reason when its entries go): drop the reasons no live entry
+    // names, and try again. Every attacker address and account gives a reason of its own, so
+    // a long-running daemon fills the map; a verdict must not fail for want of its label.
+    let dropped = prune_reasons(maps)?;
+    match maps.reasons.insert(id, value, 0) {
+        Ok(()) => Ok(id),
+        Err(e) => {
+            tracing::warn!(error = %e, dropped, "the reasons map is full of reasons in use: the entry is written without its reason");
+            Ok(0)
+        }
+    }
+}
+
+/// Deletes the reason texts that no list entry names any more. Returns how many.
+fn prune_reasons(maps: &mut Maps) -> Result<usize, ListError> {
+    fn ids_in<K: Copy + Default, V: aya::Pod>(
+        map: &MapData,
+        reason: impl Fn(&V) -> u32,
+        used: &mut std::collections::HashSet<u32>,
+    ) -> Result<(), ListError> {
+        sys::lookup_all::<K>(map.fd(), size_of::<V>(), |_, v| {
+            // SAFETY: the kernel wrote one `V` (a plain-integer Pod) into `v`.
+            let v: V = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+            used.insert(reason(&v));
+        })
+        .map_err(|e| ListError::from(DatapathError::Io(e)))
+    }
+    let mut used = std::collections::HashSet::new();
+    let rule = |v: &RuleValue| v.reason_id;
+    let throttle = |v: &ThrottleRule| v.reason_id;
+    ids_in::<AddrKey, RuleValue>(maps.block_hash.map(), rule, &mut used)?;
+    ids_in::<AddrKey, RuleValue>(maps.allow_hash.map(), rule, &mut used)?;
+    ids_in::<FlowKey, RuleValue>(maps.flow_kill.map(), rule, &mut used)?;
+    ids_in::<AddrKey, ThrottleRule>(maps.throttle_hash.map(), throttle, &mut used)?;
+    used.extend(
+        maps.block_lpm
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, v)| v.reason_id),
+    );
+    used.extend(
+        maps.allow_lpm
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, v)| v.reason_id),
+    );
+    used.extend(
+        maps.throttle_lpm
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, v)| v.reason_id),
+    );
+    let unused: Vec<u32> = maps
+        .reasons
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|id| !used.contains(id))
+        .collect();
+    for id in &unused {
+        let _ = maps.reasons.remove(id);
+    }
+    Ok(unused.len())
 }
 
 fn reason_text(maps: &Maps, id: u32) -> Option<String> {
