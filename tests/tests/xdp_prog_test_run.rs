@@ -1058,14 +1058,14 @@ fn a_full_reasons_map_drops_unused_reasons_and_the_verdict_keeps_its_own() {
     let mut lab = Lab::new();
     // One blocked address whose reason is in use, then the map filled with reasons that no
     // entry names any more (the entries they labelled expired and were swept).
-    lab.add(
-        ListKind::Block,
-        &["192.0.2.77"],
-        AddRequest {
-            reason: Some("brute_force user:kept".into()),
+    let block = |lab: &mut Lab, target: &str, reason: &str| {
+        let req = AddRequest {
+            reason: Some(reason.into()),
             ..Default::default()
-        },
-    );
+        };
+        lab.add(ListKind::Block, &[target], req);
+    };
+    block(&mut lab, "192.0.2.77", "brute_force user:kept");
     let m = &mut lab.dp.maps;
     let mut stale = 0u32;
     for id in 1..u32::MAX {
@@ -1082,13 +1082,10 @@ fn a_full_reasons_map_drops_unused_reasons_and_the_verdict_keeps_its_own() {
         "filled ({stale} stale)"
     );
     // A new verdict with a new reason: written, with its reason, and the one in use kept.
-    lab.add(
-        ListKind::Block,
-        &["198.51.100.77"],
-        AddRequest {
-            reason: Some("credential_stuffing 198.51.100.77".into()),
-            ..Default::default()
-        },
+    block(
+        &mut lab,
+        "198.51.100.77",
+        "credential_stuffing 198.51.100.77",
     );
     let listed = lists::list(&lab.dp.maps, ListKind::Block).unwrap();
     let reason_of = |t: &str| {
