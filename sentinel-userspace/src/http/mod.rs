@@ -131,6 +131,18 @@ struct Pending {
 }
 
 impl Pending {
+    /// Bytes it holds: its heads and kept bodies, and the entry itself.
+    fn mem(&self) -> usize {
+        let head = |h: &Option<Box<Head>>| h.as_ref().map_or(0, |h| h.mem());
+        256 + head(&self.head)
+            + self.req.as_ref().map_or(0, |(b, _, _)| b.capacity())
+            + self.resp_head.as_ref().map_or(0, |(h, _)| h.mem())
+            + self
+                .resp
+                .as_ref()
+                .map_or(0, |(b, _, _, _, trailers)| b.capacity() + head(trailers))
+    }
+
     fn answered(&self) -> bool {
         self.resp.is_some() || self.resp_lost
     }
@@ -468,6 +480,8 @@ impl StreamHandler for HttpHandler {
     }
 
     fn mem(c: &HttpConn) -> usize {
-        c.req.mem() + c.resp.mem() + c.pending.len() * 256
+        // What pending exchanges hold counts against the flow and global caps: pipelined
+        // requests with large bodies, waiting for their responses, hold their bodies here.
+        c.req.mem() + c.resp.mem() + c.pending.iter().map(Pending::mem).sum::<usize>()
     }
 }

@@ -1001,3 +1001,36 @@ fn a_forged_rst_out_of_sequence_does_not_blind_the_flow() {
     assert_eq!(stats.reassembly.rst_ignored, 1);
     assert_eq!(stats.reassembly.closed_rst, 1);
 }
+
+#[test]
+fn what_pipelined_requests_hold_counts_against_the_memory_caps() {
+    let (cl, sv) = addrs();
+    let body = vec![b'a'; 60 << 10];
+    let mut c = Conversation::open(cl, sv, T0);
+    for i in 0..60 {
+        let mut r = format!(
+            "POST /{i} HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(&body);
+        c.send_mss(true, &r, 1448, T0 + MS);
+    }
+    let held = 60 * body.len() as u64;
+    // Unanswered, the 60 requests' kept bodies are held, and counted.
+    let mut p = Pipeline::new(PipelineSettings::default());
+    for s in c.segments.clone() {
+        p.push(s);
+    }
+    assert!(p.stats().reassembly.mem_current >= held);
+    // Under a 1 MiB cap the flow is evicted rather than holding 3.6 MB uncounted.
+    let mut settings = PipelineSettings::default();
+    settings.reassembly.mem_cap = 1 << 20;
+    let mut p = Pipeline::new(settings);
+    for s in c.segments {
+        p.push(s);
+    }
+    let st = p.stats().reassembly;
+    assert!(st.evicted >= 1, "{st:?}");
+    assert!(st.mem_peak < 2 << 20, "{st:?}");
+}
