@@ -158,8 +158,15 @@ pub struct HttpConn {
     pending: VecDeque<Pending>,
     /// Entries at the front of `pending` whose response is complete or lost.
     answered: usize,
+    /// Requests given up unanswered (beyond `max_pending`), oldest first: their responses,
+    /// when they come, are read (framed by these) and dropped, so that the pairing of the
+    /// later ones holds.
+    given_up: VecDeque<ReqCtx>,
     dead: bool,
 }
+
+/// Requests given up unanswered whose responses a connection still expects, at most.
+const MAX_GIVEN_UP: usize = 4096;
 
 impl HttpConn {
     fn new(settings: HttpSettings, spares: &mut Vec<Spare>) -> Self {
@@ -169,6 +176,7 @@ impl HttpConn {
             resp: Parser::with_spare(Side::Response, settings, spare()),
             pending: VecDeque::new(),
             answered: 0,
+            given_up: VecDeque::new(),
             dead: false,
         }
     }
@@ -211,7 +219,10 @@ impl HttpHandler {
                 self.on_request(c, ev);
             }
             loop {
-                let ctx = c.pending.get(c.answered).map(|p| p.ctx);
+                let ctx = match c.given_up.front() {
+                    Some(&ctx) => Some(ctx),
+                    None => c.pending.get(c.answered).map(|p| p.ctx),
+                };
                 let Some(ev) = c.resp.next_event(ctx) else {
                     break;
                 };
@@ -286,6 +297,19 @@ impl HttpHandler {
     }
 
     fn on_response(&mut self, c: &mut HttpConn, ev: Event) {
+        if !c.given_up.is_empty() && !matches!(ev, Event::Abandoned) {
+            // The response of a request given up: dropped when it ends.
+            if matches!(ev, Event::Head { .. }) {
+                self.stats.responses += 1;
+                self.stats.unpaired_responses += 1;
+            } else {
+                c.given_up.pop_front();
+                if matches!(ev, Event::Lost) {
+                    self.stats.lost_messages += 1;
+                }
+            }
+            return;
+        }
         match ev {
             Event::Head { head, ts } => {
                 self.stats.responses += 1;
@@ -370,6 +394,11 @@ impl HttpHandler {
             if p.req.is_none() {
                 p.req = Some((Vec::new(), 0, false));
             }
+            if c.given_up.len() >= MAX_GIVEN_UP {
+                // A server that answers nothing: past this many, pairing is lost anyway.
+                c.given_up.pop_front();
+            }
+            c.given_up.push_back(p.ctx);
             self.emit(p, flow);
         }
     }

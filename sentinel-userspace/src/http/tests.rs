@@ -1034,3 +1034,31 @@ fn what_pipelined_requests_hold_counts_against_the_memory_caps() {
     assert!(st.evicted >= 1, "{st:?}");
     assert!(st.mem_peak < 2 << 20, "{st:?}");
 }
+
+#[test]
+fn requests_given_up_unanswered_keep_the_pairing_of_the_later_ones() {
+    let (cl, sv) = addrs();
+    let mut c = Conversation::open(cl, sv, T0);
+    pipelined_gets(&mut c, &["/0", "/1", "/2"]);
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n\
+          HTTP/1.1 201 OK\r\nContent-Length: 0\r\n\r\n\
+          HTTP/1.1 202 OK\r\nContent-Length: 0\r\n\r\n",
+        &[],
+        T0 + 2 * MS,
+    );
+    // Two pending at most: /0 is given up before its response comes.
+    let mut settings = PipelineSettings::default();
+    settings.http.max_pending = 2;
+    let (out, stats) = run_with(c.segments, settings);
+    assert_eq!(
+        paired(&out),
+        [
+            ("/0".into(), None),
+            ("/1".into(), Some(201)),
+            ("/2".into(), Some(202))
+        ]
+    );
+    assert_eq!(stats.http.unpaired_responses, 1);
+}
