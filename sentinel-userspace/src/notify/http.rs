@@ -81,9 +81,8 @@ async fn post_once(uri: &Uri, content_type: &str, body: &Bytes) -> Result<u16, S
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let authority = uri.authority().map(|a| a.as_str()).unwrap_or(host);
     let req = Request::post(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-        .header("host", authority)
+        .header("host", host_port(uri))
         .header("content-type", content_type)
         .header(
             "user-agent",
@@ -96,6 +95,22 @@ async fn post_once(uri: &Uri, content_type: &str, body: &Bytes) -> Result<u16, S
     // Drain the body so the connection closes cleanly.
     let _ = resp.into_body().collect().await;
     Ok(status)
+}
+
+/// `host[:port]` of a URL, without any `user:password@` (which must not travel in a header).
+fn host_port(uri: &Uri) -> String {
+    let host = uri.host().unwrap_or("");
+    match uri.port_u16() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    }
+}
+
+/// A URL as errors and alerts show it: `http://host[:port]` only. A webhook's path or query
+/// often is its secret (a chat service's hook token), and alerts about failures travel to the
+/// alert log and the webhook.
+pub fn shown(uri: &Uri) -> String {
+    format!("http://{}", host_port(uri))
 }
 
 /// POSTs `body`, retrying on connection errors, timeouts and 5xx/429 answers. Returns the final
@@ -116,7 +131,7 @@ pub async fn post(
             Ok(Ok(s)) if s == 429 || s >= 500 => last = format!("HTTP {s}"),
             Ok(Ok(s)) => {
                 return Err(PostError::Failed {
-                    url: url.to_owned(),
+                    url: shown(&uri),
                     attempts: attempt,
                     last: format!("HTTP {s}"),
                 });
@@ -130,7 +145,7 @@ pub async fn post(
         }
     }
     Err(PostError::Failed {
-        url: url.to_owned(),
+        url: shown(&uri),
         attempts,
         last,
     })
@@ -206,6 +221,37 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, PostError::Failed { attempts: 3, .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn failures_name_the_host_only_and_no_credentials_travel_in_the_host_header() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            let _ = s
+                .write_all(b"HTTP/1.1 403 X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        let url = format!("http://bot:pw@{addr}/services/T0/B0/SECRETHOOK?token=SECRETQ");
+        let e = post(&url, "application/json", Bytes::new(), fast())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("http://{addr}")) && e.contains("HTTP 403"),
+            "{e}"
+        );
+        for secret in ["SECRETHOOK", "SECRETQ", "pw"] {
+            assert!(!e.contains(secret), "{e}");
+        }
+        let request = seen.await.unwrap().to_ascii_lowercase();
+        assert!(request.contains(&format!("host: {addr}\r\n")), "{request}");
+        assert!(!request.contains("bot:pw"), "{request}");
     }
 
     #[test]
