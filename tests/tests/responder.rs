@@ -304,3 +304,44 @@ async fn the_kernel_allowlist_is_never_acted_on() {
     assert_eq!(alerts[0]["action"], "alert");
     assert_eq!(alerts[0]["evidence"]["allowlisted"], true);
 }
+
+#[tokio::test]
+async fn a_shadow_rule_does_not_weaken_an_enforcing_verdict() {
+    // Injection blocks for an hour; enumeration is tried out in shadow with a short TTL.
+    let policy = r#"
+[[rule]]
+kinds = ["sql_injection"]
+actions = ["block"]
+ttl = "1h"
+
+[[rule]]
+kinds = ["enumeration"]
+actions = ["block"]
+ttl = "1m"
+shadow = true
+"#;
+    let (_pins, mut r, maps, dir) = setup(policy);
+    for (kind, t) in [
+        (AlertKind::SqlInjection, 100),
+        (AlertKind::Enumeration, 110),
+    ] {
+        r.handle(AlertEvent {
+            alert: alert(kind, "203.0.113.44", t),
+            tokens: Vec::new(),
+            flow: None,
+        })
+        .await;
+    }
+    let m = maps.lock().unwrap();
+    let blocked = lists::list(&m, ListKind::Block).unwrap();
+    assert_eq!(blocked.len(), 1);
+    // Still enforcing, for the hour.
+    assert!(!blocked[0].shadow, "{blocked:?}");
+    assert!(blocked[0].ttl_remaining_s.unwrap() > 3000.0, "{blocked:?}");
+    // Only the enforcing verdict is logged: a restart restores it, not the shadow one.
+    let (live, _) = VerdictLog::new(dir.join("verdicts.jsonl"))
+        .live(sentinel::clock::unix_s())
+        .unwrap();
+    assert_eq!(live.len(), 1);
+    assert!(!live[0].shadow);
+}

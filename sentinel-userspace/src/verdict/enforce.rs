@@ -89,24 +89,25 @@ pub fn apply(
 ) -> Result<Vec<VerdictRecord>, ListError> {
     let now = crate::clock::unix_s();
     let mut out = Vec::new();
-    let record = |list: &str, target: String, rate_pps, flow: Option<Flow>| VerdictRecord {
-        applied_at: now,
-        expires_at: now + decision.ttl.as_secs_f64(),
-        target,
-        list: list.to_owned(),
-        rate_pps,
-        shadow: decision.shadow,
-        reason: reason.to_owned(),
-        flow,
-        removed: false,
-    };
+    let record =
+        |list: &str, target: String, rate_pps, ttl: Duration, flow: Option<Flow>| VerdictRecord {
+            applied_at: now,
+            expires_at: now + ttl.as_secs_f64(),
+            target,
+            list: list.to_owned(),
+            rate_pps,
+            shadow: decision.shadow,
+            reason: reason.to_owned(),
+            flow,
+            removed: false,
+        };
     let list = match decision.step {
         Step::Throttle => Some(ListKind::Throttle),
         Step::Block | Step::BlockPrefix => Some(ListKind::Block),
         _ => None,
     };
-    if let (Some(list), Some(target)) = (list, decision.target) {
-        write(
+    if let (Some(list), Some(target)) = (list, decision.target)
+        && let Some(ttl) = write(
             maps,
             list,
             target,
@@ -114,11 +115,13 @@ pub fn apply(
             decision.ttl,
             decision.shadow,
             reason,
-        )?;
+        )?
+    {
         out.push(record(
             list.as_str(),
             target.to_string(),
             decision.rate_pps,
+            ttl,
             None,
         ));
     }
@@ -136,6 +139,7 @@ pub fn apply(
             FLOW_KILL,
             flow.src.ip().to_string(),
             None,
+            decision.ttl,
             Some(*flow),
         ));
     }
@@ -153,11 +157,42 @@ fn write(
     ttl: Duration,
     shadow: bool,
     reason: &str,
-) -> Result<(), ListError> {
+) -> Result<Option<Duration>, ListError> {
     let target: crate::verdict::Target = target
         .to_string()
         .parse()
         .map_err(|source| ListError::Target { index: 1, source })?;
+    // An address already in this list keeps what it has when the new verdict would weaken
+    // it: an enforcing entry is not turned into a shadow one (a shadow rule's verdict would
+    // let a blocked source through), and no entry is shortened (a permanent entry, which an
+    // operator set, stays as it is).
+    let mut ttl = ttl;
+    if let crate::verdict::target::MapKey::Exact(addr) = target.map_key() {
+        let held = match list {
+            ListKind::Throttle => maps
+                .throttle_hash
+                .get(&addr, 0)
+                .ok()
+                .map(|v| (v.expires_ns, v.flags)),
+            _ => maps
+                .block_hash
+                .get(&addr, 0)
+                .ok()
+                .map(|v| (v.expires_ns, v.flags)),
+        };
+        let now = crate::clock::monotonic_ns();
+        if let Some((expires_ns, flags)) = held
+            && (expires_ns == 0 || expires_ns > now)
+        {
+            let enforcing = flags & sentinel_common::RULE_FLAG_SHADOW == 0;
+            if expires_ns == 0 || (enforcing && shadow) {
+                return Ok(None);
+            }
+            if enforcing || shadow {
+                ttl = ttl.max(Duration::from_nanos(expires_ns - now));
+            }
+        }
+    }
     let throttle = (list == ListKind::Throttle).then(|| {
         let rate = rate_pps.unwrap_or(1).max(1);
         ThrottleSpec {
@@ -178,7 +213,7 @@ fn write(
             throttle,
         },
     )?;
-    Ok(())
+    Ok(Some(ttl))
 }
 
 /// The append-only verdict log.
@@ -265,7 +300,7 @@ impl VerdictLog {
                     Ok(t) => t,
                     Err(_) => continue,
                 };
-                write(maps, list, target, r.rate_pps, ttl, r.shadow, &r.reason)
+                write(maps, list, target, r.rate_pps, ttl, r.shadow, &r.reason).map(|_| ())
             };
             // One verdict that cannot be written again (a map full since) costs that verdict,
             // not the daemon's start.
