@@ -469,6 +469,16 @@ impl Decider {
             .clone();
         let ip: Option<IpAddr> = alert.src_ip.parse().ok();
         let window_ns = self.policy.window.as_nanos() as u64;
+        let shadow = self.policy.mode == PolicyMode::Shadow || rule.shadow;
+        // Offences that escalate are the ones acted on in the kernel: an alert-only or token
+        // rule, or a rule in shadow, does not push a source up another rule's ladder.
+        let counts = !shadow
+            && rule.steps.iter().any(|s| {
+                matches!(
+                    s,
+                    Step::Throttle | Step::Block | Step::BlockPrefix | Step::KillFlow
+                )
+            });
         let offence = match ip {
             Some(ip) => {
                 if self.offences.len() >= self.max_tracked && !self.offences.contains_key(&ip) {
@@ -485,8 +495,12 @@ impl Decider {
                 {
                     q.pop_front();
                 }
-                q.push_back(alert.ts_ns);
-                q.len()
+                if counts {
+                    q.push_back(alert.ts_ns);
+                    q.len()
+                } else {
+                    q.len() + 1
+                }
             }
             None => 1,
         };
@@ -515,7 +529,7 @@ impl Decider {
             target,
             rate_pps,
             ttl: rule.ttl,
-            shadow: self.policy.mode == PolicyMode::Shadow || rule.shadow,
+            shadow,
             offence,
             also: rule.also,
         })
@@ -567,6 +581,42 @@ shadow = true
             ts_ns: ts_s * 1_000_000_000,
             recommended_rate: Some(4.2),
         }
+    }
+
+    #[test]
+    fn only_offences_acted_on_escalate() {
+        let policy = r#"
+[[rule]]
+kinds = ["scraping"]
+actions = ["block"]
+shadow = true
+
+[[rule]]
+kinds = ["new_country"]
+actions = ["alert"]
+
+[[rule]]
+kinds = ["brute_force"]
+actions = ["throttle", "block", "block_prefix"]
+"#;
+        let mut d = Decider::new(Policy::parse(policy).unwrap());
+        let ip = "203.0.113.9";
+        for (k, t) in [
+            (AlertKind::Scraping, 0),
+            (AlertKind::Scraping, 1),
+            (AlertKind::NewCountry, 2),
+        ] {
+            d.decide(&alert(k, Severity::High, ip, t)).unwrap();
+        }
+        // The first brute force acted on is the source's first offence.
+        let first = d
+            .decide(&alert(AlertKind::BruteForce, Severity::High, ip, 3))
+            .unwrap();
+        assert_eq!((first.step, first.offence), (Step::Throttle, 1));
+        let second = d
+            .decide(&alert(AlertKind::BruteForce, Severity::High, ip, 4))
+            .unwrap();
+        assert_eq!((second.step, second.offence), (Step::Block, 2));
     }
 
     #[test]
