@@ -57,6 +57,9 @@ pub struct AlertSettings {
     pub stdout: bool,
     /// Webhook receiving each alert as a JSON body (http://).
     pub webhook: Option<String>,
+    /// The log is rotated past this size: renamed with `.1` (replacing the previous one), and
+    /// a new one started. Default 64 MiB.
+    pub rotate_bytes: u64,
 }
 
 impl Default for AlertSettings {
@@ -65,6 +68,7 @@ impl Default for AlertSettings {
             log: PathBuf::from("/var/lib/sentinel/alerts.jsonl"),
             stdout: false,
             webhook: None,
+            rotate_bytes: 64 << 20,
         }
     }
 }
@@ -191,6 +195,9 @@ impl Config {
             }
         }
         cfg.capture.validate()?;
+        if cfg.alerts.rotate_bytes < 4096 {
+            return Err("alerts.rotate_bytes: at least 4096".into());
+        }
         if let Some(url) = &cfg.alerts.webhook {
             crate::notify::http::parse_url(url).map_err(|e| format!("alerts.webhook: {e}"))?;
         }

@@ -339,7 +339,8 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
         Decider::new(policy.clone()),
         maps.clone(),
         VerdictLog::new(&opts.config.verdicts.log),
-        AlertLog::new(&opts.config.alerts.log, opts.config.alerts.stdout),
+        AlertLog::new(&opts.config.alerts.log, opts.config.alerts.stdout)
+            .rotated_past(opts.config.alerts.rotate_bytes),
         opts.config.alerts.webhook.clone(),
         opts.config.revoke.clone(),
     );
@@ -399,7 +400,8 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
         }),
         started,
         capture: capture_state,
-        alert_log: AlertLog::new(&opts.config.alerts.log, opts.config.alerts.stdout),
+        alert_log: AlertLog::new(&opts.config.alerts.log, opts.config.alerts.stdout)
+            .rotated_past(opts.config.alerts.rotate_bytes),
         verdict_log: VerdictLog::new(&opts.config.verdicts.log),
         analysis: analysis_shared,
         response: Some(response_stats),

@@ -11,19 +11,37 @@ use bytes::Bytes;
 use super::http::{PostError, RetryPolicy, post};
 use crate::models::Alert;
 
-/// Appends alerts to a JSON-lines file (and optionally echoes them to stdout).
+/// Appends alerts to a JSON-lines file (and optionally echoes them to stdout). Past
+/// `rotate_bytes` the file is renamed with `.1` (replacing the one before) and a new one starts,
+/// so the log stays bounded and reading its end stays cheap.
 pub struct AlertLog {
     path: PathBuf,
     echo: bool,
+    rotate_bytes: u64,
 }
 
 impl AlertLog {
-    /// A log at `path`; `echo` also prints each line to stdout.
+    /// A log at `path`; `echo` also prints each line to stdout. Rotated past 64 MiB (see
+    /// [`AlertLog::rotated_past`]).
     pub fn new(path: impl Into<PathBuf>, echo: bool) -> Self {
         Self {
             path: path.into(),
             echo,
+            rotate_bytes: 64 << 20,
         }
+    }
+
+    /// The same log, rotated past `bytes`.
+    pub fn rotated_past(mut self, bytes: u64) -> Self {
+        self.rotate_bytes = bytes;
+        self
+    }
+
+    /// The previous log (`alerts.jsonl.1`).
+    fn previous(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(".1");
+        p.into()
     }
 
     /// The file.
@@ -43,6 +61,9 @@ impl AlertLog {
             .open(&self.path)?;
         f.write_all(line.as_bytes())?;
         f.write_all(b"\n")?;
+        if f.metadata()?.len() > self.rotate_bytes {
+            std::fs::rename(&self.path, self.previous())?;
+        }
         if self.echo {
             // The log file has the alert: a closed or full stdout (a pipe whose reader went
             // away) must not stop the responder, as println!'s panic would.
@@ -68,22 +89,25 @@ impl AlertLog {
         mut keep: impl FnMut(&serde_json::Value) -> bool,
     ) -> std::io::Result<Vec<serde_json::Value>> {
         use std::io::BufRead as _;
-        let f = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
         let mut out = std::collections::VecDeque::new();
-        for line in std::io::BufReader::new(f).split(b'\n') {
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line?) else {
-                continue;
+        // The rotated log first (older), then the current one.
+        for path in [self.previous(), self.path.clone()] {
+            let f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
             };
-            if keep(&v) {
-                if out.len() == limit {
-                    out.pop_front();
-                }
-                if limit > 0 {
-                    out.push_back(v);
+            for line in std::io::BufReader::new(f).split(b'\n') {
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line?) else {
+                    continue;
+                };
+                if keep(&v) {
+                    if out.len() == limit {
+                        out.pop_front();
+                    }
+                    if limit > 0 {
+                        out.push_back(v);
+                    }
                 }
             }
         }
@@ -125,5 +149,48 @@ mod tests {
                 .is_empty()
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_log_rotates_past_its_size_and_reads_across_the_rotation() {
+        let dir = crate::lab::TempDir::new("sentinel-alertlog-rotate").unwrap();
+        let path = dir.join("alerts.jsonl");
+        let log = AlertLog::new(&path, false).rotated_past(8 << 10);
+        let alert = |i: u64| Alert {
+            ts: String::new(),
+            kind: crate::models::AlertKind::Scraping,
+            severity: crate::models::Severity::Medium,
+            score: 0.7,
+            src_ip: "203.0.113.5".into(),
+            principal: None,
+            endpoint: None,
+            country: None,
+            action: crate::models::Action::Alert,
+            explanation: format!("alert {i}"),
+            evidence: Default::default(),
+            ts_ns: i,
+            recommended_rate: None,
+        };
+        for i in 0..200 {
+            log.write(&alert(i)).unwrap();
+        }
+        // Bounded: the current file and one rotated file, each about the limit.
+        let cur = std::fs::metadata(&path).unwrap().len();
+        let old = std::fs::metadata(dir.join("alerts.jsonl.1")).unwrap().len();
+        assert!(
+            cur <= 8 << 10 && old > 8 << 10 && old < 10 << 10,
+            "{cur} {old}"
+        );
+        // The last alerts read in order across the two files.
+        let n = |v: &serde_json::Value| v["explanation"].as_str().unwrap().to_owned();
+        let all = log.read_all().unwrap();
+        assert_eq!(n(all.last().unwrap()), "alert 199");
+        let per_file = all.len();
+        assert!(per_file < 200, "older ones went with the rotation before");
+        let last = log.last(per_file, |_| true).unwrap();
+        let want: Vec<String> = (200 - per_file as u64..200)
+            .map(|i| format!("alert {i}"))
+            .collect();
+        assert_eq!(last.iter().map(n).collect::<Vec<_>>(), want);
     }
 }
