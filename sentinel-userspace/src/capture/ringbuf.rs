@@ -42,7 +42,10 @@ pub enum DecodeError {
 /// must be the one in force when the stamps were taken: [`drain`] measures it again before
 /// every pass (a few milliseconds apart), and a step of the realtime clock (`settimeofday`, an
 /// NTP step) reaches the converted stamps on the next pass. Only exchanges in flight across the
-/// step (or records left in the ring across it) get a latency off by the step.
+/// step (or records left in the ring across it) get a latency off by the step. A step back
+/// moves the reassembler's kept times back with it (`Reassembler::advance`), so its idle
+/// timeouts and holes keep running; a step forward of more than the idle timeout closes the
+/// flows as idle, and they are taken up again as they speak.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     realtime_minus_monotonic_ns: i128,

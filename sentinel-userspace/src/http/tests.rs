@@ -1062,3 +1062,40 @@ fn requests_given_up_unanswered_keep_the_pairing_of_the_later_ones() {
     );
     assert_eq!(stats.http.unpaired_responses, 1);
 }
+
+#[test]
+fn a_stamp_in_the_future_or_a_clock_stepped_back_does_not_stop_the_timers() {
+    use crate::capture::{segment::flags, synth::seg};
+    // Transactions out 60 s after a response whose body lost 3 bytes (the hole becomes a gap,
+    // the exchange completes), with or without one stray segment stamped 10 h ahead first.
+    let complete_after_a_minute = |stray: bool| {
+        let mut p = Pipeline::new(PipelineSettings::default());
+        let (cl, sv) = addrs();
+        if stray {
+            let other: std::net::SocketAddr = "198.18.0.7:5555".parse().unwrap();
+            p.push(seg(T0 + 36_000_000 * MS, other, sv, 1, 0, flags::SYN, &[]));
+        }
+        let mut c = Conversation::open(cl, sv, T0);
+        pipelined_gets(&mut c, &["/1", "/2"]);
+        c.send(
+            false,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+            &[],
+            T0 + 2 * MS,
+        );
+        c.lose(false, 3);
+        c.send(
+            false,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            &[],
+            T0 + 3 * MS,
+        );
+        for s in c.segments {
+            p.push(s);
+        }
+        p.advance(T0 + 60_000 * MS);
+        (p.drain().count(), p.stats().reassembly.clock_steps)
+    };
+    assert_eq!(complete_after_a_minute(false), (2, 0));
+    assert_eq!(complete_after_a_minute(true), (2, 1));
+}

@@ -141,6 +141,9 @@ pub struct ReassemblyStats {
     /// RSTs whose sequence number was not the sender's next byte (ignored, as the peer's
     /// kernel ignores them: a forged or stale RST must not blind the flow).
     pub rst_ignored: u64,
+    /// Times capture time went back by more than a second (a realtime clock stepped back, or
+    /// a capture file with a stray stamp in its future): the flows' times moved back with it.
+    pub clock_steps: u64,
     /// Flows closed for being idle.
     pub closed_idle: u64,
     /// Flows evicted by the memory or flow cap.
@@ -209,6 +212,9 @@ struct Half {
 }
 
 /// `a - b` as a signed distance in sequence space.
+/// Capture time going back by more than this is a clock step, not reordering.
+const CLOCK_STEP_NS: u64 = 1_000_000_000;
+
 fn diff(a: u32, b: u32) -> i64 {
     a.wrapping_sub(b) as i32 as i64
 }
@@ -499,6 +505,9 @@ impl<H: StreamHandler> Reassembler<H> {
     /// Moves capture time forward (live capture calls this on a timer so idle flows close
     /// without traffic); sweeps idle flows, old holes and tombstones.
     pub fn advance(&mut self, now_ns: u64) {
+        if now_ns.saturating_add(CLOCK_STEP_NS) < self.now {
+            self.step_back(self.now - now_ns);
+        }
         if now_ns <= self.now {
             return;
         }
@@ -507,6 +516,29 @@ impl<H: StreamHandler> Reassembler<H> {
             self.sweep();
             let every = (self.settings.gap_timeout_ns / 4).clamp(1_000_000, 1_000_000_000);
             self.next_sweep = self.now + every;
+        }
+    }
+
+    /// Capture time went back by `delta` (more than [`CLOCK_STEP_NS`], so not segments from
+    /// two CPUs out of order): every time kept moves back with it, so that idle timeouts,
+    /// holes and lingering closed flows keep running on the new clock. Otherwise they would
+    /// all stop until the new clock caught up with the old one (an hour, after a one-hour
+    /// step back).
+    fn step_back(&mut self, delta: u64) {
+        self.stats.clock_steps += 1;
+        self.now -= delta;
+        self.next_sweep = self.next_sweep.saturating_sub(delta);
+        for flow in self.flows.values_mut() {
+            flow.last_ts = flow.last_ts.saturating_sub(delta);
+            if let Some(at) = flow.closed_at.as_mut() {
+                *at = at.saturating_sub(delta);
+            }
+            for half in &mut flow.halves {
+                half.held_since = half.held_since.saturating_sub(delta);
+                for h in &mut half.held {
+                    h.ts = h.ts.saturating_sub(delta);
+                }
+            }
         }
     }
 
