@@ -1099,3 +1099,40 @@ fn a_stamp_in_the_future_or_a_clock_stepped_back_does_not_stop_the_timers() {
     assert_eq!(complete_after_a_minute(false), (2, 0));
     assert_eq!(complete_after_a_minute(true), (2, 1));
 }
+
+#[test]
+fn a_new_connection_on_the_same_ports_is_taken_up_when_the_old_ones_end_was_lost() {
+    use crate::capture::{segment::flags, synth::seg};
+    let (cl, sv) = addrs();
+    let mut c = answered_get_a();
+    // The client closes; the server's FIN is lost by the ring. Ten seconds later the client
+    // reuses its port for a new connection (another initial sequence number).
+    c.fin(true, T0 + 3 * MS);
+    let mut segs = c.segments;
+    let (ci, si) = (0x1000_0000u32, 0x2000_0000u32);
+    segs.push(seg(T0 + 10_000 * MS, cl, sv, ci, 0, flags::SYN, &[]));
+    segs.push(seg(
+        T0 + 10_000 * MS,
+        sv,
+        cl,
+        si,
+        ci + 1,
+        flags::SYN | flags::ACK,
+        &[],
+    ));
+    let mut again = Conversation::mid_stream(cl, sv, ci + 1, si + 1);
+    again.send(true, b"GET /b HTTP/1.1\r\n\r\n", &[], T0 + 10_001 * MS);
+    again.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        &[],
+        T0 + 10_002 * MS,
+    );
+    segs.extend(again.segments);
+    let (out, stats) = run_with(segs, PipelineSettings::default());
+    assert_eq!(
+        paired(&out),
+        [("/a".into(), Some(200)), ("/b".into(), Some(200))]
+    );
+    assert_eq!(stats.reassembly.closed_reused, 1);
+}

@@ -72,6 +72,9 @@ pub enum CloseReason {
     Evicted,
     /// The input ended.
     End,
+    /// A new connection (a SYN with another initial sequence number) took its addresses and
+    /// ports before its end was seen.
+    Reused,
 }
 
 /// What reassembly hands its byte streams to. One `Conn` per flow.
@@ -150,6 +153,9 @@ pub struct ReassemblyStats {
     pub evicted: u64,
     /// Flows closed at the end of the input.
     pub closed_end: u64,
+    /// Flows closed because a new connection took their addresses and ports (their end was
+    /// not seen: lost, or outside the capture).
+    pub closed_reused: u64,
     /// Segments without payload or SYN for no known flow (ignored).
     pub ignored: u64,
     /// Segments for a flow that had closed (late retransmissions, ignored).
@@ -212,6 +218,21 @@ struct Half {
 }
 
 /// `a - b` as a signed distance in sequence space.
+impl<C> Flow<C> {
+    /// Whether `syn` (a SYN without ACK) opens a new connection on this flow's addresses: it
+    /// comes from the client, whose stream has already delivered bytes, with an initial
+    /// sequence number that is not this connection's: ahead of the stream, or far behind it.
+    /// (This connection's own SYN, reordered after its first data, is a little behind.)
+    fn starts_anew(&self, syn: &Segment) -> bool {
+        let half = &self.halves[Dir::ToServer as usize];
+        let rel = diff(syn.seq.wrapping_add(1), half.next);
+        syn.src == self.info.client
+            && half.delivered
+            && half.synced
+            && !(-(1 << 20)..=0).contains(&rel)
+    }
+}
+
 /// Capture time going back by more than this is a clock step, not reordering.
 const CLOCK_STEP_NS: u64 = 1_000_000_000;
 
@@ -381,6 +402,13 @@ impl<H: StreamHandler> Reassembler<H> {
                     self.stats.late += 1;
                     return;
                 }
+            }
+            Some(f) if syn_only && f.starts_anew(&seg) => {
+                self.close(k, CloseReason::Reused);
+                if let Some(f) = self.flows.remove(&k) {
+                    self.mem -= f.mem;
+                }
+                self.open(k, &seg);
             }
             Some(_) => {}
             None => {
@@ -663,6 +691,7 @@ impl<H: StreamHandler> Reassembler<H> {
             CloseReason::Idle => self.stats.closed_idle += 1,
             CloseReason::Evicted => self.stats.evicted += 1,
             CloseReason::End => self.stats.closed_end += 1,
+            CloseReason::Reused => self.stats.closed_reused += 1,
         }
         flow.halves = [Half::default(), Half::default()];
         flow.closed_at = Some(self.now);
@@ -671,7 +700,7 @@ impl<H: StreamHandler> Reassembler<H> {
         self.mem += flow.mem;
         if matches!(
             reason,
-            CloseReason::Evicted | CloseReason::End | CloseReason::Idle
+            CloseReason::Evicted | CloseReason::End | CloseReason::Idle | CloseReason::Reused
         ) {
             // No tombstone: memory pressure, the end of the input, or a flow idle so long that
             // nothing late is to come (a keep-alive connection that speaks again after its idle
