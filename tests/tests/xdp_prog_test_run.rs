@@ -1104,3 +1104,48 @@ fn a_full_reasons_map_drops_unused_reasons_and_the_verdict_keeps_its_own() {
     );
     assert_eq!(lab.dp.maps.reasons.keys().count(), 2, "the stale ones went");
 }
+
+#[test]
+fn a_full_list_refuses_a_bulk_add_whole_and_a_single_add_clearly() {
+    sentinel_tests::require_root();
+    let pins = sentinel::lab::TempPins::new("ptr-full");
+    let mut opts = LoadOptions::new(pins.path());
+    opts.sizes.block_exact = 16;
+    let mut dp = Datapath::load(&opts).expect("load the XDP object");
+    let addrs = |from: u32, n: u32| -> Vec<String> {
+        (from..from + n)
+            .map(|i| format!("198.51.100.{i}"))
+            .collect()
+    };
+    let add = |dp: &mut Datapath, targets: Vec<String>| {
+        let req = AddRequest {
+            targets,
+            ..Default::default()
+        };
+        lists::add(&mut dp.maps, ListKind::Block, &req)
+    };
+    add(&mut dp, addrs(1, 14)).expect("14 of 16");
+    // Three more do not fit: none is written.
+    let e = add(&mut dp, addrs(20, 3)).unwrap_err();
+    assert!(matches!(e, lists::ListError::Full { adding: 3, .. }), "{e}");
+    assert_eq!(lists::list(&dp.maps, ListKind::Block).unwrap().len(), 14);
+    // One at a time up to the capacity, then a clear refusal naming the map.
+    add(&mut dp, addrs(20, 1)).expect("15");
+    add(&mut dp, addrs(21, 1)).expect("16");
+    let e = add(&mut dp, addrs(22, 1)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            lists::ListError::Full {
+                have: 16,
+                max: 16,
+                adding: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Replacing an entry takes no room, also when the list is full.
+    add(&mut dp, addrs(1, 1)).expect("a replacement");
+    assert_eq!(lists::list(&dp.maps, ListKind::Block).unwrap().len(), 16);
+}

@@ -278,8 +278,7 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
             }
         }
     }
-    let expires_ns = expiry(req.ttl_ms)?;
-    let flags = if req.shadow { RULE_FLAG_SHADOW } else { 0 };
+    expiry(req.ttl_ms)?;
     let (mut exact, mut prefixes): (Vec<AddrKey>, Vec<(u32, AddrKey, &Target)>) =
         (Vec::new(), Vec::new());
     let mut exact_targets = Vec::new();
@@ -292,7 +291,41 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
             MapKey::Prefix(p, k) => prefixes.push((p, k, t)),
         }
     }
-    check_room(maps, kind, &exact, prefixes.len())?;
+    // A bulk add checks for room first, so that it is written whole or not at all. One target
+    // (every verdict the daemon writes) is all or nothing by itself, and counting a map of a
+    // million entries for it would cost more than the write: a full map refuses it, and the
+    // count then only explains the refusal.
+    let one = targets.len() == 1;
+    if !one {
+        check_room(maps, kind, &exact, prefixes.len())?;
+    }
+    let written = write_entries(maps, kind, req, throttle, &exact, &exact_targets, &prefixes);
+    match written {
+        Err(e) if one => {
+            check_room(maps, kind, &exact, prefixes.len())?;
+            Err(e)
+        }
+        other => other.map(|elapsed_ms| AddResponse {
+            added: targets.len(),
+            exact: exact.len(),
+            prefixes: prefixes.len(),
+            elapsed_ms,
+        }),
+    }
+}
+
+/// Writes checked entries (see [`add`]); returns how long the writes took, in ms.
+fn write_entries(
+    maps: &mut Maps,
+    kind: ListKind,
+    req: &AddRequest,
+    throttle: Option<ThrottleSpec>,
+    exact: &[AddrKey],
+    exact_targets: &[&Target],
+    prefixes: &[(u32, AddrKey, &Target)],
+) -> Result<f64, ListError> {
+    let expires_ns = expiry(req.ttl_ms)?;
+    let flags = if req.shadow { RULE_FLAG_SHADOW } else { 0 };
     let reason_id = store_reason(maps, req.reason.as_deref())?;
     // Make the kernel look these maps up before the first entry lands in them.
     let (hash_flag, lpm_flag) = match kind {
@@ -331,10 +364,10 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
                 ),
             };
             let values = vec![value; exact.len()];
-            sys::update_batch(hash.map().fd(), &exact, &values, 65_536).map_err(|e| {
+            sys::update_batch(hash.map().fd(), exact, &values, 65_536).map_err(|e| {
                 DatapathError::Io(std::io::Error::other(format!("{hname}: batch update: {e}")))
             })?;
-            for (p, k, _) in &prefixes {
+            for (p, k, _) in prefixes {
                 // The kernel reads the entry's length to look past it once it expires.
                 let value = RuleValue {
                     flags: flags | rule_prefix_flags(*p),
@@ -355,7 +388,7 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
                 _pad: 0,
             };
             let values: Vec<ThrottleRule> = exact_targets.iter().map(|t| rule_for(t)).collect();
-            sys::update_batch(maps.throttle_hash.map().fd(), &exact, &values, 65_536).map_err(
+            sys::update_batch(maps.throttle_hash.map().fd(), exact, &values, 65_536).map_err(
                 |e| {
                     DatapathError::Io(std::io::Error::other(format!(
                         "{}: batch update: {e}",
@@ -363,7 +396,7 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
                     )))
                 },
             )?;
-            for (p, k, t) in &prefixes {
+            for (p, k, t) in prefixes {
                 let rule = ThrottleRule {
                     flags: flags | rule_prefix_flags(*p),
                     ..rule_for(t)
@@ -376,12 +409,7 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
     }
     // Sources whose verdict the kernel cached while the entries were written look again.
     maps.bump_generation()?;
-    Ok(AddResponse {
-        added: targets.len(),
-        exact: exact.len(),
-        prefixes: prefixes.len(),
-        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
-    })
+    Ok(started.elapsed().as_secs_f64() * 1e3)
 }
 
 fn check_room(
@@ -390,12 +418,11 @@ fn check_room(
     exact: &[AddrKey],
     n_prefixes: usize,
 ) -> Result<(), ListError> {
-    let (hash, hname, hval, lpm_count, lpm_map, lname) = match kind {
+    let (hash, hname, hval, lpm_map, lname) = match kind {
         ListKind::Block => (
             maps.block_hash.map(),
             names::BLOCK_HASH,
             size_of::<RuleValue>(),
-            maps.block_lpm.keys().count(),
             maps.block_lpm.map(),
             names::BLOCK_LPM,
         ),
@@ -403,7 +430,6 @@ fn check_room(
             maps.allow_hash.map(),
             names::ALLOW_HASH,
             size_of::<RuleValue>(),
-            maps.allow_lpm.keys().count(),
             maps.allow_lpm.map(),
             names::ALLOW_LPM,
         ),
@@ -411,30 +437,40 @@ fn check_room(
             maps.throttle_hash.map(),
             names::THROTTLE_HASH,
             size_of::<ThrottleRule>(),
-            maps.throttle_lpm.keys().count(),
             maps.throttle_lpm.map(),
             names::THROTTLE_LPM,
         ),
     };
-    let max = capacity(hash)?;
-    let have = Maps::count_hash::<AddrKey>(hash, hval)?;
-    if have + exact.len() > max as usize {
-        // Replacing existing entries takes no room: count only the new ones.
-        let mut present = std::collections::HashSet::with_capacity(have);
-        sys::lookup_all::<AddrKey>(hash.fd(), hval, |k, _| {
-            present.insert(*k);
-        })
-        .map_err(DatapathError::Io)?;
-        let new = exact.iter().filter(|k| !present.contains(*k)).count();
-        if have + new > max as usize {
-            return Err(ListError::Full {
-                map: hname,
-                have,
-                max,
-                adding: new,
-            });
+    if !exact.is_empty() {
+        let max = capacity(hash)?;
+        let have = Maps::count_hash::<AddrKey>(hash, hval)?;
+        if have + exact.len() > max as usize {
+            // Replacing existing entries takes no room: count only the new ones.
+            let mut present = std::collections::HashSet::with_capacity(have);
+            sys::lookup_all::<AddrKey>(hash.fd(), hval, |k, _| {
+                present.insert(*k);
+            })
+            .map_err(DatapathError::Io)?;
+            let new = exact.iter().filter(|k| !present.contains(*k)).count();
+            if have + new > max as usize {
+                return Err(ListError::Full {
+                    map: hname,
+                    have,
+                    max,
+                    adding: new,
+                });
+            }
         }
     }
+    if n_prefixes == 0 {
+        return Ok(());
+    }
+    // A trie is counted key by key: only when prefixes are added to it.
+    let lpm_count = match kind {
+        ListKind::Block => maps.block_lpm.keys().count(),
+        ListKind::Allow => maps.allow_lpm.keys().count(),
+        ListKind::Throttle => maps.throttle_lpm.keys().count(),
+    };
     let lmax = capacity(lpm_map)?;
     if lpm_count + n_prefixes > lmax as usize {
         return Err(ListError::Full {
