@@ -178,7 +178,7 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let cfg: Config =
+        let mut cfg: Config =
             toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
         let m = &cfg.maps;
         for (name, v) in [
@@ -201,8 +201,9 @@ impl Config {
         if let Some(url) = &cfg.alerts.webhook {
             crate::notify::http::parse_url(url).map_err(|e| format!("alerts.webhook: {e}"))?;
         }
-        if let Some(r) = &cfg.revoke {
+        if let Some(r) = &mut cfg.revoke {
             crate::notify::http::parse_url(&r.url).map_err(|e| format!("revoke.url: {e}"))?;
+            r.resolve_secret()?;
         }
         crate::enrich::pipeline::Enricher::new(None, &cfg.enrich)?;
         cfg.models.validate().map_err(|e| e.to_string())?;

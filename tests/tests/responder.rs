@@ -215,6 +215,7 @@ async fn brute_force_throttles_kills_the_flow_and_revokes_the_sessions() {
             style: RevokeStyle::Rfc7009,
             client_id: Some("sentinel".into()),
             client_secret: None,
+            client_secret_file: None,
         }),
     );
     let flow = Flow {

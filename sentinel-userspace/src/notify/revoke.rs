@@ -7,8 +7,8 @@ use serde::Deserialize;
 use super::http::{PostError, RetryPolicy, post};
 use crate::enrich::principal::percent_decode;
 
-/// How to reach the identity provider.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+/// How to reach the identity provider. Its `Debug` leaves the client secret out.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeConfig {
     /// Endpoint URL (http://).
@@ -22,6 +22,45 @@ pub struct RevokeConfig {
     /// OAuth client secret sent with RFC 7009 requests.
     #[serde(default)]
     pub client_secret: Option<String>,
+    /// A file holding the client secret instead (a mounted Kubernetes Secret, a file only root
+    /// reads), read when the configuration is loaded; trailing whitespace is dropped.
+    #[serde(default)]
+    pub client_secret_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for RevokeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevokeConfig")
+            .field(
+                "url",
+                &super::http::parse_url(&self.url)
+                    .map_or_else(|_| "?".into(), |u| super::http::shown(&u)),
+            )
+            .field("style", &self.style)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "(set)"),
+            )
+            .field("client_secret_file", &self.client_secret_file)
+            .finish()
+    }
+}
+
+impl RevokeConfig {
+    /// Reads `client_secret_file` into `client_secret` (giving both is an error).
+    pub fn resolve_secret(&mut self) -> Result<(), String> {
+        let Some(path) = &self.client_secret_file else {
+            return Ok(());
+        };
+        if self.client_secret.is_some() {
+            return Err("revoke: give client_secret or client_secret_file, not both".into());
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("revoke.client_secret_file {}: {e}", path.display()))?;
+        self.client_secret = Some(text.trim_end().to_owned());
+        Ok(())
+    }
 }
 
 /// Request style.
@@ -102,12 +141,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_secret_can_come_from_a_file_and_is_never_shown() {
+        let dir = crate::lab::TempDir::new("sentinel-revoke-secret").unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, "s3cr3t-from-file\n").unwrap();
+        let mut cfg = RevokeConfig {
+            url: "http://idp.test:8081/oauth2/revoke?key=PATHSECRET".into(),
+            style: RevokeStyle::Rfc7009,
+            client_id: Some("sentinel".into()),
+            client_secret: None,
+            client_secret_file: Some(file.clone()),
+        };
+        cfg.resolve_secret().unwrap();
+        assert_eq!(cfg.client_secret.as_deref(), Some("s3cr3t-from-file"));
+        let shown = format!("{cfg:?}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("PATHSECRET"),
+            "{shown}"
+        );
+        assert!(shown.contains("http://idp.test:8081"), "{shown}");
+        // Both given: an error; a missing file: an error naming it.
+        assert!(cfg.resolve_secret().unwrap_err().contains("not both"));
+        cfg.client_secret = None;
+        cfg.client_secret_file = Some(dir.join("none"));
+        assert!(
+            cfg.resolve_secret()
+                .unwrap_err()
+                .contains("client_secret_file")
+        );
+    }
+
+    #[test]
     fn rfc7009_form_round_trips() {
         let cfg = RevokeConfig {
             url: "http://127.0.0.1/revoke".into(),
             style: RevokeStyle::Rfc7009,
             client_id: Some("sentinel".into()),
             client_secret: Some("s3cr&t".into()),
+            client_secret_file: None,
         };
         let (ct, body) = request_body(&cfg, "eyJ.a+b/c=", "jwt:layla", "brute_force");
         assert_eq!(ct, "application/x-www-form-urlencoded");
@@ -124,6 +195,7 @@ mod tests {
             style: RevokeStyle::Webhook,
             client_id: None,
             client_secret: None,
+            client_secret_file: None,
         };
         let (ct, body) = request_body(&cfg, "t", "jwt:layla", "impossible_travel");
         assert_eq!(ct, "application/json");
