@@ -91,9 +91,13 @@ impl Head {
     }
 }
 
-/// Offset of `part` (a sub-slice of `base`) within `base`.
+/// Offset of `part` (a sub-slice of `base`) within `base`; an empty range for an empty part or
+/// one that is not within `base` (httparse gives a status line without a reason phrase a
+/// static empty reason, which is not).
 pub(crate) fn span(base: &[u8], part: &[u8]) -> Span {
     let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
-    debug_assert!(start + part.len() <= base.len());
+    if part.is_empty() || start > base.len() || base.len() - start < part.len() {
+        return 0..0;
+    }
     start as u32..(start + part.len()) as u32
 }

@@ -1136,3 +1136,14 @@ fn a_new_connection_on_the_same_ports_is_taken_up_when_the_old_ones_end_was_lost
     );
     assert_eq!(stats.reassembly.closed_reused, 1);
 }
+
+#[test]
+fn a_status_line_without_a_reason_phrase_parses() {
+    let (cl, sv) = addrs();
+    let mut c = Conversation::open(cl, sv, T0);
+    c.send(true, b"GET /r HTTP/1.1\r\n\r\n", &[], T0 + MS);
+    c.send(false, b"HTTP/1.1 204\r\n\r\n", &[], T0 + 2 * MS);
+    let out = run(c.segments);
+    assert_eq!(paired(&out), [("/r".into(), Some(204))]);
+    assert_eq!(out[0].response.as_ref().unwrap().reason(), "");
+}
