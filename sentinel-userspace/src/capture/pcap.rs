@@ -220,7 +220,12 @@ fn ipv4(ip: &[u8], ts_ns: u64) -> Result<(Segment, &[u8]), Skip> {
         return Err(Skip::Malformed);
     }
     let ihl = (ip[0] & 0x0f) as usize * 4;
-    let total = be16(ip, 2).ok_or(Skip::Malformed)? as usize;
+    // A total length of 0 is a segmentation-offload super-packet captured on its sender (BIG
+    // TCP, or TSO before the NIC split it): its length is what was captured, as IPv6's below.
+    let total = match be16(ip, 2).ok_or(Skip::Malformed)? as usize {
+        0 => ip.len(),
+        n => n,
+    };
     if ihl < 20 || total < ihl || ip.len() < ihl {
         return Err(Skip::Malformed);
     }
@@ -889,6 +894,18 @@ mod tests {
             }
         };
         (out, err, r.stats().clone())
+    }
+
+    #[test]
+    fn an_offload_super_packet_with_ipv4_total_length_zero_is_read_as_captured() {
+        let segs = conversation(false);
+        // Long enough not to be padded to Ethernet's minimum (a super-packet never is).
+        let s = segs.iter().find(|s| s.payload.len() >= 20).unwrap();
+        let mut f = frame(Link::Ethernet, s, false);
+        // Ethernet header, then the IPv4 total length.
+        f[16] = 0;
+        f[17] = 0;
+        assert_eq!(decode_frame(Link::Ethernet, &f, s.ts_ns).unwrap(), *s);
     }
 
     #[test]
