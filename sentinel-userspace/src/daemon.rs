@@ -460,6 +460,13 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
                 tick.tick().await;
                 let s = state.clone();
                 let res = tokio::task::spawn_blocking(move || {
+                    // The verdict log drops what expired once it has grown (it was only
+                    // compacted at start, and `explain` reads it whole).
+                    match s.verdict_log.compact_if_grown() {
+                        Ok(Some(kept)) => info!(kept, "verdict log compacted"),
+                        Ok(None) => {}
+                        Err(e) => warn!(error = %e, "compacting the verdict log"),
+                    }
                     let mut maps = s.maps.lock().expect("maps lock");
                     lists::sweep_expired(&mut maps)
                 })

@@ -219,12 +219,53 @@ fn write(
 /// The append-only verdict log.
 pub struct VerdictLog {
     path: PathBuf,
+    /// Its size after the last compaction.
+    compacted_bytes: std::sync::atomic::AtomicU64,
 }
+
+/// Appends to and compactions of verdict logs take turns (the responder and the control API
+/// append, the sweeper compacts): a record appended while the log is rewritten would be lost.
+static TURNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A log is compacted while the daemon runs once it is this large and twice its size after the
+/// last compaction (so that a log of many live verdicts is not rewritten over and over).
+const COMPACT_FROM_BYTES: u64 = 4 << 20;
 
 impl VerdictLog {
     /// A log at `path` (created on first append, with its directory).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            compacted_bytes: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Rewrites the log with its live records when it has grown past [`COMPACT_FROM_BYTES`]
+    /// and twice its size after the last compaction; returns how many records it kept, if it
+    /// compacted. Expired records, removals and what they removed go.
+    pub fn compact_if_grown(&self) -> std::io::Result<Option<usize>> {
+        self.compact_past(COMPACT_FROM_BYTES)
+    }
+
+    fn compact_past(&self, from_bytes: u64) -> std::io::Result<Option<usize>> {
+        use std::sync::atomic::Ordering;
+        let size = match std::fs::metadata(&self.path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let last = self.compacted_bytes.load(Ordering::Relaxed);
+        if size < from_bytes || size < 2 * last {
+            return Ok(None);
+        }
+        let _turn = TURNS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (live, _) = self.live(crate::clock::unix_s())?;
+        self.rewrite(&live)?;
+        let after = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        self.compacted_bytes.store(after, Ordering::Relaxed);
+        Ok(Some(live.len()))
     }
 
     /// The file.
@@ -237,12 +278,15 @@ impl VerdictLog {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        let mut line = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let _turn = TURNS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)?;
-        let mut line = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
-        line.push(b'\n');
         f.write_all(&line)?;
         f.flush()
     }
@@ -347,6 +391,14 @@ impl VerdictLog {
     /// Rewrites the log with only `live` records (atomically: a new file renamed over it), so
     /// that it does not grow without end across restarts.
     fn compact(&self, live: &[VerdictRecord]) -> std::io::Result<()> {
+        let _turn = TURNS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.rewrite(live)
+    }
+
+    /// [`VerdictLog::compact`] with the turn held.
+    fn rewrite(&self, live: &[VerdictRecord]) -> std::io::Result<()> {
         if !self.path.exists() {
             return Ok(());
         }
@@ -377,6 +429,37 @@ mod tests {
             flow: None,
             removed: false,
         }
+    }
+
+    #[test]
+    fn a_grown_log_is_compacted_while_the_daemon_runs() {
+        let dir = crate::lab::TempDir::new("sentinel-vlog-compact").unwrap();
+        let log = VerdictLog::new(dir.join("verdicts.jsonl"));
+        let now = crate::clock::unix_s();
+        // 300 expired verdicts and 3 live ones.
+        for i in 0..300 {
+            log.append(&rec(&format!("198.51.100.{}/32", i % 250), now - 10.0))
+                .unwrap();
+        }
+        for i in 0..3 {
+            log.append(&rec(&format!("203.0.113.{i}/32"), now + 600.0))
+                .unwrap();
+        }
+        assert_eq!(
+            log.compact_past(u64::MAX).unwrap(),
+            None,
+            "not grown enough"
+        );
+        assert_eq!(log.compact_past(1024).unwrap(), Some(3));
+        let (live, _) = log.live(now).unwrap();
+        assert_eq!(live.len(), 3);
+        // Small again: left alone until it has grown again.
+        log.append(&rec("203.0.113.9/32", now + 600.0)).unwrap();
+        assert_eq!(log.compact_past(1024).unwrap(), None);
+        for _ in 0..10 {
+            log.append(&rec("192.0.2.1/32", now - 1.0)).unwrap();
+        }
+        assert_eq!(log.compact_past(1024).unwrap(), Some(4));
     }
 
     #[test]
