@@ -66,6 +66,18 @@ pub enum Step {
 }
 
 impl Step {
+    /// The step as a policy names it (`block_prefix`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Alert => "alert",
+            Step::Throttle => "throttle",
+            Step::Block => "block",
+            Step::BlockPrefix => "block_prefix",
+            Step::KillFlow => "kill_flow",
+            Step::RevokeToken => "revoke_token",
+        }
+    }
+
     /// The alert's `action` field for this step.
     pub fn action(self) -> Action {
         match self {
@@ -344,9 +356,9 @@ impl Policy {
                             .map_or(start, |i| start + i)
                     }),
                     format!(
-                        "rule {}: also = [{:?}] is not allowed: `also` takes kill_flow and revoke_token (the ladder in `actions` decides the kernel verdict)",
+                        "rule {}: also = [\"{}\"] is not allowed: `also` takes kill_flow and revoke_token (the ladder in `actions` decides the kernel verdict)",
                         i + 1,
-                        bad.action()
+                        bad.name()
                     ),
                 ));
             }
@@ -765,6 +777,14 @@ actions = ["throttle", "block", "block_prefix"]
         )
         .unwrap_err();
         assert_eq!(e.line, Some(5), "{e}");
-        assert!(e.message.contains("also"), "{e}");
+        assert!(
+            e.message.contains("also = [\"block\"] is not allowed"),
+            "{e}"
+        );
+        let e = Policy::parse(
+            "[[rule]]\nkinds = [\"xss\"]\nactions = [\"block\"]\nalso = [\"block_prefix\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("also = [\"block_prefix\"]"), "{e}");
     }
 }
