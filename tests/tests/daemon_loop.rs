@@ -169,6 +169,12 @@ fn sighup_reloads_the_policy_restart_restores_verdicts_and_metrics_answer() {
     d.restart().unwrap();
     let blocked = d.cli_ok(&["block", "list", "--json"]).unwrap();
     assert!(blocked.contains("203.0.113.77"), "{blocked}");
+
+    // An operator's unblock holds across the next restart: the log says it was removed.
+    d.cli_ok(&["block", "del", "203.0.113.77"]).unwrap();
+    d.restart().unwrap();
+    let blocked = d.cli_ok(&["block", "list", "--json"]).unwrap();
+    assert!(!blocked.contains("203.0.113.77"), "{blocked}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, Path as UrlPath, Query, State},
+    extract::{DefaultBodyLimit, Path as UrlPath, Query, State, rejection::JsonRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -276,12 +276,20 @@ async fn list(
     .await
 }
 
+/// A request body that is not the JSON asked for: the error in the API's own form (axum's
+/// answer is plain text), with its status (400, 413, 415 or 422).
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    b.map(|Json(t)| t)
+        .map_err(|r| ApiError(r.status(), r.body_text()))
+}
+
 async fn add(
     State(state): State<Shared>,
     UrlPath(kind): UrlPath<String>,
-    Json(req): Json<AddRequest>,
+    req: Result<Json<AddRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let kind = list_kind(&kind)?;
+    let req = body(req)?;
     blocking(&state, move |s| {
         let mut maps = s.maps.lock().expect("maps lock");
         let resp = lists::add(&mut maps, kind, &req)?;
@@ -294,9 +302,10 @@ async fn add(
 async fn del(
     State(state): State<Shared>,
     UrlPath(kind): UrlPath<String>,
-    Json(req): Json<DelRequest>,
+    req: Result<Json<DelRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let kind = list_kind(&kind)?;
+    let req = body(req)?;
     blocking(&state, move |s| {
         let mut maps = s.maps.lock().expect("maps lock");
         let resp = lists::remove(&mut maps, kind, &req)?;
@@ -461,4 +470,39 @@ async fn explain(
         }))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::extract::FromRequest as _;
+
+    use super::*;
+
+    /// What the API answers for `text` sent as an add request's body.
+    async fn answer(content_type: &str, text: &'static str) -> (StatusCode, String) {
+        let req = axum::http::Request::post("/v1/lists/block")
+            .header("content-type", content_type)
+            .body(axum::body::Body::from(text))
+            .unwrap();
+        let got = Json::<AddRequest>::from_request(req, &()).await;
+        let e = body(got).map(|_| ()).expect_err("a bad body");
+        let resp = e.into_response();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("a JSON error body");
+        (status, v["error"].as_str().unwrap().to_owned())
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_get_the_apis_json_errors() {
+        let (status, e) = answer("application/json", "{\"targets\": [").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+        let (status, e) = answer("application/json", "{\"targets\": 7}").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(e.contains("targets"), "{e}");
+        let (status, _) = answer("text/plain", "{}").await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
 }
