@@ -353,13 +353,9 @@ pub async fn alerts(
             None => "/v1/alerts".to_owned(),
         };
         let batch: Vec<serde_json::Value> = client.get(&uri).await?;
-        for a in &batch {
-            let line = a.to_string();
-            if !seen.insert(line.clone()) {
-                continue;
-            }
+        for a in follow_step(&batch, &mut seen, &mut since_ts) {
             if json {
-                println!("{line}");
+                println!("{a}");
             } else {
                 println!("{}", alert_line(a));
             }
@@ -370,11 +366,31 @@ pub async fn alerts(
             }
             return Ok(());
         }
-        if let Some(last) = batch.last().and_then(|a| a["ts"].as_str()) {
-            since_ts = Some(last.to_owned());
-        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// One answer of `alerts --follow` (alerts from `since` on): the ones not shown yet. `since`
+/// moves to the newest one's time, and `seen` keeps only the alerts of that time, the only
+/// ones the next answer can repeat (a long follow would otherwise keep every line it showed).
+fn follow_step<'a>(
+    batch: &'a [serde_json::Value],
+    seen: &mut std::collections::HashSet<String>,
+    since: &mut Option<String>,
+) -> Vec<&'a serde_json::Value> {
+    let fresh: Vec<&serde_json::Value> = batch
+        .iter()
+        .filter(|a| !seen.contains(&a.to_string()))
+        .collect();
+    if let Some(last) = batch.last().and_then(|a| a["ts"].as_str()) {
+        *since = Some(last.to_owned());
+        *seen = batch
+            .iter()
+            .filter(|a| a["ts"].as_str() == Some(last))
+            .map(|a| a.to_string())
+            .collect();
+    }
+    fresh
 }
 
 /// `sentinel explain`.
@@ -432,5 +448,28 @@ pub fn explain(r: &ExplainReport, json: bool) {
             );
         }
         None => println!("  profile: none learned"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn following_shows_each_alert_once_and_remembers_only_the_last_second() {
+        let a = |ts: &str, n: u32| serde_json::json!({"ts": ts, "n": n});
+        let (mut seen, mut since) = (std::collections::HashSet::new(), None);
+        let first = [a("t1", 1), a("t2", 2), a("t2", 3)];
+        assert_eq!(follow_step(&first, &mut seen, &mut since).len(), 3);
+        assert_eq!(since.as_deref(), Some("t2"));
+        assert_eq!(seen.len(), 2, "only t2's");
+        // The server answers from t2 on: its two again, and a new one.
+        let second = [a("t2", 2), a("t2", 3), a("t3", 4)];
+        let shown = follow_step(&second, &mut seen, &mut since);
+        assert_eq!(shown, [&a("t3", 4)]);
+        assert_eq!(seen.len(), 1);
+        // Nothing new: nothing shown, the place kept.
+        assert!(follow_step(&[], &mut seen, &mut since).is_empty());
+        assert_eq!(since.as_deref(), Some("t3"));
     }
 }
