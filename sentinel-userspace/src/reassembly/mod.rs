@@ -457,6 +457,7 @@ impl<H: StreamHandler> Reassembler<H> {
         if seg.is_truncated() {
             st.truncated_segments += 1;
         }
+        let other_held = flow.halves[1 - dir as usize].held_bytes;
         let rst = seg.has(flags::RST) && {
             let ok = rst_in_sequence(&flow.halves[dir as usize], seg.seq);
             if !ok {
@@ -486,8 +487,11 @@ impl<H: StreamHandler> Reassembler<H> {
                 sync_at_lowest(half);
                 drain(half, st, h, conn, &info, dir);
             }
-            if half.synced && half.held_bytes + H::mem(conn) > s.flow_cap {
-                while !half.held.is_empty() && half.held_bytes + H::mem(conn) > s.flow_cap / 2 {
+            // The cap is the flow's: what the other direction holds counts too.
+            if half.synced && half.held_bytes + other_held + H::mem(conn) > s.flow_cap {
+                while !half.held.is_empty()
+                    && half.held_bytes + other_held + H::mem(conn) > s.flow_cap / 2
+                {
                     skip_gap(half, st, h, conn, &info, dir);
                 }
             }
@@ -542,6 +546,10 @@ impl<H: StreamHandler> Reassembler<H> {
         self.now = now_ns;
         if self.now >= self.next_sweep {
             self.sweep();
+            // Holes the sweep made gaps deliver what was held, and the handler may keep more.
+            if self.mem > self.settings.mem_cap || self.flows.len() > self.settings.max_flows {
+                self.evict();
+            }
             let every = (self.settings.gap_timeout_ns / 4).clamp(1_000_000, 1_000_000_000);
             self.next_sweep = self.now + every;
         }

@@ -204,6 +204,28 @@ fn the_flow_cap_forces_gaps() {
 }
 
 #[test]
+fn the_flow_cap_counts_both_directions() {
+    let mut c = conv();
+    // Each direction holds 1500 bytes past a hole: under a 2000-byte cap alone, over it
+    // together.
+    c.send(true, b"x", &[], 1_001 * MS);
+    c.lose(true, 10);
+    c.send(true, &[b'y'; 1500], &[], 1_002 * MS);
+    c.send(false, b"a", &[], 1_003 * MS);
+    c.lose(false, 10);
+    c.send(false, &[b'b'; 1500], &[], 1_004 * MS);
+    let settings = Settings {
+        flow_cap: 2000 + FLOW_OVERHEAD,
+        ..Settings::default()
+    };
+    let mut r = Reassembler::new(Rec::default(), settings);
+    for s in c.segments {
+        r.push(s);
+    }
+    assert_eq!(r.stats().gaps, 1, "{:?}", r.stats());
+}
+
+#[test]
 fn idle_flows_close_and_rst_closes_at_once() {
     let mut c = conv();
     c.send(true, b"GET / HTTP/1.1\r\n\r\n", &[], 1_001 * MS);
