@@ -181,6 +181,19 @@ fn a_lost_segment_becomes_a_gap_after_the_timeout() {
     assert_eq!(r.handler().closed[0].1.up, b"first <gap 7>third");
 }
 
+/// A reassembler that took `segs` with each flow capped at 2000 bytes (and its overhead).
+fn under_a_2000_byte_flow_cap(segs: Vec<Segment>) -> Reassembler<Rec> {
+    let settings = Settings {
+        flow_cap: 2000 + FLOW_OVERHEAD,
+        ..Settings::default()
+    };
+    let mut r = Reassembler::new(Rec::default(), settings);
+    for s in segs {
+        r.push(s);
+    }
+    r
+}
+
 #[test]
 fn the_flow_cap_forces_gaps() {
     let mut c = conv();
@@ -188,14 +201,7 @@ fn the_flow_cap_forces_gaps() {
     c.lose(true, 10);
     let big = vec![b'y'; 3000];
     c.send(true, &big, &[1000, 2000], 1_002 * MS);
-    let settings = Settings {
-        flow_cap: 2000 + FLOW_OVERHEAD,
-        ..Settings::default()
-    };
-    let mut r = Reassembler::new(Rec::default(), settings);
-    for s in c.segments {
-        r.push(s);
-    }
+    let mut r = under_a_2000_byte_flow_cap(c.segments);
     assert_eq!(r.stats().gaps, 1, "{:?}", r.stats());
     r.finish();
     let up = &r.handler().closed[0].1.up;
@@ -214,14 +220,7 @@ fn the_flow_cap_counts_both_directions() {
     c.send(false, b"a", &[], 1_003 * MS);
     c.lose(false, 10);
     c.send(false, &[b'b'; 1500], &[], 1_004 * MS);
-    let settings = Settings {
-        flow_cap: 2000 + FLOW_OVERHEAD,
-        ..Settings::default()
-    };
-    let mut r = Reassembler::new(Rec::default(), settings);
-    for s in c.segments {
-        r.push(s);
-    }
+    let r = under_a_2000_byte_flow_cap(c.segments);
     assert_eq!(r.stats().gaps, 1, "{:?}", r.stats());
 }
 
