@@ -420,7 +420,8 @@ struct NgIface {
     link: Option<Link>,
     /// Nanoseconds per timestamp unit, or the divisor for units finer than a nanosecond.
     ts: TsUnit,
-    ts_offset_ns: u64,
+    /// `if_tsoffset`, signed.
+    ts_offset_ns: i64,
 }
 
 #[derive(Clone, Copy)]
@@ -643,8 +644,11 @@ impl<R: Read> CaptureReader<R> {
                                 .options
                                 .iter()
                                 .find_map(|o| match o {
+                                    // A signed number of seconds (pcap-file reads it
+                                    // unsigned): a capture may be stamped ahead of the
+                                    // time it is to be read at.
                                     InterfaceDescriptionOption::IfTsOffset(s) => {
-                                        Some(s.saturating_mul(1_000_000_000))
+                                        Some((*s as i64).saturating_mul(1_000_000_000))
                                     }
                                     _ => None,
                                 })
@@ -668,7 +672,10 @@ impl<R: Read> CaptureReader<R> {
                             })?;
                             // pcap-file hands the raw tick count over as nanoseconds.
                             let ticks = epb.timestamp.as_nanos() as u64;
-                            let ts = iface.ts.to_ns(ticks).saturating_add(iface.ts_offset_ns);
+                            let ts = iface
+                                .ts
+                                .to_ns(ticks)
+                                .saturating_add_signed(iface.ts_offset_ns);
                             *last_ts_ns = ts;
                             Some((iface.link, ts, epb.data))
                         }
@@ -692,7 +699,7 @@ impl<R: Read> CaptureReader<R> {
                             let ts = iface
                                 .ts
                                 .to_ns(pb.timestamp)
-                                .saturating_add(iface.ts_offset_ns);
+                                .saturating_add_signed(iface.ts_offset_ns);
                             *last_ts_ns = ts;
                             Some((iface.link, ts, pb.data))
                         }
@@ -906,6 +913,33 @@ mod tests {
         f[16] = 0;
         f[17] = 0;
         assert_eq!(decode_frame(Link::Ethernet, &f, s.ts_ns).unwrap(), *s);
+    }
+
+    #[test]
+    fn a_pcapng_interfaces_time_offset_may_be_negative() {
+        use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption as O;
+        let segs = conversation(false);
+        let read = |offset: i64| {
+            let opts = vec![O::IfTsOffset(offset as u64)];
+            let ng = crate::capture::synth::write_pcapng_with(
+                Vec::new(),
+                Link::Ethernet,
+                &segs,
+                false,
+                opts,
+            )
+            .unwrap();
+            let (got, err, _) = read_all(&ng);
+            assert!(err.is_none(), "{err:?}");
+            got.iter().map(|s| s.ts_ns).collect::<Vec<_>>()
+        };
+        let want = |shift: i64| {
+            segs.iter()
+                .map(|s| (s.ts_ns / 1000 * 1000).saturating_add_signed(shift * 1_000_000_000))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(read(2), want(2));
+        assert_eq!(read(-3), want(-3));
     }
 
     #[test]

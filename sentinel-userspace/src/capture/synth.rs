@@ -294,10 +294,22 @@ pub fn write_pcapng<W: Write>(
     segs: &[Segment],
     vlan: bool,
 ) -> std::io::Result<W> {
+    write_pcapng_with(out, link, segs, vlan, Vec::new())
+}
+
+/// [`write_pcapng`] with more options on the interface (`if_tsoffset`, ...).
+pub fn write_pcapng_with<W: Write>(
+    out: W,
+    link: Link,
+    segs: &[Segment],
+    vlan: bool,
+    options: Vec<InterfaceDescriptionOption<'static>>,
+) -> std::io::Result<W> {
     let mut w = PcapNgWriter::new(out).map_err(std::io::Error::other)?;
     let mut idb = InterfaceDescriptionBlock::new(datalink(link), 0xffff);
     idb.options
         .push(InterfaceDescriptionOption::IfName("veth0".into()));
+    idb.options.extend(options);
     w.write_pcapng_block(idb).map_err(std::io::Error::other)?;
     for s in segs {
         let f = frame(link, s, vlan);
