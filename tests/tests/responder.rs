@@ -306,43 +306,56 @@ async fn the_kernel_allowlist_is_never_acted_on() {
     assert_eq!(alerts[0]["evidence"]["allowlisted"], true);
 }
 
-#[tokio::test]
-async fn a_shadow_rule_does_not_weaken_an_enforcing_verdict() {
-    // Injection blocks for an hour; enumeration is tried out in shadow with a short TTL.
-    let policy = r#"
-[[rule]]
-kinds = ["sql_injection"]
-actions = ["block"]
-ttl = "1h"
-
-[[rule]]
-kinds = ["enumeration"]
-actions = ["block"]
-ttl = "1m"
-shadow = true
-"#;
-    let (_pins, mut r, maps, dir) = setup(policy);
-    for (kind, t) in [
-        (AlertKind::SqlInjection, 100),
-        (AlertKind::Enumeration, 110),
+/// An injection from `first` blocked with `action` for an hour, then an enumeration from
+/// `second` that a shadow rule blocks with `action` for a minute: the block list after both,
+/// and the verdicts the log would restore.
+async fn enforcing_then_shadow(
+    action: &str,
+    first: &str,
+    second: &str,
+) -> (
+    Vec<sentinel::control::api::Entry>,
+    Vec<sentinel::verdict::enforce::VerdictRecord>,
+) {
+    let policy = format!(
+        "[escalation]\nprefix_v4 = 24\n\n\
+         [[rule]]\nkinds = [\"sql_injection\"]\nactions = [\"{action}\"]\nttl = \"1h\"\n\n\
+         [[rule]]\nkinds = [\"enumeration\"]\nactions = [\"{action}\"]\nttl = \"1m\"\nshadow = true\n"
+    );
+    let (_pins, mut r, maps, dir) = setup(&policy);
+    for (kind, ip, t) in [
+        (AlertKind::SqlInjection, first, 100),
+        (AlertKind::Enumeration, second, 110),
     ] {
         r.handle(AlertEvent {
-            alert: alert(kind, "203.0.113.44", t),
+            alert: alert(kind, ip, t),
             tokens: Vec::new(),
             flow: None,
         })
         .await;
     }
-    let m = maps.lock().unwrap();
-    let blocked = lists::list(&m, ListKind::Block).unwrap();
-    assert_eq!(blocked.len(), 1);
-    // Still enforcing, for the hour.
-    assert!(!blocked[0].shadow, "{blocked:?}");
-    assert!(blocked[0].ttl_remaining_s.unwrap() > 3000.0, "{blocked:?}");
-    // Only the enforcing verdict is logged: a restart restores it, not the shadow one.
+    let blocked = lists::list(&maps.lock().unwrap(), ListKind::Block).unwrap();
     let (live, _) = VerdictLog::new(dir.join("verdicts.jsonl"))
         .live(sentinel::clock::unix_s())
         .unwrap();
-    assert_eq!(live.len(), 1);
-    assert!(!live[0].shadow);
+    (blocked, live)
+}
+
+#[tokio::test]
+async fn a_shadow_rule_does_not_weaken_an_enforcing_verdict() {
+    // An address blocked for an hour; then a prefix.
+    for (action, second, target) in [
+        ("block", "203.0.113.44", "203.0.113.44"),
+        ("block_prefix", "203.0.113.45", "203.0.113.0/24"),
+    ] {
+        let (blocked, live) = enforcing_then_shadow(action, "203.0.113.44", second).await;
+        assert_eq!(blocked.len(), 1, "{blocked:?}");
+        assert_eq!(blocked[0].target, target);
+        // Still enforcing, for the hour.
+        assert!(!blocked[0].shadow, "{blocked:?}");
+        assert!(blocked[0].ttl_remaining_s.unwrap() > 3000.0, "{blocked:?}");
+        // Only the enforcing verdict is logged: a restart restores it, not the shadow one.
+        assert_eq!(live.len(), 1, "{live:?}");
+        assert!(!live[0].shadow);
+    }
 }

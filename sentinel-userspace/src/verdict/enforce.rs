@@ -162,22 +162,37 @@ fn write(
         .to_string()
         .parse()
         .map_err(|source| ListError::Target { index: 1, source })?;
-    // An address already in this list keeps what it has when the new verdict would weaken
-    // it: an enforcing entry is not turned into a shadow one (a shadow rule's verdict would
-    // let a blocked source through), and no entry is shortened (a permanent entry, which an
-    // operator set, stays as it is).
+    // A target (address or prefix) already in this list keeps what it has when the new
+    // verdict would weaken it: an enforcing entry is not turned into a shadow one (a shadow
+    // rule's verdict would let a blocked source through), and no entry is shortened (a
+    // permanent entry, which an operator set, stays as it is).
     let mut ttl = ttl;
-    if let crate::verdict::target::MapKey::Exact(addr) = target.map_key() {
-        let held = match list {
-            ListKind::Throttle => maps
+    {
+        use crate::verdict::target::MapKey;
+        let held = match (list, target.map_key()) {
+            (ListKind::Throttle, MapKey::Exact(addr)) => maps
                 .throttle_hash
                 .get(&addr, 0)
                 .ok()
                 .map(|v| (v.expires_ns, v.flags)),
-            _ => maps
+            (_, MapKey::Exact(addr)) => maps
                 .block_hash
                 .get(&addr, 0)
                 .ok()
+                .map(|v| (v.expires_ns, v.flags)),
+            // A trie answers with the longest prefix holding the address: the same entry only
+            // when its recorded length is this prefix's.
+            (ListKind::Throttle, MapKey::Prefix(p, k)) => maps
+                .throttle_lpm
+                .get(&aya::maps::lpm_trie::Key::new(p, k), 0)
+                .ok()
+                .filter(|v| sentinel_common::rule_prefix_len(v.flags) == p)
+                .map(|v| (v.expires_ns, v.flags)),
+            (_, MapKey::Prefix(p, k)) => maps
+                .block_lpm
+                .get(&aya::maps::lpm_trie::Key::new(p, k), 0)
+                .ok()
+                .filter(|v| sentinel_common::rule_prefix_len(v.flags) == p)
                 .map(|v| (v.expires_ns, v.flags)),
         };
         let now = crate::clock::monotonic_ns();
