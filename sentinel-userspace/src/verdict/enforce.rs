@@ -167,45 +167,13 @@ fn write(
     // rule's verdict would let a blocked source through), and no entry is shortened (a
     // permanent entry, which an operator set, stays as it is).
     let mut ttl = ttl;
-    {
-        use crate::verdict::target::MapKey;
-        let held = match (list, target.map_key()) {
-            (ListKind::Throttle, MapKey::Exact(addr)) => maps
-                .throttle_hash
-                .get(&addr, 0)
-                .ok()
-                .map(|v| (v.expires_ns, v.flags)),
-            (_, MapKey::Exact(addr)) => maps
-                .block_hash
-                .get(&addr, 0)
-                .ok()
-                .map(|v| (v.expires_ns, v.flags)),
-            // A trie answers with the longest prefix holding the address: the same entry only
-            // when its recorded length is this prefix's.
-            (ListKind::Throttle, MapKey::Prefix(p, k)) => maps
-                .throttle_lpm
-                .get(&aya::maps::lpm_trie::Key::new(p, k), 0)
-                .ok()
-                .filter(|v| sentinel_common::rule_prefix_len(v.flags) == p)
-                .map(|v| (v.expires_ns, v.flags)),
-            (_, MapKey::Prefix(p, k)) => maps
-                .block_lpm
-                .get(&aya::maps::lpm_trie::Key::new(p, k), 0)
-                .ok()
-                .filter(|v| sentinel_common::rule_prefix_len(v.flags) == p)
-                .map(|v| (v.expires_ns, v.flags)),
-        };
-        let now = crate::clock::monotonic_ns();
-        if let Some((expires_ns, flags)) = held
-            && (expires_ns == 0 || expires_ns > now)
-        {
-            let enforcing = flags & sentinel_common::RULE_FLAG_SHADOW == 0;
-            if expires_ns == 0 || (enforcing && shadow) {
-                return Ok(None);
-            }
-            if enforcing || shadow {
-                ttl = ttl.max(Duration::from_nanos(expires_ns - now));
-            }
+    if let Some((expires_ns, held_shadow)) = lists::held(maps, list, &target) {
+        if expires_ns == 0 || (!held_shadow && shadow) {
+            return Ok(None);
+        }
+        if !held_shadow || shadow {
+            let left = expires_ns.saturating_sub(crate::clock::monotonic_ns());
+            ttl = ttl.max(Duration::from_nanos(left));
         }
     }
     let throttle = (list == ListKind::Throttle).then(|| {

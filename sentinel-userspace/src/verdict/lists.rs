@@ -11,7 +11,7 @@ use aya::maps::{IterableMap, MapData, MapError, lpm_trie::Key};
 use sentinel_common::{
     AddrKey, FlowKey, HAS_ALLOW_HASH, HAS_ALLOW_LPM, HAS_BLOCK_HASH, HAS_BLOCK_LPM, HAS_FLOW_KILL,
     HAS_THROTTLE_HASH, HAS_THROTTLE_LPM, MAX_BURST, MAX_RATE_PPS, REASON_LEN, RULE_FLAG_SHADOW,
-    ReasonText, RuleValue, ThrottleRule, names, rule_prefix_flags,
+    ReasonText, RuleValue, ThrottleRule, names, rule_prefix_flags, rule_prefix_len,
 };
 
 use super::target::{MapKey, Target, TargetError};
@@ -278,17 +278,15 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
             }
         }
     }
-    expiry(req.ttl_ms)?;
-    let (mut exact, mut prefixes): (Vec<AddrKey>, Vec<(u32, AddrKey, &Target)>) =
-        (Vec::new(), Vec::new());
-    let mut exact_targets = Vec::new();
+    let expires_ns = expiry(req.ttl_ms)?;
+    let mut split = Split::default();
     for t in &targets {
         match t.map_key() {
             MapKey::Exact(k) => {
-                exact.push(k);
-                exact_targets.push(t);
+                split.exact.push(k);
+                split.exact_targets.push(t);
             }
-            MapKey::Prefix(p, k) => prefixes.push((p, k, t)),
+            MapKey::Prefix(p, k) => split.prefixes.push((p, k, t)),
         }
     }
     // A bulk add checks for room first, so that it is written whole or not at all. One target
@@ -297,21 +295,30 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
     // count then only explains the refusal.
     let one = targets.len() == 1;
     if !one {
-        check_room(maps, kind, &exact, prefixes.len())?;
+        check_room(maps, kind, &split.exact, split.prefixes.len())?;
     }
-    let written = write_entries(maps, kind, req, throttle, &exact, &exact_targets, &prefixes);
+    let written = write_entries(maps, kind, req, expires_ns, throttle, &split);
     match written {
         Err(e) if one => {
-            check_room(maps, kind, &exact, prefixes.len())?;
+            check_room(maps, kind, &split.exact, split.prefixes.len())?;
             Err(e)
         }
         other => other.map(|elapsed_ms| AddResponse {
             added: targets.len(),
-            exact: exact.len(),
-            prefixes: prefixes.len(),
+            exact: split.exact.len(),
+            prefixes: split.prefixes.len(),
             elapsed_ms,
         }),
     }
+}
+
+/// An add's targets by where they go: exact addresses (keys, and the targets they came from)
+/// and prefixes (length in the 128-bit space, key, target).
+#[derive(Default)]
+struct Split<'t> {
+    exact: Vec<AddrKey>,
+    exact_targets: Vec<&'t Target>,
+    prefixes: Vec<(u32, AddrKey, &'t Target)>,
 }
 
 /// Writes checked entries (see [`add`]); returns how long the writes took, in ms.
@@ -319,12 +326,15 @@ fn write_entries(
     maps: &mut Maps,
     kind: ListKind,
     req: &AddRequest,
+    expires_ns: u64,
     throttle: Option<ThrottleSpec>,
-    exact: &[AddrKey],
-    exact_targets: &[&Target],
-    prefixes: &[(u32, AddrKey, &Target)],
+    split: &Split<'_>,
 ) -> Result<f64, ListError> {
-    let expires_ns = expiry(req.ttl_ms)?;
+    let Split {
+        exact,
+        exact_targets,
+        prefixes,
+    } = split;
     let flags = if req.shadow { RULE_FLAG_SHADOW } else { 0 };
     let reason_id = store_reason(maps, req.reason.as_deref())?;
     // Make the kernel look these maps up before the first entry lands in them.
@@ -756,6 +766,40 @@ fn sweep_lpm<V: aya::Pod>(
         let _ = map.remove(k);
     }
     Ok(dead.len())
+}
+
+/// The live entry of `kind` at exactly `target` (an address, or that very prefix, not a
+/// wider one holding it): when it expires (`CLOCK_MONOTONIC` ns, 0: never) and whether it is
+/// in shadow mode.
+pub fn held(maps: &Maps, kind: ListKind, target: &Target) -> Option<(u64, bool)> {
+    fn exact<V: aya::Pod>(
+        m: &aya::maps::HashMap<MapData, AddrKey, V>,
+        k: AddrKey,
+        of: fn(&V) -> (u64, u32),
+    ) -> Option<(u64, u32)> {
+        m.get(&k, 0).ok().map(|v| of(&v))
+    }
+    // A trie answers with the longest prefix holding the key: the same entry only when its
+    // recorded length is this prefix's.
+    fn prefix<V: aya::Pod>(
+        m: &aya::maps::LpmTrie<MapData, AddrKey, V>,
+        (p, k): (u32, AddrKey),
+        of: fn(&V) -> (u64, u32),
+    ) -> Option<(u64, u32)> {
+        let (expires_ns, flags) = m.get(&Key::new(p, k), 0).ok().map(|v| of(&v))?;
+        (rule_prefix_len(flags) == p).then_some((expires_ns, flags))
+    }
+    let rule: fn(&RuleValue) -> (u64, u32) = |v| (v.expires_ns, v.flags);
+    let throttle: fn(&ThrottleRule) -> (u64, u32) = |v| (v.expires_ns, v.flags);
+    let (expires_ns, flags) = match (kind, target.map_key()) {
+        (ListKind::Block, MapKey::Exact(k)) => exact(&maps.block_hash, k, rule),
+        (ListKind::Allow, MapKey::Exact(k)) => exact(&maps.allow_hash, k, rule),
+        (ListKind::Throttle, MapKey::Exact(k)) => exact(&maps.throttle_hash, k, throttle),
+        (ListKind::Block, MapKey::Prefix(p, k)) => prefix(&maps.block_lpm, (p, k), rule),
+        (ListKind::Allow, MapKey::Prefix(p, k)) => prefix(&maps.allow_lpm, (p, k), rule),
+        (ListKind::Throttle, MapKey::Prefix(p, k)) => prefix(&maps.throttle_lpm, (p, k), throttle),
+    }?;
+    live(expires_ns, clock::monotonic_ns()).then_some((expires_ns, flags & RULE_FLAG_SHADOW != 0))
 }
 
 /// Which list applies to a source right now: `allow`, `block`, `throttle` or `none` (the same
