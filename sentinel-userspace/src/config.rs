@@ -68,7 +68,7 @@ impl Default for AlertSettings {
             log: PathBuf::from("/var/lib/sentinel/alerts.jsonl"),
             stdout: false,
             webhook: None,
-            rotate_bytes: 64 << 20,
+            rotate_bytes: crate::notify::alerts::ROTATE_BYTES,
         }
     }
 }

@@ -548,21 +548,11 @@ mod tests {
         assert_eq!(p.mode, PolicyMode::Enforce);
         // So the decisions it makes are shadow ones: nothing is acted on, nothing revoked.
         let mut d = Decider::new(load_policy(&config, Mode::Shadow).unwrap().0);
-        let a = crate::models::Alert {
-            ts: String::new(),
-            kind: crate::models::AlertKind::BruteForce,
-            severity: crate::models::Severity::Critical,
-            score: 1.0,
-            src_ip: "203.0.113.9".into(),
-            principal: Some("user:layla".into()),
-            endpoint: Some("/login".into()),
-            country: Some("VN".into()),
-            action: crate::models::Action::Alert,
-            explanation: String::new(),
-            evidence: Default::default(),
-            ts_ns: 1_000_000_000,
-            recommended_rate: None,
-        };
+        let a = crate::models::synth::alert(
+            crate::models::AlertKind::BruteForce,
+            "203.0.113.9",
+            1_000_000_000,
+        );
         let decision = d
             .decide(&a)
             .expect("the built-in policy acts on a brute force");

@@ -8,7 +8,7 @@ use sentinel::{
     control::api::ListKind,
     datapath::{Datapath, LoadOptions},
     lab::{TempDir, TempPins as Pins},
-    models::{Action, Alert, AlertKind, Severity},
+    models::{Alert, AlertKind},
     notify::alerts::AlertLog,
     verdict::{
         enforce::VerdictLog,
@@ -20,19 +20,10 @@ use sentinel::{
 
 fn alert(kind: AlertKind, ip: &str, ts_s: u64) -> Alert {
     Alert {
-        ts: sentinel::models::alert::rfc3339(ts_s * 1_000_000_000),
-        kind,
-        severity: Severity::High,
         score: 0.95,
-        src_ip: ip.into(),
-        principal: Some("user:layla".into()),
-        endpoint: Some("/login".into()),
-        country: Some("VN".into()),
-        action: Action::Alert,
         explanation: "500 login attempts in 3 minutes".into(),
-        evidence: Default::default(),
-        ts_ns: ts_s * 1_000_000_000,
         recommended_rate: Some(3.0),
+        ..sentinel::models::synth::alert(kind, ip, ts_s * 1_000_000_000)
     }
 }
 

@@ -4,7 +4,10 @@
 
 use std::net::IpAddr;
 
-use super::observation::{LoginAttempt, Observation};
+use super::{
+    alert::{Action, Alert, AlertKind, Severity},
+    observation::{LoginAttempt, Observation},
+};
 use crate::enrich::{
     geo::GeoInfo,
     principal::{JwtInfo, Principal, PrincipalKind, short_hash},
@@ -153,4 +156,24 @@ pub fn login(ts_ns: u64, ip: &str, user: &str, ok: bool, ua: &str) -> Observatio
 /// The token a successful [`login`] at `ts_ns` issued.
 pub fn issued_token(user: &str, ts_ns: u64) -> String {
     format!("tok-{user}-{ts_ns:x}")
+}
+
+/// An alert of `kind` from `src_ip` at `ts_ns` about `user:layla` at `/login` from VN, high,
+/// acted on by nobody yet: what the responder and the logs are tested with (set the rest).
+pub fn alert(kind: AlertKind, src_ip: &str, ts_ns: u64) -> Alert {
+    Alert {
+        ts: super::alert::rfc3339(ts_ns),
+        kind,
+        severity: Severity::High,
+        score: 0.9,
+        src_ip: src_ip.into(),
+        principal: Some("user:layla".into()),
+        endpoint: Some("/login".into()),
+        country: Some("VN".into()),
+        action: Action::Alert,
+        explanation: String::new(),
+        evidence: Default::default(),
+        ts_ns,
+        recommended_rate: None,
+    }
 }

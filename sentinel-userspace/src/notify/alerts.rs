@@ -11,6 +11,9 @@ use bytes::Bytes;
 use super::http::{PostError, RetryPolicy, post};
 use crate::models::Alert;
 
+/// The size past which an alert log is rotated unless configured (`[alerts] rotate_bytes`).
+pub const ROTATE_BYTES: u64 = 64 << 20;
+
 /// Appends alerts to a JSON-lines file (and optionally echoes them to stdout). Past
 /// `rotate_bytes` the file is renamed with `.1` (replacing the one before) and a new one starts,
 /// so the log stays bounded and reading its end stays cheap.
@@ -21,13 +24,13 @@ pub struct AlertLog {
 }
 
 impl AlertLog {
-    /// A log at `path`; `echo` also prints each line to stdout. Rotated past 64 MiB (see
-    /// [`AlertLog::rotated_past`]).
+    /// A log at `path`; `echo` also prints each line to stdout. Rotated past [`ROTATE_BYTES`]
+    /// (see [`AlertLog::rotated_past`]).
     pub fn new(path: impl Into<PathBuf>, echo: bool) -> Self {
         Self {
             path: path.into(),
             echo,
-            rotate_bytes: 64 << 20,
+            rotate_bytes: ROTATE_BYTES,
         }
     }
 
@@ -157,19 +160,8 @@ mod tests {
         let path = dir.join("alerts.jsonl");
         let log = AlertLog::new(&path, false).rotated_past(8 << 10);
         let alert = |i: u64| Alert {
-            ts: String::new(),
-            kind: crate::models::AlertKind::Scraping,
-            severity: crate::models::Severity::Medium,
-            score: 0.7,
-            src_ip: "203.0.113.5".into(),
-            principal: None,
-            endpoint: None,
-            country: None,
-            action: crate::models::Action::Alert,
             explanation: format!("alert {i}"),
-            evidence: Default::default(),
-            ts_ns: i,
-            recommended_rate: None,
+            ..crate::models::synth::alert(crate::models::AlertKind::Scraping, "203.0.113.5", i)
         };
         for i in 0..200 {
             log.write(&alert(i)).unwrap();

@@ -579,19 +579,9 @@ shadow = true
 
     fn alert(kind: AlertKind, sev: Severity, ip: &str, ts_s: u64) -> Alert {
         Alert {
-            ts: String::new(),
-            kind,
             severity: sev,
-            score: 0.9,
-            src_ip: ip.into(),
-            principal: Some("user:layla".into()),
-            endpoint: Some("/login".into()),
-            country: Some("VN".into()),
-            action: Action::Alert,
-            explanation: String::new(),
-            evidence: Default::default(),
-            ts_ns: ts_s * 1_000_000_000,
             recommended_rate: Some(4.2),
+            ..crate::models::synth::alert(kind, ip, ts_s * 1_000_000_000)
         }
     }
 
