@@ -176,9 +176,20 @@ impl Config {
         })
     }
 
-    /// Parses and validates configuration text.
+    /// What only `sentinel run` needs read from other files: `[revoke] client_secret_file`
+    /// (so that `sentinel replay` takes the daemon's configuration where the secret is not
+    /// mounted).
+    pub fn resolve_secrets(&mut self) -> Result<(), String> {
+        match &mut self.revoke {
+            Some(r) => r.resolve_secret(),
+            None => Ok(()),
+        }
+    }
+
+    /// Parses and validates configuration text (files it names are read by
+    /// [`Config::resolve_secrets`]).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let mut cfg: Config =
+        let cfg: Config =
             toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
         let m = &cfg.maps;
         for (name, v) in [
@@ -201,9 +212,8 @@ impl Config {
         if let Some(url) = &cfg.alerts.webhook {
             crate::notify::http::parse_url(url).map_err(|e| format!("alerts.webhook: {e}"))?;
         }
-        if let Some(r) = &mut cfg.revoke {
-            crate::notify::http::parse_url(&r.url).map_err(|e| format!("revoke.url: {e}"))?;
-            r.resolve_secret()?;
+        if let Some(r) = &cfg.revoke {
+            r.validate()?;
         }
         crate::enrich::pipeline::Enricher::new(None, &cfg.enrich)?;
         cfg.models.validate().map_err(|e| e.to_string())?;
@@ -229,6 +239,31 @@ mod tests {
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
         let e = Config::parse("[metrics]\nlisten = \"nowhere\"\n").unwrap_err();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn the_revoke_secret_file_is_read_only_when_asked() {
+        let dir = crate::lab::TempDir::new("sentinel-config-secret").unwrap();
+        let file = dir.join("client_secret");
+        let text = format!(
+            "[revoke]\nurl = \"http://idp.test/revoke\"\nclient_secret_file = {:?}\n",
+            file.display().to_string()
+        );
+        // Not mounted (replay on another machine): the configuration is still valid...
+        let mut cfg = Config::parse(&text).unwrap();
+        // ...and `run`, which revokes, says what is missing.
+        let e = cfg.resolve_secrets().unwrap_err();
+        assert!(
+            e.contains("client_secret_file") && e.contains("client_secret"),
+            "{e}"
+        );
+        std::fs::write(&file, "from-the-secret\n").unwrap();
+        cfg.resolve_secrets().unwrap();
+        let r = cfg.revoke.as_ref().unwrap();
+        assert_eq!(r.client_secret.as_deref(), Some("from-the-secret"));
+        // Both ways at once is a mistake in the file itself.
+        let both = format!("{text}client_secret = \"inline\"\n");
+        assert!(Config::parse(&both).unwrap_err().contains("not both"));
     }
 
     #[test]

@@ -46,6 +46,7 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
                 Some(path) => Config::load(path).map_err(|e| CliError::input(e.to_string()))?,
                 None => Config::default(),
             };
+            config.resolve_secrets().map_err(CliError::input)?;
             if !args.http_ports.is_empty() {
                 config.capture.http_ports = args.http_ports.clone();
             }

@@ -23,7 +23,8 @@ pub struct RevokeConfig {
     #[serde(default)]
     pub client_secret: Option<String>,
     /// A file holding the client secret instead (a mounted Kubernetes Secret, a file only root
-    /// reads), read when the configuration is loaded; trailing whitespace is dropped.
+    /// reads), read when `sentinel run` starts (not by `sentinel replay`, which never revokes);
+    /// trailing whitespace is dropped.
     #[serde(default)]
     pub client_secret_file: Option<std::path::PathBuf>,
 }
@@ -48,14 +49,22 @@ impl std::fmt::Debug for RevokeConfig {
 }
 
 impl RevokeConfig {
+    /// Checks what can be checked without reading files: the URL, and at most one of
+    /// `client_secret` and `client_secret_file`.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::notify::http::parse_url(&self.url).map_err(|e| format!("revoke.url: {e}"))?;
+        if self.client_secret.is_some() && self.client_secret_file.is_some() {
+            return Err("revoke: give client_secret or client_secret_file, not both".into());
+        }
+        Ok(())
+    }
+
     /// Reads `client_secret_file` into `client_secret` (giving both is an error).
     pub fn resolve_secret(&mut self) -> Result<(), String> {
+        self.validate()?;
         let Some(path) = &self.client_secret_file else {
             return Ok(());
         };
-        if self.client_secret.is_some() {
-            return Err("revoke: give client_secret or client_secret_file, not both".into());
-        }
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("revoke.client_secret_file {}: {e}", path.display()))?;
         self.client_secret = Some(text.trim_end().to_owned());
