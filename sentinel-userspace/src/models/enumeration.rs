@@ -239,7 +239,8 @@ impl EnumerationDetector {
         w.last = id;
         w.min = w.min.min(id);
         w.max = w.max.max(id);
-        let span = w.max - w.min + 1;
+        // Saturating: a walk may hold id 0 and u64::MAX.
+        let span = (w.max - w.min).saturating_add(1);
         let density = f64::from(distinct) / span as f64;
         if distinct < self.cfg.min_distinct_ids
             || !(w.max_run >= self.cfg.min_run || density >= self.cfg.min_density)
@@ -251,7 +252,8 @@ impl EnumerationDetector {
         // The bits set are a floor (ids that share a bit count once, about five of 50): the
         // decisions above keep to it, the alert says the estimate, which cannot exceed the
         // ids in the range.
-        let shown = (w.ids.estimate().round() as u64).clamp(u64::from(distinct), span);
+        let shown = (w.ids.estimate().round() as u64)
+            .clamp(u64::from(distinct), span.max(u64::from(distinct)));
         let shown_density = shown as f64 / span as f64;
         let secs_in = secs_from(now, start);
         let severity = if distinct >= 4 * self.cfg.min_distinct_ids {
@@ -469,6 +471,18 @@ mod tests {
             }
         }
         assert!(seen >= 2, "a medium and a high alert");
+    }
+
+    #[test]
+    fn ids_at_both_ends_of_the_range_do_not_stop_the_analysis() {
+        // 0 and u64::MAX in one walk overflowed the span (a panic in debug builds, and a
+        // clamp with min > max in release): a few crafted requests stopped every detector.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let ids = [0, u64::MAX].into_iter().chain(1..=40);
+        for (i, id) in ids.enumerate() {
+            let t = T0 + i as u64 * 50_000_000;
+            e.observe(&account(t, "198.51.100.63", "tok-ends", id));
+        }
     }
 
     #[test]

@@ -83,8 +83,12 @@ pub fn decode(s: &str, form: bool) -> String {
                     i += 2;
                 } else if (b[i + 1] == b'u' || b[i + 1] == b'U')
                     && i + 5 < b.len()
-                    && let Ok(cp) = u32::from_str_radix(&s[i + 2..i + 6], 16)
+                    && b[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit)
                 {
+                    // Four ASCII hex digits (a `&str` slice here could cut a character).
+                    let cp = b[i + 2..i + 6]
+                        .iter()
+                        .fold(0u32, |v, &c| v << 4 | u32::from(hex(c).unwrap_or(0)));
                     let ch = char::from_u32(cp).unwrap_or('\u{fffd}');
                     let mut buf = [0; 4];
                     out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
@@ -1416,5 +1420,10 @@ mod tests {
         assert_eq!(decode_fully("%252e%252e%252f", false), "../");
         assert_eq!(decode("%u002e%u002e/", false), "../");
         assert_eq!(decode("a+b%zz%", true), "a b%zz%");
+        // A `%u` whose four bytes hold a multi-byte character is not an escape (slicing the
+        // text there panicked: one crafted query stopped the analysis), nor are non-hex digits.
+        assert_eq!(decode("%u12\u{20ac}%41", false), "%u12\u{20ac}A");
+        assert_eq!(decode_fully("%25u12%E2%82%AC%2541", false), "%u12\u{20ac}A");
+        assert_eq!(decode("%u+1ab", false), "%u+1ab");
     }
 }
