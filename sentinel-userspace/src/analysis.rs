@@ -8,6 +8,7 @@
 //! clock, so windows close and idle state expires without new transactions.
 
 use std::{
+    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -31,6 +32,9 @@ use crate::{
 /// Transactions waiting for analysis at most.
 pub const QUEUE: usize = 8192;
 
+/// Panics of the analysis logged one by one (the rest are counted).
+const PANICS_LOGGED: u64 = 10;
+
 /// How long the analysis waits for a transaction before ticking the models with the clock.
 const QUIET: Duration = Duration::from_millis(250);
 /// Transactions analysed between two looks at the clock, the explain requests and the snapshot.
@@ -45,6 +49,9 @@ pub struct AnalysisShared {
     pub dropped: AtomicU64,
     /// Transactions analysed.
     pub analysed: AtomicU64,
+    /// Transactions whose analysis panicked (a defect the input found: the transaction is
+    /// skipped, the analysis goes on, and the first ones are logged).
+    pub panicked: AtomicU64,
     /// The analysis thread has ended (a panic while the daemon runs: nothing is analysed any
     /// more, every transaction is dropped).
     pub stopped: AtomicBool,
@@ -67,6 +74,7 @@ impl Default for AnalysisShared {
             queued: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             analysed: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             lag: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -104,6 +112,7 @@ impl AnalysisShared {
             "queued": self.queued.load(Ordering::Relaxed),
             "dropped": self.dropped.load(Ordering::Relaxed),
             "analysed": self.analysed.load(Ordering::Relaxed),
+            "panicked": self.panicked.load(Ordering::Relaxed),
             "last_lag_ms": *self.last_lag_s.lock().expect("lag lock") * 1e3,
             "stopped": self.stopped.load(Ordering::Relaxed),
         });
@@ -256,9 +265,45 @@ impl Worker {
         *self.shared.last_lag_s.lock().expect("lag lock") = lag;
     }
 
-    /// Analyses one transaction; false when the responder is gone.
+    /// Analyses one transaction; false when the responder is gone. A panic in the models (a
+    /// defect some input found) skips the transaction instead of ending the analysis: one
+    /// crafted request must not blind every detector until a restart.
     fn transaction(&mut self, t: Transaction) -> bool {
-        let obs = self.analyzer.observation(&t);
+        self.guarded((t.client, t.server), |w| w.analyse(&t))
+    }
+
+    /// Runs `step` (the analysis of the transaction between `peers`), counting and logging a
+    /// panic instead of passing it on.
+    fn guarded(
+        &mut self,
+        peers: (SocketAddr, SocketAddr),
+        step: impl FnOnce(&mut Self) -> bool,
+    ) -> bool {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(self))) {
+            Ok(ok) => ok,
+            Err(cause) => {
+                let n = self.shared.panicked.fetch_add(1, Ordering::Relaxed) + 1;
+                if n <= PANICS_LOGGED {
+                    let what = cause
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| cause.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(
+                        client = %peers.0,
+                        server = %peers.1,
+                        panic = %what,
+                        "the analysis of a transaction panicked; skipped it (a defect: please report it)"
+                    );
+                }
+                self.scratch.clear();
+                true
+            }
+        }
+    }
+
+    fn analyse(&mut self, t: &Transaction) -> bool {
+        let obs = self.analyzer.observation(t);
         self.book.observe(&obs);
         let mut out = std::mem::take(&mut self.scratch);
         // Alerts of a tick are about no request in particular; those of the observation are
@@ -320,17 +365,46 @@ impl Worker {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_status_tells_when_the_analysis_thread_has_ended() {
+    /// A default analyzer, an alert channel (and its receiver, to keep) and fresh figures.
+    fn parts() -> (
+        Analyzer,
+        mpsc::Sender<AlertEvent>,
+        mpsc::Receiver<AlertEvent>,
+        Arc<AnalysisShared>,
+    ) {
         let config = crate::config::Config::default();
         let analyzer = Analyzer::new(&config.enrich, &config.models, &[]).unwrap();
-        let (alerts, _rx) = mpsc::channel(1);
-        let shared = Arc::new(AnalysisShared::default());
+        let (alerts, rx) = mpsc::channel(1);
+        (analyzer, alerts, rx, Arc::new(AnalysisShared::default()))
+    }
+
+    #[test]
+    fn the_status_tells_when_the_analysis_thread_has_ended() {
+        let (analyzer, alerts, _rx, shared) = parts();
         let (queue, handle) = spawn(analyzer, alerts, shared.clone()).unwrap();
         assert_eq!(shared.report()["queue"]["stopped"], false);
         // The thread ends once the capture side's sender is gone.
         drop(queue);
         handle.join().unwrap();
         assert_eq!(shared.report()["queue"]["stopped"], true);
+    }
+
+    #[test]
+    fn a_panic_in_one_transaction_skips_it_and_the_analysis_goes_on() {
+        let (analyzer, alerts, _rx, shared) = parts();
+        let mut w = Worker::new(analyzer, alerts, shared.clone());
+        let peers = (
+            "192.0.2.7:40000".parse().unwrap(),
+            "198.51.100.1:80".parse().unwrap(),
+        );
+        assert!(w.guarded(peers, |_| panic!("a defect some input found")));
+        assert!(w.guarded(peers, |_| panic!("another one")));
+        assert_eq!(shared.report()["queue"]["panicked"], 2);
+        // The worker is still whole: the next transaction's analysis runs and is counted.
+        assert!(w.guarded(peers, |w| {
+            w.shared.analysed.fetch_add(1, Ordering::Relaxed);
+            true
+        }));
+        assert_eq!(shared.report()["queue"]["analysed"], 1);
     }
 }

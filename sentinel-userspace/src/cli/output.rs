@@ -168,6 +168,11 @@ pub fn status(s: &StatusReport, json: bool) {
                 "  ANALYSIS STOPPED: transactions are dropped, no alert is raised (see the daemon's log)"
             );
         }
+        if let Some(n) = q["panicked"].as_u64().filter(|n| *n > 0) {
+            println!(
+                "  analysis panicked on {n} transactions (skipped; a defect: see the daemon's log)"
+            );
+        }
         println!(
             "  queue: {} dropped of {} queued, last lag {:.1} ms",
             q["dropped"].as_u64().unwrap_or(0),
