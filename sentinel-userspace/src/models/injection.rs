@@ -421,6 +421,69 @@ impl Input<'_> {
             Place::Header => format!("{label} {}", self.name.to_ascii_lowercase()),
         }
     }
+
+    /// The value as an alert may show it: a secret's (a password, a token, a cookie, a key; see
+    /// [`secret_name`]) is never shown, only its length and short hash.
+    fn shown(&self) -> String {
+        let secret = match self.place {
+            Place::Cookie => true,
+            Place::Query | Place::Form | Place::RefererQuery => {
+                secret_name(&decoded(self.name, true))
+            }
+            Place::Json | Place::Header => secret_name(self.name),
+            Place::Path | Place::Referer => false,
+        };
+        if secret {
+            redacted(&self.value)
+        } else {
+            shorten(&self.value)
+        }
+    }
+}
+
+/// Names of fields that hold secrets (passwords, tokens, keys, one-time codes), which alerts
+/// never quote: a password that trips the SQL check (`hunter2'--`) is still someone's password,
+/// and a stuffing list's are real victims'. Matched case-insensitively, as a part of the name
+/// (the last segment of a JSON path).
+pub fn secret_name(name: &str) -> bool {
+    const PARTS: [&str; 10] = [
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "apikey",
+        "api_key",
+        "api-key",
+        "auth",
+        "session",
+        "credential",
+    ];
+    const WHOLE: [&str; 5] = ["pin", "otp", "cvv", "cvc", "key"];
+    let last = name.rsplit(['.', '[']).next().unwrap_or(name);
+    let lower = last.trim_end_matches(']').to_ascii_lowercase();
+    PARTS.iter().any(|p| lower.contains(p)) || WHOLE.contains(&lower.as_str())
+}
+
+/// What an alert shows of a secret value: its length and short hash (the same value gives the
+/// same hash, so two alerts can be told apart or matched without the value).
+fn redacted(value: &str) -> String {
+    format!(
+        "<redacted: {} chars, sha256 {}>",
+        value.chars().count(),
+        crate::enrich::principal::short_hash(value)
+    )
+}
+
+/// `raw` (a query string or form body, still encoded) with the values of secret fields
+/// redacted.
+fn redact_pairs(raw: &str) -> String {
+    raw.split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if secret_name(&decoded(k, true)) => format!("{k}={}", redacted(v)),
+            _ => p.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// [`decode_fully`] without a copy when there is nothing to decode.
@@ -442,6 +505,7 @@ enum Body<'a> {
 struct Finding {
     kind: AlertKind,
     place: String,
+    /// As the alert shows it: shortened, a secret's redacted.
     value: String,
     detail: String,
 }
@@ -696,7 +760,7 @@ impl Detector for InjectionDetector {
                 Finding {
                     kind: AlertKind::PathTraversal,
                     place: "path".into(),
-                    value: o.path.to_string(),
+                    value: shorten(&o.path),
                     detail: m.to_owned(),
                 },
                 &mut findings,
@@ -728,7 +792,7 @@ impl Detector for InjectionDetector {
                     Finding {
                         kind: AlertKind::PathTraversal,
                         place: place.into(),
-                        value: raw.to_owned(),
+                        value: shorten(&redact_pairs(raw)),
                         detail: m.to_owned(),
                     },
                     &mut findings,
@@ -744,7 +808,7 @@ impl Detector for InjectionDetector {
                     Finding {
                         kind: AlertKind::PathTraversal,
                         place: i.describe(),
-                        value: i.value.to_string(),
+                        value: i.shown(),
                         detail: m.to_owned(),
                     },
                     &mut findings,
@@ -756,7 +820,7 @@ impl Detector for InjectionDetector {
                     Finding {
                         kind: AlertKind::SqlInjection,
                         place: i.describe(),
-                        value: i.value.to_string(),
+                        value: i.shown(),
                         detail: fp,
                     },
                     &mut findings,
@@ -767,7 +831,7 @@ impl Detector for InjectionDetector {
                     Finding {
                         kind: AlertKind::Xss,
                         place: i.describe(),
-                        value: i.value.into_owned(),
+                        value: i.shown(),
                         detail: String::new(),
                     },
                     &mut findings,
@@ -810,11 +874,11 @@ impl Detector for InjectionDetector {
                     o.endpoint,
                     o.client_ip,
                     ctx.place(),
-                    shorten(&f.value)
+                    f.value
                 ),
                 evidence([
                     ("input", json!(f.place)),
-                    ("value", json!(shorten(&f.value))),
+                    ("value", json!(f.value)),
                     ("detail", json!(f.detail)),
                     ("status", json!(o.status)),
                     ("method", json!(o.method)),
@@ -912,6 +976,65 @@ mod tests {
             let k = kinds(&mut e, &get(target, i as u64));
             assert!(k.contains(want), "{target}: {k:?}");
         }
+    }
+
+    #[test]
+    fn secrets_that_trip_a_check_are_never_quoted() {
+        // Passwords, cookies and token parameters are someone's secrets even when they look
+        // like an attack; the alert says where and how long, with a short hash.
+        let cases: [(&str, &[u8], &str); 4] = [
+            (
+                "application/json",
+                br#"{"username":"layla","password":"hunter2'--"}"#,
+                "hunter2",
+            ),
+            (
+                "application/x-www-form-urlencoded",
+                b"username=layla&passwd=P4ss%27+or+%27x",
+                "P4ss",
+            ),
+            (
+                "application/json",
+                br#"{"user":{"name":"x","api_key":"<script>alert(1)</script>k3y"}}"#,
+                "k3y",
+            ),
+            (
+                "application/x-www-form-urlencoded",
+                b"user=x&password=%C0%AE%C0%AE%C0%AFs3cr3t",
+                "s3cr3t",
+            ),
+        ];
+        for (i, (ctype, body, secret)) in cases.into_iter().enumerate() {
+            let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+            let mut o = obs(T0 + i as u64 * S, "203.0.113.48", "/login");
+            o.method = "POST".into();
+            o.req_headers.push(("Content-Type".into(), ctype.into()));
+            o.req_body = body.to_vec().into();
+            let alerts = e.observe(&o);
+            assert!(!alerts.is_empty(), "case {i}: no alert");
+            for a in alerts {
+                let shown = serde_json::to_string(&a).unwrap();
+                assert!(!shown.contains(secret), "case {i}: {shown}");
+                assert!(shown.contains("redacted"), "case {i}: {shown}");
+            }
+        }
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut o = obs(T0, "203.0.113.49", "/account");
+        o.req_headers
+            .push(("Cookie".into(), "sid=abc' OR '1'='1' --".into()));
+        let alerts = e.observe(&o);
+        assert!(!alerts.is_empty());
+        assert!(!serde_json::to_string(&alerts).unwrap().contains("abc'"));
+        // Other values are still quoted, for the analyst.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let a = e.observe(&get("/search?q=%27%3B%20DROP%20TABLE%20accounts%3B--", 0));
+        assert!(
+            a[0].explanation.contains("DROP TABLE"),
+            "{}",
+            a[0].explanation
+        );
+        assert!(secret_name("password") && secret_name("user.Password") && secret_name("PIN"));
+        assert!(!secret_name("q") && !secret_name("shipping") && !secret_name("keyword"));
     }
 
     #[test]
