@@ -322,24 +322,45 @@ impl<'a> RequestView<'a> {
 }
 
 /// The client address: the source, or the right-most untrusted `X-Forwarded-For` hop when the
-/// source is a trusted proxy.
+/// source is a trusted proxy. Several `X-Forwarded-For` field lines are one list, in order (a
+/// proxy that appends its own line, as HAProxy's `option forwardfor` does, must not leave the
+/// client's own first line believed), and a hop may carry a port (`203.0.113.7:51234`,
+/// `[2001:db8::7]:443`).
 pub fn client_ip(req: &RequestView<'_>, cfg: &PrincipalConfig) -> IpAddr {
     let trusted = |ip: &IpAddr| cfg.trusted_proxies.iter().any(|n| n.contains(ip));
     if !trusted(&req.src_ip) {
         return req.src_ip;
     }
-    let Some(xff) = req.header("x-forwarded-for") else {
-        return req.src_ip;
-    };
+    let lines: Vec<&str> = req
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for"))
+        .map(|(_, v)| &**v)
+        .collect();
     // Walk from the nearest hop outwards, skipping our own proxies.
-    for hop in xff.rsplit(',') {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) if trusted(&ip) => continue,
-            Ok(ip) => return ip,
-            Err(_) => break,
+    for hop in lines.iter().rev().flat_map(|l| l.rsplit(',')) {
+        match hop_ip(hop.trim()) {
+            Some(ip) if trusted(&ip) => continue,
+            Some(ip) => return ip,
+            // `unknown` or an obfuscated name (RFC 7239): the client cannot be told, so the
+            // nearest proxy stands for it.
+            None => break,
         }
     }
     req.src_ip
+}
+
+/// One `X-Forwarded-For` hop: an address, with or without a port (IPv6 in brackets then).
+fn hop_ip(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = hop.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    let (addr, port) = hop.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    addr.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
 /// The login username from a JSON or form body, on login endpoints only.
@@ -632,6 +653,22 @@ mod tests {
             "198.51.100.2/32".parse().unwrap(),
         ];
         assert_eq!(principal(&v, &cfg).id, "203.0.113.5");
+        // A client's own line, then the proxy's: the proxy's line is the nearer one.
+        let hs = h(&[
+            ("X-Forwarded-For", "198.51.100.77"),
+            ("x-forwarded-for", "203.0.113.6"),
+        ]);
+        assert_eq!(principal(&view("/", &hs, b""), &cfg).id, "203.0.113.6");
+        // Hops with ports, IPv4 and IPv6.
+        for (xff, want) in [
+            ("203.0.113.7:51234", "203.0.113.7"),
+            ("[2001:db8::7]:443, 198.51.100.2", "2001:db8::7"),
+            ("[2001:db8::8]", "2001:db8::8"),
+            ("2001:db8::9", "2001:db8::9"),
+        ] {
+            let hs = h(&[("X-Forwarded-For", xff)]);
+            assert_eq!(principal(&view("/", &hs, b""), &cfg).id, want, "{xff}");
+        }
     }
 
     #[test]
