@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bench_report;
+pub mod fault;
 pub mod packets;
 pub mod tc;
 

@@ -1149,3 +1149,81 @@ fn a_full_list_refuses_a_bulk_add_whole_and_a_single_add_clearly() {
     add(&mut dp, addrs(1, 1)).expect("a replacement");
     assert_eq!(lists::list(&dp.maps, ListKind::Block).unwrap().len(), 16);
 }
+
+/// Every entry of the block list as the kernel holds it: exact keys, then prefixes, sorted.
+type BlockContents = (
+    Vec<(sentinel_common::AddrKey, RuleValue)>,
+    Vec<(u32, sentinel_common::AddrKey, RuleValue)>,
+);
+
+fn block_contents(maps: &sentinel::datapath::Maps) -> BlockContents {
+    let mut exact: Vec<_> = maps.block_hash.iter().map(Result::unwrap).collect();
+    exact.sort_by_key(|(k, _)| *k);
+    let mut prefixes: Vec<_> = maps
+        .block_lpm
+        .iter()
+        .map(|e| {
+            let (k, v) = e.unwrap();
+            (k.prefix_len(), k.data(), v)
+        })
+        .collect();
+    prefixes.sort_by_key(|(p, k, _)| (*p, *k));
+    (exact, prefixes)
+}
+
+#[test]
+fn a_bulk_add_that_fails_part_way_leaves_the_list_as_it_was() {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    use aya::maps::IterableMap as _;
+
+    let mut lab = Lab::new();
+    // An address and a prefix the add replaces, and a prefix it leaves alone.
+    lab.add(
+        ListKind::Block,
+        &["198.51.100.1", "198.51.100.0/24", "2001:db8:1::/48"],
+        AddRequest {
+            reason: Some("before".into()),
+            ..Default::default()
+        },
+    );
+    let before = block_contents(&lab.dp.maps);
+    let req = AddRequest {
+        targets: [
+            "198.51.100.1",
+            "198.51.100.2",
+            "203.0.113.0/24",
+            "198.51.100.0/24",
+            "2001:db8:2::/48",
+        ]
+        .map(String::from)
+        .into(),
+        ttl_ms: Some(600_000),
+        reason: Some("after".into()),
+        shadow: true,
+        throttle: None,
+    };
+    // The third prefix write fails, as one would on a trie that another writer filled after
+    // the room was checked: by then the addresses, a new prefix and a replaced one are in.
+    let lpm = lab.dp.maps.block_lpm.map().fd().as_fd().as_raw_fd();
+    let (res, updates) = sentinel_tests::fault::fail_nth_update(lpm, 3, libc::ENOSPC, || {
+        lists::add(&mut lab.dp.maps, ListKind::Block, &req)
+    });
+    let e = res.unwrap_err();
+    assert!(matches!(e, lists::ListError::Datapath(_)), "{e}");
+    assert!(
+        updates >= 3,
+        "the failure came at the third prefix: {updates} writes"
+    );
+    assert_eq!(block_contents(&lab.dp.maps), before, "the list as it was");
+    // And the kernel judges by it: the /24 it had replaced by a shadow entry drops again, the
+    // new entries are gone.
+    assert_eq!(
+        lab.send(&Packet::udp("198.51.100.2", V4.dst)),
+        XDP_DROP,
+        "in the /24"
+    );
+    assert_eq!(lab.send(&Packet::udp("203.0.113.9", V4.dst)), XDP_PASS);
+    assert_eq!(lab.send(&Packet::udp("2001:db8:2::9", V6.dst)), XDP_PASS);
+    lab.expect_counts(&[(Reason::DropBlock, 1), (Reason::Pass, 2)]);
+}

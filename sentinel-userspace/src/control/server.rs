@@ -106,16 +106,64 @@ async fn blocking<T: Send + 'static>(
 
 /// The API routes.
 pub fn router(state: Shared) -> Router {
-    Router::new()
+    let max_targets = largest_list(&state.maps.lock().expect("maps lock"));
+    let routes = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/lists/{kind}", get(list).post(add))
         .route("/v1/lists/{kind}/delete", post(del))
         .route("/v1/top", get(top))
         .route("/v1/alerts", get(alerts))
-        .route("/v1/explain/{target}", get(explain))
-        // Bulk loads of a million entries are tens of megabytes of JSON.
-        .layer(DefaultBodyLimit::max(1 << 30))
-        .with_state(state)
+        .route("/v1/explain/{target}", get(explain));
+    limit_bodies(routes, max_targets).with_state(state)
+}
+
+/// Bytes one target takes in a request body at most: the longest target text (an IPv6 address
+/// written out in full with a prefix length, `ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128`, 43
+/// bytes), its quotes and comma, and room for a line break and indentation.
+const TARGET_JSON_BYTES: usize = 64;
+
+/// Bytes of a request body besides its targets: the other fields, with a reason far longer
+/// than the kernel keeps.
+const BODY_OVERHEAD_BYTES: usize = 64 << 10;
+
+/// The largest request body the API reads when no request names more than `max_targets`
+/// targets. A larger one is answered 413 with the API's JSON error, before more than this is
+/// buffered.
+fn body_limit(max_targets: usize) -> usize {
+    max_targets
+        .saturating_mul(TARGET_JSON_BYTES)
+        .saturating_add(BODY_OVERHEAD_BYTES)
+}
+
+fn limit_bodies<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    max_targets: usize,
+) -> Router<S> {
+    routes.layer(DefaultBodyLimit::max(body_limit(max_targets)))
+}
+
+/// The most targets a sensible add or delete names: as many as the largest list (its exact
+/// and prefix maps together) holds. With the default map sizes that is the blocklist's
+/// 1,100,000 addresses and 262,144 prefixes: bodies of up to 87,242,752 bytes (a million IPv4
+/// addresses are about 15 MB as the CLI sends them). Larger maps in the config raise it.
+fn largest_list(maps: &Maps) -> usize {
+    use aya::maps::{IterableMap as _, MapData};
+    let size = |m: &MapData| m.info().map(|i| i.max_entries() as usize);
+    let lists = || -> Result<usize, aya::maps::MapError> {
+        Ok([
+            size(maps.block_hash.map())? + size(maps.block_lpm.map())?,
+            size(maps.allow_hash.map())? + size(maps.allow_lpm.map())?,
+            size(maps.throttle_hash.map())? + size(maps.throttle_lpm.map())?,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0))
+    };
+    lists().unwrap_or_else(|e| {
+        let d = loader::MapSizes::default();
+        tracing::warn!(error = %e, "reading the list sizes: request bodies are limited as for the default sizes");
+        (d.block_exact + d.prefixes) as usize
+    })
 }
 
 /// Binds the control socket: refuses to steal it from a live daemon, replaces a stale one, and
@@ -493,6 +541,51 @@ mod tests {
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&bytes).expect("a JSON error body");
         (status, v["error"].as_str().unwrap().to_owned())
+    }
+
+    /// What the API's body limit for lists of `max_targets` answers to an add request of
+    /// `len` bytes: its status and JSON body.
+    async fn answer_to_size(max_targets: usize, len: usize) -> (StatusCode, serde_json::Value) {
+        use tower::ServiceExt as _;
+        let echo = |req: Result<Json<AddRequest>, JsonRejection>| async move {
+            body(req).map(|r| Json(serde_json::json!({ "targets": r.targets.len() })))
+        };
+        let app = limit_bodies(
+            Router::new().route("/v1/lists/{kind}", post(echo)),
+            max_targets,
+        );
+        // A valid request padded with spaces (JSON allows them) to `len` bytes.
+        let mut text = serde_json::to_vec(&AddRequest {
+            targets: vec!["ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128".into(); max_targets],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(text.len() <= len, "{} bytes of JSON", text.len());
+        text.resize(len, b' ');
+        let req = axum::http::Request::post("/v1/lists/block")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(text))
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).expect("a JSON body"))
+    }
+
+    #[tokio::test]
+    async fn bodies_past_the_limit_get_413_and_the_apis_json_error() {
+        let limit = body_limit(1000);
+        let (status, v) = answer_to_size(1000, limit + 1).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+        let e = v["error"].as_str().expect("an error message");
+        assert!(e.contains("length limit"), "{e}");
+        assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
+        // A body of the limit, the largest list's targets each as long as a target gets: read.
+        let (status, v) = answer_to_size(1000, limit).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["targets"], 1000);
     }
 
     #[tokio::test]

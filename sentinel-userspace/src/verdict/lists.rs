@@ -55,6 +55,17 @@ pub enum ListError {
     /// A kernel map operation failed.
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    /// A write failed part-way, and putting back what it had changed failed too.
+    #[error(
+        "{source}; {left} entries could not be put back as they were: the list is partly changed"
+    )]
+    NotRolledBack {
+        /// Why the write failed.
+        #[source]
+        source: Box<ListError>,
+        /// Entries left as the failed write made them.
+        left: usize,
+    },
 }
 
 impl ListError {
@@ -262,8 +273,8 @@ fn capacity(map: &MapData) -> Result<u32, DatapathError> {
         })
 }
 
-/// Adds (or replaces) entries. Either every target is written or, on bad input or lack of room,
-/// none is.
+/// Adds (or replaces) entries. Either every target is written or none is: bad input and lack of
+/// room are refused before anything is written, and a write that fails part-way is undone.
 pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddResponse, ListError> {
     let targets = parse_targets(&req.targets)?;
     let throttle = check_options(kind, req)?;
@@ -352,6 +363,8 @@ fn write_entries(
     }
     maps.mark_present(present)?;
     let started = Instant::now();
+    // The kernel reads a prefix entry's length to look past it once it expires.
+    let prefix_flags = |p: u32| flags | rule_prefix_flags(p);
     match throttle {
         None => {
             let value = RuleValue {
@@ -359,33 +372,17 @@ fn write_entries(
                 reason_id,
                 flags,
             };
-            let (hash, lpm, hname, lname) = match kind {
-                ListKind::Block => (
-                    &mut maps.block_hash,
-                    &mut maps.block_lpm,
-                    names::BLOCK_HASH,
-                    names::BLOCK_LPM,
-                ),
-                _ => (
-                    &mut maps.allow_hash,
-                    &mut maps.allow_lpm,
-                    names::ALLOW_HASH,
-                    names::ALLOW_LPM,
-                ),
-            };
-            let values = vec![value; exact.len()];
-            sys::update_batch(hash.map().fd(), exact, &values, 65_536).map_err(|e| {
-                DatapathError::Io(std::io::Error::other(format!("{hname}: batch update: {e}")))
-            })?;
-            for (p, k, _) in prefixes {
-                // The kernel reads the entry's length to look past it once it expires.
-                let value = RuleValue {
-                    flags: flags | rule_prefix_flags(*p),
-                    ..value
-                };
-                lpm.insert(&Key::new(*p, *k), value, 0)
-                    .map_err(map_err(lname))?;
-            }
+            let prefixed: Vec<_> = prefixes
+                .iter()
+                .map(|(p, k, _)| {
+                    let v = RuleValue {
+                        flags: prefix_flags(*p),
+                        ..value
+                    };
+                    (*p, *k, v)
+                })
+                .collect();
+            write_list(maps, kind, exact, &vec![value; exact.len()], &prefixed)?;
         }
         Some(spec) => {
             let rule_for = |t: &Target| ThrottleRule {
@@ -398,28 +395,253 @@ fn write_entries(
                 _pad: 0,
             };
             let values: Vec<ThrottleRule> = exact_targets.iter().map(|t| rule_for(t)).collect();
-            sys::update_batch(maps.throttle_hash.map().fd(), exact, &values, 65_536).map_err(
-                |e| {
-                    DatapathError::Io(std::io::Error::other(format!(
-                        "{}: batch update: {e}",
-                        names::THROTTLE_HASH
-                    )))
-                },
-            )?;
-            for (p, k, t) in prefixes {
-                let rule = ThrottleRule {
-                    flags: flags | rule_prefix_flags(*p),
-                    ..rule_for(t)
-                };
-                maps.throttle_lpm
-                    .insert(&Key::new(*p, *k), rule, 0)
-                    .map_err(map_err(names::THROTTLE_LPM))?;
-            }
+            let prefixed: Vec<_> = prefixes
+                .iter()
+                .map(|(p, k, t)| {
+                    let v = ThrottleRule {
+                        flags: prefix_flags(*p),
+                        ..rule_for(t)
+                    };
+                    (*p, *k, v)
+                })
+                .collect();
+            write_list(maps, kind, exact, &values, &prefixed)?;
         }
     }
-    // Sources whose verdict the kernel cached while the entries were written look again.
-    maps.bump_generation()?;
     Ok(started.elapsed().as_secs_f64() * 1e3)
+}
+
+/// A list's two maps: exact addresses in a hash, prefixes in a trie (with their names).
+struct ListMaps<'m, V: aya::Pod> {
+    hash: &'m mut aya::maps::HashMap<MapData, AddrKey, V>,
+    lpm: &'m mut aya::maps::LpmTrie<MapData, AddrKey, V>,
+    hname: &'static str,
+    lname: &'static str,
+}
+
+/// The value type of a list's entries: block and allow entries share one, throttles have theirs.
+trait ListValue: aya::Pod {
+    /// The maps of list `kind`, whose entries are of this type.
+    fn list(maps: &mut Maps, kind: ListKind) -> ListMaps<'_, Self>;
+    /// The entry's `RULE_FLAG_*` bits and recorded prefix length.
+    fn flags(&self) -> u32;
+}
+
+impl ListValue for RuleValue {
+    fn list(maps: &mut Maps, kind: ListKind) -> ListMaps<'_, Self> {
+        match kind {
+            ListKind::Block => ListMaps {
+                hash: &mut maps.block_hash,
+                lpm: &mut maps.block_lpm,
+                hname: names::BLOCK_HASH,
+                lname: names::BLOCK_LPM,
+            },
+            _ => ListMaps {
+                hash: &mut maps.allow_hash,
+                lpm: &mut maps.allow_lpm,
+                hname: names::ALLOW_HASH,
+                lname: names::ALLOW_LPM,
+            },
+        }
+    }
+
+    fn flags(&self) -> u32 {
+        self.flags
+    }
+}
+
+impl ListValue for ThrottleRule {
+    fn list(maps: &mut Maps, _: ListKind) -> ListMaps<'_, Self> {
+        ListMaps {
+            hash: &mut maps.throttle_hash,
+            lpm: &mut maps.throttle_lpm,
+            hname: names::THROTTLE_HASH,
+            lname: names::THROTTLE_LPM,
+        }
+    }
+
+    fn flags(&self) -> u32 {
+        self.flags
+    }
+}
+
+/// The entry at exactly prefix `p` of `k`, not a shorter prefix holding it: a trie answers with
+/// the longest prefix holding the key, the same entry only when its recorded length is `p`.
+fn prefix_entry<V: ListValue>(
+    lpm: &aya::maps::LpmTrie<MapData, AddrKey, V>,
+    p: u32,
+    k: AddrKey,
+) -> Result<Option<V>, MapError> {
+    match lpm.get(&Key::new(p, k), 0) {
+        Ok(v) => Ok((rule_prefix_len(v.flags()) == p).then_some(v)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes one list's entries (exact keys with their values, then prefixes) and has the kernel
+/// look its cached verdicts up again. Several entries are not written in one step: when a write
+/// fails part-way, what this call changed is put back (new entries removed, replaced ones
+/// restored), so that a failed add leaves the list as it was.
+fn write_list<V: ListValue>(
+    maps: &mut Maps,
+    kind: ListKind,
+    exact: &[AddrKey],
+    values: &[V],
+    prefixes: &[(u32, AddrKey, V)],
+) -> Result<(), ListError> {
+    // The kernel writes one entry whole or not at all: nothing to put back.
+    let before = if exact.len() + prefixes.len() > 1 {
+        Some(Before::read(&V::list(maps, kind), exact, prefixes)?)
+    } else {
+        None
+    };
+    let mut prefixes_written = 0;
+    let written = write_raw(
+        V::list(maps, kind),
+        exact,
+        values,
+        prefixes,
+        &mut prefixes_written,
+    )
+    // Sources whose verdict the kernel cached while the entries were written look again.
+    .and_then(|()| Ok(maps.bump_generation()?));
+    let (e, before) = match (written, before) {
+        (Err(e), Some(before)) => (e, before),
+        (written, _) => return written,
+    };
+    let left = before.restore(V::list(maps, kind), exact, prefixes, prefixes_written);
+    // Presence flags raised for the entries, and verdicts the kernel cached meanwhile, follow
+    // the lists as they are again.
+    if let Err(e) = maps.refresh_presence() {
+        tracing::warn!(error = %e, "refreshing the list presence flags after a failed add");
+    }
+    if left > 0 {
+        return Err(ListError::NotRolledBack {
+            source: Box::new(e),
+            left,
+        });
+    }
+    Err(e)
+}
+
+fn write_raw<V: ListValue>(
+    list: ListMaps<'_, V>,
+    exact: &[AddrKey],
+    values: &[V],
+    prefixes: &[(u32, AddrKey, V)],
+    prefixes_written: &mut usize,
+) -> Result<(), ListError> {
+    sys::update_batch(list.hash.map().fd(), exact, values, 65_536).map_err(|e| {
+        DatapathError::Io(std::io::Error::other(format!(
+            "{}: batch update: {e}",
+            list.hname
+        )))
+    })?;
+    for (p, k, v) in prefixes {
+        list.lpm
+            .insert(&Key::new(*p, *k), *v, 0)
+            .map_err(map_err(list.lname))?;
+        *prefixes_written += 1;
+    }
+    Ok(())
+}
+
+/// What a bulk add is about to replace: the entries at its exact keys and at its prefixes as
+/// they were before it wrote anything.
+struct Before<V> {
+    /// The exact keys that held an entry, with it (the others are new).
+    exact: std::collections::HashMap<AddrKey, V>,
+    /// The entry at each prefix of the add, in its order (`None`: new).
+    prefixes: Vec<Option<V>>,
+}
+
+/// From this many exact keys on, the entries they replace are found by scanning the map in
+/// batches (one syscall per 4096 entries it holds) rather than by one lookup per key.
+const SCAN_FROM: usize = 4096;
+
+impl<V: ListValue> Before<V> {
+    fn read(
+        list: &ListMaps<'_, V>,
+        exact: &[AddrKey],
+        prefixes: &[(u32, AddrKey, V)],
+    ) -> Result<Self, ListError> {
+        let mut held = std::collections::HashMap::new();
+        if exact.len() < SCAN_FROM {
+            for k in exact {
+                match list.hash.get(k, 0) {
+                    Ok(v) => {
+                        held.insert(*k, v);
+                    }
+                    Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(list.hname)(e).into()),
+                }
+            }
+        } else {
+            // The set of keys is built only if the map holds anything (a first load does not).
+            let mut wanted = None;
+            sys::lookup_all::<AddrKey>(list.hash.map().fd(), size_of::<V>(), |k, v| {
+                let wanted = wanted
+                    .get_or_insert_with(|| exact.iter().collect::<std::collections::HashSet<_>>());
+                if wanted.contains(k) {
+                    // SAFETY: the kernel wrote one `V` (a plain-integer Pod) into `v`.
+                    held.insert(*k, unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) });
+                }
+            })
+            .map_err(DatapathError::Io)?;
+        }
+        let prefixes = if list.lpm.keys().next().is_none() {
+            vec![None; prefixes.len()]
+        } else {
+            prefixes
+                .iter()
+                .map(|(p, k, _)| prefix_entry(list.lpm, *p, *k))
+                .collect::<Result<_, _>>()
+                .map_err(map_err(list.lname))?
+        };
+        Ok(Self {
+            exact: held,
+            prefixes,
+        })
+    }
+
+    /// Puts back what a failed write changed: every exact key (the batch may have written any
+    /// of them) and the first `prefixes_written` prefixes. New entries go first, so that the
+    /// replaced ones find their room again. Returns how many entries it could not put back.
+    fn restore(
+        self,
+        list: ListMaps<'_, V>,
+        exact: &[AddrKey],
+        prefixes: &[(u32, AddrKey, V)],
+        prefixes_written: usize,
+    ) -> usize {
+        // An entry the write never reached is already gone.
+        let gone = |r: Result<(), MapError>| match r {
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            r => r,
+        };
+        let written = prefixes.iter().zip(&self.prefixes).take(prefixes_written);
+        let mut failed = 0;
+        for ((p, k, _), _) in written.clone().filter(|(_, old)| old.is_none()) {
+            failed += usize::from(gone(list.lpm.remove(&Key::new(*p, *k))).is_err());
+        }
+        for k in exact.iter().filter(|k| !self.exact.contains_key(*k)) {
+            failed += usize::from(gone(list.hash.remove(k)).is_err());
+        }
+        for ((p, k, _), old) in written {
+            if let Some(v) = old {
+                failed += usize::from(list.lpm.insert(&Key::new(*p, *k), *v, 0).is_err());
+            }
+        }
+        let (keys, values): (Vec<AddrKey>, Vec<V>) = self.exact.into_iter().unzip();
+        if let Err(e) = sys::update_batch(list.hash.map().fd(), &keys, &values, 65_536) {
+            tracing::warn!(error = %e, list = list.hname, "restoring replaced entries");
+            failed += keys.len();
+        }
+        failed
+    }
 }
 
 fn check_room(
@@ -779,15 +1001,12 @@ pub fn held(maps: &Maps, kind: ListKind, target: &Target) -> Option<(u64, bool)>
     ) -> Option<(u64, u32)> {
         m.get(&k, 0).ok().map(|v| of(&v))
     }
-    // A trie answers with the longest prefix holding the key: the same entry only when its
-    // recorded length is this prefix's.
-    fn prefix<V: aya::Pod>(
+    fn prefix<V: ListValue>(
         m: &aya::maps::LpmTrie<MapData, AddrKey, V>,
         (p, k): (u32, AddrKey),
         of: fn(&V) -> (u64, u32),
     ) -> Option<(u64, u32)> {
-        let (expires_ns, flags) = m.get(&Key::new(p, k), 0).ok().map(|v| of(&v))?;
-        (rule_prefix_len(flags) == p).then_some((expires_ns, flags))
+        prefix_entry(m, p, k).ok().flatten().map(|v| of(&v))
     }
     let rule: fn(&RuleValue) -> (u64, u32) = |v| (v.expires_ns, v.flags);
     let throttle: fn(&ThrottleRule) -> (u64, u32) = |v| (v.expires_ns, v.flags);

@@ -204,7 +204,8 @@ pub struct Rule {
     pub kinds: Vec<AlertKind>,
     /// Lowest severity it applies to.
     pub min_severity: Severity,
-    /// Escalation ladder: the n-th offence in the window takes step n (the last repeats).
+    /// Escalation ladder: the n-th offence in the window takes step n (the last repeats); at
+    /// most [`MAX_STEPS`] steps.
     pub steps: Vec<Step>,
     /// Throttle rate.
     pub rate: Rate,
@@ -330,6 +331,16 @@ impl Policy {
                     format!("rule {} has no actions", i + 1),
                 ));
             }
+            if r.actions.len() > MAX_STEPS {
+                return Err(PolicyError::in_text(
+                    at(),
+                    format!(
+                        "rule {} has {} actions: a ladder takes at most {MAX_STEPS} (its last step repeats)",
+                        i + 1,
+                        r.actions.len()
+                    ),
+                ));
+            }
             if let Rate::Fixed(0) = r.rate {
                 return Err(PolicyError::in_text(
                     at(),
@@ -409,7 +420,8 @@ pub struct Decision {
     pub ttl: Duration,
     /// Recorded but not acted on (global or rule shadow mode).
     pub shadow: bool,
-    /// Which offence this was within the window (1-based).
+    /// Which offence this was within the window (1-based), counted up to [`MAX_STEPS`] (any
+    /// later one is reported as that).
     pub offence: usize,
     /// Actions taken alongside the step (`kill_flow`, `revoke_token`).
     pub also: Vec<Step>,
@@ -427,11 +439,72 @@ impl Decision {
     }
 }
 
+/// Most steps a rule's ladder may have. Offences are counted up to this many: no ladder tells
+/// more apart, so each source keeps at most this many timestamps.
+pub const MAX_STEPS: usize = 16;
+
+/// Most sources whose offences are remembered at once.
+const MAX_TRACKED: usize = 1_000_000;
+
+/// A source's offences within the escalation window, as a ladder counts them, in bounded
+/// memory: the last `MAX_STEPS - 1` timestamps in the order they came, and the latest of the
+/// ones before them.
+///
+/// It counts as the list of every timestamp would, up to [`MAX_STEPS`]: that list forgets its
+/// first timestamps while they are out of the window and stops at the first one inside. The
+/// older ones kept here as their latest are either all out (then all are forgotten, and the
+/// recent ones are looked at as before) or not (then the list stops among them and still holds
+/// them and the `MAX_STEPS - 1` recent ones: [`MAX_STEPS`] or more). Timestamps need not come in
+/// order.
+#[derive(Debug, Default)]
+struct Offences {
+    /// The latest timestamp of the offences before `recent`, while any of them is held.
+    older: Option<u64>,
+    /// The last offences, oldest first; at most `MAX_STEPS - 1`.
+    recent: VecDeque<u64>,
+}
+
+impl Offences {
+    /// Forgets the first offences while they are outside the window ending at `now`.
+    fn expire(&mut self, now: u64, window_ns: u64) {
+        let out = |t: u64| now.saturating_sub(t) >= window_ns;
+        match self.older {
+            Some(t) if !out(t) => return,
+            Some(_) => self.older = None,
+            None => {}
+        }
+        while self.recent.front().is_some_and(|t| out(*t)) {
+            self.recent.pop_front();
+        }
+    }
+
+    fn push(&mut self, t: u64) {
+        self.recent.push_back(t);
+        if self.recent.len() == MAX_STEPS {
+            let first = self.recent.pop_front().expect("full");
+            self.older = Some(self.older.map_or(first, |o| o.max(first)));
+        }
+    }
+
+    /// Offences held, up to [`MAX_STEPS`].
+    fn count(&self) -> usize {
+        self.recent.len() + usize::from(self.older.is_some())
+    }
+
+    /// The last offence that came.
+    fn last(&self) -> Option<u64> {
+        self.recent.back().copied()
+    }
+}
+
 /// Applies a policy to alerts, remembering offences per source for escalation.
 pub struct Decider {
     policy: Policy,
-    offences: HashMap<IpAddr, VecDeque<u64>>,
+    offences: HashMap<IpAddr, Offences>,
     max_tracked: usize,
+    /// Alert time before which sweeping `offences` frees nothing (no source's last offence
+    /// leaves the window sooner).
+    next_sweep_ns: u64,
 }
 
 impl Decider {
@@ -440,7 +513,8 @@ impl Decider {
         Self {
             policy,
             offences: HashMap::new(),
-            max_tracked: 1_000_000,
+            max_tracked: MAX_TRACKED,
+            next_sweep_ns: 0,
         }
     }
 
@@ -452,6 +526,8 @@ impl Decider {
     /// Replaces the policy (offence history is kept).
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
+        // Its window may be shorter.
+        self.next_sweep_ns = 0;
     }
 
     /// True when the alert's address or principal is allowlisted.
@@ -480,7 +556,6 @@ impl Decider {
             .find(|r| r.kinds.contains(&alert.kind) && alert.severity >= r.min_severity)?
             .clone();
         let ip: Option<IpAddr> = alert.src_ip.parse().ok();
-        let window_ns = self.policy.window.as_nanos() as u64;
         let shadow = self.policy.mode == PolicyMode::Shadow || rule.shadow;
         // Offences that escalate are the ones acted on in the kernel: an alert-only or token
         // rule, or a rule in shadow, does not push a source up another rule's ladder.
@@ -492,28 +567,7 @@ impl Decider {
                 )
             });
         let offence = match ip {
-            Some(ip) => {
-                if self.offences.len() >= self.max_tracked && !self.offences.contains_key(&ip) {
-                    // Forget the sources whose offences are all outside the window.
-                    let now = alert.ts_ns;
-                    self.offences.retain(|_, q| {
-                        q.back().is_some_and(|t| now.saturating_sub(*t) < window_ns)
-                    });
-                }
-                let q = self.offences.entry(ip).or_default();
-                while q
-                    .front()
-                    .is_some_and(|t| alert.ts_ns.saturating_sub(*t) >= window_ns)
-                {
-                    q.pop_front();
-                }
-                if counts {
-                    q.push_back(alert.ts_ns);
-                    q.len()
-                } else {
-                    q.len() + 1
-                }
-            }
+            Some(ip) => self.offence(ip, alert.ts_ns, counts),
             None => 1,
         };
         let step = rule.steps[(offence - 1).min(rule.steps.len() - 1)];
@@ -545,6 +599,52 @@ impl Decider {
             offence,
             also: rule.also,
         })
+    }
+
+    /// Which offence of `ip` within the window one at `now` is, up to [`MAX_STEPS`]; remembered
+    /// when it `counts`. A source that cannot be remembered (every slot holds a source with an
+    /// offence in the window) is on its first.
+    fn offence(&mut self, ip: IpAddr, now: u64, counts: bool) -> usize {
+        let window_ns = self.policy.window.as_nanos() as u64;
+        if !self.offences.contains_key(&ip)
+            && (!counts || (self.offences.len() >= self.max_tracked && !self.sweep(now)))
+        {
+            return 1;
+        }
+        let q = self.offences.entry(ip).or_default();
+        q.expire(now, window_ns);
+        if counts {
+            q.push(now);
+            q.count()
+        } else {
+            (q.count() + 1).min(MAX_STEPS)
+        }
+    }
+
+    /// Forgets the sources whose last offence is outside the window; true when that made room
+    /// for another. A sweep walks every source: it runs only once one can have left the window.
+    fn sweep(&mut self, now: u64) -> bool {
+        if now < self.next_sweep_ns {
+            return false;
+        }
+        let window_ns = self.policy.window.as_nanos() as u64;
+        let mut next = u64::MAX;
+        self.offences.retain(|_, q| {
+            let Some(last) = q.last().filter(|t| now.saturating_sub(*t) < window_ns) else {
+                return false;
+            };
+            next = next.min(last.saturating_add(window_ns));
+            true
+        });
+        self.next_sweep_ns = next;
+        let room = self.offences.len() < self.max_tracked;
+        if !room {
+            tracing::warn!(
+                sources = self.offences.len(),
+                "every offence slot holds a source with an offence in the escalation window: new sources are not escalated until one leaves it"
+            );
+        }
+        room
     }
 }
 
@@ -643,6 +743,119 @@ actions = ["throttle", "block", "block_prefix"]
         );
         // After the window, it starts over.
         assert_eq!(d.decide(&a(30 + 3601)).unwrap().step, Step::Throttle);
+    }
+
+    #[test]
+    fn a_flood_of_offences_keeps_a_bounded_queue_and_escalates_as_before() {
+        let mut d = Decider::new(Policy::parse(POLICY).unwrap());
+        let ip = "203.0.113.9";
+        let a = |ms: u64| Alert {
+            ts_ns: ms * 1_000_000,
+            ..alert(AlertKind::BruteForce, Severity::High, ip, 0)
+        };
+        let held = |d: &Decider| d.offences[&ip.parse::<IpAddr>().unwrap()].recent.len();
+        for ms in 0..10_000 {
+            let got = d.decide(&a(ms)).unwrap();
+            let want = match ms {
+                0 => Step::Throttle,
+                1 => Step::Block,
+                _ => Step::BlockPrefix,
+            };
+            assert_eq!(got.step, want, "offence {}", ms + 1);
+            assert_eq!(got.offence, (ms as usize + 1).min(MAX_STEPS));
+            assert!(held(&d) < MAX_STEPS, "{} held", held(&d));
+        }
+        // An hour after the first: the first is out, 9,999 (more than any ladder) are in.
+        assert_eq!(d.decide(&a(3_600_000)).unwrap().step, Step::BlockPrefix);
+        // An hour after the last: it starts over.
+        assert_eq!(d.decide(&a(7_200_000)).unwrap().step, Step::Throttle);
+        assert_eq!(d.decide(&a(7_200_001)).unwrap().step, Step::Block);
+    }
+
+    #[test]
+    fn bounded_offences_count_as_every_timestamp_would() {
+        // What escalation counted when every timestamp was kept.
+        fn unbounded(q: &mut VecDeque<u64>, now: u64, window_ns: u64) -> usize {
+            while q
+                .front()
+                .is_some_and(|t| now.saturating_sub(*t) >= window_ns)
+            {
+                q.pop_front();
+            }
+            q.push_back(now);
+            q.len()
+        }
+        // A ladder as long as allowed: offences 1 to 15 throttle, the 16th and later block.
+        let mut ladder = vec!["\"throttle\""; MAX_STEPS - 1];
+        ladder.push("\"block\"");
+        let policy = format!(
+            "[escalation]\nwindow = \"10s\"\n[[rule]]\nkinds = [\"brute_force\"]\nactions = [{}]\n",
+            ladder.join(", ")
+        );
+        let mut d = Decider::new(Policy::parse(&policy).unwrap());
+        let window_ns = 10_000_000_000;
+        let ip = "198.51.100.7";
+        let mut all = VecDeque::new();
+        let mut most = 0;
+        // Bursts, lulls longer than the window, and timestamps out of order.
+        let mut seed = 7u64;
+        let mut now = 0u64;
+        for i in 0..20_000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let r = seed >> 33;
+            now = match r % 100 {
+                0 => now + 2 * window_ns,
+                1..=9 => now.saturating_sub(r % window_ns),
+                _ => now + r % (window_ns / 200),
+            };
+            let want = unbounded(&mut all, now, window_ns);
+            most = most.max(want);
+            let got = d
+                .decide(&Alert {
+                    ts_ns: now,
+                    ..alert(AlertKind::BruteForce, Severity::High, ip, 0)
+                })
+                .unwrap();
+            assert_eq!(
+                got.offence,
+                want.min(MAX_STEPS),
+                "alert {i} of {want} in the window"
+            );
+            let step = if want < MAX_STEPS {
+                Step::Throttle
+            } else {
+                Step::Block
+            };
+            assert_eq!(got.step, step, "alert {i}");
+        }
+        assert!(most > 10 * MAX_STEPS, "the full list held at most {most}");
+        assert!(d.offences[&ip.parse::<IpAddr>().unwrap()].recent.len() < MAX_STEPS);
+    }
+
+    #[test]
+    fn tracked_sources_are_bounded_and_freed_once_out_of_the_window() {
+        let mut d = Decider::new(Policy::parse(POLICY).unwrap());
+        d.max_tracked = 4;
+        let at = |d: &mut Decider, ip: &str, t: u64| {
+            d.decide(&alert(AlertKind::BruteForce, Severity::High, ip, t))
+                .unwrap()
+                .offence
+        };
+        for i in 1..=4 {
+            assert_eq!(at(&mut d, &format!("198.51.100.{i}"), 0), 1);
+        }
+        // Every slot holds a source within the window: a fifth is not remembered.
+        assert_eq!(at(&mut d, "198.51.100.5", 1), 1);
+        assert_eq!(at(&mut d, "198.51.100.5", 2), 1);
+        assert_eq!(d.offences.len(), 4);
+        // The tracked ones still escalate.
+        assert_eq!(at(&mut d, "198.51.100.1", 3), 2);
+        // Once the other three are out of the window, their slots are free.
+        assert_eq!(at(&mut d, "198.51.100.5", 3601), 1);
+        assert_eq!(at(&mut d, "198.51.100.5", 3602), 2);
+        assert_eq!(d.offences.len(), 2);
     }
 
     #[test]
@@ -757,6 +970,12 @@ actions = ["throttle", "block", "block_prefix"]
         assert_eq!(e.line, Some(4), "{e}");
         let e = Policy::parse("\n[[rule]]\nkinds = [\"xss\"]\nactions = []\n").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
+        let long = vec!["\"block\""; MAX_STEPS + 1].join(", ");
+        let e = Policy::parse(&format!(
+            "[[rule]]\nkinds = [\"xss\"]\nactions = [{long}]\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("at most 16"), "{e}");
         let e = Policy::parse("[allow]\naddresses = [\"10.0.0.300\"]\n").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
         let e = Policy::parse("[[rule]]\nkinds = [\"xss\"]\nactions = [\"block\"]\nrate = 0\n")
