@@ -35,6 +35,20 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("tshark", "benchmark peer: tshark -Y http"),
     ("wrk", "HTTP load generator for the capture benchmarks"),
     (
+        "hydra",
+        "attack tool for the tools root test (brute force, stuffing)",
+    ),
+    (
+        "sqlmap",
+        "attack tool for the tools root test (SQL injection)",
+    ),
+    (
+        "wfuzz",
+        "attack tool and payload lists for the tools root test",
+    ),
+    ("ffuf", "attack tool for the tools root test (enumeration)"),
+    ("curl", "the tools root test's benign client"),
+    (
         "fail2ban",
         "benchmark peer: log-based ban loop (bench verdict)",
     ),

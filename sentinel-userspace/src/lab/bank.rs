@@ -242,8 +242,35 @@ struct LoginBody {
     password: String,
 }
 
-async fn login(State(bank): State<Shared>, body: Bytes) -> Response {
-    let Ok(req) = serde_json::from_slice::<LoginBody>(&body) else {
+/// A form login (`username=...&password=...`, as a login page, or a tool such as hydra, sends
+/// it) rather than the API's JSON.
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
+/// A login body: JSON, or a form.
+fn login_body(headers: &HeaderMap, body: &[u8]) -> Option<LoginBody> {
+    if !is_form(headers) {
+        return serde_json::from_slice(body).ok();
+    }
+    let pairs = crate::notify::revoke::parse_form(std::str::from_utf8(body).ok()?);
+    let field = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    Some(LoginBody {
+        username: field("username")?,
+        password: field("password")?,
+    })
+}
+
+async fn login(State(bank): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(req) = login_body(&headers, &body) else {
         return (
             StatusCode::BAD_REQUEST,
             Json(json!({"error": "bad request"})),
@@ -259,6 +286,14 @@ async fn login(State(bank): State<Shared>, body: Bytes) -> Response {
         b.tokens.insert(token.clone(), req.username.clone());
         b.balances.entry(req.username).or_insert(10_000);
         (StatusCode::OK, Json(json!({"token": token}))).into_response()
+    } else if is_form(&headers) {
+        // A login page shows the form again with the error, as 200.
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html")],
+            "<p class=\"error\">Login failed: invalid credentials</p><form method=\"post\">",
+        )
+            .into_response()
     } else {
         (
             StatusCode::UNAUTHORIZED,

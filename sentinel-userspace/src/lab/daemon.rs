@@ -28,7 +28,7 @@ pub struct Daemon {
     ifaces: Vec<String>,
     extra: Vec<String>,
     /// Socket, logs and configuration; dropped after the daemon is killed and unloaded.
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Daemon {
@@ -71,7 +71,7 @@ impl Daemon {
             ns_path: ns.path(),
             ifaces: ifaces.iter().map(|s| s.to_string()).collect(),
             extra,
-            _dir: dir,
+            dir,
         };
         d.spawn()?;
         Ok(d)
@@ -122,6 +122,11 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("daemon not ready after 30 s: {}", self.log_text())
+    }
+
+    /// The alert log of a daemon started without `--config` (one line per alert).
+    pub fn alert_log(&self) -> PathBuf {
+        self.dir.join("alerts.jsonl")
     }
 
     /// The daemon's log so far.
@@ -221,6 +226,6 @@ impl Drop for Daemon {
                 .arg(&self.pin_path),
             Duration::from_secs(30),
         );
-        // `_dir` (socket, logs, configuration) goes with the fields.
+        // `dir` (socket, logs, configuration) goes with the fields.
     }
 }

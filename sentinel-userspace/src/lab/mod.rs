@@ -13,6 +13,7 @@ pub mod netns;
 pub mod pcapgen;
 pub mod reference;
 pub mod sim;
+pub mod tools;
 pub mod traffic;
 
 use std::{

@@ -428,7 +428,7 @@ pub fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
     }
 }
 
-fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
+pub(crate) fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
