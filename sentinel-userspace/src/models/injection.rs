@@ -2,7 +2,7 @@
 //! `libinjectionrs` port) and `path_traversal` (own rules).
 //!
 //! Inputs: decoded path segments, decoded query names and values, form and JSON body values
-//! (strings, up to `max_values`), and the headers that carry client input (`Referer`'s query,
+//! (strings; up to `max_values` worth judging in each place), and the headers that carry client input (`Referer`'s query,
 //! `User-Agent`, `Cookie` values, `X-Forwarded-*`). Each value is decoded (`%XX`, `+`, twice when
 //! still encoded) before it is judged.
 //!
@@ -42,7 +42,8 @@ pub struct Config {
     pub headers: Vec<String>,
     /// Body bytes parsed at most. Default 65,536.
     pub max_body_bytes: usize,
-    /// Values judged per request at most. Default 256.
+    /// Values judged per place of a request (path, query, body, headers) at most; only values
+    /// a pre-filter finds worth judging count. Default 256.
     pub max_values: usize,
 }
 
@@ -618,6 +619,9 @@ impl InjectionDetector {
         body: &'a Body<'_>,
         with_path: bool,
     ) -> Vec<Input<'a>> {
+        // Each place (path, query, body, headers) has its own budget of values: many values
+        // in one must not keep another's from being judged.
+        let max = self.cfg.max_values;
         let mut v = Vec::new();
         if with_path {
             for seg in o.path.split('/').filter(|s| !s.is_empty()) {
@@ -630,12 +634,18 @@ impl InjectionDetector {
                 }
             }
         }
+        v.truncate(max);
+        let start = v.len();
         pairs(&o.query, Place::Query, &mut v);
+        v.truncate(start + max);
+        let start = v.len();
         match body {
-            Body::Json(j) => json_values(j, "", &mut v, self.cfg.max_values),
+            Body::Json(j) => json_values(j, "", &mut v, start + max),
             Body::Form(text) => pairs(text, Place::Form, &mut v),
             Body::None => {}
         }
+        v.truncate(start + max);
+        let start = v.len();
         for (name, value) in &o.req_headers {
             if !self.header_scanned(name) || !candidate(value) {
                 continue;
@@ -672,7 +682,7 @@ impl InjectionDetector {
                 });
             }
         }
-        v.truncate(self.cfg.max_values);
+        v.truncate(start + max);
         v
     }
 }
@@ -697,24 +707,39 @@ fn pairs<'a>(q: &'a str, place: Place, out: &mut Vec<Input<'a>>) {
     }
     for p in q.split('&') {
         let (k, val) = p.split_once('=').unwrap_or(("", p));
-        if !(candidate(val) || candidate(k) || (val.contains('+') && plus_as_space(val, candidate)))
-        {
-            continue;
-        }
+        // Escaped names and values are judged worth it decoded: `%41` is an `A`, and a few
+        // hundred of them must not use up the values judged before the one that matters.
+        let key_worth = candidate(&decoded(k, true));
+        let value = if val.contains('%') {
+            let value = decoded(val, true);
+            if !(candidate(&value) || key_worth) {
+                continue;
+            }
+            value
+        } else {
+            if !(candidate(val)
+                || key_worth
+                || (val.contains('+') && plus_as_space(val, candidate)))
+            {
+                continue;
+            }
+            decoded(val, true)
+        };
         out.push(Input {
             place,
             name: k,
-            value: decoded(val, true),
+            value,
         });
     }
 }
 
+/// The string values of `j` that are worth judging, up to `out` holding `max`.
 fn json_values<'a>(j: &'a Value, path: &'a str, out: &mut Vec<Input<'a>>, max: usize) {
     if out.len() >= max {
         return;
     }
     match j {
-        Value::String(s) => out.push(Input {
+        Value::String(s) if candidate(s) => out.push(Input {
             place: Place::Json,
             name: path,
             value: Cow::Borrowed(s),
@@ -976,6 +1001,40 @@ mod tests {
             let k = kinds(&mut e, &get(target, i as u64));
             assert!(k.contains(want), "{target}: {k:?}");
         }
+    }
+
+    #[test]
+    fn padding_does_not_push_the_payload_out_of_the_values_judged() {
+        let payload = "id=1%27%20OR%20%271%27%3D%271";
+        // Escaped harmless values before it, in the same query.
+        let padded: Vec<String> = (0..300).map(|i| format!("p%{i:02}={i}%41")).collect();
+        let q = format!("{}&{payload}", padded.join("&"));
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let k = kinds(&mut e, &get(&format!("/items?{q}"), 0));
+        assert!(k.contains(&AlertKind::SqlInjection), "{k:?}");
+        // Harmless JSON strings under keys that come first.
+        let mut body = String::from("{");
+        for i in 0..300 {
+            body += &format!("\"a{i:03}\":\"value {i}\",");
+        }
+        body += r#""z":"1' UNION SELECT username,password FROM users--"}"#;
+        let mut o = obs(T0 + S, "203.0.113.50", "/search");
+        o.method = "POST".into();
+        o.req_headers
+            .push(("Content-Type".into(), "application/json".into()));
+        o.req_body = body.into_bytes().into();
+        let k = kinds(&mut Engine::new(&ModelsConfig::default()).unwrap(), &o);
+        assert!(k.contains(&AlertKind::SqlInjection), "{k:?}");
+        // Values worth judging in the query do not use up the body's budget.
+        let quoted: Vec<String> = (0..300).map(|i| format!("n{i}=O'Brien{i}")).collect();
+        let mut o = obs(T0 + 2 * S, "203.0.113.51", "/search");
+        o.query = quoted.join("&").into();
+        o.method = "POST".into();
+        o.req_headers
+            .push(("Content-Type".into(), "application/json".into()));
+        o.req_body = br#"{"q":"<script>alert(document.cookie)</script>"}"#.to_vec().into();
+        let k = kinds(&mut Engine::new(&ModelsConfig::default()).unwrap(), &o);
+        assert!(k.contains(&AlertKind::Xss), "{k:?}");
     }
 
     #[test]
