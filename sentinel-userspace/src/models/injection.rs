@@ -500,7 +500,37 @@ fn decoded(s: &str, form: bool) -> Cow<'_, str> {
 enum Body<'a> {
     None,
     Json(Value),
+    /// A JSON text that does not parse: its whole string values, with their keys.
+    Strings(Vec<(String, String)>),
     Form(Cow<'a, str>),
+}
+
+/// The complete string values of a JSON text that does not parse (cut at the body cap, or
+/// malformed), each with the key it follows (empty before any), in order. A string cut by the
+/// end of the text is left out.
+fn json_strings(b: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut key = String::new();
+    let mut i = 0;
+    while let Some(open) = memchr::memchr(b'"', &b[i..]).map(|o| i + o) {
+        let mut end = open + 1;
+        while end < b.len() && b[end] != b'"' {
+            end += if b[end] == b'\\' { 2 } else { 1 };
+        }
+        if end >= b.len() {
+            break;
+        }
+        i = end + 1;
+        let Ok(text) = serde_json::from_slice::<String>(&b[open..=end]) else {
+            continue;
+        };
+        if b[i..].iter().find(|c| !c.is_ascii_whitespace()) == Some(&b':') {
+            key = text;
+        } else {
+            out.push((key.clone(), text));
+        }
+    }
+    out
 }
 
 struct Finding {
@@ -604,7 +634,10 @@ impl InjectionDetector {
         if contains_ci(ctype, b"json") || matches!(first, Some(b'{' | b'[')) {
             match body_candidate(body).then(|| serde_json::from_slice::<Value>(body)) {
                 Some(Ok(j)) => Body::Json(j),
-                _ => Body::None,
+                // Cut at the cap (a large body padded before its payload) or malformed: the
+                // strings that are whole are still judged.
+                Some(Err(_)) => Body::Strings(json_strings(body)),
+                None => Body::None,
             }
         } else if contains_ci(ctype, b"x-www-form-urlencoded") {
             Body::Form(String::from_utf8_lossy(body))
@@ -641,6 +674,14 @@ impl InjectionDetector {
         let start = v.len();
         match body {
             Body::Json(j) => json_values(j, "", &mut v, start + max),
+            Body::Strings(list) => {
+                let worth = list.iter().filter(|(_, s)| candidate(s));
+                v.extend(worth.take(max).map(|(k, s)| Input {
+                    place: Place::Json,
+                    name: k,
+                    value: Cow::Borrowed(s.as_str()),
+                }));
+            }
             Body::Form(text) => pairs(text, Place::Form, &mut v),
             Body::None => {}
         }
@@ -1035,6 +1076,30 @@ mod tests {
         o.req_body = br#"{"q":"<script>alert(document.cookie)</script>"}"#.to_vec().into();
         let k = kinds(&mut Engine::new(&ModelsConfig::default()).unwrap(), &o);
         assert!(k.contains(&AlertKind::Xss), "{k:?}");
+    }
+
+    #[test]
+    fn a_json_body_cut_at_the_cap_is_still_judged() {
+        let pad = "A".repeat(70_000);
+        let body =
+            format!(r#"{{"q":"1' UNION SELECT username,password FROM users--","pad":"{pad}"}}"#);
+        let mut o = obs(T0, "203.0.113.52", "/search");
+        o.method = "POST".into();
+        o.req_headers
+            .push(("Content-Type".into(), "application/json".into()));
+        o.req_body = body.into_bytes().into();
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let a = e.observe(&o);
+        let sql = a.iter().find(|a| a.kind == AlertKind::SqlInjection);
+        assert!(
+            sql.is_some_and(|a| a.explanation.contains("json q")),
+            "{a:?}"
+        );
+        assert_eq!(
+            json_strings(br#"{"a":"x\"y","b":["c","d"],"e":{"f":"g"},"h":"cut"#),
+            [("a", "x\"y"), ("b", "c"), ("b", "d"), ("f", "g")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
     }
 
     #[test]
