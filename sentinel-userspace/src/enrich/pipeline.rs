@@ -210,7 +210,7 @@ impl Enricher {
             geo: self.locate(client_ip),
             method: t.method.into(),
             path: t.path.into(),
-            endpoint: self.templates.template(t.path),
+            endpoint: self.templates.template_for(t.path, t.status),
             query: t.query.into(),
             status: t.status,
             req_bytes: t.req_bytes,

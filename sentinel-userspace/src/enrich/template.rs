@@ -133,6 +133,19 @@ impl Templates {
 
     /// Learns from `path` (without the query) and returns its template.
     pub fn template(&mut self, path: &str) -> String {
+        self.template_of(path, true)
+    }
+
+    /// The template of `path` as a request answered `status` (0: no answer) shows it. Only
+    /// paths the server knows teach: a scanner's 404s (a directory list of a few hundred
+    /// names) would turn the first position into `{param}`, and `/login` into `/{param}`, for
+    /// good. A path that does not teach is read with what was learned; from its first segment
+    /// the learner does not know on, segments stay literal (identifiers still by shape).
+    pub fn template_for(&mut self, path: &str, status: u16) -> String {
+        self.template_of(path, !matches!(status, 0 | 404))
+    }
+
+    fn template_of(&mut self, path: &str, learn: bool) -> String {
         let mut out = String::with_capacity(path.len());
         let mut node = 0usize;
         let mut segs = path.split('/').filter(|s| !s.is_empty()).peekable();
@@ -140,16 +153,26 @@ impl Templates {
             return "/".into();
         }
         let mut folded = false;
+        // Not learning, past what was learned: the rest is read by shape alone.
+        let mut detached = false;
         for (depth, seg) in segs.enumerate() {
             out.push('/');
             if depth >= self.limits.max_depth {
                 out.push_str("{rest}");
                 break;
             }
+            if detached {
+                out.push_str(shape_placeholder(seg).unwrap_or(seg));
+                continue;
+            }
             if let Some(ph) = shape_placeholder(seg) {
                 out.push_str(ph);
                 let next = match self.nodes[node].typed.get(ph) {
                     Some(n) => *n,
+                    None if !learn => {
+                        detached = true;
+                        continue;
+                    }
                     None => match self.alloc() {
                         Some(n) => {
                             self.nodes[node].typed.insert(ph, n);
@@ -172,6 +195,11 @@ impl Templates {
             if let Some(n) = self.nodes[node].children.get(seg) {
                 out.push_str(seg);
                 node = *n;
+                continue;
+            }
+            if !learn {
+                out.push_str(seg);
+                detached = true;
                 continue;
             }
             // A new literal here: too many already means this position is a parameter.
@@ -233,6 +261,29 @@ mod tests {
         assert_eq!(t.template("/"), "/");
         assert_eq!(t.template("/login"), "/login");
         assert_eq!(t.template("/login/"), "/login");
+    }
+
+    #[test]
+    fn a_scanners_404s_teach_nothing() {
+        let mut t = Templates::default();
+        assert_eq!(t.template_for("/login", 401), "/login");
+        assert_eq!(t.template_for("/accounts/7", 200), "/accounts/{id}");
+        // A directory scan: hundreds of names the server does not have.
+        for i in 0..300 {
+            let path = format!("/admin{i}/config.php");
+            assert_eq!(t.template_for(&path, 404), path);
+        }
+        let nodes = t.len();
+        assert_eq!(t.template_for("/login", 200), "/login");
+        assert_eq!(t.template_for("/balance", 200), "/balance");
+        assert_eq!(t.template_for("/accounts/8", 200), "/accounts/{id}");
+        // Known prefixes still read as learned; unknown tails by shape.
+        assert_eq!(
+            t.template_for("/accounts/9/x/12", 404),
+            "/accounts/{id}/x/{id}"
+        );
+        assert_eq!(t.template_for("/nothing", 0), "/nothing");
+        assert_eq!(t.len(), nodes + 1, "only /balance was learned");
     }
 
     #[test]
