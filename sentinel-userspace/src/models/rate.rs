@@ -6,9 +6,12 @@
 //! `window_s`. Each completed window with traffic is a sample: of the endpoint's population
 //! (a log-spaced histogram, from which a high quantile is read) and of the key's own history (a
 //! slowly decaying peak). The limit is
-//! `max(min_limit, population_quantile x population_margin, own_peak x own_margin)`; until an
-//! endpoint has `warmup_samples` samples, `default_limit` stands in for the population term.
-//! Samples above the limit in force are not learned, so an attack does not raise its own bar.
+//! `max(min_limit, population, min(own_peak x own_margin, population x own_ceiling))`, where
+//! `population` is `population_quantile x population_margin`; until an endpoint has
+//! `warmup_samples` samples, `default_limit` stands in for it. Samples above the limit in force
+//! are not learned, and a key's own history can lift its limit at most `own_ceiling` times
+//! above what the population makes plausible: a client that ramps up a little under its limit
+//! each window raises its own peak, but not past that.
 //!
 //! The limit is what a throttle should allow: alerts carry it as `recommended_rate` in packets per
 //! second (requests per second x `packets_per_request`, because the kernel throttle counts
@@ -44,6 +47,9 @@ pub struct Config {
     pub population_margin: f64,
     /// Multiplier on the key's own peak. Default 3.
     pub own_margin: f64,
+    /// How far above the population term the own term may lift a key's limit, as a multiple of
+    /// it. Default 10.
+    pub own_ceiling: f64,
     /// Packets per request when converting the limit into a throttle rate. Default 6 (a request
     /// and its acknowledgements on a fresh connection: SYN, ACK, request, ACKs, FIN).
     pub packets_per_request: f64,
@@ -66,6 +72,7 @@ impl Default for Config {
             population_quantile: 0.999,
             population_margin: 2.0,
             own_margin: 3.0,
+            own_ceiling: 10.0,
             packets_per_request: 6.0,
             per_source: true,
             burst_factor: 5.0,
@@ -89,7 +96,10 @@ impl Config {
             0.0
         };
         Limit {
-            limit: self.min_limit.max(population).max(own),
+            limit: self
+                .min_limit
+                .max(population)
+                .max(own.min(population * self.own_ceiling)),
             population,
             own,
             learned,
@@ -111,6 +121,7 @@ impl Config {
             .unit("population_quantile", self.population_quantile)
             .positive("population_margin", self.population_margin)
             .positive("own_margin", self.own_margin)
+            .check("own_ceiling", self.own_ceiling >= 1.0, "must be at least 1")
             .positive("packets_per_request", self.packets_per_request)
             .finish()
     }
@@ -252,11 +263,17 @@ fn count(
     let (c, idle) = counters.entry_idle(key, ts, || Counter::new(now));
     let done = c.add(now, w, idle >= STALE_NS);
     let hist = hists.get(hist_key).copied();
-    if let Some(n) = done
-        && f64::from(n) <= cfg.limit(hist.as_ref(), c).limit
-    {
-        c.learn(n);
-        hists.entry(hist_key, ts, Hist::default).add(f64::from(n));
+    if let Some(n) = done {
+        let l = cfg.limit(hist.as_ref(), c);
+        if f64::from(n) <= l.limit {
+            c.learn(n);
+        }
+        // The population learns only what it already finds plausible, not what one key's own
+        // history allows it: a key ramping up under its own limit would otherwise become the
+        // top of a small population and lift everyone's limit with its own.
+        if f64::from(n) <= l.population.max(cfg.min_limit) {
+            hists.entry(hist_key, ts, Hist::default).add(f64::from(n));
+        }
     }
     (*c, cfg.limit(hist.as_ref(), c))
 }
@@ -515,6 +532,39 @@ mod tests {
             (pps - rps * 6.0).abs() < 0.1 && (2.0..10.0).contains(&rps),
             "{rps}"
         );
+    }
+
+    #[test]
+    fn a_client_cannot_ramp_its_own_limit_up_without_end() {
+        // Each 10 s window 2.5 times the last, always under the limit its own peak set: the
+        // peak rose with it and nothing was raised up to ~47k requests/s.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        population(&mut e, 200, 2);
+        let mut t = T0 + 3 * 86_400 * S;
+        let (mut n, mut flagged_at) = (15.0f64, None);
+        for window in 0..10 {
+            let count = if window < 3 { 15 } else { n as u64 };
+            for i in 0..count {
+                let o = with_token(
+                    obs(t + i * 10 * S / count, "203.0.113.55", "/balance"),
+                    "t-9",
+                );
+                if e.observe(&o)
+                    .iter()
+                    .any(|a| a.kind == AlertKind::RateAnomaly)
+                {
+                    flagged_at.get_or_insert(count);
+                }
+            }
+            if window >= 3 {
+                n *= 2.5;
+            }
+            t += 10 * S;
+        }
+        let at = flagged_at.expect("the ramp is never flagged");
+        // The population's limit here is a few requests per window; the ceiling is ten times
+        // it (and min_limit 20), so the ramp is caught within its first few steps.
+        assert!(at < 600, "flagged only at {at} requests per window");
     }
 
     #[test]
