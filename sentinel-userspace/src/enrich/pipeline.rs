@@ -105,6 +105,24 @@ impl<K: Clone, V: Clone> DirectCache<K, V> {
     }
 }
 
+/// Tokens longer than this are decoded each time, not cached: real ones (JWTs with their
+/// claims, API keys, session ids) are far shorter, and a slot would otherwise hold up to a whole
+/// header (4096 slots of 64 KiB).
+const MAX_CACHED_TOKEN: usize = 4096;
+
+/// A token's JWT claims and short hash, through `cache` when it is short enough.
+fn token_facts(
+    cache: &mut DirectCache<String, (Option<JwtInfo>, String)>,
+    tok: &str,
+) -> (Option<JwtInfo>, String) {
+    let decode = || (parse_jwt(tok), short_hash(tok));
+    if tok.len() > MAX_CACHED_TOKEN {
+        decode()
+    } else {
+        cache.get(tok, decode)
+    }
+}
+
 /// Builds observations.
 pub struct Enricher {
     /// Recently seen bearer tokens, decoded: their JWT claims and short hash (a client repeats
@@ -171,7 +189,7 @@ impl Enricher {
         let bearer = principal::bearer(&view);
         let (jwt, bearer_hash) = match bearer {
             Some(tok) => {
-                let (jwt, hash) = self.tokens.get(tok, || (parse_jwt(tok), short_hash(tok)));
+                let (jwt, hash) = token_facts(&mut self.tokens, tok);
                 (jwt, Some(hash))
             }
             None => (None, None),
@@ -186,9 +204,7 @@ impl Enricher {
         // bearer token is cached as the token would be).
         let tokens = &mut self.tokens;
         let principal = principal::identify(&view, &self.principal, &decoded, |secret| {
-            tokens
-                .get(secret, || (parse_jwt(secret), short_hash(secret)))
-                .1
+            token_facts(tokens, secret).1
         });
         let client_ip = principal::client_ip(&view, &self.principal);
         let credential = bearer_hash.or_else(|| {
@@ -383,6 +399,19 @@ mod tests {
                 assert_eq!((o.principal.kind, o.principal.id), want);
             }
         }
+    }
+
+    #[test]
+    fn long_tokens_are_not_cached() {
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        for i in 0..8 {
+            let tok = format!("{i}{}", "x".repeat(60_000));
+            let h = vec![("Authorization".to_string(), format!("Bearer {tok}"))];
+            let o = e.enrich(facts("/balance", &h, b"", 200, b"{}"));
+            assert_eq!(o.credential, Some(short_hash(&tok)));
+        }
+        let held: usize = e.tokens.slots.iter().flatten().map(|(k, _)| k.len()).sum();
+        assert_eq!(held, 0, "bytes of tokens held by the cache");
     }
 
     #[test]
