@@ -317,6 +317,9 @@ pub struct Engine {
     profiles: Profiles,
     /// Credential -> the account that obtained it (shared: read for every observation).
     links: BoundedMap<Arc<str>>,
+    /// Endpoint templates that have served a request without any credential: a JWT they
+    /// answer proves nothing about its subject.
+    public: BoundedMap<()>,
     /// Scratch for the principal's display form.
     principal_buf: String,
     detectors: Vec<Box<dyn Detector>>,
@@ -331,6 +334,10 @@ pub struct Engine {
 /// Most entries one tick visits in one map (a tick after a long quiet spell, or in a map of a
 /// million entries, does not stall the stream).
 pub const SWEEP_BUDGET: usize = 65_536;
+
+/// Endpoint templates remembered as public, at most (the learner keeps at most 20,000
+/// templates).
+const PUBLIC_ENDPOINTS: usize = 20_000;
 
 /// JSON fields of a login response that carry the issued credential.
 const TOKEN_FIELDS: [&str; 5] = [
@@ -383,6 +390,7 @@ impl Engine {
                 },
             ),
             links: BoundedMap::new(cap, idle),
+            public: BoundedMap::new(PUBLIC_ENDPOINTS, u64::MAX),
             principal_buf: String::new(),
             detectors,
             recent: Recent::new(cap, secs(cfg.cooldown_s)),
@@ -433,10 +441,22 @@ impl Engine {
         // revoked): nothing about the holder. A 403 took it and refused the action: the
         // holder's own doing, so a hijacker probing what the account may not do shows in its
         // window's error ratio.
+        // A JWT is not verified here: anyone can write one naming any subject. On an endpoint
+        // that serves requests without any credential, the server's answer says nothing about
+        // the token, so there a JWT's requests teach its subject's profile (and are judged as
+        // the subject's) only when the token was issued at a login seen (linked). A forged
+        // token on a public page neither poisons nor blames its subject.
+        let endpoint_key = key_of(&*o.endpoint);
+        if o.credential.is_none() && (200..300).contains(&o.status) && !is_login {
+            self.public.entry(endpoint_key, o.ts_ns, || ());
+        }
+        let vouched = o.principal.kind != PrincipalKind::Jwt
+            || account.is_some()
+            || self.public.get(endpoint_key).is_none();
         let trusted = match o.principal.kind {
             PrincipalKind::Ip => !login_failed,
             PrincipalKind::User => o.login.as_ref().is_some_and(|l| l.success) && !refused,
-            _ => o.status != 401 && !login_failed,
+            _ => o.status != 401 && !login_failed && vouched,
         };
         let mut dets = std::mem::take(&mut self.scratch);
         dets.clear();
@@ -606,6 +626,7 @@ impl Engine {
             links: self.links.len(),
             memory_bytes: self.profiles.memory_bytes()
                 + links_bytes
+                + self.public.memory_bytes()
                 + self.recent.map.memory_bytes()
                 + detectors.iter().map(|d| d.memory_bytes).sum::<usize>(),
             detectors,

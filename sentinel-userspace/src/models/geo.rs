@@ -287,6 +287,44 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_jwt_on_a_public_page_neither_poisons_nor_blames_its_subject() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        // Layla's app, with a JWT issued before the capture began (no login seen), from Riyadh
+        // over five days; anonymous visitors read the public catalogue.
+        for d in 0..5u64 {
+            for k in 0..6 {
+                let t = T0 + d * 86_400 * S + 8 * 3600 * S + k * S;
+                let o = with_jwt(obs(t, "192.0.2.44", "/balance"), "layla", "RS256", None);
+                e.observe(&o);
+                e.observe(&obs(t, "198.51.100.90", "/products"));
+            }
+        }
+        let countries = |e: &Engine| e.explain("jwt:layla").unwrap()["countries"].clone();
+        assert_eq!(countries(&e), serde_json::json!(["SA"]));
+        // A token anyone could write (sub=layla, any signature) from Hanoi, on the public page.
+        let t = T0 + 5 * 86_400 * S;
+        let mut forged = with_jwt(obs(t, "203.0.113.8", "/products"), "layla", "RS256", None);
+        forged.user_agent = Some("python-requests/2.31".into());
+        let a = e.observe(&forged);
+        assert!(!a.iter().any(|a| a.kind == AlertKind::NewCountry), "{a:?}");
+        assert_eq!(
+            countries(&e),
+            serde_json::json!(["SA"]),
+            "her profile learned VN"
+        );
+        // Where the answer needs the token (never served without one), it still counts.
+        let mut stolen = with_jwt(
+            obs(t + S, "203.0.113.8", "/balance"),
+            "layla",
+            "RS256",
+            None,
+        );
+        stolen.user_agent = Some("python-requests/2.31".into());
+        let a = e.observe(&stolen);
+        assert!(a.iter().any(|a| a.kind == AlertKind::NewCountry), "{a:?}");
+    }
+
+    #[test]
     fn newcomers_and_failed_logins_do_not_count() {
         let mut e = Engine::new(&ModelsConfig::default()).unwrap();
         // A new principal: no history, nothing to compare.
