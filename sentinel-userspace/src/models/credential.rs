@@ -176,6 +176,26 @@ struct FingerprintState {
     sources: SmallSet<8>,
 }
 
+/// Notes a failure at `now` in a run of failures from `first` to `last` (0: none yet); returns
+/// true when it starts a new run (the last failure is more than `w` ago). Transactions come in
+/// the order their responses complete, not their requests: a failure may be earlier than the
+/// last one, or the first, and the run stretches to cover it rather than going backwards.
+fn note_failure(first: &mut u64, last: &mut u64, now: u64, w: u64) -> bool {
+    let new_run = *first == 0 || now.saturating_sub(*last) > w;
+    if new_run {
+        (*first, *last) = (now, now);
+    } else {
+        *first = (*first).min(now);
+        *last = (*last).max(now);
+    }
+    new_run
+}
+
+/// Seconds from the first to the last failure of a run.
+fn fail_span(first: u64, last: u64) -> f64 {
+    last.saturating_sub(first) as f64 / NS as f64
+}
+
 /// The detector.
 pub struct CredentialDetector {
     cfg: Config,
@@ -337,10 +357,7 @@ impl Detector for CredentialDetector {
             };
         src.fails.add(now, w, 1);
         src.score.add(now, w, (src_weight * SCALE) as u32);
-        if src.first_fail_ns == 0 || now.saturating_sub(src.last_fail_ns) > w {
-            src.first_fail_ns = now;
-        }
-        src.last_fail_ns = now;
+        note_failure(&mut src.first_fail_ns, &mut src.last_fail_ns, now, w);
         fps.fails.add(now, w, 1);
         if let Some(k) = account_key {
             if src.accounts.insert(k as u32) {
@@ -359,8 +376,7 @@ impl Detector for CredentialDetector {
             let a = self.accounts.entry(k, now, AccountState::default);
             let rapid = a.last_fail_ns > 0 && now.saturating_sub(a.last_fail_ns) < self.rapid;
             let mut aw = weight + if rapid { 0.5 } else { 0.0 };
-            if a.first_fail_ns == 0 || now.saturating_sub(a.last_fail_ns) > w {
-                a.first_fail_ns = now;
+            if note_failure(&mut a.first_fail_ns, &mut a.last_fail_ns, now, w) {
                 a.doubt = Window::default();
             }
             // The account's own kind of client from a new country: its owner abroad, as long as
@@ -375,7 +391,6 @@ impl Detector for CredentialDetector {
             }
             a.fails.add(now, w, 1);
             a.score.add(now, w, (aw * SCALE).round() as u32);
-            a.last_fail_ns = now;
             a.sources.insert(src_key as u32);
             let fails = a.fails.count(now, w);
             let score = a.score.count(now, w) / SCALE;
@@ -389,7 +404,7 @@ impl Detector for CredentialDetector {
                 account_fired = true;
             }
             if account_fired && !ctx.is_repeat(AlertKind::BruteForce, subject, severity) {
-                let span = (now - a.first_fail_ns) as f64 / NS as f64;
+                let span = fail_span(a.first_fail_ns, a.last_fail_ns);
                 let mut why = Vec::new();
                 if new_country {
                     why.push(format!(
@@ -461,7 +476,7 @@ impl Detector for CredentialDetector {
             && src_score >= self.cfg.stuffing_score
             && success_ratio <= self.cfg.stuffing_max_success_ratio;
         if stuffing && !ctx.is_repeat(AlertKind::CredentialStuffing, src_key, stuffing_severity) {
-            let span = (now - src.first_fail_ns) as f64 / NS as f64;
+            let span = fail_span(src.first_fail_ns, src.last_fail_ns);
             let alert = ctx.alert(
                 AlertKind::CredentialStuffing,
                 stuffing_severity,
@@ -498,7 +513,7 @@ impl Detector for CredentialDetector {
             && success_ratio <= self.cfg.stuffing_max_success_ratio
             && !ctx.is_repeat(AlertKind::BruteForce, src_key, Severity::High)
         {
-            let span = (now - src.first_fail_ns) as f64 / NS as f64;
+            let span = fail_span(src.first_fail_ns, src.last_fail_ns);
             let alert = ctx.alert(
                 AlertKind::BruteForce,
                 Severity::High,
@@ -787,6 +802,44 @@ mod tests {
             !success.iter().any(|a| a.kind == AlertKind::BruteForce),
             "{success:?}"
         );
+    }
+
+    #[test]
+    fn failures_out_of_request_order_span_their_true_time() {
+        // Parallel attempts are emitted as their responses complete: request times go
+        // backwards. The span is from the earliest to the latest, never a wrapped subtraction.
+        let ua = "python-requests/2.31";
+        let spans_2s = |alerts: &[crate::models::Alert], kind| {
+            let a = alerts
+                .iter()
+                .find(|a| a.kind == kind)
+                .unwrap_or_else(|| panic!("{kind:?} in {alerts:?}"));
+            assert!(a.explanation.contains(" 2.0 s"), "{}", a.explanation);
+        };
+        // One account.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut alerts = Vec::new();
+        for t in [S, 2 * S, 0] {
+            alerts.extend(e.observe(&login(T0 + t, "203.0.113.10", "layla", false, ua)));
+        }
+        spans_2s(&alerts, AlertKind::BruteForce);
+        // Many accounts from one source.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut alerts = Vec::new();
+        for (i, t) in [2 * S, S, 0].into_iter().enumerate() {
+            let user = format!("victim-{i}");
+            alerts.extend(e.observe(&login(T0 + t, "203.0.113.11", &user, false, ua)));
+        }
+        spans_2s(&alerts, AlertKind::CredentialStuffing);
+        // One source on a login endpoint without a readable user name.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut alerts = Vec::new();
+        for t in [2 * S, 0, S] {
+            let mut o = login(T0 + t, "203.0.113.12", "x", false, ua);
+            o.login = None;
+            alerts.extend(e.observe(&o));
+        }
+        spans_2s(&alerts, AlertKind::BruteForce);
     }
 
     #[test]
