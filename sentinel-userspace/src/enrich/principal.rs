@@ -174,8 +174,8 @@ pub struct JwtInfo {
 /// Decodes the header and payload of a compact JWS; `None` when it is not one (or its header
 /// has no string `alg`). Only `alg`, `sub` and `exp` are read, without building the documents:
 /// every request with a bearer token comes through here. A repeated member counts by its last
-/// occurrence; a `sub` that is neither a string nor a number, or an `exp` that is not an
-/// integer, reads as absent.
+/// occurrence; a `sub` that is neither a string nor a number, or an `exp` that is not a number,
+/// reads as absent (a fractional `exp` is floored: [`numeric_date`]).
 pub fn parse_jwt(token: &str) -> Option<JwtInfo> {
     let mut parts = token.split('.');
     let (h, p) = (parts.next()?, parts.next()?);
@@ -208,9 +208,21 @@ pub fn parse_jwt(token: &str) -> Option<JwtInfo> {
             _ => None,
         },
         exp: match payload.exp {
-            Some(Claim::Num(n)) => n.as_i64(),
+            Some(Claim::Num(n)) => numeric_date(&n),
             _ => None,
         },
+    })
+}
+
+/// A JWT NumericDate (RFC 7519: seconds since the epoch, fractions allowed) in whole seconds:
+/// an integer as it is, a fraction floored (1600000000.5 is 1600000000), beyond the range of
+/// `i64` the nearest end of it; not a date when not finite.
+fn numeric_date(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.is_finite())
+            // `as` saturates at the ends of the range.
+            .map(|f| f.floor() as i64)
     })
 }
 
@@ -571,7 +583,7 @@ mod tests {
         // Numbers as subjects, the last of repeated members, odd types read as absent.
         let j = parse_jwt(&jwt(
             r#"{"alg":"none","kid":{"a":[1,2]}}"#,
-            r#"{"sub":12,"sub":1234567890123,"exp":1.5,"roles":["a",{"b":null}]}"#,
+            r#"{"sub":12,"sub":1234567890123,"exp":true,"roles":["a",{"b":null}]}"#,
         ))
         .unwrap();
         assert_eq!(
@@ -596,6 +608,23 @@ mod tests {
             "first 12 hex digits of SHA-256"
         );
         assert!(parse_jwt("abc").is_none());
+    }
+
+    #[test]
+    fn a_fractional_exp_is_a_numeric_date() {
+        // RFC 7519 NumericDate may carry fractions: floored, not read as absent.
+        let exp = |e: &str| {
+            parse_jwt(&jwt(r#"{"alg":"HS256"}"#, &format!(r#"{{"exp":{e}}}"#)))
+                .expect("a JWT")
+                .exp
+        };
+        assert_eq!(exp("1600000000.5"), Some(1_600_000_000));
+        assert_eq!(exp("1.6e9"), Some(1_600_000_000));
+        assert_eq!(exp("-1.5"), Some(-2));
+        assert_eq!(exp("1e300"), Some(i64::MAX));
+        assert_eq!(exp("18446744073709551615"), Some(i64::MAX));
+        assert_eq!(exp("-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(exp("\"1600000000\""), None);
     }
 
     #[test]
