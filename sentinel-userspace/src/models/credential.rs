@@ -191,6 +191,18 @@ fn note_failure(first: &mut u64, last: &mut u64, now: u64, w: u64) -> bool {
     new_run
 }
 
+/// The key of the account a login names: user names and e-mail addresses are told apart by
+/// neither case nor surrounding blanks in practice, so `layla`, `Layla`, `LAYLA` and ` layla`
+/// are one account (explanations still show the name as it was sent).
+fn account_key(username: &str) -> u64 {
+    let name = username.trim();
+    if name.chars().any(char::is_uppercase) {
+        key_of(name.to_lowercase().as_str())
+    } else {
+        key_of(name)
+    }
+}
+
 /// Seconds from the first to the last failure of a run.
 fn fail_span(first: u64, last: u64) -> f64 {
     last.saturating_sub(first) as f64 / NS as f64
@@ -258,7 +270,7 @@ impl Detector for CredentialDetector {
         let now = o.ts_ns;
         let w = self.window;
         let username = o.login.as_ref().map(|l| l.username.as_str());
-        let account_key = username.map(key_of);
+        let account_key = username.map(account_key);
         let src_key = subject::source(o.client_ip);
         let fp = fingerprint(ctx);
         let automated = self.automated(o.user_agent.as_deref());
@@ -840,6 +852,41 @@ mod tests {
             alerts.extend(e.observe(&o));
         }
         spans_2s(&alerts, AlertKind::BruteForce);
+    }
+
+    #[test]
+    fn an_account_is_one_whatever_the_case_and_blanks_of_its_name() {
+        // Ten attempts from ten addresses in London with a browser, at a human pace, on the
+        // name written four ways: one account with ten failures.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        history(&mut e, "layla", "192.0.2.44", 5);
+        let start = T0 + 5 * 86_400 * S + 23 * 3600 * S;
+        let ua = "Mozilla/5.0 (X11; Linux x86_64) Chrome/130.0 Safari/537.36";
+        let names = ["Layla", "LAYLA", " layla", "layla"];
+        let mut alerts = Vec::new();
+        for i in 0..10u64 {
+            let ip = format!("198.18.{i}.9");
+            let name = names[i as usize % 4];
+            alerts.extend(e.observe(&login(start + i * 10 * S, &ip, name, false, ua)));
+        }
+        let a = alerts
+            .iter()
+            .find(|a| a.kind == AlertKind::BruteForce)
+            .unwrap_or_else(|| panic!("{alerts:?}"));
+        // Named as it was sent in the attempt that crossed the line (the fifth).
+        assert!(
+            a.explanation
+                .contains("5 failed logins for account Layla in 40.0 s"),
+            "{}",
+            a.explanation
+        );
+        // ... and a success under another spelling right after is a guessed password.
+        let ok = e.observe(&login(start + 100 * S, "198.18.9.9", "LaYlA", true, ua));
+        assert!(
+            ok.iter()
+                .any(|a| a.kind == AlertKind::BruteForce && a.explanation.contains("LaYlA")),
+            "{ok:?}"
+        );
     }
 
     #[test]
