@@ -375,32 +375,63 @@ fn hop_ip(hop: &str) -> Option<IpAddr> {
     addr.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
-/// The login username from a JSON or form body, on login endpoints only.
+/// The login username from a JSON or form body, on login endpoints only. Field names match in
+/// any case (`Username`, `EMAIL`); form field names are percent-decoded as their values are
+/// (`user%6eame=`); a JSON body's fields are looked for at the top, then in its objects one
+/// level down (`{"credentials":{"username":...}}`).
 pub fn login_username(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Option<String> {
     let path = req.path.trim_end_matches('/');
     if !cfg.login_paths.iter().any(|p| path.ends_with(p.as_str())) {
         return None;
     }
-    let ctype = req.header("content-type").unwrap_or("");
+    let ctype = req
+        .header("content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if ctype.contains("json") || req.body.first() == Some(&b'{') {
         let v: serde_json::Value = serde_json::from_slice(req.body).ok()?;
-        for f in &cfg.username_fields {
-            if let Some(s) = v.get(f).and_then(|x| x.as_str()) {
-                return Some(s.to_owned());
-            }
-        }
-        return None;
+        let top = v.as_object()?;
+        let named = |o| text_field(o, &cfg.username_fields);
+        return named(top)
+            .or_else(|| {
+                top.values()
+                    .filter_map(serde_json::Value::as_object)
+                    .find_map(named)
+            })
+            .map(str::to_owned);
     }
     if ctype.contains("x-www-form-urlencoded") {
         let body = std::str::from_utf8(req.body).ok()?;
+        let field = |k: &str| {
+            cfg.username_fields
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(k))
+        };
         for pair in body.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if cfg.username_fields.iter().any(|f| f == k) {
+            let matches = if k.contains(['%', '+']) {
+                field(&percent_decode(k))
+            } else {
+                field(k)
+            };
+            if matches {
                 return Some(percent_decode(v));
             }
         }
     }
     None
+}
+
+/// The text of the first of `fields` (in their order) that `o` has, its name in any case.
+fn text_field<'v>(
+    o: &'v serde_json::Map<String, serde_json::Value>,
+    fields: &[String],
+) -> Option<&'v str> {
+    fields.iter().find_map(|f| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(f))
+            .and_then(|(_, v)| v.as_str())
+    })
 }
 
 /// Decodes `%XX` escapes and `+` (form encoding); invalid escapes are kept as they are.
@@ -669,6 +700,40 @@ mod tests {
             &cfg,
         );
         assert_eq!(p.id, "bob@example.com");
+    }
+
+    #[test]
+    fn login_fields_are_found_in_any_case_encoding_or_one_level_down() {
+        let cfg = PrincipalConfig::default();
+        let json = h(&[("Content-Type", "Application/JSON")]);
+        let form = h(&[("Content-Type", "application/x-www-form-urlencoded")]);
+        let user = |hs: &[Header<'_>], body: &str| {
+            login_username(&view("/login", hs, body.as_bytes()), &cfg)
+        };
+        for body in [
+            r#"{"Username":"layla","password":"x"}"#,
+            r#"{"USERNAME":"layla"}"#,
+            r#"{"credentials":{"username":"layla","password":"x"}}"#,
+            r#"{"client":"web","auth":{"Email":"layla"}}"#,
+        ] {
+            assert_eq!(user(&json, body).as_deref(), Some("layla"), "{body}");
+        }
+        // The top level first, then the configured fields in their order.
+        assert_eq!(
+            user(&json, r#"{"auth":{"username":"inner"},"email":"top"}"#).as_deref(),
+            Some("top")
+        );
+        // Two levels down, or not text: not a user name.
+        assert_eq!(user(&json, r#"{"a":{"b":{"username":"deep"}}}"#), None);
+        assert_eq!(user(&json, r#"{"username":7}"#), None);
+        for body in [
+            "user%6eame=layla&password=x",
+            "USERNAME=layla",
+            "password=x&Email=layla",
+            "%75sername=layla",
+        ] {
+            assert_eq!(user(&form, body).as_deref(), Some("layla"), "{body}");
+        }
     }
 
     #[test]
