@@ -120,7 +120,8 @@ pub struct PrincipalConfig {
     pub api_key_headers: Vec<String>,
     /// Cookie names that carry sessions.
     pub session_cookies: Vec<String>,
-    /// Paths (templates or prefixes) of login endpoints.
+    /// Path suffixes of login endpoints ([`is_login_path`]); the daemon's are
+    /// `[models] login_endpoints`.
     pub login_paths: Vec<String>,
     /// Body fields that carry the login name.
     pub username_fields: Vec<String>,
@@ -375,13 +376,27 @@ fn hop_ip(hop: &str) -> Option<IpAddr> {
     addr.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
+/// True when `path` (a request path or an endpoint template) ends with one of `logins`, in any
+/// case (`/API/Login` is `/api/login` to many servers, and to an attacker trying both),
+/// trailing slashes aside; an empty suffix (`/`) is the root only. The enricher (reading user
+/// names) and the models (counting failures) both ask this.
+pub fn is_login_path(path: &str, logins: &[String]) -> bool {
+    let path = path.trim_end_matches('/').as_bytes();
+    logins.iter().any(|l| {
+        let l = l.trim_end_matches('/').as_bytes();
+        if l.is_empty() {
+            return path.is_empty();
+        }
+        path.len() >= l.len() && path[path.len() - l.len()..].eq_ignore_ascii_case(l)
+    })
+}
+
 /// The login username from a JSON or form body, on login endpoints only. Field names match in
 /// any case (`Username`, `EMAIL`); form field names are percent-decoded as their values are
 /// (`user%6eame=`); a JSON body's fields are looked for at the top, then in its objects one
 /// level down (`{"credentials":{"username":...}}`).
 pub fn login_username(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Option<String> {
-    let path = req.path.trim_end_matches('/');
-    if !cfg.login_paths.iter().any(|p| path.ends_with(p.as_str())) {
+    if !is_login_path(req.path, &cfg.login_paths) {
         return None;
     }
     let ctype = req
@@ -734,6 +749,31 @@ mod tests {
         ] {
             assert_eq!(user(&form, body).as_deref(), Some("layla"), "{body}");
         }
+    }
+
+    #[test]
+    fn login_paths_match_in_any_case_and_the_configured_ones_only() {
+        let json = h(&[("Content-Type", "application/json")]);
+        let body = br#"{"username":"layla"}"#;
+        let mut cfg = PrincipalConfig::default();
+        for path in ["/LOGIN", "/Api/Login/", "/v1/auth/LogIn", "/oauth/TOKEN"] {
+            assert_eq!(
+                login_username(&view(path, &json, body), &cfg).as_deref(),
+                Some("layla"),
+                "{path}"
+            );
+        }
+        for path in ["/logins", "/blogin", "/", "/transfer"] {
+            assert_eq!(
+                login_username(&view(path, &json, body), &cfg),
+                None,
+                "{path}"
+            );
+        }
+        cfg.login_paths = vec!["/v2/customer/authenticate/".into(), "/".into()];
+        assert!(login_username(&view("/V2/Customer/Authenticate", &json, body), &cfg).is_some());
+        assert!(login_username(&view("/", &json, body), &cfg).is_some());
+        assert!(login_username(&view("/login", &json, body), &cfg).is_none());
     }
 
     #[test]
