@@ -87,7 +87,10 @@ impl Analyzer {
             .as_ref()
             .map(|g| g.files().iter().map(|p| p.display().to_string()).collect())
             .unwrap_or_default();
-        let enricher = Enricher::new(geo, enrich).map_err(AnalyzerError::Config)?;
+        // The enricher reads user names where the models count logins.
+        let enricher = Enricher::new(geo, enrich)
+            .map_err(AnalyzerError::Config)?
+            .with_login_paths(&models.login_endpoints);
         let engine = Engine::new(models).map_err(|e| AnalyzerError::Config(e.to_string()))?;
         Ok(Self {
             enricher,
@@ -217,6 +220,37 @@ mod tests {
     use super::*;
 
     const S: u64 = TICK_NS;
+
+    #[test]
+    fn user_names_are_read_on_the_configured_login_endpoints() {
+        let models = ModelsConfig {
+            login_endpoints: vec!["/v2/customer/authenticate".into()],
+            ..ModelsConfig::default()
+        };
+        let mut a = Analyzer::new(&EnrichSettings::default(), &models, &[]).unwrap();
+        let body = br#"{"username":"layla","password":"x"}"#;
+        let mut user = |path| {
+            let facts = TransactionFacts {
+                ts_ns: 1_000 * S,
+                src: ("203.0.113.7".parse().unwrap(), 40000),
+                dst: ("198.18.0.1".parse().unwrap(), 8080),
+                method: "POST",
+                path,
+                query: "",
+                req_headers: vec![("Content-Type".into(), "application/json".into())],
+                req_body: body,
+                req_bytes: body.len() as u64,
+                status: 401,
+                resp_content_type: None,
+                resp_body: b"{}",
+                resp_bytes: 2,
+                latency_ms: 1.0,
+            };
+            a.enricher.enrich(facts).login.map(|l| l.username)
+        };
+        assert_eq!(user("/v2/customer/authenticate").as_deref(), Some("layla"));
+        assert_eq!(user("/login"), None, "not a login endpoint here");
+    }
 
     #[test]
     fn a_window_due_in_a_gap_is_judged_at_the_end_of_its_step() {

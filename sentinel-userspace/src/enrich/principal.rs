@@ -120,7 +120,8 @@ pub struct PrincipalConfig {
     pub api_key_headers: Vec<String>,
     /// Cookie names that carry sessions.
     pub session_cookies: Vec<String>,
-    /// Paths (templates or prefixes) of login endpoints.
+    /// Path suffixes of login endpoints ([`is_login_path`]); the daemon's are
+    /// `[models] login_endpoints`.
     pub login_paths: Vec<String>,
     /// Body fields that carry the login name.
     pub username_fields: Vec<String>,
@@ -174,8 +175,8 @@ pub struct JwtInfo {
 /// Decodes the header and payload of a compact JWS; `None` when it is not one (or its header
 /// has no string `alg`). Only `alg`, `sub` and `exp` are read, without building the documents:
 /// every request with a bearer token comes through here. A repeated member counts by its last
-/// occurrence; a `sub` that is neither a string nor a number, or an `exp` that is not an
-/// integer, reads as absent.
+/// occurrence; a `sub` that is neither a string nor a number, or an `exp` that is not a number,
+/// reads as absent (a fractional `exp` is floored: [`numeric_date`]).
 pub fn parse_jwt(token: &str) -> Option<JwtInfo> {
     let mut parts = token.split('.');
     let (h, p) = (parts.next()?, parts.next()?);
@@ -208,9 +209,21 @@ pub fn parse_jwt(token: &str) -> Option<JwtInfo> {
             _ => None,
         },
         exp: match payload.exp {
-            Some(Claim::Num(n)) => n.as_i64(),
+            Some(Claim::Num(n)) => numeric_date(&n),
             _ => None,
         },
+    })
+}
+
+/// A JWT NumericDate (RFC 7519: seconds since the epoch, fractions allowed) in whole seconds:
+/// an integer as it is, a fraction floored (1600000000.5 is 1600000000), beyond the range of
+/// `i64` the nearest end of it; not a date when not finite.
+fn numeric_date(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.is_finite())
+            // `as` saturates at the ends of the range.
+            .map(|f| f.floor() as i64)
     })
 }
 
@@ -363,32 +376,77 @@ fn hop_ip(hop: &str) -> Option<IpAddr> {
     addr.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
-/// The login username from a JSON or form body, on login endpoints only.
+/// True when `path` (a request path or an endpoint template) ends with one of `logins`, in any
+/// case (`/API/Login` is `/api/login` to many servers, and to an attacker trying both),
+/// trailing slashes aside; an empty suffix (`/`) is the root only. The enricher (reading user
+/// names) and the models (counting failures) both ask this.
+pub fn is_login_path(path: &str, logins: &[String]) -> bool {
+    let path = path.trim_end_matches('/').as_bytes();
+    logins.iter().any(|l| {
+        let l = l.trim_end_matches('/').as_bytes();
+        if l.is_empty() {
+            return path.is_empty();
+        }
+        path.len() >= l.len() && path[path.len() - l.len()..].eq_ignore_ascii_case(l)
+    })
+}
+
+/// The login username from a JSON or form body, on login endpoints only. Field names match in
+/// any case (`Username`, `EMAIL`); form field names are percent-decoded as their values are
+/// (`user%6eame=`); a JSON body's fields are looked for at the top, then in its objects one
+/// level down (`{"credentials":{"username":...}}`).
 pub fn login_username(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Option<String> {
-    let path = req.path.trim_end_matches('/');
-    if !cfg.login_paths.iter().any(|p| path.ends_with(p.as_str())) {
+    if !is_login_path(req.path, &cfg.login_paths) {
         return None;
     }
-    let ctype = req.header("content-type").unwrap_or("");
+    let ctype = req
+        .header("content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if ctype.contains("json") || req.body.first() == Some(&b'{') {
         let v: serde_json::Value = serde_json::from_slice(req.body).ok()?;
-        for f in &cfg.username_fields {
-            if let Some(s) = v.get(f).and_then(|x| x.as_str()) {
-                return Some(s.to_owned());
-            }
-        }
-        return None;
+        let top = v.as_object()?;
+        let named = |o| text_field(o, &cfg.username_fields);
+        return named(top)
+            .or_else(|| {
+                top.values()
+                    .filter_map(serde_json::Value::as_object)
+                    .find_map(named)
+            })
+            .map(str::to_owned);
     }
     if ctype.contains("x-www-form-urlencoded") {
         let body = std::str::from_utf8(req.body).ok()?;
+        let field = |k: &str| {
+            cfg.username_fields
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(k))
+        };
         for pair in body.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if cfg.username_fields.iter().any(|f| f == k) {
+            let matches = if k.contains(['%', '+']) {
+                field(&percent_decode(k))
+            } else {
+                field(k)
+            };
+            if matches {
                 return Some(percent_decode(v));
             }
         }
     }
     None
+}
+
+/// The text of the first of `fields` (in their order) that `o` has, its name in any case.
+fn text_field<'v>(
+    o: &'v serde_json::Map<String, serde_json::Value>,
+    fields: &[String],
+) -> Option<&'v str> {
+    fields.iter().find_map(|f| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(f))
+            .and_then(|(_, v)| v.as_str())
+    })
 }
 
 /// Decodes `%XX` escapes and `+` (form encoding); invalid escapes are kept as they are.
@@ -571,7 +629,7 @@ mod tests {
         // Numbers as subjects, the last of repeated members, odd types read as absent.
         let j = parse_jwt(&jwt(
             r#"{"alg":"none","kid":{"a":[1,2]}}"#,
-            r#"{"sub":12,"sub":1234567890123,"exp":1.5,"roles":["a",{"b":null}]}"#,
+            r#"{"sub":12,"sub":1234567890123,"exp":true,"roles":["a",{"b":null}]}"#,
         ))
         .unwrap();
         assert_eq!(
@@ -596,6 +654,23 @@ mod tests {
             "first 12 hex digits of SHA-256"
         );
         assert!(parse_jwt("abc").is_none());
+    }
+
+    #[test]
+    fn a_fractional_exp_is_a_numeric_date() {
+        // RFC 7519 NumericDate may carry fractions: floored, not read as absent.
+        let exp = |e: &str| {
+            parse_jwt(&jwt(r#"{"alg":"HS256"}"#, &format!(r#"{{"exp":{e}}}"#)))
+                .expect("a JWT")
+                .exp
+        };
+        assert_eq!(exp("1600000000.5"), Some(1_600_000_000));
+        assert_eq!(exp("1.6e9"), Some(1_600_000_000));
+        assert_eq!(exp("-1.5"), Some(-2));
+        assert_eq!(exp("1e300"), Some(i64::MAX));
+        assert_eq!(exp("18446744073709551615"), Some(i64::MAX));
+        assert_eq!(exp("-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(exp("\"1600000000\""), None);
     }
 
     #[test]
@@ -640,6 +715,65 @@ mod tests {
             &cfg,
         );
         assert_eq!(p.id, "bob@example.com");
+    }
+
+    #[test]
+    fn login_fields_are_found_in_any_case_encoding_or_one_level_down() {
+        let cfg = PrincipalConfig::default();
+        let json = h(&[("Content-Type", "Application/JSON")]);
+        let form = h(&[("Content-Type", "application/x-www-form-urlencoded")]);
+        let user = |hs: &[Header<'_>], body: &str| {
+            login_username(&view("/login", hs, body.as_bytes()), &cfg)
+        };
+        for body in [
+            r#"{"Username":"layla","password":"x"}"#,
+            r#"{"USERNAME":"layla"}"#,
+            r#"{"credentials":{"username":"layla","password":"x"}}"#,
+            r#"{"client":"web","auth":{"Email":"layla"}}"#,
+        ] {
+            assert_eq!(user(&json, body).as_deref(), Some("layla"), "{body}");
+        }
+        // The top level first, then the configured fields in their order.
+        assert_eq!(
+            user(&json, r#"{"auth":{"username":"inner"},"email":"top"}"#).as_deref(),
+            Some("top")
+        );
+        // Two levels down, or not text: not a user name.
+        assert_eq!(user(&json, r#"{"a":{"b":{"username":"deep"}}}"#), None);
+        assert_eq!(user(&json, r#"{"username":7}"#), None);
+        for body in [
+            "user%6eame=layla&password=x",
+            "USERNAME=layla",
+            "password=x&Email=layla",
+            "%75sername=layla",
+        ] {
+            assert_eq!(user(&form, body).as_deref(), Some("layla"), "{body}");
+        }
+    }
+
+    #[test]
+    fn login_paths_match_in_any_case_and_the_configured_ones_only() {
+        let json = h(&[("Content-Type", "application/json")]);
+        let body = br#"{"username":"layla"}"#;
+        let mut cfg = PrincipalConfig::default();
+        for path in ["/LOGIN", "/Api/Login/", "/v1/auth/LogIn", "/oauth/TOKEN"] {
+            assert_eq!(
+                login_username(&view(path, &json, body), &cfg).as_deref(),
+                Some("layla"),
+                "{path}"
+            );
+        }
+        for path in ["/logins", "/blogin", "/", "/transfer"] {
+            assert_eq!(
+                login_username(&view(path, &json, body), &cfg),
+                None,
+                "{path}"
+            );
+        }
+        cfg.login_paths = vec!["/v2/customer/authenticate/".into(), "/".into()];
+        assert!(login_username(&view("/V2/Customer/Authenticate", &json, body), &cfg).is_some());
+        assert!(login_username(&view("/", &json, body), &cfg).is_some());
+        assert!(login_username(&view("/login", &json, body), &cfg).is_none());
     }
 
     #[test]

@@ -30,9 +30,10 @@ pub struct ModelsConfig {
     pub max_principals: usize,
     /// Seconds of silence after which a principal's state is forgotten. Default 1,209,600 (14 d).
     pub idle_s: f64,
-    /// Endpoint templates (suffixes) that are logins: a 401 or 403 there is a failed login even
-    /// when no username could be read. Default `/login`, `/signin`, `/auth/login`, `/api/login`,
-    /// `/oauth/token`, `/session`.
+    /// Endpoint templates (suffixes, in any case) that are logins: the user name is read from
+    /// the request body there, and a 401 or 403 there is a failed login even when no username
+    /// could be read. Default `/login`, `/signin`, `/auth/login`, `/api/login`, `/oauth/token`,
+    /// `/session`.
     pub login_endpoints: Vec<String>,
     /// Behaviour profiles and `behavior_anomaly`.
     pub behavior: behavior::Config,

@@ -1,6 +1,11 @@
 //! Credential attacks from login attempts: `brute_force` (many failures for one account, or from
 //! one source) and `credential_stuffing` (many accounts from one source, or from one client
-//! fingerprint spread over sources, with few successes).
+//! fingerprint spread over sources, few of which logged in).
+//!
+//! Success is measured in distinct accounts: the share of the accounts tried from a source (or
+//! with a fingerprint) that logged in, so that a stuffing run logging in to its own account
+//! after every guess at someone else's is 1 account in 300, not one attempt in two; an office
+//! behind one address, whose users log in, stays far above the line.
 //!
 //! Failures are weighted by how little they look like an honest mistake, so that an attack is
 //! named within a few attempts while a user mistyping a password a few times is not:
@@ -53,12 +58,14 @@ pub struct Config {
     pub stuffing_min_accounts: u32,
     /// Weighted failures from that source needed as well. Default 5.5.
     pub stuffing_score: f64,
-    /// Stuffing only while the source's logins succeed at most this often. Default 0.2.
+    /// Stuffing only while at most this share of the accounts tried from the source logged in
+    /// (distinct accounts: one account's repeated logins count once). Default 0.2.
     pub stuffing_max_success_ratio: f64,
     /// Failures sharing one client fingerprint (over any sources) that make distributed
     /// stuffing, with at least `stuffing_min_accounts` x 3 accounts and 3 sources. Default 20.
     pub fingerprint_min_failures: u32,
-    /// Failure ratio of that fingerprint needed as well. Default 0.8.
+    /// Share of the accounts tried with that fingerprint that did not log in, needed as well.
+    /// Default 0.8.
     pub fingerprint_min_failure_ratio: f64,
     /// Two failures closer than this are scripted rather than typed, seconds. Default 2.
     pub rapid_interval_s: f64,
@@ -155,14 +162,58 @@ struct AccountState {
     sources: SmallSet<4>,
 }
 
+/// The accounts tried from a source or with a fingerprint (failed or logged in), and those of
+/// them that logged in, each counted once per window bucket while it stays in its set (the
+/// last `N` and the last 8 respectively): an attacker's own account logging in between guesses
+/// counts once, and accounts that keep logging in from an office count again in every window.
+#[derive(Clone, Copy, Default)]
+struct Tried<const N: usize> {
+    new: Window,
+    accounts: SmallSet<N>,
+    new_ok: Window,
+    ok_accounts: SmallSet<8>,
+}
+
+impl<const N: usize> Tried<N> {
+    fn note(&mut self, account: u64, ok: bool, now: u64, w: u64) {
+        // A new bucket of the window: the sets start again with it (the insert below is then
+        // new, and rolls the window).
+        if self.new.start_ns() != 0 && now >= self.new.start_ns().saturating_add(w) {
+            self.accounts = SmallSet::default();
+            self.ok_accounts = SmallSet::default();
+        }
+        if self.accounts.insert(account as u32) {
+            self.new.add(now, w, 1);
+        }
+        if ok && self.ok_accounts.insert(account as u32) {
+            self.new_ok.add(now, w, 1);
+        }
+    }
+
+    /// Distinct accounts tried within `w`.
+    fn accounts(&self, now: u64, w: u64) -> f64 {
+        self.new.count(now, w)
+    }
+
+    /// Distinct accounts that logged in within `w`.
+    fn logged_in(&self, now: u64, w: u64) -> f64 {
+        self.new_ok.count(now, w)
+    }
+
+    /// The share of the accounts tried that logged in; `None` when no login named an account.
+    fn ok_ratio(&self, now: u64, w: u64) -> Option<f64> {
+        let tried = self.accounts(now, w);
+        (tried > 0.0).then(|| (self.logged_in(now, w) / tried).min(1.0))
+    }
+}
+
 #[derive(Clone, Copy, Default)]
 struct SourceState {
     attempts: Window,
     fails: Window,
     successes: Window,
     score: Window,
-    new_accounts: Window,
-    accounts: SmallSet<8>,
+    tried: Tried<8>,
     last_fail_ns: u64,
     first_fail_ns: u64,
 }
@@ -171,9 +222,40 @@ struct SourceState {
 struct FingerprintState {
     attempts: Window,
     fails: Window,
-    new_accounts: Window,
-    accounts: SmallSet<16>,
+    tried: Tried<16>,
     sources: SmallSet<8>,
+}
+
+/// Notes a failure at `now` in a run of failures from `first` to `last` (0: none yet); returns
+/// true when it starts a new run (the last failure is more than `w` ago). Transactions come in
+/// the order their responses complete, not their requests: a failure may be earlier than the
+/// last one, or the first, and the run stretches to cover it rather than going backwards.
+fn note_failure(first: &mut u64, last: &mut u64, now: u64, w: u64) -> bool {
+    let new_run = *first == 0 || now.saturating_sub(*last) > w;
+    if new_run {
+        (*first, *last) = (now, now);
+    } else {
+        *first = (*first).min(now);
+        *last = (*last).max(now);
+    }
+    new_run
+}
+
+/// The key of the account a login names: user names and e-mail addresses are told apart by
+/// neither case nor surrounding blanks in practice, so `layla`, `Layla`, `LAYLA` and ` layla`
+/// are one account (explanations still show the name as it was sent).
+fn account_key(username: &str) -> u64 {
+    let name = username.trim();
+    if name.chars().any(char::is_uppercase) {
+        key_of(name.to_lowercase().as_str())
+    } else {
+        key_of(name)
+    }
+}
+
+/// Seconds from the first to the last failure of a run.
+fn fail_span(first: u64, last: u64) -> f64 {
+    last.saturating_sub(first) as f64 / NS as f64
 }
 
 /// The detector.
@@ -238,7 +320,7 @@ impl Detector for CredentialDetector {
         let now = o.ts_ns;
         let w = self.window;
         let username = o.login.as_ref().map(|l| l.username.as_str());
-        let account_key = username.map(key_of);
+        let account_key = username.map(account_key);
         let src_key = subject::source(o.client_ip);
         let fp = fingerprint(ctx);
         let automated = self.automated(o.user_agent.as_deref());
@@ -262,10 +344,16 @@ impl Detector for CredentialDetector {
             if let Some(src) = self.sources.get_mut(src_key) {
                 src.attempts.add(now, w, 1);
                 src.successes.add(now, w, 1);
+                if let Some(k) = account_key {
+                    src.tried.note(k, true, now, w);
+                }
                 src_score = src.score.count(now, w) / SCALE;
             }
             if let Some(fps) = self.fingerprints.get_mut(fp) {
                 fps.attempts.add(now, w, 1);
+                if let Some(k) = account_key {
+                    fps.tried.note(k, true, now, w);
+                }
             }
             // The owner's own client at home, whose source failed no more than a person
             // mistyping does: a run of failures from elsewhere (stuffing that tried the name)
@@ -337,18 +425,11 @@ impl Detector for CredentialDetector {
             };
         src.fails.add(now, w, 1);
         src.score.add(now, w, (src_weight * SCALE) as u32);
-        if src.first_fail_ns == 0 || now.saturating_sub(src.last_fail_ns) > w {
-            src.first_fail_ns = now;
-        }
-        src.last_fail_ns = now;
+        note_failure(&mut src.first_fail_ns, &mut src.last_fail_ns, now, w);
         fps.fails.add(now, w, 1);
         if let Some(k) = account_key {
-            if src.accounts.insert(k as u32) {
-                src.new_accounts.add(now, w, 1);
-            }
-            if fps.accounts.insert(k as u32) {
-                fps.new_accounts.add(now, w, 1);
-            }
+            src.tried.note(k, false, now, w);
+            fps.tried.note(k, false, now, w);
         }
         let src = *src;
         let fps = *fps;
@@ -359,8 +440,7 @@ impl Detector for CredentialDetector {
             let a = self.accounts.entry(k, now, AccountState::default);
             let rapid = a.last_fail_ns > 0 && now.saturating_sub(a.last_fail_ns) < self.rapid;
             let mut aw = weight + if rapid { 0.5 } else { 0.0 };
-            if a.first_fail_ns == 0 || now.saturating_sub(a.last_fail_ns) > w {
-                a.first_fail_ns = now;
+            if note_failure(&mut a.first_fail_ns, &mut a.last_fail_ns, now, w) {
                 a.doubt = Window::default();
             }
             // The account's own kind of client from a new country: its owner abroad, as long as
@@ -375,7 +455,6 @@ impl Detector for CredentialDetector {
             }
             a.fails.add(now, w, 1);
             a.score.add(now, w, (aw * SCALE).round() as u32);
-            a.last_fail_ns = now;
             a.sources.insert(src_key as u32);
             let fails = a.fails.count(now, w);
             let score = a.score.count(now, w) / SCALE;
@@ -389,7 +468,7 @@ impl Detector for CredentialDetector {
                 account_fired = true;
             }
             if account_fired && !ctx.is_repeat(AlertKind::BruteForce, subject, severity) {
-                let span = (now - a.first_fail_ns) as f64 / NS as f64;
+                let span = fail_span(a.first_fail_ns, a.last_fail_ns);
                 let mut why = Vec::new();
                 if new_country {
                     why.push(format!(
@@ -449,9 +528,15 @@ impl Detector for CredentialDetector {
 
         let src_fails = src.fails.count(now, w);
         let src_score = src.score.count(now, w) / SCALE;
-        let distinct = src.new_accounts.count(now, w);
+        let distinct = src.tried.accounts(now, w);
+        let logged_in = src.tried.logged_in(now, w);
         let attempts = src.attempts.count(now, w).max(1.0);
-        let success_ratio = src.successes.count(now, w) / attempts;
+        // Without named accounts (failures on a login endpoint whose bodies name none), the
+        // share of attempts that succeeded.
+        let success_ratio = src
+            .tried
+            .ok_ratio(now, w)
+            .unwrap_or(src.successes.count(now, w) / attempts);
         let stuffing_severity = if distinct >= 20.0 {
             Severity::Critical
         } else {
@@ -461,22 +546,23 @@ impl Detector for CredentialDetector {
             && src_score >= self.cfg.stuffing_score
             && success_ratio <= self.cfg.stuffing_max_success_ratio;
         if stuffing && !ctx.is_repeat(AlertKind::CredentialStuffing, src_key, stuffing_severity) {
-            let span = (now - src.first_fail_ns) as f64 / NS as f64;
+            let span = fail_span(src.first_fail_ns, src.last_fail_ns);
             let alert = ctx.alert(
                 AlertKind::CredentialStuffing,
                 stuffing_severity,
                 (src_score / (2.0 * self.cfg.stuffing_score)).max(0.7),
                 format!(
-                    "{} different accounts tried from {} in {} within {}, {} failures and {:.0}% successes ({ua}).",
+                    "{} different accounts tried from {} in {} within {}, {} failures, {} of the accounts logged in ({ua}).",
                     distinct.round(),
                     o.client_ip,
                     ctx.place(),
                     span_text(span),
                     src_fails.round(),
-                    success_ratio * 100.0
+                    logged_in.round()
                 ),
                 evidence([
                     ("accounts", json!(distinct.round())),
+                    ("accounts_logged_in", json!(logged_in.round())),
                     ("failures", json!(src_fails.round())),
                     ("attempts", json!(attempts.round())),
                     ("success_ratio", json!(r2(success_ratio))),
@@ -498,7 +584,7 @@ impl Detector for CredentialDetector {
             && success_ratio <= self.cfg.stuffing_max_success_ratio
             && !ctx.is_repeat(AlertKind::BruteForce, src_key, Severity::High)
         {
-            let span = (now - src.first_fail_ns) as f64 / NS as f64;
+            let span = fail_span(src.first_fail_ns, src.last_fail_ns);
             let alert = ctx.alert(
                 AlertKind::BruteForce,
                 Severity::High,
@@ -529,9 +615,13 @@ impl Detector for CredentialDetector {
         // Distributed stuffing: one client fingerprint, many sources and accounts, mostly failing.
         let fp_fails = fps.fails.count(now, w);
         let fp_attempts = fps.attempts.count(now, w).max(1.0);
-        let fp_accounts = fps.new_accounts.count(now, w);
+        let fp_accounts = fps.tried.accounts(now, w);
+        let fp_failure_ratio = fps
+            .tried
+            .ok_ratio(now, w)
+            .map_or(fp_fails / fp_attempts, |ok| 1.0 - ok);
         if fp_fails >= f64::from(self.cfg.fingerprint_min_failures)
-            && fp_fails / fp_attempts >= self.cfg.fingerprint_min_failure_ratio
+            && fp_failure_ratio >= self.cfg.fingerprint_min_failure_ratio
             && fp_accounts >= 3.0 * f64::from(self.cfg.stuffing_min_accounts)
             && fps.sources.len() >= 3
             && !ctx.is_repeat(
@@ -545,15 +635,16 @@ impl Detector for CredentialDetector {
                 Severity::High,
                 0.8,
                 format!(
-                    "{} failed logins on {} accounts from {} or more addresses sharing one client fingerprint ({ua}) in the last {} s.",
+                    "{} failed logins on {} accounts ({} of them logged in) from {} or more addresses sharing one client fingerprint ({ua}) in the last {} s.",
                     fp_fails.round(),
                     fp_accounts.round(),
+                    fps.tried.logged_in(now, w).round(),
                     fps.sources.len(),
                     self.cfg.window_s
                 ),
                 evidence([
                     ("failures", json!(fp_fails.round())),
-                    ("failure_ratio", json!(r2(fp_fails / fp_attempts))),
+                    ("failure_ratio", json!(r2(fp_failure_ratio))),
                     ("accounts", json!(fp_accounts.round())),
                     ("sources", json!(fps.sources.len())),
                     ("fingerprint", json!(format!("{:016x}", fp))),
@@ -711,6 +802,45 @@ mod tests {
             alerts.extend(e.observe(&login(t + 6 * S, "192.0.2.10", &user, false, ua)));
             alerts.extend(e.observe(&login(t + 14 * S, "192.0.2.10", &user, true, ua)));
         }
+        // Many users of one app from their own addresses, one in ten mistyping once; and an
+        // office whose users log in several times a day each.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let ua = "okhttp/4.9";
+        for i in 0..300u64 {
+            let ip = format!("198.18.{}.{}", i / 200, i % 200 + 1);
+            let user = format!("user{i}");
+            let t = T0 + i * S;
+            if i % 10 == 0 {
+                alerts.extend(e.observe(&login(t, &ip, &user, false, ua)));
+            }
+            alerts.extend(e.observe(&login(t + 5 * S, &ip, &user, true, ua)));
+        }
+        let ua = "Mozilla/5.0 (X11; Linux x86_64) Chrome/130.0 Safari/537.36";
+        for round in 0..5u64 {
+            for u in 0..20u64 {
+                let user = format!("staff{u}");
+                let t = T0 + round * 60 * S + u * S;
+                if u % 4 == round % 4 {
+                    alerts.extend(e.observe(&login(t, "192.0.2.10", &user, false, ua)));
+                }
+                alerts.extend(e.observe(&login(t + S / 2, "192.0.2.10", &user, true, ua)));
+            }
+        }
+        // A small office whose four users log in all day, long after the window in which
+        // they were first counted; a test script then fails twice on each of two accounts.
+        let ip = "192.0.2.20";
+        alerts.extend(e.observe(&login(T0, ip, "staff0", false, ua)));
+        for m in 0..60u64 {
+            for u in 0..4u64 {
+                let t = T0 + m * 60 * S + u * S;
+                alerts.extend(e.observe(&login(t, ip, &format!("staff{u}"), true, ua)));
+            }
+        }
+        for i in 0..4u64 {
+            let t = T0 + 3_610 * S + i * S;
+            let test = format!("test{}", i % 2);
+            alerts.extend(e.observe(&login(t, ip, &test, false, "python-requests/2.31")));
+        }
         assert!(alerts.is_empty(), "{alerts:?}");
     }
 
@@ -729,6 +859,58 @@ mod tests {
             }
         }
         assert!(first.expect("stuffing") <= S);
+    }
+
+    #[test]
+    fn stuffing_is_not_hidden_by_the_attackers_own_logins() {
+        // After every guess at a victim, a login to the attacker's own account: one attempt in
+        // two succeeds, but one account in 301.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let ua = "Mozilla/5.0";
+        let mut first = None;
+        for i in 0..300u64 {
+            let t = T0 + i * 400_000_000;
+            let user = format!("victim-{i}");
+            let mut alerts = e.observe(&login(t, "198.51.100.20", &user, false, ua));
+            alerts.extend(e.observe(&login(
+                t + 200_000_000,
+                "198.51.100.20",
+                "mallory",
+                true,
+                ua,
+            )));
+            if let Some(a) = alerts
+                .into_iter()
+                .find(|a| a.kind == AlertKind::CredentialStuffing)
+            {
+                first.get_or_insert((t - T0, a));
+            }
+        }
+        // At the fourth guess: one account of five logged in.
+        let (dt, a) = first.expect("stuffing");
+        assert_eq!(dt, 3 * 400_000_000, "after {} ms", dt / 1_000_000);
+        assert!(
+            a.explanation.contains("1 of the accounts logged in"),
+            "{}",
+            a.explanation
+        );
+        // Spread over addresses, two guesses each: the fingerprint tells.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut alerts = Vec::new();
+        for i in 0..200u64 {
+            let ip = format!("198.51.100.{}", 10 + i / 2);
+            let t = T0 + i * 3 * S;
+            let user = format!("someone{i}");
+            alerts.extend(e.observe(&login(t, &ip, &user, false, "okhttp/4.9")));
+            alerts.extend(e.observe(&login(t + S, &ip, "mallory", true, "okhttp/4.9")));
+        }
+        assert!(
+            alerts
+                .iter()
+                .any(|a| a.kind == AlertKind::CredentialStuffing
+                    && a.evidence.contains_key("fingerprint")),
+            "{alerts:?}"
+        );
     }
 
     #[test]
@@ -786,6 +968,79 @@ mod tests {
         assert!(
             !success.iter().any(|a| a.kind == AlertKind::BruteForce),
             "{success:?}"
+        );
+    }
+
+    #[test]
+    fn failures_out_of_request_order_span_their_true_time() {
+        // Parallel attempts are emitted as their responses complete: request times go
+        // backwards. The span is from the earliest to the latest, never a wrapped subtraction.
+        let ua = "python-requests/2.31";
+        let spans_2s = |alerts: &[crate::models::Alert], kind| {
+            let a = alerts
+                .iter()
+                .find(|a| a.kind == kind)
+                .unwrap_or_else(|| panic!("{kind:?} in {alerts:?}"));
+            assert!(a.explanation.contains(" 2.0 s"), "{}", a.explanation);
+        };
+        // One account.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut alerts = Vec::new();
+        for t in [S, 2 * S, 0] {
+            alerts.extend(e.observe(&login(T0 + t, "203.0.113.10", "layla", false, ua)));
+        }
+        spans_2s(&alerts, AlertKind::BruteForce);
+        // Many accounts from one source.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut alerts = Vec::new();
+        for (i, t) in [2 * S, S, 0].into_iter().enumerate() {
+            let user = format!("victim-{i}");
+            alerts.extend(e.observe(&login(T0 + t, "203.0.113.11", &user, false, ua)));
+        }
+        spans_2s(&alerts, AlertKind::CredentialStuffing);
+        // One source on a login endpoint without a readable user name.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut alerts = Vec::new();
+        for t in [2 * S, 0, S] {
+            let mut o = login(T0 + t, "203.0.113.12", "x", false, ua);
+            o.login = None;
+            alerts.extend(e.observe(&o));
+        }
+        spans_2s(&alerts, AlertKind::BruteForce);
+    }
+
+    #[test]
+    fn an_account_is_one_whatever_the_case_and_blanks_of_its_name() {
+        // Ten attempts from ten addresses in London with a browser, at a human pace, on the
+        // name written four ways: one account with ten failures.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        history(&mut e, "layla", "192.0.2.44", 5);
+        let start = T0 + 5 * 86_400 * S + 23 * 3600 * S;
+        let ua = "Mozilla/5.0 (X11; Linux x86_64) Chrome/130.0 Safari/537.36";
+        let names = ["Layla", "LAYLA", " layla", "layla"];
+        let mut alerts = Vec::new();
+        for i in 0..10u64 {
+            let ip = format!("198.18.{i}.9");
+            let name = names[i as usize % 4];
+            alerts.extend(e.observe(&login(start + i * 10 * S, &ip, name, false, ua)));
+        }
+        let a = alerts
+            .iter()
+            .find(|a| a.kind == AlertKind::BruteForce)
+            .unwrap_or_else(|| panic!("{alerts:?}"));
+        // Named as it was sent in the attempt that crossed the line (the fifth).
+        assert!(
+            a.explanation
+                .contains("5 failed logins for account Layla in 40.0 s"),
+            "{}",
+            a.explanation
+        );
+        // ... and a success under another spelling right after is a guessed password.
+        let ok = e.observe(&login(start + 100 * S, "198.18.9.9", "LaYlA", true, ua));
+        assert!(
+            ok.iter()
+                .any(|a| a.kind == AlertKind::BruteForce && a.explanation.contains("LaYlA")),
+            "{ok:?}"
         );
     }
 

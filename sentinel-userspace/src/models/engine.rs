@@ -32,7 +32,7 @@ use super::{
     rate::RateDetector,
     token::TokenDetector,
 };
-use crate::enrich::principal::{PrincipalKind, short_hash};
+use crate::enrich::principal::{PrincipalKind, is_login_path, short_hash};
 
 /// Why a models configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -409,11 +409,7 @@ impl Engine {
     }
 
     fn is_login_endpoint(&self, endpoint: &str) -> bool {
-        let e = endpoint.trim_end_matches('/');
-        self.cfg
-            .login_endpoints
-            .iter()
-            .any(|l| e.ends_with(l.trim_end_matches('/')))
+        is_login_path(endpoint, &self.cfg.login_endpoints)
     }
 
     /// Runs every detector over `o` and returns the alerts that are not repeats.
@@ -714,6 +710,23 @@ mod tests {
         let x = e.explain("user:layla").unwrap();
         assert_eq!(x["countries"], json!(["SA"]));
         assert_eq!(x["requests"], 1);
+    }
+
+    #[test]
+    fn refusals_on_a_login_endpoint_in_any_case_are_failed_logins() {
+        // No user name could be read: the endpoint alone makes these logins.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut alerts = Vec::new();
+        for (i, path) in ["/LOGIN", "/Login/", "/api/LOGIN"].into_iter().enumerate() {
+            let mut o = login(T0 + i as u64 * S, "203.0.113.9", "x", false, "curl/8");
+            o.login = None;
+            o.endpoint = path.into();
+            alerts.extend(e.observe(&o));
+        }
+        assert!(
+            alerts.iter().any(|a| a.kind == AlertKind::BruteForce),
+            "{alerts:?}"
+        );
     }
 
     #[test]

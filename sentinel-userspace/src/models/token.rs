@@ -225,8 +225,9 @@ impl TokenDetector {
             });
         }
         if let Some(exp) = j.exp {
+            // `exp` is whatever the client sent: i64::MIN must not wrap to "not expired".
             let now_s = (o.ts_ns / NS) as i64;
-            let late = now_s - exp;
+            let late = now_s.saturating_sub(exp);
             if ok && late as f64 > self.cfg.exp_leeway_s {
                 let alert = ctx.alert(
                     AlertKind::JwtWeakness,
@@ -462,6 +463,30 @@ mod tests {
             "dina",
             "RS256",
             Some(exp + 7200),
+        );
+        assert!(e.observe(&o).is_empty());
+    }
+
+    #[test]
+    fn an_exp_at_the_ends_of_the_range_neither_wraps_nor_panics() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let o = with_jwt(
+            obs(T0, "198.18.0.8", "/balance"),
+            "eve",
+            "HS256",
+            Some(i64::MIN),
+        );
+        let a = e.observe(&o);
+        assert!(
+            a.iter()
+                .any(|a| a.kind == AlertKind::JwtWeakness && a.evidence["expired_s"] == i64::MAX),
+            "{a:?}"
+        );
+        let o = with_jwt(
+            obs(T0, "198.18.0.9", "/balance"),
+            "finn",
+            "HS256",
+            Some(i64::MAX),
         );
         assert!(e.observe(&o).is_empty());
     }
