@@ -316,6 +316,19 @@ impl<'de> Deserialize<'de> for Claim {
     }
 }
 
+/// The account a login names, as principals and profiles know it: user names and e-mail
+/// addresses are told apart by neither case nor surrounding blanks in practice, so `layla`,
+/// `Layla`, `LAYLA` and ` layla` are one account (a thief logging in as `LAYLA` must meet
+/// `layla`'s history, not a blank one).
+pub fn account_name(username: &str) -> std::borrow::Cow<'_, str> {
+    let name = username.trim();
+    if name.chars().any(char::is_uppercase) {
+        std::borrow::Cow::Owned(name.to_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
 /// The request facts the extractor reads.
 pub struct RequestView<'a> {
     /// Source address of the connection.
@@ -549,7 +562,7 @@ pub fn identify(
     if let Some(user) = decoded.login {
         return Principal {
             kind: PrincipalKind::User,
-            id: user.to_owned(),
+            id: account_name(user).into_owned(),
         };
     }
     Principal {
@@ -803,6 +816,23 @@ mod tests {
             let hs = h(&[("X-Forwarded-For", xff)]);
             assert_eq!(principal(&view("/", &hs, b""), &cfg).id, want, "{xff}");
         }
+    }
+
+    #[test]
+    fn a_login_names_its_account_whatever_the_case_and_blanks() {
+        let cfg = PrincipalConfig::default();
+        let hs = h(&[("Content-Type", "application/json")]);
+        let body = br#"{"username":" Layla@Bank.Test ","password":"x"}"#;
+        let v = view("/login", &hs, body);
+        let p = principal(&v, &cfg);
+        assert_eq!(
+            (p.kind, p.id.as_str()),
+            (PrincipalKind::User, "layla@bank.test")
+        );
+        assert!(matches!(
+            account_name("layla"),
+            std::borrow::Cow::Borrowed("layla")
+        ));
     }
 
     #[test]

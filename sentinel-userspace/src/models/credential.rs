@@ -38,6 +38,7 @@ use super::{
     engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, span_text, subject},
     profile::cc,
 };
+use crate::enrich::principal::account_name;
 
 /// `[models.credential]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -241,16 +242,10 @@ fn note_failure(first: &mut u64, last: &mut u64, now: u64, w: u64) -> bool {
     new_run
 }
 
-/// The key of the account a login names: user names and e-mail addresses are told apart by
-/// neither case nor surrounding blanks in practice, so `layla`, `Layla`, `LAYLA` and ` layla`
-/// are one account (explanations still show the name as it was sent).
+/// The key of the account a login names ([`account_name`]: one whatever the case and blanks
+/// of its name; explanations still show the name as it was sent).
 fn account_key(username: &str) -> u64 {
-    let name = username.trim();
-    if name.chars().any(char::is_uppercase) {
-        key_of(name.to_lowercase().as_str())
-    } else {
-        key_of(name)
-    }
+    key_of(&*account_name(username))
 }
 
 /// Seconds from the first to the last failure of a run.

@@ -32,7 +32,7 @@ use super::{
     rate::RateDetector,
     token::TokenDetector,
 };
-use crate::enrich::principal::{PrincipalKind, is_login_path, short_hash};
+use crate::enrich::principal::{PrincipalKind, account_name, is_login_path, short_hash};
 
 /// Why a models configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -511,7 +511,7 @@ impl Engine {
         };
         for f in TOKEN_FIELDS {
             if let Some(tok) = v.get(f).and_then(Value::as_str) {
-                let account = format!("user:{username}");
+                let account = format!("user:{}", account_name(username));
                 *self
                     .links
                     .entry(key_of(short_hash(tok).as_str()), o.ts_ns, || "".into()) =

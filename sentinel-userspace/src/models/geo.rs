@@ -287,6 +287,34 @@ mod tests {
     }
 
     #[test]
+    fn a_thief_logging_in_as_layla_in_capitals_meets_her_history() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let last = layla(&mut e);
+        // The server takes the name in any case; the profile must too.
+        let t = last + 3 * 86_400 * S;
+        let mut l = login(t, "198.51.100.7", " LAYLA", true, "python-requests/2.31");
+        if let Some(x) = l.login.as_mut() {
+            x.username = " LAYLA".into();
+        }
+        // As the enricher names it (`principal::identify`).
+        l.principal.id = crate::enrich::principal::account_name(" LAYLA").into_owned();
+        let a = e.observe(&l);
+        let nc = a.iter().find(|a| a.kind == AlertKind::NewCountry);
+        assert!(
+            nc.is_some_and(|a| a.principal.as_deref() == Some("user:layla")),
+            "{a:?}"
+        );
+        // The token that login was issued is hers too: its requests count in her profile.
+        let requests = |e: &Engine| e.explain("user:layla").unwrap()["requests"].as_u64();
+        let before = requests(&e);
+        let tok = issued_token(" LAYLA", t);
+        let mut o = with_token(obs(t + S, "198.51.100.7", "/balance"), &tok);
+        o.user_agent = Some("python-requests/2.31".into());
+        e.observe(&o);
+        assert_eq!(requests(&e), before.map(|n| n + 1));
+    }
+
+    #[test]
     fn a_forged_jwt_on_a_public_page_neither_poisons_nor_blames_its_subject() {
         let mut e = Engine::new(&ModelsConfig::default()).unwrap();
         // Layla's app, with a JWT issued before the capture began (no login seen), from Riyadh
