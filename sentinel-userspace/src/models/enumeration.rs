@@ -8,7 +8,9 @@
 //! - `scraping`: one principal makes at least `scrape_min_requests` requests within
 //!   `scrape_window_s`, at least `scrape_min_distinct_ratio` of them to distinct resources, with
 //!   no sign of a normal client flow (a login seen for its credential, or one of the
-//!   `flow_endpoints`); with such a flow the request floor is `flow_factor` times higher.
+//!   `flow_endpoints`, in this window or the one before); with such a flow the request floor is
+//!   `flow_factor` times higher. Twice the floor in distinct resources is scraping whatever the
+//!   ratio (repeats between the fetches do not hide a crawl).
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -144,18 +146,23 @@ struct Crawl {
     start: u32,
     paths: Distinct,
     requests: u32,
+    /// A normal client flow in this window.
     flow: bool,
+    /// And in the window before (a flow vouches for the next window, not for good: one
+    /// `/balance` must not lift the floor for as long as the crawl goes on).
+    flow_before: bool,
 }
 
 const _: () = assert!(size_of::<Crawl>() == 44);
 
 impl Crawl {
-    fn new(now: u32, flow: bool) -> Self {
+    fn new(now: u32, flow_before: bool) -> Self {
         Self {
             start: now,
             paths: Distinct::default(),
             requests: 0,
-            flow,
+            flow: false,
+            flow_before,
         }
     }
 }
@@ -311,26 +318,34 @@ impl EnumerationDetector {
             .crawls
             .entry_idle(ctx.entity, o.ts_ns, || Crawl::new(now, false));
         if c.requests == 0 || over(now, c.start, self.scrape_window, idle) {
-            *c = Crawl::new(now, c.flow);
+            // The flow carries into the window right after its own, not past a quiet spell.
+            let next = idle < STALE_NS
+                && ms_since(now, c.start).is_some_and(|a| a < 2 * self.scrape_window);
+            *c = Crawl::new(now, c.flow && next);
         }
         c.flow |= flow;
+        let flow = c.flow || c.flow_before;
         c.requests = c.requests.saturating_add(1);
         // Linear counting corrects the bitmap's collisions (counting new bits would lose about
         // one resource in twenty by 25, enough to sink the ratio under the threshold).
         c.paths.insert(key2(&o.path, &o.query));
         let distinct = (c.paths.estimate().round() as u32).min(c.requests);
-        let floor = if c.flow {
+        let floor = if flow {
             f64::from(self.cfg.scrape_min_requests) * self.cfg.flow_factor
         } else {
             f64::from(self.cfg.scrape_min_requests)
         };
         let ratio = f64::from(distinct) / f64::from(c.requests);
-        if f64::from(c.requests) < floor || ratio < self.cfg.scrape_min_distinct_ratio {
+        // Twice the floor in distinct resources is a crawl whatever else is asked between
+        // them (a constant URL between every two fetches keeps the ratio at one half).
+        let crawled = f64::from(distinct) >= 2.0 * floor;
+        if f64::from(c.requests) < floor || (ratio < self.cfg.scrape_min_distinct_ratio && !crawled)
+        {
             return;
         }
         let c = *c;
         let secs_in = secs_from(now, c.start).max(0.001);
-        let severity = if c.flow {
+        let severity = if flow {
             Severity::Medium
         } else {
             Severity::High
@@ -349,7 +364,7 @@ impl EnumerationDetector {
                 c.requests,
                 span_text(secs_in),
                 f64::from(c.requests) / secs_in,
-                if c.flow {
+                if flow {
                     ""
                 } else {
                     " without any normal client flow (no login, no usual pages)"
@@ -360,7 +375,7 @@ impl EnumerationDetector {
                 ("distinct", json!(distinct)),
                 ("distinct_ratio", json!(r2(ratio))),
                 ("rate_rps", json!(r2(f64::from(c.requests) / secs_in))),
-                ("normal_flow", json!(c.flow)),
+                ("normal_flow", json!(flow)),
                 ("min_requests", json!(floor)),
                 ("window_s", json!(self.cfg.scrape_window_s)),
             ]),
@@ -496,6 +511,49 @@ mod tests {
             }
         }
         assert!(hit);
+    }
+
+    /// Scraping alerts raised by `reqs` (principal's token `tok`, one request per 300 ms).
+    fn scraping<'a>(
+        e: &mut Engine,
+        t0: u64,
+        tok: &str,
+        reqs: impl Iterator<Item = &'a str>,
+    ) -> usize {
+        reqs.enumerate()
+            .flat_map(|(i, p)| {
+                let (path, query) = p.split_once('?').unwrap_or((p, ""));
+                let mut o = with_token(obs(t0 + i as u64 * 300_000_000, "203.0.113.60", path), tok);
+                o.query = query.into();
+                e.observe(&o)
+            })
+            .filter(|a| a.kind == AlertKind::Scraping)
+            .count()
+    }
+
+    #[test]
+    fn repeats_between_the_fetches_do_not_hide_a_crawl() {
+        // A constant page between every two fetches: the distinct ratio stays at one half.
+        let pages: Vec<String> = (0..60)
+            .flat_map(|i| [format!("/catalogue?page={i}"), "/home".to_owned()])
+            .collect();
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        assert!(scraping(&mut e, T0, "tok-crawl", pages.iter().map(String::as_str)) > 0);
+    }
+
+    #[test]
+    fn one_usual_page_does_not_vouch_for_a_crawl_forever() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        // One /balance, then nothing for two minutes: two windows later the flow is stale.
+        scraping(&mut e, T0, "tok-once", ["/balance"].into_iter());
+        let pages: Vec<String> = (0..40).map(|i| format!("/catalogue?page={i}")).collect();
+        let n = scraping(
+            &mut e,
+            T0 + 130 * S,
+            "tok-once",
+            pages.iter().map(String::as_str),
+        );
+        assert!(n > 0, "40 distinct pages in 12 s were not scraping");
     }
 
     #[test]
