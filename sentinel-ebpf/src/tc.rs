@@ -161,9 +161,12 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
     let flags = tcp[13];
     let payload_off = l4_off + doff;
     let skb_len = ctx.len() as usize;
-    // Payload on the wire: by the IP length field (frames may be padded), or by the skb length
-    // for GSO packets whose length field is 0.
-    let end = if pkt.ip_end > payload_off && pkt.ip_end <= skb_len {
+    // Payload on the wire: by the IP length field (frames may be padded: a pure ACK of 54 bytes
+    // arrives as 60, and its 6 bytes of padding are no payload), or by the skb length for GSO
+    // packets whose length field is 0 (so that it ends before the transport header).
+    let end = if pkt.ip_end <= l4_off {
+        skb_len
+    } else if pkt.ip_end < skb_len {
         pkt.ip_end
     } else {
         skb_len

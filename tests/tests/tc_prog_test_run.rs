@@ -121,3 +121,32 @@ fn segments_the_fast_path_leaves_to_the_full_parser_are_captured() -> anyhow::Re
     }
     Ok(())
 }
+
+#[test]
+fn ethernet_padding_is_not_payload() -> anyhow::Result<()> {
+    // A pure ACK without TCP options is 54 bytes and reaches the wire padded to 60: the six
+    // bytes of padding were captured as payload at the connection's next sequence number, and
+    // the request that came with that number lost its first six bytes to them.
+    sentinel_tests::require_root();
+    with_pin("pad", |pin| {
+        let mut dp = Datapath::load(&LoadOptions::new(pin))?;
+        let mut cap = dp.take_capture()?;
+        capture_port(&mut cap, PORT)?;
+        let mut frame = Packet::tcp("198.18.0.100", "198.18.0.1")
+            .ports(40000, PORT)
+            .payload(0)
+            .build()
+            .bytes;
+        assert_eq!(frame.len(), 54);
+        frame[54 - 7] = 0x10; // ACK alone (the builder sets PSH|ACK)
+        frame.resize(60, 0);
+        let r = dp.tc(names::PROG_INGRESS)?.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ..Default::default()
+        })?;
+        assert_eq!(r.return_value, 0);
+        let rec = cap.ring.next().map(|r| r.to_vec());
+        assert!(rec.is_none(), "a record for a pure ACK: {rec:?}");
+        Ok(())
+    })
+}
