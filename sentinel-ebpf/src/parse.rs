@@ -268,24 +268,36 @@ fn parse_ipv6(
     pkt.ip_end = off + IPV6_HLEN + u16::from_be_bytes([head[4], head[5]]) as usize;
     let mut l4 = off + IPV6_HLEN;
     let mut nh = head[6];
-    let mut has_l4 = true;
+    // From here on the addresses are known: an extension header chain this parser cannot
+    // follow (cut short, longer than it reads, or more headers than it walks) leaves the ports
+    // unknown (`l4_truncated`) but never makes the packet malformed, so that the lists still
+    // see its source. A routing header of 464 bytes with no segments left, which Linux skips,
+    // otherwise carried a blocked source's whole TCP session past every list.
     for _ in 0..MAX_IPV6_EXT {
         let ext_len = match nh {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let e = read::<[u8; 2]>(data, data_end, l4).ok_or(ParseError::Malformed)?;
+                let Some(e) = read::<[u8; 2]>(data, data_end, l4) else {
+                    return chain_unknown(pkt, nh);
+                };
                 nh = e[0];
                 (e[1] as usize + 1) * 8
             }
             IPPROTO_AH => {
-                let e = read::<[u8; 2]>(data, data_end, l4).ok_or(ParseError::Malformed)?;
+                let Some(e) = read::<[u8; 2]>(data, data_end, l4) else {
+                    return chain_unknown(pkt, nh);
+                };
                 nh = e[0];
                 (e[1] as usize + 2) * 4
             }
             IPPROTO_FRAGMENT => {
-                let e = read::<[u8; 4]>(data, data_end, l4).ok_or(ParseError::Malformed)?;
+                let Some(e) = read::<[u8; 4]>(data, data_end, l4) else {
+                    return chain_unknown(pkt, nh);
+                };
                 nh = e[0];
                 if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
-                    has_l4 = false;
+                    // A later fragment: what follows is data, not headers.
+                    pkt.proto = nh;
+                    return Ok(());
                 }
                 8
             }
@@ -293,13 +305,20 @@ fn parse_ipv6(
         };
         l4 += ext_len;
         if l4 > MAX_L4_OFFSET {
-            return Err(ParseError::Malformed);
+            return chain_unknown(pkt, nh);
         }
     }
     pkt.proto = nh;
-    if has_l4 {
-        parse_ports(data, data_end, l4, pkt);
-    }
+    parse_ports(data, data_end, l4, pkt);
+    Ok(())
+}
+
+/// An IPv6 extension header chain not followed to its end: the packet keeps its addresses,
+/// its ports are unknown.
+#[inline(always)]
+fn chain_unknown(pkt: &mut Packet, nh: u8) -> Result<(), ParseError> {
+    pkt.proto = nh;
+    pkt.l4_truncated = true;
     Ok(())
 }
 
