@@ -129,20 +129,25 @@ pub enum CaptureCounter {
     LoadFailed = 4,
     /// Payload bytes written to the ring buffer.
     Bytes = 5,
+    /// TCP packets the capture cannot follow: without a readable transport header (IP
+    /// fragments after the first, which the kernel reassembles only after TC, or a header past
+    /// what the parser reads). Their bytes never reach the reassembler.
+    Unfollowed = 6,
 }
 
 impl CaptureCounter {
     /// Every counter in index order.
-    pub const ALL: [CaptureCounter; 6] = [
+    pub const ALL: [CaptureCounter; 7] = [
         CaptureCounter::Captured,
         CaptureCounter::RingFull,
         CaptureCounter::Truncated,
         CaptureCounter::Malformed,
         CaptureCounter::LoadFailed,
         CaptureCounter::Bytes,
+        CaptureCounter::Unfollowed,
     ];
     /// Size of the counters array.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 
     /// Stable label for JSON and metrics.
     pub const fn label(self) -> &'static str {
@@ -153,6 +158,7 @@ impl CaptureCounter {
             CaptureCounter::Malformed => "malformed",
             CaptureCounter::LoadFailed => "load_failed",
             CaptureCounter::Bytes => "bytes",
+            CaptureCounter::Unfollowed => "unfollowed",
         }
     }
 }

@@ -133,7 +133,13 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
     }
     // SAFETY: one of the two parsers initialised every field.
     let pkt = unsafe { pkt.assume_init_ref() };
-    if pkt.proto != IPPROTO_TCP || pkt.l4_off == 0 {
+    if pkt.proto != IPPROTO_TCP {
+        return;
+    }
+    if pkt.l4_off == 0 {
+        // A later fragment or a header out of reach: on which port is unknown, so counted for
+        // every TCP packet (a fragmented request would otherwise go unseen without a trace).
+        count(CaptureCounter::Unfollowed, 1);
         return;
     }
     if !port_wanted(pkt.dst_port) && !port_wanted(pkt.src_port) {
@@ -236,16 +242,22 @@ fn timestamp(ctx: &TcContext) -> (u64, u8) {
 #[inline(always)]
 fn parse_slow(ctx: &TcContext, out: &mut MaybeUninit<Packet>) -> bool {
     let pkt = Packet::zeroed_in(out);
-    if parse::parse_into(ctx.data(), ctx.data_end(), pkt) == parse::PARSE_OK {
+    let parsed = parse::parse_into(ctx.data(), ctx.data_end(), pkt) == parse::PARSE_OK;
+    // A TCP header cut off by the end of the linear part (not by the packet's) parses as
+    // truncated: it needs the pull as much as a failed parse does.
+    if parsed && !(pkt.proto == IPPROTO_TCP && pkt.l4_truncated) {
         return true;
     }
-    // Headers may sit outside the linear part of the skb: pull them in once and retry.
+    // Headers may sit outside the linear part of the skb: pull them in once and retry, as far
+    // as the parser reads (its transport offset bound and a TCP header with options).
     let linear = (ctx.data_end() - ctx.data()) as u32;
     let len = ctx.len();
     if len <= linear {
-        return false;
+        return parsed;
     }
-    let _ = ctx.pull_data(if len > 256 { 256 } else { len });
+    const PULL: u32 = (parse::MAX_L4_OFFSET + 60) as u32;
+    let _ = ctx.pull_data(if len > PULL { PULL } else { len });
+    let pkt = Packet::zeroed_in(out);
     parse::parse_into(ctx.data(), ctx.data_end(), pkt) == parse::PARSE_OK
 }
 

@@ -7,7 +7,9 @@ use sentinel::{
     clock::monotonic_ns,
     datapath::{Datapath, LoadOptions},
 };
-use sentinel_common::{CAP_FLAG_EGRESS, CAP_FLAG_TS_REALTIME, CaptureHeader, capture::names};
+use sentinel_common::{
+    CAP_FLAG_EGRESS, CAP_FLAG_TS_REALTIME, CaptureCounter, CaptureHeader, capture::names,
+};
 use sentinel_tests::{
     packets::{Ext, Packet, addr_key},
     tc::{capture_port, skb_ctx_with_tstamp},
@@ -147,6 +149,36 @@ fn ethernet_padding_is_not_payload() -> anyhow::Result<()> {
         assert_eq!(r.return_value, 0);
         let rec = cap.ring.next().map(|r| r.to_vec());
         assert!(rec.is_none(), "a record for a pure ACK: {rec:?}");
+        Ok(())
+    })
+}
+
+#[test]
+fn tcp_the_capture_cannot_follow_is_counted() -> anyhow::Result<()> {
+    // A later IPv4 fragment (the kernel reassembles it only after TC) carries no TCP header:
+    // no record, but a count, so that a fragmented request does not go unseen without a trace.
+    sentinel_tests::require_root();
+    with_pin("frag", |pin| {
+        let mut dp = Datapath::load(&LoadOptions::new(pin))?;
+        let mut cap = dp.take_capture()?;
+        capture_port(&mut cap, PORT)?;
+        let frame = Packet::tcp("198.18.0.100", "198.18.0.1")
+            .ports(40000, PORT)
+            .ipv4_fragment(3)
+            .build()
+            .bytes;
+        let r = dp.tc(names::PROG_INGRESS)?.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ..Default::default()
+        })?;
+        assert_eq!(r.return_value, 0);
+        assert!(cap.ring.next().is_none(), "a record for a later fragment");
+        let unfollowed: u64 = cap
+            .counters
+            .get(&(CaptureCounter::Unfollowed as u32), 0)?
+            .iter()
+            .sum();
+        assert_eq!(unfollowed, 1);
         Ok(())
     })
 }

@@ -124,13 +124,14 @@ pub fn status(s: &StatusReport, json: bool) {
         );
         let k = |n: &str| c.kernel.get(n).copied().unwrap_or(0);
         println!(
-            "  kernel: {} segments ({} bytes), {} lost to a full ring buffer, {} truncated, {} malformed, {} copy failures",
+            "  kernel: {} segments ({} bytes), {} lost to a full ring buffer, {} truncated, {} malformed, {} copy failures, {} TCP packets not followed (IP fragments, headers out of reach)",
             k("captured"),
             k("bytes"),
             k("ring_full"),
             k("truncated"),
             k("malformed"),
-            k("load_failed")
+            k("load_failed"),
+            k("unfollowed")
         );
         let u = |n: &str| c.consumer.get(n).copied().unwrap_or(0);
         println!(
