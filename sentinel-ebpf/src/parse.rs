@@ -308,6 +308,13 @@ fn parse_ipv6(
             return chain_unknown(pkt, nh);
         }
     }
+    if matches!(
+        nh,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+    ) {
+        // More headers than the parser walks.
+        return chain_unknown(pkt, nh);
+    }
     pkt.proto = nh;
     parse_ports(data, data_end, l4, pkt);
     Ok(())

@@ -134,6 +134,10 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
     // SAFETY: one of the two parsers initialised every field.
     let pkt = unsafe { pkt.assume_init_ref() };
     if pkt.proto != IPPROTO_TCP {
+        if pkt.l4_truncated {
+            // An IPv6 extension chain not followed to its end: TCP, perhaps.
+            count(CaptureCounter::Unfollowed, 1);
+        }
         return;
     }
     if pkt.l4_off == 0 {

@@ -155,30 +155,44 @@ fn ethernet_padding_is_not_payload() -> anyhow::Result<()> {
 
 #[test]
 fn tcp_the_capture_cannot_follow_is_counted() -> anyhow::Result<()> {
-    // A later IPv4 fragment (the kernel reassembles it only after TC) carries no TCP header:
-    // no record, but a count, so that a fragmented request does not go unseen without a trace.
+    // A later IPv4 fragment (the kernel reassembles it only after TC) carries no TCP header,
+    // and seven IPv6 extension headers hide it from the parser: no record, but a count, so
+    // that such a request does not go unseen without a trace.
     sentinel_tests::require_root();
     with_pin("frag", |pin| {
         let mut dp = Datapath::load(&LoadOptions::new(pin))?;
         let mut cap = dp.take_capture()?;
         capture_port(&mut cap, PORT)?;
-        let frame = Packet::tcp("198.18.0.100", "198.18.0.1")
-            .ports(40000, PORT)
-            .ipv4_fragment(3)
-            .build()
-            .bytes;
-        let r = dp.tc(names::PROG_INGRESS)?.test_run(TestRunOptions {
-            data_in: Some(&frame),
-            ..Default::default()
-        })?;
-        assert_eq!(r.return_value, 0);
-        assert!(cap.ring.next().is_none(), "a record for a later fragment");
+        let mut seven = Packet::tcp("2001:db8::100", "2001:db8::1").ports(40000, PORT);
+        for _ in 0..7 {
+            seven = seven.ext(Ext::DestOpts { units: 1 });
+        }
+        let frames = [
+            Packet::tcp("198.18.0.100", "198.18.0.1")
+                .ports(40000, PORT)
+                .ipv4_fragment(3)
+                .build()
+                .bytes,
+            // More IPv6 extension headers than the parser walks (Linux takes them).
+            seven.build().bytes,
+        ];
+        for frame in &frames {
+            let r = dp.tc(names::PROG_INGRESS)?.test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..Default::default()
+            })?;
+            assert_eq!(r.return_value, 0);
+        }
+        assert!(
+            cap.ring.next().is_none(),
+            "a record for a packet not followed"
+        );
         let unfollowed: u64 = cap
             .counters
             .get(&(CaptureCounter::Unfollowed as u32), 0)?
             .iter()
             .sum();
-        assert_eq!(unfollowed, 1);
+        assert_eq!(unfollowed, 2);
         Ok(())
     })
 }

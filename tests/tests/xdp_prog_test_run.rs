@@ -843,7 +843,7 @@ fn an_extension_chain_the_parser_cannot_follow_still_meets_the_lists() {
     for (what, frame) in &cases {
         assert_eq!(lab.run(frame), XDP_DROP, "{what}");
     }
-    lab.expect_counts(&[(Reason::DropBlock, 4), (Reason::TruncatedL4, 3)]);
+    lab.expect_counts(&[(Reason::DropBlock, 4), (Reason::TruncatedL4, 4)]);
 }
 
 #[test]
