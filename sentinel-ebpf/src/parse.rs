@@ -340,11 +340,18 @@ fn parse_ports(data: usize, data_end: usize, off: usize, pkt: &mut Packet) {
     }
     let need = if pkt.proto == IPPROTO_TCP { 20 } else { 8 };
     match read::<[u8; 4]>(data, data_end, off) {
-        Some(p) if off + need <= data_end - data => {
+        Some(p) => {
+            // The ports are the header's first four bytes: read even when the rest is cut (a
+            // first IPv4 fragment carrying 8 bytes of TCP, which Linux reassembles, must still
+            // meet a flow kill).
             pkt.src_port = u16::from_be_bytes([p[0], p[1]]);
             pkt.dst_port = u16::from_be_bytes([p[2], p[3]]);
-            pkt.l4_off = off;
+            if off + need <= data_end - data {
+                pkt.l4_off = off;
+            } else {
+                pkt.l4_truncated = true;
+            }
         }
-        _ => pkt.l4_truncated = true,
+        None => pkt.l4_truncated = true,
     }
 }

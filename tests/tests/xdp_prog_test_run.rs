@@ -383,6 +383,13 @@ fn killed_flows_drop_only_their_five_tuple() {
             XDP_DROP,
             "found past VLAN tags and extension headers"
         );
+        // Only the ports of its TCP header there (a tiny first fragment): still the flow.
+        let tiny = flow.clone().payload(0).build();
+        assert_eq!(
+            lab.run(&tiny.cut(tiny.l4 + 8)),
+            XDP_DROP,
+            "header cut after 8 bytes"
+        );
         for (what, p) in [
             ("UDP is another flow", flow.clone().proto(packets::UDP)),
             ("another source port", flow.clone().ports(40001, 443)),
@@ -402,9 +409,13 @@ fn killed_flows_drop_only_their_five_tuple() {
         let udp = Packet::udp(f.src, f.dst).ports(5353, 53);
         lab.kill_flow(&udp, 0, 0);
         assert_eq!(lab.send(&udp), XDP_DROP);
-        assert_eq!(lab.source(f.src).dropped, 3);
+        assert_eq!(lab.source(f.src).dropped, 4);
     }
-    lab.expect_counts(&[(Reason::DropFlowKill, 6), (Reason::Pass, 10)]);
+    lab.expect_counts(&[
+        (Reason::DropFlowKill, 8),
+        (Reason::Pass, 10),
+        (Reason::TruncatedL4, 2),
+    ]);
 }
 
 #[test]
