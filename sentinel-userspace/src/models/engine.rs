@@ -442,13 +442,17 @@ impl Engine {
         // the token, so there a JWT's requests teach its subject's profile (and are judged as
         // the subject's) only when the token was issued at a login seen (linked). A forged
         // token on a public page neither poisons nor blames its subject.
-        let endpoint_key = key_of(&*o.endpoint);
-        if o.credential.is_none() && (200..300).contains(&o.status) && !is_login {
-            self.public.entry(endpoint_key, o.ts_ns, || ());
+        let anonymous_ok = o.credential.is_none() && (200..300).contains(&o.status) && !is_login;
+        let unlinked_jwt = o.principal.kind == PrincipalKind::Jwt && account.is_none();
+        let mut vouched = true;
+        // Only these two need the endpoint's key: most requests hash nothing more here.
+        if anonymous_ok || unlinked_jwt {
+            let endpoint_key = key_of(&*o.endpoint);
+            if anonymous_ok {
+                self.public.entry(endpoint_key, o.ts_ns, || ());
+            }
+            vouched = !unlinked_jwt || self.public.get(endpoint_key).is_none();
         }
-        let vouched = o.principal.kind != PrincipalKind::Jwt
-            || account.is_some()
-            || self.public.get(endpoint_key).is_none();
         let trusted = match o.principal.kind {
             PrincipalKind::Ip => !login_failed,
             PrincipalKind::User => o.login.as_ref().is_some_and(|l| l.success) && !refused,
