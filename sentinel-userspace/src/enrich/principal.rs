@@ -389,18 +389,34 @@ fn hop_ip(hop: &str) -> Option<IpAddr> {
     addr.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
-/// True when `path` (a request path or an endpoint template) ends with one of `logins`, in any
-/// case (`/API/Login` is `/api/login` to many servers, and to an attacker trying both),
-/// trailing slashes aside; an empty suffix (`/`) is the root only. The enricher (reading user
+/// True when `path` (a request path or an endpoint template) ends with one of `logins`, segment
+/// by segment, in any case (`/API/Login` is `/api/login` to many servers, and to an attacker
+/// trying both), trailing slashes aside; a `{...}` segment of a configured path matches any
+/// segment (`/tenants/{tenant}/login` matches `/tenants/acme/login` and the learned template
+/// `/tenants/{param}/login`); an empty one (`/`) is the root only. The enricher (reading user
 /// names) and the models (counting failures) both ask this.
 pub fn is_login_path(path: &str, logins: &[String]) -> bool {
-    let path = path.trim_end_matches('/').as_bytes();
+    let path = path.trim_end_matches('/');
     logins.iter().any(|l| {
-        let l = l.trim_end_matches('/').as_bytes();
+        let l = l.trim_end_matches('/');
         if l.is_empty() {
             return path.is_empty();
         }
-        path.len() >= l.len() && path[path.len() - l.len()..].eq_ignore_ascii_case(l)
+        let mut got = path.rsplit('/');
+        for want in l.rsplit('/') {
+            let Some(seg) = got.next() else {
+                return false;
+            };
+            if want.is_empty() {
+                // The configured path's leading `/`: the match ends on a segment boundary.
+                return true;
+            }
+            let any = want.len() > 2 && want.starts_with('{') && want.ends_with('}');
+            if !(any && !seg.is_empty() || seg.eq_ignore_ascii_case(want)) {
+                return false;
+            }
+        }
+        true
     })
 }
 
@@ -787,6 +803,21 @@ mod tests {
         assert!(login_username(&view("/V2/Customer/Authenticate", &json, body), &cfg).is_some());
         assert!(login_username(&view("/", &json, body), &cfg).is_some());
         assert!(login_username(&view("/login", &json, body), &cfg).is_none());
+        // A placeholder segment matches any segment, in a path or a learned template.
+        cfg.login_paths = vec!["/tenants/{tenant}/login".into()];
+        for path in ["/tenants/acme/login", "/v1/tenants/ACME/Login/"] {
+            assert!(
+                login_username(&view(path, &json, body), &cfg).is_some(),
+                "{path}"
+            );
+        }
+        for path in ["/tenants//login", "/login", "/tenants/acme/logins"] {
+            assert!(
+                login_username(&view(path, &json, body), &cfg).is_none(),
+                "{path}"
+            );
+        }
+        assert!(is_login_path("/tenants/{param}/login", &cfg.login_paths));
     }
 
     #[test]
