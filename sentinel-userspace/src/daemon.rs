@@ -226,12 +226,19 @@ pub fn preflight(
             ));
         }
     }
+    check_log_path("alerts.log", &config.alerts.log)?;
+    check_log_path("verdicts.log", &config.verdicts.log)?;
     let (policy, policy_source) = load_policy(config, mode).map_err(|e| format!("{e:#}"))?;
+    let mut files = config.geoip.files.clone();
+    files.extend(geoip.iter().cloned());
     let analyzer = if config.capture.http_ports.is_empty() {
+        // Nothing is analysed without capture, but a database named and missing is still a
+        // mistake to say now, not when capture is turned on.
+        if !files.is_empty() {
+            crate::enrich::geo::GeoDb::open(&files).map_err(|e| e.to_string())?;
+        }
         None
     } else {
-        let mut files = config.geoip.files.clone();
-        files.extend(geoip.iter().cloned());
         Some(Analyzer::new(&config.enrich, &config.models, &files).map_err(|e| e.to_string())?)
     };
     Ok(Prepared {
@@ -239,6 +246,47 @@ pub fn preflight(
         policy_source,
         analyzer,
     })
+}
+
+/// Whether the daemon will be able to append to the log at `path` (`name` in the config), so
+/// that a bad path is said at start, not when the first alert is written. Nothing is created:
+/// an existing file must open for appending; otherwise the nearest existing directory above it
+/// must be writable (the daemon creates the rest).
+fn check_log_path(name: &str, path: &std::path::Path) -> Result<(), String> {
+    let bad = |why: String| Err(format!("{name} {}: {why}", path.display()));
+    if path.is_dir() {
+        return bad("is a directory".into());
+    }
+    if path.exists() {
+        return match std::fs::OpenOptions::new().append(true).open(path) {
+            Ok(_) => Ok(()),
+            Err(e) => bad(e.to_string()),
+        };
+    }
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d.as_os_str().is_empty() {
+            break;
+        }
+        if d.exists() {
+            if !d.is_dir() {
+                return bad(format!("{} is not a directory", d.display()));
+            }
+            let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes())
+                .map_err(|_| format!("{name}: a NUL in the path"))?;
+            // SAFETY: a valid NUL-terminated path; access only reads it.
+            if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+                return bad(format!(
+                    "{} is not writable: {}",
+                    d.display(),
+                    std::io::Error::last_os_error()
+                ));
+            }
+            return Ok(());
+        }
+        dir = d.parent();
+    }
+    Ok(())
 }
 
 fn policy_info(policy: &Policy, source: &str) -> serde_json::Value {
@@ -522,7 +570,10 @@ mod tests {
 
     #[test]
     fn preflight_names_a_missing_interface_before_anything_is_loaded() {
-        let config = Config::default();
+        let dir = crate::lab::TempDir::new("sentinel-preflight-if").unwrap();
+        let mut config = Config::default();
+        config.alerts.log = dir.join("alerts.jsonl");
+        config.verdicts.log = dir.join("verdicts.jsonl");
         assert!(preflight(&["lo".into()], &config, Mode::Enforce, &[]).is_ok());
         let Err(err) = preflight(
             &["lo".into(), "snt-nosuch0".into()],
@@ -536,6 +587,39 @@ mod tests {
             err.contains("snt-nosuch0") && err.contains("does not exist"),
             "{err}"
         );
+    }
+
+    /// What `preflight` refused, or a panic when it accepted.
+    fn refused(config: &Config, geoip: &[PathBuf]) -> String {
+        match preflight(&["lo".into()], config, Mode::Enforce, geoip) {
+            Ok(_) => panic!("preflight accepted it"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn preflight_names_a_log_it_could_not_write_and_a_missing_geoip_database() {
+        let dir = crate::lab::TempDir::new("sentinel-preflight").unwrap();
+        let mut config = Config::default();
+        config.alerts.log = dir.join("new/sub/alerts.jsonl");
+        config.verdicts.log = dir.join("verdicts.jsonl");
+        assert!(preflight(&["lo".into()], &config, Mode::Enforce, &[]).is_ok());
+        assert!(!dir.join("new").exists(), "preflight created something");
+        config.alerts.log = dir.path().to_path_buf();
+        let err = refused(&config, &[]);
+        assert!(
+            err.contains("alerts.log") && err.contains("directory"),
+            "{err}"
+        );
+        std::fs::write(dir.join("file"), "").unwrap();
+        config.alerts.log = dir.join("file/alerts.jsonl");
+        let err = refused(&config, &[]);
+        assert!(err.contains("not a directory"), "{err}");
+        // A GeoIP database named and missing is said even without capture.
+        config.alerts.log = dir.join("alerts.jsonl");
+        let missing = [dir.join("nosuch.mmdb")];
+        let err = refused(&config, &missing);
+        assert!(err.contains("nosuch.mmdb"), "{err}");
     }
 
     #[test]

@@ -147,7 +147,7 @@ pub enum Command {
         #[arg(long)]
         follow: bool,
         /// Only alerts from this long ago on (e.g. 10m, 2h; 0s: only new ones).
-        #[arg(long, value_parser = parse_since)]
+        #[arg(long, allow_hyphen_values = true, value_parser = parse_since)]
         since: Option<Duration>,
         /// Print JSON lines instead of the human format.
         #[arg(long)]
@@ -219,7 +219,7 @@ pub struct ReplayArgs {
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     pub flow_cap: usize,
     /// A flow without packets for this long (in capture time) is closed.
-    #[arg(long, default_value = "120s", value_parser = parse_ttl)]
+    #[arg(long, default_value = "120s", allow_hyphen_values = true, value_parser = parse_ttl)]
     pub idle_timeout: Duration,
     /// At the end, print the counters of every stage to stderr as one JSON object.
     #[arg(long)]
@@ -283,8 +283,9 @@ pub struct AddOpts {
     /// Read more targets from a file: one per line, `#` starts a comment.
     #[arg(long)]
     pub file: Option<PathBuf>,
-    /// Remove the entries after this long (e.g. 90s, 10m, 1h).
-    #[arg(long, value_parser = parse_ttl)]
+    /// Remove the entries after this long (e.g. 90s, 10m, 1h; at most 10 years); without it they
+    /// stay until deleted.
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_ttl)]
     pub ttl: Option<Duration>,
     /// Why (kept with the entry, shown by `list`).
     #[arg(long)]
@@ -328,8 +329,8 @@ pub enum ThrottleOp {
     Add {
         #[command(flatten)]
         opts: AddOpts,
-        /// Packets per second let through (e.g. 100/s or 100).
-        #[arg(long, value_parser = parse_rate)]
+        /// Packets per second let through (e.g. 100/s or 100; 1 to 536870912).
+        #[arg(long, allow_hyphen_values = true, value_parser = parse_rate)]
         rate: u64,
         /// Packets that may pass at once after a quiet period [default: the rate, one second's worth].
         #[arg(long)]
@@ -387,25 +388,37 @@ fn parse_iface(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// The longest TTL taken: ten years (an entry meant to stay is given no TTL at all).
+const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 fn parse_ttl(s: &str) -> Result<Duration, String> {
     let d = parse_since(s)?;
     if d.is_zero() {
-        return Err("a TTL must be longer than zero".into());
+        return Err(format!("{s:?}: must be longer than zero"));
+    }
+    if d > MAX_TTL {
+        return Err(format!(
+            "{s:?}: at most 10 years (for no expiry, give no --ttl)"
+        ));
     }
     Ok(d)
 }
 
 fn parse_since(s: &str) -> Result<Duration, String> {
+    if s.trim_start().starts_with('-') {
+        return Err(format!("{s:?}: a duration cannot be negative"));
+    }
     humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration ({e}); examples: 90s, 10m, 1h"))
+        .map_err(|e| format!("{s:?} is not a duration ({e}); examples: 90s, 10m, 1h, 7days"))
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
     let n = s.strip_suffix("/s").unwrap_or(s);
     match n.parse::<u64>() {
-        Ok(v) if v > 0 => Ok(v),
+        Ok(v) if (1..=sentinel_common::MAX_RATE_PPS).contains(&v) => Ok(v),
         _ => Err(format!(
-            "{s:?} is not a rate; give packets per second, e.g. 100/s"
+            "{s:?} is not a rate: give whole packets per second between 1 and {}, e.g. 100/s",
+            sentinel_common::MAX_RATE_PPS
         )),
     }
 }
@@ -772,6 +785,23 @@ mod tests {
         assert_eq!(parse_ttl("10m"), Ok(Duration::from_secs(600)));
         assert!(parse_ttl("0s").is_err());
         assert!(parse_ttl("soon").is_err());
+        assert!(parse_ttl("-5m").unwrap_err().contains("negative"));
+        assert!(
+            parse_ttl("99999999999999h")
+                .unwrap_err()
+                .contains("10 years")
+        );
+        assert!(
+            parse_rate("99999999999999999999/s")
+                .unwrap_err()
+                .contains("536870912")
+        );
+        assert!(parse_rate("-5/s").is_err());
+        // A negative value reaches the parser (clap took it for an unknown flag).
+        let e = Cli::try_parse_from(["sentinel", "block", "add", "192.0.2.1", "--ttl", "-5m"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("negative"), "{e}");
         assert!(parse_iface("veth0").is_ok());
         assert!(parse_iface("a/b").is_err());
         assert_eq!(parse_size("64KiB"), Ok(65536));

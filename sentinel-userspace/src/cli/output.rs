@@ -270,7 +270,17 @@ async fn live_top(
         style::{Modifier, Style},
         widgets::{Block, Row, Table},
     };
-    let mut terminal = ratatui::init();
+    use std::io::IsTerminal as _;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        return Err(CliError::input(
+            "sentinel top: the live view needs a terminal; use --json for a snapshot",
+        ));
+    }
+    let mut terminal = ratatui::try_init().map_err(|e| {
+        CliError::input(format!(
+            "sentinel top: no terminal for the live view: {e}; use --json"
+        ))
+    })?;
     let result = async {
         loop {
             let mut cur: TopReport = client.get(uri).await?;
