@@ -159,13 +159,19 @@ pub fn alerts(
 /// read, or is damaged part way, is bad input (exit 2), after what it held was printed.
 pub fn command(args: &ReplayArgs) -> Result<(), CliError> {
     let mut analyzer = analyzer(args)?;
+    // `-` is standard input, as for most tools that read files.
+    let file = if args.file.as_os_str() == "-" {
+        Path::new("/dev/stdin")
+    } else {
+        args.file.as_path()
+    };
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, out.lock());
     let mut line = Vec::with_capacity(512);
     let path = args.file.display().to_string();
     let emit = args.emit;
     let result = match emit {
-        Emit::Transactions => replay_with(&args.file, settings(args), args.snap_len, |mut t| {
+        Emit::Transactions => replay_with(file, settings(args), args.snap_len, |mut t| {
             let obs = analyzer.observation(&t);
             // The address alone is not an identity: it is in src_ip already.
             t.principal = (obs.principal.kind != PrincipalKind::Ip).then(|| obs.principal.name());
@@ -175,7 +181,7 @@ pub fn command(args: &ReplayArgs) -> Result<(), CliError> {
             out.write_all(&line)
         }),
         Emit::Alerts => alerts(
-            &args.file,
+            file,
             settings(args),
             args.snap_len,
             &mut analyzer,

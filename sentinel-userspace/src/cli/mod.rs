@@ -192,7 +192,7 @@ pub enum Emit {
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
     /// The capture file: pcap or pcapng, with Ethernet (802.1Q too), Linux cooked (v1, v2) or
-    /// raw IP frames.
+    /// raw IP frames; `-` reads standard input.
     pub file: PathBuf,
     /// What to print.
     #[arg(long, value_enum, default_value = "transactions")]
@@ -209,14 +209,14 @@ pub struct ReplayArgs {
     pub body_cap: usize,
     /// Cut every packet's TCP payload to this many bytes first (what a live snap length would
     /// leave); the rest counts as lost.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_positive_size)]
     pub snap_len: Option<usize>,
     /// Memory for reassembly and HTTP state of all flows; beyond it the least recently active
     /// flows are evicted.
-    #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "512MiB", value_parser = parse_positive_size)]
     pub mem_cap: usize,
     /// Bytes one flow may buffer before holes in its streams are skipped as gaps.
-    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "4MiB", value_parser = parse_positive_size)]
     pub flow_cap: usize,
     /// A flow without packets for this long (in capture time) is closed.
     #[arg(long, default_value = "120s", allow_hyphen_values = true, value_parser = parse_ttl)]
@@ -224,6 +224,14 @@ pub struct ReplayArgs {
     /// At the end, print the counters of every stage to stderr as one JSON object.
     #[arg(long)]
     pub stats: bool,
+}
+
+/// [`parse_size`], more than zero (a cap or snap length of nothing would keep nothing, silently).
+fn parse_positive_size(s: &str) -> Result<usize, String> {
+    match parse_size(s)? {
+        0 => Err(format!("{s:?}: must be more than zero")),
+        n => Ok(n),
+    }
 }
 
 /// Parses a byte size: a number with an optional binary suffix (K, KiB, M, MiB, G, GiB).
@@ -809,6 +817,12 @@ mod tests {
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("5 parsecs").is_err());
+        assert!(
+            parse_positive_size("0")
+                .unwrap_err()
+                .contains("more than zero")
+        );
+        assert_eq!(parse_positive_size("1KiB"), Ok(1024));
     }
 
     #[test]
