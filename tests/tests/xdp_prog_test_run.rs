@@ -369,6 +369,13 @@ fn the_allowlist_wins_over_blocks_flow_kills_and_throttles() {
         assert_eq!(lab.send(&Packet::udp(ip, dst)), XDP_PASS);
     }
     lab.expect_counts(&[(Reason::Allowlisted, 12), (Reason::DropBlock, 2)]);
+    // An add the allowlist makes void says so (the CLI prints it as a note).
+    let req = AddRequest {
+        targets: vec![V4.src.into(), V4.other.into(), "198.18.5.0/30".into()],
+        ..AddRequest::default()
+    };
+    let resp = lists::add(&mut lab.dp.maps, ListKind::Block, &req).expect("add");
+    assert_eq!(resp.allowlisted, [V4.src, "198.18.5.0/30"]);
 }
 
 #[test]

@@ -541,6 +541,13 @@ async fn add(conn: &Conn, kind: ListKind, req: AddRequest) -> Result<(), CliErro
         resp.prefixes,
         resp.elapsed_ms
     );
+    if !resp.allowlisted.is_empty() {
+        eprintln!(
+            "note: the allowlist covers {}; it wins there, so these {} entries do nothing (sentinel allow del to lift it)",
+            resp.allowlisted.join(", "),
+            kind.as_str()
+        );
+    }
     Ok(())
 }
 

@@ -65,6 +65,10 @@ pub struct AddResponse {
     pub prefixes: usize,
     /// Time spent writing the maps, in milliseconds.
     pub elapsed_ms: f64,
+    /// Block or throttle targets the allowlist covers, where the new entries do nothing (the
+    /// allowlist wins); checked for adds of up to 1024 targets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowlisted: Vec<String>,
 }
 
 /// Removes entries from a list.

@@ -319,8 +319,31 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
             exact: split.exact.len(),
             prefixes: split.prefixes.len(),
             elapsed_ms,
+            allowlisted: allowlisted(maps, kind, &targets),
         }),
     }
+}
+
+/// Adds of at most this many targets are checked against the allowlist (an interactive add;
+/// a bulk load of a million entries is not slowed by a lookup each).
+const ALLOW_CHECKED: usize = 1024;
+
+/// The block or throttle targets the allowlist covers (at their first address): it wins, so
+/// the new entries do nothing there, which the operator should be told.
+fn allowlisted(maps: &Maps, kind: ListKind, targets: &[Target]) -> Vec<String> {
+    if kind == ListKind::Allow || targets.len() > ALLOW_CHECKED {
+        return Vec::new();
+    }
+    targets
+        .iter()
+        .filter(|t| {
+            let key = match t.map_key() {
+                MapKey::Exact(k) | MapKey::Prefix(_, k) => k,
+            };
+            verdict_of(maps, &key) == "allow"
+        })
+        .map(Target::to_string)
+        .collect()
 }
 
 /// An add's targets by where they go: exact addresses (keys, and the targets they came from)
