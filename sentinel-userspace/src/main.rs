@@ -69,7 +69,15 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             .await
             .map_err(|e| CliError::runtime(format!("{e:#}")))
         }
-        Command::Unload { pin_path, json } => {
+        Command::Unload {
+            pin_path,
+            json,
+            force,
+            conn,
+        } => {
+            if !force {
+                refuse_while_served(&conn.socket, &pin_path).await?;
+            }
             let report =
                 datapath::unload(&pin_path).map_err(|e| CliError::runtime(e.to_string()))?;
             if json {
@@ -94,4 +102,30 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             .map_err(|e| CliError::runtime(format!("{e:#}"))),
         other => client_command(other).await,
     }
+}
+
+/// An error when a daemon answering on `socket` serves the pins under `pin_path`: unloading them
+/// from under it would leave it running and enforcing nothing.
+async fn refuse_while_served(
+    socket: &std::path::Path,
+    pin_path: &std::path::Path,
+) -> Result<(), CliError> {
+    let client = sentinel::control::client::Client::new(socket);
+    let status = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        client.get::<sentinel::control::api::StatusReport>("/v1/status"),
+    )
+    .await;
+    let Ok(Ok(status)) = status else {
+        return Ok(());
+    };
+    let same = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if same(std::path::Path::new(&status.pin_path)) == same(pin_path) {
+        return Err(CliError::input(format!(
+            "a sentinel daemon serving {} answers on {}: stop it first (SIGTERM), or pass --force",
+            pin_path.display(),
+            socket.display()
+        )));
+    }
+    Ok(())
 }

@@ -175,6 +175,15 @@ fn sighup_reloads_the_policy_restart_restores_verdicts_and_metrics_answer() {
     d.restart().unwrap();
     let blocked = d.cli_ok(&["block", "list", "--json"]).unwrap();
     assert!(!blocked.contains("203.0.113.77"), "{blocked}");
+
+    // Unloading the pins from under the running daemon is refused (it would go on enforcing
+    // nothing); the daemon still answers afterwards.
+    let pins = d.pin_path.display().to_string();
+    let out = d.cli(&["unload", "--pin-path", &pins]).unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("stop it first"), "{said}");
+    d.cli_ok(&["status", "--json"]).unwrap();
 }
 
 #[test]

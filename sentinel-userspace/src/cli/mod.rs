@@ -103,6 +103,12 @@ pub enum Command {
         /// Print a JSON object.
         #[arg(long)]
         json: bool,
+        /// Unload even when a daemon answering on --socket serves these pins (it would go on
+        /// running, enforcing nothing, and take list changes into maps nothing reads).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Programs attached, map fill levels, counters per verdict reason, capture and ring buffer
     /// loss, model state, alerts per kind and the policy in force.
