@@ -167,6 +167,15 @@ fn an_allowlisted_address_inside_a_blocked_prefix_passes() {
         ],
         "{x}"
     );
+    // The address as alerts name a principal (`ip:`) is the same address.
+    let y: serde_json::Value = serde_json::from_str(
+        &s.daemon
+            .cli_ok(&["explain", "ip:198.18.0.20", "--json"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(y["entries"], x["entries"], "{y}");
+    assert_eq!(y["source"]["packets"], x["source"]["packets"], "{y}");
 }
 
 /// Sends `count` datagrams from `src` paced at `pps` inside the client namespace; returns the

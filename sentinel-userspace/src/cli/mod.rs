@@ -483,6 +483,12 @@ impl From<ClientError> for CliError {
 /// Reads targets from a list file: one per line, blank lines and `#` comments skipped. A bad
 /// line is reported with its number and nothing is loaded.
 pub fn read_target_file(path: &Path) -> Result<Vec<String>, CliError> {
+    if path.is_dir() {
+        return Err(CliError::input(format!(
+            "{}: is a directory, not a list file",
+            path.display()
+        )));
+    }
     let f = std::fs::File::open(path)
         .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
     let mut out = Vec::new();
@@ -857,6 +863,13 @@ mod tests {
         let e = read_target_file(&bad).unwrap_err();
         assert_eq!(e.code, 2);
         assert!(e.message.contains("bad.txt:2:"), "{}", e.message);
+        // A directory is said to be one (it read as line 1 failing).
+        let e = read_target_file(&dir).unwrap_err();
+        assert!(
+            e.message.contains("is a directory") && !e.message.contains(":1:"),
+            "{}",
+            e.message
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

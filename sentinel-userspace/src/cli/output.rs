@@ -425,9 +425,12 @@ pub fn explain(r: &ExplainReport, json: bool) {
             .map(|t| format!(" at {} pkt/s (burst {})", t.rate_pps, t.burst))
             .unwrap_or_default();
         println!(
-            "  {list} {}{extra}, expires in {}{}, reason: {}",
+            "  {list} {}{extra}, {}{}, reason: {}",
             e.target,
-            fmt_ttl(e.ttl_remaining_s),
+            match e.ttl_remaining_s {
+                None => "no expiry".to_owned(),
+                t => format!("expires in {}", fmt_ttl(t)),
+            },
             if e.shadow { " (shadow)" } else { "" },
             e.reason.as_deref().unwrap_or("-")
         );

@@ -449,7 +449,9 @@ async fn explain(
     UrlPath(target): UrlPath<String>,
 ) -> Result<Json<ExplainReport>, ApiError> {
     blocking(&state, move |s| {
-        let ip: Option<std::net::IpAddr> = target.parse().ok();
+        // `ip:198.18.0.2` (an address principal, as alerts name it) is the address.
+        let ip: Option<std::net::IpAddr> =
+            target.strip_prefix("ip:").unwrap_or(&target).parse().ok();
         let mut entries = Vec::new();
         let mut source = None;
         if let Some(ip) = ip {
@@ -483,7 +485,9 @@ async fn explain(
         let alerts = s
             .alert_log
             .last(20, |a| {
-                a["src_ip"] == target.as_str() || a["principal"] == target.as_str()
+                a["src_ip"] == target.as_str()
+                    || a["principal"] == target.as_str()
+                    || ip.is_some_and(|ip| a["src_ip"] == ip.to_string().as_str())
             })
             .map_err(internal)?;
         let now = clock::unix_s();
