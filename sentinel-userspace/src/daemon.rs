@@ -2,7 +2,7 @@
 //! and leave enforcement in place on exit (the pins keep programs and maps alive).
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -74,7 +74,7 @@ struct LivePipeline {
 
 impl LivePipeline {
     fn new(
-        log: Option<&std::path::Path>,
+        log: Option<&Path>,
         stats: Arc<Mutex<serde_json::Value>>,
         analysis: Option<AnalysisQueue>,
     ) -> anyhow::Result<Self> {
@@ -252,7 +252,7 @@ pub fn preflight(
 /// that a bad path is said at start, not when the first alert is written. Nothing is created:
 /// an existing file must open for appending; otherwise the nearest existing directory above it
 /// must be writable (the daemon creates the rest).
-fn check_log_path(name: &str, path: &std::path::Path) -> Result<(), String> {
+fn check_log_path(name: &str, path: &Path) -> Result<(), String> {
     let bad = |why: String| Err(format!("{name} {}: {why}", path.display()));
     if path.is_dir() {
         return bad("is a directory".into());
@@ -289,6 +289,61 @@ fn check_log_path(name: &str, path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Where the daemons' pin locks live (beside the default control socket).
+const PIN_LOCKS: &str = "/run/sentinel/locks";
+
+/// Held for the daemon's life: an exclusive lock on a file named after its pin directory, in
+/// `dir`. The kernel drops it when the process ends, however it ends; a clean end also removes
+/// the file.
+struct PinLock {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for PinLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = &self.file;
+    }
+}
+
+/// The lock file of the daemon serving `pin_dir` (for a test harness that kills daemons with
+/// SIGKILL and tidies after them).
+pub fn pin_lock_path(pin_dir: &Path) -> PathBuf {
+    lock_file(Path::new(PIN_LOCKS), pin_dir)
+}
+
+fn lock_file(dir: &Path, pin_dir: &Path) -> PathBuf {
+    let shown = pin_dir.to_string_lossy();
+    dir.join(format!(
+        "{:016x}.lock",
+        crate::models::bounded::key_of(shown.trim_end_matches('/'))
+    ))
+}
+
+/// Takes the lock of `pin_dir`, or says which daemon's pins these are.
+fn lock_pins(dir: &Path, pin_dir: &Path) -> anyhow::Result<PinLock> {
+    use std::{io::Write as _, os::fd::AsRawFd as _};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let shown = pin_dir.to_string_lossy();
+    let path = lock_file(dir, pin_dir);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: a valid open descriptor; flock takes no pointers.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "another sentinel daemon serves the pins under {shown}; stop it first or pass --pin-path"
+        );
+    }
+    f.set_len(0)?;
+    writeln!(f, "{shown} {}", std::process::id())?;
+    Ok(PinLock { file: f, path })
+}
+
 fn policy_info(policy: &Policy, source: &str) -> serde_json::Value {
     serde_json::json!({
         "source": source,
@@ -322,6 +377,9 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     // one runs. The socket file is removed on every way out of here.
     let listener = server::bind(&opts.socket).await?;
     let _socket_file = SocketFile(opts.socket.clone());
+    // And a second daemon given the same pins with another socket: both would restore, sweep
+    // and write the same maps.
+    let _pins = lock_pins(Path::new(PIN_LOCKS), &opts.pin_dir)?;
     let metrics_listener = match opts.config.metrics.listen {
         Some(addr) => Some((crate::metrics::bind(addr).await?, addr)),
         None => None,
@@ -587,6 +645,21 @@ mod tests {
             err.contains("snt-nosuch0") && err.contains("does not exist"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_second_daemon_on_the_same_pins_is_refused() {
+        let dir = crate::lab::TempDir::new("sentinel-pin-locks").unwrap();
+        let pins = Path::new("/sys/fs/bpf/sentinel-test-locks");
+        let first = lock_pins(dir.path(), pins).unwrap();
+        let e = lock_pins(dir.path(), Path::new("/sys/fs/bpf/sentinel-test-locks/"))
+            .err()
+            .expect("a second lock on the same pins");
+        assert!(e.to_string().contains("another sentinel daemon"), "{e}");
+        // Other pins are another daemon's business; the first one's end frees its pins.
+        let _other = lock_pins(dir.path(), Path::new("/sys/fs/bpf/other")).unwrap();
+        drop(first);
+        lock_pins(dir.path(), pins).unwrap();
     }
 
     /// What `preflight` refused, or a panic when it accepted.
