@@ -376,6 +376,10 @@ fn the_allowlist_wins_over_blocks_flow_kills_and_throttles() {
     };
     let resp = lists::add(&mut lab.dp.maps, ListKind::Block, &req).expect("add");
     assert_eq!(resp.allowlisted, [V4.src, "198.18.5.0/30"]);
+    // None of the three was blocked before; adding them again replaces all three.
+    assert_eq!(resp.replaced, 0);
+    let resp = lists::add(&mut lab.dp.maps, ListKind::Block, &req).expect("add");
+    assert_eq!(resp.replaced, 3);
 }
 
 #[test]

@@ -553,6 +553,14 @@ async fn add(conn: &Conn, kind: ListKind, req: AddRequest) -> Result<(), CliErro
         resp.prefixes,
         resp.elapsed_ms
     );
+    if resp.replaced > 0 {
+        eprintln!(
+            "note: {} of them replaced {} entr{} already there (TTL, reason and mode are now this add's)",
+            resp.replaced,
+            if resp.replaced == 1 { "an" } else { "the" },
+            if resp.replaced == 1 { "y" } else { "ies" }
+        );
+    }
     if !resp.allowlisted.is_empty() {
         eprintln!(
             "note: the allowlist covers {}; it wins there, so these {} entries do nothing (sentinel allow del to lift it)",

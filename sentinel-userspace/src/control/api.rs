@@ -65,6 +65,10 @@ pub struct AddResponse {
     pub prefixes: usize,
     /// Time spent writing the maps, in milliseconds.
     pub elapsed_ms: f64,
+    /// Of the entries written, those that replaced a live one at the same target (its TTL and
+    /// reason gave way to the new ones); counted for adds of up to 1024 targets.
+    #[serde(default)]
+    pub replaced: usize,
     /// Block or throttle targets the allowlist covers, where the new entries do nothing (the
     /// allowlist wins); checked for adds of up to 1024 targets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -308,6 +308,16 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
     if !one {
         check_room(maps, kind, &split.exact, split.prefixes.len())?;
     }
+    // Entries replaced, TTL and reason with them, which an operator re-adding should be told
+    // (checked for interactive adds, as the allowlist is).
+    let replaced = if targets.len() <= ALLOW_CHECKED {
+        targets
+            .iter()
+            .filter(|t| held(maps, kind, t).is_some())
+            .count()
+    } else {
+        0
+    };
     let written = write_entries(maps, kind, req, expires_ns, throttle, &split);
     match written {
         Err(e) if one => {
@@ -319,6 +329,7 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
             exact: split.exact.len(),
             prefixes: split.prefixes.len(),
             elapsed_ms,
+            replaced,
             allowlisted: allowlisted(maps, kind, &targets),
         }),
     }
