@@ -448,7 +448,7 @@ pub fn explain(r: &ExplainReport, json: bool) {
     }
     println!("  verdicts in force: {}", r.verdicts.len());
     for v in &r.verdicts {
-        println!("    {v}");
+        println!("    {}", verdict_line(v));
     }
     match &r.profile {
         Some(p) => {
@@ -470,9 +470,58 @@ pub fn explain(r: &ExplainReport, json: bool) {
     }
 }
 
+/// One verdict record (as the verdict log holds it) in words: `block 203.0.113.7/32 (shadow)
+/// for brute_force user:layla, applied 2026-11-29T17:02:03.000Z, until 2026-11-29T18:02:03.000Z`.
+fn verdict_line(v: &serde_json::Value) -> String {
+    let time = |k: &str| {
+        v[k].as_f64()
+            .filter(|t| t.is_finite() && *t >= 0.0)
+            .map(|t| crate::models::alert::rfc3339((t * 1e9) as u64))
+    };
+    let rate = v["rate_pps"]
+        .as_u64()
+        .map(|r| format!(" at {r} pkt/s"))
+        .unwrap_or_default();
+    format!(
+        "{} {}{rate}{} for {}, applied {}, {}",
+        v["list"].as_str().unwrap_or("?"),
+        v["target"].as_str().unwrap_or("?"),
+        if v["shadow"] == true { " (shadow)" } else { "" },
+        v["reason"].as_str().unwrap_or("-"),
+        time("applied_at").unwrap_or_else(|| "?".into()),
+        match time("expires_at") {
+            Some(t) if v["expires_at"].as_f64().is_some_and(|e| e > 0.0) => format!("until {t}"),
+            _ => "no expiry".into(),
+        }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verdict_reads_as_a_sentence() {
+        let v = serde_json::json!({
+            "applied_at": 1_795_000_000.0, "expires_at": 1_795_003_600.0,
+            "target": "203.0.113.7/32", "list": "throttle", "rate_pps": 20,
+            "shadow": false, "reason": "brute_force user:layla"
+        });
+        let line = verdict_line(&v);
+        assert!(
+            line.starts_with(
+                "throttle 203.0.113.7/32 at 20 pkt/s for brute_force user:layla, applied 2026-"
+            ) && line.contains(", until 2026-"),
+            "{line}"
+        );
+        let never = serde_json::json!({"applied_at": 1.0, "expires_at": 0.0, "target": "t",
+            "list": "block", "shadow": true, "reason": "r"});
+        assert!(
+            verdict_line(&never).ends_with("no expiry"),
+            "{}",
+            verdict_line(&never)
+        );
+    }
 
     #[test]
     fn following_shows_each_alert_once_and_remembers_only_the_last_second() {
