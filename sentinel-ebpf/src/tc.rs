@@ -176,10 +176,8 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
     // packets whose length field is 0 (so that it ends before the transport header).
     let end = if pkt.ip_end <= l4_off {
         skb_len
-    } else if pkt.ip_end < skb_len {
-        pkt.ip_end
     } else {
-        skb_len
+        pkt.ip_end.min(skb_len)
     };
     let wire_len = end.saturating_sub(payload_off) as u32;
     if wire_len == 0 && flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {

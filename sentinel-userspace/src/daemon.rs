@@ -296,14 +296,14 @@ const PIN_LOCKS: &str = "/run/sentinel/locks";
 /// `dir`. The kernel drops it when the process ends, however it ends; a clean end also removes
 /// the file.
 struct PinLock {
-    file: std::fs::File,
+    /// Holds the lock while open.
+    _file: std::fs::File,
     path: PathBuf,
 }
 
 impl Drop for PinLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
-        let _ = &self.file;
     }
 }
 
@@ -341,7 +341,7 @@ fn lock_pins(dir: &Path, pin_dir: &Path) -> anyhow::Result<PinLock> {
     }
     f.set_len(0)?;
     writeln!(f, "{shown} {}", std::process::id())?;
-    Ok(PinLock { file: f, path })
+    Ok(PinLock { _file: f, path })
 }
 
 fn policy_info(policy: &Policy, source: &str) -> serde_json::Value {

@@ -378,15 +378,10 @@ pub fn client_ip(req: &RequestView<'_>, cfg: &PrincipalConfig) -> IpAddr {
 
 /// One `X-Forwarded-For` hop: an address, with or without a port (IPv6 in brackets then).
 fn hop_ip(hop: &str) -> Option<IpAddr> {
-    if let Ok(ip) = hop.parse() {
-        return Some(ip);
-    }
-    if let Some(rest) = hop.strip_prefix('[') {
-        return rest.split_once(']')?.0.parse().ok();
-    }
-    let (addr, port) = hop.rsplit_once(':')?;
-    port.parse::<u16>().ok()?;
-    addr.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+    hop.parse()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
 }
 
 /// True when `path` (a request path or an endpoint template) ends with one of `logins`, segment

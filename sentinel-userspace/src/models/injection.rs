@@ -750,16 +750,16 @@ fn pairs<'a>(q: &'a str, place: Place, out: &mut Vec<Input<'a>>) {
         let (k, val) = p.split_once('=').unwrap_or(("", p));
         // Escaped names and values are judged worth it decoded: `%41` is an `A`, and a few
         // hundred of them must not use up the values judged before the one that matters.
-        let key_worth = candidate(&decoded(k, true));
+        let key_worth = || candidate(&decoded(k, true));
         let value = if val.contains('%') {
             let value = decoded(val, true);
-            if !(candidate(&value) || key_worth) {
+            if !(candidate(&value) || key_worth()) {
                 continue;
             }
             value
         } else {
             if !(candidate(val)
-                || key_worth
+                || key_worth()
                 || (val.contains('+') && plus_as_space(val, candidate)))
             {
                 continue;
