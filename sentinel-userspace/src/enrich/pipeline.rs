@@ -165,7 +165,7 @@ impl Enricher {
     /// The enricher reading user names on these login endpoints (`[models] login_endpoints`,
     /// the suffixes the models take for logins) instead of the default ones.
     pub fn with_login_paths(mut self, paths: &[String]) -> Self {
-        self.principal.login_paths = paths.to_vec();
+        self.principal.login_paths = principal::LoginPaths::new(paths);
         self
     }
 

@@ -120,9 +120,8 @@ pub struct PrincipalConfig {
     pub api_key_headers: Vec<String>,
     /// Cookie names that carry sessions.
     pub session_cookies: Vec<String>,
-    /// Path suffixes of login endpoints ([`is_login_path`]); the daemon's are
-    /// `[models] login_endpoints`.
-    pub login_paths: Vec<String>,
+    /// Login endpoints; the daemon's are `[models] login_endpoints`.
+    pub login_paths: LoginPaths,
     /// Body fields that carry the login name.
     pub username_fields: Vec<String>,
     /// Proxies whose `X-Forwarded-For` is believed.
@@ -141,14 +140,7 @@ impl Default for PrincipalConfig {
                 "phpsessid".into(),
                 "connect.sid".into(),
             ],
-            login_paths: vec![
-                "/login".into(),
-                "/signin".into(),
-                "/auth/login".into(),
-                "/api/login".into(),
-                "/oauth/token".into(),
-                "/session".into(),
-            ],
+            login_paths: LoginPaths::new(&crate::models::ModelsConfig::default().login_endpoints),
             username_fields: vec![
                 "username".into(),
                 "user".into(),
@@ -384,35 +376,72 @@ fn hop_ip(hop: &str) -> Option<IpAddr> {
         .or_else(|| hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
 }
 
-/// True when `path` (a request path or an endpoint template) ends with one of `logins`, segment
-/// by segment, in any case (`/API/Login` is `/api/login` to many servers, and to an attacker
-/// trying both), trailing slashes aside; a `{...}` segment of a configured path matches any
-/// segment (`/tenants/{tenant}/login` matches `/tenants/acme/login` and the learned template
-/// `/tenants/{param}/login`); an empty one (`/`) is the root only. The enricher (reading user
-/// names) and the models (counting failures) both ask this.
-pub fn is_login_path(path: &str, logins: &[String]) -> bool {
-    let path = path.trim_end_matches('/');
-    logins.iter().any(|l| {
-        let l = l.trim_end_matches('/');
-        if l.is_empty() {
-            return path.is_empty();
-        }
-        let mut got = path.rsplit('/');
-        for want in l.rsplit('/') {
-            let Some(seg) = got.next() else {
-                return false;
+/// Login endpoints, split into segments once: every request is matched against them.
+///
+/// A path (a request path or an endpoint template) is a login path when it ends with one of
+/// them, segment by segment, in any case (`/API/Login` is `/api/login` to many servers, and to
+/// an attacker trying both), trailing slashes aside; a `{...}` segment of a configured path
+/// matches any segment (`/tenants/{tenant}/login` matches `/tenants/acme/login` and the learned
+/// template `/tenants/{param}/login`); an empty one (`/`) is the root only. The enricher (reading
+/// user names) and the models (counting failures) both ask this.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoginPaths(Vec<LoginPath>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LoginPath {
+    /// Segments from the last one back; `None` is a placeholder. Empty for the root.
+    segments: Vec<Option<Box<str>>>,
+    /// The configured path starts with `/`: the match ends on a segment boundary.
+    anchored: bool,
+}
+
+impl LoginPaths {
+    /// Compiles configured paths.
+    pub fn new(paths: &[String]) -> Self {
+        Self(
+            paths
+                .iter()
+                .map(|l| {
+                    let l = l.trim_end_matches('/');
+                    let mut segments = Vec::new();
+                    let mut anchored = false;
+                    for seg in l.rsplit('/') {
+                        if seg.is_empty() {
+                            anchored = true;
+                            break;
+                        }
+                        let any = seg.len() > 2 && seg.starts_with('{') && seg.ends_with('}');
+                        segments.push((!any).then(|| seg.into()));
+                    }
+                    LoginPath { segments, anchored }
+                })
+                .collect(),
+        )
+    }
+
+    /// True when `path` ends with one of these paths.
+    pub fn matches(&self, path: &str) -> bool {
+        let path = path.trim_end_matches('/');
+        let last = path.rfind('/').map_or(path, |i| &path[i + 1..]);
+        let seg_matches = |seg: &str, want: &Option<Box<str>>| match want {
+            None => !seg.is_empty(),
+            Some(w) => seg.eq_ignore_ascii_case(w),
+        };
+        self.0.iter().any(|l| {
+            let Some(first) = l.segments.first() else {
+                return path.is_empty();
             };
-            if want.is_empty() {
-                // The configured path's leading `/`: the match ends on a segment boundary.
-                return true;
+            // Most paths differ from every login path in their last segment: that is decided
+            // before walking the others.
+            seg_matches(last, first) && {
+                let mut got = path.rsplit('/');
+                l.segments
+                    .iter()
+                    .all(|want| got.next().is_some_and(|seg| seg_matches(seg, want)))
+                    && (!l.anchored || got.next().is_some())
             }
-            let any = want.len() > 2 && want.starts_with('{') && want.ends_with('}');
-            if !(any && !seg.is_empty() || seg.eq_ignore_ascii_case(want)) {
-                return false;
-            }
-        }
-        true
-    })
+        })
+    }
 }
 
 /// The login username from a JSON or form body, on login endpoints only. Field names match in
@@ -420,7 +449,7 @@ pub fn is_login_path(path: &str, logins: &[String]) -> bool {
 /// (`user%6eame=`); a JSON body's fields are looked for at the top, then in its objects one
 /// level down (`{"credentials":{"username":...}}`).
 pub fn login_username(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Option<String> {
-    if !is_login_path(req.path, &cfg.login_paths) {
+    if !cfg.login_paths.matches(req.path) {
         return None;
     }
     let ctype = req
@@ -794,12 +823,12 @@ mod tests {
                 "{path}"
             );
         }
-        cfg.login_paths = vec!["/v2/customer/authenticate/".into(), "/".into()];
+        cfg.login_paths = LoginPaths::new(&["/v2/customer/authenticate/".into(), "/".into()]);
         assert!(login_username(&view("/V2/Customer/Authenticate", &json, body), &cfg).is_some());
         assert!(login_username(&view("/", &json, body), &cfg).is_some());
         assert!(login_username(&view("/login", &json, body), &cfg).is_none());
         // A placeholder segment matches any segment, in a path or a learned template.
-        cfg.login_paths = vec!["/tenants/{tenant}/login".into()];
+        cfg.login_paths = LoginPaths::new(&["/tenants/{tenant}/login".into()]);
         for path in ["/tenants/acme/login", "/v1/tenants/ACME/Login/"] {
             assert!(
                 login_username(&view(path, &json, body), &cfg).is_some(),
@@ -812,7 +841,7 @@ mod tests {
                 "{path}"
             );
         }
-        assert!(is_login_path("/tenants/{param}/login", &cfg.login_paths));
+        assert!(cfg.login_paths.matches("/tenants/{param}/login"));
     }
 
     #[test]

@@ -32,7 +32,7 @@ use super::{
     rate::RateDetector,
     token::TokenDetector,
 };
-use crate::enrich::principal::{PrincipalKind, account_name, is_login_path, short_hash};
+use crate::enrich::principal::{LoginPaths, PrincipalKind, account_name, short_hash};
 
 /// Why a models configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -314,6 +314,8 @@ pub struct EngineStats {
 /// The engine.
 pub struct Engine {
     cfg: ModelsConfig,
+    /// `cfg.login_endpoints`, compiled.
+    login: LoginPaths,
     profiles: Profiles,
     /// Credential -> the account that obtained it (shared: read for every observation).
     links: BoundedMap<Arc<str>>,
@@ -399,6 +401,7 @@ impl Engine {
             observations: 0,
             emitted: BTreeMap::new(),
             last_tick_ns: 0,
+            login: LoginPaths::new(&cfg.login_endpoints),
             cfg: cfg.clone(),
         })
     }
@@ -409,7 +412,7 @@ impl Engine {
     }
 
     fn is_login_endpoint(&self, endpoint: &str) -> bool {
-        is_login_path(endpoint, &self.cfg.login_endpoints)
+        self.login.matches(endpoint)
     }
 
     /// Runs every detector over `o` and returns the alerts that are not repeats.
