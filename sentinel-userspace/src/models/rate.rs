@@ -84,10 +84,7 @@ impl Config {
     /// The limit for a counter `c` of keys whose population is `hist`.
     fn limit(&self, hist: Option<&Hist>, c: &Counter) -> Limit {
         let (population, learned) = match hist {
-            Some(h) if h.total >= self.warmup_samples => (
-                h.quantile(self.population_quantile) * self.population_margin,
-                true,
-            ),
+            Some(h) if h.total >= self.warmup_samples => (h.top * self.population_margin, true),
             _ => (self.default_limit, false),
         };
         let own = if c.samples >= 3 {
@@ -134,6 +131,9 @@ const BUCKETS: usize = 32;
 struct Hist {
     counts: [u32; BUCKETS],
     total: u32,
+    /// The population quantile as of the last [`Hist::add`]: every request asks for it, and
+    /// it changes only when a window closes.
+    top: f64,
 }
 
 fn bucket_of(x: f64) -> usize {
@@ -149,13 +149,15 @@ fn bucket_top(i: usize) -> f64 {
 }
 
 impl Hist {
-    fn add(&mut self, x: f64) {
+    /// Counts `x` and updates [`Hist::top`], the quantile `q`.
+    fn add(&mut self, x: f64, q: f64) {
         if self.total >= 1_000_000 {
             self.counts.iter_mut().for_each(|c| *c /= 2);
             self.total = self.counts.iter().sum();
         }
         self.counts[bucket_of(x)] += 1;
         self.total += 1;
+        self.top = self.quantile(q);
     }
 
     fn quantile(&self, q: f64) -> f64 {
@@ -262,9 +264,10 @@ fn count(
     let now = ms32(ts);
     let (c, idle) = counters.entry_idle(key, ts, || Counter::new(now));
     let done = c.add(now, w, idle >= STALE_NS);
-    let hist = hists.get(hist_key).copied();
+    let hist = hists.get(hist_key);
+    let limit = cfg.limit(hist, c);
     if let Some(n) = done {
-        let l = cfg.limit(hist.as_ref(), c);
+        let l = limit;
         if f64::from(n) <= l.limit {
             c.learn(n);
         }
@@ -272,10 +275,14 @@ fn count(
         // history allows it: a key ramping up under its own limit would otherwise become the
         // top of a small population and lift everyone's limit with its own.
         if f64::from(n) <= l.population.max(cfg.min_limit) {
-            hists.entry(hist_key, ts, Hist::default).add(f64::from(n));
+            hists
+                .entry(hist_key, ts, Hist::default)
+                .add(f64::from(n), cfg.population_quantile);
         }
+        // The key's own peak may have learned the window: its limit again.
+        return (*c, cfg.limit(hists.get(hist_key), c));
     }
-    (*c, cfg.limit(hist.as_ref(), c))
+    (*c, limit)
 }
 
 /// The detector.
@@ -478,7 +485,7 @@ mod tests {
     fn histograms_give_quantiles() {
         let mut h = Hist::default();
         for i in 0..1000 {
-            h.add(f64::from(i % 10 + 1));
+            h.add(f64::from(i % 10 + 1), 0.999);
         }
         assert!(
             (8.0..=16.0).contains(&h.quantile(0.999)),
@@ -486,6 +493,11 @@ mod tests {
             h.quantile(0.999)
         );
         assert!(h.quantile(0.5) <= 8.0);
+        assert_eq!(
+            h.top,
+            h.quantile(0.999),
+            "the cached quantile is the last add's"
+        );
     }
 
     fn population(e: &mut Engine, users: u64, days: u64) {
