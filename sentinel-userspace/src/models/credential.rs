@@ -164,15 +164,19 @@ struct AccountState {
 }
 
 /// The accounts tried from a source or with a fingerprint (failed or logged in), and those of
-/// them that logged in, each counted once per window bucket while it stays in its set (the
-/// last `N` and the last 8 respectively): an attacker's own account logging in between guesses
-/// counts once, and accounts that keep logging in from an office count again in every window.
+/// them that logged in, each counted once per window bucket: a tried account while it stays
+/// in its set (the last `N`), one that logged in by a bit of a 256-bit map, for the rest of the
+/// bucket. An attacker's own accounts logging in between guesses count once each, however many
+/// take turns (a set of the last few would count the 9th and each one after it again, and so
+/// dilute the share); accounts that keep logging in from an office count again in every
+/// window. An account whose bit is set, by its own login or another's sharing the bit, is not
+/// counted as tried again either: both counts leave it out.
 #[derive(Clone, Copy, Default)]
 struct Tried<const N: usize> {
     new: Window,
     accounts: SmallSet<N>,
     new_ok: Window,
-    ok_accounts: SmallSet<8>,
+    ok_accounts: [u64; 4],
 }
 
 impl<const N: usize> Tried<N> {
@@ -181,12 +185,16 @@ impl<const N: usize> Tried<N> {
         // new, and rolls the window).
         if self.new.start_ns() != 0 && now >= self.new.start_ns().saturating_add(w) {
             self.accounts = SmallSet::default();
-            self.ok_accounts = SmallSet::default();
+            self.ok_accounts = [0; 4];
         }
-        if self.accounts.insert(account as u32) {
+        let bit = (account >> 56) as usize;
+        let (word, mask) = (bit / 64, 1u64 << (bit % 64));
+        let logged_in = self.ok_accounts[word] & mask != 0;
+        if self.accounts.insert(account as u32) && !logged_in {
             self.new.add(now, w, 1);
         }
-        if ok && self.ok_accounts.insert(account as u32) {
+        if ok && !logged_in {
+            self.ok_accounts[word] |= mask;
             self.new_ok.add(now, w, 1);
         }
     }
@@ -889,6 +897,24 @@ mod tests {
             "{}",
             a.explanation
         );
+        // Twelve accounts of the attacker's own taking turns: each counts once.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut first = None;
+        for i in 0..300u64 {
+            let t = T0 + i * 400_000_000;
+            let user = format!("victim-{i}");
+            let own = format!("mallory-{}", i % 12);
+            let mut alerts = e.observe(&login(t, "198.51.100.21", &user, false, ua));
+            alerts.extend(e.observe(&login(t + 200_000_000, "198.51.100.21", &own, true, ua)));
+            if alerts
+                .iter()
+                .any(|a| a.kind == AlertKind::CredentialStuffing)
+            {
+                first.get_or_insert(i);
+            }
+        }
+        let guesses = first.expect("stuffing behind 12 own accounts");
+        assert!(guesses < 60, "raised at guess {guesses}");
         // Spread over addresses, two guesses each: the fingerprint tells.
         let mut e = Engine::new(&ModelsConfig::default()).unwrap();
         let mut alerts = Vec::new();
