@@ -187,10 +187,21 @@ impl Config {
     }
 
     /// Parses and validates configuration text (files it names are read by
-    /// [`Config::resolve_secrets`]).
+    /// [`Config::resolve_secrets`]). A value out of range is reported with the line of its key,
+    /// as the parser reports a syntax error or a value of the wrong type.
     pub fn parse(text: &str) -> Result<Self, String> {
         let cfg: Config =
             toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        cfg.validate().map_err(|e| match key_line(text, &e) {
+            Some(line) => format!("line {line}: {e}"),
+            None => e,
+        })?;
+        Ok(cfg)
+    }
+
+    /// The checks after deserialisation; each error starts with the dotted key it is about.
+    fn validate(&self) -> Result<(), String> {
+        let cfg = self;
         let m = &cfg.maps;
         for (name, v) in [
             ("maps.sources", m.sources),
@@ -216,9 +227,32 @@ impl Config {
             r.validate()?;
         }
         crate::enrich::pipeline::Enricher::new(None, &cfg.enrich)?;
-        cfg.models.validate().map_err(|e| e.to_string())?;
-        Ok(cfg)
+        cfg.models.validate().map_err(|e| e.to_string())
     }
+}
+
+/// The line (from 1) of the key a validation message starts with (`maps.flows must ...`,
+/// `models.rate.k: ...`), or of the nearest enclosing table the document names when the key
+/// itself is not in it (a default that conflicts with another key).
+fn key_line(text: &str, message: &str) -> Option<usize> {
+    let path = message
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .next()?
+        .trim_end_matches('.');
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut table: &dyn toml_edit::TableLike = doc.as_table();
+    let mut at = None;
+    for part in path.split('.') {
+        let Some((key, item)) = table.get_key_value(part) else {
+            break;
+        };
+        at = key.span().or_else(|| item.span()).map(|s| s.start).or(at);
+        match item.as_table_like() {
+            Some(t) => table = t,
+            None => break,
+        }
+    }
+    Some(text[..at?].matches('\n').count() + 1)
 }
 
 #[cfg(test)]
@@ -300,5 +334,51 @@ mod tests {
         assert!(e.contains("power of two"), "{e}");
         let e = Config::parse("[capture]\nhttp_ports = [80, 70000]\n").unwrap_err();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn values_out_of_range_are_reported_with_their_line() {
+        for (text, want) in [
+            ("[maps]\nflows = 5\nsources = 0\n", "line 3: maps.sources"),
+            (
+                "# sizes\n\n[maps]\n\nprefixes = 0\n",
+                "line 5: maps.prefixes",
+            ),
+            // Dotted keys and inline tables point at their own line too.
+            ("maps.buckets = 0\n", "line 1: maps.buckets"),
+            (
+                "[alerts]\nstdout = true\n\n[capture]\nsnap_len = 0\n",
+                "line 5: capture.snap_len",
+            ),
+            (
+                "# capture\ncapture = { http_ports = [80], ring_bytes = 5000 }\n",
+                "line 2: capture.ring_bytes",
+            ),
+            (
+                "[alerts]\nrotate_bytes = 10\n",
+                "line 2: alerts.rotate_bytes",
+            ),
+            (
+                "[alerts]\nwebhook = \"ftp://x\"\n",
+                "line 2: alerts.webhook",
+            ),
+            // A model's setting, two tables down.
+            (
+                "[models]\nidle_s = 60\n[models.behavior]\nalpha = 2.0\n",
+                "line 4: models.behavior.alpha",
+            ),
+            (
+                "[models.rate]\n\n[models.behavior]\ntrees = 0\n",
+                "line 4: models.behavior.trees",
+            ),
+            // Two keys that conflict: the line of their table.
+            (
+                "[alerts]\nstdout = true\n[revoke]\nurl = \"http://idp.test/r\"\nclient_secret = \"a\"\nclient_secret_file = \"/b\"\n",
+                "line 3: revoke: give client_secret or client_secret_file, not both",
+            ),
+        ] {
+            let e = Config::parse(text).unwrap_err();
+            assert!(e.starts_with(want), "{text:?}: {e}");
+        }
     }
 }

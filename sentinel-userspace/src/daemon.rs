@@ -437,7 +437,7 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
         info!(restored, "verdicts restored from the verdict log");
     }
     // The XDP program stays attached through its pinned links; the object lives on for TC.
-    let (maps, _object) = datapath.into_parts();
+    let (maps, object) = datapath.into_parts();
     let maps = Arc::new(Mutex::new(maps));
 
     // The response loop: alerts in, verdicts and notifications out.
@@ -607,6 +607,12 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(move || h.join()).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), responder_task).await;
+    // The TC capture ends with the daemon: its attachments go with the object, then a clsact
+    // qdisc Sentinel added for them (kernels before 6.6) goes when nothing else uses it.
+    drop(object);
+    if let Err(e) = crate::datapath::qdisc::release_clsacts(&opts.pin_dir) {
+        warn!(error = %e, "removing the clsact qdiscs added for the TC capture");
+    }
     info!(
         "sentinel stopped; programs and maps stay pinned and keep enforcing (`sentinel unload` removes them)"
     );

@@ -82,7 +82,10 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
                 datapath::unload(&pin_path).map_err(|e| CliError::runtime(e.to_string()))?;
             if json {
                 println!("{}", serde_json::to_string(&report).expect("serialisable"));
-            } else if report.detached.is_empty() && report.maps_removed == 0 {
+            } else if report.detached.is_empty()
+                && report.maps_removed == 0
+                && report.qdiscs_removed.is_empty()
+            {
                 println!("nothing to unload under {}", pin_path.display());
             } else {
                 println!(
@@ -92,6 +95,12 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
                     report.maps_removed,
                     pin_path.display()
                 );
+                if !report.qdiscs_removed.is_empty() {
+                    println!(
+                        "removed the clsact qdisc Sentinel had added on [{}]",
+                        report.qdiscs_removed.join(", ")
+                    );
+                }
             }
             Ok(())
         }

@@ -1272,3 +1272,113 @@ fn a_bulk_add_that_fails_part_way_leaves_the_list_as_it_was() {
     assert_eq!(lab.send(&Packet::udp("2001:db8:2::9", V6.dst)), XDP_PASS);
     lab.expect_counts(&[(Reason::DropBlock, 1), (Reason::Pass, 2)]);
 }
+
+#[test]
+fn a_bulk_add_that_only_refreshes_a_full_list_fits() {
+    sentinel_tests::require_root();
+    let pins = sentinel::lab::TempPins::new("ptr-refresh");
+    let mut opts = LoadOptions::new(pins.path());
+    opts.sizes.block_exact = 4;
+    opts.sizes.prefixes = 3;
+    let mut dp = Datapath::load(&opts).expect("load the XDP object");
+    let add = |dp: &mut Datapath, targets: &[&str]| {
+        let req = AddRequest {
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            reason: Some("refresh".into()),
+            ..Default::default()
+        };
+        lists::add(&mut dp.maps, ListKind::Block, &req)
+    };
+    let full = [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "198.51.100.4",
+        "203.0.113.0/24",
+        "2001:db8:1::/48",
+        "192.0.2.0/25",
+    ];
+    add(&mut dp, &full).expect("exactly full");
+    // The same entries again (a list file loaded once more, to refresh TTL and reason) replace
+    // what is there and take no room.
+    let again = add(&mut dp, &full).expect("a refresh of a full list");
+    assert_eq!(again.replaced, full.len());
+    // The same prefix twice in one add is one entry.
+    add(
+        &mut dp,
+        &["203.0.113.0/24", "203.0.113.0/24", "192.0.2.0/25"],
+    )
+    .expect("twice, one");
+    // One new prefix among the refreshed ones does not fit, and is counted alone.
+    let e = add(
+        &mut dp,
+        &["203.0.113.0/24", "2001:db8:1::/48", "198.18.0.0/16"],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            lists::ListError::Full {
+                have: 3,
+                max: 3,
+                adding: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // As with one new address among the refreshed ones.
+    let e = add(&mut dp, &["198.51.100.1", "198.51.100.9", "198.51.100.9"]).unwrap_err();
+    assert!(matches!(e, lists::ListError::Full { adding: 1, .. }), "{e}");
+    assert_eq!(lists::list(&dp.maps, ListKind::Block).unwrap().len(), 7);
+}
+
+#[test]
+fn a_single_add_whose_generation_bump_fails_leaves_the_list_as_it_was() {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    use aya::maps::IterableMap as _;
+
+    let mut lab = Lab::new();
+    lab.add(
+        ListKind::Block,
+        &["198.51.100.1", "198.51.100.0/24"],
+        AddRequest {
+            reason: Some("before".into()),
+            ..Default::default()
+        },
+    );
+    let before = block_contents(&lab.dp.maps);
+    let config = lab.dp.maps.config.map().fd().as_fd().as_raw_fd();
+    // A new address, a replaced one, a new prefix and a replaced one: each written whole, then
+    // the configuration write that tells the kernel (the second: the first raises the
+    // presence flags) fails.
+    for target in [
+        "198.51.100.2",
+        "198.51.100.1",
+        "203.0.113.0/24",
+        "198.51.100.0/24",
+    ] {
+        let req = AddRequest {
+            targets: vec![target.into()],
+            ttl_ms: Some(600_000),
+            reason: Some("after".into()),
+            shadow: true,
+            throttle: None,
+        };
+        let (res, updates) = sentinel_tests::fault::fail_nth_update(config, 2, libc::EIO, || {
+            lists::add(&mut lab.dp.maps, ListKind::Block, &req)
+        });
+        let e = res.unwrap_err();
+        assert!(matches!(e, lists::ListError::Datapath(_)), "{target}: {e}");
+        assert!(updates >= 2, "{target}: {updates} configuration writes");
+        assert_eq!(
+            block_contents(&lab.dp.maps),
+            before,
+            "{target}: the list as it was"
+        );
+    }
+    // And the kernel judges by it.
+    assert_eq!(lab.send(&Packet::udp("198.51.100.2", V4.dst)), XDP_DROP);
+    assert_eq!(lab.send(&Packet::udp("203.0.113.9", V4.dst)), XDP_PASS);
+}

@@ -133,12 +133,12 @@ pub enum Command {
     /// Drop sources in the kernel.
     Block {
         #[command(subcommand)]
-        op: ListOp,
+        op: ListOp<Shadow>,
     },
     /// Never act on these sources (wins over every other list).
     Allow {
         #[command(subcommand)]
-        op: ListOp,
+        op: ListOp<NoShadow>,
     },
     /// Rate-limit sources in the kernel with a token bucket.
     Throttle {
@@ -304,18 +304,48 @@ pub struct AddOpts {
     /// Why (kept with the entry, shown by `list`).
     #[arg(long)]
     pub reason: Option<String>,
-    /// Count would-drops and pass instead of dropping (block and throttle only).
+}
+
+/// Shadow mode on `add` of the lists that drop (block, throttle).
+#[derive(Debug, Args)]
+pub struct Shadow {
+    /// Count would-drops and pass instead of dropping.
     #[arg(long)]
     pub shadow: bool,
 }
 
-/// `block` and `allow` operations.
+/// No shadow mode: the allowlist drops nothing, so it has nothing to count instead.
+#[derive(Debug, Args)]
+pub struct NoShadow {}
+
+/// Whether an add's options ask for shadow mode.
+pub trait ShadowFlag {
+    /// The `--shadow` flag, `false` where there is none.
+    fn shadow(&self) -> bool;
+}
+
+impl ShadowFlag for Shadow {
+    fn shadow(&self) -> bool {
+        self.shadow
+    }
+}
+
+impl ShadowFlag for NoShadow {
+    fn shadow(&self) -> bool {
+        false
+    }
+}
+
+/// `block` and `allow` operations; `M` is the list's shadow option ([`Shadow`] for block,
+/// [`NoShadow`] for allow).
 #[derive(Debug, Subcommand)]
-pub enum ListOp {
+pub enum ListOp<M: Args + ShadowFlag> {
     /// Add addresses or prefixes.
     Add {
         #[command(flatten)]
         opts: AddOpts,
+        #[command(flatten)]
+        mode: M,
         #[command(flatten)]
         conn: Conn,
     },
@@ -343,6 +373,8 @@ pub enum ThrottleOp {
     Add {
         #[command(flatten)]
         opts: AddOpts,
+        #[command(flatten)]
+        mode: Shadow,
         /// Packets per second let through (e.g. 100/s or 100; 1 to 536870912).
         #[arg(long, allow_hyphen_values = true, value_parser = parse_rate)]
         rate: u64,
@@ -529,12 +561,16 @@ fn gather(targets: &[String], file: Option<&Path>) -> Result<Vec<String>, CliErr
     Ok(all)
 }
 
-fn add_request(opts: &AddOpts, throttle: Option<ThrottleSpec>) -> Result<AddRequest, CliError> {
+fn add_request(
+    opts: &AddOpts,
+    shadow: bool,
+    throttle: Option<ThrottleSpec>,
+) -> Result<AddRequest, CliError> {
     Ok(AddRequest {
         targets: gather(&opts.targets, opts.file.as_deref())?,
         ttl_ms: opts.ttl.map(|d| d.as_millis().max(1) as u64),
         reason: opts.reason.clone(),
-        shadow: opts.shadow,
+        shadow,
         throttle,
     })
 }
@@ -638,6 +674,7 @@ pub async fn client_command(cmd: Command) -> Result<(), CliError> {
         Command::Throttle { op } => match op {
             ThrottleOp::Add {
                 opts,
+                mode,
                 rate,
                 burst,
                 aggregate,
@@ -648,7 +685,8 @@ pub async fn client_command(cmd: Command) -> Result<(), CliError> {
                     burst: burst.unwrap_or(rate),
                     aggregate,
                 };
-                add(&conn, ListKind::Throttle, add_request(&opts, Some(spec))?).await
+                let req = add_request(&opts, mode.shadow, Some(spec))?;
+                add(&conn, ListKind::Throttle, req).await
             }
             ThrottleOp::Del { targets, conn } => del(&conn, ListKind::Throttle, &targets).await,
             ThrottleOp::List { conn, json } => list(&conn, ListKind::Throttle, json).await,
@@ -659,9 +697,11 @@ pub async fn client_command(cmd: Command) -> Result<(), CliError> {
     }
 }
 
-async fn list_op(kind: ListKind, op: ListOp) -> Result<(), CliError> {
+async fn list_op<M: Args + ShadowFlag>(kind: ListKind, op: ListOp<M>) -> Result<(), CliError> {
     match op {
-        ListOp::Add { opts, conn } => add(&conn, kind, add_request(&opts, None)?).await,
+        ListOp::Add { opts, mode, conn } => {
+            add(&conn, kind, add_request(&opts, mode.shadow(), None)?).await
+        }
         ListOp::Del { targets, conn } => del(&conn, kind, &targets).await,
         ListOp::List { conn, json } => list(&conn, kind, json).await,
     }
@@ -804,6 +844,40 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn shadow_is_offered_by_the_lists_that_drop_and_not_by_allow() {
+        let add_flags = |list: &str| -> Vec<String> {
+            let mut cli = Cli::command();
+            let add = cli
+                .find_subcommand_mut(list)
+                .and_then(|c| c.find_subcommand_mut("add"))
+                .unwrap_or_else(|| panic!("{list} add"));
+            add.get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_owned))
+                .collect()
+        };
+        for list in ["block", "throttle"] {
+            assert!(add_flags(list).iter().any(|f| f == "shadow"), "{list} add");
+        }
+        let allow = add_flags("allow");
+        assert!(!allow.iter().any(|f| f == "shadow"), "{allow:?}");
+        assert!(allow.iter().any(|f| f == "ttl"), "{allow:?}");
+        // And the parse follows: allow refuses the flag as a usage error, block takes it.
+        let e = Cli::try_parse_from(["sentinel", "allow", "add", "192.0.2.1", "--shadow"])
+            .expect_err("allow has no --shadow");
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        let Cli {
+            command: Command::Block {
+                op: ListOp::Add { mode, .. },
+            },
+            ..
+        } = Cli::try_parse_from(["sentinel", "block", "add", "192.0.2.1", "--shadow"]).unwrap()
+        else {
+            panic!("block add");
+        };
+        assert!(mode.shadow());
     }
 
     #[test]

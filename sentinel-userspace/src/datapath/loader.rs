@@ -21,7 +21,6 @@ use aya::{
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
-        tc,
         xdp::XdpLink,
     },
 };
@@ -392,8 +391,13 @@ impl Datapath {
     /// Attaches the TC capture programs to ingress and egress of `iface` (TCX links, which
     /// detach when this object is dropped: capture only runs while a daemon consumes it).
     pub fn attach_capture(&mut self, iface: &str) -> Result<(), DatapathError> {
-        // Only needed for the legacy netlink path; TCX ignores it. EEXIST is fine.
-        let _ = tc::qdisc_add_clsact(iface);
+        // TCX links (Linux 6.6+) need no qdisc: leave the interface's alone. The netlink path
+        // of older kernels needs a clsact qdisc; one Sentinel adds is recorded, to be removed.
+        if !super::qdisc::tcx_supported()
+            && let Err(e) = super::qdisc::claim_clsact(&self.pin_dir, iface)
+        {
+            warn!(iface, error = %e, "adding the clsact qdisc for the TC capture");
+        }
         for (name, kind) in [
             (capture::names::PROG_INGRESS, TcAttachType::Ingress),
             (capture::names::PROG_EGRESS, TcAttachType::Egress),
@@ -568,9 +572,12 @@ pub struct UnloadReport {
     pub detached: Vec<String>,
     /// Map pins removed.
     pub maps_removed: usize,
+    /// Interfaces whose clsact qdisc, added by Sentinel for the TC capture, was removed.
+    pub qdiscs_removed: Vec<String>,
 }
 
-/// Detaches every pinned link and removes every pin under `pin_dir`. Works without a daemon.
+/// Detaches every pinned link and removes every pin under `pin_dir`, and the clsact qdiscs
+/// Sentinel added that nothing else uses (see [`super::qdisc`]). Works without a daemon.
 pub fn unload(pin_dir: &Path) -> Result<UnloadReport, DatapathError> {
     let mut report = UnloadReport::default();
     if !pin_dir.exists() {
@@ -592,6 +599,7 @@ pub fn unload(pin_dir: &Path) -> Result<UnloadReport, DatapathError> {
         }
         fs::remove_dir(&links)?;
     }
+    report.qdiscs_removed = super::qdisc::release_clsacts(pin_dir)?;
     for name in names::ALL {
         match fs::remove_file(pin_dir.join(name)) {
             Ok(()) => report.maps_removed += 1,

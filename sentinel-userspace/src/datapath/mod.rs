@@ -4,6 +4,7 @@
 
 pub mod loader;
 pub mod maps;
+pub mod qdisc;
 pub mod sys;
 
 use std::path::PathBuf;

@@ -213,7 +213,8 @@ impl Enricher {
         let principal = principal::identify(&view, &self.principal, &decoded, |secret| {
             token_facts(tokens, secret).1
         });
-        let client_ip = principal::client_ip(&view, &self.principal);
+        let client_ip =
+            principal::client_ip(&view, &self.principal).unwrap_or(principal::UNKNOWN_CLIENT);
         let credential = bearer_hash.or_else(|| {
             matches!(
                 principal.kind,

@@ -3,7 +3,7 @@
 //! Order: bearer token (the JWT `sub` when it is a JWT, else a hash of the token), API key
 //! headers, session cookie, login username (JSON or form body of a login endpoint), then the
 //! client address (the source IP, or the `X-Forwarded-For` client when the source is a trusted
-//! proxy). Secrets never appear in clear: tokens, keys and cookies are shown as a stable short
+//! proxy; `ip:unknown` when that client cannot be told). Secrets never appear in clear: tokens, keys and cookies are shown as a stable short
 //! hash (`tok:3f9a1c0e2b7d`).
 
 use std::{net::IpAddr, sync::Arc};
@@ -339,15 +339,34 @@ impl<'a> RequestView<'a> {
     }
 }
 
-/// The client address: the source, or the right-most untrusted `X-Forwarded-For` hop when the
-/// source is a trusted proxy. Several `X-Forwarded-For` field lines are one list, in order (a
-/// proxy that appends its own line, as HAProxy's `option forwardfor` does, must not leave the
-/// client's own first line believed), and a hop may carry a port (`203.0.113.7:51234`,
+/// The address that stands for a client that cannot be told (see [`client_ip`]): the
+/// unspecified address, which is never a packet's source, so a verdict on it blocks no one.
+pub const UNKNOWN_CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
+/// An observation's client address as alerts and explanations name it: `unknown` for
+/// [`UNKNOWN_CLIENT`].
+pub fn client_text(ip: IpAddr) -> String {
+    if ip.is_unspecified() {
+        "unknown".into()
+    } else {
+        ip_text(ip)
+    }
+}
+
+/// The client address: the source, or the right-most `X-Forwarded-For` hop that is not a
+/// trusted proxy when the source is one. Several `X-Forwarded-For` field lines are one list, in
+/// order (a proxy that appends its own line, as HAProxy's `option forwardfor` does, must not
+/// leave the client's own first line believed), and a hop may carry a port (`203.0.113.7:51234`,
 /// `[2001:db8::7]:443`).
-pub fn client_ip(req: &RequestView<'_>, cfg: &PrincipalConfig) -> IpAddr {
+///
+/// `None` when that hop is not an address (`unknown`, an obfuscated identifier such as
+/// `_hidden` from RFC 7239, garbage): the client cannot be told. It is not the proxy either,
+/// which only passed the request on: taking the proxy for it would aim alerts, and blocks, at
+/// the proxy and with it at every user behind it.
+pub fn client_ip(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Option<IpAddr> {
     let trusted = |ip: &IpAddr| cfg.trusted_proxies.iter().any(|n| n.contains(ip));
     if !trusted(&req.src_ip) {
-        return req.src_ip;
+        return Some(req.src_ip);
     }
     let lines: Vec<&str> = req
         .headers
@@ -355,17 +374,21 @@ pub fn client_ip(req: &RequestView<'_>, cfg: &PrincipalConfig) -> IpAddr {
         .filter(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for"))
         .map(|(_, v)| &**v)
         .collect();
-    // Walk from the nearest hop outwards, skipping our own proxies.
+    // Walk from the nearest hop outwards, skipping our own proxies (and empty list elements).
     for hop in lines.iter().rev().flat_map(|l| l.rsplit(',')) {
-        match hop_ip(hop.trim()) {
+        let hop = hop.trim();
+        if hop.is_empty() {
+            continue;
+        }
+        match hop_ip(hop) {
             Some(ip) if trusted(&ip) => continue,
-            Some(ip) => return ip,
-            // `unknown` or an obfuscated name (RFC 7239): the client cannot be told, so the
-            // nearest proxy stands for it.
-            None => break,
+            Some(ip) if ip.is_unspecified() => return None,
+            Some(ip) => return Some(ip),
+            None => return None,
         }
     }
-    req.src_ip
+    // No hop but trusted proxies: the request comes from them (a health check, say).
+    Some(req.src_ip)
 }
 
 /// One `X-Forwarded-For` hop: an address, with or without a port (IPv6 in brackets then).
@@ -607,7 +630,7 @@ pub fn identify(
     }
     Principal {
         kind: PrincipalKind::Ip,
-        id: ip_text(client_ip(req, cfg)),
+        id: client_text(client_ip(req, cfg).unwrap_or(UNKNOWN_CLIENT)),
     }
 }
 
@@ -871,6 +894,47 @@ mod tests {
             let hs = h(&[("X-Forwarded-For", xff)]);
             assert_eq!(principal(&view("/", &hs, b""), &cfg).id, want, "{xff}");
         }
+    }
+
+    #[test]
+    fn an_unreadable_hop_behind_a_trusted_proxy_is_an_unknown_client_not_the_proxy() {
+        let mut cfg = PrincipalConfig {
+            trusted_proxies: vec![
+                "192.0.2.0/24".parse().unwrap(),
+                "198.51.100.2/32".parse().unwrap(),
+            ],
+            ..Default::default()
+        };
+        for xff in [
+            "unknown",
+            "_hidden",
+            "_SEVKISEK, 198.51.100.2",
+            "203.0.113.5, unknown",
+            "203.0.113.5, not an address",
+            "0.0.0.0",
+            "203.0.113.5:99999",
+        ] {
+            let hs = h(&[("X-Forwarded-For", xff)]);
+            let v = view("/", &hs, b"");
+            assert_eq!(client_ip(&v, &cfg), None, "{xff}");
+            let p = principal(&v, &cfg);
+            assert_eq!((p.kind, p.name()), (PrincipalKind::Ip, "ip:unknown".into()));
+        }
+        // Empty list elements are no hops; no hop but trusted ones is the proxy itself.
+        let hs = h(&[("X-Forwarded-For", "203.0.113.5, , 198.51.100.2")]);
+        let ip = client_ip(&view("/", &hs, b""), &cfg);
+        assert_eq!(ip, Some("203.0.113.5".parse().unwrap()));
+        for xff in ["", "198.51.100.2"] {
+            let hs = h(&[("X-Forwarded-For", xff)]);
+            let ip = client_ip(&view("/", &hs, b""), &cfg);
+            assert_eq!(ip, Some("192.0.2.10".parse().unwrap()), "{xff:?}");
+        }
+        // From an untrusted source the header is not read at all.
+        cfg.trusted_proxies.clear();
+        let hs = h(&[("X-Forwarded-For", "unknown")]);
+        let ip = client_ip(&view("/", &hs, b""), &cfg);
+        assert_eq!(ip, Some("192.0.2.10".parse().unwrap()));
+        assert_eq!(client_text(UNKNOWN_CLIENT), "unknown");
     }
 
     #[test]

@@ -287,7 +287,7 @@ impl Detector for BehaviorDetector {
                 Severity::Medium
             },
             score,
-            p.last_ip.to_string(),
+            crate::enrich::principal::client_text(p.last_ip),
             Some(p.name.to_string()),
             None,
             country,

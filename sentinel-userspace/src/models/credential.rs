@@ -382,7 +382,7 @@ impl Detector for CredentialDetector {
                         format!(
                             "Login for account {} succeeded from {} in {} after {} failed attempts in the last {} s: the password was likely guessed.",
                             username.unwrap_or("?"),
-                            o.client_ip,
+                            crate::enrich::principal::client_text(o.client_ip),
                             ctx.place(),
                             fails.round(),
                             self.cfg.window_s
@@ -507,7 +507,7 @@ impl Detector for CredentialDetector {
                         fails.round(),
                         username.unwrap_or("?"),
                         span_text(span),
-                        o.client_ip,
+                        crate::enrich::principal::client_text(o.client_ip),
                         ctx.place(),
                         context
                     ),
@@ -557,7 +557,7 @@ impl Detector for CredentialDetector {
                 format!(
                     "{} different accounts tried from {} in {} within {}, {} failures, {} of the accounts logged in ({ua}).",
                     distinct.round(),
-                    o.client_ip,
+                    crate::enrich::principal::client_text(o.client_ip),
                     ctx.place(),
                     span_text(span),
                     src_fails.round(),
@@ -595,7 +595,7 @@ impl Detector for CredentialDetector {
                 format!(
                     "{} failed logins from {} in {} within {} on {} account(s) ({ua}).",
                     src_fails.round(),
-                    o.client_ip,
+                    crate::enrich::principal::client_text(o.client_ip),
                     ctx.place(),
                     span_text(span),
                     distinct.round().max(1.0)

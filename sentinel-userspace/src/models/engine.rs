@@ -151,7 +151,7 @@ impl Ctx<'_> {
             kind,
             severity,
             score,
-            self.obs.client_ip.to_string(),
+            crate::enrich::principal::client_text(self.obs.client_ip),
             Some(self.principal.to_owned()),
             Some(self.obs.endpoint.clone()),
             self.country.map(str::to_owned),

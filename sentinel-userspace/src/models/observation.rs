@@ -27,7 +27,9 @@ pub fn header<'h, 'a>(headers: &'h [Header<'a>], name: &str) -> Option<&'h Cow<'
 pub struct Observation<'a> {
     /// Request time, nanoseconds since the Unix epoch (stream time: replay uses capture time).
     pub ts_ns: u64,
-    /// Client address (after trusted `X-Forwarded-For`).
+    /// Client address (after trusted `X-Forwarded-For`); the unspecified address
+    /// ([`crate::enrich::principal::UNKNOWN_CLIENT`]) when a trusted proxy named it with
+    /// something that is not an address.
     pub client_ip: IpAddr,
     /// Who.
     pub principal: Principal,

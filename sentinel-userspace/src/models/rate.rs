@@ -414,7 +414,8 @@ impl Detector for RateDetector {
             out,
         );
 
-        if self.cfg.per_source {
+        // Clients a trusted proxy could not name are not one source: no per-source rate for them.
+        if self.cfg.per_source && !ctx.obs.client_ip.is_unspecified() {
             let sk = subject::source(ctx.obs.client_ip);
             let (s, mut l) = count(
                 &mut self.sources,

@@ -333,7 +333,7 @@ impl Detector for TokenDetector {
                 "The credential of {} {why} in the last {} s; now from {} in {}.",
                 ctx.principal,
                 self.cfg.window_s,
-                o.client_ip,
+                crate::enrich::principal::client_text(o.client_ip),
                 ctx.place()
             ),
             evidence([

@@ -306,7 +306,7 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
     // count then only explains the refusal.
     let one = targets.len() == 1;
     if !one {
-        check_room(maps, kind, &split.exact, split.prefixes.len())?;
+        check_room(maps, kind, &split.exact, &split.prefixes)?;
     }
     // Entries replaced, TTL and reason with them, which an operator re-adding should be told
     // (checked for interactive adds, as the allowlist is).
@@ -321,7 +321,7 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
     let written = write_entries(maps, kind, req, expires_ns, throttle, &split);
     match written {
         Err(e) if one => {
-            check_room(maps, kind, &split.exact, split.prefixes.len())?;
+            check_room(maps, kind, &split.exact, &split.prefixes)?;
             Err(e)
         }
         other => other.map(|elapsed_ms| AddResponse {
@@ -514,9 +514,10 @@ fn prefix_entry<V: ListValue>(
 }
 
 /// Writes one list's entries (exact keys with their values, then prefixes) and has the kernel
-/// look its cached verdicts up again. Several entries are not written in one step: when a write
-/// fails part-way, what this call changed is put back (new entries removed, replaced ones
-/// restored), so that a failed add leaves the list as it was.
+/// look its cached verdicts up again. When a write fails part-way, or telling the kernel fails
+/// after every entry is in, what this call changed is put back (new entries removed, replaced
+/// ones restored), so that a failed add leaves the list as it was: an add that reports an error
+/// has changed nothing, one target or a million.
 fn write_list<V: ListValue>(
     maps: &mut Maps,
     kind: ListKind,
@@ -524,12 +525,10 @@ fn write_list<V: ListValue>(
     values: &[V],
     prefixes: &[(u32, AddrKey, V)],
 ) -> Result<(), ListError> {
-    // The kernel writes one entry whole or not at all: nothing to put back.
-    let before = if exact.len() + prefixes.len() > 1 {
-        Some(Before::read(&V::list(maps, kind), exact, prefixes)?)
-    } else {
-        None
-    };
+    // Even one entry, which the kernel writes whole or not at all, is put back when the
+    // generation bump after it fails (the kernel would go on serving cached verdicts that
+    // ignore it): one or two lookups.
+    let before = Before::read(&V::list(maps, kind), exact, prefixes)?;
     let mut prefixes_written = 0;
     let written = write_raw(
         V::list(maps, kind),
@@ -540,9 +539,8 @@ fn write_list<V: ListValue>(
     )
     // Sources whose verdict the kernel cached while the entries were written look again.
     .and_then(|()| Ok(maps.bump_generation()?));
-    let (e, before) = match (written, before) {
-        (Err(e), Some(before)) => (e, before),
-        (written, _) => return written,
+    let Err(e) = written else {
+        return Ok(());
     };
     let left = before.restore(V::list(maps, kind), exact, prefixes, prefixes_written);
     // Presence flags raised for the entries, and verdicts the kernel cached meanwhile, follow
@@ -678,12 +676,15 @@ impl<V: ListValue> Before<V> {
     }
 }
 
+/// Refuses an add whose new entries do not fit their maps. Entries it replaces (keys already in
+/// the map, live or expired) take no room, and a key given twice counts once.
 fn check_room(
     maps: &Maps,
     kind: ListKind,
     exact: &[AddrKey],
-    n_prefixes: usize,
+    prefixes: &[(u32, AddrKey, &Target)],
 ) -> Result<(), ListError> {
+    use std::collections::HashSet;
     let (hash, hname, hval, lpm_map, lname) = match kind {
         ListKind::Block => (
             maps.block_hash.map(),
@@ -712,12 +713,12 @@ fn check_room(
         let have = Maps::count_hash::<AddrKey>(hash, hval)?;
         if have + exact.len() > max as usize {
             // Replacing existing entries takes no room: count only the new ones.
-            let mut present = std::collections::HashSet::with_capacity(have);
+            let mut present = HashSet::with_capacity(have);
             sys::lookup_all::<AddrKey>(hash.fd(), hval, |k, _| {
                 present.insert(*k);
             })
             .map_err(DatapathError::Io)?;
-            let new = exact.iter().filter(|k| !present.contains(*k)).count();
+            let new = exact.iter().filter(|k| present.insert(**k)).count();
             if have + new > max as usize {
                 return Err(ListError::Full {
                     map: hname,
@@ -728,22 +729,43 @@ fn check_room(
             }
         }
     }
-    if n_prefixes == 0 {
+    if prefixes.is_empty() {
         return Ok(());
     }
-    // A trie is counted key by key: only when prefixes are added to it.
-    let lpm_count = match kind {
-        ListKind::Block => maps.block_lpm.keys().count(),
-        ListKind::Allow => maps.allow_lpm.keys().count(),
-        ListKind::Throttle => maps.throttle_lpm.keys().count(),
+    // A trie is read key by key: only when prefixes are added to it.
+    let key = |k: Key<AddrKey>| (k.prefix_len(), k.data());
+    let mut present: HashSet<(u32, AddrKey)> = match kind {
+        ListKind::Block => maps
+            .block_lpm
+            .keys()
+            .filter_map(Result::ok)
+            .map(key)
+            .collect(),
+        ListKind::Allow => maps
+            .allow_lpm
+            .keys()
+            .filter_map(Result::ok)
+            .map(key)
+            .collect(),
+        ListKind::Throttle => maps
+            .throttle_lpm
+            .keys()
+            .filter_map(Result::ok)
+            .map(key)
+            .collect(),
     };
+    let have = present.len();
+    let new = prefixes
+        .iter()
+        .filter(|(p, k, _)| present.insert((*p, *k)))
+        .count();
     let lmax = capacity(lpm_map)?;
-    if lpm_count + n_prefixes > lmax as usize {
+    if have + new > lmax as usize {
         return Err(ListError::Full {
             map: lname,
-            have: lpm_count,
+            have,
             max: lmax,
-            adding: n_prefixes,
+            adding: new,
         });
     }
     Ok(())

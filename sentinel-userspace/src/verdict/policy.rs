@@ -555,7 +555,13 @@ impl Decider {
             .iter()
             .find(|r| r.kinds.contains(&alert.kind) && alert.severity >= r.min_severity)?
             .clone();
-        let ip: Option<IpAddr> = alert.src_ip.parse().ok();
+        // No address (`unknown`: a client a trusted proxy could not name), nothing to act on
+        // in the kernel; the unspecified address is no source either.
+        let ip: Option<IpAddr> = alert
+            .src_ip
+            .parse()
+            .ok()
+            .filter(|ip: &IpAddr| !ip.is_unspecified());
         let shadow = self.policy.mode == PolicyMode::Shadow || rule.shadow;
         // Offences that escalate are the ones acted on in the kernel: an alert-only or token
         // rule, or a rule in shadow, does not push a source up another rule's ladder.
@@ -719,6 +725,22 @@ actions = ["throttle", "block", "block_prefix"]
             .decide(&alert(AlertKind::BruteForce, Severity::High, ip, 4))
             .unwrap();
         assert_eq!((second.step, second.offence), (Step::Block, 2));
+    }
+
+    #[test]
+    fn an_alert_about_an_unknown_client_blocks_no_address() {
+        // A client a trusted proxy could not name: never the proxy, never the unspecified
+        // address; the rule's other actions (a token to revoke, the alert) still go.
+        let mut d = Decider::new(Policy::parse(POLICY).unwrap());
+        let unknown =
+            crate::enrich::principal::client_text(crate::enrich::principal::UNKNOWN_CLIENT);
+        for src in [unknown.as_str(), "0.0.0.0", "::"] {
+            for t in 0..3 {
+                let got = d.decide(&alert(AlertKind::BruteForce, Severity::High, src, t));
+                let got = got.expect("the rule matches");
+                assert_eq!(got.target, None, "{src}: {got:?}");
+            }
+        }
     }
 
     #[test]
