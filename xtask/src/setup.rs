@@ -32,7 +32,14 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("nftables", "benchmark peer: netdev ingress set drop"),
     ("ipset", "benchmark peer: iptables raw + ipset"),
     ("iptables", "benchmark peer: iptables raw + ipset"),
-    ("tshark", "benchmark peer: tshark -Y http"),
+    (
+        "tshark",
+        "benchmark peer (tshark -Y http); dumpcap and tshark for the capture_files root test",
+    ),
+    (
+        "tcpdump",
+        "records capture files for the capture_files root test",
+    ),
     ("wrk", "HTTP load generator for the capture benchmarks"),
     (
         "hydra",
