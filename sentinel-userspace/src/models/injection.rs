@@ -1,10 +1,10 @@
 //! Injection in request input: `sql_injection` and `xss` (libinjection, through the
 //! `libinjectionrs` port) and `path_traversal` (own rules).
 //!
-//! Inputs: decoded path segments, decoded query names and values, form and JSON body values
-//! (strings; up to `max_values` worth judging in each place), and the headers that carry client input (`Referer`'s query,
-//! `User-Agent`, `Cookie` values, `X-Forwarded-*`). Each value is decoded (`%XX`, `+`, twice when
-//! still encoded) before it is judged.
+//! Inputs: decoded path segments, decoded query and form parameter names and values, JSON body
+//! values (strings; up to `max_values` worth judging in each place), and the headers that carry
+//! client input (`Referer`'s query, `User-Agent`, `Cookie` values, `X-Forwarded-*`). Each value is
+//! decoded (`%XX`, `+`, twice when still encoded) before it is judged.
 //!
 //! Cost: the port takes 2-6 µs per value, more than the whole budget per transaction, so a value
 //! only reaches it when a cheap pre-filter finds characters or words an injection needs (quotes,
@@ -400,18 +400,53 @@ impl Place {
     }
 }
 
+/// What of a place an input is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Part {
+    /// A value (of the parameter, field or key `name`).
+    Value,
+    /// A parameter's name or a JSON key: read by the application as much as a value is
+    /// (`?id'--=1`, `{"x' OR '1'='1": 1}`).
+    Name,
+}
+
 /// One value to judge: where it came from (the name as sent, for named places) and the value,
 /// decoded.
 struct Input<'a> {
     place: Place,
+    part: Part,
     name: &'a str,
     value: Cow<'a, str>,
 }
 
-impl Input<'_> {
-    /// The place as an alert names it (`query id`, `header user-agent`); built only for an alert.
+impl<'a> Input<'a> {
+    /// A value at `place`, under `name`.
+    fn value(place: Place, name: &'a str, value: Cow<'a, str>) -> Self {
+        Self {
+            place,
+            part: Part::Value,
+            name,
+            value,
+        }
+    }
+
+    /// A name (a parameter's, a JSON key) at `place`, decoded.
+    fn name(place: Place, name: Cow<'a, str>) -> Self {
+        Self {
+            place,
+            part: Part::Name,
+            name: "",
+            value: name,
+        }
+    }
+
+    /// The place as an alert names it (`query id`, `header user-agent`, `query parameter
+    /// name`); built only for an alert.
     fn describe(&self) -> String {
         let label = self.place.label();
+        if self.part == Part::Name {
+            return format!("{label} parameter name");
+        }
         match self.place {
             Place::Path | Place::Referer => label.to_owned(),
             Place::Query | Place::Form | Place::RefererQuery => {
@@ -426,14 +461,16 @@ impl Input<'_> {
     /// The value as an alert may show it: a secret's (a password, a token, a cookie, a key; see
     /// [`secret_name`]) is never shown, only its length and short hash.
     fn shown(&self) -> String {
-        let secret = match self.place {
-            Place::Cookie => true,
-            Place::Query | Place::Form | Place::RefererQuery => {
-                secret_name(&decoded(self.name, true))
-            }
-            Place::Json | Place::Header => secret_name(self.name),
-            Place::Path | Place::Referer => false,
-        };
+        // A name is the field's, not the secret it holds.
+        let secret = self.part == Part::Value
+            && match self.place {
+                Place::Cookie => true,
+                Place::Query | Place::Form | Place::RefererQuery => {
+                    secret_name(&decoded(self.name, true))
+                }
+                Place::Json | Place::Header => secret_name(self.name),
+                Place::Path | Place::Referer => false,
+            };
         if secret {
             redacted(&self.value)
         } else {
@@ -659,11 +696,7 @@ impl InjectionDetector {
         if with_path {
             for seg in o.path.split('/').filter(|s| !s.is_empty()) {
                 if candidate(seg) {
-                    v.push(Input {
-                        place: Place::Path,
-                        name: "",
-                        value: decoded(seg, false),
-                    });
+                    v.push(Input::value(Place::Path, "", decoded(seg, false)));
                 }
             }
         }
@@ -676,11 +709,11 @@ impl InjectionDetector {
             Body::Json(j) => json_values(j, "", &mut v, start + max),
             Body::Strings(list) => {
                 let worth = list.iter().filter(|(_, s)| candidate(s));
-                v.extend(worth.take(max).map(|(k, s)| Input {
-                    place: Place::Json,
-                    name: k,
-                    value: Cow::Borrowed(s.as_str()),
-                }));
+                v.extend(
+                    worth
+                        .take(max)
+                        .map(|(k, s)| Input::value(Place::Json, k, Cow::Borrowed(s))),
+                );
             }
             Body::Form(text) => pairs(text, Place::Form, &mut v),
             Body::None => {}
@@ -695,11 +728,7 @@ impl InjectionDetector {
                 for c in value.split(';') {
                     let (k, val) = c.trim().split_once('=').unwrap_or(("", c.trim()));
                     if candidate(val) {
-                        v.push(Input {
-                            place: Place::Cookie,
-                            name: k,
-                            value: decoded(val, false),
-                        });
+                        v.push(Input::value(Place::Cookie, k, decoded(val, false)));
                     }
                 }
             } else if name.eq_ignore_ascii_case("referer") {
@@ -710,17 +739,9 @@ impl InjectionDetector {
                     }
                     None => value,
                 };
-                v.push(Input {
-                    place: Place::Referer,
-                    name: "",
-                    value: decoded(path, false),
-                });
+                v.push(Input::value(Place::Referer, "", decoded(path, false)));
             } else {
-                v.push(Input {
-                    place: Place::Header,
-                    name,
-                    value: Cow::Borrowed(value),
-                });
+                v.push(Input::value(Place::Header, name, Cow::Borrowed(value)));
             }
         }
         v.truncate(start + max);
@@ -748,29 +769,28 @@ fn pairs<'a>(q: &'a str, place: Place, out: &mut Vec<Input<'a>>) {
     }
     for p in q.split('&') {
         let (k, val) = p.split_once('=').unwrap_or(("", p));
-        // Escaped names and values are judged worth it decoded: `%41` is an `A`, and a few
-        // hundred of them must not use up the values judged before the one that matters.
-        let key_worth = || candidate(&decoded(k, true));
-        let value = if val.contains('%') {
-            let value = decoded(val, true);
-            if !(candidate(&value) || key_worth()) {
-                continue;
-            }
-            value
-        } else {
-            if !(candidate(val)
-                || key_worth()
-                || (val.contains('+') && plus_as_space(val, candidate)))
-            {
-                continue;
-            }
-            decoded(val, true)
-        };
-        out.push(Input {
-            place,
-            name: k,
-            value,
-        });
+        // The value first: where both trip the same check, the alert names the value.
+        if let Some(value) = worth_decoded(val) {
+            out.push(Input::value(place, k, value));
+        }
+        if let Some(name) = worth_decoded(k) {
+            out.push(Input::name(place, name));
+        }
+    }
+}
+
+/// A form name or value (`raw`, as sent) decoded, when it is worth judging. Escaped ones are
+/// judged worth it decoded: `%41` is an `A`, and a few hundred of them must not use up the
+/// values judged before the one that matters. Only what has escapes or is worth judging is
+/// copied.
+fn worth_decoded(raw: &str) -> Option<Cow<'_, str>> {
+    if raw.contains('%') {
+        let d = decoded(raw, true);
+        candidate(&d).then_some(d)
+    } else if candidate(raw) || (raw.contains('+') && plus_as_space(raw, candidate)) {
+        Some(decoded(raw, true))
+    } else {
+        None
     }
 }
 
@@ -780,11 +800,9 @@ fn json_values<'a>(j: &'a Value, path: &'a str, out: &mut Vec<Input<'a>>, max: u
         return;
     }
     match j {
-        Value::String(s) if candidate(s) => out.push(Input {
-            place: Place::Json,
-            name: path,
-            value: Cow::Borrowed(s),
-        }),
+        Value::String(s) if candidate(s) => {
+            out.push(Input::value(Place::Json, path, Cow::Borrowed(s)))
+        }
         Value::Array(a) => {
             for x in a {
                 json_values(x, path, out, max);
@@ -1076,6 +1094,91 @@ mod tests {
         o.req_body = br#"{"q":"<script>alert(document.cookie)</script>"}"#.to_vec().into();
         let k = kinds(&mut Engine::new(&ModelsConfig::default()).unwrap(), &o);
         assert!(k.contains(&AlertKind::Xss), "{k:?}");
+    }
+
+    /// Posts `body` as `ctype` to `/submit` from `ip`.
+    fn post(ip: &str, ctype: &str, body: &[u8]) -> Observation<'static> {
+        let mut o = obs(T0, ip, "/submit");
+        o.method = "POST".into();
+        o.req_headers
+            .push(("Content-Type".into(), ctype.to_owned().into()));
+        o.req_bytes = body.len() as u64;
+        o.req_body = body.to_vec().into();
+        o
+    }
+
+    /// The first alert's `(kind, input)` for each kind raised on `o`.
+    fn places(o: &Observation) -> Vec<(AlertKind, String)> {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        e.observe(o)
+            .into_iter()
+            .map(|a| {
+                (
+                    a.kind,
+                    a.evidence["input"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parameter_names_are_judged() {
+        let cases: [(&str, &[u8], AlertKind, &str); 5] = [
+            // (`?id'%20OR%201=1--=x` splits at its first `=`: its value, `1--=x`, was judged.)
+            (
+                "/items?id'%20OR%20'1'%3D'1=x",
+                b"",
+                AlertKind::SqlInjection,
+                "query parameter name",
+            ),
+            (
+                "/search?a<script>alert(1)</script>=1",
+                b"",
+                AlertKind::Xss,
+                "query parameter name",
+            ),
+            (
+                "/search?q=1&%3Cimg+src%3Dx+onerror%3Dalert(1)%3E=",
+                b"",
+                AlertKind::Xss,
+                "query parameter name",
+            ),
+            (
+                "/submit",
+                b"user=jane&1'+UNION+SELECT+password+FROM+users--=1",
+                AlertKind::SqlInjection,
+                "form parameter name",
+            ),
+            (
+                "/submit",
+                b"%2e%2e%2f%2e%2e%2fetc%2fpasswd=1",
+                AlertKind::PathTraversal,
+                "form parameter name",
+            ),
+        ];
+        for (target, body, kind, place) in cases {
+            let mut o = get(target, 0);
+            if !body.is_empty() {
+                o = post("203.0.113.60", "application/x-www-form-urlencoded", body);
+            }
+            let p = places(&o);
+            assert!(
+                p.contains(&(kind, place.to_owned())),
+                "{target} {body:?}: {p:?}"
+            );
+        }
+        // Names that are ordinary, as frameworks write them.
+        let o = get(
+            "/items?page[size]=20&page[number]=3&filter[status]=active&sort=-created_at&fields[items]=id,name&q[]=a+b&utm_source=mail",
+            0,
+        );
+        assert_eq!(places(&o), []);
+        let o = post(
+            "198.18.0.9",
+            "application/x-www-form-urlencoded",
+            b"user[email]=jane%40bank.test&user[address][city]=Riyadh&items[0][qty]=2&accept_terms=on",
+        );
+        assert_eq!(places(&o), []);
     }
 
     #[test]
