@@ -2,7 +2,7 @@
 //! `libinjectionrs` port) and `path_traversal` (own rules).
 //!
 //! Inputs: decoded path segments, decoded query and form parameter names and values, JSON body
-//! values (strings; up to `max_values` worth judging in each place), and the headers that carry
+//! keys and string values (up to `max_values` worth judging in each place), and the headers that carry
 //! client input (`Referer`'s query, `User-Agent`, `Cookie` values, `X-Forwarded-*`). Each value is
 //! decoded (`%XX`, `+`, twice when still encoded) before it is judged.
 //!
@@ -445,7 +445,10 @@ impl<'a> Input<'a> {
     fn describe(&self) -> String {
         let label = self.place.label();
         if self.part == Part::Name {
-            return format!("{label} parameter name");
+            return match self.place {
+                Place::Json => "json key".to_owned(),
+                _ => format!("{label} parameter name"),
+            };
         }
         match self.place {
             Place::Path | Place::Referer => label.to_owned(),
@@ -537,17 +540,24 @@ fn decoded(s: &str, form: bool) -> Cow<'_, str> {
 enum Body<'a> {
     None,
     Json(Value),
-    /// A JSON text that does not parse: its whole string values, with their keys.
-    Strings(Vec<(String, String)>),
+    /// A JSON text that does not parse: its whole strings.
+    Strings(Vec<Lenient>),
     Form(Cow<'a, str>),
 }
 
-/// The complete string values of a JSON text that does not parse (cut at the body cap, or
-/// malformed), each with the key it follows (empty before any), in order. A string cut by the
-/// end of the text is left out.
-fn json_strings(b: &[u8]) -> Vec<(String, String)> {
+/// A complete string of a JSON text that does not parse.
+#[derive(Debug, PartialEq)]
+enum Lenient {
+    /// A string followed by `:`.
+    Key(String),
+    /// Any other (under the last key before it).
+    Value(String),
+}
+
+/// The complete strings of a JSON text that does not parse (cut at the body cap, or
+/// malformed), keys and values, in order. A string cut by the end of the text is left out.
+fn json_strings(b: &[u8]) -> Vec<Lenient> {
     let mut out = Vec::new();
-    let mut key = String::new();
     let mut i = 0;
     while let Some(open) = memchr::memchr(b'"', &b[i..]).map(|o| i + o) {
         let mut end = open + 1;
@@ -561,11 +571,13 @@ fn json_strings(b: &[u8]) -> Vec<(String, String)> {
         let Ok(text) = serde_json::from_slice::<String>(&b[open..=end]) else {
             continue;
         };
-        if b[i..].iter().find(|c| !c.is_ascii_whitespace()) == Some(&b':') {
-            key = text;
-        } else {
-            out.push((key.clone(), text));
-        }
+        out.push(
+            if b[i..].iter().find(|c| !c.is_ascii_whitespace()) == Some(&b':') {
+                Lenient::Key(text)
+            } else {
+                Lenient::Value(text)
+            },
+        );
     }
     out
 }
@@ -708,12 +720,24 @@ impl InjectionDetector {
         match body {
             Body::Json(j) => json_values(j, "", &mut v, start + max),
             Body::Strings(list) => {
-                let worth = list.iter().filter(|(_, s)| candidate(s));
-                v.extend(
-                    worth
-                        .take(max)
-                        .map(|(k, s)| Input::value(Place::Json, k, Cow::Borrowed(s))),
-                );
+                let mut key = "";
+                for s in list {
+                    if v.len() >= start + max {
+                        break;
+                    }
+                    match s {
+                        Lenient::Key(k) => {
+                            key = k;
+                            if candidate(k) {
+                                v.push(Input::name(Place::Json, Cow::Borrowed(k)));
+                            }
+                        }
+                        Lenient::Value(s) if candidate(s) => {
+                            v.push(Input::value(Place::Json, key, Cow::Borrowed(s)));
+                        }
+                        Lenient::Value(_) => {}
+                    }
+                }
             }
             Body::Form(text) => pairs(text, Place::Form, &mut v),
             Body::None => {}
@@ -794,7 +818,7 @@ fn worth_decoded(raw: &str) -> Option<Cow<'_, str>> {
     }
 }
 
-/// The string values of `j` that are worth judging, up to `out` holding `max`.
+/// The string values and keys of `j` that are worth judging, up to `out` holding `max`.
 fn json_values<'a>(j: &'a Value, path: &'a str, out: &mut Vec<Input<'a>>, max: usize) {
     if out.len() >= max {
         return;
@@ -810,6 +834,12 @@ fn json_values<'a>(j: &'a Value, path: &'a str, out: &mut Vec<Input<'a>>, max: u
         }
         Value::Object(m) => {
             for (k, x) in m {
+                if out.len() >= max {
+                    return;
+                }
+                if candidate(k) {
+                    out.push(Input::name(Place::Json, Cow::Borrowed(k)));
+                }
                 json_values(x, k, out, max);
             }
         }
@@ -1200,9 +1230,54 @@ mod tests {
         );
         assert_eq!(
             json_strings(br#"{"a":"x\"y","b":["c","d"],"e":{"f":"g"},"h":"cut"#),
-            [("a", "x\"y"), ("b", "c"), ("b", "d"), ("f", "g")]
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            [
+                Lenient::Key("a".into()),
+                Lenient::Value("x\"y".into()),
+                Lenient::Key("b".into()),
+                Lenient::Value("c".into()),
+                Lenient::Value("d".into()),
+                Lenient::Key("e".into()),
+                Lenient::Key("f".into()),
+                Lenient::Value("g".into()),
+                Lenient::Key("h".into()),
+            ]
         );
+    }
+
+    #[test]
+    fn json_keys_are_judged() {
+        let pad = "A".repeat(70_000);
+        let cases: [(String, AlertKind); 4] = [
+            (r#"{"x' OR '1'='1": 1}"#.into(), AlertKind::SqlInjection),
+            (
+                r#"{"user":{"<img src=x onerror=alert(1)>":"a"}}"#.into(),
+                AlertKind::Xss,
+            ),
+            (
+                r#"{"files":{"../../../etc/passwd":true}}"#.into(),
+                AlertKind::PathTraversal,
+            ),
+            // Cut at the cap: read leniently, keys too.
+            (
+                format!(r#"{{"1 UNION SELECT password FROM users--":1,"pad":"{pad}"}}"#),
+                AlertKind::SqlInjection,
+            ),
+        ];
+        for (body, kind) in cases {
+            let p = places(&post("203.0.113.61", "application/json", body.as_bytes()));
+            assert!(
+                p.contains(&(kind, "json key".to_owned())),
+                "{}: {p:?}",
+                &body[..body.len().min(80)]
+            );
+        }
+        // Keys as APIs write them, in a body worth parsing (its values hold `%`, `'`, `..`).
+        let o = post(
+            "198.18.0.9",
+            "application/json",
+            br##"{"account_id":100231,"memo":"50% of O'Brien's rent","@context":"https://schema.org","$ref":"#/defs/a","#text":"x","odata.etag":"W/\"1\"","x-request-id":"ab-12","First Name":"Jane","filter[status]":"active","range":"1..10","items":[{"sku":"A-1","qty":2}]}"##,
+        );
+        assert_eq!(places(&o), []);
     }
 
     #[test]
