@@ -2,9 +2,11 @@
 //! `libinjectionrs` port) and `path_traversal` (own rules).
 //!
 //! Inputs: decoded path segments, decoded query and form parameter names and values, JSON body
-//! keys and string values (up to `max_values` worth judging in each place), and the headers that carry
-//! client input (`Referer`'s query, `User-Agent`, `Cookie` values, `X-Forwarded-*`). Each value is
-//! decoded (`%XX`, `+`, twice when still encoded) before it is judged.
+//! keys and string values, `multipart/form-data` field names, file names and text contents (up
+//! to `max_values` worth judging in each place), and the headers that carry client input
+//! (`Referer`'s query, `User-Agent`, `Cookie` values, `X-Forwarded-*`). Each value is decoded
+//! (`%XX`, `+`, twice when still encoded) before it is judged; JSON and multipart values are
+//! judged as sent.
 //!
 //! Cost: the port takes 2-6 µs per value, more than the whole budget per transaction, so a value
 //! only reaches it when a cheap pre-filter finds characters or words an injection needs (quotes,
@@ -22,6 +24,8 @@ use std::{borrow::Cow, sync::LazyLock};
 use aho_corasick::AhoCorasick;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use crate::http::multipart::{self, FormData};
 
 use super::{
     AlertKind, Severity,
@@ -378,6 +382,7 @@ enum Place {
     Referer,
     RefererQuery,
     Header,
+    Multipart,
 }
 
 impl Place {
@@ -391,12 +396,16 @@ impl Place {
             Place::Referer => "referer",
             Place::RefererQuery => "referer query",
             Place::Header => "header",
+            Place::Multipart => "multipart",
         }
     }
 
     /// Parameters are judged for traversal too.
     fn parameter(self) -> bool {
-        matches!(self, Place::Query | Place::Form | Place::Json)
+        matches!(
+            self,
+            Place::Query | Place::Form | Place::Json | Place::Multipart
+        )
     }
 }
 
@@ -408,6 +417,8 @@ enum Part {
     /// A parameter's name or a JSON key: read by the application as much as a value is
     /// (`?id'--=1`, `{"x' OR '1'='1": 1}`).
     Name,
+    /// A multipart file's name (of field `name`): where traversal goes in uploads.
+    Filename,
 }
 
 /// One value to judge: where it came from (the name as sent, for named places) and the value,
@@ -415,17 +426,17 @@ enum Part {
 struct Input<'a> {
     place: Place,
     part: Part,
-    name: &'a str,
+    name: Cow<'a, str>,
     value: Cow<'a, str>,
 }
 
 impl<'a> Input<'a> {
     /// A value at `place`, under `name`.
-    fn value(place: Place, name: &'a str, value: Cow<'a, str>) -> Self {
+    fn value(place: Place, name: impl Into<Cow<'a, str>>, value: Cow<'a, str>) -> Self {
         Self {
             place,
             part: Part::Value,
-            name,
+            name: name.into(),
             value,
         }
     }
@@ -435,7 +446,7 @@ impl<'a> Input<'a> {
         Self {
             place,
             part: Part::Name,
-            name: "",
+            name: Cow::Borrowed(""),
             value: name,
         }
     }
@@ -444,19 +455,21 @@ impl<'a> Input<'a> {
     /// name`); built only for an alert.
     fn describe(&self) -> String {
         let label = self.place.label();
-        if self.part == Part::Name {
-            return match self.place {
-                Place::Json => "json key".to_owned(),
-                _ => format!("{label} parameter name"),
-            };
+        match (self.part, self.place) {
+            (Part::Name, Place::Json) => return "json key".to_owned(),
+            (Part::Name, Place::Multipart) => return "multipart field name".to_owned(),
+            (Part::Name, _) => return format!("{label} parameter name"),
+            (Part::Filename, _) if self.name.is_empty() => return "multipart filename".to_owned(),
+            (Part::Filename, _) => return format!("multipart filename of {}", self.name),
+            (Part::Value, _) => {}
         }
         match self.place {
             Place::Path | Place::Referer => label.to_owned(),
             Place::Query | Place::Form | Place::RefererQuery => {
-                format!("{label} {}", decoded(self.name, true))
+                format!("{label} {}", decoded(&self.name, true))
             }
             Place::Json if self.name.is_empty() => "json .".to_owned(),
-            Place::Json | Place::Cookie => format!("{label} {}", self.name),
+            Place::Json | Place::Cookie | Place::Multipart => format!("{label} {}", self.name),
             Place::Header => format!("{label} {}", self.name.to_ascii_lowercase()),
         }
     }
@@ -469,9 +482,9 @@ impl<'a> Input<'a> {
             && match self.place {
                 Place::Cookie => true,
                 Place::Query | Place::Form | Place::RefererQuery => {
-                    secret_name(&decoded(self.name, true))
+                    secret_name(&decoded(&self.name, true))
                 }
-                Place::Json | Place::Header => secret_name(self.name),
+                Place::Json | Place::Header | Place::Multipart => secret_name(&self.name),
                 Place::Path | Place::Referer => false,
             };
         if secret {
@@ -543,6 +556,7 @@ enum Body<'a> {
     /// A JSON text that does not parse: its whole strings.
     Strings(Vec<Lenient>),
     Form(Cow<'a, str>),
+    FormData(FormData<'a>),
 }
 
 /// A complete string of a JSON text that does not parse.
@@ -679,6 +693,12 @@ impl InjectionDetector {
         }
         let ctype =
             super::header(&o.req_headers, "content-type").map_or(&b""[..], |v| v.as_bytes());
+        // First: a boundary may say `json` or `x-www-form-urlencoded`.
+        if let Some(boundary) = multipart::form_data_boundary(ctype) {
+            // Whole when the capture kept all of it and so does the cap above.
+            let whole = o.req_body.len() as u64 >= o.req_bytes && body.len() == o.req_body.len();
+            return Body::FormData(FormData::new(body, boundary, whole));
+        }
         let first = body.iter().find(|c| !c.is_ascii_whitespace()).copied();
         if contains_ci(ctype, b"json") || matches!(first, Some(b'{' | b'[')) {
             match body_candidate(body).then(|| serde_json::from_slice::<Value>(body)) {
@@ -740,6 +760,7 @@ impl InjectionDetector {
                 }
             }
             Body::Form(text) => pairs(text, Place::Form, &mut v),
+            Body::FormData(form) => form_data(form, &mut v, start + max),
             Body::None => {}
         }
         v.truncate(start + max);
@@ -765,7 +786,7 @@ impl InjectionDetector {
                 };
                 v.push(Input::value(Place::Referer, "", decoded(path, false)));
             } else {
-                v.push(Input::value(Place::Header, name, Cow::Borrowed(value)));
+                v.push(Input::value(Place::Header, &**name, Cow::Borrowed(value)));
             }
         }
         v.truncate(start + max);
@@ -815,6 +836,47 @@ fn worth_decoded(raw: &str) -> Option<Cow<'_, str>> {
         Some(decoded(raw, true))
     } else {
         None
+    }
+}
+
+/// The field names, file names and text contents of a multipart body that are worth judging,
+/// up to `out` holding `max`. File contents that are not text (an image, a PDF) are skipped, and
+/// so is the content of a part the body's cut ends in.
+fn form_data<'a>(form: &FormData<'a>, out: &mut Vec<Input<'a>>, max: usize) {
+    for part in form.parts() {
+        if out.len() >= max {
+            return;
+        }
+        let field = String::from_utf8_lossy(part.name().unwrap_or_default());
+        for (k, v) in part.params() {
+            let v = if k.eq_ignore_ascii_case(b"filename*") {
+                // RFC 8187: `UTF-8''%e2%82%ac.txt`.
+                let v = String::from_utf8_lossy(v);
+                let encoded = v.splitn(3, '\'').nth(2).unwrap_or(&v);
+                Cow::Owned(decode_fully(encoded, false))
+            } else {
+                String::from_utf8_lossy(v)
+            };
+            if !candidate(&v) {
+                continue;
+            }
+            if k.eq_ignore_ascii_case(b"name") {
+                out.push(Input::name(Place::Multipart, v));
+            } else if k.eq_ignore_ascii_case(b"filename") || k.eq_ignore_ascii_case(b"filename*") {
+                out.push(Input {
+                    place: Place::Multipart,
+                    part: Part::Filename,
+                    name: field.clone(),
+                    value: v,
+                });
+            }
+        }
+        if let Some(content) = part.content.filter(|_| part.is_text()) {
+            let text = String::from_utf8_lossy(content);
+            if candidate(&text) {
+                out.push(Input::value(Place::Multipart, field, text));
+            }
+        }
     }
 }
 
@@ -1208,6 +1270,140 @@ mod tests {
             "application/x-www-form-urlencoded",
             b"user[email]=jane%40bank.test&user[address][city]=Riyadh&items[0][qty]=2&accept_terms=on",
         );
+        assert_eq!(places(&o), []);
+    }
+
+    /// A multipart body of `parts` (`(Content-Disposition parameters, Content-Type, content)`).
+    fn form_data(parts: &[(&str, &str, &[u8])]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (disposition, ctype, content) in parts {
+            b.extend_from_slice(b"--b0uNd\r\nContent-Disposition: form-data; ");
+            b.extend_from_slice(disposition.as_bytes());
+            if !ctype.is_empty() {
+                b.extend_from_slice(format!("\r\nContent-Type: {ctype}").as_bytes());
+            }
+            b.extend_from_slice(b"\r\n\r\n");
+            b.extend_from_slice(content);
+            b.extend_from_slice(b"\r\n");
+        }
+        b.extend_from_slice(b"--b0uNd--\r\n");
+        b
+    }
+
+    const FORM_DATA: &str = "multipart/form-data; boundary=b0uNd";
+
+    #[test]
+    fn multipart_bodies_are_judged() {
+        let png: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR'<\"--;(=";
+        let cases: [(Vec<u8>, AlertKind, &str); 6] = [
+            (
+                form_data(&[
+                    (r#"name="title""#, "", b"Holiday"),
+                    (r#"name="q""#, "", b"1' UNION SELECT password FROM users--"),
+                ]),
+                AlertKind::SqlInjection,
+                "multipart q",
+            ),
+            (
+                form_data(&[(
+                    r#"name="avatar"; filename="../../../etc/passwd""#,
+                    "image/png",
+                    png,
+                )]),
+                AlertKind::PathTraversal,
+                "multipart filename of avatar",
+            ),
+            (
+                form_data(&[(
+                    r#"name="avatar"; filename*=UTF-8''%2e%2e%2f%2e%2e%2fboot.ini"#,
+                    "image/png",
+                    png,
+                )]),
+                AlertKind::PathTraversal,
+                "multipart filename of avatar",
+            ),
+            (
+                form_data(&[(r#"name="<script>alert(1)</script>""#, "", b"x")]),
+                AlertKind::Xss,
+                "multipart field name",
+            ),
+            (
+                form_data(&[(
+                    r#"name="doc"; filename="note.txt""#,
+                    "text/plain; charset=utf-8",
+                    b"<svg/onload=alert(1)>",
+                )]),
+                AlertKind::Xss,
+                "multipart doc",
+            ),
+            // Cut by the capture in a file after it: the complete part is judged.
+            (
+                {
+                    let mut b = form_data(&[
+                        (r#"name="q""#, "", b"<img src=x onerror=alert(1)>"),
+                        (
+                            r#"name="f"; filename="a.bin""#,
+                            "application/octet-stream",
+                            &[b'\''; 70_000],
+                        ),
+                    ]);
+                    b.truncate(65_536);
+                    b
+                },
+                AlertKind::Xss,
+                "multipart q",
+            ),
+        ];
+        for (i, (body, kind, place)) in cases.into_iter().enumerate() {
+            let mut o = post("203.0.113.62", FORM_DATA, &body);
+            if body.len() == 65_536 {
+                // What the capture counted of the body it cut.
+                o.req_bytes = 70_200;
+            }
+            let p = places(&o);
+            assert!(p.contains(&(kind, place.to_owned())), "case {i}: {p:?}");
+        }
+        // A secret field's value is never quoted.
+        let o = post(
+            "203.0.113.63",
+            FORM_DATA,
+            &form_data(&[(r#"name="password""#, "", b"hunter2'--")]),
+        );
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let shown = serde_json::to_string(&e.observe(&o)).unwrap();
+        assert!(
+            shown.contains("multipart password") && shown.contains("redacted"),
+            "{shown}"
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn ordinary_uploads_are_not_injection() {
+        // A PNG whose bytes hold quotes, markup and dashes, with form fields around it.
+        let png: Vec<u8> = b"\x89PNG\r\n\x1a\n"
+            .iter()
+            .copied()
+            .chain((0..4096u32).map(|i| b"'<\"--;(=/..%"[(i % 12) as usize]))
+            .collect();
+        let body = form_data(&[
+            (r#"name="title""#, "", b"My holiday in Al-Ula (2026)"),
+            (r#"name="album[id]""#, "", b"100231"),
+            (r#"name="avatar"; filename="avatar.png""#, "image/png", &png),
+            (
+                r#"name="scan"; filename="my scan (1).pdf""#,
+                "application/pdf",
+                &png,
+            ),
+            (r#"name="blob"; filename="blob""#, "", &png),
+            (
+                r#"name="notes"; filename="notes.txt""#,
+                "text/plain",
+                b"Shopping list:\n- milk\n- eggs (2 dozen)\nO'Brien's party, 50% off\n",
+            ),
+            (r#"name="meta""#, "application/json", br#"{"a":"'<--"}"#),
+        ]);
+        let o = post("198.18.0.9", FORM_DATA, &body);
         assert_eq!(places(&o), []);
     }
 
@@ -1853,13 +2049,13 @@ mod tests {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
             .collect();
         let mut upload =
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nMy holiday\r\n\
-            --XyZ\r\nContent-Disposition: form-data; name=\"album_id\"\r\n\r\n100231\r\n\
-            --XyZ\r\nContent-Disposition: form-data; name=\"avatar\"; filename=\"avatar.png\"\r\n\
+            b"------WebKitFormBoundary7MA4YWxkTrZu0gW\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nMy holiday\r\n\
+            ------WebKitFormBoundary7MA4YWxkTrZu0gW\r\nContent-Disposition: form-data; name=\"album_id\"\r\n\r\n100231\r\n\
+            ------WebKitFormBoundary7MA4YWxkTrZu0gW\r\nContent-Disposition: form-data; name=\"avatar\"; filename=\"avatar.png\"\r\n\
             Content-Type: image/png\r\n\r\n"
                 .to_vec();
         upload.extend_from_slice(&png);
-        upload.extend_from_slice(b"\r\n--XyZ--\r\n");
+        upload.extend_from_slice(b"\r\n------WebKitFormBoundary7MA4YWxkTrZu0gW--\r\n");
         let shapes = [
             (
                 "query of 8 parameters",
@@ -1891,7 +2087,7 @@ mod tests {
             ),
             (
                 "multipart upload (2 fields, 16 KiB PNG)",
-                post("multipart/form-data; boundary=XyZ", upload),
+                post("multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW", upload),
             ),
         ];
         for (what, shape) in shapes {
