@@ -19,6 +19,7 @@
 
 pub mod body;
 pub mod head;
+pub mod multipart;
 pub mod parser;
 pub mod transaction;
 

@@ -1,10 +1,12 @@
 //! Injection in request input: `sql_injection` and `xss` (libinjection, through the
 //! `libinjectionrs` port) and `path_traversal` (own rules).
 //!
-//! Inputs: decoded path segments, decoded query names and values, form and JSON body values
-//! (strings; up to `max_values` worth judging in each place), and the headers that carry client input (`Referer`'s query,
-//! `User-Agent`, `Cookie` values, `X-Forwarded-*`). Each value is decoded (`%XX`, `+`, twice when
-//! still encoded) before it is judged.
+//! Inputs: decoded path segments, decoded query and form parameter names and values, JSON body
+//! keys and string values, `multipart/form-data` field names, file names and text contents (up
+//! to `max_values` worth judging in each place), and the headers that carry client input
+//! (`Referer`'s query, `User-Agent`, `Cookie` values, `X-Forwarded-*`). Each value is decoded
+//! (`%XX`, `+`, twice when still encoded) before it is judged; JSON and multipart values are
+//! judged as sent.
 //!
 //! Cost: the port takes 2-6 µs per value, more than the whole budget per transaction, so a value
 //! only reaches it when a cheap pre-filter finds characters or words an injection needs (quotes,
@@ -22,6 +24,8 @@ use std::{borrow::Cow, sync::LazyLock};
 use aho_corasick::AhoCorasick;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use crate::http::multipart::{self, FormData};
 
 use super::{
     AlertKind, Severity,
@@ -378,6 +382,7 @@ enum Place {
     Referer,
     RefererQuery,
     Header,
+    Multipart,
 }
 
 impl Place {
@@ -391,34 +396,80 @@ impl Place {
             Place::Referer => "referer",
             Place::RefererQuery => "referer query",
             Place::Header => "header",
+            Place::Multipart => "multipart",
         }
     }
 
     /// Parameters are judged for traversal too.
     fn parameter(self) -> bool {
-        matches!(self, Place::Query | Place::Form | Place::Json)
+        matches!(
+            self,
+            Place::Query | Place::Form | Place::Json | Place::Multipart
+        )
     }
+}
+
+/// What of a place an input is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Part {
+    /// A value (of the parameter, field or key `name`).
+    Value,
+    /// A parameter's name or a JSON key: read by the application as much as a value is
+    /// (`?id'--=1`, `{"x' OR '1'='1": 1}`).
+    Name,
+    /// A multipart file's name (of field `name`): where traversal goes in uploads.
+    Filename,
 }
 
 /// One value to judge: where it came from (the name as sent, for named places) and the value,
 /// decoded.
 struct Input<'a> {
     place: Place,
-    name: &'a str,
+    part: Part,
+    name: Cow<'a, str>,
     value: Cow<'a, str>,
 }
 
-impl Input<'_> {
-    /// The place as an alert names it (`query id`, `header user-agent`); built only for an alert.
+impl<'a> Input<'a> {
+    /// A value at `place`, under `name`.
+    fn value(place: Place, name: impl Into<Cow<'a, str>>, value: Cow<'a, str>) -> Self {
+        Self {
+            place,
+            part: Part::Value,
+            name: name.into(),
+            value,
+        }
+    }
+
+    /// A name (a parameter's, a JSON key) at `place`, decoded.
+    fn name(place: Place, name: Cow<'a, str>) -> Self {
+        Self {
+            place,
+            part: Part::Name,
+            name: Cow::Borrowed(""),
+            value: name,
+        }
+    }
+
+    /// The place as an alert names it (`query id`, `header user-agent`, `query parameter
+    /// name`); built only for an alert.
     fn describe(&self) -> String {
         let label = self.place.label();
+        match (self.part, self.place) {
+            (Part::Name, Place::Json) => return "json key".to_owned(),
+            (Part::Name, Place::Multipart) => return "multipart field name".to_owned(),
+            (Part::Name, _) => return format!("{label} parameter name"),
+            (Part::Filename, _) if self.name.is_empty() => return "multipart filename".to_owned(),
+            (Part::Filename, _) => return format!("multipart filename of {}", self.name),
+            (Part::Value, _) => {}
+        }
         match self.place {
             Place::Path | Place::Referer => label.to_owned(),
             Place::Query | Place::Form | Place::RefererQuery => {
-                format!("{label} {}", decoded(self.name, true))
+                format!("{label} {}", decoded(&self.name, true))
             }
             Place::Json if self.name.is_empty() => "json .".to_owned(),
-            Place::Json | Place::Cookie => format!("{label} {}", self.name),
+            Place::Json | Place::Cookie | Place::Multipart => format!("{label} {}", self.name),
             Place::Header => format!("{label} {}", self.name.to_ascii_lowercase()),
         }
     }
@@ -426,14 +477,16 @@ impl Input<'_> {
     /// The value as an alert may show it: a secret's (a password, a token, a cookie, a key; see
     /// [`secret_name`]) is never shown, only its length and short hash.
     fn shown(&self) -> String {
-        let secret = match self.place {
-            Place::Cookie => true,
-            Place::Query | Place::Form | Place::RefererQuery => {
-                secret_name(&decoded(self.name, true))
-            }
-            Place::Json | Place::Header => secret_name(self.name),
-            Place::Path | Place::Referer => false,
-        };
+        // A name is the field's, not the secret it holds.
+        let secret = self.part == Part::Value
+            && match self.place {
+                Place::Cookie => true,
+                Place::Query | Place::Form | Place::RefererQuery => {
+                    secret_name(&decoded(&self.name, true))
+                }
+                Place::Json | Place::Header | Place::Multipart => secret_name(&self.name),
+                Place::Path | Place::Referer => false,
+            };
         if secret {
             redacted(&self.value)
         } else {
@@ -500,17 +553,25 @@ fn decoded(s: &str, form: bool) -> Cow<'_, str> {
 enum Body<'a> {
     None,
     Json(Value),
-    /// A JSON text that does not parse: its whole string values, with their keys.
-    Strings(Vec<(String, String)>),
+    /// A JSON text that does not parse: its whole strings.
+    Strings(Vec<Lenient>),
     Form(Cow<'a, str>),
+    FormData(FormData<'a>),
 }
 
-/// The complete string values of a JSON text that does not parse (cut at the body cap, or
-/// malformed), each with the key it follows (empty before any), in order. A string cut by the
-/// end of the text is left out.
-fn json_strings(b: &[u8]) -> Vec<(String, String)> {
+/// A complete string of a JSON text that does not parse.
+#[derive(Debug, PartialEq)]
+enum Lenient {
+    /// A string followed by `:`.
+    Key(String),
+    /// Any other (under the last key before it).
+    Value(String),
+}
+
+/// The complete strings of a JSON text that does not parse (cut at the body cap, or
+/// malformed), keys and values, in order. A string cut by the end of the text is left out.
+fn json_strings(b: &[u8]) -> Vec<Lenient> {
     let mut out = Vec::new();
-    let mut key = String::new();
     let mut i = 0;
     while let Some(open) = memchr::memchr(b'"', &b[i..]).map(|o| i + o) {
         let mut end = open + 1;
@@ -524,11 +585,13 @@ fn json_strings(b: &[u8]) -> Vec<(String, String)> {
         let Ok(text) = serde_json::from_slice::<String>(&b[open..=end]) else {
             continue;
         };
-        if b[i..].iter().find(|c| !c.is_ascii_whitespace()) == Some(&b':') {
-            key = text;
-        } else {
-            out.push((key.clone(), text));
-        }
+        out.push(
+            if b[i..].iter().find(|c| !c.is_ascii_whitespace()) == Some(&b':') {
+                Lenient::Key(text)
+            } else {
+                Lenient::Value(text)
+            },
+        );
     }
     out
 }
@@ -630,6 +693,12 @@ impl InjectionDetector {
         }
         let ctype =
             super::header(&o.req_headers, "content-type").map_or(&b""[..], |v| v.as_bytes());
+        // First: a boundary may say `json` or `x-www-form-urlencoded`.
+        if let Some(boundary) = multipart::form_data_boundary(ctype) {
+            // Whole when the capture kept all of it and so does the cap above.
+            let whole = o.req_body.len() as u64 >= o.req_bytes && body.len() == o.req_body.len();
+            return Body::FormData(FormData::new(body, boundary, whole));
+        }
         let first = body.iter().find(|c| !c.is_ascii_whitespace()).copied();
         if contains_ci(ctype, b"json") || matches!(first, Some(b'{' | b'[')) {
             match body_candidate(body).then(|| serde_json::from_slice::<Value>(body)) {
@@ -659,11 +728,7 @@ impl InjectionDetector {
         if with_path {
             for seg in o.path.split('/').filter(|s| !s.is_empty()) {
                 if candidate(seg) {
-                    v.push(Input {
-                        place: Place::Path,
-                        name: "",
-                        value: decoded(seg, false),
-                    });
+                    v.push(Input::value(Place::Path, "", decoded(seg, false)));
                 }
             }
         }
@@ -675,14 +740,27 @@ impl InjectionDetector {
         match body {
             Body::Json(j) => json_values(j, "", &mut v, start + max),
             Body::Strings(list) => {
-                let worth = list.iter().filter(|(_, s)| candidate(s));
-                v.extend(worth.take(max).map(|(k, s)| Input {
-                    place: Place::Json,
-                    name: k,
-                    value: Cow::Borrowed(s.as_str()),
-                }));
+                let mut key = "";
+                for s in list {
+                    if v.len() >= start + max {
+                        break;
+                    }
+                    match s {
+                        Lenient::Key(k) => {
+                            key = k;
+                            if candidate(k) {
+                                v.push(Input::name(Place::Json, Cow::Borrowed(k)));
+                            }
+                        }
+                        Lenient::Value(s) if candidate(s) => {
+                            v.push(Input::value(Place::Json, key, Cow::Borrowed(s)));
+                        }
+                        Lenient::Value(_) => {}
+                    }
+                }
             }
             Body::Form(text) => pairs(text, Place::Form, &mut v),
+            Body::FormData(form) => form_data(form, &mut v, start + max),
             Body::None => {}
         }
         v.truncate(start + max);
@@ -695,11 +773,7 @@ impl InjectionDetector {
                 for c in value.split(';') {
                     let (k, val) = c.trim().split_once('=').unwrap_or(("", c.trim()));
                     if candidate(val) {
-                        v.push(Input {
-                            place: Place::Cookie,
-                            name: k,
-                            value: decoded(val, false),
-                        });
+                        v.push(Input::value(Place::Cookie, k, decoded(val, false)));
                     }
                 }
             } else if name.eq_ignore_ascii_case("referer") {
@@ -710,17 +784,9 @@ impl InjectionDetector {
                     }
                     None => value,
                 };
-                v.push(Input {
-                    place: Place::Referer,
-                    name: "",
-                    value: decoded(path, false),
-                });
+                v.push(Input::value(Place::Referer, "", decoded(path, false)));
             } else {
-                v.push(Input {
-                    place: Place::Header,
-                    name,
-                    value: Cow::Borrowed(value),
-                });
+                v.push(Input::value(Place::Header, &**name, Cow::Borrowed(value)));
             }
         }
         v.truncate(start + max);
@@ -748,43 +814,81 @@ fn pairs<'a>(q: &'a str, place: Place, out: &mut Vec<Input<'a>>) {
     }
     for p in q.split('&') {
         let (k, val) = p.split_once('=').unwrap_or(("", p));
-        // Escaped names and values are judged worth it decoded: `%41` is an `A`, and a few
-        // hundred of them must not use up the values judged before the one that matters.
-        let key_worth = || candidate(&decoded(k, true));
-        let value = if val.contains('%') {
-            let value = decoded(val, true);
-            if !(candidate(&value) || key_worth()) {
-                continue;
-            }
-            value
-        } else {
-            if !(candidate(val)
-                || key_worth()
-                || (val.contains('+') && plus_as_space(val, candidate)))
-            {
-                continue;
-            }
-            decoded(val, true)
-        };
-        out.push(Input {
-            place,
-            name: k,
-            value,
-        });
+        // The value first: where both trip the same check, the alert names the value.
+        if let Some(value) = worth_decoded(val) {
+            out.push(Input::value(place, k, value));
+        }
+        if let Some(name) = worth_decoded(k) {
+            out.push(Input::name(place, name));
+        }
     }
 }
 
-/// The string values of `j` that are worth judging, up to `out` holding `max`.
+/// A form name or value (`raw`, as sent) decoded, when it is worth judging. Escaped ones are
+/// judged worth it decoded: `%41` is an `A`, and a few hundred of them must not use up the
+/// values judged before the one that matters. Only what has escapes or is worth judging is
+/// copied.
+fn worth_decoded(raw: &str) -> Option<Cow<'_, str>> {
+    if raw.contains('%') {
+        let d = decoded(raw, true);
+        candidate(&d).then_some(d)
+    } else if candidate(raw) || (raw.contains('+') && plus_as_space(raw, candidate)) {
+        Some(decoded(raw, true))
+    } else {
+        None
+    }
+}
+
+/// The field names, file names and text contents of a multipart body that are worth judging,
+/// up to `out` holding `max`. File contents that are not text (an image, a PDF) are skipped, and
+/// so is the content of a part the body's cut ends in.
+fn form_data<'a>(form: &FormData<'a>, out: &mut Vec<Input<'a>>, max: usize) {
+    for part in form.parts() {
+        if out.len() >= max {
+            return;
+        }
+        let field = String::from_utf8_lossy(part.name().unwrap_or_default());
+        for (k, v) in part.params() {
+            let v = if k.eq_ignore_ascii_case(b"filename*") {
+                // RFC 8187: `UTF-8''%e2%82%ac.txt`.
+                let v = String::from_utf8_lossy(v);
+                let encoded = v.splitn(3, '\'').nth(2).unwrap_or(&v);
+                Cow::Owned(decode_fully(encoded, false))
+            } else {
+                String::from_utf8_lossy(v)
+            };
+            if !candidate(&v) {
+                continue;
+            }
+            if k.eq_ignore_ascii_case(b"name") {
+                out.push(Input::name(Place::Multipart, v));
+            } else if k.eq_ignore_ascii_case(b"filename") || k.eq_ignore_ascii_case(b"filename*") {
+                out.push(Input {
+                    place: Place::Multipart,
+                    part: Part::Filename,
+                    name: field.clone(),
+                    value: v,
+                });
+            }
+        }
+        if let Some(content) = part.content.filter(|_| part.is_text()) {
+            let text = String::from_utf8_lossy(content);
+            if candidate(&text) {
+                out.push(Input::value(Place::Multipart, field, text));
+            }
+        }
+    }
+}
+
+/// The string values and keys of `j` that are worth judging, up to `out` holding `max`.
 fn json_values<'a>(j: &'a Value, path: &'a str, out: &mut Vec<Input<'a>>, max: usize) {
     if out.len() >= max {
         return;
     }
     match j {
-        Value::String(s) if candidate(s) => out.push(Input {
-            place: Place::Json,
-            name: path,
-            value: Cow::Borrowed(s),
-        }),
+        Value::String(s) if candidate(s) => {
+            out.push(Input::value(Place::Json, path, Cow::Borrowed(s)))
+        }
         Value::Array(a) => {
             for x in a {
                 json_values(x, path, out, max);
@@ -792,6 +896,12 @@ fn json_values<'a>(j: &'a Value, path: &'a str, out: &mut Vec<Input<'a>>, max: u
         }
         Value::Object(m) => {
             for (k, x) in m {
+                if out.len() >= max {
+                    return;
+                }
+                if candidate(k) {
+                    out.push(Input::name(Place::Json, Cow::Borrowed(k)));
+                }
                 json_values(x, k, out, max);
             }
         }
@@ -1078,6 +1188,225 @@ mod tests {
         assert!(k.contains(&AlertKind::Xss), "{k:?}");
     }
 
+    /// Posts `body` as `ctype` to `/submit` from `ip`.
+    fn post(ip: &str, ctype: &str, body: &[u8]) -> Observation<'static> {
+        let mut o = obs(T0, ip, "/submit");
+        o.method = "POST".into();
+        o.req_headers
+            .push(("Content-Type".into(), ctype.to_owned().into()));
+        o.req_bytes = body.len() as u64;
+        o.req_body = body.to_vec().into();
+        o
+    }
+
+    /// The first alert's `(kind, input)` for each kind raised on `o`.
+    fn places(o: &Observation) -> Vec<(AlertKind, String)> {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        e.observe(o)
+            .into_iter()
+            .map(|a| {
+                (
+                    a.kind,
+                    a.evidence["input"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parameter_names_are_judged() {
+        let cases: [(&str, &[u8], AlertKind, &str); 5] = [
+            // (`?id'%20OR%201=1--=x` splits at its first `=`: its value, `1--=x`, was judged.)
+            (
+                "/items?id'%20OR%20'1'%3D'1=x",
+                b"",
+                AlertKind::SqlInjection,
+                "query parameter name",
+            ),
+            (
+                "/search?a<script>alert(1)</script>=1",
+                b"",
+                AlertKind::Xss,
+                "query parameter name",
+            ),
+            (
+                "/search?q=1&%3Cimg+src%3Dx+onerror%3Dalert(1)%3E=",
+                b"",
+                AlertKind::Xss,
+                "query parameter name",
+            ),
+            (
+                "/submit",
+                b"user=jane&1'+UNION+SELECT+password+FROM+users--=1",
+                AlertKind::SqlInjection,
+                "form parameter name",
+            ),
+            (
+                "/submit",
+                b"%2e%2e%2f%2e%2e%2fetc%2fpasswd=1",
+                AlertKind::PathTraversal,
+                "form parameter name",
+            ),
+        ];
+        for (target, body, kind, place) in cases {
+            let mut o = get(target, 0);
+            if !body.is_empty() {
+                o = post("203.0.113.60", "application/x-www-form-urlencoded", body);
+            }
+            let p = places(&o);
+            assert!(
+                p.contains(&(kind, place.to_owned())),
+                "{target} {body:?}: {p:?}"
+            );
+        }
+        // Names that are ordinary, as frameworks write them.
+        let o = get(
+            "/items?page[size]=20&page[number]=3&filter[status]=active&sort=-created_at&fields[items]=id,name&q[]=a+b&utm_source=mail",
+            0,
+        );
+        assert_eq!(places(&o), []);
+        let o = post(
+            "198.18.0.9",
+            "application/x-www-form-urlencoded",
+            b"user[email]=jane%40bank.test&user[address][city]=Riyadh&items[0][qty]=2&accept_terms=on",
+        );
+        assert_eq!(places(&o), []);
+    }
+
+    /// A multipart body of `parts` (`(Content-Disposition parameters, Content-Type, content)`).
+    fn form_data(parts: &[(&str, &str, &[u8])]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (disposition, ctype, content) in parts {
+            b.extend_from_slice(b"--b0uNd\r\nContent-Disposition: form-data; ");
+            b.extend_from_slice(disposition.as_bytes());
+            if !ctype.is_empty() {
+                b.extend_from_slice(format!("\r\nContent-Type: {ctype}").as_bytes());
+            }
+            b.extend_from_slice(b"\r\n\r\n");
+            b.extend_from_slice(content);
+            b.extend_from_slice(b"\r\n");
+        }
+        b.extend_from_slice(b"--b0uNd--\r\n");
+        b
+    }
+
+    const FORM_DATA: &str = "multipart/form-data; boundary=b0uNd";
+
+    #[test]
+    fn multipart_bodies_are_judged() {
+        let png: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR'<\"--;(=";
+        let cases: [(Vec<u8>, AlertKind, &str); 6] = [
+            (
+                form_data(&[
+                    (r#"name="title""#, "", b"Holiday"),
+                    (r#"name="q""#, "", b"1' UNION SELECT password FROM users--"),
+                ]),
+                AlertKind::SqlInjection,
+                "multipart q",
+            ),
+            (
+                form_data(&[(
+                    r#"name="avatar"; filename="../../../etc/passwd""#,
+                    "image/png",
+                    png,
+                )]),
+                AlertKind::PathTraversal,
+                "multipart filename of avatar",
+            ),
+            (
+                form_data(&[(
+                    r#"name="avatar"; filename*=UTF-8''%2e%2e%2f%2e%2e%2fboot.ini"#,
+                    "image/png",
+                    png,
+                )]),
+                AlertKind::PathTraversal,
+                "multipart filename of avatar",
+            ),
+            (
+                form_data(&[(r#"name="<script>alert(1)</script>""#, "", b"x")]),
+                AlertKind::Xss,
+                "multipart field name",
+            ),
+            (
+                form_data(&[(
+                    r#"name="doc"; filename="note.txt""#,
+                    "text/plain; charset=utf-8",
+                    b"<svg/onload=alert(1)>",
+                )]),
+                AlertKind::Xss,
+                "multipart doc",
+            ),
+            // Cut by the capture in a file after it: the complete part is judged.
+            (
+                {
+                    let mut b = form_data(&[
+                        (r#"name="q""#, "", b"<img src=x onerror=alert(1)>"),
+                        (
+                            r#"name="f"; filename="a.bin""#,
+                            "application/octet-stream",
+                            &[b'\''; 70_000],
+                        ),
+                    ]);
+                    b.truncate(65_536);
+                    b
+                },
+                AlertKind::Xss,
+                "multipart q",
+            ),
+        ];
+        for (i, (body, kind, place)) in cases.into_iter().enumerate() {
+            let mut o = post("203.0.113.62", FORM_DATA, &body);
+            if body.len() == 65_536 {
+                // What the capture counted of the body it cut.
+                o.req_bytes = 70_200;
+            }
+            let p = places(&o);
+            assert!(p.contains(&(kind, place.to_owned())), "case {i}: {p:?}");
+        }
+        // A secret field's value is never quoted.
+        let o = post(
+            "203.0.113.63",
+            FORM_DATA,
+            &form_data(&[(r#"name="password""#, "", b"hunter2'--")]),
+        );
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let shown = serde_json::to_string(&e.observe(&o)).unwrap();
+        assert!(
+            shown.contains("multipart password") && shown.contains("redacted"),
+            "{shown}"
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn ordinary_uploads_are_not_injection() {
+        // A PNG whose bytes hold quotes, markup and dashes, with form fields around it.
+        let png: Vec<u8> = b"\x89PNG\r\n\x1a\n"
+            .iter()
+            .copied()
+            .chain((0..4096u32).map(|i| b"'<\"--;(=/..%"[(i % 12) as usize]))
+            .collect();
+        let body = form_data(&[
+            (r#"name="title""#, "", b"My holiday in Al-Ula (2026)"),
+            (r#"name="album[id]""#, "", b"100231"),
+            (r#"name="avatar"; filename="avatar.png""#, "image/png", &png),
+            (
+                r#"name="scan"; filename="my scan (1).pdf""#,
+                "application/pdf",
+                &png,
+            ),
+            (r#"name="blob"; filename="blob""#, "", &png),
+            (
+                r#"name="notes"; filename="notes.txt""#,
+                "text/plain",
+                b"Shopping list:\n- milk\n- eggs (2 dozen)\nO'Brien's party, 50% off\n",
+            ),
+            (r#"name="meta""#, "application/json", br#"{"a":"'<--"}"#),
+        ]);
+        let o = post("198.18.0.9", FORM_DATA, &body);
+        assert_eq!(places(&o), []);
+    }
+
     #[test]
     fn a_json_body_cut_at_the_cap_is_still_judged() {
         let pad = "A".repeat(70_000);
@@ -1097,9 +1426,54 @@ mod tests {
         );
         assert_eq!(
             json_strings(br#"{"a":"x\"y","b":["c","d"],"e":{"f":"g"},"h":"cut"#),
-            [("a", "x\"y"), ("b", "c"), ("b", "d"), ("f", "g")]
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            [
+                Lenient::Key("a".into()),
+                Lenient::Value("x\"y".into()),
+                Lenient::Key("b".into()),
+                Lenient::Value("c".into()),
+                Lenient::Value("d".into()),
+                Lenient::Key("e".into()),
+                Lenient::Key("f".into()),
+                Lenient::Value("g".into()),
+                Lenient::Key("h".into()),
+            ]
         );
+    }
+
+    #[test]
+    fn json_keys_are_judged() {
+        let pad = "A".repeat(70_000);
+        let cases: [(String, AlertKind); 4] = [
+            (r#"{"x' OR '1'='1": 1}"#.into(), AlertKind::SqlInjection),
+            (
+                r#"{"user":{"<img src=x onerror=alert(1)>":"a"}}"#.into(),
+                AlertKind::Xss,
+            ),
+            (
+                r#"{"files":{"../../../etc/passwd":true}}"#.into(),
+                AlertKind::PathTraversal,
+            ),
+            // Cut at the cap: read leniently, keys too.
+            (
+                format!(r#"{{"1 UNION SELECT password FROM users--":1,"pad":"{pad}"}}"#),
+                AlertKind::SqlInjection,
+            ),
+        ];
+        for (body, kind) in cases {
+            let p = places(&post("203.0.113.61", "application/json", body.as_bytes()));
+            assert!(
+                p.contains(&(kind, "json key".to_owned())),
+                "{}: {p:?}",
+                &body[..body.len().min(80)]
+            );
+        }
+        // Keys as APIs write them, in a body worth parsing (its values hold `%`, `'`, `..`).
+        let o = post(
+            "198.18.0.9",
+            "application/json",
+            br##"{"account_id":100231,"memo":"50% of O'Brien's rent","@context":"https://schema.org","$ref":"#/defs/a","#text":"x","odata.etag":"W/\"1\"","x-request-id":"ab-12","First Name":"Jane","filter[status]":"active","range":"1..10","items":[{"sku":"A-1","qty":2}]}"##,
+        );
+        assert_eq!(places(&o), []);
     }
 
     #[test]
@@ -1570,18 +1944,18 @@ mod tests {
             c.exposure.enabled = exposure;
             Engine::new(&c).unwrap()
         };
-        let time = |e: &mut Engine| {
-            for o in &traffic {
+        let time = |e: &mut Engine, traffic: &[Observation]| {
+            for o in traffic {
                 e.observe(o);
             }
             let mut best = f64::MAX;
             for _ in 0..7 {
                 let t = std::time::Instant::now();
                 let mut out = Vec::new();
-                for o in &traffic {
+                for o in traffic {
                     e.observe_into(o, &mut out);
                 }
-                best = best.min(t.elapsed().as_secs_f64() * 1e9 / n as f64);
+                best = best.min(t.elapsed().as_secs_f64() * 1e9 / traffic.len() as f64);
             }
             best
         };
@@ -1652,14 +2026,81 @@ mod tests {
                 "exposure scan of {what}: {best:.0} ns each ({every:.0} ns looking at every byte)"
             );
         }
-        let none = time(&mut only(false, false));
-        let inj = time(&mut only(true, false));
-        let exp = time(&mut only(false, true));
+        let none = time(&mut only(false, false), &traffic);
+        let inj = time(&mut only(true, false), &traffic);
+        let exp = time(&mut only(false, true), &traffic);
         println!(
             "per transaction: engine alone {none:.0} ns, injection {:.0} ns, exposure {:.0} ns",
             inj - none,
             exp - none
         );
+        // The injection detector on ordinary requests of one shape each: parameter names, JSON
+        // keys and multipart parts to read, none worth an alert.
+        let post = |ctype: &str, body: Vec<u8>| {
+            let mut o = obs(T0, "198.18.1.2", "/upload");
+            o.method = "POST".into();
+            o.req_headers
+                .push(("Content-Type".into(), ctype.to_owned().into()));
+            o.req_bytes = body.len() as u64;
+            o.req_body = body.into();
+            o
+        };
+        let png: Vec<u8> = (0..16_384u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let mut upload =
+            b"------WebKitFormBoundary7MA4YWxkTrZu0gW\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nMy holiday\r\n\
+            ------WebKitFormBoundary7MA4YWxkTrZu0gW\r\nContent-Disposition: form-data; name=\"album_id\"\r\n\r\n100231\r\n\
+            ------WebKitFormBoundary7MA4YWxkTrZu0gW\r\nContent-Disposition: form-data; name=\"avatar\"; filename=\"avatar.png\"\r\n\
+            Content-Type: image/png\r\n\r\n"
+                .to_vec();
+        upload.extend_from_slice(&png);
+        upload.extend_from_slice(b"\r\n------WebKitFormBoundary7MA4YWxkTrZu0gW--\r\n");
+        let shapes = [
+            (
+                "query of 8 parameters",
+                get(
+                    "/search?q=shoes&page=2&size=20&sort=price&order=asc&color=red&brand=acme&in_stock=1",
+                    0,
+                ),
+            ),
+            (
+                "query of bracketed names",
+                get(
+                    "/items?page[size]=20&page[number]=3&filter[status]=active&fields[items]=id,name",
+                    0,
+                ),
+            ),
+            (
+                "form of 6 fields",
+                post(
+                    "application/x-www-form-urlencoded",
+                    b"username=jane&remember=1&redirect=%2Fhome&lang=en-US&tz=Asia%2FRiyadh&csrf=abc123".to_vec(),
+                ),
+            ),
+            (
+                "JSON of 12 keys, parsed",
+                post(
+                    "application/json",
+                    br#"{"account_id":100231,"memo":"rent, 50% paid","currency":"SAR","amount":1200.5,"to_iban":"SA0380000000608010167519","reference":"May rent","category":"housing","scheduled":false,"tags":["rent","monthly"],"device":{"os":"iOS","app_version":"4.2.1"},"channel":"mobile"}"#.to_vec(),
+                ),
+            ),
+            (
+                "multipart upload (2 fields, 16 KiB PNG)",
+                post("multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW", upload),
+            ),
+        ];
+        for (what, shape) in shapes {
+            let traffic: Vec<_> = (0..5_000)
+                .map(|i| Observation {
+                    ts_ns: T0 + i * S,
+                    ..shape.clone()
+                })
+                .collect();
+            let none = time(&mut only(false, false), &traffic);
+            let inj = time(&mut only(true, false), &traffic);
+            println!("injection on a {what}: {:.0} ns", inj - none);
+        }
     }
 
     #[test]

@@ -1,0 +1,410 @@
+//! `multipart/form-data` request bodies (RFC 7578), read as far as the injection detector needs:
+//! each part's Content-Disposition parameters (field `name`, `filename`, `filename*`), its
+//! Content-Type and its content, borrowed from the body.
+//!
+//! Hand-written rather than a crate: the one well-kept Rust parser (`multer`) is async over a
+//! stream, and the detector needs a bounded, allocation-free pass over a byte slice that may be
+//! cut at the capture's body cap, telling complete parts from the one the cut ends in.
+//!
+//! Lenient as servers are: a preamble before the first delimiter is skipped, lines may end in
+//! LF alone, white space may follow a boundary, and a body that is whole but lacks the closing
+//! delimiter ends its last part. A line that starts with the delimiter and goes on with other
+//! characters is content (a boundary is never a prefix of a delimiter line, RFC 2046 5.1.1).
+
+use memchr::memmem::Finder;
+
+/// The boundary of a `multipart/form-data` content type (quoted or not), if it is one and
+/// names one.
+pub fn form_data_boundary(content_type: &[u8]) -> Option<&[u8]> {
+    let (media, rest) = match memchr::memchr(b';', content_type) {
+        Some(i) => (&content_type[..i], &content_type[i..]),
+        None => (content_type, &b""[..]),
+    };
+    if !media
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"multipart/form-data")
+    {
+        return None;
+    }
+    params(rest)
+        .find(|(k, _)| k.eq_ignore_ascii_case(b"boundary"))
+        .map(|(_, v)| v)
+        .filter(|b| !b.is_empty())
+}
+
+/// The `name=value` parameters of a header field value after its first item
+/// (`; name="a"; filename=b.png`): names trimmed, values without their quotes (a `\` inside
+/// quotes escapes the next byte and is kept, as sent). Parameters without `=` are skipped.
+pub fn params(mut s: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    std::iter::from_fn(move || {
+        loop {
+            s = s.trim_ascii_start();
+            while let [b';', rest @ ..] = s {
+                s = rest.trim_ascii_start();
+            }
+            if s.is_empty() {
+                return None;
+            }
+            let end = s
+                .iter()
+                .position(|&c| c == b'=' || c == b';')
+                .unwrap_or(s.len());
+            let name = s[..end].trim_ascii();
+            if s.get(end) != Some(&b'=') {
+                s = &s[end..];
+                continue;
+            }
+            s = s[end + 1..].trim_ascii_start();
+            let value = if let [b'"', rest @ ..] = s {
+                let mut i = 0;
+                while i < rest.len() && rest[i] != b'"' {
+                    i += if rest[i] == b'\\' { 2 } else { 1 };
+                }
+                let i = i.min(rest.len());
+                s = &rest[(i + 1).min(rest.len())..];
+                &rest[..i]
+            } else {
+                let i = memchr::memchr(b';', s).unwrap_or(s.len());
+                let v = s[..i].trim_ascii();
+                s = &s[i..];
+                v
+            };
+            // Anything between a closing quote and the next `;` is not part of the value.
+            s = &s[memchr::memchr(b';', s).unwrap_or(s.len())..];
+            return Some((name, value));
+        }
+    })
+}
+
+/// A `multipart/form-data` body: its parts, in order, through [`FormData::parts`].
+#[derive(Clone, Copy)]
+pub struct FormData<'a> {
+    body: &'a [u8],
+    boundary: &'a [u8],
+    whole: bool,
+}
+
+impl<'a> FormData<'a> {
+    /// `body` delimited by `boundary`; `whole` when nothing of it was cut off (the last part
+    /// of a cut body has no content).
+    pub fn new(body: &'a [u8], boundary: &'a [u8], whole: bool) -> Self {
+        Self {
+            body,
+            boundary,
+            whole,
+        }
+    }
+
+    /// The parts.
+    pub fn parts(&self) -> Parts<'a> {
+        Parts {
+            body: self.body,
+            boundary: Finder::new(self.boundary),
+            whole: self.whole,
+            next: None,
+            started: false,
+        }
+    }
+}
+
+/// One part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part<'a> {
+    /// The Content-Disposition field's value after its type (`; name="a"; filename="b"`),
+    /// empty when there is none.
+    pub disposition: &'a [u8],
+    /// The Content-Type field's value, trimmed.
+    pub content_type: Option<&'a [u8]>,
+    /// The content; `None` when the body was cut before the part ended.
+    pub content: Option<&'a [u8]>,
+}
+
+impl<'a> Part<'a> {
+    /// The Content-Disposition parameters.
+    pub fn params(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + use<'a> {
+        params(self.disposition)
+    }
+
+    /// The field name (the first `name` parameter).
+    pub fn name(&self) -> Option<&'a [u8]> {
+        self.params()
+            .find(|(k, _)| k.eq_ignore_ascii_case(b"name"))
+            .map(|(_, v)| v)
+    }
+
+    /// Whether the part is a file (has a `filename` or `filename*` parameter).
+    pub fn is_file(&self) -> bool {
+        self.params().any(|(k, _)| {
+            k.eq_ignore_ascii_case(b"filename") || k.eq_ignore_ascii_case(b"filename*")
+        })
+    }
+
+    /// Whether the content is text: declared `text/*`, or not declared in a field that is not
+    /// a file (a form's text field).
+    pub fn is_text(&self) -> bool {
+        match self.content_type {
+            Some(t) => t.len() >= 5 && t[..5].eq_ignore_ascii_case(b"text/"),
+            None => !self.is_file(),
+        }
+    }
+}
+
+/// The parts of a [`FormData`] body, in order.
+pub struct Parts<'a> {
+    body: &'a [u8],
+    boundary: Finder<'a>,
+    whole: bool,
+    /// Where the next part starts (after its delimiter line), once a delimiter was found.
+    next: Option<usize>,
+    started: bool,
+}
+
+/// What follows a delimiter.
+enum After {
+    /// A part, starting here.
+    Part(usize),
+    /// The close delimiter (`--boundary--`), or the end of the body.
+    End,
+}
+
+impl Parts<'_> {
+    /// The first delimiter line at or after `from`: where its `--` starts and what follows it.
+    fn delimiter(&self, from: usize) -> Option<(usize, After)> {
+        let b = self.body;
+        let blen = self.boundary.needle().len();
+        let mut at = from;
+        while let Some(i) = self.boundary.find(b.get(at..)?).map(|i| at + i) {
+            at = i + 1;
+            // `--` before the boundary, at the start of a line (at or after `from`).
+            if i < from + 2 || &b[i - 2..i] != b"--" || (i > 2 && b[i - 3] != b'\n') {
+                continue;
+            }
+            let rest = &b[i + blen..];
+            if rest.starts_with(b"--") {
+                return Some((i - 2, After::End));
+            }
+            // Transport padding, then the line's end (or the end of a cut body).
+            let pad = rest
+                .iter()
+                .take_while(|c| matches!(c, b' ' | b'\t'))
+                .count();
+            match &rest[pad..] {
+                [b'\n', ..] => return Some((i - 2, After::Part(i + blen + pad + 1))),
+                [b'\r', b'\n', ..] => return Some((i - 2, After::Part(i + blen + pad + 2))),
+                // A whole body may end with a delimiter line; in a cut one, what follows the
+                // boundary is unknown (it may not be a delimiter at all).
+                [] | [b'\r'] if self.whole => return Some((i - 2, After::End)),
+                [] | [b'\r'] => return None,
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+impl<'a> Iterator for Parts<'a> {
+    type Item = Part<'a>;
+
+    fn next(&mut self) -> Option<Part<'a>> {
+        if !self.started {
+            self.started = true;
+            self.next = match self.delimiter(0)? {
+                (_, After::Part(p)) => Some(p),
+                (_, After::End) => None,
+            };
+        }
+        let start = self.next.take()?;
+        let b = self.body;
+        let (end, content_ends) = match self.delimiter(start) {
+            Some((dashes, after)) => {
+                if let After::Part(p) = after {
+                    self.next = Some(p);
+                }
+                // The line break before the delimiter belongs to it.
+                let mut end = dashes;
+                if end > start && b[end - 1] == b'\n' {
+                    end -= 1;
+                    if end > start && b[end - 1] == b'\r' {
+                        end -= 1;
+                    }
+                }
+                (end, true)
+            }
+            // No delimiter after it: the part runs to the end of the body, which ends it only
+            // when the body is whole.
+            None => (b.len(), self.whole),
+        };
+        let raw = &b[start..end];
+        let (mut head, content) = split_head(raw);
+        if content.is_none() && !content_ends {
+            // Cut in the header block: its last line may be cut too.
+            head = &head[..memchr::memrchr(b'\n', head).unwrap_or(0)];
+        }
+        let mut part = Part {
+            disposition: b"",
+            content_type: None,
+            content: content.filter(|_| content_ends),
+        };
+        for line in head.split(|&c| c == b'\n') {
+            let Some(colon) = memchr::memchr(b':', line) else {
+                continue;
+            };
+            let (name, value) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
+            if name.eq_ignore_ascii_case(b"content-disposition") && part.disposition.is_empty() {
+                part.disposition = &value[memchr::memchr(b';', value).unwrap_or(value.len())..];
+            } else if name.eq_ignore_ascii_case(b"content-type") && part.content_type.is_none() {
+                part.content_type = Some(value);
+            }
+        }
+        Some(part)
+    }
+}
+
+/// A part's header block and its content (`None` when the header block does not end).
+fn split_head(raw: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match raw {
+        [b'\n', rest @ ..] | [b'\r', b'\n', rest @ ..] => return (b"", Some(rest)),
+        _ => {}
+    }
+    for nl in memchr::memchr_iter(b'\n', raw) {
+        match &raw[nl + 1..] {
+            [b'\n', ..] => return (&raw[..nl], Some(&raw[nl + 2..])),
+            [b'\r', b'\n', ..] => return (&raw[..nl], Some(&raw[nl + 3..])),
+            _ => {}
+        }
+    }
+    (raw, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `(name, filename, content type, content)` of a part, as text.
+    type Read = (String, Option<String>, Option<String>, Option<String>);
+
+    /// Each part, read.
+    fn read(body: &[u8], whole: bool) -> Vec<Read> {
+        let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        FormData::new(body, b"XyZ", whole)
+            .parts()
+            .map(|p| {
+                let filename = p
+                    .params()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(b"filename"))
+                    .map(|(_, v)| s(v));
+                (
+                    p.name().map(s).unwrap_or_default(),
+                    filename,
+                    p.content_type.map(s),
+                    p.content.map(s),
+                )
+            })
+            .collect()
+    }
+
+    const UPLOAD: &[u8] = b"preamble\r\n--XyZ\r\n\
+        Content-Disposition: form-data; name=\"title\"\r\n\r\n\
+        My holiday\r\n--XyZ-not-a-delimiter\r\n--XyZ\r\n\
+        content-disposition: form-data; name=\"avatar\"; filename=\"a;b \\\"c\\\".png\"\r\n\
+        Content-Type:  image/png \r\n\r\n\
+        \x89PNG\r\n--XyZ \t\r\n\
+        Content-Disposition: form-data; name=empty\r\n\r\n\
+        \r\n--XyZ--\r\nepilogue";
+
+    #[test]
+    fn parts_are_read_with_their_names_files_and_contents() {
+        let own = |v: &str| Some(v.to_owned());
+        assert_eq!(
+            read(UPLOAD, true),
+            [
+                (
+                    "title".to_owned(),
+                    None,
+                    None,
+                    own("My holiday\r\n--XyZ-not-a-delimiter")
+                ),
+                (
+                    "avatar".to_owned(),
+                    own("a;b \\\"c\\\".png"),
+                    own("image/png"),
+                    own("\u{fffd}PNG")
+                ),
+                ("empty".to_owned(), None, None, own("")),
+            ]
+        );
+        // LF line ends, no preamble, no close delimiter in a whole body.
+        assert_eq!(
+            read(
+                b"--XyZ\nContent-Disposition: form-data; name=q\n\nx\n",
+                true
+            ),
+            [("q".to_owned(), None, None, own("x\n"))]
+        );
+        assert_eq!(
+            form_data_boundary(b"Multipart/Form-Data ; charset=utf-8; BOUNDARY=\"XyZ\""),
+            Some(&b"XyZ"[..])
+        );
+        assert_eq!(
+            form_data_boundary(b"multipart/form-data; boundary=XyZ"),
+            Some(&b"XyZ"[..])
+        );
+        assert_eq!(form_data_boundary(b"multipart/form-data"), None);
+        assert_eq!(
+            form_data_boundary(b"multipart/form-data; boundary=\"\""),
+            None
+        );
+        assert_eq!(form_data_boundary(b"application/json; boundary=XyZ"), None);
+    }
+
+    #[test]
+    fn a_cut_body_gives_its_complete_parts_and_the_last_ones_head() {
+        // Cut inside the PNG: the title is whole, the avatar's head too, its content is not.
+        let cut = &UPLOAD[..UPLOAD.iter().position(|&c| c == 0x89).unwrap() + 2];
+        let parts = read(cut, false);
+        assert_eq!(parts.len(), 2, "{parts:?}");
+        assert_eq!(
+            parts[0].3.as_deref(),
+            Some("My holiday\r\n--XyZ-not-a-delimiter")
+        );
+        assert_eq!(parts[1].1.as_deref(), Some("a;b \\\"c\\\".png"));
+        assert_eq!(parts[1].3, None);
+        // The same bytes, whole: the last part ends with the body.
+        assert!(read(cut, true)[1].3.is_some());
+        // Cut in a head (its cut line, `name="tit`, is not read), in a delimiter line, before
+        // any delimiter.
+        assert_eq!(
+            read(&UPLOAD[..60], false),
+            [(String::new(), None, None, None)]
+        );
+        assert_eq!(read(&UPLOAD[..UPLOAD.len() - 20], false).len(), 3);
+        assert!(read(b"prea", false).is_empty());
+    }
+
+    proptest! {
+        /// Any cut of a body gives a prefix of its parts, each as whole or with no content,
+        /// and never panics.
+        #[test]
+        fn any_cut_gives_complete_parts_only(cut in 0..UPLOAD.len()) {
+            let whole = read(UPLOAD, true);
+            let parts = read(&UPLOAD[..cut], false);
+            prop_assert!(parts.len() <= whole.len());
+            for (p, w) in parts.iter().zip(&whole) {
+                prop_assert!(p.3.is_none() || p.3 == w.3, "{p:?} vs {w:?}");
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_do_not_panic(body in proptest::collection::vec(
+            prop_oneof![Just(b'-'), Just(b'X'), Just(b'y'), Just(b'Z'), Just(b'\r'), Just(b'\n'),
+                        Just(b';'), Just(b'"'), Just(b'='), Just(b':'), any::<u8>()],
+            0..200,
+        ), whole in any::<bool>()) {
+            for p in FormData::new(&body, b"XyZ", whole).parts() {
+                let _ = (p.name(), p.is_text(), p.params().count());
+            }
+        }
+    }
+}
