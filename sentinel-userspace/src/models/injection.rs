@@ -1048,7 +1048,7 @@ impl Detector for InjectionDetector {
                     f.place,
                     o.method,
                     o.endpoint,
-                    o.client_ip,
+                    crate::enrich::principal::client_text(o.client_ip),
                     ctx.place(),
                     f.value
                 ),
