@@ -1,5 +1,10 @@
 //! The capture contract: what the TC programs copy into the ring buffer for each TCP segment on
-//! the HTTP ports, and the maps that configure them.
+//! the HTTP ports (and for each IP fragment of a datagram to those ports), and the maps that
+//! configure them.
+//!
+//! Records come in two kinds, told apart by [`CAP_FLAG_IP_PACKET`]: a TCP segment's metadata and
+//! payload, or an IP fragment whole from its IP header on. The programs and their reader are
+//! built together (the programs are never pinned), so a new kind is a new flag, not a version.
 
 use core::mem::size_of;
 
@@ -15,6 +20,9 @@ pub mod names {
     pub const CONFIG: &str = "SN_CAP_CONFIG";
     /// Per-CPU array of `u64` indexed by [`CaptureCounter`](crate::CaptureCounter).
     pub const COUNTERS: &str = "SN_CAP_COUNTERS";
+    /// LRU hash of [`FragKey`](crate::FragKey) -> `u8`: the IP datagrams whose first fragment
+    /// was captured, so that their later fragments are captured too.
+    pub const FRAGS: &str = "SN_CAP_FRAGS";
     /// TC ingress program.
     pub const PROG_INGRESS: &str = "sentinel_tc_ingress";
     /// TC egress program.
@@ -23,7 +31,7 @@ pub mod names {
     pub const PROG_REFERENCE: &str = "sentinel_tc_reference";
 
     /// Every capture map.
-    pub const ALL: &[&str] = &[RING, PORTS, CONFIG, COUNTERS];
+    pub const ALL: &[&str] = &[RING, PORTS, CONFIG, COUNTERS, FRAGS];
 }
 
 /// Default ring buffer size in bytes (a power of two, a multiple of the page size).
@@ -32,6 +40,9 @@ pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 pub const DEFAULT_SNAP_LEN: u32 = 2048;
 /// Largest snap length the programs support (the biggest record class).
 pub const MAX_SNAP_LEN: u32 = 8192;
+
+/// Datagrams whose fragments the TC programs follow at once (LRU: the oldest are forgotten).
+pub const FRAGS_MAX: u32 = 4096;
 
 /// Payload sizes of the record classes: a record reserves the smallest class that holds the
 /// copied bytes (the ring buffer needs constant reservation sizes).
@@ -42,6 +53,10 @@ pub const CAP_FLAG_EGRESS: u8 = 1;
 /// `ts_ns` is `CLOCK_REALTIME` (ns since the Unix epoch), not `CLOCK_MONOTONIC`: it is the
 /// skb's receive timestamp, which the kernel takes in that clock when RX timestamps are on.
 pub const CAP_FLAG_TS_REALTIME: u8 = 2;
+/// The record holds an IP fragment, not a TCP segment: `cap_len` bytes of the IP packet from its
+/// header on, for userspace to reassemble. `wire_len` is the IP packet's length; `seq`, `ack`
+/// and `tcp_flags` are 0; the ports are the TCP ports of a first fragment, 0 for a later one.
+pub const CAP_FLAG_IP_PACKET: u8 = 4;
 
 /// Per-segment metadata, followed in the record by `cap_len` payload bytes.
 #[repr(C)]
@@ -79,6 +94,25 @@ pub struct CaptureHeader {
     pub _pad2: u32,
 }
 const _: () = assert!(size_of::<CaptureHeader>() == 72);
+
+/// Key of [`names::FRAGS`]: an IP datagram, as the receiver reassembles it (IPv4: addresses,
+/// identification, protocol; IPv6: addresses and the Fragment header's identification, with
+/// `proto` 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    /// Source address (IPv4 mapped).
+    pub src: AddrKey,
+    /// Destination address.
+    pub dst: AddrKey,
+    /// Identification (IPv4's 16 bits or IPv6's 32), host order.
+    pub id: u32,
+    /// IPv4's protocol; 0 for IPv6.
+    pub proto: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FragKey>() == 40);
 
 /// Capture configuration written by userspace.
 #[repr(C)]
@@ -131,13 +165,17 @@ pub enum CaptureCounter {
     Bytes = 5,
     /// TCP packets the capture cannot follow: without a readable transport header (IP
     /// fragments after the first, which the kernel reassembles only after TC, or a header past
-    /// what the parser reads). Their bytes never reach the reassembler.
+    /// what the parser reads), except the fragments of datagrams whose first fragment was
+    /// captured ([`CaptureCounter::Fragments`]). Their bytes never reach the reassembler.
     Unfollowed = 6,
+    /// IP fragments captured whole for userspace to reassemble: first fragments of TCP on the
+    /// HTTP ports and the later fragments of their datagrams (also counted in `Captured`).
+    Fragments = 7,
 }
 
 impl CaptureCounter {
     /// Every counter in index order.
-    pub const ALL: [CaptureCounter; 7] = [
+    pub const ALL: [CaptureCounter; 8] = [
         CaptureCounter::Captured,
         CaptureCounter::RingFull,
         CaptureCounter::Truncated,
@@ -145,9 +183,10 @@ impl CaptureCounter {
         CaptureCounter::LoadFailed,
         CaptureCounter::Bytes,
         CaptureCounter::Unfollowed,
+        CaptureCounter::Fragments,
     ];
     /// Size of the counters array.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 
     /// Stable label for JSON and metrics.
     pub const fn label(self) -> &'static str {
@@ -159,6 +198,7 @@ impl CaptureCounter {
             CaptureCounter::LoadFailed => "load_failed",
             CaptureCounter::Bytes => "bytes",
             CaptureCounter::Unfollowed => "unfollowed",
+            CaptureCounter::Fragments => "fragments",
         }
     }
 }
@@ -169,6 +209,7 @@ mod pod {
     // SAFETY: `#[repr(C)]`, explicit padding, integer fields only.
     unsafe impl aya::Pod for CaptureHeader {}
     unsafe impl aya::Pod for CaptureConfig {}
+    unsafe impl aya::Pod for FragKey {}
 }
 
 #[cfg(test)]

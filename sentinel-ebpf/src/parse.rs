@@ -29,6 +29,13 @@ const MAX_IPV6_EXT: usize = 6;
 /// Bound on the L4 offset, so the verifier can see every later access is in range.
 pub const MAX_L4_OFFSET: usize = 512;
 
+/// [`Packet::frag`]: not a fragment (an IPv6 atomic fragment included).
+pub const FRAG_NONE: u8 = 0;
+/// [`Packet::frag`]: the first fragment of a datagram (offset 0, more to come).
+pub const FRAG_FIRST: u8 = 1;
+/// [`Packet::frag`]: a later fragment (no transport header).
+pub const FRAG_LATER: u8 = 2;
+
 /// What the parser found in a packet.
 ///
 /// Addresses are held as two native-endian words of the 16-byte key (see [`key`]): built and
@@ -52,6 +59,14 @@ pub struct Packet {
     pub ip_end: usize,
     /// The transport header should be there but is cut short.
     pub l4_truncated: bool,
+    /// `FRAG_*`: whether the packet is an IP fragment, and which.
+    pub frag: u8,
+    /// Offset of the IP header from `data`.
+    pub l3_off: u8,
+    /// The packet is IPv6.
+    pub ipv6: bool,
+    /// A fragment's identification (IPv4's 16 bits, IPv6's 32), host order; 0 otherwise.
+    pub frag_id: u32,
 }
 
 impl Packet {
@@ -230,8 +245,18 @@ fn parse_ipv4(
     pkt.dst = v4_words(dst);
     pkt.proto = head[9];
     pkt.ip_end = off + u16::from_be_bytes([head[2], head[3]]) as usize;
+    pkt.l3_off = off as u8;
+    let frag = u16::from_be_bytes([head[6], head[7]]);
+    if frag & 0x3fff != 0 {
+        pkt.frag_id = u16::from_be_bytes([head[4], head[5]]) as u32;
+        pkt.frag = if frag & 0x1fff != 0 {
+            FRAG_LATER
+        } else {
+            FRAG_FIRST
+        };
+    }
     // A non-first fragment carries no transport header.
-    if u16::from_be_bytes([head[6], head[7]]) & 0x1fff == 0 {
+    if frag & 0x1fff == 0 {
         parse_ports(data, data_end, off + ihl, pkt);
     }
     Ok(())
@@ -266,6 +291,8 @@ fn parse_ipv6(
         ];
     }
     pkt.ip_end = off + IPV6_HLEN + u16::from_be_bytes([head[4], head[5]]) as usize;
+    pkt.l3_off = off as u8;
+    pkt.ipv6 = true;
     let mut l4 = off + IPV6_HLEN;
     let mut nh = head[6];
     // From here on the addresses are known: an extension header chain this parser cannot
@@ -290,14 +317,20 @@ fn parse_ipv6(
                 (e[1] as usize + 2) * 4
             }
             IPPROTO_FRAGMENT => {
-                let Some(e) = read::<[u8; 4]>(data, data_end, l4) else {
+                let Some(e) = read::<[u8; 8]>(data, data_end, l4) else {
                     return chain_unknown(pkt, nh);
                 };
                 nh = e[0];
-                if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
-                    // A later fragment: what follows is data, not headers.
-                    pkt.proto = nh;
-                    return Ok(());
+                let fo = u16::from_be_bytes([e[2], e[3]]);
+                if fo & 0xfff9 != 0 {
+                    pkt.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
+                    if fo & 0xfff8 != 0 {
+                        // A later fragment: what follows is data, not headers.
+                        pkt.frag = FRAG_LATER;
+                        pkt.proto = nh;
+                        return Ok(());
+                    }
+                    pkt.frag = FRAG_FIRST;
                 }
                 8
             }

@@ -3,6 +3,13 @@
 //! userspace reassembler. Filtering happens here, so only HTTP traffic crosses to userspace; pure
 //! ACKs (no payload, no SYN/FIN/RST) are not copied.
 //!
+//! IP fragments: the kernel reassembles them only after TC, so a request split over fragments
+//! would pass unseen. A first fragment of TCP on the HTTP ports is captured whole (from its IP
+//! header) and its datagram remembered in `SN_CAP_FRAGS`; the later fragments of a remembered
+//! datagram are captured whole too, and userspace reassembles them. A later fragment that comes
+//! before its first, or of a datagram forgotten, is counted as unfollowed. Unfragmented TCP
+//! never reaches this path (the fast path declines fragments by the same test as before).
+//!
 //! The programs never change a packet's fate: they always return `TC_ACT_OK`. Failures (ring
 //! full, a copy that fails, unparseable headers) are counted in `SN_CAP_COUNTERS`.
 
@@ -12,15 +19,15 @@ use aya_ebpf::{
     bindings::TC_ACT_OK,
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use sentinel_common::{
-    CAP_FLAG_EGRESS, CAP_FLAG_TS_REALTIME, CaptureConfig, CaptureCounter, CaptureHeader,
-    DEFAULT_RING_BYTES, MAX_SNAP_LEN,
+    CAP_FLAG_EGRESS, CAP_FLAG_IP_PACKET, CAP_FLAG_TS_REALTIME, CaptureConfig, CaptureCounter,
+    CaptureHeader, DEFAULT_RING_BYTES, FRAGS_MAX, FragKey, MAX_SNAP_LEN,
 };
 
-use crate::parse::{self, IPPROTO_TCP, Packet, ptr_at};
+use crate::parse::{self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, IPPROTO_TCP, Packet, ptr_at};
 
 #[map]
 static SN_CAPTURE: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -30,6 +37,8 @@ static SN_CAP_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 static SN_CAP_CONFIG: Array<CaptureConfig> = Array::with_max_entries(1, 0);
 #[map]
 static SN_CAP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CaptureCounter::COUNT, 0);
+#[map]
+static SN_CAP_FRAGS: LruHashMap<FragKey, u8> = LruHashMap::with_max_entries(FRAGS_MAX, 0);
 
 /// Wake the consumer once per 2^17 bytes (128 KiB) of payload written by one CPU when userspace
 /// did not say (`CaptureConfig::wakeup_shift`). A wakeup per record (the ring buffer's default)
@@ -133,6 +142,10 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
     }
     // SAFETY: one of the two parsers initialised every field.
     let pkt = unsafe { pkt.assume_init_ref() };
+    if pkt.frag != FRAG_NONE {
+        fragment(ctx, pkt, cap_flags);
+        return;
+    }
     if pkt.proto != IPPROTO_TCP {
         if pkt.l4_truncated {
             // An IPv6 extension chain not followed to its end: TCP, perhaps.
@@ -170,26 +183,11 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
     }
     let flags = tcp[13];
     let payload_off = l4_off + doff;
-    let skb_len = ctx.len() as usize;
-    // Payload on the wire: by the IP length field (frames may be padded: a pure ACK of 54 bytes
-    // arrives as 60, and its 6 bytes of padding are no payload), or by the skb length for GSO
-    // packets whose length field is 0 (so that it ends before the transport header).
-    let end = if pkt.ip_end <= l4_off {
-        skb_len
-    } else {
-        pkt.ip_end.min(skb_len)
-    };
-    let wire_len = end.saturating_sub(payload_off) as u32;
+    let wire_len = packet_end(ctx, pkt, l4_off).saturating_sub(payload_off) as u32;
     if wire_len == 0 && flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
         return;
     }
-    let (snap, shift) = capture_config();
-    let cap = if wire_len > snap {
-        count(CaptureCounter::Truncated, 1);
-        snap
-    } else {
-        wire_len
-    };
+    let (cap, shift) = snapped(wire_len);
     let (ts_ns, ts_flags) = timestamp(ctx);
     let hdr = CaptureHeader {
         ts_ns,
@@ -210,6 +208,108 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
     };
     emit_class(ctx, &hdr, payload_off as u32, cap, shift);
 }
+
+/// Where the IP packet ends in the skb: by the IP length field (frames may be padded: a pure ACK
+/// of 54 bytes arrives as 60, and its 6 bytes of padding are no payload), or by the skb length
+/// for GSO packets whose length field is 0 (so that it ends before `header`, the offset of the
+/// header the copy starts from or after).
+#[inline(always)]
+fn packet_end(ctx: &TcContext, pkt: &Packet, header: usize) -> usize {
+    let skb_len = ctx.len() as usize;
+    if pkt.ip_end <= header {
+        skb_len
+    } else {
+        pkt.ip_end.min(skb_len)
+    }
+}
+
+/// The bytes to copy of `wire_len` (at most the snap length; a cut is counted) and the wakeup
+/// shift.
+#[inline(always)]
+fn snapped(wire_len: u32) -> (u32, u32) {
+    let (snap, shift) = capture_config();
+    if wire_len > snap {
+        count(CaptureCounter::Truncated, 1);
+        (snap, shift)
+    } else {
+        (wire_len, shift)
+    }
+}
+
+/// An IP fragment (never taken by the fast path): a first fragment of TCP on the HTTP ports is
+/// remembered and captured whole, as is a later fragment of a remembered datagram; a later
+/// fragment of TCP not remembered is counted as unfollowed.
+#[inline(never)]
+fn fragment(ctx: &TcContext, pkt: &Packet, cap_flags: u8) {
+    // IPv4 keys a datagram by its protocol too; IPv6 by addresses and identification alone (a
+    // later fragment's Next Header means nothing to the receiver).
+    let v4 = !pkt.ipv6;
+    let proto = if v4 { pkt.proto } else { 0 };
+    // Built with word stores (see `store_words`): both addresses, then the identification,
+    // the protocol and zero padding as one little-endian word.
+    let words: [u64; 5] = [
+        pkt.src[0],
+        pkt.src[1],
+        pkt.dst[0],
+        pkt.dst[1],
+        pkt.frag_id as u64 | (proto as u64) << 32,
+    ];
+    // SAFETY: `FragKey` is 40 bytes of plain integers laid out as above (`src`, `dst`, `id`,
+    // `proto`, 3 bytes of padding), with an alignment (4) that the words' (8) satisfies.
+    let key = unsafe { &*(&words as *const [u64; 5]).cast::<FragKey>() };
+    let (src_port, dst_port) = if pkt.frag == FRAG_FIRST {
+        if pkt.proto != IPPROTO_TCP || (!port_wanted(pkt.dst_port) && !port_wanted(pkt.src_port)) {
+            return;
+        }
+        if SN_CAP_FRAGS.insert(key, &1, 0).is_err() {
+            count(CaptureCounter::Malformed, 1);
+        }
+        (pkt.src_port, pkt.dst_port)
+    } else {
+        // SAFETY: the value is not read.
+        if unsafe { SN_CAP_FRAGS.get(key) }.is_none() {
+            if pkt.proto == IPPROTO_TCP || (!v4 && pkt.frag == FRAG_LATER) {
+                count(CaptureCounter::Unfollowed, 1);
+            }
+            return;
+        }
+        (0, 0)
+    };
+    let l3_off = pkt.l3_off as usize;
+    let wire_len = packet_end(ctx, pkt, l3_off).saturating_sub(l3_off) as u32;
+    if wire_len == 0 {
+        return;
+    }
+    let (cap, shift) = snapped(wire_len);
+    let (ts_ns, ts_flags) = timestamp(ctx);
+    let hdr = CaptureHeader {
+        ts_ns,
+        src: *parse::key(&pkt.src),
+        dst: *parse::key(&pkt.dst),
+        src_port,
+        dst_port,
+        seq: 0,
+        ack: 0,
+        tcp_flags: 0,
+        cap_flags: cap_flags | ts_flags | CAP_FLAG_IP_PACKET,
+        _pad: 0,
+        // SAFETY: reading a field of the context the kernel passed in.
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        wire_len,
+        cap_len: 0,
+        _pad2: 0,
+    };
+    count(CaptureCounter::Fragments, 1);
+    emit_class(ctx, &hdr, l3_off as u32, cap, shift);
+}
+
+// The word layout `fragment` builds its key with.
+const _: () = assert!(
+    core::mem::offset_of!(FragKey, dst) == 16
+        && core::mem::offset_of!(FragKey, id) == 32
+        && core::mem::offset_of!(FragKey, proto) == 36
+        && core::mem::size_of::<FragKey>() == 40
+);
 
 /// The segment's time: the skb's own timestamp when it has one in a clock userspace can map
 /// (monotonic: TCP's earliest departure time on egress, kept across a veth into the peer's
@@ -277,11 +377,12 @@ fn parse_v4_tcp(data: usize, data_end: usize, pkt: *mut Packet) -> bool {
     // SAFETY: `ptr_at` checked that the 54 bytes are inside the packet.
     unsafe {
         let at = |i: usize| *h.add(i);
-        // EtherType IPv4, version 4 with a 20-byte header, protocol TCP, fragment offset 0.
+        // EtherType IPv4, version 4 with a 20-byte header, protocol TCP, not a fragment (no
+        // offset, no More Fragments: first fragments go to the full parser too).
         if at(12) != 0x08 || at(13) != 0x00 || at(14) != 0x45 || at(23) != IPPROTO_TCP {
             return false;
         }
-        if at(20) & 0x1f != 0 || at(21) != 0 {
+        if at(20) & 0x3f != 0 || at(21) != 0 {
             return false;
         }
         // Every field is written: `pkt` may be uninitialised (assignments of `Copy` fields
@@ -294,6 +395,10 @@ fn parse_v4_tcp(data: usize, data_end: usize, pkt: *mut Packet) -> bool {
         (*pkt).dst_port = u16::from_be_bytes([at(L4 + 2), at(L4 + 3)]);
         (*pkt).l4_off = L4;
         (*pkt).l4_truncated = false;
+        (*pkt).frag = FRAG_NONE;
+        (*pkt).l3_off = 14;
+        (*pkt).ipv6 = false;
+        (*pkt).frag_id = 0;
     }
     true
 }

@@ -1,14 +1,23 @@
 //! BPF_PROG_TEST_RUN tier for the TC capture programs: where a record's timestamp comes from.
 //! An skb that carries a timestamp gives it (flagged when it is the realtime clock, the only
 //! one BPF_PROG_TEST_RUN can set); one without gets the monotonic clock at the time of the run.
+//! And IP fragments: captured whole when their datagram's first fragment was, for userspace to
+//! reassemble.
 
 use aya::programs::{TestRun, TestRunOptions};
 use sentinel::{
+    capture::{
+        Segment,
+        pcap::Link,
+        ringbuf::{Clock, Consumer, RingStats},
+        synth,
+    },
     clock::monotonic_ns,
     datapath::{Datapath, LoadOptions},
 };
 use sentinel_common::{
-    CAP_FLAG_EGRESS, CAP_FLAG_TS_REALTIME, CaptureCounter, CaptureHeader, capture::names,
+    CAP_FLAG_EGRESS, CAP_FLAG_IP_PACKET, CAP_FLAG_TS_REALTIME, CaptureCounter, CaptureHeader,
+    capture::names,
 };
 use sentinel_tests::{
     packets::{Ext, Packet, addr_key},
@@ -193,6 +202,160 @@ fn tcp_the_capture_cannot_follow_is_counted() -> anyhow::Result<()> {
             .iter()
             .sum();
         assert_eq!(unfollowed, 2);
+        Ok(())
+    })
+}
+
+/// The frames of `ip` split into fragments (Ethernet, IPv4 or IPv6 by `ip`'s version).
+fn fragment_frames(ip: &[u8], id: u16, starts: &[usize]) -> Vec<Vec<u8>> {
+    synth::fragments(ip, id, starts)
+        .iter()
+        .map(|f| synth::wrap(Link::Ethernet, f, false))
+        .collect()
+}
+
+/// Runs the ingress program on each frame; returns the records it wrote.
+fn ingress_records(
+    dp: &mut Datapath,
+    cap: &mut sentinel::datapath::loader::CaptureHandles,
+    frames: &[Vec<u8>],
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    for frame in frames {
+        let r = dp.tc(names::PROG_INGRESS)?.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        })?;
+        anyhow::ensure!(r.return_value == 0, "TC_ACT_OK expected");
+    }
+    let mut out = Vec::new();
+    while let Some(rec) = cap.ring.next() {
+        out.push(rec.to_vec());
+    }
+    Ok(out)
+}
+
+fn counter(
+    cap: &sentinel::datapath::loader::CaptureHandles,
+    c: CaptureCounter,
+) -> anyhow::Result<u64> {
+    Ok(cap.counters.get(&(c as u32), 0)?.iter().sum())
+}
+
+#[test]
+fn the_fragments_of_a_request_are_captured_whole_and_reassemble_into_it() -> anyhow::Result<()> {
+    // The server's kernel reassembles fragments after TC: a request split over IP fragments
+    // (an SQL injection cut in two, here) must reach the reassembler all the same. The first
+    // fragment names the ports, so it is remembered; the later ones are captured by its key.
+    sentinel_tests::require_root();
+    for (c, s, starts) in [
+        // IPv4: the first fragment carries 8 bytes of TCP (ports only), as Linux accepts.
+        (
+            "198.18.0.100:40000",
+            "198.18.0.1:8080",
+            &[0usize, 8, 64][..],
+        ),
+        // IPv6: destination options and the whole TCP header first (RFC 8200 wants it).
+        (
+            "[2001:db8::100]:40000",
+            "[2001:db8::1]:8080",
+            &[0, 32, 64][..],
+        ),
+    ] {
+        let body = b"GET /accounts?id=1%27%20UNION%20SELECT%20password%20FROM%20users-- HTTP/1.1\r\nHost: bank.test\r\n\r\n";
+        let want = synth::seg(0, c.parse()?, s.parse()?, 1000, 2000, 0x18, body);
+        let frames = fragment_frames(&synth::ip_packet(&want), 0x4242, starts);
+        with_pin("frags", |pin| {
+            let mut dp = Datapath::load(&LoadOptions::new(pin))?;
+            let mut cap = dp.take_capture()?;
+            capture_port(&mut cap, PORT)?;
+            let recs = ingress_records(&mut dp, &mut cap, &frames)?;
+            assert_eq!(recs.len(), 3, "{c}: one record per fragment");
+            let mut sink: Vec<Segment> = Vec::new();
+            let stats = RingStats::default();
+            let mut consumer = Consumer::default();
+            for (i, rec) in recs.iter().enumerate() {
+                // SAFETY: at least one header's bytes; plain integers; unaligned read.
+                let hdr: CaptureHeader = unsafe { std::ptr::read_unaligned(rec.as_ptr().cast()) };
+                assert_ne!(hdr.cap_flags & CAP_FLAG_IP_PACKET, 0, "{c}: record {i}");
+                // The IP packet's length (a frame may carry Ethernet padding after it).
+                let ip_len = u16::from_be_bytes(if c.starts_with('[') {
+                    [frames[i][18], frames[i][19]]
+                } else {
+                    [frames[i][16], frames[i][17]]
+                }) as usize;
+                let ip_len = if c.starts_with('[') {
+                    ip_len + 40
+                } else {
+                    ip_len
+                };
+                assert_eq!(hdr.wire_len as usize, ip_len, "{c}: record {i}");
+                assert_eq!(hdr.cap_len, hdr.wire_len, "{c}: record {i}");
+                consumer.record(rec, &Clock::with_offset(0), &stats, &mut sink);
+            }
+            assert_eq!(sink.len(), 1, "{c}");
+            let got = &sink[0];
+            assert_eq!((got.src, got.dst), (want.src, want.dst), "{c}");
+            assert_eq!((got.seq, got.ack, got.flags), (1000, 2000, 0x18), "{c}");
+            assert_eq!(&got.payload[..], &body[..], "{c}");
+            assert_eq!(counter(&cap, CaptureCounter::Fragments)?, 3);
+            assert_eq!(counter(&cap, CaptureCounter::Unfollowed)?, 0);
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn fragments_not_matched_to_a_captured_first_fragment_are_counted_not_captured()
+-> anyhow::Result<()> {
+    // Later fragments that come before their first (the kernel map cannot know them yet) and
+    // the fragments of a datagram to another port: no record; the TCP ones counted.
+    sentinel_tests::require_root();
+    let want = synth::seg(
+        0,
+        "198.18.0.100:40000".parse()?,
+        "198.18.0.1:8080".parse()?,
+        1,
+        1,
+        0x18,
+        &[b'a'; 200],
+    );
+    let early = fragment_frames(&synth::ip_packet(&want), 7, &[0, 64, 128]);
+    let other_port = synth::seg(
+        0,
+        "198.18.0.100:40000".parse()?,
+        "198.18.0.1:9999".parse()?,
+        1,
+        1,
+        0x18,
+        &[b'a'; 200],
+    );
+    let other = fragment_frames(&synth::ip_packet(&other_port), 8, &[0, 64, 128]);
+    with_pin("frags-unmatched", |pin| {
+        let mut dp = Datapath::load(&LoadOptions::new(pin))?;
+        let mut cap = dp.take_capture()?;
+        capture_port(&mut cap, PORT)?;
+        let frames = [
+            early[1].clone(),
+            early[2].clone(),
+            other[0].clone(),
+            other[1].clone(),
+            other[2].clone(),
+        ];
+        let recs = ingress_records(&mut dp, &mut cap, &frames)?;
+        assert!(recs.is_empty(), "{} records", recs.len());
+        assert_eq!(counter(&cap, CaptureCounter::Unfollowed)?, 4);
+        assert_eq!(counter(&cap, CaptureCounter::Fragments)?, 0);
+        // The first fragment arriving last is captured, as an IP packet; the ones before it
+        // are lost, but the same fragments sent again after it are captured.
+        let recs = ingress_records(&mut dp, &mut cap, &early)?;
+        assert_eq!(recs.len(), 3);
+        for rec in &recs {
+            // SAFETY: at least one header's bytes; plain integers; unaligned read.
+            let hdr: CaptureHeader = unsafe { std::ptr::read_unaligned(rec.as_ptr().cast()) };
+            assert_ne!(hdr.cap_flags & CAP_FLAG_IP_PACKET, 0);
+        }
+        assert_eq!(counter(&cap, CaptureCounter::Unfollowed)?, 4);
         Ok(())
     })
 }

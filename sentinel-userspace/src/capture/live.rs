@@ -67,12 +67,30 @@ impl CaptureControl {
 
 /// The consumer's counters by label.
 pub fn consumer_counters(stats: &RingStats) -> BTreeMap<String, u64> {
-    BTreeMap::from([
+    let mut out = BTreeMap::from([
         ("records".to_owned(), stats.records.load(Ordering::Relaxed)),
         (
             "decode_errors".to_owned(),
             stats.decode_errors.load(Ordering::Relaxed),
         ),
         ("wakeups".to_owned(), stats.wakeups.load(Ordering::Relaxed)),
-    ])
+        (
+            "fragments".to_owned(),
+            stats.fragments.load(Ordering::Relaxed),
+        ),
+    ]);
+    let d = stats.defrag.lock().expect("defrag stats lock").clone();
+    for (k, v) in [
+        ("reassembled", d.reassembled),
+        ("overlaps", d.overlaps),
+        ("duplicates", d.duplicates),
+        ("timed_out", d.timed_out),
+        ("evicted", d.evicted),
+        ("too_big", d.too_big),
+        ("invalid", d.invalid),
+        ("pending", d.pending),
+    ] {
+        out.insert(format!("defrag_{k}"), v);
+    }
+    out
 }

@@ -1,6 +1,7 @@
 //! Capture: turning what the kernel copied (ring buffer) or a capture file (pcap, pcapng) holds
 //! into TCP [`Segment`]s for reassembly.
 
+pub mod defrag;
 pub mod live;
 pub mod pcap;
 pub mod ringbuf;

@@ -1,9 +1,9 @@
 //! Reading capture files (pcap and pcapng, via the `pcap-file` crate) into TCP [`Segment`]s.
 //!
 //! Link types: Ethernet (with 802.1Q/802.1ad tags), Linux cooked capture v1 (SLL) and v2 (SLL2),
-//! and raw IP (v4 or v6). Network layers: IPv4 (fragments are counted and skipped: no IP
-//! reassembly) and IPv6 (extension headers skipped). Everything that is not TCP is counted and
-//! skipped.
+//! and raw IP (v4 or v6). Network layers: IPv4 and IPv6 (extension headers skipped); IP
+//! fragments are reassembled as the receiving Linux kernel would ([`super::defrag`]) and their
+//! datagrams decoded as any other packet. Everything that is not TCP is counted and skipped.
 //!
 //! A regular file is mapped into memory, and segments are slices of the mapping (no copy of the
 //! file's bytes); any other source (a pipe, a reader in the tests) streams through a bounded
@@ -28,7 +28,10 @@ use pcap_file::{
     },
 };
 
-use super::Segment;
+use super::{
+    Segment,
+    defrag::{DefragStats, Defragmenter},
+};
 
 /// The largest record (pcap packet or pcapng block) accepted; anything larger is corruption.
 pub const MAX_RECORD: usize = 16 << 20;
@@ -97,8 +100,11 @@ pub struct CaptureStats {
     pub non_tcp: u64,
     /// Frames that were not IP (ARP, LLDP, ...).
     pub non_ip: u64,
-    /// IP fragments (not reassembled).
+    /// IP fragments (each handed to the defragmenter; its datagrams count as packets of their
+    /// own in `tcp_segments`, `non_tcp`, `malformed`).
     pub ip_fragments: u64,
+    /// What the defragmenter did with them.
+    pub defrag: DefragStats,
     /// Frames whose headers were cut short or inconsistent.
     pub malformed: u64,
     /// pcapng packets on an interface with an unsupported link type.
@@ -182,9 +188,18 @@ pub fn decode_frame_shared(link: Link, frame: &Bytes, ts_ns: u64) -> Result<Segm
     Ok(seg)
 }
 
-/// The segment (with an empty payload) and its payload within `frame`.
-fn decode_inner(link: Link, frame: &[u8], ts_ns: u64) -> Result<(Segment, &[u8]), Skip> {
-    let (ethertype, l3) = match link {
+/// The IP packet in `frame` (from its header to the end of the frame), if it is one.
+pub fn ip_layer(link: Link, frame: &[u8]) -> Option<&[u8]> {
+    let (ethertype, l3) = link_header(link, frame).ok()?;
+    if ethertype.is_some_and(|e| e != ETH_IPV4 && e != ETH_IPV6) {
+        return None;
+    }
+    frame.get(l3..)
+}
+
+/// The EtherType (none for raw IP) and the offset of the network header.
+fn link_header(link: Link, frame: &[u8]) -> Result<(Option<u16>, usize), Skip> {
+    Ok(match link {
         Link::Ethernet => {
             let mut et = be16(frame, 12).ok_or(Skip::Malformed)?;
             let mut off = 14;
@@ -203,7 +218,12 @@ fn decode_inner(link: Link, frame: &[u8], ts_ns: u64) -> Result<(Segment, &[u8])
         Link::LinuxSll => (Some(be16(frame, 14).ok_or(Skip::Malformed)?), 16),
         Link::LinuxSll2 => (Some(be16(frame, 0).ok_or(Skip::Malformed)?), 20),
         Link::RawIp => (None, 0),
-    };
+    })
+}
+
+/// The segment (with an empty payload) and its payload within `frame`.
+fn decode_inner(link: Link, frame: &[u8], ts_ns: u64) -> Result<(Segment, &[u8]), Skip> {
+    let (ethertype, l3) = link_header(link, frame)?;
     let ip = frame.get(l3..).ok_or(Skip::Malformed)?;
     let version = ip.first().ok_or(Skip::Malformed)? >> 4;
     match (ethertype, version) {
@@ -479,6 +499,7 @@ pub struct CaptureReader<R> {
     win: Window<R>,
     format: Format,
     stats: CaptureStats,
+    defrag: Defragmenter,
     failed: bool,
 }
 
@@ -561,6 +582,7 @@ impl<R: Read> CaptureReader<R> {
             win,
             format,
             stats: CaptureStats::default(),
+            defrag: Defragmenter::default(),
             failed: false,
         })
     }
@@ -723,10 +745,9 @@ impl<R: Read> CaptureReader<R> {
                                 std::borrow::Cow::Borrowed(b) => self.win.buf.slice_ref(b),
                                 std::borrow::Cow::Owned(v) => Bytes::copy_from_slice(v),
                             };
-                            let seg = decode_frame_shared(link, &frame, ts);
                             drop(data);
                             self.win.consume(len);
-                            match self.count(seg) {
+                            match self.decode(link, &frame, ts) {
                                 Some(s) => return Ok(Some(s)),
                                 None => continue,
                             }
@@ -740,11 +761,31 @@ impl<R: Read> CaptureReader<R> {
                 let data = self.win.buf.slice(end - incl..end);
                 self.stats.packets += 1;
                 self.stats.packet_bytes += incl as u64;
-                let seg = decode_frame_shared(link, &data, ts);
-                if let Some(s) = self.count(seg) {
+                if let Some(s) = self.decode(link, &data, ts) {
                     return Ok(Some(s));
                 }
             }
+        }
+    }
+
+    /// The segment in `frame`, if any; a fragment goes to the defragmenter, and the datagram it
+    /// completes, if any, is decoded in its place.
+    fn decode(&mut self, link: Link, frame: &Bytes, ts: u64) -> Option<Segment> {
+        match decode_frame_shared(link, frame, ts) {
+            Err(Skip::Fragment) => {
+                self.stats.ip_fragments += 1;
+                let ip = ip_layer(link, frame)?;
+                if ip[0] >> 4 == 4 && ip.get(9) != Some(&6) {
+                    // IPv4 keys datagrams by protocol: this one is not TCP, whole or not.
+                    self.stats.non_tcp += 1;
+                    return None;
+                }
+                let datagram = self.defrag.push(ip, ts);
+                self.stats.defrag = self.defrag.stats();
+                let datagram = Bytes::from(datagram?);
+                self.count(decode_frame_shared(Link::RawIp, &datagram, ts))
+            }
+            seg => self.count(seg),
         }
     }
 
@@ -854,6 +895,11 @@ mod tests {
     const LINKS: [Link; 4] = [Link::Ethernet, Link::LinuxSll, Link::LinuxSll2, Link::RawIp];
 
     fn conversation(v6: bool) -> Vec<Segment> {
+        exchange(v6, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &[4])
+    }
+
+    /// One exchange: `request` (cut into segments at `cuts`), a 200 with a 2-byte body, FINs.
+    fn exchange(v6: bool, request: &[u8], cuts: &[usize]) -> Vec<Segment> {
         let (c, s) = if v6 {
             ("[2001:db8::100]:40000", "[2001:db8::1]:80")
         } else {
@@ -861,12 +907,7 @@ mod tests {
         };
         let t = 1_700_000_000_000_000_000;
         let mut conv = Conversation::open(c.parse().unwrap(), s.parse().unwrap(), t);
-        conv.send(
-            true,
-            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-            &[4],
-            t + 1_000_000,
-        );
+        conv.send(true, request, cuts, t + 1_000_000);
         conv.send(
             false,
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
@@ -1000,6 +1041,108 @@ mod tests {
         assert_eq!(cut.wire_len as usize, segs[4].payload.len());
         assert_eq!(cut.payload.len(), segs[4].payload.len() - 5);
         assert!(cut.is_truncated());
+    }
+
+    /// A conversation whose request, with an SQL injection in its body, is one segment.
+    fn injection_conversation(v6: bool) -> Vec<Segment> {
+        let body = "username=admin' OR '1'='1' --&password=x";
+        let req = format!(
+            "POST /login HTTP/1.1\r\nHost: bank.test\r\nContent-Type: \
+             application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        exchange(v6, req.as_bytes(), &[])
+    }
+
+    /// `segs` as timed IP packets, the ones with a payload of more than 100 bytes split into
+    /// fragments at `starts` (after reordering them by `order`).
+    fn fragmented(segs: &[Segment], starts: &[usize], order: &[usize]) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            let ip = crate::capture::synth::ip_packet(s);
+            if s.payload.len() > 100 {
+                let frags = crate::capture::synth::fragments(&ip, 1000 + i as u16, starts);
+                for &k in order {
+                    out.push((s.ts_ns, frags[k].clone()));
+                }
+            } else {
+                out.push((s.ts_ns, ip));
+            }
+        }
+        out
+    }
+
+    fn replayed(packets: &[(u64, Vec<u8>)]) -> (Vec<serde_json::Value>, CaptureStats) {
+        let dir = crate::lab::TempDir::new("sentinel-pcap-frag").unwrap();
+        let path = dir.path().join("c.pcap");
+        let pcap =
+            crate::capture::synth::write_pcap_packets(Vec::new(), Link::Ethernet, packets).unwrap();
+        std::fs::write(&path, pcap).unwrap();
+        let mut out = Vec::new();
+        let summary = crate::replay::replay(&path, Default::default(), |t| {
+            out.push(serde_json::to_value(t.record()).unwrap());
+            Ok(())
+        })
+        .unwrap();
+        (out, summary.capture)
+    }
+
+    #[test]
+    fn a_request_split_into_ip_fragments_replays_as_the_whole_one() {
+        for v6 in [false, true] {
+            let segs = injection_conversation(v6);
+            let whole: Vec<(u64, Vec<u8>)> = segs
+                .iter()
+                .map(|s| (s.ts_ns, crate::capture::synth::ip_packet(s)))
+                .collect();
+            let (want, st) = replayed(&whole);
+            assert_eq!(want.len(), 1);
+            assert_eq!(st.ip_fragments, 0);
+            // IPv4: a first fragment with 8 bytes of TCP (ports only). IPv6: the destination
+            // options and the TCP header (Linux wants every header in the first fragment).
+            let starts: &[usize] = if v6 {
+                &[0, 32, 96, 160]
+            } else {
+                &[0, 8, 96, 160]
+            };
+            for order in [[0, 1, 2, 3], [3, 1, 2, 0], [2, 0, 3, 1]] {
+                let (got, st) = replayed(&fragmented(&segs, starts, &order));
+                assert_eq!(got, want, "v6={v6} order {order:?}");
+                assert_eq!(st.ip_fragments, 4);
+                assert_eq!(st.defrag.reassembled, 1);
+                assert_eq!(st.tcp_segments, segs.len() as u64);
+            }
+            // An overlapping fragment: the server never gets the request, neither does replay.
+            let mut packets = fragmented(&segs, starts, &[0, 1, 2, 3]);
+            let i = packets
+                .iter()
+                .position(|(_, p)| Defragmenter::is_fragment(p))
+                .unwrap();
+            let over = fragmented(&segs, &[0, 16], &[0, 1]);
+            let over = over
+                .iter()
+                .find(|(_, p)| Defragmenter::is_fragment(p))
+                .unwrap();
+            // Same identification, moved to [24, 40) and sent after the first fragment: over
+            // its end in IPv6, under the second one's in IPv4.
+            let mut o = over.1.clone();
+            shift_fragment(&mut o, 24);
+            packets.insert(i + 1, (over.0, o));
+            let (got, st) = replayed(&packets);
+            assert!(got.is_empty(), "v6={v6}: {got:?}");
+            assert_eq!(st.defrag.overlaps, 1, "v6={v6}");
+        }
+    }
+
+    /// Moves a fragment's offset up by `by` bytes (a multiple of 8), keeping More Fragments.
+    fn shift_fragment(p: &mut [u8], by: u16) {
+        if p[0] >> 4 == 4 {
+            let fo = u16::from_be_bytes([p[6], p[7]]) + by / 8;
+            p[6..8].copy_from_slice(&fo.to_be_bytes());
+        } else {
+            let fo = u16::from_be_bytes([p[42], p[43]]) + by;
+            p[42..44].copy_from_slice(&fo.to_be_bytes());
+        }
     }
 
     #[test]

@@ -1,17 +1,25 @@
 //! The live capture source: drains the TC programs' ring buffer without busy-waiting (epoll via
-//! tokio `AsyncFd`) and decodes each record into a [`Segment`].
+//! tokio `AsyncFd`) and decodes each record into a [`Segment`], or, for an IP fragment, hands it
+//! to the defragmenter and decodes the datagram it completes.
 
 use std::{
     net::SocketAddr,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use aya::maps::{MapData, RingBuf};
 use bytes::Bytes;
-use sentinel_common::{CAP_FLAG_TS_REALTIME, CaptureHeader, RECORD_CLASSES};
+use sentinel_common::{CAP_FLAG_IP_PACKET, CAP_FLAG_TS_REALTIME, CaptureHeader, RECORD_CLASSES};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::Segment;
+use super::{
+    Segment,
+    defrag::{DefragStats, Defragmenter},
+    pcap::{Link, decode_frame},
+};
 use crate::verdict::target::addr_of;
 
 /// Why a record could not be decoded.
@@ -98,9 +106,23 @@ impl Clock {
 /// A change of the clocks' offset between two passes above this is reported as a step.
 const STEP_REPORT_NS: i128 = 10_000_000;
 
+/// One ring buffer record, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A TCP segment.
+    Segment(Segment),
+    /// An IP fragment, from its IP header on (maybe cut by the snap length).
+    Fragment {
+        /// Capture time, nanoseconds since the Unix epoch.
+        ts_ns: u64,
+        /// The packet.
+        packet: Bytes,
+    },
+}
+
 /// Decodes one ring buffer record (header + payload). Checks every length; never trusts the
 /// record's own layout beyond what it holds.
-pub fn decode(record: &[u8], clock: &Clock) -> Result<Segment, DecodeError> {
+pub fn decode(record: &[u8], clock: &Clock) -> Result<Record, DecodeError> {
     let hlen = size_of::<CaptureHeader>();
     if record.len() < hlen {
         return Err(DecodeError::Short(record.len()));
@@ -125,7 +147,13 @@ pub fn decode(record: &[u8], clock: &Clock) -> Result<Segment, DecodeError> {
     } else {
         clock.to_unix_ns(hdr.ts_ns)
     };
-    Ok(Segment {
+    if hdr.cap_flags & CAP_FLAG_IP_PACKET != 0 {
+        return Ok(Record::Fragment {
+            ts_ns,
+            packet: payload,
+        });
+    }
+    Ok(Record::Segment(Segment {
         ts_ns,
         src: SocketAddr::new(addr_of(&hdr.src), hdr.src_port),
         dst: SocketAddr::new(addr_of(&hdr.dst), hdr.dst_port),
@@ -134,7 +162,7 @@ pub fn decode(record: &[u8], clock: &Clock) -> Result<Segment, DecodeError> {
         flags: hdr.tcp_flags,
         payload,
         wire_len: hdr.wire_len.max(hdr.cap_len),
-    })
+    }))
 }
 
 /// Counters of the ring buffer consumer.
@@ -146,6 +174,61 @@ pub struct RingStats {
     pub decode_errors: AtomicU64,
     /// Wake-ups (epoll readiness) that drained the ring.
     pub wakeups: AtomicU64,
+    /// Records that held an IP fragment.
+    pub fragments: AtomicU64,
+    /// What the defragmenter did with them (as of the last drain pass).
+    pub defrag: Mutex<DefragStats>,
+}
+
+/// The consumer's state across records: the datagrams being reassembled.
+#[derive(Default)]
+pub struct Consumer {
+    defrag: Defragmenter,
+    /// Fragments taken since the defragmenter's counters were last published.
+    unpublished: bool,
+}
+
+impl Consumer {
+    /// Decodes one record and hands `sink` the segment it holds, or the one in the datagram a
+    /// fragment completes.
+    pub fn record(
+        &mut self,
+        record: &[u8],
+        clock: &Clock,
+        stats: &RingStats,
+        sink: &mut impl SegmentSink,
+    ) {
+        match decode(record, clock) {
+            Ok(Record::Segment(seg)) => {
+                stats.records.fetch_add(1, Ordering::Relaxed);
+                sink.segment(seg);
+            }
+            Ok(Record::Fragment { ts_ns, packet }) => {
+                stats.records.fetch_add(1, Ordering::Relaxed);
+                stats.fragments.fetch_add(1, Ordering::Relaxed);
+                self.unpublished = true;
+                if let Some(d) = self.defrag.push(&packet, ts_ns)
+                    && let Ok(seg) = decode_frame(Link::RawIp, &d, ts_ns)
+                {
+                    sink.segment(seg);
+                }
+            }
+            Err(e) => {
+                stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "undecodable capture record");
+            }
+        }
+    }
+
+    /// Moves the defragmenter's time on (its timeouts) and publishes its counters.
+    pub fn advance(&mut self, now_unix_ns: u64, stats: &RingStats) {
+        let pending = self.defrag.stats().pending;
+        self.defrag.advance(now_unix_ns);
+        if self.unpublished || pending != self.defrag.stats().pending {
+            self.unpublished = false;
+            *stats.defrag.lock().expect("defrag stats lock") = self.defrag.stats();
+        }
+    }
 }
 
 /// How often the consumer drains without a wakeup. The TC programs only wake it when a backlog
@@ -160,6 +243,15 @@ pub trait SegmentSink {
     /// Called after every drain pass with the wall-clock time (ns since the epoch): the place
     /// for time-driven work (idle timeouts) and for flushing what the segments produced.
     fn idle(&mut self, now_unix_ns: u64);
+}
+
+/// Collects the segments (tests, tools).
+impl SegmentSink for Vec<Segment> {
+    fn segment(&mut self, seg: Segment) {
+        self.push(seg);
+    }
+
+    fn idle(&mut self, _now_unix_ns: u64) {}
 }
 
 /// Drains the ring buffer forever, handing each segment to `sink`: on a wakeup (backlog) and
@@ -178,21 +270,24 @@ pub async fn drain(
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut clock = Clock::now();
+    let mut consumer = Consumer::default();
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
                 stats.wakeups.fetch_add(1, Ordering::Relaxed);
                 clock = remeasure(&clock);
-                drain_now(guard.get_inner_mut(), &clock, stats, sink);
+                drain_now(guard.get_inner_mut(), &clock, stats, &mut consumer, sink);
                 guard.clear_ready();
             }
             _ = tick.tick() => {
                 clock = remeasure(&clock);
-                drain_now(fd.get_mut(), &clock, stats, sink);
+                drain_now(fd.get_mut(), &clock, stats, &mut consumer, sink);
             }
         }
-        sink.idle(clock.to_unix_ns(crate::clock::monotonic_ns()));
+        let now = clock.to_unix_ns(crate::clock::monotonic_ns());
+        consumer.advance(now, stats);
+        sink.idle(now);
     }
 }
 
@@ -214,19 +309,11 @@ fn drain_now(
     ring: &mut RingBuf<MapData>,
     clock: &Clock,
     stats: &RingStats,
+    consumer: &mut Consumer,
     sink: &mut impl SegmentSink,
 ) {
     while let Some(item) = ring.next() {
-        match decode(&item, clock) {
-            Ok(seg) => {
-                stats.records.fetch_add(1, Ordering::Relaxed);
-                sink.segment(seg);
-            }
-            Err(e) => {
-                stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "undecodable capture record");
-            }
-        }
+        consumer.record(&item, clock, stats, sink);
     }
 }
 
@@ -263,7 +350,9 @@ mod tests {
     #[test]
     fn decodes_a_record_into_a_segment() {
         let rec = record(5, b"GET /", 123);
-        let s = decode(&rec, &Clock::with_offset(1_000_000)).unwrap();
+        let Record::Segment(s) = decode(&rec, &Clock::with_offset(1_000_000)).unwrap() else {
+            panic!("a segment");
+        };
         assert_eq!(s.ts_ns, 1_001_000);
         assert_eq!(s.src, "198.18.0.100:40000".parse().unwrap());
         assert_eq!(s.dst, "198.18.0.1:80".parse().unwrap());
@@ -289,8 +378,47 @@ mod tests {
     fn realtime_stamps_are_taken_as_they_are() {
         let mut rec = record(5, b"GET /", 0);
         rec[core::mem::offset_of!(CaptureHeader, cap_flags)] = CAP_FLAG_TS_REALTIME;
-        let s = decode(&rec, &Clock::with_offset(1_000_000)).unwrap();
+        let Record::Segment(s) = decode(&rec, &Clock::with_offset(1_000_000)).unwrap() else {
+            panic!("a segment");
+        };
         assert_eq!(s.ts_ns, 1_000);
+    }
+
+    /// The fragments of a request's IP packet as the TC programs record them, out of order:
+    /// the consumer hands on the segment of the datagram they make.
+    #[test]
+    fn fragment_records_are_reassembled_into_their_segment() {
+        use crate::capture::synth::{fragments, ip_packet, seg};
+        for (c, s) in [
+            ("198.18.0.100:40000", "198.18.0.1:80"),
+            ("[2001:db8::100]:40000", "[2001:db8::1]:80"),
+        ] {
+            let body = b"GET /search?q=1%27%20OR%20%271%27=%271 HTTP/1.1\r\nHost: x\r\n\r\n";
+            let want = seg(
+                5_000,
+                c.parse().unwrap(),
+                s.parse().unwrap(),
+                10,
+                20,
+                0x18,
+                body,
+            );
+            let frags = fragments(&ip_packet(&want), 7, &[0, 32, 64]);
+            let mut sink = Vec::new();
+            let stats = RingStats::default();
+            let mut consumer = Consumer::default();
+            for k in [2, 0, 1] {
+                let mut rec = record(frags[k].len() as u32, &frags[k], 0);
+                rec[core::mem::offset_of!(CaptureHeader, cap_flags)] =
+                    CAP_FLAG_IP_PACKET | CAP_FLAG_TS_REALTIME;
+                rec[..8].copy_from_slice(&5_000u64.to_ne_bytes());
+                consumer.record(&rec, &Clock::with_offset(0), &stats, &mut sink);
+            }
+            consumer.advance(6_000, &stats);
+            assert_eq!(sink, vec![want], "{c}");
+            assert_eq!(stats.fragments.load(Ordering::Relaxed), 3);
+            assert_eq!(stats.defrag.lock().unwrap().reassembled, 1);
+        }
     }
 
     #[test]

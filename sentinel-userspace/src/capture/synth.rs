@@ -218,11 +218,16 @@ pub fn ip_packet(s: &Segment) -> Vec<u8> {
 /// The frame carrying `s` in the framing of `link` (Ethernet frames carry an 802.1Q tag when
 /// `vlan`).
 pub fn frame(link: Link, s: &Segment, vlan: bool) -> Vec<u8> {
-    let ip = ip_packet(s);
-    let et: u16 = if s.src.is_ipv4() && s.dst.is_ipv4() {
-        0x0800
-    } else {
+    wrap(link, &ip_packet(s), vlan)
+}
+
+/// The IP packet `ip` in the framing of `link` (Ethernet frames carry an 802.1Q tag when
+/// `vlan`).
+pub fn wrap(link: Link, ip: &[u8], vlan: bool) -> Vec<u8> {
+    let et: u16 = if ip.first().is_some_and(|b| b >> 4 == 6) {
         0x86dd
+    } else {
+        0x0800
     };
     let mut f = Vec::with_capacity(ip.len() + 24);
     match link {
@@ -243,12 +248,81 @@ pub fn frame(link: Link, s: &Segment, vlan: bool) -> Vec<u8> {
         }
         Link::RawIp => {}
     }
-    f.extend_from_slice(&ip);
+    f.extend_from_slice(ip);
     // Ethernet pads short frames to 60 bytes; the reader must trim by the IP length.
     if link == Link::Ethernet && f.len() < 60 {
         f.resize(60, 0);
     }
     f
+}
+
+/// The IP packet `ip` (IPv4, or IPv6 whose unfragmentable part is its fixed header) split into
+/// fragments with identification `id`, one starting at each of `starts` (offsets into the data
+/// after the header, multiples of 8, the first 0); the last runs to the end of the packet.
+pub fn fragments(ip: &[u8], id: u16, starts: &[usize]) -> Vec<Vec<u8>> {
+    let v6 = ip[0] >> 4 == 6;
+    let hlen = if v6 { 40 } else { (ip[0] & 0x0f) as usize * 4 };
+    let data = &ip[hlen..];
+    let mut out = Vec::with_capacity(starts.len());
+    for (i, &start) in starts.iter().enumerate() {
+        assert!(
+            start.is_multiple_of(8),
+            "fragment offsets are multiples of 8"
+        );
+        let end = starts.get(i + 1).copied().unwrap_or(data.len());
+        let more = i + 1 < starts.len();
+        let piece = &data[start..end];
+        let mut f = ip[..hlen].to_vec();
+        if v6 {
+            f[4..6].copy_from_slice(&((8 + piece.len()) as u16).to_be_bytes());
+            f[6] = 44;
+            let fo = start as u16 | more as u16;
+            f.extend_from_slice(&[ip[6], 0]);
+            f.extend_from_slice(&fo.to_be_bytes());
+            f.extend_from_slice(&(id as u32).to_be_bytes());
+        } else {
+            f[2..4].copy_from_slice(&((hlen + piece.len()) as u16).to_be_bytes());
+            f[4..6].copy_from_slice(&id.to_be_bytes());
+            let fo = (start / 8) as u16 | if more { 0x2000 } else { 0 };
+            f[6..8].copy_from_slice(&fo.to_be_bytes());
+        }
+        f.extend_from_slice(piece);
+        out.push(f);
+    }
+    out
+}
+
+/// Writes IP packets, each with its capture time, as a pcap file in the framing of `link`.
+pub fn write_pcap_packets<W: Write>(
+    out: W,
+    link: Link,
+    packets: &[(u64, Vec<u8>)],
+) -> std::io::Result<W> {
+    let frames = packets.iter().map(|(ts, ip)| (*ts, wrap(link, ip, false)));
+    write_frames(out, link, frames)
+}
+
+/// Writes timed frames of the framing of `link` as a pcap file (nanosecond timestamps).
+fn write_frames<W: Write>(
+    out: W,
+    link: Link,
+    frames: impl Iterator<Item = (u64, Vec<u8>)>,
+) -> std::io::Result<W> {
+    let header = PcapHeader {
+        datalink: datalink(link),
+        ts_resolution: pcap_file::TsResolution::NanoSecond,
+        ..PcapHeader::default()
+    };
+    let mut w = PcapWriter::with_header(out, header).map_err(std::io::Error::other)?;
+    for (ts, f) in frames {
+        w.write_packet(&PcapPacket::new(
+            Duration::from_nanos(ts),
+            f.len() as u32,
+            &f,
+        ))
+        .map_err(std::io::Error::other)?;
+    }
+    Ok(w.into_writer())
 }
 
 /// The pcap link type for a framing.
@@ -268,22 +342,8 @@ pub fn write_pcap<W: Write>(
     segs: &[Segment],
     vlan: bool,
 ) -> std::io::Result<W> {
-    let header = PcapHeader {
-        datalink: datalink(link),
-        ts_resolution: pcap_file::TsResolution::NanoSecond,
-        ..PcapHeader::default()
-    };
-    let mut w = PcapWriter::with_header(out, header).map_err(std::io::Error::other)?;
-    for s in segs {
-        let f = frame(link, s, vlan);
-        w.write_packet(&PcapPacket::new(
-            Duration::from_nanos(s.ts_ns),
-            f.len() as u32,
-            &f,
-        ))
-        .map_err(std::io::Error::other)?;
-    }
-    Ok(w.into_writer())
+    let frames = segs.iter().map(|s| (s.ts_ns, frame(link, s, vlan)));
+    write_frames(out, link, frames)
 }
 
 /// Writes `segs` as a pcapng file: one interface with microsecond timestamps (the pcapng

@@ -1,0 +1,864 @@
+//! IP defragmentation before TCP reassembly, for IPv4 and IPv6 (Fragment extension header).
+//!
+//! A server's kernel reassembles IP fragments before its TCP stack sees them, so a request split
+//! over fragments (a classic way past an IDS) is served. To see what the server sees, this
+//! module reassembles as the Linux receiver does (`net/ipv4/inet_fragment.c`,
+//! `ip_fragment.c`, `ipv6/reassembly.c`):
+//!
+//! - a datagram is keyed by source, destination, identification and (IPv4) protocol; it is
+//!   reassembled from the first fragment's header (IPv6: its unfragmentable part) once the
+//!   first and last fragments are in and no byte is missing;
+//! - a fragment that overlaps what is held drops the whole datagram (Linux since the
+//!   FragmentSmack fixes; RFC 5722 for IPv6); one that only repeats bytes inside a run of
+//!   fragments already held is a duplicate and is dropped alone, as Linux does (runs: fragments
+//!   that arrived each right behind the one before);
+//! - two different ends, data past the end, an empty fragment or a datagram over 65535 bytes
+//!   drop the datagram; an IPv4 fragment that is not the last is cut to a multiple of 8 bytes,
+//!   an IPv6 one that is not a multiple of 8 is dropped;
+//! - a datagram not complete 30 s (stream time) after its first fragment is dropped.
+//!
+//! Memory is bounded: the bytes held (data plus a fixed charge per fragment and per datagram)
+//! are capped globally, the oldest datagrams evicted first, and per datagram. Every drop is
+//! counted in [`DefragStats`].
+//!
+//! Two ways in which this is not the server's kernel: Linux drops new fragments when its memory
+//! is full (it does not evict), and it restarts a queue that fell 64 fragments of its source
+//! behind (`ipfrag_max_dist`); both depend on traffic this process does not see whole.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+/// The largest IP datagram (IPv4 total length, IPv6 payload length; no jumbograms).
+pub const MAX_DATAGRAM: usize = 65535;
+/// Linux's `ipfrag_time`: a datagram is given up this long after its first fragment.
+pub const DEFAULT_TIMEOUT_NS: u64 = 30_000_000_000;
+/// Linux's `ipfrag_high_thresh` (4 MiB).
+pub const DEFAULT_MEM_CAP: usize = 4 << 20;
+/// Bytes one datagram may hold: a whole 64 KiB datagram in fragments of 256 bytes or more.
+pub const DEFAULT_DATAGRAM_CAP: usize = 128 << 10;
+
+/// Bytes charged for each fragment held, on top of its data.
+const FRAGMENT_CHARGE: usize = 64;
+/// Bytes charged for each datagram held, on top of its header and fragments.
+const DATAGRAM_CHARGE: usize = 128;
+
+const PROTO_FRAGMENT: u8 = 44;
+
+/// Limits of the defragmenter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DefragSettings {
+    /// Bytes held over every datagram in progress; past it the oldest datagrams are evicted.
+    pub mem_cap: usize,
+    /// Bytes one datagram may hold; past it the datagram is dropped.
+    pub datagram_cap: usize,
+    /// Nanoseconds of stream time after its first fragment that a datagram is given up.
+    pub timeout_ns: u64,
+}
+
+impl Default for DefragSettings {
+    fn default() -> Self {
+        Self {
+            mem_cap: DEFAULT_MEM_CAP,
+            datagram_cap: DEFAULT_DATAGRAM_CAP,
+            timeout_ns: DEFAULT_TIMEOUT_NS,
+        }
+    }
+}
+
+/// What the defragmenter did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DefragStats {
+    /// Fragments taken in.
+    pub fragments: u64,
+    /// Datagrams reassembled.
+    pub reassembled: u64,
+    /// Datagrams dropped whole for an overlapping fragment.
+    pub overlaps: u64,
+    /// Fragments dropped as duplicates of bytes held (the datagram kept).
+    pub duplicates: u64,
+    /// Datagrams given up incomplete after the timeout.
+    pub timed_out: u64,
+    /// Datagrams evicted, oldest first, to stay under the memory cap.
+    pub evicted: u64,
+    /// Datagrams dropped for being larger than 65535 bytes or the per-datagram cap.
+    pub too_big: u64,
+    /// Datagrams (or fragments) dropped for inconsistent lengths or headers.
+    pub invalid: u64,
+    /// Datagrams in progress now.
+    pub pending: u64,
+    /// Bytes held now (as charged against the memory cap).
+    pub pending_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    src: IpAddr,
+    dst: IpAddr,
+    id: u32,
+    /// IPv4's protocol; 0 for IPv6 (its key is addresses and identification).
+    proto: u8,
+}
+
+/// One fragment, parsed.
+struct Fragment<'a> {
+    key: Key,
+    /// Byte offset of its data in the datagram.
+    offset: usize,
+    /// Offset of the end of its data, by the IP header's lengths.
+    end: usize,
+    /// More fragments follow.
+    more: bool,
+    /// Its data as captured (shorter than `end - offset` when the capture cut it).
+    data: &'a [u8],
+    /// The header to rebuild the datagram with (only read from the first fragment): IPv4's
+    /// header, IPv6's unfragmentable part with the Fragment header's next header patched in.
+    head: &'a [u8],
+    /// IPv6: where in `head` the next-header byte to patch is, and its value.
+    patch: Option<(usize, u8)>,
+    /// IPv6: a first fragment that does not hold every header through the upper-layer one
+    /// (RFC 8200 4.5: discarded).
+    head_incomplete: bool,
+}
+
+struct Piece {
+    end: usize,
+    data: Bytes,
+}
+
+struct Datagram {
+    /// Creation order (eviction and timeouts go oldest first).
+    seq: u64,
+    created_ns: u64,
+    /// Linux's `q.len`: the end of the datagram's data as known so far.
+    len: usize,
+    last_in: bool,
+    /// The first fragment's header, once it is in.
+    head: Option<Vec<u8>>,
+    /// Bytes of data held (by the IP lengths).
+    meat: usize,
+    /// Fragments by offset.
+    pieces: BTreeMap<usize, Piece>,
+    /// Runs of fragments (start -> end): fragments that each arrived right behind the last one.
+    runs: BTreeMap<usize, usize>,
+    /// The run holding the fragment that ends highest, and that end.
+    tail: Option<(usize, usize)>,
+    /// Bytes charged against the caps.
+    charged: usize,
+}
+
+/// Where an inserted fragment goes.
+enum Insert {
+    Added,
+    Duplicate,
+    Overlap,
+}
+
+impl Datagram {
+    fn new(seq: u64, created_ns: u64) -> Self {
+        Self {
+            seq,
+            created_ns,
+            len: 0,
+            last_in: false,
+            head: None,
+            meat: 0,
+            pieces: BTreeMap::new(),
+            runs: BTreeMap::new(),
+            tail: None,
+            charged: DATAGRAM_CHARGE,
+        }
+    }
+
+    /// `inet_frag_queue_insert`: appended to the last run, a run of its own, a duplicate (all
+    /// inside one run) or an overlap (anything else that touches a run).
+    fn insert(&mut self, offset: usize, end: usize) -> Insert {
+        match self.tail {
+            None => {
+                self.runs.insert(offset, end);
+                self.tail = Some((offset, end));
+            }
+            Some((run, tail_end)) if end > tail_end => {
+                if offset < tail_end {
+                    return Insert::Overlap;
+                }
+                if offset == tail_end {
+                    self.runs.insert(run, end);
+                    self.tail = Some((run, end));
+                } else {
+                    self.runs.insert(offset, end);
+                    self.tail = Some((offset, end));
+                }
+            }
+            Some(_) => {
+                // The run with the highest start before `end` is the one that can touch it.
+                if let Some((&start, &run_end)) = self.runs.range(..end).next_back()
+                    && run_end > offset
+                {
+                    return if offset >= start && end <= run_end {
+                        Insert::Duplicate
+                    } else {
+                        Insert::Overlap
+                    };
+                }
+                self.runs.insert(offset, end);
+            }
+        }
+        Insert::Added
+    }
+
+    /// The datagram: the first fragment's header with its lengths set, then the data up to the
+    /// first byte the capture did not keep.
+    fn assemble(&self) -> Vec<u8> {
+        let head = self.head.as_deref().unwrap_or_default();
+        let mut out = Vec::with_capacity(head.len() + self.len);
+        out.extend_from_slice(head);
+        for (offset, p) in &self.pieces {
+            out.extend_from_slice(&p.data);
+            if p.data.len() < p.end - offset {
+                break;
+            }
+        }
+        if head.first().is_some_and(|b| b >> 4 == 4) {
+            let total = (head.len() + self.len) as u16;
+            out[2..4].copy_from_slice(&total.to_be_bytes());
+            // Flags and fragment offset: none.
+            out[6] = 0;
+            out[7] = 0;
+        } else if head.len() >= 40 {
+            let payload = (head.len() - 40 + self.len) as u16;
+            out[4..6].copy_from_slice(&payload.to_be_bytes());
+        }
+        out
+    }
+}
+
+/// Reassembles IP fragments into datagrams (see the module's documentation).
+pub struct Defragmenter {
+    settings: DefragSettings,
+    datagrams: HashMap<Key, Datagram>,
+    /// Creation order -> key.
+    order: BTreeMap<u64, Key>,
+    next_seq: u64,
+    held: usize,
+    stats: DefragStats,
+}
+
+impl Default for Defragmenter {
+    fn default() -> Self {
+        Self::new(DefragSettings::default())
+    }
+}
+
+/// Why a datagram is dropped.
+#[derive(Clone, Copy)]
+enum Drop {
+    Overlap,
+    TimedOut,
+    Evicted,
+    TooBig,
+    Invalid,
+}
+
+impl Defragmenter {
+    /// A defragmenter with these limits (a per-datagram cap above the global one is the global
+    /// one).
+    pub fn new(mut settings: DefragSettings) -> Self {
+        settings.datagram_cap = settings.datagram_cap.min(settings.mem_cap);
+        Self {
+            settings,
+            datagrams: HashMap::new(),
+            order: BTreeMap::new(),
+            next_seq: 0,
+            held: 0,
+            stats: DefragStats::default(),
+        }
+    }
+
+    /// Counters (with the datagrams and bytes held now).
+    pub fn stats(&self) -> DefragStats {
+        DefragStats {
+            pending: self.datagrams.len() as u64,
+            pending_bytes: self.held as u64,
+            ..self.stats.clone()
+        }
+    }
+
+    /// True when `ip` (an IP packet from its header on) is a fragment: IPv4 with More Fragments
+    /// or an offset, IPv6 with a Fragment header that is not an atomic fragment.
+    pub fn is_fragment(ip: &[u8]) -> bool {
+        match ip.first().map(|b| b >> 4) {
+            Some(4) => ip.len() >= 20 && u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0,
+            Some(6) => parse_v6(ip).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Moves stream time on: datagrams whose first fragment came `timeout` or longer before
+    /// `now_ns` are given up.
+    pub fn advance(&mut self, now_ns: u64) {
+        while let Some((_, key)) = self.order.first_key_value() {
+            let key = *key;
+            let d = &self.datagrams[&key];
+            if now_ns < d.created_ns.saturating_add(self.settings.timeout_ns) {
+                break;
+            }
+            self.drop_datagram(&key, Drop::TimedOut);
+        }
+    }
+
+    /// Takes one IP packet (from its header on; link padding after it and a capture that cut
+    /// it short are fine) captured at `ts_ns`. Returns the reassembled datagram when this
+    /// fragment completed one. A packet that is not a fragment is ignored.
+    pub fn push(&mut self, ip: &[u8], ts_ns: u64) -> Option<Vec<u8>> {
+        self.advance(ts_ns);
+        let frag = match ip.first().map(|b| b >> 4) {
+            Some(4) => parse_v4(ip),
+            Some(6) => parse_v6(ip),
+            _ => None,
+        };
+        let Some(mut f) = frag else {
+            if Self::is_fragment(ip) {
+                self.stats.fragments += 1;
+                self.stats.invalid += 1;
+            }
+            return None;
+        };
+        self.stats.fragments += 1;
+        let v6 = f.patch.is_some();
+        if !v6 && f.more && f.end & 7 != 0 {
+            // IPv4: a fragment that is not the last is cut to a multiple of 8 bytes.
+            f.end &= !7;
+            f.data = &f.data[..f.data.len().min(f.end.saturating_sub(f.offset))];
+        }
+        if v6 && f.more && f.end & 7 != 0 {
+            // IPv6: dropped alone (Linux answers with a parameter problem).
+            self.stats.invalid += 1;
+            return None;
+        }
+        if v6 && (f.end > MAX_DATAGRAM || f.head_incomplete) {
+            self.stats.invalid += 1;
+            return None;
+        }
+        let key = f.key;
+        if !self.datagrams.contains_key(&key) {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.datagrams.insert(key, Datagram::new(seq, ts_ns));
+            self.order.insert(seq, key);
+            self.held += DATAGRAM_CHARGE;
+        }
+        let d = self.datagrams.get_mut(&key).expect("inserted above");
+        // The ends: the last fragment sets it; nothing may lie past it or disagree with it.
+        if !f.more {
+            if f.end < d.len || (d.last_in && f.end != d.len) {
+                self.drop_datagram(&key, Drop::Invalid);
+                return None;
+            }
+            d.last_in = true;
+            d.len = f.end;
+        } else if f.end > d.len {
+            if d.last_in {
+                self.drop_datagram(&key, Drop::Invalid);
+                return None;
+            }
+            d.len = f.end;
+        }
+        if f.end == f.offset {
+            self.drop_datagram(&key, Drop::Invalid);
+            return None;
+        }
+        match d.insert(f.offset, f.end) {
+            Insert::Added => {}
+            Insert::Duplicate => {
+                self.stats.duplicates += 1;
+                return None;
+            }
+            Insert::Overlap => {
+                self.drop_datagram(&key, Drop::Overlap);
+                return None;
+            }
+        }
+        let head_len = if f.offset == 0 { f.head.len() } else { 0 };
+        let charge = FRAGMENT_CHARGE + f.data.len() + head_len;
+        if d.charged + charge > self.settings.datagram_cap {
+            self.drop_datagram(&key, Drop::TooBig);
+            return None;
+        }
+        d.charged += charge;
+        d.meat += f.end - f.offset;
+        d.pieces.insert(
+            f.offset,
+            Piece {
+                end: f.end,
+                data: Bytes::copy_from_slice(f.data),
+            },
+        );
+        if f.offset == 0 {
+            let mut head = f.head.to_vec();
+            if let Some((at, nh)) = f.patch {
+                head[at] = nh;
+            }
+            d.head = Some(head);
+        }
+        let complete = d.head.is_some() && d.last_in && d.meat == d.len;
+        let size = d.head.as_ref().map_or(0, Vec::len) + d.len;
+        let v6_head = d.head.as_ref().map_or(0, |h| h.len().saturating_sub(40));
+        self.held += charge;
+        if complete {
+            // IPv4's total length covers the header; IPv6's payload length the extension
+            // headers, not the fixed 40 bytes.
+            let over = if v6 {
+                v6_head + d.len > MAX_DATAGRAM
+            } else {
+                size > MAX_DATAGRAM
+            };
+            if over {
+                self.drop_datagram(&key, Drop::TooBig);
+                return None;
+            }
+            let out = d.assemble();
+            self.remove(&key);
+            self.stats.reassembled += 1;
+            return Some(out);
+        }
+        // Under the global cap: the oldest datagrams go first (this one last).
+        while self.held > self.settings.mem_cap {
+            let Some((_, oldest)) = self.order.first_key_value() else {
+                break;
+            };
+            let oldest = *oldest;
+            self.drop_datagram(&oldest, Drop::Evicted);
+        }
+        None
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Datagram> {
+        let d = self.datagrams.remove(key)?;
+        self.order.remove(&d.seq);
+        self.held -= d.charged;
+        Some(d)
+    }
+
+    fn drop_datagram(&mut self, key: &Key, why: Drop) {
+        if self.remove(key).is_none() {
+            return;
+        }
+        let c = match why {
+            Drop::Overlap => &mut self.stats.overlaps,
+            Drop::TimedOut => &mut self.stats.timed_out,
+            Drop::Evicted => &mut self.stats.evicted,
+            Drop::TooBig => &mut self.stats.too_big,
+            Drop::Invalid => &mut self.stats.invalid,
+        };
+        *c += 1;
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// An IPv4 fragment (More Fragments or an offset), or `None`.
+fn parse_v4(ip: &[u8]) -> Option<Fragment<'_>> {
+    if ip.len() < 20 {
+        return None;
+    }
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    let total = be16(ip, 2) as usize;
+    let frag = be16(ip, 6);
+    if frag & 0x3fff == 0 || ihl < 20 || total < ihl || ip.len() < ihl {
+        return None;
+    }
+    let offset = (frag & 0x1fff) as usize * 8;
+    let held = ip.len().min(total);
+    Some(Fragment {
+        key: Key {
+            src: IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15])),
+            dst: IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19])),
+            id: be16(ip, 4) as u32,
+            proto: ip[9],
+        },
+        offset,
+        end: offset + total - ihl,
+        more: frag & 0x2000 != 0,
+        data: &ip[ihl..held],
+        head: &ip[..ihl],
+        patch: None,
+        head_incomplete: false,
+    })
+}
+
+/// An IPv6 fragment (a Fragment header that is not an atomic fragment), or `None`.
+fn parse_v6(ip: &[u8]) -> Option<Fragment<'_>> {
+    if ip.len() < 40 {
+        return None;
+    }
+    let payload_len = be16(ip, 4) as usize;
+    if payload_len == 0 {
+        return None;
+    }
+    let end_of_packet = 40 + payload_len;
+    let mut nh = ip[6];
+    // Where the byte naming the current header sits.
+    let mut nh_at = 6;
+    let mut off = 40;
+    loop {
+        match nh {
+            // Hop-by-hop, routing, destination options: (len + 1) * 8; AH: (len + 2) * 4.
+            0 | 43 | 60 | 51 => {
+                let len = *ip.get(off + 1)? as usize;
+                let size = if nh == 51 {
+                    (len + 2) * 4
+                } else {
+                    (len + 1) * 8
+                };
+                nh = *ip.get(off)?;
+                nh_at = off;
+                off += size;
+            }
+            PROTO_FRAGMENT => break,
+            _ => return None,
+        }
+        if off + 8 > end_of_packet {
+            return None;
+        }
+    }
+    let fh = ip.get(off..off + 8)?;
+    let fo = be16(fh, 2);
+    if fo & 0xfff9 == 0 {
+        // An atomic fragment: a whole datagram.
+        return None;
+    }
+    let offset = (fo & 0xfff8) as usize;
+    let data_start = off + 8;
+    if end_of_packet < data_start {
+        return None;
+    }
+    let held = ip.len().min(end_of_packet);
+    let addr = |at: usize| {
+        let a: [u8; 16] = ip[at..at + 16].try_into().expect("16 bytes");
+        IpAddr::V6(Ipv6Addr::from(a))
+    };
+    Some(Fragment {
+        key: Key {
+            src: addr(8),
+            dst: addr(24),
+            id: u32::from_be_bytes(fh[4..8].try_into().expect("4 bytes")),
+            proto: 0,
+        },
+        offset,
+        end: offset + end_of_packet - data_start,
+        more: fo & 1 != 0,
+        data: ip.get(data_start..held).unwrap_or_default(),
+        head: &ip[..off],
+        patch: Some((nh_at, fh[0])),
+        head_incomplete: offset == 0 && upper_layer_cut(ip, data_start, fh[0], end_of_packet),
+    })
+}
+
+/// True when the headers from `off` on (the first of them `nh`) end in an upper-layer header
+/// that does not fit before `end`: Linux's `ipv6frag_thdr_truncated` (TCP needs its 20 bytes,
+/// UDP 8, ICMPv6 4, anything else one). A chain it cannot walk is not judged.
+fn upper_layer_cut(ip: &[u8], mut off: usize, mut nh: u8, end: usize) -> bool {
+    for _ in 0..64 {
+        let size = match nh {
+            0 | 43 | 60 => (*ip.get(off + 1).unwrap_or(&0) as usize + 1) * 8,
+            51 => (*ip.get(off + 1).unwrap_or(&0) as usize + 2) * 4,
+            PROTO_FRAGMENT => {
+                if ip.len() < off + 4 || be16(ip, off + 2) & 0xfff8 != 0 {
+                    return false;
+                }
+                8
+            }
+            // No next header.
+            59 => return false,
+            6 => return off + 20 > end,
+            17 => return off + 8 > end,
+            58 => return off + 4 > end,
+            _ => return off + 1 > end,
+        };
+        let Some(&next) = ip.get(off) else {
+            return false;
+        };
+        nh = next;
+        off += size;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::synth::fragments;
+
+    const T0: u64 = 1_700_000_000_000_000_000;
+
+    /// An IPv4 datagram (protocol TCP, arbitrary bytes) with `len` bytes after its header.
+    fn v4_datagram(len: usize) -> Vec<u8> {
+        let mut p = vec![
+            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0, 198, 18, 0, 100, 198, 18, 0, 1,
+        ];
+        let total = (20 + len) as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p.extend((0..len).map(|i| (i % 251) as u8));
+        p
+    }
+
+    fn v6_datagram(len: usize) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&((8 + len) as u16).to_be_bytes());
+        // Destination options, then TCP; fragmented, both are in the fragmentable part.
+        p.extend_from_slice(&[60, 64]);
+        p.extend_from_slice(&"2001:db8::100".parse::<Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+        p.extend((0..len).map(|i| (i % 251) as u8));
+        p
+    }
+
+    /// `dgram` as reassembled from fragments with identification `id`: IPv4 keeps the first
+    /// fragment's header, with its identification and without flags; IPv6 is as it was.
+    fn whole(dgram: &[u8], id: u16) -> Vec<u8> {
+        let mut d = dgram.to_vec();
+        if d[0] >> 4 == 4 {
+            d[4..6].copy_from_slice(&id.to_be_bytes());
+            d[6..8].copy_from_slice(&[0, 0]);
+        }
+        d
+    }
+
+    fn push_all(d: &mut Defragmenter, frags: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        frags
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| d.push(f, T0 + i as u64))
+            .collect()
+    }
+
+    #[test]
+    fn in_order_and_out_of_order_fragments_give_the_datagram_back() {
+        for v6 in [false, true] {
+            let dgram = if v6 {
+                v6_datagram(3000)
+            } else {
+                v4_datagram(3000)
+            };
+            let frags = fragments(&dgram, 77, &[0, 1200, 2400]);
+            assert_eq!(frags.len(), 3);
+            assert!(frags.iter().all(|f| Defragmenter::is_fragment(f)));
+            assert!(!Defragmenter::is_fragment(&dgram));
+            for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]] {
+                let mut d = Defragmenter::default();
+                let shuffled: Vec<Vec<u8>> = order.iter().map(|&i| frags[i].clone()).collect();
+                let out = push_all(&mut d, &shuffled);
+                assert_eq!(out, vec![whole(&dgram, 77)], "v6={v6} order {order:?}");
+                let st = d.stats();
+                assert_eq!((st.fragments, st.reassembled, st.pending), (3, 1, 0));
+                assert_eq!(st.pending_bytes, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn duplicates_inside_a_run_are_dropped_alone() {
+        let dgram = v4_datagram(2400);
+        let frags = fragments(&dgram, 1, &[0, 800, 1600]);
+        let mut d = Defragmenter::default();
+        let input = vec![
+            frags[0].clone(),
+            frags[0].clone(),
+            frags[1].clone(),
+            frags[1].clone(),
+            frags[2].clone(),
+        ];
+        assert_eq!(push_all(&mut d, &input), vec![whole(&dgram, 1)]);
+        assert_eq!(d.stats().duplicates, 2);
+        assert_eq!(d.stats().overlaps, 0);
+    }
+
+    #[test]
+    fn a_duplicate_with_other_bytes_is_still_a_duplicate_and_the_first_bytes_win() {
+        // Linux keeps what it got first: a repeat of the same range is dropped whatever it says.
+        let dgram = v4_datagram(1600);
+        let frags = fragments(&dgram, 1, &[0, 800]);
+        let mut evil = frags[1].clone();
+        let n = evil.len();
+        evil[n - 10..].copy_from_slice(b"' OR 1=1--");
+        let mut d = Defragmenter::default();
+        let out = push_all(&mut d, &[frags[1].clone(), evil, frags[0].clone()]);
+        assert_eq!(out, vec![whole(&dgram, 1)]);
+    }
+
+    #[test]
+    fn an_overlapping_fragment_drops_the_whole_datagram() {
+        for v6 in [false, true] {
+            let dgram = if v6 {
+                v6_datagram(2400)
+            } else {
+                v4_datagram(2400)
+            };
+            let frags = fragments(&dgram, 9, &[0, 800, 1600]);
+            // A fragment over [400, 1200): across the first fragment's end.
+            let over = fragments(&dgram, 9, &[0, 400, 1200, 1600])[1].clone();
+            let mut d = Defragmenter::default();
+            let out = push_all(
+                &mut d,
+                &[frags[0].clone(), over, frags[1].clone(), frags[2].clone()],
+            );
+            assert!(out.is_empty(), "v6={v6}");
+            let st = d.stats();
+            assert_eq!(st.overlaps, 1, "v6={v6}");
+            // The fragments after the drop start a datagram of their own, never completed.
+            assert_eq!((st.reassembled, st.pending), (0, 1));
+        }
+    }
+
+    #[test]
+    fn a_repeat_inside_one_run_is_a_duplicate_across_two_runs_an_overlap() {
+        let dgram = v4_datagram(2400);
+        let frags = fragments(&dgram, 3, &[0, 800, 1600]);
+        let wide = fragments(&dgram, 3, &[0, 1600])[0].clone();
+        // In order, [0,800) and [800,1600) make one run: [0,1600) repeats it.
+        let mut d = Defragmenter::default();
+        let out = push_all(&mut d, &[frags[0].clone(), frags[1].clone(), wide.clone()]);
+        assert!(out.is_empty());
+        assert_eq!((d.stats().duplicates, d.stats().overlaps), (1, 0));
+        assert!(d.push(&frags[2], T0 + 10).is_some());
+        // Out of order, [0,800) is a run of its own before [800,1600)'s: Linux calls the same
+        // bytes an overlap, and so does this.
+        let mut d = Defragmenter::default();
+        let out = push_all(&mut d, &[frags[1].clone(), frags[0].clone(), wide]);
+        assert!(out.is_empty());
+        assert_eq!((d.stats().duplicates, d.stats().overlaps), (0, 1));
+    }
+
+    #[test]
+    fn incomplete_datagrams_time_out_in_stream_time() {
+        let dgram = v4_datagram(1600);
+        let frags = fragments(&dgram, 5, &[0, 800]);
+        let mut d = Defragmenter::default();
+        assert!(d.push(&frags[0], T0).is_none());
+        // 29.9 s later the datagram still completes.
+        assert!(d.push(&frags[1], T0 + 29_900_000_000).is_some());
+        assert!(d.push(&frags[0], T0 + 30_000_000_000).is_none());
+        // 30 s after its first fragment, it is gone.
+        assert!(d.push(&frags[1], T0 + 60_000_000_000).is_none());
+        let st = d.stats();
+        assert_eq!((st.reassembled, st.timed_out, st.pending), (1, 1, 1));
+        d.advance(T0 + 90_000_000_000);
+        assert_eq!((d.stats().timed_out, d.stats().pending), (2, 0));
+        assert_eq!(d.stats().pending_bytes, 0);
+    }
+
+    #[test]
+    fn the_global_cap_evicts_the_oldest_datagrams_first() {
+        let mut d = Defragmenter::new(DefragSettings {
+            mem_cap: 10_000,
+            datagram_cap: 10_000,
+            timeout_ns: DEFAULT_TIMEOUT_NS,
+        });
+        // Ten datagrams of which only the first 1200 bytes arrive: about 1400 bytes each.
+        let mut firsts = Vec::new();
+        for id in 0..10u16 {
+            let f = fragments(&v4_datagram(2400), id, &[0, 1200]);
+            assert!(d.push(&f[0], T0 + id as u64).is_none());
+            firsts.push(f);
+        }
+        let st = d.stats();
+        assert!(st.pending_bytes <= 10_000, "{st:?}");
+        assert!(st.evicted >= 3, "{st:?}");
+        assert_eq!(st.pending + st.evicted, 10);
+        // The oldest were evicted: the first datagram cannot complete, the last can.
+        assert!(d.push(&firsts[0][1], T0 + 20).is_none());
+        assert!(d.push(&firsts[9][1], T0 + 21).is_some());
+    }
+
+    #[test]
+    fn the_per_datagram_cap_and_the_64k_limit_drop_a_datagram() {
+        // Tiny fragments charge more than their data: 2000 fragments of 8 bytes.
+        let dgram = v4_datagram(16_000);
+        let cuts: Vec<usize> = (0..2000).map(|i| i * 8).collect();
+        let frags = fragments(&dgram, 1, &cuts);
+        let mut d = Defragmenter::default();
+        assert!(push_all(&mut d, &frags).is_empty());
+        assert_eq!(d.stats().too_big, 1);
+        // A last fragment at offset 65528 with 100 bytes: over 65535 once complete.
+        let mut d = Defragmenter::default();
+        let big = v4_datagram(65_528 + 100);
+        let frags = fragments(&big, 2, &[0, 32_768, 65_528]);
+        assert!(push_all(&mut d, &frags).is_empty());
+        assert_eq!((d.stats().too_big, d.stats().pending), (1, 0));
+    }
+
+    #[test]
+    fn inconsistent_ends_drop_the_datagram() {
+        let dgram = v4_datagram(2400);
+        let frags = fragments(&dgram, 4, &[0, 800, 1600]);
+        let short = fragments(&v4_datagram(2000), 4, &[0, 800, 1600]);
+        let mut d = Defragmenter::default();
+        // Two last fragments that end differently.
+        assert!(push_all(&mut d, &[frags[2].clone(), short[2].clone()]).is_empty());
+        assert_eq!(d.stats().invalid, 1);
+    }
+
+    #[test]
+    fn a_fragment_cut_by_the_capture_gives_a_datagram_cut_there() {
+        let dgram = v4_datagram(2400);
+        let mut frags = fragments(&dgram, 6, &[0, 800, 1600]);
+        frags[1].truncate(20 + 500);
+        let mut d = Defragmenter::default();
+        let out = push_all(&mut d, &frags);
+        assert_eq!(out.len(), 1);
+        // The header says 2420 bytes; 20 + 800 + 500 were kept.
+        assert_eq!(be16(&out[0], 2), 2420);
+        assert_eq!(out[0].len(), 20 + 800 + 500);
+        assert_eq!(&out[0][20..], &dgram[20..20 + 1300]);
+    }
+
+    #[test]
+    fn ipv6_fragments_not_a_multiple_of_8_are_dropped_alone() {
+        let dgram = v6_datagram(2400);
+        let mut frags = fragments(&dgram, 8, &[0, 800]);
+        // The first fragment four bytes short: 796 bytes, and more to come.
+        let n = frags[0].len();
+        frags[0].truncate(n - 4);
+        let plen = be16(&frags[0], 4) - 4;
+        frags[0][4..6].copy_from_slice(&plen.to_be_bytes());
+        let mut d = Defragmenter::default();
+        assert!(push_all(&mut d, &frags).is_empty());
+        assert_eq!((d.stats().invalid, d.stats().pending), (1, 1));
+    }
+
+    #[test]
+    fn an_ipv6_first_fragment_without_the_whole_tcp_header_is_dropped() {
+        // The destination options (8 bytes) and 12 of TCP's 20: RFC 8200 says discard, and
+        // Linux does; an IPv4 first fragment of 8 bytes of TCP is taken (Linux does too).
+        let dgram = v6_datagram(100);
+        let frags = fragments(&dgram, 8, &[0, 24]);
+        let mut d = Defragmenter::default();
+        assert!(push_all(&mut d, &frags).is_empty());
+        assert_eq!((d.stats().invalid, d.stats().pending), (1, 1));
+        let frags = fragments(&dgram, 8, &[0, 32]);
+        let mut d = Defragmenter::default();
+        assert_eq!(push_all(&mut d, &frags), vec![dgram]);
+        let dgram = v4_datagram(100);
+        let frags = fragments(&dgram, 8, &[0, 8]);
+        let mut d = Defragmenter::default();
+        assert_eq!(push_all(&mut d, &frags), vec![whole(&dgram, 8)]);
+    }
+
+    #[test]
+    fn ipv4_fragments_not_a_multiple_of_8_are_cut_to_one() {
+        let dgram = v4_datagram(1600);
+        let mut frags = fragments(&dgram, 8, &[0, 800]);
+        // Four bytes more on the first fragment: cut off again, the datagram completes.
+        frags[0].extend_from_slice(b"XXXX");
+        let total = be16(&frags[0], 2) + 4;
+        frags[0][2..4].copy_from_slice(&total.to_be_bytes());
+        let mut d = Defragmenter::default();
+        assert_eq!(push_all(&mut d, &frags), vec![whole(&dgram, 8)]);
+    }
+}
