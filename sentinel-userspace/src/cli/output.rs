@@ -124,9 +124,10 @@ pub fn status(s: &StatusReport, json: bool) {
         );
         let k = |n: &str| c.kernel.get(n).copied().unwrap_or(0);
         println!(
-            "  kernel: {} segments ({} bytes), {} lost to a full ring buffer, {} truncated, {} malformed, {} copy failures, {} TCP packets not followed (IP fragments, headers out of reach)",
+            "  kernel: {} segments ({} bytes; {} of them IP fragments), {} lost to a full ring buffer, {} truncated, {} malformed, {} copy failures, {} TCP packets not followed (fragments ahead of their first, headers out of reach)",
             k("captured"),
             k("bytes"),
+            k("fragments"),
             k("ring_full"),
             k("truncated"),
             k("malformed"),
@@ -139,6 +140,17 @@ pub fn status(s: &StatusReport, json: bool) {
             u("records"),
             u("decode_errors"),
             u("wakeups")
+        );
+        println!(
+            "  IP fragments: {} datagrams reassembled, {} pending; dropped: {} overlapping, {} timed out, {} evicted (memory cap), {} too big, {} invalid; {} duplicate fragments",
+            u("defrag_reassembled"),
+            u("defrag_pending"),
+            u("defrag_overlaps"),
+            u("defrag_timed_out"),
+            u("defrag_evicted"),
+            u("defrag_too_big"),
+            u("defrag_invalid"),
+            u("defrag_duplicates")
         );
     }
     if let Some(a) = &s.analysis {
