@@ -1,6 +1,6 @@
 //! The capture contract: what the TC programs copy into the ring buffer for each TCP segment on
-//! the HTTP ports (and for each IP fragment of a datagram to those ports), and the maps that
-//! configure them.
+//! the HTTP ports (and for IP fragments that may belong to a datagram to those ports), and the
+//! maps that configure them.
 //!
 //! Records come in two kinds, told apart by [`CAP_FLAG_IP_PACKET`]: a TCP segment's metadata and
 //! payload, or an IP fragment whole from its IP header on. The programs and their reader are
@@ -20,9 +20,6 @@ pub mod names {
     pub const CONFIG: &str = "SN_CAP_CONFIG";
     /// Per-CPU array of `u64` indexed by [`CaptureCounter`](crate::CaptureCounter).
     pub const COUNTERS: &str = "SN_CAP_COUNTERS";
-    /// LRU hash of [`FragKey`](crate::FragKey) -> `u8`: the IP datagrams whose first fragment
-    /// was captured, so that their later fragments are captured too.
-    pub const FRAGS: &str = "SN_CAP_FRAGS";
     /// TC ingress program.
     pub const PROG_INGRESS: &str = "sentinel_tc_ingress";
     /// TC egress program.
@@ -31,7 +28,7 @@ pub mod names {
     pub const PROG_REFERENCE: &str = "sentinel_tc_reference";
 
     /// Every capture map.
-    pub const ALL: &[&str] = &[RING, PORTS, CONFIG, COUNTERS, FRAGS];
+    pub const ALL: &[&str] = &[RING, PORTS, CONFIG, COUNTERS];
 }
 
 /// Default ring buffer size in bytes (a power of two, a multiple of the page size).
@@ -40,9 +37,6 @@ pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 pub const DEFAULT_SNAP_LEN: u32 = 2048;
 /// Largest snap length the programs support (the biggest record class).
 pub const MAX_SNAP_LEN: u32 = 8192;
-
-/// Datagrams whose fragments the TC programs follow at once (LRU: the oldest are forgotten).
-pub const FRAGS_MAX: u32 = 4096;
 
 /// Payload sizes of the record classes: a record reserves the smallest class that holds the
 /// copied bytes (the ring buffer needs constant reservation sizes).
@@ -95,25 +89,6 @@ pub struct CaptureHeader {
 }
 const _: () = assert!(size_of::<CaptureHeader>() == 72);
 
-/// Key of [`names::FRAGS`]: an IP datagram, as the receiver reassembles it (IPv4: addresses,
-/// identification, protocol; IPv6: addresses and the Fragment header's identification, with
-/// `proto` 0).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FragKey {
-    /// Source address (IPv4 mapped).
-    pub src: AddrKey,
-    /// Destination address.
-    pub dst: AddrKey,
-    /// Identification (IPv4's 16 bits or IPv6's 32), host order.
-    pub id: u32,
-    /// IPv4's protocol; 0 for IPv6.
-    pub proto: u8,
-    /// Explicit padding.
-    pub _pad: [u8; 3],
-}
-const _: () = assert!(size_of::<FragKey>() == 40);
-
 /// Capture configuration written by userspace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -163,13 +138,13 @@ pub enum CaptureCounter {
     LoadFailed = 4,
     /// Payload bytes written to the ring buffer.
     Bytes = 5,
-    /// TCP packets the capture cannot follow: without a readable transport header (IP
-    /// fragments after the first, which the kernel reassembles only after TC, or a header past
-    /// what the parser reads), except the fragments of datagrams whose first fragment was
-    /// captured ([`CaptureCounter::Fragments`]). Their bytes never reach the reassembler.
+    /// TCP packets the capture cannot follow: without a readable transport header (a header
+    /// past what the parser reads, or a first fragment too short to hold the ports). Their
+    /// bytes never reach the reassembler.
     Unfollowed = 6,
     /// IP fragments captured whole for userspace to reassemble: first fragments of TCP on the
-    /// HTTP ports and the later fragments of their datagrams (also counted in `Captured`).
+    /// HTTP ports, and every later fragment of TCP (IPv6: every later fragment), whose ports
+    /// only the first fragment holds (also counted in `Captured`).
     Fragments = 7,
 }
 
@@ -209,7 +184,6 @@ mod pod {
     // SAFETY: `#[repr(C)]`, explicit padding, integer fields only.
     unsafe impl aya::Pod for CaptureHeader {}
     unsafe impl aya::Pod for CaptureConfig {}
-    unsafe impl aya::Pod for FragKey {}
 }
 
 #[cfg(test)]

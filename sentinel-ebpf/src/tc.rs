@@ -5,10 +5,12 @@
 //!
 //! IP fragments: the kernel reassembles them only after TC, so a request split over fragments
 //! would pass unseen. A first fragment of TCP on the HTTP ports is captured whole (from its IP
-//! header) and its datagram remembered in `SN_CAP_FRAGS`; the later fragments of a remembered
-//! datagram are captured whole too, and userspace reassembles them. A later fragment that comes
-//! before its first, or of a datagram forgotten, is counted as unfollowed. Unfragmented TCP
-//! never reaches this path (the fast path declines fragments by the same test as before).
+//! header), and so is every later fragment of TCP (IPv6: every later fragment), whatever its
+//! datagram: only the first fragment holds the ports, and it may come last (Linux reassembles a
+//! datagram sent last fragment first; a map of first fragments seen would miss it, and could be
+//! flushed). Userspace reassembles them and drops the datagrams whose first fragment is not
+//! captured when they time out. Unfragmented TCP never reaches this path (the fast path
+//! declines fragments by the same test as before).
 //!
 //! The programs never change a packet's fate: they always return `TC_ACT_OK`. Failures (ring
 //! full, a copy that fails, unparseable headers) are counted in `SN_CAP_COUNTERS`.
@@ -19,15 +21,15 @@ use aya_ebpf::{
     bindings::TC_ACT_OK,
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use sentinel_common::{
     CAP_FLAG_EGRESS, CAP_FLAG_IP_PACKET, CAP_FLAG_TS_REALTIME, CaptureConfig, CaptureCounter,
-    CaptureHeader, DEFAULT_RING_BYTES, FRAGS_MAX, FragKey, MAX_SNAP_LEN,
+    CaptureHeader, DEFAULT_RING_BYTES, MAX_SNAP_LEN,
 };
 
-use crate::parse::{self, FRAG_FIRST, FRAG_LATER, FRAG_NONE, IPPROTO_TCP, Packet, ptr_at};
+use crate::parse::{self, FRAG_FIRST, FRAG_NONE, IPPROTO_TCP, Packet, ptr_at};
 
 #[map]
 static SN_CAPTURE: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -37,8 +39,6 @@ static SN_CAP_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 static SN_CAP_CONFIG: Array<CaptureConfig> = Array::with_max_entries(1, 0);
 #[map]
 static SN_CAP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CaptureCounter::COUNT, 0);
-#[map]
-static SN_CAP_FRAGS: LruHashMap<FragKey, u8> = LruHashMap::with_max_entries(FRAGS_MAX, 0);
 
 /// Wake the consumer once per 2^17 bytes (128 KiB) of payload written by one CPU when userspace
 /// did not say (`CaptureConfig::wakeup_shift`). A wakeup per record (the ring buffer's default)
@@ -236,41 +236,27 @@ fn snapped(wire_len: u32) -> (u32, u32) {
     }
 }
 
-/// An IP fragment (never taken by the fast path): a first fragment of TCP on the HTTP ports is
-/// remembered and captured whole, as is a later fragment of a remembered datagram; a later
-/// fragment of TCP not remembered is counted as unfollowed.
+/// An IP fragment (never taken by the fast path), captured whole: a first fragment of TCP on the
+/// HTTP ports, and any later fragment of TCP. IPv4 keys a datagram by its protocol, so a later
+/// fragment of another protocol is another datagram; IPv6's later fragments carry no
+/// upper-layer protocol the receiver reads (the Fragment header's Next Header is the first
+/// fragment's), so all of them are taken.
 #[inline(never)]
 fn fragment(ctx: &TcContext, pkt: &Packet, cap_flags: u8) {
-    // IPv4 keys a datagram by its protocol too; IPv6 by addresses and identification alone (a
-    // later fragment's Next Header means nothing to the receiver).
-    let v4 = !pkt.ipv6;
-    let proto = if v4 { pkt.proto } else { 0 };
-    // Built with word stores (see `store_words`): both addresses, then the identification,
-    // the protocol and zero padding as one little-endian word.
-    let words: [u64; 5] = [
-        pkt.src[0],
-        pkt.src[1],
-        pkt.dst[0],
-        pkt.dst[1],
-        pkt.frag_id as u64 | (proto as u64) << 32,
-    ];
-    // SAFETY: `FragKey` is 40 bytes of plain integers laid out as above (`src`, `dst`, `id`,
-    // `proto`, 3 bytes of padding), with an alignment (4) that the words' (8) satisfies.
-    let key = unsafe { &*(&words as *const [u64; 5]).cast::<FragKey>() };
     let (src_port, dst_port) = if pkt.frag == FRAG_FIRST {
-        if pkt.proto != IPPROTO_TCP || (!port_wanted(pkt.dst_port) && !port_wanted(pkt.src_port)) {
+        // Ports are never 0 in TCP: 0 and 0 is a header the parser did not reach (an IPv6
+        // chain not followed to its end, a first fragment too short), which userspace reads
+        // once the datagram is whole.
+        let ports_known = pkt.src_port != 0 || pkt.dst_port != 0;
+        let wanted = port_wanted(pkt.dst_port) || port_wanted(pkt.src_port);
+        if ports_known && (pkt.proto != IPPROTO_TCP || !wanted)
+            || !ports_known && !pkt.ipv6 && pkt.proto != IPPROTO_TCP
+        {
             return;
-        }
-        if SN_CAP_FRAGS.insert(key, &1, 0).is_err() {
-            count(CaptureCounter::Malformed, 1);
         }
         (pkt.src_port, pkt.dst_port)
     } else {
-        // SAFETY: the value is not read.
-        if unsafe { SN_CAP_FRAGS.get(key) }.is_none() {
-            if pkt.proto == IPPROTO_TCP || (!v4 && pkt.frag == FRAG_LATER) {
-                count(CaptureCounter::Unfollowed, 1);
-            }
+        if !pkt.ipv6 && pkt.proto != IPPROTO_TCP {
             return;
         }
         (0, 0)
@@ -302,14 +288,6 @@ fn fragment(ctx: &TcContext, pkt: &Packet, cap_flags: u8) {
     count(CaptureCounter::Fragments, 1);
     emit_class(ctx, &hdr, l3_off as u32, cap, shift);
 }
-
-// The word layout `fragment` builds its key with.
-const _: () = assert!(
-    core::mem::offset_of!(FragKey, dst) == 16
-        && core::mem::offset_of!(FragKey, id) == 32
-        && core::mem::offset_of!(FragKey, proto) == 36
-        && core::mem::size_of::<FragKey>() == 40
-);
 
 /// The segment's time: the skb's own timestamp when it has one in a clock userspace can map
 /// (monotonic: TCP's earliest departure time on egress, kept across a veth into the peer's

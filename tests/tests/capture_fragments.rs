@@ -179,8 +179,8 @@ fn send_raw(dst: IpAddr, frags: &[Vec<u8>]) -> std::io::Result<()> {
     result
 }
 
-/// Connects to `server`, sends `request` as IP fragments starting at `starts`, the last one
-/// first, and returns the response's status line.
+/// Connects to `server`, sends `request` as IP fragments starting at `starts`, in reverse
+/// order, and returns the response's status line.
 fn fragmented_exchange(
     client: IpAddr,
     server: SocketAddr,
@@ -194,8 +194,9 @@ fn fragmented_exchange(
     let (seq, ack) = queue_unsent(&s, &request)?;
     let ip = packet(local, server, seq, ack, &request);
     let mut frags = synth::fragments(&ip, 0x5eed, &starts);
-    // Out of order after the first (the one that names the ports).
-    frags[1..].reverse();
+    // The last first, and the first (the only one that names the ports) last: Linux
+    // reassembles the datagram all the same.
+    frags.reverse();
     send_raw(server.ip(), &frags)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut buf = Vec::new();
