@@ -317,14 +317,7 @@ pub fn addr_key(ip: IpAddr) -> AddrKey {
 
 /// The Internet checksum of an IPv4 header whose checksum field is zero.
 pub fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|w| u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32)
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    sentinel::capture::defrag::ipv4_header_checksum(header)
 }
 
 /// An ARP request (optionally VLAN-tagged), padded to the 60-byte Ethernet minimum.

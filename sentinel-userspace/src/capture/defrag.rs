@@ -87,6 +87,14 @@ pub struct DefragStats {
     pub too_big: u64,
     /// Datagrams (or fragments) dropped for inconsistent lengths or headers.
     pub invalid: u64,
+    /// IPv4 fragments dropped for a bad header checksum (Linux drops them before reassembly).
+    pub bad_checksum: u64,
+    /// Fragments dropped for an IP length past the end of the packet as received (Linux:
+    /// "truncated packet"; a capture's snap length is not that: it is told the wire length).
+    pub truncated: u64,
+    /// Datagrams dropped for fragments with Not-ECT mixed with ECT or CE (RFC 3168; Linux's
+    /// `ip_frag_ecn_table`).
+    pub ecn: u64,
     /// Datagrams in progress now.
     pub pending: u64,
     /// Bytes held now (as charged against the memory cap).
@@ -121,6 +129,10 @@ struct Fragment<'a> {
     /// IPv6: a first fragment that does not hold every header through the upper-layer one
     /// (RFC 8200 4.5: discarded).
     head_incomplete: bool,
+    /// Its ECN codepoint as Linux's `IPFRAG_ECN_*` bit.
+    ecn: u8,
+    /// The IP packet's length by its header (IPv4 total length, IPv6 40 + payload length).
+    ip_len: usize,
 }
 
 struct Piece {
@@ -147,6 +159,8 @@ struct Datagram {
     tail: Option<(usize, usize)>,
     /// Bytes charged against the caps.
     charged: usize,
+    /// The `IPFRAG_ECN_*` bits of the fragments taken.
+    ecn: u8,
 }
 
 /// Where an inserted fragment goes.
@@ -169,6 +183,7 @@ impl Datagram {
             runs: BTreeMap::new(),
             tail: None,
             charged: DATAGRAM_CHARGE,
+            ecn: 0,
         }
     }
 
@@ -224,9 +239,14 @@ impl Datagram {
         if head.first().is_some_and(|b| b >> 4 == 4) {
             let total = (head.len() + self.len) as u16;
             out[2..4].copy_from_slice(&total.to_be_bytes());
-            // Flags and fragment offset: none.
+            // Flags and fragment offset: none; the checksum redone (`ip_send_check`).
             out[6] = 0;
             out[7] = 0;
+            let ihl = head.len();
+            out[10] = 0;
+            out[11] = 0;
+            let sum = ipv4_header_checksum(&out[..ihl]);
+            out[10..12].copy_from_slice(&sum.to_be_bytes());
         } else if head.len() >= 40 {
             let payload = (head.len() - 40 + self.len) as u16;
             out[4..6].copy_from_slice(&payload.to_be_bytes());
@@ -260,6 +280,7 @@ enum Drop {
     Evicted,
     TooBig,
     Invalid,
+    Ecn,
 }
 
 impl Defragmenter {
@@ -309,10 +330,25 @@ impl Defragmenter {
         }
     }
 
-    /// Takes one IP packet (from its header on; link padding after it and a capture that cut
-    /// it short are fine) captured at `ts_ns`. Returns the reassembled datagram when this
-    /// fragment completed one. A packet that is not a fragment is ignored.
+    /// Takes one IP packet, whole as received (from its header on; link padding after it is
+    /// fine), at `ts_ns`: [`Self::push_captured`] with nothing cut by the capture.
     pub fn push(&mut self, ip: &[u8], ts_ns: u64) -> Option<Vec<u8>> {
+        self.push_captured(ip, ip.len(), ts_ns)
+    }
+
+    /// Takes one IP packet (from its header on) captured at `ts_ns`, of which the capture kept
+    /// `ip` and the wire held `wire_len` bytes (pcap's original length, the ring buffer
+    /// record's wire length, less the link header). Returns the reassembled datagram when this
+    /// fragment completed one. A packet that is not a fragment is ignored.
+    ///
+    /// A fragment whose IP length is past `wire_len` is dropped, as Linux drops it before
+    /// reassembly. One only the capture cut (its IP length within `wire_len`) is what Linux
+    /// took whole: it holds its whole range (a later copy of those bytes is a duplicate, as
+    /// for Linux), and the datagram it completes is given back up to the first byte the
+    /// capture did not keep, with the header's full lengths: the segment decoded from it has
+    /// a wire length past its payload, as a segment cut by the snap length has, and the TCP
+    /// reassembly treats it as such.
+    pub fn push_captured(&mut self, ip: &[u8], wire_len: usize, ts_ns: u64) -> Option<Vec<u8>> {
         self.advance(ts_ns);
         let frag = match ip.first().map(|b| b >> 4) {
             Some(4) => parse_v4(ip),
@@ -328,6 +364,15 @@ impl Defragmenter {
         };
         self.stats.fragments += 1;
         let v6 = f.patch.is_some();
+        // `ip_rcv_core` / `ipv6_rcv`: the header checksum, then the length as received.
+        if !v6 && ipv4_header_checksum(&ip[..f.head.len()]) != 0 {
+            self.stats.bad_checksum += 1;
+            return None;
+        }
+        if f.ip_len > wire_len.max(ip.len()) {
+            self.stats.truncated += 1;
+            return None;
+        }
         if !v6 && f.more && f.end & 7 != 0 {
             // IPv4: a fragment that is not the last is cut to a multiple of 8 bytes.
             f.end &= !7;
@@ -388,6 +433,7 @@ impl Defragmenter {
             return None;
         }
         d.charged += charge;
+        d.ecn |= f.ecn;
         d.meat += f.end - f.offset;
         d.pieces.insert(
             f.offset,
@@ -404,6 +450,7 @@ impl Defragmenter {
             d.head = Some(head);
         }
         let complete = d.head.is_some() && d.last_in && d.meat == d.len;
+        let ecn_mixed = d.ecn & ECN_NOT_ECT != 0 && d.ecn & !ECN_NOT_ECT != 0;
         let size = d.head.as_ref().map_or(0, Vec::len) + d.len;
         let v6_head = d.head.as_ref().map_or(0, |h| h.len().saturating_sub(40));
         self.held += charge;
@@ -417,6 +464,11 @@ impl Defragmenter {
             };
             if over {
                 self.drop_datagram(&key, Drop::TooBig);
+                return None;
+            }
+            if ecn_mixed {
+                // `ip_frag_reasm`: Not-ECT with ECT or CE is not reassembled.
+                self.drop_datagram(&key, Drop::Ecn);
                 return None;
             }
             let out = d.assemble();
@@ -452,9 +504,31 @@ impl Defragmenter {
             Drop::Evicted => &mut self.stats.evicted,
             Drop::TooBig => &mut self.stats.too_big,
             Drop::Invalid => &mut self.stats.invalid,
+            Drop::Ecn => &mut self.stats.ecn,
         };
         *c += 1;
     }
+}
+
+/// The Internet checksum of an IPv4 header: 0 when the header's own checksum is right; with
+/// the checksum field zeroed, the value to put there.
+pub fn ipv4_header_checksum(h: &[u8]) -> u16 {
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|w| u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32)
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Linux's `IPFRAG_ECN_NOT_ECT`; ECT(1), ECT(0) and CE are the next three bits.
+const ECN_NOT_ECT: u8 = 1;
+
+/// The `IPFRAG_ECN_*` bit of an ECN codepoint (the low two bits of TOS / traffic class).
+fn ecn_bit(codepoint: u8) -> u8 {
+    1 << (codepoint & 3)
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -488,6 +562,8 @@ fn parse_v4(ip: &[u8]) -> Option<Fragment<'_>> {
         head: &ip[..ihl],
         patch: None,
         head_incomplete: false,
+        ecn: ecn_bit(ip[1]),
+        ip_len: total,
     })
 }
 
@@ -556,6 +632,8 @@ fn parse_v6(ip: &[u8]) -> Option<Fragment<'_>> {
         head: &ip[..off],
         patch: Some((nh_at, fh[0])),
         head_incomplete: offset == 0 && upper_layer_cut(ip, data_start, fh[0], end_of_packet),
+        ecn: ecn_bit(ip[1] >> 4),
+        ip_len: end_of_packet,
     })
 }
 
@@ -626,8 +704,17 @@ mod tests {
         if d[0] >> 4 == 4 {
             d[4..6].copy_from_slice(&id.to_be_bytes());
             d[6..8].copy_from_slice(&[0, 0]);
+            set_checksum(&mut d);
         }
         d
+    }
+
+    /// Sets an IPv4 header's checksum right.
+    fn set_checksum(p: &mut [u8]) {
+        let ihl = (p[0] & 0x0f) as usize * 4;
+        p[10..12].copy_from_slice(&[0, 0]);
+        let sum = ipv4_header_checksum(&p[..ihl]);
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
     }
 
     fn push_all(d: &mut Defragmenter, frags: &[Vec<u8>]) -> Vec<Vec<u8>> {
@@ -808,9 +895,17 @@ mod tests {
     fn a_fragment_cut_by_the_capture_gives_a_datagram_cut_there() {
         let dgram = v4_datagram(2400);
         let mut frags = fragments(&dgram, 6, &[0, 800, 1600]);
+        let wire = frags[1].len();
         frags[1].truncate(20 + 500);
         let mut d = Defragmenter::default();
-        let out = push_all(&mut d, &frags);
+        assert!(d.push(&frags[0], T0).is_none());
+        assert!(d.push_captured(&frags[1], wire, T0 + 1).is_none());
+        // A whole copy of the cut fragment is a duplicate: Linux took the first whole.
+        let mut other = fragments(&v4_datagram(2400), 6, &[0, 800, 1600])[1].clone();
+        other[20..30].copy_from_slice(b"XXXXXXXXXX");
+        assert!(d.push(&other, T0 + 2).is_none());
+        assert_eq!(d.stats().duplicates, 1);
+        let out: Vec<_> = d.push(&frags[2], T0 + 3).into_iter().collect();
         assert_eq!(out.len(), 1);
         // The header says 2420 bytes; 20 + 800 + 500 were kept.
         assert_eq!(be16(&out[0], 2), 2420);
@@ -858,7 +953,83 @@ mod tests {
         frags[0].extend_from_slice(b"XXXX");
         let total = be16(&frags[0], 2) + 4;
         frags[0][2..4].copy_from_slice(&total.to_be_bytes());
+        set_checksum(&mut frags[0]);
         let mut d = Defragmenter::default();
         assert_eq!(push_all(&mut d, &frags), vec![whole(&dgram, 8)]);
+    }
+
+    #[test]
+    fn an_ipv4_fragment_with_a_bad_header_checksum_is_not_taken() {
+        // Linux drops it in `ip_rcv_core`: it never holds the range, so the good copy after
+        // it is what the server reassembles.
+        let dgram = v4_datagram(1600);
+        let frags = fragments(&dgram, 9, &[0, 800]);
+        let mut decoy = frags[0].clone();
+        decoy[40..50].copy_from_slice(b"harmless!!");
+        decoy[10] ^= 0x5a;
+        let mut d = Defragmenter::default();
+        let out = push_all(&mut d, &[decoy, frags[0].clone(), frags[1].clone()]);
+        assert_eq!(out, vec![whole(&dgram, 9)]);
+        let st = d.stats();
+        assert_eq!((st.bad_checksum, st.duplicates, st.fragments), (1, 0, 3));
+    }
+
+    #[test]
+    fn a_fragment_shorter_than_its_ip_length_on_the_wire_is_not_taken() {
+        // The IP length says 820 bytes, 320 came: Linux drops it ("truncated packet"), so
+        // the whole copy after it is taken.
+        for v6 in [false, true] {
+            let dgram = if v6 {
+                v6_datagram(1600)
+            } else {
+                v4_datagram(1600)
+            };
+            let frags = fragments(&dgram, 9, &[0, 800]);
+            let mut short = frags[0].clone();
+            short.truncate(short.len() - 500);
+            let mut d = Defragmenter::default();
+            assert!(d.push(&short, T0).is_none());
+            // The same bytes cut by the capture's snap length, with the wire length told, are
+            // taken: this one arrives after the lie, before the whole copy.
+            let mut cut = frags[0].clone();
+            cut.truncate(cut.len() - 400);
+            assert!(d.push_captured(&short, short.len(), T0 + 1).is_none());
+            assert!(d.push(&frags[0], T0 + 2).is_none());
+            assert!(d.push_captured(&cut, frags[0].len(), T0 + 3).is_none());
+            let out = d.push(&frags[1], T0 + 4).expect("completes");
+            assert_eq!(out, whole(&dgram, 9), "v6={v6}");
+            let st = d.stats();
+            assert_eq!((st.truncated, st.duplicates), (2, 1), "v6={v6}");
+        }
+    }
+
+    #[test]
+    fn mixed_ecn_codepoints_drop_the_datagram() {
+        for v6 in [false, true] {
+            let dgram = if v6 {
+                v6_datagram(1600)
+            } else {
+                v4_datagram(1600)
+            };
+            let set_ecn = |f: &mut Vec<u8>, cp: u8| {
+                if v6 {
+                    f[1] = (f[1] & 0xcf) | (cp << 4);
+                } else {
+                    f[1] = (f[1] & 0xfc) | cp;
+                    set_checksum(f);
+                }
+            };
+            // Not-ECT with CE (or ECT(0)): dropped; ECT(0) with CE: reassembled.
+            for (a, b, ok) in [(0, 3, false), (2, 0, false), (2, 3, true), (1, 1, true)] {
+                let mut frags = fragments(&dgram, 9, &[0, 800]);
+                set_ecn(&mut frags[0], a);
+                set_ecn(&mut frags[1], b);
+                let mut d = Defragmenter::default();
+                let out = push_all(&mut d, &frags);
+                assert_eq!(out.len(), ok as usize, "v6={v6} {a} {b}");
+                let st = d.stats();
+                assert_eq!((st.ecn, st.pending), (!ok as u64, 0), "v6={v6} {a} {b}");
+            }
+        }
     }
 }

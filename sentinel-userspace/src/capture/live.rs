@@ -88,6 +88,9 @@ pub fn consumer_counters(stats: &RingStats) -> BTreeMap<String, u64> {
         ("evicted", d.evicted),
         ("too_big", d.too_big),
         ("invalid", d.invalid),
+        ("bad_checksum", d.bad_checksum),
+        ("truncated", d.truncated),
+        ("ecn", d.ecn),
         ("pending", d.pending),
     ] {
         out.insert(format!("defrag_{k}"), v);

@@ -618,7 +618,7 @@ impl<R: Read> CaptureReader<R> {
                     }
                     let h = &self.win.avail()[..16];
                     let field = |i: usize| read_u32(&h[i * 4..i * 4 + 4], header.endianness);
-                    let (ts_sec, ts_frac, incl) = (field(0), field(1), field(2));
+                    let (ts_sec, ts_frac, incl, orig) = (field(0), field(1), field(2), field(3));
                     let incl = incl as usize;
                     if incl > MAX_RECORD {
                         return Err(PcapError::Corrupt {
@@ -640,7 +640,7 @@ impl<R: Read> CaptureReader<R> {
                         });
                     }
                     let ts = ts_sec as u64 * 1_000_000_000 + frac_ns;
-                    let r = Some((*link, ts, incl));
+                    let r = Some((*link, ts, incl, orig as usize));
                     self.win.consume(16 + incl);
                     r
                 }
@@ -699,14 +699,14 @@ impl<R: Read> CaptureReader<R> {
                                 .to_ns(ticks)
                                 .saturating_add_signed(iface.ts_offset_ns);
                             *last_ts_ns = ts;
-                            Some((iface.link, ts, epb.data))
+                            Some((iface.link, ts, epb.data, epb.original_len))
                         }
                         Block::SimplePacket(spb) => {
                             let iface = ifaces.first().ok_or_else(|| PcapError::Corrupt {
                                 offset,
                                 reason: "simple packet before any interface description".into(),
                             })?;
-                            Some((iface.link, *last_ts_ns, spb.data))
+                            Some((iface.link, *last_ts_ns, spb.data, spb.original_len))
                         }
                         Block::Packet(pb) => {
                             let iface = ifaces.get(pb.interface_id as usize).ok_or_else(|| {
@@ -723,7 +723,7 @@ impl<R: Read> CaptureReader<R> {
                                 .to_ns(pb.timestamp)
                                 .saturating_add_signed(iface.ts_offset_ns);
                             *last_ts_ns = ts;
-                            Some((iface.link, ts, pb.data))
+                            Some((iface.link, ts, pb.data, pb.original_len))
                         }
                         _ => None,
                     };
@@ -738,7 +738,7 @@ impl<R: Read> CaptureReader<R> {
                             self.win.consume(len);
                             continue;
                         }
-                        Some((Some(link), ts, data)) => {
+                        Some((Some(link), ts, data, orig)) => {
                             self.stats.packets += 1;
                             self.stats.packet_bytes += data.len() as u64;
                             let frame = match &data {
@@ -747,7 +747,7 @@ impl<R: Read> CaptureReader<R> {
                             };
                             drop(data);
                             self.win.consume(len);
-                            match self.decode(link, &frame, ts) {
+                            match self.decode(link, &frame, ts, orig as usize) {
                                 Some(s) => return Ok(Some(s)),
                                 None => continue,
                             }
@@ -756,21 +756,21 @@ impl<R: Read> CaptureReader<R> {
                 }
             };
             // pcap: the frame sits just behind the window's start (consumed above).
-            if let Some((link, ts, incl)) = frame {
+            if let Some((link, ts, incl, orig)) = frame {
                 let end = self.win.start;
                 let data = self.win.buf.slice(end - incl..end);
                 self.stats.packets += 1;
                 self.stats.packet_bytes += incl as u64;
-                if let Some(s) = self.decode(link, &data, ts) {
+                if let Some(s) = self.decode(link, &data, ts, orig) {
                     return Ok(Some(s));
                 }
             }
         }
     }
 
-    /// The segment in `frame`, if any; a fragment goes to the defragmenter, and the datagram it
-    /// completes, if any, is decoded in its place.
-    fn decode(&mut self, link: Link, frame: &Bytes, ts: u64) -> Option<Segment> {
+    /// The segment in `frame` (`orig` bytes on the wire), if any; a fragment goes to the
+    /// defragmenter, and the datagram it completes, if any, is decoded in its place.
+    fn decode(&mut self, link: Link, frame: &Bytes, ts: u64, orig: usize) -> Option<Segment> {
         match decode_frame_shared(link, frame, ts) {
             Err(Skip::Fragment) => {
                 self.stats.ip_fragments += 1;
@@ -780,7 +780,9 @@ impl<R: Read> CaptureReader<R> {
                     self.stats.non_tcp += 1;
                     return None;
                 }
-                let datagram = self.defrag.push(ip, ts);
+                // The IP packet's length on the wire: the frame's less its link header.
+                let wire = orig.saturating_sub(frame.len() - ip.len());
+                let datagram = self.defrag.push_captured(ip, wire, ts);
                 self.stats.defrag = self.defrag.stats();
                 let datagram = Bytes::from(datagram?);
                 self.count(decode_frame_shared(Link::RawIp, &datagram, ts))
@@ -1139,6 +1141,9 @@ mod tests {
         if p[0] >> 4 == 4 {
             let fo = u16::from_be_bytes([p[6], p[7]]) + by / 8;
             p[6..8].copy_from_slice(&fo.to_be_bytes());
+            p[10..12].copy_from_slice(&[0, 0]);
+            let sum = crate::capture::defrag::ipv4_header_checksum(&p[..20]);
+            p[10..12].copy_from_slice(&sum.to_be_bytes());
         } else {
             let fo = u16::from_be_bytes([p[42], p[43]]) + by;
             p[42..44].copy_from_slice(&fo.to_be_bytes());

@@ -117,6 +117,9 @@ pub enum Record {
         ts_ns: u64,
         /// The packet.
         packet: Bytes,
+        /// The IP packet's length as received (`packet` is shorter when the snap length cut
+        /// it).
+        wire_len: u32,
     },
 }
 
@@ -151,6 +154,7 @@ pub fn decode(record: &[u8], clock: &Clock) -> Result<Record, DecodeError> {
         return Ok(Record::Fragment {
             ts_ns,
             packet: payload,
+            wire_len: hdr.wire_len.max(hdr.cap_len),
         });
     }
     Ok(Record::Segment(Segment {
@@ -203,11 +207,15 @@ impl Consumer {
                 stats.records.fetch_add(1, Ordering::Relaxed);
                 sink.segment(seg);
             }
-            Ok(Record::Fragment { ts_ns, packet }) => {
+            Ok(Record::Fragment {
+                ts_ns,
+                packet,
+                wire_len,
+            }) => {
                 stats.records.fetch_add(1, Ordering::Relaxed);
                 stats.fragments.fetch_add(1, Ordering::Relaxed);
                 self.unpublished = true;
-                if let Some(d) = self.defrag.push(&packet, ts_ns)
+                if let Some(d) = self.defrag.push_captured(&packet, wire_len as usize, ts_ns)
                     && let Ok(seg) = decode_frame(Link::RawIp, &d, ts_ns)
                 {
                     sink.segment(seg);

@@ -142,7 +142,7 @@ pub fn status(s: &StatusReport, json: bool) {
             u("wakeups")
         );
         println!(
-            "  IP fragments: {} datagrams reassembled, {} pending; dropped: {} overlapping, {} timed out, {} evicted (memory cap), {} too big, {} invalid; {} duplicate fragments",
+            "  IP fragments: {} datagrams reassembled, {} pending; dropped: {} overlapping, {} timed out, {} evicted (memory cap), {} too big, {} invalid, {} mixed ECN; fragments dropped: {} duplicate, {} bad checksum, {} truncated",
             u("defrag_reassembled"),
             u("defrag_pending"),
             u("defrag_overlaps"),
@@ -150,7 +150,10 @@ pub fn status(s: &StatusReport, json: bool) {
             u("defrag_evicted"),
             u("defrag_too_big"),
             u("defrag_invalid"),
-            u("defrag_duplicates")
+            u("defrag_ecn"),
+            u("defrag_duplicates"),
+            u("defrag_bad_checksum"),
+            u("defrag_truncated")
         );
     }
     if let Some(a) = &s.analysis {
