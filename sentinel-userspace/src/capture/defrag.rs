@@ -37,8 +37,11 @@ pub const MAX_DATAGRAM: usize = 65535;
 pub const DEFAULT_TIMEOUT_NS: u64 = 30_000_000_000;
 /// Linux's `ipfrag_high_thresh` (4 MiB).
 pub const DEFAULT_MEM_CAP: usize = 4 << 20;
-/// Bytes one datagram may hold: a whole 64 KiB datagram in fragments of 256 bytes or more.
-pub const DEFAULT_DATAGRAM_CAP: usize = 128 << 10;
+/// Bytes one datagram may hold: any legal datagram, however fragmented (Linux has no
+/// per-datagram cap): its charge, an IPv6 fixed header, 65535 bytes and the charge of the most
+/// fragments it can come in (8 bytes each but the last: 8192).
+pub const DEFAULT_DATAGRAM_CAP: usize =
+    DATAGRAM_CHARGE + 40 + MAX_DATAGRAM + (MAX_DATAGRAM / 8 + 1) * FRAGMENT_CHARGE;
 
 /// Bytes charged for each fragment held, on top of its data.
 const FRAGMENT_CHARGE: usize = 64;
@@ -864,12 +867,39 @@ mod tests {
     }
 
     #[test]
+    fn any_legal_datagram_fits_under_the_per_datagram_cap() {
+        // The largest IPv4 and IPv6 datagrams in fragments of 8 bytes (some 8190 of them),
+        // and 61,600 bytes in 1100 fragments of 56.
+        let v4 = v4_datagram(MAX_DATAGRAM - 20);
+        let v6 = v6_datagram(MAX_DATAGRAM - 8);
+        for (dgram, step) in [(&v4, 8), (&v6, 8), (&v4_datagram(1100 * 56), 56)] {
+            let hlen = if dgram[0] >> 4 == 4 { 20 } else { 40 };
+            // IPv6's first fragment holds the TCP header (Linux wants it whole).
+            let cuts: Vec<usize> = std::iter::once(0)
+                .chain((32..dgram.len() - hlen).step_by(step))
+                .collect();
+            let frags = fragments(dgram, 1, &cuts);
+            let mut d = Defragmenter::default();
+            assert_eq!(
+                push_all(&mut d, &frags),
+                vec![whole(dgram, 1)],
+                "{}",
+                frags.len()
+            );
+        }
+    }
+
+    #[test]
     fn the_per_datagram_cap_and_the_64k_limit_drop_a_datagram() {
-        // Tiny fragments charge more than their data: 2000 fragments of 8 bytes.
+        // Tiny fragments charge more than their data: 2000 fragments of 8 bytes (144,000
+        // bytes charged), under a cap of 100 KiB.
         let dgram = v4_datagram(16_000);
         let cuts: Vec<usize> = (0..2000).map(|i| i * 8).collect();
         let frags = fragments(&dgram, 1, &cuts);
-        let mut d = Defragmenter::default();
+        let mut d = Defragmenter::new(DefragSettings {
+            datagram_cap: 100 << 10,
+            ..DefragSettings::default()
+        });
         assert!(push_all(&mut d, &frags).is_empty());
         assert_eq!(d.stats().too_big, 1);
         // A last fragment at offset 65528 with 100 bytes: over 65535 once complete.
