@@ -17,13 +17,19 @@
 //!   an IPv6 one that is not a multiple of 8 is dropped;
 //! - a datagram not complete 30 s (stream time) after its first fragment is dropped.
 //!
-//! Memory is bounded: the bytes held (data plus a fixed charge per fragment and per datagram)
-//! are capped globally, the oldest datagrams evicted first, and per datagram. Every drop is
+//! Memory is bounded as Linux bounds it: the bytes held (data plus a fixed charge per fragment
+//! and per datagram) are capped per address family (IPv4 and IPv6 have a pool each), and a
+//! fragment that would take its pool over the cap is refused, whatever datagram it is for: no
+//! datagram held is evicted for it (else junk could push out a datagram the server still
+//! holds, and a second copy of its fragments would start a new one here). A per-datagram cap
+//! (above what any legal datagram needs) bounds one datagram's share. Every drop is
 //! counted in [`DefragStats`].
 //!
-//! Two ways in which this is not the server's kernel: Linux drops new fragments when its memory
-//! is full (it does not evict), and it restarts a queue that fell 64 fragments of its source
-//! behind (`ipfrag_max_dist`); both depend on traffic this process does not see whole.
+//! Ways in which this is not the server's kernel: its pools are charged by buffer sizes
+//! (`truesize`) and refuse fragments once over the cap rather than before, so when a pool is
+//! near full the two refuse at slightly different points (and the kernel's pools hold traffic
+//! this process does not capture); and Linux restarts a queue that fell 64 fragments of its
+//! source behind (`ipfrag_max_dist`), which depends on traffic this process does not see whole.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -53,7 +59,8 @@ const PROTO_FRAGMENT: u8 = 44;
 /// Limits of the defragmenter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DefragSettings {
-    /// Bytes held over every datagram in progress; past it the oldest datagrams are evicted.
+    /// Bytes held over the datagrams in progress of one address family (each has its own
+    /// pool); a fragment that would take its pool past it is refused.
     pub mem_cap: usize,
     /// Bytes one datagram may hold; past it the datagram is dropped.
     pub datagram_cap: usize,
@@ -84,8 +91,8 @@ pub struct DefragStats {
     pub duplicates: u64,
     /// Datagrams given up incomplete after the timeout.
     pub timed_out: u64,
-    /// Datagrams evicted, oldest first, to stay under the memory cap.
-    pub evicted: u64,
+    /// Fragments refused because their family's pool was full (no datagram held is evicted).
+    pub refused: u64,
     /// Datagrams dropped for being larger than 65535 bytes or the per-datagram cap.
     pub too_big: u64,
     /// Datagrams (or fragments) dropped for inconsistent lengths or headers.
@@ -100,7 +107,7 @@ pub struct DefragStats {
     pub ecn: u64,
     /// Datagrams in progress now.
     pub pending: u64,
-    /// Bytes held now (as charged against the memory cap).
+    /// Bytes held now, both pools together (as charged against the memory caps).
     pub pending_bytes: u64,
 }
 
@@ -144,7 +151,7 @@ struct Piece {
 }
 
 struct Datagram {
-    /// Creation order (eviction and timeouts go oldest first).
+    /// Creation order (timeouts go oldest first).
     seq: u64,
     created_ns: u64,
     /// Linux's `q.len`: the end of the datagram's data as known so far.
@@ -265,7 +272,8 @@ pub struct Defragmenter {
     /// Creation order -> key.
     order: BTreeMap<u64, Key>,
     next_seq: u64,
-    held: usize,
+    /// Bytes held by the IPv4 and the IPv6 pool.
+    held: [usize; 2],
     stats: DefragStats,
 }
 
@@ -280,7 +288,6 @@ impl Default for Defragmenter {
 enum Drop {
     Overlap,
     TimedOut,
-    Evicted,
     TooBig,
     Invalid,
     Ecn,
@@ -296,7 +303,7 @@ impl Defragmenter {
             datagrams: HashMap::new(),
             order: BTreeMap::new(),
             next_seq: 0,
-            held: 0,
+            held: [0; 2],
             stats: DefragStats::default(),
         }
     }
@@ -305,7 +312,7 @@ impl Defragmenter {
     pub fn stats(&self) -> DefragStats {
         DefragStats {
             pending: self.datagrams.len() as u64,
-            pending_bytes: self.held as u64,
+            pending_bytes: (self.held[0] + self.held[1]) as u64,
             ..self.stats.clone()
         }
     }
@@ -391,12 +398,22 @@ impl Defragmenter {
             return None;
         }
         let key = f.key;
-        if !self.datagrams.contains_key(&key) {
+        let pool = v6 as usize;
+        let head_len = if f.offset == 0 { f.head.len() } else { 0 };
+        let charge = FRAGMENT_CHARGE + f.data.len() + head_len;
+        let new = !self.datagrams.contains_key(&key);
+        let new_charge = if new { DATAGRAM_CHARGE } else { 0 };
+        if self.held[pool] + new_charge + charge > self.settings.mem_cap {
+            // `inet_frag_find`: a full pool takes no fragment, for a new datagram or not.
+            self.stats.refused += 1;
+            return None;
+        }
+        if new {
             let seq = self.next_seq;
             self.next_seq += 1;
             self.datagrams.insert(key, Datagram::new(seq, ts_ns));
             self.order.insert(seq, key);
-            self.held += DATAGRAM_CHARGE;
+            self.held[pool] += DATAGRAM_CHARGE;
         }
         let d = self.datagrams.get_mut(&key).expect("inserted above");
         // The ends: the last fragment sets it; nothing may lie past it or disagree with it.
@@ -429,8 +446,6 @@ impl Defragmenter {
                 return None;
             }
         }
-        let head_len = if f.offset == 0 { f.head.len() } else { 0 };
-        let charge = FRAGMENT_CHARGE + f.data.len() + head_len;
         if d.charged + charge > self.settings.datagram_cap {
             self.drop_datagram(&key, Drop::TooBig);
             return None;
@@ -456,7 +471,7 @@ impl Defragmenter {
         let ecn_mixed = d.ecn & ECN_NOT_ECT != 0 && d.ecn & !ECN_NOT_ECT != 0;
         let size = d.head.as_ref().map_or(0, Vec::len) + d.len;
         let v6_head = d.head.as_ref().map_or(0, |h| h.len().saturating_sub(40));
-        self.held += charge;
+        self.held[pool] += charge;
         if complete {
             // IPv4's total length covers the header; IPv6's payload length the extension
             // headers, not the fixed 40 bytes.
@@ -479,21 +494,13 @@ impl Defragmenter {
             self.stats.reassembled += 1;
             return Some(out);
         }
-        // Under the global cap: the oldest datagrams go first (this one last).
-        while self.held > self.settings.mem_cap {
-            let Some((_, oldest)) = self.order.first_key_value() else {
-                break;
-            };
-            let oldest = *oldest;
-            self.drop_datagram(&oldest, Drop::Evicted);
-        }
         None
     }
 
     fn remove(&mut self, key: &Key) -> Option<Datagram> {
         let d = self.datagrams.remove(key)?;
         self.order.remove(&d.seq);
-        self.held -= d.charged;
+        self.held[key.src.is_ipv6() as usize] -= d.charged;
         Some(d)
     }
 
@@ -504,7 +511,6 @@ impl Defragmenter {
         let c = match why {
             Drop::Overlap => &mut self.stats.overlaps,
             Drop::TimedOut => &mut self.stats.timed_out,
-            Drop::Evicted => &mut self.stats.evicted,
             Drop::TooBig => &mut self.stats.too_big,
             Drop::Invalid => &mut self.stats.invalid,
             Drop::Ecn => &mut self.stats.ecn,
@@ -844,26 +850,32 @@ mod tests {
     }
 
     #[test]
-    fn the_global_cap_evicts_the_oldest_datagrams_first() {
+    fn a_full_pool_refuses_fragments_and_evicts_nothing() {
+        // A datagram holding its first 1200 bytes is charged this much.
+        let one = DATAGRAM_CHARGE + FRAGMENT_CHARGE + 20 + 1200;
         let mut d = Defragmenter::new(DefragSettings {
-            mem_cap: 10_000,
+            mem_cap: 7 * one + 200,
             datagram_cap: 10_000,
             timeout_ns: DEFAULT_TIMEOUT_NS,
         });
-        // Ten datagrams of which only the first 1200 bytes arrive: about 1400 bytes each.
-        let mut firsts = Vec::new();
+        // A pending datagram, then junk: six more fit, four are refused.
+        let pending = v4_datagram(1300);
+        let a = fragments(&pending, 100, &[0, 1200]);
+        assert!(d.push(&a[0], T0).is_none());
         for id in 0..10u16 {
             let f = fragments(&v4_datagram(2400), id, &[0, 1200]);
-            assert!(d.push(&f[0], T0 + id as u64).is_none());
-            firsts.push(f);
+            assert!(d.push(&f[0], T0 + 1 + id as u64).is_none());
         }
         let st = d.stats();
-        assert!(st.pending_bytes <= 10_000, "{st:?}");
-        assert!(st.evicted >= 3, "{st:?}");
-        assert_eq!(st.pending + st.evicted, 10);
-        // The oldest were evicted: the first datagram cannot complete, the last can.
-        assert!(d.push(&firsts[0][1], T0 + 20).is_none());
-        assert!(d.push(&firsts[9][1], T0 + 21).is_some());
+        assert_eq!((st.pending, st.refused), (7, 4), "{st:?}");
+        assert_eq!(st.pending_bytes as usize, 7 * one);
+        // The pending datagram was not pushed out: its last 100 bytes fit in what is left.
+        assert_eq!(d.push(&a[1], T0 + 20), Some(whole(&pending, 100)));
+        // IPv6 has its own pool.
+        let v6 = v6_datagram(1600);
+        let out = push_all(&mut d, &fragments(&v6, 5, &[0, 800]));
+        assert_eq!(out, vec![v6]);
+        assert_eq!(d.stats().refused, 4);
     }
 
     #[test]

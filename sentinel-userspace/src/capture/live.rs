@@ -85,7 +85,7 @@ pub fn consumer_counters(stats: &RingStats) -> BTreeMap<String, u64> {
         ("overlaps", d.overlaps),
         ("duplicates", d.duplicates),
         ("timed_out", d.timed_out),
-        ("evicted", d.evicted),
+        ("refused", d.refused),
         ("too_big", d.too_big),
         ("invalid", d.invalid),
         ("bad_checksum", d.bad_checksum),

@@ -142,18 +142,18 @@ pub fn status(s: &StatusReport, json: bool) {
             u("wakeups")
         );
         println!(
-            "  IP fragments: {} datagrams reassembled, {} pending; dropped: {} overlapping, {} timed out, {} evicted (memory cap), {} too big, {} invalid, {} mixed ECN; fragments dropped: {} duplicate, {} bad checksum, {} truncated",
+            "  IP fragments: {} datagrams reassembled, {} pending; dropped: {} overlapping, {} timed out, {} too big, {} invalid, {} mixed ECN; fragments dropped: {} duplicate, {} bad checksum, {} truncated, {} refused (memory cap)",
             u("defrag_reassembled"),
             u("defrag_pending"),
             u("defrag_overlaps"),
             u("defrag_timed_out"),
-            u("defrag_evicted"),
             u("defrag_too_big"),
             u("defrag_invalid"),
             u("defrag_ecn"),
             u("defrag_duplicates"),
             u("defrag_bad_checksum"),
-            u("defrag_truncated")
+            u("defrag_truncated"),
+            u("defrag_refused")
         );
     }
     if let Some(a) = &s.analysis {
