@@ -15,7 +15,9 @@
 //! - two different ends, data past the end, an empty fragment or a datagram over 65535 bytes
 //!   drop the datagram; an IPv4 fragment that is not the last is cut to a multiple of 8 bytes,
 //!   an IPv6 one that is not a multiple of 8 is dropped;
-//! - a datagram not complete 30 s (stream time) after its first fragment is dropped.
+//! - a datagram not complete 33 s (stream time) after its first fragment is dropped: Linux's
+//!   30 s timer can fire up to about 2 s late, so this keeps a datagram at least as long as the
+//!   server may (see [`DEFAULT_TIMEOUT_NS`]).
 //!
 //! Memory is bounded as Linux bounds it: the bytes held (data plus a fixed charge per fragment
 //! and per datagram) are capped per address family (IPv4 and IPv6 have a pool each), and a
@@ -39,8 +41,15 @@ use serde::Serialize;
 
 /// The largest IP datagram (IPv4 total length, IPv6 payload length; no jumbograms).
 pub const MAX_DATAGRAM: usize = 65535;
-/// Linux's `ipfrag_time`: a datagram is given up this long after its first fragment.
-pub const DEFAULT_TIMEOUT_NS: u64 = 30_000_000_000;
+/// A datagram is given up this long after its first fragment: 33 s. Linux's `ipfrag_time` is
+/// 30 s, but its timer is on the timer wheel, which rounds an expiry up to its level's
+/// granule: 30 s is 7500 jiffies at HZ=250, in the level of 512-jiffy granules, so the timer
+/// fires up to 2.048 s late (1.7 s at HZ=300, 0.64 s at HZ=100, 0.5 s at HZ=1000), more under
+/// softirq load, and until it fires a fragment that completes the datagram is served. The
+/// rest is margin for that and for capture timestamps against the kernel's jiffies. Keeping a
+/// datagram longer than the server can errs toward analysing one it may not have served (or
+/// joining a fragment the server put in a fresh datagram) rather than missing one it did.
+pub const DEFAULT_TIMEOUT_NS: u64 = 33_000_000_000;
 /// Linux's `ipfrag_high_thresh` (4 MiB).
 pub const DEFAULT_MEM_CAP: usize = 4 << 20;
 /// Bytes one datagram may hold: any legal datagram, however fragmented (Linux has no
@@ -832,19 +841,31 @@ mod tests {
     }
 
     #[test]
+    fn a_datagram_completed_just_past_30_s_is_still_reassembled() {
+        // Linux serves it (its timer fires up to a granule late); so must this.
+        let dgram = v4_datagram(1600);
+        let frags = fragments(&dgram, 5, &[0, 800]);
+        for late in [30_200_000_000, 32_048_000_000] {
+            let mut d = Defragmenter::default();
+            assert!(d.push(&frags[0], T0).is_none());
+            assert_eq!(d.push(&frags[1], T0 + late), Some(whole(&dgram, 5)));
+        }
+    }
+
+    #[test]
     fn incomplete_datagrams_time_out_in_stream_time() {
         let dgram = v4_datagram(1600);
         let frags = fragments(&dgram, 5, &[0, 800]);
         let mut d = Defragmenter::default();
         assert!(d.push(&frags[0], T0).is_none());
-        // 29.9 s later the datagram still completes.
-        assert!(d.push(&frags[1], T0 + 29_900_000_000).is_some());
-        assert!(d.push(&frags[0], T0 + 30_000_000_000).is_none());
-        // 30 s after its first fragment, it is gone.
-        assert!(d.push(&frags[1], T0 + 60_000_000_000).is_none());
+        // 32.9 s later the datagram still completes: Linux's 30 s timer may not have fired.
+        assert!(d.push(&frags[1], T0 + 32_900_000_000).is_some());
+        assert!(d.push(&frags[0], T0 + 40_000_000_000).is_none());
+        // 33 s after its first fragment, it is gone.
+        assert!(d.push(&frags[1], T0 + 73_000_000_000).is_none());
         let st = d.stats();
         assert_eq!((st.reassembled, st.timed_out, st.pending), (1, 1, 1));
-        d.advance(T0 + 90_000_000_000);
+        d.advance(T0 + 106_000_000_000);
         assert_eq!((d.stats().timed_out, d.stats().pending), (2, 0));
         assert_eq!(d.stats().pending_bytes, 0);
     }
