@@ -36,44 +36,56 @@ pub fn form_data_boundary(content_type: &[u8]) -> Option<&[u8]> {
 /// (`; name="a"; filename=b.png`): names trimmed, values without their quotes (a `\` inside
 /// quotes escapes the next byte and is kept, as sent). Parameters without `=` are skipped.
 pub fn params(mut s: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    std::iter::from_fn(move || {
-        loop {
-            s = s.trim_ascii_start();
-            while let [b';', rest @ ..] = s {
-                s = rest.trim_ascii_start();
-            }
-            if s.is_empty() {
-                return None;
-            }
-            let end = s
-                .iter()
-                .position(|&c| c == b'=' || c == b';')
-                .unwrap_or(s.len());
-            let name = s[..end].trim_ascii();
-            if s.get(end) != Some(&b'=') {
-                s = &s[end..];
-                continue;
-            }
-            s = s[end + 1..].trim_ascii_start();
-            let value = if let [b'"', rest @ ..] = s {
+    std::iter::from_fn(move || next_param(&mut s, b"\""))
+}
+
+/// The parameters as PHP reads them (`php_ap_getword_conf`): as [`params`], but a value may
+/// be quoted in single quotes too (`name='q; filename=x'` is the name `q; filename=x`).
+pub fn php_params(mut s: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    std::iter::from_fn(move || next_param(&mut s, b"\"'"))
+}
+
+/// The next parameter of `s` (see [`params`]), a value quoted in any of `quotes`.
+fn next_param<'a>(s: &mut &'a [u8], quotes: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+    loop {
+        *s = s.trim_ascii_start();
+        while let [b';', rest @ ..] = *s {
+            *s = rest.trim_ascii_start();
+        }
+        if s.is_empty() {
+            return None;
+        }
+        let end = s
+            .iter()
+            .position(|&c| c == b'=' || c == b';')
+            .unwrap_or(s.len());
+        let name = s[..end].trim_ascii();
+        if s.get(end) != Some(&b'=') {
+            *s = &s[end..];
+            continue;
+        }
+        *s = s[end + 1..].trim_ascii_start();
+        let value = match *s {
+            [q, rest @ ..] if quotes.contains(q) => {
                 let mut i = 0;
-                while i < rest.len() && rest[i] != b'"' {
+                while i < rest.len() && rest[i] != *q {
                     i += if rest[i] == b'\\' { 2 } else { 1 };
                 }
                 let i = i.min(rest.len());
-                s = &rest[(i + 1).min(rest.len())..];
+                *s = &rest[(i + 1).min(rest.len())..];
                 &rest[..i]
-            } else {
+            }
+            _ => {
                 let i = memchr::memchr(b';', s).unwrap_or(s.len());
                 let v = s[..i].trim_ascii();
-                s = &s[i..];
+                *s = &s[i..];
                 v
-            };
-            // Anything between a closing quote and the next `;` is not part of the value.
-            s = &s[memchr::memchr(b';', s).unwrap_or(s.len())..];
-            return Some((name, value));
-        }
-    })
+            }
+        };
+        // Anything between a closing quote and the next `;` is not part of the value.
+        *s = &s[memchr::memchr(b';', s).unwrap_or(s.len())..];
+        return Some((name, value));
+    }
 }
 
 /// A `multipart/form-data` body: its parts, in order, through [`FormData::parts`].
@@ -139,13 +151,23 @@ impl<'a> Part<'a> {
         })
     }
 
-    /// Whether the content is text: declared `text/*`, or not declared in a field that is not
-    /// a file (a form's text field).
-    pub fn is_text(&self) -> bool {
-        match self.content_type {
-            Some(t) => t.len() >= 5 && t[..5].eq_ignore_ascii_case(b"text/"),
-            None => !self.is_file(),
-        }
+    /// Whether the part is clearly a binary file upload, whose content is not worth judging as
+    /// text: every server reads it as a file (a `filename` parameter, in the common reading
+    /// and in PHP's, which knows no `filename*` and honours single quotes), its type is not
+    /// `text/*` (a file sent without one is a blob, `application/octet-stream` to servers), and
+    /// its content looks binary (a NUL, or bytes that are not UTF-8, in its first KiB: every
+    /// image, archive and office format starts so). A part without a filename is a form field
+    /// to every server whatever its type, and text under a file's name is read as text by the
+    /// applications that take it; both are judged.
+    pub fn is_binary_file(&self) -> bool {
+        let filename = |(k, _): (&[u8], &[u8])| k.eq_ignore_ascii_case(b"filename");
+        let text = self
+            .content_type
+            .is_some_and(|t| t.len() >= 5 && t[..5].eq_ignore_ascii_case(b"text/"));
+        self.params().any(filename)
+            && php_params(self.disposition).any(filename)
+            && !text
+            && self.content.is_some_and(looks_binary)
     }
 }
 
@@ -165,6 +187,14 @@ enum After {
     Part(usize),
     /// The close delimiter (`--boundary--`), or the end of the body.
     End,
+}
+
+/// Whether content looks binary: a NUL, or bytes that are not UTF-8, in its first KiB (a
+/// character cut by the KiB's end is not counted).
+fn looks_binary(content: &[u8]) -> bool {
+    let head = &content[..content.len().min(1024)];
+    memchr::memchr(0, head).is_some()
+        || std::str::from_utf8(head).is_err_and(|e| e.error_len().is_some())
 }
 
 impl Parts<'_> {
@@ -383,6 +413,39 @@ mod tests {
         assert!(read(b"prea", false).is_empty());
     }
 
+    #[test]
+    fn only_clearly_binary_files_are_binary() {
+        let part =
+            |disposition: &'static str, ctype: Option<&'static str>, content: &'static [u8]| Part {
+                disposition: disposition.as_bytes(),
+                content_type: ctype.map(str::as_bytes),
+                content: Some(content),
+            };
+        let png: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+        assert!(part(r#"; name="a"; filename="a.png""#, Some("image/png"), png).is_binary_file());
+        assert!(part(r#"; name="a"; filename="blob""#, None, png).is_binary_file());
+        for (disposition, ctype, content) in [
+            // A field, whatever its type.
+            (r#"; name="q""#, Some("application/octet-stream"), png),
+            (r#"; name="q""#, Some(""), png),
+            // A file that PHP reads as a field.
+            (r#"; name="q"; filename*=UTF-8''x"#, Some("image/png"), png),
+            (r#"; name='q; filename=x'"#, Some("image/png"), png),
+            // Text, whatever its name or type.
+            (
+                r#"; name="a"; filename="a.png""#,
+                Some("image/png"),
+                b"1' OR 1=1--",
+            ),
+            (r#"; name="a"; filename="a.txt""#, Some("text/plain"), png),
+        ] {
+            assert!(
+                !part(disposition, ctype, content).is_binary_file(),
+                "{disposition} {ctype:?}"
+            );
+        }
+    }
+
     proptest! {
         /// Any cut of a body gives a prefix of its parts, each as whole or with no content,
         /// and never panics.
@@ -403,7 +466,7 @@ mod tests {
             0..200,
         ), whole in any::<bool>()) {
             for p in FormData::new(&body, b"XyZ", whole).parts() {
-                let _ = (p.name(), p.is_text(), p.params().count());
+                let _ = (p.name(), p.is_binary_file(), p.params().count());
             }
         }
     }

@@ -840,8 +840,9 @@ fn worth_decoded(raw: &str) -> Option<Cow<'_, str>> {
 }
 
 /// The field names, file names and text contents of a multipart body that are worth judging,
-/// up to `out` holding `max`. File contents that are not text (an image, a PDF) are skipped, and
-/// so is the content of a part the body's cut ends in.
+/// up to `out` holding `max`. The contents of clearly binary files (an image, a PDF: see
+/// [`multipart::Part::is_binary_file`]) are skipped, and so is the content of a part the body's
+/// cut ends in.
 fn form_data<'a>(form: &FormData<'a>, out: &mut Vec<Input<'a>>, max: usize) {
     for part in form.parts() {
         if out.len() >= max {
@@ -871,7 +872,7 @@ fn form_data<'a>(form: &FormData<'a>, out: &mut Vec<Input<'a>>, max: usize) {
                 });
             }
         }
-        if let Some(content) = part.content.filter(|_| part.is_text()) {
+        if let Some(content) = part.content.filter(|_| !part.is_binary_file()) {
             let text = String::from_utf8_lossy(content);
             if candidate(&text) {
                 out.push(Input::value(Place::Multipart, field, text));
@@ -1405,6 +1406,70 @@ mod tests {
         ]);
         let o = post("198.18.0.9", FORM_DATA, &body);
         assert_eq!(places(&o), []);
+    }
+
+    /// A multipart body: `head` (a delimiter line, then a part's header lines), then a part's
+    /// content that is SQL injection and the close delimiter of boundary `B`.
+    fn sqli_form(head: &[&[u8]]) -> Vec<u8> {
+        let tail: [&[u8]; 4] = [b"", b"1' UNION SELECT password FROM users--", b"--B--", b""];
+        head.iter()
+            .chain(&tail)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(&b"\r\n"[..])
+    }
+
+    /// Asserts that a multipart body raises `kind` at `place` (of boundary `B` when `ctype` is
+    /// empty).
+    fn assert_multipart(ctype: &str, body: &[u8], kind: AlertKind, place: &str) {
+        let ctype = if ctype.is_empty() {
+            "multipart/form-data; boundary=B"
+        } else {
+            ctype
+        };
+        let p = places(&post("203.0.113.77", ctype, body));
+        assert!(
+            p.contains(&(kind, place.to_owned())),
+            "{ctype} {}: {p:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+
+    #[test]
+    fn a_multipart_field_of_any_type_is_judged() {
+        // Every server (busboy/multer, PHP, Werkzeug, python-multipart) makes a part without a
+        // filename a form field, whatever its type.
+        for ct in [
+            &b"Content-Type: application/octet-stream"[..],
+            b"Content-Type: application/json",
+            b"Content-Type:",
+        ] {
+            let b = sqli_form(&[b"--B", b"Content-Disposition: form-data; name=\"q\"", ct]);
+            assert_multipart("", &b, AlertKind::SqlInjection, "multipart q");
+        }
+    }
+
+    #[test]
+    fn a_multipart_part_that_some_servers_read_as_a_field_is_judged() {
+        // PHP knows no `filename*` (the part is a $_POST field) and reads a value in single
+        // quotes whole (the field `q; filename=x`); text under a file's name is judged too.
+        for (cd, place) in [
+            (
+                &b"Content-Disposition: form-data; name=\"q\"; filename*=UTF-8''x"[..],
+                "multipart q",
+            ),
+            (
+                b"Content-Disposition: form-data; name='q; filename=x'",
+                "multipart 'q",
+            ),
+            (
+                b"Content-Disposition: form-data; name=\"q\"; filename=\"x.png\"\r\nContent-Type: image/png",
+                "multipart q",
+            ),
+        ] {
+            let b = sqli_form(&[b"--B", cd]);
+            assert_multipart("", &b, AlertKind::SqlInjection, place);
+        }
     }
 
     #[test]
