@@ -11,11 +11,19 @@
 //! delimiter ends its last part. A line that starts with the delimiter and goes on with other
 //! characters is content (a boundary is never a prefix of a delimiter line, RFC 2046 5.1.1).
 
+use std::borrow::Cow;
+
 use memchr::memmem::Finder;
 
-/// The boundary of a `multipart/form-data` content type (quoted or not), if it is one and
-/// names one.
-pub fn form_data_boundary(content_type: &[u8]) -> Option<&[u8]> {
+/// The boundaries a `multipart/form-data` content type may name, as servers read it: `None`
+/// when it is not `multipart/form-data`, otherwise every distinct non-empty candidate (none when
+/// it names no boundary). Two candidates mean servers disagree on where the parts are.
+///
+/// Candidates: the value of every parameter whose name holds `boundary` (case aside), a quoted
+/// one with its quoted-pairs unescaped as busboy, Werkzeug and Python read it (`"B\X"` is
+/// `BX`); and PHP's reading, which takes the text after the first `boundary` anywhere in the
+/// field (`xboundary=EVIL; boundary=REAL` is `EVIL`) and keeps a quoted value as sent.
+pub fn form_data_boundaries(content_type: &[u8]) -> Option<Vec<Vec<u8>>> {
     let (media, rest) = match memchr::memchr(b';', content_type) {
         Some(i) => (&content_type[..i], &content_type[i..]),
         None => (content_type, &b""[..]),
@@ -26,27 +34,89 @@ pub fn form_data_boundary(content_type: &[u8]) -> Option<&[u8]> {
     {
         return None;
     }
-    params(rest)
-        .find(|(k, _)| k.eq_ignore_ascii_case(b"boundary"))
-        .map(|(_, v)| v)
-        .filter(|b| !b.is_empty())
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut add = |b: Vec<u8>| {
+        if !b.is_empty() && !out.contains(&b) {
+            out.push(b);
+        }
+    };
+    let mut s = rest;
+    while let Some((k, v)) = next_param(&mut s, b"\"") {
+        if contains_boundary(k) {
+            add(v.unquoted());
+        }
+    }
+    if let Some(v) = php_boundary(content_type) {
+        add(v.to_vec());
+    }
+    Some(out)
+}
+
+/// Whether a parameter name holds `boundary`, case aside.
+fn contains_boundary(k: &[u8]) -> bool {
+    k.windows(8).any(|w| w.eq_ignore_ascii_case(b"boundary"))
+}
+
+/// The boundary as PHP reads it (`rfc1867.c`): after the first `boundary` (as sent, else case
+/// aside) and the `=` after it, to the closing quote or to a `,` or `;`.
+fn php_boundary(ct: &[u8]) -> Option<&[u8]> {
+    let at = memchr::memmem::find(ct, b"boundary").or_else(|| {
+        ct.windows(8)
+            .position(|w| w.eq_ignore_ascii_case(b"boundary"))
+    })?;
+    let eq = at + memchr::memchr(b'=', &ct[at..])?;
+    let v = &ct[eq + 1..];
+    Some(match v {
+        [b'"', q @ ..] => &q[..memchr::memchr(b'"', q)?],
+        _ => v[..v
+            .iter()
+            .position(|&c| c == b',' || c == b';')
+            .unwrap_or(v.len())]
+            .trim_ascii(),
+    })
+}
+
+/// A parameter value: its bytes between the quotes (escapes kept, as sent) or unquoted.
+#[derive(Clone, Copy)]
+struct Value<'a> {
+    bytes: &'a [u8],
+    quoted: bool,
+}
+
+impl Value<'_> {
+    /// The value with a quoted one's quoted-pairs (`\x`) unescaped.
+    fn unquoted(self) -> Vec<u8> {
+        if !self.quoted {
+            return self.bytes.to_vec();
+        }
+        let mut out = Vec::with_capacity(self.bytes.len());
+        let mut i = 0;
+        while i < self.bytes.len() {
+            if self.bytes[i] == b'\\' && i + 1 < self.bytes.len() {
+                i += 1;
+            }
+            out.push(self.bytes[i]);
+            i += 1;
+        }
+        out
+    }
 }
 
 /// The `name=value` parameters of a header field value after its first item
 /// (`; name="a"; filename=b.png`): names trimmed, values without their quotes (a `\` inside
 /// quotes escapes the next byte and is kept, as sent). Parameters without `=` are skipped.
 pub fn params(mut s: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    std::iter::from_fn(move || next_param(&mut s, b"\""))
+    std::iter::from_fn(move || next_param(&mut s, b"\"").map(|(k, v)| (k, v.bytes)))
 }
 
 /// The parameters as PHP reads them (`php_ap_getword_conf`): as [`params`], but a value may
 /// be quoted in single quotes too (`name='q; filename=x'` is the name `q; filename=x`).
 pub fn php_params(mut s: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    std::iter::from_fn(move || next_param(&mut s, b"\"'"))
+    std::iter::from_fn(move || next_param(&mut s, b"\"'").map(|(k, v)| (k, v.bytes)))
 }
 
 /// The next parameter of `s` (see [`params`]), a value quoted in any of `quotes`.
-fn next_param<'a>(s: &mut &'a [u8], quotes: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+fn next_param<'a>(s: &mut &'a [u8], quotes: &[u8]) -> Option<(&'a [u8], Value<'a>)> {
     loop {
         *s = s.trim_ascii_start();
         while let [b';', rest @ ..] = *s {
@@ -73,13 +143,19 @@ fn next_param<'a>(s: &mut &'a [u8], quotes: &[u8]) -> Option<(&'a [u8], &'a [u8]
                 }
                 let i = i.min(rest.len());
                 *s = &rest[(i + 1).min(rest.len())..];
-                &rest[..i]
+                Value {
+                    bytes: &rest[..i],
+                    quoted: true,
+                }
             }
             _ => {
                 let i = memchr::memchr(b';', s).unwrap_or(s.len());
                 let v = s[..i].trim_ascii();
                 *s = &s[i..];
-                v
+                Value {
+                    bytes: v,
+                    quoted: false,
+                }
             }
         };
         // Anything between a closing quote and the next `;` is not part of the value.
@@ -89,20 +165,20 @@ fn next_param<'a>(s: &mut &'a [u8], quotes: &[u8]) -> Option<(&'a [u8], &'a [u8]
 }
 
 /// A `multipart/form-data` body: its parts, in order, through [`FormData::parts`].
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct FormData<'a> {
     body: &'a [u8],
-    boundary: &'a [u8],
+    boundary: Cow<'a, [u8]>,
     whole: bool,
 }
 
 impl<'a> FormData<'a> {
     /// `body` delimited by `boundary`; `whole` when nothing of it was cut off (the last part
     /// of a cut body has no content).
-    pub fn new(body: &'a [u8], boundary: &'a [u8], whole: bool) -> Self {
+    pub fn new(body: &'a [u8], boundary: impl Into<Cow<'a, [u8]>>, whole: bool) -> Self {
         Self {
             body,
-            boundary,
+            boundary: boundary.into(),
             whole,
         }
     }
@@ -111,7 +187,7 @@ impl<'a> FormData<'a> {
     pub fn parts(&self) -> Parts<'a> {
         Parts {
             body: self.body,
-            boundary: Finder::new(self.boundary),
+            boundary: Finder::new(&self.boundary).into_owned(),
             whole: self.whole,
             next: None,
             started: false,
@@ -373,20 +449,24 @@ mod tests {
             ),
             [("q".to_owned(), None, None, own("x\n"))]
         );
+        let one = Some(vec![b"XyZ".to_vec()]);
         assert_eq!(
-            form_data_boundary(b"Multipart/Form-Data ; charset=utf-8; BOUNDARY=\"XyZ\""),
-            Some(&b"XyZ"[..])
+            form_data_boundaries(b"Multipart/Form-Data ; charset=utf-8; BOUNDARY=\"XyZ\""),
+            one
         );
         assert_eq!(
-            form_data_boundary(b"multipart/form-data; boundary=XyZ"),
-            Some(&b"XyZ"[..])
+            form_data_boundaries(b"multipart/form-data; boundary=XyZ"),
+            one
         );
-        assert_eq!(form_data_boundary(b"multipart/form-data"), None);
+        assert_eq!(form_data_boundaries(b"multipart/form-data"), Some(vec![]));
         assert_eq!(
-            form_data_boundary(b"multipart/form-data; boundary=\"\""),
+            form_data_boundaries(b"multipart/form-data; boundary=\"\""),
+            Some(vec![])
+        );
+        assert_eq!(
+            form_data_boundaries(b"application/json; boundary=XyZ"),
             None
         );
-        assert_eq!(form_data_boundary(b"application/json; boundary=XyZ"), None);
     }
 
     #[test]
@@ -411,6 +491,26 @@ mod tests {
         );
         assert_eq!(read(&UPLOAD[..UPLOAD.len() - 20], false).len(), 3);
         assert!(read(b"prea", false).is_empty());
+    }
+
+    #[test]
+    fn boundaries_are_read_as_every_server_reads_them() {
+        let got = |ct: &[u8]| form_data_boundaries(ct).unwrap();
+        // busboy, Werkzeug and Python unescape a quoted-pair; PHP keeps the backslash.
+        assert_eq!(
+            got(br#"multipart/form-data; boundary="B\X""#),
+            [b"BX".to_vec(), b"B\\X".to_vec()]
+        );
+        // PHP finds `boundary` anywhere: in `xboundary`, in another parameter's value (to the
+        // `;`, the quote kept).
+        assert_eq!(
+            got(b"multipart/form-data; xboundary=EVIL; boundary=REAL"),
+            [b"EVIL".to_vec(), b"REAL".to_vec()]
+        );
+        assert_eq!(
+            got(b"multipart/form-data; charset=\"boundary=EVIL\"; boundary=REAL"),
+            [b"REAL".to_vec(), b"EVIL\"".to_vec()]
+        );
     }
 
     #[test]

@@ -557,6 +557,8 @@ enum Body<'a> {
     Strings(Vec<Lenient>),
     Form(Cow<'a, str>),
     FormData(FormData<'a>),
+    /// A multipart body whose parts servers may not read as Sentinel does: its lines.
+    Lines(&'a [u8]),
 }
 
 /// A complete string of a JSON text that does not parse.
@@ -694,10 +696,18 @@ impl InjectionDetector {
         let ctype =
             super::header(&o.req_headers, "content-type").map_or(&b""[..], |v| v.as_bytes());
         // First: a boundary may say `json` or `x-www-form-urlencoded`.
-        if let Some(boundary) = multipart::form_data_boundary(ctype) {
+        if let Some(mut boundaries) = multipart::form_data_boundaries(ctype) {
             // Whole when the capture kept all of it and so does the cap above.
             let whole = o.req_body.len() as u64 >= o.req_bytes && body.len() == o.req_body.len();
-            return Body::FormData(FormData::new(body, boundary, whole));
+            if let (Some(boundary), 1) = (boundaries.pop(), boundaries.len() + 1) {
+                let form = FormData::new(body, boundary, whole);
+                if form.parts().next().is_some() {
+                    return Body::FormData(form);
+                }
+            }
+            // No part, or servers disagree on the boundary (PHP finds it in `xboundary=`): a
+            // server may still read parts in it, so its lines are judged as text.
+            return Body::Lines(body);
         }
         let first = body.iter().find(|c| !c.is_ascii_whitespace()).copied();
         if contains_ci(ctype, b"json") || matches!(first, Some(b'{' | b'[')) {
@@ -761,6 +771,17 @@ impl InjectionDetector {
             }
             Body::Form(text) => pairs(text, Place::Form, &mut v),
             Body::FormData(form) => form_data(form, &mut v, start + max),
+            Body::Lines(body) => {
+                for line in body.split(|&c| c == b'\n') {
+                    if v.len() >= start + max {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(line.trim_ascii());
+                    if candidate(&text) {
+                        v.push(Input::value(Place::Multipart, "body line", text));
+                    }
+                }
+            }
             Body::None => {}
         }
         v.truncate(start + max);
@@ -1419,6 +1440,11 @@ mod tests {
             .join(&b"\r\n"[..])
     }
 
+    /// A field `q` of [`sqli_form`], after `first` (its delimiter line).
+    fn sqli_field(first: &[u8]) -> Vec<u8> {
+        sqli_form(&[first, b"Content-Disposition: form-data; name=\"q\""])
+    }
+
     /// Asserts that a multipart body raises `kind` at `place` (of boundary `B` when `ctype` is
     /// empty).
     fn assert_multipart(ctype: &str, body: &[u8], kind: AlertKind, place: &str) {
@@ -1470,6 +1496,29 @@ mod tests {
             let b = sqli_form(&[b"--B", cd]);
             assert_multipart("", &b, AlertKind::SqlInjection, place);
         }
+    }
+
+    #[test]
+    fn a_multipart_body_with_a_boundary_servers_disagree_on_is_judged() {
+        for (ctype, first) in [
+            // A quoted-pair: busboy, Werkzeug and Python split on `BX`, PHP on `B\X`.
+            (r#"multipart/form-data; boundary="B\X""#, &b"--BX"[..]),
+            // PHP takes the first `boundary` anywhere in the field.
+            (
+                "multipart/form-data; xboundary=EVIL; boundary=REAL",
+                b"--EVIL",
+            ),
+            // No boundary, and a boundary that delimits nothing.
+            ("multipart/form-data", b"--B"),
+            ("multipart/form-data; boundary=Z", b"--B"),
+        ] {
+            let b = sqli_field(first);
+            assert_multipart(ctype, &b, AlertKind::SqlInjection, "multipart body line");
+        }
+        // A quoted boundary is read unquoted.
+        let b = sqli_field(b"--B");
+        let ctype = r#"multipart/form-data; boundary="B""#;
+        assert_multipart(ctype, &b, AlertKind::SqlInjection, "multipart q");
     }
 
     #[test]
