@@ -6,10 +6,12 @@
 //! stream, and the detector needs a bounded, allocation-free pass over a byte slice that may be
 //! cut at the capture's body cap, telling complete parts from the one the cut ends in.
 //!
-//! Lenient as servers are: a preamble before the first delimiter is skipped, lines may end in
-//! LF alone, white space may follow a boundary, and a body that is whole but lacks the closing
-//! delimiter ends its last part. A line that starts with the delimiter and goes on with other
-//! characters is content (a boundary is never a prefix of a delimiter line, RFC 2046 5.1.1).
+//! Lenient as servers are: a preamble before the first delimiter is skipped (that delimiter
+//! need not start a line: Werkzeug finds it anywhere), lines may end in LF alone, white space may
+//! follow a boundary, a body that is whole but lacks the closing delimiter ends its last part,
+//! and parts after the close delimiter are read (PHP reads on to the next delimiter line). A
+//! line that starts with the delimiter and goes on with other characters is content (a boundary
+//! is never a prefix of a delimiter line, RFC 2046 5.1.1).
 
 use std::borrow::Cow;
 
@@ -190,7 +192,7 @@ impl<'a> FormData<'a> {
             boundary: Finder::new(&self.boundary).into_owned(),
             whole: self.whole,
             next: None,
-            started: false,
+            seek: Some(0),
         }
     }
 }
@@ -254,14 +256,18 @@ pub struct Parts<'a> {
     whole: bool,
     /// Where the next part starts (after its delimiter line), once a delimiter was found.
     next: Option<usize>,
-    started: bool,
+    /// Where to look for a delimiter that opens a part, when none follows: at the start, and
+    /// after a close delimiter (PHP reads parts after it).
+    seek: Option<usize>,
 }
 
 /// What follows a delimiter.
 enum After {
     /// A part, starting here.
     Part(usize),
-    /// The close delimiter (`--boundary--`), or the end of the body.
+    /// The close delimiter (`--boundary--`), its line going on after this.
+    Close(usize),
+    /// The end of the body.
     End,
 }
 
@@ -275,19 +281,20 @@ fn looks_binary(content: &[u8]) -> bool {
 
 impl Parts<'_> {
     /// The first delimiter line at or after `from`: where its `--` starts and what follows it.
-    fn delimiter(&self, from: usize) -> Option<(usize, After)> {
+    /// `anywhere`: the delimiter need not start a line (Werkzeug finds the first one so).
+    fn delimiter(&self, from: usize, anywhere: bool) -> Option<(usize, After)> {
         let b = self.body;
         let blen = self.boundary.needle().len();
         let mut at = from;
         while let Some(i) = self.boundary.find(b.get(at..)?).map(|i| at + i) {
             at = i + 1;
             // `--` before the boundary, at the start of a line (at or after `from`).
-            if i < from + 2 || &b[i - 2..i] != b"--" || (i > 2 && b[i - 3] != b'\n') {
+            if i < from + 2 || &b[i - 2..i] != b"--" || (!anywhere && i > 2 && b[i - 3] != b'\n') {
                 continue;
             }
             let rest = &b[i + blen..];
             if rest.starts_with(b"--") {
-                return Some((i - 2, After::End));
+                return Some((i - 2, After::Close(i + blen + 2)));
             }
             // Transport padding, then the line's end (or the end of a cut body).
             let pad = rest
@@ -312,19 +319,28 @@ impl<'a> Iterator for Parts<'a> {
     type Item = Part<'a>;
 
     fn next(&mut self) -> Option<Part<'a>> {
-        if !self.started {
-            self.started = true;
-            self.next = match self.delimiter(0)? {
-                (_, After::Part(p)) => Some(p),
-                (_, After::End) => None,
-            };
-        }
-        let start = self.next.take()?;
+        let start = match self.next.take() {
+            Some(start) => start,
+            // The first part, or one after a close delimiter: the first delimiter line that
+            // opens a part, wherever it is.
+            None => {
+                let mut from = self.seek.take()?;
+                loop {
+                    match self.delimiter(from, true)? {
+                        (_, After::Part(p)) => break p,
+                        (_, After::Close(after)) => from = after,
+                        (_, After::End) => return None,
+                    }
+                }
+            }
+        };
         let b = self.body;
-        let (end, content_ends) = match self.delimiter(start) {
+        let (end, content_ends) = match self.delimiter(start, false) {
             Some((dashes, after)) => {
-                if let After::Part(p) = after {
-                    self.next = Some(p);
+                match after {
+                    After::Part(p) => self.next = Some(p),
+                    After::Close(after) => self.seek = Some(after),
+                    After::End => {}
                 }
                 // The line break before the delimiter belongs to it.
                 let mut end = dashes;
@@ -510,6 +526,25 @@ mod tests {
         assert_eq!(
             got(b"multipart/form-data; charset=\"boundary=EVIL\"; boundary=REAL"),
             [b"REAL".to_vec(), b"EVIL\"".to_vec()]
+        );
+    }
+
+    #[test]
+    fn parts_after_the_close_delimiter_are_read() {
+        // PHP goes on to the next delimiter line after `--XyZ--`.
+        let body = b"--XyZ\r\nContent-Disposition: form-data; name=a\r\n\r\nx\r\n--XyZ--\r\n\
+            --XyZ\r\nContent-Disposition: form-data; name=q\r\n\r\ny\r\n--XyZ--\r\n";
+        let names: Vec<_> = read(body, true).into_iter().map(|p| p.0).collect();
+        assert_eq!(names, ["a", "q"]);
+    }
+
+    #[test]
+    fn the_first_delimiter_need_not_start_a_line() {
+        // Werkzeug takes `x--XyZ` as the first delimiter; later ones must start a line.
+        let body = b"x--XyZ\r\nContent-Disposition: form-data; name=q\r\n\r\ny --XyZ\r\n--XyZ--";
+        assert_eq!(
+            read(body, true),
+            [("q".to_owned(), None, None, Some("y --XyZ".to_owned()))]
         );
     }
 

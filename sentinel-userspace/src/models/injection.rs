@@ -1522,6 +1522,22 @@ mod tests {
     }
 
     #[test]
+    fn multipart_parts_after_the_close_delimiter_are_judged() {
+        // PHP reads on to the next delimiter line after `--B--`.
+        let b = sqli_field(
+            b"--B\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--B--\r\n--B",
+        );
+        assert_multipart("", &b, AlertKind::SqlInjection, "multipart q");
+    }
+
+    #[test]
+    fn a_multipart_first_delimiter_mid_line_is_found() {
+        // Werkzeug (Flask) takes a first delimiter that does not start a line.
+        let b = sqli_field(b"x--B");
+        assert_multipart("", &b, AlertKind::SqlInjection, "multipart q");
+    }
+
+    #[test]
     fn a_json_body_cut_at_the_cap_is_still_judged() {
         let pad = "A".repeat(70_000);
         let body =
