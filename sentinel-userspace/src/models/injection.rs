@@ -863,14 +863,26 @@ fn worth_decoded(raw: &str) -> Option<Cow<'_, str>> {
 /// The field names, file names and text contents of a multipart body that are worth judging,
 /// up to `out` holding `max`. The contents of clearly binary files (an image, a PDF: see
 /// [`multipart::Part::is_binary_file`]) are skipped, and so is the content of a part the body's
-/// cut ends in.
+/// cut ends in. Names and file names are judged as every server reads them: PHP's reading
+/// (single quotes, no `filename*`) too, where it differs.
 fn form_data<'a>(form: &FormData<'a>, out: &mut Vec<Input<'a>>, max: usize) {
     for part in form.parts() {
         if out.len() >= max {
             return;
         }
         let field = String::from_utf8_lossy(part.name().unwrap_or_default());
-        for (k, v) in part.params() {
+        // PHP honours single quotes (`name='q; filename=x'` is the field `q; filename=x`): the
+        // names and file names it reads otherwise are judged too.
+        let quoted = memchr::memchr(b'\'', part.disposition).is_some();
+        let php = multipart::php_params(part.disposition)
+            .filter(|_| quoted)
+            .filter(|(k, v)| {
+                (k.eq_ignore_ascii_case(b"name") || k.eq_ignore_ascii_case(b"filename"))
+                    && !part
+                        .params()
+                        .any(|(k2, v2)| k2.eq_ignore_ascii_case(k) && v2 == *v)
+            });
+        for (k, v) in part.params().chain(php) {
             let v = if k.eq_ignore_ascii_case(b"filename*") {
                 // RFC 8187: `UTF-8''%e2%82%ac.txt`.
                 let v = String::from_utf8_lossy(v);
@@ -1496,6 +1508,22 @@ mod tests {
             let b = sqli_form(&[b"--B", cd]);
             assert_multipart("", &b, AlertKind::SqlInjection, place);
         }
+    }
+
+    #[test]
+    fn multipart_names_are_judged_as_php_reads_them() {
+        // PHP honours single quotes: its names are whole only in its reading (the common one
+        // keeps the quotes, or cuts the value at a `;` inside them).
+        let b = sqli_form(&[
+            b"--B",
+            b"Content-Disposition: form-data; name='<script>alert(1)</script>'; filename=\"a\"",
+        ]);
+        assert_multipart("", &b, AlertKind::Xss, "multipart field name");
+        let b = sqli_form(&[
+            b"--B",
+            b"Content-Disposition: form-data; name=\"a\"; filename='x; y=\"../../../etc/passwd'",
+        ]);
+        assert_multipart("", &b, AlertKind::PathTraversal, "multipart filename of a");
     }
 
     #[test]
