@@ -19,6 +19,6 @@ fuzz_target!(|data: &[u8]| {
         assert!(within(part.disposition));
         assert!(part.content.is_none_or(within));
         assert!(part.content_type.is_none_or(within));
-        let _ = (part.name(), part.is_text(), part.params().count());
+        let _ = (part.name(), part.is_binary_file(), part.params().count());
     }
 });

@@ -6,16 +6,26 @@
 //! stream, and the detector needs a bounded, allocation-free pass over a byte slice that may be
 //! cut at the capture's body cap, telling complete parts from the one the cut ends in.
 //!
-//! Lenient as servers are: a preamble before the first delimiter is skipped, lines may end in
-//! LF alone, white space may follow a boundary, and a body that is whole but lacks the closing
-//! delimiter ends its last part. A line that starts with the delimiter and goes on with other
-//! characters is content (a boundary is never a prefix of a delimiter line, RFC 2046 5.1.1).
+//! Lenient as servers are: a preamble before the first delimiter is skipped (that delimiter
+//! need not start a line: Werkzeug finds it anywhere), lines may end in LF alone, white space may
+//! follow a boundary, a body that is whole but lacks the closing delimiter ends its last part,
+//! and parts after the close delimiter are read (PHP reads on to the next delimiter line). A
+//! line that starts with the delimiter and goes on with other characters is content (a boundary
+//! is never a prefix of a delimiter line, RFC 2046 5.1.1).
+
+use std::borrow::Cow;
 
 use memchr::memmem::Finder;
 
-/// The boundary of a `multipart/form-data` content type (quoted or not), if it is one and
-/// names one.
-pub fn form_data_boundary(content_type: &[u8]) -> Option<&[u8]> {
+/// The boundaries a `multipart/form-data` content type may name, as servers read it: `None`
+/// when it is not `multipart/form-data`, otherwise every distinct non-empty candidate (none when
+/// it names no boundary). Two candidates mean servers disagree on where the parts are.
+///
+/// Candidates: the value of every parameter whose name holds `boundary` (case aside), a quoted
+/// one with its quoted-pairs unescaped as busboy, Werkzeug and Python read it (`"B\X"` is
+/// `BX`); and PHP's reading, which takes the text after the first `boundary` anywhere in the
+/// field (`xboundary=EVIL; boundary=REAL` is `EVIL`) and keeps a quoted value as sent.
+pub fn form_data_boundaries(content_type: &[u8]) -> Option<Vec<Vec<u8>>> {
     let (media, rest) = match memchr::memchr(b';', content_type) {
         Some(i) => (&content_type[..i], &content_type[i..]),
         None => (content_type, &b""[..]),
@@ -26,71 +36,151 @@ pub fn form_data_boundary(content_type: &[u8]) -> Option<&[u8]> {
     {
         return None;
     }
-    params(rest)
-        .find(|(k, _)| k.eq_ignore_ascii_case(b"boundary"))
-        .map(|(_, v)| v)
-        .filter(|b| !b.is_empty())
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut add = |b: Vec<u8>| {
+        if !b.is_empty() && !out.contains(&b) {
+            out.push(b);
+        }
+    };
+    let mut s = rest;
+    while let Some((k, v)) = next_param(&mut s, b"\"") {
+        if contains_boundary(k) {
+            add(v.unquoted());
+        }
+    }
+    if let Some(v) = php_boundary(content_type) {
+        add(v.to_vec());
+    }
+    Some(out)
+}
+
+/// Whether a parameter name holds `boundary`, case aside.
+fn contains_boundary(k: &[u8]) -> bool {
+    k.windows(8).any(|w| w.eq_ignore_ascii_case(b"boundary"))
+}
+
+/// The boundary as PHP reads it (`rfc1867.c`): after the first `boundary` (as sent, else case
+/// aside) and the `=` after it, to the closing quote or to a `,` or `;`.
+fn php_boundary(ct: &[u8]) -> Option<&[u8]> {
+    let at = memchr::memmem::find(ct, b"boundary").or_else(|| {
+        ct.windows(8)
+            .position(|w| w.eq_ignore_ascii_case(b"boundary"))
+    })?;
+    let eq = at + memchr::memchr(b'=', &ct[at..])?;
+    let v = &ct[eq + 1..];
+    Some(match v {
+        [b'"', q @ ..] => &q[..memchr::memchr(b'"', q)?],
+        _ => v[..v
+            .iter()
+            .position(|&c| c == b',' || c == b';')
+            .unwrap_or(v.len())]
+            .trim_ascii(),
+    })
+}
+
+/// A parameter value: its bytes between the quotes (escapes kept, as sent) or unquoted.
+#[derive(Clone, Copy)]
+struct Value<'a> {
+    bytes: &'a [u8],
+    quoted: bool,
+}
+
+impl Value<'_> {
+    /// The value with a quoted one's quoted-pairs (`\x`) unescaped.
+    fn unquoted(self) -> Vec<u8> {
+        if !self.quoted {
+            return self.bytes.to_vec();
+        }
+        let mut out = Vec::with_capacity(self.bytes.len());
+        let mut i = 0;
+        while i < self.bytes.len() {
+            if self.bytes[i] == b'\\' && i + 1 < self.bytes.len() {
+                i += 1;
+            }
+            out.push(self.bytes[i]);
+            i += 1;
+        }
+        out
+    }
 }
 
 /// The `name=value` parameters of a header field value after its first item
 /// (`; name="a"; filename=b.png`): names trimmed, values without their quotes (a `\` inside
 /// quotes escapes the next byte and is kept, as sent). Parameters without `=` are skipped.
 pub fn params(mut s: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    std::iter::from_fn(move || {
-        loop {
-            s = s.trim_ascii_start();
-            while let [b';', rest @ ..] = s {
-                s = rest.trim_ascii_start();
-            }
-            if s.is_empty() {
-                return None;
-            }
-            let end = s
-                .iter()
-                .position(|&c| c == b'=' || c == b';')
-                .unwrap_or(s.len());
-            let name = s[..end].trim_ascii();
-            if s.get(end) != Some(&b'=') {
-                s = &s[end..];
-                continue;
-            }
-            s = s[end + 1..].trim_ascii_start();
-            let value = if let [b'"', rest @ ..] = s {
+    std::iter::from_fn(move || next_param(&mut s, b"\"").map(|(k, v)| (k, v.bytes)))
+}
+
+/// The parameters as PHP reads them (`php_ap_getword_conf`): as [`params`], but a value may
+/// be quoted in single quotes too (`name='q; filename=x'` is the name `q; filename=x`).
+pub fn php_params(mut s: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    std::iter::from_fn(move || next_param(&mut s, b"\"'").map(|(k, v)| (k, v.bytes)))
+}
+
+/// The next parameter of `s` (see [`params`]), a value quoted in any of `quotes`.
+fn next_param<'a>(s: &mut &'a [u8], quotes: &[u8]) -> Option<(&'a [u8], Value<'a>)> {
+    loop {
+        *s = s.trim_ascii_start();
+        while let [b';', rest @ ..] = *s {
+            *s = rest.trim_ascii_start();
+        }
+        if s.is_empty() {
+            return None;
+        }
+        let end = s
+            .iter()
+            .position(|&c| c == b'=' || c == b';')
+            .unwrap_or(s.len());
+        let name = s[..end].trim_ascii();
+        if s.get(end) != Some(&b'=') {
+            *s = &s[end..];
+            continue;
+        }
+        *s = s[end + 1..].trim_ascii_start();
+        let value = match *s {
+            [q, rest @ ..] if quotes.contains(q) => {
                 let mut i = 0;
-                while i < rest.len() && rest[i] != b'"' {
+                while i < rest.len() && rest[i] != *q {
                     i += if rest[i] == b'\\' { 2 } else { 1 };
                 }
                 let i = i.min(rest.len());
-                s = &rest[(i + 1).min(rest.len())..];
-                &rest[..i]
-            } else {
+                *s = &rest[(i + 1).min(rest.len())..];
+                Value {
+                    bytes: &rest[..i],
+                    quoted: true,
+                }
+            }
+            _ => {
                 let i = memchr::memchr(b';', s).unwrap_or(s.len());
                 let v = s[..i].trim_ascii();
-                s = &s[i..];
-                v
-            };
-            // Anything between a closing quote and the next `;` is not part of the value.
-            s = &s[memchr::memchr(b';', s).unwrap_or(s.len())..];
-            return Some((name, value));
-        }
-    })
+                *s = &s[i..];
+                Value {
+                    bytes: v,
+                    quoted: false,
+                }
+            }
+        };
+        // Anything between a closing quote and the next `;` is not part of the value.
+        *s = &s[memchr::memchr(b';', s).unwrap_or(s.len())..];
+        return Some((name, value));
+    }
 }
 
 /// A `multipart/form-data` body: its parts, in order, through [`FormData::parts`].
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct FormData<'a> {
     body: &'a [u8],
-    boundary: &'a [u8],
+    boundary: Cow<'a, [u8]>,
     whole: bool,
 }
 
 impl<'a> FormData<'a> {
     /// `body` delimited by `boundary`; `whole` when nothing of it was cut off (the last part
     /// of a cut body has no content).
-    pub fn new(body: &'a [u8], boundary: &'a [u8], whole: bool) -> Self {
+    pub fn new(body: &'a [u8], boundary: impl Into<Cow<'a, [u8]>>, whole: bool) -> Self {
         Self {
             body,
-            boundary,
+            boundary: boundary.into(),
             whole,
         }
     }
@@ -99,10 +189,10 @@ impl<'a> FormData<'a> {
     pub fn parts(&self) -> Parts<'a> {
         Parts {
             body: self.body,
-            boundary: Finder::new(self.boundary),
+            boundary: Finder::new(&self.boundary).into_owned(),
             whole: self.whole,
             next: None,
-            started: false,
+            seek: Some(0),
         }
     }
 }
@@ -139,13 +229,23 @@ impl<'a> Part<'a> {
         })
     }
 
-    /// Whether the content is text: declared `text/*`, or not declared in a field that is not
-    /// a file (a form's text field).
-    pub fn is_text(&self) -> bool {
-        match self.content_type {
-            Some(t) => t.len() >= 5 && t[..5].eq_ignore_ascii_case(b"text/"),
-            None => !self.is_file(),
-        }
+    /// Whether the part is clearly a binary file upload, whose content is not worth judging as
+    /// text: every server reads it as a file (a `filename` parameter, in the common reading
+    /// and in PHP's, which knows no `filename*` and honours single quotes), its type is not
+    /// `text/*` (a file sent without one is a blob, `application/octet-stream` to servers), and
+    /// its content looks binary (a NUL, or bytes that are not UTF-8, in its first KiB: every
+    /// image, archive and office format starts so). A part without a filename is a form field
+    /// to every server whatever its type, and text under a file's name is read as text by the
+    /// applications that take it; both are judged.
+    pub fn is_binary_file(&self) -> bool {
+        let filename = |(k, _): (&[u8], &[u8])| k.eq_ignore_ascii_case(b"filename");
+        let text = self
+            .content_type
+            .is_some_and(|t| t.len() >= 5 && t[..5].eq_ignore_ascii_case(b"text/"));
+        self.params().any(filename)
+            && php_params(self.disposition).any(filename)
+            && !text
+            && self.content.is_some_and(looks_binary)
     }
 }
 
@@ -156,32 +256,45 @@ pub struct Parts<'a> {
     whole: bool,
     /// Where the next part starts (after its delimiter line), once a delimiter was found.
     next: Option<usize>,
-    started: bool,
+    /// Where to look for a delimiter that opens a part, when none follows: at the start, and
+    /// after a close delimiter (PHP reads parts after it).
+    seek: Option<usize>,
 }
 
 /// What follows a delimiter.
 enum After {
     /// A part, starting here.
     Part(usize),
-    /// The close delimiter (`--boundary--`), or the end of the body.
+    /// The close delimiter (`--boundary--`), its line going on after this.
+    Close(usize),
+    /// The end of the body.
     End,
+}
+
+/// Whether content looks binary: a NUL, or bytes that are not UTF-8, in its first KiB (a
+/// character cut by the KiB's end is not counted).
+fn looks_binary(content: &[u8]) -> bool {
+    let head = &content[..content.len().min(1024)];
+    memchr::memchr(0, head).is_some()
+        || std::str::from_utf8(head).is_err_and(|e| e.error_len().is_some())
 }
 
 impl Parts<'_> {
     /// The first delimiter line at or after `from`: where its `--` starts and what follows it.
-    fn delimiter(&self, from: usize) -> Option<(usize, After)> {
+    /// `anywhere`: the delimiter need not start a line (Werkzeug finds the first one so).
+    fn delimiter(&self, from: usize, anywhere: bool) -> Option<(usize, After)> {
         let b = self.body;
         let blen = self.boundary.needle().len();
         let mut at = from;
         while let Some(i) = self.boundary.find(b.get(at..)?).map(|i| at + i) {
             at = i + 1;
             // `--` before the boundary, at the start of a line (at or after `from`).
-            if i < from + 2 || &b[i - 2..i] != b"--" || (i > 2 && b[i - 3] != b'\n') {
+            if i < from + 2 || &b[i - 2..i] != b"--" || (!anywhere && i > 2 && b[i - 3] != b'\n') {
                 continue;
             }
             let rest = &b[i + blen..];
             if rest.starts_with(b"--") {
-                return Some((i - 2, After::End));
+                return Some((i - 2, After::Close(i + blen + 2)));
             }
             // Transport padding, then the line's end (or the end of a cut body).
             let pad = rest
@@ -206,19 +319,28 @@ impl<'a> Iterator for Parts<'a> {
     type Item = Part<'a>;
 
     fn next(&mut self) -> Option<Part<'a>> {
-        if !self.started {
-            self.started = true;
-            self.next = match self.delimiter(0)? {
-                (_, After::Part(p)) => Some(p),
-                (_, After::End) => None,
-            };
-        }
-        let start = self.next.take()?;
+        let start = match self.next.take() {
+            Some(start) => start,
+            // The first part, or one after a close delimiter: the first delimiter line that
+            // opens a part, wherever it is.
+            None => {
+                let mut from = self.seek.take()?;
+                loop {
+                    match self.delimiter(from, true)? {
+                        (_, After::Part(p)) => break p,
+                        (_, After::Close(after)) => from = after,
+                        (_, After::End) => return None,
+                    }
+                }
+            }
+        };
         let b = self.body;
-        let (end, content_ends) = match self.delimiter(start) {
+        let (end, content_ends) = match self.delimiter(start, false) {
             Some((dashes, after)) => {
-                if let After::Part(p) = after {
-                    self.next = Some(p);
+                match after {
+                    After::Part(p) => self.next = Some(p),
+                    After::Close(after) => self.seek = Some(after),
+                    After::End => {}
                 }
                 // The line break before the delimiter belongs to it.
                 let mut end = dashes;
@@ -343,20 +465,24 @@ mod tests {
             ),
             [("q".to_owned(), None, None, own("x\n"))]
         );
+        let one = Some(vec![b"XyZ".to_vec()]);
         assert_eq!(
-            form_data_boundary(b"Multipart/Form-Data ; charset=utf-8; BOUNDARY=\"XyZ\""),
-            Some(&b"XyZ"[..])
+            form_data_boundaries(b"Multipart/Form-Data ; charset=utf-8; BOUNDARY=\"XyZ\""),
+            one
         );
         assert_eq!(
-            form_data_boundary(b"multipart/form-data; boundary=XyZ"),
-            Some(&b"XyZ"[..])
+            form_data_boundaries(b"multipart/form-data; boundary=XyZ"),
+            one
         );
-        assert_eq!(form_data_boundary(b"multipart/form-data"), None);
+        assert_eq!(form_data_boundaries(b"multipart/form-data"), Some(vec![]));
         assert_eq!(
-            form_data_boundary(b"multipart/form-data; boundary=\"\""),
+            form_data_boundaries(b"multipart/form-data; boundary=\"\""),
+            Some(vec![])
+        );
+        assert_eq!(
+            form_data_boundaries(b"application/json; boundary=XyZ"),
             None
         );
-        assert_eq!(form_data_boundary(b"application/json; boundary=XyZ"), None);
     }
 
     #[test]
@@ -383,6 +509,78 @@ mod tests {
         assert!(read(b"prea", false).is_empty());
     }
 
+    #[test]
+    fn boundaries_are_read_as_every_server_reads_them() {
+        let got = |ct: &[u8]| form_data_boundaries(ct).unwrap();
+        // busboy, Werkzeug and Python unescape a quoted-pair; PHP keeps the backslash.
+        assert_eq!(
+            got(br#"multipart/form-data; boundary="B\X""#),
+            [b"BX".to_vec(), b"B\\X".to_vec()]
+        );
+        // PHP finds `boundary` anywhere: in `xboundary`, in another parameter's value (to the
+        // `;`, the quote kept).
+        assert_eq!(
+            got(b"multipart/form-data; xboundary=EVIL; boundary=REAL"),
+            [b"EVIL".to_vec(), b"REAL".to_vec()]
+        );
+        assert_eq!(
+            got(b"multipart/form-data; charset=\"boundary=EVIL\"; boundary=REAL"),
+            [b"REAL".to_vec(), b"EVIL\"".to_vec()]
+        );
+    }
+
+    #[test]
+    fn parts_after_the_close_delimiter_are_read() {
+        // PHP goes on to the next delimiter line after `--XyZ--`.
+        let body = b"--XyZ\r\nContent-Disposition: form-data; name=a\r\n\r\nx\r\n--XyZ--\r\n\
+            --XyZ\r\nContent-Disposition: form-data; name=q\r\n\r\ny\r\n--XyZ--\r\n";
+        let names: Vec<_> = read(body, true).into_iter().map(|p| p.0).collect();
+        assert_eq!(names, ["a", "q"]);
+    }
+
+    #[test]
+    fn the_first_delimiter_need_not_start_a_line() {
+        // Werkzeug takes `x--XyZ` as the first delimiter; later ones must start a line.
+        let body = b"x--XyZ\r\nContent-Disposition: form-data; name=q\r\n\r\ny --XyZ\r\n--XyZ--";
+        assert_eq!(
+            read(body, true),
+            [("q".to_owned(), None, None, Some("y --XyZ".to_owned()))]
+        );
+    }
+
+    #[test]
+    fn only_clearly_binary_files_are_binary() {
+        let part =
+            |disposition: &'static str, ctype: Option<&'static str>, content: &'static [u8]| Part {
+                disposition: disposition.as_bytes(),
+                content_type: ctype.map(str::as_bytes),
+                content: Some(content),
+            };
+        let png: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+        assert!(part(r#"; name="a"; filename="a.png""#, Some("image/png"), png).is_binary_file());
+        assert!(part(r#"; name="a"; filename="blob""#, None, png).is_binary_file());
+        for (disposition, ctype, content) in [
+            // A field, whatever its type.
+            (r#"; name="q""#, Some("application/octet-stream"), png),
+            (r#"; name="q""#, Some(""), png),
+            // A file that PHP reads as a field.
+            (r#"; name="q"; filename*=UTF-8''x"#, Some("image/png"), png),
+            (r#"; name='q; filename=x'"#, Some("image/png"), png),
+            // Text, whatever its name or type.
+            (
+                r#"; name="a"; filename="a.png""#,
+                Some("image/png"),
+                b"1' OR 1=1--",
+            ),
+            (r#"; name="a"; filename="a.txt""#, Some("text/plain"), png),
+        ] {
+            assert!(
+                !part(disposition, ctype, content).is_binary_file(),
+                "{disposition} {ctype:?}"
+            );
+        }
+    }
+
     proptest! {
         /// Any cut of a body gives a prefix of its parts, each as whole or with no content,
         /// and never panics.
@@ -403,7 +601,7 @@ mod tests {
             0..200,
         ), whole in any::<bool>()) {
             for p in FormData::new(&body, b"XyZ", whole).parts() {
-                let _ = (p.name(), p.is_text(), p.params().count());
+                let _ = (p.name(), p.is_binary_file(), p.params().count());
             }
         }
     }

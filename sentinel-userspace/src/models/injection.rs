@@ -557,6 +557,8 @@ enum Body<'a> {
     Strings(Vec<Lenient>),
     Form(Cow<'a, str>),
     FormData(FormData<'a>),
+    /// A multipart body whose parts servers may not read as Sentinel does: its lines.
+    Lines(&'a [u8]),
 }
 
 /// A complete string of a JSON text that does not parse.
@@ -694,10 +696,18 @@ impl InjectionDetector {
         let ctype =
             super::header(&o.req_headers, "content-type").map_or(&b""[..], |v| v.as_bytes());
         // First: a boundary may say `json` or `x-www-form-urlencoded`.
-        if let Some(boundary) = multipart::form_data_boundary(ctype) {
+        if let Some(mut boundaries) = multipart::form_data_boundaries(ctype) {
             // Whole when the capture kept all of it and so does the cap above.
             let whole = o.req_body.len() as u64 >= o.req_bytes && body.len() == o.req_body.len();
-            return Body::FormData(FormData::new(body, boundary, whole));
+            if let (Some(boundary), 1) = (boundaries.pop(), boundaries.len() + 1) {
+                let form = FormData::new(body, boundary, whole);
+                if form.parts().next().is_some() {
+                    return Body::FormData(form);
+                }
+            }
+            // No part, or servers disagree on the boundary (PHP finds it in `xboundary=`): a
+            // server may still read parts in it, so its lines are judged as text.
+            return Body::Lines(body);
         }
         let first = body.iter().find(|c| !c.is_ascii_whitespace()).copied();
         if contains_ci(ctype, b"json") || matches!(first, Some(b'{' | b'[')) {
@@ -761,6 +771,17 @@ impl InjectionDetector {
             }
             Body::Form(text) => pairs(text, Place::Form, &mut v),
             Body::FormData(form) => form_data(form, &mut v, start + max),
+            Body::Lines(body) => {
+                for line in body.split(|&c| c == b'\n') {
+                    if v.len() >= start + max {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(line.trim_ascii());
+                    if candidate(&text) {
+                        v.push(Input::value(Place::Multipart, "body line", text));
+                    }
+                }
+            }
             Body::None => {}
         }
         v.truncate(start + max);
@@ -840,15 +861,28 @@ fn worth_decoded(raw: &str) -> Option<Cow<'_, str>> {
 }
 
 /// The field names, file names and text contents of a multipart body that are worth judging,
-/// up to `out` holding `max`. File contents that are not text (an image, a PDF) are skipped, and
-/// so is the content of a part the body's cut ends in.
+/// up to `out` holding `max`. The contents of clearly binary files (an image, a PDF: see
+/// [`multipart::Part::is_binary_file`]) are skipped, and so is the content of a part the body's
+/// cut ends in. Names and file names are judged as every server reads them: PHP's reading
+/// (single quotes, no `filename*`) too, where it differs.
 fn form_data<'a>(form: &FormData<'a>, out: &mut Vec<Input<'a>>, max: usize) {
     for part in form.parts() {
         if out.len() >= max {
             return;
         }
         let field = String::from_utf8_lossy(part.name().unwrap_or_default());
-        for (k, v) in part.params() {
+        // PHP honours single quotes (`name='q; filename=x'` is the field `q; filename=x`): the
+        // names and file names it reads otherwise are judged too.
+        let quoted = memchr::memchr(b'\'', part.disposition).is_some();
+        let php = multipart::php_params(part.disposition)
+            .filter(|_| quoted)
+            .filter(|(k, v)| {
+                (k.eq_ignore_ascii_case(b"name") || k.eq_ignore_ascii_case(b"filename"))
+                    && !part
+                        .params()
+                        .any(|(k2, v2)| k2.eq_ignore_ascii_case(k) && v2 == *v)
+            });
+        for (k, v) in part.params().chain(php) {
             let v = if k.eq_ignore_ascii_case(b"filename*") {
                 // RFC 8187: `UTF-8''%e2%82%ac.txt`.
                 let v = String::from_utf8_lossy(v);
@@ -871,7 +905,7 @@ fn form_data<'a>(form: &FormData<'a>, out: &mut Vec<Input<'a>>, max: usize) {
                 });
             }
         }
-        if let Some(content) = part.content.filter(|_| part.is_text()) {
+        if let Some(content) = part.content.filter(|_| !part.is_binary_file()) {
             let text = String::from_utf8_lossy(content);
             if candidate(&text) {
                 out.push(Input::value(Place::Multipart, field, text));
@@ -1405,6 +1439,130 @@ mod tests {
         ]);
         let o = post("198.18.0.9", FORM_DATA, &body);
         assert_eq!(places(&o), []);
+    }
+
+    /// A multipart body: `head` (a delimiter line, then a part's header lines), then a part's
+    /// content that is SQL injection and the close delimiter of boundary `B`.
+    fn sqli_form(head: &[&[u8]]) -> Vec<u8> {
+        let tail: [&[u8]; 4] = [b"", b"1' UNION SELECT password FROM users--", b"--B--", b""];
+        head.iter()
+            .chain(&tail)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(&b"\r\n"[..])
+    }
+
+    /// A field `q` of [`sqli_form`], after `first` (its delimiter line).
+    fn sqli_field(first: &[u8]) -> Vec<u8> {
+        sqli_form(&[first, b"Content-Disposition: form-data; name=\"q\""])
+    }
+
+    /// Asserts that a multipart body raises `kind` at `place` (of boundary `B` when `ctype` is
+    /// empty).
+    fn assert_multipart(ctype: &str, body: &[u8], kind: AlertKind, place: &str) {
+        let ctype = if ctype.is_empty() {
+            "multipart/form-data; boundary=B"
+        } else {
+            ctype
+        };
+        let p = places(&post("203.0.113.77", ctype, body));
+        assert!(
+            p.contains(&(kind, place.to_owned())),
+            "{ctype} {}: {p:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+
+    #[test]
+    fn a_multipart_field_of_any_type_is_judged() {
+        // Every server (busboy/multer, PHP, Werkzeug, python-multipart) makes a part without a
+        // filename a form field, whatever its type.
+        for ct in [
+            &b"Content-Type: application/octet-stream"[..],
+            b"Content-Type: application/json",
+            b"Content-Type:",
+        ] {
+            let b = sqli_form(&[b"--B", b"Content-Disposition: form-data; name=\"q\"", ct]);
+            assert_multipart("", &b, AlertKind::SqlInjection, "multipart q");
+        }
+    }
+
+    #[test]
+    fn a_multipart_part_that_some_servers_read_as_a_field_is_judged() {
+        // PHP knows no `filename*` (the part is a $_POST field) and reads a value in single
+        // quotes whole (the field `q; filename=x`); text under a file's name is judged too.
+        for (cd, place) in [
+            (
+                &b"Content-Disposition: form-data; name=\"q\"; filename*=UTF-8''x"[..],
+                "multipart q",
+            ),
+            (
+                b"Content-Disposition: form-data; name='q; filename=x'",
+                "multipart 'q",
+            ),
+            (
+                b"Content-Disposition: form-data; name=\"q\"; filename=\"x.png\"\r\nContent-Type: image/png",
+                "multipart q",
+            ),
+        ] {
+            let b = sqli_form(&[b"--B", cd]);
+            assert_multipart("", &b, AlertKind::SqlInjection, place);
+        }
+    }
+
+    #[test]
+    fn multipart_names_are_judged_as_php_reads_them() {
+        // PHP honours single quotes: its names are whole only in its reading (the common one
+        // keeps the quotes, or cuts the value at a `;` inside them).
+        let b = sqli_form(&[
+            b"--B",
+            b"Content-Disposition: form-data; name='<script>alert(1)</script>'; filename=\"a\"",
+        ]);
+        assert_multipart("", &b, AlertKind::Xss, "multipart field name");
+        let b = sqli_form(&[
+            b"--B",
+            b"Content-Disposition: form-data; name=\"a\"; filename='x; y=\"../../../etc/passwd'",
+        ]);
+        assert_multipart("", &b, AlertKind::PathTraversal, "multipart filename of a");
+    }
+
+    #[test]
+    fn a_multipart_body_with_a_boundary_servers_disagree_on_is_judged() {
+        for (ctype, first) in [
+            // A quoted-pair: busboy, Werkzeug and Python split on `BX`, PHP on `B\X`.
+            (r#"multipart/form-data; boundary="B\X""#, &b"--BX"[..]),
+            // PHP takes the first `boundary` anywhere in the field.
+            (
+                "multipart/form-data; xboundary=EVIL; boundary=REAL",
+                b"--EVIL",
+            ),
+            // No boundary, and a boundary that delimits nothing.
+            ("multipart/form-data", b"--B"),
+            ("multipart/form-data; boundary=Z", b"--B"),
+        ] {
+            let b = sqli_field(first);
+            assert_multipart(ctype, &b, AlertKind::SqlInjection, "multipart body line");
+        }
+        // A quoted boundary is read unquoted.
+        let b = sqli_field(b"--B");
+        let ctype = r#"multipart/form-data; boundary="B""#;
+        assert_multipart(ctype, &b, AlertKind::SqlInjection, "multipart q");
+    }
+
+    #[test]
+    fn multipart_parts_after_the_close_delimiter_are_judged() {
+        // PHP reads on to the next delimiter line after `--B--`.
+        let b = sqli_field(
+            b"--B\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--B--\r\n--B",
+        );
+        assert_multipart("", &b, AlertKind::SqlInjection, "multipart q");
+    }
+
+    #[test]
+    fn a_multipart_first_delimiter_mid_line_is_found() {
+        // Werkzeug (Flask) takes a first delimiter that does not start a line.
+        let b = sqli_field(b"x--B");
+        assert_multipart("", &b, AlertKind::SqlInjection, "multipart q");
     }
 
     #[test]
