@@ -30,11 +30,11 @@ fn recorder(ns: &NetNs, iface: &str, program: &str, file: &Path) -> Child {
     c.args(["-i", iface]);
     if program == "tcpdump" {
         // Whole packets, each written as it comes; the filter as trailing words.
-        c.args(["-s", "0", "-U", "-w"])
+        c.args(["-s", "0", "-B", "32768", "-U", "-w"])
             .arg(file)
             .args(["tcp", "port", &PORT.to_string()]);
     } else {
-        c.args(["-q", "-w"])
+        c.args(["-q", "-B", "32", "-w"])
             .arg(file)
             .args(["-f", &format!("tcp port {PORT}")]);
     }
@@ -116,6 +116,9 @@ fn request(t: &serde_json::Value) -> Request {
 fn tshark(file: &Path) -> Vec<Request> {
     let out = output_within(
         Command::new("tshark").arg("-r").arg(file).args([
+            // Packets recorded on a veth can be out of order in the file (several CPUs).
+            "-o",
+            "tcp.reassemble_out_of_order:TRUE",
             "-Y",
             "http.response",
             "-T",
@@ -258,10 +261,21 @@ fn files_from_tcpdump_and_dumpcap_replay_every_request() {
             "sentinel replay {} against what the bank served",
             file.display()
         );
-        assert_eq!(
-            by_path(&got),
-            by_path(&tshark(file)),
-            "sentinel replay against tshark in {}",
+        // tshark is the peer, not the truth (the bank's log is): whatever it finds, replay
+        // finds too. It missed a 2 MB response in one run of many; it must find most.
+        let (ours, theirs) = (by_path(&got), by_path(&tshark(file)));
+        for (key, n) in &theirs {
+            assert!(
+                ours.get(key).is_some_and(|m| m >= n),
+                "tshark finds {n} x {key:?} in {}, replay {ours:?}",
+                file.display()
+            );
+        }
+        let found: usize = theirs.values().sum();
+        assert!(
+            found + 2 >= served.len(),
+            "tshark found only {found} of {} in {}: {theirs:?}",
+            served.len(),
             file.display()
         );
         // The bodies came whole: 2 MB down, 300 kB and 1.5 MB up.
