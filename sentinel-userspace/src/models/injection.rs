@@ -3,7 +3,8 @@
 //!
 //! Inputs: decoded path segments, decoded query and form parameter names and values, JSON body
 //! keys and string values, `multipart/form-data` field names, file names and text contents (up
-//! to `max_values` worth judging in each place), and the headers that carry client input
+//! to `max_values` worth judging in each place: the most suspicious when there are more, so that
+//! padding does not push a payload out), and the headers that carry client input
 //! (`Referer`'s query, `User-Agent`, `Cookie` values, `X-Forwarded-*`). Each value is decoded
 //! (`%XX`, `+`, twice when still encoded) before it is judged; JSON and multipart values are
 //! judged as sent.
@@ -732,8 +733,11 @@ impl InjectionDetector {
         with_path: bool,
     ) -> Vec<Input<'a>> {
         // Each place (path, query, body, headers) has its own budget of values: many values
-        // in one must not keep another's from being judged.
+        // in one must not keep another's from being judged. A place with more values worth
+        // judging than its budget keeps the most suspicious ([`keep_most_suspicious`]), of up
+        // to `COLLECT` times the budget read in order.
         let max = self.cfg.max_values;
+        let read = max.saturating_mul(COLLECT);
         let mut v = Vec::new();
         if with_path {
             for seg in o.path.split('/').filter(|s| !s.is_empty()) {
@@ -742,17 +746,17 @@ impl InjectionDetector {
                 }
             }
         }
-        v.truncate(max);
+        keep_most_suspicious(&mut v, 0, max);
         let start = v.len();
         pairs(&o.query, Place::Query, &mut v);
-        v.truncate(start + max);
+        keep_most_suspicious(&mut v, start, max);
         let start = v.len();
         match body {
-            Body::Json(j) => json_values(j, "", &mut v, start + max),
+            Body::Json(j) => json_values(j, "", &mut v, start + read),
             Body::Strings(list) => {
                 let mut key = "";
                 for s in list {
-                    if v.len() >= start + max {
+                    if v.len() >= start + read {
                         break;
                     }
                     match s {
@@ -770,10 +774,10 @@ impl InjectionDetector {
                 }
             }
             Body::Form(text) => pairs(text, Place::Form, &mut v),
-            Body::FormData(form) => form_data(form, &mut v, start + max),
+            Body::FormData(form) => form_data(form, &mut v, start + read),
             Body::Lines(body) => {
                 for line in body.split(|&c| c == b'\n') {
-                    if v.len() >= start + max {
+                    if v.len() >= start + read {
                         break;
                     }
                     let text = String::from_utf8_lossy(line.trim_ascii());
@@ -784,7 +788,7 @@ impl InjectionDetector {
             }
             Body::None => {}
         }
-        v.truncate(start + max);
+        keep_most_suspicious(&mut v, start, max);
         let start = v.len();
         for (name, value) in &o.req_headers {
             if !self.header_scanned(name) || !candidate(value) {
@@ -810,8 +814,29 @@ impl InjectionDetector {
                 v.push(Input::value(Place::Header, &**name, Cow::Borrowed(value)));
             }
         }
-        v.truncate(start + max);
+        keep_most_suspicious(&mut v, start, max);
         v
+    }
+}
+
+/// How many times a place's budget of values worth judging is read before the most suspicious
+/// are kept: padding that outnumbers the budget this many times still pushes a payload out.
+const COLLECT: usize = 8;
+
+/// How suspicious a value worth judging looks: how many kinds of injection character it holds
+/// (quotes, comment markers, parentheses, `=`, `<`, spaces, escapes...). Padding of a kind or
+/// two (`a=b`, `x'`) ranks below a payload, which needs several.
+fn suspicion(v: &str) -> u32 {
+    Shape::of(v).0.count_ones()
+}
+
+/// Keeps at most `max` of the values from `start` on: all of them when they fit, else the most
+/// suspicious, in their order among equals (many values worth judging before a payload, the
+/// padding of an evasion, would otherwise use up the budget in front of it).
+fn keep_most_suspicious(v: &mut Vec<Input<'_>>, start: usize, max: usize) {
+    if v.len() - start > max {
+        v[start..].sort_by_cached_key(|i| std::cmp::Reverse(suspicion(&i.value)));
+        v.truncate(start + max);
     }
 }
 
@@ -1220,6 +1245,35 @@ mod tests {
         o.req_body = br#"{"q":"<script>alert(document.cookie)</script>"}"#.to_vec().into();
         let k = kinds(&mut Engine::new(&ModelsConfig::default()).unwrap(), &o);
         assert!(k.contains(&AlertKind::Xss), "{k:?}");
+        // Padding worth judging itself (an `=` or a quote each), more values than the budget,
+        // before the payload: in a form, and as multipart parts.
+        let mut form: Vec<String> = (0..300).map(|i| format!("p{i}=O'Brien{i}")).collect();
+        form.push("q=1%27%20UNION%20SELECT%20password%20FROM%20users--".into());
+        let o = post(
+            "203.0.113.52",
+            "application/x-www-form-urlencoded",
+            form.join("&").as_bytes(),
+        );
+        let k = kinds(&mut Engine::new(&ModelsConfig::default()).unwrap(), &o);
+        assert!(k.contains(&AlertKind::SqlInjection), "{k:?}");
+        let mut parts = Vec::new();
+        for i in 0..260 {
+            parts.push(format!(
+                "--B\r\nContent-Disposition: form-data; name=\"p{i}\"\r\n\r\na=b"
+            ));
+        }
+        let body = format!(
+            "{}\r\n--B\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\n1' UNION SELECT \
+             password FROM users--\r\n--B--\r\n",
+            parts.join("\r\n")
+        );
+        let o = post(
+            "203.0.113.53",
+            "multipart/form-data; boundary=B",
+            body.as_bytes(),
+        );
+        let k = kinds(&mut Engine::new(&ModelsConfig::default()).unwrap(), &o);
+        assert!(k.contains(&AlertKind::SqlInjection), "{k:?}");
     }
 
     /// Posts `body` as `ctype` to `/submit` from `ip`.
