@@ -217,14 +217,6 @@ fn client_exchanges(server: SocketAddr) -> Vec<Seen> {
     seen
 }
 
-fn transactions(log: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 #[test]
 fn daemon_transactions_match_what_the_client_saw() {
     sentinel_tests::require_root();
@@ -267,10 +259,10 @@ fn daemon_transactions_match_what_the_client_saw() {
 
     // The pipeline reports a transaction once its response is complete.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut got = transactions(&log);
+    let mut got = sentinel_tests::read_jsonl(&log);
     while got.len() < seen.len() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        got = transactions(&log);
+        got = sentinel_tests::read_jsonl(&log);
     }
     assert_eq!(got.len(), seen.len(), "daemon log: {}", daemon.log_text());
     for (s, t) in seen.iter().zip(&got) {

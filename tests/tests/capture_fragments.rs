@@ -211,14 +211,6 @@ fn fragmented_exchange(
     Ok(text.lines().next().unwrap_or_default().to_owned())
 }
 
-fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 #[test]
 fn a_request_sent_as_ip_fragments_is_captured_and_its_injection_alerted() {
     sentinel_tests::require_root();
@@ -281,7 +273,10 @@ fn a_request_sent_as_ip_fragments_is_captured_and_its_injection_alerted() {
     }
 
     let deadline = Instant::now() + Duration::from_secs(20);
-    let (mut txs, mut alerts) = (lines(&tx_log), lines(&alert_log));
+    let (mut txs, mut alerts) = (
+        sentinel_tests::read_jsonl(&tx_log),
+        sentinel_tests::read_jsonl(&alert_log),
+    );
     let injections = |a: &[serde_json::Value]| {
         a.iter()
             .filter(|a| a["kind"] == "sql_injection")
@@ -290,8 +285,8 @@ fn a_request_sent_as_ip_fragments_is_captured_and_its_injection_alerted() {
     };
     while (txs.len() < 2 || injections(&alerts).len() < 2) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        txs = lines(&tx_log);
-        alerts = lines(&alert_log);
+        txs = sentinel_tests::read_jsonl(&tx_log);
+        alerts = sentinel_tests::read_jsonl(&alert_log);
     }
     let st = daemon.status().unwrap();
     let ctx = format!(

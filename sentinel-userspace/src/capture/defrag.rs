@@ -703,6 +703,15 @@ mod tests {
         p
     }
 
+    /// An IPv6 or IPv4 datagram ([`v6_datagram`], [`v4_datagram`]).
+    fn datagram(v6: bool, len: usize) -> Vec<u8> {
+        if v6 {
+            v6_datagram(len)
+        } else {
+            v4_datagram(len)
+        }
+    }
+
     fn v6_datagram(len: usize) -> Vec<u8> {
         let mut p = vec![0x60, 0, 0, 0];
         p.extend_from_slice(&((8 + len) as u16).to_be_bytes());
@@ -746,11 +755,7 @@ mod tests {
     #[test]
     fn in_order_and_out_of_order_fragments_give_the_datagram_back() {
         for v6 in [false, true] {
-            let dgram = if v6 {
-                v6_datagram(3000)
-            } else {
-                v4_datagram(3000)
-            };
+            let dgram = datagram(v6, 3000);
             let frags = fragments(&dgram, 77, &[0, 1200, 2400]);
             assert_eq!(frags.len(), 3);
             assert!(frags.iter().all(|f| Defragmenter::is_fragment(f)));
@@ -800,11 +805,7 @@ mod tests {
     #[test]
     fn an_overlapping_fragment_drops_the_whole_datagram() {
         for v6 in [false, true] {
-            let dgram = if v6 {
-                v6_datagram(2400)
-            } else {
-                v4_datagram(2400)
-            };
+            let dgram = datagram(v6, 2400);
             let frags = fragments(&dgram, 9, &[0, 800, 1600]);
             // A fragment over [400, 1200): across the first fragment's end.
             let over = fragments(&dgram, 9, &[0, 400, 1200, 1600])[1].clone();
@@ -1042,11 +1043,7 @@ mod tests {
         // The IP length says 820 bytes, 320 came: Linux drops it ("truncated packet"), so
         // the whole copy after it is taken.
         for v6 in [false, true] {
-            let dgram = if v6 {
-                v6_datagram(1600)
-            } else {
-                v4_datagram(1600)
-            };
+            let dgram = datagram(v6, 1600);
             let frags = fragments(&dgram, 9, &[0, 800]);
             let mut short = frags[0].clone();
             short.truncate(short.len() - 500);
@@ -1069,11 +1066,7 @@ mod tests {
     #[test]
     fn mixed_ecn_codepoints_drop_the_datagram() {
         for v6 in [false, true] {
-            let dgram = if v6 {
-                v6_datagram(1600)
-            } else {
-                v4_datagram(1600)
-            };
+            let dgram = datagram(v6, 1600);
             let set_ecn = |f: &mut Vec<u8>, cp: u8| {
                 if v6 {
                     f[1] = (f[1] & 0xcf) | (cp << 4);

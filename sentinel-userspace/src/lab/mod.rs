@@ -124,6 +124,16 @@ impl Drop for TempPins {
     }
 }
 
+/// The JSON objects of a JSON-lines file written so far (a daemon's alert, verdict or
+/// transaction log); a missing file, or a line still being written, reads as nothing.
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 /// Runs `cmd` to completion like [`Command::output`], but kills it (and fails) when it takes
 /// longer than `limit`: a hung daemon or CLI fails the test, whose guards then clean up, instead
 /// of hanging it.

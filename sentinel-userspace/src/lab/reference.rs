@@ -428,14 +428,6 @@ pub fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
     }
 }
 
-pub(crate) fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 /// The most arrivals within any one-second window starting at or after `from` (seconds).
 fn max_per_second(offsets: &[f64], from: f64) -> usize {
     // Handlers log concurrently: arrival stamps may be slightly out of order.
@@ -623,7 +615,7 @@ impl Scene {
 
     /// Verdicts on the attacker in the daemon's verdict log.
     pub fn attacker_verdicts(&self) -> Vec<Value> {
-        read_jsonl(&self.verdicts_path)
+        super::read_jsonl(&self.verdicts_path)
             .into_iter()
             .filter(|v| {
                 v["target"]
@@ -752,9 +744,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         .and_then(|v| v["applied_at"].as_f64())
         .map(|at| at - crate::clock::unix_s_at(t0));
     let throttle_pps = verdicts.first().and_then(|v| v["rate_pps"].as_u64());
-    let (attacker_alerts, other_alerts): (Vec<Value>, Vec<Value>) = read_jsonl(&scene.alerts_path)
-        .into_iter()
-        .partition(|a| a["src_ip"] == attacker.as_str());
+    let (attacker_alerts, other_alerts): (Vec<Value>, Vec<Value>) =
+        super::read_jsonl(&scene.alerts_path)
+            .into_iter()
+            .partition(|a| a["src_ip"] == attacker.as_str());
     let received = scene.receiver.received();
     let revocations: Vec<&Received> = received.iter().filter(|r| r.path == "/revoke").collect();
     let revoked = revocations

@@ -381,7 +381,7 @@ pub fn run() -> anyhow::Result<Report> {
     send_from(&topo, CLIENT_V4)?;
     // The daemon judges a request when its response is seen; give the last ones a moment.
     std::thread::sleep(Duration::from_secs(2));
-    let alerts = super::reference::read_jsonl(&daemon.alert_log());
+    let alerts = super::read_jsonl(&daemon.alert_log());
     drop(daemon);
     let accesses = bank.accesses();
 
