@@ -378,8 +378,8 @@ pub enum ThrottleOp {
         /// Packets per second let through (e.g. 100/s or 100; 1 to 536870912).
         #[arg(long, allow_hyphen_values = true, value_parser = parse_rate)]
         rate: u64,
-        /// Packets that may pass at once after a quiet period [default: the rate, one second's worth].
-        #[arg(long)]
+        /// Packets that may pass at once after a quiet period (1 to 4294967296) [default: the rate, one second's worth].
+        #[arg(long, allow_hyphen_values = true, value_parser = parse_burst)]
         burst: Option<u64>,
         /// Share one bucket per prefix of this length (e.g. /24 for IPv4, /64 for IPv6) instead of one per source.
         #[arg(long, value_parser = parse_aggregate)]
@@ -465,6 +465,16 @@ fn parse_rate(s: &str) -> Result<u64, String> {
         _ => Err(format!(
             "{s:?} is not a rate: give whole packets per second between 1 and {}, e.g. 100/s",
             sentinel_common::MAX_RATE_PPS
+        )),
+    }
+}
+
+fn parse_burst(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(v) if (1..=sentinel_common::MAX_BURST).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a burst: give whole packets between 1 and {}, e.g. 200",
+            sentinel_common::MAX_BURST
         )),
     }
 }
@@ -906,6 +916,26 @@ mod tests {
                 .contains("536870912")
         );
         assert!(parse_rate("-5/s").is_err());
+        assert_eq!(parse_burst("200"), Ok(200));
+        assert!(parse_burst("0").is_err());
+        assert!(
+            parse_burst("4294967297")
+                .unwrap_err()
+                .contains("4294967296")
+        );
+        let e = Cli::try_parse_from([
+            "sentinel",
+            "throttle",
+            "add",
+            "192.0.2.1",
+            "--rate",
+            "10",
+            "--burst",
+            "-1",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not a burst"), "{e}");
         // A negative value reaches the parser (clap took it for an unknown flag).
         let e = Cli::try_parse_from(["sentinel", "block", "add", "192.0.2.1", "--ttl", "-5m"])
             .unwrap_err()

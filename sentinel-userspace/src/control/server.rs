@@ -482,12 +482,13 @@ async fn explain(
                     verdict: lists::verdict_of(&maps, &k).to_owned(),
                 });
         }
+        let ip_text = ip.map(|ip| ip.to_string());
         let alerts = s
             .alert_log
             .last(20, |a| {
                 a["src_ip"] == target.as_str()
                     || a["principal"] == target.as_str()
-                    || ip.is_some_and(|ip| a["src_ip"] == ip.to_string().as_str())
+                    || ip_text.as_deref().is_some_and(|ip| a["src_ip"] == ip)
             })
             .map_err(internal)?;
         let now = clock::unix_s();

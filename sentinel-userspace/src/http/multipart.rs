@@ -222,13 +222,6 @@ impl<'a> Part<'a> {
             .map(|(_, v)| v)
     }
 
-    /// Whether the part is a file (has a `filename` or `filename*` parameter).
-    pub fn is_file(&self) -> bool {
-        self.params().any(|(k, _)| {
-            k.eq_ignore_ascii_case(b"filename") || k.eq_ignore_ascii_case(b"filename*")
-        })
-    }
-
     /// Whether the part is clearly a binary file upload, whose content is not worth judging as
     /// text: every server reads it as a file (a `filename` parameter, in the common reading
     /// and in PHP's, which knows no `filename*` and honours single quotes), its type is not
