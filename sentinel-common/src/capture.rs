@@ -138,9 +138,10 @@ pub enum CaptureCounter {
     LoadFailed = 4,
     /// Payload bytes written to the ring buffer.
     Bytes = 5,
-    /// TCP packets the capture cannot follow: without a readable transport header (a header
-    /// past what the parser reads, or a first fragment too short to hold the ports). Their
-    /// bytes never reach the reassembler.
+    /// TCP packets the capture cannot follow: without a readable transport header (past what
+    /// the parser reads, even after pulling the headers into the skb's linear part). Their
+    /// bytes never reach the reassembler. (IP fragments are captured whole instead:
+    /// [`CaptureCounter::Fragments`].)
     Unfollowed = 6,
     /// IP fragments captured whole for userspace to reassemble: first fragments of TCP on the
     /// HTTP ports, and every later fragment of TCP (IPv6: every later fragment), whose ports

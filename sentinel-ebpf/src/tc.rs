@@ -29,7 +29,7 @@ use sentinel_common::{
     CaptureHeader, DEFAULT_RING_BYTES, MAX_SNAP_LEN,
 };
 
-use crate::parse::{self, FRAG_FIRST, FRAG_NONE, IPPROTO_TCP, Packet, ptr_at};
+use crate::parse::{self, FRAG_FIRST, FRAG_NONE, IPPROTO_TCP, IPPROTO_UDP, Packet, ptr_at};
 
 #[map]
 static SN_CAPTURE: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -147,15 +147,16 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
         return;
     }
     if pkt.proto != IPPROTO_TCP {
-        if pkt.l4_truncated {
-            // An IPv6 extension chain not followed to its end: TCP, perhaps.
+        if pkt.l4_truncated && pkt.proto != IPPROTO_UDP {
+            // An IPv6 extension chain not followed to its end: TCP, perhaps (a UDP header cut
+            // short is not).
             count(CaptureCounter::Unfollowed, 1);
         }
         return;
     }
     if pkt.l4_off == 0 {
-        // A later fragment or a header out of reach: on which port is unknown, so counted for
-        // every TCP packet (a fragmented request would otherwise go unseen without a trace).
+        // A header out of reach: on which port is unknown, so counted for every TCP packet (a
+        // request would otherwise go unseen without a trace).
         count(CaptureCounter::Unfollowed, 1);
         return;
     }
@@ -323,9 +324,10 @@ fn timestamp(ctx: &TcContext) -> (u64, u8) {
 fn parse_slow(ctx: &TcContext, out: &mut MaybeUninit<Packet>) -> bool {
     let pkt = Packet::zeroed_in(out);
     let parsed = parse::parse_into(ctx.data(), ctx.data_end(), pkt) == parse::PARSE_OK;
-    // A TCP header cut off by the end of the linear part (not by the packet's) parses as
-    // truncated: it needs the pull as much as a failed parse does.
-    if parsed && !(pkt.proto == IPPROTO_TCP && pkt.l4_truncated) {
+    // Headers cut off by the end of the linear part (not by the packet's) parse as truncated:
+    // a TCP header, or an IPv6 extension chain judged on its addresses, needs the pull as much
+    // as a failed parse does.
+    if parsed && !pkt.l4_truncated {
         return true;
     }
     // Headers may sit outside the linear part of the skb: pull them in once and retry, as far

@@ -25,7 +25,7 @@ type Request = (String, String, u16);
 const PORT: u16 = 8080;
 
 /// A recorder (`tcpdump` or `dumpcap`) writing what `iface` carries on the bank's port to `file`.
-fn recorder(ns: &NetNs, iface: &str, program: &str, file: &Path) -> Child {
+fn recorder(ns: &NetNs, iface: &str, program: &str, file: &Path) -> Recorder {
     let mut c = ns.command(program);
     c.args(["-i", iface]);
     if program == "tcpdump" {
@@ -38,11 +38,24 @@ fn recorder(ns: &NetNs, iface: &str, program: &str, file: &Path) -> Child {
             .arg(file)
             .args(["-f", &format!("tcp port {PORT}")]);
     }
-    c.stdin(Stdio::null())
+    let child = c
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("{program} (cargo xtask setup installs it): {e}"))
+        .unwrap_or_else(|e| panic!("{program} (cargo xtask setup installs it): {e}"));
+    Recorder(child)
+}
+
+/// A running recorder; killed when dropped (a failed assertion must not leave it running in
+/// the namespace being removed).
+struct Recorder(Child);
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Waits until the recorder has written its file header (it is listening then).
@@ -60,13 +73,12 @@ fn wait_ready(file: &Path) {
     std::thread::sleep(Duration::from_millis(300));
 }
 
-fn stop(mut child: Child, what: &str) {
+fn stop(mut r: Recorder, what: &str) {
     // SIGINT: both flush and close their file.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(r.0.id() as i32, libc::SIGINT) };
     let start = Instant::now();
-    while child.try_wait().expect("waiting").is_none() {
+    while r.0.try_wait().expect("waiting").is_none() {
         if start.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
             panic!("{what} did not stop");
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -126,8 +138,6 @@ fn tshark(file: &Path) -> Vec<Request> {
             "-e",
             "http.response.code",
             "-e",
-            "http.request.method",
-            "-e",
             "http.response_for.uri",
         ]),
         Duration::from_secs(60),
@@ -141,7 +151,7 @@ fn tshark(file: &Path) -> Vec<Request> {
         if f[0] == "100" {
             continue;
         }
-        let uri = f.get(2).copied().unwrap_or("");
+        let uri = f.get(1).copied().unwrap_or("");
         // `http.response_for.uri` is absolute: keep the path, without the query.
         let path = uri
             .split_once("://")

@@ -231,8 +231,10 @@ pub fn release_clsacts(pin_dir: &Path) -> io::Result<Vec<String>> {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let target = fs::read_link(entry.path())?;
-        fs::remove_file(entry.path())?;
+        // Records that decide nothing more are dropped; only a failed removal keeps its own.
+        let forget = || fs::remove_file(entry.path());
         let Some(iface) = name.strip_prefix("clsact-") else {
+            forget()?;
             continue;
         };
         let recorded = target
@@ -241,6 +243,7 @@ pub fn release_clsacts(pin_dir: &Path) -> io::Result<Vec<String>> {
             .and_then(|(ns, ix)| Some((ns.parse::<u64>().ok()?, ix.parse::<u32>().ok()?)));
         let Some((ns, index)) = recorded else {
             warn!(marker = %entry.path().display(), "unreadable clsact record; qdisc left in place");
+            forget()?;
             continue;
         };
         if ns != here {
@@ -248,28 +251,41 @@ pub fn release_clsacts(pin_dir: &Path) -> io::Result<Vec<String>> {
                 iface,
                 "the clsact qdisc Sentinel added is in another network namespace; left in place (`tc qdisc del dev {iface} clsact` there removes it)"
             );
+            forget()?;
             continue;
         }
         if ifindex(iface).ok() != Some(index) {
             // The interface went away (and its qdisc with it), or another now has its name.
+            forget()?;
             continue;
         }
-        match clsact_filters(index)? {
+        let outcome = clsact_filters(index).and_then(|n| match n {
             0 => match del_clsact(index) {
                 Ok(()) => {
                     info!(iface, "removed the clsact qdisc added for the TC capture");
                     removed.push(iface.to_owned());
+                    Ok(())
                 }
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => {}
-                Err(e) => return Err(e),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => Ok(()),
+                Err(e) => Err(e),
             },
-            n => warn!(
-                iface,
-                filters = n,
-                "the clsact qdisc Sentinel added now holds other filters; left in place"
-            ),
+            n => {
+                warn!(
+                    iface,
+                    filters = n,
+                    "the clsact qdisc Sentinel added now holds other filters; left in place"
+                );
+                Ok(())
+            }
+        });
+        if let Err(e) = outcome {
+            // Kept, with its record, for the next unload to try again.
+            warn!(iface, error = %e, "could not remove the clsact qdisc added for the TC capture");
+            continue;
         }
+        forget()?;
     }
-    fs::remove_dir(&dir)?;
+    // Records kept for another try keep the directory.
+    let _ = fs::remove_dir(&dir);
     Ok(removed)
 }
