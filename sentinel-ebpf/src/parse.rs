@@ -65,8 +65,6 @@ pub struct Packet {
     pub l3_off: u8,
     /// The packet is IPv6.
     pub ipv6: bool,
-    /// A fragment's identification (IPv4's 16 bits, IPv6's 32), host order; 0 otherwise.
-    pub frag_id: u32,
 }
 
 impl Packet {
@@ -248,7 +246,6 @@ fn parse_ipv4(
     pkt.l3_off = off as u8;
     let frag = u16::from_be_bytes([head[6], head[7]]);
     if frag & 0x3fff != 0 {
-        pkt.frag_id = u16::from_be_bytes([head[4], head[5]]) as u32;
         pkt.frag = if frag & 0x1fff != 0 {
             FRAG_LATER
         } else {
@@ -317,13 +314,12 @@ fn parse_ipv6(
                 (e[1] as usize + 2) * 4
             }
             IPPROTO_FRAGMENT => {
-                let Some(e) = read::<[u8; 8]>(data, data_end, l4) else {
+                let Some(e) = read::<[u8; 4]>(data, data_end, l4) else {
                     return chain_unknown(pkt, nh);
                 };
                 nh = e[0];
                 let fo = u16::from_be_bytes([e[2], e[3]]);
                 if fo & 0xfff9 != 0 {
-                    pkt.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
                     if fo & 0xfff8 != 0 {
                         // A later fragment: what follows is data, not headers.
                         pkt.frag = FRAG_LATER;

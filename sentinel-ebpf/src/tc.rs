@@ -378,7 +378,6 @@ fn parse_v4_tcp(data: usize, data_end: usize, pkt: *mut Packet) -> bool {
         (*pkt).frag = FRAG_NONE;
         (*pkt).l3_off = 14;
         (*pkt).ipv6 = false;
-        (*pkt).frag_id = 0;
     }
     true
 }
