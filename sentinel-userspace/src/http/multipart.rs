@@ -1,6 +1,7 @@
 //! `multipart/form-data` request bodies (RFC 7578), read as far as the injection detector needs:
 //! each part's Content-Disposition parameters (field `name`, `filename`, `filename*`), its
-//! Content-Type and its content, borrowed from the body.
+//! Content-Type, Content-Transfer-Encoding and content, borrowed from the body (and the content
+//! decoded from `base64` or `quoted-printable` on request).
 //!
 //! Hand-written rather than a crate: the one well-kept Rust parser (`multer`) is async over a
 //! stream, and the detector needs a bounded, allocation-free pass over a byte slice that may be
@@ -207,6 +208,9 @@ pub struct Part<'a> {
     pub content_type: Option<&'a [u8]>,
     /// The content; `None` when the body was cut before the part ended.
     pub content: Option<&'a [u8]>,
+    /// The Content-Transfer-Encoding field's value, trimmed (RFC 7578 4.7 deprecates it, and
+    /// some servers still decode `base64` and `quoted-printable` parts).
+    pub transfer_encoding: Option<&'a [u8]>,
 }
 
 impl<'a> Part<'a> {
@@ -222,6 +226,35 @@ impl<'a> Part<'a> {
             .map(|(_, v)| v)
     }
 
+    /// The content as a server that honours the part's Content-Transfer-Encoding reads it:
+    /// `base64` (white space skipped, padding optional) and `quoted-printable` decoded; `None`
+    /// for any other encoding or none, or content that does not decode.
+    pub fn transfer_decoded(&self) -> Option<Vec<u8>> {
+        let (encoding, content) = (self.transfer_encoding?, self.content?);
+        if encoding.eq_ignore_ascii_case(b"base64") {
+            use base64::{
+                Engine as _,
+                engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+            };
+            const LENIENT: GeneralPurpose = GeneralPurpose::new(
+                &base64::alphabet::STANDARD,
+                GeneralPurposeConfig::new()
+                    .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+                    .with_decode_allow_trailing_bits(true),
+            );
+            let packed: Vec<u8> = content
+                .iter()
+                .copied()
+                .filter(|c| !c.is_ascii_whitespace())
+                .collect();
+            LENIENT.decode(packed).ok()
+        } else if encoding.eq_ignore_ascii_case(b"quoted-printable") {
+            Some(quoted_printable(content))
+        } else {
+            None
+        }
+    }
+
     /// Whether the part is clearly a binary file upload, whose content is not worth judging as
     /// text: every server reads it as a file (a `filename` parameter, in the common reading
     /// and in PHP's, which knows no `filename*` and honours single quotes), its type is not
@@ -231,6 +264,11 @@ impl<'a> Part<'a> {
     /// to every server whatever its type, and text under a file's name is read as text by the
     /// applications that take it; both are judged.
     pub fn is_binary_file(&self) -> bool {
+        self.content.is_some_and(|c| self.holds_binary_file(c))
+    }
+
+    /// [`Self::is_binary_file`] with `content` as the part's content (its transfer decoding).
+    pub fn holds_binary_file(&self, content: &[u8]) -> bool {
         let filename = |(k, _): (&[u8], &[u8])| k.eq_ignore_ascii_case(b"filename");
         let text = self
             .content_type
@@ -238,8 +276,47 @@ impl<'a> Part<'a> {
         self.params().any(filename)
             && php_params(self.disposition).any(filename)
             && !text
-            && self.content.is_some_and(looks_binary)
+            && looks_binary(content)
     }
+}
+
+/// `b` with its quoted-printable escapes decoded (RFC 2045 6.7): `=XX` is the byte `XX`, `=` at
+/// a line's end a soft line break; an `=` that is neither stays, as lenient decoders keep it.
+fn quoted_printable(b: &[u8]) -> Vec<u8> {
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'=' {
+            if let (Some(h), Some(l)) = (
+                b.get(i + 1).and_then(|&c| hex(c)),
+                b.get(i + 2).and_then(|&c| hex(c)),
+            ) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+            let rest = &b[i + 1..];
+            let blank = rest
+                .iter()
+                .take_while(|c| matches!(c, b' ' | b'\t'))
+                .count();
+            match &rest[blank..] {
+                [b'\r', b'\n', ..] => {
+                    i += 1 + blank + 2;
+                    continue;
+                }
+                [b'\n', ..] => {
+                    i += 1 + blank + 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
 }
 
 /// The parts of a [`FormData`] body, in order.
@@ -359,6 +436,7 @@ impl<'a> Iterator for Parts<'a> {
             disposition: b"",
             content_type: None,
             content: content.filter(|_| content_ends),
+            transfer_encoding: None,
         };
         for line in head.split(|&c| c == b'\n') {
             let Some(colon) = memchr::memchr(b':', line) else {
@@ -369,6 +447,10 @@ impl<'a> Iterator for Parts<'a> {
                 part.disposition = &value[memchr::memchr(b';', value).unwrap_or(value.len())..];
             } else if name.eq_ignore_ascii_case(b"content-type") && part.content_type.is_none() {
                 part.content_type = Some(value);
+            } else if name.eq_ignore_ascii_case(b"content-transfer-encoding")
+                && part.transfer_encoding.is_none()
+            {
+                part.transfer_encoding = Some(value);
             }
         }
         Some(part)
@@ -542,12 +624,45 @@ mod tests {
     }
 
     #[test]
+    fn transfer_encodings_are_decoded_as_lenient_servers_decode_them() {
+        let part = |encoding: Option<&'static str>, content: &'static [u8]| Part {
+            disposition: b"; name=\"q\"",
+            content_type: None,
+            content: Some(content),
+            transfer_encoding: encoding.map(str::as_bytes),
+        };
+        let decoded = |encoding, content| part(Some(encoding), content).transfer_decoded();
+        let want = Some(b"it's <b>".to_vec());
+        // Any case; white space and line breaks skipped; padding optional.
+        assert_eq!(decoded("BASE64", b"aXQncyA8Yj4="), want);
+        assert_eq!(decoded("base64", b" aXQn\r\ncyA8\nYj4 "), want);
+        assert_eq!(decoded("base64", b"aXQncyA8Yj4"), want);
+        assert_eq!(decoded("base64", b"not base64!"), None);
+        assert_eq!(decoded("quoted-printable", b"it=27s =3cb=3E"), want);
+        // Soft line breaks (trailing blanks allowed), and an `=` that escapes nothing stays.
+        assert_eq!(decoded("quoted-printable", b"it's =\r\n<b=  \n>"), want);
+        assert_eq!(
+            decoded("quoted-printable", b"a=b =4 c="),
+            Some(b"a=b =4 c=".to_vec())
+        );
+        assert_eq!(decoded("7bit", b"aXQncyA8Yj4="), None);
+        assert_eq!(part(None, b"aXQncyA8Yj4=").transfer_decoded(), None);
+        // The field is read from the part's headers.
+        let body = b"--B\r\nContent-Disposition: form-data; name=\"q\"\r\n\
+            content-transfer-encoding:  base64 \r\n\r\naXQncyA8Yj4=\r\n--B--\r\n";
+        let parts: Vec<_> = FormData::new(body, &b"B"[..], true).parts().collect();
+        assert_eq!(parts[0].transfer_encoding, Some(&b"base64"[..]));
+        assert_eq!(parts[0].transfer_decoded(), want);
+    }
+
+    #[test]
     fn only_clearly_binary_files_are_binary() {
         let part =
             |disposition: &'static str, ctype: Option<&'static str>, content: &'static [u8]| Part {
                 disposition: disposition.as_bytes(),
                 content_type: ctype.map(str::as_bytes),
                 content: Some(content),
+                transfer_encoding: None,
             };
         let png: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
         assert!(part(r#"; name="a"; filename="a.png""#, Some("image/png"), png).is_binary_file());

@@ -2,8 +2,9 @@
 //! `libinjectionrs` port) and `path_traversal` (own rules).
 //!
 //! Inputs: decoded path segments, decoded query and form parameter names and values, JSON body
-//! keys and string values, `multipart/form-data` field names, file names and text contents (up
-//! to `max_values` worth judging in each place: the most suspicious when there are more, so that
+//! keys and string values, `multipart/form-data` field names (`name*` decoded), file names and
+//! text contents (also as decoded from a `base64` or `quoted-printable` transfer encoding, and
+//! a JSON part's keys and strings) (up to `max_values` worth judging in each place: the most suspicious when there are more, so that
 //! padding does not push a payload out), and the headers that carry client input
 //! (`Referer`'s query, `User-Agent`, `Cookie` values, `X-Forwarded-*`). Each value is decoded
 //! (`%XX`, `+`, twice when still encoded) before it is judged; JSON and multipart values are
@@ -458,7 +459,10 @@ impl<'a> Input<'a> {
         let label = self.place.label();
         match (self.part, self.place) {
             (Part::Name, Place::Json) => return "json key".to_owned(),
-            (Part::Name, Place::Multipart) => return "multipart field name".to_owned(),
+            (Part::Name, Place::Multipart) if self.name.is_empty() => {
+                return "multipart field name".to_owned();
+            }
+            (Part::Name, Place::Multipart) => return format!("multipart {} json key", self.name),
             (Part::Name, _) => return format!("{label} parameter name"),
             (Part::Filename, _) if self.name.is_empty() => return "multipart filename".to_owned(),
             (Part::Filename, _) => return format!("multipart filename of {}", self.name),
@@ -908,20 +912,22 @@ fn form_data<'a>(form: &FormData<'a>, out: &mut Vec<Input<'a>>, max: usize) {
                         .any(|(k2, v2)| k2.eq_ignore_ascii_case(k) && v2 == *v)
             });
         for (k, v) in part.params().chain(php) {
-            let v = if k.eq_ignore_ascii_case(b"filename*") {
-                // RFC 8187: `UTF-8''%e2%82%ac.txt`.
-                let v = String::from_utf8_lossy(v);
-                let encoded = v.splitn(3, '\'').nth(2).unwrap_or(&v);
-                Cow::Owned(decode_fully(encoded, false))
-            } else {
-                String::from_utf8_lossy(v)
+            // RFC 8187 extended values (`filename*=UTF-8''%e2%82%ac.txt`), which some servers
+            // read for `name*` as well.
+            let (k, v) = match k.strip_suffix(b"*") {
+                Some(k) => {
+                    let v = String::from_utf8_lossy(v);
+                    let encoded = v.splitn(3, '\'').nth(2).unwrap_or(&v);
+                    (k, Cow::Owned(decode_fully(encoded, false)))
+                }
+                None => (k, String::from_utf8_lossy(v)),
             };
             if !candidate(&v) {
                 continue;
             }
             if k.eq_ignore_ascii_case(b"name") {
                 out.push(Input::name(Place::Multipart, v));
-            } else if k.eq_ignore_ascii_case(b"filename") || k.eq_ignore_ascii_case(b"filename*") {
+            } else if k.eq_ignore_ascii_case(b"filename") {
                 out.push(Input {
                     place: Place::Multipart,
                     part: Part::Filename,
@@ -930,11 +936,47 @@ fn form_data<'a>(form: &FormData<'a>, out: &mut Vec<Input<'a>>, max: usize) {
                 });
             }
         }
-        if let Some(content) = part.content.filter(|_| !part.is_binary_file()) {
-            let text = String::from_utf8_lossy(content);
+        let Some(content) = part.content.filter(|_| !part.is_binary_file()) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(content);
+        if candidate(&text) {
+            out.push(Input::value(Place::Multipart, field.clone(), text));
+        }
+        // As a server that honours the part's transfer encoding reads it.
+        let decoded = part
+            .transfer_decoded()
+            .filter(|d| d[..] != *content && !part.holds_binary_file(d));
+        if let Some(d) = &decoded {
+            let text = String::from_utf8_lossy(d);
             if candidate(&text) {
-                out.push(Input::value(Place::Multipart, field, text));
+                out.push(Input::value(
+                    Place::Multipart,
+                    field.clone(),
+                    Cow::Owned(text.into_owned()),
+                ));
             }
+        }
+        // A JSON part (`Content-Type: application/json`, or text that opens like JSON): its
+        // keys and strings as an application that parses it reads them (`\u003c` is `<`).
+        let content = decoded.as_deref().unwrap_or(content);
+        let ctype = part.content_type.unwrap_or_default();
+        let first = content.iter().find(|c| !c.is_ascii_whitespace());
+        if (contains_ci(ctype, b"json") || matches!(first, Some(b'{' | b'[')))
+            && body_candidate(content)
+            && let Ok(j) = serde_json::from_slice::<Value>(content)
+        {
+            let mut found = Vec::new();
+            json_values(&j, "", &mut found, max.saturating_sub(out.len()));
+            out.extend(found.into_iter().map(|i| Input {
+                place: Place::Multipart,
+                part: i.part,
+                name: match i.part {
+                    Part::Value if !i.name.is_empty() => Cow::Owned(format!("{field}.{}", i.name)),
+                    _ => field.clone(),
+                },
+                value: Cow::Owned(i.value.into_owned()),
+            }));
         }
     }
 }
@@ -1467,6 +1509,61 @@ mod tests {
     }
 
     #[test]
+    fn multipart_parts_are_read_as_servers_decode_them() {
+        // (part headers after Content-Disposition's `form-data; `, content, kind, place): each
+        // payload is invisible to a reading of the part as sent.
+        let cases: [(&str, &[u8], AlertKind, &str); 6] = [
+            (
+                "name=\"q\"\r\nContent-Transfer-Encoding: base64",
+                // `<script>alert(1)</script>`, wrapped as mail encoders wrap.
+                b"PHNjcmlwdD5hbGVy\r\ndCgxKTwvc2NyaXB0Pg",
+                AlertKind::Xss,
+                "multipart q",
+            ),
+            (
+                "name=\"q\"\r\nContent-Transfer-Encoding: Quoted-Printable",
+                b"=3Cscript=3Ealert(1)=3C/scr=\r\nipt=3E",
+                AlertKind::Xss,
+                "multipart q",
+            ),
+            (
+                "name=\"data\"\r\nContent-Type: application/json",
+                br#"{"note": "\u003cscript\u003ealert(1)\u003c/script\u003e"}"#,
+                AlertKind::Xss,
+                "multipart data.note",
+            ),
+            (
+                "name=\"data\"",
+                br#"[{"x\u0027 UNION SELECT password FROM users--": 1}]"#,
+                AlertKind::SqlInjection,
+                "multipart data json key",
+            ),
+            (
+                // JSON sent as base64.
+                "name=\"data\"\r\nContent-Type: application/json\r\n\
+                 Content-Transfer-Encoding: base64",
+                b"eyJpZCI6ICIuLlx1MDAyZi4uXHUwMDJmLi5cdTAwMmZldGNcdTAwMmZwYXNzd2QifQ==",
+                AlertKind::PathTraversal,
+                "multipart data.id",
+            ),
+            (
+                "name*=UTF-8''%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+                b"x",
+                AlertKind::Xss,
+                "multipart field name",
+            ),
+        ];
+        for (i, (headers, content, kind, place)) in cases.into_iter().enumerate() {
+            let mut body = format!("--b0uNd\r\nContent-Disposition: form-data; {headers}\r\n\r\n")
+                .into_bytes();
+            body.extend_from_slice(content);
+            body.extend_from_slice(b"\r\n--b0uNd--\r\n");
+            let p = places(&post("203.0.113.64", FORM_DATA, &body));
+            assert!(p.contains(&(kind, place.to_owned())), "case {i}: {p:?}");
+        }
+    }
+
+    #[test]
     fn ordinary_uploads_are_not_injection() {
         // A PNG whose bytes hold quotes, markup and dashes, with form fields around it.
         let png: Vec<u8> = b"\x89PNG\r\n\x1a\n"
@@ -1474,6 +1571,12 @@ mod tests {
             .copied()
             .chain((0..4096u32).map(|i| b"'<\"--;(=/..%"[(i % 12) as usize]))
             .collect();
+        let png64 = {
+            use base64::Engine as _;
+            let text = base64::engine::general_purpose::STANDARD.encode(&png);
+            let lines: Vec<&[u8]> = text.as_bytes().chunks(76).collect();
+            lines.join(&b"\r\n"[..])
+        };
         let body = form_data(&[
             (r#"name="title""#, "", b"My holiday in Al-Ula (2026)"),
             (r#"name="album[id]""#, "", b"100231"),
@@ -1490,6 +1593,17 @@ mod tests {
                 b"Shopping list:\n- milk\n- eggs (2 dozen)\nO'Brien's party, 50% off\n",
             ),
             (r#"name="meta""#, "application/json", br#"{"a":"'<--"}"#),
+            (
+                r#"name="album""#,
+                "application/json",
+                br#"{"title": "O'Brien's party (2026)", "tags": ["50% off", "a-b"], "n": 3}"#,
+            ),
+            // Sent base64-encoded, as mail clients send files: decoded, still binary.
+            (
+                r#"name="photo"; filename="photo.png""#,
+                "image/png\r\nContent-Transfer-Encoding: base64",
+                &png64,
+            ),
         ]);
         let o = post("198.18.0.9", FORM_DATA, &body);
         assert_eq!(places(&o), []);
