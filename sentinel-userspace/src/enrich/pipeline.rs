@@ -202,9 +202,12 @@ impl Enricher {
             None => (None, None),
         };
         let username = principal::login_username(&view, &self.principal);
+        let client_ip =
+            principal::client_ip(&view, &self.principal).unwrap_or(principal::UNKNOWN_CLIENT);
         let decoded = principal::Decoded {
             bearer: bearer_hash.as_deref().map(|h| (jwt.as_ref(), h)),
             login: username.as_deref(),
+            client: client_ip,
         };
         // API keys and session cookies repeat as tokens do: their hashes come from the cache
         // too (decoded as a JWT as well, so that a secret seen first here and later as a
@@ -213,8 +216,6 @@ impl Enricher {
         let principal = principal::identify(&view, &self.principal, &decoded, |secret| {
             token_facts(tokens, secret).1
         });
-        let client_ip =
-            principal::client_ip(&view, &self.principal).unwrap_or(principal::UNKNOWN_CLIENT);
         let credential = bearer_hash.or_else(|| {
             matches!(
                 principal.kind,

@@ -565,6 +565,7 @@ pub fn principal(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Principal {
     let decoded = Decoded {
         bearer: hash.as_deref().map(|h| (jwt.as_ref(), h)),
         login: login.as_deref(),
+        client: client_ip(req, cfg).unwrap_or(UNKNOWN_CLIENT),
     };
     identify(req, cfg, &decoded, short_hash)
 }
@@ -576,6 +577,8 @@ pub struct Decoded<'a> {
     pub bearer: Option<(Option<&'a JwtInfo>, &'a str)>,
     /// The user name of a login request ([`login_username`]).
     pub login: Option<&'a str>,
+    /// The client's address ([`client_ip`], or [`UNKNOWN_CLIENT`]).
+    pub client: IpAddr,
 }
 
 /// [`principal`] with the request's bearer token and login decoded already, and `hash` giving
@@ -630,7 +633,7 @@ pub fn identify(
     }
     Principal {
         kind: PrincipalKind::Ip,
-        id: client_text(client_ip(req, cfg).unwrap_or(UNKNOWN_CLIENT)),
+        id: client_text(decoded.client),
     }
 }
 

@@ -558,8 +558,8 @@ fn decoded(s: &str, form: bool) -> Cow<'_, str> {
 enum Body<'a> {
     None,
     Json(Value),
-    /// A JSON text that does not parse: its whole strings.
-    Strings(Vec<Lenient>),
+    /// A JSON text that does not parse: its whole strings are read ([`json_strings`]).
+    Strings(&'a [u8]),
     Form(Cow<'a, str>),
     FormData(FormData<'a>),
     /// A multipart body whose parts servers may not read as Sentinel does: its lines.
@@ -576,31 +576,34 @@ enum Lenient {
 }
 
 /// The complete strings of a JSON text that does not parse (cut at the body cap, or
-/// malformed), keys and values, in order. A string cut by the end of the text is left out.
-fn json_strings(b: &[u8]) -> Vec<Lenient> {
-    let mut out = Vec::new();
+/// malformed), keys and values, in order, each built only when asked for (a place stops asking
+/// at its budget). A string cut by the end of the text is left out.
+fn json_strings(b: &[u8]) -> impl Iterator<Item = Lenient> + '_ {
     let mut i = 0;
-    while let Some(open) = memchr::memchr(b'"', &b[i..]).map(|o| i + o) {
-        let mut end = open + 1;
-        while end < b.len() && b[end] != b'"' {
-            end += if b[end] == b'\\' { 2 } else { 1 };
+    std::iter::from_fn(move || {
+        loop {
+            let open = i + memchr::memchr(b'"', &b[i..])?;
+            let mut end = open + 1;
+            while end < b.len() && b[end] != b'"' {
+                end += if b[end] == b'\\' { 2 } else { 1 };
+            }
+            if end >= b.len() {
+                i = b.len();
+                return None;
+            }
+            i = end + 1;
+            let Ok(text) = serde_json::from_slice::<String>(&b[open..=end]) else {
+                continue;
+            };
+            return Some(
+                if b[i..].iter().find(|c| !c.is_ascii_whitespace()) == Some(&b':') {
+                    Lenient::Key(text)
+                } else {
+                    Lenient::Value(text)
+                },
+            );
         }
-        if end >= b.len() {
-            break;
-        }
-        i = end + 1;
-        let Ok(text) = serde_json::from_slice::<String>(&b[open..=end]) else {
-            continue;
-        };
-        out.push(
-            if b[i..].iter().find(|c| !c.is_ascii_whitespace()) == Some(&b':') {
-                Lenient::Key(text)
-            } else {
-                Lenient::Value(text)
-            },
-        );
-    }
-    out
+    })
 }
 
 struct Finding {
@@ -720,7 +723,7 @@ impl InjectionDetector {
                 Some(Ok(j)) => Body::Json(j),
                 // Cut at the cap (a large body padded before its payload) or malformed: the
                 // strings that are whole are still judged.
-                Some(Err(_)) => Body::Strings(json_strings(body)),
+                Some(Err(_)) => Body::Strings(body),
                 None => Body::None,
             }
         } else if contains_ci(ctype, b"x-www-form-urlencoded") {
@@ -757,21 +760,21 @@ impl InjectionDetector {
         let start = v.len();
         match body {
             Body::Json(j) => json_values(j, "", &mut v, start + read),
-            Body::Strings(list) => {
-                let mut key = "";
-                for s in list {
+            Body::Strings(text) => {
+                let mut key = String::new();
+                for s in json_strings(text) {
                     if v.len() >= start + read {
                         break;
                     }
                     match s {
                         Lenient::Key(k) => {
-                            key = k;
-                            if candidate(k) {
-                                v.push(Input::name(Place::Json, Cow::Borrowed(k)));
+                            if candidate(&k) {
+                                v.push(Input::name(Place::Json, Cow::Owned(k.clone())));
                             }
+                            key = k;
                         }
-                        Lenient::Value(s) if candidate(s) => {
-                            v.push(Input::value(Place::Json, key, Cow::Borrowed(s)));
+                        Lenient::Value(s) if candidate(&s) => {
+                            v.push(Input::value(Place::Json, key.clone(), Cow::Owned(s)));
                         }
                         Lenient::Value(_) => {}
                     }
@@ -1751,7 +1754,8 @@ mod tests {
             "{a:?}"
         );
         assert_eq!(
-            json_strings(br#"{"a":"x\"y","b":["c","d"],"e":{"f":"g"},"h":"cut"#),
+            json_strings(br#"{"a":"x\"y","b":["c","d"],"e":{"f":"g"},"h":"cut"#)
+                .collect::<Vec<_>>(),
             [
                 Lenient::Key("a".into()),
                 Lenient::Value("x\"y".into()),
