@@ -317,24 +317,7 @@ impl Detector for BehaviorDetector {
 
 #[cfg(test)]
 mod tests {
-    use crate::models::{Alert, AlertKind, Engine, ModelsConfig, Observation, synth::*};
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-        fn chance(&mut self, p: f64) -> bool {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-        }
-    }
+    use crate::models::{Alert, AlertKind, Engine, ModelsConfig, Observation, rng::Rng, synth::*};
 
     const UAS: [&str; 2] = [
         "BankApp/4.2.1 (iPhone; iOS 18.1)",
@@ -350,7 +333,7 @@ mod tests {
 
     /// Benign users with daily routines and honest variation, for `days` days.
     fn population(seed: u64, users: u64, days: u64) -> Vec<Observation<'static>> {
-        let mut r = Rng(seed);
+        let mut r = Rng::from_state(seed);
         let mut out = Vec::new();
         for u in 0..users {
             let hours: Vec<u64> = (0..1 + r.below(2)).map(|_| 6 + r.below(16)).collect();

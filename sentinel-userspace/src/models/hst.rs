@@ -14,22 +14,7 @@
 //! stays at or above `size_limit`. 0 means "in the thick of the reference data", 1 means "alone
 //! from the first split".
 
-/// SplitMix64, for reproducible trees.
-#[derive(Clone, Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+use super::rng::Rng;
 
 struct Tree {
     dim: Vec<u8>,
@@ -64,7 +49,7 @@ impl HalfSpaceTrees {
     ) -> Self {
         let dims = dims.clamp(1, 255);
         let height = height.clamp(1, 20);
-        let mut rng = Rng(seed);
+        let mut rng = Rng::from_state(seed);
         let internal = (1usize << height) - 1;
         let nodes = (1usize << (height + 1)) - 1;
         let trees = (0..n_trees.max(1))
@@ -231,7 +216,7 @@ fn build(
     if node >= internal {
         return;
     }
-    let q = (rng.next() % mn.len() as u64) as usize;
+    let q = (rng.next_u64() % mn.len() as u64) as usize;
     let p = (mn[q] + mx[q]) / 2.0;
     t.dim[node] = q as u8;
     t.split[node] = p as f32;
@@ -252,7 +237,7 @@ mod tests {
     #[test]
     fn points_far_from_the_reference_cluster_score_high() {
         let mut h = HalfSpaceTrees::new(4, 25, 8, 256, 4, 7);
-        let mut rng = Rng(1);
+        let mut rng = Rng::from_state(1);
         let mut normal = || -> Vec<f64> { (0..4).map(|_| 0.1 + 0.1 * rng.unit()).collect() };
         assert_eq!(h.score(&normal()), 0.0, "not ready yet");
         for _ in 0..512 {
@@ -273,7 +258,7 @@ mod tests {
             HalfSpaceTrees::new(5, 10, 7, 64, 3, 9),
             HalfSpaceTrees::new(5, 10, 7, 64, 3, 9),
         );
-        let mut rng = Rng(3);
+        let mut rng = Rng::from_state(3);
         for i in 0..1000 {
             let x: Vec<f64> = (0..5)
                 .map(|q| {

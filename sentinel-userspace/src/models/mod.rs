@@ -30,6 +30,7 @@ pub mod injection;
 pub mod observation;
 pub mod profile;
 pub mod rate;
+pub mod rng;
 pub mod synth;
 pub mod token;
 
