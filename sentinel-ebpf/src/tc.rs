@@ -189,16 +189,35 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
         return;
     }
     let (cap, shift) = snapped(wire_len);
-    let (ts_ns, ts_flags) = timestamp(ctx);
     let hdr = CaptureHeader {
-        ts_ns,
-        src: *parse::key(&pkt.src),
-        dst: *parse::key(&pkt.dst),
-        src_port: pkt.src_port,
-        dst_port: pkt.dst_port,
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
         ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
         tcp_flags: flags,
+        ..header(ctx, pkt, (pkt.src_port, pkt.dst_port), cap_flags, wire_len)
+    };
+    emit_class(ctx, &hdr, payload_off as u32, cap, shift);
+}
+
+/// A record's header for `pkt`, without TCP fields (an IP fragment's): its addresses, `ports`,
+/// the time, the interface and the lengths.
+#[inline(always)]
+fn header(
+    ctx: &TcContext,
+    pkt: &Packet,
+    (src_port, dst_port): (u16, u16),
+    cap_flags: u8,
+    wire_len: u32,
+) -> CaptureHeader {
+    let (ts_ns, ts_flags) = timestamp(ctx);
+    CaptureHeader {
+        ts_ns,
+        src: *parse::key(&pkt.src),
+        dst: *parse::key(&pkt.dst),
+        src_port,
+        dst_port,
+        seq: 0,
+        ack: 0,
+        tcp_flags: 0,
         cap_flags: cap_flags | ts_flags,
         _pad: 0,
         // SAFETY: reading a field of the context the kernel passed in.
@@ -206,8 +225,7 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
         wire_len,
         cap_len: 0,
         _pad2: 0,
-    };
-    emit_class(ctx, &hdr, payload_off as u32, cap, shift);
+    }
 }
 
 /// Where the IP packet ends in the skb: by the IP length field (frames may be padded: a pure ACK
@@ -268,24 +286,13 @@ fn fragment(ctx: &TcContext, pkt: &Packet, cap_flags: u8) {
         return;
     }
     let (cap, shift) = snapped(wire_len);
-    let (ts_ns, ts_flags) = timestamp(ctx);
-    let hdr = CaptureHeader {
-        ts_ns,
-        src: *parse::key(&pkt.src),
-        dst: *parse::key(&pkt.dst),
-        src_port,
-        dst_port,
-        seq: 0,
-        ack: 0,
-        tcp_flags: 0,
-        cap_flags: cap_flags | ts_flags | CAP_FLAG_IP_PACKET,
-        _pad: 0,
-        // SAFETY: reading a field of the context the kernel passed in.
-        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+    let hdr = header(
+        ctx,
+        pkt,
+        (src_port, dst_port),
+        cap_flags | CAP_FLAG_IP_PACKET,
         wire_len,
-        cap_len: 0,
-        _pad2: 0,
-    };
+    );
     count(CaptureCounter::Fragments, 1);
     emit_class(ctx, &hdr, l3_off as u32, cap, shift);
 }
