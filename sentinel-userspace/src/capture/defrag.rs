@@ -120,6 +120,67 @@ pub struct DefragStats {
     pub pending_bytes: u64,
 }
 
+/// How the status line groups a [`DefragStats`] counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefragGroup {
+    /// What was taken in, reassembled or is held.
+    Seen,
+    /// Datagrams dropped whole.
+    DatagramsDropped,
+    /// Fragments dropped alone.
+    FragmentsDropped,
+}
+
+/// One [`DefragStats`] counter, as the status reports it.
+#[derive(Clone, Copy, Debug)]
+pub struct DefragField {
+    /// Its field name, as serialized.
+    pub name: &'static str,
+    /// Where the status line puts it.
+    pub group: DefragGroup,
+    /// What the status line calls it, after its value.
+    pub says: &'static str,
+}
+
+const fn field(name: &'static str, group: DefragGroup, says: &'static str) -> DefragField {
+    DefragField { name, group, says }
+}
+
+impl DefragStats {
+    /// What the status line says of each counter, in the struct's order (a test checks that
+    /// it names every serialized field).
+    pub const FIELDS: [DefragField; 13] = {
+        use DefragGroup::*;
+        [
+            field("fragments", Seen, "fragments taken"),
+            field("reassembled", Seen, "datagrams reassembled"),
+            field("overlaps", DatagramsDropped, "overlapping"),
+            field("duplicates", FragmentsDropped, "duplicate"),
+            field("timed_out", DatagramsDropped, "timed out"),
+            field("refused", FragmentsDropped, "refused (memory cap)"),
+            field("too_big", DatagramsDropped, "too big"),
+            field("invalid", DatagramsDropped, "invalid"),
+            field("bad_checksum", FragmentsDropped, "bad checksum"),
+            field("truncated", FragmentsDropped, "truncated"),
+            field("ecn", DatagramsDropped, "mixed ECN"),
+            field("pending", Seen, "pending"),
+            field("pending_bytes", Seen, "bytes held"),
+        ]
+    };
+
+    /// Every counter by its serialized field name: what the status JSON reports.
+    pub fn by_name(&self) -> BTreeMap<String, u64> {
+        let serde_json::Value::Object(fields) = serde_json::to_value(self).expect("serialisable")
+        else {
+            unreachable!("a struct serializes to an object");
+        };
+        fields
+            .into_iter()
+            .map(|(k, v)| (k, v.as_u64().expect("counters are u64")))
+            .collect()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key {
     src: IpAddr,
@@ -775,6 +836,22 @@ mod tests {
             .enumerate()
             .filter_map(|(i, f)| d.push(f, T0 + i as u64))
             .collect()
+    }
+
+    #[test]
+    fn the_field_list_names_every_counter_as_serialized() {
+        let listed: Vec<_> = DefragStats::FIELDS.iter().map(|f| f.name).collect();
+        let serialized: Vec<_> = DefragStats::default().by_name().into_keys().collect();
+        let mut sorted = listed.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, serialized, "DefragStats::FIELDS against the struct");
+        let stats = DefragStats {
+            invalid: 7,
+            pending_bytes: 9,
+            ..DefragStats::default()
+        };
+        let by_name = stats.by_name();
+        assert_eq!((by_name["invalid"], by_name["pending_bytes"]), (7, 9));
     }
 
     #[test]
