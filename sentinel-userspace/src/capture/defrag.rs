@@ -401,10 +401,16 @@ impl Defragmenter {
     /// Counters (with the datagrams and bytes held now).
     pub fn stats(&self) -> DefragStats {
         DefragStats {
-            pending: self.datagrams.len() as u64,
+            pending: self.pending() as u64,
             pending_bytes: (self.held[0] + self.held[1]) as u64,
             ..self.stats.clone()
         }
+    }
+
+    /// Datagrams in progress now (what [`Self::stats`] reports as `pending`, without copying the
+    /// counters).
+    pub fn pending(&self) -> usize {
+        self.datagrams.len()
     }
 
     /// True when `ip` (an IP packet from its header on) is a fragment: IPv4 with More Fragments
