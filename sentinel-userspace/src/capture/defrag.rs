@@ -609,12 +609,21 @@ impl Defragmenter {
     }
 }
 
-/// The Internet checksum of an IPv4 header: 0 when the header's own checksum is right; with
-/// the checksum field zeroed, the value to put there.
+/// The Internet checksum (RFC 1071) of an IPv4 header: 0 when the header's own checksum is
+/// right; with the checksum field zeroed, the value to put there.
 pub fn ipv4_header_checksum(h: &[u8]) -> u16 {
-    let mut sum: u32 = h
+    internet_checksum(h)
+}
+
+/// The Internet checksum (RFC 1071) of `data`: the ones' complement of the ones' complement
+/// sum of its 16-bit big-endian words (an odd last byte padded with a zero). 0 when `data`
+/// holds its own right checksum; with the checksum field zeroed, the value to put there. For
+/// TCP and UDP, `data` is the pseudo-header followed by the segment (see
+/// [`super::synth::set_tcp_checksum`]).
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u64 = data
         .chunks(2)
-        .map(|w| u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32)
+        .map(|w| u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u64)
         .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
