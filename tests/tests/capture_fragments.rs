@@ -84,41 +84,12 @@ fn queue_unsent(s: &TcpStream, data: &[u8]) -> std::io::Result<(u32, u32)> {
     Ok((seq, ack))
 }
 
-fn sum16(data: &[u8], mut acc: u32) -> u32 {
-    for c in data.chunks(2) {
-        acc += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
-}
-
-/// The IP packet of the segment, with its TCP checksum (and IPv4 header checksum) right.
+/// The IP packet of the segment, with its TCP checksum right (`synth::fragments` sets each
+/// IPv4 fragment's header checksum).
 fn packet(src: SocketAddr, dst: SocketAddr, seq: u32, ack: u32, data: &[u8]) -> Vec<u8> {
     let seg = synth::seg(0, src, dst, seq, ack, 0x18, data);
     let mut ip = synth::ip_packet(&seg);
-    // synth's IPv6 packet has 8 bytes of destination options before TCP.
-    let l4 = if src.is_ipv4() { 20 } else { 48 };
-    let tcp_len = ip.len() - l4;
-    let mut acc = match (src.ip(), dst.ip()) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let acc = sum16(&a.octets(), sum16(&b.octets(), 0));
-            acc + 6 + tcp_len as u32
-        }
-        (IpAddr::V6(a), IpAddr::V6(b)) => {
-            let acc = sum16(&a.octets(), sum16(&b.octets(), 0));
-            acc + 6 + tcp_len as u32
-        }
-        _ => unreachable!("one family"),
-    };
-    acc = sum16(&ip[l4..], acc);
-    let ck = fold(acc);
-    ip[l4 + 16..l4 + 18].copy_from_slice(&ck.to_be_bytes());
+    synth::set_tcp_checksum(&mut ip);
     ip
 }
 

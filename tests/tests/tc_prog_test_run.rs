@@ -57,14 +57,25 @@ fn run_frame(
         .ring
         .next()
         .ok_or_else(|| anyhow::anyhow!("no record"))?;
-    anyhow::ensure!(rec.len() >= size_of::<CaptureHeader>(), "short record");
-    // SAFETY: at least one header's bytes; plain integers; unaligned read.
-    let hdr: CaptureHeader = unsafe { std::ptr::read_unaligned(rec.as_ptr().cast()) };
+    let hdr = header_of(&rec);
     anyhow::ensure!(
         hdr.cap_len == 100 && hdr.dst_port == PORT,
         "record: {hdr:?}"
     );
     Ok(hdr)
+}
+
+/// The header at the start of a ring buffer record; fails the test on a record too short to
+/// hold one.
+fn header_of(rec: &[u8]) -> CaptureHeader {
+    assert!(
+        rec.len() >= size_of::<CaptureHeader>(),
+        "a record of {} bytes, shorter than a capture header ({} bytes)",
+        rec.len(),
+        size_of::<CaptureHeader>()
+    );
+    // SAFETY: at least one header's bytes (checked above); plain integers; unaligned read.
+    unsafe { std::ptr::read_unaligned(rec.as_ptr().cast()) }
 }
 
 /// Runs `f` with a pin directory of its own, unloaded afterwards (also when `f` panics).
@@ -265,8 +276,7 @@ fn the_fragments_of_a_request_are_captured_whole_and_reassemble_into_it() -> any
             let stats = RingStats::default();
             let mut consumer = Consumer::default();
             for (i, rec) in recs.iter().enumerate() {
-                // SAFETY: at least one header's bytes; plain integers; unaligned read.
-                let hdr: CaptureHeader = unsafe { std::ptr::read_unaligned(rec.as_ptr().cast()) };
+                let hdr = header_of(rec);
                 assert_ne!(hdr.cap_flags & CAP_FLAG_IP_PACKET, 0, "{c}: record {i}");
                 // The IP packet's length (a frame may carry Ethernet padding after it).
                 let ip_len = u16::from_be_bytes(if c.starts_with('[') {
@@ -336,8 +346,7 @@ fn later_fragments_are_captured_whether_or_not_their_first_came() -> anyhow::Res
         let recs = ingress_records(&mut dp, &mut cap, &frames)?;
         assert_eq!(recs.len(), 4, "every later fragment of TCP");
         for rec in &recs {
-            // SAFETY: at least one header's bytes; plain integers; unaligned read.
-            let hdr: CaptureHeader = unsafe { std::ptr::read_unaligned(rec.as_ptr().cast()) };
+            let hdr = header_of(rec);
             assert_ne!(hdr.cap_flags & CAP_FLAG_IP_PACKET, 0);
             assert_eq!((hdr.src_port, hdr.dst_port), (0, 0), "ports unknown");
         }
@@ -346,8 +355,7 @@ fn later_fragments_are_captured_whether_or_not_their_first_came() -> anyhow::Res
         // The first fragment, arriving last, is captured with its ports.
         let recs = ingress_records(&mut dp, &mut cap, &early[..1])?;
         assert_eq!(recs.len(), 1);
-        // SAFETY: as above.
-        let hdr: CaptureHeader = unsafe { std::ptr::read_unaligned(recs[0].as_ptr().cast()) };
+        let hdr = header_of(&recs[0]);
         assert_eq!((hdr.src_port, hdr.dst_port), (40000, 8080));
         assert_eq!(counter(&cap, CaptureCounter::Fragments)?, 5);
         Ok(())

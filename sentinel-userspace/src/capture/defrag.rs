@@ -120,6 +120,67 @@ pub struct DefragStats {
     pub pending_bytes: u64,
 }
 
+/// How the status line groups a [`DefragStats`] counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefragGroup {
+    /// What was taken in, reassembled or is held.
+    Seen,
+    /// Datagrams dropped whole.
+    DatagramsDropped,
+    /// Fragments dropped alone.
+    FragmentsDropped,
+}
+
+/// One [`DefragStats`] counter, as the status reports it.
+#[derive(Clone, Copy, Debug)]
+pub struct DefragField {
+    /// Its field name, as serialized.
+    pub name: &'static str,
+    /// Where the status line puts it.
+    pub group: DefragGroup,
+    /// What the status line calls it, after its value.
+    pub says: &'static str,
+}
+
+const fn field(name: &'static str, group: DefragGroup, says: &'static str) -> DefragField {
+    DefragField { name, group, says }
+}
+
+impl DefragStats {
+    /// What the status line says of each counter, in the struct's order (a test checks that
+    /// it names every serialized field).
+    pub const FIELDS: [DefragField; 13] = {
+        use DefragGroup::*;
+        [
+            field("fragments", Seen, "fragments taken"),
+            field("reassembled", Seen, "datagrams reassembled"),
+            field("overlaps", DatagramsDropped, "overlapping"),
+            field("duplicates", FragmentsDropped, "duplicate"),
+            field("timed_out", DatagramsDropped, "timed out"),
+            field("refused", FragmentsDropped, "refused (memory cap)"),
+            field("too_big", DatagramsDropped, "too big"),
+            field("invalid", DatagramsDropped, "invalid"),
+            field("bad_checksum", FragmentsDropped, "bad checksum"),
+            field("truncated", FragmentsDropped, "truncated"),
+            field("ecn", DatagramsDropped, "mixed ECN"),
+            field("pending", Seen, "pending"),
+            field("pending_bytes", Seen, "bytes held"),
+        ]
+    };
+
+    /// Every counter by its serialized field name: what the status JSON reports.
+    pub fn by_name(&self) -> BTreeMap<String, u64> {
+        let serde_json::Value::Object(fields) = serde_json::to_value(self).expect("serialisable")
+        else {
+            unreachable!("a struct serializes to an object");
+        };
+        fields
+            .into_iter()
+            .map(|(k, v)| (k, v.as_u64().expect("counters are u64")))
+            .collect()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key {
     src: IpAddr,
@@ -152,6 +213,26 @@ struct Fragment<'a> {
     ecn: u8,
     /// The IP packet's length by its header (IPv4 total length, IPv6 40 + payload length).
     ip_len: usize,
+}
+
+/// What an IP packet is to the defragmenter.
+enum Parsed<'a> {
+    /// Not a fragment (or not an IP packet, or one cut before it could tell).
+    Whole,
+    /// A fragment it can take.
+    Fragment(Fragment<'a>),
+    /// A fragment whose headers do not hold together (or were cut by the capture before its
+    /// identification): dropped and counted invalid.
+    Malformed,
+}
+
+/// Parses `ip` (an IP packet from its header on) as a fragment.
+fn parse(ip: &[u8]) -> Parsed<'_> {
+    match ip.first().map(|b| b >> 4) {
+        Some(4) => parse_v4(ip),
+        Some(6) => parse_v6(ip),
+        _ => Parsed::Whole,
+    }
 }
 
 struct Piece {
@@ -320,20 +401,23 @@ impl Defragmenter {
     /// Counters (with the datagrams and bytes held now).
     pub fn stats(&self) -> DefragStats {
         DefragStats {
-            pending: self.datagrams.len() as u64,
+            pending: self.pending() as u64,
             pending_bytes: (self.held[0] + self.held[1]) as u64,
             ..self.stats.clone()
         }
     }
 
+    /// Datagrams in progress now (what [`Self::stats`] reports as `pending`, without copying the
+    /// counters).
+    pub fn pending(&self) -> usize {
+        self.datagrams.len()
+    }
+
     /// True when `ip` (an IP packet from its header on) is a fragment: IPv4 with More Fragments
     /// or an offset, IPv6 with a Fragment header that is not an atomic fragment.
+    /// A malformed one (which [`Self::push`] counts invalid) is a fragment too.
     pub fn is_fragment(ip: &[u8]) -> bool {
-        match ip.first().map(|b| b >> 4) {
-            Some(4) => ip.len() >= 20 && u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0,
-            Some(6) => parse_v6(ip).is_some(),
-            _ => false,
-        }
+        !matches!(parse(ip), Parsed::Whole)
     }
 
     /// Moves stream time on: datagrams whose first fragment came `timeout` or longer before
@@ -369,17 +453,14 @@ impl Defragmenter {
     /// reassembly treats it as such.
     pub fn push_captured(&mut self, ip: &[u8], wire_len: usize, ts_ns: u64) -> Option<Vec<u8>> {
         self.advance(ts_ns);
-        let frag = match ip.first().map(|b| b >> 4) {
-            Some(4) => parse_v4(ip),
-            Some(6) => parse_v6(ip),
-            _ => None,
-        };
-        let Some(mut f) = frag else {
-            if Self::is_fragment(ip) {
+        let mut f = match parse(ip) {
+            Parsed::Whole => return None,
+            Parsed::Malformed => {
                 self.stats.fragments += 1;
                 self.stats.invalid += 1;
+                return None;
             }
-            return None;
+            Parsed::Fragment(f) => f,
         };
         self.stats.fragments += 1;
         let v6 = f.patch.is_some();
@@ -528,12 +609,21 @@ impl Defragmenter {
     }
 }
 
-/// The Internet checksum of an IPv4 header: 0 when the header's own checksum is right; with
-/// the checksum field zeroed, the value to put there.
+/// The Internet checksum (RFC 1071) of an IPv4 header: 0 when the header's own checksum is
+/// right; with the checksum field zeroed, the value to put there.
 pub fn ipv4_header_checksum(h: &[u8]) -> u16 {
-    let mut sum: u32 = h
+    internet_checksum(h)
+}
+
+/// The Internet checksum (RFC 1071) of `data`: the ones' complement of the ones' complement
+/// sum of its 16-bit big-endian words (an odd last byte padded with a zero). 0 when `data`
+/// holds its own right checksum; with the checksum field zeroed, the value to put there. For
+/// TCP and UDP, `data` is the pseudo-header followed by the segment (see
+/// [`super::synth::set_tcp_checksum`]).
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u64 = data
         .chunks(2)
-        .map(|w| u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32)
+        .map(|w| u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u64)
         .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
@@ -553,20 +643,24 @@ fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-/// An IPv4 fragment (More Fragments or an offset), or `None`.
-fn parse_v4(ip: &[u8]) -> Option<Fragment<'_>> {
+/// An IPv4 fragment (More Fragments or an offset): malformed when its header length or total
+/// length cannot be, or the capture cut its header.
+fn parse_v4(ip: &[u8]) -> Parsed<'_> {
     if ip.len() < 20 {
-        return None;
+        return Parsed::Whole;
     }
     let ihl = (ip[0] & 0x0f) as usize * 4;
     let total = be16(ip, 2) as usize;
     let frag = be16(ip, 6);
-    if frag & 0x3fff == 0 || ihl < 20 || total < ihl || ip.len() < ihl {
-        return None;
+    if frag & 0x3fff == 0 {
+        return Parsed::Whole;
+    }
+    if ihl < 20 || total < ihl || ip.len() < ihl {
+        return Parsed::Malformed;
     }
     let offset = (frag & 0x1fff) as usize * 8;
     let held = ip.len().min(total);
-    Some(Fragment {
+    Parsed::Fragment(Fragment {
         key: Key {
             src: IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15])),
             dst: IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19])),
@@ -585,15 +679,15 @@ fn parse_v4(ip: &[u8]) -> Option<Fragment<'_>> {
     })
 }
 
-/// An IPv6 fragment (a Fragment header that is not an atomic fragment), or `None`.
-fn parse_v6(ip: &[u8]) -> Option<Fragment<'_>> {
+/// An IPv6 fragment (a Fragment header that is not an atomic fragment): malformed when the
+/// Fragment header is in a jumbogram or past the packet's payload length (Linux's
+/// `ipv6_frag_rcv` drops either whatever its offset says), or the capture cut it after its
+/// offset and before its identification.
+fn parse_v6(ip: &[u8]) -> Parsed<'_> {
     if ip.len() < 40 {
-        return None;
+        return Parsed::Whole;
     }
     let payload_len = be16(ip, 4) as usize;
-    if payload_len == 0 {
-        return None;
-    }
     let end_of_packet = 40 + payload_len;
     let mut nh = ip[6];
     // Where the byte naming the current header sits.
@@ -603,40 +697,47 @@ fn parse_v6(ip: &[u8]) -> Option<Fragment<'_>> {
         match nh {
             // Hop-by-hop, routing, destination options: (len + 1) * 8; AH: (len + 2) * 4.
             0 | 43 | 60 | 51 => {
-                let len = *ip.get(off + 1)? as usize;
-                let size = if nh == 51 {
-                    (len + 2) * 4
-                } else {
-                    (len + 1) * 8
+                if payload_len == 0 || off + 8 > end_of_packet {
+                    return Parsed::Whole;
+                }
+                let Some(&len) = ip.get(off + 1) else {
+                    return Parsed::Whole;
                 };
-                nh = *ip.get(off)?;
+                let size = if nh == 51 {
+                    (len as usize + 2) * 4
+                } else {
+                    (len as usize + 1) * 8
+                };
+                nh = ip[off];
                 nh_at = off;
                 off += size;
             }
             PROTO_FRAGMENT => break,
-            _ => return None,
-        }
-        if off + 8 > end_of_packet {
-            return None;
+            _ => return Parsed::Whole,
         }
     }
-    let fh = ip.get(off..off + 8)?;
-    let fo = be16(fh, 2);
+    if payload_len == 0 || off + 8 > end_of_packet {
+        return Parsed::Malformed;
+    }
+    let Some(fo) = ip.get(off + 2..off + 4).map(|b| be16(b, 0)) else {
+        // Cut by the capture before its offset: whether it is a fragment is not known.
+        return Parsed::Whole;
+    };
     if fo & 0xfff9 == 0 {
         // An atomic fragment: a whole datagram.
-        return None;
+        return Parsed::Whole;
     }
+    let Some(fh) = ip.get(off..off + 8) else {
+        return Parsed::Malformed;
+    };
     let offset = (fo & 0xfff8) as usize;
     let data_start = off + 8;
-    if end_of_packet < data_start {
-        return None;
-    }
     let held = ip.len().min(end_of_packet);
     let addr = |at: usize| {
         let a: [u8; 16] = ip[at..at + 16].try_into().expect("16 bytes");
         IpAddr::V6(Ipv6Addr::from(a))
     };
-    Some(Fragment {
+    Parsed::Fragment(Fragment {
         key: Key {
             src: addr(8),
             dst: addr(24),
@@ -750,6 +851,22 @@ mod tests {
             .enumerate()
             .filter_map(|(i, f)| d.push(f, T0 + i as u64))
             .collect()
+    }
+
+    #[test]
+    fn the_field_list_names_every_counter_as_serialized() {
+        let listed: Vec<_> = DefragStats::FIELDS.iter().map(|f| f.name).collect();
+        let serialized: Vec<_> = DefragStats::default().by_name().into_keys().collect();
+        let mut sorted = listed.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, serialized, "DefragStats::FIELDS against the struct");
+        let stats = DefragStats {
+            invalid: 7,
+            pending_bytes: 9,
+            ..DefragStats::default()
+        };
+        let by_name = stats.by_name();
+        assert_eq!((by_name["invalid"], by_name["pending_bytes"]), (7, 9));
     }
 
     #[test]
@@ -989,6 +1106,51 @@ mod tests {
         let mut d = Defragmenter::default();
         assert!(push_all(&mut d, &frags).is_empty());
         assert_eq!((d.stats().invalid, d.stats().pending), (1, 1));
+    }
+
+    #[test]
+    fn a_malformed_fragment_of_either_family_is_counted_invalid() {
+        let malformed = |v6: bool| -> Vec<Vec<u8>> {
+            let frag = fragments(&datagram(v6, 2400), 9, &[0, 800])[1].clone();
+            let mut out = Vec::new();
+            if v6 {
+                // A payload length that ends inside the Fragment header.
+                let mut f = frag.clone();
+                f[4..6].copy_from_slice(&4u16.to_be_bytes());
+                out.push(f);
+                // A jumbogram's payload length (0) with a Fragment header.
+                let mut f = frag.clone();
+                f[4..6].copy_from_slice(&[0, 0]);
+                out.push(f);
+                // The capture cut the Fragment header after its offset.
+                out.push(frag[..44].to_vec());
+            } else {
+                // A header length under 20 bytes.
+                let mut f = frag.clone();
+                f[0] = 0x44;
+                set_checksum(&mut f);
+                out.push(f);
+                // A total length under the header's.
+                let mut f = frag.clone();
+                f[2..4].copy_from_slice(&16u16.to_be_bytes());
+                set_checksum(&mut f);
+                out.push(f);
+            }
+            out
+        };
+        for v6 in [false, true] {
+            for (i, f) in malformed(v6).iter().enumerate() {
+                assert!(Defragmenter::is_fragment(f), "v6={v6} case {i}");
+                let mut d = Defragmenter::default();
+                assert!(d.push(f, T0).is_none());
+                let st = d.stats();
+                assert_eq!(
+                    (st.fragments, st.invalid, st.pending),
+                    (1, 1, 0),
+                    "v6={v6} case {i}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -79,21 +79,12 @@ pub fn consumer_counters(stats: &RingStats) -> BTreeMap<String, u64> {
             stats.fragments.load(Ordering::Relaxed),
         ),
     ]);
-    let d = stats.defrag.lock().expect("defrag stats lock").clone();
-    for (k, v) in [
-        ("reassembled", d.reassembled),
-        ("overlaps", d.overlaps),
-        ("duplicates", d.duplicates),
-        ("timed_out", d.timed_out),
-        ("refused", d.refused),
-        ("too_big", d.too_big),
-        ("invalid", d.invalid),
-        ("bad_checksum", d.bad_checksum),
-        ("truncated", d.truncated),
-        ("ecn", d.ecn),
-        ("pending", d.pending),
-    ] {
-        out.insert(format!("defrag_{k}"), v);
-    }
+    let defrag = stats.defrag.lock().expect("defrag stats lock").by_name();
+    out.extend(defrag.into_iter().map(|(k, v)| (defrag_key(&k), v)));
     out
+}
+
+/// The label of a [`super::defrag::DefragStats`] counter among the consumer's: its field name after `defrag_`.
+pub fn defrag_key(field: &str) -> String {
+    format!("defrag_{field}")
 }

@@ -228,11 +228,14 @@ impl Consumer {
         }
     }
 
-    /// Moves the defragmenter's time on (its timeouts) and publishes its counters.
+    /// Moves the defragmenter's time on (its timeouts) and publishes its counters when they
+    /// changed: a fragment was taken since the last time, or a datagram timed out now. Called
+    /// after every drain pass, so what is published is never behind by more than one pass; on
+    /// the passes that changed nothing (most of them) the counters are not copied.
     pub fn advance(&mut self, now_unix_ns: u64, stats: &RingStats) {
-        let pending = self.defrag.stats().pending;
+        let pending = self.defrag.pending();
         self.defrag.advance(now_unix_ns);
-        if self.unpublished || pending != self.defrag.stats().pending {
+        if self.unpublished || pending != self.defrag.pending() {
             self.unpublished = false;
             *stats.defrag.lock().expect("defrag stats lock") = self.defrag.stats();
         }
@@ -396,7 +399,10 @@ mod tests {
     /// the consumer hands on the segment of the datagram they make.
     #[test]
     fn fragment_records_are_reassembled_into_their_segment() {
-        use crate::capture::synth::{fragments, ip_packet, seg};
+        use crate::capture::{
+            defrag::DEFAULT_TIMEOUT_NS,
+            synth::{fragments, ip_packet, seg},
+        };
         for (c, s) in [
             ("198.18.0.100:40000", "198.18.0.1:80"),
             ("[2001:db8::100]:40000", "[2001:db8::1]:80"),
@@ -426,6 +432,28 @@ mod tests {
             assert_eq!(sink, vec![want], "{c}");
             assert_eq!(stats.fragments.load(Ordering::Relaxed), 3);
             assert_eq!(stats.defrag.lock().unwrap().reassembled, 1);
+            // A lone fragment is published; passes that change nothing publish nothing (the
+            // reset below stays); its timeout is published.
+            let mut rec = record(frags[1].len() as u32, &frags[1], 0);
+            rec[core::mem::offset_of!(CaptureHeader, cap_flags)] =
+                CAP_FLAG_IP_PACKET | CAP_FLAG_TS_REALTIME;
+            rec[..8].copy_from_slice(&7_000u64.to_ne_bytes());
+            consumer.record(&rec, &Clock::with_offset(0), &stats, &mut sink);
+            consumer.advance(8_000, &stats);
+            assert_eq!(stats.defrag.lock().unwrap().pending, 1);
+            *stats.defrag.lock().unwrap() = DefragStats::default();
+            consumer.advance(9_000, &stats);
+            assert_eq!(*stats.defrag.lock().unwrap(), DefragStats::default());
+            consumer.advance(7_000 + DEFAULT_TIMEOUT_NS, &stats);
+            let published = stats.defrag.lock().unwrap().clone();
+            assert_eq!(
+                (
+                    published.timed_out,
+                    published.pending,
+                    published.reassembled
+                ),
+                (1, 0, 1)
+            );
         }
     }
 

@@ -3,9 +3,15 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use crate::control::{
-    api::{Entry, ExplainReport, ListKind, SourceReport, StatusReport, TopReport},
-    client::Client,
+use crate::{
+    capture::{
+        defrag::{DefragGroup, DefragStats},
+        live::defrag_key,
+    },
+    control::{
+        api::{Entry, ExplainReport, ListKind, SourceReport, StatusReport, TopReport},
+        client::Client,
+    },
 };
 
 use super::CliError;
@@ -141,19 +147,19 @@ pub fn status(s: &StatusReport, json: bool) {
             u("decode_errors"),
             u("wakeups")
         );
+        let defrag = |group: DefragGroup| {
+            DefragStats::FIELDS
+                .iter()
+                .filter(|f| f.group == group)
+                .map(|f| format!("{} {}", u(&defrag_key(f.name)), f.says))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         println!(
-            "  IP fragments: {} datagrams reassembled, {} pending; dropped: {} overlapping, {} timed out, {} too big, {} invalid, {} mixed ECN; fragments dropped: {} duplicate, {} bad checksum, {} truncated, {} refused (memory cap)",
-            u("defrag_reassembled"),
-            u("defrag_pending"),
-            u("defrag_overlaps"),
-            u("defrag_timed_out"),
-            u("defrag_too_big"),
-            u("defrag_invalid"),
-            u("defrag_ecn"),
-            u("defrag_duplicates"),
-            u("defrag_bad_checksum"),
-            u("defrag_truncated"),
-            u("defrag_refused")
+            "  IP fragments: {}; dropped: {}; fragments dropped: {}",
+            defrag(DefragGroup::Seen),
+            defrag(DefragGroup::DatagramsDropped),
+            defrag(DefragGroup::FragmentsDropped)
         );
     }
     if let Some(a) = &s.analysis {

@@ -201,14 +201,8 @@ pub mod frames {
         ip[9] = 17;
         ip[12..16].copy_from_slice(&src.octets());
         ip[16..20].copy_from_slice(&dst.octets());
-        let mut sum: u32 = ip
-            .chunks(2)
-            .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
-            .sum();
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        let sum = sentinel::capture::defrag::ipv4_header_checksum(&ip);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
         f.extend_from_slice(&ip);
         f.extend_from_slice(&udp(8 + PAYLOAD));
         f.extend(std::iter::repeat_n(0x5a, PAYLOAD));
