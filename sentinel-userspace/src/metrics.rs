@@ -13,6 +13,8 @@
 //! | `sentinel_verdicts_active` | gauge | `list` (block, throttle, flow_kill, allow) |
 //! | `sentinel_ring_lost_total` | counter | |
 //! | `sentinel_capture_decode_errors_total` | counter | |
+//! | `sentinel_defrag_events_total` | counter | `event` (the defragmenter's counters: fragments taken, datagrams reassembled, overlapping, timed out, refused...) |
+//! | `sentinel_defrag_pending`, `sentinel_defrag_pending_bytes` | gauge | |
 //! | `sentinel_analysis_dropped_total` | counter | |
 //! | `sentinel_pipeline_lag_seconds` | histogram | |
 //! | `sentinel_revocations_total` | counter | `result` (ok, failed) |
@@ -34,7 +36,10 @@ use prometheus_client::{
 use sentinel_common::Reason;
 
 use crate::{
-    capture::live::consumer_counters,
+    capture::{
+        defrag::DefragStats,
+        live::{consumer_counters, defrag_key},
+    },
     control::server::{ControlState, map_fills_of},
     models::{Action, AlertKind},
 };
@@ -134,7 +139,7 @@ impl Collector for DaemonCollector {
                 ConstGauge::new(count(names)).encode(m.encode_family(&labels)?)?;
             }
         }
-        let (ring_lost, decode_errors) = match &s.capture {
+        let (ring_lost, consumer) = match &s.capture {
             Some(c) => {
                 let kernel = c
                     .control
@@ -142,14 +147,15 @@ impl Collector for DaemonCollector {
                     .expect("capture lock")
                     .kernel_counters()
                     .unwrap_or_default();
-                let consumer = consumer_counters(&c.ring);
                 (
                     kernel.get("ring_full").copied().unwrap_or(0),
-                    consumer.get("decode_errors").copied().unwrap_or(0),
+                    consumer_counters(&c.ring),
                 )
             }
-            None => (0, 0),
+            None => (0, Default::default()),
         };
+        let consumed = |key: &str| consumer.get(key).copied().unwrap_or(0);
+        let decode_errors = consumed("decode_errors");
         counter(
             &mut enc,
             "sentinel_ring_lost",
@@ -162,6 +168,31 @@ impl Collector for DaemonCollector {
             "Capture records that could not be decoded",
             decode_errors,
         )?;
+        // The IP defragmenter: what it did with fragments (evasion attempts show here), and
+        // what it holds.
+        let pending = |name: &str| name.starts_with("pending");
+        counter_family(
+            &mut enc,
+            "sentinel_defrag_events",
+            "IP fragments taken and datagrams reassembled, and those dropped, by what happened",
+            "event",
+            DefragStats::FIELDS
+                .iter()
+                .filter(|f| !pending(f.name))
+                .map(|f| (f.name.to_owned(), consumed(&defrag_key(f.name)))),
+        )?;
+        for (name, help) in [
+            ("pending", "IP datagrams being reassembled"),
+            ("pending_bytes", "Bytes of fragments held for reassembly"),
+        ] {
+            let value = i64::try_from(consumed(&defrag_key(name))).unwrap_or(i64::MAX);
+            ConstGauge::new(value).encode(enc.encode_descriptor(
+                &format!("sentinel_defrag_{name}"),
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
         if let Some(a) = &s.analysis {
             counter(
                 &mut enc,

@@ -156,6 +156,8 @@ fn sighup_reloads_the_policy_restart_restores_verdicts_and_metrics_answer() {
         "sentinel_actions_total{action=\"revoke_token\"} 0",
         "sentinel_verdicts_active{list=\"block\"} 1",
         "sentinel_ring_lost_total 0",
+        "sentinel_defrag_events_total{event=\"overlaps\"} 0",
+        "sentinel_defrag_pending_bytes 0",
         "sentinel_analysis_dropped_total 0",
         "sentinel_pipeline_lag_seconds_count",
         "# EOF",
