@@ -239,18 +239,78 @@ fn key_line(text: &str, message: &str) -> Option<usize> {
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
         .next()?
         .trim_end_matches('.');
-    let doc = toml_edit::ImDocument::parse(text).ok()?;
-    let mut table: &dyn toml_edit::TableLike = doc.as_table();
-    let mut at = None;
-    for part in path.split('.') {
-        let Some((key, item)) = table.get_key_value(part) else {
-            break;
-        };
-        at = key.span().or_else(|| item.span()).map(|s| s.start).or(at);
-        match item.as_table_like() {
-            Some(t) => table = t,
-            None => break,
+    let path: Vec<TomlStep> = path.split('.').map(TomlStep::Key).collect();
+    toml_line(text, &path)
+}
+
+/// One step of a path into a TOML document.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TomlStep<'a> {
+    /// A key of a table or inline table.
+    Key(&'a str),
+    /// An element of an array, or a table of an array of tables (`[[rule]]`).
+    Index(usize),
+}
+
+/// Where a TOML document's parser put an item, read through [`toml_line`].
+enum TomlNode<'a> {
+    Table(&'a dyn toml_edit::TableLike),
+    Tables(&'a toml_edit::ArrayOfTables),
+    Array(&'a toml_edit::Array),
+    Leaf,
+}
+
+impl<'a> TomlNode<'a> {
+    fn of_item(item: &'a toml_edit::Item) -> Self {
+        if let Some(t) = item.as_table_like() {
+            Self::Table(t)
+        } else if let Some(a) = item.as_array_of_tables() {
+            Self::Tables(a)
+        } else if let Some(a) = item.as_array() {
+            Self::Array(a)
+        } else {
+            Self::Leaf
         }
+    }
+
+    fn of_value(value: &'a toml_edit::Value) -> Self {
+        match value {
+            toml_edit::Value::InlineTable(t) => Self::Table(t),
+            toml_edit::Value::Array(a) => Self::Array(a),
+            _ => Self::Leaf,
+        }
+    }
+}
+
+/// The line (from 1) where `text` has the deepest part of `path` it holds: the key, the array
+/// element, or the `[[table]]` header an index names (so the nearest enclosing one when the
+/// last steps are absent, e.g. a default). From the parser's spans, so a key's name written in a
+/// comment or a value earlier does not count. `None` when the text does not parse or has not
+/// even the first step.
+pub(crate) fn toml_line(text: &str, path: &[TomlStep]) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut node = TomlNode::Table(doc.as_table());
+    let mut at = None;
+    for step in path {
+        let (span, next) = match (node, *step) {
+            (TomlNode::Table(t), TomlStep::Key(k)) => {
+                let Some((key, item)) = t.get_key_value(k) else {
+                    break;
+                };
+                (key.span().or_else(|| item.span()), TomlNode::of_item(item))
+            }
+            (TomlNode::Tables(a), TomlStep::Index(i)) => {
+                let Some(t) = a.get(i) else { break };
+                (t.span(), TomlNode::Table(t))
+            }
+            (TomlNode::Array(a), TomlStep::Index(i)) => {
+                let Some(v) = a.get(i) else { break };
+                (v.span(), TomlNode::of_value(v))
+            }
+            _ => break,
+        };
+        at = span.map(|s| s.start).or(at);
+        node = next;
     }
     Some(text[..at?].matches('\n').count() + 1)
 }

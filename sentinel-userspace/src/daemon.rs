@@ -295,7 +295,8 @@ const PIN_LOCKS: &str = "/run/sentinel/locks";
 /// Held for the daemon's life: an exclusive lock on a file named after its pin directory, in
 /// `dir`. The kernel drops it when the process ends, however it ends; a clean end also removes
 /// the file.
-struct PinLock {
+#[derive(Debug)]
+pub struct PinLock {
     /// Holds the lock while open.
     _file: std::fs::File,
     path: PathBuf,
@@ -307,8 +308,7 @@ impl Drop for PinLock {
     }
 }
 
-/// The lock file of the daemon serving `pin_dir` (for a test harness that kills daemons with
-/// SIGKILL and tidies after them).
+/// The lock file of the daemon serving `pin_dir`.
 pub fn pin_lock_path(pin_dir: &Path) -> PathBuf {
     lock_file(Path::new(PIN_LOCKS), pin_dir)
 }
@@ -336,12 +336,62 @@ fn lock_pins(dir: &Path, pin_dir: &Path) -> anyhow::Result<PinLock> {
     // SAFETY: a valid open descriptor; flock takes no pointers.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         anyhow::bail!(
-            "another sentinel daemon serves the pins under {shown}; stop it first or pass --pin-path"
+            "another sentinel daemon{} serves the pins under {shown}; stop it first or pass --pin-path",
+            holder_pid(&path).map_or(String::new(), |pid| format!(" (pid {pid})"))
         );
     }
     f.set_len(0)?;
     writeln!(f, "{shown} {}", std::process::id())?;
     Ok(PinLock { _file: f, path })
+}
+
+/// The pid a pin lock's file names (`PIN_DIR PID`, written by [`lock_pins`]); `None` when the
+/// file is gone or not yet written.
+fn holder_pid(path: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.trim_end().rsplit_once(' ')?.1.parse().ok()
+}
+
+/// What the pin lock of a pin directory tells `sentinel unload`.
+#[derive(Debug)]
+pub enum PinLockState {
+    /// No daemon holds it. When its file was there (a daemon that was killed leaves it), the
+    /// lock is held until this drops, so no daemon starts on the pins while they are removed,
+    /// and dropping it removes the stale file.
+    Free(Option<PinLock>),
+    /// A running daemon holds it, whichever control socket it listens on.
+    Held {
+        /// The lock file.
+        path: PathBuf,
+        /// The daemon's pid, from the file (`None` while the daemon is still writing it).
+        pid: Option<u32>,
+    },
+}
+
+/// Whether a running daemon holds the pin lock of `pin_dir` (a non-blocking `flock`, which the
+/// kernel gives only when no open file holds it).
+pub fn check_pin_lock(pin_dir: &Path) -> std::io::Result<PinLockState> {
+    probe_pin_lock(Path::new(PIN_LOCKS), pin_dir)
+}
+
+fn probe_pin_lock(dir: &Path, pin_dir: &Path) -> std::io::Result<PinLockState> {
+    use std::os::fd::AsRawFd as _;
+    let path = lock_file(dir, pin_dir);
+    let f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PinLockState::Free(None)),
+        Err(e) => return Err(e),
+    };
+    // SAFETY: a valid open descriptor; flock takes no pointers.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e);
+        }
+        let pid = holder_pid(&path);
+        return Ok(PinLockState::Held { path, pid });
+    }
+    Ok(PinLockState::Free(Some(PinLock { _file: f, path })))
 }
 
 fn policy_info(policy: &Policy, source: &str) -> serde_json::Value {
@@ -659,12 +709,42 @@ mod tests {
         let pins = Path::new("/sys/fs/bpf/sentinel-test-locks");
         let first = lock_pins(dir.path(), pins).unwrap();
         let e = lock_pins(dir.path(), Path::new("/sys/fs/bpf/sentinel-test-locks/"))
-            .err()
-            .expect("a second lock on the same pins");
+            .expect_err("a second lock on the same pins");
         assert!(e.to_string().contains("another sentinel daemon"), "{e}");
         // Other pins are another daemon's business; the first one's end frees its pins.
         let _other = lock_pins(dir.path(), Path::new("/sys/fs/bpf/other")).unwrap();
         drop(first);
+        lock_pins(dir.path(), pins).unwrap();
+    }
+
+    #[test]
+    fn unload_finds_a_held_pin_lock_and_takes_a_stale_one() {
+        let dir = crate::lab::TempDir::new("sentinel-pin-probe").unwrap();
+        let pins = Path::new("/sys/fs/bpf/sentinel-test-probe");
+        assert!(matches!(
+            probe_pin_lock(dir.path(), pins).unwrap(),
+            PinLockState::Free(None)
+        ));
+        // flock conflicts between open files, even in one process: this stands for the daemon.
+        let daemon = lock_pins(dir.path(), pins).unwrap();
+        match probe_pin_lock(dir.path(), pins).unwrap() {
+            PinLockState::Held { path, pid } => {
+                assert_eq!(path, lock_file(dir.path(), pins));
+                assert_eq!(pid, Some(std::process::id()));
+            }
+            other => panic!("a held lock read as {other:?}"),
+        }
+        drop(daemon);
+        // A daemon killed with SIGKILL leaves the file and no lock: unload takes it, keeps a
+        // daemon from starting meanwhile, and removes the file.
+        let stale = lock_file(dir.path(), pins);
+        std::fs::write(&stale, format!("{} 4194305\n", pins.display())).unwrap();
+        let PinLockState::Free(Some(held)) = probe_pin_lock(dir.path(), pins).unwrap() else {
+            panic!("a stale lock file was not taken");
+        };
+        assert!(lock_pins(dir.path(), pins).is_err(), "unload holds it");
+        drop(held);
+        assert!(!stale.exists(), "the stale file stays");
         lock_pins(dir.path(), pins).unwrap();
     }
 

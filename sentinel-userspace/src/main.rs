@@ -5,7 +5,7 @@ use clap::Parser as _;
 use sentinel::{
     cli::{self, Cli, CliError, Command, client_command},
     config::Config,
-    daemon::{self, RunOptions},
+    daemon::{self, PinLockState, RunOptions},
     datapath,
 };
 use tracing_subscriber::EnvFilter;
@@ -73,11 +73,31 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             pin_path,
             json,
             force,
-            conn,
+            socket: _,
         } => {
-            if !force {
-                refuse_while_served(&conn.socket, &pin_path).await?;
-            }
+            // Held (when a killed daemon left its file) until the pins are gone, then removed.
+            let _lock = match daemon::check_pin_lock(&pin_path) {
+                Ok(PinLockState::Free(lock)) => lock,
+                Ok(PinLockState::Held { path, pid }) if !force => {
+                    let who = pid.map_or("a sentinel daemon".to_owned(), |pid| {
+                        format!("sentinel daemon pid {pid}")
+                    });
+                    return Err(CliError::input(format!(
+                        "{who} serves the pins under {} (it holds {}): stop it first (SIGTERM), or pass --force",
+                        pin_path.display(),
+                        path.display()
+                    )));
+                }
+                Ok(PinLockState::Held { .. }) => None,
+                Err(e) if !force => {
+                    return Err(CliError::runtime(format!(
+                        "cannot tell whether a daemon serves the pins under {}: {}: {e} (--force unloads anyway)",
+                        pin_path.display(),
+                        daemon::pin_lock_path(&pin_path).display()
+                    )));
+                }
+                Err(_) => None,
+            };
             let report =
                 datapath::unload(&pin_path).map_err(|e| CliError::runtime(e.to_string()))?;
             if json {
@@ -111,30 +131,4 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             .map_err(|e| CliError::runtime(format!("{e:#}"))),
         other => client_command(other).await,
     }
-}
-
-/// An error when a daemon answering on `socket` serves the pins under `pin_path`: unloading them
-/// from under it would leave it running and enforcing nothing.
-async fn refuse_while_served(
-    socket: &std::path::Path,
-    pin_path: &std::path::Path,
-) -> Result<(), CliError> {
-    let client = sentinel::control::client::Client::new(socket);
-    let status = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        client.get::<sentinel::control::api::StatusReport>("/v1/status"),
-    )
-    .await;
-    let Ok(Ok(status)) = status else {
-        return Ok(());
-    };
-    let same = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    if same(std::path::Path::new(&status.pin_path)) == same(pin_path) {
-        return Err(CliError::input(format!(
-            "a sentinel daemon serving {} answers on {}: stop it first (SIGTERM), or pass --force",
-            pin_path.display(),
-            socket.display()
-        )));
-    }
-    Ok(())
 }

@@ -1,10 +1,11 @@
 //! One kernel map write made to fail on purpose, for tests of what a bulk operation leaves behind
 //! when the kernel refuses a write part-way (a trie filled by another writer, memory running
-//! out): nothing else makes such a failure happen at a chosen point.
+//! out): nothing else makes such a failure happen at a chosen point. And a count of the lookups
+//! an operation makes in a map.
 //!
 //! A seccomp filter on the thread that runs the operation hands that thread's
-//! `BPF_MAP_UPDATE_ELEM` calls to a supervisor (user notification, Linux 5.5+ for letting a call
-//! continue), which lets every call through but the chosen one.
+//! `BPF_MAP_UPDATE_ELEM` (or `BPF_MAP_LOOKUP_ELEM`) calls to a supervisor (user notification,
+//! Linux 5.5+ for letting a call continue), which lets every call through but the chosen one.
 
 use std::{
     io,
@@ -12,7 +13,8 @@ use std::{
     time::Duration,
 };
 
-/// `bpf(2)` command number of a single element update (`include/uapi/linux/bpf.h`).
+/// `bpf(2)` command numbers of a single element lookup and update (`include/uapi/linux/bpf.h`).
+const BPF_MAP_LOOKUP_ELEM: u32 = 1;
 const BPF_MAP_UPDATE_ELEM: u32 = 2;
 
 /// Runs `f` on a thread of its own, on which the `nth` (1-based) `BPF_MAP_UPDATE_ELEM` of the
@@ -25,10 +27,27 @@ pub fn fail_nth_update<T: Send>(
     errno: i32,
     f: impl FnOnce() -> T + Send,
 ) -> (T, usize) {
+    supervise(BPF_MAP_UPDATE_ELEM, map_fd, Some((nth, errno)), f)
+}
+
+/// Runs `f` on a thread of its own; returns what it returned and how many single element
+/// lookups (`BPF_MAP_LOOKUP_ELEM`) of the map behind `map_fd` it made.
+pub fn count_lookups<T: Send>(map_fd: RawFd, f: impl FnOnce() -> T + Send) -> (T, usize) {
+    supervise(BPF_MAP_LOOKUP_ELEM, map_fd, None, f)
+}
+
+/// Runs `f` on a thread whose `bpf(2)` calls of command `cmd` a supervisor sees; those on
+/// `map_fd` are counted, and the `nth` of them fails with `errno` when `fail` says so.
+fn supervise<T: Send>(
+    cmd: u32,
+    map_fd: RawFd,
+    fail: Option<(usize, i32)>,
+    f: impl FnOnce() -> T + Send,
+) -> (T, usize) {
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::channel();
         let worker = s.spawn(move || {
-            tx.send(install_filter().expect("a seccomp filter with a listener"))
+            tx.send(install_filter(cmd).expect("a seccomp filter with a listener"))
                 .expect("the supervisor waits");
             f()
         });
@@ -63,7 +82,9 @@ pub fn fail_nth_update<T: Send>(
             };
             if fd == map_fd {
                 seen += 1;
-                if seen == nth {
+                if let Some((nth, errno)) = fail
+                    && seen == nth
+                {
                     resp.error = -errno;
                     resp.flags = 0;
                 }
@@ -82,8 +103,8 @@ pub fn fail_nth_update<T: Send>(
     })
 }
 
-/// Sends the calling thread's `BPF_MAP_UPDATE_ELEM` calls to a listener; returns it.
-fn install_filter() -> io::Result<OwnedFd> {
+/// Sends the calling thread's `bpf(2)` calls of command `cmd` to a listener; returns it.
+fn install_filter(cmd: u32) -> io::Result<OwnedFd> {
     const fn stmt(code: u32, k: u32) -> libc::sock_filter {
         jump(code, k, 0, 0)
     }
@@ -107,7 +128,7 @@ fn install_filter() -> io::Result<OwnedFd> {
         stmt(load, 0),
         jump(equal, libc::SYS_bpf as u32, 0, 3),
         stmt(load, cmd_at),
-        jump(equal, BPF_MAP_UPDATE_ELEM, 0, 1),
+        jump(equal, cmd, 0, 1),
         stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_USER_NOTIF),
         stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
     ];

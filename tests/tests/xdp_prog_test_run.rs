@@ -1274,6 +1274,34 @@ fn a_bulk_add_that_fails_part_way_leaves_the_list_as_it_was() {
 }
 
 #[test]
+fn an_add_looks_each_target_up_once() {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    use aya::maps::IterableMap as _;
+
+    let mut lab = Lab::new();
+    lab.block(&["198.51.100.1", "198.51.100.0/24"]);
+    let hash = lab.dp.maps.block_hash.map().fd().as_fd().as_raw_fd();
+    let lpm = lab.dp.maps.block_lpm.map().fd().as_fd().as_raw_fd();
+    let req = |target: &str| AddRequest {
+        targets: vec![target.into()],
+        reason: Some("again".into()),
+        ..Default::default()
+    };
+    // The lookup that keeps what a failed write must put back also counts the replaced entry.
+    for (target, fd, map) in [
+        ("198.51.100.1", hash, "hash"),
+        ("198.51.100.0/24", lpm, "trie"),
+    ] {
+        let (resp, lookups) = sentinel_tests::fault::count_lookups(fd, || {
+            lists::add(&mut lab.dp.maps, ListKind::Block, &req(target)).expect("add")
+        });
+        assert_eq!(resp.replaced, 1, "{target}");
+        assert_eq!(lookups, 1, "{target}: lookups in the block {map}");
+    }
+}
+
+#[test]
 fn a_bulk_add_that_only_refreshes_a_full_list_fits() {
     sentinel_tests::require_root();
     let pins = sentinel::lab::TempPins::new("ptr-refresh");

@@ -103,12 +103,14 @@ pub enum Command {
         /// Print a JSON object.
         #[arg(long)]
         json: bool,
-        /// Unload even when a daemon answering on --socket serves these pins (it would go on
-        /// running, enforcing nothing, and take list changes into maps nothing reads).
+        /// Unload even when a running daemon holds these pins' lock (it would go on running,
+        /// enforcing nothing, and take list changes into maps nothing reads).
         #[arg(long)]
         force: bool,
-        #[command(flatten)]
-        conn: Conn,
+        /// Ignored: unload asks no daemon (the pins' lock says whether one serves them); kept so
+        /// that scripts passing it still run.
+        #[arg(long, hide = true)]
+        socket: Option<PathBuf>,
     },
     /// Programs attached, map fill levels, counters per verdict reason, capture and ring buffer
     /// loss, model state, alerts per kind and the policy in force.

@@ -66,7 +66,7 @@ pub struct AddResponse {
     /// Time spent writing the maps, in milliseconds.
     pub elapsed_ms: f64,
     /// Of the entries written, those that replaced a live one at the same target (its TTL and
-    /// reason gave way to the new ones); counted for adds of up to 1024 targets.
+    /// reason gave way to the new ones).
     #[serde(default)]
     pub replaced: usize,
     /// Block or throttle targets the allowlist covers, where the new entries do nothing (the

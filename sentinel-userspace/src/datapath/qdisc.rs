@@ -19,9 +19,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use aya::programs::TcError;
 use tracing::{info, warn};
 
-const RTM_NEWQDISC: u16 = 36;
 const RTM_DELQDISC: u16 = 37;
 const RTM_NEWTFILTER: u16 = 44;
 const RTM_GETTFILTER: u16 = 46;
@@ -30,8 +30,6 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
 const TCA_KIND: u16 = 1;
 /// `TC_H_CLSACT` (the qdisc's parent) and its fixed handle `ffff:`.
 const TC_H_CLSACT: u32 = 0xffff_fff1;
@@ -135,20 +133,15 @@ fn tc_request(
     Err(io::Error::other("netlink answer did not end"))
 }
 
-/// Adds a clsact qdisc to `ifindex`; `false` when one was already there.
-fn add_clsact(ifindex: u32) -> io::Result<bool> {
-    let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-    match tc_request(
-        RTM_NEWQDISC,
-        flags,
-        ifindex,
-        TC_H_CLSACT,
-        CLSACT_HANDLE,
-        Some("clsact"),
-    ) {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
-        Err(e) => Err(e),
+/// Adds a clsact qdisc to `iface`; `false` when one was already there. aya's request asks
+/// with `NLM_F_EXCL`, so the kernel answers an existing qdisc with `EEXIST`, which its error
+/// keeps (`NetlinkError::raw_os_error`).
+fn add_clsact(iface: &str) -> io::Result<bool> {
+    match aya::programs::tc::qdisc_add_clsact(iface) {
+        Ok(()) => Ok(true),
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(TcError::IoError(e)) => Err(e),
+        Err(e) => Err(io::Error::other(e)),
     }
 }
 
@@ -204,7 +197,7 @@ fn marker_dir(pin_dir: &Path) -> PathBuf {
 /// before, records that Sentinel created it. Returns whether it was created.
 pub fn claim_clsact(pin_dir: &Path, iface: &str) -> io::Result<bool> {
     let index = ifindex(iface)?;
-    if !add_clsact(index)? {
+    if !add_clsact(iface)? {
         return Ok(false);
     }
     let dir = marker_dir(pin_dir);

@@ -220,8 +220,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.kill(libc::SIGKILL);
-        // A killed daemon leaves its pin lock's file (the lock itself died with it).
-        let _ = std::fs::remove_file(crate::daemon::pin_lock_path(&self.pin_path));
+        // A killed daemon leaves its pin lock's file (the lock died with it); unload removes it.
         let _ = output_within(
             Command::new(sentinel_bin())
                 .args(["unload", "--pin-path"])

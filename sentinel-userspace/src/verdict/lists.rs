@@ -308,23 +308,13 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
     if !one {
         check_room(maps, kind, &split.exact, &split.prefixes)?;
     }
-    // Entries replaced, TTL and reason with them, which an operator re-adding should be told
-    // (checked for interactive adds, as the allowlist is).
-    let replaced = if targets.len() <= ALLOW_CHECKED {
-        targets
-            .iter()
-            .filter(|t| held(maps, kind, t).is_some())
-            .count()
-    } else {
-        0
-    };
     let written = write_entries(maps, kind, req, expires_ns, throttle, &split);
     match written {
         Err(e) if one => {
             check_room(maps, kind, &split.exact, &split.prefixes)?;
             Err(e)
         }
-        other => other.map(|elapsed_ms| AddResponse {
+        other => other.map(|(elapsed_ms, replaced)| AddResponse {
             added: targets.len(),
             exact: split.exact.len(),
             prefixes: split.prefixes.len(),
@@ -351,7 +341,7 @@ fn allowlisted(maps: &Maps, kind: ListKind, targets: &[Target]) -> Vec<String> {
             let key = match t.map_key() {
                 MapKey::Exact(k) | MapKey::Prefix(_, k) => k,
             };
-            verdict_of(maps, &key) == "allow"
+            allowed(maps, &key)
         })
         .map(Target::to_string)
         .collect()
@@ -366,7 +356,9 @@ struct Split<'t> {
     prefixes: Vec<(u32, AddrKey, &'t Target)>,
 }
 
-/// Writes checked entries (see [`add`]); returns how long the writes took, in ms.
+/// Writes checked entries (see [`add`]); returns how long the writes took, in ms, and how many
+/// targets held a live entry the add replaced (its TTL and reason with it, which an operator
+/// re-adding should be told).
 fn write_entries(
     maps: &mut Maps,
     kind: ListKind,
@@ -374,7 +366,7 @@ fn write_entries(
     expires_ns: u64,
     throttle: Option<ThrottleSpec>,
     split: &Split<'_>,
-) -> Result<f64, ListError> {
+) -> Result<(f64, usize), ListError> {
     let Split {
         exact,
         exact_targets,
@@ -399,7 +391,7 @@ fn write_entries(
     let started = Instant::now();
     // The kernel reads a prefix entry's length to look past it once it expires.
     let prefix_flags = |p: u32| flags | rule_prefix_flags(p);
-    match throttle {
+    let replaced = match throttle {
         None => {
             let value = RuleValue {
                 expires_ns,
@@ -416,7 +408,7 @@ fn write_entries(
                     (*p, *k, v)
                 })
                 .collect();
-            write_list(maps, kind, exact, &vec![value; exact.len()], &prefixed)?;
+            write_list(maps, kind, exact, &vec![value; exact.len()], &prefixed)?
         }
         Some(spec) => {
             let rule_for = |t: &Target| ThrottleRule {
@@ -439,10 +431,10 @@ fn write_entries(
                     (*p, *k, v)
                 })
                 .collect();
-            write_list(maps, kind, exact, &values, &prefixed)?;
+            write_list(maps, kind, exact, &values, &prefixed)?
         }
-    }
-    Ok(started.elapsed().as_secs_f64() * 1e3)
+    };
+    Ok((started.elapsed().as_secs_f64() * 1e3, replaced))
 }
 
 /// A list's two maps: exact addresses in a hash, prefixes in a trie (with their names).
@@ -459,6 +451,8 @@ trait ListValue: aya::Pod {
     fn list(maps: &mut Maps, kind: ListKind) -> ListMaps<'_, Self>;
     /// The entry's `RULE_FLAG_*` bits and recorded prefix length.
     fn flags(&self) -> u32;
+    /// When the entry expires (monotonic ns; 0: never).
+    fn expires_ns(&self) -> u64;
 }
 
 impl ListValue for RuleValue {
@@ -482,6 +476,10 @@ impl ListValue for RuleValue {
     fn flags(&self) -> u32 {
         self.flags
     }
+
+    fn expires_ns(&self) -> u64 {
+        self.expires_ns
+    }
 }
 
 impl ListValue for ThrottleRule {
@@ -496,6 +494,10 @@ impl ListValue for ThrottleRule {
 
     fn flags(&self) -> u32 {
         self.flags
+    }
+
+    fn expires_ns(&self) -> u64 {
+        self.expires_ns
     }
 }
 
@@ -517,18 +519,20 @@ fn prefix_entry<V: ListValue>(
 /// look its cached verdicts up again. When a write fails part-way, or telling the kernel fails
 /// after every entry is in, what this call changed is put back (new entries removed, replaced
 /// ones restored), so that a failed add leaves the list as it was: an add that reports an error
-/// has changed nothing, one target or a million.
+/// has changed nothing, one target or a million. Returns how many of the keys and prefixes held
+/// a live entry (see [`Before::live`]).
 fn write_list<V: ListValue>(
     maps: &mut Maps,
     kind: ListKind,
     exact: &[AddrKey],
     values: &[V],
     prefixes: &[(u32, AddrKey, V)],
-) -> Result<(), ListError> {
+) -> Result<usize, ListError> {
     // Even one entry, which the kernel writes whole or not at all, is put back when the
     // generation bump after it fails (the kernel would go on serving cached verdicts that
-    // ignore it): one or two lookups.
+    // ignore it): one or two lookups, which also say what the add replaces.
     let before = Before::read(&V::list(maps, kind), exact, prefixes)?;
+    let replaced = before.live(exact);
     let mut prefixes_written = 0;
     let written = write_raw(
         V::list(maps, kind),
@@ -540,7 +544,7 @@ fn write_list<V: ListValue>(
     // Sources whose verdict the kernel cached while the entries were written look again.
     .and_then(|()| Ok(maps.bump_generation()?));
     let Err(e) = written else {
-        return Ok(());
+        return Ok(replaced);
     };
     let left = before.restore(V::list(maps, kind), exact, prefixes, prefixes_written);
     // Presence flags raised for the entries, and verdicts the kernel cached meanwhile, follow
@@ -635,6 +639,23 @@ impl<V: ListValue> Before<V> {
             exact: held,
             prefixes,
         })
+    }
+
+    /// How many of `exact` (as given, a key twice counting twice) and of the add's prefixes
+    /// held an entry that has not expired.
+    fn live(&self, exact: &[AddrKey]) -> usize {
+        let now = clock::monotonic_ns();
+        let is_live = |v: &V| live(v.expires_ns(), now);
+        exact
+            .iter()
+            .filter(|k| self.exact.get(*k).is_some_and(is_live))
+            .count()
+            + self
+                .prefixes
+                .iter()
+                .flatten()
+                .filter(|v| is_live(v))
+                .count()
     }
 
     /// Puts back what a failed write changed: every exact key (the batch may have written any
@@ -1077,6 +1098,21 @@ pub fn held(maps: &Maps, kind: ListKind, target: &Target) -> Option<(u64, bool)>
     live(expires_ns, clock::monotonic_ns()).then_some((expires_ns, flags & RULE_FLAG_SHADOW != 0))
 }
 
+/// Whether a live allowlist entry covers `addr` (the kernel's first check, which wins over the
+/// others): the allowlist's maps only.
+pub fn allowed(maps: &Maps, addr: &AddrKey) -> bool {
+    allowed_at(maps, addr, clock::monotonic_ns())
+}
+
+fn allowed_at(maps: &Maps, addr: &AddrKey, now: u64) -> bool {
+    let live_at = |v: RuleValue| live(v.expires_ns, now);
+    maps.allow_hash.get(addr, 0).is_ok_and(live_at)
+        || maps
+            .allow_lpm
+            .get(&Key::new(128, *addr), 0)
+            .is_ok_and(live_at)
+}
+
 /// Which list applies to a source right now: `allow`, `block`, `throttle` or `none` (the same
 /// order of precedence as the kernel).
 pub fn verdict_of(maps: &Maps, addr: &AddrKey) -> &'static str {
@@ -1085,10 +1121,7 @@ pub fn verdict_of(maps: &Maps, addr: &AddrKey) -> &'static str {
     let hit = |h: Option<u64>, l: Option<u64>| {
         h.is_some_and(|e| live(e, now)) || l.is_some_and(|e| live(e, now))
     };
-    if hit(
-        maps.allow_hash.get(addr, 0).ok().map(|v| v.expires_ns),
-        maps.allow_lpm.get(&key, 0).ok().map(|v| v.expires_ns),
-    ) {
+    if allowed_at(maps, addr, now) {
         "allow"
     } else if hit(
         maps.block_hash.get(addr, 0).ok().map(|v| v.expires_ns),

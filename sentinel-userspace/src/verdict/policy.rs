@@ -34,7 +34,13 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::models::{Action, Alert, AlertKind, Severity};
+use crate::{
+    config::{
+        TomlStep::{self, Index, Key},
+        toml_line,
+    },
+    models::{Action, Alert, AlertKind, Severity},
+};
 
 /// Global mode.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -265,10 +271,6 @@ impl PolicyError {
     }
 }
 
-fn line_of(text: &str, needle: &str) -> Option<usize> {
-    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
-}
-
 impl Policy {
     /// Parses and validates policy text.
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
@@ -278,15 +280,20 @@ impl Policy {
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             PolicyError::in_text(line, e.message())
         })?;
-        let dur = |s: &str, what: &str| {
+        let line = |path: &[TomlStep]| toml_line(text, path);
+        let dur = |s: &str, what: &str, path: &[TomlStep]| {
             humantime::parse_duration(s).map_err(|e| {
                 PolicyError::in_text(
-                    line_of(text, s),
+                    line(path),
                     format!("{what} {s:?} is not a duration ({e}); examples: 90s, 10m, 1h"),
                 )
             })
         };
-        let window = dur(&raw.escalation.window, "escalation.window")?;
+        let window = dur(
+            &raw.escalation.window,
+            "escalation.window",
+            &[Key("escalation"), Key("window")],
+        )?;
         // A block_prefix of a /0 would drop every source the allowlist does not name.
         for (field, len, range) in [
             ("prefix_v4", raw.escalation.prefix_v4, 8..=32),
@@ -294,7 +301,7 @@ impl Policy {
         ] {
             if !range.contains(&len) {
                 return Err(PolicyError::in_text(
-                    line_of(text, field),
+                    line(&[Key("escalation"), Key(field)]),
                     format!(
                         "escalation.{field} = {len}: must be /{} to /{}",
                         range.start(),
@@ -304,21 +311,21 @@ impl Policy {
             }
         }
         let mut allow_nets = Vec::new();
-        for a in &raw.allow.addresses {
+        for (j, a) in raw.allow.addresses.iter().enumerate() {
             let t: crate::verdict::Target =
                 a.parse()
                     .map_err(|e: crate::verdict::target::TargetError| {
-                        PolicyError::in_text(line_of(text, a), format!("allow.addresses: {e}"))
+                        PolicyError::in_text(
+                            line(&[Key("allow"), Key("addresses"), Index(j)]),
+                            format!("allow.addresses: {e}"),
+                        )
                     })?;
             allow_nets.push(t.net());
         }
         let mut rules = Vec::new();
         for (i, r) in raw.rules.iter().enumerate() {
-            let at = || {
-                text.match_indices("[[rule]]")
-                    .nth(i)
-                    .map(|(pos, _)| text[..pos].matches('\n').count() + 1)
-            };
+            // The rule's `[[rule]]` header.
+            let at = || line(&[Key("rule"), Index(i)]);
             if r.kinds.is_empty() {
                 return Err(PolicyError::in_text(
                     at(),
@@ -347,25 +354,21 @@ impl Policy {
                     format!("rule {}: rate must be at least 1 packet/s", i + 1),
                 ));
             }
-            let ttl = dur(&r.ttl, "ttl")?;
+            let ttl = dur(&r.ttl, "ttl", &[Key("rule"), Index(i), Key("ttl")])?;
             if ttl.is_zero() {
                 return Err(PolicyError::in_text(
                     at(),
                     format!("rule {}: ttl must be longer than zero", i + 1),
                 ));
             }
-            if let Some(bad) = r
+            if let Some((j, bad)) = r
                 .also
                 .iter()
-                .find(|s| !matches!(s, Step::KillFlow | Step::RevokeToken))
+                .enumerate()
+                .find(|(_, s)| !matches!(s, Step::KillFlow | Step::RevokeToken))
             {
                 return Err(PolicyError::in_text(
-                    at().map(|start| {
-                        text.lines()
-                            .skip(start - 1)
-                            .position(|l| l.trim_start().starts_with("also"))
-                            .map_or(start, |i| start + i)
-                    }),
+                    line(&[Key("rule"), Index(i), Key("also"), Index(j)]),
                     format!(
                         "rule {}: also = [\"{}\"] is not allowed: `also` takes kill_flow and revoke_token (the ladder in `actions` decides the kernel verdict)",
                         i + 1,
@@ -1017,5 +1020,39 @@ actions = ["throttle", "block", "block_prefix"]
         )
         .unwrap_err();
         assert!(e.message.contains("also = [\"block_prefix\"]"), "{e}");
+    }
+
+    #[test]
+    fn a_key_or_value_named_earlier_in_a_comment_or_string_is_not_the_error_line() {
+        // Each error's key or value appears in a comment (or another value) above the real one.
+        for (text, line) in [
+            (
+                "# prefix_v4 = 24 is the usual\n[escalation]\nprefix_v4 = 0\n",
+                3,
+            ),
+            (
+                "# window: e.g. 10m, not soon\n[escalation]\nwindow = \"soon\"\n",
+                3,
+            ),
+            (
+                "[allow]\nprincipals = [\"10.0.0.300\"]\naddresses = [\n  \"10.0.0.1\",\n  \"10.0.0.300\",\n]\n",
+                5,
+            ),
+            (
+                "# [[rule]] tables are read in order\n\n[[rule]]\nkinds = [\"xss\"]\nactions = []\n",
+                3,
+            ),
+            (
+                "[[rule]]\nkinds = [\"xss\"]\nactions = [\"block\"]\n# ttl = \"soon\" would fail\n\n[[rule]]\nkinds = [\"sql_injection\"]\nactions = [\"block\"]\nttl = \"soon\"\n",
+                9,
+            ),
+            (
+                "[[rule]]\nkinds = [\"xss\"]\nactions = [\"block\"]\nalso = [\n  \"kill_flow\",\n  \"block\",\n]\n",
+                6,
+            ),
+        ] {
+            let e = Policy::parse(text).unwrap_err();
+            assert_eq!(e.line, Some(line), "{e}\n{text}");
+        }
     }
 }

@@ -244,7 +244,7 @@ impl Responder {
             MapKey::Exact(k) | MapKey::Prefix(_, k) => k,
         };
         let maps = self.maps.lock().expect("maps lock");
-        lists::verdict_of(&maps, &key) == "allow"
+        lists::allowed(&maps, &key)
     }
 
     /// Handles one alert: decide, enforce, record, and start the notifications. Failures to act
