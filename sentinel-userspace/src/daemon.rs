@@ -314,6 +314,9 @@ pub fn pin_lock_path(pin_dir: &Path) -> PathBuf {
 }
 
 fn lock_file(dir: &Path, pin_dir: &Path) -> PathBuf {
+    // Named from the absolute path, so `./pins` run from `/srv` and `/srv/pins` are one lock
+    // (without `.` components; symbolic links and `..` are taken as written).
+    let pin_dir = std::path::absolute(pin_dir).unwrap_or_else(|_| pin_dir.to_path_buf());
     let shown = pin_dir.to_string_lossy();
     dir.join(format!(
         "{:016x}.lock",
@@ -715,6 +718,19 @@ mod tests {
         let _other = lock_pins(dir.path(), Path::new("/sys/fs/bpf/other")).unwrap();
         drop(first);
         lock_pins(dir.path(), pins).unwrap();
+        // The same pins named relative to the working directory.
+        let cwd = std::env::current_dir().unwrap();
+        let _held = lock_pins(dir.path(), &cwd.join("sentinel-test-pins")).unwrap();
+        for relative in [
+            "sentinel-test-pins",
+            "./sentinel-test-pins/",
+            "./sentinel-test-pins/.",
+        ] {
+            assert!(
+                lock_pins(dir.path(), Path::new(relative)).is_err(),
+                "{relative} is another lock"
+            );
+        }
     }
 
     #[test]
