@@ -330,22 +330,46 @@ fn lock_pins(dir: &Path, pin_dir: &Path) -> anyhow::Result<PinLock> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let shown = pin_dir.to_string_lossy();
     let path = lock_file(dir, pin_dir);
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: a valid open descriptor; flock takes no pointers.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        anyhow::bail!(
-            "another sentinel daemon{} serves the pins under {shown}; stop it first or pass --pin-path",
-            holder_pid(&path).map_or(String::new(), |pid| format!(" (pid {pid})"))
-        );
+    for _ in 0..RELOCK_TRIES {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: a valid open descriptor; flock takes no pointers.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            anyhow::bail!(
+                "another sentinel daemon{} serves the pins under {shown}; stop it first or pass --pin-path",
+                holder_pid(&path).map_or(String::new(), |pid| format!(" (pid {pid})"))
+            );
+        }
+        if !still_at(&f, &path) {
+            // Its holder removed the file between our open and our lock: that lock guards
+            // nothing now, and another daemon may already hold the file at the path.
+            continue;
+        }
+        f.set_len(0)?;
+        writeln!(f, "{shown} {}", std::process::id())?;
+        return Ok(PinLock { _file: f, path });
     }
-    f.set_len(0)?;
-    writeln!(f, "{shown} {}", std::process::id())?;
-    Ok(PinLock { _file: f, path })
+    anyhow::bail!(
+        "the pin lock {} kept being removed while it was taken; try again",
+        path.display()
+    )
+}
+
+/// How often a lock is taken again when the file it was taken on had been removed meanwhile.
+const RELOCK_TRIES: usize = 16;
+
+/// Whether the open file `f` is still the file at `path` (a lock's holder removes the file when
+/// it ends, so a lock taken on a file opened just before is a lock on a file no one else sees).
+fn still_at(f: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
 }
 
 /// The pid a pin lock's file names (`PIN_DIR PID`, written by [`lock_pins`]); `None` when the
@@ -380,21 +404,32 @@ pub fn check_pin_lock(pin_dir: &Path) -> std::io::Result<PinLockState> {
 fn probe_pin_lock(dir: &Path, pin_dir: &Path) -> std::io::Result<PinLockState> {
     use std::os::fd::AsRawFd as _;
     let path = lock_file(dir, pin_dir);
-    let f = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PinLockState::Free(None)),
-        Err(e) => return Err(e),
-    };
-    // SAFETY: a valid open descriptor; flock takes no pointers.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(e);
+    for _ in 0..RELOCK_TRIES {
+        let f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(PinLockState::Free(None));
+            }
+            Err(e) => return Err(e),
+        };
+        // SAFETY: a valid open descriptor; flock takes no pointers.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(e);
+            }
+            let pid = holder_pid(&path);
+            return Ok(PinLockState::Held { path, pid });
         }
-        let pid = holder_pid(&path);
-        return Ok(PinLockState::Held { path, pid });
+        // A daemon that ended cleanly removed the file after our open: look again.
+        if still_at(&f, &path) {
+            return Ok(PinLockState::Free(Some(PinLock { _file: f, path })));
+        }
     }
-    Ok(PinLockState::Free(Some(PinLock { _file: f, path })))
+    Err(std::io::Error::other(format!(
+        "the pin lock {} kept being removed while it was taken; try again",
+        path.display()
+    )))
 }
 
 fn policy_info(policy: &Policy, source: &str) -> serde_json::Value {
@@ -762,6 +797,26 @@ mod tests {
         drop(held);
         assert!(!stale.exists(), "the stale file stays");
         lock_pins(dir.path(), pins).unwrap();
+    }
+
+    #[test]
+    fn a_lock_on_a_file_removed_meanwhile_guards_nothing() {
+        let dir = crate::lab::TempDir::new("sentinel-pin-gone").unwrap();
+        let pins = Path::new("/sys/fs/bpf/sentinel-test-gone");
+        let path = lock_file(dir.path(), pins);
+        std::fs::write(&path, "").unwrap();
+        let opened = std::fs::File::open(&path).unwrap();
+        assert!(still_at(&opened, &path));
+        // Its holder ends and removes it; a new daemon creates the file again.
+        std::fs::remove_file(&path).unwrap();
+        assert!(!still_at(&opened, &path));
+        let daemon = lock_pins(dir.path(), pins).unwrap();
+        assert!(!still_at(&opened, &path), "another file at the path");
+        assert!(matches!(
+            probe_pin_lock(dir.path(), pins).unwrap(),
+            PinLockState::Held { .. }
+        ));
+        drop(daemon);
     }
 
     /// What `preflight` refused, or a panic when it accepted.
