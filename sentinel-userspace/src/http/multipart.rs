@@ -208,9 +208,32 @@ pub struct Part<'a> {
     pub content_type: Option<&'a [u8]>,
     /// The content; `None` when the body was cut before the part ended.
     pub content: Option<&'a [u8]>,
-    /// The Content-Transfer-Encoding field's value, trimmed (RFC 7578 4.7 deprecates it, and
-    /// some servers still decode `base64` and `quoted-printable` parts).
-    pub transfer_encoding: Option<&'a [u8]>,
+    /// The transfer encodings the part's Content-Transfer-Encoding fields name (RFC 7578 4.7
+    /// deprecates them, and some servers still decode `base64` and `quoted-printable` parts).
+    pub transfer: Encodings,
+}
+
+/// The transfer encodings named by a part's Content-Transfer-Encoding fields: by any of them,
+/// since servers disagree on which counts when there are several (Django takes the last,
+/// others the first), each read as Django reads it (case aside, parameters, quotes and white
+/// space dropped).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Encodings {
+    /// `base64`.
+    pub base64: bool,
+    /// `quoted-printable`.
+    pub quoted_printable: bool,
+}
+
+impl Encodings {
+    /// Notes the encoding a Content-Transfer-Encoding field's value names.
+    fn note(&mut self, value: &[u8]) {
+        let token = value[..memchr::memchr(b';', value).unwrap_or(value.len())].trim_ascii();
+        let token = token.strip_prefix(b"\"").unwrap_or(token);
+        let token = token.strip_suffix(b"\"").unwrap_or(token).trim_ascii();
+        self.base64 |= token.eq_ignore_ascii_case(b"base64");
+        self.quoted_printable |= token.eq_ignore_ascii_case(b"quoted-printable");
+    }
 }
 
 impl<'a> Part<'a> {
@@ -226,33 +249,15 @@ impl<'a> Part<'a> {
             .map(|(_, v)| v)
     }
 
-    /// The content as a server that honours the part's Content-Transfer-Encoding reads it:
-    /// `base64` (white space skipped, padding optional) and `quoted-printable` decoded; `None`
-    /// for any other encoding or none, or content that does not decode.
-    pub fn transfer_decoded(&self) -> Option<Vec<u8>> {
-        let (encoding, content) = (self.transfer_encoding?, self.content?);
-        if encoding.eq_ignore_ascii_case(b"base64") {
-            use base64::{
-                Engine as _,
-                engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
-            };
-            const LENIENT: GeneralPurpose = GeneralPurpose::new(
-                &base64::alphabet::STANDARD,
-                GeneralPurposeConfig::new()
-                    .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-                    .with_decode_allow_trailing_bits(true),
-            );
-            let packed: Vec<u8> = content
-                .iter()
-                .copied()
-                .filter(|c| !c.is_ascii_whitespace())
-                .collect();
-            LENIENT.decode(packed).ok()
-        } else if encoding.eq_ignore_ascii_case(b"quoted-printable") {
-            Some(quoted_printable(content))
-        } else {
-            None
-        }
+    /// The content as servers that honour the part's Content-Transfer-Encoding read it, for
+    /// each encoding its fields name ([`Encodings`]): `base64` and `quoted-printable` decoded
+    /// as leniently as any of them decodes. None when no field names either, or the body was
+    /// cut in the part.
+    pub fn transfer_decodings(&self) -> impl Iterator<Item = Vec<u8>> + use<'a> {
+        let (t, content) = (self.transfer, self.content.unwrap_or_default());
+        let base64 = (t.base64 && self.content.is_some()).then(|| base64_lenient(content));
+        let qp = (t.quoted_printable && self.content.is_some()).then(|| quoted_printable(content));
+        base64.into_iter().chain(qp)
     }
 
     /// Whether the part is clearly a binary file upload, whose content is not worth judging as
@@ -278,6 +283,39 @@ impl<'a> Part<'a> {
             && !text
             && looks_binary(content)
     }
+}
+
+/// `b` decoded from base64 as lenient servers decode it (Python's `b64decode`, which Django
+/// uses; Perl's `decode_base64`): characters outside the alphabet skipped, the URL-safe `-` and
+/// `_` read as `+` and `/` (Node reads both alphabets), everything from the first `=` on
+/// ignored, and a last lone character (no whole byte) dropped.
+fn base64_lenient(b: &[u8]) -> Vec<u8> {
+    use base64::{
+        Engine as _,
+        engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+    };
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let mut packed: Vec<u8> = Vec::with_capacity(b.len());
+    for &c in b {
+        match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/' => packed.push(c),
+            b'-' => packed.push(b'+'),
+            b'_' => packed.push(b'/'),
+            b'=' => break,
+            _ => {}
+        }
+    }
+    if packed.len() % 4 == 1 {
+        packed.pop();
+    }
+    LENIENT
+        .decode(&packed)
+        .expect("only alphabet characters, and never a lone last one")
 }
 
 /// `b` with its quoted-printable escapes decoded (RFC 2045 6.7): `=XX` is the byte `XX`, `=` at
@@ -436,7 +474,7 @@ impl<'a> Iterator for Parts<'a> {
             disposition: b"",
             content_type: None,
             content: content.filter(|_| content_ends),
-            transfer_encoding: None,
+            transfer: Encodings::default(),
         };
         for line in head.split(|&c| c == b'\n') {
             let Some(colon) = memchr::memchr(b':', line) else {
@@ -447,10 +485,8 @@ impl<'a> Iterator for Parts<'a> {
                 part.disposition = &value[memchr::memchr(b';', value).unwrap_or(value.len())..];
             } else if name.eq_ignore_ascii_case(b"content-type") && part.content_type.is_none() {
                 part.content_type = Some(value);
-            } else if name.eq_ignore_ascii_case(b"content-transfer-encoding")
-                && part.transfer_encoding.is_none()
-            {
-                part.transfer_encoding = Some(value);
+            } else if name.eq_ignore_ascii_case(b"content-transfer-encoding") {
+                part.transfer.note(value);
             }
         }
         Some(part)
@@ -625,34 +661,68 @@ mod tests {
 
     #[test]
     fn transfer_encodings_are_decoded_as_lenient_servers_decode_them() {
-        let part = |encoding: Option<&'static str>, content: &'static [u8]| Part {
-            disposition: b"; name=\"q\"",
-            content_type: None,
-            content: Some(content),
-            transfer_encoding: encoding.map(str::as_bytes),
-        };
-        let decoded = |encoding, content| part(Some(encoding), content).transfer_decoded();
-        let want = Some(b"it's <b>".to_vec());
-        // Any case; white space and line breaks skipped; padding optional.
-        assert_eq!(decoded("BASE64", b"aXQncyA8Yj4="), want);
-        assert_eq!(decoded("base64", b" aXQn\r\ncyA8\nYj4 "), want);
-        assert_eq!(decoded("base64", b"aXQncyA8Yj4"), want);
-        assert_eq!(decoded("base64", b"not base64!"), None);
-        assert_eq!(decoded("quoted-printable", b"it=27s =3cb=3E"), want);
+        /// The decodings of a part with `headers` (after its Content-Disposition) and `content`.
+        fn decodings(headers: &str, content: &str) -> Vec<String> {
+            let body = format!(
+                "--B\r\nContent-Disposition: form-data; name=\"q\"\r\n{headers}\r\n\r\n{content}\r\n--B--\r\n"
+            );
+            let parts: Vec<_> = FormData::new(body.as_bytes(), &b"B"[..], true)
+                .parts()
+                .collect();
+            assert_eq!(parts.len(), 1, "{body}");
+            parts[0]
+                .transfer_decodings()
+                .map(|d| String::from_utf8_lossy(&d).into_owned())
+                .collect()
+        }
+        let b64 = |content| decodings("Content-Transfer-Encoding: base64", content);
+        let want = ["it's <b>".to_owned()];
+        // White space, line breaks, junk and what follows the padding are skipped, padding is
+        // optional, the URL-safe alphabet is read: as Python's b64decode (Django) reads it.
+        for content in [
+            "aXQncyA8Yj4=",
+            " aXQn\r\ncyA8\nYj4 ",
+            "aXQncyA8Yj4",
+            "aXQn!cyA8*Yj4=",
+            "aXQncyA8Yj4=AAAA",
+            "aXQncyA8Yj4=x",
+        ] {
+            assert_eq!(b64(content), want, "{content}");
+        }
+        assert_eq!(b64("Pz8_"), ["???".to_owned()]);
+        assert_eq!(b64("Pz8/"), ["???".to_owned()]);
+        // A lone last character holds no whole byte.
+        assert_eq!(b64("aXQncyA8Yj4AB"), ["it's <b>\0".to_owned()]);
+        assert_eq!(b64(""), [String::new()]);
+        let qp = |content| decodings("Content-Transfer-Encoding: quoted-printable", content);
+        assert_eq!(qp("it=27s =3cb=3E"), want);
         // Soft line breaks (trailing blanks allowed), and an `=` that escapes nothing stays.
-        assert_eq!(decoded("quoted-printable", b"it's =\r\n<b=  \n>"), want);
+        assert_eq!(qp("it's =\r\n<b=  \n>"), want);
+        assert_eq!(qp("a=b =4 c="), ["a=b =4 c=".to_owned()]);
+        // The field in any case, with parameters or quotes; several fields: each encoding
+        // named (servers take the first or the last).
+        for headers in [
+            "content-transfer-encoding:  BASE64 ",
+            "Content-Transfer-Encoding: base64; x=1",
+            "Content-Transfer-Encoding: \"base64\"",
+            "Content-Transfer-Encoding: 7bit\r\nContent-Transfer-Encoding: base64",
+            "Content-Transfer-Encoding: base64\r\nContent-Transfer-Encoding: 7bit",
+        ] {
+            assert_eq!(decodings(headers, "aXQncyA8Yj4="), want, "{headers}");
+        }
         assert_eq!(
-            decoded("quoted-printable", b"a=b =4 c="),
-            Some(b"a=b =4 c=".to_vec())
+            decodings(
+                "Content-Transfer-Encoding: quoted-printable\r\nContent-Transfer-Encoding: base64",
+                "aXQncyA8Yj4="
+            ),
+            ["it's <b>".to_owned(), "aXQncyA8Yj4=".to_owned()]
         );
-        assert_eq!(decoded("7bit", b"aXQncyA8Yj4="), None);
-        assert_eq!(part(None, b"aXQncyA8Yj4=").transfer_decoded(), None);
-        // The field is read from the part's headers.
-        let body = b"--B\r\nContent-Disposition: form-data; name=\"q\"\r\n\
-            content-transfer-encoding:  base64 \r\n\r\naXQncyA8Yj4=\r\n--B--\r\n";
-        let parts: Vec<_> = FormData::new(body, &b"B"[..], true).parts().collect();
-        assert_eq!(parts[0].transfer_encoding, Some(&b"base64"[..]));
-        assert_eq!(parts[0].transfer_decoded(), want);
+        for headers in [
+            "Content-Transfer-Encoding: 7bit",
+            "Content-Type: text/plain",
+        ] {
+            assert_eq!(decodings(headers, "aXQncyA8Yj4="), Vec::<String>::new());
+        }
     }
 
     #[test]
@@ -662,7 +732,7 @@ mod tests {
                 disposition: disposition.as_bytes(),
                 content_type: ctype.map(str::as_bytes),
                 content: Some(content),
-                transfer_encoding: None,
+                transfer: Encodings::default(),
             };
         let png: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
         assert!(part(r#"; name="a"; filename="a.png""#, Some("image/png"), png).is_binary_file());

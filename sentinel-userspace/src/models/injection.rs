@@ -760,26 +760,7 @@ impl InjectionDetector {
         let start = v.len();
         match body {
             Body::Json(j) => json_values(j, "", &mut v, start + read),
-            Body::Strings(text) => {
-                let mut key = String::new();
-                for s in json_strings(text) {
-                    if v.len() >= start + read {
-                        break;
-                    }
-                    match s {
-                        Lenient::Key(k) => {
-                            if candidate(&k) {
-                                v.push(Input::name(Place::Json, Cow::Owned(k.clone())));
-                            }
-                            key = k;
-                        }
-                        Lenient::Value(s) if candidate(&s) => {
-                            v.push(Input::value(Place::Json, key.clone(), Cow::Owned(s)));
-                        }
-                        Lenient::Value(_) => {}
-                    }
-                }
-            }
+            Body::Strings(text) => lenient_values(text, &mut v, start + read),
             Body::Form(text) => pairs(text, Place::Form, &mut v),
             Body::FormData(form) => form_data(form, &mut v, start + read),
             Body::Lines(body) => {
@@ -942,16 +923,16 @@ fn form_data<'a>(form: &FormData<'a>, out: &mut Vec<Input<'a>>, max: usize) {
         let Some(content) = part.content.filter(|_| !part.is_binary_file()) else {
             continue;
         };
-        let text = String::from_utf8_lossy(content);
-        if candidate(&text) {
-            out.push(Input::value(Place::Multipart, field.clone(), text));
-        }
-        // As a server that honours the part's transfer encoding reads it.
-        let decoded = part
-            .transfer_decoded()
-            .filter(|d| d[..] != *content && !part.holds_binary_file(d));
-        if let Some(d) = &decoded {
-            let text = String::from_utf8_lossy(d);
+        // As sent, then as servers that honour the part's transfer encoding read it.
+        let decoded: Vec<Vec<u8>> = part
+            .transfer_decodings()
+            .filter(|d| d[..] != *content && !part.holds_binary_file(d))
+            .collect();
+        for content in std::iter::once(content).chain(decoded.iter().map(Vec::as_slice)) {
+            if out.len() >= max {
+                return;
+            }
+            let text = String::from_utf8_lossy(content);
             if candidate(&text) {
                 out.push(Input::value(
                     Place::Multipart,
@@ -959,27 +940,70 @@ fn form_data<'a>(form: &FormData<'a>, out: &mut Vec<Input<'a>>, max: usize) {
                     Cow::Owned(text.into_owned()),
                 ));
             }
+            json_part(part.content_type, content, &field, out, max);
         }
-        // A JSON part (`Content-Type: application/json`, or text that opens like JSON): its
-        // keys and strings as an application that parses it reads them (`\u003c` is `<`).
-        let content = decoded.as_deref().unwrap_or(content);
-        let ctype = part.content_type.unwrap_or_default();
-        let first = content.iter().find(|c| !c.is_ascii_whitespace());
-        if (contains_ci(ctype, b"json") || matches!(first, Some(b'{' | b'[')))
-            && body_candidate(content)
-            && let Ok(j) = serde_json::from_slice::<Value>(content)
-        {
-            let mut found = Vec::new();
-            json_values(&j, "", &mut found, max.saturating_sub(out.len()));
-            out.extend(found.into_iter().map(|i| Input {
-                place: Place::Multipart,
-                part: i.part,
-                name: match i.part {
-                    Part::Value if !i.name.is_empty() => Cow::Owned(format!("{field}.{}", i.name)),
-                    _ => field.clone(),
-                },
-                value: Cow::Owned(i.value.into_owned()),
-            }));
+    }
+}
+
+/// A JSON part's keys and strings, as an application that parses it reads them (`\u003c` is
+/// `<`), into `out` up to `max`, named under the part's `field`. A part is JSON when its type
+/// says so or its text opens like JSON (after a byte order mark, which lenient parsers skip); one
+/// that does not parse (nested deeper than the parser goes, cut, malformed) gives its complete
+/// strings, as a JSON body does.
+fn json_part(
+    content_type: Option<&[u8]>,
+    content: &[u8],
+    field: &str,
+    out: &mut Vec<Input<'_>>,
+    max: usize,
+) {
+    let content = content.strip_prefix(b"\xef\xbb\xbf").unwrap_or(content);
+    let first = content.iter().find(|c| !c.is_ascii_whitespace());
+    if !(contains_ci(content_type.unwrap_or_default(), b"json")
+        || matches!(first, Some(b'{' | b'[' | b'"')))
+        || !body_candidate(content)
+    {
+        return;
+    }
+    let parsed = serde_json::from_slice::<Value>(content);
+    let mut found = Vec::new();
+    let room = max.saturating_sub(out.len());
+    match &parsed {
+        Ok(j) => json_values(j, "", &mut found, room),
+        Err(_) => lenient_values(content, &mut found, room),
+    }
+    out.extend(found.into_iter().map(|i| Input {
+        place: Place::Multipart,
+        part: i.part,
+        name: match i.part {
+            Part::Value if !i.name.is_empty() => Cow::Owned(format!("{field}.{}", i.name)),
+            // A key: the alert names the field it is in (`""` for a part without a name).
+            _ if field.is_empty() => Cow::Borrowed("\"\""),
+            _ => Cow::Owned(field.to_string()),
+        },
+        value: Cow::Owned(i.value.into_owned()),
+    }));
+}
+
+/// The complete strings of a JSON text that does not parse ([`json_strings`]) that are worth
+/// judging, keys and values, into `out` up to `max`.
+fn lenient_values(text: &[u8], out: &mut Vec<Input<'_>>, max: usize) {
+    let mut key = String::new();
+    for s in json_strings(text) {
+        if out.len() >= max {
+            break;
+        }
+        match s {
+            Lenient::Key(k) => {
+                if candidate(&k) {
+                    out.push(Input::name(Place::Json, Cow::Owned(k.clone())));
+                }
+                key = k;
+            }
+            Lenient::Value(s) if candidate(&s) => {
+                out.push(Input::value(Place::Json, key.clone(), Cow::Owned(s)));
+            }
+            Lenient::Value(_) => {}
         }
     }
 }
@@ -1515,7 +1539,12 @@ mod tests {
     fn multipart_parts_are_read_as_servers_decode_them() {
         // (part headers after Content-Disposition's `form-data; `, content, kind, place): each
         // payload is invisible to a reading of the part as sent.
-        let cases: [(&str, &[u8], AlertKind, &str); 6] = [
+        let deep = format!(
+            "{}{{\"a\": \"\\u003cscript\\u003ealert(1)\\u003c/script\\u003e\"}}{}",
+            "[".repeat(130),
+            "]".repeat(130)
+        );
+        let cases: [(&str, &[u8], AlertKind, &str); 13] = [
             (
                 "name=\"q\"\r\nContent-Transfer-Encoding: base64",
                 // `<script>alert(1)</script>`, wrapped as mail encoders wrap.
@@ -1554,6 +1583,54 @@ mod tests {
                 b"x",
                 AlertKind::Xss,
                 "multipart field name",
+            ),
+            // Junk among the base64 and after its padding, which Python's decoder skips.
+            (
+                "name=\"q\"\r\nContent-Transfer-Encoding: base64",
+                b"PHNjcmlwdD5hbGVy!dCgxKTwvc2NyaXB0Pg==AAAA",
+                AlertKind::Xss,
+                "multipart q",
+            ),
+            // A second field naming the encoding (Django takes the last), or one with a
+            // parameter.
+            (
+                "name=\"q\"\r\nContent-Transfer-Encoding: 7bit\r\n\
+                 Content-Transfer-Encoding: base64",
+                b"PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
+                AlertKind::Xss,
+                "multipart q",
+            ),
+            (
+                "name=\"q\"\r\nContent-Transfer-Encoding: base64; x=1",
+                b"PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
+                AlertKind::Xss,
+                "multipart q",
+            ),
+            // JSON nested deeper than the parser goes; after a byte order mark; a lone string.
+            (
+                "name=\"data\"\r\nContent-Type: application/json",
+                deep.as_bytes(),
+                AlertKind::Xss,
+                "multipart data.a",
+            ),
+            (
+                "name=\"data\"",
+                b"\xef\xbb\xbf{\"a\": \"\\u003cscript\\u003ealert(1)\\u003c/script\\u003e\"}",
+                AlertKind::Xss,
+                "multipart data.a",
+            ),
+            (
+                "name=\"data\"",
+                br#""\u003cscript\u003ealert(1)\u003c/script\u003e""#,
+                AlertKind::Xss,
+                "multipart data",
+            ),
+            // A JSON key in a part without a name.
+            (
+                "filename=\"a.json\"",
+                br#"{"x\u0027 UNION SELECT password FROM users--": 1}"#,
+                AlertKind::SqlInjection,
+                "multipart \"\" json key",
             ),
         ];
         for (i, (headers, content, kind, place)) in cases.into_iter().enumerate() {
