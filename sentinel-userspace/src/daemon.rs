@@ -292,9 +292,9 @@ fn check_log_path(name: &str, path: &Path) -> Result<(), String> {
 /// Where the daemons' pin locks live (beside the default control socket).
 const PIN_LOCKS: &str = "/run/sentinel/locks";
 
-/// Held for the daemon's life: an exclusive lock on a file named after its pin directory, in
-/// `dir`. The kernel drops it when the process ends, however it ends; a clean end also removes
-/// the file.
+/// Held for the daemon's life (and by `sentinel unload` while it removes the pins): an
+/// exclusive lock on a file named after its pin directory, in `dir`. The kernel drops it when
+/// the process ends, however it ends; a clean end also removes the file.
 #[derive(Debug)]
 pub struct PinLock {
     /// Holds the lock while open.
@@ -314,9 +314,7 @@ pub fn pin_lock_path(pin_dir: &Path) -> PathBuf {
 }
 
 fn lock_file(dir: &Path, pin_dir: &Path) -> PathBuf {
-    // Named from the absolute path, so `./pins` run from `/srv` and `/srv/pins` are one lock
-    // (without `.` components; symbolic links and `..` are taken as written).
-    let pin_dir = std::path::absolute(pin_dir).unwrap_or_else(|_| pin_dir.to_path_buf());
+    let pin_dir = canonical(pin_dir);
     let shown = pin_dir.to_string_lossy();
     dir.join(format!(
         "{:016x}.lock",
@@ -324,39 +322,90 @@ fn lock_file(dir: &Path, pin_dir: &Path) -> PathBuf {
     ))
 }
 
-/// Takes the lock of `pin_dir`, or says which daemon's pins these are.
-fn lock_pins(dir: &Path, pin_dir: &Path) -> anyhow::Result<PinLock> {
+/// `path` with its symbolic links, `.` and `..` resolved as far as it exists (a daemon locks
+/// its pin directory before creating it), so that every spelling of one directory names one
+/// lock: `./pins` from `/srv`, `/srv/pins/`, `/srv/x/../pins`, a link to it.
+fn canonical(path: &Path) -> PathBuf {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut rest = Vec::new();
+    let mut at = path.as_path();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return rest.iter().rev().fold(real, |p, name| p.join(name));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                at = parent;
+            }
+            _ => return path,
+        }
+    }
+}
+
+/// Who holds a pin lock, as its file says (`PIN_DIR PID ROLE`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// Its pid.
+    pub pid: u32,
+    /// `daemon`, or `unload` while one removes the pins.
+    pub role: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sentinel {} (pid {})", self.role, self.pid)
+    }
+}
+
+/// A pin lock taken, or who holds it.
+enum Taken {
+    Locked(PinLock),
+    Held {
+        path: PathBuf,
+        holder: Option<Holder>,
+    },
+}
+
+/// Takes the pin lock of `pin_dir` in `dir` as `role`, creating its file, and writes who holds
+/// it; or says who does.
+fn take(dir: &Path, pin_dir: &Path, role: &str) -> std::io::Result<Taken> {
     use std::{io::Write as _, os::fd::AsRawFd as _};
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let shown = pin_dir.to_string_lossy();
+    std::fs::create_dir_all(dir)?;
     let path = lock_file(dir, pin_dir);
     for _ in 0..RELOCK_TRIES {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+            .open(&path)?;
         // SAFETY: a valid open descriptor; flock takes no pointers.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            anyhow::bail!(
-                "another sentinel daemon{} serves the pins under {shown}; stop it first or pass --pin-path",
-                holder_pid(&path).map_or(String::new(), |pid| format!(" (pid {pid})"))
-            );
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(e);
+            }
+            let holder = holder(&path);
+            return Ok(Taken::Held { path, holder });
         }
         if !still_at(&f, &path) {
             // Its holder removed the file between our open and our lock: that lock guards
-            // nothing now, and another daemon may already hold the file at the path.
+            // nothing now, and another process may already hold the file at the path.
             continue;
         }
         f.set_len(0)?;
-        writeln!(f, "{shown} {}", std::process::id())?;
-        return Ok(PinLock { _file: f, path });
+        writeln!(
+            f,
+            "{} {} {role}",
+            pin_dir.to_string_lossy(),
+            std::process::id()
+        )?;
+        return Ok(Taken::Locked(PinLock { _file: f, path }));
     }
-    anyhow::bail!(
+    Err(std::io::Error::other(format!(
         "the pin lock {} kept being removed while it was taken; try again",
         path.display()
-    )
+    )))
 }
 
 /// How often a lock is taken again when the file it was taken on had been removed meanwhile.
@@ -372,64 +421,66 @@ fn still_at(f: &std::fs::File, path: &Path) -> bool {
     }
 }
 
-/// The pid a pin lock's file names (`PIN_DIR PID`, written by [`lock_pins`]); `None` when the
-/// file is gone or not yet written.
-fn holder_pid(path: &Path) -> Option<u32> {
+/// Takes the lock of `pin_dir` for a daemon, or says who holds it.
+fn lock_pins(dir: &Path, pin_dir: &Path) -> anyhow::Result<PinLock> {
+    let shown = pin_dir.to_string_lossy();
+    match take(dir, pin_dir, "daemon")
+        .with_context(|| format!("taking the pin lock in {}", dir.display()))?
+    {
+        Taken::Locked(lock) => Ok(lock),
+        Taken::Held { holder, .. } => anyhow::bail!(
+            "{} holds the pins under {shown}; stop it first or pass --pin-path",
+            holder.map_or("another sentinel daemon".to_owned(), |h| format!(
+                "another {h}"
+            ))
+        ),
+    }
+}
+
+/// Who a pin lock's file names (`PIN_DIR PID ROLE`, written by [`take`]; `PIN_DIR PID`, a
+/// daemon, before roles were written); `None` when the file is gone or not yet written.
+fn holder(path: &Path) -> Option<Holder> {
     let text = std::fs::read_to_string(path).ok()?;
-    text.trim_end().rsplit_once(' ')?.1.parse().ok()
+    let (rest, last) = text.trim_end().rsplit_once(' ')?;
+    if let Ok(pid) = last.parse() {
+        return Some(Holder {
+            pid,
+            role: "daemon".to_owned(),
+        });
+    }
+    let pid = rest.rsplit_once(' ')?.1.parse().ok()?;
+    Some(Holder {
+        pid,
+        role: last.to_owned(),
+    })
 }
 
 /// What the pin lock of a pin directory tells `sentinel unload`.
 #[derive(Debug)]
 pub enum PinLockState {
-    /// No daemon holds it. When its file was there (a daemon that was killed leaves it), the
-    /// lock is held until this drops, so no daemon starts on the pins while they are removed,
-    /// and dropping it removes the stale file.
-    Free(Option<PinLock>),
-    /// A running daemon holds it, whichever control socket it listens on.
+    /// No process held it: it is held until this drops, so no daemon starts on the pins while
+    /// they are removed, and dropping it removes its file (a killed daemon's too).
+    Free(PinLock),
+    /// A running daemon holds it, whichever control socket it listens on (or another unload).
     Held {
         /// The lock file.
         path: PathBuf,
-        /// The daemon's pid, from the file (`None` while the daemon is still writing it).
-        pid: Option<u32>,
+        /// Who, from the file (`None` while it is still being written).
+        holder: Option<Holder>,
     },
 }
 
-/// Whether a running daemon holds the pin lock of `pin_dir` (a non-blocking `flock`, which the
-/// kernel gives only when no open file holds it).
+/// Takes the pin lock of `pin_dir` for `sentinel unload`, or says which daemon holds it (a
+/// non-blocking `flock`, which the kernel gives only when no open file holds it).
 pub fn check_pin_lock(pin_dir: &Path) -> std::io::Result<PinLockState> {
     probe_pin_lock(Path::new(PIN_LOCKS), pin_dir)
 }
 
 fn probe_pin_lock(dir: &Path, pin_dir: &Path) -> std::io::Result<PinLockState> {
-    use std::os::fd::AsRawFd as _;
-    let path = lock_file(dir, pin_dir);
-    for _ in 0..RELOCK_TRIES {
-        let f = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(PinLockState::Free(None));
-            }
-            Err(e) => return Err(e),
-        };
-        // SAFETY: a valid open descriptor; flock takes no pointers.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(e);
-            }
-            let pid = holder_pid(&path);
-            return Ok(PinLockState::Held { path, pid });
-        }
-        // A daemon that ended cleanly removed the file after our open: look again.
-        if still_at(&f, &path) {
-            return Ok(PinLockState::Free(Some(PinLock { _file: f, path })));
-        }
-    }
-    Err(std::io::Error::other(format!(
-        "the pin lock {} kept being removed while it was taken; try again",
-        path.display()
-    )))
+    Ok(match take(dir, pin_dir, "unload")? {
+        Taken::Locked(lock) => PinLockState::Free(lock),
+        Taken::Held { path, holder } => PinLockState::Held { path, holder },
+    })
 }
 
 fn policy_info(policy: &Policy, source: &str) -> serde_json::Value {
@@ -769,33 +820,54 @@ mod tests {
     }
 
     #[test]
-    fn unload_finds_a_held_pin_lock_and_takes_a_stale_one() {
+    fn unload_finds_a_held_pin_lock_and_takes_a_free_one() {
         let dir = crate::lab::TempDir::new("sentinel-pin-probe").unwrap();
         let pins = Path::new("/sys/fs/bpf/sentinel-test-probe");
-        assert!(matches!(
-            probe_pin_lock(dir.path(), pins).unwrap(),
-            PinLockState::Free(None)
-        ));
+        let path = lock_file(dir.path(), pins);
+        // No file: unload still holds the lock while it works (a daemon starting meanwhile is
+        // refused, naming the unload), and removes the file after.
+        let PinLockState::Free(unload) = probe_pin_lock(dir.path(), pins).unwrap() else {
+            panic!("a free lock read as held");
+        };
+        let e = lock_pins(dir.path(), pins).expect_err("unload holds it");
+        let me = std::process::id();
+        assert!(
+            e.to_string()
+                .contains(&format!("sentinel unload (pid {me})")),
+            "{e}"
+        );
+        drop(unload);
+        assert!(!path.exists(), "unload left its file");
         // flock conflicts between open files, even in one process: this stands for the daemon.
         let daemon = lock_pins(dir.path(), pins).unwrap();
         match probe_pin_lock(dir.path(), pins).unwrap() {
-            PinLockState::Held { path, pid } => {
-                assert_eq!(path, lock_file(dir.path(), pins));
-                assert_eq!(pid, Some(std::process::id()));
+            PinLockState::Held { path: held, holder } => {
+                assert_eq!(held, path);
+                let daemon = "daemon".to_owned();
+                assert_eq!(
+                    holder,
+                    Some(Holder {
+                        pid: me,
+                        role: daemon
+                    })
+                );
             }
             other => panic!("a held lock read as {other:?}"),
         }
         drop(daemon);
-        // A daemon killed with SIGKILL leaves the file and no lock: unload takes it, keeps a
-        // daemon from starting meanwhile, and removes the file.
-        let stale = lock_file(dir.path(), pins);
-        std::fs::write(&stale, format!("{} 4194305\n", pins.display())).unwrap();
-        let PinLockState::Free(Some(held)) = probe_pin_lock(dir.path(), pins).unwrap() else {
+        // A daemon killed with SIGKILL leaves the file (in the format before roles) and no
+        // lock: unload takes it, writes itself in, and removes the file.
+        std::fs::write(&path, format!("{} 4194305\n", pins.display())).unwrap();
+        assert_eq!(holder(&path).map(|h| h.pid), Some(4194305));
+        let PinLockState::Free(held) = probe_pin_lock(dir.path(), pins).unwrap() else {
             panic!("a stale lock file was not taken");
         };
-        assert!(lock_pins(dir.path(), pins).is_err(), "unload holds it");
+        assert_eq!(
+            holder(&path).map(|h| (h.pid, h.role)),
+            Some((me, "unload".into()))
+        );
         drop(held);
-        assert!(!stale.exists(), "the stale file stays");
+        assert!(!path.exists(), "the stale file stays");
         lock_pins(dir.path(), pins).unwrap();
     }
 
@@ -810,13 +882,36 @@ mod tests {
         // Its holder ends and removes it; a new daemon creates the file again.
         std::fs::remove_file(&path).unwrap();
         assert!(!still_at(&opened, &path));
-        let daemon = lock_pins(dir.path(), pins).unwrap();
+        let _daemon = lock_pins(dir.path(), pins).unwrap();
         assert!(!still_at(&opened, &path), "another file at the path");
         assert!(matches!(
             probe_pin_lock(dir.path(), pins).unwrap(),
             PinLockState::Held { .. }
         ));
-        drop(daemon);
+    }
+
+    #[test]
+    fn every_spelling_of_a_pin_directory_names_one_lock() {
+        let dir = crate::lab::TempDir::new("sentinel-pin-names").unwrap();
+        let real = dir.join("pins");
+        std::fs::create_dir_all(dir.join("x")).unwrap();
+        std::os::unix::fs::symlink(&real, dir.join("link")).unwrap();
+        let lock = lock_file(dir.path(), &real);
+        // Before the directory exists (a daemon locks first) and after.
+        for exists in [false, true] {
+            if exists {
+                std::fs::create_dir(&real).unwrap();
+            }
+            for other in [
+                dir.join("x/../pins"),
+                dir.join("./pins/"),
+                dir.join("pins/."),
+            ] {
+                assert_eq!(lock_file(dir.path(), &other), lock, "{}", other.display());
+            }
+        }
+        assert_eq!(lock_file(dir.path(), &dir.join("link")), lock, "a link");
+        assert_ne!(lock_file(dir.path(), &dir.join("x")), lock);
     }
 
     /// What `preflight` refused, or a panic when it accepted.

@@ -75,13 +75,12 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             force,
             socket: _,
         } => {
-            // Held (when a killed daemon left its file) until the pins are gone, then removed.
+            // Held until the pins are gone (no daemon starts on them meanwhile), then removed
+            // with its file (a killed daemon's too).
             let _lock = match daemon::check_pin_lock(&pin_path) {
-                Ok(PinLockState::Free(lock)) => lock,
-                Ok(PinLockState::Held { path, pid }) if !force => {
-                    let who = pid.map_or("a sentinel daemon".to_owned(), |pid| {
-                        format!("sentinel daemon pid {pid}")
-                    });
+                Ok(PinLockState::Free(lock)) => Some(lock),
+                Ok(PinLockState::Held { path, holder }) if !force => {
+                    let who = holder.map_or("a sentinel daemon".to_owned(), |h| h.to_string());
                     return Err(CliError::input(format!(
                         "{who} serves the pins under {} (it holds {}): stop it first (SIGTERM), or pass --force",
                         pin_path.display(),
