@@ -689,6 +689,13 @@ fn parse_v6(ip: &[u8]) -> Parsed<'_> {
     }
     let payload_len = be16(ip, 4) as usize;
     let end_of_packet = 40 + payload_len;
+    // A jumbogram's (payload length 0) headers are walked to the end of what was captured: a
+    // Fragment header among them is malformed (RFC 2675; Linux drops it).
+    let chain_end = if payload_len == 0 {
+        ip.len()
+    } else {
+        end_of_packet
+    };
     let mut nh = ip[6];
     // Where the byte naming the current header sits.
     let mut nh_at = 6;
@@ -697,7 +704,7 @@ fn parse_v6(ip: &[u8]) -> Parsed<'_> {
         match nh {
             // Hop-by-hop, routing, destination options: (len + 1) * 8; AH: (len + 2) * 4.
             0 | 43 | 60 | 51 => {
-                if payload_len == 0 || off + 8 > end_of_packet {
+                if off + 8 > chain_end {
                     return Parsed::Whole;
                 }
                 let Some(&len) = ip.get(off + 1) else {
@@ -1118,10 +1125,16 @@ mod tests {
                 let mut f = frag.clone();
                 f[4..6].copy_from_slice(&4u16.to_be_bytes());
                 out.push(f);
-                // A jumbogram's payload length (0) with a Fragment header.
+                // A jumbogram's payload length (0) with a Fragment header, right after the
+                // base header and, as in a real jumbogram (RFC 2675), after a hop-by-hop header
+                // with its Jumbo Payload option.
                 let mut f = frag.clone();
                 f[4..6].copy_from_slice(&[0, 0]);
-                out.push(f);
+                out.push(f.clone());
+                f[6] = 0;
+                let jumbo_len = (f.len() as u32 - 40).to_be_bytes();
+                let hop_by_hop = [[PROTO_FRAGMENT, 0, 0xc2, 4], jumbo_len].concat();
+                out.push([&f[..40], &hop_by_hop, &f[40..]].concat());
                 // The capture cut the Fragment header after its offset.
                 out.push(frag[..44].to_vec());
             } else {
