@@ -72,6 +72,11 @@ pub struct Ctx<'a> {
     pub ua_family: u32,
     /// Alerts raised lately, for [`Ctx::is_repeat`].
     pub recent: &'a Recent,
+    /// The principal is only the client's address, and a trusted proxy could not name it
+    /// ([`crate::enrich::principal::UNKNOWN_CLIENT`]): every client so hidden shares it, so
+    /// nothing is learned or counted per principal for it (no profile, rate or walk), while
+    /// each request is still judged on its own (injection, exposure, credentials by account).
+    pub unknown_client: bool,
 }
 
 /// Alerts raised lately (kind and subject -> when, severity): the one rule that suppresses
@@ -456,8 +461,9 @@ impl Engine {
             }
             vouched = !unlinked_jwt || self.public.get(endpoint_key).is_none();
         }
+        let unknown_client = o.principal.kind == PrincipalKind::Ip && o.client_ip.is_unspecified();
         let trusted = match o.principal.kind {
-            PrincipalKind::Ip => !login_failed,
+            PrincipalKind::Ip => !login_failed && !unknown_client,
             PrincipalKind::User => o.login.as_ref().is_some_and(|l| l.success) && !refused,
             _ => o.status != 401 && !login_failed && vouched,
         };
@@ -482,6 +488,7 @@ impl Engine {
                 country: o.geo.as_ref().and_then(|g| g.country.as_deref()),
                 ua_family: ua,
                 recent: &self.recent,
+                unknown_client,
             };
             if let (Some(s), Some(p)) = (&closed, ctx.profile) {
                 for d in &mut self.detectors {
@@ -734,6 +741,38 @@ mod tests {
             alerts.iter().any(|a| a.kind == AlertKind::BruteForce),
             "{alerts:?}"
         );
+    }
+
+    #[test]
+    fn clients_a_proxy_could_not_name_are_not_one_principal() {
+        // The same walk over 400 accounts, 20 a second, from one address and from clients a
+        // trusted proxy named `unknown` (the enricher's 0.0.0.0 stand-in): the address is an
+        // enumerating principal; the hidden clients share no profile, rate or walk.
+        use crate::models::bounded::NS;
+        let kinds = |ip: &str| {
+            let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+            let mut kinds = std::collections::BTreeSet::new();
+            for i in 0..400u64 {
+                let mut o = obs(T0 + i * NS / 20, ip, &format!("/accounts/{}", 10_000 + i));
+                o.endpoint = "/accounts/{id}".into();
+                kinds.extend(e.observe(&o).into_iter().map(|a| a.kind));
+            }
+            let mut o = obs(T0 + 30 * NS, ip, "/search");
+            o.query = "q=1%27%20UNION%20SELECT%20password%20FROM%20users--".into();
+            kinds.extend(e.observe(&o).into_iter().map(|a| a.kind));
+            (kinds, e.stats().profiles)
+        };
+        let (named, profiles) = kinds("198.18.0.5");
+        assert!(named.contains(&AlertKind::Enumeration), "{named:?}");
+        assert!(named.contains(&AlertKind::SqlInjection), "{named:?}");
+        assert_eq!(profiles, 1);
+        let (hidden, profiles) = kinds("0.0.0.0");
+        assert_eq!(
+            hidden.into_iter().collect::<Vec<_>>(),
+            [AlertKind::SqlInjection],
+            "each request is still judged on its own"
+        );
+        assert_eq!(profiles, 0);
     }
 
     #[test]

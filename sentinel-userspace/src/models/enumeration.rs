@@ -393,7 +393,8 @@ impl Detector for EnumerationDetector {
     }
 
     fn observe(&mut self, ctx: &Ctx<'_>, out: &mut Vec<Detection>) {
-        if ctx.login_failed {
+        // Clients a trusted proxy could not name walk and crawl together under one stand-in.
+        if ctx.login_failed || ctx.unknown_client {
             return;
         }
         let o = ctx.obs;

@@ -394,6 +394,10 @@ impl Detector for RateDetector {
         let now = ms32(ts);
         let w = self.window;
         let ep = key_of(ctx.obs.endpoint.as_str());
+        if ctx.unknown_client {
+            // Not one principal, and not one source either.
+            return;
+        }
         let pair_key = key2(&ctx.entity, &ep);
 
         let (c, l) = count(
