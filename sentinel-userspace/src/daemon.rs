@@ -231,9 +231,9 @@ pub fn preflight(
     let (policy, policy_source) = load_policy(config, mode).map_err(|e| format!("{e:#}"))?;
     let mut files = config.geoip.files.clone();
     files.extend(geoip.iter().cloned());
-    let analyzer = if config.capture.http_ports.is_empty() {
-        // Nothing is analysed without capture, but a database named and missing is still a
-        // mistake to say now, not when capture is turned on.
+    let analyzer = if config.capture.http_ports.is_empty() || !config.models.enabled {
+        // Nothing is analysed without capture (or with the models off), but a database named
+        // and missing is still a mistake to say now, not when analysis is turned on.
         if !files.is_empty() {
             crate::enrich::geo::GeoDb::open(&files).map_err(|e| e.to_string())?;
         }
@@ -790,6 +790,27 @@ mod tests {
             err.contains("snt-nosuch0") && err.contains("does not exist"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn captured_transactions_are_analysed_unless_the_models_are_off() {
+        let dir = crate::lab::TempDir::new("sentinel-preflight-models").unwrap();
+        let mut config = Config::default();
+        config.alerts.log = dir.join("alerts.jsonl");
+        config.verdicts.log = dir.join("verdicts.jsonl");
+        let analysed = |config: &Config| {
+            let Ok(prepared) = preflight(&["lo".into()], config, Mode::Enforce, &[]) else {
+                panic!("preflight refused");
+            };
+            prepared.analyzer.is_some()
+        };
+        assert!(!analysed(&config), "nothing is captured");
+        config.capture.http_ports = vec![8080];
+        assert!(analysed(&config));
+        config.models.enabled = false;
+        assert!(!analysed(&config), "capture only");
+        let parsed = Config::parse("[capture]\nhttp_ports = [8080]\n[models]\nenabled = false\n");
+        assert_eq!(parsed.unwrap().models, config.models);
     }
 
     #[test]

@@ -120,6 +120,12 @@ pub fn analyzer(args: &ReplayArgs) -> Result<Analyzer, CliError> {
         Some(p) => Config::load(p).map_err(|e| CliError::input(e.to_string()))?,
         None => Config::default(),
     };
+    if args.emit == Emit::Alerts && !cfg.models.enabled {
+        return Err(CliError::input(
+            "the configuration turns the models off ([models] enabled = false): nothing raises \
+             alerts (--emit transactions replays without them)",
+        ));
+    }
     let mut geoip = cfg.geoip.files.clone();
     geoip.extend(args.geoip_db.iter().cloned());
     Analyzer::new(&cfg.enrich, &cfg.models, &geoip).map_err(|e| CliError::input(e.to_string()))
@@ -235,4 +241,38 @@ pub fn command(args: &ReplayArgs) -> Result<(), CliError> {
         eprintln!("{stats}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod models_off {
+    use clap::Parser as _;
+
+    use crate::cli::{Cli, Command};
+
+    fn args(config: &std::path::Path, emit: &str) -> crate::cli::ReplayArgs {
+        let argv = ["sentinel", "replay", "x.pcap", "--emit", emit, "--config"];
+        let cli = Cli::try_parse_from(
+            argv.iter()
+                .map(|a| a.to_string())
+                .chain([config.display().to_string()]),
+        )
+        .unwrap();
+        let Command::Replay(args) = cli.command else {
+            panic!("not replay");
+        };
+        args
+    }
+
+    #[test]
+    fn alerts_are_refused_with_the_models_off_and_transactions_are_not() {
+        let dir = crate::lab::TempDir::new("sentinel-replay-models-off").unwrap();
+        let config = dir.join("sentinel.toml");
+        std::fs::write(&config, "[models]\nenabled = false\n").unwrap();
+        let Err(e) = super::analyzer(&args(&config, "alerts")) else {
+            panic!("alerts with the models off");
+        };
+        assert_eq!(e.code, 2);
+        assert!(e.message.contains("enabled = false"), "{}", e.message);
+        assert!(super::analyzer(&args(&config, "transactions")).is_ok());
+    }
 }

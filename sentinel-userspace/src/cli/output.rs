@@ -162,6 +162,9 @@ pub fn status(s: &StatusReport, json: bool) {
             defrag(DefragGroup::FragmentsDropped)
         );
     }
+    if s.analysis.is_none() && s.capture.is_some() {
+        println!("\nmodels: off ([models] enabled = false: capture only)");
+    }
     if let Some(a) = &s.analysis {
         println!("\nmodels:");
         let geo = &a["geo"];

@@ -40,6 +40,17 @@ impl Daemon {
     /// a load generator (wrk in the capture benchmark) is not throttled as the flood it is.
     /// Tests and benchmarks that want verdicts give their own `--config`.
     pub fn start(ns: &NetNs, ifaces: &[&str], extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(ns, ifaces, extra, "")
+    }
+
+    /// [`Daemon::start`] with `more` (TOML) after the configuration it writes (when `extra`
+    /// has no `--config`): `[models]\nenabled = false\n` for a daemon that only captures.
+    pub fn start_with(
+        ns: &NetNs,
+        ifaces: &[&str],
+        extra: &[&str],
+        more: &str,
+    ) -> anyhow::Result<Self> {
         let id = super::unique_id();
         // Removed on every error path from here on.
         let dir = TempDir::new("sentinel-test")?;
@@ -54,7 +65,7 @@ impl Daemon {
             std::fs::write(
                 &config,
                 format!(
-                    "[alerts]\nlog = {:?}\n[verdicts]\npolicy = {:?}\nlog = {:?}\n",
+                    "[alerts]\nlog = {:?}\n[verdicts]\npolicy = {:?}\nlog = {:?}\n{more}",
                     dir.join("alerts.jsonl"),
                     policy,
                     dir.join("verdicts.jsonl")

@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! [models]
+//! enabled = true            # false: capture only (the transactions log), no analysis
 //! cooldown_s = 300          # repeats of one alert (kind + subject) suppressed this long
 //! max_principals = 1000000  # state kept per principal is bounded by this (LRU beyond)
 //! idle_s = 1209600          # principals silent for 14 days are forgotten
@@ -22,6 +23,10 @@ use super::{
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelsConfig {
+    /// Whether captured transactions are analysed (enrichment, every detector, alerts and the
+    /// response policy). `false`: capture only, for the transactions log (`[capture]
+    /// transactions_log`). Default true.
+    pub enabled: bool,
     /// Seconds during which a repeat of an alert (same kind, same subject) is suppressed unless it
     /// is more severe. Default 300.
     pub cooldown_s: f64,
@@ -56,6 +61,7 @@ pub struct ModelsConfig {
 impl Default for ModelsConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             cooldown_s: 300.0,
             max_principals: 1_000_000,
             idle_s: 14.0 * 86_400.0,

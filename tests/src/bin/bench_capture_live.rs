@@ -1,14 +1,18 @@
 //! `cargo xtask bench capture` (live part): an HTTP server in a namespace under wrk load over
-//! veth, in two interleaved arms:
-//! - baseline: a pass-only XDP program on the server's veth (XDP on veth turns GSO off, so both
-//!   arms must have one);
-//! - sentinel: the daemon with its XDP program, TC capture on the HTTP port and the userspace
-//!   pipeline draining the ring buffer.
+//! veth, in four interleaved arms:
+//! - baseline: a pass-only XDP program on the server's veth (XDP on veth turns GSO off, so every
+//!   arm must have one);
+//! - xdp: the daemon with its XDP program only (no capture);
+//! - capture: the daemon with its XDP program, TC capture on the HTTP port and the capture
+//!   pipeline (reassembly, HTTP, transactions) draining the ring buffer, the models off
+//!   (`[models] enabled = false`): the capture half of the data path;
+//! - sentinel: the same with every transaction analysed (enrichment, models, response): the
+//!   whole path.
 //!
-//! Reported: requests/s and p99 latency per arm (medians of rounds) and their ratios, ring
-//! buffer loss and the daemon's CPU use during the sentinel arm.
+//! Reported: requests/s, p99 latency and CPU per request per arm (medians of rounds) and their
+//! ratios, ring buffer loss and the daemon's CPU use.
 //!
-//! `SENTINEL_BENCH_ARM=base|xdp|sentinel` runs only that arm and writes nothing to
+//! `SENTINEL_BENCH_ARM=base|xdp|capture|sentinel` runs only that arm and writes nothing to
 //! BENCHMARKS.md: a steady load to profile (e.g. `perf record -p` on the daemon).
 
 use std::{
@@ -153,13 +157,15 @@ fn main() -> anyhow::Result<()> {
     let (mut base_rps, mut base_p99, mut sen_rps, mut sen_p99) = (vec![], vec![], vec![], vec![]);
     let (mut xdp_rps, mut xdp_p99) = (vec![], vec![]);
     let (mut base_cost, mut xdp_cost, mut sen_cost) = (vec![], vec![], vec![]);
+    let (mut cap_rps, mut cap_p99, mut cap_cost, mut cap_cpu) = (vec![], vec![], vec![], vec![]);
     let (mut cpu_share, mut xdp_cpu) = (Vec::new(), Vec::new());
     let mut ring_full = 0u64;
     let mut captured = 0u64;
     for round in 0..rounds {
-        // Three arms, the order rotating per round: the baseline, the sentinel's XDP program
-        // alone (the daemon without capture), and the whole capture path.
-        let arms = ["base", "xdp", "sentinel"];
+        // Four arms, the order rotating per round: the baseline, the sentinel's XDP program
+        // alone (the daemon without capture), the capture half of the data path (TC capture,
+        // reassembly, HTTP, transactions: the models off), and the whole path with detection.
+        let arms = ["base", "xdp", "capture", "sentinel"];
         for k in 0..arms.len() {
             let arm = arms[(round + k) % arms.len()];
             if std::env::var("SENTINEL_BENCH_ARM").is_ok_and(|a| a != arm) {
@@ -193,6 +199,27 @@ fn main() -> anyhow::Result<()> {
                 xdp_rps.push(r.rps);
                 xdp_p99.push(r.p99_ms);
                 xdp_cost.push(r.cpu_us_per_req);
+            } else if arm == "capture" {
+                let daemon = Daemon::start_with(
+                    &topo.server,
+                    &[&topo.server_if],
+                    &["--http-ports", "8080"],
+                    "[models]\nenabled = false\n",
+                )?;
+                let pid = daemon.pid().context("daemon pid")?;
+                let (t0, c0) = (Instant::now(), cpu_ticks(pid)?);
+                let r = wrk(&topo, &url, secs, conns, Some(pid))?;
+                cap_cpu.push(cpu_since(pid, c0, t0)?);
+                let st = daemon.status()?;
+                anyhow::ensure!(
+                    st["analysis"].is_null(),
+                    "the capture arm's daemon analyses: {}",
+                    st["analysis"]
+                );
+                ring_full += st["capture"]["kernel"]["ring_full"].as_u64().unwrap_or(0);
+                cap_rps.push(r.rps);
+                cap_p99.push(r.p99_ms);
+                cap_cost.push(r.cpu_us_per_req);
             } else {
                 let daemon =
                     Daemon::start(&topo.server, &[&topo.server_if], &["--http-ports", "8080"])?;
@@ -223,28 +250,41 @@ fn main() -> anyhow::Result<()> {
     let (bc, xc, sc) = (median(&base_cost), median(&xdp_cost), median(&sen_cost));
     let cpu = median(&cpu_share);
     let cpu_xdp = median(&xdp_cpu);
+    let (cr, cp, cc, cpu_cap) = (
+        median(&cap_rps),
+        median(&cap_p99),
+        median(&cap_cost),
+        median(&cap_cpu),
+    );
     let table = format!(
         "### Live capture overhead on a protected server (wrk, {conns} connections, {secs} s x {rounds} rounds per arm, interleaved)\n\n\
          | arm | requests/s (median) | p99 latency (median) | CPU per request (median) |\n|---|---|---|---|\n\
          | pass-only XDP (baseline) | {br:.0} | {bp:.2} ms | {bc:.1} us |\n\
          | sentinel XDP alone (daemon without capture) | {xr:.0} | {xp:.2} ms | {xc:.1} us |\n\
-         | sentinel: XDP + TC capture + pipeline | {sr:.0} | {sp:.2} ms | {sc:.1} us |\n\
+         | sentinel: XDP + TC capture + capture pipeline (reassembly, HTTP, transactions; models off) | {cr:.0} | {cp:.2} ms | {cc:.1} us |\n\
+         | sentinel: XDP + TC capture + pipeline + detection (the whole path) | {sr:.0} | {sp:.2} ms | {sc:.1} us |\n\
          | ratio, XDP alone / baseline (paired rounds) | {} | {} | {} |\n\
+         | ratio, capture / baseline (paired rounds) | {} (target >= 0.95) | {} (target <= 1.05) | {} |\n\
          | ratio, whole / baseline (paired rounds) | {} (target >= 0.95) | {} (target <= 1.05) | {} |\n\n\
          Ratios: median of the per-round ratios, with their range over the rounds. CPU per request: user + system \
          time of the server, wrk and the daemon (softirq work is charged to whichever ran) over the requests wrk \
          completed; its ratio, baseline / arm, is the request rate the arm would keep on a machine that only \
          these processes share, which other load on the machine does not move the way it moves requests/s. \
          Highest rate wrk drove over veth here: {:.0} requests/s. During the sentinel arm: {captured} segments captured, \
-         {ring_full} lost to a full ring buffer (target 0), daemon CPU {:.0}% of one core (median; target < 100%; {:.0}% in the XDP-alone arm).\n",
+         {ring_full} lost to a full ring buffer in the capture and whole arms (target 0), daemon CPU {:.0}% of one core \
+         (median; target < 100%; {:.0}% with the models off, {:.0}% in the XDP-alone arm).\n",
         ratio(&xdp_rps, &base_rps),
         ratio(&xdp_p99, &base_p99),
         ratio(&base_cost, &xdp_cost),
+        ratio(&cap_rps, &base_rps),
+        ratio(&cap_p99, &base_p99),
+        ratio(&base_cost, &cap_cost),
         ratio(&sen_rps, &base_rps),
         ratio(&sen_p99, &base_p99),
         ratio(&base_cost, &sen_cost),
-        br.max(sr).max(xr),
+        br.max(sr).max(xr).max(cr),
         cpu * 100.0,
+        cpu_cap * 100.0,
         cpu_xdp * 100.0
     );
     println!("{table}");
