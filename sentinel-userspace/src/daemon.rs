@@ -771,12 +771,18 @@ async fn shutdown_signal() {
 mod tests {
     use super::*;
 
-    #[test]
-    fn preflight_names_a_missing_interface_before_anything_is_loaded() {
-        let dir = crate::lab::TempDir::new("sentinel-preflight-if").unwrap();
+    /// The default configuration with its logs in `dir` (a test never writes the host's).
+    fn logging_into(dir: &crate::lab::TempDir) -> Config {
         let mut config = Config::default();
         config.alerts.log = dir.join("alerts.jsonl");
         config.verdicts.log = dir.join("verdicts.jsonl");
+        config
+    }
+
+    #[test]
+    fn preflight_names_a_missing_interface_before_anything_is_loaded() {
+        let dir = crate::lab::TempDir::new("sentinel-preflight-if").unwrap();
+        let config = logging_into(&dir);
         assert!(preflight(&["lo".into()], &config, Mode::Enforce, &[]).is_ok());
         let Err(err) = preflight(
             &["lo".into(), "snt-nosuch0".into()],
@@ -795,9 +801,7 @@ mod tests {
     #[test]
     fn captured_transactions_are_analysed_unless_the_models_are_off() {
         let dir = crate::lab::TempDir::new("sentinel-preflight-models").unwrap();
-        let mut config = Config::default();
-        config.alerts.log = dir.join("alerts.jsonl");
-        config.verdicts.log = dir.join("verdicts.jsonl");
+        let mut config = logging_into(&dir);
         let analysed = |config: &Config| {
             let Ok(prepared) = preflight(&["lo".into()], config, Mode::Enforce, &[]) else {
                 panic!("preflight refused");
