@@ -238,19 +238,12 @@ fn daemon_transactions_match_what_the_client_saw() {
     let _bank = BankServer::start(&topo.server, server).unwrap();
     let dir = TempDir::new("sentinel-capture").unwrap();
     let log = dir.join("transactions.jsonl");
-    let cfg = dir.join("sentinel.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[capture]\nhttp_ports = [8080]\nsnap_len = 8192\ntransactions_log = \"{}\"\n",
-            log.display()
-        ),
-    )
-    .unwrap();
-    let daemon = Daemon::start(
+    // Its alert and verdict logs stay in the daemon's own directory.
+    let daemon = Daemon::start_with(
         &topo.server,
         &[&topo.server_if],
-        &["--config", cfg.to_str().unwrap()],
+        &[],
+        &format!("[capture]\nhttp_ports = [8080]\nsnap_len = 8192\ntransactions_log = {log:?}\n"),
     )
     .unwrap();
     let seen = topo.client.run(move || client_exchanges(server)).unwrap();

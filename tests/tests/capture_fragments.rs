@@ -200,28 +200,15 @@ fn a_request_sent_as_ip_fragments_is_captured_and_its_injection_alerted() {
     let _bank6 = BankServer::start(&topo.server, v6).unwrap();
     let dir = TempDir::new("sentinel-frag").unwrap();
     let tx_log = dir.join("transactions.jsonl");
-    let alert_log = dir.join("alerts.jsonl");
-    let policy = dir.join("policy.toml");
-    std::fs::write(&policy, "mode = \"enforce\"\n").unwrap();
-    let cfg = dir.join("sentinel.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[capture]\nhttp_ports = [8080]\ntransactions_log = {:?}\n[alerts]\nlog = {:?}\n\
-             [verdicts]\npolicy = {:?}\nlog = {:?}\n",
-            tx_log,
-            alert_log,
-            policy,
-            dir.join("verdicts.jsonl")
-        ),
-    )
-    .unwrap();
-    let daemon = Daemon::start(
+    // The lab daemon's policy raises alerts and acts on none; its logs stay in its directory.
+    let daemon = Daemon::start_with(
         &topo.server,
         &[&topo.server_if],
-        &["--config", cfg.to_str().unwrap()],
+        &[],
+        &format!("[capture]\nhttp_ports = [8080]\ntransactions_log = {tx_log:?}\n"),
     )
     .unwrap();
+    let alert_log = daemon.alert_log();
 
     let target = "/accounts/7?filter=1%27%20OR%20%271%27%3D%271%27%20--";
     let request =
