@@ -74,10 +74,6 @@ pub fn consumer_counters(stats: &RingStats) -> BTreeMap<String, u64> {
             stats.decode_errors.load(Ordering::Relaxed),
         ),
         ("wakeups".to_owned(), stats.wakeups.load(Ordering::Relaxed)),
-        (
-            "fragments".to_owned(),
-            stats.fragments.load(Ordering::Relaxed),
-        ),
     ]);
     let defrag = stats.defrag.lock().expect("defrag stats lock").by_name();
     out.extend(defrag.into_iter().map(|(k, v)| (defrag_key(&k), v)));

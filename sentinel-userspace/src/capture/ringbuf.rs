@@ -178,8 +178,6 @@ pub struct RingStats {
     pub decode_errors: AtomicU64,
     /// Wake-ups (epoll readiness) that drained the ring.
     pub wakeups: AtomicU64,
-    /// Records that held an IP fragment.
-    pub fragments: AtomicU64,
     /// What the defragmenter did with them (as of the last drain pass).
     pub defrag: Mutex<DefragStats>,
 }
@@ -213,7 +211,6 @@ impl Consumer {
                 wire_len,
             }) => {
                 stats.records.fetch_add(1, Ordering::Relaxed);
-                stats.fragments.fetch_add(1, Ordering::Relaxed);
                 self.unpublished = true;
                 if let Some(d) = self.defrag.push_captured(&packet, wire_len as usize, ts_ns)
                     && let Ok(seg) = decode_frame(Link::RawIp, &d, ts_ns)
@@ -430,8 +427,8 @@ mod tests {
             }
             consumer.advance(6_000, &stats);
             assert_eq!(sink, vec![want], "{c}");
-            assert_eq!(stats.fragments.load(Ordering::Relaxed), 3);
-            assert_eq!(stats.defrag.lock().unwrap().reassembled, 1);
+            let published = stats.defrag.lock().unwrap().clone();
+            assert_eq!((published.fragments, published.reassembled), (3, 1));
             // A lone fragment is published; passes that change nothing publish nothing (the
             // reset below stays); its timeout is published.
             let mut rec = record(frags[1].len() as u32, &frags[1], 0);
