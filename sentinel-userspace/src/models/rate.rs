@@ -264,17 +264,15 @@ fn count(
     let now = ms32(ts);
     let (c, idle) = counters.entry_idle(key, ts, || Counter::new(now));
     let done = c.add(now, w, idle >= STALE_NS);
-    let hist = hists.get(hist_key);
-    let limit = cfg.limit(hist, c);
+    let limit = cfg.limit(hists.get(hist_key), c);
     if let Some(n) = done {
-        let l = limit;
-        if f64::from(n) <= l.limit {
+        if f64::from(n) <= limit.limit {
             c.learn(n);
         }
         // The population learns only what it already finds plausible, not what one key's own
         // history allows it: a key ramping up under its own limit would otherwise become the
         // top of a small population and lift everyone's limit with its own.
-        if f64::from(n) <= l.population.max(cfg.min_limit) {
+        if f64::from(n) <= limit.population.max(cfg.min_limit) {
             hists
                 .entry(hist_key, ts, Hist::default)
                 .add(f64::from(n), cfg.population_quantile);
@@ -390,14 +388,14 @@ impl Detector for RateDetector {
     }
 
     fn observe(&mut self, ctx: &Ctx<'_>, out: &mut Vec<Detection>) {
-        let ts = ctx.obs.ts_ns;
-        let now = ms32(ts);
-        let w = self.window;
-        let ep = key_of(ctx.obs.endpoint.as_str());
         if ctx.unknown_client {
             // Not one principal, and not one source either.
             return;
         }
+        let ts = ctx.obs.ts_ns;
+        let now = ms32(ts);
+        let w = self.window;
+        let ep = key_of(ctx.obs.endpoint.as_str());
         let pair_key = key2(&ctx.entity, &ep);
 
         let (c, l) = count(
