@@ -3,12 +3,12 @@
 //!
 //! Inputs: decoded path segments, decoded query and form parameter names and values, JSON body
 //! keys and string values, `multipart/form-data` field names (`name*` decoded), file names and
-//! text contents (also as decoded from a `base64` or `quoted-printable` transfer encoding, and
-//! a JSON part's keys and strings) (up to `max_values` worth judging in each place: the most suspicious when there are more, so that
-//! padding does not push a payload out), and the headers that carry client input
-//! (`Referer`'s query, `User-Agent`, `Cookie` values, `X-Forwarded-*`). Each value is decoded
-//! (`%XX`, `+`, twice when still encoded) before it is judged; JSON and multipart values are
-//! judged as sent.
+//! text contents (as sent, as decoded from a `base64` or `quoted-printable` transfer encoding,
+//! and a JSON part's keys and strings), and the headers that carry client input (`Referer`'s
+//! query, `User-Agent`, `Cookie` values, `X-Forwarded-*`). Each place judges up to
+//! `max_values` worth judging: the most suspicious when there are more, so that padding does not
+//! push a payload out. Each value is decoded (`%XX`, `+`, twice when still encoded) before it
+//! is judged; JSON and multipart values are judged as sent.
 //!
 //! Cost: the port takes 2-6 µs per value, more than the whole budget per transaction, so a value
 //! only reaches it when a cheap pre-filter finds characters or words an injection needs (quotes,
