@@ -189,7 +189,7 @@ pub fn decode_frame_shared(link: Link, frame: &Bytes, ts_ns: u64) -> Result<Segm
 }
 
 /// The IP packet in `frame` (from its header to the end of the frame), if it is one.
-pub fn ip_layer(link: Link, frame: &[u8]) -> Option<&[u8]> {
+fn ip_layer(link: Link, frame: &[u8]) -> Option<&[u8]> {
     let (ethertype, l3) = link_header(link, frame).ok()?;
     if ethertype.is_some_and(|e| e != ETH_IPV4 && e != ETH_IPV6) {
         return None;
@@ -249,12 +249,13 @@ fn ipv4(ip: &[u8], ts_ns: u64) -> Result<(Segment, &[u8]), Skip> {
     if ihl < 20 || total < ihl || ip.len() < ihl {
         return Err(Skip::Malformed);
     }
+    // IPv4 keys datagrams by protocol: a fragment of anything but TCP is not TCP, whole or not.
+    if ip[9] != 6 {
+        return Err(Skip::NonTcp);
+    }
     let frag = be16(ip, 6).ok_or(Skip::Malformed)?;
     if frag & 0x3fff != 0 {
         return Err(Skip::Fragment);
-    }
-    if ip[9] != 6 {
-        return Err(Skip::NonTcp);
     }
     let src = IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]));
     let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
@@ -775,11 +776,6 @@ impl<R: Read> CaptureReader<R> {
             Err(Skip::Fragment) => {
                 self.stats.ip_fragments += 1;
                 let ip = ip_layer(link, frame)?;
-                if ip[0] >> 4 == 4 && ip.get(9) != Some(&6) {
-                    // IPv4 keys datagrams by protocol: this one is not TCP, whole or not.
-                    self.stats.non_tcp += 1;
-                    return None;
-                }
                 // The IP packet's length on the wire: the frame's less its link header.
                 let wire = orig.saturating_sub(frame.len() - ip.len());
                 let datagram = self.defrag.push_captured(ip, wire, ts);
