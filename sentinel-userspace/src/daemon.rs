@@ -358,18 +358,9 @@ impl std::fmt::Display for Holder {
     }
 }
 
-/// A pin lock taken, or who holds it.
-enum Taken {
-    Locked(PinLock),
-    Held {
-        path: PathBuf,
-        holder: Option<Holder>,
-    },
-}
-
-/// Takes the pin lock of `pin_dir` in `dir` as `role`, creating its file, and writes who holds
+/// Takes the pin lock of `pin_dir` in `dir` as `role` (its file created), and writes who holds
 /// it; or says who does.
-fn take(dir: &Path, pin_dir: &Path, role: &str) -> std::io::Result<Taken> {
+fn take(dir: &Path, pin_dir: &Path, role: &str) -> std::io::Result<PinLockState> {
     use std::{io::Write as _, os::fd::AsRawFd as _};
     std::fs::create_dir_all(dir)?;
     let path = lock_file(dir, pin_dir);
@@ -386,7 +377,7 @@ fn take(dir: &Path, pin_dir: &Path, role: &str) -> std::io::Result<Taken> {
                 return Err(e);
             }
             let holder = holder(&path);
-            return Ok(Taken::Held { path, holder });
+            return Ok(PinLockState::Held { path, holder });
         }
         if !still_at(&f, &path) {
             // Its holder removed the file between our open and our lock: that lock guards
@@ -400,7 +391,7 @@ fn take(dir: &Path, pin_dir: &Path, role: &str) -> std::io::Result<Taken> {
             pin_dir.to_string_lossy(),
             std::process::id()
         )?;
-        return Ok(Taken::Locked(PinLock { _file: f, path }));
+        return Ok(PinLockState::Free(PinLock { _file: f, path }));
     }
     Err(std::io::Error::other(format!(
         "the pin lock {} kept being removed while it was taken; try again",
@@ -427,8 +418,8 @@ fn lock_pins(dir: &Path, pin_dir: &Path) -> anyhow::Result<PinLock> {
     match take(dir, pin_dir, "daemon")
         .with_context(|| format!("taking the pin lock in {}", dir.display()))?
     {
-        Taken::Locked(lock) => Ok(lock),
-        Taken::Held { holder, .. } => anyhow::bail!(
+        PinLockState::Free(lock) => Ok(lock),
+        PinLockState::Held { holder, .. } => anyhow::bail!(
             "{} holds the pins under {shown}; stop it first or pass --pin-path",
             holder.map_or("another sentinel daemon".to_owned(), |h| format!(
                 "another {h}"
@@ -477,10 +468,7 @@ pub fn check_pin_lock(pin_dir: &Path) -> std::io::Result<PinLockState> {
 }
 
 fn probe_pin_lock(dir: &Path, pin_dir: &Path) -> std::io::Result<PinLockState> {
-    Ok(match take(dir, pin_dir, "unload")? {
-        Taken::Locked(lock) => PinLockState::Free(lock),
-        Taken::Held { path, holder } => PinLockState::Held { path, holder },
-    })
+    take(dir, pin_dir, "unload")
 }
 
 fn policy_info(policy: &Policy, source: &str) -> serde_json::Value {
