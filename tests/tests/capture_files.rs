@@ -43,7 +43,7 @@ fn recorder(ns: &NetNs, iface: &str, program: &str, file: &Path) -> Recorder {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("{program} (cargo xtask setup installs it): {e}"));
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
     Recorder(child)
 }
 
@@ -178,6 +178,7 @@ fn by_path(r: &[Request]) -> BTreeMap<(String, u16), usize> {
 #[test]
 fn files_from_tcpdump_and_dumpcap_replay_every_request() {
     sentinel_tests::require_root();
+    sentinel_tests::require_programs(&["tcpdump", "dumpcap", "tshark", "curl"]).unwrap();
     let topo = Topology::new().expect("namespaces");
     let v4 = BankServer::start(&topo.server, SocketAddr::new(SERVER_V4.into(), PORT))
         .expect("bank on IPv4");

@@ -187,13 +187,12 @@ fn a_request_sent_as_ip_fragments_is_captured_and_its_injection_alerted() {
     sentinel_tests::require_root();
     let topo = Topology::new().unwrap();
     // No TCP timestamps from the client: the hand-made segment carries no options.
-    let off = topo
-        .client
-        .command("sysctl")
-        .args(["-qw", "net.ipv4.tcp_timestamps=0"])
-        .status()
+    // (A net sysctl is per namespace: written from a thread inside the client's; no sysctl
+    // program needed.)
+    topo.client
+        .run(|| std::fs::write("/proc/sys/net/ipv4/tcp_timestamps", "0"))
+        .unwrap()
         .unwrap();
-    assert!(off.success());
     let v4 = SocketAddr::new(SERVER_V4.into(), 8080);
     let v6 = SocketAddr::new(SERVER_V6.into(), 8080);
     let _bank4 = BankServer::start(&topo.server, v4).unwrap();

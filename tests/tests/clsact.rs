@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use sentinel::datapath::qdisc::{claim_clsact, release_clsacts, tcx_supported};
-use sentinel_tests::{Daemon, NetNs, TempDir, TempPins, Topology, output_within, sentinel_bin};
+use sentinel_tests::{Daemon, NetNs, TempPins, Topology, output_within, sentinel_bin};
 
 /// `tc ARGS` inside `ns`; stdout.
 fn tc(ns: &NetNs, args: &[&str]) -> String {
@@ -48,24 +48,11 @@ fn has_foreign_filter(ns: &NetNs, iface: &str) -> bool {
 /// from inside the namespace, as an operator on that host would; `running` looks at the
 /// interface while the daemon captures.
 fn run_capture_then_unload(topo: &Topology, running: impl FnOnce()) {
-    let dir = TempDir::new("sentinel-clsact").unwrap();
-    let cfg = dir.join("sentinel.toml");
-    let policy = dir.join("policy.toml");
-    std::fs::write(&policy, "mode = \"enforce\"\n").unwrap();
-    std::fs::write(
-        &cfg,
-        format!(
-            "[capture]\nhttp_ports = [8080]\n[alerts]\nlog = {:?}\n[verdicts]\npolicy = {:?}\nlog = {:?}\n",
-            dir.join("alerts.jsonl"),
-            policy,
-            dir.join("verdicts.jsonl")
-        ),
-    )
-    .unwrap();
-    let mut d = Daemon::start(
+    let mut d = Daemon::start_with(
         &topo.server,
         &[&topo.server_if],
-        &["--config", cfg.to_str().unwrap()],
+        &[],
+        "[capture]\nhttp_ports = [8080]\n",
     )
     .unwrap();
     let st = d.status().unwrap();

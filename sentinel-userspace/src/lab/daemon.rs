@@ -55,7 +55,12 @@ impl Daemon {
         // Removed on every error path from here on.
         let dir = TempDir::new("sentinel-test")?;
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        if !extra.iter().any(|a| a == "--config") {
+        if extra.iter().any(|a| a == "--config") {
+            anyhow::ensure!(
+                more.is_empty(),
+                "`more` is not read with a --config of its own"
+            );
+        } else {
             let config = dir.join("sentinel.toml");
             let policy = dir.join("policy.toml");
             std::fs::write(

@@ -61,6 +61,20 @@ pub fn require_root() {
     );
 }
 
+/// Fails, naming the first one, unless every program in `programs` is on `PATH` (a tool run
+/// through `nsenter` would otherwise fail late and without its name).
+pub fn require_programs(programs: &[&str]) -> anyhow::Result<()> {
+    for p in programs {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()));
+        anyhow::ensure!(
+            found,
+            "{p} is not installed (cargo xtask setup installs it)"
+        );
+    }
+    Ok(())
+}
+
 /// A short id unique to this process and call, for names of namespaces, links and pins.
 pub fn unique_id() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -247,13 +247,7 @@ pub const PROGRAMS: &[&str] = &["hydra", "sqlmap", "wfuzz", "ffuf", "curl", "tim
 
 /// Checks that the tools and word lists are installed.
 pub fn check_installed() -> anyhow::Result<()> {
-    for p in PROGRAMS {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()));
-        if !found {
-            bail!("{p} is not installed (cargo xtask setup installs it)");
-        }
-    }
+    super::require_programs(PROGRAMS)?;
     for list in [
         "Injections/XSS.txt",
         "Injections/Traversal.txt",
