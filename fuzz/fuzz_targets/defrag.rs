@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sentinel::capture::defrag::{DefragSettings, Defragmenter, ipv4_header_checksum};
+use sentinel::capture::defrag::{DefragSettings, Defragmenter, set_ipv4_header_checksum};
 
 fuzz_target!(|data: &[u8]| {
     let settings = DefragSettings {
@@ -38,9 +38,7 @@ fuzz_target!(|data: &[u8]| {
         if p.first().is_some_and(|b| b >> 4 == 4) && rest.len() % 8 != 0 {
             let ihl = (p[0] & 0x0f) as usize * 4;
             if ihl >= 20 && p.len() >= ihl {
-                p[10..12].copy_from_slice(&[0, 0]);
-                let sum = ipv4_header_checksum(&p[..ihl]);
-                p[10..12].copy_from_slice(&sum.to_be_bytes());
+                set_ipv4_header_checksum(&mut p);
             }
         }
         if let Some(out) = d.push(&p, ts) {

@@ -268,8 +268,7 @@ impl Packet {
                 ip[12..16].copy_from_slice(&s.octets());
                 ip[16..20].copy_from_slice(&d.octets());
                 ip[20..].fill(1); // NOP options
-                let sum = ipv4_checksum(&ip);
-                ip[10..12].copy_from_slice(&sum.to_be_bytes());
+                sentinel::capture::defrag::set_ipv4_header_checksum(&mut ip);
                 f.extend_from_slice(&ip);
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
@@ -315,11 +314,6 @@ pub fn addr_key(ip: IpAddr) -> AddrKey {
     }
 }
 
-/// The Internet checksum of an IPv4 header whose checksum field is zero.
-pub fn ipv4_checksum(header: &[u8]) -> u16 {
-    sentinel::capture::defrag::ipv4_header_checksum(header)
-}
-
 /// An ARP request (optionally VLAN-tagged), padded to the 60-byte Ethernet minimum.
 pub fn arp(vlans: &[u16]) -> Vec<u8> {
     let mut f = vec![0xff; 6];
@@ -359,7 +353,11 @@ mod tests {
         assert_eq!((f.l3, f.l4, f.bytes.len()), (14, 34, 34 + 8 + 32));
         assert_eq!(be16(&f.bytes, 12), ETH_P_IPV4);
         assert_eq!(be16(&f.bytes, 16), 20 + 8 + 32, "total length");
-        assert_eq!(ipv4_checksum(&f.bytes[14..34]), 0, "checksum verifies");
+        assert_eq!(
+            sentinel::capture::defrag::internet_checksum(&f.bytes[14..34]),
+            0,
+            "checksum verifies"
+        );
         assert_eq!(be16(&f.bytes, 34), 40000);
         assert_eq!(be16(&f.bytes, 36), 7000);
         assert_eq!(be16(&f.bytes, 38), 8 + 32, "UDP length");
@@ -381,7 +379,10 @@ mod tests {
         assert_eq!(f.bytes[22], 0x47, "IHL 7 words: 8 option bytes");
         assert_eq!(f.l4, 22 + 28);
         assert_eq!(f.bytes[f.l4 + 12], 0x50, "TCP data offset");
-        assert_eq!(ipv4_checksum(&f.bytes[22..50]), 0);
+        assert_eq!(
+            sentinel::capture::defrag::internet_checksum(&f.bytes[22..50]),
+            0
+        );
     }
 
     #[test]

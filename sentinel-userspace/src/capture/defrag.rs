@@ -255,8 +255,6 @@ struct Datagram {
     pieces: BTreeMap<usize, Piece>,
     /// Runs of fragments (start -> end): fragments that each arrived right behind the last one.
     runs: BTreeMap<usize, usize>,
-    /// The run holding the fragment that ends highest, and that end.
-    tail: Option<(usize, usize)>,
     /// Bytes charged against the caps.
     charged: usize,
     /// The `IPFRAG_ECN_*` bits of the fragments taken.
@@ -281,7 +279,6 @@ impl Datagram {
             meat: 0,
             pieces: BTreeMap::new(),
             runs: BTreeMap::new(),
-            tail: None,
             charged: DATAGRAM_CHARGE,
             ecn: 0,
         }
@@ -290,10 +287,11 @@ impl Datagram {
     /// `inet_frag_queue_insert`: appended to the last run, a run of its own, a duplicate (all
     /// inside one run) or an overlap (anything else that touches a run).
     fn insert(&mut self, offset: usize, end: usize) -> Insert {
-        match self.tail {
+        // Runs never overlap, so the last run (highest start) is the one that ends highest:
+        // Linux's `fragments_tail`.
+        match self.runs.last_key_value().map(|(&s, &e)| (s, e)) {
             None => {
                 self.runs.insert(offset, end);
-                self.tail = Some((offset, end));
             }
             Some((run, tail_end)) if end > tail_end => {
                 if offset < tail_end {
@@ -301,10 +299,8 @@ impl Datagram {
                 }
                 if offset == tail_end {
                     self.runs.insert(run, end);
-                    self.tail = Some((run, end));
                 } else {
                     self.runs.insert(offset, end);
-                    self.tail = Some((offset, end));
                 }
             }
             Some(_) => {
@@ -342,11 +338,7 @@ impl Datagram {
             // Flags and fragment offset: none; the checksum redone (`ip_send_check`).
             out[6] = 0;
             out[7] = 0;
-            let ihl = head.len();
-            out[10] = 0;
-            out[11] = 0;
-            let sum = ipv4_header_checksum(&out[..ihl]);
-            out[10..12].copy_from_slice(&sum.to_be_bytes());
+            set_ipv4_header_checksum(&mut out);
         } else if head.len() >= 40 {
             let payload = (head.len() - 40 + self.len) as u16;
             out[4..6].copy_from_slice(&payload.to_be_bytes());
@@ -465,7 +457,7 @@ impl Defragmenter {
         self.stats.fragments += 1;
         let v6 = f.patch.is_some();
         // `ip_rcv_core` / `ipv6_rcv`: the header checksum, then the length as received.
-        if !v6 && ipv4_header_checksum(&ip[..f.head.len()]) != 0 {
+        if !v6 && internet_checksum(&ip[..f.head.len()]) != 0 {
             self.stats.bad_checksum += 1;
             return None;
         }
@@ -609,10 +601,13 @@ impl Defragmenter {
     }
 }
 
-/// The Internet checksum (RFC 1071) of an IPv4 header: 0 when the header's own checksum is
-/// right; with the checksum field zeroed, the value to put there.
-pub fn ipv4_header_checksum(h: &[u8]) -> u16 {
-    internet_checksum(h)
+/// Sets the checksum of the IPv4 header at the start of `ip` (its length from its IHL) right,
+/// as `ip_send_check` does.
+pub fn set_ipv4_header_checksum(ip: &mut [u8]) {
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let sum = internet_checksum(&ip[..ihl]);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
 }
 
 /// The Internet checksum (RFC 1071) of `data`: the ones' complement of the ones' complement
@@ -839,17 +834,9 @@ mod tests {
         if d[0] >> 4 == 4 {
             d[4..6].copy_from_slice(&id.to_be_bytes());
             d[6..8].copy_from_slice(&[0, 0]);
-            set_checksum(&mut d);
+            set_ipv4_header_checksum(&mut d);
         }
         d
-    }
-
-    /// Sets an IPv4 header's checksum right.
-    fn set_checksum(p: &mut [u8]) {
-        let ihl = (p[0] & 0x0f) as usize * 4;
-        p[10..12].copy_from_slice(&[0, 0]);
-        let sum = ipv4_header_checksum(&p[..ihl]);
-        p[10..12].copy_from_slice(&sum.to_be_bytes());
     }
 
     fn push_all(d: &mut Defragmenter, frags: &[Vec<u8>]) -> Vec<Vec<u8>> {
@@ -1141,12 +1128,12 @@ mod tests {
                 // A header length under 20 bytes.
                 let mut f = frag.clone();
                 f[0] = 0x44;
-                set_checksum(&mut f);
+                set_ipv4_header_checksum(&mut f);
                 out.push(f);
                 // A total length under the header's.
                 let mut f = frag.clone();
                 f[2..4].copy_from_slice(&16u16.to_be_bytes());
-                set_checksum(&mut f);
+                set_ipv4_header_checksum(&mut f);
                 out.push(f);
             }
             out
@@ -1192,7 +1179,7 @@ mod tests {
         frags[0].extend_from_slice(b"XXXX");
         let total = be16(&frags[0], 2) + 4;
         frags[0][2..4].copy_from_slice(&total.to_be_bytes());
-        set_checksum(&mut frags[0]);
+        set_ipv4_header_checksum(&mut frags[0]);
         let mut d = Defragmenter::default();
         assert_eq!(push_all(&mut d, &frags), vec![whole(&dgram, 8)]);
     }
@@ -1247,7 +1234,7 @@ mod tests {
                     f[1] = (f[1] & 0xcf) | (cp << 4);
                 } else {
                     f[1] = (f[1] & 0xfc) | cp;
-                    set_checksum(f);
+                    set_ipv4_header_checksum(f);
                 }
             };
             // Not-ECT with CE (or ECT(0)): dropped; ECT(0) with CE: reassembled.

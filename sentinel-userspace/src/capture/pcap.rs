@@ -1137,9 +1137,7 @@ mod tests {
         if p[0] >> 4 == 4 {
             let fo = u16::from_be_bytes([p[6], p[7]]) + by / 8;
             p[6..8].copy_from_slice(&fo.to_be_bytes());
-            p[10..12].copy_from_slice(&[0, 0]);
-            let sum = crate::capture::defrag::ipv4_header_checksum(&p[..20]);
-            p[10..12].copy_from_slice(&sum.to_be_bytes());
+            crate::capture::defrag::set_ipv4_header_checksum(p);
         } else {
             let fo = u16::from_be_bytes([p[42], p[43]]) + by;
             p[42..44].copy_from_slice(&fo.to_be_bytes());

@@ -306,9 +306,7 @@ pub fn fragments(ip: &[u8], id: u16, starts: &[usize]) -> Vec<Vec<u8>> {
             f[4..6].copy_from_slice(&id.to_be_bytes());
             let fo = (start / 8) as u16 | if more { 0x2000 } else { 0 };
             f[6..8].copy_from_slice(&fo.to_be_bytes());
-            f[10..12].copy_from_slice(&[0, 0]);
-            let sum = crate::capture::defrag::ipv4_header_checksum(&f);
-            f[10..12].copy_from_slice(&sum.to_be_bytes());
+            crate::capture::defrag::set_ipv4_header_checksum(&mut f);
         }
         f.extend_from_slice(piece);
         out.push(f);

@@ -75,8 +75,7 @@ pub fn tcp_frame(
             ip[9] = 6;
             ip[12..16].copy_from_slice(&s.ip().octets());
             ip[16..20].copy_from_slice(&d.ip().octets());
-            let sum = crate::capture::defrag::ipv4_header_checksum(&ip);
-            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            crate::capture::defrag::set_ipv4_header_checksum(&mut ip);
             f.extend_from_slice(&ip);
         }
         _ => {
@@ -287,6 +286,6 @@ mod tests {
         assert_eq!(n, frames + 3, "handshake, data, ACKs and the closing FINs");
         // IPv4 header checksum verifies.
         let f = tcp_frame(client, server, 1, 2, ACK, b"hi");
-        assert_eq!(crate::capture::defrag::ipv4_header_checksum(&f[14..34]), 0);
+        assert_eq!(crate::capture::defrag::internet_checksum(&f[14..34]), 0);
     }
 }

@@ -201,8 +201,7 @@ pub mod frames {
         ip[9] = 17;
         ip[12..16].copy_from_slice(&src.octets());
         ip[16..20].copy_from_slice(&dst.octets());
-        let sum = sentinel::capture::defrag::ipv4_header_checksum(&ip);
-        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        sentinel::capture::defrag::set_ipv4_header_checksum(&mut ip);
         f.extend_from_slice(&ip);
         f.extend_from_slice(&udp(8 + PAYLOAD));
         f.extend(std::iter::repeat_n(0x5a, PAYLOAD));
