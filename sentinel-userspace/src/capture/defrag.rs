@@ -407,8 +407,10 @@ impl Defragmenter {
 
     /// True when `ip` (an IP packet from its header on) is a fragment: IPv4 with More Fragments
     /// or an offset, IPv6 with a Fragment header that is not an atomic fragment.
-    /// A malformed one (which [`Self::push`] counts invalid) is a fragment too.
-    pub fn is_fragment(ip: &[u8]) -> bool {
+    /// A malformed one (which [`Self::push`] counts invalid) is a fragment too. (For tests: the
+    /// readers hand every packet to [`Self::push_captured`], which tells.)
+    #[cfg(test)]
+    pub(crate) fn is_fragment(ip: &[u8]) -> bool {
         !matches!(parse(ip), Parsed::Whole)
     }
 

@@ -697,6 +697,16 @@ impl<V: ListValue> Before<V> {
     }
 }
 
+/// The (prefix length, address) keys of a prefix trie; a key that cannot be read is an error,
+/// not a key fewer.
+fn trie_keys<V: aya::Pod>(
+    trie: &aya::maps::LpmTrie<MapData, AddrKey, V>,
+) -> Result<std::collections::HashSet<(u32, AddrKey)>, MapError> {
+    trie.keys()
+        .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+        .collect()
+}
+
 /// Refuses an add whose new entries do not fit their maps. Entries it replaces (keys already in
 /// the map, live or expired) take no room, and a key given twice counts once.
 fn check_room(
@@ -754,27 +764,12 @@ fn check_room(
         return Ok(());
     }
     // A trie is read key by key: only when prefixes are added to it.
-    let key = |k: Key<AddrKey>| (k.prefix_len(), k.data());
-    let mut present: HashSet<(u32, AddrKey)> = match kind {
-        ListKind::Block => maps
-            .block_lpm
-            .keys()
-            .filter_map(Result::ok)
-            .map(key)
-            .collect(),
-        ListKind::Allow => maps
-            .allow_lpm
-            .keys()
-            .filter_map(Result::ok)
-            .map(key)
-            .collect(),
-        ListKind::Throttle => maps
-            .throttle_lpm
-            .keys()
-            .filter_map(Result::ok)
-            .map(key)
-            .collect(),
-    };
+    let mut present = match kind {
+        ListKind::Block => trie_keys(&maps.block_lpm),
+        ListKind::Allow => trie_keys(&maps.allow_lpm),
+        ListKind::Throttle => trie_keys(&maps.throttle_lpm),
+    }
+    .map_err(map_err(lname))?;
     let have = present.len();
     let new = prefixes
         .iter()
