@@ -88,6 +88,12 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
                     )));
                 }
                 Ok(PinLockState::Held { .. }) => None,
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(CliError::runtime(format!(
+                        "sentinel unload needs root (the pins' lock under {}: {e})",
+                        daemon::pin_lock_path(&pin_path).display()
+                    )));
+                }
                 Err(e) if !force => {
                     return Err(CliError::runtime(format!(
                         "cannot tell whether a daemon serves the pins under {}: {}: {e} (--force unloads anyway)",
