@@ -174,6 +174,21 @@ impl Drop for SocketFile {
     }
 }
 
+/// Removes, when dropped, the clsact qdiscs the TC capture added (kernels before 6.6) that
+/// nothing uses any more: on every way out of [`run`] once it holds the pins, an error's
+/// (a failed attachment, the analysis thread or the transactions log not starting, the control
+/// socket failing) as well as a clean stop's. It is declared before the eBPF object, so it drops
+/// after the object, whose capture filters go with it.
+struct AddedQdiscs(PathBuf);
+
+impl Drop for AddedQdiscs {
+    fn drop(&mut self) {
+        if let Err(e) = crate::datapath::qdisc::release_clsacts(&self.0) {
+            warn!(error = %e, "removing the clsact qdiscs added for the TC capture");
+        }
+    }
+}
+
 /// How often expired list entries are reclaimed (the kernel ignores them from their expiry on).
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
@@ -507,6 +522,7 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     // And a second daemon given the same pins with another socket: both would restore, sweep
     // and write the same maps.
     let _pins = lock_pins(Path::new(PIN_LOCKS), &opts.pin_dir)?;
+    let qdiscs = AddedQdiscs(opts.pin_dir.clone());
     let metrics_listener = match opts.config.metrics.listen {
         Some(addr) => Some((crate::metrics::bind(addr).await?, addr)),
         None => None,
@@ -737,9 +753,7 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     // The TC capture ends with the daemon: its attachments go with the object, then a clsact
     // qdisc Sentinel added for them (kernels before 6.6) goes when nothing else uses it.
     drop(object);
-    if let Err(e) = crate::datapath::qdisc::release_clsacts(&opts.pin_dir) {
-        warn!(error = %e, "removing the clsact qdiscs added for the TC capture");
-    }
+    drop(qdiscs);
     info!(
         "sentinel stopped; programs and maps stay pinned and keep enforcing (`sentinel unload` removes them)"
     );

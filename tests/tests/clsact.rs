@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use sentinel::datapath::qdisc::{claim_clsact, release_clsacts, tcx_supported};
-use sentinel_tests::{Daemon, NetNs, TempPins, Topology, output_within, sentinel_bin};
+use sentinel_tests::{Daemon, NetNs, TempDir, TempPins, Topology, output_within, sentinel_bin};
 
 /// `tc ARGS` inside `ns`; stdout.
 fn tc(ns: &NetNs, args: &[&str]) -> String {
@@ -148,4 +148,54 @@ fn a_recorded_clsact_is_removed_only_when_no_filter_uses_it() {
     assert_eq!(release_clsacts(&p).unwrap(), Vec::<String>::new());
     assert!(has_clsact(ns, &iface), "released from the wrong namespace");
     tc(ns, &["qdisc", "del", "dev", &iface, "clsact"]);
+}
+
+/// A daemon that stops on an error after its capture attached still removes the clsact qdisc
+/// it recorded (kernels before 6.6; the record is made here as such a daemon makes it). Here
+/// the transactions log is a directory, which the daemon cannot open once the capture is on.
+/// Only a clean stop used to release the qdisc; after an error it stayed until `sentinel unload`.
+#[test]
+fn a_daemon_that_fails_after_attaching_releases_its_clsact() {
+    sentinel_tests::require_root();
+    let topo = Topology::new().unwrap();
+    let pins = TempPins::new("clsact-fail");
+    let dir = TempDir::new("clsact-fail").unwrap();
+    let (ns, iface) = (&topo.server, topo.server_if.clone());
+    std::fs::create_dir_all(pins.path()).unwrap();
+    let (p, i) = (pins.path().to_path_buf(), iface.clone());
+    assert!(ns.run(move || claim_clsact(&p, &i).unwrap()).unwrap());
+    assert!(has_clsact(ns, &iface));
+    let config = dir.join("sentinel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[alerts]\nlog = {:?}\n[verdicts]\nlog = {:?}\n\
+             [capture]\nhttp_ports = [8080]\ntransactions_log = {:?}\n",
+            dir.join("alerts.jsonl"),
+            dir.join("verdicts.jsonl"),
+            dir.path(),
+        ),
+    )
+    .unwrap();
+    let out = output_within(
+        ns.command(sentinel_bin())
+            .args(["run", "--iface", &iface, "--socket"])
+            .arg(dir.join("sentinel.sock"))
+            .arg("--pin-path")
+            .arg(pins.path())
+            .arg("--config")
+            .arg(&config),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the daemon ran: {stderr}");
+    assert!(
+        stderr.contains("opening the transactions log"),
+        "failed for another reason: {stderr}"
+    );
+    assert!(
+        !has_clsact(ns, &iface),
+        "clsact left on {iface} after the daemon failed: {stderr}"
+    );
 }
