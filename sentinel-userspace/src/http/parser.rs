@@ -723,6 +723,7 @@ impl Parser {
                 }
                 Ok(Some(h)) => {
                     let len = h.len;
+                    let rewritten = h.rewritten;
                     // Interim responses (100 Continue, 102, 103) are skipped; 101 is final.
                     if self.side == Side::Response
                         && (100..200).contains(&h.status)
@@ -734,7 +735,10 @@ impl Parser {
                     if self.side == Side::Response && ctx.is_none() {
                         return Parsed::Blocked;
                     }
-                    let raw = Bytes::copy_from_slice(&avail[..len]);
+                    let raw = match rewritten {
+                        Some(r) => Bytes::from(r),
+                        None => Bytes::copy_from_slice(&avail[..len]),
+                    };
                     let head = Head {
                         raw,
                         method: h.method,
@@ -853,7 +857,11 @@ pub fn framing(side: Side, head: &Head, ctx: Option<ReqCtx>) -> Option<Framing> 
 }
 
 struct ParsedHead {
+    /// Bytes of the stream the head takes.
     len: usize,
+    /// The head as read, when it is not the stream's bytes (see [`escape_target`]); the spans
+    /// are within it.
+    rewritten: Option<Vec<u8>>,
     method: std::ops::Range<u32>,
     target: std::ops::Range<u32>,
     reason: std::ops::Range<u32>,
@@ -871,7 +879,57 @@ fn collect_fields(
         .collect()
 }
 
+/// A request head. httparse refuses a request target with bytes outside ASCII, which servers
+/// such as nginx and Apache take as they come: one such byte would hide the whole request (and
+/// an attack in it) from the models. Such a target is read with those bytes percent-encoded
+/// ([`escape_target`]), which a server decodes to the same bytes.
 fn parse_request<'b>(
+    buf: &'b [u8],
+    hdrs: &mut [httparse::Header<'b>],
+) -> Result<Option<ParsedHead>, httparse::Error> {
+    match parse_request_as_sent(buf, hdrs) {
+        Err(httparse::Error::Token) => {
+            let Some((escaped, grown)) = escape_target(buf) else {
+                return Err(httparse::Error::Token);
+            };
+            let mut fields = vec![httparse::EMPTY_HEADER; hdrs.len()];
+            let parsed = parse_request_as_sent(&escaped, &mut fields)?;
+            Ok(parsed.map(|mut h| {
+                let mut raw = escaped;
+                raw.truncate(h.len);
+                h.len -= grown;
+                h.rewritten = Some(raw);
+                h
+            }))
+        }
+        other => other,
+    }
+}
+
+/// `buf` with the bytes outside ASCII of its request line's target (from the first space on)
+/// percent-encoded, and how many bytes that adds; `None` when it has none.
+fn escape_target(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let line_end = memchr_nl(buf).unwrap_or(buf.len());
+    let start = memchr::memchr(b' ', &buf[..line_end])?;
+    let line = &buf[start..line_end];
+    if line.is_ascii() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(buf.len() + 16);
+    out.extend_from_slice(&buf[..start]);
+    for &c in line {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            out.extend_from_slice(format!("%{c:02X}").as_bytes());
+        }
+    }
+    let grown = out.len() - line_end;
+    out.extend_from_slice(&buf[line_end..]);
+    Some((out, grown))
+}
+
+fn parse_request_as_sent<'b>(
     buf: &'b [u8],
     hdrs: &mut [httparse::Header<'b>],
 ) -> Result<Option<ParsedHead>, httparse::Error> {
@@ -882,6 +940,7 @@ fn parse_request<'b>(
         httparse::Status::Partial => Ok(None),
         httparse::Status::Complete(len) => Ok(Some(ParsedHead {
             len,
+            rewritten: None,
             method: span(buf, req.method.unwrap_or("").as_bytes()),
             target: span(buf, req.path.unwrap_or("").as_bytes()),
             reason: 0..0,
@@ -905,6 +964,7 @@ fn parse_response<'b>(
         httparse::Status::Partial => Ok(None),
         httparse::Status::Complete(len) => Ok(Some(ParsedHead {
             len,
+            rewritten: None,
             method: 0..0,
             target: 0..0,
             reason: span(buf, resp.reason.unwrap_or("").as_bytes()),

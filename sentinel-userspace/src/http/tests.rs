@@ -696,6 +696,43 @@ fn absolute_targets_give_host_and_path() {
     assert_eq!(out[0].resp_body, b"body until close");
 }
 
+/// Bytes outside ASCII in a request target (nginx and Apache take them as they come) do not
+/// make the request malformed: it is read with them percent-encoded, with its whole length, so
+/// the request after it on the connection is read as well. Its head is split in the middle of
+/// the target. A method with such a byte is still malformed.
+#[test]
+fn targets_with_bytes_outside_ascii_are_read_percent_encoded() {
+    let mut c = conn();
+    c.send(true, b"GET /search?z=\xff&q=1'%20OR", &[], T0 + MS);
+    c.send(
+        true,
+        b"%201=1--%20 HTTP/1.1\r\nHost: x\r\n\r\nGET /caf\xc3\xa9/\xff/../x HTTP/1.1\r\n\r\nG\xffT /m HTTP/1.1\r\n\r\n",
+        &[],
+        T0 + 2 * MS,
+    );
+    c.send(false, TWO_EMPTY_OKS, &[], T0 + 3 * MS);
+    c.send(
+        false,
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+        &[],
+        T0 + 4 * MS,
+    );
+    let (out, st) = run_with(c.segments, PipelineSettings::default());
+    let got: Vec<(&str, &str, Option<u16>)> = out
+        .iter()
+        .map(|t| (t.path(), t.query(), t.status()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/search", "z=%FF&q=1'%20OR%201=1--%20", Some(200)),
+            ("/caf%C3%A9/%FF/../x", "", Some(200)),
+        ]
+    );
+    assert_eq!(out[0].host(), Some("x"));
+    assert_eq!(st.http.malformed, 1);
+}
+
 #[test]
 fn too_many_pending_requests_give_the_oldest_up() {
     let mut c = conn();
