@@ -575,8 +575,8 @@ enum Lenient {
     Value(String),
 }
 
-/// The complete strings of a JSON text that does not parse (cut at the body cap, or
-/// malformed), keys and values, in order, each built only when asked for (a place stops asking
+/// The complete strings of a JSON text that does not parse (cut at the body cap, malformed, or
+/// not UTF-8), keys and values, in order, each built only when asked for (a place stops asking
 /// at its budget). A string cut by the end of the text is left out.
 fn json_strings(b: &[u8]) -> impl Iterator<Item = Lenient> + '_ {
     let mut i = 0;
@@ -592,7 +592,14 @@ fn json_strings(b: &[u8]) -> impl Iterator<Item = Lenient> + '_ {
                 return None;
             }
             i = end + 1;
-            let Ok(text) = serde_json::from_slice::<String>(&b[open..=end]) else {
+            // A string with bytes that are not UTF-8 is read as servers decode it, with
+            // replacement characters (Express's body-parser, Python's `errors="replace"`).
+            let raw = &b[open..=end];
+            let text = match std::str::from_utf8(raw) {
+                Ok(s) => serde_json::from_str::<String>(s),
+                Err(_) => serde_json::from_str::<String>(&String::from_utf8_lossy(raw)),
+            };
+            let Ok(text) = text else {
                 continue;
             };
             return Some(
@@ -1251,6 +1258,13 @@ mod tests {
                 "/static/..%2f..%2f..%2fetc%2fpasswd",
                 AlertKind::PathTraversal,
             ),
+            // Targets sent with bytes outside ASCII, as the HTTP layer reads them.
+            (
+                "/search?z=%FF&q=1'%20OR%201=1--%20",
+                AlertKind::SqlInjection,
+            ),
+            ("/static/%FF/../../etc/passwd", AlertKind::PathTraversal),
+            ("/search?q=%FF1'%20OR%201=1--%20", AlertKind::SqlInjection),
             (
                 "/files?name=../../../../etc/shadow",
                 AlertKind::PathTraversal,
@@ -1872,6 +1886,18 @@ mod tests {
                 p.contains(&(kind, "json key".to_owned())),
                 "{}: {p:?}",
                 &body[..body.len().min(80)]
+            );
+        }
+        // A byte that is not UTF-8 (which servers replace) leaves the body's strings judged.
+        for body in [
+            &b"{\"q\":\"\xff1' OR 1=1-- \"}"[..],
+            b"{\"\xffx' OR '1'='1\": 1}",
+        ] {
+            let p = places(&post("203.0.113.62", "application/json", body));
+            assert!(
+                p.iter().any(|(k, _)| *k == AlertKind::SqlInjection),
+                "{}: {p:?}",
+                String::from_utf8_lossy(body)
             );
         }
         // Keys as APIs write them, in a body worth parsing (its values hold `%`, `'`, `..`).
