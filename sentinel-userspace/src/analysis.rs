@@ -341,7 +341,7 @@ impl Worker {
         let a = self.analyzer.stats();
         let e = self.analyzer.engine_stats();
         let geo = if self.analyzer.has_geo() {
-            json!({"on": true, "files": a.geoip_files})
+            json!({"on": true, "files": a.geoip_files, "errors": a.geo_errors})
         } else {
             json!({"on": false, "reason": a.geo_off_reason})
         };

@@ -46,6 +46,9 @@ pub struct AnalyzerStats {
     pub geoip_files: Vec<String>,
     /// Why geo models are off, when they are.
     pub geo_off_reason: Option<String>,
+    /// GeoIP lookups whose record could not be read (a damaged database): those addresses had
+    /// no location.
+    pub geo_errors: u64,
     /// Endpoint templates learned.
     pub templates: usize,
 }
@@ -195,6 +198,7 @@ impl Analyzer {
     pub fn stats(&self) -> AnalyzerStats {
         AnalyzerStats {
             templates: self.enricher.templates().len(),
+            geo_errors: self.enricher.geo_errors(),
             ..self.stats.clone()
         }
     }

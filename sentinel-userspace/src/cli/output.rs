@@ -174,6 +174,11 @@ pub fn status(s: &StatusReport, json: bool) {
                 .map(|f| f.iter().filter_map(|x| x.as_str()).collect())
                 .unwrap_or_default();
             println!("  geo: on ({})", files.join(", "));
+            if let Some(n) = geo["errors"].as_u64().filter(|n| *n > 0) {
+                println!(
+                    "  geo: {n} lookups found a record that cannot be read (a damaged database?); those addresses have no location"
+                );
+            }
         } else {
             println!(
                 "  geo: off ({})",

@@ -7,11 +7,15 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use maxminddb::Reader;
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 /// Where an address is. The names are shared (`Arc<str>`): the enricher hands a cached answer
 /// to every request from the address.
@@ -113,6 +117,21 @@ impl From<Record> for GeoInfo {
 /// One or more opened databases.
 pub struct GeoDb {
     readers: Vec<(PathBuf, Reader<Vec<u8>>)>,
+    /// Lookups whose record could not be read ([`GeoDb::errors`]).
+    errors: AtomicU64,
+}
+
+/// Words of MaxMind's and DB-IP's `database_type`s for databases that hold no locations (ASN,
+/// ISP, domain, connection type, anonymous IP): given by mistake, they would leave every address
+/// without a country.
+/// A type that also names locations (DB-IP's `Location-ISP`, MaxMind's Enterprise) is read.
+const WITHOUT_LOCATIONS: [&str; 5] = ["ASN", "ISP", "Domain", "Connection-Type", "Anonymous"];
+const WITH_LOCATIONS: [&str; 4] = ["City", "Country", "Location", "Enterprise"];
+
+/// Whether a `database_type` names a database without locations.
+fn holds_no_locations(kind: &str) -> bool {
+    WITHOUT_LOCATIONS.iter().any(|w| kind.contains(w))
+        && !WITH_LOCATIONS.iter().any(|w| kind.contains(w))
 }
 
 impl std::fmt::Debug for GeoDb {
@@ -132,9 +151,40 @@ impl GeoDb {
                 path: p.clone(),
                 message: e.to_string(),
             })?;
+            let kind = &r.metadata().database_type;
+            if holds_no_locations(kind) {
+                return Err(GeoError::Open {
+                    path: p.clone(),
+                    message: format!(
+                        "a {kind} database holds no locations; give a city or country database \
+                         (MaxMind GeoIP2/GeoLite2-City or -Country, DB-IP City Lite)"
+                    ),
+                });
+            }
             readers.push((p.clone(), r));
         }
-        Ok(Self { readers })
+        Ok(Self {
+            readers,
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// Lookups so far whose record could not be read: a damaged file, or a record in neither
+    /// layout. The first is logged; those addresses get no location.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self, path: &Path, ip: IpAddr, e: &maxminddb::MaxMindDbError) {
+        if self.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+            warn!(
+                file = %path.display(),
+                %ip,
+                error = %e,
+                "a GeoIP record cannot be read (the file is damaged, or not in a layout Sentinel \
+                 reads): such addresses get no location; later failures are only counted"
+            );
+        }
     }
 
     /// The files in lookup order.
@@ -142,16 +192,19 @@ impl GeoDb {
         self.readers.iter().map(|(p, _)| p.as_path()).collect()
     }
 
-    /// Looks an address up; `None` when no database has data for it. A record that does not
-    /// decode in either layout counts as no data.
+    /// Looks an address up; `None` when no database has data for it. A record that cannot be
+    /// read counts as no data, and in [`GeoDb::errors`].
     pub fn lookup(&self, ip: IpAddr) -> Option<GeoInfo> {
-        for (_, r) in &self.readers {
-            let Ok(res) = r.lookup(ip) else { continue };
-            if let Ok(Some(rec)) = res.decode::<Record>() {
-                let info = GeoInfo::from(rec);
-                if info.country.is_some() || info.coordinates().is_some() {
-                    return Some(info);
+        for (path, r) in &self.readers {
+            match r.lookup(ip).and_then(|res| res.decode::<Record>()) {
+                Ok(Some(rec)) => {
+                    let info = GeoInfo::from(rec);
+                    if info.country.is_some() || info.coordinates().is_some() {
+                        return Some(info);
+                    }
                 }
+                Ok(None) => {}
+                Err(e) => self.failed(path, ip, &e),
             }
         }
         None
@@ -351,6 +404,63 @@ mod tests {
         let junk = dir.0.join("junk.mmdb");
         std::fs::write(&junk, b"not a database").unwrap();
         assert!(GeoDb::open(&[junk]).is_err());
+    }
+
+    #[test]
+    fn databases_without_locations_are_refused() {
+        let dir = TempDir::new("kinds");
+        let asn = dir.0.join("asn.mmdb");
+        let mut w = mmdb_writer::Writer::new("GeoLite2-ASN");
+        #[derive(serde::Serialize)]
+        struct Asn {
+            autonomous_system_number: u32,
+        }
+        w.insert(
+            "192.0.2.0/24".parse::<ipnet::IpNet>().unwrap(),
+            &Asn {
+                autonomous_system_number: 64496,
+            },
+        )
+        .unwrap();
+        std::fs::write(&asn, w.to_bytes().unwrap()).unwrap();
+        let e = GeoDb::open(&[asn]).unwrap_err().to_string();
+        assert!(
+            e.contains("asn.mmdb") && e.contains("GeoLite2-ASN database holds no locations"),
+            "{e}"
+        );
+        for kind in ["GeoIP2-ISP", "DBIP-ASN-Lite", "GeoIP2-Anonymous-IP"] {
+            assert!(holds_no_locations(kind), "{kind}");
+        }
+        for kind in [
+            "GeoLite2-City",
+            "GeoIP2-Country",
+            "DBIP-City-Lite",
+            "DBIP-Location-ISP",
+            "GeoIP2-Enterprise",
+            "some-other-db",
+        ] {
+            assert!(!holds_no_locations(kind), "{kind}");
+        }
+    }
+
+    /// A damaged record is no location, counted (the first is logged): a damaged file gave no
+    /// sign before, and the geo models went quiet for the addresses it covers.
+    #[test]
+    fn damaged_records_are_counted() {
+        let dir = TempDir::new("damaged");
+        let mut bytes = build(&places(), Layout::MaxMind).unwrap();
+        let at = memchr::memmem::find(&bytes, b"Riyadh").unwrap();
+        bytes[at - 24..at + 6].fill(0xff);
+        let p = dir.0.join("damaged.mmdb");
+        std::fs::write(&p, bytes).unwrap();
+        let db = GeoDb::open(&[p]).unwrap();
+        assert_eq!(db.errors(), 0);
+        assert_eq!(db.lookup("192.0.2.77".parse().unwrap()), None);
+        assert_eq!(db.errors(), 1);
+        let good = GeoDb::open(&[dir.write(Layout::MaxMind, "good.mmdb", &places())]).unwrap();
+        assert!(good.lookup("192.0.2.77".parse().unwrap()).is_some());
+        assert!(good.lookup("198.51.100.1".parse().unwrap()).is_none());
+        assert_eq!(good.errors(), 0);
     }
 
     #[test]

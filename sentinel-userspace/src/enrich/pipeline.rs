@@ -174,6 +174,11 @@ impl Enricher {
         self.geo.is_some()
     }
 
+    /// GeoIP lookups whose record could not be read ([`GeoDb::errors`]).
+    pub fn geo_errors(&self) -> u64 {
+        self.geo.as_ref().map_or(0, |g| g.errors())
+    }
+
     /// Endpoint templates learned so far.
     pub fn templates(&self) -> &Templates {
         &self.templates
