@@ -327,6 +327,99 @@ mod tests {
         crate::verdict::policy::Policy::parse(policy).unwrap();
     }
 
+    /// The dotted paths of every key below `prefix` that holds a value, read from serde's own
+    /// complaint about a key no table has (every table denies unknown keys, so it lists its
+    /// fields).
+    fn leaf_keys(prefix: &str, out: &mut Vec<String>) {
+        const PROBE: &str = "no_such_key_";
+        let doc = match prefix {
+            "" => format!("{PROBE} = 0\n"),
+            p => format!("[{p}]\n{PROBE} = 0\n"),
+        };
+        let e = toml::from_str::<Config>(&doc)
+            .expect_err("a table that accepts any key cannot be listed: deny unknown keys");
+        let Some(fields) = e
+            .message()
+            .strip_prefix(&format!("unknown field `{PROBE}`, "))
+        else {
+            // Not a table (a number, a string, a list): a key of its own.
+            out.push(prefix.to_owned());
+            return;
+        };
+        for field in fields.split('`').skip(1).step_by(2) {
+            match prefix {
+                "" => leaf_keys(field, out),
+                p => leaf_keys(&format!("{p}.{field}"), out),
+            }
+        }
+    }
+
+    /// Whether `doc` sets the dotted `path`.
+    fn sets(doc: &toml_edit::Item, path: &str) -> bool {
+        let mut item = doc;
+        path.split('.').all(|k| match item.get(k) {
+            Some(i) => {
+                item = i;
+                true
+            }
+            None => false,
+        })
+    }
+
+    #[test]
+    fn the_documented_example_names_every_key() {
+        let example = include_str!("../../deploy/sentinel.toml");
+        // The keys without a default value (`webhook`, `[revoke]`) are shown commented out:
+        // read them too, and check that they are valid as shown.
+        let uncommented: String = example
+            .lines()
+            .map(|l| {
+                let bare = l.trim_start().trim_start_matches('#').trim_start();
+                let is_key = bare.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                });
+                let is_table = bare.starts_with('[') && bare.ends_with(']');
+                match l.trim_start().starts_with('#') && (is_key || is_table) {
+                    true => format!("{bare}\n"),
+                    false => format!("{l}\n"),
+                }
+            })
+            .collect();
+        toml::from_str::<Config>(&uncommented)
+            .unwrap_or_else(|e| panic!("the example's commented-out keys: {e}"));
+        let shown = toml_edit::ImDocument::parse(uncommented).unwrap();
+        let mut keys = Vec::new();
+        leaf_keys("", &mut keys);
+        assert!(keys.len() > 100, "the key listing broke: {keys:?}");
+        assert!(keys.contains(&"models.rate.burst_factor".to_owned()));
+        let missing: Vec<&String> = keys.iter().filter(|k| !sets(shown.as_item(), k)).collect();
+        assert!(
+            missing.is_empty(),
+            "deploy/sentinel.toml leaves out {missing:?}"
+        );
+        // What is set, not commented out, is the default: the whole of `[models]`, which has
+        // no key without one.
+        let set = toml_edit::ImDocument::parse(example).unwrap();
+        let models = toml::Value::try_from(crate::models::ModelsConfig::default()).unwrap();
+        let mut leaves = Vec::new();
+        flatten("models", &models, &mut leaves);
+        let commented: Vec<&String> = leaves.iter().filter(|k| !sets(set.as_item(), k)).collect();
+        assert!(
+            commented.is_empty(),
+            "commented out, not set: {commented:?}"
+        );
+    }
+
+    /// The dotted paths of the values below `v`.
+    fn flatten(path: &str, v: &toml::Value, out: &mut Vec<String>) {
+        match v.as_table() {
+            Some(t) => t
+                .iter()
+                .for_each(|(k, v)| flatten(&format!("{path}.{k}"), v, out)),
+            None => out.push(path.to_owned()),
+        }
+    }
+
     #[test]
     fn metrics_listen_is_read() {
         let c = Config::parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
