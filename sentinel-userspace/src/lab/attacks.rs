@@ -1,5 +1,5 @@
 //! The evaluation simulator, part two: attack scenarios of every alert kind a detector should
-//! raise from HTTP (all of DESIGN.md's kinds except `spoofed_flood`, which the kernel sees),
+//! raise from HTTP (all of DESIGN.md's kinds except `spoofed_flood`, reserved: nothing raises it yet),
 //! each varied by the seed (rates, sizes, places, payloads, variants) and labelled with the
 //! addresses and principals it involves. The reference case is the first brute force: 500 login
 //! attempts on `layla` in 3 minutes from a Hanoi address.
@@ -17,7 +17,7 @@ use super::sim::{
 };
 use crate::models::AlertKind;
 
-/// The kinds the simulator writes scenarios for: every kind but `spoofed_flood`.
+/// The kinds the simulator writes scenarios for: every kind but `spoofed_flood` (reserved).
 pub fn kinds() -> impl Iterator<Item = AlertKind> {
     AlertKind::ALL
         .into_iter()

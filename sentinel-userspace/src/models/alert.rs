@@ -37,7 +37,7 @@ pub enum AlertKind {
     Enumeration,
     /// High distinct-resource ratio at high rate.
     Scraping,
-    /// Floods from spoofed sources.
+    /// Floods from spoofed sources. Reserved: no detector raises it yet.
     SpoofedFlood,
 }
 
