@@ -176,6 +176,7 @@ pub fn command(args: &ReplayArgs) -> Result<(), CliError> {
     let mut line = Vec::with_capacity(512);
     let path = args.file.display().to_string();
     let emit = args.emit;
+    let mut alerts_printed = 0usize;
     let result = match emit {
         Emit::Transactions => replay_with(file, settings(args), args.snap_len, |mut t| {
             let obs = analyzer.observation(&t);
@@ -192,6 +193,7 @@ pub fn command(args: &ReplayArgs) -> Result<(), CliError> {
             args.snap_len,
             &mut analyzer,
             |raised| {
+                alerts_printed += raised.len();
                 for a in raised {
                     line.clear();
                     serde_json::to_writer(&mut line, a).map_err(std::io::Error::other)?;
@@ -219,11 +221,18 @@ pub fn command(args: &ReplayArgs) -> Result<(), CliError> {
         }
         Err(ReplayError::Damaged { source, summary }) => {
             if args.stats {
-                eprintln!("{}", serde_json::to_string(&summary).expect("serialisable"));
+                eprintln!("{}", stats_line(&summary, emit, &analyzer));
             }
+            let transactions = summary.pipeline.http.transactions;
+            let printed = match emit {
+                Emit::Transactions => format!("the {transactions} transaction(s) before it were"),
+                Emit::Alerts => format!(
+                    "the {alerts_printed} alert(s) raised by the {transactions} transaction(s) \
+                     before it were"
+                ),
+            };
             return Err(CliError::input(format!(
-                "{path}: {source}; the {} transaction(s) before it were printed",
-                summary.pipeline.http.transactions
+                "{path}: {source}; {printed} printed"
             )));
         }
     };
@@ -233,14 +242,20 @@ pub fn command(args: &ReplayArgs) -> Result<(), CliError> {
         return Err(CliError::runtime(format!("writing output: {e}")));
     }
     if args.stats {
-        let mut stats = serde_json::to_value(&summary).expect("serialisable");
-        if emit == Emit::Alerts {
-            stats["analysis"] = serde_json::to_value(analyzer.stats()).expect("serialisable");
-            stats["models"] = serde_json::to_value(analyzer.engine_stats()).expect("serialisable");
-        }
-        eprintln!("{stats}");
+        eprintln!("{}", stats_line(&summary, emit, &analyzer));
     }
     Ok(())
+}
+
+/// The `--stats` line: the summary, and with `--emit alerts` the analysis and models' figures,
+/// as one JSON object with its keys sorted (whether the replay finished or met damage).
+fn stats_line(summary: &ReplaySummary, emit: Emit, analyzer: &Analyzer) -> serde_json::Value {
+    let mut stats = serde_json::to_value(summary).expect("serialisable");
+    if emit == Emit::Alerts {
+        stats["analysis"] = serde_json::to_value(analyzer.stats()).expect("serialisable");
+        stats["models"] = serde_json::to_value(analyzer.engine_stats()).expect("serialisable");
+    }
+    stats
 }
 
 #[cfg(test)]

@@ -147,6 +147,46 @@ fn a_truncated_capture_prints_what_it_held_then_fails_with_the_offset() {
 }
 
 #[test]
+fn a_truncated_capture_says_what_was_printed_before_it() {
+    let d = dir("trunc-emit");
+    let bytes = write_pcap(Vec::new(), Link::Ethernet, &traffic(), false).unwrap();
+    let f = d.join("cut.pcap");
+    std::fs::write(&f, &bytes[..bytes.len() - 40]).unwrap();
+    let file = f.to_str().unwrap();
+    let (code, _, err) = sentinel(&["replay", file, "--emit", "transactions"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("; the 4 transaction(s) before it were printed"),
+        "{err}"
+    );
+    // With --emit alerts, alerts were printed, not transactions; and --stats comes with its
+    // keys sorted, as after a replay that ends well.
+    let (code, out, err) = sentinel(&["replay", file, "--emit", "alerts", "--stats"]);
+    assert_eq!(code, 2, "{err}");
+    let want = format!(
+        "; the {} alert(s) raised by the 4 transaction(s) before it were printed",
+        out.lines().count()
+    );
+    let (stats, message) = err
+        .trim_end()
+        .split_once('\n')
+        .expect("stats, then the error");
+    assert!(message.ends_with(&want), "{message}");
+    let parsed: serde_json::Value = serde_json::from_str(stats).unwrap();
+    assert_eq!(parsed.to_string(), stats, "the keys are sorted");
+    assert!(parsed["models"].is_object(), "{stats}");
+    // Cut inside the file header, which is not a record.
+    std::fs::write(&f, &bytes[..10]).unwrap();
+    let (code, _, err) = sentinel(&["replay", file]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("truncated capture: the file header is cut short"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
 fn bad_paths_and_foreign_files_are_bad_input() {
     let (code, _, err) = sentinel(&["replay", "/nonexistent/x.pcap"]);
     assert_eq!(code, 2);

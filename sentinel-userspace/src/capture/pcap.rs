@@ -61,12 +61,10 @@ pub enum PcapError {
     /// A link type this reader does not decode.
     #[error("unsupported link type {0:?} (supported: Ethernet, Linux cooked v1/v2, raw IP)")]
     LinkType(DataLink),
-    /// The file ends inside a record.
-    #[error(
-        "truncated capture: the record at byte offset {offset} is cut short by the end of the file"
-    )]
+    /// The file ends inside a record, or inside the file header (offset 0).
+    #[error("truncated capture: {} is cut short by the end of the file", truncated_part(*.offset))]
     Truncated {
-        /// Byte offset of the incomplete record.
+        /// Byte offset of the incomplete record (0: the file header).
         offset: u64,
     },
     /// A record that cannot be parsed.
@@ -85,6 +83,15 @@ pub enum PcapError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// What [`PcapError::Truncated`] found cut short: the file header at offset 0 (a pcap file's
+/// header, or a pcapng file's first section header), else a record.
+fn truncated_part(offset: u64) -> String {
+    match offset {
+        0 => "the file header".to_owned(),
+        _ => format!("the record at byte offset {offset}"),
+    }
 }
 
 /// What the reader saw, by kind.
