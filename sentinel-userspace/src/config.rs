@@ -190,8 +190,10 @@ impl Config {
     /// [`Config::resolve_secrets`]). A value out of range is reported with the line of its key,
     /// as the parser reports a syntax error or a value of the wrong type.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let cfg: Config =
-            toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        let cfg: Config = toml::from_str(text).map_err(|e| match toml_error(text, &e) {
+            (Some((line, column)), message) => format!("line {line}, column {column}: {message}"),
+            (None, message) => message,
+        })?;
         cfg.validate().map_err(|e| match key_line(text, &e) {
             Some(line) => format!("line {line}: {e}"),
             None => e,
@@ -241,6 +243,21 @@ fn key_line(text: &str, message: &str) -> Option<usize> {
         .trim_end_matches('.');
     let path: Vec<TomlStep> = path.split('.').map(TomlStep::Key).collect();
     toml_line(text, &path)
+}
+
+/// A TOML parse error as its place, line and column (from 1, the column in characters), and
+/// its message on one line: the parser's own rendering quotes the line over several.
+pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> (Option<(usize, usize)>, String) {
+    let place = e.span().and_then(|span| {
+        let before = text.get(..span.start)?;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Some((
+            before.matches('\n').count() + 1,
+            before[line_start..].chars().count() + 1,
+        ))
+    });
+    let message: Vec<&str> = e.message().lines().map(str::trim).collect();
+    (place, message.join("; "))
 }
 
 /// One step of a path into a TOML document.
@@ -487,6 +504,23 @@ mod tests {
         assert!(e.contains("power of two"), "{e}");
         let e = Config::parse("[capture]\nhttp_ports = [80, 70000]\n").unwrap_err();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn syntax_and_type_errors_are_one_line_with_their_place() {
+        for (text, want) in [
+            (
+                "[maps]\nsources = \"many\"\n",
+                "line 2, column 11: invalid type: string \"many\", expected u32",
+            ),
+            ("[maps\n", "line 1, column 6: "),
+            ("# é\n[alerts]\nstdout = yes\n", "line 3, column 10: "),
+        ] {
+            let e = Config::parse(text).unwrap_err();
+            assert!(e.starts_with(want), "{text:?}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+            assert!(!e.contains(" | "), "no quoted source line: {e}");
+        }
     }
 
     #[test]

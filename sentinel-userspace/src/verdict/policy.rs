@@ -247,15 +247,22 @@ pub struct Policy {
 /// Why a policy was rejected: where and what.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "{}{}{message}",
+    "{}{}{}{message}",
     .file.as_ref().map(|f| format!("{f}: ")).unwrap_or_default(),
-    .line.map(|l| format!("line {l}: ")).unwrap_or_default()
+    .line.map(|l| format!("line {l}")).unwrap_or_default(),
+    match (.line, .column) {
+        (Some(_), Some(c)) => format!(", column {c}: "),
+        (Some(_), None) => ": ".to_owned(),
+        (None, _) => String::new(),
+    }
 )]
 pub struct PolicyError {
     /// The policy file, when read from one.
     pub file: Option<String>,
     /// 1-based line, when known.
     pub line: Option<usize>,
+    /// 1-based column (in characters), when known: for syntax and type errors.
+    pub column: Option<usize>,
     /// What is wrong.
     pub message: String,
 }
@@ -266,6 +273,7 @@ impl PolicyError {
         Self {
             file: None,
             line,
+            column: None,
             message: message.into(),
         }
     }
@@ -275,10 +283,11 @@ impl Policy {
     /// Parses and validates policy text.
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
         let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            PolicyError::in_text(line, e.message())
+            let (place, message) = crate::config::toml_error(text, &e);
+            PolicyError {
+                column: place.map(|(_, c)| c),
+                ..PolicyError::in_text(place.map(|(l, _)| l), message)
+            }
         })?;
         let line = |path: &[TomlStep]| toml_line(text, path);
         let dur = |s: &str, what: &str, path: &[TomlStep]| {
@@ -404,6 +413,7 @@ impl Policy {
         let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
             file: file.clone(),
             line: None,
+            column: None,
             message: format!("cannot read it: {e}"),
         })?;
         Self::parse(&text).map_err(|e| PolicyError { file, ..e })
@@ -982,6 +992,13 @@ actions = ["throttle", "block", "block_prefix"]
         }
         let e = Policy::parse("mode = \"loud\"\n").unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
+        // Syntax and type errors: one line, with the column, as the configuration's.
+        let e = Policy::parse("[escalation]\nprefix_v4 = \"wide\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("line 2, column 13: invalid type: string \"wide\""),
+            "{e}"
+        );
         let e = Policy::parse("[[rule]]\nkinds = [\"brute_forse\"]\nactions = [\"block\"]\n")
             .unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
