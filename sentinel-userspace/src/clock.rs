@@ -1,7 +1,7 @@
 //! Time bases: `CLOCK_MONOTONIC` is what `bpf_ktime_get_ns()` reads, so kernel expiries and
 //! last-seen stamps are compared against it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `CLOCK_MONOTONIC` in nanoseconds.
 pub fn monotonic_ns() -> u64 {
@@ -35,4 +35,17 @@ pub fn unix_ns_at(at: SystemTime) -> u64 {
 /// `at` in seconds since the Unix epoch (0 for a time before it).
 pub fn unix_s_at(at: SystemTime) -> f64 {
     unix_ns_at(at) as f64 / 1e9
+}
+
+/// Parses a duration as the command line and the policy take it (humantime's syntax: `90s`,
+/// `10m`, `12h`, `7d`, `1h30m`, long forms such as `7days`), with a message of our own for what
+/// it refuses.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => format!("duration {s:?} is too long"),
+        _ => format!(
+            "invalid duration {s:?}: use a number with s, m, h, d or w (or ms), such as 90s, \
+             10m, 12h or 7d; several add up (1h30m)"
+        ),
+    })
 }

@@ -87,6 +87,15 @@ pub fn usage_error<S: AsRef<std::ffi::OsStr>>(e: &clap::Error, args: &[S]) -> St
             None => "bad usage".into(),
         },
     };
+    // clap's tips, such as the flag or subcommand meant ("a similar argument exists: '--socket'").
+    let tips: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.trim().strip_prefix("tip: "))
+        .collect();
+    let what = match tips[..] {
+        [] => what,
+        _ => format!("{what}; {}", tips.join("; ")),
+    };
     format!("sentinel: {what} (see {command} --help)")
 }
 
@@ -215,9 +224,9 @@ pub struct ReplayArgs {
     /// Body bytes kept per message (gzip/deflate responses: after decoding); e.g. 64KiB.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     pub body_cap: usize,
-    /// Cut every packet's TCP payload to this many bytes first (what a live snap length would
-    /// leave); the rest counts as lost.
-    #[arg(long, value_parser = parse_positive_size)]
+    /// Cut every packet's TCP payload to this many bytes first, 1 to 8192 (what `run
+    /// --snap-len` would leave); the rest counts as lost.
+    #[arg(long, value_parser = parse_snap_len)]
     pub snap_len: Option<usize>,
     /// Memory for reassembly and HTTP state of all flows; beyond it the least recently active
     /// flows are evicted.
@@ -239,6 +248,17 @@ fn parse_positive_size(s: &str) -> Result<usize, String> {
     match parse_size(s)? {
         0 => Err(format!("{s:?}: must be more than zero")),
         n => Ok(n),
+    }
+}
+
+/// A snap length for `replay`: [`parse_size`] in the range the kernel copies (`run --snap-len`).
+fn parse_snap_len(s: &str) -> Result<usize, String> {
+    let max = sentinel_common::MAX_SNAP_LEN as usize;
+    match parse_size(s)? {
+        n if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not in 1..={max} (bytes, the snap lengths live capture takes)"
+        )),
     }
 }
 
@@ -282,8 +302,9 @@ pub struct RunArgs {
     /// `[capture] http_ports` of the config.
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
     pub http_ports: Vec<u16>,
-    /// Payload bytes copied to userspace per TCP segment (1..=8192); overrides `[capture] snap_len`.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    /// Payload bytes copied to userspace per TCP segment, 1 to 8192; overrides `[capture]
+    /// snap_len`.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(sentinel_common::MAX_SNAP_LEN)))]
     pub snap_len: Option<u32>,
     /// GeoIP database (.mmdb, MaxMind City or DB-IP City Lite layout); repeat for several,
     /// searched after the config's `[geoip] files`.
@@ -456,8 +477,7 @@ fn parse_since(s: &str) -> Result<Duration, String> {
     if s.trim_start().starts_with('-') {
         return Err(format!("{s:?}: a duration cannot be negative"));
     }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration ({e}); examples: 90s, 10m, 1h, 7days"))
+    crate::clock::parse_duration(s)
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
@@ -759,6 +779,55 @@ mod tests {
             assert_eq!(e.lines().count(), 1, "{e}");
             assert!(e.starts_with("sentinel: "), "{e}");
         }
+    }
+
+    #[test]
+    fn a_mistyped_flag_keeps_clap_s_suggestion() {
+        let args = ["sentinel", "status", "--sock", "/x"];
+        let e = usage_error(&Cli::try_parse_from(args).unwrap_err(), &args);
+        assert!(e.contains("a similar argument exists: '--socket'"), "{e}");
+        assert!(e.ends_with("(see sentinel status --help)"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+
+    #[test]
+    fn replay_takes_the_snap_lengths_run_takes() {
+        let parse = |argv: &[&str]| Cli::try_parse_from(argv).map(|c| c.command);
+        for len in ["1", "8192", "2KiB"] {
+            let Ok(Command::Replay(r)) =
+                parse(&["sentinel", "replay", "x.pcap", "--snap-len", len])
+            else {
+                panic!("replay --snap-len {len}");
+            };
+            assert!(r.snap_len.is_some());
+            parse(&["sentinel", "run", "--iface", "lo", "--snap-len", "8192"]).unwrap();
+        }
+        for len in ["0", "8193", "100000", "9KiB"] {
+            let e = parse(&["sentinel", "replay", "x.pcap", "--snap-len", len]).unwrap_err();
+            assert!(e.to_string().contains("1..=8192"), "{len}: {e}");
+        }
+        let e = parse(&["sentinel", "run", "--iface", "lo", "--snap-len", "9000"]).unwrap_err();
+        assert!(e.to_string().contains("1..=8192"), "{e}");
+    }
+
+    #[test]
+    fn durations_are_refused_in_our_words() {
+        let e = Cli::try_parse_from(["sentinel", "block", "add", "192.0.2.1", "--ttl", "10x"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invalid duration \"10x\": use a number with s, m, h, d or w"),
+            "{e}"
+        );
+        assert!(!e.contains("supported units"), "{e}");
+        for ok in ["90s", "12h", "7d", "7days", "1h30m", "2w"] {
+            parse_ttl(ok).unwrap();
+        }
+        assert!(
+            parse_ttl("99999999999999999999999h")
+                .unwrap_err()
+                .contains("too long")
+        );
     }
 
     /// The `sentinel run` that a deployment file starts, parsed as the binary would.

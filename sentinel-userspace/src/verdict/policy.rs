@@ -291,12 +291,8 @@ impl Policy {
         })?;
         let line = |path: &[TomlStep]| toml_line(text, path);
         let dur = |s: &str, what: &str, path: &[TomlStep]| {
-            humantime::parse_duration(s).map_err(|e| {
-                PolicyError::in_text(
-                    line(path),
-                    format!("{what} {s:?} is not a duration ({e}); examples: 90s, 10m, 1h"),
-                )
-            })
+            crate::clock::parse_duration(s)
+                .map_err(|e| PolicyError::in_text(line(path), format!("{what}: {e}")))
         };
         let window = dur(
             &raw.escalation.window,
