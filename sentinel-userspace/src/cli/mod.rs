@@ -324,7 +324,8 @@ pub struct AddOpts {
     /// stay until deleted.
     #[arg(long, allow_hyphen_values = true, value_parser = parse_ttl)]
     pub ttl: Option<Duration>,
-    /// Why (kept with the entry, shown by `list`).
+    /// Why (kept with the entry, shown by `list`): at most 64 bytes, the kernel's slot; a
+    /// longer reason is cut there, with a warning.
     #[arg(long)]
     pub reason: Option<String>,
 }
@@ -598,12 +599,31 @@ fn add_request(
     shadow: bool,
     throttle: Option<ThrottleSpec>,
 ) -> Result<AddRequest, CliError> {
+    let targets = gather(&opts.targets, opts.file.as_deref())?;
+    if let Some(agg) = throttle.and_then(|t| t.aggregate) {
+        let parsed = lists::parse_targets(&targets).map_err(|e| CliError::input(e.to_string()))?;
+        lists::check_aggregate(&parsed, agg).map_err(|e| CliError::input(e.to_string()))?;
+    }
+    if let Some(note) = opts.reason.as_deref().and_then(reason_note) {
+        eprintln!("{note}");
+    }
     Ok(AddRequest {
-        targets: gather(&opts.targets, opts.file.as_deref())?,
+        targets,
         ttl_ms: opts.ttl.map(|d| d.as_millis().max(1) as u64),
         reason: opts.reason.clone(),
         shadow,
         throttle,
+    })
+}
+
+/// The warning for a `--reason` longer than the kernel keeps, naming what it keeps.
+fn reason_note(reason: &str) -> Option<String> {
+    let kept = lists::truncate_reason(reason);
+    (kept.len() < reason.len()).then(|| {
+        format!(
+            "warning: --reason is cut to the kernel's {} bytes: {kept:?}",
+            sentinel_common::REASON_LEN
+        )
     })
 }
 
@@ -828,6 +848,83 @@ mod tests {
                 .unwrap_err()
                 .contains("too long")
         );
+    }
+
+    /// The request `throttle add` builds from `argv`, or why it refuses.
+    fn throttle_request(argv: &[&str]) -> Result<AddRequest, CliError> {
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Command::Throttle {
+            op:
+                ThrottleOp::Add {
+                    opts,
+                    mode,
+                    rate,
+                    aggregate,
+                    ..
+                },
+        } = cli.command
+        else {
+            panic!("not throttle add");
+        };
+        let spec = ThrottleSpec {
+            rate_pps: rate,
+            burst: rate,
+            aggregate,
+        };
+        add_request(&opts, mode.shadow, Some(spec))
+    }
+
+    #[test]
+    fn an_aggregate_that_does_not_fit_the_family_is_bad_input_before_any_daemon() {
+        let add = ["sentinel", "throttle", "add"];
+        for (target, agg) in [
+            ("203.0.113.7", "/33"),
+            ("203.0.113.7", "/64"),
+            ("198.51.100.0/24", "/16"),
+            ("2001:db8::7", "/24"),
+        ] {
+            let argv = [&add[..], &[target, "--rate", "5", "--aggregate", agg]].concat();
+            let e = throttle_request(&argv).expect_err(target);
+            assert_eq!(e.code, 2, "{}", e.message);
+            assert!(e.message.contains("does not fit"), "{}", e.message);
+        }
+        let v6 = throttle_request(
+            &[
+                &add[..],
+                &["2001:db8::7", "--rate", "5", "--aggregate", "/24"],
+            ]
+            .concat(),
+        )
+        .unwrap_err();
+        assert!(
+            v6.message.contains("IPv6") && v6.message.contains("/128"),
+            "{}",
+            v6.message
+        );
+        for (target, agg) in [("198.51.100.0/24", "/28"), ("2001:db8::/48", "/64")] {
+            throttle_request(&[&add[..], &[target, "--rate", "5", "--aggregate", agg]].concat())
+                .unwrap();
+        }
+        // Past any family: clap's own check.
+        let argv = [
+            &add[..],
+            &["2001:db8::7", "--rate", "5", "--aggregate", "/130"],
+        ]
+        .concat();
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
+
+    #[test]
+    fn a_reason_longer_than_the_kernel_keeps_is_warned_about() {
+        assert_eq!(reason_note("credential stuffing from a botnet"), None);
+        assert_eq!(reason_note(&"x".repeat(64)), None);
+        let long = format!("{}é and more", "x".repeat(63));
+        let note = reason_note(&long).unwrap();
+        assert!(
+            note.starts_with("warning: --reason is cut to the kernel's 64 bytes"),
+            "{note}"
+        );
+        assert!(note.ends_with(&format!("{:?}", "x".repeat(63))), "{note}");
     }
 
     /// The `sentinel run` that a deployment file starts, parsed as the binary would.

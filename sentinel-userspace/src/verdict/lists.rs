@@ -109,7 +109,9 @@ pub fn reason_id(text: &str) -> u32 {
     h.max(1)
 }
 
-fn truncate_reason(text: &str) -> &str {
+/// What the kernel's reason slot keeps of `text`: its first [`REASON_LEN`] bytes, cut back to a
+/// character boundary.
+pub fn truncate_reason(text: &str) -> &str {
     let mut end = text.len().min(REASON_LEN);
     while !text.is_char_boundary(end) {
         end -= 1;
@@ -233,6 +235,26 @@ pub fn check_options(kind: ListKind, req: &AddRequest) -> Result<Option<Throttle
     check_throttle(req.throttle, kind)
 }
 
+/// Checks a throttle's aggregate prefix length against each target's address family and own
+/// prefix (the CLI runs it too, so that a /33 on an IPv4 address is bad input without a daemon).
+pub fn check_aggregate(targets: &[Target], agg: u8) -> Result<(), ListError> {
+    for t in targets {
+        let (family, max) = if t.is_v4() {
+            ("IPv4", 32)
+        } else {
+            ("IPv6", 128)
+        };
+        let own = t.net().prefix_len();
+        if agg > max || agg < own {
+            return Err(ListError::BadRequest(format!(
+                "aggregate /{agg} does not fit {t} ({family}): it must be between the target's \
+                 prefix length /{own} and /{max}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn check_throttle(
     spec: Option<ThrottleSpec>,
     kind: ListKind,
@@ -279,15 +301,7 @@ pub fn add(maps: &mut Maps, kind: ListKind, req: &AddRequest) -> Result<AddRespo
     let targets = parse_targets(&req.targets)?;
     let throttle = check_options(kind, req)?;
     if let (Some(_), Some(agg)) = (throttle, req.throttle.and_then(|t| t.aggregate)) {
-        for t in &targets {
-            let max = if t.is_v4() { 32 } else { 128 };
-            if agg > max || (agg as u32) < t.net().prefix_len() as u32 {
-                return Err(ListError::BadRequest(format!(
-                    "aggregate /{agg} does not fit {t}: it must be between the target's prefix length /{} and /{max}",
-                    t.net().prefix_len()
-                )));
-            }
-        }
+        check_aggregate(&targets, agg)?;
     }
     let expires_ns = expiry(req.ttl_ms)?;
     let mut split = Split::default();
