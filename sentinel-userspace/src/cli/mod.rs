@@ -87,10 +87,19 @@ pub fn usage_error<S: AsRef<std::ffi::OsStr>>(e: &clap::Error, args: &[S]) -> St
             None => "bad usage".into(),
         },
     };
-    // clap's tips, such as the flag or subcommand meant ("a similar argument exists: '--socket'").
+    // clap's tips, such as the flag or subcommand meant ("a similar argument exists: '--socket'"),
+    // but not one that names a hidden flag (`unload --socket`, ignored, kept for old scripts).
+    let hidden = |tip: &str| {
+        cmd.get_arguments().any(|a| {
+            a.is_hide_set()
+                && a.get_long()
+                    .is_some_and(|l| tip.contains(&format!("'--{l}'")))
+        })
+    };
     let tips: Vec<&str> = lines
         .iter()
         .filter_map(|l| l.trim().strip_prefix("tip: "))
+        .filter(|tip| !hidden(tip))
         .collect();
     let what = match tips[..] {
         [] => what,
@@ -808,6 +817,16 @@ mod tests {
         assert!(e.contains("a similar argument exists: '--socket'"), "{e}");
         assert!(e.ends_with("(see sentinel status --help)"), "{e}");
         assert_eq!(e.lines().count(), 1, "{e}");
+        // Not to a flag that help does not show and that does nothing.
+        let args = ["sentinel", "unload", "--sock", "/x"];
+        let e = usage_error(&Cli::try_parse_from(args).unwrap_err(), &args);
+        assert!(!e.contains("--socket"), "{e}");
+        let help = Cli::command()
+            .find_subcommand_mut("unload")
+            .unwrap()
+            .render_help()
+            .to_string();
+        assert!(!help.contains("--socket"), "{help}");
     }
 
     #[test]
