@@ -156,9 +156,11 @@ pub struct ReassemblyStats {
     /// Flows closed because a new connection took their addresses and ports (their end was
     /// not seen: lost, or outside the capture).
     pub closed_reused: u64,
-    /// Segments without payload or SYN for no known flow (ignored).
+    /// Segments without payload or SYN for no known flow, and bare ACKs for a closed one (the
+    /// last ACK of a close), ignored.
     pub ignored: u64,
-    /// Segments for a flow that had closed (late retransmissions, ignored).
+    /// Segments with data, FIN or RST for a flow that had closed (late retransmissions,
+    /// ignored).
     pub late: u64,
     /// Segments that arrived ahead of a hole.
     pub out_of_order: u64,
@@ -398,6 +400,14 @@ impl<H: StreamHandler> Reassembler<H> {
                         self.mem -= f.mem;
                     }
                     self.open(k, &seg);
+                } else if seg.payload.is_empty()
+                    && !seg.has(flags::FIN)
+                    && !seg.has(flags::RST)
+                    && !seg.has(flags::SYN)
+                {
+                    // A bare ACK: the one that acknowledges the last FIN, not a retransmission.
+                    self.stats.ignored += 1;
+                    return;
                 } else {
                     self.stats.late += 1;
                     return;

@@ -338,6 +338,21 @@ fn closed_flows_ignore_late_segments_and_reopen_on_syn() {
 }
 
 #[test]
+fn the_ack_of_the_last_fin_is_not_late() {
+    let mut c = talk();
+    c.ack(true, 1_004 * MS);
+    let (closed, st) = run(c.segments.clone(), Settings::default());
+    assert_eq!(closed.len(), 1);
+    assert_eq!(st.late, 0, "{st:?}");
+    assert_eq!(st.ignored, 1, "{st:?}");
+    // A FIN sent again is still late.
+    let fin = c.segments[c.segments.len() - 2].clone();
+    c.segments.push(fin);
+    let (_, st) = run(c.segments, Settings::default());
+    assert_eq!(st.late, 1, "{st:?}");
+}
+
+#[test]
 fn sequence_numbers_wrap() {
     let mut c = conv();
     let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
