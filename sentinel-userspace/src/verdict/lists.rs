@@ -246,9 +246,12 @@ pub fn check_aggregate(targets: &[Target], agg: u8) -> Result<(), ListError> {
         };
         let own = t.net().prefix_len();
         if agg > max || agg < own {
+            let range = match own == max {
+                true => format!("a single address takes only /{max}"),
+                false => format!("it must be between the target's prefix length /{own} and /{max}"),
+            };
             return Err(ListError::BadRequest(format!(
-                "aggregate /{agg} does not fit {t} ({family}): it must be between the target's \
-                 prefix length /{own} and /{max}"
+                "aggregate /{agg} does not fit {t} ({family}): {range}"
             )));
         }
     }
