@@ -205,6 +205,13 @@ pub fn command(args: &ReplayArgs) -> Result<(), CliError> {
         ),
     };
     let flushed = out.flush();
+    let geo_errors = analyzer.stats().geo_errors;
+    if geo_errors > 0 {
+        eprintln!(
+            "sentinel: warning: {geo_errors} GeoIP lookup(s) found a record that cannot be read \
+             (a damaged database?): those addresses had no location, so no geo alert"
+        );
+    }
     let summary = match result {
         Ok(s) => s,
         Err(ReplayError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {

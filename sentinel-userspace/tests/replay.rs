@@ -186,6 +186,58 @@ fn a_truncated_capture_says_what_was_printed_before_it() {
     std::fs::remove_dir_all(&d).ok();
 }
 
+/// A GeoIP database whose record for the client cannot be read: the replay says so on stderr
+/// (the geo models are quiet for that address) and still prints its alerts; `--stats` counts
+/// the failed lookups. An intact database gives no warning.
+#[test]
+fn a_damaged_geoip_database_is_reported() {
+    use sentinel::enrich::geo::testdb::{Layout, Place, build};
+    let d = dir("damaged-geo");
+    let f = d.join("t.pcap");
+    std::fs::write(
+        &f,
+        write_pcap(Vec::new(), Link::Ethernet, &traffic(), false).unwrap(),
+    )
+    .unwrap();
+    let places = [Place {
+        net: "198.18.0.0/24".parse().unwrap(),
+        country: "SA",
+        city: "Riyadh",
+        lat: 24.7136,
+        lon: 46.6753,
+    }];
+    let good = build(&places, Layout::MaxMind).unwrap();
+    let mut bad = good.clone();
+    let at = bad.windows(6).position(|w| w == b"Riyadh").unwrap();
+    bad[at - 24..at + 6].fill(0xff);
+    let (good_path, bad_path) = (d.join("good.mmdb"), d.join("bad.mmdb"));
+    std::fs::write(&good_path, good).unwrap();
+    std::fs::write(&bad_path, bad).unwrap();
+    let run = |db: &PathBuf| {
+        sentinel(&[
+            "replay",
+            f.to_str().unwrap(),
+            "--emit",
+            "alerts",
+            "--stats",
+            "--geoip-db",
+            db.to_str().unwrap(),
+        ])
+    };
+    let (code, _, err) = run(&good_path);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    assert!(err.contains(r#""geo_errors":0"#), "{err}");
+    let (code, _, err) = run(&bad_path);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: 1 GeoIP lookup(s) found a record that cannot be read"),
+        "{err}"
+    );
+    assert!(err.contains(r#""geo_errors":1"#), "{err}");
+    std::fs::remove_dir_all(&d).ok();
+}
+
 #[test]
 fn bad_paths_and_foreign_files_are_bad_input() {
     let (code, _, err) = sentinel(&["replay", "/nonexistent/x.pcap"]);
