@@ -906,8 +906,10 @@ fn parse_request<'b>(
     }
 }
 
-/// `buf` with the bytes outside ASCII of its request line's target (from the first space on)
-/// percent-encoded, and how many bytes that adds; `None` when it has none.
+/// The head at the start of `buf` (up to its empty line, or all of `buf` when it has none yet)
+/// with the bytes outside ASCII of its request line's target (from the first space on)
+/// percent-encoded, and how many bytes that adds; `None` when it has none. What follows the
+/// head (a body, pipelined requests) is not copied.
 fn escape_target(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
     let line_end = memchr_nl(buf).unwrap_or(buf.len());
     let start = memchr::memchr(b' ', &buf[..line_end])?;
@@ -915,6 +917,12 @@ fn escape_target(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
     if line.is_ascii() {
         return None;
     }
+    let head_end = [&b"\n\r\n"[..], b"\n\n"]
+        .iter()
+        .filter_map(|end| memchr::memmem::find(&buf[line_end..], end).map(|i| i + end.len()))
+        .min()
+        .map_or(buf.len(), |n| line_end + n);
+    let buf = &buf[..head_end];
     let mut out = Vec::with_capacity(buf.len() + 16);
     out.extend_from_slice(&buf[..start]);
     for &c in line {
