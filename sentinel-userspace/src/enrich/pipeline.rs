@@ -84,8 +84,9 @@ impl<K: Clone, V: Clone> DirectCache<K, V> {
         Self { slots: Vec::new() }
     }
 
-    /// The value cached for `key` (compared whole), or `make`'s, cached.
-    fn get<Q>(&mut self, key: &Q, make: impl FnOnce() -> V) -> V
+    /// The value cached for `key` (compared whole), or `make`'s, cached; lent, so that the
+    /// caller copies only the parts it keeps.
+    fn get<Q>(&mut self, key: &Q, make: impl FnOnce() -> V) -> &V
     where
         K: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + PartialEq + ToOwned<Owned = K> + ?Sized,
@@ -94,14 +95,10 @@ impl<K: Clone, V: Clone> DirectCache<K, V> {
             self.slots.resize(CACHE_SLOTS, None);
         }
         let slot = &mut self.slots[key_of(key) as usize % CACHE_SLOTS];
-        match slot {
-            Some((cached, v)) if cached.borrow() == key => v.clone(),
-            _ => {
-                let v = make();
-                *slot = Some((key.to_owned(), v.clone()));
-                v
-            }
+        if !matches!(slot, Some((cached, _)) if cached.borrow() == key) {
+            *slot = None;
         }
+        &slot.get_or_insert_with(|| (key.to_owned(), make())).1
     }
 }
 
@@ -110,16 +107,16 @@ impl<K: Clone, V: Clone> DirectCache<K, V> {
 /// header (4096 slots of 64 KiB).
 const MAX_CACHED_TOKEN: usize = 4096;
 
-/// A token's JWT claims and short hash, through `cache` when it is short enough.
-fn token_facts(
-    cache: &mut DirectCache<String, (Option<JwtInfo>, String)>,
+/// A token's JWT claims and short hash, through `cache` (lent from it) when it is short enough.
+fn token_facts<'c>(
+    cache: &'c mut DirectCache<String, (Option<JwtInfo>, String)>,
     tok: &str,
-) -> (Option<JwtInfo>, String) {
+) -> Cow<'c, (Option<JwtInfo>, String)> {
     let decode = || (parse_jwt(tok), short_hash(tok));
     if tok.len() > MAX_CACHED_TOKEN {
-        decode()
+        Cow::Owned(decode())
     } else {
-        cache.get(tok, decode)
+        Cow::Borrowed(cache.get(tok, decode))
     }
 }
 
@@ -187,7 +184,7 @@ impl Enricher {
     /// The GeoIP answer for `ip`, from the cache or the database.
     fn locate(&mut self, ip: IpAddr) -> Option<GeoInfo> {
         let db = self.geo.as_ref()?;
-        self.geo_cache.get(&ip, || db.lookup(ip))
+        self.geo_cache.get(&ip, || db.lookup(ip)).clone()
     }
 
     /// Enriches one transaction.
@@ -201,7 +198,7 @@ impl Enricher {
         let bearer = principal::bearer(&view);
         let (jwt, bearer_hash) = match bearer {
             Some(tok) => {
-                let (jwt, hash) = token_facts(&mut self.tokens, tok);
+                let (jwt, hash) = token_facts(&mut self.tokens, tok).into_owned();
                 (jwt, Some(hash))
             }
             None => (None, None),
@@ -219,7 +216,7 @@ impl Enricher {
         // bearer token is cached as the token would be).
         let tokens = &mut self.tokens;
         let principal = principal::identify(&view, &self.principal, &decoded, |secret| {
-            token_facts(tokens, secret).1
+            token_facts(tokens, secret).1.clone()
         });
         let credential = bearer_hash.or_else(|| {
             matches!(
