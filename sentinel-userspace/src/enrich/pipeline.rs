@@ -195,8 +195,14 @@ impl Enricher {
             headers: &t.req_headers,
             body: t.req_body,
         };
-        let bearer = principal::bearer(&view);
-        let (jwt, bearer_hash) = match bearer {
+        // The token borrowed from the transaction when its header is (the observation keeps
+        // it for revocation, and a copy per request is what it would cost otherwise).
+        let bearer: Option<Cow<'a, str>> = match header(&t.req_headers, "authorization") {
+            Some(Cow::Borrowed(v)) => principal::bearer_token(v).map(Cow::Borrowed),
+            Some(Cow::Owned(v)) => principal::bearer_token(v).map(|t| Cow::Owned(t.to_owned())),
+            None => None,
+        };
+        let (jwt, bearer_hash) = match bearer.as_deref() {
             Some(tok) => {
                 let (jwt, hash) = token_facts(&mut self.tokens, tok).into_owned();
                 (jwt, Some(hash))
@@ -230,7 +236,6 @@ impl Enricher {
             success: self.login_succeeded(&t),
         });
         let user_agent = header(&t.req_headers, "user-agent").cloned();
-        let bearer = bearer.map(str::to_owned);
         Observation {
             ts_ns: t.ts_ns,
             client_ip,

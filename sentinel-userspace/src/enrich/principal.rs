@@ -552,7 +552,12 @@ pub fn percent_decode(s: &str) -> String {
 
 /// The bearer token of a request (`Authorization: Bearer TOKEN`), trimmed.
 pub fn bearer<'a>(req: &RequestView<'a>) -> Option<&'a str> {
-    let (scheme, tok) = req.header("authorization")?.split_once(' ')?;
+    bearer_token(req.header("authorization")?)
+}
+
+/// The token of an `Authorization` value when its scheme is `Bearer`, trimmed.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, tok) = authorization.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| tok.trim())
 }
 

@@ -73,7 +73,7 @@ pub struct Observation<'a> {
     /// The raw bearer token, kept in memory only so that a `revoke_token` verdict can name it to
     /// the identity provider. Never serialised, never logged.
     #[serde(skip)]
-    pub bearer: Option<String>,
+    pub bearer: Option<Cow<'a, str>>,
     /// Client port.
     pub src_port: u16,
     /// Server address.

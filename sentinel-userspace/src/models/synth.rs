@@ -92,7 +92,7 @@ pub fn with_token<'a>(mut o: Observation<'a>, token: &str) -> Observation<'a> {
         id: h.clone(),
     };
     o.credential = Some(h);
-    o.bearer = Some(token.into());
+    o.bearer = Some(token.to_owned().into());
     o.req_headers
         .push(("Authorization".into(), format!("Bearer {token}").into()));
     o

@@ -268,7 +268,7 @@ mod tests {
         let mut b = SessionBook::new(8);
         for i in 0..100u64 {
             let mut o = obs(user(&format!("u{i}")), i);
-            o.bearer = Some(format!("t{i}"));
+            o.bearer = Some(format!("t{i}").into());
             b.observe(&o);
             assert!(b.len() <= 8);
         }
@@ -276,7 +276,7 @@ mod tests {
         assert_eq!(b.tokens_for(&alert(&p, None)), vec!["t99"]);
         let mut o = obs(user("x"), 1000);
         for i in 0..10 {
-            o.bearer = Some(format!("x{i}"));
+            o.bearer = Some(format!("x{i}").into());
             b.observe(&o);
         }
         assert_eq!(b.tokens_for(&alert("user:x", None)).len(), PER_PRINCIPAL);
@@ -287,7 +287,7 @@ mod tests {
         let mut b = SessionBook::with_budget(1_000_000, 64 * 1024);
         for i in 0..2000u64 {
             let mut o = obs(user(&format!("u{i}")), i);
-            o.bearer = Some(format!("{i:0>2000}"));
+            o.bearer = Some(format!("{i:0>2000}").into());
             b.observe(&o);
             assert!(b.bytes() <= 64 * 1024, "{} bytes after {i}", b.bytes());
         }
@@ -297,7 +297,7 @@ mod tests {
         assert_eq!(b.bytes(), expected, "the running count matches");
         // A token longer than any identity provider issues is not remembered.
         let mut o = obs(user("huge"), 5000);
-        o.bearer = Some("x".repeat(MAX_TOKEN + 1));
+        o.bearer = Some("x".repeat(MAX_TOKEN + 1).into());
         b.observe(&o);
         assert!(b.tokens_for(&alert("user:huge", None)).is_empty());
     }
