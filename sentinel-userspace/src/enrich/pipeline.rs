@@ -1,7 +1,7 @@
 //! The enrichment stage: from the facts of one HTTP transaction to an [`Observation`] the models
 //! can use (principal, GeoIP, endpoint template, login outcome, JWT claims, credential hash).
 
-use std::{borrow::Cow, net::IpAddr};
+use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
 use serde::Deserialize;
 
@@ -107,12 +107,16 @@ impl<K: Clone, V: Clone> DirectCache<K, V> {
 /// header (4096 slots of 64 KiB).
 const MAX_CACHED_TOKEN: usize = 4096;
 
+/// What a token decodes to: its JWT claims and its short hash (shared: every request carrying
+/// the token gets it as its credential).
+type TokenFacts = (Option<JwtInfo>, Arc<str>);
+
 /// A token's JWT claims and short hash, through `cache` (lent from it) when it is short enough.
 fn token_facts<'c>(
-    cache: &'c mut DirectCache<String, (Option<JwtInfo>, String)>,
+    cache: &'c mut DirectCache<String, TokenFacts>,
     tok: &str,
-) -> Cow<'c, (Option<JwtInfo>, String)> {
-    let decode = || (parse_jwt(tok), short_hash(tok));
+) -> Cow<'c, TokenFacts> {
+    let decode = || (parse_jwt(tok), short_hash(tok).into());
     if tok.len() > MAX_CACHED_TOKEN {
         Cow::Owned(decode())
     } else {
@@ -125,7 +129,7 @@ pub struct Enricher {
     /// Recently seen bearer tokens, decoded: their JWT claims and short hash (a client repeats
     /// its token on every request, and decoding it and hashing it cost more than the rest of
     /// the enrichment).
-    tokens: DirectCache<String, (Option<JwtInfo>, String)>,
+    tokens: DirectCache<String, TokenFacts>,
     geo: Option<GeoDb>,
     /// Recent GeoIP answers by address: a client sends many requests, and a database lookup
     /// (tree walk and record decode) costs more than the rest of the enrichment together.
@@ -219,17 +223,23 @@ impl Enricher {
         };
         // API keys and session cookies repeat as tokens do: their hashes come from the cache
         // too (decoded as a JWT as well, so that a secret seen first here and later as a
-        // bearer token is cached as the token would be).
+        // bearer token is cached as the token would be). The hash names the principal, and is
+        // its credential, shared with the cache.
         let tokens = &mut self.tokens;
+        let mut secret_hash = None;
         let principal = principal::identify(&view, &self.principal, &decoded, |secret| {
-            token_facts(tokens, secret).1.clone()
+            let hash = Arc::clone(&token_facts(tokens, secret).1);
+            let id = (*hash).to_owned();
+            secret_hash = Some(hash);
+            id
         });
         let credential = bearer_hash.or_else(|| {
             matches!(
                 principal.kind,
                 principal::PrincipalKind::ApiKey | principal::PrincipalKind::Session
             )
-            .then(|| principal.id.clone())
+            .then_some(secret_hash)
+            .flatten()
         });
         let login = username.map(|username| LoginAttempt {
             username,
@@ -407,7 +417,7 @@ mod tests {
                 let h = vec![("Authorization".to_string(), format!("Bearer {tok}"))];
                 let o = e.enrich(facts("/balance", &h, b"", 200, b"{}"));
                 assert_eq!(o.jwt, parse_jwt(&tok), "{tok} round {round}");
-                assert_eq!(o.credential, Some(short_hash(&tok)));
+                assert_eq!(o.credential.as_deref(), Some(short_hash(&tok).as_str()));
                 let want = match &o.jwt {
                     Some(j) => (PrincipalKind::Jwt, j.sub.as_deref().unwrap().to_string()),
                     None => (PrincipalKind::Token, short_hash(&tok)),
@@ -424,7 +434,7 @@ mod tests {
             let tok = format!("{i}{}", "x".repeat(60_000));
             let h = vec![("Authorization".to_string(), format!("Bearer {tok}"))];
             let o = e.enrich(facts("/balance", &h, b"", 200, b"{}"));
-            assert_eq!(o.credential, Some(short_hash(&tok)));
+            assert_eq!(o.credential.as_deref(), Some(short_hash(&tok).as_str()));
         }
         let held: usize = e.tokens.slots.iter().flatten().map(|(k, _)| k.len()).sum();
         assert_eq!(held, 0, "bytes of tokens held by the cache");
@@ -451,7 +461,7 @@ mod tests {
                 let o = e.enrich(facts("/balance", &h, b"", 200, b"{}"));
                 assert_eq!(o.principal.kind, kind, "round {round}");
                 assert_eq!(o.principal.id, short_hash(&secret), "round {round}");
-                assert_eq!(o.credential, Some(short_hash(&secret)));
+                assert_eq!(o.credential.as_deref(), Some(short_hash(&secret).as_str()));
             }
         }
         // A JWT seen first as an API key, then as a bearer token: the cache decoded it.

@@ -358,7 +358,7 @@ mod tests {
                         };
                         let mut o = with_jwt(obs(t, &ip, ep), &format!("u{u}"), "RS256", None);
                         o.principal.id = format!("u{u}");
-                        o.credential = Some(tok.clone());
+                        o.credential = Some(tok.as_str().into());
                         o.user_agent = Some(ua.into());
                         o.resp_bytes = 200 + r.below(400);
                         out.push(o);

@@ -1,7 +1,7 @@
 //! What the models see: one enriched HTTP transaction. Built by the enrichment stage from a
 //! transaction (live or replayed); the models never care where it came from.
 
-use std::{borrow::Cow, net::IpAddr};
+use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -68,8 +68,9 @@ pub struct Observation<'a> {
     pub login: Option<LoginAttempt>,
     /// The bearer token's claims, when it is a JWT.
     pub jwt: Option<JwtInfo>,
-    /// Short hash of the credential (bearer token, API key or session), when one was sent.
-    pub credential: Option<String>,
+    /// Short hash of the credential (bearer token, API key or session), when one was sent
+    /// (shared with the enricher's cache of decoded tokens).
+    pub credential: Option<Arc<str>>,
     /// The raw bearer token, kept in memory only so that a `revoke_token` verdict can name it to
     /// the identity provider. Never serialised, never logged.
     #[serde(skip)]

@@ -91,7 +91,7 @@ pub fn with_token<'a>(mut o: Observation<'a>, token: &str) -> Observation<'a> {
         kind: PrincipalKind::Token,
         id: h.clone(),
     };
-    o.credential = Some(h);
+    o.credential = Some(h.into());
     o.bearer = Some(token.to_owned().into());
     o.req_headers
         .push(("Authorization".into(), format!("Bearer {token}").into()));
