@@ -381,7 +381,7 @@ enum After {
 
 /// Whether content looks binary: a NUL, or bytes that are not UTF-8, in its first KiB (a
 /// character cut by the KiB's end is not counted).
-fn looks_binary(content: &[u8]) -> bool {
+pub fn looks_binary(content: &[u8]) -> bool {
     let head = &content[..content.len().min(1024)];
     memchr::memchr(0, head).is_some()
         || std::str::from_utf8(head).is_err_and(|e| e.error_len().is_some())

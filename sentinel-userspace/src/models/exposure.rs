@@ -21,7 +21,7 @@ pub(crate) use scan::scan_bytewise;
 pub use scan::{Findings, iban_valid, luhn, scan};
 use scan::{NameFilter, scan_with};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{
     AlertKind, Severity,
@@ -29,7 +29,9 @@ use super::{
     config::Checker,
     engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, subject},
     injection::contains_ci,
+    observation::Observation,
 };
+use crate::http::multipart::looks_binary;
 
 /// `[models.exposure]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,9 +47,10 @@ pub struct Config {
     pub min_national_ids: usize,
     /// Distinct e-mail addresses in one response. Default 20.
     pub min_emails: usize,
-    /// JSON field names (lower case) whose long values are secrets. Default `secret`,
-    /// `client_secret`, `api_key`, `apikey`, `secret_key`, `access_key`, `private_key`,
-    /// `password`, `password_hash`, `passwd`.
+    /// JSON field names whose long values are secrets, matched in any ASCII case and with or
+    /// without `_` or `-` between words (`client_secret` is also `clientSecret`). Default
+    /// `secret`, `client_secret`, `api_key`, `secret_key`, `access_key`, `private_key`,
+    /// `password`, `password_hash`, `password_digest`, `encrypted_password`, `passwd`.
     pub secret_fields: Vec<String>,
     /// Length from which such a value counts. Default 12.
     pub secret_min_len: usize,
@@ -73,12 +76,13 @@ impl Default for Config {
                 "secret",
                 "client_secret",
                 "api_key",
-                "apikey",
                 "secret_key",
                 "access_key",
                 "private_key",
                 "password",
                 "password_hash",
+                "password_digest",
+                "encrypted_password",
                 "passwd",
             ]
             .map(String::from)
@@ -145,6 +149,44 @@ impl ExposureDetector {
     }
 }
 
+impl ExposureDetector {
+    /// A successful response far above its endpoint's usual size, into `what` and `ev`; the
+    /// endpoint's norm learns the sizes that are not.
+    fn size(
+        &mut self,
+        o: &Observation<'_>,
+        what: &mut Vec<String>,
+        ev: &mut std::collections::BTreeMap<String, Value>,
+        severity: &mut Severity,
+    ) {
+        let ep = key_of(o.endpoint.as_str());
+        let size = (1.0 + o.resp_bytes as f64).log2();
+        let norm = *self.sizes.entry(ep, o.ts_ns, Ewm::default);
+        let usual = f64::from(norm.mean).exp2();
+        let big = norm.n >= self.cfg.size_warmup
+            && o.resp_bytes >= self.cfg.size_min_bytes
+            && o.resp_bytes as f64 >= usual * self.cfg.size_ratio
+            && size >= f64::from(norm.mean) + self.cfg.size_sigmas * norm.std().max(0.25);
+        if big {
+            what.push(format!(
+                "{} bytes where {} usually returns about {:.0}",
+                o.resp_bytes, o.endpoint, usual
+            ));
+            ev.insert("response_bytes".into(), json!(o.resp_bytes));
+            ev.insert("usual_bytes".into(), json!(usual.round()));
+            ev.insert(
+                "ratio".into(),
+                json!(r2(o.resp_bytes as f64 / usual.max(1.0))),
+            );
+            if what.len() == 1 {
+                *severity = Severity::Medium;
+            }
+        } else if let Some(e) = self.sizes.get_mut(ep) {
+            e.add(size, 0.02);
+        }
+    }
+}
+
 impl Detector for ExposureDetector {
     fn name(&self) -> &'static str {
         "exposure"
@@ -152,13 +194,14 @@ impl Detector for ExposureDetector {
 
     fn observe(&mut self, ctx: &Ctx<'_>, out: &mut Vec<Detection>) {
         let o = ctx.obs;
-        if !(200..300).contains(&o.status) {
-            return;
-        }
         let mut what = Vec::new();
         let mut ev = evidence([]);
         let mut severity = Severity::High;
-        if !o.resp_body.is_empty() && textual(o.resp_content_type.as_deref()) {
+        // Any status: error pages that dump the environment or a record leak as well. A body
+        // typed as something else (`application/octet-stream`) is read when it looks like text.
+        if !o.resp_body.is_empty()
+            && (textual(o.resp_content_type.as_deref()) || !looks_binary(&o.resp_body))
+        {
             let f = scan_with(&o.resp_body, &self.cfg, &self.names);
             if !f.secrets.is_empty() {
                 severity = Severity::Critical;
@@ -185,31 +228,9 @@ impl Detector for ExposureDetector {
                 }
             }
         }
-        // Size against the endpoint's norm.
-        let ep = key_of(o.endpoint.as_str());
-        let size = (1.0 + o.resp_bytes as f64).log2();
-        let norm = *self.sizes.entry(ep, o.ts_ns, Ewm::default);
-        let usual = f64::from(norm.mean).exp2();
-        let big = norm.n >= self.cfg.size_warmup
-            && o.resp_bytes >= self.cfg.size_min_bytes
-            && o.resp_bytes as f64 >= usual * self.cfg.size_ratio
-            && size >= f64::from(norm.mean) + self.cfg.size_sigmas * norm.std().max(0.25);
-        if big {
-            what.push(format!(
-                "{} bytes where {} usually returns about {:.0}",
-                o.resp_bytes, o.endpoint, usual
-            ));
-            ev.insert("response_bytes".into(), json!(o.resp_bytes));
-            ev.insert("usual_bytes".into(), json!(usual.round()));
-            ev.insert(
-                "ratio".into(),
-                json!(r2(o.resp_bytes as f64 / usual.max(1.0))),
-            );
-            if what.len() == 1 {
-                severity = Severity::Medium;
-            }
-        } else if let Some(e) = self.sizes.get_mut(ep) {
-            e.add(size, 0.02);
+        // Size against the endpoint's norm, of its successful responses.
+        if (200..300).contains(&o.status) {
+            self.size(o, &mut what, &mut ev, &mut severity);
         }
         if what.is_empty() {
             return;
@@ -274,6 +295,68 @@ mod tests {
             assert_eq!(a[0].severity, Severity::Critical);
             e = Engine::new(&ModelsConfig::default()).unwrap();
         }
+    }
+
+    /// Secret fields as JavaScript and Jackson name them (camelCase), and in Rails's and
+    /// Devise's names, are secrets too; a look-alike name is not.
+    #[test]
+    fn secret_fields_are_known_in_every_naming_style() {
+        for b in [
+            r#"{"clientSecret":"9f8e7d6c5b4a39281706"}"#,
+            r#"{"secretKey":"9f8e7d6c5b4a39281706"}"#,
+            r#"{"AccessKey":"9f8e7d6c5b4a39281706"}"#,
+            r#"{"private-key":"9f8e7d6c5b4a39281706"}"#,
+            r#"{"passwordHash":"$2b$12$abcdefghijklmnopqrstuv"}"#,
+            r#"{"password_digest":"$2b$12$abcdefghijklmnopqrstuv"}"#,
+            r#"{"encrypted_password":"$2b$12$abcdefghijklmnopqrstuv"}"#,
+            r#"{"apiKey":"9f8e7d6c5b4a39281706"}"#,
+        ] {
+            let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+            let a = body(&mut e, b);
+            assert_eq!(a.len(), 1, "{b}");
+            assert_eq!(a[0].severity, Severity::Critical, "{b}");
+        }
+        for b in [
+            r#"{"secretKeyHint":"9f8e7d6c5b4a39281706"}"#,
+            r#"{"clientSecretLength":"9f8e7d6c5b4a39281706"}"#,
+            r#"{"publicKey":"9f8e7d6c5b4a39281706"}"#,
+        ] {
+            let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+            assert!(body(&mut e, b).is_empty(), "{b}");
+        }
+    }
+
+    /// A leak in an error page (a 500 that dumps the environment, a 404 that shows a record),
+    /// or in a body typed as a download, is raised; a binary download is not read.
+    #[test]
+    fn leaks_are_found_whatever_the_status_and_a_text_body_s_type() {
+        let leak = r#"{"env":{"AWS_ACCESS_KEY_ID":"AKIAIOSFODNN7EXAMPLE"}}"#;
+        for (status, ctype) in [
+            (500, Some("application/json")),
+            (404, Some("text/html")),
+            (302, None),
+            (200, Some("application/octet-stream")),
+        ] {
+            let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+            let mut o = obs(T0, "198.18.0.5", "/export");
+            o.status = status;
+            o.resp_content_type = ctype.map(Into::into);
+            o.resp_body = leak.as_bytes().to_vec().into();
+            o.resp_bytes = leak.len() as u64;
+            let a = e.observe(&o);
+            assert!(
+                a.iter().any(|a| a.kind == AlertKind::DataExposure),
+                "{status} {ctype:?}: {a:?}"
+            );
+        }
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+        png.extend_from_slice(leak.as_bytes());
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut o = obs(T0, "198.18.0.5", "/avatar");
+        o.resp_content_type = Some("application/octet-stream".into());
+        o.resp_bytes = png.len() as u64;
+        o.resp_body = png.into();
+        assert!(e.observe(&o).is_empty());
     }
 
     #[test]

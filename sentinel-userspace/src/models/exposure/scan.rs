@@ -203,6 +203,10 @@ fn token_at(b: &[u8], i: usize, f: &mut Findings) -> usize {
             .count();
         if (end >= b.len() || !is_word(b[end])) && iban_valid(&b[i..end]) {
             f.ibans.insert(key_of(&b[i..end]));
+        } else if let Some((iban, stop)) = iban_print_form(b, i, end) {
+            // Its digit groups are not read again as a card or an id.
+            f.ibans.insert(key_of(&iban));
+            return stop;
         }
     }
     if c == b'@' {
@@ -221,6 +225,35 @@ fn token_at(b: &[u8], i: usize, f: &mut Findings) -> usize {
         }
     }
     i + 1
+}
+
+/// A valid IBAN in its print form (ISO 13616: groups of four separated by single spaces,
+/// `DE89 3704 0044 0532 0130 00`) whose first group is `b[i..first_end]`: the IBAN without its
+/// spaces, and where it ends.
+fn iban_print_form(b: &[u8], i: usize, first_end: usize) -> Option<(Vec<u8>, usize)> {
+    let first = &b[i..first_end];
+    if first.len() != 4 || !first[2..].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut iban = first.to_vec();
+    let mut at = first_end;
+    while b.get(at) == Some(&b' ') && iban.len() < 34 {
+        let group = b[at + 1..]
+            .iter()
+            .take(5)
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            .count();
+        if group == 0 || group > 4 {
+            break;
+        }
+        iban.extend_from_slice(&b[at + 1..at + 1 + group]);
+        at += 1 + group;
+        if group < 4 {
+            break;
+        }
+    }
+    let ends = at >= b.len() || !is_word(b[at]);
+    (ends && iban_valid(&iban)).then_some((iban, at))
 }
 
 /// PEM private keys and JSON fields named like a secret, then the secrets in body order.
@@ -264,13 +297,28 @@ fn secret_prefix(b: &[u8], i: usize, secrets: &mut Secrets) {
     }
 }
 
-/// What the secret field names can be told by at a glance: their first bytes (in either ASCII
-/// case) and lengths (all lengths from 64 up), so that most quotes are passed over without
-/// comparing names.
+/// What may stand between the words of a field name.
+const SEPARATORS: [u8; 2] = [b'_', b'-'];
+
+/// A field name's letters, lower case, without separators: two names are the same when these
+/// are, whatever their ASCII case and separators (`client_secret` is `clientSecret`,
+/// JavaScript's and Jackson's default, `client-secret` and `CLIENT_SECRET`).
+fn letters(s: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    s.iter()
+        .filter(|c| !SEPARATORS.contains(c))
+        .map(u8::to_ascii_lowercase)
+}
+
+/// What the secret field names can be told by at a glance: their first letters (in either ASCII
+/// case) and their lengths without separators (all lengths from 63 up), so that most quotes are
+/// passed over without comparing names; and the names' [`letters`].
 pub(super) struct NameFilter {
     firsts: [bool; 256],
     lengths: u64,
+    /// The longest a name can be written (a separator between each two letters).
     longest: usize,
+    /// Each configured name's letters, lower case, without separators.
+    letters: Vec<Vec<u8>>,
 }
 
 impl NameFilter {
@@ -279,37 +327,46 @@ impl NameFilter {
             firsts: [false; 256],
             lengths: 0,
             longest: 0,
+            letters: Vec::with_capacity(names.len()),
         };
         for n in names {
-            match n.bytes().next() {
+            let letters: Vec<u8> = letters(n.as_bytes()).collect();
+            match letters.first() {
                 Some(c) => {
                     f.firsts[c.to_ascii_lowercase() as usize] = true;
                     f.firsts[c.to_ascii_uppercase() as usize] = true;
                 }
-                // An empty name matches `""`: any byte may follow the quote.
+                // A name of separators only matches any such: any byte may follow the quote.
                 None => f.firsts = [true; 256],
             }
-            f.lengths |= if n.len() < 64 { 1 << n.len() } else { u64::MAX };
-            f.longest = f.longest.max(n.len());
+            f.lengths |= 1 << letters.len().min(63);
+            f.longest = f
+                .longest
+                .max((2 * letters.len()).saturating_sub(1).max(n.len()));
+            f.letters.push(letters);
         }
         f
     }
 
-    /// A JSON field named like a secret (a whole name between quotes, in any ASCII case) opening
-    /// at the quote `q`, holding a long unmasked value: what to list.
+    /// A JSON field named like a secret (a whole name between quotes, the same [`letters`] as a
+    /// configured one) opening at the quote `q`, holding a long unmasked value:
+    /// what to list.
     fn secret_field(&self, b: &[u8], q: usize, cfg: &Config) -> Option<String> {
         let rest = &b[q + 1..];
         if !rest.first().is_some_and(|c| self.firsts[*c as usize]) {
             return None;
         }
         let len = memchr::memchr(b'"', &rest[..rest.len().min(self.longest + 1)])?;
-        if self.lengths & 1 << len.min(63) == 0 {
+        let field = &rest[..len];
+        let n = letters(field).count();
+        if self.lengths & 1 << n.min(63) == 0 {
             return None;
         }
-        let name = cfg
-            .secret_fields
+        let i = self
+            .letters
             .iter()
-            .find(|n| n.as_bytes().eq_ignore_ascii_case(&rest[..len]))?;
+            .position(|l| l.len() == n && l.iter().copied().eq(letters(field)))?;
+        let name = &cfg.secret_fields[i];
         let mut j = len + 1;
         while rest.get(j).is_some_and(|c| c.is_ascii_whitespace()) {
             j += 1;
@@ -477,6 +534,32 @@ mod tests {
         );
     }
 
+    /// IBANs as statements print them (groups of four, ISO 13616's paper form) count as
+    /// IBANs, the same ones as their electronic form, and their digit groups are not read as a
+    /// card or an id; a look-alike with a bad check, or groups run into a word, is not one.
+    #[test]
+    fn ibans_in_their_print_form_count() {
+        let cfg = Config::default();
+        let f = scan(
+            b"DE89 3704 0044 0532 0130 00, DE89370400440532013000; GB82 WEST 1234 5698 7654 32\nSA03 8000 0000 6080 1016 7519",
+            &cfg,
+        );
+        assert_eq!(f.ibans.len(), 3, "{f:?}");
+        assert!(f.cards.is_empty() && f.national_ids.is_empty(), "{f:?}");
+        for no in [
+            &b"DE89 3704 0044 0532 0130 01"[..],
+            b"DE89 3704 0044 0532 0130 00x",
+            b"DE89 3704 0044 0532 0130 00000",
+            b"AB12 rest of a sentence",
+        ] {
+            assert!(
+                scan(no, &cfg).ibans.is_empty(),
+                "{}",
+                String::from_utf8_lossy(no)
+            );
+        }
+    }
+
     #[test]
     fn tokens_are_found_at_every_place_against_the_chunks() {
         let cfg = Config::default();
@@ -485,6 +568,7 @@ mod tests {
                 ("AKIAIOSFODNN7EXAMPLE", "secret"),
                 ("ghp_0123456789abcdefghijklmnopqrstuvwxyz", "secret"),
                 ("DE89370400440532013000", "iban"),
+                ("DE89 3704 0044 0532 0130 00", "iban"),
                 ("4111 1111 1111 1111", "card"),
                 ("123-45-6789", "id"),
                 ("ann@example.com", "email"),
