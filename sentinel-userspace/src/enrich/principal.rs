@@ -442,8 +442,15 @@ impl LoginPaths {
         )
     }
 
-    /// True when `path` ends with one of these paths.
+    /// True when `path`, as servers route it ([`routed`]), ends with one of these paths.
     pub fn matches(&self, path: &str) -> bool {
+        if path.contains(['%', ';']) || path.contains("/.") {
+            return self.matches_routed(&routed(path));
+        }
+        self.matches_routed(path)
+    }
+
+    fn matches_routed(&self, path: &str) -> bool {
         let path = path.trim_end_matches('/');
         let last = path.rfind('/').map_or(path, |i| &path[i + 1..]);
         let seg_matches = |seg: &str, want: &Option<Box<str>>| match want {
@@ -479,8 +486,12 @@ pub fn login_username(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Option<St
         .header("content-type")
         .unwrap_or("")
         .to_ascii_lowercase();
-    if ctype.contains("json") || req.body.first() == Some(&b'{') {
-        let v: serde_json::Value = serde_json::from_slice(req.body).ok()?;
+    // A byte order mark, which JSON parsers of servers skip (Express, Python, Jackson).
+    let body = req.body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(req.body);
+    // A form is a form whatever it starts with (`{=&username=...`): servers go by its type.
+    let form = ctype.contains("x-www-form-urlencoded");
+    if !form && (ctype.contains("json") || body.trim_ascii_start().first() == Some(&b'{')) {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
         let top = v.as_object()?;
         let named = |o| text_field(o, &cfg.username_fields);
         return named(top)
@@ -491,8 +502,8 @@ pub fn login_username(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Option<St
             })
             .map(str::to_owned);
     }
-    if ctype.contains("x-www-form-urlencoded") {
-        let body = std::str::from_utf8(req.body).ok()?;
+    if form {
+        let body = String::from_utf8_lossy(body);
         let field = |k: &str| {
             cfg.username_fields
                 .iter()
@@ -525,14 +536,36 @@ fn text_field<'v>(
     })
 }
 
+/// A request path as servers route it: a segment's `;` parameters dropped (Tomcat and Spring
+/// route `/login;jsessionid=x` to `/login`), escapes decoded (`/%6cogin` is `/login`), and
+/// empty and `.` segments skipped (`/login/.`).
+fn routed(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/') {
+        let seg = seg.split(';').next().unwrap_or_default();
+        for s in decode_escapes(seg, false).split('/') {
+            if !s.is_empty() && s != "." {
+                out.push('/');
+                out.push_str(s);
+            }
+        }
+    }
+    out
+}
+
 /// Decodes `%XX` escapes and `+` (form encoding); invalid escapes are kept as they are.
 pub fn percent_decode(s: &str) -> String {
+    decode_escapes(s, true)
+}
+
+/// Decodes `%XX` escapes, and `+` as a space when `plus` (form encoding, not paths).
+fn decode_escapes(s: &str, plus: bool) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus => out.push(b' '),
             b'%' if i + 2 < b.len() => {
                 match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
                 {
@@ -830,9 +863,20 @@ mod tests {
             "USERNAME=layla",
             "password=x&Email=layla",
             "%75sername=layla",
+            // Starting like JSON, a form still (servers go by its type).
+            "{=&username=layla",
         ] {
             assert_eq!(user(&form, body).as_deref(), Some("layla"), "{body}");
         }
+        // After a byte order mark, which servers' JSON parsers skip.
+        assert_eq!(
+            user(&json, "\u{feff}{\"username\":\"layla\"}").as_deref(),
+            Some("layla")
+        );
+        assert_eq!(
+            user(&[], "\u{feff} {\"username\":\"layla\"}").as_deref(),
+            Some("layla")
+        );
     }
 
     #[test]
@@ -873,6 +917,21 @@ mod tests {
             );
         }
         assert!(cfg.login_paths.matches("/tenants/{param}/login"));
+        // As servers route them: path parameters, escapes, `.` segments.
+        let cfg = PrincipalConfig::default();
+        for path in [
+            "/%6cogin",
+            "/login;jsessionid=x",
+            "/api/login;x=1/",
+            "/login%2f",
+            "/login/.",
+            "/api;v=2/%4C%4F%47%49%4E",
+        ] {
+            assert!(cfg.login_paths.matches(path), "{path}");
+        }
+        for path in ["/%6cogins", "/login;x/more", "/log%20in", "/login+"] {
+            assert!(!cfg.login_paths.matches(path), "{path}");
+        }
     }
 
     #[test]
