@@ -45,7 +45,11 @@ pub struct HttpSettings {
     pub body_cap: usize,
     /// Longest message head (and chunk trailer section).
     pub max_head: usize,
-    /// Most header fields in a head.
+    /// Most header fields in a head. Servers take many (nginx has no limit, Node 2000 by
+    /// default), so a request with more would be hidden from the models: the default is as many
+    /// as a head of `max_head` bytes can hold (a field line takes at least 3 bytes, `a:\n`), which
+    /// `max_head` already bounds. A head with more than 64 fields is parsed again with room for
+    /// 4 times as many, up to this.
     pub max_fields: usize,
     /// Bytes skipped looking for a message start before the direction is abandoned.
     pub max_resync: usize,
@@ -60,7 +64,7 @@ impl Default for HttpSettings {
         Self {
             body_cap: 64 << 10,
             max_head: 64 << 10,
-            max_fields: 256,
+            max_fields: (64 << 10) / 3 + 1,
             max_resync: 64 << 10,
             decode: true,
             max_pending: 64,

@@ -1175,3 +1175,70 @@ fn a_status_line_without_a_reason_phrase_parses() {
     assert_eq!(paired(&out), [("/r".into(), Some(204))]);
     assert_eq!(out[0].response.as_ref().unwrap().reason(), "");
 }
+
+/// What a request's transaction says: path, query, header fields, body.
+type Seen = (String, String, Vec<(String, String)>, Vec<u8>);
+
+/// Sends `reqs` and then `GET /next` on one connection, cut every `step` bytes, without
+/// responses; the requests as read, and the count of malformed heads.
+fn requests_read(reqs: &[u8], step: usize) -> (Vec<Seen>, u64) {
+    let mut c = conn();
+    let mut all = reqs.to_vec();
+    all.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+    for (i, part) in all.chunks(step).enumerate() {
+        c.send(true, part, &[], T0 + (i as u64 + 1) * MS);
+    }
+    let (out, st) = run_with(c.segments, PipelineSettings::default());
+    let seen = out
+        .iter()
+        .map(|t| {
+            let fields = t.request.headers();
+            (
+                t.path().to_owned(),
+                t.query().to_owned(),
+                fields.map(|(n, v)| (n.into(), v.into())).collect(),
+                t.req_body.clone(),
+            )
+        })
+        .collect();
+    (seen, st.http.malformed)
+}
+
+/// `reqs` read the same whole and cut in small pieces (in segments of an Ethernet MSS when
+/// long: each piece parses the head again), with no head malformed; the requests before
+/// `/next`, which must come last.
+fn read_leniently(reqs: &[u8]) -> Vec<Seen> {
+    let (mut whole, malformed) = requests_read(reqs, reqs.len() + 64);
+    assert_eq!(malformed, 0);
+    let steps: &[usize] = if reqs.len() < 1000 {
+        &[1, 5, 13]
+    } else {
+        &[1460]
+    };
+    for &step in steps {
+        assert_eq!(
+            requests_read(reqs, step),
+            (whole.clone(), 0),
+            "cut every {step}"
+        );
+    }
+    let next = whole.pop().expect("GET /next");
+    assert_eq!(next.0, "/next");
+    whole
+}
+
+/// Node takes 2000 fields by default and nginx any number: a head with 2000 is read (within the
+/// head size cap), the last field too.
+#[test]
+fn a_head_with_2000_fields_is_read() {
+    let mut req = b"GET /many?x=1 HTTP/1.1\r\n".to_vec();
+    for i in 0..1999 {
+        req.extend_from_slice(format!("X-{i}: {i}\r\n").as_bytes());
+    }
+    req.extend_from_slice(b"X-Last: ' OR 1=1--\r\n\r\n");
+    let got = read_leniently(&req);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].0.as_str(), got[0].1.as_str()), ("/many", "x=1"));
+    assert_eq!(got[0].2.len(), 2000);
+    assert_eq!(got[0].2[1999], ("X-Last".into(), "' OR 1=1--".into()));
+}
