@@ -556,9 +556,18 @@ impl Parser {
                 };
                 let line = &avail[..nl];
                 let hex_len = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-                if hex_len == 0 || hex_len > 15 {
+                // Leading zeros are taken: nginx, Apache and Node refuse only a size that
+                // overflows.
+                let size = line[..hex_len]
+                    .iter()
+                    .try_fold(0u64, |n, b| {
+                        let digit = (*b as char).to_digit(16).expect("a hex digit");
+                        n.checked_mul(16)?.checked_add(u64::from(digit))
+                    })
+                    .filter(|_| hex_len > 0);
+                let Some(size) = size else {
                     return self.malformed();
-                }
+                };
                 let rest = &line[hex_len..];
                 if !rest
                     .first()
@@ -566,11 +575,6 @@ impl Parser {
                 {
                     return self.malformed();
                 }
-                let size = u64::from_str_radix(
-                    std::str::from_utf8(&line[..hex_len]).expect("hex digits"),
-                    16,
-                )
-                .expect("at most 15 hex digits");
                 self.state = if size == 0 {
                     State::Trailers
                 } else {

@@ -1242,3 +1242,24 @@ fn a_head_with_2000_fields_is_read() {
     assert_eq!(got[0].2.len(), 2000);
     assert_eq!(got[0].2[1999], ("X-Last".into(), "' OR 1=1--".into()));
 }
+
+/// nginx, Apache and Node take a chunk size with leading zeros (16 digits and more) and refuse
+/// only one that overflows.
+#[test]
+fn chunk_sizes_with_leading_zeros_are_read() {
+    let got = read_leniently(
+        b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n000000000000000f\r\n\
+          ' OR 1=1--     \r\n00000000000000000000003\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].3, b"' OR 1=1--     abc");
+    let mut c = conn();
+    c.send(
+        true,
+        b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\nabc\r\n0\r\n\r\n",
+        &[],
+        T0 + MS,
+    );
+    let (_, st) = run_with(c.segments, PipelineSettings::default());
+    assert_eq!(st.http.malformed, 1);
+}
