@@ -11,7 +11,11 @@ pub type Span = Range<u32>;
 /// A request or response head.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Head {
-    /// The head's bytes as received (start line, fields, terminating empty line).
+    /// The head's bytes as received (start line, fields, terminating empty line). A request head
+    /// that httparse refuses but servers read leniently is kept as they read it (normalised:
+    /// target bytes outside ASCII percent-encoded, invalid field lines dropped, control bytes in
+    /// values as spaces, folded lines joined, any `HTTP/1.x` as `HTTP/1.1`), so its length may
+    /// differ from that of the bytes in the stream.
     pub raw: Bytes,
     /// Request method (empty for responses).
     pub method: Span,

@@ -863,7 +863,7 @@ pub fn framing(side: Side, head: &Head, ctx: Option<ReqCtx>) -> Option<Framing> 
 struct ParsedHead {
     /// Bytes of the stream the head takes.
     len: usize,
-    /// The head as read, when it is not the stream's bytes (see [`escape_target`]); the spans
+    /// The head as read, when it is not the stream's bytes (see [`normalise_request`]); the spans
     /// are within it.
     rewritten: Option<Vec<u8>>,
     method: std::ops::Range<u32>,
@@ -883,62 +883,217 @@ fn collect_fields(
         .collect()
 }
 
-/// A request head. httparse refuses a request target with bytes outside ASCII, which servers
-/// such as nginx and Apache take as they come: one such byte would hide the whole request (and
-/// an attack in it) from the models. Such a target is read with those bytes percent-encoded
-/// ([`escape_target`]), which a server decodes to the same bytes.
+/// A request head. httparse is stricter than the servers that take requests: nginx, Apache and
+/// Node read heads it refuses, and one refused head would hide the whole request (and an attack
+/// in it) from the models. A head httparse refuses is read again as those servers read it
+/// ([`normalise_request`]): the rewritten head is kept, with the length of the original.
 fn parse_request<'b>(
     buf: &'b [u8],
     hdrs: &mut [httparse::Header<'b>],
 ) -> Result<Option<ParsedHead>, httparse::Error> {
     match parse_request_as_sent(buf, hdrs) {
-        Err(httparse::Error::Token) => {
-            let Some((escaped, grown)) = escape_target(buf) else {
-                return Err(httparse::Error::Token);
+        Err(e) if e != httparse::Error::TooManyHeaders => {
+            let Some(norm) = normalise_request(buf) else {
+                return Err(e);
             };
             let mut fields = vec![httparse::EMPTY_HEADER; hdrs.len()];
-            let parsed = parse_request_as_sent(&escaped, &mut fields)?;
-            Ok(parsed.map(|mut h| {
-                let mut raw = escaped;
-                raw.truncate(h.len);
-                h.len -= grown;
-                h.rewritten = Some(raw);
-                h
-            }))
+            let parsed = parse_request_as_sent(&norm.raw, &mut fields)?;
+            match (parsed, norm.len) {
+                (None, None) => Ok(None),
+                (Some(mut h), Some(len)) if h.len == norm.raw.len() => {
+                    h.len = len;
+                    h.rewritten = Some(norm.raw);
+                    Ok(Some(h))
+                }
+                // The rewritten head ends elsewhere than the original: read neither.
+                _ => Err(e),
+            }
         }
         other => other,
     }
 }
 
-/// The head at the start of `buf` (up to its empty line, or all of `buf` when it has none yet)
-/// with the bytes outside ASCII of its request line's target (from the first space on)
-/// percent-encoded, and how many bytes that adds; `None` when it has none. What follows the
-/// head (a body, pipelined requests) is not copied.
-fn escape_target(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
-    let line_end = memchr_nl(buf).unwrap_or(buf.len());
-    let start = memchr::memchr(b' ', &buf[..line_end])?;
-    let line = &buf[start..line_end];
-    if line.is_ascii() {
+/// A request head rewritten as lenient servers read it.
+struct Normalised {
+    /// The rewritten head (or, before its empty line has come, its complete lines).
+    raw: Vec<u8>,
+    /// The length of the original head in the stream; `None` until its empty line has come.
+    len: Option<usize>,
+}
+
+/// SP or HTAB.
+fn is_ws(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+fn trim_ws(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s
+        && is_ws(*first)
+    {
+        s = rest;
+    }
+    while let [rest @ .., last] = s
+        && is_ws(*last)
+    {
+        s = rest;
+    }
+    s
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A field that frames the request's body: a line naming one is never dropped or rewritten.
+fn is_framing_name(name: &[u8]) -> bool {
+    let name = trim_ws(name).to_ascii_lowercase();
+    [&b"content-length"[..], b"transfer-encoding"]
+        .iter()
+        .any(|f| memchr::memmem::find(&name, f).is_some())
+}
+
+/// The request line rewritten, or `None` when servers refuse it too: the target's bytes outside
+/// ASCII percent-encoded (servers decode them to the same bytes), and any `HTTP/1.x` version
+/// (nginx and Apache take `HTTP/1.2` or `HTTP/1.10`) read as `HTTP/1.1` (`HTTP/1.0` when the
+/// minor digits are all zero). A line without its end yet gives only its method and target.
+fn normalise_request_line(line: &[u8], complete: bool, out: &mut Vec<u8>) -> Option<()> {
+    let method_len = line.iter().take_while(|b| is_tchar(**b)).count();
+    if method_len == 0 {
         return None;
     }
-    let head_end = [&b"\n\r\n"[..], b"\n\n"]
-        .iter()
-        .filter_map(|end| memchr::memmem::find(&buf[line_end..], end).map(|i| i + end.len()))
-        .min()
-        .map_or(buf.len(), |n| line_end + n);
-    let buf = &buf[..head_end];
-    let mut out = Vec::with_capacity(buf.len() + 16);
-    out.extend_from_slice(&buf[..start]);
-    for &c in line {
+    let (method, rest) = line.split_at(method_len);
+    if rest.first().is_some_and(|b| *b != b' ') {
+        return None;
+    }
+    let sp = rest.iter().take_while(|b| **b == b' ').count();
+    let rest = &rest[sp..];
+    let target_len = memchr::memchr(b' ', rest).unwrap_or(rest.len());
+    let (target, rest) = rest.split_at(target_len);
+    out.extend_from_slice(method);
+    out.push(b' ');
+    for &c in target {
         if c.is_ascii() {
             out.push(c);
         } else {
             out.extend_from_slice(format!("%{c:02X}").as_bytes());
         }
     }
-    let grown = out.len() - line_end;
-    out.extend_from_slice(&buf[line_end..]);
-    Some((out, grown))
+    if !complete {
+        return Some(());
+    }
+    let version = &rest[rest.iter().take_while(|b| **b == b' ').count()..];
+    out.push(b' ');
+    match version.strip_prefix(b"HTTP/1.") {
+        Some(minor) if !minor.is_empty() && minor.iter().all(u8::is_ascii_digit) => {
+            let zero = minor.iter().all(|b| *b == b'0');
+            out.extend_from_slice(if zero { b"HTTP/1.0" } else { b"HTTP/1.1" });
+        }
+        _ => out.extend_from_slice(version),
+    }
+    out.extend_from_slice(b"\r\n");
+    Some(())
+}
+
+/// A field value with its control bytes (nginx takes all but NUL, CR and LF) read as spaces.
+fn value_of(v: &[u8]) -> Vec<u8> {
+    v.iter()
+        .map(|&b| {
+            if (b < 0x20 && b != b'\t') || b == 0x7f {
+                b' '
+            } else {
+                b
+            }
+        })
+        .collect()
+}
+
+/// The head at the start of `buf` as lenient servers read it, for one httparse refuses; `None`
+/// when servers refuse it too (or might read its framing differently). Besides the request line
+/// ([`normalise_request_line`]):
+/// - A field line whose name is empty or has bytes outside tchar, or that has no colon, is
+///   dropped, as nginx does (`ignore_invalid_headers on`, its default); one that names
+///   Content-Length or Transfer-Encoding makes the head unreadable instead.
+/// - Control bytes in a value (nginx refuses NUL, CR and LF only) are read as spaces.
+/// - A line folded onto the one before (obs-fold) is joined to it with one space, as Apache does.
+///
+/// What follows the head (a body, pipelined requests) is not copied.
+fn normalise_request(buf: &[u8]) -> Option<Normalised> {
+    let mut out = Vec::with_capacity(buf.len().min(4096) + 16);
+    let Some(nl) = memchr_nl(buf) else {
+        normalise_request_line(buf, false, &mut out)?;
+        return Some(Normalised {
+            raw: out,
+            len: None,
+        });
+    };
+    let line = &buf[..nl];
+    normalise_request_line(line.strip_suffix(b"\r").unwrap_or(line), true, &mut out)?;
+    let mut pos = nl + 1;
+    // Kept field lines, without their line ends.
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    // The line before was kept (a line folded onto a dropped one is dropped with it).
+    let mut kept = false;
+    let len = loop {
+        let Some(i) = memchr_nl(&buf[pos..]) else {
+            break None;
+        };
+        let line = &buf[pos..pos + i];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        pos += i + 1;
+        if line.is_empty() {
+            break Some(pos);
+        }
+        if line.iter().any(|b| *b == 0 || *b == b'\r') {
+            return None;
+        }
+        if is_ws(line[0]) {
+            if !kept {
+                continue;
+            }
+            let last = lines.last_mut().expect("a kept line");
+            let colon = memchr::memchr(b':', last).expect("a kept line has a colon");
+            if is_framing_name(&last[..colon]) {
+                return None;
+            }
+            while last.len() > colon + 1 && last.last().is_some_and(|b| is_ws(*b)) {
+                last.pop();
+            }
+            let cont = trim_ws(line);
+            if !cont.is_empty() {
+                last.push(b' ');
+                last.extend(value_of(cont));
+            }
+            continue;
+        }
+        let colon = memchr::memchr(b':', line);
+        let name = &line[..colon.unwrap_or(line.len())];
+        let Some(colon) = colon.filter(|_| !name.is_empty() && name.iter().all(|b| is_tchar(*b)))
+        else {
+            if is_framing_name(name) {
+                return None;
+            }
+            kept = false;
+            continue;
+        };
+        let value = &line[colon + 1..];
+        let clean = value_of(value);
+        if clean != value && is_framing_name(name) {
+            return None;
+        }
+        let mut l = name.to_vec();
+        l.push(b':');
+        l.extend(clean);
+        lines.push(l);
+        kept = true;
+    };
+    for l in &lines {
+        out.extend_from_slice(l);
+        out.extend_from_slice(b"\r\n");
+    }
+    if len.is_some() {
+        out.extend_from_slice(b"\r\n");
+    }
+    Some(Normalised { raw: out, len })
 }
 
 fn parse_request_as_sent<'b>(

@@ -1227,6 +1227,90 @@ fn read_leniently(reqs: &[u8]) -> Vec<Seen> {
     whole
 }
 
+fn fields(f: &[(&str, &str)]) -> Vec<(String, String)> {
+    f.iter().map(|(n, v)| ((*n).into(), (*v).into())).collect()
+}
+
+/// nginx (`ignore_invalid_headers on`, its default) drops a field line whose name has bytes
+/// outside tchar or is empty, or that has no colon, and serves the request: so are they dropped
+/// here, and the request (with its body) is read.
+#[test]
+fn invalid_header_lines_are_dropped_as_nginx_drops_them() {
+    let got = read_leniently(
+        b"POST /login?u=admin'-- HTTP/1.1\r\nHost: x\r\nX@Foo: 1\r\nX(a): 2\r\n: empty\r\n\
+          no colon here\r\nContent-Length: 3\r\nX-Ok: yes\r\n\r\nabc",
+    );
+    assert_eq!(
+        got,
+        [(
+            "/login".into(),
+            "u=admin'--".into(),
+            fields(&[("Host", "x"), ("Content-Length", "3"), ("X-Ok", "yes")]),
+            b"abc".to_vec(),
+        )]
+    );
+}
+
+/// nginx takes control bytes other than NUL, CR and LF in a value: the field is kept, with
+/// each read as a space.
+#[test]
+fn control_bytes_in_header_values_read_as_spaces() {
+    let got = read_leniently(
+        b"GET /q?id=1 HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\x7fc\r\nUser-Agent: sqlmap\x0b/1.8\r\n\r\n",
+    );
+    assert_eq!(
+        got,
+        [(
+            "/q".into(),
+            "id=1".into(),
+            fields(&[
+                ("Host", "x"),
+                ("X-A", "a b c"),
+                ("User-Agent", "sqlmap /1.8")
+            ]),
+            vec![],
+        )]
+    );
+}
+
+/// Apache joins a line folded onto the one before (obs-fold) with one space.
+#[test]
+fn folded_header_lines_are_joined_with_a_space() {
+    let got = read_leniently(b"GET /f HTTP/1.1\r\nX-Foo: a \r\n  b\r\n\tc\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        got,
+        [(
+            "/f".into(),
+            "".into(),
+            fields(&[("X-Foo", "a b c"), ("Host", "x")]),
+            vec![],
+        )]
+    );
+}
+
+/// nginx and Apache take any `HTTP/1.x`: read as HTTP/1.1.
+#[test]
+fn any_http_1_minor_version_is_read_as_1_1() {
+    let got = read_leniently(
+        b"GET /v?a=1 HTTP/1.2\r\nHost: x\r\n\r\nPOST /w HTTP/1.10\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    assert_eq!(
+        got,
+        [
+            ("/v".into(), "a=1".into(), fields(&[("Host", "x")]), vec![]),
+            (
+                "/w".into(),
+                "".into(),
+                fields(&[("Content-Length", "2")]),
+                b"hi".to_vec()
+            ),
+        ]
+    );
+    let mut c = conn();
+    c.send(true, b"GET /v HTTP/1.2\r\n\r\n", &[], T0 + MS);
+    assert_eq!(run(c.segments)[0].request.version, 1);
+}
+
 /// Node takes 2000 fields by default and nginx any number: a head with 2000 is read (within the
 /// head size cap), the last field too.
 #[test]
@@ -1262,4 +1346,29 @@ fn chunk_sizes_with_leading_zeros_are_read() {
     );
     let (_, st) = run_with(c.segments, PipelineSettings::default());
     assert_eq!(st.http.malformed, 1);
+}
+
+/// Heads servers refuse too, or whose framing they might read differently, stay malformed; the
+/// request after each is read.
+#[test]
+fn heads_servers_refuse_or_might_frame_differently_stay_malformed() {
+    for bad in [
+        &b"GARBAGE\x01\x02 nonsense\r\n\r\n"[..],
+        b"GET /a HTTP/2.0\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nX-A: a\x00b\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nX-A: a\rb\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nTransfer-Encoding@: chunked\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nContent-Length : 3\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nContent-Length: 3\x01\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nTransfer-Encoding:\r\n chunked\r\n\r\n",
+    ] {
+        let (got, malformed) = requests_read(bad, bad.len() + 64);
+        let paths: Vec<&str> = got.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(
+            (paths, malformed),
+            (vec!["/next"], 1),
+            "{}",
+            bad.escape_ascii()
+        );
+    }
 }
