@@ -141,6 +141,8 @@ pub struct Parser {
     /// A gap ended a message and ran on into the next one: its loss is told next.
     lost_next: bool,
     last_ts: u64,
+    /// (stream offset of a head awaited, how many of its bytes hold no end of it yet).
+    head_seen: (u64, usize),
     /// Counters.
     pub counts: ParserCounts,
     settings: HttpSettings,
@@ -199,6 +201,7 @@ impl Parser {
             paused: false,
             lost_next: false,
             last_ts: 0,
+            head_seen: (u64::MAX, 0),
             counts: ParserCounts::default(),
             settings,
         }
@@ -698,6 +701,20 @@ impl Parser {
         if lead > 0 {
             return Parsed::Progress(lead, None);
         }
+        // A head is parsed once its empty line has come: one sent a few bytes at a time would
+        // otherwise be parsed again at every segment (and grown into its field array each time),
+        // which a client could use to burn the daemon's time. Its bytes are looked through once.
+        let seen = match self.head_seen {
+            (at, n) if at == self.abs => n,
+            _ => 0,
+        };
+        if !has_head_end(&avail[seen.saturating_sub(2)..]) {
+            if avail.len() > self.settings.max_head {
+                return self.malformed();
+            }
+            self.head_seen = (self.abs, avail.len());
+            return Parsed::Need;
+        }
         let mut fields = [httparse::EMPTY_HEADER; 64];
         let mut big: Vec<httparse::Header<'_>>;
         let mut n_fields = fields.len();
@@ -1160,6 +1177,11 @@ fn parse_trailers(mut raw: Vec<u8>) -> Option<Box<Head>> {
         version: 1,
         fields,
     }))
+}
+
+/// Whether `b` holds the empty line that ends a head (after a line end, a CRLF or a bare LF).
+fn has_head_end(b: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', b).any(|i| matches!(&b[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
 }
 
 fn memchr_nl(b: &[u8]) -> Option<usize> {

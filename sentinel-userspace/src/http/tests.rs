@@ -1210,10 +1210,11 @@ fn requests_read(reqs: &[u8], step: usize) -> (Vec<Seen>, u64) {
 fn read_leniently(reqs: &[u8]) -> Vec<Seen> {
     let (mut whole, malformed) = requests_read(reqs, reqs.len() + 64);
     assert_eq!(malformed, 0);
+    // A head is parsed once whole, so even a large one costs little a byte at a time.
     let steps: &[usize] = if reqs.len() < 1000 {
         &[1, 5, 13]
     } else {
-        &[1460]
+        &[1, 1460]
     };
     for &step in steps {
         assert_eq!(
