@@ -176,9 +176,17 @@ pub fn parse_jwt(token: &str) -> Option<JwtInfo> {
     if parts.next().is_some() {
         return None;
     }
+    // Either base64 alphabet, or both mixed, with or without padding, as Node's `Buffer` and
+    // PyJWT read them: a header written `+` and `/` is still the header the server reads.
     let dec = |s: &str| {
+        let s = s.trim_end_matches('=');
+        let url_safe: std::borrow::Cow<'_, str> = if s.contains(['+', '/']) {
+            s.replace('+', "-").replace('/', "_").into()
+        } else {
+            s.into()
+        };
         base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s.trim_end_matches('='))
+            .decode(url_safe.as_bytes())
             .ok()
     };
     let header: Members = serde_json::from_slice(&dec(h)?).ok()?;
@@ -588,9 +596,12 @@ pub fn bearer<'a>(req: &RequestView<'a>) -> Option<&'a str> {
     bearer_token(req.header("authorization")?)
 }
 
-/// The token of an `Authorization` value when its scheme is `Bearer`, trimmed.
+/// The token of an `Authorization` value when its scheme is `Bearer`, trimmed; the scheme ends
+/// at any blank (`Bearer\tTOKEN`, which passport-jwt and others read).
 pub fn bearer_token(authorization: &str) -> Option<&str> {
-    let (scheme, tok) = authorization.split_once(' ')?;
+    let (scheme, tok) = authorization
+        .trim_start()
+        .split_once(|c: char| c.is_ascii_whitespace())?;
     scheme.eq_ignore_ascii_case("bearer").then(|| tok.trim())
 }
 
@@ -743,6 +754,18 @@ mod tests {
         let j = parse_jwt(&t).unwrap();
         assert_eq!((&*j.alg, j.exp), ("HS256", Some(1_900_000_000)));
         assert!(parse_jwt("not.a.jwt").is_none());
+        // The scheme ends at any blank; the other base64 alphabet (`+`, `/`) and padding are
+        // read as Node's Buffer and PyJWT read them.
+        let tab = h(&[("Authorization", &format!("Bearer\t{t}"))]);
+        assert_eq!(
+            principal(&view("/balance", &tab, b""), &PrincipalConfig::default()),
+            p
+        );
+        let std = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let header = std(r#"{"alg":"none","x":"?>"}"#);
+        assert!(header.contains('+') && header.ends_with('='), "{header}");
+        let j = parse_jwt(&format!("{header}.{}.", std(r#"{"sub":"u?>?"}"#))).unwrap();
+        assert_eq!((&*j.alg, j.sub.as_deref()), ("none", Some("u?>?")));
         // Numbers as subjects, the last of repeated members, odd types read as absent.
         let j = parse_jwt(&jwt(
             r#"{"alg":"none","kid":{"a":[1,2]}}"#,
