@@ -6,9 +6,10 @@
 //! text contents (as sent, as decoded from a `base64` or `quoted-printable` transfer encoding,
 //! and a JSON part's keys and strings), and the headers that carry client input (`Referer`'s
 //! query, `User-Agent`, `Cookie` values, `X-Forwarded-*`). Each place judges up to
-//! `max_values` worth judging: the most suspicious when there are more, so that padding does not
-//! push a payload out. Each value is decoded (`%XX`, `+`, twice when still encoded) before it
-//! is judged; JSON and multipart values are judged as sent.
+//! `max_values` worth judging (values no check could flag are not collected at all): the most
+//! likely to be flagged when there are more, so that padding does not push a payload out. Each
+//! value is decoded (`%XX`, `+`, twice when still encoded) before it is judged; JSON and
+//! multipart values are judged as sent.
 //!
 //! Cost: the port takes 2-6 µs per value, more than the whole budget per transaction, so a value
 //! only reaches it when a cheap pre-filter finds characters or words an injection needs (quotes,
@@ -238,18 +239,28 @@ impl Shape {
         self.has(COLON) && script_url(v)
     }
 
-    /// Worth judging at all.
-    fn candidate(self, v: &str) -> bool {
-        self.has(SQL | XSS | PERCENT)
-            || self.sql(v)
-            || self.script_url(v)
+    /// Could [`traversal`] find something in `v`? (An escape to decode, a character
+    /// [`fold_overlong`] folds, a `..`, or a sensitive file named outright: each name has a `/`
+    /// or a `.`.)
+    fn may_traverse(self, v: &str) -> bool {
+        self.has(PERCENT)
+            || (self.has(FOLD) && v.contains(['\\', '\u{ff0e}', '\u{2215}', '\u{fffd}']))
             || (self.has(DOT) && v.contains(".."))
-            // A sensitive file named outright (each name has a `/` or a `.`).
             || (self.has(SLASH | DOT) && SENSITIVE_CI.is_match(v))
+    }
+
+    /// Worth judging at all: libinjection could flag `v`, or it is a script URL or a traversal.
+    /// Nothing else is collected, so values no check would flag never take a place's budget
+    /// from one that a check could.
+    fn candidate(self, v: &str) -> bool {
+        self.sql(v)
+            || self.xss()
+            || self.script_url(v)
+            || (self.may_traverse(v) && traversal(v).is_some())
     }
 }
 
-/// Worth judging at all.
+/// Worth judging at all ([`Shape::candidate`]).
 fn candidate(v: &str) -> bool {
     Shape::of(v).candidate(v)
 }
@@ -755,8 +766,9 @@ impl InjectionDetector {
         let mut v = Vec::new();
         if with_path {
             for seg in o.path.split('/').filter(|s| !s.is_empty()) {
-                if candidate(seg) {
-                    v.push(Input::value(Place::Path, "", decoded(seg, false)));
+                let seg = decoded(seg, false);
+                if candidate(&seg) {
+                    v.push(Input::value(Place::Path, "", seg));
                 }
             }
         }
@@ -792,8 +804,9 @@ impl InjectionDetector {
             if name.eq_ignore_ascii_case("cookie") {
                 for c in value.split(';') {
                     let (k, val) = c.trim().split_once('=').unwrap_or(("", c.trim()));
-                    if candidate(val) {
-                        v.push(Input::value(Place::Cookie, k, decoded(val, false)));
+                    let val = decoded(val, false);
+                    if candidate(&val) {
+                        v.push(Input::value(Place::Cookie, k, val));
                     }
                 }
             } else if name.eq_ignore_ascii_case("referer") {
@@ -818,19 +831,61 @@ impl InjectionDetector {
 /// are kept: padding that outnumbers the budget this many times still pushes a payload out.
 const COLLECT: usize = 8;
 
-/// How suspicious a value worth judging looks: how many kinds of injection character it holds
-/// (quotes, comment markers, parentheses, `=`, `<`, spaces, escapes...). Padding of a kind or
-/// two (`a=b`, `x'`) ranks below a payload, which needs several.
-fn suspicion(v: &str) -> u32 {
-    Shape::of(v).0.count_ones()
+/// The characters libinjection's tokenizers key on, a bit each (for [`suspicion`]): quotes,
+/// `;`, `#`, `(`, `=`, `*`, `<`, `>`, and SQL white space as one.
+static MARK: [u16; 256] = {
+    let mut t = [0u16; 256];
+    let marks = b"'\"`;#(=*<>";
+    let mut k = 0;
+    while k < marks.len() {
+        t[marks[k] as usize] = 1 << k;
+        k += 1;
+    }
+    let white = b" \t\n\x0b\x0c\r";
+    let mut k = 0;
+    while k < white.len() {
+        t[white[k] as usize] = 1 << marks.len();
+        k += 1;
+    }
+    t
+};
+
+/// How likely a value worth judging is to be flagged, for ranking: a definite finding of the
+/// cheap checks (a script URL, a traversal in a parameter) first; then, for what libinjection
+/// judges, how many of the things it keys on the value holds (each kind of quote, `;`, `#`, `(`,
+/// `=`, `*`, `<`, `>`, white space, a comment marker, an SQL word, a tag); nothing for the rest
+/// (a `..` in a cookie), which no check of its place flags. Dots, dashes, colons, slashes and
+/// bytes outside ASCII count for nothing: padding made of them ranks below any payload.
+fn suspicion(i: &Input<'_>) -> u32 {
+    let v = &*i.value;
+    let shape = Shape::of(v);
+    if shape.script_url(v) || (i.place.parameter() && traversal(v).is_some()) {
+        return u32::MAX;
+    }
+    if !(shape.sql(v) || shape.xss()) {
+        return 0;
+    }
+    let marks = v
+        .bytes()
+        .fold(0u16, |a, c| a | MARK[c as usize])
+        .count_ones();
+    let comment = shape.has(DASH | SLASH) && (v.contains("--") || v.contains("/*"));
+    let word = SQL_WORDS_CI.is_match(v);
+    let tag = memchr::memchr_iter(b'<', v.as_bytes()).any(|at| {
+        v.as_bytes()
+            .get(at + 1)
+            .is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, b'/' | b'!'))
+    });
+    marks + u32::from(comment) + u32::from(word) + u32::from(tag)
 }
 
 /// Keeps at most `max` of the values from `start` on: all of them when they fit, else the most
-/// suspicious, in their order among equals (many values worth judging before a payload, the
-/// padding of an evasion, would otherwise use up the budget in front of it).
+/// likely to be flagged ([`suspicion`]), in their order among equals (many values worth judging
+/// before a payload, the padding of an evasion, would otherwise use up the budget in front of
+/// it).
 fn keep_most_suspicious(v: &mut Vec<Input<'_>>, start: usize, max: usize) {
     if v.len() - start > max {
-        v[start..].sort_by_cached_key(|i| std::cmp::Reverse(suspicion(&i.value)));
+        v[start..].sort_by_cached_key(|i| std::cmp::Reverse(suspicion(i)));
         v.truncate(start + max);
     }
 }
@@ -1357,6 +1412,57 @@ mod tests {
         );
         let k = kinds(&mut Engine::new(&ModelsConfig::default()).unwrap(), &o);
         assert!(k.contains(&AlertKind::SqlInjection), "{k:?}");
+    }
+
+    #[test]
+    fn padding_that_is_never_judged_does_not_take_the_payloads_place() {
+        // Dots, dashes, colons, slashes, spaces and non-ASCII bytes in each pad: characters the
+        // old ranking counted, in values no check flags, payload first and last.
+        let pads: Vec<String> = (0..300).map(|i| format!("p{i}=%C3%A9..-:%20/a")).collect();
+        let json_pads: Vec<String> = (0..300)
+            .map(|i| format!("\"p{i}\":\"\u{e9}..-: /a\""))
+            .collect();
+        for (payload, json_payload, kind) in [
+            (
+                "id=1%27%20OR%20%271%27%3D%271",
+                r#""id":"1' OR '1'='1""#,
+                AlertKind::SqlInjection,
+            ),
+            (
+                "q=%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+                r#""q":"<script>alert(1)</script>""#,
+                AlertKind::Xss,
+            ),
+        ] {
+            for first in [true, false] {
+                let (q, j) = if first {
+                    (
+                        format!("{payload}&{}", pads.join("&")),
+                        format!("{{{json_payload},{}}}", json_pads.join(",")),
+                    )
+                } else {
+                    (
+                        format!("{}&{payload}", pads.join("&")),
+                        format!("{{{},{json_payload}}}", json_pads.join(",")),
+                    )
+                };
+                let k = kinds(
+                    &mut Engine::new(&ModelsConfig::default()).unwrap(),
+                    &get(&format!("/items?{q}"), 0),
+                );
+                assert!(k.contains(&kind), "query, first {first}: {k:?}");
+                let o = post(
+                    "203.0.113.54",
+                    "application/x-www-form-urlencoded",
+                    q.as_bytes(),
+                );
+                let k = kinds(&mut Engine::new(&ModelsConfig::default()).unwrap(), &o);
+                assert!(k.contains(&kind), "form, first {first}: {k:?}");
+                let o = post("203.0.113.55", "application/json", j.as_bytes());
+                let k = kinds(&mut Engine::new(&ModelsConfig::default()).unwrap(), &o);
+                assert!(k.contains(&kind), "json, first {first}: {k:?}");
+            }
+        }
     }
 
     /// Posts `body` as `ctype` to `/submit` from `ip`.
@@ -2123,17 +2229,13 @@ mod tests {
                 || t.starts_with("data:text/html")
         }
 
+        /// Only what some check could flag: a traversal only when there is one.
         pub fn candidate(v: &str) -> bool {
             sql(v)
                 || v.bytes()
                     .any(|c| matches!(c, b'<' | b'>' | b'"' | b'\'' | b'`'))
                 || script_url(v)
-                || v.contains("..")
-                || v.contains('%')
-                || {
-                    let l = v.to_ascii_lowercase();
-                    SENSITIVE.iter().any(|f| l.contains(f))
-                }
+                || traversal(v).is_some()
         }
     }
 
