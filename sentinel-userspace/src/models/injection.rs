@@ -156,7 +156,30 @@ fn any_ci(patterns: &[&str]) -> AhoCorasick {
         .expect("constant patterns build")
 }
 
-static SQL_WORDS_CI: LazyLock<AhoCorasick> = LazyLock::new(|| any_ci(&SQL_WORDS));
+/// What SQL reads as white space where [`SQL_WORDS`] have a space (MySQL and Postgres read
+/// these as libinjection does), and U+FFFD, what an invalid byte decodes to: `%a0`, Latin-1's
+/// no-break space, which MySQL and libinjection read as white space too.
+const SQL_WHITE: [&str; 7] = [" ", "\t", "\n", "\x0b", "\x0c", "\r", "\u{fffd}"];
+
+/// [`SQL_WORDS`] with each space any of [`SQL_WHITE`], regardless of ASCII case.
+static SQL_WORDS_CI: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    let mut words: Vec<String> = Vec::new();
+    for w in SQL_WORDS {
+        let mut variants = vec![String::new()];
+        for (i, part) in w.split(' ').enumerate() {
+            if i > 0 {
+                variants = variants
+                    .iter()
+                    .flat_map(|v| SQL_WHITE.iter().map(move |s| format!("{v}{s}")))
+                    .collect();
+            }
+            variants.iter_mut().for_each(|v| v.push_str(part));
+        }
+        words.extend(variants);
+    }
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    any_ci(&words)
+});
 
 /// `needle` (ASCII) in `hay` regardless of ASCII case.
 pub(super) fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
@@ -177,6 +200,7 @@ const PERCENT: u16 = 4;
 const DASH: u16 = 8;
 const DOT: u16 = 16;
 const COLON: u16 = 32;
+/// Any white space SQL reads as such ([`SQL_WHITE`] but U+FFFD).
 const SPACE: u16 = 64;
 /// `\` or any non-ASCII byte: [`fold_overlong`] may change the value.
 const FOLD: u16 = 128;
@@ -197,7 +221,7 @@ static CLASS: [u16; 256] = {
         (b"-", DASH),
         (b".", DOT),
         (b":", COLON),
-        (b" ", SPACE),
+        (b" \t\n\x0b\x0c\r", SPACE),
         (b"\\", FOLD),
         (b"/", SLASH),
     ];
@@ -228,7 +252,8 @@ impl Shape {
     fn sql(self, v: &str) -> bool {
         self.has(SQL)
             || (self.has(DASH) && v.contains("--"))
-            || (self.has(SPACE) && SQL_WORDS_CI.is_match(v))
+            || ((self.has(SPACE) || (self.has(FOLD) && v.contains('\u{fffd}')))
+                && SQL_WORDS_CI.is_match(v))
     }
 
     fn xss(self) -> bool {
@@ -696,7 +721,12 @@ impl InjectionDetector {
         self.judged += 1;
         let mut fp = String::new();
         if sql {
-            let r = libinjectionrs::detect_sqli(v.as_bytes());
+            let mut r = libinjectionrs::detect_sqli(v.as_bytes());
+            // An invalid byte decodes to U+FFFD, `%a0` (white space to MySQL and libinjection)
+            // among them: read it as a space too.
+            if !r.is_injection() && shape.has(FOLD) && v.contains('\u{fffd}') {
+                r = libinjectionrs::detect_sqli(v.replace('\u{fffd}', " ").as_bytes());
+            }
             if r.is_injection() {
                 verdict |= 1;
                 fp = r
@@ -1465,6 +1495,42 @@ mod tests {
         }
     }
 
+    #[test]
+    fn sql_white_space_other_than_a_space_does_not_hide_sql() {
+        for (i, target) in [
+            "/items?id=-1%09union%09select%09username,password%09from%09users",
+            "/items?id=-1%0aunion%0aselect%0ausername,password%0afrom%0ausers",
+            "/items?id=-1%0bunion%0bselect%0busername,password%0bfrom%0busers",
+            "/items?id=-1%0cunion%0cselect%0cusername,password%0cfrom%0cusers",
+            "/items?id=-1%0dunion%0dselect%0dusername,password%0dfrom%0dusers",
+            "/items?id=-1%a0union%a0select%a0username,password%a0from%a0users",
+            "/items?id=1%09and%09sleep(5)",
+            "/items?id=1%0band%0bsleep(5)",
+            "/items/-1%09union%09select%09username,password%09from%09users",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+            let k = kinds(&mut e, &get(target, i as u64));
+            assert!(k.contains(&AlertKind::SqlInjection), "{target}: {k:?}");
+        }
+        // Ordinary text over lines, and Latin-1 text.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        for (i, target) in [
+            "/notes?text=Please%0Aupdate%0Amy%0Aaddress%0Aand%0Aphone",
+            "/search?q=caf%E9%A0or%A0th%E9",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut o = get(target, i as u64);
+            o.client_ip = "198.18.0.9".parse().unwrap();
+            let k = kinds(&mut e, &o);
+            assert!(k.is_empty(), "{target}: {k:?}");
+        }
+    }
+
     /// Posts `body` as `ctype` to `/submit` from `ip`.
     fn post(ip: &str, ctype: &str, body: &[u8]) -> Observation<'static> {
         let mut o = obs(T0, ip, "/submit");
@@ -2207,7 +2273,9 @@ mod tests {
                 .map(|f| (*f).to_owned())
         }
 
+        /// SQL white space of every kind read as a space.
         pub fn sql(v: &str) -> bool {
+            let v = v.replace(['\t', '\n', '\x0b', '\x0c', '\r', '\u{fffd}'], " ");
             v.bytes()
                 .any(|c| matches!(c, b'\'' | b'"' | b'`' | b';' | b'#' | b'(' | b'=' | b'*'))
                 || v.contains("--")
