@@ -765,8 +765,13 @@ impl InjectionDetector {
             // server may still read parts in it, so its lines are judged as text.
             return Body::Lines(body);
         }
+        // Servers parse by the media type (before any parameter: `; x=json` names none); the
+        // text is looked at only when the type is neither JSON nor a form.
+        let media = ctype[..memchr::memchr(b';', ctype).unwrap_or(ctype.len())].trim_ascii();
+        let json = contains_ci(media, b"json");
+        let form = media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded");
         let first = body.iter().find(|c| !c.is_ascii_whitespace()).copied();
-        if contains_ci(ctype, b"json") || matches!(first, Some(b'{' | b'[')) {
+        if json || (!form && matches!(first, Some(b'{' | b'['))) {
             match body_candidate(body).then(|| serde_json::from_slice::<Value>(body)) {
                 Some(Ok(j)) => Body::Json(j),
                 // Cut at the cap (a large body padded before its payload) or malformed: the
@@ -774,7 +779,7 @@ impl InjectionDetector {
                 Some(Err(_)) => Body::Strings(body),
                 None => Body::None,
             }
-        } else if contains_ci(ctype, b"x-www-form-urlencoded") {
+        } else if form {
             Body::Form(String::from_utf8_lossy(body))
         } else {
             Body::None
@@ -1528,6 +1533,36 @@ mod tests {
             o.client_ip = "198.18.0.9".parse().unwrap();
             let k = kinds(&mut e, &o);
             assert!(k.is_empty(), "{target}: {k:?}");
+        }
+    }
+
+    #[test]
+    fn a_form_body_is_read_as_its_media_type_says_whatever_it_starts_with() {
+        for (ctype, body) in [
+            ("application/x-www-form-urlencoded", "{=1&id=1' OR '1'='1"),
+            ("application/x-www-form-urlencoded", "[x]=1&id=1' OR '1'='1"),
+            (
+                "application/x-www-form-urlencoded; x=json",
+                "id=1' OR '1'='1",
+            ),
+            (
+                " Application/X-WWW-Form-Urlencoded ;charset=utf-8",
+                "[x]=1&id=1' OR '1'='1",
+            ),
+        ] {
+            let p = places(&post("203.0.113.56", ctype, body.as_bytes()));
+            assert!(
+                p.contains(&(AlertKind::SqlInjection, "form id".to_owned())),
+                "{ctype} {body}: {p:?}"
+            );
+        }
+        // Without a type that says so, a text that opens like JSON is still read as JSON.
+        for ctype in ["", "text/plain"] {
+            let p = places(&post("203.0.113.57", ctype, br#"{"id":"1' OR '1'='1"}"#));
+            assert!(
+                p.contains(&(AlertKind::SqlInjection, "json id".to_owned())),
+                "{ctype}: {p:?}"
+            );
         }
     }
 
