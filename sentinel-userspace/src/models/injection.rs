@@ -272,6 +272,8 @@ impl Shape {
             || (self.has(FOLD) && v.contains(['\\', '\u{ff0e}', '\u{2215}', '\u{fffd}']))
             || (self.has(DOT) && v.contains(".."))
             || (self.has(SLASH | DOT) && SENSITIVE_CI.is_match(v))
+            // `/etc/./passwd`, `/etc//passwd`.
+            || (self.has(SLASH) && (v.contains("//") || v.contains("/./")))
     }
 
     /// Worth judging at all: libinjection could flag `v`, or it is a script URL or a traversal.
@@ -384,11 +386,13 @@ pub fn traversal(raw: &str) -> Option<&'static str> {
     } else {
         d
     };
-    if d.contains("..")
-        && d.split('/')
-            .any(|seg| seg == ".." || seg == "...." || seg == "..;")
-    {
+    if d.contains("..") && d.split('/').any(dot_dot) {
         return Some("../");
+    }
+    // `/etc/./passwd` and `/etc//passwd` name `/etc/passwd`.
+    let mut d = d;
+    while d.contains("//") || d.contains("/./") {
+        d = Cow::Owned(d.replace("//", "/").replace("/./", "/"));
     }
     if !SENSITIVE_CI.is_match(d.as_ref()) {
         return None;
@@ -398,6 +402,13 @@ pub fn traversal(raw: &str) -> Option<&'static str> {
         .iter()
         .find(|f| contains_ci(d.as_bytes(), f.as_bytes()))
         .copied()
+}
+
+/// A path segment that climbs: `..` (or `....`, which some servers collapse to it), with any
+/// path parameter (`..;x=1`, `..;jsessionid=1`: Tomcat drops a segment's `;...`).
+fn dot_dot(seg: &str) -> bool {
+    let seg = seg.split(';').next().unwrap_or(seg);
+    seg == ".." || seg == "...."
 }
 
 /// An overlong UTF-8 dot or slash (`%c0%ae`) in `raw`, still encoded: decoding turns it into
@@ -1566,6 +1577,40 @@ mod tests {
         }
     }
 
+    #[test]
+    fn traversal_is_caught_through_path_parameters_and_unnormalised_paths() {
+        for (i, target) in [
+            "/public/..;x=1/manager/html",
+            "/public/..;jsessionid=1/actuator/env",
+            "/public/%2e%2e;x/manager/html",
+            "/download?f=/etc/./passwd",
+            "/download?f=/etc//passwd",
+            "/download?f=/etc/.//./passwd",
+            "/static/etc//shadow",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+            let k = kinds(&mut e, &get(target, i as u64));
+            assert!(k.contains(&AlertKind::PathTraversal), "{target}: {k:?}");
+        }
+        // Ordinary path parameters and URLs.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        for (i, target) in [
+            "/shop/cart;jsessionid=0A1B2C/items",
+            "/go?next=https://bank.test/./accounts//100231",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut o = get(target, i as u64);
+            o.client_ip = "198.18.0.9".parse().unwrap();
+            let k = kinds(&mut e, &o);
+            assert!(k.is_empty(), "{target}: {k:?}");
+        }
+    }
+
     /// Posts `body` as `ctype` to `/submit` from `ip`.
     fn post(ip: &str, ctype: &str, body: &[u8]) -> Observation<'static> {
         let mut o = obs(T0, ip, "/submit");
@@ -2297,11 +2342,14 @@ mod tests {
             }
             let d = fold_overlong(&decode_fully(raw, false));
             if d.split('/')
-                .any(|seg| seg == ".." || seg == "...." || seg == "..;")
+                .any(|seg| matches!(seg.split(';').next(), Some(".." | "....")))
             {
                 return Some("../".to_owned());
             }
-            let dl = d.to_ascii_lowercase();
+            let mut dl = d.to_ascii_lowercase();
+            while dl.contains("//") || dl.contains("/./") {
+                dl = dl.replace("//", "/").replace("/./", "/");
+            }
             SENSITIVE
                 .iter()
                 .find(|f| dl.contains(*f))
