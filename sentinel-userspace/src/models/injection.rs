@@ -849,10 +849,18 @@ impl InjectionDetector {
             }
             if name.eq_ignore_ascii_case("cookie") {
                 for c in value.split(';') {
-                    let (k, val) = c.trim().split_once('=').unwrap_or(("", c.trim()));
-                    let val = decoded(val, false);
+                    let (k, raw) = c.trim().split_once('=').unwrap_or(("", c.trim()));
+                    let val = decoded(raw, false);
+                    // PHP's `$_COOKIE` reads `+` as a space: that reading is judged too.
+                    let plus = raw
+                        .contains('+')
+                        .then(|| decoded(raw, true))
+                        .filter(|p| *p != val && candidate(p));
                     if candidate(&val) {
                         v.push(Input::value(Place::Cookie, k, val));
+                    }
+                    if let Some(p) = plus {
+                        v.push(Input::value(Place::Cookie, k, p));
                     }
                 }
             } else if name.eq_ignore_ascii_case("referer") {
@@ -1609,6 +1617,29 @@ mod tests {
             ],
             None,
         );
+    }
+
+    #[test]
+    fn a_cookie_is_judged_with_plus_read_as_a_space_too() {
+        let cookie = |ip: &str, v: &str| {
+            let mut o = obs(T0, ip, "/balance");
+            o.req_headers.push(("Cookie".into(), v.to_owned().into()));
+            places(&o)
+        };
+        let p = cookie(
+            "203.0.113.58",
+            "theme=dark; id=-1+union+select+username,password+from+users",
+        );
+        assert!(
+            p.contains(&(AlertKind::SqlInjection, "cookie id".to_owned())),
+            "{p:?}"
+        );
+        // Base64 values and ordinary text with `+`.
+        let p = cookie(
+            "198.18.0.9",
+            "tok=aGVsbG8+d29ybGQ=; pref=a+b+c; q=select+a+plan",
+        );
+        assert_eq!(p, []);
     }
 
     /// Posts `body` as `ctype` to `/submit` from `ip`.
