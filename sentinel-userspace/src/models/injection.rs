@@ -606,7 +606,7 @@ enum Body<'a> {
     None,
     Json(Value),
     /// A JSON text that does not parse: its whole strings are read ([`json_strings`]).
-    Strings(&'a [u8]),
+    Strings(Cow<'a, [u8]>),
     Form(Cow<'a, str>),
     FormData(FormData<'a>),
     /// A multipart body whose parts servers may not read as Sentinel does: its lines.
@@ -781,17 +781,22 @@ impl InjectionDetector {
         let media = ctype[..memchr::memchr(b';', ctype).unwrap_or(ctype.len())].trim_ascii();
         let json = contains_ci(media, b"json");
         let form = media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded");
-        let first = body.iter().find(|c| !c.is_ascii_whitespace()).copied();
+        // In UTF-16 or UTF-32, read as UTF-8 (the NULs of a JSON text's start tell).
+        let wide = wide_encoding(body, ctype, json || !form).map(|w| transcode(body, w));
+        let text = wide.as_deref().map_or(body, str::as_bytes);
+        let first = text.iter().find(|c| !c.is_ascii_whitespace()).copied();
         if json || (!form && matches!(first, Some(b'{' | b'['))) {
-            match body_candidate(body).then(|| serde_json::from_slice::<Value>(body)) {
+            match body_candidate(text).then(|| serde_json::from_slice::<Value>(text)) {
                 Some(Ok(j)) => Body::Json(j),
                 // Cut at the cap (a large body padded before its payload) or malformed: the
                 // strings that are whole are still judged.
-                Some(Err(_)) => Body::Strings(body),
+                Some(Err(_)) => {
+                    Body::Strings(wide.map_or(Cow::Borrowed(body), |s| Cow::Owned(s.into_bytes())))
+                }
                 None => Body::None,
             }
         } else if form {
-            Body::Form(String::from_utf8_lossy(body))
+            Body::Form(wide.map_or_else(|| String::from_utf8_lossy(body), Cow::Owned))
         } else {
             Body::None
         }
@@ -878,6 +883,79 @@ impl InjectionDetector {
         }
         keep_most_suspicious(&mut v, start, max);
         v
+    }
+}
+
+/// A text encoding wider than UTF-8: JSON on the wire must be UTF-8 (RFC 8259), but Jackson
+/// and Python's `json.loads` on bytes read these too, as RFC 4627 section 3 detects them.
+#[derive(Clone, Copy)]
+enum Wide {
+    Utf16 { be: bool },
+    Utf32 { be: bool },
+}
+
+/// The wide encoding a body of type `ctype` is in, if any: as its `charset` names it, else as
+/// a byte order mark says, else (when `sniff`: a JSON text) as the NULs of its first four bytes
+/// show (`00 00 00 xx` is UTF-32BE, `xx 00 xx 00` UTF-16LE, ...). EBCDIC and UTF-7 are not read.
+fn wide_encoding(body: &[u8], ctype: &[u8], sniff: bool) -> Option<Wide> {
+    let params = &ctype[memchr::memchr(b';', ctype).unwrap_or(ctype.len())..];
+    let charset = multipart::params(params)
+        .find(|(k, _)| k.eq_ignore_ascii_case(b"charset"))
+        .map(|(_, v)| v.to_ascii_lowercase());
+    let named = match charset.as_deref() {
+        Some(b"utf-16le") => return Some(Wide::Utf16 { be: false }),
+        Some(b"utf-16be") => return Some(Wide::Utf16 { be: true }),
+        Some(b"utf-32le") => return Some(Wide::Utf32 { be: false }),
+        Some(b"utf-32be") => return Some(Wide::Utf32 { be: true }),
+        // Big-endian unless a mark says otherwise.
+        Some(b"utf-16") => Some(Wide::Utf16 { be: true }),
+        Some(b"utf-32") => Some(Wide::Utf32 { be: true }),
+        _ => None,
+    };
+    match *body {
+        [0, 0, 0xfe, 0xff, ..] => Some(Wide::Utf32 { be: true }),
+        [0xff, 0xfe, 0, 0, ..] => Some(Wide::Utf32 { be: false }),
+        [0xfe, 0xff, ..] => Some(Wide::Utf16 { be: true }),
+        [0xff, 0xfe, ..] => Some(Wide::Utf16 { be: false }),
+        _ if named.is_some() => named,
+        [0, 0, 0, x, ..] if sniff && x != 0 => Some(Wide::Utf32 { be: true }),
+        [x, 0, 0, 0, ..] if sniff && x != 0 => Some(Wide::Utf32 { be: false }),
+        [0, x, 0, y, ..] if sniff && x != 0 && y != 0 => Some(Wide::Utf16 { be: true }),
+        [x, 0, y, 0, ..] if sniff && x != 0 && y != 0 => Some(Wide::Utf16 { be: false }),
+        _ => None,
+    }
+}
+
+/// `body` in encoding `w` as UTF-8, without a byte order mark (invalid units replaced, as
+/// lenient decoders do). At most twice as long as `body`, which the body cap bounds.
+fn transcode(body: &[u8], w: Wide) -> String {
+    let s: String = match w {
+        Wide::Utf16 { be } => char::decode_utf16(body.chunks_exact(2).map(|c| {
+            let c = [c[0], c[1]];
+            if be {
+                u16::from_be_bytes(c)
+            } else {
+                u16::from_le_bytes(c)
+            }
+        }))
+        .map(|c| c.unwrap_or('\u{fffd}'))
+        .collect(),
+        Wide::Utf32 { be } => body
+            .chunks_exact(4)
+            .map(|c| {
+                let c = [c[0], c[1], c[2], c[3]];
+                char::from_u32(if be {
+                    u32::from_be_bytes(c)
+                } else {
+                    u32::from_le_bytes(c)
+                })
+                .unwrap_or('\u{fffd}')
+            })
+            .collect(),
+    };
+    match s.strip_prefix('\u{feff}') {
+        Some(t) => t.to_owned(),
+        None => s,
     }
 }
 
@@ -1640,6 +1718,60 @@ mod tests {
             "tok=aGVsbG8+d29ybGQ=; pref=a+b+c; q=select+a+plan",
         );
         assert_eq!(p, []);
+    }
+
+    #[test]
+    fn json_and_forms_in_utf16_or_utf32_are_read() {
+        let json = r#"{"id":"1' OR '1'='1"}"#;
+        let utf16 = |s: &str, be: bool, bom: bool| -> Vec<u8> {
+            (bom.then_some(0xfeff))
+                .into_iter()
+                .chain(s.encode_utf16())
+                .flat_map(|u| if be { u.to_be_bytes() } else { u.to_le_bytes() })
+                .collect()
+        };
+        let utf32 = |s: &str, be: bool, bom: bool| -> Vec<u8> {
+            (bom.then_some('\u{feff}'))
+                .into_iter()
+                .chain(s.chars())
+                .flat_map(|c| {
+                    let c = u32::from(c);
+                    if be { c.to_be_bytes() } else { c.to_le_bytes() }
+                })
+                .collect()
+        };
+        for (ctype, body, place) in [
+            ("application/json", utf16(json, false, true), "json id"),
+            ("application/json", utf16(json, false, false), "json id"),
+            ("application/json", utf16(json, true, false), "json id"),
+            ("", utf16(json, true, true), "json id"),
+            ("application/json", utf32(json, false, false), "json id"),
+            ("application/json", utf32(json, true, true), "json id"),
+            ("text/plain", utf32(json, true, false), "json id"),
+            (
+                "application/json; charset=utf-16le",
+                utf16(json, false, false),
+                "json id",
+            ),
+            (
+                "application/x-www-form-urlencoded; charset=utf-16le",
+                utf16("a=1&id=1' OR '1'='1", false, false),
+                "form id",
+            ),
+            (
+                "application/x-www-form-urlencoded; charset=UTF-16",
+                utf16("a=1&id=1' OR '1'='1", false, true),
+                "form id",
+            ),
+        ] {
+            let p = places(&post("203.0.113.59", ctype, &body));
+            assert!(
+                p.contains(&(AlertKind::SqlInjection, place.to_owned())),
+                "{ctype} {body:?}: {p:?}"
+            );
+        }
+        let benign = utf16(r#"{"to":"bob","memo":"rent, 50% paid"}"#, false, true);
+        assert_eq!(places(&post("198.18.0.9", "application/json", &benign)), []);
     }
 
     /// Posts `body` as `ctype` to `/submit` from `ip`.
