@@ -5,7 +5,8 @@
 //! keys and string values, `multipart/form-data` field names (`name*` decoded), file names and
 //! text contents (as sent, as decoded from a `base64` or `quoted-printable` transfer encoding,
 //! and a JSON part's keys and strings), and the headers that carry client input (`Referer`'s
-//! query, `User-Agent`, `Cookie` values, `X-Forwarded-*`). Each place judges up to
+//! query, `User-Agent`, `Cookie` values, `X-Forwarded-*`, `Forwarded` and the client-address
+//! headers applications log: `X-Real-IP`, `True-Client-IP`, ...). Each place judges up to
 //! `max_values` worth judging (values no check could flag are not collected at all): the most
 //! likely to be flagged when there are more, so that padding does not push a payload out. Each
 //! value is decoded (`%XX`, `+`, twice when still encoded) before it is judged; JSON and
@@ -45,7 +46,9 @@ pub struct Config {
     /// On or off. Default on.
     pub enabled: bool,
     /// Request headers scanned (lower case; a trailing `*` matches a prefix). Default
-    /// `referer`, `user-agent`, `cookie`, `x-forwarded-*`.
+    /// `referer`, `user-agent`, `cookie`, `x-forwarded-*`, and the client-address headers
+    /// applications log (common SQL injection sinks): `forwarded`, `x-real-ip`,
+    /// `true-client-ip`, `client-ip`, `x-client-ip`, `x-originating-ip`.
     pub headers: Vec<String>,
     /// Body bytes parsed at most. Default 65,536.
     pub max_body_bytes: usize,
@@ -58,9 +61,20 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             enabled: true,
-            headers: ["referer", "user-agent", "cookie", "x-forwarded-*"]
-                .map(String::from)
-                .to_vec(),
+            headers: [
+                "referer",
+                "user-agent",
+                "cookie",
+                "x-forwarded-*",
+                "forwarded",
+                "x-real-ip",
+                "true-client-ip",
+                "client-ip",
+                "x-client-ip",
+                "x-originating-ip",
+            ]
+            .map(String::from)
+            .to_vec(),
             max_body_bytes: 65_536,
             max_values: 256,
         }
@@ -877,6 +891,24 @@ impl InjectionDetector {
                     None => value,
                 };
                 v.push(Input::value(Place::Referer, "", decoded(path, false)));
+            } else if name.eq_ignore_ascii_case("forwarded") {
+                // `for=_hidden;proto=http, for=...` (RFC 7239), which libinjection may flag
+                // whole: applications read each parameter's value, judged alone (an element
+                // that is not `token=value`, whole).
+                for el in value.split([',', ';']).map(str::trim) {
+                    let val = match el.split_once('=') {
+                        Some((k, val))
+                            if !k.is_empty()
+                                && k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') =>
+                        {
+                            val.trim_matches('"')
+                        }
+                        _ => el,
+                    };
+                    if candidate(val) {
+                        v.push(Input::value(Place::Header, &**name, Cow::Borrowed(val)));
+                    }
+                }
             } else {
                 v.push(Input::value(Place::Header, &**name, Cow::Borrowed(value)));
             }
@@ -1772,6 +1804,51 @@ mod tests {
         }
         let benign = utf16(r#"{"to":"bob","memo":"rent, 50% paid"}"#, false, true);
         assert_eq!(places(&post("198.18.0.9", "application/json", &benign)), []);
+    }
+
+    #[test]
+    fn client_address_headers_are_judged() {
+        let with = |ip: &str, name: &str, v: &str| {
+            let mut o = obs(T0, ip, "/balance");
+            o.req_headers
+                .push((name.to_owned().into(), v.to_owned().into()));
+            places(&o)
+        };
+        let ips = [
+            "198.51.100.7",
+            "2001:db8:cafe::17",
+            "[2001:db8::1]:4711",
+            "unknown",
+        ];
+        for name in [
+            "X-Real-IP",
+            "True-Client-IP",
+            "Client-IP",
+            "Forwarded",
+            "X-Client-IP",
+            "X-Originating-IP",
+        ] {
+            let place = format!("header {}", name.to_ascii_lowercase());
+            for v in ["1' OR '1'='1", "for=\"1' OR '1'='1\";proto=http"] {
+                let p = with("203.0.113.61", name, v);
+                assert!(
+                    p.contains(&(AlertKind::SqlInjection, place.clone())),
+                    "{name}: {v}: {p:?}"
+                );
+            }
+            for v in ips {
+                assert_eq!(with("198.18.0.9", name, v), [], "{name}: {v}");
+            }
+        }
+        // What proxies send in `Forwarded` (RFC 7239), obfuscated identifiers included.
+        for v in [
+            "for=192.0.2.60;proto=http;by=203.0.113.43",
+            r#"for="[2001:db8:cafe::17]:4711";proto=https, for=198.51.100.17"#,
+            "for=_hidden, for=unknown;host=bank.test",
+            "for=_SEVKISEK;by=_hidden;proto=https",
+        ] {
+            assert_eq!(with("198.18.0.9", "Forwarded", v), [], "{v}");
+        }
     }
 
     /// Posts `body` as `ctype` to `/submit` from `ip`.
