@@ -1296,12 +1296,14 @@ impl Detector for InjectionDetector {
                 &mut findings,
             );
         }
+        // Path segments are skipped when no byte in the path could make one worth judging
+        // (`:` for a script URL: `/go/javascript:alert(1)`).
         let fast_clean = o.query.is_empty()
             && o.req_body.is_empty()
             && !o
                 .path
                 .bytes()
-                .any(|c| matches!(c, b'%' | b'\'' | b'"' | b'<' | b';' | b'('));
+                .any(|c| CLASS[c as usize] & (SQL | XSS | PERCENT | COLON) != 0);
         let body = if fast_clean { Body::None } else { self.body(o) };
         // Parameters are judged decoded, which loses overlong encodings: look at them raw.
         let raw_params = [
@@ -1849,6 +1851,22 @@ mod tests {
         ] {
             assert_eq!(with("198.18.0.9", "Forwarded", v), [], "{v}");
         }
+    }
+
+    #[test]
+    fn a_script_url_in_a_path_segment_is_caught_without_a_query() {
+        assert_targets(
+            &["/go/javascript:alert`1`", "/go/JavaScript:alert`1`/x"],
+            Some(AlertKind::Xss),
+        );
+        assert_targets(
+            &[
+                "/v1/projects/p1:run",
+                "/docs/v1.2/index.html",
+                "/time/12:30",
+            ],
+            None,
+        );
     }
 
     /// Posts `body` as `ctype` to `/submit` from `ip`.
