@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use flate2::write::{GzDecoder, ZlibDecoder};
+use flate2::write::{DeflateDecoder, GzDecoder, ZlibDecoder};
 
 /// A content coding the body is decoded from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,7 +12,7 @@ pub enum Coding {
     Identity,
     /// `gzip` / `x-gzip`.
     Gzip,
-    /// `deflate` (zlib).
+    /// `deflate` (zlib, or raw deflate as some servers send it).
     Deflate,
     /// Something else (or several codings): kept as is, not decoded.
     Other,
@@ -60,14 +60,26 @@ impl Write for Capped {
 
 enum Decoder {
     Gzip(GzDecoder<Capped>),
+    /// `deflate` before its first two bytes tell a zlib stream from raw deflate: those so far.
+    DeflateStart(Capped, Vec<u8>),
     Deflate(ZlibDecoder<Capped>),
+    /// `deflate` sent without the zlib wrapper RFC 9110 asks for, as some servers send it and
+    /// browsers and curl read it.
+    RawDeflate(DeflateDecoder<Capped>),
+}
+
+/// Whether two bytes open a zlib stream (RFC 1950: method 8, and a header check that is a
+/// multiple of 31); raw deflate data almost never does.
+fn zlib_header(b0: u8, b1: u8) -> bool {
+    b0 & 0x0f == 8 && (u16::from(b0) << 8 | u16::from(b1)).is_multiple_of(31)
 }
 
 impl std::fmt::Debug for Decoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Decoder::Gzip(_) => "Gzip",
-            Decoder::Deflate(_) => "Deflate",
+            Decoder::DeflateStart(..) | Decoder::Deflate(_) => "Deflate",
+            Decoder::RawDeflate(_) => "RawDeflate",
         })
     }
 }
@@ -76,20 +88,38 @@ impl Decoder {
     fn out(&self) -> &Capped {
         match self {
             Decoder::Gzip(d) => d.get_ref(),
+            Decoder::DeflateStart(out, _) => out,
             Decoder::Deflate(d) => d.get_ref(),
+            Decoder::RawDeflate(d) => d.get_ref(),
         }
     }
     fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
         match self {
             Decoder::Gzip(d) => d.write_all(b),
+            Decoder::DeflateStart(out, start) => {
+                start.extend_from_slice(b);
+                if let [b0, b1, ..] = start[..] {
+                    let (out, start) = (std::mem::take(out), std::mem::take(start));
+                    *self = if zlib_header(b0, b1) {
+                        Decoder::Deflate(ZlibDecoder::new(out))
+                    } else {
+                        Decoder::RawDeflate(DeflateDecoder::new(out))
+                    };
+                    return self.write_all(&start);
+                }
+                Ok(())
+            }
             Decoder::Deflate(d) => d.write_all(b),
+            Decoder::RawDeflate(d) => d.write_all(b),
         }
     }
     /// Finishes the stream (true when it was complete and valid) and takes what decoded.
     fn finish(mut self) -> (bool, Vec<u8>) {
         let ok = match &mut self {
             Decoder::Gzip(d) => d.try_finish().is_ok(),
+            Decoder::DeflateStart(..) => false,
             Decoder::Deflate(d) => d.try_finish().is_ok(),
+            Decoder::RawDeflate(d) => d.try_finish().is_ok(),
         };
         (ok, self.take())
     }
@@ -97,7 +127,9 @@ impl Decoder {
     fn take(&mut self) -> Vec<u8> {
         std::mem::take(match self {
             Decoder::Gzip(d) => &mut d.get_mut().kept,
+            Decoder::DeflateStart(out, _) => &mut out.kept,
             Decoder::Deflate(d) => &mut d.get_mut().kept,
+            Decoder::RawDeflate(d) => &mut d.get_mut().kept,
         })
     }
 }
@@ -147,7 +179,7 @@ impl Body {
         };
         let decoder = match coding {
             Coding::Gzip => Some(Box::new(Decoder::Gzip(GzDecoder::new(out())))),
-            Coding::Deflate => Some(Box::new(Decoder::Deflate(ZlibDecoder::new(out())))),
+            Coding::Deflate => Some(Box::new(Decoder::DeflateStart(out(), Vec::new()))),
             _ => None,
         };
         Self {

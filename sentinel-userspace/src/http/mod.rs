@@ -7,7 +7,8 @@
 //!   known (HEAD, 204, 304 and 1xx have no body), so the two directions may arrive in any order.
 //! - **Bodies.** Content-Length, chunked (de-chunked, trailers kept) or, for responses, until the
 //!   connection closes. Bodies are counted in full and kept up to `body_cap`; gzip and deflate
-//!   response bodies are decoded up to the same cap (and decoding stops there).
+//!   bodies are decoded up to the same cap (and decoding stops there), requests' too (Express
+//!   inflates them for the application).
 //! - **Latency** is the capture time of the response's first byte minus that of the request's
 //!   first byte (the same definition the lab's traffic generator uses).
 //! - **Damage.** A gap inside a Content-Length or chunk body keeps the stream in sync (the body
@@ -53,7 +54,7 @@ pub struct HttpSettings {
     pub max_fields: usize,
     /// Bytes skipped looking for a message start before the direction is abandoned.
     pub max_resync: usize,
-    /// Decode gzip/deflate response bodies.
+    /// Decode gzip/deflate request and response bodies.
     pub decode: bool,
     /// Requests waiting for responses on one connection before the oldest is given up.
     pub max_pending: usize,
@@ -101,9 +102,9 @@ pub struct HttpStats {
     pub upgrades: u64,
     /// Connections abandoned as not HTTP.
     pub abandoned: u64,
-    /// Coded response bodies decoded.
+    /// Coded (gzip, deflate) request and response bodies decoded.
     pub decoded: u64,
-    /// Coded response bodies that failed to decode.
+    /// Coded request and response bodies that failed to decode.
     pub decode_failures: u64,
 }
 
@@ -274,7 +275,8 @@ impl HttpHandler {
                     if !complete {
                         self.stats.incomplete_bodies += 1;
                     }
-                    let (kept, _, len) = body.finish();
+                    let (kept, decoded, len) = body.finish();
+                    self.count_decoding(decoded, complete);
                     p.req = Some((kept, len, complete));
                 }
             }
@@ -298,6 +300,15 @@ impl HttpHandler {
                 });
             }
             Event::Abandoned => self.abandon(c),
+        }
+    }
+
+    /// Counts how decoding a coded body went (a body cut short is not a failure of its coding).
+    fn count_decoding(&mut self, decoded: Decoded, complete: bool) {
+        match decoded {
+            Decoded::Yes | Decoded::Capped => self.stats.decoded += 1,
+            Decoded::Failed if complete => self.stats.decode_failures += 1,
+            _ => {}
         }
     }
 
@@ -334,11 +345,7 @@ impl HttpHandler {
                     self.stats.incomplete_bodies += 1;
                 }
                 let (kept, decoded, len) = body.finish();
-                match decoded {
-                    Decoded::Yes | Decoded::Capped => self.stats.decoded += 1,
-                    Decoded::Failed if complete => self.stats.decode_failures += 1,
-                    _ => {}
-                }
+                self.count_decoding(decoded, complete);
                 let mut upgrade = false;
                 if let Some(p) = c.pending.get_mut(c.answered) {
                     upgrade = p.resp_head.as_ref().is_some_and(|(h, _)| {

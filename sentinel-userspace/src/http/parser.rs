@@ -774,7 +774,9 @@ impl Parser {
                     let Some(framing) = framing(self.side, &head, ctx) else {
                         return self.malformed();
                     };
-                    let coding = if self.side == Side::Response && self.settings.decode {
+                    // Requests too: Express inflates a gzip or deflate request body by default,
+                    // so what it hands the application is the decoded body.
+                    let coding = if self.settings.decode {
                         Coding::of(head.header_all("content-encoding"))
                     } else {
                         Coding::Identity

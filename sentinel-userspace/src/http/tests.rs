@@ -672,6 +672,47 @@ fn deflate_and_broken_gzip() {
     assert_eq!(st.http.decode_failures, 1);
 }
 
+/// `deflate` without its zlib wrapper (some servers send it so; browsers and curl read it), cut
+/// into one-byte segments so that the first two bytes come apart, is decoded; and a request
+/// body in gzip or deflate is decoded too (Express inflates it for the application).
+#[test]
+fn raw_deflate_and_coded_request_bodies_are_decoded() {
+    let secret = b"{\"aws\":\"AKIAIOSFODNN7EXAMPLE\"}";
+    let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), Compression::default());
+    raw.write_all(secret).unwrap();
+    let raw = raw.finish().unwrap();
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(b"{\"q\":\"1' OR '1'='1\"}").unwrap();
+    let gz = gz.finish().unwrap();
+    let mut c = conn();
+    let mut req = format!(
+        "POST /search HTTP/1.1\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+        gz.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&gz);
+    req.extend_from_slice(b"GET /export HTTP/1.1\r\n\r\n");
+    c.send(true, &req, &[], T0 + MS);
+    let mut r = b"HTTP/1.1 204 No Content\r\n\r\n".to_vec();
+    r.extend_from_slice(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Encoding: deflate\r\nContent-Length: {}\r\n\r\n",
+            raw.len()
+        )
+        .as_bytes(),
+    );
+    let head = r.len();
+    r.extend_from_slice(&raw);
+    let cuts: Vec<usize> = (head + 1..head + 4).collect();
+    c.send(false, &r, &cuts, T0 + 2 * MS);
+    let (out, st) = run_with(c.segments, PipelineSettings::default());
+    assert_eq!(out[0].req_body, b"{\"q\":\"1' OR '1'='1\"}");
+    assert_eq!(out[0].req_bytes, gz.len() as u64);
+    assert_eq!(out[1].resp_body, secret);
+    assert_eq!(out[1].resp_decoded, Decoded::Yes);
+    assert_eq!((st.http.decoded, st.http.decode_failures), (2, 0));
+}
+
 #[test]
 fn absolute_targets_give_host_and_path() {
     let mut c = conn();

@@ -21,9 +21,10 @@ pub struct Transaction {
     pub server: SocketAddr,
     /// Request head (all fields, in order).
     pub request: Box<Head>,
-    /// Request body, capped.
+    /// Request body (content-decoded when gzip/deflate, as Express reads it), capped.
     pub req_body: Vec<u8>,
-    /// Request body length (after de-chunking), including bytes lost to gaps.
+    /// Request body length (after de-chunking, before content decoding), including bytes lost
+    /// to gaps.
     pub req_bytes: u64,
     /// False when part of the request body was lost (gap) or cut by the end of the stream.
     pub req_complete: bool,
