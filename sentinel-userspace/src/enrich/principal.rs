@@ -162,6 +162,8 @@ pub struct JwtInfo {
     pub sub: Option<Arc<str>>,
     /// `exp` claim (seconds since the epoch).
     pub exp: Option<i64>,
+    /// `kid` of the header, when it is text: servers look keys up by it (in SQL, on disk).
+    pub kid: Option<Arc<str>>,
 }
 
 /// Decodes the header and payload of a compact JWS; `None` when it is not one (or its header
@@ -212,6 +214,10 @@ pub fn parse_jwt(token: &str) -> Option<JwtInfo> {
             Some(Claim::Num(n)) => numeric_date(&n),
             _ => None,
         },
+        kid: match header.kid {
+            Some(Claim::Str(k)) => Some(k.into()),
+            _ => None,
+        },
     })
 }
 
@@ -233,6 +239,7 @@ struct Members {
     alg: Option<Claim>,
     sub: Option<Claim>,
     exp: Option<Claim>,
+    kid: Option<Claim>,
 }
 
 /// One member's value: a string, a number, or anything else (skipped without being built).
@@ -260,6 +267,7 @@ impl<'de> Deserialize<'de> for Members {
                         "alg" => &mut out.alg,
                         "sub" => &mut out.sub,
                         "exp" => &mut out.exp,
+                        "kid" => &mut out.kid,
                         _ => {
                             m.next_value::<serde::de::IgnoredAny>()?;
                             continue;

@@ -445,6 +445,9 @@ enum Place {
     Referer,
     RefererQuery,
     Header,
+    /// What a server takes out of a credential and looks up with (a `Basic` user name, a JWT's
+    /// `kid`), named by `name`: a parameter, judged for traversal too.
+    Credential,
     Multipart,
 }
 
@@ -459,6 +462,7 @@ impl Place {
             Place::Referer => "referer",
             Place::RefererQuery => "referer query",
             Place::Header => "header",
+            Place::Credential => "credential",
             Place::Multipart => "multipart",
         }
     }
@@ -467,7 +471,7 @@ impl Place {
     fn parameter(self) -> bool {
         matches!(
             self,
-            Place::Query | Place::Form | Place::Json | Place::Multipart
+            Place::Query | Place::Form | Place::Json | Place::Multipart | Place::Credential
         )
     }
 }
@@ -536,7 +540,9 @@ impl<'a> Input<'a> {
             }
             Place::Json if self.name.is_empty() => "json .".to_owned(),
             Place::Json | Place::Cookie | Place::Multipart => format!("{label} {}", self.name),
-            Place::Header => format!("{label} {}", self.name.to_ascii_lowercase()),
+            Place::Header | Place::Credential => {
+                format!("{label} {}", self.name.to_ascii_lowercase())
+            }
         }
     }
 
@@ -551,7 +557,7 @@ impl<'a> Input<'a> {
                     secret_name(&decoded(&self.name, true))
                 }
                 Place::Json | Place::Header | Place::Multipart => secret_name(&self.name),
-                Place::Path | Place::Referer => false,
+                Place::Path | Place::Referer | Place::Credential => false,
             };
         if secret {
             redacted(&self.value)
@@ -862,6 +868,27 @@ impl InjectionDetector {
         }
         keep_most_suspicious(&mut v, start, max);
         let start = v.len();
+        // What servers take out of the credential and look up with: a Basic user name and a
+        // JWT's `kid` (common SQL and file-path sinks). The password and the token are secrets.
+        if let Some(user) =
+            super::header(&o.req_headers, "authorization").and_then(|a| basic_user(a))
+            && candidate(&user)
+        {
+            v.push(Input::value(
+                Place::Credential,
+                "basic user",
+                Cow::Owned(user),
+            ));
+        }
+        if let Some(kid) = o.jwt.as_ref().and_then(|j| j.kid.as_deref())
+            && candidate(kid)
+        {
+            v.push(Input::value(
+                Place::Credential,
+                "jwt kid",
+                Cow::Owned(kid.to_owned()),
+            ));
+        }
         for (name, value) in &o.req_headers {
             if !self.header_scanned(name) || !candidate(value) {
                 continue;
@@ -1097,6 +1124,22 @@ fn worth_decoded(raw: &str) -> Option<Cow<'_, str>> {
     } else {
         None
     }
+}
+
+/// The user name of a `Basic` Authorization value (base64 of `user:password`).
+fn basic_user(authorization: &str) -> Option<String> {
+    use base64::Engine as _;
+    let (scheme, creds) = authorization
+        .trim_start()
+        .split_once(|c: char| c.is_ascii_whitespace())?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(creds.trim().trim_end_matches('='))
+        .ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    Some(text.split_once(':').map_or(&*text, |(u, _)| u).to_owned())
 }
 
 /// The field names, file names and text contents of a multipart body that are worth judging,
@@ -1448,6 +1491,41 @@ mod tests {
         o.query = q.into();
         o.status = 404;
         o
+    }
+
+    /// What servers take out of a credential and look keys or users up with: a `Basic` user
+    /// name and a JWT's `kid`; ordinary ones raise nothing.
+    #[test]
+    fn credential_parts_servers_look_up_are_judged() {
+        use base64::Engine as _;
+        let basic = |s: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(s)
+            )
+        };
+        let url = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let with = |auth: Option<String>, kid: Option<&str>| {
+            let mut o = obs(T0, "203.0.113.70", "/balance");
+            if let Some(a) = auth {
+                o.req_headers.push(("Authorization".into(), a.into()));
+            }
+            if let Some(k) = kid {
+                let header = format!(r#"{{"alg":"HS256","kid":{}}}"#, json!(k));
+                let t = format!("{}.{}.c2ln", url(&header), url(r#"{"sub":"u"}"#));
+                o.jwt = crate::enrich::principal::parse_jwt(&t);
+                assert!(o.jwt.is_some());
+            }
+            kinds(&mut Engine::new(&ModelsConfig::default()).unwrap(), &o)
+        };
+        assert!(
+            with(Some(basic("admin' OR '1'='1'--:pw")), None).contains(&AlertKind::SqlInjection)
+        );
+        assert!(with(None, Some("x' UNION SELECT 'key'--")).contains(&AlertKind::SqlInjection));
+        assert!(with(None, Some("../../../../etc/passwd")).contains(&AlertKind::PathTraversal));
+        assert_eq!(with(Some(basic("layla.h@bank.test:S3cr3t'pw")), None), []);
+        assert_eq!(with(None, Some("2024-11-key-1")), []);
+        assert_eq!(with(Some("Bearer abc.def.ghi".into()), None), []);
     }
 
     #[test]

@@ -115,6 +115,7 @@ pub fn with_jwt<'a>(
         alg: alg.into(),
         sub: Some(sub.into()),
         exp,
+        kid: None,
     });
     o
 }
