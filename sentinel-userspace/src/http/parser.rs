@@ -916,11 +916,9 @@ fn parse_request<'b>(
                 return Err(e);
             };
             let mut fields = vec![httparse::EMPTY_HEADER; hdrs.len()];
-            let parsed = parse_request_as_sent(&norm.raw, &mut fields)?;
-            match (parsed, norm.len) {
-                (None, None) => Ok(None),
-                (Some(mut h), Some(len)) if h.len == norm.raw.len() => {
-                    h.len = len;
+            match parse_request_as_sent(&norm.raw, &mut fields)? {
+                Some(mut h) if h.len == norm.raw.len() => {
+                    h.len = norm.len;
                     h.rewritten = Some(norm.raw);
                     Ok(Some(h))
                 }
@@ -934,10 +932,10 @@ fn parse_request<'b>(
 
 /// A request head rewritten as lenient servers read it.
 struct Normalised {
-    /// The rewritten head (or, before its empty line has come, its complete lines).
+    /// The rewritten head.
     raw: Vec<u8>,
-    /// The length of the original head in the stream; `None` until its empty line has come.
-    len: Option<usize>,
+    /// The length of the original head in the stream.
+    len: usize,
 }
 
 /// SP or HTAB.
@@ -974,8 +972,8 @@ fn is_framing_name(name: &[u8]) -> bool {
 /// The request line rewritten, or `None` when servers refuse it too: the target's bytes outside
 /// ASCII percent-encoded (servers decode them to the same bytes), and any `HTTP/1.x` version
 /// (nginx and Apache take `HTTP/1.2` or `HTTP/1.10`) read as `HTTP/1.1` (`HTTP/1.0` when the
-/// minor digits are all zero). A line without its end yet gives only its method and target.
-fn normalise_request_line(line: &[u8], complete: bool, out: &mut Vec<u8>) -> Option<()> {
+/// minor digits are all zero).
+fn normalise_request_line(line: &[u8], out: &mut Vec<u8>) -> Option<()> {
     let method_len = line.iter().take_while(|b| is_tchar(**b)).count();
     if method_len == 0 {
         return None;
@@ -996,9 +994,6 @@ fn normalise_request_line(line: &[u8], complete: bool, out: &mut Vec<u8>) -> Opt
         } else {
             out.extend_from_slice(format!("%{c:02X}").as_bytes());
         }
-    }
-    if !complete {
-        return Some(());
     }
     let version = &rest[rest.iter().take_while(|b| **b == b' ').count()..];
     out.push(b' ');
@@ -1035,32 +1030,25 @@ fn value_of(v: &[u8]) -> Vec<u8> {
 /// - Control bytes in a value (nginx refuses NUL, CR and LF only) are read as spaces.
 /// - A line folded onto the one before (obs-fold) is joined to it with one space, as Apache does.
 ///
-/// What follows the head (a body, pipelined requests) is not copied.
+/// `buf` holds the whole head (the parser waits for its empty line: [`has_head_end`]); what
+/// follows it (a body, pipelined requests) is not copied.
 fn normalise_request(buf: &[u8]) -> Option<Normalised> {
     let mut out = Vec::with_capacity(buf.len().min(4096) + 16);
-    let Some(nl) = memchr_nl(buf) else {
-        normalise_request_line(buf, false, &mut out)?;
-        return Some(Normalised {
-            raw: out,
-            len: None,
-        });
-    };
+    let nl = memchr_nl(buf)?;
     let line = &buf[..nl];
-    normalise_request_line(line.strip_suffix(b"\r").unwrap_or(line), true, &mut out)?;
+    normalise_request_line(line.strip_suffix(b"\r").unwrap_or(line), &mut out)?;
     let mut pos = nl + 1;
     // Kept field lines, without their line ends.
     let mut lines: Vec<Vec<u8>> = Vec::new();
     // The line before was kept (a line folded onto a dropped one is dropped with it).
     let mut kept = false;
     let len = loop {
-        let Some(i) = memchr_nl(&buf[pos..]) else {
-            break None;
-        };
+        let i = memchr_nl(&buf[pos..])?;
         let line = &buf[pos..pos + i];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         pos += i + 1;
         if line.is_empty() {
-            break Some(pos);
+            break pos;
         }
         if line.iter().any(|b| *b == 0 || *b == b'\r') {
             return None;
@@ -1109,9 +1097,7 @@ fn normalise_request(buf: &[u8]) -> Option<Normalised> {
         out.extend_from_slice(l);
         out.extend_from_slice(b"\r\n");
     }
-    if len.is_some() {
-        out.extend_from_slice(b"\r\n");
-    }
+    out.extend_from_slice(b"\r\n");
     Some(Normalised { raw: out, len })
 }
 
@@ -1187,5 +1173,5 @@ fn has_head_end(b: &[u8]) -> bool {
 }
 
 fn memchr_nl(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+    memchr::memchr(b'\n', b)
 }
