@@ -604,13 +604,18 @@ pub fn bearer<'a>(req: &RequestView<'a>) -> Option<&'a str> {
     bearer_token(req.header("authorization")?)
 }
 
-/// The token of an `Authorization` value when its scheme is `Bearer`, trimmed; the scheme ends
-/// at any blank (`Bearer\tTOKEN`, which passport-jwt and others read).
+/// The token of an `Authorization` value when its scheme is `Bearer`, trimmed.
 pub fn bearer_token(authorization: &str) -> Option<&str> {
-    let (scheme, tok) = authorization
+    credentials(authorization, "bearer")
+}
+
+/// The credentials of an `Authorization` value when its scheme is `scheme` (any case), trimmed;
+/// the scheme ends at any blank (`Bearer\tTOKEN`, which passport-jwt and others read).
+pub fn credentials<'a>(authorization: &'a str, scheme: &str) -> Option<&'a str> {
+    let (name, creds) = authorization
         .trim_start()
         .split_once(|c: char| c.is_ascii_whitespace())?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| tok.trim())
+    name.eq_ignore_ascii_case(scheme).then(|| creds.trim())
 }
 
 /// Identifies the principal of a request.

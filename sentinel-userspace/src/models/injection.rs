@@ -1129,14 +1129,9 @@ fn worth_decoded(raw: &str) -> Option<Cow<'_, str>> {
 /// The user name of a `Basic` Authorization value (base64 of `user:password`).
 fn basic_user(authorization: &str) -> Option<String> {
     use base64::Engine as _;
-    let (scheme, creds) = authorization
-        .trim_start()
-        .split_once(|c: char| c.is_ascii_whitespace())?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
+    let creds = crate::enrich::principal::credentials(authorization, "basic")?;
     let raw = base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(creds.trim().trim_end_matches('='))
+        .decode(creds.trim_end_matches('='))
         .ok()?;
     let text = String::from_utf8_lossy(&raw);
     Some(text.split_once(':').map_or(&*text, |(u, _)| u).to_owned())
