@@ -134,6 +134,15 @@ impl Decoder {
     }
 }
 
+/// Whether a body looks binary (an image, an archive, an office file: every such format
+/// starts so): a NUL, or bytes that are not UTF-8, in its first KiB (a
+/// character cut by the KiB's end is not counted).
+pub fn looks_binary(content: &[u8]) -> bool {
+    let head = &content[..content.len().min(1024)];
+    memchr::memchr(0, head).is_some()
+        || std::str::from_utf8(head).is_err_and(|e| e.error_len().is_some())
+}
+
 /// How decoding a coded body went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -16,6 +16,7 @@
 
 use std::borrow::Cow;
 
+use super::body::looks_binary;
 use memchr::memmem::Finder;
 
 /// The boundaries a `multipart/form-data` content type may name, as servers read it: `None`
@@ -377,14 +378,6 @@ enum After {
     Close(usize),
     /// The end of the body.
     End,
-}
-
-/// Whether content looks binary: a NUL, or bytes that are not UTF-8, in its first KiB (a
-/// character cut by the KiB's end is not counted).
-pub fn looks_binary(content: &[u8]) -> bool {
-    let head = &content[..content.len().min(1024)];
-    memchr::memchr(0, head).is_some()
-        || std::str::from_utf8(head).is_err_and(|e| e.error_len().is_some())
 }
 
 impl Parts<'_> {

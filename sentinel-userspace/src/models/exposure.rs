@@ -31,7 +31,7 @@ use super::{
     injection::contains_ci,
     observation::Observation,
 };
-use crate::http::multipart::looks_binary;
+use crate::http::body::looks_binary;
 
 /// `[models.exposure]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
