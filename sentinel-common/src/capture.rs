@@ -38,6 +38,14 @@ pub const DEFAULT_SNAP_LEN: u32 = 2048;
 /// Largest snap length the programs support (the biggest record class).
 pub const MAX_SNAP_LEN: u32 = 8192;
 
+/// The most records one coalesced packet (GSO or GRO: several wire segments in one skb) is
+/// split into. The snap length applies to each wire segment, as a capture on the wire would
+/// apply it: when it holds a whole segment (the default 2048 does at an MTU of 1500), the
+/// packet is copied whole in records of [`MAX_SNAP_LEN`] bytes (64 of them hold 512 KiB, BIG
+/// TCP's largest); else each segment gives a record of its first snap-length bytes. Bytes past
+/// the last record are counted as cut.
+pub const MAX_COALESCED_RECORDS: u32 = 64;
+
 /// Payload sizes of the record classes: a record reserves the smallest class that holds the
 /// copied bytes (the ring buffer needs constant reservation sizes).
 pub const RECORD_CLASSES: [usize; 4] = [128, 512, 2048, 8192];
@@ -130,7 +138,8 @@ pub enum CaptureCounter {
     Captured = 0,
     /// Segments lost because the ring buffer had no room (reservation failed).
     RingFull = 1,
-    /// Segments whose payload was longer than the snap length (cut).
+    /// Segments whose payload was longer than the snap length (cut), and coalesced packets cut
+    /// at [`MAX_COALESCED_RECORDS`].
     Truncated = 2,
     /// Packets on the HTTP ports whose headers could not be parsed.
     Malformed = 3,
@@ -147,11 +156,15 @@ pub enum CaptureCounter {
     /// HTTP ports, and every later fragment of TCP (IPv6: every later fragment), whose ports
     /// only the first fragment holds (also counted in `Captured`).
     Fragments = 7,
+    /// Coalesced packets (GSO on egress, GRO on ingress: several wire segments in one skb, up
+    /// to 64 KiB and more) split back into records of wire segments; see
+    /// [`MAX_COALESCED_RECORDS`].
+    Coalesced = 8,
 }
 
 impl CaptureCounter {
     /// Every counter in index order.
-    pub const ALL: [CaptureCounter; 8] = [
+    pub const ALL: [CaptureCounter; 9] = [
         CaptureCounter::Captured,
         CaptureCounter::RingFull,
         CaptureCounter::Truncated,
@@ -160,9 +173,10 @@ impl CaptureCounter {
         CaptureCounter::Bytes,
         CaptureCounter::Unfollowed,
         CaptureCounter::Fragments,
+        CaptureCounter::Coalesced,
     ];
     /// Size of the counters array.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 
     /// Stable label for JSON and metrics.
     pub const fn label(self) -> &'static str {
@@ -175,6 +189,7 @@ impl CaptureCounter {
             CaptureCounter::Bytes => "bytes",
             CaptureCounter::Unfollowed => "unfollowed",
             CaptureCounter::Fragments => "fragments",
+            CaptureCounter::Coalesced => "coalesced",
         }
     }
 }

@@ -15,7 +15,7 @@ pub mod maps;
 pub use addr::*;
 pub use capture::{
     CAP_FLAG_EGRESS, CAP_FLAG_IP_PACKET, CAP_FLAG_TS_REALTIME, CaptureConfig, CaptureCounter,
-    CaptureHeader, DEFAULT_RING_BYTES, DEFAULT_SNAP_LEN, MAX_SNAP_LEN, RECORD_CLASSES,
-    wakeup_shift,
+    CaptureHeader, DEFAULT_RING_BYTES, DEFAULT_SNAP_LEN, MAX_COALESCED_RECORDS, MAX_SNAP_LEN,
+    RECORD_CLASSES, wakeup_shift,
 };
 pub use maps::*;

@@ -18,15 +18,15 @@
 use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{
-    bindings::TC_ACT_OK,
-    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    bindings::{__sk_buff, TC_ACT_OK},
+    helpers::{bpf_ktime_get_ns, bpf_loop, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{Array, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use sentinel_common::{
     CAP_FLAG_EGRESS, CAP_FLAG_IP_PACKET, CAP_FLAG_TS_REALTIME, CaptureConfig, CaptureCounter,
-    CaptureHeader, DEFAULT_RING_BYTES, MAX_SNAP_LEN,
+    CaptureHeader, DEFAULT_RING_BYTES, MAX_COALESCED_RECORDS, MAX_SNAP_LEN,
 };
 
 use crate::parse::{self, FRAG_FIRST, FRAG_NONE, IPPROTO_TCP, IPPROTO_UDP, Packet, ptr_at};
@@ -55,6 +55,7 @@ const BPF_SKB_CLOCK_MONOTONIC: u8 = 1;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+const TCP_PSH: u8 = 0x08;
 
 /// A ring buffer record of one size class: the header and up to `N` payload bytes.
 #[repr(C)]
@@ -188,14 +189,122 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
     if wire_len == 0 && flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
         return;
     }
-    let (cap, shift) = snapped(wire_len);
+    let (snap, shift) = capture_config();
     let hdr = CaptureHeader {
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
         ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
         tcp_flags: flags,
         ..header(ctx, pkt, (pkt.src_port, pkt.dst_port), cap_flags, wire_len)
     };
+    let mut cap = wire_len;
+    if wire_len > snap {
+        // SAFETY: reading a field of the context the kernel passed in.
+        let segments = unsafe { (*ctx.skb.skb).gso_segs };
+        if segments > 1 {
+            coalesced(ctx, &hdr, payload_off as u32, snap, shift);
+            return;
+        }
+        count(CaptureCounter::Truncated, 1);
+        cap = snap;
+    }
     emit_class(ctx, &hdr, payload_off as u32, cap, shift);
+}
+
+/// A coalesced packet (GSO on egress, GRO on ingress: several wire segments in one skb) longer
+/// than the snap length, split back into records as a capture on the wire would see it: the
+/// snap length applies to each wire segment (`gso_size` bytes), and when it holds a whole one
+/// the payload is copied whole, in records of the largest class. At most
+/// [`MAX_COALESCED_RECORDS`]; bytes past them are cut (the last record says how many the wire
+/// held). SYN stays on the first record and FIN, RST and PSH on the last, so the reassembler
+/// sees one segment's flags where the packet had them.
+///
+/// The records are written by `bpf_loop`, whose callback the verifier walks once: an unrolled
+/// or bounded loop over the record classes is past its million-instruction budget.
+#[inline(never)]
+fn coalesced(ctx: &TcContext, first: &CaptureHeader, off: u32, snap: u32, shift: u32) {
+    // SAFETY: reading a field of the context the kernel passed in.
+    let segment = unsafe { (*ctx.skb.skb).gso_size };
+    let (stride, keep) = if segment == 0 || snap >= segment {
+        (MAX_SNAP_LEN, MAX_SNAP_LEN)
+    } else {
+        (segment, snap)
+    };
+    count(CaptureCounter::Coalesced, 1);
+    let mut split = Split {
+        skb: ctx.skb.skb,
+        first: *first,
+        off,
+        stride,
+        keep,
+        shift,
+        done: 0,
+        cut: 0,
+    };
+    // SAFETY: the callback reads and writes only `split`, which outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_COALESCED_RECORDS,
+            split_record as *mut c_void,
+            core::ptr::addr_of_mut!(split) as *mut c_void,
+            0,
+        );
+    }
+    if split.cut != 0 {
+        count(CaptureCounter::Truncated, 1);
+    }
+}
+
+/// The state of [`coalesced`]'s loop.
+#[repr(C)]
+struct Split {
+    skb: *mut __sk_buff,
+    first: CaptureHeader,
+    /// Where the payload starts in the skb.
+    off: u32,
+    /// Payload bytes per record, and of them copied.
+    stride: u32,
+    keep: u32,
+    shift: u32,
+    /// Payload bytes already recorded.
+    done: u32,
+    /// Non-zero once a record was cut.
+    cut: u32,
+}
+
+/// One record of a coalesced packet: `bpf_loop`'s callback; 1 stops the loop.
+extern "C" fn split_record(i: u32, state: *mut c_void) -> i64 {
+    // SAFETY: `coalesced` passes its `Split`, alive for the whole loop.
+    let s = unsafe { &mut *(state as *mut Split) };
+    let total = s.first.wire_len;
+    if s.done >= total {
+        return 1;
+    }
+    let left = total - s.done;
+    let last = i >= MAX_COALESCED_RECORDS - 1 || left <= s.stride;
+    let len = if last { left } else { s.stride };
+    let cap = if len > s.keep { s.keep } else { len };
+    if cap < len {
+        s.cut = 1;
+    }
+    let mut flags = s.first.tcp_flags;
+    // SYN takes a sequence number before the payload.
+    let mut seq = s.first.seq;
+    if i > 0 {
+        seq = seq.wrapping_add(s.done + ((flags & TCP_SYN) >> 1) as u32);
+        flags &= !TCP_SYN;
+    }
+    if !last {
+        flags &= !(TCP_FIN | TCP_RST | TCP_PSH);
+    }
+    let hdr = CaptureHeader {
+        seq,
+        tcp_flags: flags,
+        wire_len: len,
+        ..s.first
+    };
+    emit_class(&TcContext::new(s.skb), &hdr, s.off + s.done, cap, s.shift);
+    s.done += len;
+    last as i64
 }
 
 /// A record's header for `pkt`, without TCP fields (an IP fragment's): its addresses, `ports`,

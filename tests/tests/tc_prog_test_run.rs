@@ -21,7 +21,7 @@ use sentinel_common::{
 };
 use sentinel_tests::{
     packets::{Ext, Packet, addr_key},
-    tc::{capture_port, skb_ctx_with_tstamp},
+    tc::{capture_port, capture_port_snap, skb_ctx_coalesced, skb_ctx_with_tstamp},
 };
 
 const PORT: u16 = 8080;
@@ -241,6 +241,91 @@ fn counter(
     c: CaptureCounter,
 ) -> anyhow::Result<u64> {
     Ok(cap.counters.get(&(c as u32), 0)?.iter().sum())
+}
+
+/// The records the egress program writes for one response segment of `payload` (seq 5000,
+/// ACK|PSH|FIN) under `snap_len`, given `ctx_in`, decoded by the daemon's consumer; and the
+/// `Coalesced` and `Truncated` counters.
+fn egress_segments(
+    payload: &[u8],
+    snap_len: u32,
+    ctx_in: &[u8],
+) -> anyhow::Result<(Vec<Segment>, u64, u64)> {
+    let resp = synth::seg(
+        0,
+        "198.18.0.1:8080".parse()?,
+        "198.18.0.100:40000".parse()?,
+        5000,
+        9000,
+        0x19,
+        payload,
+    );
+    let frame = synth::wrap(Link::Ethernet, &synth::ip_packet(&resp), false);
+    with_pin("gso", |pin| {
+        let mut dp = Datapath::load(&LoadOptions::new(pin))?;
+        let mut cap = dp.take_capture()?;
+        capture_port_snap(&mut cap, PORT, snap_len)?;
+        let r = dp.tc(names::PROG_EGRESS)?.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ctx_in: Some(ctx_in),
+            ..Default::default()
+        })?;
+        anyhow::ensure!(r.return_value == 0, "TC_ACT_OK expected");
+        let (mut sink, stats, mut consumer) =
+            (Vec::new(), RingStats::default(), Consumer::default());
+        while let Some(rec) = cap.ring.next() {
+            consumer.record(&rec, &Clock::with_offset(0), &stats, &mut sink);
+        }
+        Ok((
+            sink,
+            counter(&cap, CaptureCounter::Coalesced)?,
+            counter(&cap, CaptureCounter::Truncated)?,
+        ))
+    })
+}
+
+#[test]
+fn coalesced_packets_are_split_back_into_wire_segments() -> anyhow::Result<()> {
+    // A server's TCP hands TC segments of up to 64 KiB (GSO; GRO does the same on ingress),
+    // which a snap length meant for wire segments would cut: a chunked response lost its
+    // framing after the first 2 KiB of each. The snap length applies per wire segment.
+    sentinel_tests::require_root();
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+
+    // Three segments of 1000 bytes, a snap length that holds one: every byte, in one record
+    // (the largest class holds them), flags as they were.
+    let (segs, coalesced, cut) = egress_segments(&payload, 2048, &skb_ctx_coalesced(3, 1000))?;
+    assert_eq!((coalesced, cut), (1, 0));
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    assert_eq!(
+        (segs[0].seq, segs[0].flags, segs[0].wire_len),
+        (5000, 0x19, 3000)
+    );
+    assert_eq!(&segs[0].payload[..], &payload[..]);
+
+    // A snap length shorter than a wire segment: each of the three keeps its first 512 bytes
+    // at its own sequence number; FIN and PSH stay on the last.
+    let (segs, coalesced, cut) = egress_segments(&payload, 512, &skb_ctx_coalesced(3, 1000))?;
+    assert_eq!((coalesced, cut), (1, 1));
+    let got: Vec<(u32, u8, u32)> = segs.iter().map(|s| (s.seq, s.flags, s.wire_len)).collect();
+    assert_eq!(
+        got,
+        [(5000, 0x10, 1000), (6000, 0x10, 1000), (7000, 0x19, 1000)]
+    );
+    for (i, s) in segs.iter().enumerate() {
+        assert_eq!(
+            &s.payload[..],
+            &payload[i * 1000..i * 1000 + 512],
+            "segment {i}"
+        );
+    }
+
+    // An skb of one segment longer than the snap length is cut as before.
+    let (segs, coalesced, cut) = egress_segments(&payload, 2048, &[0u8; 192])?;
+    assert_eq!((coalesced, cut), (0, 1));
+    assert_eq!(segs.len(), 1);
+    assert_eq!((segs[0].wire_len, segs[0].payload.len()), (3000, 2048));
+    Ok(())
 }
 
 #[test]

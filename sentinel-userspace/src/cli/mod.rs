@@ -311,8 +311,8 @@ pub struct RunArgs {
     /// `[capture] http_ports` of the config.
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
     pub http_ports: Vec<u16>,
-    /// Payload bytes copied to userspace per TCP segment, 1 to 8192; overrides `[capture]
-    /// snap_len`.
+    /// Payload bytes copied to userspace per TCP segment on the wire, 1 to 8192 (a GSO or GRO
+    /// packet is split back into its segments first); overrides `[capture] snap_len`.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(sentinel_common::MAX_SNAP_LEN)))]
     pub snap_len: Option<u32>,
     /// GeoIP database (.mmdb, MaxMind City or DB-IP City Lite layout); repeat for several,

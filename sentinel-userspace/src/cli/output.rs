@@ -130,10 +130,11 @@ pub fn status(s: &StatusReport, json: bool) {
         );
         let k = |n: &str| c.kernel.get(n).copied().unwrap_or(0);
         println!(
-            "  kernel: {} segments ({} bytes; {} of them IP fragments), {} lost to a full ring buffer, {} truncated, {} malformed, {} copy failures, {} TCP packets not followed (headers out of the parser's reach)",
+            "  kernel: {} segments ({} bytes; {} of them IP fragments), {} coalesced packets split into segments, {} lost to a full ring buffer, {} truncated, {} malformed, {} copy failures, {} TCP packets not followed (headers out of the parser's reach)",
             k("captured"),
             k("bytes"),
             k("fragments"),
+            k("coalesced"),
             k("ring_full"),
             k("truncated"),
             k("malformed"),

@@ -166,7 +166,8 @@ pub struct CaptureReport {
     /// Payload bytes copied per segment.
     pub snap_len: u32,
     /// Kernel counters: `captured`, `ring_full` (records lost to a full ring buffer),
-    /// `truncated`, `malformed`, `load_failed`, `bytes`.
+    /// `truncated`, `malformed`, `load_failed`, `bytes`, `unfollowed`, `fragments`, `coalesced`
+    /// (GSO/GRO packets split into wire segments).
     pub kernel: std::collections::BTreeMap<String, u64>,
     /// Consumer counters: `records`, `decode_errors`, `wakeups`.
     pub consumer: std::collections::BTreeMap<String, u64>,
