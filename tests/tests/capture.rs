@@ -273,3 +273,59 @@ fn daemon_transactions_match_what_the_client_saw() {
     assert!(kernel["coalesced"].as_u64().unwrap() > 0, "{kernel}");
     assert_eq!(kernel["truncated"], 0, "{kernel}");
 }
+
+#[test]
+fn a_secret_deep_in_a_large_response_is_seen_live() {
+    // A response much larger than the snap length, sent as the server's TCP sends it (GSO
+    // packets of up to 64 KiB on the host's offloads): its last row, some 34 KB in, leaks a
+    // key. The exposure scan must see it, as it would in a capture on the wire.
+    sentinel_tests::require_root();
+    let topo = Topology::new().unwrap();
+    let server = SocketAddr::new(SERVER_V4.into(), 8080);
+    let _bank = BankServer::start(&topo.server, server).unwrap();
+    let daemon = Daemon::start_with(
+        &topo.server,
+        &[&topo.server_if],
+        &[],
+        "[capture]\nhttp_ports = [8080]\n",
+    )
+    .unwrap();
+    let body = topo
+        .client
+        .run(move || {
+            let mut s = TcpStream::connect(server).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let close = [("Connection", "close".to_owned())];
+            s.write_all(&request("GET", "/export?rows=600&leak=true", &close, b""))
+                .unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            assert!(got.starts_with(b"HTTP/1.1 200 "));
+            let head = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+            got.split_off(head + 4)
+        })
+        .unwrap();
+    let at = body
+        .windows(4)
+        .position(|w| w == b"AKIA")
+        .expect("the export leaks its key");
+    assert!(at > 30_000, "the key is {at} bytes in");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leak = loop {
+        let alerts = sentinel_tests::read_jsonl(&daemon.alert_log());
+        if let Some(a) = alerts.into_iter().find(|a| a["kind"] == "data_exposure") {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no data_exposure alert; status: {}; daemon log: {}",
+            daemon.status().unwrap()["capture"],
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(leak.to_string().contains("AWS access key id"), "{leak}");
+    let kernel = &daemon.status().unwrap()["capture"]["kernel"];
+    assert!(kernel["coalesced"].as_u64().unwrap() > 0, "{kernel}");
+}

@@ -227,6 +227,7 @@ fn router(bank: Shared) -> Router {
         .route("/accounts/{id}", get(account))
         .route("/large", get(large))
         .route("/chunked", get(chunked))
+        .route("/export", get(export))
         // Uploads exercise multi-megabyte requests: lift axum's 2 MB default for this route.
         .route(
             "/upload",
@@ -415,6 +416,29 @@ async fn chunked(Query(q): Query<SizeQuery>) -> Response {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(stream))
         .expect("valid response")
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    rows: Option<usize>,
+    #[serde(default)]
+    leak: bool,
+}
+
+/// A statement export: `rows` transactions (at most 100000) as a JSON array of about 58 bytes a
+/// row. With `leak`, the last row carries an AWS access key id, as a debugging field left in
+/// an export would: a leak as deep in a large response as the rows make it.
+async fn export(Query(q): Query<ExportQuery>) -> Response {
+    let rows = q.rows.unwrap_or(100).min(100_000);
+    let mut v: Vec<serde_json::Value> = (0..rows)
+        .map(|i| json!({"id": i, "memo": "card payment, groceries", "amount": (i * 7919) % 10_000}))
+        .collect();
+    if q.leak
+        && let Some(serde_json::Value::Object(last)) = v.last_mut()
+    {
+        last.insert("debug_key".into(), json!("AKIAIOSFODNN7EXAMPLE"));
+    }
+    Json(v).into_response()
 }
 
 /// Accepts a request body of any size and answers with its length.
