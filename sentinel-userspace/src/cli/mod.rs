@@ -234,7 +234,9 @@ pub struct ReplayArgs {
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     pub body_cap: usize,
     /// Cut every packet's TCP payload to this many bytes first, 1 to 8192 (what `run
-    /// --snap-len` would leave); the rest counts as lost.
+    /// --snap-len` would leave of a segment on the wire; live capture splits packets the host
+    /// coalesced into their wire segments first, which a file cannot tell); the rest counts as
+    /// lost.
     #[arg(long, value_parser = parse_snap_len)]
     pub snap_len: Option<usize>,
     /// Memory for reassembly and HTTP state of all flows; beyond it the least recently active
