@@ -196,6 +196,7 @@ impl Enricher {
         let view = RequestView {
             src_ip: t.src.0,
             path: t.path,
+            query: t.query,
             headers: &t.req_headers,
             body: t.req_body,
         };
@@ -213,11 +214,23 @@ impl Enricher {
             }
             None => (None, None),
         };
+        // Without one, a JWT in a token header, a cookie or the query (decoded through the
+        // cache: a client repeats it as it would a bearer token).
+        let tokens = &mut self.tokens;
+        let elsewhere = if bearer.is_none() {
+            principal::jwt_elsewhere(&view, &self.principal, |tok| {
+                let facts = token_facts(tokens, tok);
+                Some((facts.0.clone()?, Arc::clone(&facts.1)))
+            })
+        } else {
+            None
+        };
         let username = principal::login_username(&view, &self.principal);
         let client_ip =
             principal::client_ip(&view, &self.principal).unwrap_or(principal::UNKNOWN_CLIENT);
         let decoded = principal::Decoded {
             bearer: bearer_hash.as_deref().map(|h| (jwt.as_ref(), h)),
+            elsewhere: elsewhere.as_ref().map(|(j, _)| j),
             login: username.as_deref(),
             client: client_ip,
         };
@@ -225,7 +238,6 @@ impl Enricher {
         // too (decoded as a JWT as well, so that a secret seen first here and later as a
         // bearer token is cached as the token would be). The hash names the principal, and is
         // its credential, shared with the cache.
-        let tokens = &mut self.tokens;
         let mut secret_hash = None;
         let principal = principal::identify(&view, &self.principal, &decoded, |secret| {
             let hash = Arc::clone(&token_facts(tokens, secret).1);
@@ -233,14 +245,20 @@ impl Enricher {
             secret_hash = Some(hash);
             id
         });
-        let credential = bearer_hash.or_else(|| {
-            matches!(
-                principal.kind,
-                principal::PrincipalKind::ApiKey | principal::PrincipalKind::Session
-            )
-            .then_some(secret_hash)
-            .flatten()
-        });
+        // The credential is what named the principal (a JWT carried elsewhere when nothing
+        // else did, or when it has no subject to name it by): the one reuse is judged on.
+        let credential = bearer_hash
+            .or_else(|| {
+                matches!(
+                    principal.kind,
+                    principal::PrincipalKind::ApiKey | principal::PrincipalKind::Session
+                )
+                .then_some(secret_hash)
+                .flatten()
+            })
+            .or_else(|| elsewhere.as_ref().map(|(_, hash)| Arc::clone(hash)));
+        // The claims judged: the bearer token's, else those of the JWT carried elsewhere.
+        let jwt = jwt.or_else(|| elsewhere.map(|(j, _)| j));
         let login = username.map(|username| LoginAttempt {
             username,
             success: self.login_succeeded(&t),
@@ -483,6 +501,59 @@ mod tests {
             (o.principal.kind, o.principal.id.as_str()),
             (PrincipalKind::Jwt, "nadia")
         );
+    }
+
+    #[test]
+    fn jwts_outside_authorization_are_judged_and_never_shown() {
+        use crate::models::{AlertKind, Engine, ModelsConfig};
+        use base64::Engine as _;
+        let e64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        // One token per place (an alert is not repeated for the same credential).
+        let forged = |i: u8| {
+            format!(
+                "{}.{}.",
+                e64(r#"{"alg":"none"}"#),
+                e64(&format!(r#"{{"sub":"u{i}"}}"#))
+            )
+        };
+        let expired = |i: u8| {
+            format!(
+                "{}.{}.c2ln",
+                e64(r#"{"alg":"HS256"}"#),
+                e64(&format!(r#"{{"sub":"u{i}","exp":1000}}"#))
+            )
+        };
+        let (f0, f1, x2, x3, x4) = (forged(0), forged(1), expired(2), expired(3), expired(4));
+        let mut engine = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let ts = 2_000_000_000 * 1_000_000_000;
+        for (i, (tok, name, value, query)) in [
+            (&f0, "Cookie", format!("lang=en; auth={f0}"), String::new()),
+            (&f1, "X-Access-Token", f1.clone(), String::new()),
+            (&x2, "Accept", "*/*".into(), format!("access_token={x2}")),
+            (&x3, "X-Auth-Token", format!("Bearer {x3}"), String::new()),
+            (&x4, "Cookie", format!("session={x4}"), String::new()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let h = vec![(name.to_string(), value)];
+            let mut f = facts("/balance", &h, b"", 200, b"{}");
+            f.query = &query;
+            f.ts_ns = ts + i as u64;
+            f.src.0 = IpAddr::from([198, 51, 100, i as u8]);
+            let o = e.enrich(f);
+            assert_eq!(o.jwt, parse_jwt(tok), "{name} {query}");
+            assert_eq!(o.credential.as_deref(), Some(short_hash(tok).as_str()));
+            let alerts = engine.observe(&o);
+            assert!(
+                alerts.iter().any(|a| a.kind == AlertKind::JwtWeakness),
+                "{name} {query}: {alerts:?}"
+            );
+            let shown = serde_json::to_string(&alerts).unwrap();
+            let shown = shown + &serde_json::to_string(&o.principal).unwrap();
+            assert!(!shown.contains(tok.as_str()), "{shown}");
+        }
     }
 
     #[test]

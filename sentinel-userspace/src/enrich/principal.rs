@@ -1,8 +1,9 @@
 //! Who a request is from: the principal, by the strongest evidence present.
 //!
 //! Order: bearer token (the JWT `sub` when it is a JWT, else a hash of the token), API key
-//! headers, session cookie, login username (JSON or form body of a login endpoint), then the
-//! client address (the source IP, or the `X-Forwarded-For` client when the source is a trusted
+//! headers, session cookie, the `sub` of a JWT carried elsewhere (a token header, any cookie, an
+//! `access_token` query parameter: [`jwt_elsewhere`]), login username (JSON or form body of a
+//! login endpoint), then the client address (the source IP, or the `X-Forwarded-For` client when the source is a trusted
 //! proxy; `ip:unknown` when that client cannot be told). Secrets never appear in clear: tokens, keys and cookies are shown as a stable short
 //! hash (`tok:3f9a1c0e2b7d`).
 
@@ -343,6 +344,8 @@ pub struct RequestView<'a> {
     pub src_ip: IpAddr,
     /// Path without the query.
     pub path: &'a str,
+    /// Query without `?`, empty when none.
+    pub query: &'a str,
     /// Headers, names in any case.
     pub headers: &'a [Header<'a>],
     /// Body (possibly capped).
@@ -618,14 +621,133 @@ pub fn credentials<'a>(authorization: &'a str, scheme: &str) -> Option<&'a str> 
     name.eq_ignore_ascii_case(scheme).then(|| creds.trim())
 }
 
+/// Headers besides `Authorization` and the API key headers that APIs carry a JWT in (lower
+/// case), a `Bearer ` before it or not.
+const TOKEN_HEADERS: [&str; 8] = [
+    "x-access-token",
+    "x-auth-token",
+    "access-token",
+    "auth-token",
+    "x-jwt",
+    "x-jwt-assertion",
+    "x-id-token",
+    "x-token",
+];
+
+/// Query parameters that carry a JWT: `access_token` (RFC 6750 §2.3), and its like.
+const TOKEN_PARAMS: [&str; 4] = ["access_token", "id_token", "token", "jwt"];
+
+/// A cheap test before decoding: `s` could be a compact JWS as [`parse_jwt`] reads one, two dots
+/// and a header that is a JSON object, which encodes to a first character `e` (`{`), or `I`,
+/// `C` or `D` when blanks come before it (`eyJ` is the usual start, but JSON parsers, servers'
+/// and ours, take `{ "alg"` too).
+pub fn looks_like_jwt(s: &str) -> bool {
+    matches!(s.as_bytes().first(), Some(b'e' | b'I' | b'C' | b'D'))
+        && memchr::memchr_iter(b'.', s.as_bytes()).take(3).count() == 2
+}
+
+/// Calls `found` with each value a request may carry a JWT in besides `Authorization` that
+/// [`looks_like_jwt`], in order: the API key and token headers ([`TOKEN_HEADERS`], `Bearer `
+/// dropped), every cookie of every `Cookie` line (unquoted), then the query's token parameters
+/// ([`TOKEN_PARAMS`], percent-decoded as servers read them). Nothing is allocated unless a
+/// parameter is escaped.
+pub fn jwts_elsewhere(req: &RequestView<'_>, cfg: &PrincipalConfig, mut found: impl FnMut(&str)) {
+    let mut check = |v: &str| {
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v);
+        if looks_like_jwt(v) {
+            found(v);
+        }
+    };
+    let mut cookies = false;
+    for (name, value) in req.headers {
+        if name.eq_ignore_ascii_case("cookie") {
+            cookies = true;
+            continue;
+        }
+        let token_header = |h: &str| name.eq_ignore_ascii_case(h);
+        if TOKEN_HEADERS.iter().any(|h| token_header(h))
+            || cfg.api_key_headers.iter().any(|h| token_header(h))
+        {
+            check(bearer_token(value).unwrap_or(value));
+        }
+    }
+    if cookies {
+        for (_, line) in req
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+        {
+            for c in line.split(';') {
+                if let Some((_, v)) = c.split_once('=') {
+                    check(v);
+                }
+            }
+        }
+    }
+    if req.query.is_empty() {
+        return;
+    }
+    for pair in req.query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let named = if k.contains(['%', '+']) {
+            TOKEN_PARAMS.contains(&percent_decode(k).as_str())
+        } else {
+            TOKEN_PARAMS.contains(&k)
+        };
+        if named {
+            if v.contains(['%', '+']) {
+                check(&percent_decode(v));
+            } else {
+                check(v);
+            }
+        }
+    }
+}
+
+/// Of the JWTs a request carries besides `Authorization` ([`jwts_elsewhere`]) the one to judge
+/// and name the principal by, with what `decode` gives with it (its hash): an unsigned one
+/// before a signed one, then the one expiring first, then the first. A decoy of a good token
+/// placed first does not hide the forged one a server reads. `None` when none is a JWT.
+pub fn jwt_elsewhere<H>(
+    req: &RequestView<'_>,
+    cfg: &PrincipalConfig,
+    mut decode: impl FnMut(&str) -> Option<(JwtInfo, H)>,
+) -> Option<(JwtInfo, H)> {
+    let rank = |j: &JwtInfo| {
+        (
+            !j.alg.eq_ignore_ascii_case("none"),
+            j.exp.unwrap_or(i64::MAX),
+        )
+    };
+    let mut best: Option<(JwtInfo, H)> = None;
+    jwts_elsewhere(req, cfg, |tok| {
+        if let Some(c) = decode(tok)
+            && best.as_ref().is_none_or(|b| rank(&c.0) < rank(&b.0))
+        {
+            best = Some(c);
+        }
+    });
+    best
+}
+
 /// Identifies the principal of a request.
 pub fn principal(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Principal {
     let tok = bearer(req);
     let jwt = tok.and_then(parse_jwt);
     let hash = tok.map(short_hash);
+    let elsewhere = if tok.is_none() {
+        jwt_elsewhere(req, cfg, |t| Some((parse_jwt(t)?, short_hash(t))))
+    } else {
+        None
+    };
     let login = login_username(req, cfg);
     let decoded = Decoded {
         bearer: hash.as_deref().map(|h| (jwt.as_ref(), h)),
+        elsewhere: elsewhere.as_ref().map(|(j, _)| j),
         login: login.as_deref(),
         client: client_ip(req, cfg).unwrap_or(UNKNOWN_CLIENT),
     };
@@ -637,6 +759,8 @@ pub fn principal(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Principal {
 pub struct Decoded<'a> {
     /// The bearer token's claims when it is a JWT ([`parse_jwt`]), and its [`short_hash`].
     pub bearer: Option<(Option<&'a JwtInfo>, &'a str)>,
+    /// Without a bearer token, the claims of a JWT carried elsewhere ([`jwt_elsewhere`]).
+    pub elsewhere: Option<&'a JwtInfo>,
     /// The user name of a login request ([`login_username`]).
     pub login: Option<&'a str>,
     /// The client's address ([`client_ip`], or [`UNKNOWN_CLIENT`]).
@@ -687,6 +811,15 @@ pub fn identify(
             }
         }
     }
+    // A JWT in a token header, a cookie or the query names its subject when no credential the
+    // configuration knows named the principal: an API key or session stays named by its hash,
+    // as it always was.
+    if let Some(sub) = decoded.elsewhere.and_then(|j| j.sub.as_deref()) {
+        return Principal {
+            kind: PrincipalKind::Jwt,
+            id: sub.to_owned(),
+        };
+    }
     if let Some(user) = decoded.login {
         return Principal {
             kind: PrincipalKind::User,
@@ -719,6 +852,7 @@ mod tests {
         RequestView {
             src_ip: "192.0.2.10".parse().unwrap(),
             path,
+            query: "",
             headers,
             body,
         }
@@ -807,6 +941,99 @@ mod tests {
             "first 12 hex digits of SHA-256"
         );
         assert!(parse_jwt("abc").is_none());
+    }
+
+    #[test]
+    fn a_jwt_outside_authorization_names_its_subject_when_nothing_configured_does() {
+        let cfg = PrincipalConfig::default();
+        let t = jwt(r#"{"alg":"HS256"}"#, r#"{"sub":"layla","exp":1900000000}"#);
+        let layla = Principal {
+            kind: PrincipalKind::Jwt,
+            id: "layla".into(),
+        };
+        let quoted = format!("\"{t}\"");
+        for (name, value) in [
+            ("X-Access-Token", t.as_str()),
+            ("x-auth-token", &format!("Bearer {t}")),
+            ("Cookie", &format!("theme=dark; access={t}")),
+            ("Cookie", &format!("jwt={quoted}")),
+        ] {
+            let hs = h(&[("Accept", "*/*"), (name, value)]);
+            assert_eq!(
+                principal(&view("/balance", &hs, b""), &cfg),
+                layla,
+                "{name}: {value}"
+            );
+        }
+        // A second `Cookie` line (as HTTP/2 sends them), and the query, percent-encoded or not.
+        let hs = h(&[("Cookie", "theme=dark"), ("cookie", &format!("t={t}"))]);
+        assert_eq!(principal(&view("/", &hs, b""), &cfg), layla);
+        let escaped = t.replacen('e', "%65", 1);
+        for query in [
+            format!("a=1&access_token={t}"),
+            format!("access%5Ftoken={escaped}"),
+        ] {
+            let v = RequestView {
+                query: &query,
+                ..view("/balance", &[], b"")
+            };
+            assert_eq!(principal(&v, &cfg), layla, "{query}");
+        }
+        // Authorization wins; the configured API key and session cookie keep their names.
+        let hs = h(&[
+            ("Cookie", &format!("access={t}")),
+            ("Authorization", "Bearer opaque-1"),
+        ]);
+        assert_eq!(
+            principal(&view("/", &hs, b""), &cfg).kind,
+            PrincipalKind::Token
+        );
+        let hs = h(&[("Cookie", &format!("access={t}")), ("X-Api-Key", "k-1")]);
+        assert_eq!(
+            principal(&view("/", &hs, b""), &cfg).kind,
+            PrincipalKind::ApiKey
+        );
+        let hs = h(&[("Cookie", &format!("sid={t}"))]);
+        let p = principal(&view("/", &hs, b""), &cfg);
+        assert_eq!((p.kind, p.id), (PrincipalKind::Session, short_hash(&t)));
+        // Without a subject it names nothing: a login's user name still does.
+        let json = h(&[
+            ("Content-Type", "application/json"),
+            ("X-Auth-Token", &jwt(r#"{"alg":"HS256"}"#, r#"{"exp":1}"#)),
+        ]);
+        let p = principal(&view("/login", &json, br#"{"username":"bob"}"#), &cfg);
+        assert_eq!((p.kind, p.id.as_str()), (PrincipalKind::User, "bob"));
+        // Values that are no JWT, two dots or not, name nothing.
+        let hs = h(&[
+            ("Cookie", "_ga=GA1.2.3; v=eyJhIjoxfQ.a.b; n=e.x.y"),
+            ("X-Auth-Token", "abc.def.ghi"),
+        ]);
+        assert_eq!(
+            principal(&view("/", &hs, b""), &cfg).kind,
+            PrincipalKind::Ip
+        );
+    }
+
+    #[test]
+    fn of_several_jwts_elsewhere_the_unsigned_then_the_first_expiring_is_judged() {
+        let cfg = PrincipalConfig::default();
+        let good = jwt(r#"{"alg":"HS256"}"#, r#"{"sub":"a","exp":1900000000}"#);
+        let old = jwt(r#"{"alg":"HS256"}"#, r#"{"sub":"b","exp":1600000000}"#);
+        // A header with a blank before it is still a JWT to servers (and to parse_jwt).
+        let none = jwt(r#" {"alg":"none"}"#, r#"{"sub":"c"}"#);
+        assert!(looks_like_jwt(&none) && !none.starts_with("eyJ"), "{none}");
+        let pick = |cookies: &str| {
+            let hs = h(&[("Cookie", cookies)]);
+            jwt_elsewhere(&view("/", &hs, b""), &cfg, |t| Some((parse_jwt(t)?, ())))
+                .and_then(|(j, ())| j.sub)
+        };
+        assert_eq!(pick(&format!("a={good}; b={old}")).as_deref(), Some("b"));
+        assert_eq!(
+            pick(&format!("a={good}; b={old}; c={none}")).as_deref(),
+            Some("c")
+        );
+        assert_eq!(pick(&format!("a={good}")).as_deref(), Some("a"));
+        assert_eq!(pick("a=1"), None);
     }
 
     #[test]
