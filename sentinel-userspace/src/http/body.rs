@@ -1,39 +1,63 @@
-//! Message bodies: counted in full, kept up to a cap, and (for responses) decoded from gzip or
-//! deflate content coding up to the same cap.
+//! Message bodies: counted in full, kept up to a cap, and decoded from gzip or deflate content
+//! coding (up to [`MAX_CODINGS`] of them stacked) up to the same cap.
 
 use std::io::Write;
 
 use flate2::write::{DeflateDecoder, GzDecoder, ZlibDecoder};
 
-/// A content coding the body is decoded from.
+/// Stacked content codings decoded at most (`gzip, gzip` is two): more are left as sent.
+pub const MAX_CODINGS: usize = 3;
+
+/// One content coding that is decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Coding {
-    /// As is.
-    Identity,
+pub enum Layer {
     /// `gzip` / `x-gzip`.
     Gzip,
     /// `deflate` (zlib, or raw deflate as some servers send it).
     Deflate,
-    /// Something else (or several codings): kept as is, not decoded.
+}
+
+/// The content codings a body is decoded from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coding {
+    /// As is.
+    Identity,
+    /// One to [`MAX_CODINGS`] gzip and deflate codings in the order they were applied, as the
+    /// fields list them (`deflate, gzip` is gzip over deflate): decoding undoes the last first.
+    Coded([Option<Layer>; MAX_CODINGS]),
+    /// Something else, or more codings than [`MAX_CODINGS`]: kept as is, not decoded.
     Other,
 }
 
 impl Coding {
-    /// The coding named by the Content-Encoding fields.
+    /// The codings named by the Content-Encoding fields (several fields are one list, in
+    /// order); `identity` codes nothing. A coding not decoded anywhere in the list leaves the
+    /// whole body undecoded.
     pub fn of<'a>(values: impl Iterator<Item = &'a str>) -> Self {
-        let mut codings = values
+        let codings = values
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
-        let (Some(first), None) = (codings.next(), codings.next()) else {
-            return Self::Identity;
-        };
-        if first.eq_ignore_ascii_case("gzip") || first.eq_ignore_ascii_case("x-gzip") {
-            Self::Gzip
-        } else if first.eq_ignore_ascii_case("deflate") {
-            Self::Deflate
+        let mut layers = [None; MAX_CODINGS];
+        let mut n = 0;
+        for c in codings {
+            let layer = if c.eq_ignore_ascii_case("gzip") || c.eq_ignore_ascii_case("x-gzip") {
+                Layer::Gzip
+            } else if c.eq_ignore_ascii_case("deflate") {
+                Layer::Deflate
+            } else {
+                return Self::Other;
+            };
+            let Some(slot) = layers.get_mut(n) else {
+                return Self::Other;
+            };
+            *slot = Some(layer);
+            n += 1;
+        }
+        if n == 0 {
+            Self::Identity
         } else {
-            Self::Other
+            Self::Coded(layers)
         }
     }
 }
@@ -58,14 +82,69 @@ impl Write for Capped {
     }
 }
 
+/// Where a decoder's output goes: the decoded body, or the decoder of the coding applied before
+/// (a stacked coding), with the bytes handed to it.
+enum Sink {
+    Out(Capped),
+    Next(Box<Decoder>, u64),
+}
+
+impl Default for Sink {
+    fn default() -> Self {
+        Sink::Out(Capped::default())
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Out(out) => out.write(buf),
+            Sink::Next(d, fed) => {
+                *fed += buf.len() as u64;
+                d.write_all(buf)?;
+                d.flush()?;
+                Ok(buf.len())
+            }
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Sink {
+    /// The most bytes any coding below decoded: the cap bounds each (an inner stream of empty
+    /// deflate blocks decodes to nothing, however much of it an outer coding makes).
+    fn produced(&self) -> u64 {
+        match self {
+            Sink::Out(out) => out.total,
+            Sink::Next(d, fed) => (*fed).max(d.sink().produced()),
+        }
+    }
+
+    fn out(&self) -> &Capped {
+        match self {
+            Sink::Out(out) => out,
+            Sink::Next(d, _) => d.sink().out(),
+        }
+    }
+
+    fn out_mut(&mut self) -> &mut Capped {
+        match self {
+            Sink::Out(out) => out,
+            Sink::Next(d, _) => d.sink_mut().out_mut(),
+        }
+    }
+}
+
 enum Decoder {
-    Gzip(GzDecoder<Capped>),
+    Gzip(GzDecoder<Sink>),
     /// `deflate` before its first two bytes tell a zlib stream from raw deflate: those so far.
-    DeflateStart(Capped, Vec<u8>),
-    Deflate(ZlibDecoder<Capped>),
+    DeflateStart(Sink, Vec<u8>),
+    Deflate(ZlibDecoder<Sink>),
     /// `deflate` sent without the zlib wrapper RFC 9110 asks for, as some servers send it and
     /// browsers and curl read it.
-    RawDeflate(DeflateDecoder<Capped>),
+    RawDeflate(DeflateDecoder<Sink>),
 }
 
 /// Whether two bytes open a zlib stream (RFC 1950: method 8, and a header check that is a
@@ -80,12 +159,36 @@ impl std::fmt::Debug for Decoder {
             Decoder::Gzip(_) => "Gzip",
             Decoder::DeflateStart(..) | Decoder::Deflate(_) => "Deflate",
             Decoder::RawDeflate(_) => "RawDeflate",
-        })
+        })?;
+        if let Sink::Next(d, _) = self.sink() {
+            write!(f, " of {d:?}")?;
+        }
+        Ok(())
     }
 }
 
 impl Decoder {
-    fn out(&self) -> &Capped {
+    /// Decoders undoing `codings` (applied in that order) into a body kept up to `cap`.
+    fn new(codings: &[Option<Layer>], cap: usize) -> Option<Self> {
+        let mut top: Option<Self> = None;
+        for layer in codings.iter().flatten() {
+            let sink = match top.take() {
+                None => Sink::Out(Capped {
+                    kept: Vec::new(),
+                    cap,
+                    total: 0,
+                }),
+                Some(d) => Sink::Next(Box::new(d), 0),
+            };
+            top = Some(match layer {
+                Layer::Gzip => Decoder::Gzip(GzDecoder::new(sink)),
+                Layer::Deflate => Decoder::DeflateStart(sink, Vec::new()),
+            });
+        }
+        top
+    }
+
+    fn sink(&self) -> &Sink {
         match self {
             Decoder::Gzip(d) => d.get_ref(),
             Decoder::DeflateStart(out, _) => out,
@@ -93,6 +196,24 @@ impl Decoder {
             Decoder::RawDeflate(d) => d.get_ref(),
         }
     }
+
+    fn sink_mut(&mut self) -> &mut Sink {
+        match self {
+            Decoder::Gzip(d) => d.get_mut(),
+            Decoder::DeflateStart(out, _) => out,
+            Decoder::Deflate(d) => d.get_mut(),
+            Decoder::RawDeflate(d) => d.get_mut(),
+        }
+    }
+
+    /// Codings undone, this one included.
+    fn layers(&self) -> usize {
+        match self.sink() {
+            Sink::Out(_) => 1,
+            Sink::Next(d, _) => 1 + d.layers(),
+        }
+    }
+
     fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
         match self {
             Decoder::Gzip(d) => d.write_all(b),
@@ -113,24 +234,41 @@ impl Decoder {
             Decoder::RawDeflate(d) => d.write_all(b),
         }
     }
-    /// Finishes the stream (true when it was complete and valid) and takes what decoded.
+
+    /// Hands what decoded so far on: a decoder keeps its output until its next write, and
+    /// the cap is judged on what came out of the last coding.
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Decoder::Gzip(d) => d.flush(),
+            Decoder::DeflateStart(..) => Ok(()),
+            Decoder::Deflate(d) => d.flush(),
+            Decoder::RawDeflate(d) => d.flush(),
+        }
+    }
+
+    /// Finishes the streams, this one first (its last output goes to the next), and takes
+    /// what decoded; true when every one was complete and valid.
     fn finish(mut self) -> (bool, Vec<u8>) {
-        let ok = match &mut self {
+        let ok = self.finish_all();
+        (ok, self.take())
+    }
+
+    fn finish_all(&mut self) -> bool {
+        let ok = match self {
             Decoder::Gzip(d) => d.try_finish().is_ok(),
             Decoder::DeflateStart(..) => false,
             Decoder::Deflate(d) => d.try_finish().is_ok(),
             Decoder::RawDeflate(d) => d.try_finish().is_ok(),
         };
-        (ok, self.take())
+        let next_ok = match self.sink_mut() {
+            Sink::Out(_) => true,
+            Sink::Next(d, _) => d.finish_all(),
+        };
+        ok && next_ok
     }
 
     fn take(&mut self) -> Vec<u8> {
-        std::mem::take(match self {
-            Decoder::Gzip(d) => &mut d.get_mut().kept,
-            Decoder::DeflateStart(out, _) => &mut out.kept,
-            Decoder::Deflate(d) => &mut d.get_mut().kept,
-            Decoder::RawDeflate(d) => &mut d.get_mut().kept,
-        })
+        std::mem::take(&mut self.sink_mut().out_mut().kept)
     }
 }
 
@@ -179,17 +317,12 @@ impl Body {
         Self::new(cap, Coding::Identity)
     }
 
-    /// A body that keeps up to `cap` bytes and decodes `coding` (gzip, deflate) up to `cap`.
+    /// A body that keeps up to `cap` bytes and decodes `coding` (gzip, deflate, stacked) up to
+    /// `cap`.
     pub fn new(cap: usize, coding: Coding) -> Self {
-        let out = || Capped {
-            kept: Vec::new(),
-            cap,
-            total: 0,
-        };
         let decoder = match coding {
-            Coding::Gzip => Some(Box::new(Decoder::Gzip(GzDecoder::new(out())))),
-            Coding::Deflate => Some(Box::new(Decoder::DeflateStart(out(), Vec::new()))),
-            _ => None,
+            Coding::Coded(layers) => Decoder::new(&layers, cap).map(Box::new),
+            Coding::Identity | Coding::Other => None,
         };
         Self {
             raw: Capped {
@@ -220,10 +353,14 @@ impl Body {
             self.raw.total += b.len() as u64;
         }
         if let Some(d) = self.decoder.as_mut() {
-            if d.write_all(b).is_err() {
+            // Stacked, the outer coding's output is flushed on at once: held back, the inner
+            // ones would decode it only at the end, past the cap.
+            let stacked = matches!(d.sink(), Sink::Next(..));
+            if d.write_all(b).is_err() || (stacked && d.flush().is_err()) {
                 self.stop(Decoded::Failed);
-            } else if d.out().total > self.cap as u64 {
-                // Enough decoded; stop spending time on the rest (and on decompression bombs).
+            } else if d.sink().produced() > self.cap as u64 {
+                // Enough decoded; stop spending time on the rest (and on decompression bombs,
+                // stacked ones included).
                 self.stop(Decoded::Capped);
             }
         }
@@ -264,10 +401,9 @@ impl Body {
     pub fn mem(&self) -> usize {
         self.raw.kept.capacity()
             + self.decoded.as_ref().map_or(0, Vec::capacity)
-            + self
-                .decoder
-                .as_ref()
-                .map_or(0, |d| d.out().kept.capacity() + (64 << 10))
+            + self.decoder.as_ref().map_or(0, |d| {
+                d.sink().out().kept.capacity() + d.layers() * (64 << 10)
+            })
     }
 
     /// Finishes decoding; returns the kept bytes (decoded when coded) and how decoding went.
