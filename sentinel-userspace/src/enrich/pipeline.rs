@@ -554,6 +554,19 @@ mod tests {
             let shown = shown + &serde_json::to_string(&o.principal).unwrap();
             assert!(!shown.contains(tok.as_str()), "{shown}");
         }
+        // An expired JWT in a cookie the server need not read (a browser's stale access token
+        // beside the refresh token a server renews it with) answered 2xx is no finding.
+        let stale = expired(5);
+        let h = vec![("Cookie".to_string(), format!("access={stale}; refresh=r-1"))];
+        let mut f = facts("/balance", &h, b"", 200, b"{}");
+        f.ts_ns = ts + 10;
+        let o = e.enrich(f);
+        assert_eq!(o.principal.id, "u5");
+        let alerts = engine.observe(&o);
+        assert!(
+            !alerts.iter().any(|a| a.kind == AlertKind::JwtWeakness),
+            "{alerts:?}"
+        );
     }
 
     #[test]

@@ -129,6 +129,15 @@ pub struct PrincipalConfig {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+impl PrincipalConfig {
+    /// True when `name` is one of the configured session cookies (in any case).
+    pub fn is_session_cookie(&self, name: &str) -> bool {
+        self.session_cookies
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(name))
+    }
+}
+
 impl Default for PrincipalConfig {
     fn default() -> Self {
         Self {
@@ -649,17 +658,21 @@ pub fn looks_like_jwt(s: &str) -> bool {
 /// Calls `found` with each value a request may carry a JWT in besides `Authorization` that
 /// [`looks_like_jwt`], in order: the API key and token headers ([`TOKEN_HEADERS`], `Bearer `
 /// dropped), every cookie of every `Cookie` line (unquoted), then the query's token parameters
-/// ([`TOKEN_PARAMS`], percent-decoded as servers read them). Nothing is allocated unless a
-/// parameter is escaped.
-pub fn jwts_elsewhere(req: &RequestView<'_>, cfg: &PrincipalConfig, mut found: impl FnMut(&str)) {
-    let mut check = |v: &str| {
+/// ([`TOKEN_PARAMS`], percent-decoded as servers read them), and whether the server surely
+/// reads it ([`Carried::read`]). Nothing is allocated unless a parameter is escaped.
+pub fn jwts_elsewhere(
+    req: &RequestView<'_>,
+    cfg: &PrincipalConfig,
+    mut found: impl FnMut(&str, Carried),
+) {
+    let mut check = |v: &str, how: Carried| {
         let v = v.trim();
         let v = v
             .strip_prefix('"')
             .and_then(|v| v.strip_suffix('"'))
             .unwrap_or(v);
         if looks_like_jwt(v) {
-            found(v);
+            found(v, how);
         }
     };
     let mut cookies = false;
@@ -672,7 +685,7 @@ pub fn jwts_elsewhere(req: &RequestView<'_>, cfg: &PrincipalConfig, mut found: i
         if TOKEN_HEADERS.iter().any(|h| token_header(h))
             || cfg.api_key_headers.iter().any(|h| token_header(h))
         {
-            check(bearer_token(value).unwrap_or(value));
+            check(bearer_token(value).unwrap_or(value), Carried { read: true });
         }
     }
     if cookies {
@@ -682,8 +695,9 @@ pub fn jwts_elsewhere(req: &RequestView<'_>, cfg: &PrincipalConfig, mut found: i
             .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
         {
             for c in line.split(';') {
-                if let Some((_, v)) = c.split_once('=') {
-                    check(v);
+                if let Some((k, v)) = c.split_once('=') {
+                    let read = cfg.is_session_cookie(k.trim());
+                    check(v, Carried { read });
                 }
             }
         }
@@ -699,19 +713,33 @@ pub fn jwts_elsewhere(req: &RequestView<'_>, cfg: &PrincipalConfig, mut found: i
             TOKEN_PARAMS.contains(&k)
         };
         if named {
+            let read = Carried { read: true };
             if v.contains(['%', '+']) {
-                check(&percent_decode(v));
+                check(&percent_decode(v), read);
             } else {
-                check(v);
+                check(v, read);
             }
         }
     }
 }
 
+/// How a JWT outside `Authorization` was carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Carried {
+    /// The server reads it: a token header or query parameter, which a client sends on
+    /// purpose, or a configured session cookie. Not so any other cookie: a browser sends every
+    /// cookie of the site, stale ones too (an expired access token beside the refresh token a
+    /// server renews it with, or another application's `id_token`), which the server may well
+    /// ignore; so only an unsigned one is judged there, never its expiry.
+    pub read: bool,
+}
+
 /// Of the JWTs a request carries besides `Authorization` ([`jwts_elsewhere`]) the one to judge
 /// and name the principal by, with what `decode` gives with it (its hash): an unsigned one
 /// before a signed one, then the one expiring first, then the first. A decoy of a good token
-/// placed first does not hide the forged one a server reads. `None` when none is a JWT.
+/// placed first does not hide the forged one a server reads. The expiry of a JWT the server
+/// may not read ([`Carried::read`]) is dropped: it ranks after every other and cannot be judged
+/// expired. `None` when none is a JWT.
 pub fn jwt_elsewhere<H>(
     req: &RequestView<'_>,
     cfg: &PrincipalConfig,
@@ -724,11 +752,14 @@ pub fn jwt_elsewhere<H>(
         )
     };
     let mut best: Option<(JwtInfo, H)> = None;
-    jwts_elsewhere(req, cfg, |tok| {
-        if let Some(c) = decode(tok)
-            && best.as_ref().is_none_or(|b| rank(&c.0) < rank(&b.0))
-        {
-            best = Some(c);
+    jwts_elsewhere(req, cfg, |tok, how| {
+        if let Some(mut c) = decode(tok) {
+            if !how.read {
+                c.0.exp = None;
+            }
+            if best.as_ref().is_none_or(|b| rank(&c.0) < rank(&b.0)) {
+                best = Some(c);
+            }
         }
     });
     best
@@ -795,15 +826,15 @@ pub fn identify(
             };
         }
     }
-    if let Some(cookies) = req.header("cookie") {
+    // Every `Cookie` line: HTTP/2 (and a proxy translating it) sends one per cookie.
+    for (_, cookies) in req
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+    {
         for c in cookies.split(';') {
             let (k, v) = c.trim().split_once('=').unwrap_or((c.trim(), ""));
-            if !v.is_empty()
-                && cfg
-                    .session_cookies
-                    .iter()
-                    .any(|s| s.eq_ignore_ascii_case(k))
-            {
+            if !v.is_empty() && cfg.is_session_cookie(k) {
                 return Principal {
                     kind: PrincipalKind::Session,
                     id: hash(v),
@@ -1015,25 +1046,45 @@ mod tests {
     }
 
     #[test]
-    fn of_several_jwts_elsewhere_the_unsigned_then_the_first_expiring_is_judged() {
+    fn of_several_jwts_elsewhere_the_unsigned_then_the_first_expiring_a_server_reads_is_judged() {
         let cfg = PrincipalConfig::default();
         let good = jwt(r#"{"alg":"HS256"}"#, r#"{"sub":"a","exp":1900000000}"#);
         let old = jwt(r#"{"alg":"HS256"}"#, r#"{"sub":"b","exp":1600000000}"#);
         // A header with a blank before it is still a JWT to servers (and to parse_jwt).
         let none = jwt(r#" {"alg":"none"}"#, r#"{"sub":"c"}"#);
         assert!(looks_like_jwt(&none) && !none.starts_with("eyJ"), "{none}");
-        let pick = |cookies: &str| {
-            let hs = h(&[("Cookie", cookies)]);
+        let pick = |headers: &[(&str, &str)]| {
+            let hs = h(headers);
             jwt_elsewhere(&view("/", &hs, b""), &cfg, |t| Some((parse_jwt(t)?, ())))
-                .and_then(|(j, ())| j.sub)
+                .map(|(j, ())| (j.sub.as_deref().unwrap_or("").to_owned(), j.exp))
         };
-        assert_eq!(pick(&format!("a={good}; b={old}")).as_deref(), Some("b"));
-        assert_eq!(
-            pick(&format!("a={good}; b={old}; c={none}")).as_deref(),
-            Some("c")
-        );
-        assert_eq!(pick(&format!("a={good}")).as_deref(), Some("a"));
-        assert_eq!(pick("a=1"), None);
+        let cookies = |c: &str| pick(&[("Cookie", c)]);
+        // Where the server reads it (a token header, a session cookie): the first to expire.
+        let session = format!("a={good}; sid={old}");
+        let got = pick(&[("X-Auth-Token", &good), ("Cookie", &session)]);
+        assert_eq!(got, Some(("b".into(), Some(1_600_000_000))));
+        // Any other cookie may be a stale one a browser still sends: its expiry is not judged
+        // (nor ranked), so the first is taken.
+        let got = cookies(&format!("a={good}; b={old}"));
+        assert_eq!(got, Some(("a".into(), None)));
+        let got = cookies(&format!("b={old}"));
+        assert_eq!(got, Some(("b".into(), None)));
+        // An unsigned one before all, wherever it is.
+        let got = pick(&[
+            ("X-Auth-Token", &old),
+            ("Cookie", &format!("a={good}; b={old}; c={none}")),
+        ]);
+        assert_eq!(got, Some(("c".into(), None)));
+        assert_eq!(cookies("a=1"), None);
+    }
+
+    #[test]
+    fn a_session_cookie_is_found_on_any_cookie_line() {
+        // HTTP/2 sends each cookie as a field of its own.
+        let cfg = PrincipalConfig::default();
+        let hs = h(&[("Cookie", "theme=dark"), ("cookie", "sid=s-1")]);
+        let p = principal(&view("/", &hs, b""), &cfg);
+        assert_eq!((p.kind, p.id), (PrincipalKind::Session, short_hash("s-1")));
     }
 
     #[test]
