@@ -230,7 +230,8 @@ pub struct ReplayArgs {
     /// Configuration file (TOML): its `[enrich]`, `[geoip]` and `[models]` sections apply.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Body bytes kept per message (gzip/deflate responses: after decoding); e.g. 64KiB.
+    /// Body bytes kept per message (coded ones, gzip, deflate, br or zstd: after decoding);
+    /// e.g. 64KiB.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     pub body_cap: usize,
     /// Cut every packet's TCP payload to this many bytes first, 1 to 8192 (what `run

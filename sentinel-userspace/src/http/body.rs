@@ -1,8 +1,9 @@
-//! Message bodies: counted in full, kept up to a cap, and decoded from gzip or deflate content
-//! coding (up to [`MAX_CODINGS`] of them stacked) up to the same cap.
+//! Message bodies: counted in full, kept up to a cap, and decoded from gzip, deflate, brotli or
+//! zstd content coding (up to [`MAX_CODINGS`] of them stacked) up to the same cap.
 
 use std::io::Write;
 
+use brotli_decompressor::DecompressorWriter;
 use flate2::write::{DeflateDecoder, GzDecoder, ZlibDecoder};
 
 /// Stacked content codings decoded at most (`gzip, gzip` is two): more are left as sent.
@@ -15,6 +16,11 @@ pub enum Layer {
     Gzip,
     /// `deflate` (zlib, or raw deflate as some servers send it).
     Deflate,
+    /// `br` (RFC 7932), which browsers ask for and many servers send: a client can ask for it
+    /// to get a response the scan of a gzip-only reader would not read.
+    Brotli,
+    /// `zstd` (RFC 8878), with the 8 MiB window RFC 9659 bounds HTTP encoders to.
+    Zstd,
 }
 
 /// The content codings a body is decoded from.
@@ -22,7 +28,7 @@ pub enum Layer {
 pub enum Coding {
     /// As is.
     Identity,
-    /// One to [`MAX_CODINGS`] gzip and deflate codings in the order they were applied, as the
+    /// One to [`MAX_CODINGS`] decoded codings in the order they were applied, as the
     /// fields list them (`deflate, gzip` is gzip over deflate): decoding undoes the last first.
     Coded([Option<Layer>; MAX_CODINGS]),
     /// Something else, or more codings than [`MAX_CODINGS`]: kept as is, not decoded.
@@ -45,6 +51,10 @@ impl Coding {
                 Layer::Gzip
             } else if c.eq_ignore_ascii_case("deflate") {
                 Layer::Deflate
+            } else if c.eq_ignore_ascii_case("br") {
+                Layer::Brotli
+            } else if c.eq_ignore_ascii_case("zstd") {
+                Layer::Zstd
             } else {
                 return Self::Other;
             };
@@ -62,12 +72,16 @@ impl Coding {
     }
 }
 
-/// Keeps what is written up to a cap and counts the rest.
+/// Keeps what is written up to a cap and counts the rest. As a decoder's output (`refuse`),
+/// it refuses what comes past the cap, which stops the decoder there: brotli and zstd can
+/// code gigabytes in a few bytes, and a decoder runs a whole write before the body sees its
+/// output.
 #[derive(Debug, Default)]
 struct Capped {
     kept: Vec<u8>,
     cap: usize,
     total: u64,
+    refuse: bool,
 }
 
 impl Write for Capped {
@@ -75,6 +89,9 @@ impl Write for Capped {
         let room = self.cap.saturating_sub(self.kept.len());
         self.kept.extend_from_slice(&buf[..room.min(buf.len())]);
         self.total += buf.len() as u64;
+        if self.refuse && self.total > self.cap as u64 {
+            return Err(std::io::Error::other("past the body cap"));
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -103,6 +120,11 @@ impl Write for Sink {
                 *fed += buf.len() as u64;
                 d.write_all(buf)?;
                 d.flush()?;
+                if *fed > d.sink().out().cap as u64 {
+                    // An inner stream past the cap is enough (of empty blocks, it would decode
+                    // to nothing however much of it an outer coding makes).
+                    return Err(std::io::Error::other("past the body cap"));
+                }
                 Ok(buf.len())
             }
         }
@@ -145,6 +167,87 @@ enum Decoder {
     /// `deflate` sent without the zlib wrapper RFC 9110 asks for, as some servers send it and
     /// browsers and curl read it.
     RawDeflate(DeflateDecoder<Sink>),
+    /// `br`, and the window its stream header asks for (the most its decoder allocates).
+    Brotli(Box<DecompressorWriter<Sink>>, Window),
+    /// `zstd`, and the window of its frame header.
+    Zstd(Box<zstd::stream::write::Decoder<'static, Sink>>, Window),
+}
+
+/// The window a brotli or zstd stream declares, in bytes, once its first bytes came: what its
+/// decoder may allocate, counted in [`Body::mem`] so that the flows' memory cap sees it.
+#[derive(Debug, Default)]
+struct Window {
+    /// The stream's first bytes, until they tell.
+    head: Vec<u8>,
+    bytes: Option<u64>,
+}
+
+/// The largest window brotli allows without its large-window extension, which HTTP does not
+/// use: 16 MiB.
+const BROTLI_MAX_WINDOW: u64 = 1 << 24;
+/// RFC 9659: zstd encoders for HTTP use at most an 8 MiB window; larger frames are refused.
+const ZSTD_MAX_WINDOW_LOG: u32 = 23;
+
+impl Window {
+    /// Feeds the stream's next bytes; `of` reads a window from a stream's start, `None` until
+    /// there are enough bytes.
+    fn learn(&mut self, b: &[u8], of: fn(&[u8]) -> Option<u64>) {
+        if self.bytes.is_some() {
+            return;
+        }
+        self.head.extend_from_slice(&b[..b.len().min(16)]);
+        self.bytes = of(&self.head);
+        if self.bytes.is_some() || self.head.len() >= 16 {
+            self.head = Vec::new();
+        }
+    }
+
+    /// The window, or the largest the coding allows until the header tells.
+    fn or(&self, largest: u64) -> u64 {
+        self.bytes.unwrap_or(largest)
+    }
+}
+
+/// A brotli stream's window (RFC 7932 §9.1: WBITS in its first bits).
+fn brotli_window(head: &[u8]) -> Option<u64> {
+    let b = *head.first()?;
+    let bits = if b & 1 == 0 {
+        16
+    } else if (b >> 1) & 7 != 0 {
+        17 + ((b >> 1) & 7)
+    } else if (b >> 4) & 7 != 0 {
+        8 + ((b >> 4) & 7)
+    } else {
+        17
+    };
+    Some((1u64 << bits) - 16)
+}
+
+/// A zstd frame's window (RFC 8878 §3.1.1.1: the Window_Descriptor, or the content size of a
+/// single-segment frame), at most the 8 MiB a decoder here accepts.
+fn zstd_window(head: &[u8]) -> Option<u64> {
+    let largest = 1u64 << ZSTD_MAX_WINDOW_LOG;
+    if head.len() < 6 {
+        return None;
+    }
+    if head[..4] != [0x28, 0xb5, 0x2f, 0xfd] {
+        // Not a zstd frame (a skippable one, or garbage the decoder refuses): its largest.
+        return Some(largest);
+    }
+    let fhd = head[4];
+    if fhd & 0x20 == 0 {
+        let wd = head[5];
+        let base = 1u64 << (10 + (wd >> 3));
+        return Some((base + base / 8 * u64::from(wd & 7)).min(largest));
+    }
+    let did = [0, 1, 2, 4][usize::from(fhd & 3)];
+    let fcs = [1, 2, 4, 8][usize::from(fhd >> 6)];
+    let at = 5 + did;
+    let field = head.get(at..at + fcs)?;
+    let mut v = [0u8; 8];
+    v[..fcs].copy_from_slice(field);
+    let size = u64::from_le_bytes(v) + if fcs == 2 { 256 } else { 0 };
+    Some(size.min(largest))
 }
 
 /// Whether two bytes open a zlib stream (RFC 1950: method 8, and a header check that is a
@@ -159,6 +262,8 @@ impl std::fmt::Debug for Decoder {
             Decoder::Gzip(_) => "Gzip",
             Decoder::DeflateStart(..) | Decoder::Deflate(_) => "Deflate",
             Decoder::RawDeflate(_) => "RawDeflate",
+            Decoder::Brotli(..) => "Brotli",
+            Decoder::Zstd(..) => "Zstd",
         })?;
         if let Sink::Next(d, _) = self.sink() {
             write!(f, " of {d:?}")?;
@@ -177,12 +282,22 @@ impl Decoder {
                     kept: Vec::new(),
                     cap,
                     total: 0,
+                    refuse: true,
                 }),
                 Some(d) => Sink::Next(Box::new(d), 0),
             };
             top = Some(match layer {
                 Layer::Gzip => Decoder::Gzip(GzDecoder::new(sink)),
                 Layer::Deflate => Decoder::DeflateStart(sink, Vec::new()),
+                Layer::Brotli => Decoder::Brotli(
+                    Box::new(DecompressorWriter::new(sink, 4096)),
+                    Window::default(),
+                ),
+                Layer::Zstd => {
+                    let mut d = zstd::stream::write::Decoder::new(sink).ok()?;
+                    d.window_log_max(ZSTD_MAX_WINDOW_LOG).ok()?;
+                    Decoder::Zstd(Box::new(d), Window::default())
+                }
             });
         }
         top
@@ -194,6 +309,8 @@ impl Decoder {
             Decoder::DeflateStart(out, _) => out,
             Decoder::Deflate(d) => d.get_ref(),
             Decoder::RawDeflate(d) => d.get_ref(),
+            Decoder::Brotli(d, _) => d.get_ref(),
+            Decoder::Zstd(d, _) => d.get_ref(),
         }
     }
 
@@ -203,14 +320,23 @@ impl Decoder {
             Decoder::DeflateStart(out, _) => out,
             Decoder::Deflate(d) => d.get_mut(),
             Decoder::RawDeflate(d) => d.get_mut(),
+            Decoder::Brotli(d, _) => d.get_mut(),
+            Decoder::Zstd(d, _) => d.get_mut(),
         }
     }
 
-    /// Codings undone, this one included.
-    fn layers(&self) -> usize {
-        match self.sink() {
-            Sink::Out(_) => 1,
-            Sink::Next(d, _) => 1 + d.layers(),
+    /// What the decoders' states hold (or may come to hold), this one's and those below: an
+    /// inflate state and its 32 KiB window for gzip and deflate, the declared window for brotli
+    /// and zstd.
+    fn state_bytes(&self) -> u64 {
+        let own = match self {
+            Decoder::Brotli(_, w) => w.or(BROTLI_MAX_WINDOW),
+            Decoder::Zstd(_, w) => w.or(1 << ZSTD_MAX_WINDOW_LOG),
+            _ => 64 << 10,
+        };
+        own + match self.sink() {
+            Sink::Out(_) => 0,
+            Sink::Next(d, _) => d.state_bytes(),
         }
     }
 
@@ -232,7 +358,23 @@ impl Decoder {
             }
             Decoder::Deflate(d) => d.write_all(b),
             Decoder::RawDeflate(d) => d.write_all(b),
+            Decoder::Brotli(d, w) => {
+                w.learn(b, brotli_window);
+                d.write_all(b)
+            }
+            Decoder::Zstd(d, w) => {
+                w.learn(b, zstd_window);
+                d.write_all(b)
+            }
         }
+    }
+
+    /// Whether what this decoder decoded may wait in it until a flush: brotli's and zstd's
+    /// output buffers, and any coding over another (held back, the inner ones would decode it
+    /// only at the end, past the cap).
+    fn holds_output(&self) -> bool {
+        matches!(self.sink(), Sink::Next(..))
+            || matches!(self, Decoder::Brotli(..) | Decoder::Zstd(..))
     }
 
     /// Hands what decoded so far on: a decoder keeps its output until its next write, and
@@ -243,14 +385,17 @@ impl Decoder {
             Decoder::DeflateStart(..) => Ok(()),
             Decoder::Deflate(d) => d.flush(),
             Decoder::RawDeflate(d) => d.flush(),
+            Decoder::Brotli(d, _) => d.flush(),
+            Decoder::Zstd(d, _) => d.flush(),
         }
     }
 
     /// Finishes the streams, this one first (its last output goes to the next), and takes
-    /// what decoded; true when every one was complete and valid.
-    fn finish(mut self) -> (bool, Vec<u8>) {
+    /// what decoded; true when every one was complete and valid; and the most bytes a coding
+    /// decoded ([`Sink::produced`]).
+    fn finish(mut self) -> (bool, Vec<u8>, u64) {
         let ok = self.finish_all();
-        (ok, self.take())
+        (ok, self.take(), self.sink().produced())
     }
 
     fn finish_all(&mut self) -> bool {
@@ -259,6 +404,8 @@ impl Decoder {
             Decoder::DeflateStart(..) => false,
             Decoder::Deflate(d) => d.try_finish().is_ok(),
             Decoder::RawDeflate(d) => d.try_finish().is_ok(),
+            Decoder::Brotli(d, _) => d.close().is_ok(),
+            Decoder::Zstd(d, _) => d.do_finish().is_ok(),
         };
         let next_ok = match self.sink_mut() {
             Sink::Out(_) => true,
@@ -329,6 +476,7 @@ impl Body {
                 kept: Vec::new(),
                 cap: if decoder.is_some() { 0 } else { cap },
                 total: 0,
+                refuse: false,
             },
             decoder,
             decoded: None,
@@ -353,15 +501,15 @@ impl Body {
             self.raw.total += b.len() as u64;
         }
         if let Some(d) = self.decoder.as_mut() {
-            // Stacked, the outer coding's output is flushed on at once: held back, the inner
-            // ones would decode it only at the end, past the cap.
-            let stacked = matches!(d.sink(), Sink::Next(..));
-            if d.write_all(b).is_err() || (stacked && d.flush().is_err()) {
-                self.stop(Decoded::Failed);
-            } else if d.sink().produced() > self.cap as u64 {
-                // Enough decoded; stop spending time on the rest (and on decompression bombs,
+            let hold = d.holds_output();
+            let failed = d.write_all(b).is_err() || (hold && d.flush().is_err());
+            if d.sink().produced() > self.cap as u64 {
+                // Enough decoded (the output refused the rest, which is what stopped a write
+                // that failed); stop spending time on the rest (and on decompression bombs,
                 // stacked ones included).
                 self.stop(Decoded::Capped);
+            } else if failed {
+                self.stop(Decoded::Failed);
             }
         }
     }
@@ -402,7 +550,7 @@ impl Body {
         self.raw.kept.capacity()
             + self.decoded.as_ref().map_or(0, Vec::capacity)
             + self.decoder.as_ref().map_or(0, |d| {
-                d.sink().out().kept.capacity() + d.layers() * (64 << 10)
+                d.sink().out().kept.capacity() + d.state_bytes() as usize
             })
     }
 
@@ -411,8 +559,10 @@ impl Body {
         let total = self.raw.total;
         if let Some(d) = self.decoder.take() {
             let complete = self.gap_bytes == 0 && !self.cut_short;
-            let (ok, kept) = d.finish();
-            let how = if ok && complete {
+            let (ok, kept, produced) = d.finish();
+            let how = if produced > self.cap as u64 {
+                Decoded::Capped
+            } else if ok && complete {
                 Decoded::Yes
             } else {
                 Decoded::Failed
@@ -423,5 +573,62 @@ impl Body {
             return (d, self.decode_state, total);
         }
         (self.raw.kept, Decoded::No, total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A decoder stops where its output passes the cap, inside the write that got it there: a
+    /// few kilobytes of brotli or zstd code megabytes (gigabytes, crafted), which a decoder
+    /// would otherwise decode whole before the body saw its output.
+    #[test]
+    fn a_decoder_stops_inside_the_write_that_passes_the_cap() {
+        let zeros = vec![0u8; 50_000_000];
+        let mut br = brotli::CompressorWriter::new(Vec::new(), 4096, 5, 22);
+        br.write_all(&zeros).unwrap();
+        let br = br.into_inner();
+        let zstd = zstd::encode_all(&zeros[..], 3).unwrap();
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(&zeros).unwrap();
+            e.finish().unwrap()
+        };
+        for (layer, coded) in [(Layer::Brotli, br), (Layer::Zstd, zstd), (Layer::Gzip, gz)] {
+            let mut d = Decoder::new(&[Some(layer)], 1000).unwrap();
+            let r = d.write_all(&coded).and_then(|()| d.flush());
+            assert!(r.is_err(), "{layer:?}: the write ran to its end");
+            let produced = d.sink().produced();
+            assert!(produced <= 1000 + (256 << 10), "{layer:?}: {produced}");
+        }
+    }
+
+    #[test]
+    fn declared_windows_are_read_from_the_stream_headers() {
+        for lgwin in [16, 18, 22, 24] {
+            let mut w = brotli::CompressorWriter::new(Vec::new(), 4096, 5, lgwin);
+            w.write_all(&[7u8; 100_000]).unwrap();
+            let b = w.into_inner();
+            assert_eq!(
+                brotli_window(&b),
+                Some((1u64 << lgwin) - 16),
+                "lgwin {lgwin}"
+            );
+        }
+        for log in [10, 17, 20, 23] {
+            let mut e = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+            e.window_log(log).unwrap();
+            e.include_contentsize(false).unwrap();
+            e.write_all(&[7u8; 10_000]).unwrap();
+            let z = e.finish().unwrap();
+            assert_eq!(zstd_window(&z), Some(1u64 << log), "window log {log}");
+        }
+        // A single-segment frame: its content size.
+        let z = zstd::encode_all(&[7u8; 300][..], 3).unwrap();
+        assert_eq!(zstd_window(&z), Some(300));
+        assert_eq!(zstd_window(&z[..5]), None);
+        // Not zstd: the largest window counts.
+        assert_eq!(zstd_window(b"garbage!"), Some(1 << ZSTD_MAX_WINDOW_LOG));
     }
 }

@@ -1469,7 +1469,12 @@ fn stacked_codings_are_decoded_and_unknown_ones_leave_the_body_as_sent() {
         (&t.resp_body[..], t.resp_decoded),
         (&secret[..], Decoded::Yes)
     );
-    for coding in ["gzip, br", "br, gzip", "gzip, gzip, gzip, gzip", "gzip, x"] {
+    for coding in [
+        "gzip, compress",
+        "x-compress, gzip",
+        "gzip, gzip, gzip, gzip",
+        "gzip, x",
+    ] {
         let t = coded_exchange(
             "GET /a HTTP/1.1\r\n",
             b"",
@@ -1492,10 +1497,11 @@ fn stacked_codings_are_decoded_and_unknown_ones_leave_the_body_as_sent() {
     assert_eq!(t.resp_decoded, Decoded::Failed);
 }
 
-/// The cap bounds every stacked coding: an outer gzip of megabytes of empty deflate blocks
-/// (decoding to nothing) stops at the cap, as a plain bomb does.
+/// The cap bounds every coding, stacked ones each: an outer gzip of megabytes of empty deflate
+/// blocks (decoding to nothing) stops at the cap, as a plain bomb does, and so do brotli and
+/// zstd ones (20 MB of zeros in a few kilobytes).
 #[test]
-fn a_stacked_bomb_stops_at_the_cap() {
+fn bombs_stop_at_the_cap() {
     let mut empty_blocks = [0u8, 0, 0, 0xff, 0xff].repeat(1_000_000);
     empty_blocks.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
     let mut settings = PipelineSettings::default();
@@ -1503,6 +1509,8 @@ fn a_stacked_bomb_stops_at_the_cap() {
     for (coding, body) in [
         ("deflate, gzip", gzip(&empty_blocks)),
         ("gzip, gzip", gzip(&gzip(&vec![b'a'; 5_000_000]))),
+        ("br", brotli(&vec![0; 20_000_000])),
+        ("zstd", zstd(&vec![0; 20_000_000])),
     ] {
         let mut c = conn();
         c.send(true, b"GET /bomb HTTP/1.1\r\n\r\n", &[], T0 + MS);
@@ -1519,34 +1527,110 @@ fn a_stacked_bomb_stops_at_the_cap() {
     }
 }
 
-/// End to end: a secret in a doubly gzipped response is reported, as in a plain one.
+fn brotli(b: &[u8]) -> Vec<u8> {
+    let mut w = brotli::CompressorWriter::new(Vec::new(), 4096, 5, 22);
+    w.write_all(b).unwrap();
+    w.into_inner()
+}
+
+fn zstd(b: &[u8]) -> Vec<u8> {
+    zstd::encode_all(b, 3).unwrap()
+}
+
+/// End to end: a secret in a doubly gzipped, a brotli or a zstd response is reported, as in a
+/// plain one (a client asking for `br` or `zstd` must not get a leak past the scan).
 #[test]
-fn a_leak_in_a_doubly_gzipped_response_is_reported() {
-    let leak = format!(
-        r#"{{"env":{{"AWS_ACCESS_KEY_ID":"AKIAIOSFODNN7EXAMPLE"}},"pad":"{}"}}"#,
-        "x".repeat(200)
-    );
-    let coded = gzip(&gzip(leak.as_bytes()));
-    // Compressed for real: a short text can go into stored blocks, as it is.
-    assert!(!coded.windows(4).any(|w| w == b"AKIA"));
-    let mut t = coded_exchange(
-        "GET /debug/config HTTP/1.1\r\nHost: api.example\r\nAccept-Encoding: gzip\r\n",
-        b"",
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip, gzip\r\n",
-        &coded,
-    );
-    let mut a = crate::analyze::Analyzer::new(
-        &crate::enrich::pipeline::EnrichSettings::default(),
-        &crate::models::ModelsConfig::default(),
-        &[],
-    )
-    .unwrap();
-    let mut alerts = Vec::new();
-    a.transaction(&mut t, &mut alerts);
-    assert!(
-        alerts
-            .iter()
-            .any(|a| a.kind == crate::models::AlertKind::DataExposure),
-        "{alerts:?}"
-    );
+fn a_leak_in_a_coded_response_is_reported() {
+    // Padding of few letters in no order, so that every coding compresses the text around the
+    // key rather than storing it as it is (zstd keeps literals raw when coding them gains
+    // nothing).
+    let mut x = 1u32;
+    let pad: String = (0..3000)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            char::from(b'a' + (x >> 16) as u8 % 5)
+        })
+        .collect();
+    let leak = format!(r#"{{"pad":"{pad}","env":{{"AWS_ACCESS_KEY_ID":"AKIAIOSFODNN7EXAMPLE"}}}}"#);
+    for (coding, coded) in [
+        ("gzip, gzip", gzip(&gzip(leak.as_bytes()))),
+        ("br", brotli(leak.as_bytes())),
+        ("zstd", zstd(leak.as_bytes())),
+    ] {
+        // Compressed for real: a short text can go into stored blocks, as it is.
+        assert!(!coded.windows(4).any(|w| w == b"AKIA"), "{coding}");
+        let mut t = coded_exchange(
+            "GET /debug/config HTTP/1.1\r\nHost: api.example\r\nAccept-Encoding: gzip, br, zstd\r\n",
+            b"",
+            &format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: {coding}\r\n"
+            ),
+            &coded,
+        );
+        let mut a = crate::analyze::Analyzer::new(
+            &crate::enrich::pipeline::EnrichSettings::default(),
+            &crate::models::ModelsConfig::default(),
+            &[],
+        )
+        .unwrap();
+        let mut alerts = Vec::new();
+        a.transaction(&mut t, &mut alerts);
+        assert!(
+            alerts
+                .iter()
+                .any(|a| a.kind == crate::models::AlertKind::DataExposure),
+            "{coding}: {alerts:?}"
+        );
+    }
+}
+
+/// `br` and `zstd` bodies (cut into 7-byte segments), alone and stacked with gzip, in responses
+/// and requests, are decoded; zstd's several frames too; a zstd frame asking for a window
+/// beyond RFC 9659's 8 MiB, and a cut or broken stream, fail.
+#[test]
+fn brotli_and_zstd_bodies_are_decoded() {
+    let text = br#"{"q":"1' OR '1'='1","rows":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]}"#;
+    let mut two_frames = zstd(&text[..10]);
+    two_frames.extend_from_slice(&zstd(&text[10..]));
+    for (coding, coded) in [
+        ("br", brotli(text)),
+        ("zstd", zstd(text)),
+        ("zstd", two_frames),
+        ("br, gzip", gzip(&brotli(text))),
+        ("gzip, zstd", zstd(&gzip(text))),
+    ] {
+        let t = coded_exchange(
+            &format!("POST /search HTTP/1.1\r\nContent-Encoding: {coding}\r\n"),
+            &coded,
+            &format!("HTTP/1.1 200 OK\r\nContent-Encoding: {coding}\r\n"),
+            &coded,
+        );
+        assert_eq!(&t.req_body[..], &text[..], "{coding}");
+        assert_eq!(
+            (&t.resp_body[..], t.resp_decoded),
+            (&text[..], Decoded::Yes),
+            "{coding}"
+        );
+    }
+    // A 16 MiB window (window log 24) is refused; so are a cut stream and garbage.
+    let mut big_window = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    big_window.window_log(24).unwrap();
+    big_window.include_contentsize(false).unwrap();
+    big_window.write_all(text).unwrap();
+    let big_window = big_window.finish().unwrap();
+    let br = brotli(text);
+    for (coding, coded) in [
+        ("zstd", big_window),
+        ("br", br[..br.len() - 2].to_vec()),
+        ("zstd", b"not zstd at all".to_vec()),
+        ("br", b"\xff\xff\xff not brotli".to_vec()),
+    ] {
+        let t = coded_exchange(
+            "GET /a HTTP/1.1\r\n",
+            b"",
+            &format!("HTTP/1.1 200 OK\r\nContent-Encoding: {coding}\r\n"),
+            &coded,
+        );
+        assert_eq!(t.resp_decoded, Decoded::Failed, "{coding} {coded:?}");
+    }
 }
