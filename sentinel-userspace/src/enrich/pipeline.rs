@@ -220,7 +220,7 @@ impl Enricher {
         let elsewhere = if bearer.is_none() {
             principal::jwt_elsewhere(&view, &self.principal, |tok| {
                 let facts = token_facts(tokens, tok);
-                Some((facts.0.clone()?, Arc::clone(&facts.1)))
+                Some((facts.0.clone()?, (Arc::clone(&facts.1), tok.to_owned())))
             })
         } else {
             None
@@ -256,9 +256,13 @@ impl Enricher {
                 .then_some(secret_hash)
                 .flatten()
             })
-            .or_else(|| elsewhere.as_ref().map(|(_, hash)| Arc::clone(hash)));
-        // The claims judged: the bearer token's, else those of the JWT carried elsewhere.
-        let jwt = jwt.or_else(|| elsewhere.map(|(j, _)| j));
+            .or_else(|| elsewhere.as_ref().map(|(_, (hash, _))| Arc::clone(hash)));
+        // The claims judged and the token a revocation names: the bearer token's, else those
+        // of the JWT carried elsewhere.
+        let (jwt, bearer) = match elsewhere {
+            Some((j, (_, tok))) if bearer.is_none() => (Some(j), Some(Cow::Owned(tok))),
+            _ => (jwt, bearer),
+        };
         let login = username.map(|username| LoginAttempt {
             username,
             success: self.login_succeeded(&t),
@@ -545,6 +549,8 @@ mod tests {
             let o = e.enrich(f);
             assert_eq!(o.jwt, parse_jwt(tok), "{name} {query}");
             assert_eq!(o.credential.as_deref(), Some(short_hash(tok).as_str()));
+            // Kept (in memory only) for a revocation to name, as a bearer token is.
+            assert_eq!(o.bearer.as_deref(), Some(tok.as_str()), "{name} {query}");
             let alerts = engine.observe(&o);
             assert!(
                 alerts.iter().any(|a| a.kind == AlertKind::JwtWeakness),
