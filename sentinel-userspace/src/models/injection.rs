@@ -290,20 +290,39 @@ impl Shape {
             || (self.has(SLASH) && (v.contains("//") || v.contains("/./")))
     }
 
-    /// Worth judging at all: libinjection could flag `v`, or it is a script URL or a traversal.
-    /// Nothing else is collected, so values no check would flag never take a place's budget
-    /// from one that a check could.
-    fn candidate(self, v: &str) -> bool {
-        self.sql(v)
-            || self.xss()
-            || self.script_url(v)
-            || (self.may_traverse(v) && traversal(v).is_some())
+    /// Worth handing to [`InjectionDetector::judge`]: libinjection could flag `v`, or it is a
+    /// script URL.
+    fn judged(self, v: &str) -> bool {
+        self.sql(v) || self.xss() || self.script_url(v)
+    }
+
+    /// The traversal in `v`, looked for only where it could be (the full [`traversal`] runs
+    /// only past [`Shape::may_traverse`]).
+    fn traversal(self, v: &str) -> Option<&'static str> {
+        if self.may_traverse(v) {
+            traversal(v)
+        } else {
+            None
+        }
     }
 }
 
-/// Worth judging at all ([`Shape::candidate`]).
-fn candidate(v: &str) -> bool {
-    Shape::of(v).candidate(v)
+/// A traversal finding ([`traversal`]), carried with the value it was found in.
+type Traversal = Option<&'static str>;
+
+/// Whether `v` is worth judging at `place`, and with what traversal finding: `None` when no
+/// check of the place could flag it; else `Some` with the traversal in `v` when the place is
+/// judged for traversal ([`Place::parameter`]; elsewhere not looked for). Nothing else is
+/// collected, so values no check would flag never take a place's budget from one that a check
+/// could; the traversal is looked for once, here, and the finding carried on the [`Input`].
+fn worth(place: Place, v: &str) -> Option<Traversal> {
+    let shape = Shape::of(v);
+    let found = if place.parameter() {
+        shape.traversal(v)
+    } else {
+        None
+    };
+    (found.is_some() || shape.judged(v)).then_some(found)
 }
 
 /// `v` with `+` read as a space (a form value before decoding) handed to `f`; on the stack when
@@ -495,6 +514,8 @@ struct Input<'a> {
     part: Part,
     name: Cow<'a, str>,
     value: Cow<'a, str>,
+    /// The traversal in `value` where the place is judged for one ([`worth`]).
+    traversal: Traversal,
 }
 
 impl<'a> Input<'a> {
@@ -505,6 +526,7 @@ impl<'a> Input<'a> {
             part: Part::Value,
             name: name.into(),
             value,
+            traversal: None,
         }
     }
 
@@ -515,7 +537,13 @@ impl<'a> Input<'a> {
             part: Part::Name,
             name: Cow::Borrowed(""),
             value: name,
+            traversal: None,
         }
+    }
+
+    /// With the traversal [`worth`] found in the value.
+    fn traversing(self, traversal: Traversal) -> Self {
+        Self { traversal, ..self }
     }
 
     /// The place as an alert names it (`query id`, `header user-agent`, `query parameter
@@ -838,7 +866,7 @@ impl InjectionDetector {
         if with_path {
             for seg in o.path.split('/').filter(|s| !s.is_empty()) {
                 let seg = decoded(seg, false);
-                if candidate(&seg) {
+                if worth(Place::Path, &seg).is_some() {
                     v.push(Input::value(Place::Path, "", seg));
                 }
             }
@@ -859,8 +887,8 @@ impl InjectionDetector {
                         break;
                     }
                     let text = String::from_utf8_lossy(line.trim_ascii());
-                    if candidate(&text) {
-                        v.push(Input::value(Place::Multipart, "body line", text));
+                    if let Some(t) = worth(Place::Multipart, &text) {
+                        v.push(Input::value(Place::Multipart, "body line", text).traversing(t));
                     }
                 }
             }
@@ -872,25 +900,20 @@ impl InjectionDetector {
         // JWT's `kid` (common SQL and file-path sinks). The password and the token are secrets.
         if let Some(user) =
             super::header(&o.req_headers, "authorization").and_then(|a| basic_user(a))
-            && candidate(&user)
+            && let Some(t) = worth(Place::Credential, &user)
         {
-            v.push(Input::value(
-                Place::Credential,
-                "basic user",
-                Cow::Owned(user),
-            ));
+            v.push(Input::value(Place::Credential, "basic user", Cow::Owned(user)).traversing(t));
         }
         if let Some(kid) = o.jwt.as_ref().and_then(|j| j.kid.as_deref())
-            && candidate(kid)
+            && let Some(t) = worth(Place::Credential, kid)
         {
-            v.push(Input::value(
-                Place::Credential,
-                "jwt kid",
-                Cow::Owned(kid.to_owned()),
-            ));
+            v.push(
+                Input::value(Place::Credential, "jwt kid", Cow::Owned(kid.to_owned()))
+                    .traversing(t),
+            );
         }
         for (name, value) in &o.req_headers {
-            if !self.header_scanned(name) || !candidate(value) {
+            if !self.header_scanned(name) || !header_worth(name, value) {
                 continue;
             }
             if name.eq_ignore_ascii_case("cookie") {
@@ -901,8 +924,8 @@ impl InjectionDetector {
                     let plus = raw
                         .contains('+')
                         .then(|| decoded(raw, true))
-                        .filter(|p| *p != val && candidate(p));
-                    if candidate(&val) {
+                        .filter(|p| *p != val && worth(Place::Cookie, p).is_some());
+                    if worth(Place::Cookie, &val).is_some() {
                         v.push(Input::value(Place::Cookie, k, val));
                     }
                     if let Some(p) = plus {
@@ -932,7 +955,7 @@ impl InjectionDetector {
                         }
                         _ => el,
                     };
-                    if candidate(val) {
+                    if worth(Place::Header, val).is_some() {
                         v.push(Input::value(Place::Header, &**name, Cow::Borrowed(val)));
                     }
                 }
@@ -943,6 +966,20 @@ impl InjectionDetector {
         keep_most_suspicious(&mut v, start, max);
         v
     }
+}
+
+/// Whether a scanned header's value (`value`, whole, as sent) is read further: when it is worth
+/// judging as a header ([`worth`]: a traversal does not count there). A `Cookie` or `Referer`
+/// whose parts are judged decoded is read also when it has an escape and holds a traversal, as
+/// it always was (a part may be worth judging once decoded when the whole is not); without an
+/// escape a part decodes to what the whole holds, so nothing more could be found, and the
+/// traversal is not looked for (every `Referer` has a `//`).
+fn header_worth(name: &str, value: &str) -> bool {
+    let shape = Shape::of(value);
+    shape.judged(value)
+        || (shape.has(PERCENT)
+            && (name.eq_ignore_ascii_case("cookie") || name.eq_ignore_ascii_case("referer"))
+            && traversal(value).is_some())
 }
 
 /// A text encoding wider than UTF-8: JSON on the wire must be UTF-8 (RFC 8259), but Jackson
@@ -1050,7 +1087,7 @@ static MARK: [u16; 256] = {
 fn suspicion(i: &Input<'_>) -> u32 {
     let v = &*i.value;
     let shape = Shape::of(v);
-    if shape.script_url(v) || (i.place.parameter() && traversal(v).is_some()) {
+    if shape.script_url(v) || i.traversal.is_some() {
         return u32::MAX;
     }
     if !(shape.sql(v) || shape.xss()) {
@@ -1102,28 +1139,37 @@ fn pairs<'a>(q: &'a str, place: Place, out: &mut Vec<Input<'a>>) {
     for p in q.split('&') {
         let (k, val) = p.split_once('=').unwrap_or(("", p));
         // The value first: where both trip the same check, the alert names the value.
-        if let Some(value) = worth_decoded(val) {
-            out.push(Input::value(place, k, value));
+        if let Some((value, t)) = worth_decoded(place, val) {
+            out.push(Input::value(place, k, value).traversing(t));
         }
-        if let Some(name) = worth_decoded(k) {
-            out.push(Input::name(place, name));
+        if let Some((name, t)) = worth_decoded(place, k) {
+            out.push(Input::name(place, name).traversing(t));
         }
     }
 }
 
-/// A form name or value (`raw`, as sent) decoded, when it is worth judging. Escaped ones are
-/// judged worth it decoded: `%41` is an `A`, and a few hundred of them must not use up the
-/// values judged before the one that matters. Only what has escapes or is worth judging is
-/// copied.
-fn worth_decoded(raw: &str) -> Option<Cow<'_, str>> {
+/// A form name or value (`raw`, as sent) at `place` decoded, with its traversal ([`worth`]),
+/// when it is worth judging. Escaped ones are judged worth it decoded: `%41` is an `A`, and a
+/// few hundred of them must not use up the values judged before the one that matters. Only what
+/// has escapes or is worth judging is copied.
+fn worth_decoded(place: Place, raw: &str) -> Option<(Cow<'_, str>, Traversal)> {
     if raw.contains('%') {
         let d = decoded(raw, true);
-        candidate(&d).then_some(d)
-    } else if candidate(raw) || (raw.contains('+') && plus_as_space(raw, candidate)) {
-        Some(decoded(raw, true))
+        let t = worth(place, &d)?;
+        return Some((d, t));
+    }
+    // Without escapes, decoding only reads `+` as a space, which no traversal holds: the
+    // traversal in `raw` is the one in the value judged.
+    let shape = Shape::of(raw);
+    let t = if place.parameter() {
+        shape.traversal(raw)
     } else {
         None
-    }
+    };
+    (t.is_some()
+        || shape.judged(raw)
+        || (raw.contains('+') && plus_as_space(raw, |p| Shape::of(p).judged(p))))
+    .then(|| (decoded(raw, true), t))
 }
 
 /// The user name of a `Basic` Authorization value (base64 of `user:password`).
@@ -1170,17 +1216,18 @@ fn form_data<'a>(form: &FormData<'a>, out: &mut Vec<Input<'a>>, max: usize) {
                 }
                 None => (k, String::from_utf8_lossy(v)),
             };
-            if !candidate(&v) {
+            let Some(t) = worth(Place::Multipart, &v) else {
                 continue;
-            }
+            };
             if k.eq_ignore_ascii_case(b"name") {
-                out.push(Input::name(Place::Multipart, v));
+                out.push(Input::name(Place::Multipart, v).traversing(t));
             } else if k.eq_ignore_ascii_case(b"filename") {
                 out.push(Input {
                     place: Place::Multipart,
                     part: Part::Filename,
                     name: field.clone(),
                     value: v,
+                    traversal: t,
                 });
             }
         }
@@ -1197,12 +1244,15 @@ fn form_data<'a>(form: &FormData<'a>, out: &mut Vec<Input<'a>>, max: usize) {
                 return;
             }
             let text = String::from_utf8_lossy(content);
-            if candidate(&text) {
-                out.push(Input::value(
-                    Place::Multipart,
-                    field.clone(),
-                    Cow::Owned(text.into_owned()),
-                ));
+            if let Some(t) = worth(Place::Multipart, &text) {
+                out.push(
+                    Input::value(
+                        Place::Multipart,
+                        field.clone(),
+                        Cow::Owned(text.into_owned()),
+                    )
+                    .traversing(t),
+                );
             }
             json_part(part.content_type, content, &field, out, max);
         }
@@ -1246,6 +1296,8 @@ fn json_part(
             _ => Cow::Owned(field.to_string()),
         },
         value: Cow::Owned(i.value.into_owned()),
+        // Judged for traversal as a JSON value is: a multipart part is a parameter too.
+        traversal: i.traversal,
     }));
 }
 
@@ -1259,15 +1311,16 @@ fn lenient_values(text: &[u8], out: &mut Vec<Input<'_>>, max: usize) {
         }
         match s {
             Lenient::Key(k) => {
-                if candidate(&k) {
-                    out.push(Input::name(Place::Json, Cow::Owned(k.clone())));
+                if let Some(t) = worth(Place::Json, &k) {
+                    out.push(Input::name(Place::Json, Cow::Owned(k.clone())).traversing(t));
                 }
                 key = k;
             }
-            Lenient::Value(s) if candidate(&s) => {
-                out.push(Input::value(Place::Json, key.clone(), Cow::Owned(s)));
+            Lenient::Value(s) => {
+                if let Some(t) = worth(Place::Json, &s) {
+                    out.push(Input::value(Place::Json, key.clone(), Cow::Owned(s)).traversing(t));
+                }
             }
-            Lenient::Value(_) => {}
         }
     }
 }
@@ -1278,8 +1331,10 @@ fn json_values<'a>(j: &'a Value, path: &'a str, out: &mut Vec<Input<'a>>, max: u
         return;
     }
     match j {
-        Value::String(s) if candidate(s) => {
-            out.push(Input::value(Place::Json, path, Cow::Borrowed(s)))
+        Value::String(s) => {
+            if let Some(t) = worth(Place::Json, s) {
+                out.push(Input::value(Place::Json, path, Cow::Borrowed(s)).traversing(t));
+            }
         }
         Value::Array(a) => {
             for x in a {
@@ -1291,8 +1346,8 @@ fn json_values<'a>(j: &'a Value, path: &'a str, out: &mut Vec<Input<'a>>, max: u
                 if out.len() >= max {
                     return;
                 }
-                if candidate(k) {
-                    out.push(Input::name(Place::Json, Cow::Borrowed(k)));
+                if let Some(t) = worth(Place::Json, k) {
+                    out.push(Input::name(Place::Json, Cow::Borrowed(k)).traversing(t));
                 }
                 json_values(x, k, out, max);
             }
@@ -1371,9 +1426,7 @@ impl Detector for InjectionDetector {
         }
         let inputs = self.inputs(o, &body, !fast_clean);
         for i in inputs {
-            if i.place.parameter()
-                && let Some(m) = traversal(&i.value)
-            {
+            if let Some(m) = i.traversal {
                 push(
                     Finding {
                         kind: AlertKind::PathTraversal,
@@ -2803,15 +2856,26 @@ mod tests {
                 reference::script_url(&v),
                 "script url {v:?}"
             );
-            assert_eq!(candidate(&v), reference::candidate(&v), "candidate {v:?}");
+            // Where a traversal counts (a parameter), and where it does not (a header).
+            let trav = reference::traversal(&v);
             assert_eq!(
-                plus_as_space(&v, candidate),
+                worth(Place::Query, &v),
+                reference::candidate(&v).then_some(trav.as_deref()),
+                "candidate {v:?}"
+            );
+            assert_eq!(
+                worth(Place::Header, &v).is_some(),
+                reference::candidate(&v) && (trav.is_none() || shape.judged(&v)),
+                "candidate header {v:?}"
+            );
+            assert_eq!(
+                plus_as_space(&v, |p| worth(Place::Query, p).is_some()),
                 reference::candidate(&v.replace('+', " ")),
                 "plus as space {v:?}"
             );
         }
         let long = format!("{}+union+select+1", "a".repeat(300));
-        assert!(plus_as_space(&long, candidate));
+        assert!(plus_as_space(&long, |p| Shape::of(p).judged(p)));
         assert!(body_candidate(br#"{"q":"1 UnIoN SeLeCt 2"}"#));
         assert!(!body_candidate(br#"{"to":"bob","amount":50}"#));
         assert!(body_candidate(br#"{"f":"/ETC/passwd"}"#));
@@ -3073,6 +3137,15 @@ mod tests {
                 .to_vec();
         upload.extend_from_slice(&png);
         upload.extend_from_slice(b"\r\n------WebKitFormBoundary7MA4YWxkTrZu0gW--\r\n");
+        let with_referer = |mut o: Observation<'static>| {
+            o.req_headers
+                .push(("Referer".into(), "https://bank.test/docs/".into()));
+            o.req_headers.push((
+                "Cookie".into(),
+                "sid=5f2c9a; theme=dark; last=%2Fdocs%2Fannual%20report.pdf".into(),
+            ));
+            o
+        };
         let shapes = [
             (
                 "query of 8 parameters",
@@ -3101,6 +3174,10 @@ mod tests {
                     "application/json",
                     br#"{"account_id":100231,"memo":"rent, 50% paid","currency":"SAR","amount":1200.5,"to_iban":"SA0380000000608010167519","reference":"May rent","category":"housing","scheduled":false,"tags":["rent","monthly"],"device":{"os":"iOS","app_version":"4.2.1"},"channel":"mobile"}"#.to_vec(),
                 ),
+            ),
+            (
+                "browser GET with a Referer (no query) and cookies",
+                with_referer(get("/docs/annual%20report.pdf", 0)),
             ),
             (
                 "multipart upload (2 fields, 16 KiB PNG)",
