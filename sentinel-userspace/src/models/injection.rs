@@ -4,7 +4,9 @@
 //! Inputs: decoded path segments, decoded query and form parameter names and values, JSON body
 //! keys and string values, `multipart/form-data` field names (`name*` decoded), file names and
 //! text contents (as sent, as decoded from a `base64` or `quoted-printable` transfer encoding,
-//! and a JSON part's keys and strings), and the headers that carry client input (`Referer`'s
+//! and a JSON part's keys and strings), XML bodies' element texts and attribute values
+//! (entities decoded), `text/plain` bodies (each line, and the whole), and the headers that
+//! carry client input (`Referer`'s
 //! query, `User-Agent`, `Cookie` values, `X-Forwarded-*`, `Forwarded` and the client-address
 //! headers applications log: `X-Real-IP`, `True-Client-IP`, ...). Each place judges up to
 //! `max_values` worth judging (values no check could flag are not collected at all): the most
@@ -468,6 +470,11 @@ enum Place {
     /// `kid`), named by `name`: a parameter, judged for traversal too.
     Credential,
     Multipart,
+    /// An XML body's element text or attribute value, named by the element (`user`) or as
+    /// `element/@attribute`.
+    Xml,
+    /// A `text/plain` body, whole (`body`) or a line of it (`body line`).
+    Text,
 }
 
 impl Place {
@@ -483,6 +490,8 @@ impl Place {
             Place::Header => "header",
             Place::Credential => "credential",
             Place::Multipart => "multipart",
+            Place::Xml => "xml",
+            Place::Text => "text",
         }
     }
 
@@ -490,7 +499,13 @@ impl Place {
     fn parameter(self) -> bool {
         matches!(
             self,
-            Place::Query | Place::Form | Place::Json | Place::Multipart | Place::Credential
+            Place::Query
+                | Place::Form
+                | Place::Json
+                | Place::Multipart
+                | Place::Credential
+                | Place::Xml
+                | Place::Text
         )
     }
 }
@@ -567,7 +582,11 @@ impl<'a> Input<'a> {
                 format!("{label} {}", decoded(&self.name, true))
             }
             Place::Json if self.name.is_empty() => "json .".to_owned(),
-            Place::Json | Place::Cookie | Place::Multipart => format!("{label} {}", self.name),
+            Place::Json | Place::Cookie | Place::Multipart | Place::Text => {
+                format!("{label} {}", self.name)
+            }
+            Place::Xml if self.name.is_empty() => label.to_owned(),
+            Place::Xml => format!("{label} {}", self.name),
             Place::Header | Place::Credential => {
                 format!("{label} {}", self.name.to_ascii_lowercase())
             }
@@ -585,7 +604,12 @@ impl<'a> Input<'a> {
                     secret_name(&decoded(&self.name, true))
                 }
                 Place::Json | Place::Header | Place::Multipart => secret_name(&self.name),
-                Place::Path | Place::Referer | Place::Credential => false,
+                // `password`, `user/@password`, `ns:pin`: the local name.
+                Place::Xml => {
+                    let local = self.name.rsplit('@').next().unwrap_or_default();
+                    secret_name(local.rsplit(':').next().unwrap_or_default())
+                }
+                Place::Path | Place::Referer | Place::Credential | Place::Text => false,
             };
         if secret {
             redacted(&self.value)
@@ -659,6 +683,11 @@ enum Body<'a> {
     FormData(FormData<'a>),
     /// A multipart body whose parts servers may not read as Sentinel does: its lines.
     Lines(&'a [u8]),
+    /// An XML body (`application/xml`, `text/xml`, `application/*+xml`): its element texts and
+    /// attribute values ([`xml_values`]).
+    Xml(Cow<'a, str>),
+    /// A `text/plain` body: whole, and its lines.
+    Text(Cow<'a, str>),
 }
 
 /// A complete string of a JSON text that does not parse.
@@ -845,6 +874,10 @@ impl InjectionDetector {
             }
         } else if form {
             Body::Form(wide.map_or_else(|| String::from_utf8_lossy(body), Cow::Owned))
+        } else if xml_media(media) {
+            Body::Xml(wide.map_or_else(|| String::from_utf8_lossy(body), Cow::Owned))
+        } else if media.eq_ignore_ascii_case(b"text/plain") {
+            Body::Text(wide.map_or_else(|| String::from_utf8_lossy(body), Cow::Owned))
         } else {
             Body::None
         }
@@ -882,14 +915,21 @@ impl InjectionDetector {
             Body::Form(text) => pairs(text, Place::Form, &mut v),
             Body::FormData(form) => form_data(form, &mut v, start + read),
             Body::Lines(body) => {
-                for line in body.split(|&c| c == b'\n') {
-                    if v.len() >= start + read {
-                        break;
-                    }
-                    let text = String::from_utf8_lossy(line.trim_ascii());
-                    if let Some(t) = worth(Place::Multipart, &text) {
-                        v.push(Input::value(Place::Multipart, "body line", text).traversing(t));
-                    }
+                body_lines(body, Place::Multipart, "body line", &mut v, start + read);
+            }
+            Body::Xml(text) => xml_values(text, &mut v, start + read),
+            Body::Text(text) => {
+                // Each line (libinjection reads an SQL statement's first tokens only), then the
+                // whole, as an application reads it (a payload over several lines).
+                let whole = text.trim();
+                let lines = whole.contains('\n');
+                let name = if lines { "body line" } else { "body" };
+                body_lines(whole.as_bytes(), Place::Text, name, &mut v, start + read);
+                if lines
+                    && v.len() < start + read
+                    && let Some(t) = worth(Place::Text, whole)
+                {
+                    v.push(Input::value(Place::Text, "body", Cow::Borrowed(whole)).traversing(t));
                 }
             }
             Body::None => {}
@@ -1116,6 +1156,34 @@ fn keep_most_suspicious(v: &mut Vec<Input<'_>>, start: usize, max: usize) {
         v[start..].sort_by_cached_key(|i| std::cmp::Reverse(suspicion(i)));
         v.truncate(start + max);
     }
+}
+
+/// The lines of `body` worth judging at `place`, trimmed, each under `name`, into `out` up to
+/// `max`.
+fn body_lines<'a>(
+    body: &'a [u8],
+    place: Place,
+    name: &'static str,
+    out: &mut Vec<Input<'a>>,
+    max: usize,
+) {
+    for line in body.split(|&c| c == b'\n') {
+        if out.len() >= max {
+            break;
+        }
+        let text = String::from_utf8_lossy(line.trim_ascii());
+        if let Some(t) = worth(place, &text) {
+            out.push(Input::value(place, name, text).traversing(t));
+        }
+    }
+}
+
+/// Whether a media type (lower or upper case, without parameters) is XML's: `application/xml`,
+/// `text/xml` or a `+xml` type (`application/soap+xml`, `application/atom+xml`).
+fn xml_media(media: &[u8]) -> bool {
+    media.eq_ignore_ascii_case(b"application/xml")
+        || media.eq_ignore_ascii_case(b"text/xml")
+        || (media.len() > 4 && media[media.len() - 4..].eq_ignore_ascii_case(b"+xml"))
 }
 
 /// Could a JSON body hold an injection or a traversal? (Its structure has quotes, so look for
@@ -1353,6 +1421,237 @@ fn json_values<'a>(j: &'a Value, path: &'a str, out: &mut Vec<Input<'a>>, max: u
             }
         }
         _ => {}
+    }
+}
+
+/// Element nesting an XML body is read to with every name kept; deeper elements' text is named
+/// after the deepest kept.
+const XML_DEPTH: usize = 64;
+
+/// `s` (XML text or an attribute value) with the predefined entities (`&lt;`, `&amp;`, ...) and
+/// character references (`&#39;`, `&#x3c;`) replaced, as a parser hands it to an application;
+/// others (`&custom;`) stay. Copies only when there is a `&`.
+fn xml_unescape(s: &str) -> Cow<'_, str> {
+    if !s.contains('&') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        // Within the longest reference read (`&#x10ffff;`); `;` is ASCII, a boundary.
+        let end = memchr::memchr(b';', &rest.as_bytes()[..rest.len().min(12)]);
+        let ch = end.and_then(|end| match &rest[1..end] {
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "amp" => Some('&'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            r => {
+                let r = r.strip_prefix('#')?;
+                let n = match r.strip_prefix(['x', 'X']) {
+                    Some(h) => u32::from_str_radix(h, 16),
+                    None => r.parse(),
+                };
+                char::from_u32(n.ok()?)
+            }
+        });
+        match (ch, end) {
+            (Some(c), Some(end)) => {
+                out.push(c);
+                rest = &rest[end + 1..];
+            }
+            _ => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+/// An element's text as read so far: its runs between comments, CDATA sections and
+/// processing instructions joined (a DOM's text content), copied only when there are several.
+#[derive(Default)]
+enum XmlText<'a> {
+    #[default]
+    Empty,
+    One(Cow<'a, str>),
+    Joined(String),
+}
+
+impl<'a> XmlText<'a> {
+    fn add(&mut self, run: Cow<'a, str>) {
+        if run.is_empty() {
+            return;
+        }
+        *self = match std::mem::take(self) {
+            XmlText::Empty => XmlText::One(run),
+            XmlText::One(first) => XmlText::Joined(first.into_owned() + &run),
+            XmlText::Joined(mut s) => {
+                s.push_str(&run);
+                XmlText::Joined(s)
+            }
+        };
+    }
+
+    /// The text so far, trimmed, leaving this empty.
+    fn take(&mut self) -> Option<Cow<'a, str>> {
+        let t = match std::mem::take(self) {
+            XmlText::Empty => return None,
+            XmlText::One(Cow::Borrowed(s)) => Cow::Borrowed(s.trim()),
+            XmlText::One(Cow::Owned(s)) => Cow::Owned(s.trim().to_owned()),
+            XmlText::Joined(s) => Cow::Owned(s.trim().to_owned()),
+        };
+        (!t.is_empty()).then_some(t)
+    }
+}
+
+/// The element texts and attribute values of an XML body (a SOAP envelope, an
+/// `application/*+xml` document) that are worth judging, into `out` up to `max`, each named by
+/// its element (`user`) or as `element/@attribute`. Read in one pass, leniently (a document cut
+/// at the body cap or malformed gives what it has): entities decoded, CDATA as it is, comments,
+/// processing instructions, the DOCTYPE and namespace declarations skipped. Namespace prefixes
+/// stay in the names. No crate: a parser would refuse what is cut or malformed, and this needs
+/// no tree, only the texts and the names they are under.
+fn xml_values<'a>(x: &'a str, out: &mut Vec<Input<'a>>, max: usize) {
+    let b = x.as_bytes();
+    // Open elements (at most `XML_DEPTH` kept; `deep` counts those past it).
+    let mut open: Vec<&'a str> = Vec::new();
+    let mut deep = 0usize;
+    let mut text = XmlText::Empty;
+    let mut i = 0;
+    let flush = |text: &mut XmlText<'a>, open: &[&'a str], out: &mut Vec<Input<'a>>| {
+        if let Some(v) = text.take()
+            && let Some(t) = worth(Place::Xml, &v)
+        {
+            let name = open.last().copied().unwrap_or_default();
+            out.push(Input::value(Place::Xml, name, v).traversing(t));
+        }
+    };
+    let find = |from: usize, what: &str| memchr::memmem::find(&b[from..], what.as_bytes());
+    while i < b.len() && out.len() < max {
+        let Some(lt) = memchr::memchr(b'<', &b[i..]) else {
+            text.add(xml_unescape(&x[i..]));
+            break;
+        };
+        text.add(xml_unescape(&x[i..i + lt]));
+        i += lt;
+        let rest = &b[i..];
+        if rest.starts_with(b"<!--") {
+            i = find(i + 4, "-->").map_or(b.len(), |e| i + 4 + e + 3);
+            continue;
+        }
+        if rest.starts_with(b"<![CDATA[") {
+            let end = find(i + 9, "]]>").map_or(b.len(), |e| i + 9 + e);
+            text.add(Cow::Borrowed(&x[i + 9..end]));
+            i = (end + 3).min(b.len());
+            continue;
+        }
+        if rest.starts_with(b"<?") {
+            i = find(i + 2, "?>").map_or(b.len(), |e| i + 2 + e + 2);
+            continue;
+        }
+        if rest.starts_with(b"<!") {
+            // A DOCTYPE, with its internal subset in brackets.
+            let mut depth = 0i32;
+            let end = rest.iter().position(|&c| {
+                depth += i32::from(c == b'[') - i32::from(c == b']');
+                c == b'>' && depth <= 0
+            });
+            i = end.map_or(b.len(), |e| i + e + 1);
+            continue;
+        }
+        // A tag: the text before it is its element's.
+        flush(&mut text, &open, out);
+        if rest.starts_with(b"</") {
+            if deep > 0 {
+                deep -= 1;
+            } else {
+                open.pop();
+            }
+            i = memchr::memchr(b'>', rest).map_or(b.len(), |e| i + e + 1);
+            continue;
+        }
+        let name_end = rest[1..]
+            .iter()
+            .position(|&c| c.is_ascii_whitespace() || c == b'/' || c == b'>')
+            .map_or(rest.len(), |e| e + 1);
+        let name = &x[i + 1..i + name_end];
+        let mut j = i + name_end;
+        let mut closed = false;
+        // Attributes, up to the end of the tag.
+        while j < b.len() && out.len() < max {
+            match b[j] {
+                c if c.is_ascii_whitespace() => j += 1,
+                b'>' => {
+                    j += 1;
+                    break;
+                }
+                b'/' => {
+                    closed = true;
+                    j += 1;
+                }
+                _ => {
+                    let at = j;
+                    while j < b.len()
+                        && !matches!(b[j], b'=' | b'>' | b'/')
+                        && !b[j].is_ascii_whitespace()
+                    {
+                        j += 1;
+                    }
+                    let attr = &x[at..j];
+                    while j < b.len() && b[j].is_ascii_whitespace() {
+                        j += 1;
+                    }
+                    if b.get(j) != Some(&b'=') {
+                        continue;
+                    }
+                    j += 1;
+                    while j < b.len() && b[j].is_ascii_whitespace() {
+                        j += 1;
+                    }
+                    // Quoted (the next `j` past the closing quote), or not (lenient).
+                    let (from, to, next) = match b.get(j) {
+                        Some(&q @ (b'"' | b'\'')) => match memchr::memchr(q, &b[j + 1..]) {
+                            Some(e) => (j + 1, j + 1 + e, j + 2 + e),
+                            None => (j + 1, b.len(), b.len()),
+                        },
+                        _ => {
+                            let to = b[j..]
+                                .iter()
+                                .position(|&c| c.is_ascii_whitespace() || c == b'>')
+                                .map_or(b.len(), |e| j + e);
+                            (j, to, to)
+                        }
+                    };
+                    j = next;
+                    // Namespace declarations are the parser's, never the application's.
+                    if attr == "xmlns" || attr.starts_with("xmlns:") {
+                        continue;
+                    }
+                    let v = xml_unescape(&x[from..to]);
+                    if let Some(t) = worth(Place::Xml, &v) {
+                        out.push(
+                            Input::value(Place::Xml, format!("{name}/@{attr}"), v).traversing(t),
+                        );
+                    }
+                }
+            }
+        }
+        i = j;
+        if !closed {
+            if open.len() < XML_DEPTH {
+                open.push(name);
+            } else {
+                deep += 1;
+            }
+        }
+    }
+    if out.len() < max {
+        flush(&mut text, &open, out);
     }
 }
 
@@ -2018,6 +2317,123 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn xml_and_text_bodies_are_judged() {
+        let soap = r#"<?xml version="1.0" encoding="utf-8"?>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="urn:bank">
+  <soap:Header><m:Session>abc123</m:Session></soap:Header>
+  <soap:Body><m:GetAccount><m:Id>1' OR '1'='1</m:Id></m:GetAccount></soap:Body>
+</soap:Envelope>"#;
+        let xss = "<script>alert(document.cookie)</script>";
+        let cases: [(&str, String, AlertKind, &str); 9] = [
+            (
+                "application/soap+xml; charset=utf-8",
+                soap.to_owned(),
+                AlertKind::SqlInjection,
+                "xml m:Id",
+            ),
+            // Attribute values and text read as a parser hands them over: entities decoded,
+            // CDATA as it is, text runs around a comment joined.
+            (
+                "text/xml",
+                r#"<search lang="en" q="&lt;script&gt;alert(document.cookie)&lt;/script&gt;"/>"#
+                    .to_owned(),
+                AlertKind::Xss,
+                "xml search/@q",
+            ),
+            (
+                "application/xml",
+                format!("<r><note><![CDATA[{xss}]]></note></r>"),
+                AlertKind::Xss,
+                "xml note",
+            ),
+            (
+                "application/xml",
+                "<r><q>1&#39; UNION<!-- x --> SELECT password FROM users--</q></r>".to_owned(),
+                AlertKind::SqlInjection,
+                "xml q",
+            ),
+            (
+                "application/atom+xml",
+                "<feed><entry><file>../../../etc/passwd</file></entry></feed>".to_owned(),
+                AlertKind::PathTraversal,
+                "xml file",
+            ),
+            // Cut at the cap: what was read is judged.
+            (
+                "application/xml",
+                "<r><a>&lt;svg onload=alert(1)&gt;</a><b>unfinished".to_owned(),
+                AlertKind::Xss,
+                "xml a",
+            ),
+            // text/plain: whole when on one line, else each line and the whole.
+            ("text/plain", xss.to_owned(), AlertKind::Xss, "text body"),
+            (
+                "text/plain; charset=utf-8",
+                "Dear team,\nsee 1' UNION SELECT password FROM users--\nJane".to_owned(),
+                AlertKind::SqlInjection,
+                "text body line",
+            ),
+            (
+                "text/plain",
+                "1'\nOR '1'='1".to_owned(),
+                AlertKind::SqlInjection,
+                "text body",
+            ),
+        ];
+        for (ctype, body, kind, place) in cases {
+            let got = places(&post("203.0.113.60", ctype, body.as_bytes()));
+            assert!(
+                got.iter().any(|(k, p)| *k == kind && p == place),
+                "{ctype} {body}: {got:?}"
+            );
+        }
+        // A secret element's value is not quoted.
+        let o = post(
+            "203.0.113.61",
+            "application/xml",
+            b"<login><user>jane</user><password>x' OR '1'='1</password></login>",
+        );
+        let a = Engine::new(&ModelsConfig::default()).unwrap().observe(&o);
+        let a = a
+            .iter()
+            .find(|a| a.kind == AlertKind::SqlInjection)
+            .unwrap();
+        assert_eq!(a.evidence["input"], "xml password");
+        assert!(!a.explanation.contains("OR '1'"), "{}", a.explanation);
+        // Ordinary documents and text raise nothing.
+        for (ctype, body) in [
+            ("application/soap+xml", soap.replace("1' OR '1'='1", "100231")),
+            (
+                "application/xml",
+                r#"<!DOCTYPE note [<!ENTITY x "y">]><note xml:lang="en" href="https://bank.test/a?b=1&amp;c=2"><to>O&apos;Brien</to><body>Rent, 50% (May) &amp; fees</body></note>"#.to_owned(),
+            ),
+            (
+                "text/plain",
+                "Dear team,\nplease find the May statement attached (PDF).\nThanks, Jane".to_owned(),
+            ),
+        ] {
+            let got = places(&post("203.0.113.62", ctype, body.as_bytes()));
+            assert!(got.is_empty(), "{ctype} {body}: {got:?}");
+        }
+        assert_eq!(
+            xml_unescape("a&lt;b&#x3C;&#60;&amp;lt;&bogus;&"),
+            "a<b<<&lt;&bogus;&"
+        );
+        // Cut anywhere, a document is read without a panic.
+        let doc = "<?xml?><!DOCTYPE d [<!ENTITY e \"&#233;\">]><d a='é&#xFFFFFFFF;' b=x c>\
+                   <!-- é --><![CDATA[é]]>&#233;é<e/><f g = \"1' OR 1=1\" /></d>";
+        for cut in (0..=doc.len()).filter(|&i| doc.is_char_boundary(i)) {
+            let mut out = Vec::new();
+            xml_values(&doc[..cut], &mut out, 8);
+        }
+        let mut out = Vec::new();
+        xml_values(doc, &mut out, 8);
+        let got: Vec<(&str, &str)> = out.iter().map(|i| (&*i.name, &*i.value)).collect();
+        // (An invalid reference stays, its `;` worth judging.)
+        assert_eq!(got, [("d/@a", "é&#xFFFFFFFF;"), ("f/@g", "1' OR 1=1")]);
     }
 
     #[test]
@@ -3178,6 +3594,13 @@ mod tests {
             (
                 "browser GET with a Referer (no query) and cookies",
                 with_referer(get("/docs/annual%20report.pdf", 0)),
+            ),
+            (
+                "SOAP request of 6 elements",
+                post(
+                    "text/xml; charset=utf-8",
+                    br#"<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="urn:bank"><soap:Header><m:Session>5f2c9a</m:Session></soap:Header><soap:Body><m:Transfer><m:From>100231</m:From><m:To>SA0380000000608010167519</m:To><m:Amount currency="SAR">1200.50</m:Amount><m:Memo>May rent &amp; fees</m:Memo></m:Transfer></soap:Body></soap:Envelope>"#.to_vec(),
+                ),
             ),
             (
                 "multipart upload (2 fields, 16 KiB PNG)",
