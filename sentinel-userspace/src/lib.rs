@@ -27,5 +27,6 @@ pub mod models;
 pub mod notify;
 pub mod pipeline;
 pub mod reassembly;
+pub mod redact;
 pub mod replay;
 pub mod verdict;

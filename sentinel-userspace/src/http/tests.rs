@@ -447,6 +447,30 @@ fn every_kind_in_order_and_one_segment_each() {
     );
 }
 
+/// A token in the query (RFC 6750 §2.3) is not written to the transaction log in clear.
+#[test]
+fn the_transaction_record_redacts_tokens_in_the_query() {
+    let mut c = conn();
+    c.send(
+        true,
+        b"GET /balance?access_token=tok-layla-1&page=2 HTTP/1.1\r\n\r\n",
+        &[],
+        T0 + MS,
+    );
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        &[],
+        T0 + 2 * MS,
+    );
+    let out = run(c.segments);
+    let j: serde_json::Value = serde_json::from_str(&out[0].to_json()).unwrap();
+    let q = j["query"].as_str().unwrap();
+    assert!(!q.contains("tok-layla-1") && q.ends_with("&page=2"), "{q}");
+    // The transaction itself keeps it for the analysis.
+    assert_eq!(out[0].query(), "access_token=tok-layla-1&page=2");
+}
+
 /// Two empty 200 responses, back to back.
 const TWO_EMPTY_OKS: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";

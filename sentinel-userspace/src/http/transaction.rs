@@ -2,6 +2,7 @@
 //! `sentinel replay --emit transactions` (format in DESIGN.md).
 
 use std::{
+    borrow::Cow,
     net::{IpAddr, SocketAddr},
     time::{Duration, UNIX_EPOCH},
 };
@@ -115,7 +116,7 @@ impl Transaction {
             dst_port: self.server.port(),
             method: self.method(),
             path: self.path(),
-            query: self.query(),
+            query: crate::redact::query(self.query()),
             host: self.host(),
             status: self.status(),
             req_bytes: self.req_bytes,
@@ -161,8 +162,9 @@ pub struct TransactionRecord<'a> {
     pub method: &'a str,
     /// Path without the query.
     pub path: &'a str,
-    /// Query without `?` (empty when none).
-    pub query: &'a str,
+    /// Query without `?` (empty when none), the values of secret-named parameters
+    /// (`access_token`, `password`, ...) redacted to their length and short hash.
+    pub query: Cow<'a, str>,
     /// Host, when sent.
     pub host: Option<&'a str>,
     /// Response status; null when no response was seen.

@@ -32,7 +32,10 @@ use aho_corasick::AhoCorasick;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::http::multipart::{self, FormData};
+use crate::{
+    http::multipart::{self, FormData},
+    redact::{self, redacted, secret_name},
+};
 
 use super::{
     AlertKind, Severity,
@@ -622,49 +625,10 @@ impl<'a> Input<'a> {
     }
 }
 
-/// Names of fields that hold secrets (passwords, tokens, keys, one-time codes), which alerts
-/// never quote: a password that trips the SQL check (`hunter2'--`) is still someone's password,
-/// and a stuffing list's are real victims'. Matched case-insensitively, as a part of the name
-/// (the last segment of a JSON path).
-pub fn secret_name(name: &str) -> bool {
-    const PARTS: [&str; 10] = [
-        "pass",
-        "pwd",
-        "secret",
-        "token",
-        "apikey",
-        "api_key",
-        "api-key",
-        "auth",
-        "session",
-        "credential",
-    ];
-    const WHOLE: [&str; 5] = ["pin", "otp", "cvv", "cvc", "key"];
-    let last = name.rsplit(['.', '[']).next().unwrap_or(name);
-    let lower = last.trim_end_matches(']').to_ascii_lowercase();
-    PARTS.iter().any(|p| lower.contains(p)) || WHOLE.contains(&lower.as_str())
-}
-
-/// What an alert shows of a secret value: its length and short hash (the same value gives the
-/// same hash, so two alerts can be told apart or matched without the value).
-fn redacted(value: &str) -> String {
-    format!(
-        "<redacted: {} chars, sha256 {}>",
-        value.chars().count(),
-        crate::enrich::principal::short_hash(value)
-    )
-}
-
 /// `raw` (a query string or form body, still encoded) with the values of secret fields
-/// redacted.
+/// redacted ([`redact::pairs`], names decoded as the detector decodes them).
 fn redact_pairs(raw: &str) -> String {
-    raw.split('&')
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) if secret_name(&decoded(k, true)) => format!("{k}={}", redacted(v)),
-            _ => p.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+    redact::pairs(raw, |k| decoded(k, true)).into_owned()
 }
 
 /// [`decode_fully`] without a copy when there is nothing to decode.
@@ -3190,8 +3154,6 @@ mod tests {
             "{}",
             a[0].explanation
         );
-        assert!(secret_name("password") && secret_name("user.Password") && secret_name("PIN"));
-        assert!(!secret_name("q") && !secret_name("shipping") && !secret_name("keyword"));
     }
 
     #[test]

@@ -1,0 +1,108 @@
+//! What never leaves Sentinel in clear: the values of fields named like secrets (passwords,
+//! tokens, keys, one-time codes), which alerts and the transaction log show as their length and
+//! short hash.
+
+use std::borrow::Cow;
+
+/// Names of fields that hold secrets (passwords, tokens, keys, one-time codes), which alerts
+/// never quote: a password that trips the SQL check (`hunter2'--`) is still someone's password,
+/// and a stuffing list's are real victims'. Matched case-insensitively, as a part of the name
+/// (the last segment of a JSON path).
+pub fn secret_name(name: &str) -> bool {
+    const PARTS: [&str; 10] = [
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "apikey",
+        "api_key",
+        "api-key",
+        "auth",
+        "session",
+        "credential",
+    ];
+    const WHOLE: [&str; 6] = ["pin", "otp", "cvv", "cvc", "key", "jwt"];
+    let last = name.rsplit(['.', '[']).next().unwrap_or(name);
+    let lower = last.trim_end_matches(']').to_ascii_lowercase();
+    PARTS.iter().any(|p| lower.contains(p)) || WHOLE.contains(&lower.as_str())
+}
+
+/// What is shown of a secret value: its length and short hash (the same value gives the same
+/// hash, so two records can be told apart or matched without the value).
+pub fn redacted(value: &str) -> String {
+    format!(
+        "<redacted: {} chars, sha256 {}>",
+        value.chars().count(),
+        crate::enrich::principal::short_hash(value)
+    )
+}
+
+/// `raw` (a query string or form body, still encoded) with the values of fields whose name,
+/// decoded by `name`, is a [`secret_name`] redacted; borrowed when there is none.
+pub fn pairs<'a>(raw: &'a str, name: impl Fn(&str) -> Cow<'_, str>) -> Cow<'a, str> {
+    let secret = |p: &str| {
+        p.split_once('=')
+            .is_some_and(|(k, _)| secret_name(&name(k)))
+    };
+    if !raw.split('&').any(secret) {
+        return Cow::Borrowed(raw);
+    }
+    Cow::Owned(
+        raw.split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) if secret(p) => format!("{k}={}", redacted(v)),
+                _ => p.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("&"),
+    )
+}
+
+/// A query string as the transaction log shows it: [`pairs`] with names percent-decoded once,
+/// as a server reads them (`access%5Ftoken` is `access_token`).
+pub fn query(raw: &str) -> Cow<'_, str> {
+    pairs(raw, |k| {
+        if k.contains(['%', '+']) {
+            Cow::Owned(crate::enrich::principal::percent_decode(k))
+        } else {
+            Cow::Borrowed(k)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_names() {
+        assert!(secret_name("password") && secret_name("user.Password") && secret_name("PIN"));
+        assert!(secret_name("access_token") && secret_name("jwt") && secret_name("id_token"));
+        assert!(!secret_name("q") && !secret_name("shipping") && !secret_name("keyword"));
+    }
+
+    #[test]
+    fn the_transaction_log_shows_no_token_of_a_query() {
+        let tok = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJsYXlsYSJ9.c2ln";
+        for raw in [
+            format!("a=1&access_token={tok}&b=2"),
+            format!("access%5Ftoken={tok}"),
+            format!("jwt={tok}"),
+        ] {
+            let shown = query(&raw);
+            assert!(!shown.contains(tok), "{shown}");
+            assert!(
+                shown.contains(&crate::enrich::principal::short_hash(tok)),
+                "{shown}"
+            );
+        }
+        assert!(matches!(
+            query("page=2&q=shoes"),
+            Cow::Borrowed("page=2&q=shoes")
+        ));
+        assert_eq!(
+            query("a=1&password=x&b"),
+            format!("a=1&password={}&b", redacted("x"))
+        );
+    }
+}
