@@ -6,7 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
+    net::{SocketAddr, SocketAddrV4},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -58,19 +58,99 @@ impl Drop for Recorder {
     }
 }
 
-/// Waits until the recorder has written its file header (it is listening then).
-fn wait_ready(file: &Path) {
-    let start = Instant::now();
-    while std::fs::metadata(file).map_or(0, |m| m.len()) == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "{} never started",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+/// Opens a TCP connection to `server` from local port `port` and resets it at once (no
+/// TIME_WAIT, so the port serves again): nothing is sent, the bank serves nothing, no
+/// transaction is built, but the recorders see its packets.
+fn probe(port: u16, server: SocketAddrV4) -> std::io::Result<()> {
+    let sockaddr = |a: SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let check = |r: libc::c_int| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    // SAFETY: a socket of our own, plain structs passed by pointer with their sizes, closed on
+    // every path.
+    unsafe {
+        let fd = check(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0))?;
+        let result = (|| {
+            let one: libc::c_int = 1;
+            let opt = |name, v: *const libc::c_void, n: usize| {
+                check(libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    name,
+                    v,
+                    n as libc::socklen_t,
+                ))
+            };
+            opt(
+                libc::SO_REUSEADDR,
+                (&raw const one).cast(),
+                size_of_val(&one),
+            )?;
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            opt(
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of_val(&linger),
+            )?;
+            let local = sockaddr(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port));
+            check(libc::bind(fd, (&raw const local).cast(), len))?;
+            let remote = sockaddr(server);
+            check(libc::connect(fd, (&raw const remote).cast(), len))?;
+            Ok(())
+        })();
+        libc::close(fd);
+        result
     }
-    // Headers are written when the capture opens; give the socket filter a moment.
-    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Whether `file` holds a TCP header from local port `port` to `server`'s (the ports' bytes,
+/// as any capture format stores a packet's).
+fn holds_probe(file: &Path, port: u16, server: SocketAddrV4) -> bool {
+    let mut ports = port.to_be_bytes().to_vec();
+    ports.extend_from_slice(&server.port().to_be_bytes());
+    std::fs::read(file).is_ok_and(|b| b.windows(4).any(|w| w == ports))
+}
+
+/// Probes `server` from the client namespace from local port `port` until every recorder's
+/// file holds the probe (at most 30 s). Before the traffic, it says that the recorders
+/// capture (a file header comes before the socket filter is on); after it, that they have
+/// written everything before the probe: a recorder starved by a loaded machine reads its
+/// buffer late, and stopped then it loses what it had not read yet (the tail of a capture,
+/// seen in a run beside a build).
+fn wait_for_probe(client: &NetNs, server: SocketAddrV4, port: u16, files: &[&Path]) {
+    let start = Instant::now();
+    loop {
+        client
+            .run(move || probe(port, server))
+            .expect("probe")
+            .expect("probe connection");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if files.iter().all(|f| holds_probe(f, port, server)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the recorders never wrote the probe from port {port}"
+        );
+    }
 }
 
 fn stop(mut r: Recorder, what: &str) {
@@ -116,10 +196,19 @@ fn replayed(file: &Path) -> Vec<serde_json::Value> {
 }
 
 fn request(t: &serde_json::Value) -> Request {
+    let field = |name: &str| t[name].clone();
     (
-        t["method"].as_str().expect("method").to_owned(),
-        t["path"].as_str().expect("path").to_owned(),
-        t["status"].as_u64().expect("status") as u16,
+        field("method")
+            .as_str()
+            .unwrap_or_else(|| panic!("no method: {t}"))
+            .to_owned(),
+        field("path")
+            .as_str()
+            .unwrap_or_else(|| panic!("no path: {t}"))
+            .to_owned(),
+        field("status")
+            .as_u64()
+            .unwrap_or_else(|| panic!("no status: {t}")) as u16,
     )
 }
 
@@ -188,8 +277,8 @@ fn files_from_tcpdump_and_dumpcap_replay_every_request() {
     let (pcap, pcapng) = (dir.join("curl.pcap"), dir.join("curl.pcapng"));
     let tcpdump = recorder(&topo.server, &topo.server_if, "tcpdump", &pcap);
     let dumpcap = recorder(&topo.server, &topo.server_if, "dumpcap", &pcapng);
-    wait_ready(&pcap);
-    wait_ready(&pcapng);
+    let bank4 = SocketAddrV4::new(SERVER_V4, PORT);
+    wait_for_probe(&topo.client, bank4, 40901, &[&pcap, &pcapng]);
 
     let base = format!("http://{SERVER_V4}:{PORT}");
     let base6 = format!("http://[{SERVER_V6}]:{PORT}");
@@ -249,8 +338,8 @@ fn files_from_tcpdump_and_dumpcap_replay_every_request() {
             &format!("{base6}/nocontent"),
         ],
     );
-    // Let the last FINs reach the recorders.
-    std::thread::sleep(Duration::from_millis(500));
+    // Everything before a last probe is in the files once it is.
+    wait_for_probe(&topo.client, bank4, 40902, &[&pcap, &pcapng]);
     stop(tcpdump, "tcpdump");
     stop(dumpcap, "dumpcap");
 
