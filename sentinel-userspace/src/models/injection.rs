@@ -588,6 +588,8 @@ impl<'a> Input<'a> {
                 format!("{label} {}", decoded(&self.name, true))
             }
             Place::Json if self.name.is_empty() => "json .".to_owned(),
+            // A cookie without a name (no `=`).
+            Place::Cookie if self.name.is_empty() => label.to_owned(),
             Place::Json | Place::Cookie | Place::Multipart | Place::Text => {
                 format!("{label} {}", self.name)
             }
@@ -996,17 +998,16 @@ impl InjectionDetector {
 }
 
 /// Whether a scanned header's value (`value`, whole, as sent) is read further: when it is worth
-/// judging as a header ([`worth`]: a traversal does not count there). A `Cookie` or `Referer`
-/// whose parts are judged decoded is read also when it has an escape and holds a traversal, as
-/// it always was (a part may be worth judging once decoded when the whole is not); without an
-/// escape a part decodes to what the whole holds, so nothing more could be found, and the
-/// traversal is not looked for (every `Referer` has a `//`).
+/// judging as a header ([`worth`]: a traversal does not count there), and a `Cookie` or
+/// `Referer` with an escape, whose parts are judged decoded (a part may be worth judging once
+/// decoded when the whole is not: `%27%20OR%201%3D1--` as a bare cookie, or as a Referer's
+/// path). Without an escape a part decodes to what the whole holds, so nothing more could be
+/// found.
 fn header_worth(name: &str, value: &str) -> bool {
     let shape = Shape::of(value);
     shape.judged(value)
         || (shape.has(PERCENT)
-            && (name.eq_ignore_ascii_case("cookie") || name.eq_ignore_ascii_case("referer"))
-            && traversal(value).is_some())
+            && (name.eq_ignore_ascii_case("cookie") || name.eq_ignore_ascii_case("referer")))
 }
 
 /// A text encoding wider than UTF-8: JSON on the wire must be UTF-8 (RFC 8259), but Jackson
@@ -2313,6 +2314,41 @@ mod tests {
         let p = cookie(
             "198.18.0.9",
             "tok=aGVsbG8+d29ybGQ=; pref=a+b+c; q=select+a+plan",
+        );
+        assert_eq!(p, []);
+    }
+
+    #[test]
+    fn escaped_payloads_in_a_bare_cookie_or_a_referer_path_are_judged() {
+        let header = |ip: &str, name: &str, v: &str| {
+            let mut o = obs(T0, ip, "/balance");
+            o.req_headers.push((name.into(), v.to_owned().into()));
+            places(&o)
+        };
+        // A cookie without `=` and a Referer without a query: the whole value holds nothing
+        // libinjection could flag until its escapes are decoded.
+        let p = header("203.0.113.61", "Cookie", "%27%20OR%20%271%27%3D%271");
+        assert!(
+            p.contains(&(AlertKind::SqlInjection, "cookie".to_owned())),
+            "{p:?}"
+        );
+        let p = header(
+            "203.0.113.62",
+            "Referer",
+            "https://bank.test/%3Cscript%3Ealert(1)%3C/script%3E",
+        );
+        assert!(p.contains(&(AlertKind::Xss, "referer".to_owned())), "{p:?}");
+        // Ordinary escaped ones stay quiet.
+        let p = header(
+            "198.18.0.10",
+            "Referer",
+            "https://bank.test/search/caf%C3%A9%20au%20lait",
+        );
+        assert_eq!(p, []);
+        let p = header(
+            "198.18.0.11",
+            "Cookie",
+            "lang=fr%2DCA; last=%2Faccounts%2F42",
         );
         assert_eq!(p, []);
     }
