@@ -8,7 +8,8 @@
 //! (entities decoded), `text/plain` bodies (each line, and the whole), and the headers that
 //! carry client input (`Referer`'s query, `User-Agent`, `Cookie` values, `X-Forwarded-*`,
 //! `Forwarded` and the client-address headers applications log: `X-Real-IP`, `True-Client-IP`,
-//! ...). Values no check could flag are not collected at all. Each place judges all it holds
+//! ...; `Host`, `Origin` and `Accept-Language`, which servers look tenants, allowlists and
+//! locales up by). Values no check could flag are not collected at all. Each place judges all it holds
 //! up to 8 times `max_values` worth judging, the most likely to be flagged first when there
 //! are more than `max_values`, so that padding does not push a payload out; a place holding
 //! more than it reads is flagged for what it may hide (see `settle`). Each value is decoded
@@ -52,9 +53,11 @@ pub struct Config {
     /// On or off. Default on.
     pub enabled: bool,
     /// Request headers scanned (lower case; a trailing `*` matches a prefix). Default
-    /// `referer`, `user-agent`, `cookie`, `x-forwarded-*`, and the client-address headers
+    /// `referer`, `user-agent`, `cookie`, `x-forwarded-*`, the client-address headers
     /// applications log (common SQL injection sinks): `forwarded`, `x-real-ip`,
-    /// `true-client-ip`, `client-ip`, `x-client-ip`, `x-originating-ip`.
+    /// `true-client-ip`, `client-ip`, `x-client-ip`, `x-originating-ip`, and those servers
+    /// look things up by: `host` (the tenant of a multi-tenant service), `origin` (a CORS
+    /// allowlist) and `accept-language` (a locale table).
     pub headers: Vec<String>,
     /// Body bytes parsed at most. Default 65,536.
     pub max_body_bytes: usize,
@@ -80,6 +83,9 @@ impl Default for Config {
                 "client-ip",
                 "x-client-ip",
                 "x-originating-ip",
+                "host",
+                "origin",
+                "accept-language",
             ]
             .map(String::from)
             .to_vec(),
@@ -2320,11 +2326,7 @@ mod tests {
 
     #[test]
     fn escaped_payloads_in_a_bare_cookie_or_a_referer_path_are_judged() {
-        let header = |ip: &str, name: &str, v: &str| {
-            let mut o = obs(T0, ip, "/balance");
-            o.req_headers.push((name.into(), v.to_owned().into()));
-            places(&o)
-        };
+        let header = header_places;
         // A cookie without `=` and a Referer without a query: the whole value holds nothing
         // libinjection could flag until its escapes are decoded.
         let p = header("203.0.113.61", "Cookie", "%27%20OR%20%271%27%3D%271");
@@ -2409,12 +2411,7 @@ mod tests {
 
     #[test]
     fn client_address_headers_are_judged() {
-        let with = |ip: &str, name: &str, v: &str| {
-            let mut o = obs(T0, ip, "/balance");
-            o.req_headers
-                .push((name.to_owned().into(), v.to_owned().into()));
-            places(&o)
-        };
+        let with = header_places;
         let ips = [
             "198.51.100.7",
             "2001:db8:cafe::17",
@@ -2453,6 +2450,40 @@ mod tests {
     }
 
     #[test]
+    fn host_origin_and_accept_language_are_judged() {
+        // What servers look things up by: a multi-tenant service's tenant by `Host`, a CORS
+        // allowlist by `Origin`, a locale table by `Accept-Language`.
+        let with = header_places;
+        for (name, v, kind) in [
+            ("Host", "bank.test' OR '1'='1", AlertKind::SqlInjection),
+            (
+                "Origin",
+                "https://x.test\"><script>alert(1)</script>",
+                AlertKind::Xss,
+            ),
+            (
+                "Accept-Language",
+                "en' UNION SELECT password FROM users--",
+                AlertKind::SqlInjection,
+            ),
+        ] {
+            let place = format!("header {}", name.to_ascii_lowercase());
+            let p = with("203.0.113.63", name, v);
+            assert!(p.contains(&(kind, place)), "{name}: {v}: {p:?}");
+        }
+        for (name, v) in [
+            ("Host", "bank.test:8443"),
+            ("Host", "[2001:db8::1]:8080"),
+            ("Origin", "https://app.bank.test"),
+            ("Origin", "null"),
+            ("Accept-Language", "en-US,en;q=0.9,ar-SA;q=0.8"),
+            ("Accept-Language", "*"),
+        ] {
+            assert_eq!(with("198.18.0.9", name, v), [], "{name}: {v}");
+        }
+    }
+
+    #[test]
     fn a_script_url_in_a_path_segment_is_caught_without_a_query() {
         assert_targets(
             &["/go/javascript:alert`1`", "/go/JavaScript:alert`1`/x"],
@@ -2480,6 +2511,14 @@ mod tests {
     }
 
     /// The first alert's `(kind, input)` for each kind raised on `o`.
+    /// [`places`] of a GET of `/balance` from `ip` with one header more.
+    fn header_places(ip: &str, name: &str, v: &str) -> Vec<(AlertKind, String)> {
+        let mut o = obs(T0, ip, "/balance");
+        o.req_headers
+            .push((name.to_owned().into(), v.to_owned().into()));
+        places(&o)
+    }
+
     fn places(o: &Observation) -> Vec<(AlertKind, String)> {
         let mut e = Engine::new(&ModelsConfig::default()).unwrap();
         e.observe(o)
