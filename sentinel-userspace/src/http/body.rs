@@ -174,7 +174,7 @@ enum Decoder {
 }
 
 /// The window a brotli or zstd stream declares, in bytes, once its first bytes came: what its
-/// decoder may allocate, counted in [`Body::mem`] so that the flows' memory cap sees it.
+/// decoder may allocate, counted by [`Body::reserved`] so that the global memory cap sees it.
 #[derive(Debug, Default)]
 struct Window {
     /// The stream's first bytes, until they tell.
@@ -182,9 +182,6 @@ struct Window {
     bytes: Option<u64>,
 }
 
-/// The largest window brotli allows without its large-window extension, which HTTP does not
-/// use: 16 MiB.
-const BROTLI_MAX_WINDOW: u64 = 1 << 24;
 /// RFC 9659: zstd encoders for HTTP use at most an 8 MiB window; larger frames are refused.
 const ZSTD_MAX_WINDOW_LOG: u32 = 23;
 
@@ -200,11 +197,6 @@ impl Window {
         if self.bytes.is_some() || self.head.len() >= 16 {
             self.head = Vec::new();
         }
-    }
-
-    /// The window, or the largest the coding allows until the header tells.
-    fn or(&self, largest: u64) -> u64 {
-        self.bytes.unwrap_or(largest)
     }
 }
 
@@ -325,18 +317,24 @@ impl Decoder {
         }
     }
 
-    /// What the decoders' states hold (or may come to hold), this one's and those below: an
-    /// inflate state and its 32 KiB window for gzip and deflate, the declared window for brotli
-    /// and zstd.
-    fn state_bytes(&self) -> u64 {
+    /// Codings undone, this one included.
+    fn layers(&self) -> usize {
+        match self.sink() {
+            Sink::Out(_) => 1,
+            Sink::Next(d, _) => 1 + d.layers(),
+        }
+    }
+
+    /// The windows the brotli and zstd streams of this coding and those below declared, as far
+    /// as their headers came ([`Body::reserved`]).
+    fn windows(&self) -> u64 {
         let own = match self {
-            Decoder::Brotli(_, w) => w.or(BROTLI_MAX_WINDOW),
-            Decoder::Zstd(_, w) => w.or(1 << ZSTD_MAX_WINDOW_LOG),
-            _ => 64 << 10,
+            Decoder::Brotli(_, w) | Decoder::Zstd(_, w) => w.bytes.unwrap_or(0),
+            _ => 0,
         };
         own + match self.sink() {
             Sink::Out(_) => 0,
-            Sink::Next(d, _) => d.state_bytes(),
+            Sink::Next(d, _) => d.windows(),
         }
     }
 
@@ -550,8 +548,17 @@ impl Body {
         self.raw.kept.capacity()
             + self.decoded.as_ref().map_or(0, Vec::capacity)
             + self.decoder.as_ref().map_or(0, |d| {
-                d.sink().out().kept.capacity() + d.state_bytes() as usize
+                d.sink().out().kept.capacity() + d.layers() * (64 << 10)
             })
+    }
+
+    /// What the decoders may hold beyond [`mem`](Self::mem): the window a brotli stream or zstd
+    /// frame declared, once its header came (a decoder allocates nothing before its first
+    /// bytes). Counted against the global memory cap only: a flow's own cap turns held
+    /// segments into gaps to free memory, which would only end the decoding (a brotli window
+    /// of 4 MiB, the encoders' default, is past the 4 MiB flow cap by itself).
+    pub fn reserved(&self) -> usize {
+        self.decoder.as_ref().map_or(0, |d| d.windows() as usize)
     }
 
     /// Finishes decoding; returns the kept bytes (decoded when coded) and how decoding went.

@@ -525,4 +525,8 @@ impl StreamHandler for HttpHandler {
         // requests with large bodies, waiting for their responses, hold their bodies here.
         c.req.mem() + c.resp.mem() + c.pending.iter().map(Pending::mem).sum::<usize>()
     }
+
+    fn reserved(c: &HttpConn) -> usize {
+        c.req.reserved() + c.resp.reserved()
+    }
 }

@@ -226,6 +226,11 @@ impl Parser {
         self.buf.capacity() + self.body.as_ref().map_or(0, Body::mem) + self.trailer_bytes.len()
     }
 
+    /// What the body's decoders may hold beyond [`mem`](Self::mem) ([`Body::reserved`]).
+    pub fn reserved(&self) -> usize {
+        self.body.as_ref().map_or(0, Body::reserved)
+    }
+
     /// True once the stream is not HTTP any more.
     pub fn is_dead(&self) -> bool {
         matches!(self.state, State::Dead)

@@ -1608,6 +1608,44 @@ fn a_leak_in_a_coded_response_is_reported() {
     }
 }
 
+/// A brotli stream's window (4 MiB, encoders' default) is not held against the flow's cap of
+/// 4 MiB: counted there, a segment that came out of order turned into a gap at once, and the
+/// decoding ended.
+#[test]
+fn a_brotli_response_survives_reordering() {
+    // Letters in no order, so that the coded body spans several segments.
+    let mut x = 7u32;
+    let text: Vec<u8> = (0..30_000)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            b'a' + (x >> 16) as u8 % 5
+        })
+        .collect();
+    let coded = brotli(&text);
+    assert!(coded.len() > 3 * 1448, "{} bytes coded", coded.len());
+    let mut c = conn();
+    c.send(true, b"GET /rows HTTP/1.1\r\n\r\n", &[], T0 + MS);
+    let mut resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: {}\r\n\r\n",
+        coded.len()
+    )
+    .into_bytes();
+    resp.extend_from_slice(&coded);
+    c.send_mss(false, &resp, 1448, T0 + 2 * MS);
+    // The response's third and fourth segments swap places.
+    let n = c.segments.len();
+    let at = n - c
+        .segments
+        .iter()
+        .rev()
+        .take_while(|s| s.src.port() == 8080)
+        .count();
+    c.segments.swap(at + 2, at + 3);
+    let out = run(c.segments);
+    assert_eq!(out[0].resp_decoded, Decoded::Yes);
+    assert_eq!(out[0].resp_body, text[..out[0].resp_body.len()]);
+}
+
 /// `br` and `zstd` bodies (cut into 7-byte segments), alone and stacked with gzip, in responses
 /// and requests, are decoded; zstd's several frames too; a zstd frame asking for a window
 /// beyond RFC 9659's 8 MiB, and a cut or broken stream, fail.

@@ -93,6 +93,13 @@ pub trait StreamHandler {
     fn close(&mut self, conn: Self::Conn, flow: &FlowInfo, ts_ns: u64, reason: CloseReason);
     /// Bytes the handler holds for this connection (counted against the memory caps).
     fn mem(conn: &Self::Conn) -> usize;
+    /// Bytes the handler's decoders may hold for this connection beyond [`mem`](Self::mem)
+    /// (the window a brotli or zstd stream declares): counted against the global cap only,
+    /// since turning the flow's held segments into gaps would not free them, only end the
+    /// decoding. None by default.
+    fn reserved(_conn: &Self::Conn) -> usize {
+        0
+    }
 }
 
 /// Reassembly limits. Times are in nanoseconds of capture time.
@@ -509,8 +516,10 @@ impl<H: StreamHandler> Reassembler<H> {
         }
         let both_done = flow.halves.iter().all(|h| h.fin_done);
         let old_mem = flow.mem;
-        flow.mem =
-            FLOW_OVERHEAD + flow.halves.iter().map(|h| h.held_bytes).sum::<usize>() + H::mem(conn);
+        flow.mem = FLOW_OVERHEAD
+            + flow.halves.iter().map(|h| h.held_bytes).sum::<usize>()
+            + H::mem(conn)
+            + H::reserved(conn);
         self.mem = self.mem + flow.mem - old_mem;
         if rst || both_done {
             let reason = if rst {
@@ -639,7 +648,8 @@ impl<H: StreamHandler> Reassembler<H> {
                 let old = flow.mem;
                 flow.mem = FLOW_OVERHEAD
                     + flow.halves.iter().map(|h| h.held_bytes).sum::<usize>()
-                    + H::mem(conn);
+                    + H::mem(conn)
+                    + H::reserved(conn);
                 self.mem = self.mem + flow.mem - old;
                 if flow.halves.iter().all(|h| h.fin_done) {
                     to_close.push(*k);
