@@ -198,9 +198,12 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
     };
     let mut cap = wire_len;
     if wire_len > snap {
+        // Several wire segments in one skb: its segment size is set and smaller than it.
+        // (`gso_segs` is not enough: packets from a virtio or tap header, a VM's TSO, come
+        // with a segment size and a count of 0 that the kernel fills in later.)
         // SAFETY: reading a field of the context the kernel passed in.
-        let segments = unsafe { (*ctx.skb.skb).gso_segs };
-        if segments > 1 {
+        let segment = unsafe { (*ctx.skb.skb).gso_size };
+        if segment != 0 && wire_len > segment {
             coalesced(ctx, &hdr, payload_off as u32, snap, shift);
             return;
         }
@@ -222,6 +225,7 @@ fn capture(ctx: &TcContext, cap_flags: u8) {
 /// or bounded loop over the record classes is past its million-instruction budget.
 #[inline(never)]
 fn coalesced(ctx: &TcContext, first: &CaptureHeader, off: u32, snap: u32, shift: u32) {
+    // Read again rather than passed: a BPF function takes at most five arguments.
     // SAFETY: reading a field of the context the kernel passed in.
     let segment = unsafe { (*ctx.skb.skb).gso_size };
     let (stride, keep) = if segment == 0 || snap >= segment {

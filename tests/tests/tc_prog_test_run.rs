@@ -320,6 +320,11 @@ fn coalesced_packets_are_split_back_into_wire_segments() -> anyhow::Result<()> {
         );
     }
 
+    // A segment count of 0 with a segment size: a packet from a virtio or tap header (a VM's
+    // TSO), whose count the kernel fills in later, is split all the same.
+    let (segs, coalesced, cut) = egress_segments(&payload, 512, &skb_ctx_coalesced(0, 1000))?;
+    assert_eq!((coalesced, cut, segs.len()), (1, 1, 3), "{segs:?}");
+
     // An skb of one segment longer than the snap length is cut as before.
     let (segs, coalesced, cut) = egress_segments(&payload, 2048, &[0u8; 192])?;
     assert_eq!((coalesced, cut), (0, 1));
