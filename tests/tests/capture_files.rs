@@ -126,8 +126,9 @@ fn holds_probe(file: &Path, port: u16, server: SocketAddrV4) -> bool {
     std::fs::read(file).is_ok_and(|b| b.windows(4).any(|w| w == ports))
 }
 
-/// Probes `server` from the client namespace from local port `port` until every recorder's
-/// file holds the probe (at most 30 s). Before the traffic, it says that the recorders
+/// Probes `server` from the client namespace from local port `port` (below Linux's ephemeral
+/// range, 32768-60999, so that no curl of the test has it) until every recorder's file holds
+/// the probe (at most 30 s). Before the traffic, it says that the recorders
 /// capture (a file header comes before the socket filter is on); after it, that they have
 /// written everything before the probe: a recorder starved by a loaded machine reads its
 /// buffer late, and stopped then it loses what it had not read yet (the tail of a capture,
@@ -278,7 +279,7 @@ fn files_from_tcpdump_and_dumpcap_replay_every_request() {
     let tcpdump = recorder(&topo.server, &topo.server_if, "tcpdump", &pcap);
     let dumpcap = recorder(&topo.server, &topo.server_if, "dumpcap", &pcapng);
     let bank4 = SocketAddrV4::new(SERVER_V4, PORT);
-    wait_for_probe(&topo.client, bank4, 40901, &[&pcap, &pcapng]);
+    wait_for_probe(&topo.client, bank4, 20901, &[&pcap, &pcapng]);
 
     let base = format!("http://{SERVER_V4}:{PORT}");
     let base6 = format!("http://[{SERVER_V6}]:{PORT}");
@@ -339,7 +340,7 @@ fn files_from_tcpdump_and_dumpcap_replay_every_request() {
         ],
     );
     // Everything before a last probe is in the files once it is.
-    wait_for_probe(&topo.client, bank4, 40902, &[&pcap, &pcapng]);
+    wait_for_probe(&topo.client, bank4, 20902, &[&pcap, &pcapng]);
     stop(tcpdump, "tcpdump");
     stop(dumpcap, "dumpcap");
 
