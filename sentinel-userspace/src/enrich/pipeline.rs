@@ -218,9 +218,12 @@ impl Enricher {
         // cache: a client repeats it as it would a bearer token).
         let tokens = &mut self.tokens;
         let elsewhere = if bearer.is_none() {
-            principal::jwt_elsewhere(&view, &self.principal, |tok| {
+            principal::jwt_elsewhere(&view, &self.principal, |tok, how| {
                 let facts = token_facts(tokens, tok);
-                Some((facts.0.clone()?, (Arc::clone(&facts.1), tok.to_owned())))
+                // Kept for a revocation only where the server reads it: another
+                // application's token in a cookie is not this principal's to revoke.
+                let keep = how.read.then(|| tok.to_owned());
+                Some((facts.0.clone()?, (Arc::clone(&facts.1), keep)))
             })
         } else {
             None
@@ -260,7 +263,7 @@ impl Enricher {
         // The claims judged and the token a revocation names: the bearer token's, else those
         // of the JWT carried elsewhere.
         let (jwt, bearer) = match elsewhere {
-            Some((j, (_, tok))) if bearer.is_none() => (Some(j), Some(Cow::Owned(tok))),
+            Some((j, (_, tok))) if bearer.is_none() => (Some(j), tok.map(Cow::Owned)),
             _ => (jwt, bearer),
         };
         let login = username.map(|username| LoginAttempt {
@@ -541,16 +544,24 @@ mod tests {
         .into_iter()
         .enumerate()
         {
+            // A cookie the server may not read (`auth` is no session cookie) gives its claims
+            // to be judged, but no subject, and its token is not one to revoke.
+            let read = !value.contains("auth=");
             let h = vec![(name.to_string(), value)];
             let mut f = facts("/balance", &h, b"", 200, b"{}");
             f.query = &query;
             f.ts_ns = ts + i as u64;
             f.src.0 = IpAddr::from([198, 51, 100, i as u8]);
             let o = e.enrich(f);
-            assert_eq!(o.jwt, parse_jwt(tok), "{name} {query}");
+            let mut claims = parse_jwt(tok);
+            if !read && let Some(c) = claims.as_mut() {
+                c.sub = None;
+            }
+            assert_eq!(o.jwt, claims, "{name} {query}");
             assert_eq!(o.credential.as_deref(), Some(short_hash(tok).as_str()));
             // Kept (in memory only) for a revocation to name, as a bearer token is.
-            assert_eq!(o.bearer.as_deref(), Some(tok.as_str()), "{name} {query}");
+            let kept = read.then_some(tok.as_str());
+            assert_eq!(o.bearer.as_deref(), kept, "{name} {query}");
             let alerts = engine.observe(&o);
             assert!(
                 alerts.iter().any(|a| a.kind == AlertKind::JwtWeakness),
@@ -567,7 +578,8 @@ mod tests {
         let mut f = facts("/balance", &h, b"", 200, b"{}");
         f.ts_ns = ts + 10;
         let o = e.enrich(f);
-        assert_eq!(o.principal.id, "u5");
+        // Nor does its subject name the principal (the client's address does).
+        assert_eq!(o.principal.kind, PrincipalKind::Ip);
         let alerts = engine.observe(&o);
         assert!(
             !alerts.iter().any(|a| a.kind == AlertKind::JwtWeakness),

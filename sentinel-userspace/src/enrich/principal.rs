@@ -743,7 +743,7 @@ pub struct Carried {
 pub fn jwt_elsewhere<H>(
     req: &RequestView<'_>,
     cfg: &PrincipalConfig,
-    mut decode: impl FnMut(&str) -> Option<(JwtInfo, H)>,
+    mut decode: impl FnMut(&str, Carried) -> Option<(JwtInfo, H)>,
 ) -> Option<(JwtInfo, H)> {
     let rank = |j: &JwtInfo| {
         (
@@ -753,9 +753,12 @@ pub fn jwt_elsewhere<H>(
     };
     let mut best: Option<(JwtInfo, H)> = None;
     jwts_elsewhere(req, cfg, |tok, how| {
-        if let Some(mut c) = decode(tok) {
+        if let Some(mut c) = decode(tok, how) {
             if !how.read {
+                // Judged for `alg: none` only, and naming nobody: a client could rotate
+                // subjects in a cookie the server never reads to split its traffic.
                 c.0.exp = None;
+                c.0.sub = None;
             }
             if best.as_ref().is_none_or(|b| rank(&c.0) < rank(&b.0)) {
                 best = Some(c);
@@ -771,7 +774,7 @@ pub fn principal(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Principal {
     let jwt = tok.and_then(parse_jwt);
     let hash = tok.map(short_hash);
     let elsewhere = if tok.is_none() {
-        jwt_elsewhere(req, cfg, |t| Some((parse_jwt(t)?, short_hash(t))))
+        jwt_elsewhere(req, cfg, |t, _| Some((parse_jwt(t)?, short_hash(t))))
     } else {
         None
     };
@@ -986,8 +989,6 @@ mod tests {
         for (name, value) in [
             ("X-Access-Token", t.as_str()),
             ("x-auth-token", &format!("Bearer {t}")),
-            ("Cookie", &format!("theme=dark; access={t}")),
-            ("Cookie", &format!("jwt={quoted}")),
         ] {
             let hs = h(&[("Accept", "*/*"), (name, value)]);
             assert_eq!(
@@ -996,9 +997,29 @@ mod tests {
                 "{name}: {value}"
             );
         }
-        // A second `Cookie` line (as HTTP/2 sends them), and the query, percent-encoded or not.
-        let hs = h(&[("Cookie", "theme=dark"), ("cookie", &format!("t={t}"))]);
-        assert_eq!(principal(&view("/", &hs, b""), &cfg), layla);
+        // A cookie that is no session cookie may be one the server never reads: it is found
+        // (quoted, on a second `Cookie` line as HTTP/2 sends them) but names nobody, or a
+        // client could rotate subjects in it to split its traffic.
+        for cookies in [
+            vec![("Cookie", format!("theme=dark; access={t}"))],
+            vec![("Cookie", format!("jwt={quoted}"))],
+            vec![
+                ("Cookie", "theme=dark".to_owned()),
+                ("cookie", format!("t={t}")),
+            ],
+        ] {
+            let hs: Vec<(&str, &str)> = cookies.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let hs = h(&hs);
+            let v = view("/", &hs, b"");
+            let found = jwt_elsewhere(&v, &cfg, |t, how| Some((parse_jwt(t)?, how.read)));
+            assert_eq!(
+                found.map(|(j, read)| (j.alg.to_string(), j.sub, read)),
+                Some(("HS256".into(), None, false)),
+                "{cookies:?}"
+            );
+            assert_eq!(principal(&v, &cfg).kind, PrincipalKind::Ip, "{cookies:?}");
+        }
+        // The query, percent-encoded or not.
         let escaped = t.replacen('e', "%65", 1);
         for query in [
             format!("a=1&access_token={t}"),
@@ -1055,7 +1076,7 @@ mod tests {
         assert!(looks_like_jwt(&none) && !none.starts_with("eyJ"), "{none}");
         let pick = |headers: &[(&str, &str)]| {
             let hs = h(headers);
-            jwt_elsewhere(&view("/", &hs, b""), &cfg, |t| Some((parse_jwt(t)?, ())))
+            jwt_elsewhere(&view("/", &hs, b""), &cfg, |t, _| Some((parse_jwt(t)?, ())))
                 .map(|(j, ())| (j.sub.as_deref().unwrap_or("").to_owned(), j.exp))
         };
         let cookies = |c: &str| pick(&[("Cookie", c)]);
@@ -1064,17 +1085,17 @@ mod tests {
         let got = pick(&[("X-Auth-Token", &good), ("Cookie", &session)]);
         assert_eq!(got, Some(("b".into(), Some(1_600_000_000))));
         // Any other cookie may be a stale one a browser still sends: its expiry is not judged
-        // (nor ranked), so the first is taken.
+        // (nor ranked), so the first is taken, and its subject names nobody.
         let got = cookies(&format!("a={good}; b={old}"));
-        assert_eq!(got, Some(("a".into(), None)));
-        let got = cookies(&format!("b={old}"));
-        assert_eq!(got, Some(("b".into(), None)));
+        assert_eq!(got, Some(("".into(), None)));
         // An unsigned one before all, wherever it is.
         let got = pick(&[
             ("X-Auth-Token", &old),
-            ("Cookie", &format!("a={good}; b={old}; c={none}")),
+            ("Cookie", &format!("a={good}; b={old}; sid={none}")),
         ]);
         assert_eq!(got, Some(("c".into(), None)));
+        let got = cookies(&format!("a={good}; c={none}"));
+        assert_eq!(got, Some(("".into(), None)));
         assert_eq!(cookies("a=1"), None);
     }
 
