@@ -4,12 +4,12 @@
 
 use std::borrow::Cow;
 
-/// Names of fields that hold secrets (passwords, tokens, keys, one-time codes), which alerts
-/// never quote: a password that trips the SQL check (`hunter2'--`) is still someone's password,
+/// Names of fields that hold secrets (passwords, tokens, keys, one-time codes, the signatures
+/// of presigned URLs), which alerts never quote: a password that trips the SQL check (`hunter2'--`) is still someone's password,
 /// and a stuffing list's are real victims'. Matched case-insensitively, as a part of the name
 /// (the last segment of a JSON path).
 pub fn secret_name(name: &str) -> bool {
-    const PARTS: [&str; 10] = [
+    const PARTS: [&str; 11] = [
         "pass",
         "pwd",
         "secret",
@@ -20,8 +20,11 @@ pub fn secret_name(name: &str) -> bool {
         "auth",
         "session",
         "credential",
+        // What makes a presigned URL a capability: `X-Amz-Signature`, GCS `Signature`.
+        "signature",
     ];
-    const WHOLE: [&str; 6] = ["pin", "otp", "cvv", "cvc", "key", "jwt"];
+    // `sig`: an Azure SAS signature.
+    const WHOLE: [&str; 7] = ["pin", "otp", "cvv", "cvc", "key", "jwt", "sig"];
     let last = name.rsplit(['.', '[']).next().unwrap_or(name);
     let lower = last.trim_end_matches(']').to_ascii_lowercase();
     PARTS.iter().any(|p| lower.contains(p)) || WHOLE.contains(&lower.as_str())
@@ -78,6 +81,8 @@ mod tests {
     fn secret_names() {
         assert!(secret_name("password") && secret_name("user.Password") && secret_name("PIN"));
         assert!(secret_name("access_token") && secret_name("jwt") && secret_name("id_token"));
+        assert!(secret_name("X-Amz-Signature") && secret_name("Signature") && secret_name("sig"));
+        assert!(!secret_name("signup") && !secret_name("design"));
         assert!(!secret_name("q") && !secret_name("shipping") && !secret_name("keyword"));
     }
 
@@ -96,6 +101,9 @@ mod tests {
                 "{shown}"
             );
         }
+        // A presigned URL's signature is what grants the access.
+        let shown = query("X-Amz-Expires=300&X-Amz-Signature=5d672d79c15b13162d9279b0855cfba6");
+        assert!(!shown.contains("5d672d79"), "{shown}");
         assert!(matches!(
             query("page=2&q=shoes"),
             Cow::Borrowed("page=2&q=shoes")
