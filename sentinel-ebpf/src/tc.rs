@@ -228,7 +228,7 @@ fn coalesced(ctx: &TcContext, first: &CaptureHeader, off: u32, snap: u32, shift:
     // Read again rather than passed: a BPF function takes at most five arguments.
     // SAFETY: reading a field of the context the kernel passed in.
     let segment = unsafe { (*ctx.skb.skb).gso_size };
-    let (stride, keep) = if segment == 0 || snap >= segment {
+    let (stride, keep) = if snap >= segment {
         (MAX_SNAP_LEN, MAX_SNAP_LEN)
     } else {
         (segment, snap)

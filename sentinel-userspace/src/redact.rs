@@ -25,9 +25,17 @@ pub fn secret_name(name: &str) -> bool {
     ];
     // `sig`: an Azure SAS signature.
     const WHOLE: [&str; 7] = ["pin", "otp", "cvv", "cvc", "key", "jwt", "sig"];
+    // Without a lower-case copy: the transaction log asks this of every query parameter.
     let last = name.rsplit(['.', '[']).next().unwrap_or(name);
-    let lower = last.trim_end_matches(']').to_ascii_lowercase();
-    PARTS.iter().any(|p| lower.contains(p)) || WHOLE.contains(&lower.as_str())
+    let last = last.trim_end_matches(']').as_bytes();
+    let has = |p: &str| {
+        last.windows(p.len())
+            .any(|w| w.eq_ignore_ascii_case(p.as_bytes()))
+    };
+    PARTS.iter().any(|p| has(p))
+        || WHOLE
+            .iter()
+            .any(|w| last.eq_ignore_ascii_case(w.as_bytes()))
 }
 
 /// What is shown of a secret value: its length and short hash (the same value gives the same

@@ -189,12 +189,15 @@ impl Window {
     /// Feeds the stream's next bytes; `of` reads a window from a stream's start, `None` until
     /// there are enough bytes.
     fn learn(&mut self, b: &[u8], of: fn(&[u8]) -> Option<u64>) {
-        if self.bytes.is_some() {
+        // A zstd frame header is 18 bytes at most; brotli's window is in its first byte.
+        const HEAD: usize = 18;
+        if self.bytes.is_some() || self.head.len() >= HEAD {
             return;
         }
-        self.head.extend_from_slice(&b[..b.len().min(16)]);
+        let more = HEAD - self.head.len();
+        self.head.extend_from_slice(&b[..b.len().min(more)]);
         self.bytes = of(&self.head);
-        if self.bytes.is_some() || self.head.len() >= 16 {
+        if self.bytes.is_some() {
             self.head = Vec::new();
         }
     }

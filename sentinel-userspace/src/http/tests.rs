@@ -1445,6 +1445,14 @@ fn deflate_raw(b: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
+/// A message: `head` (its fields, without the empty line), a Content-Length for `body`, and
+/// `body`.
+fn with_length(head: &str, body: &[u8]) -> Vec<u8> {
+    let mut m = format!("{head}Content-Length: {}\r\n\r\n", body.len()).into_bytes();
+    m.extend_from_slice(body);
+    m
+}
+
 /// One request and its response, each with a head and body, through the pipeline.
 fn coded_exchange(
     req_head: &str,
@@ -1453,12 +1461,8 @@ fn coded_exchange(
     resp_body: &[u8],
 ) -> Transaction {
     let mut c = conn();
-    let mut req = format!("{req_head}Content-Length: {}\r\n\r\n", req_body.len()).into_bytes();
-    req.extend_from_slice(req_body);
-    c.send(true, &req, &[], T0 + MS);
-    let mut resp = format!("{resp_head}Content-Length: {}\r\n\r\n", resp_body.len()).into_bytes();
-    resp.extend_from_slice(resp_body);
-    c.send_mss(false, &resp, 7, T0 + 2 * MS);
+    c.send(true, &with_length(req_head, req_body), &[], T0 + MS);
+    c.send_mss(false, &with_length(resp_head, resp_body), 7, T0 + 2 * MS);
     let mut out = run(c.segments);
     assert_eq!(out.len(), 1);
     out.remove(0)
@@ -1538,13 +1542,8 @@ fn bombs_stop_at_the_cap() {
     ] {
         let mut c = conn();
         c.send(true, b"GET /bomb HTTP/1.1\r\n\r\n", &[], T0 + MS);
-        let mut resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Encoding: {coding}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        resp.extend_from_slice(&body);
-        c.send_mss(false, &resp, 1448, T0 + 2 * MS);
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Encoding: {coding}\r\n");
+        c.send_mss(false, &with_length(&head, &body), 1448, T0 + 2 * MS);
         let out = run_with(c.segments, settings.clone()).0;
         assert_eq!(out[0].resp_decoded, Decoded::Capped, "{coding}");
         assert!(out[0].resp_body.len() <= 1000, "{coding}");
@@ -1625,12 +1624,7 @@ fn a_brotli_response_survives_reordering() {
     assert!(coded.len() > 3 * 1448, "{} bytes coded", coded.len());
     let mut c = conn();
     c.send(true, b"GET /rows HTTP/1.1\r\n\r\n", &[], T0 + MS);
-    let mut resp = format!(
-        "HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: {}\r\n\r\n",
-        coded.len()
-    )
-    .into_bytes();
-    resp.extend_from_slice(&coded);
+    let resp = with_length("HTTP/1.1 200 OK\r\nContent-Encoding: br\r\n", &coded);
     c.send_mss(false, &resp, 1448, T0 + 2 * MS);
     // The response's third and fourth segments swap places.
     let n = c.segments.len();

@@ -2303,11 +2303,7 @@ mod tests {
 
     #[test]
     fn a_cookie_is_judged_with_plus_read_as_a_space_too() {
-        let cookie = |ip: &str, v: &str| {
-            let mut o = obs(T0, ip, "/balance");
-            o.req_headers.push(("Cookie".into(), v.to_owned().into()));
-            places(&o)
-        };
+        let cookie = |ip: &str, v: &str| header_places(ip, "Cookie", v);
         let p = cookie(
             "203.0.113.58",
             "theme=dark; id=-1+union+select+username,password+from+users",
