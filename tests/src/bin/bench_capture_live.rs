@@ -7,12 +7,16 @@
 //!   pipeline (reassembly, HTTP, transactions) draining the ring buffer, the models off
 //!   (`[models] enabled = false`): the capture half of the data path;
 //! - sentinel: the same with every transaction analysed (enrichment, models, response): the
-//!   whole path.
+//!   whole path;
+//! - floor: what any capture of this design costs at least, the peer that says whether the
+//!   targets can be met: the pass-only XDP program, the TC capture programs with their wakeup
+//!   batching, and a consumer that drains the ring buffer with the daemon's own loop and record
+//!   decoding, then drops every segment (no reassembly, no HTTP, no transactions).
 //!
 //! Reported: requests/s, p99 latency and CPU per request per arm (medians of rounds) and their
 //! ratios, ring buffer loss and the daemon's CPU use.
 //!
-//! `SENTINEL_BENCH_ARM=base|xdp|capture|sentinel` runs only that arm and writes nothing to
+//! `SENTINEL_BENCH_ARM=base|xdp|capture|sentinel|floor` runs only that arm and writes nothing to
 //! BENCHMARKS.md: a steady load to profile (e.g. `perf record -p` on the daemon).
 
 use std::{
@@ -24,6 +28,12 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::programs::XdpMode;
 use sentinel::{
+    capture::{
+        Segment,
+        live::CaptureControl,
+        ringbuf::{self, RingStats, SegmentSink},
+    },
+    config::CaptureSettings,
     datapath::{Datapath, LoadOptions},
     lab::{Daemon, TempPins, Topology, bank::BankServer, netns::SERVER_V4},
 };
@@ -142,6 +152,78 @@ fn cpu_since(pid: u32, c0: u64, t0: Instant) -> anyhow::Result<f64> {
     Ok(ticks as f64 / hz / t0.elapsed().as_secs_f64())
 }
 
+/// Drops every segment: the floor arm's consumer.
+struct Discard(u64);
+
+impl SegmentSink for Discard {
+    fn segment(&mut self, _seg: Segment) {
+        self.0 += 1;
+    }
+
+    fn idle(&mut self, _now_unix_ns: u64) {}
+}
+
+/// The floor arm's data path, attached in the server namespace: the pass-only XDP program and
+/// the TC capture on port `port`, with the daemon's default capture settings. Dropping it
+/// detaches everything (TCX links and XDP go with the object).
+struct Floor {
+    _dp: Datapath,
+    control: CaptureControl,
+}
+
+fn floor(
+    topo: &Topology,
+    pin: std::path::PathBuf,
+    port: u16,
+) -> anyhow::Result<(Floor, aya::maps::RingBuf<aya::maps::MapData>)> {
+    let iface = topo.server_if.clone();
+    topo.server.run(move || -> anyhow::Result<_> {
+        let mut dp = Datapath::load(&LoadOptions::new(pin))?;
+        dp.xdp(programs::XDP_PASS)?
+            .attach(&iface, XdpMode::Driver)?;
+        let handles = dp.take_capture()?;
+        let mut control = CaptureControl {
+            ports: handles.ports,
+            config: handles.config,
+            counters: handles.counters,
+            settings: CaptureSettings {
+                http_ports: vec![port],
+                ..CaptureSettings::default()
+            },
+        };
+        control.apply()?;
+        dp.attach_capture(&iface)?;
+        Ok((Floor { _dp: dp, control }, handles.ring))
+    })?
+}
+
+/// Drains `ring` on a thread of this process (so its CPU time is counted with the server's) as
+/// the daemon does, until `stop` fires; returns the segments dropped and the thread's CPU time
+/// in seconds.
+fn drain_thread(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> std::thread::JoinHandle<anyhow::Result<(u64, f64)>> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let stats = RingStats::default();
+            let mut sink = Discard(0);
+            tokio::select! {
+                r = ringbuf::drain(ring, &stats, &mut sink) => r?,
+                _ = stop => {}
+            }
+            // SAFETY: `ts` is a plain C struct that clock_gettime fills in.
+            let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+            // SAFETY: a valid clock id and a pointer to a live timespec.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+            Ok((sink.0, ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9))
+        })
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     sentinel_tests::require_root();
     let quick = std::env::args().any(|a| a == "--quick");
@@ -159,13 +241,16 @@ fn main() -> anyhow::Result<()> {
     let (mut base_cost, mut xdp_cost, mut sen_cost) = (vec![], vec![], vec![]);
     let (mut cap_rps, mut cap_p99, mut cap_cost, mut cap_cpu) = (vec![], vec![], vec![], vec![]);
     let (mut cpu_share, mut xdp_cpu) = (Vec::new(), Vec::new());
+    let (mut flo_rps, mut flo_p99, mut flo_cost, mut flo_cpu) = (vec![], vec![], vec![], vec![]);
+    let (mut flo_full, mut flo_segments) = (0u64, 0u64);
     let mut ring_full = 0u64;
     let mut captured = 0u64;
     for round in 0..rounds {
-        // Four arms, the order rotating per round: the baseline, the sentinel's XDP program
+        // Five arms, the order rotating per round: the baseline, the sentinel's XDP program
         // alone (the daemon without capture), the capture half of the data path (TC capture,
-        // reassembly, HTTP, transactions: the models off), and the whole path with detection.
-        let arms = ["base", "xdp", "capture", "sentinel"];
+        // reassembly, HTTP, transactions: the models off), the whole path with detection, and
+        // the floor (TC capture drained and dropped).
+        let arms = ["base", "xdp", "capture", "sentinel", "floor"];
         for k in 0..arms.len() {
             let arm = arms[(round + k) % arms.len()];
             if std::env::var("SENTINEL_BENCH_ARM").is_ok_and(|a| a != arm) {
@@ -188,6 +273,26 @@ fn main() -> anyhow::Result<()> {
                 base_rps.push(r.rps);
                 base_p99.push(r.p99_ms);
                 base_cost.push(r.cpu_us_per_req);
+            } else if arm == "floor" {
+                let pins = TempPins::new("bench-floor");
+                let (attached, ring) = floor(&topo, pins.path().to_owned(), server.port())?;
+                let (stop, stopped) = tokio::sync::oneshot::channel();
+                let drain = drain_thread(ring, stopped);
+                let r = wrk(&topo, &url, secs, conns, None);
+                let _ = stop.send(());
+                let (segments, cpu_s) = drain
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the floor's drain thread panicked"))??;
+                let kernel = attached.control.kernel_counters()?;
+                drop(attached);
+                drop(pins);
+                let r = r?;
+                flo_full += kernel.get("ring_full").copied().unwrap_or(0);
+                flo_segments += segments;
+                flo_cpu.push(cpu_s / secs as f64);
+                flo_rps.push(r.rps);
+                flo_p99.push(r.p99_ms);
+                flo_cost.push(r.cpu_us_per_req);
             } else if arm == "xdp" {
                 let daemon = Daemon::start(&topo.server, &[&topo.server_if], &[])?;
                 let pid = daemon.pid().context("daemon pid")?;
@@ -256,6 +361,12 @@ fn main() -> anyhow::Result<()> {
         median(&cap_cost),
         median(&cap_cpu),
     );
+    let (fr, fp, fc, cpu_flo) = (
+        median(&flo_rps),
+        median(&flo_p99),
+        median(&flo_cost),
+        median(&flo_cpu),
+    );
     let table = format!(
         "### Live capture overhead on a protected server (wrk, {conns} connections, {secs} s x {rounds} rounds per arm, interleaved)\n\n\
          | arm | requests/s (median) | p99 latency (median) | CPU per request (median) |\n|---|---|---|---|\n\
@@ -263,16 +374,20 @@ fn main() -> anyhow::Result<()> {
          | sentinel XDP alone (daemon without capture) | {xr:.0} | {xp:.2} ms | {xc:.1} us |\n\
          | sentinel: XDP + TC capture + capture pipeline (reassembly, HTTP, transactions; models off) | {cr:.0} | {cp:.2} ms | {cc:.1} us |\n\
          | sentinel: XDP + TC capture + pipeline + detection (the whole path) | {sr:.0} | {sp:.2} ms | {sc:.1} us |\n\
+         | floor: pass-only XDP + TC capture, the ring drained by the daemon's loop and every segment dropped | {fr:.0} | {fp:.2} ms | {fc:.1} us |\n\
          | ratio, XDP alone / baseline (paired rounds) | {} | {} | {} |\n\
          | ratio, capture / baseline (paired rounds) | {} (target >= 0.95) | {} (target <= 1.05) | {} |\n\
-         | ratio, whole / baseline (paired rounds) | {} (target >= 0.95) | {} (target <= 1.05) | {} |\n\n\
+         | ratio, whole / baseline (paired rounds) | {} (target >= 0.95) | {} (target <= 1.05) | {} |\n\
+         | ratio, floor / baseline (paired rounds) | {} | {} | {} |\n\n\
          Ratios: median of the per-round ratios, with their range over the rounds. CPU per request: user + system \
          time of the server, wrk and the daemon (softirq work is charged to whichever ran) over the requests wrk \
          completed; its ratio, baseline / arm, is the request rate the arm would keep on a machine that only \
          these processes share, which other load on the machine does not move the way it moves requests/s. \
          Highest rate wrk drove over veth here: {:.0} requests/s. During the sentinel arm: {captured} segments captured, \
          {ring_full} lost to a full ring buffer in the capture and whole arms (target 0), daemon CPU {:.0}% of one core \
-         (median; target < 100%; {:.0}% with the models off, {:.0}% in the XDP-alone arm).\n",
+         (median; target < 100%; {:.0}% with the models off, {:.0}% in the XDP-alone arm). \
+         Floor: {flo_segments} segments drained and dropped, {flo_full} lost to a full ring buffer, its drain thread \
+         {:.0}% of one core (median).\n",
         ratio(&xdp_rps, &base_rps),
         ratio(&xdp_p99, &base_p99),
         ratio(&base_cost, &xdp_cost),
@@ -282,10 +397,14 @@ fn main() -> anyhow::Result<()> {
         ratio(&sen_rps, &base_rps),
         ratio(&sen_p99, &base_p99),
         ratio(&base_cost, &sen_cost),
-        br.max(sr).max(xr).max(cr),
+        ratio(&flo_rps, &base_rps),
+        ratio(&flo_p99, &base_p99),
+        ratio(&base_cost, &flo_cost),
+        br.max(sr).max(xr).max(cr).max(fr),
         cpu * 100.0,
         cpu_cap * 100.0,
-        cpu_xdp * 100.0
+        cpu_xdp * 100.0,
+        cpu_flo * 100.0
     );
     println!("{table}");
     if std::env::var_os("SENTINEL_BENCH_ARM").is_none() {
