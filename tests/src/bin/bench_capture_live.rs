@@ -45,6 +45,8 @@ struct WrkResult {
     p99_ms: f64,
     /// CPU time of the server (this process), wrk and the daemon (if any) per request, µs.
     cpu_us_per_req: f64,
+    /// The daemon's share of it, µs.
+    daemon_us_per_req: f64,
 }
 
 /// CPU time (user + system) of this process and of its reaped children, µs.
@@ -128,6 +130,7 @@ fn wrk(
         rps,
         p99_ms,
         cpu_us_per_req: cpu_us / requests.max(1.0),
+        daemon_us_per_req: daemon_us / requests.max(1.0),
     })
 }
 
@@ -243,6 +246,7 @@ fn main() -> anyhow::Result<()> {
     let (mut cpu_share, mut xdp_cpu) = (Vec::new(), Vec::new());
     let (mut flo_rps, mut flo_p99, mut flo_cost, mut flo_cpu) = (vec![], vec![], vec![], vec![]);
     let (mut flo_full, mut flo_segments) = (0u64, 0u64);
+    let (mut cap_daemon, mut sen_daemon) = (vec![], vec![]);
     let mut ring_full = 0u64;
     let mut captured = 0u64;
     for round in 0..rounds {
@@ -325,6 +329,7 @@ fn main() -> anyhow::Result<()> {
                 cap_rps.push(r.rps);
                 cap_p99.push(r.p99_ms);
                 cap_cost.push(r.cpu_us_per_req);
+                cap_daemon.push(r.daemon_us_per_req);
             } else {
                 let daemon =
                     Daemon::start(&topo.server, &[&topo.server_if], &["--http-ports", "8080"])?;
@@ -341,6 +346,7 @@ fn main() -> anyhow::Result<()> {
                 sen_rps.push(r.rps);
                 sen_p99.push(r.p99_ms);
                 sen_cost.push(r.cpu_us_per_req);
+                sen_daemon.push(r.daemon_us_per_req);
             }
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -385,7 +391,8 @@ fn main() -> anyhow::Result<()> {
          these processes share, which other load on the machine does not move the way it moves requests/s. \
          Highest rate wrk drove over veth here: {:.0} requests/s. During the sentinel arm: {captured} segments captured, \
          {ring_full} lost to a full ring buffer in the capture and whole arms (target 0), daemon CPU {:.0}% of one core \
-         (median; target < 100%; {:.0}% with the models off, {:.0}% in the XDP-alone arm). \
+         (median; target < 100%; {:.0}% with the models off, {:.0}% in the XDP-alone arm); the daemon's CPU per \
+         request {:.2} us with the models off, {:.2} us with them (medians). \
          Floor: {flo_segments} segments drained and dropped, {flo_full} lost to a full ring buffer, its drain thread \
          {:.0}% of one core (median).\n",
         ratio(&xdp_rps, &base_rps),
@@ -404,6 +411,8 @@ fn main() -> anyhow::Result<()> {
         cpu * 100.0,
         cpu_cap * 100.0,
         cpu_xdp * 100.0,
+        median(&cap_daemon),
+        median(&sen_daemon),
         cpu_flo * 100.0
     );
     println!("{table}");
