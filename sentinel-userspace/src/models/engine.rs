@@ -375,7 +375,7 @@ impl Engine {
             detectors.push(Box::new(InjectionDetector::new(&cfg.injection)));
         }
         if cfg.exposure.enabled {
-            detectors.push(Box::new(ExposureDetector::new(&cfg.exposure)));
+            detectors.push(Box::new(ExposureDetector::new(&cfg.exposure, cap)));
         }
         if cfg.token.enabled {
             detectors.push(Box::new(TokenDetector::new(&cfg.token, cap)));

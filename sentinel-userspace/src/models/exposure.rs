@@ -9,6 +9,13 @@
 //!   (mod-97), national identifiers (US SSN `ddd-dd-dddd` with valid area/group/serial, Saudi
 //!   national or resident ids: 10 digits starting 1 or 2 with a valid check digit), and e-mail
 //!   addresses, each against its own threshold.
+//! - Personal data in bulk across responses (a customer table read page by page, each page under
+//!   the thresholds above): the distinct items of each kind one principal has received within
+//!   `window_s`, against `window_cards`, `window_ibans`, `window_national_ids` and
+//!   `window_emails`, raised once per principal and window. Only principals that received such
+//!   an item have an entry ([`Haul`], 92 bytes: the items are counted by linear counting over a
+//!   small bitmap per kind, not kept); the window starts at the first item and is tumbling, so a
+//!   read spread over two windows needs the threshold in one of them.
 //! - Size: a 2xx response far above its endpoint's learned size (weighted mean and deviation of
 //!   `log2(bytes)`, after `size_warmup` responses): at least `size_min_bytes`, `size_ratio` times
 //!   the usual size and `size_sigmas` deviations above it.
@@ -25,9 +32,9 @@ use serde_json::{Value, json};
 
 use super::{
     AlertKind, Severity,
-    bounded::{BoundedMap, Ewm, key_of},
+    bounded::{BoundedMap, Distinct, Ewm, NS, key_of, secs},
     config::Checker,
-    engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, subject},
+    engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, span_text, subject},
     injection::contains_ci,
     observation::Observation,
 };
@@ -47,6 +54,19 @@ pub struct Config {
     pub min_national_ids: usize,
     /// Distinct e-mail addresses in one response. Default 20.
     pub min_emails: usize,
+    /// Window over which the distinct items each principal receives are counted, seconds (at
+    /// most 604,800: a week). Default 86,400.
+    pub window_s: f64,
+    /// Distinct card numbers one principal may receive within `window_s` (0: not counted; at
+    /// most 200). Default 20.
+    pub window_cards: u32,
+    /// Distinct IBANs within `window_s` (0: not counted; at most 200). Default 50.
+    pub window_ibans: u32,
+    /// Distinct national identifiers within `window_s` (0: not counted; at most 200). Default
+    /// 20.
+    pub window_national_ids: u32,
+    /// Distinct e-mail addresses within `window_s` (0: not counted; at most 500). Default 200.
+    pub window_emails: u32,
     /// JSON field names whose long values are secrets, matched in any ASCII case and with or
     /// without `_` or `-` between words (`client_secret` is also `clientSecret`). Default
     /// `secret`, `client_secret`, `api_key`, `secret_key`, `access_key`, `private_key`,
@@ -72,6 +92,11 @@ impl Default for Config {
             min_ibans: 5,
             min_national_ids: 3,
             min_emails: 20,
+            window_s: 86_400.0,
+            window_cards: 20,
+            window_ibans: 50,
+            window_national_ids: 20,
+            window_emails: 200,
             secret_fields: [
                 "secret",
                 "client_secret",
@@ -108,6 +133,32 @@ impl Config {
                 "must be at least 1",
             )
             .check("min_emails", self.min_emails > 0, "must be at least 1")
+            .positive("window_s", self.window_s)
+            .check(
+                "window_s",
+                self.window_s <= 604_800.0,
+                "must be at most 604800 (a week)",
+            )
+            .check(
+                "window_cards",
+                self.window_cards <= 200,
+                "must be at most 200",
+            )
+            .check(
+                "window_ibans",
+                self.window_ibans <= 200,
+                "must be at most 200",
+            )
+            .check(
+                "window_national_ids",
+                self.window_national_ids <= 200,
+                "must be at most 200",
+            )
+            .check(
+                "window_emails",
+                self.window_emails <= 500,
+                "must be at most 500",
+            )
             .positive("size_ratio", self.size_ratio)
             .positive("size_sigmas", self.size_sigmas)
             .finish()
@@ -131,21 +182,163 @@ fn textual(ctype: Option<&str>) -> bool {
     })
 }
 
+/// The personal items one principal has received within the window (92 bytes, alignment 4:
+/// a [`BoundedMap`] slot of 104). The bitmaps are sized for the thresholds they serve (at most
+/// 200 of the first three kinds, 500 e-mail addresses), each within about 10% there.
+#[derive(Clone, Copy)]
+pub(crate) struct Haul {
+    /// First item of the window, seconds since the epoch.
+    start_s: u32,
+    /// Last response that carried one, seconds since the epoch.
+    last_s: u32,
+    /// Responses that carried one (saturating).
+    responses: u16,
+    /// Raised in this window.
+    raised: bool,
+    cards: Distinct<4>,
+    ibans: Distinct<4>,
+    national_ids: Distinct<4>,
+    emails: Distinct<8>,
+}
+
+const _: () = assert!(size_of::<Haul>() == 92);
+const _: () = assert!(BoundedMap::<Haul>::SLOT_BYTES == 104);
+
+impl Haul {
+    fn new(now_s: u32) -> Self {
+        Self {
+            start_s: now_s,
+            last_s: now_s,
+            responses: 0,
+            raised: false,
+            cards: Distinct::default(),
+            ibans: Distinct::default(),
+            national_ids: Distinct::default(),
+            emails: Distinct::default(),
+        }
+    }
+}
+
+/// Labels of the personal items, as explanations say them, in [`Findings`] order.
+const LABELS: [&str; 4] = ["card numbers", "IBANs", "national ids", "e-mail addresses"];
+
+/// An evidence key for a label (`card_numbers`, `email_addresses`).
+fn key_for(label: &str) -> String {
+    label.replace(' ', "_").replace('-', "")
+}
+
 /// The detector.
 pub struct ExposureDetector {
     cfg: Config,
     names: NameFilter,
     sizes: BoundedMap<Ewm>,
+    /// Principal -> the personal items it received within the window.
+    hauls: BoundedMap<Haul>,
 }
 
 impl ExposureDetector {
-    /// A detector.
-    pub fn new(cfg: &Config) -> Self {
+    /// A detector following at most `cap` principals' items.
+    pub fn new(cfg: &Config, cap: usize) -> Self {
         Self {
             cfg: cfg.clone(),
             names: NameFilter::new(&cfg.secret_fields),
             sizes: BoundedMap::new(20_000, u64::MAX),
+            // A haul idle for a whole window has nothing left to count.
+            hauls: BoundedMap::new(cap, secs(cfg.window_s)),
         }
+    }
+
+    /// Counts `f`'s items for the principal; when they pass a window threshold for the first
+    /// time in the window (and the alert would not be a repeat), says so in a sentence and in
+    /// `ev`. `alone`: nothing else in this response is raised, so one response that passes a
+    /// window threshold is still said to (the per-response thresholds say it otherwise).
+    fn haul(
+        &mut self,
+        ctx: &Ctx<'_>,
+        f: &Findings,
+        alone: bool,
+        ev: &mut std::collections::BTreeMap<String, Value>,
+    ) -> Option<String> {
+        let now_s = (ctx.obs.ts_ns / NS) as u32;
+        let window_s = self.cfg.window_s as u32;
+        let h = self
+            .hauls
+            .entry(ctx.entity, ctx.obs.ts_ns, || Haul::new(now_s));
+        if now_s.saturating_sub(h.start_s) >= window_s {
+            *h = Haul::new(now_s);
+        }
+        h.last_s = h.last_s.max(now_s);
+        h.responses = h.responses.saturating_add(1);
+        f.cards.iter().for_each(|&x| _ = h.cards.insert(x));
+        f.ibans.iter().for_each(|&x| _ = h.ibans.insert(x));
+        f.national_ids
+            .iter()
+            .for_each(|&x| _ = h.national_ids.insert(x));
+        f.emails.iter().for_each(|&x| _ = h.emails.insert(x));
+        if h.raised {
+            return None;
+        }
+        let counts = [
+            h.cards.estimate(),
+            h.ibans.estimate(),
+            h.national_ids.estimate(),
+            h.emails.estimate(),
+        ]
+        .map(|e| e.round() as u32);
+        let limits = [
+            self.cfg.window_cards,
+            self.cfg.window_ibans,
+            self.cfg.window_national_ids,
+            self.cfg.window_emails,
+        ];
+        let passed: Vec<usize> = (0..4)
+            .filter(|&i| limits[i] > 0 && counts[i] >= limits[i])
+            .collect();
+        if passed.is_empty()
+            || ctx.is_repeat(
+                AlertKind::DataExposure,
+                subject::entity(ctx.entity),
+                Severity::High,
+            )
+        {
+            return None;
+        }
+        h.raised = true;
+        if h.responses < 2 && !alone {
+            return None;
+        }
+        let span = f64::from(h.last_s - h.start_s);
+        for i in 0..4 {
+            if counts[i] > 0 {
+                ev.insert(format!("window_{}", key_for(LABELS[i])), json!(counts[i]));
+            }
+        }
+        for &i in &passed {
+            ev.insert(
+                format!("window_max_{}", key_for(LABELS[i])),
+                json!(limits[i]),
+            );
+        }
+        ev.insert("window_responses".into(), json!(h.responses));
+        ev.insert("window_span_s".into(), json!(span));
+        ev.insert("window_s".into(), json!(self.cfg.window_s));
+        let items: Vec<String> = passed
+            .iter()
+            .map(|&i| {
+                format!(
+                    "about {} distinct {} (at most {} expected)",
+                    counts[i], LABELS[i], limits[i]
+                )
+            })
+            .collect();
+        Some(format!(
+            "Responses to {} carried {} over {} responses in {}, within a window of {}.",
+            ctx.principal,
+            items.join(" and "),
+            h.responses,
+            span_text(span),
+            span_text(self.cfg.window_s)
+        ))
     }
 }
 
@@ -197,6 +390,7 @@ impl Detector for ExposureDetector {
         let mut what = Vec::new();
         let mut ev = evidence([]);
         let mut severity = Severity::High;
+        let mut findings = None;
         // Any status: error pages that dump the environment or a record leak as well. A body
         // typed as something else (`application/octet-stream`) is read when it looks like text.
         if !o.resp_body.is_empty()
@@ -209,31 +403,50 @@ impl Detector for ExposureDetector {
                 ev.insert("secrets".into(), json!(f.secrets));
             }
             for (n, min, label) in [
-                (f.cards.len(), self.cfg.min_cards, "card numbers"),
-                (f.ibans.len(), self.cfg.min_ibans, "IBANs"),
-                (
-                    f.national_ids.len(),
-                    self.cfg.min_national_ids,
-                    "national ids",
-                ),
-                (f.emails.len(), self.cfg.min_emails, "e-mail addresses"),
+                (f.cards.len(), self.cfg.min_cards, LABELS[0]),
+                (f.ibans.len(), self.cfg.min_ibans, LABELS[1]),
+                (f.national_ids.len(), self.cfg.min_national_ids, LABELS[2]),
+                (f.emails.len(), self.cfg.min_emails, LABELS[3]),
             ] {
                 if n >= min {
                     what.push(format!("{n} {label}"));
-                    ev.insert(label.replace(' ', "_").replace('-', ""), json!(n));
-                    ev.insert(
-                        format!("min_{}", label.replace(' ', "_").replace('-', "")),
-                        json!(min),
-                    );
+                    ev.insert(key_for(label), json!(n));
+                    ev.insert(format!("min_{}", key_for(label)), json!(min));
                 }
             }
+            findings = Some(f);
         }
         // Size against the endpoint's norm, of its successful responses.
         if (200..300).contains(&o.status) {
             self.size(o, &mut what, &mut ev, &mut severity);
         }
-        if what.is_empty() {
+        // The items across the principal's responses. Clients a trusted proxy could not name
+        // share one stand-in: their items are not one principal's.
+        let haul = match &findings {
+            Some(f) if !ctx.unknown_client && f.personal() => {
+                self.haul(ctx, f, what.is_empty(), &mut ev)
+            }
+            _ => None,
+        };
+        if what.is_empty() && haul.is_none() {
             return;
+        }
+        let mut explanation = String::new();
+        if !what.is_empty() {
+            explanation = format!(
+                "Response to {} {} for {} carried {}.",
+                o.method,
+                o.endpoint,
+                ctx.principal,
+                what.join("; ")
+            );
+        }
+        if let Some(h) = haul {
+            if !explanation.is_empty() {
+                explanation.push(' ');
+            }
+            explanation.push_str(&h);
+            severity = severity.max(Severity::High);
         }
         let alert = ctx.alert(
             AlertKind::DataExposure,
@@ -243,13 +456,7 @@ impl Detector for ExposureDetector {
                 Severity::High => 0.85,
                 _ => 0.65,
             },
-            format!(
-                "Response to {} {} for {} carried {}.",
-                o.method,
-                o.endpoint,
-                ctx.principal,
-                what.join("; ")
-            ),
+            explanation,
             ev,
         );
         out.push(Detection {
@@ -258,12 +465,16 @@ impl Detector for ExposureDetector {
         });
     }
 
+    fn tick(&mut self, now_ns: u64, _out: &mut Vec<Detection>) {
+        self.hauls.sweep(now_ns, 4096);
+    }
+
     fn tracked(&self) -> usize {
-        self.sizes.len()
+        self.sizes.len() + self.hauls.len()
     }
 
     fn memory_bytes(&self) -> usize {
-        self.sizes.memory_bytes()
+        self.sizes.memory_bytes() + self.hauls.memory_bytes()
     }
 }
 
@@ -381,6 +592,210 @@ mod tests {
         let e4 = &mut Engine::new(&ModelsConfig::default()).unwrap();
         let noise = r#"{"ts":1793491200000,"ssn":"000-12-3456","x":"666-12-3456","password":"********","phone":"+966 11 234 5678","n":"1111111111","secret":"short"}"#;
         assert!(body(e4, noise).is_empty(), "{:?}", body(e4, noise));
+    }
+
+    /// A Luhn-valid 16-digit card number, distinct for every `i`.
+    fn card(i: u64) -> String {
+        let base = format!("4{:014}", 100_000 + i * 7);
+        let check = (0..10u8)
+            .find(|d| luhn(format!("{base}{d}").as_bytes()))
+            .expect("a check digit");
+        format!("{base}{check}")
+    }
+
+    /// A customer table read page by page, one page every 10 to 30 s (a pace no rate or crawl
+    /// floor sees), by one token: `kind` of the items on each page (`cards`: 2 card numbers,
+    /// `emails`: 10 addresses), `offset`: `?limit=N&offset=M` rather than `?page=N`. The alerts
+    /// of every kind, with the page each came on.
+    fn paginated(kind: &str, offset: bool, pages: u64) -> Vec<(u64, crate::models::Alert)> {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut out = Vec::new();
+        let mut t = T0;
+        for p in 0..pages {
+            let (per, body) = match kind {
+                "cards" => {
+                    let rows: Vec<String> = (0..2)
+                        .map(|j| format!(r#"{{"id":{},"card":"{}"}}"#, p * 2 + j, card(p * 2 + j)))
+                        .collect();
+                    (2, format!("[{}]", rows.join(",")))
+                }
+                _ => {
+                    let rows: Vec<String> = (0..10)
+                        .map(|j| format!(r#"{{"email":"c{}@mail.test"}}"#, p * 10 + j))
+                        .collect();
+                    (10, format!("[{}]", rows.join(",")))
+                }
+            };
+            let mut o = with_token(obs(t, "198.51.100.7", "/customers"), "stolen-api-key");
+            o.query = if offset {
+                format!("limit={per}&offset={}", p * per).into()
+            } else {
+                format!("page={}", p + 1).into()
+            };
+            o.resp_bytes = body.len() as u64;
+            o.resp_body = body.into_bytes().into();
+            out.extend(e.observe(&o).into_iter().map(|a| (p, a)));
+            t += (10 + (p * 7) % 21) * S;
+        }
+        out
+    }
+
+    /// Below every per-response threshold, page after page: no other detector sees the walk at
+    /// this pace, and the distinct items the principal has received raise `data_exposure` once
+    /// they pass the window's thresholds (20 cards: the 10th page; 200 e-mail addresses: the
+    /// 20th; a page or two later when the count's bitmap merged two items), once.
+    #[test]
+    fn a_table_read_page_by_page_is_raised_once_by_its_distinct_items() {
+        for (kind, due) in [("cards", 9), ("emails", 19)] {
+            for offset in [false, true] {
+                let alerts = paginated(kind, offset, 40);
+                let [(page, a)] = &alerts[..] else {
+                    panic!("{kind} offset {offset}: {alerts:?}")
+                };
+                assert!((due..=due + 2).contains(page), "{kind}: page {page}");
+                assert_eq!(
+                    (a.kind, a.severity),
+                    (AlertKind::DataExposure, Severity::High)
+                );
+                assert!(
+                    a.explanation
+                        .contains(&format!("over {} responses", page + 1)),
+                    "{}",
+                    a.explanation
+                );
+            }
+        }
+    }
+
+    /// A customer's own cards and IBAN on every visit and the IBANs of their payees (40 new
+    /// ones a day, under the window's 50), day after day, raise nothing: repeats count once
+    /// and each window starts afresh. A read of the card table does, and again in a later
+    /// window.
+    #[test]
+    fn ones_own_items_day_after_day_are_not_bulk_and_each_window_raises_once() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let day = 86_400 * S;
+        let at = |t: u64, path: &str, body: String| {
+            let mut o = with_token(obs(t, "192.0.2.5", path), "customer");
+            o.resp_bytes = body.len() as u64;
+            o.resp_body = body.into_bytes().into();
+            o
+        };
+        let own = format!(
+            r#"{{"iban":"SA0380000000608010167519","cards":["{}","{}"]}}"#,
+            card(1),
+            card(2)
+        );
+        let mut alerts = Vec::new();
+        for d in 0..5u64 {
+            for i in 0..40u64 {
+                let t = T0 + d * day + i * 600 * S;
+                alerts.extend(e.observe(&at(t, "/accounts/7", own.clone())));
+                let payee = crate::lab::sim::iban(500_000 + d * 40 + i);
+                let done = format!(r#"{{"status":"ok","to_iban":"{payee}"}}"#);
+                alerts.extend(e.observe(&at(t + 60 * S, "/transfer", done)));
+            }
+        }
+        assert!(alerts.is_empty(), "{alerts:?}");
+        // Two cards a page, a page a minute: raised once in the window, and once in the next.
+        let mut raised = Vec::new();
+        for (t0, w) in [(T0 + 6 * day, 0), (T0 + 8 * day, 1)] {
+            for p in 0..60u64 {
+                let body = format!(
+                    r#"[{{"card":"{}"}},{{"card":"{}"}}]"#,
+                    card(100 + 2 * p),
+                    card(101 + 2 * p)
+                );
+                let a = e.observe(&at(t0 + p * 60 * S, "/cards/all", body));
+                raised.extend(a.into_iter().map(|a| (w, a.kind)));
+            }
+        }
+        assert_eq!(
+            raised,
+            [(0, AlertKind::DataExposure), (1, AlertKind::DataExposure)]
+        );
+    }
+
+    /// Only principals that received a personal item hold an entry (its bytes counted); the
+    /// clients a trusted proxy could not name share no count.
+    #[test]
+    fn only_principals_that_receive_personal_items_are_counted() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let held = |e: &Engine| {
+            let d = e
+                .stats()
+                .detectors
+                .into_iter()
+                .find(|d| d.name == "exposure")
+                .unwrap();
+            (d.tracked, d.memory_bytes)
+        };
+        for i in 0..200u64 {
+            e.observe(&obs(
+                T0 + i * S,
+                &format!("198.18.0.{}", i % 250),
+                "/balance",
+            ));
+        }
+        // The endpoint's size norm.
+        let (n, bytes) = held(&e);
+        assert_eq!(n, 1);
+        let page = |t: u64, ip: &str| {
+            let mut o = obs(t, ip, "/balance");
+            let body = format!(r#"{{"card":"{}","email":"a{t}@mail.test"}}"#, card(t / S));
+            o.resp_body = body.into_bytes().into();
+            o
+        };
+        e.observe(&page(T0 + 300 * S, "198.18.0.1"));
+        let (n, more) = held(&e);
+        assert_eq!(n, 2);
+        assert!(
+            more >= bytes + BoundedMap::<Haul>::SLOT_BYTES,
+            "{more} {bytes}"
+        );
+        // Enough cards for a table read, from behind the proxy: judged per response only.
+        let mut alerts = Vec::new();
+        for i in 0..40u64 {
+            alerts.extend(e.observe(&page(T0 + (400 + i) * S, "0.0.0.0")));
+        }
+        assert!(alerts.is_empty(), "{alerts:?}");
+        assert_eq!(held(&e).0, 2);
+    }
+
+    #[test]
+    fn window_settings_are_range_checked_and_zero_leaves_a_kind_uncounted() {
+        for (key, bad) in [
+            ("window_s", "0"),
+            ("window_s", "604801"),
+            ("window_cards", "201"),
+            ("window_ibans", "201"),
+            ("window_national_ids", "201"),
+            ("window_emails", "501"),
+        ] {
+            let cfg: ModelsConfig =
+                toml::from_str(&format!("[exposure]\n{key} = {bad}\n")).unwrap();
+            let Err(err) = Engine::new(&cfg) else {
+                panic!("{key} = {bad} accepted")
+            };
+            assert!(
+                err.to_string().contains(&format!("exposure.{key}")),
+                "{err}"
+            );
+        }
+        let cfg: ModelsConfig = toml::from_str("[exposure]\nwindow_cards = 0\n").unwrap();
+        let mut e = Engine::new(&cfg).unwrap();
+        let mut alerts = Vec::new();
+        for p in 0..40u64 {
+            let body = format!(
+                r#"[{{"card":"{}"}},{{"card":"{}"}}]"#,
+                card(2 * p),
+                card(2 * p + 1)
+            );
+            let mut o = obs(T0 + p * 20 * S, "198.51.100.7", "/customers");
+            o.resp_body = body.into_bytes().into();
+            alerts.extend(e.observe(&o));
+        }
+        assert!(alerts.is_empty(), "{alerts:?}");
     }
 
     #[test]

@@ -84,6 +84,16 @@ pub struct Findings {
     pub secrets: Vec<String>,
 }
 
+impl Findings {
+    /// True when the body holds a personal item of any kind.
+    pub fn personal(&self) -> bool {
+        !(self.cards.is_empty()
+            && self.ibans.is_empty()
+            && self.national_ids.is_empty()
+            && self.emails.is_empty())
+    }
+}
+
 fn is_word(c: u8) -> bool {
     c.is_ascii_alphanumeric()
 }
