@@ -377,6 +377,20 @@ pub struct User {
     pub used: Vec<IpAddr>,
     /// The latest token issued and its expiry (seconds).
     pub token: Option<(String, u64)>,
+    /// What `/cards` answers them ([`cards_of`]).
+    pub cards: String,
+}
+
+/// The `/cards` answer of account `account` in the world of `seed`: an active card and a
+/// blocked one, masked. Drawn from the account, not per request: a customer's cards do not
+/// change from one call to the next.
+pub fn cards_of(seed: u64, account: u64) -> String {
+    let mut rng = Rng::new(seed ^ account.wrapping_mul(0xca4d_5eed_0000_0001));
+    let card = card_number(4, &mut rng);
+    format!(
+        "{{\"cards\":[{{\"number\":\"{card}\",\"expiry\":\"09/29\",\"status\":\"active\"}},{{\"number\":\"5***********{:04}\",\"status\":\"blocked\"}}]}}",
+        rng.below(10_000)
+    )
 }
 
 /// Mobile app user agents.
@@ -736,12 +750,7 @@ fn session(b: &mut Builder, rng: &mut Rng, u: &mut User, ts: u64, ip: IpAddr) ->
         }
     }
     if rng.chance(0.1) {
-        let card = card_number(4, rng);
-        let body = format!(
-            "{{\"cards\":[{{\"number\":\"{card}\",\"expiry\":\"09/29\",\"status\":\"active\"}},{{\"number\":\"5***********{:04}\",\"status\":\"blocked\"}}]}}",
-            rng.below(10_000)
-        );
-        get(b, rng, &mut t, "/cards", body);
+        get(b, rng, &mut t, "/cards", u.cards.clone());
     }
     if rng.chance(if u.business { 0.5 } else { 0.05 }) {
         let size = rng.range(8_000, 40_000) as usize;
@@ -821,6 +830,7 @@ fn simulate_with_users(cfg: &SimConfig) -> (World, Vec<User>) {
             requests: 0,
             used: Vec::new(),
             token: None,
+            cards: cards_of(cfg.seed, 100_000 + i as u64),
         });
     }
     // The reference-case user: logs in from Riyadh twice a day.
@@ -840,6 +850,7 @@ fn simulate_with_users(cfg: &SimConfig) -> (World, Vec<User>) {
         requests: 0,
         used: Vec::new(),
         token: None,
+        cards: cards_of(cfg.seed, 42),
     });
     // Benign history: sessions at each user's hours; travellers spend a day in transit.
     for day in 0..cfg.days {
@@ -1125,6 +1136,52 @@ mod tests {
         for n in [42, 100_000, 999_999] {
             assert!(iban_valid(iban(n).as_bytes()), "{}", iban(n));
         }
+    }
+
+    /// A user's cards are theirs: the same answer on every call, and no two users' cards
+    /// alike (a count of the distinct cards a principal receives would otherwise take the
+    /// population for thieves); the world stays the same for a seed.
+    #[test]
+    fn a_users_cards_are_the_same_on_every_call() {
+        let cards = |seed: u64| {
+            let w = simulate(&SimConfig {
+                seed,
+                users: 300,
+                ..small()
+            });
+            let mut by_user = std::collections::BTreeMap::<String, Vec<String>>::new();
+            for x in &w.exchanges {
+                let req = String::from_utf8_lossy(&x.request);
+                if !req.starts_with("GET /cards ") {
+                    continue;
+                }
+                let payload = req
+                    .split("Bearer ")
+                    .nth(1)
+                    .and_then(|t| t.split(['.', '\r']).nth(1))
+                    .expect("a JWT");
+                let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(payload)
+                    .unwrap();
+                let claims: serde_json::Value = serde_json::from_slice(&claims).unwrap();
+                let resp = String::from_utf8_lossy(&x.response);
+                let body = resp.split_once("\r\n\r\n").unwrap().1.to_owned();
+                by_user
+                    .entry(claims["sub"].as_str().unwrap().to_owned())
+                    .or_default()
+                    .push(body);
+            }
+            by_user
+        };
+        let by_user = cards(1);
+        assert!(by_user.values().filter(|b| b.len() > 1).count() >= 10);
+        let mut seen = std::collections::HashSet::new();
+        for (user, bodies) in &by_user {
+            assert!(bodies.iter().all(|b| *b == bodies[0]), "{user}: {bodies:?}");
+            assert!(seen.insert(bodies[0].clone()), "{user} has another's cards");
+        }
+        assert_eq!(cards(1), by_user);
+        assert_ne!(cards(2), by_user);
     }
 
     #[test]
