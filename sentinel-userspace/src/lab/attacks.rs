@@ -904,6 +904,7 @@ fn data_exposure(st: &mut Stage<'_>, _k: usize) -> Scenario {
         "secret field",
         "national ids",
         "oversized",
+        "pages",
     ];
     let variant = *st.rng.pick(&variants);
     let mut a = Attack::new(AlertKind::DataExposure, variant);
@@ -914,6 +915,16 @@ fn data_exposure(st: &mut Stage<'_>, _k: usize) -> Scenario {
     let tok = jwt("RS256", &name, t0 / NS, t0 / NS + 3600, st.rng);
     a.principals.push(format!("jwt:{name}"));
     let auth = bearer(&tok);
+    if variant == "pages" {
+        let ua = *st.rng.pick(&[CURL, PYTHON_REQUESTS, WEB_UAS[0]]);
+        let who = TokenHolder {
+            ip,
+            ua,
+            auth: &auth,
+        };
+        read_page_by_page(st, &mut a, who, t0);
+        return a.done();
+    }
     let many = st.rng.range(20, 100) as usize;
     let (path, body) = match variant {
         "cards" => {
@@ -990,6 +1001,59 @@ fn data_exposure(st: &mut Stage<'_>, _k: usize) -> Scenario {
     };
     a.get(st.b, t0, who, &path, resp(200, &body));
     a.done()
+}
+
+/// A customer table read page by page (`?page=N` or `?limit=K&offset=M`), one page every 10
+/// to 30 s, each page under the per-response thresholds of its kind (cards, IBANs, national ids
+/// or e-mail addresses), until the reader holds half again the window's threshold of them.
+fn read_page_by_page(st: &mut Stage<'_>, a: &mut Attack, who: TokenHolder<'_>, t0: u64) {
+    let limits = crate::models::exposure::Config::default();
+    let (kind, per, total) = match st.rng.below(4) {
+        0 => ("cards", st.rng.range(1, 2), limits.window_cards),
+        1 => ("ibans", st.rng.range(2, 4), limits.window_ibans),
+        2 => (
+            "national ids",
+            st.rng.range(1, 2),
+            limits.window_national_ids,
+        ),
+        _ => ("emails", st.rng.range(5, 19), limits.window_emails),
+    };
+    a.variant = format!("{kind}, page by page");
+    let pages = (u64::from(total) * 3 / 2).div_ceil(per) + st.rng.below(5);
+    let path = *st
+        .rng
+        .pick(&["/customers", "/api/v2/customers", "/admin/users"]);
+    let by_offset = st.rng.chance(0.5);
+    let first = st.rng.range(1, 5_000);
+    let mut t = t0;
+    for p in 0..pages {
+        let rows: Vec<String> = (0..per)
+            .map(|j| {
+                let id = first + p * per + j;
+                let item = match kind {
+                    "cards" => format!(
+                        "\"card\":\"{}\"",
+                        card_number(*st.rng.pick(&[4, 51, 37]), st.rng)
+                    ),
+                    "ibans" => format!("\"iban\":\"{}\"", iban(100_000 + id)),
+                    "national ids" => format!(
+                        "\"national_id\":\"{}\"",
+                        luhn_number(1 + st.rng.below(2), 10, st.rng)
+                    ),
+                    _ => format!("\"email\":\"customer{id}@mail.test\""),
+                };
+                format!("{{\"id\":{id},\"name\":\"Customer {id}\",{item}}}")
+            })
+            .collect();
+        let target = if by_offset {
+            format!("{path}?limit={per}&offset={}", p * per)
+        } else {
+            format!("{path}?page={}", p + 1)
+        };
+        let body = format!("{{\"items\":[{}],\"next\":true}}", rows.join(","));
+        a.get(st.b, t, who, &target, resp(200, &body));
+        t += st.rng.range(10, 30) * NS;
+    }
 }
 
 fn token_reuse(st: &mut Stage<'_>, _k: usize) -> Scenario {
