@@ -3,8 +3,10 @@
 //! - `enumeration`: one principal on one endpoint template with a numeric `{id}` (or an `id`
 //!   query parameter) touches at least `min_distinct_ids` distinct ids within `window_s`, and
 //!   either walks them in order (a run of `min_run` steps of 1 to `max_step`) or covers their
-//!   range densely (distinct / (max - min + 1) >= `min_density`). A customer opening their own
-//!   accounts touches a handful of unrelated ids; a walker touches many neighbours.
+//!   range densely (distinct / (max - min + 1) >= `min_density`; the range counted on the grid
+//!   the steps keep to, their greatest common divisor, so that every tenth id walked in any
+//!   order is dense too). A customer opening their own accounts touches a handful of unrelated
+//!   ids; a walker touches many neighbours.
 //! - `scraping`: one principal makes at least `scrape_min_requests` requests within
 //!   `scrape_window_s`, at least `scrape_min_distinct_ratio` of them to distinct resources, with
 //!   no sign of a normal client flow (a login seen for its credential, or one of the
@@ -103,7 +105,7 @@ impl Config {
     }
 }
 
-/// One principal's id walk on one endpoint (68 bytes; the ids are 4-aligned so that the map's
+/// One principal's id walk on one endpoint (72 bytes; the ids are 4-aligned so that the map's
 /// slot wastes nothing).
 #[derive(Clone, Copy)]
 #[repr(C, packed(4))]
@@ -115,13 +117,16 @@ struct Walk {
     last: u64,
     min: u64,
     max: u64,
+    /// The greatest common divisor of the steps so far (0 before the first): every id of the
+    /// walk lies on the grid `min + k * stride`. 1 when it would not fit.
+    stride: u32,
     run: u16,
     max_run: u16,
     errors: u16,
     requests: u16,
 }
 
-const _: () = assert!(size_of::<Walk>() == 68);
+const _: () = assert!(size_of::<Walk>() == 72);
 
 impl Walk {
     fn new(now: u32, id: u64) -> Self {
@@ -131,6 +136,7 @@ impl Walk {
             last: id,
             min: id,
             max: id,
+            stride: 0,
             run: 0,
             max_run: 0,
             errors: 0,
@@ -171,6 +177,14 @@ impl Crawl {
 /// that its times are no longer comparable).
 fn over(now: u32, start: u32, window: u32, idle_ns: u64) -> bool {
     idle_ns >= STALE_NS || ms_since(now, start).is_some_and(|a| a >= window)
+}
+
+/// The greatest common divisor (`gcd(0, b)` is `b`).
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// Seconds from `start` to `now` ([`ms32`] times).
@@ -243,11 +257,17 @@ impl EnumerationDetector {
         } else if w.requests > 1 && step != 0 {
             w.run = 0;
         }
+        if step != 0 {
+            w.stride = u32::try_from(gcd(u64::from(w.stride), step)).unwrap_or(1);
+        }
         w.last = id;
         w.min = w.min.min(id);
         w.max = w.max.max(id);
+        // The ids the walk could have touched: those of its range on the grid its steps keep
+        // to (every tenth id, when ids are handed out in tens, is a walk over all of them).
         // Saturating: a walk may hold id 0 and u64::MAX.
-        let span = (w.max - w.min).saturating_add(1);
+        let grid = u64::from(w.stride.max(1));
+        let span = ((w.max - w.min) / grid).saturating_add(1);
         let density = f64::from(distinct) / span as f64;
         if distinct < self.cfg.min_distinct_ids
             || !(w.max_run >= self.cfg.min_run || density >= self.cfg.min_density)
@@ -256,6 +276,11 @@ impl EnumerationDetector {
         }
         // Copied out of the packed walk.
         let (start, min, max, max_run, errors) = (w.start, w.min, w.max, w.max_run, w.errors);
+        let every = if grid > 1 {
+            format!(", every {grid}th id")
+        } else {
+            String::new()
+        };
         // The bits set are a floor (ids that share a bit count once, about five of 50): the
         // decisions above keep to it, the alert says the estimate, which cannot exceed the
         // ids in the range.
@@ -280,12 +305,13 @@ impl EnumerationDetector {
             severity,
             (0.6 + f64::from(distinct) / 200.0).min(1.0),
             format!(
-                "{} walked about {} distinct ids of {} ({}..{}, {:.0}% of the range, the longest in-order run {} requests) in {}; {} answers were errors.",
+                "{} walked about {} distinct ids of {} ({}..{}{}, {:.0}% of the range, the longest in-order run {} requests) in {}; {} answers were errors.",
                 ctx.principal,
                 shown,
                 o.endpoint,
                 min,
                 max,
+                every,
                 shown_density * 100.0,
                 u32::from(max_run) + 1,
                 span_text(secs_in),
@@ -296,6 +322,7 @@ impl EnumerationDetector {
                 ("min_id", json!(min)),
                 ("max_id", json!(max)),
                 ("density", json!(r2(shown_density))),
+                ("id_step", json!(grid)),
                 ("sequential_run", json!(max_run)),
                 ("errors", json!(errors)),
                 ("window_s", json!(self.cfg.window_s)),
@@ -423,7 +450,7 @@ mod tests {
     use super::*;
     use crate::models::{Engine, ModelsConfig, synth::*};
 
-    const _: () = assert!(BoundedMap::<Walk>::SLOT_BYTES == 80);
+    const _: () = assert!(BoundedMap::<Walk>::SLOT_BYTES == 88);
     const _: () = assert!(BoundedMap::<Crawl>::SLOT_BYTES == 56);
 
     fn account(t: u64, ip: &str, tok: &str, id: u64) -> crate::models::Observation<'static> {
@@ -512,6 +539,33 @@ mod tests {
             }
         }
         assert!(hit);
+    }
+
+    /// Enumeration alerts raised by `ids` on `/accounts/{id}` from `ip`, one a second.
+    fn walked(ids: impl Iterator<Item = u64>, ip: &str) -> usize {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        ids.enumerate()
+            .flat_map(|(i, id)| e.observe(&account(T0 + i as u64 * S, ip, "tok-w", id)))
+            .filter(|a| a.kind == AlertKind::Enumeration)
+            .count()
+    }
+
+    #[test]
+    fn a_walk_in_steps_larger_than_max_step_is_enumeration() {
+        // Ids handed out in steps of 10 (a sequence with a cache, ten shards): every tenth id
+        // in order, and the same ids shuffled. Neither a run of small steps nor dense in the
+        // range, but every id of the grid they lie on.
+        assert!(walked((0..40).map(|i| 700_000 + 10 * i), "198.51.100.64") > 0);
+        assert!(
+            walked(
+                (0..40).map(|i| 700_000 + 10 * ((i * 17) % 40)),
+                "198.51.100.65"
+            ) > 0
+        );
+        // Twelve unrelated ids, all even, are no grid: not enumeration.
+        let sparse = [2, 9_998, 31_426, 77_000, 150_002, 222_222, 310_000, 400_404];
+        let more = [512_000, 640_006, 777_778, 901_234];
+        assert_eq!(walked(sparse.into_iter().chain(more), "198.18.0.64"), 0);
     }
 
     /// Scraping alerts raised by `reqs` (principal's token `tok`, one request per 300 ms).
