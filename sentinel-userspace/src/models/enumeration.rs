@@ -1,7 +1,7 @@
 //! Object-id walks and scraping.
 //!
-//! - `enumeration`: one principal on one endpoint template with a numeric `{id}` (or an `id`
-//!   query parameter) touches at least `min_distinct_ids` distinct ids within `window_s`, and
+//! - `enumeration`: one principal on one endpoint template with a numeric `{id}` or a hex
+//!   `{hash}` (or an id query parameter: `id`, `account_id`, `accountId`) touches at least `min_distinct_ids` distinct ids within `window_s`, and
 //!   either walks them in order (a run of `min_run` steps of 1 to `max_step`) or covers their
 //!   range densely (distinct / (max - min + 1) >= `min_density`; the range counted on the grid
 //!   the steps keep to, their greatest common divisor, so that every tenth id walked in any
@@ -202,26 +202,44 @@ pub struct EnumerationDetector {
     crawls: BoundedMap<Crawl>,
 }
 
-/// The numeric object id of a request: the path segment under the template's last `{id}`, or an
-/// `id` query parameter.
+/// The numeric object id of a request: the path segment under the template's last `{id}` (or
+/// `{hash}`: a hex identifier such as a MongoDB ObjectId, by its low 64 bits, where ids made one
+/// after the other differ), or an id query parameter ([`is_id_key`]).
 pub fn object_id(path: &str, endpoint: &str, query: &str) -> Option<u64> {
     let last_id = endpoint
         .split('/')
         .filter(|s| !s.is_empty())
         .enumerate()
-        .filter(|(_, s)| *s == "{id}")
+        .filter(|(_, s)| matches!(*s, "{id}" | "{hash}"))
         .last();
-    if let Some((pos, _)) = last_id {
-        return path
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .nth(pos)
-            .and_then(|s| s.parse().ok());
+    if let Some((pos, ph)) = last_id {
+        let seg = path.split('/').filter(|s| !s.is_empty()).nth(pos)?;
+        return if ph == "{id}" {
+            seg.parse().ok()
+        } else {
+            u64::from_str_radix(seg.get(seg.len().saturating_sub(16)..)?, 16).ok()
+        };
     }
     query.split('&').find_map(|p| {
         let (k, v) = p.split_once('=')?;
-        (k == "id" || k.ends_with("_id")).then(|| v.parse().ok())?
+        is_id_key(k).then(|| v.parse().ok())?
     })
+}
+
+/// A query parameter that names an object by its id, in any naming style: `id`, `ID`,
+/// `account_id`, `account-id`, `accountId`, `userID`; not a word that merely ends in `id`
+/// (`paid`, `valid`).
+fn is_id_key(k: &str) -> bool {
+    let b = k.as_bytes();
+    let n = b.len();
+    if n < 2 || !b[n - 2..].eq_ignore_ascii_case(b"id") {
+        return false;
+    }
+    n == 2
+        || matches!(b[n - 3], b'_' | b'-')
+        // camelCase: `Id` or `ID` after a lower-case letter or a digit.
+        || (b[n - 2] == b'I'
+            && (b[n - 3].is_ascii_lowercase() || b[n - 3].is_ascii_digit()))
 }
 
 impl EnumerationDetector {
@@ -468,6 +486,43 @@ mod tests {
         assert_eq!(object_id("/accounts/42", "/accounts/{id}", ""), Some(42));
         assert_eq!(object_id("/items", "/items", "page=2&id=99"), Some(99));
         assert_eq!(object_id("/items", "/items", "q=x"), None);
+    }
+
+    #[test]
+    fn ids_are_read_from_query_parameters_in_any_naming_style_and_hex_segments() {
+        for q in [
+            "accountId=42",
+            "account-id=42",
+            "ID=42",
+            "userID=42",
+            "x=1&Account_Id=42",
+        ] {
+            assert_eq!(object_id("/statement", "/statement", q), Some(42), "{q}");
+        }
+        // Words that merely end in "id" are no ids.
+        for q in ["paid=42", "valid=42", "grid=42", "android=42"] {
+            assert_eq!(object_id("/statement", "/statement", q), None, "{q}");
+        }
+        // A hex identifier (a MongoDB ObjectId) is read by its low 64 bits: ids made one after
+        // the other are neighbours.
+        let a = object_id("/docs/5f1d7a3b9c1e4a0012345678", "/docs/{hash}", "");
+        let b = object_id("/docs/5f1d7a3b9c1e4a0012345679", "/docs/{hash}", "");
+        assert_eq!(b.zip(a).map(|(b, a)| b - a), Some(1));
+    }
+
+    #[test]
+    fn a_walk_over_a_camel_case_query_id_is_enumeration() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut hit = false;
+        for i in 0..30u64 {
+            let mut o = with_token(obs(T0 + i * S, "198.51.100.66", "/statement"), "tok-q");
+            o.query = format!("accountId={}&format=pdf", 40_000 + i).into();
+            hit |= e
+                .observe(&o)
+                .iter()
+                .any(|a| a.kind == AlertKind::Enumeration);
+        }
+        assert!(hit);
     }
 
     #[test]
