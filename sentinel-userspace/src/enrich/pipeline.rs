@@ -50,7 +50,9 @@ pub struct TransactionFacts<'a> {
 #[serde(deny_unknown_fields, default)]
 pub struct EnrichSettings {
     /// Substrings of a 2xx login response body that still mean failure (some APIs answer 200
-    /// with an error document).
+    /// with an error document), in any case, blanks ignored (`"success": false` is
+    /// `"success":false`). A JSON document that says so in its structure is a failure without
+    /// one ([`json_says_failed`]).
     pub login_failure_markers: Vec<String>,
     /// Proxies whose `X-Forwarded-For` is believed (CIDR).
     pub trusted_proxies: Vec<String>,
@@ -158,7 +160,7 @@ impl Enricher {
             failure_markers: settings
                 .login_failure_markers
                 .iter()
-                .map(|m| m.to_ascii_lowercase())
+                .map(|m| squeezed(m.as_bytes()))
                 .collect(),
         })
     }
@@ -303,12 +305,106 @@ impl Enricher {
         if !(200..300).contains(&t.status) {
             return false;
         }
-        let body = String::from_utf8_lossy(t.resp_body).to_ascii_lowercase();
+        let body = squeezed(t.resp_body);
         !self
             .failure_markers
             .iter()
             .any(|m| body.contains(m.as_str()))
+            && !json_says_failed(t.resp_body)
     }
+}
+
+/// `b` as text in lower case without blanks: what failure markers are matched in, so that a
+/// marker written `"success":false` also finds `"success": false` (Python's `json.dumps`).
+fn squeezed(b: &[u8]) -> String {
+    let kept: Vec<u8> = b
+        .iter()
+        .filter(|c| !c.is_ascii_whitespace())
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
+/// Flags of a login response that say whether it worked (compared in any case and naming
+/// style: `logged_in` is `loggedIn`).
+const OUTCOME_FLAGS: [&str; 7] = [
+    "success",
+    "succeeded",
+    "successful",
+    "ok",
+    "authenticated",
+    "loggedin",
+    "valid",
+];
+
+/// `status` values of a login response that say it did not work (JSend's `fail` and `error`).
+const FAILED_STATUSES: [&str; 6] = [
+    "fail",
+    "failed",
+    "failure",
+    "error",
+    "denied",
+    "unauthorized",
+];
+
+/// Login responses larger than this are not parsed for an outcome (a login answer is small).
+const MAX_OUTCOME_DOC: usize = 64 * 1024;
+
+/// A 2xx login response whose JSON document says the login failed: one of the
+/// [`OUTCOME_FLAGS`] false at its top, a `status` among [`FAILED_STATUSES`], or, in a document
+/// that carries no token, such a flag false in an object one level down or an `error` or
+/// `errors` member that holds something (not null, false or empty): GraphQL answers a failed
+/// mutation with 200, `errors` and a null result.
+fn json_says_failed(body: &[u8]) -> bool {
+    use serde_json::{Map, Value};
+    let body = body.trim_ascii_start();
+    if body.first() != Some(&b'{') || body.len() > MAX_OUTCOME_DOC {
+        return false;
+    }
+    let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    let style = |k: &str| -> String {
+        k.chars()
+            .filter(|c| !matches!(c, '_' | '-'))
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let flag_false = |o: &Map<String, Value>| {
+        o.iter()
+            .any(|(k, v)| *v == Value::Bool(false) && OUTCOME_FLAGS.contains(&style(k).as_str()))
+    };
+    if flag_false(&top) {
+        return true;
+    }
+    let named = |k: &str, n: &str| k.eq_ignore_ascii_case(n);
+    let failed_status = top.iter().any(|(k, v)| {
+        named(k, "status")
+            && v.as_str()
+                .is_some_and(|s| FAILED_STATUSES.iter().any(|f| s.eq_ignore_ascii_case(f)))
+    });
+    let holds = |v: &Value| match v {
+        Value::Null | Value::Bool(false) => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        _ => true,
+    };
+    let error = top
+        .iter()
+        .any(|(k, v)| (named(k, "error") || named(k, "errors")) && holds(v));
+    let nested_flag = top.values().filter_map(Value::as_object).any(flag_false);
+    failed_status || ((error || nested_flag) && !carries_token(&top, 3))
+}
+
+/// True when `o`, or an object within `depth` levels below it, has a member whose name holds
+/// `token` (any case) with text in it.
+fn carries_token(o: &serde_json::Map<String, serde_json::Value>, depth: u32) -> bool {
+    o.iter().any(|(k, v)| match v {
+        serde_json::Value::String(s) => !s.is_empty() && k.to_ascii_lowercase().contains("token"),
+        serde_json::Value::Object(inner) => depth > 0 && carries_token(inner, depth - 1),
+        _ => false,
+    })
 }
 
 #[cfg(test)]
@@ -400,6 +496,55 @@ mod tests {
         let o = e.enrich(facts("/accounts/42", &h, b"", 200, b"{}"));
         assert!(o.login.is_none());
         assert_eq!(o.endpoint, "/accounts/{id}");
+    }
+
+    #[test]
+    fn a_200_that_says_the_login_failed_in_its_own_words_is_a_failure() {
+        // APIs answer a failed login with 200 and an error document in many shapes: spaced
+        // JSON (Python's json.dumps), other flags, JSend, GraphQL errors.
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let h = vec![("Content-Type".to_string(), "application/json".to_string())];
+        let body = br#"{"username":"layla","password":"x"}"#;
+        let outcome = |e: &mut Enricher, resp: &[u8]| {
+            e.enrich(facts("/login", &h, body, 200, resp))
+                .login
+                .map(|l| l.success)
+        };
+        for failed in [
+            &br#"{"success": false, "message": "Wrong password"}"#[..],
+            br#"{ "success" : false }"#,
+            br#"{"ok":false,"reason":"bad password"}"#,
+            br#"{"authenticated": false}"#,
+            br#"{"status": "fail", "data": {"password": "incorrect"}}"#,
+            br#"{"status":"error","message":"Bad credentials"}"#,
+            br#"{"error": "Bad credentials"}"#,
+            br#"{"data":{"login":null},"errors":[{"message":"Unauthorized"}]}"#,
+            br#"{"result":{"success":false}}"#,
+        ] {
+            assert_eq!(
+                outcome(&mut e, failed),
+                Some(false),
+                "{}",
+                String::from_utf8_lossy(failed)
+            );
+        }
+        for ok in [
+            &br#"{"token":"t"}"#[..],
+            br#"{"success": true, "token": "t"}"#,
+            br#"{"access_token":"x","error":null}"#,
+            br#"{"status":"ok","user":{"id":1}}"#,
+            br#"{"user":{"id":1},"errors":[]}"#,
+            br#"{"data":{"login":{"token":"t"}}}"#,
+            br#"{"token":"t","mfa":{"valid":false}}"#,
+            b"welcome",
+        ] {
+            assert_eq!(
+                outcome(&mut e, ok),
+                Some(true),
+                "{}",
+                String::from_utf8_lossy(ok)
+            );
+        }
     }
 
     #[test]
