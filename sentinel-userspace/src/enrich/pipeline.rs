@@ -364,15 +364,10 @@ fn json_says_failed(body: &[u8]) -> bool {
     let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(body) else {
         return false;
     };
-    let style = |k: &str| -> String {
-        k.chars()
-            .filter(|c| !matches!(c, '_' | '-'))
-            .map(|c| c.to_ascii_lowercase())
-            .collect()
-    };
     let flag_false = |o: &Map<String, Value>| {
-        o.iter()
-            .any(|(k, v)| *v == Value::Bool(false) && OUTCOME_FLAGS.contains(&style(k).as_str()))
+        o.iter().any(|(k, v)| {
+            *v == Value::Bool(false) && OUTCOME_FLAGS.contains(&principal::field_style(k).as_str())
+        })
     };
     if flag_false(&top) {
         return true;
@@ -496,6 +491,52 @@ mod tests {
         let o = e.enrich(facts("/accounts/42", &h, b"", 200, b"{}"));
         assert!(o.login.is_none());
         assert_eq!(o.endpoint, "/accounts/{id}");
+    }
+
+    /// The alert kinds the models raise over `logins` (JSON bodies of `/login`, each from its
+    /// address, a second apart, answered with a status) after enrichment.
+    fn kinds_of_logins(logins: &[(String, &str, u16)]) -> Vec<crate::models::AlertKind> {
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let mut m = crate::models::Engine::new(&Default::default()).unwrap();
+        let h = vec![
+            ("Content-Type".to_string(), "application/json".to_string()),
+            ("User-Agent".to_string(), "okhttp/4.9".to_string()),
+        ];
+        let mut kinds = Vec::new();
+        for (i, (body, ip, status)) in logins.iter().enumerate() {
+            let mut f = facts("/login", &h, body.as_bytes(), *status, b"{}");
+            f.ts_ns = 1_793_491_200_000_000_000 + i as u64 * 1_000_000_000;
+            f.src.0 = ip.parse().unwrap();
+            kinds.extend(m.observe(&e.enrich(f)).into_iter().map(|a| a.kind));
+        }
+        kinds
+    }
+
+    #[test]
+    fn stuffing_naming_its_accounts_in_another_field_style_is_still_stuffing() {
+        // Distributed over 100 addresses, two guesses each: only the accounts tried tell, and
+        // they must be read whatever the body calls the field and however deep it puts it.
+        let ips: Vec<String> = (0..100).map(|i| format!("198.51.100.{}", i + 10)).collect();
+        for field in [
+            r#"{"user_name":"U","password":"x"}"#,
+            r#"{"identifier":"U","password":"x"}"#,
+            r#"{"data":{"attributes":{"E-Mail":"U","password":"x"}}}"#,
+        ] {
+            let logins: Vec<(String, &str, u16)> = (0..200)
+                .map(|i| {
+                    (
+                        field.replace('U', &format!("victim{i}")),
+                        ips[i / 2].as_str(),
+                        401,
+                    )
+                })
+                .collect();
+            let kinds = kinds_of_logins(&logins);
+            assert!(
+                kinds.contains(&crate::models::AlertKind::CredentialStuffing),
+                "{field}: {kinds:?}"
+            );
+        }
     }
 
     #[test]

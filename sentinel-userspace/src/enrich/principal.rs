@@ -123,7 +123,8 @@ pub struct PrincipalConfig {
     pub session_cookies: Vec<String>,
     /// Login endpoints; the daemon's are `[models] login_endpoints`.
     pub login_paths: LoginPaths,
-    /// Body fields that carry the login name.
+    /// Body fields that carry the login name, in lower case without separators: a field
+    /// matches in any case and naming style ([`field_style`]: `user_name`, `userName`, `E-Mail`).
     pub username_fields: Vec<String>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
@@ -151,12 +152,20 @@ impl Default for PrincipalConfig {
                 "connect.sid".into(),
             ],
             login_paths: LoginPaths::new(&crate::models::ModelsConfig::default().login_endpoints),
-            username_fields: vec![
-                "username".into(),
-                "user".into(),
-                "email".into(),
-                "login".into(),
-            ],
+            username_fields: [
+                "username",
+                "user",
+                "email",
+                "login",
+                "identifier",
+                "loginname",
+                "loginid",
+                "userid",
+                "emailaddress",
+                "accountname",
+            ]
+            .map(String::from)
+            .to_vec(),
             trusted_proxies: Vec::new(),
         }
     }
@@ -503,9 +512,10 @@ impl LoginPaths {
 }
 
 /// The login username from a JSON or form body, on login endpoints only. Field names match in
-/// any case (`Username`, `EMAIL`); form field names are percent-decoded as their values are
-/// (`user%6eame=`); a JSON body's fields are looked for at the top, then in its objects one
-/// level down (`{"credentials":{"username":...}}`).
+/// any case and naming style (`Username`, `EMAIL`, `user_name`, `E-Mail`); form field names are
+/// percent-decoded as their values are (`user%6eame=`); a JSON body's fields are looked for at
+/// the top, then in its objects one level down (`{"credentials":{"username":...}}`), then two
+/// (JSON:API's `{"data":{"attributes":{"email":...}}}`). An empty name is none.
 pub fn login_username(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Option<String> {
     if !cfg.login_paths.matches(req.path) {
         return None;
@@ -520,23 +530,24 @@ pub fn login_username(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Option<St
     let form = ctype.contains("x-www-form-urlencoded");
     if !form && (ctype.contains("json") || body.trim_ascii_start().first() == Some(&b'{')) {
         let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-        let top = v.as_object()?;
-        let named = |o| text_field(o, &cfg.username_fields);
-        return named(top)
-            .or_else(|| {
-                top.values()
-                    .filter_map(serde_json::Value::as_object)
-                    .find_map(named)
-            })
-            .map(str::to_owned);
+        let mut level = vec![v.as_object()?];
+        for _ in 0..3 {
+            if let Some(name) = level
+                .iter()
+                .find_map(|o| text_field(o, &cfg.username_fields))
+            {
+                return Some(name.to_owned());
+            }
+            level = level
+                .iter()
+                .flat_map(|o| o.values().filter_map(serde_json::Value::as_object))
+                .collect();
+        }
+        return None;
     }
     if form {
         let body = String::from_utf8_lossy(body);
-        let field = |k: &str| {
-            cfg.username_fields
-                .iter()
-                .any(|f| f.eq_ignore_ascii_case(k))
-        };
+        let field = |k: &str| cfg.username_fields.contains(&field_style(k));
         for pair in body.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let matches = if k.contains(['%', '+']) {
@@ -544,7 +555,7 @@ pub fn login_username(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Option<St
             } else {
                 field(k)
             };
-            if matches {
+            if matches && !v.is_empty() {
                 return Some(percent_decode(v));
             }
         }
@@ -552,16 +563,27 @@ pub fn login_username(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Option<St
     None
 }
 
-/// The text of the first of `fields` (in their order) that `o` has, its name in any case.
+/// The text of the first of `fields` (in their order) that `o` has, its name in any case and
+/// naming style; empty text is none.
 fn text_field<'v>(
     o: &'v serde_json::Map<String, serde_json::Value>,
     fields: &[String],
 ) -> Option<&'v str> {
     fields.iter().find_map(|f| {
         o.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(f))
+            .find(|(k, _)| field_style(k) == *f)
             .and_then(|(_, v)| v.as_str())
+            .filter(|v| !v.trim().is_empty())
     })
+}
+
+/// A field name in lower case without the separators naming styles put in it: `user_name`,
+/// `userName`, `User-Name` and `USERNAME` are `username`.
+pub fn field_style(k: &str) -> String {
+    k.chars()
+        .filter(|c| !matches!(c, '_' | '-' | '.' | ' '))
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 /// A request path as servers route it: a segment's `;` parameters dropped (Tomcat and Spring
@@ -1190,8 +1212,12 @@ mod tests {
             user(&json, r#"{"auth":{"username":"inner"},"email":"top"}"#).as_deref(),
             Some("top")
         );
-        // Two levels down, or not text: not a user name.
-        assert_eq!(user(&json, r#"{"a":{"b":{"username":"deep"}}}"#), None);
+        // Two levels down (JSON:API) still; three, or not text: not a user name.
+        assert_eq!(
+            user(&json, r#"{"a":{"b":{"username":"deep"}}}"#).as_deref(),
+            Some("deep")
+        );
+        assert_eq!(user(&json, r#"{"a":{"b":{"c":{"username":"x"}}}}"#), None);
         assert_eq!(user(&json, r#"{"username":7}"#), None);
         for body in [
             "user%6eame=layla&password=x",
