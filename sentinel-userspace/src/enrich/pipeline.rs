@@ -268,10 +268,27 @@ impl Enricher {
             Some((j, (_, tok))) if bearer.is_none() => (Some(j), tok.map(Cow::Owned)),
             _ => (jwt, bearer),
         };
-        let login = username.map(|username| LoginAttempt {
-            username,
-            success: self.login_succeeded(&t),
-        });
+        // Without a login body, `Basic` credentials are a login on any endpoint: each such
+        // request tries a password, and guessing one shows only as its 401s. Off login
+        // endpoints a 401 is the failure (a 2xx document there answers the request, not the
+        // login); on them the usual outcome rules hold.
+        let login = match username {
+            Some(username) => Some(LoginAttempt {
+                username,
+                success: self.login_succeeded(&t),
+            }),
+            None => header(&t.req_headers, "authorization")
+                .and_then(|a| principal::basic_user(a))
+                .filter(|u| !u.trim().is_empty())
+                .map(|username| LoginAttempt {
+                    username,
+                    success: if self.principal.login_paths.matches(t.path) {
+                        self.login_succeeded(&t)
+                    } else {
+                        t.status != 401
+                    },
+                }),
+        };
         let user_agent = header(&t.req_headers, "user-agent").cloned();
         Observation {
             ts_ns: t.ts_ns,
@@ -493,23 +510,58 @@ mod tests {
         assert_eq!(o.endpoint, "/accounts/{id}");
     }
 
-    /// The alert kinds the models raise over `logins` (JSON bodies of `/login`, each from its
-    /// address, a second apart, answered with a status) after enrichment.
-    fn kinds_of_logins(logins: &[(String, &str, u16)]) -> Vec<crate::models::AlertKind> {
+    /// One request for [`kinds_of`]: path, extra headers, body, client address, status.
+    type Req<'a> = (&'a str, Vec<(String, String)>, String, &'a str, u16);
+
+    /// The alert kinds the models raise over `reqs` (a second apart, with a JSON content type
+    /// and okhttp's user agent besides their own headers) after enrichment.
+    fn kinds_of(reqs: &[Req<'_>]) -> Vec<crate::models::AlertKind> {
         let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
         let mut m = crate::models::Engine::new(&Default::default()).unwrap();
-        let h = vec![
-            ("Content-Type".to_string(), "application/json".to_string()),
-            ("User-Agent".to_string(), "okhttp/4.9".to_string()),
-        ];
         let mut kinds = Vec::new();
-        for (i, (body, ip, status)) in logins.iter().enumerate() {
-            let mut f = facts("/login", &h, body.as_bytes(), *status, b"{}");
+        for (i, (path, extra, body, ip, status)) in reqs.iter().enumerate() {
+            let mut h = vec![
+                ("Content-Type".to_string(), "application/json".to_string()),
+                ("User-Agent".to_string(), "okhttp/4.9".to_string()),
+            ];
+            h.extend(extra.iter().cloned());
+            let mut f = facts(path, &h, body.as_bytes(), *status, b"{}");
             f.ts_ns = 1_793_491_200_000_000_000 + i as u64 * 1_000_000_000;
             f.src.0 = ip.parse().unwrap();
             kinds.extend(m.observe(&e.enrich(f)).into_iter().map(|a| a.kind));
         }
         kinds
+    }
+
+    #[test]
+    fn basic_auth_guessing_on_any_endpoint_is_a_brute_force() {
+        use base64::Engine as _;
+        let basic = |user: &str, pw: &str| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
+            vec![("Authorization".to_string(), format!("Basic {b64}"))]
+        };
+        // Twenty passwords for admin on an API that takes Basic credentials on every request.
+        let guesses: Vec<Req<'_>> = (0..20)
+            .map(|i| {
+                let h = basic("admin", &format!("pw{i}"));
+                ("/api/reports", h, String::new(), "203.0.113.70", 401)
+            })
+            .collect();
+        let kinds = kinds_of(&guesses);
+        assert!(
+            kinds.contains(&crate::models::AlertKind::BruteForce),
+            "{kinds:?}"
+        );
+        // A client of that API using its right password all day, and mistyping it once.
+        let mut client: Vec<Req<'_>> = (0..100)
+            .map(|_| {
+                let h = basic("reporter", "right");
+                ("/api/reports", h, String::new(), "198.18.0.70", 200)
+            })
+            .collect();
+        client[50].1 = basic("reporter", "wrong");
+        client[50].4 = 401;
+        assert_eq!(kinds_of(&client), []);
     }
 
     #[test]
@@ -522,16 +574,13 @@ mod tests {
             r#"{"identifier":"U","password":"x"}"#,
             r#"{"data":{"attributes":{"E-Mail":"U","password":"x"}}}"#,
         ] {
-            let logins: Vec<(String, &str, u16)> = (0..200)
+            let logins: Vec<Req<'_>> = (0..200)
                 .map(|i| {
-                    (
-                        field.replace('U', &format!("victim{i}")),
-                        ips[i / 2].as_str(),
-                        401,
-                    )
+                    let body = field.replace('U', &format!("victim{i}"));
+                    ("/login", vec![], body, ips[i / 2].as_str(), 401)
                 })
                 .collect();
-            let kinds = kinds_of_logins(&logins);
+            let kinds = kinds_of(&logins);
             assert!(
                 kinds.contains(&crate::models::AlertKind::CredentialStuffing),
                 "{field}: {kinds:?}"

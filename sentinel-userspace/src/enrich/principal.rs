@@ -652,6 +652,16 @@ pub fn credentials<'a>(authorization: &'a str, scheme: &str) -> Option<&'a str> 
     name.eq_ignore_ascii_case(scheme).then(|| creds.trim())
 }
 
+/// The user name of a `Basic` Authorization value (base64 of `user:password`).
+pub fn basic_user(authorization: &str) -> Option<String> {
+    let creds = credentials(authorization, "basic")?;
+    let raw = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(creds.trim_end_matches('='))
+        .ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    Some(text.split_once(':').map_or(&*text, |(u, _)| u).to_owned())
+}
+
 /// Headers besides `Authorization` and the API key headers that APIs carry a JWT in (lower
 /// case), a `Bearer ` before it or not.
 const TOKEN_HEADERS: [&str; 8] = [

@@ -517,7 +517,12 @@ impl Engine {
     /// Remembers which account a credential issued by a successful login belongs to.
     fn link(&mut self, o: &Observation, username: &str) {
         let body = &o.resp_body;
-        if body.first() != Some(&b'{') || body.len() > 16 * 1024 {
+        // Every request with `Basic` credentials is a login: most answer with documents that
+        // name no token, which are not parsed (each of `TOKEN_FIELDS` holds `oken`).
+        if body.first() != Some(&b'{')
+            || body.len() > 16 * 1024
+            || memchr::memmem::find(body, b"oken").is_none()
+        {
             return;
         }
         let Ok(v) = serde_json::from_slice::<Value>(body) else {

@@ -924,8 +924,8 @@ impl InjectionDetector {
         let limit = start + read + 1;
         // What servers take out of the credential and look up with: a Basic user name and a
         // JWT's `kid` (common SQL and file-path sinks). The password and the token are secrets.
-        if let Some(user) =
-            super::header(&o.req_headers, "authorization").and_then(|a| basic_user(a))
+        if let Some(user) = super::header(&o.req_headers, "authorization")
+            .and_then(|a| crate::enrich::principal::basic_user(a))
             && let Some(t) = worth(Place::Credential, &user)
         {
             v.push(Input::value(Place::Credential, "basic user", Cow::Owned(user)).traversing(t));
@@ -1275,17 +1275,6 @@ fn worth_decoded(place: Place, raw: &str) -> Option<(Cow<'_, str>, Traversal)> {
         || shape.judged(raw)
         || (raw.contains('+') && plus_as_space(raw, |p| Shape::of(p).judged(p))))
     .then(|| (decoded(raw, true), t))
-}
-
-/// The user name of a `Basic` Authorization value (base64 of `user:password`).
-fn basic_user(authorization: &str) -> Option<String> {
-    use base64::Engine as _;
-    let creds = crate::enrich::principal::credentials(authorization, "basic")?;
-    let raw = base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(creds.trim_end_matches('='))
-        .ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    Some(text.split_once(':').map_or(&*text, |(u, _)| u).to_owned())
 }
 
 /// The field names, file names and text contents of a multipart body that are worth judging,
