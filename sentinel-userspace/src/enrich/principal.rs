@@ -346,11 +346,24 @@ impl<'de> Deserialize<'de> for Claim {
 /// The account a login names, as principals and profiles know it: user names and e-mail
 /// addresses are told apart by neither case nor surrounding blanks in practice, so `layla`,
 /// `Layla`, `LAYLA` and ` layla` are one account (a thief logging in as `LAYLA` must meet
-/// `layla`'s history, not a blank one).
+/// `layla`'s history, not a blank one). Nor by the fullwidth forms of ASCII (`ｌａｙｌａ`), which
+/// servers normalising names (NFKC, as Django and many identity providers do) read as ASCII.
 pub fn account_name(username: &str) -> std::borrow::Cow<'_, str> {
     let name = username.trim();
-    if name.chars().any(char::is_uppercase) {
-        std::borrow::Cow::Owned(name.to_lowercase())
+    let fullwidth = |c: char| ('\u{FF01}'..='\u{FF5E}').contains(&c);
+    if name.chars().any(|c| c.is_uppercase() || fullwidth(c)) {
+        let ascii: String = name
+            .chars()
+            .map(|c| {
+                if fullwidth(c) {
+                    // U+FF01..U+FF5E are U+0021..U+007E, in the same order.
+                    char::from_u32(u32::from(c) - 0xFEE0).unwrap_or(c)
+                } else {
+                    c
+                }
+            })
+            .collect();
+        std::borrow::Cow::Owned(ascii.to_lowercase())
     } else {
         std::borrow::Cow::Borrowed(name)
     }

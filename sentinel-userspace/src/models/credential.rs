@@ -1030,21 +1030,30 @@ mod tests {
         spans_2s(&alerts, AlertKind::BruteForce);
     }
 
-    #[test]
-    fn an_account_is_one_whatever_the_case_and_blanks_of_its_name() {
-        // Ten attempts from ten addresses in London with a browser, at a human pace, on the
-        // name written four ways: one account with ten failures.
+    const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64) Chrome/130.0 Safari/537.36";
+
+    /// Layla's account with five days of history, then ten failed logins from ten addresses in
+    /// London with a browser, at a human pace, on her name written as `names` in turn: the
+    /// engine and the alerts they raised.
+    fn spelled_guesses(names: &[&str]) -> (Engine, Vec<crate::models::Alert>) {
         let mut e = Engine::new(&ModelsConfig::default()).unwrap();
         history(&mut e, "layla", "192.0.2.44", 5);
         let start = T0 + 5 * 86_400 * S + 23 * 3600 * S;
-        let ua = "Mozilla/5.0 (X11; Linux x86_64) Chrome/130.0 Safari/537.36";
-        let names = ["Layla", "LAYLA", " layla", "layla"];
         let mut alerts = Vec::new();
         for i in 0..10u64 {
             let ip = format!("198.18.{i}.9");
-            let name = names[i as usize % 4];
-            alerts.extend(e.observe(&login(start + i * 10 * S, &ip, name, false, ua)));
+            let name = names[i as usize % names.len()];
+            alerts.extend(e.observe(&login(start + i * 10 * S, &ip, name, false, BROWSER)));
         }
+        (e, alerts)
+    }
+
+    #[test]
+    fn an_account_is_one_whatever_the_case_and_blanks_of_its_name() {
+        // The name written four ways: one account with ten failures.
+        let (mut e, alerts) = spelled_guesses(&["Layla", "LAYLA", " layla", "layla"]);
+        let start = T0 + 5 * 86_400 * S + 23 * 3600 * S;
+        let ua = BROWSER;
         let a = alerts
             .iter()
             .find(|a| a.kind == AlertKind::BruteForce)
@@ -1062,6 +1071,19 @@ mod tests {
             ok.iter()
                 .any(|a| a.kind == AlertKind::BruteForce && a.explanation.contains("LaYlA")),
             "{ok:?}"
+        );
+    }
+
+    #[test]
+    fn an_account_is_one_in_fullwidth_letters_too() {
+        // Servers that normalise user names (NFKC: Django, many identity providers) take
+        // `ｌａｙｌａ` for `layla`: guesses spread over such spellings, one address each, are
+        // guesses at one account.
+        let (_, alerts) =
+            spelled_guesses(&["ｌａｙｌａ", "Ｌａｙｌａ", "ｌayla", "laｙla", "LAYLＡ"]);
+        assert!(
+            alerts.iter().any(|a| a.kind == AlertKind::BruteForce),
+            "{alerts:?}"
         );
     }
 
