@@ -49,24 +49,35 @@ pub fn redacted(value: &str) -> String {
 }
 
 /// `raw` (a query string or form body, still encoded) with the values of fields whose name,
-/// decoded by `name`, is a [`secret_name`] redacted; borrowed when there is none.
+/// decoded by `name`, is a [`secret_name`] redacted; borrowed when there is none. Fields are
+/// separated by `&` or `;` (which older CGI libraries, Python's before 3.9.2 and Go's before 1.17
+/// read as `&`), and each separator is kept as it was.
 pub fn pairs<'a>(raw: &'a str, name: impl Fn(&str) -> Cow<'_, str>) -> Cow<'a, str> {
+    const SEPARATORS: [char; 2] = ['&', ';'];
     let secret = |p: &str| {
         p.split_once('=')
             .is_some_and(|(k, _)| secret_name(&name(k)))
     };
-    if !raw.split('&').any(secret) {
+    if !raw.split(SEPARATORS).any(secret) {
         return Cow::Borrowed(raw);
     }
-    Cow::Owned(
-        raw.split('&')
-            .map(|p| match p.split_once('=') {
-                Some((k, v)) if secret(p) => format!("{k}={}", redacted(v)),
-                _ => p.to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join("&"),
-    )
+    let mut shown = String::with_capacity(raw.len() + 64);
+    for p in raw.split_inclusive(SEPARATORS) {
+        let (p, sep) = match p.strip_suffix(SEPARATORS) {
+            Some(field) => (field, &p[field.len()..]),
+            None => (p, ""),
+        };
+        match p.split_once('=') {
+            Some((k, v)) if secret(p) => {
+                shown.push_str(k);
+                shown.push('=');
+                shown.push_str(&redacted(v));
+            }
+            _ => shown.push_str(p),
+        }
+        shown.push_str(sep);
+    }
+    Cow::Owned(shown)
 }
 
 /// A query string as the transaction log shows it: [`pairs`] with names percent-decoded once,
@@ -119,6 +130,11 @@ mod tests {
         assert_eq!(
             query("a=1&password=x&b"),
             format!("a=1&password={}&b", redacted("x"))
+        );
+        // `;` separates fields for servers that read it as `&`; separators are kept.
+        assert_eq!(
+            query("user=layla;password=hunter2&x=1;"),
+            format!("user=layla;password={}&x=1;", redacted("hunter2"))
         );
     }
 }
