@@ -268,27 +268,15 @@ impl Enricher {
             Some((j, (_, tok))) if bearer.is_none() => (Some(j), tok.map(Cow::Owned)),
             _ => (jwt, bearer),
         };
-        // Without a login body, `Basic` credentials are a login on any endpoint: each such
-        // request tries a password, and guessing one shows only as its 401s. Off login
-        // endpoints a 401 is the failure (a 2xx document there answers the request, not the
-        // login); on them the usual outcome rules hold.
-        let login = match username {
-            Some(username) => Some(LoginAttempt {
-                username,
-                success: self.login_succeeded(&t),
-            }),
-            None => header(&t.req_headers, "authorization")
-                .and_then(|a| principal::basic_user(a))
-                .filter(|u| !u.trim().is_empty())
-                .map(|username| LoginAttempt {
-                    username,
-                    success: if self.principal.login_paths.matches(t.path) {
-                        self.login_succeeded(&t)
-                    } else {
-                        t.status != 401
-                    },
-                }),
-        };
+        // Only a login body names the account a login tries. `Basic` credentials are not a
+        // login by themselves: they are how OAuth clients authenticate to the token endpoint
+        // (the client, not a user: linking its tokens would make every user one account), how
+        // API keys travel (as the user name), and what a stale client retries; their 403s are
+        // authorisation, not a password refused (a review's findings against 6b2b726).
+        let login = username.map(|username| LoginAttempt {
+            username,
+            success: self.login_succeeded(&t),
+        });
         let user_agent = header(&t.req_headers, "user-agent").cloned();
         Observation {
             ts_ns: t.ts_ns,
@@ -534,34 +522,37 @@ mod tests {
     }
 
     #[test]
-    fn basic_auth_guessing_on_any_endpoint_is_a_brute_force() {
+    fn basic_credentials_alone_are_no_login() {
         use base64::Engine as _;
         let basic = |user: &str, pw: &str| {
             let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
             vec![("Authorization".to_string(), format!("Basic {b64}"))]
         };
-        // Twenty passwords for admin on an API that takes Basic credentials on every request.
-        let guesses: Vec<Req<'_>> = (0..20)
-            .map(|i| {
-                let h = basic("admin", &format!("pw{i}"));
-                ("/api/reports", h, String::new(), "203.0.113.70", 401)
-            })
-            .collect();
-        let kinds = kinds_of(&guesses);
-        assert!(
-            kinds.contains(&crate::models::AlertKind::BruteForce),
-            "{kinds:?}"
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        // An OAuth client authenticating to the token endpoint for a user's refresh: the
+        // client is no account, and the token issued is the user's, not the client's.
+        let mut h = basic("mobile-app", "client-secret");
+        h.push((
+            "Content-Type".into(),
+            "application/x-www-form-urlencoded".into(),
+        ));
+        let f = facts(
+            "/oauth/token",
+            &h,
+            b"grant_type=refresh_token&refresh_token=r1",
+            200,
+            br#"{"access_token":"opaque-1","token_type":"Bearer"}"#,
         );
-        // A client of that API using its right password all day, and mistyping it once.
-        let mut client: Vec<Req<'_>> = (0..100)
-            .map(|_| {
-                let h = basic("reporter", "right");
-                ("/api/reports", h, String::new(), "198.18.0.70", 200)
-            })
-            .collect();
-        client[50].1 = basic("reporter", "wrong");
-        client[50].4 = 401;
-        assert_eq!(kinds_of(&client), []);
+        assert!(e.enrich(f).login.is_none());
+        // An API key as the user name; a 403 for a resource the user may not read.
+        for (user, pw, status) in [
+            ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "", 401),
+            ("layla", "pw", 403),
+        ] {
+            let h = basic(user, pw);
+            let f = facts("/accounts/7", &h, b"", status, b"{}");
+            assert!(e.enrich(f).login.is_none(), "{user}");
+        }
     }
 
     #[test]
