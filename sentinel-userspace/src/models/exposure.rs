@@ -593,6 +593,38 @@ mod tests {
         assert!(body(e4, noise).is_empty(), "{:?}", body(e4, noise));
     }
 
+    #[test]
+    fn numbers_in_json_are_no_cards_or_ids_but_strings_and_text_are() {
+        // A page of events with epoch seconds: one in ten passes a Luhn check and starts with 1,
+        // as a Saudi national id does; numeric ids of 19 digits pass as cards as often.
+        let events: Vec<String> = [
+            1_717_000_002u64,
+            1_717_000_010,
+            1_717_000_028,
+            1_717_000_036,
+        ]
+        .iter()
+        .map(|t| format!(r#"{{"created":{t},"amount": {t}.5,"id":3141592653589793206}}"#))
+        .collect();
+        let page = format!(
+            r#"{{"data":[{}],"next":[1717000044, 1717000051]}}"#,
+            events.join(",")
+        );
+        let e = &mut Engine::new(&ModelsConfig::default()).unwrap();
+        assert!(body(e, &page).is_empty(), "{:?}", body(e, &page));
+        // The same numbers as JSON strings, or in a text export, are what they look like.
+        let strings: Vec<String> = ["1717000002", "1717000010", "1717000028"]
+            .iter()
+            .map(|t| format!(r#"{{"national_id":"{t}"}}"#))
+            .collect();
+        let e2 = &mut Engine::new(&ModelsConfig::default()).unwrap();
+        let a = body(e2, &format!("[{}]", strings.join(",")));
+        assert!(a[0].explanation.contains("3 national ids"), "{a:?}");
+        let e3 = &mut Engine::new(&ModelsConfig::default()).unwrap();
+        let csv = "id,national_id\n1,1717000002\n2,1717000010\n3,1717000028\n";
+        assert!(body(e3, csv)[0].explanation.contains("3 national ids"));
+    }
+
     /// A Luhn-valid 16-digit card number, distinct for every `i`.
     fn card(i: u64) -> String {
         let base = format!("4{:014}", 100_000 + i * 7);

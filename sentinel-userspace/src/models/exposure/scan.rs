@@ -141,6 +141,7 @@ pub fn scan(b: &[u8], cfg: &Config) -> Findings {
 /// Scans one body: by chunks, only where a token or secret prefix starts.
 pub(super) fn scan_with(b: &[u8], cfg: &Config, names: &NameFilter) -> Findings {
     let (mut f, mut secrets) = (Findings::default(), Secrets::new());
+    let json = is_json(b);
     // A digit run read from a start covers the starts after its separators.
     let mut next = 0;
     for i in (0..b.len()).step_by(CHUNK) {
@@ -155,7 +156,7 @@ pub(super) fn scan_with(b: &[u8], cfg: &Config, names: &NameFilter) -> Findings 
             let j = i + starts.trailing_zeros() as usize;
             starts &= starts - 1;
             if j >= next {
-                next = token_at(b, j, &mut f);
+                next = token_at(b, j, json, &mut f);
             }
         }
     }
@@ -169,6 +170,7 @@ pub(super) fn scan_with(b: &[u8], cfg: &Config, names: &NameFilter) -> Findings 
 #[cfg(test)]
 pub(crate) fn scan_bytewise(b: &[u8], cfg: &Config) -> Findings {
     let (mut f, mut secrets) = (Findings::default(), Secrets::new());
+    let json = is_json(b);
     let (mut digits, mut upper, mut worth_reading) = (0, 0, false);
     for (i, &c) in b.iter().enumerate() {
         digits = match c {
@@ -190,7 +192,7 @@ pub(crate) fn scan_bytewise(b: &[u8], cfg: &Config) -> Findings {
     if worth_reading {
         let mut i = 0;
         while i < b.len() {
-            i = token_at(b, i, &mut f);
+            i = token_at(b, i, json, &mut f);
         }
     }
     fields_and_keys(
@@ -203,14 +205,35 @@ pub(crate) fn scan_bytewise(b: &[u8], cfg: &Config) -> Findings {
     f
 }
 
+/// Whether a body is JSON (its first byte after white space opens an object or an array).
+fn is_json(b: &[u8]) -> bool {
+    matches!(
+        b.iter().find(|c| !c.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    )
+}
+
+/// Whether `b[i..end]` is a bare JSON number (a member's or an element's value, not a string):
+/// epoch seconds (`"created":1717000123`, every 10-digit number from 2001 to 2033 starts with 1)
+/// and numeric ids pass a Luhn check one time in ten, and a day of them read as national ids or
+/// cards would be personal data in bulk. Card numbers do not fit a JSON number a JavaScript
+/// client can read (2^53), so APIs send them as strings, as they send identity numbers.
+fn bare_json_number(b: &[u8], i: usize, end: usize) -> bool {
+    let before = b[..i].iter().rev().find(|c| !c.is_ascii_whitespace());
+    let after = b[end..].iter().find(|c| !c.is_ascii_whitespace());
+    matches!(before, Some(b':' | b'[' | b',' | b'-'))
+        && matches!(after, None | Some(b',' | b'}' | b']' | b'.' | b'e' | b'E'))
+}
+
 /// The token at `i`, if one starts there (the digit run of a card or id, an IBAN-shaped word,
-/// an e-mail address around an `@`), into `f`; where to look next.
-fn token_at(b: &[u8], i: usize, f: &mut Findings) -> usize {
+/// an e-mail address around an `@`), into `f`; where to look next. In a JSON body (`json`), a
+/// digit run that is a bare number is no card or id.
+fn token_at(b: &[u8], i: usize, json: bool, f: &mut Findings) -> usize {
     let c = b[i];
     let boundary = i == 0 || !is_word(b[i - 1]);
     if c.is_ascii_digit() && boundary {
         let (end, run) = digit_run(b, i);
-        if end >= b.len() || !is_word(b[end]) {
+        if (end >= b.len() || !is_word(b[end])) && !(json && bare_json_number(b, i, end)) {
             classify_digits(&run, &b[i..end], f);
         }
         return end.max(i + 1);
