@@ -1,11 +1,13 @@
 //! Object-id walks and scraping.
 //!
 //! - `enumeration`: one principal on one endpoint template with a numeric `{id}` or a hex
-//!   `{hash}` (or an id query parameter: `id`, `account_id`, `accountId`) touches at least `min_distinct_ids` distinct ids within `window_s`, and
-//!   either walks them in order (a run of `min_run` steps of 1 to `max_step`) or covers their
-//!   range densely (distinct / (max - min + 1) >= `min_density`; the range counted on the grid
-//!   the steps keep to, their greatest common divisor, so that every tenth id walked in any
-//!   order is dense too). A customer opening their own accounts touches a handful of unrelated
+//!   `{hash}` (or an id query parameter: `id`, `account_id`, `accountId`; not cursors such as
+//!   `afterId` nor correlations such as `requestId`) touches at least `min_distinct_ids`
+//!   distinct ids within `window_s`, and either walks them in order (a run of `min_run` steps
+//!   of 1 to `max_step`) or covers their range densely (distinct / (max - min + 1) >=
+//!   `min_density`; the range counted on the grid the steps keep to, their greatest common
+//!   divisor up to 16, so that every tenth id walked in any order is dense too, while minute
+//!   buckets and page offsets are not). A customer opening their own accounts touches a handful of unrelated
 //!   ids; a walker touches many neighbours.
 //! - `scraping`: one principal makes at least `scrape_min_requests` requests within
 //!   `scrape_window_s`, at least `scrape_min_distinct_ratio` of them to distinct resources, with
@@ -202,23 +204,27 @@ pub struct EnumerationDetector {
     crawls: BoundedMap<Crawl>,
 }
 
-/// The numeric object id of a request: the path segment under the template's last `{id}` (or
-/// `{hash}`: a hex identifier such as a MongoDB ObjectId, by its low 64 bits, where ids made one
-/// after the other differ), or an id query parameter ([`is_id_key`]).
+/// The numeric object id of a request: the path segment under the template's last `{id}` (else
+/// its last `{hash}`: a hex identifier such as a MongoDB ObjectId, by its low 64 bits, where ids
+/// made one after the other differ; `/accounts/{id}/files/{hash}` walks accounts), or an id
+/// query parameter ([`is_id_key`]).
 pub fn object_id(path: &str, endpoint: &str, query: &str) -> Option<u64> {
-    let last_id = endpoint
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .enumerate()
-        .filter(|(_, s)| matches!(*s, "{id}" | "{hash}"))
-        .last();
-    if let Some((pos, ph)) = last_id {
-        let seg = path.split('/').filter(|s| !s.is_empty()).nth(pos)?;
-        return if ph == "{id}" {
-            seg.parse().ok()
-        } else {
-            u64::from_str_radix(seg.get(seg.len().saturating_sub(16)..)?, 16).ok()
-        };
+    let last = |ph: &str| {
+        endpoint
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .enumerate()
+            .filter(|(_, s)| *s == ph)
+            .last()
+            .map(|(pos, _)| pos)
+    };
+    let segment = |pos: usize| path.split('/').filter(|s| !s.is_empty()).nth(pos);
+    if let Some(pos) = last("{id}") {
+        return segment(pos)?.parse().ok();
+    }
+    if let Some(pos) = last("{hash}") {
+        let seg = segment(pos)?;
+        return u64::from_str_radix(seg.get(seg.len().saturating_sub(16)..)?, 16).ok();
     }
     query.split('&').find_map(|p| {
         let (k, v) = p.split_once('=')?;
@@ -226,20 +232,60 @@ pub fn object_id(path: &str, endpoint: &str, query: &str) -> Option<u64> {
     })
 }
 
+/// The widest grid a walk's ids are measured on: ids handed out in steps of a few (sequences
+/// with a cache, shards) are walked by every step; wider steps are what time buckets
+/// (`/metrics/{id}` at epoch seconds a minute apart) and offsets of pages take, which a client
+/// reads densely on its own.
+const MAX_GRID: u32 = 16;
+
+/// First words of a query parameter ending in `id` that make it a cursor or bound of a listing
+/// (`afterId`, `since_id`, `lastEventId`, `max_tweet_id`), whose values step through a feed as a
+/// client pages or polls it, whatever noun follows them.
+const CURSORS: [&str; 11] = [
+    "since", "after", "before", "last", "max", "min", "until", "cursor", "next", "prev", "previous",
+];
+
+/// Whole names (before `id`) of parameters that correlate a request rather than name an object
+/// (`requestId`, `trace_id`); and bare bounds (`fromId`, `startId`), which `fromAccountId` is not.
+const CORRELATIONS: [&str; 10] = [
+    "request",
+    "trace",
+    "span",
+    "correlation",
+    "idempotency",
+    "seq",
+    "sequence",
+    "from",
+    "start",
+    "end",
+];
+
 /// A query parameter that names an object by its id, in any naming style: `id`, `ID`,
 /// `account_id`, `account-id`, `accountId`, `userID`; not a word that merely ends in `id`
-/// (`paid`, `valid`).
+/// (`paid`, `valid`), nor a cursor or a correlation ([`CURSORS`], [`CORRELATIONS`]).
 fn is_id_key(k: &str) -> bool {
     let b = k.as_bytes();
     let n = b.len();
     if n < 2 || !b[n - 2..].eq_ignore_ascii_case(b"id") {
         return false;
     }
-    n == 2
+    let styled = n == 2
         || matches!(b[n - 3], b'_' | b'-')
         // camelCase: `Id` or `ID` after a lower-case letter or a digit.
         || (b[n - 2] == b'I'
-            && (b[n - 3].is_ascii_lowercase() || b[n - 3].is_ascii_digit()))
+            && (b[n - 3].is_ascii_lowercase() || b[n - 3].is_ascii_digit()));
+    if !styled {
+        return false;
+    }
+    let prefix = k[..n - 2].trim_end_matches(['_', '-']);
+    // The first word: up to a separator or the next capital.
+    let first = prefix
+        .char_indices()
+        .skip(1)
+        .find(|(_, c)| c.is_ascii_uppercase() || matches!(c, '_' | '-'))
+        .map_or(prefix, |(i, _)| &prefix[..i]);
+    !(CURSORS.iter().any(|w| first.eq_ignore_ascii_case(w))
+        || CORRELATIONS.iter().any(|w| prefix.eq_ignore_ascii_case(w)))
 }
 
 impl EnumerationDetector {
@@ -284,7 +330,11 @@ impl EnumerationDetector {
         // The ids the walk could have touched: those of its range on the grid its steps keep
         // to (every tenth id, when ids are handed out in tens, is a walk over all of them).
         // Saturating: a walk may hold id 0 and u64::MAX.
-        let grid = u64::from(w.stride.max(1));
+        let grid = if w.stride <= MAX_GRID {
+            u64::from(w.stride.max(1))
+        } else {
+            1
+        };
         let span = ((w.max - w.min) / grid).saturating_add(1);
         let density = f64::from(distinct) / span as f64;
         if distinct < self.cfg.min_distinct_ids
@@ -295,7 +345,7 @@ impl EnumerationDetector {
         // Copied out of the packed walk.
         let (start, min, max, max_run, errors) = (w.start, w.min, w.max, w.max_run, w.errors);
         let every = if grid > 1 {
-            format!(", every {grid}th id")
+            format!(", ids {grid} apart")
         } else {
             String::new()
         };
@@ -496,11 +546,27 @@ mod tests {
             "ID=42",
             "userID=42",
             "x=1&Account_Id=42",
+            "fromAccountId=42",
+            "endpointId=42",
+            "afterId=9001&accountId=42",
         ] {
             assert_eq!(object_id("/statement", "/statement", q), Some(42), "{q}");
         }
-        // Words that merely end in "id" are no ids.
-        for q in ["paid=42", "valid=42", "grid=42", "android=42"] {
+        // Words that merely end in "id" are no ids, nor are cursors and correlations.
+        for q in [
+            "paid=42",
+            "valid=42",
+            "grid=42",
+            "android=42",
+            "afterId=42",
+            "since_id=42",
+            "lastEventId=42",
+            "max_tweet_id=42",
+            "MaxId=42",
+            "requestId=42",
+            "trace-id=42",
+            "fromId=42",
+        ] {
             assert_eq!(object_id("/statement", "/statement", q), None, "{q}");
         }
         // A hex identifier (a MongoDB ObjectId) is read by its low 64 bits: ids made one after
@@ -621,6 +687,24 @@ mod tests {
         let sparse = [2, 9_998, 31_426, 77_000, 150_002, 222_222, 310_000, 400_404];
         let more = [512_000, 640_006, 777_778, 901_234];
         assert_eq!(walked(sparse.into_iter().chain(more), "198.18.0.64"), 0);
+    }
+
+    #[test]
+    fn time_buckets_and_page_offsets_are_no_walk() {
+        // A dashboard reading twenty minutes of a metric by its minute buckets (epoch seconds),
+        // and a feed read 50 items a page by offset in the path.
+        assert_eq!(
+            walked((0..20).map(|i| 1_717_000_000 + 60 * i), "198.18.0.65"),
+            0
+        );
+        assert_eq!(walked((0..20).map(|i| 50 * i), "198.18.0.66"), 0);
+        // Under an account's files, the account is the object walked.
+        let id = object_id(
+            "/accounts/42/files/5f1d7a3b9c1e4a0012345678",
+            "/accounts/{id}/files/{hash}",
+            "",
+        );
+        assert_eq!(id, Some(42));
     }
 
     /// Scraping alerts raised by `reqs` (principal's token `tok`, one request per 300 ms).
