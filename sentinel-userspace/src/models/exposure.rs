@@ -12,8 +12,9 @@
 //! - Personal data in bulk across responses (a customer table read page by page, each page under
 //!   the thresholds above): the distinct items of each kind one principal has received within
 //!   `window_s`, against `window_cards`, `window_ibans`, `window_national_ids` and
-//!   `window_emails`, raised once per principal and window. Only principals that received such
-//!   an item have an entry ([`Haul`], 92 bytes: the items are counted by linear counting over a
+//!   `window_emails`, raised once per principal and window. Only principals named by a
+//!   credential (an address alone may be an office's NAT) that received such an item have an
+//!   entry ([`Haul`], 92 bytes: the items are counted by linear counting over a
 //!   small bitmap per kind, not kept); the window starts at the first item and is tumbling, so a
 //!   read spread over two windows needs the threshold in one of them.
 //! - Size: a 2xx response far above its endpoint's learned size (weighted mean and deviation of
@@ -419,12 +420,13 @@ impl Detector for ExposureDetector {
         if (200..300).contains(&o.status) {
             self.size(o, &mut what, &mut ev, &mut severity);
         }
-        // The items across the principal's responses. Clients a trusted proxy could not name
-        // share one stand-in: their items are not one principal's.
+        // The items across the principal's responses, when the principal is someone: a client
+        // known only by its address may be an office or a carrier's NAT, whose many customers
+        // each see their own card and IBAN (and clients a trusted proxy could not name share
+        // one stand-in). Each of their responses is still judged on its own.
+        let someone = ctx.obs.principal.kind != crate::enrich::principal::PrincipalKind::Ip;
         let haul = match &findings {
-            Some(f) if !ctx.unknown_client && f.personal() => {
-                self.haul(ctx, f, what.is_empty(), &mut ev)
-            }
+            Some(f) if someone && f.personal() => self.haul(ctx, f, what.is_empty(), &mut ev),
             _ => None,
         };
         if what.is_empty() && haul.is_none() {
@@ -698,6 +700,23 @@ mod tests {
         }
     }
 
+    /// An office behind one NAT address, without credentials the models can name (cookies of
+    /// a session the server keeps): sixty customers each see their own cards in a morning. The
+    /// address is no one: nothing adds up across its responses.
+    #[test]
+    fn a_shared_address_is_no_principal_to_add_items_up_for() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let mut alerts = Vec::new();
+        for i in 0..60 {
+            let body = format!(r#"{{"cards":["{}"]}}"#, card(i));
+            let mut o = obs(T0 + i * 60 * S, "198.18.7.1", "/cards");
+            o.resp_bytes = body.len() as u64;
+            o.resp_body = body.into_bytes().into();
+            alerts.extend(e.observe(&o));
+        }
+        assert!(alerts.is_empty(), "{alerts:?}");
+    }
+
     /// A customer's own cards and IBAN on every visit and the IBANs of their payees (40 new
     /// ones a day, under the window's 50), day after day, raise nothing: repeats count once
     /// and each window starts afresh. A read of the card table does, and again in a later
@@ -772,7 +791,7 @@ mod tests {
         let (n, bytes) = held(&e);
         assert_eq!(n, 1);
         let page = |t: u64, ip: &str| {
-            let mut o = obs(t, ip, "/balance");
+            let mut o = with_token(obs(t, ip, "/balance"), &format!("tok-{ip}"));
             let body = format!(r#"{{"card":"{}","email":"a{t}@mail.test"}}"#, card(t / S));
             o.resp_body = body.into_bytes().into();
             o
@@ -784,10 +803,13 @@ mod tests {
             more >= bytes + BoundedMap::<Haul>::SLOT_BYTES,
             "{more} {bytes}"
         );
-        // Enough cards for a table read, from behind the proxy: judged per response only.
+        // Enough cards for a table read by clients known only by their address (behind the
+        // proxy, or not): judged per response only.
         let mut alerts = Vec::new();
         for i in 0..40u64 {
-            alerts.extend(e.observe(&page(T0 + (400 + i) * S, "0.0.0.0")));
+            let mut o = page(T0 + (400 + i) * S, "0.0.0.0");
+            o.principal = obs(o.ts_ns, "0.0.0.0", "/balance").principal;
+            alerts.extend(e.observe(&o));
         }
         assert!(alerts.is_empty(), "{alerts:?}");
         assert_eq!(held(&e).0, 2);
