@@ -23,7 +23,7 @@
 //! the capture pipeline does per transaction). Rounds are interleaved; figures are medians.
 //!
 //! Then memory: one million distinct principals (each a login from its own address and a request
-//! with the token it got), engine's own accounting and the process's resident set growth, per
+//! with the token it got, answered with a page naming its owner's e-mail address), engine's own accounting and the process's resident set growth, per
 //! principal.
 //!
 //! `--quick`: fewer rounds, a smaller world and 200k principals for the memory part.
@@ -471,6 +471,12 @@ fn main() -> anyhow::Result<()> {
             &issued_token(&user, t),
         );
         o.endpoint = "/accounts/{id}".into();
+        // The account page names its owner: every principal receives a personal item, as
+        // each customer of a real API sees their own e-mail address, and so holds an exposure
+        // count (its window's distinct items).
+        let page = format!(r#"{{"id":{u},"owner":"{user}@bank.example"}}"#);
+        o.resp_bytes = page.len() as u64;
+        o.resp_body = page.into_bytes().into();
         mem.observe(&o);
     }
     let after = rss_bytes();
@@ -498,7 +504,8 @@ fn main() -> anyhow::Result<()> {
          | peer: httparse request + response heads | {:.2} µs | {:.0}k |\n\n\
          Models cost {:.1}x the peer's head parsing.\n\n\
          Memory with {} distinct principals (a login from its own address, then a request with \
-         its token): {:.0} bytes per principal by the engine's own accounting, {:.0} bytes by \
+         its token answered with a page naming the owner's e-mail address, so that each holds an \
+         exposure count): {:.0} bytes per principal by the engine's own accounting, {:.0} bytes by \
          resident-set growth; projected for 1M principals: {:.0} MiB (limit 1024 MiB). Per detector \
          (bytes/principal): {}; profiles {}, credential links {}.\n",
         stats.detectors.len(),
