@@ -256,7 +256,9 @@ impl Enricher {
             .or_else(|| {
                 matches!(
                     principal.kind,
-                    principal::PrincipalKind::ApiKey | principal::PrincipalKind::Session
+                    principal::PrincipalKind::ApiKey
+                        | principal::PrincipalKind::Session
+                        | principal::PrincipalKind::Token
                 )
                 .then_some(secret_hash)
                 .flatten()

@@ -1,7 +1,8 @@
 //! Who a request is from: the principal, by the strongest evidence present.
 //!
 //! Order: bearer token (the JWT `sub` when it is a JWT, else a hash of the token), API key
-//! headers, session cookie, the `sub` of a JWT carried elsewhere (a token header, any cookie, an
+//! headers, another opaque credential ([`opaque_credential`]: `Authorization: Token`, `ApiKey`
+//! and the like, a token header holding no JWT), session cookie, the `sub` of a JWT carried elsewhere (a token header, any cookie, an
 //! `access_token` query parameter: [`jwt_elsewhere`]), login username (JSON or form body of a
 //! login endpoint), then the client address (the source IP, or the `X-Forwarded-For` client when the source is a trusted
 //! proxy; `ip:unknown` when that client cannot be told). Secrets never appear in clear: tokens, keys and cookies are shown as a stable short
@@ -675,6 +676,61 @@ pub fn basic_user(authorization: &str) -> Option<String> {
     Some(text.split_once(':').map_or(&*text, |(u, _)| u).to_owned())
 }
 
+/// `Authorization` schemes besides `Bearer` whose credentials are a token or key the server
+/// looks up as it would a bearer token, in lower case without separators ([`field_style`]):
+/// `Token` (Django REST Framework, Rails, GitHub), `ApiKey`, `Api-Key` or `API_KEY`
+/// (Elasticsearch and many gateways) and `Key`. Schemes that sign each request (AWS SigV4,
+/// `Digest`, OAuth 1.0) carry no credential that repeats, and `Basic` is a login.
+const TOKEN_SCHEMES: [(&str, PrincipalKind); 3] = [
+    ("token", PrincipalKind::Token),
+    ("apikey", PrincipalKind::ApiKey),
+    ("key", PrincipalKind::ApiKey),
+];
+
+/// An opaque credential a request carries outside `Authorization: Bearer` and the API key
+/// headers, and the kind of principal it names: the credentials of an `Authorization` scheme
+/// of [`TOKEN_SCHEMES`] (Rails' `Token token="..."` read for its token), an `Authorization`
+/// value that is one word and not only letters (the key itself, without a scheme), else the value of a token
+/// header ([`TOKEN_HEADERS`], `Bearer ` dropped) that is no JWT: a JWT there is
+/// [`jwt_elsewhere`]'s, named by its subject.
+pub fn opaque_credential<'a>(req: &RequestView<'a>) -> Option<(&'a str, PrincipalKind)> {
+    if let Some(auth) = req.header("authorization").map(str::trim) {
+        match auth.split_once(|c: char| c.is_ascii_whitespace()) {
+            Some((scheme, creds)) => {
+                let scheme = field_style(scheme);
+                if let Some((_, kind)) = TOKEN_SCHEMES.iter().find(|(s, _)| *s == scheme) {
+                    let creds = creds.trim();
+                    let named = creds
+                        .get(..6)
+                        .filter(|p| p.eq_ignore_ascii_case("token="))
+                        .map(|_| {
+                            let v = creds[6..].split(',').next().unwrap_or_default().trim();
+                            v.strip_prefix('"')
+                                .and_then(|v| v.strip_suffix('"'))
+                                .unwrap_or(v)
+                        });
+                    let tok = named.unwrap_or(creds);
+                    if !tok.is_empty() {
+                        return Some((tok, *kind));
+                    }
+                }
+            }
+            // A scheme's name alone (`Bearer` without its token) is no key.
+            None if !auth.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                return Some((auth, PrincipalKind::Token));
+            }
+            None => {}
+        }
+    }
+    req.headers.iter().find_map(|(name, value)| {
+        if !TOKEN_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            return None;
+        }
+        let v = bearer_token(value).unwrap_or(value).trim();
+        (!v.is_empty() && !looks_like_jwt(v)).then_some((v, PrincipalKind::Token))
+    })
+}
+
 /// Headers besides `Authorization` and the API key headers that APIs carry a JWT in (lower
 /// case), a `Bearer ` before it or not.
 const TOKEN_HEADERS: [&str; 8] = [
@@ -873,6 +929,13 @@ pub fn identify(
                 id: hash(k.trim()),
             };
         }
+    }
+    // A key sent as `Authorization: ApiKey k` is the principal `X-API-Key: k` is.
+    if let Some((secret, kind)) = opaque_credential(req) {
+        return Principal {
+            kind,
+            id: hash(secret),
+        };
     }
     // Every `Cookie` line: HTTP/2 (and a proxy translating it) sends one per cookie.
     for (_, cookies) in req
@@ -1100,14 +1163,18 @@ mod tests {
         ]);
         let p = principal(&view("/login", &json, br#"{"username":"bob"}"#), &cfg);
         assert_eq!((p.kind, p.id.as_str()), (PrincipalKind::User, "bob"));
-        // Values that are no JWT, two dots or not, name nothing.
-        let hs = h(&[
-            ("Cookie", "_ga=GA1.2.3; v=eyJhIjoxfQ.a.b; n=e.x.y"),
-            ("X-Auth-Token", "abc.def.ghi"),
-        ]);
+        // Cookies that are no JWT, two dots or not, name nothing; a token header's value that
+        // is none is an opaque token, named by its hash.
+        let hs = h(&[("Cookie", "_ga=GA1.2.3; v=eyJhIjoxfQ.a.b; n=e.x.y")]);
         assert_eq!(
             principal(&view("/", &hs, b""), &cfg).kind,
             PrincipalKind::Ip
+        );
+        let hs = h(&[("X-Auth-Token", "abc.def.ghi")]);
+        let p = principal(&view("/", &hs, b""), &cfg);
+        assert_eq!(
+            (p.kind, p.id),
+            (PrincipalKind::Token, short_hash("abc.def.ghi"))
         );
     }
 
@@ -1188,6 +1255,53 @@ mod tests {
         let p = principal(&view("/", &hs, b""), &cfg);
         assert_eq!(p.kind, PrincipalKind::Session);
         assert_eq!(p.id, short_hash("abc123"));
+    }
+
+    #[test]
+    fn opaque_credentials_outside_bearer_name_one_principal_by_their_hash() {
+        let cfg = PrincipalConfig::default();
+        let named = |pairs: &[(&str, &str)]| {
+            let hs = h(pairs);
+            let p = principal(&view("/", &hs, b""), &cfg);
+            (p.kind, p.id)
+        };
+        let key = (PrincipalKind::ApiKey, short_hash("k-1"));
+        // One key, however it is sent, is one principal (and one credential: its hash).
+        for auth in ["ApiKey k-1", "Api-Key k-1", "API_KEY  k-1 ", "key k-1"] {
+            assert_eq!(named(&[("Authorization", auth)]), key, "{auth}");
+        }
+        assert_eq!(named(&[("X-API-Key", "k-1")]), key);
+        let tok = (PrincipalKind::Token, short_hash("t-1"));
+        for (name, value) in [
+            ("Authorization", "Token t-1"),
+            ("Authorization", r#"Token token="t-1", nonce="x""#),
+            ("Authorization", "t-1"),
+            ("X-Auth-Token", "t-1"),
+            ("x-access-token", "Bearer t-1"),
+            ("X-Token", " t-1 "),
+        ] {
+            assert_eq!(named(&[(name, value)]), tok, "{name}: {value}");
+        }
+        // Not a credential that repeats: a login, signatures, a scheme without its token.
+        for auth in [
+            "Basic YWxpY2U6cHc=",
+            "Digest username=\"a\", nonce=\"n\"",
+            "AWS4-HMAC-SHA256 Credential=AKIA/x, Signature=ab12",
+            "Bearer",
+            "Token ",
+        ] {
+            assert_eq!(
+                named(&[("Authorization", auth)]).0,
+                PrincipalKind::Ip,
+                "{auth}"
+            );
+        }
+        // A JWT in a token header stays named by its subject.
+        let t = jwt(r#"{"alg":"HS256"}"#, r#"{"sub":"nadia"}"#);
+        assert_eq!(
+            named(&[("X-Auth-Token", &t)]),
+            (PrincipalKind::Jwt, "nadia".into())
+        );
     }
 
     #[test]
