@@ -9,8 +9,13 @@
 //!
 //! Memory is bounded: at most `max_nodes` trie nodes; past that, unseen literal segments are
 //! folded into `{other}` so a scanner hitting random paths cannot grow the table.
+//!
+//! A path is read as most servers route it first ([`canonical`]): in lower case, unreserved
+//! characters' escapes decoded, `;` parameters, empty and `.` segments dropped, `..` resolved.
+//! Spellings of one endpoint are one template, so a client cannot multiply the limits learned
+//! per endpoint by spelling it `/Balance`, `/BALANCE` and `/b%61lance`.
 
-use std::{collections::HashMap, hash::BuildHasherDefault};
+use std::{borrow::Cow, collections::HashMap, hash::BuildHasherDefault};
 
 use crate::reassembly::FxHasher;
 
@@ -103,6 +108,78 @@ pub fn shape_placeholder(seg: &str) -> Option<&'static str> {
     None
 }
 
+/// A request path as the templates read it, the spellings most servers route to one handler
+/// made one: ASCII letters in lower case (IIS, ASP.NET and many Java and Windows stacks ignore
+/// case; on a server that does not, paths differing only in case are one endpoint's misspellings
+/// at most), `%XX` escapes of unreserved characters decoded (RFC 3986 §6.2.2.2: `/b%61lance` is
+/// `/balance`; other escapes stay, their hex digits in lower case), a segment's `;` parameters
+/// dropped (Tomcat and Spring route `/balance;jsessionid=x` to `/balance`), empty and `.`
+/// segments dropped and `..` resolved (RFC 3986 §5.2.4), never above the root; the trailing
+/// slash goes with the empty segments. Borrowed when there is nothing to change (nearly every
+/// path): no allocation per request.
+pub fn canonical(path: &str) -> Cow<'_, str> {
+    let clean = !path
+        .bytes()
+        .any(|b| b.is_ascii_uppercase() || b == b'%' || b == b';')
+        && !path.contains("/.");
+    if clean {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    // Where each kept segment starts in `out`, for `..`.
+    let mut starts: Vec<usize> = Vec::new();
+    for raw in path.split('/') {
+        let raw = raw.split(';').next().unwrap_or_default();
+        let start = out.len();
+        out.push('/');
+        push_canonical_segment(&mut out, raw);
+        match &out[start + 1..] {
+            "" | "." => out.truncate(start),
+            ".." => {
+                out.truncate(starts.pop().unwrap_or(start));
+            }
+            _ => starts.push(start),
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+/// Appends `seg` to `out` in lower case, escapes of unreserved characters decoded.
+fn push_canonical_segment(out: &mut String, seg: &str) {
+    let b = seg.as_bytes();
+    let hex = |c: u8| char::from(c).to_digit(16);
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            let c = (h * 16 + l) as u8;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                out.push(char::from(c.to_ascii_lowercase()));
+            } else {
+                out.push('%');
+                out.push(char::from(b[i + 1].to_ascii_lowercase()));
+                out.push(char::from(b[i + 2].to_ascii_lowercase()));
+            }
+            i += 3;
+            continue;
+        }
+        // Copy up to the next escape as it is, in lower case (UTF-8 stays whole).
+        let next = b[i + 1..]
+            .iter()
+            .position(|&c| c == b'%')
+            .map_or(b.len(), |p| i + 1 + p);
+        out.push_str(&seg[i..next].to_ascii_lowercase());
+        i = next;
+    }
+}
+
 impl Templates {
     /// A learner with these bounds.
     pub fn new(limits: TemplateLimits) -> Self {
@@ -146,6 +223,7 @@ impl Templates {
     }
 
     fn template_of(&mut self, path: &str, learn: bool) -> String {
+        let path = canonical(path);
         let mut out = String::with_capacity(path.len());
         let mut node = 0usize;
         let mut segs = path.split('/').filter(|s| !s.is_empty()).peekable();
@@ -261,6 +339,42 @@ mod tests {
         assert_eq!(t.template("/"), "/");
         assert_eq!(t.template("/login"), "/login");
         assert_eq!(t.template("/login/"), "/login");
+    }
+
+    #[test]
+    fn spellings_servers_route_alike_are_one_template() {
+        let mut t = Templates::default();
+        for path in [
+            "/balance",
+            "/Balance",
+            "/BALANCE/",
+            "//balance",
+            "/b%61lance",
+            "/%62%41LANCE",
+            "/balance;jsessionid=0A1B",
+            "/./balance/.",
+            "/%2e/balance",
+            "/x/../balance",
+            "/../../balance",
+        ] {
+            assert_eq!(t.template(path), "/balance", "{path}");
+        }
+        assert_eq!(t.len(), 2, "one node besides the root");
+        assert_eq!(t.template("/Accounts/42/TX/7"), "/accounts/{id}/tx/{id}");
+        assert_eq!(t.template("/accounts/%34%32"), "/accounts/{id}");
+        // Reserved characters' escapes stay escaped (only their case is one).
+        assert_eq!(t.template("/a%2Fb"), "/a%2fb");
+        assert_eq!(t.template("/a%2fb"), "/a%2fb");
+        assert_eq!(canonical("/r%C3%A9sum%C3%A9"), "/r%c3%a9sum%c3%a9");
+        assert_eq!(canonical("/Ünï/%zz/%4"), "/Ünï/%zz/%4");
+        assert_eq!(canonical("/.."), "/");
+        assert!(matches!(canonical("/accounts/42/"), Cow::Borrowed(_)));
+        // The object id under a template's `{id}` is read from the same segments.
+        let ep = t.template("/./Accounts/%34%32");
+        assert_eq!(
+            crate::models::enumeration::object_id("/./Accounts/%34%32", &ep, ""),
+            Some(42)
+        );
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub struct Config {
     pub scrape_min_distinct_ratio: f64,
     /// Request floor multiplier for principals with a normal client flow. Default 4.
     pub flow_factor: f64,
-    /// Endpoint templates that belong to a normal client flow. Default `/login`, `/balance`.
+    /// Endpoint templates that belong to a normal client flow, in any case (templates are in
+    /// lower case). Default `/login`, `/balance`.
     pub flow_endpoints: Vec<String>,
 }
 
@@ -207,7 +208,8 @@ pub struct EnumerationDetector {
 /// The numeric object id of a request: the path segment under the template's last `{id}` (else
 /// its last `{hash}`: a hex identifier such as a MongoDB ObjectId, by its low 64 bits, where ids
 /// made one after the other differ; `/accounts/{id}/files/{hash}` walks accounts), or an id
-/// query parameter ([`is_id_key`]).
+/// query parameter ([`is_id_key`]). The path is read as its template was
+/// ([`crate::enrich::template::canonical`]), so that their segments line up.
 pub fn object_id(path: &str, endpoint: &str, query: &str) -> Option<u64> {
     let last = |ph: &str| {
         endpoint
@@ -218,6 +220,7 @@ pub fn object_id(path: &str, endpoint: &str, query: &str) -> Option<u64> {
             .last()
             .map(|(pos, _)| pos)
     };
+    let path = crate::enrich::template::canonical(path);
     let segment = |pos: usize| path.split('/').filter(|s| !s.is_empty()).nth(pos);
     if let Some(pos) = last("{id}") {
         return segment(pos)?.parse().ok();
@@ -408,7 +411,11 @@ impl EnumerationDetector {
         let now = ms32(o.ts_ns);
         let flow = ctx.account.is_some()
             || (ctx.is_login && !ctx.login_failed)
-            || self.cfg.flow_endpoints.contains(&o.endpoint);
+            || self
+                .cfg
+                .flow_endpoints
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(&o.endpoint));
         let (c, idle) = self
             .crawls
             .entry_idle(ctx.entity, o.ts_ns, || Crawl::new(now, false));

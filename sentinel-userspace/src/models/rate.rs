@@ -458,7 +458,10 @@ impl Detector for RateDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::{Engine, ModelsConfig, synth::*};
+    use crate::{
+        enrich::principal::short_hash,
+        models::{Engine, ModelsConfig, synth::*},
+    };
 
     const _: () = assert!(BoundedMap::<Counter>::SLOT_BYTES == 40);
 
@@ -514,6 +517,62 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The rate alerts on `tok:<hash of token>` over `n` requests 200 ms apart from one
+    /// address, through the enricher (which names the endpoint), after the population of
+    /// `/balance` was learned; the path of each is the next of `spellings`.
+    fn rate_alerts_over_spellings(token: &str, n: usize, spellings: &[&str]) -> Vec<String> {
+        use crate::enrich::pipeline::{EnrichSettings, Enricher};
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        population(&mut e, 200, 2);
+        let mut enricher = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let auth = format!("Bearer {token}");
+        let start = T0 + 3 * 86_400 * S;
+        let mut alerts = Vec::new();
+        for i in 0..n {
+            let o = enricher.enrich(get_facts(
+                start + i as u64 * 200_000_000,
+                "198.18.250.9".parse().unwrap(),
+                spellings[i % spellings.len()],
+                &[("Authorization", &auth)],
+            ));
+            let who = o.principal.name();
+            alerts.extend(
+                e.observe(&o)
+                    .into_iter()
+                    .filter(|a| a.kind == AlertKind::RateAnomaly)
+                    .map(|a| format!("{who}: {}", a.explanation)),
+            );
+        }
+        alerts
+    }
+
+    #[test]
+    fn spellings_of_one_path_share_its_learned_limit() {
+        // Servers that ignore case (IIS, ASP.NET, many Java stacks), decode unreserved escapes
+        // and resolve `.` segments and `;` parameters route all of these to /balance: 48
+        // requests in 10 s against a limit of 20 are 48, not six times 8.
+        let spellings = [
+            "/balance",
+            "/Balance",
+            "/BALANCE",
+            "/b%61lance",
+            "/./balance/",
+            "/balance;jsessionid=0A1B",
+        ];
+        let alerts = rate_alerts_over_spellings("spread-1", 48, &spellings);
+        assert!(
+            alerts
+                .iter()
+                .any(|a| a.starts_with(&format!("tok:{}", short_hash("spread-1")))),
+            "{alerts:?}"
+        );
+        // A client within its limit, whatever it spells, is not flagged.
+        assert_eq!(
+            rate_alerts_over_spellings("calm-1", 16, &spellings),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -178,3 +178,32 @@ pub fn alert(kind: AlertKind, src_ip: &str, ts_ns: u64) -> Alert {
         recommended_rate: None,
     }
 }
+
+/// A `GET path` from `ip` at `ts_ns` with `headers`, answered 200 with `{}`: the facts of a
+/// transaction for the enricher (which names its principal and endpoint as the daemon would).
+pub fn get_facts<'a>(
+    ts_ns: u64,
+    ip: IpAddr,
+    path: &'a str,
+    headers: &[(&'a str, &'a str)],
+) -> crate::enrich::pipeline::TransactionFacts<'a> {
+    crate::enrich::pipeline::TransactionFacts {
+        ts_ns,
+        src: (ip, 40000),
+        dst: ("198.18.255.1".parse().expect("address"), 8080),
+        method: "GET",
+        path,
+        query: "",
+        req_headers: headers
+            .iter()
+            .map(|(n, v)| ((*n).into(), (*v).into()))
+            .collect(),
+        req_body: b"",
+        req_bytes: 0,
+        status: 200,
+        resp_content_type: Some("application/json"),
+        resp_body: b"{}",
+        resp_bytes: 2,
+        latency_ms: 3.0,
+    }
+}

@@ -439,31 +439,14 @@ mod tests {
     /// seconds apart, answered 200), through the enricher as the daemon sees them, located by
     /// the tiny world of [`geo_of`].
     fn through_enricher(headers: &[(&str, &str)], ips: &[String]) -> Vec<crate::models::Alert> {
-        use crate::enrich::pipeline::{EnrichSettings, Enricher, TransactionFacts};
+        use crate::enrich::pipeline::{EnrichSettings, Enricher};
         let mut enricher = Enricher::new(None, &EnrichSettings::default()).unwrap();
         let mut e = Engine::new(&ModelsConfig::default()).unwrap();
         let mut alerts = Vec::new();
         for (i, ip) in ips.iter().enumerate() {
             let src: std::net::IpAddr = ip.parse().unwrap();
-            let mut o = enricher.enrich(TransactionFacts {
-                ts_ns: T0 + i as u64 * 10 * S,
-                src: (src, 40000),
-                dst: ("198.18.255.1".parse().unwrap(), 8080),
-                method: "GET",
-                path: "/balance",
-                query: "",
-                req_headers: headers
-                    .iter()
-                    .map(|(n, v)| ((*n).into(), (*v).into()))
-                    .collect(),
-                req_body: b"",
-                req_bytes: 0,
-                status: 200,
-                resp_content_type: Some("application/json"),
-                resp_body: b"{}",
-                resp_bytes: 2,
-                latency_ms: 3.0,
-            });
+            let mut o =
+                enricher.enrich(get_facts(T0 + i as u64 * 10 * S, src, "/balance", headers));
             o.geo = geo_of(src);
             alerts.extend(e.observe(&o));
         }
