@@ -25,6 +25,21 @@
 //! The reference case (a Riyadh account, then 500 attempts in 3 minutes from Hanoi with a script)
 //! scores 3 + 3.5 + 3.5 after three attempts and is raised at the third, about 0.7 s in; a user
 //! with three wrong passwords from home scores 3.
+//!
+//! A slow, steady guesser (one guess every five minutes never has three failures in a 600 s
+//! window, yet makes 288 a day) is counted over a longer horizon, `slow_window_s` (a day), per
+//! account, and raised at `slow_min_failures` (20). Only failures that do not look like the
+//! account's owner count there: from a country the account never logged in from, by an
+//! automated client, or with a kind of client (user-agent family) the account never logged in
+//! with. A phone app retrying an old password in the background, from its owner's country with
+//! the app the account logs in with, fails all day at any pace and never counts; a user
+//! mistyping a few times a day on a new laptop counts a few, far below 20 (the simulated
+//! population's worst is a forgotten password, three failures in a session, two sessions a
+//! day). Counting every failure against a high bar instead would not do: an app stuck on an old
+//! password fails as steadily as a guesser does, at whatever pace it retries. Only accounts with
+//! such failures get this state ([`SlowFails`], a slot of 32 bytes), kept for two horizons after
+//! the last; the owner's logins in between do not reset it (an attacker's guesses do not stop
+//! counting because the owner logged in as usual).
 
 use std::hash::Hasher;
 
@@ -73,6 +88,14 @@ pub struct Config {
     /// User-agent substrings (lower case) of automated clients. Default: common HTTP libraries
     /// and attack tools.
     pub automation_agents: Vec<String>,
+    /// The long horizon over which one account's failures that do not look like its owner's
+    /// (a new country, an automated client, a client the account never used) are counted, to
+    /// name a guesser too slow for `window_s`, seconds. Default 86,400 (a day).
+    pub slow_window_s: f64,
+    /// Such failures on one account within `slow_window_s` that make a (slow) brute force.
+    /// Default 20: a guess every five minutes is named after 100 minutes, while honest
+    /// mistakes (a few a day) stay far below.
+    pub slow_min_failures: u32,
 }
 
 impl Default for Config {
@@ -110,6 +133,8 @@ impl Default for Config {
             ]
             .map(String::from)
             .to_vec(),
+            slow_window_s: 86_400.0,
+            slow_min_failures: 20,
         }
     }
 }
@@ -141,6 +166,21 @@ impl Config {
                 self.fingerprint_min_failure_ratio,
             )
             .positive("rapid_interval_s", self.rapid_interval_s)
+            .check(
+                "slow_window_s",
+                self.slow_window_s.is_finite() && self.slow_window_s > self.window_s,
+                "must be a number of seconds longer than window_s",
+            )
+            .check(
+                "slow_window_s",
+                self.slow_window_s <= SLOW_MAX_S,
+                "must be at most 1209600 (14 days)",
+            )
+            .check(
+                "slow_min_failures",
+                self.slow_min_failures >= self.min_failures.max(2),
+                "must be at least min_failures (and at least 2)",
+            )
             .finish()
     }
 }
@@ -150,6 +190,72 @@ const SCALE: f64 = 10.0;
 
 /// The discount on a failure from a new country with a kind of client the account has used.
 const DOUBT: f64 = 0.5;
+
+/// The longest `slow_window_s` accepted: 14 days.
+const SLOW_MAX_S: f64 = 14.0 * 86_400.0;
+
+/// One account's failures that do not look like its owner's, over `slow_window_s`: a sliding
+/// count over two tumbling buckets (as [`Window`], in whole seconds and 16 bits, to keep the
+/// slot at 32 bytes: a million accounts under slow attack cost about 40 MB with the index).
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct SlowFails {
+    /// Start of the current bucket, seconds since the epoch (0: none yet).
+    start_s: u32,
+    /// Failures in the current and the previous bucket (saturating).
+    cur: u16,
+    prev: u16,
+    /// First failure counted, seconds since the epoch.
+    first_s: u32,
+    /// Of those, how many came from a new country, and how many from an automated client
+    /// (saturating; for the explanation).
+    new_country: u16,
+    automated: u16,
+    /// The count when the run was last raised (0: not yet): raised again when it doubles, so
+    /// that a guesser slower than the alert cooldown is not raised at every guess.
+    raised: u32,
+}
+
+const _: () = assert!(size_of::<SlowFails>() == 20);
+const _: () = assert!(BoundedMap::<SlowFails>::SLOT_BYTES == 32);
+
+impl SlowFails {
+    /// Moves the buckets on to `now` (`w` seconds each).
+    fn roll(&mut self, now: u32, w: u32) {
+        let past = now.saturating_sub(self.start_s);
+        if self.start_s == 0 || past < w {
+            return;
+        }
+        self.prev = if past / w == 1 { self.cur } else { 0 };
+        self.cur = 0;
+        self.start_s = now - past % w;
+    }
+
+    /// A failure at `now` (seconds); a run that lapsed (nothing counted for two windows)
+    /// starts again.
+    fn note(&mut self, now: u32, w: u32, new_country: bool, automated: bool) {
+        if self.start_s == 0 || self.count(now, w) < 1.0 {
+            *self = Self {
+                start_s: now,
+                first_s: now,
+                ..Self::default()
+            };
+        }
+        self.roll(now, w);
+        self.cur = self.cur.saturating_add(1);
+        self.first_s = self.first_s.min(now);
+        self.new_country = self.new_country.saturating_add(u16::from(new_country));
+        self.automated = self.automated.saturating_add(u16::from(automated));
+    }
+
+    /// Failures within the last `w` seconds at `now`.
+    fn count(&self, now: u32, w: u32) -> f64 {
+        let mut c = *self;
+        c.roll(now, w);
+        let into = f64::from(now.saturating_sub(c.start_s)) / f64::from(w.max(1));
+        f64::from(c.cur) + f64::from(c.prev) * (1.0 - into.min(1.0))
+    }
+}
 
 #[derive(Clone, Copy, Default)]
 struct AccountState {
@@ -267,6 +373,10 @@ pub struct CredentialDetector {
     window: u64,
     rapid: u64,
     accounts: BoundedMap<AccountState>,
+    /// Accounts with failures that do not look like their owner's, over `slow_window_s`.
+    slow: BoundedMap<SlowFails>,
+    /// `slow_window_s` in whole seconds.
+    slow_window: u32,
     sources: BoundedMap<SourceState>,
     fingerprints: BoundedMap<FingerprintState>,
 }
@@ -294,6 +404,8 @@ impl CredentialDetector {
             window,
             rapid: secs(cfg.rapid_interval_s),
             accounts: BoundedMap::new(cap, 2 * window),
+            slow: BoundedMap::new(cap, 2 * secs(cfg.slow_window_s)),
+            slow_window: cfg.slow_window_s.ceil() as u32,
             sources: BoundedMap::new(cap, 2 * window),
             fingerprints: BoundedMap::new(cap / 16 + 16, 2 * window),
         }
@@ -307,6 +419,83 @@ impl CredentialDetector {
                 ua.trim().is_empty() || self.cfg.automation_agents.iter().any(|a| ua.contains(a))
             }
         }
+    }
+}
+
+impl CredentialDetector {
+    /// A failure on account `k` that the short window did not raise: counted over
+    /// `slow_window_s` when it does not look like the owner's, and raised as a slow brute force
+    /// at `slow_min_failures`.
+    ///
+    /// What counts: a country the account never logged in from, an automated client, or a kind
+    /// of client the account has a profile without. Not the account's own client in its own
+    /// countries: an app retrying an old password in the background fails like that all day,
+    /// at a pace no bar on plain counts could tell from a guesser's. An account without a
+    /// profile (never seen logging in, or not since the daemon started) has no client to judge
+    /// by: only a new country (none there) or automation counts for it.
+    fn slow_guess(
+        &mut self,
+        ctx: &Ctx<'_>,
+        k: u64,
+        new_country: bool,
+        automated: bool,
+        known_device: bool,
+        out: &mut Vec<Detection>,
+    ) {
+        let new_client = ctx.profile.is_some() && !known_device;
+        if !(new_country || automated || new_client) {
+            return;
+        }
+        let o = ctx.obs;
+        let (now, w) = ((o.ts_ns / NS) as u32, self.slow_window);
+        let slow = self.slow.entry(k, o.ts_ns, SlowFails::default);
+        slow.note(now, w, new_country, automated);
+        let fails = slow.count(now, w).round();
+        let subject = subject::named("account", k);
+        if fails < f64::from(self.cfg.slow_min_failures)
+            || fails < 2.0 * f64::from(slow.raised)
+            || ctx.is_repeat(AlertKind::BruteForce, subject, Severity::High)
+        {
+            return;
+        }
+        slow.raised = fails as u32;
+        let slow = *slow;
+        let span = f64::from(now.saturating_sub(slow.first_s));
+        let username = o.login.as_ref().map_or("?", |l| l.username.as_str());
+        let ua = o.user_agent.as_deref().unwrap_or("none");
+        let alert = ctx.alert(
+            AlertKind::BruteForce,
+            Severity::High,
+            (fails / (2.0 * f64::from(self.cfg.slow_min_failures))).clamp(0.7, 1.0),
+            format!(
+                "{fails} failed logins for account {username} within {} (over {}, about one every {}), never {} within {}: a slow, steady guesser; the last from {} in {} ({ua}). Counted are failures from a country the account never logged in from ({} of them), by an automated client ({}) or with a client it never used, not its own client at home (an app retrying an old password).",
+                span_text(self.cfg.slow_window_s),
+                span_text(span),
+                span_text(span / (fails - 1.0).max(1.0)),
+                self.cfg.min_failures,
+                span_text(self.cfg.window_s),
+                crate::enrich::principal::client_text(o.client_ip),
+                ctx.place(),
+                slow.new_country,
+                slow.automated,
+            ),
+            evidence([
+                ("failures", json!(fails)),
+                ("slow_window_s", json!(self.cfg.slow_window_s)),
+                ("threshold", json!(self.cfg.slow_min_failures)),
+                ("span_s", json!(span)),
+                ("from_new_country", json!(slow.new_country)),
+                ("automated_client", json!(slow.automated)),
+                ("new_country", json!(new_country)),
+                ("known_client", json!(known_device)),
+                ("user_agent", json!(ua)),
+                (
+                    "account_countries",
+                    json!(ctx.profile.map(|p| p.country_list()).unwrap_or_default()),
+                ),
+            ]),
+        );
+        out.push(Detection { alert, subject });
     }
 }
 
@@ -527,6 +716,9 @@ impl Detector for CredentialDetector {
                 );
                 out.push(Detection { alert, subject });
             }
+            if !account_fired {
+                self.slow_guess(ctx, k, new_country, automated, known_device, out);
+            }
         }
 
         let src_fails = src.fails.count(now, w);
@@ -663,16 +855,18 @@ impl Detector for CredentialDetector {
 
     fn tick(&mut self, now_ns: u64, _out: &mut Vec<Detection>) {
         self.accounts.sweep(now_ns, 4096);
+        self.slow.sweep(now_ns, 4096);
         self.sources.sweep(now_ns, 4096);
         self.fingerprints.sweep(now_ns, 1024);
     }
 
     fn tracked(&self) -> usize {
-        self.accounts.len() + self.sources.len() + self.fingerprints.len()
+        self.accounts.len() + self.slow.len() + self.sources.len() + self.fingerprints.len()
     }
 
     fn memory_bytes(&self) -> usize {
         self.accounts.memory_bytes()
+            + self.slow.memory_bytes()
             + self.sources.memory_bytes()
             + self.fingerprints.memory_bytes()
     }
@@ -1085,6 +1279,103 @@ mod tests {
             alerts.iter().any(|a| a.kind == AlertKind::BruteForce),
             "{alerts:?}"
         );
+    }
+
+    #[test]
+    fn the_slow_horizon_is_checked() {
+        use super::Config;
+        let bad = |f: fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            c.validate().unwrap_err().to_string()
+        };
+        let e = bad(|c| c.slow_window_s = 300.0);
+        assert!(
+            e.contains("credential.slow_window_s") && e.contains("longer than window_s"),
+            "{e}"
+        );
+        assert!(bad(|c| c.slow_window_s = f64::NAN).contains("slow_window_s"));
+        assert!(bad(|c| c.slow_window_s = 30.0 * 86_400.0).contains("14 days"));
+        let e = bad(|c| c.slow_min_failures = 1);
+        assert!(e.contains("credential.slow_min_failures"), "{e}");
+    }
+
+    const APP: &str = "BankApp/4.2.1 (iPhone; iOS 18.1)";
+
+    /// Layla's account with five days of history, then a day of failed logins on it from `ip`
+    /// with `ua`, `gap` apart, while she logs in from home with her app at 08:00 and 20:00:
+    /// the brute-force alerts.
+    fn a_day_of_failures(ip: &str, ua: &str, gap: u64) -> Vec<crate::models::Alert> {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        history(&mut e, "layla", "192.0.2.44", 5);
+        let day = T0 + 5 * 86_400 * S;
+        let mut owner = [8u64, 20]
+            .map(|h| day + h * 3600 * S)
+            .into_iter()
+            .peekable();
+        let mut alerts = Vec::new();
+        let mut t = day + 7;
+        while t < day + 86_400 * S {
+            if let Some(o) = owner.next_if(|&o| o <= t) {
+                alerts.extend(e.observe(&login(o, "192.0.2.44", "layla", true, APP)));
+            }
+            alerts.extend(e.observe(&login(t, ip, "layla", false, ua)));
+            t += gap;
+        }
+        alerts.retain(|a| a.kind == AlertKind::BruteForce);
+        alerts
+    }
+
+    #[test]
+    fn a_slow_steady_guesser_under_the_window_is_a_brute_force() {
+        // One guess every 301 s never has three failures in the 600 s window, yet it is 288
+        // guesses a day: from Hanoi with a script, from Hanoi with a browser, from the
+        // account's own city with a script, and from there with a client it never used.
+        for (ip, ua) in [
+            ("203.0.113.10", "python-requests/2.31"),
+            ("203.0.113.10", BROWSER),
+            ("192.0.2.99", "python-requests/2.31"),
+            ("192.0.2.99", BROWSER),
+        ] {
+            let alerts = a_day_of_failures(ip, ua, 301 * S);
+            let a = alerts
+                .first()
+                .unwrap_or_else(|| panic!("no alert for {ip} {ua}"));
+            assert!(a.explanation.contains("slow"), "{}", a.explanation);
+            assert_eq!(a.evidence["failures"], 20.0, "{:?}", a.evidence);
+            // Raised again as the count doubles (40, 80, 160), not at every guess.
+            assert_eq!(alerts.len(), 4, "{alerts:?}");
+        }
+    }
+
+    #[test]
+    fn an_app_retrying_an_old_password_or_a_clumsy_typist_is_not_a_slow_brute_force() {
+        // The owner's phone app at home, retrying an old password all day in the background.
+        for gap in [150 * S, 301 * S, 900 * S] {
+            let alerts = a_day_of_failures("192.0.2.44", APP, gap);
+            assert!(alerts.is_empty(), "{alerts:?}");
+        }
+        // A user who mistypes three times before each of two logins a day, for a week, on a
+        // laptop the account never used before.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        history(&mut e, "omar", "192.0.2.50", 3);
+        let mut alerts = Vec::new();
+        for d in 3..10u64 {
+            for h in [9u64, 18] {
+                let t = T0 + d * 86_400 * S + h * 3600 * S;
+                for i in 0..3 {
+                    alerts.extend(e.observe(&login(
+                        t + i * 20 * S,
+                        "192.0.2.50",
+                        "omar",
+                        false,
+                        BROWSER,
+                    )));
+                }
+                alerts.extend(e.observe(&login(t + 80 * S, "192.0.2.50", "omar", true, BROWSER)));
+            }
+        }
+        assert!(alerts.is_empty(), "{alerts:?}");
     }
 
     #[test]
