@@ -93,7 +93,8 @@ impl Analyzer {
         // The enricher reads user names where the models count logins.
         let enricher = Enricher::new(geo, enrich)
             .map_err(AnalyzerError::Config)?
-            .with_login_paths(&models.login_endpoints);
+            .with_login_paths(&models.login_endpoints)
+            .with_graphql(&models.graphql_endpoints, &models.graphql_login_fields);
         let engine = Engine::new(models).map_err(|e| AnalyzerError::Config(e.to_string()))?;
         Ok(Self {
             enricher,

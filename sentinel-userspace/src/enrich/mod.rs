@@ -2,6 +2,7 @@
 //! which endpoint (template).
 
 pub mod geo;
+pub mod graphql;
 pub mod pipeline;
 pub mod principal;
 pub mod template;

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::{
     geo::{GeoDb, GeoInfo},
+    graphql,
     principal::{self, JwtInfo, PrincipalConfig, RequestView, parse_jwt, short_hash},
     template::Templates,
 };
@@ -139,6 +140,10 @@ pub struct Enricher {
     templates: Templates,
     principal: PrincipalConfig,
     failure_markers: Vec<String>,
+    /// GraphQL endpoints (`[models] graphql_endpoints`), where login mutations are read.
+    graphql: principal::LoginPaths,
+    /// Login mutation fields (`[models] graphql_login_fields`).
+    graphql_fields: Vec<String>,
 }
 
 impl Enricher {
@@ -151,7 +156,10 @@ impl Enricher {
                 .map_err(|e| format!("enrich.trusted_proxies: {e}"))?;
             principal.trusted_proxies.push(t.net());
         }
+        let models = crate::models::ModelsConfig::default();
         Ok(Self {
+            graphql: principal::LoginPaths::new(&models.graphql_endpoints),
+            graphql_fields: models.graphql_login_fields,
             geo,
             geo_cache: DirectCache::new(),
             tokens: DirectCache::new(),
@@ -170,6 +178,42 @@ impl Enricher {
     pub fn with_login_paths(mut self, paths: &[String]) -> Self {
         self.principal.login_paths = principal::LoginPaths::new(paths);
         self
+    }
+
+    /// The enricher reading login mutations on these GraphQL endpoints, for these fields
+    /// (`[models] graphql_endpoints` and `graphql_login_fields`) instead of the default ones.
+    pub fn with_graphql(mut self, paths: &[String], fields: &[String]) -> Self {
+        self.graphql = principal::LoginPaths::new(paths);
+        self.graphql_fields = fields.to_vec();
+        self
+    }
+
+    /// The login attempts of a GraphQL request ([`graphql::login_calls`]), each with its
+    /// outcome from the response, or, where the response says nothing readable about it, the
+    /// transaction's (its status and failure markers). An attempt whose account could not be
+    /// read has an empty user name.
+    fn graphql_logins(&self, t: &TransactionFacts<'_>) -> Vec<LoginAttempt> {
+        if self.graphql_fields.is_empty() || !self.graphql.matches(t.path) {
+            return Vec::new();
+        }
+        let calls = graphql::login_calls(
+            t.req_body,
+            &self.graphql_fields,
+            &self.principal.username_fields,
+        );
+        if calls.is_empty() {
+            return Vec::new();
+        }
+        let whole = self.login_succeeded(t);
+        let ok_status = (200..300).contains(&t.status);
+        graphql::outcomes(&calls, t.resp_body)
+            .into_iter()
+            .zip(calls)
+            .map(|(outcome, call)| LoginAttempt {
+                username: call.username.unwrap_or_default(),
+                success: ok_status && outcome.unwrap_or(whole),
+            })
+            .collect()
     }
 
     /// True when a GeoIP database is loaded.
@@ -202,6 +246,17 @@ impl Enricher {
             headers: &t.req_headers,
             body: t.req_body,
         };
+        let mut username = principal::login_username(&view, &self.principal);
+        // A GraphQL request may carry many login calls: the first that names an account names
+        // the principal; each is an attempt.
+        let mut calls = Vec::new();
+        if username.is_none() {
+            calls = self.graphql_logins(&t);
+            username = calls
+                .iter()
+                .find(|a| !a.username.is_empty())
+                .map(|a| a.username.clone());
+        }
         // The token borrowed from the transaction when its header is (the observation keeps
         // it for revocation, and a copy per request is what it would cost otherwise).
         let bearer: Option<Cow<'a, str>> = match header(&t.req_headers, "authorization") {
@@ -230,7 +285,6 @@ impl Enricher {
         } else {
             None
         };
-        let username = principal::login_username(&view, &self.principal);
         let client_ip =
             principal::client_ip(&view, &self.principal).unwrap_or(principal::UNKNOWN_CLIENT);
         let decoded = principal::Decoded {
@@ -270,15 +324,20 @@ impl Enricher {
             Some((j, (_, tok))) if bearer.is_none() => (Some(j), tok.map(Cow::Owned)),
             _ => (jwt, bearer),
         };
-        // Only a login body names the account a login tries. `Basic` credentials are not a
-        // login by themselves: they are how OAuth clients authenticate to the token endpoint
-        // (the client, not a user: linking its tokens would make every user one account), how
-        // API keys travel (as the user name), and what a stale client retries; their 403s are
-        // authorisation, not a password refused (a review's findings against 6b2b726).
-        let login = username.map(|username| LoginAttempt {
-            username,
-            success: self.login_succeeded(&t),
-        });
+        // Only a login body (or a GraphQL login call) names the account a login tries.
+        // `Basic` credentials are not a login by themselves: they are how OAuth clients
+        // authenticate to the token endpoint (the client, not a user: linking its tokens would
+        // make every user one account), how API keys travel (as the user name), and what a
+        // stale client retries; their 403s are authorisation, not a password refused (a
+        // review's findings against 6b2b726).
+        let login = match username {
+            _ if !calls.is_empty() => Some(calls.remove(0)),
+            Some(username) => Some(LoginAttempt {
+                username,
+                success: self.login_succeeded(&t),
+            }),
+            None => None,
+        };
         let user_agent = header(&t.req_headers, "user-agent").cloned();
         Observation {
             ts_ns: t.ts_ns,
@@ -298,6 +357,7 @@ impl Enricher {
             resp_content_type: t.resp_content_type.map(Cow::Borrowed),
             resp_body: t.resp_body.into(),
             login,
+            more_logins: calls,
             jwt,
             credential,
             bearer,
@@ -363,18 +423,13 @@ const MAX_OUTCOME_DOC: usize = 64 * 1024;
 /// `errors` member that holds something (not null, false or empty): GraphQL answers a failed
 /// mutation with 200, `errors` and a null result.
 fn json_says_failed(body: &[u8]) -> bool {
-    use serde_json::{Map, Value};
+    use serde_json::Value;
     let body = body.trim_ascii_start();
     if body.first() != Some(&b'{') || body.len() > MAX_OUTCOME_DOC {
         return false;
     }
     let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(body) else {
         return false;
-    };
-    let flag_false = |o: &Map<String, Value>| {
-        o.iter().any(|(k, v)| {
-            *v == Value::Bool(false) && OUTCOME_FLAGS.contains(&principal::field_style(k).as_str())
-        })
     };
     if flag_false(&top) {
         return true;
@@ -399,9 +454,17 @@ fn json_says_failed(body: &[u8]) -> bool {
     failed_status || ((error || nested_flag) && !carries_token(&top, 3))
 }
 
+/// True when one of [`OUTCOME_FLAGS`] is false in `o` (`success: false`).
+pub(super) fn flag_false(o: &serde_json::Map<String, serde_json::Value>) -> bool {
+    o.iter().any(|(k, v)| {
+        *v == serde_json::Value::Bool(false)
+            && OUTCOME_FLAGS.contains(&principal::field_style(k).as_str())
+    })
+}
+
 /// True when `o`, or an object within `depth` levels below it, has a member whose name holds
 /// `token` (any case) with text in it.
-fn carries_token(o: &serde_json::Map<String, serde_json::Value>, depth: u32) -> bool {
+pub(super) fn carries_token(o: &serde_json::Map<String, serde_json::Value>, depth: u32) -> bool {
     o.iter().any(|(k, v)| match v {
         serde_json::Value::String(s) => !s.is_empty() && k.to_ascii_lowercase().contains("token"),
         serde_json::Value::Object(inner) => depth > 0 && carries_token(inner, depth - 1),
@@ -579,6 +642,124 @@ mod tests {
                 "{field}: {kinds:?}"
             );
         }
+    }
+
+    /// GraphQL requests through the enricher and the engine, a second apart from one address
+    /// with a browser: (request body, response body) each; the alert kinds raised.
+    fn graphql_kinds(
+        e: &mut Enricher,
+        exchanges: &[(String, String)],
+    ) -> Vec<crate::models::AlertKind> {
+        let mut m = crate::models::Engine::new(&Default::default()).unwrap();
+        let h = vec![
+            ("Content-Type".to_string(), "application/json".to_string()),
+            (
+                "User-Agent".to_string(),
+                "Mozilla/5.0 Chrome/130.0".to_string(),
+            ),
+        ];
+        let mut kinds = Vec::new();
+        for (i, (req, resp)) in exchanges.iter().enumerate() {
+            let mut f = facts("/graphql", &h, req.as_bytes(), 200, resp.as_bytes());
+            f.ts_ns = 1_793_491_200_000_000_000 + i as u64 * 1_000_000_000;
+            kinds.extend(m.observe(&e.enrich(f)).into_iter().map(|a| a.kind));
+        }
+        kinds
+    }
+
+    /// `n` aliased login calls in one mutation, on `user(i)`, and the answer failing them all.
+    fn aliased(n: usize, user: impl Fn(usize) -> String) -> (String, String) {
+        let calls: String = (0..n)
+            .map(|i| {
+                format!(
+                    "a{i}: login(username: \"{}\", password: \"p{i}\") {{ token }} ",
+                    user(i)
+                )
+            })
+            .collect();
+        let data: Vec<String> = (0..n).map(|i| format!("\"a{i}\":null")).collect();
+        let errors: Vec<String> = (0..n)
+            .map(|i| format!("{{\"message\":\"Invalid credentials\",\"path\":[\"a{i}\"]}}"))
+            .collect();
+        (
+            serde_json::json!({ "query": format!("mutation {{ {calls}}}") }).to_string(),
+            format!(
+                "{{\"data\":{{{}}},\"errors\":[{}]}}",
+                data.join(","),
+                errors.join(",")
+            ),
+        )
+    }
+
+    #[test]
+    fn graphql_aliases_and_batches_are_an_attempt_each() {
+        use crate::models::AlertKind;
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        // Twenty passwords for one account in one request, through aliases.
+        let one = aliased(20, |_| "layla".into());
+        let kinds = graphql_kinds(&mut e, std::slice::from_ref(&one));
+        assert!(kinds.contains(&AlertKind::BruteForce), "{kinds:?}");
+        let h = vec![("Content-Type".to_string(), "application/json".to_string())];
+        let o = e.enrich(facts(
+            "/graphql",
+            &h,
+            one.0.as_bytes(),
+            200,
+            one.1.as_bytes(),
+        ));
+        let login = o.login.clone().expect("a login");
+        assert_eq!((login.username.as_str(), login.success), ("layla", false));
+        assert_eq!(o.more_logins.len(), 19);
+        assert!(
+            o.more_logins
+                .iter()
+                .all(|l| l.username == "layla" && !l.success)
+        );
+        assert_eq!(o.principal.kind, PrincipalKind::User);
+        // Thirty accounts in one request, as a batch of operations with variables.
+        let ops: Vec<serde_json::Value> = (0..30)
+            .map(|i| {
+                serde_json::json!({
+                    "query": "mutation L($u: String!, $p: String!) { signIn(email: $u, password: $p) { token } }",
+                    "variables": { "u": format!("victim{i}@mail.test"), "p": "Summer2024!" }
+                })
+            })
+            .collect();
+        let answers: Vec<serde_json::Value> = (0..30)
+            .map(|_| serde_json::json!({"data": {"signIn": null}, "errors": [{"message": "Unauthorized", "path": ["signIn"]}]}))
+            .collect();
+        let batch = (
+            serde_json::Value::from(ops).to_string(),
+            serde_json::Value::from(answers).to_string(),
+        );
+        let kinds = graphql_kinds(&mut e, &[batch]);
+        assert!(kinds.contains(&AlertKind::CredentialStuffing), "{kinds:?}");
+    }
+
+    #[test]
+    fn graphql_users_logging_in_are_not_attacks() {
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        // A user mistyping once, then logging in, with a query in the same request; and many
+        // users logging in once each through one office address.
+        let mistyped = aliased(1, |_| "omar".into());
+        let ok = |u: &str| {
+            (
+                serde_json::json!({"query": format!("mutation {{ login(username: \"{u}\", password: \"right\") {{ token user {{ id }} }} }}")}).to_string(),
+                r#"{"data":{"login":{"token":"t","user":{"id":1}}}}"#.to_string(),
+            )
+        };
+        let mut exchanges = vec![mistyped, ok("omar")];
+        exchanges.extend((0..40).map(|i| ok(&format!("staff{i}"))));
+        let kinds = graphql_kinds(&mut e, &exchanges);
+        assert!(kinds.is_empty(), "{kinds:?}");
+        // Other GraphQL requests are not logins.
+        let h = vec![("Content-Type".to_string(), "application/json".to_string())];
+        let q = br#"{"query":"mutation { transfer(amount: 5, to: \"login\") { id } }"}"#;
+        assert!(
+            e.enrich(facts("/graphql", &h, q, 200, b"{}"))
+                .login
+                .is_none()
+        );
     }
 
     #[test]

@@ -579,7 +579,7 @@ pub fn login_username(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Option<St
 
 /// The text of the first of `fields` (in their order) that `o` has, its name in any case and
 /// naming style; empty text is none.
-fn text_field<'v>(
+pub(crate) fn text_field<'v>(
     o: &'v serde_json::Map<String, serde_json::Value>,
     fields: &[String],
 ) -> Option<&'v str> {

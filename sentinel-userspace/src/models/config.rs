@@ -40,6 +40,16 @@ pub struct ModelsConfig {
     /// could be read. Default `/login`, `/signin`, `/auth/login`, `/api/login`, `/oauth/token`,
     /// `/session`.
     pub login_endpoints: Vec<String>,
+    /// Endpoint templates (suffixes, in any case) of GraphQL APIs: there every call of a login
+    /// mutation field (`graphql_login_fields`) in the request body is a login attempt, each
+    /// alias and each operation of a batch one of its own (at most 100 a request), its account
+    /// read from its arguments or variables and its outcome from the response. Default
+    /// `/graphql`.
+    pub graphql_endpoints: Vec<String>,
+    /// Mutation fields (in any case) that log in. Default `login`, `signIn`, `logIn`,
+    /// `loginUser`, `authenticate`, `tokenAuth`, `userLogin`, `authenticateUser`,
+    /// `generateCustomerToken`.
+    pub graphql_login_fields: Vec<String>,
     /// Behaviour profiles and `behavior_anomaly`.
     pub behavior: behavior::Config,
     /// Learned rate limits and `rate_anomaly`.
@@ -72,6 +82,20 @@ impl Default for ModelsConfig {
                 "/api/login",
                 "/oauth/token",
                 "/session",
+            ]
+            .map(String::from)
+            .to_vec(),
+            graphql_endpoints: vec!["/graphql".into()],
+            graphql_login_fields: [
+                "login",
+                "signIn",
+                "logIn",
+                "loginUser",
+                "authenticate",
+                "tokenAuth",
+                "userLogin",
+                "authenticateUser",
+                "generateCustomerToken",
             ]
             .map(String::from)
             .to_vec(),
@@ -149,6 +173,16 @@ impl ModelsConfig {
                 "must be at least 1",
             )
             .positive("idle_s", self.idle_s)
+            .check(
+                "graphql_login_fields",
+                self.graphql_login_fields.iter().all(|f| is_graphql_name(f)),
+                "must be GraphQL field names (a letter or _, then letters, digits or _)",
+            )
+            .check(
+                "graphql_endpoints",
+                self.graphql_endpoints.iter().all(|p| p.starts_with('/')),
+                "must be paths starting with /",
+            )
             .finish()?;
         self.behavior.validate()?;
         self.rate.validate()?;
@@ -161,9 +195,31 @@ impl ModelsConfig {
     }
 }
 
+/// A GraphQL name: `[_A-Za-z][_0-9A-Za-z]*`.
+fn is_graphql_name(f: &str) -> bool {
+    f.starts_with(|c: char| c == '_' || c.is_ascii_alphabetic())
+        && f.chars().all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn graphql_settings_are_checked() {
+        let c = ModelsConfig {
+            graphql_login_fields: vec!["login".into(), "sign in".into()],
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("models.graphql_login_fields"), "{e}");
+        let c = ModelsConfig {
+            graphql_endpoints: vec!["graphql".into()],
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("models.graphql_endpoints"), "{e}");
+    }
 
     #[test]
     fn the_defaults_are_valid_and_round_trip() {

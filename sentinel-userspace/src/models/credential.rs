@@ -504,6 +504,10 @@ impl Detector for CredentialDetector {
         "credential"
     }
 
+    fn judges_each_login(&self) -> bool {
+        true
+    }
+
     fn observe(&mut self, ctx: &Ctx<'_>, out: &mut Vec<Detection>) {
         if !ctx.is_login {
             return;
@@ -511,7 +515,12 @@ impl Detector for CredentialDetector {
         let o = ctx.obs;
         let now = o.ts_ns;
         let w = self.window;
-        let username = o.login.as_ref().map(|l| l.username.as_str());
+        // An empty name: a login whose account could not be read (a GraphQL call).
+        let username = o
+            .login
+            .as_ref()
+            .map(|l| l.username.as_str())
+            .filter(|u| !u.is_empty());
         let account_key = username.map(account_key);
         let src_key = subject::source(o.client_ip);
         let fp = fingerprint(ctx);

@@ -276,6 +276,12 @@ pub trait Detector: Send {
         _out: &mut Vec<Detection>,
     ) {
     }
+    /// Whether the detector also judges each further login attempt of a request that carries
+    /// several ([`Observation::more_logins`]: GraphQL aliases and batches), each as a request
+    /// of its own with that attempt as its login.
+    fn judges_each_login(&self) -> bool {
+        false
+    }
     /// Time passed without observations: expire state, raise time-driven alerts.
     fn tick(&mut self, _now_ns: u64, _out: &mut Vec<Detection>) {}
     /// Entries of per-key state held.
@@ -499,6 +505,9 @@ impl Engine {
                 d.observe(&ctx, &mut dets);
             }
         }
+        if !o.more_logins.is_empty() {
+            self.each_login(o, &principal, refused, unknown_client, ua, &mut dets);
+        }
         if trusted {
             let name = account.as_deref().unwrap_or(&principal);
             self.profiles.absorb(entity, &|| name.to_owned(), o, ua);
@@ -506,12 +515,62 @@ impl Engine {
         if let Some(l) = &o.login
             && l.success
             && !refused
+            && !l.username.is_empty()
         {
             self.link(o, &l.username);
         }
         self.emit(&mut dets, out);
         self.scratch = dets;
         self.principal_buf = principal;
+    }
+
+    /// Runs the detectors that judge each login over the further attempts of `o`, each as the
+    /// request it would have been alone: its account's principal and profile, its outcome.
+    /// They teach no profile and link no token (no honest client logs in many times in one
+    /// request).
+    fn each_login(
+        &mut self,
+        o: &Observation,
+        principal: &str,
+        refused: bool,
+        unknown_client: bool,
+        ua: u32,
+        dets: &mut Vec<Detection>,
+    ) {
+        let mut each = Observation {
+            more_logins: Vec::new(),
+            login: None,
+            ..o.clone()
+        };
+        let mut name = String::new();
+        for attempt in &o.more_logins {
+            name.clear();
+            if attempt.username.is_empty() {
+                name.push_str(principal);
+            } else {
+                name.push_str("user:");
+                name.push_str(&account_name(&attempt.username));
+            }
+            each.login = Some(attempt.clone());
+            let entity = key_of(name.as_str());
+            let ctx = Ctx {
+                obs: &each,
+                principal: &name,
+                entity,
+                account: None,
+                trusted: false,
+                is_login: true,
+                login_failed: refused || !attempt.success,
+                profile: self.profiles.get(entity),
+                country: o.geo.as_ref().and_then(|g| g.country.as_deref()),
+                ua_family: ua,
+                recent: &self.recent,
+                unknown_client,
+            };
+            for d in self.detectors.iter_mut().filter(|d| d.judges_each_login()) {
+                d.observe(&ctx, dets);
+            }
+        }
     }
 
     /// Remembers which account a credential issued by a successful login belongs to.

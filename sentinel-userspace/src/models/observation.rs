@@ -64,8 +64,13 @@ pub struct Observation<'a> {
     /// Response body (decoded, capped). In memory only.
     #[serde(skip)]
     pub resp_body: Cow<'a, [u8]>,
-    /// A login attempt, when this request was one.
+    /// A login attempt, when this request was one (the first, when it carried several).
     pub login: Option<LoginAttempt>,
+    /// The request's further login attempts (GraphQL aliases and batches: one request, many
+    /// guesses), each judged as an attempt of its own by the detectors that count logins.
+    /// Their user names may be empty: an attempt whose account could not be read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_logins: Vec<LoginAttempt>,
     /// The bearer token's claims, when it is a JWT.
     pub jwt: Option<JwtInfo>,
     /// Short hash of the credential (bearer token, API key or session), when one was sent

@@ -75,6 +75,7 @@ pub fn obs(ts_ns: u64, ip: &str, path: &str) -> Observation<'static> {
         resp_content_type: Some("application/json".into()),
         resp_body: br#"{"balance":1200,"currency":"SAR"}"#[..].into(),
         login: None,
+        more_logins: Vec::new(),
         jwt: None,
         credential: None,
         bearer: None,

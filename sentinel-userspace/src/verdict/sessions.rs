@@ -123,7 +123,7 @@ impl SessionBook {
             self.record(&obs.principal.name(), b, obs.ts_ns);
         }
         let Some(login) = &obs.login else { return };
-        if !login.success || !(200..300).contains(&obs.status) {
+        if login.username.is_empty() || !login.success || !(200..300).contains(&obs.status) {
             return;
         }
         let body = &obs.resp_body;
@@ -187,6 +187,7 @@ mod tests {
             resp_content_type: None,
             resp_body: Default::default(),
             login: None,
+            more_logins: Vec::new(),
             jwt: None,
             credential: None,
             bearer: None,

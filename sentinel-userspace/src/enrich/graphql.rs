@@ -1,0 +1,595 @@
+//! Logins through GraphQL: on a GraphQL endpoint (`[models] graphql_endpoints`), each call of a
+//! login mutation field (`[models] graphql_login_fields`) is one login attempt, however many a
+//! request carries: aliases (`a1: login(username: "x", password: "p1") { token } a2: login(...)`)
+//! and batches (a JSON array of operations) would otherwise make a hundred guesses one request.
+//!
+//! Not a GraphQL parser: a small scanner over the query text that knows strings (and block
+//! strings), comments, commas and nesting, and finds `alias: field(args)` in the selections of
+//! mutation operations (and of inline fragments and fragments on a mutation type within them).
+//! It reads each byte at most a few times, recurses at most [`MAX_DEPTH`] levels (deeper
+//! nesting is skipped by counting brackets), never panics on malformed text (it slices only at
+//! ASCII delimiters, which are character boundaries), and reads at most [`MAX_ATTEMPTS`]
+//! attempts per request: the rest of a larger batch is not counted (a hundred already raise
+//! any detector's threshold many times over).
+//!
+//! The account of an attempt is an argument whose name is a login user-name field in any naming
+//! style (`username`, `email`, `login`, ...), as a string or a `$variable`, also inside an input
+//! object one or two levels down (`login(input: {email: $e})`, `login(input: $input)`). Its
+//! outcome is in the response: `data.<alias>` null or missing, or an `errors` entry whose `path`
+//! starts with the alias, is a failure; a token anywhere within the result is a success; a
+//! result that says it failed (`success: false`) is a failure; anything else a success.
+
+use serde_json::{Map, Value};
+
+use super::principal::{field_style, text_field};
+
+/// Login attempts read from one request at most.
+pub const MAX_ATTEMPTS: usize = 100;
+
+/// Nesting levels the scanner descends (selections, arguments, values); deeper is skipped.
+const MAX_DEPTH: usize = 24;
+
+/// One call of a login field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    /// The operation's index in a batch (0 for a single operation).
+    pub op: usize,
+    /// The key of its result in the response: the alias, else the field name.
+    pub key: String,
+    /// The account named, when one could be read.
+    pub username: Option<String>,
+}
+
+/// A value of an argument, as far as a user name needs it.
+enum Arg<'t> {
+    Text(String),
+    Var(&'t str),
+    Object(Vec<(&'t str, Arg<'t>)>),
+    Other,
+}
+
+struct Scanner<'t> {
+    s: &'t str,
+    i: usize,
+}
+
+impl<'t> Scanner<'t> {
+    fn byte(&self) -> Option<u8> {
+        self.s.as_bytes().get(self.i).copied()
+    }
+
+    /// The bytes from the cursor (which may sit inside a character after a stray byte: never
+    /// sliced as text there).
+    fn rest(&self) -> &'t [u8] {
+        self.s.as_bytes().get(self.i..).unwrap_or_default()
+    }
+
+    /// Skips blanks, commas, a byte order mark and comments; returns the next byte.
+    fn peek(&mut self) -> Option<u8> {
+        while let Some(b) = self.byte() {
+            match b {
+                b' ' | b'\t' | b'\n' | b'\r' | b',' => self.i += 1,
+                b'#' => {
+                    self.i += self
+                        .rest()
+                        .iter()
+                        .position(|b| matches!(b, b'\n' | b'\r'))
+                        .unwrap_or(self.rest().len());
+                }
+                0xEF if self.rest().starts_with(b"\xEF\xBB\xBF") => self.i += 3,
+                _ => return Some(b),
+            }
+        }
+        None
+    }
+
+    fn eat(&mut self, b: u8) -> bool {
+        let hit = self.peek() == Some(b);
+        if hit {
+            self.i += 1;
+        }
+        hit
+    }
+
+    /// A name (`[_A-Za-z][_0-9A-Za-z]*`), or `None` (nothing consumed).
+    fn name(&mut self) -> Option<&'t str> {
+        if !self
+            .peek()
+            .is_some_and(|b| b == b'_' || b.is_ascii_alphabetic())
+        {
+            return None;
+        }
+        // From an ASCII letter to the byte after the last ASCII one: character boundaries.
+        let start = self.i;
+        self.i += self.name_len();
+        Some(&self.s[start..self.i])
+    }
+
+    /// Bytes of name characters from the cursor.
+    fn name_len(&self) -> usize {
+        self.rest()
+            .iter()
+            .take_while(|b| **b == b'_' || b.is_ascii_alphanumeric())
+            .count()
+    }
+
+    /// A string or block string at the cursor (its opening quote next), its value.
+    fn string(&mut self) -> String {
+        if self.rest().starts_with(b"\"\"\"") {
+            let body = self.i + 3;
+            let end = self.s[body..]
+                .find("\"\"\"")
+                .map_or(self.s.len(), |n| body + n);
+            self.i = (end + 3).min(self.s.len());
+            return self.s[body..end].trim().to_owned();
+        }
+        let start = self.i;
+        let mut j = start + 1;
+        let b = self.s.as_bytes();
+        while j < b.len() && b[j] != b'"' && b[j] != b'\n' {
+            j += if b[j] == b'\\' { 2 } else { 1 };
+        }
+        let end = j.min(b.len());
+        self.i = (end + 1).min(b.len());
+        // The escapes of GraphQL strings are JSON's.
+        let raw = &self.s[start..end];
+        serde_json::from_str(&format!("{raw}\""))
+            .unwrap_or_else(|_| raw.trim_start_matches('"').to_owned())
+    }
+
+    /// Skips the bracketed group at the cursor (`{`, `(` or `[`), strings and comments within,
+    /// without recursion.
+    fn skip_group(&mut self) {
+        let mut depth = 0usize;
+        while let Some(b) = self.peek() {
+            match b {
+                b'{' | b'(' | b'[' => depth += 1,
+                b'}' | b')' | b']' => depth = depth.saturating_sub(1),
+                b'"' => {
+                    self.string();
+                    if depth == 0 {
+                        return;
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            self.i += 1;
+            if depth == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Directives (`@name(args)`), skipped.
+    fn directives(&mut self) {
+        while self.eat(b'@') {
+            self.name();
+            if self.peek() == Some(b'(') {
+                self.skip_group();
+            }
+        }
+    }
+
+    /// A value (the cursor on it).
+    fn value(&mut self, depth: usize) -> Arg<'t> {
+        match self.peek() {
+            Some(b'"') => Arg::Text(self.string()),
+            Some(b'$') => {
+                self.i += 1;
+                self.name().map_or(Arg::Other, Arg::Var)
+            }
+            Some(b'{') if depth < MAX_DEPTH => Arg::Object(self.fields(b'}', depth)),
+            Some(b'{' | b'[' | b'(') => {
+                self.skip_group();
+                Arg::Other
+            }
+            Some(_) => {
+                // A number, a name (true, null, an enum value) or a stray byte.
+                if self.name().is_none() {
+                    self.i += 1 + self.name_len();
+                }
+                Arg::Other
+            }
+            None => Arg::Other,
+        }
+    }
+
+    /// `name: value` pairs up to `close` (the cursor on the opening bracket): arguments, or an
+    /// input object's fields.
+    fn fields(&mut self, close: u8, depth: usize) -> Vec<(&'t str, Arg<'t>)> {
+        self.i += 1;
+        let mut fields = Vec::new();
+        while let Some(b) = self.peek() {
+            if b == close {
+                self.i += 1;
+                break;
+            }
+            match self.name() {
+                Some(k) if self.eat(b':') => fields.push((k, self.value(depth + 1))),
+                Some(_) => {}
+                None => self.i += 1,
+            }
+        }
+        fields
+    }
+
+    /// The selections of a mutation (the cursor on `{`): login fields go to `out` as
+    /// (response key, arguments).
+    fn selections(
+        &mut self,
+        depth: usize,
+        is_login: &dyn Fn(&str) -> bool,
+        out: &mut Vec<(&'t str, Vec<(&'t str, Arg<'t>)>)>,
+    ) {
+        if depth >= MAX_DEPTH {
+            self.skip_group();
+            return;
+        }
+        self.i += 1;
+        while let Some(b) = self.peek() {
+            if b == b'}' {
+                self.i += 1;
+                return;
+            }
+            if self.rest().starts_with(b"...") {
+                self.i += 3;
+                // An inline fragment's fields are the mutation's own (`... on Mutation { }`);
+                // a fragment spread is read where the fragment is defined.
+                if self.name() == Some("on") {
+                    self.name();
+                }
+                self.directives();
+                if self.peek() == Some(b'{') {
+                    self.selections(depth + 1, is_login, out);
+                }
+                continue;
+            }
+            let Some(first) = self.name() else {
+                self.i += 1;
+                continue;
+            };
+            let (key, field) = if self.eat(b':') {
+                (first, self.name().unwrap_or(""))
+            } else {
+                (first, first)
+            };
+            let args = if self.peek() == Some(b'(') {
+                self.fields(b')', depth)
+            } else {
+                Vec::new()
+            };
+            self.directives();
+            if self.peek() == Some(b'{') {
+                self.skip_group();
+            }
+            if is_login(field) && out.len() < MAX_ATTEMPTS {
+                out.push((key, args));
+            }
+        }
+    }
+
+    /// The login calls of a document: of the operation named `op_name` (all of them without
+    /// one), in mutations and fragments on a mutation type.
+    fn document(
+        &mut self,
+        op_name: Option<&str>,
+        is_login: &dyn Fn(&str) -> bool,
+        out: &mut Vec<(&'t str, Vec<(&'t str, Arg<'t>)>)>,
+    ) {
+        while let Some(b) = self.peek() {
+            if b == b'{' {
+                // An anonymous query.
+                self.skip_group();
+                continue;
+            }
+            let Some(keyword) = self.name() else {
+                self.i += 1;
+                continue;
+            };
+            let mut read = false;
+            match keyword {
+                "mutation" => {
+                    let name = self.name();
+                    read = op_name.is_none_or(|want| name == Some(want));
+                }
+                "fragment" => {
+                    self.name();
+                    if self.name() == Some("on") {
+                        read = self
+                            .name()
+                            .is_some_and(|t| t.to_ascii_lowercase().contains("mutation"));
+                    }
+                }
+                _ => {}
+            }
+            // Variable definitions, directives, up to the selections.
+            while let Some(b) = self.peek() {
+                match b {
+                    b'{' => break,
+                    b'(' => self.skip_group(),
+                    b'"' => {
+                        self.string();
+                    }
+                    _ => self.i += 1,
+                }
+            }
+            if self.peek() == Some(b'{') {
+                if read {
+                    self.selections(0, is_login, out);
+                } else {
+                    self.skip_group();
+                }
+            }
+        }
+    }
+}
+
+/// The account an argument names (a user-name field, as text or a variable; inside an input
+/// object or a variable holding one, up to two levels down).
+fn account(
+    args: &[(&str, Arg<'_>)],
+    vars: Option<&Map<String, Value>>,
+    username_fields: &[String],
+    depth: u32,
+) -> Option<String> {
+    let var = |name: &str| vars.and_then(|v| v.get(name));
+    for (k, v) in args {
+        if !username_fields.contains(&field_style(k)) {
+            continue;
+        }
+        let text = match v {
+            Arg::Text(t) => Some(t.as_str()),
+            Arg::Var(name) => var(name).and_then(Value::as_str),
+            _ => None,
+        };
+        if let Some(t) = text.filter(|t| !t.trim().is_empty()) {
+            return Some(t.to_owned());
+        }
+    }
+    if depth == 0 {
+        return None;
+    }
+    args.iter().find_map(|(_, v)| match v {
+        Arg::Object(fields) => account(fields, vars, username_fields, depth - 1),
+        Arg::Var(name) => var(name)
+            .and_then(Value::as_object)
+            .and_then(|o| object_account(o, username_fields, depth - 1)),
+        _ => None,
+    })
+}
+
+/// The account named in a variable's object (or one level further down).
+fn object_account(
+    o: &Map<String, Value>,
+    username_fields: &[String],
+    depth: u32,
+) -> Option<String> {
+    text_field(o, username_fields)
+        .map(str::to_owned)
+        .or_else(|| {
+            (depth > 0)
+                .then(|| {
+                    o.values()
+                        .filter_map(Value::as_object)
+                        .find_map(|inner| object_account(inner, username_fields, depth - 1))
+                })
+                .flatten()
+        })
+}
+
+/// The login calls of a GraphQL request body: a JSON object with `query` (and `variables`,
+/// `operationName`), or an array of them; at most [`MAX_ATTEMPTS`].
+pub fn login_calls(body: &[u8], login_fields: &[String], username_fields: &[String]) -> Vec<Call> {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let Ok(doc) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let ops: Vec<&Map<String, Value>> = match &doc {
+        Value::Object(o) => vec![o],
+        Value::Array(a) => a.iter().filter_map(Value::as_object).collect(),
+        _ => return Vec::new(),
+    };
+    let is_login = |f: &str| login_fields.iter().any(|l| l.eq_ignore_ascii_case(f));
+    let mut calls = Vec::new();
+    for (op, o) in ops.iter().enumerate() {
+        let Some(query) = o.get("query").and_then(Value::as_str) else {
+            continue;
+        };
+        // The cheap test first: most GraphQL requests are queries.
+        if !query.contains("mutation") {
+            continue;
+        }
+        let vars = o.get("variables").and_then(Value::as_object);
+        let op_name = o.get("operationName").and_then(Value::as_str);
+        let mut found = Vec::new();
+        Scanner { s: query, i: 0 }.document(op_name, &is_login, &mut found);
+        for (key, args) in found {
+            if calls.len() >= MAX_ATTEMPTS {
+                return calls;
+            }
+            calls.push(Call {
+                op,
+                key: key.to_owned(),
+                username: account(&args, vars, username_fields, 2),
+            });
+        }
+    }
+    calls
+}
+
+/// Whether each call succeeded, from the response body (an object, or an array for a batch);
+/// `None` where the response says nothing readable about it.
+pub fn outcomes(calls: &[Call], resp_body: &[u8]) -> Vec<Option<bool>> {
+    let resp = serde_json::from_slice::<Value>(resp_body).ok();
+    calls
+        .iter()
+        .map(|c| {
+            let r = match &resp {
+                Some(Value::Array(a)) => a.get(c.op)?.as_object()?,
+                Some(Value::Object(o)) if c.op == 0 => o,
+                _ => return None,
+            };
+            outcome(r, &c.key)
+        })
+        .collect()
+}
+
+/// One call's outcome in one operation's result.
+fn outcome(r: &Map<String, Value>, key: &str) -> Option<bool> {
+    let errored = r
+        .get("errors")
+        .and_then(Value::as_array)
+        .is_some_and(|errs| {
+            errs.iter().any(|e| {
+                e.get("path")
+                    .and_then(Value::as_array)
+                    .and_then(|p| p.first())
+                    .and_then(Value::as_str)
+                    == Some(key)
+            })
+        });
+    if errored {
+        return Some(false);
+    }
+    let data = match r.get("data") {
+        Some(Value::Object(d)) => d,
+        // No data at all: a request error (errors without a path) fails every call.
+        Some(Value::Null) => return Some(false),
+        _ => return r.contains_key("errors").then_some(false),
+    };
+    match data.get(key) {
+        None | Some(Value::Null) => Some(false),
+        Some(Value::Object(o)) => {
+            Some(super::pipeline::carries_token(o, 3) || !super::pipeline::flag_false(o))
+        }
+        Some(Value::Bool(ok)) => Some(*ok),
+        Some(Value::String(s)) => Some(!s.is_empty()),
+        Some(_) => Some(true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> (Vec<String>, Vec<String>) {
+        let m = crate::models::ModelsConfig::default();
+        let p = super::super::principal::PrincipalConfig::default();
+        (m.graphql_login_fields, p.username_fields)
+    }
+
+    fn calls(body: &str) -> Vec<Call> {
+        let (l, u) = fields();
+        login_calls(body.as_bytes(), &l, &u)
+    }
+
+    fn names(c: &[Call]) -> Vec<(String, Option<String>)> {
+        c.iter()
+            .map(|c| (c.key.clone(), c.username.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn aliases_batches_and_variables_are_each_an_attempt() {
+        let q = r#"{"query":"mutation { a1: login(username:\"x\", password:\"p1\") {token} a2: login(username: \"x\" password: \"p2\") { token } me { id } }"}"#;
+        let c = calls(q);
+        assert_eq!(
+            names(&c),
+            [
+                ("a1".into(), Some("x".into())),
+                ("a2".into(), Some("x".into()))
+            ]
+        );
+        // A batch, with variables, another field name and an input object.
+        let q = r#"[
+          {"query":"mutation L($u: String!, $p: String!) { signIn(email: $u, password: $p) { accessToken } }","variables":{"u":"bob@x.test","p":"1"}},
+          {"query":"mutation { tokenAuth(input: {userName: \"carol\", password: \"2\"}) { token } }"},
+          {"query":"mutation M($in: LoginInput!) { authenticate(input: $in) { jwt } }","variables":{"in":{"login":"dave"}}},
+          {"query":"query { me { id } }"}
+        ]"#;
+        let c = calls(q);
+        assert_eq!(
+            names(&c),
+            [
+                ("signIn".into(), Some("bob@x.test".into())),
+                ("tokenAuth".into(), Some("carol".into())),
+                ("authenticate".into(), Some("dave".into())),
+            ]
+        );
+        assert_eq!(c.iter().map(|c| c.op).collect::<Vec<_>>(), [0, 1, 2]);
+    }
+
+    #[test]
+    fn strings_comments_fragments_and_other_operations_do_not_fool_it() {
+        let q = r##"{"query":"# login(username:\"no\")\nquery Q { login(username: \"q\") { x } }\nmutation Do { ... on Mutation { b: logIn(username: \"}{ \\\" #\") { token } } c: transfer(note: \"login(username:\\\"z\\\")\") { id } }\nfragment F on Mutation { d: loginUser(username: \"\"\"e\"\"\") { token } }","operationName":"Do"}"##;
+        assert_eq!(
+            names(&calls(q)),
+            [
+                ("b".into(), Some("}{ \" #".into())),
+                ("d".into(), Some("e".into())),
+            ]
+        );
+        // Another operation named: this one's fields do not run.
+        let q = r#"{"query":"mutation A { login(username:\"a\") { token } } mutation B { logout }","operationName":"B"}"#;
+        assert!(calls(q).is_empty());
+    }
+
+    #[test]
+    fn hostile_input_never_panics_and_is_capped() {
+        let many: String = (0..500)
+            .map(|i| format!("a{i}: login(username: \"u{i}\", password: \"p\") {{ token }} "))
+            .collect();
+        let body = serde_json::json!({ "query": format!("mutation {{ {many} }}") }).to_string();
+        assert_eq!(calls(&body).len(), MAX_ATTEMPTS);
+        let deep = format!(
+            "mutation {{ {} login(username: \"x\") }}",
+            "{".repeat(10_000)
+        );
+        let body = serde_json::json!({ "query": deep }).to_string();
+        let _ = calls(&body);
+        for q in [
+            "mutation",
+            "mutation {",
+            "mutation { a: ",
+            "mutation { a: login(",
+            "mutation { a: login(username: \"ééé",
+            "mutation { a: login(username: \"\"\"é",
+            "mutation { login(username: $",
+            "mutation { login(input: {username: {username: [\"x\"",
+            "mutation { ... on",
+            "mutation { ...",
+            "mutation {é: login(usernamé: \"x\\",
+            "mutation \u{feff}{ # é",
+            "mutation{login(username:\"\\u12\")}",
+        ] {
+            let body = serde_json::json!({ "query": q }).to_string();
+            let _ = calls(&body);
+            for cut in 0..q.len() {
+                if q.is_char_boundary(cut) {
+                    let body = serde_json::json!({ "query": &q[..cut] }).to_string();
+                    let _ = calls(&body);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn outcomes_come_from_the_alias_in_the_response() {
+        let c = calls(
+            r#"{"query":"mutation { a1: login(username:\"x\") {token} a2: login(username:\"x\") {token} a3: login(username:\"x\") {token} a4: login(username:\"x\") {ok} }"}"#,
+        );
+        let resp =
+            br#"{"data":{"a1":null,"a2":{"token":"t"},"a3":{"token":null},"a4":{"success":false}},
+            "errors":[{"message":"bad","path":["a3"]}]}"#;
+        assert_eq!(
+            outcomes(&c, resp),
+            [Some(false), Some(true), Some(false), Some(false)]
+        );
+        assert_eq!(outcomes(&c, b"not json"), [None, None, None, None]);
+        assert_eq!(
+            outcomes(&c, br#"{"data":null,"errors":[{"message":"rate"}]}"#),
+            [Some(false); 4]
+        );
+    }
+}
