@@ -156,6 +156,17 @@ impl Enricher {
                 .map_err(|e| format!("enrich.trusted_proxies: {e}"))?;
             principal.trusted_proxies.push(t.net());
         }
+        let failure_markers: Vec<String> = settings
+            .login_failure_markers
+            .iter()
+            .map(|m| squeezed(m.as_bytes()))
+            .collect();
+        // A marker of blanks only would be found in every answer: every login a failure.
+        if let Some(i) = failure_markers.iter().position(String::is_empty) {
+            return Err(format!(
+                "enrich.login_failure_markers[{i}]: must hold a character other than blanks"
+            ));
+        }
         let models = crate::models::ModelsConfig::default();
         Ok(Self {
             graphql: principal::LoginPaths::new(&models.graphql_endpoints),
@@ -165,11 +176,7 @@ impl Enricher {
             tokens: DirectCache::new(),
             templates: Templates::default(),
             principal,
-            failure_markers: settings
-                .login_failure_markers
-                .iter()
-                .map(|m| squeezed(m.as_bytes()))
-                .collect(),
+            failure_markers,
         })
     }
 
@@ -372,12 +379,45 @@ impl Enricher {
         if !(200..300).contains(&t.status) {
             return false;
         }
-        let body = squeezed(t.resp_body);
+        let doc = outcome_doc(t.resp_body);
+        if let Some(top) = &doc {
+            // A second factor asked for: the password was right.
+            if asks_second_factor(top, 1) {
+                return true;
+            }
+            if flag_false(top) {
+                return false;
+            }
+            // A token issued is a success, whatever else the answer mentions (a banner's
+            // `"lastLogin":{"success":false}` matches the default marker).
+            if carries_token(top, 3) {
+                return true;
+            }
+        }
+        // Markers are looked for in the answer's own words: in a JSON answer, its members but
+        // objects other than its wrappers and errors (a banner's `"lastLogin":{"success":
+        // false}` reports an earlier attempt).
+        let body = match &doc {
+            Some(top) => {
+                let own: serde_json::Map<String, serde_json::Value> = top
+                    .iter()
+                    .filter(|(k, v)| {
+                        !v.is_object() || {
+                            let k = principal::field_style(k);
+                            WRAPPERS.contains(&k.as_str()) || k == "error" || k == "errors"
+                        }
+                    })
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                squeezed(serde_json::Value::Object(own).to_string().as_bytes())
+            }
+            None => squeezed(t.resp_body),
+        };
         !self
             .failure_markers
             .iter()
             .any(|m| body.contains(m.as_str()))
-            && !json_says_failed(t.resp_body)
+            && !doc.is_some_and(|top| json_says_failed(&top))
     }
 }
 
@@ -417,41 +457,87 @@ const FAILED_STATUSES: [&str; 6] = [
 /// Login responses larger than this are not parsed for an outcome (a login answer is small).
 const MAX_OUTCOME_DOC: usize = 64 * 1024;
 
-/// A 2xx login response whose JSON document says the login failed: one of the
-/// [`OUTCOME_FLAGS`] false at its top, a `status` among [`FAILED_STATUSES`], or, in a document
-/// that carries no token, such a flag false in an object one level down or an `error` or
-/// `errors` member that holds something (not null, false or empty): GraphQL answers a failed
-/// mutation with 200, `errors` and a null result.
-fn json_says_failed(body: &[u8]) -> bool {
+/// A 2xx login response whose JSON document (one that carries no token and asks for no second
+/// factor: [`Enricher::login_succeeded`] looks first) says the login failed: a `status` among
+/// [`FAILED_STATUSES`], one of the [`OUTCOME_FLAGS`] false under one of the [`WRAPPERS`], or an
+/// `error` or `errors` member that holds something (not null, false, 0 or empty): GraphQL
+/// answers a failed mutation with 200, `errors` and a null result.
+fn json_says_failed(top: &serde_json::Map<String, serde_json::Value>) -> bool {
     use serde_json::Value;
-    let body = body.trim_ascii_start();
-    if body.first() != Some(&b'{') || body.len() > MAX_OUTCOME_DOC {
-        return false;
-    }
-    let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(body) else {
-        return false;
-    };
-    if flag_false(&top) {
-        return true;
-    }
     let named = |k: &str, n: &str| k.eq_ignore_ascii_case(n);
     let failed_status = top.iter().any(|(k, v)| {
         named(k, "status")
             && v.as_str()
                 .is_some_and(|s| FAILED_STATUSES.iter().any(|f| s.eq_ignore_ascii_case(f)))
     });
+    // `"error": 0` is the absence of one (PHP and C-style APIs).
     let holds = |v: &Value| match v {
         Value::Null | Value::Bool(false) => false,
         Value::String(s) => !s.is_empty(),
         Value::Array(a) => !a.is_empty(),
         Value::Object(o) => !o.is_empty(),
-        _ => true,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::Bool(true) => true,
     };
     let error = top
         .iter()
         .any(|(k, v)| (named(k, "error") || named(k, "errors")) && holds(v));
-    let nested_flag = top.values().filter_map(Value::as_object).any(flag_false);
-    failed_status || ((error || nested_flag) && !carries_token(&top, 3))
+    // A flag one level down counts under a wrapper of the answer only: `"lastLogin":
+    // {"success":false}` on a success page reports an earlier attempt.
+    let nested_flag = top.iter().any(|(k, v)| {
+        WRAPPERS.contains(&principal::field_style(k).as_str())
+            && v.as_object().is_some_and(flag_false)
+    });
+    failed_status || error || nested_flag
+}
+
+/// The members an answer wraps its result in (`{"data":{"success":false}}`).
+const WRAPPERS: [&str; 8] = [
+    "data", "result", "response", "payload", "body", "auth", "login", "session",
+];
+
+/// A login answer as a JSON object, when it is one of at most [`MAX_OUTCOME_DOC`] bytes.
+fn outcome_doc(body: &[u8]) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let body = body.trim_ascii_start();
+    if body.first() != Some(&b'{') || body.len() > MAX_OUTCOME_DOC {
+        return None;
+    }
+    match serde_json::from_slice(body) {
+        Ok(serde_json::Value::Object(top)) => Some(top),
+        _ => None,
+    }
+}
+
+/// Names (in [`principal::field_style`]) that say a second factor is asked for: the password
+/// was right and the login goes on (`"mfa_required": true`, `"challengeName": "SMS_MFA"`).
+const SECOND_FACTOR: [&str; 7] = [
+    "mfa",
+    "2fa",
+    "otp",
+    "twofactor",
+    "challenge",
+    "totp",
+    "secondfactor",
+];
+
+/// True when `o` (or an object `depth` levels below it) has a member named like a second factor
+/// that holds something (`true`, a non-empty string or object).
+fn asks_second_factor(o: &serde_json::Map<String, serde_json::Value>, depth: u32) -> bool {
+    use serde_json::Value;
+    o.iter().any(|(k, v)| {
+        let named = {
+            let k = principal::field_style(k);
+            SECOND_FACTOR.iter().any(|w| k.contains(w))
+        };
+        match v {
+            Value::Bool(b) => named && *b,
+            Value::String(s) => named && !s.is_empty(),
+            Value::Object(inner) => {
+                (named && !inner.is_empty()) || (depth > 0 && asks_second_factor(inner, depth - 1))
+            }
+            _ => false,
+        }
+    })
 }
 
 /// True when one of [`OUTCOME_FLAGS`] is false in `o` (`success: false`).
@@ -466,7 +552,11 @@ pub(super) fn flag_false(o: &serde_json::Map<String, serde_json::Value>) -> bool
 /// `token` (any case) with text in it.
 pub(super) fn carries_token(o: &serde_json::Map<String, serde_json::Value>, depth: u32) -> bool {
     o.iter().any(|(k, v)| match v {
-        serde_json::Value::String(s) => !s.is_empty() && k.to_ascii_lowercase().contains("token"),
+        // Not a form's anti-forgery token, which failure pages carry too.
+        serde_json::Value::String(s) => {
+            let k = k.to_ascii_lowercase();
+            !s.is_empty() && k.contains("token") && !k.contains("csrf") && !k.contains("xsrf")
+        }
         serde_json::Value::Object(inner) => depth > 0 && carries_token(inner, depth - 1),
         _ => false,
     })
@@ -584,6 +674,29 @@ mod tests {
             kinds.extend(m.observe(&e.enrich(f)).into_iter().map(|a| a.kind));
         }
         kinds
+    }
+
+    #[test]
+    fn a_blank_failure_marker_is_refused_and_a_blank_form_name_is_no_account() {
+        let settings = EnrichSettings {
+            login_failure_markers: vec!["login failed".into(), " \t".into()],
+            ..EnrichSettings::default()
+        };
+        let e = Enricher::new(None, &settings).err().unwrap();
+        assert!(e.contains("login_failure_markers[1]"), "{e}");
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let h = vec![(
+            "Content-Type".to_string(),
+            "application/x-www-form-urlencoded".to_string(),
+        )];
+        for body in [&b"username=+&password=x"[..], b"username=%20&password=x"] {
+            let f = facts("/login", &h, body, 401, b"");
+            assert!(
+                e.enrich(f).login.is_none(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]
@@ -784,6 +897,8 @@ mod tests {
             br#"{"error": "Bad credentials"}"#,
             br#"{"data":{"login":null},"errors":[{"message":"Unauthorized"}]}"#,
             br#"{"result":{"success":false}}"#,
+            br#"{"error":"Bad credentials","csrfToken":"c1"}"#,
+            br#"{"error":1}"#,
         ] {
             assert_eq!(
                 outcome(&mut e, failed),
@@ -801,6 +916,13 @@ mod tests {
             br#"{"data":{"login":{"token":"t"}}}"#,
             br#"{"token":"t","mfa":{"valid":false}}"#,
             b"welcome",
+            // After a review: an error code of 0, a second factor asked for, a banner about
+            // an earlier attempt beside a cookie session or a token.
+            br#"{"error":0,"msg":"ok","user":{"id":1}}"#,
+            br#"{"authenticated":false,"mfa_required":true,"mfa_token":"m1"}"#,
+            br#"{"challengeName":"SOFTWARE_TOKEN_MFA","session":"s1"}"#,
+            br#"{"user":{"id":1},"lastLogin":{"success":false,"at":"2026-11-29"}}"#,
+            br#"{"token":"t","lastLogin":{"success":false}}"#,
         ] {
             assert_eq!(
                 outcome(&mut e, ok),

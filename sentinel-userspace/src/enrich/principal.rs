@@ -569,8 +569,12 @@ pub fn login_username(req: &RequestView<'_>, cfg: &PrincipalConfig) -> Option<St
             } else {
                 field(k)
             };
-            if matches && !v.is_empty() {
-                return Some(percent_decode(v));
+            if matches {
+                let name = percent_decode(v);
+                // `username=+` is a blank name: no account, as in JSON.
+                if !name.trim().is_empty() {
+                    return Some(name);
+                }
             }
         }
     }
@@ -583,12 +587,16 @@ pub(crate) fn text_field<'v>(
     o: &'v serde_json::Map<String, serde_json::Value>,
     fields: &[String],
 ) -> Option<&'v str> {
-    fields.iter().find_map(|f| {
-        o.iter()
-            .find(|(k, _)| field_style(k) == *f)
-            .and_then(|(_, v)| v.as_str())
-            .filter(|v| !v.trim().is_empty())
-    })
+    // Each key's style once (a login body may hold thousands of keys), and only of keys that
+    // hold text: the first of `fields` in their order wins.
+    let styled: Vec<(String, &str)> = o
+        .iter()
+        .filter_map(|(k, v)| Some((field_style(k), v.as_str()?)))
+        .filter(|(_, v)| !v.trim().is_empty())
+        .collect();
+    fields
+        .iter()
+        .find_map(|f| styled.iter().find(|(k, _)| k == f).map(|(_, v)| *v))
 }
 
 /// A field name in lower case without the separators naming styles put in it: `user_name`,
