@@ -718,13 +718,15 @@ pub fn opaque_credential<'a>(req: &RequestView<'a>) -> Option<(&'a str, Principa
                                 .unwrap_or(v)
                         });
                     let tok = named.unwrap_or(creds);
-                    if !tok.is_empty() {
+                    if secret_like(tok) {
                         return Some((tok, *kind));
                     }
                 }
             }
-            // A scheme's name alone (`Bearer` without its token) is no key.
-            None if !auth.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            // A scheme's name alone (`Bearer` without its token) is no key, and a JWT without
+            // a scheme (API Gateway's Cognito authorizer) is no opaque key: its hash changes at
+            // every refresh.
+            None if secret_like(auth) && !looks_like_jwt(auth) => {
                 return Some((auth, PrincipalKind::Token));
             }
             None => {}
@@ -735,8 +737,15 @@ pub fn opaque_credential<'a>(req: &RequestView<'a>) -> Option<(&'a str, Principa
             return None;
         }
         let v = bearer_token(value).unwrap_or(value).trim();
-        (!v.is_empty() && !looks_like_jwt(v)).then_some((v, PrincipalKind::Token))
+        (secret_like(v) && !looks_like_jwt(v)).then_some((v, PrincipalKind::Token))
     })
+}
+
+/// Long enough to be a secret (16 characters: API keys and tokens are 20 to 64), which
+/// placeholders a client sends while logged out are not (`null`, `undefined`, `[object
+/// Object]`): every anonymous visitor sending one would be one principal.
+fn secret_like(v: &str) -> bool {
+    v.len() >= 16
 }
 
 /// Headers besides `Authorization` and the API key headers that APIs carry a JWT in (lower
@@ -938,13 +947,6 @@ pub fn identify(
             };
         }
     }
-    // A key sent as `Authorization: ApiKey k` is the principal `X-API-Key: k` is.
-    if let Some((secret, kind)) = opaque_credential(req) {
-        return Principal {
-            kind,
-            id: hash(secret),
-        };
-    }
     // Every `Cookie` line: HTTP/2 (and a proxy translating it) sends one per cookie.
     for (_, cookies) in req
         .headers
@@ -960,6 +962,14 @@ pub fn identify(
                 };
             }
         }
+    }
+    // A key sent as `Authorization: ApiKey k` is the principal `X-API-Key: k` is. After the
+    // session cookie: a key the whole app sends (in `X-Token`, say) would make every user one.
+    if let Some((secret, kind)) = opaque_credential(req) {
+        return Principal {
+            kind,
+            id: hash(secret),
+        };
     }
     // A JWT in a token header, a cookie or the query names its subject when no credential the
     // configuration knows named the principal: an API key or session stays named by its hash,
@@ -1178,11 +1188,30 @@ mod tests {
             principal(&view("/", &hs, b""), &cfg).kind,
             PrincipalKind::Ip
         );
-        let hs = h(&[("X-Auth-Token", "abc.def.ghi")]);
+        let hs = h(&[("X-Auth-Token", "abcdefgh.ijklmnop.qrstuvwx")]);
         let p = principal(&view("/", &hs, b""), &cfg);
         assert_eq!(
             (p.kind, p.id),
-            (PrincipalKind::Token, short_hash("abc.def.ghi"))
+            (
+                PrincipalKind::Token,
+                short_hash("abcdefgh.ijklmnop.qrstuvwx")
+            )
+        );
+        // Placeholders name nobody; a session cookie wins over a key the whole app sends.
+        for (name, value) in [("X-Access-Token", "null"), ("X-Auth-Token", "undefined")] {
+            let hs = h(&[(name, value)]);
+            assert_eq!(
+                principal(&view("/", &hs, b""), &cfg).kind,
+                PrincipalKind::Ip
+            );
+        }
+        let hs = h(&[
+            ("X-Token", "app-wide-key-0123456789"),
+            ("Cookie", "sessionid=s-4f2a9c1e"),
+        ]);
+        assert_eq!(
+            principal(&view("/", &hs, b""), &cfg).kind,
+            PrincipalKind::Session
         );
     }
 
@@ -1273,20 +1302,28 @@ mod tests {
             let p = principal(&view("/", &hs, b""), &cfg);
             (p.kind, p.id)
         };
-        let key = (PrincipalKind::ApiKey, short_hash("k-1"));
+        let key = (PrincipalKind::ApiKey, short_hash("k-1-7f3a9c2e5b8d41"));
         // One key, however it is sent, is one principal (and one credential: its hash).
-        for auth in ["ApiKey k-1", "Api-Key k-1", "API_KEY  k-1 ", "key k-1"] {
+        for auth in [
+            "ApiKey k-1-7f3a9c2e5b8d41",
+            "Api-Key k-1-7f3a9c2e5b8d41",
+            "API_KEY  k-1-7f3a9c2e5b8d41 ",
+            "key k-1-7f3a9c2e5b8d41",
+        ] {
             assert_eq!(named(&[("Authorization", auth)]), key, "{auth}");
         }
-        assert_eq!(named(&[("X-API-Key", "k-1")]), key);
-        let tok = (PrincipalKind::Token, short_hash("t-1"));
+        assert_eq!(named(&[("X-API-Key", "k-1-7f3a9c2e5b8d41")]), key);
+        let tok = (PrincipalKind::Token, short_hash("t-1-7f3a9c2e5b8d41"));
         for (name, value) in [
-            ("Authorization", "Token t-1"),
-            ("Authorization", r#"Token token="t-1", nonce="x""#),
-            ("Authorization", "t-1"),
-            ("X-Auth-Token", "t-1"),
-            ("x-access-token", "Bearer t-1"),
-            ("X-Token", " t-1 "),
+            ("Authorization", "Token t-1-7f3a9c2e5b8d41"),
+            (
+                "Authorization",
+                r#"Token token="t-1-7f3a9c2e5b8d41", nonce="x""#,
+            ),
+            ("Authorization", "t-1-7f3a9c2e5b8d41"),
+            ("X-Auth-Token", "t-1-7f3a9c2e5b8d41"),
+            ("x-access-token", "Bearer t-1-7f3a9c2e5b8d41"),
+            ("X-Token", " t-1-7f3a9c2e5b8d41 "),
         ] {
             assert_eq!(named(&[(name, value)]), tok, "{name}: {value}");
         }
@@ -1297,6 +1334,10 @@ mod tests {
             "AWS4-HMAC-SHA256 Credential=AKIA/x, Signature=ab12",
             "Bearer",
             "Token ",
+            // Placeholders a logged-out client sends, and a JWT without a scheme.
+            "Token undefined",
+            "null",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl",
         ] {
             assert_eq!(
                 named(&[("Authorization", auth)]).0,

@@ -461,7 +461,11 @@ mod tests {
             "gAAAAABk-opaque-keystone",
             "gAAAAABk-opaque-keystone",
         ),
-        ("X-Access-Token", "at-9f8e7d6c5b4a", "at-9f8e7d6c5b4a"),
+        (
+            "X-Access-Token",
+            "at-9f8e7d6c5b4a3210",
+            "at-9f8e7d6c5b4a3210",
+        ),
         ("X-API-Key", "sk_live_51HxYz", "sk_live_51HxYz"),
         ("Api-Key", "ak-123456", "ak-123456"),
         ("X-Api-Token", "xt-123456", "xt-123456"),
@@ -475,14 +479,26 @@ mod tests {
             "token ghp_16C7e42F292c6912E7710c838347Ae178B4a",
             "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
         ),
-        ("Authorization", "ApiKey key-abc-123", "key-abc-123"),
-        ("Authorization", "Api-Key key-def-456", "key-def-456"),
         (
             "Authorization",
-            "Token token=\"rails-tok-1\"",
-            "rails-tok-1",
+            "ApiKey key-abc-123-456-789",
+            "key-abc-123-456-789",
         ),
-        ("Authorization", "sk_4f2a9c1e7b3d", "sk_4f2a9c1e7b3d"),
+        (
+            "Authorization",
+            "Api-Key key-def-456-789-012",
+            "key-def-456-789-012",
+        ),
+        (
+            "Authorization",
+            "Token token=\"rails-tok-1-5f8e2a9c\"",
+            "rails-tok-1-5f8e2a9c",
+        ),
+        (
+            "Authorization",
+            "sk_4f2a9c1e7b3d5a6b",
+            "sk_4f2a9c1e7b3d5a6b",
+        ),
     ];
 
     #[test]
