@@ -443,7 +443,9 @@ impl CredentialDetector {
         out: &mut Vec<Detection>,
     ) {
         let new_client = ctx.profile.is_some() && !known_device;
-        if !(new_country || automated || new_client) {
+        // A client the account has logged in with, at home, is its owner's, scripted or not
+        // (a backup job or a monitor with a rotated-away password fails all day too).
+        if !(new_country || automated || new_client) || (known_device && !new_country) {
             return;
         }
         let o = ctx.obs;
@@ -1364,6 +1366,17 @@ mod tests {
             let alerts = a_day_of_failures("192.0.2.44", APP, gap);
             assert!(alerts.is_empty(), "{alerts:?}");
         }
+        // The owner's backup script at home, which logged in before, with a password since
+        // changed: scripted, but the account's own client in its own country.
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        history(&mut e, "layla", "192.0.2.44", 5);
+        let day = T0 + 5 * 86_400 * S;
+        let script = "python-requests/2.31";
+        let at_home = |t: u64, ok: bool| login(t, "192.0.2.44", "layla", ok, script);
+        let mut alerts = e.observe(&at_home(day, true));
+        alerts.extend((1..288).flat_map(|i| e.observe(&at_home(day + i * 301 * S, false))));
+        alerts.retain(|a| a.kind == AlertKind::BruteForce && a.explanation.contains("slow"));
+        assert!(alerts.is_empty(), "{alerts:?}");
         // A user who mistypes three times before each of two logins a day, for a week, on a
         // laptop the account never used before.
         let mut e = Engine::new(&ModelsConfig::default()).unwrap();
