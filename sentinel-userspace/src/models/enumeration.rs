@@ -6,8 +6,8 @@
 //!   distinct ids within `window_s`, and either walks them in order (a run of `min_run` steps
 //!   of 1 to `max_step`) or covers their range densely (distinct / (max - min + 1) >=
 //!   `min_density`; the range counted on the grid the steps keep to, their greatest common
-//!   divisor up to 16, so that every tenth id walked in any order is dense too, while minute
-//!   buckets and page offsets are not). A customer opening their own accounts touches a handful of unrelated
+//!   divisor, so that every tenth id walked in any order is dense too; up to 16 for ids that
+//!   read as epoch seconds or milliseconds, so that minute buckets are not). A customer opening their own accounts touches a handful of unrelated
 //!   ids; a walker touches many neighbours.
 //! - `scraping`: one principal makes at least `scrape_min_requests` requests within
 //!   `scrape_window_s`, at least `scrape_min_distinct_ratio` of them to distinct resources, with
@@ -235,11 +235,17 @@ pub fn object_id(path: &str, endpoint: &str, query: &str) -> Option<u64> {
     })
 }
 
-/// The widest grid a walk's ids are measured on: ids handed out in steps of a few (sequences
-/// with a cache, shards) are walked by every step; wider steps are what time buckets
-/// (`/metrics/{id}` at epoch seconds a minute apart) and offsets of pages take, which a client
-/// reads densely on its own.
+/// The widest grid a walk over ids that read as times is measured on: ids handed out in steps
+/// of a few (sequences with a cache, shards) are walked by every step, while time buckets
+/// (`/metrics/{id}` at epoch seconds a minute apart), which a dashboard reads densely by itself,
+/// keep to wide grids. Other ids are measured on any grid: a walk 17 apart is a walk.
 const MAX_GRID: u32 = 16;
+
+/// An id in the range of epoch seconds or milliseconds (2001 to 2286).
+fn epoch_like(id: u64) -> bool {
+    (1_000_000_000..10_000_000_000).contains(&id)
+        || (1_000_000_000_000..10_000_000_000_000).contains(&id)
+}
 
 /// First words of a query parameter ending in `id` that make it a cursor or bound of a listing
 /// (`afterId`, `since_id`, `lastEventId`, `max_tweet_id`), whose values step through a feed as a
@@ -333,7 +339,7 @@ impl EnumerationDetector {
         // The ids the walk could have touched: those of its range on the grid its steps keep
         // to (every tenth id, when ids are handed out in tens, is a walk over all of them).
         // Saturating: a walk may hold id 0 and u64::MAX.
-        let grid = if w.stride <= MAX_GRID {
+        let grid = if w.stride <= MAX_GRID || !epoch_like(w.min) {
             u64::from(w.stride.max(1))
         } else {
             1
@@ -697,14 +703,28 @@ mod tests {
     }
 
     #[test]
-    fn time_buckets_and_page_offsets_are_no_walk() {
-        // A dashboard reading twenty minutes of a metric by its minute buckets (epoch seconds),
-        // and a feed read 50 items a page by offset in the path.
+    fn time_buckets_are_no_walk_but_wide_steps_over_ids_are() {
+        // A dashboard reading twenty minutes of a metric by its minute buckets (epoch seconds,
+        // or milliseconds).
         assert_eq!(
             walked((0..20).map(|i| 1_717_000_000 + 60 * i), "198.18.0.65"),
             0
         );
-        assert_eq!(walked((0..20).map(|i| 50 * i), "198.18.0.66"), 0);
+        assert_eq!(
+            walked(
+                (0..20).map(|i| 1_717_000_000_000 + 60_000 * i),
+                "198.18.0.66"
+            ),
+            0
+        );
+        // Accounts 17 apart, in order and shuffled: a walk past any fixed widest grid.
+        assert!(walked((0..40).map(|i| 700_000 + 17 * i), "198.51.100.67") > 0);
+        assert!(
+            walked(
+                (0..40).map(|i| 700_000 + 17 * ((i * 13) % 40)),
+                "198.51.100.68"
+            ) > 0
+        );
         // Under an account's files, the account is the object walked.
         let id = object_id(
             "/accounts/42/files/5f1d7a3b9c1e4a0012345678",

@@ -684,9 +684,9 @@ mod tests {
     }
 
     #[test]
-    fn numbers_in_json_are_no_cards_or_ids_but_strings_and_text_are() {
+    fn epoch_seconds_in_json_are_no_national_ids_but_strings_text_and_cards_are() {
         // A page of events with epoch seconds: one in ten passes a Luhn check and starts with 1,
-        // as a Saudi national id does; numeric ids of 19 digits pass as cards as often.
+        // as a Saudi national id does.
         let events: Vec<String> = [
             1_717_000_002u64,
             1_717_000_010,
@@ -694,7 +694,7 @@ mod tests {
             1_717_000_036,
         ]
         .iter()
-        .map(|t| format!(r#"{{"created":{t},"amount": {t}.5,"id":3141592653589793206}}"#))
+        .map(|t| format!(r#"{{"created":{t},"amount": {t}.5}}"#))
         .collect();
         let page = format!(
             r#"{{"data":[{}],"next":[1717000044, 1717000051]}}"#,
@@ -713,6 +713,11 @@ mod tests {
         let e3 = &mut Engine::new(&ModelsConfig::default()).unwrap();
         let csv = "id,national_id\n1,1717000002\n2,1717000010\n3,1717000028\n";
         assert!(body(e3, csv)[0].explanation.contains("3 national ids"));
+        // Card numbers in a numeric column are cards.
+        let e4 = &mut Engine::new(&ModelsConfig::default()).unwrap();
+        let cards =
+            r#"[{"pan":4111111111111111},{"pan":5500000000000004},{"pan":340000000000009}]"#;
+        assert!(body(e4, cards)[0].explanation.contains("3 card numbers"));
     }
 
     /// A Luhn-valid 16-digit card number, distinct for every `i`.

@@ -213,11 +213,12 @@ fn is_json(b: &[u8]) -> bool {
     )
 }
 
-/// Whether `b[i..end]` is a bare JSON number (a member's or an element's value, not a string):
-/// epoch seconds (`"created":1717000123`, every 10-digit number from 2001 to 2033 starts with 1)
-/// and numeric ids pass a Luhn check one time in ten, and a day of them read as national ids or
-/// cards would be personal data in bulk. Card numbers do not fit a JSON number a JavaScript
-/// client can read (2^53), so APIs send them as strings, as they send identity numbers.
+/// Whether `b[i..end]` is a bare JSON number (a member's or an element's value, not a string,
+/// as far as its neighbouring bytes tell): for 10-digit runs, epoch seconds
+/// (`"created":1717000123`; every 10-digit number from 2001 to 2033 starts with 1) pass the
+/// Saudi id's Luhn check one time in ten, and a day of them would read as national ids in bulk.
+/// Identity numbers are sent as strings. Card numbers are read as numbers too (they fit a JSON
+/// number, and a numeric column of them is as much a leak).
 fn bare_json_number(b: &[u8], i: usize, end: usize) -> bool {
     let before = b[..i].iter().rev().find(|c| !c.is_ascii_whitespace());
     let after = b[end..].iter().find(|c| !c.is_ascii_whitespace());
@@ -227,13 +228,17 @@ fn bare_json_number(b: &[u8], i: usize, end: usize) -> bool {
 
 /// The token at `i`, if one starts there (the digit run of a card or id, an IBAN-shaped word,
 /// an e-mail address around an `@`), into `f`; where to look next. In a JSON body (`json`), a
-/// digit run that is a bare number is no card or id.
+/// 10-digit run that is a bare number is no national id (it is epoch seconds as often).
 fn token_at(b: &[u8], i: usize, json: bool, f: &mut Findings) -> usize {
     let c = b[i];
     let boundary = i == 0 || !is_word(b[i - 1]);
     if c.is_ascii_digit() && boundary {
         let (end, run) = digit_run(b, i);
-        if (end >= b.len() || !is_word(b[end])) && !(json && bare_json_number(b, i, end)) {
+        let epoch_like = json
+            && run.digits().len() == 10
+            && run.seps().is_empty()
+            && bare_json_number(b, i, end);
+        if (end >= b.len() || !is_word(b[end])) && !epoch_like {
             classify_digits(&run, &b[i..end], f);
         }
         return end.max(i + 1);
