@@ -117,9 +117,19 @@ impl<'t> Scanner<'t> {
     fn string(&mut self) -> String {
         if self.rest().starts_with(b"\"\"\"") {
             let body = self.i + 3;
-            let end = self.s[body..]
-                .find("\"\"\"")
-                .map_or(self.s.len(), |n| body + n);
+            // `\"""` inside a block string is an escaped quote triple, not its end.
+            let mut end = self.s.len();
+            let mut from = body;
+            while let Some(n) = self.s[from..].find("\"\"\"") {
+                if self.s.as_bytes().get((from + n).wrapping_sub(1)) == Some(&b'\\')
+                    && from + n > body
+                {
+                    from += n + 3;
+                    continue;
+                }
+                end = from + n;
+                break;
+            }
             self.i = (end + 3).min(self.s.len());
             return self.s[body..end].trim().to_owned();
         }
@@ -382,6 +392,11 @@ fn object_account(
 /// `operationName`), or an array of them; at most [`MAX_ATTEMPTS`].
 pub fn login_calls(body: &[u8], login_fields: &[String], username_fields: &[String]) -> Vec<Call> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    // The cheap test before parsing: most GraphQL requests are queries. JSON may escape a
+    // letter of `mutation` (`\u006d`), so a body with escapes is parsed anyway.
+    if memchr::memmem::find(body, b"mutation").is_none() && memchr::memchr(b'\\', body).is_none() {
+        return Vec::new();
+    }
     let Ok(doc) = serde_json::from_slice::<Value>(body) else {
         return Vec::new();
     };
@@ -435,23 +450,21 @@ pub fn outcomes(calls: &[Call], resp_body: &[u8]) -> Vec<Option<bool>> {
         .collect()
 }
 
-/// One call's outcome in one operation's result.
+/// One call's outcome in one operation's result: its result first (a token in it is a
+/// success, whatever error a field below it had: a partial error is no failed login), then the
+/// errors at its path.
 fn outcome(r: &Map<String, Value>, key: &str) -> Option<bool> {
-    let errored = r
-        .get("errors")
-        .and_then(Value::as_array)
-        .is_some_and(|errs| {
+    let errors = r.get("errors").and_then(Value::as_array);
+    // An error at the call itself (`["login"]`), not at a field of its result.
+    let errored_at = |whole: bool| {
+        errors.is_some_and(|errs| {
             errs.iter().any(|e| {
-                e.get("path")
-                    .and_then(Value::as_array)
-                    .and_then(|p| p.first())
-                    .and_then(Value::as_str)
-                    == Some(key)
+                e.get("path").and_then(Value::as_array).is_some_and(|p| {
+                    p.first().and_then(Value::as_str) == Some(key) && (!whole || p.len() == 1)
+                })
             })
-        });
-    if errored {
-        return Some(false);
-    }
+        })
+    };
     let data = match r.get("data") {
         Some(Value::Object(d)) => d,
         // No data at all: a request error (errors without a path) fails every call.
@@ -461,11 +474,40 @@ fn outcome(r: &Map<String, Value>, key: &str) -> Option<bool> {
     match data.get(key) {
         None | Some(Value::Null) => Some(false),
         Some(Value::Object(o)) => {
-            Some(super::pipeline::carries_token(o, 3) || !super::pipeline::flag_false(o))
+            if super::pipeline::carries_token(o, 3) {
+                return Some(true);
+            }
+            // Errors in the result itself (`userErrors`, `errors`: Saleor, Shopify), a token
+            // member left null, a failure type of a union result (`InvalidCredentials`).
+            let held = |v: &Value| match v {
+                Value::Array(a) => !a.is_empty(),
+                Value::Object(m) => !m.is_empty(),
+                Value::String(s) => !s.is_empty(),
+                _ => false,
+            };
+            let failed_member = o.iter().any(|(k, v)| {
+                let k = field_style(k);
+                (k.ends_with("errors") || k == "error") && held(v)
+                    || k.contains("token") && v.is_null()
+            });
+            let failed_type = o
+                .get("__typename")
+                .and_then(Value::as_str)
+                .is_some_and(|t| {
+                    ["error", "invalid", "fail", "denied", "unauthori"]
+                        .iter()
+                        .any(|w| t.to_ascii_lowercase().contains(w))
+                });
+            Some(
+                !(failed_member
+                    || failed_type
+                    || super::pipeline::flag_false(o)
+                    || errored_at(true)),
+            )
         }
-        Some(Value::Bool(ok)) => Some(*ok),
-        Some(Value::String(s)) => Some(!s.is_empty()),
-        Some(_) => Some(true),
+        Some(Value::Bool(ok)) => Some(*ok && !errored_at(false)),
+        Some(Value::String(s)) => Some(!s.is_empty() && !errored_at(false)),
+        Some(_) => Some(!errored_at(false)),
     }
 }
 
@@ -591,5 +633,24 @@ mod tests {
             outcomes(&c, br#"{"data":null,"errors":[{"message":"rate"}]}"#),
             [Some(false); 4]
         );
+        // After a review: a partial error under a result with a token is a success; errors
+        // inside the result, a null token, a failure type of a union are failures.
+        let resp = br#"{"data":{"a1":{"token":"t","user":{"plan":null}},
+            "a2":{"token":null,"userErrors":[{"field":"password","message":"Wrong password"}]},
+            "a3":{"__typename":"InvalidCredentials","message":"no"},
+            "a4":{"user":{"id":1},"errors":[]}},
+            "errors":[{"message":"billing down","path":["a1","user","plan"]}]}"#;
+        assert_eq!(
+            outcomes(&c, resp),
+            [Some(true), Some(false), Some(false), Some(true)]
+        );
+    }
+
+    #[test]
+    fn an_escaped_quote_triple_does_not_end_a_block_string() {
+        // `\"""` inside a block string is the spec's escape, after which the string goes on.
+        let query = r#"mutation { a0: login(username: """ \""" x: """, password: "p0") { token } a1: login(username: "v", password: "p1") { token } a2: login(username: "v", password: """p2""") { token } }"#;
+        let body = serde_json::json!({ "query": query }).to_string();
+        assert_eq!(calls(&body).len(), 3, "{body}");
     }
 }

@@ -211,7 +211,11 @@ impl Enricher {
         if calls.is_empty() {
             return Vec::new();
         }
-        let whole = self.login_succeeded(t);
+        // Where the answer says nothing readable about a call (cut at the body cap, a batch's
+        // array), the transaction's outcome stands for a single call; several calls in one
+        // request are no honest client's login, and each unreadable one is a failure (an
+        // answer made to overflow the cap would otherwise turn every guess into a success).
+        let whole = calls.len() == 1 && self.login_succeeded(t);
         let ok_status = (200..300).contains(&t.status);
         graphql::outcomes(&calls, t.resp_body)
             .into_iter()
@@ -847,6 +851,25 @@ mod tests {
         );
         let kinds = graphql_kinds(&mut e, &[batch]);
         assert!(kinds.contains(&AlertKind::CredentialStuffing), "{kinds:?}");
+    }
+
+    #[test]
+    fn graphql_guesses_whose_answer_cannot_be_read_are_failures() {
+        // Twenty guesses in one request, answered with a document cut at the body cap (or an
+        // array the outcome reader cannot place): every unreadable call is a failure.
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let (req, _) = aliased(20, |_| "victim".into());
+        let h = vec![("Content-Type".to_string(), "application/json".to_string())];
+        let cut = br#"{"data":{"a0":null,"a1":null,"a2"#;
+        let o = e.enrich(facts("/graphql", &h, req.as_bytes(), 200, cut));
+        let attempts: Vec<bool> = o
+            .login
+            .iter()
+            .chain(&o.more_logins)
+            .map(|l| l.success)
+            .collect();
+        assert_eq!(attempts.len(), 20);
+        assert!(attempts.iter().all(|s| !s), "{attempts:?}");
     }
 
     #[test]
