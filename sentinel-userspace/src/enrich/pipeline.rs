@@ -73,6 +73,20 @@ impl Default for EnrichSettings {
     }
 }
 
+/// How long the same refused `Basic` credentials count once ([`Enricher::basic_guess`]).
+const RETRY_NS: u64 = 3_600_000_000_000;
+
+/// A user name shaped like an API key rather than a person's or a service's name: a known key
+/// prefix, or 20 characters and more of letters and digits mixed, without `@`, `.` or blanks.
+fn key_shaped(user: &str) -> bool {
+    const PREFIXES: [&str; 6] = ["sk_", "pk_", "rk_", "ghp_", "xox", "AKIA"];
+    PREFIXES.iter().any(|p| user.starts_with(p))
+        || (user.len() >= 20
+            && user.bytes().any(|b| b.is_ascii_digit())
+            && user.bytes().any(|b| b.is_ascii_alphabetic())
+            && !user.bytes().any(|b| matches!(b, b'@' | b'.' | b' ')))
+}
+
 /// Slots of each of the enricher's caches (a power of two).
 const CACHE_SLOTS: usize = 4096;
 
@@ -144,6 +158,9 @@ pub struct Enricher {
     graphql: principal::LoginPaths,
     /// Login mutation fields (`[models] graphql_login_fields`).
     graphql_fields: Vec<String>,
+    /// `Basic` credentials refused lately, by a hash of user and password, with when: a
+    /// direct-mapped table of [`CACHE_SLOTS`] (a client retrying a stale password is no guesser).
+    refused: Vec<(u64, u64)>,
 }
 
 impl Enricher {
@@ -177,6 +194,7 @@ impl Enricher {
             templates: Templates::default(),
             principal,
             failure_markers,
+            refused: vec![(0, 0); CACHE_SLOTS],
         })
     }
 
@@ -225,6 +243,36 @@ impl Enricher {
                 success: ok_status && outcome.unwrap_or(whole),
             })
             .collect()
+    }
+
+    /// A `Basic` password the server refused (401) without a login body: a guess at the
+    /// user's password, so that guessing on an API that takes `Basic` credentials on every
+    /// endpoint is a brute force. Only refusals count, never successes (nothing to link, no
+    /// client flow), and not:
+    /// - a 403 (authorisation, the password was right);
+    /// - an OAuth client authenticating to a token endpoint (`grant_type` in the body, RFC 6749
+    ///   §2.3.1): the client is no user;
+    /// - an API key sent as the user name (an empty password, or a user name shaped like a key),
+    ///   which would be printed as an account;
+    /// - the same user and password refused again within an hour: a client retrying a stale
+    ///   password (a monitor, a backup job) tries one password, however often.
+    fn basic_guess(&mut self, t: &TransactionFacts<'_>) -> Option<LoginAttempt> {
+        if t.status != 401 || memchr::memmem::find(t.req_body, b"grant_type").is_some() {
+            return None;
+        }
+        let (user, password) =
+            principal::basic_credentials(header(&t.req_headers, "authorization")?)?;
+        if user.trim().is_empty() || password.is_empty() || key_shaped(&user) {
+            return None;
+        }
+        let key = key_of(&(user.as_str(), password.as_str())).max(1);
+        let slot = &mut self.refused[key as usize % CACHE_SLOTS];
+        let retried = slot.0 == key && t.ts_ns.saturating_sub(slot.1) < RETRY_NS;
+        *slot = (key, t.ts_ns);
+        (!retried).then_some(LoginAttempt {
+            username: user,
+            success: false,
+        })
     }
 
     /// True when a GeoIP database is loaded.
@@ -335,19 +383,17 @@ impl Enricher {
             Some((j, (_, tok))) if bearer.is_none() => (Some(j), tok.map(Cow::Owned)),
             _ => (jwt, bearer),
         };
-        // Only a login body (or a GraphQL login call) names the account a login tries.
-        // `Basic` credentials are not a login by themselves: they are how OAuth clients
-        // authenticate to the token endpoint (the client, not a user: linking its tokens would
-        // make every user one account), how API keys travel (as the user name), and what a
-        // stale client retries; their 403s are authorisation, not a password refused (a
-        // review's findings against 6b2b726).
+        // A login body (or a GraphQL login call) names the account a login tries; without one,
+        // only a refused `Basic` password that is a guess ([`Enricher::basic_guess`]: not an
+        // OAuth client's, not an API key's, not a stale retry; never a success, so nothing is
+        // linked to a `Basic` user).
         let login = match username {
             _ if !calls.is_empty() => Some(calls.remove(0)),
             Some(username) => Some(LoginAttempt {
                 username,
                 success: self.login_succeeded(&t),
             }),
-            None => None,
+            None => self.basic_guess(&t),
         };
         let user_agent = header(&t.req_headers, "user-agent").cloned();
         Observation {
@@ -703,13 +749,74 @@ mod tests {
         }
     }
 
-    #[test]
-    fn basic_credentials_alone_are_no_login() {
+    /// `Basic` credentials for `user` and `pw`.
+    fn basic(user: &str, pw: &str) -> Vec<(String, String)> {
         use base64::Engine as _;
-        let basic = |user: &str, pw: &str| {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
-            vec![("Authorization".to_string(), format!("Basic {b64}"))]
-        };
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
+        vec![("Authorization".to_string(), format!("Basic {b64}"))]
+    }
+
+    #[test]
+    fn refused_basic_passwords_are_guesses_but_a_stale_retry_is_not() {
+        // Twenty passwords for admin on an API that takes Basic credentials on every request.
+        let guesses: Vec<Req<'_>> = (0..20)
+            .map(|i| {
+                let h = basic("admin", &format!("pw{i}"));
+                ("/api/reports", h, String::new(), "203.0.113.70", 401)
+            })
+            .collect();
+        let kinds = kinds_of(&guesses);
+        assert!(
+            kinds.contains(&crate::models::AlertKind::BruteForce),
+            "{kinds:?}"
+        );
+        // A monitor with a password since changed, retrying the same one every second, and a
+        // client of that API using its right password all day, mistyping it once.
+        let stale: Vec<Req<'_>> = (0..60)
+            .map(|_| {
+                let h = basic("monitor", "old-password");
+                ("/api/health", h, String::new(), "198.18.0.71", 401)
+            })
+            .collect();
+        assert_eq!(kinds_of(&stale), []);
+        let mut client: Vec<Req<'_>> = (0..100)
+            .map(|_| {
+                (
+                    "/api/reports",
+                    basic("reporter", "right"),
+                    String::new(),
+                    "198.18.0.70",
+                    200,
+                )
+            })
+            .collect();
+        client[50].1 = basic("reporter", "wrong");
+        client[50].4 = 401;
+        assert_eq!(kinds_of(&client), []);
+        // An OAuth client refused at the token endpoint is no user; a key as the user name,
+        // with a password or without, is no account.
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let h = basic("mobile-app", "wrong-secret");
+        let f = facts(
+            "/oauth/token",
+            &h,
+            b"grant_type=client_credentials",
+            401,
+            b"{}",
+        );
+        assert!(e.enrich(f).login.is_none());
+        for user in [
+            "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+            "a1b2c3d4e5f6a7b8c9d0e1f2",
+        ] {
+            let h = basic(user, "x");
+            let f = facts("/v1/charges", &h, b"", 401, b"{}");
+            assert!(e.enrich(f).login.is_none(), "{user}");
+        }
+    }
+
+    #[test]
+    fn basic_credentials_that_guess_nothing_are_no_login() {
         let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
         // An OAuth client authenticating to the token endpoint for a user's refresh: the
         // client is no account, and the token issued is the user's, not the client's.

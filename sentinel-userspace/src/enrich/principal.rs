@@ -676,12 +676,19 @@ pub fn credentials<'a>(authorization: &'a str, scheme: &str) -> Option<&'a str> 
 
 /// The user name of a `Basic` Authorization value (base64 of `user:password`).
 pub fn basic_user(authorization: &str) -> Option<String> {
+    basic_credentials(authorization).map(|(user, _)| user)
+}
+
+/// The user name and password of a `Basic` Authorization value (the password empty when there
+/// is no `:`).
+pub fn basic_credentials(authorization: &str) -> Option<(String, String)> {
     let creds = credentials(authorization, "basic")?;
     let raw = base64::engine::general_purpose::STANDARD_NO_PAD
         .decode(creds.trim_end_matches('='))
         .ok()?;
     let text = String::from_utf8_lossy(&raw);
-    Some(text.split_once(':').map_or(&*text, |(u, _)| u).to_owned())
+    let (user, password) = text.split_once(':').unwrap_or((&text, ""));
+    Some((user.to_owned(), password.to_owned()))
 }
 
 /// `Authorization` schemes besides `Bearer` whose credentials are a token or key the server
