@@ -181,6 +181,12 @@ impl Config {
                 self.slow_min_failures >= self.min_failures.max(2),
                 "must be at least min_failures (and at least 2)",
             )
+            // The count's buckets saturate at 65,535 each: a bar above it could never be met.
+            .check(
+                "slow_min_failures",
+                self.slow_min_failures <= u32::from(u16::MAX),
+                "must be at most 65535",
+            )
             .finish()
     }
 }
@@ -1309,6 +1315,7 @@ mod tests {
         assert!(bad(|c| c.slow_window_s = 30.0 * 86_400.0).contains("14 days"));
         let e = bad(|c| c.slow_min_failures = 1);
         assert!(e.contains("credential.slow_min_failures"), "{e}");
+        assert!(bad(|c| c.slow_min_failures = 200_000).contains("at most 65535"));
     }
 
     const APP: &str = "BankApp/4.2.1 (iPhone; iOS 18.1)";

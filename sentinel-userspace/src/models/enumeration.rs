@@ -255,8 +255,9 @@ const CURSORS: [&str; 11] = [
 ];
 
 /// Whole names (before `id`) of parameters that correlate a request rather than name an object
-/// (`requestId`, `trace_id`); and bare bounds (`fromId`, `startId`), which `fromAccountId` is not.
-const CORRELATIONS: [&str; 10] = [
+/// (`requestId`, `trace_id`); and bare bounds (`fromId`, `toId`, `startId`), which
+/// `fromAccountId` is not.
+const CORRELATIONS: [&str; 11] = [
     "request",
     "trace",
     "span",
@@ -267,6 +268,7 @@ const CORRELATIONS: [&str; 10] = [
     "from",
     "start",
     "end",
+    "to",
 ];
 
 /// A query parameter that names an object by its id, in any naming style: `id`, `ID`,
@@ -579,6 +581,7 @@ mod tests {
             "requestId=42",
             "trace-id=42",
             "fromId=42",
+            "toId=42",
         ] {
             assert_eq!(object_id("/statement", "/statement", q), None, "{q}");
         }
