@@ -12,12 +12,18 @@
 //! attempts per request: the rest of a larger batch is not counted (a hundred already raise
 //! any detector's threshold many times over).
 //!
+//! A JSON body cut at the capture's body cap (padded with a large `extensions` member or a long
+//! comment at the query's end) does not parse: its operations are then read as far as the
+//! buffer goes, each query string decoded up to the cut, the variables when they are whole.
+//!
 //! The account of an attempt is an argument whose name is a login user-name field in any naming
 //! style (`username`, `email`, `login`, ...), as a string or a `$variable`, also inside an input
 //! object one or two levels down (`login(input: {email: $e})`, `login(input: $input)`). Its
 //! outcome is in the response: `data.<alias>` null or missing, or an `errors` entry whose `path`
 //! starts with the alias, is a failure; a token anywhere within the result is a success; a
 //! result that says it failed (`success: false`) is a failure; anything else a success.
+
+use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
@@ -388,8 +394,186 @@ fn object_account(
         })
 }
 
+/// One operation of a request: its query, operation name and variables.
+struct Op<'v> {
+    query: Cow<'v, str>,
+    op_name: Option<Cow<'v, str>>,
+    vars: Option<Cow<'v, Map<String, Value>>>,
+}
+
+/// A JSON string literal at `b[*i]` (its opening quote), decoded as far as the buffer goes (a
+/// body cut at the capture's cap ends inside one); the cursor after its closing quote.
+/// Malformed escapes and bytes become U+FFFD, never a panic.
+fn cut_json_string(b: &[u8], i: &mut usize) -> String {
+    let mut out = Vec::new();
+    *i += 1;
+    while let Some(&c) = b.get(*i) {
+        *i += 1;
+        match c {
+            b'"' => break,
+            b'\\' => {
+                let Some(&e) = b.get(*i) else { break };
+                *i += 1;
+                let ch = match e {
+                    b'n' => '\n',
+                    b't' => '\t',
+                    b'r' => '\r',
+                    b'b' => '\u{8}',
+                    b'f' => '\u{c}',
+                    b'u' => {
+                        let hex = |at: usize| {
+                            b.get(at..at + 4)
+                                .and_then(|h| std::str::from_utf8(h).ok())
+                                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                        };
+                        let Some(hi) = hex(*i) else { break };
+                        *i += 4;
+                        let lo = (0xD800..0xDC00).contains(&hi)
+                            && b.get(*i..*i + 2) == Some(b"\\u")
+                            && hex(*i + 2).is_some_and(|lo| (0xDC00..0xE000).contains(&lo));
+                        let code = if lo {
+                            let lo = hex(*i + 2).unwrap_or(0xDC00);
+                            *i += 6;
+                            0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                        } else {
+                            hi
+                        };
+                        char::from_u32(code).unwrap_or('\u{FFFD}')
+                    }
+                    other => char::from(other),
+                };
+                out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
+            }
+            c => out.push(c),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Skips blanks at `b[*i]`.
+fn skip_blanks(b: &[u8], i: &mut usize) {
+    while b.get(*i).is_some_and(u8::is_ascii_whitespace) {
+        *i += 1;
+    }
+}
+
+/// Skips the JSON value at `b[*i]`, strings within it read by their escapes; whether it
+/// ended within the buffer.
+fn skip_json_value(b: &[u8], i: &mut usize) -> bool {
+    let mut depth = 0usize;
+    while let Some(&c) = b.get(*i) {
+        match c {
+            b'"' => {
+                // To its closing quote, escapes skipped.
+                *i += 1;
+                loop {
+                    match b.get(*i) {
+                        None => return false,
+                        Some(b'\\') => *i += 2,
+                        Some(b'"') => break,
+                        Some(_) => *i += 1,
+                    }
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' if depth == 0 => return true,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    *i += 1;
+                    return true;
+                }
+            }
+            b',' if depth == 0 => return true,
+            _ => {}
+        }
+        *i += 1;
+    }
+    false
+}
+
+/// An operation object at `b[*i]` (its `{`) of a body cut short, read as far as it goes: its
+/// query (cut where the buffer ends), operation name, and variables when they are whole.
+fn cut_json_op(b: &[u8], i: &mut usize) -> Option<Op<'static>> {
+    *i += 1;
+    let (mut query, mut op_name, mut vars) = (None, None, None);
+    loop {
+        skip_blanks(b, i);
+        match b.get(*i) {
+            Some(b'"') => {}
+            Some(b',') => {
+                *i += 1;
+                continue;
+            }
+            Some(b'}') => {
+                *i += 1;
+                break;
+            }
+            _ => break,
+        }
+        let key = cut_json_string(b, i);
+        skip_blanks(b, i);
+        if b.get(*i) != Some(&b':') {
+            break;
+        }
+        *i += 1;
+        skip_blanks(b, i);
+        let start = *i;
+        match (key.as_str(), b.get(*i)) {
+            ("query", Some(b'"')) => query = Some(cut_json_string(b, i)),
+            ("operationName", Some(b'"')) => op_name = Some(cut_json_string(b, i)),
+            _ => {
+                let whole = skip_json_value(b, i);
+                if key == "variables" && whole {
+                    vars = serde_json::from_slice::<Map<String, Value>>(&b[start..*i]).ok();
+                }
+            }
+        }
+    }
+    Some(Op {
+        query: Cow::Owned(query?),
+        op_name: op_name.map(Cow::Owned),
+        vars: vars.map(Cow::Owned),
+    })
+}
+
+/// The operations of a JSON body that does not parse (cut at the capture's body cap: padded
+/// with a large `extensions` member or a long comment at the query's end), read as far as the
+/// buffer goes: one object, or the objects of a batch array.
+fn cut_json_ops(b: &[u8]) -> Vec<Option<Op<'static>>> {
+    let mut i = 0;
+    skip_blanks(b, &mut i);
+    match b.get(i) {
+        Some(b'{') => vec![cut_json_op(b, &mut i)],
+        Some(b'[') => {
+            i += 1;
+            let mut ops = Vec::new();
+            loop {
+                skip_blanks(b, &mut i);
+                match b.get(i) {
+                    Some(b',') => i += 1,
+                    // Each object an operation, one without a query too (the response's
+                    // array answers each).
+                    Some(b'{') => ops.push(cut_json_op(b, &mut i)),
+                    None | Some(b']') => break,
+                    // Anything else in a batch is no operation.
+                    Some(_) => {
+                        let at = i;
+                        if !skip_json_value(b, &mut i) || i == at {
+                            break;
+                        }
+                    }
+                }
+            }
+            ops
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// The login calls of a GraphQL request body: a JSON object with `query` (and `variables`,
-/// `operationName`), or an array of them; at most [`MAX_ATTEMPTS`].
+/// `operationName`), or an array of them, read as far as it goes when cut at the capture's
+/// cap; at most [`MAX_ATTEMPTS`].
 pub fn login_calls(body: &[u8], login_fields: &[String], username_fields: &[String]) -> Vec<Call> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     // The cheap test before parsing: most GraphQL requests are queries. JSON may escape a
@@ -397,28 +581,47 @@ pub fn login_calls(body: &[u8], login_fields: &[String], username_fields: &[Stri
     if memchr::memmem::find(body, b"mutation").is_none() && memchr::memchr(b'\\', body).is_none() {
         return Vec::new();
     }
-    let Ok(doc) = serde_json::from_slice::<Value>(body) else {
-        return Vec::new();
+    let doc = serde_json::from_slice::<Value>(body).ok();
+    let ops: Vec<Option<Op<'_>>> = match &doc {
+        Some(Value::Object(o)) => vec![json_op(o)],
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_object).map(json_op).collect(),
+        Some(_) => return Vec::new(),
+        None => cut_json_ops(body),
     };
-    let ops: Vec<&Map<String, Value>> = match &doc {
-        Value::Object(o) => vec![o],
-        Value::Array(a) => a.iter().filter_map(Value::as_object).collect(),
-        _ => return Vec::new(),
-    };
+    op_calls(&ops, login_fields, username_fields)
+}
+
+/// An operation of a parsed JSON body (none without a query).
+fn json_op(o: &Map<String, Value>) -> Option<Op<'_>> {
+    Some(Op {
+        query: Cow::Borrowed(o.get("query")?.as_str()?),
+        op_name: o
+            .get("operationName")
+            .and_then(Value::as_str)
+            .map(Cow::Borrowed),
+        vars: o
+            .get("variables")
+            .and_then(Value::as_object)
+            .map(Cow::Borrowed),
+    })
+}
+
+/// The login calls of a request's operations, at most [`MAX_ATTEMPTS`].
+fn op_calls(
+    ops: &[Option<Op<'_>>],
+    login_fields: &[String],
+    username_fields: &[String],
+) -> Vec<Call> {
     let is_login = |f: &str| login_fields.iter().any(|l| l.eq_ignore_ascii_case(f));
     let mut calls = Vec::new();
     for (op, o) in ops.iter().enumerate() {
-        let Some(query) = o.get("query").and_then(Value::as_str) else {
-            continue;
-        };
+        let Some(o) = o else { continue };
         // The cheap test first: most GraphQL requests are queries.
-        if !query.contains("mutation") {
+        if !o.query.contains("mutation") {
             continue;
         }
-        let vars = o.get("variables").and_then(Value::as_object);
-        let op_name = o.get("operationName").and_then(Value::as_str);
         let mut found = Vec::new();
-        Scanner { s: query, i: 0 }.document(op_name, &is_login, &mut found);
+        Scanner { s: &o.query, i: 0 }.document(o.op_name.as_deref(), &is_login, &mut found);
         for (key, args) in found {
             if calls.len() >= MAX_ATTEMPTS {
                 return calls;
@@ -426,7 +629,7 @@ pub fn login_calls(body: &[u8], login_fields: &[String], username_fields: &[Stri
             calls.push(Call {
                 op,
                 key: key.to_owned(),
-                username: account(&args, vars, username_fields, 2),
+                username: account(&args, o.vars.as_deref(), username_fields, 2),
             });
         }
     }
@@ -652,5 +855,55 @@ mod tests {
         let query = r#"mutation { a0: login(username: """ \""" x: """, password: "p0") { token } a1: login(username: "v", password: "p1") { token } a2: login(username: "v", password: """p2""") { token } }"#;
         let body = serde_json::json!({ "query": query }).to_string();
         assert_eq!(calls(&body).len(), 3, "{body}");
+    }
+
+    #[test]
+    fn a_body_cut_at_the_cap_is_read_as_far_as_it_goes() {
+        // Padded past the capture's cap with extensions after the query, or a comment at its
+        // end: the JSON does not parse, the calls before the cut are still attempts.
+        let guesses: String = (0..5)
+            .map(|i| format!("a{i}: login(username: \"x\", password: \"p{i}\") {{ token }} "))
+            .collect();
+        let query =
+            format!("mutation L($u: String) {{ {guesses} v: signIn(email: $u) {{ token }} }}");
+        // Keys in the order a client sends them (`json!` would sort them).
+        let body = format!(
+            r#"{{"operationName":"L","variables":{{"u":"bob@x.test"}},"query":{},"extensions":{{"pad":"{}"}}}}"#,
+            Value::from(query),
+            "x".repeat(70_000)
+        );
+        let cut = &body[..64 * 1024];
+        let c = calls(cut);
+        assert_eq!(c.len(), 6, "{}", &cut[..300]);
+        assert_eq!(c[5].username.as_deref(), Some("bob@x.test"));
+        // A long comment at the query's end, with escapes before it.
+        let query = format!(
+            "mutation {{ {guesses} b: login(username: \"é\\\"\") }} #{}",
+            "c".repeat(70_000)
+        );
+        let body = serde_json::json!({ "query": query }).to_string();
+        let c = calls(&body[..64 * 1024]);
+        assert_eq!(c.len(), 6);
+        assert_eq!(c[5].username.as_deref(), Some("é\""));
+        // A batch: each object as far as the buffer goes (the second cut in its query).
+        let one = serde_json::json!({ "query": format!("mutation {{ {guesses} }}") }).to_string();
+        let last = Value::from(format!("mutation {{ {guesses} }} #{}", "c".repeat(70_000)));
+        let body = format!(
+            "[{{\"extensions\":[1,{{}}],\"query\":\"query {{ me }}\"}}, {one},{one}, {{\"query\":{last}}}]"
+        );
+        let c = calls(&body[..64 * 1024]);
+        assert_eq!(c.len(), 15);
+        assert_eq!(
+            c.iter().map(|c| c.op).collect::<Vec<_>>()[..11],
+            [1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3]
+        );
+        // Any cut of a hostile body: never a panic.
+        let hostile = r#"[{"query":"mutation{a:login(username:\"\ud83d\ude00\u12\u00e9é\\\""},"variables":{"x":[1,"]"]},{"operationName":"\u"#;
+        let (l, u) = fields();
+        for cut in 0..=hostile.len() {
+            let _ = login_calls(&hostile.as_bytes()[..cut], &l, &u);
+        }
+        let _ = calls("[}");
+        let _ = calls("{\"query\": }");
     }
 }
