@@ -12,6 +12,9 @@
 //! attempts per request: the rest of a larger batch is not counted (a hundred already raise
 //! any detector's threshold many times over).
 //!
+//! The query comes as JSON (`{"query": ...}` or a batch array), as the body itself
+//! (`application/graphql`) or as a form field (`query=...`, percent-encoded).
+//!
 //! A JSON body cut at the capture's body cap (padded with a large `extensions` member or a long
 //! comment at the query's end) does not parse: its operations are then read as far as the
 //! buffer goes, each query string decoded up to the cut, the variables when they are whole.
@@ -27,7 +30,7 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
-use super::principal::{field_style, text_field};
+use super::principal::{field_style, percent_decode, text_field};
 
 /// Login attempts read from one request at most.
 pub const MAX_ATTEMPTS: usize = 100;
@@ -571,11 +574,31 @@ fn cut_json_ops(b: &[u8]) -> Vec<Option<Op<'static>>> {
     }
 }
 
-/// The login calls of a GraphQL request body: a JSON object with `query` (and `variables`,
-/// `operationName`), or an array of them, read as far as it goes when cut at the capture's
-/// cap; at most [`MAX_ATTEMPTS`].
-pub fn login_calls(body: &[u8], login_fields: &[String], username_fields: &[String]) -> Vec<Call> {
+/// The login calls of a GraphQL request body, by its `Content-Type`: a JSON object with `query`
+/// (and `variables`, `operationName`), or an array of them, read as far as it goes when cut at
+/// the capture's cap; the query itself (`application/graphql`); or a form with a `query` field
+/// (`application/x-www-form-urlencoded`), as express-graphql takes them. At most
+/// [`MAX_ATTEMPTS`].
+pub fn login_calls(
+    body: &[u8],
+    content_type: Option<&str>,
+    login_fields: &[String],
+    username_fields: &[String],
+) -> Vec<Call> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let ctype = content_type.unwrap_or("").to_ascii_lowercase();
+    if ctype.contains("x-www-form-urlencoded") {
+        return op_calls(&[form_op(body)], login_fields, username_fields);
+    }
+    // `application/graphql`, not `application/graphql+json` (JSON).
+    if ctype.contains("application/graphql") && !ctype.contains("json") {
+        let op = Op {
+            query: String::from_utf8_lossy(body),
+            op_name: None,
+            vars: None,
+        };
+        return op_calls(&[Some(op)], login_fields, username_fields);
+    }
     // The cheap test before parsing: most GraphQL requests are queries. JSON may escape a
     // letter of `mutation` (`\u006d`), so a body with escapes is parsed anyway.
     if memchr::memmem::find(body, b"mutation").is_none() && memchr::memchr(b'\\', body).is_none() {
@@ -589,6 +612,29 @@ pub fn login_calls(body: &[u8], login_fields: &[String], username_fields: &[Stri
         None => cut_json_ops(body),
     };
     op_calls(&ops, login_fields, username_fields)
+}
+
+/// The operation of a form body: its `query`, `operationName` and `variables` fields,
+/// percent-decoded (the first of each).
+fn form_op(body: &[u8]) -> Option<Op<'static>> {
+    let text = String::from_utf8_lossy(body);
+    let (mut query, mut op_name, mut vars) = (None, None, None);
+    for pair in text.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match percent_decode(k).as_str() {
+            "query" if query.is_none() => query = Some(percent_decode(v)),
+            "operationName" if op_name.is_none() => op_name = Some(percent_decode(v)),
+            "variables" if vars.is_none() => {
+                vars = serde_json::from_str::<Map<String, Value>>(&percent_decode(v)).ok();
+            }
+            _ => {}
+        }
+    }
+    Some(Op {
+        query: Cow::Owned(query?),
+        op_name: op_name.map(Cow::Owned),
+        vars: vars.map(Cow::Owned),
+    })
 }
 
 /// An operation of a parsed JSON body (none without a query).
@@ -726,7 +772,7 @@ mod tests {
 
     fn calls(body: &str) -> Vec<Call> {
         let (l, u) = fields();
-        login_calls(body.as_bytes(), &l, &u)
+        login_calls(body.as_bytes(), None, &l, &u)
     }
 
     fn names(c: &[Call]) -> Vec<(String, Option<String>)> {
@@ -901,9 +947,53 @@ mod tests {
         let hostile = r#"[{"query":"mutation{a:login(username:\"\ud83d\ude00\u12\u00e9é\\\""},"variables":{"x":[1,"]"]},{"operationName":"\u"#;
         let (l, u) = fields();
         for cut in 0..=hostile.len() {
-            let _ = login_calls(&hostile.as_bytes()[..cut], &l, &u);
+            let _ = login_calls(&hostile.as_bytes()[..cut], None, &l, &u);
         }
         let _ = calls("[}");
         let _ = calls("{\"query\": }");
+    }
+
+    #[test]
+    fn raw_graphql_and_form_bodies_are_read() {
+        let (l, u) = fields();
+        let query = r#"mutation L($u: String) { a: login(username: "x", password: "p1") { token } b: signIn(email: $u) { token } }"#;
+        let raw = login_calls(query.as_bytes(), Some("application/graphql"), &l, &u);
+        assert_eq!(
+            names(&raw),
+            [("a".into(), Some("x".into())), ("b".into(), None)]
+        );
+        // A form: percent-encoded, `+` a space, variables as JSON.
+        let form = format!(
+            "operationName=L&query={}&variables=%7B%22u%22%3A%22bob%40x.test%22%7D",
+            query
+                .replace(' ', "+")
+                .replace('"', "%22")
+                .replace('$', "%24")
+                .replace("mutation", "%6Dutation")
+        );
+        let c = login_calls(
+            form.as_bytes(),
+            Some("Application/X-WWW-Form-Urlencoded; charset=utf-8"),
+            &l,
+            &u,
+        );
+        assert_eq!(
+            names(&c),
+            [
+                ("a".into(), Some("x".into())),
+                ("b".into(), Some("bob@x.test".into()))
+            ]
+        );
+        // Cut anywhere: never a panic.
+        for cut in 0..=form.len() {
+            let ct = Some("application/x-www-form-urlencoded");
+            let _ = login_calls(&form.as_bytes()[..cut], ct, &l, &u);
+            let _ = login_calls(
+                &"é".repeat(9).as_bytes()[..cut.min(18)],
+                Some("application/graphql"),
+                &l,
+                &u,
+            );
+        }
     }
 }

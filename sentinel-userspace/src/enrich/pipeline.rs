@@ -223,6 +223,7 @@ impl Enricher {
         }
         let calls = graphql::login_calls(
             t.req_body,
+            header(&t.req_headers, "content-type").map(|v| &**v),
             &self.graphql_fields,
             &self.principal.username_fields,
         );
