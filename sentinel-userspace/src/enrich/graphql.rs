@@ -54,6 +54,7 @@ enum Arg<'t> {
     Text(String),
     Var(&'t str),
     Object(Vec<(&'t str, Arg<'t>)>),
+    Bool(bool),
     Other,
 }
 
@@ -180,14 +181,33 @@ impl<'t> Scanner<'t> {
         }
     }
 
-    /// Directives (`@name(args)`), skipped.
-    fn directives(&mut self) {
+    /// Directives (`@name(args)`): whether what they stand on runs, false under
+    /// `@skip(if: true)` or `@include(if: false)` (a variable in the condition may be either:
+    /// it runs).
+    fn directives(&mut self, depth: usize) -> bool {
+        let mut runs = true;
         while self.eat(b'@') {
-            self.name();
-            if self.peek() == Some(b'(') {
-                self.skip_group();
+            let name = self.name();
+            if self.peek() != Some(b'(') {
+                continue;
+            }
+            let cond = match name {
+                Some("skip") => true,
+                Some("include") => false,
+                _ => {
+                    self.skip_group();
+                    continue;
+                }
+            };
+            let args = self.fields(b')', depth);
+            if args
+                .iter()
+                .any(|(k, v)| *k == "if" && matches!(v, Arg::Bool(b) if *b == cond))
+            {
+                runs = false;
             }
         }
+        runs
     }
 
     /// A value (the cursor on it).
@@ -205,10 +225,15 @@ impl<'t> Scanner<'t> {
             }
             Some(_) => {
                 // A number, a name (true, null, an enum value) or a stray byte.
-                if self.name().is_none() {
-                    self.i += 1 + self.name_len();
+                match self.name() {
+                    Some("true") => Arg::Bool(true),
+                    Some("false") => Arg::Bool(false),
+                    Some(_) => Arg::Other,
+                    None => {
+                        self.i += 1 + self.name_len();
+                        Arg::Other
+                    }
                 }
-                Arg::Other
             }
             None => Arg::Other,
         }
@@ -258,9 +283,13 @@ impl<'t> Scanner<'t> {
                 if self.name() == Some("on") {
                     self.name();
                 }
-                self.directives();
+                let runs = self.directives(depth);
                 if self.peek() == Some(b'{') {
-                    self.selections(depth + 1, is_login, out);
+                    if runs {
+                        self.selections(depth + 1, is_login, out);
+                    } else {
+                        self.skip_group();
+                    }
                 }
                 continue;
             }
@@ -278,11 +307,11 @@ impl<'t> Scanner<'t> {
             } else {
                 Vec::new()
             };
-            self.directives();
+            let runs = self.directives(depth);
             if self.peek() == Some(b'{') {
                 self.skip_group();
             }
-            if is_login(field) && out.len() < MAX_ATTEMPTS {
+            if runs && is_login(field) && out.len() < MAX_ATTEMPTS {
                 out.push((key, args));
             }
         }
@@ -995,5 +1024,12 @@ mod tests {
                 &u,
             );
         }
+    }
+
+    #[test]
+    fn calls_skipped_by_a_literal_condition_are_no_attempts() {
+        let q = r#"{"query":"mutation M($v: Boolean!) { a: login(username: \"x\") @skip(if: true) { token } b: login(username: \"x\") @include(if: false) { token } c: login(username: \"x\") @skip(if: false) @include(if: true) { token } d: login(username: \"x\") @skip(if: $v) { token } ... on Mutation @include(if: false) { e: login(username: \"x\") { token } } ... @skip(if: $v) { f: login(username: \"x\") { token } } }"}"#;
+        let keys: Vec<String> = calls(q).into_iter().map(|c| c.key).collect();
+        assert_eq!(keys, ["c", "d", "f"]);
     }
 }
