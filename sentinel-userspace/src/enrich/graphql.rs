@@ -5,7 +5,9 @@
 //!
 //! Not a GraphQL parser: a small scanner over the query text that knows strings (and block
 //! strings), comments, commas and nesting, and finds `alias: field(args)` in the selections of
-//! mutation operations (and of inline fragments and fragments on a mutation type within them).
+//! mutation operations (and of inline fragments and fragments on a mutation type within them),
+//! and one level down under a namespace field (`mutation { auth { login(...) } }`); a call
+//! under `@skip(if: true)` or `@include(if: false)` does not run and is no attempt.
 //! It reads each byte at most a few times, recurses at most [`MAX_DEPTH`] levels (deeper
 //! nesting is skipped by counting brackets), never panics on malformed text (it slices only at
 //! ASCII delimiters, which are character boundaries), and reads at most [`MAX_ATTEMPTS`]
@@ -22,7 +24,8 @@
 //! The account of an attempt is an argument whose name is a login user-name field in any naming
 //! style (`username`, `email`, `login`, ...), as a string or a `$variable`, also inside an input
 //! object one or two levels down (`login(input: {email: $e})`, `login(input: $input)`). Its
-//! outcome is in the response: `data.<alias>` null or missing, or an `errors` entry whose `path`
+//! outcome is in the response (under a namespace, `data.<ns>.<alias>`): `data.<alias>` null or
+//! missing, or an `errors` entry whose `path`
 //! starts with the alias, is a failure; a token anywhere within the result is a success; a
 //! result that says it failed (`success: false`) is a failure; anything else a success.
 
@@ -45,9 +48,15 @@ pub struct Call {
     pub op: usize,
     /// The key of its result in the response: the alias, else the field name.
     pub key: String,
+    /// The key of the namespace field it was called under (`mutation { auth { login } }`),
+    /// whose result holds its own: `data.<ns>.<key>`.
+    pub ns: Option<String>,
     /// The account named, when one could be read.
     pub username: Option<String>,
 }
+
+/// Login calls found in a query: (namespace key, response key, arguments).
+type Found<'t> = Vec<(Option<&'t str>, &'t str, Vec<(&'t str, Arg<'t>)>)>;
 
 /// A value of an argument, as far as a user name needs it.
 enum Arg<'t> {
@@ -258,13 +267,14 @@ impl<'t> Scanner<'t> {
         fields
     }
 
-    /// The selections of a mutation (the cursor on `{`): login fields go to `out` as
-    /// (response key, arguments).
+    /// The selections of a mutation (the cursor on `{`), or of a namespace field `ns` within
+    /// it (one level: `mutation { auth { login(...) } }`): login fields go to `out`.
     fn selections(
         &mut self,
         depth: usize,
+        ns: Option<&'t str>,
         is_login: &dyn Fn(&str) -> bool,
-        out: &mut Vec<(&'t str, Vec<(&'t str, Arg<'t>)>)>,
+        out: &mut Found<'t>,
     ) {
         if depth >= MAX_DEPTH {
             self.skip_group();
@@ -286,7 +296,7 @@ impl<'t> Scanner<'t> {
                 let runs = self.directives(depth);
                 if self.peek() == Some(b'{') {
                     if runs {
-                        self.selections(depth + 1, is_login, out);
+                        self.selections(depth + 1, ns, is_login, out);
                     } else {
                         self.skip_group();
                     }
@@ -309,10 +319,15 @@ impl<'t> Scanner<'t> {
             };
             let runs = self.directives(depth);
             if self.peek() == Some(b'{') {
-                self.skip_group();
+                if runs && ns.is_none() && !is_login(field) {
+                    // A namespace field: its login fields are calls too.
+                    self.selections(depth + 1, Some(key), is_login, out);
+                } else {
+                    self.skip_group();
+                }
             }
             if runs && is_login(field) && out.len() < MAX_ATTEMPTS {
-                out.push((key, args));
+                out.push((ns, key, args));
             }
         }
     }
@@ -323,7 +338,7 @@ impl<'t> Scanner<'t> {
         &mut self,
         op_name: Option<&str>,
         is_login: &dyn Fn(&str) -> bool,
-        out: &mut Vec<(&'t str, Vec<(&'t str, Arg<'t>)>)>,
+        out: &mut Found<'t>,
     ) {
         while let Some(b) = self.peek() {
             if b == b'{' {
@@ -364,7 +379,7 @@ impl<'t> Scanner<'t> {
             }
             if self.peek() == Some(b'{') {
                 if read {
-                    self.selections(0, is_login, out);
+                    self.selections(0, None, is_login, out);
                 } else {
                     self.skip_group();
                 }
@@ -697,13 +712,14 @@ fn op_calls(
         }
         let mut found = Vec::new();
         Scanner { s: &o.query, i: 0 }.document(o.op_name.as_deref(), &is_login, &mut found);
-        for (key, args) in found {
+        for (ns, key, args) in found {
             if calls.len() >= MAX_ATTEMPTS {
                 return calls;
             }
             calls.push(Call {
                 op,
                 key: key.to_owned(),
+                ns: ns.map(str::to_owned),
                 username: account(&args, o.vars.as_deref(), username_fields, 2),
             });
         }
@@ -723,32 +739,42 @@ pub fn outcomes(calls: &[Call], resp_body: &[u8]) -> Vec<Option<bool>> {
                 Some(Value::Object(o)) if c.op == 0 => o,
                 _ => return None,
             };
-            outcome(r, &c.key)
+            outcome(r, c.ns.as_deref(), &c.key)
         })
         .collect()
 }
 
 /// One call's outcome in one operation's result: its result first (a token in it is a
 /// success, whatever error a field below it had: a partial error is no failed login), then the
-/// errors at its path.
-fn outcome(r: &Map<String, Value>, key: &str) -> Option<bool> {
+/// errors at its path (`<key>`, or `<ns>.<key>` under a namespace field).
+fn outcome(r: &Map<String, Value>, ns: Option<&str>, key: &str) -> Option<bool> {
     let errors = r.get("errors").and_then(Value::as_array);
+    let path: Vec<&str> = ns.into_iter().chain([key]).collect();
     // An error at the call itself (`["login"]`), not at a field of its result.
     let errored_at = |whole: bool| {
         errors.is_some_and(|errs| {
             errs.iter().any(|e| {
                 e.get("path").and_then(Value::as_array).is_some_and(|p| {
-                    p.first().and_then(Value::as_str) == Some(key) && (!whole || p.len() == 1)
+                    p.len() >= path.len()
+                        && p.iter().zip(&path).all(|(a, b)| a.as_str() == Some(b))
+                        && (!whole || p.len() == path.len())
                 })
             })
         })
     };
-    let data = match r.get("data") {
+    let mut data = match r.get("data") {
         Some(Value::Object(d)) => d,
         // No data at all: a request error (errors without a path) fails every call.
         Some(Value::Null) => return Some(false),
         _ => return r.contains_key("errors").then_some(false),
     };
+    if let Some(ns) = ns {
+        // The namespace's result null or missing: as the call's own would be.
+        match data.get(ns) {
+            Some(Value::Object(d)) => data = d,
+            _ => return Some(false),
+        }
+    }
     match data.get(key) {
         None | Some(Value::Null) => Some(false),
         Some(Value::Object(o)) => {
@@ -1031,5 +1057,28 @@ mod tests {
         let q = r#"{"query":"mutation M($v: Boolean!) { a: login(username: \"x\") @skip(if: true) { token } b: login(username: \"x\") @include(if: false) { token } c: login(username: \"x\") @skip(if: false) @include(if: true) { token } d: login(username: \"x\") @skip(if: $v) { token } ... on Mutation @include(if: false) { e: login(username: \"x\") { token } } ... @skip(if: $v) { f: login(username: \"x\") { token } } }"}"#;
         let keys: Vec<String> = calls(q).into_iter().map(|c| c.key).collect();
         assert_eq!(keys, ["c", "d", "f"]);
+    }
+
+    #[test]
+    fn login_fields_under_a_namespace_field_are_calls() {
+        let c = calls(
+            r#"{"query":"mutation { auth { a1: login(username: \"x\", password: \"p1\") { token } ... on AuthMutations { a2: login(username: \"y\") { token } } me { login(username: \"deeper\") { token } } } a3: login(username: \"z\") { token } }"}"#,
+        );
+        assert_eq!(
+            c.iter()
+                .map(|c| (c.ns.as_deref(), c.key.as_str(), c.username.as_deref()))
+                .collect::<Vec<_>>(),
+            [
+                (Some("auth"), "a1", Some("x")),
+                (Some("auth"), "a2", Some("y")),
+                (None, "a3", Some("z")),
+            ]
+        );
+        let resp =
+            br#"{"data":{"auth":{"a1":{"token":"t"},"a2":{"user":{"id":1}}},"a3":{"token":"v"}},
+            "errors":[{"message":"bad","path":["auth","a2"]}]}"#;
+        assert_eq!(outcomes(&c, resp), [Some(true), Some(false), Some(true)]);
+        let resp = br#"{"data":{"auth":null,"a3":null}}"#;
+        assert_eq!(outcomes(&c, resp), [Some(false); 3]);
     }
 }
