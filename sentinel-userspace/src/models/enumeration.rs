@@ -211,6 +211,16 @@ pub struct EnumerationDetector {
 /// query parameter ([`is_id_key`]). The path is read as its template was
 /// ([`crate::enrich::template::canonical`]), so that their segments line up.
 pub fn object_id(path: &str, endpoint: &str, query: &str) -> Option<u64> {
+    object_ids(path, endpoint, query).first().map(|(_, id)| *id)
+}
+
+/// Id query parameters read per request: each is walked on its own.
+const MAX_ID_PARAMS: usize = 4;
+
+/// The object ids of a request, each with what names it: the path's id ([`object_id`]) with an
+/// empty name, else each id query parameter (at most [`MAX_ID_PARAMS`]) with its name, so that
+/// a decoy parameter sent first (`?xId=0&accountId=N`) does not hide the walk of another.
+pub fn object_ids<'q>(path: &str, endpoint: &str, query: &'q str) -> Vec<(&'q str, u64)> {
     let last = |ph: &str| {
         endpoint
             .split('/')
@@ -223,16 +233,27 @@ pub fn object_id(path: &str, endpoint: &str, query: &str) -> Option<u64> {
     let path = crate::enrich::template::canonical(path);
     let segment = |pos: usize| path.split('/').filter(|s| !s.is_empty()).nth(pos);
     if let Some(pos) = last("{id}") {
-        return segment(pos)?.parse().ok();
+        return segment(pos)
+            .and_then(|s| s.parse().ok())
+            .map(|id| ("", id))
+            .into_iter()
+            .collect();
     }
     if let Some(pos) = last("{hash}") {
-        let seg = segment(pos)?;
-        return u64::from_str_radix(seg.get(seg.len().saturating_sub(16)..)?, 16).ok();
+        return segment(pos)
+            .and_then(|seg| u64::from_str_radix(seg.get(seg.len().saturating_sub(16)..)?, 16).ok())
+            .map(|id| ("", id))
+            .into_iter()
+            .collect();
     }
-    query.split('&').find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        is_id_key(k).then(|| v.parse().ok())?
-    })
+    query
+        .split('&')
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            is_id_key(k).then(|| Some((k, v.parse().ok()?)))?
+        })
+        .take(MAX_ID_PARAMS)
+        .collect()
 }
 
 /// The widest grid a walk over ids that read as times is measured on: ids handed out in steps
@@ -311,10 +332,12 @@ impl EnumerationDetector {
         }
     }
 
-    fn walk(&mut self, ctx: &Ctx<'_>, id: u64, out: &mut Vec<Detection>) {
+    /// One step of the walk over `param`'s ids (the path's when empty) of the principal on
+    /// the endpoint.
+    fn walk(&mut self, ctx: &Ctx<'_>, param: &str, id: u64, out: &mut Vec<Detection>) {
         let o = ctx.obs;
         let now = ms32(o.ts_ns);
-        let key = key2(&ctx.entity, o.endpoint.as_str());
+        let key = key2(&(ctx.entity, param), o.endpoint.as_str());
         let (w, idle) = self.walks.entry_idle(key, o.ts_ns, || Walk::new(now, id));
         if w.requests == 0 || over(now, w.start, self.window, idle) {
             *w = Walk::new(now, id);
@@ -508,8 +531,8 @@ impl Detector for EnumerationDetector {
             return;
         }
         let o = ctx.obs;
-        if let Some(id) = object_id(&o.path, &o.endpoint, &o.query) {
-            self.walk(ctx, id, out);
+        for (param, id) in object_ids(&o.path, &o.endpoint, &o.query) {
+            self.walk(ctx, param, id, out);
         }
         self.crawl(ctx, out);
     }
@@ -594,17 +617,20 @@ mod tests {
 
     #[test]
     fn a_walk_over_a_camel_case_query_id_is_enumeration() {
-        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
-        let mut hit = false;
-        for i in 0..30u64 {
-            let mut o = with_token(obs(T0 + i * S, "198.51.100.66", "/statement"), "tok-q");
-            o.query = format!("accountId={}&format=pdf", 40_000 + i).into();
-            hit |= e
-                .observe(&o)
-                .iter()
-                .any(|a| a.kind == AlertKind::Enumeration);
+        // Alone, and behind a decoy id parameter that never changes.
+        for query in ["accountId={}&format=pdf", "xId=0&accountId={}"] {
+            let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+            let mut hit = false;
+            for i in 0..30u64 {
+                let mut o = with_token(obs(T0 + i * S, "198.51.100.66", "/statement"), "tok-q");
+                o.query = query.replace("{}", &(40_000 + i).to_string()).into();
+                hit |= e
+                    .observe(&o)
+                    .iter()
+                    .any(|a| a.kind == AlertKind::Enumeration);
+            }
+            assert!(hit, "{query}");
         }
-        assert!(hit);
     }
 
     #[test]
