@@ -73,22 +73,54 @@ impl Default for EnrichSettings {
     }
 }
 
-/// How long the same refused `Basic` credentials count once ([`Enricher::basic_guess`]).
-const RETRY_NS: u64 = 3_600_000_000_000;
+/// How long the same refused `Basic` credentials count once ([`Enricher::basic_guess`]): a
+/// day, the slow brute-force count's horizon, so that a job retrying a stale password hourly
+/// tries one password a day.
+const RETRY_NS: u64 = 86_400_000_000_000;
 
-/// A user name shaped like an API key rather than a person's or a service's name: a known key
-/// prefix, or 20 characters and more of letters and digits mixed, without `@`, `.` or blanks.
-fn key_shaped(user: &str) -> bool {
-    const PREFIXES: [&str; 6] = ["sk_", "pk_", "rk_", "ghp_", "xox", "AKIA"];
-    PREFIXES.iter().any(|p| user.starts_with(p))
-        || (user.len() >= 20
-            && user.bytes().any(|b| b.is_ascii_digit())
-            && user.bytes().any(|b| b.is_ascii_alphabetic())
-            && !user.bytes().any(|b| matches!(b, b'@' | b'.' | b' ')))
+/// User names under which services take a token as the `Basic` password (Mailgun's `api`,
+/// GitHub's `x-access-token`, GitLab's `gitlab-ci-token`, Bitbucket's `x-token-auth`, `oauth2`):
+/// a refused one is a revoked or mistyped key, not a guess at an account.
+const TOKEN_USERS: [&str; 6] = [
+    "api",
+    "x-access-token",
+    "gitlab-ci-token",
+    "x-token-auth",
+    "oauth2",
+    "token",
+];
+
+/// A `Basic` request refused at an OAuth token endpoint with a grant: the client
+/// authenticating (RFC 6749 §2.3.1), no user.
+fn oauth_client(t: &TransactionFacts<'_>) -> bool {
+    let path = t.path.trim_end_matches('/');
+    path.rsplit('/')
+        .next()
+        .is_some_and(|last| last.eq_ignore_ascii_case("token"))
+        && memchr::memmem::find(t.req_body, b"grant_type").is_some()
+}
+
+/// A user name or password shaped like an API key or token rather than a person's or a
+/// service's name or a guessed password: a known key prefix (case as issued) with its tail, or
+/// 20 characters and more of a key's alphabet (letters, digits, `-`, `_`, `.`) with letters and
+/// digits mixed.
+fn key_shaped(s: &str) -> bool {
+    const PREFIXES: [&str; 6] = ["sk_live_", "sk_test_", "rk_live_", "ghp_", "xoxb-", "AKIA"];
+    PREFIXES
+        .iter()
+        .any(|p| s.starts_with(p) && s.len() >= p.len() + 12)
+        || (s.len() >= 20
+            && s.bytes().any(|b| b.is_ascii_digit())
+            && s.bytes().any(|b| b.is_ascii_alphabetic())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
 }
 
 /// Slots of each of the enricher's caches (a power of two).
 const CACHE_SLOTS: usize = 4096;
+
+/// Slots of the table of refused `Basic` credentials (a power of two): 256 KiB.
+const REFUSED_SLOTS: usize = 16_384;
 
 /// A direct-mapped cache: a key's hash picks its one slot, which holds the last key that fell
 /// there and its value. O(1), no eviction bookkeeping, bounded at [`CACHE_SLOTS`] entries.
@@ -159,7 +191,8 @@ pub struct Enricher {
     /// Login mutation fields (`[models] graphql_login_fields`).
     graphql_fields: Vec<String>,
     /// `Basic` credentials refused lately, by a hash of user and password, with when: a
-    /// direct-mapped table of [`CACHE_SLOTS`] (a client retrying a stale password is no guesser).
+    /// direct-mapped table of [`REFUSED_SLOTS`] (a client retrying a stale password is no
+    /// guesser).
     refused: Vec<(u64, u64)>,
 }
 
@@ -194,7 +227,7 @@ impl Enricher {
             templates: Templates::default(),
             principal,
             failure_markers,
-            refused: vec![(0, 0); CACHE_SLOTS],
+            refused: vec![(0, 0); REFUSED_SLOTS],
         })
     }
 
@@ -258,16 +291,21 @@ impl Enricher {
     /// - the same user and password refused again within an hour: a client retrying a stale
     ///   password (a monitor, a backup job) tries one password, however often.
     fn basic_guess(&mut self, t: &TransactionFacts<'_>) -> Option<LoginAttempt> {
-        if t.status != 401 || memchr::memmem::find(t.req_body, b"grant_type").is_some() {
+        if t.status != 401 || oauth_client(t) {
             return None;
         }
         let (user, password) =
             principal::basic_credentials(header(&t.req_headers, "authorization")?)?;
-        if user.trim().is_empty() || password.is_empty() || key_shaped(&user) {
+        if user.trim().is_empty()
+            || password.is_empty()
+            || key_shaped(&user)
+            || key_shaped(&password)
+            || TOKEN_USERS.iter().any(|u| user.eq_ignore_ascii_case(u))
+        {
             return None;
         }
         let key = key_of(&(user.as_str(), password.as_str())).max(1);
-        let slot = &mut self.refused[key as usize % CACHE_SLOTS];
+        let slot = &mut self.refused[key as usize % REFUSED_SLOTS];
         let retried = slot.0 == key && t.ts_ns.saturating_sub(slot.1) < RETRY_NS;
         *slot = (key, t.ts_ns);
         (!retried).then_some(LoginAttempt {
@@ -806,14 +844,39 @@ mod tests {
             b"{}",
         );
         assert!(e.enrich(f).login.is_none());
-        for user in [
-            "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
-            "a1b2c3d4e5f6a7b8c9d0e1f2",
+        for (user, pw) in [
+            ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "x"),
+            ("a1b2c3d4e5f6a7b8c9d0e1f2", "x"),
+            // A token as the password under a service's token user, or under anyone.
+            ("x-access-token", "hunter2"),
+            ("layla@corp.example", "glpat-3f9a8b7c6d5e4f3a2b1c"),
         ] {
-            let h = basic(user, "x");
+            let h = basic(user, pw);
             let f = facts("/v1/charges", &h, b"", 401, b"{}");
             assert!(e.enrich(f).login.is_none(), "{user}");
         }
+        // After a review: `grant_type` off a token endpoint is no OAuth client; a header a
+        // lenient server decodes (a `.` inserted: Python's b64decode drops it) is read.
+        let h = basic("admin", "pw1");
+        let f = facts("/api/reports", &h, b"grant_type", 401, b"{}");
+        assert_eq!(e.enrich(f).login.map(|l| l.username), Some("admin".into()));
+        let h = vec![(
+            "Authorization".to_string(),
+            "Basic YWRt.aW46cHcy".to_string(),
+        )];
+        let f = facts("/api/reports", &h, b"", 401, b"{}");
+        assert_eq!(e.enrich(f).login.map(|l| l.username), Some("admin".into()));
+        // A cron job retrying a stale password hourly tries one password a day.
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let h = basic("backup", "old-password");
+        let tried = (0..24u64)
+            .filter(|i| {
+                let mut f = facts("/api/backup", &h, b"", 401, b"{}");
+                f.ts_ns = 1_793_491_200_000_000_000 + i * 3_601_000_000_000;
+                e.enrich(f).login.is_some()
+            })
+            .count();
+        assert_eq!(tried, 1);
     }
 
     #[test]

@@ -683,8 +683,26 @@ pub fn basic_user(authorization: &str) -> Option<String> {
 /// is no `:`).
 pub fn basic_credentials(authorization: &str) -> Option<(String, String)> {
     let creds = credentials(authorization, "basic")?;
+    // Decoded as lenient servers decode it: Python's b64decode (Werkzeug, Django REST
+    // Framework) drops what is not base64, Node's Buffer takes the URL-safe alphabet too; a
+    // strict decoder would see no credentials where the server sees some.
+    let kept: String = creds
+        .chars()
+        .filter_map(|c| match c {
+            'A'..='Z' | 'a'..='z' | '0'..='9' | '+' | '/' => Some(c),
+            '-' => Some('+'),
+            '_' => Some('/'),
+            _ => None,
+        })
+        .collect();
+    // A stray last character (a length of 4n + 1) holds no whole byte: servers drop it.
+    let usable = if kept.len() % 4 == 1 {
+        &kept[..kept.len() - 1]
+    } else {
+        &kept[..]
+    };
     let raw = base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(creds.trim_end_matches('='))
+        .decode(usable)
         .ok()?;
     let text = String::from_utf8_lossy(&raw);
     let (user, password) = text.split_once(':').unwrap_or((&text, ""));
