@@ -312,21 +312,25 @@ impl<'t> Scanner<'t> {
             } else {
                 (first, first)
             };
-            let args = if self.peek() == Some(b'(') {
+            let has_args = self.peek() == Some(b'(');
+            let args = if has_args {
                 self.fields(b')', depth)
             } else {
                 Vec::new()
             };
             let runs = self.directives(depth);
             if self.peek() == Some(b'{') {
-                if runs && ns.is_none() && !is_login(field) {
-                    // A namespace field: its login fields are calls too.
+                // A namespace field (`auth { login(...) }`) takes no arguments; a mutation that
+                // does (`createUser(input: ...) { id login }`) selects its result, whose fields
+                // named like a login field are no calls.
+                if runs && ns.is_none() && !has_args && !is_login(field) {
                     self.selections(depth + 1, Some(key), is_login, out);
                 } else {
                     self.skip_group();
                 }
             }
-            if runs && is_login(field) && out.len() < MAX_ATTEMPTS {
+            // Under a namespace, a login call passes its credentials.
+            if runs && is_login(field) && (ns.is_none() || has_args) && out.len() < MAX_ATTEMPTS {
                 out.push((ns, key, args));
             }
         }
@@ -630,18 +634,31 @@ pub fn login_calls(
     username_fields: &[String],
 ) -> Vec<Call> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    let ctype = content_type.unwrap_or("").to_ascii_lowercase();
-    if ctype.contains("x-www-form-urlencoded") {
-        return op_calls(&[form_op(body)], login_fields, username_fields);
-    }
-    // `application/graphql`, not `application/graphql+json` (JSON).
-    if ctype.contains("application/graphql") && !ctype.contains("json") {
-        let op = Op {
-            query: String::from_utf8_lossy(body),
-            op_name: None,
-            vars: None,
-        };
-        return op_calls(&[Some(op)], login_fields, username_fields);
+    // The media type alone, as servers compare it (a parameter naming another type changes
+    // nothing); when its reader finds no call, the JSON reader still tries.
+    let media = content_type
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let read = match media.as_str() {
+        "application/x-www-form-urlencoded" => {
+            op_calls(&[form_op(body)], login_fields, username_fields)
+        }
+        "application/graphql" => {
+            let op = Op {
+                query: String::from_utf8_lossy(body),
+                op_name: None,
+                vars: None,
+            };
+            op_calls(&[Some(op)], login_fields, username_fields)
+        }
+        _ => Vec::new(),
+    };
+    if !read.is_empty() {
+        return read;
     }
     // The cheap test before parsing: most GraphQL requests are queries. JSON may escape a
     // letter of `mutation` (`\u006d`), so a body with escapes is parsed anyway.
@@ -772,6 +789,8 @@ fn outcome(r: &Map<String, Value>, ns: Option<&str>, key: &str) -> Option<bool> 
         // The namespace's result null or missing: as the call's own would be.
         match data.get(ns) {
             Some(Value::Object(d)) => data = d,
+            // A list is no namespace's result: nothing to say about the call.
+            Some(Value::Array(_)) => return None,
             _ => return Some(false),
         }
     }
@@ -1080,5 +1099,39 @@ mod tests {
         assert_eq!(outcomes(&c, resp), [Some(true), Some(false), Some(true)]);
         let resp = br#"{"data":{"auth":null,"a3":null}}"#;
         assert_eq!(outcomes(&c, resp), [Some(false); 3]);
+    }
+
+    #[test]
+    fn the_media_type_alone_chooses_the_reader() {
+        // A parameter naming another type changes nothing for servers, nor for the reader.
+        let (l, u) = fields();
+        let body = r#"{"query":"mutation { a: login(username:\"x\", password:\"p\") { token } b: login(username:\"y\", password:\"q\") { token } }"}"#;
+        for ct in [
+            "application/json; x=x-www-form-urlencoded",
+            "application/x-www-form-urlencoded",
+            "Application/JSON",
+        ] {
+            assert_eq!(
+                login_calls(body.as_bytes(), Some(ct), &l, &u).len(),
+                2,
+                "{ct}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_mutation_selecting_a_login_field_of_its_result_makes_no_call() {
+        // `login` as a user's field in the result of a mutation taking arguments, and a login
+        // field without arguments under a namespace: no calls.
+        for q in [
+            r#"{"query":"mutation { createUser(input: {name: \"x\"}) { id login } }"}"#,
+            r#"{"query":"mutation { auth { login { id } } }"}"#,
+        ] {
+            assert!(calls(q).is_empty(), "{q}");
+        }
+        assert_eq!(
+            calls(r#"{"query":"mutation { auth { login(username: \"x\", password: \"p\") { token } } }"}"#).len(),
+            1
+        );
     }
 }
