@@ -254,12 +254,26 @@ impl Enricher {
         if self.graphql_fields.is_empty() || !self.graphql.matches(t.path) {
             return Vec::new();
         }
-        let calls = graphql::login_calls(
-            t.req_body,
-            header(&t.req_headers, "content-type").map(|v| &**v),
-            &self.graphql_fields,
-            &self.principal.username_fields,
-        );
+        // A query in the URL is the one express-graphql and graphql-http run, whatever the
+        // body holds (mutations may be POSTed that way); else the body's.
+        let form = Some("application/x-www-form-urlencoded");
+        let mut calls = Vec::new();
+        if t.query.contains("query=") {
+            calls = graphql::login_calls(
+                t.query.as_bytes(),
+                form,
+                &self.graphql_fields,
+                &self.principal.username_fields,
+            );
+        }
+        if calls.is_empty() {
+            calls = graphql::login_calls(
+                t.req_body,
+                header(&t.req_headers, "content-type").map(|v| &**v),
+                &self.graphql_fields,
+                &self.principal.username_fields,
+            );
+        }
         if calls.is_empty() {
             return Vec::new();
         }
@@ -1022,6 +1036,33 @@ mod tests {
         );
         let kinds = graphql_kinds(&mut e, &[batch]);
         assert!(kinds.contains(&AlertKind::CredentialStuffing), "{kinds:?}");
+    }
+
+    #[test]
+    fn a_graphql_mutation_in_the_url_of_a_post_is_read() {
+        // express-graphql runs the URL's query first: a harmless body beside it.
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let h = vec![("Content-Type".to_string(), "application/json".to_string())];
+        let q = "query=mutation%7Ba1%3Alogin(username%3A%22victim%22%2Cpassword%3A%22p1%22)%7Btoken%7Da2%3Alogin(username%3A%22victim%22%2Cpassword%3A%22p2%22)%7Btoken%7D%7D";
+        let mut f = facts(
+            "/graphql",
+            &h,
+            br#"{"query":"{ me { id } }"}"#,
+            200,
+            br#"{"data":{"a1":null,"a2":null}}"#,
+        );
+        f.query = q;
+        let o = e.enrich(f);
+        let attempts: Vec<(String, bool)> = o
+            .login
+            .iter()
+            .chain(&o.more_logins)
+            .map(|l| (l.username.clone(), l.success))
+            .collect();
+        assert_eq!(
+            attempts,
+            [("victim".to_string(), false), ("victim".to_string(), false)]
+        );
     }
 
     #[test]
