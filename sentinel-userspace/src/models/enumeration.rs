@@ -211,7 +211,10 @@ pub struct EnumerationDetector {
 /// query parameter ([`is_id_key`]). The path is read as its template was
 /// ([`crate::enrich::template::canonical`]), so that their segments line up.
 pub fn object_id(path: &str, endpoint: &str, query: &str) -> Option<u64> {
-    object_ids(path, endpoint, query).first().map(|(_, id)| *id)
+    object_ids(path, endpoint, query)
+        .as_slice()
+        .first()
+        .map(|(_, id)| *id)
 }
 
 /// Id query parameters read per request: each is walked on its own.
@@ -220,7 +223,11 @@ const MAX_ID_PARAMS: usize = 4;
 /// The object ids of a request, each with what names it: the path's id ([`object_id`]) with an
 /// empty name, else each id query parameter (at most [`MAX_ID_PARAMS`]) with its name, so that
 /// a decoy parameter sent first (`?xId=0&accountId=N`) does not hide the walk of another.
-pub fn object_ids<'q>(path: &str, endpoint: &str, query: &'q str) -> Vec<(&'q str, u64)> {
+pub fn object_ids<'q>(path: &str, endpoint: &str, query: &'q str) -> ObjectIds<'q> {
+    let mut ids = ObjectIds {
+        ids: [("", 0); MAX_ID_PARAMS],
+        n: 0,
+    };
     let last = |ph: &str| {
         endpoint
             .split('/')
@@ -230,30 +237,53 @@ pub fn object_ids<'q>(path: &str, endpoint: &str, query: &'q str) -> Vec<(&'q st
             .last()
             .map(|(pos, _)| pos)
     };
-    let path = crate::enrich::template::canonical(path);
-    let segment = |pos: usize| path.split('/').filter(|s| !s.is_empty()).nth(pos);
-    if let Some(pos) = last("{id}") {
-        return segment(pos)
-            .and_then(|s| s.parse().ok())
-            .map(|id| ("", id))
-            .into_iter()
-            .collect();
+    let (id_at, hash_at) = (last("{id}"), last("{hash}"));
+    if id_at.is_some() || hash_at.is_some() {
+        // Read as the template was, so that their segments line up.
+        let path = crate::enrich::template::canonical(path);
+        let segment = |pos: usize| path.split('/').filter(|s| !s.is_empty()).nth(pos);
+        let id = match (id_at, hash_at) {
+            (Some(pos), _) => segment(pos).and_then(|s| s.parse().ok()),
+            (None, Some(pos)) => segment(pos).and_then(|seg| {
+                u64::from_str_radix(seg.get(seg.len().saturating_sub(16)..)?, 16).ok()
+            }),
+            (None, None) => None,
+        };
+        if let Some(id) = id {
+            ids.push("", id);
+        }
+        return ids;
     }
-    if let Some(pos) = last("{hash}") {
-        return segment(pos)
-            .and_then(|seg| u64::from_str_radix(seg.get(seg.len().saturating_sub(16)..)?, 16).ok())
-            .map(|id| ("", id))
-            .into_iter()
-            .collect();
+    for p in query.split('&') {
+        if let Some((k, v)) = p.split_once('=')
+            && is_id_key(k)
+            && let Ok(id) = v.parse()
+        {
+            ids.push(k, id);
+        }
     }
-    query
-        .split('&')
-        .filter_map(|p| {
-            let (k, v) = p.split_once('=')?;
-            is_id_key(k).then(|| Some((k, v.parse().ok()?)))?
-        })
-        .take(MAX_ID_PARAMS)
-        .collect()
+    ids
+}
+
+/// The ids of a request ([`object_ids`]), kept without an allocation: one set per request.
+pub struct ObjectIds<'q> {
+    ids: [(&'q str, u64); MAX_ID_PARAMS],
+    n: usize,
+}
+
+impl<'q> ObjectIds<'q> {
+    /// Adds one, past the cap not.
+    fn push(&mut self, name: &'q str, id: u64) {
+        if self.n < MAX_ID_PARAMS {
+            self.ids[self.n] = (name, id);
+            self.n += 1;
+        }
+    }
+
+    /// The ids, each with what names it.
+    pub fn as_slice(&self) -> &[(&'q str, u64)] {
+        &self.ids[..self.n]
+    }
 }
 
 /// The widest grid a walk over ids that read as times is measured on: ids handed out in steps
@@ -531,7 +561,7 @@ impl Detector for EnumerationDetector {
             return;
         }
         let o = ctx.obs;
-        for (param, id) in object_ids(&o.path, &o.endpoint, &o.query) {
+        for &(param, id) in object_ids(&o.path, &o.endpoint, &o.query).as_slice() {
             self.walk(ctx, param, id, out);
         }
         self.crawl(ctx, out);
