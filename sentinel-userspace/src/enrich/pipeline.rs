@@ -101,14 +101,11 @@ fn oauth_client(t: &TransactionFacts<'_>) -> bool {
 }
 
 /// A user name or password shaped like an API key or token rather than a person's or a
-/// service's name or a guessed password: a known key prefix (case as issued) with its tail, or
-/// 20 characters and more of a key's alphabet (letters, digits, `-`, `_`, `.`) with letters and
-/// digits mixed.
+/// service's name or a guessed password: a secret the exposure scan knows by its prefix
+/// ([`crate::models::exposure::known_secret`]), or 20 characters and more of a key's alphabet
+/// (letters, digits, `-`, `_`, `.`) with letters and digits mixed.
 fn key_shaped(s: &str) -> bool {
-    const PREFIXES: [&str; 6] = ["sk_live_", "sk_test_", "rk_live_", "ghp_", "xoxb-", "AKIA"];
-    PREFIXES
-        .iter()
-        .any(|p| s.starts_with(p) && s.len() >= p.len() + 12)
+    crate::models::exposure::known_secret(s)
         || (s.len() >= 20
             && s.bytes().any(|b| b.is_ascii_digit())
             && s.bytes().any(|b| b.is_ascii_alphabetic())

@@ -28,7 +28,7 @@ mod scan;
 
 #[cfg(test)]
 pub(crate) use scan::scan_bytewise;
-pub use scan::{Findings, iban_valid, luhn, scan};
+pub use scan::{Findings, iban_valid, known_secret, luhn, scan};
 use scan::{NameFilter, scan_with};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

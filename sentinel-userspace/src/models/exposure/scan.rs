@@ -128,6 +128,19 @@ const _: () = {
     }
 };
 
+/// Whether `s` starts as a known secret does ([`SECRET_PREFIXES`]: an AWS key id, a GitHub, Slack
+/// or Stripe token) with its token characters after the prefix.
+pub fn known_secret(s: &str) -> bool {
+    SECRET_PREFIXES.iter().any(|(prefix, min, _)| {
+        s.strip_prefix(prefix).is_some_and(|tail| {
+            tail.bytes()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-'))
+                .count()
+                >= *min
+        })
+    })
+}
+
 static PEM: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"-----BEGIN "));
 
 /// Secrets found, by where they start, so that they are listed in the order of the body.
