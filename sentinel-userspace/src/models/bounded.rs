@@ -620,6 +620,15 @@ impl<const W: usize> Distinct<W> {
     pub fn clear(&mut self) {
         self.bits = [0; W];
     }
+
+    /// The items of `self` and `other` together (a bitmap of either's bits).
+    pub fn union(&self, other: &Self) -> Self {
+        let mut bits = self.bits;
+        for (b, o) in bits.iter_mut().zip(&other.bits) {
+            *b |= o;
+        }
+        Self { bits }
+    }
 }
 
 #[cfg(test)]

@@ -12,13 +12,14 @@
 //! - Personal data in bulk across responses (a customer table read page by page, each page under
 //!   the thresholds above): the distinct items of each kind one principal has received within
 //!   `window_s`, against `window_cards`, `window_ibans`, `window_national_ids` and
-//!   `window_emails`, raised once per principal and window. Only principals named by a
+//!   `window_emails`, raised at most once a window per principal. Only principals named by a
 //!   credential (an address alone may be an office's NAT) that received such an item have an
 //!   entry: up to four distinct items, a [`Few`] (24 bytes: their 32-bit hashes), which is all
 //!   a customer seeing their own e-mail address, IBAN and cards ever needs; past that, a
-//!   [`Haul`] (92 bytes: the items counted by linear counting over a small bitmap per kind, not
-//!   kept). The window starts at the first item and is tumbling, so a read spread over two
-//!   windows needs the threshold in one of them.
+//!   [`Haul`] (184 bytes: the items counted by linear counting over a small bitmap per kind, not
+//!   kept, in two half windows counted together). The count covers at least the last half
+//!   window and at most the last whole one, so a read of any span up to half the window is
+//!   counted whole wherever it falls.
 //! - Size: a 2xx response far above its endpoint's learned size (weighted mean and deviation of
 //!   `log2(bytes)`, after `size_warmup` responses): at least `size_min_bytes`, `size_ratio` times
 //!   the usual size and `size_sigmas` deviations above it.
@@ -184,42 +185,18 @@ fn textual(ctype: Option<&str>) -> bool {
     })
 }
 
-/// The personal items one principal has received within the window (92 bytes, alignment 4:
-/// a [`BoundedMap`] slot of 104). The bitmaps are sized for the thresholds they serve (at most
-/// 200 of the first three kinds, 500 e-mail addresses), each within about 10% there.
-#[derive(Clone, Copy)]
-pub(crate) struct Haul {
-    /// First item of the window, seconds since the epoch.
-    start_s: u32,
-    /// Last response that carried one, seconds since the epoch.
-    last_s: u32,
-    /// Responses that carried one (saturating).
-    responses: u16,
-    /// Raised in this window.
-    raised: bool,
+/// The personal items of one half window, by kind (80 bytes). The bitmaps are sized for the
+/// thresholds they serve (at most 200 of the first three kinds, 500 e-mail addresses), each
+/// within about 10% there.
+#[derive(Clone, Copy, Default)]
+struct Items {
     cards: Distinct<4>,
     ibans: Distinct<4>,
     national_ids: Distinct<4>,
     emails: Distinct<8>,
 }
 
-const _: () = assert!(size_of::<Haul>() == 92);
-const _: () = assert!(BoundedMap::<Haul>::SLOT_BYTES == 104);
-
-impl Haul {
-    fn new(now_s: u32) -> Self {
-        Self {
-            start_s: now_s,
-            last_s: now_s,
-            responses: 0,
-            raised: false,
-            cards: Distinct::default(),
-            ibans: Distinct::default(),
-            national_ids: Distinct::default(),
-            emails: Distinct::default(),
-        }
-    }
-
+impl Items {
     /// Counts an item by its [`tag`].
     fn insert(&mut self, tag: u32) {
         let h = u64::from(tag).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -229,6 +206,101 @@ impl Haul {
             2 => self.national_ids.insert(h),
             _ => self.emails.insert(h),
         };
+    }
+
+    /// Estimated distinct items of each kind in `self` and `other` together, in [`LABELS`]
+    /// order.
+    fn union_counts(&self, other: &Self) -> [u32; 4] {
+        [
+            self.cards.union(&other.cards).estimate(),
+            self.ibans.union(&other.ibans).estimate(),
+            self.national_ids.union(&other.national_ids).estimate(),
+            self.emails.union(&other.emails).estimate(),
+        ]
+        .map(|e| e.round() as u32)
+    }
+}
+
+/// The personal items one principal has received within the window, past a [`Few`] (180
+/// bytes, alignment 4: a [`BoundedMap`] slot of 192), in two halves: the previous half window
+/// and the current one. The count is of both together, so it always covers the last half
+/// window at least and the last whole window at most: a read of any span up to half the
+/// window is counted whole, wherever it falls (a tumbling window split a read across its
+/// boundary, each part under the threshold).
+#[derive(Clone, Copy)]
+pub(crate) struct Haul {
+    /// Start of the current half, seconds since the epoch (the previous half started
+    /// `window_s / 2` before).
+    start_s: u32,
+    /// The first response that carried an item in each half ([previous, current]), seconds.
+    first_s: [u32; 2],
+    /// Last response that carried one, seconds since the epoch.
+    last_s: u32,
+    /// When the count was last raised, seconds since the epoch; 0 for never.
+    raised_s: u32,
+    /// Responses that carried one in each half (saturating).
+    responses: [u16; 2],
+    halves: [Items; 2],
+}
+
+const _: () = assert!(size_of::<Haul>() == 184);
+const _: () = assert!(BoundedMap::<Haul>::SLOT_BYTES == 200);
+
+impl Haul {
+    fn new(now_s: u32) -> Self {
+        Self {
+            start_s: now_s,
+            first_s: [now_s; 2],
+            last_s: now_s,
+            raised_s: 0,
+            responses: [0; 2],
+            halves: [Items::default(); 2],
+        }
+    }
+
+    /// Moves the halves on to `now_s`: the current half becomes the previous one once `half`
+    /// seconds old. False when both are over (nothing counted is left).
+    fn advance(&mut self, now_s: u32, half: u32) -> bool {
+        let age = now_s.saturating_sub(self.start_s);
+        if age < half {
+            return true;
+        }
+        if age >= 2 * half {
+            return false;
+        }
+        self.halves = [self.halves[1], Items::default()];
+        self.responses = [self.responses[1], 0];
+        self.first_s = [self.first_s[1], now_s];
+        self.start_s += half;
+        true
+    }
+
+    /// Counts an item by its [`tag`] in the current half.
+    fn insert(&mut self, tag: u32) {
+        self.halves[1].insert(tag);
+    }
+
+    /// A response that carried items, at `now_s`.
+    fn respond(&mut self, now_s: u32) {
+        if self.responses[1] == 0 {
+            self.first_s[1] = now_s;
+        }
+        self.responses[1] = self.responses[1].saturating_add(1);
+        self.last_s = self.last_s.max(now_s);
+    }
+
+    /// Responses counted, in both halves.
+    fn responses(&self) -> u32 {
+        self.responses.iter().map(|&r| u32::from(r)).sum()
+    }
+
+    /// The first response counted.
+    fn first_s(&self) -> u32 {
+        if self.responses[0] > 0 {
+            self.first_s[0]
+        } else {
+            self.first_s[1]
+        }
     }
 }
 
@@ -318,11 +390,12 @@ impl ExposureDetector {
             self.cfg.window_national_ids,
             self.cfg.window_emails,
         ];
-        // A window that has run out starts again with a few items.
+        let half = (window_s / 2).max(1);
+        // Halves that are both over leave nothing counted: the count starts again with a few.
         if self
             .hauls
             .get_mut(entity)
-            .is_some_and(|h| now_s.saturating_sub(h.start_s) >= window_s)
+            .is_some_and(|h| !h.advance(now_s, half))
         {
             self.hauls.remove(entity);
         }
@@ -356,28 +429,27 @@ impl ExposureDetector {
             if !spilt && !reached {
                 return None;
             }
+            // The few's items go to a haul that starts when they did (its halves move on
+            // from there below), this response counted again below.
             let few = self.few.remove(entity)?;
             let h = self.hauls.entry(entity, ts, || Haul::new(few.start_s));
-            h.responses = few.responses.saturating_sub(1);
+            h.responses[1] = few.responses.saturating_sub(1);
             few.items
                 .iter()
                 .filter(|t| **t != 0)
                 .for_each(|&t| h.insert(t));
+            if !h.advance(now_s, half) {
+                *h = Haul::new(now_s);
+            }
         }
         let h = self.hauls.entry(entity, ts, || Haul::new(now_s));
-        h.last_s = h.last_s.max(now_s);
-        h.responses = h.responses.saturating_add(1);
+        h.respond(now_s);
         tags(f).for_each(|t| h.insert(t));
-        if h.raised {
+        // Raised at most once a window.
+        if h.raised_s != 0 && now_s.saturating_sub(h.raised_s) < window_s {
             return None;
         }
-        let counts = [
-            h.cards.estimate(),
-            h.ibans.estimate(),
-            h.national_ids.estimate(),
-            h.emails.estimate(),
-        ]
-        .map(|e| e.round() as u32);
+        let counts = h.halves[0].union_counts(&h.halves[1]);
         let passed: Vec<usize> = (0..4)
             .filter(|&i| limits[i] > 0 && counts[i] >= limits[i])
             .collect();
@@ -390,11 +462,12 @@ impl ExposureDetector {
         {
             return None;
         }
-        h.raised = true;
-        if h.responses < 2 && !alone {
+        h.raised_s = now_s.max(1);
+        let responses = h.responses();
+        if responses < 2 && !alone {
             return None;
         }
-        let span = f64::from(h.last_s - h.start_s);
+        let span = f64::from(h.last_s - h.first_s());
         for i in 0..4 {
             if counts[i] > 0 {
                 ev.insert(format!("window_{}", key_for(LABELS[i])), json!(counts[i]));
@@ -406,7 +479,7 @@ impl ExposureDetector {
                 json!(limits[i]),
             );
         }
-        ev.insert("window_responses".into(), json!(h.responses));
+        ev.insert("window_responses".into(), json!(responses));
         ev.insert("window_span_s".into(), json!(span));
         ev.insert("window_s".into(), json!(self.cfg.window_s));
         let items: Vec<String> = passed
@@ -422,7 +495,7 @@ impl ExposureDetector {
             "Responses to {} carried {} over {} responses in {}, within a window of {}.",
             ctx.principal,
             items.join(" and "),
-            h.responses,
+            responses,
             span_text(span),
             span_text(self.cfg.window_s)
         ))
@@ -913,6 +986,41 @@ mod tests {
         assert_eq!(
             raised,
             [(0, AlertKind::DataExposure), (1, AlertKind::DataExposure)]
+        );
+    }
+
+    /// A read of 24 cards in twenty minutes, whenever it comes, is counted whole: here it
+    /// starts ten minutes before a day has passed since the principal's first items, where a
+    /// tumbling window would split it in two parts of 12 (and 2 older ones), each under 20.
+    #[test]
+    fn a_read_is_counted_whole_wherever_it_falls_in_the_window() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let at = |t: u64, body: String| {
+            let mut o = with_token(obs(t, "192.0.2.5", "/cards"), "customer");
+            o.resp_bytes = body.len() as u64;
+            o.resp_body = body.into_bytes().into();
+            o
+        };
+        let own = format!(
+            r#"{{"email":"layla@mail.test","iban":"SA0380000000608010167519","cards":["{}","{}"],"email2":"l2@mail.test"}}"#,
+            card(1),
+            card(2)
+        );
+        assert!(e.observe(&at(T0, own)).is_empty());
+        let mut alerts = Vec::new();
+        let start = T0 + 86_400 * S - 600 * S;
+        for i in 0..24u64 {
+            let body = format!(r#"{{"card":"{}"}}"#, card(100 + i));
+            alerts.extend(e.observe(&at(start + i * 50 * S, body)));
+        }
+        let [a] = &alerts[..] else {
+            panic!("{alerts:?}")
+        };
+        assert_eq!(a.kind, AlertKind::DataExposure);
+        assert!(
+            a.explanation.contains("distinct card numbers"),
+            "{}",
+            a.explanation
         );
     }
 
