@@ -354,6 +354,54 @@ impl<V> BoundedMap<V> {
     }
 }
 
+/// Two half windows of some count, `[previous, current]`, read together: they always cover
+/// the last half window at least and the last whole window at most, so anything that happened
+/// within any span up to half the window long is in them whole, wherever the span falls (a
+/// tumbling window splits what straddles its boundary). For counts that cannot be weighted
+/// the way [`Window`] weights its previous bucket, such as sets of distinct items.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Halves<T> {
+    /// Start of the current half, seconds since the epoch (the previous one started a half
+    /// before).
+    start_s: u32,
+    halves: [T; 2],
+}
+
+impl<T: Copy + Default> Halves<T> {
+    /// Empty halves, the current one starting at `now_s`.
+    pub fn new(now_s: u32) -> Self {
+        Self {
+            start_s: now_s,
+            halves: [T::default(); 2],
+        }
+    }
+
+    /// Moves on to `now_s` with halves of `half` seconds: the current half becomes the
+    /// previous one once it is `half` old. False when both are over: nothing is left.
+    pub fn advance(&mut self, now_s: u32, half: u32) -> bool {
+        let age = now_s.saturating_sub(self.start_s);
+        if age < half {
+            return true;
+        }
+        if age >= half.saturating_mul(2) {
+            return false;
+        }
+        self.halves = [self.halves[1], T::default()];
+        self.start_s += half;
+        true
+    }
+
+    /// The current half.
+    pub fn current(&mut self) -> &mut T {
+        &mut self.halves[1]
+    }
+
+    /// The previous half and the current one.
+    pub fn both(&self) -> (&T, &T) {
+        (&self.halves[0], &self.halves[1])
+    }
+}
+
 /// A sliding-window count over two tumbling buckets: the estimate for "the last `w`" is the
 /// current bucket plus the previous one weighted by how much of it still overlaps the window.
 #[derive(Clone, Copy, Debug, Default)]

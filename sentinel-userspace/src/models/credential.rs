@@ -40,6 +40,14 @@
 //! such failures get this state ([`SlowFails`], a slot of 32 bytes), kept for two horizons after
 //! the last; the owner's logins in between do not reset it (an attacker's guesses do not stop
 //! counting because the owner logged in as usual).
+//!
+//! A slow stuffing run (one account every ten minutes from one address never has three
+//! accounts within the window) is counted per source over the same horizon: the distinct
+//! accounts that failed from it and those tried from it that logged in, in two half horizons
+//! counted together ([`SlowSource`], a slot of 88 bytes, only for sources that failed one).
+//! It is raised at `slow_min_accounts` (20) accounts failed while at most
+//! `stuffing_max_success_ratio` of those tried logged in, and again each time they double. An
+//! office's people mistype too, and log in in the end.
 
 use std::hash::Hasher;
 
@@ -48,7 +56,7 @@ use serde_json::json;
 
 use super::{
     AlertKind, Severity,
-    bounded::{BoundedMap, FastHasher, NS, SmallSet, Window, key_of, secs},
+    bounded::{BoundedMap, Distinct, FastHasher, Halves, NS, SmallSet, Window, key_of, secs},
     config::Checker,
     engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, span_text, subject},
     profile::cc,
@@ -96,6 +104,11 @@ pub struct Config {
     /// Default 20: a guess every five minutes is named after 100 minutes, while honest
     /// mistakes (a few a day) stay far below.
     pub slow_min_failures: u32,
+    /// Distinct accounts that failed to log in from one source within `slow_window_s`, while
+    /// at most `stuffing_max_success_ratio` of the accounts tried from it logged in, that make
+    /// a (slow) credential stuffing. Default 20 (at most 100): one account every ten minutes is
+    /// named after about three hours; an office's mistyping users log in in the end.
+    pub slow_min_accounts: u32,
 }
 
 impl Default for Config {
@@ -135,6 +148,7 @@ impl Default for Config {
             .to_vec(),
             slow_window_s: 86_400.0,
             slow_min_failures: 20,
+            slow_min_accounts: 20,
         }
     }
 }
@@ -186,6 +200,17 @@ impl Config {
                 "slow_min_failures",
                 self.slow_min_failures <= u32::from(u16::MAX),
                 "must be at most 65535",
+            )
+            .check(
+                "slow_min_accounts",
+                self.slow_min_accounts >= self.stuffing_min_accounts,
+                "must be at least stuffing_min_accounts",
+            )
+            // The counts' bitmaps (128 bits a half) are within about 10% up to 100 or so.
+            .check(
+                "slow_min_accounts",
+                self.slow_min_accounts <= 100,
+                "must be at most 100",
             )
             .finish()
     }
@@ -260,6 +285,53 @@ impl SlowFails {
         c.roll(now, w);
         let into = f64::from(now.saturating_sub(c.start_s)) / f64::from(w.max(1));
         f64::from(c.cur) + f64::from(c.prev) * (1.0 - into.min(1.0))
+    }
+}
+
+/// The accounts one source tried in a half of `slow_window_s`: those that failed and those
+/// that logged in (32 bytes).
+#[derive(Clone, Copy, Default)]
+struct SourceAccounts {
+    failed: Distinct<4>,
+    logged_in: Distinct<4>,
+}
+
+/// One source's logins over `slow_window_s`, from its first failure naming an account: the
+/// distinct accounts tried, in two half windows counted together, for a stuffing run too slow
+/// for `window_s` (76 bytes: a slot of 88; only sources with failures get one).
+#[derive(Clone, Copy)]
+struct SlowSource {
+    /// First failure counted, seconds since the epoch.
+    first_s: u32,
+    /// The failed accounts counted when the run was last raised (0: not yet): raised again
+    /// when they double.
+    raised: u32,
+    accounts: Halves<SourceAccounts>,
+}
+
+const _: () = assert!(size_of::<SlowSource>() == 76);
+const _: () = assert!(BoundedMap::<SlowSource>::SLOT_BYTES == 88);
+
+impl SlowSource {
+    fn new(now: u32) -> Self {
+        Self {
+            first_s: now,
+            raised: 0,
+            accounts: Halves::new(now),
+        }
+    }
+
+    /// Distinct accounts that failed, and distinct accounts tried (failed or logged in), both
+    /// halves together.
+    fn counts(&self) -> (f64, f64, f64) {
+        let (prev, cur) = self.accounts.both();
+        let failed = prev.failed.union(&cur.failed);
+        let ok = prev.logged_in.union(&cur.logged_in);
+        (
+            failed.estimate().round(),
+            ok.estimate().round(),
+            failed.union(&ok).estimate().round(),
+        )
     }
 }
 
@@ -383,6 +455,8 @@ pub struct CredentialDetector {
     slow: BoundedMap<SlowFails>,
     /// `slow_window_s` in whole seconds.
     slow_window: u32,
+    /// Sources with failures naming accounts, over `slow_window_s`.
+    slow_sources: BoundedMap<SlowSource>,
     sources: BoundedMap<SourceState>,
     fingerprints: BoundedMap<FingerprintState>,
 }
@@ -412,6 +486,7 @@ impl CredentialDetector {
             accounts: BoundedMap::new(cap, 2 * window),
             slow: BoundedMap::new(cap, 2 * secs(cfg.slow_window_s)),
             slow_window: cfg.slow_window_s.ceil() as u32,
+            slow_sources: BoundedMap::new(cap, secs(cfg.slow_window_s)),
             sources: BoundedMap::new(cap, 2 * window),
             fingerprints: BoundedMap::new(cap / 16 + 16, 2 * window),
         }
@@ -505,6 +580,76 @@ impl CredentialDetector {
         );
         out.push(Detection { alert, subject });
     }
+
+    /// A login on account `k` from the source of `ctx`, counted over `slow_window_s` once the
+    /// source has failed one, and raised as a slow credential stuffing when the accounts that
+    /// failed from it reach `slow_min_accounts` while few of those tried logged in.
+    fn slow_source(&mut self, ctx: &Ctx<'_>, k: u64, failed: bool, out: &mut Vec<Detection>) {
+        let o = ctx.obs;
+        let src_key = subject::source(o.client_ip);
+        let now = (o.ts_ns / NS) as u32;
+        let half = (self.slow_window / 2).max(1);
+        let s = if failed {
+            self.slow_sources
+                .entry(src_key, o.ts_ns, || SlowSource::new(now))
+        } else {
+            match self.slow_sources.get_mut(src_key) {
+                Some(s) => s,
+                None => return,
+            }
+        };
+        if !s.accounts.advance(now, half) {
+            *s = SlowSource::new(now);
+        }
+        let cur = s.accounts.current();
+        if failed {
+            cur.failed.insert(k);
+        } else {
+            cur.logged_in.insert(k);
+            return;
+        }
+        let (fails, ok, tried) = s.counts();
+        let ratio = ok / tried.max(1.0);
+        if fails < f64::from(self.cfg.slow_min_accounts)
+            || ratio > self.cfg.stuffing_max_success_ratio
+            || fails < 2.0 * f64::from(s.raised)
+            || ctx.is_repeat(AlertKind::CredentialStuffing, src_key, Severity::High)
+        {
+            return;
+        }
+        s.raised = fails as u32;
+        let span = f64::from(now.saturating_sub(s.first_s));
+        let ua = o.user_agent.as_deref().unwrap_or("none");
+        let alert = ctx.alert(
+            AlertKind::CredentialStuffing,
+            Severity::High,
+            (fails / (2.0 * f64::from(self.cfg.slow_min_accounts))).clamp(0.7, 1.0),
+            format!(
+                "About {fails} different accounts failed to log in from {} in {} within {} (over {}, about one every {}), {ok} of the {tried} accounts tried logged in: a slow credential stuffing run, never {} accounts within {} ({ua}).",
+                crate::enrich::principal::client_text(o.client_ip),
+                ctx.place(),
+                span_text(self.cfg.slow_window_s),
+                span_text(span),
+                span_text(span / (fails - 1.0).max(1.0)),
+                self.cfg.stuffing_min_accounts,
+                span_text(self.cfg.window_s),
+            ),
+            evidence([
+                ("accounts_failed", json!(fails)),
+                ("accounts_logged_in", json!(ok)),
+                ("accounts", json!(tried)),
+                ("success_ratio", json!(r2(ratio))),
+                ("slow_window_s", json!(self.cfg.slow_window_s)),
+                ("threshold", json!(self.cfg.slow_min_accounts)),
+                ("span_s", json!(span)),
+                ("user_agent", json!(ua)),
+            ]),
+        );
+        out.push(Detection {
+            alert,
+            subject: src_key,
+        });
+    }
 }
 
 impl Detector for CredentialDetector {
@@ -563,6 +708,9 @@ impl Detector for CredentialDetector {
                 if let Some(k) = account_key {
                     fps.tried.note(k, true, now, w);
                 }
+            }
+            if let Some(k) = account_key {
+                self.slow_source(ctx, k, false, out);
             }
             // The owner's own client at home, whose source failed no more than a person
             // mistyping does: a run of failures from elsewhere (stuffing that tried the name)
@@ -824,6 +972,12 @@ impl Detector for CredentialDetector {
             });
         }
 
+        // A stuffing run too slow for the window: the accounts failed from this source over
+        // the long horizon (after the window's alerts, so that one it raised is not repeated).
+        if let Some(k) = account_key {
+            self.slow_source(ctx, k, true, out);
+        }
+
         // Distributed stuffing: one client fingerprint, many sources and accounts, mostly failing.
         let fp_fails = fps.fails.count(now, w);
         let fp_attempts = fps.attempts.count(now, w).max(1.0);
@@ -873,17 +1027,23 @@ impl Detector for CredentialDetector {
     fn tick(&mut self, now_ns: u64, _out: &mut Vec<Detection>) {
         self.accounts.sweep(now_ns, 4096);
         self.slow.sweep(now_ns, 4096);
+        self.slow_sources.sweep(now_ns, 4096);
         self.sources.sweep(now_ns, 4096);
         self.fingerprints.sweep(now_ns, 1024);
     }
 
     fn tracked(&self) -> usize {
-        self.accounts.len() + self.slow.len() + self.sources.len() + self.fingerprints.len()
+        self.accounts.len()
+            + self.slow.len()
+            + self.slow_sources.len()
+            + self.sources.len()
+            + self.fingerprints.len()
     }
 
     fn memory_bytes(&self) -> usize {
         self.accounts.memory_bytes()
             + self.slow.memory_bytes()
+            + self.slow_sources.memory_bytes()
             + self.sources.memory_bytes()
             + self.fingerprints.memory_bytes()
     }
@@ -1054,6 +1214,70 @@ mod tests {
             let t = T0 + 3_610 * S + i * S;
             let test = format!("test{}", i % 2);
             alerts.extend(e.observe(&login(t, ip, &test, false, "python-requests/2.31")));
+        }
+        assert!(alerts.is_empty(), "{alerts:?}");
+    }
+
+    /// One account every ten minutes from one address, each tried once: never three accounts
+    /// within the 600 s window, 144 a day. The accounts failed from the source over the long
+    /// horizon name it as credential stuffing at about the 20th (three hours in), and again
+    /// each time they double, and the logins of the attacker's own two accounts between the
+    /// guesses do not hide it.
+    #[test]
+    fn a_slow_stuffing_run_under_the_window_is_credential_stuffing() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0 Safari/537.36";
+        let mut alerts = Vec::new();
+        for i in 0..144u64 {
+            let t = T0 + i * 600 * S;
+            let user = format!("victim{i}@mail.test");
+            alerts.extend(e.observe(&login(t, "203.0.113.80", &user, false, ua)));
+            if i % 12 == 6 {
+                let own = format!("mule{}", i % 24 / 12);
+                alerts.extend(e.observe(&login(t + 300 * S, "203.0.113.80", &own, true, ua)));
+            }
+        }
+        assert!(
+            alerts
+                .iter()
+                .all(|a| a.kind == AlertKind::CredentialStuffing
+                    && a.explanation.contains("slow credential stuffing")),
+            "{alerts:?}"
+        );
+        // Accounts failed when raised: about 20, 40, 80.
+        let at: Vec<u64> = alerts
+            .iter()
+            .map(|a| (a.ts_ns - T0) / (600 * S) + 1)
+            .collect();
+        let [first, second, third] = at[..] else {
+            panic!("{at:?}")
+        };
+        assert!((17..=24).contains(&first), "{at:?}");
+        assert!(
+            (34..=48).contains(&second) && (68..=96).contains(&third),
+            "{at:?}"
+        );
+    }
+
+    /// An office whose people log in all day through one address, a third of them mistyping
+    /// first (40 accounts that failed in a day), and one user who forgot their password and
+    /// never got in: the accounts tried from the address logged in, so no stuffing.
+    #[test]
+    fn a_day_of_an_offices_mistakes_is_no_slow_stuffing() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        let ua = "Mozilla/5.0 (X11; Linux x86_64) Chrome/130.0 Safari/537.36";
+        let mut alerts = Vec::new();
+        for u in 0..120u64 {
+            let user = format!("staff{u}");
+            let t = T0 + u * 700 * S;
+            if u % 3 == 0 {
+                alerts.extend(e.observe(&login(t, "192.0.2.10", &user, false, ua)));
+            }
+            alerts.extend(e.observe(&login(t + 20 * S, "192.0.2.10", &user, true, ua)));
+        }
+        for i in 0..3u64 {
+            let t = T0 + 40_000 * S + i * 30 * S;
+            alerts.extend(e.observe(&login(t, "192.0.2.10", "forgetful", false, ua)));
         }
         assert!(alerts.is_empty(), "{alerts:?}");
     }

@@ -16,7 +16,7 @@
 //!   credential (an address alone may be an office's NAT) that received such an item have an
 //!   entry: up to four distinct items, a [`Few`] (24 bytes: their 32-bit hashes), which is all
 //!   a customer seeing their own e-mail address, IBAN and cards ever needs; past that, a
-//!   [`Haul`] (184 bytes: the items counted by linear counting over a small bitmap per kind, not
+//!   [`Haul`] (188 bytes: the items counted by linear counting over a small bitmap per kind, not
 //!   kept, in two half windows counted together). The count covers at least the last half
 //!   window and at most the last whole one, so a read of any span up to half the window is
 //!   counted whole wherever it falls.
@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 
 use super::{
     AlertKind, Severity,
-    bounded::{BoundedMap, Distinct, Ewm, NS, key_of, secs},
+    bounded::{BoundedMap, Distinct, Ewm, Halves, NS, key_of, secs},
     config::Checker,
     engine::{Ctx, Detection, Detector, ModelsError, evidence, r2, span_text, subject},
     injection::contains_ci,
@@ -185,11 +185,15 @@ fn textual(ctype: Option<&str>) -> bool {
     })
 }
 
-/// The personal items of one half window, by kind (80 bytes). The bitmaps are sized for the
-/// thresholds they serve (at most 200 of the first three kinds, 500 e-mail addresses), each
-/// within about 10% there.
+/// The personal items of one half window, by kind, and the responses that carried them (88
+/// bytes). The bitmaps are sized for the thresholds they serve (at most 200 of the first three
+/// kinds, 500 e-mail addresses), each within about 10% there.
 #[derive(Clone, Copy, Default)]
 struct Items {
+    /// The first response that carried one, seconds since the epoch.
+    first_s: u32,
+    /// Responses that carried one (saturating).
+    responses: u16,
     cards: Distinct<4>,
     ibans: Distinct<4>,
     national_ids: Distinct<4>,
@@ -221,86 +225,61 @@ impl Items {
     }
 }
 
-/// The personal items one principal has received within the window, past a [`Few`] (180
-/// bytes, alignment 4: a [`BoundedMap`] slot of 192), in two halves: the previous half window
-/// and the current one. The count is of both together, so it always covers the last half
-/// window at least and the last whole window at most: a read of any span up to half the
-/// window is counted whole, wherever it falls (a tumbling window split a read across its
-/// boundary, each part under the threshold).
+/// The personal items one principal has received within the window, past a [`Few`] (188
+/// bytes, alignment 4: a [`BoundedMap`] slot of 200), in two [`Halves`] counted together: a
+/// read of any span up to half the window is counted whole, wherever it falls (a tumbling
+/// window split a read across its boundary, each part under the threshold).
 #[derive(Clone, Copy)]
 pub(crate) struct Haul {
-    /// Start of the current half, seconds since the epoch (the previous half started
-    /// `window_s / 2` before).
-    start_s: u32,
-    /// The first response that carried an item in each half ([previous, current]), seconds.
-    first_s: [u32; 2],
     /// Last response that carried one, seconds since the epoch.
     last_s: u32,
     /// When the count was last raised, seconds since the epoch; 0 for never.
     raised_s: u32,
-    /// Responses that carried one in each half (saturating).
-    responses: [u16; 2],
-    halves: [Items; 2],
+    items: Halves<Items>,
 }
 
-const _: () = assert!(size_of::<Haul>() == 184);
+const _: () = assert!(size_of::<Haul>() == 188);
 const _: () = assert!(BoundedMap::<Haul>::SLOT_BYTES == 200);
 
 impl Haul {
     fn new(now_s: u32) -> Self {
         Self {
-            start_s: now_s,
-            first_s: [now_s; 2],
             last_s: now_s,
             raised_s: 0,
-            responses: [0; 2],
-            halves: [Items::default(); 2],
+            items: Halves::new(now_s),
         }
-    }
-
-    /// Moves the halves on to `now_s`: the current half becomes the previous one once `half`
-    /// seconds old. False when both are over (nothing counted is left).
-    fn advance(&mut self, now_s: u32, half: u32) -> bool {
-        let age = now_s.saturating_sub(self.start_s);
-        if age < half {
-            return true;
-        }
-        if age >= 2 * half {
-            return false;
-        }
-        self.halves = [self.halves[1], Items::default()];
-        self.responses = [self.responses[1], 0];
-        self.first_s = [self.first_s[1], now_s];
-        self.start_s += half;
-        true
-    }
-
-    /// Counts an item by its [`tag`] in the current half.
-    fn insert(&mut self, tag: u32) {
-        self.halves[1].insert(tag);
     }
 
     /// A response that carried items, at `now_s`.
     fn respond(&mut self, now_s: u32) {
-        if self.responses[1] == 0 {
-            self.first_s[1] = now_s;
+        let cur = self.items.current();
+        if cur.responses == 0 {
+            cur.first_s = now_s;
         }
-        self.responses[1] = self.responses[1].saturating_add(1);
+        cur.responses = cur.responses.saturating_add(1);
         self.last_s = self.last_s.max(now_s);
     }
 
-    /// Responses counted, in both halves.
-    fn responses(&self) -> u32 {
-        self.responses.iter().map(|&r| u32::from(r)).sum()
+    /// Counts an item by its [`tag`] in the current half.
+    fn insert(&mut self, tag: u32) {
+        self.items.current().insert(tag);
     }
 
-    /// The first response counted.
-    fn first_s(&self) -> u32 {
-        if self.responses[0] > 0 {
-            self.first_s[0]
+    /// Responses counted, and the first of them (seconds), in both halves.
+    fn responses(&self) -> (u32, u32) {
+        let (prev, cur) = self.items.both();
+        let first = if prev.responses > 0 {
+            prev.first_s
         } else {
-            self.first_s[1]
-        }
+            cur.first_s
+        };
+        (u32::from(prev.responses) + u32::from(cur.responses), first)
+    }
+
+    /// Estimated distinct items of each kind, in [`LABELS`] order.
+    fn counts(&self) -> [u32; 4] {
+        let (prev, cur) = self.items.both();
+        prev.union_counts(cur)
     }
 }
 
@@ -395,7 +374,7 @@ impl ExposureDetector {
         if self
             .hauls
             .get_mut(entity)
-            .is_some_and(|h| !h.advance(now_s, half))
+            .is_some_and(|h| !h.items.advance(now_s, half))
         {
             self.hauls.remove(entity);
         }
@@ -433,12 +412,13 @@ impl ExposureDetector {
             // from there below), this response counted again below.
             let few = self.few.remove(entity)?;
             let h = self.hauls.entry(entity, ts, || Haul::new(few.start_s));
-            h.responses[1] = few.responses.saturating_sub(1);
+            let cur = h.items.current();
+            (cur.first_s, cur.responses) = (few.start_s, few.responses.saturating_sub(1));
             few.items
                 .iter()
                 .filter(|t| **t != 0)
                 .for_each(|&t| h.insert(t));
-            if !h.advance(now_s, half) {
+            if !h.items.advance(now_s, half) {
                 *h = Haul::new(now_s);
             }
         }
@@ -449,7 +429,7 @@ impl ExposureDetector {
         if h.raised_s != 0 && now_s.saturating_sub(h.raised_s) < window_s {
             return None;
         }
-        let counts = h.halves[0].union_counts(&h.halves[1]);
+        let counts = h.counts();
         let passed: Vec<usize> = (0..4)
             .filter(|&i| limits[i] > 0 && counts[i] >= limits[i])
             .collect();
@@ -463,11 +443,11 @@ impl ExposureDetector {
             return None;
         }
         h.raised_s = now_s.max(1);
-        let responses = h.responses();
+        let (responses, first_s) = h.responses();
         if responses < 2 && !alone {
             return None;
         }
-        let span = f64::from(h.last_s - h.first_s());
+        let span = f64::from(h.last_s.saturating_sub(first_s));
         for i in 0..4 {
             if counts[i] > 0 {
                 ev.insert(format!("window_{}", key_for(LABELS[i])), json!(counts[i]));
