@@ -20,6 +20,6 @@ fuzz_target!(|data: &[u8]| {
     }
     p.finish();
     for t in p.drain() {
-        let _ = t.to_json();
+        let _ = t.to_json(&[]);
     }
 });

@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
     }
     p.finish();
     for t in p.drain() {
-        let _ = t.to_json();
+        let _ = t.to_json(&[]);
         assert!(t.req_body.len() <= 256 && t.resp_body.len() <= 256);
     }
 });

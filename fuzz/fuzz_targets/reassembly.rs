@@ -63,12 +63,12 @@ fuzz_target!(|data: &[u8]| {
             wire_len,
         });
         for t in p.drain() {
-            let _ = t.to_json();
+            let _ = t.to_json(&[]);
         }
     }
     p.finish();
     for t in p.drain() {
-        let _ = t.to_json();
+        let _ = t.to_json(&[]);
     }
     let st = p.stats();
     assert_eq!(st.reassembly.mem_current, 0, "finish releases every flow");

@@ -94,7 +94,8 @@ impl Analyzer {
         let enricher = Enricher::new(geo, enrich)
             .map_err(AnalyzerError::Config)?
             .with_login_paths(&models.login_endpoints)
-            .with_graphql(&models.graphql_endpoints, &models.graphql_login_fields);
+            .with_graphql(&models.graphql_endpoints, &models.graphql_login_fields)
+            .with_api_key_params(&models.api_key_params);
         let engine = Engine::new(models).map_err(|e| AnalyzerError::Config(e.to_string()))?;
         Ok(Self {
             enricher,
@@ -106,6 +107,12 @@ impl Analyzer {
                 ..AnalyzerStats::default()
             },
         })
+    }
+
+    /// The API key parameters the enricher reads (`[models] api_key_params`), whose values the
+    /// transaction log redacts.
+    pub fn api_key_params(&self) -> &[String] {
+        self.enricher.api_key_params()
     }
 
     /// Enriches one transaction (sets its principal) and runs the models; alerts are appended

@@ -62,6 +62,9 @@ pub struct RunOptions {
 struct LivePipeline {
     pipeline: Pipeline,
     log: Option<std::io::BufWriter<std::fs::File>>,
+    /// The configured API key parameters (`[models] api_key_params`), whose values the log
+    /// redacts.
+    api_key_params: Vec<String>,
     stats: Arc<Mutex<serde_json::Value>>,
     transactions: u64,
     last_advance_ns: u64,
@@ -75,6 +78,7 @@ struct LivePipeline {
 impl LivePipeline {
     fn new(
         log: Option<&Path>,
+        api_key_params: Vec<String>,
         stats: Arc<Mutex<serde_json::Value>>,
         analysis: Option<AnalysisQueue>,
     ) -> anyhow::Result<Self> {
@@ -96,6 +100,7 @@ impl LivePipeline {
         Ok(Self {
             pipeline: Pipeline::new(PipelineSettings::default()),
             log,
+            api_key_params,
             stats,
             transactions: 0,
             last_advance_ns: 0,
@@ -111,7 +116,7 @@ impl LivePipeline {
         for t in self.pipeline.drain() {
             self.transactions += 1;
             if let Some(w) = self.log.as_mut()
-                && let Err(e) = writeln!(w, "{}", t.to_json())
+                && let Err(e) = writeln!(w, "{}", t.to_json(&self.api_key_params))
             {
                 self.log_errors += 1;
                 failed = Some(e);
@@ -628,6 +633,7 @@ pub async fn run(opts: RunOptions, prepared: Prepared) -> anyhow::Result<()> {
             let stats = cs.ring.clone();
             let mut pipeline = LivePipeline::new(
                 opts.config.capture.transactions_log.as_deref(),
+                opts.config.models.api_key_params.clone(),
                 cs.pipeline.clone(),
                 queue,
             )?;

@@ -1,8 +1,10 @@
 //! What never leaves Sentinel in clear: the values of fields named like secrets (passwords,
-//! tokens, keys, one-time codes), which alerts and the transaction log show as their length and
-//! short hash.
+//! tokens, keys, one-time codes) or like a configured API key parameter (`[models]
+//! api_key_params`), which alerts and the transaction log show as their length and short hash.
 
 use std::borrow::Cow;
+
+use crate::enrich::principal::{percent_decoded, same_field};
 
 /// Names of fields that hold secrets (passwords, tokens, keys, one-time codes, the signatures
 /// of presigned URLs), which alerts never quote: a password that trips the SQL check (`hunter2'--`) is still someone's password,
@@ -26,8 +28,7 @@ pub fn secret_name(name: &str) -> bool {
     // `sig`: an Azure SAS signature.
     const WHOLE: [&str; 7] = ["pin", "otp", "cvv", "cvc", "key", "jwt", "sig"];
     // Without a lower-case copy: the transaction log asks this of every query parameter.
-    let last = name.rsplit(['.', '[']).next().unwrap_or(name);
-    let last = last.trim_end_matches(']').as_bytes();
+    let last = last_segment(name).as_bytes();
     let has = |p: &str| {
         last.windows(p.len())
             .any(|w| w.eq_ignore_ascii_case(p.as_bytes()))
@@ -37,6 +38,26 @@ pub fn secret_name(name: &str) -> bool {
             .iter()
             .any(|w| last.eq_ignore_ascii_case(w.as_bytes()))
 }
+
+/// [`secret_name`], or one of `also` (the configured API key parameters, `[models]
+/// api_key_params`) in any case and naming style ([`same_field`]: `appId` is `appid`), matched
+/// as [`secret_name`] matches, on the last segment of a JSON path (`user[appid]`).
+pub fn secret_param(name: &str, also: &[String]) -> bool {
+    secret_name(name) || {
+        let last = last_segment(name);
+        also.iter().any(|a| same_field(last, a))
+    }
+}
+
+/// The last segment of a JSON path or bracketed name (`user.password`, `user[password]`).
+fn last_segment(name: &str) -> &str {
+    let last = name.rsplit(['.', '[']).next().unwrap_or(name);
+    last.trim_end_matches(']')
+}
+
+/// What separates the fields of a query or form: `&`, or `;`, which older CGI libraries,
+/// Python's before 3.9.2 and Go's before 1.17 read as `&`.
+pub const SEPARATORS: [char; 2] = ['&', ';'];
 
 /// What is shown of a secret value: its length and short hash (the same value gives the same
 /// hash, so two records can be told apart or matched without the value).
@@ -49,14 +70,16 @@ pub fn redacted(value: &str) -> String {
 }
 
 /// `raw` (a query string or form body, still encoded) with the values of fields whose name,
-/// decoded by `name`, is a [`secret_name`] redacted; borrowed when there is none. Fields are
-/// separated by `&` or `;` (which older CGI libraries, Python's before 3.9.2 and Go's before 1.17
-/// read as `&`), and each separator is kept as it was.
-pub fn pairs<'a>(raw: &'a str, name: impl Fn(&str) -> Cow<'_, str>) -> Cow<'a, str> {
-    const SEPARATORS: [char; 2] = ['&', ';'];
+/// decoded by `name`, is a [`secret_param`] (of `also`) redacted; borrowed when there is none.
+/// Fields are separated by one of [`SEPARATORS`], and each separator is kept as it was.
+pub fn pairs<'a>(
+    raw: &'a str,
+    name: impl Fn(&str) -> Cow<'_, str>,
+    also: &[String],
+) -> Cow<'a, str> {
     let secret = |p: &str| {
         p.split_once('=')
-            .is_some_and(|(k, _)| secret_name(&name(k)))
+            .is_some_and(|(k, _)| secret_param(&name(k), also))
     };
     if !raw.split(SEPARATORS).any(secret) {
         return Cow::Borrowed(raw);
@@ -81,15 +104,10 @@ pub fn pairs<'a>(raw: &'a str, name: impl Fn(&str) -> Cow<'_, str>) -> Cow<'a, s
 }
 
 /// A query string as the transaction log shows it: [`pairs`] with names percent-decoded once,
-/// as a server reads them (`access%5Ftoken` is `access_token`).
-pub fn query(raw: &str) -> Cow<'_, str> {
-    pairs(raw, |k| {
-        if k.contains(['%', '+']) {
-            Cow::Owned(crate::enrich::principal::percent_decode(k))
-        } else {
-            Cow::Borrowed(k)
-        }
-    })
+/// as a server reads them (`access%5Ftoken` is `access_token`), the values of `also` (the
+/// configured API key parameters) redacted too.
+pub fn query<'a>(raw: &'a str, also: &[String]) -> Cow<'a, str> {
+    pairs(raw, percent_decoded, also)
 }
 
 #[cfg(test)]
@@ -113,7 +131,7 @@ mod tests {
             format!("access%5Ftoken={tok}"),
             format!("jwt={tok}"),
         ] {
-            let shown = query(&raw);
+            let shown = query(&raw, &[]);
             assert!(!shown.contains(tok), "{shown}");
             assert!(
                 shown.contains(&crate::enrich::principal::short_hash(tok)),
@@ -121,20 +139,57 @@ mod tests {
             );
         }
         // A presigned URL's signature is what grants the access.
-        let shown = query("X-Amz-Expires=300&X-Amz-Signature=5d672d79c15b13162d9279b0855cfba6");
+        let shown = query(
+            "X-Amz-Expires=300&X-Amz-Signature=5d672d79c15b13162d9279b0855cfba6",
+            &[],
+        );
         assert!(!shown.contains("5d672d79"), "{shown}");
         assert!(matches!(
-            query("page=2&q=shoes"),
+            query("page=2&q=shoes", &[]),
             Cow::Borrowed("page=2&q=shoes")
         ));
         assert_eq!(
-            query("a=1&password=x&b"),
+            query("a=1&password=x&b", &[]),
             format!("a=1&password={}&b", redacted("x"))
         );
         // `;` separates fields for servers that read it as `&`; separators are kept.
         assert_eq!(
-            query("user=layla;password=hunter2&x=1;"),
+            query("user=layla;password=hunter2&x=1;", &[]),
             format!("user=layla;password={}&x=1;", redacted("hunter2"))
         );
+    }
+
+    #[test]
+    fn api_keys_in_the_query_are_redacted_in_any_naming_style() {
+        let key = "b1946ac92492d2347c6235b4d2611184";
+        let hash = crate::enrich::principal::short_hash(key);
+        // The default API key parameters (OpenWeather's `appid` among them), however written,
+        // and a name configured instead, in another naming style.
+        let defaults = crate::models::ModelsConfig::default().api_key_params;
+        let custom = vec!["subscription-key".to_owned()];
+        for (raw, also) in [
+            (format!("q=London&appid={key}"), &defaults),
+            (format!("APPID={key}"), &defaults),
+            (format!("units=metric;app_Id={key};lang=en"), &defaults),
+            (format!("api%2Dkey={key}"), &defaults),
+            (format!("apiKey={key}"), &defaults),
+            (format!("key={key}"), &defaults),
+            (format!("subscriptionKey={key}&q=1"), &custom),
+            (format!("Subscription_Key={key}"), &custom),
+        ] {
+            let shown = query(&raw, also);
+            assert!(
+                !shown.contains(key) && shown.contains(&hash),
+                "{raw}: {shown}"
+            );
+        }
+        assert_eq!(
+            query("q=London&units=metric", &defaults),
+            "q=London&units=metric"
+        );
+        // Not secret unless configured.
+        let raw = format!("subscriptionKey={key}");
+        assert!(query(&raw, &[]).contains(key));
+        assert!(!pairs(&raw, |k: &str| Cow::Borrowed(k), &custom).contains(key));
     }
 }

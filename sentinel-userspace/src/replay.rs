@@ -183,7 +183,8 @@ pub fn command(args: &ReplayArgs) -> Result<(), CliError> {
             // The address alone is not an identity: it is in src_ip already.
             t.principal = (obs.principal.kind != PrincipalKind::Ip).then(|| obs.principal.name());
             line.clear();
-            serde_json::to_writer(&mut line, &t.record()).map_err(std::io::Error::other)?;
+            serde_json::to_writer(&mut line, &t.record(analyzer.api_key_params()))
+                .map_err(std::io::Error::other)?;
             line.push(b'\n');
             out.write_all(&line)
         }),

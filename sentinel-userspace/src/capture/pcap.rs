@@ -1085,7 +1085,7 @@ mod tests {
         std::fs::write(&path, pcap).unwrap();
         let mut out = Vec::new();
         let summary = crate::replay::replay(&path, Default::default(), |t| {
-            out.push(serde_json::to_value(t.record()).unwrap());
+            out.push(serde_json::to_value(t.record(&[])).unwrap());
             Ok(())
         })
         .unwrap();

@@ -235,6 +235,18 @@ impl Enricher {
         self
     }
 
+    /// The enricher reading API keys in these query parameters (`[models] api_key_params`)
+    /// instead of the default ones.
+    pub fn with_api_key_params(mut self, params: &[String]) -> Self {
+        self.principal.api_key_params = params.to_vec();
+        self
+    }
+
+    /// The query parameters read for API keys ([`Enricher::with_api_key_params`]).
+    pub fn api_key_params(&self) -> &[String] {
+        &self.principal.api_key_params
+    }
+
     /// The enricher reading login mutations on these GraphQL endpoints, for these fields
     /// (`[models] graphql_endpoints` and `graphql_login_fields`) instead of the default ones.
     pub fn with_graphql(mut self, paths: &[String], fields: &[String]) -> Self {
@@ -1271,6 +1283,38 @@ mod tests {
             (o.principal.kind, o.principal.id.as_str()),
             (PrincipalKind::Jwt, "nadia")
         );
+    }
+
+    #[test]
+    fn a_key_in_the_query_is_hashed_once_through_the_cache_and_is_the_credential() {
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let key = "b1946ac92492d2347c6235b4d2611184";
+        let enrich = |e: &mut Enricher, query: &str, headers: &[(String, String)]| {
+            let mut f = facts("/weather", headers, b"", 200, b"{}");
+            f.query = query;
+            let o = e.enrich(f);
+            assert_eq!(
+                (o.principal.kind, o.principal.id.as_str()),
+                (PrincipalKind::ApiKey, short_hash(key).as_str()),
+                "{query}"
+            );
+            o.credential.expect("the key is the credential")
+        };
+        let first = enrich(&mut e, &format!("q=London&appid={key}"), &[]);
+        // The same key again, escaped, or in the header: the cached hash, not a new one.
+        let again = enrich(&mut e, &format!("appid={key}&units=metric"), &[]);
+        let escaped = enrich(&mut e, &format!("app%5Fid=%62{}", &key[1..]), &[]);
+        let header = vec![("X-Api-Key".to_string(), key.to_string())];
+        let by_header = enrich(&mut e, "", &header);
+        for other in [&again, &escaped, &by_header] {
+            assert!(Arc::ptr_eq(&first, other), "{first} {other}");
+        }
+        // The configured names are the enricher's.
+        let mut e = Enricher::new(None, &EnrichSettings::default())
+            .unwrap()
+            .with_api_key_params(&["subscription-key".into()]);
+        enrich(&mut e, &format!("subscriptionKey={key}"), &[]);
+        assert_eq!(e.api_key_params(), ["subscription-key"]);
     }
 
     #[test]

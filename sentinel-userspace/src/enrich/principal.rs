@@ -1,10 +1,11 @@
 //! Who a request is from: the principal, by the strongest evidence present.
 //!
 //! Order: bearer token (the JWT `sub` when it is a JWT, else a hash of the token), API key
-//! headers, another opaque credential ([`opaque_credential`]: `Authorization: Token`, `ApiKey`
-//! and the like, a token header holding no JWT), session cookie, the `sub` of a JWT carried elsewhere (a token header, any cookie, an
-//! `access_token` query parameter: [`jwt_elsewhere`]), login username (JSON or form body of a
-//! login endpoint), then the client address (the source IP, or the `X-Forwarded-For` client when the source is a trusted
+//! headers, session cookie, another opaque credential ([`opaque_credential`]: `Authorization:
+//! Token`, `ApiKey` and the like, a token header holding no JWT), the `sub` of a JWT carried
+//! elsewhere (a token header, any cookie, an `access_token` query parameter: [`jwt_elsewhere`]),
+//! an API key in the query ([`query_api_key`]: `?api_key=`, `?key=`, ...), login username (JSON
+//! or form body of a login endpoint), then the client address (the source IP, or the `X-Forwarded-For` client when the source is a trusted
 //! proxy; `ip:unknown` when that client cannot be told). Secrets never appear in clear: tokens, keys and cookies are shown as a stable short
 //! hash (`tok:3f9a1c0e2b7d`).
 
@@ -120,6 +121,10 @@ pub fn short_hash(secret: &str) -> String {
 pub struct PrincipalConfig {
     /// Headers that carry API keys (lower case).
     pub api_key_headers: Vec<String>,
+    /// Query parameters that carry API keys and access tokens, matched in any case and naming
+    /// style ([`same_field`]: `api_key` is also `apiKey`, `api-key`, `APIKEY`); the daemon's
+    /// are `[models] api_key_params`.
+    pub api_key_params: Vec<String>,
     /// Cookie names that carry sessions.
     pub session_cookies: Vec<String>,
     /// Login endpoints; the daemon's are `[models] login_endpoints`.
@@ -138,12 +143,19 @@ impl PrincipalConfig {
             .iter()
             .any(|s| s.eq_ignore_ascii_case(name))
     }
+
+    /// True when `name` (decoded) is one of the configured API key parameters, in any case and
+    /// naming style.
+    pub fn is_api_key_param(&self, name: &str) -> bool {
+        self.api_key_params.iter().any(|p| same_field(name, p))
+    }
 }
 
 impl Default for PrincipalConfig {
     fn default() -> Self {
         Self {
             api_key_headers: vec!["x-api-key".into(), "api-key".into(), "x-api-token".into()],
+            api_key_params: crate::models::ModelsConfig::default().api_key_params,
             session_cookies: vec![
                 "session".into(),
                 "sessionid".into(),
@@ -602,10 +614,20 @@ pub(crate) fn text_field<'v>(
 /// A field name in lower case without the separators naming styles put in it: `user_name`,
 /// `userName`, `User-Name` and `USERNAME` are `username`.
 pub fn field_style(k: &str) -> String {
+    styled(k).collect()
+}
+
+/// True when `a` and `b` name one field in [`field_style`] (`api_key` and `apiKey`), without
+/// copying either: the query of every request is asked.
+pub fn same_field(a: &str, b: &str) -> bool {
+    styled(a).eq(styled(b))
+}
+
+/// The characters of [`field_style`].
+fn styled(k: &str) -> impl Iterator<Item = char> + '_ {
     k.chars()
         .filter(|c| !matches!(c, '_' | '-' | '.' | ' '))
         .flat_map(char::to_lowercase)
-        .collect()
 }
 
 /// A request path as servers route it: a segment's `;` parameters dropped (Tomcat and Spring
@@ -800,8 +822,9 @@ pub fn looks_like_jwt(s: &str) -> bool {
 
 /// Calls `found` with each value a request may carry a JWT in besides `Authorization` that
 /// [`looks_like_jwt`], in order: the API key and token headers ([`TOKEN_HEADERS`], `Bearer `
-/// dropped), every cookie of every `Cookie` line (unquoted), then the query's token parameters
-/// ([`TOKEN_PARAMS`], percent-decoded as servers read them), and whether the server surely
+/// dropped), every cookie of every `Cookie` line (unquoted), then the query's token and API key
+/// parameters ([`TOKEN_PARAMS`], [`PrincipalConfig::api_key_params`]; percent-decoded as servers
+/// read them, [`query_fields`]), and whether the server surely
 /// reads it ([`Carried::read`]). Nothing is allocated unless a parameter is escaped.
 pub fn jwts_elsewhere(
     req: &RequestView<'_>,
@@ -845,25 +868,63 @@ pub fn jwts_elsewhere(
             }
         }
     }
-    if req.query.is_empty() {
-        return;
-    }
-    for pair in req.query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let named = if k.contains(['%', '+']) {
-            TOKEN_PARAMS.contains(&percent_decode(k).as_str())
-        } else {
-            TOKEN_PARAMS.contains(&k)
-        };
-        if named {
-            let read = Carried { read: true };
-            if v.contains(['%', '+']) {
-                check(&percent_decode(v), read);
-            } else {
-                check(v, read);
-            }
+    for (k, v) in query_fields(req.query) {
+        if TOKEN_PARAMS.contains(&&*k) || cfg.is_api_key_param(&k) {
+            check(&percent_decoded(v), Carried { read: true });
         }
     }
+}
+
+/// The fields of a query (without `?`) as servers read them, in order: separated by `&` or `;`
+/// (as [`crate::redact::pairs`] separates them), each name percent-decoded ([`percent_decoded`]), its
+/// value as sent.
+fn query_fields(query: &str) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, &str)> {
+    query
+        .split(crate::redact::SEPARATORS)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decoded(k), v)
+        })
+}
+
+/// A query field's name or value percent-decoded ([`percent_decode`]), borrowed when it holds no
+/// escape.
+pub fn percent_decoded(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['%', '+']) {
+        std::borrow::Cow::Owned(percent_decode(s))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// An API key or access token sent in the query: the value of the first configured parameter
+/// ([`PrincipalConfig::api_key_params`], in any case and naming style) that is [`secret_like`]
+/// and no JWT, percent-decoded and trimmed as servers read it. A JWT there is
+/// [`jwt_elsewhere`]'s, named by its subject. A value too short to be a secret (`?key=name`,
+/// `?token=null`) is none: every anonymous visitor sending it would be one principal. Nothing is
+/// allocated unless the value is escaped.
+pub fn query_api_key<'q>(
+    req: &RequestView<'q>,
+    cfg: &PrincipalConfig,
+) -> Option<std::borrow::Cow<'q, str>> {
+    use std::borrow::Cow;
+    if req.query.is_empty() || cfg.api_key_params.is_empty() {
+        return None;
+    }
+    query_fields(req.query)
+        .filter(|(k, _)| cfg.is_api_key_param(k))
+        .find_map(|(_, v)| {
+            let v = percent_decoded(v);
+            let t = v.trim();
+            if !secret_like(t) || looks_like_jwt(t) {
+                return None;
+            }
+            Some(match v {
+                Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
+                Cow::Owned(o) => Cow::Owned(o.trim().to_owned()),
+            })
+        })
 }
 
 /// How a JWT outside `Authorization` was carried.
@@ -996,13 +1057,22 @@ pub fn identify(
             id: hash(secret),
         };
     }
-    // A JWT in a token header, a cookie or the query names its subject when no credential the
-    // configuration knows named the principal: an API key or session stays named by its hash,
-    // as it always was.
+    // A JWT in a token header, a cookie or the query names its subject when no credential above
+    // named the principal: an API key or session stays named by its hash, as it always was.
     if let Some(sub) = decoded.elsewhere.and_then(|j| j.sub.as_deref()) {
         return Principal {
             kind: PrincipalKind::Jwt,
             id: sub.to_owned(),
+        };
+    }
+    // A key in the query comes after every other credential: the query is where the key an
+    // application embeds in its pages travels (a maps or weather key every visitor's browser
+    // sends), which would make every user one, as a key the whole app sends in a header would;
+    // a user's session cookie or JWT names the user. Named as the same key in `X-API-Key` is.
+    if let Some(key) = query_api_key(req, cfg) {
+        return Principal {
+            kind: PrincipalKind::ApiKey,
+            id: hash(&key),
         };
     }
     if let Some(user) = decoded.login {
@@ -1271,6 +1341,177 @@ mod tests {
         let got = cookies(&format!("a={good}; c={none}"));
         assert_eq!(got, Some(("".into(), None)));
         assert_eq!(cookies("a=1"), None);
+    }
+
+    /// The principal of a request with `query` and `headers` (and `body`, on `/login`).
+    fn with_query(query: &str, headers: &[(&str, &str)], cfg: &PrincipalConfig) -> Principal {
+        let hs = h(headers);
+        let body = br#"{"username":"layla","password":"x"}"#;
+        let v = RequestView {
+            query,
+            ..view("/login", &hs, body)
+        };
+        principal(&v, cfg)
+    }
+
+    #[test]
+    fn an_api_key_in_the_query_names_the_principal_as_its_header_would() {
+        let cfg = PrincipalConfig::default();
+        let k = "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY";
+        let by_header = with_query("", &[("X-API-Key", k)], &cfg);
+        assert_eq!(
+            by_header,
+            Principal {
+                kind: PrincipalKind::ApiKey,
+                id: short_hash(k)
+            }
+        );
+        // Each default name, in any case and naming style, escaped or not, after `&` or `;`.
+        let escaped = k.replace('-', "%2D");
+        for query in [
+            format!("api_key={k}"),
+            format!("apikey={k}"),
+            format!("api-key={k}"),
+            format!("apiKey={k}"),
+            format!("q=maps&key={k}"),
+            format!("KEY={escaped}"),
+            format!("access_token={k}"),
+            format!("token={k}"),
+            format!("units=metric;appid={k}"),
+            format!("app%5Fid={k}&lang=en"),
+            format!("key= {k} "),
+            // A placeholder first does not hide the key after it.
+            format!("key=null&api_key={k}"),
+        ] {
+            assert_eq!(with_query(&query, &[], &cfg), by_header, "{query}");
+        }
+        // Configured names only: the defaults are replaced, not added to.
+        let custom = PrincipalConfig {
+            api_key_params: vec!["subscription-key".into()],
+            ..PrincipalConfig::default()
+        };
+        assert_eq!(
+            with_query(&format!("Subscription_Key={k}"), &[], &custom),
+            by_header
+        );
+        let q = format!("key={k}");
+        assert_eq!(with_query(&q, &[], &custom).kind, PrincipalKind::User);
+        // Any other parameter, however long its value, is no key.
+        for query in [
+            format!("q={k}"),
+            format!("page_token={k}"),
+            format!("keyword={k}"),
+        ] {
+            assert_eq!(
+                with_query(&query, &[], &cfg).kind,
+                PrincipalKind::User,
+                "{query}"
+            );
+        }
+    }
+
+    #[test]
+    fn placeholders_in_the_query_are_no_credentials() {
+        let cfg = PrincipalConfig::default();
+        let named = |query: &str| {
+            let v = RequestView {
+                query,
+                ..view("/", &[], b"")
+            };
+            let p = principal(&v, &cfg);
+            (p.kind, p.id)
+        };
+        let nobody = (PrincipalKind::Ip, "192.0.2.10".to_owned());
+        for query in [
+            "key=name",
+            "token=null",
+            "api_key=undefined",
+            "access_token=",
+            "apikey",
+            "appid=%5Bobject%20Object%5D",
+            "key=name-0123456789",
+            "key=+++++++++++++++++++",
+            "token=%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20",
+        ] {
+            assert_eq!(named(query), nobody, "{query}");
+        }
+        // From 16 characters on, a value is a key.
+        assert_eq!(
+            named("key=name-0123456789a"),
+            (PrincipalKind::ApiKey, short_hash("name-0123456789a"))
+        );
+    }
+
+    #[test]
+    fn a_jwt_in_a_key_parameter_is_read_as_a_jwt() {
+        let cfg = PrincipalConfig::default();
+        let t = jwt(r#"{"alg":"HS256"}"#, r#"{"sub":"layla"}"#);
+        let layla = Principal {
+            kind: PrincipalKind::Jwt,
+            id: "layla".into(),
+        };
+        for query in [
+            format!("access_token={t}"),
+            format!("api_key={t}"),
+            format!("apiKey={t}&key=AIzaSyD-9tSrke72PouQMnMX"),
+        ] {
+            assert_eq!(with_query(&query, &[], &cfg), layla, "{query}");
+        }
+        // Without a subject it names nobody: neither is it a key.
+        let anonymous = jwt(r#"{"alg":"HS256"}"#, r#"{"exp":1900000000}"#);
+        let q = format!("api_key={anonymous}");
+        assert_eq!(with_query(&q, &[], &cfg).kind, PrincipalKind::User);
+    }
+
+    #[test]
+    fn a_key_in_the_query_ranks_after_every_other_credential() {
+        let cfg = PrincipalConfig::default();
+        let key = "q-3f9a1c0e2b7d4a6b";
+        let query = format!("api_key={key}");
+        let named = |headers: &[(&str, &str)]| {
+            let p = with_query(&query, headers, &cfg);
+            (p.kind, p.id)
+        };
+        let t = jwt(r#"{"alg":"HS256"}"#, r#"{"sub":"nadia"}"#);
+        for (headers, want) in [
+            (
+                vec![("Authorization", "Bearer b-3f9a1c0e2b7d4a6b")],
+                (PrincipalKind::Token, short_hash("b-3f9a1c0e2b7d4a6b")),
+            ),
+            (
+                vec![("Authorization", &*format!("Bearer {t}"))],
+                (PrincipalKind::Jwt, "nadia".into()),
+            ),
+            (
+                vec![("X-API-Key", "h-3f9a1c0e2b7d4a6b")],
+                (PrincipalKind::ApiKey, short_hash("h-3f9a1c0e2b7d4a6b")),
+            ),
+            // A user's session outranks a key the application's pages embed, as it outranks
+            // one the whole app sends in a header.
+            (
+                vec![("Cookie", "sessionid=s-4f2a9c1e")],
+                (PrincipalKind::Session, short_hash("s-4f2a9c1e")),
+            ),
+            (
+                vec![("Authorization", "ApiKey a-3f9a1c0e2b7d4a6b")],
+                (PrincipalKind::ApiKey, short_hash("a-3f9a1c0e2b7d4a6b")),
+            ),
+            (
+                vec![("X-Auth-Token", &*t)],
+                (PrincipalKind::Jwt, "nadia".into()),
+            ),
+            // Before a login's user name and the address.
+            (
+                vec![("Content-Type", "application/json")],
+                (PrincipalKind::ApiKey, short_hash(key)),
+            ),
+            (
+                vec![("Cookie", "theme=dark; sessionid=")],
+                (PrincipalKind::ApiKey, short_hash(key)),
+            ),
+        ] {
+            assert_eq!(named(&headers), want, "{headers:?}");
+        }
     }
 
     #[test]

@@ -377,16 +377,16 @@ fn check(out: &[Transaction], exs: &[Ex], times: &[(u64, u64)]) -> Result<(), Te
         out.len(),
         exs.len(),
         "transactions: {:?}",
-        out.iter().map(|t| t.to_json()).collect::<Vec<_>>()
+        out.iter().map(|t| t.to_json(&[])).collect::<Vec<_>>()
     );
     for ((t, ex), (tq, tr)) in out.iter().zip(exs).zip(times) {
         prop_assert_eq!(t.method(), ex.method);
         prop_assert_eq!(t.path(), ex.path.as_str());
         prop_assert_eq!(t.query(), ex.query);
         prop_assert_eq!(t.host(), Some("api.example"));
-        prop_assert_eq!(t.status(), Some(ex.status), "{}", t.to_json());
+        prop_assert_eq!(t.status(), Some(ex.status), "{}", t.to_json(&[]));
         prop_assert_eq!(t.req_bytes, ex.req_bytes);
-        prop_assert_eq!(t.resp_bytes, ex.resp_bytes, "{}", t.to_json());
+        prop_assert_eq!(t.resp_bytes, ex.resp_bytes, "{}", t.to_json(&[]));
         prop_assert_eq!(&t.req_body, &ex.req_body);
         prop_assert_eq!(&t.resp_body, &ex.resp_body);
         prop_assert_eq!(t.ts_ns, *tq);
@@ -433,7 +433,7 @@ fn every_kind_in_order_and_one_segment_each() {
     let segs = segments(&bs, Some(true), 7, false, 0);
     let out = run(segs);
     check(&out, &exs, &times).unwrap();
-    let j: serde_json::Value = serde_json::from_str(&out[0].to_json()).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&out[0].to_json(&[])).unwrap();
     assert_eq!(j["ts"], "2023-11-14T22:13:20.010000Z");
     assert_eq!(j["src_ip"], "198.18.0.100");
     assert_eq!(j["dst_port"], 8080);
@@ -464,11 +464,39 @@ fn the_transaction_record_redacts_tokens_in_the_query() {
         T0 + 2 * MS,
     );
     let out = run(c.segments);
-    let j: serde_json::Value = serde_json::from_str(&out[0].to_json()).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&out[0].to_json(&[])).unwrap();
     let q = j["query"].as_str().unwrap();
     assert!(!q.contains("tok-layla-1") && q.ends_with("&page=2"), "{q}");
     // The transaction itself keeps it for the analysis.
     assert_eq!(out[0].query(), "access_token=tok-layla-1&page=2");
+}
+
+/// An API key in the query (`?appid=`, or a configured parameter in another naming style) is
+/// not written to the transaction log in clear.
+#[test]
+fn the_transaction_record_redacts_api_keys_in_the_query() {
+    let key = "b1946ac92492d2347c6235b4d2611184";
+    let mut c = conn();
+    let req = format!(
+        "GET /weather?q=London&appid={key} HTTP/1.1\r\n\r\nGET /search?subscriptionKey={key}&q=x HTTP/1.1\r\n\r\n"
+    );
+    c.send(true, req.as_bytes(), &[], T0 + MS);
+    c.send(false, TWO_EMPTY_OKS, &[], T0 + 2 * MS);
+    let out = run(c.segments);
+    let mut params = crate::models::ModelsConfig::default().api_key_params;
+    params.push("subscription-key".into());
+    for t in &out {
+        let j: serde_json::Value = serde_json::from_str(&t.to_json(&params)).unwrap();
+        let q = j["query"].as_str().unwrap();
+        assert!(!q.contains(key), "{q}");
+        assert!(
+            q.contains(&crate::enrich::principal::short_hash(key)),
+            "{q}"
+        );
+    }
+    let shown = |t: &Transaction| t.record(&params).query.into_owned();
+    assert!(shown(&out[0]).starts_with("q=London&appid=<redacted"));
+    assert!(shown(&out[1]).ends_with("&q=x"));
 }
 
 /// Two empty 200 responses, back to back.
@@ -587,7 +615,7 @@ fn unanswered_requests_are_emitted_when_the_flow_ends() {
     assert_eq!(out[1].status(), None);
     assert_eq!(out[1].latency_ms(), None);
     assert_eq!(st.http.unanswered, 1);
-    let j: serde_json::Value = serde_json::from_str(&out[1].to_json()).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&out[1].to_json(&[])).unwrap();
     assert!(j["status"].is_null() && j["latency_ms"].is_null());
 }
 

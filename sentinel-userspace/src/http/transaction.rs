@@ -106,8 +106,9 @@ impl Transaction {
         self.latency_ns().map(|ns| (ns / 1000) as f64 / 1000.0)
     }
 
-    /// The DESIGN.md transaction record.
-    pub fn record(&self) -> TransactionRecord<'_> {
+    /// The DESIGN.md transaction record, the values of secret-named query parameters and of
+    /// `api_key_params` (the configured API key parameters, `[models] api_key_params`) redacted.
+    pub fn record(&self, api_key_params: &[String]) -> TransactionRecord<'_> {
         TransactionRecord {
             ts: rfc3339(self.ts_ns),
             src_ip: self.client.ip(),
@@ -116,7 +117,7 @@ impl Transaction {
             dst_port: self.server.port(),
             method: self.method(),
             path: self.path(),
-            query: crate::redact::query(self.query()),
+            query: crate::redact::query(self.query(), api_key_params),
             host: self.host(),
             status: self.status(),
             req_bytes: self.req_bytes,
@@ -126,9 +127,9 @@ impl Transaction {
         }
     }
 
-    /// One JSON line (without the newline).
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(&self.record()).expect("serialisable")
+    /// One JSON line (without the newline): [`Transaction::record`].
+    pub fn to_json(&self, api_key_params: &[String]) -> String {
+        serde_json::to_string(&self.record(api_key_params)).expect("serialisable")
     }
 
     /// Bytes held.
@@ -163,7 +164,8 @@ pub struct TransactionRecord<'a> {
     /// Path without the query.
     pub path: &'a str,
     /// Query without `?` (empty when none), the values of secret-named parameters
-    /// (`access_token`, `password`, ...) redacted to their length and short hash.
+    /// (`access_token`, `password`, ...) and API key parameters (`appid`, ...) redacted to their
+    /// length and short hash.
     pub query: Cow<'a, str>,
     /// Host, when sent.
     pub host: Option<&'a str>,

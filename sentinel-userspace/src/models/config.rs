@@ -50,6 +50,13 @@ pub struct ModelsConfig {
     /// `loginUser`, `authenticate`, `tokenAuth`, `userLogin`, `authenticateUser`,
     /// `generateCustomerToken`.
     pub graphql_login_fields: Vec<String>,
+    /// Query parameters that carry API keys and access tokens, in any case and naming style
+    /// (`api_key` is also `apiKey`, `api-key`, `APIKEY`): a value of 16 characters or more
+    /// that is no JWT names the principal as the same key in `X-API-Key` would (after every
+    /// credential a request carries elsewhere), and is its credential (`token_reuse`). Their
+    /// values are redacted in the transactions log and in alerts. Default `api_key`, `key`,
+    /// `access_token`, `token`, `appid`.
+    pub api_key_params: Vec<String>,
     /// Behaviour profiles and `behavior_anomaly`.
     pub behavior: behavior::Config,
     /// Learned rate limits and `rate_anomaly`.
@@ -99,6 +106,9 @@ impl Default for ModelsConfig {
             ]
             .map(String::from)
             .to_vec(),
+            api_key_params: ["api_key", "key", "access_token", "token", "appid"]
+                .map(String::from)
+                .to_vec(),
             behavior: Default::default(),
             rate: Default::default(),
             credential: Default::default(),
@@ -183,6 +193,11 @@ impl ModelsConfig {
                 self.graphql_endpoints.iter().all(|p| p.starts_with('/')),
                 "must be paths starting with /",
             )
+            .check(
+                "api_key_params",
+                self.api_key_params.iter().all(|p| is_param_name(p)),
+                "must be query parameter names (a letter or digit, and no blank, &, ;, = or #)",
+            )
             .finish()?;
         self.behavior.validate()?;
         self.rate.validate()?;
@@ -193,6 +208,14 @@ impl ModelsConfig {
         self.token.validate()?;
         self.enumeration.validate()
     }
+}
+
+/// A query parameter name a configured one can match: something besides the separators that
+/// naming styles put in names (`_`, `-`, `.`), and nothing that ends a query field or the
+/// query (`&`, `;`, `=`, `#`), nor blanks, which no client sends unescaped.
+fn is_param_name(p: &str) -> bool {
+    p.chars().any(char::is_alphanumeric)
+        && !p.contains(|c: char| c.is_whitespace() || matches!(c, '&' | ';' | '=' | '#'))
 }
 
 /// A GraphQL name: `[_A-Za-z][_0-9A-Za-z]*`.
@@ -219,6 +242,29 @@ mod tests {
         };
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("models.graphql_endpoints"), "{e}");
+    }
+
+    #[test]
+    fn api_key_params_are_checked() {
+        for bad in ["", "_-", "api key", "key=", "a&b", "k;"] {
+            let c = ModelsConfig {
+                api_key_params: vec!["key".into(), bad.into()],
+                ..Default::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("models.api_key_params"), "{bad:?}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        for good in [
+            vec![],
+            vec!["subscription-key".to_owned(), "X-Goog-Api-Key".into()],
+        ] {
+            let c = ModelsConfig {
+                api_key_params: good,
+                ..Default::default()
+            };
+            c.validate().unwrap();
+        }
     }
 
     #[test]

@@ -378,7 +378,10 @@ impl Engine {
             detectors.push(Box::new(GeoDetector::new(&cfg.geo)));
         }
         if cfg.injection.enabled {
-            detectors.push(Box::new(InjectionDetector::new(&cfg.injection)));
+            detectors.push(Box::new(InjectionDetector::new(
+                &cfg.injection,
+                &cfg.api_key_params,
+            )));
         }
         if cfg.exposure.enabled {
             detectors.push(Box::new(ExposureDetector::new(&cfg.exposure, cap)));

@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 
 use crate::{
     http::multipart::{self, FormData},
-    redact::{self, redacted, secret_name},
+    redact::{self, redacted, secret_param},
 };
 
 use super::{
@@ -608,8 +608,10 @@ impl<'a> Input<'a> {
     }
 
     /// The value as an alert may show it: a secret's (a password, a token, a cookie, a key; see
-    /// [`secret_name`]) is never shown, only its length and short hash.
-    fn shown(&self) -> String {
+    /// [`secret_param`], the configured API key parameters `also` among them) is never shown,
+    /// only its length and short hash.
+    fn shown(&self, also: &[String]) -> String {
+        let secret_name = |n: &str| secret_param(n, also);
         // A name is the field's, not the secret it holds.
         let secret = self.part == Part::Value
             && match self.place {
@@ -633,10 +635,11 @@ impl<'a> Input<'a> {
     }
 }
 
-/// `raw` (a query string or form body, still encoded) with the values of secret fields
-/// redacted ([`redact::pairs`], names decoded as the detector decodes them).
-fn redact_pairs(raw: &str) -> String {
-    redact::pairs(raw, |k| decoded(k, true)).into_owned()
+/// `raw` (a query string or form body, still encoded) with the values of secret fields and of
+/// the API key parameters `also` redacted ([`redact::pairs`], names decoded as the detector
+/// decodes them).
+fn redact_pairs(raw: &str, also: &[String]) -> String {
+    redact::pairs(raw, |k| decoded(k, true), also).into_owned()
 }
 
 /// [`decode_fully`] without a copy when there is nothing to decode.
@@ -742,16 +745,20 @@ impl VerdictCache {
 /// The detector.
 pub struct InjectionDetector {
     cfg: Config,
+    /// The API key parameters (`[models] api_key_params`), whose values alerts never show.
+    api_key_params: Vec<String>,
     cache: VerdictCache,
     /// Values handed to libinjection (for statistics).
     pub judged: u64,
 }
 
 impl InjectionDetector {
-    /// A detector.
-    pub fn new(cfg: &Config) -> Self {
+    /// A detector; the values of `api_key_params` (`[models] api_key_params`) are redacted as
+    /// secrets' are.
+    pub fn new(cfg: &Config, api_key_params: &[String]) -> Self {
         Self {
             cfg: cfg.clone(),
+            api_key_params: api_key_params.to_vec(),
             cache: VerdictCache {
                 slots: vec![(0, 0); 4096],
             },
@@ -1743,7 +1750,7 @@ impl Detector for InjectionDetector {
                     Finding {
                         kind: AlertKind::PathTraversal,
                         place: place.into(),
-                        value: shorten(&redact_pairs(raw)),
+                        value: shorten(&redact_pairs(raw, &self.api_key_params)),
                         detail: m.to_owned(),
                         overflow: false,
                     },
@@ -1758,7 +1765,7 @@ impl Detector for InjectionDetector {
                     Finding {
                         kind: AlertKind::PathTraversal,
                         place: i.describe(),
-                        value: i.shown(),
+                        value: i.shown(&self.api_key_params),
                         detail: m.to_owned(),
                         overflow: false,
                     },
@@ -1771,7 +1778,7 @@ impl Detector for InjectionDetector {
                     Finding {
                         kind: AlertKind::SqlInjection,
                         place: i.describe(),
-                        value: i.shown(),
+                        value: i.shown(&self.api_key_params),
                         detail: fp,
                         overflow: false,
                     },
@@ -1783,7 +1790,7 @@ impl Detector for InjectionDetector {
                     Finding {
                         kind: AlertKind::Xss,
                         place: i.describe(),
-                        value: i.shown(),
+                        value: i.shown(&self.api_key_params),
                         detail: String::new(),
                         overflow: false,
                     },
@@ -3214,6 +3221,44 @@ mod tests {
             "{}",
             a[0].explanation
         );
+    }
+
+    #[test]
+    fn api_keys_in_the_query_are_never_quoted() {
+        // A key in a default API key parameter (OpenWeather's `appid`) or a configured one,
+        // whether the payload is in it or beside it in a query the alert shows whole (an
+        // overlong encoding).
+        let key = "b1946ac92492d2347c6235b4d2611184";
+        let custom = ModelsConfig {
+            api_key_params: vec!["subscription-key".into()],
+            ..ModelsConfig::default()
+        };
+        let cases = [
+            (
+                ModelsConfig::default(),
+                format!("/weather?appid={key}%27%20OR%20%271%27%3D%271"),
+            ),
+            (
+                ModelsConfig::default(),
+                format!("/files?app_id={key}&f=%C0%AE%C0%AE%C0%AFetc%C0%AFpasswd"),
+            ),
+            (
+                custom.clone(),
+                format!("/search?SubscriptionKey={key}%27%20OR%20%271%27%3D%271"),
+            ),
+            (
+                custom,
+                format!("/files?f=%C0%AE%C0%AE%C0%AFetc%C0%AFpasswd;subscription_key={key}"),
+            ),
+        ];
+        for (i, (cfg, target)) in cases.iter().enumerate() {
+            let mut e = Engine::new(cfg).unwrap();
+            let alerts = e.observe(&get(target, i as u64));
+            assert!(!alerts.is_empty(), "{target}: no alert");
+            let shown = serde_json::to_string(&alerts).unwrap();
+            assert!(!shown.contains(&key[..12]), "{target}: {shown}");
+            assert!(shown.contains("redacted"), "{target}: {shown}");
+        }
     }
 
     #[test]

@@ -439,14 +439,24 @@ mod tests {
     /// seconds apart, answered 200), through the enricher as the daemon sees them, located by
     /// the tiny world of [`geo_of`].
     fn through_enricher(headers: &[(&str, &str)], ips: &[String]) -> Vec<crate::models::Alert> {
+        query_through_enricher("", headers, ips)
+    }
+
+    /// [`through_enricher`] with `query` on every request.
+    fn query_through_enricher(
+        query: &str,
+        headers: &[(&str, &str)],
+        ips: &[String],
+    ) -> Vec<crate::models::Alert> {
         use crate::enrich::pipeline::{EnrichSettings, Enricher};
         let mut enricher = Enricher::new(None, &EnrichSettings::default()).unwrap();
         let mut e = Engine::new(&ModelsConfig::default()).unwrap();
         let mut alerts = Vec::new();
         for (i, ip) in ips.iter().enumerate() {
             let src: std::net::IpAddr = ip.parse().unwrap();
-            let mut o =
-                enricher.enrich(get_facts(T0 + i as u64 * 10 * S, src, "/balance", headers));
+            let mut facts = get_facts(T0 + i as u64 * 10 * S, src, "/balance", headers);
+            facts.query = query;
+            let mut o = enricher.enrich(facts);
             o.geo = geo_of(src);
             alerts.extend(e.observe(&o));
         }
@@ -529,6 +539,39 @@ mod tests {
             }
         }
         assert!(unseen.is_empty(), "no token_reuse: {unseen:#?}");
+    }
+
+    #[test]
+    fn a_key_in_the_query_used_from_many_addresses_is_reused() {
+        // A leaked `?api_key=` used at once from eight networks, and from three countries: as
+        // the same key in `X-API-Key` would be, and named by its hash, never in clear.
+        let key = "9f8e7d6c5b4a32100123456789abcdef";
+        let networks: Vec<String> = (0..8).map(|i| format!("198.18.{}.7", 10 + i)).collect();
+        let countries: Vec<String> = ["198.18.1.7", "192.0.2.7", "203.0.113.7"]
+            .map(String::from)
+            .to_vec();
+        for query in [format!("api_key={key}&page=2"), format!("APPID={key}")] {
+            for ips in [&networks, &countries] {
+                let alerts = query_through_enricher(&query, &[], ips);
+                let reuse = alerts
+                    .iter()
+                    .find(|a| a.kind == AlertKind::TokenReuse)
+                    .unwrap_or_else(|| panic!("no token_reuse: {query} {ips:?} {alerts:?}"));
+                assert_eq!(
+                    reuse.principal.as_deref(),
+                    Some(format!("key:{}", short_hash(key)).as_str())
+                );
+                let shown = serde_json::to_string(&alerts).unwrap();
+                assert!(!shown.contains(key), "{shown}");
+            }
+        }
+        // A service's hosts in one network calling with it all day are not.
+        let hosts: Vec<String> = (0..60).map(|i| format!("198.18.5.{}", 10 + i)).collect();
+        let alerts = query_through_enricher(&format!("key={key}"), &[], &hosts);
+        assert!(
+            !alerts.iter().any(|a| a.kind == AlertKind::TokenReuse),
+            "{alerts:?}"
+        );
     }
 
     #[test]
