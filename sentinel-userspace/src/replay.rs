@@ -298,4 +298,26 @@ mod models_off {
         assert!(e.message.contains("enabled = false"), "{}", e.message);
         assert!(super::analyzer(&args(&config, "transactions")).is_ok());
     }
+
+    #[test]
+    fn the_configured_api_key_params_are_read_and_checked() {
+        let dir = crate::lab::TempDir::new("sentinel-replay-key-params").unwrap();
+        let config = dir.join("sentinel.toml");
+        // The names `--emit transactions` redacts are the configuration's.
+        std::fs::write(
+            &config,
+            "[models]\napi_key_params = [\"subscription-key\"]\n",
+        )
+        .unwrap();
+        let a = super::analyzer(&args(&config, "transactions")).unwrap();
+        assert_eq!(a.api_key_params(), ["subscription-key"]);
+        // A bad one is bad input, said in one line.
+        std::fs::write(&config, "[models]\napi_key_params = [\"key\", \"a&b\"]\n").unwrap();
+        let Err(e) = super::analyzer(&args(&config, "transactions")) else {
+            panic!("a bad api_key_params accepted");
+        };
+        assert_eq!(e.code, 2);
+        assert!(e.message.contains("api_key_params"), "{}", e.message);
+        assert!(!e.message.contains('\n'), "{}", e.message);
+    }
 }
