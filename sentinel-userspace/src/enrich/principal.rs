@@ -359,27 +359,23 @@ impl<'de> Deserialize<'de> for Claim {
 /// The account a login names, as principals and profiles know it: user names and e-mail
 /// addresses are told apart by neither case nor surrounding blanks in practice, so `layla`,
 /// `Layla`, `LAYLA` and ` layla` are one account (a thief logging in as `LAYLA` must meet
-/// `layla`'s history, not a blank one). Nor by the fullwidth forms of ASCII (`ｌａｙｌａ`), which
-/// servers normalising names (NFKC, as Django and many identity providers do) read as ASCII.
+/// `layla`'s history, not a blank one). Nor by compatibility spellings (`ｌａｙｌａ`, `𝐥𝐚𝐲𝐥𝐚`,
+/// `ℓayla`), which servers normalising names (NFKC, as Django and many identity providers do)
+/// read as `layla`, nor by composed and decomposed accents. An ASCII name is not copied unless
+/// it has capitals.
 pub fn account_name(username: &str) -> std::borrow::Cow<'_, str> {
+    use unicode_normalization::UnicodeNormalization;
     let name = username.trim();
-    let fullwidth = |c: char| ('\u{FF01}'..='\u{FF5E}').contains(&c);
-    if name.chars().any(|c| c.is_uppercase() || fullwidth(c)) {
-        let ascii: String = name
-            .chars()
-            .map(|c| {
-                if fullwidth(c) {
-                    // U+FF01..U+FF5E are U+0021..U+007E, in the same order.
-                    char::from_u32(u32::from(c) - 0xFEE0).unwrap_or(c)
-                } else {
-                    c
-                }
-            })
-            .collect();
-        std::borrow::Cow::Owned(ascii.to_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(name)
+    if name.is_ascii() {
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return std::borrow::Cow::Owned(name.to_ascii_lowercase());
+        }
+        return std::borrow::Cow::Borrowed(name);
     }
+    // NFKC (`ｌａｙｌａ`, `𝐥𝐚𝐲𝐥𝐚`, `ℓayla` are `layla`), then lower case, then NFKC again: a
+    // lower-case letter may compose with what follows it otherwise.
+    let folded: String = name.nfkc().flat_map(char::to_lowercase).collect();
+    std::borrow::Cow::Owned(folded.nfkc().collect())
 }
 
 /// The request facts the extractor reads.

@@ -1523,6 +1523,20 @@ mod tests {
     }
 
     #[test]
+    fn an_account_is_one_in_any_compatibility_spelling() {
+        // Mathematical letters, letterlike symbols and roman numerals NFKC reads as letters,
+        // and a decomposed accent: each spelling is still the one account.
+        let (_, alerts) = spelled_guesses(&["𝐥𝐚𝐲𝐥𝐚", "𝓁𝒶𝓎𝓁𝒶", "ℓayla", "layⅼa", "LAYLA"]);
+        assert!(
+            alerts.iter().any(|a| a.kind == AlertKind::BruteForce),
+            "{alerts:?}"
+        );
+        use crate::enrich::principal::account_name;
+        assert_eq!(account_name("Jos\u{e9}"), account_name("jose\u{301}"));
+        assert_eq!(account_name("𝐋𝐚𝐲𝐥𝐚@Mail.test"), "layla@mail.test");
+    }
+
+    #[test]
     fn the_slow_horizon_is_checked() {
         use super::Config;
         let bad = |f: fn(&mut Config)| {
