@@ -142,6 +142,7 @@ impl Analyzer {
             req_bytes: t.req_bytes,
             status: t.status().unwrap_or(0),
             resp_content_type: t.response.as_ref().and_then(|r| r.header("content-type")),
+            resp_head: t.response.as_deref(),
             resp_body: &t.resp_body,
             resp_bytes: t.resp_bytes,
             latency_ms: t.latency_ms().unwrap_or(0.0),
@@ -254,6 +255,7 @@ mod tests {
                 req_bytes: body.len() as u64,
                 status: 401,
                 resp_content_type: None,
+                resp_head: None,
                 resp_body: b"{}",
                 resp_bytes: 2,
                 latency_ms: 1.0,
@@ -262,6 +264,114 @@ mod tests {
         };
         assert_eq!(user("/v2/customer/authenticate").as_deref(), Some("layla"));
         assert_eq!(user("/login"), None, "not a login endpoint here");
+    }
+
+    /// One exchange on a connection of its own from `client` at `ts_ns`, through reassembly
+    /// and the HTTP parser: the transaction a capture of it gives.
+    fn exchange(client: &str, ts_ns: u64, req: &str, resp: &str) -> Transaction {
+        use crate::{
+            capture::synth::Conversation,
+            pipeline::{Pipeline, PipelineSettings},
+        };
+        let mut c = Conversation::open(
+            format!("{client}:40000").parse().unwrap(),
+            "198.18.255.1:443".parse().unwrap(),
+            ts_ns,
+        );
+        c.send(true, req.as_bytes(), &[], ts_ns + 1_000_000);
+        c.send(false, resp.as_bytes(), &[], ts_ns + 2_000_000);
+        let mut p = Pipeline::new(PipelineSettings::default());
+        let mut out = Vec::new();
+        for s in c.segments {
+            p.push(s);
+            out.extend(p.drain());
+        }
+        p.finish();
+        out.extend(p.drain());
+        assert_eq!(out.len(), 1);
+        out.remove(0)
+    }
+
+    #[test]
+    fn a_cookie_users_later_sessions_are_judged_as_the_account() {
+        use crate::{
+            enrich::geo::testdb::{Layout, Place, build},
+            models::AlertKind,
+        };
+        let dir = crate::lab::TempDir::new("sentinel-cookie-sessions").unwrap();
+        let geo = dir.join("geo.mmdb");
+        let places = [
+            ("192.0.2.0/24", "SA", "Riyadh", 24.7136, 46.6753),
+            ("203.0.113.0/24", "VN", "Hanoi", 21.0278, 105.8342),
+        ]
+        .map(|(net, country, city, lat, lon)| Place {
+            net: net.parse().unwrap(),
+            country,
+            city,
+            lat,
+            lon,
+        });
+        std::fs::write(&geo, build(&places, Layout::MaxMind).unwrap()).unwrap();
+        let mut a =
+            Analyzer::new(&EnrichSettings::default(), &ModelsConfig::default(), &[geo]).unwrap();
+        let ua =
+            "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
+        // A web login: the session in a cookie, nothing in the answer's body.
+        let login = |cookie: &str, sid: &str| {
+            let body = r#"{"username":"layla","password":"pw"}"#;
+            let answer = r#"{"user":{"id":7,"name":"Layla"}}"#;
+            (
+                format!(
+                    "POST /login HTTP/1.1\r\nHost: bank.test\r\n{ua}\r\n{cookie}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                ),
+                format!(
+                    "HTTP/1.1 200 OK\r\nSet-Cookie: SESSIONID={sid}; Path=/; Secure; HttpOnly; SameSite=Lax\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+                    answer.len()
+                ),
+            )
+        };
+        let get = |sid: &str| {
+            (
+                format!(
+                    "GET /balance HTTP/1.1\r\nHost: bank.test\r\n{ua}\r\nCookie: theme=dark; SESSIONID={sid}\r\n\r\n"
+                ),
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{\"balance\":1200}"
+                    .to_string(),
+            )
+        };
+        let t0 = 1_793_491_200 * S;
+        let mut run = |ip: &str, ts: u64, (req, resp): (String, String)| {
+            let mut t = exchange(ip, ts, &req, &resp);
+            let mut alerts = Vec::new();
+            a.transaction(&mut t, &mut alerts);
+            (t.principal.unwrap(), alerts)
+        };
+        // Day one from Riyadh: a login, then a dozen requests over the day.
+        run("192.0.2.10", t0, login("", "s-day-one"));
+        for i in 1..=12 {
+            run("192.0.2.10", t0 + i * 1_800 * S, get("s-day-one"));
+        }
+        // Day two: she logs in again (her browser still sending yesterday's cookie), and her
+        // new session's cookie is used ten minutes later from Hanoi.
+        let day2 = t0 + 26 * 3_600 * S;
+        run(
+            "192.0.2.10",
+            day2,
+            login("Cookie: SESSIONID=s-day-one\r\n", "s-day-two"),
+        );
+        let (principal, alerts) = run("203.0.113.9", day2 + 600 * S, get("s-day-two"));
+        assert!(principal.starts_with("sess:"), "{principal}");
+        let travel = alerts
+            .iter()
+            .find(|al| al.kind == AlertKind::ImpossibleTravel)
+            .unwrap_or_else(|| panic!("{alerts:?}"));
+        assert_eq!(travel.principal.as_deref(), Some(principal.as_str()));
+        assert_eq!(travel.evidence["account"], "user:layla");
+        assert_eq!(travel.evidence["previous_country"], "SA");
+        assert_eq!(a.engine_stats().links, 2);
+        // Both logins and both sessions' requests (12 and 1) are the account's.
+        assert_eq!(a.explain("user:layla").unwrap()["requests"], 15);
     }
 
     #[test]

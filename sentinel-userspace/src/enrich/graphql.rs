@@ -761,6 +761,42 @@ pub fn outcomes(calls: &[Call], resp_body: &[u8]) -> Vec<Option<bool>> {
         .collect()
 }
 
+/// Calls `found` with each credential a call's own result issued (the call's index in `calls`,
+/// the token): a token member of its result object, at its top or one level under a wrapper
+/// ([`super::pipeline::issued_tokens`]), or the result itself when it is text (`login(...):
+/// String`). Results are found as [`outcomes`] finds them (`data.<key>`, `data.<ns>.<key>`, a
+/// batch's by operation); a call whose result cannot be told from another's (the same key in
+/// the same operation and namespace, or a batch answered with one object) issues nothing, so
+/// that no token is linked to the wrong account. The caller takes only those of the calls that
+/// succeeded.
+pub fn issued(calls: &[Call], resp_body: &[u8], mut found: impl FnMut(usize, &str)) {
+    let Ok(resp) = serde_json::from_slice::<Value>(resp_body) else {
+        return;
+    };
+    let same_place = |a: &Call, b: &Call| a.op == b.op && a.ns == b.ns && a.key == b.key;
+    // A batch's calls answered with one object: which operation's is it?
+    let batch = calls.iter().any(|c| c.op > 0);
+    for (i, c) in calls.iter().enumerate() {
+        if calls.iter().filter(|o| same_place(o, c)).count() > 1 {
+            continue;
+        }
+        let r = match &resp {
+            Value::Array(a) => a.get(c.op).and_then(Value::as_object),
+            Value::Object(o) if !batch => Some(o),
+            _ => None,
+        };
+        let mut data = r.and_then(|r| r.get("data")).and_then(Value::as_object);
+        if let Some(ns) = &c.ns {
+            data = data.and_then(|d| d.get(ns)).and_then(Value::as_object);
+        }
+        match data.and_then(|d| d.get(&c.key)) {
+            Some(Value::Object(o)) => super::pipeline::issued_tokens(o, &mut |t| found(i, t)),
+            Some(Value::String(s)) if !s.is_empty() => found(i, s),
+            _ => {}
+        }
+    }
+}
+
 /// One call's outcome in one operation's result: its result first (a token in it is a
 /// success, whatever error a field below it had: a partial error is no failed login), then the
 /// errors at its path (`<key>`, or `<ns>.<key>` under a namespace field).

@@ -6,12 +6,16 @@ use std::{borrow::Cow, net::IpAddr, sync::Arc};
 use serde::Deserialize;
 
 use super::{
+    cookie,
     geo::{GeoDb, GeoInfo},
     graphql,
     principal::{self, JwtInfo, PrincipalConfig, RequestView, parse_jwt, short_hash},
     template::Templates,
 };
-use crate::models::{Header, LoginAttempt, Observation, bounded::key_of, header};
+use crate::{
+    http::head::Head,
+    models::{Header, LoginAttempt, Observation, bounded::key_of, header},
+};
 
 /// The facts of one transaction the enricher reads, borrowed from whatever produced it (the live
 /// pipeline or a replay); the observation borrows them in turn.
@@ -38,6 +42,9 @@ pub struct TransactionFacts<'a> {
     pub status: u16,
     /// The response's `Content-Type`.
     pub resp_content_type: Option<&'a str>,
+    /// The response head, when a response was seen: read only for the session cookies a
+    /// successful login answer sets.
+    pub resp_head: Option<&'a Head>,
     /// Response body (decoded, capped).
     pub resp_body: &'a [u8],
     /// Response body length.
@@ -259,7 +266,7 @@ impl Enricher {
     /// outcome from the response, or, where the response says nothing readable about it, the
     /// transaction's (its status and failure markers). An attempt whose account could not be
     /// read has an empty user name.
-    fn graphql_logins(&self, t: &TransactionFacts<'_>) -> Vec<LoginAttempt> {
+    fn graphql_logins(&mut self, t: &TransactionFacts<'_>) -> Vec<LoginAttempt> {
         if self.graphql_fields.is_empty() || !self.graphql.matches(t.path) {
             return Vec::new();
         }
@@ -292,14 +299,48 @@ impl Enricher {
         // answer made to overflow the cap would otherwise turn every guess into a success).
         let whole = calls.len() == 1 && self.login_succeeded(t);
         let ok_status = (200..300).contains(&t.status);
-        graphql::outcomes(&calls, t.resp_body)
+        let mut attempts: Vec<LoginAttempt> = graphql::outcomes(&calls, t.resp_body)
             .into_iter()
-            .zip(calls)
+            .zip(&mut calls)
             .map(|(outcome, call)| LoginAttempt {
-                username: call.username.unwrap_or_default(),
+                username: call.username.take().unwrap_or_default(),
                 success: ok_status && outcome.unwrap_or(whole),
+                issued: Vec::new(),
             })
-            .collect()
+            .collect();
+        // What each successful call was issued: the tokens of its own result, and the session
+        // cookies set when it alone succeeded (else they cannot be told apart: none).
+        let linkable = |a: &LoginAttempt| a.success && !a.username.is_empty();
+        if !attempts.iter().any(linkable) {
+            return attempts;
+        }
+        let tokens = &mut self.tokens;
+        graphql::issued(&calls, t.resp_body, |i, tok| {
+            if linkable(&attempts[i]) {
+                push_issued(&mut attempts[i].issued, tokens, tok);
+            }
+        });
+        let mut winners = (0..attempts.len()).filter(|&i| linkable(&attempts[i]));
+        if let (Some(i), None) = (winners.next(), winners.next()) {
+            let mut issued = std::mem::take(&mut attempts[i].issued);
+            self.issued_cookies(t, &mut issued);
+            attempts[i].issued = issued;
+        }
+        attempts
+    }
+
+    /// The session cookies ([`PrincipalConfig::is_session_cookie`]) the answer of `t` sets,
+    /// deletions aside ([`cookie::set`]), hashed as a request carrying one names it, into `out`.
+    fn issued_cookies(&mut self, t: &TransactionFacts<'_>, out: &mut Vec<Arc<str>>) {
+        let Some(head) = t.resp_head else { return };
+        let now_s = i64::try_from(t.ts_ns / 1_000_000_000).unwrap_or(i64::MAX);
+        for field in head.header_all("set-cookie") {
+            if let Some((name, value)) = cookie::set(field, now_s)
+                && self.principal.is_session_cookie(name)
+            {
+                push_issued(out, &mut self.tokens, value);
+            }
+        }
     }
 
     /// A `Basic` password the server refused (401) without a login body: a guess at the
@@ -334,6 +375,7 @@ impl Enricher {
         (!retried).then_some(LoginAttempt {
             username: user,
             success: false,
+            issued: Vec::new(),
         })
     }
 
@@ -451,10 +493,24 @@ impl Enricher {
         // linked to a `Basic` user).
         let login = match username {
             _ if !calls.is_empty() => Some(calls.remove(0)),
-            Some(username) => Some(LoginAttempt {
-                username,
-                success: self.login_succeeded(&t),
-            }),
+            Some(username) => {
+                let (success, doc) = self.login_outcome(&t);
+                // What a successful login was issued: the tokens of its answer and the session
+                // cookies it set (the answer of a failed one issues nothing).
+                let mut issued = Vec::new();
+                if success && !username.trim().is_empty() {
+                    if let Some(doc) = &doc {
+                        let tokens = &mut self.tokens;
+                        issued_tokens(doc, &mut |tok| push_issued(&mut issued, tokens, tok));
+                    }
+                    self.issued_cookies(&t, &mut issued);
+                }
+                Some(LoginAttempt {
+                    username,
+                    success,
+                    issued,
+                })
+            }
             None => self.basic_guess(&t),
         };
         let user_agent = header(&t.req_headers, "user-agent").cloned();
@@ -488,22 +544,32 @@ impl Enricher {
     }
 
     fn login_succeeded(&self, t: &TransactionFacts<'_>) -> bool {
+        self.login_outcome(t).0
+    }
+
+    /// Whether the login of `t` succeeded, and its answer's document when that is a JSON
+    /// object read for it ([`outcome_doc`]: the tokens a success issued are read from it, not
+    /// parsed again).
+    fn login_outcome(
+        &self,
+        t: &TransactionFacts<'_>,
+    ) -> (bool, Option<serde_json::Map<String, serde_json::Value>>) {
         if !(200..300).contains(&t.status) {
-            return false;
+            return (false, None);
         }
         let doc = outcome_doc(t.resp_body);
         if let Some(top) = &doc {
             // A second factor asked for: the password was right.
             if asks_second_factor(top, 1) {
-                return true;
+                return (true, doc);
             }
             if flag_false(top) {
-                return false;
+                return (false, doc);
             }
             // A token issued is a success, whatever else the answer mentions (a banner's
             // `"lastLogin":{"success":false}` matches the default marker).
             if carries_token(top, 3) {
-                return true;
+                return (true, doc);
             }
         }
         // Markers are looked for in the answer's own words: in a JSON answer, its members but
@@ -525,11 +591,65 @@ impl Enricher {
             }
             None => squeezed(t.resp_body),
         };
-        !self
+        let success = !self
             .failure_markers
             .iter()
             .any(|m| body.contains(m.as_str()))
-            && !doc.is_some_and(|top| json_says_failed(&top))
+            && !doc.as_ref().is_some_and(json_says_failed);
+        (success, doc)
+    }
+}
+
+/// Names (in [`principal::field_style`]) of the members of a login answer that hold the
+/// credential it issues (`token`, `access_token`, `accessToken`, `id_token`, `session_token`,
+/// `authToken`, Strapi's `jwt`).
+const ISSUED_FIELDS: [&str; 6] = [
+    "token",
+    "accesstoken",
+    "idtoken",
+    "sessiontoken",
+    "authtoken",
+    "jwt",
+];
+
+/// Calls `found` with each credential a successful login's answer `o` issues: the text of a
+/// member named in [`ISSUED_FIELDS`] at its top, or one level under one of its [`WRAPPERS`]
+/// (`{"data":{"access_token":...}}`, `{"session":{"token":...}}`).
+pub(super) fn issued_tokens<'v>(
+    o: &'v serde_json::Map<String, serde_json::Value>,
+    found: &mut impl FnMut(&'v str),
+) {
+    use serde_json::Value;
+    let named = |k: &str, names: &[&str]| names.contains(&principal::field_style(k).as_str());
+    for (k, v) in o {
+        match v {
+            Value::String(s) if !s.is_empty() && named(k, &ISSUED_FIELDS) => found(s),
+            Value::Object(inner) if named(k, &WRAPPERS) => {
+                for (k, v) in inner {
+                    if let Value::String(s) = v
+                        && !s.is_empty()
+                        && named(k, &ISSUED_FIELDS)
+                    {
+                        found(s);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Adds the hash of credential `secret` to `issued` (once), through the token cache: the very
+/// hash a request carrying it is named by (as a bearer token, an API key or a session cookie,
+/// [`token_facts`]), and which that request then finds cached.
+fn push_issued(
+    issued: &mut Vec<Arc<str>>,
+    tokens: &mut DirectCache<String, TokenFacts>,
+    secret: &str,
+) {
+    let hash = &token_facts(tokens, secret).1;
+    if !issued.contains(hash) {
+        issued.push(Arc::clone(hash));
     }
 }
 
@@ -701,6 +821,7 @@ mod tests {
             req_bytes: body.len() as u64,
             status,
             resp_content_type: None,
+            resp_head: None,
             resp_body: resp,
             resp_bytes: resp.len() as u64,
             latency_ms: 1.0,
@@ -752,7 +873,8 @@ mod tests {
             o.login,
             Some(LoginAttempt {
                 username: "layla".into(),
-                success: false
+                success: false,
+                issued: Vec::new(),
             })
         );
         assert_eq!(o.principal.kind, PrincipalKind::User);
@@ -1392,6 +1514,311 @@ mod tests {
             !alerts.iter().any(|a| a.kind == AlertKind::JwtWeakness),
             "{alerts:?}"
         );
+    }
+
+    /// 2026-11-01T00:00:00Z, for answers whose cookies expire.
+    const NOV_2026: u64 = 1_793_491_200_000_000_000;
+
+    /// The models' view of the account `user` after `o` and the requests before it: its
+    /// profile's request count (0 when it has none).
+    fn account_requests(m: &crate::models::Engine, user: &str) -> u64 {
+        m.explain(&format!("user:{user}"))
+            .and_then(|x| x["requests"].as_u64())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_session_cookie_set_by_a_login_is_the_account_of_the_requests_carrying_it() {
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let mut m = crate::models::Engine::new(&Default::default()).unwrap();
+        let h = vec![("Content-Type".to_string(), "application/json".to_string())];
+        let body = br#"{"username":"layla","password":"x"}"#;
+        // The old session deleted (PHP's way), another cookie, the new session (its name in
+        // another case, quoted, with attributes), a cookie deleted by Max-Age, one expired.
+        let head = Head::response(
+            200,
+            &[
+                (
+                    "Set-Cookie",
+                    "SESSIONID=deleted; expires=Thu, 01-Jan-1970 00:00:01 GMT; Max-Age=0",
+                ),
+                ("Set-Cookie", "theme=dark; Path=/"),
+                (
+                    "set-cookie",
+                    "SessionId=\"s-7f3a9c\"; Path=/; HttpOnly; Secure; SameSite=Lax",
+                ),
+                ("Set-Cookie", "sid=old-1; Max-Age=0"),
+                (
+                    "Set-Cookie",
+                    "sid=old-2; Expires=Wed, 21 Oct 2015 07:28:00 GMT",
+                ),
+                ("Set-Cookie", "session=; Path=/"),
+            ],
+        );
+        let mut f = facts("/login", &h, body, 200, br#"{"user":{"id":7}}"#);
+        f.ts_ns = NOV_2026;
+        f.resp_head = Some(&head);
+        let o = e.enrich(f);
+        m.observe(&o);
+        let login = o.login.unwrap();
+        assert!(login.success);
+        // A browser sends the cookie back as it was set, quotes and all; another client
+        // without them, the name in its own case: one session, one credential.
+        let mut creds = Vec::new();
+        for (i, cookie) in ["lang=en; SessionId=\"s-7f3a9c\"", "SESSIONID=s-7f3a9c"]
+            .into_iter()
+            .enumerate()
+        {
+            let h = vec![("Cookie".to_string(), cookie.to_string())];
+            let mut f = facts("/balance", &h, b"", 200, b"{}");
+            f.ts_ns = NOV_2026 + (i as u64 + 1) * 1_000_000_000;
+            let o = e.enrich(f);
+            assert_eq!(o.principal.kind, PrincipalKind::Session, "{cookie}");
+            m.observe(&o);
+            creds.push(o.credential.unwrap());
+        }
+        assert_eq!(creds[0], creds[1]);
+        assert_eq!(
+            login.issued,
+            [Arc::clone(&creds[0])],
+            "deletions issue nothing"
+        );
+        assert_eq!(m.stats().links, 1);
+        assert_eq!(
+            account_requests(&m, "layla"),
+            3,
+            "the login and both requests"
+        );
+        // The cookies deleted or emptied are no one's.
+        for cookie in ["SESSIONID=deleted", "sid=old-1", "sid=old-2"] {
+            let h = vec![("Cookie".to_string(), cookie.to_string())];
+            let o = e.enrich(facts("/balance", &h, b"", 200, b"{}"));
+            assert!(!login.issued.contains(&o.credential.unwrap()), "{cookie}");
+        }
+    }
+
+    #[test]
+    fn tokens_nested_under_a_wrapper_are_issued_and_failed_logins_issue_nothing() {
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let mut m = crate::models::Engine::new(&Default::default()).unwrap();
+        let h = vec![("Content-Type".to_string(), "application/json".to_string())];
+        // (status, answer, the token it issues when the login succeeded).
+        let cases = [
+            (
+                200,
+                r#"{"data":{"access_token":"t-0","expires_in":3600}}"#,
+                Some("t-0"),
+            ),
+            (
+                200,
+                r#"{"result":{"token":"t-1","user":{"id":1}}}"#,
+                Some("t-1"),
+            ),
+            (200, r#"{"accessToken":"t-2"}"#, Some("t-2")),
+            (200, r#"{"jwt":"t-3","user":{"id":3}}"#, Some("t-3")),
+            (200, r#"{"session":{"sessionToken":"t-4"}}"#, Some("t-4")),
+            // A token of something else than the answer, or two wrappers down: not read.
+            (200, r#"{"user":{"id":5,"token":"t-5"}}"#, None),
+            (200, r#"{"data":{"data":{"token":"t-6"}}}"#, None),
+            // Failed logins, whatever they hold.
+            (401, r#"{"token":"t-7"}"#, None),
+            (403, r#"{"data":{"token":"t-8"}}"#, None),
+            (200, r#"{"success":false,"data":{"token":"t-9"}}"#, None),
+        ];
+        for (i, (status, answer, token)) in cases.into_iter().enumerate() {
+            let user = format!("u{i}");
+            let body = format!(r#"{{"username":"{user}","password":"x"}}"#);
+            let cookie = format!("sid=c-{i}; Path=/; HttpOnly");
+            let head = Head::response(status, &[("Set-Cookie", &cookie)]);
+            let mut f = facts("/login", &h, body.as_bytes(), status, answer.as_bytes());
+            f.ts_ns = NOV_2026 + i as u64 * 60_000_000_000;
+            f.resp_head = Some(&head);
+            let o = e.enrich(f);
+            let ok = o.login.as_ref().unwrap().success;
+            assert_eq!(ok, status == 200 && i < 9, "{answer}");
+            m.observe(&o);
+            let before = account_requests(&m, &user);
+            // The token as a bearer token, the cookie as a browser sends it.
+            let tok = format!("t-{i}");
+            for (name, value) in [
+                ("Authorization", format!("Bearer {tok}")),
+                ("Cookie", format!("sid=c-{i}")),
+            ] {
+                let h = vec![(name.to_string(), value)];
+                let mut f = facts("/balance", &h, b"", 200, b"{}");
+                f.ts_ns = NOV_2026 + i as u64 * 60_000_000_000 + 1_000_000_000;
+                m.observe(&e.enrich(f));
+            }
+            let linked = account_requests(&m, &user) - before;
+            let want = u64::from(token.is_some()) + u64::from(ok);
+            assert_eq!(linked, want, "{answer}: requests judged as {user}");
+        }
+    }
+
+    #[test]
+    fn an_oauth_client_is_issued_no_users_token() {
+        // The client authenticating at the token endpoint for a grant that names no user: the
+        // token issued is the user's (or the client's own), never to be judged as an account.
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let mut m = crate::models::Engine::new(&Default::default()).unwrap();
+        let mut h = basic("mobile-app", "client-secret");
+        h.push((
+            "Content-Type".into(),
+            "application/x-www-form-urlencoded".into(),
+        ));
+        let head = Head::response(200, &[("Set-Cookie", "session=s-client; Path=/")]);
+        let answer = br#"{"access_token":"opaque-1","token_type":"Bearer"}"#;
+        for grant in [
+            &b"grant_type=client_credentials"[..],
+            b"grant_type=refresh_token&refresh_token=r1",
+            b"grant_type=authorization_code&code=c1&redirect_uri=https%3A%2F%2Fapp.test%2Fcb",
+        ] {
+            let mut f = facts("/oauth/token", &h, grant, 200, answer);
+            f.resp_head = Some(&head);
+            let o = e.enrich(f);
+            assert!(o.login.is_none(), "{}", String::from_utf8_lossy(grant));
+            m.observe(&o);
+        }
+        assert_eq!(m.stats().links, 0);
+        // The password grant names its user: the token is hers.
+        let grant = b"grant_type=password&username=layla&password=pw";
+        let mut f = facts("/oauth/token", &h, grant, 200, answer);
+        f.resp_head = Some(&head);
+        let login = e.enrich(f).login.unwrap();
+        assert_eq!(login.username, "layla");
+        assert_eq!(login.issued.len(), 2);
+        assert_eq!(&*login.issued[0], short_hash("opaque-1"));
+    }
+
+    /// One GraphQL exchange (request and answer bodies, answer head) through the enricher,
+    /// then the models: what each login attempt was issued, (account, hashes).
+    fn graphql_login(
+        e: &mut Enricher,
+        m: &mut crate::models::Engine,
+        req: &str,
+        resp: &str,
+        head: &Head,
+    ) -> Vec<(String, Vec<Arc<str>>)> {
+        let h = vec![("Content-Type".to_string(), "application/json".to_string())];
+        let mut f = facts("/graphql", &h, req.as_bytes(), 200, resp.as_bytes());
+        f.ts_ns = NOV_2026;
+        f.resp_head = Some(head);
+        let o = e.enrich(f);
+        m.observe(&o);
+        o.login
+            .iter()
+            .chain(&o.more_logins)
+            .map(|l| (l.username.clone(), l.issued.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn graphql_logins_issue_each_call_its_own_token() {
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let mut m = crate::models::Engine::new(&Default::default()).unwrap();
+        let none = Head::response(200, &[]);
+        let hashed = |t: &str| -> Arc<str> { short_hash(t).into() };
+        // One login mutation.
+        let o = graphql_login(
+            &mut e,
+            &mut m,
+            r#"{"query":"mutation { login(username: \"omar\", password: \"pw\") { token user { id } } }"}"#,
+            r#"{"data":{"login":{"token":"g-omar","user":{"id":1}}}}"#,
+            &none,
+        );
+        assert_eq!(o, [("omar".into(), vec![hashed("g-omar")])]);
+        // Aliased calls, one failing, one under a namespace, one returning its token as text.
+        let o = graphql_login(
+            &mut e,
+            &mut m,
+            r#"{"query":"mutation { a: login(username: \"nadia\", password: \"pw\") { accessToken } b: login(username: \"huda\", password: \"bad\") { token } auth { c: login(username: \"yusuf\", password: \"pw\") { session { token } } } d: login(username: \"rami\", password: \"pw\") }"}"#,
+            r#"{"data":{"a":{"accessToken":"g-nadia"},"b":null,"auth":{"c":{"session":{"token":"g-yusuf"}}},"d":"g-rami"},"errors":[{"message":"Invalid credentials","path":["b"]}]}"#,
+            &none,
+        );
+        assert_eq!(
+            o,
+            [
+                ("nadia".into(), vec![hashed("g-nadia")]),
+                ("huda".into(), vec![]),
+                ("yusuf".into(), vec![hashed("g-yusuf")]),
+                ("rami".into(), vec![hashed("g-rami")]),
+            ]
+        );
+        // A batch.
+        let o = graphql_login(
+            &mut e,
+            &mut m,
+            r#"[{"query":"mutation { login(username: \"sara\", password: \"pw\") { token } }"},{"query":"mutation { login(username: \"ali\", password: \"pw\") { token } }"}]"#,
+            r#"[{"data":{"login":{"token":"g-sara"}}},{"data":{"login":{"token":"g-ali"}}}]"#,
+            &none,
+        );
+        assert_eq!(
+            o,
+            [
+                ("sara".into(), vec![hashed("g-sara")]),
+                ("ali".into(), vec![hashed("g-ali")]),
+            ]
+        );
+        // Each token's requests are judged as its own call's account, the first call's and
+        // the others' alike.
+        for (i, user) in ["omar", "nadia", "yusuf", "rami", "sara", "ali"]
+            .into_iter()
+            .enumerate()
+        {
+            let before = account_requests(&m, user);
+            let h = vec![("Authorization".to_string(), format!("Bearer g-{user}"))];
+            let mut f = facts("/balance", &h, b"", 200, b"{}");
+            f.ts_ns = NOV_2026 + (i as u64 + 1) * 1_000_000_000;
+            m.observe(&e.enrich(f));
+            assert_eq!(account_requests(&m, user), before + 1, "{user}");
+        }
+        assert_eq!(m.stats().links, 6);
+    }
+
+    #[test]
+    fn graphql_answers_that_cannot_be_told_apart_issue_nothing() {
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let mut m = crate::models::Engine::new(&Default::default()).unwrap();
+        let none = Head::response(200, &[]);
+        let cookie = Head::response(200, &[("Set-Cookie", "sid=g-s1; Path=/; HttpOnly")]);
+        let sid: Arc<str> = short_hash("g-s1").into();
+        // Two calls under one key: whose is the token?
+        let o = graphql_login(
+            &mut e,
+            &mut m,
+            r#"{"query":"mutation { login(username: \"a\", password: \"pw\") { token } login(username: \"b\", password: \"pw\") { token } }"}"#,
+            r#"{"data":{"login":{"token":"g-ab"}}}"#,
+            &none,
+        );
+        assert!(o.iter().all(|(_, i)| i.is_empty()), "{o:?}");
+        // A batch answered with one object: the second operation's result is not there.
+        let o = graphql_login(
+            &mut e,
+            &mut m,
+            r#"[{"query":"mutation { login(username: \"c\", password: \"pw\") { token } }"},{"query":"mutation { login(username: \"d\", password: \"pw\") { token } }"}]"#,
+            r#"{"data":{"login":{"token":"g-c"}}}"#,
+            &none,
+        );
+        assert!(o.iter().all(|(_, i)| i.is_empty()), "{o:?}");
+        // A session cookie set beside two successful calls is neither's; beside one success
+        // and a failure, it is the success's.
+        let two = r#"{"query":"mutation { a: login(username: \"e\", password: \"pw\") { ok } b: login(username: \"f\", password: \"pw\") { ok } }"}"#;
+        let o = graphql_login(
+            &mut e,
+            &mut m,
+            two,
+            r#"{"data":{"a":{"ok":true},"b":{"ok":true}}}"#,
+            &cookie,
+        );
+        assert_eq!(o, [("e".into(), vec![]), ("f".into(), vec![])]);
+        let o = graphql_login(
+            &mut e,
+            &mut m,
+            two,
+            r#"{"data":{"a":null,"b":{"ok":true}},"errors":[{"message":"Invalid","path":["a"]}]}"#,
+            &cookie,
+        );
+        assert_eq!(o, [("e".into(), vec![]), ("f".into(), vec![sid])]);
     }
 
     #[test]

@@ -1036,7 +1036,11 @@ pub fn identify(
         .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
     {
         for c in cookies.split(';') {
-            let (k, v) = c.trim().split_once('=').unwrap_or((c.trim(), ""));
+            // Read as the session cookie a login answer sets is ([`super::cookie::pair`]):
+            // its hash is the credential linked to the account that logged in.
+            let Some((k, v)) = super::cookie::pair(c) else {
+                continue;
+            };
             if !v.is_empty() && cfg.is_session_cookie(k) {
                 return Principal {
                     kind: PrincipalKind::Session,

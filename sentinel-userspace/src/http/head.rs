@@ -89,6 +89,35 @@ impl Head {
             .map(|(_, v)| text(&self.raw, v))
     }
 
+    /// A response head with `status` and these fields, as the parser keeps one: for synthetic
+    /// transactions (tests, benchmarks).
+    pub fn response(status: u16, fields: &[(&str, &str)]) -> Self {
+        let mut raw = format!("HTTP/1.1 {status} \r\n").into_bytes();
+        let mut spans = Vec::with_capacity(fields.len());
+        let push = |raw: &mut Vec<u8>, b: &[u8]| {
+            let start = raw.len() as u32;
+            raw.extend_from_slice(b);
+            start..raw.len() as u32
+        };
+        for (n, v) in fields {
+            let name = push(&mut raw, n.as_bytes());
+            raw.extend_from_slice(b": ");
+            let value = push(&mut raw, v.as_bytes());
+            raw.extend_from_slice(b"\r\n");
+            spans.push((name, value));
+        }
+        raw.extend_from_slice(b"\r\n");
+        Self {
+            raw: Bytes::from(raw),
+            method: 0..0,
+            target: 0..0,
+            reason: 0..0,
+            status,
+            version: 1,
+            fields: spans,
+        }
+    }
+
     /// Bytes held.
     pub fn mem(&self) -> usize {
         self.raw.len() + self.fields.len() * 16

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{
-    Action, Alert, AlertKind, Observation, Severity,
+    Action, Alert, AlertKind, LoginAttempt, Observation, Severity,
     alert::rfc3339,
     behavior::BehaviorDetector,
     bounded::{BoundedMap, key_of, key2, secs},
@@ -32,7 +32,7 @@ use super::{
     rate::RateDetector,
     token::TokenDetector,
 };
-use crate::enrich::principal::{LoginPaths, PrincipalKind, account_name, short_hash};
+use crate::enrich::principal::{LoginPaths, PrincipalKind, account_name};
 
 /// Why a models configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -352,15 +352,6 @@ pub const SWEEP_BUDGET: usize = 65_536;
 /// templates).
 const PUBLIC_ENDPOINTS: usize = 20_000;
 
-/// JSON fields of a login response that carry the issued credential.
-const TOKEN_FIELDS: [&str; 5] = [
-    "token",
-    "access_token",
-    "id_token",
-    "session_token",
-    "sessionToken",
-];
-
 impl Engine {
     /// An engine with every enabled detector of `cfg`.
     pub fn new(cfg: &ModelsConfig) -> Result<Self, ModelsError> {
@@ -515,12 +506,10 @@ impl Engine {
             let name = account.as_deref().unwrap_or(&principal);
             self.profiles.absorb(entity, &|| name.to_owned(), o, ua);
         }
-        if let Some(l) = &o.login
-            && l.success
-            && !refused
-            && !l.username.is_empty()
-        {
-            self.link(o, &l.username);
+        if !refused {
+            for l in o.login.iter().chain(&o.more_logins) {
+                self.link(o.ts_ns, l);
+            }
         }
         self.emit(&mut dets, out);
         self.scratch = dets;
@@ -529,8 +518,8 @@ impl Engine {
 
     /// Runs the detectors that judge each login over the further attempts of `o`, each as the
     /// request it would have been alone: its account's principal and profile, its outcome.
-    /// They teach no profile and link no token (no honest client logs in many times in one
-    /// request).
+    /// They teach no profile (no honest client logs in many times in one request); the
+    /// credentials each was issued are linked to its own account by [`Engine::link`].
     fn each_login(
         &mut self,
         o: &Observation,
@@ -576,28 +565,19 @@ impl Engine {
         }
     }
 
-    /// Remembers which account a credential issued by a successful login belongs to.
-    fn link(&mut self, o: &Observation, username: &str) {
-        let body = &o.resp_body;
-        // Every request with `Basic` credentials is a login: most answer with documents that
-        // name no token, which are not parsed (each of `TOKEN_FIELDS` holds `oken`).
-        if body.first() != Some(&b'{')
-            || body.len() > 16 * 1024
-            || memchr::memmem::find(body, b"oken").is_none()
-        {
+    /// Remembers which account the credentials a successful login attempt was issued belong
+    /// to ([`LoginAttempt::issued`], found by the enricher: tokens of the answer, session
+    /// cookies it set), so that the requests carrying them are judged as the account.
+    fn link(&mut self, now_ns: u64, l: &LoginAttempt) {
+        if !l.success || l.issued.is_empty() || l.username.is_empty() {
             return;
         }
-        let Ok(v) = serde_json::from_slice::<Value>(body) else {
-            return;
-        };
-        for f in TOKEN_FIELDS {
-            if let Some(tok) = v.get(f).and_then(Value::as_str) {
-                let account = format!("user:{}", account_name(username));
-                *self
-                    .links
-                    .entry(key_of(short_hash(tok).as_str()), o.ts_ns, || "".into()) =
-                    account.into();
-            }
+        let account: Arc<str> = format!("user:{}", account_name(&l.username)).into();
+        for credential in &l.issued {
+            *self
+                .links
+                .entry(key_of(&**credential), now_ns, || Arc::clone(&account)) =
+                Arc::clone(&account);
         }
     }
 

@@ -89,10 +89,17 @@ pub struct Observation<'a> {
 }
 
 /// A login attempt and its outcome.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginAttempt {
     /// Account name tried.
     pub username: String,
     /// Whether the server accepted it.
     pub success: bool,
+    /// Short hashes of the credentials the answer issued to this attempt, when it succeeded: a
+    /// token in the answer's document (the attempt's own result in a GraphQL answer) and the
+    /// session cookies it set, each hashed as a request carrying it is named
+    /// ([`Observation::credential`]), so that the engine links them to the account. Empty for
+    /// every other request (nothing allocated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issued: Vec<Arc<str>>,
 }

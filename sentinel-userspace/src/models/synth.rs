@@ -151,6 +151,12 @@ pub fn login(ts_ns: u64, ip: &str, user: &str, ok: bool, ua: &str) -> Observatio
     o.login = Some(LoginAttempt {
         username: user.into(),
         success: ok,
+        // As the enricher finds it in the answer.
+        issued: if ok {
+            vec![short_hash(&issued_token(user, ts_ns)).into()]
+        } else {
+            Vec::new()
+        },
     });
     o
 }
@@ -203,6 +209,7 @@ pub fn get_facts<'a>(
         req_bytes: 0,
         status: 200,
         resp_content_type: Some("application/json"),
+        resp_head: None,
         resp_body: b"{}",
         resp_bytes: 2,
         latency_ms: 3.0,

@@ -233,6 +233,7 @@ mod tests {
         login.login = Some(LoginAttempt {
             username: "layla".into(),
             success: true,
+            ..Default::default()
         });
         login.resp_body = br#"{"token":"tok-layla-1"}"#.to_vec().into();
         b.observe(&login);
@@ -257,6 +258,7 @@ mod tests {
         failed.login = Some(LoginAttempt {
             username: "bob".into(),
             success: false,
+            ..Default::default()
         });
         failed.status = 401;
         failed.resp_body = br#"{"token":"nope"}"#.to_vec().into();
