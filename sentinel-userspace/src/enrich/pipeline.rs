@@ -1634,8 +1634,11 @@ mod tests {
             f.ts_ns = NOV_2026 + i as u64 * 60_000_000_000;
             f.resp_head = Some(&head);
             let o = e.enrich(f);
-            let ok = o.login.as_ref().unwrap().success;
+            let login = o.login.as_ref().unwrap();
+            let ok = login.success;
             assert_eq!(ok, status == 200 && i < 9, "{answer}");
+            // A success was issued at least its cookie; a failure nothing.
+            assert_eq!(!login.issued.is_empty(), ok, "{answer}");
             m.observe(&o);
             let before = account_requests(&m, &user);
             // The token as a bearer token, the cookie as a browser sends it.
