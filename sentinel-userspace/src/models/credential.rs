@@ -723,7 +723,10 @@ impl Detector for CredentialDetector {
                 && let Some(a) = self.accounts.get_mut(k)
             {
                 let fails = a.fails.count(now, w);
-                let subject = subject::named("account", k);
+                // Its own subject: the run of failures before it may have been raised as
+                // critical already (12 failures and more), and a password found is news that
+                // no alert about the guessing says.
+                let subject = subject::named("guessed", k);
                 if fails >= f64::from(self.cfg.min_failures)
                     && a.sources.contains(src_key as u32)
                     && a.score.count(now, w) / SCALE >= self.cfg.brute_force_score
@@ -1657,6 +1660,24 @@ mod tests {
         assert!(
             a.iter().any(|a| a.kind == AlertKind::BruteForce
                 && a.severity == crate::models::Severity::Critical),
+            "{a:?}"
+        );
+        // After a run raised as critical itself (12 failures and more), the password found is
+        // still said.
+        let t = t + 3600 * S;
+        let mut run = Vec::new();
+        for i in 0..20 {
+            run.extend(e.observe(&login(t + i * S, "203.0.113.78", "omar", false, "curl/8.4")));
+        }
+        assert!(
+            run.iter()
+                .any(|a| a.severity == crate::models::Severity::Critical)
+        );
+        let a = e.observe(&login(t + 21 * S, "203.0.113.78", "omar", true, "curl/8.4"));
+        assert!(
+            a.iter().any(|a| a.kind == AlertKind::BruteForce
+                && a.severity == crate::models::Severity::Critical
+                && a.explanation.contains("likely guessed")),
             "{a:?}"
         );
     }
