@@ -80,9 +80,10 @@ impl Default for EnrichSettings {
     }
 }
 
-/// How long the same refused `Basic` credentials count once ([`Enricher::basic_guess`]): a
-/// day, the slow brute-force count's horizon, so that a job retrying a stale password hourly
-/// tries one password a day.
+/// How long the same `Basic` credentials with the same outcome count once
+/// ([`Enricher::basic_guess`]): a day, the slow brute-force count's horizon, so that a job
+/// retrying a stale password hourly tries one password a day, and a client sending its right
+/// one on every request logs in once a day.
 const RETRY_NS: u64 = 86_400_000_000_000;
 
 /// User names under which services take a token as the `Basic` password (Mailgun's `api`,
@@ -123,7 +124,7 @@ fn key_shaped(s: &str) -> bool {
 /// Slots of each of the enricher's caches (a power of two).
 const CACHE_SLOTS: usize = 4096;
 
-/// Slots of the table of refused `Basic` credentials (a power of two): 256 KiB.
+/// Slots of the table of `Basic` credentials lately refused or taken (a power of two): 256 KiB.
 const REFUSED_SLOTS: usize = 16_384;
 
 /// A direct-mapped cache: a key's hash picks its one slot, which holds the last key that fell
@@ -194,10 +195,10 @@ pub struct Enricher {
     graphql: principal::LoginPaths,
     /// Login mutation fields (`[models] graphql_login_fields`).
     graphql_fields: Vec<String>,
-    /// `Basic` credentials refused lately, by a hash of user and password, with when: a
-    /// direct-mapped table of [`REFUSED_SLOTS`] (a client retrying a stale password is no
-    /// guesser).
-    refused: Vec<(u64, u64)>,
+    /// `Basic` credentials lately refused or taken, by a hash of user, password and outcome,
+    /// with when: a direct-mapped table of [`REFUSED_SLOTS`] (a client retrying a stale
+    /// password is no guesser; one sending its right one logs in once a day).
+    basic_seen: Vec<(u64, u64)>,
 }
 
 impl Enricher {
@@ -231,7 +232,7 @@ impl Enricher {
             templates: Templates::default(),
             principal,
             failure_markers,
-            refused: vec![(0, 0); REFUSED_SLOTS],
+            basic_seen: vec![(0, 0); REFUSED_SLOTS],
         })
     }
 
@@ -345,17 +346,22 @@ impl Enricher {
 
     /// A `Basic` password the server refused (401) without a login body: a guess at the
     /// user's password, so that guessing on an API that takes `Basic` credentials on every
-    /// endpoint is a brute force. Only refusals count, never successes (nothing to link, no
-    /// client flow), and not:
-    /// - a 403 (authorisation, the password was right);
+    /// endpoint is a brute force; and one it took (2xx), once a day per user and password: a
+    /// success, so that a password found by guessing is said to be, and so that an office of
+    /// `Basic` users who mistype now and then has the logins that tell it from a guesser. The
+    /// success issues nothing (nothing to link). Neither counts:
+    /// - a 403 (authorisation, the password was right) or any other status;
     /// - an OAuth client authenticating to a token endpoint (`grant_type` in the body, RFC 6749
     ///   §2.3.1): the client is no user;
     /// - an API key sent as the user name (an empty password, or a user name shaped like a key),
     ///   which would be printed as an account;
-    /// - the same user and password refused again within an hour: a client retrying a stale
-    ///   password (a monitor, a backup job) tries one password, however often.
+    /// - the same user and password, with the same outcome, again within a day: a client
+    ///   retrying a stale password (a monitor, a backup job) tries one password however often,
+    ///   and a client sending its right one on every request logs in once a day (the requests
+    ///   after it are no logins: they stay in the enumeration and scraping counts).
     fn basic_guess(&mut self, t: &TransactionFacts<'_>) -> Option<LoginAttempt> {
-        if t.status != 401 || oauth_client(t) {
+        let success = (200..300).contains(&t.status);
+        if !(success || t.status == 401) || oauth_client(t) {
             return None;
         }
         let (user, password) =
@@ -368,13 +374,13 @@ impl Enricher {
         {
             return None;
         }
-        let key = key_of(&(user.as_str(), password.as_str())).max(1);
-        let slot = &mut self.refused[key as usize % REFUSED_SLOTS];
+        let key = key_of(&(user.as_str(), password.as_str(), success)).max(1);
+        let slot = &mut self.basic_seen[key as usize % REFUSED_SLOTS];
         let retried = slot.0 == key && t.ts_ns.saturating_sub(slot.1) < RETRY_NS;
         *slot = (key, t.ts_ns);
         (!retried).then_some(LoginAttempt {
             username: user,
-            success: false,
+            success,
             issued: Vec::new(),
         })
     }
@@ -488,8 +494,8 @@ impl Enricher {
             _ => (jwt, bearer),
         };
         // A login body (or a GraphQL login call) names the account a login tries; without one,
-        // only a refused `Basic` password that is a guess ([`Enricher::basic_guess`]: not an
-        // OAuth client's, not an API key's, not a stale retry; never a success, so nothing is
+        // a `Basic` password refused or taken ([`Enricher::basic_guess`]: not an OAuth
+        // client's, not an API key's, not a retry within a day; nothing issued, so nothing is
         // linked to a `Basic` user).
         let login = match username {
             _ if !calls.is_empty() => Some(calls.remove(0)),
@@ -1022,6 +1028,69 @@ mod tests {
             })
             .count();
         assert_eq!(tried, 1);
+    }
+
+    #[test]
+    fn a_basic_password_taken_after_guesses_is_guessed_and_mistyping_offices_are_not_guessers() {
+        // Twenty refused passwords for admin, then the one the server takes.
+        let mut guesses: Vec<Req<'_>> = (0..21)
+            .map(|i| {
+                let h = basic("admin", &format!("pw{i}"));
+                ("/api/reports", h, String::new(), "203.0.113.70", 401)
+            })
+            .collect();
+        guesses[20].4 = 200;
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let mut m = crate::models::Engine::new(&Default::default()).unwrap();
+        let mut last = Vec::new();
+        for (i, (path, h, _, ip, status)) in guesses.iter().enumerate() {
+            let mut f = facts(path, h, b"", *status, b"{}");
+            f.ts_ns = 1_793_491_200_000_000_000 + i as u64 * 1_000_000_000;
+            f.src.0 = ip.parse().unwrap();
+            let o = e.enrich(f);
+            last = m.observe(&o);
+        }
+        assert!(
+            last.iter()
+                .any(|a| a.kind == crate::models::AlertKind::BruteForce
+                    && a.severity == crate::models::Severity::Critical
+                    && a.explanation.contains("guessed")),
+            "{last:?}"
+        );
+        // An office of thirty Basic users behind one address, each mistyping once, then
+        // working with the right password: no guesser (the logins that worked tell).
+        let mut office: Vec<Req<'_>> = Vec::new();
+        for u in 0..30 {
+            let user = format!("clerk{u}");
+            office.push((
+                "/api/reports",
+                basic(&user, "typo"),
+                String::new(),
+                "192.0.2.10",
+                401,
+            ));
+            for _ in 0..3 {
+                office.push((
+                    "/api/reports",
+                    basic(&user, "right"),
+                    String::new(),
+                    "192.0.2.10",
+                    200,
+                ));
+            }
+        }
+        assert_eq!(kinds_of(&office), []);
+        // A client sending its right password on every request logs in once a day.
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let h = basic("reporter", "right");
+        let logins = (0..50u64)
+            .filter(|i| {
+                let mut f = facts("/api/reports", &h, b"", 200, b"{}");
+                f.ts_ns = 1_793_491_200_000_000_000 + i * 60_000_000_000;
+                e.enrich(f).login.is_some_and(|l| l.success)
+            })
+            .count();
+        assert_eq!(logins, 1);
     }
 
     #[test]
