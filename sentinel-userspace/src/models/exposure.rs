@@ -408,19 +408,18 @@ impl ExposureDetector {
             if !spilt && !reached {
                 return None;
             }
-            // The few's items go to a haul that starts when they did (its halves move on
-            // from there below), this response counted again below.
+            // The few's items go to the current half of a haul starting now, whenever they
+            // came (at most four, counted up to half a window longer than they should be:
+            // placed in a half that started with the first of them, they left it early and
+            // split a read that began with them), this response counted again below.
             let few = self.few.remove(entity)?;
-            let h = self.hauls.entry(entity, ts, || Haul::new(few.start_s));
+            let h = self.hauls.entry(entity, ts, || Haul::new(now_s));
             let cur = h.items.current();
             (cur.first_s, cur.responses) = (few.start_s, few.responses.saturating_sub(1));
             few.items
                 .iter()
                 .filter(|t| **t != 0)
                 .for_each(|&t| h.insert(t));
-            if !h.items.advance(now_s, half) {
-                *h = Haul::new(now_s);
-            }
         }
         let h = self.hauls.entry(entity, ts, || Haul::new(now_s));
         h.respond(now_s);
@@ -1002,6 +1001,38 @@ mod tests {
             "{}",
             a.explanation
         );
+    }
+
+    /// After a review: the principal's own e-mail address half a day before a read of 21
+    /// cards over 11.9 hours (under half the window) does not split the read: the few items
+    /// held before it go to the half the read starts in.
+    #[test]
+    fn items_held_before_a_read_do_not_split_it() {
+        let at = |t: u64, body: String| {
+            let mut o = with_token(obs(t, "192.0.2.5", "/cards"), "customer");
+            o.resp_bytes = body.len() as u64;
+            o.resp_body = body.into_bytes().into();
+            o
+        };
+        for own in [false, true] {
+            let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+            if own {
+                assert!(
+                    e.observe(&at(T0, r#"{"email":"layla@mail.test"}"#.into()))
+                        .is_empty()
+                );
+            }
+            let mut alerts = Vec::new();
+            for i in 0..17u64 {
+                let body = format!(r#"{{"card":"{}"}}"#, card(200 + i));
+                alerts.extend(e.observe(&at(T0 + (43_800 + 10 * i) * S, body)));
+            }
+            for i in 17..21u64 {
+                let body = format!(r#"{{"card":"{}"}}"#, card(200 + i));
+                alerts.extend(e.observe(&at(T0 + (86_700 + 10 * i) * S, body)));
+            }
+            assert_eq!(alerts.len(), 1, "own item first: {own}: {alerts:?}");
+        }
     }
 
     /// Only principals that received a personal item hold an entry (its bytes counted); the
