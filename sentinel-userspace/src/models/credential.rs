@@ -37,19 +37,21 @@
 //! population's worst is a forgotten password, three failures in a session, two sessions a
 //! day). Counting every failure against a high bar instead would not do: an app stuck on an old
 //! password fails as steadily as a guesser does, at whatever pace it retries. Only accounts with
-//! such failures get this state ([`SlowFails`], a slot of 32 bytes), kept for two horizons after
+//! such failures get this state ([`SlowFails`], a slot of 40 bytes), kept for two horizons after
 //! the last; the owner's logins in between do not reset it (an attacker's guesses do not stop
 //! counting because the owner logged in as usual).
 //!
 //! A slow stuffing run (one account every ten minutes from one address never has three
-//! accounts within the window) is counted per source over the same horizon: the distinct
-//! accounts that failed from it and those tried from it that logged in, in two half horizons
-//! counted together ([`SlowSource`], a slot of 88 bytes, only for sources that failed one).
-//! It is raised at `slow_min_accounts` (20) accounts failed while at most
-//! `stuffing_max_success_ratio` of those tried logged in, and again each time they double. An
-//! office's people mistype too, and log in in the end.
+//! accounts within the window) is counted per source (an IPv4 address, an IPv6 /64) over the
+//! same horizon: the distinct accounts that failed from it and those that logged in from it, in
+//! two half horizons counted together ([`SlowSource`], a slot of 96 bytes, only for sources
+//! that failed one). It is raised at `slow_min_accounts` (20) accounts failed while at most
+//! `stuffing_max_success_ratio` of them logged in too (accounts that only logged in, such as
+//! the attacker's own, do not count), again each time they double and a horizon later. An
+//! office's people mistype too, and log in in the end. Both slow counts are raised again a
+//! horizon after their last alert while the run goes on.
 
-use std::hash::Hasher;
+use std::{hash::Hasher, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -104,10 +106,11 @@ pub struct Config {
     /// Default 20: a guess every five minutes is named after 100 minutes, while honest
     /// mistakes (a few a day) stay far below.
     pub slow_min_failures: u32,
-    /// Distinct accounts that failed to log in from one source within `slow_window_s`, while
-    /// at most `stuffing_max_success_ratio` of the accounts tried from it logged in, that make
-    /// a (slow) credential stuffing. Default 20 (at most 100): one account every ten minutes is
-    /// named after about three hours; an office's mistyping users log in in the end.
+    /// Distinct accounts that failed to log in from one source (an IPv4 address, an IPv6 /64)
+    /// within `slow_window_s`, while at most `stuffing_max_success_ratio` of them logged in
+    /// too, that make a (slow) credential stuffing. Default 20 (2 to 100; 0: not counted): one
+    /// account every ten minutes is named after about three hours; an office's mistyping users
+    /// log in in the end.
     pub slow_min_accounts: u32,
 }
 
@@ -201,16 +204,11 @@ impl Config {
                 self.slow_min_failures <= u32::from(u16::MAX),
                 "must be at most 65535",
             )
-            .check(
-                "slow_min_accounts",
-                self.slow_min_accounts >= self.stuffing_min_accounts,
-                "must be at least stuffing_min_accounts",
-            )
             // The counts' bitmaps (128 bits a half) are within about 10% up to 100 or so.
             .check(
                 "slow_min_accounts",
-                self.slow_min_accounts <= 100,
-                "must be at most 100",
+                self.slow_min_accounts != 1 && self.slow_min_accounts <= 100,
+                "must be 0 (off) or 2 to 100",
             )
             .finish()
     }
@@ -242,13 +240,15 @@ struct SlowFails {
     /// (saturating; for the explanation).
     new_country: u16,
     automated: u16,
-    /// The count when the run was last raised (0: not yet): raised again when it doubles, so
-    /// that a guesser slower than the alert cooldown is not raised at every guess.
+    /// The count when the run was last raised (0: not yet): raised again when it doubles, or
+    /// a horizon after (`raised_s`), so that a guesser slower than the alert cooldown is not
+    /// raised at every guess, and one that goes on for days is raised every day.
     raised: u32,
+    raised_s: u32,
 }
 
-const _: () = assert!(size_of::<SlowFails>() == 20);
-const _: () = assert!(BoundedMap::<SlowFails>::SLOT_BYTES == 32);
+const _: () = assert!(size_of::<SlowFails>() == 24);
+const _: () = assert!(BoundedMap::<SlowFails>::SLOT_BYTES == 40);
 
 impl SlowFails {
     /// Moves the buckets on to `now` (`w` seconds each).
@@ -289,49 +289,77 @@ impl SlowFails {
 }
 
 /// The accounts one source tried in a half of `slow_window_s`: those that failed and those
-/// that logged in (32 bytes).
+/// that logged in, and its first failure (36 bytes).
 #[derive(Clone, Copy, Default)]
 struct SourceAccounts {
+    /// First failure in the half, seconds since the epoch (0: none).
+    first_s: u32,
     failed: Distinct<4>,
     logged_in: Distinct<4>,
 }
 
 /// One source's logins over `slow_window_s`, from its first failure naming an account: the
 /// distinct accounts tried, in two half windows counted together, for a stuffing run too slow
-/// for `window_s` (76 bytes: a slot of 88; only sources with failures get one).
+/// for `window_s` (84 bytes: a slot of 96; only sources with failures get one). A source is
+/// an IPv4 address (an office behind it is one source) or an IPv6 /64 (a host has a whole
+/// one, and may take a new address for every guess).
 #[derive(Clone, Copy)]
 struct SlowSource {
-    /// First failure counted, seconds since the epoch.
-    first_s: u32,
-    /// The failed accounts counted when the run was last raised (0: not yet): raised again
-    /// when they double.
+    /// When the run was last raised, seconds since the epoch (0: not yet).
+    raised_s: u32,
+    /// The failed accounts counted then: raised again when they double, or a horizon later.
     raised: u32,
     accounts: Halves<SourceAccounts>,
 }
 
-const _: () = assert!(size_of::<SlowSource>() == 76);
-const _: () = assert!(BoundedMap::<SlowSource>::SLOT_BYTES == 88);
+const _: () = assert!(size_of::<SlowSource>() == 84);
+const _: () = assert!(BoundedMap::<SlowSource>::SLOT_BYTES == 96);
 
 impl SlowSource {
     fn new(now: u32) -> Self {
         Self {
-            first_s: now,
+            raised_s: 0,
             raised: 0,
             accounts: Halves::new(now),
         }
     }
 
-    /// Distinct accounts that failed, and distinct accounts tried (failed or logged in), both
-    /// halves together.
-    fn counts(&self) -> (f64, f64, f64) {
+    /// Distinct accounts that failed, and of them those that logged in afterwards or before
+    /// (an office's mistyping people get in in the end; accounts that only logged in, such as
+    /// an attacker's own between guesses, are not counted), both halves together.
+    fn counts(&self) -> (f64, f64) {
         let (prev, cur) = self.accounts.both();
         let failed = prev.failed.union(&cur.failed);
         let ok = prev.logged_in.union(&cur.logged_in);
-        (
-            failed.estimate().round(),
-            ok.estimate().round(),
-            failed.union(&ok).estimate().round(),
-        )
+        let (f, o) = (failed.estimate(), ok.estimate());
+        let recovered = (f + o - failed.union(&ok).estimate()).clamp(0.0, f);
+        (f.round(), recovered.round())
+    }
+
+    /// The first failure still counted.
+    fn first_s(&self) -> u32 {
+        let (prev, cur) = self.accounts.both();
+        if prev.first_s != 0 {
+            prev.first_s
+        } else {
+            cur.first_s
+        }
+    }
+}
+
+/// The key of the source a slow stuffing run is counted for: the IPv4 address, or the IPv6
+/// /64, with how an explanation names it.
+fn slow_source_of(ip: IpAddr) -> (u64, String) {
+    match ip {
+        IpAddr::V4(_) => (
+            subject::source(ip),
+            crate::enrich::principal::client_text(ip),
+        ),
+        IpAddr::V6(v) => {
+            let net = u128::from(v) >> 64 << 64;
+            let text = format!("{}/64", std::net::Ipv6Addr::from(net));
+            (subject::named("source64", key_of(&net)), text)
+        }
     }
 }
 
@@ -535,15 +563,19 @@ impl CredentialDetector {
         slow.note(now, w, new_country, automated);
         let fails = slow.count(now, w).round();
         let subject = subject::named("account", k);
+        let again = slow.raised == 0
+            || fails >= 2.0 * f64::from(slow.raised)
+            || now.saturating_sub(slow.raised_s) >= w;
         if fails < f64::from(self.cfg.slow_min_failures)
-            || fails < 2.0 * f64::from(slow.raised)
+            || !again
             || ctx.is_repeat(AlertKind::BruteForce, subject, Severity::High)
         {
             return;
         }
-        slow.raised = fails as u32;
+        (slow.raised, slow.raised_s) = (fails as u32, now);
         let slow = *slow;
-        let span = f64::from(now.saturating_sub(slow.first_s));
+        // The count is of the last horizon at most, however long the run has gone on.
+        let span = f64::from(now.saturating_sub(slow.first_s).min(w));
         let username = o.login.as_ref().map_or("?", |l| l.username.as_str());
         let ua = o.user_agent.as_deref().unwrap_or("none");
         let alert = ctx.alert(
@@ -586,9 +618,12 @@ impl CredentialDetector {
     /// failed from it reach `slow_min_accounts` while few of those tried logged in.
     fn slow_source(&mut self, ctx: &Ctx<'_>, k: u64, failed: bool, out: &mut Vec<Detection>) {
         let o = ctx.obs;
-        let src_key = subject::source(o.client_ip);
+        let (src_key, src_text) = slow_source_of(o.client_ip);
         let now = (o.ts_ns / NS) as u32;
-        let half = (self.slow_window / 2).max(1);
+        let (w, half) = (self.slow_window, (self.slow_window / 2).max(1));
+        if self.cfg.slow_min_accounts == 0 {
+            return;
+        }
         let s = if failed {
             self.slow_sources
                 .entry(src_key, o.ts_ns, || SlowSource::new(now))
@@ -602,31 +637,35 @@ impl CredentialDetector {
             *s = SlowSource::new(now);
         }
         let cur = s.accounts.current();
-        if failed {
-            cur.failed.insert(k);
-        } else {
+        if !failed {
             cur.logged_in.insert(k);
             return;
         }
-        let (fails, ok, tried) = s.counts();
-        let ratio = ok / tried.max(1.0);
+        cur.failed.insert(k);
+        if cur.first_s == 0 {
+            cur.first_s = now.max(1);
+        }
+        let (fails, recovered) = s.counts();
+        let ratio = recovered / fails.max(1.0);
+        let again = s.raised == 0
+            || fails >= 2.0 * f64::from(s.raised)
+            || now.saturating_sub(s.raised_s) >= w;
         if fails < f64::from(self.cfg.slow_min_accounts)
             || ratio > self.cfg.stuffing_max_success_ratio
-            || fails < 2.0 * f64::from(s.raised)
+            || !again
             || ctx.is_repeat(AlertKind::CredentialStuffing, src_key, Severity::High)
         {
             return;
         }
-        s.raised = fails as u32;
-        let span = f64::from(now.saturating_sub(s.first_s));
+        (s.raised, s.raised_s) = (fails as u32, now.max(1));
+        let span = f64::from(now.saturating_sub(s.first_s()));
         let ua = o.user_agent.as_deref().unwrap_or("none");
         let alert = ctx.alert(
             AlertKind::CredentialStuffing,
             Severity::High,
             (fails / (2.0 * f64::from(self.cfg.slow_min_accounts))).clamp(0.7, 1.0),
             format!(
-                "About {fails} different accounts failed to log in from {} in {} within {} (over {}, about one every {}), {ok} of the {tried} accounts tried logged in: a slow credential stuffing run, never {} accounts within {} ({ua}).",
-                crate::enrich::principal::client_text(o.client_ip),
+                "About {fails} different accounts failed to log in from {src_text} in {} within {} (over {}, about one every {}), {recovered} of them logged in: a slow credential stuffing run, never {} accounts within {} ({ua}).",
                 ctx.place(),
                 span_text(self.cfg.slow_window_s),
                 span_text(span),
@@ -636,9 +675,9 @@ impl CredentialDetector {
             ),
             evidence([
                 ("accounts_failed", json!(fails)),
-                ("accounts_logged_in", json!(ok)),
-                ("accounts", json!(tried)),
+                ("accounts_logged_in", json!(recovered)),
                 ("success_ratio", json!(r2(ratio))),
+                ("source", json!(src_text)),
                 ("slow_window_s", json!(self.cfg.slow_window_s)),
                 ("threshold", json!(self.cfg.slow_min_accounts)),
                 ("span_s", json!(span)),
@@ -1285,6 +1324,57 @@ mod tests {
         assert!(alerts.is_empty(), "{alerts:?}");
     }
 
+    /// After a review: a run that goes on for days is raised every day (the doubling alone
+    /// never came again once the count levelled off), a host taking a new IPv6 address for
+    /// each guess is one source (its /64), and the attacker's own accounts that only log in do
+    /// not dilute the share of failed accounts that got in.
+    #[test]
+    fn a_slow_stuffing_run_is_raised_daily_from_any_address_of_its_64_whatever_logs_in() {
+        let ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0 Safari/537.36";
+        let run = |ip: &dyn Fn(u64) -> String, mules: u64| {
+            let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+            let mut per_day = [0usize; 3];
+            for i in 0..3 * 144u64 {
+                let t = T0 + i * 600 * S;
+                let user = format!("victim{i}@mail.test");
+                for a in e.observe(&login(t, &ip(i), &user, false, ua)) {
+                    assert_eq!(a.kind, AlertKind::CredentialStuffing, "{a:?}");
+                    per_day[(i / 144) as usize] += 1;
+                }
+                if i < mules {
+                    let own = format!("mule{i}");
+                    let a = e.observe(&login(t + 300 * S, &ip(i), &own, true, ua));
+                    assert!(a.is_empty(), "{a:?}");
+                }
+            }
+            per_day
+        };
+        let day = run(&|_| "203.0.113.80".to_owned(), 0);
+        assert!(day.iter().all(|&n| n >= 1), "{day:?}");
+        let day = run(&|i| format!("2001:db8:77:1::{:x}", i + 1), 0);
+        assert!(day.iter().all(|&n| n >= 1), "{day:?}");
+        let day = run(&|_| "203.0.113.80".to_owned(), 40);
+        assert!(day[0] >= 1, "{day:?}");
+    }
+
+    #[test]
+    fn the_slow_stuffing_count_can_be_off_and_older_settings_still_hold() {
+        let mut m = ModelsConfig::default();
+        m.credential.stuffing_min_accounts = 25;
+        assert!(m.validate().is_ok());
+        m.credential.slow_min_accounts = 1;
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("credential.slow_min_accounts"), "{e}");
+        m.credential.slow_min_accounts = 0;
+        let mut e = Engine::new(&m).unwrap();
+        let ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0 Safari/537.36";
+        for i in 0..100u64 {
+            let user = format!("victim{i}@mail.test");
+            let a = e.observe(&login(T0 + i * 600 * S, "203.0.113.80", &user, false, ua));
+            assert!(a.is_empty(), "{a:?}");
+        }
+    }
+
     #[test]
     fn stuffing_from_one_source_is_caught_within_a_second() {
         let mut e = Engine::new(&ModelsConfig::default()).unwrap();
@@ -1605,6 +1695,23 @@ mod tests {
             // Raised again as the count doubles (40, 80, 160), not at every guess.
             assert_eq!(alerts.len(), 4, "{alerts:?}");
         }
+    }
+
+    #[test]
+    fn a_slow_guesser_going_on_for_days_is_raised_every_day() {
+        let mut e = Engine::new(&ModelsConfig::default()).unwrap();
+        history(&mut e, "layla", "192.0.2.44", 5);
+        let start = T0 + 5 * 86_400 * S;
+        let mut per_day = [0usize; 3];
+        for i in 0..3 * 287u64 {
+            let t = start + i * 301 * S;
+            for a in e.observe(&login(t, "203.0.113.10", "layla", false, BROWSER)) {
+                if a.kind == AlertKind::BruteForce && a.explanation.contains("slow") {
+                    per_day[((t - start) / (86_400 * S)) as usize] += 1;
+                }
+            }
+        }
+        assert!(per_day.iter().all(|&n| n >= 1), "{per_day:?}");
     }
 
     #[test]
