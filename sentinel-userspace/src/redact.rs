@@ -49,10 +49,14 @@ pub fn secret_param(name: &str, also: &[String]) -> bool {
     }
 }
 
-/// The last segment of a JSON path or bracketed name (`user.password`, `user[password]`).
+/// The last segment of a JSON path or bracketed name (`user.password`, `user[password]`) that
+/// names something: not empty, not an index (`key[]` and `key[0]` are `key`, as PHP, Rails and
+/// Express's qs read them).
 fn last_segment(name: &str) -> &str {
-    let last = name.rsplit(['.', '[']).next().unwrap_or(name);
-    last.trim_end_matches(']')
+    name.rsplit(['.', '['])
+        .map(|s| s.trim_end_matches(']'))
+        .find(|s| !s.is_empty() && !s.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or(name)
 }
 
 /// What separates the fields of a query or form: `&`, or `;`, which older CGI libraries,
@@ -157,6 +161,22 @@ mod tests {
             query("user=layla;password=hunter2&x=1;", &[]),
             format!("user=layla;password={}&x=1;", redacted("hunter2"))
         );
+    }
+
+    #[test]
+    fn bracketed_names_are_their_last_named_segment() {
+        let key = "b1946ac92492d2347c6235b4d2611184";
+        let also = crate::models::ModelsConfig::default().api_key_params;
+        for raw in [
+            format!("api_key[]={key}"),
+            format!("key[0]={key}"),
+            format!("password[]={key}"),
+            format!("appid[]={key}"),
+            format!("user[password][1]={key}"),
+        ] {
+            assert!(!query(&raw, &also).contains(key), "{raw}");
+        }
+        assert!(!secret_name("page[0]"));
     }
 
     #[test]

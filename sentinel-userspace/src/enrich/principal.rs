@@ -864,9 +864,16 @@ pub fn jwts_elsewhere(
             }
         }
     }
+    // Beside an API key in the query ([`query_api_key`]) the server authenticates by the key:
+    // a JWT there (forged, naming anyone) is judged but names nobody, or it would take the
+    // principal and the credential from the key (asked only when a JWT is found).
+    let mut keyed = None;
     for (k, v) in query_fields(req.query) {
         if TOKEN_PARAMS.contains(&&*k) || cfg.is_api_key_param(&k) {
-            check(&percent_decoded(v), Carried { read: true });
+            let v = percent_decoded(v);
+            let jwt = looks_like_jwt(v.trim().trim_matches('"'));
+            let read = !jwt || !*keyed.get_or_insert_with(|| query_api_key(req, cfg).is_some());
+            check(&v, Carried { read });
         }
     }
 }
@@ -1065,6 +1072,16 @@ pub fn identify(
             id: sub.to_owned(),
         };
     }
+    // A login names its account before a key in the query: an application may send its key
+    // in every URL, the login's too, and an attacker may put any key in the login's URL; the
+    // guesses are the account's either way (a key chosen by the guesser would have them judged
+    // against the key's own profile: its client and country look familiar).
+    if let Some(user) = decoded.login {
+        return Principal {
+            kind: PrincipalKind::User,
+            id: account_name(user).into_owned(),
+        };
+    }
     // A key in the query comes after every other credential: the query is where the key an
     // application embeds in its pages travels (a maps or weather key every visitor's browser
     // sends), which would make every user one, as a key the whole app sends in a header would;
@@ -1073,12 +1090,6 @@ pub fn identify(
         return Principal {
             kind: PrincipalKind::ApiKey,
             id: hash(&key),
-        };
-    }
-    if let Some(user) = decoded.login {
-        return Principal {
-            kind: PrincipalKind::User,
-            id: account_name(user).into_owned(),
         };
     }
     Principal {
@@ -1346,18 +1357,30 @@ mod tests {
     /// The principal of a request with `query` and `headers` (and `body`, on `/login`).
     fn with_query(query: &str, headers: &[(&str, &str)], cfg: &PrincipalConfig) -> Principal {
         let hs = h(headers);
-        let body = br#"{"username":"layla","password":"x"}"#;
         let v = RequestView {
             query,
-            ..view("/login", &hs, body)
+            ..view("/v1/data", &hs, b"")
         };
         principal(&v, cfg)
     }
 
+    /// The default API key parameters and `key` and `token`, which are no defaults.
+    fn with_key_and_token() -> PrincipalConfig {
+        let mut cfg = PrincipalConfig::default();
+        cfg.api_key_params.extend(["key".into(), "token".into()]);
+        cfg
+    }
+
     #[test]
     fn an_api_key_in_the_query_names_the_principal_as_its_header_would() {
-        let cfg = PrincipalConfig::default();
+        let cfg = with_key_and_token();
         let k = "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY";
+        // By default `key` and `token` name nobody: a maps key every visitor's page sends, a
+        // shared link's token.
+        for query in [format!("key={k}"), format!("token={k}")] {
+            let p = with_query(&query, &[], &PrincipalConfig::default());
+            assert_eq!(p.kind, PrincipalKind::Ip, "{query}");
+        }
         let by_header = with_query("", &[("X-API-Key", k)], &cfg);
         assert_eq!(
             by_header,
@@ -1395,7 +1418,7 @@ mod tests {
             by_header
         );
         let q = format!("key={k}");
-        assert_eq!(with_query(&q, &[], &custom).kind, PrincipalKind::User);
+        assert_eq!(with_query(&q, &[], &custom).kind, PrincipalKind::Ip);
         // Any other parameter, however long its value, is no key.
         for query in [
             format!("q={k}"),
@@ -1404,15 +1427,38 @@ mod tests {
         ] {
             assert_eq!(
                 with_query(&query, &[], &cfg).kind,
-                PrincipalKind::User,
+                PrincipalKind::Ip,
                 "{query}"
             );
         }
     }
 
+    /// After a review: a forged JWT beside the key took the principal and the credential from
+    /// it, so a stolen key used from many places with a new JWT each time was never reused.
+    #[test]
+    fn a_jwt_beside_a_key_in_the_query_names_nobody() {
+        let cfg = PrincipalConfig::default();
+        let k = "9f8e7d6c5b4a32100123456789abcdef";
+        let jwt = jwt(r#"{"alg":"HS256"}"#, r#"{"sub":"nobody"}"#);
+        for query in [
+            format!("api_key={k}&access_token={jwt}"),
+            format!("access_token={jwt}&api_key={k}"),
+        ] {
+            let p = with_query(&query, &[], &cfg);
+            assert_eq!(
+                (p.kind, p.id),
+                (PrincipalKind::ApiKey, short_hash(k)),
+                "{query}"
+            );
+        }
+        // Alone, it names its subject.
+        let p = with_query(&format!("access_token={jwt}"), &[], &cfg);
+        assert_eq!((p.kind, p.id.as_str()), (PrincipalKind::Jwt, "nobody"));
+    }
+
     #[test]
     fn placeholders_in_the_query_are_no_credentials() {
-        let cfg = PrincipalConfig::default();
+        let cfg = with_key_and_token();
         let named = |query: &str| {
             let v = RequestView {
                 query,
@@ -1460,7 +1506,7 @@ mod tests {
         // Without a subject it names nobody: neither is it a key.
         let anonymous = jwt(r#"{"alg":"HS256"}"#, r#"{"exp":1900000000}"#);
         let q = format!("api_key={anonymous}");
-        assert_eq!(with_query(&q, &[], &cfg).kind, PrincipalKind::User);
+        assert_eq!(with_query(&q, &[], &cfg).kind, PrincipalKind::Ip);
     }
 
     #[test]
@@ -1500,7 +1546,7 @@ mod tests {
                 vec![("X-Auth-Token", &*t)],
                 (PrincipalKind::Jwt, "nadia".into()),
             ),
-            // Before a login's user name and the address.
+            // Before the address.
             (
                 vec![("Content-Type", "application/json")],
                 (PrincipalKind::ApiKey, short_hash(key)),
@@ -1512,6 +1558,15 @@ mod tests {
         ] {
             assert_eq!(named(&headers), want, "{headers:?}");
         }
+        // After a login's user name (after a review: a key the guesser put in the login's URL
+        // had the guesses judged against the key's profile, not the account's).
+        let body = br#"{"username":"layla","password":"x"}"#;
+        let v = RequestView {
+            query: &query,
+            ..view("/login", &[], body)
+        };
+        let p = principal(&v, &cfg);
+        assert_eq!((p.kind, p.id.as_str()), (PrincipalKind::User, "layla"));
     }
 
     #[test]

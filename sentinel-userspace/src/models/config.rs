@@ -106,7 +106,7 @@ impl Default for ModelsConfig {
             ]
             .map(String::from)
             .to_vec(),
-            api_key_params: ["api_key", "key", "access_token", "token", "appid"]
+            api_key_params: ["api_key", "access_token", "appid"]
                 .map(String::from)
                 .to_vec(),
             behavior: Default::default(),
@@ -196,7 +196,7 @@ impl ModelsConfig {
             .check(
                 "api_key_params",
                 self.api_key_params.iter().all(|p| is_param_name(p)),
-                "must be query parameter names (a letter or digit, and no blank, &, ;, = or #)",
+                "must be query parameter names as decoded (a letter or digit, and no blank, &, ;, =, #, %, +, [ or ])",
             )
             .finish()?;
         self.behavior.validate()?;
@@ -212,10 +212,14 @@ impl ModelsConfig {
 
 /// A query parameter name a configured one can match: something besides the separators that
 /// naming styles put in names (`_`, `-`, `.`), and nothing that ends a query field or the
-/// query (`&`, `;`, `=`, `#`), nor blanks, which no client sends unescaped.
+/// query (`&`, `;`, `=`, `#`), nor blanks, which no client sends unescaped; decoded (no `%` or
+/// `+`: names are compared after percent-decoding, so `subscription%2Dkey` would never
+/// match, and its values would go unredacted), and without brackets (`key[]` is `key`'s).
 fn is_param_name(p: &str) -> bool {
     p.chars().any(char::is_alphanumeric)
-        && !p.contains(|c: char| c.is_whitespace() || matches!(c, '&' | ';' | '=' | '#'))
+        && !p.contains(|c: char| {
+            c.is_whitespace() || matches!(c, '&' | ';' | '=' | '#' | '%' | '+' | '[' | ']')
+        })
 }
 
 /// A GraphQL name: `[_A-Za-z][_0-9A-Za-z]*`.
@@ -246,7 +250,17 @@ mod tests {
 
     #[test]
     fn api_key_params_are_checked() {
-        for bad in ["", "_-", "api key", "key=", "a&b", "k;"] {
+        for bad in [
+            "",
+            "_-",
+            "api key",
+            "key=",
+            "a&b",
+            "k;",
+            "subscription%2Dkey",
+            "api+key",
+            "key[]",
+        ] {
             let c = ModelsConfig {
                 api_key_params: vec!["key".into(), bad.into()],
                 ..Default::default()
