@@ -665,7 +665,7 @@ impl CredentialDetector {
             Severity::High,
             (fails / (2.0 * f64::from(self.cfg.slow_min_accounts))).clamp(0.7, 1.0),
             format!(
-                "About {fails} different accounts failed to log in from {src_text} in {} within {} (over {}, about one every {}), {recovered} of them logged in: a slow credential stuffing run, never {} accounts within {} ({ua}).",
+                "About {fails} different accounts failed to log in from {src_text} in {} within {} (over {}, about one every {}), {recovered} of them logged in: credential stuffing too slow, or spread over too many addresses, for the count of {} accounts within {} from one address ({ua}).",
                 ctx.place(),
                 span_text(self.cfg.slow_window_s),
                 span_text(span),
@@ -1283,7 +1283,7 @@ mod tests {
             alerts
                 .iter()
                 .all(|a| a.kind == AlertKind::CredentialStuffing
-                    && a.explanation.contains("slow credential stuffing")),
+                    && a.explanation.contains("credential stuffing too slow")),
             "{alerts:?}"
         );
         // Accounts failed when raised: about 20, 40, 80.
