@@ -15,7 +15,11 @@
 //! any detector's threshold many times over).
 //!
 //! The query comes as JSON (`{"query": ...}` or a batch array), as the body itself
-//! (`application/graphql`) or as a form field (`query=...`, percent-encoded).
+//! (`application/graphql`) or as a form field (`query=...`, percent-encoded). With automatic
+//! persisted queries (Apollo's clients' default) a request may carry only the query's SHA-256
+//! (`extensions.persistedQuery.sha256Hash`): the query is the one a request registered with
+//! that hash earlier (the client sends it once, when the server asks), kept in [`Persisted`]
+//! when it holds a mutation and its hash checks out.
 //!
 //! A JSON body cut at the capture's body cap (padded with a large `extensions` member or a long
 //! comment at the query's end) does not parse: its operations are then read as far as the
@@ -29,9 +33,10 @@
 //! starts with the alias, is a failure; a token anywhere within the result is a success; a
 //! result that says it failed (`success: false`) is a failure; anything else a success.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use super::principal::{field_style, percent_decode, text_field};
 
@@ -607,12 +612,13 @@ fn cut_json_ops(b: &[u8]) -> Vec<Option<Op<'static>>> {
                     // array answers each).
                     Some(b'{') => ops.push(cut_json_op(b, &mut i)),
                     None | Some(b']') => break,
-                    // Anything else in a batch is no operation.
+                    // Anything else in a batch is no operation, but keeps its place.
                     Some(_) => {
                         let at = i;
                         if !skip_json_value(b, &mut i) || i == at {
                             break;
                         }
+                        ops.push(None);
                     }
                 }
             }
@@ -632,6 +638,18 @@ pub fn login_calls(
     content_type: Option<&str>,
     login_fields: &[String],
     username_fields: &[String],
+) -> Vec<Call> {
+    login_calls_with(body, content_type, login_fields, username_fields, None)
+}
+
+/// [`login_calls`], with the persisted queries that JSON operations may name by hash only (and
+/// that those carrying query and hash register).
+pub fn login_calls_with(
+    body: &[u8],
+    content_type: Option<&str>,
+    login_fields: &[String],
+    username_fields: &[String],
+    mut persisted: Option<&mut Persisted>,
 ) -> Vec<Call> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     // The media type alone, as servers compare it (a parameter naming another type changes
@@ -661,16 +679,51 @@ pub fn login_calls(
         return read;
     }
     // The cheap test before parsing: most GraphQL requests are queries. JSON may escape a
-    // letter of `mutation` (`\u006d`), so a body with escapes is parsed anyway.
-    if memchr::memmem::find(body, b"mutation").is_none() && memchr::memchr(b'\\', body).is_none() {
+    // letter of `mutation` (`\u006d`), so a body with escapes is parsed anyway, and one naming
+    // a persisted query by its hash too.
+    let by_hash = persisted.is_some() && memchr::memmem::find(body, b"sha256Hash").is_some();
+    if !by_hash
+        && memchr::memmem::find(body, b"mutation").is_none()
+        && memchr::memchr(b'\\', body).is_none()
+    {
         return Vec::new();
     }
     let doc = serde_json::from_slice::<Value>(body).ok();
-    let ops: Vec<Option<Op<'_>>> = match &doc {
-        Some(Value::Object(o)) => vec![json_op(o)],
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_object).map(json_op).collect(),
+    // Every element of a batch keeps its place, an operation or not: the answer's array
+    // answers each in place, and a call matched to another's result would be linked to its
+    // token (`[null, login(mallory), login(victim)]`).
+    let objects: Vec<Option<&Map<String, Value>>> = match &doc {
+        Some(Value::Object(o)) => vec![Some(o)],
+        Some(Value::Array(a)) => a.iter().map(Value::as_object).collect(),
         Some(_) => return Vec::new(),
-        None => cut_json_ops(body),
+        None => Vec::new(),
+    };
+    let ops: Vec<Option<Op<'_>>> = if doc.is_none() {
+        cut_json_ops(body)
+    } else {
+        objects
+            .iter()
+            .map(|o| {
+                let o = (*o)?;
+                let op = json_op(o);
+                let Some(store) = persisted.as_deref_mut() else {
+                    return op;
+                };
+                match (op, persisted_hash(o)) {
+                    (Some(op), Some(hash)) => {
+                        store.register(hash, &op.query);
+                        Some(op)
+                    }
+                    (None, Some(hash)) => {
+                        let query = store.get(hash)?;
+                        let mut op = json_op_without_query(o);
+                        op.query = Cow::Owned(query.to_string());
+                        Some(op)
+                    }
+                    (op, None) => op,
+                }
+            })
+            .collect()
     };
     op_calls(&ops, login_fields, username_fields)
 }
@@ -698,10 +751,83 @@ fn form_op(body: &[u8]) -> Option<Op<'static>> {
     })
 }
 
+/// Slots of the table of persisted queries (a power of two).
+const PERSISTED_SLOTS: usize = 1024;
+
+/// The longest persisted query kept, bytes (a login mutation is a few hundred).
+const PERSISTED_MAX: usize = 4096;
+
+/// Mutations registered by automatic persisted queries (Apollo's APQ: a request with the query
+/// and its SHA-256 in `extensions.persistedQuery.sha256Hash`; later ones carry the hash only),
+/// by hash: a direct-mapped table of [`PERSISTED_SLOTS`], each at most [`PERSISTED_MAX`] bytes
+/// of query (at most about 4 MiB). Only a query whose hash checks out is kept, as the server
+/// keeps it: a request naming a login's hash beside another query cannot make the login's
+/// later calls read as that query.
+pub struct Persisted {
+    slots: Vec<Option<(Box<str>, Arc<str>)>>,
+}
+
+impl Default for Persisted {
+    fn default() -> Self {
+        Self {
+            slots: vec![None; PERSISTED_SLOTS],
+        }
+    }
+}
+
+impl Persisted {
+    fn slot(hash: &str) -> usize {
+        crate::models::bounded::key_of(hash) as usize % PERSISTED_SLOTS
+    }
+
+    /// Keeps `query` under `hash` when it holds a mutation and `hash` is its SHA-256 in hex.
+    fn register(&mut self, hash: &str, query: &str) {
+        if query.len() > PERSISTED_MAX || !query.contains("mutation") || hash.len() != 64 {
+            return;
+        }
+        let digest = Sha256::digest(query.as_bytes());
+        let hex: String = digest.iter().fold(String::with_capacity(64), |mut h, b| {
+            use std::fmt::Write as _;
+            let _ = write!(h, "{b:02x}");
+            h
+        });
+        if !hex.eq_ignore_ascii_case(hash) {
+            return;
+        }
+        let slot = Self::slot(&hex);
+        self.slots[slot] = Some((hex.into(), Arc::from(query)));
+    }
+
+    /// The query registered under `hash`.
+    fn get(&self, hash: &str) -> Option<Arc<str>> {
+        let hash = hash.to_ascii_lowercase();
+        match &self.slots[Self::slot(&hash)] {
+            Some((h, q)) if **h == *hash => Some(Arc::clone(q)),
+            _ => None,
+        }
+    }
+}
+
+/// The `extensions.persistedQuery.sha256Hash` of an operation object.
+fn persisted_hash(o: &Map<String, Value>) -> Option<&str> {
+    o.get("extensions")?
+        .get("persistedQuery")?
+        .get("sha256Hash")?
+        .as_str()
+}
+
 /// An operation of a parsed JSON body (none without a query).
 fn json_op(o: &Map<String, Value>) -> Option<Op<'_>> {
     Some(Op {
         query: Cow::Borrowed(o.get("query")?.as_str()?),
+        ..json_op_without_query(o)
+    })
+}
+
+/// An operation object's operation name and variables, its query empty (a persisted query's).
+fn json_op_without_query(o: &Map<String, Value>) -> Op<'_> {
+    Op {
+        query: Cow::Borrowed(""),
         op_name: o
             .get("operationName")
             .and_then(Value::as_str)
@@ -710,7 +836,7 @@ fn json_op(o: &Map<String, Value>) -> Option<Op<'_>> {
             .get("variables")
             .and_then(Value::as_object)
             .map(Cow::Borrowed),
-    })
+    }
 }
 
 /// The login calls of a request's operations, at most [`MAX_ATTEMPTS`].

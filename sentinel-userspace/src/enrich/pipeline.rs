@@ -199,6 +199,8 @@ pub struct Enricher {
     /// with when: a direct-mapped table of [`REFUSED_SLOTS`] (a client retrying a stale
     /// password is no guesser; one sending its right one logs in once a day).
     basic_seen: Vec<(u64, u64)>,
+    /// GraphQL mutations registered as automatic persisted queries, by hash.
+    persisted: graphql::Persisted,
 }
 
 impl Enricher {
@@ -233,6 +235,7 @@ impl Enricher {
             principal,
             failure_markers,
             basic_seen: vec![(0, 0); REFUSED_SLOTS],
+            persisted: graphql::Persisted::default(),
         })
     }
 
@@ -284,11 +287,12 @@ impl Enricher {
             );
         }
         if calls.is_empty() {
-            calls = graphql::login_calls(
+            calls = graphql::login_calls_with(
                 t.req_body,
                 header(&t.req_headers, "content-type").map(|v| &**v),
                 &self.graphql_fields,
                 &self.principal.username_fields,
+                Some(&mut self.persisted),
             );
         }
         if calls.is_empty() {
@@ -1784,6 +1788,67 @@ mod tests {
             .collect()
     }
 
+    /// Automatic persisted queries (Apollo's default): the login mutation travels once with
+    /// its hash, then as the hash alone with new variables each time; each such request is a
+    /// login attempt on its own variables' account. A hash that does not match its query
+    /// registers nothing.
+    #[test]
+    fn a_persisted_login_mutation_named_by_its_hash_is_a_login() {
+        use sha2::{Digest, Sha256};
+        let hex = |q: &str| -> String {
+            Sha256::digest(q.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        let q = "mutation Login($u: String!, $p: String!) { login(username: $u, password: $p) { token } }";
+        let h = hex(q);
+        let ext = |hash: &str| {
+            format!(r#""extensions":{{"persistedQuery":{{"version":1,"sha256Hash":"{hash}"}}}}"#)
+        };
+        let ct = vec![("Content-Type".to_string(), "application/json".to_string())];
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let login = |e: &mut Enricher, body: String| {
+            let f = facts(
+                "/graphql",
+                &ct,
+                body.as_bytes(),
+                200,
+                br#"{"data":{"login":null}}"#,
+            );
+            e.enrich(f).login.map(|l| (l.username, l.success))
+        };
+        // Before it is registered, the hash alone is nothing to read.
+        let only = |u: &str, hash: &str| {
+            format!(
+                r#"{{"operationName":"Login","variables":{{"u":"{u}","p":"x"}},{}}}"#,
+                ext(hash)
+            )
+        };
+        assert_eq!(login(&mut e, only("early", &h)), None);
+        let q_json = serde_json::to_string(q).unwrap();
+        let full = format!(
+            r#"{{"query":{q_json},"variables":{{"u":"layla","p":"x"}},{}}}"#,
+            ext(&h)
+        );
+        assert_eq!(login(&mut e, full), Some(("layla".into(), false)));
+        for i in 0..3 {
+            let u = format!("victim{i}");
+            assert_eq!(login(&mut e, only(&u, &h)), Some((u, false)));
+        }
+        // Upper-case hex is the same hash; a batch of hash-only operations is a call each.
+        let batch = format!("[{},{}]", only("a1", &h.to_uppercase()), only("a2", &h));
+        let f = facts("/graphql", &ct, batch.as_bytes(), 200, b"[]");
+        let o = e.enrich(f);
+        assert_eq!(o.login.map(|l| l.username), Some("a1".into()));
+        assert_eq!(o.more_logins.len(), 1);
+        // A query registered under another query's hash is not kept.
+        let q2 = q.replace("Login", "Login2");
+        let forged = format!(r#"{{"query":"mutation {{ ping }}",{}}}"#, ext(&hex(&q2)));
+        assert_eq!(login(&mut e, forged), None);
+        assert_eq!(login(&mut e, only("x", &hex(&q2))), None);
+    }
+
     #[test]
     fn graphql_logins_issue_each_call_its_own_token() {
         let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
@@ -1891,6 +1956,22 @@ mod tests {
             &cookie,
         );
         assert_eq!(o, [("e".into(), vec![]), ("f".into(), vec![sid])]);
+        // After a review: an element of a batch that is no operation keeps its place, so the
+        // calls after it are matched to their own results (each call's token was the next's).
+        let o = graphql_login(
+            &mut e,
+            &mut m,
+            r#"[null,{"query":"mutation { login(username: \"mallory\", password: \"right\") { token } }"},{"query":"mutation { login(username: \"victim\", password: \"guess\") { token } }"}]"#,
+            r#"[{"errors":[{"message":"bad"}]},{"data":{"login":{"token":"g-m"}}},{"data":{"login":null}}]"#,
+            &none,
+        );
+        assert_eq!(
+            o,
+            [
+                ("mallory".into(), vec![short_hash("g-m").into()]),
+                ("victim".into(), vec![])
+            ]
+        );
     }
 
     #[test]
