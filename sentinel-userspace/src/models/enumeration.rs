@@ -4,11 +4,23 @@
 //!   `{hash}` (or an id query parameter: `id`, `account_id`, `accountId`; not cursors such as
 //!   `afterId` nor correlations such as `requestId`) touches at least `min_distinct_ids`
 //!   distinct ids within `window_s`, and either walks them in order (a run of `min_run` steps
-//!   of 1 to `max_step`) or covers their range densely (distinct / (max - min + 1) >=
-//!   `min_density`; the range counted on the grid the steps keep to, their greatest common
-//!   divisor, so that every tenth id walked in any order is dense too; up to 16 for ids that
-//!   read as epoch seconds or milliseconds, so that minute buckets are not). A customer opening their own accounts touches a handful of unrelated
-//!   ids; a walker touches many neighbours.
+//!   of 1 to `max_step` one way; up to two other ids in a row between two of its steps do not
+//!   end it) or covers a range densely: at least `min_distinct_ids` of its ids lie in a range
+//!   that they fill to `min_density` or more, on the grid that most of its ids keep to (every
+//!   tenth id walked in any order is dense too; a grid up to 16 for ids that read as epoch
+//!   seconds or milliseconds, so that minute buckets are not). A customer opening their own
+//!   accounts touches a handful of unrelated ids; a walker touches many neighbours.
+//!
+//!   Decoys (ids requested only to blur a walk) are a minority it is judged in spite of: the
+//!   grid is voted by the ids (a candidate, proposed by the common divisor of two steps in a
+//!   row, holds when more than three in four new ids lie on it), not the common divisor of every step,
+//!   which one id off the grid brings down to 1; the range is a core that grows by the ids on
+//!   its grid within reach of it (32 steps of the grid, or as far as it spans), not the
+//!   lowest to the highest id, which one far id makes sparse, and it starts over when the ids
+//!   left out of it outnumber it twice over (it began on a decoy). The core's ids are counted,
+//!   not kept: when the grid widens, those still on it are estimated by the ids on the wider
+//!   grid since it was proposed. All of it is a hundred bytes a walk, and nothing allocated
+//!   per request.
 //! - `scraping`: one principal makes at least `scrape_min_requests` requests within
 //!   `scrape_window_s`, at least `scrape_min_distinct_ratio` of them to distinct resources, with
 //!   no sign of a normal client flow (a login seen for its credential, or one of the
@@ -108,8 +120,14 @@ impl Config {
     }
 }
 
-/// One principal's id walk on one endpoint (72 bytes; the ids are 4-aligned so that the map's
+/// One principal's id walk on one endpoint (104 bytes; the ids are 4-aligned so that the map's
 /// slot wastes nothing).
+///
+/// Each judgement is made so that a minority of decoys (ids requested only to blur the walk)
+/// cannot sway it: the grid is the widest that most new ids keep to (not the common divisor of
+/// every step, which one id off the grid brings down to 1), the range is a core that ids far
+/// from it or off its grid do not widen (not the lowest to the highest id, which one far id
+/// makes sparse), and an in-order run survives a decoy or two between its steps.
 #[derive(Clone, Copy)]
 #[repr(C, packed(4))]
 struct Walk {
@@ -117,33 +135,294 @@ struct Walk {
     start: u32,
     /// The ids seen: distinct ids are the bits set (an id on a bit already set counts once).
     ids: Distinct,
-    last: u64,
-    min: u64,
-    max: u64,
-    /// The greatest common divisor of the steps so far (0 before the first): every id of the
-    /// walk lies on the grid `min + k * stride`. 1 when it would not fit.
-    stride: u32,
+    /// The last id of the in-order run (of the last request when there is none).
+    head: u64,
+    /// The core: `core` distinct ids of the walk, in `lo..=hi` on the grid `lo + k * grid`.
+    lo: u64,
+    hi: u64,
+    /// Candidate grids, each with the residue its ids leave, the new ids since it was
+    /// proposed (`tries`) and those of them on it (`hits`), both halved at 255 so that the
+    /// share follows the walk.
+    grids: [u32; 2],
+    residues: [u32; 2],
+    hits: [u8; 2],
+    tries: [u8; 2],
+    /// The last new id's step from the id before it (from the run's last id during a run; 0
+    /// before, or past `u32::MAX`).
+    step: u32,
+    /// The core's grid (0 before the first id).
+    grid: u32,
+    core: u16,
+    /// New ids not taken into the core since it began: when they outnumber it twice over and
+    /// by more than [`MAX_STRAYS`], the core starts over.
+    strays: u16,
     run: u16,
     max_run: u16,
     errors: u16,
     requests: u16,
+    /// Ids in a row that did not extend the run.
+    misses: u8,
+    /// The run goes down.
+    down: bool,
 }
 
-const _: () = assert!(size_of::<Walk>() == 72);
+const _: () = assert!(size_of::<Walk>() == 104);
+
+/// Ids in a row between two steps of an in-order run that do not end it (decoys).
+const MAX_MISSES: u8 = 2;
+
+/// How far beyond the core's ends an id still joins it, in steps of its grid, while the core
+/// spans fewer (then as far as it spans): farther ids are outliers. Random-order walks fill
+/// their range from anywhere in it, so the core must reach some way before it is wide.
+const MIN_REACH: u64 = 32;
+
+/// The grid a walk's ids keep to ([`Walk::voted_grid`]).
+#[derive(Clone, Copy)]
+struct Voted {
+    grid: u32,
+    /// Of its ids.
+    residue: u32,
+    /// New ids on it since it was proposed.
+    hits: u16,
+}
+
+impl Voted {
+    /// Every id.
+    const ANY: Self = Self {
+        grid: 1,
+        residue: 0,
+        hits: 0,
+    };
+}
+
+/// Strays a core outnumbered by them (twice over) may have before it starts over: a core begun
+/// on a decoy goes soon, one begun in a random-order walk wider than it reaches gets the time
+/// to reach farther.
+const MAX_STRAYS: u32 = 4;
+
+/// New ids a candidate grid is tried on before the walk is measured on it (a walk's steps
+/// propose wide grids by chance: a shuffle of every tenth id by 170 at a time proposes 170).
+const MIN_TRIES: u8 = 8;
 
 impl Walk {
     fn new(now: u32, id: u64) -> Self {
         Self {
             start: now,
             ids: Distinct::default(),
-            last: id,
-            min: id,
-            max: id,
-            stride: 0,
+            head: id,
+            lo: id,
+            hi: id,
+            grids: [0; 2],
+            residues: [0; 2],
+            hits: [0; 2],
+            tries: [0; 2],
+            step: 0,
+            grid: 0,
+            core: 0,
+            strays: 0,
             run: 0,
             max_run: 0,
             errors: 0,
             requests: 0,
+            misses: 0,
+            down: false,
+        }
+    }
+
+    /// One request's id on the in-order run: a step of 1 to `max_step` from the run's last id,
+    /// the way the run goes, extends it; up to [`MAX_MISSES`] other ids in a row between two
+    /// of its steps are let be, one more ends it. The same id again changes nothing.
+    fn extend_run(&mut self, id: u64, max_step: u64) {
+        let (head, run) = (self.head, self.run);
+        let step = id.abs_diff(head);
+        let down = id < head;
+        if (1..=max_step).contains(&step) && (run == 0 || down == self.down) {
+            self.run = run.saturating_add(1);
+            self.max_run = self.max_run.max(self.run);
+            self.down = down;
+            self.head = id;
+            self.misses = 0;
+        } else if step == 0 {
+        } else if run == 0 || self.misses >= MAX_MISSES {
+            self.run = 0;
+            self.head = id;
+            self.misses = 0;
+        } else {
+            self.misses += 1;
+        }
+    }
+
+    /// Whether more than `num / den` of the new ids since candidate `k` was proposed lie on it.
+    fn share_over(&self, k: usize, num: u16, den: u16) -> bool {
+        den * u16::from(self.hits[k]) > num * u16::from(self.tries[k])
+    }
+
+    /// Whether candidate `k` holds: once it is the core's grid, more than three in five of the
+    /// new ids since it was proposed lie on it; before, more than three in four of at least
+    /// [`MIN_TRIES`], and of at least as many as the core holds unless the core is sparse (a
+    /// grid of 2 holds half the ids of any walk, and by chance more for a while: a dense core
+    /// is not given up for it).
+    fn holds(&self, k: usize) -> bool {
+        let (grid, tries) = (self.grids[k], u64::from(self.tries[k]));
+        grid != 0
+            && if grid == self.grid {
+                self.share_over(k, 3, 5)
+            } else {
+                tries >= u64::from(MIN_TRIES)
+                    && (tries >= u64::from(self.core) || 4 * u64::from(self.core) < self.span())
+                    && self.share_over(k, 3, 4)
+            }
+    }
+
+    /// The ids of the core's range on its grid.
+    fn span(&self) -> u64 {
+        ((self.hi - self.lo) / u64::from(self.grid.max(1))).saturating_add(1)
+    }
+
+    /// The share of new ids on candidate `k` since it was proposed, as a fraction to compare:
+    /// `a` beats `b` when `hits_a * tries_b > hits_b * tries_a`.
+    fn share(&self, k: usize) -> (u16, u16) {
+        (u16::from(self.hits[k]), u16::from(self.tries[k]))
+    }
+
+    /// A new id's vote on the grid: it counts for the candidates it lies on, and proposes the
+    /// one its step and the step before keep to (their greatest common divisor: a multiple of
+    /// the walk's grid when the three ids are the walk's; a decoy's steps propose grids that
+    /// few of its ids lie on).
+    fn vote(&mut self, id: u64) {
+        for k in 0..2 {
+            if self.grids[k] == 0 {
+                continue;
+            }
+            if self.tries[k] == u8::MAX {
+                self.tries[k] /= 2;
+                self.hits[k] /= 2;
+            }
+            self.tries[k] += 1;
+            if (id % u64::from(self.grids[k])) as u32 == self.residues[k] {
+                self.hits[k] += 1;
+            }
+        }
+        let (step, before) = (id.abs_diff(self.head), self.step);
+        self.step = u32::try_from(step).unwrap_or(0);
+        if before == 0 {
+            return;
+        }
+        let Ok(p) = u32::try_from(gcd(step, u64::from(before))) else {
+            return;
+        };
+        if p < 2 || self.grids.contains(&p) {
+            return;
+        }
+        // An empty slot, else the weaker candidate if it fails (three in five ids or fewer on
+        // it).
+        let ((h0, t0), (h1, t1)) = (self.share(0), self.share(1));
+        let weak = usize::from(self.grids[0] != 0 && (self.grids[1] == 0 || h1 * t0 < h0 * t1));
+        let wide = usize::from(self.grids[1] > self.grids[0]);
+        let slot = if self.grids[weak] == 0 || !self.share_over(weak, 3, 5) {
+            Some(weak)
+        } else {
+            // Both hold: a multiple of the wider, when that holds as well as the narrower,
+            // takes the narrower's place (a decoy's step may have proposed a divisor of the
+            // grid, which then holds as well as the grid does).
+            let (hw, tw, hn, tn) = if wide == 0 {
+                (h0, t0, h1, t1)
+            } else {
+                (h1, t1, h0, t0)
+            };
+            (p.is_multiple_of(self.grids[wide]) && self.holds(wide) && hw * tn >= hn * tw)
+                .then_some(1 - wide)
+        };
+        if let Some(k) = slot {
+            self.grids[k] = p;
+            self.residues[k] = (id % u64::from(p)) as u32;
+            // This id and the one before lie on it.
+            self.hits[k] = 2;
+            self.tries[k] = 2;
+        }
+    }
+
+    /// The grid the walk keeps to and the residue of its ids: of the candidates that hold, the
+    /// wider, unless its share of the ids falls short of the other's by more than one in
+    /// four (every id on a grid of 10 lies on one of 5 as well, while only half of them lie
+    /// on one of 20: when 20 holds by chance, 10 holds better; decoys on 5 and off 10 make the
+    /// difference, up to their share); else every id.
+    fn voted_grid(&self) -> Voted {
+        let pick = |k: usize| Voted {
+            grid: self.grids[k],
+            residue: self.residues[k],
+            hits: u16::from(self.hits[k]),
+        };
+        match (self.holds(0), self.holds(1)) {
+            (true, true) => {
+                let wide = usize::from(self.grids[1] > self.grids[0]);
+                let ((hw, tw), (hn, tn)) = (self.share(wide), self.share(1 - wide));
+                // hw / tw >= hn / tn - 1 / 4
+                if 4 * u32::from(hw) * u32::from(tn) + u32::from(tw) * u32::from(tn)
+                    >= 4 * u32::from(hn) * u32::from(tw)
+                {
+                    pick(wide)
+                } else {
+                    pick(1 - wide)
+                }
+            }
+            (true, false) => pick(0),
+            (false, true) => pick(1),
+            (false, false) => Voted::ANY,
+        }
+    }
+
+    /// A new id joins the core when it lies on `grid` (the core's residue) within reach of the
+    /// core's range, else counts as a stray. The core starts over when the grid widens (its
+    /// ids may not lie on the wider one) and when strays outnumber it twice over and by more
+    /// than [`MAX_STRAYS`] (it began on a decoy).
+    fn join(&mut self, id: u64, voted: Voted) {
+        let Voted {
+            grid,
+            residue,
+            hits,
+        } = voted;
+        if self.core > 0 && grid != self.grid {
+            let g = u64::from(grid);
+            if self.grid.is_multiple_of(grid) {
+                // A narrower grid holds every id of the core.
+                self.grid = grid;
+            } else if grid.is_multiple_of(self.grid.max(1)) {
+                // A wider one: the core keeps the part of its range on it, and of its ids no
+                // more than lie on the grid since it was proposed (an estimate: the ids of the
+                // core are not kept).
+                let (lo, hi, r) = (self.lo, self.hi, u64::from(residue));
+                let lo = lo.saturating_add((r + g - lo % g) % g);
+                let hi = hi.saturating_sub((hi % g + g - r) % g);
+                if lo % g == r && hi % g == r && lo <= hi {
+                    (self.lo, self.hi, self.grid) = (lo, hi, grid);
+                    self.core = self.core.min(hits.saturating_sub(1)).max(1);
+                } else {
+                    self.core = 0;
+                }
+            } else {
+                self.core = 0;
+            }
+        }
+        if self.core > 0 {
+            let (lo, hi, g) = (self.lo, self.hi, u64::from(self.grid.max(1)));
+            let reach = ((hi - lo) / g).max(MIN_REACH).saturating_mul(g);
+            let near = id >= lo.saturating_sub(reach) && id <= hi.saturating_add(reach);
+            if near && id.abs_diff(lo).is_multiple_of(g) {
+                self.lo = lo.min(id);
+                self.hi = hi.max(id);
+                self.core = self.core.saturating_add(1);
+                return;
+            }
+            self.strays = self.strays.saturating_add(1);
+            if u32::from(self.strays) <= 2 * u32::from(self.core) + MAX_STRAYS {
+                return;
+            }
+        }
+        // Begun (again) on an id of the grid.
+        self.core = 0;
+        if (id % u64::from(grid.max(1))) as u32 == residue {
+            (self.lo, self.hi, self.grid, self.core, self.strays) = (id, id, grid, 1, 0);
         }
     }
 }
@@ -376,49 +655,59 @@ impl EnumerationDetector {
         if o.status >= 400 {
             w.errors = w.errors.saturating_add(1);
         }
-        w.ids.insert(key_of(&id));
+        let new = w.ids.insert(key_of(&id));
         let distinct = w.ids.bits_set();
-        let step = id.abs_diff(w.last);
-        if w.requests > 1 && (1..=self.cfg.max_step).contains(&step) {
-            w.run += 1;
-            w.max_run = w.max_run.max(w.run);
-        } else if w.requests > 1 && step != 0 {
-            w.run = 0;
+        // Only new ids vote and join (a decoy asked again weighs no more than once).
+        if new {
+            w.vote(id);
         }
-        if step != 0 {
-            w.stride = u32::try_from(gcd(u64::from(w.stride), step)).unwrap_or(1);
+        w.extend_run(id, self.cfg.max_step);
+        if new {
+            // Time buckets (`/metrics/{id}` at epoch seconds a minute apart) keep to wide
+            // grids and are read densely by dashboards: measured on every id.
+            let voted = w.voted_grid();
+            let grid = if voted.grid <= MAX_GRID || !epoch_like(id) {
+                voted
+            } else {
+                Voted::ANY
+            };
+            w.join(id, grid);
         }
-        w.last = id;
-        w.min = w.min.min(id);
-        w.max = w.max.max(id);
-        // The ids the walk could have touched: those of its range on the grid its steps keep
-        // to (every tenth id, when ids are handed out in tens, is a walk over all of them).
-        // Saturating: a walk may hold id 0 and u64::MAX.
-        let grid = if w.stride <= MAX_GRID || !epoch_like(w.min) {
-            u64::from(w.stride.max(1))
-        } else {
-            1
-        };
-        let span = ((w.max - w.min) / grid).saturating_add(1);
-        let density = f64::from(distinct) / span as f64;
-        if distinct < self.cfg.min_distinct_ids
-            || !(w.max_run >= self.cfg.min_run || density >= self.cfg.min_density)
-        {
+        // The ids the core could have held: those of its range on its grid (every tenth id,
+        // when ids are handed out in tens, is a walk over all of them).
+        let grid = u64::from(w.grid.max(1));
+        let span = w.span();
+        let density = f64::from(w.core) / span as f64;
+        let dense =
+            u32::from(w.core) >= self.cfg.min_distinct_ids && density >= self.cfg.min_density;
+        let ordered = distinct >= self.cfg.min_distinct_ids && w.max_run >= self.cfg.min_run;
+        if !(dense || ordered) {
             return;
         }
         // Copied out of the packed walk.
-        let (start, min, max, max_run, errors) = (w.start, w.min, w.max, w.max_run, w.errors);
+        let (start, lo, hi, core, max_run, errors) =
+            (w.start, w.lo, w.hi, w.core, w.max_run, w.errors);
         let every = if grid > 1 {
             format!(", ids {grid} apart")
         } else {
             String::new()
         };
+        // Ids of the walk the core does not count (decoys, and those before it last started
+        // over or its grid widened).
+        let outside = distinct.saturating_sub(u32::from(core));
+        let elsewhere = if outside > 0 {
+            format!("; {outside} other ids not counted in it")
+        } else {
+            String::new()
+        };
         // The bits set are a floor (ids that share a bit count once, about five of 50): the
         // decisions above keep to it, the alert says the estimate, which cannot exceed the
-        // ids in the range.
-        let shown = (w.ids.estimate().round() as u64)
-            .clamp(u64::from(distinct), span.max(u64::from(distinct)));
-        let shown_density = shown as f64 / span as f64;
+        // ids the core's range holds and those outside it.
+        let shown = (w.ids.estimate().round() as u64).clamp(
+            u64::from(distinct),
+            span.saturating_add(u64::from(outside))
+                .max(u64::from(distinct)),
+        );
         let secs_in = secs_from(now, start);
         let severity = if distinct >= 4 * self.cfg.min_distinct_ids {
             Severity::High
@@ -437,23 +726,27 @@ impl EnumerationDetector {
             severity,
             (0.6 + f64::from(distinct) / 200.0).min(1.0),
             format!(
-                "{} walked about {} distinct ids of {} ({}..{}{}, {:.0}% of the range, the longest in-order run {} requests) in {}; {} answers were errors.",
+                "{} walked about {} distinct ids of {} (about {} of them in {}..{}{}, {:.0}% of that range{}; the longest in-order run {} ids) in {}; {} answers were errors.",
                 ctx.principal,
                 shown,
                 o.endpoint,
-                min,
-                max,
+                core,
+                lo,
+                hi,
                 every,
-                shown_density * 100.0,
+                density * 100.0,
+                elsewhere,
                 u32::from(max_run) + 1,
                 span_text(secs_in),
                 errors
             ),
             evidence([
                 ("distinct_ids", json!(shown)),
-                ("min_id", json!(min)),
-                ("max_id", json!(max)),
-                ("density", json!(r2(shown_density))),
+                ("min_id", json!(lo)),
+                ("max_id", json!(hi)),
+                ("ids_in_range", json!(core)),
+                ("other_ids", json!(outside)),
+                ("density", json!(r2(density))),
                 ("id_step", json!(grid)),
                 ("sequential_run", json!(max_run)),
                 ("errors", json!(errors)),
@@ -586,7 +879,7 @@ mod tests {
     use super::*;
     use crate::models::{Engine, ModelsConfig, synth::*};
 
-    const _: () = assert!(BoundedMap::<Walk>::SLOT_BYTES == 88);
+    const _: () = assert!(BoundedMap::<Walk>::SLOT_BYTES == 120);
     const _: () = assert!(BoundedMap::<Crawl>::SLOT_BYTES == 56);
 
     fn account(t: u64, ip: &str, tok: &str, id: u64) -> crate::models::Observation<'static> {
@@ -700,10 +993,7 @@ mod tests {
                 // The bits set alone said 48 of 50 here (two pairs of ids share a bit).
                 assert!(n("distinct_ids") + 1 >= span, "{a:?}");
                 assert_eq!(n("sequential_run"), i, "steps between the {span} ids");
-                assert!(
-                    a.explanation
-                        .contains(&format!("in-order run {span} requests"))
-                );
+                assert!(a.explanation.contains(&format!("in-order run {span} ids")));
             }
         }
         assert!(seen >= 2, "a medium and a high alert");
@@ -735,12 +1025,17 @@ mod tests {
     }
 
     /// Enumeration alerts raised by `ids` on `/accounts/{id}` from `ip`, one a second.
-    fn walked(ids: impl Iterator<Item = u64>, ip: &str) -> usize {
+    fn walk_alerts(ids: impl Iterator<Item = u64>, ip: &str) -> Vec<crate::models::Alert> {
         let mut e = Engine::new(&ModelsConfig::default()).unwrap();
         ids.enumerate()
             .flat_map(|(i, id)| e.observe(&account(T0 + i as u64 * S, ip, "tok-w", id)))
             .filter(|a| a.kind == AlertKind::Enumeration)
-            .count()
+            .collect()
+    }
+
+    /// How many [`walk_alerts`].
+    fn walked(ids: impl Iterator<Item = u64>, ip: &str) -> usize {
+        walk_alerts(ids, ip).len()
     }
 
     #[test]
@@ -791,6 +1086,109 @@ mod tests {
             "",
         );
         assert_eq!(id, Some(42));
+    }
+
+    /// A pseudo-random number generator for decoys (xorshift), so that tests are repeatable.
+    fn decoys(seed: u64) -> impl FnMut() -> u64 {
+        let mut x = seed;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
+    /// `walk` with one of `decoy()` after every `every`-th id.
+    fn sprinkled(walk: &[u64], every: usize, mut decoy: impl FnMut() -> u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (i, &id) in walk.iter().enumerate() {
+            out.push(id);
+            if i % every == every - 1 {
+                out.push(decoy());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn ids_off_the_grid_do_not_hide_a_walk_in_tens() {
+        // Every tenth account, shuffled, with one request in five to an id off their grid:
+        // 15 or 7 past one of them (the steps' common divisor falls to 5 or 1, so the range
+        // counted grew ten times), or a random id below.
+        let walk: Vec<u64> = (0..40).map(|i| 700_000 + 10 * ((i * 17) % 40)).collect();
+        let mut rnd = decoys(7);
+        let mut k = 0;
+        let ids = sprinkled(&walk, 4, || {
+            k += 1;
+            match k % 3 {
+                0 => 700_015 + 10 * (rnd() % 38),
+                1 => 700_007 + 10 * (rnd() % 38),
+                _ => rnd() % 700_000,
+            }
+        });
+        assert!(walked(ids.into_iter(), "198.51.100.70") > 0);
+    }
+
+    #[test]
+    fn far_ids_do_not_hide_a_dense_walk() {
+        // Every account of 1000..=1060 in a shuffled order, with one request in five to a far
+        // id (1, 9999999, or anywhere): the range from the lowest to the highest id is sparse.
+        let walk: Vec<u64> = (0..61).map(|i| 1000 + (i * 17) % 61).collect();
+        let mut rnd = decoys(11);
+        let mut k = 0;
+        let ids = sprinkled(&walk, 4, || {
+            k += 1;
+            match k % 3 {
+                0 => 1,
+                1 => 9_999_999,
+                _ => rnd() % 100_000_000,
+            }
+        });
+        let alerts = walk_alerts(ids.into_iter(), "198.51.100.71");
+        // The range it names is the walk's, the far ids counted apart.
+        let a = alerts.first().expect("enumeration");
+        let n = |k: &str| a.evidence[k].as_u64().unwrap();
+        assert!(n("min_id") >= 1000 && n("max_id") <= 1060, "{a:?}");
+        assert!(n("other_ids") > 0 && a.explanation.contains("other ids not counted"));
+    }
+
+    #[test]
+    fn ids_between_the_steps_do_not_break_an_in_order_walk() {
+        // Accounts one after the other, with a random id after every third (twice in a row
+        // now and then): every run of small steps broke, and the range was sparse.
+        let walk: Vec<u64> = (0..40).map(|i| 200_000 + i).collect();
+        let mut rnd = decoys(3);
+        let mut ids = Vec::new();
+        for (k, id) in sprinkled(&walk, 3, || rnd() % 10_000_000)
+            .into_iter()
+            .enumerate()
+        {
+            ids.push(id);
+            // A second decoy after every fifth request that is one.
+            if k % 5 == 4 && !(200_000..200_040).contains(&id) {
+                ids.push(id ^ 0x5a5a);
+            }
+        }
+        let alerts = walk_alerts(ids.into_iter(), "198.51.100.72");
+        let a = alerts.first().expect("enumeration");
+        assert!(a.evidence["sequential_run"].as_u64().unwrap() >= 8, "{a:?}");
+    }
+
+    #[test]
+    fn a_sparse_set_of_ids_with_a_few_neighbours_is_no_walk() {
+        // A client fetching the ids of a transaction list, each a few times over, in any
+        // order: distinct, sparse, a few of them neighbours (and a few of them even, or
+        // multiples of ten, as ids are).
+        let mut rnd = decoys(5);
+        let mut ids: Vec<u64> = (0..40).map(|_| 5_000_000 + rnd() % 4_000_000).collect();
+        ids.extend([
+            6_000_001, 6_000_002, 6_000_004, 7_000_010, 7_000_020, 7_000_030,
+        ]);
+        ids.extend((0..8).map(|i| 8_000_000 + 1000 * i + rnd() % 10 * 10));
+        let n = ids.len();
+        let order = (0..3 * n).map(|i| ids[(i * 7 + rnd() as usize % 3) % n]);
+        assert_eq!(walked(order, "198.18.0.70"), 0);
     }
 
     /// Scraping alerts raised by `reqs` (principal's token `tok`, one request per 300 ms).
