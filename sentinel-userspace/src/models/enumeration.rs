@@ -4,8 +4,9 @@
 //!   `{hash}` (or an id query parameter: `id`, `account_id`, `accountId`; not cursors such as
 //!   `afterId` nor correlations such as `requestId`) touches at least `min_distinct_ids`
 //!   distinct ids within `window_s`, and either walks them in order (a run of `min_run` steps
-//!   of 1 to `max_step` one way; up to two other ids in a row between two of its steps do not
-//!   end it) or covers a range densely: at least `min_distinct_ids` of its ids lie in a range
+//!   of 1 to `max_step` one way, or back onto an id not seen before, as a walk that swaps
+//!   neighbours does; up to two other ids in a row between two of its steps do not end it) or
+//!   covers a range densely: at least `min_distinct_ids` of its ids lie in a range
 //!   that they fill to `min_density` or more, on the grid that most of its ids keep to (every
 //!   tenth id walked in any order is dense too; a grid up to 16 for ids that read as epoch
 //!   seconds or milliseconds, so that minute buckets are not). A customer opening their own
@@ -19,8 +20,13 @@
 //!   lowest to the highest id, which one far id makes sparse, and it starts over when the ids
 //!   left out of it outnumber it twice over (it began on a decoy). The core's ids are counted,
 //!   not kept: when the grid widens, those still on it are estimated by the ids on the wider
-//!   grid since it was proposed. All of it is a hundred bytes a walk, and nothing allocated
-//!   per request.
+//!   grid since it was proposed. Without decoys the whole range (the lowest to the highest
+//!   id, on the common divisor of every step, as before) is the truer measure: the core, grown
+//!   from its first id, leaves out the ids of a random-order walk that came before it reached
+//!   them (of 40 shuffles of 110 of 160 ids, which fill the range to 0.69, the core was found
+//!   dense in 16). A walk is dense when either is, and the alert names the range found dense
+//!   (the core's when both are; evidence `range`). All of it is 120 bytes a walk, and nothing
+//!   allocated per request.
 //! - `scraping`: one principal makes at least `scrape_min_requests` requests within
 //!   `scrape_window_s`, at least `scrape_min_distinct_ratio` of them to distinct resources, with
 //!   no sign of a normal client flow (a login seen for its credential, or one of the
@@ -120,14 +126,16 @@ impl Config {
     }
 }
 
-/// One principal's id walk on one endpoint (104 bytes; the ids are 4-aligned so that the map's
-/// slot wastes nothing).
+/// One principal's id walk on one endpoint (120 bytes; the ids are 4-aligned so that the map's
+/// slot, 136 bytes, is not padded further).
 ///
 /// Each judgement is made so that a minority of decoys (ids requested only to blur the walk)
 /// cannot sway it: the grid is the widest that most new ids keep to (not the common divisor of
 /// every step, which one id off the grid brings down to 1), the range is a core that ids far
 /// from it or off its grid do not widen (not the lowest to the highest id, which one far id
-/// makes sparse), and an in-order run survives a decoy or two between its steps.
+/// makes sparse), and an in-order run survives a decoy or two between its steps. The whole
+/// range on the common divisor of the steps is kept as well (16 bytes), for walks without
+/// decoys: there it is the truer measure.
 #[derive(Clone, Copy)]
 #[repr(C, packed(4))]
 struct Walk {
@@ -164,9 +172,16 @@ struct Walk {
     misses: u8,
     /// The run goes down.
     down: bool,
+    /// The whole range, as it was measured before decoys were thought of: every id of the walk
+    /// lies on the grid `min + k * stride` (`stride` the greatest common divisor of the steps
+    /// so far, 0 before the first, 1 when it would not fit), the highest `units` steps of it
+    /// above `min` (`u32::MAX`: that many or more, a range no walk fills).
+    min: u64,
+    units: u32,
+    stride: u32,
 }
 
-const _: () = assert!(size_of::<Walk>() == 104);
+const _: () = assert!(size_of::<Walk>() == 120);
 
 /// Ids in a row between two steps of an in-order run that do not end it (decoys).
 const MAX_MISSES: u8 = 2;
@@ -226,17 +241,61 @@ impl Walk {
             requests: 0,
             misses: 0,
             down: false,
+            min: id,
+            units: 0,
+            stride: 0,
         }
     }
 
+    /// One request's id in the whole range: the grid narrows to the common divisor of its
+    /// step from the lowest id (every id seen lies on the grid, so that is the step from any
+    /// of them), the range widens to it.
+    fn widen(&mut self, id: u64) {
+        let (min, units, stride) = (self.min, self.units, self.stride);
+        let step = id.abs_diff(min);
+        if step == 0 {
+            return;
+        }
+        let narrow = u32::try_from(gcd(u64::from(stride), step)).unwrap_or(1);
+        let units = if units == u32::MAX {
+            units
+        } else {
+            // Exact: the highest id is `units` steps of the old grid above `min`.
+            let max = (min + u64::from(units) * u64::from(stride)).max(id);
+            u32::try_from((max - min.min(id)) / u64::from(narrow)).unwrap_or(u32::MAX)
+        };
+        (self.min, self.units, self.stride) = (min.min(id), units, narrow);
+    }
+
+    /// The whole range's grid (the steps' common divisor, up to [`MAX_GRID`] for ids that read
+    /// as times, else 1), its highest id, and the ids of the range on that grid.
+    fn whole(&self) -> (u64, u64, u64) {
+        let (min, units, stride) = (self.min, u64::from(self.units), u64::from(self.stride));
+        let grid = if self.stride <= MAX_GRID || !epoch_like(min) {
+            stride.max(1)
+        } else {
+            1
+        };
+        // Saturating: a range past `u32::MAX` steps says so, and a walk may hold id 0 and
+        // `u64::MAX`.
+        let above = units * stride;
+        (
+            grid,
+            min.saturating_add(above),
+            (above / grid).saturating_add(1),
+        )
+    }
+
     /// One request's id on the in-order run: a step of 1 to `max_step` from the run's last id,
-    /// the way the run goes, extends it; up to [`MAX_MISSES`] other ids in a row between two
-    /// of its steps are let be, one more ends it. The same id again changes nothing.
-    fn extend_run(&mut self, id: u64, max_step: u64) {
+    /// the way the run goes or back onto a `new` id, extends it (a walk may swap neighbours,
+    /// while a client going back and forth between two ids it has seen is no walk); up to
+    /// [`MAX_MISSES`] other ids in a row between two of its steps are let be, one more ends
+    /// it. The same id again changes nothing.
+    fn extend_run(&mut self, id: u64, new: bool, max_step: u64) {
         let (head, run) = (self.head, self.run);
         let step = id.abs_diff(head);
         let down = id < head;
-        if (1..=max_step).contains(&step) && (run == 0 || down == self.down) {
+        if (1..=max_step).contains(&step) && (run == 0 || down == self.down || new) {
             self.run = run.saturating_add(1);
             self.max_run = self.max_run.max(self.run);
             self.down = down;
@@ -661,7 +720,9 @@ impl EnumerationDetector {
         if new {
             w.vote(id);
         }
-        w.extend_run(id, self.cfg.max_step);
+        w.extend_run(id, new, self.cfg.max_step);
+        // Every request, as before: an id on a bit already set may be another id.
+        w.widen(id);
         if new {
             // Time buckets (`/metrics/{id}` at epoch seconds a minute apart) keep to wide
             // grids and are read densely by dashboards: measured on every id.
@@ -675,26 +736,45 @@ impl EnumerationDetector {
         }
         // The ids the core could have held: those of its range on its grid (every tenth id,
         // when ids are handed out in tens, is a walk over all of them).
-        let grid = u64::from(w.grid.max(1));
         let span = w.span();
         let density = f64::from(w.core) / span as f64;
         let dense =
             u32::from(w.core) >= self.cfg.min_distinct_ids && density >= self.cfg.min_density;
+        // And all the ids over the whole range, on the common divisor of their steps, as
+        // before decoys were thought of: the core, grown from its first id, leaves out those
+        // of a random-order walk that came before it reached them, and without decoys the
+        // whole range is the truer measure (of 40 shuffles of 110 of 160 ids, which fill it to
+        // 0.69, the core was found dense in 16).
+        let (whole_grid, max, whole_span) = w.whole();
+        let whole_dense = distinct >= self.cfg.min_distinct_ids
+            && f64::from(distinct) / whole_span as f64 >= self.cfg.min_density;
         let ordered = distinct >= self.cfg.min_distinct_ids && w.max_run >= self.cfg.min_run;
-        if !(dense || ordered) {
+        if !(dense || whole_dense || ordered) {
             return;
         }
+        // The alert names the range that was found dense: the whole one when only it was.
+        let whole = whole_dense && !dense;
         // Copied out of the packed walk.
-        let (start, lo, hi, core, max_run, errors) =
-            (w.start, w.lo, w.hi, w.core, w.max_run, w.errors);
+        let (start, max_run, errors) = (w.start, w.max_run, w.errors);
+        let (lo, hi, grid, span, core) = if whole {
+            (w.min, max, whole_grid, whole_span, distinct)
+        } else {
+            (
+                w.lo,
+                w.hi,
+                u64::from(w.grid.max(1)),
+                span,
+                u32::from(w.core),
+            )
+        };
         let every = if grid > 1 {
             format!(", ids {grid} apart")
         } else {
             String::new()
         };
         // Ids of the walk the core does not count (decoys, and those before it last started
-        // over or its grid widened).
-        let outside = distinct.saturating_sub(u32::from(core));
+        // over or its grid widened); none outside the whole range.
+        let outside = distinct.saturating_sub(core);
         let elsewhere = if outside > 0 {
             format!("; {outside} other ids not counted in it")
         } else {
@@ -702,12 +782,24 @@ impl EnumerationDetector {
         };
         // The bits set are a floor (ids that share a bit count once, about five of 50): the
         // decisions above keep to it, the alert says the estimate, which cannot exceed the
-        // ids the core's range holds and those outside it.
+        // ids the range holds and those outside it.
         let shown = (w.ids.estimate().round() as u64).clamp(
             u64::from(distinct),
             span.saturating_add(u64::from(outside))
                 .max(u64::from(distinct)),
         );
+        // In the whole range: all the ids, by the estimate, as before; in the core: those it
+        // counted.
+        let (in_range, density) = if whole {
+            (shown, shown as f64 / span as f64)
+        } else {
+            (u64::from(core), density)
+        };
+        let counted = if whole {
+            format!("all {in_range}")
+        } else {
+            format!("about {in_range}")
+        };
         let secs_in = secs_from(now, start);
         let severity = if distinct >= 4 * self.cfg.min_distinct_ids {
             Severity::High
@@ -726,11 +818,11 @@ impl EnumerationDetector {
             severity,
             (0.6 + f64::from(distinct) / 200.0).min(1.0),
             format!(
-                "{} walked about {} distinct ids of {} (about {} of them in {}..{}{}, {:.0}% of that range{}; the longest in-order run {} ids) in {}; {} answers were errors.",
+                "{} walked about {} distinct ids of {} ({} of them in {}..{}{}, {:.0}% of that range{}; the longest in-order run {} ids) in {}; {} answers were errors.",
                 ctx.principal,
                 shown,
                 o.endpoint,
-                core,
+                counted,
                 lo,
                 hi,
                 every,
@@ -744,7 +836,9 @@ impl EnumerationDetector {
                 ("distinct_ids", json!(shown)),
                 ("min_id", json!(lo)),
                 ("max_id", json!(hi)),
-                ("ids_in_range", json!(core)),
+                ("ids_in_range", json!(in_range)),
+                // Which range the three above and the density are of.
+                ("range", json!(if whole { "all ids" } else { "core" })),
                 ("other_ids", json!(outside)),
                 ("density", json!(r2(density))),
                 ("id_step", json!(grid)),
@@ -879,7 +973,7 @@ mod tests {
     use super::*;
     use crate::models::{Engine, ModelsConfig, synth::*};
 
-    const _: () = assert!(BoundedMap::<Walk>::SLOT_BYTES == 120);
+    const _: () = assert!(BoundedMap::<Walk>::SLOT_BYTES == 136);
     const _: () = assert!(BoundedMap::<Crawl>::SLOT_BYTES == 56);
 
     fn account(t: u64, ip: &str, tok: &str, id: u64) -> crate::models::Observation<'static> {
@@ -1173,6 +1267,78 @@ mod tests {
         let alerts = walk_alerts(ids.into_iter(), "198.51.100.72");
         let a = alerts.first().expect("enumeration");
         assert!(a.evidence["sequential_run"].as_u64().unwrap() >= 8, "{a:?}");
+    }
+
+    /// `k` of the `n` ids `base + step * i`, in an order shuffled by `seed`.
+    fn shuffled(seed: u64, base: u64, n: u64, k: usize, step: u64) -> Vec<u64> {
+        let mut rnd = decoys(seed);
+        let mut ids: Vec<u64> = (0..n).map(|i| base + step * i).collect();
+        for i in (1..ids.len()).rev() {
+            ids.swap(i, (rnd() % (i as u64 + 1)) as usize);
+        }
+        ids.truncate(k);
+        ids
+    }
+
+    #[test]
+    fn a_random_dense_walk_without_decoys_is_caught_as_before() {
+        // Random-order walks with no decoys that fill their range to 0.6 or more (the bits
+        // set count fewer: ids that share a bit count once), caught by the whole range as
+        // before decoys were thought of. The core grows from its first id and leaves out those
+        // that came before it reached them: it found none of these dense.
+        for (seed, n, k, step) in [
+            (40, 200, 120, 1),
+            (2, 160, 110, 1),
+            (24, 60, 40, 1),
+            (1, 100, 60, 10),
+        ] {
+            let ids = shuffled(seed, 40_000, n, k, step);
+            let alerts = walk_alerts(ids.into_iter(), "198.51.100.73");
+            let a = alerts
+                .first()
+                .unwrap_or_else(|| panic!("{k} of {n} ids {step} apart"));
+            // It names the whole range, all the ids in it, and its grid.
+            let n_ = |k: &str| a.evidence[k].as_u64().unwrap();
+            assert_eq!(a.evidence["range"], "all ids", "{a:?}");
+            assert!(
+                n_("min_id") >= 40_000 && n_("max_id") < 40_000 + step * n,
+                "{a:?}"
+            );
+            assert_eq!((n_("id_step"), n_("other_ids")), (step, 0), "{a:?}");
+            assert_eq!(n_("ids_in_range"), n_("distinct_ids"), "{a:?}");
+            assert!(a.evidence["density"].as_f64().unwrap() >= 0.5, "{a:?}");
+            let named = format!(
+                "all {} of them in {}..{}",
+                n_("ids_in_range"),
+                n_("min_id"),
+                n_("max_id")
+            );
+            assert!(a.explanation.contains(&named), "{}", a.explanation);
+        }
+    }
+
+    #[test]
+    fn a_walk_that_swaps_neighbours_is_a_run() {
+        // Ten unrelated ids, then twelve neighbours two by two the wrong way round (1, 0, 3,
+        // 2, ...): every step turns back, onto an id not seen before. The whole range is
+        // sparse, and a run that must go one way ended at each step.
+        let mut rnd = decoys(9);
+        let mut ids: Vec<u64> = (0..10).map(|_| 5_000_000 + rnd() % 4_000_000).collect();
+        ids.extend((0..12).map(|i| 300_000 + (i ^ 1)));
+        let alerts = walk_alerts(ids.into_iter(), "198.51.100.74");
+        let a = alerts.first().expect("enumeration");
+        assert!(a.evidence["sequential_run"].as_u64().unwrap() >= 8, "{a:?}");
+    }
+
+    #[test]
+    fn going_back_and_forth_between_two_ids_is_no_run() {
+        // A client switching between two neighbouring accounts of its own, after ten others:
+        // the steps turn back onto ids it has seen (before decoys were thought of, any step
+        // of 1 to 3 made a run, and this was a walk).
+        let mut rnd = decoys(13);
+        let mut ids: Vec<u64> = (0..10).map(|_| 5_000_000 + rnd() % 4_000_000).collect();
+        ids.extend((0..20).map(|i| 300_000 + i % 2));
+        assert_eq!(walked(ids.into_iter(), "198.18.0.71"), 0);
     }
 
     #[test]
