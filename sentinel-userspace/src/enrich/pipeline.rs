@@ -506,9 +506,11 @@ impl Enricher {
             Some(username) => {
                 let (success, doc) = self.login_outcome(&t);
                 // What a successful login was issued: the tokens of its answer and the session
-                // cookies it set (the answer of a failed one issues nothing).
+                // cookies it set (the answer of a failed one issues nothing, nor that of a
+                // step that proved nothing: an identifier-first or magic-link form's first
+                // step names an account, and whoever sent it gets a session of its own).
                 let mut issued = Vec::new();
-                if success && !username.trim().is_empty() {
+                if success && !username.trim().is_empty() && proves_holder(t.req_body) {
                     if let Some(doc) = &doc {
                         let tokens = &mut self.tokens;
                         issued_tokens(doc, &mut |tok| push_issued(&mut issued, tokens, tok));
@@ -557,6 +559,31 @@ impl Enricher {
         self.login_outcome(t).0
     }
 
+    /// Whether a login answered with a redirect succeeded: it sends the browser on to a page
+    /// that is no login page (back to the form, or to a page named for an error, is a failure;
+    /// no `Location`, a failure).
+    fn redirected_in(&self, t: &TransactionFacts<'_>) -> bool {
+        let Some(location) = t.resp_head.and_then(|h| h.header("location")) else {
+            return false;
+        };
+        let location = location.trim();
+        let lower = location.to_ascii_lowercase();
+        if ["error", "fail", "invalid", "denied", "retry", "unauthori"]
+            .iter()
+            .any(|w| lower.contains(w))
+        {
+            return false;
+        }
+        // The path of an absolute or relative reference, without query or fragment.
+        let after_scheme = lower.split_once("://").map_or(lower.as_str(), |(_, r)| {
+            r.find('/').map_or("/", |i| &r[i..])
+        });
+        let path = after_scheme.split(['?', '#']).next().unwrap_or_default();
+        let path = if path.is_empty() { "/" } else { path };
+        !self.principal.login_paths.matches(path)
+            && path.trim_end_matches('/') != t.path.to_ascii_lowercase().trim_end_matches('/')
+    }
+
     /// Whether the login of `t` succeeded, and its answer's document when that is a JSON
     /// object read for it ([`outcome_doc`]: the tokens a success issued are read from it, not
     /// parsed again).
@@ -564,7 +591,17 @@ impl Enricher {
         &self,
         t: &TransactionFacts<'_>,
     ) -> (bool, Option<serde_json::Map<String, serde_json::Value>>) {
+        // A form login answered by a redirect (Post/Redirect/Get): where it sends the browser
+        // says how it went.
+        if (300..400).contains(&t.status) {
+            return (self.redirected_in(t), None);
+        }
         if !(200..300).contains(&t.status) {
+            return (false, None);
+        }
+        // A page that asks for the password again is the form re-rendered with its error,
+        // whatever words it uses (and a fresh anonymous session it sets is nobody's).
+        if asks_password(t.resp_body) {
             return (false, None);
         }
         let doc = outcome_doc(t.resp_body);
@@ -608,6 +645,47 @@ impl Enricher {
             && !doc.as_ref().is_some_and(json_says_failed);
         (success, doc)
     }
+}
+
+/// True when a login request carried something only its holder knows: a field named like a
+/// password, secret or one-time code ([`crate::redact::secret_name`], or `code`) with a value,
+/// in a JSON body (up to three objects deep) or a form. An identifier-first step
+/// (`{"email": ...}`) names an account and proves nothing.
+fn proves_holder(body: &[u8]) -> bool {
+    fn secret_field(k: &str) -> bool {
+        crate::redact::secret_name(k) || principal::field_style(k).ends_with("code")
+    }
+    fn in_json(v: &serde_json::Value, depth: u32) -> bool {
+        v.as_object().is_some_and(|o| {
+            o.iter().any(|(k, v)| {
+                (secret_field(k) && !matches!(v, serde_json::Value::Null) && v != "")
+                    || (depth > 0 && in_json(v, depth - 1))
+            })
+        })
+    }
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        return in_json(&v, 2);
+    }
+    String::from_utf8_lossy(body)
+        .split(crate::redact::SEPARATORS)
+        .any(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            !v.is_empty() && secret_field(&principal::percent_decoded(k))
+        })
+}
+
+/// True when an answer is a page with a password field: a login form (re-rendered with its
+/// error, whatever words the error uses).
+fn asks_password(body: &[u8]) -> bool {
+    use crate::models::injection::contains_ci;
+    contains_ci(body, b"<form")
+        && [
+            &b"type=\"password\""[..],
+            b"type='password'",
+            b"type=password",
+        ]
+        .iter()
+        .any(|p| contains_ci(body, p))
 }
 
 /// Names (in [`principal::field_style`]) of the members of a login answer that hold the
@@ -1598,6 +1676,66 @@ mod tests {
         m.explain(&format!("user:{user}"))
             .and_then(|x| x["requests"].as_u64())
             .unwrap_or(0)
+    }
+
+    /// After a review: what a login answer sets is linked only when the login proved its
+    /// holder, and a form login's outcome is read from where it redirects to and from whether
+    /// it asks for the password again.
+    #[test]
+    fn only_a_login_that_proved_its_holder_links_and_form_answers_are_read_as_browsers_see_them() {
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let json = vec![("Content-Type".to_string(), "application/json".to_string())];
+        let form = vec![(
+            "Content-Type".to_string(),
+            "application/x-www-form-urlencoded".to_string(),
+        )];
+        let mut login = |h: &[(String, String)], body: &[u8], status, resp: &[u8], head: &Head| {
+            let mut f = facts("/login", h, body, status, resp);
+            f.ts_ns = NOV_2026;
+            f.resp_head = Some(head);
+            let l = e.enrich(f).login.expect("a login");
+            (l.success, l.issued.len())
+        };
+        let sets = |status, extra: &[(&str, &str)]| {
+            let mut fields = vec![("Set-Cookie", "session=s-9d2e7f41; Path=/; HttpOnly")];
+            fields.extend_from_slice(extra);
+            Head::response(status, &fields)
+        };
+        // Identifier first: the account named, a flow's session set, nothing proved.
+        let first = login(
+            &json,
+            br#"{"email":"ceo@corp.test"}"#,
+            200,
+            br#"{"next":"password"}"#,
+            &sets(200, &[]),
+        );
+        assert_eq!(first, (true, 0));
+        let second = login(
+            &json,
+            br#"{"email":"ceo@corp.test","password":"right"}"#,
+            200,
+            b"{}",
+            &sets(200, &[]),
+        );
+        assert_eq!(second, (true, 1));
+        // Post/Redirect/Get: on to the dashboard is a success, back to the form a failure.
+        let body = b"username=layla&password=right";
+        let on = sets(302, &[("Location", "/dashboard")]);
+        assert_eq!(login(&form, body, 302, b"", &on), (true, 1));
+        let abs = sets(303, &[("Location", "https://bank.example/home?welcome=1")]);
+        assert_eq!(login(&form, body, 303, b"", &abs), (true, 1));
+        for back in [
+            "/login?error=1",
+            "/login",
+            "https://bank.example/signin/failed",
+        ] {
+            let h = sets(302, &[("Location", back)]);
+            assert_eq!(login(&form, body, 302, b"", &h), (false, 0), "{back}");
+        }
+        assert_eq!(login(&form, body, 302, b"", &sets(302, &[])), (false, 0));
+        // The form again, with an error no marker names, and a fresh anonymous session.
+        let page = br#"<html><p class="err">Incorrect username or password.</p><form method="post"><input name="username"><input type="password" name="password"></form></html>"#;
+        assert_eq!(login(&form, body, 200, page, &sets(200, &[])), (false, 0));
     }
 
     #[test]

@@ -210,7 +210,7 @@ static SQL_WORDS_CI: LazyLock<AhoCorasick> = LazyLock::new(|| {
 });
 
 /// `needle` (ASCII) in `hay` regardless of ASCII case.
-pub(super) fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))
 }
