@@ -348,6 +348,48 @@ impl Enricher {
         }
     }
 
+    /// A refresh: the refresh credential the request presents (a `refresh_token` field of its
+    /// JSON or form body, or a cookie named like one) and what its answer issued; none unless
+    /// the request holds `efresh` somewhere (most hold none, and cost a search).
+    fn refresh(&mut self, t: &TransactionFacts<'_>) -> Option<crate::models::observation::Refresh> {
+        let named = |k: &str| principal::field_style(k) == "refreshtoken";
+        let mut presented = None;
+        if memchr::memmem::find(t.req_body, b"efresh").is_some() {
+            if let Some(top) = outcome_doc(t.req_body) {
+                presented = top
+                    .iter()
+                    .find(|(k, v)| named(k) && v.is_string())
+                    .and_then(|(_, v)| v.as_str().map(str::to_owned));
+            } else {
+                presented = String::from_utf8_lossy(t.req_body)
+                    .split(crate::redact::SEPARATORS)
+                    .filter_map(|p| p.split_once('='))
+                    .find(|(k, _)| named(&principal::percent_decoded(k)))
+                    .map(|(_, v)| principal::percent_decoded(v).into_owned());
+            }
+        }
+        if presented.is_none() {
+            presented = t
+                .req_headers
+                .iter()
+                .filter(|(n, v)| n.eq_ignore_ascii_case("cookie") && v.contains("efresh"))
+                .flat_map(|(_, line)| line.split(';'))
+                .filter_map(cookie::pair)
+                .find(|(k, _)| principal::field_style(k).contains("refresh"))
+                .map(|(_, v)| v.to_owned());
+        }
+        let presented = presented.filter(|p| !p.trim().is_empty())?;
+        let presented = Arc::clone(&token_facts(&mut self.tokens, presented.trim()).1);
+        let mut issued = Vec::new();
+        if let Some(doc) = outcome_doc(t.resp_body) {
+            let tokens = &mut self.tokens;
+            issued_tokens(&doc, &mut |tok| push_issued(&mut issued, tokens, tok));
+        }
+        self.issued_cookies(t, &mut issued);
+        issued.retain(|c| *c != presented);
+        (!issued.is_empty()).then_some(crate::models::observation::Refresh { presented, issued })
+    }
+
     /// A `Basic` password the server refused (401) without a login body: a guess at the
     /// user's password, so that guessing on an API that takes `Basic` credentials on every
     /// endpoint is a brute force; and one it took (2xx), once a day per user and password: a
@@ -525,6 +567,11 @@ impl Enricher {
             }
             None => self.basic_guess(&t),
         };
+        let refreshed = if login.is_none() && (200..300).contains(&t.status) {
+            self.refresh(&t)
+        } else {
+            None
+        };
         let user_agent = header(&t.req_headers, "user-agent").cloned();
         Observation {
             ts_ns: t.ts_ns,
@@ -545,6 +592,7 @@ impl Enricher {
             resp_body: t.resp_body.into(),
             login,
             more_logins: calls,
+            refreshed,
             jwt,
             credential,
             bearer,
@@ -690,9 +738,10 @@ fn asks_password(body: &[u8]) -> bool {
 
 /// Names (in [`principal::field_style`]) of the members of a login answer that hold the
 /// credential it issues (`token`, `access_token`, `accessToken`, `id_token`, `session_token`,
-/// `authToken`, Strapi's `jwt`).
-const ISSUED_FIELDS: [&str; 6] = [
+/// `authToken`, Strapi's `jwt`), and the `refresh_token` that renews them.
+const ISSUED_FIELDS: [&str; 7] = [
     "token",
+    "refreshtoken",
     "accesstoken",
     "idtoken",
     "sessiontoken",
@@ -1736,6 +1785,78 @@ mod tests {
         // The form again, with an error no marker names, and a fresh anonymous session.
         let page = br#"<html><p class="err">Incorrect username or password.</p><form method="post"><input name="username"><input type="password" name="password"></form></html>"#;
         assert_eq!(login(&form, body, 200, page, &sets(200, &[])), (false, 0));
+    }
+
+    /// After a review: an access token refreshed (OAuth's refresh grant, a SPA's /refresh) is
+    /// its account's as the one it replaces was, down a chain of rotated refresh tokens; a
+    /// refresh token nobody's login issued links nothing.
+    #[test]
+    fn refreshed_credentials_stay_the_accounts() {
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let mut m = crate::models::Engine::new(&Default::default()).unwrap();
+        let json = vec![("Content-Type".to_string(), "application/json".to_string())];
+        let form = vec![(
+            "Content-Type".to_string(),
+            "application/x-www-form-urlencoded".to_string(),
+        )];
+        let none = Head::response(200, &[]);
+        let mut at = NOV_2026;
+        let mut send = |e: &mut Enricher,
+                        m: &mut crate::models::Engine,
+                        path: &str,
+                        h: &[(String, String)],
+                        body: &[u8],
+                        resp: &[u8]| {
+            let mut f = facts(path, h, body, 200, resp);
+            at += 60_000_000_000;
+            f.ts_ns = at;
+            f.resp_head = Some(&none);
+            m.observe(&e.enrich(f));
+        };
+        send(
+            &mut e,
+            &mut m,
+            "/login",
+            &json,
+            br#"{"username":"layla","password":"right"}"#,
+            br#"{"access_token":"at-1-9d2e7f41c3b5","refresh_token":"rt-1-9d2e7f41c3b5"}"#,
+        );
+        // The form refresh grant, then a JSON refresh with the rotated refresh token.
+        send(
+            &mut e,
+            &mut m,
+            "/oauth/token",
+            &form,
+            b"grant_type=refresh_token&refresh_token=rt-1-9d2e7f41c3b5",
+            br#"{"access_token":"at-2-9d2e7f41c3b5","refresh_token":"rt-2-9d2e7f41c3b5"}"#,
+        );
+        send(
+            &mut e,
+            &mut m,
+            "/auth/refresh",
+            &json,
+            br#"{"refreshToken":"rt-2-9d2e7f41c3b5"}"#,
+            br#"{"data":{"accessToken":"at-3-9d2e7f41c3b5"}}"#,
+        );
+        // Someone else's refresh token, never issued at a login seen.
+        send(
+            &mut e,
+            &mut m,
+            "/auth/refresh",
+            &json,
+            br#"{"refreshToken":"rt-x-0000000000000"}"#,
+            br#"{"accessToken":"at-x-0000000000000"}"#,
+        );
+        let before = account_requests(&m, "layla");
+        for tok in [
+            "at-2-9d2e7f41c3b5",
+            "at-3-9d2e7f41c3b5",
+            "at-x-0000000000000",
+        ] {
+            let h = vec![("Authorization".to_string(), format!("Bearer {tok}"))];
+            send(&mut e, &mut m, "/balance", &h, b"", br#"{"balance":1}"#);
+        }
+        assert_eq!(account_requests(&m, "layla"), before + 2);
     }
 
     #[test]

@@ -510,6 +510,11 @@ impl Engine {
             for l in o.login.iter().chain(&o.more_logins) {
                 self.link(o.ts_ns, l);
             }
+            if let Some(r) = &o.refreshed
+                && (200..300).contains(&o.status)
+            {
+                self.relink(o.ts_ns, r);
+            }
         }
         self.emit(&mut dets, out);
         self.scratch = dets;
@@ -531,6 +536,7 @@ impl Engine {
     ) {
         let mut each = Observation {
             more_logins: Vec::new(),
+            refreshed: None,
             login: None,
             ..o.clone()
         };
@@ -574,6 +580,22 @@ impl Engine {
         }
         let account: Arc<str> = format!("user:{}", account_name(&l.username)).into();
         for credential in &l.issued {
+            *self
+                .links
+                .entry(key_of(&**credential), now_ns, || Arc::clone(&account)) =
+                Arc::clone(&account);
+        }
+    }
+
+    /// Links the credentials a refresh issued to the account its refresh credential belongs
+    /// to (linked at a login, or at an earlier refresh: tokens rotate), so that a session stays
+    /// its account's past the first access token's lifetime, and a stolen credential is not
+    /// laundered into an unlinked one by refreshing it.
+    fn relink(&mut self, now_ns: u64, r: &super::observation::Refresh) {
+        let Some(account) = self.links.get(key_of(&*r.presented)).cloned() else {
+            return;
+        };
+        for credential in &r.issued {
             *self
                 .links
                 .entry(key_of(&**credential), now_ns, || Arc::clone(&account)) =

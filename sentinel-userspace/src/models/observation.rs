@@ -71,6 +71,10 @@ pub struct Observation<'a> {
     /// Their user names may be empty: an attempt whose account could not be read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub more_logins: Vec<LoginAttempt>,
+    /// A refresh: the request presented a refresh credential and its answer issued new ones
+    /// (hashes only), which belong to whichever account the refresh credential does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshed: Option<Refresh>,
     /// The bearer token's claims, when it is a JWT.
     pub jwt: Option<JwtInfo>,
     /// Short hash of the credential (bearer token, API key or session), when one was sent
@@ -86,6 +90,16 @@ pub struct Observation<'a> {
     pub dst_ip: Option<IpAddr>,
     /// Server port.
     pub dst_port: u16,
+}
+
+/// A refresh of credentials: the short hash of the refresh credential a request presented
+/// (a `refresh_token` in its body or a cookie), and those of the credentials its answer issued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refresh {
+    /// The refresh credential presented.
+    pub presented: Arc<str>,
+    /// The credentials issued (tokens of the answer, session cookies it set).
+    pub issued: Vec<Arc<str>>,
 }
 
 /// A login attempt and its outcome.

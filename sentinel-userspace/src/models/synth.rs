@@ -76,6 +76,7 @@ pub fn obs(ts_ns: u64, ip: &str, path: &str) -> Observation<'static> {
         resp_body: br#"{"balance":1200,"currency":"SAR"}"#[..].into(),
         login: None,
         more_logins: Vec::new(),
+        refreshed: None,
         jwt: None,
         credential: None,
         bearer: None,

@@ -188,6 +188,7 @@ mod tests {
             resp_body: Default::default(),
             login: None,
             more_logins: Vec::new(),
+            refreshed: None,
             jwt: None,
             credential: None,
             bearer: None,
