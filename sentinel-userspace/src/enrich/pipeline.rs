@@ -124,8 +124,203 @@ fn key_shaped(s: &str) -> bool {
 /// Slots of each of the enricher's caches (a power of two).
 const CACHE_SLOTS: usize = 4096;
 
-/// Slots of the table of `Basic` credentials lately refused or taken (a power of two): 256 KiB.
+/// Slots of each of the two tables of `Basic` credentials, lately refused and lately taken (a
+/// power of two), in sets of two: 8 bytes a slot, 128 KiB a table.
 const REFUSED_SLOTS: usize = 16_384;
+
+/// Slots of the table of endpoints that refused `Basic` credentials (a power of two), in sets
+/// of four: 4 bytes a slot, 16 KiB.
+const PROTECTED_SLOTS: usize = 4096;
+
+/// The mark of a protected endpoint that has also taken `Basic` credentials (a 2xx): kept before
+/// the others when its set is full.
+const CONFIRMED: u32 = 1 << 31;
+
+/// What [`Enricher::basic_guess`] remembers, 272 KiB in all: `Basic` credentials lately refused
+/// (by user and password) and lately taken (by user, password and client), with when, and the
+/// endpoints that refused some (by virtual host, port, method and path). Every key is a
+/// SipHash-1-3 under this process's random keys (the unkeyed [`key_of`] of a short password was
+/// read back from a memory dump), and a slot keeps 16 bits of the hash besides the 13 of its
+/// set (the endpoints', 31 besides 10): one who has the keys too, as a dump would, can test
+/// guesses at user and password against 29 bits only, so that of 2^40 candidates (any seven
+/// characters for a known user) some 2000 match each entry.
+struct BasicSeen {
+    /// The per-process keys.
+    keys: std::hash::RandomState,
+    /// Refused credentials: when (seconds, 32 bits) and their fingerprint (16 bits, never 0).
+    refused: Box<[u64]>,
+    /// Taken credentials, as `refused`.
+    taken: Box<[u64]>,
+    /// Protected endpoints: their fingerprint (31 bits, never 0) and [`CONFIRMED`].
+    protected: Box<[u32]>,
+}
+
+/// Bytes fed to a hasher through a buffer on the stack: SipHash takes a slice far faster than
+/// byte by byte, and the streams fed here are built a byte at a time.
+struct Feed<'h, H: std::hash::Hasher> {
+    hasher: &'h mut H,
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl<'h, H: std::hash::Hasher> Feed<'h, H> {
+    fn new(hasher: &'h mut H) -> Self {
+        Self {
+            hasher,
+            buf: [0; 64],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, b: u8) {
+        if self.len == self.buf.len() {
+            self.hasher.write(&self.buf);
+            self.len = 0;
+        }
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+}
+
+impl<H: std::hash::Hasher> Drop for Feed<'_, H> {
+    fn drop(&mut self) {
+        self.hasher.write(&self.buf[..self.len]);
+    }
+}
+
+impl BasicSeen {
+    fn new() -> Self {
+        Self {
+            keys: std::hash::RandomState::new(),
+            refused: vec![0; REFUSED_SLOTS].into_boxed_slice(),
+            taken: vec![0; REFUSED_SLOTS].into_boxed_slice(),
+            protected: vec![0; PROTECTED_SLOTS].into_boxed_slice(),
+        }
+    }
+
+    /// The key of `Basic` credentials (the value after the scheme), from `client` when given:
+    /// the hash of the base64 text as [`principal::basic_credentials`] decodes it (characters
+    /// out of the alphabet dropped, the URL-safe alphabet mapped, a stray last character
+    /// dropped), which is one text for one user and password however they are spelled, read
+    /// without decoding or allocating.
+    fn credentials_key(&self, creds: &str, client: Option<IpAddr>) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let kept = |b: u8| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/' => Some(b),
+            b'-' => Some(b'+'),
+            b'_' => Some(b'/'),
+            _ => None,
+        };
+        let n = creds.bytes().filter_map(kept).count();
+        let n = if n % 4 == 1 { n - 1 } else { n };
+        let mut h = self.keys.build_hasher();
+        {
+            let mut feed = Feed::new(&mut h);
+            creds
+                .bytes()
+                .filter_map(kept)
+                .take(n)
+                .for_each(|b| feed.push(b));
+        }
+        n.hash(&mut h);
+        client.hash(&mut h);
+        h.finish()
+    }
+
+    /// The key of the endpoint of `t`: its virtual host (`Host` in lower case, without its
+    /// port), server port, method (`HEAD` as `GET`) and path as servers route it
+    /// ([`canonical`](super::template::canonical)), its identifiers by their shape
+    /// ([`shape_placeholder`](super::template::shape_placeholder): `/reports/7` is
+    /// `/reports/{id}`). Not the learned template: a client answered on 50 made-up names under
+    /// `/api/` (a server refusing bad credentials before it looks for the file) would make
+    /// `/api/{param}` of `/api/reports` and `/api/status` alike.
+    fn endpoint_key(&self, t: &TransactionFacts<'_>) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.keys.build_hasher();
+        let host = header(&t.req_headers, "host").map_or("", |v| &**v);
+        let host = match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        };
+        {
+            let mut feed = Feed::new(&mut h);
+            host.bytes().for_each(|b| feed.push(b.to_ascii_lowercase()));
+        }
+        host.len().hash(&mut h);
+        t.dst.1.hash(&mut h);
+        let method = if t.method.eq_ignore_ascii_case("head") {
+            "GET"
+        } else {
+            t.method
+        };
+        method.hash(&mut h);
+        let path = super::template::canonical(t.path);
+        for seg in path.split('/').filter(|s| !s.is_empty()) {
+            super::template::shape_placeholder(seg)
+                .unwrap_or(seg)
+                .hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// The set of four slots of an endpoint's key and its fingerprint.
+    fn endpoint_slots(&mut self, key: u64) -> (&mut [u32], u32) {
+        let set = (key as usize % (PROTECTED_SLOTS / 4)) * 4;
+        let fp = ((key >> 33) as u32).max(1);
+        (&mut self.protected[set..set + 4], fp)
+    }
+
+    /// Notes that the endpoint of `key` refused `Basic` credentials: written only when new, in
+    /// an empty slot of its set, else over one that never took credentials (made-up paths
+    /// refused by the thousand push out only their like), else over one picked by the key.
+    fn refused_at(&mut self, key: u64) {
+        let (ways, fp) = self.endpoint_slots(key);
+        if ways.iter().any(|w| w & !CONFIRMED == fp) {
+            return;
+        }
+        let i = ways
+            .iter()
+            .position(|w| *w == 0)
+            .or_else(|| ways.iter().position(|w| w & CONFIRMED == 0))
+            .unwrap_or((key >> 40) as usize % 4);
+        ways[i] = fp;
+    }
+
+    /// True when the endpoint of `key` has refused `Basic` credentials; marked, the first
+    /// time, as having taken some too.
+    fn protected(&mut self, key: u64) -> bool {
+        let (ways, fp) = self.endpoint_slots(key);
+        match ways.iter_mut().find(|w| **w & !CONFIRMED == fp) {
+            Some(w) => {
+                if *w & CONFIRMED == 0 {
+                    *w |= CONFIRMED;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// True when `key` was put in `table` ([`BasicSeen::refused`] or [`BasicSeen::taken`]) less
+/// than [`RETRY_NS`] before `ts_ns`; else it is put there now, over its set's older slot. A
+/// repeat writes nothing: the day runs from the first time.
+fn seen_within(table: &mut [u64], key: u64, ts_ns: u64) -> bool {
+    let now = u32::try_from(ts_ns / 1_000_000_000).unwrap_or(u32::MAX);
+    let window = (RETRY_NS / 1_000_000_000) as u32;
+    let set = (key as usize % (table.len() / 2)) * 2;
+    let fp = u64::from(((key >> 48) as u16).max(1));
+    let ways = &mut table[set..set + 2];
+    let when = |slot: u64| (slot >> 16) as u32;
+    let i = match ways.iter().position(|w| w & 0xffff == fp) {
+        Some(i) if now.saturating_sub(when(ways[i])) < window => return true,
+        Some(i) => i,
+        // Empty slots are the oldest.
+        None => usize::from(when(ways[1]) < when(ways[0])),
+    };
+    ways[i] = u64::from(now) << 16 | fp;
+    false
+}
 
 /// A direct-mapped cache: a key's hash picks its one slot, which holds the last key that fell
 /// there and its value. O(1), no eviction bookkeeping, bounded at [`CACHE_SLOTS`] entries.
@@ -195,10 +390,10 @@ pub struct Enricher {
     graphql: principal::LoginPaths,
     /// Login mutation fields (`[models] graphql_login_fields`).
     graphql_fields: Vec<String>,
-    /// `Basic` credentials lately refused or taken, by a hash of user, password and outcome,
-    /// with when: a direct-mapped table of [`REFUSED_SLOTS`] (a client retrying a stale
-    /// password is no guesser; one sending its right one logs in once a day).
-    basic_seen: Vec<(u64, u64)>,
+    /// `Basic` credentials lately refused or taken, and the endpoints that refused some
+    /// ([`BasicSeen`]: a client retrying a stale password is no guesser; one sending its right
+    /// one logs in once a day, where credentials are checked).
+    basic_seen: BasicSeen,
     /// GraphQL mutations registered as automatic persisted queries, by hash.
     persisted: graphql::Persisted,
 }
@@ -234,7 +429,7 @@ impl Enricher {
             templates: Templates::default(),
             principal,
             failure_markers,
-            basic_seen: vec![(0, 0); REFUSED_SLOTS],
+            basic_seen: BasicSeen::new(),
             persisted: graphql::Persisted::default(),
         })
     }
@@ -392,26 +587,59 @@ impl Enricher {
 
     /// A `Basic` password the server refused (401) without a login body: a guess at the
     /// user's password, so that guessing on an API that takes `Basic` credentials on every
-    /// endpoint is a brute force; and one it took (2xx), once a day per user and password: a
-    /// success, so that a password found by guessing is said to be, and so that an office of
-    /// `Basic` users who mistype now and then has the logins that tell it from a guesser. The
-    /// success issues nothing (nothing to link). Neither counts:
+    /// endpoint is a brute force; and one it took (2xx) on an endpoint that has refused `Basic`
+    /// credentials before, once a day per user, password and client (`client`, the address the
+    /// models count by): a success, so that a password found by guessing is said to be, and so
+    /// that an office of `Basic` users who mistype now and then has the logins that tell it from
+    /// a guesser. The success issues nothing (nothing to link). Neither counts:
     /// - a 403 (authorisation, the password was right) or any other status;
+    /// - a 2xx from an endpoint never seen refusing `Basic` credentials
+    ///   ([`BasicSeen::endpoint_key`]): one that ignores them (a health check, static files, a
+    ///   location without `auth_basic`) answers any password, and a stuffer sending every pair
+    ///   there as well would have every account logged in (its success ratio a client's, a
+    ///   guessed password raised for each account it had guessed at). A client cannot make such
+    ///   an endpoint look protected: it never answers 401 to credentials;
     /// - an OAuth client authenticating to a token endpoint (`grant_type` in the body, RFC 6749
     ///   §2.3.1): the client is no user;
     /// - an API key sent as the user name (an empty password, or a user name shaped like a key),
     ///   which would be printed as an account;
-    /// - the same user and password, with the same outcome, again within a day: a client
-    ///   retrying a stale password (a monitor, a backup job) tries one password however often,
-    ///   and a client sending its right one on every request logs in once a day (the requests
-    ///   after it are no logins: they stay in the enumeration and scraping counts).
-    fn basic_guess(&mut self, t: &TransactionFacts<'_>) -> Option<LoginAttempt> {
+    /// - the same user and password refused again within a day, from anywhere: a client
+    ///   retrying a stale password (a monitor, a backup job) tries one password however often;
+    /// - the same user and password taken again within a day from the same client: a client
+    ///   sending its right one on every request logs in once a day (the requests after it are
+    ///   no logins: they stay in the enumeration and scraping counts). Another client's login
+    ///   with them is one of its own: the owner's job logging in at 08:00 hides nothing of a
+    ///   guesser's success at 10:00.
+    ///
+    /// The common case costs two keyed hashes and two lookups, without decoding, allocating or
+    /// writing: a repeat, or a 2xx on an endpoint that does not check credentials (one hash).
+    fn basic_guess(&mut self, t: &TransactionFacts<'_>, client: IpAddr) -> Option<LoginAttempt> {
         let success = (200..300).contains(&t.status);
-        if !(success || t.status == 401) || oauth_client(t) {
+        if !(success || t.status == 401) {
             return None;
         }
-        let (user, password) =
-            principal::basic_credentials(header(&t.req_headers, "authorization")?)?;
+        let authorization = header(&t.req_headers, "authorization")?;
+        let creds = principal::credentials(authorization, "basic")?;
+        if oauth_client(t) {
+            return None;
+        }
+        let seen = &mut self.basic_seen;
+        let endpoint = seen.endpoint_key(t);
+        let repeat = if success {
+            if !seen.protected(endpoint) {
+                return None;
+            }
+            let key = seen.credentials_key(creds, Some(client));
+            seen_within(&mut seen.taken, key, t.ts_ns)
+        } else {
+            seen.refused_at(endpoint);
+            let key = seen.credentials_key(creds, None);
+            seen_within(&mut seen.refused, key, t.ts_ns)
+        };
+        if repeat {
+            return None;
+        }
+        let (user, password) = principal::basic_credentials(authorization)?;
         if user.trim().is_empty()
             || password.is_empty()
             || key_shaped(&user)
@@ -420,11 +648,7 @@ impl Enricher {
         {
             return None;
         }
-        let key = key_of(&(user.as_str(), password.as_str(), success)).max(1);
-        let slot = &mut self.basic_seen[key as usize % REFUSED_SLOTS];
-        let retried = slot.0 == key && t.ts_ns.saturating_sub(slot.1) < RETRY_NS;
-        *slot = (key, t.ts_ns);
-        (!retried).then_some(LoginAttempt {
+        Some(LoginAttempt {
             username: user,
             success,
             issued: Vec::new(),
@@ -565,7 +789,7 @@ impl Enricher {
                     issued,
                 })
             }
-            None => self.basic_guess(&t),
+            None => self.basic_guess(&t, client_ip),
         };
         let refreshed = if login.is_none() && (200..300).contains(&t.status) {
             self.refresh(&t)
@@ -1211,8 +1435,15 @@ mod tests {
             }
         }
         assert_eq!(kinds_of(&office), []);
-        // A client sending its right password on every request logs in once a day.
+        // A client sending its right password on every request logs in once a day (on an
+        // endpoint seen refusing a password).
         let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let h = basic("someone", "wrong");
+        assert!(
+            e.enrich(facts("/api/reports", &h, b"", 401, b"{}"))
+                .login
+                .is_some()
+        );
         let h = basic("reporter", "right");
         let logins = (0..50u64)
             .filter(|i| {
@@ -1222,6 +1453,250 @@ mod tests {
             })
             .count();
         assert_eq!(logins, 1);
+    }
+
+    /// The alerts the engine raises on `reqs` ([`kinds_of`]'s requests), after a fresh
+    /// enricher, one second apart.
+    fn alerts_of(reqs: &[Req<'_>]) -> Vec<crate::models::Alert> {
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let mut m = crate::models::Engine::new(&Default::default()).unwrap();
+        let mut alerts = Vec::new();
+        for (i, (path, h, body, ip, status)) in reqs.iter().enumerate() {
+            let mut f = facts(path, h, body.as_bytes(), *status, b"{}");
+            f.ts_ns = 1_793_491_200_000_000_000 + i as u64 * 1_000_000_000;
+            f.src.0 = ip.parse().unwrap();
+            alerts.extend(m.observe(&e.enrich(f)));
+        }
+        alerts
+    }
+
+    #[test]
+    fn a_basic_password_its_owner_used_that_day_is_still_guessed_from_elsewhere() {
+        // Midnight, and an hour.
+        let day = 1_793_491_200_000_000_000u64;
+        let hour = 3_600_000_000_000u64;
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let mut m = crate::models::Engine::new(&Default::default()).unwrap();
+        let mut send = |ts: u64, ip: &str, user: &str, pw: &str, status: u16| {
+            let h = basic(user, pw);
+            let mut f = facts("/api/reports", &h, b"", status, b"{}");
+            f.ts_ns = ts;
+            f.src.0 = ip.parse().unwrap();
+            let o = e.enrich(f);
+            (o.login.as_ref().map(|l| l.success), m.observe(&o))
+        };
+        // A clerk mistypes at 07:00; the owner's job logs in at 08:00 from its host.
+        assert_eq!(
+            send(day + 7 * hour, "192.0.2.11", "clerk", "typo", 401).0,
+            Some(false)
+        );
+        let owner = send(day + 8 * hour, "192.0.2.10", "admin", "S3cret!", 200);
+        assert_eq!(owner.0, Some(true));
+        // At 10:00, twenty wrong guesses from elsewhere, then the right password: a login of
+        // its own, a password likely guessed.
+        for i in 0..20 {
+            let ts = day + 10 * hour + i * 1_000_000_000;
+            let pw = format!("pw{i}");
+            assert_eq!(send(ts, "203.0.113.70", "admin", &pw, 401).0, Some(false));
+        }
+        let (login, alerts) = send(
+            day + 10 * hour + 20_000_000_000,
+            "203.0.113.70",
+            "admin",
+            "S3cret!",
+            200,
+        );
+        assert_eq!(login, Some(true));
+        assert!(
+            alerts
+                .iter()
+                .any(|a| a.kind == crate::models::AlertKind::BruteForce
+                    && a.severity == crate::models::Severity::Critical
+                    && a.explanation.contains("guessed")),
+            "{alerts:?}"
+        );
+        // The owner's job again from its host: its login of the day was counted.
+        let again = send(day + 11 * hour, "192.0.2.10", "admin", "S3cret!", 200);
+        assert_eq!(again.0, None);
+    }
+
+    #[test]
+    fn basic_credentials_taken_where_none_are_checked_are_no_login() {
+        // A stuffer sends each pair where credentials are checked (401) and to a status
+        // endpoint that ignores them (200): still stuffing, with no account logged in.
+        let mut stuffing: Vec<Req<'_>> = Vec::new();
+        for u in 0..40 {
+            let user = format!("user{u}@corp.example");
+            for (path, status) in [("/api/reports", 401), ("/api/status", 200)] {
+                let h = basic(&user, "Summer2024!");
+                stuffing.push((path, h, String::new(), "203.0.113.80", status));
+            }
+        }
+        let kinds = kinds_of(&stuffing);
+        assert!(
+            kinds.contains(&crate::models::AlertKind::CredentialStuffing),
+            "{kinds:?}"
+        );
+        // A guesser doing the same to one account: a brute force, and no password guessed.
+        let mut guesses: Vec<Req<'_>> = Vec::new();
+        for i in 0..20 {
+            for (path, status) in [("/api/reports", 401), ("/api/status", 200)] {
+                let h = basic("admin", &format!("pw{i}"));
+                guesses.push((path, h, String::new(), "203.0.113.70", status));
+            }
+        }
+        let alerts = alerts_of(&guesses);
+        assert!(
+            alerts
+                .iter()
+                .any(|a| a.kind == crate::models::AlertKind::BruteForce),
+            "{alerts:?}"
+        );
+        assert!(
+            !alerts.iter().any(|a| a.explanation.contains("guessed")),
+            "{alerts:?}"
+        );
+        // What makes an endpoint one that checks: a 401 to Basic credentials at the same
+        // virtual host, method and path, identifiers by their shape.
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        // Each check with a user of its own (the same credentials taken again the same day
+        // from the same client are no login).
+        let mut send = |method: &str, host: &str, path: &str, user: &str, status: u16| {
+            let mut h = basic(user, "hunter22");
+            h.push(("Host".into(), host.into()));
+            let mut f = facts(path, &h, b"", status, b"{}");
+            f.method = method;
+            e.enrich(f).login.map(|l| l.success)
+        };
+        let api = "api.corp.example";
+        // Never refused: no login; nor where only another method was refused.
+        assert_eq!(send("GET", api, "/api/items", "ann", 200), None);
+        assert_eq!(send("POST", api, "/api/items", "bob", 401), Some(false));
+        assert_eq!(send("GET", api, "/api/items", "ann", 200), None);
+        assert_eq!(send("POST", api, "/api/items", "ann", 200), Some(true));
+        // Another virtual host; the same one in another spelling.
+        assert_eq!(send("GET", api, "/admin", "cid", 401), Some(false));
+        assert_eq!(send("GET", "www.corp.example", "/admin", "dan", 200), None);
+        let spelt = send("GET", "API.corp.example:8080", "/Admin/", "dan", 200);
+        assert_eq!(spelt, Some(true));
+        // Another report than the one refused: one endpoint.
+        assert_eq!(send("GET", api, "/api/reports/7", "eve", 401), Some(false));
+        assert_eq!(send("GET", api, "/api/reports/8", "fay", 200), Some(true));
+        // Sixty made-up names under /api/ refused (the learned template is now /api/{param})
+        // do not make /api/status one that checks.
+        for i in 0..60 {
+            send("GET", api, &format!("/api/nothing-{i}"), "gus", 401);
+        }
+        assert_eq!(send("GET", api, "/api/status", "hal", 200), None);
+        // Nor can made-up paths refused by the thousand push out an endpoint that has taken
+        // credentials: its next login is still one.
+        for i in 0..20_000 {
+            send("GET", api, &format!("/made-up-{i}"), "gus", 401);
+        }
+        assert_eq!(send("GET", api, "/api/reports/9", "ivy", 200), Some(true));
+    }
+
+    /// The slots [`BasicSeen`] holds, by table and place.
+    fn basic_words(e: &Enricher) -> Vec<(usize, usize, u64)> {
+        let s = &e.basic_seen;
+        let protected: Vec<u64> = s.protected.iter().map(|&w| u64::from(w)).collect();
+        [&s.refused[..], &s.taken[..], &protected[..]]
+            .iter()
+            .enumerate()
+            .flat_map(|(t, words)| {
+                words
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| **w != 0)
+                    .map(move |(i, w)| (t, i, *w))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn basic_tables_hold_no_password_a_memory_dump_gives_back() {
+        let feed = |e: &mut Enricher| {
+            for status in [401, 200] {
+                let h = basic("admin", "S3cret!");
+                e.enrich(facts("/api/reports", &h, b"", status, b"{}"));
+            }
+        };
+        let mut a = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let mut b = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        feed(&mut a);
+        feed(&mut b);
+        let (wa, wb) = (basic_words(&a), basic_words(&b));
+        assert!(!wa.is_empty());
+        // Keyed at random: the same credentials leave other words in another process (here,
+        // another enricher), so that none can be inverted or looked up in a table made offline.
+        assert!(wa.iter().all(|w| !wb.contains(w)), "{wa:?} {wb:?}");
+        let unkeyed = [
+            key_of(&("admin", "S3cret!")),
+            key_of(&("admin", "S3cret!", false)),
+            key_of(&("admin", "S3cret!", true)),
+        ];
+        assert!(wa.iter().all(|(_, _, w)| !unkeyed.contains(w)));
+    }
+
+    #[test]
+    fn basic_repeats_write_nothing_and_logins_push_out_no_refusal() {
+        let day = 1_793_491_200_000_000_000u64;
+        let hour = 3_600_000_000_000u64;
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let send = |e: &mut Enricher, ts: u64, user: &str, pw: &str, status: u16| {
+            let h = basic(user, pw);
+            let mut f = facts("/api/reports", &h, b"", status, b"{}");
+            f.ts_ns = ts;
+            e.enrich(f).login.map(|l| l.success)
+        };
+        assert_eq!(send(&mut e, day, "reporter", "typo", 401), Some(false));
+        assert_eq!(send(&mut e, day + 1, "reporter", "right", 200), Some(true));
+        // A repeat, refused or taken, is read and nothing written.
+        let before = basic_words(&e);
+        assert_eq!(send(&mut e, day + hour, "reporter", "typo", 401), None);
+        assert_eq!(send(&mut e, day + hour, "reporter", "right", 200), None);
+        assert_eq!(basic_words(&e), before);
+        // The day runs from the first login: a client sending its password every hour for two
+        // days logs in again on the second, not once for as long as it keeps sending it.
+        let logins = (1..48u64)
+            .filter(|i| send(&mut e, day + i * hour + 2, "reporter", "right", 200) == Some(true))
+            .count();
+        assert_eq!(logins, 1);
+        // The same credentials spelled otherwise (padding dropped, a character lenient
+        // servers skip, the URL-safe alphabet) are the same credentials.
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode("auditor:ab??>~~~");
+        assert_eq!(b64, "YXVkaXRvcjphYj8/Pn5+fg==");
+        let spellings = [
+            b64.clone(),
+            b64.trim_end_matches('=').to_string(),
+            format!("{}.{}", &b64[..4], &b64[4..]),
+            b64.replace('+', "-").replace('/', "_"),
+        ];
+        let logins: Vec<_> = spellings
+            .iter()
+            .map(|v| {
+                let h = vec![("Authorization".to_string(), format!("Basic {v}"))];
+                let mut f = facts("/api/reports", &h, b"", 200, b"{}");
+                f.ts_ns = day + 30 * hour;
+                e.enrich(f).login.map(|l| l.success)
+            })
+            .collect();
+        assert_eq!(logins, [Some(true), None, None, None]);
+        // A cron job refused hourly with a stale password, among thousands of Basic users
+        // logging in each hour: still one password a day (logins do not push it out).
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let mut tried = 0;
+        for hr in 0..24u64 {
+            if send(&mut e, day + hr * hour, "backup", "old-password", 401).is_some() {
+                tried += 1;
+            }
+            for u in 0..3000u64 {
+                let user = format!("user{}", hr * 3000 + u);
+                send(&mut e, day + hr * hour + 1 + u, &user, "pw-of-theirs", 200);
+            }
+        }
+        assert_eq!(tried, 1);
     }
 
     #[test]
