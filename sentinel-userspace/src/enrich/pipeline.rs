@@ -764,9 +764,9 @@ impl Enricher {
             _ => (jwt, bearer),
         };
         // A login body (or a GraphQL login call) names the account a login tries; without one,
-        // a `Basic` password refused or taken ([`Enricher::basic_guess`]: not an OAuth
-        // client's, not an API key's, not a retry within a day; nothing issued, so nothing is
-        // linked to a `Basic` user).
+        // a `Basic` password refused, or taken where one was refused before
+        // ([`Enricher::basic_guess`]: not an OAuth client's, not an API key's, not a retry
+        // within a day; nothing issued, so nothing is linked to a `Basic` user).
         let login = match username {
             _ if !calls.is_empty() => Some(calls.remove(0)),
             Some(username) => {
