@@ -356,14 +356,29 @@ impl<'de> Deserialize<'de> for Claim {
     }
 }
 
-/// The account a login names, as principals and profiles know it: user names and e-mail
-/// addresses are told apart by neither case nor surrounding blanks in practice, so `layla`,
-/// `Layla`, `LAYLA` and ` layla` are one account (a thief logging in as `LAYLA` must meet
-/// `layla`'s history, not a blank one). Nor by compatibility spellings (`ｌａｙｌａ`, `𝐥𝐚𝐲𝐥𝐚`,
-/// `ℓayla`), which servers normalising names (NFKC, as Django and many identity providers do)
-/// read as `layla`, nor by composed and decomposed accents. An ASCII name is not copied unless
-/// it has capitals.
+/// The account a login names, as principals and profiles know it: the key its failures and
+/// history are counted under. User names and e-mail addresses are told apart by neither case nor
+/// surrounding blanks in practice, so `layla`, `Layla`, `LAYLA` and ` layla` are one account (a
+/// thief logging in as `LAYLA` must meet `layla`'s history, not a blank one). Nor by what a
+/// server normalising names reads as one, so that a guesser cannot spread guesses over spellings
+/// of one name and stay under each spelling's count. The key is Unicode's identifier caseless
+/// match (`toNFKC_Casefold`, Unicode §3.13, which IDNA's mapping builds on), but for `İ`:
+/// - compatibility spellings, NFKC (as Django and many identity providers normalise names):
+///   `ｌａｙｌａ`, `𝐥𝐚𝐲𝐥𝐚` and `ℓayla` are `layla`, and composed and decomposed accents are one;
+/// - invisible characters dropped: every Default_Ignorable_Code_Point ([`ignorable`]: zero-width
+///   space and joiners, soft hyphen, word joiner, BOM, bidi marks and isolates, variation
+///   selectors, tags, Hangul fillers), so `ad\u{200B}min` and `ad\u{AD}min` are `admin`;
+/// - full case folding (CaseFolding.txt, with the [`caseless`] crate) where lower case keeps
+///   spellings apart: `straße` and `STRASSE` are `strasse`, `οδος` and `ΟΔΟΣ` are `οδοσ`;
+/// - `İ` (U+0130) is `i`: its one-letter lower case (UnicodeData.txt), as Turkish, Java's
+///   `equalsIgnoreCase` and MySQL's collations read it, rather than the full folding's `i` and
+///   a combining dot above, which no one typing `admİn` means (the dotless `ı` stays itself:
+///   `I` folds to `i` whatever the language).
+///
+/// Accents are kept: `josé` and `jose` are two people on most servers. An ASCII name is not
+/// copied unless it has capitals; any other costs one pass and one string.
 pub fn account_name(username: &str) -> std::borrow::Cow<'_, str> {
+    use caseless::Caseless;
     use unicode_normalization::UnicodeNormalization;
     let name = username.trim();
     if name.is_ascii() {
@@ -372,10 +387,48 @@ pub fn account_name(username: &str) -> std::borrow::Cow<'_, str> {
         }
         return std::borrow::Cow::Borrowed(name);
     }
-    // NFKC (`ｌａｙｌａ`, `𝐥𝐚𝐲𝐥𝐚`, `ℓayla` are `layla`), then lower case, then NFKC again: a
-    // lower-case letter may compose with what follows it otherwise.
-    let folded: String = name.nfkc().flat_map(char::to_lowercase).collect();
-    std::borrow::Cow::Owned(folded.nfkc().collect())
+    // NFKC, invisible characters dropped, folded, then NFKC again: a folded letter, or one an
+    // invisible character stood between, may compose with what follows it.
+    let folded: String = name
+        .nfkc()
+        .filter(|&c| !ignorable(c))
+        .map(|c| if c == '\u{130}' { 'i' } else { c })
+        .default_case_fold()
+        .nfkc()
+        .collect();
+    // Blanks an invisible character, or NFKC (`¨` is a space and a diaeresis), left at an end.
+    match folded.trim() {
+        t if t.len() == folded.len() => std::borrow::Cow::Owned(folded),
+        t => std::borrow::Cow::Owned(t.to_owned()),
+    }
+}
+
+/// Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt, as of Unicode 14, checked
+/// against Perl's tables): characters that render as nothing unless a font has a glyph for them,
+/// which PRECIS user names refuse and identifier matching drops (`NFKC_Casefold`). Its ranges
+/// hold code points not yet assigned (`U+FFF0..U+FFF8`, most of plane 14), so that characters
+/// assigned there later are ignorable already.
+fn ignorable(c: char) -> bool {
+    matches!(
+        c,
+        '\u{AD}'                       // soft hyphen
+        | '\u{34F}'                    // combining grapheme joiner
+        | '\u{61C}'                    // Arabic letter mark
+        | '\u{115F}'..='\u{1160}'      // Hangul choseong and jungseong fillers
+        | '\u{17B4}'..='\u{17B5}'      // Khmer inherent vowels
+        | '\u{180B}'..='\u{180F}'      // Mongolian free variation selectors, vowel separator
+        | '\u{200B}'..='\u{200F}'      // zero-width space, non-joiner, joiner; LRM, RLM
+        | '\u{202A}'..='\u{202E}'      // bidi embeddings and overrides
+        | '\u{2060}'..='\u{206F}'      // word joiner, invisible operators, bidi isolates
+        | '\u{3164}'                   // Hangul filler
+        | '\u{FE00}'..='\u{FE0F}'      // variation selectors 1-16
+        | '\u{FEFF}'                   // zero-width no-break space (BOM)
+        | '\u{FFA0}'                   // halfwidth Hangul filler
+        | '\u{FFF0}'..='\u{FFF8}'      // unassigned, reserved as ignorable
+        | '\u{1BCA0}'..='\u{1BCA3}'    // shorthand format controls
+        | '\u{1D173}'..='\u{1D17A}'    // musical beam and phrase controls
+        | '\u{E0000}'..='\u{E0FFF}'    // tags, variation selectors 17-256, reserved
+    )
 }
 
 /// The request facts the extractor reads.
@@ -1886,6 +1939,73 @@ mod tests {
         assert!(matches!(
             account_name("layla"),
             std::borrow::Cow::Borrowed("layla")
+        ));
+    }
+
+    #[test]
+    fn an_account_name_drops_invisible_code_points_and_folds_case_fully() {
+        // Default_Ignorable_Code_Point characters render as nothing: a name written with them
+        // is the name without them (zero-width space, joiners, soft hyphen, word joiner, BOM,
+        // variation selectors, Mongolian vowel separator, a tag character, combining grapheme
+        // joiner, bidi marks and isolates), wherever they stand.
+        for v in [
+            "ad\u{200B}min",
+            "ad\u{AD}min",
+            "ad\u{200C}min",
+            "ad\u{200D}min",
+            "adm\u{2060}in",
+            "\u{FEFF}admin",
+            "admin\u{FE0F}",
+            "a\u{180E}dmin",
+            "admin\u{E0061}",
+            "ad\u{34F}min",
+            "\u{200E}admin\u{2069}",
+            "ADM\u{200B}IN",
+            "\u{200B} admin",
+            "ad\u{E0100}min",
+        ] {
+            assert_eq!(account_name(v), "admin", "{v:?}");
+        }
+        // One dropped between a letter and its accent leaves them composed.
+        assert_eq!(
+            account_name("jose\u{200B}\u{301}"),
+            account_name("jos\u{e9}")
+        );
+        // Full case folding, where lower case keeps two spellings of one name apart.
+        for (a, b) in [
+            ("stra\u{df}e", "STRASSE"),
+            ("STRA\u{1E9E}E", "strasse"),
+            (
+                "\u{3bf}\u{3b4}\u{3bf}\u{3c2}",
+                "\u{39f}\u{394}\u{39f}\u{3a3}",
+            ),
+            ("\u{1F88}", "\u{1F00}\u{3b9}"),
+            ("\u{1C80}", "\u{432}"),
+            ("\u{3c3}\u{345}", "\u{3c3}\u{3b9}"),
+        ] {
+            assert_eq!(account_name(a), account_name(b), "{a:?} {b:?}");
+        }
+        // U+0130 takes its one-letter lower case, `i` (as Turkish, Java's equalsIgnoreCase and
+        // MySQL's collations read it), not `i` with a combining dot above.
+        for v in ["adm\u{130}n", "ADM\u{130}N", "admI\u{307}n"] {
+            assert_eq!(account_name(v), "admin", "{v:?}");
+        }
+        // Accents are kept: josé and jose are two people, and so are i with a dot above it
+        // and the dotless ı.
+        assert_ne!(account_name("jos\u{e9}"), account_name("jose"));
+        assert_ne!(account_name("admi\u{307}n"), account_name("admin"));
+        assert_ne!(account_name("adm\u{131}n"), account_name("admin"));
+        // The key is a fixed point: folding it again changes nothing, for every code point
+        // of the first two planes alone and after a letter.
+        for c in (0..0x2_0000).filter_map(char::from_u32) {
+            for s in [c.to_string(), format!("a{c}")] {
+                let once = account_name(&s).into_owned();
+                assert_eq!(account_name(&once), once, "U+{:04X}", u32::from(c));
+            }
+        }
+        assert!(matches!(
+            account_name("admin"),
+            std::borrow::Cow::Borrowed("admin")
         ));
     }
 

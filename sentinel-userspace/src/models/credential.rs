@@ -1564,8 +1564,13 @@ mod tests {
     /// London with a browser, at a human pace, on her name written as `names` in turn: the
     /// engine and the alerts they raised.
     fn spelled_guesses(names: &[&str]) -> (Engine, Vec<crate::models::Alert>) {
+        spelled_guesses_on("layla", names)
+    }
+
+    /// [`spelled_guesses`] on `owner`'s account.
+    fn spelled_guesses_on(owner: &str, names: &[&str]) -> (Engine, Vec<crate::models::Alert>) {
         let mut e = Engine::new(&ModelsConfig::default()).unwrap();
-        history(&mut e, "layla", "192.0.2.44", 5);
+        history(&mut e, owner, "192.0.2.44", 5);
         let start = T0 + 5 * 86_400 * S + 23 * 3600 * S;
         let mut alerts = Vec::new();
         for i in 0..10u64 {
@@ -1627,6 +1632,50 @@ mod tests {
         use crate::enrich::principal::account_name;
         assert_eq!(account_name("Jos\u{e9}"), account_name("jose\u{301}"));
         assert_eq!(account_name("𝐋𝐚𝐲𝐥𝐚@Mail.test"), "layla@mail.test");
+    }
+
+    #[test]
+    fn an_account_is_one_whatever_invisible_characters_or_case_folding_its_name_has() {
+        // Zero-width and other invisible characters, and the dotted capital I: the server
+        // reads `admin` in each (or shows each as `admin`), so ten guesses spread over five
+        // spellings are ten at one account, not two at each of five.
+        let (_, alerts) = spelled_guesses_on(
+            "admin",
+            &[
+                "ad\u{200B}min",
+                "ad\u{AD}min",
+                "adm\u{130}n",
+                "\u{FEFF}Admin",
+                "adm\u{2060}in\u{FE0F}",
+            ],
+        );
+        assert!(
+            alerts.iter().any(|a| a.kind == AlertKind::BruteForce),
+            "{alerts:?}"
+        );
+        // Letters whose lower case is not their folded case: `ß` is `ss`, a final `ς` is `σ`.
+        // Guesses alternating between two spellings are named as soon as guesses in one are.
+        let first = |owner: &str, names: &[&str]| {
+            let (_, alerts) = spelled_guesses_on(owner, names);
+            alerts
+                .iter()
+                .find(|a| a.kind == AlertKind::BruteForce)
+                .map(|a| a.ts_ns)
+                .unwrap_or_else(|| panic!("{names:?}: {alerts:?}"))
+        };
+        for (owner, other) in [
+            ("strasse", "STRA\u{df}E"),
+            (
+                "\u{3bf}\u{3b4}\u{3bf}\u{3c2}",
+                "\u{39f}\u{394}\u{39f}\u{3a3}",
+            ),
+        ] {
+            assert_eq!(
+                first(owner, &[owner, other]),
+                first(owner, &[owner]),
+                "{owner} {other}"
+            );
+        }
     }
 
     #[test]
