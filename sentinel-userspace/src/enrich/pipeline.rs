@@ -976,7 +976,7 @@ const ISSUED_FIELDS: [&str; 7] = [
 /// Calls `found` with each credential a successful login's answer `o` issues: the text of a
 /// member named in [`ISSUED_FIELDS`] at its top, or one level under one of its [`WRAPPERS`]
 /// (`{"data":{"access_token":...}}`, `{"session":{"token":...}}`).
-pub(super) fn issued_tokens<'v>(
+pub(crate) fn issued_tokens<'v>(
     o: &'v serde_json::Map<String, serde_json::Value>,
     found: &mut impl FnMut(&'v str),
 ) {

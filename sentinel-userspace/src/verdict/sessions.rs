@@ -1,14 +1,40 @@
 //! Which session tokens a principal holds, so that a `revoke_token` verdict can name them to the
-//! identity provider. Kept in memory only, bounded, never logged or serialised.
+//! identity provider. Kept in memory only, bounded, never logged or serialised (no `Debug`, no
+//! `Serialize`: only [`SessionBook::tokens_for`] hands a token out, to the revocation).
 //!
-//! Two sources: a request carrying a bearer token records it under the request's principal
-//! (`tok:…`, `jwt:…`), and a successful login whose JSON response issues a token records it under
-//! the account (`user:layla`). An alert about an account (a brute force on `user:layla`) thus
-//! revokes the sessions that account holds, and an alert about a token revokes that token.
+//! What it holds, raw, as the identity provider must be sent them:
+//! - the token a request carried ([`Observation::bearer`]: an `Authorization: Bearer` token, or
+//!   a JWT elsewhere that the server reads), under the request's principal (`tok:…`, `jwt:…`);
+//! - each token a successful login's answer issued, under the account it logged in to, named as
+//!   alerts name it (`user:` and [`account_name`], so a login as `Layla` and a brute force on
+//!   `user:layla` meet): exactly the tokens the enricher linked to that login
+//!   ([`LoginAttempt::issued`], which the engine links too), read from the answer by the
+//!   enricher's own walker ([`issued_tokens`]: its fields, such as `token`, `accessToken`,
+//!   Strapi's `jwt` and `refresh_token`, whose revocation ends the grant, at the top or one
+//!   level under a wrapper such as `data`), and in a GraphQL answer each successful call's
+//!   token from its own result only, so that a batch's or an aliased mutation's tokens go to
+//!   their own accounts (a token another call's result holds is not this call's).
+//!
+//! Not the session cookies a login sets, though the engine links them to the account too: a
+//! server's session cookie is its own session, which no identity provider issued or can revoke,
+//! and posting it to one would hand a live session to a third party. Nor, yet, the tokens a
+//! refresh issues ([`Observation::refreshed`], which the engine links to the refresh token's
+//! account): the book does not know whose refresh token was presented.
+//!
+//! An alert about an account (a brute force on `user:layla`) thus revokes the tokens that
+//! account was issued, and an alert about a token revokes that token.
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::models::{Alert, Observation};
+use serde_json::Value;
+
+use crate::{
+    enrich::{
+        pipeline::issued_tokens,
+        principal::{account_name, short_hash},
+    },
+    models::{Alert, LoginAttempt, Observation},
+};
 
 /// Tokens remembered per principal.
 const PER_PRINCIPAL: usize = 4;
@@ -23,9 +49,6 @@ pub const MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// What an entry costs besides its key and tokens (map slot, `Held`, string headers).
 const ENTRY_OVERHEAD: usize = 96;
-
-/// JSON fields of a login response that carry the issued credential.
-const TOKEN_FIELDS: [&str; 4] = ["token", "access_token", "session_token", "sessionToken"];
 
 #[derive(Default)]
 struct Held {
@@ -122,21 +145,28 @@ impl SessionBook {
         if let Some(b) = &obs.bearer {
             self.record(&obs.principal.name(), b, obs.ts_ns);
         }
-        let Some(login) = &obs.login else { return };
-        if login.username.is_empty() || !login.success || !(200..300).contains(&obs.status) {
-            return;
-        }
-        let body = &obs.resp_body;
-        if body.first() != Some(&b'{') || body.len() > 16 * 1024 {
-            return;
-        }
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        // The logins the enricher found issued something (a successful one, with a name).
+        let issued =
+            |l: &&LoginAttempt| l.success && !l.issued.is_empty() && !l.username.trim().is_empty();
+        let mut logins = obs.login.iter().chain(&obs.more_logins).filter(issued);
+        let Some(first) = logins.next() else { return };
+        // The answer is read again only for such a login (at most the body cap, which the
+        // enricher read too); its tokens are matched to each login's by their hashes.
+        let Ok(answer) = serde_json::from_slice::<Value>(&obs.resp_body) else {
             return;
         };
-        let account = format!("user:{}", login.username);
-        for f in TOKEN_FIELDS {
-            if let Some(tok) = v.get(f).and_then(|t| t.as_str()) {
-                self.record(&account, tok, obs.ts_ns);
+        let mut found: Vec<(&str, String)> = Vec::new();
+        answer_tokens(&answer, &mut |t| {
+            if t.len() <= MAX_TOKEN && !found.iter().any(|(f, _)| *f == t) {
+                found.push((t, short_hash(t)));
+            }
+        });
+        for l in std::iter::once(first).chain(logins) {
+            let account = format!("user:{}", account_name(&l.username));
+            for (tok, hash) in &found {
+                if l.issued.iter().any(|i| **i == **hash) {
+                    self.record(&account, tok, obs.ts_ns);
+                }
             }
         }
     }
@@ -159,12 +189,48 @@ impl SessionBook {
     }
 }
 
+/// Calls `found` with each token a login's answer may have issued, by the enricher's walker
+/// ([`issued_tokens`]): in the answer (an object), and in each GraphQL result in it or in each
+/// operation's of a batch (`data.<key>`, `data.<ns>.<key>`), a result that is text being a
+/// token itself. Which call, if any, each was issued to is told by the hashes the enricher linked
+/// ([`LoginAttempt::issued`]): this finds their raw text, and no token the enricher did not link
+/// is kept.
+fn answer_tokens<'v>(answer: &'v Value, found: &mut impl FnMut(&'v str)) {
+    fn result<'v>(r: &'v Value, namespace: bool, found: &mut impl FnMut(&'v str)) {
+        match r {
+            Value::String(s) if !s.is_empty() => found(s),
+            Value::Object(o) => {
+                issued_tokens(o, found);
+                if namespace {
+                    o.values().for_each(|r| result(r, false, found));
+                }
+            }
+            _ => {}
+        }
+    }
+    let operations = match answer {
+        Value::Array(batch) => batch.as_slice(),
+        one => std::slice::from_ref(one),
+    };
+    for op in operations {
+        let Value::Object(o) = op else { continue };
+        issued_tokens(o, found);
+        if let Some(Value::Object(data)) = o.get("data") {
+            data.values().for_each(|r| result(r, true, found));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
-        enrich::principal::{Principal, PrincipalKind},
-        models::{Action, AlertKind, LoginAttempt, Severity},
+        enrich::{
+            pipeline::{EnrichSettings, Enricher, TransactionFacts},
+            principal::{Principal, PrincipalKind},
+        },
+        http::head::Head,
+        models::{Action, AlertKind, Severity},
     };
 
     fn obs(principal: Principal, ts_ns: u64) -> Observation<'static> {
@@ -234,7 +300,7 @@ mod tests {
         login.login = Some(LoginAttempt {
             username: "layla".into(),
             success: true,
-            ..Default::default()
+            issued: vec![short_hash("tok-layla-1").into()],
         });
         login.resp_body = br#"{"token":"tok-layla-1"}"#.to_vec().into();
         b.observe(&login);
@@ -259,12 +325,154 @@ mod tests {
         failed.login = Some(LoginAttempt {
             username: "bob".into(),
             success: false,
-            ..Default::default()
+            issued: vec![short_hash("nope").into()],
         });
         failed.status = 401;
         failed.resp_body = br#"{"token":"nope"}"#.to_vec().into();
         b.observe(&failed);
         assert!(b.tokens_for(&alert("user:bob", None)).is_empty());
+    }
+
+    /// One exchange through the enricher (JSON request and answer bodies, answer head), the
+    /// book learning from its observation.
+    fn exchange(
+        e: &mut Enricher,
+        b: &mut SessionBook,
+        path: &str,
+        req: &str,
+        resp: &str,
+        head: &Head,
+    ) {
+        let headers = [("Content-Type".into(), "application/json".into())];
+        let facts = TransactionFacts {
+            ts_ns: 1_794_000_000_000_000_000,
+            src: ("203.0.113.7".parse().unwrap(), 40000),
+            dst: ("198.18.0.1".parse().unwrap(), 8080),
+            method: "POST",
+            path,
+            query: "",
+            req_headers: headers.to_vec(),
+            req_body: req.as_bytes(),
+            req_bytes: req.len() as u64,
+            status: 200,
+            resp_content_type: Some("application/json"),
+            resp_head: Some(head),
+            resp_body: resp.as_bytes(),
+            resp_bytes: resp.len() as u64,
+            latency_ms: 1.0,
+        };
+        b.observe(&e.enrich(facts));
+    }
+
+    fn enricher() -> Enricher {
+        Enricher::new(None, &EnrichSettings::default()).unwrap()
+    }
+
+    #[test]
+    fn a_login_holds_what_the_engine_links_under_the_account_alerts_name() {
+        let mut e = enricher();
+        let mut b = SessionBook::new(100);
+        let cookie = Head::response(200, &[("Set-Cookie", "sessionid=c-layla; HttpOnly")]);
+        // A login as `Layla` (an alert names `user:layla`), answered with tokens nested under
+        // a wrapper and in fields the enricher reads, and a session cookie; and another login's
+        // answer with the other fields.
+        let mut held = |user: &str, answer: &str| {
+            let req = format!(r#"{{"username":"{user}","password":"pw"}}"#);
+            exchange(&mut e, &mut b, "/login", &req, answer, &cookie);
+            let key = format!("user:{}", user.trim().to_lowercase());
+            let mut held = b.tokens_for(&alert(&key, None));
+            held.sort();
+            held
+        };
+        assert_eq!(
+            held(
+                " Layla",
+                r#"{"data":{"access_token":"t-data","refresh_token":"r-data"},"accessToken":"t-camel","user":{"token":"t-banner"}}"#
+            ),
+            ["r-data", "t-camel", "t-data"],
+            "what the engine links, raw; no banner's token, no session cookie"
+        );
+        assert_eq!(
+            held(
+                "NADIA",
+                r#"{"id_token":"t-id","result":{"authToken":"t-auth"},"jwt":"t-strapi"}"#
+            ),
+            ["t-auth", "t-id", "t-strapi"]
+        );
+        // The key is the engine's account name: invisible characters and case folded away.
+        exchange(
+            &mut e,
+            &mut b,
+            "/login",
+            r#"{"username":"STRA\u00dfE\u200b","password":"pw"}"#,
+            r#"{"session":{"token":"t-strasse"}}"#,
+            &Head::response(200, &[]),
+        );
+        assert_eq!(
+            b.tokens_for(&alert("tok:000000000000", Some("user:strasse"))),
+            ["t-strasse"]
+        );
+        // A failed login is issued nothing.
+        exchange(
+            &mut e,
+            &mut b,
+            "/login",
+            r#"{"username":"omar","password":"bad"}"#,
+            r#"{"success":false,"token":"t-omar"}"#,
+            &Head::response(200, &[]),
+        );
+        assert!(b.tokens_for(&alert("user:omar", None)).is_empty());
+    }
+
+    #[test]
+    fn graphql_logins_hold_each_calls_own_token_under_its_account() {
+        let mut e = enricher();
+        let mut b = SessionBook::new(100);
+        let none = Head::response(200, &[]);
+        // Aliased calls, one failing, one under a namespace, one returning its token as text.
+        exchange(
+            &mut e,
+            &mut b,
+            "/graphql",
+            r#"{"query":"mutation { a: login(username: \"Nadia\", password: \"pw\") { accessToken } b: login(username: \"huda\", password: \"bad\") { token } auth { c: login(username: \"yusuf\", password: \"pw\") { session { token } } } d: login(username: \"rami\", password: \"pw\") }"}"#,
+            r#"{"data":{"a":{"accessToken":"g-nadia"},"b":null,"auth":{"c":{"session":{"token":"g-yusuf"}}},"d":"g-rami"},"errors":[{"message":"Invalid credentials","path":["b"]}]}"#,
+            &none,
+        );
+        for (user, held) in [
+            ("nadia", &["g-nadia"][..]),
+            ("huda", &[]),
+            ("yusuf", &["g-yusuf"]),
+            ("rami", &["g-rami"]),
+        ] {
+            assert_eq!(
+                b.tokens_for(&alert(&format!("user:{user}"), None)),
+                held,
+                "{user}"
+            );
+        }
+        // A batch whose first element is no operation: mallory's token is hers, not the
+        // victim's, whose guess failed.
+        exchange(
+            &mut e,
+            &mut b,
+            "/graphql",
+            r#"[null,{"query":"mutation { login(username: \"mallory\", password: \"right\") { token } }"},{"query":"mutation { login(username: \"victim\", password: \"guess\") { token } }"}]"#,
+            r#"[{"errors":[{"message":"bad"}]},{"data":{"login":{"token":"g-m"}}},{"data":{"login":null}}]"#,
+            &none,
+        );
+        assert_eq!(b.tokens_for(&alert("user:mallory", None)), ["g-m"]);
+        assert!(b.tokens_for(&alert("user:victim", None)).is_empty());
+        // Two calls under one key: the token cannot be told to be either's, and is neither's.
+        exchange(
+            &mut e,
+            &mut b,
+            "/graphql",
+            r#"{"query":"mutation { login(username: \"sami\", password: \"pw\") { token } login(username: \"tala\", password: \"pw\") { token } }"}"#,
+            r#"{"data":{"login":{"token":"g-st"}}}"#,
+            &none,
+        );
+        assert!(b.tokens_for(&alert("user:sami", None)).is_empty());
+        assert!(b.tokens_for(&alert("user:tala", None)).is_empty());
     }
 
     #[test]
