@@ -536,52 +536,90 @@ impl Enricher {
         let now_s = i64::try_from(t.ts_ns / 1_000_000_000).unwrap_or(i64::MAX);
         for field in head.header_all("set-cookie") {
             if let Some((name, value)) = cookie::set(field, now_s)
-                && self.principal.is_session_cookie(name)
+                && (self.principal.is_session_cookie(name)
+                    || matches!(
+                        principal::field_style(name).as_str(),
+                        "refreshtoken" | "refresh"
+                    ))
             {
                 push_issued(out, &mut self.tokens, value);
             }
         }
     }
 
-    /// A refresh: the refresh credential the request presents (a `refresh_token` field of its
-    /// JSON or form body, or a cookie named like one) and what its answer issued; none unless
-    /// the request holds `efresh` somewhere (most hold none, and cost a search).
+    /// A refresh: the refresh credentials the request presents (a `refresh_token` member of its
+    /// JSON body, read without parsing it, so that padding cannot hide it; a form field; a
+    /// cookie named `refresh_token` or `refresh` in any style: every one of them, duplicates
+    /// too, at most [`MAX_PRESENTED`]) and what its answer issued. Only on a request that can be
+    /// a refresh (its path names a refresh or a token, or its body holds `refresh_token`), and
+    /// the answer is parsed only when it can hold a token: a refresh cookie scoped to `/` is
+    /// sent with every request.
     fn refresh(&mut self, t: &TransactionFacts<'_>) -> Option<crate::models::observation::Refresh> {
-        let named = |k: &str| principal::field_style(k) == "refreshtoken";
-        let mut presented = None;
-        if memchr::memmem::find(t.req_body, b"efresh").is_some() {
-            if let Some(top) = outcome_doc(t.req_body) {
-                presented = top
-                    .iter()
-                    .find(|(k, v)| named(k) && v.is_string())
-                    .and_then(|(_, v)| v.as_str().map(str::to_owned));
-            } else {
-                presented = String::from_utf8_lossy(t.req_body)
-                    .split(crate::redact::SEPARATORS)
-                    .filter_map(|p| p.split_once('='))
-                    .find(|(k, _)| named(&principal::percent_decoded(k)))
-                    .map(|(_, v)| principal::percent_decoded(v).into_owned());
+        const MAX_PRESENTED: usize = 4;
+        let path = t.path.to_ascii_lowercase();
+        let in_body = memchr::memmem::find(t.req_body, b"efresh").is_some();
+        if !(in_body || path.contains("refresh") || path.contains("token")) {
+            return None;
+        }
+        let named = |k: &str| {
+            matches!(
+                principal::field_style(k).as_str(),
+                "refreshtoken" | "refresh"
+            )
+        };
+        let mut found: Vec<String> = Vec::new();
+        if in_body {
+            for key in [
+                &b"\"refresh_token\""[..],
+                b"\"refreshToken\"",
+                b"\"refresh-token\"",
+            ] {
+                for at in memchr::memmem::find_iter(t.req_body, key) {
+                    if let Some(v) = json_string_at(&t.req_body[at + key.len()..]) {
+                        found.push(v);
+                    }
+                }
+            }
+            if t.req_body.first() != Some(&b'{') {
+                found.extend(
+                    String::from_utf8_lossy(t.req_body)
+                        .split(crate::redact::SEPARATORS)
+                        .filter_map(|p| p.split_once('='))
+                        .filter(|(k, _)| named(&principal::percent_decoded(k)))
+                        .map(|(_, v)| principal::percent_decoded(v).into_owned()),
+                );
             }
         }
-        if presented.is_none() {
-            presented = t
-                .req_headers
+        found.extend(
+            t.req_headers
                 .iter()
                 .filter(|(n, v)| n.eq_ignore_ascii_case("cookie") && v.contains("efresh"))
                 .flat_map(|(_, line)| line.split(';'))
                 .filter_map(cookie::pair)
-                .find(|(k, _)| principal::field_style(k).contains("refresh"))
-                .map(|(_, v)| v.to_owned());
+                .filter(|(k, _)| named(k))
+                .map(|(_, v)| v.to_owned()),
+        );
+        let mut presented: Vec<Arc<str>> = Vec::new();
+        for v in found.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            let h = Arc::clone(&token_facts(&mut self.tokens, v).1);
+            if !presented.contains(&h) && presented.len() < MAX_PRESENTED {
+                presented.push(h);
+            }
         }
-        let presented = presented.filter(|p| !p.trim().is_empty())?;
-        let presented = Arc::clone(&token_facts(&mut self.tokens, presented.trim()).1);
+        if presented.is_empty() {
+            return None;
+        }
         let mut issued = Vec::new();
-        if let Some(doc) = outcome_doc(t.resp_body) {
+        let body = t.resp_body;
+        if (memchr::memmem::find(body, b"oken").is_some()
+            || memchr::memmem::find(body, b"jwt").is_some())
+            && let Some(doc) = outcome_doc(body)
+        {
             let tokens = &mut self.tokens;
             issued_tokens(&doc, &mut |tok| push_issued(&mut issued, tokens, tok));
         }
         self.issued_cookies(t, &mut issued);
-        issued.retain(|c| *c != presented);
+        issued.retain(|c| !presented.contains(c));
         (!issued.is_empty()).then_some(crate::models::observation::Refresh { presented, issued })
     }
 
@@ -831,29 +869,65 @@ impl Enricher {
         self.login_outcome(t).0
     }
 
-    /// Whether a login answered with a redirect succeeded: it sends the browser on to a page
-    /// that is no login page (back to the form, or to a page named for an error, is a failure;
-    /// no `Location`, a failure).
+    /// Whether a login answered with a redirect succeeded: it sets a session (a session
+    /// cookie that is no deletion) and sends the browser on to a page that is no login page,
+    /// names no error and is not the page the client says it came from (Laravel's `back()`
+    /// follows the client's `Referer`). A redirect that sets no session is a failure, as
+    /// before: where it goes cannot be told from a form's way back (Rails' `new_session_path`,
+    /// `/`, a relative `login`).
     fn redirected_in(&self, t: &TransactionFacts<'_>) -> bool {
-        let Some(location) = t.resp_head.and_then(|h| h.header("location")) else {
+        let Some(head) = t.resp_head else {
             return false;
         };
-        let location = location.trim();
-        let lower = location.to_ascii_lowercase();
-        if ["error", "fail", "invalid", "denied", "retry", "unauthori"]
-            .iter()
-            .any(|w| lower.contains(w))
+        let Some(location) = head.header("location") else {
+            return false;
+        };
+        let now_s = i64::try_from(t.ts_ns / 1_000_000_000).unwrap_or(i64::MAX);
+        let sets_session = head.header_all("set-cookie").any(|f| {
+            cookie::set(f, now_s).is_some_and(|(name, _)| self.principal.is_session_cookie(name))
+        });
+        if !sets_session {
+            return false;
+        }
+        let lower = location.trim().to_ascii_lowercase();
+        if [
+            "error",
+            "fail",
+            "invalid",
+            "denied",
+            "retry",
+            "unauthori",
+            "bad",
+        ]
+        .iter()
+        .any(|w| lower.contains(w))
         {
             return false;
         }
-        // The path of an absolute or relative reference, without query or fragment.
-        let after_scheme = lower.split_once("://").map_or(lower.as_str(), |(_, r)| {
-            r.find('/').map_or("/", |i| &r[i..])
-        });
-        let path = after_scheme.split(['?', '#']).next().unwrap_or_default();
-        let path = if path.is_empty() { "/" } else { path };
-        !self.principal.login_paths.matches(path)
-            && path.trim_end_matches('/') != t.path.to_ascii_lowercase().trim_end_matches('/')
+        let path_of = |r: &str| -> String {
+            let after_scheme = r
+                .split_once("://")
+                .map_or(r, |(_, r)| r.find('/').map_or("/", |i| &r[i..]));
+            let p = after_scheme.split(['?', '#']).next().unwrap_or_default();
+            // A relative reference, resolved against the request's directory.
+            let p = if p.starts_with('/') {
+                p.to_owned()
+            } else {
+                let dir = t.path.rsplit_once('/').map_or("", |(d, _)| d);
+                format!("{}/{p}", dir.to_ascii_lowercase())
+            };
+            let p = p.trim_end_matches('/');
+            if p.is_empty() {
+                "/".to_owned()
+            } else {
+                p.to_owned()
+            }
+        };
+        let path = path_of(&lower);
+        let referer = header(&t.req_headers, "referer").map(|r| path_of(&r.to_ascii_lowercase()));
+        !self.principal.login_paths.matches(&path)
+            && path != t.path.to_ascii_lowercase().trim_end_matches('/')
+            && referer.as_deref() != Some(path.as_str())
     }
 
     /// Whether the login of `t` succeeded, and its answer's document when that is a JSON
@@ -919,13 +993,61 @@ impl Enricher {
     }
 }
 
+/// The JSON string value after a member's key (`b` starts right after the key's closing
+/// quote: blanks, `:`, blanks, the string), unescaped as far as simple escapes go; none when
+/// the value is no string.
+fn json_string_at(b: &[u8]) -> Option<String> {
+    let mut i = 0;
+    while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    if b.get(i) != Some(&b':') {
+        return None;
+    }
+    i += 1;
+    while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let start = i + 1;
+    let mut j = start;
+    while let Some(&c) = b.get(j) {
+        match c {
+            b'"' => return serde_json::from_slice::<String>(&b[start - 1..=j]).ok(),
+            b'\\' => j += 2,
+            _ => j += 1,
+        }
+    }
+    None
+}
+
 /// True when a login request carried something only its holder knows: a field named like a
 /// password, secret or one-time code ([`crate::redact::secret_name`], or `code`) with a value,
 /// in a JSON body (up to three objects deep) or a form. An identifier-first step
 /// (`{"email": ...}`) names an account and proves nothing.
 fn proves_holder(body: &[u8]) -> bool {
+    // Not any secret-looking name: a form's CSRF token (`authenticity_token`, `_token`,
+    // `csrfmiddlewaretoken`), `authMethod`, `sessionId` or `countryCode` prove nothing.
     fn secret_field(k: &str) -> bool {
-        crate::redact::secret_name(k) || principal::field_style(k).ends_with("code")
+        let k = principal::field_style(k);
+        ["pass", "pwd", "secret"].iter().any(|p| k.contains(p))
+            || [
+                "pw",
+                "pin",
+                "otp",
+                "totp",
+                "code",
+                "mfacode",
+                "verificationcode",
+                "onetimecode",
+                "twofactorcode",
+                "authcode",
+                "credential",
+                "credentials",
+            ]
+            .contains(&k.as_str())
     }
     fn in_json(v: &serde_json::Value, depth: u32) -> bool {
         v.as_object().is_some_and(|o| {
@@ -950,7 +1072,20 @@ fn proves_holder(body: &[u8]) -> bool {
 /// error, whatever words the error uses).
 fn asks_password(body: &[u8]) -> bool {
     use crate::models::injection::contains_ci;
+    // A page that asks for a new password (expired, to be changed) or a second factor comes
+    // after a right password.
+    const AFTER: [&[u8]; 8] = [
+        b"new_password",
+        b"newpassword",
+        b"new-password",
+        b"confirm",
+        b"otp",
+        b"one-time",
+        b"verification",
+        b"two-factor",
+    ];
     contains_ci(body, b"<form")
+        && !AFTER.iter().any(|w| contains_ci(body, w))
         && [
             &b"type=\"password\""[..],
             b"type='password'",
@@ -2260,6 +2395,33 @@ mod tests {
         // The form again, with an error no marker names, and a fresh anonymous session.
         let page = br#"<html><p class="err">Incorrect username or password.</p><form method="post"><input name="username"><input type="password" name="password"></form></html>"#;
         assert_eq!(login(&form, body, 200, page, &sets(200, &[])), (false, 0));
+        // After a second review: a redirect that sets no session is a failure wherever it goes
+        // (Rails 8's failed login goes to `/session/new`, others to `/` or a relative
+        // `login`); one back to the page the client says it came from too (Laravel's
+        // `back()`), and a relative `login` is the login page.
+        for to in ["/session/new", "/", "/dashboard"] {
+            let h = Head::response(302, &[("Location", to)]);
+            assert_eq!(login(&form, body, 302, b"", &h), (false, 0), "{to}");
+        }
+        for to in ["login?e=1", "/account?msg=bad+password"] {
+            let h = sets(302, &[("Location", to)]);
+            assert_eq!(login(&form, body, 302, b"", &h), (false, 0), "{to}");
+        }
+        let mut referred = form.clone();
+        referred.push(("Referer".into(), "https://bank.example/dashboard".into()));
+        let h = sets(302, &[("Location", "/dashboard")]);
+        assert_eq!(login(&referred, body, 302, b"", &h), (false, 0));
+        // A CSRF token, a session id or a country code proves nothing.
+        for step in [
+            &b"authenticity_token=Zx81kq&email=ceo%40corp.test"[..],
+            br#"{"email":"ceo@corp.test","sessionId":"abc","countryCode":"SA","authMethod":"pw"}"#,
+        ] {
+            let h = if step[0] == b'{' { &json } else { &form };
+            assert_eq!(login(h, step, 200, b"{}", &sets(200, &[])), (true, 0));
+        }
+        // A page asking for a new password, or a one-time code, comes after a right one.
+        let change = br#"<form><input type="password" name="new_password"><input type="password" name="confirm"></form>"#;
+        assert_eq!(login(&form, body, 200, change, &sets(200, &[])), (true, 1));
     }
 
     /// After a review: an access token refreshed (OAuth's refresh grant, a SPA's /refresh) is
@@ -2332,6 +2494,110 @@ mod tests {
             send(&mut e, &mut m, "/balance", &h, b"", br#"{"balance":1}"#);
         }
         assert_eq!(account_requests(&m, "layla"), before + 2);
+    }
+
+    /// After a second review: the httpOnly refresh cookie of SPAs (set at the login, rotated
+    /// at each refresh) keeps the chain; a decoy cookie or padding does not hide the refresh
+    /// token; a refresh presenting tokens of two accounts links nothing; an answer's token
+    /// already another account's stays so.
+    #[test]
+    fn refresh_cookies_chain_and_ambiguous_refreshes_link_nothing() {
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let mut m = crate::models::Engine::new(&Default::default()).unwrap();
+        let json = |cookie: &str| {
+            let mut h = vec![("Content-Type".to_string(), "application/json".to_string())];
+            if !cookie.is_empty() {
+                h.push(("Cookie".to_string(), cookie.to_string()));
+            }
+            h
+        };
+        let mut at = NOV_2026;
+        let mut send = |m: &mut crate::models::Engine,
+                        path: &str,
+                        h: &[(String, String)],
+                        body: &[u8],
+                        resp: &[u8],
+                        set: &str| {
+            let head = if set.is_empty() {
+                Head::response(200, &[])
+            } else {
+                Head::response(200, &[("Set-Cookie", set)])
+            };
+            let mut f = facts(path, h, body, 200, resp);
+            at += 60_000_000_000;
+            f.ts_ns = at;
+            f.resp_head = Some(&head);
+            m.observe(&e.enrich(f));
+        };
+        let login = br#"{"username":"layla","password":"right"}"#;
+        send(
+            &mut m,
+            "/login",
+            &json(""),
+            login,
+            br#"{"accessToken":"at-c1-9d2e7f41"}"#,
+            "refresh_token=rc-1-9d2e7f41; HttpOnly; Path=/",
+        );
+        send(
+            &mut m,
+            "/auth/refresh",
+            &json("autoRefresh=1; refresh_token=rc-1-9d2e7f41"),
+            b"",
+            br#"{"accessToken":"at-c2-9d2e7f41"}"#,
+            "refresh_token=rc-2-9d2e7f41; HttpOnly",
+        );
+        let padded = format!(
+            r#"{{"refresh_token":"rc-2-9d2e7f41","pad":"{}"}}"#,
+            "A".repeat(70_000)
+        );
+        send(
+            &mut m,
+            "/auth/refresh",
+            &json(""),
+            padded.as_bytes(),
+            br#"{"accessToken":"at-c3-9d2e7f41"}"#,
+            "",
+        );
+        // Mallory's own login, then a refresh with her token and layla's beside it.
+        let own = br#"{"username":"mallory","password":"hers"}"#;
+        send(
+            &mut m,
+            "/login",
+            &json(""),
+            own,
+            br#"{"accessToken":"at-m1-0000","refresh_token":"rm-1-0000"}"#,
+            "",
+        );
+        send(
+            &mut m,
+            "/auth/refresh",
+            &json("refresh_token=rc-2-9d2e7f41"),
+            br#"{"refresh_token":"rm-1-0000"}"#,
+            br#"{"accessToken":"at-x-0000"}"#,
+            "",
+        );
+        // A refresh of layla's whose answer carries mallory's token.
+        send(
+            &mut m,
+            "/auth/refresh",
+            &json("refresh_token=rc-2-9d2e7f41"),
+            b"",
+            br#"{"accessToken":"at-m1-0000"}"#,
+            "",
+        );
+        let layla = account_requests(&m, "layla");
+        let mallory = account_requests(&m, "mallory");
+        for tok in [
+            "at-c2-9d2e7f41",
+            "at-c3-9d2e7f41",
+            "at-x-0000",
+            "at-m1-0000",
+        ] {
+            let h = vec![("Authorization".to_string(), format!("Bearer {tok}"))];
+            send(&mut m, "/balance", &h, b"", br#"{"balance":1}"#, "");
+        }
+        assert_eq!(account_requests(&m, "layla"), layla + 2);
+        assert_eq!(account_requests(&m, "mallory"), mallory + 1);
     }
 
     #[test]

@@ -54,8 +54,9 @@ pub struct ModelsConfig {
     /// (`api_key` is also `apiKey`, `api-key`, `APIKEY`): a value of 16 characters or more
     /// that is no JWT names the principal as the same key in `X-API-Key` would (after every
     /// credential a request carries elsewhere), and is its credential (`token_reuse`). Their
-    /// values are redacted in the transactions log and in alerts. Default `api_key`, `key`,
-    /// `access_token`, `token`, `appid`.
+    /// values are redacted in the transactions log and in alerts. Default `api_key`,
+    /// `access_token`, `appid` (`key` and `token` are opt-in: they also name public keys and
+    /// shared links).
     pub api_key_params: Vec<String>,
     /// Behaviour profiles and `behavior_anomaly`.
     pub behavior: behavior::Config,

@@ -592,14 +592,29 @@ impl Engine {
     /// its account's past the first access token's lifetime, and a stolen credential is not
     /// laundered into an unlinked one by refreshing it.
     fn relink(&mut self, now_ns: u64, r: &super::observation::Refresh) {
-        let Some(account) = self.links.get(key_of(&*r.presented)).cloned() else {
+        // The account of every credential presented that is linked: one, or nothing is
+        // linked (a stolen refresh token beside the attacker's own, a decoy).
+        let mut account: Option<Arc<str>> = None;
+        for p in &r.presented {
+            if let Some(a) = self.links.get(key_of(&**p)) {
+                match &account {
+                    Some(b) if b != a => return,
+                    _ => account = Some(Arc::clone(a)),
+                }
+            }
+        }
+        let Some(account) = account else {
             return;
         };
         for credential in &r.issued {
-            *self
+            // A credential already another account's stays so (a token an answer carries
+            // for someone else: an invitation, a service account's key).
+            let slot = self
                 .links
-                .entry(key_of(&**credential), now_ns, || Arc::clone(&account)) =
-                Arc::clone(&account);
+                .entry(key_of(&**credential), now_ns, || Arc::clone(&account));
+            if *slot == account || slot.is_empty() {
+                *slot = Arc::clone(&account);
+            }
         }
     }
 

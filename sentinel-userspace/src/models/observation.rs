@@ -92,12 +92,12 @@ pub struct Observation<'a> {
     pub dst_port: u16,
 }
 
-/// A refresh of credentials: the short hash of the refresh credential a request presented
+/// A refresh of credentials: the short hashes of the refresh credentials a request presented
 /// (a `refresh_token` in its body or a cookie), and those of the credentials its answer issued.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refresh {
-    /// The refresh credential presented.
-    pub presented: Arc<str>,
+    /// The refresh credentials presented (body fields, cookies: a server reads one of them).
+    pub presented: Vec<Arc<str>>,
     /// The credentials issued (tokens of the answer, session cookies it set).
     pub issued: Vec<Arc<str>>,
 }
