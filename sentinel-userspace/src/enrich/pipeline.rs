@@ -237,17 +237,9 @@ impl BasicSeen {
     fn endpoint_key(&self, t: &TransactionFacts<'_>) -> u64 {
         use std::hash::{BuildHasher, Hash, Hasher};
         let mut h = self.keys.build_hasher();
-        let host = header(&t.req_headers, "host").map_or("", |v| &**v);
-        let host = match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host,
-        };
-        {
-            let mut feed = Feed::new(&mut h);
-            host.bytes().for_each(|b| feed.push(b.to_ascii_lowercase()));
-        }
-        host.len().hash(&mut h);
-        t.dst.1.hash(&mut h);
+        // The server's address, not the `Host` the client names: a made-up one made a
+        // protected endpoint look new, and the guessed password's success no login.
+        t.dst.hash(&mut h);
         let method = if t.method.eq_ignore_ascii_case("head") {
             "GET"
         } else {
@@ -661,16 +653,31 @@ impl Enricher {
         if oauth_client(t) {
             return None;
         }
+        let other = success && self.other_credential(t);
         let seen = &mut self.basic_seen;
         let endpoint = seen.endpoint_key(t);
         let repeat = if success {
-            if !seen.protected(endpoint) {
+            // Taken where `Basic` was refused before, and by `Basic` alone: a request that
+            // carries another credential (an API key, a session) may have been let in by it.
+            if !seen.protected(endpoint) || other {
                 return None;
             }
             let key = seen.credentials_key(creds, Some(client));
             seen_within(&mut seen.taken, key, t.ts_ns)
         } else {
-            seen.refused_at(endpoint);
+            // An endpoint is protected by `Basic` when its 401 asks for it: one that refuses a
+            // missing API key with a bare 401 is not (a client could make it look protected).
+            let challenged = t.resp_head.is_some_and(|h| {
+                h.header_all("www-authenticate").any(|c| {
+                    c.trim_start()
+                        .get(..5)
+                        .is_some_and(|s| s.eq_ignore_ascii_case("basic"))
+                        || c.to_ascii_lowercase().contains(", basic")
+                })
+            });
+            if challenged {
+                seen.refused_at(endpoint);
+            }
             let key = seen.credentials_key(creds, None);
             seen_within(&mut seen.refused, key, t.ts_ns)
         };
@@ -690,6 +697,21 @@ impl Enricher {
             username: user,
             success,
             issued: Vec::new(),
+        })
+    }
+
+    /// True when a request carries a credential besides `Authorization`: a configured API key
+    /// header, or a session cookie.
+    fn other_credential(&self, t: &TransactionFacts<'_>) -> bool {
+        t.req_headers.iter().any(|(n, v)| {
+            self.principal
+                .api_key_headers
+                .iter()
+                .any(|h| n.eq_ignore_ascii_case(h))
+                || (n.eq_ignore_ascii_case("cookie")
+                    && v.split(';')
+                        .filter_map(cookie::pair)
+                        .any(|(k, _)| self.principal.is_session_cookie(k)))
         })
     }
 
@@ -1317,12 +1339,17 @@ mod tests {
             req_bytes: body.len() as u64,
             status,
             resp_content_type: None,
-            resp_head: None,
+            // A 401 asks for `Basic` credentials, as servers taking them do.
+            resp_head: (status == 401).then(|| &*CHALLENGE),
             resp_body: resp,
             resp_bytes: resp.len() as u64,
             latency_ms: 1.0,
         }
     }
+
+    static CHALLENGE: std::sync::LazyLock<Head> = std::sync::LazyLock::new(|| {
+        Head::response(401, &[("WWW-Authenticate", "Basic realm=\"api\"")])
+    });
 
     #[test]
     fn geoip_answers_are_the_databases_through_the_cache() {
@@ -1655,6 +1682,32 @@ mod tests {
         assert_eq!(again.0, None);
     }
 
+    /// After a second review: a bare 401 (an endpoint refusing a missing API key) makes no
+    /// endpoint protected, so a client cannot mark one to earn logins there; and a 2xx that
+    /// another credential may have let in is no Basic login.
+    #[test]
+    fn only_a_basic_challenge_marks_an_endpoint_and_other_credentials_earn_no_login() {
+        let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        let bare = Head::response(401, &[]);
+        let h = basic("fay", "guess");
+        let mut f = facts("/api/items", &h, b"", 401, b"{}");
+        f.resp_head = Some(&bare);
+        assert_eq!(e.enrich(f).login.map(|l| l.success), Some(false));
+        let f = facts("/api/items", &h, b"", 200, b"{}");
+        assert_eq!(e.enrich(f).login.map(|l| l.success), None);
+        // Challenged: a 2xx by Basic alone is a login, one beside an API key is not.
+        let gus = basic("gus", "guess");
+        let f = facts("/api/reports", &gus, b"", 401, b"{}");
+        assert_eq!(e.enrich(f).login.map(|l| l.success), Some(false));
+        let mut keyed = basic("hal", "pw");
+        keyed.push(("X-API-Key".into(), "k-7f3a9c2e5b8d41aa".into()));
+        let f = facts("/api/reports", &keyed, b"", 200, b"{}");
+        assert_eq!(e.enrich(f).login.map(|l| l.success), None);
+        let hal = basic("hal", "pw");
+        let f = facts("/api/reports", &hal, b"", 200, b"{}");
+        assert_eq!(e.enrich(f).login.map(|l| l.success), Some(true));
+    }
+
     #[test]
     fn basic_credentials_taken_where_none_are_checked_are_no_login() {
         // A stuffer sends each pair where credentials are checked (401) and to a status
@@ -1691,8 +1744,8 @@ mod tests {
             !alerts.iter().any(|a| a.explanation.contains("guessed")),
             "{alerts:?}"
         );
-        // What makes an endpoint one that checks: a 401 to Basic credentials at the same
-        // virtual host, method and path, identifiers by their shape.
+        // What makes an endpoint one that checks: a 401 asking for Basic credentials at the
+        // same server address and port, method and path, identifiers by their shape.
         let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
         // Each check with a user of its own (the same credentials taken again the same day
         // from the same client are no login).
@@ -1709,10 +1762,11 @@ mod tests {
         assert_eq!(send("POST", api, "/api/items", "bob", 401), Some(false));
         assert_eq!(send("GET", api, "/api/items", "ann", 200), None);
         assert_eq!(send("POST", api, "/api/items", "ann", 200), Some(true));
-        // Another virtual host; the same one in another spelling.
+        // The server's address, not the `Host` a client names (after a second review: a
+        // made-up `Host` hid the guessed password's success), and the path in any spelling.
         assert_eq!(send("GET", api, "/admin", "cid", 401), Some(false));
-        assert_eq!(send("GET", "www.corp.example", "/admin", "dan", 200), None);
-        let spelt = send("GET", "API.corp.example:8080", "/Admin/", "dan", 200);
+        assert_eq!(send("GET", "zz-unseen", "/admin", "dan", 200), Some(true));
+        let spelt = send("GET", "API.corp.example:8080", "/Admin/", "eli", 200);
         assert_eq!(spelt, Some(true));
         // Another report than the one refused: one endpoint.
         assert_eq!(send("GET", api, "/api/reports/7", "eve", 401), Some(false));
