@@ -831,23 +831,30 @@ impl Enricher {
             _ if !calls.is_empty() => Some(calls.remove(0)),
             Some(username) => {
                 let (success, doc) = self.login_outcome(&t);
-                // What a successful login was issued: the tokens of its answer and the session
-                // cookies it set (the answer of a failed one issues nothing, nor that of a
-                // step that proved nothing: an identifier-first or magic-link form's first
-                // step names an account, and whoever sent it gets a session of its own).
-                let mut issued = Vec::new();
-                if success && !username.trim().is_empty() && proves_holder(t.req_body) {
-                    if let Some(doc) = &doc {
-                        let tokens = &mut self.tokens;
-                        issued_tokens(doc, &mut |tok| push_issued(&mut issued, tokens, tok));
+                // A step that proved nothing and was answered as a success (an identifier-first
+                // or magic-link form's first step names an account) is no login attempt: it
+                // would count as a success for the account, and a stuffer sending one after each
+                // guess would pad the share of accounts that logged in. Refused, it is one.
+                let proved = proves_holder(t.req_body);
+                if success && !proved {
+                    None
+                } else {
+                    // What a successful login was issued: the tokens of its answer and the
+                    // session cookies it set (the answer of a failed one issues nothing).
+                    let mut issued = Vec::new();
+                    if success && !username.trim().is_empty() {
+                        if let Some(doc) = &doc {
+                            let tokens = &mut self.tokens;
+                            issued_tokens(doc, &mut |tok| push_issued(&mut issued, tokens, tok));
+                        }
+                        self.issued_cookies(&t, &mut issued);
                     }
-                    self.issued_cookies(&t, &mut issued);
+                    Some(LoginAttempt {
+                        username,
+                        success,
+                        issued,
+                    })
                 }
-                Some(LoginAttempt {
-                    username,
-                    success,
-                    issued,
-                })
             }
             None => self.basic_guess(&t, client_ip),
         };
@@ -1917,6 +1924,24 @@ mod tests {
         }
     }
 
+    /// After a third review: identifier-only steps answered 200 after each guess (an
+    /// identifier-first app) do not pad the share of accounts that logged in.
+    #[test]
+    fn identifier_steps_between_guesses_do_not_hide_stuffing() {
+        let mut reqs: Vec<Req<'_>> = Vec::new();
+        for i in 0..40 {
+            let guess = format!(r#"{{"email":"victim{i}@mail.test","password":"Summer2026!"}}"#);
+            reqs.push(("/login", vec![], guess, "203.0.113.90", 401));
+            let step = format!(r#"{{"email":"victim{i}@mail.test"}}"#);
+            reqs.push(("/login", vec![], step, "203.0.113.90", 200));
+        }
+        let kinds = kinds_of(&reqs);
+        assert!(
+            kinds.contains(&crate::models::AlertKind::CredentialStuffing),
+            "{kinds:?}"
+        );
+    }
+
     #[test]
     fn stuffing_naming_its_accounts_in_another_field_style_is_still_stuffing() {
         // Distributed over 100 addresses, two guesses each: only the accounts tried tell, and
@@ -2406,8 +2431,7 @@ mod tests {
             let mut f = facts("/login", h, body, status, resp);
             f.ts_ns = NOV_2026;
             f.resp_head = Some(head);
-            let l = e.enrich(f).login.expect("a login");
-            (l.success, l.issued.len())
+            e.enrich(f).login.map(|l| (l.success, l.issued.len()))
         };
         let sets = |status, extra: &[(&str, &str)]| {
             let mut fields = vec![("Set-Cookie", "session=s-9d2e7f41; Path=/; HttpOnly")];
@@ -2422,7 +2446,18 @@ mod tests {
             br#"{"next":"password"}"#,
             &sets(200, &[]),
         );
-        assert_eq!(first, (true, 0));
+        // Answered as a success, it is no login attempt at all (after a third review: a
+        // stuffer sending one after each guess padded the share of accounts that got in);
+        // refused, it is one.
+        assert_eq!(first, None);
+        let unknown = login(
+            &json,
+            br#"{"email":"nobody@corp.test"}"#,
+            404,
+            b"{}",
+            &Head::response(404, &[]),
+        );
+        assert_eq!(unknown, Some((false, 0)));
         let second = login(
             &json,
             br#"{"email":"ceo@corp.test","password":"right"}"#,
@@ -2430,52 +2465,61 @@ mod tests {
             b"{}",
             &sets(200, &[]),
         );
-        assert_eq!(second, (true, 1));
+        assert_eq!(second, Some((true, 1)));
         // Post/Redirect/Get: on to the dashboard is a success, back to the form a failure.
         let body = b"username=layla&password=right";
         let on = sets(302, &[("Location", "/dashboard")]);
-        assert_eq!(login(&form, body, 302, b"", &on), (true, 1));
+        assert_eq!(login(&form, body, 302, b"", &on), Some((true, 1)));
         let abs = sets(303, &[("Location", "https://bank.example/home?welcome=1")]);
-        assert_eq!(login(&form, body, 303, b"", &abs), (true, 1));
+        assert_eq!(login(&form, body, 303, b"", &abs), Some((true, 1)));
         for back in [
             "/login?error=1",
             "/login",
             "https://bank.example/signin/failed",
         ] {
             let h = sets(302, &[("Location", back)]);
-            assert_eq!(login(&form, body, 302, b"", &h), (false, 0), "{back}");
+            assert_eq!(login(&form, body, 302, b"", &h), Some((false, 0)), "{back}");
         }
-        assert_eq!(login(&form, body, 302, b"", &sets(302, &[])), (false, 0));
+        assert_eq!(
+            login(&form, body, 302, b"", &sets(302, &[])),
+            Some((false, 0))
+        );
         // The form again, with an error no marker names, and a fresh anonymous session.
         let page = br#"<html><p class="err">Incorrect username or password.</p><form method="post"><input name="username"><input type="password" name="password"></form></html>"#;
-        assert_eq!(login(&form, body, 200, page, &sets(200, &[])), (false, 0));
+        assert_eq!(
+            login(&form, body, 200, page, &sets(200, &[])),
+            Some((false, 0))
+        );
         // After a second review: a redirect that sets no session is a failure wherever it goes
         // (Rails 8's failed login goes to `/session/new`, others to `/` or a relative
         // `login`); one back to the page the client says it came from too (Laravel's
         // `back()`), and a relative `login` is the login page.
         for to in ["/session/new", "/", "/dashboard"] {
             let h = Head::response(302, &[("Location", to)]);
-            assert_eq!(login(&form, body, 302, b"", &h), (false, 0), "{to}");
+            assert_eq!(login(&form, body, 302, b"", &h), Some((false, 0)), "{to}");
         }
         for to in ["login?e=1", "/account?msg=bad+password"] {
             let h = sets(302, &[("Location", to)]);
-            assert_eq!(login(&form, body, 302, b"", &h), (false, 0), "{to}");
+            assert_eq!(login(&form, body, 302, b"", &h), Some((false, 0)), "{to}");
         }
         let mut referred = form.clone();
         referred.push(("Referer".into(), "https://bank.example/dashboard".into()));
         let h = sets(302, &[("Location", "/dashboard")]);
-        assert_eq!(login(&referred, body, 302, b"", &h), (false, 0));
+        assert_eq!(login(&referred, body, 302, b"", &h), Some((false, 0)));
         // A CSRF token, a session id or a country code proves nothing.
         for step in [
             &b"authenticity_token=Zx81kq&email=ceo%40corp.test"[..],
             br#"{"email":"ceo@corp.test","sessionId":"abc","countryCode":"SA","authMethod":"pw"}"#,
         ] {
             let h = if step[0] == b'{' { &json } else { &form };
-            assert_eq!(login(h, step, 200, b"{}", &sets(200, &[])), (true, 0));
+            assert_eq!(login(h, step, 200, b"{}", &sets(200, &[])), None);
         }
         // A page asking for a new password, or a one-time code, comes after a right one.
         let change = br#"<form><input type="password" name="new_password"><input type="password" name="confirm"></form>"#;
-        assert_eq!(login(&form, body, 200, change, &sets(200, &[])), (true, 1));
+        assert_eq!(
+            login(&form, body, 200, change, &sets(200, &[])),
+            Some((true, 1))
+        );
     }
 
     /// After a review: an access token refreshed (OAuth's refresh grant, a SPA's /refresh) is
