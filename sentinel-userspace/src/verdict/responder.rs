@@ -36,8 +36,9 @@ use crate::{
 };
 
 /// An alert, with what the response may need from the request that raised it (kept in memory
-/// only): the session tokens its subject holds, and the flow it came on.
-#[derive(Clone, Debug)]
+/// only): the session tokens its subject holds, and the flow it came on. Its `Debug` shows
+/// the tokens as their short hashes, never in clear.
+#[derive(Clone)]
 pub struct AlertEvent {
     /// The alert.
     pub alert: Alert,
@@ -45,6 +46,21 @@ pub struct AlertEvent {
     pub tokens: Vec<String>,
     /// The client-to-server flow of the request that raised it, for `kill_flow`.
     pub flow: Option<Flow>,
+}
+
+impl std::fmt::Debug for AlertEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tokens: Vec<String> = self
+            .tokens
+            .iter()
+            .map(|t| crate::enrich::principal::short_hash(t))
+            .collect();
+        f.debug_struct("AlertEvent")
+            .field("alert", &self.alert)
+            .field("tokens", &tokens)
+            .field("flow", &self.flow)
+            .finish()
+    }
 }
 
 impl AlertEvent {
@@ -533,6 +549,25 @@ ttl = "1h"
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_events_debug_shows_no_token_in_clear() {
+        let mut e = AlertEvent::new(crate::models::synth::alert(
+            crate::models::AlertKind::BruteForce,
+            "203.0.113.7",
+            1,
+        ));
+        e.tokens = vec!["at-secret-9d2e7f41c3b5".into()];
+        let shown = format!("{e:?}");
+        assert!(!shown.contains("at-secret"), "{shown}");
+        assert!(
+            shown.contains(&crate::enrich::principal::short_hash(
+                "at-secret-9d2e7f41c3b5"
+            )),
+            "{shown}"
+        );
+    }
+
     use super::*;
     use crate::{models::AlertKind, verdict::policy::Policy};
 
