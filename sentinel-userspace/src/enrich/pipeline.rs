@@ -548,9 +548,11 @@ impl Enricher {
     /// sent with every request.
     fn refresh(&mut self, t: &TransactionFacts<'_>) -> Option<crate::models::observation::Refresh> {
         const MAX_PRESENTED: usize = 64;
-        let path = t.path.to_ascii_lowercase();
+        // Asked of every 2xx request that is no login: no copy of the path.
+        use crate::models::injection::contains_ci;
         let in_body = memchr::memmem::find(t.req_body, b"efresh").is_some();
-        if !(in_body || path.contains("refresh") || path.contains("token")) {
+        let path = t.path.as_bytes();
+        if !(in_body || contains_ci(path, b"refresh") || contains_ci(path, b"token")) {
             return None;
         }
         let named = |k: &str| {
@@ -818,14 +820,11 @@ impl Enricher {
         let login = match username {
             _ if !calls.is_empty() => Some(calls.remove(0)),
             Some(username) => {
-                let (success, doc) = self.login_outcome(&t);
                 // A redirect that says nothing of how the login went (it sets no session and
                 // goes neither back to a login page nor to an error) is no attempt: neither a
                 // failure (an office's every login would be one) nor a success.
-                let unknown = (300..400).contains(&t.status) && self.redirected_in(&t).is_none();
-                if unknown {
-                    None
-                } else {
+                let (outcome, doc) = self.login_outcome(&t);
+                if let Some(success) = outcome {
                     // What a successful login was issued: the tokens of its answer and the
                     // session cookies it set (the answer of a failed one issues nothing, nor
                     // that of a step that proved nothing: an identifier-first step names an
@@ -843,6 +842,8 @@ impl Enricher {
                         success,
                         issued,
                     })
+                } else {
+                    None
                 }
             }
             None => self.basic_guess(&t, client_ip),
@@ -884,7 +885,7 @@ impl Enricher {
     }
 
     fn login_succeeded(&self, t: &TransactionFacts<'_>) -> bool {
-        self.login_outcome(t).0
+        self.login_outcome(t).0 == Some(true)
     }
 
     /// How a login answered with a redirect went: a failure when it goes back to a login page
@@ -957,39 +958,42 @@ impl Enricher {
         None
     }
 
-    /// Whether the login of `t` succeeded, and its answer's document when that is a JSON
+    /// Whether the login of `t` succeeded (`None`: a redirect that says nothing, [`Self::redirected_in`]), and its answer's document when that is a JSON
     /// object read for it ([`outcome_doc`]: the tokens a success issued are read from it, not
     /// parsed again).
     fn login_outcome(
         &self,
         t: &TransactionFacts<'_>,
-    ) -> (bool, Option<serde_json::Map<String, serde_json::Value>>) {
+    ) -> (
+        Option<bool>,
+        Option<serde_json::Map<String, serde_json::Value>>,
+    ) {
         // A form login answered by a redirect (Post/Redirect/Get): where it sends the browser
         // says how it went.
         if (300..400).contains(&t.status) {
-            return (self.redirected_in(t) == Some(true), None);
+            return (self.redirected_in(t), None);
         }
         if !(200..300).contains(&t.status) {
-            return (false, None);
+            return (Some(false), None);
         }
         // A page that asks for the password again is the form re-rendered with its error,
         // whatever words it uses (and a fresh anonymous session it sets is nobody's).
         if asks_password(t.resp_body) {
-            return (false, None);
+            return (Some(false), None);
         }
         let doc = outcome_doc(t.resp_body);
         if let Some(top) = &doc {
             // A second factor asked for: the password was right.
             if asks_second_factor(top, 1) {
-                return (true, doc);
+                return (Some(true), doc);
             }
             if flag_false(top) {
-                return (false, doc);
+                return (Some(false), doc);
             }
             // A token issued is a success, whatever else the answer mentions (a banner's
             // `"lastLogin":{"success":false}` matches the default marker).
             if carries_token(top, 3) {
-                return (true, doc);
+                return (Some(true), doc);
             }
         }
         // Markers are looked for in the answer's own words: in a JSON answer, its members but
@@ -1016,7 +1020,7 @@ impl Enricher {
             .iter()
             .any(|m| body.contains(m.as_str()))
             && !doc.as_ref().is_some_and(json_says_failed);
-        (success, doc)
+        (Some(success), doc)
     }
 }
 

@@ -155,14 +155,18 @@ impl PrincipalConfig {
 /// Session cookies frameworks name after the application or with a prefix: Rails'
 /// `_myapp_session`, Laravel's `laravel_session`, Rails 8's `session_id`, ASP.NET's
 /// `ASP.NET_SessionId`, `.ASPXAUTH` and `.AspNetCore.Identity.Application`.
+/// Asked of every cookie of every request: compares in place, no lower-case copy.
 fn session_cookie_by_convention(name: &str) -> bool {
-    let n = name.trim().to_ascii_lowercase();
-    n.ends_with("_session")
-        || n == "session_id"
-        || n == "asp.net_sessionid"
-        || n == ".aspxauth"
-        || n.starts_with(".aspnetcore.identity.")
-        || n.starts_with(".aspnetcore.session")
+    let n = name.trim().as_bytes();
+    let ends =
+        |s: &str| n.len() >= s.len() && n[n.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes());
+    let starts = |s: &str| n.len() >= s.len() && n[..s.len()].eq_ignore_ascii_case(s.as_bytes());
+    ends("_session")
+        || ["session_id", "asp.net_sessionid", ".aspxauth"]
+            .iter()
+            .any(|s| n.eq_ignore_ascii_case(s.as_bytes()))
+        || starts(".aspnetcore.identity.")
+        || starts(".aspnetcore.session")
 }
 
 impl Default for PrincipalConfig {
